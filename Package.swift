@@ -1,0 +1,58 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Module map (DESIGN §6): a dependency-free core; platform-specific code at the edges.
+//   MoECore        configs, bf16, MXFP4, routing, plan, reference forward, backend protocol, profiling
+//   SafeTensors    memory-mapped safetensors reader and writer (no dependencies)
+//   MoECheckpoint  Hugging Face gpt-oss model directories -> MoELayerWeights
+//   MoECPU         the CPU backend
+//   CCUDA/MoECUDA  CUDA driver API + NVRTC (+ NCCL) loaded at run time with dlopen; kernels in Kernels/*.cu
+//   MoEParallel    expert parallelism over symmetric memory, the all-to-all baseline, the rank launcher
+//   MoEServer      the HTTP server (Hummingbird)
+//   MoECLI         the `moe` tool
+let package = Package(
+    name: "MoEKit",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "moe", targets: ["MoECLI"]),
+        .library(name: "MoECore", targets: ["MoECore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "MoECore"),
+        .target(name: "SafeTensors"),
+        .target(name: "MoECheckpoint", dependencies: ["MoECore", "SafeTensors"]),
+        .target(name: "MoECPU", dependencies: ["MoECore"]),
+        .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "MoECUDA", dependencies: ["MoECore", "CCUDA"]),
+        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
+        .target(
+            name: "MoEServer",
+            dependencies: [
+                "MoECore", "MoECPU", "MoECheckpoint", "SafeTensors",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "MoECLI",
+            dependencies: [
+                "MoECore", "MoECPU", "MoECUDA", "MoECheckpoint", "SafeTensors", "MoEParallel", "MoEServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(name: "MoECoreTests", dependencies: ["MoECore"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
+        .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
+        .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
+        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel"]),
+        .testTarget(
+            name: "MoEServerTests",
+            dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        .testTarget(name: "MoECLITests", dependencies: ["MoECLI"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

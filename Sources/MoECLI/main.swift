@@ -1,0 +1,3 @@
+import MoECore
+import MoECPU
+print("moe")

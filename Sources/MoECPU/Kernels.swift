@@ -1,0 +1,47 @@
+import MoECore
+
+/// Portable inner kernels (Swift SIMD; the compiler lowers them to the host's vector unit).
+enum Kernels {
+    /// Σ a[i]·b[i] in fp32 with 16 independent lanes, then a fixed-order horizontal sum: the same order for a
+    /// given count on every call, so results are reproducible.
+    @inline(__always)
+    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        var acc = SIMD16<Float>(repeating: 0)
+        var i = 0
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        while i + 16 <= count {
+            let va = ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
+            let vb = rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
+            acc.addProduct(va, vb)
+            i += 16
+        }
+        var sum = acc.sum()
+        while i < count {
+            sum += a[i] * b[i]
+            i += 1
+        }
+        return sum
+    }
+
+    @inline(__always)
+    static func bf16ToFloat(_ source: UnsafePointer<UInt16>, _ destination: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { destination[i] = BF16.float(source[i]) }
+    }
+
+    /// Decodes one MXFP4 row of an expert stack into float32.
+    @inline(__always)
+    static func decodeRow(
+        _ stack: MXFP4ExpertStack, _ blocks: UnsafePointer<UInt8>, expert e: Int, row: Int,
+        into destination: UnsafeMutablePointer<Float>
+    ) {
+        let perRow = stack.blocksPerRow
+        let firstBlock = (e * stack.rows + row) * perRow
+        stack.scales.withUnsafeBufferPointer { scales in
+            for b in 0..<perRow {
+                MXFP4.decodeBlock(
+                    blocks + (firstBlock + b) * MXFP4.bytesPerBlock, scale: scales[firstBlock + b],
+                    into: destination + b * MXFP4.blockSize)
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+// \(t): filled in by its issue's work.

@@ -1,0 +1,34 @@
+import MoECore
+import Testing
+
+@testable import MoECPU
+
+/// The CPU backend against the float64 reference: relative L2 ≤ 1e-2 and the same experts away from near-ties.
+@Suite struct CPUBackendTests {
+    static let shapes: [(name: String, config: MoEConfig, tokens: [Int])] = [
+        ("tiny", MoEPreset.tiny.config, [1, 7, 33]),
+        ("awkward H=96 I=160 E=5 k=3", MoEConfig(hidden: 96, intermediate: 160, experts: 5, topK: 3), [1, 2, 13, 70]),
+        ("k = E", MoEConfig(hidden: 64, intermediate: 64, experts: 4, topK: 4), [3, 9]),
+        ("k = 1", MoEConfig(hidden: 32, intermediate: 32, experts: 6, topK: 1), [1, 17]),
+    ]
+
+    @Test(arguments: 0..<shapes.count, RoutingMode.allCases)
+    func matchesReference(shapeIndex: Int, mode: RoutingMode) throws {
+        let shape = Self.shapes[shapeIndex]
+        for (i, T) in shape.tokens.enumerated() {
+            let seed = UInt64(1000 * shapeIndex + i)
+            let weights = try SyntheticModel.layer(config: shape.config, seed: seed)
+            let x = SyntheticModel.hiddenStates(tokens: T, hidden: shape.config.hidden, seed: seed)
+            let reference = try ReferenceMoE.forward(weights: weights, input: x, tokens: T, mode: mode)
+            for workers in [1, 2] {
+                let backend = CPUBackend(weights: weights, workers: workers)
+                let out = try backend.forward(x, tokens: T, routing: mode, profiler: nil)
+                let error = Accuracy.relativeL2(out.hidden, reference.hidden)
+                #expect(error <= 1e-2, "\(shape.name) T=\(T) seed=\(seed) workers=\(workers): rel L2 \(error)")
+                let mismatches = Accuracy.routingMismatches(
+                    ids: out.topkIds, reference: reference, tokens: T, experts: shape.config.experts, k: shape.config.topK)
+                #expect(mismatches.isEmpty, "\(shape.name) T=\(T) seed=\(seed): tokens \(mismatches) chose other experts")
+            }
+        }
+    }
+}
