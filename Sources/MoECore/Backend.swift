@@ -55,3 +55,32 @@ public enum InputCheck {
         }
     }
 }
+
+/// The machine's measured limits, taken in the same run as the engine (DESIGN §5).
+public struct HardwareCeilings: Sendable, Codable, Equatable {
+    /// Memory bandwidth in GB/s (1e9 bytes/s).
+    public var bandwidthGBps: Double
+    /// How it was measured (kernel/loop, buffer size, what bytes are counted).
+    public var bandwidthMethod: String
+    /// Peak arithmetic rate in TFLOP/s for the arithmetic the kernels use.
+    public var peakTFLOPs: Double
+    public var peakMethod: String
+
+    public init(bandwidthGBps: Double, bandwidthMethod: String, peakTFLOPs: Double, peakMethod: String) {
+        self.bandwidthGBps = bandwidthGBps
+        self.bandwidthMethod = bandwidthMethod
+        self.peakTFLOPs = peakTFLOPs
+        self.peakMethod = peakMethod
+    }
+}
+
+/// What `moe bench` needs from a backend: the device's ceilings and a timing loop in the backend's own
+/// clock (host clock on the CPU; device events around graph replays on a GPU).
+public protocol MoEBenchmarkable: MoEBackend {
+    /// CPU model or GPU name, cores or SMs, driver.
+    var machineDescription: String { get }
+    func measureCeilings() throws -> HardwareCeilings
+    /// Runs the whole layer `warmup` times untimed, then `iterations` times, returning seconds per run.
+    /// Input: [T, H] float32. Implementations must not time on zeros and must keep results live.
+    func timeForward(_ input: [Float], tokens: Int, routing: RoutingMode, warmup: Int, iterations: Int) throws -> [Double]
+}
