@@ -38,16 +38,14 @@ static inline size_t moekit_row_group_bytes(int32_t blocks) {
 
 // MARK: CPU features
 
-enum {
-    /// AVX2 and FMA3 with OS support for the ymm state.
-    MOEKIT_CPU_AVX2_FMA = 1u << 0,
-    /// AVX-512 F, BW, VL and BF16 with OS support for the zmm and opmask state.
-    MOEKIT_CPU_AVX512_BF16 = 1u << 1,
-    /// AVX-512 VNNI (reported, not required by any kernel).
-    MOEKIT_CPU_AVX512_VNNI = 1u << 2,
-    /// Advanced SIMD on arm64 (always there).
-    MOEKIT_CPU_NEON = 1u << 3,
-};
+/// AVX2 and FMA3 with OS support for the ymm state.
+#define MOEKIT_CPU_AVX2_FMA 1u
+/// AVX-512 F, BW, VL and BF16 with OS support for the zmm and opmask state.
+#define MOEKIT_CPU_AVX512_BF16 2u
+/// AVX-512 VNNI (reported, not required by any kernel).
+#define MOEKIT_CPU_AVX512_VNNI 4u
+/// Advanced SIMD on arm64 (always there).
+#define MOEKIT_CPU_NEON 8u
 
 /// The instruction-set features of this CPU (an OR of the MOEKIT_CPU_* bits).
 uint32_t moekit_cpu_features(void);
