@@ -17,6 +17,7 @@ let package = Package(
     products: [
         .executable(name: "moe", targets: ["MoECLI"]),
         .library(name: "MoECore", targets: ["MoECore"]),
+        .library(name: "MoECPU", targets: ["MoECPU"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
