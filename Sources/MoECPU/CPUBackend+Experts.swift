@@ -97,7 +97,7 @@ extension CPUBackend {
                         tile.activations = UnsafeRawPointer(packedInput + start * H * bytesPerValue)
                         tile.intermediate = UnsafeMutableRawPointer(
                             packedIntermediate + start * I * bytesPerValue + 16 * pair * n * bytesPerValue)
-                        runGEMM1(&tile, worker: worker)
+                        kernelPath.gemm1(&tile, scratch: portableScratch(worker))
                     }
                 }
             }
@@ -118,28 +118,10 @@ extension CPUBackend {
                         tile.intermediate = UnsafeRawPointer(packedIntermediate + start * I * bytesPerValue)
                         tile.row_weights = rowWeights + start
                         tile.output_rows = UnsafePointer(outputRows + start)
-                        runGEMM2(&tile, worker: worker)
+                        kernelPath.gemm2(&tile, scratch: portableScratch(worker))
                     }
                 }
             }
-        }
-    }
-
-    @inline(__always)
-    private func runGEMM1(_ tile: inout moekit_gemm1_tile, worker: Int) {
-        switch kernelPath {
-        case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
-        case .avx2: moekit_avx2_gemm1(&tile)
-        case .portable: PortableKernels.gemm1(tile, scratch: portableScratch(worker))
-        }
-    }
-
-    @inline(__always)
-    private func runGEMM2(_ tile: inout moekit_gemm2_tile, worker: Int) {
-        switch kernelPath {
-        case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
-        case .avx2: moekit_avx2_gemm2(&tile)
-        case .portable: PortableKernels.gemm2(tile, scratch: portableScratch(worker))
         }
     }
 
@@ -171,6 +153,28 @@ extension CPUBackend {
                 for unit in first..<end { body(work[w], unit) }
             }
             prefix += units * cost
+        }
+    }
+}
+
+extension CPUKernelPath {
+    /// Runs one GEMM 1 tile on this path. scratch: the portable path's 3·maxTileTokens vectors.
+    @inline(__always)
+    func gemm1(_ tile: inout moekit_gemm1_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
+        switch self {
+        case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
+        case .avx2: moekit_avx2_gemm1(&tile)
+        case .portable: PortableKernels.gemm1(tile, scratch: scratch)
+        }
+    }
+
+    /// Runs one GEMM 2 tile on this path. scratch: the portable path's 2·maxTileTokens vectors.
+    @inline(__always)
+    func gemm2(_ tile: inout moekit_gemm2_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
+        switch self {
+        case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
+        case .avx2: moekit_avx2_gemm2(&tile)
+        case .portable: PortableKernels.gemm2(tile, scratch: scratch)
         }
     }
 }

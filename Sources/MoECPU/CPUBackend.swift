@@ -60,14 +60,8 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
     /// or unsupported here is not used: the backend falls back to the fastest path, says so in `detail` and on
     /// stderr (use `init(weights:workers:kernels:)` to fail instead).
     public convenience init(weights: MoELayerWeights, workers: Int? = nil) {
-        var path = CPUKernelPath.best
-        var note: String?
-        do {
-            if let forced = try CPUKernelPath.fromEnvironment() { path = forced }
-        } catch {
-            note = "\(error); using \(path.rawValue)"
-            StandardError.print("moe: warning: \(error); the CPU backend uses \(path.rawValue)\n")
-        }
+        let (path, note) = CPUKernelPath.selection(environmentValue: getenv(CPUKernelPath.environmentVariable).map { String(cString: $0) })
+        if let note { StandardError.print("moe: warning: CPU backend: \(note)\n") }
         self.init(weights: weights, workers: workers, path: path, note: note)
     }
 

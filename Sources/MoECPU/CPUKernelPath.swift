@@ -50,8 +50,23 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     /// The path named by `MOEKIT_CPU_KERNELS`, nil when it is unset or empty. Throws when it names no path or
     /// one this CPU cannot run.
     public static func fromEnvironment() throws -> CPUKernelPath? {
-        guard let raw = getenv(environmentVariable), raw.pointee != 0 else { return nil }
-        return try named(String(cString: raw), source: "\(environmentVariable)")
+        try fromEnvironmentValue(getenv(environmentVariable).map { String(cString: $0) })
+    }
+
+    /// `fromEnvironment` for a given value of the variable (nil: unset).
+    static func fromEnvironmentValue(_ value: String?) throws -> CPUKernelPath? {
+        guard let value, !value.isEmpty else { return nil }
+        return try named(value, source: environmentVariable)
+    }
+
+    /// What the non-throwing `CPUBackend.init` runs for a value of MOEKIT_CPU_KERNELS: the named path, or the
+    /// fastest one with a note saying why the name was not used.
+    static func selection(environmentValue value: String?) -> (path: CPUKernelPath, note: String?) {
+        do {
+            return (try fromEnvironmentValue(value) ?? best, nil)
+        } catch {
+            return (best, "\(error); using \(best.rawValue)")
+        }
     }
 
     /// Parses a path name and checks that this CPU supports it; `source` says where the name came from.
