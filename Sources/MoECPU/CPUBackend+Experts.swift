@@ -164,6 +164,7 @@ extension CPUKernelPath {
         switch self {
         case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
         case .avx2: moekit_avx2_gemm1(&tile)
+        case .neon: moekit_neon_gemm1(&tile)
         case .portable: PortableKernels.gemm1(tile, scratch: scratch)
         }
     }
@@ -174,6 +175,7 @@ extension CPUKernelPath {
         switch self {
         case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
         case .avx2: moekit_avx2_gemm2(&tile)
+        case .neon: moekit_neon_gemm2(&tile)
         case .portable: PortableKernels.gemm2(tile, scratch: scratch)
         }
     }

@@ -30,7 +30,7 @@ extension CPUBackend {
         switch kernelPath {
         case .avx512BF16:
             moekit_avx512bf16_router(x, routerWeightBF16.pointer, routerBias.pointer, Int32(H), Int32(E), logits)
-        case .avx2, .portable:
+        case .avx2, .neon, .portable:
             let row = workspace.routerRows.pointer + worker * H
             for h in 0..<H { row[h] = BF16.float(x[h]) }
             for e in 0..<E {
