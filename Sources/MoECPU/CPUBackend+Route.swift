@@ -10,14 +10,13 @@ extension CPUBackend {
         lock.withLock {
             workspace.logits.reserve(T * config.experts)
             let logits = workspace.logits.pointer
-            let (H, E) = (config.hidden, config.experts)
-            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
-                pool.run { worker in
-                    for t in pool.share(of: T, worker: worker) {
-                        routerLogits(x: x + t * H, into: logits + t * E, worker: worker)
-                    }
-                }
-            }
+            let router = phases.router
+            router.tokens = T
+            router.input = nil
+            router.convertedX = nil
+            router.x = x
+            router.logits = logits
+            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) { pool.run(router) }
             selectExperts(logits: logits, tokens: T, mode: mode, ids: ids, weights: topWeights, profiler: profiler)
         }
     }
