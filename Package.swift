@@ -28,7 +28,13 @@ let package = Package(
         .target(name: "MoECheckpoint", dependencies: ["MoECore", "SafeTensors"]),
         .target(name: "MoECPU", dependencies: ["MoECore"]),
         .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "MoECUDA", dependencies: ["MoECore", "CCUDA"]),
+        .target(
+            name: "MoECUDA", dependencies: ["MoECore", "CCUDA"],
+            resources: [
+                .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
+                .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
+                .embedInCode("Kernels/moe_ceilings.cu"),
+            ]),
         .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
         .target(
             name: "MoEServer",
