@@ -116,6 +116,13 @@ public enum ModelWriter {
         }
     }
 
+    /// Bytes of all tensors of all layers of `config` as stored (MXFP4 experts, bf16 router and biases).
+    public static func weightBytes(_ config: MoEConfig) -> Int {
+        config.layers * GptOssTensor.allCases.reduce(0) { total, tensor in
+            total + TensorSpec(name: "", dtype: tensor.storedDType, shape: tensor.shape(config).shape).byteCount!
+        }
+    }
+
     /// "model.safetensors" for one file; "model-00001-of-00003.safetensors", ... for shards.
     public static func shardNames(_ shards: Int) -> [String] {
         if shards == 1 { return [ModelDirectory.singleFileName] }
