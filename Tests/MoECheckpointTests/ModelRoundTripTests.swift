@@ -64,6 +64,15 @@ import Testing
         #expect(try ModelDirectory(path: directory.file("a")).layer(1) != ModelDirectory(path: directory.file("c")).layer(1))
     }
 
+    /// config.json round-trips every field, including a non-default limit and alpha; integer limits are numbers too.
+    @Test func configRoundTrips() throws {
+        let config = MoEConfig(hidden: 96, intermediate: 64, experts: 5, topK: 3, swigluLimit: 6.5, swigluAlpha: 1.5, layers: 3)
+        #expect(try ConfigFile.parse(Array(ConfigFile.serialized(config).utf8), path: "c") == config)
+        #expect(!ConfigFile.serialized(smallConfig).contains("swiglu_alpha"))
+        let text = #"{"hidden_size": 64, "intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2, "swiglu_limit": 7, "num_hidden_layers": 2, "rope_scaling": {"factor": 32.0}}"#
+        #expect(try ConfigFile.parse(Array(text.utf8), path: "c") == smallConfig)
+    }
+
     /// Shards split tensors in layer order into non-empty groups of similar size.
     @Test func shardRangesCoverEverythingInOrder() {
         for (counts, shards) in [([5, 1, 1, 1], 2), ([1, 1, 1, 100], 4), ([3, 3, 3, 3, 3, 3], 3), ([7], 1), ([1, 100, 1, 1], 3)] {
