@@ -31,17 +31,18 @@ public enum ForwardJob {
     public static func run(
         _ request: Request, makeBackend: (MoELayerWeights) throws -> any MoEBackend
     ) throws -> Summary {
-        let model = try ModelDirectory(path: request.model)
-        let weights = try model.layer(request.layer)
-        let (input, tokens) = try HiddenStatesFile.readInput(request.input, hidden: model.config.hidden)
+        // The directory (and its mappings) is released once the layer is copied out.
+        let weights = try ModelDirectory(path: request.model).layer(request.layer)
+        let config = weights.config
+        let (input, tokens) = try HiddenStatesFile.readInput(request.input, hidden: config.hidden)
         let backend = try makeBackend(weights)
         let result = try backend.forward(input, tokens: tokens, routing: request.routing, profiler: nil)
         try HiddenStatesFile.writeOutput(
-            request.output, result: result, tokens: tokens, config: model.config,
+            request.output, result: result, tokens: tokens, config: config,
             metadata: [
                 "model": request.model, "layer": String(request.layer), "routing": request.routing.rawValue,
                 "backend": backend.detail,
             ])
-        return Summary(tokens: tokens, config: model.config, backend: backend.detail)
+        return Summary(tokens: tokens, config: config, backend: backend.detail)
     }
 }
