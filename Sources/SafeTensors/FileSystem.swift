@@ -96,10 +96,12 @@ public enum FileSystem {
     }
 
     public static func rename(_ from: String, to: String) throws(SystemCallError) {
-        #if canImport(Glibc) || canImport(Musl)
+        #if canImport(Glibc)
         try check(Glibc.rename(from, to), "rename", from)
-        #else
+        #elseif canImport(Darwin)
         try check(Darwin.rename(from, to), "rename", from)
+        #else
+        try check(Musl.rename(from, to), "rename", from)
         #endif
     }
 
@@ -137,10 +139,12 @@ public final class AtomicFile {
         precondition(!committed, "write after commit")
         var offset = 0
         while offset < bytes.count {
-            #if canImport(Glibc) || canImport(Musl)
+            #if canImport(Glibc)
             let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            #else
+            #elseif canImport(Darwin)
             let n = Darwin.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            #else
+            let n = Musl.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
             #endif
             if n < 0 {
                 if errno == EINTR { continue }
