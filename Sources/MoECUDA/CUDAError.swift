@@ -22,8 +22,7 @@ public enum CUDAError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .libraryNotFound(let library, let attempts):
-            "\(library) could not be loaded; looked in:\n  " + attempts.joined(separator: "\n  ")
-                + "\nSet \(LibrarySearch.environmentVariable) to the folder(s) holding it (colon-separated)."
+            CUDAError.describeSearch(library: library, attempts: attempts)
         case .missingSymbols(let library, let path, let symbols):
             "\(library) at \(path) lacks \(symbols); a newer driver or toolkit is needed"
         case .missingEntryPoint(let name): "the loaded CUDA library has no entry point \(name)"
@@ -41,6 +40,27 @@ public enum CUDAError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// One line: the places tried (in order) and the distinct reasons the loader gave.
+    static func describeSearch(library: String, attempts: [String]) -> String {
+        var places: [String] = [], reasons: [String] = []
+        for attempt in attempts {
+            let parts = attempt.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: " ") }
+            places.append(parts[0])
+            if parts.count > 1, !reasons.contains(parts[1]) { reasons.append(parts[1]) }
+        }
+        return "\(library) not found; looked in \(places.joined(separator: ", ")) (\(reasons.joined(separator: "; "))). "
+            + "Set \(LibrarySearch.environmentVariable) to the folder(s) holding it (colon-separated)."
+    }
+
     /// Driver error codes after which the context cannot be used again (CUDA's "sticky" errors).
     static let stickyCodes: Set<Int32> = [700, 714, 715, 716, 717, 718, 719]
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var s = self
+        while let c = s.first, set.contains(c) { s.removeFirst() }
+        while let c = s.last, set.contains(c) { s.removeLast() }
+        return String(s)
+    }
 }

@@ -144,8 +144,8 @@ final class TokenBucket: @unchecked Sendable {
         p.tileCount = tileCount.address
         p.maxTiles = Int32(plan.maxTiles)
         p.residentRows = Int32(plan.residentRows)
-        p.swigluAlpha = plan.config.swigluAlpha
-        p.swigluLimit = plan.config.swigluLimit
+        p.swigluAlpha = Float(plan.config.swigluAlpha)
+        p.swigluLimit = Float(plan.config.swigluLimit)
         return p
     }
 
