@@ -15,6 +15,7 @@ struct MoE: AsyncParsableCommand {
             BenchCommand.self,
             InitCommand.self,
             ForwardCommand.self,
+            CUDADebugCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }
