@@ -153,6 +153,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             buckets[oldest] = nil
         }
         let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
+        try kernels.gemm(plan.variant).allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
         let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
         buckets[tokens] = bucket
         bucketUse.append(tokens)

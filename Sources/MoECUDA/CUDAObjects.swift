@@ -271,8 +271,9 @@ public final class CUDAFunction: @unchecked Sendable {
         return Int(value)
     }
 
-    /// Raises the dynamic shared memory limit past the default 48 KiB when a launch needs it.
-    func allowSharedMemory(_ bytes: Int) throws(CUDAError) {
+    /// Raises the dynamic shared memory limit past the default 48 KiB when a launch needs it. Called before
+    /// graph capture for every launch the graph will hold, so capture records launches only.
+    public func allowSharedMemory(_ bytes: Int) throws(CUDAError) {
         guard bytes > sharedLimit else { return }
         guard bytes <= module.device.maxSharedPerBlock else {
             throw .invalidArgument("\(name) needs \(bytes) bytes of shared memory; the device allows \(module.device.maxSharedPerBlock)")

@@ -92,6 +92,6 @@ public struct LaunchPlan: Sendable, Equatable {
     public var scanShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024) }
     public var scatterShape: LaunchShape { LaunchShape(grid: (tokenBlocks, 1, 1), block: 256) }
     public var reduceShape: LaunchShape {
-        LaunchShape(grid: ((config.hidden / 8 + 127) / 128, tokens, 1), block: 128)
+        LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 }

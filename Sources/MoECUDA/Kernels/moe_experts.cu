@@ -326,10 +326,10 @@ MOE_STREAMED(2, 8, 4)
 // MARK: reduce
 
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
-/// grid: (ceil(H / 8 / 128), T), 128 threads; a thread owns 8 consecutive h (16 B).
+/// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
-    const int t = blockIdx.y;
-    const int h = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    const int t = blockIdx.x;
+    const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;
     float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     const int *slotToSorted = (const int *)p.slotToSorted;
