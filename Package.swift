@@ -29,7 +29,10 @@ let package = Package(
         .target(name: "MoECPU", dependencies: ["MoECore"]),
         .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "MoECUDA", dependencies: ["MoECore", "CCUDA"]),
-        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
+        .target(name: "CMoEAtomics"),
+        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
+        // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).
+        .executableTarget(name: "MoEParallelRankTool", dependencies: ["MoEParallel"], path: "Tests/MoEParallelRankTool"),
         .target(
             name: "MoEServer",
             dependencies: [
@@ -48,7 +51,7 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
         .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
         .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
-        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel"]),
+        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool"]),
         .testTarget(
             name: "MoEServerTests",
             dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),
