@@ -1,0 +1,2 @@
+// Filled in with the rank runner.
+print("rank tool")
