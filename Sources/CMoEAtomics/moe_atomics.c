@@ -3,9 +3,11 @@
 #include "moe_atomics.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -15,6 +17,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #endif
 
@@ -186,4 +189,49 @@ int moe_probe_exclusive_holder_gone(int fd) {
 int moe_lock_exclusive(int fd) {
     if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
     return -errno;
+}
+
+// Launcher helpers ----------------------------------------------------------------------------------------
+
+int moe_die_with_parent(int signal_number) {
+#if defined(__linux__)
+    if (prctl(PR_SET_PDEATHSIG, signal_number) != 0) return -errno;
+#else
+    (void)signal_number;
+#endif
+    return 0;
+}
+
+void moe_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+
+int moe_pipe_cloexec(int fds[2]) {
+#if defined(__linux__)
+    if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
+#else
+    if (pipe(fds) != 0) return -errno;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+#endif
+    return 0;
+}
+
+static volatile sig_atomic_t termination_signal = 0;
+
+static void record_termination_signal(int signal_number) { termination_signal = signal_number; }
+
+void moe_watch_termination_signals(void) {
+    const int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_handler = record_termination_signal;
+        sigemptyset(&action.sa_mask);
+        sigaction(signals[i], &action, NULL);
+    }
+}
+
+int moe_take_termination_signal(void) {
+    int value = termination_signal;
+    termination_signal = 0;
+    return value;
 }

@@ -55,6 +55,7 @@ public final class SymmetricHeap: @unchecked Sendable {
     /// Barriers passed so far; the next barrier is number `epoch + 1`.
     private(set) var epoch: UInt64 = 0
     private(set) var isClosed = false
+    private let barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
     private var lastLivenessProbe = 0.0
 
     /// A fresh job id: 16 random hex digits (segment names embed it, so concurrent jobs never collide).
@@ -70,9 +71,12 @@ public final class SymmetricHeap: @unchecked Sendable {
 
     /// Creates this rank's heap and maps every peer's; returns once all R ranks have joined.
     /// Throws `joinTimeout` naming a rank that never appeared, `mismatchedPeer` for a rank built differently.
+    ///
+    /// `barrierHook`, when given, runs before this rank arrives at every barrier (fault-injection tests use
+    /// it to kill or stall a rank at an exact phase).
     public static func join(
         jobID: String, rank: Int, world: Int, layout: SymmetricHeapLayout, identity: HeapIdentity,
-        timeoutSeconds: Double = 60
+        timeoutSeconds: Double = 60, barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)? = nil
     ) throws -> SymmetricHeap {
         guard world == layout.ranks, rank >= 0, rank < world else {
             throw ExpertParallelError.invalidArgument("rank \(rank) of \(world) does not fit a heap laid out for \(layout.ranks) ranks")
@@ -113,7 +117,7 @@ public final class SymmetricHeap: @unchecked Sendable {
         }
         let heap = SymmetricHeap(
             rank: rank, world: world, layout: layout, jobID: jobID, timeoutSeconds: timeoutSeconds,
-            segments: segments.map { $0! })
+            segments: segments.map { $0! }, barrierHook: barrierHook)
         do {
             try heap.barrier(.setup, layer: 0)
         } catch {
@@ -126,8 +130,9 @@ public final class SymmetricHeap: @unchecked Sendable {
 
     private init(
         rank: Int, world: Int, layout: SymmetricHeapLayout, jobID: String, timeoutSeconds: Double,
-        segments: [SharedMemorySegment]
+        segments: [SharedMemorySegment], barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
     ) {
+        self.barrierHook = barrierHook
         self.rank = rank
         self.world = world
         self.layout = layout
@@ -252,6 +257,7 @@ public final class SymmetricHeap: @unchecked Sendable {
     /// visible to every peer after it (release/acquire through the arrival word).
     public func barrier(_ phase: ExpertParallelPhase, layer: Int) throws {
         guard !isClosed else { throw ExpertParallelError.heapClosed }
+        barrierHook?(phase, layer)
         epoch += 1
         let word = epoch << 8 | UInt64(phase.rawValue)
         let own = bases[rank]

@@ -53,6 +53,19 @@ int moe_probe_exclusive_holder_gone(int fd);
 /// Takes a non-blocking exclusive flock on `fd`: 0 on success, -errno otherwise.
 int moe_lock_exclusive(int fd);
 
+// Process helpers for the rank launcher -----------------------------------------------------------------
+/// Asks the kernel to send `signal_number` to this process when its parent exits (Linux; no-op elsewhere),
+/// so ranks do not outlive a launcher killed with SIGKILL. Returns 0 or -errno.
+int moe_die_with_parent(int signal_number);
+/// Makes stdout line-buffered (rank output goes through the launcher's pipes).
+void moe_line_buffer_stdout(void);
+/// pipe2(fds, O_CLOEXEC): both ends close on exec. Returns 0 or -errno.
+int moe_pipe_cloexec(int fds[2]);
+/// Records INT, TERM and HUP instead of dying (the launcher forwards them to its ranks).
+void moe_watch_termination_signals(void);
+/// The last recorded signal since the previous call, or 0.
+int moe_take_termination_signal(void);
+
 #ifdef __cplusplus
 }
 #endif
