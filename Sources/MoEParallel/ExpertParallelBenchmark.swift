@@ -48,6 +48,17 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
         public var phaseMicroseconds: [Double]
         public var phaseBytesMoved: [Double]
         public var phaseBytesRemote: [Double]
+
+        enum CodingKeys: String, CodingKey {
+            case comm
+            case medianMicroseconds = "median_us"
+            case p10Microseconds = "p10_us"
+            case p90Microseconds = "p90_us"
+            case tokensPerSecond = "tokens_per_s"
+            case phaseMicroseconds = "phase_us"
+            case phaseBytesMoved = "phase_bytes_moved"
+            case phaseBytesRemote = "phase_bytes_remote"
+        }
     }
 
     public struct Row: Sendable, Codable, Equatable {
@@ -58,6 +69,14 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
         public var ratio: Double?
         /// Single-rank CPU forward of the whole batch, median microseconds, when measured.
         public var singleRankMicroseconds: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case tokens
+            case tokensPerRank = "tokens_per_rank"
+            case paths
+            case ratio = "alltoall_over_symmetric"
+            case singleRankMicroseconds = "single_rank_us"
+        }
     }
 
     public var model: String
@@ -68,6 +87,12 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
     public var warmup: Int
     public var phases: [String]
     public var rows: [Row]
+
+    enum CodingKeys: String, CodingKey {
+        case model, ranks
+        case workersPerRank = "workers_per_rank"
+        case mode, iterations, warmup, phases, rows
+    }
 
     /// A text table per batch size.
     public func table() -> String {
