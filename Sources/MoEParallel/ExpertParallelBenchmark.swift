@@ -227,14 +227,12 @@ extension ExpertParallelRunner {
                 try heap.barrier(.step, layer: 0)
             }
             // Every rank stores its samples into rank 0's results region, row `rank`.
-            let results = heap.pointer(to: .results, rank: 0, as: Double.self) + rank * words
-            var cursor = 0
+            var row: [Double] = []
             for path in options.comms.indices {
-                for sample in samples[path] {
-                    for value in sample { results[cursor] = value; cursor += 1 }
-                }
-                for value in bytes[path].bytesMoved + bytes[path].bytesRemote { results[cursor] = value; cursor += 1 }
+                for sample in samples[path] { row.append(contentsOf: sample) }
+                row.append(contentsOf: bytes[path].bytesMoved + bytes[path].bytesRemote)
             }
+            try heap.store(to: 0, .results, byteOffset: rank * words * 8, from: row, count: row.count * 8)
             try heap.barrier(.gather, layer: 0)
             if isRoot {
                 rows.append(summarize(

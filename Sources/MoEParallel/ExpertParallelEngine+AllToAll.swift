@@ -45,14 +45,15 @@ extension ExpertParallelEngine {
                 }
             }
         }
-        for peer in 0..<R {
-            let row = heap.pointer(to: .allToAllCounts, rank: peer, as: Int32.self) + r * R * 2
-            for d in 0..<R {
-                row[2 * d] = Int32(tokensTo[d])
-                row[2 * d + 1] = Int32(slotsTo[d])
-            }
+        var countsRow = [Int32](repeating: 0, count: 2 * R)
+        for d in 0..<R {
+            countsRow[2 * d] = Int32(tokensTo[d])
+            countsRow[2 * d + 1] = Int32(slotsTo[d])
         }
-        publishStepShape(step)
+        for peer in 0..<R {
+            try heap.store(to: peer, .allToAllCounts, byteOffset: r * R * 2 * 4, from: countsRow, count: 2 * R * 4)
+        }
+        try publishStepShape(step)
         try heap.barrier(.allToAllCounts, layer: step.layer)
         try checkStepShapes(step)
         let counts = heap.pointer(to: .allToAllCounts, rank: r, as: Int32.self)
@@ -88,19 +89,22 @@ extension ExpertParallelEngine {
             }
         }
         var remoteTokens = 0
-        sendRows.withUnsafeBytes { rows in
-            for d in 0..<R where tokensTo[d] > 0 {
-                let offset = (0..<r).reduce(0) { $0 + tokens(from: $1, to: d) }
-                let count = tokensTo[d]
-                let first = sendStart[d]
-                (heap.address(of: .allToAllRows, rank: d) + offset * rowBytes)
-                    .copyMemory(from: rows.baseAddress! + first * rowBytes, byteCount: count * rowBytes)
-                (heap.pointer(to: .allToAllIds, rank: d, as: Int32.self) + offset * k)
-                    .update(from: sendIds.withUnsafeBufferPointer { $0.baseAddress! + first * k }, count: count * k)
-                (heap.pointer(to: .allToAllWeights, rank: d, as: Float.self) + offset * k)
-                    .update(from: sendWeights.withUnsafeBufferPointer { $0.baseAddress! + first * k }, count: count * k)
-                if d != r { remoteTokens += count }
+        for d in 0..<R where tokensTo[d] > 0 {
+            let offset = (0..<r).reduce(0) { $0 + tokens(from: $1, to: d) }
+            let count = tokensTo[d]
+            let first = sendStart[d]
+            try sendRows.withUnsafeBytes {
+                try heap.store(
+                    to: d, .allToAllRows, byteOffset: offset * rowBytes, from: $0.baseAddress! + first * rowBytes,
+                    count: count * rowBytes)
             }
+            try sendIds.withUnsafeBytes {
+                try heap.store(to: d, .allToAllIds, byteOffset: offset * k * 4, from: $0.baseAddress! + first * k * 4, count: count * k * 4)
+            }
+            try sendWeights.withUnsafeBytes {
+                try heap.store(to: d, .allToAllWeights, byteOffset: offset * k * 4, from: $0.baseAddress! + first * k * 4, count: count * k * 4)
+            }
+            if d != r { remoteTokens += count }
         }
         try heap.barrier(.allToAllDispatch, layer: step.layer)
         let tokenBytes = rowBytes + k * 8
@@ -152,13 +156,14 @@ extension ExpertParallelEngine {
         }
         returnStart[R] = packed
         var remoteSlots = 0
-        returnRows.withUnsafeBytes { rows in
+        try returnRows.withUnsafeBytes { rows in
             for source in 0..<R where returnStart[source + 1] > returnStart[source] {
                 let offset = (0..<r).reduce(0) { $0 + slots(from: source, to: $1) }
                 let count = returnStart[source + 1] - returnStart[source]
                 precondition(count == slots(from: source, to: r), "returned rows disagree with the exchanged slot counts")
-                (heap.address(of: .allToAllReturn, rank: source) + offset * rowBytes)
-                    .copyMemory(from: rows.baseAddress! + returnStart[source] * rowBytes, byteCount: count * rowBytes)
+                try heap.store(
+                    to: source, .allToAllReturn, byteOffset: offset * rowBytes,
+                    from: rows.baseAddress! + returnStart[source] * rowBytes, count: count * rowBytes)
                 if source != r { remoteSlots += count }
             }
         }

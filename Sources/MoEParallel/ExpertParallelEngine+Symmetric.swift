@@ -31,12 +31,10 @@ extension ExpertParallelEngine {
         // Metadata: this rank's top-k into every peer's routing region, then the global plan.
         let routingBytes = tokensPerRank * k * 4
         for peer in 0..<R {
-            let ids = heap.pointer(to: .routingIds, rank: peer, as: Int32.self) + r * tokensPerRank * k
-            let weights = heap.pointer(to: .routingWeights, rank: peer, as: Float.self) + r * tokensPerRank * k
-            ids.update(from: localIds, count: tokensPerRank * k)
-            weights.update(from: localWeights, count: tokensPerRank * k)
+            try heap.store(to: peer, .routingIds, byteOffset: r * routingBytes, from: localIds, count: routingBytes)
+            try heap.store(to: peer, .routingWeights, byteOffset: r * routingBytes, from: localWeights, count: routingBytes)
         }
-        publishStepShape(step)
+        try publishStepShape(step)
         try heap.barrier(.route, layer: step.layer)
         try checkStepShapes(step)
         let globalSlots = R * tokensPerRank * k
@@ -51,15 +49,14 @@ extension ExpertParallelEngine {
 
         // Dispatch: each local (token, slot) row to its owner's dispatch region, at its global sorted position.
         var remoteRows = 0
-        plan.slotToSorted.withUnsafeBufferPointer { slotToSorted in
-            profiler.scope(.dispatch, cost: StageCost(bytes: Double(valid * k * rowBytes * 2))) {
+        try plan.slotToSorted.withUnsafeBufferPointer { slotToSorted in
+            try profiler.scope(.dispatch, cost: StageCost(bytes: Double(valid * k * rowBytes * 2))) {
                 for t in 0..<valid {
                     let row = UnsafeRawPointer(tokenBits + t * H)
                     for j in 0..<k {
                         let owner = assignment.owner(of: Int(localIds[t * k + j]))
                         let position = Int(slotToSorted[(r * tokensPerRank + t) * k + j])
-                        let destination = heap.address(of: .dispatch, rank: owner) + position * rowBytes
-                        destination.copyMemory(from: row, byteCount: rowBytes)
+                        try heap.store(to: owner, .dispatch, byteOffset: position * rowBytes, from: row, count: rowBytes)
                         if owner != r { remoteRows += 1 }
                     }
                 }
@@ -89,14 +86,15 @@ extension ExpertParallelEngine {
         // Combine: every computed row home, at its (token, slot) index in the home rank's combine region.
         remoteRows = 0
         let slotsPerRank = tokensPerRank * k
-        plan.sortedToSlot.withUnsafeBufferPointer { sortedToSlot in
-            profiler.scope(.combine, cost: StageCost(bytes: Double(ownedRows * rowBytes * 2))) {
+        try plan.sortedToSlot.withUnsafeBufferPointer { sortedToSlot in
+            try profiler.scope(.combine, cost: StageCost(bytes: Double(ownedRows * rowBytes * 2))) {
                 for e in localExperts {
                     for p in Int(plan.expertOffsets[e])..<Int(plan.expertOffsets[e + 1]) {
                         let slot = Int(sortedToSlot[p])
                         let home = slot / slotsPerRank
-                        let destination = heap.address(of: .combine, rank: home) + (slot - home * slotsPerRank) * rowBytes
-                        destination.copyMemory(from: UnsafeRawPointer(expertRows + p * H), byteCount: rowBytes)
+                        try heap.store(
+                            to: home, .combine, byteOffset: (slot - home * slotsPerRank) * rowBytes,
+                            from: expertRows + p * H, count: rowBytes)
                         if home != r { remoteRows += 1 }
                     }
                 }

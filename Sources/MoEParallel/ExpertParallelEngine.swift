@@ -242,11 +242,12 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     }
 
     /// Stores (T_loc, T_r) into slot `rank` of every peer's step shapes, before the step's first barrier.
-    func publishStepShape(_ step: Step) {
+    func publishStepShape(_ step: Step) throws {
+        var shape = (UInt32(step.tokensPerRank), UInt32(step.validTokens))
         for peer in 0..<world {
-            let shapes = heap.address(of: .control, rank: peer) + ControlBlock.stepShapes + rank * 8
-            shapes.storeBytes(of: UInt32(step.tokensPerRank), as: UInt32.self)
-            shapes.storeBytes(of: UInt32(step.validTokens), toByteOffset: 4, as: UInt32.self)
+            try withUnsafeBytes(of: &shape) {
+                try heap.store(to: peer, .control, byteOffset: ControlBlock.stepShapes + rank * 8, from: $0.baseAddress!, count: 8)
+            }
         }
     }
 

@@ -78,6 +78,8 @@ public enum ExpertParallelError: Error, Sendable, Equatable, CustomStringConvert
     case barrierTimeout(phase: ExpertParallelPhase, layer: Int, seconds: Double, late: [PeerStatus])
     /// A peer's process is gone while we waited for it.
     case peerDied(phase: ExpertParallelPhase, layer: Int, peer: PeerStatus)
+    /// A peer on another node dropped its connection while we waited for it.
+    case peerLost(phase: ExpertParallelPhase, layer: Int, peer: PeerStatus)
     /// A peer closed its heap normally before reaching a barrier we wait at (ranks ran different programs).
     case peerFinished(phase: ExpertParallelPhase, layer: Int, peer: PeerStatus)
     /// A peer failed and told everyone why.
@@ -103,6 +105,9 @@ public enum ExpertParallelError: Error, Sendable, Equatable, CustomStringConvert
                 + ": a rank is stalled or much slower (raise --timeout if that is expected)"
         case .peerDied(let phase, let layer, let peer):
             "\(peer) died (its process is gone) while this rank waited at barrier '\(phase)' of layer \(layer)"
+        case .peerLost(let phase, let layer, let peer):
+            "\(peer) on another node disconnected (its process died or the network failed) while this rank waited "
+                + "at barrier '\(phase)' of layer \(layer)"
         case .peerFinished(let phase, let layer, let peer):
             "\(peer) closed its heap before reaching barrier '\(phase)' of layer \(layer): "
                 + "the ranks ran different sequences of layers"

@@ -54,10 +54,13 @@ public final class ExpertParallelRunner {
         guard layers.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("all layers must share one config")
         }
-        guard environment.nodes == 1 else {
-            throw ExpertParallelError.invalidArgument(
-                "this build moves tokens between ranks of one host only (shared memory); "
-                    + "a \(environment.nodes)-node job needs the network transport")
+        var network: NetworkRendezvous?
+        if environment.nodes > 1 {
+            guard let master = environment.master else {
+                throw ExpertParallelError.invalidArgument("a \(environment.nodes)-node job needs MOE_MASTER (moe launch --master)")
+            }
+            let first = environment.nodeRank * environment.localWorld
+            network = NetworkRendezvous(master: master, localRanks: first..<(first + environment.localWorld))
         }
         guard maxBatchTokens >= 1, options.maxTokensPerRank >= 1 else {
             throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
@@ -79,7 +82,8 @@ public final class ExpertParallelRunner {
         heap = try SymmetricHeap.join(
             jobID: environment.jobID, rank: environment.rank, world: world, layout: layout,
             identity: HeapIdentity(layers: layers, assignment: assignment),
-            timeoutSeconds: options.timeoutSeconds ?? environment.timeoutSeconds, barrierHook: options.barrierHook)
+            timeoutSeconds: options.timeoutSeconds ?? environment.timeoutSeconds, network: network,
+            barrierHook: options.barrierHook)
         engine = try ExpertParallelEngine(heap: heap, assignment: assignment, config: config)
         let workers = options.workers ?? max(1, ProcessorCount.online / environment.localWorld)
         self.workers = workers
@@ -131,15 +135,16 @@ public final class ExpertParallelRunner {
             throw ExpertParallelError.invalidArgument("rank \(rank) gathers \(rows.count) values; its share is \(own.count)·\(H)")
         }
         var result: [Float]? = isRoot ? [Float](repeating: 0, count: tokens * H) : nil
-        let landing = heap.pointer(to: .dispatch, rank: 0, as: UInt16.self)
+        var bits = [UInt16](repeating: 0, count: round * H)
         var start = 0
         do {
             while start < tokensPerRank {
                 let count = max(0, min(round, own.count - start))
-                let destination = landing + rank * round * H
-                for i in 0..<(count * H) { destination[i] = BF16.bits(rows[start * H + i]) }
+                for i in 0..<(count * H) { bits[i] = BF16.bits(rows[start * H + i]) }
+                try heap.store(to: 0, .dispatch, byteOffset: rank * round * H * 2, from: bits, count: count * H * 2)
                 try heap.barrier(.gather, layer: 0)
                 if isRoot {
+                    let landing = heap.pointer(to: .dispatch, rank: 0, as: UInt16.self)
                     for peer in 0..<world {
                         let first = min(tokens, peer * tokensPerRank)
                         let peerCount = max(0, min(round, min(tokens, first + tokensPerRank) - first - start))

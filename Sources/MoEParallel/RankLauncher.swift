@@ -93,8 +93,24 @@ public enum RankLauncher {
     /// prefixed; the launcher's own messages are prefixed `[launch]` and go to stderr.
     public static func run(_ options: LaunchOptions) throws -> LaunchOutcome {
         try options.validate()
-        let jobID = options.jobID ?? SymmetricHeap.newJobID()
+        var jobID = options.jobID ?? SymmetricHeap.newJobID()
         let world = options.ranks * options.nodes
+        // Multi-node: node 0 serves the rendezvous for the whole job; the other nodes learn the job id from it.
+        var server: RendezvousServer?
+        defer { server?.stop() }
+        if options.nodes > 1, let master = options.master {
+            if options.nodeRank == 0 {
+                server = try RendezvousServer(
+                    endpoint: master, jobID: jobID, nodes: options.nodes, ranksPerNode: options.ranks,
+                    timeoutSeconds: options.timeoutSeconds)
+                note("node 0 of \(options.nodes): rendezvous at \(master), job \(jobID)")
+            } else {
+                jobID = try RendezvousClient.joinJob(
+                    master: master, nodeRank: options.nodeRank, ranksPerNode: options.ranks, nodes: options.nodes,
+                    timeoutSeconds: options.timeoutSeconds)
+                note("node \(options.nodeRank) of \(options.nodes): joined job \(jobID) at \(master)")
+            }
+        }
         let firstRank = options.nodeRank * options.ranks
         var base = ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") }
         base.append(contentsOf: options.environment)
@@ -117,7 +133,15 @@ public enum RankLauncher {
                 throw error
             }
         }
-        let (exits, firstFailure) = supervise(children, firstRank: firstRank, graceSeconds: options.killGraceSeconds)
+        let (exits, firstFailure) = supervise(children, firstRank: firstRank, graceSeconds: options.killGraceSeconds) { failure in
+            // Other nodes' ranks may still wait at the rendezvous: tell them now rather than at their timeout.
+            guard options.nodes > 1, let master = options.master else { return }
+            if let server {
+                server.reportFailure("\(failure)")
+            } else {
+                RendezvousClient.reportFailure(master: master, nodeRank: options.nodeRank, reason: "\(failure)")
+            }
+        }
         var removed = 0
         for rank in firstRank..<(firstRank + options.ranks)
         where SharedMemorySegment.removeIfPresent(name: SymmetricHeap.segmentName(jobID: jobID, rank: rank)) {
@@ -141,7 +165,7 @@ public enum RankLauncher {
     /// Forwards output until every child has ended; stops the others once one fails.
     /// Returns every rank's end and the index of the first rank that failed.
     private static func supervise(
-        _ children: [ChildProcess], firstRank: Int, graceSeconds: Double
+        _ children: [ChildProcess], firstRank: Int, graceSeconds: Double, onFirstFailure: (RankExit) -> Void
     ) -> (exits: [RankExit], firstFailure: Int?) {
         var splitters = [[LineSplitter]](repeating: [LineSplitter(), LineSplitter()], count: children.count)
         var ended = [RankExit?](repeating: nil, count: children.count)
@@ -205,7 +229,10 @@ public enum RankLauncher {
             }
             for index in endedNow where !ended[index]!.succeeded {
                 let exit = ended[index]!
-                if firstFailure == nil { firstFailure = index }
+                if firstFailure == nil {
+                    firstFailure = index
+                    onFirstFailure(exit)
+                }
                 if !exit.stoppedByLauncher { note("\(exit)") }
                 stopOthers("rank \(exit.rank) failed")
             }

@@ -48,10 +48,13 @@ public final class SymmetricHeap: @unchecked Sendable {
     public let jobID: String
     /// Seconds a barrier waits for late peers before failing.
     public let timeoutSeconds: Double
-    /// [R] segments; index `rank` is this rank's own.
-    let segments: [SharedMemorySegment]
-    /// [R] base addresses (same order).
+    /// [R] mapped segments of the ranks on this node (index `rank` is this rank's own); nil for remote ranks.
+    let segments: [SharedMemorySegment?]
+    /// [R] connections to the ranks on other nodes; nil for ranks on this node.
+    let remotes: [NetworkPeer?]
+    /// [R] base addresses: a mapped segment, or a remote rank's shadow control block (control region only).
     @usableFromInline let bases: [UnsafeMutableRawPointer]
+    @usableFromInline let mapped: [Bool]
     /// Barriers passed so far; the next barrier is number `epoch + 1`.
     private(set) var epoch: UInt64 = 0
     private(set) var isClosed = false
@@ -76,7 +79,8 @@ public final class SymmetricHeap: @unchecked Sendable {
     /// it to kill or stall a rank at an exact phase).
     public static func join(
         jobID: String, rank: Int, world: Int, layout: SymmetricHeapLayout, identity: HeapIdentity,
-        timeoutSeconds: Double = 60, barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)? = nil
+        timeoutSeconds: Double = 60, network: NetworkRendezvous? = nil,
+        barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)? = nil
     ) throws -> SymmetricHeap {
         guard world == layout.ranks, rank >= 0, rank < world else {
             throw ExpertParallelError.invalidArgument("rank \(rank) of \(world) does not fit a heap laid out for \(layout.ranks) ranks")
@@ -85,15 +89,20 @@ public final class SymmetricHeap: @unchecked Sendable {
             throw ExpertParallelError.invalidArgument("job id '\(jobID)' must be 1-24 letters, digits or '_'")
         }
         guard timeoutSeconds > 0 else { throw ExpertParallelError.invalidArgument("timeout must be > 0 s, got \(timeoutSeconds)") }
+        let localRanks = network?.localRanks ?? 0..<world
+        guard localRanks.contains(rank), localRanks.lowerBound >= 0, localRanks.upperBound <= world else {
+            throw ExpertParallelError.invalidArgument("rank \(rank) is not among this node's ranks \(localRanks)")
+        }
         let own = try SharedMemorySegment.create(name: segmentName(jobID: jobID, rank: rank), byteCount: layout.totalBytes)
         ControlBlock.writeHeader(own.base, rank: rank, world: world, layout: layout, identity: identity)
 
         var segments: [SharedMemorySegment?] = Array(repeating: nil, count: world)
+        var remotes: [NetworkPeer?] = Array(repeating: nil, count: world)
         segments[rank] = own
         let deadline = MonotonicClock.seconds() + timeoutSeconds
         do {
             // Visit peers round-robin so that one slow peer does not hide a mismatched one.
-            var pending = (0..<world).filter { $0 != rank }
+            var pending = localRanks.filter { $0 != rank }
             while !pending.isEmpty {
                 var stillPending: [Int] = []
                 for peer in pending {
@@ -111,14 +120,23 @@ public final class SymmetricHeap: @unchecked Sendable {
                 }
                 MonotonicClock.sleep(seconds: 0.002)
             }
+            if let network, localRanks.count < world {
+                let peers = try network.connect(
+                    rank: rank, world: world, layout: layout, identity: identity, ownBase: own.base, deadline: deadline)
+                for peer in peers { remotes[peer.rank] = peer }
+            }
         } catch {
             ControlBlock.publishAbort(own.base, message: "\(error)")
             throw error
         }
         let heap = SymmetricHeap(
             rank: rank, world: world, layout: layout, jobID: jobID, timeoutSeconds: timeoutSeconds,
-            segments: segments.map { $0! }, barrierHook: barrierHook)
+            segments: segments, remotes: remotes, barrierHook: barrierHook)
         do {
+            for peer in remotes.compactMap({ $0 }) {
+                nonisolated(unsafe) let ownBase = own.base  // lives as long as the heap, which outlives the receivers
+                try peer.startReceiving { SymmetricHeap.ringDoorbell(ownBase) }
+            }
             try heap.barrier(.setup, layer: 0)
         } catch {
             heap.abort(message: "\(error)")
@@ -130,16 +148,18 @@ public final class SymmetricHeap: @unchecked Sendable {
 
     private init(
         rank: Int, world: Int, layout: SymmetricHeapLayout, jobID: String, timeoutSeconds: Double,
-        segments: [SharedMemorySegment], barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
+        segments: [SharedMemorySegment?], remotes: [NetworkPeer?], barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
     ) {
         self.barrierHook = barrierHook
+        self.remotes = remotes
+        self.mapped = segments.map { $0 != nil }
         self.rank = rank
         self.world = world
         self.layout = layout
         self.jobID = jobID
         self.timeoutSeconds = timeoutSeconds
         self.segments = segments
-        self.bases = segments.map(\.base)
+        self.bases = (0..<world).map { segments[$0]?.base ?? remotes[$0]!.shadow }
     }
 
     deinit { close() }
@@ -155,7 +175,7 @@ public final class SymmetricHeap: @unchecked Sendable {
         switch ControlBlock.state(base) {
         case .creating: return nil  // header not published yet; try again
         case .aborted: throw ExpertParallelError.peerAborted(rank: peer, message: ControlBlock.abortMessage(base))
-        case .ready, .finished: break
+        case .ready, .finished, .lost: break
         }
         func u64(_ offset: Int) -> UInt64 { base.load(fromByteOffset: offset, as: UInt64.self) }
         func u32(_ offset: Int) -> UInt32 { base.load(fromByteOffset: offset, as: UInt32.self) }
@@ -194,10 +214,34 @@ public final class SymmetricHeap: @unchecked Sendable {
 
     // MARK: addressing
 
-    /// The base of `region` in `peer`'s heap.
+    /// Whether `peer`'s heap is mapped into this process (a rank on this node, or this rank itself).
+    @inlinable public func isMapped(_ peer: Int) -> Bool { mapped[peer] }
+
+    /// The base of `region` in `peer`'s heap; `peer` must be mapped (use `store` to reach any rank).
     @inlinable
     public func address(of region: SymmetricHeapLayout.Region, rank peer: Int) -> UnsafeMutableRawPointer {
-        bases[peer] + layout.offset(of: region)
+        precondition(mapped[peer], "rank \(peer) is on another node: its heap is reached with store(to:)")
+        return bases[peer] + layout.offset(of: region)
+    }
+
+    /// Stores `count` bytes at `byteOffset` of `region` in `peer`'s heap: a plain copy for ranks on this node,
+    /// a queued network store for ranks on other nodes (delivered before this rank's next barrier arrival).
+    @inlinable
+    public func store(
+        to peer: Int, _ region: SymmetricHeapLayout.Region, byteOffset: Int, from source: UnsafeRawPointer, count: Int
+    ) throws {
+        if mapped[peer] {
+            (bases[peer] + layout.offset(of: region) + byteOffset).copyMemory(from: source, byteCount: count)
+        } else {
+            try storeRemote(to: peer, region, byteOffset: byteOffset, from: source, count: count)
+        }
+    }
+
+    @usableFromInline
+    func storeRemote(
+        to peer: Int, _ region: SymmetricHeapLayout.Region, byteOffset: Int, from source: UnsafeRawPointer, count: Int
+    ) throws {
+        try remotes[peer]!.write(region, byteOffset: byteOffset, from: source, count: count)
     }
 
     /// `region` of `peer`'s heap as elements of `type`.
@@ -212,7 +256,9 @@ public final class SymmetricHeap: @unchecked Sendable {
     public func abort(message: String) {
         guard !isClosed else { return }
         ControlBlock.publishAbort(bases[rank], message: message)
-        for peer in 0..<world where peer != rank { ring(peer) }
+        for peer in 0..<world where peer != rank {
+            if let remote = remotes[peer] { remote.abort(message: message) } else { ring(peer) }
+        }
     }
 
     /// Marks the heap finished and unmaps it (peers keep their own mappings).
@@ -222,15 +268,27 @@ public final class SymmetricHeap: @unchecked Sendable {
         if ControlBlock.state(bases[rank]) != .aborted {
             ControlBlock.setState(bases[rank], .finished)
         }
-        for peer in 0..<world where peer != rank { ring(peer) }
-        segments[rank].unlink()
+        for peer in 0..<world where peer != rank {
+            if let remote = remotes[peer] {
+                remote.finish()
+                remote.stop()
+            } else {
+                ring(peer)
+            }
+        }
+        segments[rank]!.unlink()
     }
 
-    /// Wakes any waiter sleeping on `peer`'s doorbell.
+    /// Wakes any waiter sleeping on `peer`'s doorbell (remote ranks are woken by their receiver threads).
     func ring(_ peer: Int) {
-        let bell = (bases[peer] + ControlBlock.doorbell).assumingMemoryBound(to: UInt32.self)
+        guard mapped[peer] else { return }
+        Self.ringDoorbell(bases[peer])
+    }
+
+    static func ringDoorbell(_ base: UnsafeMutableRawPointer) {
+        let bell = (base + ControlBlock.doorbell).assumingMemoryBound(to: UInt32.self)
         _ = moe_atomic_fetch_add_u32(bell, 1)
-        let sleepers = (bases[peer] + ControlBlock.sleepers).assumingMemoryBound(to: UInt32.self)
+        let sleepers = (base + ControlBlock.sleepers).assumingMemoryBound(to: UInt32.self)
         if moe_atomic_load_seq_cst_u32(sleepers) > 0 { moe_futex_wake_all(bell) }
     }
 
@@ -265,6 +323,10 @@ public final class SymmetricHeap: @unchecked Sendable {
         moe_atomic_store_release_u64((own + ControlBlock.lastArrival).assumingMemoryBound(to: UInt64.self), word)
         let arrivals = ControlBlock.arrivals(ranks: world)
         for peer in 0..<world {
+            if let remote = remotes[peer] {
+                try remote.arrive(word: word, layer: layer)
+                continue
+            }
             let slot = (bases[peer] + arrivals + rank * 64).assumingMemoryBound(to: UInt64.self)
             moe_atomic_store_release_u64(slot, word)
             if peer != rank { ring(peer) }
@@ -317,13 +379,17 @@ public final class SymmetricHeap: @unchecked Sendable {
                 throw ExpertParallelError.peerAborted(rank: peer, message: ControlBlock.abortMessage(bases[peer]))
             }
         }
-        for peer in late where ControlBlock.state(bases[peer]) == .finished {
-            throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))
+        for peer in late {
+            switch ControlBlock.state(bases[peer]) {
+            case .finished: throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))
+            case .lost: throw ExpertParallelError.peerLost(phase: phase, layer: layer, peer: status(of: peer))
+            default: break
+            }
         }
         let now = MonotonicClock.seconds()
         if now - lastLivenessProbe > 0.02 {
             lastLivenessProbe = now
-            for peer in late where segments[peer].ownerIsGone {
+            for peer in late where segments[peer]?.ownerIsGone ?? false {
                 // Re-check the state: a peer that closed normally also drops its lock.
                 if ControlBlock.state(bases[peer]) == .finished {
                     throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))

@@ -159,5 +159,7 @@ enum ControlBlock {
     /// Values of `state`.
     enum State: UInt32 {
         case creating = 0, ready = 1, finished = 2, aborted = 3
+        /// Only in a remote peer's shadow block: its connection dropped without a goodbye.
+        case lost = 4
     }
 }

@@ -1,7 +1,8 @@
 // The rank program of the expert-parallel process tests: the same library entry points `moe launch`,
 // `moe forward --ranks` and `moe bench --ranks` use, driven by a few flags, on synthetic models.
 //
-//   MoEParallelRankTool launch --ranks R [--comm C] [--timeout S] [--kill-grace S] [--job-id ID] -- <command>
+//   MoEParallelRankTool launch --ranks R [--comm C] [--timeout S] [--kill-grace S] [--job-id ID]
+//       [--nodes N --node-rank i --master host:port] -- <command>
 //   MoEParallelRankTool forward [--ranks R] (--preset P | --shape H,I,E,k) --tokens T [--seed S] [--layers L]
 //       [--mode M] [--comm C] [--map M] [--max-tokens-per-rank N] [--workers W] [--timeout S] [--verify]
 //       [--fault rank=R,phase=P,layer=L,action=kill|stall|exit|other-seed]
@@ -199,6 +200,9 @@ func runLaunch(_ flags: Flags) throws -> Int32 {
     if let timeout = flags.values["timeout"].flatMap(Double.init) { options.timeoutSeconds = timeout }
     if let grace = flags.values["kill-grace"].flatMap(Double.init) { options.killGraceSeconds = grace }
     options.jobID = flags.values["job-id"]
+    options.nodes = try flags.int("nodes", 1)
+    options.nodeRank = try flags.int("node-rank", 0)
+    options.master = flags.values["master"]
     let outcome = try RankLauncher.run(options)
     return outcome.exitCode
 }

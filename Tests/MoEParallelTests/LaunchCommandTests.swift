@@ -88,4 +88,14 @@ import Testing
         #expect(gpu.status != 0)
         #expect(gpu.errors.contains("expert parallelism runs on the CPU backend"), "\(gpu.errors)")
     }
+
+    @Test func benchAcrossTwoLoopbackNodes() throws {
+        let runs = try LaunchedRankTests.runTogether(
+            LaunchedRankTests.nodeCommands(nodes: 2, ranks: 1, [
+                "bench", "--preset", "tiny", "--tokens", "6", "--iterations", "2", "--warmup", "0",
+            ]), executable: Self.moe)
+        for run in runs { #expect(run.status == 0, "\(run.all)") }
+        #expect(runs[0].output.contains("[rank 0] check:   both paths bit-identical"), "\(runs[0].all)")
+        #expect(runs[0].output.contains("R=2 ranks"), "\(runs[0].output)")
+    }
 }

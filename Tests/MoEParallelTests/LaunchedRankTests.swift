@@ -28,30 +28,62 @@ import Glibc
 
     /// Runs the tool to completion, capturing both streams.
     static func run(_ arguments: [String]) throws -> Run {
+        try runTogether([arguments])[0]
+    }
+
+    /// Runs several tool processes at once (the nodes of a multi-node job) and collects each one's output.
+    static func runTogether(_ commands: [[String]], executable: String = tool) throws -> [Run] {
         let start = MonotonicClock.seconds()
-        let child = try ChildProcess.spawn(
-            executable: tool, arguments: arguments, environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
-        var streams = [[UInt8]](repeating: [], count: 2)
+        let children = try commands.map {
+            try ChildProcess.spawn(
+                executable: executable, arguments: $0, environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
+        }
+        var streams = [[[UInt8]]](repeating: [[], []], count: children.count)
+        var ended = [Double](repeating: 0, count: children.count)
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while child.outputDescriptor >= 0 || child.errorDescriptor >= 0 {
-            var descriptors = [child.outputDescriptor, child.errorDescriptor].filter { $0 >= 0 }
-                .map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while children.contains(where: { $0.outputDescriptor >= 0 || $0.errorDescriptor >= 0 }) {
+            var descriptors: [pollfd] = []
+            var owners: [(Int, Int)] = []
+            for (index, child) in children.enumerated() {
+                for (stream, fd) in [child.outputDescriptor, child.errorDescriptor].enumerated() where fd >= 0 {
+                    descriptors.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                    owners.append((index, stream))
+                }
+            }
             _ = poll(&descriptors, nfds_t(descriptors.count), 1000)
-            for descriptor in descriptors where descriptor.revents != 0 {
-                let stream = descriptor.fd == child.outputDescriptor ? 0 : 1
+            for (slot, descriptor) in descriptors.enumerated() where descriptor.revents != 0 {
+                let (index, stream) = owners[slot]
                 let n = buffer.withUnsafeMutableBytes { read(descriptor.fd, $0.baseAddress, $0.count) }
                 if n > 0 {
-                    streams[stream].append(contentsOf: buffer[0..<n])
+                    streams[index][stream].append(contentsOf: buffer[0..<n])
                 } else {
                     close(descriptor.fd)
-                    if stream == 0 { child.outputDescriptor = -1 } else { child.errorDescriptor = -1 }
+                    if stream == 0 { children[index].outputDescriptor = -1 } else { children[index].errorDescriptor = -1 }
+                    ended[index] = MonotonicClock.seconds() - start
                 }
             }
         }
-        let status = child.wait().shellStatus
-        return Run(
-            status: status, output: String(decoding: streams[0], as: UTF8.self),
-            errors: String(decoding: streams[1], as: UTF8.self), seconds: MonotonicClock.seconds() - start)
+        return children.enumerated().map { index, child in
+            Run(
+                status: child.wait().shellStatus, output: String(decoding: streams[index][0], as: UTF8.self),
+                errors: String(decoding: streams[index][1], as: UTF8.self), seconds: ended[index])
+        }
+    }
+
+    /// A free TCP port on the loopback interface (for a multi-node job's --master).
+    static func freePort() throws -> Int {
+        let socket = try TCPSocket.listen(on: try TCPSocket.resolve("127.0.0.1:0"), label: "port probe")
+        defer { socket.close() }
+        return Int(UInt16(bigEndian: socket.localAddress.sin_port))
+    }
+
+    /// The launch commands of `nodes` node launchers on 127.0.0.1, each running `ranks` ranks of `command`.
+    static func nodeCommands(nodes: Int, ranks: Int, extra: [String] = [], _ command: [String]) throws -> [[String]] {
+        let master = "127.0.0.1:\(try freePort())"
+        return (0..<nodes).map { node in
+            ["launch", "--nodes", "\(nodes)", "--node-rank", "\(node)", "--master", master, "--ranks", "\(ranks)"] + extra
+                + ["--"] + command
+        }
     }
 
     @Test(arguments: [1, 2, 3, 4], CommMode.allCases)
@@ -169,5 +201,69 @@ import Glibc
         let run = try Self.run(["launch", "--ranks", "2"])
         #expect(run.status == 2)
         #expect(run.errors.contains("nothing to launch"), "\(run.errors)")
+    }
+
+    // MARK: several "nodes" on 127.0.0.1
+
+    @Test(arguments: CommMode.allCases)
+    func twoNodesOfTwoRanksAreBitIdentical(comm: CommMode) throws {
+        let runs = try Self.runTogether(Self.nodeCommands(nodes: 2, ranks: 2, [
+            "forward", "--comm", comm.rawValue, "--shape", "64,32,8,4", "--tokens", "13", "--layers", "2", "--verify",
+        ]))
+        for run in runs { #expect(run.status == 0, "\(run.all)") }
+        #expect(runs[0].output.contains("[rank 0] bit-identical to the single-rank forward"), "\(runs[0].all)")
+        #expect(runs[1].output.contains("[rank 3] rank 3/4"), "\(runs[1].all)")
+        #expect(runs[1].errors.contains("node 1 of 2: joined job"), "\(runs[1].errors)")
+    }
+
+    @Test func threeNodesOfOneRankRunOverTCPOnlyInChunks() throws {
+        let runs = try Self.runTogether(Self.nodeCommands(nodes: 3, ranks: 1, [
+            "forward", "--shape", "96,160,5,3", "--tokens", "10", "--max-tokens-per-rank", "2", "--map", "2,0,1,2,0",
+            "--mode", "softmax-first", "--verify",
+        ]))
+        for run in runs { #expect(run.status == 0, "\(run.all)") }
+        #expect(runs[0].output.contains("bit-identical"), "\(runs[0].all)")
+    }
+
+    @Test func aKilledRankOnAnotherNodeEndsTheJob() throws {
+        let runs = try Self.runTogether(Self.nodeCommands(nodes: 2, ranks: 2, extra: ["--timeout", "30"], [
+            "forward", "--shape", "64,32,8,4", "--tokens", "12", "--layers", "3",
+            "--fault", "rank=3,phase=combine,layer=1,action=kill",
+        ]))
+        #expect(runs[1].status == 128 + SIGKILL, "\(runs[1].all)")
+        #expect(runs[0].status != 0, "\(runs[0].all)")
+        #expect(runs.allSatisfy { $0.seconds < 10 }, "\(runs.map(\.seconds))")
+        #expect(runs[0].errors.contains("rank 3 (pid"), "\(runs[0].errors)")
+        #expect(runs[0].errors.contains("on another node disconnected"), "\(runs[0].errors)")
+    }
+
+    @Test func nodesWithAnotherModelOrShapeAreRefused() throws {
+        // Rank 1 (alone on node 1) loads other weights: the rendezvous refuses both ranks, naming it and the field.
+        let weights = try Self.runTogether(Self.nodeCommands(nodes: 2, ranks: 1, extra: ["--timeout", "20"], [
+            "forward", "--shape", "64,32,8,4", "--tokens", "4", "--fault", "rank=1,action=other-seed",
+        ]))
+        for run in weights {
+            #expect(run.status != 0)
+            #expect(run.seconds < 10)
+            #expect(run.errors.contains("rank 1 was started with a different weights ("), "\(run.errors)")
+        }
+        // Rank 2 of node 1 loads other weights: its node-mate refuses it through shared memory, node 1's launcher
+        // reports the failure to node 0, and node 0's ranks stop at once instead of waiting out the timeout.
+        let local = try Self.runTogether(Self.nodeCommands(nodes: 2, ranks: 2, extra: ["--timeout", "20"], [
+            "forward", "--shape", "64,32,8,4", "--tokens", "4", "--fault", "rank=2,action=other-seed",
+        ]))
+        #expect(local.allSatisfy { $0.status != 0 && $0.seconds < 10 }, "\(local.map(\.seconds))")
+        #expect(local[1].errors.contains("was started with a different model weights (digest)"), "\(local[1].errors)")
+        #expect(local[0].errors.contains("node 1 failed: rank"), "\(local[0].errors)")
+        // Node 1 with another --ranks is refused before any of its ranks starts.
+        var commands = try Self.nodeCommands(nodes: 2, ranks: 2, extra: ["--timeout", "20"], [
+            "forward", "--shape", "64,32,8,4", "--tokens", "4",
+        ])
+        commands[1][commands[1].firstIndex(of: "--ranks")! + 1] = "3"
+        let shape = try Self.runTogether(commands)
+        #expect(shape[1].status != 0)
+        #expect(shape[1].errors.contains("node 1 was started with --nodes 2 --ranks 3; node 0 has --nodes 2 --ranks 2"), "\(shape[1].errors)")
+        #expect(shape[0].status != 0 && shape[0].seconds < 10, "\(shape[0].all)")
+        #expect(shape[0].errors.contains("the rendezvous refused rank 0: node 1 was started with"), "\(shape[0].errors)")
     }
 }
