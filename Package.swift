@@ -35,7 +35,10 @@ let package = Package(
                 .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
                 .embedInCode("Kernels/moe_ceilings.cu"),
             ]),
-        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
+                .target(name: "CMoEAtomics"),
+        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
+        // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).
+        .executableTarget(name: "MoEParallelRankTool", dependencies: ["MoEParallel"], path: "Tests/MoEParallelRankTool"),
         .target(
             name: "MoEServer",
             dependencies: [
@@ -54,7 +57,7 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
         .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
         .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
-        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel"]),
+        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool", "MoECLI"]),
         .testTarget(
             name: "MoEServerTests",
             dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),

@@ -16,6 +16,7 @@ struct MoE: AsyncParsableCommand {
             InitCommand.self,
             ForwardCommand.self,
             CUDADebugCommand.self,
+            LaunchCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }
