@@ -35,7 +35,7 @@ let package = Package(
                 .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
                 .embedInCode("Kernels/moe_ceilings.cu"),
             ]),
-                .target(name: "CMoEAtomics"),
+        .target(name: "CMoEAtomics"),
         .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
         // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).
         .executableTarget(name: "MoEParallelRankTool", dependencies: ["MoEParallel"], path: "Tests/MoEParallelRankTool"),
