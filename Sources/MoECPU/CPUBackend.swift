@@ -106,6 +106,7 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
         let xs = scratch.floats(rowCount * H)
         for r in 0..<rowCount { Kernels.bf16ToFloat(input.row(rowStart + r), xs + r * H, count: H) }
         let gateRow = scratch.floats(H, slot: 1), upRow = scratch.floats(H, slot: 2)
+        let alpha = Float(config.swigluAlpha), limit = Float(config.swigluLimit)
         let stack = weights.gateUp
         weights.gateUp.blocks.withUnsafeBufferPointer { blocks in
             for p in firstPair..<(firstPair + pairCount) {
@@ -116,7 +117,7 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
                 for r in 0..<rowCount {
                     let g = Kernels.dot(gateRow, xs + r * H, count: H) + gateBias
                     let u = Kernels.dot(upRow, xs + r * H, count: H) + upBias
-                    let a = SwiGLU.apply(gate: g, up: u, alpha: config.swigluAlpha, limit: config.swigluLimit)
+                    let a = SwiGLU.apply(gate: g, up: u, alpha: alpha, limit: limit)
                     intermediate[(rowStart + r) * I + p] = BF16.bits(a)
                 }
             }

@@ -10,16 +10,17 @@ public struct MoEConfig: Sendable, Hashable, Codable, CustomStringConvertible {
     public var experts: Int
     /// k: experts per token, 1 ≤ k ≤ E.
     public var topK: Int
-    /// Clamp of the SwiGLU inputs (`swiglu_limit` in config.json).
-    public var swigluLimit: Float
+    /// Clamp of the SwiGLU inputs (`swiglu_limit` in config.json). Double so the float64 reference uses the
+    /// exact value; fp32 kernels use `Float(swigluLimit)`.
+    public var swigluLimit: Double
     /// The SwiGLU sigmoid slope (1.702 in gpt-oss).
-    public var swigluAlpha: Float
+    public var swigluAlpha: Double
     /// Number of layers in a model directory.
     public var layers: Int
 
     public init(
         hidden: Int, intermediate: Int, experts: Int, topK: Int,
-        swigluLimit: Float = 7.0, swigluAlpha: Float = 1.702, layers: Int = 1
+        swigluLimit: Double = 7.0, swigluAlpha: Double = 1.702, layers: Int = 1
     ) {
         self.hidden = hidden
         self.intermediate = intermediate

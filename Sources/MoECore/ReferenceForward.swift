@@ -51,7 +51,7 @@ public enum ReferenceMoE {
         // Each slot's row is written by exactly one expert's iteration: disjoint writes, no lock needed.
         nonisolated(unsafe) let slotOutputs = UnsafeMutableBufferPointer<Double>.allocate(capacity: T * k * H)
         defer { slotOutputs.deallocate() }
-        let alpha = Double(c.swigluAlpha), limit = Double(c.swigluLimit)
+        let alpha = c.swigluAlpha, limit = c.swigluLimit
         DispatchQueue.concurrentPerform(iterations: E) { e in
             let start = Int(plan.expertOffsets[e]), end = Int(plan.expertOffsets[e + 1])
             if start == end { return }

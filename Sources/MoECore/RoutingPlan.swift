@@ -23,15 +23,15 @@ public struct RoutingPlan: Sendable, Equatable {
     public let experts: Int
     public let tileRows: Int
     /// [E] rows per expert.
-    public private(set) var expertCounts: [Int32]
+    public internal(set) var expertCounts: [Int32]
     /// [E+1] first sorted row of each expert; the last entry is `routedSlots`.
-    public private(set) var expertOffsets: [Int32]
+    public internal(set) var expertOffsets: [Int32]
     /// [routedSlots] sorted row → slot.
-    public private(set) var sortedToSlot: [Int32]
+    public internal(set) var sortedToSlot: [Int32]
     /// [T·k] slot → sorted row, −1 when the slot routes nowhere.
-    public private(set) var slotToSorted: [Int32]
+    public internal(set) var slotToSorted: [Int32]
     /// The GEMM tile schedule, expert-major.
-    public private(set) var tiles: [Tile]
+    public internal(set) var tiles: [Tile]
 
     public var routedSlots: Int { sortedToSlot.count }
 

@@ -1,3 +1,0 @@
-import MoECore
-import MoECPU
-print("moe")
