@@ -13,6 +13,7 @@ struct MoE: AsyncParsableCommand {
             InfoCommand.self,
             CheckCommand.self,
             BenchCommand.self,
+            ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }
