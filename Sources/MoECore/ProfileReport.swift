@@ -115,8 +115,8 @@ public struct ProfileReport: Sendable {
             ]
             if includeCosts {
                 cells += [
-                    Fixed.format(s.flops / 1e9, digits: 3), Fixed.format(s.bytes / 1e6, digits: 3),
-                    Fixed.format(s.tflops, digits: 4), Fixed.format(s.gbps, digits: 2),
+                    Fixed.significant(s.flops / 1e9), Fixed.significant(s.bytes / 1e6),
+                    Fixed.significant(s.tflops), Fixed.significant(s.gbps),
                 ]
                 if ceilings != nil {
                     let floorShare = s.floorSeconds(ceilings).map { s.seconds > 0 ? 100 * $0 / s.seconds : 0 }
@@ -135,8 +135,8 @@ public struct ProfileReport: Sendable {
         let widths = header.indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
         var text = "profile \(name): \(records.count) scopes, ranks \(ranks.map(String.init).joined(separator: ","))\n"
         if let ceilings {
-            text += "ceilings: \(Fixed.format(ceilings.bandwidthGBps, digits: 1)) GB/s (\(ceilings.bandwidthMethod)), "
-            text += "\(Fixed.format(ceilings.peakTFLOPs, digits: 3)) TFLOP/s (\(ceilings.peakMethod))\n"
+            text += "ceilings: \(Fixed.significant(ceilings.bandwidthGBps)) GB/s (\(ceilings.bandwidthMethod)), "
+            text += "\(Fixed.significant(ceilings.peakTFLOPs)) TFLOP/s (\(ceilings.peakMethod))\n"
         }
         for (i, cells) in rows.enumerated() {
             let padded = cells.enumerated().map { c, cell in
@@ -331,6 +331,13 @@ package indirect enum JSONText: Sendable {
 
 /// Fixed-point formatting without Foundation's `String(format:)`.
 package enum Fixed {
+    /// At least `figures` significant digits, at most 9 decimals: 1234.5 → "1235", 2.54841 → "2.55", 0.000123 → "0.000123".
+    package static func significant(_ value: Double, figures: Int = 3) -> String {
+        guard value.isFinite, value != 0 else { return format(value, digits: value == 0 ? 0 : 1) }
+        let magnitude = Int((log10(abs(value))).rounded(.down))
+        return format(value, digits: min(9, max(0, figures - 1 - magnitude)))
+    }
+
     package static func format(_ value: Double, digits: Int) -> String {
         guard value.isFinite else { return value.isNaN ? "nan" : (value > 0 ? "inf" : "-inf") }
         var scale = 1.0
