@@ -13,6 +13,8 @@ struct MoE: AsyncParsableCommand {
             InfoCommand.self,
             CheckCommand.self,
             BenchCommand.self,
+            InitCommand.self,
+            ForwardCommand.self,
             ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
