@@ -12,7 +12,8 @@ struct ServeCommand: AsyncParsableCommand {
             Endpoints:
               POST /v1/moe/forward   {"hidden_states": [[...H numbers...], ...], "routing": "renormalize"}
                                      or a safetensors body (Content-Type: application/octet-stream, tensor
-                                     hidden_states [T, H], F32/BF16/F16; ?routing=softmax-first)
+                                     hidden_states [T, H], F32 or BF16, as moe forward reads;
+                                     ?routing=softmax-first)
                                      -> {"hidden_states", "topk_ids", "topk_weights"}
               GET  /health           what is loaded
               GET  /metrics          Prometheus text: requests, errors by status, latency, tokens/s, stage times

@@ -93,8 +93,8 @@ public struct MoEServer: Sendable {
                 body, hidden: c.hidden, maxTokens: configuration.maxRequestTokens, defaultRouting: configuration.defaultRouting)
         case "application/octet-stream":
             input = try ForwardSafeTensors.decode(
-                body, hidden: c.hidden, maxTokens: configuration.maxRequestTokens,
-                routing: try routingQuery(request) ?? configuration.defaultRouting)
+                body, hidden: c.hidden, maxTokens: configuration.maxRequestTokens, routing: try routingQuery(request),
+                defaultRouting: configuration.defaultRouting)
         case let other?:
             throw ServerError(
                 .unsupportedMediaType,
