@@ -17,6 +17,7 @@ struct MoE: AsyncParsableCommand {
             ForwardCommand.self,
             CUDADebugCommand.self,
             LaunchCommand.self,
+            ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }
