@@ -285,7 +285,7 @@ import Testing
             let stop = try await client.execute(uri: "/stop_profile", method: .post)
             let summary = try #require(JSONSerialization.jsonObject(with: Data(String(buffer: stop.body).utf8)) as? [String: Any])
             let stages = try #require(summary["stages"] as? [[String: Any]])
-            #expect(stages.count == 6 && stages.allSatisfy { $0["flops"] == nil && ($0["total_us"] as? Double ?? 0) > 0 })
+            #expect(stages.count == 7 && stages.allSatisfy { $0["flops"] == nil && ($0["total_us"] as? Double ?? 0) > 0 })
             #expect((summary["files"] as? [String: Any])?["trace"] is NSNull)
             #expect(!FileManager.default.fileExists(atPath: "\(directory)/lite.trace.json"))
         }
