@@ -138,7 +138,7 @@ import Testing
 
     @Test func writeIntoAFileFailsWithAnIOError() throws {
         let file = NSTemporaryDirectory() + "moe-profile-file-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: file, contents: Data())
+        #expect(FileManager.default.createFile(atPath: file, contents: Data()))
         defer { try? FileManager.default.removeItem(atPath: file) }
         #expect {
             try ProfileReport(records: Self.twoRankRecords()).write(to: file)
