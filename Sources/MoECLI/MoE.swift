@@ -15,6 +15,8 @@ struct MoE: AsyncParsableCommand {
             BenchCommand.self,
             InitCommand.self,
             ForwardCommand.self,
+            CUDADebugCommand.self,
+            LaunchCommand.self,
             ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
