@@ -84,3 +84,46 @@ final class ScriptedBackend: MoEBackend, @unchecked Sendable {
         try body(input, tokens)
     }
 }
+
+/// The tokens/s gauge against a clock the test moves.
+@Suite struct ThroughputWindowTests {
+    final class ManualClock: @unchecked Sendable {
+        private let lock = NSLock()
+        private var seconds = 100.0
+        var now: Double {
+            lock.lock()
+            defer { lock.unlock() }
+            return seconds
+        }
+        func advance(to offset: Double) {
+            lock.lock()
+            seconds = 100 + offset
+            lock.unlock()
+        }
+    }
+
+    static func tokensPerSecond(_ metrics: ServerMetrics) throws -> Double? {
+        try PrometheusText.parse(metrics.prometheusText())["moe_tokens_per_second"]
+    }
+
+    @Test func tokensPerSecondCoversTheLastTenSeconds() throws {
+        let clock = ManualClock()
+        let metrics = ServerMetrics(clock: { clock.now })
+        clock.advance(to: 2)
+        metrics.batchFinished(requests: 3, tokens: 30, seconds: 0.1, records: [])
+        clock.advance(to: 6)
+        // Younger than the window: 30 tokens over the 6 s since start.
+        #expect(try Self.tokensPerSecond(metrics) == 5)
+        clock.advance(to: 11)
+        metrics.batchFinished(requests: 1, tokens: 20, seconds: 0.1, records: [])
+        clock.advance(to: 12)
+        // Window [2, 12]: both batches, 50 tokens / 10 s.
+        #expect(try Self.tokensPerSecond(metrics) == 5)
+        clock.advance(to: 15)
+        // Window [5, 15]: the first batch (t = 2) has left it.
+        #expect(try Self.tokensPerSecond(metrics) == 2)
+        clock.advance(to: 30)
+        #expect(try Self.tokensPerSecond(metrics) == 0)
+        #expect(metrics.totalTokens == 50 && metrics.totalBatches == 2 && metrics.totalBatchedRequests == 4)
+    }
+}

@@ -157,7 +157,8 @@ import Testing
             #expect(samples[#"moe_http_request_duration_seconds_count{route="/v1/moe/forward"}"#] == 2)
             #expect(samples[#"moe_http_request_duration_seconds_bucket{route="/v1/moe/forward",le="+Inf"}"#] == 2)
             #expect(samples["moe_forward_tokens_total"] == 3 && samples["moe_forward_batches_total"] == 1)
-            #expect((samples["moe_tokens_per_second"] ?? 0) > 0)
+            // tokens/s covers the last 10 s only (its arithmetic is tested with a manual clock below).
+            #expect(samples["moe_tokens_per_second"] != nil)
             for stage in try Fixture.cpuStages() {
                 #expect((samples[#"moe_stage_seconds_total{stage="\#(stage)"}"#] ?? 0) > 0, "\(stage)")
                 #expect(samples[#"moe_stage_calls_total{stage="\#(stage)"}"#] == 1, "\(stage)")
