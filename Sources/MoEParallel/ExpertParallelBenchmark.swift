@@ -26,7 +26,7 @@ public struct ExpertParallelBenchOptions: Sendable {
         }
         guard ExpertParallelBenchmark.wordsPerRank(iterations: iterations, comms: comms.count) <= resultWords else {
             throw ExpertParallelError.invalidArgument(
-                "\(iterations) iterations do not fit the results region; use at most \((resultWords / comms.count - 12) / 8)")
+                "\(iterations) iterations do not fit the results region; use at most \((resultWords / comms.count - 12) / ExpertParallelBenchmark.wordsPerIteration)")
         }
     }
 }
@@ -44,8 +44,10 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
         public var p10Microseconds: Double
         public var p90Microseconds: Double
         public var tokensPerSecond: Double
-        /// Per phase (ExpertParallelStage order): median microseconds, bytes moved, bytes stored remotely.
+        /// Per phase (ExpertParallelStage order): median microseconds, of which waiting in the phase's barrier,
+        /// bytes moved, bytes stored remotely.
         public var phaseMicroseconds: [Double]
+        public var phaseWaitMicroseconds: [Double]
         public var phaseBytesMoved: [Double]
         public var phaseBytesRemote: [Double]
 
@@ -56,6 +58,7 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             case p90Microseconds = "p90_us"
             case tokensPerSecond = "tokens_per_s"
             case phaseMicroseconds = "phase_us"
+            case phaseWaitMicroseconds = "phase_wait_us"
             case phaseBytesMoved = "phase_bytes_moved"
             case phaseBytesRemote = "phase_bytes_remote"
         }
@@ -105,12 +108,15 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             var title = "T=\(row.tokens) (\(row.tokensPerRank) per rank)"
             if let single = row.singleRankMicroseconds { title += "; single-rank CPU forward \(Self.number(single)) µs" }
             lines.append(title)
-            let header = ["phase"] + row.paths.map { "\($0.comm) µs" } + (row.paths.count == 2 ? ["a2a/sym"] : [])
+            let header = ["phase"] + row.paths.map { "\($0.comm) µs (wait)" } + (row.paths.count == 2 ? ["a2a/sym"] : [])
                 + row.paths.map { "\($0.comm) bytes (remote)" }
             var table: [[String]] = [header]
             for (index, phase) in phases.enumerated() {
                 var cells = [phase]
-                cells += row.paths.map { Self.number($0.phaseMicroseconds[index]) }
+                cells += row.paths.map { path in
+                    let wait = path.phaseWaitMicroseconds[index]
+                    return Self.number(path.phaseMicroseconds[index]) + (wait > 0 ? " (\(Self.number(wait)))" : "")
+                }
                 if row.paths.count == 2 {
                     let sym = row.paths[0].phaseMicroseconds[index], a2a = row.paths[1].phaseMicroseconds[index]
                     cells.append(sym > 0 ? Self.ratio(a2a / sym) : "-")
@@ -162,8 +168,10 @@ extension String {
 }
 
 enum ExpertParallelBenchmark {
-    /// f64 words one rank stores per batch size: per path, 7 per iteration (6 phases + layer) and 12 bytes.
-    static func wordsPerRank(iterations: Int, comms: Int) -> Int { comms * (7 * iterations + 12) }
+    /// f64 words one rank stores per batch size: per path, 13 per iteration (6 phases, 6 waits, the layer)
+    /// and 12 byte counts.
+    static let wordsPerIteration = 13
+    static func wordsPerRank(iterations: Int, comms: Int) -> Int { comms * (wordsPerIteration * iterations + 12) }
 
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {
         guard !sorted.isEmpty else { return 0 }
@@ -210,7 +218,7 @@ extension ExpertParallelRunner {
                     let start = MonotonicClock.nanoseconds()
                     try runLayer(options.comms[path], &measurement)
                     let wall = Double(MonotonicClock.nanoseconds() - start) * 1e-9
-                    samples[path].append(measurement.seconds + [wall])
+                    samples[path].append(measurement.seconds + measurement.waitSeconds + [wall])
                     bytes[path] = measurement
                 }
             }
@@ -252,26 +260,35 @@ extension ExpertParallelRunner {
     ) -> ExpertParallelBenchReport.Row {
         let words = heap.layout.resultWords
         let results = heap.pointer(to: .results, rank: 0, as: Double.self)
-        let perPath = 7 * options.iterations + 12
+        let perIteration = ExpertParallelBenchmark.wordsPerIteration
+        let perPath = perIteration * options.iterations + 12
         var paths: [ExpertParallelBenchReport.PathSummary] = []
         for (path, comm) in options.comms.enumerated() {
             var layer: [Double] = []
             var phases = [[Double]](repeating: [], count: stages)
+            var waits = [[Double]](repeating: [], count: stages)
             for iteration in 0..<options.iterations {
                 var slowest = 0.0
                 var phaseMeans = [Double](repeating: 0, count: stages)
+                var waitMeans = [Double](repeating: 0, count: stages)
                 for peer in 0..<world {
-                    let sample = results + peer * words + path * perPath + iteration * 7
-                    for s in 0..<stages { phaseMeans[s] += sample[s] / Double(world) }
-                    slowest = max(slowest, sample[6])
+                    let sample = results + peer * words + path * perPath + iteration * perIteration
+                    for s in 0..<stages {
+                        phaseMeans[s] += sample[s] / Double(world)
+                        waitMeans[s] += sample[stages + s] / Double(world)
+                    }
+                    slowest = max(slowest, sample[2 * stages])
                 }
                 layer.append(slowest)
-                for s in 0..<stages { phases[s].append(phaseMeans[s]) }
+                for s in 0..<stages {
+                    phases[s].append(phaseMeans[s])
+                    waits[s].append(waitMeans[s])
+                }
             }
             var moved = [Double](repeating: 0, count: stages)
             var remote = [Double](repeating: 0, count: stages)
             for peer in 0..<world {
-                let b = results + peer * words + path * perPath + 7 * options.iterations
+                let b = results + peer * words + path * perPath + perIteration * options.iterations
                 for s in 0..<stages {
                     moved[s] += b[s]
                     remote[s] += b[stages + s]
@@ -285,6 +302,7 @@ extension ExpertParallelRunner {
                 p90Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.9) * 1e6,
                 tokensPerSecond: Double(tokens) / median,
                 phaseMicroseconds: phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
+                phaseWaitMicroseconds: waits.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
                 phaseBytesMoved: moved, phaseBytesRemote: remote))
         }
         var ratio: Double?

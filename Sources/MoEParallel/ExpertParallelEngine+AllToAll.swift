@@ -54,7 +54,7 @@ extension ExpertParallelEngine {
             try heap.store(to: peer, .allToAllCounts, byteOffset: r * R * 2 * 4, from: countsRow, count: 2 * R * 4)
         }
         try publishStepShape(step)
-        try heap.barrier(.allToAllCounts, layer: step.layer)
+        try barrier(.allToAllCounts, step, charging: .metadata, &measured)
         try checkStepShapes(step)
         let counts = heap.pointer(to: .allToAllCounts, rank: r, as: Int32.self)
         func tokens(from source: Int, to destination: Int) -> Int { Int(counts[(source * R + destination) * 2]) }
@@ -106,7 +106,7 @@ extension ExpertParallelEngine {
             }
             if d != r { remoteTokens += count }
         }
-        try heap.barrier(.allToAllDispatch, layer: step.layer)
+        try barrier(.allToAllDispatch, step, charging: .dispatch, &measured)
         let tokenBytes = rowBytes + k * 8
         clock.lap(.dispatch, &measured, moved: 2 * sendTokens * tokenBytes, remote: remoteTokens * tokenBytes)
 
@@ -167,7 +167,7 @@ extension ExpertParallelEngine {
                 if source != r { remoteSlots += count }
             }
         }
-        try heap.barrier(.allToAllCombine, layer: step.layer)
+        try barrier(.allToAllCombine, step, charging: .combine, &measured)
         let returned = heap.pointer(to: .allToAllReturn, rank: r, as: UInt16.self)
         var next = 0
         for d in 0..<R {

@@ -33,15 +33,18 @@ public enum ExpertParallelStage: String, CaseIterable, Sendable, Codable {
 /// Time and bytes of one rank's layers, per phase (sums over the layers recorded).
 ///
 /// `bytesMoved` counts every byte the phase's copies wrote (packing and unpacking included, the local share
-/// of stores included); `bytesRemote` counts the bytes stored into other ranks' memory.
+/// of stores included); `bytesRemote` counts the bytes stored into other ranks' memory. `waitSeconds` is the
+/// part of `seconds` spent in the phase's barrier (waiting for slower ranks, e.g. ones with more expert work).
 public struct LayerMeasurement: Sendable, Equatable, Codable {
     public var seconds: [Double]
+    public var waitSeconds: [Double]
     public var bytesMoved: [Double]
     public var bytesRemote: [Double]
 
     public init() {
         let zeros = [Double](repeating: 0, count: ExpertParallelStage.allCases.count)
         seconds = zeros
+        waitSeconds = zeros
         bytesMoved = zeros
         bytesRemote = zeros
     }
@@ -224,6 +227,16 @@ public final class ExpertParallelEngine: @unchecked Sendable {
             measured.add(stage, seconds: Double(now - last) * 1e-9, moved: Double(moved), remote: Double(remote))
             last = now
         }
+    }
+
+    /// A barrier whose waiting time is charged to `stage` as wait.
+    @inline(__always)
+    func barrier(
+        _ phase: ExpertParallelPhase, _ step: Step, charging stage: ExpertParallelStage, _ measured: inout LayerMeasurement
+    ) throws {
+        let start = MonotonicClock.nanoseconds()
+        try heap.barrier(phase, layer: step.layer)
+        measured.waitSeconds[stage.index] += Double(MonotonicClock.nanoseconds() - start) * 1e-9
     }
 
     /// Rounds the step's tokens to bf16 and runs router + top-k on them; padding rows get id −1, weight 0.

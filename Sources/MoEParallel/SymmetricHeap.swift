@@ -343,27 +343,32 @@ public final class SymmetricHeap: @unchecked Sendable {
         var checks = 0
         while true {
             let ring = moe_atomic_load_seq_cst_u32(bell)
-            var late: [Int] = []
+            var lateCount = 0
             for peer in 0..<world {
                 let word = moe_atomic_load_acquire_u64((arrivals + peer * 64).assumingMemoryBound(to: UInt64.self))
                 let arrived = word >> 8
                 if arrived < epoch {
-                    late.append(peer)
+                    lateCount += 1
                 } else if arrived == epoch, UInt8(word & 0xFF) != phase.rawValue {
                     throw ExpertParallelError.phaseMismatch(
                         expected: phase, layer: layer, rank: peer,
                         actual: ExpertParallelPhase(rawValue: UInt8(word & 0xFF)) ?? .setup)
                 }
             }
-            if late.isEmpty { return }
+            if lateCount == 0 { return }
+            // Spin briefly (a peer on its own core arrives within microseconds), then yield the core for up to
+            // ~200 µs (an oversubscribed peer needs it), then sleep on the doorbell futex.
             checks += 1
-            if checks < 50 {
+            if checks < 64 {
                 moe_cpu_relax()
                 continue
             }
-            if checks < 60 {
+            if MonotonicClock.seconds() - start < 0.0002 {
                 sched_yield()
                 continue
+            }
+            let late = (0..<world).filter {
+                moe_atomic_load_acquire_u64((arrivals + $0 * 64).assumingMemoryBound(to: UInt64.self)) >> 8 < epoch
             }
             try checkPeers(late: late, phase: phase, layer: layer, start: start)
             _ = moe_atomic_fetch_add_u32(sleepers, 1)

@@ -234,7 +234,10 @@ import Glibc
         #expect(runs[0].status != 0, "\(runs[0].all)")
         #expect(runs.allSatisfy { $0.seconds < 10 }, "\(runs.map(\.seconds))")
         #expect(runs[0].errors.contains("rank 3 (pid"), "\(runs[0].errors)")
-        #expect(runs[0].errors.contains("on another node disconnected"), "\(runs[0].errors)")
+        // Node 0's ranks see rank 3's connection drop, or hear from rank 2 (rank 3's node-mate) that it died.
+        #expect(
+            runs[0].errors.contains("on another node disconnected") || runs[0].errors.contains("died (its process is gone)"),
+            "\(runs[0].errors)")
     }
 
     @Test func nodesWithAnotherModelOrShapeAreRefused() throws {
