@@ -214,6 +214,28 @@ import Glibc
         }
     }
 
+    @Test func ranksSeeWhatTheirPeersPublished() throws {
+        let job = SymmetricHeap.newJobID()
+        let layout = try SymmetricHeapLayout(ranks: 3, capacity: 1, topK: 1, hidden: 32)
+        let results = RankThreads.run(ranks: 3) { rank -> [[UInt8]] in
+            // Stands in for a CUDA IPC handle (64 opaque bytes) of each rank's device heap.
+            let handle = (0..<64).map { UInt8(truncatingIfNeeded: rank * 64 + $0) }
+            let heap = try SymmetricHeap.join(
+                jobID: job, rank: rank, world: 3, layout: layout, identity: Self.identity, published: handle)
+            defer { heap.close() }
+            return (0..<3).map { heap.published(by: $0) }
+        }
+        for result in results {
+            let seen = try result.get()
+            for peer in 0..<3 { #expect(seen[peer] == (0..<64).map { UInt8(truncatingIfNeeded: peer * 64 + $0) }) }
+        }
+        #expect(throws: ExpertParallelError.self) {
+            try SymmetricHeap.join(
+                jobID: SymmetricHeap.newJobID(), rank: 0, world: 1, layout: try SymmetricHeapLayout(ranks: 1, capacity: 1, topK: 1, hidden: 32),
+                identity: Self.identity, published: [UInt8](repeating: 0, count: 300))
+        }
+    }
+
     @Test func badJobIdsAreRejected() throws {
         let layout = try SymmetricHeapLayout(ranks: 1, capacity: 1, topK: 1, hidden: 32)
         #expect(throws: ExpertParallelError.self) {
