@@ -6,6 +6,7 @@ import PackageDescription
 //   SafeTensors    memory-mapped safetensors reader and writer (no dependencies)
 //   MoECheckpoint  Hugging Face gpt-oss model directories -> MoELayerWeights
 //   MoECPU         the CPU backend
+//   CMoECPUKernels its vector kernels (AVX-512 BF16, AVX2; chosen at run time), thread pool, CPU feature probe
 //   CCUDA/MoECUDA  CUDA driver API + NVRTC (+ NCCL) loaded at run time with dlopen; kernels in Kernels/*.cu
 //   MoEParallel    expert parallelism over symmetric memory, the all-to-all baseline, the rank launcher
 //   MoEServer      the HTTP server (Hummingbird)
@@ -16,6 +17,7 @@ let package = Package(
     products: [
         .executable(name: "moe", targets: ["MoECLI"]),
         .library(name: "MoECore", targets: ["MoECore"]),
+        .library(name: "MoECPU", targets: ["MoECPU"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -26,9 +28,16 @@ let package = Package(
         .target(name: "MoECore"),
         .target(name: "SafeTensors"),
         .target(name: "MoECheckpoint", dependencies: ["MoECore", "SafeTensors"]),
-        .target(name: "MoECPU", dependencies: ["MoECore"]),
+        .target(name: "CMoECPUKernels"),
+        .target(name: "MoECPU", dependencies: ["MoECore", "CMoECPUKernels"]),
         .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "MoECUDA", dependencies: ["MoECore", "CCUDA"]),
+        .target(
+            name: "MoECUDA", dependencies: ["MoECore", "CCUDA"],
+            resources: [
+                .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
+                .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
+                .embedInCode("Kernels/moe_ceilings.cu"),
+            ]),
         .target(name: "CMoEAtomics"),
         .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
         // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).

@@ -154,8 +154,8 @@ enum ExpertParallelBenchCommand {
         var ceilings: HardwareCeilings?
         var checkError = 0.0
         if runner.isRoot {
-            let single = try CPUBackend(weights: weights, workers: runner.workers * environment.localWorld)
-                .forward(sample, tokens: checkTokens, routing: routing, profiler: nil)
+            let singleBackend = try CPUBackend(weights: weights, workers: runner.workers * environment.localWorld)
+            let single = try singleBackend.forward(sample, tokens: checkTokens, routing: routing, profiler: nil)
             let reference = try ReferenceMoE.forward(weights: weights, input: sample, tokens: checkTokens, mode: routing)
             checkError = Accuracy.relativeL2(single.hidden, reference.hidden)
             for (path, output) in outputs.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
@@ -169,12 +169,11 @@ enum ExpertParallelBenchCommand {
             print(String(format: "check:   both paths bit-identical to the single-rank CPU forward (%d tokens); rel L2 %.2e vs float64 reference", checkTokens, checkError))
             // 2. Ceilings for the JSON's floors, in the same run (the other ranks wait at the next barrier).
             if json != nil {
-                let threads = runner.workers * environment.localWorld
-                let bandwidth = CPUCeilings.readBandwidthGBps(threads: threads)
-                let peak = CPUCeilings.fp32FMAPeakTFLOPs(threads: threads)
-                ceilings = HardwareCeilings(
-                    bandwidthGBps: bandwidth.value, bandwidthMethod: bandwidth.method, peakTFLOPs: peak.value,
-                    peakMethod: peak.method)
+                // The single-rank backend runs every worker of this host, as the ranks together do.
+                let measured = try singleBackend.measureCeilings()
+                ceilings = measured
+                let bandwidth = (value: measured.bandwidthGBps, method: measured.bandwidthMethod)
+                let peak = (value: measured.peakTFLOPs, method: measured.peakMethod)
                 print(String(format: "ceilings: bandwidth %.1f GB/s (%@); peak %.3f TFLOP/s (%@)",
                              bandwidth.value, bandwidth.method, peak.value, peak.method))
             }
