@@ -51,6 +51,16 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
         public var phaseBytesMoved: [Double]
         public var phaseBytesRemote: [Double]
 
+        /// The communication phases' own work, without barrier waits: Σ over metadata, dispatch and combine of
+        /// (median phase time − median wait), microseconds. Waits mostly measure load imbalance and scheduling.
+        public var communicationWorkMicroseconds: Double
+
+        static func communicationWork(phase: [Double], wait: [Double]) -> Double {
+            [ExpertParallelStage.metadata, .dispatch, .combine].reduce(0) { sum, stage in
+                sum + max(0, phase[stage.index] - wait[stage.index])
+            }
+        }
+
         enum CodingKeys: String, CodingKey {
             case comm
             case medianMicroseconds = "median_us"
@@ -61,6 +71,7 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             case phaseWaitMicroseconds = "phase_wait_us"
             case phaseBytesMoved = "phase_bytes_moved"
             case phaseBytesRemote = "phase_bytes_remote"
+            case communicationWorkMicroseconds = "comm_work_us"
         }
     }
 
@@ -128,6 +139,13 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             if row.paths.count == 2 { layer.append(row.ratio.map(Self.ratio) ?? "-") }
             layer += row.paths.map { "p10 \(Self.number($0.p10Microseconds)) p90 \(Self.number($0.p90Microseconds))" }
             table.append(layer)
+            var work = ["comm work, no waits"] + row.paths.map { Self.number($0.communicationWorkMicroseconds) }
+            if row.paths.count == 2 {
+                let sym = row.paths[0].communicationWorkMicroseconds, a2a = row.paths[1].communicationWorkMicroseconds
+                work.append(sym > 0 ? Self.ratio(a2a / sym) : "-")
+            }
+            work += row.paths.map { _ in "" }
+            table.append(work)
             var rate = ["tokens/s"] + row.paths.map { Self.number($0.tokensPerSecond) }
             if row.paths.count == 2 { rate.append("") }
             rate += row.paths.map { _ in "" }
@@ -296,14 +314,17 @@ extension ExpertParallelRunner {
             }
             let sorted = layer.sorted()
             let median = ExpertParallelBenchmark.percentile(sorted, 0.5)
+            let phaseMedians = phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 }
+            let waitMedians = waits.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 }
             paths.append(.init(
                 comm: comm.rawValue, medianMicroseconds: median * 1e6,
                 p10Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.1) * 1e6,
                 p90Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.9) * 1e6,
                 tokensPerSecond: Double(tokens) / median,
-                phaseMicroseconds: phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
-                phaseWaitMicroseconds: waits.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
-                phaseBytesMoved: moved, phaseBytesRemote: remote))
+                phaseMicroseconds: phaseMedians, phaseWaitMicroseconds: waitMedians,
+                phaseBytesMoved: moved, phaseBytesRemote: remote,
+                communicationWorkMicroseconds: ExpertParallelBenchReport.PathSummary.communicationWork(
+                    phase: phaseMedians, wait: waitMedians)))
         }
         var ratio: Double?
         if let sym = paths.first(where: { $0.comm == CommMode.symmetric.rawValue }),

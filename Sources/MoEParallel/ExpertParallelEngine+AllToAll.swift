@@ -61,13 +61,14 @@ extension ExpertParallelEngine {
         func slots(from source: Int, to destination: Int) -> Int { Int(counts[(source * R + destination) * 2 + 1]) }
         let receivedTokens = (0..<R).reduce(0) { $0 + tokens(from: $1, to: r) }
         precondition(receivedTokens <= R * capacity, "receive region overflow: counts are inconsistent")
-        // Buffers sized by what the exchange said (the eager path allocates them every layer).
+        // Buffers sized by what the exchange said (the eager path allocates them every layer; like a caching
+        // allocator's, they are not cleared: every element read later is written first).
         let sendTokens = tokensTo.reduce(0, +)
-        var sendRows = [UInt16](repeating: 0, count: sendTokens * H)
-        var sendIds = [Int32](repeating: 0, count: sendTokens * k)
-        var sendWeights = [Float](repeating: 0, count: sendTokens * k)
-        var expertOutput = [UInt16](repeating: 0, count: receivedTokens * k * H)
-        var combineRows = [UInt16](repeating: 0, count: valid * k * H)
+        var sendRows = Self.uninitialized(UInt16.self, sendTokens * H)
+        var sendIds = Self.uninitialized(Int32.self, sendTokens * k)
+        var sendWeights = Self.uninitialized(Float.self, sendTokens * k)
+        var expertOutput = Self.uninitialized(UInt16.self, receivedTokens * k * H)
+        var combineRows = Self.uninitialized(UInt16.self, valid * k * H)
         clock.lap(.metadata, &measured, moved: 2 * R * R * 4, remote: 2 * R * (R - 1) * 4)
 
         // Dispatch: pack per destination (token order), then copy each block into the destination's receive
@@ -118,7 +119,7 @@ extension ExpertParallelEngine {
             maskedIds[i] = receivedIds[i]
         }
         let plan = RoutingPlan(topkIds: maskedIds, tokens: receivedTokens, topK: k, experts: E)
-        var rowWeights = [Float](repeating: 0, count: plan.routedSlots)
+        var rowWeights = Self.uninitialized(Float.self, plan.routedSlots)
         for p in 0..<plan.routedSlots { rowWeights[p] = receivedWeights[Int(plan.sortedToSlot[p])] }
         if plan.routedSlots > 0 {
             plan.sortedToSlot.withUnsafeBufferPointer { order in
@@ -137,7 +138,7 @@ extension ExpertParallelEngine {
 
         // Combine: pack computed rows per source rank (its tokens in order, slots ascending), copy each block
         // home after the blocks of lower destination ranks, then the home rank unpacks to slot order.
-        var returnRows = [UInt16](repeating: 0, count: plan.routedSlots * H)
+        var returnRows = Self.uninitialized(UInt16.self, plan.routedSlots * H)
         var returnStart = [Int](repeating: 0, count: R + 1)
         var packed = 0
         var firstToken = 0
@@ -192,6 +193,11 @@ extension ExpertParallelEngine {
             }
         }
         clock.lap(.reduce, &measured)
+    }
+
+    /// An array of `count` elements whose contents are left as the allocator gave them (trivial types only).
+    static func uninitialized<T: BitwiseCopyable>(_ type: T.Type, _ count: Int) -> [T] {
+        [T](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
     }
 
     /// Copies one [H] bf16 row into row `row` of `destination`.

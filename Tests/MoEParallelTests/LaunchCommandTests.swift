@@ -75,6 +75,10 @@ import Testing
         #expect(paths.map { $0["comm"] as? String } == ["symmetric", "alltoall"])
         #expect((epRows[0]["alltoall_over_symmetric"] as? Double ?? 0) > 0)
         #expect((paths[0]["median_us"] as? Double ?? 0) > 0)
+        for path in paths {
+            #expect((path["phase_wait_us"] as? [Double])?.count == 6)
+            #expect((path["comm_work_us"] as? Double ?? -1) >= 0)
+        }
     }
 
     @Test func badLaunchesAreRefusedWithAReason() throws {
