@@ -91,6 +91,8 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     /// [R·T_cap·k, H] expert outputs at their global sorted positions (symmetric path). Pages are touched
     /// only where this rank's experts write.
     let expertRows: UnsafeMutablePointer<UInt16>
+    /// The all-to-all baseline's dynamically sized buffers (grown on demand, reused).
+    let allToAllBuffers = AllToAllBuffers()
 
     public init(heap: SymmetricHeap, assignment: ExpertAssignment, config: MoEConfig) throws {
         try config.validate()
