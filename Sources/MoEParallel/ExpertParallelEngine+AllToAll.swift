@@ -25,7 +25,7 @@ extension ExpertParallelEngine {
         let valid = step.validTokens
         let rowBytes = H * 2
         let capacity = heap.layout.capacity
-        var clock = PhaseClock()
+        var clock = PhaseClock(profiler: profiler, path: .alltoall)
 
         routeLocalTokens(step, kernels: kernels, profiler: profiler)
         clock.lap(.route, &measured)

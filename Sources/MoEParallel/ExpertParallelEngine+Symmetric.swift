@@ -23,7 +23,7 @@ extension ExpertParallelEngine {
         let (R, r, k, H, E) = (world, rank, config.topK, config.hidden, config.experts)
         let (tokensPerRank, valid) = (step.tokensPerRank, step.validTokens)
         let rowBytes = H * 2
-        var clock = PhaseClock()
+        var clock = PhaseClock(profiler: profiler, path: .symmetric)
 
         routeLocalTokens(step, kernels: kernels, profiler: profiler)
         clock.lap(.route, &measured)

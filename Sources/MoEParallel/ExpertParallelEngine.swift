@@ -221,12 +221,22 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     // MARK: shared pieces of both paths
 
     /// Measures consecutive phases: `lap(stage)` charges the time since the previous lap to `stage`.
+    /// Each lap is also recorded in the profiler, when there is one, as `ep.<path>.<phase>` with the bytes the
+    /// phase moved (so profiles of a rank show the communication phases beside the kernels' stages).
     struct PhaseClock {
-        private var last = MonotonicClock.nanoseconds()
+        let profiler: Profiler?
+        let path: CommMode
+        private var last = Profiler.now()
+
+        init(profiler: Profiler?, path: CommMode) {
+            self.profiler = profiler
+            self.path = path
+        }
 
         mutating func lap(_ stage: ExpertParallelStage, _ measured: inout LayerMeasurement, moved: Int = 0, remote: Int = 0) {
-            let now = MonotonicClock.nanoseconds()
-            measured.add(stage, seconds: Double(now - last) * 1e-9, moved: Double(moved), remote: Double(remote))
+            let now = Profiler.now()
+            measured.add(stage, seconds: Double(now &- last) * 1e-9, moved: Double(moved), remote: Double(remote))
+            profiler?.record("ep.\(path).\(stage.rawValue)", start: last, end: now, cost: StageCost(bytes: Double(moved)))
             last = now
         }
     }

@@ -187,6 +187,22 @@ import Glibc
         #expect(leftoverSegments(jobID: job).isEmpty)
     }
 
+    @Test func aRankTerminatedDuringSetupRemovesItsOwnSegment() throws {
+        let job = SymmetricHeap.newJobID()
+        // Rank 1 stalls before the setup barrier (its segment still named); rank 0 times out; the launcher then
+        // sends rank 1 SIGTERM, whose handler unlinks the segment, so the launcher finds nothing left to remove.
+        let run = try Self.run([
+            "launch", "--ranks", "2", "--timeout", "1", "--kill-grace", "0.3", "--job-id", job, "--",
+            "forward", "--shape", "64,32,8,4", "--tokens", "4", "--fault", "rank=1,phase=setup,layer=0,action=stall",
+        ])
+        #expect(run.status != 0)
+        #expect(run.seconds < 10)
+        #expect(run.errors.contains("timed out after 1 s at barrier 'setup'"), "\(run.errors)")
+        #expect(run.errors.contains("terminating rank 1"), "\(run.errors)")
+        #expect(!run.errors.contains("removed"), "the signal handler should have unlinked it: \(run.errors)")
+        #expect(leftoverSegments(jobID: job).isEmpty)
+    }
+
     @Test func benchPrintsBothPathsSideBySide() throws {
         let run = try Self.run([
             "bench", "--ranks", "2", "--shape", "64,32,8,4", "--tokens", "3,8", "--iterations", "3", "--warmup", "1",
