@@ -74,7 +74,7 @@ import Glibc
             defer { heap.close() }
             try heap.barrier(.route, layer: 0)
             if rank == 2 {
-                MonotonicClock.sleep(seconds: 1.5)  // stalls past the others' timeout
+                MonotonicClock.sleep(seconds: 3)  // stalls well past the others' timeout
                 return
             }
             try heap.barrier(.dispatch, layer: 7)
