@@ -31,8 +31,17 @@ let package = Package(
         .target(name: "CMoECPUKernels"),
         .target(name: "MoECPU", dependencies: ["MoECore", "CMoECPUKernels"]),
         .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "MoECUDA", dependencies: ["MoECore", "CCUDA"]),
-        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
+        .target(
+            name: "MoECUDA", dependencies: ["MoECore", "CCUDA"],
+            resources: [
+                .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
+                .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
+                .embedInCode("Kernels/moe_ceilings.cu"),
+            ]),
+        .target(name: "CMoEAtomics"),
+        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
+        // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).
+        .executableTarget(name: "MoEParallelRankTool", dependencies: ["MoEParallel"], path: "Tests/MoEParallelRankTool"),
         .target(
             name: "MoEServer",
             dependencies: [
@@ -51,7 +60,7 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
         .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
         .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
-        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel"]),
+        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool", "MoECLI", "MoECheckpoint"]),
         .testTarget(
             name: "MoEServerTests",
             dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),

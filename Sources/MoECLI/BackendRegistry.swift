@@ -1,4 +1,5 @@
 import MoECPU
+import MoECUDA
 import MoECore
 
 /// Every backend this binary knows, in order of preference for `--backend auto`.
@@ -12,6 +13,7 @@ enum BackendRegistry {
 
     /// Most preferred first.
     static let providers: [Provider] = [
+        Provider(name: "cuda", availability: { CUDABackend.availability() }, make: { try CUDABackend(weights: $0) }),
         Provider(name: "cpu", availability: { CPUBackend.availability() }, make: { CPUBackend(weights: $0) }),
     ]
 

@@ -13,6 +13,11 @@ struct MoE: AsyncParsableCommand {
             InfoCommand.self,
             CheckCommand.self,
             BenchCommand.self,
+            InitCommand.self,
+            ForwardCommand.self,
+            CUDADebugCommand.self,
+            LaunchCommand.self,
+            ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }

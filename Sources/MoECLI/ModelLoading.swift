@@ -1,8 +1,9 @@
+import MoECheckpoint
 import MoECore
 
-/// Model-directory loading for the CLI; implemented with MoECheckpoint once it lands.
+/// Model-directory loading for the CLI (MoECheckpoint: config.json, shards, index, typed errors).
 enum ModelLoading {
     static func loadLayer(directory: String, layer: Int) throws -> MoELayerWeights {
-        throw MoEError.invalidArgument("--model is not supported by this build yet; use --preset")
+        try ModelDirectory(path: directory).layer(layer)
     }
 }

@@ -1,0 +1,46 @@
+import ArgumentParser
+import MoECUDA
+import MoECore
+
+/// `moe cuda-debug`: one forward per (GEMM variant, token count, routing mode), each stage checked against a
+/// host computation fed with the device's own previous-stage outputs (CUDABackend.stageCheck).
+struct CUDADebugCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cuda-debug",
+        abstract: "Check every stage of the CUDA layer separately (router, top-k, plan, GEMM 1, GEMM 2, reduce).")
+
+    @OptionGroup var model: ModelOptions
+
+    @Option(help: "Comma-separated token counts.")
+    var tokens: TokenList = TokenList([1, 7, 33, 100])
+
+    @Option(help: "GEMM kernel: all, or one of \(GemmVariant.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var variant: String = "all"
+
+    func validate() throws {
+        if variant != "all" && GemmVariant(rawValue: variant) == nil { throw ValidationError("unknown --variant \(variant)") }
+    }
+
+    func run() throws {
+        let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
+        let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
+        print("model: \(source): \(weights.config)")
+        var failures = 0
+        for v in variants {
+            let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: v))
+            for T in tokens.values {
+                for mode in RoutingMode.allCases {
+                    let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
+                    let report = try backend.stageCheck(weights: weights, input: input, tokens: T, mode: mode)
+                    if !report.passed { failures += 1 }
+                    print("\(v.rawValue) T=\(T) \(mode.rawValue): \(report.passed ? "PASS" : "FAIL")")
+                    for line in report.lines where !line.passed || !report.passed {
+                        print("    \(line.stage.padding(7)) \(line.passed ? "ok  " : "FAIL") \(line.detail)")
+                    }
+                }
+            }
+        }
+        print(failures == 0 ? "all stages agree" : "\(failures) forward(s) with a failing stage")
+        if failures > 0 { throw ExitCode.failure }
+    }
+}

@@ -1,0 +1,173 @@
+import CCUDA
+import Dispatch
+import MoECore
+
+/// The whole MoE layer on one NVIDIA GPU (DESIGN §3): routing, plan, both grouped GEMMs with MXFP4 decoded in
+/// registers and fed to bf16 tensor cores, and the k-way reduce — all on the device with no host
+/// synchronisation, captured once per token count as a CUDA graph and replayed.
+///
+/// Semantics are MoEPipeline's exactly (bf16 between stages, fp32 accumulation, slot-ordered fp32 sum); the
+/// results differ from the CPU backend only by fp32 summation order inside dot products.
+public final class CUDABackend: MoEBackend, @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Forces one GEMM kernel for every token count (checks use this to cover each variant).
+        public var gemmVariant: GemmVariant?
+        /// Fill every output and intermediate with 0xFF bytes (NaN / −1) before each `forward`, so elements a
+        /// kernel fails to write show up as NaN (on by default: one memset per buffer; `timeForward` never poisons).
+        public var poisonOutputs: Bool
+        /// Buckets kept (one per token count); the least recently used is dropped past this.
+        public var maxBuckets: Int
+
+        public init(gemmVariant: GemmVariant? = nil, poisonOutputs: Bool = true, maxBuckets: Int = 16) {
+            self.gemmVariant = gemmVariant
+            self.poisonOutputs = poisonOutputs
+            self.maxBuckets = maxBuckets
+        }
+    }
+
+    public let name = "cuda"
+    public let config: MoEConfig
+    public let runtime: CUDARuntime
+    public var options: Options
+    let layer: DeviceLayer
+    let kernels: LayerKernels
+    let stream: CUDAStream
+    private var buckets: [Int: TokenBucket] = [:]
+    private var bucketUse: [Int] = []
+    let lock = DispatchSemaphore(value: 1)
+
+    public var detail: String {
+        "cuda: mma.sync bf16 tensor cores, MXFP4 decoded in registers, CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
+    }
+
+    /// Whether this machine can run the backend, and if not, what is missing and where it looked.
+    public static func availability() -> BackendAvailability {
+        do throws(CUDAError) {
+            let runtime = try CUDARuntime.shared()
+            return BackendAvailability(name: "cuda", available: true, reason: runtime.summary)
+        } catch {
+            return BackendAvailability(name: "cuda", available: false, reason: error.description)
+        }
+    }
+
+    public convenience init(weights: MoELayerWeights) throws {
+        try self.init(weights: weights, options: Options())
+    }
+
+    /// Repacks the weights (CPU, all cores), uploads them, and compiles (or loads from the cache) the kernels.
+    public init(weights: MoELayerWeights, options: Options) throws {
+        let runtime: CUDARuntime
+        do throws(CUDAError) {
+            runtime = try CUDARuntime.shared()
+        } catch {
+            throw MoEError.backendUnavailable(backend: "cuda", reason: error.description)
+        }
+        self.runtime = runtime
+        self.options = options
+        config = weights.config
+        try runtime.device.makeCurrent()
+        kernels = try LayerKernels(runtime: runtime)
+        layer = try DeviceLayer(device: runtime.device, layer: RepackedLayer(weights))
+        stream = try CUDAStream(device: runtime.device)
+    }
+
+    // MARK: forward
+
+    public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
+        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
+        lock.wait()
+        defer { lock.signal() }
+        try runtime.device.makeCurrent()
+        let bucket = try bucket(tokens: tokens)
+        try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
+        if options.poisonOutputs {
+            for buffer in bucket.writtenBuffers { try buffer.fill(byte: 0xFF, stream: stream) }
+        }
+        if let profiler {
+            try runProfiled(bucket: bucket, mode: routing, profiler: profiler)
+        } else {
+            try bucket.graph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream).launch(stream)
+        }
+        try stream.synchronize()
+        let T = tokens, k = config.topK
+        let hidden = try bucket.output.download(UInt16.self, count: T * config.hidden).map { BF16.float($0) }
+        let ids = try bucket.topkIds.download(Int32.self, count: T * k)
+        let weights = try bucket.topkWeights.download(Float.self, count: T * k)
+        return MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: weights)
+    }
+
+    /// Eager launch with device events between phases; records per-stage device times in the profiler.
+    private func runProfiled(bucket: TokenBucket, mode: RoutingMode, profiler: Profiler) throws {
+        let device = runtime.device
+        let start = try CUDAEvent(device: device)
+        var marks: [(TokenBucket.Phase, CUDAEvent)] = []
+        try start.record(stream)
+        try bucket.enqueue(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
+            let event = try CUDAEvent(device: device)
+            try event.record(self.stream)
+            marks.append((phase, event))
+        }
+        try stream.synchronize()
+        let counts = try bucket.expertCounts.download(Int32.self, count: config.experts)
+        let touched = counts.filter { $0 > 0 }.count
+        let rows = bucket.plan.slots
+        var previous = start
+        var elapsed: [(Stage, Double)] = []
+        for (phase, event) in marks {
+            let ms = Double(try event.milliseconds(since: previous))
+            previous = event
+            switch phase {
+            case .routing: elapsed.append((.router, ms))
+            case .gemm1: elapsed.append((.gemm1, ms))
+            case .gemm2: elapsed.append((.gemm2, ms))
+            case .reduce: elapsed.append((.reduce, ms))
+            }
+        }
+        // Device times laid end to end, ending now on the host clock.
+        let total = elapsed.reduce(0) { $0 + $1.1 }
+        var cursor = Profiler.now() &- UInt64(total * 1e6)
+        for (stage, ms) in elapsed {
+            let cost: StageCost
+            switch stage {
+            case .router:
+                cost = StageCost.router(tokens: bucket.plan.tokens, config: config)
+            case .gemm1: cost = StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)
+            case .gemm2: cost = StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)
+            default: cost = StageCost.reduce(tokens: bucket.plan.tokens, config: config)
+            }
+            let end = cursor &+ UInt64(ms * 1e6)
+            profiler.record(stage.rawValue, start: cursor, end: end, cost: cost)
+            cursor = end
+        }
+    }
+
+    /// The bucket for T tokens (allocated on first use; least recently used dropped past maxBuckets).
+    func bucket(tokens: Int) throws(CUDAError) -> TokenBucket {
+        if let bucket = buckets[tokens] {
+            bucketUse.removeAll { $0 == tokens }
+            bucketUse.append(tokens)
+            return bucket
+        }
+        while buckets.count >= max(1, options.maxBuckets), let oldest = bucketUse.first {
+            bucketUse.removeFirst()
+            buckets[oldest] = nil
+        }
+        let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
+        try kernels.gemm(plan.variant).allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
+        let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+        buckets[tokens] = bucket
+        bucketUse.append(tokens)
+        return bucket
+    }
+
+    /// The launch plan a forward of T tokens uses (for reports).
+    public func launchPlan(tokens: Int) -> LaunchPlan { LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant) }
+
+    /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.
+    public func resetBuckets() {
+        lock.wait()
+        buckets.removeAll()
+        bucketUse.removeAll()
+        lock.signal()
+    }
+}

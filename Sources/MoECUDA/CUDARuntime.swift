@@ -1,0 +1,132 @@
+import CCUDA
+import Dispatch
+import MoECore
+
+/// The process's CUDA stack: driver, device 0 and its primary context, NVRTC and the kernel cache, plus the
+/// compiled kernel modules (compiled at first use, then cached on disk). Loaded once per process.
+public final class CUDARuntime: @unchecked Sendable {
+    public let driver: CUDADriver
+    public let device: CUDADevice
+    public let compiler: KernelCompiler
+    private var modules: [String: CUDAModule] = [:]
+    private let lock = DispatchSemaphore(value: 1)
+
+    /// MoEKit's kernels need bf16 mma.sync and cp.async: compute capability 8.0 or newer.
+    public static let minimumComputeCapability = (major: 8, minor: 0)
+
+    init(driver: CUDADriver, device: CUDADevice, compiler: KernelCompiler) {
+        self.driver = driver
+        self.device = device
+        self.compiler = compiler
+    }
+
+    private static let loaded: Result<CUDARuntime, CUDAError> = {
+        do throws(CUDAError) {
+            let driver = try CUDADriver.load()
+            let device = try CUDADevice(driver: driver)
+            let (major, minor) = device.computeCapability
+            if (major, minor) < minimumComputeCapability {
+                throw CUDAError.unsupportedDevice(
+                    "\(device.name) is sm_\(major)\(minor); MoEKit's kernels need sm_80 or newer (bf16 tensor cores)")
+            }
+            let nvrtc = try NVRTCLibrary.load()
+            let cache = KernelCache.defaultDirectory().map { KernelCache(directory: $0) }
+            let compiler = try KernelCompiler(nvrtc: nvrtc, cache: cache)
+            return .success(CUDARuntime(driver: driver, device: device, compiler: compiler))
+        } catch {
+            return .failure(error)
+        }
+    }()
+
+    /// The shared runtime, or why there is none (library missing, no device, old device…).
+    public static func shared() throws(CUDAError) -> CUDARuntime { try loaded.get() }
+
+    /// The module compiled from `source` for this device (compiled or read from the cache on first use).
+    public func module(_ source: KernelSource) throws(CUDAError) -> CUDAModule {
+        lock.wait()
+        defer { lock.signal() }
+        if let module = modules[source.name] { return module }
+        try device.makeCurrent()
+        let request = KernelCompileRequest(source: source, architecture: device.architecture)
+        let (image, key) = try compiler.image(for: request)
+        let module: CUDAModule
+        do throws(CUDAError) {
+            module = try CUDAModule(device: device, image: image)
+        } catch {
+            // A damaged cache entry: drop it and compile afresh once.
+            compiler.cache?.remove(key: key)
+            module = try CUDAModule(device: device, image: try compiler.compile(request))
+        }
+        modules[source.name] = module
+        return module
+    }
+
+    public var summary: String {
+        "\(device.summary); libcuda \(driver.libraryPath); NVRTC \(compiler.compilerVersion) (\(compiler.nvrtc.libraryPath))"
+    }
+}
+
+/// The layer's kernels, looked up once.
+final class LayerKernels: @unchecked Sendable {
+    let routeSmall: CUDAFunction
+    let routerMMA: CUDAFunction
+    let topk: CUDAFunction
+    let planScan: CUDAFunction
+    let planScatter: CUDAFunction
+    let reduce: CUDAFunction
+    private let experts: CUDAModule
+    private var gemms: [GemmVariant: CUDAFunction] = [:]
+
+    init(runtime: CUDARuntime) throws(CUDAError) {
+        let routing = try runtime.module(.routing)
+        experts = try runtime.module(.experts)
+        routeSmall = try routing.function("moe_route_small")
+        routerMMA = try routing.function("moe_router_mma")
+        topk = try routing.function("moe_topk")
+        planScan = try routing.function("moe_plan_scan")
+        planScatter = try routing.function("moe_plan_scatter")
+        reduce = try experts.function("moe_reduce")
+        for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
+    }
+
+    func gemm(_ variant: GemmVariant) -> CUDAFunction { gemms[variant]! }
+}
+
+/// The layer's weights on the device, in the repacked layout (WeightRepacking.swift).
+final class DeviceLayer: @unchecked Sendable {
+    let config: MoEConfig
+    let routerWeight: DeviceBuffer
+    let routerBias: DeviceBuffer
+    let gateUpCodes: DeviceBuffer
+    let gateUpScales: DeviceBuffer
+    let gateUpBias: DeviceBuffer
+    let downCodes: DeviceBuffer
+    let downScales: DeviceBuffer
+    let downBias: DeviceBuffer
+    let gateUpGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
+    let downGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
+
+    init(device: CUDADevice, layer: RepackedLayer) throws(CUDAError) {
+        config = layer.config
+        func upload<T>(_ values: [T]) throws(CUDAError) -> DeviceBuffer {
+            let buffer = try DeviceBuffer(device: device, byteCount: values.count * MemoryLayout<T>.stride)
+            try buffer.upload(values)
+            return buffer
+        }
+        routerWeight = try upload(layer.routerWeight)
+        routerBias = try upload(layer.routerBias)
+        gateUpCodes = try upload(layer.gateUp.codes)
+        gateUpScales = try upload(layer.gateUp.scales)
+        gateUpBias = try upload(layer.gateUpBias)
+        downCodes = try upload(layer.down.codes)
+        downScales = try upload(layer.down.scales)
+        downBias = try upload(layer.downBias)
+        gateUpGeometry = (layer.gateUp.groups, layer.gateUp.chunks, layer.gateUp.scaleGroups)
+        downGeometry = (layer.down.groups, layer.down.chunks, layer.down.scaleGroups)
+    }
+
+    var bytes: Int {
+        [routerWeight, routerBias, gateUpCodes, gateUpScales, gateUpBias, downCodes, downScales, downBias]
+            .reduce(0) { $0 + $1.byteCount }
+    }
+}

@@ -1,0 +1,178 @@
+// moe_common.cuh — device helpers shared by MoEKit's kernels: bf16 conversions, warp reductions, inline-PTX
+// wrappers for cp.async, ldmatrix and the bf16 tensor-core MMA, and the MXFP4 fragment decoder.
+//
+// Compiled by NVRTC with no CUDA headers: everything beyond the compiler's built-ins is written here.
+#pragma once
+#include "moe_params.h"
+
+typedef unsigned int u32;
+typedef unsigned short bf16_t;
+
+#define MOE_DEVICE __device__ __forceinline__
+
+// MARK: bf16
+
+MOE_DEVICE float bf16_to_float(bf16_t b) { return __uint_as_float(((u32)b) << 16); }
+MOE_DEVICE float bf16_low(u32 pair) { return __uint_as_float(pair << 16); }
+MOE_DEVICE float bf16_high(u32 pair) { return __uint_as_float(pair & 0xFFFF0000u); }
+
+/// float → bf16, round to nearest even (the hardware conversion; NaN stays NaN).
+MOE_DEVICE bf16_t float_to_bf16(float f) {
+    bf16_t r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+/// Two floats → one bf16x2 word, `low` in bits 0..15.
+MOE_DEVICE u32 pack_bf16x2(float low, float high) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(high), "f"(low));
+    return r;
+}
+
+/// a·b per bf16 half, exactly rounded (an FMA with −0 addend: sm_80+, unlike mul.bf16x2 which needs sm_90).
+MOE_DEVICE u32 mul_bf16x2(u32 a, u32 b) {
+    u32 r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
+}
+
+MOE_DEVICE u32 byte_perm(u32 a, u32 b, u32 selector) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+    return r;
+}
+
+// MARK: memory
+
+/// A 16-byte load that skips L1 (weights and other data read exactly once).
+MOE_DEVICE uint4 load_stream_16(const void *pointer) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(pointer));
+    return v;
+}
+
+/// A 16-byte read-only load through the normal cache path.
+MOE_DEVICE uint4 load_readonly_16(const void *pointer) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(pointer));
+    return v;
+}
+
+/// Loads that bypass L1: for data other blocks of the same launch wrote (L1 is not coherent).
+MOE_DEVICE float load_coherent_f32(const float *pointer) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(pointer));
+    return v;
+}
+MOE_DEVICE int load_coherent_i32(const int *pointer) {
+    int v;
+    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(pointer));
+    return v;
+}
+
+MOE_DEVICE u32 shared_address(const void *pointer) { return (u32)__cvta_generic_to_shared(pointer); }
+
+/// cp.async of 16 bytes; `sourceBytes` 0 fills the destination with zeros and reads nothing.
+MOE_DEVICE void copy_async_16(u32 destination, const void *source, int sourceBytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(destination), "l"(source), "r"(sourceBytes));
+}
+MOE_DEVICE void copy_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int Pending> MOE_DEVICE void copy_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(Pending)); }
+
+/// Four 8×8 bf16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i.
+MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+// MARK: tensor cores
+
+/// c += A·B for one m16n8k16 bf16 tile (A row-major 16×16, B column-major 16×8, fp32 accumulators).
+MOE_DEVICE void mma_bf16_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// MARK: warp reductions
+
+MOE_DEVICE float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+MOE_DEVICE int warp_inclusive_scan(int v, int lane) {
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        int other = __shfl_up_sync(0xffffffffu, v, offset);
+        if (lane >= offset) v += other;
+    }
+    return v;
+}
+
+// MARK: MXFP4 fragment decoding
+//
+// Each 32-bit word of the repacked weights holds 8 E2M1 codes: four (low, high) pairs, the pair for
+// output q feeding one bf16x2 register of an MMA A fragment. The codes' bits are placed (at load time, see
+// WeightRepacking.swift) so that
+//   out0 = w & M,  out1 = (w << 3) & M,  out2 = (w << 6) & M,  with M = 0x81C081C0,
+//   out3 = ((w << 1) & 0x80008000) | ((w >> 4) & 0x00C000C0) | ((w >> 5) & 0x01000100)
+// each put a code's sign at bit 15/31 and its three magnitude bits at bits 8..6 / 24..22. Read as bf16,
+// such a pattern is exactly (E2M1 value) · 2^-126 (code 1, the subnormal 0.5, included). One bf16
+// multiply by 2^(s−1) then applies the block scale 2^(s−127), exactly, for scale bytes s ≤ 128; larger
+// scales (rare: |w| > 12) take two multiplies, and s = 255 gives NaN as the format says.
+
+#define MOE_FP4_MASK 0x81C081C0u
+
+/// bf16x2 factor for scale byte `j` of the word `scales` (fast path: every byte ≤ 128).
+MOE_DEVICE u32 mxfp4_fast_factor(u32 scales, int j) {
+    // bytes j and j into halves: {s, 0, s, 0}; then (s + 126) << 7 in each half.
+    u32 spread = byte_perm(scales, 0u, 0x4040u | (u32)j | ((u32)j << 8));
+    return spread * 128u + 0x3F003F00u;
+}
+
+MOE_DEVICE bool mxfp4_needs_slow_path(u32 scales) {
+    return ((((scales & 0x7F7F7F7Fu) + 0x7F7F7F7Fu) & scales & 0x80808080u) != 0u);
+}
+
+MOE_DEVICE u32 mxfp4_slow_scale(u32 scales, int j, u32 raw) {
+    const u32 s = (scales >> (8 * j)) & 0xFFu;
+    if (s <= 128u) return mul_bf16x2(raw, ((s + 126u) << 7) * 0x10001u);
+    const u32 factor = (s == 255u ? 0x7FC0u : (s << 7)) * 0x10001u;
+    return mul_bf16x2(mul_bf16x2(raw, 0x7E807E80u), factor);  // · 2^126, then · 2^(s−127)
+}
+
+/// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word.
+MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
+    raw[0] = w & MOE_FP4_MASK;
+    raw[1] = (w << 3) & MOE_FP4_MASK;
+    raw[2] = (w << 6) & MOE_FP4_MASK;
+    raw[3] = ((w << 1) & 0x80008000u) | ((w >> 4) & 0x00C000C0u) | ((w >> 5) & 0x01000100u);
+}
+
+/// Decodes one word with scale byte `j` of `scales` into four bf16x2 values.
+MOE_DEVICE void mxfp4_decode_word(u32 w, u32 scales, int j, bool slow, u32 (&out)[4]) {
+    u32 raw[4];
+    mxfp4_unpack_word(w, raw);
+    if (!slow) {
+        const u32 factor = mxfp4_fast_factor(scales, j);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) out[q] = mul_bf16x2(raw[q], factor);
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) out[q] = mxfp4_slow_scale(scales, j, raw[q]);
+    }
+}
+
+MOE_DEVICE u32 uint4_component(const uint4 &v, int i) {
+    return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}

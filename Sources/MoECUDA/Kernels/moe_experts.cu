@@ -1,0 +1,356 @@
+// moe_experts.cu — the grouped expert GEMMs with MXFP4 weights decoded in registers and fed to bf16 tensor
+// cores (mma.sync m16n8k16), and the k-way reduce. Reference: CPUBackend.gemm1 / gemm2 and MoEPipeline.reduce.
+//
+// Operand roles ("swap AB"): the weights are the MMA's A operand (16 output rows n × 16 k per fragment,
+// decoded from the repacked codes straight into registers), the tokens of a tile are the B operand
+// (8 tokens × 16 k per fragment, ldmatrix from shared memory). The accumulator fragment of a lane holds
+// rows gid and gid+8 (gid = lane / 4) for tokens 2·(lane % 4) and +1. GEMM 1's weight rows are permuted at
+// load so that row gid of a 16-row group is gate_i and row gid+8 is up_i of the same i = 8·group + gid:
+// SwiGLU is then local to a lane.
+//
+//   GEMM 1: a[r, i] = bf16(SwiGLU(W1[e] · x[token(r)] + b1[e]))        (input gathered by sortedToSlot / k)
+//   GEMM 2: combine[slot(r), h] = bf16(w_r · (W2[e] · a[r] + b2[e])[h])  (output scattered by sortedToSlot)
+//
+// Grid: x = row groups of the output (N / 16 per MI·warps), y = tiles (static bound; blocks past the
+// device-side tile count exit at once).
+//   moe_gemm_resident_*: the tile's activation rows stay in shared memory for the whole K; the warps of a
+//     block split K (partial sums added in a fixed order: deterministic). For tiles of ≤ 16 rows (decode):
+//     the weight stream is what costs, and each warp keeps two 4-chunk groups (2 × 2 KiB) in flight.
+//   moe_gemm_streamed_*: tiles of 32–64 rows; activations staged 256 k at a time through a 3-deep cp.async
+//     ring, warps split N, weights prefetched one 4-chunk group ahead in registers.
+#include "moe_common.cuh"
+
+/// Index of the source row of sorted row r.
+MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
+    if (p.inputIndex == 0) return r;
+    return ((const int *)p.inputIndex)[r] / p.inputDivisor;
+}
+
+MOE_DEVICE long long gemm_output_row(const MoEGemmParams &p, int r) {
+    if (p.outputIndex == 0) return r;
+    return ((const int *)p.outputIndex)[r];
+}
+
+/// Loads one 4-chunk group (256 k) of weights for MI row groups: codes (16 B per lane per chunk) and
+/// scales (16 B per lane: 4 chunks × 4 bytes of the lane's row pair).
+template <int MI>
+MOE_DEVICE void load_weight_group(
+    const MoEGemmParams &p, int expert, int firstGroup, int scaleGroup, int lane, uint4 (&codes)[4][MI],
+    uint4 (&scales)[MI]) {
+    const unsigned char *codeBase = (const unsigned char *)p.codes;
+    const unsigned char *scaleBase = (const unsigned char *)p.scales;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const long long group = (long long)expert * p.groups + firstGroup + mi;
+        const bool valid = firstGroup + mi < p.groups;
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            const int c = scaleGroup * 4 + ci;
+            if (valid && c < p.chunks) {
+                codes[ci][mi] = load_stream_16(codeBase + ((group * p.chunks + c) * 32 + lane) * 16);
+            } else {
+                codes[ci][mi] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        scales[mi] = valid ? load_stream_16(scaleBase + ((group * p.scaleGroups + scaleGroup) * 8 + (lane >> 2)) * 16)
+                           : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/// acc += W · Xᵀ over one 4-chunk group: `chunksValid` (1..4) chunks of 64 k. `rowAddress[nj]` is the shared
+/// address of this lane's ldmatrix row for token tile nj at the group's first k.
+template <int MI, int NJ>
+MOE_DEVICE void mma_weight_group(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[4][MI], const uint4 (&scales)[MI], int chunksValid,
+    const u32 (&rowAddress)[NJ]) {
+#pragma unroll
+    for (int ci = 0; ci < 4; ++ci) {
+        if (ci < chunksValid) {
+#pragma unroll
+            for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps
+                u32 b[NJ][4];
+#pragma unroll
+                for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + (ci * 64 + sp * 32) * 2);
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) {
+                    const u32 scaleWord = uint4_component(scales[mi], ci);
+                    const bool slow = mxfp4_needs_slow_path(scaleWord);
+                    u32 low[4], high[4];  // rows gid and gid+8
+                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp), scaleWord, 2 * sp, slow, low);
+                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp + 1), scaleWord, 2 * sp + 1, slow, high);
+#pragma unroll
+                    for (int nj = 0; nj < NJ; ++nj) {
+                        mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
+                        mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes one accumulator fragment (row group `group`, token tile nj) through the epilogue.
+MOE_DEVICE void gemm_epilogue(
+    const MoEGemmParams &p, const MoETile &tile, int group, int nj, const float (&c)[4], int lane) {
+    const int gid = lane >> 2, tig = lane & 3;
+    const float *bias = (const float *)p.bias + (long long)tile.expert * p.n;
+    bf16_t *out = (bf16_t *)p.output;
+    if (p.epilogue == MOE_EPILOGUE_SWIGLU) {
+        const int pair = 8 * group + gid;  // column of a
+        const float gateBias = bias[2 * pair], upBias = bias[2 * pair + 1];
+#pragma unroll
+        for (int tok = 0; tok < 2; ++tok) {
+            const int j = 8 * nj + 2 * tig + tok;
+            if (j < tile.rowCount) {
+                const int r = tile.rowStart + j;
+                const float g = fminf(c[tok] + gateBias, p.swigluLimit);
+                const float u = fminf(fmaxf(c[2 + tok] + upBias, -p.swigluLimit), p.swigluLimit);
+                const float a = g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
+                out[gemm_output_row(p, r) * p.outputStride + pair] = float_to_bf16(a);
+            }
+        }
+    } else {
+        const int h0 = 16 * group + gid, h1 = h0 + 8;
+        const float b0 = bias[h0], b1 = bias[h1];
+        const float *rowWeights = (const float *)p.rowWeights;
+#pragma unroll
+        for (int tok = 0; tok < 2; ++tok) {
+            const int j = 8 * nj + 2 * tig + tok;
+            if (j < tile.rowCount) {
+                const int r = tile.rowStart + j;
+                const float w = rowWeights[r];
+                bf16_t *row = out + gemm_output_row(p, r) * p.outputStride;
+                row[h0] = float_to_bf16(w * (c[tok] + b0));
+                row[h1] = float_to_bf16(w * (c[2 + tok] + b1));
+            }
+        }
+    }
+}
+
+// MARK: resident kernel (decode-size tiles)
+
+/// Block: WK warps splitting K; MI row groups (16·MI output rows); a tile of ≤ 8·NJ rows.
+/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations, then WK·MI·NJ·32·4 floats.
+template <int MI, int NJ, int WK>
+MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int firstGroup = blockIdx.x * MI;
+    const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
+    bf16_t *xs = (bf16_t *)sharedBytes;
+    float *partials = (float *)(sharedBytes + (long long)p.residentRows * rowStride * 2);
+
+    // This warp's share of K, in 4-chunk groups.
+    const int groupBegin = (p.scaleGroups * warp) / WK, groupEnd = (p.scaleGroups * (warp + 1)) / WK;
+    uint4 codes[4][MI], scales[MI];
+    if (groupBegin < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, groupBegin, lane, codes, scales);
+
+    // Activation rows of the tile (zero past K).
+    const int rows = min(tile.rowCount, p.residentRows);
+    const int segmentsPerRow = kPadded / 8;
+    const bf16_t *input = (const bf16_t *)p.input;
+    for (int idx = threadIdx.x; idx < rows * segmentsPerRow; idx += blockDim.x) {
+        const int j = idx / segmentsPerRow, k0 = (idx - j * segmentsPerRow) * 8;
+        const bf16_t *src = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride + min(k0, p.k - 8);
+        copy_async_16(shared_address(xs + j * rowStride + k0), src, k0 < p.k ? 16 : 0);
+    }
+    copy_async_commit();
+
+    float acc[MI][NJ][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
+
+    u32 rowAddress[NJ];
+#pragma unroll
+    for (int nj = 0; nj < NJ; ++nj) {
+        const int row = min(8 * nj + (lane & 7), rows - 1);
+        rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
+    }
+    copy_async_wait<0>();
+    __syncthreads();
+
+    for (int g = groupBegin; g < groupEnd; ++g) {
+        uint4 nextCodes[4][MI], nextScales[MI];
+        if (g + 1 < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
+        u32 address[NJ];
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + g * 256 * 2;
+        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
+        if (g + 1 < groupEnd) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                scales[mi] = nextScales[mi];
+#pragma unroll
+                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
+            }
+        }
+    }
+
+    if (WK == 1) {
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
+        return;
+    }
+    // Split-K: partial sums through shared memory, added in warp order.
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) partials[(((warp * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+    __syncthreads();
+    for (int item = warp; item < MI * NJ; item += WK) {
+        const int mi = item / NJ, nj = item % NJ;
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int w = 0; w < WK; ++w)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) c[q] += partials[(((w * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+        if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+    }
+}
+
+// MARK: streamed kernel (larger tiles)
+
+/// Block: WN warps, each MI row groups; a tile of ≤ 8·NJ rows. Dynamic shared memory: 3 stages of
+/// 8·NJ rows × (256 + 8) bf16.
+template <int MI, int NJ, int WN>
+MOE_DEVICE void gemm_streamed(const MoEGemmParams &p) {
+    constexpr int STAGES = 3, BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8;
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int firstGroup = (blockIdx.x * WN + warp) * MI;
+    bf16_t *xs = (bf16_t *)sharedBytes;
+    const bf16_t *input = (const bf16_t *)p.input;
+    const int rows = tile.rowCount;
+
+    // Copy assignments: stage = BM rows × 32 segments of 16 B.
+    constexpr int PER_THREAD = BM * 32 / (32 * WN);
+    const bf16_t *source[PER_THREAD];
+    u32 target[PER_THREAD];
+    int segmentK[PER_THREAD];
+    bool live[PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * 32 * WN, j = idx >> 5, segment = idx & 31;
+        live[i] = j < rows;
+        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        target[i] = shared_address(xs + j * ROW + segment * 8);
+        segmentK[i] = segment * 8;
+    }
+    auto issue = [&](int g) {
+        if (g < p.scaleGroups) {
+            const int stage = g % STAGES;
+#pragma unroll
+            for (int i = 0; i < PER_THREAD; ++i) {
+                const int k = g * STAGE_K + segmentK[i];
+                if (live[i]) copy_async_16(target[i] + stage * BM * ROW * 2, source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+        }
+        copy_async_commit();
+    };
+
+    float acc[MI][NJ][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
+
+    u32 rowAddress[NJ];
+#pragma unroll
+    for (int nj = 0; nj < NJ; ++nj) {
+        const int row = min(8 * nj + (lane & 7), rows - 1);
+        rowAddress[nj] = shared_address(xs + row * ROW + 8 * (lane >> 3));
+    }
+
+    uint4 codes[4][MI], scales[MI];
+    load_weight_group<MI>(p, tile.expert, firstGroup, 0, lane, codes, scales);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) issue(s);
+
+    for (int g = 0; g < p.scaleGroups; ++g) {
+        copy_async_wait<STAGES - 2>();
+        __syncthreads();
+        issue(g + STAGES - 1);
+        uint4 nextCodes[4][MI], nextScales[MI];
+        if (g + 1 < p.scaleGroups) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
+        u32 address[NJ];
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + (g % STAGES) * BM * ROW * 2;
+        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
+        if (g + 1 < p.scaleGroups) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                scales[mi] = nextScales[mi];
+#pragma unroll
+                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
+            }
+        }
+    }
+    copy_async_wait<0>();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
+}
+
+// MARK: instantiations (names are looked up by CUDABackend; keep in sync with GemmVariant.swift)
+
+#define MOE_RESIDENT(MI, NJ, WK)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * WK) moe_gemm_resident_##MI##_##NJ##_##WK(MoEGemmParams p) { \
+        gemm_resident<MI, NJ, WK>(p);                                                                \
+    }
+#define MOE_STREAMED(MI, NJ, WN)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_streamed_##MI##_##NJ##_##WN(MoEGemmParams p) { \
+        gemm_streamed<MI, NJ, WN>(p);                                                                \
+    }
+
+MOE_RESIDENT(1, 1, 4)
+MOE_RESIDENT(1, 2, 4)
+MOE_STREAMED(2, 4, 4)
+MOE_STREAMED(2, 8, 4)
+
+// MARK: reduce
+
+/// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
+/// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
+extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
+    const int t = blockIdx.x;
+    const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (h >= p.hidden) return;
+    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    const int *slotToSorted = (const int *)p.slotToSorted;
+    const bf16_t *combine = (const bf16_t *)p.combine;
+    for (int j = 0; j < p.topK; ++j) {
+        const long long slot = (long long)t * p.topK + j;
+        if (slotToSorted[slot] < 0) continue;
+        const uint4 v = *(const uint4 *)(combine + slot * p.hidden + h);
+        sum[0] += bf16_low(v.x);
+        sum[1] += bf16_high(v.x);
+        sum[2] += bf16_low(v.y);
+        sum[3] += bf16_high(v.y);
+        sum[4] += bf16_low(v.z);
+        sum[5] += bf16_high(v.z);
+        sum[6] += bf16_low(v.w);
+        sum[7] += bf16_high(v.w);
+    }
+    uint4 packed;
+    packed.x = pack_bf16x2(sum[0], sum[1]);
+    packed.y = pack_bf16x2(sum[2], sum[3]);
+    packed.z = pack_bf16x2(sum[4], sum[5]);
+    packed.w = pack_bf16x2(sum[6], sum[7]);
+    *(uint4 *)((bf16_t *)p.output + (long long)t * p.hidden + h) = packed;
+}

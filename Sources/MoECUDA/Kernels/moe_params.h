@@ -1,0 +1,94 @@
+// moe_params.h — kernel parameter structs shared by the host (Swift, via CCUDA) and the device (NVRTC).
+//
+// Letters: T tokens, H hidden, I intermediate, E experts, k experts per token, N output rows of a weight
+// matrix (2I for GEMM 1, H for GEMM 2), K its reduction width, G = N/16 row groups, C = ceil(K/64) chunks.
+// Every device pointer is a plain 64-bit address (CUdeviceptr) so that the layout is identical on both sides.
+#pragma once
+
+typedef unsigned long long MoEDevicePointer;
+
+#define MOE_ROUTING_RENORMALIZE 0
+#define MOE_ROUTING_SOFTMAX_FIRST 1
+
+#define MOE_EPILOGUE_SWIGLU 0
+#define MOE_EPILOGUE_WEIGHTED 1
+
+/// Tokens per block of the routing plan's histogram (one warp per token in the top-k kernel).
+#define MOE_TOKENS_PER_BLOCK 32
+/// The fused small-batch routing kernel handles at most this many tokens.
+#define MOE_SMALL_ROUTING_MAX_TOKENS 32
+
+/// One unit of grouped-GEMM work: `rowCount` consecutive sorted rows of one expert.
+typedef struct MoETile {
+    int expert;
+    int rowStart;
+    int rowCount;
+    int reserved;
+} MoETile;
+
+/// Router GEMM, top-k and the routing plan (DESIGN §3 steps 1–3).
+typedef struct MoERoutingParams {
+    MoEDevicePointer x;             ///< [T, H] bf16
+    MoEDevicePointer routerWeight;  ///< [E, H] bf16
+    MoEDevicePointer routerBias;    ///< [E] f32
+    MoEDevicePointer logits;        ///< [T, E] f32
+    MoEDevicePointer topkIds;       ///< [T, k] i32, by descending weight (ties: lower id)
+    MoEDevicePointer topkWeights;   ///< [T, k] f32
+    MoEDevicePointer blockCounts;   ///< [B, E] i32: per token block histogram, then (after the scan) the
+                                    ///< rows of expert e in blocks before b
+    MoEDevicePointer expertCounts;  ///< [E] i32
+    MoEDevicePointer expertOffsets; ///< [E+1] i32
+    MoEDevicePointer sortedToSlot;  ///< [T·k] i32
+    MoEDevicePointer slotToSorted;  ///< [T·k] i32
+    MoEDevicePointer sortedWeights; ///< [T·k] f32: routing weight of each sorted row
+    MoEDevicePointer tiles;         ///< [maxTiles] MoETile
+    MoEDevicePointer tileCount;     ///< [1] i32
+    MoEDevicePointer arrivals;      ///< [1] u32 arrival counter of the fused kernel; zero between launches
+    int tokens;
+    int hidden;
+    int experts;
+    int topK;
+    int mode;         ///< MOE_ROUTING_*
+    int tileRows;     ///< rows per GEMM tile
+    int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
+    int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
+} MoERoutingParams;
+
+/// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
+/// each tile. Weights are MXFP4 in the repacked fragment layout (see WeightRepacking.swift):
+///   codes:  [E][G][C][32 lanes][16 B]          scales: [E][G][ceil(C/4)][8 row pairs][4 chunks][4 B]
+typedef struct MoEGemmParams {
+    MoEDevicePointer codes;
+    MoEDevicePointer scales;
+    MoEDevicePointer bias;         ///< [E, N] f32, checkpoint row order
+    MoEDevicePointer input;        ///< bf16 rows of K (stride inputStride)
+    MoEDevicePointer inputIndex;   ///< i32 [rows] or 0: row of sorted row r is inputIndex[r] / inputDivisor
+    MoEDevicePointer output;       ///< bf16 rows (stride outputStride)
+    MoEDevicePointer outputIndex;  ///< i32 [rows] or 0: output row of sorted row r is outputIndex[r]
+    MoEDevicePointer rowWeights;   ///< f32 [rows]: routing weight of sorted row r (weighted epilogue)
+    MoEDevicePointer tiles;        ///< [maxTiles] MoETile
+    MoEDevicePointer tileCount;    ///< [1] i32
+    long long inputStride;         ///< elements
+    long long outputStride;        ///< elements
+    int inputDivisor;
+    int n;            ///< N: weight rows (2I: gate/up interleaved in the checkpoint; H)
+    int k;            ///< K
+    int groups;       ///< G = N / 16
+    int chunks;       ///< C = ceil(K / 64)
+    int scaleGroups;  ///< ceil(C / 4)
+    int maxTiles;
+    int epilogue;     ///< MOE_EPILOGUE_*
+    int residentRows; ///< rows of activations the resident kernel keeps in shared memory (≤ tile rows)
+    float swigluAlpha;
+    float swigluLimit;
+} MoEGemmParams;
+
+/// The k-way sum per token, in slot order, fp32 → bf16.
+typedef struct MoEReduceParams {
+    MoEDevicePointer combine;       ///< [T·k, H] bf16, slot order
+    MoEDevicePointer slotToSorted;  ///< [T·k] i32; slots with −1 route nowhere and are skipped
+    MoEDevicePointer output;        ///< [T, H] bf16
+    int tokens;
+    int topK;
+    int hidden;
+} MoEReduceParams;

@@ -1,0 +1,365 @@
+// moe_routing.cu — DESIGN §3 steps 1–3 on the device: router GEMM, top-k with weights, and the routing plan
+// (histogram, stable expert-major order and its inverse, offsets, tile schedule). No host synchronisation.
+//
+// Two paths with identical results (CUDABackend picks by token count; reference: CPUBackend.route,
+// TopK.route and RoutingPlan.init in MoECore):
+//   T ≤ 32   moe_route_small: one launch. Each warp computes one expert's logits for all tokens (fp32 FMA,
+//            16-byte loads); the last block to arrive then runs top-k and the whole plan for the batch.
+//   T > 32   moe_router_mma (bf16 tensor cores) → moe_topk (top-k and per-block histograms) →
+//            moe_plan_scan (one block: offsets and tiles) → moe_plan_scatter (stable placement).
+#include "moe_common.cuh"
+
+// MARK: top-k
+
+/// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
+MOE_DEVICE bool topk_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+
+/// Top-k of one token by one warp: `k` rounds, each picking the first expert (in top-k order) after the
+/// previous pick. Writes ids by descending weight and the weights of DESIGN §2 for `mode`.
+/// logits: [E] of this token (read through L2: other blocks may have written them in this launch).
+MOE_DEVICE void topk_token(
+    const float *logits, int experts, int k, int mode, int *ids, float *weights, int lane) {
+    float previous = __int_as_float(0x7f800000);  // +inf
+    int previousId = -1;
+    float top = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        float best = __int_as_float(0xff800000);  // -inf
+        int bestId = 0x7fffffff;
+        for (int e = lane; e < experts; e += 32) {
+            const float v = load_coherent_f32(logits + e);
+            if (topk_before(previous, previousId, v, e) && topk_before(v, e, best, bestId)) {
+                best = v;
+                bestId = e;
+            }
+        }
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+            const int id = __shfl_xor_sync(0xffffffffu, bestId, offset);
+            if (topk_before(v, id, best, bestId)) {
+                best = v;
+                bestId = id;
+            }
+        }
+        if (j == 0) top = best;
+        if (lane == 0) {
+            ids[j] = bestId;
+            weights[j] = best;  // the logit for now; turned into a weight below
+        }
+        previous = best;
+        previousId = bestId;
+    }
+    __syncwarp();
+    if (mode == MOE_ROUTING_RENORMALIZE) {
+        if (lane == 0) {
+            float sum = 0.0f;
+            for (int j = 0; j < k; ++j) {
+                const float w = expf(weights[j] - top);
+                weights[j] = w;
+                sum += w;
+            }
+            for (int j = 0; j < k; ++j) weights[j] = weights[j] / sum;
+        }
+    } else {
+        float partial = 0.0f;
+        for (int e = lane; e < experts; e += 32) partial += expf(load_coherent_f32(logits + e) - top);
+        const float sum = warp_sum(partial);
+        if (lane == 0) {
+            for (int j = 0; j < k; ++j) weights[j] = expf(weights[j] - top) / sum;
+        }
+    }
+    __syncwarp();
+}
+
+// MARK: plan pieces (each run by one whole block)
+
+/// Histogram of token block `b` by thread-per-expert counting (no atomics): blockCounts[b][e].
+MOE_DEVICE void count_block(const MoERoutingParams &p, int b) {
+    const int *ids = (const int *)p.topkIds;
+    int *counts = (int *)p.blockCounts;
+    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
+    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
+        int c = 0;
+        for (int s = first; s < last; ++s) c += (load_coherent_i32(ids + s) == e);
+        counts[(long long)b * p.experts + e] = c;
+    }
+}
+
+/// Block-wide exclusive scan of one int per thread (blockDim.x ≤ 1024); returns the thread's prefix and
+/// writes the total to *total. Uses `scratch` (≥ 33 ints of shared memory).
+MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    const int inclusive = warp_inclusive_scan(value, lane);
+    if (lane == 31) scratch[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+        const int w = lane < warps ? scratch[lane] : 0;
+        const int scanned = warp_inclusive_scan(w, lane);
+        scratch[lane] = scanned - w;
+        if (lane == 31) scratch[32] = scanned;
+    }
+    __syncthreads();
+    const int result = scratch[warp] + inclusive - value;
+    *total = scratch[32];
+    __syncthreads();
+    return result;
+}
+
+/// One block: per-expert totals and per-block prefixes (in place in blockCounts), expert offsets, and the
+/// tile schedule (tiles of ≤ tileRows rows, expert-major, never straddling experts).
+MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
+    int *counts = (int *)p.blockCounts;
+    int *expertCounts = (int *)p.expertCounts;
+    int *offsets = (int *)p.expertOffsets;
+    MoETile *tiles = (MoETile *)p.tiles;
+    const int E = p.experts, B = p.tokenBlocks, rowsPerTile = p.tileRows;
+    // Totals per expert; blockCounts[b][e] becomes the rows of e in blocks before b.
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int running = 0;
+        for (int b = 0; b < B; ++b) {
+            const long long i = (long long)b * E + e;
+            const int c = load_coherent_i32(counts + i);
+            counts[i] = running;
+            running += c;
+        }
+        expertCounts[e] = running;
+    }
+    __syncthreads();
+    // Each thread takes a contiguous run of experts.
+    const int per = (E + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    int rows = 0, tileSum = 0;
+    for (int e = e0; e < e1; ++e) {
+        const int c = load_coherent_i32(expertCounts + e);
+        rows += c;
+        tileSum += (c + rowsPerTile - 1) / rowsPerTile;
+    }
+    int totalRows, totalTiles;
+    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
+    for (int e = e0; e < e1; ++e) {
+        const int c = load_coherent_i32(expertCounts + e);
+        offsets[e] = rowBase;
+        for (int start = 0; start < c; start += rowsPerTile) {
+            if (tileBase < p.maxTiles) {
+                MoETile t;
+                t.expert = e;
+                t.rowStart = rowBase + start;
+                t.rowCount = min(rowsPerTile, c - start);
+                t.reserved = 0;
+                tiles[tileBase] = t;
+            }
+            ++tileBase;
+        }
+        rowBase += c;
+    }
+    if (threadIdx.x == 0) {
+        offsets[E] = totalRows;
+        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
+    }
+}
+
+/// Stable placement of token block b's slots: slot s of expert e goes to sorted row
+/// offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block).
+MOE_DEVICE void scatter_block(const MoERoutingParams &p, int b) {
+    const int *ids = (const int *)p.topkIds;
+    const float *weights = (const float *)p.topkWeights;
+    const int *prefix = (const int *)p.blockCounts;
+    const int *offsets = (const int *)p.expertOffsets;
+    const int *expertCounts = (const int *)p.expertCounts;
+    int *sortedToSlot = (int *)p.sortedToSlot;
+    int *slotToSorted = (int *)p.slotToSorted;
+    float *sortedWeights = (float *)p.sortedWeights;
+    const int E = p.experts;
+    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
+    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
+    for (int s = first + threadIdx.x; s < last; s += blockDim.x) {
+        if (load_coherent_i32(ids + s) < 0) slotToSorted[s] = -1;  // routes nowhere (expert-parallel padding)
+    }
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const int before = load_coherent_i32(prefix + (long long)b * E + e);
+        const int after = b + 1 < p.tokenBlocks ? load_coherent_i32(prefix + (long long)(b + 1) * E + e)
+                                                 : load_coherent_i32(expertCounts + e);
+        if (after == before) continue;
+        int cursor = load_coherent_i32(offsets + e) + before;
+        for (int s = first; s < last; ++s) {
+            if (load_coherent_i32(ids + s) == e) {
+                sortedToSlot[cursor] = s;
+                slotToSorted[s] = cursor;
+                sortedWeights[cursor] = load_coherent_f32(weights + s);
+                ++cursor;
+            }
+        }
+    }
+}
+
+// MARK: small batches: one launch
+
+/// grid: ceil(E / 4) blocks of 128 threads (a warp per expert). T ≤ MOE_SMALL_ROUTING_MAX_TOKENS, one token
+/// block. The last block to arrive (arrival counter, reset by that block) runs top-k and the plan.
+extern "C" __global__ void __launch_bounds__(128) moe_route_small(MoERoutingParams p) {
+    __shared__ int scratch[33];
+    __shared__ int isLast;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e = blockIdx.x * 4 + warp;
+    const int T = p.tokens, H = p.hidden, E = p.experts;
+    if (e < E) {
+        float acc[MOE_SMALL_ROUTING_MAX_TOKENS];
+#pragma unroll
+        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) acc[t] = 0.0f;
+        const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)e * H);
+        const uint4 *x = (const uint4 *)p.x;
+        const int segments = H / 8;
+        for (int i = lane; i < segments; i += 32) {
+            const uint4 wv = load_readonly_16(weightRow + i);
+            const float w[8] = {bf16_low(wv.x), bf16_high(wv.x), bf16_low(wv.y), bf16_high(wv.y),
+                                bf16_low(wv.z), bf16_high(wv.z), bf16_low(wv.w), bf16_high(wv.w)};
+#pragma unroll
+            for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
+                if (t < T) {
+                    const uint4 xv = load_readonly_16(x + (long long)t * segments + i);
+                    float s = acc[t];
+                    s = fmaf(w[0], bf16_low(xv.x), s);
+                    s = fmaf(w[1], bf16_high(xv.x), s);
+                    s = fmaf(w[2], bf16_low(xv.y), s);
+                    s = fmaf(w[3], bf16_high(xv.y), s);
+                    s = fmaf(w[4], bf16_low(xv.z), s);
+                    s = fmaf(w[5], bf16_high(xv.z), s);
+                    s = fmaf(w[6], bf16_low(xv.w), s);
+                    s = fmaf(w[7], bf16_high(xv.w), s);
+                    acc[t] = s;
+                }
+            }
+        }
+        const float bias = ((const float *)p.routerBias)[e];
+#pragma unroll
+        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
+            if (t < T) {
+                const float total = warp_sum(acc[t]);
+                if (lane == 0) ((float *)p.logits)[(long long)t * E + e] = total + bias;
+            }
+        }
+    }
+    // Arrival: the last block sees every other block's logits.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!isLast) return;
+    __threadfence();
+
+    for (int t = warp; t < T; t += 4) {
+        topk_token((const float *)p.logits + (long long)t * E, E, p.topK, p.mode, (int *)p.topkIds + t * p.topK,
+                   (float *)p.topkWeights + t * p.topK, lane);
+    }
+    __syncthreads();
+    count_block(p, 0);
+    __syncthreads();
+    scan_plan(p, scratch);
+    __syncthreads();
+    scatter_block(p, 0);
+    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;
+}
+
+// MARK: large batches
+
+/// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
+/// grid: (ceil(E / 64), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 64 experts.
+/// K is staged 32 at a time through shared memory (double-buffered cp.async); rows past T or E read zeros.
+extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
+    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
+    __shared__ __align__(16) bf16_t xs[2][TILE * STRIDE];
+    __shared__ __align__(16) bf16_t ws[2][TILE * STRIDE];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e0 = blockIdx.x * TILE, t0 = blockIdx.y * TILE;
+    const int T = p.tokens, H = p.hidden, E = p.experts;
+    const bf16_t *x = (const bf16_t *)p.x;
+    const bf16_t *wr = (const bf16_t *)p.routerWeight;
+
+    // Each thread copies 2 segments of 16 B per operand per stage: row = idx / 4, segment = idx % 4.
+    auto issue = [&](int stage, int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int idx = threadIdx.x + i * 128, row = idx >> 2, segment = idx & 3;
+            const int token = t0 + row, expert = e0 + row;
+            const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
+            const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
+            copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
+            copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
+        }
+        copy_async_commit();
+    };
+
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
+
+    const int steps = H / KSTEP;  // H is a multiple of 32
+    issue(0, 0);
+    for (int step = 0; step < steps; ++step) {
+        const int stage = step & 1;
+        if (step + 1 < steps) {
+            issue(stage ^ 1, (step + 1) * KSTEP);
+            copy_async_wait<1>();
+        } else {
+            copy_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < KSTEP; kk += 16) {
+            u32 a[4];
+            {
+                const int row = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1);
+                const int col = kk + 8 * (lane >> 4);
+                load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
+                u32 b[4];
+                const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
+                const int col = kk + 8 * ((lane >> 3) & 1);
+                load_matrix_x4(b, shared_address(&ws[stage][row * STRIDE + col]));
+                mma_bf16_16816(acc[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma_bf16_16816(acc[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    const float *bias = (const float *)p.routerBias;
+    float *logits = (float *)p.logits;
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
+            const int expert = e0 + 8 * j + 2 * tig + (q & 1);
+            if (token < T && expert < E) logits[(long long)token * E + expert] = acc[j][q] + bias[expert];
+        }
+    }
+}
+
+/// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens, then its histogram.
+extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t = blockIdx.x * MOE_TOKENS_PER_BLOCK + warp;
+    if (t < p.tokens) {
+        topk_token((const float *)p.logits + (long long)t * p.experts, p.experts, p.topK, p.mode,
+                   (int *)p.topkIds + (long long)t * p.topK, (float *)p.topkWeights + (long long)t * p.topK, lane);
+    }
+    __syncthreads();
+    count_block(p, blockIdx.x);
+}
+
+/// grid: 1 block of 1024 threads.
+extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParams p) {
+    __shared__ int scratch[33];
+    scan_plan(p, scratch);
+}
+
+/// grid: tokenBlocks blocks of 256 threads.
+extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) { scatter_block(p, blockIdx.x); }

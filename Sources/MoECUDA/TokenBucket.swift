@@ -1,0 +1,209 @@
+import CCUDA
+import MoECore
+
+/// Everything a forward pass at one token count T needs, allocated once: input slots, routing and plan
+/// arrays, the intermediate and combine buffers, the output, and the captured CUDA graphs (one per routing
+/// mode and input slot). Shapes: x [T, H] bf16 per slot; logits [T, E] f32; ids, weights [T, k];
+/// blockCounts [B, E]; a [T·k, I] bf16; combine [T·k, H] bf16; out [T, H] bf16.
+final class TokenBucket: @unchecked Sendable {
+    static let inputSlots = 4
+
+    let plan: LaunchPlan
+    let inputs: [DeviceBuffer]
+    let logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets: DeviceBuffer
+    let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals: DeviceBuffer
+    let intermediate, combine, output: DeviceBuffer
+    private var graphs: [GraphKey: CUDAGraphExec] = [:]
+
+    struct GraphKey: Hashable {
+        var mode: RoutingMode
+        var slot: Int
+    }
+
+    init(device: CUDADevice, plan: LaunchPlan, stream: CUDAStream) throws(CUDAError) {
+        self.plan = plan
+        let c = plan.config
+        let (T, H, I, E, slots) = (plan.tokens, c.hidden, c.intermediate, c.experts, plan.slots)
+        func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
+        var slotBuffers: [DeviceBuffer] = []
+        for _ in 0..<TokenBucket.inputSlots { slotBuffers.append(try buffer(T * H * 2)) }
+        inputs = slotBuffers
+        logits = try buffer(T * E * 4)
+        topkIds = try buffer(slots * 4)
+        topkWeights = try buffer(slots * 4)
+        blockCounts = try buffer(plan.tokenBlocks * E * 4)
+        expertCounts = try buffer(E * 4)
+        expertOffsets = try buffer((E + 1) * 4)
+        sortedToSlot = try buffer(slots * 4)
+        slotToSorted = try buffer(slots * 4)
+        sortedWeights = try buffer(slots * 4)
+        tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
+        tileCount = try buffer(4)
+        arrivals = try buffer(4)
+        intermediate = try buffer(slots * I * 2)
+        combine = try buffer(slots * H * 2)
+        output = try buffer(T * H * 2)
+        try arrivals.fill(byte: 0, stream: stream)
+        try tileCount.fill(byte: 0, stream: stream)
+        try stream.synchronize()
+    }
+
+    var allocatedBytes: Int {
+        inputs.reduce(0) { $0 + $1.byteCount }
+            + [logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
+               sortedWeights, tiles, tileCount, arrivals, intermediate, combine, output].reduce(0) { $0 + $1.byteCount }
+    }
+
+    /// Outputs and intermediates a forward pass must write, for poisoning before checks.
+    var writtenBuffers: [DeviceBuffer] {
+        [logits, topkIds, topkWeights, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights,
+         intermediate, combine, output]
+    }
+
+    // MARK: parameters
+
+    func routingParameters(slot: Int, mode: RoutingMode, layer: DeviceLayer) -> MoERoutingParams {
+        var p = MoERoutingParams()
+        let c = plan.config
+        p.x = inputs[slot].address
+        p.routerWeight = layer.routerWeight.address
+        p.routerBias = layer.routerBias.address
+        p.logits = logits.address
+        p.topkIds = topkIds.address
+        p.topkWeights = topkWeights.address
+        p.blockCounts = blockCounts.address
+        p.expertCounts = expertCounts.address
+        p.expertOffsets = expertOffsets.address
+        p.sortedToSlot = sortedToSlot.address
+        p.slotToSorted = slotToSorted.address
+        p.sortedWeights = sortedWeights.address
+        p.tiles = tiles.address
+        p.tileCount = tileCount.address
+        p.arrivals = arrivals.address
+        p.tokens = Int32(plan.tokens)
+        p.hidden = Int32(c.hidden)
+        p.experts = Int32(c.experts)
+        p.topK = Int32(c.topK)
+        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
+        p.tileRows = Int32(plan.tileRows)
+        p.maxTiles = Int32(plan.maxTiles)
+        p.tokenBlocks = Int32(plan.tokenBlocks)
+        return p
+    }
+
+    /// GEMM 1: x rows gathered through sortedToSlot / k; SwiGLU into a [slots, I] in sorted order.
+    func gemm1Parameters(slot: Int, layer: DeviceLayer) -> MoEGemmParams {
+        let c = plan.config
+        var p = gemmCommon(layer: layer)
+        p.codes = layer.gateUpCodes.address
+        p.scales = layer.gateUpScales.address
+        p.bias = layer.gateUpBias.address
+        p.input = inputs[slot].address
+        p.inputIndex = sortedToSlot.address
+        p.inputDivisor = Int32(c.topK)
+        p.inputStride = Int64(c.hidden)
+        p.output = intermediate.address
+        p.outputIndex = 0
+        p.outputStride = Int64(c.intermediate)
+        p.n = Int32(2 * c.intermediate)
+        p.k = Int32(c.hidden)
+        (p.groups, p.chunks, p.scaleGroups) = (
+            Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
+        )
+        p.epilogue = MOE_EPILOGUE_SWIGLU
+        return p
+    }
+
+    /// GEMM 2: a rows in sorted order; bias and routing weight; bf16 rows scattered to their slots in combine.
+    func gemm2Parameters(layer: DeviceLayer) -> MoEGemmParams {
+        let c = plan.config
+        var p = gemmCommon(layer: layer)
+        p.codes = layer.downCodes.address
+        p.scales = layer.downScales.address
+        p.bias = layer.downBias.address
+        p.input = intermediate.address
+        p.inputIndex = 0
+        p.inputDivisor = 1
+        p.inputStride = Int64(c.intermediate)
+        p.output = combine.address
+        p.outputIndex = sortedToSlot.address
+        p.outputStride = Int64(c.hidden)
+        p.rowWeights = sortedWeights.address
+        p.n = Int32(c.hidden)
+        p.k = Int32(c.intermediate)
+        (p.groups, p.chunks, p.scaleGroups) = (
+            Int32(layer.downGeometry.groups), Int32(layer.downGeometry.chunks), Int32(layer.downGeometry.scaleGroups)
+        )
+        p.epilogue = MOE_EPILOGUE_WEIGHTED
+        return p
+    }
+
+    private func gemmCommon(layer: DeviceLayer) -> MoEGemmParams {
+        var p = MoEGemmParams()
+        p.tiles = tiles.address
+        p.tileCount = tileCount.address
+        p.maxTiles = Int32(plan.maxTiles)
+        p.residentRows = Int32(plan.residentRows)
+        p.swigluAlpha = Float(plan.config.swigluAlpha)
+        p.swigluLimit = Float(plan.config.swigluLimit)
+        return p
+    }
+
+    func reduceParameters() -> MoEReduceParams {
+        var p = MoEReduceParams()
+        p.combine = combine.address
+        p.slotToSorted = slotToSorted.address
+        p.output = output.address
+        p.tokens = Int32(plan.tokens)
+        p.topK = Int32(plan.config.topK)
+        p.hidden = Int32(plan.config.hidden)
+        return p
+    }
+
+    // MARK: encoding
+
+    /// The stages of one forward pass, for per-stage event timing.
+    enum Phase: CaseIterable { case routing, gemm1, gemm2, reduce }
+
+    /// Enqueues the whole layer on `stream`; `between` runs after each phase (event records when profiling).
+    func enqueue(
+        slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
+        between: ((Phase) throws(CUDAError) -> Void)? = nil
+    ) throws(CUDAError) {
+        let routing = routingParameters(slot: slot, mode: mode, layer: layer)
+        if plan.smallRouting {
+            try kernels.routeSmall.launch(plan.routeSmallShape, stream: stream, parameters: routing)
+        } else {
+            try kernels.routerMMA.launch(plan.routerMMAShape, stream: stream, parameters: routing)
+            try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing)
+            try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing)
+            try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing)
+        }
+        try between?(.routing)
+        let gemm = kernels.gemm(plan.variant)
+        try gemm.launch(plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer))
+        try between?(.gemm1)
+        try gemm.launch(plan.gemm2Shape, stream: stream, parameters: gemm2Parameters(layer: layer))
+        try between?(.gemm2)
+        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters())
+        try between?(.reduce)
+    }
+
+    /// The graph of the whole layer for (mode, slot), captured on first use and replayed afterwards.
+    func graph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream) throws(CUDAError)
+        -> CUDAGraphExec
+    {
+        let key = GraphKey(mode: mode, slot: slot)
+        if let exec = graphs[key] { return exec }
+        try stream.beginCapture()
+        do throws(CUDAError) {
+            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream)
+        } catch {
+            _ = try? stream.endCapture()
+            throw error
+        }
+        let exec = try stream.endCapture().instantiate()
+        graphs[key] = exec
+        return exec
+    }
+}

@@ -1,0 +1,74 @@
+import Testing
+
+@testable import MoECUDA
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private func request(
+    source: String = "k", header: String = "h", options: [String] = [], architecture: String = "sm_90a"
+) -> KernelCompileRequest {
+    KernelCompileRequest(
+        source: KernelSource(name: "a.cu", text: source), headers: [KernelSource(name: "b.h", text: header)],
+        options: options, architecture: architecture)
+}
+
+@Test func theCacheKeyChangesWithEveryInput() {
+    let base = request().cacheKey(compilerVersion: "13.0")
+    #expect(base.count == 64)
+    #expect(request().cacheKey(compilerVersion: "13.0") == base)
+    #expect(request(source: "k2").cacheKey(compilerVersion: "13.0") != base)
+    #expect(request(header: "h2").cacheKey(compilerVersion: "13.0") != base)
+    #expect(request(options: ["-DX=1"]).cacheKey(compilerVersion: "13.0") != base)
+    #expect(request(architecture: "sm_80").cacheKey(compilerVersion: "13.0") != base)
+    #expect(request().cacheKey(compilerVersion: "13.1") != base)
+    // Field boundaries are unambiguous: moving bytes between source and header changes the key.
+    #expect(request(source: "kh", header: "").cacheKey(compilerVersion: "13.0") != base)
+}
+
+@Test func theCacheKeyIgnoresHeaderOrder() {
+    let a = KernelSource(name: "a.h", text: "1"), b = KernelSource(name: "b.h", text: "2")
+    let source = KernelSource(name: "k.cu", text: "x")
+    let one = KernelCompileRequest(source: source, headers: [a, b], architecture: "sm_90a")
+    let two = KernelCompileRequest(source: source, headers: [b, a], architecture: "sm_90a")
+    #expect(one.cacheKey(compilerVersion: "13.0") == two.cacheKey(compilerVersion: "13.0"))
+}
+
+@Test func theCacheStoresAndLoadsImagesAtomically() throws {
+    let directory = "/tmp/moekit-cache-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/nested/dir"
+    let cache = KernelCache(directory: directory)
+    #expect(cache.load(key: "abc") == nil)
+    #expect(cache.store(key: "abc", image: [1, 2, 3, 4]))
+    #expect(cache.load(key: "abc") == [1, 2, 3, 4])
+    cache.remove(key: "abc")
+    #expect(cache.load(key: "abc") == nil)
+}
+
+@Test func anUnwritableCacheIsNotAnError() {
+    let cache = KernelCache(directory: "/proc/moekit-cannot-write-here")
+    #expect(!cache.store(key: "abc", image: [1]))
+    #expect(cache.load(key: "abc") == nil)
+}
+
+@Test func theCacheFolderFollowsTheEnvironment() {
+    #expect(KernelCache.defaultDirectory { $0 == "MOE_KERNEL_CACHE" ? "/x" : nil } == "/x")
+    #expect(KernelCache.defaultDirectory { $0 == "XDG_CACHE_HOME" ? "/y" : ($0 == "HOME" ? "/h" : nil) } == "/y/moekit/kernels")
+    #expect(KernelCache.defaultDirectory { $0 == "HOME" ? "/h" : nil } == "/h/.cache/moekit/kernels")
+    #expect(KernelCache.defaultDirectory { _ in nil } == nil)
+}
+
+@Test func theEmbeddedKernelsDefineEveryKernelTheHostLaunches() {
+    let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
+    for variant in GemmVariant.allCases {
+        let parts = variant.rawValue.split(separator: "_")
+        let macro = parts[0] == "resident" ? "MOE_RESIDENT" : "MOE_STREAMED"
+        #expect(experts.contains("\(macro)(\(parts[1]), \(parts[2]), \(parts[3]))"), "\(variant) is not instantiated")
+    }
+    #expect(experts.contains("moe_reduce("))
+    let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
+    for name in ["moe_route_small(", "moe_router_mma(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
+        #expect(routing.contains(name))
+    }
+    #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])
+}

@@ -1,0 +1,47 @@
+import Testing
+
+@testable import MoECUDA
+
+/// NVRTC compiles on a machine without a GPU; these run wherever libnvrtc loads (set MOE_CUDA_LIBRARY_PATH
+/// to its folder) and are skipped elsewhere.
+enum LocalNVRTC {
+    static let library: NVRTCLibrary? = try? NVRTCLibrary.load()
+}
+
+@Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
+func everyKernelFileCompilesForHopper() throws {
+    let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
+    for source in [KernelSource.routing, .experts, .ceilings] {
+        let image = try compiler.compile(KernelCompileRequest(source: source, architecture: "sm_90a"))
+        #expect(image.count > 1000, "\(source.name)")
+        #expect(Array(image.prefix(4)) == [0x7F, 0x45, 0x4C, 0x46])  // an ELF cubin
+    }
+}
+
+@Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
+func aCompileErrorCarriesNVRTCsLog() throws {
+    let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
+    let broken = KernelSource(name: "broken.cu", text: "extern \"C\" __global__ void k() { undeclared_thing(); }")
+    do {
+        _ = try compiler.compile(KernelCompileRequest(source: broken, architecture: "sm_90a"))
+        Issue.record("a broken kernel must not compile")
+    } catch {
+        guard case .compilation(let kernel, let options, let log) = error else { Issue.record("\(error)"); return }
+        #expect(kernel == "broken.cu")
+        #expect(options.contains("--gpu-architecture=sm_90a"))
+        #expect(log.contains("undeclared_thing"))
+    }
+}
+
+@Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
+func compiledImagesAreServedFromTheCacheTheSecondTime() throws {
+    let cache = KernelCache(directory: "/tmp/moekit-compile-cache-\(UInt32.random(in: 0...UInt32.max))")
+    let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: cache)
+    let request = KernelCompileRequest(source: .ceilings, architecture: "sm_90a")
+    let first = try compiler.image(for: request)
+    let second = try compiler.image(for: request)
+    #expect(first.image == second.image)
+    #expect(compiler.compiled == 1)
+    #expect(compiler.cacheHits == 1)
+    #expect(cache.load(key: first.key) == first.image)
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call: correctness (stage-by-stage, conformance suite, compute-sanitizer) and the benchmark, with
+# a short table last. Runs from the repository root on the GPU machine with the static `moe` binary in
+# .device/ (see scripts/gpu/README.md). Logs go to $OUT/run.log; the bench JSON to $OUT/bench.json.
+#   usage: bash .device/device-check.sh [steps...]   (default: all steps, in the order below)
+set -u
+OUT=${OUT:-/tmp/moekit-out}
+mkdir -p "$OUT"
+M=./.device/moe
+export MOE_KERNEL_CACHE=/tmp/moekit-kernels
+LOG="$OUT/run.log"
+SUMMARY=""
+
+step() {  # step NAME LIMIT_SECONDS command...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name: $*" | tee -a "$LOG"
+    local t0=$(date +%s.%N)
+    timeout "$limit" "$@" > "$OUT/step.log" 2>&1
+    local rc=$?
+    local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+    cat "$OUT/step.log" >> "$LOG"
+    tail -n "${TAIL:-12}" "$OUT/step.log"
+    echo "=== $name rc=$rc (${dt%.*}s)" | tee -a "$LOG"
+    SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt%.*}")\n"
+}
+
+steps=${*:-"info debug bench check debug20b memcheck racecheck"}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
+for s in $steps; do
+    case $s in
+    info) step info 60 $M info ;;
+    debug) step debug 240 $M cuda-debug --preset tiny --tokens 1,7,33,100 ;;
+    bench) TAIL=16 step bench 300 $M bench --backend cuda --preset gpt-oss-120b --seconds 0.4 --json "$OUT/bench.json" ;;
+    bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
+    check) step check 240 $M check --backend cuda --quick ;;
+    checkfull) step checkfull 400 $M check --backend cuda ;;
+    debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
+    memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
+    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 40 --variant streamed_2_4_4 ;;
+    esac
+done
+rm -f "$OUT/step.log"
+echo "----- summary"
+printf "$SUMMARY"
