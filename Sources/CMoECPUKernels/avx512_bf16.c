@@ -37,9 +37,9 @@ AVX512_INLINE __m512 e8m0_scales(const uint8_t *scales) {
 }
 
 #ifndef MOEKIT_PREFETCH_BYTES
-/// How far ahead of the row group's stream the kernel prefetches (the hardware prefetcher alone leaves the cores
-/// waiting on memory while they also decode; measured in docs/bench-cpu.md).
-#define MOEKIT_PREFETCH_BYTES 2048
+/// How far ahead of the row group's stream the kernel prefetches, into L2 (the hardware prefetchers alone leave the
+/// cores waiting on memory while they decode; 8 KiB into L2 beat 1–4 KiB into L1 and 12–16 KiB: docs/bench-cpu.md).
+#define MOEKIT_PREFETCH_BYTES 8192
 #endif
 
 /// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group. x: [K/2][N] bf16 pairs.
@@ -50,9 +50,10 @@ AVX512_INLINE void row_group_dot(const uint8_t *w, int32_t blocks, const uint32_
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
 #if MOEKIT_PREFETCH_BYTES > 0
-        // The superblock MOEKIT_PREFETCH_BYTES ahead: its lines (codes and scales), possibly in the next row group.
+        // The superblock MOEKIT_PREFETCH_BYTES ahead, into L2: its lines (codes and scales), possibly in the next
+        // row group (consecutive units of a worker are consecutive row groups of one expert).
         for (int32_t line = 0; line <= 4 * nb; line++)
-            _mm_prefetch((const char *)(w + MOEKIT_PREFETCH_BYTES + 64 * line), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + MOEKIT_PREFETCH_BYTES + 64 * line), _MM_HINT_T1);
 #endif
         for (int32_t b = 0; b < nb; b++) {
             __m512 partial[MOEKIT_MAX_TILE_TOKENS];

@@ -37,6 +37,7 @@ extension CPUBackend {
         for index in 0..<expertCount {
             let e = list?[index] ?? index
             precondition(e >= 0 && e < E, "expert id \(e) out of range 0..<\(E)")
+            precondition(index == 0 || e > (list?[index - 1] ?? index - 1), "experts must be ascending and distinct")
             let start = Int(offsets[e]), count = Int(offsets[e + 1]) - start
             if count == 0 { continue }
             let groupsOfExpert = (count + maxTokens - 1) / maxTokens
