@@ -45,6 +45,10 @@ NEON_INLINE void quarter_group_dot(
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
+        if (quarter == 0) {
+            // As in avx512_bf16.c: the superblock 8 KiB ahead into L2 (later quarters re-read from cache).
+            for (int32_t line = 0; line <= 4 * nb; line++) __builtin_prefetch(w + 8192 + 64 * line, 0, 2);
+        }
         for (int32_t b = 0; b < nb; b++) {
             const float32x4_t scale = e8m0_scales(scales + b * 16 + quarter * 4);
             for (int c = 0; c < 4; c++) {
