@@ -37,11 +37,16 @@ NEON_INLINE float32x4_t decode(uint32x4_t words, int p, uint8x16x4_t table) {
 }
 
 /// acc[t][j] = Σ_k W[row 4·quarter + j][k] · x[t][k]. x: [K][N] floats.
+/// With few tokens one FMA chain per token would be latency-bound, so inputs are spread over CHAINS independent
+/// accumulators per token (by nibble position) and summed at the end in a fixed order.
 NEON_INLINE void quarter_group_dot(
     const uint8_t *w, int32_t blocks, int quarter, const float *x, const int N, float32x4_t *acc) {
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // nibble position p holds input k0 + order[p]
+    enum { MAX_CHAINS = 4 };
+    const int CHAINS = N == 1 ? 4 : (N == 2 ? 2 : 1);
     const uint8x16x4_t table = vld1q_u8_x4((const uint8_t *)code_values);
-    for (int t = 0; t < N; t++) acc[t] = vdupq_n_f32(0.0f);
+    float32x4_t chain[NEON_MAX_TOKENS * MAX_CHAINS];
+    for (int i = 0; i < N * CHAINS; i++) chain[i] = vdupq_n_f32(0.0f);
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
@@ -57,11 +62,24 @@ NEON_INLINE void quarter_group_dot(
                 for (int p = 0; p < 8; p++) {
                     const float32x4_t wp = vmulq_f32(decode(words, p, table), scale);
                     const float *xk = xc + order[p] * N;
-                    for (int t = 0; t < N; t++) acc[t] = vfmaq_n_f32(acc[t], wp, xk[t]);
+                    for (int t = 0; t < N; t++) {
+                        float32x4_t *a = &chain[t * CHAINS + p % CHAINS];
+                        *a = vfmaq_n_f32(*a, wp, xk[t]);
+                    }
                 }
             }
         }
         w += nb * 256 + 64;
+    }
+    for (int t = 0; t < N; t++) {
+        float32x4_t sum = chain[t * CHAINS];
+        if (CHAINS == 4) {
+            sum = vaddq_f32(vaddq_f32(chain[t * CHAINS], chain[t * CHAINS + 1]),
+                            vaddq_f32(chain[t * CHAINS + 2], chain[t * CHAINS + 3]));
+        } else if (CHAINS == 2) {
+            sum = vaddq_f32(chain[t * CHAINS], chain[t * CHAINS + 1]);
+        }
+        acc[t] = sum;
     }
 }
 
