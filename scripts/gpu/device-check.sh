@@ -6,7 +6,9 @@
 set -u
 OUT=${OUT:-/tmp/moekit-out}
 mkdir -p "$OUT"
-M=./.device/moe
+M=/tmp/moe
+[ -x $M ] || xz -dc .device/moe.xz > $M && chmod +x $M
+echo "commit $(cat .device/COMMIT 2>/dev/null)"
 export MOE_KERNEL_CACHE=/tmp/moekit-kernels
 LOG="$OUT/run.log"
 SUMMARY=""
