@@ -18,8 +18,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         /// Buckets kept (one per token count); the least recently used is dropped past this.
         public var maxBuckets: Int
 
+        /// `gemmVariant` nil: `$MOE_CUDA_GEMM` when it names a variant (for experiments), else chosen per token count.
         public init(gemmVariant: GemmVariant? = nil, poisonOutputs: Bool = true, maxBuckets: Int = 16) {
-            self.gemmVariant = gemmVariant
+            self.gemmVariant = gemmVariant ?? currentEnvironment("MOE_CUDA_GEMM").flatMap(GemmVariant.init(rawValue:))
             self.poisonOutputs = poisonOutputs
             self.maxBuckets = maxBuckets
         }
@@ -154,6 +155,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         }
         let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
         try kernels.gemm(plan.variant).allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
+        if plan.smallRouting { try kernels.routeSmall.allowSharedMemory(plan.routeSmallShape.sharedBytes) }
         let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
         buckets[tokens] = bucket
         bucketUse.append(tokens)

@@ -1,39 +1,41 @@
 import CCUDA
 import MoECore
 
-/// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STREAMED lines).
+/// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
-    /// Activation tile kept whole in shared memory, 4 warps splitting K; 16 weight rows × 8 tokens.
-    case resident_1_1_4
-    /// Same, 16 rows × 16 tokens.
-    case resident_1_2_4
-    /// K staged through a cp.async ring; 4 warps × 32 rows = 128 rows × 32 tokens.
-    case streamed_2_4_4
-    /// 128 rows × 64 tokens.
-    case streamed_2_8_4
+    /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, K split over 2), activations resident.
+    case resident_1_1_4_2
+    /// 64 rows × 16 tokens.
+    case resident_1_2_4_2
+    /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through shared memory.
+    case staged_2_4_8
+    /// 256 rows × 64 tokens.
+    case staged_2_8_8
 
     public var kernelName: String { "moe_gemm_" + rawValue }
-    var parts: (kind: Substring, mi: Int, nj: Int, warps: Int) {
-        let p = rawValue.split(separator: "_")
-        return (p[0], Int(p[1])!, Int(p[2])!, Int(p[3])!)
-    }
-    public var isResident: Bool { parts.kind == "resident" }
-    /// Rows of weights (output features) per MMA fragment row group count per warp.
-    public var rowGroupsPerWarp: Int { parts.mi }
+    private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
+    public var isResident: Bool { rawValue.hasPrefix("resident") }
+    /// 16-row groups per warp.
+    public var rowGroupsPerWarp: Int { numbers[0] }
     /// Tokens per tile: 8 per n8 fragment.
-    public var tileRows: Int { 8 * parts.nj }
-    public var warps: Int { parts.warps }
+    public var tileRows: Int { 8 * numbers[1] }
+    /// Warps along the output rows.
+    public var warpsAcrossRows: Int { numbers[2] }
+    /// Warps splitting K (resident kernels).
+    public var warpsAcrossK: Int { isResident ? numbers[3] : 1 }
+    public var warps: Int { warpsAcrossRows * warpsAcrossK }
     /// Weight row groups (16 rows) one block covers.
-    public var rowGroupsPerBlock: Int { isResident ? parts.mi : parts.mi * parts.warps }
+    public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
 
-    /// The default choice for a token count: decode sizes stream weights with small tiles; large batches use
-    /// larger tiles so each decoded weight feeds more MMAs.
+    /// The default choice for a token count: decode sizes stream weights straight into registers with small
+    /// tiles; larger batches stage codes and activations through shared memory with larger tiles, so each
+    /// decoded weight feeds more MMAs.
     public static func choose(tokens: Int) -> GemmVariant {
         switch tokens {
-        case ...64: .resident_1_1_4
-        case ...384: .resident_1_2_4
-        case ...1536: .streamed_2_4_4
-        default: .streamed_2_8_4
+        case ...64: .resident_1_1_4_2
+        case ...256: .resident_1_2_4_2
+        case ...1024: .staged_2_4_8
+        default: .staged_2_8_8
         }
     }
 
@@ -41,9 +43,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
         let chunks = (k + 63) / 64
         if isResident {
-            return residentRows * (64 * chunks + 8) * 2 + warps * parts.mi * parts.nj * 32 * 4 * 4
+            return residentRows * (64 * chunks + 8) * 2 + warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4
         }
-        return 3 * tileRows * (256 + 8) * 2
+        let groups = rowGroupsPerBlock
+        return 3 * (tileRows * (256 + 8) * 2 + groups * 4 * 512 + groups * 128)
     }
 }
 
@@ -52,7 +55,17 @@ public struct LaunchPlan: Sendable, Equatable {
     public let tokens: Int
     public let config: MoEConfig
     public let variant: GemmVariant
-    public var smallRouting: Bool { tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) }
+    /// The one-launch routing path: at most 32 tokens whose logits and plan fit the last block's shared memory.
+    public var smallRouting: Bool {
+        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
+    }
+    /// Slices of H in the small-batch router (each ≤ 128 segments of 8 values: 4 per lane).
+    public var routerSplits: Int {
+        let segments = config.hidden / 8
+        return (segments + Int(MOE_SMALL_ROUTING_SEGMENTS) - 1) / Int(MOE_SMALL_ROUTING_SEGMENTS)
+    }
+    /// Shared memory of the small-batch router's last block: logits, ids, weights, counts, offsets.
+    var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
     public var slots: Int { tokens * config.topK }
     public var tileRows: Int { variant.tileRows }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
@@ -84,7 +97,13 @@ public struct LaunchPlan: Sendable, Equatable {
     public var gemm1Shape: LaunchShape { gemmShape(outputRows: 2 * config.intermediate, reduction: config.hidden) }
     public var gemm2Shape: LaunchShape { gemmShape(outputRows: config.hidden, reduction: config.intermediate) }
 
-    public var routeSmallShape: LaunchShape { LaunchShape(grid: ((config.experts + 3) / 4, 1, 1), block: 128) }
+    public var routeSmallShape: LaunchShape {
+        let warps = Int(MOE_SMALL_ROUTING_WARPS)
+        let sliceBytes = tokens * ((config.hidden / 8 + routerSplits - 1) / routerSplits) * 16
+        return LaunchShape(
+            grid: ((config.experts + warps - 1) / warps, routerSplits, 1), block: 32 * warps,
+            sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
+    }
     public var routerMMAShape: LaunchShape {
         LaunchShape(grid: ((config.experts + 63) / 64, (tokens + 63) / 64, 1), block: 128)
     }

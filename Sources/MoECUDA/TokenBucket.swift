@@ -11,7 +11,7 @@ final class TokenBucket: @unchecked Sendable {
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
     let logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets: DeviceBuffer
-    let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals: DeviceBuffer
+    let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals, routerPartials: DeviceBuffer
     let intermediate, combine, output: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
 
@@ -40,6 +40,7 @@ final class TokenBucket: @unchecked Sendable {
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
         arrivals = try buffer(4)
+        routerPartials = try buffer(plan.smallRouting ? plan.routerSplits * T * E * 4 : 16)
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
         output = try buffer(T * H * 2)
@@ -51,7 +52,8 @@ final class TokenBucket: @unchecked Sendable {
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, intermediate, combine, output].reduce(0) { $0 + $1.byteCount }
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output]
+            .reduce(0) { $0 + $1.byteCount }
     }
 
     /// Outputs and intermediates a forward pass must write, for poisoning before checks.
@@ -80,6 +82,8 @@ final class TokenBucket: @unchecked Sendable {
         p.tiles = tiles.address
         p.tileCount = tileCount.address
         p.arrivals = arrivals.address
+        p.routerPartials = routerPartials.address
+        p.routerSplits = Int32(plan.routerSplits)
         p.tokens = Int32(plan.tokens)
         p.hidden = Int32(c.hidden)
         p.experts = Int32(c.experts)

@@ -62,8 +62,9 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        let macro = parts[0] == "resident" ? "MOE_RESIDENT" : "MOE_STREAMED"
-        #expect(experts.contains("\(macro)(\(parts[1]), \(parts[2]), \(parts[3]))"), "\(variant) is not instantiated")
+        let macro = parts[0] == "resident" ? "MOE_RESIDENT" : "MOE_STAGED"
+        let arguments = parts.dropFirst().joined(separator: ", ")
+        #expect(experts.contains("\(macro)(\(arguments))"), "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce("))
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)

@@ -35,14 +35,16 @@ import Testing
 }
 
 @Test func variantsFollowTheTokenCount() {
-    #expect(GemmVariant.choose(tokens: 1) == .resident_1_1_4)
-    #expect(GemmVariant.choose(tokens: 64) == .resident_1_1_4)
-    #expect(GemmVariant.choose(tokens: 128) == .resident_1_2_4)
-    #expect(GemmVariant.choose(tokens: 512) == .streamed_2_4_4)
-    #expect(GemmVariant.choose(tokens: 32768) == .streamed_2_8_4)
-    #expect(GemmVariant.streamed_2_8_4.tileRows == 64)
-    #expect(GemmVariant.resident_1_1_4.rowGroupsPerBlock == 1)
-    #expect(GemmVariant.streamed_2_4_4.rowGroupsPerBlock == 8)
+    #expect(GemmVariant.choose(tokens: 1) == .resident_1_1_4_2)
+    #expect(GemmVariant.choose(tokens: 64) == .resident_1_1_4_2)
+    #expect(GemmVariant.choose(tokens: 128) == .resident_1_2_4_2)
+    #expect(GemmVariant.choose(tokens: 512) == .staged_2_4_8)
+    #expect(GemmVariant.choose(tokens: 32768) == .staged_2_8_8)
+    #expect(GemmVariant.staged_2_8_8.tileRows == 64)
+    #expect(GemmVariant.staged_2_8_8.warps == 8)
+    #expect(GemmVariant.resident_1_1_4_2.warps == 8)
+    #expect(GemmVariant.resident_1_1_4_2.rowGroupsPerBlock == 4)
+    #expect(GemmVariant.staged_2_4_8.rowGroupsPerBlock == 16)
 }
 
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {
@@ -59,5 +61,10 @@ import Testing
     #expect(decode.smallRouting)
     #expect(decode.maxTiles == 4)  // 4 experts, one row each
     #expect(decode.residentRows == 1)
+    #expect(decode.routerSplits == 3)  // 360 segments of 8 values, ≤ 128 per slice
+    #expect(decode.routeSmallShape.grid == (16, 3, 1))
+    #expect(LaunchPlan(tokens: 32, config: config).smallRouting)
     #expect(!LaunchPlan(tokens: 33, config: config).smallRouting)
+    // Huge expert counts do not fit the last block's shared memory: the multi-kernel path takes over.
+    #expect(!LaunchPlan(tokens: 32, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4)).smallRouting)
 }

@@ -16,17 +16,17 @@ SUMMARY=""
 step() {  # step NAME LIMIT_SECONDS command...
     local name=$1 limit=$2; shift 2
     echo "=== $name: $*" | tee -a "$LOG"
-    local t0=$(date +%s.%N)
+    local t0=$(date +%s)
     timeout "$limit" "$@" > "$OUT/step.log" 2>&1
     local rc=$?
-    local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+    local dt=$(( $(date +%s) - t0 ))
     cat "$OUT/step.log" >> "$LOG"
     tail -n "${TAIL:-12}" "$OUT/step.log"
-    echo "=== $name rc=$rc (${dt%.*}s)" | tee -a "$LOG"
-    SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt%.*}")\n"
+    echo "=== $name rc=$rc (${dt}s)" | tee -a "$LOG"
+    SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt}")\n"
 }
 
-steps=${*:-"info debug bench check debug20b memcheck racecheck"}
+steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do
     case $s in
@@ -38,7 +38,12 @@ for s in $steps; do
     checkfull) step checkfull 400 $M check --backend cuda ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
-    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 40 --variant streamed_2_4_4 ;;
+    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant staged_2_4_8 ;;
+    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant resident_1_1_4_2 ;;
+    ncu1) TAIL=60 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 4 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
+    ncu128) TAIL=60 step ncu128 240 ncu --clock-control none --section SpeedOfLight -k regex:moe_gemm --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
+    ncu2048) TAIL=90 step ncu2048 300 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 7 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
+    ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     esac
 done
 rm -f "$OUT/step.log"

@@ -11,13 +11,15 @@
 //   GEMM 1: a[r, i] = bf16(SwiGLU(W1[e] · x[token(r)] + b1[e]))        (input gathered by sortedToSlot / k)
 //   GEMM 2: combine[slot(r), h] = bf16(w_r · (W2[e] · a[r] + b2[e])[h])  (output scattered by sortedToSlot)
 //
-// Grid: x = row groups of the output (N / 16 per MI·warps), y = tiles (static bound; blocks past the
-// device-side tile count exit at once).
-//   moe_gemm_resident_*: the tile's activation rows stay in shared memory for the whole K; the warps of a
-//     block split K (partial sums added in a fixed order: deterministic). For tiles of ≤ 16 rows (decode):
-//     the weight stream is what costs, and each warp keeps two 4-chunk groups (2 × 2 KiB) in flight.
-//   moe_gemm_streamed_*: tiles of 32–64 rows; activations staged 256 k at a time through a 3-deep cp.async
-//     ring, warps split N, weights prefetched one 4-chunk group ahead in registers.
+// Grid: x = blocks of output row groups, y = tiles (static bound; blocks past the device-side tile count
+// exit at once).
+//   moe_gemm_resident_MI_NJ_WN_WK (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
+//     whole K; WN warps × MI groups of 16 rows, each K split over WK warps (partial sums added in a fixed
+//     order). Weights stream straight into registers through a 3-deep ring of 4-chunk groups (two groups,
+//     2·MI KiB per warp, in flight while one is multiplied).
+//   moe_gemm_staged_MI_NJ_WN (larger batches): 16·MI·WN weight rows × 8·NJ tokens per block; codes, scales
+//     and activations for 256 k at a time go through a 3-stage cp.async ring in shared memory, so the loads
+//     of two stages are in flight while one is multiplied, with no registers held for them.
 #include "moe_common.cuh"
 
 /// Index of the source row of sorted row r.
@@ -57,34 +59,44 @@ MOE_DEVICE void load_weight_group(
     }
 }
 
-/// acc += W · Xᵀ over one 4-chunk group: `chunksValid` (1..4) chunks of 64 k. `rowAddress[nj]` is the shared
-/// address of this lane's ldmatrix row for token tile nj at the group's first k.
+/// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
+/// rowAddress[nj] + byteOffset (shared memory).
 template <int MI, int NJ>
-MOE_DEVICE void mma_weight_group(
+MOE_DEVICE void mma_chunk(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
+    u32 byteOffset) {
+#pragma unroll
+    for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps
+        u32 b[NJ][4];
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + byteOffset + sp * 64);
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const bool slow = mxfp4_needs_slow_path(scaleWords[mi]);
+            u32 low[4], high[4];  // rows gid and gid+8
+            mxfp4_decode_word(uint4_component(codes[mi], 2 * sp), scaleWords[mi], 2 * sp, slow, low);
+            mxfp4_decode_word(uint4_component(codes[mi], 2 * sp + 1), scaleWords[mi], 2 * sp + 1, slow, high);
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj) {
+                mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
+                mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
+            }
+        }
+    }
+}
+
+/// acc += W · Xᵀ over one 4-chunk group held in registers; `chunksValid` (1..4) chunks of 64 k.
+template <int MI, int NJ>
+MOE_DEVICE void mma_register_group(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[4][MI], const uint4 (&scales)[MI], int chunksValid,
-    const u32 (&rowAddress)[NJ]) {
+    const u32 (&rowAddress)[NJ], u32 groupByteOffset) {
 #pragma unroll
     for (int ci = 0; ci < 4; ++ci) {
         if (ci < chunksValid) {
+            u32 words[MI];
 #pragma unroll
-            for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps
-                u32 b[NJ][4];
-#pragma unroll
-                for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + (ci * 64 + sp * 32) * 2);
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    const u32 scaleWord = uint4_component(scales[mi], ci);
-                    const bool slow = mxfp4_needs_slow_path(scaleWord);
-                    u32 low[4], high[4];  // rows gid and gid+8
-                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp), scaleWord, 2 * sp, slow, low);
-                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp + 1), scaleWord, 2 * sp + 1, slow, high);
-#pragma unroll
-                    for (int nj = 0; nj < NJ; ++nj) {
-                        mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
-                        mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
-                    }
-                }
-            }
+            for (int mi = 0; mi < MI; ++mi) words[mi] = uint4_component(scales[mi], ci);
+            mma_chunk<MI, NJ>(acc, codes[ci], words, rowAddress, groupByteOffset + ci * 128);
         }
     }
 }
@@ -127,25 +139,37 @@ MOE_DEVICE void gemm_epilogue(
     }
 }
 
+template <int MI, int NJ>
+MOE_DEVICE void zero_accumulators(float (&acc)[MI][NJ][4]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
+}
+
 // MARK: resident kernel (decode-size tiles)
 
-/// Block: WK warps splitting K; MI row groups (16·MI output rows); a tile of ≤ 8·NJ rows.
-/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations, then WK·MI·NJ·32·4 floats.
-template <int MI, int NJ, int WK>
+/// Block: WN·WK warps; warp w owns row groups (blockIdx.x·WN + w % WN)·MI … +MI−1 and K share w / WN.
+/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations, then WK·WN·MI·NJ·32·4 floats.
+template <int MI, int NJ, int WN, int WK>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int firstGroup = blockIdx.x * MI;
+    const int wn = warp % WN, wk = warp / WN;
+    const int firstGroup = (blockIdx.x * WN + wn) * MI;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     bf16_t *xs = (bf16_t *)sharedBytes;
     float *partials = (float *)(sharedBytes + (long long)p.residentRows * rowStride * 2);
 
-    // This warp's share of K, in 4-chunk groups.
-    const int groupBegin = (p.scaleGroups * warp) / WK, groupEnd = (p.scaleGroups * (warp + 1)) / WK;
-    uint4 codes[4][MI], scales[MI];
-    if (groupBegin < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, groupBegin, lane, codes, scales);
+    // This warp's share of K, in 4-chunk groups; the first two groups' loads go out before anything else.
+    const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
+    uint4 codesA[4][MI], scalesA[MI], codesB[4][MI], scalesB[MI], codesC[4][MI], scalesC[MI];
+    if (begin < end) load_weight_group<MI>(p, tile.expert, firstGroup, begin, lane, codesA, scalesA);
+    if (begin + 1 < end) load_weight_group<MI>(p, tile.expert, firstGroup, begin + 1, lane, codesB, scalesB);
 
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
@@ -159,13 +183,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     copy_async_commit();
 
     float acc[MI][NJ][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
-
+    zero_accumulators<MI, NJ>(acc);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -175,21 +193,18 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     copy_async_wait<0>();
     __syncthreads();
 
-    for (int g = groupBegin; g < groupEnd; ++g) {
-        uint4 nextCodes[4][MI], nextScales[MI];
-        if (g + 1 < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
-        u32 address[NJ];
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + g * 256 * 2;
-        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
-        if (g + 1 < groupEnd) {
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                scales[mi] = nextScales[mi];
-#pragma unroll
-                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
-            }
-        }
+    // Three-deep ring: while group g is multiplied, groups g+1 and g+2 are in flight.
+    int g = begin;
+    while (g < end) {
+        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesC, scalesC);
+        mma_register_group<MI, NJ>(acc, codesA, scalesA, min(4, p.chunks - 4 * g), rowAddress, g * 512);
+        if (++g >= end) break;
+        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesA, scalesA);
+        mma_register_group<MI, NJ>(acc, codesB, scalesB, min(4, p.chunks - 4 * g), rowAddress, g * 512);
+        if (++g >= end) break;
+        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesB, scalesB);
+        mma_register_group<MI, NJ>(acc, codesC, scalesC, min(4, p.chunks - 4 * g), rowAddress, g * 512);
+        ++g;
     }
 
     if (WK == 1) {
@@ -200,128 +215,156 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
         return;
     }
-    // Split-K: partial sums through shared memory, added in warp order.
+    // Split K: partial sums through shared memory, added in K order by the wk = 0 warps.
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) partials[(((warp * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+            for (int q = 0; q < 4; ++q)
+                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
     __syncthreads();
-    for (int item = warp; item < MI * NJ; item += WK) {
-        const int mi = item / NJ, nj = item % NJ;
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int w = 0; w < WK; ++w)
+    if (wk != 0) return;
 #pragma unroll
-            for (int q = 0; q < 4; ++q) c[q] += partials[(((w * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-        if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+    for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < WK; ++k)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+        }
     }
 }
 
-// MARK: streamed kernel (larger tiles)
+// MARK: staged kernel (larger tiles)
 
-/// Block: WN warps, each MI row groups; a tile of ≤ 8·NJ rows. Dynamic shared memory: 3 stages of
-/// 8·NJ rows × (256 + 8) bf16.
+/// Block: WN warps × MI row groups = 16·MI·WN weight rows; a tile of ≤ 8·NJ rows. Dynamic shared memory:
+/// 3 stages of [activations 8·NJ × (256 + 8) bf16 | codes WN·MI × 4 chunks × 512 B | scales WN·MI × 128 B].
 template <int MI, int NJ, int WN>
-MOE_DEVICE void gemm_streamed(const MoEGemmParams &p) {
-    constexpr int STAGES = 3, BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8;
+MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
+    constexpr int STAGES = 3, BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8, GROUPS = WN * MI;
+    constexpr int ACT_BYTES = BM * ROW * 2, CODE_BYTES = GROUPS * 4 * 512, SCALE_BYTES = GROUPS * 128;
+    constexpr int STAGE_BYTES = ACT_BYTES + CODE_BYTES + SCALE_BYTES;
+    constexpr int THREADS = 32 * WN;
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int firstGroup = (blockIdx.x * WN + warp) * MI;
-    bf16_t *xs = (bf16_t *)sharedBytes;
+    const int blockGroup = blockIdx.x * GROUPS;
+    const long long expertGroup = (long long)tile.expert * p.groups;
     const bf16_t *input = (const bf16_t *)p.input;
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
     const int rows = tile.rowCount;
+    const u32 sharedBase = shared_address(sharedBytes);
 
-    // Copy assignments: stage = BM rows × 32 segments of 16 B.
-    constexpr int PER_THREAD = BM * 32 / (32 * WN);
-    const bf16_t *source[PER_THREAD];
-    u32 target[PER_THREAD];
-    int segmentK[PER_THREAD];
-    bool live[PER_THREAD];
+    // Activation copies: BM rows × 32 segments of 16 B per stage.
+    constexpr int ACT_PER_THREAD = BM * 32 / THREADS;
+    const bf16_t *actSource[ACT_PER_THREAD];
+    u32 actTarget[ACT_PER_THREAD];
+    int actK[ACT_PER_THREAD];
+    bool actLive[ACT_PER_THREAD];
 #pragma unroll
-    for (int i = 0; i < PER_THREAD; ++i) {
-        const int idx = threadIdx.x + i * 32 * WN, j = idx >> 5, segment = idx & 31;
-        live[i] = j < rows;
-        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
-        target[i] = shared_address(xs + j * ROW + segment * 8);
-        segmentK[i] = segment * 8;
+    for (int i = 0; i < ACT_PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * THREADS, j = idx >> 5, segment = idx & 31;
+        actLive[i] = j < rows;
+        actSource[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        actTarget[i] = sharedBase + (j * ROW + segment * 8) * 2;
+        actK[i] = segment * 8;
     }
+    // Code copies: GROUPS × 4 chunks × 32 segments per stage.
+    constexpr int CODE_PER_THREAD = GROUPS * 4 * 32 / THREADS;
     auto issue = [&](int g) {
         if (g < p.scaleGroups) {
-            const int stage = g % STAGES;
+            const u32 stage = sharedBase + (g % STAGES) * STAGE_BYTES;
 #pragma unroll
-            for (int i = 0; i < PER_THREAD; ++i) {
-                const int k = g * STAGE_K + segmentK[i];
-                if (live[i]) copy_async_16(target[i] + stage * BM * ROW * 2, source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            for (int i = 0; i < ACT_PER_THREAD; ++i) {
+                const int k = g * STAGE_K + actK[i];
+                if (actLive[i]) copy_async_16(stage + actTarget[i] - sharedBase, actSource[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < CODE_PER_THREAD; ++i) {
+                const int idx = threadIdx.x + i * THREADS, gi = idx >> 7, ci = (idx >> 5) & 3, segment = idx & 31;
+                const int group = blockGroup + gi, chunk = 4 * g + ci;
+                const bool valid = group < p.groups && chunk < p.chunks;
+                const unsigned char *src =
+                    codes + ((expertGroup + min(group, p.groups - 1)) * p.chunks + min(chunk, p.chunks - 1)) * 512 + segment * 16;
+                copy_async_16(stage + ACT_BYTES + (gi * 4 + ci) * 512 + segment * 16, src, valid ? 16 : 0);
+            }
+            for (int idx = threadIdx.x; idx < GROUPS * 8; idx += THREADS) {
+                const int gi = idx >> 3, segment = idx & 7, group = blockGroup + gi;
+                const unsigned char *src =
+                    scales + ((expertGroup + min(group, p.groups - 1)) * p.scaleGroups + g) * 128 + segment * 16;
+                copy_async_16(stage + ACT_BYTES + CODE_BYTES + gi * 128 + segment * 16, src, group < p.groups ? 16 : 0);
             }
         }
         copy_async_commit();
     };
 
     float acc[MI][NJ][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
-
-    u32 rowAddress[NJ];
+    zero_accumulators<MI, NJ>(acc);
+    u32 rowOffset[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
         const int row = min(8 * nj + (lane & 7), rows - 1);
-        rowAddress[nj] = shared_address(xs + row * ROW + 8 * (lane >> 3));
+        rowOffset[nj] = (row * ROW + 8 * (lane >> 3)) * 2;
     }
 
-    uint4 codes[4][MI], scales[MI];
-    load_weight_group<MI>(p, tile.expert, firstGroup, 0, lane, codes, scales);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) issue(s);
-
     for (int g = 0; g < p.scaleGroups; ++g) {
         copy_async_wait<STAGES - 2>();
         __syncthreads();
         issue(g + STAGES - 1);
-        uint4 nextCodes[4][MI], nextScales[MI];
-        if (g + 1 < p.scaleGroups) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
-        u32 address[NJ];
+        const u32 stage = sharedBase + (g % STAGES) * STAGE_BYTES;
+        const unsigned char *stagePointer = sharedBytes + (g % STAGES) * STAGE_BYTES;
+        u32 rowAddress[NJ];
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + (g % STAGES) * BM * ROW * 2;
-        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
-        if (g + 1 < p.scaleGroups) {
+        for (int nj = 0; nj < NJ; ++nj) rowAddress[nj] = stage + rowOffset[nj];
+        const int chunksValid = min(4, p.chunks - 4 * g);
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                scales[mi] = nextScales[mi];
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                uint4 chunkCodes[MI];
+                u32 words[MI];
 #pragma unroll
-                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
+                for (int mi = 0; mi < MI; ++mi) {
+                    const int gi = warp * MI + mi;
+                    chunkCodes[mi] = *(const uint4 *)(stagePointer + ACT_BYTES + (gi * 4 + ci) * 512 + lane * 16);
+                    words[mi] = *(const u32 *)(stagePointer + ACT_BYTES + CODE_BYTES + gi * 128 + (lane >> 2) * 16 + ci * 4);
+                }
+                mma_chunk<MI, NJ>(acc, chunkCodes, words, rowAddress, ci * 128);
             }
         }
     }
     copy_async_wait<0>();
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = blockGroup + warp * MI + mi;
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
-            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
+            if (group < p.groups) gemm_epilogue(p, tile, group, nj, acc[mi][nj], lane);
+    }
 }
 
-// MARK: instantiations (names are looked up by CUDABackend; keep in sync with GemmVariant.swift)
+// MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
-#define MOE_RESIDENT(MI, NJ, WK)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WK) moe_gemm_resident_##MI##_##NJ##_##WK(MoEGemmParams p) { \
-        gemm_resident<MI, NJ, WK>(p);                                                                \
+#define MOE_RESIDENT(MI, NJ, WN, WK)                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK(MoEGemmParams p) {                                 \
+        gemm_resident<MI, NJ, WN, WK>(p);                                                              \
     }
-#define MOE_STREAMED(MI, NJ, WN)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_streamed_##MI##_##NJ##_##WN(MoEGemmParams p) { \
-        gemm_streamed<MI, NJ, WN>(p);                                                                \
+#define MOE_STAGED(MI, NJ, WN)                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WN, 1) moe_gemm_staged_##MI##_##NJ##_##WN(MoEGemmParams p) { \
+        gemm_staged<MI, NJ, WN>(p);                                                                    \
     }
 
-MOE_RESIDENT(1, 1, 4)
-MOE_RESIDENT(1, 2, 4)
-MOE_STREAMED(2, 4, 4)
-MOE_STREAMED(2, 8, 4)
+MOE_RESIDENT(1, 1, 4, 2)
+MOE_RESIDENT(1, 2, 4, 2)
+MOE_STAGED(2, 4, 8)
+MOE_STAGED(2, 8, 8)
 
 // MARK: reduce
 

@@ -17,6 +17,10 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_TOKENS_PER_BLOCK 32
 /// The fused small-batch routing kernel handles at most this many tokens.
 #define MOE_SMALL_ROUTING_MAX_TOKENS 32
+/// Warps (= experts) per block of the fused small-batch router.
+#define MOE_SMALL_ROUTING_WARPS 8
+/// 16-byte segments of H one router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
+#define MOE_SMALL_ROUTING_SEGMENTS 128
 
 /// One unit of grouped-GEMM work: `rowCount` consecutive sorted rows of one expert.
 typedef struct MoETile {
@@ -44,6 +48,7 @@ typedef struct MoERoutingParams {
     MoEDevicePointer tiles;         ///< [maxTiles] MoETile
     MoEDevicePointer tileCount;     ///< [1] i32
     MoEDevicePointer arrivals;      ///< [1] u32 arrival counter of the fused kernel; zero between launches
+    MoEDevicePointer routerPartials;///< [S, T, E] f32: the fused router's per-slice partial logits
     int tokens;
     int hidden;
     int experts;
@@ -52,6 +57,7 @@ typedef struct MoERoutingParams {
     int tileRows;     ///< rows per GEMM tile
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
+    int routerSplits; ///< S: slices of H in the fused small-batch router
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of

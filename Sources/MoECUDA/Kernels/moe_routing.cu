@@ -3,8 +3,9 @@
 //
 // Two paths with identical results (CUDABackend picks by token count; reference: CPUBackend.route,
 // TopK.route and RoutingPlan.init in MoECore):
-//   T ≤ 32   moe_route_small: one launch. Each warp computes one expert's logits for all tokens (fp32 FMA,
-//            16-byte loads); the last block to arrive then runs top-k and the whole plan for the batch.
+//   T ≤ 32   moe_route_small: one launch. Warps compute slices of one expert's logits for all tokens (fp32
+//            FMA, x slice in shared memory); the last block to arrive sums the slices, then runs top-k
+//            and the whole plan for the batch in shared memory.
 //   T > 32   moe_router_mma (bf16 tensor cores) → moe_topk (top-k and per-block histograms) →
 //            moe_plan_scan (one block: offsets and tiles) → moe_plan_scatter (stable placement).
 #include "moe_common.cuh"
@@ -16,7 +17,7 @@ MOE_DEVICE bool topk_before(float a, int ia, float b, int ib) { return a > b || 
 
 /// Top-k of one token by one warp: `k` rounds, each picking the first expert (in top-k order) after the
 /// previous pick. Writes ids by descending weight and the weights of DESIGN §2 for `mode`.
-/// logits: [E] of this token (read through L2: other blocks may have written them in this launch).
+/// logits: [E] of this token, in shared memory or written by an earlier launch; ids/weights likewise.
 MOE_DEVICE void topk_token(
     const float *logits, int experts, int k, int mode, int *ids, float *weights, int lane) {
     float previous = __int_as_float(0x7f800000);  // +inf
@@ -26,7 +27,7 @@ MOE_DEVICE void topk_token(
         float best = __int_as_float(0xff800000);  // -inf
         int bestId = 0x7fffffff;
         for (int e = lane; e < experts; e += 32) {
-            const float v = load_coherent_f32(logits + e);
+            const float v = logits[e];
             if (topk_before(previous, previousId, v, e) && topk_before(v, e, best, bestId)) {
                 best = v;
                 bestId = e;
@@ -62,7 +63,7 @@ MOE_DEVICE void topk_token(
         }
     } else {
         float partial = 0.0f;
-        for (int e = lane; e < experts; e += 32) partial += expf(load_coherent_f32(logits + e) - top);
+        for (int e = lane; e < experts; e += 32) partial += expf(logits[e] - top);
         const float sum = warp_sum(partial);
         if (lane == 0) {
             for (int j = 0; j < k; ++j) weights[j] = expf(weights[j] - top) / sum;
@@ -196,70 +197,163 @@ MOE_DEVICE void scatter_block(const MoERoutingParams &p, int b) {
 
 // MARK: small batches: one launch
 
-/// grid: ceil(E / 4) blocks of 128 threads (a warp per expert). T ≤ MOE_SMALL_ROUTING_MAX_TOKENS, one token
-/// block. The last block to arrive (arrival counter, reset by that block) runs top-k and the plan.
-extern "C" __global__ void __launch_bounds__(128) moe_route_small(MoERoutingParams p) {
+/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MOE_SMALL_ROUTING_MAX_TOKENS.
+/// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
+/// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
+/// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
+/// the S slices in order (deterministic), then runs top-k and the whole plan in shared memory, writing
+/// only results to global memory.
+extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char shared[];
     __shared__ int scratch[33];
     __shared__ int isLast;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e = blockIdx.x * 4 + warp;
-    const int T = p.tokens, H = p.hidden, E = p.experts;
-    if (e < E) {
-        float acc[MOE_SMALL_ROUTING_MAX_TOKENS];
+    const int e = blockIdx.x * MOE_SMALL_ROUTING_WARPS + warp;
+    const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
+    const int segments = H / 8;
+    const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
+
+    uint4 *xs = (uint4 *)shared;  // [T][count]
+    const uint4 *x = (const uint4 *)p.x;
+    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
+        const int t = i / count, s = i - t * count;
+        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
+    }
+    copy_async_commit();
+    uint4 w[4];
+    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
 #pragma unroll
-        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) acc[t] = 0.0f;
-        const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)e * H);
-        const uint4 *x = (const uint4 *)p.x;
-        const int segments = H / 8;
-        for (int i = lane; i < segments; i += 32) {
-            const uint4 wv = load_readonly_16(weightRow + i);
-            const float w[8] = {bf16_low(wv.x), bf16_high(wv.x), bf16_low(wv.y), bf16_high(wv.y),
-                                bf16_low(wv.z), bf16_high(wv.z), bf16_low(wv.w), bf16_high(wv.w)};
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    copy_async_wait<0>();
+    __syncthreads();
+    float acc[MOE_SMALL_ROUTING_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) acc[t] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        if (s < count) {
+            const float wf[8] = {bf16_low(w[i].x), bf16_high(w[i].x), bf16_low(w[i].y), bf16_high(w[i].y),
+                                 bf16_low(w[i].z), bf16_high(w[i].z), bf16_low(w[i].w), bf16_high(w[i].w)};
 #pragma unroll
             for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
                 if (t < T) {
-                    const uint4 xv = load_readonly_16(x + (long long)t * segments + i);
-                    float s = acc[t];
-                    s = fmaf(w[0], bf16_low(xv.x), s);
-                    s = fmaf(w[1], bf16_high(xv.x), s);
-                    s = fmaf(w[2], bf16_low(xv.y), s);
-                    s = fmaf(w[3], bf16_high(xv.y), s);
-                    s = fmaf(w[4], bf16_low(xv.z), s);
-                    s = fmaf(w[5], bf16_high(xv.z), s);
-                    s = fmaf(w[6], bf16_low(xv.w), s);
-                    s = fmaf(w[7], bf16_high(xv.w), s);
-                    acc[t] = s;
+                    const uint4 xv = xs[t * count + s];
+                    float sum = acc[t];
+                    sum = fmaf(wf[0], bf16_low(xv.x), sum);
+                    sum = fmaf(wf[1], bf16_high(xv.x), sum);
+                    sum = fmaf(wf[2], bf16_low(xv.y), sum);
+                    sum = fmaf(wf[3], bf16_high(xv.y), sum);
+                    sum = fmaf(wf[4], bf16_low(xv.z), sum);
+                    sum = fmaf(wf[5], bf16_high(xv.z), sum);
+                    sum = fmaf(wf[6], bf16_low(xv.w), sum);
+                    sum = fmaf(wf[7], bf16_high(xv.w), sum);
+                    acc[t] = sum;
                 }
             }
         }
-        const float bias = ((const float *)p.routerBias)[e];
+    }
+    float *partials = (float *)p.routerPartials + (long long)blockIdx.y * T * E;
 #pragma unroll
-        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
-            if (t < T) {
-                const float total = warp_sum(acc[t]);
-                if (lane == 0) ((float *)p.logits)[(long long)t * E + e] = total + bias;
-            }
+    for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
+        if (t < T) {
+            const float total = warp_sum(acc[t]);
+            if (lane == 0 && e < E) partials[t * E + e] = total;
         }
     }
-    // Arrival: the last block sees every other block's logits.
+    // Arrival: the last block sees every other block's partial logits.
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x * gridDim.y - 1;
     __syncthreads();
     if (!isLast) return;
     __threadfence();
 
-    for (int t = warp; t < T; t += 4) {
-        topk_token((const float *)p.logits + (long long)t * E, E, p.topK, p.mode, (int *)p.topkIds + t * p.topK,
-                   (float *)p.topkWeights + t * p.topK, lane);
+    float *logits = (float *)shared;          // [T, E]
+    int *ids = (int *)(logits + T * E);       // [T·k]
+    float *weights = (float *)(ids + T * K);  // [T·k]
+    int *counts = (int *)(weights + T * K);   // [E]
+    int *offsets = counts + E;                // [E+1]
+    const float *bias = (const float *)p.routerBias;
+    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int split = 0; split < (int)gridDim.y; ++split)
+            sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
+        const float logit = sum + bias[i % E];
+        logits[i] = logit;
+        ((float *)p.logits)[i] = logit;
     }
     __syncthreads();
-    count_block(p, 0);
+    for (int t = warp; t < T; t += MOE_SMALL_ROUTING_WARPS) {
+        topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
+    }
     __syncthreads();
-    scan_plan(p, scratch);
+    const int slots = T * K;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        ((int *)p.topkIds)[s] = ids[s];
+        ((float *)p.topkWeights)[s] = weights[s];
+        if (ids[s] < 0) ((int *)p.slotToSorted)[s] = -1;
+    }
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < slots; ++s) c += ids[s] == expert;
+        counts[expert] = c;
+        ((int *)p.expertCounts)[expert] = c;
+    }
     __syncthreads();
-    scatter_block(p, 0);
-    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;
+    // Offsets and tiles: each thread takes a contiguous run of experts.
+    const int per = (E + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    int rows = 0, tileSum = 0;
+    for (int expert = e0; expert < e1; ++expert) {
+        rows += counts[expert];
+        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
+    }
+    int totalRows, totalTiles;
+    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
+    MoETile *tiles = (MoETile *)p.tiles;
+    for (int expert = e0; expert < e1; ++expert) {
+        const int c = counts[expert];
+        offsets[expert] = rowBase;
+        ((int *)p.expertOffsets)[expert] = rowBase;
+        for (int start = 0; start < c; start += p.tileRows) {
+            if (tileBase < p.maxTiles) {
+                MoETile tile;
+                tile.expert = expert;
+                tile.rowStart = rowBase + start;
+                tile.rowCount = min(p.tileRows, c - start);
+                tile.reserved = 0;
+                tiles[tileBase] = tile;
+            }
+            ++tileBase;
+        }
+        rowBase += c;
+    }
+    if (threadIdx.x == 0) {
+        ((int *)p.expertOffsets)[E] = totalRows;
+        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
+        *(unsigned *)p.arrivals = 0u;
+    }
+    __syncthreads();
+    // Stable placement: slots in order, per expert.
+    int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
+    float *sortedWeights = (float *)p.sortedWeights;
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        if (counts[expert] == 0) continue;
+        int cursor = offsets[expert];
+        for (int s = 0; s < slots; ++s) {
+            if (ids[s] == expert) {
+                sortedToSlot[cursor] = s;
+                slotToSorted[s] = cursor;
+                sortedWeights[cursor] = weights[s];
+                ++cursor;
+            }
+        }
+    }
 }
 
 // MARK: large batches
