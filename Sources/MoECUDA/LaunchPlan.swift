@@ -3,8 +3,12 @@ import MoECore
 
 /// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
+    /// Decode: 128 weight rows × 8 tokens per block (8 warps × 16 rows, each the whole K), activations resident.
+    case resident_1_1_8_1
     /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, K split over 2), activations resident.
     case resident_1_1_4_2
+    /// 128 rows × 16 tokens.
+    case resident_1_2_8_1
     /// 64 rows × 16 tokens.
     case resident_1_2_4_2
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through shared memory.
@@ -27,15 +31,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Weight row groups (16 rows) one block covers.
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
 
-    /// The default choice for a token count: decode sizes stream weights straight into registers with small
-    /// tiles; larger batches stage codes and activations through shared memory with larger tiles, so each
-    /// decoded weight feeds more MMAs.
-    public static func choose(tokens: Int) -> GemmVariant {
+    /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
+    /// weights straight into registers with 8-token tiles; larger batches stage codes and activations through
+    /// shared memory with larger tiles, so each decoded weight feeds more MMAs. GEMM 2 at decode sizes splits
+    /// K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
+    public static func choose(tokens: Int) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
-        case ...64: .resident_1_1_4_2
-        case ...256: .resident_1_2_4_2
-        case ...1024: .staged_2_4_8
-        default: .staged_2_8_8
+        case ...64: (.resident_1_1_8_1, .resident_1_1_4_2)
+        case ...256: (.resident_1_1_8_1, .resident_1_1_8_1)
+        case ...1024: (.staged_2_4_8, .staged_2_4_8)
+        default: (.staged_2_8_8, .staged_2_8_8)
         }
     }
 
@@ -54,8 +59,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
 public struct LaunchPlan: Sendable, Equatable {
     public let tokens: Int
     public let config: MoEConfig
-    public let variant: GemmVariant
-    /// The one-launch routing path: at most 32 tokens whose logits and plan fit the last block's shared memory.
+    public let gemm1Variant: GemmVariant
+    public let gemm2Variant: GemmVariant
+    /// Both GEMMs run over the same tile schedule.
+    public var tileRows: Int { gemm1Variant.tileRows }
     public var smallRouting: Bool {
         tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
     }
@@ -67,7 +74,6 @@ public struct LaunchPlan: Sendable, Equatable {
     /// Shared memory of the small-batch router's last block: logits, ids, weights, counts, offsets.
     var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
     public var slots: Int { tokens * config.topK }
-    public var tileRows: Int { variant.tileRows }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
     public var residentRows: Int { min(tileRows, tokens) }
     public var tokenBlocks: Int { (tokens + Int(MOE_TOKENS_PER_BLOCK) - 1) / Int(MOE_TOKENS_PER_BLOCK) }
@@ -79,14 +85,22 @@ public struct LaunchPlan: Sendable, Equatable {
         min(experts, slots) + slots / tileRows
     }
 
+    /// `variant` forces one kernel for both GEMMs.
     public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil) {
         self.tokens = tokens
         self.config = config
-        self.variant = variant ?? GemmVariant.choose(tokens: tokens)
+        let chosen = GemmVariant.choose(tokens: tokens)
+        gemm1Variant = variant ?? chosen.gemm1
+        gemm2Variant = variant ?? chosen.gemm2
+        precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")
+    }
+
+    public var variantDescription: String {
+        gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    public func gemmShape(outputRows n: Int, reduction k: Int) -> LaunchShape {
+    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int) -> LaunchShape {
         let groups = n / 16
         return LaunchShape(
             grid: ((groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock, maxTiles, 1),
@@ -94,8 +108,8 @@ public struct LaunchPlan: Sendable, Equatable {
             sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
-    public var gemm1Shape: LaunchShape { gemmShape(outputRows: 2 * config.intermediate, reduction: config.hidden) }
-    public var gemm2Shape: LaunchShape { gemmShape(outputRows: config.hidden, reduction: config.intermediate) }
+    public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
+    public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
     public var routeSmallShape: LaunchShape {
         let warps = Int(MOE_SMALL_ROUTING_WARPS)
@@ -105,11 +119,29 @@ public struct LaunchPlan: Sendable, Equatable {
             sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
     }
     public var routerMMAShape: LaunchShape {
-        LaunchShape(grid: ((config.experts + 63) / 64, (tokens + 63) / 64, 1), block: 128)
+        LaunchShape(grid: ((config.experts + 31) / 32, (tokens + 63) / 64, 1), block: 128)
     }
-    public var topkShape: LaunchShape { LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024) }
+    /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
+    public var topkShape: LaunchShape {
+        let staged = config.experts <= Int(MOE_TOPK_SHARED_EXPERTS) ? 32 * config.experts * 4 : 0
+        return LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024, sharedBytes: staged + 32 * config.topK * 4)
+    }
     public var scanShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024) }
-    public var scatterShape: LaunchShape { LaunchShape(grid: (tokenBlocks, 1, 1), block: 256) }
+    public var scatterShape: LaunchShape {
+        LaunchShape(grid: (tokenBlocks, 1, 1), block: 256, sharedBytes: 32 * config.topK * 8)
+    }
+
+    /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
+    public func validate(maxSharedPerBlock: Int) throws(CUDAError) {
+        let shapes: [(String, LaunchShape)] = [
+            ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
+            ("top-k", topkShape), ("plan scatter", scatterShape),
+        ] + (smallRouting ? [("small-batch routing", routeSmallShape)] : [])
+        for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
+            throw .invalidArgument(
+                "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")
+        }
+    }
     public var reduceShape: LaunchShape {
         LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }

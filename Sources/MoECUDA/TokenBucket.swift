@@ -10,7 +10,7 @@ final class TokenBucket: @unchecked Sendable {
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
-    let logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets: DeviceBuffer
+    let logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets: DeviceBuffer
     let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals, routerPartials: DeviceBuffer
     let intermediate, combine, output: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
@@ -32,6 +32,7 @@ final class TokenBucket: @unchecked Sendable {
         topkIds = try buffer(slots * 4)
         topkWeights = try buffer(slots * 4)
         blockCounts = try buffer(plan.tokenBlocks * E * 4)
+        blockPrefix = try buffer(plan.tokenBlocks * E * 4)
         expertCounts = try buffer(E * 4)
         expertOffsets = try buffer((E + 1) * 4)
         sortedToSlot = try buffer(slots * 4)
@@ -51,7 +52,7 @@ final class TokenBucket: @unchecked Sendable {
 
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
-            + [logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
+            + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
                sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output]
             .reduce(0) { $0 + $1.byteCount }
     }
@@ -74,6 +75,7 @@ final class TokenBucket: @unchecked Sendable {
         p.topkIds = topkIds.address
         p.topkWeights = topkWeights.address
         p.blockCounts = blockCounts.address
+        p.blockPrefix = blockPrefix.address
         p.expertCounts = expertCounts.address
         p.expertOffsets = expertOffsets.address
         p.sortedToSlot = sortedToSlot.address
@@ -166,10 +168,13 @@ final class TokenBucket: @unchecked Sendable {
 
     // MARK: encoding
 
-    /// The stages of one forward pass, for per-stage event timing.
-    enum Phase: CaseIterable { case routing, gemm1, gemm2, reduce }
+    /// The kernels of one forward pass, in launch order, for per-kernel event timing.
+    enum Phase: String, CaseIterable {
+        case route = "route (fused router+top-k+plan)"
+        case router, topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
+    }
 
-    /// Enqueues the whole layer on `stream`; `between` runs after each phase (event records when profiling).
+    /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing).
     func enqueue(
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
         between: ((Phase) throws(CUDAError) -> Void)? = nil
@@ -177,20 +182,46 @@ final class TokenBucket: @unchecked Sendable {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
         if plan.smallRouting {
             try kernels.routeSmall.launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try between?(.route)
         } else {
             try kernels.routerMMA.launch(plan.routerMMAShape, stream: stream, parameters: routing)
+            try between?(.router)
             try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing)
+            try between?(.topk)
             try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing)
+            try between?(.planScan)
             try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing)
+            try between?(.planScatter)
         }
-        try between?(.routing)
-        let gemm = kernels.gemm(plan.variant)
-        try gemm.launch(plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer))
+        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer))
         try between?(.gemm1)
-        try gemm.launch(plan.gemm2Shape, stream: stream, parameters: gemm2Parameters(layer: layer))
+        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: gemm2Parameters(layer: layer))
         try between?(.gemm2)
         try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters())
         try between?(.reduce)
+    }
+
+    /// A graph of the layer with an event record node after every kernel (and one before the first), for
+    /// timing each kernel inside a replay. Returns the start event and (phase, event) pairs.
+    func timedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream)
+        throws(CUDAError) -> (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
+    {
+        let device = stream.device
+        let start = try CUDAEvent(device: device)
+        var marks: [(Phase, CUDAEvent)] = []
+        try stream.beginCapture()
+        do throws(CUDAError) {
+            try start.record(stream)
+            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
+                let event = try CUDAEvent(device: device)
+                try event.record(stream)
+                marks.append((phase, event))
+            }
+        } catch {
+            _ = try? stream.endCapture()
+            throw error
+        }
+        return (try stream.endCapture().instantiate(), start, marks)
     }
 
     /// The graph of the whole layer for (mode, slot), captured on first use and replayed afterwards.

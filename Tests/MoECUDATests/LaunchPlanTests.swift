@@ -35,11 +35,15 @@ import Testing
 }
 
 @Test func variantsFollowTheTokenCount() {
-    #expect(GemmVariant.choose(tokens: 1) == .resident_1_1_4_2)
-    #expect(GemmVariant.choose(tokens: 64) == .resident_1_1_4_2)
-    #expect(GemmVariant.choose(tokens: 128) == .resident_1_2_4_2)
-    #expect(GemmVariant.choose(tokens: 512) == .staged_2_4_8)
-    #expect(GemmVariant.choose(tokens: 32768) == .staged_2_8_8)
+    #expect(GemmVariant.choose(tokens: 1) == (.resident_1_1_8_1, .resident_1_1_4_2))
+    #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1, .resident_1_1_4_2))
+    #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1, .resident_1_1_8_1))
+    #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8, .staged_2_4_8))
+    #expect(GemmVariant.choose(tokens: 32768) == (.staged_2_8_8, .staged_2_8_8))
+    for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025] {
+        let pair = GemmVariant.choose(tokens: tokens)
+        #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
+    }
     #expect(GemmVariant.staged_2_8_8.tileRows == 64)
     #expect(GemmVariant.staged_2_8_8.warps == 8)
     #expect(GemmVariant.resident_1_1_4_2.warps == 8)
@@ -53,11 +57,15 @@ import Testing
         let plan = LaunchPlan(tokens: tokens, config: config)
         #expect(plan.gemm1Shape.sharedBytes <= 227 * 1024)
         #expect(plan.gemm2Shape.sharedBytes <= 227 * 1024)
-        #expect(plan.gemm1Shape.grid.x * plan.variant.rowGroupsPerBlock * 16 >= 2 * config.intermediate)
-        #expect(plan.gemm2Shape.grid.x * plan.variant.rowGroupsPerBlock * 16 >= config.hidden)
+        #expect(plan.gemm1Shape.grid.x * plan.gemm1Variant.rowGroupsPerBlock * 16 >= 2 * config.intermediate)
+        #expect(plan.gemm2Shape.grid.x * plan.gemm2Variant.rowGroupsPerBlock * 16 >= config.hidden)
+        #expect(throws: Never.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
         #expect(plan.gemm1Shape.grid.y == plan.maxTiles)
     }
     let decode = LaunchPlan(tokens: 1, config: config)
+    // Decode grids fit one wave at two blocks per SM on 132 SMs.
+    #expect(decode.gemm1Shape.grid.x * decode.gemm1Shape.grid.y <= 264)
+    #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y <= 264)
     #expect(decode.smallRouting)
     #expect(decode.maxTiles == 4)  // 4 experts, one row each
     #expect(decode.residentRows == 1)
@@ -67,4 +75,10 @@ import Testing
     #expect(!LaunchPlan(tokens: 33, config: config).smallRouting)
     // Huge expert counts do not fit the last block's shared memory: the multi-kernel path takes over.
     #expect(!LaunchPlan(tokens: 32, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4)).smallRouting)
+}
+
+@Test func launchesThatCannotFitSharedMemoryAreATypedError() {
+    // k = E = 4096: the plan scatter stages 32·k ids and weights (1 MiB).
+    let plan = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4096))
+    #expect(throws: CUDAError.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
 }

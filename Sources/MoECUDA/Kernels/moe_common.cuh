@@ -159,11 +159,13 @@ MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
     raw[3] = ((w << 1) & 0x80008000u) | ((w >> 4) & 0x00C000C0u) | ((w >> 5) & 0x01000100u);
 }
 
-/// Decodes one word with scale byte `j` of `scales` into four bf16x2 values.
-MOE_DEVICE void mxfp4_decode_word(u32 w, u32 scales, int j, bool slow, u32 (&out)[4]) {
+/// Decodes one word with scale byte `j` of `scales` into four bf16x2 values. `Slow` must be true when any
+/// scale byte of the word may exceed 128 (the caller decides once per chunk, warp-uniformly).
+template <bool Slow>
+MOE_DEVICE void mxfp4_decode_word(u32 w, u32 scales, int j, u32 (&out)[4]) {
     u32 raw[4];
     mxfp4_unpack_word(w, raw);
-    if (!slow) {
+    if (!Slow) {
         const u32 factor = mxfp4_fast_factor(scales, j);
 #pragma unroll
         for (int q = 0; q < 4; ++q) out[q] = mul_bf16x2(raw[q], factor);

@@ -61,8 +61,8 @@ MOE_DEVICE void load_weight_group(
 
 /// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
 /// rowAddress[nj] + byteOffset (shared memory).
-template <int MI, int NJ>
-MOE_DEVICE void mma_chunk(
+template <int MI, int NJ, bool Slow>
+MOE_DEVICE void mma_chunk_decoded(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
     u32 byteOffset) {
 #pragma unroll
@@ -72,16 +72,30 @@ MOE_DEVICE void mma_chunk(
         for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + byteOffset + sp * 64);
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
-            const bool slow = mxfp4_needs_slow_path(scaleWords[mi]);
             u32 low[4], high[4];  // rows gid and gid+8
-            mxfp4_decode_word(uint4_component(codes[mi], 2 * sp), scaleWords[mi], 2 * sp, slow, low);
-            mxfp4_decode_word(uint4_component(codes[mi], 2 * sp + 1), scaleWords[mi], 2 * sp + 1, slow, high);
+            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp), scaleWords[mi], 2 * sp, low);
+            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp + 1), scaleWords[mi], 2 * sp + 1, high);
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj) {
                 mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
                 mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
             }
         }
+    }
+}
+
+/// One warp-uniform branch per chunk: the two-multiply decode only when some lane has a scale byte > 128.
+template <int MI, int NJ>
+MOE_DEVICE void mma_chunk(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
+    u32 byteOffset) {
+    bool slow = false;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
+    if (__any_sync(0xffffffffu, slow)) {
+        mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
+    } else {
+        mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
     }
 }
 
@@ -352,7 +366,7 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 #define MOE_RESIDENT(MI, NJ, WN, WK)                                                                   \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WK, 2)                                      \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK(MoEGemmParams p) {                                 \
         gemm_resident<MI, NJ, WN, WK>(p);                                                              \
     }
@@ -361,7 +375,9 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         gemm_staged<MI, NJ, WN>(p);                                                                    \
     }
 
+MOE_RESIDENT(1, 1, 8, 1)
 MOE_RESIDENT(1, 1, 4, 2)
+MOE_RESIDENT(1, 2, 8, 1)
 MOE_RESIDENT(1, 2, 4, 2)
 MOE_STAGED(2, 4, 8)
 MOE_STAGED(2, 8, 8)

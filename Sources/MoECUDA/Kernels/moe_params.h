@@ -15,6 +15,8 @@ typedef unsigned long long MoEDevicePointer;
 
 /// Tokens per block of the routing plan's histogram (one warp per token in the top-k kernel).
 #define MOE_TOKENS_PER_BLOCK 32
+/// moe_topk stages each warp's logits in shared memory when E is at most this.
+#define MOE_TOPK_SHARED_EXPERTS 1024
 /// The fused small-batch routing kernel handles at most this many tokens.
 #define MOE_SMALL_ROUTING_MAX_TOKENS 32
 /// Warps (= experts) per block of the fused small-batch router.
@@ -38,8 +40,8 @@ typedef struct MoERoutingParams {
     MoEDevicePointer logits;        ///< [T, E] f32
     MoEDevicePointer topkIds;       ///< [T, k] i32, by descending weight (ties: lower id)
     MoEDevicePointer topkWeights;   ///< [T, k] f32
-    MoEDevicePointer blockCounts;   ///< [B, E] i32: per token block histogram, then (after the scan) the
-                                    ///< rows of expert e in blocks before b
+    MoEDevicePointer blockCounts;   ///< [B, E] i32: per token block histogram
+    MoEDevicePointer blockPrefix;   ///< [B, E] i32: rows of expert e in token blocks before b
     MoEDevicePointer expertCounts;  ///< [E] i32
     MoEDevicePointer expertOffsets; ///< [E+1] i32
     MoEDevicePointer sortedToSlot;  ///< [T·k] i32

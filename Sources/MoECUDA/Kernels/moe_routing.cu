@@ -74,19 +74,6 @@ MOE_DEVICE void topk_token(
 
 // MARK: plan pieces (each run by one whole block)
 
-/// Histogram of token block `b` by thread-per-expert counting (no atomics): blockCounts[b][e].
-MOE_DEVICE void count_block(const MoERoutingParams &p, int b) {
-    const int *ids = (const int *)p.topkIds;
-    int *counts = (int *)p.blockCounts;
-    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
-    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
-    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
-        int c = 0;
-        for (int s = first; s < last; ++s) c += (load_coherent_i32(ids + s) == e);
-        counts[(long long)b * p.experts + e] = c;
-    }
-}
-
 /// Block-wide exclusive scan of one int per thread (blockDim.x ≤ 1024); returns the thread's prefix and
 /// writes the total to *total. Uses `scratch` (≥ 33 ints of shared memory).
 MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
@@ -107,32 +94,37 @@ MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
     return result;
 }
 
-/// One block: per-expert totals and per-block prefixes (in place in blockCounts), expert offsets, and the
-/// tile schedule (tiles of ≤ tileRows rows, expert-major, never straddling experts).
+/// One block: per-expert totals and per-block prefixes, expert offsets, and the tile schedule (tiles of
+/// ≤ tileRows rows, expert-major, never straddling experts). Inputs come from an earlier launch.
 MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
-    int *counts = (int *)p.blockCounts;
-    int *expertCounts = (int *)p.expertCounts;
-    int *offsets = (int *)p.expertOffsets;
-    MoETile *tiles = (MoETile *)p.tiles;
+    const int *__restrict__ counts = (const int *)p.blockCounts;
+    int *__restrict__ prefix = (int *)p.blockPrefix;
+    int *__restrict__ expertCounts = (int *)p.expertCounts;
+    int *__restrict__ offsets = (int *)p.expertOffsets;
+    MoETile *__restrict__ tiles = (MoETile *)p.tiles;
     const int E = p.experts, B = p.tokenBlocks, rowsPerTile = p.tileRows;
-    // Totals per expert; blockCounts[b][e] becomes the rows of e in blocks before b.
+    __shared__ int totals[1024];
+    // Totals per expert and the rows of e in blocks before b (loads independent of the running sum: pipelined).
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int running = 0;
+#pragma unroll 8
         for (int b = 0; b < B; ++b) {
             const long long i = (long long)b * E + e;
-            const int c = load_coherent_i32(counts + i);
-            counts[i] = running;
+            const int c = counts[i];
+            prefix[i] = running;
             running += c;
         }
         expertCounts[e] = running;
+        if (e < 1024) totals[e] = running;
     }
     __syncthreads();
     // Each thread takes a contiguous run of experts.
     const int per = (E + blockDim.x - 1) / blockDim.x;
     const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    auto total = [&](int e) { return e < 1024 ? totals[e] : expertCounts[e]; };
     int rows = 0, tileSum = 0;
     for (int e = e0; e < e1; ++e) {
-        const int c = load_coherent_i32(expertCounts + e);
+        const int c = total(e);
         rows += c;
         tileSum += (c + rowsPerTile - 1) / rowsPerTile;
     }
@@ -140,7 +132,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
     int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
     for (int e = e0; e < e1; ++e) {
-        const int c = load_coherent_i32(expertCounts + e);
+        const int c = total(e);
         offsets[e] = rowBase;
         for (int start = 0; start < c; start += rowsPerTile) {
             if (tileBase < p.maxTiles) {
@@ -158,40 +150,6 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     if (threadIdx.x == 0) {
         offsets[E] = totalRows;
         *(int *)p.tileCount = min(totalTiles, p.maxTiles);
-    }
-}
-
-/// Stable placement of token block b's slots: slot s of expert e goes to sorted row
-/// offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block).
-MOE_DEVICE void scatter_block(const MoERoutingParams &p, int b) {
-    const int *ids = (const int *)p.topkIds;
-    const float *weights = (const float *)p.topkWeights;
-    const int *prefix = (const int *)p.blockCounts;
-    const int *offsets = (const int *)p.expertOffsets;
-    const int *expertCounts = (const int *)p.expertCounts;
-    int *sortedToSlot = (int *)p.sortedToSlot;
-    int *slotToSorted = (int *)p.slotToSorted;
-    float *sortedWeights = (float *)p.sortedWeights;
-    const int E = p.experts;
-    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
-    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
-    for (int s = first + threadIdx.x; s < last; s += blockDim.x) {
-        if (load_coherent_i32(ids + s) < 0) slotToSorted[s] = -1;  // routes nowhere (expert-parallel padding)
-    }
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        const int before = load_coherent_i32(prefix + (long long)b * E + e);
-        const int after = b + 1 < p.tokenBlocks ? load_coherent_i32(prefix + (long long)(b + 1) * E + e)
-                                                 : load_coherent_i32(expertCounts + e);
-        if (after == before) continue;
-        int cursor = load_coherent_i32(offsets + e) + before;
-        for (int s = first; s < last; ++s) {
-            if (load_coherent_i32(ids + s) == e) {
-                sortedToSlot[cursor] = s;
-                slotToSorted[s] = cursor;
-                sortedWeights[cursor] = load_coherent_f32(weights + s);
-                ++cursor;
-            }
-        }
     }
 }
 
@@ -359,14 +317,14 @@ extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingPara
 // MARK: large batches
 
 /// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
-/// grid: (ceil(E / 64), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 64 experts.
+/// grid: (ceil(E / 32), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 32 experts.
 /// K is staged 32 at a time through shared memory (double-buffered cp.async); rows past T or E read zeros.
 extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
-    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
+    constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
     __shared__ __align__(16) bf16_t xs[2][TILE * STRIDE];
-    __shared__ __align__(16) bf16_t ws[2][TILE * STRIDE];
+    __shared__ __align__(16) bf16_t ws[2][ETILE * STRIDE];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e0 = blockIdx.x * TILE, t0 = blockIdx.y * TILE;
+    const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
     const int T = p.tokens, H = p.hidden, E = p.experts;
     const bf16_t *x = (const bf16_t *)p.x;
     const bf16_t *wr = (const bf16_t *)p.routerWeight;
@@ -380,14 +338,14 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
             const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
             const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
             copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
-            copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
+            if (row < ETILE) copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
         }
         copy_async_commit();
     };
 
-    float acc[8][4];
+    float acc[4][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
 
@@ -411,7 +369,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
                 load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
             }
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
+            for (int j = 0; j < 4; j += 2) {
                 // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
                 u32 b[4];
                 const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
@@ -427,7 +385,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     float *logits = (float *)p.logits;
     const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
@@ -437,16 +395,38 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     }
 }
 
-/// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens, then its histogram.
+/// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens (logits staged
+/// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram from its ids.
+/// Dynamic shared memory: 32·E floats (or none) + 32·k ids.
 extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char shared[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int E = p.experts, K = p.topK;
+    const bool staged = E <= MOE_TOPK_SHARED_EXPERTS;
+    float *warpLogits = (float *)shared + (staged ? warp * E : 0);
+    int *blockIds = (int *)shared + (staged ? 32 * E : 0);
     const int t = blockIdx.x * MOE_TOKENS_PER_BLOCK + warp;
+    const int firstToken = blockIdx.x * MOE_TOKENS_PER_BLOCK;
+    const int tokens = min(MOE_TOKENS_PER_BLOCK, p.tokens - firstToken);
     if (t < p.tokens) {
-        topk_token((const float *)p.logits + (long long)t * p.experts, p.experts, p.topK, p.mode,
-                   (int *)p.topkIds + (long long)t * p.topK, (float *)p.topkWeights + (long long)t * p.topK, lane);
+        const float *row = (const float *)p.logits + (long long)t * E;
+        if (staged) {
+            for (int e = lane; e < E; e += 32) warpLogits[e] = row[e];
+            __syncwarp();
+            row = warpLogits;
+        }
+        topk_token(row, E, K, p.mode, (int *)p.topkIds + (long long)t * K, (float *)p.topkWeights + (long long)t * K, lane);
+        __syncwarp();
+        if (lane == 0)
+            for (int j = 0; j < K; ++j) blockIds[warp * K + j] = ((const int *)p.topkIds)[(long long)t * K + j];
     }
     __syncthreads();
-    count_block(p, blockIdx.x);
+    int *counts = (int *)p.blockCounts + (long long)blockIdx.x * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < tokens * K; ++s) c += blockIds[s] == e;
+        counts[e] = c;
+    }
 }
 
 /// grid: 1 block of 1024 threads.
@@ -455,5 +435,38 @@ extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParam
     scan_plan(p, scratch);
 }
 
-/// grid: tokenBlocks blocks of 256 threads.
-extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) { scatter_block(p, blockIdx.x); }
+/// grid: tokenBlocks blocks of 256 threads. Stable placement of the block's slots: slot s of expert e goes to
+/// sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block). The block's ids
+/// and weights are staged in shared memory (dynamic: 32·k ints + 32·k floats).
+extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char shared[];
+    const int E = p.experts, K = p.topK, b = blockIdx.x;
+    const int first = b * MOE_TOKENS_PER_BLOCK * K;
+    const int slots = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * K - first;
+    int *ids = (int *)shared;
+    float *weights = (float *)(ids + MOE_TOKENS_PER_BLOCK * K);
+    int *__restrict__ sortedToSlot = (int *)p.sortedToSlot;
+    int *__restrict__ slotToSorted = (int *)p.slotToSorted;
+    float *__restrict__ sortedWeights = (float *)p.sortedWeights;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        ids[s] = ((const int *)p.topkIds)[first + s];
+        weights[s] = ((const float *)p.topkWeights)[first + s];
+        if (ids[s] < 0) slotToSorted[first + s] = -1;  // routes nowhere (expert-parallel padding)
+    }
+    __syncthreads();
+    const int *__restrict__ prefix = (const int *)p.blockPrefix;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const int before = prefix[(long long)b * E + e];
+        const int after = b + 1 < p.tokenBlocks ? prefix[(long long)(b + 1) * E + e] : ((const int *)p.expertCounts)[e];
+        if (after == before) continue;
+        int cursor = ((const int *)p.expertOffsets)[e] + before;
+        for (int s = 0; s < slots; ++s) {
+            if (ids[s] == e) {
+                sortedToSlot[cursor] = first + s;
+                slotToSorted[first + s] = cursor;
+                sortedWeights[cursor] = weights[s];
+                ++cursor;
+            }
+        }
+    }
+}
