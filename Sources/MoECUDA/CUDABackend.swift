@@ -172,7 +172,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
-        if plan.smallRouting { try kernels.routeSmall.allowSharedMemory(plan.routeSmallShape.sharedBytes) }
+        if plan.smallRouting { try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes) }
         let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
         buckets[tokens] = bucket
         bucketUse.append(tokens)

@@ -201,6 +201,14 @@ public final class CUDAEvent: @unchecked Sendable {
         try device.driver.call("cuEventRecord", device.driver.api.cuEventRecord?(handle, stream.handle))
     }
 
+    /// Records into a graph being captured as an event record node (plain cuEventRecord during capture only
+    /// orders work), so the event can time kernels inside graph replays.
+    public func recordInGraph(_ stream: CUDAStream) throws(CUDAError) {
+        try device.driver.call(
+            "cuEventRecordWithFlags",
+            device.driver.api.cuEventRecordWithFlags?(handle, stream.handle, UInt32(CCUDA_EVENT_RECORD_EXTERNAL)))
+    }
+
     public func synchronize() throws(CUDAError) {
         try device.driver.call("cuEventSynchronize", device.driver.api.cuEventSynchronize?(handle))
     }

@@ -3,18 +3,22 @@ import MoECore
 
 /// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
-    /// Decode: 128 weight rows × 8 tokens per block (8 warps × 16 rows, each the whole K), activations resident.
-    case resident_1_1_8_1
-    /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, K split over 2), activations resident.
-    case resident_1_1_4_2
+    /// Decode GEMM 1: 64 weight rows × 8 tokens per block (4 warps × 16 rows, whole K each), a 4-slot weight
+    /// ring per lane in shared memory.
+    case resident_1_1_4_1_4
+    /// Decode GEMM 2: 32 rows × 8 tokens (2 warps × 16 rows, K split over 2 warps).
+    case resident_1_1_2_2_4
+    /// 128 rows × 8 tokens (8 warps), 3-slot rings.
+    case resident_1_1_8_1_3
     /// 128 rows × 16 tokens.
-    case resident_1_2_8_1
-    /// 64 rows × 16 tokens.
-    case resident_1_2_4_2
-    /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through shared memory.
-    case staged_2_4_8
-    /// 256 rows × 64 tokens.
-    case staged_2_8_8
+    case resident_1_2_8_1_3
+    /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
+    /// 3-stage shared-memory ring.
+    case staged_2_4_8_3
+    /// The same with 2 stages (two blocks fit one SM).
+    case staged_2_4_8_2
+    /// 256 rows × 64 tokens, 3 stages.
+    case staged_2_8_8_3
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -27,6 +31,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var warpsAcrossRows: Int { numbers[2] }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { isResident ? numbers[3] : 1 }
+    /// Slots of the per-lane weight ring (resident kernels).
+    public var ringSlots: Int { isResident ? numbers[4] : 0 }
+    /// Stages of the shared-memory ring (staged kernels).
+    public var stages: Int { isResident ? 0 : numbers[3] }
     public var warps: Int { warpsAcrossRows * warpsAcrossK }
     /// Weight row groups (16 rows) one block covers.
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
@@ -37,10 +45,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
     public static func choose(tokens: Int) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
-        case ...64: (.resident_1_1_8_1, .resident_1_1_4_2)
-        case ...256: (.resident_1_1_8_1, .resident_1_1_8_1)
-        case ...1024: (.staged_2_4_8, .staged_2_4_8)
-        default: (.staged_2_8_8, .staged_2_8_8)
+        case ...64: (.resident_1_1_4_1_4, .resident_1_1_2_2_4)
+        case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
+        case ...1024: (.staged_2_4_8_3, .staged_2_4_8_3)
+        default: (.staged_2_8_8_3, .staged_2_8_8_3)
         }
     }
 
@@ -48,10 +56,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
         let chunks = (k + 63) / 64
         if isResident {
-            return residentRows * (64 * chunks + 8) * 2 + warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4
+            let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
+            return residentRows * (64 * chunks + 8) * 2 + partials + warps * ringSlots * rowGroupsPerWarp * 5 * 512
         }
         let groups = rowGroupsPerBlock
-        return 3 * (tileRows * (256 + 8) * 2 + groups * 4 * 512 + groups * 128)
+        return stages * (tileRows * (256 + 8) * 2 + groups * 4 * 512 + groups * 128)
     }
 }
 
@@ -97,6 +106,13 @@ public struct LaunchPlan: Sendable, Equatable {
 
     public var variantDescription: String {
         gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
+    }
+
+    /// The small-batch routing kernel instantiated for the smallest power of two ≥ T.
+    public var routeSmallKernel: String {
+        var bound = 1
+        while bound < tokens { bound *= 2 }
+        return "moe_route_small_\(bound)"
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].

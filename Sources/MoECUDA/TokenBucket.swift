@@ -181,7 +181,7 @@ final class TokenBucket: @unchecked Sendable {
     ) throws(CUDAError) {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
         if plan.smallRouting {
-            try kernels.routeSmall.launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routing)
             try between?(.route)
         } else {
             try kernels.routerMMA.launch(plan.routerMMAShape, stream: stream, parameters: routing)
@@ -211,10 +211,10 @@ final class TokenBucket: @unchecked Sendable {
         var marks: [(Phase, CUDAEvent)] = []
         try stream.beginCapture()
         do throws(CUDAError) {
-            try start.record(stream)
+            try start.recordInGraph(stream)
             try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
                 let event = try CUDAEvent(device: device)
-                try event.record(stream)
+                try event.recordInGraph(stream)
                 marks.append((phase, event))
             }
         } catch {

@@ -68,6 +68,7 @@ enum {
 
 enum { CCUDA_STREAM_NON_BLOCKING = 1 };
 enum { CCUDA_EVENT_DEFAULT = 0, CCUDA_EVENT_DISABLE_TIMING = 2 };
+enum { CCUDA_EVENT_RECORD_EXTERNAL = 1 };
 // CUstreamCaptureMode
 enum { CCUDA_CAPTURE_MODE_GLOBAL = 0, CCUDA_CAPTURE_MODE_THREAD_LOCAL = 1, CCUDA_CAPTURE_MODE_RELAXED = 2 };
 enum { CCUDA_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1 };
@@ -108,6 +109,8 @@ typedef struct CCUDADriverAPI {
     CUresult (*cuEventCreate)(CUevent *event, unsigned int flags);
     CUresult (*cuEventDestroy)(CUevent event);                                           // _v2
     CUresult (*cuEventRecord)(CUevent event, CUstream stream);
+    /// With CCUDA_EVENT_RECORD_EXTERNAL during stream capture: a real event record node (timing inside graphs).
+    CUresult (*cuEventRecordWithFlags)(CUevent event, CUstream stream, unsigned int flags);
     CUresult (*cuEventSynchronize)(CUevent event);
     CUresult (*cuEventElapsedTime)(float *milliseconds, CUevent start, CUevent end);     // _v2 first
     CUresult (*cuModuleLoadData)(CUmodule *module, const void *image);

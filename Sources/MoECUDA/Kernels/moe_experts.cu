@@ -165,9 +165,32 @@ MOE_DEVICE void zero_accumulators(float (&acc)[MI][NJ][4]) {
 
 // MARK: resident kernel (decode-size tiles)
 
+/// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
+/// per chunk (exactly the bytes this lane later reads) and its row pair's 16 scale bytes.
+template <int MI>
+MOE_DEVICE void copy_weight_group(
+    const MoEGemmParams &p, long long expertGroup, int firstGroup, int g, int lane, u32 slot) {
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        if (firstGroup + mi >= p.groups) continue;
+        const long long group = expertGroup + firstGroup + mi;
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            const int c = 4 * g + ci;
+            if (c < p.chunks) copy_async_16(slot + (mi * 5 + ci) * 512 + lane * 16, codes + ((group * p.chunks + c) * 32 + lane) * 16, 16);
+        }
+        copy_async_16(slot + (mi * 5 + 4) * 512 + lane * 16, scales + ((group * p.scaleGroups + g) * 8 + (lane >> 2)) * 16, 16);
+    }
+}
+
 /// Block: WN·WK warps; warp w owns row groups (blockIdx.x·WN + w % WN)·MI … +MI−1 and K share w / WN.
-/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations, then WK·WN·MI·NJ·32·4 floats.
-template <int MI, int NJ, int WN, int WK>
+/// Weights stream through a per-lane ring of S slots in shared memory: each lane cp.asyncs the fragment bytes it
+/// will itself read, S−1 groups ahead, so no barrier is needed and no registers hold data in flight.
+/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
+/// WN·WK warps × S slots × MI × 5 × 512 B.
+template <int MI, int NJ, int WN, int WK, int S>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -175,26 +198,38 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
+    const long long expertGroup = (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
+    const int activationBytes = p.residentRows * rowStride * 2;
+    constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
+    constexpr int SLOT_BYTES = MI * 5 * 512;
     bf16_t *xs = (bf16_t *)sharedBytes;
-    float *partials = (float *)(sharedBytes + (long long)p.residentRows * rowStride * 2);
+    float *partials = (float *)(sharedBytes + activationBytes);
+    const u32 ring = shared_address(sharedBytes + activationBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
+    const unsigned char *ringPointer = sharedBytes + activationBytes + PARTIAL_BYTES + warp * S * SLOT_BYTES;
 
-    // This warp's share of K, in 4-chunk groups; the first two groups' loads go out before anything else.
+    // The weight ring starts filling before anything else.
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
-    uint4 codesA[4][MI], scalesA[MI], codesB[4][MI], scalesB[MI], codesC[4][MI], scalesC[MI];
-    if (begin < end) load_weight_group<MI>(p, tile.expert, firstGroup, begin, lane, codesA, scalesA);
-    if (begin + 1 < end) load_weight_group<MI>(p, tile.expert, firstGroup, begin + 1, lane, codesB, scalesB);
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+        if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
+        copy_async_commit();
+    }
 
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
     const int segmentsPerRow = kPadded / 8;
     const bf16_t *input = (const bf16_t *)p.input;
-    for (int idx = threadIdx.x; idx < rows * segmentsPerRow; idx += blockDim.x) {
-        const int j = idx / segmentsPerRow, k0 = (idx - j * segmentsPerRow) * 8;
-        const bf16_t *src = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride + min(k0, p.k - 8);
-        copy_async_16(shared_address(xs + j * rowStride + k0), src, k0 < p.k ? 16 : 0);
+    for (int j = warp; j < rows; j += WN * WK) {
+        const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
+        for (int segment = lane; segment < segmentsPerRow; segment += 32) {
+            const int k0 = segment * 8;
+            copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
+        }
     }
     copy_async_commit();
+    copy_async_wait<0>();
+    __syncthreads();
 
     float acc[MI][NJ][4];
     zero_accumulators<MI, NJ>(acc);
@@ -204,22 +239,32 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         const int row = min(8 * nj + (lane & 7), rows - 1);
         rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
     }
-    copy_async_wait<0>();
-    __syncthreads();
 
-    // Three-deep ring: while group g is multiplied, groups g+1 and g+2 are in flight.
-    int g = begin;
-    while (g < end) {
-        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesC, scalesC);
-        mma_register_group<MI, NJ>(acc, codesA, scalesA, min(4, p.chunks - 4 * g), rowAddress, g * 512);
-        if (++g >= end) break;
-        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesA, scalesA);
-        mma_register_group<MI, NJ>(acc, codesB, scalesB, min(4, p.chunks - 4 * g), rowAddress, g * 512);
-        if (++g >= end) break;
-        if (g + 2 < end) load_weight_group<MI>(p, tile.expert, firstGroup, g + 2, lane, codesB, scalesB);
-        mma_register_group<MI, NJ>(acc, codesC, scalesC, min(4, p.chunks - 4 * g), rowAddress, g * 512);
-        ++g;
+    int slot = 0;
+#pragma unroll 1
+    for (int g = begin; g < end; ++g) {
+        copy_async_wait<S - 2>();  // this lane's copies of group g have landed
+        const int next = g + S - 1, nextSlot = slot == 0 ? S - 1 : slot - 1;
+        if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
+        copy_async_commit();
+        const unsigned char *current = ringPointer + slot * SLOT_BYTES;
+        const int chunksValid = min(4, p.chunks - 4 * g);
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                uint4 codes[MI];
+                u32 words[MI];
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) {
+                    codes[mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
+                    words[mi] = *(const u32 *)(current + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
+                }
+                mma_chunk<MI, NJ>(acc, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+            }
+        }
+        slot = slot + 1 == S ? 0 : slot + 1;
     }
+    copy_async_wait<0>();
 
     if (WK == 1) {
 #pragma unroll
@@ -255,10 +300,10 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 // MARK: staged kernel (larger tiles)
 
 /// Block: WN warps × MI row groups = 16·MI·WN weight rows; a tile of ≤ 8·NJ rows. Dynamic shared memory:
-/// 3 stages of [activations 8·NJ × (256 + 8) bf16 | codes WN·MI × 4 chunks × 512 B | scales WN·MI × 128 B].
-template <int MI, int NJ, int WN>
+/// STAGES (2 or 3) stages of [activations 8·NJ × (256 + 8) bf16 | codes WN·MI × 4 chunks × 512 B | scales WN·MI × 128 B].
+template <int MI, int NJ, int WN, int STAGES>
 MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
-    constexpr int STAGES = 3, BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8, GROUPS = WN * MI;
+    constexpr int BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8, GROUPS = WN * MI;
     constexpr int ACT_BYTES = BM * ROW * 2, CODE_BYTES = GROUPS * 4 * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int STAGE_BYTES = ACT_BYTES + CODE_BYTES + SCALE_BYTES;
     constexpr int THREADS = 32 * WN;
@@ -365,22 +410,23 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
 
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
-#define MOE_RESIDENT(MI, NJ, WN, WK)                                                                   \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WK, 2)                                      \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK(MoEGemmParams p) {                                 \
-        gemm_resident<MI, NJ, WN, WK>(p);                                                              \
+#define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
+        gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
     }
-#define MOE_STAGED(MI, NJ, WN)                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * WN, 1) moe_gemm_staged_##MI##_##NJ##_##WN(MoEGemmParams p) { \
-        gemm_staged<MI, NJ, WN>(p);                                                                    \
+#define MOE_STAGED(MI, NJ, WN, S)                                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
+        gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
-MOE_RESIDENT(1, 1, 8, 1)
-MOE_RESIDENT(1, 1, 4, 2)
-MOE_RESIDENT(1, 2, 8, 1)
-MOE_RESIDENT(1, 2, 4, 2)
-MOE_STAGED(2, 4, 8)
-MOE_STAGED(2, 8, 8)
+MOE_RESIDENT(1, 1, 4, 1, 4)
+MOE_RESIDENT(1, 1, 2, 2, 4)
+MOE_RESIDENT(1, 1, 8, 1, 3)
+MOE_RESIDENT(1, 2, 8, 1, 3)
+MOE_STAGED(2, 4, 8, 3)
+MOE_STAGED(2, 4, 8, 2)
+MOE_STAGED(2, 8, 8, 3)
 
 // MARK: reduce
 

@@ -155,13 +155,14 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 
 // MARK: small batches: one launch
 
-/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MOE_SMALL_ROUTING_MAX_TOKENS.
+/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_SMALL_ROUTING_MAX_TOKENS.
 /// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
 /// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
 /// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
 /// the S slices in order (deterministic), then runs top-k and the whole plan in shared memory, writing
 /// only results to global memory.
-extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingParams p) {
+template <int MAX_TOKENS>
+MOE_DEVICE void route_small(const MoERoutingParams &p) {
     extern __shared__ __align__(16) unsigned char shared[];
     __shared__ int scratch[33];
     __shared__ int isLast;
@@ -187,9 +188,9 @@ extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingPara
     }
     copy_async_wait<0>();
     __syncthreads();
-    float acc[MOE_SMALL_ROUTING_MAX_TOKENS];
+    float acc[MAX_TOKENS];
 #pragma unroll
-    for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) acc[t] = 0.0f;
+    for (int t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int s = lane + 32 * i;
@@ -197,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingPara
             const float wf[8] = {bf16_low(w[i].x), bf16_high(w[i].x), bf16_low(w[i].y), bf16_high(w[i].y),
                                  bf16_low(w[i].z), bf16_high(w[i].z), bf16_low(w[i].w), bf16_high(w[i].w)};
 #pragma unroll
-            for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
+            for (int t = 0; t < MAX_TOKENS; ++t) {
                 if (t < T) {
                     const uint4 xv = xs[t * count + s];
                     float sum = acc[t];
@@ -216,7 +217,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingPara
     }
     float *partials = (float *)p.routerPartials + (long long)blockIdx.y * T * E;
 #pragma unroll
-    for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
+    for (int t = 0; t < MAX_TOKENS; ++t) {
         if (t < T) {
             const float total = warp_sum(acc[t]);
             if (lane == 0 && e < E) partials[t * E + e] = total;
@@ -313,6 +314,17 @@ extern "C" __global__ void __launch_bounds__(256) moe_route_small(MoERoutingPara
         }
     }
 }
+
+// One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
+// with the bound, so T = 1 runs a kernel sized for 1 token.
+#define MOE_ROUTE_SMALL(N) \
+    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { route_small<N>(p); }
+MOE_ROUTE_SMALL(1)
+MOE_ROUTE_SMALL(2)
+MOE_ROUTE_SMALL(4)
+MOE_ROUTE_SMALL(8)
+MOE_ROUTE_SMALL(16)
+MOE_ROUTE_SMALL(32)
 
 // MARK: large batches
 
