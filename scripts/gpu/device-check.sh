@@ -8,9 +8,9 @@ OUT=${OUT:-/tmp/moekit-out}
 mkdir -p "$OUT"
 M=/tmp/moe
 [ -x $M ] || xz -dc .device/moe.xz > $M && chmod +x $M
-echo "commit $(cat .device/COMMIT 2>/dev/null)"
-export MOE_KERNEL_CACHE=/tmp/moekit-kernels
 LOG="$OUT/run.log"
+echo "commit $(cat .device/COMMIT 2>/dev/null)" | tee -a "$LOG"
+export MOE_KERNEL_CACHE=/tmp/moekit-kernels
 SUMMARY=""
 
 step() {  # step NAME LIMIT_SECONDS command...
