@@ -62,7 +62,7 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        let macro = parts[0] == "resident" ? "MOE_RESIDENT" : "MOE_STAGED"
+        let macro = "MOE_" + parts[0].uppercased()
         let arguments = parts.dropFirst().joined(separator: ", ")
         #expect(experts.contains("\(macro)(\(arguments))"), "\(variant) is not instantiated")
     }
