@@ -87,6 +87,7 @@ int ccuda_resolve_driver(void *handle, CCUDADriverAPI *api, char *missing, size_
     RESOLVE(api, cuFuncSetAttribute, 1, "cuFuncSetAttribute");
     RESOLVE(api, cuFuncGetAttribute, 1, "cuFuncGetAttribute");
     RESOLVE(api, cuLaunchKernel, 1, "cuLaunchKernel");
+    RESOLVE(api, cuLaunchKernelEx, 0, "cuLaunchKernelEx");
     RESOLVE(api, cuGraphInstantiate, 1, "cuGraphInstantiateWithFlags");
     RESOLVE(api, cuGraphLaunch, 1, "cuGraphLaunch");
     RESOLVE(api, cuGraphExecDestroy, 1, "cuGraphExecDestroy");

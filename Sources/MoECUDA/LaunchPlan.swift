@@ -3,30 +3,26 @@ import MoECore
 
 /// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
-    /// 128 weight rows × 8 tokens per block (8 warps × 16 rows, whole K each), activation tile in shared memory,
-    /// a 3-slot weight ring per lane.
-    case resident_1_1_8_1_3
-    /// 128 rows × 16 tokens.
-    case resident_1_2_8_1_3
-    /// Decode: 64 rows × 8 tokens, activations read through L1 (no tile), 4 warps, 4-slot rings.
-    case direct_1_1_4_1_4
+    /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, whole K each), activation tile in shared
+    /// memory, a 4-slot weight ring per lane.
+    case resident_1_1_4_1_4
+    /// Decode: 32 rows × 8 tokens (2 warps × 16 rows, K split over 2), 4-slot rings.
+    case resident_1_1_2_2_4
     /// Decode: 64 rows × 8 tokens, 8 warps (K split over 2), 3-slot rings.
-    case direct_1_1_4_2_3
-    /// Decode: 32 rows × 8 tokens, 4 warps (K split over 2), 4-slot rings.
-    case direct_1_1_2_2_4
-    /// 64 rows × 16 tokens, 4 warps, 4-slot rings.
-    case direct_1_2_4_1_4
+    case resident_1_1_4_2_3
+    /// Decode: 32 rows × 8 tokens, 8 warps (K split over 4), 3-slot rings.
+    case resident_1_1_2_4_3
+    /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
+    case resident_1_1_8_1_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
-    /// 3-stage shared-memory ring.
-    case staged_2_4_8_3
-    /// The same with 2 stages (two blocks fit one SM).
+    /// 2-stage shared-memory ring (two blocks per SM).
     case staged_2_4_8_2
     /// 256 rows × 64 tokens, 3 stages.
     case staged_2_8_8_3
     /// 128 rows × 64 tokens (8 warps × 16 rows), 2 stages.
     case staged_1_8_8_2
 
-    public enum Kind: String, Sendable { case resident, direct, staged }
+    public enum Kind: String, Sendable { case resident, staged }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -38,10 +34,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var tileRows: Int { 8 * numbers[1] }
     /// Warps along the output rows.
     public var warpsAcrossRows: Int { numbers[2] }
-    /// Warps splitting K (resident and direct kernels).
+    /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .staged ? 1 : numbers[3] }
     public var warps: Int { warpsAcrossRows * warpsAcrossK }
-    /// Slots of the per-lane weight ring (resident and direct kernels).
+    /// Slots of the per-lane weight ring (resident kernels).
     public var ringSlots: Int { kind == .staged ? 0 : numbers[4] }
     /// Stages of the shared-memory ring (staged kernels).
     public var stages: Int { kind == .staged ? numbers[3] : 0 }
@@ -54,10 +50,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
     public static func choose(tokens: Int) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
-        case ...64: (.direct_1_1_4_2_3, .direct_1_1_2_2_4)
+        case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
         case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...2048: (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: (.staged_2_8_8_3, .staged_2_8_8_3)
+        default: (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 
@@ -67,7 +63,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
             let rings = warps * ringSlots * rowGroupsPerWarp * 5 * 512
-            return (kind == .resident ? residentRows * (64 * chunks + 8) * 2 : 0) + partials + rings
+            return residentRows * (64 * chunks + 8) * 2 + partials + rings
         }
         let groups = rowGroupsPerBlock
         return stages * (tileRows * (256 + 8) * 2 + groups * 4 * 512 + groups * 128)

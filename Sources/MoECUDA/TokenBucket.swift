@@ -7,6 +7,8 @@ import MoECore
 /// blockCounts [B, E]; a [T·k, I] bf16; combine [T·k, H] bf16; out [T, H] bf16.
 final class TokenBucket: @unchecked Sendable {
     static let inputSlots = 4
+    /// Programmatic dependent launch between the GEMMs and the reduce; `MOE_CUDA_PDL=0` turns it off.
+    static let programmaticLaunch = currentEnvironment("MOE_CUDA_PDL") != "0"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -193,11 +195,17 @@ final class TokenBucket: @unchecked Sendable {
             try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing)
             try between?(.planScatter)
         }
-        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer))
+        // GEMM 1, GEMM 2 and the reduce are launched as programmatic dependents: each may start while the
+        // previous kernel finishes (GEMM 2 fills its weight rings first) and waits before reading its output.
+        let programmatic = TokenBucket.programmaticLaunch
+        try kernels.gemm(plan.gemm1Variant).launch(
+            plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer), programmatic: programmatic)
         try between?(.gemm1)
-        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: gemm2Parameters(layer: layer))
+        var second = gemm2Parameters(layer: layer)
+        second.prefetchBeforeWait = programmatic ? 1 : 0
+        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
-        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters())
+        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters(), programmatic: programmatic)
         try between?(.reduce)
     }
 

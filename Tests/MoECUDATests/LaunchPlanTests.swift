@@ -35,11 +35,11 @@ import Testing
 }
 
 @Test func variantsFollowTheTokenCount() {
-    #expect(GemmVariant.choose(tokens: 1) == (.direct_1_1_4_2_3, .direct_1_1_2_2_4))
-    #expect(GemmVariant.choose(tokens: 64) == (.direct_1_1_4_2_3, .direct_1_1_2_2_4))
+    #expect(GemmVariant.choose(tokens: 1) == (.resident_1_1_4_2_3, .resident_1_1_2_4_3))
+    #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 32768) == (.staged_2_8_8_3, .staged_2_8_8_3))
+    #expect(GemmVariant.choose(tokens: 32768) == (.staged_1_8_8_2, .staged_1_8_8_2))
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
@@ -47,14 +47,14 @@ import Testing
     #expect(GemmVariant.staged_2_8_8_3.tileRows == 64)
     #expect(GemmVariant.staged_2_8_8_3.warps == 8)
     #expect(GemmVariant.staged_2_4_8_2.stages == 2)
-    #expect(GemmVariant.direct_1_1_2_2_4.warps == 4)
-    #expect(GemmVariant.direct_1_1_2_2_4.ringSlots == 4)
-    #expect(GemmVariant.direct_1_1_4_2_3.rowGroupsPerBlock == 4)
-    #expect(GemmVariant.direct_1_1_4_2_3.kind == .direct)
+    #expect(GemmVariant.resident_1_1_2_4_3.warps == 8)
+    #expect(GemmVariant.resident_1_1_2_2_4.ringSlots == 4)
+    #expect(GemmVariant.resident_1_1_4_2_3.rowGroupsPerBlock == 4)
     #expect(GemmVariant.resident_1_1_8_1_3.kind == .resident)
-    // Direct kernels keep no activation tile: only the rings (and split-K partials).
-    #expect(GemmVariant.direct_1_1_4_2_3.sharedBytes(k: 2880, residentRows: 8) == 4 * 1024 + 8 * 3 * 2560)
-    #expect(GemmVariant.staged_2_4_8_3.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.staged_1_8_8_2.kind == .staged)
+    // One activation row (5776 B) + split-K partials (8 warps × 512 B) + 8 warps × 3 slots × 2560 B.
+    #expect(GemmVariant.resident_1_1_4_2_3.sharedBytes(k: 2880, residentRows: 1) == 5776 + 4096 + 8 * 3 * 2560)
+    #expect(GemmVariant.staged_2_4_8_2.rowGroupsPerBlock == 16)
     #expect(GemmVariant.staged_1_8_8_2.rowGroupsPerBlock == 8)
 }
 
@@ -73,7 +73,7 @@ import Testing
     // Decode grids: 360 blocks each (2.7 per SM on 132 SMs, resident at once).
     #expect(decode.gemm1Shape.grid.x * decode.gemm1Shape.grid.y == 360)
     #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y == 360)
-    #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024)
+    #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024 && 3 * decode.gemm2Shape.sharedBytes <= 227 * 1024)
     #expect(decode.routeSmallKernel == "moe_route_small_1")
     #expect(LaunchPlan(tokens: 17, config: config).routeSmallKernel == "moe_route_small_32")
     #expect(decode.smallRouting)

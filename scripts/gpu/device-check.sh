@@ -39,13 +39,14 @@ for s in $steps; do
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
     racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant staged_2_4_8_2 ;;
-    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant direct_1_1_4_2_3 ;;
+    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant resident_1_1_4_2_3 ;;
     timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens 1,8,32,128,256,512,2048,8192 ;;
-    ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_direct --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
+    ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
     ncuroute) TAIL=30 step ncuroute 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats -k regex:moe_route_small --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
     ncustaged) TAIL=80 step ncustaged 300 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_staged --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
     ncu128) TAIL=60 step ncu128 240 ncu --clock-control none --section SpeedOfLight -k regex:moe_gemm --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ncu2048) TAIL=90 step ncu2048 300 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 7 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
+    nopdl) TAIL=14 step nopdl 200 env MOE_CUDA_PDL=0 $M bench --backend cuda --preset gpt-oss-120b --tokens 1,8,32,128,2048 --seconds 0.3 ;;
     ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     esac
 done

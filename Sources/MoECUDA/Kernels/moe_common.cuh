@@ -91,6 +91,22 @@ MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
                  : "r"(address));
 }
 
+// MARK: programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it)
+
+/// Blocks until the previous kernel in the stream has finished and its writes are visible.
+MOE_DEVICE void wait_for_previous_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// Lets the next kernel in the stream start launching its blocks (they wait before reading this one's output).
+MOE_DEVICE void allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // MARK: tensor cores
 
 /// c += A·B for one m16n8k16 bf16 tile (A row-major 16×16, B column-major 16×8, fp32 accumulators).

@@ -13,10 +13,9 @@
 //
 // Grid: x = blocks of output row groups, y = tiles (static bound; blocks past the device-side tile count
 // exit at once).
-//   moe_gemm_resident_MI_NJ_WN_WK (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
+//   moe_gemm_resident_MI_NJ_WN_WK_S (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
 //     whole K; WN warps × MI groups of 16 rows, each K split over WK warps (partial sums added in a fixed
-//     order). Weights stream straight into registers through a 3-deep ring of 4-chunk groups (two groups,
-//     2·MI KiB per warp, in flight while one is multiplied).
+//     order). Weights stream through a per-lane cp.async ring of S four-chunk groups in shared memory.
 //   moe_gemm_staged_MI_NJ_WN (larger batches): 16·MI·WN weight rows × 8·NJ tokens per block; codes, scales
 //     and activations for 256 k at a time go through a 3-stage cp.async ring in shared memory, so the loads
 //     of two stages are in flight while one is multiplied, with no registers held for them.
@@ -193,6 +192,7 @@ MOE_DEVICE void copy_weight_group(
 template <int MI, int NJ, int WN, int WK, int S>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
+    if (!p.prefetchBeforeWait) wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -215,6 +215,8 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
         copy_async_commit();
     }
+    // The activations come from the previous kernel (GEMM 1 for GEMM 2).
+    if (p.prefetchBeforeWait) wait_for_previous_kernel();
 
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
@@ -231,8 +233,9 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     copy_async_wait<0>();
     __syncthreads();
 
-    float acc[MI][NJ][4];
+    float acc[MI][NJ][4], accOdd[MI][NJ][4];  // even and odd chunks: two independent MMA chains
     zero_accumulators<MI, NJ>(acc);
+    zero_accumulators<MI, NJ>(accOdd);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -259,12 +262,23 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                     codes[mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
                     words[mi] = *(const u32 *)(current + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
                 }
-                mma_chunk<MI, NJ>(acc, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+                if (ci & 1) {
+                    mma_chunk<MI, NJ>(accOdd, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+                } else {
+                    mma_chunk<MI, NJ>(acc, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+                }
             }
         }
         slot = slot + 1 == S ? 0 : slot + 1;
     }
     copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] += accOdd[mi][nj][q];
 
     if (WK == 1) {
 #pragma unroll
@@ -297,153 +311,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
 }
 
-// MARK: direct kernel (decode: no activation tile)
-
-/// Decodes and multiplies one 64-k chunk with B fragments read straight from the activation rows (L1/L2):
-/// lane (gid, t) needs x[token gid][k0 + 2t, +1] and [k0 + 2t + 8, +9] per k16 step, one 32-bit word each.
-template <int MI, int NJ, bool Slow>
-MOE_DEVICE void mma_chunk_direct_decoded(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 *const (&rows)[NJ], int k0,
-    int kLimit) {
-#pragma unroll
-    for (int sp = 0; sp < 2; ++sp) {
-        u32 b[NJ][4];
-        const bool inside = k0 + sp * 32 < kLimit;  // whole MXFP4 blocks: past K the codes are zero
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) {
-            const u32 *row = rows[nj] + (k0 + sp * 32) / 2;
-            b[nj][0] = inside ? __ldg(row) : 0u;
-            b[nj][1] = inside ? __ldg(row + 4) : 0u;
-            b[nj][2] = inside ? __ldg(row + 8) : 0u;
-            b[nj][3] = inside ? __ldg(row + 12) : 0u;
-        }
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            u32 low[4], high[4];
-            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp), scaleWords[mi], 2 * sp, low);
-            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp + 1), scaleWords[mi], 2 * sp + 1, high);
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj) {
-                mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
-                mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
-            }
-        }
-    }
-}
-
-template <int MI, int NJ>
-MOE_DEVICE void mma_chunk_direct(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 *const (&rows)[NJ], int k0,
-    int kLimit) {
-    bool slow = false;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
-    if (__any_sync(0xffffffffu, slow)) {
-        mma_chunk_direct_decoded<MI, NJ, true>(acc, codes, scaleWords, rows, k0, kLimit);
-    } else {
-        mma_chunk_direct_decoded<MI, NJ, false>(acc, codes, scaleWords, rows, k0, kLimit);
-    }
-}
-
-/// Like gemm_resident, but the B fragments come straight from the activation rows through L1 (a decode tile
-/// holds 1–8 rows that every warp and every block of the expert reads), so the block needs shared memory only
-/// for its weight rings and many more blocks fit an SM. Two accumulator sets (even / odd chunks) keep two
-/// independent MMA chains. Dynamic shared memory: WK·WN·MI·NJ·32·4 floats (split K) | warps × S × MI × 2560 B.
-template <int MI, int NJ, int WN, int WK, int S>
-MOE_DEVICE void gemm_direct(const MoEGemmParams &p) {
-    extern __shared__ __align__(16) unsigned char sharedBytes[];
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wn = warp % WN, wk = warp / WN;
-    const int firstGroup = (blockIdx.x * WN + wn) * MI;
-    const long long expertGroup = (long long)tile.expert * p.groups;
-    constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
-    constexpr int SLOT_BYTES = MI * 5 * 512;
-    float *partials = (float *)sharedBytes;
-    const u32 ring = shared_address(sharedBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
-    const unsigned char *ringPointer = sharedBytes + PARTIAL_BYTES + warp * S * SLOT_BYTES;
-
-    const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) {
-        if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
-        copy_async_commit();
-    }
-    // This lane's activation row per token tile (rows past the tile repeat its last row; their results are dropped).
-    const u32 *rows[NJ];
-#pragma unroll
-    for (int nj = 0; nj < NJ; ++nj) {
-        const int j = min(8 * nj + (lane >> 2), tile.rowCount - 1);
-        rows[nj] = (const u32 *)((const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + j) * p.inputStride) + (lane & 3);
-    }
-
-    float acc[2][MI][NJ][4];
-    zero_accumulators<MI, NJ>(acc[0]);
-    zero_accumulators<MI, NJ>(acc[1]);
-    int slot = 0;
-#pragma unroll 1
-    for (int g = begin; g < end; ++g) {
-        copy_async_wait<S - 2>();
-        const int next = g + S - 1, nextSlot = slot == 0 ? S - 1 : slot - 1;
-        if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
-        copy_async_commit();
-        const unsigned char *current = ringPointer + slot * SLOT_BYTES;
-        const int chunksValid = min(4, p.chunks - 4 * g);
-#pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
-            if (ci < chunksValid) {
-                uint4 codes[MI];
-                u32 words[MI];
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    codes[mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
-                    words[mi] = *(const u32 *)(current + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
-                }
-                const int k0 = g * 256 + ci * 64;
-                mma_chunk_direct<MI, NJ>(acc[ci & 1], codes, words, rows, k0, p.k);
-            }
-        }
-        slot = slot + 1 == S ? 0 : slot + 1;
-    }
-    copy_async_wait<0>();
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[0][mi][nj][q] += acc[1][mi][nj][q];
-
-    if (WK == 1) {
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[0][mi][nj], lane);
-        return;
-    }
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[0][mi][nj][q];
-    __syncthreads();
-    if (wk != 0) return;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) {
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int k = 0; k < WK; ++k)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
-        }
-    }
-}
-
 // MARK: staged kernel (larger tiles)
 
 /// Block: WN warps × MI row groups = 16·MI·WN weight rows; a tile of ≤ 8·NJ rows. Dynamic shared memory:
@@ -455,6 +322,7 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
     constexpr int STAGE_BYTES = ACT_BYTES + CODE_BYTES + SCALE_BYTES;
     constexpr int THREADS = 32 * WN;
     extern __shared__ __align__(16) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -546,6 +414,7 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         }
     }
     copy_async_wait<0>();
+    allow_next_kernel();
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
         const int group = blockGroup + warp * MI + mi;
@@ -567,19 +436,11 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
-#define MOE_DIRECT(MI, NJ, WN, WK, S)                                                                  \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
-        moe_gemm_direct_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                             \
-        gemm_direct<MI, NJ, WN, WK, S>(p);                                                             \
-    }
-
+MOE_RESIDENT(1, 1, 4, 1, 4)
+MOE_RESIDENT(1, 1, 2, 2, 4)
+MOE_RESIDENT(1, 1, 4, 2, 3)
+MOE_RESIDENT(1, 1, 2, 4, 3)
 MOE_RESIDENT(1, 1, 8, 1, 3)
-MOE_RESIDENT(1, 2, 8, 1, 3)
-MOE_DIRECT(1, 1, 4, 1, 4)
-MOE_DIRECT(1, 1, 4, 2, 3)
-MOE_DIRECT(1, 1, 2, 2, 4)
-MOE_DIRECT(1, 2, 4, 1, 4)
-MOE_STAGED(2, 4, 8, 3)
 MOE_STAGED(2, 4, 8, 2)
 MOE_STAGED(2, 8, 8, 3)
 MOE_STAGED(1, 8, 8, 2)
@@ -589,6 +450,7 @@ MOE_STAGED(1, 8, 8, 2)
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
+    wait_for_previous_kernel();
     const int t = blockIdx.x;
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;

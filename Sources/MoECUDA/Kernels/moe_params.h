@@ -87,6 +87,8 @@ typedef struct MoEGemmParams {
     int maxTiles;
     int epilogue;     ///< MOE_EPILOGUE_*
     int residentRows; ///< rows of activations the resident kernel keeps in shared memory (≤ tile rows)
+    int prefetchBeforeWait; ///< 1: tiles and weights may be read before griddepcontrol.wait (they come from a
+                            ///< kernel two launches back); 0: wait first
     float swigluAlpha;
     float swigluLimit;
 } MoEGemmParams;

@@ -230,6 +230,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     __syncthreads();
     if (!isLast) return;
     __threadfence();
+    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
 
     float *logits = (float *)shared;          // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
