@@ -28,6 +28,7 @@ struct CUDADebugCommand: ParsableCommand {
     func run() throws {
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
+        let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
         if timing {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
@@ -41,7 +42,7 @@ struct CUDADebugCommand: ParsableCommand {
             return
         }
         var failures = 0
-        for v in variants {
+        for v in variants where hopper || !v.needsHopper {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: v))
             for T in tokens.values {
                 for mode in RoutingMode.allCases {

@@ -168,6 +168,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         }
         let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
         try plan.validate(maxSharedPerBlock: runtime.device.maxSharedPerBlock)
+        if (plan.gemm1Variant.needsHopper || plan.gemm2Variant.needsHopper) && runtime.device.architecture != "sm_90a" {
+            throw CUDAError.unsupportedDevice("\(plan.variantDescription) needs sm_90a (wgmma); this device is \(runtime.device.architecture)")
+        }
         try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)

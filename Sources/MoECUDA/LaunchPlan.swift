@@ -21,8 +21,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case staged_2_8_8_3
     /// 128 rows × 64 tokens (8 warps × 16 rows), 2 stages.
     case staged_1_8_8_2
+    /// sm_90a: 256 weight rows × 64 tokens per block, two warpgroups issuing wgmma m64n64k16 with the decoded
+    /// weights as the register operand and the activations read by the tensor cores from shared memory.
+    case warpgroup_2_2
+    /// sm_90a: 128 rows × 64 tokens.
+    case warpgroup_1_2
 
-    public enum Kind: String, Sendable { case resident, staged }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -30,19 +35,21 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var isResident: Bool { kind == .resident }
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
-    /// Tokens per tile: 8 per n8 fragment.
-    public var tileRows: Int { 8 * numbers[1] }
+    /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: 64).
+    public var tileRows: Int { kind == .warpgroup ? 64 : 8 * numbers[1] }
     /// Warps along the output rows.
-    public var warpsAcrossRows: Int { numbers[2] }
+    public var warpsAcrossRows: Int { kind == .warpgroup ? 4 * numbers[1] : numbers[2] }
     /// Warps splitting K (resident kernels).
-    public var warpsAcrossK: Int { kind == .staged ? 1 : numbers[3] }
+    public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int { warpsAcrossRows * warpsAcrossK }
-    /// Slots of the per-lane weight ring (resident kernels).
-    public var ringSlots: Int { kind == .staged ? 0 : numbers[4] }
+    /// Slots of the per-lane weight ring (resident and warpgroup kernels).
+    public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? 3 : 0) }
     /// Stages of the shared-memory ring (staged kernels).
     public var stages: Int { kind == .staged ? numbers[3] : 0 }
     /// Weight row groups (16 rows) one block covers.
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
+    /// Needs sm_90a (wgmma).
+    public var needsHopper: Bool { kind == .warpgroup }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; larger batches stage codes and activations through
@@ -60,6 +67,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Dynamic shared memory for a GEMM with reduction width `k` and at most `residentRows` rows per tile.
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
         let chunks = (k + 63) / 64
+        if kind == .warpgroup {
+            return 3 * 64 * 256 * 2 + warps * 3 * rowGroupsPerWarp * 5 * 512
+        }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
             let rings = warps * ringSlots * rowGroupsPerWarp * 5 * 512

@@ -118,6 +118,34 @@ MOE_DEVICE void mma_bf16_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u3
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// MARK: warpgroup MMA (sm_90a)
+
+/// Shared-memory matrix descriptor, no swizzle: start address, LBO (bytes between core matrices adjacent in K)
+/// and SBO (bytes between core matrices adjacent in M/N), each >> 4.
+MOE_DEVICE unsigned long long wgmma_descriptor(u32 address, u32 leadingBytes, u32 strideBytes) {
+    return (unsigned long long)((address & 0x3FFFF) >> 4) | ((unsigned long long)((leadingBytes & 0x3FFFF) >> 4) << 16)
+        | ((unsigned long long)((strideBytes & 0x3FFFF) >> 4) << 32);
+}
+
+MOE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+MOE_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int Pending> MOE_DEVICE void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }
+MOE_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+/// d[64×64] += A[64×16] · B[16×64]: A from registers (each warp of the warpgroup its 16 rows, the mma.sync
+/// m16n8k16 A layout), B from shared memory (K-major, descriptor), fp32 accumulators in the m16n8 C layout
+/// per 8-column tile j: d[4j..4j+3].
+MOE_DEVICE void wgmma_64x64x16(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
 // MARK: warp reductions
 
 MOE_DEVICE float warp_sum(float v) {

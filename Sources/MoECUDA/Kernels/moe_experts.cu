@@ -424,6 +424,162 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
     }
 }
 
+// MARK: warpgroup kernel (large batches, sm_90a)
+
+/// Block: WG warpgroups × MI × 64 weight rows, 64 tokens. Warp w of warpgroup wg owns the 16-row groups
+/// ((blockIdx.x·WG + wg)·MI + mi)·4 + w. Per 4-chunk group: each lane's weight bytes arrive through its own
+/// 3-slot cp.async ring (as in the resident kernel); the tile's activations for the group go through a 3-stage
+/// ring in the core-matrix layout wgmma reads ([k/8][token/8][8 tokens][16 B]). Each 64-k chunk is decoded
+/// into registers while the previous chunk's wgmma instructions run (two register buffers).
+/// Dynamic shared memory: 3 × 64 × 256 × 2 B activations | warps × 3 slots × MI × 2560 B.
+template <int MI, int WG>
+MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int STAGES = 3, TOKENS = 64, STAGE_K = 256;
+    constexpr int STAGE_BYTES = TOKENS * STAGE_K * 2, SLOT_BYTES = MI * 5 * 512, WARPS = 4 * WG;
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2, warpInGroup = warp & 3;
+    const long long expertGroup = (long long)tile.expert * p.groups;
+    const u32 activationBase = shared_address(sharedBytes);
+    const u32 ring = shared_address(sharedBytes + STAGES * STAGE_BYTES) + warp * STAGES * SLOT_BYTES;
+    const unsigned char *ringPointer = sharedBytes + STAGES * STAGE_BYTES + warp * STAGES * SLOT_BYTES;
+    const int rows = tile.rowCount;
+    const bf16_t *input = (const bf16_t *)p.input;
+    int groupOf[MI];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) groupOf[mi] = ((blockIdx.x * WG + wg) * MI + mi) * 4 + warpInGroup;
+
+    // Activation copies: 64 tokens × 32 segments of 8 k per stage; 16-byte segment (token j, segment s) lands
+    // at core matrix (s, j / 8), row j % 8.
+    constexpr int PER_THREAD = TOKENS * 32 / (32 * WARPS);
+    const bf16_t *source[PER_THREAD];
+    u32 target[PER_THREAD];
+    int segmentK[PER_THREAD];
+    bool live[PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * 32 * WARPS, j = idx & 63, segment = idx >> 6;
+        live[i] = j < rows;
+        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        target[i] = ((segment * 8 + (j >> 3)) * 8 + (j & 7)) * 16;
+        segmentK[i] = segment * 8;
+    }
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+    auto issue = [&](int g) {
+        if (g < p.scaleGroups) {
+            const int slot = g % STAGES;
+            const u32 stage = activationBase + slot * STAGE_BYTES;
+#pragma unroll
+            for (int i = 0; i < PER_THREAD; ++i) {
+                const int k = g * STAGE_K + segmentK[i];
+                if (live[i]) copy_async_16(stage + target[i], source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                if (groupOf[mi] >= p.groups) continue;
+                const long long group = expertGroup + groupOf[mi];
+                const u32 slotAddress = ring + slot * SLOT_BYTES + mi * 5 * 512 + lane * 16;
+#pragma unroll
+                for (int ci = 0; ci < 4; ++ci) {
+                    const int c = 4 * g + ci;
+                    if (c < p.chunks) copy_async_16(slotAddress + ci * 512, codes + ((group * p.chunks + c) * 32 + lane) * 16, 16);
+                }
+                copy_async_16(slotAddress + 4 * 512, scales + ((group * p.scaleGroups + g) * 8 + (lane >> 2)) * 16, 16);
+            }
+        }
+        copy_async_commit();
+    };
+
+    float acc[MI][32];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) acc[mi][i] = 0.0f;
+
+    issue(0);
+    issue(1);
+    for (int g = 0; g < p.scaleGroups; ++g) {
+        copy_async_wait<STAGES - 2>();  // this thread's copies for group g have landed
+        fence_proxy_async_shared();      // make them visible to the tensor cores' (async proxy) reads
+        __syncthreads();                 // everyone's; and every wgmma of group g-1 has completed (see below)
+        issue(g + 2);
+        const int slot = g % STAGES;
+        const unsigned char *weights = ringPointer + slot * SLOT_BYTES;
+        const u32 stage = activationBase + slot * STAGE_BYTES;
+        const int chunksValid = min(4, p.chunks - 4 * g);
+        u32 a[2][MI][4][4];  // [buffer][mi][k16 step][register]
+        auto decode = [&](int ci, int buffer) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const uint4 code = *(const uint4 *)(weights + (mi * 5 + ci) * 512 + lane * 16);
+                const u32 word = *(const u32 *)(weights + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
+                const bool slow = mxfp4_needs_slow_path(word);
+#pragma unroll
+                for (int sp = 0; sp < 2; ++sp) {
+                    u32 low[4], high[4];
+                    if (slow) {
+                        mxfp4_decode_word<true>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                        mxfp4_decode_word<true>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                    } else {
+                        mxfp4_decode_word<false>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                        mxfp4_decode_word<false>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                    }
+                    a[buffer][mi][2 * sp][0] = low[0];
+                    a[buffer][mi][2 * sp][1] = high[0];
+                    a[buffer][mi][2 * sp][2] = low[1];
+                    a[buffer][mi][2 * sp][3] = high[1];
+                    a[buffer][mi][2 * sp + 1][0] = low[2];
+                    a[buffer][mi][2 * sp + 1][1] = high[2];
+                    a[buffer][mi][2 * sp + 1][2] = low[3];
+                    a[buffer][mi][2 * sp + 1][3] = high[3];
+                }
+            }
+        };
+        if (chunksValid > 0) decode(0, 0);
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                const int buffer = ci & 1;
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    // k16 step 4·ci + ks of the stage: core matrices (2·(4ci+ks), 0…7) and the next K column.
+                    const unsigned long long descriptor =
+                        wgmma_descriptor(stage + (4 * ci + ks) * 2 * 8 * 128, 8 * 128, 128);
+#pragma unroll
+                    for (int mi = 0; mi < MI; ++mi)
+                        wgmma_64x64x16(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1], a[buffer][mi][ks][2],
+                                       a[buffer][mi][ks][3], descriptor);
+                }
+                wgmma_commit();
+                if (ci + 1 < chunksValid) {
+                    wgmma_wait<1>();  // chunk ci-1's instructions are done: its register buffer is free
+                    decode(ci + 1, buffer ^ 1);
+                }
+            }
+        }
+        wgmma_wait<0>();  // the stage and the weight slot of group g may be refilled after the next barrier
+    }
+    copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        if (groupOf[mi] >= p.groups) continue;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
+            gemm_epilogue(p, tile, groupOf[mi], j, c, lane);
+        }
+    }
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
+}
+
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 #define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
@@ -444,6 +600,14 @@ MOE_RESIDENT(1, 1, 8, 1, 3)
 MOE_STAGED(2, 4, 8, 2)
 MOE_STAGED(2, 8, 8, 3)
 MOE_STAGED(1, 8, 8, 2)
+
+#define MOE_WARPGROUP(MI, WG)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * WG, 1) moe_gemm_warpgroup_##MI##_##WG(MoEGemmParams p) { \
+        gemm_warpgroup<MI, WG>(p);                                                                     \
+    }
+
+MOE_WARPGROUP(2, 2)
+MOE_WARPGROUP(1, 2)
 
 // MARK: reduce
 
