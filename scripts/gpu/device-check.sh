@@ -36,6 +36,8 @@ for s in $steps; do
     bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
+    debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_2_2 ;;
+    ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
     racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant warpgroup_2_2 ;;
