@@ -22,10 +22,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 128 rows × 64 tokens (8 warps × 16 rows), 2 stages.
     case staged_1_8_8_2
     /// sm_90a: 256 weight rows × 64 tokens per block, two warpgroups issuing wgmma m64n64k16 with the decoded
-    /// weights as the register operand and the activations read by the tensor cores from shared memory.
-    case warpgroup_2_2
-    /// sm_90a: 128 rows × 64 tokens.
-    case warpgroup_1_2
+    /// weights as the register operand and the activations read by the tensor cores from shared memory; 3 stages.
+    case warpgroup_2_2_64_3
+    /// sm_90a: 128 weight rows × 128 tokens (wgmma m64n128k16), 2 stages.
+    case warpgroup_1_2_128_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup }
 
@@ -35,15 +35,15 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var isResident: Bool { kind == .resident }
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
-    /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: 64).
-    public var tileRows: Int { kind == .warpgroup ? 64 : 8 * numbers[1] }
+    /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
+    public var tileRows: Int { kind == .warpgroup ? numbers[2] : 8 * numbers[1] }
     /// Warps along the output rows.
     public var warpsAcrossRows: Int { kind == .warpgroup ? 4 * numbers[1] : numbers[2] }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int { warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
-    public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? 3 : 0) }
+    public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
     /// Stages of the shared-memory ring (staged kernels).
     public var stages: Int { kind == .staged ? numbers[3] : 0 }
     /// Weight row groups (16 rows) one block covers.
@@ -68,7 +68,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
         let chunks = (k + 63) / 64
         if kind == .warpgroup {
-            return 3 * 64 * 256 * 2 + warps * 3 * rowGroupsPerWarp * 5 * 512
+            return ringSlots * tileRows * 256 * 2 + warps * ringSlots * rowGroupsPerWarp * 5 * 512
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -56,10 +56,12 @@ import Testing
     #expect(GemmVariant.resident_1_1_4_2_3.sharedBytes(k: 2880, residentRows: 1) == 5776 + 4096 + 8 * 3 * 2560)
     #expect(GemmVariant.staged_2_4_8_2.rowGroupsPerBlock == 16)
     #expect(GemmVariant.staged_1_8_8_2.rowGroupsPerBlock == 8)
-    #expect(GemmVariant.warpgroup_2_2.rowGroupsPerBlock == 16)  // 2 warpgroups × 2 × 64 rows = 256 rows
-    #expect(GemmVariant.warpgroup_2_2.warps == 8)
-    #expect(GemmVariant.warpgroup_2_2.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
-    #expect(GemmVariant.warpgroup_2_2.needsHopper && !GemmVariant.staged_1_8_8_2.needsHopper)
+    #expect(GemmVariant.warpgroup_2_2_64_3.rowGroupsPerBlock == 16)  // 2 warpgroups × 2 × 64 rows = 256 rows
+    #expect(GemmVariant.warpgroup_2_2_64_3.warps == 8)
+    #expect(GemmVariant.warpgroup_1_2_128_2.tileRows == 128)
+    #expect(GemmVariant.warpgroup_2_2_64_3.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    #expect(GemmVariant.warpgroup_1_2_128_2.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
+    #expect(GemmVariant.warpgroup_2_2_64_3.needsHopper && !GemmVariant.staged_1_8_8_2.needsHopper)
 }
 
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {

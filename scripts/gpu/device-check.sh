@@ -36,11 +36,11 @@ for s in $steps; do
     bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
-    debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_2_2 ;;
-    ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
+    debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_1_2_128_2 ;;
+    ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_1_2_128_2 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
-    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant warpgroup_2_2 ;;
+    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant warpgroup_1_2_128_2 ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant resident_1_1_4_2_3 ;;
     timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens 1,8,32,128,256,512,2048,8192 ;;
     ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;

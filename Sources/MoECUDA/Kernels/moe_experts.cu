@@ -426,16 +426,17 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
 
 // MARK: warpgroup kernel (large batches, sm_90a)
 
-/// Block: WG warpgroups × MI × 64 weight rows, 64 tokens. Warp w of warpgroup wg owns the 16-row groups
+/// Block: WG warpgroups × MI × 64 weight rows, TOKENS (64 or 128) tokens. Warp w of warpgroup wg owns the 16-row groups
 /// ((blockIdx.x·WG + wg)·MI + mi)·4 + w. Per 4-chunk group: each lane's weight bytes arrive through its own
 /// 3-slot cp.async ring (as in the resident kernel); the tile's activations for the group go through a 3-stage
-/// ring in the core-matrix layout wgmma reads ([k/8][token/8][8 tokens][16 B]). Each 64-k chunk is decoded
-/// into registers while the previous chunk's wgmma instructions run (two register buffers).
-/// Dynamic shared memory: 3 × 64 × 256 × 2 B activations | warps × 3 slots × MI × 2560 B.
-template <int MI, int WG>
+/// ring (STAGES deep) in the core-matrix layout wgmma reads ([k/8][token/8][8 tokens][16 B]). Each 64-k
+/// chunk is decoded into registers while the previous chunk's wgmma instructions run (two register buffers).
+/// Decode work per flop falls as 1/TOKENS. Dynamic shared memory: STAGES × TOKENS × 256 × 2 B activations |
+/// warps × STAGES slots × MI × 2560 B.
+template <int MI, int WG, int TOKENS, int STAGES>
 MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int STAGES = 3, TOKENS = 64, STAGE_K = 256;
+    constexpr int STAGE_K = 256, TILES = TOKENS / 8;
     constexpr int STAGE_BYTES = TOKENS * STAGE_K * 2, SLOT_BYTES = MI * 5 * 512, WARPS = 4 * WG;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -452,7 +453,7 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) groupOf[mi] = ((blockIdx.x * WG + wg) * MI + mi) * 4 + warpInGroup;
 
-    // Activation copies: 64 tokens × 32 segments of 8 k per stage; 16-byte segment (token j, segment s) lands
+    // Activation copies: TOKENS × 32 segments of 8 k per stage; 16-byte segment (token j, segment s) lands
     // at core matrix (s, j / 8), row j % 8.
     constexpr int PER_THREAD = TOKENS * 32 / (32 * WARPS);
     const bf16_t *source[PER_THREAD];
@@ -461,10 +462,10 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
     bool live[PER_THREAD];
 #pragma unroll
     for (int i = 0; i < PER_THREAD; ++i) {
-        const int idx = threadIdx.x + i * 32 * WARPS, j = idx & 63, segment = idx >> 6;
+        const int idx = threadIdx.x + i * 32 * WARPS, j = idx % TOKENS, segment = idx / TOKENS;
         live[i] = j < rows;
         source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
-        target[i] = ((segment * 8 + (j >> 3)) * 8 + (j & 7)) * 16;
+        target[i] = ((segment * TILES + (j >> 3)) * 8 + (j & 7)) * 16;
         segmentK[i] = segment * 8;
     }
     const unsigned char *codes = (const unsigned char *)p.codes;
@@ -494,19 +495,19 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
         copy_async_commit();
     };
 
-    float acc[MI][32];
+    float acc[MI][TOKENS / 2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int i = 0; i < 32; ++i) acc[mi][i] = 0.0f;
+        for (int i = 0; i < TOKENS / 2; ++i) acc[mi][i] = 0.0f;
 
-    issue(0);
-    issue(1);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) issue(s);
     for (int g = 0; g < p.scaleGroups; ++g) {
         copy_async_wait<STAGES - 2>();  // this thread's copies for group g have landed
         fence_proxy_async_shared();      // make them visible to the tensor cores' (async proxy) reads
         __syncthreads();                 // everyone's; and every wgmma of group g-1 has completed (see below)
-        issue(g + 2);
+        issue(g + STAGES - 1);
         const int slot = g % STAGES;
         const unsigned char *weights = ringPointer + slot * SLOT_BYTES;
         const u32 stage = activationBase + slot * STAGE_BYTES;
@@ -549,11 +550,11 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
                 for (int ks = 0; ks < 4; ++ks) {
                     // k16 step 4·ci + ks of the stage: core matrices (2·(4ci+ks), 0…7) and the next K column.
                     const unsigned long long descriptor =
-                        wgmma_descriptor(stage + (4 * ci + ks) * 2 * 8 * 128, 8 * 128, 128);
+                        wgmma_descriptor(stage + (4 * ci + ks) * 2 * TILES * 128, TILES * 128, 128);
 #pragma unroll
                     for (int mi = 0; mi < MI; ++mi)
-                        wgmma_64x64x16(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1], a[buffer][mi][ks][2],
-                                       a[buffer][mi][ks][3], descriptor);
+                        WarpgroupMMA<TOKENS>::run(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1],
+                                                  a[buffer][mi][ks][2], a[buffer][mi][ks][3], descriptor);
                 }
                 wgmma_commit();
                 if (ci + 1 < chunksValid) {
@@ -570,7 +571,7 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi) {
         if (groupOf[mi] >= p.groups) continue;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < TILES; ++j) {
             const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
             gemm_epilogue(p, tile, groupOf[mi], j, c, lane);
         }
@@ -601,13 +602,14 @@ MOE_STAGED(2, 4, 8, 2)
 MOE_STAGED(2, 8, 8, 3)
 MOE_STAGED(1, 8, 8, 2)
 
-#define MOE_WARPGROUP(MI, WG)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128 * WG, 1) moe_gemm_warpgroup_##MI##_##WG(MoEGemmParams p) { \
-        gemm_warpgroup<MI, WG>(p);                                                                     \
+#define MOE_WARPGROUP(MI, WG, N, S)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
+        moe_gemm_warpgroup_##MI##_##WG##_##N##_##S(MoEGemmParams p) {                                  \
+        gemm_warpgroup<MI, WG, N, S>(p);                                                               \
     }
 
-MOE_WARPGROUP(2, 2)
-MOE_WARPGROUP(1, 2)
+MOE_WARPGROUP(2, 2, 64, 3)
+MOE_WARPGROUP(1, 2, 128, 2)
 
 // MARK: reduce
 
