@@ -130,6 +130,14 @@ enum ExpertParallelBenchCommand {
         iterations: Int?, warmup: Int, json: String?
     ) throws {
         guard let environment = try flags.enterRank() else { return }
+        if backend == .cuda {
+            // GPU expert parallelism: symmetric heaps over CUDA IPC (GPUExpertParallelBench).
+            let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
+            return try GPUExpertParallelBench.runCommand(
+                environment: environment, weights: weights, source: source, options: flags.options(),
+                tokenCounts: tokens ?? [1, 8, 32, 128].map { $0 * environment.world }, mode: routing,
+                iterations: iterations ?? 20, warmup: warmup, seed: model.seed)
+        }
         guard backend == .auto || backend == .cpu else {
             throw ValidationError("expert parallelism runs on the CPU backend in this build (--backend \(backend.rawValue) given)")
         }
