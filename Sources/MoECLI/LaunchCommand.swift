@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MoECPU
+import MoECheckpoint
 import MoECore
 import MoEParallel
 
@@ -254,5 +255,41 @@ enum ExpertParallelBenchCommand {
             rows: rows)
         result.expertParallel = report
         return result
+    }
+}
+
+/// `moe forward --ranks R`: one layer of a model directory across R CPU ranks; rank 0 writes the output file.
+enum ExpertParallelForwardCommand {
+    static func run(
+        flags: ExpertParallelFlags, model: String, layer: Int, input: String, output: String, backend: BackendChoice,
+        routing: RoutingMode
+    ) throws {
+        guard let environment = try flags.enterRank() else { return }
+        guard backend == .auto || backend == .cpu else {
+            throw ValidationError("expert parallelism runs on the CPU backend in this build (--backend \(backend.rawValue) given)")
+        }
+        // Every rank loads the layer and reads the whole input; each computes its own tokens' share.
+        let weights = try ModelDirectory(path: model).layer(layer)
+        let config = weights.config
+        let (values, tokens) = try HiddenStatesFile.readInput(input, hidden: config.hidden)
+        let comm = flags.comm ?? environment.comm ?? .symmetric
+        let runner = try ExpertParallelRunner(
+            environment: environment, layers: [weights], maxBatchTokens: tokens, options: flags.options())
+        defer { runner.close() }
+        guard let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm) else { return }
+        // The top-k of every token, as its home rank computed it: the router is per token and deterministic,
+        // so rank 0 recomputes it for the file with the same kernels.
+        var ids = [Int32](repeating: 0, count: tokens * config.topK)
+        var topWeights = [Float](repeating: 0, count: tokens * config.topK)
+        let bits = values.map(BF16.bits)
+        bits.withUnsafeBufferPointer {
+            runner.backends[0].route(x: $0.baseAddress!, tokens: tokens, mode: routing, ids: &ids, weights: &topWeights, profiler: nil)
+        }
+        let detail = "cpu expert-parallel, \(runner.world) ranks × \(runner.workers) threads, \(comm)"
+        try HiddenStatesFile.writeOutput(
+            output, result: MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: topWeights), tokens: tokens,
+            config: config,
+            metadata: ["model": model, "layer": String(layer), "routing": routing.rawValue, "backend": detail])
+        print("wrote \(output): \(tokens) token\(tokens == 1 ? "" : "s"), layer \(layer) of \(model) (\(config)), \(routing.rawValue), \(detail)")
     }
 }

@@ -26,7 +26,7 @@ public struct ExpertParallelBenchOptions: Sendable {
         }
         guard ExpertParallelBenchmark.wordsPerRank(iterations: iterations, comms: comms.count) <= resultWords else {
             throw ExpertParallelError.invalidArgument(
-                "\(iterations) iterations do not fit the results region; use at most \((resultWords / comms.count - 12) / 8)")
+                "\(iterations) iterations do not fit the results region; use at most \((resultWords / comms.count - 12) / ExpertParallelBenchmark.wordsPerIteration)")
         }
     }
 }
@@ -44,10 +44,23 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
         public var p10Microseconds: Double
         public var p90Microseconds: Double
         public var tokensPerSecond: Double
-        /// Per phase (ExpertParallelStage order): median microseconds, bytes moved, bytes stored remotely.
+        /// Per phase (ExpertParallelStage order): median microseconds, of which waiting in the phase's barrier,
+        /// bytes moved, bytes stored remotely.
         public var phaseMicroseconds: [Double]
+        public var phaseWaitMicroseconds: [Double]
         public var phaseBytesMoved: [Double]
         public var phaseBytesRemote: [Double]
+
+        /// The communication phases' own work, without barrier waits: the median over iterations of Σ over
+        /// metadata, dispatch and combine of (phase time − wait), microseconds. Waits mostly measure load
+        /// imbalance between ranks and scheduling.
+        public var communicationWorkMicroseconds: Double
+
+        static func communicationWork(phase: [Double], wait: [Double]) -> Double {
+            [ExpertParallelStage.metadata, .dispatch, .combine].reduce(0) { sum, stage in
+                sum + max(0, phase[stage.index] - wait[stage.index])
+            }
+        }
 
         enum CodingKeys: String, CodingKey {
             case comm
@@ -56,8 +69,10 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             case p90Microseconds = "p90_us"
             case tokensPerSecond = "tokens_per_s"
             case phaseMicroseconds = "phase_us"
+            case phaseWaitMicroseconds = "phase_wait_us"
             case phaseBytesMoved = "phase_bytes_moved"
             case phaseBytesRemote = "phase_bytes_remote"
+            case communicationWorkMicroseconds = "comm_work_us"
         }
     }
 
@@ -105,12 +120,15 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             var title = "T=\(row.tokens) (\(row.tokensPerRank) per rank)"
             if let single = row.singleRankMicroseconds { title += "; single-rank CPU forward \(Self.number(single)) µs" }
             lines.append(title)
-            let header = ["phase"] + row.paths.map { "\($0.comm) µs" } + (row.paths.count == 2 ? ["a2a/sym"] : [])
+            let header = ["phase"] + row.paths.map { "\($0.comm) µs (wait)" } + (row.paths.count == 2 ? ["a2a/sym"] : [])
                 + row.paths.map { "\($0.comm) bytes (remote)" }
             var table: [[String]] = [header]
             for (index, phase) in phases.enumerated() {
                 var cells = [phase]
-                cells += row.paths.map { Self.number($0.phaseMicroseconds[index]) }
+                cells += row.paths.map { path in
+                    let wait = path.phaseWaitMicroseconds[index]
+                    return Self.number(path.phaseMicroseconds[index]) + (wait > 0 ? " (\(Self.number(wait)))" : "")
+                }
                 if row.paths.count == 2 {
                     let sym = row.paths[0].phaseMicroseconds[index], a2a = row.paths[1].phaseMicroseconds[index]
                     cells.append(sym > 0 ? Self.ratio(a2a / sym) : "-")
@@ -122,6 +140,13 @@ public struct ExpertParallelBenchReport: Sendable, Codable, Equatable {
             if row.paths.count == 2 { layer.append(row.ratio.map(Self.ratio) ?? "-") }
             layer += row.paths.map { "p10 \(Self.number($0.p10Microseconds)) p90 \(Self.number($0.p90Microseconds))" }
             table.append(layer)
+            var work = ["comm work, no waits"] + row.paths.map { Self.number($0.communicationWorkMicroseconds) }
+            if row.paths.count == 2 {
+                let sym = row.paths[0].communicationWorkMicroseconds, a2a = row.paths[1].communicationWorkMicroseconds
+                work.append(sym > 0 ? Self.ratio(a2a / sym) : "-")
+            }
+            work += row.paths.map { _ in "" }
+            table.append(work)
             var rate = ["tokens/s"] + row.paths.map { Self.number($0.tokensPerSecond) }
             if row.paths.count == 2 { rate.append("") }
             rate += row.paths.map { _ in "" }
@@ -162,8 +187,10 @@ extension String {
 }
 
 enum ExpertParallelBenchmark {
-    /// f64 words one rank stores per batch size: per path, 7 per iteration (6 phases + layer) and 12 bytes.
-    static func wordsPerRank(iterations: Int, comms: Int) -> Int { comms * (7 * iterations + 12) }
+    /// f64 words one rank stores per batch size: per path, 13 per iteration (6 phases, 6 waits, the layer)
+    /// and 12 byte counts.
+    static let wordsPerIteration = 13
+    static func wordsPerRank(iterations: Int, comms: Int) -> Int { comms * (wordsPerIteration * iterations + 12) }
 
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {
         guard !sorted.isEmpty else { return 0 }
@@ -210,7 +237,7 @@ extension ExpertParallelRunner {
                     let start = MonotonicClock.nanoseconds()
                     try runLayer(options.comms[path], &measurement)
                     let wall = Double(MonotonicClock.nanoseconds() - start) * 1e-9
-                    samples[path].append(measurement.seconds + [wall])
+                    samples[path].append(measurement.seconds + measurement.waitSeconds + [wall])
                     bytes[path] = measurement
                 }
             }
@@ -252,26 +279,38 @@ extension ExpertParallelRunner {
     ) -> ExpertParallelBenchReport.Row {
         let words = heap.layout.resultWords
         let results = heap.pointer(to: .results, rank: 0, as: Double.self)
-        let perPath = 7 * options.iterations + 12
+        let perIteration = ExpertParallelBenchmark.wordsPerIteration
+        let perPath = perIteration * options.iterations + 12
         var paths: [ExpertParallelBenchReport.PathSummary] = []
         for (path, comm) in options.comms.enumerated() {
             var layer: [Double] = []
             var phases = [[Double]](repeating: [], count: stages)
+            var waits = [[Double]](repeating: [], count: stages)
+            var communicationWork: [Double] = []
             for iteration in 0..<options.iterations {
                 var slowest = 0.0
                 var phaseMeans = [Double](repeating: 0, count: stages)
+                var waitMeans = [Double](repeating: 0, count: stages)
                 for peer in 0..<world {
-                    let sample = results + peer * words + path * perPath + iteration * 7
-                    for s in 0..<stages { phaseMeans[s] += sample[s] / Double(world) }
-                    slowest = max(slowest, sample[6])
+                    let sample = results + peer * words + path * perPath + iteration * perIteration
+                    for s in 0..<stages {
+                        phaseMeans[s] += sample[s] / Double(world)
+                        waitMeans[s] += sample[stages + s] / Double(world)
+                    }
+                    slowest = max(slowest, sample[2 * stages])
                 }
                 layer.append(slowest)
-                for s in 0..<stages { phases[s].append(phaseMeans[s]) }
+                for s in 0..<stages {
+                    phases[s].append(phaseMeans[s])
+                    waits[s].append(waitMeans[s])
+                }
+                communicationWork.append(
+                    ExpertParallelBenchReport.PathSummary.communicationWork(phase: phaseMeans, wait: waitMeans))
             }
             var moved = [Double](repeating: 0, count: stages)
             var remote = [Double](repeating: 0, count: stages)
             for peer in 0..<world {
-                let b = results + peer * words + path * perPath + 7 * options.iterations
+                let b = results + peer * words + path * perPath + perIteration * options.iterations
                 for s in 0..<stages {
                     moved[s] += b[s]
                     remote[s] += b[stages + s]
@@ -279,13 +318,16 @@ extension ExpertParallelRunner {
             }
             let sorted = layer.sorted()
             let median = ExpertParallelBenchmark.percentile(sorted, 0.5)
+            let phaseMedians = phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 }
+            let waitMedians = waits.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 }
             paths.append(.init(
                 comm: comm.rawValue, medianMicroseconds: median * 1e6,
                 p10Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.1) * 1e6,
                 p90Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.9) * 1e6,
                 tokensPerSecond: Double(tokens) / median,
-                phaseMicroseconds: phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
-                phaseBytesMoved: moved, phaseBytesRemote: remote))
+                phaseMicroseconds: phaseMedians, phaseWaitMicroseconds: waitMedians,
+                phaseBytesMoved: moved, phaseBytesRemote: remote,
+                communicationWorkMicroseconds: ExpertParallelBenchmark.percentile(communicationWork.sorted(), 0.5) * 1e6))
         }
         var ratio: Double?
         if let sym = paths.first(where: { $0.comm == CommMode.symmetric.rawValue }),

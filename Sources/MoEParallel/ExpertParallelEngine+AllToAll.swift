@@ -25,7 +25,7 @@ extension ExpertParallelEngine {
         let valid = step.validTokens
         let rowBytes = H * 2
         let capacity = heap.layout.capacity
-        var clock = PhaseClock()
+        var clock = PhaseClock(profiler: profiler, path: .alltoall)
 
         routeLocalTokens(step, kernels: kernels, profiler: profiler)
         clock.lap(.route, &measured)
@@ -54,20 +54,22 @@ extension ExpertParallelEngine {
             try heap.store(to: peer, .allToAllCounts, byteOffset: r * R * 2 * 4, from: countsRow, count: 2 * R * 4)
         }
         try publishStepShape(step)
-        try heap.barrier(.allToAllCounts, layer: step.layer)
+        try barrier(.allToAllCounts, step, charging: .metadata, &measured)
         try checkStepShapes(step)
         let counts = heap.pointer(to: .allToAllCounts, rank: r, as: Int32.self)
         func tokens(from source: Int, to destination: Int) -> Int { Int(counts[(source * R + destination) * 2]) }
         func slots(from source: Int, to destination: Int) -> Int { Int(counts[(source * R + destination) * 2 + 1]) }
         let receivedTokens = (0..<R).reduce(0) { $0 + tokens(from: $1, to: r) }
         precondition(receivedTokens <= R * capacity, "receive region overflow: counts are inconsistent")
-        // Buffers sized by what the exchange said (the eager path allocates them every layer).
+        // Buffers sized by what the exchange said. An eager framework takes them from a caching allocator; so do
+        // we (`allToAllBuffers` keeps the largest of each and never clears: every element read is written first).
         let sendTokens = tokensTo.reduce(0, +)
-        var sendRows = [UInt16](repeating: 0, count: sendTokens * H)
-        var sendIds = [Int32](repeating: 0, count: sendTokens * k)
-        var sendWeights = [Float](repeating: 0, count: sendTokens * k)
-        var expertOutput = [UInt16](repeating: 0, count: receivedTokens * k * H)
-        var combineRows = [UInt16](repeating: 0, count: valid * k * H)
+        let buffers = allToAllBuffers
+        let sendRows = buffers.sendRows.reserve(sendTokens * H)
+        let sendIds = buffers.sendIds.reserve(sendTokens * k)
+        let sendWeights = buffers.sendWeights.reserve(sendTokens * k)
+        let expertOutput = buffers.expertOutput.reserve(receivedTokens * k * H)
+        let combineRows = buffers.combineRows.reserve(valid * k * H)
         clock.lap(.metadata, &measured, moved: 2 * R * R * 4, remote: 2 * R * (R - 1) * 4)
 
         // Dispatch: pack per destination (token order), then copy each block into the destination's receive
@@ -81,7 +83,7 @@ extension ExpertParallelEngine {
             for d in 0..<R where sentTo[d] {
                 let n = cursor[d]
                 cursor[d] += 1
-                copyRow(from: tokenBits + t * H, to: &sendRows, row: n, hidden: H)
+                (sendRows + n * H).update(from: tokenBits + t * H, count: H)
                 for j in 0..<k {
                     sendIds[n * k + j] = localIds[t * k + j]
                     sendWeights[n * k + j] = localWeights[t * k + j]
@@ -93,20 +95,12 @@ extension ExpertParallelEngine {
             let offset = (0..<r).reduce(0) { $0 + tokens(from: $1, to: d) }
             let count = tokensTo[d]
             let first = sendStart[d]
-            try sendRows.withUnsafeBytes {
-                try heap.store(
-                    to: d, .allToAllRows, byteOffset: offset * rowBytes, from: $0.baseAddress! + first * rowBytes,
-                    count: count * rowBytes)
-            }
-            try sendIds.withUnsafeBytes {
-                try heap.store(to: d, .allToAllIds, byteOffset: offset * k * 4, from: $0.baseAddress! + first * k * 4, count: count * k * 4)
-            }
-            try sendWeights.withUnsafeBytes {
-                try heap.store(to: d, .allToAllWeights, byteOffset: offset * k * 4, from: $0.baseAddress! + first * k * 4, count: count * k * 4)
-            }
+            try heap.store(to: d, .allToAllRows, byteOffset: offset * rowBytes, from: sendRows + first * H, count: count * rowBytes)
+            try heap.store(to: d, .allToAllIds, byteOffset: offset * k * 4, from: sendIds + first * k, count: count * k * 4)
+            try heap.store(to: d, .allToAllWeights, byteOffset: offset * k * 4, from: sendWeights + first * k, count: count * k * 4)
             if d != r { remoteTokens += count }
         }
-        try heap.barrier(.allToAllDispatch, layer: step.layer)
+        try barrier(.allToAllDispatch, step, charging: .dispatch, &measured)
         let tokenBytes = rowBytes + k * 8
         clock.lap(.dispatch, &measured, moved: 2 * sendTokens * tokenBytes, remote: remoteTokens * tokenBytes)
 
@@ -118,26 +112,24 @@ extension ExpertParallelEngine {
             maskedIds[i] = receivedIds[i]
         }
         let plan = RoutingPlan(topkIds: maskedIds, tokens: receivedTokens, topK: k, experts: E)
-        var rowWeights = [Float](repeating: 0, count: plan.routedSlots)
+        let rowWeights = buffers.rowWeights.reserve(plan.routedSlots)
         for p in 0..<plan.routedSlots { rowWeights[p] = receivedWeights[Int(plan.sortedToSlot[p])] }
         if plan.routedSlots > 0 {
             plan.sortedToSlot.withUnsafeBufferPointer { order in
-                expertOutput.withUnsafeMutableBufferPointer { out in
-                    kernels.runExperts(
-                        plan: plan, experts: localExperts, rowWeights: rowWeights,
-                        input: RowAddressing(
-                            base: heap.pointer(to: .allToAllRows, rank: r, as: UInt16.self), indices: order.baseAddress!,
-                            divisor: Int32(k), stride: H),
-                        output: RowAddressing(base: out.baseAddress!, indices: order.baseAddress!, stride: H),
-                        profiler: profiler)
-                }
+                kernels.runExperts(
+                    plan: plan, experts: localExperts, rowWeights: rowWeights,
+                    input: RowAddressing(
+                        base: heap.pointer(to: .allToAllRows, rank: r, as: UInt16.self), indices: order.baseAddress!,
+                        divisor: Int32(k), stride: H),
+                    output: RowAddressing(base: expertOutput, indices: order.baseAddress!, stride: H),
+                    profiler: profiler)
             }
         }
         clock.lap(.experts, &measured)
 
         // Combine: pack computed rows per source rank (its tokens in order, slots ascending), copy each block
         // home after the blocks of lower destination ranks, then the home rank unpacks to slot order.
-        var returnRows = [UInt16](repeating: 0, count: plan.routedSlots * H)
+        let returnRows = buffers.returnRows.reserve(plan.routedSlots * H)
         var returnStart = [Int](repeating: 0, count: R + 1)
         var packed = 0
         var firstToken = 0
@@ -146,9 +138,7 @@ extension ExpertParallelEngine {
             let count = tokens(from: source, to: r)
             for n in firstToken..<(firstToken + count) {
                 for j in 0..<k where maskedIds[n * k + j] >= 0 {
-                    expertOutput.withUnsafeBufferPointer {
-                        copyRow(from: $0.baseAddress! + (n * k + j) * H, to: &returnRows, row: packed, hidden: H)
-                    }
+                    (returnRows + packed * H).update(from: expertOutput + (n * k + j) * H, count: H)
                     packed += 1
                 }
             }
@@ -156,24 +146,22 @@ extension ExpertParallelEngine {
         }
         returnStart[R] = packed
         var remoteSlots = 0
-        try returnRows.withUnsafeBytes { rows in
-            for source in 0..<R where returnStart[source + 1] > returnStart[source] {
-                let offset = (0..<r).reduce(0) { $0 + slots(from: source, to: $1) }
-                let count = returnStart[source + 1] - returnStart[source]
-                precondition(count == slots(from: source, to: r), "returned rows disagree with the exchanged slot counts")
-                try heap.store(
-                    to: source, .allToAllReturn, byteOffset: offset * rowBytes,
-                    from: rows.baseAddress! + returnStart[source] * rowBytes, count: count * rowBytes)
-                if source != r { remoteSlots += count }
-            }
+        for source in 0..<R where returnStart[source + 1] > returnStart[source] {
+            let offset = (0..<r).reduce(0) { $0 + slots(from: source, to: $1) }
+            let count = returnStart[source + 1] - returnStart[source]
+            precondition(count == slots(from: source, to: r), "returned rows disagree with the exchanged slot counts")
+            try heap.store(
+                to: source, .allToAllReturn, byteOffset: offset * rowBytes, from: returnRows + returnStart[source] * H,
+                count: count * rowBytes)
+            if source != r { remoteSlots += count }
         }
-        try heap.barrier(.allToAllCombine, layer: step.layer)
+        try barrier(.allToAllCombine, step, charging: .combine, &measured)
         let returned = heap.pointer(to: .allToAllReturn, rank: r, as: UInt16.self)
         var next = 0
         for d in 0..<R {
             for t in 0..<valid {
                 for j in 0..<k where assignment.owner(of: Int(localIds[t * k + j])) == d {
-                    copyRow(from: returned + next * H, to: &combineRows, row: t * k + j, hidden: H)
+                    (combineRows + (t * k + j) * H).update(from: returned + next * H, count: H)
                     next += 1
                 }
             }
@@ -185,18 +173,40 @@ extension ExpertParallelEngine {
         if let output = step.output, valid > 0 {
             let routed = [Int32](repeating: 0, count: localSlots)
             profiler.scope(.reduce, cost: StageCost.reduce(tokens: valid, config: config)) {
-                combineRows.withUnsafeBufferPointer { combine in
-                    MoEPipeline.reduce(
-                        combine: combine.baseAddress!, slotToSorted: routed, tokens: valid, topK: k, hidden: H, output: output)
-                }
+                MoEPipeline.reduce(
+                    combine: combineRows, slotToSorted: routed, tokens: valid, topK: k, hidden: H, output: output)
             }
         }
         clock.lap(.reduce, &measured)
     }
+}
 
-    /// Copies one [H] bf16 row into row `row` of `destination`.
-    @inline(__always)
-    private func copyRow(from source: UnsafePointer<UInt16>, to destination: inout [UInt16], row: Int, hidden H: Int) {
-        destination.withUnsafeMutableBufferPointer { ($0.baseAddress! + row * H).update(from: source, count: H) }
+/// The all-to-all baseline's per-layer buffers, kept at their largest size like a caching allocator's blocks.
+final class AllToAllBuffers: @unchecked Sendable {
+    let sendRows = GrowableBuffer<UInt16>()
+    let sendIds = GrowableBuffer<Int32>()
+    let sendWeights = GrowableBuffer<Float>()
+    let expertOutput = GrowableBuffer<UInt16>()
+    let combineRows = GrowableBuffer<UInt16>()
+    let returnRows = GrowableBuffer<UInt16>()
+    let rowWeights = GrowableBuffer<Float>()
+}
+
+/// Uninitialised storage that grows to the largest size asked for and is reused (trivial element types).
+final class GrowableBuffer<T: BitwiseCopyable> {
+    private var storage: UnsafeMutablePointer<T>
+    private var capacity = 1
+
+    init() { storage = .allocate(capacity: 1) }
+    deinit { storage.deallocate() }
+
+    /// Room for `count` elements; contents are unspecified.
+    func reserve(_ count: Int) -> UnsafeMutablePointer<T> {
+        if count > capacity {
+            storage.deallocate()
+            capacity = count
+            storage = .allocate(capacity: count)
+        }
+        return storage
     }
 }

@@ -23,7 +23,7 @@ extension ExpertParallelEngine {
         let (R, r, k, H, E) = (world, rank, config.topK, config.hidden, config.experts)
         let (tokensPerRank, valid) = (step.tokensPerRank, step.validTokens)
         let rowBytes = H * 2
-        var clock = PhaseClock()
+        var clock = PhaseClock(profiler: profiler, path: .symmetric)
 
         routeLocalTokens(step, kernels: kernels, profiler: profiler)
         clock.lap(.route, &measured)
@@ -35,7 +35,7 @@ extension ExpertParallelEngine {
             try heap.store(to: peer, .routingWeights, byteOffset: r * routingBytes, from: localWeights, count: routingBytes)
         }
         try publishStepShape(step)
-        try heap.barrier(.route, layer: step.layer)
+        try barrier(.route, step, charging: .metadata, &measured)
         try checkStepShapes(step)
         let globalSlots = R * tokensPerRank * k
         let globalIds = heap.pointer(to: .routingIds, rank: r, as: Int32.self)
@@ -62,7 +62,7 @@ extension ExpertParallelEngine {
                 }
             }
         }
-        try heap.barrier(.dispatch, layer: step.layer)
+        try barrier(.dispatch, step, charging: .dispatch, &measured)
         clock.lap(.dispatch, &measured, moved: valid * k * rowBytes, remote: remoteRows * rowBytes)
 
         // Experts: this rank's experts on their rows of the dispatch region, in place by sorted position.
@@ -100,7 +100,7 @@ extension ExpertParallelEngine {
                 }
             }
         }
-        try heap.barrier(.combine, layer: step.layer)
+        try barrier(.combine, step, charging: .combine, &measured)
         clock.lap(.combine, &measured, moved: ownedRows * rowBytes, remote: remoteRows * rowBytes)
 
         // Reduce: the k rows of each local token, slot order, fp32, rounded to bf16.

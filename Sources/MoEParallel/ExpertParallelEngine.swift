@@ -33,15 +33,18 @@ public enum ExpertParallelStage: String, CaseIterable, Sendable, Codable {
 /// Time and bytes of one rank's layers, per phase (sums over the layers recorded).
 ///
 /// `bytesMoved` counts every byte the phase's copies wrote (packing and unpacking included, the local share
-/// of stores included); `bytesRemote` counts the bytes stored into other ranks' memory.
+/// of stores included); `bytesRemote` counts the bytes stored into other ranks' memory. `waitSeconds` is the
+/// part of `seconds` spent in the phase's barrier (waiting for slower ranks, e.g. ones with more expert work).
 public struct LayerMeasurement: Sendable, Equatable, Codable {
     public var seconds: [Double]
+    public var waitSeconds: [Double]
     public var bytesMoved: [Double]
     public var bytesRemote: [Double]
 
     public init() {
         let zeros = [Double](repeating: 0, count: ExpertParallelStage.allCases.count)
         seconds = zeros
+        waitSeconds = zeros
         bytesMoved = zeros
         bytesRemote = zeros
     }
@@ -88,6 +91,8 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     /// [R·T_cap·k, H] expert outputs at their global sorted positions (symmetric path). Pages are touched
     /// only where this rank's experts write.
     let expertRows: UnsafeMutablePointer<UInt16>
+    /// The all-to-all baseline's dynamically sized buffers (grown on demand, reused).
+    let allToAllBuffers = AllToAllBuffers()
 
     public init(heap: SymmetricHeap, assignment: ExpertAssignment, config: MoEConfig) throws {
         try config.validate()
@@ -216,14 +221,34 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     // MARK: shared pieces of both paths
 
     /// Measures consecutive phases: `lap(stage)` charges the time since the previous lap to `stage`.
+    /// Each lap is also recorded in the profiler, when there is one, as `ep.<path>.<phase>` with the bytes the
+    /// phase moved (so profiles of a rank show the communication phases beside the kernels' stages).
     struct PhaseClock {
-        private var last = MonotonicClock.nanoseconds()
+        let profiler: Profiler?
+        let path: CommMode
+        private var last = Profiler.now()
+
+        init(profiler: Profiler?, path: CommMode) {
+            self.profiler = profiler
+            self.path = path
+        }
 
         mutating func lap(_ stage: ExpertParallelStage, _ measured: inout LayerMeasurement, moved: Int = 0, remote: Int = 0) {
-            let now = MonotonicClock.nanoseconds()
-            measured.add(stage, seconds: Double(now - last) * 1e-9, moved: Double(moved), remote: Double(remote))
+            let now = Profiler.now()
+            measured.add(stage, seconds: Double(now &- last) * 1e-9, moved: Double(moved), remote: Double(remote))
+            profiler?.record("ep.\(path).\(stage.rawValue)", start: last, end: now, cost: StageCost(bytes: Double(moved)))
             last = now
         }
+    }
+
+    /// A barrier whose waiting time is charged to `stage` as wait.
+    @inline(__always)
+    func barrier(
+        _ phase: ExpertParallelPhase, _ step: Step, charging stage: ExpertParallelStage, _ measured: inout LayerMeasurement
+    ) throws {
+        let start = MonotonicClock.nanoseconds()
+        try heap.barrier(phase, layer: step.layer)
+        measured.waitSeconds[stage.index] += Double(MonotonicClock.nanoseconds() - start) * 1e-9
     }
 
     /// Rounds the step's tokens to bf16 and runs router + top-k on them; padding rows get id −1, weight 0.

@@ -75,13 +75,19 @@ public final class SymmetricHeap: @unchecked Sendable {
     /// Creates this rank's heap and maps every peer's; returns once all R ranks have joined.
     /// Throws `joinTimeout` naming a rank that never appeared, `mismatchedPeer` for a rank built differently.
     ///
-    /// `barrierHook`, when given, runs before this rank arrives at every barrier (fault-injection tests use
-    /// it to kill or stall a rank at an exact phase).
+    /// `published` (at most 252 bytes) is shown to every rank on this node through `published(by:)`: how a GPU
+    /// backend hands its peers the IPC handle of its device heap (DESIGN §4: device memory exported between
+    /// processes) using this same rendezvous. `barrierHook`, when given, runs before this rank arrives at every
+    /// barrier (fault-injection tests use it to kill or stall a rank at an exact phase).
     public static func join(
         jobID: String, rank: Int, world: Int, layout: SymmetricHeapLayout, identity: HeapIdentity,
-        timeoutSeconds: Double = 60, network: NetworkRendezvous? = nil,
+        timeoutSeconds: Double = 60, network: NetworkRendezvous? = nil, published: [UInt8] = [],
         barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)? = nil
     ) throws -> SymmetricHeap {
+        guard published.count <= ControlBlock.publishedBytes else {
+            throw ExpertParallelError.invalidArgument(
+                "a rank can publish at most \(ControlBlock.publishedBytes) bytes at rendezvous, got \(published.count)")
+        }
         guard world == layout.ranks, rank >= 0, rank < world else {
             throw ExpertParallelError.invalidArgument("rank \(rank) of \(world) does not fit a heap laid out for \(layout.ranks) ranks")
         }
@@ -94,7 +100,7 @@ public final class SymmetricHeap: @unchecked Sendable {
             throw ExpertParallelError.invalidArgument("rank \(rank) is not among this node's ranks \(localRanks)")
         }
         let own = try SharedMemorySegment.create(name: segmentName(jobID: jobID, rank: rank), byteCount: layout.totalBytes)
-        ControlBlock.writeHeader(own.base, rank: rank, world: world, layout: layout, identity: identity)
+        ControlBlock.writeHeader(own.base, rank: rank, world: world, layout: layout, identity: identity, published: published)
 
         var segments: [SharedMemorySegment?] = Array(repeating: nil, count: world)
         var remotes: [NetworkPeer?] = Array(repeating: nil, count: world)
@@ -250,6 +256,14 @@ public final class SymmetricHeap: @unchecked Sendable {
         address(of: region, rank: peer).assumingMemoryBound(to: type)
     }
 
+    /// What `peer` published at rendezvous (a rank on this node).
+    public func published(by peer: Int) -> [UInt8] {
+        precondition(mapped[peer], "rank \(peer) is on another node; published bytes are shared within a node")
+        let base = bases[peer]
+        let count = Int(base.load(fromByteOffset: ControlBlock.published, as: UInt32.self))
+        return Array(UnsafeRawBufferPointer(start: base + ControlBlock.published + 4, count: min(count, ControlBlock.publishedBytes)))
+    }
+
     // MARK: lifecycle
 
     /// Tells every peer this rank gives up, and why; peers waiting at a barrier fail at once with the message.
@@ -343,27 +357,32 @@ public final class SymmetricHeap: @unchecked Sendable {
         var checks = 0
         while true {
             let ring = moe_atomic_load_seq_cst_u32(bell)
-            var late: [Int] = []
+            var lateCount = 0
             for peer in 0..<world {
                 let word = moe_atomic_load_acquire_u64((arrivals + peer * 64).assumingMemoryBound(to: UInt64.self))
                 let arrived = word >> 8
                 if arrived < epoch {
-                    late.append(peer)
+                    lateCount += 1
                 } else if arrived == epoch, UInt8(word & 0xFF) != phase.rawValue {
                     throw ExpertParallelError.phaseMismatch(
                         expected: phase, layer: layer, rank: peer,
                         actual: ExpertParallelPhase(rawValue: UInt8(word & 0xFF)) ?? .setup)
                 }
             }
-            if late.isEmpty { return }
+            if lateCount == 0 { return }
+            // Spin briefly (a peer on its own core arrives within microseconds), then yield the core for up to
+            // ~200 µs (an oversubscribed peer needs it), then sleep on the doorbell futex.
             checks += 1
-            if checks < 50 {
+            if checks < 64 {
                 moe_cpu_relax()
                 continue
             }
-            if checks < 60 {
+            if MonotonicClock.seconds() - start < 0.0002 {
                 sched_yield()
                 continue
+            }
+            let late = (0..<world).filter {
+                moe_atomic_load_acquire_u64((arrivals + $0 * 64).assumingMemoryBound(to: UInt64.self)) >> 8 < epoch
             }
             try checkPeers(late: late, phase: phase, layer: layer, start: start)
             _ = moe_atomic_fetch_add_u32(sleepers, 1)
@@ -406,8 +425,11 @@ public final class SymmetricHeap: @unchecked Sendable {
 
 extension ControlBlock {
     static func writeHeader(
-        _ base: UnsafeMutableRawPointer, rank: Int, world: Int, layout: SymmetricHeapLayout, identity: HeapIdentity
+        _ base: UnsafeMutableRawPointer, rank: Int, world: Int, layout: SymmetricHeapLayout, identity: HeapIdentity,
+        published bytes: [UInt8] = []
     ) {
+        base.storeBytes(of: UInt32(bytes.count), toByteOffset: published, as: UInt32.self)
+        (base + published + 4).copyMemory(from: bytes, byteCount: bytes.count)
         base.storeBytes(of: version, toByteOffset: versionField, as: UInt32.self)
         base.storeBytes(of: UInt32(rank), toByteOffset: self.rank, as: UInt32.self)
         base.storeBytes(of: UInt32(world), toByteOffset: self.world, as: UInt32.self)

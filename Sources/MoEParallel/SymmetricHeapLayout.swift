@@ -123,13 +123,14 @@ public struct SymmetricHeapLayout: Sendable, Hashable {
 /// 128 doorbell u32 · 132 sleepers u32                         (own 64-byte line)
 /// 256 identity text [256] (what this rank loaded, for messages)
 /// 512 abort message [512]
-/// 1024 step shapes [R] × (tokensPerRank u32, validTokens u32)
+/// 1024 published length u32 · 1028 published bytes [252] (e.g. a CUDA IPC handle of the rank's device heap)
+/// 1280 step shapes [R] × (tokensPerRank u32, validTokens u32)
 ///  …  arrivals [R] × 64 bytes (arrival word of rank q at q·64, each on its own line)
 /// ```
 enum ControlBlock {
     static let maximumRanks = 1024
     static let magicValue: UInt64 = 0x3150_4145_4845_4F4D  // "MOEHEAP1" little-endian
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
 
     static let magic = 0
     static let versionField = 8
@@ -151,7 +152,9 @@ enum ControlBlock {
     static let identityTextBytes = 256
     static let abortMessage = 512
     static let abortMessageBytes = 512
-    static let stepShapes = 1024
+    static let published = 1024
+    static let publishedBytes = 252
+    static let stepShapes = 1280
 
     static func arrivals(ranks: Int) -> Int { SymmetricHeapLayout.alignUp(stepShapes + ranks * 8) }
     static func byteCount(ranks: Int) -> Int { arrivals(ranks: ranks) + ranks * 64 }

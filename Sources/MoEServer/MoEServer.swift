@@ -98,7 +98,9 @@ public struct MoEServer: Sendable {
         case let other?:
             throw ServerError(
                 .unsupportedMediaType,
-                "Content-Type '\(other)' is not accepted; send application/json or a safetensors body as application/octet-stream")
+                "Content-Type '\(other)' is not accepted; send application/json or a safetensors body as application/octet-stream"
+                    + (other == "application/x-www-form-urlencoded"
+                        ? " (curl -d sends \(other); add -H 'Content-Type: application/json')" : ""))
         }
         let result = try await batcher.submit(input)
         if let bad = result.hidden.firstIndex(where: { !$0.isFinite }) {

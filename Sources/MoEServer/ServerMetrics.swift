@@ -43,9 +43,16 @@ public final class ServerMetrics: @unchecked Sendable {
     private var stageCalls: [String: UInt64] = [:]
     /// (finish time in seconds since start, tokens) of recent batches, oldest first.
     private var recent: [(Double, Int)] = []
-    private let started = ContinuousClock.now
+    /// Seconds on a monotonic clock (injectable so the tokens/s window can be tested without waiting).
+    private let clock: @Sendable () -> Double
+    private let started: Double
 
-    public init() {}
+    public init(clock: @escaping @Sendable () -> Double = ServerMetrics.monotonicSeconds) {
+        self.clock = clock
+        self.started = clock()
+    }
+
+    public static func monotonicSeconds() -> Double { Double(Profiler.now()) * 1e-9 }
 
     private func withLock<R>(_ body: () -> R) -> R {
         lock.lock()
@@ -53,10 +60,7 @@ public final class ServerMetrics: @unchecked Sendable {
         return body()
     }
 
-    private func secondsSinceStart() -> Double {
-        let d = ContinuousClock.now - started
-        return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-    }
+    private func secondsSinceStart() -> Double { clock() - started }
 
     func requestStarted() { withLock { inFlight += 1 } }
 

@@ -112,23 +112,33 @@ import Testing
         let layout = try SymmetricHeapLayout(ranks: 2, capacity: 4, topK: 4, hidden: 64, resultWords: 8)
         let job = SymmetricHeap.newJobID()
         let input = SyntheticModel.hiddenStates(tokens: 8, hidden: 64, seed: 5)
-        let results = RankThreads.run(ranks: 2) { rank -> [LayerMeasurement] in
+        let results = RankThreads.run(ranks: 2) { rank -> ([LayerMeasurement], [Profiler.Record]) in
             let heap = try SymmetricHeap.join(
                 jobID: job, rank: rank, world: 2, layout: layout,
                 identity: HeapIdentity(layers: [weights], assignment: assignment))
             defer { heap.close() }
             let engine = try ExpertParallelEngine(heap: heap, assignment: assignment, config: c.config)
             let kernels = CPUBackend(weights: weights, workers: 1)
-            return try CommMode.allCases.map { comm in
+            let profiler = Profiler(rank: rank)
+            let measurements = try CommMode.allCases.map { comm in
                 var measurement = LayerMeasurement()
                 _ = try engine.forward(
                     Array(input[(rank * 4 * 64)..<((rank + 1) * 4 * 64)]), validTokens: 4, tokensPerRank: 4,
-                    kernels: kernels, mode: .renormalize, comm: comm, measurement: &measurement)
+                    kernels: kernels, mode: .renormalize, comm: comm, profiler: profiler, measurement: &measurement)
                 return measurement
             }
+            return (measurements, profiler.records)
         }
         for (rank, result) in results.enumerated() {
-            let measurements = try result.get()
+            let (measurements, records) = try result.get()
+            // The profiler (rank set) holds the kernels' stages and every EP phase of both paths.
+            #expect(records.allSatisfy { $0.rank == rank })
+            let stages = Set(records.map(\.stage))
+            for comm in CommMode.allCases {
+                for stage in ExpertParallelStage.allCases { #expect(stages.contains("ep.\(comm).\(stage.rawValue)"), "\(stages)") }
+            }
+            #expect(stages.contains("router") && stages.contains("reduce"), "\(stages)")
+            #expect(records.first { $0.stage == "ep.symmetric.dispatch" }?.bytes == Double(4 * 4 * 64 * 2))
             for (comm, m) in zip(CommMode.allCases, measurements) {
                 #expect(m.seconds.allSatisfy { $0 >= 0 } && m.totalSeconds > 0, "rank \(rank) \(comm)")
                 let dispatch = ExpertParallelStage.dispatch.index

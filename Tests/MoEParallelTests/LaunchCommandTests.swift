@@ -1,4 +1,6 @@
 import Foundation
+import MoECheckpoint
+import MoECore
 import Testing
 
 import MoECUDA
@@ -74,6 +76,10 @@ import MoECUDA
         #expect(paths.map { $0["comm"] as? String } == ["symmetric", "alltoall"])
         #expect((epRows[0]["alltoall_over_symmetric"] as? Double ?? 0) > 0)
         #expect((paths[0]["median_us"] as? Double ?? 0) > 0)
+        for path in paths {
+            #expect((path["phase_wait_us"] as? [Double])?.count == 6)
+            #expect((path["comm_work_us"] as? Double ?? -1) >= 0)
+        }
     }
 
     @Test func badLaunchesAreRefusedWithAReason() throws {
@@ -101,5 +107,33 @@ import MoECUDA
         for run in runs { #expect(run.status == 0, "\(run.all)") }
         #expect(runs[0].output.contains("[rank 0] check:   both paths bit-identical"), "\(runs[0].all)")
         #expect(runs[0].output.contains("R=2 ranks"), "\(runs[0].output)")
+    }
+
+    @Test func forwardRanksWritesTheSameFileAsOneRank() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ep-forward-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let model = directory + "/model"
+        let initRun = try Self.run(["init", "--preset", "tiny", "--out", model, "--layers", "2", "--seed", "5"])
+        #expect(initRun.status == 0, "\(initRun.all)")
+        let tokens = 9
+        let hidden = MoEPreset.tiny.config.hidden
+        try HiddenStatesFile.writeInput(
+            directory + "/in.safetensors", values: SyntheticModel.hiddenStates(tokens: tokens, hidden: hidden, seed: 3),
+            tokens: tokens, hidden: hidden)
+        let common = ["forward", "--model", model, "--layer", "1", "--input", directory + "/in.safetensors", "--routing", "softmax-first"]
+        let single = try Self.run(common + ["--output", directory + "/single.safetensors", "--backend", "cpu"])
+        #expect(single.status == 0, "\(single.all)")
+        for (ranks, comm) in [(2, "symmetric"), (4, "alltoall")] {
+            let path = directory + "/ep-\(ranks).safetensors"
+            let parallel = try Self.run(common + ["--output", path, "--ranks", "\(ranks)", "--comm", comm])
+            #expect(parallel.status == 0, "\(parallel.all)")
+            #expect(parallel.output.contains("[rank 0] wrote \(path)"), "\(parallel.output)")
+            let expected = try HiddenStatesFile.readOutput(directory + "/single.safetensors")
+            let actual = try HiddenStatesFile.readOutput(path)
+            #expect(actual.hidden.map(\.bitPattern) == expected.hidden.map(\.bitPattern), "R=\(ranks) \(comm)")
+            #expect(actual.topkIds == expected.topkIds)
+            #expect(actual.topkWeights.map(\.bitPattern) == expected.topkWeights.map(\.bitPattern))
+        }
     }
 }

@@ -74,7 +74,7 @@ import Glibc
             defer { heap.close() }
             try heap.barrier(.route, layer: 0)
             if rank == 2 {
-                MonotonicClock.sleep(seconds: 1.5)  // stalls past the others' timeout
+                MonotonicClock.sleep(seconds: 3)  // stalls well past the others' timeout
                 return
             }
             try heap.barrier(.dispatch, layer: 7)
@@ -211,6 +211,28 @@ import Glibc
             try SymmetricHeap.join(jobID: job, rank: 1, world: 2, layout: layout2, identity: Self.identity, timeoutSeconds: 0.2)
         } throws: { error in
             "\(error)".contains("already exists")
+        }
+    }
+
+    @Test func ranksSeeWhatTheirPeersPublished() throws {
+        let job = SymmetricHeap.newJobID()
+        let layout = try SymmetricHeapLayout(ranks: 3, capacity: 1, topK: 1, hidden: 32)
+        let results = RankThreads.run(ranks: 3) { rank -> [[UInt8]] in
+            // Stands in for a CUDA IPC handle (64 opaque bytes) of each rank's device heap.
+            let handle = (0..<64).map { UInt8(truncatingIfNeeded: rank * 64 + $0) }
+            let heap = try SymmetricHeap.join(
+                jobID: job, rank: rank, world: 3, layout: layout, identity: Self.identity, published: handle)
+            defer { heap.close() }
+            return (0..<3).map { heap.published(by: $0) }
+        }
+        for result in results {
+            let seen = try result.get()
+            for peer in 0..<3 { #expect(seen[peer] == (0..<64).map { UInt8(truncatingIfNeeded: peer * 64 + $0) }) }
+        }
+        #expect(throws: ExpertParallelError.self) {
+            try SymmetricHeap.join(
+                jobID: SymmetricHeap.newJobID(), rank: 0, world: 1, layout: try SymmetricHeapLayout(ranks: 1, capacity: 1, topK: 1, hidden: 32),
+                identity: Self.identity, published: [UInt8](repeating: 0, count: 300))
         }
     }
 

@@ -48,8 +48,11 @@ import Testing
         #expect(cost(.gemm2) == StageCost(flops: 66_355_200, bytes: 23_040 + 23_040 + 4 * (4_406_400 + 5_760)))
         // reduce: T·k·H = 11_520 adds; reads 4·2880·2 B, writes 2880·4 B.
         #expect(cost(.reduce) == StageCost(flops: 11_520, bytes: 23_040 + 11_520))
-        // The single-rank CPU backend's communication-free pipeline; "dispatch" is its row gather into GEMM 1's
-        // activation tile (int8/bf16 packing), timed apart from the GEMM.
+        // dispatch (the CPU backend's gather into packed GEMM 1 input): no arithmetic; reads 4 rows of bf16 x
+        // (4·2880·2 B) and writes them packed: fp32 on the avx2 path (4·2880·4 B), bf16 pairs otherwise (4·2880·2 B).
+        let packedBytes: Double = backend.kernelPath == .avx2 ? 46_080 : 23_040
+        #expect(cost(.dispatch) == StageCost(flops: 0, bytes: 23_040 + packedBytes))
+        // The single-rank CPU backend has no combine stage (that is expert parallelism's).
         #expect(report.stages.map(\.stage) == ["router", "topk", "plan", "dispatch", "gemm1", "gemm2", "reduce"])
         #expect(report.stages.allSatisfy { $0.calls == 1 && $0.seconds > 0 })
         #expect(abs(report.stages.reduce(0) { $0 + $1.share } - 1) < 1e-12)
@@ -139,7 +142,7 @@ import Testing
 
     @Test func writeIntoAFileFailsWithAnIOError() throws {
         let file = NSTemporaryDirectory() + "moe-profile-file-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: file, contents: Data())
+        #expect(FileManager.default.createFile(atPath: file, contents: Data()))
         defer { try? FileManager.default.removeItem(atPath: file) }
         #expect {
             try ProfileReport(records: Self.twoRankRecords()).write(to: file)

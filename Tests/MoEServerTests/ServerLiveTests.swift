@@ -37,7 +37,7 @@ import Testing
     /// Whether a new connection to the port gets an answer from GET /health.
     static func answersHealth(port: Int) async -> Bool {
         do {
-            return try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            return try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                 try await client.get("/health").status == .ok
             }
         } catch {
@@ -56,7 +56,7 @@ import Testing
         let backend = GatedBackend(weights: Fixture.weights)
         let server = try Fixture.server(MoEServerConfiguration(port: 0), backend: backend)
         try await Self.withLiveServer(server) { port, _ in
-            try await TestClient.withClient(host: "127.0.0.1", port: port) { first in
+            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { first in
                 let x0 = Fixture.input(tokens: 2, seed: 100)
                 async let held = Self.post(first, x0, routing: .renormalize)
                 #expect(await eventually { backend.calls.count == 1 })
@@ -67,7 +67,7 @@ import Testing
                 try await withThrowingTaskGroup(of: (Int, TestClient.Response).self) { clients in
                     for (i, input) in inputs.enumerated() {
                         clients.addTask {
-                            try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+                            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                                 (i, try await Self.post(client, input.x, routing: input.routing))
                             }
                         }
@@ -133,12 +133,12 @@ import Testing
         let server = try Fixture.server(MoEServerConfiguration(port: 0), backend: backend)
         let x = Fixture.input(tokens: 3, seed: 77)
         try await Self.withLiveServer(server) { port, group in
-            try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                 let response = Task { try await Self.post(client, x, routing: .renormalize) }
                 #expect(await eventually { backend.calls.count == 1 })
                 await group.triggerGracefulShutdown()
                 // The listener closes (new connections fail) while the request is still held…
-                let refused = await eventually(10) { await !Self.answersHealth(port: port) }
+                let refused = await eventually(60) { await !Self.answersHealth(port: port) }
                 #expect(refused, "the server still accepts connections after the shutdown began")
                 #expect(backend.calls.count == 1)
                 // …and the request in flight completes.
@@ -161,7 +161,7 @@ import Testing
             tasks.addTask { try await server.run(onServerRunning: { portSink.yield($0) }) }
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
-            try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                 async let response = client.get("/health")
                 _ = try await response
                 async let forward = Self.post(client, Fixture.input(tokens: 1, seed: 5), routing: .renormalize)

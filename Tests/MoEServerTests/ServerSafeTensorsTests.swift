@@ -137,7 +137,7 @@ import Testing
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for (i, c) in clients.enumerated() {
                     group.addTask {
-                        try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+                        try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                             let response = try await client.post(
                                 "/v1/moe/forward?routing=\(c.routing.rawValue)", headers: Self.octetStream, body: cases[i].input)
                             #expect(response.status == .ok)

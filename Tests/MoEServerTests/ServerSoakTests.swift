@@ -23,7 +23,7 @@ import Testing
         try await withThrowingTaskGroup(of: Int.self) { group in
             for c in 0..<clients {
                 group.addTask {
-                    try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+                    try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: Fixture.client) { client in
                         var matched = 0
                         for r in rounds {
                             let q = request(client: c, round: r)
@@ -41,7 +41,7 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(5)))
     func hundredConcurrentClientsWithoutErrorsLossOrGrowth() async throws {
         let expected = try (0..<Self.clients).map { c in
             try (0..<(Self.requestsPerClient + 1)).map { r in

@@ -27,6 +27,13 @@ enum Fixture {
         try await Application(router: server.buildRouter(), logger: quiet).test(.router, body)
     }
 
+    /// The stages the CPU backend records, in order (from a profiled direct forward).
+    static func cpuStages() throws -> [String] {
+        let profiler = Profiler()
+        _ = try CPUBackend(weights: weights).forward(input(tokens: 2, seed: 0), tokens: 2, routing: .renormalize, profiler: profiler)
+        return ProfileReport(records: profiler.records).stages.map(\.stage)
+    }
+
     /// Hidden states [T, H] as bf16-exact floats.
     static func input(tokens: Int, seed: UInt64) -> [Float] {
         SyntheticModel.hiddenStates(tokens: tokens, hidden: config.hidden, seed: seed)
@@ -46,6 +53,8 @@ enum Fixture {
     }
 
     static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
+    /// Loopback clients wait long for answers: a loaded CI machine can stall a forward pass for many seconds.
+    static let client = TestClient.Configuration(timeout: .seconds(300))
 
     /// The forward response parsed exactly: every number read with Float(String)/Int32(String) from its text.
     struct ForwardOutput: Equatable {
@@ -141,8 +150,9 @@ final class GatedBackend: MoEBackend, @unchecked Sendable {
     }
 }
 
-/// Polls `condition` every 5 ms for up to `seconds`.
-func eventually(_ seconds: Double = 20, _ condition: () async -> Bool) async -> Bool {
+/// Polls `condition` every 5 ms for up to `seconds` (generous: on a loaded 2-core CI machine other tests can hold
+/// both cooperative threads for a long time; a condition that holds returns at once).
+func eventually(_ seconds: Double = 180, _ condition: () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if await condition() { return true }
