@@ -125,7 +125,8 @@ public enum GPUExpertParallelBench {
         let heap = runner.heap
         let words = heap.layout.resultWords
         let comms = CommMode.allCases
-        guard iterations >= 1, ExpertParallelBenchmark.wordsPerRank(iterations: iterations, comms: comms.count) <= words else {
+        // Per path: 7 words per iteration (6 phases + the layer) and 12 of bytes.
+        guard iterations >= 1, comms.count * (7 * iterations + 12) <= words else {
             throw ExpertParallelError.invalidArgument("iterations must be in 1...\((words / comms.count - 12) / 7)")
         }
         let H = runner.config.hidden
@@ -224,14 +225,20 @@ public enum GPUExpertParallelBench {
                 }
             }
             let sorted = layerTimes.sorted()
-            let median = ExpertParallelBenchmark.percentile(sorted, 0.5)
-            paths.append(.init(
-                comm: comm.rawValue, medianMicroseconds: median * 1e6,
-                p10Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.1) * 1e6,
-                p90Microseconds: ExpertParallelBenchmark.percentile(sorted, 0.9) * 1e6,
-                tokensPerSecond: Double(tokens) / max(median, 1e-12),
-                phaseMicroseconds: phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 },
-                phaseBytesMoved: moved, phaseBytesRemote: remote))
+            let median: Double = ExpertParallelBenchmark.percentile(sorted, 0.5)
+            let p10: Double = ExpertParallelBenchmark.percentile(sorted, 0.1) * 1e6
+            let p90: Double = ExpertParallelBenchmark.percentile(sorted, 0.9) * 1e6
+            let phaseMedians: [Double] = phases.map { ExpertParallelBenchmark.percentile($0.sorted(), 0.5) * 1e6 }
+            // Device barriers and host synchronisations are not split from the phases' work on the GPU path:
+            // waits are reported as 0, so "comm work" there includes them.
+            let waits = [Double](repeating: 0, count: stages)
+            let work = ExpertParallelBenchReport.PathSummary.communicationWork(phase: phaseMedians, wait: waits)
+            let summary = ExpertParallelBenchReport.PathSummary(
+                comm: comm.rawValue, medianMicroseconds: median * 1e6, p10Microseconds: p10, p90Microseconds: p90,
+                tokensPerSecond: Double(tokens) / max(median, 1e-12), phaseMicroseconds: phaseMedians,
+                phaseWaitMicroseconds: waits, phaseBytesMoved: moved, phaseBytesRemote: remote,
+                communicationWorkMicroseconds: work)
+            paths.append(summary)
         }
         var ratio: Double?
         if let sym = paths.first(where: { $0.comm == "symmetric" }), let a2a = paths.first(where: { $0.comm == "alltoall" }),
