@@ -623,6 +623,14 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             hidden: hidden, phaseSeconds: phaseSeconds, bytesMoved: [], bytesRemote: [], layerSeconds: layerSeconds)
     }
 
+    /// This rank's top-k of its last forward (either path): ids and weights [T_r, k] of a global batch of `tokens`.
+    public func lastRouting(tokens: Int) throws -> (ids: [Int32], weights: [Float]) {
+        let b = try bucket(tokens: tokens)
+        let count = b.validTokens * config.topK
+        guard count > 0 else { return ([], []) }
+        return (try localIds.download(Int32.self, count: count), try localWeights.download(Float.self, count: count))
+    }
+
     /// Bytes each symmetric phase wrote (moved) and stored into other ranks (remote), from the global routing in
     /// this rank's heap (call after a forward).
     public func symmetricBytes(tokens: Int) throws -> (moved: [Double], remote: [Double]) {

@@ -257,11 +257,7 @@ extension GPUExpertParallelBench {
         environment: RankEnvironment, weights: MoELayerWeights, source: String, options: ExpertParallelOptions,
         tokenCounts: [Int], mode: RoutingMode, iterations: Int, warmup: Int, seed: UInt64, checks: Bool = true
     ) throws {
-        let availability = CUDABackend.availability()
-        guard availability.available else {
-            throw ExpertParallelError.invalidArgument(
-                "GPU expert parallelism needs the CUDA backend, which is unavailable here: \(availability.reason); use --backend cpu")
-        }
+        try GPUExpertParallelRunner.requireCUDA()
         let assignment = try ExpertAssignment.parse(options.expertMap, experts: weights.config.experts, ranks: environment.world)
         let skewed = try skewedToRankZero(weights, assignment: assignment)
         let world = environment.world

@@ -50,6 +50,7 @@ public final class GPUExpertParallelRunner {
         environment: RankEnvironment, layers weights: [MoELayerWeights], maxBatchTokens: Int, options: ExpertParallelOptions = .init()
     ) throws {
         try environment.validate()
+        try Self.requireCUDA()
         guard environment.nodes == 1 else {
             throw ExpertParallelError.invalidArgument(
                 "GPU expert parallelism runs on one node in this build (CUDA IPC); \(environment.nodes) nodes were asked for")
@@ -105,6 +106,15 @@ public final class GPUExpertParallelRunner {
     }
 
     deinit { close() }
+
+    /// Throws, saying why, when this machine cannot run the CUDA backend.
+    public static func requireCUDA() throws {
+        let availability = CUDABackend.availability()
+        guard availability.available else {
+            throw ExpertParallelError.invalidArgument(
+                "GPU expert parallelism needs the CUDA backend, which is unavailable here: \(availability.reason); use --backend cpu")
+        }
+    }
 
     /// Closes the IPC mappings and marks this rank done.
     public func close() {
@@ -215,6 +225,39 @@ public final class GPUExpertParallelRunner {
         let out = try forwardShare(
             share, tokens: tokens, mode: mode, comm: comm, layerIndices: layerIndices, execution: execution, poison: poison)
         return try gather(out, tokens: tokens)
+    }
+
+    /// Every rank's top-k of the last forward through `layer` ([T_r, k] ids and weights) to rank 0, in global
+    /// token order ([T, k] each on rank 0; nil elsewhere), through rank 0's CPU dispatch region.
+    public func gatherRouting(layer: Int, tokens: Int) throws -> (ids: [Int32], weights: [Float])? {
+        let k = config.topK
+        let perRank = (tokens + world - 1) / world
+        do {
+            let (ids, weights) = try layers[layer].lastRouting(tokens: tokens)
+            let base = rank * perRank * k * 8
+            try heap.store(to: 0, .dispatch, byteOffset: base, from: ids, count: ids.count * 4)
+            try heap.store(to: 0, .dispatch, byteOffset: base + perRank * k * 4, from: weights, count: weights.count * 4)
+            try heap.barrier(.gather, layer: 0)
+            var result: (ids: [Int32], weights: [Float])?
+            if isRoot {
+                let landing = heap.address(of: .dispatch, rank: 0)
+                var allIds: [Int32] = [], allWeights: [Float] = []
+                for peer in 0..<world {
+                    let count = max(0, min(perRank, tokens - peer * perRank)) * k
+                    let at = landing + peer * perRank * k * 8
+                    for i in 0..<count {
+                        allIds.append(at.load(fromByteOffset: i * 4, as: Int32.self))
+                        allWeights.append(at.load(fromByteOffset: perRank * k * 4 + i * 4, as: Float.self))
+                    }
+                }
+                result = (allIds, allWeights)
+            }
+            try heap.barrier(.gather, layer: 0)
+            return result
+        } catch {
+            heap.abort(message: "rank \(rank) while gathering the routing: \(error)")
+            throw error
+        }
     }
 
     /// Every rank's [T_r, H] rows to rank 0 through rank 0's CPU dispatch region (bf16: nothing is lost).

@@ -1,5 +1,7 @@
+import Foundation
+import MoECheckpoint
 import MoECore
-import MoEParallel
+@testable import MoEParallel
 import Testing
 
 @testable import MoECUDA
@@ -150,4 +152,47 @@ func singleRankGPULayerMatchesTheCUDABackend(tokens: Int) throws {
     let single = try CUDABackend(weights: weights).forward(input, tokens: tokens, routing: .renormalize, profiler: nil)
     let out = try layer.forwardSymmetric(input, tokens: tokens, mode: .renormalize, poison: true)
     #expect(zip(out.hidden, single.hidden).allSatisfy { $0.bitPattern == $1.bitPattern })
+}
+
+/// `moe forward --ranks 2 --backend cuda` says why it cannot run on a machine without a GPU (bench: LaunchCommandTests).
+@Test(.enabled(if: !GPUAvailability.available, "this machine has a GPU: the GPU test below runs instead"))
+func forwardOnCUDARanksExplainsAMissingGPU() throws {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gpuep-\(UInt32.random(in: 0...UInt32.max))").path
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let model = directory + "/model"
+    #expect(try LaunchCommandTests.run(["init", "--preset", "tiny", "--out", model, "--layers", "1"]).status == 0)
+    let hidden = MoEPreset.tiny.config.hidden
+    try HiddenStatesFile.writeInput(
+        directory + "/in.safetensors", values: SyntheticModel.hiddenStates(tokens: 3, hidden: hidden, seed: 3), tokens: 3, hidden: hidden)
+    let forward = try LaunchCommandTests.run([
+        "forward", "--model", model, "--layer", "0", "--input", directory + "/in.safetensors", "--output", directory + "/out.safetensors",
+        "--ranks", "2", "--backend", "cuda",
+    ])
+    #expect(forward.status != 0)
+    #expect(forward.errors.contains("GPU expert parallelism needs the CUDA backend"), "\(forward.errors)")
+}
+
+/// On a GPU machine: `moe forward --ranks R --backend cuda` writes the same file as the single-rank CUDA forward.
+@Test(.enabled(if: GPUAvailability.available, "needs a CUDA GPU"))
+func forwardRanksOnCUDAWritesTheSameFileAsOneCUDARank() throws {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gpuep-\(UInt32.random(in: 0...UInt32.max))").path
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let model = directory + "/model"
+    #expect(try LaunchCommandTests.run(["init", "--preset", "tiny", "--out", model, "--layers", "1"]).status == 0)
+    let hidden = MoEPreset.tiny.config.hidden
+    try HiddenStatesFile.writeInput(
+        directory + "/in.safetensors", values: SyntheticModel.hiddenStates(tokens: 9, hidden: hidden, seed: 3), tokens: 9, hidden: hidden)
+    let common = ["forward", "--model", model, "--layer", "0", "--input", directory + "/in.safetensors", "--backend", "cuda"]
+    #expect(try LaunchCommandTests.run(common + ["--output", directory + "/single.safetensors"]).status == 0)
+    let expected = try HiddenStatesFile.readOutput(directory + "/single.safetensors")
+    for (ranks, comm) in [(2, "symmetric"), (3, "alltoall")] {
+        let path = directory + "/ep-\(ranks).safetensors"
+        let run = try LaunchCommandTests.run(common + ["--output", path, "--ranks", "\(ranks)", "--comm", comm])
+        #expect(run.status == 0, "\(run.all)")
+        let actual = try HiddenStatesFile.readOutput(path)
+        #expect(actual.hidden.map(\.bitPattern) == expected.hidden.map(\.bitPattern), "R=\(ranks) \(comm)")
+        #expect(actual.topkIds == expected.topkIds)
+    }
 }
