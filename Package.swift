@@ -6,6 +6,7 @@ import PackageDescription
 //   SafeTensors    memory-mapped safetensors reader and writer (no dependencies)
 //   MoECheckpoint  Hugging Face gpt-oss model directories -> MoELayerWeights
 //   MoECPU         the CPU backend
+//   CMoECPUKernels its vector kernels (AVX-512 BF16, AVX2; chosen at run time), thread pool, CPU feature probe
 //   CCUDA/MoECUDA  CUDA driver API + NVRTC (+ NCCL) loaded at run time with dlopen; kernels in Kernels/*.cu
 //   MoEParallel    expert parallelism over symmetric memory, the all-to-all baseline, the rank launcher
 //   MoEServer      the HTTP server (Hummingbird)
@@ -16,6 +17,7 @@ let package = Package(
     products: [
         .executable(name: "moe", targets: ["MoECLI"]),
         .library(name: "MoECore", targets: ["MoECore"]),
+        .library(name: "MoECPU", targets: ["MoECPU"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -26,7 +28,8 @@ let package = Package(
         .target(name: "MoECore"),
         .target(name: "SafeTensors"),
         .target(name: "MoECheckpoint", dependencies: ["MoECore", "SafeTensors"]),
-        .target(name: "MoECPU", dependencies: ["MoECore"]),
+        .target(name: "CMoECPUKernels"),
+        .target(name: "MoECPU", dependencies: ["MoECore", "CMoECPUKernels"]),
         .target(name: "CCUDA", linkerSettings: [.linkedLibrary("dl")]),
         .target(
             name: "MoECUDA", dependencies: ["MoECore", "CCUDA"],
@@ -34,8 +37,12 @@ let package = Package(
                 .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
                 .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
                 .embedInCode("Kernels/moe_ceilings.cu"),
+                .embedInCode("Kernels/moe_ep.cu"),
             ]),
-        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA"]),
+        .target(name: "CMoEAtomics"),
+        .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
+        // The rank program the expert-parallel process tests launch (the same library code `moe launch` runs).
+        .executableTarget(name: "MoEParallelRankTool", dependencies: ["MoEParallel"], path: "Tests/MoEParallelRankTool"),
         .target(
             name: "MoEServer",
             dependencies: [
@@ -54,7 +61,7 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
         .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
         .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
-        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel"]),
+        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool", "MoECLI", "MoECheckpoint"]),
         .testTarget(
             name: "MoEServerTests",
             dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),

@@ -31,6 +31,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Untimed warm-up runs per row.")
     var warmup: Int = 2
 
+    @OptionGroup(title: "Expert parallelism") var parallel: ExpertParallelFlags
+
     func validate() throws {
         if let iterations, iterations < 1 { throw ValidationError("--iterations must be ≥ 1") }
         if warmup < 0 { throw ValidationError("--warmup must be ≥ 0") }
@@ -38,6 +40,11 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        if parallel.isRequested {
+            return try ExpertParallelBenchCommand.run(
+                flags: parallel, model: model, backend: backend, tokens: tokens?.values, routing: routing,
+                iterations: iterations, warmup: warmup, json: json)
+        }
         let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
         let (engine, why) = try BackendRegistry.make(backend, weights: weights)
         print("model:   \(source): \(weights.config)")

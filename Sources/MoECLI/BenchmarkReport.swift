@@ -1,5 +1,6 @@
 import Foundation
 import MoECore
+import MoEParallel
 
 /// `moe bench --json` output (DESIGN §5). Tools read this: keep the keys stable.
 struct BenchmarkReport: Codable {
@@ -90,6 +91,13 @@ struct BenchmarkReport: Codable {
     var config: Config
     var check: Check
     var rows: [Row]
+    /// `moe bench --ranks R`: both token exchanges side by side (per phase times and bytes, and their ratio).
+    var expertParallel: ExpertParallelBenchReport? = nil
+
+    enum CodingKeys: String, CodingKey {
+        case machine, ceilings, config, check, rows
+        case expertParallel = "expert_parallel"
+    }
 
     func write(to path: String) throws {
         let encoder = JSONEncoder()

@@ -28,7 +28,13 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Routing mode: renormalize or softmax-first.")
     var routing: RoutingMode = .renormalize
 
+    @OptionGroup(title: "Expert parallelism") var parallel: ExpertParallelFlags
+
     func run() throws {
+        if parallel.isRequested {
+            return try ExpertParallelForwardCommand.run(
+                flags: parallel, model: model, layer: layer, input: input, output: output, backend: backend, routing: routing)
+        }
         var why = ""
         let request = ForwardJob.Request(model: model, layer: layer, input: input, output: output, routing: routing)
         let summary = try ForwardJob.run(request) { weights in

@@ -16,6 +16,8 @@ struct MoE: AsyncParsableCommand {
             InitCommand.self,
             ForwardCommand.self,
             CUDADebugCommand.self,
+            LaunchCommand.self,
+            ServeCommand.self,
         ],
         defaultSubcommand: MainJob.self)
 }

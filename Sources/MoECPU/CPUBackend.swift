@@ -1,199 +1,140 @@
-import Dispatch
+import CMoECPUKernels
 import MoECore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The CPU backend: DESIGN §3's pipeline with bf16 activations between stages and fp32 accumulation.
 ///
-/// Work is split statically across `workers` threads: the router over token blocks, each grouped GEMM over
-/// (tile, output-column block) items. Every output element is produced by exactly one item with a fixed
-/// reduction order, so results do not depend on the thread count.
+/// - Kernels: one `CPUKernelPath` chosen at start-up (`kernelPath`); the expert weights are repacked at load
+///   into row groups of 16 rows the kernels stream (`PackedExpertStack`).
+/// - Threads: a persistent `WorkerPool`; each phase (router, pack, GEMM 1, GEMM 2, reduce) is split statically
+///   over the workers, the GEMMs over (expert × 16-row group) units balanced by cost, with no lock in between.
+///   Every output element is produced by one tile call with a fixed reduction order, so the bits never depend
+///   on the number of workers.
+/// - Memory: buffers live in a `Workspace` sized by the largest batch seen; after that warm-up a call to
+///   `forward(input:tokens:routing:hidden:topkIds:topkWeights:profiler:)` allocates nothing.
+/// - Calls on one backend from several threads are serialised by a lock (they share the workspace).
 public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable {
     public let name = "cpu"
     public let config: MoEConfig
     public let weights: MoELayerWeights
     public let workers: Int
-    /// Output columns per GEMM work item.
-    let columnBlock = 64
+    /// The instruction-set path the GEMMs run.
+    public let kernelPath: CPUKernelPath
+    /// Why the path differs from what was asked (a bad MOEKIT_CPU_KERNELS), or nil.
+    public let selectionNote: String?
 
-    public var detail: String { "cpu portable fp32-SIMD, \(workers) threads" }
+    /// W1 [E, 2I, H] as gate/up row-group pairs; W2 [E, H, I] as row groups of 16 output columns.
+    let gateUp: PackedExpertStack
+    let down: PackedExpertStack
+    /// b1 split: [E, I] gate biases and [E, I] up biases; b2 [E, H].
+    let gateBias: AlignedBuffer<Float>
+    let upBias: AlignedBuffer<Float>
+    let downBias: AlignedBuffer<Float>
+    /// Wr [E, H] as fp32 (portable router) and as bf16 bits (AVX-512 router); br [E].
+    let routerWeight: AlignedBuffer<Float>
+    let routerWeightBF16: AlignedBuffer<UInt16>
+    let routerBias: AlignedBuffer<Float>
 
-    public static func availability() -> BackendAvailability {
-        BackendAvailability(name: "cpu", available: true, reason: "\(ProcessorCount.online) cores, portable SIMD kernels")
+    let pool: WorkerPool
+    let workspace: Workspace
+    let lock = Mutex()
+
+    public var detail: String {
+        var text = "cpu \(kernelPath.summary), \(workers) threads"
+        if let selectionNote { text += " [\(selectionNote)]" }
+        return text
     }
 
-    public init(weights: MoELayerWeights, workers: Int? = nil) {
+    public static func availability() -> BackendAvailability {
+        BackendAvailability(
+            name: "cpu", available: true,
+            reason: "\(ProcessorCount.online) cores, \(CPUKernelPath.best.rawValue) kernels (supported: \(CPUKernelPath.supported.map(\.rawValue).joined(separator: ", ")))")
+    }
+
+    /// The fastest kernel path this CPU supports, or the one `MOEKIT_CPU_KERNELS` names. A name that is unknown
+    /// or unsupported here is not used: the backend falls back to the fastest path, says so in `detail` and on
+    /// stderr (use `init(weights:workers:kernels:)` to fail instead).
+    public convenience init(weights: MoELayerWeights, workers: Int? = nil) {
+        let (path, note) = CPUKernelPath.selection(environmentValue: getenv(CPUKernelPath.environmentVariable).map { String(cString: $0) })
+        if let note { StandardError.print("moe: warning: CPU backend: \(note)\n") }
+        self.init(weights: weights, workers: workers, path: path, note: note)
+    }
+
+    /// Runs the given kernel path; throws `backendUnavailable` naming what is missing when this CPU lacks it.
+    public convenience init(weights: MoELayerWeights, workers: Int? = nil, kernels: CPUKernelPath) throws {
+        try kernels.requireSupported()
+        self.init(weights: weights, workers: workers, path: kernels, note: nil)
+    }
+
+    private init(weights: MoELayerWeights, workers requested: Int?, path: CPUKernelPath, note: String?) {
+        let c = weights.config
+        let (E, H, I) = (c.experts, c.hidden, c.intermediate)
         self.weights = weights
-        self.config = weights.config
-        self.workers = max(1, workers ?? ProcessorCount.online)
+        self.config = c
+        self.kernelPath = path
+        var note = note
+        let wanted = max(1, requested ?? ProcessorCount.online)
+        if let pool = WorkerPool(workers: wanted) {
+            self.pool = pool
+        } else {
+            // The OS refused a thread: run on the caller's thread alone rather than not at all.
+            note = [note, "could not start \(wanted - 1) worker threads; running single-threaded"]
+                .compactMap { $0 }.joined(separator: "; ")
+            self.pool = WorkerPool(workers: 1)!
+        }
+        self.workers = pool.workers
+        self.selectionNote = note
+        gateUp = PackedExpertStack.gateUp(weights.gateUp)
+        down = PackedExpertStack.down(weights.down)
+        gateBias = AlignedBuffer(count: E * I)
+        upBias = AlignedBuffer(count: E * I)
+        for e in 0..<E {
+            for i in 0..<I {
+                gateBias.pointer[e * I + i] = weights.gateUpBias[e * 2 * I + 2 * i]
+                upBias.pointer[e * I + i] = weights.gateUpBias[e * 2 * I + 2 * i + 1]
+            }
+        }
+        downBias = AlignedBuffer(copying: weights.downBias)
+        routerWeight = AlignedBuffer(copying: weights.routerWeight)
+        routerWeightBF16 = AlignedBuffer(copying: weights.routerWeight.map { BF16.bits($0) })
+        routerBias = AlignedBuffer(copying: weights.routerBias)
+        precondition(H % 32 == 0 && I % 32 == 0, "MoEConfig.validate() guarantees 32-multiples")
+        workspace = Workspace(config: c, workers: pool.workers)
     }
 
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
-        try MoEPipeline.forward(kernels: self, input: input, tokens: tokens, mode: routing, profiler: profiler)
-    }
-
-    // MARK: router
-
-    public func route(
-        x: UnsafePointer<UInt16>, tokens T: Int, mode: RoutingMode,
-        ids: UnsafeMutablePointer<Int32>, weights topWeights: UnsafeMutablePointer<Float>, profiler: Profiler?
-    ) {
-        let (E, H, k) = (config.experts, config.hidden, config.topK)
-        let logits = UnsafeMutablePointer<Float>.allocate(capacity: T * E)
-        defer { logits.deallocate() }
-        profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
-            weights.routerWeight.withUnsafeBufferPointer { wr in
-                let wrBase = wr.baseAddress!
-                parallelFor(count: T) { t, scratch in
-                    let row = scratch.floats(H)
-                    Kernels.bf16ToFloat(x + t * H, row, count: H)
-                    for e in 0..<E {
-                        logits[t * E + e] = Kernels.dot(row, wrBase + e * H, count: H) + weights.routerBias[e]
-                    }
-                }
-            }
+        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
+        var hidden = [Float](repeating: 0, count: tokens * config.hidden)
+        var ids = [Int32](repeating: 0, count: tokens * config.topK)
+        var topWeights = [Float](repeating: 0, count: tokens * config.topK)
+        try input.withUnsafeBufferPointer { x in
+            try forward(
+                input: x.baseAddress!, tokens: tokens, routing: routing, hidden: &hidden, topkIds: &ids,
+                topkWeights: &topWeights, profiler: profiler)
         }
-        profiler.scope(.topk, cost: StageCost(flops: Double(T * E * 3), bytes: Double(T * E * 4 + T * k * 8))) {
-            for t in 0..<T {
-                TopK.route(logits: logits + t * E, experts: E, k: k, mode: mode, ids: ids + t * k, weights: topWeights + t * k)
-            }
-        }
-    }
-
-    // MARK: experts
-
-    public func runExperts(
-        plan: RoutingPlan, experts: [Int], rowWeights: UnsafePointer<Float>,
-        input: RowAddressing, output: RowAddressing, profiler: Profiler?
-    ) {
-        let (H, I) = (config.hidden, config.intermediate)
-        let owned = Set(experts)
-        let tiles = plan.tiles.filter { owned.contains(Int($0.expert)) }
-        if tiles.isEmpty { return }
-        let rows = tiles.reduce(0) { $0 + Int($1.rowCount) }
-        let touched = Set(tiles.map(\.expert)).count
-        // a: [routed rows, I] bf16, indexed by sorted row.
-        let intermediate = UnsafeMutablePointer<UInt16>.allocate(capacity: plan.routedSlots * I)
-        defer { intermediate.deallocate() }
-
-        profiler.scope(.gemm1, cost: StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)) {
-            let pairBlocks = (I + columnBlock / 2 - 1) / (columnBlock / 2)
-            parallelFor(count: tiles.count * pairBlocks) { item, scratch in
-                let tile = tiles[item / pairBlocks]
-                let firstPair = (item % pairBlocks) * (columnBlock / 2)
-                let pairCount = min(columnBlock / 2, I - firstPair)
-                gemm1(tile: tile, firstPair: firstPair, pairCount: pairCount, input: input, intermediate: intermediate, scratch: scratch)
-            }
-        }
-        profiler.scope(.gemm2, cost: StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)) {
-            let columnBlocks = (H + columnBlock - 1) / columnBlock
-            parallelFor(count: tiles.count * columnBlocks) { item, scratch in
-                let tile = tiles[item / columnBlocks]
-                let firstColumn = (item % columnBlocks) * columnBlock
-                let columnCount = min(columnBlock, H - firstColumn)
-                gemm2(
-                    tile: tile, firstColumn: firstColumn, columnCount: columnCount, intermediate: intermediate,
-                    rowWeights: rowWeights, output: output, scratch: scratch)
-            }
-        }
-    }
-
-    /// h = W1[e]·x + b1 for gate/up pairs [firstPair, firstPair+pairCount) of one tile's rows; a = SwiGLU(h) → bf16.
-    func gemm1(
-        tile: RoutingPlan.Tile, firstPair: Int, pairCount: Int, input: RowAddressing,
-        intermediate: UnsafeMutablePointer<UInt16>, scratch: Scratch
-    ) {
-        let (H, I) = (config.hidden, config.intermediate)
-        let e = Int(tile.expert), rowStart = Int(tile.rowStart), rowCount = Int(tile.rowCount)
-        let xs = scratch.floats(rowCount * H)
-        for r in 0..<rowCount { Kernels.bf16ToFloat(input.row(rowStart + r), xs + r * H, count: H) }
-        let gateRow = scratch.floats(H, slot: 1), upRow = scratch.floats(H, slot: 2)
-        let alpha = Float(config.swigluAlpha), limit = Float(config.swigluLimit)
-        let stack = weights.gateUp
-        weights.gateUp.blocks.withUnsafeBufferPointer { blocks in
-            for p in firstPair..<(firstPair + pairCount) {
-                let gate = 2 * p, up = 2 * p + 1
-                Kernels.decodeRow(stack, blocks.baseAddress!, expert: e, row: gate, into: gateRow)
-                Kernels.decodeRow(stack, blocks.baseAddress!, expert: e, row: up, into: upRow)
-                let gateBias = weights.gateUpBias[e * 2 * I + gate], upBias = weights.gateUpBias[e * 2 * I + up]
-                for r in 0..<rowCount {
-                    let g = Kernels.dot(gateRow, xs + r * H, count: H) + gateBias
-                    let u = Kernels.dot(upRow, xs + r * H, count: H) + upBias
-                    let a = SwiGLU.apply(gate: g, up: u, alpha: alpha, limit: limit)
-                    intermediate[(rowStart + r) * I + p] = BF16.bits(a)
-                }
-            }
-        }
-    }
-
-    /// y = w · (W2[e]·a + b2) for columns [firstColumn, firstColumn+columnCount) of one tile's rows → bf16.
-    func gemm2(
-        tile: RoutingPlan.Tile, firstColumn: Int, columnCount: Int, intermediate: UnsafeMutablePointer<UInt16>,
-        rowWeights: UnsafePointer<Float>, output: RowAddressing, scratch: Scratch
-    ) {
-        let (H, I) = (config.hidden, config.intermediate)
-        let e = Int(tile.expert), rowStart = Int(tile.rowStart), rowCount = Int(tile.rowCount)
-        let activations = scratch.floats(rowCount * I)
-        for r in 0..<rowCount { Kernels.bf16ToFloat(intermediate + (rowStart + r) * I, activations + r * I, count: I) }
-        let weightRow = scratch.floats(I, slot: 1)
-        let stack = weights.down
-        weights.down.blocks.withUnsafeBufferPointer { blocks in
-            for h in firstColumn..<(firstColumn + columnCount) {
-                Kernels.decodeRow(stack, blocks.baseAddress!, expert: e, row: h, into: weightRow)
-                let bias = weights.downBias[e * H + h]
-                for r in 0..<rowCount {
-                    let y = Kernels.dot(weightRow, activations + r * I, count: I) + bias
-                    output.row(rowStart + r)[h] = BF16.bits(rowWeights[rowStart + r] * y)
-                }
-            }
-        }
-    }
-
-    /// Runs `body(item, scratch)` for items 0..<count on `workers` threads, each taking a contiguous slice.
-    func parallelFor(count: Int, _ body: (Int, Scratch) -> Void) {
-        let threads = min(workers, count)
-        if threads <= 1 {
-            let scratch = Scratch()
-            defer { scratch.release() }
-            for i in 0..<count { body(i, scratch) }
-            return
-        }
-        withoutActuallyEscaping(body) { body in
-            // Items write disjoint outputs (see the type's doc), so sharing the closure across threads is safe.
-            nonisolated(unsafe) let body = body
-            DispatchQueue.concurrentPerform(iterations: threads) { worker in
-                let scratch = Scratch()
-                defer { scratch.release() }
-                let lo = count * worker / threads, hi = count * (worker + 1) / threads
-                for i in lo..<hi { body(i, scratch) }
-            }
-        }
+        return MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: topWeights)
     }
 }
 
-/// Per-thread scratch buffers, grown on demand and reused across the work items of one thread.
-final class Scratch {
-    private var buffers: [(UnsafeMutablePointer<Float>, Int)] = []
-
-    func floats(_ count: Int, slot: Int = 0) -> UnsafeMutablePointer<Float> {
-        while buffers.count <= slot { buffers.append((UnsafeMutablePointer<Float>.allocate(capacity: 1), 1)) }
-        if buffers[slot].1 < count {
-            buffers[slot].0.deallocate()
-            buffers[slot] = (UnsafeMutablePointer<Float>.allocate(capacity: count), count)
-        }
-        return buffers[slot].0
+/// Writes to file descriptor 2 (the C `stderr` global is not concurrency-safe to touch from Swift 6).
+enum StandardError {
+    static func print(_ text: String) {
+        var text = text
+        text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
     }
-
-    func release() { for (p, _) in buffers { p.deallocate() } }
 }
 
 public enum ProcessorCount {
     public static var online: Int {
-        #if canImport(Glibc)
+        #if canImport(Glibc) || canImport(Darwin)
         return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         #else
         return 1
         #endif
     }
 }
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,93 +1,126 @@
+import CMoECPUKernels
 import Dispatch
 import MoECore
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 extension CPUBackend: MoEBenchmarkable {
     public var machineDescription: String { "\(CPUInfo.modelName), \(ProcessorCount.online) cores" }
 
+    /// The machine's read bandwidth and the peak rate of the arithmetic the chosen kernels use, measured now on
+    /// the backend's own worker threads.
     public func measureCeilings() throws -> HardwareCeilings {
-        let bandwidth = CPUCeilings.readBandwidthGBps(threads: workers)
-        let peak = CPUCeilings.fp32FMAPeakTFLOPs(threads: workers)
+        let bandwidth = CPUCeilings.readBandwidthGBps(pool: pool)
+        let peak = CPUCeilings.peakTFLOPs(path: kernelPath, pool: pool)
         return HardwareCeilings(
             bandwidthGBps: bandwidth.value, bandwidthMethod: bandwidth.method,
             peakTFLOPs: peak.value, peakMethod: peak.method)
     }
 
+    /// Times the zero-allocation forward with buffers allocated once up front.
     public func timeForward(_ input: [Float], tokens: Int, routing: RoutingMode, warmup: Int, iterations: Int) throws -> [Double] {
+        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
+        var hidden = [Float](repeating: 0, count: tokens * config.hidden)
+        var ids = [Int32](repeating: 0, count: tokens * config.topK)
+        var topWeights = [Float](repeating: 0, count: tokens * config.topK)
+        var times = [Double](repeating: 0, count: iterations)
         var sink: Float = 0
-        for _ in 0..<warmup { sink += try forward(input, tokens: tokens, routing: routing, profiler: nil).hidden[0] }
-        var times: [Double] = []
-        times.reserveCapacity(iterations)
-        for _ in 0..<iterations {
-            let start = DispatchTime.now().uptimeNanoseconds
-            sink += try forward(input, tokens: tokens, routing: routing, profiler: nil).hidden[0]
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        try input.withUnsafeBufferPointer { x in
+            try hidden.withUnsafeMutableBufferPointer { out in
+                try ids.withUnsafeMutableBufferPointer { idBuffer in
+                    try topWeights.withUnsafeMutableBufferPointer { weightBuffer in
+                        for i in -warmup..<iterations {
+                            let start = DispatchTime.now().uptimeNanoseconds
+                            try forward(
+                                input: x.baseAddress!, tokens: tokens, routing: routing, hidden: out.baseAddress!,
+                                topkIds: idBuffer.baseAddress!, topkWeights: weightBuffer.baseAddress!, profiler: nil)
+                            if i >= 0 { times[i] = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 }
+                            sink += out[0]
+                        }
+                    }
+                }
+            }
         }
         if sink.isNaN { throw MoEError.invalidArgument("benchmark produced NaN output") }
         return times
     }
 }
 
-/// Measured CPU ceilings: memory read bandwidth and fp32 FMA rate, with all worker threads.
+/// Measured CPU ceilings, on a backend's worker threads.
 public enum CPUCeilings {
-    /// Sums a 512 MiB buffer (far past every cache) with `threads` threads; best of 5 passes.
-    public static func readBandwidthGBps(threads: Int) -> (value: Double, method: String) {
+    /// Sums a 512 MiB buffer (far past every cache) with every worker, 16-byte SIMD loads; best of 5 passes.
+    static func readBandwidthGBps(pool: WorkerPool) -> (value: Double, method: String) {
         let count = 512 << 20 / 8
         let buffer = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
         defer { buffer.deallocate() }
+        // Touch every page with distinct values so nothing reads shared zero pages.
         for i in 0..<count { buffer[i] = UInt64(i) &* 0x9E37_79B9 }
-        nonisolated(unsafe) let data = buffer
+        let threads = pool.workers
+        let sums = UnsafeMutablePointer<UInt64>.allocate(capacity: threads)
+        defer { sums.deallocate() }
         var best = Double.infinity
         var total: UInt64 = 0
         for _ in 0..<5 {
-            let partial = UnsafeMutablePointer<UInt64>.allocate(capacity: threads)
-            nonisolated(unsafe) let sums = partial
             let start = DispatchTime.now().uptimeNanoseconds
-            DispatchQueue.concurrentPerform(iterations: threads) { worker in
-                let lo = count * worker / threads, hi = count * (worker + 1) / threads
+            pool.run { worker in
+                let range = pool.share(of: count / 8, worker: worker)
                 var acc = SIMD8<UInt64>(repeating: 0)
-                var i = lo
-                let raw = UnsafeRawPointer(data)
-                while i + 8 <= hi {
-                    acc &+= raw.loadUnaligned(fromByteOffset: i * 8, as: SIMD8<UInt64>.self)
-                    i += 8
-                }
+                let raw = UnsafeRawPointer(buffer)
+                for i in range { acc &+= raw.loadUnaligned(fromByteOffset: i * 64, as: SIMD8<UInt64>.self) }
                 sums[worker] = acc.wrappedSum()
             }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
-            best = min(best, seconds)
-            for w in 0..<threads { total &+= partial[w] }
-            partial.deallocate()
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+            for w in 0..<threads { total &+= sums[w] }
         }
         if total == 42 { print("") }  // keeps the sums live
         return (Double(count * 8) / best / 1e9, "read 512 MiB with \(threads) threads, SIMD sum, best of 5")
     }
 
-    /// Independent fp32 FMA chains in SIMD16 registers on every thread; best of 3.
-    public static func fp32FMAPeakTFLOPs(threads: Int) -> (value: Double, method: String) {
-        let steps = 20_000_000
-        var best = Double.infinity
+    /// The peak of the arithmetic `path` runs on every worker (independent dependency chains); best of 3.
+    static func peakTFLOPs(path: CPUKernelPath, pool: WorkerPool) -> (value: Double, method: String) {
+        let threads = pool.workers
+        let flops = UnsafeMutablePointer<Double>.allocate(capacity: threads)
+        defer { flops.deallocate() }
+        var best = 0.0
         for _ in 0..<3 {
             let start = DispatchTime.now().uptimeNanoseconds
-            DispatchQueue.concurrentPerform(iterations: threads) { worker in
-                var a0 = SIMD16<Float>(repeating: Float(worker) * 1e-9), a1 = a0 + 1, a2 = a0 + 2, a3 = a0 + 3
-                var a4 = a0 + 4, a5 = a0 + 5, a6 = a0 + 6, a7 = a0 + 7
-                let m = SIMD16<Float>(repeating: 0.999_999), b = SIMD16<Float>(repeating: 1e-7)
-                for _ in 0..<(steps / 16) {
-                    a0.addProduct(a0, m); a1.addProduct(a1, m); a2.addProduct(a2, m); a3.addProduct(a3, m)
-                    a4.addProduct(a4, m); a5.addProduct(a5, m); a6.addProduct(a6, m); a7.addProduct(a7, m)
-                    a0 += b
+            pool.run { worker in
+                switch path {
+                case .avx512BF16: flops[worker] = moekit_avx512bf16_peak_probe(2_000_000)
+                case .avx2: flops[worker] = moekit_avx2_peak_probe(4_000_000)
+                case .portable: flops[worker] = portableFMAProbe(steps: 20_000_000)
                 }
-                let s = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
-                if s == 42 { print("") }
             }
-            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+            var total = 0.0
+            for w in 0..<threads { total += flops[w] }
+            best = max(best, total / seconds / 1e12)
         }
-        let flops = Double(threads) * Double(steps / 16) * 8 * 16 * 2
-        return (flops / best / 1e12, "fp32 FMA, 8 independent SIMD16 chains × \(threads) threads, best of 3")
+        let method: String
+        switch path {
+        case .avx512BF16: method = "bf16 dot products (vdpbf16ps zmm, 2 flops per bf16 pair), 12 chains × \(threads) threads, best of 3"
+        case .avx2: method = "fp32 FMA (vfmadd ymm), 12 chains × \(threads) threads, best of 3"
+        case .portable: method = "fp32 multiply-add in Swift SIMD16, 8 chains × \(threads) threads, best of 3"
+        }
+        return (best, method)
+    }
+
+    /// 8 independent SIMD16 multiply-add chains (the portable kernels' arithmetic); returns flops done.
+    static func portableFMAProbe(steps: Int) -> Double {
+        var a0 = SIMD16<Float>(repeating: 1e-9), a1 = a0 + 1, a2 = a0 + 2, a3 = a0 + 3
+        var a4 = a0 + 4, a5 = a0 + 5, a6 = a0 + 6, a7 = a0 + 7
+        let m = SIMD16<Float>(repeating: 0.999_999), b = SIMD16<Float>(repeating: 1e-7)
+        for _ in 0..<(steps / 16) {
+            a0 = a0 * m + b; a1 = a1 * m + b; a2 = a2 * m + b; a3 = a3 * m + b
+            a4 = a4 * m + b; a5 = a5 * m + b; a6 = a6 * m + b; a7 = a7 * m + b
+        }
+        let s = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
+        if s == 42 { print("") }
+        return Double(steps / 16) * 8 * 16 * 2
     }
 }
 

@@ -1,6 +1,6 @@
 import MoECore
 
-/// Portable inner kernels (Swift SIMD; the compiler lowers them to the host's vector unit).
+/// Small portable helpers (Swift SIMD; the compiler lowers them to the host's vector unit).
 enum Kernels {
     /// Σ a[i]·b[i] in fp32 with 16 independent lanes, then a fixed-order horizontal sum: the same order for a
     /// given count on every call, so results are reproducible.
@@ -26,22 +26,5 @@ enum Kernels {
     @inline(__always)
     static func bf16ToFloat(_ source: UnsafePointer<UInt16>, _ destination: UnsafeMutablePointer<Float>, count: Int) {
         for i in 0..<count { destination[i] = BF16.float(source[i]) }
-    }
-
-    /// Decodes one MXFP4 row of an expert stack into float32.
-    @inline(__always)
-    static func decodeRow(
-        _ stack: MXFP4ExpertStack, _ blocks: UnsafePointer<UInt8>, expert e: Int, row: Int,
-        into destination: UnsafeMutablePointer<Float>
-    ) {
-        let perRow = stack.blocksPerRow
-        let firstBlock = (e * stack.rows + row) * perRow
-        stack.scales.withUnsafeBufferPointer { scales in
-            for b in 0..<perRow {
-                MXFP4.decodeBlock(
-                    blocks + (firstBlock + b) * MXFP4.bytesPerBlock, scale: scales[firstBlock + b],
-                    into: destination + b * MXFP4.blockSize)
-            }
-        }
     }
 }

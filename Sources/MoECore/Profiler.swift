@@ -51,6 +51,16 @@ public final class Profiler: @unchecked Sendable {
         public var durationNanoseconds: UInt64
         public var flops: Double
         public var bytes: Double
+
+        /// A record made elsewhere (another process's profiler, a re-based timeline, tests).
+        public init(stage: String, rank: Int, startNanoseconds: UInt64, durationNanoseconds: UInt64, flops: Double, bytes: Double) {
+            self.stage = stage
+            self.rank = rank
+            self.startNanoseconds = startNanoseconds
+            self.durationNanoseconds = durationNanoseconds
+            self.flops = flops
+            self.bytes = bytes
+        }
     }
 
     public let rank: Int

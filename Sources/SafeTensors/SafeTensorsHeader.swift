@@ -23,19 +23,20 @@ public struct TensorInfo: Sendable, Equatable {
 ///     [u64 LE header length N][N bytes of JSON, padded with spaces][data area]
 ///
 /// The JSON maps tensor names to `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets relative to the
-/// data area) and may hold `"__metadata__": {string: string}`.
-struct SafeTensorsHeader {
+/// data area) and may hold `"__metadata__": {string: string}`. Public so that bytes that are not a file (an
+/// HTTP request body) are validated by the same rules.
+public struct SafeTensorsHeader {
     /// The safetensors reference implementation's limit; anything larger is a corrupt or foreign file.
-    static let maximumLength = 100_000_000
+    public static let maximumLength = 100_000_000
     static let metadataKey = "__metadata__"
 
-    var metadata: [String: String]
+    public var metadata: [String: String]
     /// In header order.
-    var tensors: [TensorInfo]
+    public var tensors: [TensorInfo]
 
     /// Validates every rule before any tensor is used: JSON object, metadata of strings, known dtypes,
     /// non-negative shapes, 0 ≤ begin ≤ end ≤ dataSize, end − begin = product(shape) × dtype size, no overlaps.
-    init(json header: UnsafeRawBufferPointer, dataSize: Int, file: String) throws(SafeTensorsError) {
+    public init(json header: UnsafeRawBufferPointer, dataSize: Int, file: String) throws(SafeTensorsError) {
         let root: JSONValue
         do {
             root = try JSONValue.parse(header)

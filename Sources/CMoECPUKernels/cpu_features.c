@@ -1,0 +1,48 @@
+// CPU feature detection: CPUID for what the cores implement, XGETBV for what the OS saves on a context switch
+// (an AVX-512 instruction is only usable when both say yes).
+#include "moekit_cpu.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+static uint64_t read_xcr0(void) {
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+
+uint32_t moekit_cpu_features(void) {
+    uint32_t eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    const int osxsave = (ecx >> 27) & 1, avx = (ecx >> 28) & 1, fma = (ecx >> 12) & 1;
+    if (!osxsave || !avx) return 0;
+    const uint64_t xcr0 = read_xcr0();
+    const int ymm_state = (xcr0 & 0x6) == 0x6;           // SSE + AVX state
+    const int zmm_state = ymm_state && (xcr0 & 0xE0) == 0xE0;  // opmask, ZMM_Hi256, Hi16_ZMM
+    uint32_t max_leaf = __get_cpuid_max(0, 0);
+    if (max_leaf < 7) return 0;
+    __cpuid_count(7, 0, eax, ebx, ecx, edx);
+    const int avx2 = (ebx >> 5) & 1, avx512f = (ebx >> 16) & 1, avx512bw = (ebx >> 30) & 1, avx512vl = (ebx >> 31) & 1;
+    const int avx512vnni = (ecx >> 11) & 1;
+    const uint32_t subleaves = eax;
+    int avx512bf16 = 0;
+    if (subleaves >= 1) {
+        __cpuid_count(7, 1, eax, ebx, ecx, edx);
+        avx512bf16 = (eax >> 5) & 1;
+    }
+    uint32_t features = 0;
+    if (ymm_state && avx2 && fma) features |= MOEKIT_CPU_AVX2_FMA;
+    if (zmm_state && avx512f && avx512bw && avx512vl && avx512bf16) features |= MOEKIT_CPU_AVX512_BF16;
+    if (zmm_state && avx512f && avx512vnni) features |= MOEKIT_CPU_AVX512_VNNI;
+    return features;
+}
+
+#elif defined(__aarch64__)
+
+uint32_t moekit_cpu_features(void) { return MOEKIT_CPU_NEON; }
+
+#else
+
+uint32_t moekit_cpu_features(void) { return 0; }
+
+#endif

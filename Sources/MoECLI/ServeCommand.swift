@@ -1,0 +1,99 @@
+import ArgumentParser
+import Foundation
+import MoECore
+import MoEServer
+
+/// `moe serve`: one MoE layer behind HTTP until SIGTERM or SIGINT.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve one MoE layer over HTTP (loopback by default) until SIGTERM/SIGINT.",
+        discussion: """
+            Endpoints:
+              POST /v1/moe/forward   {"hidden_states": [[...H numbers...], ...], "routing": "renormalize"}
+                                     or a safetensors body (Content-Type: application/octet-stream, tensor
+                                     hidden_states [T, H], F32 or BF16, as moe forward reads;
+                                     ?routing=softmax-first)
+                                     -> {"hidden_states", "topk_ids", "topk_weights"}
+              GET  /health           what is loaded
+              GET  /metrics          Prometheus text: requests, errors by status, latency, tokens/s, stage times
+              POST /start_profile    (--enable-profiling) optional {"name", "output_dir", "with_flops", "trace", "stages"}
+              POST /stop_profile     writes the table, summary JSON and Chrome trace; returns the summary
+            Concurrent requests share forward passes of up to --max-batch-tokens tokens.
+            On SIGTERM the server stops accepting connections and finishes the requests in flight.
+            """)
+
+    @OptionGroup var model: ModelOptions
+
+    @Option(help: "Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "TCP port (0: any free port, printed at start).")
+    var port: Int = 8000
+
+    @Option(help: "Backend: auto, cpu or cuda.")
+    var backend: BackendChoice = .auto
+
+    @Option(help: "Routing for requests that do not name one: renormalize or softmax-first.")
+    var routing: RoutingMode = .renormalize
+
+    @Flag(help: "Serve POST /start_profile and /stop_profile (404 otherwise).")
+    var enableProfiling = false
+
+    @Option(help: "Where profiles go when /start_profile names no output_dir.")
+    var profileDir: String = "moe-profiles"
+
+    @Option(help: "Most tokens in one forward pass (summed over the requests batched together).")
+    var maxBatchTokens: Int = 256
+
+    @Option(help: "Most tokens (rows) in one request; more → 422.")
+    var maxRequestTokens: Int = 256
+
+    @Option(help: "Largest request body in bytes; larger → 413.")
+    var maxBodyBytes: Int = 64 << 20
+
+    @Option(help: "Log level: \(ServerLogging.levels.joined(separator: ", ")).")
+    var logLevel: String = "info"
+
+    var serverConfiguration: MoEServerConfiguration {
+        MoEServerConfiguration(
+            host: host, port: port, maxBatchTokens: maxBatchTokens, maxRequestTokens: maxRequestTokens,
+            maxBodyBytes: maxBodyBytes, enableProfiling: enableProfiling, profileDirectory: profileDir,
+            defaultRouting: routing)
+    }
+
+    func validate() throws {
+        if model.model == nil && model.preset == nil {
+            throw ValidationError("give the layer to serve: --model DIR [--layer L], or --preset NAME for synthetic weights")
+        }
+        do {
+            try serverConfiguration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        if !ServerLogging.levels.contains(logLevel) {
+            throw ValidationError("--log-level '\(logLevel)' is not one of \(ServerLogging.levels.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let logger = try ServerLogging.bootstrap(level: logLevel)
+        let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
+        let (engine, why) = try BackendRegistry.make(backend, weights: weights)
+        logger.info("model \(source): \(weights.config)")
+        logger.info("backend \(engine.detail) [\(why)]")
+        var ceilings: HardwareCeilings?
+        if enableProfiling {
+            // Profiles report % of the machine's measured limits; measure them once, before serving.
+            ceilings = try engine.measureCeilings()
+            logger.info("ceilings: \(ceilings!.bandwidthGBps) GB/s (\(ceilings!.bandwidthMethod)), \(ceilings!.peakTFLOPs) TFLOP/s (\(ceilings!.peakMethod))")
+        }
+        let server = try MoEServer(backend: engine, configuration: serverConfiguration, ceilings: ceilings, logger: logger)
+        let host = self.host
+        try await server.run(onServerRunning: { port in
+            // Scripts read the port from this line: written unbuffered, so it arrives even when stdout is a pipe.
+            FileHandle.standardOutput.write(Data("moe serve: listening on http://\(host):\(port)\n".utf8))
+        })
+        logger.info("stopped")
+    }
+}

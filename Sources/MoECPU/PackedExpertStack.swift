@@ -1,0 +1,143 @@
+import CMoECPUKernels
+import Dispatch
+import MoECore
+
+/// A 64-byte-aligned buffer of `count` values that lives as long as this object.
+final class AlignedBuffer<Element>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Element>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        let bytes = max(1, count) * MemoryLayout<Element>.stride
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64).bindMemory(
+            to: Element.self, capacity: max(1, count))
+    }
+
+    convenience init(copying values: [Element]) {
+        self.init(count: values.count)
+        values.withUnsafeBufferPointer { source in
+            if let base = source.baseAddress { pointer.initialize(from: base, count: values.count) }
+        }
+    }
+
+    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+}
+
+/// One MXFP4 expert stack repacked at load into the row-group layout the kernels stream (moekit_cpu.h):
+/// per expert, `rowGroups` groups of 16 output rows, each `rowGroupBytes` long, the codes of 16 rows × 8
+/// inputs in every 64-byte chunk and the E8M0 scales beside them. The checkpoint layout stays the source of
+/// truth: the repacking is a permutation of its nibbles and scale bytes (`unpacked()` inverts it, and a test
+/// checks that).
+///
+/// storage: [E, rowGroups, rowGroupBytes] u8
+final class PackedExpertStack: @unchecked Sendable {
+    let experts: Int
+    /// Output rows per expert (a multiple of 16).
+    let rows: Int
+    /// K: inputs per row (a multiple of 32).
+    let columns: Int
+    let rowGroups: Int
+    let blocks: Int
+    let rowGroupBytes: Int
+    /// Checkpoint row held by lane j of row group g: `sourceRow(g, j)` (the same for every expert).
+    let sourceRow: @Sendable (_ group: Int, _ lane: Int) -> Int
+    private let storage: AlignedBuffer<UInt8>
+
+    /// Repacks `stack` ([E, rows, K/32, 16] codes, [E, rows, K/32] scales). `sourceRow(g, j)` picks which
+    /// checkpoint row goes to lane j of row group g; it must be a bijection onto 0..<rows.
+    init(_ stack: MXFP4ExpertStack, sourceRow: @escaping @Sendable (_ group: Int, _ lane: Int) -> Int) {
+        precondition(stack.rows % Int(MOEKIT_ROW_GROUP) == 0, "rows must be a multiple of 16")
+        experts = stack.experts
+        rows = stack.rows
+        columns = stack.columns
+        rowGroups = stack.rows / Int(MOEKIT_ROW_GROUP)
+        blocks = stack.blocksPerRow
+        rowGroupBytes = moekit_row_group_bytes(Int32(stack.blocksPerRow))
+        self.sourceRow = sourceRow
+        storage = AlignedBuffer(count: experts * rowGroups * rowGroupBytes)
+        let (rowGroups, blocks, rowGroupBytes, rows) = (rowGroups, blocks, rowGroupBytes, rows)
+        nonisolated(unsafe) let destination = storage.pointer
+        stack.blocks.withUnsafeBufferPointer { codeBuffer in
+            stack.scales.withUnsafeBufferPointer { scaleBuffer in
+                nonisolated(unsafe) let codes = codeBuffer.baseAddress!
+                nonisolated(unsafe) let scales = scaleBuffer.baseAddress!
+                DispatchQueue.concurrentPerform(iterations: stack.experts * rowGroups) { item in
+                    let e = item / rowGroups, g = item % rowGroups
+                    let groupBase = destination + item * rowGroupBytes
+                    // Unused scale bytes of a short last superblock stay defined.
+                    groupBase.initialize(repeating: 0, count: rowGroupBytes)
+                    for lane in 0..<16 {
+                        let row = e * rows + sourceRow(g, lane)
+                        for b in 0..<blocks {
+                            let source = codes + (row * blocks + b) * 16
+                            let (superblock, local) = (b / 4, b % 4)
+                            let inSuperblock = min(4, blocks - 4 * superblock)
+                            let superblockBase = groupBase + superblock * (4 * 256 + 64)
+                            for c in 0..<4 {
+                                let s = source + 4 * c
+                                let chunk = superblockBase + local * 256 + c * 64 + 4 * lane
+                                // Inputs k0..k0+7 are the nibbles lo(s0) hi(s0) lo(s1) hi(s1) lo(s2) hi(s2) ...;
+                                // the chunk wants (e0|e2<<4) (e4|e6<<4) (e1|e3<<4) (e5|e7<<4).
+                                chunk[0] = (s[0] & 0x0F) | (s[1] & 0x0F) << 4
+                                chunk[1] = (s[2] & 0x0F) | (s[3] & 0x0F) << 4
+                                chunk[2] = (s[0] >> 4) | (s[1] & 0xF0)
+                                chunk[3] = (s[2] >> 4) | (s[3] & 0xF0)
+                            }
+                            let scaleBytes = superblockBase + inSuperblock * 256
+                            scaleBytes[local * 16 + lane] = scales[row * blocks + b]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The packed row group g of expert e.
+    @inline(__always)
+    func rowGroup(expert e: Int, group g: Int) -> UnsafePointer<UInt8> {
+        UnsafePointer(storage.pointer + (e * rowGroups + g) * rowGroupBytes)
+    }
+
+    /// The checkpoint layout back: blocks [E, rows, K/32, 16], scales [E, rows, K/32] (for tests).
+    func unpacked() -> (blocks: [UInt8], scales: [UInt8]) {
+        var codes = [UInt8](repeating: 0, count: experts * rows * blocks * 16)
+        var scales = [UInt8](repeating: 0, count: experts * rows * blocks)
+        for e in 0..<experts {
+            for g in 0..<rowGroups {
+                let groupBase = rowGroup(expert: e, group: g)
+                for lane in 0..<16 {
+                    let row = e * rows + sourceRow(g, lane)
+                    for b in 0..<blocks {
+                        let (superblock, local) = (b / 4, b % 4)
+                        let inSuperblock = min(4, blocks - 4 * superblock)
+                        let superblockBase = groupBase + superblock * (4 * 256 + 64)
+                        for c in 0..<4 {
+                            let chunk = superblockBase + local * 256 + c * 64 + 4 * lane
+                            let target = (row * blocks + b) * 16 + 4 * c
+                            codes[target + 0] = (chunk[0] & 0x0F) | (chunk[2] & 0x0F) << 4
+                            codes[target + 1] = (chunk[0] >> 4) | (chunk[2] & 0xF0)
+                            codes[target + 2] = (chunk[1] & 0x0F) | (chunk[3] & 0x0F) << 4
+                            codes[target + 3] = (chunk[1] >> 4) | (chunk[3] & 0xF0)
+                        }
+                        scales[row * blocks + b] = (superblockBase + inSuperblock * 256)[local * 16 + lane]
+                    }
+                }
+            }
+        }
+        return (codes, scales)
+    }
+}
+
+extension PackedExpertStack {
+    /// W1 [E, 2I, H] with its interleaved gate/up rows split: row group 2q holds gate rows i = 16q..16q+15
+    /// (checkpoint rows 2i), row group 2q+1 the matching up rows (2i+1), so one tile sees a gate/up pair.
+    static func gateUp(_ stack: MXFP4ExpertStack) -> PackedExpertStack {
+        PackedExpertStack(stack) { group, lane in 2 * (16 * (group / 2) + lane) + group % 2 }
+    }
+
+    /// W2 [E, H, I]: row group g holds output columns 16g..16g+15.
+    static func down(_ stack: MXFP4ExpertStack) -> PackedExpertStack {
+        PackedExpertStack(stack) { group, lane in 16 * group + lane }
+    }
+}

@@ -1,1 +1,0 @@
-// \(t): filled in by its issue's work.

@@ -1,0 +1,99 @@
+import MoECore
+import Testing
+
+@testable import MoECPU
+
+/// Bad input gets a typed error that names what was wrong; a bad kernel-path name is refused or reported.
+@Suite struct ErrorTests {
+    static let config = MoEConfig(hidden: 64, intermediate: 64, experts: 4, topK: 2)
+
+    @Test func unknownKernelPathNamesTheValidOnes() {
+        #expect(throws: MoEError.self) { try CPUKernelPath.named("avx9000", source: "--kernels") }
+        do {
+            _ = try CPUKernelPath.named("avx9000", source: "--kernels")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("avx9000") && text.contains("avx512-bf16") && text.contains("portable"), "\(text)")
+        }
+    }
+
+    @Test func environmentVariableSelection() throws {
+        #expect(CPUKernelPath.selection(environmentValue: nil) == (CPUKernelPath.best, nil))
+        #expect(CPUKernelPath.selection(environmentValue: "") == (CPUKernelPath.best, nil))
+        #expect(CPUKernelPath.selection(environmentValue: "portable") == (.portable, nil))
+        let (path, note) = CPUKernelPath.selection(environmentValue: "fastest-please")
+        #expect(path == CPUKernelPath.best)
+        #expect(note?.contains("MOEKIT_CPU_KERNELS=fastest-please") == true, "\(note ?? "nil")")
+        #expect(throws: MoEError.self) { try CPUKernelPath.fromEnvironmentValue("fastest-please") }
+    }
+
+    @Test func unsupportedPathsAreRefused() throws {
+        let weights = try SyntheticModel.layer(config: Self.config, seed: 1)
+        for path in CPUKernelPath.allCases where !path.isSupported {
+            #expect(throws: MoEError.self) { try CPUBackend(weights: weights, kernels: path) }
+        }
+        #expect(CPUKernelPath.portable.isSupported)
+        #expect(CPUKernelPath.supported.last == .portable)
+    }
+
+    @Test func badInputThrowsTypedErrors() throws {
+        let weights = try SyntheticModel.layer(config: Self.config, seed: 2)
+        let backend = CPUBackend(weights: weights, workers: 2)
+        let H = Self.config.hidden
+        #expect(throws: MoEError.shapeMismatch("need at least 1 token, got 0")) {
+            try backend.forward([], tokens: 0, routing: .renormalize, profiler: nil)
+        }
+        #expect(throws: MoEError.self) {
+            try backend.forward([Float](repeating: 0, count: H + 1), tokens: 1, routing: .renormalize, profiler: nil)
+        }
+        var x = SyntheticModel.hiddenStates(tokens: 3, hidden: H, seed: 1)
+        x[2 * H + 5] = .nan
+        do {
+            _ = try backend.forward(x, tokens: 3, routing: .renormalize, profiler: nil)
+            Issue.record("a NaN input was accepted")
+        } catch let MoEError.nonFiniteInput(row, column, value) {
+            #expect(row == 2 && column == 5 && value.isNaN)
+        }
+        x[2 * H + 5] = 0
+        x[H + 1] = -.infinity
+        var hidden = [Float](repeating: 0, count: 3 * H)
+        var ids = [Int32](repeating: 0, count: 3 * 2)
+        var topWeights = [Float](repeating: 0, count: 3 * 2)
+        #expect(throws: MoEError.nonFiniteInput(row: 1, column: 1, value: -.infinity)) {
+            try x.withUnsafeBufferPointer {
+                try backend.forward(
+                    input: $0.baseAddress!, tokens: 3, routing: .renormalize, hidden: &hidden, topkIds: &ids,
+                    topkWeights: &topWeights, profiler: nil)
+            }
+        }
+        #expect(throws: MoEError.shapeMismatch("need at least 1 token, got -1")) {
+            try x.withUnsafeBufferPointer {
+                try backend.forward(
+                    input: $0.baseAddress!, tokens: -1, routing: .renormalize, hidden: &hidden, topkIds: &ids,
+                    topkWeights: &topWeights, profiler: nil)
+            }
+        }
+    }
+
+    /// A NaN block scale (E8M0 255) in the checkpoint makes the outputs of the tokens routed there NaN, as in the
+    /// reference, on every path: never a finite, silently wrong number.
+    @Test(arguments: CPUKernelPath.supported)
+    func nanScalesPropagate(path: CPUKernelPath) throws {
+        var weights = try SyntheticModel.layer(config: Self.config, seed: 3)
+        for e in 0..<Self.config.experts {
+            // One block of W2's row 10 in every expert.
+            weights.down.scales[(e * Self.config.hidden + 10) * (Self.config.intermediate / 32) + 1] = 255
+        }
+        let backend = try CPUBackend(weights: weights, workers: 2, kernels: path)
+        let x = SyntheticModel.hiddenStates(tokens: 4, hidden: Self.config.hidden, seed: 3)
+        let out = try backend.forward(x, tokens: 4, routing: .renormalize, profiler: nil)
+        let reference = try ReferenceMoE.forward(weights: weights, input: x, tokens: 4, mode: .renormalize)
+        for t in 0..<4 {
+            for h in 0..<Self.config.hidden {
+                let i = t * Self.config.hidden + h
+                #expect(out.hidden[i].isNaN == reference.hidden[i].isNaN, "\(path) t=\(t) h=\(h): \(out.hidden[i]) vs \(reference.hidden[i])")
+            }
+        }
+        #expect(out.hidden[10].isNaN)
+    }
+}

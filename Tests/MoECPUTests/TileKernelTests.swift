@@ -1,0 +1,210 @@
+import CMoECPUKernels
+import MoECore
+import Testing
+
+@testable import MoECPU
+
+/// One tile call of every path this CPU supports against float64 arithmetic on the checkpoint layout, for every
+/// token count a tile takes and block counts around the 4-block superblock; plus what a tile must not touch,
+/// and E8M0's special scales (0 = 2^−127, 255 = NaN).
+@Suite struct TileKernelTests {
+    /// A tile's inputs: W [rows, K] MXFP4 (one expert), N tokens of bf16 activations, biases.
+    struct Case {
+        let rows: Int
+        let columns: Int
+        let tokens: Int
+        let stack: MXFP4ExpertStack
+        let activations: [UInt16]  // [N, K] bf16
+        let bias: [Float]  // [rows]
+
+        init(rows: Int, columns: Int, tokens: Int, seed: UInt64, scaleBase: Int = 122, special: [(row: Int, block: Int, scale: UInt8)] = []) {
+            self.rows = rows
+            self.columns = columns
+            self.tokens = tokens
+            var rng = SeededGenerator(seed: seed)
+            var blocks = [UInt8](repeating: 0, count: rows * columns / 2)
+            rng.fill(&blocks)
+            var scales = [UInt8](repeating: 0, count: rows * columns / 32)
+            rng.fill(&scales)
+            for i in scales.indices { scales[i] = UInt8(scaleBase + Int(scales[i] % 5)) }
+            for s in special { scales[s.row * (columns / 32) + s.block] = s.scale }
+            stack = MXFP4ExpertStack(experts: 1, rows: rows, columns: columns, blocks: blocks, scales: scales)
+            activations = (0..<(tokens * columns)).map { _ in BF16.bits(Float(rng.normal())) }
+            bias = (0..<rows).map { _ in BF16.round(Float(rng.normal() * 0.1)) }
+        }
+
+        /// Σ_k W[row][k]·x[t][k] in float64.
+        func dot(row: Int, token t: Int) -> Double {
+            var sum = 0.0
+            for k in 0..<columns {
+                let block = row * (columns / 32) + k / 32
+                let byte = stack.blocks[block * 16 + (k % 32) / 2]
+                let code = k % 2 == 0 ? byte & 0xF : byte >> 4
+                sum += Double(MXFP4.decode(code: code, scale: stack.scales[block])) * Double(BF16.float(activations[t * columns + k]))
+            }
+            return sum
+        }
+
+        /// The activations in a path's layout.
+        func packed(_ layout: ActivationLayout) -> UnsafeMutablePointer<UInt8> {
+            let rows = UnsafeMutablePointer<UnsafeMutablePointer<UInt16>?>.allocate(capacity: tokens)
+            defer { rows.deallocate() }
+            let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: activations.count)
+            defer { copy.deallocate() }
+            copy.initialize(from: activations, count: activations.count)
+            for t in 0..<tokens { rows[t] = copy + t * columns }
+            let out = UnsafeMutablePointer<UInt8>.allocate(capacity: tokens * columns * layout.bytesPerValue)
+            ActivationPacking.pack(rows: rows, count: tokens, columns: columns, layout: layout, into: out)
+            return out
+        }
+    }
+
+    /// The portable kernels' accumulators (one per test: tests run in parallel).
+    static func makeScratch() -> UnsafeMutablePointer<SIMD16<Float>> {
+        .allocate(capacity: 3 * PortableKernels.maxTileTokens)
+    }
+
+    /// GEMM 2 on one row group: out[t][column + j] = bf16(w[t] · (W[j]·x[t] + b[j])), nothing else written.
+    @Test(arguments: CPUKernelPath.supported, [1, 3, 4, 5, 9])
+    func gemm2MatchesFloat64(path: CPUKernelPath, blocks: Int) {
+        let scratch = Self.makeScratch()
+        defer { scratch.deallocate() }
+        for N in 1...path.maxTileTokens {
+            let c = Case(rows: 16, columns: 32 * blocks, tokens: N, seed: UInt64(100 * blocks + N))
+            let packedWeights = PackedExpertStack.down(c.stack)
+            let x = c.packed(path.activationLayout)
+            defer { x.deallocate() }
+            let width = 48, column = 16, sentinel: UInt16 = 0x7F81
+            var output = [UInt16](repeating: sentinel, count: N * width)
+            let rowWeights = (0..<N).map { Float($0 + 1) * 0.25 }
+            output.withUnsafeMutableBufferPointer { out in
+                let rows = (0..<N).map { Optional(out.baseAddress! + $0 * width) }
+                rows.withUnsafeBufferPointer { rowPointers in
+                    c.bias.withUnsafeBufferPointer { bias in
+                        rowWeights.withUnsafeBufferPointer { weights in
+                            var tile = moekit_gemm2_tile(
+                                weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
+                                intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
+                                output_rows: rowPointers.baseAddress!, column: Int32(column), blocks: Int32(blocks),
+                                tokens: Int32(N))
+                            path.gemm2(&tile, scratch: scratch)
+                        }
+                    }
+                }
+            }
+            var diff = 0.0, norm = 0.0
+            for t in 0..<N {
+                for h in 0..<width where h < column || h >= column + 16 {
+                    #expect(output[t * width + h] == sentinel, "\(path) N=\(N): wrote column \(h) outside its tile")
+                }
+                for j in 0..<16 {
+                    let expected = Double(rowWeights[t]) * (c.dot(row: j, token: t) + Double(c.bias[j]))
+                    let got = Double(BF16.float(output[t * width + column + j]))
+                    diff += (got - expected) * (got - expected)
+                    norm += expected * expected
+                    // bf16 rounding (2^-9 relative) plus fp32 sums over K.
+                    #expect(abs(got - expected) <= 4e-3 * abs(expected) + 1e-4, "\(path) blocks=\(blocks) N=\(N) t=\(t) j=\(j): \(got) vs \(expected)")
+                }
+            }
+            #expect((diff / norm).squareRoot() <= 3e-3, "\(path) blocks=\(blocks) N=\(N): rel L2 \((diff / norm).squareRoot())")
+        }
+    }
+
+    /// GEMM 1 on one gate/up pair: a[t][j] = bf16(SwiGLU(gate_j·x + bg, up_j·x + bu)), written into the packed
+    /// intermediate at inputs 16..31 of a 48-wide GEMM 2 input, nothing else.
+    @Test(arguments: CPUKernelPath.supported, [1, 3, 5, 9])
+    func gemm1MatchesFloat64(path: CPUKernelPath, blocks: Int) {
+        let layout = path.activationLayout
+        let scratch = Self.makeScratch()
+        defer { scratch.deallocate() }
+        for N in 1...path.maxTileTokens {
+            // 32 checkpoint rows: gate_i = row 2i, up_i = row 2i+1 for i = 0..<16.
+            let c = Case(rows: 32, columns: 32 * blocks, tokens: N, seed: UInt64(7000 + 100 * blocks + N), scaleBase: 123)
+            let packedWeights = PackedExpertStack.gateUp(c.stack)
+            let x = c.packed(layout)
+            defer { x.deallocate() }
+            let I = 48, i0 = 16
+            let bytes = I * N * layout.bytesPerValue
+            var intermediate = [UInt8](repeating: 0xA5, count: bytes)
+            let gateBias = (0..<16).map { c.bias[2 * $0] }, upBias = (0..<16).map { c.bias[2 * $0 + 1] }
+            let (alpha, limit) = (Float(1.702), Float(7))
+            intermediate.withUnsafeMutableBytes { out in
+                gateBias.withUnsafeBufferPointer { gb in
+                    upBias.withUnsafeBufferPointer { ub in
+                        var tile = moekit_gemm1_tile(
+                            gate_weights: packedWeights.rowGroup(expert: 0, group: 0),
+                            up_weights: packedWeights.rowGroup(expert: 0, group: 1),
+                            gate_bias: gb.baseAddress!, up_bias: ub.baseAddress!, activations: UnsafeRawPointer(x),
+                            intermediate: out.baseAddress! + i0 * N * layout.bytesPerValue, blocks: Int32(blocks),
+                            tokens: Int32(N), swiglu_alpha: alpha, swiglu_limit: limit)
+                        path.gemm1(&tile, scratch: scratch)
+                    }
+                }
+            }
+            // Read a[t][i] back from the layout; bytes outside inputs 16..31 keep their fill.
+            func value(_ t: Int, _ i: Int) -> Float {
+                switch layout {
+                case .bf16Pairs:
+                    let offset = ((i / 2) * N + t) * 4 + (i % 2) * 2
+                    return BF16.float(UInt16(intermediate[offset]) | UInt16(intermediate[offset + 1]) << 8)
+                case .float32:
+                    let offset = (i * N + t) * 4
+                    let bits = (0..<4).reduce(UInt32(0)) { $0 | UInt32(intermediate[offset + $1]) << (8 * UInt32($1)) }
+                    return Float(bitPattern: bits)
+                }
+            }
+            for offset in 0..<bytes where offset < i0 * N * layout.bytesPerValue || offset >= (i0 + 16) * N * layout.bytesPerValue {
+                #expect(intermediate[offset] == 0xA5, "\(path) N=\(N): wrote byte \(offset) outside its tile")
+            }
+            for t in 0..<N {
+                for j in 0..<16 {
+                    let gate = c.dot(row: 2 * j, token: t) + Double(gateBias[j])
+                    let up = c.dot(row: 2 * j + 1, token: t) + Double(upBias[j])
+                    let expected = SwiGLU.apply(gate: gate, up: up, alpha: Double(alpha), limit: Double(limit))
+                    let got = Double(value(t, i0 + j))
+                    #expect(BF16.round(Float(got)) == Float(got), "\(path): a is not a bf16 value")
+                    #expect(abs(got - expected) <= 5e-3 * abs(expected) + 2e-4, "\(path) blocks=\(blocks) N=\(N) t=\(t) j=\(j): \(got) vs \(expected)")
+                }
+            }
+        }
+    }
+
+    /// Scale byte 255 (NaN) poisons exactly its row's outputs; scale 0 (2^−127) contributes its tiny value.
+    @Test(arguments: CPUKernelPath.supported)
+    func specialScales(path: CPUKernelPath) {
+        let N = 3, blocks = 5
+        let scratch = Self.makeScratch()
+        defer { scratch.deallocate() }
+        let c = Case(rows: 16, columns: 32 * blocks, tokens: N, seed: 5, special: [(row: 3, block: 4, scale: 255), (row: 7, block: 0, scale: 0), (row: 7, block: 1, scale: 0)])
+        let packedWeights = PackedExpertStack.down(c.stack)
+        let x = c.packed(path.activationLayout)
+        defer { x.deallocate() }
+        var output = [UInt16](repeating: 0, count: N * 16)
+        let rowWeights = [Float](repeating: 1, count: N)
+        output.withUnsafeMutableBufferPointer { out in
+            let rows = (0..<N).map { Optional(out.baseAddress! + $0 * 16) }
+            rows.withUnsafeBufferPointer { rowPointers in
+                c.bias.withUnsafeBufferPointer { bias in
+                    rowWeights.withUnsafeBufferPointer { weights in
+                        var tile = moekit_gemm2_tile(
+                            weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
+                            intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
+                            output_rows: rowPointers.baseAddress!, column: 0, blocks: Int32(blocks), tokens: Int32(N))
+                        path.gemm2(&tile, scratch: scratch)
+                    }
+                }
+            }
+        }
+        for t in 0..<N {
+            for j in 0..<16 {
+                let got = BF16.float(output[t * 16 + j])
+                if j == 3 {
+                    #expect(got.isNaN, "\(path): a NaN scale must give NaN, got \(got)")
+                } else {
+                    let expected = c.dot(row: j, token: t) + Double(c.bias[j])
+                    #expect(abs(Double(got) - expected) <= 4e-3 * abs(expected) + 1e-4, "\(path) t=\(t) j=\(j): \(got) vs \(expected)")
+                }
+            }
+        }
+    }
+}
