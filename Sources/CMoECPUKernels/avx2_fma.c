@@ -37,15 +37,24 @@ AVX2_INLINE __m256 decode(__m256i words, int p, __m256 magnitudes, __m256 scale)
 }
 
 /// acc[t][j] = Σ_k W[row 8·half + j][k] · x[t][k]. x: [K][N] floats.
+/// With few tokens one FMA chain per token would be latency-bound (4 cycles per FMA), so inputs are spread over
+/// CHAINS independent accumulators per token (by nibble position) and summed at the end in a fixed order.
 AVX2_INLINE void half_group_dot(
     const uint8_t *w, int32_t blocks, int half, const float *x, const int N, __m256 *acc) {
     // Nibble position p of a row's 4 bytes holds input k0 + order[p] (see the layout in moekit_cpu.h).
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    enum { MAX_CHAINS = 4 };
+    const int CHAINS = N == 1 ? 4 : (N == 2 ? 2 : 1);
     const __m256 magnitudes = _mm256_load_ps(code_magnitudes);
-    for (int t = 0; t < N; t++) acc[t] = _mm256_setzero_ps();
+    __m256 chain[AVX2_MAX_TOKENS * MAX_CHAINS];
+    for (int i = 0; i < N * CHAINS; i++) chain[i] = _mm256_setzero_ps();
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
+        if (half == 0) {
+            // As in avx512_bf16.c: the superblock 8 KiB ahead into L2 (the second half re-reads from cache).
+            for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
+        }
         for (int32_t b = 0; b < nb; b++) {
             const __m256 scale = e8m0_scales(scales + b * 16 + half * 8);
             for (int c = 0; c < 4; c++) {
@@ -54,11 +63,25 @@ AVX2_INLINE void half_group_dot(
                 for (int p = 0; p < 8; p++) {
                     const __m256 wp = decode(words, p, magnitudes, scale);
                     const float *xk = xc + order[p] * N;
-                    for (int t = 0; t < N; t++) acc[t] = _mm256_fmadd_ps(wp, _mm256_broadcast_ss(xk + t), acc[t]);
+                    for (int t = 0; t < N; t++) {
+                        __m256 *a = &chain[t * CHAINS + p % CHAINS];
+                        *a = _mm256_fmadd_ps(wp, _mm256_broadcast_ss(xk + t), *a);
+                    }
                 }
             }
         }
         w += nb * 256 + 64;
+    }
+    for (int t = 0; t < N; t++) {
+        __m256 sum = chain[t * CHAINS];
+        if (CHAINS == 4) {
+            sum = _mm256_add_ps(
+                _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]),
+                _mm256_add_ps(chain[t * CHAINS + 2], chain[t * CHAINS + 3]));
+        } else if (CHAINS == 2) {
+            sum = _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]);
+        }
+        acc[t] = sum;
     }
 }
 

@@ -36,6 +36,12 @@ AVX512_INLINE __m512 e8m0_scales(const uint8_t *scales) {
     return _mm512_castsi512_ps(_mm512_mask_or_epi32(bits, special, bits, _mm512_set1_epi32(0x00400000)));
 }
 
+#ifndef MOEKIT_PREFETCH_BYTES
+/// How far ahead of the row group's stream the kernel prefetches, into L2 (the hardware prefetchers alone leave the
+/// cores waiting on memory while they decode; 8 KiB into L2 beat 1–4 KiB into L1 and 12–16 KiB: docs/bench-cpu.md).
+#define MOEKIT_PREFETCH_BYTES 8192
+#endif
+
 /// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group. x: [K/2][N] bf16 pairs.
 AVX512_INLINE void row_group_dot(const uint8_t *w, int32_t blocks, const uint32_t *x, const int N, __m512 *acc) {
     const __m512i lut = _mm512_load_si512(code_bf16);
@@ -43,6 +49,12 @@ AVX512_INLINE void row_group_dot(const uint8_t *w, int32_t blocks, const uint32_
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
+#if MOEKIT_PREFETCH_BYTES > 0
+        // The superblock MOEKIT_PREFETCH_BYTES ahead, into L2: its lines (codes and scales), possibly in the next
+        // row group (consecutive units of a worker are consecutive row groups of one expert).
+        for (int32_t line = 0; line <= 4 * nb; line++)
+            _mm_prefetch((const char *)(w + MOEKIT_PREFETCH_BYTES + 64 * line), _MM_HINT_T1);
+#endif
         for (int32_t b = 0; b < nb; b++) {
             __m512 partial[MOEKIT_MAX_TILE_TOKENS];
             for (int t = 0; t < N; t++) partial[t] = _mm512_setzero_ps();

@@ -2,14 +2,17 @@
 //
 // Hand-over: the caller publishes (task, context) and bumps `generation` (release); workers poll it (acquire)
 // and run the task; each finishing worker decrements `pending` (release) and the caller waits for 0
-// (acquire), so every write a worker made is visible to the caller when run() returns. Workers poll for
-// `spin_ns` before they sleep on a condition variable, so the phases of one forward pass never pay a wake-up
-// and an idle process does not burn its cores.
+// (acquire), so every write a worker made is visible to the caller when run() returns.
+// Waiting: poll with `pause` for `pause_ns` (a hand-over between the phases of one forward pass costs well under
+// a microsecond), then poll with sched_yield until `spin_ns` (so on an oversubscribed machine a waiting thread
+// gives its core to the thread it waits for), then sleep on a condition variable (an idle process does not burn
+// its cores).
 #define _GNU_SOURCE
 #include "moekit_cpu.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -23,7 +26,8 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/// How long an idle thread polls before it sleeps.
+/// How long a waiting thread polls with `pause`, and how long it polls at all before it sleeps.
+static const int64_t pause_ns = 50000;
 static const int64_t spin_ns = 2000000;
 
 struct moekit_pool {
@@ -56,17 +60,26 @@ static int64_t now_ns(void) {
 }
 
 /// Polls until `generation` moves past `seen` (or stop), sleeping after spin_ns. Returns the new generation.
+/// One step of a wait that started at `*start` (0: not yet timed). Returns 0 to keep polling, 1 to go to sleep.
+static int wait_step(uint32_t spins, int64_t *start) {
+    if ((spins & 255) != 255) {
+        cpu_relax();
+        return 0;
+    }
+    const int64_t t = now_ns();
+    if (*start == 0) *start = t;
+    if (t - *start > spin_ns) return 1;
+    if (t - *start > pause_ns) sched_yield();
+    else cpu_relax();
+    return 0;
+}
+
 static uint64_t wait_for_work(moekit_pool *pool, uint64_t seen) {
-    int64_t deadline = 0;
+    int64_t start = 0;
     for (uint32_t spins = 0;; spins++) {
         uint64_t g = atomic_load_explicit(&pool->generation, memory_order_acquire);
         if (g != seen || atomic_load_explicit(&pool->stop, memory_order_acquire)) return g;
-        cpu_relax();
-        if ((spins & 255) == 255) {
-            int64_t t = now_ns();
-            if (deadline == 0) deadline = t + spin_ns;
-            else if (t > deadline) break;
-        }
+        if (wait_step(spins, &start)) break;
     }
     pthread_mutex_lock(&pool->sleep_lock);
     atomic_fetch_add_explicit(&pool->sleepers, 1, memory_order_seq_cst);
@@ -153,21 +166,16 @@ void moekit_pool_run(moekit_pool *pool, moekit_pool_task task, void *context) {
         pthread_mutex_unlock(&pool->sleep_lock);
     }
     task(context, 0);
-    int64_t deadline = 0;
+    int64_t start = 0;
     for (uint32_t spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) != 0; spins++) {
-        cpu_relax();
-        if ((spins & 255) == 255) {
-            int64_t t = now_ns();
-            if (deadline == 0) deadline = t + spin_ns;
-            else if (t > deadline) {
-                pthread_mutex_lock(&pool->sleep_lock);
-                atomic_store_explicit(&pool->caller_sleeping, 1, memory_order_seq_cst);
-                while (atomic_load_explicit(&pool->pending, memory_order_seq_cst) != 0)
-                    pthread_cond_wait(&pool->work_done, &pool->sleep_lock);
-                atomic_store_explicit(&pool->caller_sleeping, 0, memory_order_seq_cst);
-                pthread_mutex_unlock(&pool->sleep_lock);
-                break;
-            }
+        if (wait_step(spins, &start)) {
+            pthread_mutex_lock(&pool->sleep_lock);
+            atomic_store_explicit(&pool->caller_sleeping, 1, memory_order_seq_cst);
+            while (atomic_load_explicit(&pool->pending, memory_order_seq_cst) != 0)
+                pthread_cond_wait(&pool->work_done, &pool->sleep_lock);
+            atomic_store_explicit(&pool->caller_sleeping, 0, memory_order_seq_cst);
+            pthread_mutex_unlock(&pool->sleep_lock);
+            break;
         }
     }
     pthread_mutex_unlock(&pool->run_lock);

@@ -25,7 +25,7 @@ extension CPUBackend {
         expertOffsets offsets: UnsafePointer<Int32>, routedRows: Int, experts list: UnsafeBufferPointer<Int>?,
         rowWeights: UnsafePointer<Float>, input: RowAddressing, output: RowAddressing, profiler: Profiler?
     ) {
-        let (E, H, I) = (config.experts, config.hidden, config.intermediate)
+        let (E, H) = (config.experts, config.hidden)
         let maxTokens = kernelPath.maxTileTokens
         let layout = kernelPath.activationLayout
         workspace.reserve(rows: routedRows, config: config, layout: layout)
@@ -37,6 +37,7 @@ extension CPUBackend {
         for index in 0..<expertCount {
             let e = list?[index] ?? index
             precondition(e >= 0 && e < E, "expert id \(e) out of range 0..<\(E)")
+            precondition(index == 0 || e > (list?[index - 1] ?? index - 1), "experts must be ascending and distinct")
             let start = Int(offsets[e]), count = Int(offsets[e + 1]) - start
             if count == 0 { continue }
             let groupsOfExpert = (count + maxTokens - 1) / maxTokens
@@ -66,67 +67,30 @@ extension CPUBackend {
 
         // 3. Gather the rows into each group's packed GEMM 1 input.
         let bytesPerValue = layout.bytesPerValue
-        let packedInput = workspace.packedInput.pointer
-        let packedIntermediate = workspace.packedIntermediate.pointer
-        profiler.scope(.dispatch, cost: StageCost(bytes: Double(rows * H * (2 + bytesPerValue)))) {
-            pool.run { worker in
-                for g in pool.share(of: groupCount, worker: worker) {
-                    let group = groups[g]
-                    let start = Int(group.rowStart)
-                    ActivationPacking.pack(
-                        rows: inputRows + start, count: Int(group.rowCount), columns: H, layout: layout,
-                        into: packedInput + start * H * bytesPerValue)
-                }
-            }
-        }
+        let pack = phases.pack
+        pack.groups = UnsafePointer(groups)
+        pack.groupCount = groupCount
+        pack.inputRows = UnsafePointer(inputRows)
+        pack.packedInput = workspace.packedInput.pointer
+        profiler.scope(.dispatch, cost: StageCost(bytes: Double(rows * H * (2 + bytesPerValue)))) { pool.run(pack) }
 
-        // 4. GEMM 1 + SwiGLU: units are (expert, gate/up row-group pair); each runs all of the expert's groups.
+        // 4. GEMM 1 + SwiGLU, then 5. GEMM 2 with the routing weight, into the output rows.
+        let pass = ExpertsPass(
+            work: UnsafePointer(work), workCount: workCount, groups: UnsafePointer(groups),
+            packedInput: workspace.packedInput.pointer, packedIntermediate: workspace.packedIntermediate.pointer,
+            rowWeights: rowWeights, outputRows: UnsafePointer(outputRows))
+        phases.gemm1.pass = pass
+        phases.gemm2.pass = pass
         profiler.scope(.gemm1, cost: StageCost.gemm1(rows: rows, expertsTouched: workCount, config: config)) {
-            pool.run { worker in
-                forEachUnit(worker: worker, unitsPerExpert: I / 16, work: work, count: workCount) { expertWork, pair in
-                    let e = Int(expertWork.expert)
-                    var tile = moekit_gemm1_tile(
-                        gate_weights: gateUp.rowGroup(expert: e, group: 2 * pair),
-                        up_weights: gateUp.rowGroup(expert: e, group: 2 * pair + 1),
-                        gate_bias: gateBias.pointer + e * I + 16 * pair, up_bias: upBias.pointer + e * I + 16 * pair,
-                        activations: nil, intermediate: nil, blocks: Int32(H / 32), tokens: 0,
-                        swiglu_alpha: Float(config.swigluAlpha), swiglu_limit: Float(config.swigluLimit))
-                    for g in Int(expertWork.firstGroup)..<Int(expertWork.firstGroup + expertWork.groupCount) {
-                        let start = Int(groups[g].rowStart), n = Int(groups[g].rowCount)
-                        tile.tokens = Int32(n)
-                        tile.activations = UnsafeRawPointer(packedInput + start * H * bytesPerValue)
-                        tile.intermediate = UnsafeMutableRawPointer(
-                            packedIntermediate + start * I * bytesPerValue + 16 * pair * n * bytesPerValue)
-                        kernelPath.gemm1(&tile, scratch: portableScratch(worker))
-                    }
-                }
-            }
+            pool.run(phases.gemm1)
         }
-
-        // 5. GEMM 2 + bias, times the routing weight, bf16 into the output rows: units are (expert, 16 columns).
         profiler.scope(.gemm2, cost: StageCost.gemm2(rows: rows, expertsTouched: workCount, config: config)) {
-            pool.run { worker in
-                forEachUnit(worker: worker, unitsPerExpert: H / 16, work: work, count: workCount) { expertWork, columns in
-                    let e = Int(expertWork.expert)
-                    var tile = moekit_gemm2_tile(
-                        weights: down.rowGroup(expert: e, group: columns), bias: downBias.pointer + e * H + 16 * columns,
-                        intermediate: nil, row_weights: nil, output_rows: nil, column: Int32(16 * columns),
-                        blocks: Int32(I / 32), tokens: 0)
-                    for g in Int(expertWork.firstGroup)..<Int(expertWork.firstGroup + expertWork.groupCount) {
-                        let start = Int(groups[g].rowStart)
-                        tile.tokens = groups[g].rowCount
-                        tile.intermediate = UnsafeRawPointer(packedIntermediate + start * I * bytesPerValue)
-                        tile.row_weights = rowWeights + start
-                        tile.output_rows = UnsafePointer(outputRows + start)
-                        kernelPath.gemm2(&tile, scratch: portableScratch(worker))
-                    }
-                }
-            }
+            pool.run(phases.gemm2)
         }
     }
 
     @inline(__always)
-    private func portableScratch(_ worker: Int) -> UnsafeMutablePointer<SIMD16<Float>> {
+    func portableScratch(_ worker: Int) -> UnsafeMutablePointer<SIMD16<Float>> {
         workspace.portableScratch.pointer + worker * workspace.portableScratchPerWorker
     }
 
@@ -164,6 +128,7 @@ extension CPUKernelPath {
         switch self {
         case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
         case .avx2: moekit_avx2_gemm1(&tile)
+        case .neon: moekit_neon_gemm1(&tile)
         case .portable: PortableKernels.gemm1(tile, scratch: scratch)
         }
     }
@@ -174,6 +139,7 @@ extension CPUKernelPath {
         switch self {
         case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
         case .avx2: moekit_avx2_gemm2(&tile)
+        case .neon: moekit_neon_gemm2(&tile)
         case .portable: PortableKernels.gemm2(tile, scratch: scratch)
         }
     }

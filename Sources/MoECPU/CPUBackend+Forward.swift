@@ -21,14 +21,13 @@ extension CPUBackend {
             let x = ws.x.pointer, logits = ws.logits.pointer
 
             // Router: x → bf16 and logits, tokens split over the workers; then top-k.
-            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
-                pool.run { worker in
-                    for t in pool.share(of: T, worker: worker) {
-                        for h in 0..<H { x[t * H + h] = BF16.bits(input[t * H + h]) }
-                        routerLogits(x: x + t * H, into: logits + t * E, worker: worker)
-                    }
-                }
-            }
+            let router = phases.router
+            router.tokens = T
+            router.input = input
+            router.convertedX = x
+            router.x = UnsafePointer(x)
+            router.logits = logits
+            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) { pool.run(router) }
             selectExperts(logits: logits, tokens: T, mode: routing, ids: ids, weights: topWeights, profiler: profiler)
 
             // Plan: a stable counting sort of the T·k slots by expert (RoutingPlan's order).
@@ -60,13 +59,11 @@ extension CPUBackend {
                 profiler: profiler)
 
             // Reduce: the k rows of each token in slot order, fp32, rounded to bf16 (MoEPipeline.reduce).
-            profiler.scope(.reduce, cost: StageCost.reduce(tokens: T, config: config)) {
-                pool.run { worker in
-                    for t in pool.share(of: T, worker: worker) {
-                        CombineReduction.reduce(rows: combine + t * k * H, count: k, hidden: H, into: hidden + t * H)
-                    }
-                }
-            }
+            let reduce = phases.reduce
+            reduce.tokens = T
+            reduce.combine = UnsafePointer(combine)
+            reduce.hidden = hidden
+            profiler.scope(.reduce, cost: StageCost.reduce(tokens: T, config: config)) { pool.run(reduce) }
         }
     }
 }

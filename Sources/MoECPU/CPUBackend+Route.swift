@@ -10,14 +10,13 @@ extension CPUBackend {
         lock.withLock {
             workspace.logits.reserve(T * config.experts)
             let logits = workspace.logits.pointer
-            let (H, E) = (config.hidden, config.experts)
-            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
-                pool.run { worker in
-                    for t in pool.share(of: T, worker: worker) {
-                        routerLogits(x: x + t * H, into: logits + t * E, worker: worker)
-                    }
-                }
-            }
+            let router = phases.router
+            router.tokens = T
+            router.input = nil
+            router.convertedX = nil
+            router.x = x
+            router.logits = logits
+            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) { pool.run(router) }
             selectExperts(logits: logits, tokens: T, mode: mode, ids: ids, weights: topWeights, profiler: profiler)
         }
     }
@@ -30,7 +29,7 @@ extension CPUBackend {
         switch kernelPath {
         case .avx512BF16:
             moekit_avx512bf16_router(x, routerWeightBF16.pointer, routerBias.pointer, Int32(H), Int32(E), logits)
-        case .avx2, .portable:
+        case .avx2, .neon, .portable:
             let row = workspace.routerRows.pointer + worker * H
             for h in 0..<H { row[h] = BF16.float(x[h]) }
             for e in 0..<E {

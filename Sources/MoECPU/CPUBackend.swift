@@ -43,6 +43,8 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
     let pool: WorkerPool
     let workspace: Workspace
     let lock = Mutex()
+    /// The parallel phases of a pass, reused call after call (set once `self` exists).
+    private(set) var phases: Phases!
 
     public var detail: String {
         var text = "cpu \(kernelPath.summary), \(workers) threads"
@@ -105,6 +107,7 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
         routerBias = AlignedBuffer(copying: weights.routerBias)
         precondition(H % 32 == 0 && I % 32 == 0, "MoEConfig.validate() guarantees 32-multiples")
         workspace = Workspace(config: c, workers: pool.workers)
+        phases = Phases(backend: self)
     }
 
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {

@@ -92,6 +92,7 @@ public enum CPUCeilings {
                 switch path {
                 case .avx512BF16: flops[worker] = moekit_avx512bf16_peak_probe(2_000_000)
                 case .avx2: flops[worker] = moekit_avx2_peak_probe(4_000_000)
+                case .neon: flops[worker] = moekit_neon_peak_probe(4_000_000)
                 case .portable: flops[worker] = portableFMAProbe(steps: 20_000_000)
                 }
             }
@@ -104,6 +105,7 @@ public enum CPUCeilings {
         switch path {
         case .avx512BF16: method = "bf16 dot products (vdpbf16ps zmm, 2 flops per bf16 pair), 12 chains × \(threads) threads, best of 3"
         case .avx2: method = "fp32 FMA (vfmadd ymm), 12 chains × \(threads) threads, best of 3"
+        case .neon: method = "fp32 FMA (fmla 4S), 12 chains × \(threads) threads, best of 3"
         case .portable: method = "fp32 multiply-add in Swift SIMD16, 8 chains × \(threads) threads, best of 3"
         }
         return (best, method)

@@ -16,6 +16,8 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     case avx512BF16 = "avx512-bf16"
     /// AVX2 + FMA: MXFP4 decoded to fp32 by vpermps, fp32 FMA (x86-64 since Haswell / Zen 1).
     case avx2 = "avx2"
+    /// NEON: MXFP4 decoded to fp32 by a table lookup, fp32 FMA (every arm64 CPU).
+    case neon
     /// Swift SIMD, no instruction-set assumptions: the reference the other paths are tested against.
     case portable
 
@@ -28,6 +30,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
         switch self {
         case .avx512BF16: return features & MOEKIT_CPU_AVX512_BF16 != 0
         case .avx2: return features & MOEKIT_CPU_AVX2_FMA != 0
+        case .neon: return features & MOEKIT_CPU_NEON != 0
         case .portable: return true
         }
     }
@@ -43,6 +46,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
         switch self {
         case .avx512BF16: "an x86-64 CPU with AVX-512 F/BW/VL and AVX512_BF16 (e.g. AMD Zen 4, Intel Sapphire Rapids)"
         case .avx2: "an x86-64 CPU with AVX2 and FMA3"
+        case .neon: "an arm64 CPU (Advanced SIMD)"
         case .portable: "nothing"
         }
     }
@@ -93,6 +97,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
         switch self {
         case .avx512BF16: 12
         case .avx2: 8
+        case .neon: 8
         case .portable: 8
         }
     }
@@ -101,7 +106,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     var activationLayout: ActivationLayout {
         switch self {
         case .avx512BF16, .portable: .bf16Pairs
-        case .avx2: .float32
+        case .avx2, .neon: .float32
         }
     }
 
@@ -110,6 +115,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
         switch self {
         case .avx512BF16: "avx512-bf16 (MXFP4→bf16 vpermw, vdpbf16ps, fp32 sums)"
         case .avx2: "avx2 (MXFP4→fp32 vpermps, fp32 FMA)"
+        case .neon: "neon (MXFP4→fp32 tbl, fp32 FMA)"
         case .portable: "portable (Swift SIMD, fp32)"
         }
     }

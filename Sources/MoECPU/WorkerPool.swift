@@ -1,5 +1,10 @@
 import CMoECPUKernels
 
+/// One parallel step of a pass: `run(worker:)` does worker `worker`'s share.
+protocol WorkerPhase: AnyObject {
+    func run(worker: Int)
+}
+
 /// A persistent pool of `workers` threads (the caller is worker 0) over `moekit_pool` (thread_pool.c).
 /// `run` hands one phase to every worker and returns when all are done; nothing is allocated per run.
 final class WorkerPool: @unchecked Sendable {
@@ -16,21 +21,27 @@ final class WorkerPool: @unchecked Sendable {
 
     deinit { moekit_pool_destroy(pool) }
 
-    /// Calls `body(worker)` once on each worker, worker 0 on this thread; returns when every call has returned.
-    /// Calls write disjoint memory by construction (each phase partitions its outputs by worker).
-    func run(_ body: (Int) -> Void) {
-        withoutActuallyEscaping(body) { body in
-            var task = Task(body: body)
-            withUnsafeMutablePointer(to: &task) { pointer in
-                moekit_pool_run(pool, { context, worker in
-                    context!.assumingMemoryBound(to: Task.self).pointee.body(Int(worker))
-                }, pointer)
-            }
+    /// Calls `phase.run(worker:)` once on each worker, worker 0 on this thread; returns when every call has
+    /// returned. A phase is an object the caller keeps and reuses (a closure would cost a heap-allocated context
+    /// per call); its calls write disjoint memory by construction (each phase partitions its outputs by worker).
+    func run(_ phase: any WorkerPhase) {
+        var phase = phase
+        withUnsafeMutablePointer(to: &phase) { pointer in
+            moekit_pool_run(pool, { context, worker in
+                context!.assumingMemoryBound(to: (any WorkerPhase).self).pointee.run(worker: Int(worker))
+            }, pointer)
         }
     }
 
-    private struct Task {
+    /// `run` for code off the hot path (measurements, tests): wraps `body` in a phase object, which allocates.
+    func run(_ body: @escaping (Int) -> Void) {
+        run(ClosurePhase(body))
+    }
+
+    private final class ClosurePhase: WorkerPhase {
         let body: (Int) -> Void
+        init(_ body: @escaping (Int) -> Void) { self.body = body }
+        func run(worker: Int) { body(worker) }
     }
 
     /// The contiguous share [start, end) of `count` items that `worker` takes.

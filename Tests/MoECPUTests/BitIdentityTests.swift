@@ -131,13 +131,35 @@ import Testing
         }
     }
 
-    /// The conformance suite every backend runs (quick set: awkward shapes, all tokens on one expert, a starved
-    /// expert, both routing modes), once per kernel path.
-    @Test(arguments: CPUKernelPath.supported)
-    func conformance(path: CPUKernelPath) {
+    /// The conformance suite's quick cases (awkward shapes, all tokens on one expert, a starved expert, both
+    /// routing modes) on every kernel path, judged as `Conformance.run` judges them; the float64 reference is
+    /// computed once per case and shared by the paths. The portable path takes the cases up to 16 tokens (it is
+    /// Swift SIMD, ~15× slower than the reference in a debug build; larger batches are covered by the other tests).
+    @Test func conformanceOnEveryPath() throws {
         for testCase in Conformance.cases(quick: true) {
-            let outcome = Conformance.run(testCase) { try CPUBackend(weights: $0, workers: 2, kernels: path) }
-            #expect(outcome.passed, "\(path) \(testCase): \(outcome.detail)")
+            let weights = try Conformance.weights(for: testCase)
+            let c = testCase.config
+            let x = SyntheticModel.hiddenStates(tokens: testCase.tokens, hidden: c.hidden, seed: testCase.seed)
+            let reference = try ReferenceMoE.forward(weights: weights, input: x, tokens: testCase.tokens, mode: testCase.mode)
+            for path in CPUKernelPath.supported where path != .portable || testCase.tokens <= 16 {
+                let backend = try CPUBackend(weights: weights, workers: 2, kernels: path)
+                let first = try backend.forward(x, tokens: testCase.tokens, routing: testCase.mode, profiler: nil)
+                let second = try backend.forward(x, tokens: testCase.tokens, routing: testCase.mode, profiler: nil)
+                let error = Accuracy.relativeL2(first.hidden, reference.hidden)
+                let mismatches = Accuracy.routingMismatches(
+                    ids: first.topkIds, reference: reference, tokens: testCase.tokens, experts: c.experts, k: c.topK)
+                #expect(error <= 1e-2, "\(path) \(testCase): rel L2 \(error)")
+                #expect(mismatches.isEmpty, "\(path) \(testCase): tokens \(mismatches) chose other experts")
+                #expect(Self.bits(first.hidden) == Self.bits(second.hidden), "\(path) \(testCase): a second run differs")
+                switch testCase.skew {
+                case .allOnOneExpert:
+                    #expect((0..<testCase.tokens).allSatisfy { first.topkIds[$0 * c.topK] == 0 }, "\(path) \(testCase)")
+                case .starvedExpert:
+                    #expect(!first.topkIds.contains(Int32(c.experts - 1)), "\(path) \(testCase)")
+                case .none:
+                    break
+                }
+            }
         }
     }
 }

@@ -17,6 +17,8 @@ import Testing
         let activations: [UInt16]  // [N, K] bf16
         let bias: [Float]  // [rows]
 
+        /// special: scale bytes to force; a block given scale 255 also gets all codes +1.0, so that a NaN can only
+        /// come from the scale (never from inf·0 or inf − inf).
         init(rows: Int, columns: Int, tokens: Int, seed: UInt64, scaleBase: Int = 122, special: [(row: Int, block: Int, scale: UInt8)] = []) {
             self.rows = rows
             self.columns = columns
@@ -27,9 +29,19 @@ import Testing
             var scales = [UInt8](repeating: 0, count: rows * columns / 32)
             rng.fill(&scales)
             for i in scales.indices { scales[i] = UInt8(scaleBase + Int(scales[i] % 5)) }
-            for s in special { scales[s.row * (columns / 32) + s.block] = s.scale }
+            for s in special {
+                scales[s.row * (columns / 32) + s.block] = s.scale
+                if s.scale == 255 {
+                    for i in 0..<16 { blocks[(s.row * (columns / 32) + s.block) * 16 + i] = 0x22 }
+                }
+            }
             stack = MXFP4ExpertStack(experts: 1, rows: rows, columns: columns, blocks: blocks, scales: scales)
-            activations = (0..<(tokens * columns)).map { _ in BF16.bits(Float(rng.normal())) }
+            // Inputs of a NaN-scale block are positive, so its products share a sign (an inf scale would give inf).
+            let positive = Set(special.filter { $0.scale == 255 }.map(\.block))
+            activations = (0..<(tokens * columns)).map { i in
+                let value = rng.normal()
+                return BF16.bits(Float(positive.contains((i % columns) / 32) ? abs(value) + 0.01 : value))
+            }
             bias = (0..<rows).map { _ in BF16.round(Float(rng.normal() * 0.1)) }
         }
 

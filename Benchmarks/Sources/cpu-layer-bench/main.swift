@@ -5,6 +5,14 @@
 //
 //   swift run -c release --package-path Benchmarks cpu-layer-bench \
 //       [--preset gpt-oss-20b] [--tokens 1,8,32,128,512] [--kernels avx512-bf16] [--workers 2] [--seconds 2]
+//       [--cold] [--profile]
+// --cold reads 96 MiB between timed runs (untimed) so no weights are left in the 32 MiB L3 from the run before,
+// as in a model whose consecutive layers have different weights; --profile prints one run's per-stage times.
+//
+// On a shared machine other processes take the cores now and then. Every timed run also reads how long this
+// process's threads waited for a CPU (run_delay in /proc/self/task/*/schedstat); a run is "clean" when that wait
+// is under 1% of its time. Figures are over clean runs only (the count is printed); when fewer than 3 runs were
+// clean the row says so and uses all runs.
 import Dispatch
 import Foundation
 import MoECPU
@@ -21,6 +29,8 @@ struct Options {
     var workers: Int?
     var seconds = 2.0
     var minimumIterations = 5
+    var cold = false
+    var profile = false
 
     static func parse(_ arguments: [String]) throws -> Options {
         var o = Options()
@@ -48,8 +58,10 @@ struct Options {
             case "--seconds":
                 guard let s = Double(try value()), s > 0 else { throw MoEError.invalidArgument("--seconds needs a positive number") }
                 o.seconds = s
+            case "--cold": o.cold = true
+            case "--profile": o.profile = true
             case "--help", "-h":
-                print("cpu-layer-bench [--preset tiny|gpt-oss-20b|gpt-oss-120b] [--tokens 1,8,32] [--kernels \(CPUKernelPath.allCases.map(\.rawValue).joined(separator: "|"))] [--workers N] [--seconds S]")
+                print("cpu-layer-bench [--preset tiny|gpt-oss-20b|gpt-oss-120b] [--tokens 1,8,32] [--kernels \(CPUKernelPath.allCases.map(\.rawValue).joined(separator: "|"))] [--workers N] [--seconds S] [--cold] [--profile]")
                 exit(0)
             default: throw MoEError.invalidArgument("unknown argument \(arguments[i]); see --help")
             }
@@ -72,17 +84,70 @@ func loadAverage() -> String {
     return text.split(separator: " ").prefix(3).joined(separator: " ")
 }
 
-/// Runs `body` until `seconds` have passed (at least `minimum` times, after one warm-up), returns seconds per run.
-func time(seconds: Double, minimum: Int, _ body: () throws -> Void) rethrows -> [Double] {
+/// 96 MiB read between timed runs under --cold, to push the previous run's weights out of the L3.
+nonisolated(unsafe) let evictionBuffer: UnsafeMutableBufferPointer<UInt64> = {
+    let b = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 96 << 20 / 8)
+    for i in b.indices { b[i] = UInt64(i) }
+    return b
+}()
+nonisolated(unsafe) var evictionSink: UInt64 = 0
+
+func evictCaches() {
+    var sum: UInt64 = 0
+    for i in stride(from: 0, to: evictionBuffer.count, by: 8) { sum &+= evictionBuffer[i] }
+    evictionSink &+= sum
+}
+
+/// Nanoseconds this process's threads have spent waiting on a run queue (Linux schedstat), 0 elsewhere.
+func runQueueWaitNanoseconds() -> UInt64 {
+    #if os(Linux)
+    guard let directory = opendir("/proc/self/task") else { return 0 }
+    defer { closedir(directory) }
+    var total: UInt64 = 0
+    var buffer = [CChar](repeating: 0, count: 256)
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard name.first?.isNumber == true, let f = fopen("/proc/self/task/\(name)/schedstat", "r") else { continue }
+        if fgets(&buffer, 256, f) != nil {
+            let fields = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
+            if fields.count >= 2, let wait = UInt64(fields[1]) { total += wait }
+        }
+        fclose(f)
+    }
+    return total
+    #else
+    return 0
+    #endif
+}
+
+struct Timing {
+    /// Sorted seconds per run, clean runs only (all runs when fewer than 3 were clean).
+    var seconds: [Double]
+    var clean: Int
+    var total: Int
+    var note: String { clean >= 3 ? "\(clean)/\(total) clean" : "CONTENDED: \(clean)/\(total) clean" }
+}
+
+/// Runs `body` until `seconds` of timed runs have passed (at least `minimum` runs, after one warm-up). `between`
+/// runs untimed before each timed run.
+func time(seconds: Double, minimum: Int, between: () -> Void = {}, _ body: () throws -> Void) rethrows -> Timing {
     try body()
-    var times: [Double] = []
-    let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
-    while times.count < minimum || DispatchTime.now().uptimeNanoseconds < deadline {
+    var all: [Double] = [], clean: [Double] = []
+    var spent = 0.0
+    while (all.count < minimum || spent < seconds) && all.count < 20_000 {
+        between()
+        let waitBefore = runQueueWaitNanoseconds()
         let start = DispatchTime.now().uptimeNanoseconds
         try body()
-        times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        let elapsed = DispatchTime.now().uptimeNanoseconds - start
+        let waitAfter = runQueueWaitNanoseconds()
+        let waited = waitAfter >= waitBefore ? waitAfter - waitBefore : 0  // a thread may have exited meanwhile
+        let t = Double(elapsed) * 1e-9
+        all.append(t)
+        if Double(waited) < 0.01 * Double(elapsed) { clean.append(t) }
+        spent += t
     }
-    return times.sorted()
+    return Timing(seconds: (clean.count >= 3 ? clean : all).sorted(), clean: clean.count, total: all.count)
 }
 
 do {
@@ -95,13 +160,13 @@ do {
     } else {
         backend = CPUBackend(weights: weights, workers: options.workers)
     }
-    print("machine:  \(backend.machineDescription); load average \(loadAverage())")
+    print("machine:  \(backend.machineDescription); load average \(loadAverage())\(options.cold ? "; caches evicted before every timed run" : "")")
     print("backend:  \(backend.detail)")
     print("layer:    \(options.preset.rawValue) \(c)")
     let ceilings = try backend.measureCeilings()
     print("ceilings: read \(String(format: "%.1f", ceilings.bandwidthGBps)) GB/s (\(ceilings.bandwidthMethod)); peak \(String(format: "%.3f", ceilings.peakTFLOPs)) TFLOP/s (\(ceilings.peakMethod))")
     print("")
-    print("tokens experts | GEMMs ms: median    p10    p90  GFLOP/s  floor ms  % floor | layer ms: median    p10    p90")
+    print("tokens experts | GEMMs ms: median    p10    p90  GFLOP/s  floor ms  % floor | layer ms: median    p10    p90 | runs")
     for T in options.tokens {
         let x = SyntheticModel.hiddenStates(tokens: T, hidden: c.hidden, seed: 1000 + UInt64(T))
         let routed = try backend.forward(x, tokens: T, routing: .renormalize, profiler: nil)
@@ -116,7 +181,7 @@ do {
             combine.withUnsafeMutableBufferPointer { cp in
                 plan.sortedToSlot.withUnsafeBufferPointer { order in
                     rowWeights.withUnsafeBufferPointer { rw in
-                        time(seconds: options.seconds, minimum: options.minimumIterations) {
+                        time(seconds: options.seconds, minimum: options.minimumIterations, between: options.cold ? evictCaches : {}) {
                             backend.runExperts(
                                 plan: plan, experts: allExperts, rowWeights: rw.baseAddress!,
                                 input: RowAddressing(base: xp.baseAddress!, indices: order.baseAddress!, divisor: Int32(c.topK), stride: c.hidden),
@@ -127,20 +192,35 @@ do {
                 }
             }
         }
-        let layerTimes = try backend.timeForward(
-            x, tokens: T, routing: .renormalize, warmup: 1,
-            iterations: max(options.minimumIterations, Int(options.seconds / max(gemmTimes[0], 1e-6)))).sorted()
+        var hidden = [Float](repeating: 0, count: T * c.hidden)
+        var ids = [Int32](repeating: 0, count: T * c.topK)
+        var topWeights = [Float](repeating: 0, count: T * c.topK)
+        let layerTimes = try x.withUnsafeBufferPointer { input in
+            try time(seconds: options.seconds, minimum: options.minimumIterations, between: options.cold ? evictCaches : {}) {
+                try backend.forward(
+                    input: input.baseAddress!, tokens: T, routing: .renormalize, hidden: &hidden, topkIds: &ids,
+                    topkWeights: &topWeights, profiler: nil)
+            }
+        }
         let flops = 2.0 * Double(T * c.topK) * Double(c.hidden) * Double(3 * c.intermediate)
         let bytes = Double(touched * (c.gateUpBytesPerExpert + c.downBytesPerExpert))
         let floor = max(bytes / (ceilings.bandwidthGBps * 1e9), flops / (ceilings.peakTFLOPs * 1e12))
-        let median = percentile(gemmTimes, 0.5)
+        let median = percentile(gemmTimes.seconds, 0.5)
         let gemmColumns = String(
-            format: "%15.3f %6.3f %6.3f %8.1f %9.3f %8.1f", median * 1e3, percentile(gemmTimes, 0.1) * 1e3,
-            percentile(gemmTimes, 0.9) * 1e3, flops / median / 1e9, floor * 1e3, 100 * floor / median)
+            format: "%15.3f %6.3f %6.3f %8.1f %9.3f %8.1f", median * 1e3, percentile(gemmTimes.seconds, 0.1) * 1e3,
+            percentile(gemmTimes.seconds, 0.9) * 1e3, flops / median / 1e9, floor * 1e3, 100 * floor / median)
         let layerColumns = String(
-            format: "%15.3f %6.3f %6.3f", percentile(layerTimes, 0.5) * 1e3, percentile(layerTimes, 0.1) * 1e3,
-            percentile(layerTimes, 0.9) * 1e3)
-        print(String(format: "%6d %7d", T, touched) + " | " + gemmColumns + " | " + layerColumns)
+            format: "%15.3f %6.3f %6.3f", percentile(layerTimes.seconds, 0.5) * 1e3,
+            percentile(layerTimes.seconds, 0.1) * 1e3, percentile(layerTimes.seconds, 0.9) * 1e3)
+        print(String(format: "%6d %7d", T, touched) + " | " + gemmColumns + " | " + layerColumns
+              + " | \(gemmTimes.note), \(layerTimes.note)")
+        if options.profile {
+            let profiler = Profiler()
+            if options.cold { evictCaches() }
+            _ = try backend.forward(x, tokens: T, routing: .renormalize, profiler: profiler)
+            let stages = profiler.records.map { String(format: "%@ %.3f", $0.stage, Double($0.durationNanoseconds) * 1e-6) }
+            print("        stages (ms): " + stages.joined(separator: ", "))
+        }
     }
     print("load average after: \(loadAverage())")
 } catch {

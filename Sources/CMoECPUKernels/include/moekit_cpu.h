@@ -113,6 +113,13 @@ void moekit_avx2_gemm2(const moekit_gemm2_tile *tile);
 /// Runs `iterations` rounds of 12 independent ymm FMA chains; returns the number of flops done.
 double moekit_avx2_peak_probe(int64_t iterations);
 
+// MARK: NEON path (arm64: decoded MXFP4 times fp32 activations, fp32 FMA; F32 layout)
+
+void moekit_neon_gemm1(const moekit_gemm1_tile *tile);
+void moekit_neon_gemm2(const moekit_gemm2_tile *tile);
+/// Runs `iterations` rounds of 12 independent float32x4 FMA chains; returns the number of flops done.
+double moekit_neon_peak_probe(int64_t iterations);
+
 // MARK: thread pool
 
 /// A fixed set of threads that run one task at a time: `moekit_pool_run` calls task(context, w) for every
