@@ -91,10 +91,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let owners: DeviceBuffer
     // Local tokens and routing.
     let x, output, logits, localIds, localWeights: DeviceBuffer
-    let localBlockCounts, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
+    let localBlockCounts, localBlockPrefix, localRouterPartials, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
     let localPlanTiles, localPlanTileCount, arrivals: DeviceBuffer
     // The global plan.
-    let blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
+    let blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
     let tiles, tileCount, localTiles, localTileCount: DeviceBuffer
     let intermediate, expertRows: DeviceBuffer
     // All-to-all scratch.
@@ -193,6 +193,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localIds = try buffer(T * k * 4)
         localWeights = try buffer(T * k * 4)
         localBlockCounts = try buffer((T + 31) / 32 * E * 4)
+        localBlockPrefix = try buffer((T + 31) / 32 * E * 4)
+        // The fused small-batch router's per-slice partial logits, sized for the largest split count it uses.
+        localRouterPartials = try buffer(LaunchPlan(tokens: 1, config: config).routerSplits * T * E * 4)
         localExpertCounts = try buffer(E * 4)
         localOffsets = try buffer((E + 1) * 4)
         localSortedToSlot = try buffer(T * k * 4)
@@ -204,6 +207,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
         blockCounts = try buffer((R * T + 31) / 32 * E * 4)
+        blockPrefix = try buffer((R * T + 31) / 32 * E * 4)
         expertCounts = try buffer(E * 4)
         expertOffsets = try buffer((E + 1) * 4)
         sortedToSlot = try buffer(globalSlots * 4)
@@ -320,8 +324,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // The single-rank forward's choices for T tokens: router kernel, GEMM variant, tile rows, resident rows.
         let plan = LaunchPlan(tokens: tokens, config: config)
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
-        let gemm = kernels.gemm(plan.variant)
-        try gemm.allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
+        try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
+        try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        if plan.smallRouting { try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes) }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
         return bucket
@@ -374,6 +379,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.topkIds = localIds.address
         p.topkWeights = localWeights.address
         p.blockCounts = localBlockCounts.address
+        p.blockPrefix = localBlockPrefix.address
+        p.routerPartials = localRouterPartials.address
+        p.routerSplits = Int32(b.plan.routerSplits)
         p.expertCounts = localExpertCounts.address
         p.expertOffsets = localOffsets.address
         p.sortedToSlot = localSortedToSlot.address
@@ -399,6 +407,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.topkIds = heap.address + UInt64(layout.offset(of: .routingIds))
         p.topkWeights = heap.address + UInt64(layout.offset(of: .routingWeights))
         p.blockCounts = blockCounts.address
+        p.blockPrefix = blockPrefix.address
         p.expertCounts = expertCounts.address
         p.expertOffsets = expertOffsets.address
         p.sortedToSlot = sortedToSlot.address
@@ -489,11 +498,14 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let routing = localRoutingParameters(b, mode: mode)
         let E = config.experts
         if b.plan.smallRouting {
-            try kernels.routeSmall.launch(LaunchShape(grid: ((E + 3) / 4, 1, 1), block: 128), stream: stream, parameters: routing)
+            // The kernel the single-rank forward picks for the global T (same per-token arithmetic), on the local rows.
+            try kernels.routeSmall(b.plan).launch(b.plan.routeSmallShape, stream: stream, parameters: routing)
         } else {
             try kernels.routerMMA.launch(
-                LaunchShape(grid: ((E + 63) / 64, (b.tokensPerRank + 63) / 64, 1), block: 128), stream: stream, parameters: routing)
-            try kernels.topk.launch(LaunchShape(grid: ((b.tokensPerRank + 31) / 32, 1, 1), block: 1024), stream: stream, parameters: routing)
+                LaunchShape(grid: ((E + 31) / 32, (b.tokensPerRank + 63) / 64, 1), block: 128), stream: stream, parameters: routing)
+            try kernels.topk.launch(
+                LaunchShape(grid: ((b.tokensPerRank + 31) / 32, 1, 1), block: 1024, sharedBytes: b.plan.topkShape.sharedBytes),
+                stream: stream, parameters: routing)
         }
     }
 
@@ -520,7 +532,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let blocks = (world * b.tokensPerRank + 31) / 32
         try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
         try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global)
-        try scatterKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
+        try scatterKernel.launch(
+            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: b.plan.scatterShape.sharedBytes), stream: stream,
+            parameters: global)
         try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep)
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
@@ -528,14 +542,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try barrier(3)
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
-        let gemm = kernels.gemm(b.plan.variant)
         let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
-        try gemm.launch(
+        try kernels.gemm(b.plan.gemm1Variant).launch(
             gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
                 tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles))
-        try gemm.launch(
+        try kernels.gemm(b.plan.gemm2Variant).launch(
             gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
