@@ -118,14 +118,13 @@ extension CUDAExpertParallelLayer {
             try a2aSortedWeights.upload(order.map { receivedWeights[Int($0)] })
             try a2aTiles.upload(tileList)
             try a2aTileCount.upload([Int32(tileList.count)])
-            let gemm = kernels.gemm(b.plan.variant)
             let rows = region(rank, .allToAllRows)
-            try gemm.launch(
+            try kernels.gemm(b.plan.gemm1Variant).launch(
                 gemmShape(b, first: true, tiles: tileList.count), stream: stream,
                 parameters: gemmParameters(
                     b, first: true, input: rows, inputIndex: permutation.address, output: intermediate.address, outputIndex: 0,
                     rowWeights: 0, tiles: a2aTiles.address, tileCount: a2aTileCount.address, maxTiles: tileList.count))
-            try gemm.launch(
+            try kernels.gemm(b.plan.gemm2Variant).launch(
                 gemmShape(b, first: false, tiles: tileList.count), stream: stream,
                 parameters: gemmParameters(
                     b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address,

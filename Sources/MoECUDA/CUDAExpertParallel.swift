@@ -92,9 +92,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     // Local tokens and routing.
     let x, output, logits, localIds, localWeights: DeviceBuffer
     let localBlockCounts, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
-    let localPlanTiles, localPlanTileCount, arrivals: DeviceBuffer
+    let localPlanTiles, localPlanTileCount, arrivals, localRouterPartials: DeviceBuffer
     // The global plan.
-    let blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
+    let blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
     let tiles, tileCount, localTiles, localTileCount: DeviceBuffer
     let intermediate, expertRows: DeviceBuffer
     // All-to-all scratch.
@@ -201,9 +201,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
         localPlanTileCount = try buffer(4)
         arrivals = try buffer(4)
+        let smallRouting = LaunchPlan(tokens: min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)), config: config)
+        localRouterPartials = try buffer(smallRouting.routerSplits * min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)) * E * 4)
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
         blockCounts = try buffer((R * T + 31) / 32 * E * 4)
+        blockPrefix = try buffer((R * T + 31) / 32 * E * 4)
         expertCounts = try buffer(E * 4)
         expertOffsets = try buffer((E + 1) * 4)
         sortedToSlot = try buffer(globalSlots * 4)
@@ -320,8 +323,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // The single-rank forward's choices for T tokens: router kernel, GEMM variant, tile rows, resident rows.
         let plan = LaunchPlan(tokens: tokens, config: config)
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
-        let gemm = kernels.gemm(plan.variant)
-        try gemm.allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
+        try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
+        try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        let local = LaunchPlan(tokens: perRank, config: config)
+        try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
+        try scatterKernel.allowSharedMemory(32 * config.topK * 8)
+        if plan.smallRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
         return bucket
@@ -382,6 +389,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.tiles = localPlanTiles.address
         p.tileCount = localPlanTileCount.address
         p.arrivals = arrivals.address
+        p.routerPartials = localRouterPartials.address
+        p.routerSplits = Int32(LaunchPlan(tokens: b.tokensPerRank, config: config).routerSplits)
         p.tokens = Int32(b.tokensPerRank)
         p.hidden = Int32(config.hidden)
         p.experts = Int32(E)
@@ -399,6 +408,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.topkIds = heap.address + UInt64(layout.offset(of: .routingIds))
         p.topkWeights = heap.address + UInt64(layout.offset(of: .routingWeights))
         p.blockCounts = blockCounts.address
+        p.blockPrefix = blockPrefix.address
         p.expertCounts = expertCounts.address
         p.expertOffsets = expertOffsets.address
         p.sortedToSlot = sortedToSlot.address
@@ -484,16 +494,16 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         LaunchShape(grid: (b.validTokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 
-    /// Router + top-k on the local rows (same kernels as the single-rank forward of T global tokens).
+    /// Router + top-k on the local rows with the router the single-rank forward of T global tokens uses (the
+    /// small-batch kernel or the tensor-core one: their logits differ in summation order), launched for T_loc rows.
     func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
         let routing = localRoutingParameters(b, mode: mode)
-        let E = config.experts
+        let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
         if b.plan.smallRouting {
-            try kernels.routeSmall.launch(LaunchShape(grid: ((E + 3) / 4, 1, 1), block: 128), stream: stream, parameters: routing)
+            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
         } else {
-            try kernels.routerMMA.launch(
-                LaunchShape(grid: ((E + 63) / 64, (b.tokensPerRank + 63) / 64, 1), block: 128), stream: stream, parameters: routing)
-            try kernels.topk.launch(LaunchShape(grid: ((b.tokensPerRank + 31) / 32, 1, 1), block: 1024), stream: stream, parameters: routing)
+            try kernels.routerMMA.launch(local.routerMMAShape, stream: stream, parameters: routing)
+            try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
         }
     }
 
@@ -520,7 +530,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let blocks = (world * b.tokensPerRank + 31) / 32
         try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
         try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global)
-        try scatterKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
+        try scatterKernel.launch(
+            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global)
         try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep)
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
@@ -528,14 +539,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try barrier(3)
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
-        let gemm = kernels.gemm(b.plan.variant)
         let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
-        try gemm.launch(
+        try kernels.gemm(b.plan.gemm1Variant).launch(
             gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
                 tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles))
-        try gemm.launch(
+        try kernels.gemm(b.plan.gemm2Variant).launch(
             gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
