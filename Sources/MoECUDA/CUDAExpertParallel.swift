@@ -91,8 +91,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let owners: DeviceBuffer
     // Local tokens and routing.
     let x, output, logits, localIds, localWeights: DeviceBuffer
-    let localBlockCounts, localBlockPrefix, localRouterPartials, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
-    let localPlanTiles, localPlanTileCount, arrivals: DeviceBuffer
+    let localBlockCounts, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
+    let localPlanTiles, localPlanTileCount, arrivals, localRouterPartials: DeviceBuffer
     // The global plan.
     let blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
     let tiles, tileCount, localTiles, localTileCount: DeviceBuffer
@@ -193,9 +193,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localIds = try buffer(T * k * 4)
         localWeights = try buffer(T * k * 4)
         localBlockCounts = try buffer((T + 31) / 32 * E * 4)
-        localBlockPrefix = try buffer((T + 31) / 32 * E * 4)
-        // The fused small-batch router's per-slice partial logits, sized for the largest split count it uses.
-        localRouterPartials = try buffer(LaunchPlan(tokens: 1, config: config).routerSplits * T * E * 4)
         localExpertCounts = try buffer(E * 4)
         localOffsets = try buffer((E + 1) * 4)
         localSortedToSlot = try buffer(T * k * 4)
@@ -204,6 +201,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
         localPlanTileCount = try buffer(4)
         arrivals = try buffer(4)
+        let smallRouting = LaunchPlan(tokens: min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)), config: config)
+        localRouterPartials = try buffer(smallRouting.routerSplits * min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)) * E * 4)
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
         blockCounts = try buffer((R * T + 31) / 32 * E * 4)
@@ -326,7 +325,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
         try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
-        if plan.smallRouting { try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes) }
+        let local = LaunchPlan(tokens: perRank, config: config)
+        try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
+        try scatterKernel.allowSharedMemory(32 * config.topK * 8)
+        if plan.smallRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
         return bucket
@@ -379,9 +381,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.topkIds = localIds.address
         p.topkWeights = localWeights.address
         p.blockCounts = localBlockCounts.address
-        p.blockPrefix = localBlockPrefix.address
-        p.routerPartials = localRouterPartials.address
-        p.routerSplits = Int32(b.plan.routerSplits)
         p.expertCounts = localExpertCounts.address
         p.expertOffsets = localOffsets.address
         p.sortedToSlot = localSortedToSlot.address
@@ -390,6 +389,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.tiles = localPlanTiles.address
         p.tileCount = localPlanTileCount.address
         p.arrivals = arrivals.address
+        p.routerPartials = localRouterPartials.address
+        p.routerSplits = Int32(LaunchPlan(tokens: b.tokensPerRank, config: config).routerSplits)
         p.tokens = Int32(b.tokensPerRank)
         p.hidden = Int32(config.hidden)
         p.experts = Int32(E)
@@ -493,19 +494,16 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         LaunchShape(grid: (b.validTokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 
-    /// Router + top-k on the local rows (same kernels as the single-rank forward of T global tokens).
+    /// Router + top-k on the local rows with the router the single-rank forward of T global tokens uses (the
+    /// small-batch kernel or the tensor-core one: their logits differ in summation order), launched for T_loc rows.
     func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
         let routing = localRoutingParameters(b, mode: mode)
-        let E = config.experts
+        let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
         if b.plan.smallRouting {
-            // The kernel the single-rank forward picks for the global T (same per-token arithmetic), on the local rows.
-            try kernels.routeSmall(b.plan).launch(b.plan.routeSmallShape, stream: stream, parameters: routing)
+            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
         } else {
-            try kernels.routerMMA.launch(
-                LaunchShape(grid: ((E + 31) / 32, (b.tokensPerRank + 63) / 64, 1), block: 128), stream: stream, parameters: routing)
-            try kernels.topk.launch(
-                LaunchShape(grid: ((b.tokensPerRank + 31) / 32, 1, 1), block: 1024, sharedBytes: b.plan.topkShape.sharedBytes),
-                stream: stream, parameters: routing)
+            try kernels.routerMMA.launch(local.routerMMAShape, stream: stream, parameters: routing)
+            try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
         }
     }
 
@@ -533,8 +531,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
         try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global)
         try scatterKernel.launch(
-            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: b.plan.scatterShape.sharedBytes), stream: stream,
-            parameters: global)
+            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global)
         try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep)
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.

@@ -140,22 +140,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
     __threadfence_system();
 }
 
-/// grid ceil(R·T_loc / 32) × 256: the global plan's per-block histograms (the top-k is already there, written
-/// by peers: read coherently). The single-rank path folds this histogram into moe_topk; here the ids come from
-/// the routing region, so it is its own kernel. Same counts, so moe_plan_scan/moe_plan_scatter place every slot
-/// exactly where the single-rank plan does.
-extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams p) {
-    const int b = blockIdx.x;
-    const int *ids = (const int *)p.topkIds;
-    int *counts = (int *)p.blockCounts;
-    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
-    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
-    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
-        int c = 0;
-        for (int s = first; s < last; ++s) c += (load_coherent_i32(ids + s) == e);
-        counts[(long long)b * p.experts + e] = c;
-    }
-}
+/// grid ceil(R·T_loc / 32) × 256: the global plan's per-block histograms (the top-k is already there).
+extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams p) { count_block(p, blockIdx.x); }
 
 /// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {

@@ -74,6 +74,20 @@ MOE_DEVICE void topk_token(
 
 // MARK: plan pieces (each run by one whole block)
 
+/// Histogram of token block `b` from top-k ids in global memory (thread-per-expert counting, no atomics):
+/// blockCounts[b][e]. Expert parallelism builds its global plan with it (moe_ep_count) from the gathered routing.
+MOE_DEVICE void count_block(const MoERoutingParams &p, int b) {
+    const int *__restrict__ ids = (const int *)p.topkIds;
+    int *__restrict__ counts = (int *)p.blockCounts;
+    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
+    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
+        int c = 0;
+        for (int s = first; s < last; ++s) c += ids[s] == e;
+        counts[(long long)b * p.experts + e] = c;
+    }
+}
+
 /// Block-wide exclusive scan of one int per thread (blockDim.x ≤ 1024); returns the thread's prefix and
 /// writes the total to *total. Uses `scratch` (≥ 33 ints of shared memory).
 MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
@@ -163,7 +177,8 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 /// only results to global memory.
 template <int MAX_TOKENS>
 MOE_DEVICE void route_small(const MoERoutingParams &p) {
-    extern __shared__ __align__(16) unsigned char shared[];
+    extern __shared__ __align__(16) unsigned char routeShared[];
+    unsigned char *shared = routeShared;
     __shared__ int scratch[33];
     __shared__ int isLast;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -412,7 +427,8 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 /// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram from its ids.
 /// Dynamic shared memory: 32·E floats (or none) + 32·k ids.
 extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) {
-    extern __shared__ __align__(16) unsigned char shared[];
+    extern __shared__ __align__(16) unsigned char topkShared[];
+    unsigned char *shared = topkShared;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int E = p.experts, K = p.topK;
     const bool staged = E <= MOE_TOPK_SHARED_EXPERTS;
@@ -452,7 +468,8 @@ extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParam
 /// sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block). The block's ids
 /// and weights are staged in shared memory (dynamic: 32·k ints + 32·k floats).
 extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) {
-    extern __shared__ __align__(16) unsigned char shared[];
+    extern __shared__ __align__(16) unsigned char scatterShared[];
+    unsigned char *shared = scatterShared;
     const int E = p.experts, K = p.topK, b = blockIdx.x;
     const int first = b * MOE_TOKENS_PER_BLOCK * K;
     const int slots = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * K - first;
