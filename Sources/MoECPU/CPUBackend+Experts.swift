@@ -122,7 +122,7 @@ extension CPUBackend {
 }
 
 extension CPUKernelPath {
-    /// Runs one GEMM 1 tile on this path. scratch: the portable path's 3·maxTileTokens vectors.
+    /// Runs one GEMM 1 tile on this path. scratch: the portable path's `PortableKernels.scratchVectors` vectors.
     @inline(__always)
     func gemm1(_ tile: inout moekit_gemm1_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {
@@ -133,7 +133,7 @@ extension CPUKernelPath {
         }
     }
 
-    /// Runs one GEMM 2 tile on this path. scratch: the portable path's 2·maxTileTokens vectors.
+    /// Runs one GEMM 2 tile on this path. scratch: the portable path's `PortableKernels.scratchVectors` vectors.
     @inline(__always)
     func gemm2(_ tile: inout moekit_gemm2_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {

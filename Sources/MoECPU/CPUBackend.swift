@@ -52,17 +52,26 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
         return text
     }
 
+    /// Always available; says which kernel path `init(weights:workers:)` will run (MOEKIT_CPU_KERNELS included).
     public static func availability() -> BackendAvailability {
-        BackendAvailability(
+        let (path, note) = CPUKernelPath.selection(environmentValue: environmentKernels)
+        let supported = CPUKernelPath.supported.map(\.rawValue).joined(separator: ", ")
+        let source = note ?? (environmentKernels.map { _ in "from \(CPUKernelPath.environmentVariable)" } ?? "fastest here")
+        return BackendAvailability(
             name: "cpu", available: true,
-            reason: "\(ProcessorCount.online) cores, \(CPUKernelPath.best.rawValue) kernels (supported: \(CPUKernelPath.supported.map(\.rawValue).joined(separator: ", ")))")
+            reason: "\(ProcessorCount.online) cores, \(path.rawValue) kernels (\(source); supported: \(supported))")
+    }
+
+    /// MOEKIT_CPU_KERNELS, nil when unset or empty.
+    static var environmentKernels: String? {
+        getenv(CPUKernelPath.environmentVariable).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
     }
 
     /// The fastest kernel path this CPU supports, or the one `MOEKIT_CPU_KERNELS` names. A name that is unknown
     /// or unsupported here is not used: the backend falls back to the fastest path, says so in `detail` and on
     /// stderr (use `init(weights:workers:kernels:)` to fail instead).
     public convenience init(weights: MoELayerWeights, workers: Int? = nil) {
-        let (path, note) = CPUKernelPath.selection(environmentValue: getenv(CPUKernelPath.environmentVariable).map { String(cString: $0) })
+        let (path, note) = CPUKernelPath.selection(environmentValue: CPUBackend.environmentKernels)
         if let note { StandardError.print("moe: warning: CPU backend: \(note)\n") }
         self.init(weights: weights, workers: workers, path: path, note: note)
     }

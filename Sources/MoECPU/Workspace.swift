@@ -80,7 +80,7 @@ final class Workspace {
         expertCounts = GrowableBuffer(capacity: config.experts)
         expertOffsets = GrowableBuffer(capacity: config.experts + 1)
         expertWork = GrowableBuffer(capacity: config.experts)
-        portableScratchPerWorker = 3 * PortableKernels.maxTileTokens
+        portableScratchPerWorker = PortableKernels.scratchVectors
         portableScratch = GrowableBuffer(capacity: workers * portableScratchPerWorker)
         routerRows = GrowableBuffer(capacity: workers * config.hidden)
     }

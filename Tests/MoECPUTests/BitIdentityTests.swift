@@ -133,15 +133,14 @@ import Testing
 
     /// The conformance suite's quick cases (awkward shapes, all tokens on one expert, a starved expert, both
     /// routing modes) on every kernel path, judged as `Conformance.run` judges them; the float64 reference is
-    /// computed once per case and shared by the paths. The portable path takes the cases up to 16 tokens (it is
-    /// Swift SIMD, ~15× slower than the reference in a debug build; larger batches are covered by the other tests).
+    /// computed once per case and shared by the paths.
     @Test func conformanceOnEveryPath() throws {
         for testCase in Conformance.cases(quick: true) {
             let weights = try Conformance.weights(for: testCase)
             let c = testCase.config
             let x = SyntheticModel.hiddenStates(tokens: testCase.tokens, hidden: c.hidden, seed: testCase.seed)
             let reference = try ReferenceMoE.forward(weights: weights, input: x, tokens: testCase.tokens, mode: testCase.mode)
-            for path in CPUKernelPath.supported where path != .portable || testCase.tokens <= 16 {
+            for path in CPUKernelPath.supported {
                 let backend = try CPUBackend(weights: weights, workers: 2, kernels: path)
                 let first = try backend.forward(x, tokens: testCase.tokens, routing: testCase.mode, profiler: nil)
                 let second = try backend.forward(x, tokens: testCase.tokens, routing: testCase.mode, profiler: nil)

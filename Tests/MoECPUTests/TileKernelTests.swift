@@ -73,7 +73,7 @@ import Testing
 
     /// The portable kernels' accumulators (one per test: tests run in parallel).
     static func makeScratch() -> UnsafeMutablePointer<SIMD16<Float>> {
-        .allocate(capacity: 3 * PortableKernels.maxTileTokens)
+        .allocate(capacity: PortableKernels.scratchVectors)
     }
 
     /// GEMM 2 on one row group: out[t][column + j] = bf16(w[t] · (W[j]·x[t] + b[j])), nothing else written.

@@ -1,7 +1,8 @@
 // Times the CPU backend on one MoE layer of a preset's shape: both expert GEMMs (router excluded, the figure the
 // issue's targets are set in) and the whole layer (router, top-k, plan, gather, GEMMs, reduce), per token count.
-// Prints median / p10 / p90 ms, the experts touched, the floor (weight bytes touched ÷ the bandwidth measured in
-// the same run, or flops ÷ the measured peak, the larger) and the % of floor reached.
+// Prints median / p10 / p90 ms, the experts touched, the floor (weight bytes touched ÷ the read bandwidth, or
+// flops ÷ the peak of the kernels' arithmetic, the larger; both measured just before the row, because this VM's
+// memory bandwidth drifts by 2× within minutes) and the % of floor reached.
 //
 //   swift run -c release --package-path Benchmarks cpu-layer-bench \
 //       [--preset gpt-oss-20b] [--tokens 1,8,32,128,512] [--kernels avx512-bf16] [--workers 2] [--seconds 2]
@@ -163,11 +164,12 @@ do {
     print("machine:  \(backend.machineDescription); load average \(loadAverage())\(options.cold ? "; caches evicted before every timed run" : "")")
     print("backend:  \(backend.detail)")
     print("layer:    \(options.preset.rawValue) \(c)")
-    let ceilings = try backend.measureCeilings()
-    print("ceilings: read \(String(format: "%.1f", ceilings.bandwidthGBps)) GB/s (\(ceilings.bandwidthMethod)); peak \(String(format: "%.3f", ceilings.peakTFLOPs)) TFLOP/s (\(ceilings.peakMethod))")
+    let first = try backend.measureCeilings()
+    print("ceilings: \(first.bandwidthMethod); \(first.peakMethod); measured before every row")
     print("")
-    print("tokens experts | GEMMs ms: median    p10    p90  GFLOP/s  floor ms  % floor | layer ms: median    p10    p90 | runs")
+    print("tokens experts  GB/s TFLOP/s | GEMMs ms: median    p10    p90  GFLOP/s  floor ms  % floor | layer ms: median    p10    p90 | runs")
     for T in options.tokens {
+        let ceilings = try backend.measureCeilings()
         let x = SyntheticModel.hiddenStates(tokens: T, hidden: c.hidden, seed: 1000 + UInt64(T))
         let routed = try backend.forward(x, tokens: T, routing: .renormalize, profiler: nil)
         let plan = RoutingPlan(topkIds: routed.topkIds, tokens: T, topK: c.topK, experts: c.experts)
@@ -212,7 +214,7 @@ do {
         let layerColumns = String(
             format: "%15.3f %6.3f %6.3f", percentile(layerTimes.seconds, 0.5) * 1e3,
             percentile(layerTimes.seconds, 0.1) * 1e3, percentile(layerTimes.seconds, 0.9) * 1e3)
-        print(String(format: "%6d %7d", T, touched) + " | " + gemmColumns + " | " + layerColumns
+        print(String(format: "%6d %7d %5.1f %7.3f", T, touched, ceilings.bandwidthGBps, ceilings.peakTFLOPs) + " | " + gemmColumns + " | " + layerColumns
               + " | \(gemmTimes.note), \(layerTimes.note)")
         if options.profile {
             let profiler = Profiler()
