@@ -72,7 +72,9 @@ extension CPUBackend {
         pack.groupCount = groupCount
         pack.inputRows = UnsafePointer(inputRows)
         pack.packedInput = workspace.packedInput.pointer
-        profiler.scope(.dispatch, cost: StageCost(bytes: Double(rows * H * (2 + bytesPerValue)))) { pool.run(pack) }
+        profiler.scope(.dispatch, cost: StageCost(bytes: Double(rows * H * (2 + bytesPerValue)))) {
+            pool.run(pack, work: rows * H)
+        }
 
         // 4. GEMM 1 + SwiGLU, then 5. GEMM 2 with the routing weight, into the output rows.
         let pass = ExpertsPass(
@@ -81,11 +83,12 @@ extension CPUBackend {
             rowWeights: rowWeights, outputRows: UnsafePointer(outputRows))
         phases.gemm1.pass = pass
         phases.gemm2.pass = pass
+        let I = config.intermediate
         profiler.scope(.gemm1, cost: StageCost.gemm1(rows: rows, expertsTouched: workCount, config: config)) {
-            pool.run(phases.gemm1)
+            pool.run(phases.gemm1, work: rows * H * 2 * I)
         }
         profiler.scope(.gemm2, cost: StageCost.gemm2(rows: rows, expertsTouched: workCount, config: config)) {
-            pool.run(phases.gemm2)
+            pool.run(phases.gemm2, work: rows * I * H)
         }
     }
 
@@ -103,7 +106,7 @@ extension CPUBackend {
         worker: Int, unitsPerExpert units: Int, work: UnsafePointer<ExpertWork>, count: Int,
         _ body: (ExpertWork, Int) -> Void
     ) {
-        let W = pool.workers
+        let W = pool.activeWorkers
         var total = 0
         for w in 0..<count { total += units * (2 * Int(work[w].groupCount) + Int(work[w].rows)) }
         // Unit u with cost prefix P belongs to the worker with worker·total ≤ P·W < (worker+1)·total.

@@ -27,7 +27,9 @@ extension CPUBackend {
             router.convertedX = x
             router.x = UnsafePointer(x)
             router.logits = logits
-            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) { pool.run(router) }
+            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
+                pool.run(router, work: T * E * H)
+            }
             selectExperts(logits: logits, tokens: T, mode: routing, ids: ids, weights: topWeights, profiler: profiler)
 
             // Plan: a stable counting sort of the T·k slots by expert (RoutingPlan's order).
@@ -63,7 +65,9 @@ extension CPUBackend {
             reduce.tokens = T
             reduce.combine = UnsafePointer(combine)
             reduce.hidden = hidden
-            profiler.scope(.reduce, cost: StageCost.reduce(tokens: T, config: config)) { pool.run(reduce) }
+            profiler.scope(.reduce, cost: StageCost.reduce(tokens: T, config: config)) {
+                pool.run(reduce, work: T * k * H)
+            }
         }
     }
 }

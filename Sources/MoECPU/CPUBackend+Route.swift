@@ -16,7 +16,9 @@ extension CPUBackend {
             router.convertedX = nil
             router.x = x
             router.logits = logits
-            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) { pool.run(router) }
+            profiler.scope(.router, cost: StageCost.router(tokens: T, config: config)) {
+                pool.run(router, work: T * config.experts * config.hidden)
+            }
             selectExperts(logits: logits, tokens: T, mode: mode, ids: ids, weights: topWeights, profiler: profiler)
         }
     }

@@ -9,6 +9,8 @@ protocol WorkerPhase: AnyObject {
 /// `run` hands one phase to every worker and returns when all are done; nothing is allocated per run.
 final class WorkerPool: @unchecked Sendable {
     let workers: Int
+    /// Workers taking part in the phase being run (1 when it runs on the caller alone); what `share` divides by.
+    private(set) var activeWorkers: Int
     private let pool: OpaquePointer
 
     /// Starts workers − 1 threads; nil when the OS refuses one (or memory runs out).
@@ -17,6 +19,7 @@ final class WorkerPool: @unchecked Sendable {
         guard let pool = moekit_pool_create(Int32(workers)) else { return nil }
         self.pool = pool
         self.workers = workers
+        self.activeWorkers = workers
     }
 
     deinit { moekit_pool_destroy(pool) }
@@ -24,7 +27,17 @@ final class WorkerPool: @unchecked Sendable {
     /// Calls `phase.run(worker:)` once on each worker, worker 0 on this thread; returns when every call has
     /// returned. A phase is an object the caller keeps and reuses (a closure would cost a heap-allocated context
     /// per call); its calls write disjoint memory by construction (each phase partitions its outputs by worker).
-    func run(_ phase: any WorkerPhase) {
+    ///
+    ///
+    /// work: the phase's size in multiply-adds (or bytes moved); below `serialWork` the phase runs on the caller
+    /// alone, where a hand-over (~1–2 µs) would cost more than a second core saves.
+    func run(_ phase: any WorkerPhase, work: Int = .max) {
+        if work < serialWork || workers == 1 {
+            activeWorkers = 1
+            phase.run(worker: 0)
+            activeWorkers = workers
+            return
+        }
         var phase = phase
         withUnsafeMutablePointer(to: &phase) { pointer in
             moekit_pool_run(pool, { context, worker in
@@ -32,6 +45,10 @@ final class WorkerPool: @unchecked Sendable {
             }, pointer)
         }
     }
+
+    /// Phases smaller than this (multiply-adds or bytes) run on the calling thread only (tests set 0 to split
+    /// every phase).
+    var serialWork = 1 << 14
 
     /// `run` for code off the hot path (measurements, tests): wraps `body` in a phase object, which allocates.
     func run(_ body: @escaping (Int) -> Void) {
@@ -47,6 +64,6 @@ final class WorkerPool: @unchecked Sendable {
     /// The contiguous share [start, end) of `count` items that `worker` takes.
     @inline(__always)
     func share(of count: Int, worker: Int) -> Range<Int> {
-        (count * worker / workers)..<(count * (worker + 1) / workers)
+        (count * worker / activeWorkers)..<(count * (worker + 1) / activeWorkers)
     }
 }

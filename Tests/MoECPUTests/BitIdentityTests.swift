@@ -19,6 +19,7 @@ import Testing
             var first: MoEForwardResult?
             for workers in [1, 2, 3, 5] {
                 let backend = try CPUBackend(weights: weights, workers: workers, kernels: path)
+                backend.pool.serialWork = 0  // split every phase, however small
                 let out = try backend.forward(x, tokens: T, routing: .renormalize, profiler: nil)
                 if let first {
                     #expect(Self.bits(out.hidden) == Self.bits(first.hidden), "\(path) T=\(T): \(workers) workers differ from 1")
@@ -62,6 +63,7 @@ import Testing
         let c = Self.config
         let weights = try SyntheticModel.layer(config: c, seed: 23)
         let backend = try CPUBackend(weights: weights, workers: 2, kernels: path)
+        backend.pool.serialWork = 0
         let T = 30
         let x = SyntheticModel.hiddenStates(tokens: T, hidden: c.hidden, seed: 5)
         var xBF16 = x.map { BF16.bits($0) }
@@ -120,6 +122,7 @@ import Testing
         for (config, tokenCounts) in cases {
             let weights = try SyntheticModel.layer(config: config, seed: 24)
             let fast = try CPUBackend(weights: weights, workers: 2, kernels: path)
+            fast.pool.serialWork = 0
             let portable = try CPUBackend(weights: weights, workers: 2, kernels: .portable)
             for T in tokenCounts {
                 let x = SyntheticModel.hiddenStates(tokens: T, hidden: config.hidden, seed: UInt64(T))

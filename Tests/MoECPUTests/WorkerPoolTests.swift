@@ -27,6 +27,26 @@ import Darwin
         }
     }
 
+    @Test func smallPhasesRunOnTheCallerAlone() throws {
+        let pool = try #require(WorkerPool(workers: 2))
+        let seen = UnsafeMutablePointer<Int>.allocate(capacity: 2)
+        seen.initialize(repeating: 0, count: 2)
+        defer { seen.deallocate() }
+        final class Counting: WorkerPhase {
+            let seen: UnsafeMutablePointer<Int>
+            let pool: WorkerPool
+            var shares: [Range<Int>] = [0..<0, 0..<0]
+            init(_ seen: UnsafeMutablePointer<Int>, _ pool: WorkerPool) { self.seen = seen; self.pool = pool }
+            func run(worker: Int) { seen[worker] += 1; shares[worker] = pool.share(of: 10, worker: worker) }
+        }
+        let phase = Counting(seen, pool)
+        pool.run(phase, work: pool.serialWork - 1)
+        #expect(seen[0] == 1 && seen[1] == 0 && phase.shares[0] == 0..<10, "a small phase is all the caller's")
+        pool.run(phase, work: pool.serialWork)
+        #expect(seen[0] == 2 && seen[1] == 1 && phase.shares[0] == 0..<5 && phase.shares[1] == 5..<10)
+        #expect(pool.activeWorkers == 2)
+    }
+
     @Test func sharesCoverEveryItemOnce() throws {
         let pool = try #require(WorkerPool(workers: 3))
         for count in [0, 1, 2, 3, 10, 101] {
