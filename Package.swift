@@ -37,6 +37,7 @@ let package = Package(
                 .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
                 .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
                 .embedInCode("Kernels/moe_ceilings.cu"),
+                .embedInCode("Kernels/moe_ep.cu"),
             ]),
         .target(name: "CMoEAtomics"),
         .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),

@@ -78,6 +78,7 @@ int ccuda_resolve_driver(void *handle, CCUDADriverAPI *api, char *missing, size_
     RESOLVE(api, cuEventCreate, 1, "cuEventCreate");
     RESOLVE(api, cuEventDestroy, 1, "cuEventDestroy_v2");
     RESOLVE(api, cuEventRecord, 1, "cuEventRecord");
+    RESOLVE(api, cuEventRecordWithFlags, 0, "cuEventRecordWithFlags");
     RESOLVE(api, cuEventSynchronize, 1, "cuEventSynchronize");
     RESOLVE(api, cuEventElapsedTime, 1, "cuEventElapsedTime_v2", "cuEventElapsedTime");
     RESOLVE(api, cuModuleLoadData, 1, "cuModuleLoadData");
@@ -86,6 +87,7 @@ int ccuda_resolve_driver(void *handle, CCUDADriverAPI *api, char *missing, size_
     RESOLVE(api, cuFuncSetAttribute, 1, "cuFuncSetAttribute");
     RESOLVE(api, cuFuncGetAttribute, 1, "cuFuncGetAttribute");
     RESOLVE(api, cuLaunchKernel, 1, "cuLaunchKernel");
+    RESOLVE(api, cuLaunchKernelEx, 0, "cuLaunchKernelEx");
     RESOLVE(api, cuGraphInstantiate, 1, "cuGraphInstantiateWithFlags");
     RESOLVE(api, cuGraphLaunch, 1, "cuGraphLaunch");
     RESOLVE(api, cuGraphExecDestroy, 1, "cuGraphExecDestroy");

@@ -31,12 +31,18 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Untimed warm-up runs per row.")
     var warmup: Int = 2
 
+    @Option(help: "Also profile each row (per-stage time, flops, bytes) and write table, JSON summary and Chrome trace per token count into this directory.")
+    var profile: String?
+
     @OptionGroup(title: "Expert parallelism") var parallel: ExpertParallelFlags
 
     func validate() throws {
         if let iterations, iterations < 1 { throw ValidationError("--iterations must be ≥ 1") }
         if warmup < 0 { throw ValidationError("--warmup must be ≥ 0") }
         if !(seconds > 0) { throw ValidationError("--seconds must be > 0") }
+        if profile != nil && parallel.isRequested {
+            throw ValidationError("--profile is not available with --ranks; the expert-parallel bench prints per-phase times itself")
+        }
     }
 
     func run() throws {
@@ -51,7 +57,7 @@ struct BenchCommand: ParsableCommand {
         print("backend: \(engine.detail) [\(why)]")
         let settings = BenchSettings(
             tokens: tokens?.values, routing: routing, iterations: iterations, seconds: seconds, warmup: warmup,
-            seed: model.seed)
+            seed: model.seed, profileDirectory: profile)
         let report = try Bench.run(
             engine: engine, weights: weights, settings: settings, preset: model.model == nil ? (model.preset ?? .gptOss20b).rawValue : nil,
             modelPath: model.model)
@@ -69,6 +75,8 @@ struct BenchSettings {
     var seconds: Double
     var warmup: Int
     var seed: UInt64
+    /// When set: each row is also run under a `Profiler` and its report written here.
+    var profileDirectory: String? = nil
 }
 
 /// The benchmark procedure shared by `moe bench` and the main job.
@@ -131,7 +139,12 @@ enum Bench {
                 TFLOPs: flops / stats.median / 1e12, GBps: bytes / stats.median / 1e9,
                 floorMicroseconds: floor * 1e6, percentOfFloor: 100 * floor / stats.median, expertsTouched: touched,
                 weightBytes: bytes, flops: flops, iterations: iterations, stages: nil)
-            rows.append(row)
+            var profiled = row
+            if let directory = settings.profileDirectory {
+                profiled.stages = try profileRow(
+                    engine: engine, input: input, tokens: T, routing: settings.routing, ceilings: ceilings, directory: directory)
+            }
+            rows.append(profiled)
             progress.clear()
             print(String(format: "%6d %11.1f %10.1f %10.1f %12.1f %8.3f %9.1f %9d %10.1f %10.1f%%",
                          T, row.medianMicroseconds, row.p10Microseconds, row.p90Microseconds, row.tokensPerSecond,
@@ -147,6 +160,29 @@ enum Bench {
                 backend: engine.name, ranks: 1, comm: "none", routing: settings.routing.rawValue),
             check: .init(tokens: checkTokens, relativeL2: error, routingMismatches: mismatches.count),
             rows: rows)
+    }
+}
+
+extension Bench {
+    /// Runs `runs` profiled forwards of one row, writes their report as `bench-T<tokens>` in `directory`, and
+    /// returns each stage's median time with its flops and bytes for the JSON row.
+    static func profileRow(
+        engine: any MoEBenchmarkable, input: [Float], tokens T: Int, routing: RoutingMode, ceilings: HardwareCeilings,
+        directory: String, runs: Int = 5
+    ) throws -> [String: BenchmarkReport.StageRow] {
+        var profilers: [Profiler] = []
+        for _ in 0..<runs {
+            let profiler = Profiler()
+            _ = try engine.forward(input, tokens: T, routing: routing, profiler: profiler)
+            profilers.append(profiler)
+        }
+        try ProfileReport.write(profilers: [profilers.last!], ceilings: ceilings, name: "bench-T\(T)", to: directory)
+        var byStage: [String: [Profiler.Record]] = [:]
+        for profiler in profilers { for record in profiler.records { byStage[record.stage, default: []].append(record) } }
+        return byStage.mapValues { records in
+            let median = TimingStats(records.map { Double($0.durationNanoseconds) * 1e-3 }).median
+            return BenchmarkReport.StageRow(medianMicroseconds: median, flops: records[0].flops, bytes: records[0].bytes)
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MoECUDA
 import MoECore
 
@@ -17,6 +18,9 @@ struct CUDADebugCommand: ParsableCommand {
     @Option(help: "GEMM kernel: all, or one of \(GemmVariant.allCases.map(\.rawValue).joined(separator: ", ")).")
     var variant: String = "all"
 
+    @Flag(help: "Instead of checking stages, print each kernel's median device time (graph replays with event nodes).")
+    var timing = false
+
     func validate() throws {
         if variant != "all" && GemmVariant(rawValue: variant) == nil { throw ValidationError("unknown --variant \(variant)") }
     }
@@ -24,9 +28,21 @@ struct CUDADebugCommand: ParsableCommand {
     func run() throws {
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
+        let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
+        if timing {
+            let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
+            for T in tokens.values {
+                let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
+                let times = try backend.kernelTimes(input, tokens: T, routing: .renormalize)
+                let total = times.reduce(0) { $0 + $1.microseconds }
+                let parts = times.map { "\($0.kernel) \(String(format: "%.1f", $0.microseconds))" }.joined(separator: " | ")
+                print("T=\(T) \(backend.launchPlan(tokens: T).variantDescription): total \(String(format: "%.1f", total)) µs: \(parts)")
+            }
+            return
+        }
         var failures = 0
-        for v in variants {
+        for v in variants where hopper || !v.needsHopper {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: v))
             for T in tokens.values {
                 for mode in RoutingMode.allCases {

@@ -30,17 +30,32 @@ struct ForwardCommand: ParsableCommand {
 
     @OptionGroup(title: "Expert parallelism") var parallel: ExpertParallelFlags
 
+    @Option(help: "Write a per-stage profile (table, JSON summary, Chrome trace) of the forward into this directory.")
+    var profile: String?
+
+    func validate() throws {
+        if profile != nil && parallel.isRequested {
+            throw ValidationError("--profile is not available with --ranks; profile a single-rank forward, or use moe bench --ranks for per-phase times")
+        }
+    }
+
     func run() throws {
         if parallel.isRequested {
             return try ExpertParallelForwardCommand.run(
                 flags: parallel, model: model, layer: layer, input: input, output: output, backend: backend, routing: routing)
         }
         var why = ""
-        let request = ForwardJob.Request(model: model, layer: layer, input: input, output: output, routing: routing)
+        let profiler = profile.map { _ in Profiler() }
+        let request = ForwardJob.Request(
+            model: model, layer: layer, input: input, output: output, routing: routing, profiler: profiler)
         let summary = try ForwardJob.run(request) { weights in
             let made = try BackendRegistry.make(backend, weights: weights)
             why = made.why
             return made.backend
+        }
+        if let profile, let profiler {
+            let files = try ProfileReport.write(profilers: [profiler], ceilings: nil, name: "forward", to: profile)
+            print("profile: \(files.table), \(files.summary)\(files.trace.map { ", " + $0 } ?? "")")
         }
         print("wrote \(output): \(summary.tokens) token\(summary.tokens == 1 ? "" : "s"), layer \(layer) of \(model) (\(summary.config)), \(routing.rawValue), \(summary.backend) [\(why)]")
     }

@@ -131,6 +131,14 @@ enum ExpertParallelBenchCommand {
         iterations: Int?, warmup: Int, json: String?
     ) throws {
         guard let environment = try flags.enterRank() else { return }
+        if backend == .cuda {
+            // GPU expert parallelism: symmetric heaps over CUDA IPC (GPUExpertParallelBench).
+            let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
+            return try GPUExpertParallelBench.runCommand(
+                environment: environment, weights: weights, source: source, options: flags.options(),
+                tokenCounts: tokens ?? [1, 8, 32, 128].map { $0 * environment.world }, mode: routing,
+                iterations: iterations ?? 20, warmup: warmup, seed: model.seed)
+        }
         guard backend == .auto || backend == .cpu else {
             throw ValidationError("expert parallelism runs on the CPU backend in this build (--backend \(backend.rawValue) given)")
         }
@@ -257,8 +265,12 @@ enum ExpertParallelForwardCommand {
         routing: RoutingMode
     ) throws {
         guard let environment = try flags.enterRank() else { return }
+        if backend == .cuda {
+            return try runOnGPUs(
+                environment: environment, flags: flags, model: model, layer: layer, input: input, output: output, routing: routing)
+        }
         guard backend == .auto || backend == .cpu else {
-            throw ValidationError("expert parallelism runs on the CPU backend in this build (--backend \(backend.rawValue) given)")
+            throw ValidationError("expert parallelism runs on the CPU or CUDA backend (--backend \(backend.rawValue) given)")
         }
         // Every rank loads the layer and reads the whole input; each computes its own tokens' share.
         let weights = try ModelDirectory(path: model).layer(layer)
@@ -280,6 +292,30 @@ enum ExpertParallelForwardCommand {
         let detail = "cpu expert-parallel, \(runner.world) ranks × \(runner.workers) threads, \(comm)"
         try HiddenStatesFile.writeOutput(
             output, result: MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: topWeights), tokens: tokens,
+            config: config,
+            metadata: ["model": model, "layer": String(layer), "routing": routing.rawValue, "backend": detail])
+        print("wrote \(output): \(tokens) token\(tokens == 1 ? "" : "s"), layer \(layer) of \(model) (\(config)), \(routing.rawValue), \(detail)")
+    }
+
+    /// `--backend cuda`: the layer through GPU expert parallelism (GPUExpertParallelRunner); rank 0 writes the
+    /// file, with the top-k each token's home rank computed.
+    static func runOnGPUs(
+        environment: RankEnvironment, flags: ExpertParallelFlags, model: String, layer: Int, input: String, output: String,
+        routing: RoutingMode
+    ) throws {
+        let weights = try ModelDirectory(path: model).layer(layer)
+        let config = weights.config
+        let (values, tokens) = try HiddenStatesFile.readInput(input, hidden: config.hidden)
+        let comm = flags.comm ?? environment.comm ?? .symmetric
+        let runner = try GPUExpertParallelRunner(
+            environment: environment, layers: [weights], maxBatchTokens: tokens, options: flags.options())
+        defer { runner.close() }
+        let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm)
+        let routed = try runner.gatherRouting(layer: 0, tokens: tokens)
+        guard let hidden, let routed else { return }
+        let detail = "cuda expert-parallel, \(runner.world) ranks over CUDA IPC, \(comm)"
+        try HiddenStatesFile.writeOutput(
+            output, result: MoEForwardResult(hidden: hidden, topkIds: routed.ids, topkWeights: routed.weights), tokens: tokens,
             config: config,
             metadata: ["model": model, "layer": String(layer), "routing": routing.rawValue, "backend": detail])
         print("wrote \(output): \(tokens) token\(tokens == 1 ? "" : "s"), layer \(layer) of \(model) (\(config)), \(routing.rawValue), \(detail)")

@@ -18,8 +18,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         /// Buckets kept (one per token count); the least recently used is dropped past this.
         public var maxBuckets: Int
 
+        /// `gemmVariant` nil: `$MOE_CUDA_GEMM` when it names a variant (for experiments), else chosen per token count.
         public init(gemmVariant: GemmVariant? = nil, poisonOutputs: Bool = true, maxBuckets: Int = 16) {
-            self.gemmVariant = gemmVariant
+            self.gemmVariant = gemmVariant ?? currentEnvironment("MOE_CUDA_GEMM").flatMap(GemmVariant.init(rawValue:))
             self.poisonOutputs = poisonOutputs
             self.maxBuckets = maxBuckets
         }
@@ -96,49 +97,62 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         return MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: weights)
     }
 
-    /// Eager launch with device events between phases; records per-stage device times in the profiler.
+    /// One replay of the timed graph; records per-stage device times in the profiler.
     private func runProfiled(bucket: TokenBucket, mode: RoutingMode, profiler: Profiler) throws {
-        let device = runtime.device
-        let start = try CUDAEvent(device: device)
-        var marks: [(TokenBucket.Phase, CUDAEvent)] = []
-        try start.record(stream)
-        try bucket.enqueue(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
-            let event = try CUDAEvent(device: device)
-            try event.record(self.stream)
-            marks.append((phase, event))
-        }
+        let (exec, start, marks) = try bucket.timedGraph(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream)
+        try exec.launch(stream)
         try stream.synchronize()
         let counts = try bucket.expertCounts.download(Int32.self, count: config.experts)
         let touched = counts.filter { $0 > 0 }.count
-        let rows = bucket.plan.slots
+        let rows = bucket.plan.slots, T = bucket.plan.tokens
         var previous = start
-        var elapsed: [(Stage, Double)] = []
+        var elapsed: [(Stage, Double, StageCost)] = []
         for (phase, event) in marks {
             let ms = Double(try event.milliseconds(since: previous))
             previous = event
             switch phase {
-            case .routing: elapsed.append((.router, ms))
-            case .gemm1: elapsed.append((.gemm1, ms))
-            case .gemm2: elapsed.append((.gemm2, ms))
-            case .reduce: elapsed.append((.reduce, ms))
+            case .route, .router: elapsed.append((.router, ms, StageCost.router(tokens: T, config: config)))
+            case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
+            case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
+            case .gemm1: elapsed.append((.gemm1, ms, StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)))
+            case .gemm2: elapsed.append((.gemm2, ms, StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)))
+            case .reduce: elapsed.append((.reduce, ms, StageCost.reduce(tokens: T, config: config)))
             }
         }
         // Device times laid end to end, ending now on the host clock.
         let total = elapsed.reduce(0) { $0 + $1.1 }
         var cursor = Profiler.now() &- UInt64(total * 1e6)
-        for (stage, ms) in elapsed {
-            let cost: StageCost
-            switch stage {
-            case .router:
-                cost = StageCost.router(tokens: bucket.plan.tokens, config: config)
-            case .gemm1: cost = StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)
-            case .gemm2: cost = StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)
-            default: cost = StageCost.reduce(tokens: bucket.plan.tokens, config: config)
-            }
+        for (stage, ms, cost) in elapsed {
             let end = cursor &+ UInt64(ms * 1e6)
             profiler.record(stage.rawValue, start: cursor, end: end, cost: cost)
             cursor = end
         }
+    }
+
+    /// Median device time of each kernel of the layer over `iterations` replays of a graph with event nodes
+    /// between the kernels (so launch gaps inside the graph count towards the following kernel).
+    public func kernelTimes(_ input: [Float], tokens: Int, routing: RoutingMode, iterations: Int = 20) throws
+        -> [(kernel: String, microseconds: Double)]
+    {
+        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
+        lock.wait()
+        defer { lock.signal() }
+        try runtime.device.makeCurrent()
+        let bucket = try bucket(tokens: tokens)
+        try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
+        let (exec, start, marks) = try bucket.timedGraph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream)
+        var samples = [[Double]](repeating: [], count: marks.count)
+        for iteration in 0..<(iterations + 2) {
+            try exec.launch(stream)
+            try stream.synchronize()
+            guard iteration >= 2 else { continue }  // warm-up
+            var previous = start
+            for (i, (_, event)) in marks.enumerated() {
+                samples[i].append(Double(try event.milliseconds(since: previous)) * 1000)
+                previous = event
+            }
+        }
+        return marks.enumerated().map { i, mark in (mark.0.rawValue, samples[i].sorted()[samples[i].count / 2]) }
     }
 
     /// The bucket for T tokens (allocated on first use; least recently used dropped past maxBuckets).
@@ -153,7 +167,15 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             buckets[oldest] = nil
         }
         let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
-        try kernels.gemm(plan.variant).allowSharedMemory(max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
+        try plan.validate(maxSharedPerBlock: runtime.device.maxSharedPerBlock)
+        if (plan.gemm1Variant.needsHopper || plan.gemm2Variant.needsHopper) && runtime.device.architecture != "sm_90a" {
+            throw CUDAError.unsupportedDevice("\(plan.variantDescription) needs sm_90a (wgmma); this device is \(runtime.device.architecture)")
+        }
+        try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
+        try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
+        try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
+        if plan.smallRouting { try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes) }
         let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
         buckets[tokens] = bucket
         bucketUse.append(tokens)

@@ -201,6 +201,14 @@ public final class CUDAEvent: @unchecked Sendable {
         try device.driver.call("cuEventRecord", device.driver.api.cuEventRecord?(handle, stream.handle))
     }
 
+    /// Records into a graph being captured as an event record node (plain cuEventRecord during capture only
+    /// orders work), so the event can time kernels inside graph replays.
+    public func recordInGraph(_ stream: CUDAStream) throws(CUDAError) {
+        try device.driver.call(
+            "cuEventRecordWithFlags",
+            device.driver.api.cuEventRecordWithFlags?(handle, stream.handle, UInt32(CCUDA_EVENT_RECORD_EXTERNAL)))
+    }
+
     public func synchronize() throws(CUDAError) {
         try device.driver.call("cuEventSynchronize", device.driver.api.cuEventSynchronize?(handle))
     }
@@ -284,21 +292,39 @@ public final class CUDAFunction: @unchecked Sendable {
         sharedLimit = bytes
     }
 
-    /// Launches with one by-value parameter struct (all MoEKit kernels take exactly one).
-    public func launch<Parameters>(_ shape: LaunchShape, stream: CUDAStream, parameters: Parameters) throws(CUDAError) {
+    /// Launches with one by-value parameter struct (all MoEKit kernels take exactly one). `programmatic`: the
+    /// launch may overlap the previous kernel in the stream (programmatic dependent launch, sm_90+); the kernel
+    /// itself waits (griddepcontrol.wait) before reading what that kernel wrote. Ignored when the driver lacks
+    /// cuLaunchKernelEx or the device is older than sm_90.
+    public func launch<Parameters>(
+        _ shape: LaunchShape, stream: CUDAStream, parameters: Parameters, programmatic: Bool = false
+    ) throws(CUDAError) {
         guard shape.grid.x > 0, shape.grid.y > 0, shape.grid.z > 0 else { return }
         try allowSharedMemory(shape.sharedBytes)
         var copy = parameters
         let driver = module.device.driver
+        let useEx = programmatic && driver.api.cuLaunchKernelEx != nil && module.device.computeCapability.major >= 9
         let result = withUnsafeMutablePointer(to: &copy) { pointer -> Int32? in
             var arguments: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(pointer)]
-            return arguments.withUnsafeMutableBufferPointer { list in
-                driver.api.cuLaunchKernel?(
+            return arguments.withUnsafeMutableBufferPointer { list -> Int32? in
+                if useEx {
+                    var attribute = CCUDALaunchAttribute()
+                    attribute.id = Int32(CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+                    attribute.value.value = 1
+                    return withUnsafeMutablePointer(to: &attribute) { attributePointer -> Int32? in
+                        var config = CCUDALaunchConfig(
+                            gridDimX: UInt32(shape.grid.x), gridDimY: UInt32(shape.grid.y), gridDimZ: UInt32(shape.grid.z),
+                            blockDimX: UInt32(shape.block), blockDimY: 1, blockDimZ: 1, sharedMemBytes: UInt32(shape.sharedBytes),
+                            hStream: stream.handle, attrs: attributePointer, numAttrs: 1)
+                        return driver.api.cuLaunchKernelEx?(&config, handle, list.baseAddress, nil)
+                    }
+                }
+                return driver.api.cuLaunchKernel?(
                     handle, UInt32(shape.grid.x), UInt32(shape.grid.y), UInt32(shape.grid.z), UInt32(shape.block), 1, 1,
                     UInt32(shape.sharedBytes), stream.handle, list.baseAddress, nil)
             }
         }
-        try driver.call("cuLaunchKernel", result)
+        try driver.call(useEx ? "cuLaunchKernelEx" : "cuLaunchKernel", result)
     }
 
     /// Launches with several scalar arguments, each passed by address.

@@ -68,7 +68,7 @@ public final class CUDARuntime: @unchecked Sendable {
 
 /// The layer's kernels, looked up once.
 final class LayerKernels: @unchecked Sendable {
-    let routeSmall: CUDAFunction
+    private let routeSmall: [String: CUDAFunction]
     let routerMMA: CUDAFunction
     let topk: CUDAFunction
     let planScan: CUDAFunction
@@ -80,7 +80,9 @@ final class LayerKernels: @unchecked Sendable {
     init(runtime: CUDARuntime) throws(CUDAError) {
         let routing = try runtime.module(.routing)
         experts = try runtime.module(.experts)
-        routeSmall = try routing.function("moe_route_small")
+        var small: [String: CUDAFunction] = [:]
+        for bound in [1, 2, 4, 8, 16, 32] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
+        routeSmall = small
         routerMMA = try routing.function("moe_router_mma")
         topk = try routing.function("moe_topk")
         planScan = try routing.function("moe_plan_scan")
@@ -90,6 +92,7 @@ final class LayerKernels: @unchecked Sendable {
     }
 
     func gemm(_ variant: GemmVariant) -> CUDAFunction { gemms[variant]! }
+    func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }
 
 /// The layer's weights on the device, in the repacked layout (WeightRepacking.swift).

@@ -1,49 +1,82 @@
 import CCUDA
 import MoECore
 
-/// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STREAMED lines).
+/// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
-    /// Activation tile kept whole in shared memory, 4 warps splitting K; 16 weight rows × 8 tokens.
-    case resident_1_1_4
-    /// Same, 16 rows × 16 tokens.
-    case resident_1_2_4
-    /// K staged through a cp.async ring; 4 warps × 32 rows = 128 rows × 32 tokens.
-    case streamed_2_4_4
-    /// 128 rows × 64 tokens.
-    case streamed_2_8_4
+    /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, whole K each), activation tile in shared
+    /// memory, a 4-slot weight ring per lane.
+    case resident_1_1_4_1_4
+    /// Decode: 32 rows × 8 tokens (2 warps × 16 rows, K split over 2), 4-slot rings.
+    case resident_1_1_2_2_4
+    /// Decode: 64 rows × 8 tokens, 8 warps (K split over 2), 3-slot rings.
+    case resident_1_1_4_2_3
+    /// Decode: 32 rows × 8 tokens, 8 warps (K split over 4), 3-slot rings.
+    case resident_1_1_2_4_3
+    /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
+    case resident_1_1_8_1_3
+    /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
+    /// 2-stage shared-memory ring (two blocks per SM).
+    case staged_2_4_8_2
+    /// 256 rows × 64 tokens, 3 stages.
+    case staged_2_8_8_3
+    /// 128 rows × 64 tokens (8 warps × 16 rows), 2 stages.
+    case staged_1_8_8_2
+    /// sm_90a: 256 weight rows × 64 tokens per block, two warpgroups issuing wgmma m64n64k16 with the decoded
+    /// weights as the register operand and the activations read by the tensor cores from shared memory; 3 stages.
+    case warpgroup_2_2_64_3
+    /// sm_90a: 128 weight rows × 128 tokens (wgmma m64n128k16), 2 stages.
+    case warpgroup_1_2_128_2
+
+    public enum Kind: String, Sendable { case resident, staged, warpgroup }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
-    var parts: (kind: Substring, mi: Int, nj: Int, warps: Int) {
-        let p = rawValue.split(separator: "_")
-        return (p[0], Int(p[1])!, Int(p[2])!, Int(p[3])!)
-    }
-    public var isResident: Bool { parts.kind == "resident" }
-    /// Rows of weights (output features) per MMA fragment row group count per warp.
-    public var rowGroupsPerWarp: Int { parts.mi }
-    /// Tokens per tile: 8 per n8 fragment.
-    public var tileRows: Int { 8 * parts.nj }
-    public var warps: Int { parts.warps }
+    private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
+    public var kind: Kind { Kind(rawValue: String(rawValue.split(separator: "_")[0]))! }
+    public var isResident: Bool { kind == .resident }
+    /// 16-row groups per warp.
+    public var rowGroupsPerWarp: Int { numbers[0] }
+    /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
+    public var tileRows: Int { kind == .warpgroup ? numbers[2] : 8 * numbers[1] }
+    /// Warps along the output rows.
+    public var warpsAcrossRows: Int { kind == .warpgroup ? 4 * numbers[1] : numbers[2] }
+    /// Warps splitting K (resident kernels).
+    public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
+    public var warps: Int { warpsAcrossRows * warpsAcrossK }
+    /// Slots of the per-lane weight ring (resident and warpgroup kernels).
+    public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
+    /// Stages of the shared-memory ring (staged kernels).
+    public var stages: Int { kind == .staged ? numbers[3] : 0 }
     /// Weight row groups (16 rows) one block covers.
-    public var rowGroupsPerBlock: Int { isResident ? parts.mi : parts.mi * parts.warps }
+    public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
+    /// Needs sm_90a (wgmma).
+    public var needsHopper: Bool { kind == .warpgroup }
 
-    /// The default choice for a token count: decode sizes stream weights with small tiles; large batches use
-    /// larger tiles so each decoded weight feeds more MMAs.
-    public static func choose(tokens: Int) -> GemmVariant {
+    /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
+    /// weights straight into registers with 8-token tiles; larger batches stage codes and activations through
+    /// shared memory with larger tiles, so each decoded weight feeds more MMAs. GEMM 2 at decode sizes splits
+    /// K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
+    public static func choose(tokens: Int) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
-        case ...64: .resident_1_1_4
-        case ...384: .resident_1_2_4
-        case ...1536: .streamed_2_4_4
-        default: .streamed_2_8_4
+        case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
+        case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
+        case ...2048: (.staged_2_4_8_2, .staged_2_4_8_2)
+        default: (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 
     /// Dynamic shared memory for a GEMM with reduction width `k` and at most `residentRows` rows per tile.
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
         let chunks = (k + 63) / 64
-        if isResident {
-            return residentRows * (64 * chunks + 8) * 2 + warps * parts.mi * parts.nj * 32 * 4 * 4
+        if kind == .warpgroup {
+            return ringSlots * tileRows * 256 * 2 + warps * ringSlots * rowGroupsPerWarp * 5 * 512
         }
-        return 3 * tileRows * (256 + 8) * 2
+        if kind != .staged {
+            let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
+            let rings = warps * ringSlots * rowGroupsPerWarp * 5 * 512
+            return residentRows * (64 * chunks + 8) * 2 + partials + rings
+        }
+        let groups = rowGroupsPerBlock
+        return stages * (tileRows * (256 + 8) * 2 + groups * 4 * 512 + groups * 128)
     }
 }
 
@@ -51,10 +84,21 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
 public struct LaunchPlan: Sendable, Equatable {
     public let tokens: Int
     public let config: MoEConfig
-    public let variant: GemmVariant
-    public var smallRouting: Bool { tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) }
+    public let gemm1Variant: GemmVariant
+    public let gemm2Variant: GemmVariant
+    /// Both GEMMs run over the same tile schedule.
+    public var tileRows: Int { gemm1Variant.tileRows }
+    public var smallRouting: Bool {
+        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
+    }
+    /// Slices of H in the small-batch router (each ≤ 128 segments of 8 values: 4 per lane).
+    public var routerSplits: Int {
+        let segments = config.hidden / 8
+        return (segments + Int(MOE_SMALL_ROUTING_SEGMENTS) - 1) / Int(MOE_SMALL_ROUTING_SEGMENTS)
+    }
+    /// Shared memory of the small-batch router's last block: logits, ids, weights, counts, offsets.
+    var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
     public var slots: Int { tokens * config.topK }
-    public var tileRows: Int { variant.tileRows }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
     public var residentRows: Int { min(tileRows, tokens) }
     public var tokenBlocks: Int { (tokens + Int(MOE_TOKENS_PER_BLOCK) - 1) / Int(MOE_TOKENS_PER_BLOCK) }
@@ -66,14 +110,29 @@ public struct LaunchPlan: Sendable, Equatable {
         min(experts, slots) + slots / tileRows
     }
 
+    /// `variant` forces one kernel for both GEMMs.
     public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil) {
         self.tokens = tokens
         self.config = config
-        self.variant = variant ?? GemmVariant.choose(tokens: tokens)
+        let chosen = GemmVariant.choose(tokens: tokens)
+        gemm1Variant = variant ?? chosen.gemm1
+        gemm2Variant = variant ?? chosen.gemm2
+        precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")
+    }
+
+    public var variantDescription: String {
+        gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
+    }
+
+    /// The small-batch routing kernel instantiated for the smallest power of two ≥ T.
+    public var routeSmallKernel: String {
+        var bound = 1
+        while bound < tokens { bound *= 2 }
+        return "moe_route_small_\(bound)"
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    public func gemmShape(outputRows n: Int, reduction k: Int) -> LaunchShape {
+    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int) -> LaunchShape {
         let groups = n / 16
         return LaunchShape(
             grid: ((groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock, maxTiles, 1),
@@ -81,16 +140,40 @@ public struct LaunchPlan: Sendable, Equatable {
             sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
-    public var gemm1Shape: LaunchShape { gemmShape(outputRows: 2 * config.intermediate, reduction: config.hidden) }
-    public var gemm2Shape: LaunchShape { gemmShape(outputRows: config.hidden, reduction: config.intermediate) }
+    public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
+    public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
-    public var routeSmallShape: LaunchShape { LaunchShape(grid: ((config.experts + 3) / 4, 1, 1), block: 128) }
-    public var routerMMAShape: LaunchShape {
-        LaunchShape(grid: ((config.experts + 63) / 64, (tokens + 63) / 64, 1), block: 128)
+    public var routeSmallShape: LaunchShape {
+        let warps = Int(MOE_SMALL_ROUTING_WARPS)
+        let sliceBytes = tokens * ((config.hidden / 8 + routerSplits - 1) / routerSplits) * 16
+        return LaunchShape(
+            grid: ((config.experts + warps - 1) / warps, routerSplits, 1), block: 32 * warps,
+            sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
     }
-    public var topkShape: LaunchShape { LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024) }
+    public var routerMMAShape: LaunchShape {
+        LaunchShape(grid: ((config.experts + 31) / 32, (tokens + 63) / 64, 1), block: 128)
+    }
+    /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
+    public var topkShape: LaunchShape {
+        let staged = config.experts <= Int(MOE_TOPK_SHARED_EXPERTS) ? 32 * config.experts * 4 : 0
+        return LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024, sharedBytes: staged + 32 * config.topK * 4)
+    }
     public var scanShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024) }
-    public var scatterShape: LaunchShape { LaunchShape(grid: (tokenBlocks, 1, 1), block: 256) }
+    public var scatterShape: LaunchShape {
+        LaunchShape(grid: (tokenBlocks, 1, 1), block: 256, sharedBytes: 32 * config.topK * 8)
+    }
+
+    /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
+    public func validate(maxSharedPerBlock: Int) throws(CUDAError) {
+        let shapes: [(String, LaunchShape)] = [
+            ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
+            ("top-k", topkShape), ("plan scatter", scatterShape),
+        ] + (smallRouting ? [("small-batch routing", routeSmallShape)] : [])
+        for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
+            throw .invalidArgument(
+                "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")
+        }
+    }
     public var reduceShape: LaunchShape {
         LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }

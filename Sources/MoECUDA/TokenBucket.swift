@@ -7,11 +7,13 @@ import MoECore
 /// blockCounts [B, E]; a [T·k, I] bf16; combine [T·k, H] bf16; out [T, H] bf16.
 final class TokenBucket: @unchecked Sendable {
     static let inputSlots = 4
+    /// Programmatic dependent launch between the GEMMs and the reduce; `MOE_CUDA_PDL=0` turns it off.
+    static let programmaticLaunch = currentEnvironment("MOE_CUDA_PDL") != "0"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
-    let logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets: DeviceBuffer
-    let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals: DeviceBuffer
+    let logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets: DeviceBuffer
+    let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals, routerPartials: DeviceBuffer
     let intermediate, combine, output: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
 
@@ -32,6 +34,7 @@ final class TokenBucket: @unchecked Sendable {
         topkIds = try buffer(slots * 4)
         topkWeights = try buffer(slots * 4)
         blockCounts = try buffer(plan.tokenBlocks * E * 4)
+        blockPrefix = try buffer(plan.tokenBlocks * E * 4)
         expertCounts = try buffer(E * 4)
         expertOffsets = try buffer((E + 1) * 4)
         sortedToSlot = try buffer(slots * 4)
@@ -40,6 +43,7 @@ final class TokenBucket: @unchecked Sendable {
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
         arrivals = try buffer(4)
+        routerPartials = try buffer(plan.smallRouting ? plan.routerSplits * T * E * 4 : 16)
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
         output = try buffer(T * H * 2)
@@ -50,8 +54,9 @@ final class TokenBucket: @unchecked Sendable {
 
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
-            + [logits, topkIds, topkWeights, blockCounts, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, intermediate, combine, output].reduce(0) { $0 + $1.byteCount }
+            + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output]
+            .reduce(0) { $0 + $1.byteCount }
     }
 
     /// Outputs and intermediates a forward pass must write, for poisoning before checks.
@@ -72,6 +77,7 @@ final class TokenBucket: @unchecked Sendable {
         p.topkIds = topkIds.address
         p.topkWeights = topkWeights.address
         p.blockCounts = blockCounts.address
+        p.blockPrefix = blockPrefix.address
         p.expertCounts = expertCounts.address
         p.expertOffsets = expertOffsets.address
         p.sortedToSlot = sortedToSlot.address
@@ -80,6 +86,8 @@ final class TokenBucket: @unchecked Sendable {
         p.tiles = tiles.address
         p.tileCount = tileCount.address
         p.arrivals = arrivals.address
+        p.routerPartials = routerPartials.address
+        p.routerSplits = Int32(plan.routerSplits)
         p.tokens = Int32(plan.tokens)
         p.hidden = Int32(c.hidden)
         p.experts = Int32(c.experts)
@@ -162,31 +170,66 @@ final class TokenBucket: @unchecked Sendable {
 
     // MARK: encoding
 
-    /// The stages of one forward pass, for per-stage event timing.
-    enum Phase: CaseIterable { case routing, gemm1, gemm2, reduce }
+    /// The kernels of one forward pass, in launch order, for per-kernel event timing.
+    enum Phase: String, CaseIterable {
+        case route = "route (fused router+top-k+plan)"
+        case router, topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
+    }
 
-    /// Enqueues the whole layer on `stream`; `between` runs after each phase (event records when profiling).
+    /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing).
     func enqueue(
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
         between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
         if plan.smallRouting {
-            try kernels.routeSmall.launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try between?(.route)
         } else {
             try kernels.routerMMA.launch(plan.routerMMAShape, stream: stream, parameters: routing)
+            try between?(.router)
             try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing)
+            try between?(.topk)
             try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing)
+            try between?(.planScan)
             try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing)
+            try between?(.planScatter)
         }
-        try between?(.routing)
-        let gemm = kernels.gemm(plan.variant)
-        try gemm.launch(plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer))
+        // GEMM 1, GEMM 2 and the reduce are launched as programmatic dependents: each may start while the
+        // previous kernel finishes (GEMM 2 fills its weight rings first) and waits before reading its output.
+        let programmatic = TokenBucket.programmaticLaunch
+        try kernels.gemm(plan.gemm1Variant).launch(
+            plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer), programmatic: programmatic)
         try between?(.gemm1)
-        try gemm.launch(plan.gemm2Shape, stream: stream, parameters: gemm2Parameters(layer: layer))
+        var second = gemm2Parameters(layer: layer)
+        second.prefetchBeforeWait = programmatic ? 1 : 0
+        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
-        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters())
+        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters(), programmatic: programmatic)
         try between?(.reduce)
+    }
+
+    /// A graph of the layer with an event record node after every kernel (and one before the first), for
+    /// timing each kernel inside a replay. Returns the start event and (phase, event) pairs.
+    func timedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream)
+        throws(CUDAError) -> (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
+    {
+        let device = stream.device
+        let start = try CUDAEvent(device: device)
+        var marks: [(Phase, CUDAEvent)] = []
+        try stream.beginCapture()
+        do throws(CUDAError) {
+            try start.recordInGraph(stream)
+            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
+                let event = try CUDAEvent(device: device)
+                try event.recordInGraph(stream)
+                marks.append((phase, event))
+            }
+        } catch {
+            _ = try? stream.endCapture()
+            throw error
+        }
+        return (try stream.endCapture().instantiate(), start, marks)
     }
 
     /// The graph of the whole layer for (mode, slot), captured on first use and replayed afterwards.

@@ -10,8 +10,13 @@ public enum ForwardJob {
         public var input: String
         public var output: String
         public var routing: RoutingMode
+        /// Records per-stage times, flops and bytes of the forward when given (`moe forward --profile`).
+        public var profiler: Profiler?
 
-        public init(model: String, layer: Int, input: String, output: String, routing: RoutingMode) {
+        public init(
+            model: String, layer: Int, input: String, output: String, routing: RoutingMode, profiler: Profiler? = nil
+        ) {
+            self.profiler = profiler
             self.model = model
             self.layer = layer
             self.input = input
@@ -36,7 +41,7 @@ public enum ForwardJob {
         let config = weights.config
         let (input, tokens) = try HiddenStatesFile.readInput(request.input, hidden: config.hidden)
         let backend = try makeBackend(weights)
-        let result = try backend.forward(input, tokens: tokens, routing: request.routing, profiler: nil)
+        let result = try backend.forward(input, tokens: tokens, routing: request.routing, profiler: request.profiler)
         try HiddenStatesFile.writeOutput(
             request.output, result: result, tokens: tokens, config: config,
             metadata: [

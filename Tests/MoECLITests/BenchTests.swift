@@ -108,3 +108,33 @@ final class FixedCeilingsBackend: MoEBenchmarkable {
         #expect(Conformance.run(c) { CPUBackend(weights: $0) }.passed)
     }
 }
+
+@Suite struct BenchProfileTests {
+    @Test func profiledRowsCarryStagesAndWriteTheReport() throws {
+        let weights = try SyntheticModel.layer(config: MoEPreset.tiny.config, seed: 2)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-profile-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let report = try Bench.run(
+            engine: FixedCeilingsBackend(weights), weights: weights,
+            settings: BenchSettings(
+                tokens: [3], routing: .renormalize, iterations: 2, seconds: 1, warmup: 0, seed: 1, profileDirectory: directory),
+            preset: "tiny", modelPath: nil)
+        let stages = try #require(report.rows[0].stages)
+        for stage in ["router", "topk", "plan", "gemm1", "gemm2", "reduce"] {
+            let row = try #require(stages[stage], "missing stage \(stage) in \(stages.keys.sorted())")
+            #expect(row.medianMicroseconds > 0)
+        }
+        // GEMM 1's flops are the stage's own: 2 · rows · H · 2I with rows = T·k.
+        let expectedFlops: Double = 2 * 12 * 128 * 192
+        #expect(stages["gemm1"]?.flops == expectedFlops)
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory)
+        #expect(files.contains("bench-T3.trace.json") && files.contains("bench-T3.summary.json"), "\(files)")
+    }
+
+    @Test func profileWithRanksIsRefused() {
+        #expect(throws: (any Error).self) { try BenchCommand.parse(["--profile", "/tmp/p", "--ranks", "2"]) }
+        #expect(throws: (any Error).self) {
+            try ForwardCommand.parse(["--model", "m", "--input", "i", "--output", "o", "--profile", "/tmp/p", "--ranks", "2"])
+        }
+    }
+}

@@ -23,7 +23,8 @@ func cudaMatchesTheReferenceOnSmallShapes(tokens: Int) throws {
     let config = MoEConfig(hidden: 128, intermediate: 96, experts: 8, topK: 4)
     let weights = try SyntheticModel.layer(config: config, seed: 5)
     let input = SyntheticModel.hiddenStates(tokens: tokens, hidden: config.hidden, seed: UInt64(tokens))
-    for variant in GemmVariant.allCases {
+    let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
+    for variant in GemmVariant.allCases where hopper || !variant.needsHopper {
         let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant, poisonOutputs: true))
         for mode in RoutingMode.allCases {
             let result = try backend.forward(input, tokens: tokens, routing: mode, profiler: nil)

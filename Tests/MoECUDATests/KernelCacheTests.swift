@@ -62,12 +62,14 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        let macro = parts[0] == "resident" ? "MOE_RESIDENT" : "MOE_STREAMED"
-        #expect(experts.contains("\(macro)(\(parts[1]), \(parts[2]), \(parts[3]))"), "\(variant) is not instantiated")
+        let macro = "MOE_" + parts[0].uppercased()
+        let arguments = parts.dropFirst().joined(separator: ", ")
+        if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
+        #expect(experts.contains("\(macro)(\(arguments))"), "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce("))
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
-    for name in ["moe_route_small(", "moe_router_mma(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
+    for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(32)", "moe_router_mma(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
         #expect(routing.contains(name))
     }
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])

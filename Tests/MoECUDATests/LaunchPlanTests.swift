@@ -35,14 +35,33 @@ import Testing
 }
 
 @Test func variantsFollowTheTokenCount() {
-    #expect(GemmVariant.choose(tokens: 1) == .resident_1_1_4)
-    #expect(GemmVariant.choose(tokens: 64) == .resident_1_1_4)
-    #expect(GemmVariant.choose(tokens: 128) == .resident_1_2_4)
-    #expect(GemmVariant.choose(tokens: 512) == .streamed_2_4_4)
-    #expect(GemmVariant.choose(tokens: 32768) == .streamed_2_8_4)
-    #expect(GemmVariant.streamed_2_8_4.tileRows == 64)
-    #expect(GemmVariant.resident_1_1_4.rowGroupsPerBlock == 1)
-    #expect(GemmVariant.streamed_2_4_4.rowGroupsPerBlock == 8)
+    #expect(GemmVariant.choose(tokens: 1) == (.resident_1_1_4_2_3, .resident_1_1_2_4_3))
+    #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
+    #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
+    #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 32768) == (.staged_1_8_8_2, .staged_1_8_8_2))
+    for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025] {
+        let pair = GemmVariant.choose(tokens: tokens)
+        #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
+    }
+    #expect(GemmVariant.staged_2_8_8_3.tileRows == 64)
+    #expect(GemmVariant.staged_2_8_8_3.warps == 8)
+    #expect(GemmVariant.staged_2_4_8_2.stages == 2)
+    #expect(GemmVariant.resident_1_1_2_4_3.warps == 8)
+    #expect(GemmVariant.resident_1_1_2_2_4.ringSlots == 4)
+    #expect(GemmVariant.resident_1_1_4_2_3.rowGroupsPerBlock == 4)
+    #expect(GemmVariant.resident_1_1_8_1_3.kind == .resident)
+    #expect(GemmVariant.staged_1_8_8_2.kind == .staged)
+    // One activation row (5776 B) + split-K partials (8 warps × 512 B) + 8 warps × 3 slots × 2560 B.
+    #expect(GemmVariant.resident_1_1_4_2_3.sharedBytes(k: 2880, residentRows: 1) == 5776 + 4096 + 8 * 3 * 2560)
+    #expect(GemmVariant.staged_2_4_8_2.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.staged_1_8_8_2.rowGroupsPerBlock == 8)
+    #expect(GemmVariant.warpgroup_2_2_64_3.rowGroupsPerBlock == 16)  // 2 warpgroups × 2 × 64 rows = 256 rows
+    #expect(GemmVariant.warpgroup_2_2_64_3.warps == 8)
+    #expect(GemmVariant.warpgroup_1_2_128_2.tileRows == 128)
+    #expect(GemmVariant.warpgroup_2_2_64_3.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    #expect(GemmVariant.warpgroup_1_2_128_2.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
+    #expect(GemmVariant.warpgroup_2_2_64_3.needsHopper && !GemmVariant.staged_1_8_8_2.needsHopper)
 }
 
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {
@@ -51,13 +70,31 @@ import Testing
         let plan = LaunchPlan(tokens: tokens, config: config)
         #expect(plan.gemm1Shape.sharedBytes <= 227 * 1024)
         #expect(plan.gemm2Shape.sharedBytes <= 227 * 1024)
-        #expect(plan.gemm1Shape.grid.x * plan.variant.rowGroupsPerBlock * 16 >= 2 * config.intermediate)
-        #expect(plan.gemm2Shape.grid.x * plan.variant.rowGroupsPerBlock * 16 >= config.hidden)
+        #expect(plan.gemm1Shape.grid.x * plan.gemm1Variant.rowGroupsPerBlock * 16 >= 2 * config.intermediate)
+        #expect(plan.gemm2Shape.grid.x * plan.gemm2Variant.rowGroupsPerBlock * 16 >= config.hidden)
+        #expect(throws: Never.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
         #expect(plan.gemm1Shape.grid.y == plan.maxTiles)
     }
     let decode = LaunchPlan(tokens: 1, config: config)
+    // Decode grids: 360 blocks each (2.7 per SM on 132 SMs, resident at once).
+    #expect(decode.gemm1Shape.grid.x * decode.gemm1Shape.grid.y == 360)
+    #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y == 360)
+    #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024 && 3 * decode.gemm2Shape.sharedBytes <= 227 * 1024)
+    #expect(decode.routeSmallKernel == "moe_route_small_1")
+    #expect(LaunchPlan(tokens: 17, config: config).routeSmallKernel == "moe_route_small_32")
     #expect(decode.smallRouting)
     #expect(decode.maxTiles == 4)  // 4 experts, one row each
     #expect(decode.residentRows == 1)
+    #expect(decode.routerSplits == 3)  // 360 segments of 8 values, ≤ 128 per slice
+    #expect(decode.routeSmallShape.grid == (16, 3, 1))
+    #expect(LaunchPlan(tokens: 32, config: config).smallRouting)
     #expect(!LaunchPlan(tokens: 33, config: config).smallRouting)
+    // Huge expert counts do not fit the last block's shared memory: the multi-kernel path takes over.
+    #expect(!LaunchPlan(tokens: 32, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4)).smallRouting)
+}
+
+@Test func launchesThatCannotFitSharedMemoryAreATypedError() {
+    // k = E = 4096: the plan scatter stages 32·k ids and weights (1 MiB).
+    let plan = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4096))
+    #expect(throws: CUDAError.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
 }

@@ -246,7 +246,9 @@ import Glibc
             "forward", "--shape", "64,32,8,4", "--tokens", "12", "--layers", "3",
             "--fault", "rank=3,phase=combine,layer=1,action=kill",
         ]))
-        #expect(runs[1].status == 128 + SIGKILL, "\(runs[1].all)")
+        // Node 1's launcher exits with the first failing rank's status it reaps: rank 3's SIGKILL, or its node-mate
+        // rank 2's error exit when rank 2 noticed the death first (seen under load).
+        #expect(runs[1].status == 128 + SIGKILL || (runs[1].status != 0 && runs[1].all.contains("rank 3")), "\(runs[1].all)")
         #expect(runs[0].status != 0, "\(runs[0].all)")
         #expect(runs.allSatisfy { $0.seconds < 10 }, "\(runs.map(\.seconds))")
         #expect(runs[0].errors.contains("rank 3 (pid"), "\(runs[0].errors)")
@@ -283,6 +285,8 @@ import Glibc
         #expect(shape[1].status != 0)
         #expect(shape[1].errors.contains("node 1 was started with --nodes 2 --ranks 3; node 0 has --nodes 2 --ranks 2"), "\(shape[1].errors)")
         #expect(shape[0].status != 0 && shape[0].seconds < 10, "\(shape[0].all)")
-        #expect(shape[0].errors.contains("the rendezvous refused rank 0: node 1 was started with"), "\(shape[0].errors)")
+        // Whichever of node 0's ranks reaches the rendezvous first reports the refusal.
+        let refusal = try Regex("the rendezvous refused rank [01]: node 1 was started with")
+        #expect(shape[0].errors.contains(refusal), "\(shape[0].errors)")
     }
 }

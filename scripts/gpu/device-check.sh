@@ -6,25 +6,27 @@
 set -u
 OUT=${OUT:-/tmp/moekit-out}
 mkdir -p "$OUT"
-M=./.device/moe
-export MOE_KERNEL_CACHE=/tmp/moekit-kernels
+M=/tmp/moe
+[ -x $M ] || xz -dc .device/moe.xz > $M && chmod +x $M
 LOG="$OUT/run.log"
+echo "commit $(cat .device/COMMIT 2>/dev/null)" | tee -a "$LOG"
+export MOE_KERNEL_CACHE=/tmp/moekit-kernels
 SUMMARY=""
 
 step() {  # step NAME LIMIT_SECONDS command...
     local name=$1 limit=$2; shift 2
     echo "=== $name: $*" | tee -a "$LOG"
-    local t0=$(date +%s.%N)
+    local t0=$(date +%s)
     timeout "$limit" "$@" > "$OUT/step.log" 2>&1
     local rc=$?
-    local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+    local dt=$(( $(date +%s) - t0 ))
     cat "$OUT/step.log" >> "$LOG"
     tail -n "${TAIL:-12}" "$OUT/step.log"
-    echo "=== $name rc=$rc (${dt%.*}s)" | tee -a "$LOG"
-    SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt%.*}")\n"
+    echo "=== $name rc=$rc (${dt}s)" | tee -a "$LOG"
+    SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt}")\n"
 }
 
-steps=${*:-"info debug bench check debug20b memcheck racecheck"}
+steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do
     case $s in
@@ -34,9 +36,21 @@ for s in $steps; do
     bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
+    epcheck) TAIL=30 step epcheck 500 env MOE=$M OUT=$OUT/ep bash .device/ep-check.sh check ;;
+    debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_1_2_128_2 ;;
+    ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_1_2_128_2 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
-    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 40 --variant streamed_2_4_4 ;;
+    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant warpgroup_1_2_128_2 ;;
+    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant resident_1_1_4_2_3 ;;
+    timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens 1,8,32,128,256,512,2048,8192 ;;
+    ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
+    ncuroute) TAIL=30 step ncuroute 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats -k regex:moe_route_small --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
+    ncustaged) TAIL=80 step ncustaged 300 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_staged --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
+    ncu128) TAIL=60 step ncu128 240 ncu --clock-control none --section SpeedOfLight -k regex:moe_gemm --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
+    ncu2048) TAIL=90 step ncu2048 300 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 7 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
+    nopdl) TAIL=14 step nopdl 200 env MOE_CUDA_PDL=0 $M bench --backend cuda --preset gpt-oss-120b --tokens 1,8,32,128,2048 --seconds 0.3 ;;
+    ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     esac
 done
 rm -f "$OUT/step.log"

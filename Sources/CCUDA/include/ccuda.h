@@ -68,9 +68,29 @@ enum {
 
 enum { CCUDA_STREAM_NON_BLOCKING = 1 };
 enum { CCUDA_EVENT_DEFAULT = 0, CCUDA_EVENT_DISABLE_TIMING = 2 };
+enum { CCUDA_EVENT_RECORD_EXTERNAL = 1 };
 // CUstreamCaptureMode
 enum { CCUDA_CAPTURE_MODE_GLOBAL = 0, CCUDA_CAPTURE_MODE_THREAD_LOCAL = 1, CCUDA_CAPTURE_MODE_RELAXED = 2 };
 enum { CCUDA_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1 };
+
+/// cuLaunchKernelEx's attribute and configuration (CUDA 12+ ABI: a 4-byte id, 4 bytes of padding, a 64-byte value).
+enum { CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
+typedef struct CCUDALaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        int value;
+    } value;
+} CCUDALaunchAttribute;
+typedef struct CCUDALaunchConfig {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    CCUDALaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CCUDALaunchConfig;
 
 /// The driver entry points MoEKit calls. A NULL field is a symbol the library did not export; required ones
 /// make loading fail (ccuda_resolve_driver), optional ones (IPC, peer access) fail when first called.
@@ -108,6 +128,8 @@ typedef struct CCUDADriverAPI {
     CUresult (*cuEventCreate)(CUevent *event, unsigned int flags);
     CUresult (*cuEventDestroy)(CUevent event);                                           // _v2
     CUresult (*cuEventRecord)(CUevent event, CUstream stream);
+    /// With CCUDA_EVENT_RECORD_EXTERNAL during stream capture: a real event record node (timing inside graphs).
+    CUresult (*cuEventRecordWithFlags)(CUevent event, CUstream stream, unsigned int flags);
     CUresult (*cuEventSynchronize)(CUevent event);
     CUresult (*cuEventElapsedTime)(float *milliseconds, CUevent start, CUevent end);     // _v2 first
     CUresult (*cuModuleLoadData)(CUmodule *module, const void *image);
@@ -119,6 +141,8 @@ typedef struct CCUDADriverAPI {
         CUfunction function, unsigned int gridX, unsigned int gridY, unsigned int gridZ, unsigned int blockX,
         unsigned int blockY, unsigned int blockZ, unsigned int sharedBytes, CUstream stream, void **parameters,
         void **extra);
+    /// Optional: launches with attributes (programmatic dependent launch).
+    CUresult (*cuLaunchKernelEx)(const CCUDALaunchConfig *config, CUfunction function, void **parameters, void **extra);
     CUresult (*cuGraphInstantiate)(CUgraphExec *exec, CUgraph graph, unsigned long long flags); // WithFlags
     CUresult (*cuGraphLaunch)(CUgraphExec exec, CUstream stream);
     CUresult (*cuGraphExecDestroy)(CUgraphExec exec);

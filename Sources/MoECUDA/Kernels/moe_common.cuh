@@ -91,6 +91,22 @@ MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
                  : "r"(address));
 }
 
+// MARK: programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it)
+
+/// Blocks until the previous kernel in the stream has finished and its writes are visible.
+MOE_DEVICE void wait_for_previous_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// Lets the next kernel in the stream start launching its blocks (they wait before reading this one's output).
+MOE_DEVICE void allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // MARK: tensor cores
 
 /// c += A·B for one m16n8k16 bf16 tile (A row-major 16×16, B column-major 16×8, fp32 accumulators).
@@ -101,6 +117,59 @@ MOE_DEVICE void mma_bf16_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+// MARK: warpgroup MMA (sm_90a)
+
+/// Shared-memory matrix descriptor, no swizzle: start address, LBO (bytes between core matrices adjacent in K)
+/// and SBO (bytes between core matrices adjacent in M/N), each >> 4.
+MOE_DEVICE unsigned long long wgmma_descriptor(u32 address, u32 leadingBytes, u32 strideBytes) {
+    return (unsigned long long)((address & 0x3FFFF) >> 4) | ((unsigned long long)((leadingBytes & 0x3FFFF) >> 4) << 16)
+        | ((unsigned long long)((strideBytes & 0x3FFFF) >> 4) << 32);
+}
+
+MOE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+MOE_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int Pending> MOE_DEVICE void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }
+MOE_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+/// d[64×64] += A[64×16] · B[16×64]: A from registers (each warp of the warpgroup its 16 rows, the mma.sync
+/// m16n8k16 A layout), B from shared memory (K-major, descriptor), fp32 accumulators in the m16n8 C layout
+/// per 8-column tile j: d[4j..4j+3].
+MOE_DEVICE void wgmma_64x64x16(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
+/// d[64×128] += A[64×16] · B[16×128] (same operand conventions as wgmma_64x64x16).
+MOE_DEVICE void wgmma_64x128x16(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
+/// The wgmma of an N-token tile (N = 64 or 128).
+template <int N> struct WarpgroupMMA;
+template <> struct WarpgroupMMA<64> {
+    static MOE_DEVICE void run(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
+        wgmma_64x64x16(d, a0, a1, a2, a3, desc);
+    }
+};
+template <> struct WarpgroupMMA<128> {
+    static MOE_DEVICE void run(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
+        wgmma_64x128x16(d, a0, a1, a2, a3, desc);
+    }
+};
 
 // MARK: warp reductions
 
@@ -159,11 +228,13 @@ MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
     raw[3] = ((w << 1) & 0x80008000u) | ((w >> 4) & 0x00C000C0u) | ((w >> 5) & 0x01000100u);
 }
 
-/// Decodes one word with scale byte `j` of `scales` into four bf16x2 values.
-MOE_DEVICE void mxfp4_decode_word(u32 w, u32 scales, int j, bool slow, u32 (&out)[4]) {
+/// Decodes one word with scale byte `j` of `scales` into four bf16x2 values. `Slow` must be true when any
+/// scale byte of the word may exceed 128 (the caller decides once per chunk, warp-uniformly).
+template <bool Slow>
+MOE_DEVICE void mxfp4_decode_word(u32 w, u32 scales, int j, u32 (&out)[4]) {
     u32 raw[4];
     mxfp4_unpack_word(w, raw);
-    if (!slow) {
+    if (!Slow) {
         const u32 factor = mxfp4_fast_factor(scales, j);
 #pragma unroll
         for (int q = 0; q < 4; ++q) out[q] = mul_bf16x2(raw[q], factor);

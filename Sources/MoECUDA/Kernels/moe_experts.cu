@@ -11,13 +11,14 @@
 //   GEMM 1: a[r, i] = bf16(SwiGLU(W1[e] · x[token(r)] + b1[e]))        (input gathered by sortedToSlot / k)
 //   GEMM 2: combine[slot(r), h] = bf16(w_r · (W2[e] · a[r] + b2[e])[h])  (output scattered by sortedToSlot)
 //
-// Grid: x = row groups of the output (N / 16 per MI·warps), y = tiles (static bound; blocks past the
-// device-side tile count exit at once).
-//   moe_gemm_resident_*: the tile's activation rows stay in shared memory for the whole K; the warps of a
-//     block split K (partial sums added in a fixed order: deterministic). For tiles of ≤ 16 rows (decode):
-//     the weight stream is what costs, and each warp keeps two 4-chunk groups (2 × 2 KiB) in flight.
-//   moe_gemm_streamed_*: tiles of 32–64 rows; activations staged 256 k at a time through a 3-deep cp.async
-//     ring, warps split N, weights prefetched one 4-chunk group ahead in registers.
+// Grid: x = blocks of output row groups, y = tiles (static bound; blocks past the device-side tile count
+// exit at once).
+//   moe_gemm_resident_MI_NJ_WN_WK_S (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
+//     whole K; WN warps × MI groups of 16 rows, each K split over WK warps (partial sums added in a fixed
+//     order). Weights stream through a per-lane cp.async ring of S four-chunk groups in shared memory.
+//   moe_gemm_staged_MI_NJ_WN (larger batches): 16·MI·WN weight rows × 8·NJ tokens per block; codes, scales
+//     and activations for 256 k at a time go through a 3-stage cp.async ring in shared memory, so the loads
+//     of two stages are in flight while one is multiplied, with no registers held for them.
 #include "moe_common.cuh"
 
 /// Index of the source row of sorted row r.
@@ -57,34 +58,58 @@ MOE_DEVICE void load_weight_group(
     }
 }
 
-/// acc += W · Xᵀ over one 4-chunk group: `chunksValid` (1..4) chunks of 64 k. `rowAddress[nj]` is the shared
-/// address of this lane's ldmatrix row for token tile nj at the group's first k.
+/// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
+/// rowAddress[nj] + byteOffset (shared memory).
+template <int MI, int NJ, bool Slow>
+MOE_DEVICE void mma_chunk_decoded(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
+    u32 byteOffset) {
+#pragma unroll
+    for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps
+        u32 b[NJ][4];
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + byteOffset + sp * 64);
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            u32 low[4], high[4];  // rows gid and gid+8
+            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp), scaleWords[mi], 2 * sp, low);
+            mxfp4_decode_word<Slow>(uint4_component(codes[mi], 2 * sp + 1), scaleWords[mi], 2 * sp + 1, high);
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj) {
+                mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
+                mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
+            }
+        }
+    }
+}
+
+/// One warp-uniform branch per chunk: the two-multiply decode only when some lane has a scale byte > 128.
 template <int MI, int NJ>
-MOE_DEVICE void mma_weight_group(
+MOE_DEVICE void mma_chunk(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
+    u32 byteOffset) {
+    bool slow = false;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
+    if (__any_sync(0xffffffffu, slow)) {
+        mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
+    } else {
+        mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
+    }
+}
+
+/// acc += W · Xᵀ over one 4-chunk group held in registers; `chunksValid` (1..4) chunks of 64 k.
+template <int MI, int NJ>
+MOE_DEVICE void mma_register_group(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[4][MI], const uint4 (&scales)[MI], int chunksValid,
-    const u32 (&rowAddress)[NJ]) {
+    const u32 (&rowAddress)[NJ], u32 groupByteOffset) {
 #pragma unroll
     for (int ci = 0; ci < 4; ++ci) {
         if (ci < chunksValid) {
+            u32 words[MI];
 #pragma unroll
-            for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps
-                u32 b[NJ][4];
-#pragma unroll
-                for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + (ci * 64 + sp * 32) * 2);
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    const u32 scaleWord = uint4_component(scales[mi], ci);
-                    const bool slow = mxfp4_needs_slow_path(scaleWord);
-                    u32 low[4], high[4];  // rows gid and gid+8
-                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp), scaleWord, 2 * sp, slow, low);
-                    mxfp4_decode_word(uint4_component(codes[ci][mi], 2 * sp + 1), scaleWord, 2 * sp + 1, slow, high);
-#pragma unroll
-                    for (int nj = 0; nj < NJ; ++nj) {
-                        mma_bf16_16816(acc[mi][nj], low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
-                        mma_bf16_16816(acc[mi][nj], low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
-                    }
-                }
-            }
+            for (int mi = 0; mi < MI; ++mi) words[mi] = uint4_component(scales[mi], ci);
+            mma_chunk<MI, NJ>(acc, codes[ci], words, rowAddress, groupByteOffset + ci * 128);
         }
     }
 }
@@ -127,70 +152,133 @@ MOE_DEVICE void gemm_epilogue(
     }
 }
 
-// MARK: resident kernel (decode-size tiles)
-
-/// Block: WK warps splitting K; MI row groups (16·MI output rows); a tile of ≤ 8·NJ rows.
-/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations, then WK·MI·NJ·32·4 floats.
-template <int MI, int NJ, int WK>
-MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
-    extern __shared__ __align__(16) unsigned char sharedBytes[];
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int firstGroup = blockIdx.x * MI;
-    const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
-    bf16_t *xs = (bf16_t *)sharedBytes;
-    float *partials = (float *)(sharedBytes + (long long)p.residentRows * rowStride * 2);
-
-    // This warp's share of K, in 4-chunk groups.
-    const int groupBegin = (p.scaleGroups * warp) / WK, groupEnd = (p.scaleGroups * (warp + 1)) / WK;
-    uint4 codes[4][MI], scales[MI];
-    if (groupBegin < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, groupBegin, lane, codes, scales);
-
-    // Activation rows of the tile (zero past K).
-    const int rows = min(tile.rowCount, p.residentRows);
-    const int segmentsPerRow = kPadded / 8;
-    const bf16_t *input = (const bf16_t *)p.input;
-    for (int idx = threadIdx.x; idx < rows * segmentsPerRow; idx += blockDim.x) {
-        const int j = idx / segmentsPerRow, k0 = (idx - j * segmentsPerRow) * 8;
-        const bf16_t *src = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride + min(k0, p.k - 8);
-        copy_async_16(shared_address(xs + j * rowStride + k0), src, k0 < p.k ? 16 : 0);
-    }
-    copy_async_commit();
-
-    float acc[MI][NJ][4];
+template <int MI, int NJ>
+MOE_DEVICE void zero_accumulators(float (&acc)[MI][NJ][4]) {
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
+}
 
+// MARK: resident kernel (decode-size tiles)
+
+/// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
+/// per chunk (exactly the bytes this lane later reads) and its row pair's 16 scale bytes.
+template <int MI>
+MOE_DEVICE void copy_weight_group(
+    const MoEGemmParams &p, long long expertGroup, int firstGroup, int g, int lane, u32 slot) {
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        if (firstGroup + mi >= p.groups) continue;
+        const long long group = expertGroup + firstGroup + mi;
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            const int c = 4 * g + ci;
+            if (c < p.chunks) copy_async_16(slot + (mi * 5 + ci) * 512 + lane * 16, codes + ((group * p.chunks + c) * 32 + lane) * 16, 16);
+        }
+        copy_async_16(slot + (mi * 5 + 4) * 512 + lane * 16, scales + ((group * p.scaleGroups + g) * 8 + (lane >> 2)) * 16, 16);
+    }
+}
+
+/// Block: WN·WK warps; warp w owns row groups (blockIdx.x·WN + w % WN)·MI … +MI−1 and K share w / WN.
+/// Weights stream through a per-lane ring of S slots in shared memory: each lane cp.asyncs the fragment bytes it
+/// will itself read, S−1 groups ahead, so no barrier is needed and no registers hold data in flight.
+/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
+/// WN·WK warps × S slots × MI × 5 × 512 B.
+template <int MI, int NJ, int WN, int WK, int S>
+MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    if (!p.prefetchBeforeWait) wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wn = warp % WN, wk = warp / WN;
+    const int firstGroup = (blockIdx.x * WN + wn) * MI;
+    const long long expertGroup = (long long)tile.expert * p.groups;
+    const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
+    const int activationBytes = p.residentRows * rowStride * 2;
+    constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
+    constexpr int SLOT_BYTES = MI * 5 * 512;
+    bf16_t *xs = (bf16_t *)sharedBytes;
+    float *partials = (float *)(sharedBytes + activationBytes);
+    const u32 ring = shared_address(sharedBytes + activationBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
+    const unsigned char *ringPointer = sharedBytes + activationBytes + PARTIAL_BYTES + warp * S * SLOT_BYTES;
+
+    // The weight ring starts filling before anything else.
+    const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+        if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
+        copy_async_commit();
+    }
+    // The activations come from the previous kernel (GEMM 1 for GEMM 2).
+    if (p.prefetchBeforeWait) wait_for_previous_kernel();
+
+    // Activation rows of the tile (zero past K).
+    const int rows = min(tile.rowCount, p.residentRows);
+    const int segmentsPerRow = kPadded / 8;
+    const bf16_t *input = (const bf16_t *)p.input;
+    for (int j = warp; j < rows; j += WN * WK) {
+        const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
+        for (int segment = lane; segment < segmentsPerRow; segment += 32) {
+            const int k0 = segment * 8;
+            copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
+        }
+    }
+    copy_async_commit();
+    copy_async_wait<0>();
+    __syncthreads();
+
+    float acc[MI][NJ][4], accOdd[MI][NJ][4];  // even and odd chunks: two independent MMA chains
+    zero_accumulators<MI, NJ>(acc);
+    zero_accumulators<MI, NJ>(accOdd);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
         const int row = min(8 * nj + (lane & 7), rows - 1);
         rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
     }
-    copy_async_wait<0>();
-    __syncthreads();
 
-    for (int g = groupBegin; g < groupEnd; ++g) {
-        uint4 nextCodes[4][MI], nextScales[MI];
-        if (g + 1 < groupEnd) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
-        u32 address[NJ];
+    int slot = 0;
+#pragma unroll 1
+    for (int g = begin; g < end; ++g) {
+        copy_async_wait<S - 2>();  // this lane's copies of group g have landed
+        const int next = g + S - 1, nextSlot = slot == 0 ? S - 1 : slot - 1;
+        if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
+        copy_async_commit();
+        const unsigned char *current = ringPointer + slot * SLOT_BYTES;
+        const int chunksValid = min(4, p.chunks - 4 * g);
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + g * 256 * 2;
-        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
-        if (g + 1 < groupEnd) {
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                uint4 codes[MI];
+                u32 words[MI];
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                scales[mi] = nextScales[mi];
-#pragma unroll
-                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
+                for (int mi = 0; mi < MI; ++mi) {
+                    codes[mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
+                    words[mi] = *(const u32 *)(current + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
+                }
+                if (ci & 1) {
+                    mma_chunk<MI, NJ>(accOdd, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+                } else {
+                    mma_chunk<MI, NJ>(acc, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
+                }
             }
         }
+        slot = slot + 1 == S ? 0 : slot + 1;
     }
+    copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] += accOdd[mi][nj][q];
 
     if (WK == 1) {
 #pragma unroll
@@ -200,134 +288,335 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
         return;
     }
-    // Split-K: partial sums through shared memory, added in warp order.
+    // Split K: partial sums through shared memory, added in K order by the wk = 0 warps.
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) partials[(((warp * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+            for (int q = 0; q < 4; ++q)
+                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
     __syncthreads();
-    for (int item = warp; item < MI * NJ; item += WK) {
-        const int mi = item / NJ, nj = item % NJ;
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int w = 0; w < WK; ++w)
+    if (wk != 0) return;
 #pragma unroll
-            for (int q = 0; q < 4; ++q) c[q] += partials[(((w * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-        if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+    for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < WK; ++k)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+        }
     }
 }
 
-// MARK: streamed kernel (larger tiles)
+// MARK: staged kernel (larger tiles)
 
-/// Block: WN warps, each MI row groups; a tile of ≤ 8·NJ rows. Dynamic shared memory: 3 stages of
-/// 8·NJ rows × (256 + 8) bf16.
-template <int MI, int NJ, int WN>
-MOE_DEVICE void gemm_streamed(const MoEGemmParams &p) {
-    constexpr int STAGES = 3, BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8;
+/// Block: WN warps × MI row groups = 16·MI·WN weight rows; a tile of ≤ 8·NJ rows. Dynamic shared memory:
+/// STAGES (2 or 3) stages of [activations 8·NJ × (256 + 8) bf16 | codes WN·MI × 4 chunks × 512 B | scales WN·MI × 128 B].
+template <int MI, int NJ, int WN, int STAGES>
+MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
+    constexpr int BM = 8 * NJ, STAGE_K = 256, ROW = STAGE_K + 8, GROUPS = WN * MI;
+    constexpr int ACT_BYTES = BM * ROW * 2, CODE_BYTES = GROUPS * 4 * 512, SCALE_BYTES = GROUPS * 128;
+    constexpr int STAGE_BYTES = ACT_BYTES + CODE_BYTES + SCALE_BYTES;
+    constexpr int THREADS = 32 * WN;
     extern __shared__ __align__(16) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int firstGroup = (blockIdx.x * WN + warp) * MI;
-    bf16_t *xs = (bf16_t *)sharedBytes;
+    const int blockGroup = blockIdx.x * GROUPS;
+    const long long expertGroup = (long long)tile.expert * p.groups;
     const bf16_t *input = (const bf16_t *)p.input;
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
     const int rows = tile.rowCount;
+    const u32 sharedBase = shared_address(sharedBytes);
 
-    // Copy assignments: stage = BM rows × 32 segments of 16 B.
-    constexpr int PER_THREAD = BM * 32 / (32 * WN);
-    const bf16_t *source[PER_THREAD];
-    u32 target[PER_THREAD];
-    int segmentK[PER_THREAD];
-    bool live[PER_THREAD];
+    // Activation copies: BM rows × 32 segments of 16 B per stage.
+    constexpr int ACT_PER_THREAD = BM * 32 / THREADS;
+    const bf16_t *actSource[ACT_PER_THREAD];
+    u32 actTarget[ACT_PER_THREAD];
+    int actK[ACT_PER_THREAD];
+    bool actLive[ACT_PER_THREAD];
 #pragma unroll
-    for (int i = 0; i < PER_THREAD; ++i) {
-        const int idx = threadIdx.x + i * 32 * WN, j = idx >> 5, segment = idx & 31;
-        live[i] = j < rows;
-        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
-        target[i] = shared_address(xs + j * ROW + segment * 8);
-        segmentK[i] = segment * 8;
+    for (int i = 0; i < ACT_PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * THREADS, j = idx >> 5, segment = idx & 31;
+        actLive[i] = j < rows;
+        actSource[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        actTarget[i] = sharedBase + (j * ROW + segment * 8) * 2;
+        actK[i] = segment * 8;
     }
+    // Code copies: GROUPS × 4 chunks × 32 segments per stage.
+    constexpr int CODE_PER_THREAD = GROUPS * 4 * 32 / THREADS;
     auto issue = [&](int g) {
         if (g < p.scaleGroups) {
-            const int stage = g % STAGES;
+            const u32 stage = sharedBase + (g % STAGES) * STAGE_BYTES;
 #pragma unroll
-            for (int i = 0; i < PER_THREAD; ++i) {
-                const int k = g * STAGE_K + segmentK[i];
-                if (live[i]) copy_async_16(target[i] + stage * BM * ROW * 2, source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            for (int i = 0; i < ACT_PER_THREAD; ++i) {
+                const int k = g * STAGE_K + actK[i];
+                if (actLive[i]) copy_async_16(stage + actTarget[i] - sharedBase, actSource[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < CODE_PER_THREAD; ++i) {
+                const int idx = threadIdx.x + i * THREADS, gi = idx >> 7, ci = (idx >> 5) & 3, segment = idx & 31;
+                const int group = blockGroup + gi, chunk = 4 * g + ci;
+                const bool valid = group < p.groups && chunk < p.chunks;
+                const unsigned char *src =
+                    codes + ((expertGroup + min(group, p.groups - 1)) * p.chunks + min(chunk, p.chunks - 1)) * 512 + segment * 16;
+                copy_async_16(stage + ACT_BYTES + (gi * 4 + ci) * 512 + segment * 16, src, valid ? 16 : 0);
+            }
+            for (int idx = threadIdx.x; idx < GROUPS * 8; idx += THREADS) {
+                const int gi = idx >> 3, segment = idx & 7, group = blockGroup + gi;
+                const unsigned char *src =
+                    scales + ((expertGroup + min(group, p.groups - 1)) * p.scaleGroups + g) * 128 + segment * 16;
+                copy_async_16(stage + ACT_BYTES + CODE_BYTES + gi * 128 + segment * 16, src, group < p.groups ? 16 : 0);
             }
         }
         copy_async_commit();
     };
 
     float acc[MI][NJ][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
-
-    u32 rowAddress[NJ];
+    zero_accumulators<MI, NJ>(acc);
+    u32 rowOffset[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
         const int row = min(8 * nj + (lane & 7), rows - 1);
-        rowAddress[nj] = shared_address(xs + row * ROW + 8 * (lane >> 3));
+        rowOffset[nj] = (row * ROW + 8 * (lane >> 3)) * 2;
     }
 
-    uint4 codes[4][MI], scales[MI];
-    load_weight_group<MI>(p, tile.expert, firstGroup, 0, lane, codes, scales);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) issue(s);
-
     for (int g = 0; g < p.scaleGroups; ++g) {
         copy_async_wait<STAGES - 2>();
         __syncthreads();
         issue(g + STAGES - 1);
-        uint4 nextCodes[4][MI], nextScales[MI];
-        if (g + 1 < p.scaleGroups) load_weight_group<MI>(p, tile.expert, firstGroup, g + 1, lane, nextCodes, nextScales);
-        u32 address[NJ];
+        const u32 stage = sharedBase + (g % STAGES) * STAGE_BYTES;
+        const unsigned char *stagePointer = sharedBytes + (g % STAGES) * STAGE_BYTES;
+        u32 rowAddress[NJ];
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) address[nj] = rowAddress[nj] + (g % STAGES) * BM * ROW * 2;
-        mma_weight_group<MI, NJ>(acc, codes, scales, min(4, p.chunks - 4 * g), address);
-        if (g + 1 < p.scaleGroups) {
+        for (int nj = 0; nj < NJ; ++nj) rowAddress[nj] = stage + rowOffset[nj];
+        const int chunksValid = min(4, p.chunks - 4 * g);
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                scales[mi] = nextScales[mi];
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                uint4 chunkCodes[MI];
+                u32 words[MI];
 #pragma unroll
-                for (int ci = 0; ci < 4; ++ci) codes[ci][mi] = nextCodes[ci][mi];
+                for (int mi = 0; mi < MI; ++mi) {
+                    const int gi = warp * MI + mi;
+                    chunkCodes[mi] = *(const uint4 *)(stagePointer + ACT_BYTES + (gi * 4 + ci) * 512 + lane * 16);
+                    words[mi] = *(const u32 *)(stagePointer + ACT_BYTES + CODE_BYTES + gi * 128 + (lane >> 2) * 16 + ci * 4);
+                }
+                mma_chunk<MI, NJ>(acc, chunkCodes, words, rowAddress, ci * 128);
             }
         }
     }
     copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = blockGroup + warp * MI + mi;
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+            if (group < p.groups) gemm_epilogue(p, tile, group, nj, acc[mi][nj], lane);
+    }
+}
+
+// MARK: warpgroup kernel (large batches, sm_90a)
+
+/// Block: WG warpgroups × MI × 64 weight rows, TOKENS (64 or 128) tokens. Warp w of warpgroup wg owns the 16-row groups
+/// ((blockIdx.x·WG + wg)·MI + mi)·4 + w. Per 4-chunk group: each lane's weight bytes arrive through its own
+/// 3-slot cp.async ring (as in the resident kernel); the tile's activations for the group go through a 3-stage
+/// ring (STAGES deep) in the core-matrix layout wgmma reads ([k/8][token/8][8 tokens][16 B]). Each 64-k
+/// chunk is decoded into registers while the previous chunk's wgmma instructions run (two register buffers).
+/// Decode work per flop falls as 1/TOKENS. Dynamic shared memory: STAGES × TOKENS × 256 × 2 B activations |
+/// warps × STAGES slots × MI × 2560 B.
+template <int MI, int WG, int TOKENS, int STAGES>
+MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int STAGE_K = 256, TILES = TOKENS / 8;
+    constexpr int STAGE_BYTES = TOKENS * STAGE_K * 2, SLOT_BYTES = MI * 5 * 512, WARPS = 4 * WG;
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2, warpInGroup = warp & 3;
+    const long long expertGroup = (long long)tile.expert * p.groups;
+    const u32 activationBase = shared_address(sharedBytes);
+    const u32 ring = shared_address(sharedBytes + STAGES * STAGE_BYTES) + warp * STAGES * SLOT_BYTES;
+    const unsigned char *ringPointer = sharedBytes + STAGES * STAGE_BYTES + warp * STAGES * SLOT_BYTES;
+    const int rows = tile.rowCount;
+    const bf16_t *input = (const bf16_t *)p.input;
+    int groupOf[MI];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) groupOf[mi] = ((blockIdx.x * WG + wg) * MI + mi) * 4 + warpInGroup;
+
+    // Activation copies: TOKENS × 32 segments of 8 k per stage; 16-byte segment (token j, segment s) lands
+    // at core matrix (s, j / 8), row j % 8.
+    constexpr int PER_THREAD = TOKENS * 32 / (32 * WARPS);
+    const bf16_t *source[PER_THREAD];
+    u32 target[PER_THREAD];
+    int segmentK[PER_THREAD];
+    bool live[PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * 32 * WARPS, j = idx % TOKENS, segment = idx / TOKENS;
+        live[i] = j < rows;
+        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        target[i] = ((segment * TILES + (j >> 3)) * 8 + (j & 7)) * 16;
+        segmentK[i] = segment * 8;
+    }
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+    auto issue = [&](int g) {
+        if (g < p.scaleGroups) {
+            const int slot = g % STAGES;
+            const u32 stage = activationBase + slot * STAGE_BYTES;
+#pragma unroll
+            for (int i = 0; i < PER_THREAD; ++i) {
+                const int k = g * STAGE_K + segmentK[i];
+                if (live[i]) copy_async_16(stage + target[i], source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                if (groupOf[mi] >= p.groups) continue;
+                const long long group = expertGroup + groupOf[mi];
+                const u32 slotAddress = ring + slot * SLOT_BYTES + mi * 5 * 512 + lane * 16;
+#pragma unroll
+                for (int ci = 0; ci < 4; ++ci) {
+                    const int c = 4 * g + ci;
+                    if (c < p.chunks) copy_async_16(slotAddress + ci * 512, codes + ((group * p.chunks + c) * 32 + lane) * 16, 16);
+                }
+                copy_async_16(slotAddress + 4 * 512, scales + ((group * p.scaleGroups + g) * 8 + (lane >> 2)) * 16, 16);
+            }
+        }
+        copy_async_commit();
+    };
+
+    float acc[MI][TOKENS / 2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
+        for (int i = 0; i < TOKENS / 2; ++i) acc[mi][i] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) issue(s);
+    for (int g = 0; g < p.scaleGroups; ++g) {
+        copy_async_wait<STAGES - 2>();  // this thread's copies for group g have landed
+        fence_proxy_async_shared();      // make them visible to the tensor cores' (async proxy) reads
+        __syncthreads();                 // everyone's; and every wgmma of group g-1 has completed (see below)
+        issue(g + STAGES - 1);
+        const int slot = g % STAGES;
+        const unsigned char *weights = ringPointer + slot * SLOT_BYTES;
+        const u32 stage = activationBase + slot * STAGE_BYTES;
+        const int chunksValid = min(4, p.chunks - 4 * g);
+        u32 a[2][MI][4][4];  // [buffer][mi][k16 step][register]
+        auto decode = [&](int ci, int buffer) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const uint4 code = *(const uint4 *)(weights + (mi * 5 + ci) * 512 + lane * 16);
+                const u32 word = *(const u32 *)(weights + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
+                const bool slow = mxfp4_needs_slow_path(word);
+#pragma unroll
+                for (int sp = 0; sp < 2; ++sp) {
+                    u32 low[4], high[4];
+                    if (slow) {
+                        mxfp4_decode_word<true>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                        mxfp4_decode_word<true>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                    } else {
+                        mxfp4_decode_word<false>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                        mxfp4_decode_word<false>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                    }
+                    a[buffer][mi][2 * sp][0] = low[0];
+                    a[buffer][mi][2 * sp][1] = high[0];
+                    a[buffer][mi][2 * sp][2] = low[1];
+                    a[buffer][mi][2 * sp][3] = high[1];
+                    a[buffer][mi][2 * sp + 1][0] = low[2];
+                    a[buffer][mi][2 * sp + 1][1] = high[2];
+                    a[buffer][mi][2 * sp + 1][2] = low[3];
+                    a[buffer][mi][2 * sp + 1][3] = high[3];
+                }
+            }
+        };
+        if (chunksValid > 0) decode(0, 0);
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+            if (ci < chunksValid) {
+                const int buffer = ci & 1;
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    // k16 step 4·ci + ks of the stage: core matrices (2·(4ci+ks), 0…7) and the next K column.
+                    const unsigned long long descriptor =
+                        wgmma_descriptor(stage + (4 * ci + ks) * 2 * TILES * 128, TILES * 128, 128);
+#pragma unroll
+                    for (int mi = 0; mi < MI; ++mi)
+                        WarpgroupMMA<TOKENS>::run(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1],
+                                                  a[buffer][mi][ks][2], a[buffer][mi][ks][3], descriptor);
+                }
+                wgmma_commit();
+                if (ci + 1 < chunksValid) {
+                    wgmma_wait<1>();  // chunk ci-1's instructions are done: its register buffer is free
+                    decode(ci + 1, buffer ^ 1);
+                }
+            }
+        }
+        wgmma_wait<0>();  // the stage and the weight slot of group g may be refilled after the next barrier
+    }
+    copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        if (groupOf[mi] >= p.groups) continue;
+#pragma unroll
+        for (int j = 0; j < TILES; ++j) {
+            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
+            gemm_epilogue(p, tile, groupOf[mi], j, c, lane);
+        }
+    }
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
 }
 
-// MARK: instantiations (names are looked up by CUDABackend; keep in sync with GemmVariant.swift)
+// MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
-#define MOE_RESIDENT(MI, NJ, WK)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WK) moe_gemm_resident_##MI##_##NJ##_##WK(MoEGemmParams p) { \
-        gemm_resident<MI, NJ, WK>(p);                                                                \
+#define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
+        gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
     }
-#define MOE_STREAMED(MI, NJ, WN)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_streamed_##MI##_##NJ##_##WN(MoEGemmParams p) { \
-        gemm_streamed<MI, NJ, WN>(p);                                                                \
+#define MOE_STAGED(MI, NJ, WN, S)                                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
+        gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
-MOE_RESIDENT(1, 1, 4)
-MOE_RESIDENT(1, 2, 4)
-MOE_STREAMED(2, 4, 4)
-MOE_STREAMED(2, 8, 4)
+MOE_RESIDENT(1, 1, 4, 1, 4)
+MOE_RESIDENT(1, 1, 2, 2, 4)
+MOE_RESIDENT(1, 1, 4, 2, 3)
+MOE_RESIDENT(1, 1, 2, 4, 3)
+MOE_RESIDENT(1, 1, 8, 1, 3)
+MOE_STAGED(2, 4, 8, 2)
+MOE_STAGED(2, 8, 8, 3)
+MOE_STAGED(1, 8, 8, 2)
+
+#define MOE_WARPGROUP(MI, WG, N, S)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
+        moe_gemm_warpgroup_##MI##_##WG##_##N##_##S(MoEGemmParams p) {                                  \
+        gemm_warpgroup<MI, WG, N, S>(p);                                                               \
+    }
+
+MOE_WARPGROUP(2, 2, 64, 3)
+MOE_WARPGROUP(1, 2, 128, 2)
 
 // MARK: reduce
 
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
+    wait_for_previous_kernel();
     const int t = blockIdx.x;
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;

@@ -15,8 +15,14 @@ typedef unsigned long long MoEDevicePointer;
 
 /// Tokens per block of the routing plan's histogram (one warp per token in the top-k kernel).
 #define MOE_TOKENS_PER_BLOCK 32
+/// moe_topk stages each warp's logits in shared memory when E is at most this.
+#define MOE_TOPK_SHARED_EXPERTS 1024
 /// The fused small-batch routing kernel handles at most this many tokens.
 #define MOE_SMALL_ROUTING_MAX_TOKENS 32
+/// Warps (= experts) per block of the fused small-batch router.
+#define MOE_SMALL_ROUTING_WARPS 8
+/// 16-byte segments of H one router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
+#define MOE_SMALL_ROUTING_SEGMENTS 128
 
 /// One unit of grouped-GEMM work: `rowCount` consecutive sorted rows of one expert.
 typedef struct MoETile {
@@ -34,8 +40,8 @@ typedef struct MoERoutingParams {
     MoEDevicePointer logits;        ///< [T, E] f32
     MoEDevicePointer topkIds;       ///< [T, k] i32, by descending weight (ties: lower id)
     MoEDevicePointer topkWeights;   ///< [T, k] f32
-    MoEDevicePointer blockCounts;   ///< [B, E] i32: per token block histogram, then (after the scan) the
-                                    ///< rows of expert e in blocks before b
+    MoEDevicePointer blockCounts;   ///< [B, E] i32: per token block histogram
+    MoEDevicePointer blockPrefix;   ///< [B, E] i32: rows of expert e in token blocks before b
     MoEDevicePointer expertCounts;  ///< [E] i32
     MoEDevicePointer expertOffsets; ///< [E+1] i32
     MoEDevicePointer sortedToSlot;  ///< [T·k] i32
@@ -44,6 +50,7 @@ typedef struct MoERoutingParams {
     MoEDevicePointer tiles;         ///< [maxTiles] MoETile
     MoEDevicePointer tileCount;     ///< [1] i32
     MoEDevicePointer arrivals;      ///< [1] u32 arrival counter of the fused kernel; zero between launches
+    MoEDevicePointer routerPartials;///< [S, T, E] f32: the fused router's per-slice partial logits
     int tokens;
     int hidden;
     int experts;
@@ -52,6 +59,7 @@ typedef struct MoERoutingParams {
     int tileRows;     ///< rows per GEMM tile
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
+    int routerSplits; ///< S: slices of H in the fused small-batch router
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
@@ -79,6 +87,8 @@ typedef struct MoEGemmParams {
     int maxTiles;
     int epilogue;     ///< MOE_EPILOGUE_*
     int residentRows; ///< rows of activations the resident kernel keeps in shared memory (≤ tile rows)
+    int prefetchBeforeWait; ///< 1: tiles and weights may be read before griddepcontrol.wait (they come from a
+                            ///< kernel two launches back); 0: wait first
     float swigluAlpha;
     float swigluLimit;
 } MoEGemmParams;

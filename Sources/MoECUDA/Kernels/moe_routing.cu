@@ -3,8 +3,9 @@
 //
 // Two paths with identical results (CUDABackend picks by token count; reference: CPUBackend.route,
 // TopK.route and RoutingPlan.init in MoECore):
-//   T ≤ 32   moe_route_small: one launch. Each warp computes one expert's logits for all tokens (fp32 FMA,
-//            16-byte loads); the last block to arrive then runs top-k and the whole plan for the batch.
+//   T ≤ 32   moe_route_small: one launch. Warps compute slices of one expert's logits for all tokens (fp32
+//            FMA, x slice in shared memory); the last block to arrive sums the slices, then runs top-k
+//            and the whole plan for the batch in shared memory.
 //   T > 32   moe_router_mma (bf16 tensor cores) → moe_topk (top-k and per-block histograms) →
 //            moe_plan_scan (one block: offsets and tiles) → moe_plan_scatter (stable placement).
 #include "moe_common.cuh"
@@ -16,7 +17,7 @@ MOE_DEVICE bool topk_before(float a, int ia, float b, int ib) { return a > b || 
 
 /// Top-k of one token by one warp: `k` rounds, each picking the first expert (in top-k order) after the
 /// previous pick. Writes ids by descending weight and the weights of DESIGN §2 for `mode`.
-/// logits: [E] of this token (read through L2: other blocks may have written them in this launch).
+/// logits: [E] of this token, in shared memory or written by an earlier launch; ids/weights likewise.
 MOE_DEVICE void topk_token(
     const float *logits, int experts, int k, int mode, int *ids, float *weights, int lane) {
     float previous = __int_as_float(0x7f800000);  // +inf
@@ -26,7 +27,7 @@ MOE_DEVICE void topk_token(
         float best = __int_as_float(0xff800000);  // -inf
         int bestId = 0x7fffffff;
         for (int e = lane; e < experts; e += 32) {
-            const float v = load_coherent_f32(logits + e);
+            const float v = logits[e];
             if (topk_before(previous, previousId, v, e) && topk_before(v, e, best, bestId)) {
                 best = v;
                 bestId = e;
@@ -62,7 +63,7 @@ MOE_DEVICE void topk_token(
         }
     } else {
         float partial = 0.0f;
-        for (int e = lane; e < experts; e += 32) partial += expf(load_coherent_f32(logits + e) - top);
+        for (int e = lane; e < experts; e += 32) partial += expf(logits[e] - top);
         const float sum = warp_sum(partial);
         if (lane == 0) {
             for (int j = 0; j < k; ++j) weights[j] = expf(weights[j] - top) / sum;
@@ -73,15 +74,16 @@ MOE_DEVICE void topk_token(
 
 // MARK: plan pieces (each run by one whole block)
 
-/// Histogram of token block `b` by thread-per-expert counting (no atomics): blockCounts[b][e].
+/// Histogram of token block `b` from top-k ids in global memory (thread-per-expert counting, no atomics):
+/// blockCounts[b][e]. Expert parallelism builds its global plan with it (moe_ep_count) from the gathered routing.
 MOE_DEVICE void count_block(const MoERoutingParams &p, int b) {
-    const int *ids = (const int *)p.topkIds;
-    int *counts = (int *)p.blockCounts;
+    const int *__restrict__ ids = (const int *)p.topkIds;
+    int *__restrict__ counts = (int *)p.blockCounts;
     const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
     const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
     for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
         int c = 0;
-        for (int s = first; s < last; ++s) c += (load_coherent_i32(ids + s) == e);
+        for (int s = first; s < last; ++s) c += ids[s] == e;
         counts[(long long)b * p.experts + e] = c;
     }
 }
@@ -106,32 +108,37 @@ MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
     return result;
 }
 
-/// One block: per-expert totals and per-block prefixes (in place in blockCounts), expert offsets, and the
-/// tile schedule (tiles of ≤ tileRows rows, expert-major, never straddling experts).
+/// One block: per-expert totals and per-block prefixes, expert offsets, and the tile schedule (tiles of
+/// ≤ tileRows rows, expert-major, never straddling experts). Inputs come from an earlier launch.
 MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
-    int *counts = (int *)p.blockCounts;
-    int *expertCounts = (int *)p.expertCounts;
-    int *offsets = (int *)p.expertOffsets;
-    MoETile *tiles = (MoETile *)p.tiles;
+    const int *__restrict__ counts = (const int *)p.blockCounts;
+    int *__restrict__ prefix = (int *)p.blockPrefix;
+    int *__restrict__ expertCounts = (int *)p.expertCounts;
+    int *__restrict__ offsets = (int *)p.expertOffsets;
+    MoETile *__restrict__ tiles = (MoETile *)p.tiles;
     const int E = p.experts, B = p.tokenBlocks, rowsPerTile = p.tileRows;
-    // Totals per expert; blockCounts[b][e] becomes the rows of e in blocks before b.
+    __shared__ int totals[1024];
+    // Totals per expert and the rows of e in blocks before b (loads independent of the running sum: pipelined).
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int running = 0;
+#pragma unroll 8
         for (int b = 0; b < B; ++b) {
             const long long i = (long long)b * E + e;
-            const int c = load_coherent_i32(counts + i);
-            counts[i] = running;
+            const int c = counts[i];
+            prefix[i] = running;
             running += c;
         }
         expertCounts[e] = running;
+        if (e < 1024) totals[e] = running;
     }
     __syncthreads();
     // Each thread takes a contiguous run of experts.
     const int per = (E + blockDim.x - 1) / blockDim.x;
     const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    auto total = [&](int e) { return e < 1024 ? totals[e] : expertCounts[e]; };
     int rows = 0, tileSum = 0;
     for (int e = e0; e < e1; ++e) {
-        const int c = load_coherent_i32(expertCounts + e);
+        const int c = total(e);
         rows += c;
         tileSum += (c + rowsPerTile - 1) / rowsPerTile;
     }
@@ -139,7 +146,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
     int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
     for (int e = e0; e < e1; ++e) {
-        const int c = load_coherent_i32(expertCounts + e);
+        const int c = total(e);
         offsets[e] = rowBase;
         for (int start = 0; start < c; start += rowsPerTile) {
             if (tileBase < p.maxTiles) {
@@ -160,119 +167,192 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     }
 }
 
-/// Stable placement of token block b's slots: slot s of expert e goes to sorted row
-/// offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block).
-MOE_DEVICE void scatter_block(const MoERoutingParams &p, int b) {
-    const int *ids = (const int *)p.topkIds;
-    const float *weights = (const float *)p.topkWeights;
-    const int *prefix = (const int *)p.blockCounts;
-    const int *offsets = (const int *)p.expertOffsets;
-    const int *expertCounts = (const int *)p.expertCounts;
-    int *sortedToSlot = (int *)p.sortedToSlot;
-    int *slotToSorted = (int *)p.slotToSorted;
-    float *sortedWeights = (float *)p.sortedWeights;
-    const int E = p.experts;
-    const int first = b * MOE_TOKENS_PER_BLOCK * p.topK;
-    const int last = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * p.topK;
-    for (int s = first + threadIdx.x; s < last; s += blockDim.x) {
-        if (load_coherent_i32(ids + s) < 0) slotToSorted[s] = -1;  // routes nowhere (expert-parallel padding)
+// MARK: small batches: one launch
+
+/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_SMALL_ROUTING_MAX_TOKENS.
+/// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
+/// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
+/// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
+/// the S slices in order (deterministic), then runs top-k and the whole plan in shared memory, writing
+/// only results to global memory.
+template <int MAX_TOKENS>
+MOE_DEVICE void route_small(const MoERoutingParams &p) {
+    extern __shared__ __align__(16) unsigned char routeShared[];
+    unsigned char *shared = routeShared;
+    __shared__ int scratch[33];
+    __shared__ int isLast;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e = blockIdx.x * MOE_SMALL_ROUTING_WARPS + warp;
+    const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
+    const int segments = H / 8;
+    const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
+
+    uint4 *xs = (uint4 *)shared;  // [T][count]
+    const uint4 *x = (const uint4 *)p.x;
+    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
+        const int t = i / count, s = i - t * count;
+        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
     }
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        const int before = load_coherent_i32(prefix + (long long)b * E + e);
-        const int after = b + 1 < p.tokenBlocks ? load_coherent_i32(prefix + (long long)(b + 1) * E + e)
-                                                 : load_coherent_i32(expertCounts + e);
-        if (after == before) continue;
-        int cursor = load_coherent_i32(offsets + e) + before;
-        for (int s = first; s < last; ++s) {
-            if (load_coherent_i32(ids + s) == e) {
+    copy_async_commit();
+    uint4 w[4];
+    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    copy_async_wait<0>();
+    __syncthreads();
+    float acc[MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        if (s < count) {
+            const float wf[8] = {bf16_low(w[i].x), bf16_high(w[i].x), bf16_low(w[i].y), bf16_high(w[i].y),
+                                 bf16_low(w[i].z), bf16_high(w[i].z), bf16_low(w[i].w), bf16_high(w[i].w)};
+#pragma unroll
+            for (int t = 0; t < MAX_TOKENS; ++t) {
+                if (t < T) {
+                    const uint4 xv = xs[t * count + s];
+                    float sum = acc[t];
+                    sum = fmaf(wf[0], bf16_low(xv.x), sum);
+                    sum = fmaf(wf[1], bf16_high(xv.x), sum);
+                    sum = fmaf(wf[2], bf16_low(xv.y), sum);
+                    sum = fmaf(wf[3], bf16_high(xv.y), sum);
+                    sum = fmaf(wf[4], bf16_low(xv.z), sum);
+                    sum = fmaf(wf[5], bf16_high(xv.z), sum);
+                    sum = fmaf(wf[6], bf16_low(xv.w), sum);
+                    sum = fmaf(wf[7], bf16_high(xv.w), sum);
+                    acc[t] = sum;
+                }
+            }
+        }
+    }
+    float *partials = (float *)p.routerPartials + (long long)blockIdx.y * T * E;
+#pragma unroll
+    for (int t = 0; t < MAX_TOKENS; ++t) {
+        if (t < T) {
+            const float total = warp_sum(acc[t]);
+            if (lane == 0 && e < E) partials[t * E + e] = total;
+        }
+    }
+    // Arrival: the last block sees every other block's partial logits.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!isLast) return;
+    __threadfence();
+    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
+
+    float *logits = (float *)shared;          // [T, E]
+    int *ids = (int *)(logits + T * E);       // [T·k]
+    float *weights = (float *)(ids + T * K);  // [T·k]
+    int *counts = (int *)(weights + T * K);   // [E]
+    int *offsets = counts + E;                // [E+1]
+    const float *bias = (const float *)p.routerBias;
+    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int split = 0; split < (int)gridDim.y; ++split)
+            sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
+        const float logit = sum + bias[i % E];
+        logits[i] = logit;
+        ((float *)p.logits)[i] = logit;
+    }
+    __syncthreads();
+    for (int t = warp; t < T; t += MOE_SMALL_ROUTING_WARPS) {
+        topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
+    }
+    __syncthreads();
+    const int slots = T * K;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        ((int *)p.topkIds)[s] = ids[s];
+        ((float *)p.topkWeights)[s] = weights[s];
+        if (ids[s] < 0) ((int *)p.slotToSorted)[s] = -1;
+    }
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < slots; ++s) c += ids[s] == expert;
+        counts[expert] = c;
+        ((int *)p.expertCounts)[expert] = c;
+    }
+    __syncthreads();
+    // Offsets and tiles: each thread takes a contiguous run of experts.
+    const int per = (E + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    int rows = 0, tileSum = 0;
+    for (int expert = e0; expert < e1; ++expert) {
+        rows += counts[expert];
+        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
+    }
+    int totalRows, totalTiles;
+    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
+    MoETile *tiles = (MoETile *)p.tiles;
+    for (int expert = e0; expert < e1; ++expert) {
+        const int c = counts[expert];
+        offsets[expert] = rowBase;
+        ((int *)p.expertOffsets)[expert] = rowBase;
+        for (int start = 0; start < c; start += p.tileRows) {
+            if (tileBase < p.maxTiles) {
+                MoETile tile;
+                tile.expert = expert;
+                tile.rowStart = rowBase + start;
+                tile.rowCount = min(p.tileRows, c - start);
+                tile.reserved = 0;
+                tiles[tileBase] = tile;
+            }
+            ++tileBase;
+        }
+        rowBase += c;
+    }
+    if (threadIdx.x == 0) {
+        ((int *)p.expertOffsets)[E] = totalRows;
+        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
+        *(unsigned *)p.arrivals = 0u;
+    }
+    __syncthreads();
+    // Stable placement: slots in order, per expert.
+    int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
+    float *sortedWeights = (float *)p.sortedWeights;
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        if (counts[expert] == 0) continue;
+        int cursor = offsets[expert];
+        for (int s = 0; s < slots; ++s) {
+            if (ids[s] == expert) {
                 sortedToSlot[cursor] = s;
                 slotToSorted[s] = cursor;
-                sortedWeights[cursor] = load_coherent_f32(weights + s);
+                sortedWeights[cursor] = weights[s];
                 ++cursor;
             }
         }
     }
 }
 
-// MARK: small batches: one launch
-
-/// grid: ceil(E / 4) blocks of 128 threads (a warp per expert). T ≤ MOE_SMALL_ROUTING_MAX_TOKENS, one token
-/// block. The last block to arrive (arrival counter, reset by that block) runs top-k and the plan.
-extern "C" __global__ void __launch_bounds__(128) moe_route_small(MoERoutingParams p) {
-    __shared__ int scratch[33];
-    __shared__ int isLast;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e = blockIdx.x * 4 + warp;
-    const int T = p.tokens, H = p.hidden, E = p.experts;
-    if (e < E) {
-        float acc[MOE_SMALL_ROUTING_MAX_TOKENS];
-#pragma unroll
-        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) acc[t] = 0.0f;
-        const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)e * H);
-        const uint4 *x = (const uint4 *)p.x;
-        const int segments = H / 8;
-        for (int i = lane; i < segments; i += 32) {
-            const uint4 wv = load_readonly_16(weightRow + i);
-            const float w[8] = {bf16_low(wv.x), bf16_high(wv.x), bf16_low(wv.y), bf16_high(wv.y),
-                                bf16_low(wv.z), bf16_high(wv.z), bf16_low(wv.w), bf16_high(wv.w)};
-#pragma unroll
-            for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
-                if (t < T) {
-                    const uint4 xv = load_readonly_16(x + (long long)t * segments + i);
-                    float s = acc[t];
-                    s = fmaf(w[0], bf16_low(xv.x), s);
-                    s = fmaf(w[1], bf16_high(xv.x), s);
-                    s = fmaf(w[2], bf16_low(xv.y), s);
-                    s = fmaf(w[3], bf16_high(xv.y), s);
-                    s = fmaf(w[4], bf16_low(xv.z), s);
-                    s = fmaf(w[5], bf16_high(xv.z), s);
-                    s = fmaf(w[6], bf16_low(xv.w), s);
-                    s = fmaf(w[7], bf16_high(xv.w), s);
-                    acc[t] = s;
-                }
-            }
-        }
-        const float bias = ((const float *)p.routerBias)[e];
-#pragma unroll
-        for (int t = 0; t < MOE_SMALL_ROUTING_MAX_TOKENS; ++t) {
-            if (t < T) {
-                const float total = warp_sum(acc[t]);
-                if (lane == 0) ((float *)p.logits)[(long long)t * E + e] = total + bias;
-            }
-        }
-    }
-    // Arrival: the last block sees every other block's logits.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!isLast) return;
-    __threadfence();
-
-    for (int t = warp; t < T; t += 4) {
-        topk_token((const float *)p.logits + (long long)t * E, E, p.topK, p.mode, (int *)p.topkIds + t * p.topK,
-                   (float *)p.topkWeights + t * p.topK, lane);
-    }
-    __syncthreads();
-    count_block(p, 0);
-    __syncthreads();
-    scan_plan(p, scratch);
-    __syncthreads();
-    scatter_block(p, 0);
-    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;
-}
+// One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
+// with the bound, so T = 1 runs a kernel sized for 1 token.
+#define MOE_ROUTE_SMALL(N) \
+    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { route_small<N>(p); }
+MOE_ROUTE_SMALL(1)
+MOE_ROUTE_SMALL(2)
+MOE_ROUTE_SMALL(4)
+MOE_ROUTE_SMALL(8)
+MOE_ROUTE_SMALL(16)
+MOE_ROUTE_SMALL(32)
 
 // MARK: large batches
 
 /// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
-/// grid: (ceil(E / 64), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 64 experts.
+/// grid: (ceil(E / 32), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 32 experts.
 /// K is staged 32 at a time through shared memory (double-buffered cp.async); rows past T or E read zeros.
 extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
-    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
+    constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
     __shared__ __align__(16) bf16_t xs[2][TILE * STRIDE];
-    __shared__ __align__(16) bf16_t ws[2][TILE * STRIDE];
+    __shared__ __align__(16) bf16_t ws[2][ETILE * STRIDE];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e0 = blockIdx.x * TILE, t0 = blockIdx.y * TILE;
+    const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
     const int T = p.tokens, H = p.hidden, E = p.experts;
     const bf16_t *x = (const bf16_t *)p.x;
     const bf16_t *wr = (const bf16_t *)p.routerWeight;
@@ -286,14 +366,14 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
             const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
             const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
             copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
-            copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
+            if (row < ETILE) copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
         }
         copy_async_commit();
     };
 
-    float acc[8][4];
+    float acc[4][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
 
@@ -317,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
                 load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
             }
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
+            for (int j = 0; j < 4; j += 2) {
                 // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
                 u32 b[4];
                 const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
@@ -333,7 +413,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     float *logits = (float *)p.logits;
     const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
@@ -343,16 +423,39 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     }
 }
 
-/// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens, then its histogram.
+/// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens (logits staged
+/// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram from its ids.
+/// Dynamic shared memory: 32·E floats (or none) + 32·k ids.
 extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char topkShared[];
+    unsigned char *shared = topkShared;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int E = p.experts, K = p.topK;
+    const bool staged = E <= MOE_TOPK_SHARED_EXPERTS;
+    float *warpLogits = (float *)shared + (staged ? warp * E : 0);
+    int *blockIds = (int *)shared + (staged ? 32 * E : 0);
     const int t = blockIdx.x * MOE_TOKENS_PER_BLOCK + warp;
+    const int firstToken = blockIdx.x * MOE_TOKENS_PER_BLOCK;
+    const int tokens = min(MOE_TOKENS_PER_BLOCK, p.tokens - firstToken);
     if (t < p.tokens) {
-        topk_token((const float *)p.logits + (long long)t * p.experts, p.experts, p.topK, p.mode,
-                   (int *)p.topkIds + (long long)t * p.topK, (float *)p.topkWeights + (long long)t * p.topK, lane);
+        const float *row = (const float *)p.logits + (long long)t * E;
+        if (staged) {
+            for (int e = lane; e < E; e += 32) warpLogits[e] = row[e];
+            __syncwarp();
+            row = warpLogits;
+        }
+        topk_token(row, E, K, p.mode, (int *)p.topkIds + (long long)t * K, (float *)p.topkWeights + (long long)t * K, lane);
+        __syncwarp();
+        if (lane == 0)
+            for (int j = 0; j < K; ++j) blockIds[warp * K + j] = ((const int *)p.topkIds)[(long long)t * K + j];
     }
     __syncthreads();
-    count_block(p, blockIdx.x);
+    int *counts = (int *)p.blockCounts + (long long)blockIdx.x * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < tokens * K; ++s) c += blockIds[s] == e;
+        counts[e] = c;
+    }
 }
 
 /// grid: 1 block of 1024 threads.
@@ -361,5 +464,39 @@ extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParam
     scan_plan(p, scratch);
 }
 
-/// grid: tokenBlocks blocks of 256 threads.
-extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) { scatter_block(p, blockIdx.x); }
+/// grid: tokenBlocks blocks of 256 threads. Stable placement of the block's slots: slot s of expert e goes to
+/// sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block). The block's ids
+/// and weights are staged in shared memory (dynamic: 32·k ints + 32·k floats).
+extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char scatterShared[];
+    unsigned char *shared = scatterShared;
+    const int E = p.experts, K = p.topK, b = blockIdx.x;
+    const int first = b * MOE_TOKENS_PER_BLOCK * K;
+    const int slots = min(p.tokens, (b + 1) * MOE_TOKENS_PER_BLOCK) * K - first;
+    int *ids = (int *)shared;
+    float *weights = (float *)(ids + MOE_TOKENS_PER_BLOCK * K);
+    int *__restrict__ sortedToSlot = (int *)p.sortedToSlot;
+    int *__restrict__ slotToSorted = (int *)p.slotToSorted;
+    float *__restrict__ sortedWeights = (float *)p.sortedWeights;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        ids[s] = ((const int *)p.topkIds)[first + s];
+        weights[s] = ((const float *)p.topkWeights)[first + s];
+        if (ids[s] < 0) slotToSorted[first + s] = -1;  // routes nowhere (expert-parallel padding)
+    }
+    __syncthreads();
+    const int *__restrict__ prefix = (const int *)p.blockPrefix;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const int before = prefix[(long long)b * E + e];
+        const int after = b + 1 < p.tokenBlocks ? prefix[(long long)(b + 1) * E + e] : ((const int *)p.expertCounts)[e];
+        if (after == before) continue;
+        int cursor = ((const int *)p.expertOffsets)[e] + before;
+        for (int s = 0; s < slots; ++s) {
+            if (ids[s] == e) {
+                sortedToSlot[cursor] = first + s;
+                slotToSorted[first + s] = cursor;
+                sortedWeights[cursor] = weights[s];
+                ++cursor;
+            }
+        }
+    }
+}

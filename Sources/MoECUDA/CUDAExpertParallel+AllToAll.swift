@@ -1,0 +1,167 @@
+import CCUDA
+import Dispatch
+import MoECore
+
+extension CUDAExpertParallelLayer {
+    /// The all-to-all baseline (DESIGN §4's comparison), run eagerly as the library path it replaces:
+    ///
+    /// 1. route: router + top-k on the local rows; the ids come to the host (a synchronisation).
+    /// 2. metadata: per-destination (token, slot) counts; exchanged through the host (CPU heap + barrier).
+    /// 3. dispatch: rows packed by destination; each block copied (cuMemcpyDtoDAsync through the IPC-mapped
+    ///    peer heap) to its receiver at the offset the counts give; host barrier.
+    /// 4. experts: the receiver orders its rows by expert on the host, uploads the order and tiles, runs both
+    ///    grouped GEMMs (rows of the same kernel variant as the single-rank forward: same bits per row).
+    /// 5. combine: each received block copied back to its sender, in send order; host barrier; unpacked to
+    ///    (token, slot) order.
+    /// 6. reduce: the same slot-order k-way sum.
+    ///
+    /// Phase times are host wall time (each phase ends in a host synchronisation by design).
+    /// NCCL is not used: ranks sharing one GPU cannot form an NCCL communicator ("Duplicate GPU detected"), so
+    /// the variable-size all-to-all is made of peer copies after the host-synchronised count exchange.
+    public func forwardAllToAll(
+        _ input: [Float], tokens: Int, mode: RoutingMode, host: CUDAExpertParallelHost, poison: Bool = false
+    ) throws -> CUDAExpertParallelResult {
+        let device = runtime.device
+        try device.makeCurrent()
+        let b = try bucket(tokens: tokens)
+        let (R, k, H) = (world, config.topK, config.hidden)
+        let row = H * 2
+        var seconds = [Double](repeating: 0, count: 6)
+        var moved = [Double](repeating: 0, count: 6), remote = [Double](repeating: 0, count: 6)
+        var last = DispatchTime.now().uptimeNanoseconds
+        func lap(_ phase: CUDAExpertParallelPhase) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            seconds[phase.rawValue] += Double(now - last) * 1e-9
+            last = now
+        }
+        func copy(to destination: CUdeviceptr, from source: CUdeviceptr, bytes: Int) throws(CUDAError) {
+            guard bytes > 0 else { return }
+            try runtime.driver.call(
+                "cuMemcpyDtoDAsync", runtime.driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
+        }
+        func region(_ peer: Int, _ r: CUDAExpertParallelLayout.Region) -> CUdeviceptr {
+            peerBaseAddress(peer) + CUdeviceptr(layout.offset(of: r))
+        }
+
+        try upload(input, bucket: b, poison: poison)
+        // 1. route
+        try enqueueLocalRouting(b, mode: mode)
+        try waitForDevice()
+        let slots = b.validTokens * k
+        let ids = slots > 0 ? try localIds.download(Int32.self, count: slots) : []
+        let weights = slots > 0 ? try localWeights.download(Float.self, count: slots) : []
+        lap(.route)
+
+        // 2. metadata: counts per destination, exchanged through the host.
+        var lists = [[Int]](repeating: [], count: R)
+        for s in 0..<slots { lists[ownerOfExpert[Int(ids[s])]].append(s) }
+        let counts = try host.exchangeCounts(lists.map { Int32($0.count) })
+        guard counts.count == R * R else { throw CUDAError.invalidArgument("count exchange returned \(counts.count) values for \(R) ranks") }
+        func count(_ source: Int, _ destination: Int) -> Int { Int(counts[source * R + destination]) }
+        moved[1] = Double(R * R * 4)
+        remote[1] = Double(R * (R - 1) * 4)
+        lap(.metadata)
+
+        // 3. dispatch: pack by destination, copy each block to its receiver, host barrier.
+        let packed = lists.flatMap { $0 }
+        if !packed.isEmpty {
+            try packIndex.upload(packed.map { Int32($0 / k) })
+            try sendIds.upload(packed.map { ids[$0] })
+            try sendWeights.upload(packed.map { weights[$0] })
+            try gatherRowsKernel.launch(
+                LaunchShape(grid: (packed.count, 1, 1), block: 128), stream: stream,
+                arguments: [.u64(sendRows.address), .u64(x.address), .u64(packIndex.address), .u64(UInt64(H))])
+            moved[2] += Double(packed.count * row)
+        }
+        var sendOffset = 0
+        for destination in 0..<R {
+            let n = lists[destination].count
+            guard n > 0 else { continue }
+            let at = (0..<rank).reduce(0) { $0 + count($1, destination) }
+            try copy(to: region(destination, .allToAllRows) + CUdeviceptr(at * row), from: sendRows.address + CUdeviceptr(sendOffset * row), bytes: n * row)
+            try copy(to: region(destination, .allToAllIds) + CUdeviceptr(at * 4), from: sendIds.address + CUdeviceptr(sendOffset * 4), bytes: n * 4)
+            try copy(to: region(destination, .allToAllWeights) + CUdeviceptr(at * 4), from: sendWeights.address + CUdeviceptr(sendOffset * 4), bytes: n * 4)
+            moved[2] += Double(n * (row + 8))
+            if destination != rank { remote[2] += Double(n * (row + 8)) }
+            sendOffset += n
+        }
+        try waitForDevice()
+        try host.hostBarrier(phase: 6)
+        lap(.dispatch)
+
+        // 4. experts: order the received rows by expert (stable), tiles of the single-rank variant's rows.
+        let received = (0..<R).reduce(0) { $0 + count($1, rank) }
+        if received > 0 {
+            let receivedIds = try heap.download(Int32.self, count: received, offsetBytes: layout.offset(of: .allToAllIds))
+            let receivedWeights = try heap.download(Float.self, count: received, offsetBytes: layout.offset(of: .allToAllWeights))
+            var byExpert = [[Int32]](repeating: [], count: config.experts)
+            for (i, id) in receivedIds.enumerated() {
+                guard id >= 0, Int(id) < config.experts, ownerOfExpert[Int(id)] == rank else {
+                    throw CUDAError.invalidArgument("rank \(rank) received a row for expert \(id), which it does not own")
+                }
+                byExpert[Int(id)].append(Int32(i))
+            }
+            var order: [Int32] = []
+            var tileList: [MoETile] = []
+            let tileRows = b.plan.tileRows
+            for (expert, rows) in byExpert.enumerated() where !rows.isEmpty {
+                var start = 0
+                while start < rows.count {
+                    tileList.append(MoETile(
+                        expert: Int32(expert), rowStart: Int32(order.count + start), rowCount: Int32(min(tileRows, rows.count - start)),
+                        reserved: 0))
+                    start += tileRows
+                }
+                order += rows
+            }
+            try permutation.upload(order)
+            try a2aSortedWeights.upload(order.map { receivedWeights[Int($0)] })
+            try a2aTiles.upload(tileList)
+            try a2aTileCount.upload([Int32(tileList.count)])
+            let rows = region(rank, .allToAllRows)
+            try kernels.gemm(b.plan.gemm1Variant).launch(
+                gemmShape(b, first: true, tiles: tileList.count), stream: stream,
+                parameters: gemmParameters(
+                    b, first: true, input: rows, inputIndex: permutation.address, output: intermediate.address, outputIndex: 0,
+                    rowWeights: 0, tiles: a2aTiles.address, tileCount: a2aTileCount.address, maxTiles: tileList.count))
+            try kernels.gemm(b.plan.gemm2Variant).launch(
+                gemmShape(b, first: false, tiles: tileList.count), stream: stream,
+                parameters: gemmParameters(
+                    b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address,
+                    outputIndex: permutation.address, rowWeights: a2aSortedWeights.address, tiles: a2aTiles.address,
+                    tileCount: a2aTileCount.address, maxTiles: tileList.count))
+            try waitForDevice()
+        }
+        lap(.experts)
+
+        // 5. combine: each source's block back to it, at its send offset for this rank; barrier; unpack.
+        var from = 0
+        for source in 0..<R {
+            let n = count(source, rank)
+            guard n > 0 else { continue }
+            let to = (0..<rank).reduce(0) { $0 + count(source, $1) }
+            try copy(to: region(source, .allToAllReturn) + CUdeviceptr(to * row), from: expertRows.address + CUdeviceptr(from * row), bytes: n * row)
+            moved[4] += Double(n * row)
+            if source != rank { remote[4] += Double(n * row) }
+            from += n
+        }
+        try waitForDevice()
+        try host.hostBarrier(phase: 7)
+        if !packed.isEmpty {
+            try unpackIndex.upload(packed.map { Int32($0) })
+            try scatterRowsKernel.launch(
+                LaunchShape(grid: (packed.count, 1, 1), block: 128), stream: stream,
+                arguments: [.u64(a2aCombine.address), .u64(region(rank, .allToAllReturn)), .u64(unpackIndex.address), .u64(UInt64(H))])
+            moved[4] += Double(packed.count * row)
+        }
+        lap(.combine)
+
+        // 6. reduce (every valid slot is routed: the marks are zeros).
+        try kernels.reduce.launch(
+            reduceShape(b), stream: stream, parameters: reduceParameters(b, combine: a2aCombine.address, marks: routedMarks.address))
+        try waitForDevice()
+        let hidden = try downloadOutput(b)
+        lap(.reduce)
+        return CUDAExpertParallelResult(hidden: hidden, phaseSeconds: seconds, bytesMoved: moved, bytesRemote: remote, layerSeconds: nil)
+    }
+}

@@ -1,0 +1,746 @@
+import CCUDA
+import Dispatch
+import MoECore
+
+/// moe_ep.cu's MoEEPParams: every field 8 bytes, in the same order, so the layouts agree.
+struct CUDAExpertParallelParams {
+    var peerHeaps: UInt64 = 0, ownHeap: UInt64 = 0
+    var controlOffset: Int64 = 0, flagsOffset: Int64 = 0, routingIdsOffset: Int64 = 0, routingWeightsOffset: Int64 = 0
+    var dispatchOffset: Int64 = 0, combineOffset: Int64 = 0
+    var ownerOfExpert: UInt64 = 0, x: UInt64 = 0, localIds: UInt64 = 0, localWeights: UInt64 = 0
+    var slotToSorted: UInt64 = 0, sortedToSlot: UInt64 = 0, tiles: UInt64 = 0, tileCount: UInt64 = 0
+    var localTiles: UInt64 = 0, localTileCount: UInt64 = 0, expertRows: UInt64 = 0
+    var rank: Int64 = 0, world: Int64 = 0, tokensPerRank: Int64 = 0, validTokens: Int64 = 0, topK: Int64 = 0
+    var hidden: Int64 = 0, experts: Int64 = 0, maxTiles: Int64 = 0, phase: Int64 = 0, timeoutNs: Int64 = 0
+}
+
+/// The phases a GPU layer is timed in (the order of MoEParallel's ExpertParallelStage).
+public enum CUDAExpertParallelPhase: Int, CaseIterable, Sendable {
+    case route, metadata, dispatch, experts, combine, reduce
+}
+
+/// Failures of the GPU expert-parallel layer that name a rank and a phase.
+public enum CUDAExpertParallelError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A device barrier gave up (timeout, or aborted because the host saw a peer fail).
+    case deviceBarrier(rank: Int, failure: CUDAExpertParallelFailure, timeoutSeconds: Double)
+
+    public var description: String {
+        switch self {
+        case .deviceBarrier(let rank, let failure, let seconds):
+            "rank \(rank): \(failure) (timeout \(seconds) s)"
+        }
+    }
+}
+
+/// The host half of the all-to-all baseline: the count exchange and host barriers (the CPU heap provides them).
+public protocol CUDAExpertParallelHost: AnyObject {
+    /// Stores this rank's [R] per-destination (token, slot) counts into every peer, waits for every rank (a
+    /// host synchronisation), and returns all rows: [R·R], row = source rank.
+    func exchangeCounts(_ counts: [Int32]) throws -> [Int32]
+    /// A host barrier at the all-to-all's dispatch (6) or combine (7) step (ExpertParallelPhase raw values).
+    func hostBarrier(phase: UInt8) throws
+}
+
+/// Output of one GPU expert-parallel layer on this rank.
+public struct CUDAExpertParallelResult: Sendable {
+    /// [T_r, H] bf16 values as float.
+    public var hidden: [Float]
+    /// Per phase (CUDAExpertParallelPhase order) seconds, when timed; empty otherwise.
+    public var phaseSeconds: [Double]
+    /// Per phase bytes written (moved) and bytes stored into other ranks' memory (remote).
+    public var bytesMoved: [Double]
+    public var bytesRemote: [Double]
+    /// Device time of the graph replay(s) (symmetric graph execution), seconds per replay.
+    public var layerSeconds: Double?
+}
+
+/// One rank's expert-parallel MoE layer on a GPU (DESIGN §4), over a GPU symmetric heap opened by every peer
+/// through CUDA IPC. The symmetric path is one CUDA graph per global token count (route → publish → device
+/// barrier → global plan → dispatch → barrier → local grouped GEMMs → combine → barrier → reduce), with no host
+/// synchronisation inside; the all-to-all baseline runs eagerly with host-synchronised count exchange and
+/// copies through the peer mappings (cuMemcpyDtoDAsync).
+///
+/// Output is bit-identical to `CUDABackend.forward` on the global batch: the router kernel and GEMM variant are
+/// chosen from the global token count, the global plan gives every row its single-rank sorted position, and every
+/// token's k rows are summed on its home rank in slot order by the same reduce kernel.
+///
+/// Token split (as ExpertParallelRunner's): T_loc = ⌈T/R⌉; rank r holds tokens [r·T_loc, min(T, (r+1)·T_loc)).
+public final class CUDAExpertParallelLayer: @unchecked Sendable {
+    public let config: MoEConfig
+    public let rank: Int
+    public let world: Int
+    public let capacity: Int
+    public let layout: CUDAExpertParallelLayout
+    public let runtime: CUDARuntime
+    public let ownerOfExpert: [Int]
+    public let timeoutSeconds: Double
+    /// Polled every 10 ms while this rank waits on the device; returning a reason makes the device barriers
+    /// give up at once (the runner reports peers the CPU heap sees dead or aborted).
+    public var peerWatch: (@Sendable () -> String?)?
+
+    let kernels: LayerKernels
+    let layer: DeviceLayer
+    let stream: CUDAStream
+    let sideStream: CUDAStream
+    let barrierKernel, publishKernel, countKernel, scanKernel, scatterKernel, localTilesKernel: CUDAFunction
+    let dispatchKernel, combineKernel, gatherRowsKernel, scatterRowsKernel: CUDAFunction
+    let heap: DeviceBuffer
+    private var peerBases: [CUdeviceptr]
+    private var openedPeers: [CUdeviceptr] = []
+    let peerHeaps: DeviceBuffer
+    let owners: DeviceBuffer
+    // Local tokens and routing.
+    let x, output, logits, localIds, localWeights: DeviceBuffer
+    let localBlockCounts, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
+    let localPlanTiles, localPlanTileCount, arrivals, localRouterPartials: DeviceBuffer
+    // The global plan.
+    let blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
+    let tiles, tileCount, localTiles, localTileCount: DeviceBuffer
+    let intermediate, expertRows: DeviceBuffer
+    // All-to-all scratch.
+    let sendRows, packIndex, sendIds, sendWeights, permutation, a2aSortedWeights, a2aTiles, a2aTileCount: DeviceBuffer
+    let unpackIndex, a2aCombine, routedMarks: DeviceBuffer
+    private var buckets: [Int: Bucket] = [:]
+    private var closed = false
+
+    final class Bucket {
+        let tokens: Int
+        let tokensPerRank: Int
+        let validTokens: Int
+        let plan: LaunchPlan
+        let maxTiles: Int
+        var graphs: [RoutingMode: CUDAGraphExec] = [:]
+        init(tokens: Int, tokensPerRank: Int, validTokens: Int, plan: LaunchPlan, maxTiles: Int) {
+            self.tokens = tokens
+            self.tokensPerRank = tokensPerRank
+            self.validTokens = validTokens
+            self.plan = plan
+            self.maxTiles = maxTiles
+        }
+    }
+
+    /// The GPU a rank uses: one process per GPU, ranks beyond the device count share GPUs round-robin.
+    public static func deviceOrdinal(localRank: Int, deviceCount: Int) -> Int { localRank % max(1, deviceCount) }
+
+    public static func deviceCount() throws(CUDAError) -> Int {
+        let runtime = try CUDARuntime.shared()
+        var count: Int32 = 0
+        try runtime.driver.call("cuDeviceGetCount", runtime.driver.api.cuDeviceGetCount?(&count))
+        return Int(count)
+    }
+
+    /// Allocates this rank's heap (zeroed) and scratch, uploads the weights, compiles the kernels.
+    /// - Parameters:
+    ///   - capacity: T_cap, the most tokens per rank per step.
+    ///   - ownerOfExpert: [E] the rank owning each expert.
+    public init(
+        weights: MoELayerWeights, rank: Int, world: Int, capacity: Int, ownerOfExpert: [Int], deviceOrdinal: Int,
+        timeoutSeconds: Double
+    ) throws {
+        let config = weights.config
+        guard ownerOfExpert.count == config.experts, ownerOfExpert.allSatisfy({ $0 >= 0 && $0 < world }) else {
+            throw CUDAError.invalidArgument("the expert map must give each of the \(config.experts) experts a rank in 0..<\(world)")
+        }
+        guard rank >= 0, rank < world else { throw CUDAError.invalidArgument("rank \(rank) is outside 0..<\(world)") }
+        guard timeoutSeconds > 0 else { throw CUDAError.invalidArgument("the barrier timeout must be > 0 s") }
+        self.config = config
+        self.rank = rank
+        self.world = world
+        self.capacity = capacity
+        self.ownerOfExpert = ownerOfExpert
+        self.timeoutSeconds = timeoutSeconds
+        layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden)
+        let shared = try CUDARuntime.shared()
+        if deviceOrdinal == shared.device.ordinal {
+            runtime = shared
+        } else {
+            runtime = CUDARuntime(
+                driver: shared.driver, device: try CUDADevice(driver: shared.driver, ordinal: deviceOrdinal),
+                compiler: shared.compiler)
+        }
+        let device = runtime.device
+        try device.makeCurrent()
+        kernels = try LayerKernels(runtime: runtime)
+        layer = try DeviceLayer(device: device, layer: RepackedLayer(weights))
+        stream = try CUDAStream(device: device)
+        sideStream = try CUDAStream(device: device)
+        let request = KernelCompileRequest(
+            source: .expertParallel, headers: KernelSource.headers + [.routing], architecture: device.architecture)
+        let (image, _) = try runtime.compiler.image(for: request)
+        let module = try CUDAModule(device: device, image: image)
+        barrierKernel = try module.function("moe_ep_barrier")
+        publishKernel = try module.function("moe_ep_publish")
+        countKernel = try module.function("moe_ep_count")
+        scanKernel = try module.function("moe_plan_scan")
+        scatterKernel = try module.function("moe_plan_scatter")
+        localTilesKernel = try module.function("moe_ep_local_tiles")
+        dispatchKernel = try module.function("moe_ep_dispatch")
+        combineKernel = try module.function("moe_ep_combine")
+        gatherRowsKernel = try module.function("moe_ep_gather_rows")
+        scatterRowsKernel = try module.function("moe_ep_scatter_rows")
+
+        let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
+        func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
+        heap = try buffer(layout.totalBytes)
+        peerBases = [CUdeviceptr](repeating: 0, count: R)
+        peerBases[rank] = heap.address
+        peerHeaps = try buffer(R * 8)
+        owners = try buffer(E * 4)
+        try owners.upload(ownerOfExpert.map { Int32($0) })
+        x = try buffer(T * H * 2)
+        output = try buffer(T * H * 2)
+        logits = try buffer(T * E * 4)
+        localIds = try buffer(T * k * 4)
+        localWeights = try buffer(T * k * 4)
+        localBlockCounts = try buffer((T + 31) / 32 * E * 4)
+        localExpertCounts = try buffer(E * 4)
+        localOffsets = try buffer((E + 1) * 4)
+        localSortedToSlot = try buffer(T * k * 4)
+        localSlotToSorted = try buffer(T * k * 4)
+        localSortedWeights = try buffer(T * k * 4)
+        localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
+        localPlanTileCount = try buffer(4)
+        arrivals = try buffer(4)
+        let smallRouting = LaunchPlan(tokens: min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)), config: config)
+        localRouterPartials = try buffer(smallRouting.routerSplits * min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)) * E * 4)
+        let globalSlots = R * T * k
+        let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
+        blockCounts = try buffer((R * T + 31) / 32 * E * 4)
+        blockPrefix = try buffer((R * T + 31) / 32 * E * 4)
+        expertCounts = try buffer(E * 4)
+        expertOffsets = try buffer((E + 1) * 4)
+        sortedToSlot = try buffer(globalSlots * 4)
+        slotToSorted = try buffer(globalSlots * 4)
+        sortedWeights = try buffer(globalSlots * 4)
+        tiles = try buffer(globalTiles * 16)
+        tileCount = try buffer(4)
+        localTiles = try buffer(globalTiles * 16)
+        localTileCount = try buffer(4)
+        intermediate = try buffer(globalSlots * I * 2)
+        expertRows = try buffer(globalSlots * H * 2)
+        sendRows = try buffer(T * k * H * 2)
+        packIndex = try buffer(T * k * 4)
+        sendIds = try buffer(T * k * 4)
+        sendWeights = try buffer(T * k * 4)
+        permutation = try buffer(globalSlots * 4)
+        a2aSortedWeights = try buffer(globalSlots * 4)
+        a2aTiles = try buffer(globalTiles * 16)
+        a2aTileCount = try buffer(4)
+        unpackIndex = try buffer(T * k * 4)
+        a2aCombine = try buffer(T * k * H * 2)
+        routedMarks = try buffer(T * k * 4)
+        for zeroed in [heap, x, arrivals, routedMarks, tileCount, localTileCount, localPlanTileCount] {
+            try zeroed.fill(byte: 0, stream: stream)
+        }
+        try stream.synchronize()
+    }
+
+    deinit { close() }
+
+    public var deviceSummary: String { runtime.device.summary }
+
+    // MARK: IPC
+
+    /// This rank's heap as a record for its peers.
+    public func handleRecord(pid: Int) throws(CUDAError) -> CUDAIPCHandleRecord {
+        var handle = CUipcMemHandle()
+        let driver = runtime.driver
+        try runtime.device.makeCurrent()
+        try driver.call("cuIpcGetMemHandle", driver.api.cuIpcGetMemHandle?(&handle, heap.address))
+        let bytes = withUnsafeBytes(of: &handle) { Array($0) }
+        return CUDAIPCHandleRecord(deviceOrdinal: runtime.device.ordinal, heapBytes: layout.totalBytes, pid: pid, handle: bytes)
+    }
+
+    /// Opens every peer's heap (records indexed by rank; this rank's own is skipped) and publishes the bases to
+    /// the kernels. Throws naming the peer whose heap does not match or cannot be opened.
+    public func connect(peers records: [CUDAIPCHandleRecord]) throws(CUDAError) {
+        guard records.count == world else { throw .invalidArgument("\(records.count) heap records for \(world) ranks") }
+        let driver = runtime.driver
+        try runtime.device.makeCurrent()
+        for (peer, record) in records.enumerated() where peer != rank {
+            guard record.heapBytes == layout.totalBytes else {
+                throw .invalidArgument(
+                    "rank \(peer)'s GPU heap is \(record.heapBytes) bytes; this rank's is \(layout.totalBytes): the ranks disagree on R, T_cap, k or H")
+            }
+            var handle = CUipcMemHandle()
+            withUnsafeMutableBytes(of: &handle) { raw in for i in 0..<64 { raw[i] = record.handle[i] } }
+            var base: CUdeviceptr = 0
+            do throws(CUDAError) {
+                try driver.call(
+                    "cuIpcOpenMemHandle",
+                    driver.api.cuIpcOpenMemHandle?(&base, handle, UInt32(CCUDA_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)))
+            } catch {
+                throw .invalidArgument("opening rank \(peer)'s GPU heap (pid \(record.pid), device \(record.deviceOrdinal)) failed: \(error)")
+            }
+            openedPeers.append(base)
+            peerBases[peer] = base
+        }
+        try peerHeaps.upload(peerBases.map { UInt64($0) })
+    }
+
+    /// Rank `peer`'s heap base in this process (this rank's own allocation, or the opened IPC mapping).
+    func peerBaseAddress(_ peer: Int) -> CUdeviceptr { peerBases[peer] }
+
+    /// Closes the peers' mappings (on every exit path: deinit calls it too). The heap itself is freed with the layer.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        _ = try? runtime.device.makeCurrent()
+        _ = try? stream.synchronize()
+        for base in openedPeers { _ = runtime.driver.api.cuIpcCloseMemHandle?(base) }
+        openedPeers.removeAll()
+    }
+
+    /// Makes any device barrier of this rank give up now (it records "aborted" naming the rank it waited for).
+    public func requestAbort() {
+        _ = try? runtime.device.makeCurrent()
+        let address = heap.address + CUdeviceptr(layout.offset(of: .control) + CUDAExpertParallelLayout.Control.abortWord)
+        _ = runtime.driver.api.cuMemsetD32Async?(address, 1, 1, sideStream.handle)
+        _ = try? sideStream.synchronize()
+    }
+
+    /// The failure a device barrier recorded, if any.
+    public func deviceFailure() throws(CUDAError) -> CUDAExpertParallelFailure? {
+        CUDAExpertParallelFailure.decode(try heap.download(UInt8.self, count: 32, offsetBytes: layout.offset(of: .control)))
+    }
+
+    // MARK: buckets
+
+    /// The share of a global batch of T tokens: (T_loc, T_r).
+    public static func share(tokens: Int, world: Int, rank: Int) -> (tokensPerRank: Int, validTokens: Int) {
+        let perRank = (tokens + world - 1) / world
+        return (perRank, max(0, min(perRank, tokens - rank * perRank)))
+    }
+
+    func bucket(tokens: Int) throws(CUDAError) -> Bucket {
+        if let bucket = buckets[tokens] { return bucket }
+        guard tokens >= 1 else { throw .invalidArgument("a global batch needs ≥ 1 token") }
+        let (perRank, valid) = Self.share(tokens: tokens, world: world, rank: rank)
+        guard perRank <= capacity else {
+            throw .invalidArgument(
+                "a global batch of \(tokens) tokens puts \(perRank) on each rank; the GPU heap holds \(capacity) (raise --max-tokens-per-rank)")
+        }
+        // The single-rank forward's choices for T tokens: router kernel, GEMM variant, tile rows, resident rows.
+        let plan = LaunchPlan(tokens: tokens, config: config)
+        let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
+        try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
+        try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        let local = LaunchPlan(tokens: perRank, config: config)
+        try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
+        try scatterKernel.allowSharedMemory(32 * config.topK * 8)
+        if plan.smallRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
+        let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
+        buckets[tokens] = bucket
+        return bucket
+    }
+
+    // MARK: parameters
+
+    func epParameters(_ b: Bucket, phase: UInt8 = 0) -> CUDAExpertParallelParams {
+        var p = CUDAExpertParallelParams()
+        p.peerHeaps = peerHeaps.address
+        p.ownHeap = heap.address
+        p.controlOffset = Int64(layout.offset(of: .control))
+        p.flagsOffset = Int64(layout.offset(of: .flags))
+        p.routingIdsOffset = Int64(layout.offset(of: .routingIds))
+        p.routingWeightsOffset = Int64(layout.offset(of: .routingWeights))
+        p.dispatchOffset = Int64(layout.offset(of: .dispatch))
+        p.combineOffset = Int64(layout.offset(of: .combine))
+        p.ownerOfExpert = owners.address
+        p.x = x.address
+        p.localIds = localIds.address
+        p.localWeights = localWeights.address
+        p.slotToSorted = slotToSorted.address
+        p.sortedToSlot = sortedToSlot.address
+        p.tiles = tiles.address
+        p.tileCount = tileCount.address
+        p.localTiles = localTiles.address
+        p.localTileCount = localTileCount.address
+        p.expertRows = expertRows.address
+        p.rank = Int64(rank)
+        p.world = Int64(world)
+        p.tokensPerRank = Int64(b.tokensPerRank)
+        p.validTokens = Int64(b.validTokens)
+        p.topK = Int64(config.topK)
+        p.hidden = Int64(config.hidden)
+        p.experts = Int64(config.experts)
+        p.maxTiles = Int64(b.maxTiles)
+        p.phase = Int64(phase)
+        p.timeoutNs = Int64(timeoutSeconds * 1e9)
+        return p
+    }
+
+    /// Router + top-k on this rank's T_loc rows, with the single-rank forward's router kernel for T global tokens.
+    func localRoutingParameters(_ b: Bucket, mode: RoutingMode) -> MoERoutingParams {
+        var p = MoERoutingParams()
+        let (k, E) = (config.topK, config.experts)
+        p.x = x.address
+        p.routerWeight = layer.routerWeight.address
+        p.routerBias = layer.routerBias.address
+        p.logits = logits.address
+        p.topkIds = localIds.address
+        p.topkWeights = localWeights.address
+        p.blockCounts = localBlockCounts.address
+        p.expertCounts = localExpertCounts.address
+        p.expertOffsets = localOffsets.address
+        p.sortedToSlot = localSortedToSlot.address
+        p.slotToSorted = localSlotToSorted.address
+        p.sortedWeights = localSortedWeights.address
+        p.tiles = localPlanTiles.address
+        p.tileCount = localPlanTileCount.address
+        p.arrivals = arrivals.address
+        p.routerPartials = localRouterPartials.address
+        p.routerSplits = Int32(LaunchPlan(tokens: b.tokensPerRank, config: config).routerSplits)
+        p.tokens = Int32(b.tokensPerRank)
+        p.hidden = Int32(config.hidden)
+        p.experts = Int32(E)
+        p.topK = Int32(k)
+        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
+        p.tileRows = 8
+        p.maxTiles = Int32(LaunchPlan.tileBound(slots: b.tokensPerRank * k, experts: E, tileRows: 8))
+        p.tokenBlocks = Int32((b.tokensPerRank + 31) / 32)
+        return p
+    }
+
+    /// The global plan over R·T_loc rows read from this rank's routing region.
+    func globalRoutingParameters(_ b: Bucket, mode: RoutingMode) -> MoERoutingParams {
+        var p = MoERoutingParams()
+        p.topkIds = heap.address + UInt64(layout.offset(of: .routingIds))
+        p.topkWeights = heap.address + UInt64(layout.offset(of: .routingWeights))
+        p.blockCounts = blockCounts.address
+        p.blockPrefix = blockPrefix.address
+        p.expertCounts = expertCounts.address
+        p.expertOffsets = expertOffsets.address
+        p.sortedToSlot = sortedToSlot.address
+        p.slotToSorted = slotToSorted.address
+        p.sortedWeights = sortedWeights.address
+        p.tiles = tiles.address
+        p.tileCount = tileCount.address
+        p.arrivals = arrivals.address
+        p.tokens = Int32(world * b.tokensPerRank)
+        p.hidden = Int32(config.hidden)
+        p.experts = Int32(config.experts)
+        p.topK = Int32(config.topK)
+        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
+        p.tileRows = Int32(b.plan.tileRows)
+        p.maxTiles = Int32(b.maxTiles)
+        p.tokenBlocks = Int32((world * b.tokensPerRank + 31) / 32)
+        return p
+    }
+
+    /// GEMM parameters for rows addressed by sorted position (no index tables unless given).
+    func gemmParameters(
+        _ b: Bucket, first: Bool, input: UInt64, inputIndex: UInt64, output: UInt64, outputIndex: UInt64,
+        rowWeights: UInt64, tiles: UInt64, tileCount: UInt64, maxTiles: Int
+    ) -> MoEGemmParams {
+        let c = config
+        var p = MoEGemmParams()
+        p.tiles = tiles
+        p.tileCount = tileCount
+        p.maxTiles = Int32(maxTiles)
+        p.residentRows = Int32(b.plan.residentRows)
+        p.swigluAlpha = Float(c.swigluAlpha)
+        p.swigluLimit = Float(c.swigluLimit)
+        p.input = input
+        p.inputIndex = inputIndex
+        p.inputDivisor = 1
+        p.output = output
+        p.outputIndex = outputIndex
+        if first {
+            p.codes = layer.gateUpCodes.address
+            p.scales = layer.gateUpScales.address
+            p.bias = layer.gateUpBias.address
+            p.inputStride = Int64(c.hidden)
+            p.outputStride = Int64(c.intermediate)
+            p.n = Int32(2 * c.intermediate)
+            p.k = Int32(c.hidden)
+            (p.groups, p.chunks, p.scaleGroups) = (
+                Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups))
+            p.epilogue = MOE_EPILOGUE_SWIGLU
+        } else {
+            p.codes = layer.downCodes.address
+            p.scales = layer.downScales.address
+            p.bias = layer.downBias.address
+            p.inputStride = Int64(c.intermediate)
+            p.outputStride = Int64(c.hidden)
+            p.rowWeights = rowWeights
+            p.n = Int32(c.hidden)
+            p.k = Int32(c.intermediate)
+            (p.groups, p.chunks, p.scaleGroups) = (
+                Int32(layer.downGeometry.groups), Int32(layer.downGeometry.chunks), Int32(layer.downGeometry.scaleGroups))
+            p.epilogue = MOE_EPILOGUE_WEIGHTED
+        }
+        return p
+    }
+
+    func reduceParameters(_ b: Bucket, combine: UInt64, marks: UInt64) -> MoEReduceParams {
+        var p = MoEReduceParams()
+        p.combine = combine
+        p.slotToSorted = marks
+        p.output = output.address
+        p.tokens = Int32(b.validTokens)
+        p.topK = Int32(config.topK)
+        p.hidden = Int32(config.hidden)
+        return p
+    }
+
+    func gemmShape(_ b: Bucket, first: Bool, tiles: Int) -> LaunchShape {
+        var shape = first ? b.plan.gemm1Shape : b.plan.gemm2Shape
+        shape.grid.y = tiles
+        return shape
+    }
+
+    func reduceShape(_ b: Bucket) -> LaunchShape {
+        LaunchShape(grid: (b.validTokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
+    }
+
+    /// Router + top-k on the local rows with the router the single-rank forward of T global tokens uses (the
+    /// small-batch kernel or the tensor-core one: their logits differ in summation order), launched for T_loc rows.
+    func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
+        let routing = localRoutingParameters(b, mode: mode)
+        let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
+        if b.plan.smallRouting {
+            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
+        } else {
+            try kernels.routerMMA.launch(local.routerMMAShape, stream: stream, parameters: routing)
+            try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
+        }
+    }
+
+    // MARK: the symmetric layer
+
+    /// Enqueues the whole symmetric layer; `between` runs after each phase (event records when profiling).
+    func enqueueSymmetric(
+        _ b: Bucket, mode: RoutingMode, between: ((CUDAExpertParallelPhase) throws(CUDAError) -> Void)? = nil
+    ) throws(CUDAError) {
+        let k = config.topK
+        let slotsPerRank = b.tokensPerRank * k
+        let ep = epParameters(b)
+        let barrierShape = LaunchShape(grid: (1, 1, 1), block: 32)
+        func barrier(_ phase: UInt8) throws(CUDAError) {
+            try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase))
+        }
+        // 1. route; top-k into every peer's routing region.
+        try enqueueLocalRouting(b, mode: mode)
+        try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep)
+        try between?(.route)
+        // 2. barrier; the global plan; this rank's tiles.
+        try barrier(2)
+        let global = globalRoutingParameters(b, mode: mode)
+        let blocks = (world * b.tokensPerRank + 31) / 32
+        try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
+        try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global)
+        try scatterKernel.launch(
+            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global)
+        try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep)
+        try between?(.metadata)
+        // 3. dispatch at global sorted positions; barrier.
+        try dispatchKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep)
+        try barrier(3)
+        try between?(.dispatch)
+        // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
+        let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
+        try kernels.gemm(b.plan.gemm1Variant).launch(
+            gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
+            parameters: gemmParameters(
+                b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
+                tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles))
+        try kernels.gemm(b.plan.gemm2Variant).launch(
+            gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
+            parameters: gemmParameters(
+                b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
+                rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
+                maxTiles: b.maxTiles))
+        try between?(.experts)
+        // 5. combine into the home ranks; barrier.
+        try combineKernel.launch(LaunchShape(grid: (b.maxTiles, 1, 1), block: 128), stream: stream, parameters: ep)
+        try barrier(4)
+        try between?(.combine)
+        // 6. k-way sum per local token in slot order.
+        let marks = slotToSorted.address + UInt64(rank * slotsPerRank * 4)
+        try kernels.reduce.launch(
+            reduceShape(b), stream: stream,
+            parameters: reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks))
+        try between?(.reduce)
+    }
+
+    /// The captured graph of the symmetric layer for (T, mode): one graph, replayed; its barriers keep their epoch
+    /// in device memory, so replays need nothing from the host.
+    func symmetricGraph(_ b: Bucket, mode: RoutingMode) throws(CUDAError) -> CUDAGraphExec {
+        if let exec = b.graphs[mode] { return exec }
+        try stream.beginCapture()
+        do throws(CUDAError) {
+            try enqueueSymmetric(b, mode: mode)
+        } catch {
+            _ = try? stream.endCapture()
+            throw error
+        }
+        let exec = try stream.endCapture().instantiate()
+        b.graphs[mode] = exec
+        return exec
+    }
+
+    /// How a symmetric layer is launched.
+    public enum Execution: Sendable {
+        /// The captured graph (production path).
+        case graph
+        /// Kernel by kernel with device events between phases (per-phase times).
+        case profiled
+    }
+
+    /// One symmetric layer on this rank's share of a global batch of `tokens`.
+    /// - Parameter input: [T_r, H] this rank's rows (T_r from `share`).
+    public func forwardSymmetric(
+        _ input: [Float], tokens: Int, mode: RoutingMode, execution: Execution = .graph, poison: Bool = false,
+        replays: Int = 1
+    ) throws -> CUDAExpertParallelResult {
+        let device = runtime.device
+        try device.makeCurrent()
+        let b = try bucket(tokens: tokens)
+        try upload(input, bucket: b, poison: poison)
+        var phaseSeconds: [Double] = []
+        var layerSeconds: Double?
+        switch execution {
+        case .graph:
+            // Replays back to back with no host synchronisation between them: each replay's barriers advance
+            // the device-side epoch, so a layer needs nothing from the host.
+            let graph = try symmetricGraph(b, mode: mode)
+            let start = try CUDAEvent(device: device), end = try CUDAEvent(device: device)
+            try start.record(stream)
+            for _ in 0..<max(1, replays) { try graph.launch(stream) }
+            try end.record(stream)
+            try waitForDevice()
+            layerSeconds = Double(try end.milliseconds(since: start)) * 1e-3 / Double(max(1, replays))
+        case .profiled:
+            let start = try CUDAEvent(device: device)
+            var marks: [CUDAEvent] = []
+            try start.record(stream)
+            try enqueueSymmetric(b, mode: mode) { _ throws(CUDAError) in
+                let event = try CUDAEvent(device: device)
+                try event.record(self.stream)
+                marks.append(event)
+            }
+            try waitForDevice()
+            var previous = start
+            for event in marks {
+                phaseSeconds.append(Double(try event.milliseconds(since: previous)) * 1e-3)
+                previous = event
+            }
+        }
+        try checkDevice()
+        let hidden = try downloadOutput(b)
+        return CUDAExpertParallelResult(
+            hidden: hidden, phaseSeconds: phaseSeconds, bytesMoved: [], bytesRemote: [], layerSeconds: layerSeconds)
+    }
+
+    /// This rank's top-k of its last forward (either path): ids and weights [T_r, k] of a global batch of `tokens`.
+    public func lastRouting(tokens: Int) throws -> (ids: [Int32], weights: [Float]) {
+        let b = try bucket(tokens: tokens)
+        let count = b.validTokens * config.topK
+        guard count > 0 else { return ([], []) }
+        return (try localIds.download(Int32.self, count: count), try localWeights.download(Float.self, count: count))
+    }
+
+    /// Bytes each symmetric phase wrote (moved) and stored into other ranks (remote), from the global routing in
+    /// this rank's heap (call after a forward).
+    public func symmetricBytes(tokens: Int) throws -> (moved: [Double], remote: [Double]) {
+        let b = try bucket(tokens: tokens)
+        let (R, k, row) = (world, config.topK, config.hidden * 2)
+        let slotsPerRank = b.tokensPerRank * k
+        let ids = try heap.download(Int32.self, count: R * slotsPerRank, offsetBytes: layout.offset(of: .routingIds))
+        var moved = [Double](repeating: 0, count: 6), remote = [Double](repeating: 0, count: 6)
+        moved[1] = Double(2 * 4 * slotsPerRank * R)
+        remote[1] = Double(2 * 4 * slotsPerRank * (R - 1))
+        for s in 0..<slotsPerRank {
+            let id = Int(ids[rank * slotsPerRank + s])
+            guard id >= 0 else { continue }
+            moved[2] += Double(row)
+            if ownerOfExpert[id] != rank { remote[2] += Double(row) }
+        }
+        for (slot, id) in ids.enumerated() where id >= 0 && ownerOfExpert[Int(id)] == rank {
+            moved[4] += Double(row)
+            if slot / slotsPerRank != rank { remote[4] += Double(row) }
+        }
+        return (moved, remote)
+    }
+
+    func upload(_ input: [Float], bucket b: Bucket, poison: Bool) throws {
+        guard input.count == b.validTokens * config.hidden else {
+            throw CUDAError.invalidArgument(
+                "rank \(rank) got \(input.count) values; its share of \(b.tokens) tokens is \(b.validTokens)·\(config.hidden)")
+        }
+        if b.validTokens > 0 {
+            try InputCheck.validate(input, tokens: b.validTokens, hidden: config.hidden)
+            try x.uploadAsync(input.map { BF16.bits($0) }, stream: stream)
+        }
+        if poison {
+            for buffer in [output, localIds, localWeights, intermediate, expertRows, a2aCombine] { try buffer.fill(byte: 0xFF, stream: stream) }
+            let combine = heap.address + UInt64(layout.offset(of: .combine))
+            try runtime.driver.call(
+                "cuMemsetD8Async",
+                runtime.driver.api.cuMemsetD8Async?(combine, 0xFF, layout.byteCount(of: .combine), stream.handle))
+        }
+    }
+
+    func downloadOutput(_ b: Bucket) throws(CUDAError) -> [Float] {
+        guard b.validTokens > 0 else { return [] }
+        return try output.download(UInt16.self, count: b.validTokens * config.hidden).map { BF16.float($0) }
+    }
+
+    /// Waits for the stream; meanwhile polls `peerWatch` and aborts the device barriers when it reports a failure.
+    func waitForDevice() throws(CUDAError) {
+        guard let watch = peerWatch else { return try stream.synchronize() }
+        let done = AtomicFlag()
+        let group = DispatchGroup()
+        nonisolated(unsafe) let this = self
+        DispatchQueue.global().async(group: group) {
+            while !done.isSet {
+                if watch() != nil {
+                    this.requestAbort()
+                    return
+                }
+                usleepCompat(10_000)
+            }
+        }
+        defer {
+            done.set()
+            group.wait()
+        }
+        try stream.synchronize()
+    }
+
+    /// Throws the recorded device-barrier failure, if any.
+    func checkDevice() throws {
+        if let failure = try deviceFailure() {
+            throw CUDAExpertParallelError.deviceBarrier(rank: rank, failure: failure, timeoutSeconds: timeoutSeconds)
+        }
+    }
+}
+
+/// A set-once flag shared with a watcher thread.
+final class AtomicFlag: @unchecked Sendable {
+    private let lock = DispatchSemaphore(value: 1)
+    private var value = false
+    var isSet: Bool {
+        lock.wait()
+        defer { lock.signal() }
+        return value
+    }
+    func set() {
+        lock.wait()
+        value = true
+        lock.signal()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+func usleepCompat(_ microseconds: UInt32) { _ = usleep(microseconds) }
+#elseif canImport(Darwin)
+import Darwin
+func usleepCompat(_ microseconds: UInt32) { _ = usleep(microseconds) }
+#endif
+
+extension KernelSource {
+    public static let expertParallel = KernelSource(name: "moe_ep.cu", bytes: PackageResources.moe_ep_cu)
+}

@@ -1,0 +1,312 @@
+import CMoEAtomics
+import MoECUDA
+import MoECore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Failures of GPU expert parallelism that name the rank and phase involved.
+public enum GPUExpertParallelError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A device barrier of this rank gave up waiting for `peer`.
+    case deviceBarrier(rank: Int, phase: ExpertParallelPhase, layer: Int, seconds: Double, peer: PeerStatus, why: String)
+    /// Rank 0 found an expert-parallel output differing from the single-rank CUDA forward.
+    case mismatch(String)
+
+    public var description: String {
+        switch self {
+        case .deviceBarrier(let rank, let phase, let layer, let seconds, let peer, let why):
+            "rank \(rank): the GPU barrier '\(phase)' of layer \(layer) stopped waiting for rank \(peer.rank) (pid \(peer.pid)): \(why) (device timeout \(seconds) s)"
+        case .mismatch(let what): what
+        }
+    }
+}
+
+/// One rank of an expert-parallel job on GPUs: the CPU heap (POSIX shared memory) carries the rendezvous, the
+/// exchange of CUDA IPC handles, the all-to-all baseline's count exchange and host barriers, liveness, and the
+/// gathering of results; the layers themselves run in `CUDAExpertParallelLayer`s over GPU symmetric heaps.
+///
+/// Device: local rank % device count (one process per GPU; ranks beyond the device count share GPUs, which
+/// is how it is tested on one GPU). One node only: across nodes the transport would be NCCL, not in this build.
+public final class GPUExpertParallelRunner {
+    public let environment: RankEnvironment
+    public let assignment: ExpertAssignment
+    public let heap: SymmetricHeap
+    public let layers: [CUDAExpertParallelLayer]
+    public let config: MoEConfig
+    public let capacity: Int
+    public let deviceOrdinal: Int
+
+    public var rank: Int { environment.rank }
+    public var world: Int { environment.world }
+    public var isRoot: Bool { environment.rank == 0 }
+
+    /// Joins the job and opens every peer's GPU heaps (one per layer). Every rank must pass the same layers
+    /// and options. `maxBatchTokens` is the largest global batch (it sizes the heaps, capped per rank by
+    /// `options.maxTokensPerRank`; larger batches are refused with the limit named).
+    public init(
+        environment: RankEnvironment, layers weights: [MoELayerWeights], maxBatchTokens: Int, options: ExpertParallelOptions = .init()
+    ) throws {
+        try environment.validate()
+        try Self.requireCUDA()
+        guard environment.nodes == 1 else {
+            throw ExpertParallelError.invalidArgument(
+                "GPU expert parallelism runs on one node in this build (CUDA IPC); \(environment.nodes) nodes were asked for")
+        }
+        guard let first = weights.first, weights.allSatisfy({ $0.config == first.config }) else {
+            throw ExpertParallelError.invalidArgument("need ≥ 1 layer, all of one config")
+        }
+        guard maxBatchTokens >= 1, options.maxTokensPerRank >= 1 else {
+            throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
+        }
+        moe_line_buffer_stdout()
+        if let launcher = getenv("MOE_LAUNCHER_PID").flatMap({ Int32(String(cString: $0)) }), launcher == getppid() {
+            _ = moe_die_with_parent(SIGTERM)
+        }
+        let config = first.config
+        let world = environment.world
+        self.environment = environment
+        self.config = config
+        let assignment = try ExpertAssignment.parse(options.expertMap, experts: config.experts, ranks: world)
+        let capacity = min((maxBatchTokens + world - 1) / world, options.maxTokensPerRank)
+        // The CPU heap's dispatch region gathers outputs ([R·T_cap·k, H] ≥ every rank's T_loc rows); its pages
+        // are only backed where written.
+        let cpuLayout = try SymmetricHeapLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden)
+        let heap = try SymmetricHeap.join(
+            jobID: environment.jobID, rank: environment.rank, world: world, layout: cpuLayout,
+            identity: HeapIdentity(layers: weights, assignment: assignment),
+            timeoutSeconds: options.timeoutSeconds ?? environment.timeoutSeconds, barrierHook: options.barrierHook)
+        let rank = environment.rank
+        var made: [CUDAExpertParallelLayer] = []
+        let ordinal: Int
+        do {
+            let devices = try CUDAExpertParallelLayer.deviceCount()
+            ordinal = CUDAExpertParallelLayer.deviceOrdinal(localRank: environment.localRank, deviceCount: devices)
+            let owners = (0..<config.experts).map { assignment.owner(of: $0) }
+            for w in weights {
+                made.append(try CUDAExpertParallelLayer(
+                    weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
+                    deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds))
+            }
+            try Self.exchangeHandles(layers: made, heap: heap, rank: rank, world: world)
+        } catch {
+            heap.abort(message: "rank \(rank) could not set up its GPU heaps: \(error)")
+            for layer in made { layer.close() }
+            heap.close()
+            throw error
+        }
+        for layer in made { layer.peerWatch = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) } }
+        self.assignment = assignment
+        self.capacity = capacity
+        self.heap = heap
+        self.layers = made
+        self.deviceOrdinal = ordinal
+    }
+
+    deinit { close() }
+
+    /// Throws, saying why, when this machine cannot run the CUDA backend.
+    public static func requireCUDA() throws {
+        let availability = CUDABackend.availability()
+        guard availability.available else {
+            throw ExpertParallelError.invalidArgument(
+                "GPU expert parallelism needs the CUDA backend, which is unavailable here: \(availability.reason); use --backend cpu")
+        }
+    }
+
+    /// Closes the IPC mappings and marks this rank done.
+    public func close() {
+        for layer in layers { layer.close() }
+        heap.close()
+    }
+
+    /// Every rank's handle records (one per layer, 96 bytes each) go into row `rank` of every peer's results
+    /// region; after a barrier each rank opens its peers' heaps; a second barrier keeps the rows until all read.
+    static func exchangeHandles(layers: [CUDAExpertParallelLayer], heap: SymmetricHeap, rank: Int, world: Int) throws {
+        let rowBytes = heap.layout.resultWords * 8
+        guard layers.count * CUDAIPCHandleRecord.byteCount <= rowBytes else {
+            throw ExpertParallelError.invalidArgument("\(layers.count) layers' IPC handles do not fit the results region")
+        }
+        var mine: [UInt8] = []
+        for layer in layers { mine += try layer.handleRecord(pid: Int(getpid())).encoded() }
+        for peer in 0..<world {
+            try heap.store(to: peer, .results, byteOffset: rank * rowBytes, from: mine, count: mine.count)
+        }
+        try heap.barrier(.step, layer: 0)
+        let results = heap.address(of: .results, rank: rank)
+        for (index, layer) in layers.enumerated() {
+            var records: [CUDAIPCHandleRecord] = []
+            for peer in 0..<world {
+                let start = results + peer * rowBytes + index * CUDAIPCHandleRecord.byteCount
+                let bytes = Array(UnsafeRawBufferPointer(start: start, count: CUDAIPCHandleRecord.byteCount))
+                records.append(try CUDAIPCHandleRecord.decode(bytes, rank: peer))
+            }
+            try layer.connect(peers: records)
+        }
+        try heap.barrier(.step, layer: 0)
+    }
+
+    /// A peer the CPU heap sees aborted or dead (polled while this rank waits on its GPU).
+    static func peerFailure(heap: SymmetricHeap, rank: Int) -> String? {
+        for peer in 0..<heap.world where peer != rank {
+            let base = heap.bases[peer]
+            switch ControlBlock.state(base) {
+            case .aborted: return "rank \(peer) aborted: \(ControlBlock.abortMessage(base))"
+            case .finished: continue
+            default: if heap.segments[peer]?.ownerIsGone ?? false { return "rank \(peer)'s process is gone" }
+            }
+        }
+        return nil
+    }
+
+    /// This rank's token range of a global batch of `tokens`.
+    public func tokenRange(tokens: Int) -> Range<Int> {
+        let perRank = (tokens + world - 1) / world
+        let first = min(tokens, rank * perRank)
+        return first..<min(tokens, first + perRank)
+    }
+
+    /// Maps a device-barrier failure to an error naming the awaited rank, its state and the phase; tells the
+    /// peers this rank stops.
+    func fail(_ error: Error, layer: Int) -> Error {
+        var result = error
+        if case CUDAExpertParallelError.deviceBarrier(_, let failure, let seconds) = error {
+            let peer = failure.awaitedRank
+            let phase = ExpertParallelPhase(rawValue: UInt8(truncatingIfNeeded: failure.phase)) ?? .route
+            let why: String
+            if let failed = Self.peerFailure(heap: heap, rank: rank), failed.hasPrefix("rank \(peer)") {
+                why = failed
+            } else if failure.reason == .aborted {
+                why = "aborted because " + (Self.peerFailure(heap: heap, rank: rank) ?? "a peer failed")
+            } else {
+                why = "it did not arrive in time"
+            }
+            result = GPUExpertParallelError.deviceBarrier(
+                rank: rank, phase: phase, layer: layer, seconds: seconds, peer: heap.status(of: peer), why: why)
+        }
+        heap.abort(message: "rank \(rank), layer \(layer): \(result)")
+        return result
+    }
+
+    /// One rank's share through `layerIndices` (default: every layer, in order).
+    public func forwardShare(
+        _ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, layerIndices: [Int]? = nil,
+        execution: CUDAExpertParallelLayer.Execution = .graph, poison: Bool = false
+    ) throws -> [Float] {
+        var x = share
+        for index in layerIndices ?? Array(layers.indices) {
+            do {
+                switch comm {
+                case .symmetric:
+                    x = try layers[index].forwardSymmetric(x, tokens: tokens, mode: mode, execution: execution, poison: poison).hidden
+                case .alltoall:
+                    x = try layers[index].forwardAllToAll(x, tokens: tokens, mode: mode, host: HostSide(heap: heap, layer: index), poison: poison).hidden
+                }
+            } catch {
+                throw fail(error, layer: index)
+            }
+        }
+        return x
+    }
+
+    /// The layers on a global batch [T, H] (each rank computes its share); the full output on rank 0, nil elsewhere.
+    public func forward(
+        _ globalInput: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, layerIndices: [Int]? = nil,
+        execution: CUDAExpertParallelLayer.Execution = .graph, poison: Bool = false
+    ) throws -> [Float]? {
+        let H = config.hidden
+        guard tokens >= 1, globalInput.count == tokens * H else {
+            throw ExpertParallelError.invalidArgument("input holds \(globalInput.count) values; expected T·H = \(tokens)·\(H)")
+        }
+        let range = tokenRange(tokens: tokens)
+        let share = Array(globalInput[(range.lowerBound * H)..<(range.upperBound * H)])
+        let out = try forwardShare(
+            share, tokens: tokens, mode: mode, comm: comm, layerIndices: layerIndices, execution: execution, poison: poison)
+        return try gather(out, tokens: tokens)
+    }
+
+    /// Every rank's top-k of the last forward through `layer` ([T_r, k] ids and weights) to rank 0, in global
+    /// token order ([T, k] each on rank 0; nil elsewhere), through rank 0's CPU dispatch region.
+    public func gatherRouting(layer: Int, tokens: Int) throws -> (ids: [Int32], weights: [Float])? {
+        let k = config.topK
+        let perRank = (tokens + world - 1) / world
+        do {
+            let (ids, weights) = try layers[layer].lastRouting(tokens: tokens)
+            let base = rank * perRank * k * 8
+            try heap.store(to: 0, .dispatch, byteOffset: base, from: ids, count: ids.count * 4)
+            try heap.store(to: 0, .dispatch, byteOffset: base + perRank * k * 4, from: weights, count: weights.count * 4)
+            try heap.barrier(.gather, layer: 0)
+            var result: (ids: [Int32], weights: [Float])?
+            if isRoot {
+                let landing = heap.address(of: .dispatch, rank: 0)
+                var allIds: [Int32] = [], allWeights: [Float] = []
+                for peer in 0..<world {
+                    let count = max(0, min(perRank, tokens - peer * perRank)) * k
+                    let at = landing + peer * perRank * k * 8
+                    for i in 0..<count {
+                        allIds.append(at.load(fromByteOffset: i * 4, as: Int32.self))
+                        allWeights.append(at.load(fromByteOffset: perRank * k * 4 + i * 4, as: Float.self))
+                    }
+                }
+                result = (allIds, allWeights)
+            }
+            try heap.barrier(.gather, layer: 0)
+            return result
+        } catch {
+            heap.abort(message: "rank \(rank) while gathering the routing: \(error)")
+            throw error
+        }
+    }
+
+    /// Every rank's [T_r, H] rows to rank 0 through rank 0's CPU dispatch region (bf16: nothing is lost).
+    public func gather(_ rows: [Float], tokens: Int) throws -> [Float]? {
+        let H = config.hidden
+        let perRank = (tokens + world - 1) / world
+        do {
+            let bits = rows.map { BF16.bits($0) }
+            try heap.store(to: 0, .dispatch, byteOffset: rank * perRank * H * 2, from: bits, count: bits.count * 2)
+            try heap.barrier(.gather, layer: 0)
+            var result: [Float]?
+            if isRoot {
+                let landing = heap.pointer(to: .dispatch, rank: 0, as: UInt16.self)
+                result = (0..<(tokens * H)).map { BF16.float(landing[$0]) }
+            }
+            try heap.barrier(.gather, layer: 0)
+            return result
+        } catch {
+            heap.abort(message: "rank \(rank) while gathering outputs: \(error)")
+            throw error
+        }
+    }
+}
+
+/// The all-to-all baseline's host side over the CPU heap.
+final class HostSide: CUDAExpertParallelHost {
+    let heap: SymmetricHeap
+    let layer: Int
+    init(heap: SymmetricHeap, layer: Int) {
+        self.heap = heap
+        self.layer = layer
+    }
+
+    func exchangeCounts(_ counts: [Int32]) throws -> [Int32] {
+        let R = heap.world
+        let stride = R * 2 * 4
+        for peer in 0..<R {
+            try heap.store(to: peer, .allToAllCounts, byteOffset: heap.rank * stride, from: counts, count: R * 4)
+        }
+        try heap.barrier(.allToAllCounts, layer: layer)
+        let region = heap.address(of: .allToAllCounts, rank: heap.rank)
+        var all: [Int32] = []
+        for source in 0..<R {
+            for destination in 0..<R { all.append(region.load(fromByteOffset: source * stride + destination * 4, as: Int32.self)) }
+        }
+        return all
+    }
+
+    func hostBarrier(phase: UInt8) throws {
+        try heap.barrier(ExpertParallelPhase(rawValue: phase) ?? .allToAllDispatch, layer: layer)
+    }
+}

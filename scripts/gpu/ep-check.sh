@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# ep-check.sh — GPU expert parallelism on the device machine, in one call: correctness (R = 1..4 rank processes
+# sharing the GPU, bit-identical to the single-rank CUDA forward, both comm paths, both routing modes, several
+# expert maps), a killed rank, then symmetric vs all-to-all timings at 1, 8, 32, 128, 256 tokens per rank for
+# R = 2 and R = 4, a short table last.
+#
+# Ranks here SHARE ONE GPU (time-sliced contexts, CUDA IPC within the device): the timings measure correctness
+# and the paths' overheads (launches, barriers, host synchronisation, copies), not NVLink speed.
+#
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check fault bench (default: all three)
+#   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
+set -u
+OUT=${OUT:-/tmp/ep-out}
+mkdir -p "$OUT"
+MOE=${MOE:-./.device-ep/moe}
+PRESET=${PRESET:-gpt-oss-20b}
+export MOE_KERNEL_CACHE=/tmp/moekit-kernels
+LOG="$OUT/ep.log"
+SUMMARY=""
+FAILED=0
+
+note() { SUMMARY+="$1\n"; }
+
+run() {  # run NAME LIMIT command...: full output to the log, the check lines to stdout
+    local name=$1 limit=$2; shift 2
+    echo "=== $name: $*" | tee -a "$LOG"
+    local t0=$(date +%s%N)
+    timeout "$limit" "$@" > "$OUT/step.log" 2>&1
+    local rc=$?
+    local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
+    cat "$OUT/step.log" >> "$LOG"
+    grep -E "check R=|differ|error|Error|EPROW|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
+    local bad=$(grep -c "values differ" "$OUT/step.log")
+    echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
+    [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
+    note "$(printf '%-34s rc=%-3s %5ss  %s' "$name" "$rc" "$dt" "$(grep -c 'bit-identical' "$OUT/step.log") bit-identical checks, $bad differing")"
+}
+
+steps=${*:-"check fault bench"}
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
+ls /dev/shm | grep -c moe- | sed 's/^/shm segments before: /'
+
+for s in $steps; do
+    case $s in
+    check)
+        # tiny model: every case (padding, 1 token per rank, T=1, router MMA path, skewed layer, both modes), R=1..4.
+        for R in 1 2 3 4; do
+            run "check tiny R=$R contiguous" 200 $MOE launch --ranks $R --timeout 30 -- \
+                bench --backend cuda --preset tiny --tokens $((8 * R)) --iterations 2 --warmup 0
+        done
+        run "check tiny R=3 round-robin" 200 $MOE launch --ranks 3 --timeout 30 -- \
+            bench --backend cuda --preset tiny --expert-map round-robin --tokens 12 --iterations 2 --warmup 0
+        run "check tiny R=2 explicit map" 200 $MOE launch --ranks 2 --timeout 30 -- \
+            bench --backend cuda --preset tiny --expert-map 1,1,1,0,1,0,1,1 --tokens 8 --iterations 2 --warmup 0
+        run "check tiny R=4 explicit map" 200 $MOE launch --ranks 4 --timeout 30 -- \
+            bench --backend cuda --preset tiny --expert-map 3,3,0,1,2,3,1,2 --routing softmax-first --tokens 16 --iterations 2 --warmup 0
+        ;;
+    fault)
+        # Three faults on R=2 tiny runs, device timeout 8 s (moe launch --timeout):
+        #  kill:  rank 1 SIGKILLed mid-run (wherever it is: device or host barrier);
+        #  stall: rank 1 stops before a symmetric graph (GPUEP_STALL_RANK=1): rank 0 waits inside a DEVICE barrier
+        #         and must stop at the device timeout with an error naming rank 1 and the phase;
+        #  stall+kill: the same, then rank 1 is SIGKILLed: the CPU heap's liveness probe must abort rank 0's device
+        #         barrier at once (well inside the timeout).
+        # (GPUEP_STALL_RANK, not MOE_*: the launcher does not pass MOE_* variables down.)
+        tokens=$(printf '512,%.0s' $(seq 1 8)); tokens=${tokens%,}
+        for kind in ${FAULTS:-kill stall stallkill}; do
+            echo "=== fault $kind" | tee -a "$LOG"
+            stall=""; [ "$kind" != kill ] && stall=1
+            GPUEP_STALL_RANK=$stall timeout -s KILL 90 $MOE launch --ranks 2 --timeout 8 --kill-grace 4 -- \
+                bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/fault-$kind.log" 2>&1 &
+            launcher=$!
+            marker="50 replays"; [ -n "$stall" ] && marker="stalling before"
+            for i in $(seq 1 900); do grep -q "$marker" "$OUT/fault-$kind.log" && break; sleep 0.1; done
+            sleep 1
+            victim=""
+            for pid in $(pgrep -f "bench --backend cuda --preset tiny"); do
+                if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "MOE_RANK=1"; then victim=$pid; fi
+            done
+            t0=$(date +%s%N)
+            [ "$kind" != stall ] && [ -n "$victim" ] && kill -9 "$victim"
+            # rank 0's error line is the end of the wait (the launcher then ends the stalled rank after --kill-grace)
+            for i in $(seq 1 300); do grep -q "\[rank 0\] Error" "$OUT/fault-$kind.log" && break; sleep 0.1; done
+            dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+            wait $launcher; rc=$?
+            cat "$OUT/fault-$kind.log" >> "$LOG"
+            grep -E "\[rank 0\] Error" "$OUT/fault-$kind.log" | tail -n 2
+            named=$(grep -E "\[rank 0\] Error" "$OUT/fault-$kind.log" | grep -cE "rank 1")
+            leftover=$(ls /dev/shm | grep -c moe-)
+            echo "=== fault $kind: victim pid ${victim:-none}, launcher rc=$rc, rank 0 stopped ${dt} ms after the kill/stall point, errors naming rank 1: $named, shm segments left: $leftover" | tee -a "$LOG"
+            if [ -z "$victim" ] || [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$leftover" != 0 ]; then FAILED=$((FAILED + 1)); fi
+            note "$(printf '%-34s rc=%-3s %6sms  %s' "fault $kind (rank 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
+        done
+        ;;
+    bench)
+        for R in 2 4; do
+            list=""; for n in 1 8 32 128 256; do list+="$((n * R)),"; done
+            TAIL=60 run "bench $PRESET R=$R" $((R == 2 ? 140 : 170)) $MOE launch --ranks $R --timeout 60 -- \
+                bench --backend cuda --preset $PRESET --tokens "${list%,}" --iterations 20 --warmup 3
+            grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
+        done
+        ;;
+    esac
+done
+rm -f "$OUT/step.log"
+echo "----- summary (ranks share one GPU: correctness and overheads, not NVLink speed)"
+printf "$SUMMARY"
+if [ -f "$OUT/eprows.txt" ]; then
+    echo "R  T     T/rank  symmetric_us  alltoall_us  a2a/sym"
+    sed -E 's/.*R=([0-9]+) T=([0-9]+) per-rank=([0-9]+) symmetric_us=([0-9.]+) alltoall_us=([0-9.]+) ratio=([0-9.]+).*/\1 \2 \3 \4 \5 \6/' "$OUT/eprows.txt" |
+        awk '{printf "%-2s %-5s %-7s %-13s %-12s %s\n", $1, $2, $3, $4, $5, $6}'
+fi
+echo "failed steps: $FAILED"
