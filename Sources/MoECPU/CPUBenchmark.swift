@@ -14,8 +14,10 @@ extension CPUBackend: MoEBenchmarkable {
     /// The machine's read bandwidth and the peak rate of the arithmetic the chosen kernels use, measured now on
     /// the backend's own worker threads.
     public func measureCeilings() throws -> HardwareCeilings {
-        let bandwidth = CPUCeilings.readBandwidthGBps(pool: pool)
-        let peak = CPUCeilings.peakTFLOPs(path: kernelPath, pool: pool)
+        // Under the backend's lock: the probes share the pool with forward passes on other threads.
+        let (bandwidth, peak) = lock.withLock {
+            (CPUCeilings.readBandwidthGBps(pool: pool), CPUCeilings.peakTFLOPs(path: kernelPath, pool: pool))
+        }
         return HardwareCeilings(
             bandwidthGBps: bandwidth.value, bandwidthMethod: bandwidth.method,
             peakTFLOPs: peak.value, peakMethod: peak.method)
