@@ -22,9 +22,4 @@ enum Kernels {
         }
         return sum
     }
-
-    @inline(__always)
-    static func bf16ToFloat(_ source: UnsafePointer<UInt16>, _ destination: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count { destination[i] = BF16.float(source[i]) }
-    }
 }
