@@ -26,8 +26,17 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case warpgroup_2_2_64_3
     /// sm_90a: 128 weight rows × 128 tokens (wgmma m64n128k16), 2 stages.
     case warpgroup_1_2_128_2
+    /// sm_90a: 256 weight rows × 128 tokens (two m64n128k16 per warpgroup), 2 stages.
+    case warpgroup_2_2_128_2
+    /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
+    /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
+    case decoded_2_2_128_4
+    /// sm_90a: 256 weight rows × 64 tokens, weights decoded once per block into shared memory, 4 slots.
+    case decoded_2_2_64_4
+    /// sm_90a: 128 weight rows × 256 tokens (wgmma m64n256k16), weights decoded once per block, 4 slots.
+    case decoded_1_2_256_4
 
-    public enum Kind: String, Sendable { case resident, staged, warpgroup }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -35,21 +44,23 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var isResident: Bool { kind == .resident }
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
+    /// Warpgroup kernels (wgmma).
+    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded }
     /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
-    public var tileRows: Int { kind == .warpgroup ? numbers[2] : 8 * numbers[1] }
+    public var tileRows: Int { usesWarpgroups ? numbers[2] : 8 * numbers[1] }
     /// Warps along the output rows.
-    public var warpsAcrossRows: Int { kind == .warpgroup ? 4 * numbers[1] : numbers[2] }
+    public var warpsAcrossRows: Int { usesWarpgroups ? 4 * numbers[1] : numbers[2] }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int { warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
-    /// Stages of the shared-memory ring (staged kernels).
-    public var stages: Int { kind == .staged ? numbers[3] : 0 }
+    /// Stages of the shared-memory ring (staged and decoded kernels).
+    public var stages: Int { kind == .staged || kind == .decoded ? numbers[3] : 0 }
     /// Weight row groups (16 rows) one block covers.
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
-    public var needsHopper: Bool { kind == .warpgroup }
+    public var needsHopper: Bool { usesWarpgroups }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; larger batches stage codes and activations through
@@ -69,6 +80,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         let chunks = (k + 63) / 64
         if kind == .warpgroup {
             return ringSlots * tileRows * 256 * 2 + warps * ringSlots * rowGroupsPerWarp * 5 * 512
+        }
+        if kind == .decoded {  // slots of [activations N × 64 | codes | scales], then two decoded weight chunks
+            let groups = rowGroupsPerBlock
+            return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

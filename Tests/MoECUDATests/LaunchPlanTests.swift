@@ -62,6 +62,15 @@ import Testing
     #expect(GemmVariant.warpgroup_2_2_64_3.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
     #expect(GemmVariant.warpgroup_1_2_128_2.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
     #expect(GemmVariant.warpgroup_2_2_64_3.needsHopper && !GemmVariant.staged_1_8_8_2.needsHopper)
+    // Decoded kernels: 4 slots of [N × 64 bf16 | 512 B codes + 128 B scales per group] + 2 decoded chunks.
+    #expect(GemmVariant.decoded_2_2_128_4.kind == .decoded && GemmVariant.decoded_2_2_128_4.needsHopper)
+    #expect(GemmVariant.decoded_2_2_128_4.rowGroupsPerBlock == 16 && GemmVariant.decoded_2_2_128_4.warps == 8)
+    #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
+    #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
+    #expect(GemmVariant.decoded_1_2_256_4.rowGroupsPerBlock == 8 && GemmVariant.decoded_1_2_256_4.tileRows == 256)
+    for variant in GemmVariant.allCases where variant.usesWarpgroups {
+        #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
+    }
 }
 
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {

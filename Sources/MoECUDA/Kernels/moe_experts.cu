@@ -32,32 +32,6 @@ MOE_DEVICE long long gemm_output_row(const MoEGemmParams &p, int r) {
     return ((const int *)p.outputIndex)[r];
 }
 
-/// Loads one 4-chunk group (256 k) of weights for MI row groups: codes (16 B per lane per chunk) and
-/// scales (16 B per lane: 4 chunks × 4 bytes of the lane's row pair).
-template <int MI>
-MOE_DEVICE void load_weight_group(
-    const MoEGemmParams &p, int expert, int firstGroup, int scaleGroup, int lane, uint4 (&codes)[4][MI],
-    uint4 (&scales)[MI]) {
-    const unsigned char *codeBase = (const unsigned char *)p.codes;
-    const unsigned char *scaleBase = (const unsigned char *)p.scales;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        const long long group = (long long)expert * p.groups + firstGroup + mi;
-        const bool valid = firstGroup + mi < p.groups;
-#pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
-            const int c = scaleGroup * 4 + ci;
-            if (valid && c < p.chunks) {
-                codes[ci][mi] = load_stream_16(codeBase + ((group * p.chunks + c) * 32 + lane) * 16);
-            } else {
-                codes[ci][mi] = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
-        scales[mi] = valid ? load_stream_16(scaleBase + ((group * p.scaleGroups + scaleGroup) * 8 + (lane >> 2)) * 16)
-                           : make_uint4(0u, 0u, 0u, 0u);
-    }
-}
-
 /// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
 /// rowAddress[nj] + byteOffset (shared memory).
 template <int MI, int NJ, bool Slow>
@@ -98,19 +72,26 @@ MOE_DEVICE void mma_chunk(
     }
 }
 
-/// acc += W · Xᵀ over one 4-chunk group held in registers; `chunksValid` (1..4) chunks of 64 k.
-template <int MI, int NJ>
-MOE_DEVICE void mma_register_group(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[4][MI], const uint4 (&scales)[MI], int chunksValid,
+/// acc[ci] += W · Xᵀ for the 64-k chunks ci < chunksValid of one 4-chunk group (codes and scale words per chunk).
+/// One warp vote for the whole group: on the common path (4 chunks, every scale byte ≤ 128) the four chunks are
+/// straight-line code, so the compiler interleaves one chunk's decode with another's MMAs.
+template <int MI, int NJ, int CHAINS>
+MOE_DEVICE void mma_group(
+    float (&acc)[CHAINS][MI][NJ][4], const uint4 (&codes)[4][MI], const u32 (&words)[4][MI], int chunksValid,
     const u32 (&rowAddress)[NJ], u32 groupByteOffset) {
+    bool slow = false;
 #pragma unroll
-    for (int ci = 0; ci < 4; ++ci) {
-        if (ci < chunksValid) {
-            u32 words[MI];
+    for (int ci = 0; ci < 4; ++ci)
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) words[mi] = uint4_component(scales[mi], ci);
-            mma_chunk<MI, NJ>(acc, codes[ci], words, rowAddress, groupByteOffset + ci * 128);
-        }
+        for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(words[ci][mi]);
+    if (chunksValid == 4 && !__any_sync(0xffffffffu, slow)) {
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci)
+            mma_chunk_decoded<MI, NJ, false>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
+    } else {
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci)
+            if (ci < chunksValid) mma_chunk<MI, NJ>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
     }
 }
 
@@ -233,9 +214,9 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     copy_async_wait<0>();
     __syncthreads();
 
-    float acc[MI][NJ][4], accOdd[MI][NJ][4];  // even and odd chunks: two independent MMA chains
-    zero_accumulators<MI, NJ>(acc);
-    zero_accumulators<MI, NJ>(accOdd);
+    float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
+#pragma unroll
+    for (int c = 0; c < 4; ++c) zero_accumulators<MI, NJ>(chains[c]);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -251,34 +232,29 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
         copy_async_commit();
         const unsigned char *current = ringPointer + slot * SLOT_BYTES;
-        const int chunksValid = min(4, p.chunks - 4 * g);
+        uint4 codes[4][MI];
+        u32 words[4][MI];
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
-            if (ci < chunksValid) {
-                uint4 codes[MI];
-                u32 words[MI];
+        for (int mi = 0; mi < MI; ++mi) {
+            const uint4 scales = *(const uint4 *)(current + (mi * 5 + 4) * 512 + lane * 16);
 #pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    codes[mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
-                    words[mi] = *(const u32 *)(current + (mi * 5 + 4) * 512 + lane * 16 + ci * 4);
-                }
-                if (ci & 1) {
-                    mma_chunk<MI, NJ>(accOdd, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
-                } else {
-                    mma_chunk<MI, NJ>(acc, codes, words, rowAddress, (g * 256 + ci * 64) * 2);
-                }
+            for (int ci = 0; ci < 4; ++ci) {
+                codes[ci][mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
+                words[ci][mi] = uint4_component(scales, ci);
             }
         }
+        mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
         slot = slot + 1 == S ? 0 : slot + 1;
     }
     copy_async_wait<0>();
     allow_next_kernel();
+    float acc[MI][NJ][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][nj][q] += accOdd[mi][nj][q];
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
 
     if (WK == 1) {
 #pragma unroll
@@ -377,8 +353,8 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         copy_async_commit();
     };
 
-    float acc[MI][NJ][4];
-    zero_accumulators<MI, NJ>(acc);
+    float chains[1][MI][NJ][4];
+    zero_accumulators<MI, NJ>(chains[0]);
     u32 rowOffset[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -397,21 +373,19 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         u32 rowAddress[NJ];
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj) rowAddress[nj] = stage + rowOffset[nj];
-        const int chunksValid = min(4, p.chunks - 4 * g);
+        uint4 codes[4][MI];
+        u32 words[4][MI];
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
-            if (ci < chunksValid) {
-                uint4 chunkCodes[MI];
-                u32 words[MI];
+        for (int mi = 0; mi < MI; ++mi) {
+            const int gi = warp * MI + mi;
+            const uint4 scales = *(const uint4 *)(stagePointer + ACT_BYTES + CODE_BYTES + gi * 128 + (lane >> 2) * 16);
 #pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    const int gi = warp * MI + mi;
-                    chunkCodes[mi] = *(const uint4 *)(stagePointer + ACT_BYTES + (gi * 4 + ci) * 512 + lane * 16);
-                    words[mi] = *(const u32 *)(stagePointer + ACT_BYTES + CODE_BYTES + gi * 128 + (lane >> 2) * 16 + ci * 4);
-                }
-                mma_chunk<MI, NJ>(acc, chunkCodes, words, rowAddress, ci * 128);
+            for (int ci = 0; ci < 4; ++ci) {
+                codes[ci][mi] = *(const uint4 *)(stagePointer + ACT_BYTES + (gi * 4 + ci) * 512 + lane * 16);
+                words[ci][mi] = uint4_component(scales, ci);
             }
         }
+        mma_group<MI, NJ, 1>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, 0);
     }
     copy_async_wait<0>();
     allow_next_kernel();
@@ -420,7 +394,7 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
         const int group = blockGroup + warp * MI + mi;
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
-            if (group < p.groups) gemm_epilogue(p, tile, group, nj, acc[mi][nj], lane);
+            if (group < p.groups) gemm_epilogue(p, tile, group, nj, chains[0][mi][nj], lane);
     }
 }
 
@@ -581,6 +555,156 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 #endif
 }
 
+// MARK: decoded kernel (large batches, sm_90a)
+
+/// Block: WG warpgroups × MI × 64 weight rows (GROUPS 16-row groups), N tokens; both wgmma operands in shared memory.
+/// Each 64-k chunk of weights is decoded ONCE per block, by all warps, from the MXFP4 codes into bf16 in shared
+/// memory (the K-major core-matrix layout [k/8][row/8][8 rows][16 B]), then every warpgroup's wgmma reads it:
+/// decode work per flop is 1/N, and no weight registers are held across the MMAs. Pipeline per chunk g:
+///   cp.async of activations, codes and scales runs AHEAD = STAGES−2 chunks ahead in a ring of STAGES slots;
+///   the decode of chunk g (CUDA cores) overlaps the wgmma of chunk g−1 (tensor cores, asynchronous);
+///   A is double-buffered; `wgmma.wait_group 1` after each commit keeps one chunk of MMAs in flight.
+/// Dynamic shared memory: STAGES × [N × 64 bf16 activations | GROUPS × 512 B codes | GROUPS × 128 B scales]
+/// | 2 × GROUPS × 16 rows × 64 bf16 decoded weights.
+template <int MI, int WG, int N, int STAGES>
+MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int GROUPS = MI * 4 * WG, ROW_MATRICES = 2 * GROUPS, WARPS = 4 * WG, THREADS = 32 * WARPS;
+    constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
+    constexpr int SLOT_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES, A_BYTES = GROUPS * 16 * 64 * 2;
+    constexpr int AHEAD = STAGES - 2;  // the slot refilled at chunk g held chunk g−2, whose wgmma has completed
+    static_assert(AHEAD >= 1 && (N * 8) % THREADS == 0 && GROUPS * 8 <= THREADS, "tile shape");
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2, warpInGroup = warp & 3;
+    const int blockGroup = blockIdx.x * GROUPS;
+    const long long expertGroup = (long long)tile.expert * p.groups;
+    const int rows = tile.rowCount;
+    const u32 sharedBase = shared_address(sharedBytes);
+    const u32 decodedBase = sharedBase + STAGES * SLOT_BYTES;
+    const bf16_t *input = (const bf16_t *)p.input;
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+
+    // Activation copies: 8 segments (8 k each) × N tokens per chunk. Eight consecutive threads take eight tokens
+    // of one segment (one 128-byte shared-memory row, conflict-free); a warp reads 64 contiguous bytes per token.
+    constexpr int ACT_PER_THREAD = N * 8 / THREADS;
+    const bf16_t *source[ACT_PER_THREAD];
+    u32 target[ACT_PER_THREAD];
+    int segmentK[ACT_PER_THREAD];
+    bool live[ACT_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < ACT_PER_THREAD; ++i) {
+        const int idx = threadIdx.x + i * THREADS;
+        const int j = (idx >> 6) * 8 + (idx & 7), segment = (idx >> 3) & 7;
+        live[i] = j < rows;
+        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
+        target[i] = ((segment * (N / 8) + (j >> 3)) * 8 + (j & 7)) * 16;
+        segmentK[i] = segment * 8;
+    }
+    auto issue = [&](int c) {
+        if (c < p.chunks) {
+            const u32 slot = sharedBase + (c % STAGES) * SLOT_BYTES;
+#pragma unroll
+            for (int i = 0; i < ACT_PER_THREAD; ++i) {
+                const int k = c * 64 + segmentK[i];
+                if (live[i]) copy_async_16(slot + target[i], source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {  // GROUPS × 32 segments of 16 B: MI per thread
+                const int idx = threadIdx.x + i * THREADS, gi = idx >> 5, segment = idx & 31, group = blockGroup + gi;
+                const unsigned char *src = codes + ((expertGroup + min(group, p.groups - 1)) * p.chunks + c) * 512 + segment * 16;
+                copy_async_16(slot + B_BYTES + gi * 512 + segment * 16, src, group < p.groups ? 16 : 0);
+            }
+            if (threadIdx.x < GROUPS * 8) {  // the 128-byte scale block of the chunk's 256-k group
+                const int gi = threadIdx.x >> 3, segment = threadIdx.x & 7, group = blockGroup + gi;
+                const unsigned char *src =
+                    scales + ((expertGroup + min(group, p.groups - 1)) * p.scaleGroups + (c >> 2)) * 128 + segment * 16;
+                copy_async_16(slot + B_BYTES + CODE_BYTES + gi * 128 + segment * 16, src, group < p.groups ? 16 : 0);
+            }
+        }
+        copy_async_commit();
+    };
+
+    float acc[MI][N / 2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
+
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int s = 0; s < AHEAD; ++s) issue(s);
+#pragma unroll 1
+    for (int g = 0; g < p.chunks; ++g) {
+        copy_async_wait<AHEAD - 1>();  // this thread's copies of chunk g have landed
+        __syncthreads();                // everyone's; and every warp is past iteration g−1's wait: wgmma g−2 is done
+        issue(g + AHEAD);
+        const unsigned char *slot = sharedBytes + (g % STAGES) * SLOT_BYTES;
+        const u32 decoded = decodedBase + (g & 1) * A_BYTES;
+        // Decode: warp w takes groups w, w + WARPS, …; lane (gid, tig) holds rows gid and gid+8 of the group at
+        // k = 32·sp + 8·q + 2·tig (+1), which land in core matrices (k/8, 2·group) and (k/8, 2·group + 1).
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const int gi = warp + i * WARPS;
+            const uint4 code = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
+            const u32 word = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
+            const bool slow = __any_sync(0xffffffffu, mxfp4_needs_slow_path(word));
+#pragma unroll
+            for (int sp = 0; sp < 2; ++sp) {
+                u32 low[4], high[4];
+                if (slow) {
+                    mxfp4_decode_word<true>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                    mxfp4_decode_word<true>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                } else {
+                    mxfp4_decode_word<false>(uint4_component(code, 2 * sp), word, 2 * sp, low);
+                    mxfp4_decode_word<false>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
+                }
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const u32 at = decoded + ((4 * sp + q) * ROW_MATRICES + 2 * gi) * 128 + gid * 16 + tig * 4;
+                    store_shared_u32(at, low[q]);
+                    store_shared_u32(at + 128, high[q]);
+                }
+            }
+        }
+        fence_proxy_async_shared();  // this thread's decoded stores and landed copies, visible to the tensor cores
+        __syncthreads();
+        wgmma_fence();
+        const u32 activations = sharedBase + (g % STAGES) * SLOT_BYTES;
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            const unsigned long long descriptorB = wgmma_descriptor(activations + 2 * ks * (N / 8) * 128, (N / 8) * 128, 128);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const unsigned long long descriptorA =
+                    wgmma_descriptor(decoded + (2 * ks * ROW_MATRICES + 8 * (wg * MI + mi)) * 128, ROW_MATRICES * 128, 128);
+                WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    copy_async_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = blockGroup + (wg * MI + mi) * 4 + warpInGroup;
+        if (group >= p.groups) continue;
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
+            gemm_epilogue(p, tile, group, j, c, lane);
+        }
+    }
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
+}
+
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 #define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
@@ -610,6 +734,17 @@ MOE_STAGED(1, 8, 8, 2)
 
 MOE_WARPGROUP(2, 2, 64, 3)
 MOE_WARPGROUP(1, 2, 128, 2)
+MOE_WARPGROUP(2, 2, 128, 2)
+
+#define MOE_DECODED(MI, WG, N, S)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
+        moe_gemm_decoded_##MI##_##WG##_##N##_##S(MoEGemmParams p) {                                    \
+        gemm_decoded<MI, WG, N, S>(p);                                                                 \
+    }
+
+MOE_DECODED(2, 2, 128, 4)
+MOE_DECODED(2, 2, 64, 4)
+MOE_DECODED(1, 2, 256, 4)
 
 // MARK: reduce
 
