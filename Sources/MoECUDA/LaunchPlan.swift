@@ -35,8 +35,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_2_2_64_4
     /// sm_90a: 128 weight rows × 256 tokens (wgmma m64n256k16), weights decoded once per block, 4 slots.
     case decoded_1_2_256_4
+    /// sm_90a, warp-specialised: one producer warpgroup (copies, then decodes each 64-k chunk into shared memory)
+    /// and two consumer warpgroups (wgmma, both operands in shared memory); 256 weight rows × 128 tokens, 3 stages.
+    case specialized_2_128_3
 
-    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -45,18 +48,36 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
     /// Warpgroup kernels (wgmma).
-    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded }
+    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .specialized }
     /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
-    public var tileRows: Int { usesWarpgroups ? numbers[2] : 8 * numbers[1] }
-    /// Warps along the output rows.
-    public var warpsAcrossRows: Int { usesWarpgroups ? 4 * numbers[1] : numbers[2] }
+    public var tileRows: Int {
+        switch kind {
+        case .specialized: numbers[1]
+        case .warpgroup, .decoded: numbers[2]
+        default: 8 * numbers[1]
+        }
+    }
+    /// Warps along the output rows (specialised kernels: the two consumer warpgroups).
+    public var warpsAcrossRows: Int {
+        switch kind {
+        case .specialized: 8
+        case .warpgroup, .decoded: 4 * numbers[1]
+        default: numbers[2]
+        }
+    }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
-    public var warps: Int { warpsAcrossRows * warpsAcrossK }
+    public var warps: Int { kind == .specialized ? 12 : warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
     /// Stages of the shared-memory ring (staged and decoded kernels).
-    public var stages: Int { kind == .staged || kind == .decoded ? numbers[3] : 0 }
+    public var stages: Int {
+        switch kind {
+        case .staged, .decoded: numbers[3]
+        case .specialized: numbers[2]
+        default: 0
+        }
+    }
     /// Weight row groups (16 rows) one block covers.
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
@@ -71,7 +92,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
         case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...2048: (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: (.decoded_2_2_128_4, .decoded_2_2_128_4)
         }
     }
 
@@ -84,6 +105,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         if kind == .decoded {  // slots of [activations N × 64 | codes | scales], then two decoded weight chunks
             let groups = rowGroupsPerBlock
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
+        }
+        if kind == .specialized {  // stages of [activations N × 64 | decoded weights | codes | scales]
+            let groups = rowGroupsPerBlock
+            return stages * (tileRows * 64 * 2 + groups * 16 * 64 * 2 + groups * 512 + groups * 128)
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

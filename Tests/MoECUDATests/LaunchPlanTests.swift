@@ -39,7 +39,7 @@ import Testing
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 32768) == (.staged_1_8_8_2, .staged_1_8_8_2))
+    #expect(GemmVariant.choose(tokens: 32768) == (.decoded_2_2_128_4, .decoded_2_2_128_4))
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
@@ -68,6 +68,9 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
     #expect(GemmVariant.decoded_1_2_256_4.rowGroupsPerBlock == 8 && GemmVariant.decoded_1_2_256_4.tileRows == 256)
+    #expect(GemmVariant.specialized_2_128_3.warps == 12 && GemmVariant.specialized_2_128_3.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.specialized_2_128_3.tileRows == 128 && GemmVariant.specialized_2_128_3.stages == 3)
+    #expect(GemmVariant.specialized_2_128_3.sharedBytes(k: 2880, residentRows: 128) == 3 * (16384 + 32768 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -38,8 +38,10 @@ for s in $steps; do
     checkfull) step checkfull 400 $M check --backend cuda ;;
     epcheck) TAIL=30 step epcheck 500 env MOE=$M OUT=$OUT/ep bash .device/ep-check.sh check ;;
     debugnew) for v in ${NEW_VARIANTS:-decoded_2_2_128_4 decoded_2_2_64_4 decoded_1_2_256_4 warpgroup_2_2_128_2}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100,300 --variant $v; done ;;
-    racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant decoded_2_2_64_4 ;;
-    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant decoded_1_2_256_4 ;;
+    racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-decoded_2_2_64_4} ;;
+    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-decoded_1_2_256_4} ;;
+    ncudecoded) TAIL=120 step ncudecoded 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section Occupancy -k regex:moe_gemm_${NCU_KERNEL:-decoded} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-decoded_2_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
+    ncudecode) TAIL=120 step ncudecode 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats -k regex:moe_gemm_resident --launch-skip 2 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 8 --iterations 1 --warmup 0 ;;
     debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_1_2_128_2 ;;
     ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_1_2_128_2 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;

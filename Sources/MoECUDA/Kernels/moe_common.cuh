@@ -134,6 +134,16 @@ MOE_DEVICE unsigned long long wgmma_descriptor(u32 address, u32 leadingBytes, u3
 MOE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 MOE_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int Pending> MOE_DEVICE void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }
+/// Warp-specialised kernels: hand registers from the producer warpgroup to the consumers (all warps of a
+/// warpgroup execute it; counts are per thread, multiples of 8).
+template <int Registers> MOE_DEVICE void registers_decrease() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Registers)); }
+template <int Registers> MOE_DEVICE void registers_increase() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Registers)); }
+
+/// Named barriers (ids 1…15; 0 is __syncthreads): `arrive` signals without waiting, `sync` waits until
+/// `threads` threads (both kinds counted) have reached the barrier.
+MOE_DEVICE void named_barrier_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+MOE_DEVICE void named_barrier_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+
 MOE_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 /// d[64×64] += A[64×16] · B[16×64]: A from registers (each warp of the warpgroup its 16 rows, the mma.sync

@@ -557,6 +557,27 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 
 // MARK: decoded kernel (large batches, sm_90a)
 
+/// Decodes one 64-k chunk of MI row groups (this lane's code words and scale words) into bf16 in shared memory,
+/// core-matrix layout: group gi = warp + i·WARPS; `at` is this lane's address for group `warp`, k8 column 0.
+template <int MI, int WARPS, int ROW_MATRICES, bool Slow>
+MOE_DEVICE void decode_to_shared(const uint4 (&code)[MI], const u32 (&word)[MI], u32 at) {
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int sp = 0; sp < 2; ++sp) {
+            u32 low[4], high[4];
+            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp), word[i], 2 * sp, low);
+            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp + 1), word[i], 2 * sp + 1, high);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const u32 offset = ((4 * sp + q) * ROW_MATRICES + 2 * i * WARPS) * 128;
+                store_shared_u32(at + offset, low[q]);
+                store_shared_u32(at + offset + 128, high[q]);
+            }
+        }
+    }
+}
+
 /// Block: WG warpgroups × MI × 64 weight rows (GROUPS 16-row groups), N tokens; both wgmma operands in shared memory.
 /// Each 64-k chunk of weights is decoded ONCE per block, by all warps, from the MXFP4 codes into bf16 in shared
 /// memory (the K-major core-matrix layout [k/8][row/8][8 rows][16 B]), then every warpgroup's wgmma reads it:
@@ -588,42 +609,49 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
     const unsigned char *codes = (const unsigned char *)p.codes;
     const unsigned char *scales = (const unsigned char *)p.scales;
 
-    // Activation copies: 8 segments (8 k each) × N tokens per chunk. Eight consecutive threads take eight tokens
-    // of one segment (one 128-byte shared-memory row, conflict-free); a warp reads 64 contiguous bytes per token.
+    // Copy sources, computed once and advanced by one chunk per issue (the loop's address arithmetic stays small).
+    // Activations: 8 segments (8 k each) × N tokens per chunk; eight consecutive threads take eight tokens of one
+    // segment (one 128-byte shared-memory row, conflict-free); a warp reads 64 contiguous bytes per token.
     constexpr int ACT_PER_THREAD = N * 8 / THREADS;
-    const bf16_t *source[ACT_PER_THREAD];
-    u32 target[ACT_PER_THREAD];
-    int segmentK[ACT_PER_THREAD];
+    const bf16_t *actSource[ACT_PER_THREAD];
+    u32 actTarget[ACT_PER_THREAD];
+    int actK[ACT_PER_THREAD];
     bool live[ACT_PER_THREAD];
 #pragma unroll
     for (int i = 0; i < ACT_PER_THREAD; ++i) {
         const int idx = threadIdx.x + i * THREADS;
         const int j = (idx >> 6) * 8 + (idx & 7), segment = (idx >> 3) & 7;
         live[i] = j < rows;
-        source[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride;
-        target[i] = ((segment * (N / 8) + (j >> 3)) * 8 + (j & 7)) * 16;
-        segmentK[i] = segment * 8;
+        actK[i] = segment * 8;
+        actSource[i] = input + gemm_input_row(p, tile.rowStart + min(j, rows - 1)) * p.inputStride + actK[i];
+        actTarget[i] = ((segment * (N / 8) + (j >> 3)) * 8 + (j & 7)) * 16;
     }
+    // Codes: GROUPS × 32 segments of 16 B per chunk, MI per thread; scales: the 128-byte block of each group's
+    // 256-k scale group, one thread per 16 B (rows past the matrix read a valid row and land as zeros).
+    const unsigned char *codeSource[MI];
+    int codeBytes[MI];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+        const int idx = threadIdx.x + i * THREADS, gi = idx >> 5, segment = idx & 31, group = blockGroup + gi;
+        codeSource[i] = codes + (expertGroup + min(group, p.groups - 1)) * p.chunks * 512 + segment * 16;
+        codeBytes[i] = group < p.groups ? 16 : 0;
+    }
+    const bool copiesScales = threadIdx.x < GROUPS * 8;
+    const int scaleGroupIndex = min(blockGroup + (int)(threadIdx.x >> 3), p.groups - 1);
+    const unsigned char *scaleSource = scales + (expertGroup + scaleGroupIndex) * p.scaleGroups * 128 + (threadIdx.x & 7) * 16;
+    const int scaleBytes = blockGroup + (int)(threadIdx.x >> 3) < p.groups ? 16 : 0;
+    const u32 codeTarget = B_BYTES + threadIdx.x * 16, scaleTarget = B_BYTES + CODE_BYTES + threadIdx.x * 16;
     auto issue = [&](int c) {
         if (c < p.chunks) {
             const u32 slot = sharedBase + (c % STAGES) * SLOT_BYTES;
 #pragma unroll
             for (int i = 0; i < ACT_PER_THREAD; ++i) {
-                const int k = c * 64 + segmentK[i];
-                if (live[i]) copy_async_16(slot + target[i], source[i] + min(k, p.k - 8), k < p.k ? 16 : 0);
+                const bool inside = c * 64 + actK[i] < p.k;  // zeros past K
+                if (live[i]) copy_async_16(slot + actTarget[i], inside ? actSource[i] + c * 64 : actSource[i], inside ? 16 : 0);
             }
 #pragma unroll
-            for (int i = 0; i < MI; ++i) {  // GROUPS × 32 segments of 16 B: MI per thread
-                const int idx = threadIdx.x + i * THREADS, gi = idx >> 5, segment = idx & 31, group = blockGroup + gi;
-                const unsigned char *src = codes + ((expertGroup + min(group, p.groups - 1)) * p.chunks + c) * 512 + segment * 16;
-                copy_async_16(slot + B_BYTES + gi * 512 + segment * 16, src, group < p.groups ? 16 : 0);
-            }
-            if (threadIdx.x < GROUPS * 8) {  // the 128-byte scale block of the chunk's 256-k group
-                const int gi = threadIdx.x >> 3, segment = threadIdx.x & 7, group = blockGroup + gi;
-                const unsigned char *src =
-                    scales + ((expertGroup + min(group, p.groups - 1)) * p.scaleGroups + (c >> 2)) * 128 + segment * 16;
-                copy_async_16(slot + B_BYTES + CODE_BYTES + gi * 128 + segment * 16, src, group < p.groups ? 16 : 0);
-            }
+            for (int i = 0; i < MI; ++i) copy_async_16(slot + codeTarget + i * THREADS * 16, codeSource[i] + c * 512, codeBytes[i]);
+            if (copiesScales) copy_async_16(slot + scaleTarget, scaleSource + (c >> 2) * 128, scaleBytes);
         }
         copy_async_commit();
     };
@@ -643,32 +671,23 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
         __syncthreads();                // everyone's; and every warp is past iteration g−1's wait: wgmma g−2 is done
         issue(g + AHEAD);
         const unsigned char *slot = sharedBytes + (g % STAGES) * SLOT_BYTES;
-        const u32 decoded = decodedBase + (g & 1) * A_BYTES;
         // Decode: warp w takes groups w, w + WARPS, …; lane (gid, tig) holds rows gid and gid+8 of the group at
         // k = 32·sp + 8·q + 2·tig (+1), which land in core matrices (k/8, 2·group) and (k/8, 2·group + 1).
+        uint4 code[MI];
+        u32 word[MI];
+        bool slow = false;
 #pragma unroll
         for (int i = 0; i < MI; ++i) {
             const int gi = warp + i * WARPS;
-            const uint4 code = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
-            const u32 word = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
-            const bool slow = __any_sync(0xffffffffu, mxfp4_needs_slow_path(word));
-#pragma unroll
-            for (int sp = 0; sp < 2; ++sp) {
-                u32 low[4], high[4];
-                if (slow) {
-                    mxfp4_decode_word<true>(uint4_component(code, 2 * sp), word, 2 * sp, low);
-                    mxfp4_decode_word<true>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
-                } else {
-                    mxfp4_decode_word<false>(uint4_component(code, 2 * sp), word, 2 * sp, low);
-                    mxfp4_decode_word<false>(uint4_component(code, 2 * sp + 1), word, 2 * sp + 1, high);
-                }
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const u32 at = decoded + ((4 * sp + q) * ROW_MATRICES + 2 * gi) * 128 + gid * 16 + tig * 4;
-                    store_shared_u32(at, low[q]);
-                    store_shared_u32(at + 128, high[q]);
-                }
-            }
+            code[i] = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
+            word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
+            slow |= mxfp4_needs_slow_path(word[i]);
+        }
+        const u32 decoded = decodedBase + (g & 1) * A_BYTES + 2 * warp * 128 + gid * 16 + tig * 4;
+        if (__any_sync(0xffffffffu, slow)) {
+            decode_to_shared<MI, WARPS, ROW_MATRICES, true>(code, word, decoded);
+        } else {
+            decode_to_shared<MI, WARPS, ROW_MATRICES, false>(code, word, decoded);
         }
         fence_proxy_async_shared();  // this thread's decoded stores and landed copies, visible to the tensor cores
         __syncthreads();
@@ -679,8 +698,8 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
             const unsigned long long descriptorB = wgmma_descriptor(activations + 2 * ks * (N / 8) * 128, (N / 8) * 128, 128);
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
-                const unsigned long long descriptorA =
-                    wgmma_descriptor(decoded + (2 * ks * ROW_MATRICES + 8 * (wg * MI + mi)) * 128, ROW_MATRICES * 128, 128);
+                const unsigned long long descriptorA = wgmma_descriptor(
+                    decodedBase + (g & 1) * A_BYTES + (2 * ks * ROW_MATRICES + 8 * (wg * MI + mi)) * 128, ROW_MATRICES * 128, 128);
                 WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
             }
         }
@@ -693,6 +712,146 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
         const int group = blockGroup + (wg * MI + mi) * 4 + warpInGroup;
+        if (group >= p.groups) continue;
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
+            gemm_epilogue(p, tile, group, j, c, lane);
+        }
+    }
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
+}
+
+// MARK: specialized kernel (large batches, sm_90a)
+
+/// The decoded kernel's work split by role (warp specialisation). Block: 3 warpgroups, 256 weight rows × N tokens.
+///   warpgroup 0 (producer, few registers): cp.async of activations, codes and scales one chunk ahead, then the
+///     decode of each 64-k chunk into bf16 in shared memory (core-matrix layout);
+///   warpgroups 1–2 (consumers, the registers): wgmma m64nNk16 × MI from shared memory, one chunk in flight, then
+///     the epilogue.
+/// Stages (STAGES of [activations N × 64 | decoded weights 256 × 64 | codes | scales]) are handed over with named
+/// barriers: FULL[s] (producer arrives, consumers wait) and EMPTY[s] (consumers arrive once the chunk's wgmma
+/// completed, the producer waits before refilling). The decode of chunk g overlaps the MMAs of chunks g−1 and g−2.
+template <int MI, int N, int STAGES>
+MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, ROW_MATRICES = 2 * GROUPS, THREADS = 128 * (CONSUMERS + 1);
+    constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
+    constexpr int STAGE_BYTES = B_BYTES + A_BYTES + CODE_BYTES + SCALE_BYTES;
+    constexpr int FULL = 1, EMPTY = 1 + STAGES, PRODUCERS = 1 + 2 * STAGES;
+    static_assert(N == 128 && GROUPS * 8 == 128 && PRODUCERS < 16, "one producer thread per token and per scale segment");
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
+    const int blockGroup = blockIdx.x * GROUPS;
+    const long long expertGroup = (long long)tile.expert * p.groups;
+    const u32 sharedBase = shared_address(sharedBytes);
+
+    if (wg == 0) {
+        registers_decrease<72>();
+        const int t = threadIdx.x;  // token t of the tile; code segments t + 128·i; scale segment t
+        const bf16_t *row = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(t, tile.rowCount - 1)) * p.inputStride;
+        const bool live = t < tile.rowCount;
+        const int codeGroup = blockGroup + (t >> 5);  // + 4·i
+        const unsigned char *codeSource =
+            (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
+        const long long codeStride = 4LL * p.chunks * 512;
+        const int scaleGroup = blockGroup + (t >> 3);
+        const unsigned char *scaleSource = (const unsigned char *)p.scales
+            + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
+        auto issue = [&](int c) {
+            const u32 stage = sharedBase + (c % STAGES) * STAGE_BYTES;
+            if (live) {
+#pragma unroll
+                for (int segment = 0; segment < 8; ++segment) {
+                    const int k = c * 64 + segment * 8;
+                    copy_async_16(stage + ((segment * (N / 8) + (t >> 3)) * 8 + (t & 7)) * 16, k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int group = codeGroup + 4 * i;
+                const unsigned char *src = group < p.groups ? codeSource + i * codeStride + c * 512 : codeSource;
+                copy_async_16(stage + B_BYTES + A_BYTES + (t + 128 * i) * 16, src, group < p.groups ? 16 : 0);
+            }
+            copy_async_16(stage + B_BYTES + A_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
+            copy_async_commit();
+        };
+        const int gid = lane >> 2, tig = lane & 3;
+        issue(0);
+#pragma unroll 1
+        for (int g = 0; g < p.chunks; ++g) {
+            const int next = g + 1;
+            if (next < p.chunks) {
+                if (next >= STAGES) named_barrier_sync(EMPTY + next % STAGES, THREADS);  // chunk next−STAGES consumed
+                issue(next);
+            } else {
+                copy_async_commit();
+            }
+            copy_async_wait<1>();                   // this thread's copies of chunk g have landed
+            named_barrier_sync(PRODUCERS, 128);     // and every producer thread's (codes are decoded by other warps)
+            const int s = g % STAGES;
+            const unsigned char *stage = sharedBytes + s * STAGE_BYTES;
+            uint4 code[2 * MI];
+            u32 word[2 * MI];
+            bool slow = false;
+#pragma unroll
+            for (int i = 0; i < 2 * MI; ++i) {
+                const int gi = warp + 4 * i;
+                code[i] = *(const uint4 *)(stage + B_BYTES + A_BYTES + gi * 512 + lane * 16);
+                word[i] = *(const u32 *)(stage + B_BYTES + A_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
+                slow |= mxfp4_needs_slow_path(word[i]);
+            }
+            const u32 decoded = sharedBase + s * STAGE_BYTES + B_BYTES + 2 * warp * 128 + gid * 16 + tig * 4;
+            if (__any_sync(0xffffffffu, slow)) {
+                decode_to_shared<2 * MI, 4, ROW_MATRICES, true>(code, word, decoded);
+            } else {
+                decode_to_shared<2 * MI, 4, ROW_MATRICES, false>(code, word, decoded);
+            }
+            fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
+            named_barrier_arrive(FULL + s, THREADS);
+        }
+        copy_async_wait<0>();
+        return;
+    }
+
+    registers_increase<216>();
+    const int consumer = wg - 1, warpInGroup = warp & 3;
+    float acc[MI][N / 2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
+#pragma unroll 1
+    for (int g = 0; g < p.chunks; ++g) {
+        const int s = g % STAGES;
+        named_barrier_sync(FULL + s, THREADS);
+        const u32 stage = sharedBase + s * STAGE_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            const unsigned long long descriptorB = wgmma_descriptor(stage + 2 * ks * (N / 8) * 128, (N / 8) * 128, 128);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const unsigned long long descriptorA = wgmma_descriptor(
+                    stage + B_BYTES + (2 * ks * ROW_MATRICES + 8 * (consumer * MI + mi)) * 128, ROW_MATRICES * 128, 128);
+                WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // chunk g−1's MMAs are done: its stage may be refilled
+        const int done = g - 1;
+        if (done >= 0 && done + STAGES < p.chunks) named_barrier_arrive(EMPTY + done % STAGES, THREADS);
+    }
+    wgmma_wait<0>();
+    allow_next_kernel();
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = blockGroup + (consumer * MI + mi) * 4 + warpInGroup;
         if (group >= p.groups) continue;
 #pragma unroll
         for (int j = 0; j < N / 8; ++j) {
@@ -745,6 +904,13 @@ MOE_WARPGROUP(2, 2, 128, 2)
 MOE_DECODED(2, 2, 128, 4)
 MOE_DECODED(2, 2, 64, 4)
 MOE_DECODED(1, 2, 256, 4)
+
+#define MOE_SPECIALIZED(MI, N, S)                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_specialized_##MI##_##N##_##S(MoEGemmParams p) { \
+        gemm_specialized<MI, N, S>(p);                                                                 \
+    }
+
+MOE_SPECIALIZED(2, 128, 3)
 
 // MARK: reduce
 
