@@ -92,13 +92,14 @@ public struct NCCLTransfer: Sendable, Equatable {
 public final class NCCLCommunicator: @unchecked Sendable {
     public static let uniqueIDBytes = 128
     public let library: NCCLLibrary
-    public let device: CUDADevice
     public let rank: Int
     public let world: Int
     public let timeoutSeconds: Double
     /// Polled while this rank waits on NCCL; a non-nil reason (a dead or aborted peer) aborts the communicator.
     public var peerWatch: (@Sendable () -> String?)?
 
+    /// Makes this rank's GPU context current on the calling thread (NCCL follows the current context).
+    private let makeCurrent: @Sendable () throws -> Void
     private let lock = DispatchSemaphore(value: 1)
     private var handle: ncclComm_t?
     private var abortReason: String?
@@ -111,10 +112,20 @@ public final class NCCLCommunicator: @unchecked Sendable {
         return withUnsafeBytes(of: &id) { Array($0) }
     }
 
-    /// Joins the communicator (every rank at once; `uniqueID` from rank 0). Waits at most `timeoutSeconds`.
-    public init(
+    /// Joins the communicator on `device` (every rank at once; `uniqueID` from rank 0). Waits at most `timeoutSeconds`.
+    public convenience init(
         library: NCCLLibrary, device: CUDADevice, uniqueID: [UInt8], rank: Int, world: Int, timeoutSeconds: Double,
         peerWatch: (@Sendable () -> String?)? = nil
+    ) throws(NCCLError) {
+        try self.init(
+            library: library, uniqueID: uniqueID, rank: rank, world: world, timeoutSeconds: timeoutSeconds, peerWatch: peerWatch,
+            makeCurrent: { try device.makeCurrent() })
+    }
+
+    /// The designated initializer: `makeCurrent` selects the GPU on a thread (tests pass a no-op with a fake table).
+    public init(
+        library: NCCLLibrary, uniqueID: [UInt8], rank: Int, world: Int, timeoutSeconds: Double,
+        peerWatch: (@Sendable () -> String?)? = nil, makeCurrent: @escaping @Sendable () throws -> Void
     ) throws(NCCLError) {
         guard uniqueID.count == Self.uniqueIDBytes else {
             throw .invalidArgument("an NCCL unique id is \(Self.uniqueIDBytes) bytes; rank \(rank) got \(uniqueID.count)")
@@ -125,7 +136,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
             throw .call(rank: rank, phase: "NCCL communicator setup", call: "ncclCommInitRank", code: -1, message: "missing entry point", detail: "")
         }
         self.library = library
-        self.device = device
+        self.makeCurrent = makeCurrent
         self.rank = rank
         self.world = world
         self.timeoutSeconds = timeoutSeconds
@@ -136,7 +147,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
         final class Outcome: @unchecked Sendable {
             var comm: ncclComm_t?
             var result: Int32 = 0
-            var contextError: CUDAError?
+            var contextError: (any Error)?
         }
         let outcome = Outcome()
         let finished = DispatchSemaphore(value: 0)
@@ -145,8 +156,8 @@ public final class NCCLCommunicator: @unchecked Sendable {
         let idCopy = id
         // NCCL picks its GPU from the calling thread's current context (the CUDA runtime follows the driver's).
         DispatchQueue.global().async {
-            do throws(CUDAError) {
-                try device.makeCurrent()
+            do {
+                try makeCurrent()
             } catch {
                 outcome.contextError = error
                 finished.signal()
@@ -214,13 +225,13 @@ public final class NCCLCommunicator: @unchecked Sendable {
         }
         let active = transfers.filter { $0.bytes > 0 }
         guard !active.isEmpty else { return }
-        try device.makeCurrent()
+        try makeCurrent()
         let verdict = Verdict()
         let done = AtomicFlag()
         let group = DispatchGroup()
         let watch = peerWatch
         let timeout = timeoutSeconds
-        nonisolated(unsafe) let this = self
+        let this = self
         DispatchQueue.global().async(group: group) {
             let start = MonotonicSeconds.now()
             while !done.isSet {
@@ -301,7 +312,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
     }
 
     /// ncclCommGetAsyncError as an error, nil while healthy (or in progress).
-    private func asynchronousError(phase: String) -> NCCLError? {
+    func asynchronousError(phase: String) -> NCCLError? {
         lock.wait()
         defer { lock.signal() }
         guard let comm = handle, let get = library.api.ncclCommGetAsyncError else { return nil }
