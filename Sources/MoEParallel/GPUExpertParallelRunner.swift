@@ -103,17 +103,14 @@ public final class GPUExpertParallelRunner {
         do {
             let devices = try CUDAExpertParallelLayer.deviceCount()
             ordinal = CUDAExpertParallelLayer.deviceOrdinal(localRank: environment.localRank, deviceCount: devices)
-            let owners = (0..<config.experts).map { assignment.owner(of: $0) }
-            for w in weights {
-                made.append(try CUDAExpertParallelLayer(
-                    weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
-                    deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds))
-            }
-            // Every rank's host and GPU, so that every rank picks the same all-to-all transport.
+            // Every rank's host and GPU, so that every rank picks the same all-to-all transport; before any
+            // weights go to the GPU, so that a refused transport fails at once.
+            let runtime = try CUDARuntime.shared()
+            let device = ordinal == runtime.device.ordinal ? runtime.device : try CUDADevice(driver: runtime.driver, ordinal: ordinal)
             var library: NCCLLibrary?
             var loadFailure: String?
             do { library = try NCCLLibrary.load() } catch { loadFailure = "\(error)" }
-            let placement = Self.placement(of: made[0].runtime.device, environment: environment, ncclLoaded: library != nil)
+            let placement = Self.placement(of: device, environment: environment, ncclLoaded: library != nil)
             let placements = try Self.allGather(placement.encoded(), heap: heap).enumerated().map {
                 try GPUPlacement.decode($0.element, rank: $0.offset)
             }
@@ -124,6 +121,12 @@ public final class GPUExpertParallelRunner {
                 if let loadFailure { throw ExpertParallelError.invalidArgument("\(error); on rank \(rank): \(loadFailure)") }
                 throw error
             }
+            let owners = (0..<config.experts).map { assignment.owner(of: $0) }
+            for w in weights {
+                made.append(try CUDAExpertParallelLayer(
+                    weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
+                    deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds))
+            }
             try Self.exchangeHandles(layers: made, heap: heap, environment: environment)
             if transport.kind == .nccl, let library {
                 let watch: @Sendable () -> String? = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) }
@@ -132,7 +135,7 @@ public final class GPUExpertParallelRunner {
                 for layer in made { layer.allToAllCommunicator = communicator }
             }
         } catch {
-            heap.abort(message: "rank \(rank) could not set up its GPU heaps: \(error)")
+            heap.abort(message: "rank \(rank) could not set up GPU expert parallelism: \(error)")
             communicator?.close()
             for layer in made { layer.close() }
             heap.close()
