@@ -28,7 +28,7 @@ public enum NCCLError: Error, Sendable, Equatable, CustomStringConvertible {
             return "rank \(rank), \(phase): \(call) failed: \(name) (\(code)): \(message)"
                 + (detail.isEmpty || detail == message ? "" : " — \(detail)")
         case .timeout(let rank, let phase, let seconds):
-            return "rank \(rank), \(phase): NCCL did not complete within \(ExpertParallelTimeFormat.seconds(seconds)) s (a peer is stalled or gone); the communicator was aborted"
+            return "rank \(rank), \(phase): NCCL did not complete within \(NCCLTimeFormat.seconds(seconds)) s (a peer is stalled or gone); the communicator was aborted"
         case .peerFailed(let rank, let phase, let why):
             return "rank \(rank), \(phase): \(why); the NCCL communicator was aborted"
         case .aborted(let rank, let phase, let why):
@@ -54,7 +54,7 @@ public enum NCCLError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-enum ExpertParallelTimeFormat {
+enum NCCLTimeFormat {
     static func seconds(_ value: Double) -> String {
         value == value.rounded() ? String(Int(value)) : String((value * 1000).rounded() / 1000)
     }
