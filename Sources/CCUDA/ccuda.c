@@ -144,5 +144,6 @@ int ccuda_resolve_nccl(void *handle, CCUDANCCLAPI *api, char *missing, size_t mi
     RESOLVE(api, ncclRecv, 1, "ncclRecv");
     RESOLVE(api, ncclAllReduce, 1, "ncclAllReduce");
     RESOLVE(api, ncclAllGather, 1, "ncclAllGather");
+    RESOLVE(api, ncclGetLastError, 0, "ncclGetLastError");
     return absent;
 }

@@ -6,6 +6,7 @@ import MoECore
 import MoEParallel
 
 extension CommMode: ExpressibleByArgument {}
+extension AllToAllTransportChoice: ExpressibleByArgument {}
 
 /// `moe launch --ranks R [--comm …] -- <moe subcommand …>`: starts R rank processes of this binary on this host.
 struct LaunchCommand: ParsableCommand {
@@ -25,6 +26,11 @@ struct LaunchCommand: ParsableCommand {
 
     @Option(help: "Token exchange for the ranks: symmetric or alltoall (MOE_COMM; subcommands may override).")
     var comm: CommMode?
+
+    @Option(
+        name: .customLong("a2a-transport"),
+        help: "GPU all-to-all baseline transport: auto (NCCL when every rank has its own GPU, else CUDA IPC), nccl or ipc (MOE_A2A_TRANSPORT).")
+    var allToAllTransport: AllToAllTransportChoice?
 
     @Option(help: "Seconds a rank waits for a late or dead peer before failing with an error naming it.")
     var timeout: Double = 60
@@ -59,6 +65,7 @@ struct LaunchCommand: ParsableCommand {
     func run() throws {
         var options = LaunchOptions(ranks: ranks, arguments: command)
         options.comm = comm
+        options.allToAllTransport = allToAllTransport
         options.timeoutSeconds = timeout
         options.killGraceSeconds = killGrace
         options.nodes = nodes
@@ -77,6 +84,11 @@ struct ExpertParallelFlags: ParsableArguments {
 
     @Option(help: "Expert parallelism: symmetric (default) or alltoall. bench times both; this picks the JSON rows.")
     var comm: CommMode?
+
+    @Option(
+        name: .customLong("a2a-transport"),
+        help: "GPU all-to-all baseline transport: auto (NCCL when every rank has its own GPU, else CUDA IPC), nccl (one GPU per rank; refused when ranks share a GPU) or ipc (one node).")
+    var allToAllTransport: AllToAllTransportChoice?
 
     @Option(name: .customLong("expert-map"), help: "contiguous, round-robin, a list of E owner ranks (0,0,1,1), or a JSON map file.")
     var expertMap: String = "contiguous"
@@ -120,6 +132,7 @@ struct ExpertParallelFlags: ParsableArguments {
         options.maxTokensPerRank = maxTokensPerRank
         options.workers = workersPerRank
         options.timeoutSeconds = rankTimeout
+        options.allToAllTransport = allToAllTransport
         return options
     }
 }
@@ -313,7 +326,8 @@ enum ExpertParallelForwardCommand {
         let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm)
         let routed = try runner.gatherRouting(layer: 0, tokens: tokens)
         guard let hidden, let routed else { return }
-        let detail = "cuda expert-parallel, \(runner.world) ranks over CUDA IPC, \(comm)"
+        let over = comm == .symmetric ? "CUDA IPC" : runner.transport.kind == .nccl ? "NCCL" : "CUDA IPC copies"
+        let detail = "cuda expert-parallel, \(runner.world) ranks over \(over), \(comm)"
         try HiddenStatesFile.writeOutput(
             output, result: MoEForwardResult(hidden: hidden, topkIds: routed.ids, topkWeights: routed.weights), tokens: tokens,
             config: config,

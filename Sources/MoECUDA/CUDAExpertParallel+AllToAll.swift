@@ -7,17 +7,20 @@ extension CUDAExpertParallelLayer {
     ///
     /// 1. route: router + top-k on the local rows; the ids come to the host (a synchronisation).
     /// 2. metadata: per-destination (token, slot) counts; exchanged through the host (CPU heap + barrier).
-    /// 3. dispatch: rows packed by destination; each block copied (cuMemcpyDtoDAsync through the IPC-mapped
-    ///    peer heap) to its receiver at the offset the counts give; host barrier.
+    /// 3. dispatch: rows packed by destination; a variable-size all-to-all puts each block at its receiver, at
+    ///    the offset the counts give (`AllToAllPlan`).
     /// 4. experts: the receiver orders its rows by expert on the host, uploads the order and tiles, runs both
     ///    grouped GEMMs (rows of the same kernel variant as the single-rank forward: same bits per row).
-    /// 5. combine: each received block copied back to its sender, in send order; host barrier; unpacked to
-    ///    (token, slot) order.
+    /// 5. combine: each received block goes back to its sender, in send order (the all-to-all back); unpacked
+    ///    to (token, slot) order.
     /// 6. reduce: the same slot-order k-way sum.
     ///
+    /// The all-to-all's transport: with `allToAllCommunicator` set, one NCCL group of ncclSend/ncclRecv per
+    /// direction (rows, ids, weights with every peer; the library path, one GPU per rank, any number of nodes);
+    /// otherwise cuMemcpyDtoDAsync through the IPC-mapped peer heaps followed by a host barrier (ranks sharing
+    /// a GPU, which NCCL refuses: "Duplicate GPU detected").
+    ///
     /// Phase times are host wall time (each phase ends in a host synchronisation by design).
-    /// NCCL is not used: ranks sharing one GPU cannot form an NCCL communicator ("Duplicate GPU detected"), so
-    /// the variable-size all-to-all is made of peer copies after the host-synchronised count exchange.
     public func forwardAllToAll(
         _ input: [Float], tokens: Int, mode: RoutingMode, host: CUDAExpertParallelHost, poison: Bool = false
     ) throws -> CUDAExpertParallelResult {
@@ -56,8 +59,11 @@ extension CUDAExpertParallelLayer {
         var lists = [[Int]](repeating: [], count: R)
         for s in 0..<slots { lists[ownerOfExpert[Int(ids[s])]].append(s) }
         let counts = try host.exchangeCounts(lists.map { Int32($0.count) })
-        guard counts.count == R * R else { throw CUDAError.invalidArgument("count exchange returned \(counts.count) values for \(R) ranks") }
+        let plan = try AllToAllPlan(
+            counts: counts, world: R, rank: rank, sendCapacity: capacity * k, receiveCapacity: R * capacity * k)
         func count(_ source: Int, _ destination: Int) -> Int { Int(counts[source * R + destination]) }
+        let nccl = allToAllCommunicator
+        if nccl == nil { try requireMappedPeers("the all-to-all baseline over CUDA IPC") }
         moved[1] = Double(R * R * 4)
         remote[1] = Double(R * (R - 1) * 4)
         lap(.metadata)
@@ -73,24 +79,39 @@ extension CUDAExpertParallelLayer {
                 arguments: [.u64(sendRows.address), .u64(x.address), .u64(packIndex.address), .u64(UInt64(H))])
             moved[2] += Double(packed.count * row)
         }
-        var sendOffset = 0
-        for destination in 0..<R {
-            let n = lists[destination].count
-            guard n > 0 else { continue }
-            let at = (0..<rank).reduce(0) { $0 + count($1, destination) }
-            try copy(to: region(destination, .allToAllRows) + CUdeviceptr(at * row), from: sendRows.address + CUdeviceptr(sendOffset * row), bytes: n * row)
-            try copy(to: region(destination, .allToAllIds) + CUdeviceptr(at * 4), from: sendIds.address + CUdeviceptr(sendOffset * 4), bytes: n * 4)
-            try copy(to: region(destination, .allToAllWeights) + CUdeviceptr(at * 4), from: sendWeights.address + CUdeviceptr(sendOffset * 4), bytes: n * 4)
-            moved[2] += Double(n * (row + 8))
-            if destination != rank { remote[2] += Double(n * (row + 8)) }
-            sendOffset += n
+        for block in plan.dispatchSends where block.count > 0 {
+            moved[2] += Double(block.count * (row + 8))
+            if block.peer != rank { remote[2] += Double(block.count * (row + 8)) }
         }
-        try waitForDevice()
-        try host.hostBarrier(phase: 6)
+        if let nccl {
+            var transfers: [NCCLTransfer] = []
+            for b in plan.dispatchSends where b.count > 0 {
+                transfers.append(NCCLTransfer(.send, peer: b.peer, address: sendRows.address + CUdeviceptr(b.offset * row), bytes: b.count * row))
+                transfers.append(NCCLTransfer(.send, peer: b.peer, address: sendIds.address + CUdeviceptr(b.offset * 4), bytes: b.count * 4))
+                transfers.append(NCCLTransfer(.send, peer: b.peer, address: sendWeights.address + CUdeviceptr(b.offset * 4), bytes: b.count * 4))
+            }
+            for b in plan.dispatchReceives where b.count > 0 {
+                transfers.append(NCCLTransfer(.receive, peer: b.peer, address: region(rank, .allToAllRows) + CUdeviceptr(b.offset * row), bytes: b.count * row))
+                transfers.append(NCCLTransfer(.receive, peer: b.peer, address: region(rank, .allToAllIds) + CUdeviceptr(b.offset * 4), bytes: b.count * 4))
+                transfers.append(NCCLTransfer(.receive, peer: b.peer, address: region(rank, .allToAllWeights) + CUdeviceptr(b.offset * 4), bytes: b.count * 4))
+            }
+            // The group's completion on this stream is the synchronisation: every block for this rank has landed.
+            try nccl.exchange(transfers, stream: stream, phase: "all-to-all dispatch")
+        } else {
+            for b in plan.dispatchSends where b.count > 0 {
+                // This rank's rows land at the receiver after the rows of lower source ranks.
+                let at = (0..<rank).reduce(0) { $0 + count($1, b.peer) }
+                try copy(to: region(b.peer, .allToAllRows) + CUdeviceptr(at * row), from: sendRows.address + CUdeviceptr(b.offset * row), bytes: b.count * row)
+                try copy(to: region(b.peer, .allToAllIds) + CUdeviceptr(at * 4), from: sendIds.address + CUdeviceptr(b.offset * 4), bytes: b.count * 4)
+                try copy(to: region(b.peer, .allToAllWeights) + CUdeviceptr(at * 4), from: sendWeights.address + CUdeviceptr(b.offset * 4), bytes: b.count * 4)
+            }
+            try waitForDevice()
+            try host.hostBarrier(phase: 6)
+        }
         lap(.dispatch)
 
         // 4. experts: order the received rows by expert (stable), tiles of the single-rank variant's rows.
-        let received = (0..<R).reduce(0) { $0 + count($1, rank) }
+        let received = plan.receivedRows
         if received > 0 {
             let receivedIds = try heap.download(Int32.self, count: received, offsetBytes: layout.offset(of: .allToAllIds))
             let receivedWeights = try heap.download(Float.self, count: received, offsetBytes: layout.offset(of: .allToAllWeights))
@@ -135,18 +156,28 @@ extension CUDAExpertParallelLayer {
         lap(.experts)
 
         // 5. combine: each source's block back to it, at its send offset for this rank; barrier; unpack.
-        var from = 0
-        for source in 0..<R {
-            let n = count(source, rank)
-            guard n > 0 else { continue }
-            let to = (0..<rank).reduce(0) { $0 + count(source, $1) }
-            try copy(to: region(source, .allToAllReturn) + CUdeviceptr(to * row), from: expertRows.address + CUdeviceptr(from * row), bytes: n * row)
-            moved[4] += Double(n * row)
-            if source != rank { remote[4] += Double(n * row) }
-            from += n
+        for b in plan.combineSends where b.count > 0 {
+            moved[4] += Double(b.count * row)
+            if b.peer != rank { remote[4] += Double(b.count * row) }
         }
-        try waitForDevice()
-        try host.hostBarrier(phase: 7)
+        if let nccl {
+            var transfers: [NCCLTransfer] = []
+            for b in plan.combineSends where b.count > 0 {
+                transfers.append(NCCLTransfer(.send, peer: b.peer, address: expertRows.address + CUdeviceptr(b.offset * row), bytes: b.count * row))
+            }
+            for b in plan.combineReceives where b.count > 0 {
+                transfers.append(NCCLTransfer(.receive, peer: b.peer, address: region(rank, .allToAllReturn) + CUdeviceptr(b.offset * row), bytes: b.count * row))
+            }
+            try nccl.exchange(transfers, stream: stream, phase: "all-to-all combine")
+        } else {
+            for b in plan.combineSends where b.count > 0 {
+                // Lands at the source where it packed its rows for this rank.
+                let to = (0..<rank).reduce(0) { $0 + count(b.peer, $1) }
+                try copy(to: region(b.peer, .allToAllReturn) + CUdeviceptr(to * row), from: expertRows.address + CUdeviceptr(b.offset * row), bytes: b.count * row)
+            }
+            try waitForDevice()
+            try host.hostBarrier(phase: 7)
+        }
         if !packed.isEmpty {
             try unpackIndex.upload(packed.map { Int32($0) })
             try scatterRowsKernel.launch(

@@ -77,6 +77,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Polled every 10 ms while this rank waits on the device; returning a reason makes the device barriers
     /// give up at once (the runner reports peers the CPU heap sees dead or aborted).
     public var peerWatch: (@Sendable () -> String?)?
+    /// The all-to-all baseline's transport: NCCL send/recv through this communicator when set (one GPU per
+    /// rank, any number of nodes); otherwise copies through the peers' IPC-mapped heaps (ranks on one node).
+    public var allToAllCommunicator: NCCLCommunicator?
 
     let kernels: LayerKernels
     let layer: DeviceLayer
@@ -251,13 +254,15 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return CUDAIPCHandleRecord(deviceOrdinal: runtime.device.ordinal, heapBytes: layout.totalBytes, pid: pid, handle: bytes)
     }
 
-    /// Opens every peer's heap (records indexed by rank; this rank's own is skipped) and publishes the bases to
-    /// the kernels. Throws naming the peer whose heap does not match or cannot be opened.
-    public func connect(peers records: [CUDAIPCHandleRecord]) throws(CUDAError) {
+    /// Opens every peer's heap (records indexed by rank; this rank's own is skipped, and nil records are peers
+    /// on other nodes, which CUDA IPC cannot reach) and publishes the bases to the kernels. Throws naming the
+    /// peer whose heap does not match or cannot be opened.
+    public func connect(peers records: [CUDAIPCHandleRecord?]) throws(CUDAError) {
         guard records.count == world else { throw .invalidArgument("\(records.count) heap records for \(world) ranks") }
         let driver = runtime.driver
         try runtime.device.makeCurrent()
-        for (peer, record) in records.enumerated() where peer != rank {
+        for (peer, entry) in records.enumerated() where peer != rank {
+            guard let record = entry else { continue }
             guard record.heapBytes == layout.totalBytes else {
                 throw .invalidArgument(
                     "rank \(peer)'s GPU heap is \(record.heapBytes) bytes; this rank's is \(layout.totalBytes): the ranks disagree on R, T_cap, k or H")
@@ -281,6 +286,14 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Rank `peer`'s heap base in this process (this rank's own allocation, or the opened IPC mapping).
     func peerBaseAddress(_ peer: Int) -> CUdeviceptr { peerBases[peer] }
 
+    /// Throws unless every peer's heap is mapped here (paths that store into peers' heaps need them all).
+    func requireMappedPeers(_ what: String) throws(CUDAError) {
+        if let peer = peerBases.firstIndex(of: 0) {
+            throw .invalidArgument(
+                "rank \(rank): \(what) stores into every peer's GPU heap, but rank \(peer)'s is not mapped here (another node: CUDA IPC reaches one host only)")
+        }
+    }
+
     /// Closes the peers' mappings (on every exit path: deinit calls it too). The heap itself is freed with the layer.
     public func close() {
         guard !closed else { return }
@@ -289,6 +302,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         _ = try? stream.synchronize()
         for base in openedPeers { _ = runtime.driver.api.cuIpcCloseMemHandle?(base) }
         openedPeers.removeAll()
+        allToAllCommunicator = nil
     }
 
     /// Makes any device barrier of this rank give up now (it records "aborted" naming the rank it waited for).
@@ -596,6 +610,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     ) throws -> CUDAExpertParallelResult {
         let device = runtime.device
         try device.makeCurrent()
+        try requireMappedPeers("the symmetric path")
         let b = try bucket(tokens: tokens)
         try upload(input, bucket: b, poison: poison)
         var phaseSeconds: [Double] = []

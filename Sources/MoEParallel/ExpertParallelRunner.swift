@@ -18,6 +18,8 @@ public struct ExpertParallelOptions: Sendable {
     public var workers: Int?
     /// Seconds to wait for a late peer; nil: the launcher's (MOE_TIMEOUT, default 60).
     public var timeoutSeconds: Double?
+    /// The GPU all-to-all baseline's transport; nil: the launcher's (MOE_A2A_TRANSPORT), else auto.
+    public var allToAllTransport: AllToAllTransportChoice?
     /// Runs before this rank arrives at every barrier (fault injection in tests).
     public var barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
 

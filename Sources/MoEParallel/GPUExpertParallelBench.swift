@@ -70,7 +70,7 @@ public enum GPUExpertParallelBench {
                 expected = try singles[c.layer]!.forward(input, tokens: c.tokens, routing: c.mode, profiler: nil).hidden
             }
             var cells: [String] = []
-            for comm in CommMode.allCases {
+            for comm in runner.availableComms {
                 for execution in comm == .symmetric ? [CUDAExpertParallelLayer.Execution.graph, .profiled] : [.graph] {
                     let out = try runner.forward(
                         input, tokens: c.tokens, mode: c.mode, comm: comm, layerIndices: [c.layer], execution: execution, poison: true)
@@ -86,6 +86,14 @@ public enum GPUExpertParallelBench {
             if runner.isRoot {
                 print("check R=\(runner.world) T=\(c.tokens) \(c.mode.rawValue) layer \(c.layer) [\(c.name)]: \(cells.joined(separator: ", "))")
             }
+        }
+        if runner.symmetricRefusal != nil {
+            if !failures.isEmpty {
+                let message = "GPU expert parallelism differs from the single-rank CUDA forward: " + failures.joined(separator: "; ")
+                runner.heap.abort(message: message)
+                throw GPUExpertParallelError.mismatch(message)
+            }
+            return
         }
         // Many replays of one graph back to back, one host synchronisation at the end: still the same bits.
         let tokens = 5 * runner.world + 2
@@ -124,7 +132,7 @@ public enum GPUExpertParallelBench {
     ) throws -> ExpertParallelBenchReport? {
         let heap = runner.heap
         let words = heap.layout.resultWords
-        let comms = CommMode.allCases
+        let comms = runner.availableComms
         // Per path: 7 words per iteration (6 phases + the layer) and 12 of bytes.
         guard iterations >= 1, comms.count * (7 * iterations + 12) <= words else {
             throw ExpertParallelError.invalidArgument("iterations must be in 1...\((words / comms.count - 12) / 7)")
@@ -271,7 +279,8 @@ extension GPUExpertParallelBench {
         let say: (String) -> Void = { if runner.isRoot { print($0) } }
         say("model:   \(source): \(weights.config)")
         say("ranks:   \(world) × cuda, device \(runner.deviceOrdinal) of rank 0: \(runner.layers[0].deviceSummary); experts \(runner.assignment)")
-        say("transport: GPU symmetric heaps over CUDA IPC (one graph per layer, device barriers); all-to-all baseline: host-synchronised counts, cuMemcpyDtoDAsync through the IPC mappings (NCCL not used)")
+        say(runner.transportLine)
+        if let why = runner.symmetricRefusal { say("note:    \(why)") }
         if checks {
             try check(runner: runner, weights: [weights, skewed], cases: checkCases)
         }
@@ -287,7 +296,7 @@ extension GPUExpertParallelBench {
         for row in report.rows {
             let sym = row.paths.first { $0.comm == "symmetric" }?.medianMicroseconds ?? 0
             let a2a = row.paths.first { $0.comm == "alltoall" }?.medianMicroseconds ?? 0
-            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0))")
+            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport.kind.rawValue)")
         }
     }
 

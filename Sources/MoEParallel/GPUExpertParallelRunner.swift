@@ -24,12 +24,16 @@ public enum GPUExpertParallelError: Error, Sendable, Equatable, CustomStringConv
     }
 }
 
-/// One rank of an expert-parallel job on GPUs: the CPU heap (POSIX shared memory) carries the rendezvous, the
-/// exchange of CUDA IPC handles, the all-to-all baseline's count exchange and host barriers, liveness, and the
-/// gathering of results; the layers themselves run in `CUDAExpertParallelLayer`s over GPU symmetric heaps.
+/// One rank of an expert-parallel job on GPUs: the CPU heap (POSIX shared memory on a node, TCP between nodes)
+/// carries the rendezvous, the exchange of GPU placements, CUDA IPC handles and the NCCL unique id, the
+/// all-to-all baseline's count exchange and host barriers, liveness, and the gathering of results; the layers
+/// themselves run in `CUDAExpertParallelLayer`s over GPU symmetric heaps.
 ///
 /// Device: local rank % device count (one process per GPU; ranks beyond the device count share GPUs, which
-/// is how it is tested on one GPU). One node only: across nodes the transport would be NCCL, not in this build.
+/// is how it is tested on one GPU). The all-to-all baseline runs over NCCL or the IPC mappings
+/// (`GPUAllToAllTransport.decide`). Across nodes only the all-to-all baseline runs (over NCCL): the symmetric
+/// path's device barriers and one-sided stores reach peers through CUDA IPC, one host only, and are refused
+/// across nodes with `symmetricRefusal`.
 public final class GPUExpertParallelRunner {
     public let environment: RankEnvironment
     public let assignment: ExpertAssignment
@@ -38,6 +42,14 @@ public final class GPUExpertParallelRunner {
     public let config: MoEConfig
     public let capacity: Int
     public let deviceOrdinal: Int
+    /// How the all-to-all baseline moves rows, and why.
+    public let transport: GPUAllToAllTransport
+    /// The communicator of the NCCL transport (shared by every layer).
+    public let communicator: NCCLCommunicator?
+    /// Why the symmetric path cannot run in this job (nil when it can).
+    public let symmetricRefusal: String?
+    /// The paths this job can run: both on one node, the all-to-all baseline only across nodes.
+    public var availableComms: [CommMode] { symmetricRefusal == nil ? CommMode.allCases : [.alltoall] }
 
     public var rank: Int { environment.rank }
     public var world: Int { environment.world }
@@ -51,9 +63,13 @@ public final class GPUExpertParallelRunner {
     ) throws {
         try environment.validate()
         try Self.requireCUDA()
-        guard environment.nodes == 1 else {
-            throw ExpertParallelError.invalidArgument(
-                "GPU expert parallelism runs on one node in this build (CUDA IPC); \(environment.nodes) nodes were asked for")
+        var network: NetworkRendezvous?
+        if environment.nodes > 1 {
+            guard let master = environment.master else {
+                throw ExpertParallelError.invalidArgument("a \(environment.nodes)-node job needs MOE_MASTER (moe launch --master)")
+            }
+            let first = environment.nodeRank * environment.localWorld
+            network = NetworkRendezvous(master: master, localRanks: first..<(first + environment.localWorld))
         }
         guard let first = weights.first, weights.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("need ≥ 1 layer, all of one config")
@@ -77,22 +93,50 @@ public final class GPUExpertParallelRunner {
         let heap = try SymmetricHeap.join(
             jobID: environment.jobID, rank: environment.rank, world: world, layout: cpuLayout,
             identity: HeapIdentity(layers: weights, assignment: assignment),
-            timeoutSeconds: options.timeoutSeconds ?? environment.timeoutSeconds, barrierHook: options.barrierHook)
+            timeoutSeconds: options.timeoutSeconds ?? environment.timeoutSeconds, network: network,
+            barrierHook: options.barrierHook)
         let rank = environment.rank
         var made: [CUDAExpertParallelLayer] = []
         let ordinal: Int
+        let transport: GPUAllToAllTransport
+        var communicator: NCCLCommunicator?
         do {
             let devices = try CUDAExpertParallelLayer.deviceCount()
             ordinal = CUDAExpertParallelLayer.deviceOrdinal(localRank: environment.localRank, deviceCount: devices)
+            // Every rank's host and GPU, so that every rank picks the same all-to-all transport; before any
+            // weights go to the GPU, so that a refused transport fails at once.
+            let runtime = try CUDARuntime.shared()
+            let device = ordinal == runtime.device.ordinal ? runtime.device : try CUDADevice(driver: runtime.driver, ordinal: ordinal)
+            var library: NCCLLibrary?
+            var loadFailure: String?
+            do { library = try NCCLLibrary.load() } catch { loadFailure = "\(error)" }
+            let placement = Self.placement(of: device, environment: environment, ncclLoaded: library != nil)
+            let placements = try Self.allGather(placement.encoded(), heap: heap).enumerated().map {
+                try GPUPlacement.decode($0.element, rank: $0.offset)
+            }
+            do {
+                transport = try GPUAllToAllTransport.decide(
+                    requested: options.allToAllTransport ?? environment.allToAllTransport ?? .auto, placements: placements)
+            } catch {
+                if let loadFailure { throw ExpertParallelError.invalidArgument("\(error); on rank \(rank): \(loadFailure)") }
+                throw error
+            }
             let owners = (0..<config.experts).map { assignment.owner(of: $0) }
             for w in weights {
                 made.append(try CUDAExpertParallelLayer(
                     weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
                     deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds))
             }
-            try Self.exchangeHandles(layers: made, heap: heap, rank: rank, world: world)
+            try Self.exchangeHandles(layers: made, heap: heap, environment: environment)
+            if transport.kind == .nccl, let library {
+                let watch: @Sendable () -> String? = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) }
+                communicator = try Self.makeCommunicator(
+                    library: library, device: made[0].runtime.device, heap: heap, rank: rank, world: world, watch: watch)
+                for layer in made { layer.allToAllCommunicator = communicator }
+            }
         } catch {
-            heap.abort(message: "rank \(rank) could not set up its GPU heaps: \(error)")
+            heap.abort(message: "rank \(rank) could not set up GPU expert parallelism: \(error)")
+            communicator?.close()
             for layer in made { layer.close() }
             heap.close()
             throw error
@@ -103,6 +147,81 @@ public final class GPUExpertParallelRunner {
         self.heap = heap
         self.layers = made
         self.deviceOrdinal = ordinal
+        self.transport = transport
+        self.communicator = communicator
+        symmetricRefusal = environment.nodes > 1
+            ? "the symmetric path across nodes is not in this build: its device barriers and one-sided stores reach peers through CUDA IPC, one host only (this job spans \(environment.nodes) nodes); run --comm alltoall (NCCL) across nodes, or the symmetric path on one node"
+            : nil
+    }
+
+    /// The transport line the ranks print: both paths, which transport and why.
+    public var transportLine: String {
+        let symmetric = symmetricRefusal == nil
+            ? "GPU symmetric heaps over CUDA IPC (one graph per layer, device barriers)"
+            : "not available across nodes (CUDA IPC reaches one host)"
+        return "transport: symmetric: \(symmetric); all-to-all baseline: \(transport.summary)"
+    }
+
+    /// This rank's host and GPU (its PCI address, when the driver gives it).
+    static func placement(of device: CUDADevice, environment: RankEnvironment, ncclLoaded: Bool) -> GPUPlacement {
+        func attribute(_ id: Int32) -> Int {
+            var value: Int32 = -1
+            guard let get = device.driver.api.cuDeviceGetAttribute, get(&value, id, device.handle) == 0 else { return -1 }
+            return Int(value)
+        }
+        // CUdevice_attribute: PCI bus id 33, PCI device id 34, PCI domain id 50.
+        return GPUPlacement(
+            rank: environment.rank, node: environment.nodeRank, host: GPUPlacement.hostDigest(), deviceOrdinal: device.ordinal,
+            pciDomain: attribute(50), pciBus: attribute(33), pciDevice: attribute(34), ncclLoaded: ncclLoaded)
+    }
+
+    /// Every rank's `record` (at most one results row), in rank order: each rank stores it into row `rank` of every
+    /// peer's results region (a network store for peers on other nodes), a barrier, read, a barrier (rows reusable).
+    static func allGather(_ record: [UInt8], heap: SymmetricHeap) throws -> [[UInt8]] {
+        let rowBytes = heap.layout.resultWords * 8
+        guard record.count <= rowBytes else {
+            throw ExpertParallelError.invalidArgument("a \(record.count)-byte record does not fit a \(rowBytes)-byte results row")
+        }
+        for peer in 0..<heap.world {
+            try heap.store(to: peer, .results, byteOffset: heap.rank * rowBytes, from: record, count: record.count)
+        }
+        try heap.barrier(.step, layer: 0)
+        let results = heap.address(of: .results, rank: heap.rank)
+        let rows = (0..<heap.world).map { Array(UnsafeRawBufferPointer(start: results + $0 * rowBytes, count: record.count)) }
+        try heap.barrier(.step, layer: 0)
+        return rows
+    }
+
+    /// `count` bytes that rank 0 makes (`make` runs there only), on every rank: rank 0 stores them into row 0 of
+    /// every rank's results region (a network store for ranks on other nodes), a barrier, read, a barrier.
+    static func broadcastFromRankZero(count: Int, heap: SymmetricHeap, make: () throws -> [UInt8]) throws -> [UInt8] {
+        guard count <= heap.layout.resultWords * 8 else {
+            throw ExpertParallelError.invalidArgument("\(count) bytes do not fit a results row")
+        }
+        if heap.rank == 0 {
+            let bytes = try make()
+            guard bytes.count == count else {
+                throw ExpertParallelError.invalidArgument("rank 0 made \(bytes.count) bytes to share; expected \(count)")
+            }
+            for peer in 0..<heap.world { try heap.store(to: peer, .results, byteOffset: 0, from: bytes, count: count) }
+        }
+        try heap.barrier(.step, layer: 0)
+        let bytes = Array(UnsafeRawBufferPointer(start: heap.address(of: .results, rank: heap.rank), count: count))
+        try heap.barrier(.step, layer: 0)
+        return bytes
+    }
+
+    /// Rank 0 makes the NCCL unique id and stores it into every rank's results region (across nodes too); every
+    /// rank then joins the communicator, watched for dead peers and the heap's timeout.
+    static func makeCommunicator(
+        library: NCCLLibrary, device: CUDADevice, heap: SymmetricHeap, rank: Int, world: Int,
+        watch: @escaping @Sendable () -> String?
+    ) throws -> NCCLCommunicator {
+        let id = try broadcastFromRankZero(
+            count: NCCLCommunicator.uniqueIDBytes, heap: heap, make: { try NCCLCommunicator.makeUniqueID(library: library) })
+        return try NCCLCommunicator(
+            library: library, device: device, uniqueID: id, rank: rank, world: world, timeoutSeconds: heap.timeoutSeconds,
+            peerWatch: watch)
     }
 
     deinit { close() }
@@ -116,15 +235,18 @@ public final class GPUExpertParallelRunner {
         }
     }
 
-    /// Closes the IPC mappings and marks this rank done.
+    /// Closes the IPC mappings and the NCCL communicator, and marks this rank done.
     public func close() {
         for layer in layers { layer.close() }
+        communicator?.close()
         heap.close()
     }
 
     /// Every rank's handle records (one per layer, 96 bytes each) go into row `rank` of every peer's results
-    /// region; after a barrier each rank opens its peers' heaps; a second barrier keeps the rows until all read.
-    static func exchangeHandles(layers: [CUDAExpertParallelLayer], heap: SymmetricHeap, rank: Int, world: Int) throws {
+    /// region; after a barrier each rank opens the heaps of its peers on this node (CUDA IPC reaches one host);
+    /// a second barrier keeps the rows until all read.
+    static func exchangeHandles(layers: [CUDAExpertParallelLayer], heap: SymmetricHeap, environment: RankEnvironment) throws {
+        let (rank, world) = (environment.rank, environment.world)
         let rowBytes = heap.layout.resultWords * 8
         guard layers.count * CUDAIPCHandleRecord.byteCount <= rowBytes else {
             throw ExpertParallelError.invalidArgument("\(layers.count) layers' IPC handles do not fit the results region")
@@ -137,8 +259,12 @@ public final class GPUExpertParallelRunner {
         try heap.barrier(.step, layer: 0)
         let results = heap.address(of: .results, rank: rank)
         for (index, layer) in layers.enumerated() {
-            var records: [CUDAIPCHandleRecord] = []
+            var records: [CUDAIPCHandleRecord?] = []
             for peer in 0..<world {
+                guard environment.isOnThisNode(peer) else {
+                    records.append(nil)
+                    continue
+                }
                 let start = results + peer * rowBytes + index * CUDAIPCHandleRecord.byteCount
                 let bytes = Array(UnsafeRawBufferPointer(start: start, count: CUDAIPCHandleRecord.byteCount))
                 records.append(try CUDAIPCHandleRecord.decode(bytes, rank: peer))
@@ -154,6 +280,7 @@ public final class GPUExpertParallelRunner {
             let base = heap.bases[peer]
             switch ControlBlock.state(base) {
             case .aborted: return "rank \(peer) aborted: \(ControlBlock.abortMessage(base))"
+            case .lost: return "the connection to rank \(peer) (another node) was lost"
             case .finished: continue
             default: if heap.segments[peer]?.ownerIsGone ?? false { return "rank \(peer)'s process is gone" }
             }
@@ -195,6 +322,11 @@ public final class GPUExpertParallelRunner {
         _ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, layerIndices: [Int]? = nil,
         execution: CUDAExpertParallelLayer.Execution = .graph, poison: Bool = false
     ) throws -> [Float] {
+        if comm == .symmetric, let symmetricRefusal {
+            let error = ExpertParallelError.invalidArgument("rank \(rank): \(symmetricRefusal)")
+            heap.abort(message: "\(error)")
+            throw error
+        }
         var x = share
         for index in layerIndices ?? Array(layers.indices) {
             do {

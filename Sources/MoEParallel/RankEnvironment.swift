@@ -14,6 +14,7 @@ import Darwin
 /// | MOE_NODE_RANK, MOE_NODES | this node and the number of nodes |
 /// | MOE_MASTER | host:port of the node-0 rendezvous (multi-node only) |
 /// | MOE_COMM | symmetric or alltoall, when the launcher was given --comm |
+/// | MOE_A2A_TRANSPORT | auto, nccl or ipc: the GPU all-to-all baseline's transport (--a2a-transport) |
 /// | MOE_TIMEOUT | seconds a rank waits for a peer before failing |
 public struct RankEnvironment: Sendable, Equatable {
     public var jobID: String
@@ -25,11 +26,13 @@ public struct RankEnvironment: Sendable, Equatable {
     public var nodes: Int
     public var master: String?
     public var comm: CommMode?
+    public var allToAllTransport: AllToAllTransportChoice?
     public var timeoutSeconds: Double
 
     public init(
         jobID: String, rank: Int, world: Int, localRank: Int? = nil, localWorld: Int? = nil, nodeRank: Int = 0,
-        nodes: Int = 1, master: String? = nil, comm: CommMode? = nil, timeoutSeconds: Double = 60
+        nodes: Int = 1, master: String? = nil, comm: CommMode? = nil, allToAllTransport: AllToAllTransportChoice? = nil,
+        timeoutSeconds: Double = 60
     ) {
         self.jobID = jobID
         self.rank = rank
@@ -40,6 +43,7 @@ public struct RankEnvironment: Sendable, Equatable {
         self.nodes = nodes
         self.master = master
         self.comm = comm
+        self.allToAllTransport = allToAllTransport
         self.timeoutSeconds = timeoutSeconds
     }
 
@@ -74,6 +78,13 @@ public struct RankEnvironment: Sendable, Equatable {
             }
             comm = mode
         }
+        var transport: AllToAllTransportChoice?
+        if let text = lookup("MOE_A2A_TRANSPORT"), !text.isEmpty {
+            guard let choice = AllToAllTransportChoice(rawValue: text) else {
+                throw ExpertParallelError.invalidArgument("MOE_A2A_TRANSPORT=\(text) must be auto, nccl or ipc")
+            }
+            transport = choice
+        }
         var timeout = 60.0
         if let text = lookup("MOE_TIMEOUT") {
             guard let value = Double(text), value > 0 else {
@@ -83,7 +94,7 @@ public struct RankEnvironment: Sendable, Equatable {
         }
         let environment = RankEnvironment(
             jobID: jobID, rank: rank, world: world, localRank: localRank, localWorld: localWorld, nodeRank: nodeRank,
-            nodes: nodes, master: lookup("MOE_MASTER"), comm: comm, timeoutSeconds: timeout)
+            nodes: nodes, master: lookup("MOE_MASTER"), comm: comm, allToAllTransport: transport, timeoutSeconds: timeout)
         try environment.validate()
         return environment
     }
@@ -109,6 +120,7 @@ public struct RankEnvironment: Sendable, Equatable {
         ]
         if let master { list.append(("MOE_MASTER", master)) }
         if let comm { list.append(("MOE_COMM", comm.rawValue)) }
+        if let allToAllTransport { list.append(("MOE_A2A_TRANSPORT", allToAllTransport.rawValue)) }
         return list
     }
 

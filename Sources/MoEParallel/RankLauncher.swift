@@ -15,6 +15,8 @@ public struct LaunchOptions: Sendable {
     /// The program to start; by default this very executable.
     public var executable: String = "/proc/self/exe"
     public var comm: CommMode?
+    /// The GPU all-to-all baseline's transport for every rank (MOE_A2A_TRANSPORT).
+    public var allToAllTransport: AllToAllTransportChoice?
     /// Seconds a rank waits for a late peer before failing (MOE_TIMEOUT).
     public var timeoutSeconds: Double = 60
     /// Seconds the other ranks get to stop on their own after one fails, before the launcher terminates them.
@@ -122,7 +124,7 @@ public enum RankLauncher {
             let environment = RankEnvironment(
                 jobID: jobID, rank: firstRank + local, world: world, localRank: local, localWorld: options.ranks,
                 nodeRank: options.nodeRank, nodes: options.nodes, master: options.master, comm: options.comm,
-                timeoutSeconds: options.timeoutSeconds)
+                allToAllTransport: options.allToAllTransport, timeoutSeconds: options.timeoutSeconds)
             let variables = environment.variables.map { "\($0.0)=\($0.1)" }
             do {
                 children.append(try ChildProcess.spawn(

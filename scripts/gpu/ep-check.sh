@@ -7,7 +7,11 @@
 # Ranks here SHARE ONE GPU (time-sliced contexts, CUDA IPC within the device): the timings measure correctness
 # and the paths' overheads (launches, barriers, host synchronisation, copies), not NVLink speed.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check fault bench (default: all three)
+# The `nccl` step checks the NCCL all-to-all transport as far as one GPU allows: R = 1 with NCCL forced (a
+# communicator of one, send/recv to self) bit-identical to the single-rank CUDA forward; forced NCCL with two
+# ranks on the one GPU (one node, then two loopback "nodes") refused at once with the reason; auto picking IPC.
+#
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check fault bench nccl (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -29,7 +33,7 @@ run() {  # run NAME LIMIT command...: full output to the log, the check lines to
     local rc=$?
     local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
     cat "$OUT/step.log" >> "$LOG"
-    grep -E "check R=|differ|error|Error|EPROW|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
+    grep -E "check R=|differ|error|Error|EPROW|transport:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
     local bad=$(grep -c "values differ" "$OUT/step.log")
     echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
     [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
@@ -92,6 +96,59 @@ for s in $steps; do
             note "$(printf '%-34s rc=%-3s %6sms  %s' "fault $kind (rank 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
         done
         ;;
+    nccl)
+        # 1. R=1, NCCL forced: every check case through the all-to-all baseline over a communicator of one.
+        run "nccl R=1 forced, tiny checks" 200 $MOE launch --ranks 1 --timeout 30 -- \
+            bench --backend cuda --preset tiny --a2a-transport nccl --tokens 8 --iterations 2 --warmup 0
+        t=$(grep -c "transport: .*all-to-all baseline: NCCL grouped ncclSend/ncclRecv .*forced" "$OUT/step.log")
+        a=$(grep -c "all-to-all bit-identical" "$OUT/step.log")
+        echo "=== nccl R=1: transport line names NCCL: $t; all-to-all bit-identical cases: $a" | tee -a "$LOG"
+        if [ "$t" = 0 ] || [ "$a" -lt 14 ]; then FAILED=$((FAILED + 1)); fi
+        note "$(printf '%-34s %s' "nccl R=1 transport line" "names NCCL: $t, all-to-all bit-identical: $a (want ≥ 14)")"
+        # 2. R=1 timings, NCCL vs IPC for the all-to-all baseline (same binary, same model, one after the other).
+        for tr in nccl ipc; do
+            TAIL=20 run "nccl R=1 bench $PRESET a2a=$tr" 200 $MOE launch --ranks 1 --timeout 60 -- \
+                bench --backend cuda --preset $PRESET --a2a-transport $tr --tokens 1,8,32,128 --iterations 20 --warmup 3
+            grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
+        done
+        # 3. Forced NCCL, 2 ranks on the one GPU: refused at once (well inside --timeout 30), naming the reason.
+        for shape in "one node" "two loopback nodes"; do
+            echo "=== nccl refusal ($shape)" | tee -a "$LOG"
+            t0=$(date +%s%N)
+            if [ "$shape" = "one node" ]; then
+                timeout -s KILL 60 $MOE launch --ranks 2 --timeout 30 --kill-grace 2 -- \
+                    bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal.log" 2>&1
+                rc=$?
+            else
+                port=$((20000 + RANDOM % 20000))
+                pids=()
+                for node in 0 1; do
+                    timeout -s KILL 60 $MOE launch --nodes 2 --node-rank $node --master 127.0.0.1:$port --ranks 1 --timeout 30 --kill-grace 2 -- \
+                        bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal-$node.log" 2>&1 &
+                    pids+=($!)
+                done
+                wait "${pids[0]}"; rc0=$?
+                wait "${pids[1]}"; rc1=$?
+                cat "$OUT/refusal-0.log" "$OUT/refusal-1.log" > "$OUT/refusal.log"
+                # Refused only when both nodes failed.
+                if [ "$rc0" != 0 ] && [ "$rc1" != 0 ]; then rc=$rc0; else rc=0; fi
+            fi
+            dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+            cat "$OUT/refusal.log" >> "$LOG"
+            grep -E "Error" "$OUT/refusal.log" | head -n 2
+            named=$(grep -c "needs one GPU per rank, but ranks 0 and 1 share GPU 0" "$OUT/refusal.log")
+            echo "=== nccl refusal ($shape): rc=$rc, ${dt} ms, errors naming the shared GPU: $named" | tee -a "$LOG"
+            if [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$dt" -gt 25000 ]; then FAILED=$((FAILED + 1)); fi
+            note "$(printf '%-34s rc=%-3s %6sms  %s' "nccl forced, 2 ranks 1 GPU ($shape)" "$rc" "$dt" "errors naming the shared GPU: $named")"
+        done
+        # 4. auto with 2 ranks on the one GPU: IPC, and the transport line says why.
+        run "nccl auto R=2 (shared GPU)" 200 $MOE launch --ranks 2 --timeout 30 -- \
+            bench --backend cuda --preset tiny --tokens 4 --iterations 1 --warmup 0
+        w=$(grep -c "all-to-all baseline: cuMemcpyDtoDAsync .*(auto: ranks 0 and 1 share GPU 0.*Duplicate GPU detected" "$OUT/step.log")
+        echo "=== nccl auto R=2: transport line says IPC because the GPU is shared: $w" | tee -a "$LOG"
+        [ "$w" = 0 ] && FAILED=$((FAILED + 1))
+        note "$(printf '%-34s %s' "nccl auto R=2 transport line" "IPC, reason given: $w")"
+        ;;
     bench)
         for R in 2 4; do
             list=""; for n in 1 8 32 128 256; do list+="$((n * R)),"; done
@@ -106,8 +163,8 @@ rm -f "$OUT/step.log"
 echo "----- summary (ranks share one GPU: correctness and overheads, not NVLink speed)"
 printf "$SUMMARY"
 if [ -f "$OUT/eprows.txt" ]; then
-    echo "R  T     T/rank  symmetric_us  alltoall_us  a2a/sym"
-    sed -E 's/.*R=([0-9]+) T=([0-9]+) per-rank=([0-9]+) symmetric_us=([0-9.]+) alltoall_us=([0-9.]+) ratio=([0-9.]+).*/\1 \2 \3 \4 \5 \6/' "$OUT/eprows.txt" |
-        awk '{printf "%-2s %-5s %-7s %-13s %-12s %s\n", $1, $2, $3, $4, $5, $6}'
+    echo "R  T     T/rank  symmetric_us  alltoall_us  a2a/sym  a2a-transport"
+    sed -E 's/.*R=([0-9]+) T=([0-9]+) per-rank=([0-9]+) symmetric_us=([0-9.]+) alltoall_us=([0-9.]+) ratio=([0-9.]+)( a2a=([a-z]+))?.*/\1 \2 \3 \4 \5 \6 \8/' "$OUT/eprows.txt" |
+        awk '{printf "%-2s %-5s %-7s %-13s %-12s %-8s %s\n", $1, $2, $3, $4, $5, $6, $7}'
 fi
 echo "failed steps: $FAILED"

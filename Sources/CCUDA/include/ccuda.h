@@ -201,6 +201,17 @@ typedef struct ncclComm *ncclComm_t;
 typedef struct { char internal[128]; } ncclUniqueId;
 enum { CCUDA_NCCL_INT8 = 0, CCUDA_NCCL_UINT8 = 1, CCUDA_NCCL_INT32 = 2, CCUDA_NCCL_FLOAT32 = 7, CCUDA_NCCL_BFLOAT16 = 9 };
 enum { CCUDA_NCCL_SUM = 0, CCUDA_NCCL_MAX = 2 };
+// ncclResult_t values MoEKit tells apart (nccl.h: ncclSuccess 0 … ncclRemoteError 6, ncclInProgress 7).
+enum {
+    CCUDA_NCCL_SUCCESS = 0,
+    CCUDA_NCCL_UNHANDLED_CUDA_ERROR = 1,
+    CCUDA_NCCL_SYSTEM_ERROR = 2,
+    CCUDA_NCCL_INTERNAL_ERROR = 3,
+    CCUDA_NCCL_INVALID_ARGUMENT = 4,
+    CCUDA_NCCL_INVALID_USAGE = 5,
+    CCUDA_NCCL_REMOTE_ERROR = 6,
+    CCUDA_NCCL_IN_PROGRESS = 7,
+};
 
 typedef struct CCUDANCCLAPI {
     ncclResult_t (*ncclGetVersion)(int *version);
@@ -218,6 +229,8 @@ typedef struct CCUDANCCLAPI {
         const void *send, void *receive, size_t count, int datatype, int op, ncclComm_t comm, CUstream stream);
     ncclResult_t (*ncclAllGather)(
         const void *send, void *receive, size_t sendCount, int datatype, ncclComm_t comm, CUstream stream);
+    /// Optional (NCCL ≥ 2.13): the last error's detail text, e.g. "Duplicate GPU detected …".
+    const char *(*ncclGetLastError)(ncclComm_t comm);
 } CCUDANCCLAPI;
 
 // MARK: resolution

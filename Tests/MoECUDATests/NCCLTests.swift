@@ -1,0 +1,166 @@
+import CCUDA
+import Dispatch
+import Testing
+
+@testable import MoECUDA
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fake NCCL whose entry points return fixed results: the choke point, the error mapping and the
+/// communicator's no-hang setup, with no GPU and no libnccl.
+enum FakeNCCL {
+    static func table() -> CCUDANCCLAPI {
+        var api = CCUDANCCLAPI()
+        api.ncclGetErrorString = { code in
+            let text: StaticString = code == 5 ? "invalid usage (run with NCCL_DEBUG=WARN for details)" : "remote process exited or there was a network error"
+            return UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
+        }
+        api.ncclGetLastError = { _ in
+            let text: StaticString = "Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1b000"
+            return UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
+        }
+        api.ncclGetUniqueId = { id in
+            withUnsafeMutableBytes(of: &id!.pointee) { raw in for i in 0..<raw.count { raw[i] = UInt8(i % 251) } }
+            return 0
+        }
+        api.ncclCommAbort = { _ in
+            FakeNCCL.aborts.add()
+            return 0
+        }
+        return api
+    }
+
+    static let aborts = Counter()
+
+    final class Counter: @unchecked Sendable {
+        private let lock = DispatchSemaphore(value: 1)
+        private var count = 0
+        func add() {
+            lock.wait()
+            count += 1
+            lock.signal()
+        }
+        var value: Int {
+            lock.wait()
+            defer { lock.signal() }
+            return count
+        }
+    }
+
+    /// A communicator handle for fakes that "succeed" (never dereferenced: every entry point is fake).
+    nonisolated(unsafe) static let fakeComm = OpaquePointer(bitPattern: 0x1000)!
+}
+
+@Test func ncclErrorsCarryTheRankPhaseCallNameMessageAndDetail() {
+    let library = NCCLLibrary(api: FakeNCCL.table(), libraryPath: "fake")
+    do {
+        try NCCLCommunicator.check(library, rank: 1, phase: "NCCL communicator setup", "ncclCommInitRank", 5, comm: nil)
+        Issue.record("a non-zero result must throw")
+    } catch {
+        guard case .call(let rank, let phase, let call, let code, let message, let detail) = error else {
+            Issue.record("wrong error \(error)")
+            return
+        }
+        #expect(rank == 1 && phase == "NCCL communicator setup" && call == "ncclCommInitRank" && code == 5)
+        #expect(message.hasPrefix("invalid usage"))
+        #expect(detail.contains("Duplicate GPU detected"))
+        let text = "\(error)"
+        #expect(text.contains("rank 1, NCCL communicator setup: ncclCommInitRank failed: ncclInvalidUsage (5)"), "\(text)")
+    }
+    #expect(throws: Never.self) { try NCCLCommunicator.check(library, rank: 0, phase: "p", "ncclSend", 0, comm: nil) }
+    // The library's own choke point (CUDAError) maps codes the same way.
+    #expect(throws: CUDAError.nccl(call: "ncclGroupEnd", code: 6, message: "remote process exited or there was a network error")) {
+        try library.call("ncclGroupEnd", 6)
+    }
+}
+
+@Test func aMissingNCCLEntryPointIsATypedError() {
+    var api = FakeNCCL.table()
+    api.ncclGetLastError = nil  // NCCL < 2.13: no detail, still a full error
+    let library = NCCLLibrary(api: api, libraryPath: "fake")
+    #expect(throws: NCCLError.self) { try NCCLCommunicator.check(library, rank: 0, phase: "p", "ncclSend", nil, comm: nil) }
+    #expect(NCCLError.resultName(6) == "ncclRemoteError" && NCCLError.resultName(7) == "ncclInProgress")
+    #expect(NCCLError.resultName(42) == "ncclResult 42")
+}
+
+@Test func theUniqueIdIs128BytesAndMalformedOnesAreRefused() throws {
+    let library = NCCLLibrary(api: FakeNCCL.table(), libraryPath: "fake")
+    let id = try NCCLCommunicator.makeUniqueID(library: library)
+    #expect(id.count == 128 && id[5] == 5 && id[127] == 127)
+    #expect(throws: NCCLError.self) {
+        _ = try NCCLCommunicator(library: library, uniqueID: [1, 2, 3], rank: 0, world: 1, timeoutSeconds: 1, makeCurrent: {})
+    }
+    #expect(throws: NCCLError.self) {
+        _ = try NCCLCommunicator(library: library, uniqueID: id, rank: 2, world: 2, timeoutSeconds: 1, makeCurrent: {})
+    }
+}
+
+/// A peer that never joins must not hang setup: the helper thread stays in ncclCommInitRank while the rank
+/// fails at the timeout, or at once when the peer watch reports a dead peer.
+@Test func communicatorSetupNeverHangsOnAMissingPeer() throws {
+    var api = FakeNCCL.table()
+    api.ncclCommInitRank = { _, _, _, _ in
+        sleep(3)  // a peer that never arrives (the real call would block for good)
+        return 2
+    }
+    let library = NCCLLibrary(api: api, libraryPath: "fake")
+    let id = [UInt8](repeating: 1, count: 128)
+    let start = DispatchTime.now().uptimeNanoseconds
+    do {
+        _ = try NCCLCommunicator(library: library, uniqueID: id, rank: 1, world: 2, timeoutSeconds: 0.3, makeCurrent: {})
+        Issue.record("setup must time out")
+    } catch {
+        guard case .timeout(let rank, let phase, _) = error else { Issue.record("wrong error \(error)"); return }
+        #expect(rank == 1 && phase.contains("ncclCommInitRank"))
+    }
+    let watched = DispatchTime.now().uptimeNanoseconds
+    #expect(Double(watched - start) * 1e-9 < 2.0)
+    do {
+        _ = try NCCLCommunicator(
+            library: library, uniqueID: id, rank: 0, world: 2, timeoutSeconds: 30, peerWatch: { "rank 1's process is gone" },
+            makeCurrent: {})
+        Issue.record("setup must fail on a dead peer")
+    } catch {
+        #expect(error == .peerFailed(rank: 0, phase: "NCCL communicator setup (ncclCommInitRank, 2 ranks)", why: "rank 1's process is gone"))
+    }
+    #expect(Double(DispatchTime.now().uptimeNanoseconds - watched) * 1e-9 < 2.0)
+}
+
+@Test func setupFailuresOfNCCLItselfAreReportedWithTheirDetail() {
+    var api = FakeNCCL.table()
+    api.ncclCommInitRank = { _, _, _, _ in 5 }
+    let library = NCCLLibrary(api: api, libraryPath: "fake")
+    do {
+        _ = try NCCLCommunicator(
+            library: library, uniqueID: [UInt8](repeating: 0, count: 128), rank: 1, world: 2, timeoutSeconds: 5, makeCurrent: {})
+        Issue.record("setup must fail")
+    } catch {
+        #expect("\(error)".contains("Duplicate GPU detected"), "\(error)")
+    }
+}
+
+@Test func asynchronousErrorsAreSeenAndAbortClosesOnce() throws {
+    var api = FakeNCCL.table()
+    api.ncclCommInitRank = { comm, _, _, _ in
+        comm?.pointee = FakeNCCL.fakeComm
+        return 0
+    }
+    api.ncclCommGetAsyncError = { _, state in
+        state?.pointee = 6  // ncclRemoteError: a peer died
+        return 0
+    }
+    let library = NCCLLibrary(api: api, libraryPath: "fake")
+    let communicator = try NCCLCommunicator(
+        library: library, uniqueID: [UInt8](repeating: 0, count: 128), rank: 0, world: 2, timeoutSeconds: 5, makeCurrent: {})
+    let error = try #require(communicator.asynchronousError(phase: "all-to-all dispatch"))
+    #expect("\(error)".contains("rank 0, all-to-all dispatch: ncclCommGetAsyncError failed: ncclRemoteError (6)"), "\(error)")
+    let before = FakeNCCL.aborts.value
+    communicator.abort(reason: "test")
+    communicator.abort(reason: "again")
+    communicator.close()
+    #expect(FakeNCCL.aborts.value - before == 1, "ncclCommAbort runs once whatever calls it")
+    #expect(communicator.isAborted)
+    #expect(communicator.asynchronousError(phase: "p") == nil)
+}
