@@ -37,6 +37,7 @@ for s in $steps; do
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
     epcheck) TAIL=30 step epcheck 500 env MOE=$M OUT=$OUT/ep bash .device/ep-check.sh check ;;
+    epnccl) TAIL=40 step epnccl 400 env MOE=$M OUT=$OUT/epn bash .device/ep-check.sh nccl ;;
     debugnew) for v in ${NEW_VARIANTS:-decoded_2_2_128_4 decoded_2_2_64_4 decoded_1_2_256_4 warpgroup_2_2_128_2}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100,300 --variant $v; done ;;
     racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-decoded_2_2_64_4} ;;
     memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-decoded_1_2_256_4} ;;
