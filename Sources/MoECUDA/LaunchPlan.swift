@@ -37,7 +37,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_1_2_256_4
     /// sm_90a, warp-specialised: one producer warpgroup (copies, then decodes each 64-k chunk into shared memory)
     /// and two consumer warpgroups (wgmma, both operands in shared memory); 256 weight rows × 128 tokens, 3 stages.
-    case specialized_2_128_3
+    case specialized_2_128_3_1
+    /// The same with two producer warpgroups (twice the decode rate; registers moved to the consumers).
+    case specialized_2_128_3_2
+    /// 256 weight rows × 64 tokens (wgmma m64n64k16), 4 stages, one producer warpgroup.
+    case specialized_2_64_4_1
+    /// 256 weight rows × 64 tokens, 4 stages, two producer warpgroups.
+    case specialized_2_64_4_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
@@ -67,7 +73,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
-    public var warps: Int { kind == .specialized ? 12 : warpsAcrossRows * warpsAcrossK }
+    public var warps: Int { kind == .specialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
     /// Stages of the shared-memory ring (staged and decoded kernels).

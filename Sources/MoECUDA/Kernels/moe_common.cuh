@@ -79,6 +79,13 @@ MOE_DEVICE void store_shared_u32(u32 address, u32 value) {
     asm volatile("st.shared.u32 [%0], %1;" ::"r"(address), "r"(value) : "memory");
 }
 
+/// Four 8×8 bf16 matrices to shared memory from the mma fragment layout (lane l holds row l/4, columns 2·(l%4)
+/// and +1 of each matrix); lanes 8i..8i+7 give the row addresses of matrix i (16 B each).
+MOE_DEVICE void store_matrix_x4(u32 address, u32 r0, u32 r1, u32 r2, u32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(address), "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 MOE_DEVICE u32 shared_address(const void *pointer) { return (u32)__cvta_generic_to_shared(pointer); }
 
 /// cp.async of 16 bytes; `sourceBytes` 0 fills the destination with zeros and reads nothing.

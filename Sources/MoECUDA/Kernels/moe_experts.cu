@@ -558,7 +558,9 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 // MARK: decoded kernel (large batches, sm_90a)
 
 /// Decodes one 64-k chunk of MI row groups (this lane's code words and scale words) into bf16 in shared memory,
-/// core-matrix layout: group gi = warp + i·WARPS; `at` is this lane's address for group `warp`, k8 column 0.
+/// core-matrix layout [k/8][row/8][8 rows][16 B]: group gi = warp + i·WARPS. The decoded registers are in the mma
+/// fragment layout, so stmatrix writes four core matrices per instruction. `at` is this lane's stmatrix row
+/// address for group `warp`, sp = 0: core matrix (k8 = lane/8, rows 0..7 of the group), row lane%8.
 template <int MI, int WARPS, int ROW_MATRICES, bool Slow>
 MOE_DEVICE void decode_to_shared(const uint4 (&code)[MI], const u32 (&word)[MI], u32 at) {
 #pragma unroll
@@ -568,12 +570,9 @@ MOE_DEVICE void decode_to_shared(const uint4 (&code)[MI], const u32 (&word)[MI],
             u32 low[4], high[4];
             mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp), word[i], 2 * sp, low);
             mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp + 1), word[i], 2 * sp + 1, high);
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const u32 offset = ((4 * sp + q) * ROW_MATRICES + 2 * i * WARPS) * 128;
-                store_shared_u32(at + offset, low[q]);
-                store_shared_u32(at + offset + 128, high[q]);
-            }
+            const u32 offset = (4 * sp * ROW_MATRICES + 2 * i * WARPS) * 128;
+            store_matrix_x4(at + offset, low[0], low[1], low[2], low[3]);
+            store_matrix_x4(at + offset + 128, high[0], high[1], high[2], high[3]);
         }
     }
 }
@@ -683,7 +682,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
             word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
             slow |= mxfp4_needs_slow_path(word[i]);
         }
-        const u32 decoded = decodedBase + (g & 1) * A_BYTES + 2 * warp * 128 + gid * 16 + tig * 4;
+        const u32 decoded = decodedBase + (g & 1) * A_BYTES + ((lane >> 3) * ROW_MATRICES + 2 * warp) * 128 + (lane & 7) * 16;
         if (__any_sync(0xffffffffu, slow)) {
             decode_to_shared<MI, WARPS, ROW_MATRICES, true>(code, word, decoded);
         } else {
@@ -726,62 +725,70 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 
 // MARK: specialized kernel (large batches, sm_90a)
 
-/// The decoded kernel's work split by role (warp specialisation). Block: 3 warpgroups, 256 weight rows × N tokens.
-///   warpgroup 0 (producer, few registers): cp.async of activations, codes and scales one chunk ahead, then the
-///     decode of each 64-k chunk into bf16 in shared memory (core-matrix layout);
-///   warpgroups 1–2 (consumers, the registers): wgmma m64nNk16 × MI from shared memory, one chunk in flight, then
-///     the epilogue.
+/// The decoded kernel's work split by role (warp specialisation). Block: P producer warpgroups and 2 consumer
+/// warpgroups; 256 weight rows (MI = 2) × N (64 or 128) tokens.
+///   producers (few registers): cp.async of activations, codes and scales one chunk ahead, then the decode of each
+///     64-k chunk into bf16 in shared memory (core-matrix layout, stmatrix);
+///   consumers (the registers): wgmma m64nNk16 × MI from shared memory, one chunk in flight, then the epilogue.
 /// Stages (STAGES of [activations N × 64 | decoded weights 256 × 64 | codes | scales]) are handed over with named
-/// barriers: FULL[s] (producer arrives, consumers wait) and EMPTY[s] (consumers arrive once the chunk's wgmma
-/// completed, the producer waits before refilling). The decode of chunk g overlaps the MMAs of chunks g−1 and g−2.
-template <int MI, int N, int STAGES>
+/// barriers: FULL[s] (producers arrive, consumers wait) and EMPTY[s] (consumers arrive once the chunk's wgmma
+/// completed, producers wait before refilling). The decode of chunk g overlaps the MMAs of chunks g−1 and g−2.
+template <int MI, int N, int STAGES, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, ROW_MATRICES = 2 * GROUPS, THREADS = 128 * (CONSUMERS + 1);
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, ROW_MATRICES = 2 * GROUPS;
+    constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int STAGE_BYTES = B_BYTES + A_BYTES + CODE_BYTES + SCALE_BYTES;
     constexpr int FULL = 1, EMPTY = 1 + STAGES, PRODUCERS = 1 + 2 * STAGES;
-    static_assert(N == 128 && GROUPS * 8 == 128 && PRODUCERS < 16, "one producer thread per token and per scale segment");
+    constexpr int SEGMENTS = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
+    static_assert((N == 64 || N == 128) && PRODUCER_THREADS % N == 0 && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
+                  && GROUPS % PRODUCER_WARPS == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
     const long long expertGroup = (long long)tile.expert * p.groups;
     const u32 sharedBase = shared_address(sharedBytes);
 
-    if (wg == 0) {
-        registers_decrease<72>();
-        const int t = threadIdx.x;  // token t of the tile; code segments t + 128·i; scale segment t
-        const bf16_t *row = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(t, tile.rowCount - 1)) * p.inputStride;
-        const bool live = t < tile.rowCount;
-        const int codeGroup = blockGroup + (t >> 5);  // + 4·i
+    if (warp < PRODUCER_WARPS) {
+        registers_decrease<PRODUCER_REGISTERS>();
+        const int t = threadIdx.x;
+        // Activations: token t % N, segments (t / N)·SEGMENTS … +SEGMENTS−1 of the chunk's 8 (8 k each).
+        const int token = t % N, firstSegment = (t / N) * SEGMENTS;
+        const bf16_t *row = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride;
+        const bool live = token < tile.rowCount;
+        // Codes: segments t + PRODUCER_THREADS·i (group (t >> 5) + PRODUCER_WARPS·i); scales: segment t of 128.
+        const int codeGroup = blockGroup + (t >> 5);
         const unsigned char *codeSource =
             (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
-        const long long codeStride = 4LL * p.chunks * 512;
+        const long long codeStride = (long long)PRODUCER_WARPS * p.chunks * 512;
         const int scaleGroup = blockGroup + (t >> 3);
+        const bool copiesScales = t < GROUPS * 8;
         const unsigned char *scaleSource = (const unsigned char *)p.scales
             + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
         auto issue = [&](int c) {
             const u32 stage = sharedBase + (c % STAGES) * STAGE_BYTES;
             if (live) {
 #pragma unroll
-                for (int segment = 0; segment < 8; ++segment) {
-                    const int k = c * 64 + segment * 8;
-                    copy_async_16(stage + ((segment * (N / 8) + (t >> 3)) * 8 + (t & 7)) * 16, k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                for (int i = 0; i < SEGMENTS; ++i) {
+                    const int segment = firstSegment + i, k = c * 64 + segment * 8;
+                    copy_async_16(stage + ((segment * (N / 8) + (token >> 3)) * 8 + (token & 7)) * 16, k < p.k ? row + k : row, k < p.k ? 16 : 0);
                 }
             }
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int group = codeGroup + 4 * i;
-                const unsigned char *src = group < p.groups ? codeSource + i * codeStride + c * 512 : codeSource;
-                copy_async_16(stage + B_BYTES + A_BYTES + (t + 128 * i) * 16, src, group < p.groups ? 16 : 0);
+            for (int i = 0; i < CODE_COPIES; ++i) {
+                const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
+                copy_async_16(stage + B_BYTES + A_BYTES + (t + PRODUCER_THREADS * i) * 16,
+                              valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
             }
-            copy_async_16(stage + B_BYTES + A_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
+            if (copiesScales)
+                copy_async_16(stage + B_BYTES + A_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
             copy_async_commit();
         };
-        const int gid = lane >> 2, tig = lane & 3;
+        const int gid = lane >> 2;
         issue(0);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
@@ -792,25 +799,25 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             } else {
                 copy_async_commit();
             }
-            copy_async_wait<1>();                   // this thread's copies of chunk g have landed
-            named_barrier_sync(PRODUCERS, 128);     // and every producer thread's (codes are decoded by other warps)
+            copy_async_wait<1>();                              // this thread's copies of chunk g have landed
+            named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             const int s = g % STAGES;
             const unsigned char *stage = sharedBytes + s * STAGE_BYTES;
-            uint4 code[2 * MI];
-            u32 word[2 * MI];
+            uint4 code[GROUPS_PER_WARP];
+            u32 word[GROUPS_PER_WARP];
             bool slow = false;
 #pragma unroll
-            for (int i = 0; i < 2 * MI; ++i) {
-                const int gi = warp + 4 * i;
+            for (int i = 0; i < GROUPS_PER_WARP; ++i) {
+                const int gi = warp + PRODUCER_WARPS * i;
                 code[i] = *(const uint4 *)(stage + B_BYTES + A_BYTES + gi * 512 + lane * 16);
                 word[i] = *(const u32 *)(stage + B_BYTES + A_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
                 slow |= mxfp4_needs_slow_path(word[i]);
             }
-            const u32 decoded = sharedBase + s * STAGE_BYTES + B_BYTES + 2 * warp * 128 + gid * 16 + tig * 4;
+            const u32 decoded = sharedBase + s * STAGE_BYTES + B_BYTES + ((lane >> 3) * ROW_MATRICES + 2 * warp) * 128 + (lane & 7) * 16;
             if (__any_sync(0xffffffffu, slow)) {
-                decode_to_shared<2 * MI, 4, ROW_MATRICES, true>(code, word, decoded);
+                decode_to_shared<GROUPS_PER_WARP, PRODUCER_WARPS, ROW_MATRICES, true>(code, word, decoded);
             } else {
-                decode_to_shared<2 * MI, 4, ROW_MATRICES, false>(code, word, decoded);
+                decode_to_shared<GROUPS_PER_WARP, PRODUCER_WARPS, ROW_MATRICES, false>(code, word, decoded);
             }
             fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
             named_barrier_arrive(FULL + s, THREADS);
@@ -819,8 +826,8 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         return;
     }
 
-    registers_increase<216>();
-    const int consumer = wg - 1, warpInGroup = warp & 3;
+    registers_increase<CONSUMER_REGISTERS>();
+    const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
     float acc[MI][N / 2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -905,12 +912,17 @@ MOE_DECODED(2, 2, 128, 4)
 MOE_DECODED(2, 2, 64, 4)
 MOE_DECODED(1, 2, 256, 4)
 
-#define MOE_SPECIALIZED(MI, N, S)                                                                      \
-    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_specialized_##MI##_##N##_##S(MoEGemmParams p) { \
-        gemm_specialized<MI, N, S>(p);                                                                 \
+// Producer warpgroups P: registers at launch are 65536 / threads; setmaxnreg moves them to the consumers.
+#define MOE_SPECIALIZED(MI, N, S, P, PR, CR)                                                           \
+    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
+        moe_gemm_specialized_##MI##_##N##_##S##_##P(MoEGemmParams p) {                                 \
+        gemm_specialized<MI, N, S, P, PR, CR>(p);                                                      \
     }
 
-MOE_SPECIALIZED(2, 128, 3)
+MOE_SPECIALIZED(2, 128, 3, 1, 72, 216)
+MOE_SPECIALIZED(2, 128, 3, 2, 56, 200)
+MOE_SPECIALIZED(2, 64, 4, 1, 72, 216)
+MOE_SPECIALIZED(2, 64, 4, 2, 56, 200)
 
 // MARK: reduce
 
