@@ -112,9 +112,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             let groups = rowGroupsPerBlock
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
         }
-        if kind == .specialized {  // stages of [activations N × 64 | decoded weights | codes | scales]
+        if kind == .specialized {  // 1 KB alignment slack, stages of [activations N × 64 | decoded weights | codes | scales]
             let groups = rowGroupsPerBlock
-            return stages * (tileRows * 64 * 2 + groups * 16 * 64 * 2 + groups * 512 + groups * 128)
+            return 1024 + stages * (tileRows * 64 * 2 + groups * 16 * 64 * 2 + groups * 512 + groups * 128)
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

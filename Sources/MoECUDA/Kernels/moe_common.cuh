@@ -138,6 +138,16 @@ MOE_DEVICE unsigned long long wgmma_descriptor(u32 address, u32 leadingBytes, u3
         | ((unsigned long long)((strideBytes & 0x3FFFF) >> 4) << 32);
 }
 
+/// Descriptor of a K-major operand in the 128-byte-swizzle layout: rows of 64 bf16 (128 B), 8-row atoms of 1 KB
+/// (SBO = 1024), the 16-byte chunk c of row r stored at chunk c ^ (r % 8). `address` must lie in a 1024-aligned
+/// atom (plus the k16 step's 32-byte offset within the row, as the hardware applies the swizzle to address bits).
+MOE_DEVICE unsigned long long wgmma_descriptor_swizzled(u32 address) {
+    return (unsigned long long)((address & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+/// Byte offset of (row r, 16-byte chunk c) in a 128-byte-swizzled K-major tile of 64-wide rows.
+MOE_DEVICE u32 swizzled_offset(int r, int c) { return (u32)((r >> 3) * 1024 + (r & 7) * 128 + ((c ^ (r & 7)) << 4)); }
+
 MOE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 MOE_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int Pending> MOE_DEVICE void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }

@@ -577,6 +577,26 @@ MOE_DEVICE void decode_to_shared(const uint4 (&code)[MI], const u32 (&word)[MI],
     }
 }
 
+/// decode_to_shared for the 128-byte-swizzled layout (rows of 64 k, 8-row atoms of 1 KB): group gi = warp + i·WARPS
+/// covers rows 16·gi … +15 = atoms 2·gi, 2·gi + 1. Lane l gives the stmatrix row address of matrix l/8 (k8 column
+/// 4·sp + l/8), row l%8: `rowBase` = tile + (l%8)·128 + 2·warp·1024, `chunk0/1` = ((l/8) ^ (l%8))·16 and
+/// ((4 + l/8) ^ (l%8))·16.
+template <int MI, int WARPS, bool Slow>
+MOE_DEVICE void decode_to_shared_swizzled(const uint4 (&code)[MI], const u32 (&word)[MI], u32 rowBase, u32 chunk0, u32 chunk1) {
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int sp = 0; sp < 2; ++sp) {
+            u32 low[4], high[4];
+            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp), word[i], 2 * sp, low);
+            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp + 1), word[i], 2 * sp + 1, high);
+            const u32 at = rowBase + 2 * i * WARPS * 1024 + (sp == 0 ? chunk0 : chunk1);
+            store_matrix_x4(at, low[0], low[1], low[2], low[3]);
+            store_matrix_x4(at + 1024, high[0], high[1], high[2], high[3]);
+        }
+    }
+}
+
 /// Block: WG warpgroups × MI × 64 weight rows (GROUPS 16-row groups), N tokens; both wgmma operands in shared memory.
 /// Each 64-k chunk of weights is decoded ONCE per block, by all warps, from the MXFP4 codes into bf16 in shared
 /// memory (the K-major core-matrix layout [k/8][row/8][8 rows][16 B]), then every warpgroup's wgmma reads it:
@@ -730,13 +750,14 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 ///   producers (few registers): cp.async of activations, codes and scales one chunk ahead, then the decode of each
 ///     64-k chunk into bf16 in shared memory (core-matrix layout, stmatrix);
 ///   consumers (the registers): wgmma m64nNk16 × MI from shared memory, one chunk in flight, then the epilogue.
+/// Both wgmma operands use the 128-byte-swizzle layout (conflict-free operand reads and stores).
 /// Stages (STAGES of [activations N × 64 | decoded weights 256 × 64 | codes | scales]) are handed over with named
 /// barriers: FULL[s] (producers arrive, consumers wait) and EMPTY[s] (consumers arrive once the chunk's wgmma
 /// completed, producers wait before refilling). The decode of chunk g overlaps the MMAs of chunks g−1 and g−2.
 template <int MI, int N, int STAGES, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, ROW_MATRICES = 2 * GROUPS;
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS;
     constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int STAGE_BYTES = B_BYTES + A_BYTES + CODE_BYTES + SCALE_BYTES;
@@ -751,7 +772,8 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
     const long long expertGroup = (long long)tile.expert * p.groups;
-    const u32 sharedBase = shared_address(sharedBytes);
+    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
+    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
 
     if (warp < PRODUCER_WARPS) {
         registers_decrease<PRODUCER_REGISTERS>();
@@ -775,7 +797,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #pragma unroll
                 for (int i = 0; i < SEGMENTS; ++i) {
                     const int segment = firstSegment + i, k = c * 64 + segment * 8;
-                    copy_async_16(stage + ((segment * (N / 8) + (token >> 3)) * 8 + (token & 7)) * 16, k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                    copy_async_16(stage + swizzled_offset(token, segment), k < p.k ? row + k : row, k < p.k ? 16 : 0);
                 }
             }
 #pragma unroll
@@ -789,6 +811,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             copy_async_commit();
         };
         const int gid = lane >> 2;
+        const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
         issue(0);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
@@ -802,7 +825,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             copy_async_wait<1>();                              // this thread's copies of chunk g have landed
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             const int s = g % STAGES;
-            const unsigned char *stage = sharedBytes + s * STAGE_BYTES;
+            const unsigned char *stage = sharedPointer + s * STAGE_BYTES;
             uint4 code[GROUPS_PER_WARP];
             u32 word[GROUPS_PER_WARP];
             bool slow = false;
@@ -813,11 +836,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
                 word[i] = *(const u32 *)(stage + B_BYTES + A_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
                 slow |= mxfp4_needs_slow_path(word[i]);
             }
-            const u32 decoded = sharedBase + s * STAGE_BYTES + B_BYTES + ((lane >> 3) * ROW_MATRICES + 2 * warp) * 128 + (lane & 7) * 16;
+            const u32 rowBase = sharedBase + s * STAGE_BYTES + B_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
             if (__any_sync(0xffffffffu, slow)) {
-                decode_to_shared<GROUPS_PER_WARP, PRODUCER_WARPS, ROW_MATRICES, true>(code, word, decoded);
+                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
             } else {
-                decode_to_shared<GROUPS_PER_WARP, PRODUCER_WARPS, ROW_MATRICES, false>(code, word, decoded);
+                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
             }
             fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
             named_barrier_arrive(FULL + s, THREADS);
@@ -841,11 +864,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-            const unsigned long long descriptorB = wgmma_descriptor(stage + 2 * ks * (N / 8) * 128, (N / 8) * 128, 128);
+            const unsigned long long descriptorB = wgmma_descriptor_swizzled(stage + ks * 32);
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
-                const unsigned long long descriptorA = wgmma_descriptor(
-                    stage + B_BYTES + (2 * ks * ROW_MATRICES + 8 * (consumer * MI + mi)) * 128, ROW_MATRICES * 128, 128);
+                const unsigned long long descriptorA =
+                    wgmma_descriptor_swizzled(stage + B_BYTES + 8 * (consumer * MI + mi) * 1024 + ks * 32);
                 WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
             }
         }
