@@ -35,15 +35,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_2_2_64_4
     /// sm_90a: 128 weight rows × 256 tokens (wgmma m64n256k16), weights decoded once per block, 4 slots.
     case decoded_1_2_256_4
-    /// sm_90a, warp-specialised: one producer warpgroup (copies, then decodes each 64-k chunk into shared memory)
-    /// and two consumer warpgroups (wgmma, both operands in shared memory); 256 weight rows × 128 tokens, 3 stages.
-    case specialized_2_128_3_1
+    /// sm_90a, warp-specialised: one producer warpgroup (copies two chunks ahead into 4 load slots, then decodes each
+    /// 64-k chunk into one of 3 shared-memory weight slots) and two consumer warpgroups (wgmma, both operands in shared
+    /// memory, 128-byte swizzle); 256 weight rows × 128 tokens.
+    case specialized_2_128_4_1
     /// The same with two producer warpgroups (twice the decode rate; registers moved to the consumers).
-    case specialized_2_128_3_2
-    /// 256 weight rows × 64 tokens (wgmma m64n64k16), 4 stages, one producer warpgroup.
-    case specialized_2_64_4_1
-    /// 256 weight rows × 64 tokens, 4 stages, two producer warpgroups.
-    case specialized_2_64_4_2
+    case specialized_2_128_4_2
+    /// 256 weight rows × 64 tokens (wgmma m64n64k16), 6 load slots (4 chunks ahead), one producer warpgroup.
+    case specialized_2_64_6_1
+    /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
+    case specialized_2_64_6_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
@@ -76,7 +77,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var warps: Int { kind == .specialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
-    /// Stages of the shared-memory ring (staged and decoded kernels).
+    /// Stages of the shared-memory ring (staged and decoded kernels; specialised kernels: load slots).
     public var stages: Int {
         switch kind {
         case .staged, .decoded: numbers[3]
@@ -112,9 +113,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             let groups = rowGroupsPerBlock
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
         }
-        if kind == .specialized {  // 1 KB alignment slack, stages of [activations N × 64 | decoded weights | codes | scales]
+        if kind == .specialized {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales], 3 weight slots
             let groups = rowGroupsPerBlock
-            return 1024 + stages * (tileRows * 64 * 2 + groups * 16 * 64 * 2 + groups * 512 + groups * 128)
+            return 1024 + stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 3 * groups * 16 * 64 * 2
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -68,10 +68,11 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
     #expect(GemmVariant.decoded_1_2_256_4.rowGroupsPerBlock == 8 && GemmVariant.decoded_1_2_256_4.tileRows == 256)
-    #expect(GemmVariant.specialized_2_128_3_1.warps == 12 && GemmVariant.specialized_2_128_3_1.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.specialized_2_128_3_2.warps == 16 && GemmVariant.specialized_2_128_3_2.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.specialized_2_128_3_1.tileRows == 128 && GemmVariant.specialized_2_128_3_1.stages == 3)
-    #expect(GemmVariant.specialized_2_128_3_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 3 * (16384 + 32768 + 16 * 640))
+    #expect(GemmVariant.specialized_2_128_4_1.warps == 12 && GemmVariant.specialized_2_128_4_1.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.specialized_2_128_4_2.warps == 16 && GemmVariant.specialized_2_64_6_2.tileRows == 64)
+    #expect(GemmVariant.specialized_2_128_4_1.tileRows == 128 && GemmVariant.specialized_2_128_4_1.stages == 4)
+    // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
+    #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

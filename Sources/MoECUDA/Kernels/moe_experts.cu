@@ -746,25 +746,26 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 // MARK: specialized kernel (large batches, sm_90a)
 
 /// The decoded kernel's work split by role (warp specialisation). Block: P producer warpgroups and 2 consumer
-/// warpgroups; 256 weight rows (MI = 2) × N (64 or 128) tokens.
-///   producers (few registers): cp.async of activations, codes and scales one chunk ahead, then the decode of each
-///     64-k chunk into bf16 in shared memory (core-matrix layout, stmatrix);
-///   consumers (the registers): wgmma m64nNk16 × MI from shared memory, one chunk in flight, then the epilogue.
-/// Both wgmma operands use the 128-byte-swizzle layout (conflict-free operand reads and stores).
-/// Stages (STAGES of [activations N × 64 | decoded weights 256 × 64 | codes | scales]) are handed over with named
-/// barriers: FULL[s] (producers arrive, consumers wait) and EMPTY[s] (consumers arrive once the chunk's wgmma
-/// completed, producers wait before refilling). The decode of chunk g overlaps the MMAs of chunks g−1 and g−2.
-template <int MI, int N, int STAGES, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
+/// warpgroups; 256 weight rows (MI = 2) × N (64 or 128) tokens; both wgmma operands in the 128-byte-swizzle layout.
+///   producers (few registers): cp.async of activations, codes and scales DIST = LOADS − 2 chunks ahead into a ring
+///     of LOADS slots, then the decode of each 64-k chunk into bf16 in one of 3 weight slots (stmatrix);
+///   consumers (the registers): wgmma m64nNk16 × MI, one chunk in flight behind the one being issued, then the
+///     epilogue.
+/// Hand-off by named barriers: FULL[g % 3] (producers arrive once chunk g is decoded and its activations landed;
+/// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
+/// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
+/// of chunk g overlaps the MMAs of chunks g−1 and g−2.
+template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS;
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = 3, DIST = LOADS - 2;
     constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
-    constexpr int STAGE_BYTES = B_BYTES + A_BYTES + CODE_BYTES + SCALE_BYTES;
-    constexpr int FULL = 1, EMPTY = 1 + STAGES, PRODUCERS = 1 + 2 * STAGES;
+    constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES;
+    constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, PRODUCERS = 1 + WEIGHT_SLOTS + LOADS;
     constexpr int SEGMENTS = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
     static_assert((N == 64 || N == 128) && PRODUCER_THREADS % N == 0 && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
-                  && GROUPS % PRODUCER_WARPS == 0, "shape");
+                  && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -774,6 +775,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     const long long expertGroup = (long long)tile.expert * p.groups;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
     const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+    const u32 weightBase = sharedBase + LOADS * LOAD_BYTES;
 
     if (warp < PRODUCER_WARPS) {
         registers_decrease<PRODUCER_REGISTERS>();
@@ -782,7 +784,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         const int token = t % N, firstSegment = (t / N) * SEGMENTS;
         const bf16_t *row = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride;
         const bool live = token < tile.rowCount;
-        // Codes: segments t + PRODUCER_THREADS·i (group (t >> 5) + PRODUCER_WARPS·i); scales: segment t of 128.
+        // Codes: segments t + PRODUCER_THREADS·i (group (t >> 5) + PRODUCER_WARPS·i); scales: segment t of GROUPS·8.
         const int codeGroup = blockGroup + (t >> 5);
         const unsigned char *codeSource =
             (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
@@ -792,58 +794,61 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         const unsigned char *scaleSource = (const unsigned char *)p.scales
             + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
         auto issue = [&](int c) {
-            const u32 stage = sharedBase + (c % STAGES) * STAGE_BYTES;
-            if (live) {
+            if (c < p.chunks) {
+                const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
+                if (live) {
 #pragma unroll
-                for (int i = 0; i < SEGMENTS; ++i) {
-                    const int segment = firstSegment + i, k = c * 64 + segment * 8;
-                    copy_async_16(stage + swizzled_offset(token, segment), k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                    for (int i = 0; i < SEGMENTS; ++i) {
+                        const int segment = firstSegment + i, k = c * 64 + segment * 8;
+                        copy_async_16(slot + swizzled_offset(token, segment), k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                    }
                 }
-            }
 #pragma unroll
-            for (int i = 0; i < CODE_COPIES; ++i) {
-                const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
-                copy_async_16(stage + B_BYTES + A_BYTES + (t + PRODUCER_THREADS * i) * 16,
-                              valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
+                for (int i = 0; i < CODE_COPIES; ++i) {
+                    const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
+                    copy_async_16(slot + B_BYTES + (t + PRODUCER_THREADS * i) * 16,
+                                  valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
+                }
+                if (copiesScales)
+                    copy_async_16(slot + B_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
             }
-            if (copiesScales)
-                copy_async_16(stage + B_BYTES + A_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
             copy_async_commit();
+        };
+        int consumed = 0;  // chunks whose EMPTY arrival this producer has waited for (in order)
+        auto waitConsumed = [&](int d) {  // until chunk d's MMAs have completed
+            for (; consumed <= d; ++consumed) named_barrier_sync(EMPTY + consumed % LOADS, THREADS);
         };
         const int gid = lane >> 2;
         const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
-        issue(0);
+#pragma unroll
+        for (int c = 0; c < DIST; ++c) issue(c);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
-            const int next = g + 1;
-            if (next < p.chunks) {
-                if (next >= STAGES) named_barrier_sync(EMPTY + next % STAGES, THREADS);  // chunk next−STAGES consumed
-                issue(next);
-            } else {
-                copy_async_commit();
-            }
-            copy_async_wait<1>();                              // this thread's copies of chunk g have landed
+            const int ahead = g + DIST;
+            if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);  // its load slot is free
+            issue(ahead);
+            copy_async_wait<DIST>();                            // this thread's copies of chunk g have landed
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
-            const int s = g % STAGES;
-            const unsigned char *stage = sharedPointer + s * STAGE_BYTES;
+            if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
+            const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
             uint4 code[GROUPS_PER_WARP];
             u32 word[GROUPS_PER_WARP];
             bool slow = false;
 #pragma unroll
             for (int i = 0; i < GROUPS_PER_WARP; ++i) {
                 const int gi = warp + PRODUCER_WARPS * i;
-                code[i] = *(const uint4 *)(stage + B_BYTES + A_BYTES + gi * 512 + lane * 16);
-                word[i] = *(const u32 *)(stage + B_BYTES + A_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
+                code[i] = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
+                word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
                 slow |= mxfp4_needs_slow_path(word[i]);
             }
-            const u32 rowBase = sharedBase + s * STAGE_BYTES + B_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
+            const u32 rowBase = weightBase + (g % WEIGHT_SLOTS) * A_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
             if (__any_sync(0xffffffffu, slow)) {
                 decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
             } else {
                 decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
             }
             fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
-            named_barrier_arrive(FULL + s, THREADS);
+            named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
         }
         copy_async_wait<0>();
         return;
@@ -858,24 +863,23 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
-        const int s = g % STAGES;
-        named_barrier_sync(FULL + s, THREADS);
-        const u32 stage = sharedBase + s * STAGE_BYTES;
+        named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
+        const u32 activations = sharedBase + (g % LOADS) * LOAD_BYTES;
+        const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-            const unsigned long long descriptorB = wgmma_descriptor_swizzled(stage + ks * 32);
+            const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + ks * 32);
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
-                const unsigned long long descriptorA =
-                    wgmma_descriptor_swizzled(stage + B_BYTES + 8 * (consumer * MI + mi) * 1024 + ks * 32);
+                const unsigned long long descriptorA = wgmma_descriptor_swizzled(weights + 8 * (consumer * MI + mi) * 1024 + ks * 32);
                 WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
             }
         }
         wgmma_commit();
-        wgmma_wait<1>();  // chunk g−1's MMAs are done: its stage may be refilled
-        const int done = g - 1;
-        if (done >= 0 && done + STAGES < p.chunks) named_barrier_arrive(EMPTY + done % STAGES, THREADS);
+        wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
+        const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
+        if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -936,16 +940,16 @@ MOE_DECODED(2, 2, 64, 4)
 MOE_DECODED(1, 2, 256, 4)
 
 // Producer warpgroups P: registers at launch are 65536 / threads; setmaxnreg moves them to the consumers.
-#define MOE_SPECIALIZED(MI, N, S, P, PR, CR)                                                           \
+#define MOE_SPECIALIZED(MI, N, L, P, PR, CR)                                                           \
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
-        moe_gemm_specialized_##MI##_##N##_##S##_##P(MoEGemmParams p) {                                 \
-        gemm_specialized<MI, N, S, P, PR, CR>(p);                                                      \
+        moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
+        gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
-MOE_SPECIALIZED(2, 128, 3, 1, 72, 216)
-MOE_SPECIALIZED(2, 128, 3, 2, 56, 200)
-MOE_SPECIALIZED(2, 64, 4, 1, 72, 216)
-MOE_SPECIALIZED(2, 64, 4, 2, 56, 200)
+MOE_SPECIALIZED(2, 128, 4, 1, 72, 216)
+MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
+MOE_SPECIALIZED(2, 64, 6, 1, 72, 216)
+MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
 
 // MARK: reduce
 
