@@ -747,8 +747,8 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 
 /// The decoded kernel's work split by role (warp specialisation). Block: P producer warpgroups and 2 consumer
 /// warpgroups; 256 weight rows (MI = 2) × N (64 or 128) tokens; both wgmma operands in the 128-byte-swizzle layout.
-///   producers (few registers): cp.async of activations, codes and scales DIST = LOADS − 2 chunks ahead into a ring
-///     of LOADS slots, then the decode of each 64-k chunk into bf16 in one of 3 weight slots (stmatrix);
+///   producers (few registers): the decode of each 64-k chunk into bf16 in one of 3 weight slots (stmatrix), then
+///     cp.async of activations, codes and scales DIST = LOADS − 2 chunks ahead into a ring of LOADS slots;
 ///   consumers (the registers): wgmma m64nNk16 × MI, one chunk in flight behind the one being issued, then the
 ///     epilogue.
 /// Hand-off by named barriers: FULL[g % 3] (producers arrive once chunk g is decoded and its activations landed;
@@ -824,10 +824,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         for (int c = 0; c < DIST; ++c) issue(c);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
-            const int ahead = g + DIST;
-            if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);  // its load slot is free
-            issue(ahead);
-            copy_async_wait<DIST>();                            // this thread's copies of chunk g have landed
+            copy_async_wait<DIST - 1>();                        // this thread's copies of chunk g have landed
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
@@ -849,6 +846,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             }
             fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
             named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
+            // Only now the loads DIST ahead: their slot's previous chunk must have left the tensor cores, and waiting
+            // for that here (not before the decode) keeps two decoded chunks queued ahead of the MMAs.
+            const int ahead = g + DIST;
+            if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);
+            issue(ahead);
         }
         copy_async_wait<0>();
         return;
