@@ -38,7 +38,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     let lock = DispatchSemaphore(value: 1)
 
     public var detail: String {
-        "cuda: mma.sync bf16 tensor cores, MXFP4 decoded in registers, CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
+        "cuda: MXFP4 decoded in registers (mma.sync, decode sizes) or once per block into shared memory (wgmma, large batches), CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
     }
 
     /// Whether this machine can run the backend, and if not, what is missing and where it looked.
@@ -166,7 +166,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             bucketUse.removeFirst()
             buckets[oldest] = nil
         }
-        let plan = LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant)
+        let plan = launchPlan(tokens: tokens)
         try plan.validate(maxSharedPerBlock: runtime.device.maxSharedPerBlock)
         if (plan.gemm1Variant.needsHopper || plan.gemm2Variant.needsHopper) && runtime.device.architecture != "sm_90a" {
             throw CUDAError.unsupportedDevice("\(plan.variantDescription) needs sm_90a (wgmma); this device is \(runtime.device.architecture)")
@@ -183,7 +183,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     }
 
     /// The launch plan a forward of T tokens uses (for reports).
-    public func launchPlan(tokens: Int) -> LaunchPlan { LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant) }
+    public func launchPlan(tokens: Int) -> LaunchPlan {
+        LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant, hopper: runtime.device.architecture == "sm_90a")
+    }
 
     /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.
     public func resetBuckets() {

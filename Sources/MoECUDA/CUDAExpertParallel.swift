@@ -335,7 +335,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 "a global batch of \(tokens) tokens puts \(perRank) on each rank; the GPU heap holds \(capacity) (raise --max-tokens-per-rank)")
         }
         // The single-rank forward's choices for T tokens: router kernel, GEMM variant, tile rows, resident rows.
-        let plan = LaunchPlan(tokens: tokens, config: config)
+        let plan = LaunchPlan(tokens: tokens, config: config, hopper: runtime.device.architecture == "sm_90a")
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
         try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)

@@ -91,15 +91,17 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var needsHopper: Bool { usesWarpgroups }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
-    /// weights straight into registers with 8-token tiles; larger batches stage codes and activations through
-    /// shared memory with larger tiles, so each decoded weight feeds more MMAs. GEMM 2 at decode sizes splits
-    /// K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
-    public static func choose(tokens: Int) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
+    /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
+    /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk once per
+    /// block into shared memory for wgmma (warp-specialised producer/consumers), elsewhere 64-token staged tiles.
+    /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
+    /// (Measured on the H200, BENCHMARKS.md: the specialised kernel ties the staged one at 2048 tokens and wins above.)
+    public static func choose(tokens: Int, hopper: Bool = true) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
         case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
         case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...2048: (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: (.decoded_2_2_128_4, .decoded_2_2_128_4)
+        default: hopper ? (.specialized_2_128_4_1, .specialized_2_128_4_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 
@@ -157,11 +159,11 @@ public struct LaunchPlan: Sendable, Equatable {
         min(experts, slots) + slots / tileRows
     }
 
-    /// `variant` forces one kernel for both GEMMs.
-    public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil) {
+    /// `variant` forces one kernel for both GEMMs; `hopper`: the device has sm_90a (wgmma) kernels.
+    public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, hopper: Bool = true) {
         self.tokens = tokens
         self.config = config
-        let chosen = GemmVariant.choose(tokens: tokens)
+        let chosen = GemmVariant.choose(tokens: tokens, hopper: hopper)
         gemm1Variant = variant ?? chosen.gemm1
         gemm2Variant = variant ?? chosen.gemm2
         precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")

@@ -907,8 +907,9 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
     }
-#define MOE_STAGED(MI, NJ, WN, S)                                                                      \
-    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
+// B blocks per SM: two (at most 128 registers) lets one block's barrier stalls be covered by the other's work.
+#define MOE_STAGED(MI, NJ, WN, S, B)                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * WN, B) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
         gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
@@ -917,9 +918,9 @@ MOE_RESIDENT(1, 1, 2, 2, 4)
 MOE_RESIDENT(1, 1, 4, 2, 3)
 MOE_RESIDENT(1, 1, 2, 4, 3)
 MOE_RESIDENT(1, 1, 8, 1, 3)
-MOE_STAGED(2, 4, 8, 2)
-MOE_STAGED(2, 8, 8, 3)
-MOE_STAGED(1, 8, 8, 2)
+MOE_STAGED(2, 4, 8, 2, 2)
+MOE_STAGED(2, 8, 8, 3, 1)
+MOE_STAGED(1, 8, 8, 2, 2)
 
 #define MOE_WARPGROUP(MI, WG, N, S)                                                                    \
     extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
