@@ -65,7 +65,9 @@ private func request(
         let macro = "MOE_" + parts[0].uppercased()
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
-        #expect(experts.contains("\(macro)(\(arguments))"), "\(variant) is not instantiated")
+        // The macro's leading arguments name the kernel; later ones (launch bounds, register split) do not.
+        let instantiated = experts.contains("\(macro)(\(arguments))") || experts.contains("\(macro)(\(arguments), ")
+        #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce("))
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)

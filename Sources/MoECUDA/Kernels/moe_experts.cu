@@ -778,7 +778,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     const u32 weightBase = sharedBase + LOADS * LOAD_BYTES;
 
     if (warp < PRODUCER_WARPS) {
-        registers_decrease<PRODUCER_REGISTERS>();
+        if constexpr (PRODUCER_REGISTERS > 0) registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
         // Activations: token t % N, segments (t / N)·SEGMENTS … +SEGMENTS−1 of the chunk's 8 (8 k each).
         const int token = t % N, firstSegment = (t / N) * SEGMENTS;
@@ -856,7 +856,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         return;
     }
 
-    registers_increase<CONSUMER_REGISTERS>();
+    if constexpr (CONSUMER_REGISTERS > 0) registers_increase<CONSUMER_REGISTERS>();
     const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
     float acc[MI][N / 2];
 #pragma unroll
@@ -942,17 +942,19 @@ MOE_DECODED(2, 2, 128, 4)
 MOE_DECODED(2, 2, 64, 4)
 MOE_DECODED(1, 2, 256, 4)
 
-// Producer warpgroups P: registers at launch are 65536 / threads; setmaxnreg moves them to the consumers.
-#define MOE_SPECIALIZED(MI, N, L, P, PR, CR)                                                           \
-    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
+// Producer warpgroups P: registers at launch are 65536 / threads / B (blocks per SM); setmaxnreg moves them to
+// the consumers (PR, CR; 0 = no move, for two blocks per SM).
+#define MOE_SPECIALIZED(MI, N, L, P, PR, CR, B)                                                        \
+    extern "C" __global__ void __launch_bounds__(128 * (P + 2), B)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
         gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
-MOE_SPECIALIZED(2, 128, 4, 1, 72, 216)
-MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
-MOE_SPECIALIZED(2, 64, 6, 1, 72, 216)
-MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
+MOE_SPECIALIZED(2, 128, 4, 1, 72, 216, 1)
+MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
+MOE_SPECIALIZED(2, 64, 6, 1, 72, 216, 1)
+MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
+MOE_SPECIALIZED(1, 64, 4, 1, 0, 0, 2)
 
 // MARK: reduce
 
