@@ -45,9 +45,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_64_6_1
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
-    /// 128 weight rows × 64 tokens, 4 load slots, one producer warpgroup, no register moves: 101 KB and ≤ 80
-    /// registers per thread, so two blocks share an SM and one's prologue and epilogue overlap the other's MMAs.
-    case specialized_1_64_4_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
