@@ -45,6 +45,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_64_6_1
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
+    /// 128 weight rows × 256 tokens (wgmma m64n256k16), 4 load slots, one producer warpgroup: half the decode per
+    /// flop of the 256 × 128 tile, twice the activation traffic.
+    case specialized_1_256_4_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 

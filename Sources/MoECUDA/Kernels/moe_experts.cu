@@ -681,7 +681,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
 
-    const int gid = lane >> 2, tig = lane & 3;
+    const int gid = lane >> 2;
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) issue(s);
 #pragma unroll 1
@@ -763,8 +763,12 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES;
     constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, PRODUCERS = 1 + WEIGHT_SLOTS + LOADS;
-    constexpr int SEGMENTS = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
-    static_assert((N == 64 || N == 128) && PRODUCER_THREADS % N == 0 && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
+    // Activation copies per thread: N ≥ PRODUCER_THREADS: TOKENS_PER_THREAD whole 64-k rows (tokens t + PT·i);
+    // else SEGMENTS of one token's 8 segments.
+    constexpr int TOKENS_PER_THREAD = N >= PRODUCER_THREADS ? N / PRODUCER_THREADS : 1;
+    constexpr int SEGMENTS = N >= PRODUCER_THREADS ? 8 : 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
+    static_assert((N == 64 || N == 128 || N == 256) && (PRODUCER_THREADS % N == 0 || N % PRODUCER_THREADS == 0)
+                  && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -780,10 +784,17 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     if (warp < PRODUCER_WARPS) {
         if constexpr (PRODUCER_REGISTERS > 0) registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
-        // Activations: token t % N, segments (t / N)·SEGMENTS … +SEGMENTS−1 of the chunk's 8 (8 k each).
-        const int token = t % N, firstSegment = (t / N) * SEGMENTS;
-        const bf16_t *row = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride;
-        const bool live = token < tile.rowCount;
+        // Activations: tokens t % N + PRODUCER_THREADS·i, segments (t / N)·SEGMENTS … +SEGMENTS−1 (8 k each).
+        const int firstSegment = N >= PRODUCER_THREADS ? 0 : (t / N) * SEGMENTS;
+        const bf16_t *row[TOKENS_PER_THREAD];
+        int token[TOKENS_PER_THREAD];
+        bool live[TOKENS_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < TOKENS_PER_THREAD; ++i) {
+            token[i] = t % N + PRODUCER_THREADS * i;
+            live[i] = token[i] < tile.rowCount;
+            row[i] = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(token[i], tile.rowCount - 1)) * p.inputStride;
+        }
         // Codes: segments t + PRODUCER_THREADS·i (group (t >> 5) + PRODUCER_WARPS·i); scales: segment t of GROUPS·8.
         const int codeGroup = blockGroup + (t >> 5);
         const unsigned char *codeSource =
@@ -796,11 +807,14 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         auto issue = [&](int c) {
             if (c < p.chunks) {
                 const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
-                if (live) {
 #pragma unroll
-                    for (int i = 0; i < SEGMENTS; ++i) {
-                        const int segment = firstSegment + i, k = c * 64 + segment * 8;
-                        copy_async_16(slot + swizzled_offset(token, segment), k < p.k ? row + k : row, k < p.k ? 16 : 0);
+                for (int r = 0; r < TOKENS_PER_THREAD; ++r) {
+                    if (live[r]) {
+#pragma unroll
+                        for (int i = 0; i < SEGMENTS; ++i) {
+                            const int segment = firstSegment + i, k = c * 64 + segment * 8;
+                            copy_async_16(slot + swizzled_offset(token[r], segment), k < p.k ? row[r] + k : row[r], k < p.k ? 16 : 0);
+                        }
                     }
                 }
 #pragma unroll
@@ -954,6 +968,7 @@ MOE_SPECIALIZED(2, 128, 4, 1, 72, 216, 1)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
 MOE_SPECIALIZED(2, 64, 6, 1, 72, 216, 1)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
+MOE_SPECIALIZED(1, 256, 4, 1, 72, 216, 1)
 
 // MARK: reduce
 
