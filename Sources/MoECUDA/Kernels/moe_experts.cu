@@ -763,11 +763,10 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES;
     constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, PRODUCERS = 1 + WEIGHT_SLOTS + LOADS;
-    // Activation copies per thread: N ≥ PRODUCER_THREADS: TOKENS_PER_THREAD whole 64-k rows (tokens t + PT·i);
-    // else SEGMENTS of one token's 8 segments.
-    constexpr int TOKENS_PER_THREAD = N >= PRODUCER_THREADS ? N / PRODUCER_THREADS : 1;
-    constexpr int SEGMENTS = N >= PRODUCER_THREADS ? 8 : 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
-    static_assert((N == 64 || N == 128 || N == 256) && (PRODUCER_THREADS % N == 0 || N % PRODUCER_THREADS == 0)
+    // Activation copies per thread and chunk: segment t % 8 (8 k) of tokens (t + PT·i) / 8, so the 8 lanes of a token
+    // read its 128 contiguous bytes (one L2 line per 8 lanes) and write one swizzled 128-byte row (conflict-free).
+    constexpr int ACT_COPIES = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
+    static_assert((N == 64 || N == 128 || N == 256) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
@@ -784,16 +783,17 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     if (warp < PRODUCER_WARPS) {
         if constexpr (PRODUCER_REGISTERS > 0) registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
-        // Activations: tokens t % N + PRODUCER_THREADS·i, segments (t / N)·SEGMENTS … +SEGMENTS−1 (8 k each).
-        const int firstSegment = N >= PRODUCER_THREADS ? 0 : (t / N) * SEGMENTS;
-        const bf16_t *row[TOKENS_PER_THREAD];
-        int token[TOKENS_PER_THREAD];
-        bool live[TOKENS_PER_THREAD];
+        const int segment = t & 7;
+        const bf16_t *input = (const bf16_t *)p.input + segment * 8;
+        int rowOffset[ACT_COPIES];  // elements (< 2^31: T·H and T·k·I are)
+        u32 actTarget[ACT_COPIES];
+        bool live[ACT_COPIES];
 #pragma unroll
-        for (int i = 0; i < TOKENS_PER_THREAD; ++i) {
-            token[i] = t % N + PRODUCER_THREADS * i;
-            live[i] = token[i] < tile.rowCount;
-            row[i] = (const bf16_t *)p.input + gemm_input_row(p, tile.rowStart + min(token[i], tile.rowCount - 1)) * p.inputStride;
+        for (int i = 0; i < ACT_COPIES; ++i) {
+            const int token = (t + PRODUCER_THREADS * i) >> 3;
+            live[i] = token < tile.rowCount;
+            rowOffset[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
+            actTarget[i] = swizzled_offset(token, segment);
         }
         // Codes: segments t + PRODUCER_THREADS·i (group (t >> 5) + PRODUCER_WARPS·i); scales: segment t of GROUPS·8.
         const int codeGroup = blockGroup + (t >> 5);
@@ -807,16 +807,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         auto issue = [&](int c) {
             if (c < p.chunks) {
                 const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
+                const int k = c * 64 + segment * 8;
+                const bool inside = k < p.k;  // zeros past K
 #pragma unroll
-                for (int r = 0; r < TOKENS_PER_THREAD; ++r) {
-                    if (live[r]) {
-#pragma unroll
-                        for (int i = 0; i < SEGMENTS; ++i) {
-                            const int segment = firstSegment + i, k = c * 64 + segment * 8;
-                            copy_async_16(slot + swizzled_offset(token[r], segment), k < p.k ? row[r] + k : row[r], k < p.k ? 16 : 0);
-                        }
-                    }
-                }
+                for (int i = 0; i < ACT_COPIES; ++i)
+                    if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
 #pragma unroll
                 for (int i = 0; i < CODE_COPIES; ++i) {
                     const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
@@ -964,11 +959,11 @@ MOE_DECODED(1, 2, 256, 4)
         gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
-MOE_SPECIALIZED(2, 128, 4, 1, 72, 216, 1)
+MOE_SPECIALIZED(2, 128, 4, 1, 96, 200, 1)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
-MOE_SPECIALIZED(2, 64, 6, 1, 72, 216, 1)
+MOE_SPECIALIZED(2, 64, 6, 1, 96, 200, 1)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
-MOE_SPECIALIZED(1, 256, 4, 1, 72, 216, 1)
+MOE_SPECIALIZED(1, 256, 4, 1, 96, 200, 1)
 
 // MARK: reduce
 
