@@ -98,13 +98,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk once per
     /// block into shared memory for wgmma (warp-specialised producer/consumers), elsewhere 64-token staged tiles.
     /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
-    /// (Measured on the H200, BENCHMARKS.md: the specialised kernel ties the staged one at 2048 tokens and wins above.)
+    /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
     public static func choose(tokens: Int, hopper: Bool = true) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
         case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
         case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...2048: (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: hopper ? (.specialized_2_128_4_1, .specialized_2_128_4_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        case ...1024: (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...2048 where !hopper: (.staged_2_4_8_2, .staged_2_4_8_2)
+        default: hopper ? (.specialized_2_128_4_2, .specialized_2_128_4_2) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

@@ -39,8 +39,10 @@ import Testing
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 2048) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 32768) == (.specialized_2_128_4_1, .specialized_2_128_4_1))
+    #expect(GemmVariant.choose(tokens: 1024) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 2048) == (.specialized_2_128_4_2, .specialized_2_128_4_2))
+    #expect(GemmVariant.choose(tokens: 32768) == (.specialized_2_128_4_2, .specialized_2_128_4_2))
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {
