@@ -48,12 +48,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 128 weight rows × 256 tokens (wgmma m64n256k16), 4 load slots, one producer warpgroup: half the decode per
     /// flop of the 256 × 128 tile, twice the activation traffic.
     case specialized_1_256_4_1
-    /// specialized_2_128_4_1 with the consumers copying the activations (the producers only copy codes and decode).
-    case consumercopy_2_128_4_1
-    /// specialized_2_128_4_2 with the consumers copying the activations.
-    case consumercopy_2_128_4_2
 
-    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, consumercopy }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -62,13 +58,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
     /// Warpgroup kernels (wgmma).
-    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || isSpecialized }
-    /// Warp-specialised kernels (producer and consumer warpgroups).
-    public var isSpecialized: Bool { kind == .specialized || kind == .consumercopy }
+    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .specialized }
     /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
     public var tileRows: Int {
         switch kind {
-        case .specialized, .consumercopy: numbers[1]
+        case .specialized: numbers[1]
         case .warpgroup, .decoded: numbers[2]
         default: 8 * numbers[1]
         }
@@ -76,21 +70,21 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Warps along the output rows (specialised kernels: the two consumer warpgroups).
     public var warpsAcrossRows: Int {
         switch kind {
-        case .specialized, .consumercopy: 8
+        case .specialized: 8
         case .warpgroup, .decoded: 4 * numbers[1]
         default: numbers[2]
         }
     }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
-    public var warps: Int { isSpecialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
+    public var warps: Int { kind == .specialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int { kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0) }
     /// Stages of the shared-memory ring (staged and decoded kernels; specialised kernels: load slots).
     public var stages: Int {
         switch kind {
         case .staged, .decoded: numbers[3]
-        case .specialized, .consumercopy: numbers[2]
+        case .specialized: numbers[2]
         default: 0
         }
     }
@@ -125,7 +119,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             let groups = rowGroupsPerBlock
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
         }
-        if isSpecialized {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales], 3 weight slots
+        if kind == .specialized {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales], 3 weight slots
             let groups = rowGroupsPerBlock
             return 1024 + stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 3 * groups * 16 * 64 * 2
         }

@@ -79,9 +79,6 @@ import Testing
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     #expect(GemmVariant.specialized_1_256_4_1.tileRows == 256 && GemmVariant.specialized_1_256_4_1.rowGroupsPerBlock == 8)
-    #expect(GemmVariant.consumercopy_2_128_4_2.isSpecialized && GemmVariant.consumercopy_2_128_4_2.warps == 16)
-    #expect(GemmVariant.consumercopy_2_128_4_2.sharedBytes(k: 2880, residentRows: 128)
-        == GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -755,10 +755,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
 /// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
 /// of chunk g overlaps the MMAs of chunks g−1 and g−2.
-/// CONSUMERS_COPY: the consumers, idle while they wait for FULL, copy the activations instead of the producers
-/// (two chunks ahead, after FULL[g] has shown that both consumer warpgroups finished chunk g−2's MMAs); FULL[g] then
-/// also orders every consumer's landed, fenced copies of chunk g before any wgmma reads them.
-template <int MI, int N, int LOADS, int P, bool CONSUMERS_COPY, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
+template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = 3, DIST = LOADS - 2;
@@ -810,13 +807,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         auto issue = [&](int c) {
             if (c < p.chunks) {
                 const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
-                if constexpr (!CONSUMERS_COPY) {
-                    const int k = c * 64 + segment * 8;
-                    const bool inside = k < p.k;  // zeros past K
+                const int k = c * 64 + segment * 8;
+                const bool inside = k < p.k;  // zeros past K
 #pragma unroll
-                    for (int i = 0; i < ACT_COPIES; ++i)
-                        if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
-                }
+                for (int i = 0; i < ACT_COPIES; ++i)
+                    if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
 #pragma unroll
                 for (int i = 0; i < CODE_COPIES; ++i) {
                     const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
@@ -877,45 +872,9 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // Consumer-issued activation copies (CONSUMERS_COPY): segment u % 8 of tokens (u + 256·i) / 8, as the producers'.
-    constexpr int CONSUMER_THREADS = 128 * CONSUMERS, CONSUMER_COPIES = CONSUMERS_COPY ? 8 * N / CONSUMER_THREADS : 1;
-    const int u = threadIdx.x - PRODUCER_THREADS, consumerSegment = u & 7;
-    const bf16_t *consumerInput = (const bf16_t *)p.input + consumerSegment * 8;
-    int consumerRow[CONSUMER_COPIES];
-    u32 consumerTarget[CONSUMER_COPIES];
-    bool consumerLive[CONSUMER_COPIES];
-    auto copyActivations = [&](int c) {  // chunk c into its load slot, one commit group
-        if (c < p.chunks) {
-            const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
-            const bool inside = c * 64 + consumerSegment * 8 < p.k;  // zeros past K
-#pragma unroll
-            for (int i = 0; i < CONSUMER_COPIES; ++i)
-                if (consumerLive[i])
-                    copy_async_16(slot + consumerTarget[i], consumerInput + consumerRow[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
-        }
-        copy_async_commit();
-    };
-    if constexpr (CONSUMERS_COPY) {
-#pragma unroll
-        for (int i = 0; i < CONSUMER_COPIES; ++i) {
-            const int token = (u + CONSUMER_THREADS * i) >> 3;
-            consumerLive[i] = token < tile.rowCount;
-            consumerRow[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
-            consumerTarget[i] = swizzled_offset(token, consumerSegment);
-        }
-#pragma unroll
-        for (int c = 0; c < DIST; ++c) copyActivations(c);
-    }
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
-        if constexpr (CONSUMERS_COPY) {
-            copy_async_wait<DIST - 1>();   // this thread's copies of chunk g have landed
-            fence_proxy_async_shared();    // visible to the tensor cores once every consumer passed FULL[g]
-        }
         named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
-        // Every consumer is past chunk g−1's wait: chunk g−2's MMAs are done in both warpgroups, so its load slot
-        // takes chunk g + DIST (= g + LOADS − 2).
-        if constexpr (CONSUMERS_COPY) copyActivations(g + DIST);
         const u32 activations = sharedBase + (g % LOADS) * LOAD_BYTES;
         const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
         wgmma_fence();
@@ -934,7 +893,6 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
     }
     wgmma_wait<0>();
-    if constexpr (CONSUMERS_COPY) copy_async_wait<0>();
     allow_next_kernel();
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
@@ -994,16 +952,11 @@ MOE_DECODED(2, 2, 64, 4)
 MOE_DECODED(1, 2, 256, 4)
 
 // Producer warpgroups P: registers at launch are 65536 / threads / B (blocks per SM); setmaxnreg moves them to
-// the consumers (PR, CR; 0 = no move). MOE_CONSUMERCOPY: the same kernel with the consumers copying activations.
+// the consumers (PR, CR; 0 = no move, for two blocks per SM).
 #define MOE_SPECIALIZED(MI, N, L, P, PR, CR, B)                                                        \
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), B)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
-        gemm_specialized<MI, N, L, P, false, PR, CR>(p);                                               \
-    }
-#define MOE_CONSUMERCOPY(MI, N, L, P, PR, CR, B)                                                       \
-    extern "C" __global__ void __launch_bounds__(128 * (P + 2), B)                                     \
-        moe_gemm_consumercopy_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                \
-        gemm_specialized<MI, N, L, P, true, PR, CR>(p);                                                \
+        gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200, 1)
@@ -1011,8 +964,6 @@ MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
 MOE_SPECIALIZED(2, 64, 6, 1, 96, 200, 1)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
 MOE_SPECIALIZED(1, 256, 4, 1, 96, 200, 1)
-MOE_CONSUMERCOPY(2, 128, 4, 1, 96, 200, 1)
-MOE_CONSUMERCOPY(2, 128, 4, 2, 56, 200, 1)
 
 // MARK: reduce
 
