@@ -92,10 +92,6 @@ MOE_DEVICE u32 shared_address(const void *pointer) { return (u32)__cvta_generic_
 MOE_DEVICE void copy_async_16(u32 destination, const void *source, int sourceBytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(destination), "l"(source), "r"(sourceBytes));
 }
-/// cp.async of 4 bytes (through L1: .cg takes only 16); `sourceBytes` 0 writes zeros.
-MOE_DEVICE void copy_async_4(u32 destination, const void *source, int sourceBytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(destination), "l"(source), "r"(sourceBytes));
-}
 MOE_DEVICE void copy_async_commit() { asm volatile("cp.async.commit_group;" ::); }
 template <int Pending> MOE_DEVICE void copy_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(Pending)); }
 

@@ -762,12 +762,12 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES;
-    constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, BARRIERS = 1 + WEIGHT_SLOTS + LOADS;
+    constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, PRODUCERS = 1 + WEIGHT_SLOTS + LOADS;
     // Activation copies per thread and chunk: segment t % 8 (8 k) of tokens (t + PT·i) / 8, so the 8 lanes of a token
     // read its 128 contiguous bytes (one L2 line per 8 lanes) and write one swizzled 128-byte row (conflict-free).
     constexpr int ACT_COPIES = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
     static_assert((N == 64 || N == 128 || N == 256) && (8 * N) % PRODUCER_THREADS == 0
-                  && BARRIERS <= 16
+                  && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -800,12 +800,10 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         const unsigned char *codeSource =
             (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
         const long long codeStride = (long long)PRODUCER_WARPS * p.chunks * 512;
-        // Scales: each lane copies, for each group it decodes, the one 4-byte word it reads (row pair gid, chunk
-        // c % 4) into its own place — with the codes (each lane's own 16 bytes) no lane reads another's copies, so
-        // the producers need no barrier among themselves before decoding.
+        const int scaleGroup = blockGroup + (t >> 3);
+        const bool copiesScales = t < GROUPS * 8;
         const unsigned char *scaleSource = (const unsigned char *)p.scales
-            + (expertGroup + min(codeGroup, p.groups - 1)) * p.scaleGroups * 128 + (lane >> 2) * 16;
-        const long long scaleStride = (long long)PRODUCER_WARPS * p.scaleGroups * 128;
+            + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
         auto issue = [&](int c) {
             if (c < p.chunks) {
                 const u32 slot = sharedBase + (c % LOADS) * LOAD_BYTES;
@@ -820,12 +818,8 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
                     copy_async_16(slot + B_BYTES + (t + PRODUCER_THREADS * i) * 16,
                                   valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
                 }
-#pragma unroll
-                for (int i = 0; i < CODE_COPIES; ++i) {  // group (t >> 5) + PRODUCER_WARPS·i, this lane's word
-                    const bool valid = codeGroup + PRODUCER_WARPS * i < p.groups;
-                    copy_async_4(slot + B_BYTES + CODE_BYTES + (t + PRODUCER_THREADS * i) * 4,
-                                 valid ? scaleSource + i * scaleStride + (c >> 2) * 128 + (c & 3) * 4 : scaleSource, valid ? 4 : 0);
-                }
+                if (copiesScales)
+                    copy_async_16(slot + B_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
             }
             copy_async_commit();
         };
@@ -833,12 +827,14 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         auto waitConsumed = [&](int d) {  // until chunk d's MMAs have completed
             for (; consumed <= d; ++consumed) named_barrier_sync(EMPTY + consumed % LOADS, THREADS);
         };
+        const int gid = lane >> 2;
         const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
 #pragma unroll
         for (int c = 0; c < DIST; ++c) issue(c);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
-            copy_async_wait<DIST - 1>();  // this thread's copies of chunk g have landed: all its decode reads
+            copy_async_wait<DIST - 1>();                        // this thread's copies of chunk g have landed
+            named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
             uint4 code[GROUPS_PER_WARP];
@@ -848,7 +844,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             for (int i = 0; i < GROUPS_PER_WARP; ++i) {
                 const int gi = warp + PRODUCER_WARPS * i;
                 code[i] = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
-                word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + lane * 4);
+                word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
                 slow |= mxfp4_needs_slow_path(word[i]);
             }
             const u32 rowBase = weightBase + (g % WEIGHT_SLOTS) * A_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
