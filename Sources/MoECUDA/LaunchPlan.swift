@@ -24,30 +24,17 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 64 tokens per block, two warpgroups issuing wgmma m64n64k16 with the decoded
     /// weights as the register operand and the activations read by the tensor cores from shared memory; 3 stages.
     case warpgroup_2_2_64_3
-    /// sm_90a: 128 weight rows × 128 tokens (wgmma m64n128k16), 2 stages.
-    case warpgroup_1_2_128_2
-    /// sm_90a: 256 weight rows × 128 tokens (two m64n128k16 per warpgroup), 2 stages.
-    case warpgroup_2_2_128_2
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a: 256 weight rows × 64 tokens, weights decoded once per block into shared memory, 4 slots.
-    case decoded_2_2_64_4
-    /// sm_90a: 128 weight rows × 256 tokens (wgmma m64n256k16), weights decoded once per block, 4 slots.
-    case decoded_1_2_256_4
     /// sm_90a, warp-specialised: one producer warpgroup (copies two chunks ahead into 4 load slots, then decodes each
     /// 64-k chunk into one of 3 shared-memory weight slots) and two consumer warpgroups (wgmma, both operands in shared
     /// memory, 128-byte swizzle); 256 weight rows × 128 tokens.
     case specialized_2_128_4_1
     /// The same with two producer warpgroups (twice the decode rate; registers moved to the consumers).
     case specialized_2_128_4_2
-    /// 256 weight rows × 64 tokens (wgmma m64n64k16), 6 load slots (4 chunks ahead), one producer warpgroup.
-    case specialized_2_64_6_1
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
-    /// 128 weight rows × 256 tokens (wgmma m64n256k16), 4 load slots, one producer warpgroup: half the decode per
-    /// flop of the 256 × 128 tile, twice the activation traffic.
-    case specialized_1_256_4_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 

@@ -63,22 +63,20 @@ import Testing
     #expect(GemmVariant.staged_1_8_8_2.rowGroupsPerBlock == 8)
     #expect(GemmVariant.warpgroup_2_2_64_3.rowGroupsPerBlock == 16)  // 2 warpgroups × 2 × 64 rows = 256 rows
     #expect(GemmVariant.warpgroup_2_2_64_3.warps == 8)
-    #expect(GemmVariant.warpgroup_1_2_128_2.tileRows == 128)
+    #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128)
     #expect(GemmVariant.warpgroup_2_2_64_3.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
-    #expect(GemmVariant.warpgroup_1_2_128_2.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
     #expect(GemmVariant.warpgroup_2_2_64_3.needsHopper && !GemmVariant.staged_1_8_8_2.needsHopper)
     // Decoded kernels: 4 slots of [N × 64 bf16 | 512 B codes + 128 B scales per group] + 2 decoded chunks.
     #expect(GemmVariant.decoded_2_2_128_4.kind == .decoded && GemmVariant.decoded_2_2_128_4.needsHopper)
     #expect(GemmVariant.decoded_2_2_128_4.rowGroupsPerBlock == 16 && GemmVariant.decoded_2_2_128_4.warps == 8)
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
-    #expect(GemmVariant.decoded_1_2_256_4.rowGroupsPerBlock == 8 && GemmVariant.decoded_1_2_256_4.tileRows == 256)
     #expect(GemmVariant.specialized_2_128_4_1.warps == 12 && GemmVariant.specialized_2_128_4_1.rowGroupsPerBlock == 16)
     #expect(GemmVariant.specialized_2_128_4_2.warps == 16 && GemmVariant.specialized_2_64_6_2.tileRows == 64)
     #expect(GemmVariant.specialized_2_128_4_1.tileRows == 128 && GemmVariant.specialized_2_128_4_1.stages == 4)
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
-    #expect(GemmVariant.specialized_1_256_4_1.tileRows == 256 && GemmVariant.specialized_1_256_4_1.rowGroupsPerBlock == 8)
+    #expect(GemmVariant.specialized_2_64_6_2.tileRows == 64 && GemmVariant.specialized_2_64_6_2.stages == 6)
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

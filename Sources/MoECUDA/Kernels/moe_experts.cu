@@ -766,7 +766,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     // Activation copies per thread and chunk: segment t % 8 (8 k) of tokens (t + PT·i) / 8, so the 8 lanes of a token
     // read its 128 contiguous bytes (one L2 line per 8 lanes) and write one swizzled 128-byte row (conflict-free).
     constexpr int ACT_COPIES = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
-    static_assert((N == 64 || N == 128 || N == 256) && (8 * N) % PRODUCER_THREADS == 0
+    static_assert((N == 64 || N == 128) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
@@ -938,8 +938,6 @@ MOE_STAGED(1, 8, 8, 2, 2)
     }
 
 MOE_WARPGROUP(2, 2, 64, 3)
-MOE_WARPGROUP(1, 2, 128, 2)
-MOE_WARPGROUP(2, 2, 128, 2)
 
 #define MOE_DECODED(MI, WG, N, S)                                                                      \
     extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
@@ -948,8 +946,6 @@ MOE_WARPGROUP(2, 2, 128, 2)
     }
 
 MOE_DECODED(2, 2, 128, 4)
-MOE_DECODED(2, 2, 64, 4)
-MOE_DECODED(1, 2, 256, 4)
 
 // Producer warpgroups P: registers at launch are 65536 / threads / B (blocks per SM); setmaxnreg moves them to
 // the consumers (PR, CR; 0 = no move, for two blocks per SM).
@@ -961,9 +957,7 @@ MOE_DECODED(1, 2, 256, 4)
 
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200, 1)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
-MOE_SPECIALIZED(2, 64, 6, 1, 96, 200, 1)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
-MOE_SPECIALIZED(1, 256, 4, 1, 96, 200, 1)
 
 // MARK: reduce
 
