@@ -45,15 +45,6 @@ MOE_DEVICE u32 byte_perm(u32 a, u32 b, u32 selector) {
 
 // MARK: memory
 
-/// A 16-byte load that skips L1 (weights and other data read exactly once).
-MOE_DEVICE uint4 load_stream_16(const void *pointer) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(pointer));
-    return v;
-}
-
 /// A 16-byte read-only load through the normal cache path.
 MOE_DEVICE uint4 load_readonly_16(const void *pointer) {
     uint4 v;
@@ -73,10 +64,6 @@ MOE_DEVICE int load_coherent_i32(const int *pointer) {
     int v;
     asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(pointer));
     return v;
-}
-
-MOE_DEVICE void store_shared_u32(u32 address, u32 value) {
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(address), "r"(value) : "memory");
 }
 
 /// Four 8×8 bf16 matrices to shared memory from the mma fragment layout (lane l holds row l/4, columns 2·(l%4)
