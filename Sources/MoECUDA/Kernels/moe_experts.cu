@@ -398,6 +398,23 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
     }
 }
 
+/// Writes a warpgroup's wgmma accumulators through the epilogue: acc[mi] is the m64nN tile whose 16-row group for
+/// warp w of the warpgroup is firstGroup + 4·mi + w (the m16n8 C layout per 8-token column j: acc[mi][4j…4j+3]).
+template <int MI, int N>
+MOE_DEVICE void warpgroup_epilogue(
+    const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][N / 2], int firstGroup, int warpInGroup, int lane) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = firstGroup + 4 * mi + warpInGroup;
+        if (group >= p.groups) continue;
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
+            gemm_epilogue(p, tile, group, j, c, lane);
+        }
+    }
+}
+
 // MARK: warpgroup kernel (large batches, sm_90a)
 
 /// Block: WG warpgroups × MI × 64 weight rows, TOKENS (64 or 128) tokens. Warp w of warpgroup wg owns the 16-row groups
@@ -541,15 +558,7 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
     }
     copy_async_wait<0>();
     allow_next_kernel();
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        if (groupOf[mi] >= p.groups) continue;
-#pragma unroll
-        for (int j = 0; j < TILES; ++j) {
-            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
-            gemm_epilogue(p, tile, groupOf[mi], j, c, lane);
-        }
-    }
+    warpgroup_epilogue<MI, TOKENS>(p, tile, acc, (blockIdx.x * WG + wg) * MI * 4, warpInGroup, lane);
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
@@ -728,16 +737,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
     wgmma_wait<0>();
     copy_async_wait<0>();
     allow_next_kernel();
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        const int group = blockGroup + (wg * MI + mi) * 4 + warpInGroup;
-        if (group >= p.groups) continue;
-#pragma unroll
-        for (int j = 0; j < N / 8; ++j) {
-            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
-            gemm_epilogue(p, tile, group, j, c, lane);
-        }
-    }
+    warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + wg * MI * 4, warpInGroup, lane);
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
@@ -894,16 +894,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     }
     wgmma_wait<0>();
     allow_next_kernel();
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        const int group = blockGroup + (consumer * MI + mi) * 4 + warpInGroup;
-        if (group >= p.groups) continue;
-#pragma unroll
-        for (int j = 0; j < N / 8; ++j) {
-            const float c[4] = {acc[mi][4 * j], acc[mi][4 * j + 1], acc[mi][4 * j + 2], acc[mi][4 * j + 3]};
-            gemm_epilogue(p, tile, group, j, c, lane);
-        }
-    }
+    warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
