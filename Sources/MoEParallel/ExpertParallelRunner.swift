@@ -56,14 +56,7 @@ public final class ExpertParallelRunner {
         guard layers.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("all layers must share one config")
         }
-        var network: NetworkRendezvous?
-        if environment.nodes > 1 {
-            guard let master = environment.master else {
-                throw ExpertParallelError.invalidArgument("a \(environment.nodes)-node job needs MOE_MASTER (moe launch --master)")
-            }
-            let first = environment.nodeRank * environment.localWorld
-            network = NetworkRendezvous(master: master, localRanks: first..<(first + environment.localWorld))
-        }
+        let network = try NetworkRendezvous.forJob(environment)
         guard maxBatchTokens >= 1, options.maxTokensPerRank >= 1 else {
             throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
         }

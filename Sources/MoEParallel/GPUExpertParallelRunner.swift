@@ -63,14 +63,7 @@ public final class GPUExpertParallelRunner {
     ) throws {
         try environment.validate()
         try Self.requireCUDA()
-        var network: NetworkRendezvous?
-        if environment.nodes > 1 {
-            guard let master = environment.master else {
-                throw ExpertParallelError.invalidArgument("a \(environment.nodes)-node job needs MOE_MASTER (moe launch --master)")
-            }
-            let first = environment.nodeRank * environment.localWorld
-            network = NetworkRendezvous(master: master, localRanks: first..<(first + environment.localWorld))
-        }
+        let network = try NetworkRendezvous.forJob(environment)
         guard let first = weights.first, weights.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("need ≥ 1 layer, all of one config")
         }

@@ -11,6 +11,17 @@ public struct NetworkRendezvous: Sendable, Equatable {
         self.localRanks = localRanks
     }
 
+    /// The rendezvous of `environment`'s job: nil on one node; on several, node 0's address and this node's ranks
+    /// (a missing master address is an error naming the flag).
+    public static func forJob(_ environment: RankEnvironment) throws -> NetworkRendezvous? {
+        guard environment.nodes > 1 else { return nil }
+        guard let master = environment.master else {
+            throw ExpertParallelError.invalidArgument("a \(environment.nodes)-node job needs MOE_MASTER (moe launch --master)")
+        }
+        let first = environment.nodeRank * environment.localWorld
+        return NetworkRendezvous(master: master, localRanks: first..<(first + environment.localWorld))
+    }
+
     /// Registers this rank with the rendezvous, then connects to every rank on other nodes: to lower ranks
     /// (which listen) and from higher ranks (which connect to us). Returns the connections, handshaken.
     func connect(
