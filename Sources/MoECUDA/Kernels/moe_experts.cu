@@ -256,33 +256,32 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
 
-    if (WK == 1) {
+    if constexpr (WK == 1) {
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
-        return;
-    }
-    // Split K: partial sums through shared memory, added in K order by the wk = 0 warps.
+    } else {  // split K: partial sums through shared memory, added in K order by the wk = 0 warps
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
+            for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q)
-                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
-    __syncthreads();
-    if (wk != 0) return;
+                for (int q = 0; q < 4; ++q)
+                    partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+        __syncthreads();
+        if (wk != 0) return;
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
+        for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) {
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int k = 0; k < WK; ++k)
+            for (int nj = 0; nj < NJ; ++nj) {
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int k = 0; k < WK; ++k)
 #pragma unroll
-                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+                    for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+            }
         }
     }
 }
@@ -566,6 +565,22 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
 
 // MARK: decoded kernel (large batches, sm_90a)
 
+/// Reads this lane's code bytes and scale word of G row groups (group warp + WARPS·i) of 64-k chunk g from a slot
+/// laid out [GROUPS × 512 B codes | GROUPS × 128 B scales of the chunk's 256-k group]; returns the warp's vote for
+/// the rare decode path (some scale byte > 128).
+template <int G, int WARPS, int CODE_BYTES>
+MOE_DEVICE bool load_chunk_codes(const unsigned char *slot, int g, int warp, int lane, uint4 (&code)[G], u32 (&word)[G]) {
+    bool slow = false;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+        const int gi = warp + WARPS * i;
+        code[i] = *(const uint4 *)(slot + gi * 512 + lane * 16);
+        word[i] = *(const u32 *)(slot + CODE_BYTES + gi * 128 + (lane >> 2) * 16 + (g & 3) * 4);
+        slow |= mxfp4_needs_slow_path(word[i]);
+    }
+    return __any_sync(0xffffffffu, slow);
+}
+
 /// Decodes one 64-k chunk of MI row groups (this lane's code words and scale words) into bf16 in shared memory,
 /// core-matrix layout [k/8][row/8][8 rows][16 B]: group gi = warp + i·WARPS. The decoded registers are in the mma
 /// fragment layout, so stmatrix writes four core matrices per instruction. `at` is this lane's stmatrix row
@@ -690,7 +705,6 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
 
-    const int gid = lane >> 2;
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) issue(s);
 #pragma unroll 1
@@ -703,16 +717,9 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
         // k = 32·sp + 8·q + 2·tig (+1), which land in core matrices (k/8, 2·group) and (k/8, 2·group + 1).
         uint4 code[MI];
         u32 word[MI];
-        bool slow = false;
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-            const int gi = warp + i * WARPS;
-            code[i] = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
-            word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
-            slow |= mxfp4_needs_slow_path(word[i]);
-        }
+        const bool slow = load_chunk_codes<MI, WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
         const u32 decoded = decodedBase + (g & 1) * A_BYTES + ((lane >> 3) * ROW_MATRICES + 2 * warp) * 128 + (lane & 7) * 16;
-        if (__any_sync(0xffffffffu, slow)) {
+        if (slow) {
             decode_to_shared<MI, WARPS, ROW_MATRICES, true>(code, word, decoded);
         } else {
             decode_to_shared<MI, WARPS, ROW_MATRICES, false>(code, word, decoded);
@@ -781,7 +788,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     const u32 weightBase = sharedBase + LOADS * LOAD_BYTES;
 
     if (warp < PRODUCER_WARPS) {
-        if constexpr (PRODUCER_REGISTERS > 0) registers_decrease<PRODUCER_REGISTERS>();
+        registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
         const int segment = t & 7;
         const bf16_t *input = (const bf16_t *)p.input + segment * 8;
@@ -827,7 +834,6 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         auto waitConsumed = [&](int d) {  // until chunk d's MMAs have completed
             for (; consumed <= d; ++consumed) named_barrier_sync(EMPTY + consumed % LOADS, THREADS);
         };
-        const int gid = lane >> 2;
         const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
 #pragma unroll
         for (int c = 0; c < DIST; ++c) issue(c);
@@ -839,16 +845,9 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
             uint4 code[GROUPS_PER_WARP];
             u32 word[GROUPS_PER_WARP];
-            bool slow = false;
-#pragma unroll
-            for (int i = 0; i < GROUPS_PER_WARP; ++i) {
-                const int gi = warp + PRODUCER_WARPS * i;
-                code[i] = *(const uint4 *)(slot + B_BYTES + gi * 512 + lane * 16);
-                word[i] = *(const u32 *)(slot + B_BYTES + CODE_BYTES + gi * 128 + gid * 16 + (g & 3) * 4);
-                slow |= mxfp4_needs_slow_path(word[i]);
-            }
+            const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
             const u32 rowBase = weightBase + (g % WEIGHT_SLOTS) * A_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
-            if (__any_sync(0xffffffffu, slow)) {
+            if (slow) {
                 decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
             } else {
                 decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
@@ -865,7 +864,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         return;
     }
 
-    if constexpr (CONSUMER_REGISTERS > 0) registers_increase<CONSUMER_REGISTERS>();
+    registers_increase<CONSUMER_REGISTERS>();
     const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
     float acc[MI][N / 2];
 #pragma unroll
@@ -938,17 +937,16 @@ MOE_WARPGROUP(2, 2, 64, 3)
 
 MOE_DECODED(2, 2, 128, 4)
 
-// Producer warpgroups P: registers at launch are 65536 / threads / B (blocks per SM); setmaxnreg moves them to
-// the consumers (PR, CR; 0 = no move, for two blocks per SM).
-#define MOE_SPECIALIZED(MI, N, L, P, PR, CR, B)                                                        \
-    extern "C" __global__ void __launch_bounds__(128 * (P + 2), B)                                     \
+// Producer warpgroups P: registers at launch are 65536 / threads; setmaxnreg moves them to the consumers (PR, CR).
+#define MOE_SPECIALIZED(MI, N, L, P, PR, CR)                                                           \
+    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
         gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
-MOE_SPECIALIZED(2, 128, 4, 1, 96, 200, 1)
-MOE_SPECIALIZED(2, 128, 4, 2, 56, 200, 1)
-MOE_SPECIALIZED(2, 64, 6, 2, 56, 200, 1)
+MOE_SPECIALIZED(2, 128, 4, 1, 96, 200)
+MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
+MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
 
 // MARK: reduce
 
