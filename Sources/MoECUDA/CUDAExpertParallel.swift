@@ -203,9 +203,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localSortedWeights = try buffer(T * k * 4)
         localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
         localPlanTileCount = try buffer(4)
-        arrivals = try buffer(4)
-        let smallRouting = LaunchPlan(tokens: min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)), config: config)
-        localRouterPartials = try buffer(smallRouting.routerSplits * min(T, Int(MOE_SMALL_ROUTING_MAX_TOKENS)) * E * 4)
+        arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
+        localRouterPartials = try buffer(LaunchPlan.routerPartialCapacity(config) * 4)
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
         blockCounts = try buffer((R * T + 31) / 32 * E * 4)
@@ -342,7 +341,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let local = LaunchPlan(tokens: perRank, config: config)
         try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
         try scatterKernel.allowSharedMemory(32 * config.topK * 8)
-        if plan.smallRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
         return bucket
@@ -404,7 +402,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.tileCount = localPlanTileCount.address
         p.arrivals = arrivals.address
         p.routerPartials = localRouterPartials.address
-        p.routerSplits = Int32(LaunchPlan(tokens: b.tokensPerRank, config: config).routerSplits)
+        p.routerSplits = Int32(b.plan.routerSplits)
         p.tokens = Int32(b.tokensPerRank)
         p.hidden = Int32(config.hidden)
         p.experts = Int32(E)
@@ -508,17 +506,15 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         LaunchShape(grid: (b.validTokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 
-    /// Router + top-k on the local rows with the router the single-rank forward of T global tokens uses (the
-    /// small-batch kernel or the tensor-core one: their logits differ in summation order), launched for T_loc rows.
+    /// Router + top-k on the local T_loc rows, with K split as the single-rank forward of T global tokens splits it
+    /// (the logits depend on the split count), so every token chooses the experts it would choose there.
     func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
         let routing = localRoutingParameters(b, mode: mode)
         let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
-        if b.plan.smallRouting {
-            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
-        } else {
-            try kernels.routerMMA.launch(local.routerMMAShape, stream: stream, parameters: routing)
-            try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
-        }
+        try kernels.router.launch(
+            LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
+            parameters: routing)
+        try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
     }
 
     // MARK: the symmetric layer

@@ -68,8 +68,8 @@ public final class CUDARuntime: @unchecked Sendable {
 
 /// The layer's kernels, looked up once.
 final class LayerKernels: @unchecked Sendable {
-    private let routeSmall: [String: CUDAFunction]
-    let routerMMA: CUDAFunction
+    let router: CUDAFunction
+    let routeFinish: CUDAFunction
     let topk: CUDAFunction
     let planScan: CUDAFunction
     let planScatter: CUDAFunction
@@ -80,10 +80,8 @@ final class LayerKernels: @unchecked Sendable {
     init(runtime: CUDARuntime) throws(CUDAError) {
         let routing = try runtime.module(.routing)
         experts = try runtime.module(.experts)
-        var small: [String: CUDAFunction] = [:]
-        for bound in [1, 2, 4, 8, 16, 32] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
-        routeSmall = small
-        routerMMA = try routing.function("moe_router_mma")
+        router = try routing.function("moe_router_mma")
+        routeFinish = try routing.function("moe_route_finish")
         topk = try routing.function("moe_topk")
         planScan = try routing.function("moe_plan_scan")
         planScatter = try routing.function("moe_plan_scatter")
@@ -92,7 +90,6 @@ final class LayerKernels: @unchecked Sendable {
     }
 
     func gemm(_ variant: GemmVariant) -> CUDAFunction { gemms[variant]! }
-    func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }
 
 /// The layer's weights on the device, in the repacked layout (WeightRepacking.swift).

@@ -128,15 +128,28 @@ public struct LaunchPlan: Sendable, Equatable {
     public let gemm2Variant: GemmVariant
     /// Both GEMMs run over the same tile schedule.
     public var tileRows: Int { gemm1Variant.tileRows }
+    /// Batches of at most MOE_SMALL_ROUTING_MAX_TOKENS tokens build the plan in one block (moe_route_finish).
     public var smallRouting: Bool {
         tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
     }
-    /// Slices of H in the small-batch router (each ≤ 128 segments of 8 values: 4 per lane).
-    public var routerSplits: Int {
-        let segments = config.hidden / 8
-        return (segments + Int(MOE_SMALL_ROUTING_SEGMENTS) - 1) / Int(MOE_SMALL_ROUTING_SEGMENTS)
+    /// Slices of K in the router: enough for about MOE_ROUTER_BLOCK_TARGET blocks, each keeping ≥ 8 steps of 32
+    /// (fewer slices: less for the tile's last block to add up).
+    /// Expert parallelism launches the router with the S of the single-rank plan for the global batch (the logits
+    /// depend on S), so it chooses the same experts bit for bit.
+    public var routerSplits: Int { LaunchPlan.routerSplits(tokens: tokens, config: config) }
+
+    public static func routerSplits(tokens: Int, config: MoEConfig) -> Int {
+        let tiles = routerExpertTiles(config) * ((tokens + 63) / 64)
+        return max(1, min(config.hidden / 32 / 8, Int(MOE_ROUTER_BLOCK_TARGET) / tiles))
     }
-    /// Shared memory of the small-batch router's last block: logits, ids, weights, counts, offsets.
+    static func routerExpertTiles(_ config: MoEConfig) -> Int { (config.experts + 31) / 32 }
+    /// Floats of partial logits a split router writes (S·T·E; none when S = 1). With S > 1, S·tiles ≤ the block
+    /// target, so S·T ≤ 64·target / expert tiles: `routerPartialCapacity` bounds every batch size.
+    public var routerPartialFloats: Int { routerSplits > 1 ? routerSplits * tokens * config.experts : 0 }
+    public static func routerPartialCapacity(_ config: MoEConfig) -> Int {
+        64 * Int(MOE_ROUTER_BLOCK_TARGET) / routerExpertTiles(config) * config.experts
+    }
+    /// Shared memory of moe_route_finish: logits, ids, weights, counts, offsets.
     var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
     public var slots: Int { tokens * config.topK }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
@@ -164,13 +177,6 @@ public struct LaunchPlan: Sendable, Equatable {
         gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
     }
 
-    /// The small-batch routing kernel instantiated for the smallest power of two ≥ T.
-    public var routeSmallKernel: String {
-        var bound = 1
-        while bound < tokens { bound *= 2 }
-        return "moe_route_small_\(bound)"
-    }
-
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
     public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int) -> LaunchShape {
         let groups = n / 16
@@ -183,16 +189,12 @@ public struct LaunchPlan: Sendable, Equatable {
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
     public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
-    public var routeSmallShape: LaunchShape {
-        let warps = Int(MOE_SMALL_ROUTING_WARPS)
-        let sliceBytes = tokens * ((config.hidden / 8 + routerSplits - 1) / routerSplits) * 16
-        return LaunchShape(
-            grid: ((config.experts + warps - 1) / warps, routerSplits, 1), block: 32 * warps,
-            sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
+    /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S).
+    public static func routerShape(tokens: Int, splits: Int, config: MoEConfig) -> LaunchShape {
+        LaunchShape(grid: (routerExpertTiles(config), (tokens + 63) / 64, splits), block: 128)
     }
-    public var routerMMAShape: LaunchShape {
-        LaunchShape(grid: ((config.experts + 31) / 32, (tokens + 63) / 64, 1), block: 128)
-    }
+    public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
+    public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: smallRoutingPlanBytes) }
     /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
     public var topkShape: LaunchShape {
         let staged = config.experts <= Int(MOE_TOPK_SHARED_EXPERTS) ? 32 * config.experts * 4 : 0
@@ -208,7 +210,7 @@ public struct LaunchPlan: Sendable, Equatable {
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
             ("top-k", topkShape), ("plan scatter", scatterShape),
-        ] + (smallRouting ? [("small-batch routing", routeSmallShape)] : [])
+        ] + (smallRouting ? [("small-batch plan", finishShape)] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(
                 "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")

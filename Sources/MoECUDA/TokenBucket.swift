@@ -42,8 +42,8 @@ final class TokenBucket: @unchecked Sendable {
         sortedWeights = try buffer(slots * 4)
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
-        arrivals = try buffer(4)
-        routerPartials = try buffer(plan.smallRouting ? plan.routerSplits * T * E * 4 : 16)
+        arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
+        routerPartials = try buffer(max(16, plan.routerPartialFloats * 4))
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
         output = try buffer(T * H * 2)
@@ -172,8 +172,7 @@ final class TokenBucket: @unchecked Sendable {
 
     /// The kernels of one forward pass, in launch order, for per-kernel event timing.
     enum Phase: String, CaseIterable {
-        case route = "route (fused router+top-k+plan)"
-        case router, topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
+        case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
     }
 
     /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing).
@@ -182,22 +181,22 @@ final class TokenBucket: @unchecked Sendable {
         between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
+        // Every kernel after the router is a programmatic dependent: its blocks may start while the previous kernel
+        // finishes (GEMM 2 fills its weight rings first); each waits before reading the previous kernel's output.
+        let programmatic = TokenBucket.programmaticLaunch
+        try kernels.router.launch(plan.routerShape, stream: stream, parameters: routing)
+        try between?(.router)
         if plan.smallRouting {
-            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routing)
-            try between?(.route)
+            try kernels.routeFinish.launch(plan.finishShape, stream: stream, parameters: routing, programmatic: programmatic)
+            try between?(.plan)
         } else {
-            try kernels.routerMMA.launch(plan.routerMMAShape, stream: stream, parameters: routing)
-            try between?(.router)
-            try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing)
+            try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing, programmatic: programmatic)
             try between?(.topk)
-            try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing)
+            try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing, programmatic: programmatic)
             try between?(.planScan)
-            try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing)
+            try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing, programmatic: programmatic)
             try between?(.planScatter)
         }
-        // GEMM 1, GEMM 2 and the reduce are launched as programmatic dependents: each may start while the
-        // previous kernel finishes (GEMM 2 fills its weight rings first) and waits before reading its output.
-        let programmatic = TokenBucket.programmaticLaunch
         try kernels.gemm(plan.gemm1Variant).launch(
             plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer), programmatic: programmatic)
         try between?(.gemm1)

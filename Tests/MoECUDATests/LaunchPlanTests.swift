@@ -1,3 +1,4 @@
+import CCUDA
 import MoECore
 import Testing
 
@@ -98,13 +99,10 @@ import Testing
     #expect(decode.gemm1Shape.grid.x * decode.gemm1Shape.grid.y == 360)
     #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y == 360)
     #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024 && 3 * decode.gemm2Shape.sharedBytes <= 227 * 1024)
-    #expect(decode.routeSmallKernel == "moe_route_small_1")
-    #expect(LaunchPlan(tokens: 17, config: config).routeSmallKernel == "moe_route_small_32")
     #expect(decode.smallRouting)
     #expect(decode.maxTiles == 4)  // 4 experts, one row each
     #expect(decode.residentRows == 1)
-    #expect(decode.routerSplits == 3)  // 360 segments of 8 values, ≤ 128 per slice
-    #expect(decode.routeSmallShape.grid == (16, 3, 1))
+    #expect(decode.finishShape.sharedBytes == 4 * (128 + 8 + 256 + 1))
     #expect(LaunchPlan(tokens: 32, config: config).smallRouting)
     #expect(!LaunchPlan(tokens: 33, config: config).smallRouting)
     // Huge expert counts do not fit the last block's shared memory: the multi-kernel path takes over.
@@ -115,4 +113,29 @@ import Testing
     // k = E = 4096: the plan scatter stages 32·k ids and weights (1 MiB).
     let plan = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4096))
     #expect(throws: CUDAError.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
+}
+
+/// The router splits K at small batches (4 expert tiles of 32 × one 64-token tile leave most SMs idle), never below
+/// 8 steps of 32 per block, and not at all once the tiles fill the target; its partial logits always fit the
+/// capacity expert parallelism allocates, and its tiles the arrival counters.
+@Test func routerSplitsKOnlyWhereTheTilesLeaveTheGPUIdle() {
+    let config = MoEPreset.gptOss120b.config  // H = 2880: 90 steps of 32
+    #expect(LaunchPlan(tokens: 1, config: config).routerSplits == 11)  // min(90 / 8, 256 / 4)
+    #expect(LaunchPlan(tokens: 1, config: config).routerShape.grid == (4, 1, 11))
+    #expect(LaunchPlan(tokens: 128, config: config).routerSplits == 11)  // 8 tiles: 256 / 8 = 32, capped at 11
+    #expect(LaunchPlan(tokens: 1024, config: config).routerSplits == 4)  // 64 tiles
+    #expect(LaunchPlan(tokens: 2048, config: config).routerSplits == 2)
+    #expect(LaunchPlan(tokens: 8192, config: config).routerSplits == 1)
+    #expect(LaunchPlan(tokens: 8192, config: config).routerPartialFloats == 0)
+    for preset in [MoEPreset.gptOss120b, .gptOss20b, .tiny] {
+        let c = preset.config
+        for tokens in [1, 2, 7, 31, 32, 33, 63, 64, 65, 100, 128, 300, 512, 1000, 2048, 4097, 8192, 32768] {
+            let plan = LaunchPlan(tokens: tokens, config: c)
+            #expect(plan.routerSplits >= 1 && plan.routerSplits <= max(1, c.hidden / 256))
+            #expect(plan.routerPartialFloats <= LaunchPlan.routerPartialCapacity(c))
+            let shape = plan.routerShape
+            if plan.routerSplits > 1 { #expect(shape.grid.x * shape.grid.y <= Int(MOE_ROUTER_TILE_COUNTERS)) }
+            #expect(shape.grid.x * 32 >= c.experts && shape.grid.y * 64 >= tokens)
+        }
+    }
 }

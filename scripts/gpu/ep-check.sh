@@ -11,7 +11,7 @@
 # communicator of one, send/recv to self) bit-identical to the single-rank CUDA forward; forced NCCL with two
 # ranks on the one GPU (one node, then two loopback "nodes") refused at once with the reason; auto picking IPC.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check fault bench nccl (default: check fault bench)
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -46,6 +46,13 @@ ls /dev/shm | grep -c moe- | sed 's/^/shm segments before: /'
 
 for s in $steps; do
     case $s in
+    checkbig)
+        # gpt-oss-20b shapes (H = 2880): the router splits K at these batch sizes, so ranks must use the global split.
+        for R in 2 3; do
+            run "check gpt-oss-20b R=$R" 300 $MOE launch --ranks $R --timeout 60 -- \
+                bench --backend cuda --preset gpt-oss-20b --tokens $((8 * R)) --iterations 2 --warmup 0
+        done
+        ;;
     check)
         # tiny model: every case (padding, 1 token per rank, T=1, router MMA path, skewed layer, both modes), R=1..4.
         for R in 1 2 3 4; do

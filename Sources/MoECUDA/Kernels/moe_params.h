@@ -17,12 +17,12 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_TOKENS_PER_BLOCK 32
 /// moe_topk stages each warp's logits in shared memory when E is at most this.
 #define MOE_TOPK_SHARED_EXPERTS 1024
-/// The fused small-batch routing kernel handles at most this many tokens.
+/// Batches of at most this many tokens build their whole plan in one block (moe_route_finish).
 #define MOE_SMALL_ROUTING_MAX_TOKENS 32
-/// Warps (= experts) per block of the fused small-batch router.
-#define MOE_SMALL_ROUTING_WARPS 8
-/// 16-byte segments of H one router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
-#define MOE_SMALL_ROUTING_SEGMENTS 128
+/// The router splits K until its grid has about this many blocks (each keeping ≥ 8 K steps of 32).
+#define MOE_ROUTER_BLOCK_TARGET 256
+/// Per-tile arrival counters of the split router: a split grid has at most MOE_ROUTER_BLOCK_TARGET / 2 tiles.
+#define MOE_ROUTER_TILE_COUNTERS 256
 
 /// One unit of grouped-GEMM work: `rowCount` consecutive sorted rows of one expert.
 typedef struct MoETile {
@@ -49,8 +49,8 @@ typedef struct MoERoutingParams {
     MoEDevicePointer sortedWeights; ///< [T·k] f32: routing weight of each sorted row
     MoEDevicePointer tiles;         ///< [maxTiles] MoETile
     MoEDevicePointer tileCount;     ///< [1] i32
-    MoEDevicePointer arrivals;      ///< [1] u32 arrival counter of the fused kernel; zero between launches
-    MoEDevicePointer routerPartials;///< [S, T, E] f32: the fused router's per-slice partial logits
+    MoEDevicePointer arrivals;      ///< [MOE_ROUTER_TILE_COUNTERS] u32 per-tile arrival counters of the split router; zero between launches
+    MoEDevicePointer routerPartials;///< [S, T, E] f32: the split router's per-slice partial logits (S > 1)
     int tokens;
     int hidden;
     int experts;
@@ -59,7 +59,7 @@ typedef struct MoERoutingParams {
     int tileRows;     ///< rows per GEMM tile
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
-    int routerSplits; ///< S: slices of H in the fused small-batch router
+    int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of

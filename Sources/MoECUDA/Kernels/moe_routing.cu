@@ -1,13 +1,14 @@
 // moe_routing.cu — DESIGN §3 steps 1–3 on the device: router GEMM, top-k with weights, and the routing plan
 // (histogram, stable expert-major order and its inverse, offsets, tile schedule). No host synchronisation.
 //
-// Two paths with identical results (CUDABackend picks by token count; reference: CPUBackend.route,
-// TopK.route and RoutingPlan.init in MoECore):
-//   T ≤ 32   moe_route_small: one launch. Warps compute slices of one expert's logits for all tokens (fp32
-//            FMA, x slice in shared memory); the last block to arrive sums the slices, then runs top-k
-//            and the whole plan for the batch in shared memory.
-//   T > 32   moe_router_mma (bf16 tensor cores) → moe_topk (top-k and per-block histograms) →
-//            moe_plan_scan (one block: offsets and tiles) → moe_plan_scatter (stable placement).
+// The router is one tensor-core kernel for every batch size (moe_router_mma, K split over S blocks at small
+// batches); the plan has two paths with identical results (CUDABackend picks by token count; reference:
+// CPUBackend.route, TopK.route and RoutingPlan.init in MoECore):
+//   T ≤ 32   moe_route_finish: one block runs top-k and the whole plan for the batch in shared memory.
+//   T > 32   moe_topk (top-k and per-block histograms) → moe_plan_scan (one block: offsets and tiles) →
+//            moe_plan_scatter (stable placement).
+// Every kernel after the router waits for its predecessor (griddepcontrol.wait) and lets its successor launch
+// early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
 // MARK: top-k
@@ -167,104 +168,153 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     }
 }
 
-// MARK: small batches: one launch
+// MARK: router GEMM (every batch size)
 
-/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_SMALL_ROUTING_MAX_TOKENS.
-/// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
-/// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
-/// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
-/// the S slices in order (deterministic), then runs top-k and the whole plan in shared memory, writing
-/// only results to global memory.
-template <int MAX_TOKENS>
-MOE_DEVICE void route_small(const MoERoutingParams &p) {
-    extern __shared__ __align__(16) unsigned char routeShared[];
-    unsigned char *shared = routeShared;
-    __shared__ int scratch[33];
+/// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
+/// grid: (ceil(E / 32), ceil(T / 64), S), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 32 experts.
+/// Block z covers the K steps [steps·z/S, steps·(z+1)/S) of 32, staged through a 6-stage cp.async ring; rows past
+/// T or E read zeros. S = 1: the block writes logits. S > 1 (small batches, where the tiles alone would leave most
+/// SMs idle and each block would wait out H/32 memory round trips): the block writes its partial tile to
+/// routerPartials[z], and the last of the tile's S blocks to arrive (a per-tile counter in `arrivals`, reset by that
+/// block) adds the S partials in z order — the same order whatever the arrival order — plus the bias.
+/// A token's logits depend on S but not on T or on its row in the tile, so expert parallelism, which runs this
+/// kernel on each rank's rows with the single-rank S, chooses the same experts bit for bit.
+extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
+    constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = 6;  // 80-byte rows: ldmatrix without bank conflicts
+    __shared__ __align__(16) bf16_t xs[STAGES][TILE * STRIDE];
+    __shared__ __align__(16) bf16_t ws[STAGES][ETILE * STRIDE];
     __shared__ int isLast;
+    allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e = blockIdx.x * MOE_SMALL_ROUTING_WARPS + warp;
-    const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
-    const int segments = H / 8;
-    const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
+    const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
+    const int T = p.tokens, H = p.hidden, E = p.experts, S = gridDim.z;
+    const bf16_t *x = (const bf16_t *)p.x;
+    const bf16_t *wr = (const bf16_t *)p.routerWeight;
+    const int steps = H / KSTEP;  // H is a multiple of 32
+    const int first = steps * blockIdx.z / S, count = steps * (blockIdx.z + 1) / S - first;
 
-    uint4 *xs = (uint4 *)shared;  // [T][count]
-    const uint4 *x = (const uint4 *)p.x;
-    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
-        const int t = i / count, s = i - t * count;
-        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
+    // Each thread copies 2 segments of 16 B of x (and, for the first 32 rows, of Wr) per stage: row = idx / 4, segment = idx % 4.
+    auto issue = [&](int stage, int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int idx = threadIdx.x + i * 128, row = idx >> 2, segment = idx & 3;
+            const int token = t0 + row, expert = e0 + row;
+            const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
+            const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
+            copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
+            if (row < ETILE) copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
+        }
+    };
+
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < count) issue(s, (first + s) * KSTEP);
+        copy_async_commit();
     }
-    copy_async_commit();
-    uint4 w[4];
-    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
+    for (int step = 0; step < count; ++step) {
+        copy_async_wait<STAGES - 2>();  // this thread's copies of `step` have landed
+        __syncthreads();                // everyone's have, and everyone is done with step − 1's stage
+        const int ahead = step + STAGES - 1;
+        if (ahead < count) issue(ahead % STAGES, (first + ahead) * KSTEP);
+        copy_async_commit();
+        const int stage = step % STAGES;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int s = lane + 32 * i;
-        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    copy_async_wait<0>();
-    __syncthreads();
-    float acc[MAX_TOKENS];
+        for (int kk = 0; kk < KSTEP; kk += 16) {
+            u32 a[4];
+            {
+                const int row = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1);
+                const int col = kk + 8 * (lane >> 4);
+                load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
+            }
 #pragma unroll
-    for (int t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int s = lane + 32 * i;
-        if (s < count) {
-            const float wf[8] = {bf16_low(w[i].x), bf16_high(w[i].x), bf16_low(w[i].y), bf16_high(w[i].y),
-                                 bf16_low(w[i].z), bf16_high(w[i].z), bf16_low(w[i].w), bf16_high(w[i].w)};
-#pragma unroll
-            for (int t = 0; t < MAX_TOKENS; ++t) {
-                if (t < T) {
-                    const uint4 xv = xs[t * count + s];
-                    float sum = acc[t];
-                    sum = fmaf(wf[0], bf16_low(xv.x), sum);
-                    sum = fmaf(wf[1], bf16_high(xv.x), sum);
-                    sum = fmaf(wf[2], bf16_low(xv.y), sum);
-                    sum = fmaf(wf[3], bf16_high(xv.y), sum);
-                    sum = fmaf(wf[4], bf16_low(xv.z), sum);
-                    sum = fmaf(wf[5], bf16_high(xv.z), sum);
-                    sum = fmaf(wf[6], bf16_low(xv.w), sum);
-                    sum = fmaf(wf[7], bf16_high(xv.w), sum);
-                    acc[t] = sum;
-                }
+            for (int j = 0; j < 4; j += 2) {
+                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
+                u32 b[4];
+                const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
+                const int col = kk + 8 * ((lane >> 3) & 1);
+                load_matrix_x4(b, shared_address(&ws[stage][row * STRIDE + col]));
+                mma_bf16_16816(acc[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+                mma_bf16_16816(acc[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
             }
         }
     }
-    float *partials = (float *)p.routerPartials + (long long)blockIdx.y * T * E;
+    copy_async_wait<0>();
+    const float *bias = (const float *)p.routerBias;
+    float *logits = (float *)p.logits;
+    float *partials = (float *)p.routerPartials;
+    const long long sliceFloats = (long long)T * E;
+    float *out = S == 1 ? logits : partials + blockIdx.z * sliceFloats;
+    const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
-    for (int t = 0; t < MAX_TOKENS; ++t) {
-        if (t < T) {
-            const float total = warp_sum(acc[t]);
-            if (lane == 0 && e < E) partials[t * E + e] = total;
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
+            const int expert = e0 + 8 * j + 2 * tig + (q & 1);
+            if (token < T && expert < E) out[(long long)token * E + expert] = S == 1 ? acc[j][q] + bias[expert] : acc[j][q];
         }
     }
-    // Arrival: the last block sees every other block's partial logits.
+    if (S == 1) return;
+    // Arrival: the tile's last block sees the other S − 1 partial tiles.
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x * gridDim.y - 1;
+    unsigned *counter = (unsigned *)p.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) isLast = atomicAdd(counter, 1u) == (unsigned)S - 1u;
     __syncthreads();
     if (!isLast) return;
     __threadfence();
-    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
+    // Thread t sums column t % 32 of rows t / 32 + 4j: a warp reads 128 contiguous bytes per row, and the loads of
+    // 16 rows × 2 slices are in flight together (the additions stay in z order).
+    constexpr int ROWS_PER_THREAD = TILE * ETILE / 128;
+    const int column = e0 + (threadIdx.x & 31), firstRow = t0 + (threadIdx.x >> 5);
+    float sums[ROWS_PER_THREAD];
+#pragma unroll
+    for (int j = 0; j < ROWS_PER_THREAD; ++j) sums[j] = 0.0f;
+    if (column < E) {
+#pragma unroll 2
+        for (int z = 0; z < S; ++z) {
+            const float *slice = partials + z * sliceFloats + column;
+#pragma unroll
+            for (int j = 0; j < ROWS_PER_THREAD; ++j) {
+                const int token = firstRow + 4 * j;
+                if (token < T) sums[j] += load_coherent_f32(slice + (long long)token * E);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < ROWS_PER_THREAD; ++j) {
+            const int token = firstRow + 4 * j;
+            if (token < T) logits[(long long)token * E + column] = sums[j] + bias[column];
+        }
+    }
+    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
+}
 
-    float *logits = (float *)shared;          // [T, E]
+// MARK: small batches: top-k and the whole plan in one block
+
+/// grid: 1 block of 1024 threads (a warp per token), T ≤ MOE_SMALL_ROUTING_MAX_TOKENS. Top-k from the router's logits,
+/// then histogram, offsets, tiles and the stable placement in shared memory, writing only results to global memory.
+/// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1].
+extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char finishShared[];
+    __shared__ int scratch[33];
+    wait_for_previous_kernel();
+    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int T = p.tokens, E = p.experts, K = p.topK;
+    float *logits = (float *)finishShared;    // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
     float *weights = (float *)(ids + T * K);  // [T·k]
     int *counts = (int *)(weights + T * K);   // [E]
     int *offsets = counts + E;                // [E+1]
-    const float *bias = (const float *)p.routerBias;
-    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-        float sum = 0.0f;
-        for (int split = 0; split < (int)gridDim.y; ++split)
-            sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
-        const float logit = sum + bias[i % E];
-        logits[i] = logit;
-        ((float *)p.logits)[i] = logit;
-    }
+    for (int i = threadIdx.x; i < T * E; i += blockDim.x) logits[i] = ((const float *)p.logits)[i];
     __syncthreads();
-    for (int t = warp; t < T; t += MOE_SMALL_ROUTING_WARPS) {
-        topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
-    }
+    for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     __syncthreads();
     const int slots = T * K;
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
@@ -311,7 +361,6 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     if (threadIdx.x == 0) {
         ((int *)p.expertOffsets)[E] = totalRows;
         *(int *)p.tileCount = min(totalTiles, p.maxTiles);
-        *(unsigned *)p.arrivals = 0u;
     }
     __syncthreads();
     // Stable placement: slots in order, per expert.
@@ -331,97 +380,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     }
 }
 
-// One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
-// with the bound, so T = 1 runs a kernel sized for 1 token.
-#define MOE_ROUTE_SMALL(N) \
-    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { route_small<N>(p); }
-MOE_ROUTE_SMALL(1)
-MOE_ROUTE_SMALL(2)
-MOE_ROUTE_SMALL(4)
-MOE_ROUTE_SMALL(8)
-MOE_ROUTE_SMALL(16)
-MOE_ROUTE_SMALL(32)
-
-// MARK: large batches
-
-/// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
-/// grid: (ceil(E / 32), ceil(T / 64)), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 32 experts.
-/// K is staged 32 at a time through shared memory (double-buffered cp.async); rows past T or E read zeros.
-extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
-    constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8;  // 80-byte rows: ldmatrix without bank conflicts
-    __shared__ __align__(16) bf16_t xs[2][TILE * STRIDE];
-    __shared__ __align__(16) bf16_t ws[2][ETILE * STRIDE];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
-    const int T = p.tokens, H = p.hidden, E = p.experts;
-    const bf16_t *x = (const bf16_t *)p.x;
-    const bf16_t *wr = (const bf16_t *)p.routerWeight;
-
-    // Each thread copies 2 segments of 16 B per operand per stage: row = idx / 4, segment = idx % 4.
-    auto issue = [&](int stage, int k0) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int idx = threadIdx.x + i * 128, row = idx >> 2, segment = idx & 3;
-            const int token = t0 + row, expert = e0 + row;
-            const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
-            const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
-            copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
-            if (row < ETILE) copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
-        }
-        copy_async_commit();
-    };
-
-    float acc[4][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
-
-    const int steps = H / KSTEP;  // H is a multiple of 32
-    issue(0, 0);
-    for (int step = 0; step < steps; ++step) {
-        const int stage = step & 1;
-        if (step + 1 < steps) {
-            issue(stage ^ 1, (step + 1) * KSTEP);
-            copy_async_wait<1>();
-        } else {
-            copy_async_wait<0>();
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < KSTEP; kk += 16) {
-            u32 a[4];
-            {
-                const int row = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1);
-                const int col = kk + 8 * (lane >> 4);
-                load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
-                u32 b[4];
-                const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
-                const int col = kk + 8 * ((lane >> 3) & 1);
-                load_matrix_x4(b, shared_address(&ws[stage][row * STRIDE + col]));
-                mma_bf16_16816(acc[j], a[0], a[1], a[2], a[3], b[0], b[1]);
-                mma_bf16_16816(acc[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
-            }
-        }
-        __syncthreads();
-    }
-    const float *bias = (const float *)p.routerBias;
-    float *logits = (float *)p.logits;
-    const int gid = lane >> 2, tig = lane & 3;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
-            const int expert = e0 + 8 * j + 2 * tig + (q & 1);
-            if (token < T && expert < E) logits[(long long)token * E + expert] = acc[j][q] + bias[expert];
-        }
-    }
-}
+// MARK: larger batches: top-k, scan, scatter
 
 /// grid: tokenBlocks blocks of 1024 threads (a warp per token). Top-k for the block's tokens (logits staged
 /// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram from its ids.
@@ -437,6 +396,8 @@ extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) 
     const int t = blockIdx.x * MOE_TOKENS_PER_BLOCK + warp;
     const int firstToken = blockIdx.x * MOE_TOKENS_PER_BLOCK;
     const int tokens = min(MOE_TOKENS_PER_BLOCK, p.tokens - firstToken);
+    wait_for_previous_kernel();
+    allow_next_kernel();
     if (t < p.tokens) {
         const float *row = (const float *)p.logits + (long long)t * E;
         if (staged) {
@@ -461,6 +422,8 @@ extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) 
 /// grid: 1 block of 1024 threads.
 extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParams p) {
     __shared__ int scratch[33];
+    wait_for_previous_kernel();
+    allow_next_kernel();
     scan_plan(p, scratch);
 }
 
@@ -478,6 +441,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingPar
     int *__restrict__ sortedToSlot = (int *)p.sortedToSlot;
     int *__restrict__ slotToSorted = (int *)p.slotToSorted;
     float *__restrict__ sortedWeights = (float *)p.sortedWeights;
+    wait_for_previous_kernel();
+    allow_next_kernel();
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         ids[s] = ((const int *)p.topkIds)[first + s];
         weights[s] = ((const float *)p.topkWeights)[first + s];
