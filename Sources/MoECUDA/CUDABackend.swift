@@ -111,7 +111,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             let ms = Double(try event.milliseconds(since: previous))
             previous = event
             switch phase {
-            case .router: elapsed.append((.router, ms, StageCost.router(tokens: T, config: config)))
+            case .route, .router: elapsed.append((.router, ms, StageCost.router(tokens: T, config: config)))
             case .plan: elapsed.append((.plan, ms, StageCost(bytes: Double(T * config.experts * 4 + rows * 16))))
             case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
             case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
@@ -176,7 +176,11 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
-        if plan.smallRouting { try kernels.routeFinish.allowSharedMemory(plan.finishShape.sharedBytes) }
+        if plan.fusedRouting {
+            try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes)
+        } else if plan.smallRouting {
+            try kernels.routeFinish.allowSharedMemory(plan.finishShape.sharedBytes)
+        }
         let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
         buckets[tokens] = bucket
         bucketUse.append(tokens)

@@ -204,7 +204,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
         localPlanTileCount = try buffer(4)
         arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
-        localRouterPartials = try buffer(LaunchPlan.routerPartialCapacity(config) * 4)
+        let decode = LaunchPlan(tokens: min(T, Int(MOE_FUSED_ROUTING_MAX_TOKENS)), config: config)
+        localRouterPartials = try buffer(max(LaunchPlan.routerPartialCapacity(config), decode.partialLogitFloats) * 4)
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
         blockCounts = try buffer((R * T + 31) / 32 * E * 4)
@@ -340,6 +341,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
         let local = LaunchPlan(tokens: perRank, config: config)
         try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
+        if plan.fusedRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
         try scatterKernel.allowSharedMemory(32 * config.topK * 8)
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
@@ -506,11 +508,16 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         LaunchShape(grid: (b.validTokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 
-    /// Router + top-k on the local T_loc rows, with K split as the single-rank forward of T global tokens splits it
-    /// (the logits depend on the split count), so every token chooses the experts it would choose there.
+    /// Router + top-k on the local T_loc rows with the router the single-rank forward of T global tokens uses (the
+    /// fused FMA one, or the tensor-core one with K split as it splits it: the logits depend on both), so every token
+    /// chooses the experts it would choose there.
     func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
         let routing = localRoutingParameters(b, mode: mode)
         let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
+        if b.plan.fusedRouting {
+            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
+            return
+        }
         try kernels.router.launch(
             LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
             parameters: routing)

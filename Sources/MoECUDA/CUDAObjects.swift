@@ -265,7 +265,10 @@ public final class CUDAFunction: @unchecked Sendable {
     public let module: CUDAModule
     public let handle: CUfunction
     public let name: String
-    private var sharedLimit = 48 * 1024
+    /// Dynamic shared memory the function may use without opting in. The default 48 KiB covers static and dynamic
+    /// memory together, so requests above 40 KiB opt in (a kernel's few KiB of static shared memory would otherwise make
+    /// a request just under 48 KiB fail at launch).
+    private var sharedLimit = 40 * 1024
 
     init(module: CUDAModule, handle: CUfunction, name: String) {
         self.module = module

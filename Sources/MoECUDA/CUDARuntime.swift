@@ -68,6 +68,7 @@ public final class CUDARuntime: @unchecked Sendable {
 
 /// The layer's kernels, looked up once.
 final class LayerKernels: @unchecked Sendable {
+    private let routeSmall: [String: CUDAFunction]
     let router: CUDAFunction
     let routeFinish: CUDAFunction
     let topk: CUDAFunction
@@ -80,6 +81,9 @@ final class LayerKernels: @unchecked Sendable {
     init(runtime: CUDARuntime) throws(CUDAError) {
         let routing = try runtime.module(.routing)
         experts = try runtime.module(.experts)
+        var small: [String: CUDAFunction] = [:]
+        for bound in [1, 2, 4, 8] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
+        routeSmall = small
         router = try routing.function("moe_router_mma")
         routeFinish = try routing.function("moe_route_finish")
         topk = try routing.function("moe_topk")
@@ -90,6 +94,7 @@ final class LayerKernels: @unchecked Sendable {
     }
 
     func gemm(_ variant: GemmVariant) -> CUDAFunction { gemms[variant]! }
+    func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }
 
 /// The layer's weights on the device, in the repacked layout (WeightRepacking.swift).

@@ -128,10 +128,39 @@ public struct LaunchPlan: Sendable, Equatable {
     public let gemm2Variant: GemmVariant
     /// Both GEMMs run over the same tile schedule.
     public var tileRows: Int { gemm1Variant.tileRows }
+    /// Decode batches (≤ MOE_FUSED_ROUTING_MAX_TOKENS) route in one launch: fp32 FMA router, top-k and plan
+    /// (moe_route_small); larger ones use the tensor-core router.
+    public var fusedRouting: Bool {
+        tokens <= Int(MOE_FUSED_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
+    }
+    /// Slices of H in the fused router (each ≤ 128 segments of 8 values: 4 per lane).
+    public var fusedRouterSlices: Int {
+        (config.hidden / 8 + Int(MOE_FUSED_ROUTING_SEGMENTS) - 1) / Int(MOE_FUSED_ROUTING_SEGMENTS)
+    }
+    /// The fused router instantiated for the smallest power of two ≥ T.
+    public var routeSmallKernel: String {
+        var bound = 1
+        while bound < tokens { bound *= 2 }
+        return "moe_route_small_\(bound)"
+    }
+    public var routeSmallShape: LaunchShape {
+        let warps = Int(MOE_FUSED_ROUTING_WARPS)
+        let sliceBytes = tokens * ((config.hidden / 8 + fusedRouterSlices - 1) / fusedRouterSlices) * 16
+        return LaunchShape(
+            grid: ((config.experts + warps - 1) / warps, fusedRouterSlices, 1), block: 32 * warps,
+            sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
+    }
+    /// Floats of partial logits either router writes.
+    public var partialLogitFloats: Int {
+        max(routerPartialFloats, fusedRouting ? fusedRouterSlices * tokens * config.experts : 0)
+    }
+
     /// Batches of at most MOE_SMALL_ROUTING_MAX_TOKENS tokens build the plan in one block (moe_route_finish).
     public var smallRouting: Bool {
-        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
+        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && slots <= 4096 && finishPlanBytes <= 200 * 1024
     }
+    /// Shared memory of moe_route_finish: logits, ids, weights, counts, offsets, per-chunk rows of every expert.
+    var finishPlanBytes: Int { smallRoutingPlanBytes + 4 * ((slots + 31) / 32) * config.experts }
     /// Slices of K in the router: enough for about MOE_ROUTER_BLOCK_TARGET blocks, each keeping ≥ 8 steps of 32
     /// (fewer slices: less for the tile's last block to add up).
     /// Expert parallelism launches the router with the S of the single-rank plan for the global batch (the logits
@@ -149,7 +178,7 @@ public struct LaunchPlan: Sendable, Equatable {
     public static func routerPartialCapacity(_ config: MoEConfig) -> Int {
         64 * Int(MOE_ROUTER_BLOCK_TARGET) / routerExpertTiles(config) * config.experts
     }
-    /// Shared memory of moe_route_finish: logits, ids, weights, counts, offsets.
+    /// Shared memory of moe_route_small's plan: logits, ids, weights, counts, offsets.
     var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
     public var slots: Int { tokens * config.topK }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
@@ -194,7 +223,7 @@ public struct LaunchPlan: Sendable, Equatable {
         LaunchShape(grid: (routerExpertTiles(config), (tokens + 63) / 64, splits), block: 128)
     }
     public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
-    public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: smallRoutingPlanBytes) }
+    public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: finishPlanBytes) }
     /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
     public var topkShape: LaunchShape {
         let staged = config.experts <= Int(MOE_TOPK_SHARED_EXPERTS) ? 32 * config.experts * 4 : 0
@@ -210,12 +239,15 @@ public struct LaunchPlan: Sendable, Equatable {
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
             ("top-k", topkShape), ("plan scatter", scatterShape),
-        ] + (smallRouting ? [("small-batch plan", finishShape)] : [])
+        ] + (fusedRouting ? [("decode routing", routeSmallShape)] : smallRouting ? [("small-batch plan", finishShape)] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(
                 "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")
         }
     }
+    /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
+    /// reduce launch (resident kernels; the last blocks' extra work grows with T).
+    public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= 64 }
     public var reduceShape: LaunchShape {
         LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }

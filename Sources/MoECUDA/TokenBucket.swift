@@ -15,6 +15,8 @@ final class TokenBucket: @unchecked Sendable {
     let logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets: DeviceBuffer
     let sortedToSlot, slotToSorted, sortedWeights, tiles, tileCount, arrivals, routerPartials: DeviceBuffer
     let intermediate, combine, output: DeviceBuffer
+    /// GEMM 2's per-column-range arrival counters for the fused sum (zero between launches).
+    let reduceCounters: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
 
     struct GraphKey: Hashable {
@@ -43,10 +45,12 @@ final class TokenBucket: @unchecked Sendable {
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
         arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
-        routerPartials = try buffer(max(16, plan.routerPartialFloats * 4))
+        routerPartials = try buffer(max(16, plan.partialLogitFloats * 4))
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
         output = try buffer(T * H * 2)
+        reduceCounters = try buffer(max(1, plan.gemm2Shape.grid.x) * 4)
+        try reduceCounters.fill(byte: 0, stream: stream)
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
         try stream.synchronize()
@@ -55,7 +59,7 @@ final class TokenBucket: @unchecked Sendable {
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output]
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters]
             .reduce(0) { $0 + $1.byteCount }
     }
 
@@ -87,7 +91,7 @@ final class TokenBucket: @unchecked Sendable {
         p.tileCount = tileCount.address
         p.arrivals = arrivals.address
         p.routerPartials = routerPartials.address
-        p.routerSplits = Int32(plan.routerSplits)
+        p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
         p.tokens = Int32(plan.tokens)
         p.hidden = Int32(c.hidden)
         p.experts = Int32(c.experts)
@@ -143,6 +147,13 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.downGeometry.groups), Int32(layer.downGeometry.chunks), Int32(layer.downGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_WEIGHTED
+        if plan.fusedReduce {
+            p.reduceOutput = output.address
+            p.reduceCounters = reduceCounters.address
+            p.slotToSorted = slotToSorted.address
+            p.reduceTokens = Int32(plan.tokens)
+            p.topK = Int32(c.topK)
+        }
         return p
     }
 
@@ -172,6 +183,7 @@ final class TokenBucket: @unchecked Sendable {
 
     /// The kernels of one forward pass, in launch order, for per-kernel event timing.
     enum Phase: String, CaseIterable {
+        case route = "route (fused router+top-k+plan)"
         case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
     }
 
@@ -184,18 +196,23 @@ final class TokenBucket: @unchecked Sendable {
         // Every kernel after the router is a programmatic dependent: its blocks may start while the previous kernel
         // finishes (GEMM 2 fills its weight rings first); each waits before reading the previous kernel's output.
         let programmatic = TokenBucket.programmaticLaunch
-        try kernels.router.launch(plan.routerShape, stream: stream, parameters: routing)
-        try between?(.router)
-        if plan.smallRouting {
-            try kernels.routeFinish.launch(plan.finishShape, stream: stream, parameters: routing, programmatic: programmatic)
-            try between?(.plan)
+        if plan.fusedRouting {
+            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try between?(.route)
         } else {
-            try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing, programmatic: programmatic)
-            try between?(.topk)
-            try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing, programmatic: programmatic)
-            try between?(.planScan)
-            try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing, programmatic: programmatic)
-            try between?(.planScatter)
+            try kernels.router.launch(plan.routerShape, stream: stream, parameters: routing)
+            try between?(.router)
+            if plan.smallRouting {
+                try kernels.routeFinish.launch(plan.finishShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try between?(.plan)
+            } else {
+                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try between?(.topk)
+                try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try between?(.planScan)
+                try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try between?(.planScatter)
+            }
         }
         try kernels.gemm(plan.gemm1Variant).launch(
             plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer), programmatic: programmatic)
@@ -204,8 +221,10 @@ final class TokenBucket: @unchecked Sendable {
         second.prefetchBeforeWait = programmatic ? 1 : 0
         try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
-        try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters(), programmatic: programmatic)
-        try between?(.reduce)
+        if !plan.fusedReduce {
+            try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters(), programmatic: programmatic)
+            try between?(.reduce)
+        }
     }
 
     /// A graph of the layer with an event record node after every kernel (and one before the first), for

@@ -88,9 +88,9 @@ public struct RepackedExpertStack: Sendable {
     /// high code. Matches mxfp4_unpack_word in moe_common.cuh.
     static let bitPositions: [(low: [Int], high: [Int])] = [
         ([6, 7, 8, 15], [22, 23, 24, 31]),    // w & M
-        ([3, 4, 5, 12], [19, 20, 21, 28]),    // (w << 3) & M
         ([0, 1, 2, 9], [16, 17, 18, 25]),     // (w << 6) & M
-        ([10, 11, 13, 14], [26, 27, 29, 30]), // (w << 1)&0x80008000 | (w >> 4)&0x00C000C0 | (w >> 5)&0x01000100
+        ([28, 29, 30, 5], [12, 13, 14, 21]),  // rotl(w, 10) & M
+        ([10, 3, 4, 11], [26, 19, 20, 27]),   // (w << 4)&0x81808180 | (w >> 4)&0x00400040
     ]
 
     /// placementTable[q·256 + byte]: the bits that source byte `byte` (low nibble = even k, high = odd k)
@@ -123,9 +123,9 @@ public struct RepackedExpertStack: Sendable {
         let raw: UInt32
         switch q {
         case 0: raw = word & 0x81C0_81C0
-        case 1: raw = (word << 3) & 0x81C0_81C0
-        case 2: raw = (word << 6) & 0x81C0_81C0
-        default: raw = ((word << 1) & 0x8000_8000) | ((word >> 4) & 0x00C0_00C0) | ((word >> 5) & 0x0100_0100)
+        case 1: raw = (word << 6) & 0x81C0_81C0
+        case 2: raw = ((word << 10) | (word >> 22)) & 0x81C0_81C0
+        default: raw = ((word << 4) & 0x8180_8180) | ((word >> 4) & 0x0040_0040)
         }
         let half16 = inBlock % 2 == 0 ? UInt16(raw & 0xFFFF) : UInt16(raw >> 16)
         let unscaled = Double(BF16.float(half16))  // value · 2^-126, exact

@@ -99,12 +99,23 @@ import Testing
     #expect(decode.gemm1Shape.grid.x * decode.gemm1Shape.grid.y == 360)
     #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y == 360)
     #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024 && 3 * decode.gemm2Shape.sharedBytes <= 227 * 1024)
-    #expect(decode.smallRouting)
+    #expect(decode.smallRouting && decode.fusedRouting)
+    #expect(decode.routeSmallKernel == "moe_route_small_1")
+    #expect(LaunchPlan(tokens: 5, config: config).routeSmallKernel == "moe_route_small_8")
+    #expect(decode.fusedRouterSlices == 3)  // 360 segments of 8 values, ≤ 128 per slice
+    #expect(decode.routeSmallShape.grid == (16, 3, 1))
+    #expect(LaunchPlan(tokens: 8, config: config).fusedRouting)
+    #expect(!LaunchPlan(tokens: 9, config: config).fusedRouting && LaunchPlan(tokens: 9, config: config).smallRouting)
+    #expect(decode.partialLogitFloats >= 3 * 128)
     #expect(decode.maxTiles == 4)  // 4 experts, one row each
     #expect(decode.residentRows == 1)
-    #expect(decode.finishShape.sharedBytes == 4 * (128 + 8 + 256 + 1))
+    #expect(decode.finishShape.sharedBytes == 4 * (128 + 8 + 256 + 1 + 128))
     #expect(LaunchPlan(tokens: 32, config: config).smallRouting)
-    #expect(!LaunchPlan(tokens: 33, config: config).smallRouting)
+    #expect(LaunchPlan(tokens: 128, config: config).smallRouting)  // 64 KB of logits + 8 KB of chunk rows
+    #expect(LaunchPlan(tokens: 128, config: config).finishShape.sharedBytes <= 200 * 1024)
+    #expect(!LaunchPlan(tokens: 129, config: config).smallRouting)
+    // More than 4096 slots (a warp's 4 chunks of 32 × 32 warps) take the multi-kernel plan.
+    #expect(!LaunchPlan(tokens: 128, config: MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 33)).smallRouting)
     // Huge expert counts do not fit the last block's shared memory: the multi-kernel path takes over.
     #expect(!LaunchPlan(tokens: 32, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4096, topK: 4)).smallRouting)
 }
@@ -138,4 +149,14 @@ import Testing
             #expect(shape.grid.x * 32 >= c.experts && shape.grid.y * 64 >= tokens)
         }
     }
+}
+
+/// The k-way sum rides on GEMM 2's last blocks only at decode sizes with the resident kernels.
+@Test func theSumIsFusedIntoGemm2OnlyAtDecodeSizes() {
+    let config = MoEPreset.gptOss120b.config
+    #expect(LaunchPlan(tokens: 1, config: config).fusedReduce)
+    #expect(LaunchPlan(tokens: 64, config: config).fusedReduce)
+    #expect(!LaunchPlan(tokens: 65, config: config).fusedReduce)
+    #expect(!LaunchPlan(tokens: 2048, config: config).fusedReduce)
+    #expect(!LaunchPlan(tokens: 8, config: config, variant: .staged_2_4_8_2).fusedReduce)
 }

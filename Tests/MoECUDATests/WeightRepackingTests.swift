@@ -70,3 +70,80 @@ private func checkDecodes(_ stack: MXFP4ExpertStack, interleaved: Bool) {
     for q in 0..<4 { used += RepackedExpertStack.bitPositions[q].low + RepackedExpertStack.bitPositions[q].high }
     #expect(used.sorted() == Array(0..<32))
 }
+
+/// mxfp4_unpack_word (moe_common.cuh), written out again: output q of word w, as a bf16x2 bit pattern.
+private func kernelUnpack(_ w: UInt32, _ q: Int) -> UInt32 {
+    let m: UInt32 = 0x81C0_81C0
+    switch q {
+    case 0: return w & m
+    case 1: return (w << 6) & m
+    case 2: return ((w << 10) | (w >> 22)) & m  // __funnelshift_l(w, w, 10)
+    default: return ((w << 4) & 0x8180_8180) | ((w >> 4) & 0x0040_0040)
+    }
+}
+
+/// The bf16 pattern the kernel must produce for E2M1 code `code`: sign at bit 15, exponent bits at 8 and 7,
+/// mantissa at 6 — which reads as (code value) · 2^-126.
+private func expectedPattern(_ code: Int) -> UInt16 {
+    UInt16((code >> 3) & 1) << 15 | UInt16((code >> 2) & 1) << 8 | UInt16((code >> 1) & 1) << 7 | UInt16(code & 1) << 6
+}
+
+@Test func theExpectedPatternsAreTheCodeValuesTimes2ToTheMinus126() {
+    for code in 0..<16 {
+        let value = Double(BF16.float(expectedPattern(code))) * 0x1p126
+        #expect(value == Double(MXFP4.codeValues[code]) && value.sign == MXFP4.codeValues[code].sign, "code \(code)")
+    }
+}
+
+/// Packs the four source bytes of a word (byte q = output q) through the placement table.
+private func packWord(_ bytes: [Int]) -> UInt32 {
+    var word: UInt32 = 0
+    for q in 0..<4 { word |= RepackedExpertStack.placementTable[q * 256 + bytes[q]] }
+    return word
+}
+
+@Test func theKernelUnpackInvertsThePlacementForEveryByte() {
+    // Every byte value in every output position, next to random bytes in the other three, round trips:
+    // bytes → placementTable → word → kernel unpack → the bf16 patterns of both nibbles, for all four outputs.
+    var rng = SeededGenerator(seed: 11)
+    var failures = 0
+    for q in 0..<4 {
+        for byte in 0..<256 {
+            for _ in 0..<8 {
+                var bytes = (0..<4).map { _ in Int(rng.next() % 256) }
+                bytes[q] = byte
+                let word = packWord(bytes)
+                for output in 0..<4 {
+                    let raw = kernelUnpack(word, output)
+                    let expected = UInt32(expectedPattern(bytes[output] & 15)) | UInt32(expectedPattern(bytes[output] >> 4)) << 16
+                    if raw != expected { failures += 1 }
+                }
+            }
+        }
+    }
+    #expect(failures == 0, "\(failures) unpacked outputs differ from the packed codes")
+}
+
+@Test func everyWordIsAPackingAndUnpacksToItsCodes() {
+    // The placement is a bijection between 4 bytes and 32 bits, so any word is some packing: read its codes
+    // back from bitPositions, re-pack them to the same word, and check the kernel unpack against them.
+    var rng = SeededGenerator(seed: 12)
+    var failures = 0
+    for trial in 0..<20_000 {
+        let word = trial < 32 ? UInt32(1) << UInt32(trial) : UInt32(truncatingIfNeeded: rng.next())
+        var bytes = [Int](repeating: 0, count: 4)
+        for q in 0..<4 {
+            let positions = RepackedExpertStack.bitPositions[q]
+            for bit in 0..<4 {
+                if word >> UInt32(positions.low[bit]) & 1 != 0 { bytes[q] |= 1 << bit }
+                if word >> UInt32(positions.high[bit]) & 1 != 0 { bytes[q] |= 16 << bit }
+            }
+        }
+        if packWord(bytes) != word { failures += 1 }
+        for q in 0..<4 {
+            let expected = UInt32(expectedPattern(bytes[q] & 15)) | UInt32(expectedPattern(bytes[q] >> 4)) << 16
+            if kernelUnpack(word, q) != expected { failures += 1 }
+        }
+    }
+    #expect(failures == 0, "\(failures) words do not round trip")
+}

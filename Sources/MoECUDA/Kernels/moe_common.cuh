@@ -229,9 +229,10 @@ MOE_DEVICE int warp_inclusive_scan(int v, int lane) {
 // Each 32-bit word of the repacked weights holds 8 E2M1 codes: four (low, high) pairs, the pair for
 // output q feeding one bf16x2 register of an MMA A fragment. The codes' bits are placed (at load time, see
 // WeightRepacking.swift) so that
-//   out0 = w & M,  out1 = (w << 3) & M,  out2 = (w << 6) & M,  with M = 0x81C081C0,
-//   out3 = ((w << 1) & 0x80008000) | ((w >> 4) & 0x00C000C0) | ((w >> 5) & 0x01000100)
-// each put a code's sign at bit 15/31 and its three magnitude bits at bits 8..6 / 24..22. Read as bf16,
+//   out0 = w & M,  out1 = (w << 6) & M,  out2 = rotl(w, 10) & M,  with M = 0x81C081C0,
+//   out3 = ((w << 4) & 0x81808180) | ((w >> 4) & 0x00400040)
+// each put a code's sign at bit 15/31 and its three magnitude bits at bits 8..6 / 24..22 (9 integer ops a
+// word: four shifts, five LOP3; the four outputs' source bits partition the word). Read as bf16,
 // such a pattern is exactly (E2M1 value) · 2^-126 (code 1, the subnormal 0.5, included). One bf16
 // multiply by 2^(s−1) then applies the block scale 2^(s−127), exactly, for scale bytes s ≤ 128; larger
 // scales (rare: |w| > 12) take two multiplies, and s = 255 gives NaN as the format says.
@@ -259,9 +260,9 @@ MOE_DEVICE u32 mxfp4_slow_scale(u32 scales, int j, u32 raw) {
 /// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word.
 MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
     raw[0] = w & MOE_FP4_MASK;
-    raw[1] = (w << 3) & MOE_FP4_MASK;
-    raw[2] = (w << 6) & MOE_FP4_MASK;
-    raw[3] = ((w << 1) & 0x80008000u) | ((w >> 4) & 0x00C000C0u) | ((w >> 5) & 0x01000100u);
+    raw[1] = (w << 6) & MOE_FP4_MASK;
+    raw[2] = __funnelshift_l(w, w, 10) & MOE_FP4_MASK;  // rotate left by 10
+    raw[3] = ((w << 4) & 0x81808180u) | ((w >> 4) & 0x00400040u);
 }
 
 /// Decodes one word with scale byte `j` of `scales` into four bf16x2 values. `Slow` must be true when any

@@ -143,6 +143,60 @@ MOE_DEVICE void zero_accumulators(float (&acc)[MI][NJ][4]) {
             for (int q = 0; q < 4; ++q) acc[mi][nj][q] = 0.0f;
 }
 
+// MARK: the k-way sum (moe_reduce, or fused into GEMM 2's last blocks)
+
+/// 16 bytes of data other blocks of this launch wrote (bypassing the non-coherent L1).
+MOE_DEVICE uint4 load_coherent_16(const void *pointer) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(pointer));
+    return v;
+}
+
+/// output[t, h..h+7] = bf16(Σ_j combine[t·k + j, h..h+7]) over the routed slots j in order, fp32 accumulation.
+template <bool Coherent>
+MOE_DEVICE void reduce_eight(const bf16_t *combine, const int *slotToSorted, bf16_t *output, int t, int h, int topK, int hidden) {
+    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = 0; j < topK; ++j) {
+        const long long slot = (long long)t * topK + j;
+        if (slotToSorted[slot] < 0) continue;
+        const bf16_t *source = combine + slot * hidden + h;
+        const uint4 v = Coherent ? load_coherent_16(source) : *(const uint4 *)source;
+        sum[0] += bf16_low(v.x);
+        sum[1] += bf16_high(v.x);
+        sum[2] += bf16_low(v.y);
+        sum[3] += bf16_high(v.y);
+        sum[4] += bf16_low(v.z);
+        sum[5] += bf16_high(v.z);
+        sum[6] += bf16_low(v.w);
+        sum[7] += bf16_high(v.w);
+    }
+    uint4 packed;
+    packed.x = pack_bf16x2(sum[0], sum[1]);
+    packed.y = pack_bf16x2(sum[2], sum[3]);
+    packed.z = pack_bf16x2(sum[4], sum[5]);
+    packed.w = pack_bf16x2(sum[6], sum[7]);
+    *(uint4 *)(output + (long long)t * hidden + h) = packed;
+}
+
+/// GEMM 2 with the sum fused: called by every thread of a block after its epilogue stores. The block that completes
+/// column range [first, first + columns) (the tileCount-th to arrive) sums it for every token; others return.
+MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns) {
+    __shared__ int isLast;
+    __threadfence();
+    __syncthreads();
+    unsigned *counter = (unsigned *)p.reduceCounters + blockIdx.x;
+    if (threadIdx.x == 0) isLast = atomicAdd(counter, 1u) == (unsigned)*(const int *)p.tileCount - 1u;
+    __syncthreads();
+    if (!isLast) return;
+    __threadfence();
+    const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
+    for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
+        const int t = i / segments, h = first + 8 * (i - t * segments);
+        reduce_eight<true>((const bf16_t *)p.output, (const int *)p.slotToSorted, (bf16_t *)p.reduceOutput, t, h, p.topK, p.n);
+    }
+    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
+}
+
 // MARK: resident kernel (decode-size tiles)
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
@@ -163,6 +217,37 @@ MOE_DEVICE void copy_weight_group(
         }
         copy_async_16(slot + (mi * 5 + 4) * 512 + lane * 16, scales + ((group * p.scaleGroups + g) * 8 + (lane >> 2)) * 16, 16);
     }
+}
+
+/// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
+/// warps when no fused sum follows (they have nothing left to do); with one, every warp must reach its barrier.
+template <int MI, int NJ, int WN, int WK>
+MOE_DEVICE bool split_k_epilogue(
+    const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, int wn, int wk,
+    int firstGroup, int lane) {
+    {
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+        __syncthreads();
+        if (wk != 0) return p.reduceOutput != 0;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj) {
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int k = 0; k < WK; ++k)
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
+            }
+        }
+    }
+    return true;
 }
 
 /// Block: WN·WK warps; warp w owns row groups (blockIdx.x·WN + w % WN)·MI … +MI−1 and K share w / WN.
@@ -262,28 +347,10 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
-    } else {  // split K: partial sums through shared memory, added in K order by the wk = 0 warps
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-                for (int q = 0; q < 4; ++q)
-                    partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
-        __syncthreads();
-        if (wk != 0) return;
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj) {
-                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int k = 0; k < WK; ++k)
-#pragma unroll
-                    for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
-            }
-        }
+    } else if (!split_k_epilogue<MI, NJ, WN, WK>(p, tile, acc, partials, wn, wk, firstGroup, lane)) {
+        return;
     }
+    if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
 }
 
 // MARK: staged kernel (larger tiles)
@@ -954,29 +1021,7 @@ MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
     wait_for_previous_kernel();
-    const int t = blockIdx.x;
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;
-    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    const int *slotToSorted = (const int *)p.slotToSorted;
-    const bf16_t *combine = (const bf16_t *)p.combine;
-    for (int j = 0; j < p.topK; ++j) {
-        const long long slot = (long long)t * p.topK + j;
-        if (slotToSorted[slot] < 0) continue;
-        const uint4 v = *(const uint4 *)(combine + slot * p.hidden + h);
-        sum[0] += bf16_low(v.x);
-        sum[1] += bf16_high(v.x);
-        sum[2] += bf16_low(v.y);
-        sum[3] += bf16_high(v.y);
-        sum[4] += bf16_low(v.z);
-        sum[5] += bf16_high(v.z);
-        sum[6] += bf16_low(v.w);
-        sum[7] += bf16_high(v.w);
-    }
-    uint4 packed;
-    packed.x = pack_bf16x2(sum[0], sum[1]);
-    packed.y = pack_bf16x2(sum[2], sum[3]);
-    packed.z = pack_bf16x2(sum[4], sum[5]);
-    packed.w = pack_bf16x2(sum[6], sum[7]);
-    *(uint4 *)((bf16_t *)p.output + (long long)t * p.hidden + h) = packed;
+    reduce_eight<false>((const bf16_t *)p.combine, (const int *)p.slotToSorted, (bf16_t *)p.output, blockIdx.x, h, p.topK, p.hidden);
 }

@@ -17,8 +17,14 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_TOKENS_PER_BLOCK 32
 /// moe_topk stages each warp's logits in shared memory when E is at most this.
 #define MOE_TOPK_SHARED_EXPERTS 1024
-/// Batches of at most this many tokens build their whole plan in one block (moe_route_finish).
-#define MOE_SMALL_ROUTING_MAX_TOKENS 32
+/// Batches of at most this many tokens route in one launch (moe_route_small: fp32 FMA router, top-k and plan).
+#define MOE_FUSED_ROUTING_MAX_TOKENS 8
+/// Warps (= experts) per block of the fused router.
+#define MOE_FUSED_ROUTING_WARPS 8
+/// 16-byte segments of H one fused-router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
+#define MOE_FUSED_ROUTING_SEGMENTS 128
+/// Batches of at most this many tokens build their whole plan in one block (moe_route_finish; ≤ 4096 slots).
+#define MOE_SMALL_ROUTING_MAX_TOKENS 128
 /// The router splits K until its grid has about this many blocks (each keeping ≥ 8 K steps of 32).
 #define MOE_ROUTER_BLOCK_TARGET 256
 /// Per-tile arrival counters of the split router: a split grid has at most MOE_ROUTER_BLOCK_TARGET / 2 tiles.
@@ -91,6 +97,14 @@ typedef struct MoEGemmParams {
                             ///< kernel two launches back); 0: wait first
     float swigluAlpha;
     float swigluLimit;
+    // The k-way sum fused into GEMM 2 (decode sizes; resident kernels only): reduceOutput ≠ 0 makes the last block of
+    // each column range (blocks counted in reduceCounters, reset by that block) add up the combine rows of every
+    // token for its columns, exactly as moe_reduce does.
+    MoEDevicePointer reduceOutput;   ///< bf16 [T, n], or 0
+    MoEDevicePointer reduceCounters; ///< u32 [grid.x], zero between launches
+    MoEDevicePointer slotToSorted;   ///< i32 [T·k]: slots with −1 route nowhere
+    int reduceTokens;
+    int topK;
 } MoEGemmParams;
 
 /// The k-way sum per token, in slot order, fp32 → bf16.

@@ -1,12 +1,15 @@
 // moe_routing.cu — DESIGN §3 steps 1–3 on the device: router GEMM, top-k with weights, and the routing plan
 // (histogram, stable expert-major order and its inverse, offsets, tile schedule). No host synchronisation.
 //
-// The router is one tensor-core kernel for every batch size (moe_router_mma, K split over S blocks at small
-// batches); the plan has two paths with identical results (CUDABackend picks by token count; reference:
-// CPUBackend.route, TopK.route and RoutingPlan.init in MoECore):
-//   T ≤ 32   moe_route_finish: one block runs top-k and the whole plan for the batch in shared memory.
-//   T > 32   moe_topk (top-k and per-block histograms) → moe_plan_scan (one block: offsets and tiles) →
-//            moe_plan_scatter (stable placement).
+// Three paths with identical plans (CUDABackend picks by token count; reference: CPUBackend.route, TopK.route
+// and RoutingPlan.init in MoECore):
+//   T ≤ 8    moe_route_small: one launch. Warps compute slices of one expert's logits for all tokens (fp32 FMA,
+//            x slice in shared memory); the last block to arrive sums the slices, then runs top-k and the
+//            whole plan for the batch in shared memory.
+//   T ≤ 32   moe_router_mma (bf16 tensor cores, K split over S blocks) → moe_route_finish: one block runs
+//            top-k and the whole plan in shared memory.
+//   T > 32   moe_router_mma → moe_topk (top-k and per-block histograms) → moe_plan_scan (one block: offsets and
+//            tiles) → moe_plan_scatter (stable placement).
 // Every kernel after the router waits for its predecessor (griddepcontrol.wait) and lets its successor launch
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
@@ -16,40 +19,108 @@
 /// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
 MOE_DEVICE bool topk_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
 
+/// A logit as an unsigned key with the same order (−0 as +0, since they compare equal; NaN below every number).
+MOE_DEVICE unsigned topk_key(float v) {
+    if (v != v) return 1u;
+    const unsigned bits = __float_as_uint(v == 0.0f ? 0.0f : v);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+MOE_DEVICE unsigned warp_max_u32(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+#else
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+#endif
+}
+
+MOE_DEVICE unsigned warp_min_u32(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+#else
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+#endif
+}
+
+/// Experts a lane holds in registers in the fast top-k (E ≤ 32 · this).
+#define MOE_TOPK_KEYS_PER_LANE 8
+
 /// Top-k of one token by one warp: `k` rounds, each picking the first expert (in top-k order) after the
 /// previous pick. Writes ids by descending weight and the weights of DESIGN §2 for `mode`.
 /// logits: [E] of this token, in shared memory or written by an earlier launch; ids/weights likewise.
+/// E ≤ 256: lane l keeps experts l, l + 32, … as order-preserving keys in registers; a round is the lane's best
+/// key, a warp max, and a warp min over the ids holding it (two redux instructions), and the winner's key is
+/// cleared. Larger E: a scan of the logits per round, skipping what earlier rounds took.
 MOE_DEVICE void topk_token(
     const float *logits, int experts, int k, int mode, int *ids, float *weights, int lane) {
-    float previous = __int_as_float(0x7f800000);  // +inf
-    int previousId = -1;
     float top = 0.0f;
-    for (int j = 0; j < k; ++j) {
-        float best = __int_as_float(0xff800000);  // -inf
-        int bestId = 0x7fffffff;
-        for (int e = lane; e < experts; e += 32) {
-            const float v = logits[e];
-            if (topk_before(previous, previousId, v, e) && topk_before(v, e, best, bestId)) {
-                best = v;
-                bestId = e;
-            }
-        }
+    if (experts <= 32 * MOE_TOPK_KEYS_PER_LANE) {
+        unsigned keys[MOE_TOPK_KEYS_PER_LANE];  // 0: taken, or no expert
 #pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            const float v = __shfl_xor_sync(0xffffffffu, best, offset);
-            const int id = __shfl_xor_sync(0xffffffffu, bestId, offset);
-            if (topk_before(v, id, best, bestId)) {
-                best = v;
-                bestId = id;
+        for (int i = 0; i < MOE_TOPK_KEYS_PER_LANE; ++i) {
+            const int e = lane + 32 * i;
+            keys[i] = e < experts ? topk_key(logits[e]) : 0u;
+        }
+        for (int j = 0; j < k; ++j) {
+            unsigned best = 0u;
+            int bestSlot = 0;
+#pragma unroll
+            for (int i = 0; i < MOE_TOPK_KEYS_PER_LANE; ++i) {
+                if (keys[i] > best) {  // strict: the lower expert of equal keys
+                    best = keys[i];
+                    bestSlot = i;
+                }
+            }
+            const unsigned bestKey = warp_max_u32(best);
+            const unsigned winner = warp_min_u32(best == bestKey ? (unsigned)(lane + 32 * bestSlot) : 0xffffffffu);
+#pragma unroll
+            for (int i = 0; i < MOE_TOPK_KEYS_PER_LANE; ++i)
+                if ((unsigned)(lane + 32 * i) == winner) keys[i] = 0u;
+            const float value = logits[winner];
+            if (j == 0) top = value;
+            if (lane == 0) {
+                ids[j] = (int)winner;
+                weights[j] = value;  // the logit for now; turned into a weight below
             }
         }
-        if (j == 0) top = best;
-        if (lane == 0) {
-            ids[j] = bestId;
-            weights[j] = best;  // the logit for now; turned into a weight below
+    } else {
+        float previous = __int_as_float(0x7f800000);  // +inf
+        int previousId = -1;
+        for (int j = 0; j < k; ++j) {
+            float best = __int_as_float(0xff800000);  // -inf
+            int bestId = 0x7fffffff;
+            for (int e = lane; e < experts; e += 32) {
+                const float v = logits[e];
+                if (topk_before(previous, previousId, v, e) && topk_before(v, e, best, bestId)) {
+                    best = v;
+                    bestId = e;
+                }
+            }
+#pragma unroll
+            for (int offset = 16; offset > 0; offset >>= 1) {
+                const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+                const int id = __shfl_xor_sync(0xffffffffu, bestId, offset);
+                if (topk_before(v, id, best, bestId)) {
+                    best = v;
+                    bestId = id;
+                }
+            }
+            if (j == 0) top = best;
+            if (lane == 0) {
+                ids[j] = bestId;
+                weights[j] = best;
+            }
+            previous = best;
+            previousId = bestId;
         }
-        previous = best;
-        previousId = bestId;
     }
     __syncwarp();
     if (mode == MOE_ROUTING_RENORMALIZE) {
@@ -167,6 +238,181 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
         *(int *)p.tileCount = min(totalTiles, p.maxTiles);
     }
 }
+
+// MARK: decode batches: one launch (fp32 FMA router, top-k and plan)
+
+/// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. At these sizes one launch
+/// beats the tensor-core router + moe_route_finish pair (two dependent launches); from 16 tokens on the FMA work of
+/// its 48 blocks costs more than the second launch.
+/// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
+/// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
+/// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
+/// the S slices in order (deterministic), then runs top-k and the whole plan in shared memory, writing
+/// only results to global memory.
+template <int MAX_TOKENS>
+MOE_DEVICE void route_small(const MoERoutingParams &p) {
+    extern __shared__ __align__(16) unsigned char routeShared[];
+    unsigned char *shared = routeShared;
+    __shared__ int scratch[33];
+    __shared__ int isLast;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e = blockIdx.x * MOE_FUSED_ROUTING_WARPS + warp;
+    const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
+    const int segments = H / 8;
+    const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
+
+    uint4 *xs = (uint4 *)shared;  // [T][count]
+    const uint4 *x = (const uint4 *)p.x;
+    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
+        const int t = i / count, s = i - t * count;
+        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
+    }
+    copy_async_commit();
+    uint4 w[4];
+    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    copy_async_wait<0>();
+    __syncthreads();
+    float acc[MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        if (s < count) {
+            const float wf[8] = {bf16_low(w[i].x), bf16_high(w[i].x), bf16_low(w[i].y), bf16_high(w[i].y),
+                                 bf16_low(w[i].z), bf16_high(w[i].z), bf16_low(w[i].w), bf16_high(w[i].w)};
+#pragma unroll
+            for (int t = 0; t < MAX_TOKENS; ++t) {
+                if (t < T) {
+                    const uint4 xv = xs[t * count + s];
+                    float sum = acc[t];
+                    sum = fmaf(wf[0], bf16_low(xv.x), sum);
+                    sum = fmaf(wf[1], bf16_high(xv.x), sum);
+                    sum = fmaf(wf[2], bf16_low(xv.y), sum);
+                    sum = fmaf(wf[3], bf16_high(xv.y), sum);
+                    sum = fmaf(wf[4], bf16_low(xv.z), sum);
+                    sum = fmaf(wf[5], bf16_high(xv.z), sum);
+                    sum = fmaf(wf[6], bf16_low(xv.w), sum);
+                    sum = fmaf(wf[7], bf16_high(xv.w), sum);
+                    acc[t] = sum;
+                }
+            }
+        }
+    }
+    float *partials = (float *)p.routerPartials + (long long)blockIdx.y * T * E;
+#pragma unroll
+    for (int t = 0; t < MAX_TOKENS; ++t) {
+        if (t < T) {
+            const float total = warp_sum(acc[t]);
+            if (lane == 0 && e < E) partials[t * E + e] = total;
+        }
+    }
+    // Arrival: the last block sees every other block's partial logits.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!isLast) return;
+    __threadfence();
+    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
+
+    float *logits = (float *)shared;          // [T, E]
+    int *ids = (int *)(logits + T * E);       // [T·k]
+    float *weights = (float *)(ids + T * K);  // [T·k]
+    int *counts = (int *)(weights + T * K);   // [E]
+    int *offsets = counts + E;                // [E+1]
+    const float *bias = (const float *)p.routerBias;
+    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int split = 0; split < (int)gridDim.y; ++split)
+            sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
+        const float logit = sum + bias[i % E];
+        logits[i] = logit;
+        ((float *)p.logits)[i] = logit;
+    }
+    __syncthreads();
+    for (int t = warp; t < T; t += MOE_FUSED_ROUTING_WARPS) {
+        topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
+    }
+    __syncthreads();
+    const int slots = T * K;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        ((int *)p.topkIds)[s] = ids[s];
+        ((float *)p.topkWeights)[s] = weights[s];
+        if (ids[s] < 0) ((int *)p.slotToSorted)[s] = -1;
+    }
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < slots; ++s) c += ids[s] == expert;
+        counts[expert] = c;
+        ((int *)p.expertCounts)[expert] = c;
+    }
+    __syncthreads();
+    // Offsets and tiles: each thread takes a contiguous run of experts.
+    const int per = (E + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    int rows = 0, tileSum = 0;
+    for (int expert = e0; expert < e1; ++expert) {
+        rows += counts[expert];
+        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
+    }
+    int totalRows, totalTiles;
+    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
+    MoETile *tiles = (MoETile *)p.tiles;
+    for (int expert = e0; expert < e1; ++expert) {
+        const int c = counts[expert];
+        offsets[expert] = rowBase;
+        ((int *)p.expertOffsets)[expert] = rowBase;
+        for (int start = 0; start < c; start += p.tileRows) {
+            if (tileBase < p.maxTiles) {
+                MoETile tile;
+                tile.expert = expert;
+                tile.rowStart = rowBase + start;
+                tile.rowCount = min(p.tileRows, c - start);
+                tile.reserved = 0;
+                tiles[tileBase] = tile;
+            }
+            ++tileBase;
+        }
+        rowBase += c;
+    }
+    if (threadIdx.x == 0) {
+        ((int *)p.expertOffsets)[E] = totalRows;
+        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
+        *(unsigned *)p.arrivals = 0u;
+    }
+    __syncthreads();
+    // Stable placement: slots in order, per expert.
+    int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
+    float *sortedWeights = (float *)p.sortedWeights;
+    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
+        if (counts[expert] == 0) continue;
+        int cursor = offsets[expert];
+        for (int s = 0; s < slots; ++s) {
+            if (ids[s] == expert) {
+                sortedToSlot[cursor] = s;
+                slotToSorted[s] = cursor;
+                sortedWeights[cursor] = weights[s];
+                ++cursor;
+            }
+        }
+    }
+}
+
+// One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
+// with the bound, so T = 1 runs a kernel sized for 1 token.
+#define MOE_ROUTE_SMALL(N) \
+    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { route_small<N>(p); }
+MOE_ROUTE_SMALL(1)
+MOE_ROUTE_SMALL(2)
+MOE_ROUTE_SMALL(4)
+MOE_ROUTE_SMALL(8)
 
 // MARK: router GEMM (every batch size)
 
@@ -297,36 +543,63 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 
 // MARK: small batches: top-k and the whole plan in one block
 
-/// grid: 1 block of 1024 threads (a warp per token), T ≤ MOE_SMALL_ROUTING_MAX_TOKENS. Top-k from the router's logits,
+/// grid: 1 block of 1024 threads, T ≤ MOE_SMALL_ROUTING_MAX_TOKENS. Top-k from the router's logits (a warp per token),
 /// then histogram, offsets, tiles and the stable placement in shared memory, writing only results to global memory.
-/// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1].
+/// The placement needs no serial scans: warp c takes slots 32c…32c+31, finds the lanes with its expert
+/// (__match_any_sync), and counts them per chunk; a thread per expert turns the chunk counts into chunk offsets; a
+/// slot's sorted row is then its expert's offset + its chunk's offset + the earlier lanes of its chunk with its expert.
+/// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1] | chunk rows [C, E].
 extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingParams p) {
     extern __shared__ __align__(16) unsigned char finishShared[];
     __shared__ int scratch[33];
     wait_for_previous_kernel();
     allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int T = p.tokens, E = p.experts, K = p.topK;
+    const int T = p.tokens, E = p.experts, K = p.topK, slots = T * K, chunks = (slots + 31) / 32;
     float *logits = (float *)finishShared;    // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
     float *weights = (float *)(ids + T * K);  // [T·k]
     int *counts = (int *)(weights + T * K);   // [E]
     int *offsets = counts + E;                // [E+1]
-    for (int i = threadIdx.x; i < T * E; i += blockDim.x) logits[i] = ((const float *)p.logits)[i];
+    int *chunkRows = offsets + E + 1;         // [chunks, E]: rows of expert e in chunk c, then rows before it
+    const float4 *logitSource = (const float4 *)p.logits;
+    if ((T * E) % 4 == 0) {
+        for (int i = threadIdx.x; i < T * E / 4; i += blockDim.x) ((float4 *)logits)[i] = logitSource[i];
+    } else {
+        for (int i = threadIdx.x; i < T * E; i += blockDim.x) logits[i] = ((const float *)p.logits)[i];
+    }
+    for (int i = threadIdx.x; i < chunks * E; i += blockDim.x) chunkRows[i] = 0;
     __syncthreads();
     for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     __syncthreads();
-    const int slots = T * K;
-    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
-        ((int *)p.topkIds)[s] = ids[s];
-        ((float *)p.topkWeights)[s] = weights[s];
-        if (ids[s] < 0) ((int *)p.slotToSorted)[s] = -1;
+    // Per chunk of 32 slots: each slot's rank among the chunk's earlier slots of its expert, and the chunk's counts.
+    int rank[4], slotExpert[4];  // this lane's slot in chunks warp, warp + warps, … (≤ 4: MOE_SMALL_ROUTING_MAX_TOKENS·k ≤ 4096)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = warp + i * warps, s = 32 * c + lane;
+        slotExpert[i] = s < slots ? ids[s] : -1;
+        rank[i] = 0;
+        if (c < chunks) {
+            const unsigned same = __match_any_sync(0xffffffffu, slotExpert[i]);
+            rank[i] = __popc(same & ((1u << lane) - 1u));
+            if (s < slots && rank[i] == 0 && slotExpert[i] >= 0) chunkRows[c * E + slotExpert[i]] = __popc(same);
+            if (s < slots) {
+                ((int *)p.topkIds)[s] = ids[s];
+                ((float *)p.topkWeights)[s] = weights[s];
+            }
+        }
     }
+    __syncthreads();
+    // Per expert: total rows, and each chunk's offset within the expert.
     for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
-        int c = 0;
-        for (int s = 0; s < slots; ++s) c += ids[s] == expert;
-        counts[expert] = c;
-        ((int *)p.expertCounts)[expert] = c;
+        int running = 0;
+        for (int c = 0; c < chunks; ++c) {
+            const int n = chunkRows[c * E + expert];
+            chunkRows[c * E + expert] = running;
+            running += n;
+        }
+        counts[expert] = running;
+        ((int *)p.expertCounts)[expert] = running;
     }
     __syncthreads();
     // Offsets and tiles: each thread takes a contiguous run of experts.
@@ -363,20 +636,22 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
         *(int *)p.tileCount = min(totalTiles, p.maxTiles);
     }
     __syncthreads();
-    // Stable placement: slots in order, per expert.
+    // Stable placement: slot s of expert e (chunk c) goes to offsets[e] + chunkRows[c][e] + rank.
     int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
     float *sortedWeights = (float *)p.sortedWeights;
-    for (int expert = threadIdx.x; expert < E; expert += blockDim.x) {
-        if (counts[expert] == 0) continue;
-        int cursor = offsets[expert];
-        for (int s = 0; s < slots; ++s) {
-            if (ids[s] == expert) {
-                sortedToSlot[cursor] = s;
-                slotToSorted[s] = cursor;
-                sortedWeights[cursor] = weights[s];
-                ++cursor;
-            }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int c = warp + i * warps, s = 32 * c + lane;
+        if (c >= chunks || s >= slots) continue;
+        const int expert = slotExpert[i];
+        if (expert < 0) {
+            slotToSorted[s] = -1;
+            continue;
         }
+        const int row = offsets[expert] + chunkRows[c * E + expert] + rank[i];
+        sortedToSlot[row] = s;
+        slotToSorted[s] = row;
+        sortedWeights[row] = weights[s];
     }
 }
 
