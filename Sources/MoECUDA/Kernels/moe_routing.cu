@@ -255,6 +255,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     unsigned char *shared = routeShared;
     __shared__ int scratch[33];
     __shared__ int isLast;
+    allow_next_kernel();  // GEMM 1's blocks may launch now (all of this grid's blocks fit at once); they wait for it to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int e = blockIdx.x * MOE_FUSED_ROUTING_WARPS + warp;
     const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
@@ -319,7 +320,6 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     __syncthreads();
     if (!isLast) return;
     __threadfence();
-    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
 
     float *logits = (float *)shared;          // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
