@@ -26,26 +26,20 @@ MOE_DEVICE unsigned topk_key(float v) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-MOE_DEVICE unsigned warp_max_u32(unsigned v) {
+/// The warp's largest (Max) or smallest unsigned value: one redux instruction from sm_80, shuffles before.
+template <bool Max>
+MOE_DEVICE unsigned warp_extreme_u32(unsigned v) {
 #if __CUDA_ARCH__ >= 800
     unsigned r;
-    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    if (Max) asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    else asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
     return r;
 #else
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-#endif
-}
-
-MOE_DEVICE unsigned warp_min_u32(unsigned v) {
-#if __CUDA_ARCH__ >= 800
-    unsigned r;
-    asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
-    return r;
-#else
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const unsigned other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = Max ? max(v, other) : min(v, other);
+    }
     return v;
 #endif
 }
@@ -79,8 +73,8 @@ MOE_DEVICE void topk_token(
                     bestSlot = i;
                 }
             }
-            const unsigned bestKey = warp_max_u32(best);
-            const unsigned winner = warp_min_u32(best == bestKey ? (unsigned)(lane + 32 * bestSlot) : 0xffffffffu);
+            const unsigned bestKey = warp_extreme_u32<true>(best);
+            const unsigned winner = warp_extreme_u32<false>(best == bestKey ? (unsigned)(lane + 32 * bestSlot) : 0xffffffffu);
 #pragma unroll
             for (int i = 0; i < MOE_TOPK_KEYS_PER_LANE; ++i)
                 if ((unsigned)(lane + 32 * i) == winner) keys[i] = 0u;
@@ -178,6 +172,44 @@ MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
     *total = scratch[32];
     __syncthreads();
     return result;
+}
+
+/// One block: expert offsets (shared `offsets` and p.expertOffsets) and the tile schedule from the per-expert row
+/// counts in shared memory; each thread takes a contiguous run of experts. Thread 0 also writes the totals.
+MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, int *offsets, int *scratch) {
+    const int E = p.experts;
+    const int per = (E + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+    int rows = 0, tileSum = 0;
+    for (int expert = e0; expert < e1; ++expert) {
+        rows += counts[expert];
+        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
+    }
+    int totalRows, totalTiles;
+    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
+    MoETile *tiles = (MoETile *)p.tiles;
+    for (int expert = e0; expert < e1; ++expert) {
+        const int c = counts[expert];
+        offsets[expert] = rowBase;
+        ((int *)p.expertOffsets)[expert] = rowBase;
+        for (int start = 0; start < c; start += p.tileRows) {
+            if (tileBase < p.maxTiles) {
+                MoETile tile;
+                tile.expert = expert;
+                tile.rowStart = rowBase + start;
+                tile.rowCount = min(p.tileRows, c - start);
+                tile.reserved = 0;
+                tiles[tileBase] = tile;
+            }
+            ++tileBase;
+        }
+        rowBase += c;
+    }
+    if (threadIdx.x == 0) {
+        ((int *)p.expertOffsets)[E] = totalRows;
+        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
+    }
 }
 
 /// One block: per-expert totals and per-block prefixes, expert offsets, and the tile schedule (tiles of
@@ -353,40 +385,8 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
         ((int *)p.expertCounts)[expert] = c;
     }
     __syncthreads();
-    // Offsets and tiles: each thread takes a contiguous run of experts.
-    const int per = (E + blockDim.x - 1) / blockDim.x;
-    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
-    int rows = 0, tileSum = 0;
-    for (int expert = e0; expert < e1; ++expert) {
-        rows += counts[expert];
-        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
-    }
-    int totalRows, totalTiles;
-    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
-    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
-    MoETile *tiles = (MoETile *)p.tiles;
-    for (int expert = e0; expert < e1; ++expert) {
-        const int c = counts[expert];
-        offsets[expert] = rowBase;
-        ((int *)p.expertOffsets)[expert] = rowBase;
-        for (int start = 0; start < c; start += p.tileRows) {
-            if (tileBase < p.maxTiles) {
-                MoETile tile;
-                tile.expert = expert;
-                tile.rowStart = rowBase + start;
-                tile.rowCount = min(p.tileRows, c - start);
-                tile.reserved = 0;
-                tiles[tileBase] = tile;
-            }
-            ++tileBase;
-        }
-        rowBase += c;
-    }
-    if (threadIdx.x == 0) {
-        ((int *)p.expertOffsets)[E] = totalRows;
-        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
-        *(unsigned *)p.arrivals = 0u;
-    }
+    offsets_and_tiles(p, counts, offsets, scratch);
+    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch
     __syncthreads();
     // Stable placement: slots in order, per expert.
     int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
@@ -602,39 +602,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
         ((int *)p.expertCounts)[expert] = running;
     }
     __syncthreads();
-    // Offsets and tiles: each thread takes a contiguous run of experts.
-    const int per = (E + blockDim.x - 1) / blockDim.x;
-    const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
-    int rows = 0, tileSum = 0;
-    for (int expert = e0; expert < e1; ++expert) {
-        rows += counts[expert];
-        tileSum += (counts[expert] + p.tileRows - 1) / p.tileRows;
-    }
-    int totalRows, totalTiles;
-    int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
-    int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
-    MoETile *tiles = (MoETile *)p.tiles;
-    for (int expert = e0; expert < e1; ++expert) {
-        const int c = counts[expert];
-        offsets[expert] = rowBase;
-        ((int *)p.expertOffsets)[expert] = rowBase;
-        for (int start = 0; start < c; start += p.tileRows) {
-            if (tileBase < p.maxTiles) {
-                MoETile tile;
-                tile.expert = expert;
-                tile.rowStart = rowBase + start;
-                tile.rowCount = min(p.tileRows, c - start);
-                tile.reserved = 0;
-                tiles[tileBase] = tile;
-            }
-            ++tileBase;
-        }
-        rowBase += c;
-    }
-    if (threadIdx.x == 0) {
-        ((int *)p.expertOffsets)[E] = totalRows;
-        *(int *)p.tileCount = min(totalTiles, p.maxTiles);
-    }
+    offsets_and_tiles(p, counts, offsets, scratch);
     __syncthreads();
     // Stable placement: slot s of expert e (chunk c) goes to offsets[e] + chunkRows[c][e] + rank.
     int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
