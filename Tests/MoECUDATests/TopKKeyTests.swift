@@ -51,7 +51,7 @@ private func referenceTopK(_ logits: [Float], k: Int) -> [Int] {
 }
 
 @Test func theDeviceSelectionMatchesTopKOnRandomAndTiedLogits() {
-    var generator = SplitMix(seed: 0x7017)
+    var generator = SeededGenerator(seed: 0x7017)
     for trial in 0..<400 {
         let experts = [1, 5, 32, 33, 100, 128, 200, 256][trial % 8]
         let k = min(experts, [1, 2, 4, 8][trial % 4])
@@ -60,17 +60,5 @@ private func referenceTopK(_ logits: [Float], k: Int) -> [Int] {
             trial % 3 == 0 ? [Float(-0.0), 0, 1.5][Int(generator.next() % 3)] : Float(Int64(generator.next() % 2001) - 1000) / 64
         }
         #expect(deviceTopK(logits, k: k) == referenceTopK(logits, k: k), "trial \(trial): E=\(experts) k=\(k)")
-    }
-}
-
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
