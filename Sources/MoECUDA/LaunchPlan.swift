@@ -157,7 +157,8 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// Batches of at most MOE_SMALL_ROUTING_MAX_TOKENS tokens build the plan in one block (moe_route_finish).
     public var smallRouting: Bool {
-        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && slots <= 4096 && finishPlanBytes <= 200 * 1024
+        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && slots <= 1024 * Int(MOE_FINISH_SLOTS_PER_LANE)
+            && finishPlanBytes <= 200 * 1024
     }
     /// Shared memory of moe_route_finish: logits, ids, weights, counts, offsets, per-chunk rows of every expert.
     var finishPlanBytes: Int { smallRoutingPlanBytes + 4 * ((slots + 31) / 32) * config.experts }
@@ -247,7 +248,8 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).
-    public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= 64 }
+    public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= LaunchPlan.fusedReduceMaxTokens }
+    static let fusedReduceMaxTokens = 64
     public var reduceShape: LaunchShape {
         LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }

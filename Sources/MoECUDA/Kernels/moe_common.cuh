@@ -65,6 +65,11 @@ MOE_DEVICE int load_coherent_i32(const int *pointer) {
     asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(pointer));
     return v;
 }
+MOE_DEVICE uint4 load_coherent_16(const void *pointer) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(pointer));
+    return v;
+}
 
 /// Four 8×8 bf16 matrices to shared memory from the mma fragment layout (lane l holds row l/4, columns 2·(l%4)
 /// and +1 of each matrix); lanes 8i..8i+7 give the row addresses of matrix i (16 B each).

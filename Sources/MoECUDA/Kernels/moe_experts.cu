@@ -145,13 +145,6 @@ MOE_DEVICE void zero_accumulators(float (&acc)[MI][NJ][4]) {
 
 // MARK: the k-way sum (moe_reduce, or fused into GEMM 2's last blocks)
 
-/// 16 bytes of data other blocks of this launch wrote (bypassing the non-coherent L1).
-MOE_DEVICE uint4 load_coherent_16(const void *pointer) {
-    uint4 v;
-    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(pointer));
-    return v;
-}
-
 /// output[t, h..h+7] = bf16(Σ_j combine[t·k + j, h..h+7]) over the routed slots j in order, fp32 accumulation.
 template <bool Coherent>
 MOE_DEVICE void reduce_eight(const bf16_t *combine, const int *slotToSorted, bf16_t *output, int t, int h, int topK, int hidden) {

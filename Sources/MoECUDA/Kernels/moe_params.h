@@ -23,8 +23,10 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_FUSED_ROUTING_WARPS 8
 /// 16-byte segments of H one fused-router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
 #define MOE_FUSED_ROUTING_SEGMENTS 128
-/// Batches of at most this many tokens build their whole plan in one block (moe_route_finish; ≤ 4096 slots).
+/// Batches of at most this many tokens build their whole plan in one block (moe_route_finish).
 #define MOE_SMALL_ROUTING_MAX_TOKENS 128
+/// Slots each lane of moe_route_finish's 1024 threads places: at most 32 · 1024 · this slots (T·k) per batch.
+#define MOE_FINISH_SLOTS_PER_LANE 4
 /// The router splits K until its grid has about this many blocks (each keeping ≥ 8 K steps of 32).
 #define MOE_ROUTER_BLOCK_TARGET 256
 /// Per-tile arrival counters of the split router: a split grid has at most MOE_ROUTER_BLOCK_TARGET / 2 tiles.

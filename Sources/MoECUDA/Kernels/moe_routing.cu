@@ -6,9 +6,9 @@
 //   T ≤ 8    moe_route_small: one launch. Warps compute slices of one expert's logits for all tokens (fp32 FMA,
 //            x slice in shared memory); the last block to arrive sums the slices, then runs top-k and the
 //            whole plan for the batch in shared memory.
-//   T ≤ 32   moe_router_mma (bf16 tensor cores, K split over S blocks) → moe_route_finish: one block runs
+//   T ≤ 128  moe_router_mma (bf16 tensor cores, K split over S blocks) → moe_route_finish: one block runs
 //            top-k and the whole plan in shared memory.
-//   T > 32   moe_router_mma → moe_topk (top-k and per-block histograms) → moe_plan_scan (one block: offsets and
+//   larger   moe_router_mma → moe_topk (top-k and per-block histograms) → moe_plan_scan (one block: offsets and
 //            tiles) → moe_plan_scatter (stable placement).
 // Every kernel after the router waits for its predecessor (griddepcontrol.wait) and lets its successor launch
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
@@ -274,8 +274,8 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 // MARK: decode batches: one launch (fp32 FMA router, top-k and plan)
 
 /// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. At these sizes one launch
-/// beats the tensor-core router + moe_route_finish pair (two dependent launches); from 16 tokens on the FMA work of
-/// its 48 blocks costs more than the second launch.
+/// beats the tensor-core router + moe_route_finish pair (H200, 8 tokens: 16.5 µs against ≈ 20); by 32 tokens the FMA
+/// work of its 48 blocks costs more than the second launch (44.5 µs against 23; docs/bench-cuda.md, session 3).
 /// Block (bx, by): experts 8·bx … 8·bx+7 (a warp each) over slice by of H (≤ 128 segments of 8 values):
 /// the slice of x is copied to shared memory once, each lane keeps its ≤ 4 weight segments in registers
 /// (all loads in flight at once), partial logits go to routerPartials[by]. The last block to arrive sums
@@ -573,9 +573,9 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
     for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     __syncthreads();
     // Per chunk of 32 slots: each slot's rank among the chunk's earlier slots of its expert, and the chunk's counts.
-    int rank[4], slotExpert[4];  // this lane's slot in chunks warp, warp + warps, … (≤ 4: MOE_SMALL_ROUTING_MAX_TOKENS·k ≤ 4096)
+    int rank[MOE_FINISH_SLOTS_PER_LANE], slotExpert[MOE_FINISH_SLOTS_PER_LANE];  // this lane's slot in chunks warp, warp + warps, …
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < MOE_FINISH_SLOTS_PER_LANE; ++i) {
         const int c = warp + i * warps, s = 32 * c + lane;
         slotExpert[i] = s < slots ? ids[s] : -1;
         rank[i] = 0;
@@ -608,7 +608,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
     int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
     float *sortedWeights = (float *)p.sortedWeights;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < MOE_FINISH_SLOTS_PER_LANE; ++i) {
         const int c = warp + i * warps, s = 32 * c + lane;
         if (c >= chunks || s >= slots) continue;
         const int expert = slotExpert[i];
