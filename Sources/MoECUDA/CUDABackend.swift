@@ -12,6 +12,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     public struct Options: Sendable {
         /// Forces one GEMM kernel for every token count (checks use this to cover each variant).
         public var gemmVariant: GemmVariant?
+        /// GEMM 2 alone forced to this kernel (experiments, `$MOE_CUDA_GEMM2`); ignored at token counts where its tile
+        /// rows differ from GEMM 1's (both GEMMs run over one tile schedule).
+        public var gemm2Variant: GemmVariant?
         /// Fill every output and intermediate with 0xFF bytes (NaN / −1) before each `forward`, so elements a
         /// kernel fails to write show up as NaN (on by default: one memset per buffer; `timeForward` never poisons).
         public var poisonOutputs: Bool
@@ -21,6 +24,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         /// `gemmVariant` nil: `$MOE_CUDA_GEMM` when it names a variant (for experiments), else chosen per token count.
         public init(gemmVariant: GemmVariant? = nil, poisonOutputs: Bool = true, maxBuckets: Int = 16) {
             self.gemmVariant = gemmVariant ?? currentEnvironment("MOE_CUDA_GEMM").flatMap(GemmVariant.init(rawValue:))
+            self.gemm2Variant = currentEnvironment("MOE_CUDA_GEMM2").flatMap(GemmVariant.init(rawValue:))
             self.poisonOutputs = poisonOutputs
             self.maxBuckets = maxBuckets
         }
@@ -189,7 +193,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     /// The launch plan a forward of T tokens uses (for reports).
     public func launchPlan(tokens: Int) -> LaunchPlan {
-        LaunchPlan(tokens: tokens, config: config, variant: options.gemmVariant, hopper: runtime.device.architecture == "sm_90a")
+        LaunchPlan(
+            tokens: tokens, config: config, variant: options.gemmVariant, gemm2: options.gemm2Variant,
+            hopper: runtime.device.architecture == "sm_90a")
     }
 
     /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.

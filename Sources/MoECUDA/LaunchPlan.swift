@@ -193,13 +193,15 @@ public struct LaunchPlan: Sendable, Equatable {
         min(experts, slots) + slots / tileRows
     }
 
-    /// `variant` forces one kernel for both GEMMs; `hopper`: the device has sm_90a (wgmma) kernels.
-    public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, hopper: Bool = true) {
+    /// `variant` forces one kernel for both GEMMs, `gemm2` one for GEMM 2 alone (ignored unless its tile rows are GEMM
+    /// 1's); `hopper`: the device has sm_90a (wgmma) kernels.
+    public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, gemm2: GemmVariant? = nil, hopper: Bool = true) {
         self.tokens = tokens
         self.config = config
         let chosen = GemmVariant.choose(tokens: tokens, hopper: hopper)
-        gemm1Variant = variant ?? chosen.gemm1
-        gemm2Variant = variant ?? chosen.gemm2
+        let first = variant ?? chosen.gemm1
+        gemm1Variant = first
+        gemm2Variant = gemm2.flatMap { $0.tileRows == first.tileRows ? $0 : nil } ?? variant ?? chosen.gemm2
         precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")
     }
 
@@ -246,6 +248,15 @@ public struct LaunchPlan: Sendable, Equatable {
                 "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")
         }
     }
+    /// With resident kernels for both GEMMs, GEMM 2 starts each tile as soon as GEMM 1's blocks of that tile are done
+    /// (per-tile counters) instead of after all of GEMM 1, filling GEMM 1's last wave. Measured (H200, gpt-oss-120b,
+    /// docs/bench-cuda.md session 4): −2.6% at 8 tokens (GEMM 1 in 5.1 waves), +0.7…1.5% at 32–256 (14+ waves, where
+    /// the last wave matters less than the per-block signal and wait), so only up to tileHandOverMaxTokens.
+    public var tileHandOver: Bool {
+        gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
+    }
+    static let tileHandOverMaxTokens = 8
+
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).
     public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= LaunchPlan.fusedReduceMaxTokens }

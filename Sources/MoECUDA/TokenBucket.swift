@@ -9,6 +9,10 @@ final class TokenBucket: @unchecked Sendable {
     static let inputSlots = 4
     /// Programmatic dependent launch between the GEMMs and the reduce; `MOE_CUDA_PDL=0` turns it off.
     static let programmaticLaunch = currentEnvironment("MOE_CUDA_PDL") != "0"
+    /// GEMM 2 takes GEMM 1's tiles one by one (LaunchPlan.tileHandOver); `MOE_CUDA_HANDOVER=0` turns it off.
+    static let tileHandOver = currentEnvironment("MOE_CUDA_HANDOVER") != "0"
+    /// Specialised kernels multiply tiles of at most N/2 rows at half width; `MOE_CUDA_HALF_TILES=0` turns it off.
+    static let halfWidthTiles = currentEnvironment("MOE_CUDA_HALF_TILES") != "0"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -17,6 +21,8 @@ final class TokenBucket: @unchecked Sendable {
     let intermediate, combine, output: DeviceBuffer
     /// GEMM 2's per-column-range arrival counters for the fused sum (zero between launches).
     let reduceCounters: DeviceBuffer
+    /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
+    let tileReady, tileConsumed: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
 
     struct GraphKey: Hashable {
@@ -50,7 +56,9 @@ final class TokenBucket: @unchecked Sendable {
         combine = try buffer(slots * H * 2)
         output = try buffer(T * H * 2)
         reduceCounters = try buffer(max(1, plan.gemm2Shape.grid.x) * 4)
-        try reduceCounters.fill(byte: 0, stream: stream)
+        tileReady = try buffer(plan.maxTiles * 4)
+        tileConsumed = try buffer(plan.maxTiles * 4)
+        for counters in [reduceCounters, tileReady, tileConsumed] { try counters.fill(byte: 0, stream: stream) }
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
         try stream.synchronize()
@@ -59,7 +67,7 @@ final class TokenBucket: @unchecked Sendable {
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters]
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed]
             .reduce(0) { $0 + $1.byteCount }
     }
 
@@ -123,6 +131,10 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_SWIGLU
+        if plan.tileHandOver && TokenBucket.tileHandOver {
+            p.tileRole = 1
+            p.tileReady = tileReady.address
+        }
         return p
     }
 
@@ -147,6 +159,12 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.downGeometry.groups), Int32(layer.downGeometry.chunks), Int32(layer.downGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_WEIGHTED
+        if plan.tileHandOver && TokenBucket.tileHandOver {
+            p.tileRole = 2
+            p.tileReady = tileReady.address
+            p.tileConsumed = tileConsumed.address
+            p.tileReadyTarget = Int32(plan.gemm1Shape.grid.x)
+        }
         if plan.fusedReduce {
             p.reduceOutput = output.address
             p.reduceCounters = reduceCounters.address
@@ -163,6 +181,7 @@ final class TokenBucket: @unchecked Sendable {
         p.tileCount = tileCount.address
         p.maxTiles = Int32(plan.maxTiles)
         p.residentRows = Int32(plan.residentRows)
+        p.fullWidthOnly = TokenBucket.halfWidthTiles ? 0 : 1
         p.swigluAlpha = Float(plan.config.swigluAlpha)
         p.swigluLimit = Float(plan.config.swigluLimit)
         return p

@@ -160,3 +160,24 @@ import Testing
     #expect(!LaunchPlan(tokens: 2048, config: config).fusedReduce)
     #expect(!LaunchPlan(tokens: 8, config: config, variant: .staged_2_4_8_2).fusedReduce)
 }
+
+/// GEMM 2 takes GEMM 1's tiles one by one only where both run resident kernels (same tile schedule, per-tile counters)
+/// and GEMM 1's last wave is a large share of it (decode sizes up to 8 tokens).
+@Test func gemm2TakesTilesOneByOneOnlyWithResidentKernels() {
+    let config = MoEPreset.gptOss120b.config
+    #expect(LaunchPlan(tokens: 1, config: config).tileHandOver)
+    #expect(LaunchPlan(tokens: 8, config: config).tileHandOver)
+    #expect(!LaunchPlan(tokens: 9, config: config).tileHandOver)
+    #expect(!LaunchPlan(tokens: 256, config: config).tileHandOver)
+    #expect(!LaunchPlan(tokens: 512, config: config).tileHandOver)
+    #expect(!LaunchPlan(tokens: 8192, config: config).tileHandOver)
+}
+
+/// GEMM 2 can be forced alone (experiments), but never onto a tile schedule of another height.
+@Test func gemm2OverrideKeepsTheTileSchedule() {
+    let config = MoEPreset.gptOss120b.config
+    let forced = LaunchPlan(tokens: 8, config: config, gemm2: .resident_1_1_4_2_3)
+    #expect(forced.gemm1Variant == .resident_1_1_8_1_3 && forced.gemm2Variant == .resident_1_1_4_2_3)
+    let mismatched = LaunchPlan(tokens: 8, config: config, gemm2: .staged_2_4_8_2)
+    #expect(mismatched.gemm2Variant == .resident_1_1_8_1_3)
+}

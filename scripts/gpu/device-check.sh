@@ -59,6 +59,21 @@ for s in $steps; do
     ncu128) TAIL=60 step ncu128 240 ncu --clock-control none --section SpeedOfLight -k regex:moe_gemm --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ncu2048) TAIL=90 step ncu2048 300 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 7 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
     nopdl) TAIL=14 step nopdl 200 env MOE_CUDA_PDL=0 $M bench --backend cuda --preset gpt-oss-120b --tokens 1,8,32,128,2048 --seconds 0.3 ;;
+    abenv)  # AB_ENVS="VAR=V[+VAR2=V2]@tokens ...": each against the default, alternating AB_REPEAT times (call-to-call spread)
+        for spec in ${AB_ENVS:-}; do
+            envs=${spec%%@*}; tokens=${spec##*@}
+            for r in $(seq ${AB_REPEAT:-2}); do
+                TAIL=14 step "base-$r@$tokens" 200 $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
+                TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
+            done
+        done ;;
+    ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP: per-instruction stall samples as CSV (read it on the host)
+        name=${NCU_NAME:-src}
+        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
+        ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/$name-sass.csv" 2>> "$LOG"
+        ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name-details.txt" 2>> "$LOG"
+        rm -f "$OUT/$name.ncu-rep" ;;
+    ncufinish) TAIL=60 step ncufinish 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section LaunchStats -k regex:moe_route_finish --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     esac
 done

@@ -204,6 +204,10 @@ MOE_DEVICE void wgmma_ss_64x128x16(float (&d)[64], unsigned long long descriptor
 }
 
 /// The both-operands-in-shared-memory wgmma of an N-token tile (N = 64 or 128).
+template <int V> struct IntConstant {
+    static constexpr int value = V;
+};
+
 template <int N> struct WarpgroupMMAShared;
 template <> struct WarpgroupMMAShared<64> {
     static MOE_DEVICE void run(float (&d)[32], unsigned long long a, unsigned long long b) { wgmma_ss_64x64x16(d, a, b); }

@@ -190,6 +190,39 @@ MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
 }
 
+// MARK: tile-by-tile hand-over from GEMM 1 to GEMM 2 (resident kernels)
+
+MOE_DEVICE unsigned load_acquire_u32(const unsigned *pointer) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(pointer) : "memory");
+    return v;
+}
+
+/// GEMM 1, every thread after its epilogue stores: one more finished block for this tile.
+MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd((unsigned *)p.tileReady + blockIdx.y, 1u);
+}
+
+/// GEMM 2: waits until every GEMM 1 block of this tile is done (bounded: a tile that never completes traps, which the
+/// host sees as a failed launch, instead of hanging the GPU). The tile's last block past the wait resets its counters.
+MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
+    if (threadIdx.x == 0) {
+        const unsigned *ready = (const unsigned *)p.tileReady + blockIdx.y;
+        unsigned spins = 0;
+        while (load_acquire_u32(ready) < (unsigned)p.tileReadyTarget) {
+            __nanosleep(100);
+            if (++spins == (1u << 24)) __trap();
+        }
+        if (atomicAdd((unsigned *)p.tileConsumed + blockIdx.y, 1u) == gridDim.x - 1) {
+            *((unsigned *)p.tileReady + blockIdx.y) = 0u;
+            *((unsigned *)p.tileConsumed + blockIdx.y) = 0u;
+        }
+    }
+    __syncthreads();
+}
+
 // MARK: resident kernel (decode-size tiles)
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
@@ -213,7 +246,8 @@ MOE_DEVICE void copy_weight_group(
 }
 
 /// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
-/// warps when no fused sum follows (they have nothing left to do); with one, every warp must reach its barrier.
+/// warps when no fused sum or tile signal follows (they have nothing left to do); with one, every warp must reach its
+/// barrier.
 template <int MI, int NJ, int WN, int WK>
 MOE_DEVICE bool split_k_epilogue(
     const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, int wn, int wk,
@@ -227,7 +261,7 @@ MOE_DEVICE bool split_k_epilogue(
                 for (int q = 0; q < 4; ++q)
                     partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
         __syncthreads();
-        if (wk != 0) return p.reduceOutput != 0;
+        if (wk != 0) return p.reduceOutput != 0 || p.tileRole == 1;
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
@@ -252,6 +286,9 @@ template <int MI, int NJ, int WN, int WK, int S>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if (!p.prefetchBeforeWait) wait_for_previous_kernel();
+    // GEMM 2 may launch once all of this grid's blocks are past their wait (so the routing GEMM 2 reads before its
+    // own wait is complete): it then fills this grid's last wave, tile by tile.
+    if (p.tileRole == 1) allow_next_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -274,8 +311,12 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
         copy_async_commit();
     }
-    // The activations come from the previous kernel (GEMM 1 for GEMM 2).
-    if (p.prefetchBeforeWait) wait_for_previous_kernel();
+    // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
+    if (p.tileRole == 2) {
+        wait_for_tile(p);
+    } else if (p.prefetchBeforeWait) {
+        wait_for_previous_kernel();
+    }
 
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
@@ -344,6 +385,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         return;
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
+    if (p.tileRole == 1) signal_tile_ready(p);
 }
 
 // MARK: staged kernel (larger tiles)
@@ -810,6 +852,37 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #endif
 }
 
+/// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
+/// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
+/// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
+template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS>
+MOE_DEVICE void specialized_consume(
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int WEIGHT_SLOTS = 3, FULL = 1, EMPTY = 1 + WEIGHT_SLOTS;
+#pragma unroll 1
+    for (int g = 0; g < p.chunks; ++g) {
+        named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
+        const u32 activations = sharedBase + (g % LOADS) * LOAD_BYTES;
+        const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+            const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + ks * 32);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const unsigned long long descriptorA = wgmma_descriptor_swizzled(weights + 8 * (consumer * MI + mi) * 1024 + ks * 32);
+                WarpgroupMMAShared<W>::run(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), descriptorA, descriptorB);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
+        const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
+        if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
+    }
+#endif
+}
+
 // MARK: specialized kernel (large batches, sm_90a)
 
 /// The decoded kernel's work split by role (warp specialisation). Block: P producer warpgroups and 2 consumer
@@ -931,25 +1004,12 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-#pragma unroll 1
-    for (int g = 0; g < p.chunks; ++g) {
-        named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
-        const u32 activations = sharedBase + (g % LOADS) * LOAD_BYTES;
-        const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + ks * 32);
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const unsigned long long descriptorA = wgmma_descriptor_swizzled(weights + 8 * (consumer * MI + mi) * 1024 + ks * 32);
-                WarpgroupMMAShared<N>::run(acc[mi], descriptorA, descriptorB);
-            }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
-        const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
-        if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
+    // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
+    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
+    if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
+    } else {
+        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
     }
     wgmma_wait<0>();
     allow_next_kernel();

@@ -107,6 +107,14 @@ typedef struct MoEGemmParams {
     MoEDevicePointer slotToSorted;   ///< i32 [T·k]: slots with −1 route nowhere
     int reduceTokens;
     int topK;
+    // Tile-by-tile hand-over between the resident GEMMs: GEMM 1 (role 1) lets GEMM 2 launch from its first
+    // instruction and counts its finished blocks per tile; GEMM 2 (role 2) starts a tile once all tileReadyTarget
+    // blocks of it are done, instead of waiting for the whole of GEMM 1, so it fills GEMM 1's last wave.
+    MoEDevicePointer tileReady;     ///< u32 [maxTiles], zero between launches
+    MoEDevicePointer tileConsumed;  ///< u32 [maxTiles]: GEMM 2's blocks past the wait; the last resets both
+    int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
+    int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
+    int fullWidthOnly;              ///< specialised kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
 } MoEGemmParams;
 
 /// The k-way sum per token, in slot order, fp32 → bf16.
