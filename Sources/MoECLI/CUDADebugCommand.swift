@@ -21,8 +21,12 @@ struct CUDADebugCommand: ParsableCommand {
     @Flag(help: "Instead of checking stages, print each kernel's median device time (graph replays with event nodes).")
     var timing = false
 
+    @Flag(help: "Instead of checking stages, print where each kernel ran inside replays of the plain layer graph (programmatic overlap included), from a build of the kernels that marks their spans with %globaltimer.")
+    var trace = false
+
     func validate() throws {
         if variant != "all" && GemmVariant(rawValue: variant) == nil { throw ValidationError("unknown --variant \(variant)") }
+        if trace && timing { throw ValidationError("--trace and --timing are two ways to time the kernels: pass one") }
     }
 
     func run() throws {
@@ -30,6 +34,17 @@ struct CUDADebugCommand: ParsableCommand {
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
         let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
+        if trace {
+            let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
+            for T in tokens.values {
+                let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
+                let spans = try backend.kernelTrace(input, tokens: T, routing: .renormalize)
+                let layer = spans.map(\.end).max() ?? 0
+                let parts = spans.map { "\($0.kernel) " + String(format: "%.1f–%.1f (%.1f)", $0.start, $0.end, $0.microseconds) }
+                print("T=\(T) \(backend.launchPlan(tokens: T).variantDescription): layer \(String(format: "%.1f", layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))")
+            }
+            return
+        }
         if timing {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
             for T in tokens.values {

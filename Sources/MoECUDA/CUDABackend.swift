@@ -37,6 +37,8 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     let layer: DeviceLayer
     let kernels: LayerKernels
     let stream: CUDAStream
+    /// The MOE_TRACE build of the kernels, compiled on the first `kernelTrace`.
+    private var tracedKernels: LayerKernels?
     private var buckets: [Int: TokenBucket] = [:]
     private var bucketUse: [Int] = []
     let lock = DispatchSemaphore(value: 1)
@@ -158,6 +160,31 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             }
         }
         return marks.enumerated().map { i, mark in (mark.0.rawValue, samples[i].sorted()[samples[i].count / 2]) }
+    }
+
+    /// Each kernel's span inside replays of the plain layer graph (programmatic overlap included), from the MOE_TRACE
+    /// build of the kernels (compiled on first use; the atomics it adds cost little, but the spans are of that build).
+    /// Median over `replays` replays after two warm-ups; the host waits for each replay, so each starts from idle.
+    public func kernelTrace(_ input: [Float], tokens: Int, routing: RoutingMode, replays: Int = 20) throws -> [KernelSpan] {
+        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
+        lock.wait()
+        defer { lock.signal() }
+        try runtime.device.makeCurrent()
+        let bucket = try bucket(tokens: tokens)
+        try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
+        let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
+        tracedKernels = traced
+        let phases = TokenBucket.Phase.allCases
+        let buffer = try DeviceBuffer(device: runtime.device, byteCount: phases.count * 16)
+        let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
+        var raw: [[UInt64]] = []
+        for replay in 0..<(replays + 2) {
+            try buffer.uploadAsync(KernelTrace.emptyBuffer(phases: phases.count), stream: stream)
+            try exec.launch(stream)
+            try stream.synchronize()
+            if replay >= 2 { raw.append(try buffer.download(UInt64.self, count: 2 * phases.count)) }
+        }
+        return KernelTrace.spans(names: phases.map(\.rawValue), replays: raw)
     }
 
     /// The bucket for T tokens (allocated on first use; least recently used dropped past maxBuckets).

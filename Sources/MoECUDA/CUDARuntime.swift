@@ -41,13 +41,15 @@ public final class CUDARuntime: @unchecked Sendable {
     /// The shared runtime, or why there is none (library missing, no device, old device…).
     public static func shared() throws(CUDAError) -> CUDARuntime { try loaded.get() }
 
-    /// The module compiled from `source` for this device (compiled or read from the cache on first use).
-    public func module(_ source: KernelSource) throws(CUDAError) -> CUDAModule {
+    /// The module compiled from `source` with extra NVRTC `options` for this device (compiled or read from the cache
+    /// on first use).
+    public func module(_ source: KernelSource, options: [String] = []) throws(CUDAError) -> CUDAModule {
         lock.wait()
         defer { lock.signal() }
-        if let module = modules[source.name] { return module }
+        let name = ([source.name] + options).joined(separator: " ")
+        if let module = modules[name] { return module }
         try device.makeCurrent()
-        let request = KernelCompileRequest(source: source, architecture: device.architecture)
+        let request = KernelCompileRequest(source: source, options: options, architecture: device.architecture)
         let (image, key) = try compiler.image(for: request)
         let module: CUDAModule
         do throws(CUDAError) {
@@ -57,7 +59,7 @@ public final class CUDARuntime: @unchecked Sendable {
             compiler.cache?.remove(key: key)
             module = try CUDAModule(device: device, image: try compiler.compile(request))
         }
-        modules[source.name] = module
+        modules[name] = module
         return module
     }
 
@@ -78,9 +80,11 @@ final class LayerKernels: @unchecked Sendable {
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
-    init(runtime: CUDARuntime) throws(CUDAError) {
-        let routing = try runtime.module(.routing)
-        experts = try runtime.module(.experts)
+    /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
+    init(runtime: CUDARuntime, traced: Bool = false) throws(CUDAError) {
+        let options = traced ? ["-DMOE_TRACE=1"] : []
+        let routing = try runtime.module(.routing, options: options)
+        experts = try runtime.module(.experts, options: options)
         var small: [String: CUDAFunction] = [:]
         for bound in [1, 2, 4, 8] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
         routeSmall = small

@@ -200,50 +200,81 @@ final class TokenBucket: @unchecked Sendable {
 
     // MARK: encoding
 
-    /// The kernels of one forward pass, in launch order, for per-kernel event timing.
+    /// The kernels of one forward pass, in launch order, for per-kernel event timing and traces.
     enum Phase: String, CaseIterable {
         case route = "route (fused router+top-k+plan)"
         case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
+
+        /// The phase's span in a trace buffer (u64 pairs, KernelTrace).
+        var index: Int32 { Int32(Phase.allCases.firstIndex(of: self)!) }
     }
 
-    /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing).
+    /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing). `trace`: a
+    /// buffer of 2 · Phase.allCases.count u64 the kernels of a MOE_TRACE build mark their spans in (KernelTrace).
     func enqueue(
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
-        between: ((Phase) throws(CUDAError) -> Void)? = nil
+        trace: DeviceBuffer? = nil, between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
-        let routing = routingParameters(slot: slot, mode: mode, layer: layer)
+        var routing = routingParameters(slot: slot, mode: mode, layer: layer)
+        routing.trace = trace?.address ?? 0
+        func routingPhase(_ phase: Phase) -> MoERoutingParams {
+            var p = routing
+            p.tracePhase = phase.index
+            return p
+        }
         // Every kernel after the router is a programmatic dependent: its blocks may start while the previous kernel
         // finishes (GEMM 2 fills its weight rings first); each waits before reading the previous kernel's output.
         let programmatic = TokenBucket.programmaticLaunch
         if plan.fusedRouting {
-            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routing)
+            try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routingPhase(.route))
             try between?(.route)
         } else {
-            try kernels.router.launch(plan.routerShape, stream: stream, parameters: routing)
+            try kernels.router.launch(plan.routerShape, stream: stream, parameters: routingPhase(.router))
             try between?(.router)
             if plan.smallRouting {
-                try kernels.routeFinish.launch(plan.finishShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try kernels.routeFinish.launch(
+                    plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
             } else {
-                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
                 try between?(.topk)
-                try kernels.planScan.launch(plan.scanShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try kernels.planScan.launch(
+                    plan.scanShape, stream: stream, parameters: routingPhase(.planScan), programmatic: programmatic)
                 try between?(.planScan)
-                try kernels.planScatter.launch(plan.scatterShape, stream: stream, parameters: routing, programmatic: programmatic)
+                try kernels.planScatter.launch(
+                    plan.scatterShape, stream: stream, parameters: routingPhase(.planScatter), programmatic: programmatic)
                 try between?(.planScatter)
             }
         }
-        try kernels.gemm(plan.gemm1Variant).launch(
-            plan.gemm1Shape, stream: stream, parameters: gemm1Parameters(slot: slot, layer: layer), programmatic: programmatic)
+        var first = gemm1Parameters(slot: slot, layer: layer)
+        (first.trace, first.tracePhase) = (trace?.address ?? 0, Phase.gemm1.index)
+        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
+        (second.trace, second.tracePhase) = (trace?.address ?? 0, Phase.gemm2.index)
         try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
         if !plan.fusedReduce {
-            try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: reduceParameters(), programmatic: programmatic)
+            var sum = reduceParameters()
+            (sum.trace, sum.tracePhase) = (trace?.address ?? 0, Phase.reduce.index)
+            try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: sum, programmatic: programmatic)
             try between?(.reduce)
         }
+    }
+
+    /// The plain layer graph (no event nodes) with the kernels marking their spans in `trace` (a MOE_TRACE build).
+    func tracedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream, trace: DeviceBuffer)
+        throws(CUDAError) -> CUDAGraphExec
+    {
+        try stream.beginCapture()
+        do throws(CUDAError) {
+            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream, trace: trace)
+        } catch {
+            _ = try? stream.endCapture()
+            throw error
+        }
+        return try stream.endCapture().instantiate()
     }
 
     /// A graph of the layer with an event record node after every kernel (and one before the first), for

@@ -18,6 +18,18 @@ func everyKernelFileCompilesForHopper() throws {
     }
 }
 
+/// The tracing build (`moe cuda-debug --trace`) compiles too, and differs from the plain one (so it is cached apart).
+@Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
+func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
+    let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
+    for source in [KernelSource.routing, .experts] {
+        let plain = KernelCompileRequest(source: source, architecture: "sm_90a")
+        let traced = KernelCompileRequest(source: source, options: ["-DMOE_TRACE=1"], architecture: "sm_90a")
+        #expect(plain.cacheKey(compilerVersion: "13.0") != traced.cacheKey(compilerVersion: "13.0"))
+        #expect(try compiler.compile(traced) != compiler.compile(plain), "\(source.name)")
+    }
+}
+
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func aCompileErrorCarriesNVRTCsLog() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)

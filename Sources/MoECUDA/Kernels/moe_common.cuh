@@ -94,6 +94,32 @@ MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
                  : "r"(address));
 }
 
+// MARK: kernel trace (builds with MOE_TRACE defined: `moe cuda-debug --trace`)
+
+#if defined(MOE_TRACE)
+/// Marks a kernel's span inside a graph replay, programmatic overlap included: block thread 0 lowers the phase's start
+/// to its start time; at every return, the first lane of each group of lanes leaving together raises the phase's end.
+struct MoETraceScope {
+    unsigned long long *span;
+    MOE_DEVICE static unsigned long long now() {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        return t;
+    }
+    MOE_DEVICE MoETraceScope(MoEDevicePointer trace, int phase)
+        : span(trace == 0 ? nullptr : (unsigned long long *)trace + 2 * phase) {
+        if (span != nullptr && threadIdx.x == 0) atomicMin(span, now());
+    }
+    MOE_DEVICE ~MoETraceScope() {
+        const unsigned lane = threadIdx.x & 31;
+        if (span != nullptr && (__activemask() & ((1u << lane) - 1u)) == 0u) atomicMax(span + 1, now());
+    }
+};
+#define MOE_TRACE_KERNEL(p) MoETraceScope moeTraceScope((p).trace, (p).tracePhase)
+#else
+#define MOE_TRACE_KERNEL(p)
+#endif
+
 // MARK: programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it)
 
 /// Blocks until the previous kernel in the stream has finished and its writes are visible.

@@ -1024,11 +1024,13 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
+        MOE_TRACE_KERNEL(p);                                                                           \
         gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
     }
 // B blocks per SM: two (at most 128 registers) lets one block's barrier stalls be covered by the other's work.
 #define MOE_STAGED(MI, NJ, WN, S, B)                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WN, B) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
+        MOE_TRACE_KERNEL(p);                                                                           \
         gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
@@ -1044,6 +1046,7 @@ MOE_STAGED(1, 8, 8, 2, 2)
 #define MOE_WARPGROUP(MI, WG, N, S)                                                                    \
     extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
         moe_gemm_warpgroup_##MI##_##WG##_##N##_##S(MoEGemmParams p) {                                  \
+        MOE_TRACE_KERNEL(p);                                                                           \
         gemm_warpgroup<MI, WG, N, S>(p);                                                               \
     }
 
@@ -1052,6 +1055,7 @@ MOE_WARPGROUP(2, 2, 64, 3)
 #define MOE_DECODED(MI, WG, N, S)                                                                      \
     extern "C" __global__ void __launch_bounds__(128 * WG, 1)                                          \
         moe_gemm_decoded_##MI##_##WG##_##N##_##S(MoEGemmParams p) {                                    \
+        MOE_TRACE_KERNEL(p);                                                                           \
         gemm_decoded<MI, WG, N, S>(p);                                                                 \
     }
 
@@ -1061,6 +1065,7 @@ MOE_DECODED(2, 2, 128, 4)
 #define MOE_SPECIALIZED(MI, N, L, P, PR, CR)                                                           \
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
+        MOE_TRACE_KERNEL(p);                                                                           \
         gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
@@ -1073,6 +1078,7 @@ MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
+    MOE_TRACE_KERNEL(p);
     wait_for_previous_kernel();
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;

@@ -68,6 +68,10 @@ typedef struct MoERoutingParams {
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
+    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
+    // their offsets in every build.
+    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
+    int tracePhase;          ///< this launch's phase
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
@@ -115,6 +119,10 @@ typedef struct MoEGemmParams {
     int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
     int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
     int fullWidthOnly;              ///< specialised kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
+    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
+    // their offsets in every build.
+    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
+    int tracePhase;          ///< this launch's phase
 } MoEGemmParams;
 
 /// The k-way sum per token, in slot order, fp32 → bf16.
@@ -125,4 +133,8 @@ typedef struct MoEReduceParams {
     int tokens;
     int topK;
     int hidden;
+    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
+    // their offsets in every build.
+    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
+    int tracePhase;          ///< this launch's phase
 } MoEReduceParams;

@@ -408,7 +408,10 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
 // One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
 // with the bound, so T = 1 runs a kernel sized for 1 token.
 #define MOE_ROUTE_SMALL(N) \
-    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { route_small<N>(p); }
+    extern "C" __global__ void __launch_bounds__(256) moe_route_small_##N(MoERoutingParams p) { \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        route_small<N>(p);                                                                             \
+    }
 MOE_ROUTE_SMALL(1)
 MOE_ROUTE_SMALL(2)
 MOE_ROUTE_SMALL(4)
@@ -426,6 +429,7 @@ MOE_ROUTE_SMALL(8)
 /// A token's logits depend on S but not on T or on its row in the tile, so expert parallelism, which runs this
 /// kernel on each rank's rows with the single-rank S, chooses the same experts bit for bit.
 extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = 6;  // 80-byte rows: ldmatrix without bank conflicts
     __shared__ __align__(16) bf16_t xs[STAGES][TILE * STRIDE];
     __shared__ __align__(16) bf16_t ws[STAGES][ETILE * STRIDE];
@@ -550,6 +554,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 /// slot's sorted row is then its expert's offset + its chunk's offset + the earlier lanes of its chunk with its expert.
 /// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1] | chunk rows [C, E].
 extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char finishShared[];
     __shared__ int scratch[33];
     wait_for_previous_kernel();
@@ -629,6 +634,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
 /// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram from its ids.
 /// Dynamic shared memory: 32·E floats (or none) + 32·k ids.
 extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char topkShared[];
     unsigned char *shared = topkShared;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -664,6 +670,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_topk(MoERoutingParams p) 
 
 /// grid: 1 block of 1024 threads.
 extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     __shared__ int scratch[33];
     wait_for_previous_kernel();
     allow_next_kernel();
@@ -674,6 +681,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_plan_scan(MoERoutingParam
 /// sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block). The block's ids
 /// and weights are staged in shared memory (dynamic: 32·k ints + 32·k floats).
 extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char scatterShared[];
     unsigned char *shared = scatterShared;
     const int E = p.experts, K = p.topK, b = blockIdx.x;

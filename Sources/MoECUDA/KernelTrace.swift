@@ -1,0 +1,37 @@
+/// Where one kernel of the layer ran inside a graph replay, in µs from the replay's first block start: the earliest
+/// start of any of its blocks and the latest end of any of its warps. Programmatic overlap shows as a kernel starting
+/// before the previous one ends.
+public struct KernelSpan: Sendable, Equatable {
+    public let kernel: String
+    public let start: Double
+    public let end: Double
+    public var microseconds: Double { end - start }
+}
+
+/// Reading the trace buffer a MOE_TRACE build of the kernels fills (`moe cuda-debug --trace`): per phase, the earliest
+/// block start (atomicMin) and the latest warp end (atomicMax) of %globaltimer, in ns. Unlike the event-timed graph,
+/// the replay traced is the plain layer graph, so the spans include the overlap the bench sees.
+public enum KernelTrace {
+    /// A phase's pair before any kernel marks it: start = UInt64.max, end = 0.
+    public static func emptyBuffer(phases: Int) -> [UInt64] { Array(repeating: [UInt64.max, 0], count: phases).flatMap { $0 } }
+
+    /// Per phase marked in every replay, the median start and end relative to each replay's first start (phases no
+    /// kernel marked, e.g. the reduce when the sum is fused, are left out). `replays`: raw buffers, 2 u64 per phase.
+    public static func spans(names: [String], replays: [[UInt64]]) -> [KernelSpan] {
+        precondition(replays.allSatisfy { $0.count == 2 * names.count }, "a trace buffer holds two values per phase")
+        var starts = [[Double]](repeating: [], count: names.count), ends = starts
+        for raw in replays {
+            let marked = names.indices.filter { raw[2 * $0] != UInt64.max && raw[2 * $0 + 1] >= raw[2 * $0] }
+            guard let origin = marked.map({ raw[2 * $0] }).min() else { continue }
+            for phase in marked {
+                starts[phase].append(Double(raw[2 * phase] - origin) / 1000)
+                ends[phase].append(Double(raw[2 * phase + 1] - origin) / 1000)
+            }
+        }
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        return names.indices.compactMap { phase in
+            guard !starts[phase].isEmpty, starts[phase].count == replays.count else { return nil }
+            return KernelSpan(kernel: names[phase], start: median(starts[phase]), end: median(ends[phase]))
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import Testing
+
+@testable import MoECUDA
+
+/// A replay's buffer from (start, end) ns per phase; nil: the phase ran no kernel.
+private func buffer(_ phases: [(UInt64, UInt64)?]) -> [UInt64] {
+    phases.flatMap { $0.map { [$0.0, $0.1] } ?? [UInt64.max, 0] }
+}
+
+@Test func traceSpansAreMediansFromEachReplaysFirstStart() {
+    let names = ["route", "plan", "gemm1", "gemm2", "reduce"]
+    // Absolute clocks differ between replays; the spans are relative to each replay's first start. GEMM 2 starts
+    // before GEMM 1 ends (programmatic overlap) and the reduce never runs (fused sum).
+    let replays = [
+        buffer([(1_000_000, 1_006_000), nil, (1_001_000, 1_090_000), (1_080_000, 1_150_000), nil]),
+        buffer([(5_000_000, 5_007_000), nil, (5_001_500, 5_095_000), (5_085_000, 5_160_000), nil]),
+        buffer([(9_000_000, 9_005_000), nil, (9_000_500, 9_080_000), (9_070_000, 9_140_000), nil]),
+    ]
+    let spans = KernelTrace.spans(names: names, replays: replays)
+    #expect(spans.map(\.kernel) == ["route", "gemm1", "gemm2"])
+    #expect(spans[0] == KernelSpan(kernel: "route", start: 0, end: 6))
+    #expect(spans[1] == KernelSpan(kernel: "gemm1", start: 1, end: 90))
+    #expect(spans[2] == KernelSpan(kernel: "gemm2", start: 80, end: 150))
+    #expect(spans[2].start < spans[1].end)
+    #expect(spans[2].microseconds == 70)
+}
+
+@Test func aPhaseMissingFromSomeReplaysIsLeftOut() {
+    let replays = [buffer([(100, 200), (150, 400)]), buffer([(100, 200), nil])]
+    #expect(KernelTrace.spans(names: ["a", "b"], replays: replays).map(\.kernel) == ["a"])
+    // A replay where nothing ran contributes nothing, and no replay at all gives no spans.
+    #expect(KernelTrace.spans(names: ["a"], replays: [buffer([nil])]).isEmpty)
+    #expect(KernelTrace.spans(names: ["a"], replays: []).isEmpty)
+}
+
+@Test func theEmptyBufferMarksEveryPhaseUnrun() {
+    let empty = KernelTrace.emptyBuffer(phases: 3)
+    #expect(empty == [UInt64.max, 0, UInt64.max, 0, UInt64.max, 0])
+    #expect(KernelTrace.spans(names: ["a", "b", "c"], replays: [empty]).isEmpty)
+}
