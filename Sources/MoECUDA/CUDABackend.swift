@@ -81,26 +81,22 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     // MARK: forward
 
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
-        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
-        lock.wait()
-        defer { lock.signal() }
-        try runtime.device.makeCurrent()
-        let bucket = try bucket(tokens: tokens)
-        try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
-        if options.poisonOutputs {
-            for buffer in bucket.writtenBuffers { try buffer.fill(byte: 0xFF, stream: stream) }
+        try withInput(input, tokens: tokens) { bucket in
+            if options.poisonOutputs {
+                for buffer in bucket.writtenBuffers { try buffer.fill(byte: 0xFF, stream: stream) }
+            }
+            if let profiler {
+                try runProfiled(bucket: bucket, mode: routing, profiler: profiler)
+            } else {
+                try bucket.graph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream).launch(stream)
+            }
+            try stream.synchronize()
+            let T = tokens, k = config.topK
+            let hidden = try bucket.output.download(UInt16.self, count: T * config.hidden).map { BF16.float($0) }
+            let ids = try bucket.topkIds.download(Int32.self, count: T * k)
+            let weights = try bucket.topkWeights.download(Float.self, count: T * k)
+            return MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: weights)
         }
-        if let profiler {
-            try runProfiled(bucket: bucket, mode: routing, profiler: profiler)
-        } else {
-            try bucket.graph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream).launch(stream)
-        }
-        try stream.synchronize()
-        let T = tokens, k = config.topK
-        let hidden = try bucket.output.download(UInt16.self, count: T * config.hidden).map { BF16.float($0) }
-        let ids = try bucket.topkIds.download(Int32.self, count: T * k)
-        let weights = try bucket.topkWeights.download(Float.self, count: T * k)
-        return MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: weights)
     }
 
     /// One replay of the timed graph; records per-stage device times in the profiler.
@@ -141,50 +137,53 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     public func kernelTimes(_ input: [Float], tokens: Int, routing: RoutingMode, iterations: Int = 20) throws
         -> [(kernel: String, microseconds: Double)]
     {
-        try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
-        lock.wait()
-        defer { lock.signal() }
-        try runtime.device.makeCurrent()
-        let bucket = try bucket(tokens: tokens)
-        try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
-        let (exec, start, marks) = try bucket.timedGraph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream)
-        var samples = [[Double]](repeating: [], count: marks.count)
-        for iteration in 0..<(iterations + 2) {
-            try exec.launch(stream)
-            try stream.synchronize()
-            guard iteration >= 2 else { continue }  // warm-up
-            var previous = start
-            for (i, (_, event)) in marks.enumerated() {
-                samples[i].append(Double(try event.milliseconds(since: previous)) * 1000)
-                previous = event
+        try withInput(input, tokens: tokens) { bucket in
+            let (exec, start, marks) = try bucket.timedGraph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream)
+            var samples = [[Double]](repeating: [], count: marks.count)
+            for iteration in 0..<(iterations + 2) {
+                try exec.launch(stream)
+                try stream.synchronize()
+                guard iteration >= 2 else { continue }  // warm-up
+                var previous = start
+                for (i, (_, event)) in marks.enumerated() {
+                    samples[i].append(Double(try event.milliseconds(since: previous)) * 1000)
+                    previous = event
+                }
             }
+            return marks.enumerated().map { i, mark in (mark.0.rawValue, samples[i].sorted()[samples[i].count / 2]) }
         }
-        return marks.enumerated().map { i, mark in (mark.0.rawValue, samples[i].sorted()[samples[i].count / 2]) }
     }
 
     /// Each kernel's span inside replays of the plain layer graph (programmatic overlap included), from the MOE_TRACE
     /// build of the kernels (compiled on first use; the atomics it adds cost little, but the spans are of that build).
     /// Median over `replays` replays after two warm-ups; the host waits for each replay, so each starts from idle.
     public func kernelTrace(_ input: [Float], tokens: Int, routing: RoutingMode, replays: Int = 20) throws -> [KernelSpan] {
+        try withInput(input, tokens: tokens) { bucket in
+            let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
+            tracedKernels = traced
+            let phases = TokenBucket.Phase.allCases
+            let buffer = try DeviceBuffer(device: runtime.device, byteCount: phases.count * 16)
+            let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
+            var raw: [[UInt64]] = []
+            for replay in 0..<(replays + 2) {
+                try buffer.uploadAsync(KernelTrace.emptyBuffer(phases: phases.count), stream: stream)
+                try exec.launch(stream)
+                try stream.synchronize()
+                if replay >= 2 { raw.append(try buffer.download(UInt64.self, count: 2 * phases.count)) }
+            }
+            return KernelTrace.spans(names: phases.map(\.rawValue), replays: raw)
+        }
+    }
+
+    /// Checks the input, then, holding the backend, uploads it into input slot 0 of the bucket for T tokens.
+    private func withInput<Result>(_ input: [Float], tokens: Int, _ body: (TokenBucket) throws -> Result) throws -> Result {
         try InputCheck.validate(input, tokens: tokens, hidden: config.hidden)
         lock.wait()
         defer { lock.signal() }
         try runtime.device.makeCurrent()
         let bucket = try bucket(tokens: tokens)
         try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
-        let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
-        tracedKernels = traced
-        let phases = TokenBucket.Phase.allCases
-        let buffer = try DeviceBuffer(device: runtime.device, byteCount: phases.count * 16)
-        let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
-        var raw: [[UInt64]] = []
-        for replay in 0..<(replays + 2) {
-            try buffer.uploadAsync(KernelTrace.emptyBuffer(phases: phases.count), stream: stream)
-            try exec.launch(stream)
-            try stream.synchronize()
-            if replay >= 2 { raw.append(try buffer.download(UInt64.self, count: 2 * phases.count)) }
-        }
-        return KernelTrace.spans(names: phases.map(\.rawValue), replays: raw)
+        return try body(bucket)
     }
 
     /// The bucket for T tokens (allocated on first use; least recently used dropped past maxBuckets).
