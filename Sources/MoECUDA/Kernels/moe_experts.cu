@@ -852,6 +852,10 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #endif
 }
 
+/// The specialised kernel's decoded-weight slots and named barriers: FULL + s (weight slot s holds a decoded chunk),
+/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier.
+constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
+
 /// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
 /// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
 /// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
@@ -859,7 +863,7 @@ template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THRE
 MOE_DEVICE void specialized_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int WEIGHT_SLOTS = 3, FULL = 1, EMPTY = 1 + WEIGHT_SLOTS;
+    constexpr int WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY;
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
         named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
@@ -898,11 +902,11 @@ MOE_DEVICE void specialized_consume(
 template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = 3, DIST = LOADS - 2;
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, DIST = LOADS - 2;
     constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int B_BYTES = N * 64 * 2, A_BYTES = GROUPS * 16 * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES;
-    constexpr int FULL = 1, EMPTY = 1 + WEIGHT_SLOTS, PRODUCERS = 1 + WEIGHT_SLOTS + LOADS;
+    constexpr int FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY, PRODUCERS = SPECIALIZED_EMPTY + LOADS;
     // Activation copies per thread and chunk: segment t % 8 (8 k) of tokens (t + PT·i) / 8, so the 8 lanes of a token
     // read its 128 contiguous bytes (one L2 line per 8 lanes) and write one swizzled 128-byte row (conflict-free).
     constexpr int ACT_COPIES = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
