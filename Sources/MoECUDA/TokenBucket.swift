@@ -111,6 +111,9 @@ final class TokenBucket: @unchecked Sendable {
         return p
     }
 
+    /// The plan's tile hand-over, unless `MOE_CUDA_HANDOVER=0`.
+    private var handsOverTiles: Bool { plan.tileHandOver && TokenBucket.tileHandOver }
+
     /// GEMM 1: x rows gathered through sortedToSlot / k; SwiGLU into a [slots, I] in sorted order.
     func gemm1Parameters(slot: Int, layer: DeviceLayer) -> MoEGemmParams {
         let c = plan.config
@@ -131,7 +134,7 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_SWIGLU
-        if plan.tileHandOver && TokenBucket.tileHandOver {
+        if handsOverTiles {
             p.tileRole = 1
             p.tileReady = tileReady.address
         }
@@ -159,7 +162,7 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.downGeometry.groups), Int32(layer.downGeometry.chunks), Int32(layer.downGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_WEIGHTED
-        if plan.tileHandOver && TokenBucket.tileHandOver {
+        if handsOverTiles {
             p.tileRole = 2
             p.tileReady = tileReady.address
             p.tileConsumed = tileConsumed.address
@@ -215,11 +218,11 @@ final class TokenBucket: @unchecked Sendable {
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
         trace: DeviceBuffer? = nil, between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
-        var routing = routingParameters(slot: slot, mode: mode, layer: layer)
-        routing.trace = trace?.address ?? 0
+        let routing = routingParameters(slot: slot, mode: mode, layer: layer)
+        func traced(_ phase: Phase) -> MoETrace { MoETrace(spans: trace?.address ?? 0, phase: phase.index) }
         func routingPhase(_ phase: Phase) -> MoERoutingParams {
             var p = routing
-            p.tracePhase = phase.index
+            p.trace = traced(phase)
             return p
         }
         // Every kernel after the router is a programmatic dependent: its blocks may start while the previous kernel
@@ -247,17 +250,17 @@ final class TokenBucket: @unchecked Sendable {
             }
         }
         var first = gemm1Parameters(slot: slot, layer: layer)
-        (first.trace, first.tracePhase) = (trace?.address ?? 0, Phase.gemm1.index)
+        first.trace = traced(.gemm1)
         try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
-        (second.trace, second.tracePhase) = (trace?.address ?? 0, Phase.gemm2.index)
+        second.trace = traced(.gemm2)
         try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
         if !plan.fusedReduce {
             var sum = reduceParameters()
-            (sum.trace, sum.tracePhase) = (trace?.address ?? 0, Phase.reduce.index)
+            sum.trace = traced(.reduce)
             try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: sum, programmatic: programmatic)
             try between?(.reduce)
         }

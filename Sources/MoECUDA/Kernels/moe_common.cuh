@@ -106,8 +106,8 @@ struct MoETraceScope {
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
         return t;
     }
-    MOE_DEVICE MoETraceScope(MoEDevicePointer trace, int phase)
-        : span(trace == 0 ? nullptr : (unsigned long long *)trace + 2 * phase) {
+    MOE_DEVICE explicit MoETraceScope(const MoETrace &trace)
+        : span(trace.spans == 0 ? nullptr : (unsigned long long *)trace.spans + 2 * trace.phase) {
         if (span != nullptr && threadIdx.x == 0) atomicMin(span, now());
     }
     MOE_DEVICE ~MoETraceScope() {
@@ -115,7 +115,7 @@ struct MoETraceScope {
         if (span != nullptr && (__activemask() & ((1u << lane) - 1u)) == 0u) atomicMax(span + 1, now());
     }
 };
-#define MOE_TRACE_KERNEL(p) MoETraceScope moeTraceScope((p).trace, (p).tracePhase)
+#define MOE_TRACE_KERNEL(p) MoETraceScope moeTraceScope((p).trace)
 #else
 #define MOE_TRACE_KERNEL(p)
 #endif
@@ -230,10 +230,6 @@ MOE_DEVICE void wgmma_ss_64x128x16(float (&d)[64], unsigned long long descriptor
 }
 
 /// The both-operands-in-shared-memory wgmma of an N-token tile (N = 64 or 128).
-template <int V> struct IntConstant {
-    static constexpr int value = V;
-};
-
 template <int N> struct WarpgroupMMAShared;
 template <> struct WarpgroupMMAShared<64> {
     static MOE_DEVICE void run(float (&d)[32], unsigned long long a, unsigned long long b) { wgmma_ss_64x64x16(d, a, b); }

@@ -252,26 +252,24 @@ template <int MI, int NJ, int WN, int WK>
 MOE_DEVICE bool split_k_epilogue(
     const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, int wn, int wk,
     int firstGroup, int lane) {
-    {
 #pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
+    for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
+        for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                    partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
-        __syncthreads();
-        if (wk != 0) return p.reduceOutput != 0 || p.tileRole == 1;
+            for (int q = 0; q < 4; ++q)
+                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+    __syncthreads();
+    if (wk != 0) return p.reduceOutput != 0 || p.tileRole == 1;
 #pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
+    for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
-            for (int nj = 0; nj < NJ; ++nj) {
-                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int k = 0; k < WK; ++k)
+        for (int nj = 0; nj < NJ; ++nj) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int k = 0; k < WK; ++k)
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
-            }
+                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+            if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
         }
     }
     return true;
@@ -286,8 +284,8 @@ template <int MI, int NJ, int WN, int WK, int S>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if (!p.prefetchBeforeWait) wait_for_previous_kernel();
-    // GEMM 2 may launch once all of this grid's blocks are past their wait (so the routing GEMM 2 reads before its
-    // own wait is complete): it then fills this grid's last wave, tile by tile.
+    // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
+    // own wait is complete: it then fills this grid's last wave, tile by tile.
     if (p.tileRole == 1) allow_next_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];

@@ -40,6 +40,14 @@ typedef struct MoETile {
     int reserved;
 } MoETile;
 
+/// Where a launch marks its span in a trace (builds with MOE_TRACE defined, `moe cuda-debug --trace`; other builds
+/// never read it): spans is u64 [2 · phases], per phase the earliest block start and the latest warp end
+/// (%globaltimer ns); 0: no trace.
+typedef struct MoETrace {
+    MoEDevicePointer spans;
+    int phase;
+} MoETrace;
+
 /// Router GEMM, top-k and the routing plan (DESIGN §3 steps 1–3).
 typedef struct MoERoutingParams {
     MoEDevicePointer x;             ///< [T, H] bf16
@@ -68,10 +76,7 @@ typedef struct MoERoutingParams {
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
-    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
-    // their offsets in every build.
-    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
-    int tracePhase;          ///< this launch's phase
+    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
@@ -111,18 +116,15 @@ typedef struct MoEGemmParams {
     MoEDevicePointer slotToSorted;   ///< i32 [T·k]: slots with −1 route nowhere
     int reduceTokens;
     int topK;
-    // Tile-by-tile hand-over between the resident GEMMs: GEMM 1 (role 1) lets GEMM 2 launch from its first
-    // instruction and counts its finished blocks per tile; GEMM 2 (role 2) starts a tile once all tileReadyTarget
+    // Tile-by-tile hand-over between the resident GEMMs: GEMM 1 (role 1) lets GEMM 2 launch as soon as each of its
+    // blocks is past its own wait and counts its finished blocks per tile; GEMM 2 (role 2) starts a tile once all tileReadyTarget
     // blocks of it are done, instead of waiting for the whole of GEMM 1, so it fills GEMM 1's last wave.
     MoEDevicePointer tileReady;     ///< u32 [maxTiles], zero between launches
     MoEDevicePointer tileConsumed;  ///< u32 [maxTiles]: GEMM 2's blocks past the wait; the last resets both
     int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
     int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
     int fullWidthOnly;              ///< specialised kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
-    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
-    // their offsets in every build.
-    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
-    int tracePhase;          ///< this launch's phase
+    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoEGemmParams;
 
 /// The k-way sum per token, in slot order, fp32 → bf16.
@@ -133,8 +135,5 @@ typedef struct MoEReduceParams {
     int tokens;
     int topK;
     int hidden;
-    // Tracing builds (MOE_TRACE defined) only; other builds never read these. Appended last, so the fields above keep
-    // their offsets in every build.
-    MoEDevicePointer trace;  ///< u64 [2 · phases]: per phase, the earliest block start and the latest warp end (%globaltimer ns)
-    int tracePhase;          ///< this launch's phase
+    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoEReduceParams;
