@@ -250,7 +250,7 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     /// With resident kernels for both GEMMs, GEMM 2 starts each tile as soon as GEMM 1's blocks of that tile are done
     /// (per-tile counters) instead of after all of GEMM 1, filling GEMM 1's last wave. Measured (H200, gpt-oss-120b,
-    /// docs/bench-cuda.md session 4): −2.6% at 8 tokens (GEMM 1 in 5.1 waves), +0.7…1.5% at 32–256 (14+ waves, where
+    /// BENCHMARKS.md session 4): −2.7% at 8 tokens (GEMM 1 in 5.1 waves), +0.8…+1.4% at 32–256 (14+ waves, where
     /// the last wave matters less than the per-block signal and wait), so only up to tileHandOverMaxTokens.
     public var tileHandOver: Bool {
         gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
