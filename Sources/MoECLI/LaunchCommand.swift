@@ -326,7 +326,9 @@ enum ExpertParallelForwardCommand {
         let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm)
         let routed = try runner.gatherRouting(layer: 0, tokens: tokens)
         guard let hidden, let routed else { return }
-        let over = comm == .symmetric ? "CUDA IPC" : runner.transport.kind == .nccl ? "NCCL" : "CUDA IPC copies"
+        let over = comm == .symmetric
+            ? (runner.environment.nodes > 1 ? "CUDA IPC and NCCL rails" : "CUDA IPC")
+            : runner.transport?.kind == .nccl ? "NCCL" : "CUDA IPC copies"
         let detail = "cuda expert-parallel, \(runner.world) ranks over \(over), \(comm)"
         try HiddenStatesFile.writeOutput(
             output, result: MoEForwardResult(hidden: hidden, topkIds: routed.ids, topkWeights: routed.weights), tokens: tokens,

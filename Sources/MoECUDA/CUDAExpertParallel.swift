@@ -12,6 +12,8 @@ struct CUDAExpertParallelParams {
     var localTiles: UInt64 = 0, localTileCount: UInt64 = 0, expertRows: UInt64 = 0
     var rank: Int64 = 0, world: Int64 = 0, tokensPerRank: Int64 = 0, validTokens: Int64 = 0, topK: Int64 = 0
     var hidden: Int64 = 0, experts: Int64 = 0, maxTiles: Int64 = 0, phase: Int64 = 0, timeoutNs: Int64 = 0
+    var nodeRanks: Int64 = 0, nodes: Int64 = 0
+    var railTokensOffset: Int64 = 0, railCombineOutOffset: Int64 = 0, railCombineInOffset: Int64 = 0
 }
 
 /// The phases a GPU layer is timed in (the order of MoEParallel's ExpertParallelStage).
@@ -80,6 +82,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// The all-to-all baseline's transport: NCCL send/recv through this communicator when set (one GPU per
     /// rank, any number of nodes); otherwise copies through the peers' IPC-mapped heaps (ranks on one node).
     public var allToAllCommunicator: NCCLCommunicator?
+    /// The nodes of the job: IPC stores and device barriers reach this rank's node; the rest goes over the rail.
+    public let grid: NodeGrid
+    /// This rank's rail (NCCL, one rank per node, rail rank = node): needed by the symmetric path across nodes,
+    /// whose graph captures its sends and receives.
+    public var railCommunicator: NCCLCommunicator?
 
     let kernels: LayerKernels
     let layer: DeviceLayer
@@ -87,6 +94,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let sideStream: CUDAStream
     let barrierKernel, publishKernel, countKernel, scanKernel, scatterKernel, localTilesKernel: CUDAFunction
     let dispatchKernel, combineKernel, gatherRowsKernel, scatterRowsKernel: CUDAFunction
+    let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel: CUDAFunction
     let heap: DeviceBuffer
     private var peerBases: [CUdeviceptr]
     private var openedPeers: [CUdeviceptr] = []
@@ -136,9 +144,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// - Parameters:
     ///   - capacity: T_cap, the most tokens per rank per step.
     ///   - ownerOfExpert: [E] the rank owning each expert.
+    ///   - nodes: N, the job's nodes (world/N ranks each, rank = node·L + local).
     public init(
         weights: MoELayerWeights, rank: Int, world: Int, capacity: Int, ownerOfExpert: [Int], deviceOrdinal: Int,
-        timeoutSeconds: Double
+        timeoutSeconds: Double, nodes: Int = 1
     ) throws {
         let config = weights.config
         guard ownerOfExpert.count == config.experts, ownerOfExpert.allSatisfy({ $0 >= 0 && $0 < world }) else {
@@ -152,7 +161,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         self.capacity = capacity
         self.ownerOfExpert = ownerOfExpert
         self.timeoutSeconds = timeoutSeconds
-        layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden)
+        grid = try NodeGrid(world: world, nodes: nodes)
+        layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden, nodes: nodes)
         let shared = try CUDARuntime.shared()
         if deviceOrdinal == shared.device.ordinal {
             runtime = shared
@@ -181,6 +191,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         combineKernel = try module.function("moe_ep_combine")
         gatherRowsKernel = try module.function("moe_ep_gather_rows")
         scatterRowsKernel = try module.function("moe_ep_scatter_rows")
+        forwardRoutingKernel = try module.function("moe_ep_forward_routing")
+        dispatchForwardKernel = try module.function("moe_ep_dispatch_forward")
+        combineCollectKernel = try module.function("moe_ep_combine_collect")
 
         let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
         func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
@@ -286,9 +299,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Rank `peer`'s heap base in this process (this rank's own allocation, or the opened IPC mapping).
     func peerBaseAddress(_ peer: Int) -> CUdeviceptr { peerBases[peer] }
 
-    /// Throws unless every peer's heap is mapped here (paths that store into peers' heaps need them all).
-    func requireMappedPeers(_ what: String) throws(CUDAError) {
-        if let peer = peerBases.firstIndex(of: 0) {
+    /// Throws unless every peer's heap is mapped here (paths that store into peers' heaps need them all; the
+    /// symmetric path across nodes needs only this node's: `nodeOnly`).
+    func requireMappedPeers(_ what: String, nodeOnly: Bool = false) throws(CUDAError) {
+        let needed = nodeOnly ? grid.nodeRanks(of: rank) : 0..<world
+        if let peer = needed.first(where: { peerBases[$0] == 0 }) {
             throw .invalidArgument(
                 "rank \(rank): \(what) stores into every peer's GPU heap, but rank \(peer)'s is not mapped here (another node: CUDA IPC reaches one host only)")
         }
@@ -303,6 +318,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         for base in openedPeers { _ = runtime.driver.api.cuIpcCloseMemHandle?(base) }
         openedPeers.removeAll()
         allToAllCommunicator = nil
+        railCommunicator = nil
     }
 
     /// Makes any device barrier of this rank give up now (it records "aborted" naming the rank it waited for).
@@ -381,6 +397,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.maxTiles = Int64(b.maxTiles)
         p.phase = Int64(phase)
         p.timeoutNs = Int64(timeoutSeconds * 1e9)
+        p.nodeRanks = Int64(grid.ranksPerNode)
+        p.nodes = Int64(grid.nodes)
+        p.railTokensOffset = Int64(layout.offset(of: .railTokens))
+        p.railCombineOutOffset = Int64(layout.offset(of: .railCombineOut))
+        p.railCombineInOffset = Int64(layout.offset(of: .railCombineIn))
         return p
     }
 
@@ -529,7 +550,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Enqueues the whole symmetric layer; `between` runs after each phase (event records when profiling).
     func enqueueSymmetric(
         _ b: Bucket, mode: RoutingMode, between: ((CUDAExpertParallelPhase) throws(CUDAError) -> Void)? = nil
-    ) throws(CUDAError) {
+    ) throws {
         let k = config.topK
         let slotsPerRank = b.tokensPerRank * k
         let ep = epParameters(b)
@@ -537,9 +558,17 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         func barrier(_ phase: UInt8) throws(CUDAError) {
             try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase))
         }
-        // 1. route; top-k into every peer's routing region.
+        let nodes = grid.nodes
+        let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(b)) : nil
+        // 1. route; top-k into every node peer's routing region. Across nodes: the rail exchanges top-k rows and
+        //    token rows, and this rank forwards its rail's top-k rows to its node peers.
         try enqueueLocalRouting(b, mode: mode)
         try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep)
+        if let rails {
+            try rails.communicator.enqueueWatched(rails.transfers.route, stream: stream, phase: "route: the rail exchange of top-k and token rows")
+            try forwardRoutingKernel.launch(
+                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep)
+        }
         try between?(.route)
         // 2. barrier; the global plan; this rank's tiles.
         try barrier(2)
@@ -553,6 +582,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
         try dispatchKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep)
+        if rails != nil {
+            try dispatchForwardKernel.launch(LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep)
+        }
         try barrier(3)
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
@@ -572,6 +604,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // 5. combine into the home ranks; barrier.
         try combineKernel.launch(LaunchShape(grid: (b.maxTiles, 1, 1), block: 128), stream: stream, parameters: ep)
         try barrier(4)
+        if let rails {
+            try rails.communicator.enqueueWatched(rails.transfers.combine, stream: stream, phase: "combine: the rail exchange of expert rows")
+            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep)
+        }
         try between?(.combine)
         // 6. k-way sum per local token in slot order.
         let marks = slotToSorted.address + UInt64(rank * slotsPerRank * 4)
@@ -583,10 +619,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// The captured graph of the symmetric layer for (T, mode): one graph, replayed; its barriers keep their epoch
     /// in device memory, so replays need nothing from the host.
-    func symmetricGraph(_ b: Bucket, mode: RoutingMode) throws(CUDAError) -> CUDAGraphExec {
+    func symmetricGraph(_ b: Bucket, mode: RoutingMode) throws -> CUDAGraphExec {
         if let exec = b.graphs[mode] { return exec }
         try stream.beginCapture()
-        do throws(CUDAError) {
+        do {
             try enqueueSymmetric(b, mode: mode)
         } catch {
             _ = try? stream.endCapture()
@@ -613,7 +649,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     ) throws -> CUDAExpertParallelResult {
         let device = runtime.device
         try device.makeCurrent()
-        try requireMappedPeers("the symmetric path")
+        try requireMappedPeers("the symmetric path", nodeOnly: true)
         let b = try bucket(tokens: tokens)
         try upload(input, bucket: b, poison: poison)
         var phaseSeconds: [Double] = []
@@ -659,25 +695,48 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return (try localIds.download(Int32.self, count: count), try localWeights.download(Float.self, count: count))
     }
 
-    /// Bytes each symmetric phase wrote (moved) and stored into other ranks (remote), from the global routing in
-    /// this rank's heap (call after a forward).
+    /// Bytes each symmetric phase wrote (moved) and stored into other ranks (remote, over IPC or the rail), from
+    /// the global routing in this rank's heap (call after a forward).
     public func symmetricBytes(tokens: Int) throws -> (moved: [Double], remote: [Double]) {
         let b = try bucket(tokens: tokens)
         let (R, k, row) = (world, config.topK, config.hidden * 2)
         let slotsPerRank = b.tokensPerRank * k
         let ids = try heap.download(Int32.self, count: R * slotsPerRank, offsetBytes: layout.offset(of: .routingIds))
         var moved = [Double](repeating: 0, count: 6), remote = [Double](repeating: 0, count: 6)
+        // Every rank's top-k reaches every rank once (by a store or a rail transfer and a forward).
         moved[1] = Double(2 * 4 * slotsPerRank * R)
         remote[1] = Double(2 * 4 * slotsPerRank * (R - 1))
+        let node = grid.node(of: rank)
+        func owner(_ id: Int32) -> Int? { id >= 0 ? ownerOfExpert[Int(id)] : nil }
+        // Dispatch: own slots owned on this node; the rail peers' slots owned on this node; the token rows sent.
         for s in 0..<slotsPerRank {
-            let id = Int(ids[rank * slotsPerRank + s])
-            guard id >= 0 else { continue }
+            guard let o = owner(ids[rank * slotsPerRank + s]), grid.node(of: o) == node else { continue }
             moved[2] += Double(row)
-            if ownerOfExpert[id] != rank { remote[2] += Double(row) }
+            if o != rank { remote[2] += Double(row) }
         }
-        for (slot, id) in ids.enumerated() where id >= 0 && ownerOfExpert[Int(id)] == rank {
+        for m in grid.otherNodes(of: rank) {
+            let source = grid.railPeer(of: rank, onNode: m)
+            for s in 0..<slotsPerRank {
+                guard let o = owner(ids[source * slotsPerRank + s]), grid.node(of: o) == node else { continue }
+                moved[2] += Double(row)
+                if o != rank { remote[2] += Double(row) }
+            }
+        }
+        let rail = grid.nodes > 1 ? railTransfers(b).sentBytes : (route: 0, combine: 0)
+        moved[2] += Double(rail.route - 2 * 4 * slotsPerRank * (grid.nodes - 1))
+        remote[2] += Double(rail.route - 2 * 4 * slotsPerRank * (grid.nodes - 1))
+        // Combine: every row computed here, to its home or to the home's rail forwarder on this node; then the rail
+        // sends and the copies of what arrived.
+        for (slot, id) in ids.enumerated() where owner(id) == rank {
+            let home = slot / slotsPerRank
+            let target = grid.node(of: home) == node ? home : grid.railPeer(of: home, onNode: node)
             moved[4] += Double(row)
-            if slot / slotsPerRank != rank { remote[4] += Double(row) }
+            if target != rank { remote[4] += Double(row) }
+        }
+        moved[4] += Double(rail.combine)
+        remote[4] += Double(rail.combine)
+        for s in 0..<slotsPerRank {
+            if let o = owner(ids[rank * slotsPerRank + s]), grid.node(of: o) != node { moved[4] += Double(row) }
         }
         return (moved, remote)
     }
@@ -706,15 +765,41 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     /// Waits for the stream; meanwhile polls `peerWatch` and aborts the device barriers when it reports a failure.
-    func waitForDevice() throws(CUDAError) {
-        guard let watch = peerWatch else { return try stream.synchronize() }
+    /// Across nodes the rail's NCCL kernels wait too, and nothing in them times out: a failed peer or an NCCL error
+    /// also aborts the rail communicator, and so does a layer that makes no progress (its barrier epoch stands
+    /// still) for the timeout, which is what a stalled peer on another node looks like from here.
+    func waitForDevice() throws {
+        let rail = grid.nodes > 1 ? railCommunicator : nil
+        guard peerWatch != nil || rail != nil else { return try stream.synchronize() }
+        let watch = peerWatch
+        let verdict = NCCLCommunicator.Verdict()
         let done = AtomicFlag()
         let group = DispatchGroup()
         nonisolated(unsafe) let this = self
+        let phase = "the symmetric layer's rail exchange (NCCL across \(grid.nodes) nodes)"
         DispatchQueue.global().async(group: group) {
+            var epoch = this.barrierEpoch(), moved = MonotonicSeconds.now(), polls = 0
             while !done.isSet {
-                if watch() != nil {
+                var failure: NCCLError?
+                if let why = watch?() {
+                    failure = .peerFailed(rank: this.rank, phase: phase, why: why)
+                } else if let rail {
+                    failure = rail.asynchronousError(phase: phase)
+                    polls += 1
+                    if failure == nil, polls % 10 == 0 {
+                        let now = MonotonicSeconds.now(), current = this.barrierEpoch()
+                        if current != epoch {
+                            (epoch, moved) = (current, now)
+                        } else if now - moved > this.timeoutSeconds {
+                            failure = .timeout(rank: this.rank, phase: phase, seconds: this.timeoutSeconds)
+                        }
+                    }
+                }
+                if let failure {
+                    // Without a rail, the device barriers' abort is enough and their record names the rank.
+                    if rail != nil { verdict.set(failure) }
                     this.requestAbort()
+                    rail?.abort(reason: "\(failure)")
                     return
                 }
                 usleepCompat(10_000)
@@ -724,7 +809,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             done.set()
             group.wait()
         }
-        try stream.synchronize()
+        do {
+            try stream.synchronize()
+        } catch {
+            if let decided = verdict.value { throw decided }
+            throw error
+        }
+        if let decided = verdict.value { throw decided }
     }
 
     /// Throws the recorded device-barrier failure, if any.

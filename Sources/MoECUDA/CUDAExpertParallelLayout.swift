@@ -17,10 +17,16 @@ import MoECore
 /// | allToAllRows | [R·T_cap·k, H] bf16 received (token, slot) rows | all-to-all senders |
 /// | allToAllIds, allToAllWeights | [R·T_cap·k] i32 / f32 of those rows | all-to-all senders |
 /// | allToAllReturn | [T_cap·k, H] bf16 expert rows coming home, in send order | experts' owners |
+/// | railTokens | [N·T_cap, H] bf16 token rows of the rail peers (N > 1 only) | NCCL receives |
+/// | railCombineOut | [N·T_cap·k, H] bf16 rows for the rail peer on node m, at its (token, slot) | node peers |
+/// | railCombineIn | [N·T_cap·k, H] bf16 rows from node m for this rank's slots | NCCL receives |
+///
+/// The rail regions are empty on one node, where the layout is what it was before nodes existed.
 public struct CUDAExpertParallelLayout: Sendable, Equatable {
     public enum Region: Int, CaseIterable, Sendable {
         case control, flags, routingIds, routingWeights, dispatch, combine
         case allToAllRows, allToAllIds, allToAllWeights, allToAllReturn
+        case railTokens, railCombineOut, railCombineIn
     }
 
     public static let alignment = 256
@@ -36,6 +42,8 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
     }
 
     public let ranks: Int
+    /// N: nodes of the job (the rails' length).
+    public let nodes: Int
     public let capacity: Int
     public let topK: Int
     public let hidden: Int
@@ -43,8 +51,11 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
     public let sizes: [Int]
     public let totalBytes: Int
 
-    public init(ranks: Int, capacity: Int, topK: Int, hidden: Int) throws(CUDAError) {
+    public init(ranks: Int, capacity: Int, topK: Int, hidden: Int, nodes: Int = 1) throws(CUDAError) {
         guard ranks >= 1, ranks <= 1024 else { throw .invalidArgument("GPU expert parallelism needs 1...1024 ranks, got \(ranks)") }
+        guard nodes >= 1, ranks % nodes == 0 else {
+            throw .invalidArgument("\(ranks) ranks do not split evenly over \(nodes) nodes (every node needs the same number of ranks)")
+        }
         guard capacity >= 1 else { throw .invalidArgument("GPU heap capacity must be ≥ 1 token per rank, got \(capacity)") }
         guard topK >= 1, hidden >= 8, hidden % 8 == 0 else {
             throw .invalidArgument("GPU heap needs k ≥ 1 and H a multiple of 8 (16-byte row copies); got k=\(topK), H=\(hidden)")
@@ -53,6 +64,7 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
             throw .invalidArgument("R·T_cap·k = \(ranks)·\(capacity)·\(topK) exceeds 2³¹; lower --max-tokens-per-rank")
         }
         self.ranks = ranks
+        self.nodes = nodes
         self.capacity = capacity
         self.topK = topK
         self.hidden = hidden
@@ -68,6 +80,10 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
         sizes[Region.allToAllIds.rawValue] = globalSlots * 4
         sizes[Region.allToAllWeights.rawValue] = globalSlots * 4
         sizes[Region.allToAllReturn.rawValue] = localSlots * row
+        let railNodes = nodes > 1 ? nodes : 0
+        sizes[Region.railTokens.rawValue] = railNodes * capacity * row
+        sizes[Region.railCombineOut.rawValue] = railNodes * localSlots * row
+        sizes[Region.railCombineIn.rawValue] = railNodes * localSlots * row
         var offsets = [Int](repeating: 0, count: sizes.count)
         var cursor = 0
         for region in Region.allCases {

@@ -218,13 +218,36 @@ public final class NCCLCommunicator: @unchecked Sendable {
     /// Throws `NCCLError` naming `phase`: a failed call, an asynchronous NCCL error, a failed peer or a timeout
     /// (the last three after aborting the communicator).
     public func exchange(_ transfers: [NCCLTransfer], stream: CUDAStream, phase: String) throws {
+        let active = try validated(transfers, phase: phase)
+        guard !active.isEmpty else { return }
+        try watched(phase: phase) {
+            try enqueue(active, stream: stream, phase: phase)
+            try stream.synchronize()
+        }
+    }
+
+    /// Enqueues `transfers` as one NCCL group on `stream` without waiting for them: how a layer's graph captures
+    /// them (the graph replays them at these addresses and sizes). ncclGroupEnd may wait for a peer to connect,
+    /// so it runs watched like `exchange`; waiting for the transfers themselves is the caller's (see
+    /// `asynchronousError` and `abort`).
+    public func enqueueWatched(_ transfers: [NCCLTransfer], stream: CUDAStream, phase: String) throws {
+        let active = try validated(transfers, phase: phase)
+        guard !active.isEmpty else { return }
+        try watched(phase: phase) { try enqueue(active, stream: stream, phase: phase) }
+    }
+
+    private func validated(_ transfers: [NCCLTransfer], phase: String) throws(NCCLError) -> [NCCLTransfer] {
         for t in transfers {
             guard t.peer >= 0, t.peer < world, t.bytes >= 0 else {
                 throw NCCLError.invalidArgument("rank \(rank), \(phase): a transfer with peer \(t.peer) of \(world) ranks, \(t.bytes) bytes")
             }
         }
-        let active = transfers.filter { $0.bytes > 0 }
-        guard !active.isEmpty else { return }
+        return transfers.filter { $0.bytes > 0 }
+    }
+
+    /// Runs `body` while a watcher thread polls ncclCommGetAsyncError, `peerWatch` and the timeout; on a failure the
+    /// watcher aborts the communicator (so NCCL calls and kernels give up) and its error is the one thrown.
+    private func watched(phase: String, _ body: () throws -> Void) throws {
         try makeCurrent()
         let verdict = Verdict()
         let done = AtomicFlag()
@@ -258,8 +281,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
             group.wait()
         }
         do {
-            try enqueue(active, stream: stream, phase: phase)
-            try stream.synchronize()
+            try body()
         } catch {
             finish()
             if let decided = verdict.value { throw decided }
@@ -345,7 +367,8 @@ public final class NCCLCommunicator: @unchecked Sendable {
     /// DEVICE.md: NVLink multicast stays off on the multi-GPU machines (NCCL would set it up at init).
     static func keepNVLinkMulticastOff() { setenv("NCCL_NVLS_ENABLE", "0", 0) }
 
-    private final class Verdict: @unchecked Sendable {
+    /// The first error a watcher decided, shared with the waiting thread.
+    final class Verdict: @unchecked Sendable {
         private let lock = DispatchSemaphore(value: 1)
         private var stored: NCCLError?
         func set(_ error: NCCLError) {

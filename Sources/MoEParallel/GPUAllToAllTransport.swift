@@ -26,7 +26,8 @@ public struct GPUPlacement: Sendable, Equatable {
     static let magic: UInt64 = 0x3154_4E43_4C50_504D  // "MPPLCNT1"
     public var rank: Int
     public var node: Int
-    /// A digest of the host name: two nodes of one job on one host share GPUs like two ranks of one node.
+    /// A digest of the host as NCCL sees it (`hostDigest`): two ranks with one host and one GPU are a "Duplicate
+    /// GPU" to NCCL. Each node of a multi-node job is its own host (the runner sets NCCL_HOSTID per node).
     public var host: UInt64
     public var deviceOrdinal: Int
     /// The GPU's PCI address (−1 when the driver does not say): the physical identity, whatever
@@ -97,15 +98,19 @@ public struct GPUPlacement: Sendable, Equatable {
             pciDomain: Int(i64(40)), pciBus: Int(i64(48)), pciDevice: Int(last >> 1), ncclLoaded: last & 1 == 1)
     }
 
-    /// FNV-1a of this machine's host name.
+    /// FNV-1a of the host as NCCL identifies it: NCCL_HOSTID when set, else this machine's host name.
     public static func hostDigest() -> UInt64 {
+        let name = getenv("NCCL_HOSTID").map { String(cString: $0) } ?? hostName()
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return hash
+    }
+
+    /// This machine's host name.
+    public static func hostName() -> String {
         var name = [CChar](repeating: 0, count: 256)
         _ = gethostname(&name, name.count - 1)
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.prefix(while: { $0 != 0 }) {
-            hash = (hash ^ UInt64(UInt8(bitPattern: byte))) &* 0x100_0000_01b3
-        }
-        return hash
+        return String(decoding: name.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -280,7 +280,8 @@ extension GPUExpertParallelBench {
         say("model:   \(source): \(weights.config)")
         say("ranks:   \(world) × cuda, device \(runner.deviceOrdinal) of rank 0: \(runner.layers[0].deviceSummary); experts \(runner.assignment)")
         say(runner.transportLine)
-        if let why = runner.symmetricRefusal { say("note:    \(why)") }
+        if let why = runner.symmetricRefusal { say("note:    the symmetric path cannot run: \(why)") }
+        if let why = runner.allToAllRefusal { say("note:    the all-to-all baseline cannot run: \(why)") }
         if checks {
             try check(runner: runner, weights: [weights, skewed], cases: checkCases)
         }
@@ -296,7 +297,7 @@ extension GPUExpertParallelBench {
         for row in report.rows {
             let sym = row.paths.first { $0.comm == "symmetric" }?.medianMicroseconds ?? 0
             let a2a = row.paths.first { $0.comm == "alltoall" }?.medianMicroseconds ?? 0
-            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport.kind.rawValue)")
+            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none")")
         }
     }
 

@@ -31,9 +31,10 @@ public enum GPUExpertParallelError: Error, Sendable, Equatable, CustomStringConv
 ///
 /// Device: local rank % device count (one process per GPU; ranks beyond the device count share GPUs, which
 /// is how it is tested on one GPU). The all-to-all baseline runs over NCCL or the IPC mappings
-/// (`GPUAllToAllTransport.decide`). Across nodes only the all-to-all baseline runs (over NCCL): the symmetric
-/// path's device barriers and one-sided stores reach peers through CUDA IPC, one host only, and are refused
-/// across nodes with `symmetricRefusal`.
+/// (`GPUAllToAllTransport.decide`). Across nodes the symmetric path keeps its IPC stores and device barriers
+/// inside each node and moves the rest over the rank's rail (`NodeGrid`): an NCCL communicator of the ranks with
+/// its local index, one per node, whose sends and receives the layer's graph captures. Every node is a host to
+/// NCCL (`NCCL_HOSTID`, unless set), so loopback "nodes" sharing one GPU can test it.
 public final class GPUExpertParallelRunner {
     public let environment: RankEnvironment
     public let assignment: ExpertAssignment
@@ -42,14 +43,20 @@ public final class GPUExpertParallelRunner {
     public let config: MoEConfig
     public let capacity: Int
     public let deviceOrdinal: Int
-    /// How the all-to-all baseline moves rows, and why.
-    public let transport: GPUAllToAllTransport
+    /// How the all-to-all baseline moves rows, and why (nil when it cannot run here: `allToAllRefusal`).
+    public let transport: GPUAllToAllTransport?
     /// The communicator of the NCCL transport (shared by every layer).
     public let communicator: NCCLCommunicator?
+    /// This rank's rail communicator across nodes (shared by every layer; nil on one node).
+    public let railCommunicator: NCCLCommunicator?
     /// Why the symmetric path cannot run in this job (nil when it can).
     public let symmetricRefusal: String?
-    /// The paths this job can run: both on one node, the all-to-all baseline only across nodes.
-    public var availableComms: [CommMode] { symmetricRefusal == nil ? CommMode.allCases : [.alltoall] }
+    /// Why the all-to-all baseline cannot run in this job (nil when it can).
+    public let allToAllRefusal: String?
+    /// The paths this job can run (at least one, or the runner is not made).
+    public var availableComms: [CommMode] {
+        CommMode.allCases.filter { ($0 == .symmetric ? symmetricRefusal : allToAllRefusal) == nil }
+    }
 
     public var rank: Int { environment.rank }
     public var world: Int { environment.world }
@@ -63,6 +70,7 @@ public final class GPUExpertParallelRunner {
     ) throws {
         try environment.validate()
         try Self.requireCUDA()
+        Self.nameNodeForNCCL(environment)
         let network = try NetworkRendezvous.forJob(environment)
         guard let first = weights.first, weights.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("need ≥ 1 layer, all of one config")
@@ -91,8 +99,11 @@ public final class GPUExpertParallelRunner {
         let rank = environment.rank
         var made: [CUDAExpertParallelLayer] = []
         let ordinal: Int
-        let transport: GPUAllToAllTransport
+        var transport: GPUAllToAllTransport?
+        var allToAllRefusal: String?
+        var symmetricRefusal: String?
         var communicator: NCCLCommunicator?
+        var rail: NCCLCommunicator?
         do {
             let devices = try CUDAExpertParallelLayer.deviceCount()
             ordinal = CUDAExpertParallelLayer.deviceOrdinal(localRank: environment.localRank, deviceCount: devices)
@@ -107,29 +118,40 @@ public final class GPUExpertParallelRunner {
             let placements = try Self.allGather(placement.encoded(), heap: heap).enumerated().map {
                 try GPUPlacement.decode($0.element, rank: $0.offset)
             }
+            let requested = options.allToAllTransport ?? environment.allToAllTransport ?? .auto
+            symmetricRefusal = Self.symmetricRefusal(environment: environment, placements: placements, loadFailure: loadFailure)
             do {
-                transport = try GPUAllToAllTransport.decide(
-                    requested: options.allToAllTransport ?? environment.allToAllTransport ?? .auto, placements: placements)
+                transport = try GPUAllToAllTransport.decide(requested: requested, placements: placements)
             } catch {
-                if let loadFailure { throw ExpertParallelError.invalidArgument("\(error); on rank \(rank): \(loadFailure)") }
-                throw error
+                let why = loadFailure.map { "\(error); on rank \(rank): \($0)" } ?? "\(error)"
+                // An explicit --a2a-transport, or a job where neither path can run, fails; otherwise the
+                // symmetric path runs alone and the baseline's absence is reported with its reason.
+                guard requested == .auto, symmetricRefusal == nil else { throw ExpertParallelError.invalidArgument(why) }
+                allToAllRefusal = why
             }
             let owners = (0..<config.experts).map { assignment.owner(of: $0) }
             for w in weights {
                 made.append(try CUDAExpertParallelLayer(
                     weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
-                    deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds))
+                    deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds, nodes: environment.nodes))
             }
             try Self.exchangeHandles(layers: made, heap: heap, environment: environment)
-            if transport.kind == .nccl, let library {
-                let watch: @Sendable () -> String? = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) }
+            let watch: @Sendable () -> String? = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) }
+            if transport?.kind == .nccl, let library {
                 communicator = try Self.makeCommunicator(
                     library: library, device: made[0].runtime.device, heap: heap, rank: rank, world: world, watch: watch)
                 for layer in made { layer.allToAllCommunicator = communicator }
             }
+            if environment.nodes > 1, symmetricRefusal == nil, let library {
+                rail = try Self.makeRailCommunicator(
+                    library: library, device: made[0].runtime.device, heap: heap, environment: environment, watch: watch)
+                for layer in made { layer.railCommunicator = rail }
+                try made[0].connectRail()
+            }
         } catch {
             heap.abort(message: "rank \(rank) could not set up GPU expert parallelism: \(error)")
             communicator?.close()
+            rail?.close()
             for layer in made { layer.close() }
             heap.close()
             throw error
@@ -142,17 +164,39 @@ public final class GPUExpertParallelRunner {
         self.deviceOrdinal = ordinal
         self.transport = transport
         self.communicator = communicator
-        symmetricRefusal = environment.nodes > 1
-            ? "the symmetric path across nodes is not in this build: its device barriers and one-sided stores reach peers through CUDA IPC, one host only (this job spans \(environment.nodes) nodes); run --comm alltoall (NCCL) across nodes, or the symmetric path on one node"
-            : nil
+        self.railCommunicator = rail
+        self.symmetricRefusal = symmetricRefusal
+        self.allToAllRefusal = allToAllRefusal
     }
 
     /// The transport line the ranks print: both paths, which transport and why.
     public var transportLine: String {
-        let symmetric = symmetricRefusal == nil
-            ? "GPU symmetric heaps over CUDA IPC (one graph per layer, device barriers)"
-            : "not available across nodes (CUDA IPC reaches one host)"
-        return "transport: symmetric: \(symmetric); all-to-all baseline: \(transport.summary)"
+        let nodes = environment.nodes
+        let symmetric = symmetricRefusal.map { "not available (\($0))" }
+            ?? (nodes == 1
+                ? "GPU symmetric heaps over CUDA IPC (one graph per layer, device barriers)"
+                : "GPU symmetric heaps over CUDA IPC within each node, NCCL rails of \(nodes) ranks across nodes (one graph per layer, sends and receives captured, device barriers per node)")
+        let baseline = transport?.summary ?? "not available (\(allToAllRefusal ?? "refused"))"
+        return "transport: symmetric: \(symmetric); all-to-all baseline: \(baseline)"
+    }
+
+    /// Why the symmetric path cannot run in this job: across nodes its rails need NCCL on every rank. Nil when
+    /// it can (always on one node).
+    static func symmetricRefusal(environment: RankEnvironment, placements: [GPUPlacement], loadFailure: String?) -> String? {
+        guard environment.nodes > 1 else { return nil }
+        let unloaded = placements.filter { !$0.ncclLoaded }.map(\.rank)
+        guard !unloaded.isEmpty else { return nil }
+        let ranks = unloaded.map(String.init).joined(separator: ", ")
+        let mine = loadFailure.map { "; on this rank: \($0)" } ?? ""
+        return "the symmetric path across \(environment.nodes) nodes moves rows between nodes over NCCL, and libnccl could not be loaded on rank\(unloaded.count > 1 ? "s" : "") \(ranks) (set MOE_CUDA_LIBRARY_PATH to the folder holding libnccl.so.2)\(mine)"
+    }
+
+    /// Tells NCCL that each node of a multi-node job is its own host (`NCCL_HOSTID`, unless the user set it), as
+    /// MoEKit treats it: then two loopback "nodes" on one machine, even on one shared GPU, are peers to NCCL
+    /// rather than a "Duplicate GPU". Set before any NCCL call: NCCL reads it once.
+    static func nameNodeForNCCL(_ environment: RankEnvironment) {
+        guard environment.nodes > 1 else { return }
+        setenv("NCCL_HOSTID", "\(GPUPlacement.hostName())/moe-node-\(environment.nodeRank)", 0)
     }
 
     /// This rank's host and GPU (its PCI address, when the driver gives it).
@@ -204,6 +248,23 @@ public final class GPUExpertParallelRunner {
         return bytes
     }
 
+    /// The rail of `environment`'s rank: the ranks with its local index, one per node, rail rank = node. Each
+    /// rail's first rank (node 0) makes its unique id; every rank's id goes to every rank (the CPU heap), and
+    /// each takes its rail's, then joins, watched for dead peers and the heap's timeout.
+    static func makeRailCommunicator(
+        library: NCCLLibrary, device: CUDADevice, heap: SymmetricHeap, environment: RankEnvironment,
+        watch: @escaping @Sendable () -> String?
+    ) throws -> NCCLCommunicator {
+        let isRailRoot = environment.nodeRank == 0
+        let mine = isRailRoot
+            ? try NCCLCommunicator.makeUniqueID(library: library, rank: environment.rank)
+            : [UInt8](repeating: 0, count: NCCLCommunicator.uniqueIDBytes)
+        let ids = try allGather(mine, heap: heap)
+        return try NCCLCommunicator(
+            library: library, device: device, uniqueID: ids[environment.localRank], rank: environment.nodeRank,
+            world: environment.nodes, timeoutSeconds: heap.timeoutSeconds, peerWatch: watch)
+    }
+
     /// Rank 0 makes the NCCL unique id and stores it into every rank's results region (across nodes too); every
     /// rank then joins the communicator, watched for dead peers and the heap's timeout.
     static func makeCommunicator(
@@ -228,10 +289,11 @@ public final class GPUExpertParallelRunner {
         }
     }
 
-    /// Closes the IPC mappings and the NCCL communicator, and marks this rank done.
+    /// Closes the IPC mappings and the NCCL communicators, and marks this rank done.
     public func close() {
         for layer in layers { layer.close() }
         communicator?.close()
+        railCommunicator?.close()
         heap.close()
     }
 
@@ -315,8 +377,8 @@ public final class GPUExpertParallelRunner {
         _ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, layerIndices: [Int]? = nil,
         execution: CUDAExpertParallelLayer.Execution = .graph, poison: Bool = false
     ) throws -> [Float] {
-        if comm == .symmetric, let symmetricRefusal {
-            let error = ExpertParallelError.invalidArgument("rank \(rank): \(symmetricRefusal)")
+        if let refusal = comm == .symmetric ? symmetricRefusal : allToAllRefusal {
+            let error = ExpertParallelError.invalidArgument("rank \(rank): the \(comm) path cannot run in this job: \(refusal)")
             heap.abort(message: "\(error)")
             throw error
         }

@@ -7,12 +7,24 @@
 // rank computes the same sorted positions as the single-rank forward; the grouped GEMMs (moe_experts.cu) then run
 // on this rank's experts' tiles only.
 //
+// Across nodes (N > 1, L ranks per node, rank = node·L + local) CUDA IPC reaches only the node's ranks: the stores
+// and barriers here stay inside the node, and each rank's RAIL (the ranks with its local index, one per node) moves
+// the rest over NCCL inside the same graph, at static sizes:
+//   route:    rail send/recv of every rank's top-k into the same routing rows, then moe_ep_forward_routing copies
+//             the rail's rows into the node peers' routing regions: every rank still sees the global routing;
+//   dispatch: rail send/recv of the T_loc token rows (railTokens); a token whose expert is on node m reaches it
+//             through its rail peer on m, which stores the row at the global sorted position (moe_ep_dispatch_forward);
+//   combine:  a row for a token homed on node m goes to this node's rank on the home's rail (railCombineOut, at the
+//             home's (token, slot) index), which sends it over the rail; the home copies it into its combine region
+//             (moe_ep_combine_collect). The k-way sum stays on the home rank in slot order: output bit-identical.
+//
 // Heap layout (offsets passed in MoEEPParams; see CUDAExpertParallelLayout.swift):
 //   control:  0 epoch u64 (this rank's barrier count, written by its own barrier kernel only)
 //             8 status u32 (0 ok, 1 timeout, 2 aborted) · 12 phase u32 · 16 awaited rank u32 · 24 epoch u64
 //            64 abort word u32 (the host sets it to make a waiting barrier give up)
 //   flags:    [R] u64, slot q = the last barrier epoch rank q reached
 //   routing ids / weights [R·T_cap·k], dispatch [R·T_cap·k, H] bf16, combine [T_cap·k, H] bf16, …
+//   railTokens [N·T_cap, H], railCombineOut / railCombineIn [N·T_cap·k, H] bf16 (empty on one node)
 #include "moe_routing.cu"
 
 #define MOE_EP_STATUS_OK 0
@@ -36,6 +48,9 @@ typedef struct MoEEPParams {
     MoEDevicePointer localTileCount;
     MoEDevicePointer expertRows;     ///< [R·T_loc·k, H] bf16 GEMM 2 output at sorted positions
     long long rank, world, tokensPerRank, validTokens, topK, hidden, experts, maxTiles, phase, timeoutNs;
+    long long nodeRanks;  ///< L: ranks per node (= world on one node); rank q is on node q / L
+    long long nodes;      ///< N
+    long long railTokensOffset, railCombineOutOffset, railCombineInOffset;
 } MoEEPParams;
 
 MOE_DEVICE unsigned long long global_timer() {
@@ -64,6 +79,11 @@ MOE_DEVICE char *heap_of(const MoEEPParams &p, long long rank) {
     return (char *)((const unsigned long long *)p.peerHeaps)[rank];
 }
 
+MOE_DEVICE long long node_of(const MoEEPParams &p, long long q) { return q / p.nodeRanks; }
+
+/// The first rank of this rank's node: the IPC-reachable ranks are [first, first + L).
+MOE_DEVICE long long node_first(const MoEEPParams &p) { return node_of(p, p.rank) * p.nodeRanks; }
+
 MOE_DEVICE bool ep_failed(const MoEEPParams &p) {
     return load_volatile_u32((const unsigned *)((char *)p.ownHeap + p.controlOffset + 8)) != MOE_EP_STATUS_OK;
 }
@@ -77,8 +97,9 @@ MOE_DEVICE void copy_row(bf16_t *destination, const bf16_t *source, int hidden) 
 
 // MARK: barrier
 
-/// grid 1 × 32 threads (lane 0 works). Epoch n: store n into slot `rank` of every peer's flags (release, system
-/// scope), then wait until every slot of this rank's flags holds ≥ n (acquire). On timeout or a host abort,
+/// grid 1 × 32 threads (lane 0 works). Epoch n: store n into slot `rank` of every node peer's flags (release,
+/// system scope), then wait until the node's slots of this rank's flags hold ≥ n (acquire). Ranks on other nodes
+/// are ordered by the rail's NCCL operations in the stream, not by this barrier. On timeout or a host abort,
 /// records (status, phase, awaited rank, epoch) in the control block and returns; later kernels see the status
 /// and skip their stores, and the host throws naming the rank and phase. A failed heap stays failed.
 extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
@@ -90,13 +111,14 @@ extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
     const unsigned long long epoch = *epochWord + 1;
     *epochWord = epoch;
     __threadfence_system();  // this rank's earlier stores (previous kernels) before the arrival
-    for (long long q = 0; q < p.world; ++q) {
+    const long long first = node_first(p);
+    for (long long q = first; q < first + p.nodeRanks; ++q) {
         store_release_sys_u64((unsigned long long *)(heap_of(p, q) + p.flagsOffset) + p.rank, epoch);
     }
     const unsigned long long *flags = (const unsigned long long *)((char *)p.ownHeap + p.flagsOffset);
     const unsigned *abortWord = (const unsigned *)(control + 64);
     const unsigned long long start = global_timer();
-    for (long long q = 0; q < p.world; ++q) {
+    for (long long q = first; q < first + p.nodeRanks; ++q) {
         unsigned spins = 0;
         while (load_acquire_sys_u64(flags + q) < epoch) {
             unsigned failure = MOE_EP_STATUS_OK;
@@ -121,8 +143,8 @@ extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
 
 // MARK: phases
 
-/// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every peer's routing region at row
-/// rank·T_loc; padding rows (t ≥ T_r) route nowhere (id −1, weight 0).
+/// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every node peer's routing region (its own
+/// included) at row rank·T_loc; padding rows (t ≥ T_r) route nowhere (id −1, weight 0).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) {
     const long long slots = p.tokensPerRank * p.topK;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -131,7 +153,32 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
         const int id = valid ? ((const int *)p.localIds)[s] : -1;
         const float w = valid ? ((const float *)p.localWeights)[s] : 0.0f;
         const long long at = p.rank * slots + s;
-        for (long long q = 0; q < p.world; ++q) {
+        const long long first = node_first(p);
+        for (long long q = first; q < first + p.nodeRanks; ++q) {
+            char *heap = heap_of(p, q);
+            ((int *)(heap + p.routingIdsOffset))[at] = id;
+            ((float *)(heap + p.routingWeightsOffset))[at] = w;
+        }
+    }
+    __threadfence_system();
+}
+
+/// grid (ceil(T_loc·k / 256), N) × 256, across nodes only. After the rail's NCCL exchange put the top-k of rank
+/// (m, local) into this rank's routing region, copy those rows into every other node peer's routing region: each
+/// rank of the node forwards its own rail, so after the route barrier every rank holds all R ranks' rows.
+extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPParams p) {
+    const long long node = blockIdx.y;
+    if (node == node_of(p, p.rank)) return;
+    const long long slots = p.tokensPerRank * p.topK;
+    const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (s < slots) {
+        const long long source = node * p.nodeRanks + p.rank % p.nodeRanks;
+        const long long at = source * slots + s;
+        const int id = ((const int *)((char *)p.ownHeap + p.routingIdsOffset))[at];
+        const float w = ((const float *)((char *)p.ownHeap + p.routingWeightsOffset))[at];
+        const long long first = node_first(p);
+        for (long long q = first; q < first + p.nodeRanks; ++q) {
+            if (q == p.rank) continue;
             char *heap = heap_of(p, q);
             ((int *)(heap + p.routingIdsOffset))[at] = id;
             ((float *)(heap + p.routingWeightsOffset))[at] = w;
@@ -168,7 +215,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
 }
 
 /// grid T_loc·k blocks × 128. Step 3: the row of local (token, slot) s stored into its expert owner's dispatch
-/// region at the slot's global sorted position.
+/// region at the slot's global sorted position, when the owner is on this node (others get it over the rail).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p) {
     if (ep_failed(p)) return;
     const long long s = blockIdx.x;
@@ -178,29 +225,80 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p)
         const int position = ((const int *)p.slotToSorted)[p.rank * p.tokensPerRank * p.topK + s];
         if (id >= 0 && id < p.experts && position >= 0) {
             const int owner = ((const int *)p.ownerOfExpert)[id];
-            bf16_t *row = (bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden;
-            copy_row(row, (const bf16_t *)p.x + t * p.hidden, (int)p.hidden);
+            if (node_of(p, owner) == node_of(p, p.rank)) {
+                bf16_t *row = (bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden;
+                copy_row(row, (const bf16_t *)p.x + t * p.hidden, (int)p.hidden);
+            }
         }
     }
     __threadfence_system();
 }
 
-/// grid maxTiles × 128. Step 5: each row this rank computed (already weighted, bf16) stored into its home rank's
-/// combine region at the (token, slot) index.
+/// grid (T_loc·k, N) × 128, across nodes only. Slot s of rank (m, local), whose token row arrived over the rail in
+/// railTokens[m]: stored into its expert owner's dispatch region at its global sorted position when the owner is on
+/// this node. Padding slots route nowhere (id −1 in the routing region).
+extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPParams p) {
+    if (ep_failed(p)) return;
+    const long long node = blockIdx.y;
+    if (node == node_of(p, p.rank)) return;
+    const long long slots = p.tokensPerRank * p.topK;
+    const long long s = blockIdx.x;
+    const long long source = node * p.nodeRanks + p.rank % p.nodeRanks;
+    const int id = ((const int *)((char *)p.ownHeap + p.routingIdsOffset))[source * slots + s];
+    const int position = ((const int *)p.slotToSorted)[source * slots + s];
+    if (id >= 0 && id < p.experts && position >= 0) {
+        const int owner = ((const int *)p.ownerOfExpert)[id];
+        if (node_of(p, owner) == node_of(p, p.rank)) {
+            const bf16_t *tokens = (const bf16_t *)((char *)p.ownHeap + p.railTokensOffset);
+            bf16_t *row = (bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden;
+            copy_row(row, tokens + (node * p.tokensPerRank + s / p.topK) * p.hidden, (int)p.hidden);
+        }
+    }
+    __threadfence_system();
+}
+
+/// grid maxTiles × 128. Step 5: each row this rank computed (already weighted, bf16) stored at the (token, slot)
+/// index of its home rank: into the home's combine region on this node; for a home on node m, into railCombineOut[m]
+/// of this node's rank on the home's rail, which sends it over NCCL after the combine barrier.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) {
     if (ep_failed(p)) return;
     if ((int)blockIdx.x < *(const int *)p.localTileCount) {
         const MoETile tile = ((const MoETile *)p.localTiles)[blockIdx.x];
         const long long slotsPerRank = p.tokensPerRank * p.topK;
+        const long long node = node_of(p, p.rank);
         for (int r = 0; r < tile.rowCount; ++r) {
             const long long sorted = tile.rowStart + r;
             const long long slot = ((const int *)p.sortedToSlot)[sorted];
             const long long home = slot / slotsPerRank;
-            bf16_t *row = (bf16_t *)(heap_of(p, home) + p.combineOffset) + (slot - home * slotsPerRank) * p.hidden;
+            const long long homeNode = node_of(p, home);
+            bf16_t *row;
+            if (homeNode == node) {
+                row = (bf16_t *)(heap_of(p, home) + p.combineOffset) + (slot - home * slotsPerRank) * p.hidden;
+            } else {
+                const long long forwarder = node * p.nodeRanks + home % p.nodeRanks;
+                row = (bf16_t *)(heap_of(p, forwarder) + p.railCombineOutOffset)
+                    + (homeNode * slotsPerRank + slot - home * slotsPerRank) * p.hidden;
+            }
             copy_row(row, (const bf16_t *)p.expertRows + sorted * p.hidden, (int)p.hidden);
         }
     }
     __threadfence_system();
+}
+
+/// grid T_loc·k × 128, across nodes only. After the rail's NCCL exchange brought railCombineIn[m] (rows computed on
+/// node m for this rank's slots), copy each slot whose expert lives on another node into this rank's combine region.
+extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_collect(MoEEPParams p) {
+    if (ep_failed(p)) return;
+    const long long s = blockIdx.x;
+    if (s / p.topK >= p.validTokens) return;
+    const int id = ((const int *)p.localIds)[s];
+    const int position = ((const int *)p.slotToSorted)[p.rank * p.tokensPerRank * p.topK + s];
+    if (id < 0 || id >= p.experts || position < 0) return;
+    const long long node = node_of(p, ((const int *)p.ownerOfExpert)[id]);
+    if (node == node_of(p, p.rank)) return;
+    const bf16_t *rows = (const bf16_t *)((char *)p.ownHeap + p.railCombineInOffset);
+    bf16_t *row = (bf16_t *)((char *)p.ownHeap + p.combineOffset) + s * p.hidden;
+    copy_row(row, rows + (node * p.tokensPerRank * p.topK + s) * p.hidden, (int)p.hidden);
 }
 
 // MARK: all-to-all baseline helpers
