@@ -150,9 +150,9 @@ public final class GPUExpertParallelRunner {
             }
         } catch {
             heap.abort(message: "rank \(rank) could not set up GPU expert parallelism: \(error)")
+            for layer in made { layer.close() }
             communicator?.close()
             rail?.close()
-            for layer in made { layer.close() }
             heap.close()
             throw error
         }

@@ -9,9 +9,15 @@
 #
 # The `nccl` step checks the NCCL all-to-all transport as far as one GPU allows: R = 1 with NCCL forced (a
 # communicator of one, send/recv to self) bit-identical to the single-rank CUDA forward; forced NCCL with two
-# ranks on the one GPU (one node, then two loopback "nodes") refused at once with the reason; auto picking IPC.
+# ranks of one node on the one GPU refused at once with the reason; auto picking IPC.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl (default: check fault bench)
+# The `nodes` step runs the symmetric path across loopback "nodes" on this machine (N launchers with --nodes N,
+# NCCL over sockets on lo between the rails; each node is its own host to NCCL through NCCL_HOSTID, so ranks
+# of different nodes may share the GPU): bit-identity for N×L = 2×1, 2×2, 3×1, a rank on node 1 killed, and
+# symmetric vs all-to-all (NCCL) timings for 2×1. Loopback sockets and a shared GPU: correctness and overheads,
+# not InfiniBand or NVLink speed.
+#
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -34,6 +40,28 @@ run() {  # run NAME LIMIT command...: full output to the log, the check lines to
     local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
     cat "$OUT/step.log" >> "$LOG"
     grep -E "check R=|differ|error|Error|EPROW|transport:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
+    local bad=$(grep -c "values differ" "$OUT/step.log")
+    echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
+    [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
+    note "$(printf '%-34s rc=%-3s %5ss  %s' "$name" "$rc" "$dt" "$(grep -c 'bit-identical' "$OUT/step.log") bit-identical checks, $bad differing")"
+}
+
+# runnodes NAME LIMIT N L args...: N loopback node launchers of L ranks each running `moe args...`; merged output
+# counted like `run` (rc: the first failing node's).
+runnodes() {
+    local name=$1 limit=$2 N=$3 L=$4; shift 4
+    echo "=== $name: N=$N L=$L $*" | tee -a "$LOG"
+    local port=$((20000 + RANDOM % 20000)) t0=$(date +%s%N) pids=() rc=0
+    for node in $(seq 0 $((N - 1))); do
+        NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL "$limit" $MOE launch --nodes $N --node-rank $node \
+            --master 127.0.0.1:$port --ranks $L --timeout 60 --kill-grace 4 -- "$@" > "$OUT/node-$node.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do wait "${pids[$i]}"; local r=$?; [ "$rc" = 0 ] && rc=$r; done
+    local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
+    cat $(for node in $(seq 0 $((N - 1))); do echo "$OUT/node-$node.log"; done) > "$OUT/step.log"
+    cat "$OUT/step.log" >> "$LOG"
+    grep -E "check R=|differ|error|Error|EPROW|transport:|note:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | tail -n "${TAIL:-40}"
     local bad=$(grep -c "values differ" "$OUT/step.log")
     echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
     [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
@@ -118,36 +146,20 @@ for s in $steps; do
                 bench --backend cuda --preset $PRESET --a2a-transport $tr --tokens 1,8,32,128 --iterations 20 --warmup 3
             grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         done
-        # 3. Forced NCCL, 2 ranks on the one GPU: refused at once (well inside --timeout 30), naming the reason.
-        for shape in "one node" "two loopback nodes"; do
-            echo "=== nccl refusal ($shape)" | tee -a "$LOG"
-            t0=$(date +%s%N)
-            if [ "$shape" = "one node" ]; then
-                timeout -s KILL 60 $MOE launch --ranks 2 --timeout 30 --kill-grace 2 -- \
-                    bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal.log" 2>&1
-                rc=$?
-            else
-                port=$((20000 + RANDOM % 20000))
-                pids=()
-                for node in 0 1; do
-                    timeout -s KILL 60 $MOE launch --nodes 2 --node-rank $node --master 127.0.0.1:$port --ranks 1 --timeout 30 --kill-grace 2 -- \
-                        bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal-$node.log" 2>&1 &
-                    pids+=($!)
-                done
-                wait "${pids[0]}"; rc0=$?
-                wait "${pids[1]}"; rc1=$?
-                cat "$OUT/refusal-0.log" "$OUT/refusal-1.log" > "$OUT/refusal.log"
-                # Refused only when both nodes failed.
-                if [ "$rc0" != 0 ] && [ "$rc1" != 0 ]; then rc=$rc0; else rc=0; fi
-            fi
-            dt=$(( ($(date +%s%N) - t0) / 1000000 ))
-            cat "$OUT/refusal.log" >> "$LOG"
-            grep -E "Error" "$OUT/refusal.log" | head -n 2
-            named=$(grep -c "needs one GPU per rank, but ranks 0 and 1 share GPU 0" "$OUT/refusal.log")
-            echo "=== nccl refusal ($shape): rc=$rc, ${dt} ms, errors naming the shared GPU: $named" | tee -a "$LOG"
-            if [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$dt" -gt 25000 ]; then FAILED=$((FAILED + 1)); fi
-            note "$(printf '%-34s rc=%-3s %6sms  %s' "nccl forced, 2 ranks 1 GPU ($shape)" "$rc" "$dt" "errors naming the shared GPU: $named")"
-        done
+        # 3. Forced NCCL, 2 ranks of one node on the one GPU: refused at once (well inside --timeout 30), naming the
+        #    reason. (Two loopback NODES sharing the GPU are two hosts to NCCL, NCCL_HOSTID per node: step `nodes`.)
+        echo "=== nccl refusal (one node)" | tee -a "$LOG"
+        t0=$(date +%s%N)
+        timeout -s KILL 60 $MOE launch --ranks 2 --timeout 30 --kill-grace 2 -- \
+            bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal.log" 2>&1
+        rc=$?
+        dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+        cat "$OUT/refusal.log" >> "$LOG"
+        grep -E "Error" "$OUT/refusal.log" | head -n 2
+        named=$(grep -c "needs one GPU per rank, but ranks 0 and 1 share GPU 0" "$OUT/refusal.log")
+        echo "=== nccl refusal (one node): rc=$rc, ${dt} ms, errors naming the shared GPU: $named" | tee -a "$LOG"
+        if [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$dt" -gt 25000 ]; then FAILED=$((FAILED + 1)); fi
+        note "$(printf '%-34s rc=%-3s %6sms  %s' "nccl forced, 2 ranks 1 GPU (one node)" "$rc" "$dt" "errors naming the shared GPU: $named")"
         # 4. auto with 2 ranks on the one GPU: IPC, and the transport line says why.
         run "nccl auto R=2 (shared GPU)" 200 $MOE launch --ranks 2 --timeout 30 -- \
             bench --backend cuda --preset tiny --tokens 4 --iterations 1 --warmup 0
@@ -155,6 +167,48 @@ for s in $steps; do
         echo "=== nccl auto R=2: transport line says IPC because the GPU is shared: $w" | tee -a "$LOG"
         [ "$w" = 0 ] && FAILED=$((FAILED + 1))
         note "$(printf '%-34s %s' "nccl auto R=2 transport line" "IPC, reason given: $w")"
+        ;;
+    nodes)
+        for shape in "2 1" "2 2" "3 1"; do
+            set -- $shape
+            runnodes "nodes N=$1 L=$2 tiny" 300 $1 $2 bench --backend cuda --preset tiny --tokens $((8 * $1 * $2)) --iterations 2 --warmup 0
+            sym=$(grep -c "symmetric graph bit-identical" "$OUT/step.log")
+            echo "=== nodes N=$1 L=$2: symmetric graph bit-identical cases: $sym" | tee -a "$LOG"
+            [ "$sym" -lt 10 ] && FAILED=$((FAILED + 1))
+        done
+        runnodes "nodes N=2 L=1 gpt-oss-20b" 300 2 1 bench --backend cuda --preset gpt-oss-20b --tokens 16 --iterations 2 --warmup 0
+        # A rank of node 1 killed mid-run: node 0's rank must stop with an error naming it, inside the timeout.
+        echo "=== nodes fault kill (rank 1 on node 1)" | tee -a "$LOG"
+        tokens=$(printf '512,%.0s' $(seq 1 8)); tokens=${tokens%,}
+        port=$((20000 + RANDOM % 20000))
+        for node in 0 1; do
+            NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL 120 $MOE launch --nodes 2 --node-rank $node --master 127.0.0.1:$port \
+                --ranks 1 --timeout 10 --kill-grace 4 -- bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 \
+                > "$OUT/nodefault-$node.log" 2>&1 &
+            eval "launcher$node=$!"
+        done
+        for i in $(seq 1 900); do grep -q "50 replays" "$OUT/nodefault-0.log" && break; sleep 0.1; done
+        sleep 1
+        victim=""
+        for pid in $(pgrep -f "bench --backend cuda --preset tiny --tokens 512"); do
+            if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "MOE_RANK=1"; then victim=$pid; fi
+        done
+        t0=$(date +%s%N)
+        [ -n "$victim" ] && kill -9 "$victim"
+        for i in $(seq 1 300); do grep -q "\[rank 0\] Error" "$OUT/nodefault-0.log" && break; sleep 0.1; done
+        dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+        wait $launcher0; rc=$?
+        wait $launcher1
+        cat "$OUT/nodefault-0.log" "$OUT/nodefault-1.log" >> "$LOG"
+        grep -E "\[rank 0\] Error" "$OUT/nodefault-0.log" | tail -n 2
+        named=$(grep -E "\[rank 0\] Error" "$OUT/nodefault-0.log" | grep -cE "rank 1")
+        leftover=$(ls /dev/shm | grep -c moe-)
+        echo "=== nodes fault: victim ${victim:-none}, node-0 launcher rc=$rc, rank 0 stopped ${dt} ms after the kill, errors naming rank 1: $named, shm left: $leftover" | tee -a "$LOG"
+        if [ -z "$victim" ] || [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$leftover" != 0 ]; then FAILED=$((FAILED + 1)); fi
+        note "$(printf '%-34s rc=%-3s %6sms  %s' "nodes fault kill (rank 1, node 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
+        # Timings across the two loopback nodes: symmetric (rails) vs all-to-all (NCCL), gpt-oss-20b.
+        TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3
+        grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         ;;
     bench)
         for R in 2 4; do
