@@ -280,6 +280,8 @@ extension GPUExpertParallelBench {
         say("model:   \(source): \(weights.config)")
         say("ranks:   \(world) × cuda, device \(runner.deviceOrdinal) of rank 0: \(runner.layers[0].deviceSummary); experts \(runner.assignment)")
         say(runner.transportLine)
+        let ceiling = try runner.measurePeerCopy()
+        say("ceiling: \(ceiling)")
         if let why = runner.symmetricRefusal { say("note:    the symmetric path cannot run: \(why)") }
         if let why = runner.allToAllRefusal { say("note:    the all-to-all baseline cannot run: \(why)") }
         if checks {
@@ -293,11 +295,18 @@ extension GPUExpertParallelBench {
         print("")
         print(report.table().replacingOccurrences(of: "× 0 CPU threads", with: "× 1 GPU process"))
         print("")
-        print("summary (R=\(world)): T, tokens per rank, symmetric µs, all-to-all µs, all-to-all/symmetric")
+        print("summary (R=\(world)): T, tokens per rank, symmetric µs, all-to-all µs, all-to-all/symmetric; the symmetric path's")
+        print("dispatch and combine GB/s per rank (remote bytes over the eager phase time, barrier waits included) against the peer copy")
         for row in report.rows {
-            let sym = row.paths.first { $0.comm == "symmetric" }?.medianMicroseconds ?? 0
+            let symmetric = row.paths.first { $0.comm == "symmetric" }
+            let sym = symmetric?.medianMicroseconds ?? 0
             let a2a = row.paths.first { $0.comm == "alltoall" }?.medianMicroseconds ?? 0
-            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none")")
+            func gbps(_ stage: ExpertParallelStage) -> Double {
+                guard let symmetric else { return 0 }
+                return PeerCopyCeiling.perRankGBps(
+                    remoteBytes: symmetric.phaseBytesRemote[stage.index], ranks: world, microseconds: symmetric.phaseMicroseconds[stage.index])
+            }
+            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none") dispatch_GBps=\(fmt(gbps(.dispatch))) combine_GBps=\(fmt(gbps(.combine))) peer_GBps=\(fmt(ceiling.medianGBps))")
         }
     }
 

@@ -2,6 +2,7 @@ import MoECore
 import Testing
 
 @testable import MoECUDA
+@testable import MoEParallel
 
 /// The symmetric path across nodes (moe_ep.cu with N > 1): every rank's heap as host bytes, each kernel as the
 /// loop it runs, and the rail's NCCL groups as byte copies driven by `RailTransfers` itself (a rank's sends to
@@ -264,4 +265,17 @@ func railCase(nodes: Int, ranksPerNode: Int) throws {
     #expect(two.byteCount(of: .railTokens) == 2 * 33 * 2880 * 2)
     #expect(two.byteCount(of: .railCombineOut) == 2 * 33 * 4 * 2880 * 2)
     #expect(two.byteCount(of: .railCombineIn) == two.byteCount(of: .railCombineOut))
+}
+
+@Test func thePeerCopyCeilingSaysWhatWasCopiedAndReadsPhaseBandwidth() {
+    let peers = PeerCopyCeiling(bytes: 64 << 20, perRankGBps: [310, 290, 305, 300], targets: [1, 0, 3, 2])
+    #expect(!peers.isLocal)
+    #expect(peers.medianGBps >= 300 && peers.medianGBps <= 305)
+    #expect(peers.minimumGBps == 290)
+    #expect(peers.description.contains("64.0 MiB") && peers.description.contains("CUDA IPC mapping"))
+    let alone = PeerCopyCeiling(bytes: 1 << 20, perRankGBps: [1500, 1400], targets: [0, 1])
+    #expect(alone.isLocal && alone.description.contains("device-local"))
+    // 4 ranks moved 8 GB in all during a 10 ms phase: 200 GB/s each.
+    #expect(abs(PeerCopyCeiling.perRankGBps(remoteBytes: 8e9, ranks: 4, microseconds: 10_000) - 200) < 1e-9)
+    #expect(PeerCopyCeiling.perRankGBps(remoteBytes: 1, ranks: 0, microseconds: 1) == 0)
 }

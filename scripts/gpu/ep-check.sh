@@ -17,7 +17,10 @@
 # symmetric vs all-to-all (NCCL) timings for 2×1. Loopback sockets and a shared GPU: correctness and overheads,
 # not InfiniBand or NVLink speed.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes (default: check fault bench)
+# The `multigpu` step is the multi-GPU issue's run (one process per GPU); with FAULT_RANKS=<GPUs> the `fault`
+# step kills a rank of a job spread over every GPU.
+#
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -106,7 +109,7 @@ for s in $steps; do
         for kind in ${FAULTS:-kill stall stallkill}; do
             echo "=== fault $kind" | tee -a "$LOG"
             stall=""; [ "$kind" != kill ] && stall=1
-            GPUEP_STALL_RANK=$stall timeout -s KILL 90 $MOE launch --ranks 2 --timeout 8 --kill-grace 4 -- \
+            GPUEP_STALL_RANK=$stall timeout -s KILL 90 $MOE launch --ranks ${FAULT_RANKS:-2} --timeout 8 --kill-grace 4 -- \
                 bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/fault-$kind.log" 2>&1 &
             launcher=$!
             marker="50 replays"; [ -n "$stall" ] && marker="stalling before"
@@ -168,6 +171,22 @@ for s in $steps; do
         [ "$w" = 0 ] && FAILED=$((FAILED + 1))
         note "$(printf '%-34s %s' "nccl auto R=2 transport line" "IPC, reason given: $w")"
         ;;
+    multigpu)
+        # The multi-GPU issue, one process per GPU (G = all GPUs, then 2): gpt-oss-120b correctness on both paths
+        # (uneven routing included: the skewed layer), then timings at 1…4096 tokens per rank with the peer-copy
+        # ceiling of the same run, then a killed rank on the GPUs (step `fault` with FAULT_RANKS=G).
+        G=$(nvidia-smi -L | wc -l)
+        for R in $(printf '%s\n' $G 2 | awk '!seen[$0]++'); do
+            [ "$R" -gt "$G" ] && continue
+            run "multigpu check 120b R=$R" 580 $MOE launch --ranks $R --timeout 60 -- \
+                bench --backend cuda --preset gpt-oss-120b --tokens $((8 * R)) --iterations 2 --warmup 0
+            grep -E "transport:|ceiling:" "$OUT/step.log" | head -n 2
+        done
+        list=""; for n in 1 8 32 128 256 1024 4096; do list+="$((n * G)),"; done
+        TAIL=60 run "multigpu bench 120b R=$G" 580 $MOE launch --ranks $G --timeout 60 -- \
+            bench --backend cuda --preset gpt-oss-120b --tokens "${list%,}" --iterations 20 --warmup 3
+        grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
+        ;;
     nodes)
         for shape in "2 1" "2 2" "3 1"; do
             set -- $shape
@@ -224,8 +243,9 @@ rm -f "$OUT/step.log"
 echo "----- summary (ranks share one GPU: correctness and overheads, not NVLink speed)"
 printf "$SUMMARY"
 if [ -f "$OUT/eprows.txt" ]; then
-    echo "R  T     T/rank  symmetric_us  alltoall_us  a2a/sym  a2a-transport"
-    sed -E 's/.*R=([0-9]+) T=([0-9]+) per-rank=([0-9]+) symmetric_us=([0-9.]+) alltoall_us=([0-9.]+) ratio=([0-9.]+)( a2a=([a-z]+))?.*/\1 \2 \3 \4 \5 \6 \8/' "$OUT/eprows.txt" |
-        awk '{printf "%-2s %-5s %-7s %-13s %-12s %-8s %s\n", $1, $2, $3, $4, $5, $6, $7}'
+    echo "R  T      T/rank  symmetric_us  alltoall_us  a2a/sym  a2a   dispatch_GBps  combine_GBps  peer_GBps"
+    awk '{ delete f; for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+           printf "%-2s %-6s %-7s %-13s %-12s %-8s %-5s %-14s %-13s %s\n", f["R"], f["T"], f["per-rank"], f["symmetric_us"],
+               f["alltoall_us"], f["ratio"], f["a2a"], f["dispatch_GBps"], f["combine_GBps"], f["peer_GBps"] }' "$OUT/eprows.txt"
 fi
 echo "failed steps: $FAILED"

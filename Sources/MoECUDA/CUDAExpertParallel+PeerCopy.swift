@@ -1,0 +1,41 @@
+import CCUDA
+
+/// The GPU-to-GPU copy ceiling of an expert-parallel job, measured in the job itself: every rank copies part of its
+/// heap into the next rank of its node through that rank's CUDA IPC mapping (the path the symmetric dispatch and
+/// combine store through), all ranks at once. Dispatch and combine bandwidth are judged against it.
+extension CUDAExpertParallelLayer {
+    /// The rank this rank copies into: the next rank of its node (itself when it is alone on its node).
+    public var peerCopyTarget: Int {
+        grid.nodeRanks(of: rank).lowerBound + (grid.local(of: rank) + 1) % grid.ranksPerNode
+    }
+
+    /// Bytes per copy: half the dispatch region (at most 256 MiB): the first half of this rank's region is the
+    /// source, the second half of the target's the destination, so a rank that copies into itself and two ranks
+    /// copying into each other never overlap.
+    public var peerCopyBytes: Int { min(layout.byteCount(of: .dispatch) / 2, 256 << 20) / 256 * 256 }
+
+    /// Seconds of each of `repeats` timed copies (after one untimed), device events around each. The dispatch
+    /// region is scratch between layers: every layer rewrites the rows it reads.
+    public func peerCopySeconds(repeats: Int) throws(CUDAError) -> [Double] {
+        let bytes = peerCopyBytes
+        guard bytes > 0, repeats >= 1 else { throw .invalidArgument("a peer copy needs ≥ 256 bytes of dispatch region and ≥ 1 repeat") }
+        try requireMappedPeers("the peer-copy measurement", nodeOnly: true)
+        let device = runtime.device
+        try device.makeCurrent()
+        let dispatch = CUdeviceptr(layout.offset(of: .dispatch))
+        let source = heap.address + dispatch
+        let destination = peerBaseAddress(peerCopyTarget) + dispatch + CUdeviceptr(layout.byteCount(of: .dispatch) / 2 / 256 * 256)
+        let driver = runtime.driver
+        var seconds: [Double] = []
+        for index in 0...repeats {
+            let start = try CUDAEvent(device: device), end = try CUDAEvent(device: device)
+            try start.record(stream)
+            try driver.call(
+                "cuMemcpyDtoDAsync", driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
+            try end.record(stream)
+            try stream.synchronize()
+            if index > 0 { seconds.append(Double(try end.milliseconds(since: start)) * 1e-3) }
+        }
+        return seconds
+    }
+}
