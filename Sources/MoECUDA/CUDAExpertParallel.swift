@@ -668,7 +668,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             try start.record(stream)
             for _ in 0..<max(1, replays) { try graph.launch(stream) }
             try end.record(stream)
-            try waitForDevice()
+            try waitForDevice(watchingRail: true)
             layerSeconds = Double(try end.milliseconds(since: start)) * 1e-3 / Double(max(1, replays))
         case .profiled:
             let start = try CUDAEvent(device: device)
@@ -679,7 +679,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 try event.record(self.stream)
                 marks.append(event)
             }
-            try waitForDevice()
+            try waitForDevice(watchingRail: true)
             var previous = start
             for event in marks {
                 phaseSeconds.append(Double(try event.milliseconds(since: previous)) * 1e-3)
@@ -770,11 +770,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     /// Waits for the stream; meanwhile polls `peerWatch` and aborts the device barriers when it reports a failure.
-    /// Across nodes the rail's NCCL kernels wait too, and nothing in them times out: a failed peer or an NCCL error
+    /// `watchingRail` (the symmetric layer across nodes): the rail's NCCL kernels wait too, and nothing in them times out: a failed peer or an NCCL error
     /// also aborts the rail communicator, and so does a layer that makes no progress (its barrier epoch stands
     /// still) for the timeout, which is what a stalled peer on another node looks like from here.
-    func waitForDevice() throws {
-        let rail = grid.nodes > 1 ? railCommunicator : nil
+    func waitForDevice(watchingRail: Bool = false) throws {
+        let rail = watchingRail && grid.nodes > 1 ? railCommunicator : nil
         guard peerWatch != nil || rail != nil else { return try stream.synchronize() }
         let watch = peerWatch
         let verdict = NCCLCommunicator.Verdict()
