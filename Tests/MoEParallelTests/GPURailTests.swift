@@ -279,3 +279,19 @@ func railCase(nodes: Int, ranksPerNode: Int) throws {
     #expect(abs(PeerCopyCeiling.perRankGBps(remoteBytes: 8e9, ranks: 4, microseconds: 10_000) - 200) < 1e-9)
     #expect(PeerCopyCeiling.perRankGBps(remoteBytes: 1, ranks: 0, microseconds: 1) == 0)
 }
+
+@Test func theSymmetricPathAcrossNodesNeedsNCCLOnEveryRankAndSaysWhichLacksIt() {
+    func placements(_ loaded: [Bool], nodes: Int) -> [GPUPlacement] {
+        loaded.enumerated().map {
+            GPUPlacement(rank: $0.offset, node: $0.offset * nodes / loaded.count, host: 1, deviceOrdinal: 0, ncclLoaded: $0.element)
+        }
+    }
+    let one = RankEnvironment(jobID: "j", rank: 0, world: 2)
+    #expect(GPUExpertParallelRunner.symmetricRefusal(environment: one, placements: placements([false, false], nodes: 1), loadFailure: "x") == nil)
+    let two = RankEnvironment(jobID: "j", rank: 0, world: 4, localRank: 0, localWorld: 2, nodeRank: 0, nodes: 2, master: "h:1")
+    #expect(GPUExpertParallelRunner.symmetricRefusal(environment: two, placements: placements([true, true, true, true], nodes: 2), loadFailure: nil) == nil)
+    let refusal = GPUExpertParallelRunner.symmetricRefusal(
+        environment: two, placements: placements([true, false, true, false], nodes: 2), loadFailure: "dlopen failed")
+    #expect(refusal?.contains("ranks 1, 3") == true, "\(refusal ?? "nil")")
+    #expect(refusal?.contains("MOE_CUDA_LIBRARY_PATH") == true && refusal?.contains("dlopen failed") == true)
+}
