@@ -1,5 +1,11 @@
 import CCUDA
 
+/// How a peer copy is driven: the copy engines, or SM stores as the symmetric kernels store into peers.
+public enum PeerCopyEngine: String, CaseIterable, Sendable {
+    case copyEngine = "cuMemcpyDtoDAsync"
+    case smStores = "SM stores (moe_ep_copy_bytes, 16-byte, 4 blocks of 256 per SM)"
+}
+
 /// The GPU-to-GPU copy ceiling of an expert-parallel job, measured in the job itself: every rank copies part of its
 /// heap into the next rank of its node through that rank's CUDA IPC mapping (the path the symmetric dispatch and
 /// combine store through), all ranks at once. Dispatch and combine bandwidth are judged against it.
@@ -16,7 +22,7 @@ extension CUDAExpertParallelLayer {
 
     /// Seconds of each of `repeats` timed copies (after one untimed), device events around each. The dispatch
     /// region is scratch between layers: every layer rewrites the rows it reads.
-    public func peerCopySeconds(repeats: Int) throws(CUDAError) -> [Double] {
+    public func peerCopySeconds(repeats: Int, engine: PeerCopyEngine) throws(CUDAError) -> [Double] {
         let bytes = peerCopyBytes
         guard bytes > 0, repeats >= 1 else { throw .invalidArgument("a peer copy needs ≥ 256 bytes of dispatch region and ≥ 1 repeat") }
         try requireMappedPeers("the peer-copy measurement", nodeOnly: true)
@@ -30,8 +36,15 @@ extension CUDAExpertParallelLayer {
         for index in 0...repeats {
             let start = try CUDAEvent(device: device), end = try CUDAEvent(device: device)
             try start.record(stream)
-            try driver.call(
-                "cuMemcpyDtoDAsync", driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
+            switch engine {
+            case .copyEngine:
+                try driver.call(
+                    "cuMemcpyDtoDAsync", driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
+            case .smStores:
+                try copyBytesKernel.launch(
+                    LaunchShape(grid: (4 * device.multiprocessors, 1, 1), block: 256), stream: stream,
+                    arguments: [.u64(destination), .u64(source), .u64(UInt64(bytes))])
+            }
             try end.record(stream)
             try stream.synchronize()
             if index > 0 { seconds.append(Double(try end.milliseconds(since: start)) * 1e-3) }

@@ -94,7 +94,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let sideStream: CUDAStream
     let barrierKernel, publishKernel, countKernel, scanKernel, scatterKernel, localTilesKernel: CUDAFunction
     let dispatchKernel, combineKernel, gatherRowsKernel, scatterRowsKernel: CUDAFunction
-    let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel: CUDAFunction
+    let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel, copyBytesKernel: CUDAFunction
     let heap: DeviceBuffer
     private var peerBases: [CUdeviceptr]
     private var openedPeers: [CUdeviceptr] = []
@@ -194,6 +194,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         forwardRoutingKernel = try module.function("moe_ep_forward_routing")
         dispatchForwardKernel = try module.function("moe_ep_dispatch_forward")
         combineCollectKernel = try module.function("moe_ep_combine_collect")
+        copyBytesKernel = try module.function("moe_ep_copy_bytes")
 
         let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
         func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }

@@ -318,3 +318,17 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_scatter_rows(
     const long long to = ((const int *)index)[i];
     copy_row((bf16_t *)destination + to * hidden, (const bf16_t *)source + i * hidden, (int)hidden);
 }
+
+// MARK: the peer-copy ceiling
+
+/// grid-stride copy of `bytes` (a multiple of 16) with 16-byte loads and stores: the SM-driven twin of
+/// cuMemcpyDtoDAsync for the peer-copy ceiling (the symmetric kernels store into peers this way, not with copy engines).
+extern "C" __global__ void __launch_bounds__(256) moe_ep_copy_bytes(
+    MoEDevicePointer destination, MoEDevicePointer source, long long bytes) {
+    const uint4 *s = (const uint4 *)source;
+    uint4 *d = (uint4 *)destination;
+    const long long count = bytes / 16;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
+        d[i] = s[i];
+    }
+}
