@@ -88,18 +88,27 @@ extension CUDAExpertParallelLayer {
         return rail
     }
 
-    /// Connects the rail once, eagerly and watched (NCCL sets up a peer's connection at the first transfer with
-    /// it, which may block on the peer): a few bytes with every rail peer, so that capturing the layer's graph
-    /// later finds the connections made.
+    /// Connects the rail once, eagerly and watched (NCCL sets up a peer's connections at the first transfers that
+    /// need them, which may block on the peer): with every rail peer, one message of the largest size each of the
+    /// layer's groups sends (T_cap token rows, T_cap·k expert rows), so that capturing a layer's graph later finds
+    /// every connection made. The bytes land in rail regions every layer rewrites before reading.
     public func connectRail() throws {
         guard grid.nodes > 1 else { return }
         let rail = try requireRail()
         let row = config.hidden * 2
+        let own = grid.node(of: rank)
+        func at(_ region: CUDAExpertParallelLayout.Region, _ byteOffset: Int) -> CUdeviceptr {
+            heap.address + CUdeviceptr(layout.offset(of: region) + byteOffset)
+        }
         var transfers: [NCCLTransfer] = []
-        let base = heap.address + CUdeviceptr(layout.offset(of: .railTokens))
+        let tokenBytes = capacity * row, expertBytes = capacity * config.topK * row
         for node in grid.otherNodes(of: rank) {
-            transfers.append(NCCLTransfer(.send, peer: node, address: base + CUdeviceptr(grid.node(of: rank) * capacity * row), bytes: 16))
-            transfers.append(NCCLTransfer(.receive, peer: node, address: base + CUdeviceptr(node * capacity * row), bytes: 16))
+            transfers += [
+                NCCLTransfer(.send, peer: node, address: at(.railTokens, own * tokenBytes), bytes: tokenBytes),
+                NCCLTransfer(.receive, peer: node, address: at(.railTokens, node * tokenBytes), bytes: tokenBytes),
+                NCCLTransfer(.send, peer: node, address: at(.railCombineOut, node * expertBytes), bytes: expertBytes),
+                NCCLTransfer(.receive, peer: node, address: at(.railCombineIn, node * expertBytes), bytes: expertBytes),
+            ]
         }
         try runtime.device.makeCurrent()
         try rail.exchange(transfers, stream: stream, phase: "connecting the rail (NCCL, \(grid.nodes) nodes)")
