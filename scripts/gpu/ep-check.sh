@@ -71,6 +71,19 @@ runnodes() {
     note "$(printf '%-34s rc=%-3s %5ss  %s' "$name" "$rc" "$dt" "$(grep -c 'bit-identical' "$OUT/step.log") bit-identical checks, $bad differing")"
 }
 
+# Fault helpers: wait (≤ 90 s) for TEXT in LOG, then 1 s more; the pid of rank 1 of the fault bench (tiny, 512-token
+# batches); milliseconds from T0 (ns) until rank 0 printed its error (≤ 30 s).
+wait_for() { for i in $(seq 1 900); do grep -q "$2" "$1" && break; sleep 0.1; done; sleep 1; }
+rank_one_pid() {
+    for pid in $(pgrep -f "bench --backend cuda --preset tiny --tokens 512"); do
+        if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "MOE_RANK=1"; then echo $pid; fi
+    done | tail -n 1
+}
+ms_until_rank_zero_error() {
+    for i in $(seq 1 300); do grep -q "\[rank 0\] Error" "$1" && break; sleep 0.1; done
+    echo $(( ($(date +%s%N) - $2) / 1000000 ))
+}
+
 steps=${*:-"check fault bench"}
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
 ls /dev/shm | grep -c moe- | sed 's/^/shm segments before: /'
@@ -113,17 +126,12 @@ for s in $steps; do
                 bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/fault-$kind.log" 2>&1 &
             launcher=$!
             marker="50 replays"; [ -n "$stall" ] && marker="stalling before"
-            for i in $(seq 1 900); do grep -q "$marker" "$OUT/fault-$kind.log" && break; sleep 0.1; done
-            sleep 1
-            victim=""
-            for pid in $(pgrep -f "bench --backend cuda --preset tiny"); do
-                if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "MOE_RANK=1"; then victim=$pid; fi
-            done
+            wait_for "$OUT/fault-$kind.log" "$marker"
+            victim=$(rank_one_pid)
             t0=$(date +%s%N)
             [ "$kind" != stall ] && [ -n "$victim" ] && kill -9 "$victim"
             # rank 0's error line is the end of the wait (the launcher then ends the stalled rank after --kill-grace)
-            for i in $(seq 1 300); do grep -q "\[rank 0\] Error" "$OUT/fault-$kind.log" && break; sleep 0.1; done
-            dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+            dt=$(ms_until_rank_zero_error "$OUT/fault-$kind.log" $t0)
             wait $launcher; rc=$?
             cat "$OUT/fault-$kind.log" >> "$LOG"
             grep -E "\[rank 0\] Error" "$OUT/fault-$kind.log" | tail -n 2
@@ -206,16 +214,11 @@ for s in $steps; do
                 > "$OUT/nodefault-$node.log" 2>&1 &
             eval "launcher$node=$!"
         done
-        for i in $(seq 1 900); do grep -q "50 replays" "$OUT/nodefault-0.log" && break; sleep 0.1; done
-        sleep 1
-        victim=""
-        for pid in $(pgrep -f "bench --backend cuda --preset tiny --tokens 512"); do
-            if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "MOE_RANK=1"; then victim=$pid; fi
-        done
+        wait_for "$OUT/nodefault-0.log" "50 replays"
+        victim=$(rank_one_pid)
         t0=$(date +%s%N)
         [ -n "$victim" ] && kill -9 "$victim"
-        for i in $(seq 1 300); do grep -q "\[rank 0\] Error" "$OUT/nodefault-0.log" && break; sleep 0.1; done
-        dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+        dt=$(ms_until_rank_zero_error "$OUT/nodefault-0.log" $t0)
         wait $launcher0; rc=$?
         wait $launcher1
         cat "$OUT/nodefault-0.log" "$OUT/nodefault-1.log" >> "$LOG"
