@@ -7,7 +7,10 @@ extension ExpertParallelEngine {
     /// 2. metadata: the [T_loc, k] ids and weights are stored into every peer's routing region at row
     ///    rank·T_loc; barrier; every rank builds the same global `RoutingPlan` over R·T_loc tokens.
     /// 3. dispatch: each (token, slot) row is stored into its expert owner's dispatch region at the slot's
-    ///    global sorted position; barrier.
+    ///    global sorted position; barrier. Across nodes (the GPU path's rails, docs/ep.md): a token row crosses to
+    ///    another node once, whatever number of its k experts live there. In step 2 it goes to the rank of this
+    ///    rank's rail on that node (`railTokens`, row rank·T_cap + t), and in step 3 that rank stores it at the
+    ///    sorted positions of its node's owners. So step 3 stores only to this node's ranks.
     /// 4. experts: the backend's grouped GEMMs on this rank's experts read and write rows at those sorted
     ///    positions (no index tables), weights applied per sorted row.
     /// 5. combine: every computed row is stored into its home rank's combine region at the (token, slot)
@@ -34,6 +37,22 @@ extension ExpertParallelEngine {
             try heap.store(to: peer, .routingIds, byteOffset: r * routingBytes, from: localIds, count: routingBytes)
             try heap.store(to: peer, .routingWeights, byteOffset: r * routingBytes, from: localWeights, count: routingBytes)
         }
+        // Across nodes: each token row once to this rank's rail peer on every node that owns one of its experts.
+        let L = ranksPerNode
+        let node = r / L
+        let capacity = heap.layout.capacity
+        var railRows = 0
+        if L < R {
+            for t in 0..<valid {
+                let row = UnsafeRawPointer(tokenBits + t * H)
+                var nodesOfToken = Set<Int>()
+                for j in 0..<k { nodesOfToken.insert(assignment.owner(of: Int(localIds[t * k + j])) / L) }
+                for m in nodesOfToken.sorted() where m != node {
+                    try heap.store(to: m * L + r % L, .railTokens, byteOffset: (r * capacity + t) * rowBytes, from: row, count: rowBytes)
+                    railRows += 1
+                }
+            }
+        }
         try publishStepShape(step)
         try barrier(.route, step, charging: .metadata, &measured)
         try checkStepShapes(step)
@@ -45,25 +64,40 @@ extension ExpertParallelEngine {
                 topkIds: Array(UnsafeBufferPointer(start: globalIds, count: globalSlots)),
                 tokens: R * tokensPerRank, topK: k, experts: E)
         }
-        clock.lap(.metadata, &measured, moved: 2 * routingBytes * R, remote: 2 * routingBytes * (R - 1))
+        clock.lap(
+            .metadata, &measured, moved: 2 * routingBytes * R + railRows * rowBytes,
+            remote: 2 * routingBytes * (R - 1) + railRows * rowBytes)
 
-        // Dispatch: each local (token, slot) row to its owner's dispatch region, at its global sorted position.
-        var remoteRows = 0
+        // Dispatch: each (token, slot) row owned on this node to its owner's dispatch region, at its global sorted
+        // position: this rank's own tokens, and its rail peers' tokens that arrived in railTokens.
+        var (movedRows, remoteRows) = (0, 0)
         try plan.slotToSorted.withUnsafeBufferPointer { slotToSorted in
             try profiler.scope(.dispatch, cost: StageCost(bytes: Double(valid * k * rowBytes * 2))) {
-                for t in 0..<valid {
-                    let row = UnsafeRawPointer(tokenBits + t * H)
+                func place(source: Int, t: Int, row: UnsafeRawPointer) throws {
                     for j in 0..<k {
-                        let owner = assignment.owner(of: Int(localIds[t * k + j]))
-                        let position = Int(slotToSorted[(r * tokensPerRank + t) * k + j])
+                        let slot = (source * tokensPerRank + t) * k + j
+                        let id = globalIds[slot]
+                        guard id >= 0 else { continue }
+                        let owner = assignment.owner(of: Int(id))
+                        guard owner / L == node else { continue }
+                        let position = Int(slotToSorted[slot])
                         try heap.store(to: owner, .dispatch, byteOffset: position * rowBytes, from: row, count: rowBytes)
+                        movedRows += 1
                         if owner != r { remoteRows += 1 }
+                    }
+                }
+                for t in 0..<valid { try place(source: r, t: t, row: UnsafeRawPointer(tokenBits + t * H)) }
+                let railTokens = heap.address(of: .railTokens, rank: r)
+                for m in 0..<(R / L) where m != node {
+                    let source = m * L + r % L
+                    for t in 0..<tokensPerRank {
+                        try place(source: source, t: t, row: UnsafeRawPointer(railTokens + (source * capacity + t) * rowBytes))
                     }
                 }
             }
         }
         try barrier(.dispatch, step, charging: .dispatch, &measured)
-        clock.lap(.dispatch, &measured, moved: valid * k * rowBytes, remote: remoteRows * rowBytes)
+        clock.lap(.dispatch, &measured, moved: movedRows * rowBytes, remote: remoteRows * rowBytes)
 
         // Experts: this rank's experts on their rows of the dispatch region, in place by sorted position.
         var ownedRows = 0

@@ -80,6 +80,9 @@ public final class ExpertParallelEngine: @unchecked Sendable {
     public let config: MoEConfig
     /// This rank's experts, ascending global id.
     public let localExperts: [Int]
+    /// L: the ranks on this rank's node (those whose heaps it maps); rank q is on node q / L. Across nodes the
+    /// symmetric path sends a token row once per node, to the rank of its rail there (`symmetricStep`).
+    public let ranksPerNode: Int
 
     /// [T_cap, H] bf16 bits of this rank's tokens.
     let tokenBits: UnsafeMutablePointer<UInt16>
@@ -111,6 +114,7 @@ public final class ExpertParallelEngine: @unchecked Sendable {
         self.assignment = assignment
         self.config = config
         self.localExperts = assignment.expertsOfRank[heap.rank]
+        ranksPerNode = heap.mapped.filter { $0 }.count
         let (R, T, k, H) = (heap.world, layout.capacity, config.topK, config.hidden)
         tokenBits = .allocate(capacity: T * H)
         localIds = .allocate(capacity: T * k)

@@ -15,12 +15,13 @@
 /// | allToAllIds, allToAllWeights | [R·T_cap, k] i32 / f32 for those rows | sources | owner |
 /// | allToAllReturn | [T_cap·k, H] bf16 expert rows coming home | expert owners | owner |
 /// | results | [R, resultWords] f64 (timings, gathered values) | rank q at row q | owner |
+/// | railTokens | [R·T_cap, H] bf16 token rows of rail peers on other nodes, row q·T_cap + t | rail peers | owner (forwards) |
 ///
 /// Shared-memory pages are only backed once written, so regions a run does not use cost address space only.
 public struct SymmetricHeapLayout: Sendable, Hashable {
     public enum Region: Int, CaseIterable, Sendable, CustomStringConvertible {
         case control, routingIds, routingWeights, dispatch, combine
-        case allToAllCounts, allToAllRows, allToAllIds, allToAllWeights, allToAllReturn, results
+        case allToAllCounts, allToAllRows, allToAllIds, allToAllWeights, allToAllReturn, results, railTokens
 
         public var description: String {
             switch self {
@@ -35,6 +36,7 @@ public struct SymmetricHeapLayout: Sendable, Hashable {
             case .allToAllWeights: "all-to-all weights"
             case .allToAllReturn: "all-to-all return"
             case .results: "results"
+            case .railTokens: "rail tokens"
             }
         }
     }
@@ -89,6 +91,7 @@ public struct SymmetricHeapLayout: Sendable, Hashable {
         sizes[Region.allToAllWeights.rawValue] = R * T * k * 4
         sizes[Region.allToAllReturn.rawValue] = T * k * row
         sizes[Region.results.rawValue] = R * resultWords * 8
+        sizes[Region.railTokens.rawValue] = R * T * row
         var offsets = [Int](repeating: 0, count: sizes.count)
         var cursor = 0
         for region in Region.allCases {
