@@ -91,6 +91,17 @@ public struct LaunchOutcome: Sendable {
 /// Starts R rank processes of one command, forwards their output with `[rank i]` prefixes, stops the rest
 /// when one fails, and removes whatever shared memory a killed rank could not.
 public enum RankLauncher {
+    /// The variables a launched rank inherits: everything but those the launcher sets for each rank (a rank's
+    /// identity, its job's comm, transport and timeout), so a stale MOE_RANK of an enclosing job cannot leak in
+    /// while the engine's settings (MOE_CUDA_LIBRARY_PATH, MOE_KERNEL_CACHE, MOE_CUDA_PDL, …) reach every rank.
+    static func inheritedEnvironment(_ environment: [String]) -> [String] {
+        let owned = Set(RankEnvironment(jobID: "", rank: 0, world: 1, master: "", comm: .symmetric, allToAllTransport: .auto).variables.map(\.0))
+            .union(["MOE_LAUNCHER_PID"])
+        return environment.filter { entry in
+            !owned.contains(String(entry.prefix { $0 != "=" }))
+        }
+    }
+
     /// Runs the ranks of this node to completion. Output goes to this process' stdout/stderr, each line
     /// prefixed; the launcher's own messages are prefixed `[launch]` and go to stderr.
     public static func run(_ options: LaunchOptions) throws -> LaunchOutcome {
@@ -114,7 +125,7 @@ public enum RankLauncher {
             }
         }
         let firstRank = options.nodeRank * options.ranks
-        var base = ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") }
+        var base = Self.inheritedEnvironment(ChildProcess.currentEnvironment)
         base.append(contentsOf: options.environment)
         base.append("MOE_LAUNCHER_PID=\(getpid())")
 

@@ -137,3 +137,15 @@ import MoECUDA
         }
     }
 }
+
+/// Ranks inherit the engine's settings but never an enclosing job's rank identity (the launcher sets those).
+@Test func launchedRanksInheritSettingsButNotAnotherJobsIdentity() {
+    let parent = [
+        "PATH=/usr/bin", "MOE_CUDA_LIBRARY_PATH=/opt/nccl/lib", "MOE_KERNEL_CACHE=/tmp/k", "MOE_CUDA_PDL=0",
+        "MOE_RANK=3", "MOE_WORLD_SIZE=4", "MOE_JOB_ID=abc", "MOE_LOCAL_RANK=1", "MOE_LOCAL_WORLD_SIZE=2", "MOE_NODE_RANK=1",
+        "MOE_NODES=2", "MOE_MASTER=h:1", "MOE_COMM=alltoall", "MOE_A2A_TRANSPORT=ipc", "MOE_TIMEOUT=5", "MOE_LAUNCHER_PID=7",
+        "MOE_RANKS_NOTE=kept",
+    ]
+    let inherited = RankLauncher.inheritedEnvironment(parent)
+    #expect(inherited == ["PATH=/usr/bin", "MOE_CUDA_LIBRARY_PATH=/opt/nccl/lib", "MOE_KERNEL_CACHE=/tmp/k", "MOE_CUDA_PDL=0", "MOE_RANKS_NOTE=kept"])
+}

@@ -117,7 +117,7 @@ for s in $steps; do
         #         and must stop at the device timeout with an error naming rank 1 and the phase;
         #  stall+kill: the same, then rank 1 is SIGKILLed: the CPU heap's liveness probe must abort rank 0's device
         #         barrier at once (well inside the timeout).
-        # (GPUEP_STALL_RANK, not MOE_*: the launcher does not pass MOE_* variables down.)
+        # (GPUEP_STALL_RANK: a test switch outside the engine's MOE_* settings, which launched ranks inherit.)
         tokens=$(printf '512,%.0s' $(seq 1 8)); tokens=${tokens%,}
         for kind in ${FAULTS:-kill stall stallkill}; do
             echo "=== fault $kind" | tee -a "$LOG"
