@@ -548,7 +548,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try kernels.router.launch(
             LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
             parameters: routing)
-        try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing)
+        try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing, programmatic: TokenBucket.programmaticLaunch)
     }
 
     // MARK: the symmetric layer
@@ -560,36 +560,39 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let k = config.topK
         let slotsPerRank = b.tokensPerRank * k
         let ep = epParameters(b)
+        // Every kernel after the router is a programmatic dependent (each waits for its predecessor first): the
+        // launches overlap, the bodies stay in order. A kernel after an NCCL group depends on it as usual.
+        let pdl = TokenBucket.programmaticLaunch
         let barrierShape = LaunchShape(grid: (1, 1, 1), block: 32)
         func barrier(_ phase: UInt8) throws(CUDAError) {
-            try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase))
+            try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase), programmatic: pdl)
         }
         let nodes = grid.nodes
         let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(b)) : nil
         // 1. route; top-k into every node peer's routing region. Across nodes: the rail exchanges top-k rows and
         //    token rows, and this rank forwards its rail's top-k rows to its node peers.
         try enqueueLocalRouting(b, mode: mode)
-        try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep)
+        try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep, programmatic: pdl)
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.route, stream: stream, phase: "route: the rail exchange of top-k and token rows")
             try forwardRoutingKernel.launch(
-                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep)
+                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep, programmatic: pdl)
         }
         try between?(.route)
         // 2. barrier; the global plan; this rank's tiles.
         try barrier(2)
         let global = globalRoutingParameters(b, mode: mode)
         let blocks = (world * b.tokensPerRank + 31) / 32
-        try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global)
-        try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global)
+        try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global, programmatic: pdl)
+        try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global, programmatic: pdl)
         try scatterKernel.launch(
-            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global)
-        try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep)
+            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global, programmatic: pdl)
+        try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
-        try dispatchKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep)
+        try dispatchKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
         if rails != nil {
-            try dispatchForwardKernel.launch(LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep)
+            try dispatchForwardKernel.launch(LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
         }
         try barrier(3)
         try between?(.dispatch)
@@ -599,27 +602,30 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
-                tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles))
+                tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles),
+            programmatic: pdl)
         try kernels.gemm(b.plan.gemm2Variant).launch(
             gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
             parameters: gemmParameters(
                 b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
                 rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
-                maxTiles: b.maxTiles))
+                maxTiles: b.maxTiles),
+            programmatic: pdl)
         try between?(.experts)
         // 5. combine into the home ranks; barrier.
-        try combineKernel.launch(LaunchShape(grid: (b.maxTiles, 1, 1), block: 128), stream: stream, parameters: ep)
+        try combineKernel.launch(LaunchShape(grid: (b.maxTiles, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
         try barrier(4)
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.combine, stream: stream, phase: "combine: the rail exchange of expert rows")
-            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep)
+            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
         }
         try between?(.combine)
         // 6. k-way sum per local token in slot order.
         let marks = slotToSorted.address + UInt64(rank * slotsPerRank * 4)
         try kernels.reduce.launch(
             reduceShape(b), stream: stream,
-            parameters: reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks))
+            parameters: reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks),
+            programmatic: pdl)
         try between?(.reduce)
     }
 

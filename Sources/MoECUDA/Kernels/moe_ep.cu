@@ -88,6 +88,14 @@ MOE_DEVICE bool ep_failed(const MoEEPParams &p) {
     return load_volatile_u32((const unsigned *)((char *)p.ownHeap + p.controlOffset + 8)) != MOE_EP_STATUS_OK;
 }
 
+/// First statement of every layer kernel here: with a programmatic launch (MOE_CUDA_PDL, the default on sm_90) this
+/// kernel's blocks may be resident before the previous kernel ends; they wait for it here, then let the next kernel
+/// launch in turn. Bodies stay strictly ordered: only the launches overlap.
+MOE_DEVICE void ep_kernel_start() {
+    wait_for_previous_kernel();
+    allow_next_kernel();
+}
+
 /// Copies one bf16 row of H elements (H a multiple of 8) with 16-byte accesses, the block's threads striding.
 MOE_DEVICE void copy_row(bf16_t *destination, const bf16_t *source, int hidden) {
     const uint4 *s = (const uint4 *)source;
@@ -103,6 +111,7 @@ MOE_DEVICE void copy_row(bf16_t *destination, const bf16_t *source, int hidden) 
 /// records (status, phase, awaited rank, epoch) in the control block and returns; later kernels see the status
 /// and skip their stores, and the host throws naming the rank and phase. A failed heap stays failed.
 extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
+    ep_kernel_start();
     if (threadIdx.x != 0) return;
     char *control = (char *)p.ownHeap + p.controlOffset;
     unsigned *status = (unsigned *)(control + 8);
@@ -146,6 +155,7 @@ extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
 /// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every node peer's routing region (its own
 /// included) at row rank·T_loc; padding rows (t ≥ T_r) route nowhere (id −1, weight 0).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) {
+    ep_kernel_start();
     const long long slots = p.tokensPerRank * p.topK;
     const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (s < slots) {
@@ -167,6 +177,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
 /// (m, local) into this rank's routing region, copy those rows into every other node peer's routing region: each
 /// rank of the node forwards its own rail, so after the route barrier every rank holds all R ranks' rows.
 extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPParams p) {
+    ep_kernel_start();
     const long long node = blockIdx.y;
     if (node == node_of(p, p.rank)) return;
     const long long slots = p.tokensPerRank * p.topK;
@@ -188,10 +199,14 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPPa
 }
 
 /// grid ceil(R·T_loc / 32) × 256: the global plan's per-block histograms (the top-k is already there).
-extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams p) { count_block(p, blockIdx.x); }
+extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams p) {
+    ep_kernel_start();
+    count_block(p, blockIdx.x);
+}
 
 /// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {
+    ep_kernel_start();
     __shared__ int scratch[33];
     const MoETile *tiles = (const MoETile *)p.tiles;
     MoETile *local = (MoETile *)p.localTiles;
@@ -217,6 +232,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
 /// grid T_loc·k blocks × 128. Step 3: the row of local (token, slot) s stored into its expert owner's dispatch
 /// region at the slot's global sorted position, when the owner is on this node (others get it over the rail).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p) {
+    ep_kernel_start();
     if (ep_failed(p)) return;
     const long long s = blockIdx.x;
     const long long t = s / p.topK;
@@ -238,6 +254,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p)
 /// railTokens[m]: stored into its expert owner's dispatch region at its global sorted position when the owner is on
 /// this node. Padding slots route nowhere (id −1 in the routing region).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPParams p) {
+    ep_kernel_start();
     if (ep_failed(p)) return;
     const long long node = blockIdx.y;
     if (node == node_of(p, p.rank)) return;
@@ -261,6 +278,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPP
 /// index of its home rank: into the home's combine region on this node; for a home on node m, into railCombineOut[m]
 /// of this node's rank on the home's rail, which sends it over NCCL after the combine barrier.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) {
+    ep_kernel_start();
     if (ep_failed(p)) return;
     if ((int)blockIdx.x < *(const int *)p.localTileCount) {
         const MoETile tile = ((const MoETile *)p.localTiles)[blockIdx.x];
@@ -288,6 +306,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) 
 /// grid T_loc·k × 128, across nodes only. After the rail's NCCL exchange brought railCombineIn[m] (rows computed on
 /// node m for this rank's slots), copy each slot whose expert lives on another node into this rank's combine region.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_collect(MoEEPParams p) {
+    ep_kernel_start();
     if (ep_failed(p)) return;
     const long long s = blockIdx.x;
     if (s / p.topK >= p.validTokens) return;
