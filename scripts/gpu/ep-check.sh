@@ -20,7 +20,7 @@
 # The `multigpu` step is the multi-GPU issue's run (one process per GPU); with FAULT_RANKS=<GPUs> the `fault`
 # step kills a rank of a job spread over every GPU.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu (default: check fault bench)
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -178,6 +178,18 @@ for s in $steps; do
         echo "=== nccl auto R=2: transport line says IPC because the GPU is shared: $w" | tee -a "$LOG"
         [ "$w" = 0 ] && FAILED=$((FAILED + 1))
         note "$(printf '%-34s %s' "nccl auto R=2 transport line" "IPC, reason given: $w")"
+        ;;
+    pdl)
+        # Programmatic launches in the symmetric layer (session 5) against MOE_CUDA_PDL=0, R = 1 (no time-slicing, so
+        # launch overlap is visible), alternating twice; the EPROW lines carry the symmetric µs.
+        for repeat in 1 2; do
+            for pdl in 1 0; do
+                MOE_CUDA_PDL=$pdl TAIL=8 run "pdl=$pdl R=1 $PRESET ($repeat)" 200 $MOE launch --ranks 1 --timeout 60 -- \
+                    bench --backend cuda --preset $PRESET --tokens 1,8,32,128 --iterations 30 --warmup 3
+                grep "EPROW" "$OUT/step.log" | sed "s/\$/ pdl=$pdl/" >> "$OUT/pdlrows.txt"
+            done
+        done
+        cat "$OUT/pdlrows.txt"
         ;;
     multigpu)
         # The multi-GPU issue, one process per GPU (G = all GPUs, then 2): gpt-oss-120b correctness on both paths
