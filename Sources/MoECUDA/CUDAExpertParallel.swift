@@ -94,7 +94,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let sideStream: CUDAStream
     let barrierKernel, publishKernel, countKernel, scanKernel, scatterKernel, localTilesKernel: CUDAFunction
     let dispatchKernel, combineKernel, gatherRowsKernel, scatterRowsKernel: CUDAFunction
-    let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel, copyBytesKernel: CUDAFunction
+    let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel, copyBytesKernel, planSmallKernel: CUDAFunction
     let heap: DeviceBuffer
     private var peerBases: [CUdeviceptr]
     private var openedPeers: [CUdeviceptr] = []
@@ -195,6 +195,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         dispatchForwardKernel = try module.function("moe_ep_dispatch_forward")
         combineCollectKernel = try module.function("moe_ep_combine_collect")
         copyBytesKernel = try module.function("moe_ep_copy_bytes")
+        planSmallKernel = try module.function("moe_ep_plan_small")
 
         let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
         func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
@@ -582,11 +583,18 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // 2. barrier; the global plan; this rank's tiles.
         try barrier(2)
         let global = globalRoutingParameters(b, mode: mode)
-        let blocks = (world * b.tokensPerRank + 31) / 32
-        try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global, programmatic: pdl)
-        try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global, programmatic: pdl)
-        try scatterKernel.launch(
-            LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global, programmatic: pdl)
+        let globalSlots = world * b.tokensPerRank * k
+        if let planBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts) {
+            try planSmallKernel.launch(
+                LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream, parameters: global, programmatic: pdl)
+        } else {
+            let blocks = (world * b.tokensPerRank + 31) / 32
+            try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global, programmatic: pdl)
+            try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global, programmatic: pdl)
+            try scatterKernel.launch(
+                LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global,
+                programmatic: pdl)
+        }
         try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
@@ -627,6 +635,18 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             parameters: reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks),
             programmatic: pdl)
         try between?(.reduce)
+    }
+
+    /// The one-block global plan (moe_ep_plan_small) serves up to this many global slots R·T_loc·k: its shared
+    /// memory, and its lanes' MOE_FINISH_SLOTS_PER_LANE slots each. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.
+    static let smallPlanMaxSlots = 1024 * Int(MOE_FINISH_SLOTS_PER_LANE)
+    static let smallPlanEnabled = currentEnvironment("MOE_CUDA_EP_SMALL_PLAN") != "0"
+
+    /// Dynamic shared memory of moe_ep_plan_small for `slots` global slots, or nil when the three-kernel plan runs.
+    static func smallPlanBytes(slots: Int, experts: Int, enabled: Bool = smallPlanEnabled) -> Int? {
+        guard enabled, slots <= smallPlanMaxSlots else { return nil }
+        let bytes = 4 * (2 * slots + 2 * experts + 1) + 4 * ((slots + 31) / 32) * experts
+        return bytes <= 160 * 1024 ? bytes : nil
     }
 
     /// The captured graph of the symmetric layer for (T, mode): one graph, replayed; its barriers keep their epoch

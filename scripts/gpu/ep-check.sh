@@ -109,6 +109,9 @@ for s in $steps; do
             bench --backend cuda --preset tiny --expert-map 1,1,1,0,1,0,1,1 --tokens 8 --iterations 2 --warmup 0
         run "check tiny R=4 explicit map" 200 $MOE launch --ranks 4 --timeout 30 -- \
             bench --backend cuda --preset tiny --expert-map 3,3,0,1,2,3,1,2 --routing softmax-first --tokens 16 --iterations 2 --warmup 0
+        # The three-kernel global plan (the one-block plan serves every case above).
+        MOE_CUDA_EP_SMALL_PLAN=0 run "check tiny R=3 three-kernel plan" 200 $MOE launch --ranks 3 --timeout 30 -- \
+            bench --backend cuda --preset tiny --tokens 24 --iterations 2 --warmup 0
         ;;
     fault)
         # Three faults on R=2 tiny runs, device timeout 8 s (moe launch --timeout):
@@ -180,13 +183,14 @@ for s in $steps; do
         note "$(printf '%-34s %s' "nccl auto R=2 transport line" "IPC, reason given: $w")"
         ;;
     pdl)
-        # Programmatic launches in the symmetric layer (session 5) against MOE_CUDA_PDL=0, R = 1 (no time-slicing, so
-        # launch overlap is visible), alternating twice; the EPROW lines carry the symmetric µs.
+        # The symmetric layer's launch overheads, R = 1 (no time-slicing, so they are visible), alternating twice:
+        # the default (programmatic launches, one-block global plan; session 5) against MOE_CUDA_PDL=0 and against
+        # MOE_CUDA_EP_SMALL_PLAN=0 (the three-kernel plan). The EPROW lines carry the symmetric µs.
         for repeat in 1 2; do
-            for pdl in 1 0; do
-                MOE_CUDA_PDL=$pdl TAIL=8 run "pdl=$pdl R=1 $PRESET ($repeat)" 200 $MOE launch --ranks 1 --timeout 60 -- \
+            for variant in default MOE_CUDA_PDL=0 MOE_CUDA_EP_SMALL_PLAN=0; do
+                TAIL=8 run "$variant R=1 $PRESET ($repeat)" 200 env $([ $variant = default ] || echo $variant) $MOE launch --ranks 1 --timeout 60 -- \
                     bench --backend cuda --preset $PRESET --tokens 1,8,32,128 --iterations 30 --warmup 3
-                grep "EPROW" "$OUT/step.log" | sed "s/\$/ pdl=$pdl/" >> "$OUT/pdlrows.txt"
+                grep "EPROW" "$OUT/step.log" | sed "s/\$/ variant=$variant/" >> "$OUT/pdlrows.txt"
             done
         done
         cat "$OUT/pdlrows.txt"

@@ -204,6 +204,29 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams 
     count_block(p, blockIdx.x);
 }
 
+/// grid 1 × 1024, R·T_loc·k ≤ 1024·MOE_FINISH_SLOTS_PER_LANE: the whole global plan in one block from the gathered
+/// routing, what moe_ep_count → moe_plan_scan → moe_plan_scatter compute in three launches (the same canonical plan:
+/// slots stable by expert). Dynamic shared memory: ids [S] | weights [S] | counts [E] | offsets [E+1] | chunk rows [C, E].
+extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingParams p) {
+    extern __shared__ __align__(16) unsigned char planShared[];
+    __shared__ int scratch[33];
+    ep_kernel_start();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int E = p.experts, slots = p.tokens * p.topK, chunks = (slots + 31) / 32;
+    int *ids = (int *)planShared;
+    float *weights = (float *)(ids + slots);
+    int *counts = (int *)(weights + slots);
+    int *offsets = counts + E;
+    int *chunkRows = offsets + E + 1;
+    for (int i = threadIdx.x; i < slots; i += blockDim.x) {
+        ids[i] = ((const int *)p.topkIds)[i];
+        weights[i] = ((const float *)p.topkWeights)[i];
+    }
+    for (int i = threadIdx.x; i < chunks * E; i += blockDim.x) chunkRows[i] = 0;
+    __syncthreads();
+    plan_in_block(p, warp, lane, warps, E, slots, chunks, ids, weights, counts, offsets, chunkRows, scratch, false);
+}
+
 /// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {
     ep_kernel_start();

@@ -547,36 +547,16 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 
 // MARK: small batches: top-k and the whole plan in one block
 
-/// grid: 1 block of 1024 threads, T ≤ MOE_SMALL_ROUTING_MAX_TOKENS. Top-k from the router's logits (a warp per token),
-/// then histogram, offsets, tiles and the stable placement in shared memory, writing only results to global memory.
+/// The plan of one block from the top-k in shared memory (moe_route_finish after its top-k; moe_ep_plan_small from the
+/// gathered routing): histogram, offsets, tiles and the stable placement, writing only results to global memory.
 /// The placement needs no serial scans: warp c takes slots 32c…32c+31, finds the lanes with its expert
 /// (__match_any_sync), and counts them per chunk; a thread per expert turns the chunk counts into chunk offsets; a
 /// slot's sorted row is then its expert's offset + its chunk's offset + the earlier lanes of its chunk with its expert.
-/// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1] | chunk rows [C, E].
-extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingParams p) {
-    MOE_TRACE_KERNEL(p);
-    extern __shared__ __align__(16) unsigned char finishShared[];
-    __shared__ int scratch[33];
-    wait_for_previous_kernel();
-    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int T = p.tokens, E = p.experts, K = p.topK, slots = T * K, chunks = (slots + 31) / 32;
-    float *logits = (float *)finishShared;    // [T, E]
-    int *ids = (int *)(logits + T * E);       // [T·k]
-    float *weights = (float *)(ids + T * K);  // [T·k]
-    int *counts = (int *)(weights + T * K);   // [E]
-    int *offsets = counts + E;                // [E+1]
-    int *chunkRows = offsets + E + 1;         // [chunks, E]: rows of expert e in chunk c, then rows before it
-    const float4 *logitSource = (const float4 *)p.logits;
-    if ((T * E) % 4 == 0) {
-        for (int i = threadIdx.x; i < T * E / 4; i += blockDim.x) ((float4 *)logits)[i] = logitSource[i];
-    } else {
-        for (int i = threadIdx.x; i < T * E; i += blockDim.x) logits[i] = ((const float *)p.logits)[i];
-    }
-    for (int i = threadIdx.x; i < chunks * E; i += blockDim.x) chunkRows[i] = 0;
-    __syncthreads();
-    for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
-    __syncthreads();
+/// chunkRows [chunks, E] must be zero on entry (and visible to the block); `publishTopk` also writes ids and weights
+/// to p.topkIds / p.topkWeights. Slots with id −1 route nowhere.
+MOE_DEVICE void plan_in_block(
+    const MoERoutingParams &p, int warp, int lane, int warps, int E, int slots, int chunks, const int *ids,
+    const float *weights, int *counts, int *offsets, int *chunkRows, int *scratch, bool publishTopk) {
     // Per chunk of 32 slots: each slot's rank among the chunk's earlier slots of its expert, and the chunk's counts.
     int rank[MOE_FINISH_SLOTS_PER_LANE], slotExpert[MOE_FINISH_SLOTS_PER_LANE];  // this lane's slot in chunks warp, warp + warps, …
 #pragma unroll
@@ -588,7 +568,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
             const unsigned same = __match_any_sync(0xffffffffu, slotExpert[i]);
             rank[i] = __popc(same & ((1u << lane) - 1u));
             if (s < slots && rank[i] == 0 && slotExpert[i] >= 0) chunkRows[c * E + slotExpert[i]] = __popc(same);
-            if (s < slots) {
+            if (publishTopk && s < slots) {
                 ((int *)p.topkIds)[s] = ids[s];
                 ((float *)p.topkWeights)[s] = weights[s];
             }
@@ -626,6 +606,36 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
         slotToSorted[s] = row;
         sortedWeights[row] = weights[s];
     }
+}
+
+/// grid: 1 block of 1024 threads, T ≤ MOE_SMALL_ROUTING_MAX_TOKENS. Top-k from the router's logits (a warp per token),
+/// then the whole plan in shared memory (plan_in_block), writing only results to global memory.
+/// Dynamic shared memory: logits [T, E] | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1] | chunk rows [C, E].
+extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    extern __shared__ __align__(16) unsigned char finishShared[];
+    __shared__ int scratch[33];
+    wait_for_previous_kernel();
+    allow_next_kernel();  // GEMM 1's blocks may start launching; they wait for this kernel to finish
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int T = p.tokens, E = p.experts, K = p.topK, slots = T * K, chunks = (slots + 31) / 32;
+    float *logits = (float *)finishShared;    // [T, E]
+    int *ids = (int *)(logits + T * E);       // [T·k]
+    float *weights = (float *)(ids + T * K);  // [T·k]
+    int *counts = (int *)(weights + T * K);   // [E]
+    int *offsets = counts + E;                // [E+1]
+    int *chunkRows = offsets + E + 1;         // [chunks, E]: rows of expert e in chunk c, then rows before it
+    const float4 *logitSource = (const float4 *)p.logits;
+    if ((T * E) % 4 == 0) {
+        for (int i = threadIdx.x; i < T * E / 4; i += blockDim.x) ((float4 *)logits)[i] = logitSource[i];
+    } else {
+        for (int i = threadIdx.x; i < T * E; i += blockDim.x) logits[i] = ((const float *)p.logits)[i];
+    }
+    for (int i = threadIdx.x; i < chunks * E; i += blockDim.x) chunkRows[i] = 0;
+    __syncthreads();
+    for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
+    __syncthreads();
+    plan_in_block(p, warp, lane, warps, E, slots, chunks, ids, weights, counts, offsets, chunkRows, scratch, true);
 }
 
 // MARK: larger batches: top-k, scan, scatter
