@@ -152,6 +152,18 @@ extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
 
 // MARK: phases
 
+/// Routing entry `at` (expert id, weight) into the routing regions of this node's ranks (this rank's own too, unless
+/// `skipOwn`).
+MOE_DEVICE void publish_on_node(const MoEEPParams &p, long long at, int id, float w, bool skipOwn) {
+    const long long first = node_first(p);
+    for (long long q = first; q < first + p.nodeRanks; ++q) {
+        if (skipOwn && q == p.rank) continue;
+        char *heap = heap_of(p, q);
+        ((int *)(heap + p.routingIdsOffset))[at] = id;
+        ((float *)(heap + p.routingWeightsOffset))[at] = w;
+    }
+}
+
 /// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every node peer's routing region (its own
 /// included) at row rank·T_loc; padding rows (t ≥ T_r) route nowhere (id −1, weight 0).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) {
@@ -162,13 +174,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
         const bool valid = s / p.topK < p.validTokens;
         const int id = valid ? ((const int *)p.localIds)[s] : -1;
         const float w = valid ? ((const float *)p.localWeights)[s] : 0.0f;
-        const long long at = p.rank * slots + s;
-        const long long first = node_first(p);
-        for (long long q = first; q < first + p.nodeRanks; ++q) {
-            char *heap = heap_of(p, q);
-            ((int *)(heap + p.routingIdsOffset))[at] = id;
-            ((float *)(heap + p.routingWeightsOffset))[at] = w;
-        }
+        publish_on_node(p, p.rank * slots + s, id, w, false);
     }
     __threadfence_system();
 }
@@ -187,13 +193,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPPa
         const long long at = source * slots + s;
         const int id = ((const int *)((char *)p.ownHeap + p.routingIdsOffset))[at];
         const float w = ((const float *)((char *)p.ownHeap + p.routingWeightsOffset))[at];
-        const long long first = node_first(p);
-        for (long long q = first; q < first + p.nodeRanks; ++q) {
-            if (q == p.rank) continue;
-            char *heap = heap_of(p, q);
-            ((int *)(heap + p.routingIdsOffset))[at] = id;
-            ((float *)(heap + p.routingWeightsOffset))[at] = w;
-        }
+        publish_on_node(p, at, id, w, true);
     }
     __threadfence_system();
 }
@@ -252,6 +252,15 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
     if (threadIdx.x == 0) *(int *)p.localTileCount = base;
 }
 
+/// One token row to the dispatch region of the owner of expert `id`, at sorted `position`, when that owner is on this
+/// node (padding and unrouted slots, id or position −1, go nowhere).
+MOE_DEVICE void place_on_node(const MoEEPParams &p, int id, int position, const bf16_t *source) {
+    if (id < 0 || id >= p.experts || position < 0) return;
+    const int owner = ((const int *)p.ownerOfExpert)[id];
+    if (node_of(p, owner) != node_of(p, p.rank)) return;
+    copy_row((bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden, source, (int)p.hidden);
+}
+
 /// grid T_loc·k blocks × 128. Step 3: the row of local (token, slot) s stored into its expert owner's dispatch
 /// region at the slot's global sorted position, when the owner is on this node (others get it over the rail).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p) {
@@ -260,15 +269,9 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p)
     const long long s = blockIdx.x;
     const long long t = s / p.topK;
     if (t < p.validTokens) {
-        const int id = ((const int *)p.localIds)[s];
-        const int position = ((const int *)p.slotToSorted)[p.rank * p.tokensPerRank * p.topK + s];
-        if (id >= 0 && id < p.experts && position >= 0) {
-            const int owner = ((const int *)p.ownerOfExpert)[id];
-            if (node_of(p, owner) == node_of(p, p.rank)) {
-                bf16_t *row = (bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden;
-                copy_row(row, (const bf16_t *)p.x + t * p.hidden, (int)p.hidden);
-            }
-        }
+        place_on_node(
+            p, ((const int *)p.localIds)[s], ((const int *)p.slotToSorted)[p.rank * p.tokensPerRank * p.topK + s],
+            (const bf16_t *)p.x + t * p.hidden);
     }
     __threadfence_system();
 }
@@ -283,17 +286,11 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPP
     if (node == node_of(p, p.rank)) return;
     const long long slots = p.tokensPerRank * p.topK;
     const long long s = blockIdx.x;
-    const long long source = node * p.nodeRanks + p.rank % p.nodeRanks;
-    const int id = ((const int *)((char *)p.ownHeap + p.routingIdsOffset))[source * slots + s];
-    const int position = ((const int *)p.slotToSorted)[source * slots + s];
-    if (id >= 0 && id < p.experts && position >= 0) {
-        const int owner = ((const int *)p.ownerOfExpert)[id];
-        if (node_of(p, owner) == node_of(p, p.rank)) {
-            const bf16_t *tokens = (const bf16_t *)((char *)p.ownHeap + p.railTokensOffset);
-            bf16_t *row = (bf16_t *)(heap_of(p, owner) + p.dispatchOffset) + (long long)position * p.hidden;
-            copy_row(row, tokens + (node * p.tokensPerRank + s / p.topK) * p.hidden, (int)p.hidden);
-        }
-    }
+    const long long at = (node * p.nodeRanks + p.rank % p.nodeRanks) * slots + s;
+    const bf16_t *tokens = (const bf16_t *)((char *)p.ownHeap + p.railTokensOffset);
+    place_on_node(
+        p, ((const int *)((char *)p.ownHeap + p.routingIdsOffset))[at], ((const int *)p.slotToSorted)[at],
+        tokens + (node * p.tokensPerRank + s / p.topK) * p.hidden);
     __threadfence_system();
 }
 
