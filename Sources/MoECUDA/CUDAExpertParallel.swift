@@ -807,7 +807,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let verdict = NCCLCommunicator.Verdict()
         let done = AtomicFlag()
         let group = DispatchGroup()
-        nonisolated(unsafe) let this = self
+        let this = self
         let phase = "the symmetric layer's rail exchange (NCCL across \(grid.nodes) nodes)"
         DispatchQueue.global().async(group: group) {
             var epoch = this.barrierEpoch(), moved = MonotonicSeconds.now(), polls = 0
