@@ -37,7 +37,7 @@ let package = Package(
                 .embedInCode("Kernels/moe_params.h"), .embedInCode("Kernels/moe_common.cuh"),
                 .embedInCode("Kernels/moe_routing.cu"), .embedInCode("Kernels/moe_experts.cu"),
                 .embedInCode("Kernels/moe_ceilings.cu"),
-                .embedInCode("Kernels/moe_ep.cu"),
+                .embedInCode("Kernels/moe_ep.cu"), .embedInCode("Kernels/moe_ep_node.cuh"),
             ]),
         .target(name: "CMoEAtomics"),
         .target(name: "MoEParallel", dependencies: ["MoECore", "MoECPU", "MoECUDA", "CMoEAtomics"]),
@@ -61,7 +61,10 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoECPU"]),
         .testTarget(name: "MoECPUTests", dependencies: ["MoECPU"]),
         .testTarget(name: "MoECUDATests", dependencies: ["MoECUDA"]),
-        .testTarget(name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool", "MoECLI", "MoECheckpoint"]),
+        // moe_ep.cu's phase blocks (Kernels/moe_ep_node.cuh) compiled for the host, run by the rail tests.
+        .target(name: "CMoEEPHost", path: "Tests/CMoEEPHost"),
+        .testTarget(
+            name: "MoEParallelTests", dependencies: ["MoEParallel", "MoEParallelRankTool", "MoECLI", "MoECheckpoint", "CMoEEPHost"]),
         .testTarget(
             name: "MoEServerTests",
             dependencies: ["MoEServer", .product(name: "HummingbirdTesting", package: "hummingbird")]),

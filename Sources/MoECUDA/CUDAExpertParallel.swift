@@ -130,6 +130,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         }
     }
 
+    /// moe_ep.cu with what it includes: the routing plan kernels and its node header.
+    static func kernelRequest(architecture: String) -> KernelCompileRequest {
+        KernelCompileRequest(
+            source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode], architecture: architecture)
+    }
+
     /// The GPU a rank uses: one process per GPU, ranks beyond the device count share GPUs round-robin.
     public static func deviceOrdinal(localRank: Int, deviceCount: Int) -> Int { localRank % max(1, deviceCount) }
 
@@ -177,8 +183,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         layer = try DeviceLayer(device: device, layer: RepackedLayer(weights))
         stream = try CUDAStream(device: device)
         sideStream = try CUDAStream(device: device)
-        let request = KernelCompileRequest(
-            source: .expertParallel, headers: KernelSource.headers + [.routing], architecture: device.architecture)
+        let request = Self.kernelRequest(architecture: device.architecture)
         let (image, _) = try runtime.compiler.image(for: request)
         let module = try CUDAModule(device: device, image: image)
         barrierKernel = try module.function("moe_ep_barrier")
@@ -895,4 +900,6 @@ func usleepCompat(_ microseconds: UInt32) { _ = usleep(microseconds) }
 
 extension KernelSource {
     public static let expertParallel = KernelSource(name: "moe_ep.cu", bytes: PackageResources.moe_ep_cu)
+    /// moe_ep.cu's parameters and per-block phase work (also compiled on the host by the tests).
+    public static let expertParallelNode = KernelSource(name: "moe_ep_node.cuh", bytes: PackageResources.moe_ep_node_cuh)
 }

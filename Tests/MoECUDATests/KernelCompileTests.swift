@@ -11,9 +11,11 @@ enum LocalNVRTC {
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func everyKernelFileCompilesForHopper() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
-    for source in [KernelSource.routing, .experts, .ceilings] {
-        let image = try compiler.compile(KernelCompileRequest(source: source, architecture: "sm_90a"))
-        #expect(image.count > 1000, "\(source.name)")
+    let requests = [KernelSource.routing, .experts, .ceilings].map { KernelCompileRequest(source: $0, architecture: "sm_90a") }
+        + [CUDAExpertParallelLayer.kernelRequest(architecture: "sm_90a")]
+    for request in requests {
+        let image = try compiler.compile(request)
+        #expect(image.count > 1000, "\(request.source.name)")
         #expect(Array(image.prefix(4)) == [0x7F, 0x45, 0x4C, 0x46])  // an ELF cubin
     }
 }

@@ -38,9 +38,9 @@ enum GPUAvailability {
     #expect(throws: CUDAError.self) { try CUDAExpertParallelLayout(ranks: 1024, capacity: 1 << 20, topK: 4, hidden: 128) }
 }
 
-/// The Swift parameter struct must list moe_ep.cu's MoEEPParams fields in the same order, all 8 bytes wide.
+/// The Swift parameter struct must list MoEEPParams (moe_ep_node.cuh) fields in the same order, all 8 bytes wide.
 @Test func expertParallelParamsMatchTheKernelStruct() throws {
-    let source = String(decoding: KernelSource.expertParallel.bytes, as: UTF8.self)
+    let source = String(decoding: KernelSource.expertParallelNode.bytes, as: UTF8.self)
     let start = try #require(source.firstRange(of: "typedef struct MoEEPParams {"))
     let end = try #require(source.firstRange(of: "} MoEEPParams;"))
     var names: [String] = []

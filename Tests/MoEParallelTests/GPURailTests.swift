@@ -1,36 +1,40 @@
+import CCUDA
+import CMoEEPHost
 import MoECore
 import Testing
 
 @testable import MoECUDA
 @testable import MoEParallel
 
-/// The symmetric path across nodes (moe_ep.cu with N > 1): every rank's heap as host bytes, each kernel as the
-/// loop it runs, and the rail's NCCL groups as byte copies driven by `RailTransfers` itself (a rank's sends to
-/// rail peer m matched in order with that peer's receives from this rank's node, as NCCL matches them). It
-/// checks the index arithmetic the kernels and the transfer lists share: every rank sees the global routing,
-/// every routed row lands at its owner's global sorted position, and every expert row comes home to its
-/// (token, slot). The kernels themselves run on a GPU (scripts/gpu/ep-check.sh, step `nodes`).
-struct RailModel {
+/// The symmetric layer's data movement, one node and across nodes, with moe_ep.cu's own phase blocks
+/// (Kernels/moe_ep_node.cuh, compiled for the host by CMoEEPHost) over every rank's heap in host memory, and the
+/// rail's NCCL groups as copies driven by `RailTransfers` itself (a rank's sends to rail peer m matched in order with
+/// that peer's receives from this rank's node, as NCCL matches them). The plan and the GEMMs are host stand-ins: a
+/// stable sort by expert, and a byte transform of each dispatched row. It checks what the kernels and the transfer
+/// lists do together: every rank sees the global routing, every routed row lands at its owner's global sorted
+/// position, and every expert row comes home to its (token, slot). On a GPU: scripts/gpu/ep-check.sh, steps
+/// `check` and `nodes`.
+final class RailModel {
     let grid: NodeGrid
     let layout: CUDAExpertParallelLayout
-    let perRank: Int, topK: Int, experts: Int, row: Int
+    let perRank: Int, capacity: Int, topK: Int, experts: Int
+    let hidden = 64, row = 128
     let owner: [Int]
-    var heaps: [[UInt8]]
-    var tokens: [[UInt8]]
-    /// The global routing: [R·T_loc·k] ids (−1: padding).
+    /// The global routing: [R·T_loc·k] ids (−1: padding), and each rank's real tokens.
     let ids: [Int32]
+    let valid: [Int]
+    private var allocations: [UnsafeMutableRawPointer] = []
+    private(set) var heaps: [UnsafeMutableRawPointer] = []
+    private(set) var tokens: [UnsafeMutableRawPointer] = []
+    private var parameters: [CUDAExpertParallelParams] = []
+    private var maxTiles = 0
 
-    static func heapBase(_ rank: Int) -> UInt64 { UInt64(rank + 1) << 40 }
-    static func tokensBase(_ rank: Int) -> UInt64 { heapBase(rank) | (1 << 39) }
-
-    init(nodes: Int, ranksPerNode: Int, perRank: Int, capacity: Int, topK: Int, experts: Int, valid: Int, owner: [Int], seed: UInt64) throws {
+    init(nodes: Int, ranksPerNode: Int, perRank: Int, capacity: Int, topK: Int, experts: Int, validTokens: Int, owner: [Int], seed: UInt64) throws {
         let world = nodes * ranksPerNode
         grid = try NodeGrid(world: world, nodes: nodes)
-        layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: topK, hidden: 8, nodes: nodes)
-        (self.perRank, self.topK, self.experts, row) = (perRank, topK, experts, 16)
+        layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: topK, hidden: 64, nodes: nodes)
+        (self.perRank, self.capacity, self.topK, self.experts) = (perRank, capacity, topK, experts)
         self.owner = owner
-        heaps = Array(repeating: [UInt8](repeating: 0xEE, count: layout.totalBytes), count: world)
-        tokens = Array(repeating: [UInt8](repeating: 0, count: capacity * 16), count: world)
         var state = seed
         func next() -> UInt64 {
             state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
@@ -39,67 +43,97 @@ struct RailModel {
         var ids: [Int32] = []
         for rank in 0..<world {
             for t in 0..<perRank {
-                // Valid tokens: a prefix of the batch, the last ranks padded (as CUDAExpertParallelLayer.share).
-                let isValid = rank * perRank + t < valid
                 var chosen: [Int32] = []
                 while chosen.count < topK {
                     let e = Int32(next() % UInt64(experts))
                     if !chosen.contains(e) { chosen.append(e) }
                 }
-                ids += isValid ? chosen : Array(repeating: -1, count: topK)
-                for b in 0..<16 { tokens[rank][t * 16 + b] = UInt8(truncatingIfNeeded: rank &* 31 &+ t &* 7 &+ b &* 13 &+ Int(next() % 3)) }
+                // Real tokens are a prefix of the batch, the last ranks padded (as CUDAExpertParallelLayer.share).
+                ids += rank * perRank + t < validTokens ? chosen : Array(repeating: -1, count: topK)
             }
         }
         self.ids = ids
+        valid = (0..<world).map { max(0, min(perRank, validTokens - $0 * perRank)) }
+        try build(next)
     }
+
+    deinit { for pointer in allocations { pointer.deallocate() } }
 
     var slots: Int { perRank * topK }
     var world: Int { grid.world }
 
-    func offset(_ region: CUDAExpertParallelLayout.Region) -> Int { layout.offset(of: region) }
-
-    mutating func copy(to rank: Int, at: Int, from bytes: ArraySlice<UInt8>) {
-        heaps[rank].replaceSubrange(at..<(at + bytes.count), with: bytes)
+    private func allocate(_ bytes: Int, fill: UInt8 = 0) -> UnsafeMutableRawPointer {
+        let pointer = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 16), alignment: 256)
+        pointer.initializeMemory(as: UInt8.self, repeating: fill, count: max(bytes, 16))
+        allocations.append(pointer)
+        return pointer
     }
 
-    func read(_ rank: Int, _ at: Int, _ count: Int) -> ArraySlice<UInt8> { heaps[rank][at..<(at + count)] }
+    private func address(_ pointer: UnsafeRawPointer) -> UInt64 { UInt64(UInt(bitPattern: pointer)) }
 
-    func id(in rank: Int, at slot: Int) -> Int32 {
-        heaps[rank].withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset(.routingIds) + slot * 4, as: Int32.self) }
-    }
-
-    /// The bytes at a device address of the model (a heap or a token buffer).
-    func bytes(at address: UInt64, count: Int) -> ArraySlice<UInt8> {
-        let rank = Int(address >> 40) - 1
-        if address & (1 << 39) != 0 {
-            let at = Int(address - Self.tokensBase(rank))
-            return tokens[rank][at..<(at + count)]
+    /// Heaps, token rows, the plan and each rank's parameters, as the layer sets them up.
+    private func build(_ next: () -> UInt64) throws {
+        let (R, S) = (world, slots)
+        heaps = (0..<R).map { _ in allocate(layout.totalBytes, fill: 0xEE) }
+        tokens = (0..<R).map { _ in allocate(capacity * row) }
+        for rank in 0..<R {
+            let bytes = tokens[rank].assumingMemoryBound(to: UInt8.self)
+            for b in 0..<(capacity * row) { bytes[b] = UInt8(truncatingIfNeeded: next()) }
         }
-        return read(rank, Int(address - Self.heapBase(rank)), count)
-    }
-
-    /// One NCCL group on every rail: each rank's transfer list, sends matched in order with the peer's receives.
-    mutating func exchange(_ lists: [[NCCLTransfer]]) {
-        let list = { (rank: Int) in lists[rank] }
-        var received: [(rank: Int, at: Int, bytes: ArraySlice<UInt8>)] = []
-        for a in 0..<world {
-            for m in grid.otherNodes(of: a) {
-                let b = grid.railPeer(of: a, onNode: m)
-                let sends = list(a).filter { $0.direction == .send && $0.peer == m }
-                let receives = list(b).filter { $0.direction == .receive && $0.peer == grid.node(of: a) }
-                #expect(sends.map(\.bytes) == receives.map(\.bytes), "rank \(a) → rank \(b): sizes must match in order")
-                for (send, receive) in zip(sends, receives) {
-                    #expect(receive.address >> 40 == UInt64(b + 1) && receive.address & (1 << 39) == 0)
-                    received.append((b, Int(receive.address - Self.heapBase(b)), bytes(at: send.address, count: send.bytes)))
+        let owners = allocate(experts * 4).assumingMemoryBound(to: Int32.self)
+        for e in 0..<experts { owners[e] = Int32(owner[e]) }
+        let (toSorted, toSlot) = (allocate(R * S * 4).assumingMemoryBound(to: Int32.self), allocate(R * S * 4).assumingMemoryBound(to: Int32.self))
+        for (slot, position) in slotToSorted.enumerated() {
+            toSorted[slot] = Int32(position)
+            if position >= 0 { toSlot[position] = Int32(slot) }
+        }
+        for rank in 0..<R {
+            let localIds = allocate(S * 4).assumingMemoryBound(to: Int32.self)
+            for s in 0..<S { localIds[s] = ids[rank * S + s] }
+            let peers = allocate(R * 8).assumingMemoryBound(to: UInt64.self)
+            for q in 0..<R { peers[q] = grid.nodeRanks(of: rank).contains(q) ? address(heaps[q]) : 0 }
+            // This rank's experts' tiles of ≤ 8 rows, in sorted order (what moe_ep_local_tiles keeps).
+            var tiles: [MoETile] = []
+            var start = 0
+            for e in 0..<experts {
+                let count = ids.filter { $0 == Int32(e) }.count
+                var at = 0
+                while owner[e] == rank && at < count {
+                    let n = min(8, count - at)
+                    tiles.append(MoETile(expert: Int32(e), rowStart: Int32(start + at), rowCount: Int32(n), reserved: 0))
+                    at += n
                 }
+                start += count
             }
+            maxTiles = max(maxTiles, tiles.count)
+            let localTiles = allocate(max(1, tiles.count) * MemoryLayout<MoETile>.stride).assumingMemoryBound(to: MoETile.self)
+            for (i, tile) in tiles.enumerated() { localTiles[i] = tile }
+            let localTileCount = allocate(4).assumingMemoryBound(to: Int32.self)
+            localTileCount.pointee = Int32(tiles.count)
+            var p = CUDAExpertParallelParams()
+            p.peerHeaps = address(peers)
+            p.ownHeap = address(heaps[rank])
+            p.routingIdsOffset = Int64(layout.offset(of: .routingIds))
+            p.routingWeightsOffset = Int64(layout.offset(of: .routingWeights))
+            p.dispatchOffset = Int64(layout.offset(of: .dispatch))
+            p.combineOffset = Int64(layout.offset(of: .combine))
+            p.railTokensOffset = Int64(layout.offset(of: .railTokens))
+            p.railCombineOutOffset = Int64(layout.offset(of: .railCombineOut))
+            p.railCombineInOffset = Int64(layout.offset(of: .railCombineIn))
+            p.ownerOfExpert = address(owners)
+            p.x = address(tokens[rank])
+            p.localIds = address(localIds)
+            p.localWeights = address(allocate(S * 4))
+            p.slotToSorted = address(toSorted)
+            p.sortedToSlot = address(toSlot)
+            p.localTiles = address(localTiles)
+            p.localTileCount = address(localTileCount)
+            p.expertRows = address(allocate(R * S * row))
+            (p.rank, p.world, p.tokensPerRank, p.validTokens) = (Int64(rank), Int64(R), Int64(perRank), Int64(valid[rank]))
+            (p.topK, p.hidden, p.experts) = (Int64(topK), Int64(hidden), Int64(experts))
+            (p.nodeRanks, p.nodes) = (Int64(grid.ranksPerNode), Int64(grid.nodes))
+            parameters.append(p)
         }
-        for r in received { copy(to: r.rank, at: r.at, from: r.bytes) }
-    }
-
-    func transfers(_ rank: Int) -> RailTransfers {
-        RailTransfers(
-            layout: layout, grid: grid, rank: rank, tokensPerRank: perRank, heap: Self.heapBase(rank), tokens: Self.tokensBase(rank))
     }
 
     /// The global plan: slots sorted by expert, slot order within an expert (what moe_routing.cu computes).
@@ -115,79 +149,87 @@ struct RailModel {
         return positions
     }
 
-    static func expertRow(_ input: ArraySlice<UInt8>) -> [UInt8] { input.reversed().map { $0 &+ 1 } }
+    func run(_ phase: MoEEPHostPhase, rank: Int, grid gridX: Int, _ gridY: Int = 1, block: Int) {
+        withUnsafePointer(to: parameters[rank]) { moe_ep_host_run(Int32(phase.rawValue), $0, Int32(gridX), Int32(gridY), Int32(block)) }
+    }
 
-    /// Runs the layer's data movement; returns (routing seen by every rank, dispatch correct, combine correct).
-    mutating func run() -> (routing: Bool, dispatch: Bool, combine: Bool) {
-        let (k, S) = (topK, slots)
+    /// One NCCL group on every rail: each rank's transfer list, sends matched in order with the peer's receives.
+    func exchange(_ lists: [[NCCLTransfer]]) {
+        var copies: [(to: UInt64, from: UInt64, bytes: Int)] = []
+        for a in 0..<world {
+            for m in grid.otherNodes(of: a) {
+                let b = grid.railPeer(of: a, onNode: m)
+                let sends = lists[a].filter { $0.direction == .send && $0.peer == m }
+                let receives = lists[b].filter { $0.direction == .receive && $0.peer == grid.node(of: a) }
+                #expect(sends.map(\.bytes) == receives.map(\.bytes), "rank \(a) → rank \(b): sizes must match in order")
+                for (send, receive) in zip(sends, receives) { copies.append((receive.address, send.address, send.bytes)) }
+            }
+        }
+        // Every send reads what was there before the group (NCCL's receives land after its sends read).
+        let staged = copies.map { Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt($0.from)), count: $0.bytes)) }
+        for (copy, bytes) in zip(copies, staged) {
+            bytes.withUnsafeBytes { UnsafeMutableRawPointer(bitPattern: UInt(copy.to))!.copyMemory(from: $0.baseAddress!, byteCount: copy.bytes) }
+        }
+    }
+
+    func transfers(_ rank: Int) -> RailTransfers {
+        RailTransfers(
+            layout: layout, grid: grid, rank: rank, tokensPerRank: perRank, heap: address(heaps[rank]), tokens: address(tokens[rank]))
+    }
+
+    func bytes(_ pointer: UnsafeRawPointer, _ offset: Int, _ count: Int) -> [UInt8] {
+        Array(UnsafeRawBufferPointer(start: pointer + offset, count: count))
+    }
+
+    static func expertRow(_ input: [UInt8]) -> [UInt8] { input.reversed().map { $0 &+ 1 } }
+
+    /// Runs the layer's data movement with the kernels' blocks; returns (routing seen by every rank, dispatch
+    /// correct, combine correct).
+    func runLayer() -> (routing: Bool, dispatch: Bool, combine: Bool) {
+        let (R, S, k, N) = (world, slots, topK, grid.nodes)
         let plan = slotToSorted
         // 1. publish into the node's routing regions; the rail exchange; forward the rail's rows.
-        for r in 0..<world {
-            for q in grid.nodeRanks(of: r) {
-                for s in 0..<S {
-                    var id = ids[r * S + s]
-                    copy(to: q, at: offset(.routingIds) + (r * S + s) * 4, from: withUnsafeBytes(of: &id) { Array($0) }[...])
-                }
-            }
+        for r in 0..<R { run(MOE_EP_HOST_PUBLISH, rank: r, grid: (S + 255) / 256, block: 256) }
+        exchange((0..<R).map { transfers($0).route })
+        if N > 1 { for r in 0..<R { run(MOE_EP_HOST_FORWARD_ROUTING, rank: r, grid: (S + 255) / 256, N, block: 256) } }
+        let routing = (0..<R).allSatisfy { r in
+            let region = (heaps[r] + layout.offset(of: .routingIds)).assumingMemoryBound(to: Int32.self)
+            return (0..<(R * S)).allSatisfy { region[$0] == ids[$0] }
         }
-        exchange((0..<world).map { transfers($0).route })
-        for r in 0..<world {
-            for m in grid.otherNodes(of: r) {
-                let source = grid.railPeer(of: r, onNode: m)
-                let rows = read(r, offset(.routingIds) + source * S * 4, S * 4)
-                for q in grid.nodeRanks(of: r) where q != r { copy(to: q, at: offset(.routingIds) + source * S * 4, from: rows) }
-            }
-        }
-        let routing = (0..<world).allSatisfy { r in (0..<(world * S)).allSatisfy { id(in: r, at: $0) == ids[$0] } }
         // 3. dispatch (own slots owned on this node) and dispatch_forward (the rail peers' slots owned here).
-        for r in 0..<world {
-            for s in 0..<S where ids[r * S + s] >= 0 && grid.node(of: owner[Int(ids[r * S + s])]) == grid.node(of: r) {
-                let o = owner[Int(ids[r * S + s])]
-                copy(to: o, at: offset(.dispatch) + plan[r * S + s] * row, from: tokens[r][(s / k * row)..<(s / k * row + row)])
-            }
-            for m in grid.otherNodes(of: r) {
-                let source = grid.railPeer(of: r, onNode: m)
-                for s in 0..<S {
-                    let id = id(in: r, at: source * S + s)
-                    guard id >= 0, grid.node(of: owner[Int(id)]) == grid.node(of: r) else { continue }
-                    let from = offset(.railTokens) + (m * perRank + s / k) * row
-                    copy(to: owner[Int(id)], at: offset(.dispatch) + plan[source * S + s] * row, from: read(r, from, row))
-                }
-            }
+        for r in 0..<R {
+            run(MOE_EP_HOST_DISPATCH, rank: r, grid: S, block: 128)
+            if N > 1 { run(MOE_EP_HOST_DISPATCH_FORWARD, rank: r, grid: S, N, block: 128) }
         }
         var dispatch = true
         for (slot, id) in ids.enumerated() where id >= 0 {
             let (home, t) = (slot / S, slot % S / k)
-            dispatch = dispatch && read(owner[Int(id)], offset(.dispatch) + plan[slot] * row, row) == tokens[home][(t * row)..<(t * row + row)]
+            dispatch = dispatch
+                && bytes(heaps[owner[Int(id)]], layout.offset(of: .dispatch) + plan[slot] * row, row) == bytes(tokens[home], t * row, row)
         }
-        // 5. combine: each expert row to its home, or to the home's rail forwarder on this node; the rail; collect.
+        // 4. the GEMMs' stand-in: each owner's rows, transformed, at their sorted positions.
         for (slot, id) in ids.enumerated() where id >= 0 {
             let o = owner[Int(id)]
-            let (home, local) = (slot / S, slot % S)
-            let value = Self.expertRow(read(o, offset(.dispatch) + plan[slot] * row, row))
-            if grid.node(of: home) == grid.node(of: o) {
-                copy(to: home, at: offset(.combine) + local * row, from: value[...])
-            } else {
-                let forwarder = grid.railPeer(of: home, onNode: grid.node(of: o))
-                copy(to: forwarder, at: offset(.railCombineOut) + (grid.node(of: home) * S + local) * row, from: value[...])
-            }
+            let value = Self.expertRow(bytes(heaps[o], layout.offset(of: .dispatch) + plan[slot] * row, row))
+            let rows = UnsafeMutableRawPointer(bitPattern: UInt(parameters[o].expertRows))!
+            value.withUnsafeBytes { (rows + plan[slot] * row).copyMemory(from: $0.baseAddress!, byteCount: row) }
         }
-        exchange((0..<world).map { transfers($0).combine })
-        for r in 0..<world {
-            for s in 0..<S where ids[r * S + s] >= 0 {
-                let node = grid.node(of: owner[Int(ids[r * S + s])])
-                guard node != grid.node(of: r) else { continue }
-                copy(to: r, at: offset(.combine) + s * row, from: read(r, offset(.railCombineIn) + (node * S + s) * row, row))
-            }
-        }
+        // 5. combine: each expert row to its home, or to the home's rail forwarder on this node; the rail; collect.
+        for r in 0..<R { run(MOE_EP_HOST_COMBINE, rank: r, grid: maxTiles, block: 128) }
+        exchange((0..<R).map { transfers($0).combine })
+        if N > 1 { for r in 0..<R { run(MOE_EP_HOST_COMBINE_COLLECT, rank: r, grid: S, block: 128) } }
         var combine = true
         for (slot, id) in ids.enumerated() where id >= 0 {
             let (home, s) = (slot / S, slot % S)
-            let expected = Self.expertRow(tokens[home][(s / k * row)..<(s / k * row + row)])
-            combine = combine && Array(read(home, offset(.combine) + s * row, row)) == expected
+            let expected = Self.expertRow(bytes(tokens[home], s / k * row, row))
+            combine = combine && bytes(heaps[home], layout.offset(of: .combine) + s * row, row) == expected
         }
         return (routing, dispatch, combine)
     }
+}
+
+@Test func theHostBuildOfTheKernelParametersHasTheSwiftLayout() {
+    #expect(Int(moe_ep_host_params_bytes()) == MemoryLayout<CUDAExpertParallelParams>.size)
 }
 
 @Test func railsDeliverTheGlobalRoutingEveryRowAndEveryExpertRow() throws {
@@ -207,10 +249,10 @@ func railCase(nodes: Int, ranksPerNode: Int) throws {
         ]
         for (index, owner) in maps.enumerated() {
             let valid = world * perRank - (perRank > 1 ? perRank + 1 : 0)  // padding on the last ranks
-            var model = try RailModel(
+            let model = try RailModel(
                 nodes: nodes, ranksPerNode: ranksPerNode, perRank: perRank, capacity: perRank + 2, topK: topK,
-                experts: experts, valid: max(1, valid), owner: owner, seed: UInt64(100 * world + 10 * perRank + index))
-            let result = model.run()
+                experts: experts, validTokens: max(1, valid), owner: owner, seed: UInt64(100 * world + 10 * perRank + index))
+            let result = model.runLayer()
             let label = "N=\(nodes) L=\(ranksPerNode) T_loc=\(perRank) k=\(topK) map \(index)"
             #expect(result.routing, "every rank sees the global routing: \(label)")
             #expect(result.dispatch, "every row at its owner's sorted position: \(label)")
