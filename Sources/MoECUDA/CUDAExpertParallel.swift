@@ -16,6 +16,21 @@ struct CUDAExpertParallelParams {
     var railTokensOffset: Int64 = 0, railCombineOutOffset: Int64 = 0, railCombineInOffset: Int64 = 0
 }
 
+extension CUDAExpertParallelParams {
+    /// Every heap region's byte offset in `layout`.
+    mutating func setRegionOffsets(_ layout: CUDAExpertParallelLayout) {
+        controlOffset = Int64(layout.offset(of: .control))
+        flagsOffset = Int64(layout.offset(of: .flags))
+        routingIdsOffset = Int64(layout.offset(of: .routingIds))
+        routingWeightsOffset = Int64(layout.offset(of: .routingWeights))
+        dispatchOffset = Int64(layout.offset(of: .dispatch))
+        combineOffset = Int64(layout.offset(of: .combine))
+        railTokensOffset = Int64(layout.offset(of: .railTokens))
+        railCombineOutOffset = Int64(layout.offset(of: .railCombineOut))
+        railCombineInOffset = Int64(layout.offset(of: .railCombineIn))
+    }
+}
+
 /// The phases a GPU layer is timed in (the order of MoEParallel's ExpertParallelStage).
 public enum CUDAExpertParallelPhase: Int, CaseIterable, Sendable {
     case route, metadata, dispatch, experts, combine, reduce
@@ -382,12 +397,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         var p = CUDAExpertParallelParams()
         p.peerHeaps = peerHeaps.address
         p.ownHeap = heap.address
-        p.controlOffset = Int64(layout.offset(of: .control))
-        p.flagsOffset = Int64(layout.offset(of: .flags))
-        p.routingIdsOffset = Int64(layout.offset(of: .routingIds))
-        p.routingWeightsOffset = Int64(layout.offset(of: .routingWeights))
-        p.dispatchOffset = Int64(layout.offset(of: .dispatch))
-        p.combineOffset = Int64(layout.offset(of: .combine))
+        p.setRegionOffsets(layout)
         p.ownerOfExpert = owners.address
         p.x = x.address
         p.localIds = localIds.address
@@ -411,9 +421,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.timeoutNs = Int64(timeoutSeconds * 1e9)
         p.nodeRanks = Int64(grid.ranksPerNode)
         p.nodes = Int64(grid.nodes)
-        p.railTokensOffset = Int64(layout.offset(of: .railTokens))
-        p.railCombineOutOffset = Int64(layout.offset(of: .railCombineOut))
-        p.railCombineInOffset = Int64(layout.offset(of: .railCombineIn))
         return p
     }
 
