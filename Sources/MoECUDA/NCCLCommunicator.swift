@@ -221,7 +221,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
         let active = try validated(transfers, phase: phase)
         guard !active.isEmpty else { return }
         try watched(phase: phase) {
-            try enqueue(active, stream: stream, phase: phase)
+            try enqueue(active, stream: stream.handle, phase: phase)
             try stream.synchronize()
         }
     }
@@ -231,9 +231,14 @@ public final class NCCLCommunicator: @unchecked Sendable {
     /// so it runs watched like `exchange`; waiting for the transfers themselves is the caller's (see
     /// `asynchronousError` and `abort`).
     public func enqueueWatched(_ transfers: [NCCLTransfer], stream: CUDAStream, phase: String) throws {
+        try enqueueWatched(transfers, streamHandle: stream.handle, phase: phase)
+    }
+
+    /// `enqueueWatched` on a raw stream handle (tests pass none, with a fake NCCL).
+    func enqueueWatched(_ transfers: [NCCLTransfer], streamHandle: CUstream?, phase: String) throws {
         let active = try validated(transfers, phase: phase)
         guard !active.isEmpty else { return }
-        try watched(phase: phase) { try enqueue(active, stream: stream, phase: phase) }
+        try watched(phase: phase) { try enqueue(active, stream: streamHandle, phase: phase) }
     }
 
     private func validated(_ transfers: [NCCLTransfer], phase: String) throws(NCCLError) -> [NCCLTransfer] {
@@ -295,7 +300,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
     /// ncclGroupStart, the sends and receives, ncclGroupEnd. The group is built under the lock (an abort from
     /// the watcher cannot free the communicator mid-call); ncclGroupEnd, which may wait for a peer to connect,
     /// runs outside it so that the watcher can abort it.
-    private func enqueue(_ transfers: [NCCLTransfer], stream: CUDAStream, phase: String) throws(NCCLError) {
+    private func enqueue(_ transfers: [NCCLTransfer], stream: CUstream?, phase: String) throws(NCCLError) {
         lock.wait()
         guard let comm = handle else {
             let why = abortReason ?? "aborted"
@@ -311,11 +316,11 @@ public final class NCCLCommunicator: @unchecked Sendable {
                 case .send:
                     try Self.check(
                         library, rank: rank, phase: phase, "ncclSend",
-                        api.ncclSend?(pointer, t.bytes, Int32(CCUDA_NCCL_UINT8), Int32(t.peer), comm, stream.handle), comm: comm)
+                        api.ncclSend?(pointer, t.bytes, Int32(CCUDA_NCCL_UINT8), Int32(t.peer), comm, stream), comm: comm)
                 case .receive:
                     try Self.check(
                         library, rank: rank, phase: phase, "ncclRecv",
-                        api.ncclRecv?(pointer, t.bytes, Int32(CCUDA_NCCL_UINT8), Int32(t.peer), comm, stream.handle), comm: comm)
+                        api.ncclRecv?(pointer, t.bytes, Int32(CCUDA_NCCL_UINT8), Int32(t.peer), comm, stream), comm: comm)
                 }
             }
         } catch {

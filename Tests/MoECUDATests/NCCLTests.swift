@@ -164,3 +164,76 @@ enum FakeNCCL {
     #expect(communicator.isAborted)
     #expect(communicator.asynchronousError(phase: "p") == nil)
 }
+
+/// What the layer-graph capture sees: a group whose ncclGroupEnd waits for a peer that never connects. The
+/// watcher must end it (abort) and name the cause — a dead peer at once, else the timeout — and transfers NCCL
+/// cannot serve must be refused before any NCCL call.
+enum HangingGroupEnd {
+    /// Set by the fake ncclCommAbort; the fake ncclGroupEnd returns once it is (as NCCL's does after an abort).
+    static let aborted = FakeNCCL.Counter()
+    static let groupStarts = FakeNCCL.Counter()
+
+    static func table() -> CCUDANCCLAPI {
+        var api = FakeNCCL.table()
+        api.ncclCommInitRank = { comm, _, _, _ in
+            comm?.pointee = FakeNCCL.fakeComm
+            return 0
+        }
+        api.ncclCommGetAsyncError = { _, state in
+            state?.pointee = 0
+            return 0
+        }
+        api.ncclGroupStart = {
+            HangingGroupEnd.groupStarts.add()
+            return 0
+        }
+        api.ncclSend = { _, _, _, _, _, _ in 0 }
+        api.ncclRecv = { _, _, _, _, _, _ in 0 }
+        api.ncclGroupEnd = {
+            let start = HangingGroupEnd.aborted.value
+            for _ in 0..<500 where HangingGroupEnd.aborted.value == start { usleep(10_000) }
+            return 3
+        }
+        api.ncclCommAbort = { _ in
+            HangingGroupEnd.aborted.add()
+            return 0
+        }
+        return api
+    }
+}
+
+@Test func aCapturedGroupWaitingForAPeerIsEndedByTheWatcher() throws {
+    let library = NCCLLibrary(api: HangingGroupEnd.table(), libraryPath: "fake")
+    let transfers = [NCCLTransfer(.send, peer: 1, address: 0x1000, bytes: 64), NCCLTransfer(.receive, peer: 1, address: 0x2000, bytes: 64)]
+    func communicator(timeout: Double, watch: (@Sendable () -> String?)?) throws -> NCCLCommunicator {
+        let made = try NCCLCommunicator(
+            library: library, uniqueID: [UInt8](repeating: 0, count: 128), rank: 0, world: 2, timeoutSeconds: timeout,
+            makeCurrent: {})
+        made.peerWatch = watch  // after setup: the peer dies while the group waits
+        return made
+    }
+    // A dead peer: the watcher aborts at once.
+    let dead = try communicator(timeout: 30, watch: { "rank 1's process is gone" })
+    var start = DispatchTime.now().uptimeNanoseconds
+    #expect(throws: NCCLError.peerFailed(rank: 0, phase: "route", why: "rank 1's process is gone")) {
+        try dead.enqueueWatched(transfers, streamHandle: nil, phase: "route")
+    }
+    #expect(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 < 2.0)
+    #expect(dead.isAborted)
+    // A stalled peer: the timeout.
+    let stalled = try communicator(timeout: 0.3, watch: nil)
+    start = DispatchTime.now().uptimeNanoseconds
+    #expect(throws: NCCLError.timeout(rank: 0, phase: "combine", seconds: 0.3)) {
+        try stalled.enqueueWatched(transfers, streamHandle: nil, phase: "combine")
+    }
+    #expect(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 < 2.0)
+    // Refused before any NCCL call: a peer outside the communicator; nothing at all for zero-byte transfers.
+    let healthy = try communicator(timeout: 30, watch: nil)
+    let starts = HangingGroupEnd.groupStarts.value
+    #expect(throws: NCCLError.self) {
+        try healthy.enqueueWatched([NCCLTransfer(.send, peer: 5, address: 0x1000, bytes: 8)], streamHandle: nil, phase: "p")
+    }
+    try healthy.enqueueWatched([NCCLTransfer(.send, peer: 1, address: 0x1000, bytes: 0)], streamHandle: nil, phase: "p")
+    #expect(HangingGroupEnd.groupStarts.value == starts)
+    #expect(!healthy.isAborted)
+}
