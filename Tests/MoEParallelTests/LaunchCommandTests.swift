@@ -149,3 +149,12 @@ import MoECUDA
     let inherited = RankLauncher.inheritedEnvironment(parent)
     #expect(inherited == ["PATH=/usr/bin", "MOE_CUDA_LIBRARY_PATH=/opt/nccl/lib", "MOE_KERNEL_CACHE=/tmp/k", "MOE_CUDA_PDL=0", "MOE_RANKS_NOTE=kept"])
 }
+
+/// `moe info` lists the backends and NCCL, and what NCCL's absence costs (this machine has no libnccl in CI).
+@Test func infoListsTheBackendsAndNCCL() throws {
+    let run = try LaunchCommandTests.run(["info"])
+    #expect(run.status == 0, "\(run.all)")
+    #expect(run.output.contains("backend  available") && run.output.contains("cpu "))
+    #expect(run.output.contains("nccl "))
+    #expect(run.output.contains("symmetric path"), "\(run.output)")
+}
