@@ -17,11 +17,16 @@ struct BenchmarkReport: Codable {
         var bandwidthMethod: String
         var peakTFLOPs: Double
         var peakMethod: String
+        /// GPU expert parallelism: the GPU-to-GPU copy ceiling of the same run, per rank (absent elsewhere).
+        var peerCopyGBps: Double? = nil
+        var peerCopyMethod: String? = nil
         enum CodingKeys: String, CodingKey {
             case bandwidthGBps = "bandwidth_GBps"
             case bandwidthMethod = "bandwidth_method"
             case peakTFLOPs = "peak_TFLOPs"
             case peakMethod = "peak_method"
+            case peerCopyGBps = "peer_copy_GBps"
+            case peerCopyMethod = "peer_copy_method"
         }
     }
     struct Config: Codable {

@@ -147,10 +147,28 @@ enum ExpertParallelBenchCommand {
         if backend == .cuda {
             // GPU expert parallelism: symmetric heaps over CUDA IPC (GPUExpertParallelBench).
             let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
-            return try GPUExpertParallelBench.runCommand(
+            let comm = flags.comm ?? environment.comm ?? .symmetric
+            guard let result = try GPUExpertParallelBench.runCommand(
                 environment: environment, weights: weights, source: source, options: flags.options(),
                 tokenCounts: tokens ?? [1, 8, 32, 128].map { $0 * environment.world }, mode: routing,
-                iterations: iterations ?? 20, warmup: warmup, seed: model.seed)
+                iterations: iterations ?? 20, warmup: warmup, seed: model.seed, measureCeilings: json != nil),
+                let json, let report = result.report
+            else { return }
+            guard let measured = result.ceilings else {
+                print("not writing \(json): the ceilings were not measured (see the note above)")
+                return
+            }
+            var output = try jsonReport(
+                report, comm: comm, weights: weights, ceilings: measured, model: model, routing: routing,
+                check: .init(tokens: result.check.tokens, relativeL2: result.check.relativeL2, routingMismatches: result.check.routingMismatches),
+                world: environment.world,
+                machine: .init(description: result.device, backendDetail: "cuda, \(environment.world) ranks, \(result.transport)"),
+                backend: "cuda")
+            output.ceilings.peerCopyGBps = result.peerCopy.medianGBps
+            output.ceilings.peerCopyMethod = result.peerCopy.description
+            try output.write(to: json)
+            print("wrote \(json)")
+            return
         }
         guard backend == .auto || backend == .cpu else {
             throw ValidationError("expert parallelism runs on the CPU backend in this build (--backend \(backend.rawValue) given)")
@@ -214,7 +232,11 @@ enum ExpertParallelBenchCommand {
         if let json, let ceilings {
             try jsonReport(report, comm: comm, weights: weights, ceilings: ceilings, model: model, routing: routing,
                            check: .init(tokens: checkTokens, relativeL2: checkError, routingMismatches: 0),
-                           world: runner.world, workers: runner.workers)
+                           world: runner.world,
+                           machine: .init(
+                               description: "\(CPUInfo.modelName), \(ProcessorCount.online) cores",
+                               backendDetail: "cpu, \(runner.world) ranks × \(runner.workers) threads, POSIX shared memory"),
+                           backend: "cpu")
                 .write(to: json)
             print("wrote \(json)")
         }
@@ -223,7 +245,8 @@ enum ExpertParallelBenchCommand {
     /// DESIGN §5's JSON: rows from the chosen path; the side-by-side comparison under `expert_parallel`.
     static func jsonReport(
         _ report: ExpertParallelBenchReport, comm: CommMode, weights: MoELayerWeights, ceilings: HardwareCeilings,
-        model: ModelOptions, routing: RoutingMode, check: BenchmarkReport.Check, world: Int, workers: Int
+        model: ModelOptions, routing: RoutingMode, check: BenchmarkReport.Check, world: Int, machine: BenchmarkReport.Machine,
+        backend: String
     ) throws -> BenchmarkReport {
         let c = weights.config
         var rows: [BenchmarkReport.Row] = []
@@ -254,15 +277,13 @@ enum ExpertParallelBenchCommand {
                 iterations: report.iterations, stages: stages))
         }
         var result = BenchmarkReport(
-            machine: .init(
-                description: "\(CPUInfo.modelName), \(ProcessorCount.online) cores",
-                backendDetail: "cpu, \(world) ranks × \(workers) threads, POSIX shared memory"),
+            machine: machine,
             ceilings: .init(
                 bandwidthGBps: ceilings.bandwidthGBps, bandwidthMethod: ceilings.bandwidthMethod,
                 peakTFLOPs: ceilings.peakTFLOPs, peakMethod: ceilings.peakMethod),
             config: .init(
                 preset: model.model == nil ? (model.preset ?? .gptOss20b).rawValue : nil, model: model.model, E: c.experts,
-                k: c.topK, H: c.hidden, I: c.intermediate, backend: "cpu", ranks: world, comm: comm.rawValue,
+                k: c.topK, H: c.hidden, I: c.intermediate, backend: backend, ranks: world, comm: comm.rawValue,
                 routing: routing.rawValue),
             check: check,
             rows: rows)

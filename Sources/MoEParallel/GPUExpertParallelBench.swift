@@ -263,8 +263,9 @@ extension GPUExpertParallelBench {
     /// single-rank CUDA forward (rank 0), then time both paths; rank 0 prints. Throws on any mismatch or fault.
     public static func runCommand(
         environment: RankEnvironment, weights: MoELayerWeights, source: String, options: ExpertParallelOptions,
-        tokenCounts: [Int], mode: RoutingMode, iterations: Int, warmup: Int, seed: UInt64, checks: Bool = true
-    ) throws {
+        tokenCounts: [Int], mode: RoutingMode, iterations: Int, warmup: Int, seed: UInt64, checks: Bool = true,
+        measureCeilings: Bool = false
+    ) throws -> CommandResult? {
         try GPUExpertParallelRunner.requireCUDA()
         let assignment = try ExpertAssignment.parse(options.expertMap, experts: weights.config.experts, ranks: environment.world)
         let skewed = try skewedToRankZero(weights, assignment: assignment)
@@ -287,11 +288,30 @@ extension GPUExpertParallelBench {
         if checks {
             try check(runner: runner, weights: [weights, skewed], cases: checkCases)
         }
-        guard !tokenCounts.isEmpty else { return }
+        // The JSON's ceilings and its accuracy check, on rank 0 while the others wait at a barrier.
+        var ceilings: HardwareCeilings?
+        var accuracy = CommandResult.Check(tokens: 0, relativeL2: 0, routingMismatches: 0)
+        if measureCeilings {
+            if runner.isRoot {
+                // A failure here costs the JSON, not the run: the timings below do not depend on it.
+                do {
+                    let (measured, checked) = try singleRankCeilingsAndAccuracy(weights: weights, world: world, mode: mode, seed: seed)
+                    (ceilings, accuracy) = (measured, checked)
+                    say("ceilings: bandwidth \(fmt(measured.bandwidthGBps)) GB/s (\(measured.bandwidthMethod)); peak \(fmt(measured.peakTFLOPs)) TFLOP/s (\(measured.peakMethod))")
+                } catch {
+                    say("note:    the ceilings for the JSON could not be measured (\(error)); no JSON will be written")
+                }
+            }
+            try runner.heap.barrier(.step, layer: 0)
+        }
+        let description = "\(runner.layers[0].deviceSummary)"
+        guard !tokenCounts.isEmpty else {
+            return runner.isRoot ? CommandResult(report: nil, ceilings: ceilings, peerCopy: ceiling, check: accuracy, device: description, transport: runner.transportLine) : nil
+        }
         guard let report = try benchmark(
             runner: runner, tokenCounts: tokenCounts, iterations: iterations, warmup: warmup, mode: mode, seed: seed,
             modelName: source)
-        else { return }
+        else { return nil }
         print("")
         print(report.table().replacingOccurrences(of: "× 0 CPU threads", with: "× 1 GPU process"))
         print("")
@@ -308,6 +328,42 @@ extension GPUExpertParallelBench {
             }
             print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none") dispatch_GBps=\(fmt(gbps(.dispatch))) combine_GBps=\(fmt(gbps(.combine))) peer_GBps=\(fmt(ceiling.medianGBps))")
         }
+        return CommandResult(report: report, ceilings: ceilings, peerCopy: ceiling, check: accuracy, device: description, transport: runner.transportLine)
+    }
+
+    /// What `runCommand` hands rank 0's caller for the JSON (`moe bench --json`).
+    public struct CommandResult: Sendable {
+        public struct Check: Sendable {
+            public var tokens: Int
+            public var relativeL2: Double
+            public var routingMismatches: Int
+        }
+        public var report: ExpertParallelBenchReport?
+        /// The device's copy bandwidth and bf16 peak (measured when asked).
+        public var ceilings: HardwareCeilings?
+        public var peerCopy: PeerCopyCeiling
+        /// The single-rank CUDA forward against the float64 reference (the expert-parallel outputs are checked bit
+        /// for bit against that forward).
+        public var check: Check
+        public var device: String
+        public var transport: String
+    }
+
+    /// Rank 0 alone: the GPU's ceilings, and the single-rank CUDA forward of a check batch against the float64
+    /// reference (relative L2, tokens whose experts differ).
+    static func singleRankCeilingsAndAccuracy(
+        weights: MoELayerWeights, world: Int, mode: RoutingMode, seed: UInt64
+    ) throws -> (HardwareCeilings, CommandResult.Check) {
+        let backend = try CUDABackend(weights: weights)
+        let tokens = 5 * world + 2
+        let input = SyntheticModel.hiddenStates(tokens: tokens, hidden: weights.config.hidden, seed: seed &+ 77)
+        let single = try backend.forward(input, tokens: tokens, routing: mode, profiler: nil)
+        let reference = try ReferenceMoE.forward(weights: weights, input: input, tokens: tokens, mode: mode)
+        let k = weights.config.topK
+        let mismatches = (0..<tokens).filter { t in
+            Set(single.topkIds[(t * k)..<((t + 1) * k)]) != Set(reference.topkIds[(t * k)..<((t + 1) * k)])
+        }.count
+        return (try backend.measureCeilings(), .init(tokens: tokens, relativeL2: Accuracy.relativeL2(single.hidden, reference.hidden), routingMismatches: mismatches))
     }
 
     static func fmt(_ v: Double) -> String { String((v * 100).rounded() / 100) }

@@ -138,3 +138,18 @@ final class FixedCeilingsBackend: MoEBenchmarkable {
         }
     }
 }
+
+/// GPU expert parallelism adds its peer-copy ceiling to the JSON's ceilings; every other bench leaves the keys out.
+@Test func thePeerCopyCeilingIsInTheJSONOnlyWhenMeasured() throws {
+    var ceilings = BenchmarkReport.Ceilings(bandwidthGBps: 4234, bandwidthMethod: "copy", peakTFLOPs: 792, peakMethod: "cuBLAS")
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = .sortedKeys
+    let plain = String(decoding: try encoder.encode(ceilings), as: UTF8.self)
+    #expect(!plain.contains("peer_copy"), "\(plain)")
+    ceilings.peerCopyGBps = 310.5
+    ceilings.peerCopyMethod = "peer copy 310.5 GB/s per rank"
+    let withPeer = String(decoding: try encoder.encode(ceilings), as: UTF8.self)
+    #expect(withPeer.contains("\"peer_copy_GBps\":310.5") && withPeer.contains("\"peer_copy_method\""), "\(withPeer)")
+    let decoded = try JSONDecoder().decode(BenchmarkReport.Ceilings.self, from: Data(withPeer.utf8))
+    #expect(decoded.peerCopyGBps == 310.5)
+}

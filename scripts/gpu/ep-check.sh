@@ -208,7 +208,7 @@ for s in $steps; do
         done
         list=""; for n in 1 8 32 128 256 1024 4096; do list+="$((n * G)),"; done
         TAIL=60 run "multigpu bench 120b R=$G" 580 $MOE launch --ranks $G --timeout 60 -- \
-            bench --backend cuda --preset gpt-oss-120b --tokens "${list%,}" --iterations 20 --warmup 3
+            bench --backend cuda --preset gpt-oss-120b --tokens "${list%,}" --iterations 20 --warmup 3 --json "$OUT/multigpu-bench.json"
         grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         ;;
     nodes)
@@ -245,7 +245,8 @@ for s in $steps; do
         if [ -z "$victim" ] || [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$leftover" != 0 ]; then FAILED=$((FAILED + 1)); fi
         note "$(printf '%-34s rc=%-3s %6sms  %s' "nodes fault kill (rank 1, node 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
         # Timings across the two loopback nodes: symmetric (rails) vs all-to-all (NCCL), gpt-oss-20b.
-        TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3
+        TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3 \
+            --json "$OUT/nodes-bench.json"
         grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         ;;
     bench)
