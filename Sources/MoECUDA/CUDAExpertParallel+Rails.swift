@@ -1,5 +1,4 @@
 import CCUDA
-import Dispatch
 
 /// Where the ranks of a job sit: N nodes of L ranks each, rank = node·L + local. CUDA IPC (and so the symmetric
 /// heap's one-sided stores and device barriers) reaches the L ranks of a node; the ranks with one local index, one
