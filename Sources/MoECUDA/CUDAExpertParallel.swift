@@ -820,7 +820,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let done = AtomicFlag()
         let group = DispatchGroup()
         let this = self
-        let phase = "the symmetric layer's rail exchange (NCCL across \(grid.nodes) nodes)"
+        let railPeers = grid.otherNodes(of: rank).map { grid.railPeer(of: rank, onNode: $0) }
+        let peersText = railPeers.count == 1 ? "rank \(railPeers[0])" : "ranks \(railPeers.map(String.init).joined(separator: ", "))"
+        let phase = "the symmetric layer's rail exchange with \(peersText) (NCCL across \(grid.nodes) nodes)"
         DispatchQueue.global().async(group: group) {
             var epoch = this.barrierEpoch(), moved = MonotonicSeconds.now(), polls = 0
             while !done.isSet {

@@ -13,7 +13,7 @@
 #
 # The `nodes` step runs the symmetric path across loopback "nodes" on this machine (N launchers with --nodes N,
 # NCCL over sockets on lo between the rails; each node is its own host to NCCL through NCCL_HOSTID, so ranks
-# of different nodes may share the GPU): bit-identity for N×L = 2×1, 2×2, 3×1, a rank on node 1 killed, and
+# of different nodes may share the GPU): bit-identity for N×L = 2×1, 2×2, 3×1, a rank on node 1 killed and one stalled, and
 # symmetric vs all-to-all (NCCL) timings for 2×1. Loopback sockets and a shared GPU: correctness and overheads,
 # not InfiniBand or NVLink speed.
 #
@@ -220,30 +220,37 @@ for s in $steps; do
             [ "$sym" -lt 10 ] && FAILED=$((FAILED + 1))
         done
         runnodes "nodes N=2 L=1 gpt-oss-20b" 300 2 1 bench --backend cuda --preset gpt-oss-20b --tokens 16 --iterations 2 --warmup 0
-        # A rank of node 1 killed mid-run: node 0's rank must stop with an error naming it, inside the timeout.
-        echo "=== nodes fault kill (rank 1 on node 1)" | tee -a "$LOG"
+        # A rank of node 1 killed mid-run, then one that stalls before a symmetric graph (GPUEP_STALL_RANK): node 0's
+        # rank must stop with an error naming rank 1, at once for the kill (the lost TCP connection), and within the
+        # 10 s timeout for the stall (no barrier progress while its NCCL receive waits).
         tokens=$(printf '512,%.0s' $(seq 1 8)); tokens=${tokens%,}
-        port=$((20000 + RANDOM % 20000))
-        for node in 0 1; do
-            NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL 120 $MOE launch --nodes 2 --node-rank $node --master 127.0.0.1:$port \
-                --ranks 1 --timeout 10 --kill-grace 4 -- bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 \
-                > "$OUT/nodefault-$node.log" 2>&1 &
-            eval "launcher$node=$!"
+        for kind in kill stall; do
+            echo "=== nodes fault $kind (rank 1 on node 1)" | tee -a "$LOG"
+            stall=""; [ "$kind" = stall ] && stall=1
+            port=$((20000 + RANDOM % 20000))
+            for node in 0 1; do
+                GPUEP_STALL_RANK=$stall NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL 120 $MOE launch --nodes 2 --node-rank $node \
+                    --master 127.0.0.1:$port --ranks 1 --timeout 10 --kill-grace 4 -- \
+                    bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/nodefault-$kind-$node.log" 2>&1 &
+                eval "launcher$node=$!"
+            done
+            marker="50 replays"; [ -n "$stall" ] && marker="stalling before"
+            wait_for "$OUT/nodefault-$kind-0.log" "50 replays"
+            [ -n "$stall" ] && wait_for "$OUT/nodefault-$kind-1.log" "$marker"
+            victim=$(rank_one_pid)
+            t0=$(date +%s%N)
+            [ "$kind" = kill ] && [ -n "$victim" ] && kill -9 "$victim"
+            dt=$(ms_until_rank_zero_error "$OUT/nodefault-$kind-0.log" $t0)
+            wait $launcher0; rc=$?
+            wait $launcher1
+            cat "$OUT/nodefault-$kind-0.log" "$OUT/nodefault-$kind-1.log" >> "$LOG"
+            grep -E "\[rank 0\] Error" "$OUT/nodefault-$kind-0.log" | tail -n 2
+            named=$(grep -E "\[rank 0\] Error" "$OUT/nodefault-$kind-0.log" | grep -cE "rank 1")
+            leftover=$(ls /dev/shm | grep -c moe-)
+            echo "=== nodes fault $kind: victim ${victim:-none}, node-0 launcher rc=$rc, rank 0 stopped ${dt} ms after the kill/stall point, errors naming rank 1: $named, shm left: $leftover" | tee -a "$LOG"
+            if [ -z "$victim" ] || [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$leftover" != 0 ]; then FAILED=$((FAILED + 1)); fi
+            note "$(printf '%-34s rc=%-3s %6sms  %s' "nodes fault $kind (rank 1, node 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
         done
-        wait_for "$OUT/nodefault-0.log" "50 replays"
-        victim=$(rank_one_pid)
-        t0=$(date +%s%N)
-        [ -n "$victim" ] && kill -9 "$victim"
-        dt=$(ms_until_rank_zero_error "$OUT/nodefault-0.log" $t0)
-        wait $launcher0; rc=$?
-        wait $launcher1
-        cat "$OUT/nodefault-0.log" "$OUT/nodefault-1.log" >> "$LOG"
-        grep -E "\[rank 0\] Error" "$OUT/nodefault-0.log" | tail -n 2
-        named=$(grep -E "\[rank 0\] Error" "$OUT/nodefault-0.log" | grep -cE "rank 1")
-        leftover=$(ls /dev/shm | grep -c moe-)
-        echo "=== nodes fault: victim ${victim:-none}, node-0 launcher rc=$rc, rank 0 stopped ${dt} ms after the kill, errors naming rank 1: $named, shm left: $leftover" | tee -a "$LOG"
-        if [ -z "$victim" ] || [ "$rc" = 0 ] || [ "$named" = 0 ] || [ "$leftover" != 0 ]; then FAILED=$((FAILED + 1)); fi
-        note "$(printf '%-34s rc=%-3s %6sms  %s' "nodes fault kill (rank 1, node 1)" "$rc" "$dt" "error naming rank 1: $named; shm left: $leftover")"
         # Timings across the two loopback nodes: symmetric (rails) vs all-to-all (NCCL), gpt-oss-20b.
         TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3 \
             --json "$OUT/nodes-bench.json"
