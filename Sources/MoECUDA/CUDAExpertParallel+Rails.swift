@@ -88,29 +88,16 @@ extension CUDAExpertParallelLayer {
     }
 
     /// Connects the rail once, eagerly and watched (NCCL sets up a peer's connections at the first transfers that
-    /// need them, which may block on the peer): with every rail peer, one message of the largest size each of the
-    /// layer's groups sends (T_cap token rows, T_cap·k expert rows), so that capturing a layer's graph later finds
-    /// every connection made. The bytes land in rail regions every layer rewrites before reading.
+    /// need them, which may block on the peer): the layer's own transfer lists at the heap's capacity, the largest
+    /// messages any bucket sends, so that capturing a layer's graph later finds every connection made. The bytes land
+    /// in routing and rail rows every layer rewrites before reading.
     public func connectRail() throws {
         guard grid.nodes > 1 else { return }
         let rail = try requireRail()
-        let row = config.hidden * 2
-        let own = grid.node(of: rank)
-        func at(_ region: CUDAExpertParallelLayout.Region, _ byteOffset: Int) -> CUdeviceptr {
-            heap.address + CUdeviceptr(layout.offset(of: region) + byteOffset)
-        }
-        var transfers: [NCCLTransfer] = []
-        let tokenBytes = capacity * row, expertBytes = capacity * config.topK * row
-        for node in grid.otherNodes(of: rank) {
-            transfers += [
-                NCCLTransfer(.send, peer: node, address: at(.railTokens, own * tokenBytes), bytes: tokenBytes),
-                NCCLTransfer(.receive, peer: node, address: at(.railTokens, node * tokenBytes), bytes: tokenBytes),
-                NCCLTransfer(.send, peer: node, address: at(.railCombineOut, node * expertBytes), bytes: expertBytes),
-                NCCLTransfer(.receive, peer: node, address: at(.railCombineIn, node * expertBytes), bytes: expertBytes),
-            ]
-        }
+        let largest = RailTransfers(
+            layout: layout, grid: grid, rank: rank, tokensPerRank: capacity, heap: heap.address, tokens: x.address)
         try runtime.device.makeCurrent()
-        try rail.exchange(transfers, stream: stream, phase: "connecting the rail (NCCL, \(grid.nodes) nodes)")
+        try rail.exchange(largest.route + largest.combine, stream: stream, phase: "connecting the rail (NCCL, \(grid.nodes) nodes)")
     }
 
     /// The epoch word of this rank's device barriers (it advances at every barrier: the layer's progress), read
