@@ -766,9 +766,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 if o != rank { remote[2] += Double(row) }
             }
         }
-        let rail = grid.nodes > 1 ? railTransfers(b).sentBytes : (route: 0, combine: 0)
-        moved[2] += Double(rail.route - 2 * 4 * slotsPerRank * (grid.nodes - 1))
-        remote[2] += Double(rail.route - 2 * 4 * slotsPerRank * (grid.nodes - 1))
+        // The rail: T_loc token rows to each other node (its top-k rows are in the metadata count above), and T_loc·k
+        // expert rows back from each at the combine step (RailTransfers' static sizes).
+        let otherNodes = Double(grid.nodes - 1)
+        moved[2] += otherNodes * Double(b.tokensPerRank * row)
+        remote[2] += otherNodes * Double(b.tokensPerRank * row)
         // Combine: every row computed here, to its home or to the home's rail forwarder on this node; then the rail
         // sends and the copies of what arrived.
         for (slot, id) in ids.enumerated() where owner(id) == rank {
@@ -777,8 +779,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             moved[4] += Double(row)
             if target != rank { remote[4] += Double(row) }
         }
-        moved[4] += Double(rail.combine)
-        remote[4] += Double(rail.combine)
+        moved[4] += otherNodes * Double(slotsPerRank * row)
+        remote[4] += otherNodes * Double(slotsPerRank * row)
         for s in 0..<slotsPerRank {
             if let o = owner(ids[rank * slotsPerRank + s]), grid.node(of: o) != node { moved[4] += Double(row) }
         }
