@@ -64,12 +64,6 @@ public struct RailTransfers: Sendable, Equatable {
             ]
         }
     }
-
-    /// Bytes this rank sends per layer (route, combine): what crosses nodes.
-    public var sentBytes: (route: Int, combine: Int) {
-        func sent(_ list: [NCCLTransfer]) -> Int { list.filter { $0.direction == .send }.reduce(0) { $0 + $1.bytes } }
-        return (sent(route), sent(combine))
-    }
 }
 
 extension CUDAExpertParallelLayer {

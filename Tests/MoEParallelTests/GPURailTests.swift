@@ -255,6 +255,14 @@ func railCase(nodes: Int, ranksPerNode: Int) throws {
     }
 }
 
+extension RailTransfers {
+    /// Bytes this rank sends per layer (route, combine): what crosses nodes.
+    var sentBytes: (route: Int, combine: Int) {
+        func sent(_ list: [NCCLTransfer]) -> Int { list.filter { $0.direction == .send }.reduce(0) { $0 + $1.bytes } }
+        return (sent(route), sent(combine))
+    }
+}
+
 @Test func railTransfersSendOnlyAcrossNodesAtStaticSizes() throws {
     let layout = try CUDAExpertParallelLayout(ranks: 6, capacity: 9, topK: 4, hidden: 64, nodes: 3)
     let grid = try NodeGrid(world: 6, nodes: 3)
