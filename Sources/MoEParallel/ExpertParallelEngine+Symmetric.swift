@@ -45,10 +45,11 @@ extension ExpertParallelEngine {
         if L < R {
             for t in 0..<valid {
                 let row = UnsafeRawPointer(tokenBits + t * H)
-                var nodesOfToken = Set<Int>()
-                for j in 0..<k { nodesOfToken.insert(assignment.owner(of: Int(localIds[t * k + j])) / L) }
-                for m in nodesOfToken.sorted() where m != node {
-                    try heap.store(to: m * L + r % L, .railTokens, byteOffset: (r * capacity + t) * rowBytes, from: row, count: rowBytes)
+                func nodeOfSlot(_ j: Int) -> Int { assignment.owner(of: Int(localIds[t * k + j])) / L }
+                // Once per node: at the token's first slot on that node.
+                for j in 0..<k where nodeOfSlot(j) != node && !(0..<j).contains(where: { nodeOfSlot($0) == nodeOfSlot(j) }) {
+                    try heap.store(
+                        to: nodeOfSlot(j) * L + r % L, .railTokens, byteOffset: (r * capacity + t) * rowBytes, from: row, count: rowBytes)
                     railRows += 1
                 }
             }
