@@ -649,15 +649,15 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try between?(.reduce)
     }
 
-    /// The one-block global plan (moe_ep_plan_small) serves up to this many global slots R·T_loc·k: its shared
-    /// memory, and its lanes' MOE_FINISH_SLOTS_PER_LANE slots each. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.
-    static let smallPlanMaxSlots = 1024 * Int(MOE_FINISH_SLOTS_PER_LANE)
+    /// The one-block global plan (moe_ep_plan_small, plan_in_block) serves up to LaunchPlan.blockPlanMaxSlots global
+    /// slots R·T_loc·k. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.
+    static var smallPlanMaxSlots: Int { LaunchPlan.blockPlanMaxSlots }
     static let smallPlanEnabled = currentEnvironment("MOE_CUDA_EP_SMALL_PLAN") != "0"
 
     /// Dynamic shared memory of moe_ep_plan_small for `slots` global slots, or nil when the three-kernel plan runs.
     static func smallPlanBytes(slots: Int, experts: Int, enabled: Bool = smallPlanEnabled) -> Int? {
         guard enabled, slots <= smallPlanMaxSlots else { return nil }
-        let bytes = 4 * (2 * slots + 2 * experts + 1) + 4 * ((slots + 31) / 32) * experts
+        let bytes = LaunchPlan.blockPlanBytes(slots: slots, experts: experts)
         return bytes <= 160 * 1024 ? bytes : nil
     }
 

@@ -157,11 +157,17 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// Batches of at most MOE_SMALL_ROUTING_MAX_TOKENS tokens build the plan in one block (moe_route_finish).
     public var smallRouting: Bool {
-        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && slots <= 1024 * Int(MOE_FINISH_SLOTS_PER_LANE)
-            && finishPlanBytes <= 200 * 1024
+        tokens <= Int(MOE_SMALL_ROUTING_MAX_TOKENS) && slots <= LaunchPlan.blockPlanMaxSlots && finishPlanBytes <= 200 * 1024
     }
-    /// Shared memory of moe_route_finish: logits, ids, weights, counts, offsets, per-chunk rows of every expert.
-    var finishPlanBytes: Int { smallRoutingPlanBytes + 4 * ((slots + 31) / 32) * config.experts }
+    /// Shared memory of moe_route_finish: the logits, then plan_in_block's.
+    var finishPlanBytes: Int { 4 * tokens * config.experts + LaunchPlan.blockPlanBytes(slots: slots, experts: config.experts) }
+    /// The most slots plan_in_block places (MOE_FINISH_SLOTS_PER_LANE for each of its 1024 threads).
+    static let blockPlanMaxSlots = 1024 * Int(MOE_FINISH_SLOTS_PER_LANE)
+    /// Shared memory of plan_in_block (moe_route_finish, moe_ep_plan_small): ids, weights, counts, offsets, and the
+    /// rows of every expert per chunk of 32 slots.
+    static func blockPlanBytes(slots: Int, experts: Int) -> Int {
+        4 * (2 * slots + 2 * experts + 1) + 4 * ((slots + 31) / 32) * experts
+    }
     /// Slices of K in the router: enough for about MOE_ROUTER_BLOCK_TARGET blocks, each keeping ≥ 8 steps of 32
     /// (fewer slices: less for the tile's last block to add up).
     /// Expert parallelism launches the router with the S of the single-rank plan for the global batch (the logits
