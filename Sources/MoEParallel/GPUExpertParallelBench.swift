@@ -58,7 +58,9 @@ public enum GPUExpertParallelBench {
 
     /// Runs the cases on every rank; rank 0 compares bits with `CUDABackend` and prints one line per case.
     /// Throws (after all cases) when any output differs.
-    public static func check(runner: GPUExpertParallelRunner, weights: [MoELayerWeights], cases: [Case]) throws {
+    /// Returns rank 0's single-rank backend of layer 0 (nil elsewhere), for whatever else rank 0 measures.
+    @discardableResult
+    public static func check(runner: GPUExpertParallelRunner, weights: [MoELayerWeights], cases: [Case]) throws -> CUDABackend? {
         let H = runner.config.hidden
         var singles: [CUDABackend?] = Array(repeating: nil, count: weights.count)
         var failures: [String] = []
@@ -93,7 +95,7 @@ public enum GPUExpertParallelBench {
                 runner.heap.abort(message: message)
                 throw GPUExpertParallelError.mismatch(message)
             }
-            return
+            return singles[0]
         }
         // Many replays of one graph back to back, one host synchronisation at the end: still the same bits.
         let tokens = 5 * runner.world + 2
@@ -119,6 +121,7 @@ public enum GPUExpertParallelBench {
             runner.heap.abort(message: message)
             throw GPUExpertParallelError.mismatch(message)
         }
+        return singles[0]
     }
 
     /// Times layer 0 through both paths for each global batch size; the report on rank 0, nil elsewhere.
@@ -285,8 +288,9 @@ extension GPUExpertParallelBench {
         say("ceiling: \(ceiling)")
         if let why = runner.symmetricRefusal { say("note:    the symmetric path cannot run: \(why)") }
         if let why = runner.allToAllRefusal { say("note:    the all-to-all baseline cannot run: \(why)") }
+        var single: CUDABackend?
         if checks {
-            try check(runner: runner, weights: [weights, skewed], cases: checkCases)
+            single = try check(runner: runner, weights: [weights, skewed], cases: checkCases)
         }
         // The JSON's ceilings and its accuracy check, on rank 0 while the others wait at a barrier.
         var ceilings: HardwareCeilings?
@@ -295,7 +299,8 @@ extension GPUExpertParallelBench {
             if runner.isRoot {
                 // A failure here costs the JSON, not the run: the timings below do not depend on it.
                 do {
-                    let (measured, checked) = try singleRankCeilingsAndAccuracy(weights: weights, world: world, mode: mode, seed: seed)
+                    let (measured, checked) = try singleRankCeilingsAndAccuracy(
+                        backend: single ?? CUDABackend(weights: weights), weights: weights, world: world, mode: mode, seed: seed)
                     (ceilings, accuracy) = (measured, checked)
                     say("ceilings: bandwidth \(fmt(measured.bandwidthGBps)) GB/s (\(measured.bandwidthMethod)); peak \(fmt(measured.peakTFLOPs)) TFLOP/s (\(measured.peakMethod))")
                 } catch {
@@ -304,7 +309,7 @@ extension GPUExpertParallelBench {
             }
             try runner.heap.barrier(.step, layer: 0)
         }
-        let description = "\(runner.layers[0].deviceSummary)"
+        let description = runner.layers[0].deviceSummary
         guard !tokenCounts.isEmpty else {
             return runner.isRoot ? CommandResult(report: nil, ceilings: ceilings, peerCopy: ceiling, check: accuracy, device: description, transport: runner.transportLine) : nil
         }
@@ -349,12 +354,11 @@ extension GPUExpertParallelBench {
         public var transport: String
     }
 
-    /// Rank 0 alone: the GPU's ceilings, and the single-rank CUDA forward of a check batch against the float64
+    /// Rank 0 alone: the GPU's ceilings, and `backend`'s single-rank forward of a check batch against the float64
     /// reference (relative L2, tokens whose experts differ).
     static func singleRankCeilingsAndAccuracy(
-        weights: MoELayerWeights, world: Int, mode: RoutingMode, seed: UInt64
+        backend: CUDABackend, weights: MoELayerWeights, world: Int, mode: RoutingMode, seed: UInt64
     ) throws -> (HardwareCeilings, CommandResult.Check) {
-        let backend = try CUDABackend(weights: weights)
         let tokens = 5 * world + 2
         let input = SyntheticModel.hiddenStates(tokens: tokens, hidden: weights.config.hidden, seed: seed &+ 77)
         let single = try backend.forward(input, tokens: tokens, routing: mode, profiler: nil)
