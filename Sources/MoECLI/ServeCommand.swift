@@ -1,7 +1,13 @@
 import ArgumentParser
 import Foundation
+import MoECPU
 import MoECore
+import MoEParallel
 import MoEServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `moe serve`: one MoE layer behind HTTP until SIGTERM or SIGINT.
 struct ServeCommand: AsyncParsableCommand {
@@ -21,9 +27,16 @@ struct ServeCommand: AsyncParsableCommand {
               POST /stop_profile     writes the table, summary JSON and Chrome trace; returns the summary
             Concurrent requests share forward passes of up to --max-batch-tokens tokens.
             On SIGTERM the server stops accepting connections and finishes the requests in flight.
+
+            With --ranks R the layer runs expert-parallel on R rank processes of this host (CPU ranks, or one
+            process per GPU with --backend cuda): rank 0 serves HTTP and every forward pass is one step of the
+            whole job (--comm symmetric or alltoall). If a rank dies or stalls, the requests in flight fail with
+            the reason, the server stops and the job exits non-zero.
             """)
 
     @OptionGroup var model: ModelOptions
+
+    @OptionGroup var parallel: ExpertParallelFlags
 
     @Option(help: "Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).")
     var host: String = "127.0.0.1"
@@ -77,6 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if parallel.isRequested { return try await runExpertParallel() }
         let logger = try ServerLogging.bootstrap(level: logLevel)
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let (engine, why) = try BackendRegistry.make(backend, weights: weights)
@@ -95,5 +109,53 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardOutput.write(Data("moe serve: listening on http://\(host):\(port)\n".utf8))
         })
         logger.info("stopped")
+    }
+
+    /// `--ranks R`: every rank joins the job; rank 0 serves, the others follow its steps until it stops them.
+    func runExpertParallel() async throws {
+        guard let environment = try parallel.enterRank() else { return }
+        let logger = try ServerLogging.bootstrap(level: logLevel)
+        let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
+        let comm = parallel.comm ?? environment.comm ?? .symmetric
+        let member: any ExpertParallelServingMember
+        switch backend {
+        case .cuda:
+            member = try GPUExpertParallelRunner(
+                environment: environment, layers: [weights], maxBatchTokens: maxBatchTokens, options: parallel.options())
+        case .auto, .cpu:
+            member = try ExpertParallelRunner(
+                environment: environment, layers: [weights], maxBatchTokens: maxBatchTokens, options: parallel.options())
+        }
+        defer { member.close() }
+        let group = try ExpertParallelServingGroup(member: member, comm: comm, maxBatchTokens: maxBatchTokens)
+        guard environment.rank == 0 else {
+            // Rank 0 stops the group once it has finished the requests in flight; a signal the launcher forwards
+            // must not take this rank away from under them.
+            signal(SIGTERM, SIG_IGN)
+            signal(SIGINT, SIG_IGN)
+            try group.serveFollower()
+            return
+        }
+        let engine = ExpertParallelServingBackend(group: group, name: backend == .cuda ? "cuda" : "cpu")
+        engine.onFailure = { reason in
+            logger.error("the expert-parallel group failed, stopping the server: \(reason)")
+            kill(getpid(), SIGTERM)  // the server's graceful shutdown: requests in flight get their errors
+        }
+        logger.info("model \(source): \(weights.config)")
+        logger.info("backend \(engine.detail)\(backend == .auto ? " [auto: expert parallelism runs on CPU ranks unless --backend cuda]" : "")")
+        var ceilings: HardwareCeilings?
+        if enableProfiling {
+            ceilings = try BackendRegistry.make(backend == .cuda ? .cuda : .cpu, weights: weights).backend.measureCeilings()
+        }
+        let server = try MoEServer(backend: engine, configuration: serverConfiguration, ceilings: ceilings, logger: logger)
+        let host = self.host
+        try await server.run(onServerRunning: { port in
+            FileHandle.standardOutput.write(Data("moe serve: listening on http://\(host):\(port) (\(environment.world) ranks)\n".utf8))
+        })
+        if let failure = group.failure {
+            throw ExpertParallelError.invalidArgument("the expert-parallel group failed: \(failure)")
+        }
+        try group.stop()
+        logger.info("stopped \(environment.world) ranks")
     }
 }

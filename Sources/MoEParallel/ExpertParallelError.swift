@@ -28,6 +28,8 @@ public enum ExpertParallelPhase: UInt8, Sendable, CaseIterable, CustomStringConv
     case gather = 9
     /// Every rank is done with the heap.
     case finish = 10
+    /// Serving: the ranks wait, without a timeout, for rank 0's next batch (or its stop).
+    case serve = 11
 
     public var description: String {
         switch self {
@@ -41,6 +43,7 @@ public enum ExpertParallelPhase: UInt8, Sendable, CaseIterable, CustomStringConv
         case .step: "step start"
         case .gather: "gather"
         case .finish: "finish"
+        case .serve: "next batch"
         }
     }
 }

@@ -109,14 +109,27 @@ public final class ExpertParallelRunner {
                 "input holds \(globalInput.count) values; expected T·H = \(tokens)·\(H)")
         }
         let range = tokenRange(tokens: tokens)
+        let share = Array(globalInput[(range.lowerBound * H)..<(range.upperBound * H)])
+        return try gather(forwardShare(share, tokens: tokens, mode: mode, comm: comm, profiler: profiler), tokens: tokens)
+    }
+
+    /// This rank's share [T_r, H] of a global batch of `tokens` through every layer; returns its output rows.
+    public func forwardShare(
+        _ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, profiler: Profiler? = nil
+    ) throws -> [Float] {
+        let range = tokenRange(tokens: tokens)
+        guard share.count == range.count * config.hidden else {
+            throw ExpertParallelError.invalidArgument(
+                "rank \(rank)'s share holds \(share.count) values; expected \(range.count)·\(config.hidden)")
+        }
         let tokensPerRank = (tokens + world - 1) / world
-        var x = Array(globalInput[(range.lowerBound * H)..<(range.upperBound * H)])
+        var x = share
         for (index, backend) in backends.enumerated() {
             x = try engine.forward(
                 x, validTokens: range.count, tokensPerRank: tokensPerRank, kernels: backend, mode: mode, comm: comm,
                 layer: index, profiler: profiler)
         }
-        return try gather(x, tokens: tokens)
+        return x
     }
 
     /// Collects every rank's [T_r, H] rows on rank 0, as bf16 through rank 0's dispatch region (the values

@@ -327,7 +327,10 @@ public final class SymmetricHeap: @unchecked Sendable {
     /// (release), then rings the peer's doorbell; a rank waits until every slot of its own block holds ≥ n
     /// (acquire), sleeping on its doorbell futex between checks. Stores a rank made before the barrier are
     /// visible to every peer after it (release/acquire through the arrival word).
-    public func barrier(_ phase: ExpertParallelPhase, layer: Int) throws {
+    ///
+    /// `waitsIndefinitely`: no timeout (a serving rank idles here until the next batch); a peer that dies,
+    /// disconnects, finishes or aborts still ends the wait at once.
+    public func barrier(_ phase: ExpertParallelPhase, layer: Int, waitsIndefinitely: Bool = false) throws {
         guard !isClosed else { throw ExpertParallelError.heapClosed }
         barrierHook?(phase, layer)
         epoch += 1
@@ -345,10 +348,10 @@ public final class SymmetricHeap: @unchecked Sendable {
             moe_atomic_store_release_u64(slot, word)
             if peer != rank { ring(peer) }
         }
-        try waitForPeers(epoch: epoch, phase: phase, layer: layer)
+        try waitForPeers(epoch: epoch, phase: phase, layer: layer, timeout: waitsIndefinitely ? .infinity : timeoutSeconds)
     }
 
-    private func waitForPeers(epoch: UInt64, phase: ExpertParallelPhase, layer: Int) throws {
+    private func waitForPeers(epoch: UInt64, phase: ExpertParallelPhase, layer: Int, timeout: Double) throws {
         let own = bases[rank]
         let bell = (own + ControlBlock.doorbell).assumingMemoryBound(to: UInt32.self)
         let sleepers = (own + ControlBlock.sleepers).assumingMemoryBound(to: UInt32.self)
@@ -384,7 +387,7 @@ public final class SymmetricHeap: @unchecked Sendable {
             let late = (0..<world).filter {
                 moe_atomic_load_acquire_u64((arrivals + $0 * 64).assumingMemoryBound(to: UInt64.self)) >> 8 < epoch
             }
-            try checkPeers(late: late, phase: phase, layer: layer, start: start)
+            try checkPeers(late: late, phase: phase, layer: layer, start: start, timeout: timeout)
             _ = moe_atomic_fetch_add_u32(sleepers, 1)
             _ = moe_futex_wait(bell, ring, 20_000_000)
             _ = moe_atomic_fetch_add_u32(sleepers, UInt32.max)  // − 1
@@ -392,7 +395,7 @@ public final class SymmetricHeap: @unchecked Sendable {
     }
 
     /// Fails if a late peer aborted, finished, died, or the timeout passed.
-    private func checkPeers(late: [Int], phase: ExpertParallelPhase, layer: Int, start: Double) throws {
+    private func checkPeers(late: [Int], phase: ExpertParallelPhase, layer: Int, start: Double, timeout: Double) throws {
         for peer in 0..<world where peer != rank {
             if ControlBlock.state(bases[peer]) == .aborted {
                 throw ExpertParallelError.peerAborted(rank: peer, message: ControlBlock.abortMessage(bases[peer]))
@@ -416,9 +419,9 @@ public final class SymmetricHeap: @unchecked Sendable {
                 throw ExpertParallelError.peerDied(phase: phase, layer: layer, peer: status(of: peer))
             }
         }
-        if now - start > timeoutSeconds {
+        if now - start > timeout {
             throw ExpertParallelError.barrierTimeout(
-                phase: phase, layer: layer, seconds: timeoutSeconds, late: late.map { status(of: $0) })
+                phase: phase, layer: layer, seconds: timeout, late: late.map { status(of: $0) })
         }
     }
 }
