@@ -15,12 +15,13 @@ import Glibc
         private(set) var output = ""
         var port = 0
 
-        init(_ arguments: [String]) throws {
+        /// `listens`: wait for the "listening on" line (the launcher of rank 0); other nodes' launchers print none.
+        init(_ arguments: [String], listens: Bool = true) throws {
             child = try ChildProcess.spawn(
                 executable: LaunchCommandTests.moe, arguments: arguments,
                 environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
             let deadline = MonotonicClock.seconds() + 120
-            while port == 0 {
+            while listens && port == 0 {
                 guard MonotonicClock.seconds() < deadline, pump(timeoutMilliseconds: 200) || child.poll() == nil else {
                     throw ExpertParallelError.invalidArgument("moe serve did not start listening:\n\(output)")
                 }
@@ -142,5 +143,25 @@ import Glibc
         kill(ranks.child.pid, SIGTERM)
         #expect(ranks.finish(within: 30) == 0, "\(ranks.output)")
         #expect(ranks.output.contains("stopped 2 ranks"), "\(ranks.output)")
+    }
+
+    /// Two loopback "nodes" of one rank each: rank 0's rows reach the other node over the heap's TCP stores.
+    @Test func serveAcrossTwoLoopbackNodesAnswersLikeOneRank() throws {
+        let commands = try LaunchedRankTests.nodeCommands(
+            nodes: 2, ranks: 1, ["serve", "--preset", "tiny", "--port", "0", "--log-level", "warning"])
+        let other = try Server(commands[1], listens: false)
+        let first = try Server(commands[0])
+        let single = try Server(["serve", "--preset", "tiny", "--port", "0", "--log-level", "warning"])
+        for (index, tokens) in [1, 6].enumerated() {
+            let body = Self.request(tokens: tokens, seed: 20 + index, routing: "renormalize")
+            let expected = try Self.post(port: single.port, path: "/v1/moe/forward", body: body)
+            let got = try Self.post(port: first.port, path: "/v1/moe/forward", body: body)
+            #expect(got.status == 200 && got.body == expected.body, "T=\(tokens): \(got.body.prefix(300))")
+        }
+        kill(single.child.pid, SIGTERM)
+        kill(first.child.pid, SIGTERM)
+        #expect(first.finish(within: 30) == 0, "\(first.output)")
+        #expect(other.finish(within: 30) == 0, "\(other.output)")
+        _ = single.finish(within: 30)
     }
 }
