@@ -42,6 +42,7 @@ for s in $steps; do
     epnodes) TAIL=60 step epnodes 580 env MOE=$M OUT=$OUT/epx bash .device/ep-check.sh nodes ;;
     epmulti) TAIL=80 step epmulti 600 env MOE=$M OUT=$OUT/epm bash .device/ep-check.sh multigpu ;;
     epmultifault) TAIL=20 step epmultifault 200 env MOE=$M OUT=$OUT/epmf FAULTS=kill FAULT_RANKS=$(nvidia-smi -L | wc -l) bash .device/ep-check.sh fault ;;
+    epserve) TAIL=20 step epserve 300 env MOE=$M OUT=$OUT/eps bash .device/ep-check.sh serve ;;
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     debugnew) for v in ${NEW_VARIANTS:-specialized_2_128_4_2 specialized_2_64_6_2 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100,300 --variant $v; done ;;
     racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-specialized_2_64_6_2} ;;

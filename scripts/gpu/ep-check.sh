@@ -20,7 +20,7 @@
 # The `multigpu` step is the multi-GPU issue's run (one process per GPU); with FAULT_RANKS=<GPUs> the `fault`
 # step kills a rank of a job spread over every GPU.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl (default: check fault bench)
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl serve (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -255,6 +255,33 @@ for s in $steps; do
         TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3 \
             --json "$OUT/nodes-bench.json"
         grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
+        ;;
+    serve)
+        # moe serve --ranks 2 --backend cuda (two ranks sharing the GPU) against a one-rank CUDA server: the same
+        # answers byte for byte at 1, 4 and 33 tokens, both routing modes; then SIGTERM, and every rank exits 0.
+        $MOE serve --backend cuda --preset $PRESET --port 0 --log-level warning > "$OUT/serve1.log" 2>&1 & p1=$!
+        $MOE serve --backend cuda --preset $PRESET --port 0 --log-level warning --ranks 2 --rank-timeout 60 > "$OUT/serve2.log" 2>&1 & p2=$!
+        wait_for "$OUT/serve1.log" "listening on"; wait_for "$OUT/serve2.log" "listening on"
+        python3 - "$OUT/serve1.log" "$OUT/serve2.log" <<'PY' 2>&1 | tee -a "$LOG" "$OUT/serve.txt"
+import json, random, re, sys, urllib.request, urllib.error
+ports = [re.search(r"listening on http://[0-9.]+:([0-9]+)", open(f).read()).group(1) for f in sys.argv[1:]]
+rng = random.Random(5)
+for tokens, routing in [(1, "renormalize"), (4, "softmax-first"), (33, "renormalize")]:
+    body = json.dumps({"hidden_states": [[rng.gauss(0, 1) for _ in range(2880)] for _ in range(tokens)], "routing": routing}).encode()
+    answers = []
+    for port in ports:
+        try:
+            answers.append(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/moe/forward", body, {"Content-Type": "application/json"})).read())
+        except urllib.error.HTTPError as e:
+            answers.append(b"HTTP %d %s" % (e.code, e.read()[:300]))
+    print(f"serve T={tokens} {routing}: " + ("2-rank answer identical" if answers[0] == answers[1] else f"answers differ: {answers[1][:200]!r}"))
+PY
+        kill -TERM $p1 $p2; wait $p1; r1=$?; wait $p2; r2=$?
+        same=$(grep -c "identical" "$OUT/serve.txt")
+        echo "=== serve: identical answers $same of 3; exit one rank $r1, two ranks $r2" | tee -a "$LOG"
+        cat "$OUT/serve2.log" >> "$LOG"
+        [ "$same" = 3 ] && [ "$r1" = 0 ] && [ "$r2" = 0 ] || FAILED=$((FAILED + 1))
+        note "$(printf '%-34s rc=%-3s %5ss  %s' "serve R=2 $PRESET" "$r2" "-" "$same of 3 answers identical to one rank")"
         ;;
     bench)
         for R in 2 4; do
