@@ -276,6 +276,13 @@ for tokens, routing in [(1, "renormalize"), (4, "softmax-first"), (33, "renormal
             answers.append(b"HTTP %d %s" % (e.code, e.read()[:300]))
     print(f"serve T={tokens} {routing}: " + ("2-rank answer identical" if answers[0] == answers[1] else f"answers differ: {answers[1][:200]!r}"))
 PY
+        # The server's own rate on the GPU (one rank; 4-token requests; the python client is the likelier limit).
+        if [ -f .device/serve_load.py ]; then
+            port1=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$OUT/serve1.log" | sed 's/.*://')
+            for c in 1 8 32; do
+                python3 .device/serve_load.py --port $port1 --hidden 2880 --clients $c --requests $((256 / c)) --tokens 4 2>&1 | sed "s/^/serve_load cuda $PRESET: /" | tee -a "$LOG" "$OUT/serve.txt"
+            done
+        fi
         kill -TERM $p1 $p2; wait $p1; r1=$?; wait $p2; r2=$?
         same=$(grep -c "identical" "$OUT/serve.txt")
         echo "=== serve: identical answers $same of 3; exit one rank $r1, two ranks $r2" | tee -a "$LOG"
