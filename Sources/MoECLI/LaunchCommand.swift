@@ -194,7 +194,7 @@ enum ExpertParallelBenchCommand {
         var ceilings: HardwareCeilings?
         var checkError = 0.0
         if runner.isRoot {
-            let singleBackend = try CPUBackend(weights: weights, workers: runner.workers * environment.localWorld)
+            let singleBackend = CPUBackend(weights: weights, workers: runner.workers * environment.localWorld)
             let single = try singleBackend.forward(sample, tokens: checkTokens, routing: routing, profiler: nil)
             let reference = try ReferenceMoE.forward(weights: weights, input: sample, tokens: checkTokens, mode: routing)
             checkError = Accuracy.relativeL2(single.hidden, reference.hidden)
