@@ -183,6 +183,10 @@ enum ExpertParallelBenchCommand {
         let say: (String) -> Void = { if runner.isRoot { print($0) } }
         say("model:   \(source): \(config)")
         say("ranks:   \(runner.world) × cpu (\(runner.workers) thread\(runner.workers == 1 ? "" : "s") each); experts \(runner.assignment)")
+        let packed = runner.backends.reduce(0) { $0 + $1.packedExpertBytes }
+        let owned = runner.assignment.expertsOfRank[runner.rank].count
+        say(String(format: "memory:  rank 0 packs its %d experts' weights: %.1f MiB (all %d: %.1f MiB)", owned,
+                   Double(packed) / 1048576, config.experts, Double(packed) * Double(config.experts) / Double(owned) / 1048576))
 
         // 1. Correctness first: both paths bit-identical to the single-rank forward, which matches the reference.
         let checkTokens = max(5, 2 * runner.world + 1)

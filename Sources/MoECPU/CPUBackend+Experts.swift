@@ -9,6 +9,9 @@ extension CPUBackend {
         input: RowAddressing, output: RowAddressing, profiler: Profiler?
     ) {
         precondition(plan.experts == config.experts, "the plan is for \(plan.experts) experts, the layer has \(config.experts)")
+        for e in experts where (0..<config.experts).contains(e) && plan.expertOffsets[e + 1] > plan.expertOffsets[e] {
+            precondition(gateUp.isResident(e), "expert \(e) has rows but its weights are not packed on this rank")
+        }
         lock.withLock {
             plan.expertOffsets.withUnsafeBufferPointer { offsets in
                 experts.withUnsafeBufferPointer { list in

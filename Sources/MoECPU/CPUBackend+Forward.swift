@@ -11,6 +11,7 @@ extension CPUBackend {
         topkWeights topWeights: UnsafeMutablePointer<Float>, profiler: Profiler?
     ) throws {
         let (E, H, k) = (config.experts, config.hidden, config.topK)
+        try requireEveryExpert()
         guard T >= 1 else { throw MoEError.shapeMismatch("need at least 1 token, got \(T)") }
         for i in 0..<(T * H) where !input[i].isFinite {
             throw MoEError.nonFiniteInput(row: i / H, column: i % H, value: input[i])

@@ -46,6 +46,20 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
     /// The parallel phases of a pass, reused call after call (set once `self` exists).
     private(set) var phases: Phases!
 
+    /// The experts whose weights are packed here: all of them, or an expert-parallel rank's share.
+    public var residentExperts: [Int] { gateUp.resident }
+    /// Bytes of packed expert weights (W1 and W2) this backend holds.
+    public var packedExpertBytes: Int { gateUp.byteCount + down.byteCount }
+
+    /// Throws unless every expert is packed (a single-rank forward may route to any of them).
+    func requireEveryExpert() throws {
+        guard gateUp.resident.count == config.experts else {
+            throw MoEError.invalidArgument(
+                "this CPU backend packs \(gateUp.resident.count) of \(config.experts) experts (an expert-parallel rank's share); "
+                    + "a single-rank forward needs all of them: make it without `experts:`")
+        }
+    }
+
     public var detail: String {
         var text = "cpu \(kernelPath.summary), \(workers) threads"
         if let selectionNote { text += " [\(selectionNote)]" }
@@ -82,7 +96,22 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
         self.init(weights: weights, workers: workers, path: kernels, note: nil)
     }
 
-    private init(weights: MoELayerWeights, workers requested: Int?, path: CPUKernelPath, note: String?) {
+    /// An expert-parallel rank's backend: packs only `experts` (its share, ascending ids), so a rank holds 1/R of
+    /// the packed expert weights. It runs `runExperts` for those experts and the router for all; a single-rank
+    /// `forward` needs every expert and is refused.
+    public convenience init(weights: MoELayerWeights, workers: Int? = nil, experts: [Int]) throws {
+        guard !experts.isEmpty, zip(experts, experts.dropFirst()).allSatisfy({ $0 < $1 }),
+              experts.allSatisfy({ (0..<weights.config.experts).contains($0) })
+        else {
+            throw MoEError.invalidArgument(
+                "resident experts \(experts) must be a non-empty ascending list of distinct ids below \(weights.config.experts)")
+        }
+        let (path, note) = CPUKernelPath.selection(environmentValue: CPUBackend.environmentKernels)
+        if let note { StandardError.print("moe: warning: CPU backend: \(note)\n") }
+        self.init(weights: weights, workers: workers, path: path, note: note, experts: experts)
+    }
+
+    private init(weights: MoELayerWeights, workers requested: Int?, path: CPUKernelPath, note: String?, experts: [Int]? = nil) {
         let c = weights.config
         let (E, H, I) = (c.experts, c.hidden, c.intermediate)
         self.weights = weights
@@ -100,8 +129,8 @@ public final class CPUBackend: MoEBackend, MoEStageKernels, @unchecked Sendable 
         }
         self.workers = pool.workers
         self.selectionNote = note
-        gateUp = PackedExpertStack.gateUp(weights.gateUp)
-        down = PackedExpertStack.down(weights.down)
+        gateUp = PackedExpertStack.gateUp(weights.gateUp, subset: experts)
+        down = PackedExpertStack.down(weights.down, subset: experts)
         gateBias = AlignedBuffer(count: E * I)
         upBias = AlignedBuffer(count: E * I)
         for e in 0..<E {

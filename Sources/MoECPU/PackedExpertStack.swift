@@ -45,9 +45,14 @@ final class AlignedBuffer<Element>: @unchecked Sendable {
 /// truth: the repacking is a permutation of its nibbles and scale bytes (`unpacked()` inverts it, and a test
 /// checks that).
 ///
-/// storage: [E, rowGroups, rowGroupBytes] u8
+/// storage: [resident experts, rowGroups, rowGroupBytes] u8. An expert-parallel rank packs only the experts it owns
+/// (`resident`); the others have no row groups here.
 final class PackedExpertStack: @unchecked Sendable {
     let experts: Int
+    /// The experts packed here, ascending (every expert unless a subset was asked for).
+    let resident: [Int]
+    /// Storage position of each of the E experts; −1 for one not resident.
+    private let positions: AlignedBuffer<Int32>
     /// Output rows per expert (a multiple of 16).
     let rows: Int
     /// K: inputs per row (a multiple of 32).
@@ -59,26 +64,37 @@ final class PackedExpertStack: @unchecked Sendable {
     let sourceRow: @Sendable (_ group: Int, _ lane: Int) -> Int
     private let storage: AlignedBuffer<UInt8>
 
-    /// Repacks `stack` ([E, rows, K/32, 16] codes, [E, rows, K/32] scales). `sourceRow(g, j)` picks which
-    /// checkpoint row goes to lane j of row group g; it must be a bijection onto 0..<rows.
-    init(_ stack: MXFP4ExpertStack, sourceRow: @escaping @Sendable (_ group: Int, _ lane: Int) -> Int) {
+    /// Repacks `stack` ([E, rows, K/32, 16] codes, [E, rows, K/32] scales), or only the experts `subset` lists
+    /// (ascending, distinct, in range). `sourceRow(g, j)` picks which checkpoint row goes to lane j of row group
+    /// g; it must be a bijection onto 0..<rows.
+    init(
+        _ stack: MXFP4ExpertStack, subset: [Int]? = nil,
+        sourceRow: @escaping @Sendable (_ group: Int, _ lane: Int) -> Int
+    ) {
         precondition(stack.rows % Int(MOEKIT_ROW_GROUP) == 0, "rows must be a multiple of 16")
         experts = stack.experts
+        let resident = subset ?? Array(0..<stack.experts)
+        precondition(
+            zip(resident, resident.dropFirst()).allSatisfy { $0 < $1 } && resident.allSatisfy { (0..<stack.experts).contains($0) },
+            "resident experts must be ascending, distinct ids below \(stack.experts)")
+        self.resident = resident
+        positions = AlignedBuffer(copying: [Int32](repeating: -1, count: stack.experts))
+        for (position, e) in resident.enumerated() { positions.pointer[e] = Int32(position) }
         rows = stack.rows
         columns = stack.columns
         rowGroups = stack.rows / Int(MOEKIT_ROW_GROUP)
         blocks = stack.blocksPerRow
         rowGroupBytes = moekit_row_group_bytes(Int32(stack.blocksPerRow))
         self.sourceRow = sourceRow
-        storage = AlignedBuffer(count: experts * rowGroups * rowGroupBytes, hugePages: true)
+        storage = AlignedBuffer(count: resident.count * rowGroups * rowGroupBytes, hugePages: true)
         let (rowGroups, blocks, rowGroupBytes, rows) = (rowGroups, blocks, rowGroupBytes, rows)
         nonisolated(unsafe) let destination = storage.pointer
         stack.blocks.withUnsafeBufferPointer { codeBuffer in
             stack.scales.withUnsafeBufferPointer { scaleBuffer in
                 nonisolated(unsafe) let codes = codeBuffer.baseAddress!
                 nonisolated(unsafe) let scales = scaleBuffer.baseAddress!
-                DispatchQueue.concurrentPerform(iterations: stack.experts * rowGroups) { item in
-                    let e = item / rowGroups, g = item % rowGroups
+                DispatchQueue.concurrentPerform(iterations: resident.count * rowGroups) { item in
+                    let e = resident[item / rowGroups], g = item % rowGroups
                     let groupBase = destination + item * rowGroupBytes
                     // Unused scale bytes of a short last superblock stay defined.
                     groupBase.initialize(repeating: 0, count: rowGroupBytes)
@@ -108,17 +124,26 @@ final class PackedExpertStack: @unchecked Sendable {
         }
     }
 
-    /// The packed row group g of expert e.
+    /// Whether expert e's row groups are here.
+    func isResident(_ e: Int) -> Bool { positions.pointer[e] >= 0 }
+
+    /// Bytes of packed weights held.
+    var byteCount: Int { resident.count * rowGroups * rowGroupBytes }
+
+    /// The packed row group g of expert e (a resident one).
     @inline(__always)
     func rowGroup(expert e: Int, group g: Int) -> UnsafePointer<UInt8> {
-        UnsafePointer(storage.pointer + (e * rowGroups + g) * rowGroupBytes)
+        let position = Int(positions.pointer[e])
+        assert(position >= 0, "expert \(e) is not packed here")
+        return UnsafePointer(storage.pointer + (position * rowGroups + g) * rowGroupBytes)
     }
 
-    /// The checkpoint layout back: blocks [E, rows, K/32, 16], scales [E, rows, K/32] (for tests).
+    /// The checkpoint layout back: blocks [E, rows, K/32, 16], scales [E, rows, K/32], zeros for experts not
+    /// resident (for tests).
     func unpacked() -> (blocks: [UInt8], scales: [UInt8]) {
         var codes = [UInt8](repeating: 0, count: experts * rows * blocks * 16)
         var scales = [UInt8](repeating: 0, count: experts * rows * blocks)
-        for e in 0..<experts {
+        for e in resident {
             for g in 0..<rowGroups {
                 let groupBase = rowGroup(expert: e, group: g)
                 for lane in 0..<16 {
@@ -147,12 +172,12 @@ final class PackedExpertStack: @unchecked Sendable {
 extension PackedExpertStack {
     /// W1 [E, 2I, H] with its interleaved gate/up rows split: row group 2q holds gate rows i = 16q..16q+15
     /// (checkpoint rows 2i), row group 2q+1 the matching up rows (2i+1), so one tile sees a gate/up pair.
-    static func gateUp(_ stack: MXFP4ExpertStack) -> PackedExpertStack {
-        PackedExpertStack(stack) { group, lane in 2 * (16 * (group / 2) + lane) + group % 2 }
+    static func gateUp(_ stack: MXFP4ExpertStack, subset: [Int]? = nil) -> PackedExpertStack {
+        PackedExpertStack(stack, subset: subset) { group, lane in 2 * (16 * (group / 2) + lane) + group % 2 }
     }
 
     /// W2 [E, H, I]: row group g holds output columns 16g..16g+15.
-    static func down(_ stack: MXFP4ExpertStack) -> PackedExpertStack {
-        PackedExpertStack(stack) { group, lane in 16 * group + lane }
+    static func down(_ stack: MXFP4ExpertStack, subset: [Int]? = nil) -> PackedExpertStack {
+        PackedExpertStack(stack, subset: subset) { group, lane in 16 * group + lane }
     }
 }

@@ -82,7 +82,9 @@ public final class ExpertParallelRunner {
         engine = try ExpertParallelEngine(heap: heap, assignment: assignment, config: config)
         let workers = options.workers ?? max(1, ProcessorCount.online / environment.localWorld)
         self.workers = workers
-        backends = layers.map { CPUBackend(weights: $0, workers: workers) }
+        // Each rank packs only its own experts' weights (1/R of them); the router still sees all E.
+        let owned = assignment.expertsOfRank[environment.rank]
+        backends = try layers.map { try CPUBackend(weights: $0, workers: workers, experts: owned) }
     }
 
     deinit { heap.close() }

@@ -106,4 +106,23 @@ import Testing
         }
         #expect(out.hidden[10].isNaN)
     }
+
+    /// An expert-parallel rank's backend (a subset of the experts) refuses a single-rank forward, and a bad subset
+    /// is refused when the backend is made, each with a message that says what to do.
+    @Test func aSubsetBackendRefusesSingleRankWorkAndBadSubsets() throws {
+        let weights = try SyntheticModel.layer(config: Self.config, seed: 4)
+        let share = try CPUBackend(weights: weights, workers: 1, experts: [1, 3])
+        #expect(share.residentExperts == [1, 3])
+        #expect(share.packedExpertBytes * 2 == CPUBackend(weights: weights, workers: 1).packedExpertBytes)
+        let x = SyntheticModel.hiddenStates(tokens: 3, hidden: 64, seed: 5)
+        do {
+            _ = try share.forward(x, tokens: 3, routing: .renormalize, profiler: nil)
+            Issue.record("a subset backend ran a single-rank forward")
+        } catch {
+            #expect("\(error)".contains("packs 2 of 4 experts") && "\(error)".contains("without `experts:`"), "\(error)")
+        }
+        for bad in [[], [2, 1], [1, 1], [0, 4], [-1]] {
+            #expect(throws: MoEError.self, "\(bad)") { try CPUBackend(weights: weights, workers: 1, experts: bad) }
+        }
+    }
 }

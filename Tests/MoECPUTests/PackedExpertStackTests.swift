@@ -18,7 +18,7 @@ import Testing
 
     @Test(arguments: [32, 96, 128, 160, 256, 288])
     func unpackingRestoresTheCheckpointBytes(columns: Int) {
-        for (name, make) in [("gate/up", PackedExpertStack.gateUp), ("down", PackedExpertStack.down)] {
+        for (name, make) in [("gate/up", { PackedExpertStack.gateUp($0) }), ("down", { PackedExpertStack.down($0) })] as [(String, (MXFP4ExpertStack) -> PackedExpertStack)] {
             let stack = Self.randomStack(experts: 3, rows: 64, columns: columns, seed: UInt64(columns))
             let packed = make(stack)
             let (blocks, scales) = packed.unpacked()
@@ -55,5 +55,27 @@ import Testing
                 }
             }
         }
+    }
+
+    /// A rank's subset: each resident expert's row groups are byte for byte the full stack's, the others are absent
+    /// (zeros when unpacked), and the storage holds only the subset.
+    @Test func aSubsetPacksExactlyItsExperts() {
+        let stack = Self.randomStack(experts: 5, rows: 32, columns: 96, seed: 21)
+        let full = PackedExpertStack.down(stack)
+        let subset = PackedExpertStack.down(stack, subset: [1, 4])
+        #expect(subset.resident == [1, 4] && full.resident == [0, 1, 2, 3, 4])
+        #expect(subset.byteCount * 5 == full.byteCount * 2)
+        for e in [1, 4] {
+            for g in 0..<subset.rowGroups {
+                let a = UnsafeRawBufferPointer(start: subset.rowGroup(expert: e, group: g), count: subset.rowGroupBytes)
+                let b = UnsafeRawBufferPointer(start: full.rowGroup(expert: e, group: g), count: full.rowGroupBytes)
+                #expect(Array(a) == Array(b), "expert \(e) row group \(g)")
+            }
+        }
+        #expect(!subset.isResident(0) && subset.isResident(4))
+        let (blocks, _) = subset.unpacked()
+        let perExpert = 32 * 96 / 2
+        #expect(Array(blocks[perExpert..<(2 * perExpert)]) == Array(stack.blocks[perExpert..<(2 * perExpert)]))
+        #expect(blocks[0..<perExpert].allSatisfy { $0 == 0 })
     }
 }

@@ -95,9 +95,11 @@ import Testing
             let last = min(c.tokens, first + tokensPerRank)
             var x = Array(input[(first * H)..<(last * H)])
             for (index, weights) in layers.enumerated() {
+                // A rank's backend packs only its own experts, as ExpertParallelRunner's do.
+                let kernels = try CPUBackend(weights: weights, workers: 1, experts: assignment.expertsOfRank[rank])
                 x = try engine.forward(
                     x, validTokens: last - first, tokensPerRank: tokensPerRank,
-                    kernels: CPUBackend(weights: weights, workers: 1), mode: mode, comm: comm, layer: index)
+                    kernels: kernels, mode: mode, comm: comm, layer: index)
             }
             return x
         }
