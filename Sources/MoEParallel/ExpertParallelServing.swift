@@ -188,13 +188,15 @@ public final class ExpertParallelServingBackend: MoEBackend {
         self.name = name
     }
 
+    /// A failure of the group (not of the batch) is `MoEError.backendUnavailable`, which the server answers with 503.
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
         let failedBefore = group.failure != nil
         do {
             return try group.forward(input, tokens: tokens, routing: routing, profiler: profiler)
         } catch {
-            if !failedBefore, let failure = group.failure { onFailure?(failure) }
-            throw error
+            guard let failure = group.failure else { throw error }
+            if !failedBefore { onFailure?(failure) }
+            throw MoEError.backendUnavailable(backend: detail, reason: failure)
         }
     }
 }

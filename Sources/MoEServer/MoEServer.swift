@@ -222,6 +222,11 @@ struct ObservingMiddleware: RouterMiddleware {
             response = try error.response(from: request, context: context)
             let message = (error as? ServerError)?.message ?? "\(error)"
             context.logger.notice("request refused", metadata: ["status": "\(error.status.code)", "reason": "\(message)"])
+        } catch MoEError.backendUnavailable(let backend, let reason) {
+            // The engine can no longer serve (e.g. a rank of an expert-parallel job died): 503, not a server bug.
+            context.logger.error("backend unavailable", metadata: ["backend": "\(backend)", "reason": "\(reason)"])
+            response = try ServerError(.serviceUnavailable, "the backend '\(backend)' can no longer serve: \(reason)")
+                .response(from: request, context: context)
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
             response = try ServerError(.internalServerError, "internal error: \(error)").response(from: request, context: context)

@@ -51,6 +51,22 @@ import Testing
         #expect(samples["moe_forward_errors_total"] == 2 && samples[#"moe_http_errors_total{status="500"}"#] == 2)
     }
 
+    /// A backend that can no longer serve at all (an expert-parallel job lost a rank): 503 with the reason.
+    @Test func anUnavailableBackendIs503WithTheReason() async throws {
+        let backend = ScriptedBackend(config: Fixture.config) { _, _ in
+            throw MoEError.backendUnavailable(backend: "cpu expert-parallel, 2 ranks", reason: "rank 1 (pid 42) died")
+        }
+        let server = try Fixture.server(backend: backend)
+        try await Fixture.withRouter(server) { client in
+            let response = try await client.execute(
+                uri: "/v1/moe/forward", method: .post, body: Fixture.jsonBody(Fixture.input(tokens: 2, seed: 1)))
+            #expect(response.status == .serviceUnavailable)
+            #expect(Fixture.errorMessage(response).contains("can no longer serve: rank 1 (pid 42) died"))
+        }
+        let samples = try PrometheusText.parse(server.metrics.prometheusText())
+        #expect(samples[#"moe_http_errors_total{status="503"}"#] == 1)
+    }
+
     /// A backend that returns NaN: the server refuses to send it (500 naming the row), never `null`s or NaN text.
     @Test func aNonFiniteOutputIs500NamingTheRow() async throws {
         let backend = ScriptedBackend(config: Fixture.config) { input, tokens in
