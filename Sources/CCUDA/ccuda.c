@@ -69,6 +69,7 @@ int ccuda_resolve_driver(void *handle, CCUDADriverAPI *api, char *missing, size_
     RESOLVE(api, cuMemcpyDtoDAsync, 1, "cuMemcpyDtoDAsync_v2");
     RESOLVE(api, cuMemsetD8Async, 1, "cuMemsetD8Async");
     RESOLVE(api, cuMemsetD32Async, 1, "cuMemsetD32Async");
+    RESOLVE(api, cuStreamWriteValue32, 0, "cuStreamWriteValue32_v2", "cuStreamWriteValue32");
     RESOLVE(api, cuStreamCreate, 1, "cuStreamCreate");
     RESOLVE(api, cuStreamDestroy, 1, "cuStreamDestroy_v2");
     RESOLVE(api, cuStreamSynchronize, 1, "cuStreamSynchronize");

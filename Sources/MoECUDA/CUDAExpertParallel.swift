@@ -352,7 +352,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     public func requestAbort() {
         _ = try? runtime.device.makeCurrent()
         let address = heap.address + CUdeviceptr(layout.offset(of: .control) + CUDAExpertParallelLayout.Control.abortWord)
-        _ = runtime.driver.api.cuMemsetD32Async?(address, 1, 1, sideStream.handle)
+        // The front end writes the word without a kernel. A memset is a kernel, and it may find no free SM: with
+        // programmatic launches the GEMM blocks behind a waiting barrier can hold every SM until the barrier ends.
+        if let write = runtime.driver.api.cuStreamWriteValue32 {
+            _ = write(sideStream.handle, address, 1, 0)
+        } else {
+            _ = runtime.driver.api.cuMemsetD32Async?(address, 1, 1, sideStream.handle)
+        }
         _ = try? sideStream.synchronize()
     }
 
@@ -386,6 +392,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try kernels.topk.allowSharedMemory(local.topkShape.sharedBytes)
         if plan.fusedRouting { try kernels.routeSmall(local).allowSharedMemory(local.routeSmallShape.sharedBytes) }
         try scatterKernel.allowSharedMemory(32 * config.topK * 8)
+        // Shared-memory limits are raised here, never during capture (CUDAObjects: launch).
+        if let planBytes = Self.smallPlanBytes(slots: world * perRank * config.topK, experts: config.experts) {
+            try planSmallKernel.allowSharedMemory(planBytes)
+        }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
         return bucket
@@ -588,8 +598,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep, programmatic: pdl)
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.route, stream: stream, phase: "route: the rail exchange of top-k and token rows")
+            // Not programmatic after a captured NCCL group: NCCL's kernels never trigger early, and the edge from its
+            // captured nodes would be an untried case.
             try forwardRoutingKernel.launch(
-                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep, programmatic: pdl)
+                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep, programmatic: false)
         }
         try between?(.route)
         // 2. barrier; the global plan; this rank's tiles.
@@ -637,7 +649,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try barrier(4)
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.combine, stream: stream, phase: "combine: the rail exchange of expert rows")
-            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
+            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: false)
         }
         try between?(.combine)
         // 6. k-way sum per local token in slot order.

@@ -119,6 +119,8 @@ typedef struct CCUDADriverAPI {
     CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr destination, CUdeviceptr source, size_t bytes, CUstream stream);
     CUresult (*cuMemsetD8Async)(CUdeviceptr destination, unsigned char value, size_t count, CUstream stream);
     CUresult (*cuMemsetD32Async)(CUdeviceptr destination, unsigned int value, size_t count, CUstream stream);
+    /// Optional (stream memory operations): a 32-bit write done by the GPU's front end, with no kernel.
+    CUresult (*cuStreamWriteValue32)(CUstream stream, CUdeviceptr address, unsigned int value, unsigned int flags);
     CUresult (*cuStreamCreate)(CUstream *stream, unsigned int flags);
     CUresult (*cuStreamDestroy)(CUstream stream);                                        // _v2
     CUresult (*cuStreamSynchronize)(CUstream stream);
