@@ -339,11 +339,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         _ = try? stream.synchronize()
         for base in openedPeers { _ = runtime.driver.api.cuIpcCloseMemHandle?(base) }
         openedPeers.removeAll()
-        // The graphs go before the rail communicator: destroying a graph hands NCCL's captured work back to its
-        // communicator. After an abort that communicator is gone, so those graphs are kept to the process's end.
-        let graphs = buckets.values.flatMap { $0.graphs.values }
+        // The graphs go before the rail communicator, also after an abort: destroying a graph hands NCCL's captured
+        // work back to its communicator, and NCCL's teardown (ncclCommAbort too) waits until every such graph is gone.
         for bucket in buckets.values { bucket.graphs.removeAll() }
-        if railCommunicator?.isAborted == true { AbandonedGraphs.keep(graphs) }
         allToAllCommunicator = nil
         railCommunicator = nil
     }
@@ -883,17 +881,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         if let failure = try deviceFailure() {
             throw CUDAExpertParallelError.deviceBarrier(rank: rank, failure: failure, timeoutSeconds: timeoutSeconds)
         }
-    }
-}
-
-/// Graphs that captured work of an aborted NCCL communicator: never destroyed (see `close`).
-enum AbandonedGraphs {
-    nonisolated(unsafe) private static var kept: [CUDAGraphExec] = []
-    private static let lock = DispatchSemaphore(value: 1)
-    static func keep(_ graphs: [CUDAGraphExec]) {
-        lock.wait()
-        kept += graphs
-        lock.signal()
     }
 }
 

@@ -155,7 +155,9 @@ public final class NCCLCommunicator: @unchecked Sendable {
         withUnsafeMutableBytes(of: &id) { raw in for i in 0..<Self.uniqueIDBytes { raw[i] = uniqueID[i] } }
         let idCopy = id
         // NCCL picks its GPU from the calling thread's current context (the CUDA runtime follows the driver's).
-        DispatchQueue.global().async {
+        // A thread of its own: it may stay blocked in NCCL for good (a missing peer), which must not cost a
+        // Dispatch worker that watchers need.
+        DetachedThread.start {
             do {
                 try makeCurrent()
             } catch {
@@ -187,24 +189,40 @@ public final class NCCLCommunicator: @unchecked Sendable {
     deinit { close() }
 
     /// Releases the communicator. ncclCommAbort, not ncclCommDestroy: a local teardown that never waits for a
-    /// peer (every operation has completed by the time a rank closes, and a failing rank must not block).
+    /// peer (every operation has completed by the time a rank closes, and a failing rank must not block). Close
+    /// the CUDA graphs that captured its work first (see `abort`); this waits at most 10 s for the teardown.
     public func close() {
         lock.wait()
         let comm = handle
         handle = nil
         if abortReason == nil { abortReason = "closed" }
         lock.signal()
-        if let comm { _ = library.api.ncclCommAbort?(comm) }
+        if let comm { Self.tearDown(comm, library: library, waitSeconds: 10) }
     }
 
-    /// Aborts the communicator (any thread): NCCL operations in flight give up; later ones are refused.
+    /// Aborts the communicator (any thread) and returns at once: NCCL operations in flight give up; later ones are
+    /// refused. ncclCommAbort raises NCCL's abort flag first (its kernels and connection loops exit), then does not
+    /// return until every CUDA graph that captured work of the communicator is destroyed (NCCL ≥ 2.26 counts them).
+    /// So it runs on a thread of its own, and the caller goes on to destroy its graphs, which lets it finish.
     public func abort(reason: String) {
         lock.wait()
         let comm = handle
         handle = nil
         if abortReason == nil { abortReason = reason }
         lock.signal()
-        if let comm { _ = library.api.ncclCommAbort?(comm) }
+        if let comm { Self.tearDown(comm, library: library, waitSeconds: 0) }
+    }
+
+    /// ncclCommAbort on a detached thread of its own (not a Dispatch worker: it may block until the graphs are
+    /// destroyed, and blocked workers would starve the watchers), waited for at most `waitSeconds`.
+    private static func tearDown(_ comm: OpaquePointer, library: NCCLLibrary, waitSeconds: Double) {
+        nonisolated(unsafe) let comm = comm
+        let finished = DispatchSemaphore(value: 0)
+        DetachedThread.start {
+            _ = library.api.ncclCommAbort?(comm)
+            finished.signal()
+        }
+        if waitSeconds > 0 { _ = finished.wait(timeout: .now() + waitSeconds) }
     }
 
     public var isAborted: Bool {
@@ -391,4 +409,28 @@ public final class NCCLCommunicator: @unchecked Sendable {
 
 enum MonotonicSeconds {
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+}
+
+/// A detached POSIX thread running one closure (falls back to a Dispatch worker if the OS refuses a thread).
+enum DetachedThread {
+    final class Body {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
+    static func start(_ run: @escaping @Sendable () -> Void) {
+        let body = Unmanaged.passRetained(Body(run)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let body = Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue()
+            body.run()
+            return nil
+        }, body)
+        if rc == 0 {
+            pthread_detach(thread)
+        } else {
+            Unmanaged<Body>.fromOpaque(body).release()
+            DispatchQueue.global().async(execute: run)
+        }
+    }
 }

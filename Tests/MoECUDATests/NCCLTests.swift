@@ -151,18 +151,58 @@ enum FakeNCCL {
         state?.pointee = 6  // ncclRemoteError: a peer died
         return 0
     }
+    api.ncclCommAbort = { _ in
+        AbortOnce.count.add()
+        return 0
+    }
     let library = NCCLLibrary(api: api, libraryPath: "fake")
     let communicator = try NCCLCommunicator(
         library: library, uniqueID: [UInt8](repeating: 0, count: 128), rank: 0, world: 2, timeoutSeconds: 5, makeCurrent: {})
     let error = try #require(communicator.asynchronousError(phase: "all-to-all dispatch"))
     #expect("\(error)".contains("rank 0, all-to-all dispatch: ncclCommGetAsyncError failed: ncclRemoteError (6)"), "\(error)")
-    let before = FakeNCCL.aborts.value
     communicator.abort(reason: "test")
     communicator.abort(reason: "again")
     communicator.close()
-    #expect(FakeNCCL.aborts.value - before == 1, "ncclCommAbort runs once whatever calls it")
+    // The abort runs on a thread of its own: wait for it, then make sure no second one follows.
+    for _ in 0..<200 where AbortOnce.count.value == 0 { usleep(10_000) }
+    usleep(50_000)
+    #expect(AbortOnce.count.value == 1, "ncclCommAbort runs once whatever calls it")
     #expect(communicator.isAborted)
     #expect(communicator.asynchronousError(phase: "p") == nil)
+}
+
+enum AbortOnce { static let count = FakeNCCL.Counter() }
+
+/// NCCL's abort does not return while a CUDA graph holds work of the communicator (NCCL ≥ 2.26): `abort(reason:)`
+/// must not wait for it, since destroying those graphs is what the caller does next.
+@Test func abortReturnsWhileNCCLWaitsForTheGraphs() throws {
+    var api = FakeNCCL.table()
+    api.ncclCommInitRank = { comm, _, _, _ in
+        comm?.pointee = FakeNCCL.fakeComm
+        return 0
+    }
+    api.ncclCommAbort = { _ in
+        BlockingAbort.started.signal()
+        BlockingAbort.graphsDestroyed.wait()
+        BlockingAbort.finished.signal()
+        return 0
+    }
+    let communicator = try NCCLCommunicator(
+        library: NCCLLibrary(api: api, libraryPath: "fake"), uniqueID: [UInt8](repeating: 0, count: 128), rank: 0, world: 2,
+        timeoutSeconds: 5, makeCurrent: {})
+    let start = MonotonicSeconds.now()
+    communicator.abort(reason: "a peer died")
+    #expect(MonotonicSeconds.now() - start < 0.5, "abort(reason:) waited for NCCL's teardown")
+    #expect(BlockingAbort.started.wait(timeout: .now() + 5) == .success, "ncclCommAbort was not called")
+    #expect(communicator.isAborted)
+    BlockingAbort.graphsDestroyed.signal()  // what destroying the graphs does for NCCL
+    #expect(BlockingAbort.finished.wait(timeout: .now() + 5) == .success)
+}
+
+enum BlockingAbort {
+    static let started = DispatchSemaphore(value: 0)
+    static let graphsDestroyed = DispatchSemaphore(value: 0)
+    static let finished = DispatchSemaphore(value: 0)
 }
 
 /// What the layer-graph capture sees: a group whose ncclGroupEnd waits for a peer that never connects. The
