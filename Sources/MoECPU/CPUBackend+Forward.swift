@@ -13,7 +13,7 @@ extension CPUBackend {
         let (E, H, k) = (config.experts, config.hidden, config.topK)
         try requireEveryExpert()
         guard T >= 1 else { throw MoEError.shapeMismatch("need at least 1 token, got \(T)") }
-        for i in 0..<(T * H) where !input[i].isFinite {
+        for i in 0..<(T * H) where !BF16.isFiniteAfterRounding(input[i]) {
             throw MoEError.nonFiniteInput(row: i / H, column: i % H, value: input[i])
         }
         lock.withLock {

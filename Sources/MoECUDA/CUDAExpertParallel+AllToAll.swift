@@ -71,9 +71,9 @@ extension CUDAExpertParallelLayer {
         // 3. dispatch: pack by destination, copy each block to its receiver, host barrier.
         let packed = lists.flatMap { $0 }
         if !packed.isEmpty {
-            try packIndex.upload(packed.map { Int32($0 / k) })
-            try sendIds.upload(packed.map { ids[$0] })
-            try sendWeights.upload(packed.map { weights[$0] })
+            try packIndex.uploadAsync(packed.map { Int32($0 / k) }, stream: stream)
+            try sendIds.uploadAsync(packed.map { ids[$0] }, stream: stream)
+            try sendWeights.uploadAsync(packed.map { weights[$0] }, stream: stream)
             try gatherRowsKernel.launch(
                 LaunchShape(grid: (packed.count, 1, 1), block: 128), stream: stream,
                 arguments: [.u64(sendRows.address), .u64(x.address), .u64(packIndex.address), .u64(UInt64(H))])
@@ -135,10 +135,10 @@ extension CUDAExpertParallelLayer {
                 }
                 order += rows
             }
-            try permutation.upload(order)
-            try a2aSortedWeights.upload(order.map { receivedWeights[Int($0)] })
-            try a2aTiles.upload(tileList)
-            try a2aTileCount.upload([Int32(tileList.count)])
+            try permutation.uploadAsync(order, stream: stream)
+            try a2aSortedWeights.uploadAsync(order.map { receivedWeights[Int($0)] }, stream: stream)
+            try a2aTiles.uploadAsync(tileList, stream: stream)
+            try a2aTileCount.uploadAsync([Int32(tileList.count)], stream: stream)
             let rows = region(rank, .allToAllRows)
             try kernels.gemm(b.plan.gemm1Variant).launch(
                 gemmShape(b, first: true, tiles: tileList.count), stream: stream,
@@ -179,7 +179,7 @@ extension CUDAExpertParallelLayer {
             try host.hostBarrier(phase: 7)
         }
         if !packed.isEmpty {
-            try unpackIndex.upload(packed.map { Int32($0) })
+            try unpackIndex.uploadAsync(packed.map { Int32($0) }, stream: stream)
             try scatterRowsKernel.launch(
                 LaunchShape(grid: (packed.count, 1, 1), block: 128), stream: stream,
                 arguments: [.u64(a2aCombine.address), .u64(region(rank, .allToAllReturn)), .u64(unpackIndex.address), .u64(UInt64(H))])

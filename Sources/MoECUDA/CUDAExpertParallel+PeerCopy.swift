@@ -20,8 +20,13 @@ extension CUDAExpertParallelLayer {
     /// copying into each other never overlap.
     public var peerCopyBytes: Int { min(layout.byteCount(of: .dispatch) / 2, 256 << 20) / 256 * 256 }
 
-    /// Seconds of each of `repeats` timed copies (after one untimed), device events around each. The dispatch
-    /// region is scratch between layers: every layer rewrites the rows it reads.
+    /// Copies per timed batch: enough for 256 MiB (at most 64). One small copy between two events would count the
+    /// launch's few microseconds against a copy of a few MB and understate the ceiling.
+    public var peerCopiesPerTiming: Int { max(1, min(64, (256 << 20) / max(peerCopyBytes, 1))) }
+
+    /// Seconds per copy in each of `repeats` timed batches of `peerCopiesPerTiming` back-to-back copies (after one
+    /// untimed batch), device events around each batch. The dispatch region is scratch between layers: every layer
+    /// rewrites the rows it reads.
     public func peerCopySeconds(repeats: Int, engine: PeerCopyEngine) throws(CUDAError) -> [Double] {
         let bytes = peerCopyBytes
         guard bytes > 0, repeats >= 1 else { throw .invalidArgument("a peer copy needs ≥ 256 bytes of dispatch region and ≥ 1 repeat") }
@@ -32,22 +37,25 @@ extension CUDAExpertParallelLayer {
         let source = heap.address + dispatch
         let destination = peerBaseAddress(peerCopyTarget) + dispatch + CUdeviceptr(layout.byteCount(of: .dispatch) / 2 / 256 * 256)
         let driver = runtime.driver
+        let copies = peerCopiesPerTiming
         var seconds: [Double] = []
         for index in 0...repeats {
             let start = try CUDAEvent(device: device), end = try CUDAEvent(device: device)
             try start.record(stream)
-            switch engine {
-            case .copyEngine:
-                try driver.call(
-                    "cuMemcpyDtoDAsync", driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
-            case .smStores:
-                try copyBytesKernel.launch(
-                    LaunchShape(grid: (4 * device.multiprocessors, 1, 1), block: 256), stream: stream,
-                    arguments: [.u64(destination), .u64(source), .u64(UInt64(bytes))])
+            for _ in 0..<copies {
+                switch engine {
+                case .copyEngine:
+                    try driver.call(
+                        "cuMemcpyDtoDAsync", driver.api.cuMemcpyDtoDAsync?(destination, source, bytes, stream.handle))
+                case .smStores:
+                    try copyBytesKernel.launch(
+                        LaunchShape(grid: (4 * device.multiprocessors, 1, 1), block: 256), stream: stream,
+                        arguments: [.u64(destination), .u64(source), .u64(UInt64(bytes))])
+                }
             }
             try end.record(stream)
             try stream.synchronize()
-            if index > 0 { seconds.append(Double(try end.milliseconds(since: start)) * 1e-3) }
+            if index > 0 { seconds.append(Double(try end.milliseconds(since: start)) * 1e-3 / Double(copies)) }
         }
         return seconds
     }

@@ -105,6 +105,9 @@ public final class DeviceBuffer: @unchecked Sendable {
         _ = device.driver.api.cuMemFree?(address)
     }
 
+    /// A setup-time upload, complete on return. From pageable memory cuMemcpyHtoD may return before its DMA has
+    /// landed, and kernels on the non-blocking streams are not ordered after it, hence the context sync. In a
+    /// forward pass use `uploadAsync` on the pass's stream.
     public func upload<T>(_ values: [T], offsetBytes: Int = 0) throws(CUDAError) {
         let bytes = values.count * MemoryLayout<T>.stride
         guard offsetBytes + bytes <= byteCount else {
@@ -115,6 +118,7 @@ public final class DeviceBuffer: @unchecked Sendable {
             driver.api.cuMemcpyHtoD?(address + CUdeviceptr(offsetBytes), raw.baseAddress, bytes)
         }
         try driver.call("cuMemcpyHtoD", result)
+        try driver.call("cuCtxSynchronize", driver.api.cuCtxSynchronize?())
     }
 
     public func uploadAsync<T>(_ values: [T], stream: CUDAStream) throws(CUDAError) {

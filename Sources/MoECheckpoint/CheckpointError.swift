@@ -1,3 +1,4 @@
+import MoECore
 import SafeTensors
 
 /// Why a model directory, an input file or an output could not be used: the file (or directory), the tensor
@@ -94,7 +95,7 @@ public struct CheckpointError: Error, Sendable, Equatable, CustomStringConvertib
         case .nonFiniteWeight(let index, let detail):
             "element \(index) is \(detail), which makes results NaN; the checkpoint is corrupt, re-export it"
         case .nonFiniteInput(let row, let column, let value):
-            "row \(row) holds a non-finite value (\(value) at column \(column)); every hidden state must be finite, fix the input"
+            "row \(row) holds a non-finite value (\(BF16.nonFiniteReason(value)) at column \(column)); every hidden state must be finite, fix the input"
         case .noTokens: "holds no tokens (T = 0); give at least one row"
         case .safeTensors(let inner): inner.description
         case .systemCall(let call, let reason): "\(call) failed: \(reason)"

@@ -42,7 +42,7 @@ public enum HiddenStatesFile {
         } catch {
             throw CheckpointError(error)
         }
-        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+        if let bad = values.firstIndex(where: { !BF16.isFiniteAfterRounding($0) }) {
             throw CheckpointError(
                 file: path, tensor: hiddenStates, .nonFiniteInput(row: bad / hidden, column: bad % hidden, value: values[bad]))
         }

@@ -10,6 +10,17 @@ public enum BF16 {
         return UInt16(truncatingIfNeeded: (raw &+ 0x7FFF &+ lsb) >> 16)
     }
 
+    /// Whether `value` stays finite when rounded to bf16: false for ±Inf and NaN, and for finite float32 values
+    /// beyond bf16's largest (about ±3.39e38), which round to ±Inf. Inputs are rounded to bf16 on entry, so this is
+    /// what "finite" means for a hidden state.
+    @inlinable @inline(__always)
+    public static func isFiniteAfterRounding(_ value: Float) -> Bool { bits(value) & 0x7F80 != 0x7F80 }
+
+    /// The message part that explains why `value` counts as non-finite (it may be a finite float32).
+    public static func nonFiniteReason(_ value: Float) -> String {
+        value.isFinite ? "\(value), beyond bf16's largest value ±3.39e38, rounds to infinity" : "\(value)"
+    }
+
     /// bf16 bits → float32 (exact).
     @inlinable @inline(__always)
     public static func float(_ bits: UInt16) -> Float {

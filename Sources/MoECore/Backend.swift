@@ -50,7 +50,7 @@ public enum InputCheck {
             throw MoEError.shapeMismatch(
                 "hidden_states holds \(input.count) values; expected T·H = \(tokens)·\(hidden) = \(tokens * hidden)")
         }
-        for (index, value) in input.enumerated() where !value.isFinite {
+        for (index, value) in input.enumerated() where !BF16.isFiniteAfterRounding(value) {
             throw MoEError.nonFiniteInput(row: index / hidden, column: index % hidden, value: value)
         }
     }

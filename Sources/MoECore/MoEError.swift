@@ -13,7 +13,7 @@ public enum MoEError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidConfig(let why): "invalid MoE config: \(why)"
         case .shapeMismatch(let why): "shape mismatch: \(why)"
         case .nonFiniteInput(let row, let column, let value):
-            "input row \(row) holds a non-finite value (\(value) at column \(column)); every hidden state must be finite"
+            "input row \(row) holds a non-finite value (\(BF16.nonFiniteReason(value)) at column \(column)); every hidden state must be finite"
         case .invalidArgument(let why): why
         case .backendUnavailable(let backend, let reason): "backend '\(backend)' is not available here: \(reason)"
         case .io(let why): why

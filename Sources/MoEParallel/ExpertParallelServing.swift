@@ -15,6 +15,8 @@ public protocol ExpertParallelServingMember: AnyObject {
     var world: Int { get }
     /// What runs, for `/health` and logs.
     var servingDetail: String { get }
+    /// The most tokens per rank one step can take (a larger share fails the step, and with it the group).
+    var servingTokensPerRankLimit: Int { get }
     /// This rank's token range of a global batch of `tokens`.
     func tokenRange(tokens: Int) -> Range<Int>
     /// This rank's share [T_r, H] through the layers; its output rows.
@@ -58,10 +60,11 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
         let layout = member.heap.layout
         let perRank = (maxBatchTokens + member.world - 1) / member.world
         let rowsThatFit = layout.byteCount(of: .dispatch) / (member.config.hidden * 2)
-        guard maxBatchTokens >= 1, perRank <= rowsThatFit else {
+        let limit = min(rowsThatFit, member.servingTokensPerRankLimit)
+        guard maxBatchTokens >= 1, perRank <= limit else {
             throw ExpertParallelError.invalidArgument(
-                "a batch of \(maxBatchTokens) tokens puts \(perRank) rows on each of \(member.world) ranks; a rank's dispatch region holds "
-                    + "\(rowsThatFit): lower --max-batch-tokens or raise --max-tokens-per-rank")
+                "a batch of \(maxBatchTokens) tokens puts \(perRank) on each of \(member.world) ranks; a step here takes at most "
+                    + "\(limit) per rank: lower --max-batch-tokens or raise --max-tokens-per-rank")
         }
     }
 
@@ -203,6 +206,8 @@ public final class ExpertParallelServingBackend: MoEBackend {
 
 extension ExpertParallelRunner: ExpertParallelServingMember {
     public var servingDetail: String { "cpu expert-parallel, \(world) ranks × \(workers) thread\(workers == 1 ? "" : "s")" }
+    /// Any: a share above the heap's capacity runs in chunks.
+    public var servingTokensPerRankLimit: Int { .max }
 
     public func servingForward(_ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, profiler: Profiler?) throws -> [Float] {
         try forwardShare(share, tokens: tokens, mode: mode, comm: comm, profiler: profiler)
@@ -223,6 +228,8 @@ extension ExpertParallelRunner: ExpertParallelServingMember {
 
 extension GPUExpertParallelRunner: ExpertParallelServingMember {
     public var servingDetail: String { "cuda expert-parallel, \(world) ranks" }
+    /// The GPU heaps' capacity: the layer refuses larger shares (no chunking on the device).
+    public var servingTokensPerRankLimit: Int { capacity }
 
     /// The layer graphs of the symmetric path (the all-to-all baseline runs eagerly); no per-stage profile.
     public func servingForward(_ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, profiler: Profiler?) throws -> [Float] {

@@ -35,7 +35,7 @@ public struct PeerCopyCeiling: Sendable, Equatable, CustomStringConvertible {
             : "into the next rank of each node through its CUDA IPC mapping, all ranks at once"
         let mib = Double(bytes) / Double(1 << 20)
         let engines = zip(PeerCopyEngine.allCases, engineMedianGBps).map { "\($0.rawValue) \(fmt($1))" }.joined(separator: ", ")
-        return "peer copy \(fmt(medianGBps)) GB/s per rank (the faster engine's median over \(targets.count) ranks, slowest \(fmt(minimumGBps)); \(engines)): \(fmt(mib)) MiB \(what), median of each rank's timed copies"
+        return "peer copy \(fmt(medianGBps)) GB/s per rank (the faster engine's median over \(targets.count) ranks, slowest \(fmt(minimumGBps)); \(engines)): \(fmt(mib)) MiB \(what), batches of back-to-back copies of ≥ 256 MiB (at most 64 copies), median of each rank's timed batches"
     }
 
     /// GB/s of `remoteBytes` (summed over `ranks`) moved in `microseconds`, per rank.

@@ -122,9 +122,9 @@ public enum ForwardJSON {
                         throw ServerError.unprocessable(
                             "row \(t) holds a non-finite value at column \(h) (outside the float32 range); every hidden state must be finite")
                     }
-                    guard value.isFinite else {
+                    guard BF16.isFiniteAfterRounding(value) else {
                         throw ServerError.unprocessable(
-                            "row \(t) holds a non-finite value (\(value) at column \(h)); every hidden state must be finite")
+                            "row \(t) holds a non-finite value (\(BF16.nonFiniteReason(value)) at column \(h)); every hidden state must be finite")
                     }
                     values.append(value)
                 }

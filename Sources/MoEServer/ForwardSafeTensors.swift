@@ -87,9 +87,9 @@ public enum ForwardSafeTensors {
                 values[i] = BF16.float(UInt16(littleEndian: data.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
             }
         }
-        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+        if let bad = values.firstIndex(where: { !BF16.isFiniteAfterRounding($0) }) {
             throw .unprocessable(
-                "row \(bad / H) holds a non-finite value (\(values[bad]) at column \(bad % H)); every hidden state must be finite")
+                "row \(bad / H) holds a non-finite value (\(BF16.nonFiniteReason(values[bad])) at column \(bad % H)); every hidden state must be finite")
         }
         return ForwardInput(values: values, tokens: T, routing: routing)
     }

@@ -68,6 +68,25 @@ import Testing
         #expect(throws: MoEError.self) { try InputCheck.validate(x, tokens: 3, hidden: 32) }
     }
 
+    /// Inputs are rounded to bf16 on entry: a finite float32 beyond bf16's range becomes ±Inf there, so it is refused
+    /// as non-finite, naming why. The boundary is round-to-nearest-even at bf16's largest value 0x7F7F.
+    @Test func valuesThatRoundToInfinityInBF16AreNonFinite() {
+        #expect(BF16.isFiniteAfterRounding(BF16.float(0x7F7F)))
+        #expect(BF16.isFiniteAfterRounding(Float(bitPattern: 0x7F7F_7FFF)))  // below the midpoint: rounds down
+        #expect(!BF16.isFiniteAfterRounding(Float(bitPattern: 0x7F7F_8000)))  // the tie: 0x7F7F is odd, rounds up to Inf
+        #expect(!BF16.isFiniteAfterRounding(-Float.greatestFiniteMagnitude))
+        #expect(!BF16.isFiniteAfterRounding(.infinity) && !BF16.isFiniteAfterRounding(.nan))
+        #expect(BF16.isFiniteAfterRounding(0) && BF16.isFiniteAfterRounding(-1e-45) && BF16.isFiniteAfterRounding(3.3e38))
+        var x = [Float](repeating: 0.5, count: 2 * 32)
+        x[32 + 7] = 3.4e38
+        do {
+            try InputCheck.validate(x, tokens: 2, hidden: 32)
+            Issue.record("3.4e38 accepted: it is +Inf in bf16")
+        } catch {
+            #expect("\(error)".contains("row 1") && "\(error)".contains("column 7") && "\(error)".contains("rounds to infinity"), "\(error)")
+        }
+    }
+
     @Test func syntheticModelsAreDeterministicPerSeed() throws {
         let c = MoEPreset.tiny.config
         #expect(try SyntheticModel.layer(config: c, seed: 3) == SyntheticModel.layer(config: c, seed: 3))

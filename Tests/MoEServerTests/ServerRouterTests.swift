@@ -78,12 +78,15 @@ import Testing
         overflow[5] = "1e39"
         var overflow64 = [String](repeating: "1", count: H)
         overflow64[9] = "-1e400"
+        var beyondBF16 = [String](repeating: "1", count: H)
+        beyondBF16[2] = "3.4e38"  // a float32, but +Inf once rounded to bf16
         let cases: [(String, String)] = [
             ("[\(good), \(row([String](repeating: "1", count: H - 1)))]", "row 1 of 'hidden_states' has \(H - 1) values; every row must have H = \(H)"),
             ("[\(row([String](repeating: "1", count: 5)))]", "row 0 of 'hidden_states' has 5 values"),
             ("[\(good), \(good), \(row(notNumber))]", "row 2, column 3 of 'hidden_states' is not a number"),
             ("[\(good), \(row(overflow))]", "row 1 holds a non-finite value at column 5"),
             ("[\(row(overflow64)), \(good)]", "row 0 holds a non-finite value at column 9"),
+            ("[\(good), \(good), \(row(beyondBF16))]", "row 2 holds a non-finite value (3.4e+38, beyond bf16's largest value"),
             ("[\(good), 7]", "row 1 of 'hidden_states' is not an array of numbers"),
             ("[]", "holds no rows"),
             ("[" + [String](repeating: good, count: 5).joined(separator: ",") + "]", "holds 5 rows (tokens); this server accepts at most 4"),

@@ -6,7 +6,10 @@
 set -euo pipefail
 top=$(git rev-parse --show-toplevel); cd "$top"
 dest=${1:-/work/main/.device}
-swift build -c release --static-swift-stdlib --product moe 2>&1 | grep -E "error|Build of" || true
+if ! swift build -c release --static-swift-stdlib --product moe > /tmp/bundle-build.log 2>&1; then
+    grep -E "error" /tmp/bundle-build.log; echo "the build failed: not bundling an old binary" >&2; exit 1
+fi
+grep -E "Build of" /tmp/bundle-build.log
 bin=.build/release/moe
 python3 - "$bin" Sources/MoECUDA/Kernels/* <<'PY'
 import sys

@@ -7,7 +7,9 @@ set -u
 OUT=${OUT:-/tmp/moekit-out}
 mkdir -p "$OUT"
 M=/tmp/moe
-[ -x $M ] || xz -dc .device/moe.xz > $M && chmod +x $M
+xz -dc .device/moe.xz > $M && chmod +x $M  # every call: a warm machine may hold an older bundle's binary
+# The call's deadline: steps are cut to fit and skipped when under 15 s is left, so the summary always prints.
+DEADLINE=${DEADLINE:-$(( $(date +%s) + ${BUDGET:-570} ))}
 LOG="$OUT/run.log"
 echo "commit $(cat .device/COMMIT 2>/dev/null)" | tee -a "$LOG"
 export MOE_KERNEL_CACHE=/tmp/moekit-kernels
@@ -15,6 +17,13 @@ SUMMARY=""
 
 step() {  # step NAME LIMIT_SECONDS command...
     local name=$1 limit=$2; shift 2
+    local left=$(( DEADLINE - $(date +%s) ))
+    if [ "$left" -lt 15 ]; then
+        echo "=== $name skipped: the call's deadline" | tee -a "$LOG"
+        SUMMARY+="$(printf '%-14s skipped (deadline)' "$name")\n"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "=== $name: $*" | tee -a "$LOG"
     local t0=$(date +%s)
     timeout "$limit" "$@" > "$OUT/step.log" 2>&1
@@ -73,16 +82,19 @@ for s in $steps; do
                 TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
             done
         done ;;
-    ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP: per-instruction stall samples as CSV (read it on the host)
+    ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel): per-instruction stall samples as CSV
         name=${NCU_NAME:-src}
-        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
+        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL:?set NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:?set NCU_TOKENS} --iterations 1 --warmup 0
         ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/$name-sass.csv" 2>> "$LOG"
         ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name-details.txt" 2>> "$LOG"
         rm -f "$OUT/$name.ncu-rep" ;;
     ncufinish) TAIL=60 step ncufinish 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section LaunchStats -k regex:moe_route_finish --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
+    *) echo "=== unknown step $s" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s UNKNOWN STEP' "$s")\n" ;;
     esac
 done
 rm -f "$OUT/step.log"
+# The device tool brings back a few files only: each step's folder goes back as one archive.
+for d in "$OUT"/*/; do [ -d "$d" ] && tar -C "$OUT" -czf "${d%/}.tgz" "$(basename "$d")" && rm -rf "$d"; done
 echo "----- summary"
 printf "$SUMMARY"

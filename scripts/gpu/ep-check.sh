@@ -38,7 +38,8 @@ run() {  # run NAME LIMIT command...: full output to the log, the check lines to
     local name=$1 limit=$2; shift 2
     echo "=== $name: $*" | tee -a "$LOG"
     local t0=$(date +%s%N)
-    timeout "$limit" "$@" > "$OUT/step.log" 2>&1
+    # --foreground: stay in the step's process group, so a step timeout of device-check.sh ends these runs too.
+    timeout --foreground "$limit" "$@" > "$OUT/step.log" 2>&1
     local rc=$?
     local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
     cat "$OUT/step.log" >> "$LOG"
@@ -56,7 +57,7 @@ runnodes() {
     echo "=== $name: N=$N L=$L $*" | tee -a "$LOG"
     local port=$((20000 + RANDOM % 20000)) t0=$(date +%s%N) pids=() rc=0
     for node in $(seq 0 $((N - 1))); do
-        NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL "$limit" $MOE launch --nodes $N --node-rank $node \
+        NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout --foreground -s KILL "$limit" $MOE launch --nodes $N --node-rank $node \
             --master 127.0.0.1:$port --ranks $L --timeout 60 --kill-grace 4 -- "$@" > "$OUT/node-$node.log" 2>&1 &
         pids+=($!)
     done
@@ -125,7 +126,7 @@ for s in $steps; do
         for kind in ${FAULTS:-kill stall stallkill}; do
             echo "=== fault $kind" | tee -a "$LOG"
             stall=""; [ "$kind" != kill ] && stall=1
-            GPUEP_STALL_RANK=$stall timeout -s KILL 90 $MOE launch --ranks ${FAULT_RANKS:-2} --timeout 8 --kill-grace 4 -- \
+            GPUEP_STALL_RANK=$stall timeout --foreground -s KILL 90 $MOE launch --ranks ${FAULT_RANKS:-2} --timeout 8 --kill-grace 4 -- \
                 bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/fault-$kind.log" 2>&1 &
             launcher=$!
             marker="50 replays"; [ -n "$stall" ] && marker="stalling before"
@@ -164,7 +165,7 @@ for s in $steps; do
         #    reason. (Two loopback NODES sharing the GPU are two hosts to NCCL, NCCL_HOSTID per node: step `nodes`.)
         echo "=== nccl refusal (one node)" | tee -a "$LOG"
         t0=$(date +%s%N)
-        timeout -s KILL 60 $MOE launch --ranks 2 --timeout 30 --kill-grace 2 -- \
+        timeout --foreground -s KILL 60 $MOE launch --ranks 2 --timeout 30 --kill-grace 2 -- \
             bench --backend cuda --preset tiny --a2a-transport nccl --tokens 4 --iterations 1 --warmup 0 > "$OUT/refusal.log" 2>&1
         rc=$?
         dt=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -229,7 +230,7 @@ for s in $steps; do
             stall=""; [ "$kind" = stall ] && stall=1
             port=$((20000 + RANDOM % 20000))
             for node in 0 1; do
-                GPUEP_STALL_RANK=$stall NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout -s KILL 120 $MOE launch --nodes 2 --node-rank $node \
+                GPUEP_STALL_RANK=$stall NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 timeout --foreground -s KILL 120 $MOE launch --nodes 2 --node-rank $node \
                     --master 127.0.0.1:$port --ranks 1 --timeout 10 --kill-grace 4 -- \
                     bench --backend cuda --preset tiny --tokens "$tokens" --iterations 200 --warmup 0 > "$OUT/nodefault-$kind-$node.log" 2>&1 &
                 eval "launcher$node=$!"
@@ -242,6 +243,7 @@ for s in $steps; do
             [ "$kind" = kill ] && [ -n "$victim" ] && kill -9 "$victim"
             dt=$(ms_until_rank_zero_error "$OUT/nodefault-$kind-0.log" $t0)
             wait $launcher0; rc=$?
+            kill -TERM $launcher1 2>/dev/null  # a stalled rank never ends by itself
             wait $launcher1
             cat "$OUT/nodefault-$kind-0.log" "$OUT/nodefault-$kind-1.log" >> "$LOG"
             grep -E "\[rank 0\] Error" "$OUT/nodefault-$kind-0.log" | tail -n 2
@@ -271,7 +273,7 @@ for tokens, routing in [(1, "renormalize"), (4, "softmax-first"), (33, "renormal
     answers = []
     for port in ports:
         try:
-            answers.append(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/moe/forward", body, {"Content-Type": "application/json"})).read())
+            answers.append(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/moe/forward", body, {"Content-Type": "application/json"}), timeout=120).read())
         except urllib.error.HTTPError as e:
             answers.append(b"HTTP %d %s" % (e.code, e.read()[:300]))
     print(f"serve T={tokens} {routing}: " + ("2-rank answer identical" if answers[0] == answers[1] else f"answers differ: {answers[1][:200]!r}"))
@@ -298,6 +300,7 @@ PY
             grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         done
         ;;
+    *) echo "=== unknown step $s" | tee -a "$LOG"; note "$s: UNKNOWN STEP"; FAILED=$((FAILED + 1)) ;;
     esac
 done
 rm -f "$OUT/step.log"
@@ -310,3 +313,4 @@ if [ -f "$OUT/eprows.txt" ]; then
                f["alltoall_us"], f["ratio"], f["a2a"], f["dispatch_GBps"], f["combine_GBps"], f["peer_GBps"] }' "$OUT/eprows.txt"
 fi
 echo "failed steps: $FAILED"
+[ "$FAILED" = 0 ]
