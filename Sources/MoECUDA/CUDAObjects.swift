@@ -288,8 +288,15 @@ public final class CUDAFunction: @unchecked Sendable {
 
     /// Raises the dynamic shared memory limit past the default 48 KiB when a launch needs it. Called before
     /// graph capture for every launch the graph will hold, so capture records launches only.
+    /// The limit is the function handle's, shared by every wrapper of it (cached modules): it only ever goes up.
     public func allowSharedMemory(_ bytes: Int) throws(CUDAError) {
         guard bytes > sharedLimit else { return }
+        var current: Int32 = 0
+        if module.device.driver.api.cuFuncGetAttribute?(&current, Int32(CCUDA_FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES), handle) == 0,
+           Int(current) >= bytes {
+            sharedLimit = Int(current)  // another wrapper of this handle raised it already; never lower it
+            return
+        }
         guard bytes <= module.device.maxSharedPerBlock else {
             throw .invalidArgument("\(name) needs \(bytes) bytes of shared memory; the device allows \(module.device.maxSharedPerBlock)")
         }
