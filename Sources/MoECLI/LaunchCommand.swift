@@ -82,7 +82,7 @@ struct ExpertParallelFlags: ParsableArguments {
     @Option(help: "Run as R expert-parallel rank processes on this host (shortcut for moe launch --ranks R -- …).")
     var ranks: Int?
 
-    @Option(help: "Expert parallelism: symmetric (default) or alltoall. bench times both; this picks the JSON rows.")
+    @Option(help: "Expert parallelism: symmetric (default) or alltoall. forward and serve run this path; bench times both and this picks its JSON rows.")
     var comm: CommMode?
 
     @Option(
