@@ -311,6 +311,15 @@ if [ -f "$OUT/eprows.txt" ]; then
     awk '{ delete f; for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
            printf "%-2s %-6s %-7s %-13s %-12s %-8s %-5s %-14s %-13s %s\n", f["R"], f["T"], f["per-rank"], f["symmetric_us"],
                f["alltoall_us"], f["ratio"], f["a2a"], f["dispatch_GBps"], f["combine_GBps"], f["peer_GBps"] }' "$OUT/eprows.txt"
+    # The multi-GPU issue's bar, per row: a2a/sym ≥ 1.6 at 1–256 tokens per rank; dispatch and combine each ≥ 70% of
+    # the peer-copy ceiling at 4096. Only meaningful with one process per GPU (the multigpu step).
+    awk '{ delete f; for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+           n = f["per-rank"] + 0
+           if (n <= 256) printf "bar R=%s T/rank=%s: a2a/sym %s (need >= 1.6): %s\n", f["R"], n, f["ratio"], (f["ratio"] + 0 >= 1.6 ? "MET" : "NOT MET")
+           if (n == 4096 && f["peer_GBps"] + 0 > 0) {
+               d = f["dispatch_GBps"] / f["peer_GBps"]; c = f["combine_GBps"] / f["peer_GBps"]
+               printf "bar R=%s T/rank=4096: dispatch %.0f%%, combine %.0f%% of peer copy (need >= 70%%): %s\n", f["R"], 100 * d, 100 * c, (d >= 0.7 && c >= 0.7 ? "MET" : "NOT MET")
+           } }' "$OUT/eprows.txt"
 fi
 echo "failed steps: $FAILED"
 [ "$FAILED" = 0 ]
