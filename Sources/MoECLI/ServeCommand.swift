@@ -143,15 +143,21 @@ struct ServeCommand: AsyncParsableCommand {
         }
         logger.info("model \(source): \(weights.config)")
         logger.info("backend \(engine.detail)\(backend == .auto ? " [auto: expert parallelism runs on CPU ranks unless --backend cuda]" : "")")
-        var ceilings: HardwareCeilings?
-        if enableProfiling {
-            ceilings = try BackendRegistry.make(backend == .cuda ? .cuda : .cpu, weights: weights).backend.measureCeilings()
+        do {
+            var ceilings: HardwareCeilings?
+            if enableProfiling {
+                ceilings = try BackendRegistry.make(backend == .cuda ? .cuda : .cpu, weights: weights).backend.measureCeilings()
+            }
+            let server = try MoEServer(backend: engine, configuration: serverConfiguration, ceilings: ceilings, logger: logger)
+            let host = self.host
+            try await server.run(onServerRunning: { port in
+                FileHandle.standardOutput.write(Data("moe serve: listening on http://\(host):\(port) (\(environment.world) ranks)\n".utf8))
+            })
+        } catch {
+            // The followers wait for rank 0's next step: tell them why there will be none.
+            member.heap.abort(message: "rank 0 could not serve: \(error)")
+            throw error
         }
-        let server = try MoEServer(backend: engine, configuration: serverConfiguration, ceilings: ceilings, logger: logger)
-        let host = self.host
-        try await server.run(onServerRunning: { port in
-            FileHandle.standardOutput.write(Data("moe serve: listening on http://\(host):\(port) (\(environment.world) ranks)\n".utf8))
-        })
         if let failure = group.failure {
             throw ExpertParallelError.invalidArgument("the expert-parallel group failed: \(failure)")
         }

@@ -164,4 +164,17 @@ import Glibc
         #expect(other.finish(within: 30) == 0, "\(other.output)")
         _ = single.finish(within: 30)
     }
+
+    /// Rank 0 cannot serve (its port is taken): every rank ends with that reason, not a follower left waiting.
+    @Test func aServerThatCannotStartEndsEveryRankWithTheReason() throws {
+        let taken = try TCPSocket.listen(on: try TCPSocket.resolve("127.0.0.1:0"), label: "taken port")
+        defer { taken.close() }
+        let port = Int(UInt16(bigEndian: taken.localAddress.sin_port))
+        let run = try LaunchCommandTests.run([
+            "serve", "--preset", "tiny", "--port", "\(port)", "--ranks", "2", "--workers-per-rank", "1", "--log-level", "warning",
+        ])
+        #expect(run.status != 0)
+        #expect(run.errors.contains("[rank 1] Error: rank 0 failed: rank 0 could not serve:"), "\(run.all)")
+        #expect(run.seconds < 60)
+    }
 }
