@@ -164,8 +164,8 @@ enum ExpertParallelBenchCommand {
                 world: environment.world,
                 machine: .init(description: result.device, backendDetail: "cuda, \(environment.world) ranks, \(result.transport)"),
                 backend: "cuda")
-            output.ceilings.peerCopyGBps = result.peerCopy.medianGBps
-            output.ceilings.peerCopyMethod = result.peerCopy.description
+            output.ceilings.peerCopyGBps = result.peerCopy?.medianGBps
+            output.ceilings.peerCopyMethod = result.peerCopy?.description
             try output.write(to: json)
             print("wrote \(json)")
             return

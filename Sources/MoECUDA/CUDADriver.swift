@@ -31,6 +31,17 @@ public final class CUDADriver: @unchecked Sendable {
         return CUDADriver(api: api, libraryPath: library.path)
     }
 
+    /// Whether device `ordinal` can access device `peer`'s memory (P2P over NVLink or PCIe); nil when the driver
+    /// lacks the query.
+    public func canAccessPeer(_ ordinal: Int, _ peer: Int) throws(CUDAError) -> Bool? {
+        guard let canAccess = api.cuDeviceCanAccessPeer, let deviceGet = api.cuDeviceGet else { return nil }
+        var device = CUdevice(), peerDevice = CUdevice(), can: Int32 = 0
+        try call("cuDeviceGet", deviceGet(&device, Int32(ordinal)))
+        try call("cuDeviceGet", deviceGet(&peerDevice, Int32(peer)))
+        try call("cuDeviceCanAccessPeer", canAccess(&can, device, peerDevice))
+        return can != 0
+    }
+
     /// The choke point. `result` is nil when the table lacks the entry point.
     @inline(__always)
     public func call(_ name: StaticString, _ result: Int32?) throws(CUDAError) {

@@ -387,8 +387,10 @@ public final class NCCLCommunicator: @unchecked Sendable {
         return .call(rank: rank, phase: phase, call: call, code: code, message: message, detail: detail)
     }
 
-    /// DEVICE.md: NVLink multicast stays off on the multi-GPU machines (NCCL would set it up at init).
-    static func keepNVLinkMulticastOff() { setenv("NCCL_NVLS_ENABLE", "0", 0) }
+    /// DEVICE.md: NVLink multicast stays off on the multi-GPU machines (NCCL would set it up at init): a program
+    /// that uses it can take a host's GPUs out of service. Overwritten whatever the environment says, since MoEKit
+    /// never needs it.
+    static func keepNVLinkMulticastOff() { setenv("NCCL_NVLS_ENABLE", "0", 1) }
 
     /// The first error a watcher decided, shared with the waiting thread.
     final class Verdict: @unchecked Sendable {

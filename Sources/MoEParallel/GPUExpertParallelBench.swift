@@ -284,8 +284,9 @@ extension GPUExpertParallelBench {
         say("model:   \(source): \(weights.config)")
         say("ranks:   \(world) × cuda, device \(runner.deviceOrdinal) of rank 0: \(runner.layers[0].deviceSummary); experts \(runner.assignment)")
         say(runner.transportLine)
-        let ceiling = try runner.measurePeerCopy()
-        say("ceiling: \(ceiling)")
+        // The ceiling copies through the IPC mapping of the next node rank: only where the symmetric path can run.
+        let ceiling = runner.symmetricRefusal == nil ? try runner.measurePeerCopy() : nil
+        say("ceiling: \(ceiling.map { "\($0)" } ?? "peer copy not measured (no CUDA IPC path between the node's GPUs)")")
         if let why = runner.symmetricRefusal { say("note:    the symmetric path cannot run: \(why)") }
         if let why = runner.allToAllRefusal { say("note:    the all-to-all baseline cannot run: \(why)") }
         var single: CUDABackend?
@@ -331,7 +332,7 @@ extension GPUExpertParallelBench {
                 return PeerCopyCeiling.perRankGBps(
                     remoteBytes: symmetric.phaseBytesRemote[stage.index], ranks: world, microseconds: symmetric.phaseMicroseconds[stage.index])
             }
-            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none") dispatch_GBps=\(fmt(gbps(.dispatch))) combine_GBps=\(fmt(gbps(.combine))) peer_GBps=\(fmt(ceiling.medianGBps))")
+            print("EPROW R=\(world) T=\(row.tokens) per-rank=\(row.tokensPerRank) symmetric_us=\(fmt(sym)) alltoall_us=\(fmt(a2a)) ratio=\(fmt(row.ratio ?? 0)) a2a=\(runner.transport?.kind.rawValue ?? "none") dispatch_GBps=\(fmt(gbps(.dispatch))) combine_GBps=\(fmt(gbps(.combine))) peer_GBps=\(fmt(ceiling?.medianGBps ?? 0))")
         }
         return CommandResult(report: report, ceilings: ceilings, peerCopy: ceiling, check: accuracy, device: description, transport: runner.transportLine)
     }
@@ -346,7 +347,7 @@ extension GPUExpertParallelBench {
         public var report: ExpertParallelBenchReport?
         /// The device's copy bandwidth and bf16 peak (measured when asked).
         public var ceilings: HardwareCeilings?
-        public var peerCopy: PeerCopyCeiling
+        public var peerCopy: PeerCopyCeiling?
         /// The single-rank CUDA forward against the float64 reference (the expert-parallel outputs are checked bit
         /// for bit against that forward).
         public var check: Check

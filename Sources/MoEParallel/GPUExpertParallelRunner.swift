@@ -119,14 +119,23 @@ public final class GPUExpertParallelRunner {
                 try GPUPlacement.decode($0.element, rank: $0.offset)
             }
             let requested = options.allToAllTransport ?? environment.allToAllTransport ?? .auto
+            // GPUs of a node that cannot reach each other's memory rule out every path through CUDA IPC.
+            let unreachable = try Self.peerAccessRefusal(driver: runtime.driver, placements: placements, node: environment.nodeRank)
             symmetricRefusal = Self.symmetricRefusal(environment: environment, placements: placements, loadFailure: loadFailure)
+                ?? unreachable
             do {
                 transport = try GPUAllToAllTransport.decide(requested: requested, placements: placements)
+                if let unreachable, transport?.kind == .ipc {
+                    throw ExpertParallelError.invalidArgument("the all-to-all baseline over CUDA IPC copies cannot run: \(unreachable)")
+                }
             } catch {
                 let why = loadFailure.map { "\(error); on rank \(rank): \($0)" } ?? "\(error)"
                 // An explicit --a2a-transport, or a job where neither path can run, fails; otherwise the
                 // symmetric path runs alone and the baseline's absence is reported with its reason.
-                guard requested == .auto, symmetricRefusal == nil else { throw ExpertParallelError.invalidArgument(why) }
+                guard requested == .auto, symmetricRefusal == nil else {
+                    throw ExpertParallelError.invalidArgument(symmetricRefusal.map { "\(why); and the symmetric path: \($0)" } ?? why)
+                }
+                transport = nil
                 allToAllRefusal = why
             }
             let owners = (0..<config.experts).map { assignment.owner(of: $0) }
@@ -135,7 +144,10 @@ public final class GPUExpertParallelRunner {
                     weights: w, rank: rank, world: world, capacity: capacity, ownerOfExpert: owners,
                     deviceOrdinal: ordinal, timeoutSeconds: heap.timeoutSeconds, nodes: environment.nodes))
             }
-            try Self.exchangeHandles(layers: made, heap: heap, environment: environment)
+            // The peers' heaps are mapped for the paths through CUDA IPC only (NCCL needs no mapping).
+            if symmetricRefusal == nil || transport?.kind == .ipc {
+                try Self.exchangeHandles(layers: made, heap: heap, environment: environment)
+            }
             let watch: @Sendable () -> String? = { GPUExpertParallelRunner.peerFailure(heap: heap, rank: rank) }
             if transport?.kind == .nccl, let library {
                 communicator = try Self.makeCommunicator(
@@ -189,6 +201,22 @@ public final class GPUExpertParallelRunner {
         let ranks = unloaded.map(String.init).joined(separator: ", ")
         let mine = loadFailure.map { "; on this rank: \($0)" } ?? ""
         return "the symmetric path across \(environment.nodes) nodes moves rows between nodes over NCCL, and libnccl could not be loaded on rank\(unloaded.count > 1 ? "s" : "") \(ranks) (set MOE_CUDA_LIBRARY_PATH to the folder holding libnccl.so.2)\(mine)"
+    }
+
+    /// Why CUDA IPC stores cannot run on this node: GPUs of its ranks that cannot access each other's memory
+    /// (`cuDeviceCanAccessPeer`, every ordered pair of distinct devices). Nil when all can, when the ranks share one
+    /// GPU, or when the driver lacks the query. Every rank of the node asks about the same pairs, so all agree.
+    static func peerAccessRefusal(driver: CUDADriver, placements: [GPUPlacement], node: Int) throws -> String? {
+        let ordinals = Array(Set(placements.filter { $0.node == node }.map(\.deviceOrdinal))).sorted()
+        var missing: [String] = []
+        for a in ordinals {
+            for b in ordinals where a != b {
+                if try driver.canAccessPeer(a, b) == false { missing.append("\(a)→\(b)") }
+            }
+        }
+        guard !missing.isEmpty else { return nil }
+        return "GPUs of node \(node) cannot access each other's memory (cuDeviceCanAccessPeer is 0 for \(missing.joined(separator: ", "))); "
+            + "the symmetric path stores into peers' GPU memory directly. See `nvidia-smi topo -p2p r`"
     }
 
     /// Tells NCCL that each node of a multi-node job is its own host (`NCCL_HOSTID`, unless the user set it), as

@@ -1,3 +1,4 @@
+import CCUDA
 import MoECore
 import Testing
 
@@ -256,4 +257,28 @@ enum NCCLAvailability {
 final class LoneHost: CUDAExpertParallelHost {
     func exchangeCounts(_ counts: [Int32]) throws -> [Int32] { counts }
     func hostBarrier(phase: UInt8) throws {}
+}
+
+/// GPUs of a node that cannot reach each other's memory rule out the CUDA IPC paths, with the pairs named; ranks on
+/// one shared GPU, or GPUs that can all reach each other, need nothing; a driver without the query is not refused.
+@Test func gpusWithoutPeerAccessRefuseTheIPCPathsNamingThePairs() throws {
+    var api = CCUDADriverAPI()
+    api.cuDeviceGet = { device, ordinal in
+        device?.pointee = ordinal
+        return 0
+    }
+    api.cuDeviceCanAccessPeer = { can, a, b in
+        can?.pointee = (a == 0 && b == 2) || (a == 2 && b == 0) ? 0 : 1  // GPUs 0 and 2: no P2P
+        return 0
+    }
+    let driver = CUDADriver(api: api, libraryPath: "fake")
+    let four = GPUAllToAllTransportTests.placements(ranks: 4) { $0 }
+    let refusal = try #require(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: four, node: 0))
+    #expect(refusal.contains("cuDeviceCanAccessPeer is 0 for 0→2, 2→0") && refusal.contains("nvidia-smi topo"), "\(refusal)")
+    let twoOnNodeOne = GPUAllToAllTransportTests.placements(ranks: 4, nodes: 2) { $0 }  // node 1: GPUs 0 and 1
+    #expect(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: twoOnNodeOne, node: 1) == nil)
+    let shared = (0..<3).map { GPUPlacement(rank: $0, node: 0, host: 1, deviceOrdinal: 2, ncclLoaded: true) }
+    #expect(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: shared, node: 0) == nil)
+    let noQuery = CUDADriver(api: CCUDADriverAPI(), libraryPath: "fake")
+    #expect(try GPUExpertParallelRunner.peerAccessRefusal(driver: noQuery, placements: four, node: 0) == nil)
 }

@@ -200,7 +200,16 @@ for s in $steps; do
         # The multi-GPU issue, one process per GPU (G = all GPUs, then 2): gpt-oss-120b correctness on both paths
         # (uneven routing included: the skewed layer), then timings at 1…4096 tokens per rank with the peer-copy
         # ceiling of the same run, then a killed rank on the GPUs (step `fault` with FAULT_RANKS=G).
-        G=$(nvidia-smi -L | wc -l)
+        # GPUs as CUDA sees them (MIG lines and CUDA_VISIBLE_DEVICES would make `nvidia-smi -L` wrong), and how they
+        # are linked: P2P is what the symmetric path and the IPC copies need.
+        G=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
+        nvidia-smi --query-gpu=index,name,compute_mode,pci.bus_id --format=csv | tee -a "$LOG"
+        nvidia-smi topo -m 2>&1 | tee -a "$LOG"
+        nvidia-smi topo -p2p r 2>&1 | tee -a "$LOG"
+        # A few seconds first: the tiny layer at R = G, each rank on its own GPU; its transport line must say so.
+        run "multigpu check tiny R=$G" 200 $MOE launch --ranks $G --timeout 60 -- \
+            bench --backend cuda --preset tiny --tokens $((8 * G)) --iterations 2 --warmup 0
+        grep -q "transport:.*NCCL" "$OUT/step.log" || { echo "=== multigpu: the ranks did not get a GPU each (no NCCL transport): the timings below are not the multi-GPU result" | tee -a "$LOG"; FAILED=$((FAILED + 1)); }
         for R in $(printf '%s\n' $G 2 | awk '!seen[$0]++'); do
             [ "$R" -gt "$G" ] && continue
             run "multigpu check 120b R=$R" 580 $MOE launch --ranks $R --timeout 60 -- \

@@ -71,25 +71,29 @@ MOE_DEVICE void ep_kernel_start() {
 
 // MARK: barrier
 
-/// grid 1 × 32 threads (lane 0 works). Epoch n: store n into slot `rank` of every node peer's flags (release,
-/// system scope), then wait until the node's slots of this rank's flags hold ≥ n (acquire). Ranks on other nodes
-/// are ordered by the rail's NCCL operations in the stream, not by this barrier. On timeout or a host abort,
-/// records (status, phase, awaited rank, epoch) in the control block and returns; later kernels see the status
-/// and skip their stores, and the host throws naming the rank and phase. A failed heap stays failed.
+/// grid 1 × 32 threads. Epoch n: store n into slot `rank` of every node peer's flags (release, system scope; lane j
+/// stores to peers j, j + 32, …, so the arrivals travel in parallel instead of one release store after another,
+/// each waiting for the last to reach its GPU), then lane 0 waits until the node's slots of this rank's flags hold
+/// ≥ n (acquire). Ranks on other nodes are ordered by the rail's NCCL operations in the stream, not by this
+/// barrier. On timeout or a host abort, lane 0 records (status, phase, awaited rank, epoch) in the control block and
+/// returns; later kernels see the status and skip their stores, and the host throws naming the rank and phase. A
+/// failed heap stays failed.
 extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
     ep_kernel_start();
-    if (threadIdx.x != 0) return;
+    const unsigned lane = threadIdx.x;
     char *control = (char *)p.ownHeap + p.controlOffset;
     unsigned *status = (unsigned *)(control + 8);
-    if (load_volatile_u32(status) != MOE_EP_STATUS_OK) return;
+    if (load_volatile_u32(status) != MOE_EP_STATUS_OK) return;  // the same for every lane: only lane 0 writes it, below
     unsigned long long *epochWord = (unsigned long long *)control;
     const unsigned long long epoch = *epochWord + 1;
-    *epochWord = epoch;
+    __syncwarp();  // every lane has read the epoch before lane 0 advances it
+    if (lane == 0) *epochWord = epoch;
     __threadfence_system();  // this rank's earlier stores (previous kernels) before the arrival
     const long long first = node_first(p);
-    for (long long q = first; q < first + p.nodeRanks; ++q) {
+    for (long long q = first + lane; q < first + p.nodeRanks; q += 32) {
         store_release_sys_u64((unsigned long long *)(heap_of(p, q) + p.flagsOffset) + p.rank, epoch);
     }
+    if (lane != 0) return;
     const unsigned long long *flags = (const unsigned long long *)((char *)p.ownHeap + p.flagsOffset);
     const unsigned *abortWord = (const unsigned *)(control + 64);
     const unsigned long long start = global_timer();
