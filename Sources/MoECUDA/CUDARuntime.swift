@@ -23,7 +23,7 @@ public final class CUDARuntime: @unchecked Sendable {
     private static let loaded: Result<CUDARuntime, CUDAError> = {
         do throws(CUDAError) {
             let driver = try CUDADriver.load()
-            let device = try CUDADevice(driver: driver)
+            let device = try CUDADevice(driver: driver, ordinal: try processOrdinal(driver))
             let (major, minor) = device.computeCapability
             if (major, minor) < minimumComputeCapability {
                 throw CUDAError.unsupportedDevice(
@@ -37,6 +37,17 @@ public final class CUDARuntime: @unchecked Sendable {
             return .failure(error)
         }
     }()
+
+    /// The device this process works on: an expert-parallel rank's own GPU (MOE_LOCAL_RANK modulo the device count,
+    /// as `CUDAExpertParallelLayer.deviceOrdinal` picks it), else device 0. So a rank on GPU r holds no idle context
+    /// on GPU 0 (which would also fail under exclusive-process compute mode).
+    static func processOrdinal(_ driver: CUDADriver) throws(CUDAError) -> Int {
+        guard let text = currentEnvironment("MOE_LOCAL_RANK"), let local = Int(text), local > 0 else { return 0 }
+        try driver.call("cuInit", driver.api.cuInit?(0))
+        var count: Int32 = 0
+        try driver.call("cuDeviceGetCount", driver.api.cuDeviceGetCount?(&count))
+        return local % max(1, Int(count))
+    }
 
     /// The shared runtime, or why there is none (library missing, no device, old device…).
     public static func shared() throws(CUDAError) -> CUDARuntime { try loaded.get() }
