@@ -40,11 +40,16 @@ public enum CUDAExpertParallelPhase: Int, CaseIterable, Sendable {
 public enum CUDAExpertParallelError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A device barrier gave up (timeout, or aborted because the host saw a peer fail).
     case deviceBarrier(rank: Int, failure: CUDAExpertParallelFailure, timeoutSeconds: Double)
+    /// The device failed while a peer was seen failing: most likely a store into the dead peer's memory.
+    case peerFailedDuringDeviceWork(rank: Int, why: String, deviceError: String)
 
     public var description: String {
         switch self {
         case .deviceBarrier(let rank, let failure, let seconds):
             "rank \(rank): \(failure) (timeout \(seconds) s)"
+        case .peerFailedDuringDeviceWork(let rank, let why, let deviceError):
+            "rank \(rank): \(why) while this rank's GPU work ran; the device then failed (\(deviceError)), "
+                + "most likely storing into the gone peer's memory"
         }
     }
 }
@@ -871,6 +876,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             try stream.synchronize()
         } catch {
             if let decided = verdict.value { throw decided }
+            // A peer on another GPU that died can take its mapped memory with it, so the stores still in flight
+            // fault before the watcher's next poll: name the peer, not only the device error.
+            if let why = watch?() { throw CUDAExpertParallelError.peerFailedDuringDeviceWork(rank: rank, why: why, deviceError: "\(error)") }
             throw error
         }
         if let decided = verdict.value { throw decided }
