@@ -38,6 +38,11 @@ struct LaunchCommand: ParsableCommand {
     @Option(name: .customLong("kill-grace"), help: "Seconds the other ranks get to stop on their own after one fails.")
     var killGrace: Double = 5
 
+    @Option(
+        name: .customLong("signal-grace"),
+        help: "Seconds the ranks get to finish after SIGTERM/SIGINT is forwarded to them (a server drains its requests); a second signal ends them at once.")
+    var signalGrace: Double = 120
+
     @Option(help: "Nodes (hosts) in the job. More than 1 needs --master; see --node-rank.")
     var nodes: Int = 1
 
@@ -59,6 +64,7 @@ struct LaunchCommand: ParsableCommand {
         }
         if ranks < 1 { throw ValidationError("--ranks must be ≥ 1") }
         if !(timeout > 0) { throw ValidationError("--timeout must be > 0") }
+        if !(signalGrace >= 0) { throw ValidationError("--signal-grace must be ≥ 0") }
         if command.first == "launch" { throw ValidationError("a launched rank cannot itself launch ranks") }
     }
 
@@ -68,6 +74,7 @@ struct LaunchCommand: ParsableCommand {
         options.allToAllTransport = allToAllTransport
         options.timeoutSeconds = timeout
         options.killGraceSeconds = killGrace
+        options.signalGraceSeconds = signalGrace
         options.nodes = nodes
         options.nodeRank = nodeRank
         options.master = master

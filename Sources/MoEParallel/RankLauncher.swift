@@ -21,6 +21,9 @@ public struct LaunchOptions: Sendable {
     public var timeoutSeconds: Double = 60
     /// Seconds the other ranks get to stop on their own after one fails, before the launcher terminates them.
     public var killGraceSeconds: Double = 5
+    /// Seconds the ranks get to finish after the launcher forwarded SIGTERM/SIGINT to them (a server drains the
+    /// requests in flight); a second signal ends them at once.
+    public var signalGraceSeconds: Double = 120
     /// nil: a fresh random id.
     public var jobID: String?
     public var nodes: Int = 1
@@ -43,8 +46,8 @@ public struct LaunchOptions: Sendable {
         guard nodes == 1 || master != nil else {
             throw ExpertParallelError.invalidArgument("a job of \(nodes) nodes needs --master host:port (node 0's address)")
         }
-        guard timeoutSeconds > 0, killGraceSeconds >= 0 else {
-            throw ExpertParallelError.invalidArgument("--timeout must be > 0 and the kill grace ≥ 0")
+        guard timeoutSeconds > 0, killGraceSeconds >= 0, signalGraceSeconds >= 0 else {
+            throw ExpertParallelError.invalidArgument("--timeout must be > 0 and the kill and signal graces ≥ 0")
         }
         guard !arguments.isEmpty else {
             throw ExpertParallelError.invalidArgument("nothing to launch: give the command after --, e.g. moe launch --ranks 2 -- bench --preset tiny")
@@ -146,7 +149,9 @@ public enum RankLauncher {
                 throw error
             }
         }
-        let (exits, firstFailure) = supervise(children, firstRank: firstRank, graceSeconds: options.killGraceSeconds) { failure in
+        let (exits, firstFailure) = supervise(
+            children, firstRank: firstRank, graceSeconds: options.killGraceSeconds, signalGraceSeconds: options.signalGraceSeconds
+        ) { failure in
             // Other nodes' ranks may still wait at the rendezvous: tell them now rather than at their timeout.
             guard options.nodes > 1, let master = options.master else { return }
             if let server {
@@ -178,7 +183,7 @@ public enum RankLauncher {
     /// Forwards output until every child has ended; stops the others once one fails.
     /// Returns every rank's end and the index of the first rank that failed.
     private static func supervise(
-        _ children: [ChildProcess], firstRank: Int, graceSeconds: Double, onFirstFailure: (RankExit) -> Void
+        _ children: [ChildProcess], firstRank: Int, graceSeconds: Double, signalGraceSeconds: Double, onFirstFailure: (RankExit) -> Void
     ) -> (exits: [RankExit], firstFailure: Int?) {
         var splitters = [[LineSplitter]](repeating: [LineSplitter(), LineSplitter()], count: children.count)
         var ended = [RankExit?](repeating: nil, count: children.count)
@@ -187,12 +192,15 @@ public enum RankLauncher {
         var terminated = false
         var killed = false
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var grace = graceSeconds
+        var signals = 0
 
-        func stopOthers(_ why: String) {
+        func stopOthers(_ why: String, grace stopGrace: Double) {
             guard stopRequestedAt == nil else { return }
             stopRequestedAt = MonotonicClock.seconds()
+            grace = stopGrace
             if ended.contains(where: { $0 == nil }) {
-                note("\(why); the other ranks get \(RankLauncher.format(graceSeconds)) s to stop on their own")
+                note("\(why); the other ranks get \(RankLauncher.format(stopGrace)) s to stop on their own")
             }
         }
 
@@ -247,17 +255,25 @@ public enum RankLauncher {
                     onFirstFailure(exit)
                 }
                 if !exit.stoppedByLauncher { note("\(exit)") }
-                stopOthers("rank \(exit.rank) failed")
+                stopOthers("rank \(exit.rank) failed", grace: graceSeconds)
             }
             let signal = moe_take_termination_signal()
             if signal != 0 {
-                note("received \(signalName(signal)); stopping the ranks")
-                for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, signal) }
-                stopOthers("stopping on \(signalName(signal))")
+                signals += 1
+                if signals == 1 {
+                    // The ranks stop on the signal themselves (a server first finishes its requests in flight).
+                    note("received \(signalName(signal)); stopping the ranks (a second signal ends them at once)")
+                    for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, signal) }
+                    stopOthers("stopping on \(signalName(signal))", grace: max(graceSeconds, signalGraceSeconds))
+                } else {
+                    note("received \(signalName(signal)) again; killing the ranks")
+                    for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, SIGKILL) }
+                    terminated = true
+                }
             }
             if let since = stopRequestedAt {
                 let waited = MonotonicClock.seconds() - since
-                if !terminated && waited >= graceSeconds {
+                if !terminated && waited >= grace {
                     terminated = true
                     let running = children.indices.filter { ended[$0] == nil }
                     if !running.isEmpty {
@@ -265,11 +281,11 @@ public enum RankLauncher {
                     }
                     for index in running { kill(children[index].pid, SIGTERM) }
                 }
-                if !killed && waited >= graceSeconds + 3 {
+                if !killed && waited >= grace + 3 {
                     killed = true
                     for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, SIGKILL) }
                 }
-                if killed && waited >= graceSeconds + 6 {
+                if killed && waited >= grace + 6 {
                     // Output pipes held open by something else: stop reading them.
                     for child in children {
                         if child.outputDescriptor >= 0 { close(child.outputDescriptor); child.outputDescriptor = -1 }

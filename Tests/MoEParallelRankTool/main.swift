@@ -199,6 +199,7 @@ func runLaunch(_ flags: Flags) throws -> Int32 {
     options.comm = flags.values["comm"].flatMap(CommMode.init)
     if let timeout = flags.values["timeout"].flatMap(Double.init) { options.timeoutSeconds = timeout }
     if let grace = flags.values["kill-grace"].flatMap(Double.init) { options.killGraceSeconds = grace }
+    if let grace = flags.values["signal-grace"].flatMap(Double.init) { options.signalGraceSeconds = grace }
     options.jobID = flags.values["job-id"]
     options.nodes = try flags.int("nodes", 1)
     options.nodeRank = try flags.int("node-rank", 0)
@@ -216,6 +217,12 @@ do {
     case "launch": code = try runLaunch(flags)
     case "forward": code = try runForward(flags)
     case "bench": code = try runBench(flags)
+    case "linger":
+        // A rank that finishes its work after SIGTERM (as a draining server does): ignores it, works on, exits 0.
+        signal(SIGTERM, SIG_IGN)
+        FileHandle.standardError.write("lingering\n".data(using: .utf8)!)
+        usleep(UInt32((try flags.int("milliseconds", 1000)) * 1000))
+        code = 0
     default: throw ToolError(description: "unknown command \(arguments[1])")
     }
     exit(code)

@@ -290,3 +290,52 @@ import Glibc
         #expect(shape[0].errors.contains(refusal), "\(shape[0].errors)")
     }
 }
+
+/// SIGTERM to the launcher: the ranks get the signal and time to finish (a server drains its requests), not the
+/// 5 s kill grace of a failed job; a second signal ends them at once.
+@Test func aSignalLetsTheRanksFinishAndASecondOneEndsThem() throws {
+    func launch(lingerMilliseconds: Int) throws -> ChildProcess {
+        try ChildProcess.spawn(
+            executable: LaunchedRankTests.tool,
+            arguments: ["launch", "--ranks", "2", "--kill-grace", "0.5", "--signal-grace", "30", "--", "linger",
+                        "--milliseconds", "\(lingerMilliseconds)"],
+            environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
+    }
+    /// Reads the launcher's output until both ranks linger; then sends `signals` SIGTERMs and returns its end.
+    func run(_ child: ChildProcess, signals: Int) -> (status: Int32, seconds: Double, output: String) {
+        var output = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 14)
+        var sent = 0, sentAt = 0.0
+        let start = MonotonicClock.seconds()
+        while child.outputDescriptor >= 0 || child.errorDescriptor >= 0 {
+            var descriptors = [child.outputDescriptor, child.errorDescriptor].filter { $0 >= 0 }
+                .map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            _ = poll(&descriptors, nfds_t(descriptors.count), 50)
+            for descriptor in descriptors where descriptor.revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(descriptor.fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    output += buffer[0..<n]
+                } else {
+                    close(descriptor.fd)
+                    if descriptor.fd == child.outputDescriptor { child.outputDescriptor = -1 } else { child.errorDescriptor = -1 }
+                }
+            }
+            let text = String(decoding: output, as: UTF8.self)
+            if sent < signals, text.components(separatedBy: "lingering").count - 1 >= 2 {
+                kill(child.pid, SIGTERM)
+                if sent == 0 { sentAt = MonotonicClock.seconds() }
+                sent += 1
+                usleep(100_000)
+            }
+            if MonotonicClock.seconds() - start > 60 { kill(child.pid, SIGKILL) }
+        }
+        return (child.wait().shellStatus, MonotonicClock.seconds() - sentAt, String(decoding: output, as: UTF8.self))
+    }
+    // One signal: the ranks work on for 5 s (past the 0.5 s kill grace + 3 s) and end normally.
+    let patient = run(try launch(lingerMilliseconds: 5000), signals: 1)
+    #expect(patient.status == 0, "\(patient.output)")
+    #expect(patient.seconds > 4 && patient.output.contains("a second signal ends them at once"), "\(patient.output)")
+    // Two signals: killed at once.
+    let impatient = run(try launch(lingerMilliseconds: 20_000), signals: 2)
+    #expect(impatient.status != 0 && impatient.seconds < 5, "\(impatient.seconds) s: \(impatient.output)")
+    #expect(impatient.output.contains("again; killing the ranks"), "\(impatient.output)")
+}
