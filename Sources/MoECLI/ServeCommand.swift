@@ -120,8 +120,16 @@ struct ServeCommand: AsyncParsableCommand {
         let member: any ExpertParallelServingMember
         switch backend {
         case .cuda:
-            member = try GPUExpertParallelRunner(
+            let runner = try GPUExpertParallelRunner(
                 environment: environment, layers: [weights], maxBatchTokens: maxBatchTokens, options: parallel.options())
+            // Refuse now, on every rank alike, rather than fail the first request (and the job with it).
+            if let why = comm == .symmetric ? runner.symmetricRefusal : runner.allToAllRefusal {
+                runner.close()
+                let other: CommMode = comm == .symmetric ? .alltoall : .symmetric
+                throw ValidationError("--comm \(comm) cannot run in this job: \(why)"
+                    + (runner.availableComms.contains(other) ? " (--comm \(other) can)" : ""))
+            }
+            member = runner
         case .auto, .cpu:
             member = try ExpertParallelRunner(
                 environment: environment, layers: [weights], maxBatchTokens: maxBatchTokens, options: parallel.options())

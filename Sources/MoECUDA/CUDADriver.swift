@@ -200,8 +200,19 @@ public final class NCCLLibrary: @unchecked Sendable {
 
     /// ncclGetVersion as "2.28.3".
     public func version() throws(CUDAError) -> String {
-        var code: Int32 = 0
-        try call("ncclGetVersion", api.ncclGetVersion?(&code))
+        let code = try versionCode()
         return "\(code / 10000).\(code % 10000 / 100).\(code % 100)"
     }
+
+    /// ncclGetVersion's code: major·10000 + minor·100 + patch (NCCL ≥ 2.9).
+    public func versionCode() throws(CUDAError) -> Int {
+        var code: Int32 = 0
+        try call("ncclGetVersion", api.ncclGetVersion?(&code))
+        return Int(code)
+    }
+
+    /// From NCCL 2.26 on, ncclCommAbort does not finish until every CUDA graph holding work of the communicator
+    /// is destroyed; before, it frees the communicator at once, and destroying such a graph afterwards touches
+    /// freed memory. Unknown versions count as the newer behaviour.
+    public var abortWaitsForGraphs: Bool { ((try? versionCode()) ?? 22600) >= 22600 }
 }

@@ -344,9 +344,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         _ = try? stream.synchronize()
         for base in openedPeers { _ = runtime.driver.api.cuIpcCloseMemHandle?(base) }
         openedPeers.removeAll()
-        // The graphs go before the rail communicator, also after an abort: destroying a graph hands NCCL's captured
-        // work back to its communicator, and NCCL's teardown (ncclCommAbort too) waits until every such graph is gone.
+        // The graphs go before the rail communicator: destroying a graph hands NCCL's captured work back to its
+        // communicator, and from NCCL 2.26 on its teardown (ncclCommAbort too) waits until every such graph is gone.
+        // An older NCCL frees an aborted communicator at once: then the graphs are kept to the process's end.
+        let graphs = buckets.values.flatMap { $0.graphs.values }
         for bucket in buckets.values { bucket.graphs.removeAll() }
+        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs { AbandonedGraphs.keep(graphs) }
         allToAllCommunicator = nil
         railCommunicator = nil
     }
@@ -357,10 +360,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let address = heap.address + CUdeviceptr(layout.offset(of: .control) + CUDAExpertParallelLayout.Control.abortWord)
         // The front end writes the word without a kernel. A memset is a kernel, and it may find no free SM: with
         // programmatic launches the GEMM blocks behind a waiting barrier can hold every SM until the barrier ends.
-        if let write = runtime.driver.api.cuStreamWriteValue32 {
-            _ = write(sideStream.handle, address, 1, 0)
-        } else {
-            _ = runtime.driver.api.cuMemsetD32Async?(address, 1, 1, sideStream.handle)
+        if runtime.driver.api.cuStreamWriteValue32?(sideStream.handle, address, 1, 0) != 0 {
+            _ = runtime.driver.api.cuMemsetD32Async?(address, 1, 1, sideStream.handle)  // absent or refused
         }
         _ = try? sideStream.synchronize()
     }
@@ -889,6 +890,17 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         if let failure = try deviceFailure() {
             throw CUDAExpertParallelError.deviceBarrier(rank: rank, failure: failure, timeoutSeconds: timeoutSeconds)
         }
+    }
+}
+
+/// Graphs that captured work of a communicator an older NCCL freed on abort: never destroyed (see `close`).
+enum AbandonedGraphs {
+    nonisolated(unsafe) private static var kept: [CUDAGraphExec] = []
+    private static let lock = DispatchSemaphore(value: 1)
+    static func keep(_ graphs: [CUDAGraphExec]) {
+        lock.wait()
+        kept += graphs
+        lock.signal()
     }
 }
 

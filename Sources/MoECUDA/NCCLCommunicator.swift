@@ -102,6 +102,8 @@ public final class NCCLCommunicator: @unchecked Sendable {
     private let makeCurrent: @Sendable () throws -> Void
     private let lock = DispatchSemaphore(value: 1)
     private var handle: ncclComm_t?
+    /// Signalled when an abort's ncclCommAbort has returned (nil: no abort started).
+    private var pendingAbort: DispatchSemaphore?
     private var abortReason: String?
 
     /// A fresh ncclUniqueId (rank 0 only): 128 bytes naming rank 0's bootstrap socket.
@@ -196,8 +198,15 @@ public final class NCCLCommunicator: @unchecked Sendable {
         let comm = handle
         handle = nil
         if abortReason == nil { abortReason = "closed" }
+        let pending = pendingAbort
         lock.signal()
-        if let comm { Self.tearDown(comm, library: library, waitSeconds: 10) }
+        if let comm {
+            _ = Self.tearDown(comm, library: library).wait(timeout: .now() + 10)
+        } else if let pending {
+            // An earlier abort may still run (it waited for the graphs, destroyed by now): let it finish before
+            // the process goes on to exit, at most 10 s.
+            if pending.wait(timeout: .now() + 10) == .success { pending.signal() }
+        }
     }
 
     /// Aborts the communicator (any thread) and returns at once: NCCL operations in flight give up; later ones are
@@ -209,20 +218,20 @@ public final class NCCLCommunicator: @unchecked Sendable {
         let comm = handle
         handle = nil
         if abortReason == nil { abortReason = reason }
+        if let comm { pendingAbort = Self.tearDown(comm, library: library) }
         lock.signal()
-        if let comm { Self.tearDown(comm, library: library, waitSeconds: 0) }
     }
 
     /// ncclCommAbort on a detached thread of its own (not a Dispatch worker: it may block until the graphs are
-    /// destroyed, and blocked workers would starve the watchers), waited for at most `waitSeconds`.
-    private static func tearDown(_ comm: OpaquePointer, library: NCCLLibrary, waitSeconds: Double) {
+    /// destroyed, and blocked workers would starve the watchers); the semaphore is signalled when it returns.
+    private static func tearDown(_ comm: OpaquePointer, library: NCCLLibrary) -> DispatchSemaphore {
         nonisolated(unsafe) let comm = comm
         let finished = DispatchSemaphore(value: 0)
         DetachedThread.start {
             _ = library.api.ncclCommAbort?(comm)
             finished.signal()
         }
-        if waitSeconds > 0 { _ = finished.wait(timeout: .now() + waitSeconds) }
+        return finished
     }
 
     public var isAborted: Bool {

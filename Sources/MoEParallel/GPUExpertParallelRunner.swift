@@ -119,8 +119,14 @@ public final class GPUExpertParallelRunner {
                 try GPUPlacement.decode($0.element, rank: $0.offset)
             }
             let requested = options.allToAllTransport ?? environment.allToAllTransport ?? .auto
-            // GPUs of a node that cannot reach each other's memory rule out every path through CUDA IPC.
-            let unreachable = try Self.peerAccessRefusal(driver: runtime.driver, placements: placements, node: environment.nodeRank)
+            // GPUs of a node that cannot reach each other's memory rule out every path through CUDA IPC. Each node
+            // can only ask about its own GPUs; the verdicts are gathered so that every rank of the job decides alike
+            // (the paths' set-up steps are collective).
+            let ownNode = try Self.peerAccessRefusal(driver: runtime.driver, placements: placements, node: environment.nodeRank)
+            let verdicts = try Self.allGather([ownNode == nil ? 0 : 1], heap: heap)
+            let refusingNodes = Array(Set(placements.filter { verdicts[$0.rank].first == 1 }.map(\.node))).sorted()
+            let unreachable = ownNode ?? (refusingNodes.isEmpty ? nil
+                : "GPUs of node\(refusingNodes.count > 1 ? "s" : "") \(refusingNodes.map(String.init).joined(separator: ", ")) cannot access each other's memory (see that node's ranks' messages)")
             symmetricRefusal = Self.symmetricRefusal(environment: environment, placements: placements, loadFailure: loadFailure)
                 ?? unreachable
             do {

@@ -114,7 +114,7 @@ final class TCPSocket: @unchecked Sendable {
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let connection = TCPSocket(descriptor: fd, label: label)
-            connection.setNoDelay()
+            connection.configureConnection()
             return connection
         }
     }
@@ -133,7 +133,7 @@ final class TCPSocket: @unchecked Sendable {
             }
             if rc == 0 {
                 let socket = TCPSocket(descriptor: fd, label: label)
-                socket.setNoDelay()
+                socket.configureConnection()
                 return socket
             }
             let code = errno
@@ -147,9 +147,21 @@ final class TCPSocket: @unchecked Sendable {
         }
     }
 
-    private func setNoDelay() {
-        var one: Int32 = 1
-        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    /// No Nagle delay; and keepalive probes, so that a peer host that vanishes without closing (power loss, a
+    /// partition) is seen as lost within about 25 s even by a rank that only waits (a serving follower's idle
+    /// barrier has no timeout).
+    private func configureConnection() {
+        func set(_ level: Int32, _ option: Int32, _ value: Int32) {
+            var value = value
+            setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size))
+        }
+        set(Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+        set(SOL_SOCKET, SO_KEEPALIVE, 1)
+        #if os(Linux)
+        set(Int32(IPPROTO_TCP), TCP_KEEPIDLE, 10)
+        set(Int32(IPPROTO_TCP), TCP_KEEPINTVL, 5)
+        set(Int32(IPPROTO_TCP), TCP_KEEPCNT, 3)
+        #endif
     }
 
     // MARK: data

@@ -277,3 +277,22 @@ enum HangingGroupEnd {
     #expect(HangingGroupEnd.groupStarts.value == starts)
     #expect(!healthy.isAborted)
 }
+
+/// NCCL's abort frees the communicator at once before 2.26 (graphs holding its work must then be kept) and waits for
+/// those graphs from 2.26 on (they must be destroyed); an unknown version counts as the newer.
+@Test func whetherAnAbortWaitsForTheGraphsFollowsTheNCCLVersion() {
+    var old = FakeNCCL.table()
+    old.ncclGetVersion = { code in
+        code?.pointee = 22503
+        return 0
+    }
+    var new = FakeNCCL.table()
+    new.ncclGetVersion = { code in
+        code?.pointee = 22803
+        return 0
+    }
+    #expect(!NCCLLibrary(api: old, libraryPath: "fake").abortWaitsForGraphs)
+    #expect(NCCLLibrary(api: new, libraryPath: "fake").abortWaitsForGraphs)
+    #expect(NCCLLibrary(api: FakeNCCL.table(), libraryPath: "fake").abortWaitsForGraphs)
+    #expect((try? NCCLLibrary(api: new, libraryPath: "fake").version()) == "2.28.3")
+}

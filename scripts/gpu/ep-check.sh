@@ -209,7 +209,7 @@ for s in $steps; do
         # A few seconds first: the tiny layer at R = G, each rank on its own GPU; its transport line must say so.
         run "multigpu check tiny R=$G" 200 $MOE launch --ranks $G --timeout 60 -- \
             bench --backend cuda --preset tiny --tokens $((8 * G)) --iterations 2 --warmup 0
-        grep -q "transport:.*NCCL" "$OUT/step.log" || { echo "=== multigpu: the ranks did not get a GPU each (no NCCL transport): the timings below are not the multi-GPU result" | tee -a "$LOG"; FAILED=$((FAILED + 1)); }
+        grep -q "all-to-all baseline: NCCL" "$OUT/step.log" || { echo "=== multigpu: the ranks did not get a GPU each (no NCCL transport): the timings below are not the multi-GPU result" | tee -a "$LOG"; FAILED=$((FAILED + 1)); }
         # NCCL has never run with one rank per GPU here: if it fails, measure the rest against the IPC baseline.
         A2A=""
         if grep -qE "Error.*(NCCL|nccl)" "$OUT/step.log"; then
