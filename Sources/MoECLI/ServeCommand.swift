@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MoECPU
+import MoECUDA
 import MoECore
 import MoEParallel
 import MoEServer
@@ -94,6 +95,8 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = try ServerLogging.bootstrap(level: logLevel)
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let (engine, why) = try BackendRegistry.make(backend, weights: weights)
+        // Poisoning every output before each pass catches unwritten elements in checks; a server need not pay for it.
+        (engine as? CUDABackend)?.options.poisonOutputs = false
         logger.info("model \(source): \(weights.config)")
         logger.info("backend \(engine.detail) [\(why)]")
         var ceilings: HardwareCeilings?
