@@ -95,8 +95,13 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = try ServerLogging.bootstrap(level: logLevel)
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let (engine, why) = try BackendRegistry.make(backend, weights: weights)
-        // Poisoning every output before each pass catches unwritten elements in checks; a server need not pay for it.
-        (engine as? CUDABackend)?.options.poisonOutputs = false
+        if let cuda = engine as? CUDABackend {
+            // Poisoning every output before each pass catches unwritten elements in checks; a server need not pay
+            // for it. And a server sees every batch size up to --max-batch-tokens: keep each size's buffers and
+            // graphs (a few MB each at these sizes) rather than capture again when more than 16 sizes alternate.
+            cuda.options.poisonOutputs = false
+            cuda.options.maxBuckets = max(cuda.options.maxBuckets, min(maxBatchTokens, 512))
+        }
         logger.info("model \(source): \(weights.config)")
         logger.info("backend \(engine.detail) [\(why)]")
         var ceilings: HardwareCeilings?
