@@ -216,8 +216,12 @@ int moe_pipe_cloexec(int fds[2]) {
 }
 
 static volatile sig_atomic_t termination_signal = 0;
+static int termination_count = 0;  // atomic: signals since the last take, none lost between reads
 
-static void record_termination_signal(int signal_number) { termination_signal = signal_number; }
+static void record_termination_signal(int signal_number) {
+    termination_signal = signal_number;
+    __atomic_fetch_add(&termination_count, 1, __ATOMIC_SEQ_CST);
+}
 
 void moe_watch_termination_signals(void) {
     const int signals[] = {SIGINT, SIGTERM, SIGHUP};
@@ -235,3 +239,5 @@ int moe_take_termination_signal(void) {
     termination_signal = 0;
     return value;
 }
+
+int moe_take_termination_count(void) { return __atomic_exchange_n(&termination_count, 0, __ATOMIC_SEQ_CST); }

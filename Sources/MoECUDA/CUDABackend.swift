@@ -211,7 +211,18 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         } else if plan.smallRouting {
             try kernels.routeFinish.allowSharedMemory(plan.finishShape.sharedBytes)
         }
-        let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+        // Out of device memory with other sizes cached (a server keeps many): drop the least recently used and retry.
+        var made: TokenBucket?
+        while made == nil {
+            do {
+                made = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+            } catch {
+                guard case .driver(_, 2, _, _) = error, let oldest = bucketUse.first else { throw error }  // 2: out of memory
+                bucketUse.removeFirst()
+                buckets[oldest] = nil
+            }
+        }
+        let bucket = made!
         buckets[tokens] = bucket
         bucketUse.append(tokens)
         return bucket

@@ -347,9 +347,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // The graphs go before the rail communicator: destroying a graph hands NCCL's captured work back to its
         // communicator, and from NCCL 2.26 on its teardown (ncclCommAbort too) waits until every such graph is gone.
         // An older NCCL frees an aborted communicator at once: then the graphs are kept to the process's end.
-        let graphs = buckets.values.flatMap { $0.graphs.values }
+        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs {
+            AbandonedGraphs.keep(buckets.values.flatMap { $0.graphs.values })
+        }
         for bucket in buckets.values { bucket.graphs.removeAll() }
-        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs { AbandonedGraphs.keep(graphs) }
         allToAllCommunicator = nil
         railCommunicator = nil
     }

@@ -187,20 +187,23 @@ public enum RankLauncher {
     ) -> (exits: [RankExit], firstFailure: Int?) {
         var splitters = [[LineSplitter]](repeating: [LineSplitter(), LineSplitter()], count: children.count)
         var ended = [RankExit?](repeating: nil, count: children.count)
-        var stopRequestedAt: Double?
         var firstFailure: Int?
         var terminated = false
         var killed = false
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        var grace = graceSeconds
+        // Once stopping: when the running ranks get SIGTERM, then SIGKILL, then when their pipes stop being read.
+        var terminateAt: Double?, killAt: Double?, stopReadingAt: Double?
         var signals = 0
 
-        func stopOthers(_ why: String, grace stopGrace: Double) {
-            guard stopRequestedAt == nil else { return }
-            stopRequestedAt = MonotonicClock.seconds()
-            grace = stopGrace
+        /// Starts (or, for a failure during a signal's longer grace, shortens) the countdown to terminating the ranks.
+        func stopOthers(_ why: String, grace: Double) {
+            let at = MonotonicClock.seconds() + grace
+            guard terminateAt.map({ at < $0 }) ?? true else { return }
+            terminateAt = at
+            killAt = at + 3
+            stopReadingAt = at + 6
             if ended.contains(where: { $0 == nil }) {
-                note("\(why); the other ranks get \(RankLauncher.format(stopGrace)) s to stop on their own")
+                note("\(why); the other ranks get \(RankLauncher.format(grace)) s to stop on their own")
             }
         }
 
@@ -257,40 +260,42 @@ public enum RankLauncher {
                 if !exit.stoppedByLauncher { note("\(exit)") }
                 stopOthers("rank \(exit.rank) failed", grace: graceSeconds)
             }
-            let signal = moe_take_termination_signal()
-            if signal != 0 {
-                signals += 1
-                if signals == 1 {
+            let count = Int(moe_take_termination_count())
+            if count > 0 {
+                let signal = moe_take_termination_signal()
+                let first = signals == 0
+                signals += count
+                if first {
                     // The ranks stop on the signal themselves (a server first finishes its requests in flight).
                     note("received \(signalName(signal)); stopping the ranks (a second signal ends them at once)")
                     for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, signal) }
                     stopOthers("stopping on \(signalName(signal))", grace: max(graceSeconds, signalGraceSeconds))
-                } else {
+                }
+                if signals > 1 && !killed {
                     note("received \(signalName(signal)) again; killing the ranks")
                     for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, SIGKILL) }
-                    terminated = true
+                    (terminated, killed) = (true, true)
+                    stopReadingAt = min(stopReadingAt ?? .infinity, MonotonicClock.seconds() + 3)
                 }
             }
-            if let since = stopRequestedAt {
-                let waited = MonotonicClock.seconds() - since
-                if !terminated && waited >= grace {
-                    terminated = true
-                    let running = children.indices.filter { ended[$0] == nil }
-                    if !running.isEmpty {
-                        note("terminating rank\(running.count > 1 ? "s" : "") \(running.map { String(firstRank + $0) }.joined(separator: ", "))")
-                    }
-                    for index in running { kill(children[index].pid, SIGTERM) }
+            let now = MonotonicClock.seconds()
+            if !terminated, let terminateAt, now >= terminateAt {
+                terminated = true
+                let running = children.indices.filter { ended[$0] == nil }
+                if !running.isEmpty {
+                    note("terminating rank\(running.count > 1 ? "s" : "") \(running.map { String(firstRank + $0) }.joined(separator: ", "))")
                 }
-                if !killed && waited >= grace + 3 {
-                    killed = true
-                    for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, SIGKILL) }
-                }
-                if killed && waited >= grace + 6 {
-                    // Output pipes held open by something else: stop reading them.
-                    for child in children {
-                        if child.outputDescriptor >= 0 { close(child.outputDescriptor); child.outputDescriptor = -1 }
-                        if child.errorDescriptor >= 0 { close(child.errorDescriptor); child.errorDescriptor = -1 }
-                    }
+                for index in running { kill(children[index].pid, SIGTERM) }
+            }
+            if !killed, let killAt, now >= killAt {
+                killed = true
+                for (index, child) in children.enumerated() where ended[index] == nil { kill(child.pid, SIGKILL) }
+            }
+            if killed, let stopReadingAt, now >= stopReadingAt {
+                // Output pipes held open by something else: stop reading them.
+                for child in children {
+                    if child.outputDescriptor >= 0 { close(child.outputDescriptor); child.outputDescriptor = -1 }
+                    if child.errorDescriptor >= 0 { close(child.errorDescriptor); child.errorDescriptor = -1 }
                 }
             }
         }

@@ -161,6 +161,9 @@ final class TCPSocket: @unchecked Sendable {
         set(Int32(IPPROTO_TCP), TCP_KEEPIDLE, 10)
         set(Int32(IPPROTO_TCP), TCP_KEEPINTVL, 5)
         set(Int32(IPPROTO_TCP), TCP_KEEPCNT, 3)
+        // Keepalive sends no probe while data is unacknowledged; this bounds that case too (a live peer's kernel
+        // acknowledges at once, however busy the process).
+        set(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, 25_000)
         #endif
     }
 

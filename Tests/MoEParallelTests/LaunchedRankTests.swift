@@ -320,20 +320,23 @@ import Glibc
                 }
             }
             let text = String(decoding: output, as: UTF8.self)
-            if sent < signals, text.components(separatedBy: "lingering").count - 1 >= 2 {
+            // The first signal once both ranks linger; a second one once the launcher has taken the first.
+            let ready = sent == 0 ? text.components(separatedBy: "lingering").count - 1 >= 2
+                : text.contains("a second signal ends them at once")
+            if sent < signals, ready {
                 kill(child.pid, SIGTERM)
                 if sent == 0 { sentAt = MonotonicClock.seconds() }
                 sent += 1
-                usleep(100_000)
             }
             if MonotonicClock.seconds() - start > 60 { kill(child.pid, SIGKILL) }
         }
         return (child.wait().shellStatus, MonotonicClock.seconds() - sentAt, String(decoding: output, as: UTF8.self))
     }
-    // One signal: the ranks work on for 5 s (past the 0.5 s kill grace + 3 s) and end normally.
-    let patient = run(try launch(lingerMilliseconds: 5000), signals: 1)
+    // One signal: the ranks work on for 8 s, well past the 0.5 s kill grace + 3 s, and end normally.
+    let patient = run(try launch(lingerMilliseconds: 8000), signals: 1)
     #expect(patient.status == 0, "\(patient.output)")
     #expect(patient.seconds > 4 && patient.output.contains("a second signal ends them at once"), "\(patient.output)")
+    #expect(!patient.output.contains("terminating rank"), "\(patient.output)")
     // Two signals: killed at once.
     let impatient = run(try launch(lingerMilliseconds: 20_000), signals: 2)
     #expect(impatient.status != 0 && impatient.seconds < 5, "\(impatient.seconds) s: \(impatient.output)")

@@ -65,6 +65,8 @@ int moe_pipe_cloexec(int fds[2]);
 void moe_watch_termination_signals(void);
 /// The last recorded signal since the previous call, or 0.
 int moe_take_termination_signal(void);
+/// How many termination signals arrived since the last call (atomically reset): two quick Ctrl-Cs count as two.
+int moe_take_termination_count(void);
 
 #ifdef __cplusplus
 }
