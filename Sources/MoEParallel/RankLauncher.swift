@@ -181,7 +181,8 @@ public enum RankLauncher {
     private static func note(_ message: String) { writeAll("[launch] \(message)\n", to: 2) }
 
     /// Forwards output until every child has ended; stops the others once one fails.
-    /// Returns every rank's end and the index of the first rank that failed.
+    /// Returns every rank's end and the index of the rank whose failure the exit code reports: the first seen, or a rank
+    /// killed by a signal that ended within a second of it.
     private static func supervise(
         _ children: [ChildProcess], firstRank: Int, graceSeconds: Double, signalGraceSeconds: Double, onFirstFailure: (RankExit) -> Void
     ) -> (exits: [RankExit], firstFailure: Int?) {
@@ -194,6 +195,7 @@ public enum RankLauncher {
         // Once stopping: when the running ranks get SIGTERM, then SIGKILL, then when their pipes stop being read.
         var terminateAt: Double?, killAt: Double?, stopReadingAt: Double?
         var signals = 0
+        var endedAt = [Double?](repeating: nil, count: children.count)
 
         /// Starts (or, for a failure during a signal's longer grace, shortens) the countdown to terminating the ranks.
         func stopOthers(_ why: String, grace: Double) {
@@ -244,6 +246,7 @@ public enum RankLauncher {
                 case .signaled(let signal): status = .signaled(signal)
                 }
                 ended[index] = RankExit(rank: firstRank + index, pid: child.pid, status: status, stoppedByLauncher: terminated)
+                endedAt[index] = MonotonicClock.seconds()
                 endedNow.append(index)
             }
             // Of ranks that ended together, one killed by a signal is the likelier cause of the others' errors.
@@ -299,7 +302,18 @@ public enum RankLauncher {
                 }
             }
         }
-        return (ended.map { $0! }, firstFailure)
+        // A rank killed by a signal (not by the launcher) that ended just after the first failure seen is still the
+        // likelier cause: a SIGKILLed rank's peers can notice its death (its lock released) and exit before the
+        // launcher can reap it.
+        var culprit = firstFailure
+        if let first = firstFailure, let seen = endedAt[first] {
+            let crashed = ended.indices.filter { index in
+                guard let exit = ended[index], case .signaled = exit.status, !exit.stoppedByLauncher, let at = endedAt[index] else { return false }
+                return at - seen < 1.0
+            }
+            if let earliest = crashed.min(by: { endedAt[$0]! < endedAt[$1]! }) { culprit = earliest }
+        }
+        return (ended.map { $0! }, culprit)
     }
 
     static func format(_ seconds: Double) -> String { ExpertParallelError.format(seconds) }
