@@ -325,15 +325,9 @@ enum ExpertParallelForwardCommand {
         let runner = try ExpertParallelRunner(
             environment: environment, layers: [weights], maxBatchTokens: tokens, options: flags.options())
         defer { runner.close() }
-        guard let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm) else { return }
-        // The top-k of every token, as its home rank computed it: the router is per token and deterministic,
-        // so rank 0 recomputes it for the file with the same kernels.
-        var ids = [Int32](repeating: 0, count: tokens * config.topK)
-        var topWeights = [Float](repeating: 0, count: tokens * config.topK)
-        let bits = values.map(BF16.bits)
-        bits.withUnsafeBufferPointer {
-            runner.backends[0].route(x: $0.baseAddress!, tokens: tokens, mode: routing, ids: &ids, weights: &topWeights, profiler: nil)
-        }
+        guard let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm),
+              let (ids, topWeights) = try runner.globalRouting(globalInput: values, tokens: tokens, mode: routing)
+        else { return }
         let detail = "cpu expert-parallel, \(runner.world) ranks × \(runner.workers) threads, \(comm)"
         try HiddenStatesFile.writeOutput(
             output, result: MoEForwardResult(hidden: hidden, topkIds: ids, topkWeights: topWeights), tokens: tokens,

@@ -8,6 +8,16 @@ import Glibc
 import Darwin
 #endif
 
+/// How a global batch of T tokens splits over R ranks: rank r holds [r·T_loc, (r+1)·T_loc) ∩ [0, T), T_loc = ⌈T/R⌉
+/// (the last ranks may hold fewer, even none).
+enum GlobalBatch {
+    static func range(rank: Int, world: Int, tokens: Int) -> Range<Int> {
+        let perRank = (tokens + world - 1) / world
+        let first = min(tokens, rank * perRank)
+        return first..<min(tokens, first + perRank)
+    }
+}
+
 /// How a rank runs expert parallelism (the flags `moe forward/bench --ranks` and `moe launch` pass down).
 public struct ExpertParallelOptions: Sendable {
     /// `contiguous`, `round-robin`, an inline owner list, or a JSON map file (see `ExpertAssignment.parse`).
@@ -93,11 +103,7 @@ public final class ExpertParallelRunner {
     public func close() { heap.close() }
 
     /// This rank's token range of a global batch of `tokens`.
-    public func tokenRange(tokens: Int) -> Range<Int> {
-        let perRank = (tokens + world - 1) / world
-        let first = min(tokens, rank * perRank)
-        return first..<min(tokens, first + perRank)
-    }
+    public func tokenRange(tokens: Int) -> Range<Int> { GlobalBatch.range(rank: rank, world: world, tokens: tokens) }
 
     /// Runs every layer on the global batch [T, H] (each rank computes its own tokens' share); returns the
     /// full [T, H] output on rank 0 and nil on the other ranks. Bit-identical to running the layers one after

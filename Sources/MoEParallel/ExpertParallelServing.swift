@@ -17,15 +17,13 @@ public protocol ExpertParallelServingMember: AnyObject {
     var servingDetail: String { get }
     /// The most tokens per rank one step can take (a larger share fails the step, and with it the group).
     var servingTokensPerRankLimit: Int { get }
-    /// This rank's token range of a global batch of `tokens`.
-    func tokenRange(tokens: Int) -> Range<Int>
     /// This rank's share [T_r, H] through the layers; its output rows.
     func servingForward(_ share: [Float], tokens: Int, mode: RoutingMode, comm: CommMode, profiler: Profiler?) throws -> [Float]
     /// Every rank's output rows on rank 0 (nil elsewhere); called by every rank.
     func gather(_ rows: [Float], tokens: Int) throws -> [Float]?
     /// The first layer's top-k of the whole batch on rank 0 (nil elsewhere); called by every rank after the step.
     /// `globalInput` is the batch on rank 0, nil elsewhere.
-    func servingRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])?
+    func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])?
     /// Marks this rank done (peers waiting for it fail at once) and releases its resources.
     func close()
 }
@@ -90,18 +88,18 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
             sequence += 1
             let header: [UInt64] = [Self.magic, sequence, Command.run.rawValue, UInt64(tokens), routing == .renormalize ? 0 : 1]
             for peer in 1..<member.world {
-                let range = Self.tokenRange(rank: peer, world: member.world, tokens: tokens)
+                let range = GlobalBatch.range(rank: peer, world: member.world, tokens: tokens)
                 let bits = input[(range.lowerBound * hidden)..<(range.upperBound * hidden)].map(BF16.bits)
                 try heap.store(to: peer, .dispatch, byteOffset: 0, from: bits, count: bits.count * 2)
                 try heap.store(to: peer, .results, byteOffset: 0, from: header, count: header.count * 8)
             }
             try heap.barrier(.serve, layer: 0)
             try heap.barrier(.step, layer: 0)
-            let own = member.tokenRange(tokens: tokens)
+            let own = GlobalBatch.range(rank: 0, world: member.world, tokens: tokens)
             let share = Array(input[(own.lowerBound * hidden)..<(own.upperBound * hidden)])
             let rows = try member.servingForward(share, tokens: tokens, mode: routing, comm: comm, profiler: profiler)
             let output = try member.gather(rows, tokens: tokens)
-            let routed = try member.servingRouting(globalInput: input, tokens: tokens, mode: routing)
+            let routed = try member.globalRouting(globalInput: input, tokens: tokens, mode: routing)
             guard let output, let routed else {
                 throw ExpertParallelError.invalidArgument("rank 0 got no gathered output (internal error)")
             }
@@ -154,13 +152,13 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
                         "rank 0 sent a step of \(tokens) tokens; this rank serves at most \(maxBatchTokens) (same --max-batch-tokens on every rank?)")
                 }
                 let mode: RoutingMode = header[4] == 0 ? .renormalize : .softmaxFirst
-                let range = member.tokenRange(tokens: tokens)
+                let range = GlobalBatch.range(rank: member.rank, world: member.world, tokens: tokens)
                 let landing = heap.pointer(to: .dispatch, rank: member.rank, as: UInt16.self)
                 let share = (0..<(range.count * hidden)).map { BF16.float(landing[$0]) }
                 try heap.barrier(.step, layer: 0)
                 let rows = try member.servingForward(share, tokens: tokens, mode: mode, comm: comm, profiler: nil)
                 _ = try member.gather(rows, tokens: tokens)
-                _ = try member.servingRouting(globalInput: nil, tokens: tokens, mode: mode)
+                _ = try member.globalRouting(globalInput: nil, tokens: tokens, mode: mode)
                 steps += 1
             }
         } catch {
@@ -168,12 +166,6 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
             heap.abort(message: "rank \(member.rank) after \(steps) served step\(steps == 1 ? "" : "s"): \(error)")
             throw error
         }
-    }
-
-    static func tokenRange(rank: Int, world: Int, tokens: Int) -> Range<Int> {
-        let perRank = (tokens + world - 1) / world
-        let first = min(tokens, rank * perRank)
-        return first..<min(tokens, first + perRank)
     }
 }
 
@@ -214,7 +206,7 @@ extension ExpertParallelRunner: ExpertParallelServingMember {
     }
 
     /// Rank 0 recomputes the top-k with the same router kernel the home ranks ran (per token, deterministic).
-    public func servingRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
+    public func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
         guard let globalInput else { return nil }
         var ids = [Int32](repeating: 0, count: tokens * config.topK)
         var weights = [Float](repeating: 0, count: tokens * config.topK)
@@ -237,7 +229,7 @@ extension GPUExpertParallelRunner: ExpertParallelServingMember {
     }
 
     /// The top-k each home rank's router computed, gathered.
-    public func servingRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
+    public func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
         try gatherRouting(layer: 0, tokens: tokens)
     }
 }

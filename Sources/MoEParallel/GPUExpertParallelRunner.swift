@@ -378,11 +378,7 @@ public final class GPUExpertParallelRunner {
     }
 
     /// This rank's token range of a global batch of `tokens`.
-    public func tokenRange(tokens: Int) -> Range<Int> {
-        let perRank = (tokens + world - 1) / world
-        let first = min(tokens, rank * perRank)
-        return first..<min(tokens, first + perRank)
-    }
+    public func tokenRange(tokens: Int) -> Range<Int> { GlobalBatch.range(rank: rank, world: world, tokens: tokens) }
 
     /// Maps a device-barrier failure to an error naming the awaited rank, its state and the phase; tells the
     /// peers this rank stops.
