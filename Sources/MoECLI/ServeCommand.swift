@@ -98,7 +98,7 @@ struct ServeCommand: AsyncParsableCommand {
         if let cuda = engine as? CUDABackend {
             // Poisoning every output before each pass catches unwritten elements in checks; a server need not pay
             // for it. And a server sees every batch size up to --max-batch-tokens: keep each size's buffers and
-            // graphs (about 75 KB per token of a gpt-oss layer: 2.5 GB for all sizes to 256) rather than capture
+            // graphs (by arithmetic about 75 KB per token of a gpt-oss layer: 2.5 GB for all sizes to 256) rather than capture
             // again when more than 16 sizes alternate; out of memory, the least recently used go first.
             cuda.options.poisonOutputs = false
             cuda.options.maxBuckets = max(cuda.options.maxBuckets, min(maxBatchTokens, 512))
