@@ -193,10 +193,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             bucketUse.append(tokens)
             return bucket
         }
-        while buckets.count >= max(1, options.maxBuckets), let oldest = bucketUse.first {
-            bucketUse.removeFirst()
-            buckets[oldest] = nil
-        }
+        while buckets.count >= max(1, options.maxBuckets), dropOldestBucket() {}
         let plan = launchPlan(tokens: tokens)
         try plan.validate(maxSharedPerBlock: runtime.device.maxSharedPerBlock)
         if (plan.gemm1Variant.needsHopper || plan.gemm2Variant.needsHopper) && runtime.device.architecture != "sm_90a" {
@@ -212,20 +209,24 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             try kernels.routeFinish.allowSharedMemory(plan.finishShape.sharedBytes)
         }
         // Out of device memory with other sizes cached (a server keeps many): drop the least recently used and retry.
-        var made: TokenBucket?
-        while made == nil {
+        while true {
             do {
-                made = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+                let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+                buckets[tokens] = bucket
+                bucketUse.append(tokens)
+                return bucket
             } catch {
-                guard case .driver(_, 2, _, _) = error, let oldest = bucketUse.first else { throw error }  // 2: out of memory
-                bucketUse.removeFirst()
-                buckets[oldest] = nil
+                guard case .driver(_, 2, _, _) = error, dropOldestBucket() else { throw error }  // 2: out of memory
             }
         }
-        let bucket = made!
-        buckets[tokens] = bucket
-        bucketUse.append(tokens)
-        return bucket
+    }
+
+    /// Frees the least recently used bucket; false when there is none.
+    private func dropOldestBucket() -> Bool {
+        guard let oldest = bucketUse.first else { return false }
+        bucketUse.removeFirst()
+        buckets[oldest] = nil
+        return true
     }
 
     /// The launch plan a forward of T tokens uses (for reports).

@@ -31,6 +31,14 @@ public final class CUDADriver: @unchecked Sendable {
         return CUDADriver(api: api, libraryPath: library.path)
     }
 
+    /// The CUDA devices this process sees (initialising the driver first).
+    public func deviceCount() throws(CUDAError) -> Int {
+        try call("cuInit", api.cuInit?(0))
+        var count: Int32 = 0
+        try call("cuDeviceGetCount", api.cuDeviceGetCount?(&count))
+        return Int(count)
+    }
+
     /// Whether device `ordinal` can access device `peer`'s memory (P2P over NVLink or PCIe); nil when the driver
     /// lacks the query.
     public func canAccessPeer(_ ordinal: Int, _ peer: Int) throws(CUDAError) -> Bool? {

@@ -67,9 +67,9 @@ public struct RailTransfers: Sendable, Equatable {
 }
 
 extension CUDAExpertParallelLayer {
-    /// This rank's rail transfers for a bucket.
-    func railTransfers(_ b: Bucket) -> RailTransfers {
-        RailTransfers(layout: layout, grid: grid, rank: rank, tokensPerRank: b.tokensPerRank, heap: heap.address, tokens: x.address)
+    /// This rank's rail transfers for T_loc tokens per rank (a bucket's, or the heap's capacity).
+    func railTransfers(tokensPerRank: Int) -> RailTransfers {
+        RailTransfers(layout: layout, grid: grid, rank: rank, tokensPerRank: tokensPerRank, heap: heap.address, tokens: x.address)
     }
 
     /// The rail communicator, or an error saying why a multi-node symmetric layer cannot run without it.
@@ -88,8 +88,7 @@ extension CUDAExpertParallelLayer {
     public func connectRail() throws {
         guard grid.nodes > 1 else { return }
         let rail = try requireRail()
-        let largest = RailTransfers(
-            layout: layout, grid: grid, rank: rank, tokensPerRank: capacity, heap: heap.address, tokens: x.address)
+        let largest = railTransfers(tokensPerRank: capacity)
         try runtime.device.makeCurrent()
         try rail.exchange(largest.route + largest.combine, stream: stream, phase: "connecting the rail (NCCL, \(grid.nodes) nodes)")
     }

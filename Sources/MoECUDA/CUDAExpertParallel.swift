@@ -160,10 +160,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     public static func deviceOrdinal(localRank: Int, deviceCount: Int) -> Int { localRank % max(1, deviceCount) }
 
     public static func deviceCount() throws(CUDAError) -> Int {
-        let runtime = try CUDARuntime.shared()
-        var count: Int32 = 0
-        try runtime.driver.call("cuDeviceGetCount", runtime.driver.api.cuDeviceGetCount?(&count))
-        return Int(count)
+        try CUDARuntime.shared().driver.deviceCount()
     }
 
     /// Allocates this rank's heap (zeroed) and scratch, uploads the weights, compiles the kernels.
@@ -596,7 +593,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase), programmatic: pdl)
         }
         let nodes = grid.nodes
-        let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(b)) : nil
+        let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(tokensPerRank: b.tokensPerRank)) : nil
         // 1. route; top-k into every node peer's routing region. Across nodes: the rail exchanges top-k rows and
         //    token rows, and this rank forwards its rail's top-k rows to its node peers.
         try enqueueLocalRouting(b, mode: mode)
@@ -668,12 +665,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// The one-block global plan (moe_ep_plan_small, plan_in_block) serves up to LaunchPlan.blockPlanMaxSlots global
     /// slots R·T_loc·k. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.
-    static var smallPlanMaxSlots: Int { LaunchPlan.blockPlanMaxSlots }
     static let smallPlanEnabled = currentEnvironment("MOE_CUDA_EP_SMALL_PLAN") != "0"
 
     /// Dynamic shared memory of moe_ep_plan_small for `slots` global slots, or nil when the three-kernel plan runs.
     static func smallPlanBytes(slots: Int, experts: Int, enabled: Bool = smallPlanEnabled) -> Int? {
-        guard enabled, slots <= smallPlanMaxSlots else { return nil }
+        guard enabled, slots <= LaunchPlan.blockPlanMaxSlots else { return nil }
         let bytes = LaunchPlan.blockPlanBytes(slots: slots, experts: experts)
         return bytes <= 160 * 1024 ? bytes : nil
     }
@@ -769,14 +765,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         remote[1] = Double(2 * 4 * slotsPerRank * (R - 1))
         let node = grid.node(of: rank)
         func owner(_ id: Int32) -> Int? { id >= 0 ? ownerOfExpert[Int(id)] : nil }
-        // Dispatch: own slots owned on this node; the rail peers' slots owned on this node; the token rows sent.
-        for s in 0..<slotsPerRank {
-            guard let o = owner(ids[rank * slotsPerRank + s]), grid.node(of: o) == node else { continue }
-            moved[2] += Double(row)
-            if o != rank { remote[2] += Double(row) }
-        }
-        for m in grid.otherNodes(of: rank) {
-            let source = grid.railPeer(of: rank, onNode: m)
+        // Dispatch: the slots of this rank and of its rail peers (forwarded here) owned on this node; the token rows sent.
+        for source in [rank] + grid.otherNodes(of: rank).map({ grid.railPeer(of: rank, onNode: $0) }) {
             for s in 0..<slotsPerRank {
                 guard let o = owner(ids[source * slotsPerRank + s]), grid.node(of: o) == node else { continue }
                 moved[2] += Double(row)
@@ -839,11 +829,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let done = AtomicFlag()
         let group = DispatchGroup()
         let this = self
-        let railPeers = grid.otherNodes(of: rank).map { grid.railPeer(of: rank, onNode: $0) }
-        let peersText = railPeers.count == 1 ? "rank \(railPeers[0])" : "ranks \(railPeers.map(String.init).joined(separator: ", "))"
-        let phase = "the symmetric layer's rail exchange with \(peersText) (NCCL across \(grid.nodes) nodes)"
+        let phase = rail == nil ? "" : railPhase
         DispatchQueue.global().async(group: group) {
-            var epoch = this.barrierEpoch(), moved = MonotonicSeconds.now(), polls = 0
+            // The barrier epoch (a device read) is only the rail's stall detector.
+            var epoch = rail == nil ? nil : this.barrierEpoch(), moved = MonotonicSeconds.now(), polls = 0
             while !done.isSet {
                 var failure: NCCLError?
                 if let why = watch?() {
@@ -884,6 +873,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             throw error
         }
         if let decided = verdict.value { throw decided }
+    }
+
+    /// What the rail watchdog's errors call the phase: the exchange with this rank's rail peers.
+    var railPhase: String {
+        let railPeers = grid.otherNodes(of: rank).map { grid.railPeer(of: rank, onNode: $0) }
+        let peersText = railPeers.count == 1 ? "rank \(railPeers[0])" : "ranks \(railPeers.map(String.init).joined(separator: ", "))"
+        return "the symmetric layer's rail exchange with \(peersText) (NCCL across \(grid.nodes) nodes)"
     }
 
     /// Throws the recorded device-barrier failure, if any.

@@ -42,8 +42,6 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
     }
 
     public let ranks: Int
-    /// N: nodes of the job (the rails' length).
-    public let nodes: Int
     public let capacity: Int
     public let topK: Int
     public let hidden: Int
@@ -53,9 +51,7 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
 
     public init(ranks: Int, capacity: Int, topK: Int, hidden: Int, nodes: Int = 1) throws(CUDAError) {
         guard ranks >= 1, ranks <= 1024 else { throw .invalidArgument("GPU expert parallelism needs 1...1024 ranks, got \(ranks)") }
-        guard nodes >= 1, ranks % nodes == 0 else {
-            throw .invalidArgument("\(ranks) ranks do not split evenly over \(nodes) nodes (every node needs the same number of ranks)")
-        }
+        _ = try NodeGrid(world: ranks, nodes: nodes)  // ranks split evenly over the nodes
         guard capacity >= 1 else { throw .invalidArgument("GPU heap capacity must be ≥ 1 token per rank, got \(capacity)") }
         guard topK >= 1, hidden >= 8, hidden % 8 == 0 else {
             throw .invalidArgument("GPU heap needs k ≥ 1 and H a multiple of 8 (16-byte row copies); got k=\(topK), H=\(hidden)")
@@ -64,7 +60,6 @@ public struct CUDAExpertParallelLayout: Sendable, Equatable {
             throw .invalidArgument("R·T_cap·k = \(ranks)·\(capacity)·\(topK) exceeds 2³¹; lower --max-tokens-per-rank")
         }
         self.ranks = ranks
-        self.nodes = nodes
         self.capacity = capacity
         self.topK = topK
         self.hidden = hidden

@@ -1,4 +1,5 @@
 import CCUDA
+import Dispatch
 
 /// One GPU and its primary context. Every entry point of MoECUDA makes the context current on the calling
 /// thread first (`makeCurrent`), so objects may be used from any thread, one at a time.
@@ -19,11 +20,9 @@ public final class CUDADevice: @unchecked Sendable {
     public init(driver: CUDADriver, ordinal: Int = 0) throws(CUDAError) {
         self.driver = driver
         self.ordinal = ordinal
-        try driver.call("cuInit", driver.api.cuInit?(0))
-        var count: Int32 = 0
-        try driver.call("cuDeviceGetCount", driver.api.cuDeviceGetCount?(&count))
+        let count = try driver.deviceCount()
         guard count > 0 else { throw .noDevice("the driver reports no CUDA devices") }
-        guard ordinal < Int(count) else { throw .noDevice("device \(ordinal) requested; the driver reports \(count)") }
+        guard ordinal < count else { throw .noDevice("device \(ordinal) requested; the driver reports \(count)") }
         var device: CUdevice = 0
         try driver.call("cuDeviceGet", driver.api.cuDeviceGet?(&device, Int32(ordinal)))
         handle = device
@@ -241,11 +240,20 @@ public final class CUDAModule: @unchecked Sendable {
 
     deinit { _ = device.driver.api.cuModuleUnload?(handle) }
 
+    /// Each kernel's dynamic shared-memory limit, shared by every wrapper of that kernel (cached modules hand out
+    /// several): the limit belongs to the CUfunction, not to a wrapper.
+    private var sharedLimits: [String: CUDAFunction.SharedLimit] = [:]
+    private let lock = DispatchSemaphore(value: 1)
+
     public func function(_ name: String) throws(CUDAError) -> CUDAFunction {
         var function: CUfunction?
         try device.driver.call("cuModuleGetFunction", device.driver.api.cuModuleGetFunction?(&function, handle, name))
         guard let function else { throw .invalidArgument("no kernel \(name)") }
-        return CUDAFunction(module: self, handle: function, name: name)
+        lock.wait()
+        let limit = sharedLimits[name] ?? CUDAFunction.SharedLimit()
+        sharedLimits[name] = limit
+        lock.signal()
+        return CUDAFunction(module: self, handle: function, name: name, sharedLimit: limit)
     }
 }
 
@@ -269,15 +277,21 @@ public final class CUDAFunction: @unchecked Sendable {
     public let module: CUDAModule
     public let handle: CUfunction
     public let name: String
-    /// Dynamic shared memory the function may use without opting in. The default 48 KiB covers static and dynamic
-    /// memory together, so requests above 40 KiB opt in (a kernel's few KiB of static shared memory would otherwise make
-    /// a request just under 48 KiB fail at launch).
-    private var sharedLimit = 40 * 1024
+    /// Dynamic shared memory the function may use without opting in (shared by the wrappers of one kernel).
+    private let sharedLimit: SharedLimit
 
-    init(module: CUDAModule, handle: CUfunction, name: String) {
+    /// The default 48 KiB covers static and dynamic memory together, so requests above 40 KiB opt in (a kernel's few
+    /// KiB of static shared memory would otherwise make a request just under 48 KiB fail at launch).
+    final class SharedLimit: @unchecked Sendable {
+        var bytes = 40 * 1024
+        let lock = DispatchSemaphore(value: 1)
+    }
+
+    init(module: CUDAModule, handle: CUfunction, name: String, sharedLimit: SharedLimit) {
         self.module = module
         self.handle = handle
         self.name = name
+        self.sharedLimit = sharedLimit
     }
 
     public var registers: Int {
@@ -288,22 +302,18 @@ public final class CUDAFunction: @unchecked Sendable {
 
     /// Raises the dynamic shared memory limit past the default 48 KiB when a launch needs it. Called before
     /// graph capture for every launch the graph will hold, so capture records launches only.
-    /// The limit is the function handle's, shared by every wrapper of it (cached modules): it only ever goes up.
+    /// The limit is the kernel's, shared by every wrapper of it: it only ever goes up.
     public func allowSharedMemory(_ bytes: Int) throws(CUDAError) {
-        guard bytes > sharedLimit else { return }
-        var current: Int32 = 0
-        if module.device.driver.api.cuFuncGetAttribute?(&current, Int32(CCUDA_FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES), handle) == 0,
-           Int(current) >= bytes {
-            sharedLimit = Int(current)  // another wrapper of this handle raised it already; never lower it
-            return
-        }
+        sharedLimit.lock.wait()
+        defer { sharedLimit.lock.signal() }
+        guard bytes > sharedLimit.bytes else { return }
         guard bytes <= module.device.maxSharedPerBlock else {
             throw .invalidArgument("\(name) needs \(bytes) bytes of shared memory; the device allows \(module.device.maxSharedPerBlock)")
         }
         try module.device.driver.call(
             "cuFuncSetAttribute",
             module.device.driver.api.cuFuncSetAttribute?(handle, Int32(CCUDA_FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES), Int32(bytes)))
-        sharedLimit = bytes
+        sharedLimit.bytes = bytes
     }
 
     /// Launches with one by-value parameter struct (all MoEKit kernels take exactly one). `programmatic`: the

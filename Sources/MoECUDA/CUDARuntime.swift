@@ -43,10 +43,7 @@ public final class CUDARuntime: @unchecked Sendable {
     /// on GPU 0 (which would also fail under exclusive-process compute mode).
     static func processOrdinal(_ driver: CUDADriver) throws(CUDAError) -> Int {
         guard let text = currentEnvironment("MOE_LOCAL_RANK"), let local = Int(text), local > 0 else { return 0 }
-        try driver.call("cuInit", driver.api.cuInit?(0))
-        var count: Int32 = 0
-        try driver.call("cuDeviceGetCount", driver.api.cuDeviceGetCount?(&count))
-        return local % max(1, Int(count))
+        return CUDAExpertParallelLayer.deviceOrdinal(localRank: local, deviceCount: try driver.deviceCount())
     }
 
     /// The shared runtime, or why there is none (library missing, no device, old device…).

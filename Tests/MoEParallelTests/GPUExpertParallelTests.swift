@@ -201,8 +201,8 @@ func forwardRanksOnCUDAWritesTheSameFileAsOneCUDARank() throws {
 @Test func theOneBlockGlobalPlanServesSmallLayersOnly() {
     // 8 ranks × 8 tokens × k = 4 on gpt-oss-120b's 128 experts: ids, weights, counts, offsets, 8 chunks of 128.
     #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: 256, experts: 128, enabled: true) == 4 * (512 + 257) + 4 * 8 * 128)
-    #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: CUDAExpertParallelLayer.smallPlanMaxSlots, experts: 128, enabled: true) != nil)
-    #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: CUDAExpertParallelLayer.smallPlanMaxSlots + 1, experts: 128, enabled: true) == nil)
+    #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: LaunchPlan.blockPlanMaxSlots, experts: 128, enabled: true) != nil)
+    #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: LaunchPlan.blockPlanMaxSlots + 1, experts: 128, enabled: true) == nil)
     #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: 256, experts: 128, enabled: false) == nil)
     // Shared memory past 160 KiB (many experts) falls back too.
     #expect(CUDAExpertParallelLayer.smallPlanBytes(slots: 4096, experts: 512, enabled: true) == nil)
