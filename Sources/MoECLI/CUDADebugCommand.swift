@@ -34,25 +34,22 @@ struct CUDADebugCommand: ParsableCommand {
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
         let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
-        if trace {
+        if trace || timing {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
             for T in tokens.values {
                 let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
-                let spans = try backend.kernelTrace(input, tokens: T, routing: .renormalize)
-                let layer = spans.map(\.end).max() ?? 0
-                let parts = spans.map { "\($0.kernel) " + String(format: "%.1f–%.1f (%.1f)", $0.start, $0.end, $0.microseconds) }
-                print("T=\(T) \(backend.launchPlan(tokens: T).variantDescription): layer \(String(format: "%.1f", layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))")
-            }
-            return
-        }
-        if timing {
-            let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
-            for T in tokens.values {
-                let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
-                let times = try backend.kernelTimes(input, tokens: T, routing: .renormalize)
-                let total = times.reduce(0) { $0 + $1.microseconds }
-                let parts = times.map { "\($0.kernel) \(String(format: "%.1f", $0.microseconds))" }.joined(separator: " | ")
-                print("T=\(T) \(backend.launchPlan(tokens: T).variantDescription): total \(String(format: "%.1f", total)) µs: \(parts)")
+                let plan = backend.launchPlan(tokens: T).variantDescription
+                if trace {
+                    let spans = try backend.kernelTrace(input, tokens: T, routing: .renormalize)
+                    let layer = spans.map(\.end).max() ?? 0
+                    let parts = spans.map { "\($0.kernel) " + String(format: "%.1f–%.1f (%.1f)", $0.start, $0.end, $0.microseconds) }
+                    print("T=\(T) \(plan): layer \(String(format: "%.1f", layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))")
+                } else {
+                    let times = try backend.kernelTimes(input, tokens: T, routing: .renormalize)
+                    let total = times.reduce(0) { $0 + $1.microseconds }
+                    let parts = times.map { "\($0.kernel) \(String(format: "%.1f", $0.microseconds))" }.joined(separator: " | ")
+                    print("T=\(T) \(plan): total \(String(format: "%.1f", total)) µs: \(parts)")
+                }
             }
             return
         }

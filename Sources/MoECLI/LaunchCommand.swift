@@ -133,6 +133,9 @@ struct ExpertParallelFlags: ParsableArguments {
         return nil
     }
 
+    /// The path this rank runs: --comm, else the launcher's (MOE_COMM), else symmetric.
+    func comm(in environment: RankEnvironment) -> CommMode { comm ?? environment.comm ?? .symmetric }
+
     func options() -> ExpertParallelOptions {
         var options = ExpertParallelOptions()
         options.expertMap = expertMap
@@ -154,7 +157,7 @@ enum ExpertParallelBenchCommand {
         if backend == .cuda {
             // GPU expert parallelism: symmetric heaps over CUDA IPC (GPUExpertParallelBench).
             let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
-            let comm = flags.comm ?? environment.comm ?? .symmetric
+            let comm = flags.comm(in: environment)
             guard let result = try GPUExpertParallelBench.runCommand(
                 environment: environment, weights: weights, source: source, options: flags.options(),
                 tokenCounts: tokens ?? [1, 8, 32, 128].map { $0 * environment.world }, mode: routing,
@@ -183,7 +186,7 @@ enum ExpertParallelBenchCommand {
         let (weights, source) = try model.loadWeights(defaultPreset: .gptOss20b)
         let config = weights.config
         let tokenCounts = tokens ?? [1, 8, 32, 128]
-        let comm = flags.comm ?? environment.comm ?? .symmetric
+        let comm = flags.comm(in: environment)
         let runner = try ExpertParallelRunner(
             environment: environment, layers: [weights], maxBatchTokens: tokenCounts.max()!, options: flags.options())
         defer { runner.close() }
@@ -321,12 +324,12 @@ enum ExpertParallelForwardCommand {
         let weights = try ModelDirectory(path: model).layer(layer)
         let config = weights.config
         let (values, tokens) = try HiddenStatesFile.readInput(input, hidden: config.hidden)
-        let comm = flags.comm ?? environment.comm ?? .symmetric
+        let comm = flags.comm(in: environment)
         let runner = try ExpertParallelRunner(
             environment: environment, layers: [weights], maxBatchTokens: tokens, options: flags.options())
         defer { runner.close() }
         guard let hidden = try runner.forward(values, tokens: tokens, mode: routing, comm: comm),
-              let (ids, topWeights) = try runner.globalRouting(globalInput: values, tokens: tokens, mode: routing)
+              let (ids, topWeights) = try runner.globalRouting(globalInput: values.map(BF16.bits), tokens: tokens, mode: routing)
         else { return }
         let detail = "cpu expert-parallel, \(runner.world) ranks × \(runner.workers) threads, \(comm)"
         try HiddenStatesFile.writeOutput(
@@ -345,7 +348,7 @@ enum ExpertParallelForwardCommand {
         let weights = try ModelDirectory(path: model).layer(layer)
         let config = weights.config
         let (values, tokens) = try HiddenStatesFile.readInput(input, hidden: config.hidden)
-        let comm = flags.comm ?? environment.comm ?? .symmetric
+        let comm = flags.comm(in: environment)
         let runner = try GPUExpertParallelRunner(
             environment: environment, layers: [weights], maxBatchTokens: tokens, options: flags.options())
         defer { runner.close() }

@@ -125,7 +125,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard let environment = try parallel.enterRank() else { return }
         let logger = try ServerLogging.bootstrap(level: logLevel)
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
-        let comm = parallel.comm ?? environment.comm ?? .symmetric
+        let comm = parallel.comm(in: environment)
         let member: any ExpertParallelServingMember
         switch backend {
         case .cuda:

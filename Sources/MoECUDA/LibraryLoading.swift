@@ -140,7 +140,7 @@ public func commonSitePackages() -> [String] {
 }
 
 /// A NUL-terminated C string held in an array.
-func cString(_ chars: [CChar]) -> String {
+public func cString(_ chars: [CChar]) -> String {
     let bytes = chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
     return String(decoding: bytes, as: UTF8.self)
 }

@@ -93,8 +93,7 @@ public final class ExpertParallelRunner {
         let workers = options.workers ?? max(1, ProcessorCount.online / environment.localWorld)
         self.workers = workers
         // Each rank packs only its own experts' weights (1/R of them); the router still sees all E.
-        let owned = assignment.expertsOfRank[environment.rank]
-        backends = try layers.map { try CPUBackend(weights: $0, workers: workers, experts: owned) }
+        backends = try layers.map { [engine] in try CPUBackend(weights: $0, workers: workers, experts: engine.localExperts) }
     }
 
     deinit { heap.close() }

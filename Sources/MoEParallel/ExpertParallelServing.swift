@@ -22,8 +22,8 @@ public protocol ExpertParallelServingMember: AnyObject {
     /// Every rank's output rows on rank 0 (nil elsewhere); called by every rank.
     func gather(_ rows: [Float], tokens: Int) throws -> [Float]?
     /// The first layer's top-k of the whole batch on rank 0 (nil elsewhere); called by every rank after the step.
-    /// `globalInput` is the batch on rank 0, nil elsewhere.
-    func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])?
+    /// `globalInput` is the batch on rank 0 as bf16 bits, nil elsewhere.
+    func globalRouting(globalInput: [UInt16]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])?
     /// Marks this rank done (peers waiting for it fail at once) and releases its resources.
     func close()
 }
@@ -56,7 +56,7 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
         self.comm = comm
         self.maxBatchTokens = maxBatchTokens
         let layout = member.heap.layout
-        let perRank = (maxBatchTokens + member.world - 1) / member.world
+        let perRank = GlobalBatch.range(rank: 0, world: member.world, tokens: maxBatchTokens).count
         let rowsThatFit = layout.byteCount(of: .dispatch) / (member.config.hidden * 2)
         let limit = min(rowsThatFit, member.servingTokensPerRankLimit)
         guard maxBatchTokens >= 1, perRank <= limit else {
@@ -87,10 +87,14 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
         do {
             sequence += 1
             let header: [UInt64] = [Self.magic, sequence, Command.run.rawValue, UInt64(tokens), routing == .renormalize ? 0 : 1]
+            let bits = input.map(BF16.bits)  // once: the followers' rows and rank 0's top-k
             for peer in 1..<member.world {
                 let range = GlobalBatch.range(rank: peer, world: member.world, tokens: tokens)
-                let bits = input[(range.lowerBound * hidden)..<(range.upperBound * hidden)].map(BF16.bits)
-                try heap.store(to: peer, .dispatch, byteOffset: 0, from: bits, count: bits.count * 2)
+                try bits.withUnsafeBytes { raw in
+                    try heap.store(
+                        to: peer, .dispatch, byteOffset: 0, from: raw.baseAddress! + range.lowerBound * hidden * 2,
+                        count: range.count * hidden * 2)
+                }
                 try heap.store(to: peer, .results, byteOffset: 0, from: header, count: header.count * 8)
             }
             try heap.barrier(.serve, layer: 0)
@@ -99,7 +103,7 @@ public final class ExpertParallelServingGroup: @unchecked Sendable {
             let share = Array(input[(own.lowerBound * hidden)..<(own.upperBound * hidden)])
             let rows = try member.servingForward(share, tokens: tokens, mode: routing, comm: comm, profiler: profiler)
             let output = try member.gather(rows, tokens: tokens)
-            let routed = try member.globalRouting(globalInput: input, tokens: tokens, mode: routing)
+            let routed = try member.globalRouting(globalInput: bits, tokens: tokens, mode: routing)
             guard let output, let routed else {
                 throw ExpertParallelError.invalidArgument("rank 0 got no gathered output (internal error)")
             }
@@ -206,12 +210,11 @@ extension ExpertParallelRunner: ExpertParallelServingMember {
     }
 
     /// Rank 0 recomputes the top-k with the same router kernel the home ranks ran (per token, deterministic).
-    public func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
+    public func globalRouting(globalInput: [UInt16]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
         guard let globalInput else { return nil }
         var ids = [Int32](repeating: 0, count: tokens * config.topK)
         var weights = [Float](repeating: 0, count: tokens * config.topK)
-        let bits = globalInput.map(BF16.bits)
-        bits.withUnsafeBufferPointer {
+        globalInput.withUnsafeBufferPointer {
             backends[0].route(x: $0.baseAddress!, tokens: tokens, mode: mode, ids: &ids, weights: &weights, profiler: nil)
         }
         return (ids, weights)
@@ -229,7 +232,7 @@ extension GPUExpertParallelRunner: ExpertParallelServingMember {
     }
 
     /// The top-k each home rank's router computed, gathered.
-    public func globalRouting(globalInput: [Float]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
+    public func globalRouting(globalInput: [UInt16]?, tokens: Int, mode: RoutingMode) throws -> (ids: [Int32], weights: [Float])? {
         try gatherRouting(layer: 0, tokens: tokens)
     }
 }

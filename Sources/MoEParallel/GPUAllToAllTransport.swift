@@ -1,3 +1,5 @@
+import MoECUDA
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -110,7 +112,7 @@ public struct GPUPlacement: Sendable, Equatable {
     public static func hostName() -> String {
         var name = [CChar](repeating: 0, count: 256)
         _ = gethostname(&name, name.count - 1)
-        return String(decoding: name.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return cString(name)
     }
 }
 

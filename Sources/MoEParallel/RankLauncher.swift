@@ -149,7 +149,7 @@ public enum RankLauncher {
                 throw error
             }
         }
-        let (exits, firstFailure) = supervise(
+        let (exits, culprit) = supervise(
             children, firstRank: firstRank, graceSeconds: options.killGraceSeconds, signalGraceSeconds: options.signalGraceSeconds
         ) { failure in
             // Other nodes' ranks may still wait at the rendezvous: tell them now rather than at their timeout.
@@ -167,9 +167,8 @@ public enum RankLauncher {
         }
         if removed > 0 { note("removed \(removed) shared-memory segment(s) left by ranks that could not clean up") }
         // The exit code is the status of the rank that failed first (the others usually fail because of it).
-        let culprit = firstFailure.map { exits[$0] }
         var code: Int32 = 0
-        if let culprit {
+        if let culprit = culprit.map({ exits[$0] }) {
             switch culprit.status {
             case .exited(let status): code = status == 0 ? 1 : status
             case .signaled(let signal): code = 128 + signal
@@ -185,7 +184,7 @@ public enum RankLauncher {
     /// killed by a signal that ended within a second of it.
     private static func supervise(
         _ children: [ChildProcess], firstRank: Int, graceSeconds: Double, signalGraceSeconds: Double, onFirstFailure: (RankExit) -> Void
-    ) -> (exits: [RankExit], firstFailure: Int?) {
+    ) -> (exits: [RankExit], culprit: Int?) {
         var splitters = [[LineSplitter]](repeating: [LineSplitter(), LineSplitter()], count: children.count)
         var ended = [RankExit?](repeating: nil, count: children.count)
         var firstFailure: Int?
@@ -305,15 +304,13 @@ public enum RankLauncher {
         // A rank killed by a signal (not by the launcher) that ended just after the first failure seen is still the
         // likelier cause: a SIGKILLed rank's peers can notice its death (its lock released) and exit before the
         // launcher can reap it.
-        var culprit = firstFailure
-        if let first = firstFailure, let seen = endedAt[first] {
-            let crashed = ended.indices.filter { index in
-                guard let exit = ended[index], case .signaled = exit.status, !exit.stoppedByLauncher, let at = endedAt[index] else { return false }
-                return at - seen < 1.0
-            }
-            if let earliest = crashed.min(by: { endedAt[$0]! < endedAt[$1]! }) { culprit = earliest }
+        let exits = ended.map { $0! }, times = endedAt.map { $0! }
+        guard let first = firstFailure else { return (exits, nil) }
+        let crashed = exits.indices.filter { index in
+            guard case .signaled = exits[index].status, !exits[index].stoppedByLauncher else { return false }
+            return times[index] - times[first] < 1.0
         }
-        return (ended.map { $0! }, culprit)
+        return (exits, crashed.min { times[$0] < times[$1] } ?? first)
     }
 
     static func format(_ seconds: Double) -> String { ExpertParallelError.format(seconds) }

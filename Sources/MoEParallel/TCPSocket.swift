@@ -1,3 +1,5 @@
+import MoECUDA
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -66,8 +68,7 @@ final class TCPSocket: @unchecked Sendable {
         var copy = address.sin_addr
         var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
         inet_ntop(AF_INET, &copy, &text, socklen_t(text.count))
-        let bytes = text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-        return "\(String(decoding: bytes, as: UTF8.self)):\(UInt16(bigEndian: address.sin_port))"
+        return "\(cString(text)):\(UInt16(bigEndian: address.sin_port))"
     }
 
     // MARK: server side

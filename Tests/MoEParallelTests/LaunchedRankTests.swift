@@ -72,9 +72,15 @@ import Glibc
 
     /// A free TCP port on the loopback interface (for a multi-node job's --master).
     static func freePort() throws -> Int {
+        let (socket, port) = try loopbackListener()
+        socket.close()
+        return port
+    }
+
+    /// A socket listening on a free loopback port, and the port.
+    static func loopbackListener() throws -> (TCPSocket, Int) {
         let socket = try TCPSocket.listen(on: try TCPSocket.resolve("127.0.0.1:0"), label: "port probe")
-        defer { socket.close() }
-        return Int(UInt16(bigEndian: socket.localAddress.sin_port))
+        return (socket, Int(UInt16(bigEndian: socket.localAddress.sin_port)))
     }
 
     /// The launch commands of `nodes` node launchers on 127.0.0.1, each running `ranks` ranks of `command`.
@@ -294,43 +300,28 @@ import Glibc
 /// SIGTERM to the launcher: the ranks get the signal and time to finish (a server drains its requests), not the
 /// 5 s kill grace of a failed job; a second signal ends them at once.
 @Test func aSignalLetsTheRanksFinishAndASecondOneEndsThem() throws {
-    func launch(lingerMilliseconds: Int) throws -> ChildProcess {
-        try ChildProcess.spawn(
-            executable: LaunchedRankTests.tool,
-            arguments: ["launch", "--ranks", "2", "--kill-grace", "0.5", "--signal-grace", "30", "--", "linger",
-                        "--milliseconds", "\(lingerMilliseconds)"],
-            environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
+    func launch(lingerMilliseconds: Int) throws -> ServeRanksTests.Server {
+        try ServeRanksTests.Server(
+            ["launch", "--ranks", "2", "--kill-grace", "0.5", "--signal-grace", "30", "--", "linger",
+             "--milliseconds", "\(lingerMilliseconds)"],
+            listens: false, executable: LaunchedRankTests.tool)
     }
     /// Reads the launcher's output until both ranks linger; then sends `signals` SIGTERMs and returns its end.
-    func run(_ child: ChildProcess, signals: Int) -> (status: Int32, seconds: Double, output: String) {
-        var output = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 14)
+    func run(_ launcher: ServeRanksTests.Server, signals: Int) -> (status: Int32, seconds: Double, output: String) {
         var sent = 0, sentAt = 0.0
         let start = MonotonicClock.seconds()
-        while child.outputDescriptor >= 0 || child.errorDescriptor >= 0 {
-            var descriptors = [child.outputDescriptor, child.errorDescriptor].filter { $0 >= 0 }
-                .map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            _ = poll(&descriptors, nfds_t(descriptors.count), 50)
-            for descriptor in descriptors where descriptor.revents != 0 {
-                let n = buffer.withUnsafeMutableBytes { read(descriptor.fd, $0.baseAddress, $0.count) }
-                if n > 0 {
-                    output += buffer[0..<n]
-                } else {
-                    close(descriptor.fd)
-                    if descriptor.fd == child.outputDescriptor { child.outputDescriptor = -1 } else { child.errorDescriptor = -1 }
-                }
-            }
-            let text = String(decoding: output, as: UTF8.self)
+        while launcher.pump(timeoutMilliseconds: 50) {
             // The first signal once both ranks linger; a second one once the launcher has taken the first.
-            let ready = sent == 0 ? text.components(separatedBy: "lingering").count - 1 >= 2
-                : text.contains("a second signal ends them at once")
+            let ready = sent == 0 ? launcher.output.components(separatedBy: "lingering").count - 1 >= 2
+                : launcher.output.contains("a second signal ends them at once")
             if sent < signals, ready {
-                kill(child.pid, SIGTERM)
+                kill(launcher.child.pid, SIGTERM)
                 if sent == 0 { sentAt = MonotonicClock.seconds() }
                 sent += 1
             }
-            if MonotonicClock.seconds() - start > 60 { kill(child.pid, SIGKILL) }
+            if MonotonicClock.seconds() - start > 60 { kill(launcher.child.pid, SIGKILL) }
         }
-        return (child.wait().shellStatus, MonotonicClock.seconds() - sentAt, String(decoding: output, as: UTF8.self))
+        return (launcher.child.wait().shellStatus, MonotonicClock.seconds() - sentAt, launcher.output)
     }
     // One signal: the ranks work on for 8 s, well past the 0.5 s kill grace + 3 s, and end normally.
     let patient = run(try launch(lingerMilliseconds: 8000), signals: 1)

@@ -9,16 +9,16 @@ import Glibc
 
 /// `moe serve --ranks R` through the real binary: rank 0 serves HTTP, the layer runs on R rank processes.
 @Suite(.serialized) struct ServeRanksTests {
-    /// A `moe serve` process: its output is collected while the test talks to it.
+    /// A `moe serve` (or other long-running) process: its output is collected while the test talks to it.
     final class Server {
         let child: ChildProcess
         private(set) var output = ""
         var port = 0
 
         /// `listens`: wait for the "listening on" line (the launcher of rank 0); other nodes' launchers print none.
-        init(_ arguments: [String], listens: Bool = true) throws {
+        init(_ arguments: [String], listens: Bool = true, executable: String = LaunchCommandTests.moe) throws {
             child = try ChildProcess.spawn(
-                executable: LaunchCommandTests.moe, arguments: arguments,
+                executable: executable, arguments: arguments,
                 environment: ChildProcess.currentEnvironment.filter { !$0.hasPrefix("MOE_") })
             let deadline = MonotonicClock.seconds() + 120
             while listens && port == 0 {
@@ -167,9 +167,8 @@ import Glibc
 
     /// Rank 0 cannot serve (its port is taken): every rank ends with that reason, not a follower left waiting.
     @Test func aServerThatCannotStartEndsEveryRankWithTheReason() throws {
-        let taken = try TCPSocket.listen(on: try TCPSocket.resolve("127.0.0.1:0"), label: "taken port")
+        let (taken, port) = try LaunchedRankTests.loopbackListener()
         defer { taken.close() }
-        let port = Int(UInt16(bigEndian: taken.localAddress.sin_port))
         let run = try LaunchCommandTests.run([
             "serve", "--preset", "tiny", "--port", "\(port)", "--ranks", "2", "--workers-per-rank", "1", "--log-level", "warning",
         ])

@@ -40,10 +40,14 @@ run() {  # run NAME LIMIT command...: full output to the log, the check lines to
     local t0=$(date +%s%N)
     # --foreground: stay in the step's process group, so a step timeout of device-check.sh ends these runs too.
     timeout --foreground "$limit" "$@" > "$OUT/step.log" 2>&1
-    local rc=$?
-    local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
+    finish_step "$name" $? "$t0"
+}
+
+# finish_step NAME RC T0: $OUT/step.log to the log, its check lines to stdout, pass/fail and the summary line.
+finish_step() {
+    local name=$1 rc=$2 dt=$(( ($(date +%s%N) - $3) / 1000000000 ))
     cat "$OUT/step.log" >> "$LOG"
-    grep -E "check R=|differ|error|Error|EPROW|transport:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
+    grep -E "check R=|differ|error|Error|EPROW|transport:|note:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
     local bad=$(grep -c "values differ" "$OUT/step.log")
     echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
     [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
@@ -62,14 +66,8 @@ runnodes() {
         pids+=($!)
     done
     for i in "${!pids[@]}"; do wait "${pids[$i]}"; local r=$?; [ "$rc" = 0 ] && rc=$r; done
-    local dt=$(( ($(date +%s%N) - t0) / 1000000000 ))
     cat $(for node in $(seq 0 $((N - 1))); do echo "$OUT/node-$node.log"; done) > "$OUT/step.log"
-    cat "$OUT/step.log" >> "$LOG"
-    grep -E "check R=|differ|error|Error|EPROW|transport:|note:|rank [0-9]+\]: .*(failed|stopped)" "$OUT/step.log" | tail -n "${TAIL:-40}"
-    local bad=$(grep -c "values differ" "$OUT/step.log")
-    echo "=== $name rc=$rc ($dt s)" | tee -a "$LOG"
-    [ "$rc" = 0 ] && [ "$bad" = 0 ] || FAILED=$((FAILED + 1))
-    note "$(printf '%-34s rc=%-3s %5ss  %s' "$name" "$rc" "$dt" "$(grep -c 'bit-identical' "$OUT/step.log") bit-identical checks, $bad differing")"
+    finish_step "$name" "$rc" "$t0"
 }
 
 # Fault helpers: wait (≤ 90 s) for TEXT in LOG, then 1 s more; the pid of rank 1 of the fault bench (tiny, 512-token
