@@ -826,7 +826,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         guard peerWatch != nil || rail != nil else { return try stream.synchronize() }
         let watch = peerWatch
         let verdict = NCCLCommunicator.Verdict()
-        let done = AtomicFlag()
+        let done = StopSignal()
         let group = DispatchGroup()
         let this = self
         let phase = rail == nil ? "" : railPhase
@@ -856,7 +856,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                     rail?.abort(reason: "\(failure)")
                     return
                 }
-                usleepCompat(10_000)
+                if done.sleep(microseconds: 10_000) { return }
             }
         }
         defer {
@@ -902,8 +902,12 @@ enum AbandonedGraphs {
 }
 
 /// A set-once flag shared with a watcher thread.
-final class AtomicFlag: @unchecked Sendable {
+/// A one-way stop signal for a polling watcher thread. The watcher sleeps on it between polls, so `set` wakes it at
+/// once: the caller that joins the watcher after a fast device wait does not pay the rest of a poll interval (10 ms
+/// per `waitForDevice` before this, which dominated the all-to-all baseline's phase times).
+final class StopSignal: @unchecked Sendable {
     private let lock = DispatchSemaphore(value: 1)
+    private let wake = DispatchSemaphore(value: 0)
     private var value = false
     var isSet: Bool {
         lock.wait()
@@ -912,18 +916,21 @@ final class AtomicFlag: @unchecked Sendable {
     }
     func set() {
         lock.wait()
+        let first = !value
         value = true
         lock.signal()
+        if first { wake.signal() }
+    }
+    /// Sleeps up to `microseconds`, or less when set; true when set.
+    func sleep(microseconds: Int) -> Bool {
+        if wake.wait(timeout: .now() + .microseconds(microseconds)) == .success {
+            wake.signal()  // stays set for any later sleep
+            return true
+        }
+        return isSet
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-func usleepCompat(_ microseconds: UInt32) { _ = usleep(microseconds) }
-#elseif canImport(Darwin)
-import Darwin
-func usleepCompat(_ microseconds: UInt32) { _ = usleep(microseconds) }
-#endif
 
 extension KernelSource {
     public static let expertParallel = KernelSource(name: "moe_ep.cu", bytes: PackageResources.moe_ep_cu)

@@ -282,7 +282,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
     private func watched(phase: String, _ body: () throws -> Void) throws {
         try makeCurrent()
         let verdict = Verdict()
-        let done = AtomicFlag()
+        let done = StopSignal()
         let group = DispatchGroup()
         let watch = peerWatch
         let timeout = timeoutSeconds
@@ -305,7 +305,7 @@ public final class NCCLCommunicator: @unchecked Sendable {
                     this.abort(reason: "timed out in \(phase)")
                     return
                 }
-                usleepCompat(1_000)
+                if done.sleep(microseconds: 1_000) { return }
             }
         }
         func finish() {
