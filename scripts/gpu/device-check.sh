@@ -82,12 +82,13 @@ for s in $steps; do
                 TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
             done
         done ;;
-    ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel): per-instruction stall samples as CSV
+    ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel), NCU_SAMPLING (2^(5+n) cycles; short
+             # kernels need a small n: auto gave 16 samples of an 18 µs kernel): per-instruction stall samples as CSV
         name=${NCU_NAME:-src}
         if [ -z "${NCU_KERNEL:-}" ] || [ -z "${NCU_TOKENS:-}" ]; then
             echo "=== ncusrc-$name: set NCU_KERNEL and NCU_TOKENS" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (NCU_KERNEL/NCU_TOKENS unset)' "ncusrc-$name")\n"; continue
         fi
-        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
+        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none ${NCU_SAMPLING:+--warp-sampling-interval $NCU_SAMPLING} --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
         ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/$name-sass.csv" 2>> "$LOG"
         ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name-details.txt" 2>> "$LOG"
         rm -f "$OUT/$name.ncu-rep" ;;
