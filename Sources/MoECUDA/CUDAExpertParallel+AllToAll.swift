@@ -31,6 +31,9 @@ extension CUDAExpertParallelLayer {
         let row = H * 2
         var seconds = [Double](repeating: 0, count: 6)
         var moved = [Double](repeating: 0, count: 6), remote = [Double](repeating: 0, count: 6)
+        // The hidden states are on the device before the layer and stay there after it (as in the library path and the
+        // symmetric path's timing): the upload and the final download are outside the phase times.
+        try upload(input, bucket: b, poison: poison)
         var last = DispatchTime.now().uptimeNanoseconds
         func lap(_ phase: CUDAExpertParallelPhase) {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -46,7 +49,6 @@ extension CUDAExpertParallelLayer {
             peerBaseAddress(peer) + CUdeviceptr(layout.offset(of: r))
         }
 
-        try upload(input, bucket: b, poison: poison)
         // 1. route
         try enqueueLocalRouting(b, mode: mode)
         try waitForDevice()
@@ -191,8 +193,8 @@ extension CUDAExpertParallelLayer {
         try kernels.reduce.launch(
             reduceShape(b), stream: stream, parameters: reduceParameters(b, combine: a2aCombine.address, marks: routedMarks.address))
         try waitForDevice()
-        let hidden = try downloadOutput(b)
         lap(.reduce)
+        let hidden = try downloadOutput(b)
         return CUDAExpertParallelResult(hidden: hidden, phaseSeconds: seconds, bytesMoved: moved, bytesRemote: remote, layerSeconds: nil)
     }
 }

@@ -20,7 +20,7 @@
 # The `multigpu` step is the multi-GPU issue's run (one process per GPU); with FAULT_RANKS=<GPUs> the `fault`
 # step kills a rank of a job spread over every GPU.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl serve (default: check fault bench)
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl serve mps (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -304,6 +304,28 @@ PY
         cat "$OUT/serve2.log" >> "$LOG"
         [ "$same" = 3 ] && [ "$r1" = 0 ] && [ "$r2" = 0 ] || FAILED=$((FAILED + 1))
         note "$(printf '%-34s rc=%-3s %5ss  %s' "serve R=2 $PRESET" "$r2" "-" "$same of 3 answers identical to one rank")"
+        ;;
+    mps)
+        # Ranks sharing the GPU time-slice (one context at a time): a device barrier waits for the peer's next time
+        # slice, milliseconds. Under an MPS daemon the ranks' kernels run at once, each client held to 100/R % of the
+        # SMs (so a spinning barrier of one rank cannot starve the peer it waits for): the shared-GPU numbers then show
+        # the paths' own overheads. The daemon is this step's alone (its own pipe folder) and is stopped at the end.
+        if ! command -v nvidia-cuda-mps-control > /dev/null; then
+            echo "=== mps: nvidia-cuda-mps-control not found" | tee -a "$LOG"; note "mps: NOT RUN (no nvidia-cuda-mps-control)"; FAILED=$((FAILED + 1))
+        else
+            export CUDA_MPS_PIPE_DIRECTORY=/tmp/moe-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/moe-mps-log
+            mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+            nvidia-cuda-mps-control -d && echo "=== mps daemon started" | tee -a "$LOG"
+            for R in 2 4; do
+                list=""; for n in 1 8 32 128; do list+="$((n * R)),"; done
+                CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$((100 / R)) TAIL=40 run "mps bench $PRESET R=$R" 200 $MOE launch --ranks $R --timeout 60 -- \
+                    bench --backend cuda --preset $PRESET --tokens "${list%,}" --iterations 20 --warmup 3
+                grep "EPROW" "$OUT/step.log" | sed 's/$/ mps=1/' >> "$OUT/eprows.txt"
+            done
+            echo quit | nvidia-cuda-mps-control; sleep 1
+            tail -n 5 $CUDA_MPS_LOG_DIRECTORY/control.log >> "$LOG" 2>/dev/null
+            unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+        fi
         ;;
     bench)
         for R in 2 4; do
