@@ -37,6 +37,16 @@ public enum ForwardJSON {
     public static func decode(
         _ body: ByteBuffer, hidden: Int, maxTokens: Int, defaultRouting: RoutingMode
     ) throws(ServerError) -> ForwardInput {
+        if let input = ForwardJSONFastPath.decode(body, hidden: hidden, maxTokens: maxTokens, defaultRouting: defaultRouting) {
+            return input
+        }
+        return try referenceDecode(body, hidden: hidden, maxTokens: maxTokens, defaultRouting: defaultRouting)
+    }
+
+    /// The JSONDecoder path: the reference of the fast path, and the one that words every error.
+    static func referenceDecode(
+        _ body: ByteBuffer, hidden: Int, maxTokens: Int, defaultRouting: RoutingMode
+    ) throws(ServerError) -> ForwardInput {
         let decoder = JSONDecoder()
         decoder.userInfo[limitsKey] = Limits(hidden: hidden, maxTokens: maxTokens, defaultRouting: defaultRouting)
         do {
