@@ -901,7 +901,6 @@ enum AbandonedGraphs {
     }
 }
 
-/// A set-once flag shared with a watcher thread.
 /// A one-way stop signal for a polling watcher thread. The watcher sleeps on it between polls, so `set` wakes it at
 /// once: the caller that joins the watcher after a fast device wait does not pay the rest of a poll interval (10 ms
 /// per `waitForDevice` before this, which dominated the all-to-all baseline's phase times).
@@ -930,7 +929,6 @@ final class StopSignal: @unchecked Sendable {
         return isSet
     }
 }
-
 
 extension KernelSource {
     public static let expertParallel = KernelSource(name: "moe_ep.cu", bytes: PackageResources.moe_ep_cu)

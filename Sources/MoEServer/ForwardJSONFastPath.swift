@@ -1,11 +1,12 @@
 import MoECore
 import NIOCore
 
-/// A single-pass reader for the common request body, `{"hidden_states": [[numbers]], "routing": "…"}`: Foundation's
-/// JSONDecoder took 4.3 ms of a 4 × 2880 request here (most of a GPU server's time per request). It accepts exactly
-/// what the JSONDecoder path accepts with the same values — a number's text goes through `Float(_:)`, which rounds the
-/// decimal text once, as JSONDecoder does — and returns nil for anything else (an escape in a string, another key, a
-/// bad row, a value the decoder refuses), so that the JSONDecoder path decides and words the error.
+/// A single-pass reader for the common request body, `{"hidden_states": [[numbers]], "routing": "…"}`, in place of
+/// Foundation's JSONDecoder (docs/bench-serve.md, session 7). It accepts exactly what the JSONDecoder path accepts,
+/// with the same values — a number's text goes through `Float(_:)`, which rounds the decimal text once, as JSONDecoder
+/// does — and returns nil for anything else (an escape in a string, another key, a bad row, a value the decoder
+/// refuses), so that the JSONDecoder path decides and words the error. Not SafeTensors' `JSONValue`: that builds a
+/// boxed value per number, where this reads the numbers straight into the output.
 enum ForwardJSONFastPath {
     static func decode(_ body: ByteBuffer, hidden: Int, maxTokens: Int, defaultRouting: RoutingMode) -> ForwardInput? {
         body.withUnsafeReadableBytes { raw in
@@ -69,35 +70,37 @@ enum ForwardJSONFastPath {
         mutating func number() -> Float? {
             skipSpace()
             let start = at
-            var nonzeroDigit = false
-            func digits(_ reader: inout Reader) -> Int {
-                var n = 0
-                while reader.at < reader.bytes.count, reader.bytes[reader.at] &- UInt8(ascii: "0") < 10 {
-                    if reader.bytes[reader.at] != UInt8(ascii: "0") { nonzeroDigit = true }
-                    reader.at += 1
-                    n += 1
-                }
-                return n
-            }
             if peek() == UInt8(ascii: "-") { at += 1 }
             let integerStart = at
-            let integerDigits = digits(&self)
-            guard integerDigits > 0, integerDigits == 1 || bytes[integerStart] != UInt8(ascii: "0") else { return nil }
+            let integer = digits()
+            guard integer.count > 0, integer.count == 1 || bytes[integerStart] != UInt8(ascii: "0") else { return nil }
+            var nonzeroMantissa = integer.nonzero
             if peek() == UInt8(ascii: ".") {
                 at += 1
-                guard digits(&self) > 0 else { return nil }
+                let fraction = digits()
+                guard fraction.count > 0 else { return nil }
+                nonzeroMantissa = nonzeroMantissa || fraction.nonzero
             }
             if peek() == UInt8(ascii: "e") || peek() == UInt8(ascii: "E") {
                 at += 1
                 if peek() == UInt8(ascii: "+") || peek() == UInt8(ascii: "-") { at += 1 }
-                let mantissaNonzero = nonzeroDigit
-                guard digits(&self) > 0 else { return nil }
-                nonzeroDigit = mantissaNonzero
+                guard digits().count > 0 else { return nil }
             }
             guard at - start <= 64 else { return nil }
             let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
-            guard let value = Float(text), BF16.isFiniteAfterRounding(value), value != 0 || !nonzeroDigit else { return nil }
+            guard let value = Float(text), BF16.isFiniteAfterRounding(value), value != 0 || !nonzeroMantissa else { return nil }
             return value
+        }
+
+        /// Skips a run of decimal digits: how many, and whether any is not 0.
+        mutating func digits() -> (count: Int, nonzero: Bool) {
+            let start = at
+            var nonzero = false
+            while at < bytes.count, bytes[at] &- UInt8(ascii: "0") < 10 {
+                nonzero = nonzero || bytes[at] != UInt8(ascii: "0")
+                at += 1
+            }
+            return (at - start, nonzero)
         }
 
         /// A string with no escapes (the keys and routing names need none).

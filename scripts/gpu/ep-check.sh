@@ -83,6 +83,9 @@ ms_until_rank_zero_error() {
     echo $(( ($(date +%s%N) - $2) / 1000000 ))
 }
 
+# per_rank_tokens R n…: the global batch sizes that give each of R ranks n tokens, comma-separated.
+per_rank_tokens() { local R=$1; shift; local list=""; for n in "$@"; do list+="$((n * R)),"; done; echo "${list%,}"; }
+
 steps=${*:-"check fault bench"}
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
 ls /dev/shm | grep -c moe- | sed 's/^/shm segments before: /'
@@ -220,9 +223,8 @@ for s in $steps; do
                 bench --backend cuda --preset gpt-oss-120b --tokens $((8 * R)) --iterations 2 --warmup 0 $A2A
             grep -E "transport:|ceiling:" "$OUT/step.log" | head -n 2
         done
-        list=""; for n in 1 8 32 128 256 1024 4096; do list+="$((n * G)),"; done
         TAIL=60 run "multigpu bench 120b R=$G" 580 $MOE launch --ranks $G --timeout 60 -- \
-            bench --backend cuda --preset gpt-oss-120b --tokens "${list%,}" --iterations 20 --warmup 3 --json "$OUT/multigpu-bench.json" $A2A
+            bench --backend cuda --preset gpt-oss-120b --tokens "$(per_rank_tokens $G 1 8 32 128 256 1024 4096)" --iterations 20 --warmup 3 --json "$OUT/multigpu-bench.json" $A2A
         grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         ;;
     nodes)
@@ -317,9 +319,8 @@ PY
             mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
             nvidia-cuda-mps-control -d && echo "=== mps daemon started" | tee -a "$LOG"
             for R in 2 4; do
-                list=""; for n in 1 8 32 128; do list+="$((n * R)),"; done
                 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$((100 / R)) TAIL=40 run "mps bench $PRESET R=$R" 200 $MOE launch --ranks $R --timeout 60 -- \
-                    bench --backend cuda --preset $PRESET --tokens "${list%,}" --iterations 20 --warmup 3
+                    bench --backend cuda --preset $PRESET --tokens "$(per_rank_tokens $R 1 8 32 128)" --iterations 20 --warmup 3
                 grep "EPROW" "$OUT/step.log" | sed 's/$/ mps=1/' >> "$OUT/eprows.txt"
             done
             echo quit | nvidia-cuda-mps-control; sleep 1
@@ -329,9 +330,8 @@ PY
         ;;
     bench)
         for R in 2 4; do
-            list=""; for n in 1 8 32 128 256; do list+="$((n * R)),"; done
             TAIL=60 run "bench $PRESET R=$R" $((R == 2 ? 140 : 170)) $MOE launch --ranks $R --timeout 60 -- \
-                bench --backend cuda --preset $PRESET --tokens "${list%,}" --iterations 20 --warmup 3
+                bench --backend cuda --preset $PRESET --tokens "$(per_rank_tokens $R 1 8 32 128 256)" --iterations 20 --warmup 3
             grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
         done
         ;;
