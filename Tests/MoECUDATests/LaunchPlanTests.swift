@@ -83,6 +83,22 @@ import Testing
     }
 }
 
+@Test func thePersistentDecodeGemmRunsAFixedGridOfResidentBlocks() {
+    let config = MoEPreset.gptOss120b.config
+    let variant = GemmVariant.persistent_1_1_8_1_3
+    #expect(variant.kind == .persistent && !variant.isResident && !variant.needsHopper)
+    #expect(variant.warps == 8 && variant.warpsAcrossK == 1 && variant.ringSlots == 3 && variant.tileRows == 8)
+    // Same shared memory as its resident twin: 8 activation rows + 8 warps × 3 slots × 2560 B, no split-K partials.
+    #expect(variant.sharedBytes(k: 2880, residentRows: 8) == GemmVariant.resident_1_1_8_1_3.sharedBytes(k: 2880, residentRows: 8))
+    for tokens in [1, 8, 128, 256, 1024] {
+        let plan = LaunchPlan(tokens: tokens, config: config, variant: variant)
+        let items = (2 * config.intermediate / 16 + 7) / 8 * plan.maxTiles  // row blocks × tile bound
+        #expect(plan.gemm1Shape.grid.y == 1 && plan.gemm1Shape.grid.x == min(items, 264), "T=\(tokens)")
+        // No hand-over or fused sum: the persistent kernel takes neither role.
+        #expect(!plan.tileHandOver && !plan.fusedReduce)
+    }
+}
+
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {
     let config = MoEPreset.gptOss120b.config
     for tokens in [1, 8, 32, 128, 512, 2048, 8192, 32768] {

@@ -16,6 +16,7 @@
 //   moe_gemm_resident_MI_NJ_WN_WK_S (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
 //     whole K; WN warps × MI groups of 16 rows, each K split over WK warps (partial sums added in a fixed
 //     order). Weights stream through a per-lane cp.async ring of S four-chunk groups in shared memory.
+//   moe_gemm_persistent_MI_NJ_WN_1_S: the resident kernel (WK = 1) as a persistent grid walking (row block, tile) items.
 //   moe_gemm_staged_MI_NJ_WN (larger batches): 16·MI·WN weight rows × 8·NJ tokens per block; codes, scales
 //     and activations for 256 k at a time go through a 3-stage cp.async ring in shared memory, so the loads
 //     of two stages are in flight while one is multiplied, with no registers held for them.
@@ -384,6 +385,118 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
     if (p.tileRole == 1) signal_tile_ready(p);
+}
+
+// MARK: persistent decode kernel
+
+/// The resident kernel (whole K per warp, WK = 1) as a persistent grid: a fixed number of blocks (about the resident
+/// slots), each walking the items (row block x, tile y), x fastest, in steps of gridDim.x. Each warp's weight ring runs
+/// on across items: the next item's first S − 1 groups are copied during the current item's last S − 1, so they are in
+/// flight while it finishes and writes its epilogue, and no block pays a cold start after the first item. The grid has
+/// no blocks past the tile count to launch and retire. Tile role 0 only (no hand-over, no fused sum).
+/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WN warps × S slots × MI × 5 × 512 B.
+template <int MI, int NJ, int WN, int S>
+MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    const int xBlocks = (p.groups + WN * MI - 1) / (WN * MI);
+    const int total = xBlocks * *(const int *)p.tileCount;
+    int item = blockIdx.x;
+    if (item >= total) {
+        allow_next_kernel();
+        return;
+    }
+    const MoETile *tiles = (const MoETile *)p.tiles;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kPadded = p.chunks * 64, rowStride = kPadded + 8, segmentsPerRow = kPadded / 8;
+    const int activationBytes = p.residentRows * rowStride * 2;
+    constexpr int SLOT_BYTES = MI * 5 * 512;
+    bf16_t *xs = (bf16_t *)sharedBytes;
+    const u32 ring = shared_address(sharedBytes + activationBytes) + warp * S * SLOT_BYTES;
+    const unsigned char *ringPointer = sharedBytes + activationBytes + warp * S * SLOT_BYTES;
+    const bf16_t *input = (const bf16_t *)p.input;
+    const int groupsK = p.scaleGroups;  // 4-chunk groups along K
+
+    MoETile tile = tiles[item / xBlocks];
+    int firstGroup = ((item % xBlocks) * WN + warp) * MI;
+    long long expertGroup = (long long)tile.expert * p.groups;
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+        if (i < groupsK) copy_weight_group<MI>(p, expertGroup, firstGroup, i, lane, ring + i * SLOT_BYTES);
+        copy_async_commit();
+    }
+    int slot = 0;  // ring slot of the next group to multiply: it keeps turning across items
+    while (true) {
+        const int next = item + (int)gridDim.x;
+        const bool hasNext = next < total;
+        if (!hasNext) allow_next_kernel();
+        const MoETile nextTile = hasNext ? tiles[next / xBlocks] : tile;  // read now, used in the last S − 1 groups
+        const int nextFirstGroup = ((next % xBlocks) * WN + warp) * MI;
+        const long long nextExpertGroup = (long long)nextTile.expert * p.groups;
+
+        __syncthreads();  // every warp is done with the previous item's activation rows
+        const int rows = min(tile.rowCount, p.residentRows);
+        for (int j = warp; j < rows; j += WN) {
+            const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
+            for (int segment = lane; segment < segmentsPerRow; segment += 32) {
+                const int k0 = segment * 8;
+                copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
+            }
+        }
+        copy_async_commit();
+        copy_async_wait<0>();  // the rows, and this item's first S − 1 weight groups
+        __syncthreads();
+
+        float chains[4][MI][NJ][4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) zero_accumulators<MI, NJ>(chains[c]);
+        u32 rowAddress[NJ];
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj) {
+            const int row = min(8 * nj + (lane & 7), rows - 1);
+            rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
+        }
+#pragma unroll 1
+        for (int g = 0; g < groupsK; ++g) {
+            copy_async_wait<S - 2>();  // this lane's copies of group g have landed
+            const int ahead = g + S - 1, aheadSlot = slot == 0 ? S - 1 : slot - 1;
+            if (ahead < groupsK) {
+                copy_weight_group<MI>(p, expertGroup, firstGroup, ahead, lane, ring + aheadSlot * SLOT_BYTES);
+            } else if (hasNext && ahead - groupsK < groupsK) {
+                copy_weight_group<MI>(p, nextExpertGroup, nextFirstGroup, ahead - groupsK, lane, ring + aheadSlot * SLOT_BYTES);
+            }
+            copy_async_commit();
+            const unsigned char *current = ringPointer + slot * SLOT_BYTES;
+            uint4 codes[4][MI];
+            u32 words[4][MI];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const uint4 scales = *(const uint4 *)(current + (mi * 5 + 4) * 512 + lane * 16);
+#pragma unroll
+                for (int ci = 0; ci < 4; ++ci) {
+                    codes[ci][mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
+                    words[ci][mi] = uint4_component(scales, ci);
+                }
+            }
+            mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
+            slot = slot + 1 == S ? 0 : slot + 1;
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj) {
+                float acc[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
+                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc, lane);
+            }
+        if (!hasNext) break;
+        item = next;
+        tile = nextTile;
+        firstGroup = nextFirstGroup;
+        expertGroup = nextExpertGroup;
+    }
+    copy_async_wait<0>();
 }
 
 // MARK: staged kernel (larger tiles)
@@ -1041,6 +1154,14 @@ MOE_RESIDENT(1, 1, 2, 2, 4)
 MOE_RESIDENT(1, 1, 4, 2, 3)
 MOE_RESIDENT(1, 1, 2, 4, 3)
 MOE_RESIDENT(1, 1, 8, 1, 3)
+// Persistent: whole K per warp only (WK = 1).
+#define MOE_PERSISTENT(MI, NJ, WN, WK, S)                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_persistent_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) { \
+        static_assert(WK == 1, "persistent GEMMs keep K whole per warp");                              \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_persistent<MI, NJ, WN, S>(p);                                                             \
+    }
+MOE_PERSISTENT(1, 1, 8, 1, 3)
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
