@@ -38,6 +38,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_128_4_2
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
+    /// `specialized_2_128_4_2` with each chunk's decode split: the producer warps decode half the row groups, the
+    /// consumer warps (idle at FULL most of the time) the other half while the previous chunk's MMAs run.
+    case specialized_2_128_4_2_1
 
     public enum Kind: String, Sendable { case resident, persistent, staged, warpgroup, decoded, specialized }
 

@@ -175,14 +175,8 @@ MOE_DEVICE void reduce_eight(const bf16_t *combine, const int *slotToSorted, bf1
 /// GEMM 2 with the sum fused: called by every thread of a block after its epilogue stores. The block that completes
 /// column range [first, first + columns) (the tileCount-th to arrive) sums it for every token; others return.
 MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns) {
-    __shared__ int isLast;
-    __threadfence();
-    __syncthreads();
     unsigned *counter = (unsigned *)p.reduceCounters + blockIdx.x;
-    if (threadIdx.x == 0) isLast = atomicAdd(counter, 1u) == (unsigned)*(const int *)p.tileCount - 1u;
-    __syncthreads();
-    if (!isLast) return;
-    __threadfence();
+    if (!last_block_to_arrive(counter, (unsigned)*(const int *)p.tileCount)) return;
     const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
     for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
         const int t = i / segments, h = first + 8 * (i - t * segments);
@@ -964,17 +958,45 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 }
 
 /// The specialised kernel's decoded-weight slots and named barriers: FULL + s (weight slot s holds a decoded chunk),
-/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier.
+/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier, then (consumers
+/// decoding) LANDED + s (chunk g's copies, g % 3 = s, have landed in its load slot).
 constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
+constexpr int SPECIALIZED_LANDED = 12;
+
+/// Decodes one 16-row group of chunk g from load slot `slot` (codes at +codeOffset) into the swizzled weight slot
+/// `weights`: the warp's share when producers and consumers split a chunk's groups.
+template <int CODE_BYTES>
+MOE_DEVICE void decode_group_swizzled(const unsigned char *slot, int g, int group, int lane, u32 weights) {
+    uint4 code[1];
+    u32 word[1];
+    const bool slow = load_chunk_codes<1, 0, CODE_BYTES>(slot, g, group, lane, code, word);
+    const u32 rowBase = weights + 2 * group * 1024 + (lane & 7) * 128;
+    const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
+    if (slow) {
+        decode_to_shared_swizzled<1, 0, true>(code, word, rowBase, chunk0, chunk1);
+    } else {
+        decode_to_shared_swizzled<1, 0, false>(code, word, rowBase, chunk0, chunk1);
+    }
+    fence_proxy_async_shared();  // the decoded stores, visible to the tensor cores
+}
 
 /// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
 /// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
 /// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
-template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS>
+/// DECODE (consumers decoding): each consumer warp decodes row group `ownGroup` of chunk g + 1 while chunk g's
+/// MMAs run (after LANDED for g + 1), so FULL[g + 1] also waits for the consumers' share; the caller decodes chunk 0's.
+template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS, bool DECODE, int B_BYTES, int CODE_BYTES>
 MOE_DEVICE void specialized_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer,
+    const unsigned char *sharedPointer, int ownGroup, int lane) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY;
+    constexpr int LANDED = SPECIALIZED_LANDED;
+    auto decodeShare = [&](int c) {
+        named_barrier_sync(LANDED + c % WEIGHT_SLOTS, THREADS);
+        decode_group_swizzled<CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup, lane,
+                                          weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
+    };
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
         named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
@@ -991,6 +1013,9 @@ MOE_DEVICE void specialized_consume(
             }
         }
         wgmma_commit();
+        // Chunk g+1's weight slot held chunk g−2, whose MMAs completed at the previous iteration's wait; this
+        // warpgroup only writes rows it reads itself.
+        if (DECODE && g + 1 < p.chunks) decodeShare(g + 1);
         wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
         const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
         if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
@@ -1010,7 +1035,10 @@ MOE_DEVICE void specialized_consume(
 /// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
 /// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
 /// of chunk g overlaps the MMAs of chunks g−1 and g−2.
-template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
+/// CONSUMERS_DECODE: the 16 row groups of a chunk are split between the producer and consumer warps (one each), so
+/// the consumers, idle at FULL most of the time (62.5% of their samples at 8192 tokens), take half the decode; a
+/// consumer warp decodes a group its own warpgroup multiplies (groups 8c + 4…7), the producers the rest (8c + 0…3).
+template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool CONSUMERS_DECODE>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, DIST = LOADS - 2;
@@ -1024,6 +1052,8 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     static_assert((N == 64 || N == 128) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
+    static_assert(!CONSUMERS_DECODE || (P == 2 && MI == 2 && LOADS >= WEIGHT_SLOTS), "consumer decode: 8 + 8 warps, one group each");
+    constexpr int LANDED = SPECIALIZED_LANDED;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -1091,6 +1121,18 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
+            if constexpr (CONSUMERS_DECODE) {
+                // After the wait above, so that LANDED + g % 3's previous phase (chunk g − 3) is complete: the
+                // consumers synced it before arriving at EMPTY for chunk g − 3.
+                named_barrier_arrive(LANDED + g % WEIGHT_SLOTS, THREADS);
+                decode_group_swizzled<CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane,
+                                                  weightBase + (g % WEIGHT_SLOTS) * A_BYTES);
+                named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
+                const int ahead = g + DIST;
+                if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);
+                issue(ahead);
+                continue;
+            }
             uint4 code[GROUPS_PER_WARP];
             u32 word[GROUPS_PER_WARP];
             const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
@@ -1114,6 +1156,12 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 
     registers_increase<CONSUMER_REGISTERS>();
     const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
+    const int ownGroup = consumer * 8 + 4 + warpInGroup;
+    if constexpr (CONSUMERS_DECODE) {  // chunk 0's share, before the accumulators are set: ptxas otherwise serialises
+                                       // the wgmma pipeline (C7515)
+        named_barrier_sync(LANDED, THREADS);
+        decode_group_swizzled<CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
+    }
     float acc[MI][N / 2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -1122,9 +1170,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
     // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
     if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
+        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CONSUMERS_DECODE, B_BYTES, CODE_BYTES>(
+            p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
     } else {
-        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
+        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CONSUMERS_DECODE, B_BYTES, CODE_BYTES>(
+            p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1189,12 +1239,20 @@ MOE_DECODED(2, 2, 128, 4)
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
+        gemm_specialized<MI, N, L, P, PR, CR, false>(p);                                               \
+    }
+// The same with the chunk's decode split between producers and consumers (suffix _1).
+#define MOE_SPECIALIZED_SPLIT(MI, N, L, P, PR, CR)                                                     \
+    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
+        moe_gemm_specialized_##MI##_##N##_##L##_##P##_1(MoEGemmParams p) {                             \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_specialized<MI, N, L, P, PR, CR, true>(p);                                                \
     }
 
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
+MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 56, 200)
 
 // MARK: reduce
 

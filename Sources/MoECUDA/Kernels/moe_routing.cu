@@ -286,7 +286,6 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     extern __shared__ __align__(16) unsigned char routeShared[];
     unsigned char *shared = routeShared;
     __shared__ int scratch[33];
-    __shared__ int isLast;
     allow_next_kernel();  // GEMM 1's blocks may launch now (all of this grid's blocks fit at once); they wait for it to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int e = blockIdx.x * MOE_FUSED_ROUTING_WARPS + warp;
@@ -346,12 +345,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
         }
     }
     // Arrival: the last block sees every other block's partial logits.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) isLast = atomicAdd((unsigned *)p.arrivals, 1u) == gridDim.x * gridDim.y - 1;
-    __syncthreads();
-    if (!isLast) return;
-    __threadfence();
+    if (!last_block_to_arrive((unsigned *)p.arrivals, gridDim.x * gridDim.y)) return;
 
     float *logits = (float *)shared;          // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
@@ -433,7 +427,6 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = 6;  // 80-byte rows: ldmatrix without bank conflicts
     __shared__ __align__(16) bf16_t xs[STAGES][TILE * STRIDE];
     __shared__ __align__(16) bf16_t ws[STAGES][ETILE * STRIDE];
-    __shared__ int isLast;
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
@@ -512,13 +505,8 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     }
     if (S == 1) return;
     // Arrival: the tile's last block sees the other S − 1 partial tiles.
-    __threadfence();
-    __syncthreads();
     unsigned *counter = (unsigned *)p.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
-    if (threadIdx.x == 0) isLast = atomicAdd(counter, 1u) == (unsigned)S - 1u;
-    __syncthreads();
-    if (!isLast) return;
-    __threadfence();
+    if (!last_block_to_arrive(counter, (unsigned)S)) return;
     // Thread t sums column t % 32 of rows t / 32 + 4j: a warp reads 128 contiguous bytes per row, and the loads of
     // 16 rows × 2 slices are in flight together (the additions stay in z order).
     constexpr int ROWS_PER_THREAD = TILE * ETILE / 128;
