@@ -109,7 +109,8 @@ public struct MoEServer: Sendable {
                 "the layer produced a non-finite output at row \(bad / c.hidden); the weights or backend are broken")
         }
         context.logger.debug("forward", metadata: ["tokens": "\(input.tokens)", "routing": "\(input.routing.rawValue)"])
-        return json(ForwardJSON.encode(result, tokens: input.tokens, hidden: c.hidden, topK: c.topK))
+        let answer = ForwardJSONAnswer.encode(result, tokens: input.tokens, hidden: c.hidden, topK: c.topK)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: answer)))
     }
 
     func health() -> Response {
