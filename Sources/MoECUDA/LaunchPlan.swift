@@ -41,6 +41,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// `specialized_2_128_4_2` with each chunk's decode split: the producer warps decode half the row groups, the
     /// consumer warps (idle at FULL most of the time) the other half while the previous chunk's MMAs run.
     case specialized_2_128_4_2_1
+    /// The same with the consumers decoding every row group they multiply: the producers only copy.
+    case specialized_2_128_4_2_2
 
     public enum Kind: String, Sendable { case resident, persistent, staged, warpgroup, decoded, specialized }
 

@@ -62,7 +62,8 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        let macro = "MOE_" + parts[0].uppercased()
+        // Specialised kernels with a consumer-decode share (a fifth number) come from MOE_SPECIALIZED_SPLIT.
+        let macro = "MOE_" + parts[0].uppercased() + (variant.kind == .specialized && parts.count == 6 ? "_SPLIT" : "")
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
         // The macro's leading arguments name the kernel; later ones (launch bounds, register split) do not.

@@ -963,19 +963,19 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
 constexpr int SPECIALIZED_LANDED = 12;
 
-/// Decodes one 16-row group of chunk g from load slot `slot` (codes at +codeOffset) into the swizzled weight slot
-/// `weights`: the warp's share when producers and consumers split a chunk's groups.
-template <int CODE_BYTES>
-MOE_DEVICE void decode_group_swizzled(const unsigned char *slot, int g, int group, int lane, u32 weights) {
-    uint4 code[1];
-    u32 word[1];
-    const bool slow = load_chunk_codes<1, 0, CODE_BYTES>(slot, g, group, lane, code, word);
-    const u32 rowBase = weights + 2 * group * 1024 + (lane & 7) * 128;
+/// Decodes G 16-row groups (first, first + 4, …) of chunk g from the codes and scales at `codes` (a load slot's) into
+/// the swizzled weight slot `weights`: a warp's share when producers and consumers split a chunk's groups.
+template <int G, int CODE_BYTES>
+MOE_DEVICE void decode_groups_swizzled(const unsigned char *codes, int g, int first, int lane, u32 weights) {
+    uint4 code[G];
+    u32 word[G];
+    const bool slow = load_chunk_codes<G, 4, CODE_BYTES>(codes, g, first, lane, code, word);
+    const u32 rowBase = weights + 2 * first * 1024 + (lane & 7) * 128;
     const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
     if (slow) {
-        decode_to_shared_swizzled<1, 0, true>(code, word, rowBase, chunk0, chunk1);
+        decode_to_shared_swizzled<G, 4, true>(code, word, rowBase, chunk0, chunk1);
     } else {
-        decode_to_shared_swizzled<1, 0, false>(code, word, rowBase, chunk0, chunk1);
+        decode_to_shared_swizzled<G, 4, false>(code, word, rowBase, chunk0, chunk1);
     }
     fence_proxy_async_shared();  // the decoded stores, visible to the tensor cores
 }
@@ -983,9 +983,10 @@ MOE_DEVICE void decode_group_swizzled(const unsigned char *slot, int g, int grou
 /// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
 /// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
 /// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
-/// DECODE (consumers decoding): each consumer warp decodes row group `ownGroup` of chunk g + 1 while chunk g's
-/// MMAs run (after LANDED for g + 1), so FULL[g + 1] also waits for the consumers' share; the caller decodes chunk 0's.
-template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS, bool DECODE, int B_BYTES, int CODE_BYTES>
+/// CG > 0 (consumers decoding): each consumer warp decodes CG row groups (ownGroup, + 4) of chunk g + 1 while chunk
+/// g's MMAs run (after LANDED for g + 1), so FULL[g + 1] also waits for the consumers' share; the caller decodes
+/// chunk 0's.
+template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS, int CG, int B_BYTES, int CODE_BYTES>
 MOE_DEVICE void specialized_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer,
     const unsigned char *sharedPointer, int ownGroup, int lane) {
@@ -993,9 +994,11 @@ MOE_DEVICE void specialized_consume(
     constexpr int WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY;
     constexpr int LANDED = SPECIALIZED_LANDED;
     auto decodeShare = [&](int c) {
-        named_barrier_sync(LANDED + c % WEIGHT_SLOTS, THREADS);
-        decode_group_swizzled<CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup, lane,
-                                          weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
+        if constexpr (CG > 0) {
+            named_barrier_sync(LANDED + c % WEIGHT_SLOTS, THREADS);
+            decode_groups_swizzled<CG, CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup,
+                                                   lane, weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
+        }
     };
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
@@ -1015,7 +1018,7 @@ MOE_DEVICE void specialized_consume(
         wgmma_commit();
         // Chunk g+1's weight slot held chunk g−2, whose MMAs completed at the previous iteration's wait; this
         // warpgroup only writes rows it reads itself.
-        if (DECODE && g + 1 < p.chunks) decodeShare(g + 1);
+        if (CG > 0 && g + 1 < p.chunks) decodeShare(g + 1);
         wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
         const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
         if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
@@ -1035,10 +1038,11 @@ MOE_DEVICE void specialized_consume(
 /// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
 /// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
 /// of chunk g overlaps the MMAs of chunks g−1 and g−2.
-/// CONSUMERS_DECODE: the 16 row groups of a chunk are split between the producer and consumer warps (one each), so
-/// the consumers, idle at FULL most of the time (62.5% of their samples at 8192 tokens), take half the decode; a
-/// consumer warp decodes a group its own warpgroup multiplies (groups 8c + 4…7), the producers the rest (8c + 0…3).
-template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool CONSUMERS_DECODE>
+/// CG > 0: the 16 row groups of a chunk are split between the producer and consumer warps, so the consumers, idle at
+/// FULL most of the time (62.5% of their samples at 8192 tokens), take part of the decode. Consumer warp w of
+/// warpgroup c decodes CG groups its own warpgroup multiplies, 8c + 8 − 4·CG + w (+ 4); the producers the other
+/// 2 − CG per warp, 8c + w′ (+ 4) for producer warp 4c + w′. CG = 2: the producers only copy.
+template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CG>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, DIST = LOADS - 2;
@@ -1052,7 +1056,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     static_assert((N == 64 || N == 128) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
-    static_assert(!CONSUMERS_DECODE || (P == 2 && MI == 2 && LOADS >= WEIGHT_SLOTS), "consumer decode: 8 + 8 warps, one group each");
+    static_assert(CG == 0 || (P == 2 && MI == 2 && CG <= 2 && LOADS >= WEIGHT_SLOTS), "consumer decode: 8 + 8 warps");
     constexpr int LANDED = SPECIALIZED_LANDED;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1121,12 +1125,16 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
-            if constexpr (CONSUMERS_DECODE) {
+            if constexpr (CG > 0) {
                 // After the wait above, so that LANDED + g % 3's previous phase (chunk g − 3) is complete: the
                 // consumers synced it before arriving at EMPTY for chunk g − 3.
                 named_barrier_arrive(LANDED + g % WEIGHT_SLOTS, THREADS);
-                decode_group_swizzled<CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane,
-                                                  weightBase + (g % WEIGHT_SLOTS) * A_BYTES);
+                if constexpr (CG < 2) {
+                    decode_groups_swizzled<2 - CG, CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane,
+                                                               weightBase + (g % WEIGHT_SLOTS) * A_BYTES);
+                } else {
+                    fence_proxy_async_shared();  // the landed activations, visible to the tensor cores
+                }
                 named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
                 const int ahead = g + DIST;
                 if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);
@@ -1156,11 +1164,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 
     registers_increase<CONSUMER_REGISTERS>();
     const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
-    const int ownGroup = consumer * 8 + 4 + warpInGroup;
-    if constexpr (CONSUMERS_DECODE) {  // chunk 0's share, before the accumulators are set: ptxas otherwise serialises
-                                       // the wgmma pipeline (C7515)
+    const int ownGroup = consumer * 8 + 8 - 4 * CG + warpInGroup;
+    if constexpr (CG > 0) {  // chunk 0's share, before the accumulators are set: ptxas otherwise serialises the wgmma
+                             // pipeline (C7515)
         named_barrier_sync(LANDED, THREADS);
-        decode_group_swizzled<CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
+        decode_groups_swizzled<CG, CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
     }
     float acc[MI][N / 2];
 #pragma unroll
@@ -1170,10 +1178,10 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
     // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
     if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CONSUMERS_DECODE, B_BYTES, CODE_BYTES>(
+        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CG, B_BYTES, CODE_BYTES>(
             p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
     } else {
-        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CONSUMERS_DECODE, B_BYTES, CODE_BYTES>(
+        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CG, B_BYTES, CODE_BYTES>(
             p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
     }
     wgmma_wait<0>();
@@ -1239,20 +1247,21 @@ MOE_DECODED(2, 2, 128, 4)
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR, false>(p);                                               \
+        gemm_specialized<MI, N, L, P, PR, CR, 0>(p);                                                   \
     }
-// The same with the chunk's decode split between producers and consumers (suffix _1).
-#define MOE_SPECIALIZED_SPLIT(MI, N, L, P, PR, CR)                                                     \
+// The same with the chunk's decode split between producers and consumers: CG groups per consumer warp (suffix _CG).
+#define MOE_SPECIALIZED_SPLIT(MI, N, L, P, CG, PR, CR)                                                 \
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
-        moe_gemm_specialized_##MI##_##N##_##L##_##P##_1(MoEGemmParams p) {                             \
+        moe_gemm_specialized_##MI##_##N##_##L##_##P##_##CG(MoEGemmParams p) {                          \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR, true>(p);                                                \
+        gemm_specialized<MI, N, L, P, PR, CR, CG>(p);                                                  \
     }
 
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
-MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 56, 200)
+MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 1, 56, 200)
+MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 2, 56, 200)
 
 // MARK: reduce
 
