@@ -155,6 +155,15 @@ import MoECUDA
     let run = try LaunchCommandTests.run(["info"])
     #expect(run.status == 0, "\(run.all)")
     #expect(run.output.contains("backend  available") && run.output.contains("cpu "))
-    #expect(run.output.contains("nccl "))
-    #expect(run.output.contains("symmetric path"), "\(run.output)")
+    // The NCCL row says whether it loaded and, either way, what that means for the GPU paths: where it looked and
+    // what replaces it when absent, what uses it when present.
+    let ncclRow = run.output.split(separator: "\n").first { $0.hasPrefix("nccl ") }.map(String.init) ?? ""
+    let fields = ncclRow.split(separator: " ", omittingEmptySubsequences: true)
+    #expect(fields.count > 2 && (fields[1] == "yes" || fields[1] == "no"), "\(run.output)")
+    if fields.count > 1, fields[1] == "no" {
+        #expect(ncclRow.contains("looked in") && ncclRow.contains("MOE_CUDA_LIBRARY_PATH"), "\(ncclRow)")
+        #expect(ncclRow.contains("copies through CUDA IPC") && ncclRow.contains("one node only"), "\(ncclRow)")
+    } else {
+        #expect(ncclRow.contains("all-to-all baseline over NCCL") && ncclRow.contains("rails across nodes"), "\(ncclRow)")
+    }
 }
