@@ -14,6 +14,14 @@ struct CUDAExpertParallelParams {
     var hidden: Int64 = 0, experts: Int64 = 0, maxTiles: Int64 = 0, phase: Int64 = 0, timeoutNs: Int64 = 0
     var nodeRanks: Int64 = 0, nodes: Int64 = 0
     var railTokensOffset: Int64 = 0, railCombineOutOffset: Int64 = 0, railCombineInOffset: Int64 = 0
+    var arrivals: UInt64 = 0
+}
+
+/// moe_ep.cu's MoEEPPlanParams (the fused plan-and-tiles kernel): the routing parameters, then the EP ones, each at
+/// its C offset (MoERoutingParams' size rounded up to 8; checked by a test).
+struct CUDAExpertParallelPlanParams {
+    var routing: MoERoutingParams
+    var ep: CUDAExpertParallelParams
 }
 
 extension CUDAExpertParallelParams {
@@ -115,6 +123,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let barrierKernel, publishKernel, countKernel, scanKernel, scatterKernel, localTilesKernel: CUDAFunction
     let dispatchKernel, combineKernel, gatherRowsKernel, scatterRowsKernel: CUDAFunction
     let forwardRoutingKernel, dispatchForwardKernel, combineCollectKernel, copyBytesKernel, planSmallKernel: CUDAFunction
+    /// `MOE_CUDA_EP_FUSED=1` (one node): the barriers inside the publish, dispatch and combine kernels, the global plan
+    /// and this rank's tiles in one kernel.
+    let publishBarrierKernel, dispatchBarrierKernel, combineBarrierKernel, planSmallTilesKernel: CUDAFunction
     let heap: DeviceBuffer
     private var peerBases: [CUdeviceptr]
     private var openedPeers: [CUdeviceptr] = []
@@ -127,6 +138,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     // The global plan.
     let blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights: DeviceBuffer
     let tiles, tileCount, localTiles, localTileCount: DeviceBuffer
+    /// u32 [4]: the fused barriers' block counts (MoEEPParams.arrivals).
+    let barrierArrivals: DeviceBuffer
     let intermediate, expertRows: DeviceBuffer
     // All-to-all scratch.
     let sendRows, packIndex, sendIds, sendWeights, permutation, a2aSortedWeights, a2aTiles, a2aTileCount: DeviceBuffer
@@ -218,6 +231,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         combineCollectKernel = try module.function("moe_ep_combine_collect")
         copyBytesKernel = try module.function("moe_ep_copy_bytes")
         planSmallKernel = try module.function("moe_ep_plan_small")
+        publishBarrierKernel = try module.function("moe_ep_publish_barrier")
+        dispatchBarrierKernel = try module.function("moe_ep_dispatch_barrier")
+        combineBarrierKernel = try module.function("moe_ep_combine_barrier")
+        planSmallTilesKernel = try module.function("moe_ep_plan_small_tiles")
 
         let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
         func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
@@ -256,6 +273,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         tileCount = try buffer(4)
         localTiles = try buffer(globalTiles * 16)
         localTileCount = try buffer(4)
+        barrierArrivals = try buffer(16)
         intermediate = try buffer(globalSlots * I * 2)
         expertRows = try buffer(globalSlots * H * 2)
         sendRows = try buffer(T * k * H * 2)
@@ -269,7 +287,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         unpackIndex = try buffer(T * k * 4)
         a2aCombine = try buffer(T * k * H * 2)
         routedMarks = try buffer(T * k * 4)
-        for zeroed in [heap, x, arrivals, routedMarks, tileCount, localTileCount, localPlanTileCount] {
+        for zeroed in [heap, x, arrivals, routedMarks, tileCount, localTileCount, localPlanTileCount, barrierArrivals] {
             try zeroed.fill(byte: 0, stream: stream)
         }
         try stream.synchronize()
@@ -397,6 +415,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // Shared-memory limits are raised here, never during capture (CUDAObjects: launch).
         if let planBytes = Self.smallPlanBytes(slots: world * perRank * config.topK, experts: config.experts) {
             try planSmallKernel.allowSharedMemory(planBytes)
+            try planSmallTilesKernel.allowSharedMemory(planBytes)
         }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
         buckets[tokens] = bucket
@@ -421,6 +440,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.localTiles = localTiles.address
         p.localTileCount = localTileCount.address
         p.expertRows = expertRows.address
+        p.arrivals = barrierArrivals.address
         p.rank = Int64(rank)
         p.world = Int64(world)
         p.tokensPerRank = Int64(b.tokensPerRank)
@@ -597,8 +617,15 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(tokensPerRank: b.tokensPerRank)) : nil
         // 1. route; top-k into every node peer's routing region. Across nodes: the rail exchanges top-k rows and
         //    token rows, and this rank forwards its rail's top-k rows to its node peers.
+        // A fused barrier runs only if its kernel has blocks (a launch of an empty grid is skipped).
+        let fused = Self.fusedBarriers && rails == nil && slotsPerRank > 0 && b.maxTiles > 0
         try enqueueLocalRouting(b, mode: mode)
-        try publishKernel.launch(LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256), stream: stream, parameters: ep, programmatic: pdl)
+        let publishShape = LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256)
+        if fused {
+            try publishBarrierKernel.launch(publishShape, stream: stream, parameters: epParameters(b, phase: 2), programmatic: pdl)
+        } else {
+            try publishKernel.launch(publishShape, stream: stream, parameters: ep, programmatic: pdl)
+        }
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.route, stream: stream, phase: "route: the rail exchange of top-k and token rows")
             // Not programmatic after a captured NCCL group: NCCL's kernels never trigger early, and the edge from its
@@ -608,10 +635,15 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         }
         try between?(.route)
         // 2. barrier; the global plan; this rank's tiles.
-        try barrier(2)
+        if !fused { try barrier(2) }
         let global = globalRoutingParameters(b, mode: mode)
         let globalSlots = world * b.tokensPerRank * k
-        if let planBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts) {
+        let smallPlanBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts)
+        if fused, let planBytes = smallPlanBytes {
+            try planSmallTilesKernel.launch(
+                LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
+                parameters: CUDAExpertParallelPlanParams(routing: global, ep: ep), programmatic: pdl)
+        } else if let planBytes = smallPlanBytes {
             try planSmallKernel.launch(
                 LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream, parameters: global, programmatic: pdl)
         } else {
@@ -622,14 +654,22 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global,
                 programmatic: pdl)
         }
-        try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
+        if !(fused && smallPlanBytes != nil) {
+            try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
+        }
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
-        try dispatchKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
-        if rails != nil {
-            try dispatchForwardKernel.launch(LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
+        let dispatchShape = LaunchShape(grid: (slotsPerRank, 1, 1), block: 128)
+        if fused {
+            try dispatchBarrierKernel.launch(dispatchShape, stream: stream, parameters: epParameters(b, phase: 3), programmatic: pdl)
+        } else {
+            try dispatchKernel.launch(dispatchShape, stream: stream, parameters: ep, programmatic: pdl)
+            if rails != nil {
+                try dispatchForwardKernel.launch(
+                    LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
+            }
+            try barrier(3)
         }
-        try barrier(3)
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
         let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
@@ -648,8 +688,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             programmatic: pdl)
         try between?(.experts)
         // 5. combine into the home ranks; barrier.
-        try combineKernel.launch(LaunchShape(grid: (b.maxTiles, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
-        try barrier(4)
+        let combineShape = LaunchShape(grid: (b.maxTiles, 1, 1), block: 128)
+        if fused {
+            try combineBarrierKernel.launch(combineShape, stream: stream, parameters: epParameters(b, phase: 4), programmatic: pdl)
+        } else {
+            try combineKernel.launch(combineShape, stream: stream, parameters: ep, programmatic: pdl)
+            try barrier(4)
+        }
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.combine, stream: stream, phase: "combine: the rail exchange of expert rows")
             try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: false)
@@ -663,6 +708,11 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             programmatic: pdl)
         try between?(.reduce)
     }
+
+    /// `MOE_CUDA_EP_FUSED=1`: on one node, each barrier runs in the last block of the kernel whose stores it orders,
+    /// and the one-block plan writes this rank's tiles too — four launches fewer per layer. Opt-in until a device
+    /// run has checked it (bit-identity, `ep-check.sh`) and measured it against the separate launches.
+    static let fusedBarriers = currentEnvironment("MOE_CUDA_EP_FUSED") == "1"
 
     /// The one-block global plan (moe_ep_plan_small, plan_in_block) serves up to LaunchPlan.blockPlanMaxSlots global
     /// slots R·T_loc·k. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.

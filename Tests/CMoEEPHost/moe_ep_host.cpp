@@ -2,6 +2,8 @@
 // and 16-byte copies a plain struct; everything else is the kernel source as the GPU compiles it.
 #include "moe_ep_host.h"
 
+#include <cstddef>
+
 #include "../../Sources/MoECUDA/Kernels/moe_params.h"
 
 namespace {
@@ -42,3 +44,5 @@ extern "C" void moe_ep_host_run(int phase, const void *params, int gridX, int gr
 }
 
 extern "C" int moe_ep_host_params_bytes(void) { return int(sizeof(MoEEPParams)); }
+extern "C" int moe_ep_host_plan_params_ep_offset(void) { return int(offsetof(MoEEPPlanParams, ep)); }
+extern "C" int moe_ep_host_plan_params_bytes(void) { return int(sizeof(MoEEPPlanParams)); }

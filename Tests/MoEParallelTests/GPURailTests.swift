@@ -224,6 +224,9 @@ final class RailModel {
 
 @Test func theHostBuildOfTheKernelParametersHasTheSwiftLayout() {
     #expect(Int(moe_ep_host_params_bytes()) == MemoryLayout<CUDAExpertParallelParams>.size)
+    // The fused plan-and-tiles kernel's parameters: Swift's struct of the two lays them out where C does.
+    #expect(Int(moe_ep_host_plan_params_ep_offset()) == MemoryLayout<CUDAExpertParallelPlanParams>.offset(of: \.ep))
+    #expect(Int(moe_ep_host_plan_params_bytes()) == MemoryLayout<CUDAExpertParallelPlanParams>.size)
 }
 
 @Test func railsDeliverTheGlobalRoutingEveryRowAndEveryExpertRow() throws {

@@ -2,7 +2,8 @@
 # The device call that session 8 prepared and never got (no machine was lent): the opt-in kernels' checks and A/B
 # against the defaults, sanitizers, the default's bench, EP checks, the routing arrivals' A/B against a binary that
 # fences in every thread (.device/moe-fence-every-thread.xz, optional: see docs/bench-cuda.md "Next" item 0), and
-# stall metrics of the split kernels. About 6–8 minutes (session 7's step times).
+# the fused EP barriers (MOE_CUDA_EP_FUSED=1: bit-identity, and their launch-overhead A/B in eppdl), stall metrics of
+# the split kernels. About 7–9 minutes (session 7's step times).
 #   usage (device): bash .device/pending.sh [SECONDS]
 export DEADLINE=$(( $(date +%s) + ${1:-570} ))
 P=persistent_1_1_8_1_3; S=specialized_2_128_4_2_1; S2=specialized_2_128_4_2_2; D=.device/device-check.sh
@@ -13,6 +14,8 @@ AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_
 RACE_VARIANT=$S2 MEM_VARIANT=$P bash $D racedecoded memdecoded
 RACE_VARIANT=$S MEM_VARIANT=$S2 bash $D racedecoded memdecoded
 RACE_VARIANT=$P bash $D racedecoded racecheck2 bench epcheck epserve
+MOE_CUDA_EP_FUSED=1 bash $D epcheck
+bash $D eppdl
 if [ -f .device/moe-fence-every-thread.xz ]; then
 xz -dc .device/moe-fence-every-thread.xz > /tmp/moe-old && chmod +x /tmp/moe-old
 for r in 1 2; do for b in /tmp/moe-old /tmp/moe; do [ $(( DEADLINE - $(date +%s) )) -lt 20 ] && break; echo "== $b"; timeout 60 $b bench --backend cuda --preset gpt-oss-120b --tokens 1,2,8 --seconds 0.3 2>&1 | tail -8; done; done | tee -a ${OUT:-/tmp/moekit-out}/run.log

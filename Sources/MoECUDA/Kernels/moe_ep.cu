@@ -78,8 +78,7 @@ MOE_DEVICE void ep_kernel_start() {
 /// barrier. On timeout or a host abort, lane 0 records (status, phase, awaited rank, epoch) in the control block and
 /// returns; later kernels see the status and skip their stores, and the host throws naming the rank and phase. A
 /// failed heap stays failed.
-extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
-    ep_kernel_start();
+MOE_DEVICE void ep_barrier_warp(const MoEEPParams &p) {
     const unsigned lane = threadIdx.x;
     char *control = (char *)p.ownHeap + p.controlOffset;
     unsigned *status = (unsigned *)(control + 8);
@@ -120,6 +119,23 @@ extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
     __threadfence_system();
 }
 
+extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
+    ep_kernel_start();
+    ep_barrier_warp(p);
+}
+
+/// The barrier fused into the kernel whose stores it orders (`MOE_CUDA_EP_FUSED=1`, one node): one launch less per
+/// barrier. Every block fences its stores at system scope and arrives at arrivals[phase % 4]; the last block to
+/// arrive resets the count (every other block has counted) and runs the barrier's warp. The kernel ends when that
+/// warp's wait does, so the next kernel still starts after the barrier, as with the separate launch.
+MOE_DEVICE void ep_arrive_then_barrier(const MoEEPParams &p) {
+    __threadfence_system();
+    unsigned *counter = (unsigned *)p.arrivals + (p.phase & 3);
+    if (!last_block_to_arrive(counter, gridDim.x * gridDim.y * gridDim.z)) return;
+    if (threadIdx.x == 0) *counter = 0u;
+    if (threadIdx.x < 32) ep_barrier_warp(p);
+}
+
 // MARK: phases
 
 /// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every node peer's routing region (its own
@@ -128,6 +144,13 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
     ep_kernel_start();
     ep_publish_block(p);
     __threadfence_system();
+}
+
+/// moe_ep_publish with the route barrier fused (one node).
+extern "C" __global__ void __launch_bounds__(256) moe_ep_publish_barrier(MoEEPParams p) {
+    ep_kernel_start();
+    ep_publish_block(p);
+    ep_arrive_then_barrier(p);
 }
 
 /// grid (ceil(T_loc·k / 256), N) × 256, across nodes only. After the rail's NCCL exchange put the top-k of rank
@@ -148,10 +171,9 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams 
 /// grid 1 × 1024, R·T_loc·k ≤ 1024·MOE_FINISH_SLOTS_PER_LANE: the whole global plan in one block from the gathered
 /// routing, what moe_ep_count → moe_plan_scan → moe_plan_scatter compute in three launches (the same canonical plan:
 /// slots stable by expert). Dynamic shared memory: ids [S] | weights [S] | counts [E] | offsets [E+1] | chunk rows [C, E].
-extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingParams p) {
+MOE_DEVICE void ep_plan_small_block(const MoERoutingParams &p) {
     extern __shared__ __align__(16) unsigned char planShared[];
     __shared__ int scratch[33];
-    ep_kernel_start();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int E = p.experts, slots = p.tokens * p.topK, chunks = (slots + 31) / 32;
     int *ids = (int *)planShared;
@@ -168,9 +190,13 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingP
     plan_in_block(p, warp, lane, warps, E, slots, chunks, ids, weights, counts, offsets, chunkRows, scratch, false);
 }
 
-/// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
-extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {
+extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingParams p) {
     ep_kernel_start();
+    ep_plan_small_block(p);
+}
+
+/// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
+MOE_DEVICE void ep_local_tiles_block(const MoEEPParams &p) {
     __shared__ int scratch[33];
     const MoETile *tiles = (const MoETile *)p.tiles;
     MoETile *local = (MoETile *)p.localTiles;
@@ -193,6 +219,21 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
     if (threadIdx.x == 0) *(int *)p.localTileCount = base;
 }
 
+extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {
+    ep_kernel_start();
+    ep_local_tiles_block(p);
+}
+
+/// The one-block global plan and this rank's tiles in one launch (`MOE_CUDA_EP_FUSED=1`): the tiles the plan wrote
+/// are read by the same block after a barrier (global writes before __syncthreads are visible to the block).
+
+extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small_tiles(MoEEPPlanParams p) {
+    ep_kernel_start();
+    ep_plan_small_block(p.routing);
+    __syncthreads();
+    ep_local_tiles_block(p.ep);
+}
+
 /// grid T_loc·k blocks × 128. Step 3: the row of local (token, slot) s stored into its expert owner's dispatch
 /// region at the slot's global sorted position, when the owner is on this node (others get it over the rail).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p) {
@@ -200,6 +241,15 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p)
     if (ep_failed(p)) return;
     ep_dispatch_block(p);
     __threadfence_system();
+}
+
+/// moe_ep_dispatch with the dispatch barrier fused (one node). On a failed heap every block returns before arriving:
+/// the status cannot change during the launch (only a barrier writes it), so no block waits for one that left.
+extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_barrier(MoEEPParams p) {
+    ep_kernel_start();
+    if (ep_failed(p)) return;
+    ep_dispatch_block(p);
+    ep_arrive_then_barrier(p);
 }
 
 /// grid (T_loc·k, N) × 128, across nodes only. Slot s of rank (m, local), whose token row arrived over the rail in
@@ -220,6 +270,14 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) 
     if (ep_failed(p)) return;
     ep_combine_block(p);
     __threadfence_system();
+}
+
+/// moe_ep_combine with the combine barrier fused (one node), as moe_ep_dispatch_barrier.
+extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_barrier(MoEEPParams p) {
+    ep_kernel_start();
+    if (ep_failed(p)) return;
+    ep_combine_block(p);
+    ep_arrive_then_barrier(p);
 }
 
 /// grid T_loc·k × 128, across nodes only. After the rail's NCCL exchange brought railCombineIn[m] (rows computed on

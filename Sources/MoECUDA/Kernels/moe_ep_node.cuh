@@ -27,7 +27,14 @@ typedef struct MoEEPParams {
     long long nodeRanks;  ///< L: ranks per node (= world on one node); rank q is on node q / L
     long long nodes;      ///< N
     long long railTokensOffset, railCombineOutOffset, railCombineInOffset;
+    MoEDevicePointer arrivals;  ///< u32 [4] fused barriers' block counts by phase, zero between launches (the last block resets)
 } MoEEPParams;
+
+/// The fused plan-and-tiles kernel's parameters (moe_ep_plan_small_tiles; Swift: CUDAExpertParallelPlanParams).
+typedef struct MoEEPPlanParams {
+    MoERoutingParams routing;
+    MoEEPParams ep;
+} MoEEPPlanParams;
 
 MOE_DEVICE char *heap_of(const MoEEPParams &p, long long rank) {
     return (char *)((const unsigned long long *)p.peerHeaps)[rank];

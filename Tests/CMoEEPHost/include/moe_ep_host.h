@@ -24,6 +24,10 @@ void moe_ep_host_run(int phase, const void *params, int gridX, int gridY, int bl
 /// sizeof(MoEEPParams) as the host compiler lays it out.
 int moe_ep_host_params_bytes(void);
 
+/// offsetof(MoEEPPlanParams, ep) and sizeof(MoEEPPlanParams) as the host compiler lays them out.
+int moe_ep_host_plan_params_ep_offset(void);
+int moe_ep_host_plan_params_bytes(void);
+
 #ifdef __cplusplus
 }
 #endif
