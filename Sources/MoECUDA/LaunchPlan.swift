@@ -43,6 +43,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_128_4_2_1
     /// The same with the consumers decoding every row group they multiply: the producers only copy.
     case specialized_2_128_4_2_2
+    /// `specialized_2_64_6_2` (64-token tiles, for 1024–2048 tokens) with the consumers decoding every row group.
+    case specialized_2_64_6_2_2
 
     public enum Kind: String, Sendable { case resident, persistent, staged, warpgroup, decoded, specialized }
 

@@ -78,10 +78,10 @@ import Testing
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     #expect(GemmVariant.specialized_2_64_6_2.tileRows == 64 && GemmVariant.specialized_2_64_6_2.stages == 6)
-    // The split-decode twins share every size with specialized_2_128_4_2 (only the kernel differs).
-    let twin = GemmVariant.specialized_2_128_4_2
-    for (split, name) in [(GemmVariant.specialized_2_128_4_2_1, "moe_gemm_specialized_2_128_4_2_1"),
-                          (.specialized_2_128_4_2_2, "moe_gemm_specialized_2_128_4_2_2")] {
+    // The split-decode twins share every size with their specialised kernel (only the kernel differs).
+    for (split, twin, name) in [(GemmVariant.specialized_2_128_4_2_1, GemmVariant.specialized_2_128_4_2, "moe_gemm_specialized_2_128_4_2_1"),
+                                (.specialized_2_128_4_2_2, .specialized_2_128_4_2, "moe_gemm_specialized_2_128_4_2_2"),
+                                (.specialized_2_64_6_2_2, .specialized_2_64_6_2, "moe_gemm_specialized_2_64_6_2_2")] {
         #expect(split.kind == .specialized && split.warps == twin.warps && split.tileRows == twin.tileRows)
         #expect(split.stages == twin.stages && split.rowGroupsPerBlock == twin.rowGroupsPerBlock)
         #expect(split.sharedBytes(k: 2880, residentRows: 128) == twin.sharedBytes(k: 2880, residentRows: 128))

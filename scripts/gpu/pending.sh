@@ -6,11 +6,11 @@
 # the split kernels. About 7–9 minutes (session 7's step times).
 #   usage (device): bash .device/pending.sh [SECONDS]
 export DEADLINE=$(( $(date +%s) + ${1:-570} ))
-P=persistent_1_1_8_1_3; S=specialized_2_128_4_2_1; S2=specialized_2_128_4_2_2; D=.device/device-check.sh
+P=persistent_1_1_8_1_3; S=specialized_2_128_4_2_1; S2=specialized_2_128_4_2_2; S64=specialized_2_64_6_2_2; D=.device/device-check.sh
 bash $D info check debug
-NEW_VARIANTS="$S2 $S $P" bash $D debugnew
-for v in $S2 $S $P; do MOE_CUDA_GEMM=$v bash $D check; done
-AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_CUDA_GEMM=$P@32,128,512" bash $D abenv
+NEW_VARIANTS="$S2 $S $P $S64" bash $D debugnew
+for v in $S2 $S $P $S64; do MOE_CUDA_GEMM=$v bash $D check; done
+AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_CUDA_GEMM=$P@32,128,512 MOE_CUDA_GEMM=$S64@1024,2048" bash $D abenv
 RACE_VARIANT=$S2 MEM_VARIANT=$P bash $D racedecoded memdecoded
 RACE_VARIANT=$S MEM_VARIANT=$S2 bash $D racedecoded memdecoded
 RACE_VARIANT=$P bash $D racedecoded racecheck2 bench epcheck epserve

@@ -1057,6 +1057,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     static_assert(CG == 0 || (P == 2 && MI == 2 && CG <= 2 && LOADS >= WEIGHT_SLOTS), "consumer decode: 8 + 8 warps");
+    static_assert(CG == 0 || (PRODUCERS < SPECIALIZED_LANDED && SPECIALIZED_LANDED + WEIGHT_SLOTS <= 16), "named barrier ids");
     constexpr int LANDED = SPECIALIZED_LANDED;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1262,6 +1263,7 @@ MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
 MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 1, 56, 200)
 MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 2, 56, 200)
+MOE_SPECIALIZED_SPLIT(2, 64, 6, 2, 2, 56, 200)
 
 // MARK: reduce
 
