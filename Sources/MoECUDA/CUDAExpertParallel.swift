@@ -166,7 +166,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// moe_ep.cu with what it includes: the routing plan kernels and its node header.
     static func kernelRequest(architecture: String) -> KernelCompileRequest {
         KernelCompileRequest(
-            source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode], architecture: architecture)
+            source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode],
+            options: KernelBuildSwitches.current, architecture: architecture)
     }
 
     /// The GPU a rank uses: one process per GPU, ranks beyond the device count share GPUs round-robin.

@@ -30,6 +30,16 @@ public struct KernelSource: Sendable, Equatable {
 }
 
 /// Everything that determines a compiled kernel image.
+/// Kernel build switches chosen by the environment, for A/B runs of code not yet measured on a GPU: the same binary
+/// compiles both builds (each cached under its own key, which includes the options).
+public enum KernelBuildSwitches {
+    /// `MOE_CUDA_ONE_FENCE=1`: last-block elections fence in thread 0 only (moe_common.cuh, last_block_to_arrive).
+    public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
+        environment("MOE_CUDA_ONE_FENCE") == "1" ? ["-DMOE_ONE_FENCE_ARRIVALS=1"] : []
+    }
+    static let current = options()
+}
+
 public struct KernelCompileRequest: Sendable, Equatable {
     public var source: KernelSource
     public var headers: [KernelSource]

@@ -77,3 +77,14 @@ private func request(
     }
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])
 }
+
+/// The kernel build switches follow the environment exactly: only "1" turns the one-fence arrivals on, and the two
+/// builds are cached under different keys (the options are part of the key).
+@Test func kernelBuildSwitchesFollowTheEnvironmentAndKeyTheCache() {
+    #expect(KernelBuildSwitches.options { _ in nil } == [])
+    #expect(KernelBuildSwitches.options { $0 == "MOE_CUDA_ONE_FENCE" ? "1" : nil } == ["-DMOE_ONE_FENCE_ARRIVALS=1"])
+    #expect(KernelBuildSwitches.options { $0 == "MOE_CUDA_ONE_FENCE" ? "0" : nil } == [])
+    let plain = KernelCompileRequest(source: .routing, architecture: "sm_90a")
+    let switched = KernelCompileRequest(source: .routing, options: KernelBuildSwitches.options { _ in "1" }, architecture: "sm_90a")
+    #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))
+}

@@ -32,6 +32,21 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     }
 }
 
+/// The one-fence build (MOE_CUDA_ONE_FENCE=1) of every module that elects a last block compiles, and differs.
+@Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
+func theOneFenceBuildCompilesAndDiffersFromThePlainOne() throws {
+    let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
+    let switches = KernelBuildSwitches.options { $0 == "MOE_CUDA_ONE_FENCE" ? "1" : nil }
+    let ep = CUDAExpertParallelLayer.kernelRequest(architecture: "sm_90a")
+    let requests = [KernelCompileRequest(source: .routing, architecture: "sm_90a"),
+                    KernelCompileRequest(source: .experts, architecture: "sm_90a"), ep]
+    for plain in requests {
+        var switched = plain
+        switched.options += switches
+        #expect(try compiler.compile(switched) != compiler.compile(plain), "\(plain.source.name)")
+    }
+}
+
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func aCompileErrorCarriesNVRTCsLog() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)

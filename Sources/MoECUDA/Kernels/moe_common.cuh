@@ -54,21 +54,41 @@ MOE_DEVICE uint4 load_readonly_16(const void *pointer) {
     return v;
 }
 
-/// Elects the last block of a launch to arrive at `counter` (which counts `total` arrivals). Every thread of the
-/// block must call it. The block's global writes before the call are released by thread 0 alone: the barrier orders
-/// them before its fence (fences are cumulative), as cooperative groups' grid sync does; a fence in every thread
-/// was 14% of moe_route_small's stall samples at 1 token. In the last block, thread 0's second fence comes before the
-/// barrier that lets every thread read the others' writes (with load_coherent_*, past L1).
-MOE_DEVICE bool last_block_to_arrive(unsigned *counter, unsigned total) {
+/// Elects the last block of a launch to arrive at `counter`, which counts `total` arrivals (or *totalAt, read by
+/// thread 0 only). Every thread of the block must call it; in the last block every thread may then read the other
+/// blocks' writes (with load_coherent_*, past L1).
+/// Default build: every thread fences its own writes, then the block counts itself — the measured code of sessions
+/// 1–7, whose SASS this reproduces (NVRTC 13.0, compared per kernel). MOE_ONE_FENCE_ARRIVALS (`MOE_CUDA_ONE_FENCE=1`,
+/// session 8, not yet run on a GPU): thread 0 alone fences after the barrier, as cooperative groups' grid sync does
+/// (fences are cumulative over the writes the barrier ordered before it), and fences again in the last block before
+/// the barrier that releases its readers; a fence in every thread was 14% of moe_route_small's stall samples at 1 token.
+template <typename Count>
+MOE_DEVICE bool last_block_to_arrive_counted(unsigned *counter, Count total) {
     __shared__ int last;
+#if MOE_ONE_FENCE_ARRIVALS
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        last = atomicAdd(counter, 1u) == total - 1u;
+        last = atomicAdd(counter, 1u) == total() - 1u;
         if (last) __threadfence();
     }
     __syncthreads();
     return last != 0;
+#else
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == total() - 1u;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+#endif
+}
+MOE_DEVICE bool last_block_to_arrive(unsigned *counter, unsigned total) {
+    return last_block_to_arrive_counted(counter, [total] { return total; });
+}
+MOE_DEVICE bool last_block_to_arrive(unsigned *counter, const int *totalAt) {
+    return last_block_to_arrive_counted(counter, [totalAt] { return (unsigned)*totalAt; });
 }
 
 /// Loads that bypass L1: for data other blocks of the same launch wrote (L1 is not coherent).

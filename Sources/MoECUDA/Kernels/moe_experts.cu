@@ -175,8 +175,21 @@ MOE_DEVICE void reduce_eight(const bf16_t *combine, const int *slotToSorted, bf1
 /// GEMM 2 with the sum fused: called by every thread of a block after its epilogue stores. The block that completes
 /// column range [first, first + columns) (the tileCount-th to arrive) sums it for every token; others return.
 MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns) {
+#if MOE_ONE_FENCE_ARRIVALS
     unsigned *counter = (unsigned *)p.reduceCounters + blockIdx.x;
-    if (!last_block_to_arrive(counter, (unsigned)*(const int *)p.tileCount)) return;
+    if (!last_block_to_arrive(counter, (const int *)p.tileCount)) return;
+#else
+    // The default build keeps this election written out: through last_block_to_arrive, ptxas schedules the resident
+    // kernels with WK = 1 differently (NVRTC 13.0), and these are the kernels the figures were measured with.
+    __shared__ int isLast;
+    __threadfence();
+    __syncthreads();
+    unsigned *counter = (unsigned *)p.reduceCounters + blockIdx.x;
+    if (threadIdx.x == 0) isLast = atomicAdd(counter, 1u) == (unsigned)*(const int *)p.tileCount - 1u;
+    __syncthreads();
+    if (!isLast) return;
+    __threadfence();
+#endif
     const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
     for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
         const int t = i / segments, h = first + 8 * (i - t * segments);
