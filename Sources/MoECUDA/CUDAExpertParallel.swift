@@ -145,6 +145,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let sendRows, packIndex, sendIds, sendWeights, permutation, a2aSortedWeights, a2aTiles, a2aTileCount: DeviceBuffer
     let unpackIndex, a2aCombine, routedMarks: DeviceBuffer
     private var buckets: [Int: Bucket] = [:]
+    private var bucketUse = RecentlyUsed<Int>()
+    /// Token counts whose graphs a layer keeps: a server sees every batch size up to its limit, and each captured
+    /// graph holds device memory for its nodes; past this many, the least recently used bucket's graphs go.
+    static let maxBuckets = 256
     private var closed = false
 
     final class Bucket {
@@ -397,7 +401,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     func bucket(tokens: Int) throws(CUDAError) -> Bucket {
-        if let bucket = buckets[tokens] { return bucket }
+        if let bucket = buckets[tokens] {
+            _ = bucketUse.use(tokens, capacity: Self.maxBuckets)
+            return bucket
+        }
         guard tokens >= 1 else { throw .invalidArgument("a global batch needs ≥ 1 token") }
         let (perRank, valid) = Self.share(tokens: tokens, world: world, rank: rank)
         guard perRank <= capacity else {
@@ -419,8 +426,19 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             try planSmallTilesKernel.allowSharedMemory(planBytes)
         }
         let bucket = Bucket(tokens: tokens, tokensPerRank: perRank, validTokens: valid, plan: plan, maxTiles: maxTiles)
+        if let evicted = bucketUse.use(tokens, capacity: Self.maxBuckets) { dropBucket(tokens: evicted) }
         buckets[tokens] = bucket
         return bucket
+    }
+
+    /// Drops a bucket's graphs (a graph still running is freed when it completes). After an abort on an NCCL that
+    /// frees the communicator at once, graphs holding its captured work are kept to the process's end, as in close().
+    private func dropBucket(tokens: Int) {
+        guard let old = buckets.removeValue(forKey: tokens) else { return }
+        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs {
+            AbandonedGraphs.keep(Array(old.graphs.values))
+        }
+        old.graphs.removeAll()
     }
 
     // MARK: parameters
