@@ -29,7 +29,6 @@ public struct KernelSource: Sendable, Equatable {
     ]
 }
 
-/// Everything that determines a compiled kernel image.
 /// Kernel build switches chosen by the environment, for A/B runs of code not yet measured on a GPU: the same binary
 /// compiles both builds (each cached under its own key, which includes the options).
 public enum KernelBuildSwitches {
@@ -40,6 +39,7 @@ public enum KernelBuildSwitches {
     static let current = options()
 }
 
+/// Everything that determines a compiled kernel image.
 public struct KernelCompileRequest: Sendable, Equatable {
     public var source: KernelSource
     public var headers: [KernelSource]
