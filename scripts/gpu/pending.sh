@@ -25,6 +25,7 @@ case $part in
     ep)
         bash $D info epcheck epserve
         MOE_CUDA_EP_FUSED=1 bash $D epcheck
+        MOE_CUDA_EP_FUSED=1 MOE_CUDA_ONE_FENCE=1 bash $D epcheck
         bash $D eppdl
         NCU_VARIANT=$S2 bash $D ncustall
         NCU_VARIANT=$S bash $D ncustall
