@@ -976,21 +976,22 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
 constexpr int SPECIALIZED_LANDED = 12;
 
-/// Decodes G 16-row groups (first, first + 4, …) of chunk g from the codes and scales at `codes` (a load slot's) into
-/// the swizzled weight slot `weights`: a warp's share when producers and consumers split a chunk's groups.
-template <int G, int CODE_BYTES>
+/// Decodes a warp's G 16-row groups (first, first + STRIDE, …) of chunk g from the codes and scales at `codes` (a load
+/// slot's) into the swizzled weight slot `weights`, then fences: the decoded stores, and the copies this thread saw
+/// land, visible to the tensor cores.
+template <int G, int STRIDE, int CODE_BYTES>
 MOE_DEVICE void decode_groups_swizzled(const unsigned char *codes, int g, int first, int lane, u32 weights) {
     uint4 code[G];
     u32 word[G];
-    const bool slow = load_chunk_codes<G, 4, CODE_BYTES>(codes, g, first, lane, code, word);
+    const bool slow = load_chunk_codes<G, STRIDE, CODE_BYTES>(codes, g, first, lane, code, word);
     const u32 rowBase = weights + 2 * first * 1024 + (lane & 7) * 128;
     const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
     if (slow) {
-        decode_to_shared_swizzled<G, 4, true>(code, word, rowBase, chunk0, chunk1);
+        decode_to_shared_swizzled<G, STRIDE, true>(code, word, rowBase, chunk0, chunk1);
     } else {
-        decode_to_shared_swizzled<G, 4, false>(code, word, rowBase, chunk0, chunk1);
+        decode_to_shared_swizzled<G, STRIDE, false>(code, word, rowBase, chunk0, chunk1);
     }
-    fence_proxy_async_shared();  // the decoded stores, visible to the tensor cores
+    fence_proxy_async_shared();
 }
 
 /// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
@@ -1009,8 +1010,8 @@ MOE_DEVICE void specialized_consume(
     auto decodeShare = [&](int c) {
         if constexpr (CG > 0) {
             named_barrier_sync(LANDED + c % WEIGHT_SLOTS, THREADS);
-            decode_groups_swizzled<CG, CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup,
-                                                   lane, weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
+            decode_groups_swizzled<CG, 4, CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup,
+                                                      lane, weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
         }
     };
 #pragma unroll 1
@@ -1139,32 +1140,30 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
-            if constexpr (CG > 0) {
+            const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
+            if constexpr (CG == 0) {
+                // decode_groups_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS> written out: through the helper ptxas orders
+                // the consumers' accumulator zeroing differently (NVRTC 13.0), and this kernel's SASS is the measured one.
+                uint4 code[GROUPS_PER_WARP];
+                u32 word[GROUPS_PER_WARP];
+                const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
+                const u32 rowBase = weights + 2 * warp * 1024 + (lane & 7) * 128;
+                if (slow) {
+                    decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
+                } else {
+                    decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
+                }
+                fence_proxy_async_shared();
+            } else {
                 // After the wait above, so that LANDED + g % 3's previous phase (chunk g − 3) is complete: the
                 // consumers synced it before arriving at EMPTY for chunk g − 3.
                 named_barrier_arrive(LANDED + g % WEIGHT_SLOTS, THREADS);
                 if constexpr (CG < 2) {
-                    decode_groups_swizzled<2 - CG, CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane,
-                                                               weightBase + (g % WEIGHT_SLOTS) * A_BYTES);
+                    decode_groups_swizzled<2 - CG, 4, CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane, weights);
                 } else {
                     fence_proxy_async_shared();  // the landed activations, visible to the tensor cores
                 }
-                named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
-                const int ahead = g + DIST;
-                if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);
-                issue(ahead);
-                continue;
             }
-            uint4 code[GROUPS_PER_WARP];
-            u32 word[GROUPS_PER_WARP];
-            const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
-            const u32 rowBase = weightBase + (g % WEIGHT_SLOTS) * A_BYTES + 2 * warp * 1024 + (lane & 7) * 128;
-            if (slow) {
-                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
-            } else {
-                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
-            }
-            fence_proxy_async_shared();  // decoded weights and landed activations, visible to the tensor cores
             named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
             // Only now the loads DIST ahead: their slot's previous chunk must have left the tensor cores, and waiting
             // for that here (not before the decode) keeps two decoded chunks queued ahead of the MMAs.
@@ -1182,7 +1181,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     if constexpr (CG > 0) {  // chunk 0's share, before the accumulators are set: ptxas otherwise serialises the wgmma
                              // pipeline (C7515)
         named_barrier_sync(LANDED, THREADS);
-        decode_groups_swizzled<CG, CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
+        decode_groups_swizzled<CG, 4, CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
     }
     float acc[MI][N / 2];
 #pragma unroll
