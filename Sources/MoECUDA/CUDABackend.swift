@@ -40,7 +40,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     /// The MOE_TRACE build of the kernels, compiled on the first `kernelTrace`.
     private var tracedKernels: LayerKernels?
     private var buckets: [Int: TokenBucket] = [:]
-    private var bucketUse: [Int] = []
+    private var bucketUse = RecentlyUsed<Int>()
     let lock = DispatchSemaphore(value: 1)
 
     public var detail: String {
@@ -189,8 +189,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     /// The bucket for T tokens (allocated on first use; least recently used dropped past maxBuckets).
     func bucket(tokens: Int) throws(CUDAError) -> TokenBucket {
         if let bucket = buckets[tokens] {
-            bucketUse.removeAll { $0 == tokens }
-            bucketUse.append(tokens)
+            bucketUse.touch(tokens)
             return bucket
         }
         while buckets.count >= max(1, options.maxBuckets), dropOldestBucket() {}
@@ -213,7 +212,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             do {
                 let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
                 buckets[tokens] = bucket
-                bucketUse.append(tokens)
+                bucketUse.touch(tokens)
                 return bucket
             } catch {
                 guard case .driver(_, 2, _, _) = error, dropOldestBucket() else { throw error }  // 2: out of memory
@@ -223,8 +222,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     /// Frees the least recently used bucket; false when there is none.
     private func dropOldestBucket() -> Bool {
-        guard let oldest = bucketUse.first else { return false }
-        bucketUse.removeFirst()
+        guard let oldest = bucketUse.removeOldest() else { return false }
         buckets[oldest] = nil
         return true
     }

@@ -19,3 +19,16 @@ import Testing
     #expect(single.use("a", capacity: 0) == nil)
     #expect(single.use("b", capacity: 0) == "a" && single.order == ["b"])
 }
+
+/// The single-GPU backend's use: touch on every use, drop the oldest on demand (past its bucket limit, or out of
+/// memory) until none is left.
+@Test func recentlyUsedTouchesAndDropsOnDemand() {
+    var recent = RecentlyUsed<Int>()
+    for key in [8, 1, 32, 1] { recent.touch(key) }
+    #expect(recent.order == [8, 32, 1])
+    #expect(recent.removeOldest() == 8 && recent.removeOldest() == 32 && recent.removeOldest() == 1)
+    #expect(recent.removeOldest() == nil)
+    recent.touch(4)
+    recent.removeAll()
+    #expect(recent.order.isEmpty)
+}
