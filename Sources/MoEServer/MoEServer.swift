@@ -109,8 +109,7 @@ public struct MoEServer: Sendable {
                 "the layer produced a non-finite output at row \(bad / c.hidden); the weights or backend are broken")
         }
         context.logger.debug("forward", metadata: ["tokens": "\(input.tokens)", "routing": "\(input.routing.rawValue)"])
-        let answer = ForwardJSONAnswer.encode(result, tokens: input.tokens, hidden: c.hidden, topK: c.topK)
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: answer)))
+        return json(ByteBuffer(bytes: ForwardJSONAnswer.encode(result, tokens: input.tokens, hidden: c.hidden, topK: c.topK)))
     }
 
     func health() -> Response {
@@ -190,9 +189,10 @@ public struct MoEServer: Sendable {
         return mode
     }
 
-    private func json(_ text: String) -> Response {
-        Response(
-            status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    private func json(_ text: String) -> Response { json(ByteBuffer(string: text)) }
+
+    private func json(_ body: ByteBuffer) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: body))
     }
 }
 

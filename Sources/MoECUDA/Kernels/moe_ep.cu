@@ -226,7 +226,6 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
 
 /// The one-block global plan and this rank's tiles in one launch (`MOE_CUDA_EP_FUSED=1`): the tiles the plan wrote
 /// are read by the same block after a barrier (global writes before __syncthreads are visible to the block).
-
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small_tiles(MoEEPPlanParams p) {
     ep_kernel_start();
     ep_plan_small_block(p.routing);
