@@ -58,7 +58,7 @@ struct BF16Text: Sendable {
         starts.reserveCapacity(65537)
         for pattern in 0..<65536 {
             starts.append(UInt32(text.count))
-            text.append(contentsOf: ForwardJSON.floatText(Float(bitPattern: UInt32(pattern) << 16)).utf8)
+            text.append(contentsOf: ForwardJSON.floatText(BF16.float(UInt16(pattern))).utf8)
         }
         starts.append(UInt32(text.count))
         self.text = text
