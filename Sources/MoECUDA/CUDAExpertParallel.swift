@@ -366,11 +366,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         openedPeers.removeAll()
         // The graphs go before the rail communicator: destroying a graph hands NCCL's captured work back to its
         // communicator, and from NCCL 2.26 on its teardown (ncclCommAbort too) waits until every such graph is gone.
-        // An older NCCL frees an aborted communicator at once: then the graphs are kept to the process's end.
-        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs {
-            AbandonedGraphs.keep(buckets.values.flatMap { $0.graphs.values })
-        }
-        for bucket in buckets.values { bucket.graphs.removeAll() }
+        releaseGraphs(of: Array(buckets.values))
         allToAllCommunicator = nil
         railCommunicator = nil
     }
@@ -431,14 +427,19 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return bucket
     }
 
-    /// Drops a bucket's graphs (a graph still running is freed when it completes). After an abort on an NCCL that
-    /// frees the communicator at once, graphs holding its captured work are kept to the process's end, as in close().
+    /// Drops a bucket and its graphs (a graph still running is freed when it completes).
     private func dropBucket(tokens: Int) {
         guard let old = buckets.removeValue(forKey: tokens) else { return }
+        releaseGraphs(of: [old])
+    }
+
+    /// Destroys the buckets' graphs. An older NCCL frees an aborted communicator at once, and destroying a graph
+    /// hands NCCL's captured work back to it: then the graphs are kept to the process's end instead.
+    private func releaseGraphs(of dropped: [Bucket]) {
         if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs {
-            AbandonedGraphs.keep(Array(old.graphs.values))
+            AbandonedGraphs.keep(dropped.flatMap { $0.graphs.values })
         }
-        old.graphs.removeAll()
+        for bucket in dropped { bucket.graphs.removeAll() }
     }
 
     // MARK: parameters
@@ -658,7 +659,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let global = globalRoutingParameters(b, mode: mode)
         let globalSlots = world * b.tokensPerRank * k
         let smallPlanBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts)
-        if fused, let planBytes = smallPlanBytes {
+        let fusedPlanBytes = fused ? smallPlanBytes : nil  // the one-block plan writes this rank's tiles too
+        if let planBytes = fusedPlanBytes {
             try planSmallTilesKernel.launch(
                 LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
                 parameters: CUDAExpertParallelPlanParams(routing: global, ep: ep), programmatic: pdl)
@@ -673,7 +675,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global,
                 programmatic: pdl)
         }
-        if !(fused && smallPlanBytes != nil) {
+        if fusedPlanBytes == nil {
             try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
         }
         try between?(.metadata)
