@@ -473,6 +473,8 @@ MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
                 copy_weight_group<MI>(p, nextExpertGroup, nextFirstGroup, ahead - groupsK, lane, ring + aheadSlot * SLOT_BYTES);
             }
             copy_async_commit();
+            // gemm_resident's slot read, copied: a shared helper changes the resident kernels' SASS (register
+            // allocation, 8 fewer instructions; NVRTC 13.0), and theirs is the measured code. Merge after the A/B.
             const unsigned char *current = ringPointer + slot * SLOT_BYTES;
             uint4 codes[4][MI];
             u32 words[4][MI];
