@@ -112,31 +112,15 @@ extension CUDAExpertParallelLayer {
         }
         lap(.dispatch)
 
-        // 4. experts: order the received rows by expert (stable), tiles of the single-rank variant's rows.
+        // 4. experts: order the received rows by expert (stable), tiles of the single-rank variant's rows, each naming
+        //    its expert by where this GPU holds its weights.
         let received = plan.receivedRows
         if received > 0 {
             let receivedIds = try heap.download(Int32.self, count: received, offsetBytes: layout.offset(of: .allToAllIds))
             let receivedWeights = try heap.download(Float.self, count: received, offsetBytes: layout.offset(of: .allToAllWeights))
-            var byExpert = [[Int32]](repeating: [], count: config.experts)
-            for (i, id) in receivedIds.enumerated() {
-                guard id >= 0, Int(id) < config.experts, ownerOfExpert[Int(id)] == rank else {
-                    throw CUDAError.invalidArgument("rank \(rank) received a row for expert \(id), which it does not own")
-                }
-                byExpert[Int(id)].append(Int32(i))
-            }
-            var order: [Int32] = []
-            var tileList: [MoETile] = []
-            let tileRows = b.plan.tileRows
-            for (expert, rows) in byExpert.enumerated() where !rows.isEmpty {
-                var start = 0
-                while start < rows.count {
-                    tileList.append(MoETile(
-                        expert: Int32(expert), rowStart: Int32(order.count + start), rowCount: Int32(min(tileRows, rows.count - start)),
-                        reserved: 0))
-                    start += tileRows
-                }
-                order += rows
-            }
+            let (order, tileList) = try Self.receivedRowTiles(
+                ids: receivedIds, ownerOfExpert: ownerOfExpert, heldExpertIndex: heldExpertIndex, rank: rank,
+                tileRows: b.plan.tileRows)
             try permutation.uploadAsync(order, stream: stream)
             try a2aSortedWeights.uploadAsync(order.map { receivedWeights[Int($0)] }, stream: stream)
             try a2aTiles.uploadAsync(tileList, stream: stream)
@@ -196,5 +180,32 @@ extension CUDAExpertParallelLayer {
         lap(.reduce)
         let hidden = try downloadOutput(b)
         return CUDAExpertParallelResult(hidden: hidden, phaseSeconds: seconds, bytesMoved: moved, bytesRemote: remote, layerSeconds: nil)
+    }
+}
+
+extension CUDAExpertParallelLayer {
+    /// The received rows of the all-to-all baseline in expert order (stable: `order[i]` is the received row at sorted
+    /// position i) and their tiles of at most `tileRows` rows, each naming its expert by where this GPU holds it.
+    static func receivedRowTiles(
+        ids: [Int32], ownerOfExpert: [Int], heldExpertIndex: [Int], rank: Int, tileRows: Int
+    ) throws(CUDAError) -> (order: [Int32], tiles: [MoETile]) {
+        var byExpert = [[Int32]](repeating: [], count: ownerOfExpert.count)
+        for (i, id) in ids.enumerated() {
+            guard id >= 0, Int(id) < ownerOfExpert.count, ownerOfExpert[Int(id)] == rank else {
+                throw CUDAError.invalidArgument("rank \(rank) received a row for expert \(id), which it does not own")
+            }
+            byExpert[Int(id)].append(Int32(i))
+        }
+        var order: [Int32] = []
+        var tiles: [MoETile] = []
+        for (expert, rows) in byExpert.enumerated() where !rows.isEmpty {
+            for start in stride(from: 0, to: rows.count, by: tileRows) {
+                tiles.append(MoETile(
+                    expert: Int32(heldExpertIndex[expert]), rowStart: Int32(order.count + start),
+                    rowCount: Int32(min(tileRows, rows.count - start)), reserved: 0))
+            }
+            order += rows
+        }
+        return (order, tiles)
     }
 }

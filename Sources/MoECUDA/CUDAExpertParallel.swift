@@ -15,6 +15,7 @@ struct CUDAExpertParallelParams {
     var nodeRanks: Int64 = 0, nodes: Int64 = 0
     var railTokensOffset: Int64 = 0, railCombineOutOffset: Int64 = 0, railCombineInOffset: Int64 = 0
     var arrivals: UInt64 = 0
+    var heldExpertIndex: UInt64 = 0
 }
 
 /// moe_ep.cu's MoEEPPlanParams (the fused plan-and-tiles kernel): the routing parameters, then the EP ones, each at
@@ -103,6 +104,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     public let layout: CUDAExpertParallelLayout
     public let runtime: CUDARuntime
     public let ownerOfExpert: [Int]
+    /// [E]: where this GPU holds the expert's weights, −1 for another rank's. A rank uploads only its own experts
+    /// (in expert order), so the tiles it computes name them by this index.
+    public let heldExpertIndex: [Int]
     public let timeoutSeconds: Double
     /// Polled every 10 ms while this rank waits on the device; returning a reason makes the device barriers
     /// give up at once (the runner reports peers the CPU heap sees dead or aborted).
@@ -130,7 +134,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     private var peerBases: [CUdeviceptr]
     private var openedPeers: [CUdeviceptr] = []
     let peerHeaps: DeviceBuffer
-    let owners: DeviceBuffer
+    let owners, heldExperts: DeviceBuffer
     // Local tokens and routing.
     let x, output, logits, localIds, localWeights: DeviceBuffer
     let localBlockCounts, localExpertCounts, localOffsets, localSortedToSlot, localSlotToSorted, localSortedWeights: DeviceBuffer
@@ -174,6 +178,16 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             options: KernelBuildSwitches.current, architecture: architecture)
     }
 
+    /// [E]: each expert's index among `rank`'s experts in expert order, −1 for the other ranks' experts.
+    static func heldExpertIndex(ownerOfExpert: [Int], rank: Int) -> [Int] {
+        var next = 0
+        return ownerOfExpert.map { owner in
+            guard owner == rank else { return -1 }
+            defer { next += 1 }
+            return next
+        }
+    }
+
     /// The GPU a rank uses: one process per GPU, ranks beyond the device count share GPUs round-robin.
     public static func deviceOrdinal(localRank: Int, deviceCount: Int) -> Int { localRank % max(1, deviceCount) }
 
@@ -201,6 +215,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         self.world = world
         self.capacity = capacity
         self.ownerOfExpert = ownerOfExpert
+        heldExpertIndex = Self.heldExpertIndex(ownerOfExpert: ownerOfExpert, rank: rank)
         self.timeoutSeconds = timeoutSeconds
         grid = try NodeGrid(world: world, nodes: nodes)
         layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden, nodes: nodes)
@@ -215,7 +230,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let device = runtime.device
         try device.makeCurrent()
         kernels = try LayerKernels(runtime: runtime)
-        layer = try DeviceLayer(device: device, layer: RepackedLayer(weights))
+        let held = (0..<config.experts).filter { ownerOfExpert[$0] == rank }
+        layer = try DeviceLayer(device: device, layer: RepackedLayer(weights, selection: held))
         stream = try CUDAStream(device: device)
         sideStream = try CUDAStream(device: device)
         let request = Self.kernelRequest(architecture: device.architecture)
@@ -249,6 +265,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         peerHeaps = try buffer(R * 8)
         owners = try buffer(E * 4)
         try owners.upload(ownerOfExpert.map { Int32($0) })
+        heldExperts = try buffer(E * 4)
+        try heldExperts.upload(heldExpertIndex.map { Int32($0) })
         x = try buffer(T * H * 2)
         output = try buffer(T * H * 2)
         logits = try buffer(T * E * 4)
@@ -301,6 +319,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     deinit { close() }
 
     public var deviceSummary: String { runtime.device.summary }
+
+    /// The layer's device weights on this rank: its own experts only (and the whole router).
+    public var heldWeightsSummary: String {
+        let held = heldExpertIndex.filter { $0 >= 0 }.count
+        let tenthsMiB = (layer.bytes * 10 + 524_288) / 1_048_576
+        return "weights of \(held) of \(config.experts) experts on the GPU, \(tenthsMiB / 10).\(tenthsMiB % 10) MiB"
+    }
 
     // MARK: IPC
 
@@ -450,6 +475,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.ownHeap = heap.address
         p.setRegionOffsets(layout)
         p.ownerOfExpert = owners.address
+        p.heldExpertIndex = heldExperts.address
         p.x = x.address
         p.localIds = localIds.address
         p.localWeights = localWeights.address

@@ -112,6 +112,7 @@ public final class DeviceBuffer: @unchecked Sendable {
         guard offsetBytes + bytes <= byteCount else {
             throw .invalidArgument("upload of \(bytes) bytes at \(offsetBytes) overflows a \(byteCount)-byte buffer")
         }
+        guard bytes > 0 else { return }  // an empty array has no base address to copy from (a rank with no experts)
         let driver = device.driver
         let result = values.withUnsafeBytes { raw in
             driver.api.cuMemcpyHtoD?(address + CUdeviceptr(offsetBytes), raw.baseAddress, bytes)

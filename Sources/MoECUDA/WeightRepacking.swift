@@ -27,16 +27,20 @@ public struct RepackedExpertStack: Sendable {
     public var chunks: Int { (columns + 63) / 64 }
     public var scaleGroups: Int { (chunks + 3) / 4 }
 
-    public init(_ stack: MXFP4ExpertStack, gateUpInterleaved: Bool) {
+    /// - Parameter selection: the checkpoint experts to keep, in order (expert i of the result is selection[i]); all
+    ///   of them when nil. An expert-parallel GPU rank keeps only its own.
+    public init(_ stack: MXFP4ExpertStack, gateUpInterleaved: Bool, selection: [Int]? = nil) {
         precondition(stack.rows % 16 == 0, "rows must be a multiple of 16")
-        experts = stack.experts
+        let selected = selection ?? Array(0..<stack.experts)
+        precondition(selected.allSatisfy { $0 >= 0 && $0 < stack.experts }, "selected experts must be in 0..<\(stack.experts)")
+        experts = selected.count
         rows = stack.rows
         columns = stack.columns
         self.gateUpInterleaved = gateUpInterleaved
         let G = stack.rows / 16, C = (stack.columns + 63) / 64, S = (C + 3) / 4
         let blocksPerRow = stack.blocksPerRow
-        var codes = [UInt32](repeating: 0, count: stack.experts * G * C * 32 * 4)
-        var scales = [UInt8](repeating: 127, count: stack.experts * G * S * 8 * 4 * 4)
+        var codes = [UInt32](repeating: 0, count: selected.count * G * C * 32 * 4)
+        var scales = [UInt8](repeating: 127, count: selected.count * G * S * 8 * 4 * 4)
         let table = RepackedExpertStack.placementTable
         let interleaved = gateUpInterleaved
         stack.blocks.withUnsafeBufferPointer { blocks in
@@ -47,11 +51,11 @@ public struct RepackedExpertStack: Sendable {
                         nonisolated(unsafe) let s = sourceScales
                         nonisolated(unsafe) let co = codeOut
                         nonisolated(unsafe) let so = scaleOut
-                        DispatchQueue.concurrentPerform(iterations: stack.experts * G) { item in
+                        DispatchQueue.concurrentPerform(iterations: selected.count * G) { item in
                             let e = item / G, g = item % G
                             for position in 0..<16 {
                                 let row = RepackedExpertStack.sourceRow(group: g, position: position, interleaved: interleaved)
-                                let rowBlocks = (e * stack.rows + row) * blocksPerRow
+                                let rowBlocks = (selected[e] * stack.rows + row) * blocksPerRow
                                 let gid = position & 7, half = position >> 3
                                 for c in 0..<C {
                                     for blockInChunk in 0..<2 {
@@ -147,14 +151,23 @@ public struct RepackedLayer: Sendable {
     public let down: RepackedExpertStack
     /// b2 [E, H] f32.
     public let downBias: [Float]
+    /// The checkpoint experts held, in order: the kernels' expert i is experts[i]. The router keeps all E.
+    public let experts: [Int]
 
-    public init(_ weights: MoELayerWeights) {
+    /// - Parameter selection: the experts whose weights the GPU holds (all when nil): an expert-parallel rank
+    ///   uploads only its own, and its tiles name them by their index here (moe_ep_local_tiles).
+    public init(_ weights: MoELayerWeights, selection: [Int]? = nil) {
         config = weights.config
+        let selected = selection ?? Array(0..<weights.config.experts)
+        experts = selected
         routerWeight = weights.routerWeight.map { BF16.bits($0) }
         routerBias = weights.routerBias
-        gateUp = RepackedExpertStack(weights.gateUp, gateUpInterleaved: true)
-        gateUpBias = weights.gateUpBias
-        down = RepackedExpertStack(weights.down, gateUpInterleaved: false)
-        downBias = weights.downBias
+        gateUp = RepackedExpertStack(weights.gateUp, gateUpInterleaved: true, selection: selected)
+        down = RepackedExpertStack(weights.down, gateUpInterleaved: false, selection: selected)
+        func rows(_ bias: [Float], width: Int) -> [Float] {
+            selection == nil ? bias : selected.flatMap { bias[($0 * width)..<(($0 + 1) * width)] }
+        }
+        gateUpBias = rows(weights.gateUpBias, width: 2 * weights.config.intermediate)
+        downBias = rows(weights.downBias, width: weights.config.hidden)
     }
 }

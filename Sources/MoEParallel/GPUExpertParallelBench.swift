@@ -283,6 +283,7 @@ extension GPUExpertParallelBench {
         let say: (String) -> Void = { if runner.isRoot { print($0) } }
         say("model:   \(source): \(weights.config)")
         say("ranks:   \(world) × cuda, device \(runner.deviceOrdinal) of rank 0: \(runner.layers[0].deviceSummary); experts \(runner.assignment)")
+        say("weights: rank 0 holds the \(runner.layers[0].heldWeightsSummary)")
         say(runner.transportLine)
         // The ceiling copies through the IPC mapping of the next node rank: only where the symmetric path can run.
         let ceiling = runner.symmetricRefusal == nil ? try runner.measurePeerCopy() : nil

@@ -147,3 +147,37 @@ private func packWord(_ bytes: [Int]) -> UInt32 {
     }
     #expect(failures == 0, "\(failures) words do not round trip")
 }
+
+/// An expert-parallel rank repacks only its experts: expert i of the result must be the full repack's expert
+/// selection[i], byte for byte, biases included, for a selection with gaps (as round-robin gives).
+@Test func aSelectionOfExpertsRepacksExactlyThoseExperts() throws {
+    let config = MoEConfig(hidden: 64, intermediate: 96, experts: 6, topK: 2)
+    let weights = try SyntheticModel.layer(config: config, seed: 11)
+    let full = RepackedLayer(weights)
+    let selection = [1, 4, 5]
+    let part = RepackedLayer(weights, selection: selection)
+    #expect(full.experts == Array(0..<6))
+    #expect(part.experts == selection)
+    #expect(part.routerWeight == full.routerWeight, "the router scores every expert on every rank")
+    #expect(part.routerBias == full.routerBias)
+    for (stackPart, stackFull) in [(part.gateUp, full.gateUp), (part.down, full.down)] {
+        #expect(stackPart.experts == selection.count)
+        let codesPerExpert = stackFull.codes.count / 6, scalesPerExpert = stackFull.scales.count / 6
+        #expect(stackPart.codes.count == selection.count * codesPerExpert)
+        for (i, e) in selection.enumerated() {
+            #expect(stackPart.codes[(i * codesPerExpert)..<((i + 1) * codesPerExpert)] == stackFull.codes[(e * codesPerExpert)..<((e + 1) * codesPerExpert)])
+            #expect(stackPart.scales[(i * scalesPerExpert)..<((i + 1) * scalesPerExpert)] == stackFull.scales[(e * scalesPerExpert)..<((e + 1) * scalesPerExpert)])
+        }
+    }
+    let (gateWidth, downWidth) = (2 * config.intermediate, config.hidden)
+    #expect(part.gateUpBias == selection.flatMap { Array(weights.gateUpBias[($0 * gateWidth)..<(($0 + 1) * gateWidth)]) })
+    #expect(part.downBias == selection.flatMap { Array(weights.downBias[($0 * downWidth)..<(($0 + 1) * downWidth)]) })
+    // And the held experts decode to the checkpoint's values through the kernel's decode model.
+    let matrix = weights.down.matrix(expert: 4).decoded()
+    for row in stride(from: 0, to: config.hidden, by: 7) {
+        for k in 0..<config.intermediate { #expect(part.down.decodedValue(expert: 1, row: row, column: k) == matrix[row * config.intermediate + k]) }
+    }
+    // A rank with no experts holds none (and uploads nothing).
+    let none = RepackedLayer(weights, selection: [])
+    #expect(none.gateUp.codes.isEmpty && none.down.scales.isEmpty && none.gateUpBias.isEmpty && none.downBias.isEmpty)
+}

@@ -282,3 +282,30 @@ final class LoneHost: CUDAExpertParallelHost {
     let noQuery = CUDADriver(api: CCUDADriverAPI(), libraryPath: "fake")
     #expect(try GPUExpertParallelRunner.peerAccessRefusal(driver: noQuery, placements: four, node: 0) == nil)
 }
+
+/// A GPU rank holds only its own experts, in expert order; every tile it computes must name its expert by that
+/// position, or the GEMMs read another expert's weights (or past the upload).
+@Test func aRankNamesItsExpertsByWhereItsGPUHoldsThem() throws {
+    let owners = [1, 0, 1, 2, 1, 0]  // round-robin-like gaps
+    #expect(CUDAExpertParallelLayer.heldExpertIndex(ownerOfExpert: owners, rank: 1) == [0, -1, 1, -1, 2, -1])
+    #expect(CUDAExpertParallelLayer.heldExpertIndex(ownerOfExpert: owners, rank: 2) == [-1, -1, -1, 0, -1, -1])
+    #expect(CUDAExpertParallelLayer.heldExpertIndex(ownerOfExpert: owners, rank: 3) == [Int](repeating: -1, count: 6))
+
+    // The all-to-all baseline's received rows: ids in arrival order, 3 rows of expert 4 with tiles of 2 rows.
+    let held = CUDAExpertParallelLayer.heldExpertIndex(ownerOfExpert: owners, rank: 1)
+    let ids: [Int32] = [4, 0, 2, 4, 0, 4]
+    let (order, tiles) = try CUDAExpertParallelLayer.receivedRowTiles(
+        ids: ids, ownerOfExpert: owners, heldExpertIndex: held, rank: 1, tileRows: 2)
+    #expect(order == [1, 4, 2, 0, 3, 5], "stable by expert: expert 0's rows, then 2's, then 4's")
+    #expect(tiles.map(\.expert) == [0, 1, 2, 2])
+    #expect(tiles.map(\.rowStart) == [0, 2, 3, 5])
+    #expect(tiles.map(\.rowCount) == [2, 1, 2, 1])
+
+    // A row for an expert another rank owns is an error that names it, not a wrong GEMM.
+    #expect(throws: CUDAError.self) {
+        _ = try CUDAExpertParallelLayer.receivedRowTiles(ids: [3], ownerOfExpert: owners, heldExpertIndex: held, rank: 1, tileRows: 2)
+    }
+    #expect(throws: CUDAError.self) {
+        _ = try CUDAExpertParallelLayer.receivedRowTiles(ids: [6], ownerOfExpert: owners, heldExpertIndex: held, rank: 1, tileRows: 2)
+    }
+}

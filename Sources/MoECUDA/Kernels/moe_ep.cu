@@ -195,12 +195,14 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingP
     ep_plan_small_block(p);
 }
 
-/// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order.
+/// grid 1 × 1024: keeps the global tiles whose expert this rank owns, in order, each renamed to the index of its
+/// expert's weights on this GPU (a rank holds only its own experts).
 MOE_DEVICE void ep_local_tiles_block(const MoEEPParams &p) {
     __shared__ int scratch[33];
     const MoETile *tiles = (const MoETile *)p.tiles;
     MoETile *local = (MoETile *)p.localTiles;
     const int *owner = (const int *)p.ownerOfExpert;
+    const int *held = (const int *)p.heldExpertIndex;
     const int count = *(const int *)p.tileCount;
     int base = 0;
     for (int first = 0; first < count; first += blockDim.x) {
@@ -213,7 +215,10 @@ MOE_DEVICE void ep_local_tiles_block(const MoEEPParams &p) {
         }
         int total;
         const int at = block_exclusive_scan(mine, scratch, &total);
-        if (mine) local[base + at] = tile;
+        if (mine) {
+            tile.expert = held[tile.expert];
+            local[base + at] = tile;
+        }
         base += total;
     }
     if (threadIdx.x == 0) *(int *)p.localTileCount = base;

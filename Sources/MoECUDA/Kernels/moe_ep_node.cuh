@@ -28,6 +28,7 @@ typedef struct MoEEPParams {
     long long nodes;      ///< N
     long long railTokensOffset, railCombineOutOffset, railCombineInOffset;
     MoEDevicePointer arrivals;  ///< u32 [4] fused barriers' block counts by phase, zero between launches (the last block resets)
+    MoEDevicePointer heldExpertIndex;  ///< [E] i32: where this rank's GPU holds the expert's weights (−1: not here)
 } MoEEPParams;
 
 /// The fused plan-and-tiles kernel's parameters (moe_ep_plan_small_tiles; Swift: CUDAExpertParallelPlanParams).
