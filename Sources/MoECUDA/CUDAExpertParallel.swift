@@ -215,7 +215,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         self.world = world
         self.capacity = capacity
         self.ownerOfExpert = ownerOfExpert
-        heldExpertIndex = Self.heldExpertIndex(ownerOfExpert: ownerOfExpert, rank: rank)
+        let heldIndex = Self.heldExpertIndex(ownerOfExpert: ownerOfExpert, rank: rank)
+        heldExpertIndex = heldIndex
         self.timeoutSeconds = timeoutSeconds
         grid = try NodeGrid(world: world, nodes: nodes)
         layout = try CUDAExpertParallelLayout(ranks: world, capacity: capacity, topK: config.topK, hidden: config.hidden, nodes: nodes)
@@ -230,7 +231,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let device = runtime.device
         try device.makeCurrent()
         kernels = try LayerKernels(runtime: runtime)
-        let held = (0..<config.experts).filter { ownerOfExpert[$0] == rank }
+        // Uploaded in the order heldExpertIndex numbers them: expert e's weights at index heldExpertIndex[e].
+        let held = heldIndex.indices.filter { heldIndex[$0] >= 0 }
         layer = try DeviceLayer(device: device, layer: RepackedLayer(weights, selection: held))
         stream = try CUDAStream(device: device)
         sideStream = try CUDAStream(device: device)
@@ -322,7 +324,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// The layer's device weights on this rank: its own experts only (and the whole router).
     public var heldWeightsSummary: String {
-        let held = heldExpertIndex.filter { $0 >= 0 }.count
+        let held = layer.experts.count
         let tenthsMiB = (layer.bytes * 10 + 524_288) / 1_048_576
         return "weights of \(held) of \(config.experts) experts on the GPU, \(tenthsMiB / 10).\(tenthsMiB % 10) MiB"
     }

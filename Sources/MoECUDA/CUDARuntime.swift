@@ -111,7 +111,10 @@ final class LayerKernels: @unchecked Sendable {
 
 /// The layer's weights on the device, in the repacked layout (WeightRepacking.swift).
 final class DeviceLayer: @unchecked Sendable {
+    /// The whole layer's shape; the expert buffers hold only `experts` (all E on one GPU, a rank's own under EP).
     let config: MoEConfig
+    /// The checkpoint experts whose weights are here: a tile's expert i is experts[i].
+    let experts: [Int]
     let routerWeight: DeviceBuffer
     let routerBias: DeviceBuffer
     let gateUpCodes: DeviceBuffer
@@ -125,6 +128,7 @@ final class DeviceLayer: @unchecked Sendable {
 
     init(device: CUDADevice, layer: RepackedLayer) throws(CUDAError) {
         config = layer.config
+        experts = layer.experts
         func upload<T>(_ values: [T]) throws(CUDAError) -> DeviceBuffer {
             let buffer = try DeviceBuffer(device: device, byteCount: values.count * MemoryLayout<T>.stride)
             try buffer.upload(values)
