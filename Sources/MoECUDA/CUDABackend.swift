@@ -215,7 +215,13 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
                 bucketUse.touch(tokens)
                 return bucket
             } catch {
-                guard case .driver(_, 2, _, _) = error, dropOldestBucket() else { throw error }  // 2: out of memory
+                guard error.isOutOfMemory else { throw error }
+                guard dropOldestBucket() else {
+                    throw CUDAError.outOfMemory(
+                        what: "the buffers of a \(tokens)-token forward", bytes: nil, free: try? runtime.device.memoryInfo().free,
+                        total: runtime.device.totalMemory,
+                        advice: "Send smaller batches (moe serve --max-batch-tokens), or hold fewer experts per GPU (moe launch --ranks R).")
+                }
             }
         }
     }

@@ -18,6 +18,9 @@ public enum CUDAError: Error, Sendable, Equatable, CustomStringConvertible {
     case cublas(call: String, status: Int32)
     case nccl(call: String, code: Int32, message: String)
     case invalidArgument(String)
+    /// The GPU ran out of memory for `what` (`bytes` of it, where known), with the device's free and total memory
+    /// at that moment and what to do.
+    case outOfMemory(what: String, bytes: Int?, free: Int?, total: Int, advice: String)
 
     public var description: String {
         switch self {
@@ -37,7 +40,22 @@ public enum CUDAError: Error, Sendable, Equatable, CustomStringConvertible {
         case .cublas(let call, let status): "\(call) failed with cuBLAS status \(status)"
         case .nccl(let call, let code, let message): "\(call) failed: \(message) (\(code))"
         case .invalidArgument(let why): why
+        case .outOfMemory(let what, let bytes, let free, let total, let advice):
+            "the GPU is out of memory for \(what)\(bytes.map { " (\(CUDAError.mebibytes($0)))" } ?? ""): "
+                + "\(free.map { "\(CUDAError.mebibytes($0)) free" } ?? "free memory unknown") of \(CUDAError.mebibytes(total)). \(advice)"
         }
+    }
+
+    /// "1234.5 MiB".
+    static func mebibytes(_ bytes: Int) -> String {
+        let tenths = (bytes * 10 + 524_288) / 1_048_576
+        return "\(tenths / 10).\(tenths % 10) MiB"
+    }
+
+    /// The driver's out-of-memory result (CUDA_ERROR_OUT_OF_MEMORY).
+    var isOutOfMemory: Bool {
+        if case .driver(_, 2, _, _) = self { return true }
+        return false
     }
 
     /// One line: the places tried (in order) and the distinct reasons the loader gave.

@@ -260,7 +260,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         planSmallTilesKernel = try module.function("moe_ep_plan_small_tiles")
 
         let (R, T, k, H, I, E) = (world, capacity, config.topK, config.hidden, config.intermediate, config.experts)
-        func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer { try DeviceBuffer(device: device, byteCount: bytes) }
+        let what = "rank \(rank)'s symmetric heap (\(CUDAError.mebibytes(layout.totalBytes))) and scratch for \(T) tokens per rank"
+        let advice = "Lower --max-tokens-per-rank: the heap and scratch are sized for that many tokens per rank."
+        func buffer(_ bytes: Int) throws(CUDAError) -> DeviceBuffer {
+            try device.allocating(what, bytes: nil, advice: advice) { () throws(CUDAError) -> DeviceBuffer in
+                try DeviceBuffer(device: device, byteCount: bytes)
+            }
+        }
         heap = try buffer(layout.totalBytes)
         peerBases = [CUdeviceptr](repeating: 0, count: R)
         peerBases[rank] = heap.address

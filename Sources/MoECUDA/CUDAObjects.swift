@@ -83,6 +83,20 @@ public final class CUDADevice: @unchecked Sendable {
         try driver.call("cuMemGetInfo", driver.api.cuMemGetInfo?(&free, &total))
         return (free, total)
     }
+
+    /// Runs `allocate`; the driver's out-of-memory result becomes `.outOfMemory` naming `what`, its size, the
+    /// device's free memory then and `advice` — "cuMemAlloc failed" alone does not say which part did not fit.
+    func allocating<T>(
+        _ what: String, bytes: Int?, advice: String, _ allocate: () throws(CUDAError) -> T
+    ) throws(CUDAError) -> T {
+        do {
+            return try allocate()
+        } catch {
+            guard error.isOutOfMemory else { throw error }
+            let free = try? memoryInfo().free
+            throw .outOfMemory(what: what, bytes: bytes, free: free, total: totalMemory, advice: advice)
+        }
+    }
 }
 
 /// Device memory, freed on deinit. `address` is what kernels receive.

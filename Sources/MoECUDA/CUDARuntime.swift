@@ -129,10 +129,17 @@ final class DeviceLayer: @unchecked Sendable {
     init(device: CUDADevice, layer: RepackedLayer) throws(CUDAError) {
         config = layer.config
         experts = layer.experts
+        let held = layer.experts.count == layer.config.experts ? "all \(held(layer))" : held(layer)
+        let what = "the weights of \(held) of one MoE layer"
+        let advice = layer.experts.count > 1
+            ? "Spread the experts over more GPUs (moe launch --ranks R): each rank holds only its own."
+            : "A smaller model is needed on this GPU."
         func upload<T>(_ values: [T]) throws(CUDAError) -> DeviceBuffer {
-            let buffer = try DeviceBuffer(device: device, byteCount: values.count * MemoryLayout<T>.stride)
-            try buffer.upload(values)
-            return buffer
+            try device.allocating(what, bytes: layer.bytes, advice: advice) { () throws(CUDAError) -> DeviceBuffer in
+                let buffer = try DeviceBuffer(device: device, byteCount: values.count * MemoryLayout<T>.stride)
+                try buffer.upload(values)
+                return buffer
+            }
         }
         routerWeight = try upload(layer.routerWeight)
         routerBias = try upload(layer.routerBias)
@@ -150,4 +157,8 @@ final class DeviceLayer: @unchecked Sendable {
         [routerWeight, routerBias, gateUpCodes, gateUpScales, gateUpBias, downCodes, downScales, downBias]
             .reduce(0) { $0 + $1.byteCount }
     }
+}
+
+private func held(_ layer: RepackedLayer) -> String {
+    "\(layer.experts.count) expert\(layer.experts.count == 1 ? "" : "s")"
 }

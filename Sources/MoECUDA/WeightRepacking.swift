@@ -154,6 +154,12 @@ public struct RepackedLayer: Sendable {
     /// The checkpoint experts held, in order: the kernels' expert i is experts[i]. The router keeps all E.
     public let experts: [Int]
 
+    /// The bytes the GPU holds for this layer.
+    public var bytes: Int {
+        routerWeight.count * 2 + (routerBias.count + gateUpBias.count + downBias.count) * 4
+            + gateUp.codes.count * 4 + gateUp.scales.count + down.codes.count * 4 + down.scales.count
+    }
+
     /// - Parameter selection: the experts whose weights the GPU holds (all when nil): an expert-parallel rank
     ///   uploads only its own, and its tiles name them by their index here (moe_ep_local_tiles).
     public init(_ weights: MoELayerWeights, selection: [Int]? = nil) {
