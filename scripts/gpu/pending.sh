@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device calls that session 8 prepared and never got (no machine was lent), in two parts of ~5 minutes each
+# The device calls that sessions 8 and 9 prepared and never got (no machine was lent), in two parts of ~5 minutes each
 # (session 7's step times; steps are cut at the deadline, most important first):
 #   kernels: the opt-in kernels' stage checks, conformance checks and A/B against the defaults (the one-fence
 #            arrivals, MOE_CUDA_ONE_FENCE=1, among them), compute-sanitizer, the default's bench;
@@ -15,6 +15,8 @@ case $part in
         bash $D info check debug
         NEW_VARIANTS="$S2 $S $P $S64" bash $D debugnew
         for v in $S2 $S $P $S64; do MOE_CUDA_GEMM=$v bash $D check; done
+        # Three persistent blocks: every block walks many items, on the small shapes' one-group K too (session 9's fix).
+        MOE_CUDA_PERSISTENT_BLOCKS=3 MOE_CUDA_GEMM=$P bash $D check
         AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_CUDA_GEMM=$P@32,128,512 MOE_CUDA_GEMM=$S64@1024,2048 MOE_CUDA_ONE_FENCE=1@1,2,8" bash $D abenv
         RACE_VARIANT=$S2 MEM_VARIANT=$P bash $D racedecoded memdecoded
         RACE_VARIANT=$S MEM_VARIANT=$S2 bash $D racedecoded memdecoded

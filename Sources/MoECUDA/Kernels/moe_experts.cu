@@ -433,6 +433,7 @@ MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
         copy_async_commit();
     }
     int slot = 0;  // ring slot of the next group to multiply: it keeps turning across items
+    bool firstItem = true;
     while (true) {
         const int next = item + (int)gridDim.x;
         const bool hasNext = next < total;
@@ -442,6 +443,13 @@ MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
         const long long nextExpertGroup = (long long)nextTile.expert * p.groups;
 
         __syncthreads();  // every warp is done with the previous item's activation rows
+        // With K shorter than S − 1 groups the previous item's look-ahead ran past this item's first groups
+        // (it copies only groups S − 1 − K… of it): the rest go into the slots the ring's order gives them.
+        if (!firstItem) {
+            for (int j = 0; j < S - 1 - groupsK && j < groupsK; ++j)
+                copy_weight_group<MI>(p, expertGroup, firstGroup, j, lane, ring + ((slot + j) % S) * SLOT_BYTES);
+        }
+        firstItem = false;
         const int rows = min(tile.rowCount, p.residentRows);
         for (int j = warp; j < rows; j += WN) {
             const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
@@ -451,7 +459,7 @@ MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
             }
         }
         copy_async_commit();
-        copy_async_wait<0>();  // the rows, and this item's first S − 1 weight groups
+        copy_async_wait<0>();  // the rows, and this item's first S − 1 weight groups (or all, if fewer)
         __syncthreads();
 
         float chains[4][MI][NJ][4];
