@@ -7,7 +7,8 @@ set -u
 OUT=${OUT:-/tmp/moekit-out}
 mkdir -p "$OUT"
 M=/tmp/moe
-xz -dc .device/moe.xz > $M && chmod +x $M  # every call: a warm machine may hold an older bundle's binary
+# Every call: a warm machine may hold an older bundle's binary, which a failed unpack must not leave in place.
+xz -dc .device/moe.xz > $M && chmod +x $M || { echo "could not unpack .device/moe.xz into $M" >&2; rm -f $M; exit 1; }
 # The call's deadline: steps are cut to fit and skipped when under 15 s is left, so the summary always prints.
 DEADLINE=${DEADLINE:-$(( $(date +%s) + ${BUDGET:-570} ))}
 LOG="$OUT/run.log"
@@ -24,6 +25,9 @@ step() {  # step NAME LIMIT_SECONDS command...
         return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
+    # The step's MOE_CUDA_* settings, so that repeated steps (pending.sh runs `check` once per variant) are told apart.
+    local settings; settings=$(env | grep -E '^MOE_CUDA_' | sort | tr '\n' ' ')
+    name="$name${settings:+ [${settings% }]}"
     echo "=== $name: $*" | tee -a "$LOG"
     local t0=$(date +%s)
     timeout "$limit" "$@" > "$OUT/step.log" 2>&1
@@ -100,6 +104,11 @@ for s in $steps; do
 done
 rm -f "$OUT/step.log"
 # The device tool brings back a few files only: each step's folder goes back as one archive.
-for d in "$OUT"/*/; do [ -d "$d" ] && tar -C "$OUT" -czf "${d%/}.tgz" "$(basename "$d")" && rm -rf "$d"; done
+for d in "$OUT"/*/; do
+    [ -d "$d" ] || continue
+    t=${d%/}; n=1
+    while [ -e "$t.tgz" ]; do t=${d%/}-$n; n=$((n + 1)); done  # a later call of the same step keeps the earlier archive
+    tar -C "$OUT" -czf "$t.tgz" "$(basename "$d")" && rm -rf "$d"
+done
 echo "----- summary"
 printf "$SUMMARY"

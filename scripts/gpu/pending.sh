@@ -10,6 +10,9 @@ set -u
 part=${1:-kernels}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 P=persistent_1_1_8_1_3; S=specialized_2_128_4_2_1; S2=specialized_2_128_4_2_2; S64=specialized_2_64_6_2_2; D=.device/device-check.sh
+for f in device-check.sh ep-check.sh pending.sh; do
+    cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
+done
 case $part in
     kernels)
         bash $D info check debug
@@ -17,11 +20,12 @@ case $part in
         for v in $S2 $S $P $S64; do MOE_CUDA_GEMM=$v bash $D check; done
         # Three persistent blocks: every block walks many items, on the small shapes' one-group K too (session 9's fix).
         MOE_CUDA_PERSISTENT_BLOCKS=3 MOE_CUDA_GEMM=$P bash $D check
-        AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_CUDA_GEMM=$P@32,128,512 MOE_CUDA_GEMM=$S64@1024,2048 MOE_CUDA_ONE_FENCE=1@1,2,8" bash $D abenv
+        # The sanitizers before the A/B (3–4 min): if the deadline bites, speed is what gets cut, not correctness.
         RACE_VARIANT=$S2 MEM_VARIANT=$P bash $D racedecoded memdecoded
         RACE_VARIANT=$S MEM_VARIANT=$S2 bash $D racedecoded memdecoded
         RACE_VARIANT=$P bash $D racedecoded racecheck2
         MOE_CUDA_ONE_FENCE=1 bash $D check racecheck2
+        AB_ENVS="MOE_CUDA_GEMM=$S2@2048,8192,32768 MOE_CUDA_GEMM=$S@2048,8192,32768 MOE_CUDA_GEMM=$P@32,128,512 MOE_CUDA_GEMM=$S64@1024,2048 MOE_CUDA_ONE_FENCE=1@1,2,8" bash $D abenv
         bash $D bench
         ;;
     ep)
@@ -34,4 +38,4 @@ case $part in
         ;;
     *) echo "usage: pending.sh kernels|ep [SECONDS]" >&2; exit 2 ;;
 esac
-grep -h "=== .* rc=" ${OUT:-/tmp/moekit-out}/run.log
+grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
