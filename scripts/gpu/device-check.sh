@@ -56,6 +56,7 @@ for s in $steps; do
     epmulti) TAIL=80 step epmulti 600 env MOE=$M OUT=$OUT/epm bash .device/ep-check.sh multigpu ;;
     epmultifault) TAIL=20 step epmultifault 200 env MOE=$M OUT=$OUT/epmf FAULTS=kill FAULT_RANKS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l) bash .device/ep-check.sh fault ;;
     epserve) TAIL=20 step epserve 300 env MOE=$M OUT=$OUT/eps bash .device/ep-check.sh serve ;;
+    epforward) TAIL=20 step epforward 200 env MOE=$M OUT=$OUT/epf bash .device/ep-check.sh forward ;;
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     epmps) TAIL=30 step epmps 420 env MOE=$M OUT=$OUT/epmps bash .device/ep-check.sh mps ;;
     debugnew) for v in ${NEW_VARIANTS:-specialized_2_128_4_2 specialized_2_64_6_2 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100,300 --variant $v; done ;;

@@ -20,7 +20,7 @@
 # The `multigpu` step is the multi-GPU issue's run (one process per GPU); with FAULT_RANKS=<GPUs> the `fault`
 # step kills a rank of a job spread over every GPU.
 #
-#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl serve mps (default: check fault bench)
+#   usage: bash .device-ep/ep-check.sh [steps...]   steps: check checkbig fault bench nccl nodes multigpu pdl serve forward mps (default: check fault bench)
 #   env:   MOE (binary, default .device-ep/moe), OUT (logs), PRESET (bench model, default gpt-oss-20b)
 set -u
 OUT=${OUT:-/tmp/ep-out}
@@ -273,6 +273,43 @@ for s in $steps; do
         TAIL=30 runnodes "nodes bench $PRESET N=2 L=1" 300 2 1 bench --backend cuda --preset $PRESET --tokens 2,16,64,256 --iterations 20 --warmup 3 \
             --json "$OUT/nodes-bench.json"
         grep "EPROW" "$OUT/step.log" >> "$OUT/eprows.txt"
+        ;;
+    forward)
+        # moe forward --ranks on the GPU (wired in session 6, never run on one before): the output tensors of 2 ranks
+        # (symmetric) and 3 ranks (all-to-all) bit for bit those of one CUDA rank; tiny model, 9 tokens.
+        F="$OUT/forward"; rm -rf "$F"; mkdir -p "$F"
+        $MOE init --preset tiny --out "$F/model" --layers 1 > /dev/null
+        python3 - "$F/in.safetensors" <<'PY'
+import json, random, struct, sys
+T, H = 9, 128  # tiny: H = 128
+rng = random.Random(3)
+data = b"".join(struct.pack("<f", rng.gauss(0, 1)) for _ in range(T * H))
+header = json.dumps({"hidden_states": {"dtype": "F32", "shape": [T, H], "data_offsets": [0, len(data)]}}).encode()
+header += b" " * (-len(header) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
+PY
+        common="forward --model $F/model --layer 0 --input $F/in.safetensors --backend cuda"
+        run "forward R=1 cuda" 120 $MOE $common --output "$F/one.safetensors"
+        for pair in "2 symmetric" "3 alltoall"; do
+            read -r R comm <<< "$pair"
+            run "forward R=$R $comm" 200 $MOE $common --output "$F/ep-$R.safetensors" --ranks $R --comm $comm --rank-timeout 60
+            # The tensors, not the files: the metadata names the backend.
+            python3 - "$F/one.safetensors" "$F/ep-$R.safetensors" <<'PY' 2>&1 | sed "s/^/forward R=$R $comm: /" | tee -a "$LOG" "$OUT/forward.txt"
+import json, struct, sys
+def tensors(path):
+    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+try:
+    one, ep = tensors(sys.argv[1]), tensors(sys.argv[2])
+    bad = [k for k in one if one[k] != ep.get(k)]
+    print("output tensors bit-identical to one rank" if not bad and one.keys() == ep.keys() else f"values differ in {bad}")
+except Exception as e:
+    print(f"values differ: no comparable output ({e})")
+PY
+        done
+        same=$(grep -c "bit-identical to one rank" "$OUT/forward.txt")
+        [ "$same" = 2 ] || FAILED=$((FAILED + 1))
+        note "$(printf '%-34s %s' "forward --ranks (cuda)" "$same of 2 outputs bit-identical to one rank")"
         ;;
     serve)
         # moe serve --ranks 2 --backend cuda (two ranks sharing the GPU) against a one-rank CUDA server: the same

@@ -29,7 +29,7 @@ case $part in
         bash $D bench
         ;;
     ep)
-        bash $D info epcheck epserve
+        bash $D info epcheck epserve epforward
         MOE_CUDA_EP_FUSED=1 bash $D epcheck
         MOE_CUDA_EP_FUSED=1 MOE_CUDA_ONE_FENCE=1 bash $D epcheck
         bash $D eppdl
