@@ -35,6 +35,7 @@ case $part in
         bash $D eppdl
         NCU_VARIANT=$S2 bash $D ncustall
         NCU_VARIANT=$S bash $D ncustall
+        bash $D epbig  # gpt-oss-20b shapes at R = 2, 3: a rank's own experts on real shapes (last: cut first)
         ;;
     *) echo "usage: pending.sh kernels|ep [SECONDS]" >&2; exit 2 ;;
 esac
