@@ -229,6 +229,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     /// Frees the least recently used bucket; false when there is none.
     private func dropOldestBucket() -> Bool {
         guard let oldest = bucketUse.removeOldest() else { return false }
+        // A bucket frees its buffers before its graphs: nothing of it may still run (a forward waits for its stream
+        // before it returns, except on an error path).
+        _ = try? stream.synchronize()
         buckets[oldest] = nil
         return true
     }

@@ -399,7 +399,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         openedPeers.removeAll()
         // The graphs go before the rail communicator: destroying a graph hands NCCL's captured work back to its
         // communicator, and from NCCL 2.26 on its teardown (ncclCommAbort too) waits until every such graph is gone.
-        releaseGraphs(of: Array(buckets.values))
+        releaseGraphs(of: Array(buckets.values), closing: true)
         allToAllCommunicator = nil
         railCommunicator = nil
     }
@@ -430,8 +430,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     func bucket(tokens: Int) throws(CUDAError) -> Bucket {
+        guard !closed else { throw .invalidArgument("rank \(rank)'s GPU layer is closed: its peers' heaps are unmapped") }
         if let bucket = buckets[tokens] {
-            _ = bucketUse.use(tokens, capacity: Self.maxBuckets)
+            bucketUse.touch(tokens)
             return bucket
         }
         guard tokens >= 1 else { throw .invalidArgument("a global batch needs ≥ 1 token") }
@@ -468,11 +469,17 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// Destroys the buckets' graphs. An older NCCL frees an aborted communicator at once, and destroying a graph
     /// hands NCCL's captured work back to it: then the graphs are kept to the process's end instead.
-    private func releaseGraphs(of dropped: [Bucket]) {
-        if let rail = railCommunicator, rail.isAborted, !rail.library.abortWaitsForGraphs {
-            AbandonedGraphs.keep(dropped.flatMap { $0.graphs.values })
-        }
+    private func releaseGraphs(of dropped: [Bucket], closing: Bool = false) {
+        if railGraphsMustOutliveTheRail(closing: closing) { AbandonedGraphs.keep(dropped.flatMap { $0.graphs.values }) }
         for bucket in dropped { bucket.graphs.removeAll() }
+    }
+
+    /// An older NCCL (< 2.26) frees an aborted communicator at once, and destroying a graph that captured its work
+    /// then touches freed memory: such graphs are kept to the process's end instead. That holds after an abort, and
+    /// at close too, where the rail is aborted next and CUDA may hand a destroyed graph's NCCL work back later.
+    private func railGraphsMustOutliveTheRail(closing: Bool = false) -> Bool {
+        guard let rail = railCommunicator, !rail.library.abortWaitsForGraphs else { return false }
+        return closing || rail.isAborted
     }
 
     // MARK: parameters
@@ -788,7 +795,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         do {
             try enqueueSymmetric(b, mode: mode)
         } catch {
-            _ = try? stream.endCapture()
+            // The partial graph may hold the rail's NCCL work of a communicator the failure aborted (releaseGraphs' rule).
+            let partial = try? stream.endCapture()
+            if let partial, railGraphsMustOutliveTheRail() { AbandonedGraphs.keep([partial]) }
             throw error
         }
         let exec = try stream.endCapture().instantiate()
@@ -998,9 +1007,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
 /// Graphs that captured work of a communicator an older NCCL freed on abort: never destroyed (see `close`).
 enum AbandonedGraphs {
-    nonisolated(unsafe) private static var kept: [CUDAGraphExec] = []
+    nonisolated(unsafe) private static var kept: [AnyObject] = []  // CUDAGraphExec, or a partial capture's CUDAGraph
     private static let lock = DispatchSemaphore(value: 1)
-    static func keep(_ graphs: [CUDAGraphExec]) {
+    static func keep(_ graphs: [AnyObject]) {
         lock.wait()
         kept += graphs
         lock.signal()
