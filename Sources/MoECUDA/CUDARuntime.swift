@@ -42,8 +42,15 @@ public final class CUDARuntime: @unchecked Sendable {
     /// as `CUDAExpertParallelLayer.deviceOrdinal` picks it), else device 0. So a rank on GPU r holds no idle context
     /// on GPU 0 (which would also fail under exclusive-process compute mode).
     static func processOrdinal(_ driver: CUDADriver) throws(CUDAError) -> Int {
-        guard let text = currentEnvironment("MOE_LOCAL_RANK"), let local = Int(text), local > 0 else { return 0 }
+        guard let local = localRank(currentEnvironment), local > 0 else { return 0 }
         return CUDAExpertParallelLayer.deviceOrdinal(localRank: local, deviceCount: try driver.deviceCount())
+    }
+
+    /// A rank's index on its node as RankEnvironment reads it: MOE_LOCAL_RANK, else MOE_RANK (a launcher that sets
+    /// only the rank, on one node); nil outside a rank. One rule, so the shared runtime and the rank's layer pick
+    /// the same GPU.
+    static func localRank(_ lookup: (String) -> String?) -> Int? {
+        (lookup("MOE_LOCAL_RANK") ?? lookup("MOE_RANK")).flatMap { Int($0) }
     }
 
     /// The shared runtime, or why there is none (library missing, no device, old device…).

@@ -50,3 +50,12 @@ import Testing
         #expect(availability.reason.contains("lib") || availability.reason.contains("device"))
     }
 }
+
+/// The shared runtime opens the rank's own GPU by the rank's index on its node, read as RankEnvironment reads it:
+/// MOE_LOCAL_RANK, else MOE_RANK. Before, a launcher setting only MOE_RANK left every rank's shared context on GPU 0.
+@Test func theProcessGPUFollowsTheRanksLocalIndex() {
+    #expect(CUDARuntime.localRank { ["MOE_LOCAL_RANK": "1", "MOE_RANK": "5"][$0] } == 1)
+    #expect(CUDARuntime.localRank { ["MOE_RANK": "3"][$0] } == 3)
+    #expect(CUDARuntime.localRank { _ in nil } == nil)
+    #expect(CUDAExpertParallelLayer.deviceOrdinal(localRank: 3, deviceCount: 2) == 1)
+}
