@@ -42,12 +42,31 @@ public final class CUDADriver: @unchecked Sendable {
     /// Whether device `ordinal` can access device `peer`'s memory (P2P over NVLink or PCIe); nil when the driver
     /// lacks the query.
     public func canAccessPeer(_ ordinal: Int, _ peer: Int) throws(CUDAError) -> Bool? {
-        guard let canAccess = api.cuDeviceCanAccessPeer, let deviceGet = api.cuDeviceGet else { return nil }
-        var device = CUdevice(), peerDevice = CUdevice(), can: Int32 = 0
-        try call("cuDeviceGet", deviceGet(&device, Int32(ordinal)))
-        try call("cuDeviceGet", deviceGet(&peerDevice, Int32(peer)))
-        try call("cuDeviceCanAccessPeer", canAccess(&can, device, peerDevice))
+        guard api.cuDeviceCanAccessPeer != nil else { return nil }
+        return try canAccessPeer(device: try device(ordinal: ordinal), peer: try device(ordinal: peer))
+    }
+
+    /// Whether `device` can access `peer`'s memory; nil when the driver lacks the query.
+    public func canAccessPeer(device: CUdevice, peer: CUdevice) throws(CUDAError) -> Bool? {
+        guard let canAccess = api.cuDeviceCanAccessPeer else { return nil }
+        var can: Int32 = 0
+        try call("cuDeviceCanAccessPeer", canAccess(&can, device, peer))
         return can != 0
+    }
+
+    /// The device of this process's ordinal `ordinal`.
+    public func device(ordinal: Int) throws(CUDAError) -> CUdevice {
+        var device = CUdevice()
+        try call("cuDeviceGet", api.cuDeviceGet?(&device, Int32(ordinal)))
+        return device
+    }
+
+    /// The device at PCI address `busID` ("0000:1b:00.0") among those this process sees; nil when it does not see it
+    /// (CUDA_VISIBLE_DEVICES) or the driver lacks the query.
+    public func device(pciBusID busID: String) -> CUdevice? {
+        guard let get = api.cuDeviceGetByPCIBusId else { return nil }
+        var device = CUdevice()
+        return busID.withCString { get(&device, $0) } == 0 ? device : nil
     }
 
     /// The choke point. `result` is nil when the table lacks the entry point.

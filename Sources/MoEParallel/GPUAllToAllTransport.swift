@@ -58,6 +58,11 @@ public struct GPUPlacement: Sendable, Equatable {
         pciBus >= 0 ? "\(host)/pci \(pciDomain):\(pciBus):\(pciDevice)" : "\(host)/ordinal \(deviceOrdinal)"
     }
 
+    /// The PCI address as the driver takes it ("0000:1b:00.0"); nil when unknown.
+    public var pciBusID: String? {
+        pciBus >= 0 ? "\(hex(pciDomain, 4)):\(hex(pciBus, 2)):\(hex(pciDevice, 2)).0" : nil
+    }
+
     /// The GPU as people read it.
     public var gpuName: String {
         pciBus >= 0

@@ -209,15 +209,37 @@ public final class GPUExpertParallelRunner {
         return "the symmetric path across \(environment.nodes) nodes moves rows between nodes over NCCL, and libnccl could not be loaded on rank\(unloaded.count > 1 ? "s" : "") \(ranks) (set MOE_CUDA_LIBRARY_PATH to the folder holding libnccl.so.2)\(mine)"
     }
 
-    /// Why CUDA IPC stores cannot run on this node: GPUs of its ranks that cannot access each other's memory
-    /// (`cuDeviceCanAccessPeer`, every ordered pair of distinct devices). Nil when all can, when the ranks share one
-    /// GPU, or when the driver lacks the query. Every rank of the node asks about the same pairs, so all agree.
+    /// Why CUDA IPC stores cannot run on this node: GPUs of its ranks that this process cannot see, or that cannot
+    /// access each other's memory (`cuDeviceCanAccessPeer`, every ordered pair of distinct GPUs). Nil when all can,
+    /// when the ranks share one GPU, or when the driver lacks the query. The GPUs are told apart by PCI address: an
+    /// ordinal means something only in its own process (with CUDA_VISIBLE_DEVICES every rank may be "device 0").
+    /// The runner gathers every rank's verdict, so the ranks of a job decide alike even if they see different GPUs.
     static func peerAccessRefusal(driver: CUDADriver, placements: [GPUPlacement], node: Int) throws -> String? {
-        let ordinals = Array(Set(placements.filter { $0.node == node }.map(\.deviceOrdinal))).sorted()
+        var gpus: [GPUPlacement] = []
+        for p in placements.sorted(by: { $0.rank < $1.rank }) where p.node == node && !gpus.contains(where: { $0.gpuKey == p.gpuKey }) {
+            gpus.append(p)
+        }
+        guard gpus.count > 1, driver.api.cuDeviceCanAccessPeer != nil else { return nil }
+        var devices: [Int32] = []  // CUdevice
+        var unseen: [String] = []
+        for gpu in gpus {
+            if let busID = gpu.pciBusID, driver.api.cuDeviceGetByPCIBusId != nil {
+                if let device = driver.device(pciBusID: busID) { devices.append(device) } else { unseen.append(gpu.gpuName) }
+            } else {
+                devices.append(try driver.device(ordinal: gpu.deviceOrdinal))
+            }
+        }
+        guard unseen.isEmpty else {
+            return "\(unseen.joined(separator: ", ")) \(unseen.count > 1 ? "are" : "is") not visible to rank processes of node \(node) "
+                + "(CUDA_VISIBLE_DEVICES?); the symmetric path stores into every node GPU's memory, so each rank must see all of its node's GPUs"
+        }
+        // Named by ordinal where those tell the GPUs apart in one process, else by PCI address.
+        let distinctOrdinals = Set(gpus.map(\.deviceOrdinal)).count == gpus.count
+        func label(_ gpu: GPUPlacement) -> String { distinctOrdinals ? "\(gpu.deviceOrdinal)" : gpu.pciBusID ?? "\(gpu.deviceOrdinal)" }
         var missing: [String] = []
-        for a in ordinals {
-            for b in ordinals where a != b {
-                if try driver.canAccessPeer(a, b) == false { missing.append("\(a)→\(b)") }
+        for (i, a) in gpus.enumerated() {
+            for (j, b) in gpus.enumerated() where i != j {
+                if try driver.canAccessPeer(device: devices[i], peer: devices[j]) == false { missing.append("\(label(a))→\(label(b))") }
             }
         }
         guard !missing.isEmpty else { return nil }

@@ -309,3 +309,37 @@ final class LoneHost: CUDAExpertParallelHost {
         _ = try CUDAExpertParallelLayer.receivedRowTiles(ids: [6], ownerOfExpert: owners, heldExpertIndex: held, rank: 1, tileRows: 2)
     }
 }
+
+/// With CUDA_VISIBLE_DEVICES giving each rank one GPU, every rank is "device 0": the check tells GPUs apart by PCI
+/// address, resolved in this process. A node GPU this process cannot see refuses the IPC paths with the reason
+/// (before, no pair was checked and the first IPC open failed); pairs without P2P are named by PCI address.
+@Test func peerAccessIsCheckedByPCIAddressNotByEachProcesssOrdinal() throws {
+    var api = CCUDADriverAPI()
+    api.cuDeviceGet = { device, ordinal in
+        device?.pointee = ordinal
+        return 0
+    }
+    api.cuDeviceGetByPCIBusId = { device, busID in
+        // This process sees the GPUs on buses 0x10 and 0x20 (devices 0 and 1); bus 0x30 is hidden from it.
+        switch String(cString: busID!) {
+        case "0000:10:00.0": device?.pointee = 0
+        case "0000:20:00.0": device?.pointee = 1
+        default: return 101  // CUDA_ERROR_INVALID_DEVICE
+        }
+        return 0
+    }
+    api.cuDeviceCanAccessPeer = { can, _, _ in
+        can?.pointee = 0  // no P2P between any two
+        return 0
+    }
+    let driver = CUDADriver(api: api, libraryPath: "fake")
+    let everyRankDeviceZero = { (buses: [Int]) in
+        buses.enumerated().map { GPUPlacement(rank: $0.offset, node: 0, host: 1, deviceOrdinal: 0, pciDomain: 0, pciBus: $0.element, pciDevice: 0, ncclLoaded: true) }
+    }
+    let pairs = try #require(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: everyRankDeviceZero([0x10, 0x20]), node: 0))
+    #expect(pairs.contains("0000:10:00.0→0000:20:00.0, 0000:20:00.0→0000:10:00.0"), "\(pairs)")
+    let hidden = try #require(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: everyRankDeviceZero([0x10, 0x30]), node: 0))
+    #expect(hidden.contains("(PCI 0000:30:00) of node 0 is not visible") && hidden.contains("CUDA_VISIBLE_DEVICES"), "\(hidden)")
+    // Ranks sharing one physical GPU (the same PCI address) need nothing, whatever their ordinals.
+    #expect(try GPUExpertParallelRunner.peerAccessRefusal(driver: driver, placements: everyRankDeviceZero([0x30, 0x30]), node: 0) == nil)
+}

@@ -154,6 +154,7 @@ typedef struct CCUDADriverAPI {
     CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *pointer, CUipcMemHandle handle, unsigned int flags); // _v2
     CUresult (*cuIpcCloseMemHandle)(CUdeviceptr pointer);
     CUresult (*cuDeviceCanAccessPeer)(int *canAccess, CUdevice device, CUdevice peer);
+    CUresult (*cuDeviceGetByPCIBusId)(CUdevice *device, const char *pciBusId);
     CUresult (*cuCtxEnablePeerAccess)(CUcontext peer, unsigned int flags);
 } CCUDADriverAPI;
 
