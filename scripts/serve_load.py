@@ -6,14 +6,20 @@ back to back. Prints requests/s, tokens/s, latency percentiles and the server's 
 """
 import argparse, http.client, json, random, threading, time
 
-def metric(port, name):
+FORWARD_ROUTE = '{route="/v1/moe/forward"}'
+COUNTERS = ["moe_forward_batches_total", "moe_forward_seconds_total",
+            "moe_http_request_duration_seconds_sum" + FORWARD_ROUTE, "moe_http_request_duration_seconds_count" + FORWARD_ROUTE]
+
+def metrics(port):
+    """The counters above from /metrics (0 when absent)."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
     conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    values = dict.fromkeys(COUNTERS, 0.0)
+    for line in conn.getresponse().read().decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in values:
+            values[name] = float(value)
+    return values
 
 def main():
     p = argparse.ArgumentParser()
@@ -39,19 +45,26 @@ def main():
                 if response.status != 200:
                     errors[0] += 1
 
-    passes0 = metric(a.port, "moe_forward_batches_total")
+    before = metrics(a.port)
     threads = [threading.Thread(target=client) for _ in range(a.clients)]
     start = time.perf_counter()
     for t in threads: t.start()
     for t in threads: t.join()
     wall = time.perf_counter() - start
-    passes = metric(a.port, "moe_forward_batches_total") - passes0
+    after = metrics(a.port)
+    delta = {k: after[k] - before[k] for k in COUNTERS}
+    passes = delta["moe_forward_batches_total"]
+    # Where a request's time goes: the engine's forward per pass, the server's head-to-response per request (so
+    # the client's p50 minus it is the client and the loopback; it minus the engine is HTTP, JSON and batching).
+    engine_ms = 1e3 * delta["moe_forward_seconds_total"] / max(passes, 1)
+    server_ms = 1e3 * delta["moe_http_request_duration_seconds_sum" + FORWARD_ROUTE] / max(delta["moe_http_request_duration_seconds_count" + FORWARD_ROUTE], 1)
     n = len(latencies)
     latencies.sort()
     pct = lambda q: latencies[min(n - 1, int(q * n))] * 1e3
     print(f"clients={a.clients} requests={n} tokens/request={a.tokens} errors={errors[0]} wall={wall:.2f}s "
           f"req/s={n / wall:.1f} tokens/s={n * a.tokens / wall:.1f} p50={pct(0.5):.1f}ms p90={pct(0.9):.1f}ms "
-          f"p99={pct(0.99):.1f}ms forward_passes={passes:.0f} requests/pass={n / max(passes, 1):.1f}")
+          f"p99={pct(0.99):.1f}ms forward_passes={passes:.0f} requests/pass={n / max(passes, 1):.1f} "
+          f"engine_ms/pass={engine_ms:.3f} server_ms/request={server_ms:.3f}")
 
 if __name__ == "__main__":
     main()

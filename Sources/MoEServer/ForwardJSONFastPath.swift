@@ -87,8 +87,10 @@ enum ForwardJSONFastPath {
                 guard digits().count > 0 else { return nil }
             }
             guard at - start <= 64 else { return nil }
-            let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
-            guard let value = Float(text), BF16.isFiniteAfterRounding(value), value != 0 || !nonzeroMantissa else { return nil }
+            let number = UnsafeBufferPointer(rebasing: bytes[start..<at])
+            guard let value = DecimalText.nearestFloat(number) ?? Float(String(decoding: number, as: UTF8.self)),
+                BF16.isFiniteAfterRounding(value), value != 0 || !nonzeroMantissa
+            else { return nil }
             return value
         }
 
@@ -131,3 +133,63 @@ enum ForwardJSONFastPath {
         }
     }
 }
+
+/// Decimal text to the nearest float32 without a String (`Float(String)` costs 90–140 ns a number, most of a request's
+/// non-engine time: docs/bench-serve.md, session 9).
+enum DecimalText {
+    /// Exact powers of ten in Double: 10^0 … 10^22.
+    private static let powersOfTen: [Double] = (0...22).map { exponent in (0..<exponent).reduce(1.0) { value, _ in value * 10 } }
+
+    /// The float32 nearest to `text` (a JSON number: `-?digits(.digits)?([eE][+-]?digits)?`, already checked), or nil
+    /// when this fast path cannot be sure of it and `Float(String)` must decide. Clinger's method in Double: the
+    /// significant digits (at most 19) as a UInt64 times or over an exact power of ten (|exponent| ≤ 22), so the double
+    /// is within about one of its ulps of the exact value; rounding it to float32 then gives the nearest float32
+    /// unless the double lies within 4 ulps of a float32 rounding midpoint (where its own error could decide): nil
+    /// there, and for anything outside those ranges. When it answers, it equals `Float(String)` (tested).
+    static func nearestFloat(_ text: UnsafeBufferPointer<UInt8>) -> Float? {
+        var at = 0
+        let negative = text.first == UInt8(ascii: "-")
+        if negative { at = 1 }
+        var mantissa: UInt64 = 0
+        var significant = 0, exponent = 0
+        var seenPoint = false
+        while at < text.count {
+            let byte = text[at]
+            if byte == UInt8(ascii: ".") {
+                seenPoint = true
+            } else if byte &- UInt8(ascii: "0") < 10 {
+                if mantissa != 0 || byte != UInt8(ascii: "0") {
+                    guard significant < 19 else { return nil }
+                    mantissa = mantissa * 10 + UInt64(byte &- UInt8(ascii: "0"))
+                    significant += 1
+                }
+                if seenPoint { exponent -= 1 }
+            } else {
+                break  // e or E
+            }
+            at += 1
+        }
+        if at < text.count {
+            at += 1
+            var sign = 1
+            if text[at] == UInt8(ascii: "-") { sign = -1; at += 1 } else if text[at] == UInt8(ascii: "+") { at += 1 }
+            var explicit = 0
+            while at < text.count {
+                explicit = explicit * 10 + Int(text[at] &- UInt8(ascii: "0"))
+                guard explicit < 10_000 else { return nil }
+                at += 1
+            }
+            exponent += sign * explicit
+        }
+        if mantissa == 0 { return negative ? -0.0 : 0.0 }
+        guard exponent >= -22, exponent <= 22 else { return nil }
+        let scaled = exponent < 0 ? Double(mantissa) / powersOfTen[-exponent] : Double(mantissa) * powersOfTen[exponent]
+        let nearest = Float(scaled)
+        guard nearest.isFinite, nearest != .greatestFiniteMagnitude else { return nil }  // the overflow threshold
+        let here = Double(nearest), margin = 4 * scaled.ulp
+        let midpointAbove = (here + Double(nearest.nextUp)) / 2, midpointBelow = (here + Double(nearest.nextDown)) / 2
+        guard abs(scaled - midpointAbove) > margin, abs(scaled - midpointBelow) > margin else { return nil }
+        return negative ? -nearest : nearest
+    }
+}
+

@@ -105,3 +105,43 @@ import Testing
         #expect(viaEntry.contains("has 3 values"))
     }
 }
+
+/// The decimal fast path answers exactly what `Float(String)` answers, whenever it answers: seeded random numbers of
+/// 1–24 digits with the point anywhere and exponents from −50 to 45, signs and leading zeros, plus float32 rounding
+/// midpoints written in few digits (16777217 lies halfway between two floats) and the subnormal and overflow ends.
+/// It must also answer for nearly all of what clients send (3 decimals, Python's 17-digit repr), or it saves nothing.
+@Test func theDecimalFastPathAgreesWithFloatParsingBitForBit() {
+    func check(_ text: String) -> Bool? {
+        let bytes = Array(text.utf8)
+        guard let fast = bytes.withUnsafeBufferPointer({ DecimalText.nearestFloat($0) }) else { return nil }
+        let reference = Float(text)!
+        #expect(fast.bitPattern == reference.bitPattern, "\(text): fast \(fast) (\(fast.bitPattern)), Float(String) \(reference)")
+        return fast.bitPattern == reference.bitPattern
+    }
+    var rng = SeededGenerator(seed: 99)
+    func digits(_ count: Int) -> String { String((0..<count).map { _ in Character(String(rng.next() % 10)) }) }
+    var answered = 0
+    for _ in 0..<200_000 {
+        let whole = digits(1 + Int(rng.next() % 12)), fraction = rng.next() % 3 == 0 ? "" : "." + digits(1 + Int(rng.next() % 12))
+        let exponent = rng.next() % 2 == 0 ? "" : "e\(Int(rng.next() % 96) - 50)"
+        let text = (rng.next() % 2 == 0 ? "-" : "") + whole + fraction + exponent
+        if check(text) != nil { answered += 1 }
+    }
+    #expect(answered > 100_000, "the fast path answered \(answered) of 200000")
+    // Float32 midpoints in ≤ 19 digits: the double is the midpoint itself, so the fast path must stand aside.
+    for text in ["16777217", "16777219", "33554434", "-16777217", "1.6777217e7", "0.16777217e8"] {
+        #expect(Array(text.utf8).withUnsafeBufferPointer { DecimalText.nearestFloat($0) } == nil, "\(text) is a float32 midpoint")
+    }
+    for text in ["0", "-0", "-0.000", "0e5", "1e-45", "1.4e-45", "7e-46", "1e-38", "1.17549435e-38", "3.4028234e38", "3.5e38",
+                 "1e22", "1e23", "123456789012345678", "1234567890123456789", "12345678901234567890", "0.000000000000000000001"] {
+        _ = check(text)
+    }
+    // What clients send: 3-decimal text (serve_load.py) and Python's shortest repr of doubles.
+    var clientAnswered = 0
+    for _ in 0..<20_000 {
+        let value = Double(Int64(rng.next() % 6_000_001) - 3_000_000) / 1_000_000
+        if check(String(format: "%.3f", value)) != nil { clientAnswered += 1 }
+        if check("\(value * 1.000000123456789)") != nil { clientAnswered += 1 }
+    }
+    #expect(clientAnswered > 39_000, "the fast path answered \(clientAnswered) of 40000 client-style numbers")
+}
