@@ -137,8 +137,35 @@ enum ForwardJSONFastPath {
 /// Decimal text to the nearest float32 without a String (`Float(String)` costs 90–140 ns a number, most of a request's
 /// non-engine time: docs/bench-serve.md, session 9).
 enum DecimalText {
-    /// Exact powers of ten in Double: 10^0 … 10^22.
-    private static let powersOfTen: [Double] = (0...22).map { exponent in (0..<exponent).reduce(1.0) { value, _ in value * 10 } }
+    /// 10^n, exact in Double for n in 0…22 (a switch, not a global array: no lazy-initialisation check per number).
+    @inline(__always)
+    private static func powerOfTen(_ n: Int) -> Double {
+        switch n {
+        case 0: 1e0
+        case 1: 1e1
+        case 2: 1e2
+        case 3: 1e3
+        case 4: 1e4
+        case 5: 1e5
+        case 6: 1e6
+        case 7: 1e7
+        case 8: 1e8
+        case 9: 1e9
+        case 10: 1e10
+        case 11: 1e11
+        case 12: 1e12
+        case 13: 1e13
+        case 14: 1e14
+        case 15: 1e15
+        case 16: 1e16
+        case 17: 1e17
+        case 18: 1e18
+        case 19: 1e19
+        case 20: 1e20
+        case 21: 1e21
+        default: 1e22
+        }
+    }
 
     /// The float32 nearest to `text` (a JSON number: `-?digits(.digits)?([eE][+-]?digits)?`, already checked), or nil
     /// when this fast path cannot be sure of it and `Float(String)` must decide. Clinger's method in Double: the
@@ -183,7 +210,7 @@ enum DecimalText {
         }
         if mantissa == 0 { return negative ? -0.0 : 0.0 }
         guard exponent >= -22, exponent <= 22 else { return nil }
-        let scaled = exponent < 0 ? Double(mantissa) / powersOfTen[-exponent] : Double(mantissa) * powersOfTen[exponent]
+        let scaled = exponent < 0 ? Double(mantissa) / powerOfTen(-exponent) : Double(mantissa) * powerOfTen(exponent)
         let nearest = Float(scaled)
         guard nearest.isFinite, nearest != .greatestFiniteMagnitude else { return nil }  // the overflow threshold
         let here = Double(nearest), margin = 4 * scaled.ulp
