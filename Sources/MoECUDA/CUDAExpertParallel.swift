@@ -429,6 +429,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return (perRank, max(0, min(perRank, tokens - rank * perRank)))
     }
 
+    /// The bucket of the forward of `tokens` that just ran, for the queries about it: a query never makes a bucket
+    /// (which could drop another's graphs).
+    func ranBucket(tokens: Int) throws(CUDAError) -> Bucket {
+        guard let bucket = buckets[tokens] else { throw .invalidArgument("no forward of \(tokens) tokens has run on rank \(rank)'s GPU layer") }
+        return bucket
+    }
+
     func bucket(tokens: Int) throws(CUDAError) -> Bucket {
         guard !closed else { throw .invalidArgument("rank \(rank)'s GPU layer is closed: its peers' heaps are unmapped") }
         if let bucket = buckets[tokens] {
@@ -861,7 +868,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// This rank's top-k of its last forward (either path): ids and weights [T_r, k] of a global batch of `tokens`.
     public func lastRouting(tokens: Int) throws -> (ids: [Int32], weights: [Float]) {
-        let b = try bucket(tokens: tokens)
+        let b = try ranBucket(tokens: tokens)
         let count = b.validTokens * config.topK
         guard count > 0 else { return ([], []) }
         return (try localIds.download(Int32.self, count: count), try localWeights.download(Float.self, count: count))
@@ -870,7 +877,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Bytes each symmetric phase wrote (moved) and stored into other ranks (remote, over IPC or the rail), from
     /// the global routing in this rank's heap (call after a forward).
     public func symmetricBytes(tokens: Int) throws -> (moved: [Double], remote: [Double]) {
-        let b = try bucket(tokens: tokens)
+        let b = try ranBucket(tokens: tokens)
         let (R, k, row) = (world, config.topK, config.hidden * 2)
         let slotsPerRank = b.tokensPerRank * k
         let ids = try heap.download(Int32.self, count: R * slotsPerRank, offsetBytes: layout.offset(of: .routingIds))
