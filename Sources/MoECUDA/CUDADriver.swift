@@ -39,13 +39,6 @@ public final class CUDADriver: @unchecked Sendable {
         return Int(count)
     }
 
-    /// Whether device `ordinal` can access device `peer`'s memory (P2P over NVLink or PCIe); nil when the driver
-    /// lacks the query.
-    public func canAccessPeer(_ ordinal: Int, _ peer: Int) throws(CUDAError) -> Bool? {
-        guard api.cuDeviceCanAccessPeer != nil else { return nil }
-        return try canAccessPeer(device: try device(ordinal: ordinal), peer: try device(ordinal: peer))
-    }
-
     /// Whether `device` can access `peer`'s memory; nil when the driver lacks the query.
     public func canAccessPeer(device: CUdevice, peer: CUdevice) throws(CUDAError) -> Bool? {
         guard let canAccess = api.cuDeviceCanAccessPeer else { return nil }

@@ -330,9 +330,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// The layer's device weights on this rank: its own experts only (and the whole router).
     public var heldWeightsSummary: String {
-        let held = layer.experts.count
-        let tenthsMiB = (layer.bytes * 10 + 524_288) / 1_048_576
-        return "weights of \(held) of \(config.experts) experts on the GPU, \(tenthsMiB / 10).\(tenthsMiB % 10) MiB"
+        "weights of \(layer.experts.count) of \(config.experts) experts on the GPU, \(CUDAError.mebibytes(layer.bytes))"
     }
 
     // MARK: IPC
