@@ -5,7 +5,8 @@
 #            arrivals, MOE_CUDA_ONE_FENCE=1, among them), compute-sanitizer, the default's bench;
 #   ep:      EP bit-identity and serving, the fused EP barriers (MOE_CUDA_EP_FUSED=1: bit-identity, and their
 #            launch-overhead A/B in eppdl), stall metrics of the split kernels.
-#   usage (device): bash .device/pending.sh kernels|ep [SECONDS]
+#   prefetch: session 10's L2 prefetch of GEMM 2's weights (opt-in): checks, A/B at 1–8 tokens, trace, ncu at T = 1.
+#   usage (device): bash .device/pending.sh kernels|ep|prefetch [SECONDS]
 set -u
 part=${1:-kernels}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -37,6 +38,18 @@ case $part in
         NCU_VARIANT=$S bash $D ncustall
         bash $D epbig  # gpt-oss-20b shapes at R = 2, 3: a rank's own experts on real shapes (last: cut first)
         ;;
-    *) echo "usage: pending.sh kernels|ep [SECONDS]" >&2; exit 2 ;;
+    prefetch)
+        # Session 10: GEMM 1's blocks prefetch GEMM 2's weights of their expert into L2 (MOE_CUDA_PREFETCH_DOWN=1, =2
+        # with evict_last). Correctness first, then the A/B at decode sizes, then where T = 1's time goes.
+        bash $D info
+        MOE_CUDA_PREFETCH_DOWN=1 bash $D check
+        MOE_CUDA_PREFETCH_DOWN=2 bash $D check debug20b
+        MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck
+        AB_ENVS="MOE_CUDA_PREFETCH_DOWN=1@1,2,4,8 MOE_CUDA_PREFETCH_DOWN=2@1,2,4,8" bash $D abenv
+        TRACE_TOKENS=1,2,8 bash $D trace
+        TRACE_TOKENS=1,2,8 MOE_CUDA_PREFETCH_DOWN=2 bash $D trace
+        bash $D ncu1
+        ;;
+    *) echo "usage: pending.sh kernels|ep|prefetch [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -253,6 +253,33 @@ MOE_DEVICE void copy_weight_group(
     }
 }
 
+/// This block's share (block x of gridDim.x) of the `bytes` at `base`, prefetched into L2 by the bulk-copy unit: one
+/// instruction per 64 KB piece, nothing waits for it. Shares are multiples of 16 bytes, as the instruction needs.
+MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, long long bytes, int policyKind) {
+    const long long share = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
+    const long long begin = share * blockIdx.x, end = min(begin + share, bytes);
+    unsigned long long policy = 0;
+    if (policyKind == 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    for (long long at = begin; at < end; at += 65536) {
+        const unsigned size = (unsigned)min(65536LL, end - at);
+        if (policyKind == 2) {
+            asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(base + at), "r"(size), "l"(policy)
+                         : "memory");
+        } else {
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + at), "r"(size) : "memory");
+        }
+    }
+}
+
+/// GEMM 1's blocks of `expert`: its GEMM 2 weights into L2 (p.prefetchPolicy ≠ 0), one thread per block.
+MOE_DEVICE void prefetch_next_gemm_weights(const MoEGemmParams &p, int expert) {
+#if __CUDA_ARCH__ >= 900
+    if (p.prefetchPolicy == 0 || threadIdx.x != 0) return;
+    prefetch_l2_share(p.prefetchCodes + (unsigned long long)expert * p.prefetchCodeBytes, p.prefetchCodeBytes, p.prefetchPolicy);
+    prefetch_l2_share(p.prefetchScales + (unsigned long long)expert * p.prefetchScaleBytes, p.prefetchScaleBytes, p.prefetchPolicy);
+#endif
+}
+
 /// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
 /// warps when no fused sum or tile signal follows (they have nothing left to do); with one, every warp must reach its
 /// barrier.
@@ -317,6 +344,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
         copy_async_commit();
     }
+    prefetch_next_gemm_weights(p, tile.expert);
     // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
     if (p.tileRole == 2) {
         wait_for_tile(p);
