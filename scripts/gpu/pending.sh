@@ -42,10 +42,10 @@ case $part in
         # Session 10: GEMM 1's blocks prefetch GEMM 2's weights of their expert into L2 (MOE_CUDA_PREFETCH_DOWN=1, =2
         # with evict_last). Correctness first, then the A/B at decode sizes, then where T = 1's time goes.
         bash $D info
-        MOE_CUDA_PREFETCH_DOWN=1 bash $D check
-        MOE_CUDA_PREFETCH_DOWN=2 bash $D check debug20b
-        MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck
+        MOE_CUDA_PREFETCH_DOWN=2 bash $D check
         AB_ENVS="MOE_CUDA_PREFETCH_DOWN=1@1,2,4,8 MOE_CUDA_PREFETCH_DOWN=2@1,2,4,8" bash $D abenv
+        MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck
+        MOE_CUDA_PREFETCH_DOWN=1 bash $D check
         TRACE_TOKENS=1,2,8 bash $D trace
         TRACE_TOKENS=1,2,8 MOE_CUDA_PREFETCH_DOWN=2 bash $D trace
         bash $D ncu1
