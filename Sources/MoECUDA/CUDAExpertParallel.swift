@@ -638,8 +638,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     func gemmShape(_ b: Bucket, first: Bool, tiles: Int) -> LaunchShape {
         var shape = first ? b.plan.gemm1Shape : b.plan.gemm2Shape
-        // A persistent grid walks the device-side tile count itself.
-        if (first ? b.plan.gemm1Variant : b.plan.gemm2Variant).kind != .persistent { shape.grid.y = tiles }
+        shape.grid.y = tiles
         return shape
     }
 

@@ -32,11 +32,22 @@ public struct KernelSource: Sendable, Equatable {
 /// Kernel build switches chosen by the environment, for A/B runs of code not yet measured on a GPU: the same binary
 /// compiles both builds (each cached under its own key, which includes the options).
 public enum KernelBuildSwitches {
-    /// `MOE_CUDA_ONE_FENCE=1`: last-block elections fence in thread 0 only (moe_common.cuh, last_block_to_arrive).
+    /// `MOE_CUDA_PREFETCH_DOWN=1|2`: GEMM 1's resident blocks prefetch GEMM 2's weights into L2 (moe_experts.cu,
+    /// prefetch_next_gemm_weights; TokenBucket.downPrefetchPolicy sets the parameters from the same variable).
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
-        environment("MOE_CUDA_ONE_FENCE") == "1" ? ["-DMOE_ONE_FENCE_ARRIVALS=1"] : []
+        downPrefetchPolicy(environment) != 0 ? ["-DMOE_PREFETCH_NEXT_WEIGHTS=1"] : []
     }
     static let current = options()
+
+    /// MoEGemmParams.prefetchPolicy from `MOE_CUDA_PREFETCH_DOWN`: 0 off, 1 prefetch, 2 with an L2 evict_last hint.
+    public static func downPrefetchPolicy(_ environment: (String) -> String? = currentEnvironment) -> Int32 {
+        switch environment("MOE_CUDA_PREFETCH_DOWN") {
+        case "1": 1
+        case "2": 2
+        default: 0
+        }
+    }
+    static let currentDownPrefetchPolicy = downPrefetchPolicy()
 }
 
 /// Everything that determines a compiled kernel image.

@@ -14,9 +14,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case resident_1_1_2_4_3
     /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
     case resident_1_1_8_1_3
-    /// The same as a persistent grid (`persistentBlocks` blocks walking the (row block, tile) items, each warp's ring
-    /// running on across items); no tile hand-over or fused sum. Opt-in (`MOE_CUDA_GEMM=persistent_1_1_8_1_3`).
-    case persistent_1_1_8_1_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
     /// 2-stage shared-memory ring (two blocks per SM).
     case staged_2_4_8_2
@@ -38,15 +35,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_128_4_2
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
-    /// `specialized_2_128_4_2` with each chunk's decode split: the producer warps decode half the row groups, the
-    /// consumer warps (idle at FULL most of the time) the other half while the previous chunk's MMAs run.
-    case specialized_2_128_4_2_1
-    /// The same with the consumers decoding every row group they multiply: the producers only copy.
-    case specialized_2_128_4_2_2
-    /// `specialized_2_64_6_2` (64-token tiles, for 1024–2048 tokens) with the consumers decoding every row group.
-    case specialized_2_64_6_2_2
 
-    public enum Kind: String, Sendable { case resident, persistent, staged, warpgroup, decoded, specialized }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -73,11 +63,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
     }
     /// Warps splitting K (resident kernels).
-    public var warpsAcrossK: Int { kind == .resident || kind == .persistent ? numbers[3] : 1 }
+    public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int { kind == .specialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int {
-        kind == .resident || kind == .persistent ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
+        kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
     }
     /// Stages of the shared-memory ring (staged and decoded kernels; specialised kernels: load slots).
     public var stages: Int {
@@ -231,15 +221,9 @@ public struct LaunchPlan: Sendable, Equatable {
     public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int) -> LaunchShape {
         let groups = n / 16
         let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        let grid = variant.kind == .persistent ? (min(rowBlocks * maxTiles, LaunchPlan.persistentBlocks), 1, 1) : (rowBlocks, maxTiles, 1)
-        return LaunchShape(grid: grid, block: 32 * variant.warps, sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
+        return LaunchShape(
+            grid: (rowBlocks, maxTiles, 1), block: 32 * variant.warps, sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
-    /// Blocks of a persistent GEMM: its resident slots on an H200 (132 SMs × 2 blocks of 8 warps with 8 activation rows)
-    /// unless MOE_CUDA_PERSISTENT_BLOCKS says otherwise. More blocks than slots stay correct (the rest wait their turn).
-    static let persistentBlocks: Int = {
-        guard let value = currentEnvironment("MOE_CUDA_PERSISTENT_BLOCKS").flatMap({ Int($0) }), value > 0 else { return 264 }
-        return value
-    }()
 
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
     public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }

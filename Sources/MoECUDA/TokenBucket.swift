@@ -13,13 +13,6 @@ final class TokenBucket: @unchecked Sendable {
     static let tileHandOver = currentEnvironment("MOE_CUDA_HANDOVER") != "0"
     /// Specialised kernels multiply tiles of at most N/2 rows at half width; `MOE_CUDA_HALF_TILES=0` turns it off.
     static let halfWidthTiles = currentEnvironment("MOE_CUDA_HALF_TILES") != "0"
-    /// GEMM 1's resident blocks prefetch GEMM 2's weights of their expert into L2: `MOE_CUDA_PREFETCH_DOWN=1`, or `=2`
-    /// with an evict_last hint (opt-in while it is measured).
-    static let downPrefetchPolicy: Int32 = switch currentEnvironment("MOE_CUDA_PREFETCH_DOWN") {
-    case "1": 1
-    case "2": 2
-    default: 0
-    }
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -141,9 +134,10 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_SWIGLU
-        if TokenBucket.downPrefetchPolicy != 0 && plan.gemm1Variant.isResident {
+        // GEMM 1's resident blocks prefetch GEMM 2's weights of their expert into L2 (opt-in while it is measured).
+        if KernelBuildSwitches.currentDownPrefetchPolicy != 0 && plan.gemm1Variant.isResident {
             let down = layer.downGeometry
-            p.prefetchPolicy = TokenBucket.downPrefetchPolicy
+            p.prefetchPolicy = KernelBuildSwitches.currentDownPrefetchPolicy
             p.prefetchCodes = layer.downCodes.address
             p.prefetchScales = layer.downScales.address
             p.prefetchCodeBytes = Int64(down.groups * down.chunks * 512)

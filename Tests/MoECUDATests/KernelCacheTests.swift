@@ -78,12 +78,15 @@ private func request(
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])
 }
 
-/// The kernel build switches follow the environment exactly: only "1" turns the one-fence arrivals on, and the two
-/// builds are cached under different keys (the options are part of the key).
+/// The kernel build switches follow the environment exactly: only "1" and "2" turn the L2 prefetch of GEMM 2's
+/// weights on (and set its policy), and the two builds are cached under different keys (the options are part of it).
 @Test func kernelBuildSwitchesFollowTheEnvironmentAndKeyTheCache() {
     #expect(KernelBuildSwitches.options { _ in nil } == [])
-    #expect(KernelBuildSwitches.options { $0 == "MOE_CUDA_ONE_FENCE" ? "1" : nil } == ["-DMOE_ONE_FENCE_ARRIVALS=1"])
-    #expect(KernelBuildSwitches.options { $0 == "MOE_CUDA_ONE_FENCE" ? "0" : nil } == [])
+    for (value, policy) in [("1", Int32(1)), ("2", 2), ("0", 0), ("3", 0), ("yes", 0), ("", 0)] {
+        let environment: (String) -> String? = { $0 == "MOE_CUDA_PREFETCH_DOWN" ? value : nil }
+        #expect(KernelBuildSwitches.downPrefetchPolicy(environment) == policy, "\(value)")
+        #expect(KernelBuildSwitches.options(environment) == (policy != 0 ? ["-DMOE_PREFETCH_NEXT_WEIGHTS=1"] : []), "\(value)")
+    }
     let plain = KernelCompileRequest(source: .routing, architecture: "sm_90a")
     let switched = KernelCompileRequest(source: .routing, options: KernelBuildSwitches.options { _ in "1" }, architecture: "sm_90a")
     #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))

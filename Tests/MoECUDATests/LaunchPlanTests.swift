@@ -78,33 +78,8 @@ import Testing
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     #expect(GemmVariant.specialized_2_64_6_2.tileRows == 64 && GemmVariant.specialized_2_64_6_2.stages == 6)
-    // The split-decode twins share every size with their specialised kernel (only the kernel differs).
-    for (split, twin, name) in [(GemmVariant.specialized_2_128_4_2_1, GemmVariant.specialized_2_128_4_2, "moe_gemm_specialized_2_128_4_2_1"),
-                                (.specialized_2_128_4_2_2, .specialized_2_128_4_2, "moe_gemm_specialized_2_128_4_2_2"),
-                                (.specialized_2_64_6_2_2, .specialized_2_64_6_2, "moe_gemm_specialized_2_64_6_2_2")] {
-        #expect(split.kind == .specialized && split.warps == twin.warps && split.tileRows == twin.tileRows)
-        #expect(split.stages == twin.stages && split.rowGroupsPerBlock == twin.rowGroupsPerBlock)
-        #expect(split.sharedBytes(k: 2880, residentRows: 128) == twin.sharedBytes(k: 2880, residentRows: 128))
-        #expect(split.kernelName == name)
-    }
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
-    }
-}
-
-@Test func thePersistentDecodeGemmRunsAFixedGridOfResidentBlocks() {
-    let config = MoEPreset.gptOss120b.config
-    let variant = GemmVariant.persistent_1_1_8_1_3
-    #expect(variant.kind == .persistent && !variant.isResident && !variant.needsHopper)
-    #expect(variant.warps == 8 && variant.warpsAcrossK == 1 && variant.ringSlots == 3 && variant.tileRows == 8)
-    // Same shared memory as its resident twin: 8 activation rows + 8 warps × 3 slots × 2560 B, no split-K partials.
-    #expect(variant.sharedBytes(k: 2880, residentRows: 8) == GemmVariant.resident_1_1_8_1_3.sharedBytes(k: 2880, residentRows: 8))
-    for tokens in [1, 8, 128, 256, 1024] {
-        let plan = LaunchPlan(tokens: tokens, config: config, variant: variant)
-        let items = (2 * config.intermediate / 16 + 7) / 8 * plan.maxTiles  // row blocks × tile bound
-        #expect(plan.gemm1Shape.grid.y == 1 && plan.gemm1Shape.grid.x == min(items, 264), "T=\(tokens)")
-        // No hand-over or fused sum: the persistent kernel takes neither role.
-        #expect(!plan.tileHandOver && !plan.fusedReduce)
     }
 }
 

@@ -57,24 +57,11 @@ MOE_DEVICE uint4 load_readonly_16(const void *pointer) {
 /// Elects the last block of a launch to arrive at `counter`, which counts `total` arrivals (or *totalAt, read by
 /// thread 0 only). Every thread of the block must call it; in the last block every thread may then read the other
 /// blocks' writes (with load_coherent_*, past L1).
-/// Default build: every thread fences its own writes, then the block counts itself — the measured code of sessions
-/// 1–7, whose SASS this reproduces (NVRTC 13.0, compared per kernel). MOE_ONE_FENCE_ARRIVALS (`MOE_CUDA_ONE_FENCE=1`,
-/// session 8, not yet run on a GPU): thread 0 alone fences after the barrier, as cooperative groups' grid sync does
-/// (fences are cumulative over the writes the barrier ordered before it), and fences again in the last block before
-/// the barrier that releases its readers; a fence in every thread was 14% of moe_route_small's stall samples at 1 token.
+/// Every thread fences its own writes, then the block counts itself. (Thread 0 alone fencing after the barrier, as
+/// cooperative groups' grid sync does, was measured in session 10: no difference at 1–8 tokens.)
 template <typename Count>
 MOE_DEVICE bool last_block_to_arrive_counted(unsigned *counter, Count total) {
     __shared__ int last;
-#if MOE_ONE_FENCE_ARRIVALS
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last = atomicAdd(counter, 1u) == total() - 1u;
-        if (last) __threadfence();
-    }
-    __syncthreads();
-    return last != 0;
-#else
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == total() - 1u;
@@ -82,7 +69,6 @@ MOE_DEVICE bool last_block_to_arrive_counted(unsigned *counter, Count total) {
     if (!last) return false;
     __threadfence();
     return true;
-#endif
 }
 MOE_DEVICE bool last_block_to_arrive(unsigned *counter, unsigned total) {
     return last_block_to_arrive_counted(counter, [total] { return total; });

@@ -175,12 +175,8 @@ MOE_DEVICE void reduce_eight(const bf16_t *combine, const int *slotToSorted, bf1
 /// GEMM 2 with the sum fused: called by every thread of a block after its epilogue stores. The block that completes
 /// column range [first, first + columns) (the tileCount-th to arrive) sums it for every token; others return.
 MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns) {
-#if MOE_ONE_FENCE_ARRIVALS
-    unsigned *counter = (unsigned *)p.reduceCounters + blockIdx.x;
-    if (!last_block_to_arrive(counter, (const int *)p.tileCount)) return;
-#else
-    // The default build keeps this election written out: through last_block_to_arrive, ptxas schedules the resident
-    // kernels with WK = 1 differently (NVRTC 13.0), and these are the kernels the figures were measured with.
+    // This election is written out: through last_block_to_arrive, ptxas schedules the resident kernels with WK = 1
+    // differently (NVRTC 13.0), and these are the kernels the figures were measured with.
     __shared__ int isLast;
     __threadfence();
     __syncthreads();
@@ -189,7 +185,6 @@ MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns
     __syncthreads();
     if (!isLast) return;
     __threadfence();
-#endif
     const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
     for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
         const int t = i / segments, h = first + 8 * (i - t * segments);
@@ -253,15 +248,16 @@ MOE_DEVICE void copy_weight_group(
     }
 }
 
-/// This block's share (block x of gridDim.x) of the `bytes` at `base`, prefetched into L2 by the bulk-copy unit: one
-/// instruction per 64 KB piece, nothing waits for it. Shares are multiples of 16 bytes, as the instruction needs.
-MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, long long bytes, int policyKind) {
-    const long long share = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
-    const long long begin = share * blockIdx.x, end = min(begin + share, bytes);
+#if MOE_PREFETCH_NEXT_WEIGHTS
+/// This block's share (block x of gridDim.x) of the `bytes` (< 2^31) at `base`, prefetched into L2 by the bulk-copy
+/// unit: one instruction per 64 KB piece, nothing waits for it. Shares are multiples of 16 bytes, as it needs.
+MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, unsigned bytes, int policyKind) {
+    const unsigned share = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~15u;
+    const unsigned begin = share * blockIdx.x, end = min(begin + share, bytes);
     unsigned long long policy = 0;
     if (policyKind == 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-    for (long long at = begin; at < end; at += 65536) {
-        const unsigned size = (unsigned)min(65536LL, end - at);
+    for (unsigned at = begin; at < end; at += 65536) {
+        const unsigned size = min(65536u, end - at);
         if (policyKind == 2) {
             asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(base + at), "r"(size), "l"(policy)
                          : "memory");
@@ -270,13 +266,15 @@ MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, long long bytes, int po
         }
     }
 }
+#endif
 
-/// GEMM 1's blocks of `expert`: its GEMM 2 weights into L2 (p.prefetchPolicy ≠ 0), one thread per block.
+/// GEMM 1's blocks of `expert`: its GEMM 2 weights into L2 (p.prefetchPolicy ≠ 0), one thread per block. A build
+/// switch (MOE_PREFETCH_NEXT_WEIGHTS, from `MOE_CUDA_PREFETCH_DOWN`), so the default build's SASS stays the measured one.
 MOE_DEVICE void prefetch_next_gemm_weights(const MoEGemmParams &p, int expert) {
-#if __CUDA_ARCH__ >= 900
+#if MOE_PREFETCH_NEXT_WEIGHTS && __CUDA_ARCH__ >= 900
     if (p.prefetchPolicy == 0 || threadIdx.x != 0) return;
-    prefetch_l2_share(p.prefetchCodes + (unsigned long long)expert * p.prefetchCodeBytes, p.prefetchCodeBytes, p.prefetchPolicy);
-    prefetch_l2_share(p.prefetchScales + (unsigned long long)expert * p.prefetchScaleBytes, p.prefetchScaleBytes, p.prefetchPolicy);
+    prefetch_l2_share(p.prefetchCodes + (unsigned long long)expert * p.prefetchCodeBytes, (unsigned)p.prefetchCodeBytes, p.prefetchPolicy);
+    prefetch_l2_share(p.prefetchScales + (unsigned long long)expert * p.prefetchScaleBytes, (unsigned)p.prefetchScaleBytes, p.prefetchPolicy);
 #endif
 }
 
@@ -420,128 +418,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
     if (p.tileRole == 1) signal_tile_ready(p);
-}
-
-// MARK: persistent decode kernel
-
-/// The resident kernel (whole K per warp, WK = 1) as a persistent grid: a fixed number of blocks (about the resident
-/// slots), each walking the items (row block x, tile y), x fastest, in steps of gridDim.x. Each warp's weight ring runs
-/// on across items: the next item's first S − 1 groups are copied during the current item's last S − 1, so they are in
-/// flight while it finishes and writes its epilogue, and no block pays a cold start after the first item. The grid has
-/// no blocks past the tile count to launch and retire. Tile role 0 only (no hand-over, no fused sum).
-/// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WN warps × S slots × MI × 5 × 512 B.
-template <int MI, int NJ, int WN, int S>
-MOE_DEVICE void gemm_persistent(const MoEGemmParams &p) {
-    extern __shared__ __align__(16) unsigned char sharedBytes[];
-    wait_for_previous_kernel();
-    const int xBlocks = (p.groups + WN * MI - 1) / (WN * MI);
-    const int total = xBlocks * *(const int *)p.tileCount;
-    int item = blockIdx.x;
-    if (item >= total) {
-        allow_next_kernel();
-        return;
-    }
-    const MoETile *tiles = (const MoETile *)p.tiles;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int kPadded = p.chunks * 64, rowStride = kPadded + 8, segmentsPerRow = kPadded / 8;
-    const int activationBytes = p.residentRows * rowStride * 2;
-    constexpr int SLOT_BYTES = MI * 5 * 512;
-    bf16_t *xs = (bf16_t *)sharedBytes;
-    const u32 ring = shared_address(sharedBytes + activationBytes) + warp * S * SLOT_BYTES;
-    const unsigned char *ringPointer = sharedBytes + activationBytes + warp * S * SLOT_BYTES;
-    const bf16_t *input = (const bf16_t *)p.input;
-    const int groupsK = p.scaleGroups;  // 4-chunk groups along K
-
-    MoETile tile = tiles[item / xBlocks];
-    int firstGroup = ((item % xBlocks) * WN + warp) * MI;
-    long long expertGroup = (long long)tile.expert * p.groups;
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) {
-        if (i < groupsK) copy_weight_group<MI>(p, expertGroup, firstGroup, i, lane, ring + i * SLOT_BYTES);
-        copy_async_commit();
-    }
-    int slot = 0;  // ring slot of the next group to multiply: it keeps turning across items
-    bool firstItem = true;
-    while (true) {
-        const int next = item + (int)gridDim.x;
-        const bool hasNext = next < total;
-        if (!hasNext) allow_next_kernel();
-        const MoETile nextTile = hasNext ? tiles[next / xBlocks] : tile;  // read now, used in the last S − 1 groups
-        const int nextFirstGroup = ((next % xBlocks) * WN + warp) * MI;
-        const long long nextExpertGroup = (long long)nextTile.expert * p.groups;
-
-        __syncthreads();  // every warp is done with the previous item's activation rows
-        // With K shorter than S − 1 groups the previous item's look-ahead ran past this item's first groups
-        // (it copies only groups S − 1 − K… of it): the rest go into the slots the ring's order gives them.
-        if (!firstItem) {
-            for (int j = 0; j < S - 1 - groupsK && j < groupsK; ++j)
-                copy_weight_group<MI>(p, expertGroup, firstGroup, j, lane, ring + ((slot + j) % S) * SLOT_BYTES);
-        }
-        firstItem = false;
-        const int rows = min(tile.rowCount, p.residentRows);
-        for (int j = warp; j < rows; j += WN) {
-            const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
-            for (int segment = lane; segment < segmentsPerRow; segment += 32) {
-                const int k0 = segment * 8;
-                copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
-            }
-        }
-        copy_async_commit();
-        copy_async_wait<0>();  // the rows, and this item's first S − 1 weight groups (or all, if fewer)
-        __syncthreads();
-
-        float chains[4][MI][NJ][4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) zero_accumulators<MI, NJ>(chains[c]);
-        u32 rowAddress[NJ];
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) {
-            const int row = min(8 * nj + (lane & 7), rows - 1);
-            rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
-        }
-#pragma unroll 1
-        for (int g = 0; g < groupsK; ++g) {
-            copy_async_wait<S - 2>();  // this lane's copies of group g have landed
-            const int ahead = g + S - 1, aheadSlot = slot == 0 ? S - 1 : slot - 1;
-            if (ahead < groupsK) {
-                copy_weight_group<MI>(p, expertGroup, firstGroup, ahead, lane, ring + aheadSlot * SLOT_BYTES);
-            } else if (hasNext && ahead - groupsK < groupsK) {
-                copy_weight_group<MI>(p, nextExpertGroup, nextFirstGroup, ahead - groupsK, lane, ring + aheadSlot * SLOT_BYTES);
-            }
-            copy_async_commit();
-            // gemm_resident's slot read, copied: a shared helper changes the resident kernels' SASS (register
-            // allocation, 8 fewer instructions; NVRTC 13.0), and theirs is the measured code. Merge after the A/B.
-            const unsigned char *current = ringPointer + slot * SLOT_BYTES;
-            uint4 codes[4][MI];
-            u32 words[4][MI];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const uint4 scales = *(const uint4 *)(current + (mi * 5 + 4) * 512 + lane * 16);
-#pragma unroll
-                for (int ci = 0; ci < 4; ++ci) {
-                    codes[ci][mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
-                    words[ci][mi] = uint4_component(scales, ci);
-                }
-            }
-            mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
-            slot = slot + 1 == S ? 0 : slot + 1;
-        }
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj) {
-                float acc[4];
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
-                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc, lane);
-            }
-        if (!hasNext) break;
-        item = next;
-        tile = nextTile;
-        firstGroup = nextFirstGroup;
-        expertGroup = nextExpertGroup;
-    }
-    copy_async_wait<0>();
 }
 
 // MARK: staged kernel (larger tiles)
@@ -1009,49 +885,17 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 }
 
 /// The specialised kernel's decoded-weight slots and named barriers: FULL + s (weight slot s holds a decoded chunk),
-/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier, then (consumers
-/// decoding) LANDED + s (chunk g's copies, g % 3 = s, have landed in its load slot).
+/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier.
 constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
-constexpr int SPECIALIZED_LANDED = 12;
-
-/// Decodes a warp's G 16-row groups (first, first + STRIDE, …) of chunk g from the codes and scales at `codes` (a load
-/// slot's) into the swizzled weight slot `weights`, then fences: the decoded stores, and the copies this thread saw
-/// land, visible to the tensor cores.
-template <int G, int STRIDE, int CODE_BYTES>
-MOE_DEVICE void decode_groups_swizzled(const unsigned char *codes, int g, int first, int lane, u32 weights) {
-    uint4 code[G];
-    u32 word[G];
-    const bool slow = load_chunk_codes<G, STRIDE, CODE_BYTES>(codes, g, first, lane, code, word);
-    const u32 rowBase = weights + 2 * first * 1024 + (lane & 7) * 128;
-    const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
-    if (slow) {
-        decode_to_shared_swizzled<G, STRIDE, true>(code, word, rowBase, chunk0, chunk1);
-    } else {
-        decode_to_shared_swizzled<G, STRIDE, false>(code, word, rowBase, chunk0, chunk1);
-    }
-    fence_proxy_async_shared();
-}
 
 /// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
 /// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
 /// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
-/// CG > 0 (consumers decoding): each consumer warp decodes CG row groups (ownGroup, + 4) of chunk g + 1 while chunk
-/// g's MMAs run (after LANDED for g + 1), so FULL[g + 1] also waits for the consumers' share; the caller decodes
-/// chunk 0's.
-template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS, int CG, int B_BYTES, int CODE_BYTES>
+template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS>
 MOE_DEVICE void specialized_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer,
-    const unsigned char *sharedPointer, int ownGroup, int lane) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY;
-    constexpr int LANDED = SPECIALIZED_LANDED;
-    auto decodeShare = [&](int c) {
-        if constexpr (CG > 0) {
-            named_barrier_sync(LANDED + c % WEIGHT_SLOTS, THREADS);
-            decode_groups_swizzled<CG, 4, CODE_BYTES>(sharedPointer + (c % LOADS) * LOAD_BYTES + B_BYTES, c, ownGroup,
-                                                      lane, weightBase + (c % WEIGHT_SLOTS) * A_BYTES);
-        }
-    };
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
         named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
@@ -1068,9 +912,6 @@ MOE_DEVICE void specialized_consume(
             }
         }
         wgmma_commit();
-        // Chunk g+1's weight slot held chunk g−2, whose MMAs completed at the previous iteration's wait; this
-        // warpgroup only writes rows it reads itself.
-        if (CG > 0 && g + 1 < p.chunks) decodeShare(g + 1);
         wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
         const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
         if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
@@ -1090,11 +931,8 @@ MOE_DEVICE void specialized_consume(
 /// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
 /// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
 /// of chunk g overlaps the MMAs of chunks g−1 and g−2.
-/// CG > 0: the 16 row groups of a chunk are split between the producer and consumer warps, so the consumers, idle at
-/// FULL most of the time (62.5% of their samples at 8192 tokens), take part of the decode. Consumer warp w of
-/// warpgroup c decodes CG groups its own warpgroup multiplies, 8c + 8 − 4·CG + w (+ 4); the producers the other
-/// 2 − CG per warp, 8c + w′ (+ 4) for producer warp 4c + w′. CG = 2: the producers only copy.
-template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CG>
+/// (Consumers taking part of the decode was measured 8–14% slower in session 10: docs/bench-cuda.md.)
+template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
 MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, DIST = LOADS - 2;
@@ -1108,9 +946,6 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     static_assert((N == 64 || N == 128) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
-    static_assert(CG == 0 || (P == 2 && MI == 2 && CG <= 2 && LOADS >= WEIGHT_SLOTS), "consumer decode: 8 + 8 warps");
-    static_assert(CG == 0 || (PRODUCERS < SPECIALIZED_LANDED && SPECIALIZED_LANDED + WEIGHT_SLOTS <= 16), "named barrier ids");
-    constexpr int LANDED = SPECIALIZED_LANDED;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -1179,29 +1014,16 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
             if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
             const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
             const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
-            if constexpr (CG == 0) {
-                // decode_groups_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS> written out: through the helper ptxas orders
-                // the consumers' accumulator zeroing differently (NVRTC 13.0), and this kernel's SASS is the measured one.
-                uint4 code[GROUPS_PER_WARP];
-                u32 word[GROUPS_PER_WARP];
-                const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
-                const u32 rowBase = weights + 2 * warp * 1024 + (lane & 7) * 128;
-                if (slow) {
-                    decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
-                } else {
-                    decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
-                }
-                fence_proxy_async_shared();
+            uint4 code[GROUPS_PER_WARP];
+            u32 word[GROUPS_PER_WARP];
+            const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
+            const u32 rowBase = weights + 2 * warp * 1024 + (lane & 7) * 128;
+            if (slow) {
+                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
             } else {
-                // After the wait above, so that LANDED + g % 3's previous phase (chunk g − 3) is complete: the
-                // consumers synced it before arriving at EMPTY for chunk g − 3.
-                named_barrier_arrive(LANDED + g % WEIGHT_SLOTS, THREADS);
-                if constexpr (CG < 2) {
-                    decode_groups_swizzled<2 - CG, 4, CODE_BYTES>(slot + B_BYTES, g, (warp >> 2) * 8 + (warp & 3), lane, weights);
-                } else {
-                    fence_proxy_async_shared();  // the landed activations, visible to the tensor cores
-                }
+                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
             }
+            fence_proxy_async_shared();
             named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
             // Only now the loads DIST ahead: their slot's previous chunk must have left the tensor cores, and waiting
             // for that here (not before the decode) keeps two decoded chunks queued ahead of the MMAs.
@@ -1215,12 +1037,6 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 
     registers_increase<CONSUMER_REGISTERS>();
     const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
-    const int ownGroup = consumer * 8 + 8 - 4 * CG + warpInGroup;
-    if constexpr (CG > 0) {  // chunk 0's share, before the accumulators are set: ptxas otherwise serialises the wgmma
-                             // pipeline (C7515)
-        named_barrier_sync(LANDED, THREADS);
-        decode_groups_swizzled<CG, 4, CODE_BYTES>(sharedPointer + B_BYTES, 0, ownGroup, lane, weightBase);
-    }
     float acc[MI][N / 2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -1229,11 +1045,9 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
     // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
     if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CG, B_BYTES, CODE_BYTES>(
-            p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
+        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
     } else {
-        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS, CG, B_BYTES, CODE_BYTES>(
-            p, acc, sharedBase, weightBase, consumer, sharedPointer, ownGroup, lane);
+        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1263,14 +1077,6 @@ MOE_RESIDENT(1, 1, 2, 2, 4)
 MOE_RESIDENT(1, 1, 4, 2, 3)
 MOE_RESIDENT(1, 1, 2, 4, 3)
 MOE_RESIDENT(1, 1, 8, 1, 3)
-// Persistent: whole K per warp only (WK = 1).
-#define MOE_PERSISTENT(MI, NJ, WN, WK, S)                                                              \
-    extern "C" __global__ void __launch_bounds__(32 * WN) moe_gemm_persistent_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) { \
-        static_assert(WK == 1, "persistent GEMMs keep K whole per warp");                              \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_persistent<MI, NJ, WN, S>(p);                                                             \
-    }
-MOE_PERSISTENT(1, 1, 8, 1, 3)
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
@@ -1298,22 +1104,12 @@ MOE_DECODED(2, 2, 128, 4)
     extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
         moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR, 0>(p);                                                   \
-    }
-// The same with the chunk's decode split between producers and consumers: CG groups per consumer warp (suffix _CG).
-#define MOE_SPECIALIZED_SPLIT(MI, N, L, P, CG, PR, CR)                                                 \
-    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
-        moe_gemm_specialized_##MI##_##N##_##L##_##P##_##CG(MoEGemmParams p) {                          \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR, CG>(p);                                                  \
+        gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
     }
 
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
-MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 1, 56, 200)
-MOE_SPECIALIZED_SPLIT(2, 128, 4, 2, 2, 56, 200)
-MOE_SPECIALIZED_SPLIT(2, 64, 6, 2, 2, 56, 200)
 
 // MARK: reduce
 
