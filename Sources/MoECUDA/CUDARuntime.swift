@@ -132,6 +132,8 @@ final class DeviceLayer: @unchecked Sendable {
     let downBias: DeviceBuffer
     let gateUpGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
     let downGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
+    /// One expert's GEMM 2 codes and scales, in bytes (RepackedExpertStack).
+    let downBytesPerExpert: (codes: Int, scales: Int)
 
     init(device: CUDADevice, layer: RepackedLayer) throws(CUDAError) {
         config = layer.config
@@ -158,6 +160,7 @@ final class DeviceLayer: @unchecked Sendable {
         downBias = try upload(layer.downBias)
         gateUpGeometry = (layer.gateUp.groups, layer.gateUp.chunks, layer.gateUp.scaleGroups)
         downGeometry = (layer.down.groups, layer.down.chunks, layer.down.scaleGroups)
+        downBytesPerExpert = (layer.down.codeBytesPerExpert, layer.down.scaleBytesPerExpert)
     }
 
     var bytes: Int {

@@ -136,12 +136,11 @@ final class TokenBucket: @unchecked Sendable {
         p.epilogue = MOE_EPILOGUE_SWIGLU
         // GEMM 1's resident blocks prefetch GEMM 2's weights of their expert into L2 (opt-in while it is measured).
         if KernelBuildSwitches.currentDownPrefetchPolicy != 0 && plan.gemm1Variant.isResident {
-            let down = layer.downGeometry
             p.prefetchPolicy = KernelBuildSwitches.currentDownPrefetchPolicy
             p.prefetchCodes = layer.downCodes.address
             p.prefetchScales = layer.downScales.address
-            p.prefetchCodeBytes = Int64(down.groups * down.chunks * 512)
-            p.prefetchScaleBytes = Int64(down.groups * down.scaleGroups * 128)
+            p.prefetchCodeBytes = Int64(layer.downBytesPerExpert.codes)
+            p.prefetchScaleBytes = Int64(layer.downBytesPerExpert.scales)
         }
         if handsOverTiles {
             p.tileRole = 1
