@@ -24,6 +24,10 @@ final class TokenBucket: @unchecked Sendable {
     /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
     let tileReady, tileConsumed: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
+    /// The timed graphs (event nodes between the kernels), captured once like `graphs`: the server profiles every
+    /// forward pass, and capturing and instantiating a graph per pass cost more than the layer itself.
+    private var timedGraphs: [GraphKey: TimedGraph] = [:]
+    typealias TimedGraph = (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
 
     struct GraphKey: Hashable {
         var mode: RoutingMode
@@ -289,10 +293,13 @@ final class TokenBucket: @unchecked Sendable {
     }
 
     /// A graph of the layer with an event record node after every kernel (and one before the first), for
-    /// timing each kernel inside a replay. Returns the start event and (phase, event) pairs.
+    /// timing each kernel inside a replay: the start event and (phase, event) pairs. Captured on first use for (mode,
+    /// slot) and replayed afterwards; each replay records the same events again, so read them before the next.
     func timedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream)
-        throws(CUDAError) -> (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
+        throws(CUDAError) -> TimedGraph
     {
+        let key = GraphKey(mode: mode, slot: slot)
+        if let timed = timedGraphs[key] { return timed }
         let device = stream.device
         let start = try CUDAEvent(device: device)
         var marks: [(Phase, CUDAEvent)] = []
@@ -308,7 +315,9 @@ final class TokenBucket: @unchecked Sendable {
             _ = try? stream.endCapture()
             throw error
         }
-        return (try stream.endCapture().instantiate(), start, marks)
+        let timed = (try stream.endCapture().instantiate(), start, marks)
+        timedGraphs[key] = timed
+        return timed
     }
 
     /// The graph of the whole layer for (mode, slot), captured on first use and replayed afterwards.

@@ -16,7 +16,7 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     prefetch)
-        bash $D info
+        bash $D info epserve  # epserve: the served pass with the timed graph now cached (was captured every pass)
         MOE_CUDA_PREFETCH_DOWN=2 bash $D check
         AB_ENVS="MOE_CUDA_PREFETCH_DOWN=1@1,2,4,8 MOE_CUDA_PREFETCH_DOWN=2@1,2,4,8" bash $D abenv
         MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck
