@@ -69,11 +69,16 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Log level: \(ServerLogging.levels.joined(separator: ", ")).")
     var logLevel: String = "info"
 
+    @Option(help: ArgumentHelp(
+        "Profile one forward pass in N for the per-stage metrics (every pass while a profile runs).",
+        discussion: "Default: every pass on the CPU backend, one in \(MoEServerConfiguration.defaultStageMetricsEvery) on CUDA, where a profiled pass replays a slower, instrumented graph."))
+    var stageMetricsEvery: Int?
+
     var serverConfiguration: MoEServerConfiguration {
         MoEServerConfiguration(
             host: host, port: port, maxBatchTokens: maxBatchTokens, maxRequestTokens: maxRequestTokens,
             maxBodyBytes: maxBodyBytes, enableProfiling: enableProfiling, profileDirectory: profileDir,
-            defaultRouting: routing)
+            defaultRouting: routing, stageMetricsEvery: stageMetricsEvery)
     }
 
     func validate() throws {

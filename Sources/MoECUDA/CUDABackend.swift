@@ -80,6 +80,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     // MARK: forward
 
+    /// A profiled pass replays the timed graph (event nodes between the kernels), not the plain one.
+    public var profiledPassesAreSlower: Bool { true }
+
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
         try withInput(input, tokens: tokens) { bucket in
             if options.poisonOutputs {

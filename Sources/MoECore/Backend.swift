@@ -25,6 +25,13 @@ public protocol MoEBackend: AnyObject {
     var config: MoEConfig { get }
     /// input: [T, H] float32 (rounded to bf16 on entry). Throws on shape errors or non-finite input.
     func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult
+    /// Whether a pass with a profiler runs slower than one without (CUDA: an instrumented graph whose event nodes cut
+    /// the kernels' programmatic overlap, and an extra synchronisation). A server then profiles only sampled passes.
+    var profiledPassesAreSlower: Bool { get }
+}
+
+extension MoEBackend {
+    public var profiledPassesAreSlower: Bool { false }
 }
 
 /// Whether a backend can run on this machine, and if not, why (shown by `moe info`).

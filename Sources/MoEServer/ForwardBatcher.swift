@@ -53,12 +53,21 @@ actor ForwardBatcher {
     private let logger: Logger
     private var waiting: [Job] = []
     private var running = false
+    /// Passes profiled for the stage metrics: one in `stageMetricsEvery` (the first among them), and every pass while
+    /// a profile session runs.
+    nonisolated let stageMetricsEvery: Int
+    private var passes = 0
 
-    init(engine: ForwardEngine, maxBatchTokens: Int, metrics: ServerMetrics, profiles: ProfileSessions, logger: Logger) {
+    init(
+        engine: ForwardEngine, maxBatchTokens: Int, metrics: ServerMetrics, profiles: ProfileSessions, stageMetricsEvery: Int = 1,
+        logger: Logger
+    ) {
+        precondition(stageMetricsEvery >= 1, "the configuration checks --stage-metrics-every")
         self.engine = engine
         self.maxBatchTokens = maxBatchTokens
         self.metrics = metrics
         self.profiles = profiles
+        self.stageMetricsEvery = stageMetricsEvery
         self.logger = logger
     }
 
@@ -112,7 +121,9 @@ actor ForwardBatcher {
         var x = [Float]()
         x.reserveCapacity(T * H)
         for job in batch { x += job.input.values }
-        let profiler = Profiler()
+        let profiled = passes % stageMetricsEvery == 0 || profiles.isActive
+        passes += 1
+        let profiler = profiled ? Profiler() : nil
         let start = Profiler.now()
         let result: MoEForwardResult
         do {
@@ -124,10 +135,9 @@ actor ForwardBatcher {
             return
         }
         let seconds = Double(Profiler.now() - start) * 1e-9
-        let records = profiler.records
         // Metrics and the profile first, so a caller that sees its response also sees its pass counted.
-        metrics.batchFinished(requests: batch.count, tokens: T, seconds: seconds, records: records)
-        profiles.append(records, origin: profiler.origin)
+        metrics.batchFinished(requests: batch.count, tokens: T, seconds: seconds, records: profiler?.records)
+        if let profiler { profiles.append(profiler.records, origin: profiler.origin) }
         logger.debug("forward pass", metadata: ["tokens": "\(T)", "requests": "\(batch.count)", "seconds": "\(seconds)"])
         var row = 0
         for job in batch {

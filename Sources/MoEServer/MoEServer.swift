@@ -36,7 +36,9 @@ public struct MoEServer: Sendable {
         self.metrics = metrics
         self.engine = ForwardEngine(backend: backend)
         self.batcher = ForwardBatcher(
-            engine: engine, maxBatchTokens: configuration.maxBatchTokens, metrics: metrics, profiles: profiles, logger: logger)
+            engine: engine, maxBatchTokens: configuration.maxBatchTokens, metrics: metrics, profiles: profiles,
+            stageMetricsEvery: configuration.stageMetricsPeriod(profiledPassesAreSlower: backend.profiledPassesAreSlower),
+            logger: logger)
     }
 
     // MARK: application
@@ -124,6 +126,7 @@ public struct MoEServer: Sendable {
             ("max_request_tokens", .int(configuration.maxRequestTokens)),
             ("max_body_bytes", .int(configuration.maxBodyBytes)),
             ("profiling", .object([("enabled", .bool(configuration.enableProfiling)), ("active", .bool(profiles.isActive))])),
+            ("stage_metrics_every", .int(batcher.stageMetricsEvery)),
         ]).rendered)
     }
 

@@ -18,11 +18,15 @@ public struct MoEServerConfiguration: Sendable, Equatable {
     public var profileDirectory: String
     /// Routing used when a request does not name one.
     public var defaultRouting: RoutingMode
+    /// Profile one forward pass in N for the per-stage metrics (every pass while a profile session runs). nil: every
+    /// pass where profiling is free, one in `defaultStageMetricsEvery` where it slows the pass (the CUDA backend).
+    public var stageMetricsEvery: Int?
+    public static let defaultStageMetricsEvery = 16
 
     public init(
         host: String = "127.0.0.1", port: Int = 8000, maxBatchTokens: Int = 256, maxRequestTokens: Int = 256,
         maxBodyBytes: Int = 64 << 20, enableProfiling: Bool = false, profileDirectory: String = "moe-profiles",
-        defaultRouting: RoutingMode = .renormalize
+        defaultRouting: RoutingMode = .renormalize, stageMetricsEvery: Int? = nil
     ) {
         self.host = host
         self.port = port
@@ -32,6 +36,12 @@ public struct MoEServerConfiguration: Sendable, Equatable {
         self.enableProfiling = enableProfiling
         self.profileDirectory = profileDirectory
         self.defaultRouting = defaultRouting
+        self.stageMetricsEvery = stageMetricsEvery
+    }
+
+    /// The sampling period for a backend: the configured one, or the default for what profiling costs it.
+    public func stageMetricsPeriod(profiledPassesAreSlower: Bool) -> Int {
+        stageMetricsEvery ?? (profiledPassesAreSlower ? Self.defaultStageMetricsEvery : 1)
     }
 
     /// Throws `invalidArgument` naming the bad setting.
@@ -47,5 +57,8 @@ public struct MoEServerConfiguration: Sendable, Equatable {
         }
         guard maxBodyBytes >= 64 else { throw MoEError.invalidArgument("--max-body-bytes \(maxBodyBytes) must be ≥ 64") }
         guard !profileDirectory.isEmpty else { throw MoEError.invalidArgument("the profile directory must not be empty") }
+        if let every = stageMetricsEvery, every < 1 {
+            throw MoEError.invalidArgument("--stage-metrics-every \(every) must be ≥ 1 (1 profiles every forward pass)")
+        }
     }
 }

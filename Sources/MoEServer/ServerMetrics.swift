@@ -37,6 +37,7 @@ public final class ServerMetrics: @unchecked Sendable {
     private var batchedRequests: UInt64 = 0
     private var tokens: UInt64 = 0
     private var forwardSeconds = 0.0
+    private var profiledBatches = 0
     private var forwardErrors: UInt64 = 0
     private var batchTokens = Histogram(buckets: batchTokenBuckets.count)
     private var stageSeconds: [String: Double] = [:]
@@ -73,8 +74,8 @@ public final class ServerMetrics: @unchecked Sendable {
         }
     }
 
-    /// One forward pass of the batcher: its requests and tokens, wall time and per-stage scopes.
-    func batchFinished(requests count: Int, tokens batchTokens: Int, seconds: Double, records: [Profiler.Record]) {
+    /// One forward pass of the batcher: its requests and tokens, wall time and per-stage scopes (nil: not profiled).
+    func batchFinished(requests count: Int, tokens batchTokens: Int, seconds: Double, records: [Profiler.Record]?) {
         let now = secondsSinceStart()
         withLock {
             batches += 1
@@ -82,7 +83,8 @@ public final class ServerMetrics: @unchecked Sendable {
             tokens += UInt64(batchTokens)
             forwardSeconds += seconds
             self.batchTokens.observe(Double(batchTokens), bounds: Self.batchTokenBuckets)
-            for r in records {
+            if records != nil { profiledBatches += 1 }
+            for r in records ?? [] {
                 stageSeconds[r.stage, default: 0] += Double(r.durationNanoseconds) * 1e-9
                 stageCalls[r.stage, default: 0] += 1
             }
@@ -160,7 +162,9 @@ public final class ServerMetrics: @unchecked Sendable {
             let window = min(Self.throughputWindowSeconds, max(now, 1e-9))
             let recentTokens = recent.filter { $0.0 >= now - Self.throughputWindowSeconds }.reduce(0) { $0 + $1.1 }
             sample("moe_tokens_per_second", [], Double(recentTokens) / window)
-            family("moe_stage_seconds_total", "counter", "Wall time per layer stage, summed over forward passes.")
+            family("moe_stage_profiled_batches_total", "counter", "Forward passes profiled for the stage metrics (sampled).")
+            sample("moe_stage_profiled_batches_total", [], Double(profiledBatches))
+            family("moe_stage_seconds_total", "counter", "Wall time per layer stage, summed over the profiled forward passes.")
             let stageOrder = Stage.allCases.map(\.rawValue) + stageSeconds.keys.filter { Stage(rawValue: $0) == nil }.sorted()
             for stage in stageOrder where stageSeconds[stage] != nil {
                 sample("moe_stage_seconds_total", [("stage", stage)], stageSeconds[stage]!)
