@@ -138,14 +138,7 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_SWIGLU
-        // GEMM 1's resident blocks prefetch GEMM 2's weights of their expert into L2 (opt-in while it is measured).
-        if KernelBuildSwitches.currentDownPrefetchPolicy != 0 && plan.gemm1Variant.isResident {
-            p.prefetchPolicy = KernelBuildSwitches.currentDownPrefetchPolicy
-            p.prefetchCodes = layer.downCodes.address
-            p.prefetchScales = layer.downScales.address
-            p.prefetchCodeBytes = Int64(layer.downBytesPerExpert.codes)
-            p.prefetchScaleBytes = Int64(layer.downBytesPerExpert.scales)
-        }
+        layer.prefetchDownWeights(into: &p, gemm1: plan.gemm1Variant)
         if handsOverTiles {
             p.tileRole = 1
             p.tileReady = tileReady.address

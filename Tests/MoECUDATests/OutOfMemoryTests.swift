@@ -5,8 +5,8 @@ import Testing
 @testable import MoECUDA
 
 /// A fake GPU of `FakeGPU.capacity` bytes: allocations succeed until they would pass it, then fail as the driver
-/// does (CUDA_ERROR_OUT_OF_MEMORY); cuMemGetInfo reports what is left. One test uses it (the state is global: C
-/// function pointers capture nothing).
+/// does (CUDA_ERROR_OUT_OF_MEMORY); cuMemGetInfo reports what is left. Its state is global (C function pointers
+/// capture nothing), so the tests that use it form one serialized suite.
 enum FakeGPU {
     nonisolated(unsafe) static var capacity = 0
     nonisolated(unsafe) static var allocated = 0
@@ -66,44 +66,69 @@ enum FakeGPU {
     }
 }
 
-/// A layer whose weights do not fit says so: what did not fit, its size, the GPU's free and total memory, and what
-/// to do — not "cuMemAlloc failed". A rank holding a part of the experts needs only that part.
-@Test func weightsThatDoNotFitTheGPUSayHowMuchAndWhatToDo() throws {
-    let config = MoEConfig(hidden: 64, intermediate: 64, experts: 8, topK: 2)
-    let weights = try SyntheticModel.layer(config: config, seed: 5)
-    let whole = RepackedLayer(weights), half = RepackedLayer(weights, selection: [0, 2, 4, 6])
-    #expect(half.bytes < whole.bytes)
-    FakeGPU.capacity = (whole.bytes + half.bytes) / 2
-    FakeGPU.allocated = 0
-    let device = try CUDADevice(driver: CUDADriver(api: FakeGPU.table(), libraryPath: "fake"))
+@Suite(.serialized) struct FakeGPUTests {
+    /// A layer whose weights do not fit says so: what did not fit, its size, the GPU's free and total memory, and what
+    /// to do — not "cuMemAlloc failed". A rank holding a part of the experts needs only that part.
+    @Test func weightsThatDoNotFitTheGPUSayHowMuchAndWhatToDo() throws {
+        let config = MoEConfig(hidden: 64, intermediate: 64, experts: 8, topK: 2)
+        let weights = try SyntheticModel.layer(config: config, seed: 5)
+        let whole = RepackedLayer(weights), half = RepackedLayer(weights, selection: [0, 2, 4, 6])
+        #expect(half.bytes < whole.bytes)
+        FakeGPU.capacity = (whole.bytes + half.bytes) / 2
+        FakeGPU.allocated = 0
+        let device = try CUDADevice(driver: CUDADriver(api: FakeGPU.table(), libraryPath: "fake"))
 
-    do {
-        _ = try DeviceLayer(device: device, layer: whole)
-        Issue.record("the whole layer cannot fit")
-    } catch {
-        guard case .outOfMemory(let what, let bytes, let free, let total, let advice) = error else {
-            Issue.record("expected outOfMemory, got \(error)")
-            return
+        do {
+            _ = try DeviceLayer(device: device, layer: whole)
+            Issue.record("the whole layer cannot fit")
+        } catch {
+            guard case .outOfMemory(let what, let bytes, let free, let total, let advice) = error else {
+                Issue.record("expected outOfMemory, got \(error)")
+                return
+            }
+            #expect(what == "the weights of all 8 experts of one MoE layer")
+            #expect(bytes == whole.bytes)
+            #expect(total == FakeGPU.capacity)
+            #expect(free != nil && free! < whole.bytes)
+            #expect(advice.contains("moe launch --ranks"))
+            #expect(error.description.contains("out of memory for the weights of all 8 experts"))
         }
-        #expect(what == "the weights of all 8 experts of one MoE layer")
-        #expect(bytes == whole.bytes)
-        #expect(total == FakeGPU.capacity)
-        #expect(free != nil && free! < whole.bytes)
-        #expect(advice.contains("moe launch --ranks"))
-        #expect(error.description.contains("out of memory for the weights of all 8 experts"))
+        #expect(FakeGPU.allocated == 0, "the buffers allocated before the failure are freed")
+
+        // The rank's half fits, and the buffers it holds are exactly its bytes (each at least 16).
+        let layer = try DeviceLayer(device: device, layer: half)
+        #expect(layer.experts == [0, 2, 4, 6])
+        #expect(layer.bytes == FakeGPU.allocated)
+        #expect(layer.bytes == half.bytes)
+
+        // Another error than out of memory passes through unchanged.
+        #expect(throws: CUDAError.invalidArgument("not memory")) {
+            try device.allocating("x", bytes: 1, advice: "") { () throws(CUDAError) -> Int in
+                throw CUDAError.invalidArgument("not memory")
+            }
+        }
     }
-    #expect(FakeGPU.allocated == 0, "the buffers allocated before the failure are freed")
 
-    // The rank's half fits, and the buffers it holds are exactly its bytes (each at least 16).
-    let layer = try DeviceLayer(device: device, layer: half)
-    #expect(layer.experts == [0, 2, 4, 6])
-    #expect(layer.bytes == FakeGPU.allocated)
-    #expect(layer.bytes == half.bytes)
-
-    // Another error than out of memory passes through unchanged.
-    #expect(throws: CUDAError.invalidArgument("not memory")) {
-        try device.allocating("x", bytes: 1, advice: "") { () throws(CUDAError) -> Int in
-            throw CUDAError.invalidArgument("not memory")
+    /// GEMM 1's parameters carry the L2 prefetch of GEMM 2's weights only when it is switched on and GEMM 1 is a
+    /// resident kernel: the held experts' down codes and scales, one expert's bytes each (here a rank's 3 of 6).
+    @Test func gemm1PrefetchesTheHeldDownWeightsOnlyWhenSwitchedOnAndResident() throws {
+        let config = MoEConfig(hidden: 64, intermediate: 96, experts: 6, topK: 2)
+        let weights = try SyntheticModel.layer(config: config, seed: 3)
+        let repacked = RepackedLayer(weights, selection: [1, 3, 5])
+        FakeGPU.capacity = 1 << 30
+        FakeGPU.allocated = 0
+        let device = try CUDADevice(driver: CUDADriver(api: FakeGPU.table(), libraryPath: "fake"))
+        let layer = try DeviceLayer(device: device, layer: repacked)
+        var p = MoEGemmParams()
+        layer.prefetchDownWeights(into: &p, gemm1: .resident_1_1_4_2_3, policy: 2)
+        #expect(p.prefetchPolicy == 2)
+        #expect(p.prefetchCodes == layer.downCodes.address && p.prefetchScales == layer.downScales.address)
+        #expect(Int(p.prefetchCodeBytes) * 3 == layer.downCodes.byteCount && Int(p.prefetchScaleBytes) * 3 == layer.downScales.byteCount)
+        #expect(Int(p.prefetchCodeBytes) == repacked.down.codeBytesPerExpert)
+        for (variant, policy) in [(GemmVariant.resident_1_1_8_1_3, Int32(0)), (.staged_2_4_8_2, 1), (.specialized_2_128_4_2, 2)] {
+            var q = MoEGemmParams()
+            layer.prefetchDownWeights(into: &q, gemm1: variant, policy: policy)
+            #expect(q.prefetchPolicy == 0 && q.prefetchCodes == 0 && q.prefetchCodeBytes == 0, "\(variant) \(policy)")
         }
     }
 }

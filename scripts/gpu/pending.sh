@@ -19,7 +19,7 @@ case $part in
         bash $D info epserve  # epserve: the served pass with the timed graph now cached (was captured every pass)
         MOE_CUDA_PREFETCH_DOWN=2 bash $D check
         AB_ENVS="MOE_CUDA_PREFETCH_DOWN=1@1,2,4,8 MOE_CUDA_PREFETCH_DOWN=2@1,2,4,8" bash $D abenv
-        MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck
+        MOE_CUDA_PREFETCH_DOWN=2 bash $D memcheck epcheck  # epcheck: the EP layer's GEMM 1 prefetches its rank's experts
         MOE_CUDA_PREFETCH_DOWN=1 bash $D check
         TRACE_TOKENS=1,2,8 bash $D trace
         TRACE_TOKENS=1,2,8 MOE_CUDA_PREFETCH_DOWN=2 bash $D trace
