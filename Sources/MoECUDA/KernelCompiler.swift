@@ -33,7 +33,7 @@ public struct KernelSource: Sendable, Equatable {
 /// compiles both builds (each cached under its own key, which includes the options).
 public enum KernelBuildSwitches {
     /// `MOE_CUDA_PREFETCH_DOWN=1|2`: GEMM 1's resident blocks prefetch GEMM 2's weights into L2 (moe_experts.cu,
-    /// prefetch_next_gemm_weights; TokenBucket.downPrefetchPolicy sets the parameters from the same variable).
+    /// prefetch_next_gemm_weights; DeviceLayer.prefetchDownWeights sets the parameters from the same variable).
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
         downPrefetchPolicy(environment) != 0 ? ["-DMOE_PREFETCH_NEXT_WEIGHTS=1"] : []
     }

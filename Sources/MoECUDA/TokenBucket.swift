@@ -24,8 +24,8 @@ final class TokenBucket: @unchecked Sendable {
     /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
     let tileReady, tileConsumed: DeviceBuffer
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
-    /// The timed graphs (event nodes between the kernels), captured once like `graphs`: the server profiles every
-    /// forward pass, and capturing and instantiating a graph per pass cost more than the layer itself.
+    /// The timed graphs (event nodes between the kernels), captured once like `graphs`: a profiled forward replays
+    /// one, and capturing and instantiating a graph per pass would cost more than the layer itself.
     private var timedGraphs: [GraphKey: TimedGraph] = [:]
     typealias TimedGraph = (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
 
@@ -275,19 +275,15 @@ final class TokenBucket: @unchecked Sendable {
     func tracedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream, trace: DeviceBuffer)
         throws(CUDAError) -> CUDAGraphExec
     {
-        try stream.beginCapture()
-        do throws(CUDAError) {
+        try Self.capture(stream) { () throws(CUDAError) in
             try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream, trace: trace)
-        } catch {
-            _ = try? stream.endCapture()
-            throw error
         }
-        return try stream.endCapture().instantiate()
     }
 
     /// A graph of the layer with an event record node after every kernel (and one before the first), for
     /// timing each kernel inside a replay: the start event and (phase, event) pairs. Captured on first use for (mode,
-    /// slot) and replayed afterwards; each replay records the same events again, so read them before the next.
+    /// slot) and replayed afterwards (a profiled forward takes it); each replay records the same events again, so
+    /// read them before the next.
     func timedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream)
         throws(CUDAError) -> TimedGraph
     {
@@ -296,19 +292,15 @@ final class TokenBucket: @unchecked Sendable {
         let device = stream.device
         let start = try CUDAEvent(device: device)
         var marks: [(Phase, CUDAEvent)] = []
-        try stream.beginCapture()
-        do throws(CUDAError) {
+        let exec = try Self.capture(stream) { () throws(CUDAError) in
             try start.recordInGraph(stream)
             try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream) { phase throws(CUDAError) in
                 let event = try CUDAEvent(device: device)
                 try event.recordInGraph(stream)
                 marks.append((phase, event))
             }
-        } catch {
-            _ = try? stream.endCapture()
-            throw error
         }
-        let timed = (try stream.endCapture().instantiate(), start, marks)
+        let timed = (exec, start, marks)
         timedGraphs[key] = timed
         return timed
     }
@@ -319,15 +311,23 @@ final class TokenBucket: @unchecked Sendable {
     {
         let key = GraphKey(mode: mode, slot: slot)
         if let exec = graphs[key] { return exec }
+        let exec = try Self.capture(stream) { () throws(CUDAError) in
+            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream)
+        }
+        graphs[key] = exec
+        return exec
+    }
+
+    /// What `body` enqueues on `stream`, captured and instantiated; on an error the capture is ended (its partial
+    /// graph dropped) before the error goes on.
+    private static func capture(_ stream: CUDAStream, _ body: () throws(CUDAError) -> Void) throws(CUDAError) -> CUDAGraphExec {
         try stream.beginCapture()
         do throws(CUDAError) {
-            try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream)
+            try body()
         } catch {
             _ = try? stream.endCapture()
             throw error
         }
-        let exec = try stream.endCapture().instantiate()
-        graphs[key] = exec
-        return exec
+        return try stream.endCapture().instantiate()
     }
 }

@@ -9,21 +9,11 @@ enum ForwardJSONAnswer {
         BF16Text.table.withUnsafeBufferPointers { text, starts in
             var writer = Writer(text: text, starts: starts, capacity: T * H * 10 + T * k * 16 + 64)
             writer.append(#"{"hidden_states":"#)
-            result.hidden.withUnsafeBufferPointer { writer.rows($0, tokens: T, width: H) }
+            result.hidden.withUnsafeBufferPointer { hidden in writer.rows(tokens: T, width: H) { $0.number(hidden[$1]) } }
             writer.append(#","topk_ids":"#)
-            writer.byte(UInt8(ascii: "["))
-            for t in 0..<T {
-                if t > 0 { writer.byte(UInt8(ascii: ",")) }
-                writer.byte(UInt8(ascii: "["))
-                for j in 0..<k {
-                    if j > 0 { writer.byte(UInt8(ascii: ",")) }
-                    writer.append(String(result.topkIds[t * k + j]))
-                }
-                writer.byte(UInt8(ascii: "]"))
-            }
-            writer.byte(UInt8(ascii: "]"))
+            writer.rows(tokens: T, width: k) { $0.append(String(result.topkIds[$1])) }
             writer.append(#","topk_weights":"#)
-            result.topkWeights.withUnsafeBufferPointer { writer.rows($0, tokens: T, width: k) }
+            result.topkWeights.withUnsafeBufferPointer { weights in writer.rows(tokens: T, width: k) { $0.number(weights[$1]) } }
             writer.byte(UInt8(ascii: "}"))
             return writer.out
         }
@@ -56,15 +46,16 @@ enum ForwardJSONAnswer {
             }
         }
 
-        /// [[v, …], …]: `tokens` rows of `width` numbers.
-        mutating func rows(_ values: UnsafeBufferPointer<Float>, tokens: Int, width: Int) {
+        /// [[v, …], …]: `tokens` rows of `width` values, value i written by `element(&self, i)` (the writer passed in,
+        /// not captured, so its appends stay statically checked).
+        mutating func rows(tokens: Int, width: Int, _ element: (inout Writer, Int) -> Void) {
             byte(UInt8(ascii: "["))
             for t in 0..<tokens {
                 if t > 0 { byte(UInt8(ascii: ",")) }
                 byte(UInt8(ascii: "["))
                 for i in 0..<width {
                     if i > 0 { byte(UInt8(ascii: ",")) }
-                    number(values[t * width + i])
+                    element(&self, t * width + i)
                 }
                 byte(UInt8(ascii: "]"))
             }

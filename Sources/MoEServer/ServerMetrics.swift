@@ -37,7 +37,7 @@ public final class ServerMetrics: @unchecked Sendable {
     private var batchedRequests: UInt64 = 0
     private var tokens: UInt64 = 0
     private var forwardSeconds = 0.0
-    private var profiledBatches = 0
+    private var profiledBatches: UInt64 = 0
     private var forwardErrors: UInt64 = 0
     private var batchTokens = Histogram(buckets: batchTokenBuckets.count)
     private var stageSeconds: [String: Double] = [:]
