@@ -609,7 +609,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             (p.groups, p.chunks, p.scaleGroups) = (
                 Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups))
             p.epilogue = MOE_EPILOGUE_SWIGLU
-            layer.prefetchDownWeights(into: &p, gemm1: b.plan.gemm1Variant)
         } else {
             p.codes = layer.downCodes.address
             p.scales = layer.downScales.address

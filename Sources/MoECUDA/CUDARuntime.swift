@@ -132,8 +132,6 @@ final class DeviceLayer: @unchecked Sendable {
     let downBias: DeviceBuffer
     let gateUpGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
     let downGeometry: (groups: Int, chunks: Int, scaleGroups: Int)
-    /// One expert's GEMM 2 codes and scales, in bytes (RepackedExpertStack).
-    let downBytesPerExpert: (codes: Int, scales: Int)
 
     init(device: CUDADevice, layer: RepackedLayer) throws(CUDAError) {
         config = layer.config
@@ -160,25 +158,11 @@ final class DeviceLayer: @unchecked Sendable {
         downBias = try upload(layer.downBias)
         gateUpGeometry = (layer.gateUp.groups, layer.gateUp.chunks, layer.gateUp.scaleGroups)
         downGeometry = (layer.down.groups, layer.down.chunks, layer.down.scaleGroups)
-        downBytesPerExpert = (layer.down.codeBytesPerExpert, layer.down.scaleBytesPerExpert)
     }
 
     var bytes: Int {
         [routerWeight, routerBias, gateUpCodes, gateUpScales, gateUpBias, downCodes, downScales, downBias]
             .reduce(0) { $0 + $1.byteCount }
-    }
-
-    /// GEMM 1's parameters: its resident blocks prefetch GEMM 2's weights of their tile's expert into L2
-    /// (`MOE_CUDA_PREFETCH_DOWN`, opt-in while it is measured). A tile's expert indexes the held experts, as the
-    /// weight buffers do, on one GPU and on an expert-parallel rank alike.
-    func prefetchDownWeights(into p: inout MoEGemmParams, gemm1: GemmVariant,
-                             policy: Int32 = KernelBuildSwitches.currentDownPrefetchPolicy) {
-        guard policy != 0 && gemm1.isResident else { return }
-        p.prefetchPolicy = policy
-        p.prefetchCodes = downCodes.address
-        p.prefetchScales = downScales.address
-        p.prefetchCodeBytes = Int64(downBytesPerExpert.codes)
-        p.prefetchScaleBytes = Int64(downBytesPerExpert.scales)
     }
 }
 

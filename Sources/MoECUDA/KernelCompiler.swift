@@ -30,24 +30,24 @@ public struct KernelSource: Sendable, Equatable {
 }
 
 /// Kernel build switches chosen by the environment, for A/B runs of code not yet measured on a GPU: the same binary
-/// compiles both builds (each cached under its own key, which includes the options).
+/// compiles both builds (each cached under its own key, which includes the options). A switch is on when its variable
+/// is exactly "1".
 public enum KernelBuildSwitches {
-    /// `MOE_CUDA_PREFETCH_DOWN=1|2`: GEMM 1's resident blocks prefetch GEMM 2's weights into L2 (moe_experts.cu,
-    /// prefetch_next_gemm_weights; DeviceLayer.prefetchDownWeights sets the parameters from the same variable).
+    /// (environment variable, preprocessor symbol defined to 1):
+    /// - `MOE_CUDA_RESIDENT_BULK`: the resident GEMMs' weight rings are filled by the copy engine (one
+    ///   `cp.async.bulk` per row group's codes and one per its scales, completing on an mbarrier per slot) instead of
+    ///   each lane's 16-byte `cp.async` copies.
+    /// - `MOE_CUDA_TILE_CONSUME_LATE`: GEMM 2's blocks count themselves past the tile wait without waiting for the
+    ///   count's reply; the tile's last block resets the counters after its main loop.
+    public static let all: [(variable: String, symbol: String)] = [
+        ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
+        ("MOE_CUDA_TILE_CONSUME_LATE", "MOE_TILE_CONSUME_LATE"),
+    ]
+
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
-        downPrefetchPolicy(environment) != 0 ? ["-DMOE_PREFETCH_NEXT_WEIGHTS=1"] : []
+        all.filter { environment($0.variable) == "1" }.map { "-D\($0.symbol)=1" }
     }
     static let current = options()
-
-    /// MoEGemmParams.prefetchPolicy from `MOE_CUDA_PREFETCH_DOWN`: 0 off, 1 prefetch, 2 with an L2 evict_last hint.
-    public static func downPrefetchPolicy(_ environment: (String) -> String? = currentEnvironment) -> Int32 {
-        switch environment("MOE_CUDA_PREFETCH_DOWN") {
-        case "1": 1
-        case "2": 2
-        default: 0
-        }
-    }
-    static let currentDownPrefetchPolicy = downPrefetchPolicy()
 }
 
 /// Everything that determines a compiled kernel image.

@@ -138,7 +138,6 @@ final class TokenBucket: @unchecked Sendable {
             Int32(layer.gateUpGeometry.groups), Int32(layer.gateUpGeometry.chunks), Int32(layer.gateUpGeometry.scaleGroups)
         )
         p.epilogue = MOE_EPILOGUE_SWIGLU
-        layer.prefetchDownWeights(into: &p, gemm1: plan.gemm1Variant)
         if handsOverTiles {
             p.tileRole = 1
             p.tileReady = tileReady.address

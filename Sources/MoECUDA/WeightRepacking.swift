@@ -26,10 +26,6 @@ public struct RepackedExpertStack: Sendable {
     public var groups: Int { rows / 16 }
     public var chunks: Int { (columns + 63) / 64 }
     public var scaleGroups: Int { (chunks + 3) / 4 }
-    /// Bytes of one expert's codes and scales: each expert's are contiguous (`[E][…]`), which the L2 prefetch of a
-    /// routed expert's weights relies on (DeviceLayer.prefetchDownWeights, moe_experts.cu prefetch_next_gemm_weights).
-    public var codeBytesPerExpert: Int { groups * chunks * 32 * 4 * 4 }
-    public var scaleBytesPerExpert: Int { groups * scaleGroups * 8 * 4 * 4 }
 
     /// - Parameter selection: the checkpoint experts to keep, in order (expert i of the result is selection[i]); all
     ///   of them when nil. An expert-parallel GPU rank keeps only its own.

@@ -78,15 +78,18 @@ private func request(
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])
 }
 
-/// The kernel build switches follow the environment exactly: only "1" and "2" turn the L2 prefetch of GEMM 2's
-/// weights on (and set its policy), and the two builds are cached under different keys (the options are part of it).
+/// The kernel build switches follow the environment exactly: only "1" turns one on, each defines its own symbol, and
+/// the builds are cached under different keys (the options are part of it).
 @Test func kernelBuildSwitchesFollowTheEnvironmentAndKeyTheCache() {
     #expect(KernelBuildSwitches.options { _ in nil } == [])
-    for (value, policy) in [("1", Int32(1)), ("2", 2), ("0", 0), ("3", 0), ("yes", 0), ("", 0)] {
-        let environment: (String) -> String? = { $0 == "MOE_CUDA_PREFETCH_DOWN" ? value : nil }
-        #expect(KernelBuildSwitches.downPrefetchPolicy(environment) == policy, "\(value)")
-        #expect(KernelBuildSwitches.options(environment) == (policy != 0 ? ["-DMOE_PREFETCH_NEXT_WEIGHTS=1"] : []), "\(value)")
+    for (variable, symbol) in KernelBuildSwitches.all {
+        for (value, on) in [("1", true), ("0", false), ("2", false), ("yes", false), ("", false)] {
+            let environment: (String) -> String? = { $0 == variable ? value : nil }
+            #expect(KernelBuildSwitches.options(environment) == (on ? ["-D\(symbol)=1"] : []), "\(variable)=\(value)")
+        }
     }
+    #expect(KernelBuildSwitches.options { _ in "1" }.count == KernelBuildSwitches.all.count)
+    #expect(Set(KernelBuildSwitches.all.map(\.symbol)).count == KernelBuildSwitches.all.count)
     let plain = KernelCompileRequest(source: .routing, architecture: "sm_90a")
     let switched = KernelCompileRequest(source: .routing, options: KernelBuildSwitches.options { _ in "1" }, architecture: "sm_90a")
     #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))

@@ -32,17 +32,21 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     }
 }
 
-/// The prefetch build (MOE_CUDA_PREFETCH_DOWN=1) compiles: the expert module differs from the plain one, and the
-/// modules without resident GEMMs (routing) are unchanged by it.
+/// Each kernel build switch compiles, alone and together: the expert module differs from the plain one, and the module
+/// without resident GEMMs (routing) is unchanged by them.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
-func thePrefetchBuildCompilesAndChangesOnlyTheExpertKernels() throws {
+func theKernelBuildSwitchesCompileAndChangeOnlyTheExpertKernels() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
-    let switches = KernelBuildSwitches.options { $0 == "MOE_CUDA_PREFETCH_DOWN" ? "1" : nil }
-    for (plain, changes) in [(KernelCompileRequest(source: .experts, architecture: "sm_90a"), true),
-                             (KernelCompileRequest(source: .routing, architecture: "sm_90a"), false)] {
-        var switched = plain
-        switched.options += switches
-        #expect(try (compiler.compile(switched) != compiler.compile(plain)) == changes, "\(plain.source.name)")
+    let variables = KernelBuildSwitches.all.map(\.variable)
+    for on in variables.map({ [$0] }) + [variables] {
+        let switches = KernelBuildSwitches.options { on.contains($0) ? "1" : nil }
+        #expect(switches.count == on.count)
+        for (plain, changes) in [(KernelCompileRequest(source: .experts, architecture: "sm_90a"), true),
+                                 (KernelCompileRequest(source: .routing, architecture: "sm_90a"), false)] {
+            var switched = plain
+            switched.options += switches
+            #expect(try (compiler.compile(switched) != compiler.compile(plain)) == changes, "\(plain.source.name) \(on)")
+        }
     }
 }
 

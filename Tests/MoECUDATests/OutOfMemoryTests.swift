@@ -108,27 +108,4 @@ enum FakeGPU {
             }
         }
     }
-
-    /// GEMM 1's parameters carry the L2 prefetch of GEMM 2's weights only when it is switched on and GEMM 1 is a
-    /// resident kernel: the held experts' down codes and scales, one expert's bytes each (here a rank's 3 of 6).
-    @Test func gemm1PrefetchesTheHeldDownWeightsOnlyWhenSwitchedOnAndResident() throws {
-        let config = MoEConfig(hidden: 64, intermediate: 96, experts: 6, topK: 2)
-        let weights = try SyntheticModel.layer(config: config, seed: 3)
-        let repacked = RepackedLayer(weights, selection: [1, 3, 5])
-        FakeGPU.capacity = 1 << 30
-        FakeGPU.allocated = 0
-        let device = try CUDADevice(driver: CUDADriver(api: FakeGPU.table(), libraryPath: "fake"))
-        let layer = try DeviceLayer(device: device, layer: repacked)
-        var p = MoEGemmParams()
-        layer.prefetchDownWeights(into: &p, gemm1: .resident_1_1_4_2_3, policy: 2)
-        #expect(p.prefetchPolicy == 2)
-        #expect(p.prefetchCodes == layer.downCodes.address && p.prefetchScales == layer.downScales.address)
-        #expect(Int(p.prefetchCodeBytes) * 3 == layer.downCodes.byteCount && Int(p.prefetchScaleBytes) * 3 == layer.downScales.byteCount)
-        #expect(Int(p.prefetchCodeBytes) == repacked.down.codeBytesPerExpert)
-        for (variant, policy) in [(GemmVariant.resident_1_1_8_1_3, Int32(0)), (.staged_2_4_8_2, 1), (.specialized_2_128_4_2, 2)] {
-            var q = MoEGemmParams()
-            layer.prefetchDownWeights(into: &q, gemm1: variant, policy: policy)
-            #expect(q.prefetchPolicy == 0 && q.prefetchCodes == 0 && q.prefetchCodeBytes == 0, "\(variant) \(policy)")
-        }
-    }
 }

@@ -110,6 +110,29 @@ MOE_DEVICE void copy_async_16(u32 destination, const void *source, int sourceByt
 MOE_DEVICE void copy_async_commit() { asm volatile("cp.async.commit_group;" ::); }
 template <int Pending> MOE_DEVICE void copy_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(Pending)); }
 
+// Bulk copies (the copy engine, sm_90) completing on an mbarrier in shared memory: the producer arrives once with the
+// byte count it expects, each copy counts its bytes off, and the phase completes when all have landed.
+MOE_DEVICE void mbarrier_init(u32 barrier, u32 arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(barrier), "r"(arrivals) : "memory");
+}
+/// Orders this thread's mbarrier.init before the copy engine's updates of those barriers.
+MOE_DEVICE void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+MOE_DEVICE void mbarrier_arrive_expect_bytes(u32 barrier, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(barrier), "r"(bytes) : "memory");
+}
+MOE_DEVICE void mbarrier_wait_parity(u32 barrier, u32 parity) {
+    u32 done = 0;
+    while (!done) {
+        asm volatile("{\n .reg .pred ready;\n mbarrier.try_wait.parity.shared::cta.b64 ready, [%1], %2;\n selp.u32 %0, 1, 0, ready;\n}"
+                     : "=r"(done) : "r"(barrier), "r"(parity) : "memory");
+    }
+}
+/// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory by the copy engine.
+MOE_DEVICE void bulk_copy_to_shared(u32 destination, const void *source, u32 bytes, u32 barrier) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(destination), "l"(source), "r"(bytes), "r"(barrier) : "memory");
+}
+
 /// Four 8×8 bf16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i.
 MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"

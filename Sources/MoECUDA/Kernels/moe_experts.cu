@@ -209,8 +209,11 @@ MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p) {
 }
 
 /// GEMM 2: waits until every GEMM 1 block of this tile is done (bounded: a tile that never completes traps, which the
-/// host sees as a failed launch, instead of hanging the GPU). The tile's last block past the wait resets its counters.
-MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
+/// host sees as a failed launch, instead of hanging the GPU). The tile's last block past the wait resets its counters:
+/// here, or (MOE_TILE_CONSUME_LATE) in release_tile, so that no thread waits for the count's round trip before its
+/// first loads. Returns thread 0's count of the tile's blocks past the wait before this one.
+MOE_DEVICE unsigned wait_for_tile(const MoEGemmParams &p) {
+    unsigned before = 0;
     if (threadIdx.x == 0) {
         const unsigned *ready = (const unsigned *)p.tileReady + blockIdx.y;
         unsigned spins = 0;
@@ -218,15 +221,34 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
             __nanosleep(100);
             if (++spins == (1u << 24)) __trap();
         }
-        if (atomicAdd((unsigned *)p.tileConsumed + blockIdx.y, 1u) == gridDim.x - 1) {
+        before = atomicAdd((unsigned *)p.tileConsumed + blockIdx.y, 1u);
+#if !MOE_TILE_CONSUME_LATE
+        if (before == gridDim.x - 1) {
             *((unsigned *)p.tileReady + blockIdx.y) = 0u;
             *((unsigned *)p.tileConsumed + blockIdx.y) = 0u;
         }
+#endif
     }
     __syncthreads();
+    return before;
+}
+
+/// MOE_TILE_CONSUME_LATE: thread 0 of the tile's last block past the wait resets its counters (every block of the
+/// tile has counted itself by then, so none reads them again in this launch).
+MOE_DEVICE void release_tile(const MoEGemmParams &p, unsigned before) {
+#if MOE_TILE_CONSUME_LATE
+    if (threadIdx.x == 0 && before == gridDim.x - 1) {
+        *((unsigned *)p.tileReady + blockIdx.y) = 0u;
+        *((unsigned *)p.tileConsumed + blockIdx.y) = 0u;
+    }
+#endif
 }
 
 // MARK: resident kernel (decode-size tiles)
+
+/// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; the bulk build uses 128 B of row group 0's scale
+/// area and keeps the slot's mbarrier 128 B in.
+MOE_DEVICE u32 resident_slot_barrier(u32 slot) { return slot + 4 * 512 + 128; }
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
 /// per chunk (exactly the bytes this lane later reads) and its row pair's 16 scale bytes.
@@ -248,34 +270,27 @@ MOE_DEVICE void copy_weight_group(
     }
 }
 
-#if MOE_PREFETCH_NEXT_WEIGHTS
-/// This block's share (block x of gridDim.x) of the `bytes` (< 2^31) at `base`, prefetched into L2 by the bulk-copy
-/// unit: one instruction per 64 KB piece, nothing waits for it. Shares are multiples of 16 bytes, as it needs.
-MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, unsigned bytes, int policyKind) {
-    const unsigned share = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~15u;
-    const unsigned begin = share * blockIdx.x, end = min(begin + share, bytes);
-    unsigned long long policy = 0;
-    if (policyKind == 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-    for (unsigned at = begin; at < end; at += 65536) {
-        const unsigned size = min(65536u, end - at);
-        if (policyKind == 2) {
-            asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(base + at), "r"(size), "l"(policy)
-                         : "memory");
-        } else {
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + at), "r"(size) : "memory");
-        }
+/// MOE_RESIDENT_BULK: lane 0's copies of one 4-chunk group for MI row groups into its ring slot, by the copy engine:
+/// per row group its chunks' codes (contiguous in the repacked layout: 512 B a chunk, in lane order) and the group's
+/// 128 scale bytes (8 row pairs × 16 B) at the slot's scale offset, all counted on the slot's mbarrier.
+template <int MI>
+MOE_DEVICE void bulk_copy_weight_group(const MoEGemmParams &p, long long expertGroup, int firstGroup, int g, u32 slot) {
+    const unsigned char *codes = (const unsigned char *)p.codes;
+    const unsigned char *scales = (const unsigned char *)p.scales;
+    const u32 codeBytes = (u32)min(4, p.chunks - 4 * g) * 512u;
+    const u32 barrier = resident_slot_barrier(slot);
+    u32 bytes = 0;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+        if (firstGroup + mi < p.groups) bytes += codeBytes + 128u;
+    mbarrier_arrive_expect_bytes(barrier, bytes);
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        if (firstGroup + mi >= p.groups) continue;
+        const long long group = expertGroup + firstGroup + mi;
+        bulk_copy_to_shared(slot + mi * 5 * 512, codes + (group * p.chunks + 4 * g) * 512, codeBytes, barrier);
+        bulk_copy_to_shared(slot + (mi * 5 + 4) * 512, scales + (group * p.scaleGroups + g) * 128, 128u, barrier);
     }
-}
-#endif
-
-/// GEMM 1's blocks of `expert`: its GEMM 2 weights into L2 (p.prefetchPolicy ≠ 0), one thread per block. A build
-/// switch (MOE_PREFETCH_NEXT_WEIGHTS, from `MOE_CUDA_PREFETCH_DOWN`), so the default build's SASS stays the measured one.
-MOE_DEVICE void prefetch_next_gemm_weights(const MoEGemmParams &p, int expert) {
-#if MOE_PREFETCH_NEXT_WEIGHTS && __CUDA_ARCH__ >= 900
-    if (p.prefetchPolicy == 0 || threadIdx.x != 0) return;
-    prefetch_l2_share(p.prefetchCodes + (unsigned long long)expert * p.prefetchCodeBytes, (unsigned)p.prefetchCodeBytes, p.prefetchPolicy);
-    prefetch_l2_share(p.prefetchScales + (unsigned long long)expert * p.prefetchScaleBytes, (unsigned)p.prefetchScaleBytes, p.prefetchPolicy);
-#endif
 }
 
 /// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
@@ -337,15 +352,28 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 
     // The weight ring starts filling before anything else.
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
+#if MOE_RESIDENT_BULK
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) mbarrier_init(resident_slot_barrier(ring + i * SLOT_BYTES), 1);
+        fence_mbarrier_init();
+#pragma unroll
+        for (int i = 0; i < S - 1; ++i)
+            if (begin + i < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
+    }
+    __syncwarp();
+    u32 phases = 0;  // bit s: the parity of slot s's next completion
+#else
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) {
         if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
         copy_async_commit();
     }
-    prefetch_next_gemm_weights(p, tile.expert);
+#endif
     // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
+    unsigned tileBlocksBefore = 0;
     if (p.tileRole == 2) {
-        wait_for_tile(p);
+        tileBlocksBefore = wait_for_tile(p);
     } else if (p.prefetchBeforeWait) {
         wait_for_previous_kernel();
     }
@@ -375,19 +403,31 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
     }
 
+#if MOE_RESIDENT_BULK
+    const int scaleLane = (lane >> 2) * 16;  // the group's 128 scale bytes, once: lane l reads row pair l / 4's 16 B
+#else
+    const int scaleLane = lane * 16;  // each lane's own copy of its row pair's 16 B
+#endif
     int slot = 0;
 #pragma unroll 1
     for (int g = begin; g < end; ++g) {
-        copy_async_wait<S - 2>();  // this lane's copies of group g have landed
         const int next = g + S - 1, nextSlot = slot == 0 ? S - 1 : slot - 1;
+#if MOE_RESIDENT_BULK
+        mbarrier_wait_parity(resident_slot_barrier(ring + slot * SLOT_BYTES), (phases >> slot) & 1u);  // group g landed
+        phases ^= 1u << slot;
+        __syncwarp();  // every lane has read nextSlot's previous group (iteration g − 1) before it is overwritten
+        if (lane == 0 && next < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, next, ring + nextSlot * SLOT_BYTES);
+#else
+        copy_async_wait<S - 2>();  // this lane's copies of group g have landed
         if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
         copy_async_commit();
+#endif
         const unsigned char *current = ringPointer + slot * SLOT_BYTES;
         uint4 codes[4][MI];
         u32 words[4][MI];
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
-            const uint4 scales = *(const uint4 *)(current + (mi * 5 + 4) * 512 + lane * 16);
+            const uint4 scales = *(const uint4 *)(current + (mi * 5 + 4) * 512 + scaleLane);
 #pragma unroll
             for (int ci = 0; ci < 4; ++ci) {
                 codes[ci][mi] = *(const uint4 *)(current + (mi * 5 + ci) * 512 + lane * 16);
@@ -399,6 +439,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     copy_async_wait<0>();
     allow_next_kernel();
+    if (p.tileRole == 2) release_tile(p, tileBlocksBefore);
     float acc[MI][NJ][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)

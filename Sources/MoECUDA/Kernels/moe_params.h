@@ -124,13 +124,6 @@ typedef struct MoEGemmParams {
     int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
     int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
     int fullWidthOnly;              ///< specialised kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
-    // GEMM 1 at decode sizes (resident kernels): each block prefetches its share of GEMM 2's weights for its tile's
-    // expert into L2 (cp.async.bulk.prefetch), so GEMM 2 reads them from L2 while GEMM 1 still streams its own.
-    int prefetchPolicy;                ///< 0: none, 1: prefetch, 2: prefetch with an L2 evict_last hint
-    MoEDevicePointer prefetchCodes;    ///< GEMM 2's codes, [E, bytes per expert]
-    MoEDevicePointer prefetchScales;   ///< GEMM 2's scales, [E, bytes per expert]
-    long long prefetchCodeBytes;       ///< per expert, a multiple of 16
-    long long prefetchScaleBytes;      ///< per expert, a multiple of 16
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoEGemmParams;
 
