@@ -99,6 +99,9 @@ for s in $steps; do
         ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name-details.txt" 2>> "$LOG"
         rm -f "$OUT/$name.ncu-rep" ;;
     ncufinish) TAIL=60 step ncufinish 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section LaunchStats -k regex:moe_route_finish --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
+    ncuep)  # each kernel of the EP layer at R = 1 alone (ncu serialises them), launch order: NCU_TOKENS (1), gpt-oss-20b
+        TAIL=50 step ncuep 300 ncu --clock-control none --target-processes all --csv --log-file "$OUT/ncuep.csv" --metrics gpu__time_duration.sum -k regex:moe_ $M launch --ranks 1 --timeout 280 -- bench --backend cuda --preset gpt-oss-20b --tokens ${NCU_TOKENS:-1} --iterations 2 --warmup 0
+        python3 .device/ncu_kernels.py "$OUT/ncuep.csv" 70 | tee -a "$LOG" ;;
     ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     *) echo "=== unknown step $s" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s UNKNOWN STEP' "$s")\n" ;;
     esac
