@@ -12,6 +12,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case resident_1_1_4_2_3
     /// Decode: 32 rows × 8 tokens, 8 warps (K split over 4), 3-slot rings.
     case resident_1_1_2_4_3
+    /// The same with 4-slot rings: at gpt-oss sizes each warp's whole K share (3 groups) is in flight before the tile
+    /// wait (GEMM 2 at 1–4 tokens; opt-in while it is measured, `MOE_CUDA_GEMM2`).
+    case resident_1_1_2_4_4
     /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
     case resident_1_1_8_1_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
