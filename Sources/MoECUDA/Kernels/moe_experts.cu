@@ -1100,8 +1100,14 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
+#if MOE_RESIDENT_BULK
+// The bulk build's 8-warp kernels keep the default's three blocks per SM (unbounded, ptxas gives them 86 registers).
+#define MOE_RESIDENT_BOUNDS(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
+#else
+#define MOE_RESIDENT_BOUNDS(WN, WK) __launch_bounds__(32 * WN * WK)
+#endif
 #define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                         \
+    extern "C" __global__ void MOE_RESIDENT_BOUNDS(WN, WK)                                             \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         MOE_TRACE_KERNEL(p);                                                                           \
         gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
