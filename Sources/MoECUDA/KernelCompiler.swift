@@ -34,14 +34,11 @@ public struct KernelSource: Sendable, Equatable {
 /// is exactly "1".
 public enum KernelBuildSwitches {
     /// (environment variable, preprocessor symbol defined to 1):
-    /// - `MOE_CUDA_RESIDENT_BULK`: the resident GEMMs' weight rings are filled by the copy engine (one
+    /// - `MOE_CUDA_RESIDENT_BULK`: every resident GEMM's weight rings are filled by the copy engine (one
     ///   `cp.async.bulk` per row group's codes and one per its scales, completing on an mbarrier per slot) instead of
-    ///   each lane's 16-byte `cp.async` copies.
-    /// - `MOE_CUDA_TILE_CONSUME_LATE`: GEMM 2's blocks count themselves past the tile wait without waiting for the
-    ///   count's reply; the tile's last block resets the counters after its main loop.
+    ///   each lane's 16-byte `cp.async` copies (`resident_1_1_4_1_4` always is).
     public static let all: [(variable: String, symbol: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
-        ("MOE_CUDA_TILE_CONSUME_LATE", "MOE_TILE_CONSUME_LATE"),
     ]
 
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {

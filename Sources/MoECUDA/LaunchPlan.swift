@@ -4,7 +4,7 @@ import MoECore
 /// The grouped-GEMM kernels built into moe_experts.cu (names must match its MOE_RESIDENT / MOE_STAGED lines).
 public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Decode: 64 weight rows × 8 tokens per block (4 warps × 16 rows, whole K each), activation tile in shared
-    /// memory, a 4-slot weight ring per lane.
+    /// memory, a 4-slot weight ring per warp filled by the copy engine (`cp.async.bulk`, an mbarrier per slot).
     case resident_1_1_4_1_4
     /// Decode: 32 rows × 8 tokens (2 warps × 16 rows, K split over 2), 4-slot rings.
     case resident_1_1_2_2_4
@@ -12,9 +12,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case resident_1_1_4_2_3
     /// Decode: 32 rows × 8 tokens, 8 warps (K split over 4), 3-slot rings.
     case resident_1_1_2_4_3
-    /// The same with 4-slot rings: at gpt-oss sizes each warp's whole K share (3 groups) is in flight before the tile
-    /// wait (GEMM 2 at 1–4 tokens; opt-in while it is measured, `MOE_CUDA_GEMM2`).
-    case resident_1_1_2_4_4
     /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
     case resident_1_1_8_1_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
@@ -89,10 +86,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
     /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk once per
     /// block into shared memory for wgmma (warp-specialised producer/consumers), elsewhere 64-token staged tiles.
-    /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave.
+    /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave; at 2–4
+    /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 11,
+    /// one round: 64.6 against 67.8 µs at 2 tokens, 99.7 against 117.6 at 4; 52.9 against 43.5 at 1, so not there).
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
     public static func choose(tokens: Int, hopper: Bool = true) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
         switch tokens {
+        case ...1: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
+        case ...4 where hopper: (.resident_1_1_4_1_4, .resident_1_1_4_1_4)
         case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
         case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1024: (.staged_2_4_8_2, .staged_2_4_8_2)

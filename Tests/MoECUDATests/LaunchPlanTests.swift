@@ -37,6 +37,10 @@ import Testing
 
 @Test func variantsFollowTheTokenCount() {
     #expect(GemmVariant.choose(tokens: 1) == (.resident_1_1_4_2_3, .resident_1_1_2_4_3))
+    #expect(GemmVariant.choose(tokens: 2) == (.resident_1_1_4_1_4, .resident_1_1_4_1_4))
+    #expect(GemmVariant.choose(tokens: 4) == (.resident_1_1_4_1_4, .resident_1_1_4_1_4))
+    #expect(GemmVariant.choose(tokens: 4, hopper: false) == (.resident_1_1_4_2_3, .resident_1_1_2_4_3))
+    #expect(GemmVariant.choose(tokens: 5) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))

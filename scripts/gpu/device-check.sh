@@ -71,7 +71,7 @@ for s in $steps; do
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens 1,8,40 ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 ;;
     racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant specialized_2_128_4_2 ;;
-    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant resident_1_1_4_2_3 ;;
+    racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
     trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
     timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens 1,8,32,128,256,512,2048,8192 ;;
     ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;

@@ -9,7 +9,7 @@ with open(sys.argv[1], newline="") as f:
 for r in csv.DictReader(lines):
     if r.get("Metric Name") != "gpu__time_duration.sum":
         continue
-    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r["Metric Unit"], float("nan"))
+    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(r["Metric Unit"], float("nan"))
     value = float(r["Metric Value"].replace(",", "")) * scale
     rows.append((int(r["ID"]), value, r["Kernel Name"].split("(")[0], r.get("Grid Size", ""), r.get("Block Size", "")))
 last = int(sys.argv[2]) if len(sys.argv) > 2 else 60

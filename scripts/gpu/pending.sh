@@ -1,28 +1,26 @@
 #!/usr/bin/env bash
-# Device calls prepared and not yet run (session 11). Steps are cut at the deadline, most important first.
-#   bulk: the resident GEMMs' weight rings filled by the copy engine (MOE_CUDA_RESIDENT_BULK=1) and GEMM 2's tile count
-#         taken off its blocks' critical path (MOE_CUDA_TILE_CONSUME_LATE=1), both kernel build switches: checks with
-#         each, the A/B at 1–128 tokens, the sanitizers and EP bit-identity with both, the trace and ncu at T = 1; then
-#         each kernel of the EP layer alone under ncu (R = 1, 1 token); GEMM 2 with 4-slot rings (resident_1_1_2_4_4).
-#   usage (device): bash .device/pending.sh bulk [SECONDS]
+# Device calls prepared and not yet run (after session 11). Steps are cut at the deadline, most important first.
+#   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
+#           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
+#           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
+#           of the kernel; EP bit-identity; the trace; the default bench.
+#   usage (device): bash .device/pending.sh policy [SECONDS]
 set -u
-part=${1:-bulk}
+part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    bulk)
-        bash $D info
-        MOE_CUDA_RESIDENT_BULK=1 bash $D check
-        AB_ENVS="MOE_CUDA_RESIDENT_BULK=1@1,2,4,8,32,128 MOE_CUDA_TILE_CONSUME_LATE=1@1,2,4 MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_TILE_CONSUME_LATE=1@1,2,4,8" bash $D abenv
-        MOE_CUDA_RESIDENT_BULK=1 MOE_CUDA_TILE_CONSUME_LATE=1 bash $D memcheck racecheck2 check debug20b epcheck
-        TRACE_TOKENS=1,2,8 MOE_CUDA_RESIDENT_BULK=1 bash $D trace
-        MOE_CUDA_RESIDENT_BULK=1 bash $D ncu1
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM2=resident_1_1_2_4_4@1,2,4 MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM2=resident_1_1_2_4_4@1,2,4 MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM=resident_1_1_2_2_4@1,2,4 MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM=resident_1_1_4_1_4@1,2,4" bash $D abenv
-        bash $D ncuep  # where the EP layer's fixed cost at R = 1 goes: each kernel's own duration
+    policy)
+        bash $D info check
+        AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_2_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@2,3,4 MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
+        RACE_VARIANT=resident_1_1_4_1_4 bash $D racecheck2 memcheck debug20b epcheck
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_1_4@8,16" bash $D abenv
+        TRACE_TOKENS=1,2,4,8 bash $D trace
+        bash $D bench
         ;;
-    *) echo "usage: pending.sh bulk [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -22,6 +22,10 @@
 //     of two stages are in flight while one is multiplied, with no registers held for them.
 #include "moe_common.cuh"
 
+#ifndef MOE_RESIDENT_BULK
+#define MOE_RESIDENT_BULK 0
+#endif
+
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
     if (p.inputIndex == 0) return r;
@@ -209,11 +213,8 @@ MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p) {
 }
 
 /// GEMM 2: waits until every GEMM 1 block of this tile is done (bounded: a tile that never completes traps, which the
-/// host sees as a failed launch, instead of hanging the GPU). The tile's last block past the wait resets its counters:
-/// here, or (MOE_TILE_CONSUME_LATE) in release_tile, so that no thread waits for the count's round trip before its
-/// first loads. Returns thread 0's count of the tile's blocks past the wait before this one.
-MOE_DEVICE unsigned wait_for_tile(const MoEGemmParams &p) {
-    unsigned before = 0;
+/// host sees as a failed launch, instead of hanging the GPU). The tile's last block past the wait resets its counters.
+MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
     if (threadIdx.x == 0) {
         const unsigned *ready = (const unsigned *)p.tileReady + blockIdx.y;
         unsigned spins = 0;
@@ -221,27 +222,12 @@ MOE_DEVICE unsigned wait_for_tile(const MoEGemmParams &p) {
             __nanosleep(100);
             if (++spins == (1u << 24)) __trap();
         }
-        before = atomicAdd((unsigned *)p.tileConsumed + blockIdx.y, 1u);
-#if !MOE_TILE_CONSUME_LATE
-        if (before == gridDim.x - 1) {
+        if (atomicAdd((unsigned *)p.tileConsumed + blockIdx.y, 1u) == gridDim.x - 1) {
             *((unsigned *)p.tileReady + blockIdx.y) = 0u;
             *((unsigned *)p.tileConsumed + blockIdx.y) = 0u;
         }
-#endif
     }
     __syncthreads();
-    return before;
-}
-
-/// MOE_TILE_CONSUME_LATE: thread 0 of the tile's last block past the wait resets its counters (every block of the
-/// tile has counted itself by then, so none reads them again in this launch).
-MOE_DEVICE void release_tile(const MoEGemmParams &p, unsigned before) {
-#if MOE_TILE_CONSUME_LATE
-    if (threadIdx.x == 0 && before == gridDim.x - 1) {
-        *((unsigned *)p.tileReady + blockIdx.y) = 0u;
-        *((unsigned *)p.tileConsumed + blockIdx.y) = 0u;
-    }
-#endif
 }
 
 // MARK: resident kernel (decode-size tiles)
@@ -328,8 +314,13 @@ MOE_DEVICE bool split_k_epilogue(
 /// will itself read, S−1 groups ahead, so no barrier is needed and no registers hold data in flight.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-template <int MI, int NJ, int WN, int WK, int S>
+template <int MI, int NJ, int WN, int WK, int S, bool BULK>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
+#if __CUDA_ARCH__ >= 900
+    constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
+#else
+    constexpr bool bulk = false;  // the copy engine's bulk copies are sm_90's; elsewhere every lane copies its bytes
+#endif
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     if (!p.prefetchBeforeWait) wait_for_previous_kernel();
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
@@ -352,28 +343,27 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 
     // The weight ring starts filling before anything else.
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
-#if MOE_RESIDENT_BULK
-    if (lane == 0) {
+    u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
+    if constexpr (bulk) {
+        if (lane == 0) {
 #pragma unroll
-        for (int i = 0; i < S; ++i) mbarrier_init(resident_slot_barrier(ring + i * SLOT_BYTES), 1);
-        fence_mbarrier_init();
+            for (int i = 0; i < S; ++i) mbarrier_init(resident_slot_barrier(ring + i * SLOT_BYTES), 1);
+            fence_mbarrier_init();
 #pragma unroll
-        for (int i = 0; i < S - 1; ++i)
-            if (begin + i < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
+            for (int i = 0; i < S - 1; ++i)
+                if (begin + i < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
+        }
+        __syncwarp();
+    } else {
+#pragma unroll
+        for (int i = 0; i < S - 1; ++i) {
+            if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
+            copy_async_commit();
+        }
     }
-    __syncwarp();
-    u32 phases = 0;  // bit s: the parity of slot s's next completion
-#else
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) {
-        if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
-        copy_async_commit();
-    }
-#endif
     // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
-    unsigned tileBlocksBefore = 0;
     if (p.tileRole == 2) {
-        tileBlocksBefore = wait_for_tile(p);
+        wait_for_tile(p);
     } else if (p.prefetchBeforeWait) {
         wait_for_previous_kernel();
     }
@@ -403,25 +393,22 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         rowAddress[nj] = shared_address(xs + row * rowStride + 8 * (lane >> 3));
     }
 
-#if MOE_RESIDENT_BULK
-    const int scaleLane = (lane >> 2) * 16;  // the group's 128 scale bytes, once: lane l reads row pair l / 4's 16 B
-#else
-    const int scaleLane = lane * 16;  // each lane's own copy of its row pair's 16 B
-#endif
+    // bulk: the group's 128 scale bytes once, lane l reads row pair l / 4's 16 B; else each lane's own copy of them
+    const int scaleLane = bulk ? (lane >> 2) * 16 : lane * 16;
     int slot = 0;
 #pragma unroll 1
     for (int g = begin; g < end; ++g) {
         const int next = g + S - 1, nextSlot = slot == 0 ? S - 1 : slot - 1;
-#if MOE_RESIDENT_BULK
-        mbarrier_wait_parity(resident_slot_barrier(ring + slot * SLOT_BYTES), (phases >> slot) & 1u);  // group g landed
-        phases ^= 1u << slot;
-        __syncwarp();  // every lane has read nextSlot's previous group (iteration g − 1) before it is overwritten
-        if (lane == 0 && next < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, next, ring + nextSlot * SLOT_BYTES);
-#else
-        copy_async_wait<S - 2>();  // this lane's copies of group g have landed
-        if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
-        copy_async_commit();
-#endif
+        if constexpr (bulk) {
+            mbarrier_wait_parity(resident_slot_barrier(ring + slot * SLOT_BYTES), (phases >> slot) & 1u);  // group g landed
+            phases ^= 1u << slot;
+            __syncwarp();  // every lane has read nextSlot's previous group (iteration g − 1) before it is overwritten
+            if (lane == 0 && next < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, next, ring + nextSlot * SLOT_BYTES);
+        } else {
+            copy_async_wait<S - 2>();  // this lane's copies of group g have landed
+            if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
+            copy_async_commit();
+        }
         const unsigned char *current = ringPointer + slot * SLOT_BYTES;
         uint4 codes[4][MI];
         u32 words[4][MI];
@@ -439,7 +426,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     copy_async_wait<0>();
     allow_next_kernel();
-    if (p.tileRole == 2) release_tile(p, tileBlocksBefore);
     float acc[MI][NJ][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -1100,18 +1086,21 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
-#if MOE_RESIDENT_BULK
-// The bulk build's 8-warp kernels keep the default's three blocks per SM (unbounded, ptxas gives them 86 registers).
-#define MOE_RESIDENT_BOUNDS(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
-#else
-#define MOE_RESIDENT_BOUNDS(WN, WK) __launch_bounds__(32 * WN * WK)
-#endif
-#define MOE_RESIDENT(MI, NJ, WN, WK, S)                                                                \
-    extern "C" __global__ void MOE_RESIDENT_BOUNDS(WN, WK)                                             \
+// BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
+// switch MOE_CUDA_RESIDENT_BULK, for A/B runs) makes every resident kernel do so. Bulk 8-warp kernels are bounded to the
+// three blocks per SM the others get (unbounded, ptxas gives them 86 registers).
+#define MOE_RESIDENT(MI, NJ, WN, WK, S, BULK)                                                          \
+    extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S>(p);                                                           \
+        gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
     }
+#define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
+#if MOE_RESIDENT_BULK
+#define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
+#else
+#define MOE_RESIDENT_BOUNDS_0(WN, WK) __launch_bounds__(32 * WN * WK)
+#endif
 // B blocks per SM: two (at most 128 registers) lets one block's barrier stalls be covered by the other's work.
 #define MOE_STAGED(MI, NJ, WN, S, B)                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WN, B) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \
@@ -1119,12 +1108,11 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
         gemm_staged<MI, NJ, WN, S>(p);                                                                 \
     }
 
-MOE_RESIDENT(1, 1, 4, 1, 4)
-MOE_RESIDENT(1, 1, 2, 2, 4)
-MOE_RESIDENT(1, 1, 4, 2, 3)
-MOE_RESIDENT(1, 1, 2, 4, 3)
-MOE_RESIDENT(1, 1, 2, 4, 4)
-MOE_RESIDENT(1, 1, 8, 1, 3)
+MOE_RESIDENT(1, 1, 4, 1, 4, 1)
+MOE_RESIDENT(1, 1, 2, 2, 4, 0)
+MOE_RESIDENT(1, 1, 4, 2, 3, 0)
+MOE_RESIDENT(1, 1, 2, 4, 3, 0)
+MOE_RESIDENT(1, 1, 8, 1, 3, 0)
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
