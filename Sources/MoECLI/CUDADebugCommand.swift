@@ -41,9 +41,7 @@ struct CUDADebugCommand: ParsableCommand {
                 let plan = backend.launchPlan(tokens: T).variantDescription
                 if trace {
                     let spans = try backend.kernelTrace(input, tokens: T, routing: .renormalize)
-                    let layer = spans.map(\.end).max() ?? 0
-                    let parts = spans.map { "\($0.kernel) " + String(format: "%.1f–%.1f (%.1f)", $0.start, $0.end, $0.microseconds) }
-                    print("T=\(T) \(plan): layer \(String(format: "%.1f", layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))")
+                    print("T=\(T) \(plan): \(KernelTrace.describe(spans))")
                 } else {
                     let times = try backend.kernelTimes(input, tokens: T, routing: .renormalize)
                     let total = times.reduce(0) { $0 + $1.microseconds }

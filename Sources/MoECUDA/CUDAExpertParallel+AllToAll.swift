@@ -50,7 +50,8 @@ extension CUDAExpertParallelLayer {
         }
 
         // 1. route
-        try enqueueLocalRouting(b, mode: mode)
+        var untraced = SymmetricLaunchTrace()
+        try enqueueLocalRouting(b, mode: mode, trace: &untraced)
         try waitForDevice()
         let slots = b.validTokens * k
         let ids = slots > 0 ? try localIds.download(Int32.self, count: slots) : []

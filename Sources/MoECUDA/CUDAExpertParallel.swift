@@ -16,6 +16,7 @@ struct CUDAExpertParallelParams {
     var railTokensOffset: Int64 = 0, railCombineOutOffset: Int64 = 0, railCombineInOffset: Int64 = 0
     var arrivals: UInt64 = 0
     var heldExpertIndex: UInt64 = 0
+    var traceSpans: UInt64 = 0, tracePhase: Int64 = 0
 }
 
 /// moe_ep.cu's MoEEPPlanParams (the fused plan-and-tiles kernel): the routing parameters, then the EP ones, each at
@@ -172,10 +173,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     /// moe_ep.cu with what it includes: the routing plan kernels and its node header.
-    static func kernelRequest(architecture: String) -> KernelCompileRequest {
+    static func kernelRequest(architecture: String, traced: Bool = tracing) -> KernelCompileRequest {
         KernelCompileRequest(
             source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode],
-            options: KernelBuildSwitches.current, architecture: architecture)
+            options: (traced ? ["-DMOE_TRACE=1"] : []) + KernelBuildSwitches.current, architecture: architecture)
     }
 
     /// [E]: each expert's index among `rank`'s experts in expert order, −1 for the other ranks' experts.
@@ -230,7 +231,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         }
         let device = runtime.device
         try device.makeCurrent()
-        kernels = try LayerKernels(runtime: runtime)
+        kernels = try LayerKernels(runtime: runtime, traced: Self.tracing)
         // Uploaded in the order heldExpertIndex numbers them: expert e's weights at index heldExpertIndex[e].
         let held = heldIndex.indices.filter { heldIndex[$0] >= 0 }
         layer = try DeviceLayer(device: device, layer: RepackedLayer(weights, selection: held))
@@ -482,7 +483,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// An older NCCL (< 2.26) frees an aborted communicator at once, and destroying a graph that captured its work
     /// then touches freed memory: such graphs are kept to the process's end instead. That holds after an abort, and
     /// at close too, where the rail is aborted next and CUDA may hand a destroyed graph's NCCL work back later.
-    private func railGraphsMustOutliveTheRail(closing: Bool = false) -> Bool {
+    func railGraphsMustOutliveTheRail(closing: Bool = false) -> Bool {
         guard let rail = railCommunicator, !rail.library.abortWaitsForGraphs else { return false }
         return closing || rail.isAborted
     }
@@ -649,25 +650,32 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// Router + top-k on the local T_loc rows with the router the single-rank forward of T global tokens uses (the
     /// fused FMA one, or the tensor-core one with K split as it splits it: the logits depend on both), so every token
     /// chooses the experts it would choose there.
-    func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode) throws(CUDAError) {
+    func enqueueLocalRouting(_ b: Bucket, mode: RoutingMode, trace: inout SymmetricLaunchTrace) throws(CUDAError) {
         let routing = localRoutingParameters(b, mode: mode)
         let local = LaunchPlan(tokens: b.tokensPerRank, config: config)
         if b.plan.fusedRouting {
-            try kernels.routeSmall(local).launch(local.routeSmallShape, stream: stream, parameters: routing)
+            try kernels.routeSmall(local).launch(
+                local.routeSmallShape, stream: stream, parameters: trace.mark(routing, "route (router+top-k)"))
             return
         }
         try kernels.router.launch(
             LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
-            parameters: routing)
-        try kernels.topk.launch(local.topkShape, stream: stream, parameters: routing, programmatic: TokenBucket.programmaticLaunch)
+            parameters: trace.mark(routing, "router"))
+        try kernels.topk.launch(
+            local.topkShape, stream: stream, parameters: trace.mark(routing, "top-k"), programmatic: TokenBucket.programmaticLaunch)
     }
 
     // MARK: the symmetric layer
 
-    /// Enqueues the whole symmetric layer; `between` runs after each phase (event records when profiling).
+    /// Enqueues the whole symmetric layer; `between` runs after each phase (event records when profiling). With
+    /// `traceSpans` (a MOE_TRACE build's trace buffer) each launch marks its span there; returns the launches' names,
+    /// in launch order (each one's slot in the buffer).
+    @discardableResult
     func enqueueSymmetric(
-        _ b: Bucket, mode: RoutingMode, between: ((CUDAExpertParallelPhase) throws(CUDAError) -> Void)? = nil
-    ) throws {
+        _ b: Bucket, mode: RoutingMode, traceSpans: UInt64 = 0,
+        between: ((CUDAExpertParallelPhase) throws(CUDAError) -> Void)? = nil
+    ) throws -> [String] {
+        var trace = SymmetricLaunchTrace(spans: traceSpans)
         let k = config.topK
         let slotsPerRank = b.tokensPerRank * k
         let ep = epParameters(b)
@@ -675,8 +683,9 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // launches overlap, the bodies stay in order. A kernel after an NCCL group depends on it as usual.
         let pdl = TokenBucket.programmaticLaunch
         let barrierShape = LaunchShape(grid: (1, 1, 1), block: 32)
-        func barrier(_ phase: UInt8) throws(CUDAError) {
-            try barrierKernel.launch(barrierShape, stream: stream, parameters: epParameters(b, phase: phase), programmatic: pdl)
+        func barrier(_ phase: UInt8, _ name: String) throws(CUDAError) {
+            try barrierKernel.launch(
+                barrierShape, stream: stream, parameters: trace.mark(epParameters(b, phase: phase), name), programmatic: pdl)
         }
         let nodes = grid.nodes
         let rails = nodes > 1 ? (communicator: try requireRail(), transfers: railTransfers(tokensPerRank: b.tokensPerRank)) : nil
@@ -684,23 +693,25 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         //    token rows, and this rank forwards its rail's top-k rows to its node peers.
         // A fused barrier runs only if its kernel has blocks (a launch of an empty grid is skipped).
         let fused = Self.fusedBarriers && rails == nil && slotsPerRank > 0 && b.maxTiles > 0
-        try enqueueLocalRouting(b, mode: mode)
+        try enqueueLocalRouting(b, mode: mode, trace: &trace)
         let publishShape = LaunchShape(grid: ((slotsPerRank + 255) / 256, 1, 1), block: 256)
         if fused {
-            try publishBarrierKernel.launch(publishShape, stream: stream, parameters: epParameters(b, phase: 2), programmatic: pdl)
+            try publishBarrierKernel.launch(
+                publishShape, stream: stream, parameters: trace.mark(epParameters(b, phase: 2), "publish+barrier"), programmatic: pdl)
         } else {
-            try publishKernel.launch(publishShape, stream: stream, parameters: ep, programmatic: pdl)
+            try publishKernel.launch(publishShape, stream: stream, parameters: trace.mark(ep, "publish"), programmatic: pdl)
         }
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.route, stream: stream, phase: "route: the rail exchange of top-k and token rows")
             // Not programmatic after a captured NCCL group: NCCL's kernels never trigger early, and the edge from its
             // captured nodes would be an untried case.
             try forwardRoutingKernel.launch(
-                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream, parameters: ep, programmatic: false)
+                LaunchShape(grid: ((slotsPerRank + 255) / 256, nodes, 1), block: 256), stream: stream,
+                parameters: trace.mark(ep, "forward routing"), programmatic: false)
         }
         try between?(.route)
         // 2. barrier; the global plan; this rank's tiles.
-        if !fused { try barrier(2) }
+        if !fused { try barrier(2, "barrier (route)") }
         let global = globalRoutingParameters(b, mode: mode)
         let globalSlots = world * b.tokensPerRank * k
         let smallPlanBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts)
@@ -708,71 +719,87 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         if let planBytes = fusedPlanBytes {
             try planSmallTilesKernel.launch(
                 LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
-                parameters: CUDAExpertParallelPlanParams(routing: global, ep: ep), programmatic: pdl)
+                parameters: CUDAExpertParallelPlanParams(routing: global, ep: trace.mark(ep, "plan+tiles")), programmatic: pdl)
         } else if let planBytes = smallPlanBytes {
             try planSmallKernel.launch(
-                LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream, parameters: global, programmatic: pdl)
+                LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
+                parameters: trace.mark(global, "plan"), programmatic: pdl)
         } else {
             let blocks = (world * b.tokensPerRank + 31) / 32
-            try countKernel.launch(LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: global, programmatic: pdl)
-            try scanKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: global, programmatic: pdl)
-            try scatterKernel.launch(
-                LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream, parameters: global,
+            try countKernel.launch(
+                LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: trace.mark(global, "plan count"),
                 programmatic: pdl)
+            try scanKernel.launch(
+                LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: trace.mark(global, "plan scan"),
+                programmatic: pdl)
+            try scatterKernel.launch(
+                LaunchShape(grid: (blocks, 1, 1), block: 256, sharedBytes: 32 * k * 8), stream: stream,
+                parameters: trace.mark(global, "plan scatter"), programmatic: pdl)
         }
         if fusedPlanBytes == nil {
-            try localTilesKernel.launch(LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: ep, programmatic: pdl)
+            try localTilesKernel.launch(
+                LaunchShape(grid: (1, 1, 1), block: 1024), stream: stream, parameters: trace.mark(ep, "local tiles"), programmatic: pdl)
         }
         try between?(.metadata)
         // 3. dispatch at global sorted positions; barrier.
         let dispatchShape = LaunchShape(grid: (slotsPerRank, 1, 1), block: 128)
         if fused {
-            try dispatchBarrierKernel.launch(dispatchShape, stream: stream, parameters: epParameters(b, phase: 3), programmatic: pdl)
+            try dispatchBarrierKernel.launch(
+                dispatchShape, stream: stream, parameters: trace.mark(epParameters(b, phase: 3), "dispatch+barrier"), programmatic: pdl)
         } else {
-            try dispatchKernel.launch(dispatchShape, stream: stream, parameters: ep, programmatic: pdl)
+            try dispatchKernel.launch(dispatchShape, stream: stream, parameters: trace.mark(ep, "dispatch"), programmatic: pdl)
             if rails != nil {
                 try dispatchForwardKernel.launch(
-                    LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream, parameters: ep, programmatic: pdl)
+                    LaunchShape(grid: (slotsPerRank, nodes, 1), block: 128), stream: stream,
+                    parameters: trace.mark(ep, "dispatch forward"), programmatic: pdl)
             }
-            try barrier(3)
+            try barrier(3, "barrier (dispatch)")
         }
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
         let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
         try kernels.gemm(b.plan.gemm1Variant).launch(
             gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
-            parameters: gemmParameters(
-                b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
-                tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles),
+            parameters: trace.mark(
+                gemmParameters(
+                    b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
+                    tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles),
+                "gemm1"),
             programmatic: pdl)
         try kernels.gemm(b.plan.gemm2Variant).launch(
             gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
-            parameters: gemmParameters(
-                b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
-                rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
-                maxTiles: b.maxTiles),
+            parameters: trace.mark(
+                gemmParameters(
+                    b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
+                    rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
+                    maxTiles: b.maxTiles),
+                "gemm2"),
             programmatic: pdl)
         try between?(.experts)
         // 5. combine into the home ranks; barrier.
         let combineShape = LaunchShape(grid: (b.maxTiles, 1, 1), block: 128)
         if fused {
-            try combineBarrierKernel.launch(combineShape, stream: stream, parameters: epParameters(b, phase: 4), programmatic: pdl)
+            try combineBarrierKernel.launch(
+                combineShape, stream: stream, parameters: trace.mark(epParameters(b, phase: 4), "combine+barrier"), programmatic: pdl)
         } else {
-            try combineKernel.launch(combineShape, stream: stream, parameters: ep, programmatic: pdl)
-            try barrier(4)
+            try combineKernel.launch(combineShape, stream: stream, parameters: trace.mark(ep, "combine"), programmatic: pdl)
+            try barrier(4, "barrier (combine)")
         }
         if let rails {
             try rails.communicator.enqueueWatched(rails.transfers.combine, stream: stream, phase: "combine: the rail exchange of expert rows")
-            try combineCollectKernel.launch(LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: ep, programmatic: false)
+            try combineCollectKernel.launch(
+                LaunchShape(grid: (slotsPerRank, 1, 1), block: 128), stream: stream, parameters: trace.mark(ep, "combine collect"),
+                programmatic: false)
         }
         try between?(.combine)
         // 6. k-way sum per local token in slot order.
         let marks = slotToSorted.address + UInt64(rank * slotsPerRank * 4)
         try kernels.reduce.launch(
             reduceShape(b), stream: stream,
-            parameters: reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks),
+            parameters: trace.mark(reduceParameters(b, combine: heap.address + UInt64(layout.offset(of: .combine)), marks: marks), "reduce"),
             programmatic: pdl)
         try between?(.reduce)
+        return trace.names
     }
 
     /// `MOE_CUDA_EP_FUSED=1`: on one node, each barrier runs in the last block of the kernel whose stores it orders,

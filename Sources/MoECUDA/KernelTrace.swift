@@ -1,3 +1,5 @@
+import MoECore
+
 /// Where one kernel of the layer ran inside a graph replay, in µs from the replay's first block start: the earliest
 /// start of any of its blocks and the latest end of any of its warps. Programmatic overlap shows as a kernel starting
 /// before the previous one ends.
@@ -12,6 +14,14 @@ public struct KernelSpan: Sendable, Equatable {
 /// block start (atomicMin) and the latest warp end (atomicMax) of %globaltimer, in ns. Unlike the event-timed graph,
 /// the replay traced is the plain layer graph, so the spans include the overlap the bench sees.
 public enum KernelTrace {
+    /// "layer L µs, kernel start–end (span) µs: name a–b (s) | …", L the latest end.
+    public static func describe(_ spans: [KernelSpan]) -> String {
+        let layer = spans.map(\.end).max() ?? 0
+        func f(_ v: Double) -> String { Fixed.format(v, digits: 1) }
+        let parts = spans.map { "\($0.kernel) \(f($0.start))–\(f($0.end)) (\(f($0.microseconds)))" }
+        return "layer \(f(layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))"
+    }
+
     /// A phase's pair before any kernel marks it: start = UInt64.max, end = 0.
     public static func emptyBuffer(phases: Int) -> [UInt64] { Array(repeating: [UInt64.max, 0], count: phases).flatMap { $0 } }
 

@@ -179,6 +179,16 @@ public enum GPUExpertParallelBench {
                     bytes[path] = (r.moved, r.remote)
                 }
             }
+            // MOE_CUDA_EP_TRACE=1: where each kernel runs inside the symmetric graph, on every rank (same replays).
+            if CUDAExpertParallelLayer.tracing && comms.contains(.symmetric) {
+                do {
+                    try heap.barrier(.step, layer: 0)
+                    let spans = try layer.symmetricTrace(share, tokens: tokens, mode: mode)
+                    print("trace T=\(tokens) R=\(runner.world) (symmetric graph, MOE_TRACE build, median of 20 replays): \(KernelTrace.describe(spans))")
+                } catch {
+                    throw runner.fail(error, layer: 0)
+                }
+            }
             var row: [Double] = []
             for path in comms.indices {
                 for sample in samples[path] { row.append(contentsOf: sample) }

@@ -30,6 +30,11 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
         #expect(plain.cacheKey(compilerVersion: "13.0") != traced.cacheKey(compilerVersion: "13.0"))
         #expect(try compiler.compile(traced) != compiler.compile(plain), "\(source.name)")
     }
+    // The expert-parallel module (`MOE_CUDA_EP_TRACE=1`): its own kernels mark spans through the 8-byte trace fields.
+    let plain = CUDAExpertParallelLayer.kernelRequest(architecture: "sm_90a", traced: false)
+    let traced = CUDAExpertParallelLayer.kernelRequest(architecture: "sm_90a", traced: true)
+    #expect(traced.options.contains("-DMOE_TRACE=1") && !plain.options.contains("-DMOE_TRACE=1"))
+    #expect(try compiler.compile(traced) != compiler.compile(plain))
 }
 
 /// Each kernel build switch compiles, alone and together: the expert module differs from the plain one, and the module

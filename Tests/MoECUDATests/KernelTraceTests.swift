@@ -1,3 +1,4 @@
+import CCUDA
 import Testing
 
 @testable import MoECUDA
@@ -37,4 +38,30 @@ private func buffer(_ phases: [(UInt64, UInt64)?]) -> [UInt64] {
     let empty = KernelTrace.emptyBuffer(phases: 3)
     #expect(empty == [UInt64.max, 0, UInt64.max, 0, UInt64.max, 0])
     #expect(KernelTrace.spans(names: ["a", "b", "c"], replays: [empty]).isEmpty)
+}
+
+@Test func aTraceReadsAsOneLineWithTheLayerEndFirst() {
+    let spans = [KernelSpan(kernel: "route", start: 0, end: 6.04), KernelSpan(kernel: "gemm1", start: 0.95, end: 28.71)]
+    #expect(KernelTrace.describe(spans) == "layer 28.7 µs, kernel start–end (span) µs: route 0.0–6.0 (6.0) | gemm1 1.0–28.7 (27.8)")
+    #expect(KernelTrace.describe([]) == "layer 0.0 µs, kernel start–end (span) µs: ")
+}
+
+/// The symmetric layer's launches are numbered in launch order, each parameter struct carrying the buffer and its
+/// own slot; names repeat only as the caller gives them, and with no buffer the slots are still numbered (the kernels
+/// then mark nothing).
+@Test func symmetricLaunchesGetTheirSlotsInLaunchOrder() {
+    var trace = SymmetricLaunchTrace(spans: 0xABC0)
+    let route = trace.mark(MoERoutingParams(), "route")
+    let publish = trace.mark(CUDAExpertParallelParams(), "publish")
+    let barrier = trace.mark(CUDAExpertParallelParams(), "barrier (route)")
+    let gemm = trace.mark(MoEGemmParams(), "gemm1")
+    let reduce = trace.mark(MoEReduceParams(), "reduce")
+    #expect(trace.names == ["route", "publish", "barrier (route)", "gemm1", "reduce"])
+    #expect(route.trace.spans == 0xABC0 && route.trace.phase == 0)
+    #expect(publish.traceSpans == 0xABC0 && publish.tracePhase == 1)
+    #expect(barrier.tracePhase == 2 && gemm.trace.phase == 3 && reduce.trace.phase == 4)
+    #expect(gemm.trace.spans == 0xABC0 && reduce.trace.spans == 0xABC0)
+    var untraced = SymmetricLaunchTrace()
+    let p = untraced.mark(CUDAExpertParallelParams(), "publish")
+    #expect(p.traceSpans == 0 && p.tracePhase == 0 && untraced.names == ["publish"])
 }

@@ -102,6 +102,9 @@ for s in $steps; do
     ncuep)  # each kernel of the EP layer at R = 1 alone (ncu serialises them), launch order: NCU_TOKENS (1), gpt-oss-20b
         TAIL=50 step ncuep 300 ncu --clock-control none --target-processes all --csv --log-file "$OUT/ncuep.csv" --metrics gpu__time_duration.sum -k regex:moe_ $M launch --ranks 1 --timeout 280 -- bench --backend cuda --preset gpt-oss-20b --tokens ${NCU_TOKENS:-1} --iterations 2 --warmup 0
         python3 .device/ncu_kernels.py "$OUT/ncuep.csv" 70 | tee -a "$LOG" ;;
+    eptrace)  # where each kernel of the symmetric EP layer runs inside its graph (MOE_TRACE build), EP_RANKS ranks
+        TAIL=8 step eptrace 280 env MOE_CUDA_EP_TRACE=1 $M launch --ranks ${EP_RANKS:-1} --timeout 260 -- bench --backend cuda --preset gpt-oss-20b --tokens ${TRACE_TOKENS:-1,8,32,128} --iterations 3 --warmup 1
+        grep -h 'trace T=' "$OUT/step.log" | tee -a "$LOG" ;;
     ab) for v in ${AB_VARIANTS:-}; do TAIL=12 step "ab-${v}" 200 env MOE_CUDA_GEMM=${v%%@*} $M bench --backend cuda --preset gpt-oss-120b --tokens ${v##*@} --seconds 0.3; done ;;
     *) echo "=== unknown step $s" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s UNKNOWN STEP' "$s")\n" ;;
     esac

@@ -3,7 +3,8 @@
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
 #           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
-#           of the kernel; EP bit-identity; the trace; the default bench.
+#           of the kernel; EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
+#           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2.
 #   usage (device): bash .device/pending.sh policy [SECONDS]
 set -u
 part=${1:-policy}
@@ -20,6 +21,8 @@ case $part in
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_1_4@8,16" bash $D abenv
         TRACE_TOKENS=1,2,4,8 bash $D trace
         bash $D bench
+        TRACE_TOKENS=1,8,128 bash $D eptrace  # the EP layer's kernels inside its graph at R = 1
+        EP_RANKS=2 TRACE_TOKENS=2,16 bash $D eptrace  # two ranks sharing the GPU: the barriers' waits
         ;;
     *) echo "usage: pending.sh policy [SECONDS]" >&2; exit 2 ;;
 esac

@@ -152,18 +152,22 @@ struct MoETraceScope {
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
         return t;
     }
-    MOE_DEVICE explicit MoETraceScope(const MoETrace &trace)
-        : span(trace.spans == 0 ? nullptr : (unsigned long long *)trace.spans + 2 * trace.phase) {
+    MOE_DEVICE MoETraceScope(MoEDevicePointer spans, long long phase)
+        : span(spans == 0 ? nullptr : (unsigned long long *)spans + 2 * phase) {
         if (span != nullptr && threadIdx.x == 0) atomicMin(span, now());
     }
+    MOE_DEVICE explicit MoETraceScope(const MoETrace &trace) : MoETraceScope(trace.spans, trace.phase) {}
     MOE_DEVICE ~MoETraceScope() {
         const unsigned lane = threadIdx.x & 31;
         if (span != nullptr && (__activemask() & ((1u << lane) - 1u)) == 0u) atomicMax(span + 1, now());
     }
 };
 #define MOE_TRACE_KERNEL(p) MoETraceScope moeTraceScope((p).trace)
+/// The expert-parallel kernels' parameters keep every field 8 bytes wide: the span slot is two fields there.
+#define MOE_TRACE_EP_KERNEL(p) MoETraceScope moeTraceScope((p).traceSpans, (p).tracePhase)
 #else
 #define MOE_TRACE_KERNEL(p)
+#define MOE_TRACE_EP_KERNEL(p)
 #endif
 
 // MARK: programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it)

@@ -120,6 +120,7 @@ MOE_DEVICE void ep_barrier_warp(const MoEEPParams &p) {
 }
 
 extern "C" __global__ void __launch_bounds__(32) moe_ep_barrier(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     ep_barrier_warp(p);
 }
@@ -141,6 +142,7 @@ MOE_DEVICE void ep_arrive_then_barrier(const MoEEPParams &p) {
 /// grid ceil(T_loc·k / 256) × 256. Step 1: this rank's top-k into every node peer's routing region (its own
 /// included) at row rank·T_loc; padding rows (t ≥ T_r) route nowhere (id −1, weight 0).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     ep_publish_block(p);
     __threadfence_system();
@@ -148,6 +150,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish(MoEEPParams p) 
 
 /// moe_ep_publish with the route barrier fused (one node).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_publish_barrier(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     ep_publish_block(p);
     ep_arrive_then_barrier(p);
@@ -157,6 +160,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_publish_barrier(MoEEPPa
 /// (m, local) into this rank's routing region, copy those rows into every other node peer's routing region: each
 /// rank of the node forwards its own rail, so after the route barrier every rank holds all R ranks' rows.
 extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     ep_forward_routing_block(p);
     __threadfence_system();
@@ -164,6 +168,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_ep_forward_routing(MoEEPPa
 
 /// grid ceil(R·T_loc / 32) × 256: the global plan's per-block histograms (the top-k is already there).
 extern "C" __global__ void __launch_bounds__(256) moe_ep_count(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     ep_kernel_start();
     count_block(p, blockIdx.x);
 }
@@ -191,6 +196,7 @@ MOE_DEVICE void ep_plan_small_block(const MoERoutingParams &p) {
 }
 
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
     ep_kernel_start();
     ep_plan_small_block(p);
 }
@@ -225,6 +231,7 @@ MOE_DEVICE void ep_local_tiles_block(const MoEEPParams &p) {
 }
 
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     ep_local_tiles_block(p);
 }
@@ -232,6 +239,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_local_tiles(MoEEPParam
 /// The one-block global plan and this rank's tiles in one launch (`MOE_CUDA_EP_FUSED=1`): the tiles the plan wrote
 /// are read by the same block after a barrier (global writes before __syncthreads are visible to the block).
 extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small_tiles(MoEEPPlanParams p) {
+    MOE_TRACE_EP_KERNEL(p.ep);
     ep_kernel_start();
     ep_plan_small_block(p.routing);
     __syncthreads();
@@ -241,6 +249,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_ep_plan_small_tiles(MoEEP
 /// grid T_loc·k blocks × 128. Step 3: the row of local (token, slot) s stored into its expert owner's dispatch
 /// region at the slot's global sorted position, when the owner is on this node (others get it over the rail).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_dispatch_block(p);
@@ -250,6 +259,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch(MoEEPParams p)
 /// moe_ep_dispatch with the dispatch barrier fused (one node). On a failed heap every block returns before arriving:
 /// the status cannot change during the launch (only a barrier writes it), so no block waits for one that left.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_barrier(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_dispatch_block(p);
@@ -260,6 +270,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_barrier(MoEEPP
 /// railTokens[m]: stored into its expert owner's dispatch region at its global sorted position when the owner is on
 /// this node. Padding slots route nowhere (id −1 in the routing region).
 extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_dispatch_forward_block(p);
@@ -270,6 +281,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_dispatch_forward(MoEEPP
 /// index of its home rank: into the home's combine region on this node; for a home on node m, into railCombineOut[m]
 /// of this node's rank on the home's rail, which sends it over NCCL after the combine barrier.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_combine_block(p);
@@ -278,6 +290,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_combine(MoEEPParams p) 
 
 /// moe_ep_combine with the combine barrier fused (one node), as moe_ep_dispatch_barrier.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_barrier(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_combine_block(p);
@@ -287,6 +300,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_barrier(MoEEPPa
 /// grid T_loc·k × 128, across nodes only. After the rail's NCCL exchange brought railCombineIn[m] (rows computed on
 /// node m for this rank's slots), copy each slot whose expert lives on another node into this rank's combine region.
 extern "C" __global__ void __launch_bounds__(128) moe_ep_combine_collect(MoEEPParams p) {
+    MOE_TRACE_EP_KERNEL(p);
     ep_kernel_start();
     if (ep_failed(p)) return;
     ep_combine_collect_block(p);

@@ -29,6 +29,8 @@ typedef struct MoEEPParams {
     long long railTokensOffset, railCombineOutOffset, railCombineInOffset;
     MoEDevicePointer arrivals;  ///< u32 [4] fused barriers' block counts by phase, zero between launches (the last block resets)
     MoEDevicePointer heldExpertIndex;  ///< [E] i32: where this rank's GPU holds the expert's weights (−1: not here)
+    MoEDevicePointer traceSpans;  ///< MoETrace.spans of a MOE_TRACE build (`MOE_CUDA_EP_TRACE=1`), or 0
+    long long tracePhase;         ///< MoETrace.phase: this launch's slot in traceSpans
 } MoEEPParams;
 
 /// The fused plan-and-tiles kernel's parameters (moe_ep_plan_small_tiles; Swift: CUDAExpertParallelPlanParams).
