@@ -18,7 +18,7 @@ case $part in
         bash $D info check
         AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_2_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@2,3,4 MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
         RACE_VARIANT=resident_1_1_4_1_4 bash $D racecheck2 memcheck debug20b epcheck
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_1_4@8,16" bash $D abenv
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_1_4@8,16 MOE_CUDA_GEMM2=resident_1_1_4_1_4@1" bash $D abenv
         TRACE_TOKENS=1,2,4,8 bash $D trace
         bash $D bench
         TRACE_TOKENS=1,8,128 bash $D eptrace  # the EP layer's kernels inside its graph at R = 1
