@@ -715,7 +715,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         let global = globalRoutingParameters(b, mode: mode)
         let globalSlots = world * b.tokensPerRank * k
         let smallPlanBytes = Self.smallPlanBytes(slots: globalSlots, experts: config.experts)
-        let fusedPlanBytes = fused ? smallPlanBytes : nil  // the one-block plan writes this rank's tiles too
+        // The one-block plan writes this rank's tiles too (fused barriers, or alone: MOE_CUDA_EP_PLAN_TILES=1).
+        let fusedPlanBytes = fused || Self.planWritesTiles ? smallPlanBytes : nil
         if let planBytes = fusedPlanBytes {
             try planSmallTilesKernel.launch(
                 LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
@@ -806,6 +807,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// and the one-block plan writes this rank's tiles too — four launches fewer per layer. Opt-in until a device
     /// run has checked it (bit-identity, `ep-check.sh`) and measured it against the separate launches.
     static let fusedBarriers = currentEnvironment("MOE_CUDA_EP_FUSED") == "1"
+
+    /// `MOE_CUDA_EP_PLAN_TILES=1`: the one-block plan writes this rank's tiles (moe_ep_plan_small_tiles) with the
+    /// barriers left separate — one launch fewer; the fused barriers' measurement (no gain) mixed it with them.
+    static let planWritesTiles = currentEnvironment("MOE_CUDA_EP_PLAN_TILES") == "1"
 
     /// The one-block global plan (moe_ep_plan_small, plan_in_block) serves up to LaunchPlan.blockPlanMaxSlots global
     /// slots R·T_loc·k. `MOE_CUDA_EP_SMALL_PLAN=0` keeps the three-kernel plan.

@@ -188,9 +188,10 @@ for s in $steps; do
         # The symmetric layer's launch overheads, R = 1 (no time-slicing, so they are visible), alternating twice:
         # the default (programmatic launches, one-block global plan; session 5) against MOE_CUDA_PDL=0, against
         # MOE_CUDA_EP_SMALL_PLAN=0 (the three-kernel plan) and against MOE_CUDA_EP_FUSED=1 (barriers fused into the
-        # kernels before them, plan and tiles in one kernel; session 8). The EPROW lines carry the symmetric µs.
+        # kernels before them, plan and tiles in one kernel; session 8) and against MOE_CUDA_EP_PLAN_TILES=1 (plan and
+        # tiles in one kernel alone; session 11). The EPROW lines carry the symmetric µs.
         for repeat in 1 2; do
-            for variant in default MOE_CUDA_PDL=0 MOE_CUDA_EP_SMALL_PLAN=0 MOE_CUDA_EP_FUSED=1; do
+            for variant in default MOE_CUDA_PDL=0 MOE_CUDA_EP_SMALL_PLAN=0 MOE_CUDA_EP_FUSED=1 MOE_CUDA_EP_PLAN_TILES=1; do
                 TAIL=8 run "$variant R=1 $PRESET ($repeat)" 200 env $([ $variant = default ] || echo $variant) $MOE launch --ranks 1 --timeout 60 -- \
                     bench --backend cuda --preset $PRESET --tokens 1,8,32,128 --iterations 30 --warmup 3
                 grep "EPROW" "$OUT/step.log" | sed "s/\$/ variant=$variant/" >> "$OUT/pdlrows.txt"

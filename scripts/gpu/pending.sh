@@ -4,7 +4,8 @@
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
 #           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
 #           of the kernel; EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
-#           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2.
+#           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2; the plan writing the tiles alone
+#           (MOE_CUDA_EP_PLAN_TILES=1): bit-identity and launch overheads at R = 1.
 #   usage (device): bash .device/pending.sh policy [SECONDS]
 set -u
 part=${1:-policy}
@@ -23,6 +24,8 @@ case $part in
         bash $D bench
         TRACE_TOKENS=1,8,128 bash $D eptrace  # the EP layer's kernels inside its graph at R = 1
         EP_RANKS=2 TRACE_TOKENS=2,16 bash $D eptrace  # two ranks sharing the GPU: the barriers' waits
+        MOE_CUDA_EP_PLAN_TILES=1 bash $D epcheck  # plan and tiles in one launch alone: bit-identity
+        bash $D eppdl  # R = 1 launch overheads: default, no PDL, three-kernel plan, fused barriers, plan writing tiles
         ;;
     *) echo "usage: pending.sh policy [SECONDS]" >&2; exit 2 ;;
 esac
