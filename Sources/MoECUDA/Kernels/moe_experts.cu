@@ -15,8 +15,8 @@
 // exit at once).
 //   moe_gemm_resident_MI_NJ_WN_WK_S (decode): the tile's ≤ 8·NJ activation rows stay in shared memory for the
 //     whole K; WN warps × MI groups of 16 rows, each K split over WK warps (partial sums added in a fixed
-//     order). Weights stream through a per-lane cp.async ring of S four-chunk groups in shared memory.
-//   moe_gemm_persistent_MI_NJ_WN_1_S: the resident kernel (WK = 1) as a persistent grid walking (row block, tile) items.
+//     order). Weights stream through a per-warp ring of S four-chunk groups in shared memory, filled by each lane's
+//     cp.async copies or (bulk kernels: resident_1_1_4_1_4) by the copy engine.
 //   moe_gemm_staged_MI_NJ_WN (larger batches): 16·MI·WN weight rows × 8·NJ tokens per block; codes, scales
 //     and activations for 256 k at a time go through a 3-stage cp.async ring in shared memory, so the loads
 //     of two stages are in flight while one is multiplied, with no registers held for them.
@@ -232,8 +232,8 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
 
 // MARK: resident kernel (decode-size tiles)
 
-/// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; the bulk build uses 128 B of row group 0's scale
-/// area and keeps the slot's mbarrier 128 B in.
+/// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; a bulk kernel copies the 128 scale bytes once, into
+/// the first 128 B of row group 0's scale area, and keeps the slot's mbarrier right after them.
 MOE_DEVICE u32 resident_slot_barrier(u32 slot) { return slot + 4 * 512 + 128; }
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
@@ -256,7 +256,7 @@ MOE_DEVICE void copy_weight_group(
     }
 }
 
-/// MOE_RESIDENT_BULK: lane 0's copies of one 4-chunk group for MI row groups into its ring slot, by the copy engine:
+/// Bulk kernels: lane 0's copies of one 4-chunk group for MI row groups into its ring slot, by the copy engine:
 /// per row group its chunks' codes (contiguous in the repacked layout: 512 B a chunk, in lane order) and the group's
 /// 128 scale bytes (8 row pairs × 16 B) at the slot's scale offset, all counted on the slot's mbarrier.
 template <int MI>
@@ -310,8 +310,9 @@ MOE_DEVICE bool split_k_epilogue(
 }
 
 /// Block: WN·WK warps; warp w owns row groups (blockIdx.x·WN + w % WN)·MI … +MI−1 and K share w / WN.
-/// Weights stream through a per-lane ring of S slots in shared memory: each lane cp.asyncs the fragment bytes it
-/// will itself read, S−1 groups ahead, so no barrier is needed and no registers hold data in flight.
+/// Weights stream through a per-warp ring of S slots in shared memory, S−1 groups ahead, with no registers holding
+/// data in flight: each lane cp.asyncs the fragment bytes it will itself read (so no barrier is needed), or, BULK,
+/// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
 template <int MI, int NJ, int WN, int WK, int S, bool BULK>
