@@ -89,7 +89,7 @@ import Testing
 
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {
     let config = MoEPreset.gptOss120b.config
-    for tokens in [1, 8, 32, 128, 512, 2048, 8192, 32768] {
+    for tokens in [1, 2, 3, 4, 8, 32, 128, 512, 2048, 8192, 32768] {
         let plan = LaunchPlan(tokens: tokens, config: config)
         #expect(plan.gemm1Shape.sharedBytes <= 227 * 1024)
         #expect(plan.gemm2Shape.sharedBytes <= 227 * 1024)
@@ -104,6 +104,14 @@ import Testing
     #expect(decode.gemm2Shape.grid.x * decode.gemm2Shape.grid.y == 360)
     #expect(3 * decode.gemm1Shape.sharedBytes <= 227 * 1024 && 3 * decode.gemm2Shape.sharedBytes <= 227 * 1024)
     #expect(decode.smallRouting && decode.fusedRouting)
+    // 2–4 tokens: 4-warp whole-K blocks for both GEMMs (bulk rings); by shared memory three per SM at 4 tokens (4
+    // activation rows and four 4-slot rings: 64,064 B), four at 2; the tile hand-over and the fused sum as before.
+    let four = LaunchPlan(tokens: 4, config: config)
+    #expect(four.gemm1Variant == .resident_1_1_4_1_4 && four.gemm2Variant == .resident_1_1_4_1_4)
+    #expect(four.gemm1Shape.block == 128 && four.gemm1Shape.grid.x == 90 && four.gemm2Shape.grid.x == 45)
+    #expect(four.gemm1Shape.sharedBytes == 4 * 5776 + 4 * 4 * 2560 && 3 * four.gemm1Shape.sharedBytes <= 227 * 1024)
+    #expect(4 * LaunchPlan(tokens: 2, config: config).gemm1Shape.sharedBytes <= 227 * 1024)
+    #expect(four.tileHandOver && four.fusedReduce)
     #expect(decode.routeSmallKernel == "moe_route_small_1")
     #expect(LaunchPlan(tokens: 5, config: config).routeSmallKernel == "moe_route_small_8")
     #expect(decode.fusedRouterSlices == 3)  // 360 segments of 8 values, ≤ 128 per slice
