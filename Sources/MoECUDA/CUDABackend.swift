@@ -91,7 +91,10 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             if let profiler {
                 try runProfiled(bucket: bucket, mode: routing, profiler: profiler)
             } else {
-                try bucket.graph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream).launch(stream)
+                let graph = try makingRoom(for: tokens, what: "the graph of a \(tokens)-token forward") { () throws(CUDAError) in
+                    try bucket.graph(slot: 0, mode: routing, layer: layer, kernels: kernels, stream: stream)
+                }
+                try graph.launch(stream)
             }
             try stream.synchronize()
             let T = tokens, k = config.topK
@@ -104,7 +107,10 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     /// One replay of the timed graph; records per-stage device times in the profiler.
     private func runProfiled(bucket: TokenBucket, mode: RoutingMode, profiler: Profiler) throws {
-        let (exec, start, marks) = try bucket.timedGraph(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream)
+        let tokens = bucket.plan.tokens
+        let (exec, start, marks) = try makingRoom(for: tokens, what: "the timed graph of a \(tokens)-token forward") {
+            () throws(CUDAError) in try bucket.timedGraph(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream)
+        }
         try exec.launch(stream)
         try stream.synchronize()
         let counts = try bucket.expertCounts.download(Int32.self, count: config.experts)
@@ -210,28 +216,42 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         } else if plan.smallRouting {
             try kernels.routeFinish.allowSharedMemory(plan.finishShape.sharedBytes)
         }
-        // Out of device memory with other sizes cached (a server keeps many): drop the least recently used and retry.
+        let bucket = try makingRoom(for: tokens, what: "the buffers of a \(tokens)-token forward") { () throws(CUDAError) in
+            try TokenBucket(device: runtime.device, plan: plan, stream: stream)
+        }
+        buckets[tokens] = bucket
+        bucketUse.touch(tokens)
+        return bucket
+    }
+
+    /// `make` (a bucket's buffers, or a graph's capture and instantiation), retried while the device is out of memory
+    /// and another token count's bucket can be dropped (least recently used first): a server keeps many sizes cached.
+    private func makingRoom<T>(for tokens: Int, what: String, _ make: () throws(CUDAError) -> T) throws(CUDAError) -> T {
+        try Self.retryingOutOfMemory(make, evict: { dropOldestBucket(except: tokens) }) {
+            CUDAError.outOfMemory(
+                what: what, bytes: nil, free: try? runtime.device.memoryInfo().free, total: runtime.device.totalMemory,
+                advice: "Send smaller batches (moe serve --max-batch-tokens), or hold fewer experts per GPU (moe launch --ranks R).")
+        }
+    }
+
+    /// Runs `make`; when it fails because the device is out of memory, `evict` frees something (false: nothing left)
+    /// and `make` runs again; with nothing left to free, the error `exhausted` gives. Other errors pass through.
+    static func retryingOutOfMemory<T>(
+        _ make: () throws(CUDAError) -> T, evict: () -> Bool, exhausted: () -> CUDAError
+    ) throws(CUDAError) -> T {
         while true {
             do {
-                let bucket = try TokenBucket(device: runtime.device, plan: plan, stream: stream)
-                buckets[tokens] = bucket
-                bucketUse.touch(tokens)
-                return bucket
+                return try make()
             } catch {
                 guard error.isOutOfMemory else { throw error }
-                guard dropOldestBucket() else {
-                    throw CUDAError.outOfMemory(
-                        what: "the buffers of a \(tokens)-token forward", bytes: nil, free: try? runtime.device.memoryInfo().free,
-                        total: runtime.device.totalMemory,
-                        advice: "Send smaller batches (moe serve --max-batch-tokens), or hold fewer experts per GPU (moe launch --ranks R).")
-                }
+                guard evict() else { throw exhausted() }
             }
         }
     }
 
-    /// Frees the least recently used bucket; false when there is none.
-    private func dropOldestBucket() -> Bool {
-        guard let oldest = bucketUse.removeOldest() else { return false }
+    /// Frees the least recently used bucket other than `keep`'s; false when there is none.
+    private func dropOldestBucket(except keep: Int? = nil) -> Bool {
+        guard let oldest = bucketUse.removeOldest(except: keep) else { return false }
         // A bucket frees its buffers before its graphs: nothing of it may still run (a forward waits for its stream
         // before it returns, except on an error path).
         _ = try? stream.synchronize()

@@ -9,8 +9,11 @@ struct RecentlyUsed<Key: Hashable> {
         order.append(key)
     }
 
-    /// Removes and returns the least recently used key; nil when there is none.
-    mutating func removeOldest() -> Key? { order.isEmpty ? nil : order.removeFirst() }
+    /// Removes and returns the least recently used key other than `keep`; nil when there is none.
+    mutating func removeOldest(except keep: Key? = nil) -> Key? {
+        guard let at = order.firstIndex(where: { $0 != keep }) else { return nil }
+        return order.remove(at: at)
+    }
 
     mutating func removeAll() { order.removeAll() }
 

@@ -32,3 +32,42 @@ import Testing
     recent.removeAll()
     #expect(recent.order.isEmpty)
 }
+
+/// Out of memory while making a graph for one size: the oldest other size goes first, never the one in use.
+@Test func theOldestOtherKeyGoesFirstAndTheKeptOneNever() {
+    var recent = RecentlyUsed<Int>()
+    for key in [4, 8, 1] { recent.touch(key) }
+    #expect(recent.removeOldest(except: 4) == 8)
+    #expect(recent.removeOldest(except: 4) == 1)
+    #expect(recent.removeOldest(except: 4) == nil && recent.order == [4])
+    #expect(recent.removeOldest(except: nil) == 4 && recent.order.isEmpty)
+}
+
+/// The backend's out-of-memory retry: each out-of-memory failure evicts once and retries; with nothing left to evict
+/// the caller's error names what did not fit; any other failure passes through at once, evicting nothing.
+@Test func outOfMemoryRetriesEvictUntilItFitsOrNothingIsLeft() throws {
+    let outOfMemory = CUDAError.driver(call: "cuGraphInstantiateWithFlags", code: 2, name: "CUDA_ERROR_OUT_OF_MEMORY", message: "out of memory")
+    let exhausted = CUDAError.outOfMemory(what: "the graph of a 4-token forward", bytes: nil, free: 0, total: 1, advice: "smaller")
+    // Fits after two evictions.
+    var attempts = 0, evictions = 0
+    let value = try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in
+        attempts += 1
+        if attempts < 3 { throw outOfMemory }
+        return 42
+    }, evict: { evictions += 1; return true }, exhausted: { exhausted })
+    #expect(value == 42 && attempts == 3 && evictions == 2)
+    // Never fits: the error says what did not fit, after evicting all there was.
+    var left = 2
+    #expect(throws: exhausted) {
+        try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in throw outOfMemory },
+                                           evict: { defer { left -= 1 }; return left > 0 }, exhausted: { exhausted })
+    }
+    #expect(left == -1)
+    // Another failure: no eviction, the same error.
+    var evicted = false
+    #expect(throws: CUDAError.invalidArgument("bad")) {
+        try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in throw .invalidArgument("bad") },
+                                           evict: { evicted = true; return true }, exhausted: { exhausted })
+    }
+    #expect(!evicted)
+}
