@@ -57,7 +57,7 @@ public enum Conformance {
             }
         }
         if !quick {
-            for (preset, tokenCounts) in [(MoEPreset.gptOss20b, [1, 7, 32]), (.gptOss120b, [1, 16])] {
+            for (preset, tokenCounts) in [(MoEPreset.gptOss20b, [1, 3, 7, 32]), (.gptOss120b, [1, 16])] {
                 for T in tokenCounts {
                     seed += 1
                     out.append(Case(name: preset.rawValue, config: preset.config, tokens: T, mode: .renormalize, seed: seed, skew: .none))

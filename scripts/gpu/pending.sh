@@ -16,9 +16,11 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     policy)
-        bash $D info check
+        bash $D info check  # `check` (quick) reaches the new default through its T = 2 case
         AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_2_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@2,3,4 MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
-        RACE_VARIANT=resident_1_1_4_1_4 bash $D racecheck2 memcheck debug20b epcheck
+        RACE_VARIANT=resident_1_1_4_1_4 MEMCHECK_TOKENS=2,4 bash $D racecheck2 memcheck
+        DEBUG_TOKENS=2,3,4 bash $D debug debug20b  # every stage at the new default's sizes
+        bash $D epcheck
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_1_4@8,16 MOE_CUDA_GEMM2=resident_1_1_4_1_4@1" bash $D abenv
         TRACE_TOKENS=1,2,4,8 bash $D trace
         bash $D bench
