@@ -227,25 +227,10 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     /// `make` (a bucket's buffers, or a graph's capture and instantiation), retried while the device is out of memory
     /// and another token count's bucket can be dropped (least recently used first): a server keeps many sizes cached.
     private func makingRoom<T>(for tokens: Int, what: String, _ make: () throws(CUDAError) -> T) throws(CUDAError) -> T {
-        try Self.retryingOutOfMemory(make, evict: { dropOldestBucket(except: tokens) }) {
+        try retryingOutOfMemory(make, evict: { dropOldestBucket(except: tokens) }) {
             CUDAError.outOfMemory(
                 what: what, bytes: nil, free: try? runtime.device.memoryInfo().free, total: runtime.device.totalMemory,
                 advice: "Send smaller batches (moe serve --max-batch-tokens), or hold fewer experts per GPU (moe launch --ranks R).")
-        }
-    }
-
-    /// Runs `make`; when it fails because the device is out of memory, `evict` frees something (false: nothing left)
-    /// and `make` runs again; with nothing left to free, the error `exhausted` gives. Other errors pass through.
-    static func retryingOutOfMemory<T>(
-        _ make: () throws(CUDAError) -> T, evict: () -> Bool, exhausted: () -> CUDAError
-    ) throws(CUDAError) -> T {
-        while true {
-            do {
-                return try make()
-            } catch {
-                guard error.isOutOfMemory else { throw error }
-                guard evict() else { throw exhausted() }
-            }
         }
     }
 

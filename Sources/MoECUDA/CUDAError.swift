@@ -82,3 +82,19 @@ extension Substring {
         return String(s)
     }
 }
+
+/// Runs `make`; when it fails because the device is out of memory, `evict` frees something (false: nothing left) and
+/// `make` runs again; with nothing left to free, the error `exhausted` gives. Other errors pass through. (The backends'
+/// caches of token-count buckets and graphs: a server keeps many sizes.)
+func retryingOutOfMemory<T>(
+    _ make: () throws(CUDAError) -> T, evict: () -> Bool, exhausted: () -> CUDAError
+) throws(CUDAError) -> T {
+    while true {
+        do {
+            return try make()
+        } catch {
+            guard error.isOutOfMemory else { throw error }
+            guard evict() else { throw exhausted() }
+        }
+    }
+}

@@ -467,6 +467,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return bucket
     }
 
+    /// Drops the least recently used bucket other than `keep`'s; false when there is none.
+    private func dropOldestBucket(except keep: Int) -> Bool {
+        guard let oldest = bucketUse.removeOldest(except: keep) else { return false }
+        dropBucket(tokens: oldest)
+        return true
+    }
+
     /// Drops a bucket and its graphs (a graph still running is freed when it completes).
     private func dropBucket(tokens: Int) {
         guard let old = buckets.removeValue(forKey: tokens) else { return }
@@ -836,7 +843,14 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             if let partial, railGraphsMustOutliveTheRail() { AbandonedGraphs.keep([partial]) }
             throw error
         }
-        let exec = try stream.endCapture().instantiate()
+        let captured = try stream.endCapture()
+        // Out of memory with other sizes' graphs cached (a server keeps many): drop the least recently used, retry.
+        let exec = try retryingOutOfMemory({ () throws(CUDAError) in try captured.instantiate() }, evict: { dropOldestBucket(except: b.tokens) }) {
+            CUDAError.outOfMemory(
+                what: "rank \(rank)'s graph of a \(b.tokens)-token symmetric layer", bytes: nil,
+                free: try? runtime.device.memoryInfo().free, total: runtime.device.totalMemory,
+                advice: "Send smaller batches, or hold fewer experts per GPU (more ranks).")
+        }
         b.graphs[mode] = exec
         return exec
     }

@@ -50,7 +50,7 @@ import Testing
     let exhausted = CUDAError.outOfMemory(what: "the graph of a 4-token forward", bytes: nil, free: 0, total: 1, advice: "smaller")
     // Fits after two evictions.
     var attempts = 0, evictions = 0
-    let value = try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in
+    let value = try retryingOutOfMemory({ () throws(CUDAError) -> Int in
         attempts += 1
         if attempts < 3 { throw outOfMemory }
         return 42
@@ -59,14 +59,14 @@ import Testing
     // Never fits: the error says what did not fit, after evicting all there was.
     var left = 2
     #expect(throws: exhausted) {
-        try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in throw outOfMemory },
+        try retryingOutOfMemory({ () throws(CUDAError) -> Int in throw outOfMemory },
                                            evict: { defer { left -= 1 }; return left > 0 }, exhausted: { exhausted })
     }
     #expect(left == -1)
     // Another failure: no eviction, the same error.
     var evicted = false
     #expect(throws: CUDAError.invalidArgument("bad")) {
-        try CUDABackend.retryingOutOfMemory({ () throws(CUDAError) -> Int in throw .invalidArgument("bad") },
+        try retryingOutOfMemory({ () throws(CUDAError) -> Int in throw .invalidArgument("bad") },
                                            evict: { evicted = true; return true }, exhausted: { exhausted })
     }
     #expect(!evicted)
