@@ -173,12 +173,9 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             let phases = TokenBucket.Phase.allCases
             let buffer = try DeviceBuffer(device: runtime.device, byteCount: phases.count * 16)
             let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
-            var raw: [[UInt64]] = []
-            for replay in 0..<(replays + 2) {
-                try buffer.uploadAsync(KernelTrace.emptyBuffer(phases: phases.count), stream: stream)
+            let raw = try KernelTrace.record(phases: phases.count, replays: replays, warmup: 2, buffer: buffer, stream: stream) {
                 try exec.launch(stream)
                 try stream.synchronize()
-                if replay >= 2 { raw.append(try buffer.download(UInt64.self, count: 2 * phases.count)) }
             }
             return KernelTrace.spans(names: phases.map(\.rawValue), replays: raw)
         }

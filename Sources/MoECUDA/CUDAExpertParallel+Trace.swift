@@ -1,6 +1,12 @@
 import CCUDA
 import MoECore
 
+/// Kernel parameters carrying a MoETrace (routing, GEMM, reduce).
+protocol KernelTraced { var trace: MoETrace { get set } }
+extension MoERoutingParams: KernelTraced {}
+extension MoEGemmParams: KernelTraced {}
+extension MoEReduceParams: KernelTraced {}
+
 /// Names the symmetric layer's launches in launch order and gives each its pair of u64 in a trace buffer (KernelTrace):
 /// the kernels of a MOE_TRACE build mark their spans there; with no buffer (spans 0) they mark nothing.
 struct SymmetricLaunchTrace {
@@ -14,6 +20,7 @@ struct SymmetricLaunchTrace {
         return Int32(names.count - 1)
     }
 
+    /// The expert-parallel parameters keep every field 8 bytes wide: their slot is two fields.
     mutating func mark(_ p: CUDAExpertParallelParams, _ name: String) -> CUDAExpertParallelParams {
         var q = p
         q.traceSpans = spans
@@ -21,19 +28,7 @@ struct SymmetricLaunchTrace {
         return q
     }
 
-    mutating func mark(_ p: MoERoutingParams, _ name: String) -> MoERoutingParams {
-        var q = p
-        q.trace = MoETrace(spans: spans, phase: slot(name))
-        return q
-    }
-
-    mutating func mark(_ p: MoEGemmParams, _ name: String) -> MoEGemmParams {
-        var q = p
-        q.trace = MoETrace(spans: spans, phase: slot(name))
-        return q
-    }
-
-    mutating func mark(_ p: MoEReduceParams, _ name: String) -> MoEReduceParams {
+    mutating func mark<P: KernelTraced>(_ p: P, _ name: String) -> P {
         var q = p
         q.trace = MoETrace(spans: spans, phase: slot(name))
         return q
@@ -45,15 +40,19 @@ extension CUDAExpertParallelLayer {
     /// trace buffer), so `symmetricTrace` can show where each kernel runs inside the graph. Read when a layer is made.
     public static let tracing = currentEnvironment("MOE_CUDA_EP_TRACE") == "1"
 
-    /// The most launches one symmetric layer makes (the three-kernel plan across nodes: 16); the trace buffer's size.
+    /// The trace buffer's launches: more than one symmetric layer makes (18 at most: the separate router and top-k,
+    /// and the three-kernel plan, across nodes).
     static let maxTracedLaunches = 32
+
+    /// Replays a trace takes its medians over.
+    public static let traceReplays = 20
 
     /// Where each kernel of the symmetric layer runs inside replays of its graph, programmatic overlap and barrier waits
     /// included: per launch, the median over `replays` of its earliest block start and latest warp end, µs from each
     /// replay's first block start. Needs the MOE_TRACE build (`MOE_CUDA_EP_TRACE=1` when the layer was made). Every rank
     /// must call it with the same tokens and replays (the graph's barriers pair the ranks' replays).
     /// - Parameter input: [T_r, H] this rank's rows (T_r from `share`).
-    public func symmetricTrace(_ input: [Float], tokens: Int, mode: RoutingMode, replays: Int = 20) throws -> [KernelSpan] {
+    public func symmetricTrace(_ input: [Float], tokens: Int, mode: RoutingMode, replays: Int = traceReplays) throws -> [KernelSpan] {
         guard Self.tracing else {
             throw CUDAError.invalidArgument(
                 "a trace of the symmetric layer needs the kernels' MOE_TRACE build: set MOE_CUDA_EP_TRACE=1 before the layer is made")
@@ -64,26 +63,13 @@ extension CUDAExpertParallelLayer {
         let b = try bucket(tokens: tokens)
         try upload(input, bucket: b, poison: false)
         let buffer = try DeviceBuffer(device: runtime.device, byteCount: Self.maxTracedLaunches * 16)
-        try stream.beginCapture()
-        let names: [String]
-        do {
-            names = try enqueueSymmetric(b, mode: mode, traceSpans: buffer.address)
-        } catch {
-            // As symmetricGraph: a partial graph holding the rail's NCCL work outlives its communicator.
-            let partial = try? stream.endCapture()
-            if let partial, railGraphsMustOutliveTheRail() { AbandonedGraphs.keep([partial]) }
-            throw error
-        }
-        let exec = try stream.endCapture().instantiate()
+        let (exec, names) = try captureSymmetric(b, mode: mode, traceSpans: buffer.address)
         guard names.count <= Self.maxTracedLaunches else {
             throw CUDAError.invalidArgument("the symmetric layer made \(names.count) launches; the trace holds \(Self.maxTracedLaunches)")
         }
-        var raw: [[UInt64]] = []
-        for _ in 0..<replays {
-            try buffer.uploadAsync(KernelTrace.emptyBuffer(phases: names.count), stream: stream)
+        let raw = try KernelTrace.record(phases: names.count, replays: replays, buffer: buffer, stream: stream) {
             try exec.launch(stream)
             try waitForDevice(watchingRail: true)
-            raw.append(try buffer.download(UInt64.self, count: 2 * names.count))
         }
         try checkDevice()
         return KernelTrace.spans(names: names, replays: raw)

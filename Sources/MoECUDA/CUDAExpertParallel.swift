@@ -176,7 +176,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     static func kernelRequest(architecture: String, traced: Bool = tracing) -> KernelCompileRequest {
         KernelCompileRequest(
             source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode],
-            options: (traced ? ["-DMOE_TRACE=1"] : []) + KernelBuildSwitches.current, architecture: architecture)
+            options: KernelBuildSwitches.options(traced: traced), architecture: architecture)
     }
 
     /// [E]: each expert's index among `rank`'s experts in expert order, −1 for the other ranks' experts.
@@ -490,7 +490,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// An older NCCL (< 2.26) frees an aborted communicator at once, and destroying a graph that captured its work
     /// then touches freed memory: such graphs are kept to the process's end instead. That holds after an abort, and
     /// at close too, where the rail is aborted next and CUDA may hand a destroyed graph's NCCL work back later.
-    func railGraphsMustOutliveTheRail(closing: Bool = false) -> Bool {
+    private func railGraphsMustOutliveTheRail(closing: Bool = false) -> Bool {
         guard let rail = railCommunicator, !rail.library.abortWaitsForGraphs else { return false }
         return closing || rail.isAborted
     }
@@ -834,9 +834,18 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// in device memory, so replays need nothing from the host.
     func symmetricGraph(_ b: Bucket, mode: RoutingMode) throws -> CUDAGraphExec {
         if let exec = b.graphs[mode] { return exec }
+        let exec = try captureSymmetric(b, mode: mode).exec
+        b.graphs[mode] = exec
+        return exec
+    }
+
+    /// The symmetric layer for (T, mode) captured and instantiated (`traceSpans`: a MOE_TRACE build's trace buffer the
+    /// launches mark), with the launches' names in launch order.
+    func captureSymmetric(_ b: Bucket, mode: RoutingMode, traceSpans: UInt64 = 0) throws -> (exec: CUDAGraphExec, names: [String]) {
         try stream.beginCapture()
+        let names: [String]
         do {
-            try enqueueSymmetric(b, mode: mode)
+            names = try enqueueSymmetric(b, mode: mode, traceSpans: traceSpans)
         } catch {
             // The partial graph may hold the rail's NCCL work of a communicator the failure aborted (releaseGraphs' rule).
             let partial = try? stream.endCapture()
@@ -851,8 +860,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 free: try? runtime.device.memoryInfo().free, total: runtime.device.totalMemory,
                 advice: "Send smaller batches, or hold fewer experts per GPU (more ranks).")
         }
-        b.graphs[mode] = exec
-        return exec
+        return (exec, names)
     }
 
     /// How a symmetric layer is launched.

@@ -97,7 +97,7 @@ final class LayerKernels: @unchecked Sendable {
 
     /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
     init(runtime: CUDARuntime, traced: Bool = false) throws(CUDAError) {
-        let options = (traced ? ["-DMOE_TRACE=1"] : []) + KernelBuildSwitches.current
+        let options = KernelBuildSwitches.options(traced: traced)
         let routing = try runtime.module(.routing, options: options)
         experts = try runtime.module(.experts, options: options)
         var small: [String: CUDAFunction] = [:]

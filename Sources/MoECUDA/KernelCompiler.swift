@@ -45,6 +45,10 @@ public enum KernelBuildSwitches {
         all.filter { environment($0.variable) == "1" }.map { "-D\($0.symbol)=1" }
     }
     static let current = options()
+
+    /// A module's options: the MOE_TRACE build when `traced` (kernels marking their spans, KernelTrace), then the
+    /// switches the environment turned on.
+    static func options(traced: Bool) -> [String] { (traced ? ["-DMOE_TRACE=1"] : []) + current }
 }
 
 /// Everything that determines a compiled kernel image.

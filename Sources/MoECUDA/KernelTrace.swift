@@ -25,6 +25,20 @@ public enum KernelTrace {
     /// A phase's pair before any kernel marks it: start = UInt64.max, end = 0.
     public static func emptyBuffer(phases: Int) -> [UInt64] { Array(repeating: [UInt64.max, 0], count: phases).flatMap { $0 } }
 
+    /// The raw buffers of `replays` replays after `warmup` more: before each, `buffer` is reset on `stream`; `replay`
+    /// launches the traced graph and waits for it; after each counted one, the `phases` pairs are read back.
+    static func record(
+        phases: Int, replays: Int, warmup: Int = 0, buffer: DeviceBuffer, stream: CUDAStream, replay: () throws -> Void
+    ) throws -> [[UInt64]] {
+        var raw: [[UInt64]] = []
+        for index in 0..<(warmup + replays) {
+            try buffer.uploadAsync(emptyBuffer(phases: phases), stream: stream)
+            try replay()
+            if index >= warmup { raw.append(try buffer.download(UInt64.self, count: 2 * phases)) }
+        }
+        return raw
+    }
+
     /// Per phase marked in every replay, the median start and end relative to each replay's first start (phases no
     /// kernel marked, e.g. the reduce when the sum is fused, are left out). `replays`: raw buffers, 2 u64 per phase.
     public static func spans(names: [String], replays: [[UInt64]]) -> [KernelSpan] {

@@ -184,7 +184,7 @@ public enum GPUExpertParallelBench {
                 do {
                     try heap.barrier(.step, layer: 0)
                     let spans = try layer.symmetricTrace(share, tokens: tokens, mode: mode)
-                    print("trace T=\(tokens) R=\(runner.world) (symmetric graph, MOE_TRACE build, median of 20 replays): \(KernelTrace.describe(spans))")
+                    print("trace T=\(tokens) R=\(runner.world) (symmetric graph, MOE_TRACE build, median of \(CUDAExpertParallelLayer.traceReplays) replays): \(KernelTrace.describe(spans))")
                 } catch {
                     throw runner.fail(error, layer: 0)
                 }
