@@ -24,16 +24,27 @@ struct CUDADebugCommand: ParsableCommand {
     @Flag(help: "Instead of checking stages, print where each kernel ran inside replays of the plain layer graph (programmatic overlap included), from a build of the kernels that marks their spans with %globaltimer.")
     var trace = false
 
+    @Flag(help: "Instead of checking stages, time reads of the decode GEMMs' weight bytes (GEMM 1's and GEMM 2's at 1 token) with no math, under each in-flight layout the decode kernels choose between (default shape: gpt-oss-120b).")
+    var stream = false
+
     func validate() throws {
         if variant != "all" && GemmVariant(rawValue: variant) == nil { throw ValidationError("unknown --variant \(variant)") }
-        if trace && timing { throw ValidationError("--trace and --timing are two ways to time the kernels: pass one") }
+        if [trace, timing, stream].filter({ $0 }).count > 1 {
+            throw ValidationError("--trace, --timing and --stream are different measurements: pass one")
+        }
     }
 
     func run() throws {
+        if stream && model.model == nil {  // only the shape matters: no synthetic weights to make
+            let preset = model.preset ?? .gptOss120b
+            print("model: \(preset.rawValue): \(preset.config)")
+            return try streamProbe(preset.config)
+        }
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
         let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
+        if stream { return try streamProbe(weights.config) }
         if trace || timing {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
             for T in tokens.values {
@@ -68,5 +79,29 @@ struct CUDADebugCommand: ParsableCommand {
         }
         print(failures == 0 ? "all stages agree" : "\(failures) forward(s) with a failing stage")
         if failures > 0 { throw ExitCode.failure }
+    }
+
+    /// The stream probe at the sizes of the model's decode GEMMs: k experts' gate-up weights (GEMM 1) and down weights
+    /// (GEMM 2), codes and scales, with the copy ceiling beside them.
+    private func streamProbe(_ c: MoEConfig) throws {
+        let runtime = try CUDARuntime.shared()
+        let device = runtime.device
+        let gemm1 = c.topK * (2 * c.intermediate * c.hidden / 2 + 2 * c.intermediate * c.hidden / 32)
+        let gemm2 = c.topK * (c.hidden * c.intermediate / 2 + c.hidden * c.intermediate / 32)
+        print("machine: \(device.summary)")
+        let copy = try StreamProbe.copyCeiling(runtime: runtime)
+        print("ceiling: \(String(format: "%.1f", copy.value)) GB/s (\(copy.method))")
+        for (name, bytes, rows) in [("GEMM 1", gemm1, 2 * c.intermediate), ("GEMM 2", gemm2, c.hidden)] {
+            let layouts = StreamProbe.layouts(
+                bytes: bytes, multiprocessors: device.multiprocessors, maxSharedPerBlock: StreamProbe.maxSharedPerBlock(device),
+                residentBlocks: c.topK * ((rows + 63) / 64))
+            print("\(name) at 1 token: \(bytes) bytes (\(c.topK) experts); median of 30 back-to-back launches, each on bytes not in L2")
+            print("layout".padding(44) + "      µs     GB/s  % of copy  in flight/SM")
+            for r in try StreamProbe.measure(layouts, runtime: runtime) {
+                let l = r.layout
+                let perSM = l.inFlightPerWarp * l.warps / device.multiprocessors / 1024
+                print(l.description.padding(44) + String(format: "%8.1f %8.1f %9.1f%% %9d KB", r.microseconds, r.gigabytesPerSecond, 100 * r.gigabytesPerSecond / copy.value, perSM))
+            }
+        }
     }
 }

@@ -73,6 +73,7 @@ for s in $steps; do
     racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant specialized_2_128_4_2 ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
     trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
+    stream) TAIL=8 step stream 120 $M cuda-debug --stream ;;  # the decode GEMMs' weight bytes read with no math, per layout
     timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens 1,8,32,128,256,512,2048,8192 ;;
     ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
     ncuroute) TAIL=30 step ncuroute 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats -k regex:moe_route_small --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;

@@ -3,7 +3,8 @@
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
 #           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
-#           of the kernel; EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
+#           of the kernel; the stream probe (new: the decode GEMMs' bytes read with no math, per in-flight layout);
+#           EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
 #           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2; the plan writing the tiles alone
 #           (MOE_CUDA_EP_PLAN_TILES=1): bit-identity and launch overheads at R = 1.
 #   usage (device): bash .device/pending.sh policy [SECONDS]
@@ -17,6 +18,7 @@ done
 case $part in
     policy)
         bash $D info check  # `check` (quick) reaches the new default through its T = 2 case
+        bash $D stream  # new: how fast any kernel can read the decode GEMMs' bytes, per in-flight layout
         AB_ENVS="MOE_CUDA_GEMM=resident_1_1_4_2_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@2,3,4 MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
         RACE_VARIANT=resident_1_1_4_1_4 MEMCHECK_TOKENS=2,4 bash $D racecheck2 memcheck
         DEBUG_TOKENS=2,3,4 bash $D debug debug20b  # every stage at the new default's sizes
