@@ -91,11 +91,18 @@ struct CUDADebugCommand: ParsableCommand {
         print("machine: \(device.summary)")
         let copy = try StreamProbe.copyCeiling(runtime: runtime)
         print("ceiling: \(String(format: "%.1f", copy.value)) GB/s (\(copy.method))")
-        for (name, bytes, rows) in [("GEMM 1", gemm1, 2 * c.intermediate), ("GEMM 2", gemm2, c.hidden)] {
-            let layouts = StreamProbe.layouts(
+        // A third size, 8× GEMM 1's, with a few layouts: the rate a long stream settles at, so that the two decode
+        // sizes split into a per-launch fixed cost and bytes over that rate.
+        let sizes = [("GEMM 1 at 1 token", gemm1, 2 * c.intermediate), ("GEMM 2 at 1 token", gemm2, c.hidden),
+                     ("8 × GEMM 1 (steady rate)", 8 * gemm1, 2 * c.intermediate)]
+        for (index, (name, bytes, rows)) in sizes.enumerated() {
+            var layouts = StreamProbe.layouts(
                 bytes: bytes, multiprocessors: device.multiprocessors, maxSharedPerBlock: StreamProbe.maxSharedPerBlock(device),
                 residentBlocks: c.topK * ((rows + 63) / 64))
-            print("\(name) at 1 token: \(bytes) bytes (\(c.topK) experts); median of 30 back-to-back launches, each on bytes not in L2")
+            if index == 2 {
+                layouts = layouts.filter { $0.copy == .registers || ($0.blocks == 2 * device.multiprocessors && $0.stepBytes == 4096) }
+            }
+            print("\(name): \(bytes) bytes; median of 30 back-to-back launches, each on bytes not in L2")
             print("layout".padding(44) + "      µs     GB/s  % of copy  in flight/SM")
             for r in try StreamProbe.measure(layouts, runtime: runtime) {
                 let l = r.layout

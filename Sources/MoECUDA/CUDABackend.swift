@@ -45,6 +45,8 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     public var detail: String {
         "cuda: MXFP4 decoded in registers (mma.sync, decode sizes) or once per block into shared memory (wgmma, large batches), CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
+            + (KernelBuildSwitches.aliasesExperts
+                ? " [MOE_CUDA_ALIAS_EXPERTS=1: every expert reads expert 0's weights, outputs are WRONG (timing only)]" : "")
     }
 
     /// Whether this machine can run the backend, and if not, what is missing and where it looked.

@@ -37,9 +37,16 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_RESIDENT_BULK`: every resident GEMM's weight rings are filled by the copy engine (one
     ///   `cp.async.bulk` per row group's codes and one per its scales, completing on an mbarrier per slot) instead of
     ///   each lane's 16-byte `cp.async` copies (`resident_1_1_4_1_4` always is).
+    /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
+    ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
+    ///   Outputs are wrong by design: the backend's description says so, and checks fail.
     public static let all: [(variable: String, symbol: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
+        ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS"),
     ]
+
+    /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
+    public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }
 
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
         all.filter { environment($0.variable) == "1" }.map { "-D\($0.symbol)=1" }

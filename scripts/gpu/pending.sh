@@ -7,7 +7,10 @@
 #           EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
 #           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2; the plan writing the tiles alone
 #           (MOE_CUDA_EP_PLAN_TILES=1): bit-identity and launch overheads at R = 1.
-#   usage (device): bash .device/pending.sh policy [SECONDS]
+#   alias:  (session 12) the 1-token layer with every expert reading expert 0's weights (MOE_CUDA_ALIAS_EXPERTS=1: the
+#           decode step's weights in L2, outputs wrong by design) traced against the plain build, twice: how much of the
+#           layer the DRAM stream is; the stream probe with a steady-rate size; GEMM 1 with K split 4 at 1 token.
+#   usage (device): bash .device/pending.sh policy|alias [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -31,6 +34,14 @@ case $part in
         MOE_CUDA_EP_PLAN_TILES=1 bash $D epcheck  # plan and tiles in one launch alone: bit-identity
         bash $D eppdl  # R = 1 launch overheads: default, no PDL, three-kernel plan, fused barriers, plan writing tiles
         ;;
-    *) echo "usage: pending.sh policy [SECONDS]" >&2; exit 2 ;;
+    alias)
+        bash $D stream  # with the steady-rate size: the per-launch fixed cost
+        for round in 1 2; do
+            TRACE_TOKENS=1,2,4,8 bash $D trace
+            MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=1,2,4,8 bash $D trace  # every expert reads expert 0's weights (L2)
+        done
+        AB_ENVS="MOE_CUDA_GEMM=resident_1_1_2_4_3@1" bash $D abenv  # GEMM 1 with K split 4 at 1 token: shorter chains
+        ;;
+    *) echo "usage: pending.sh policy|alias [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -25,6 +25,11 @@
 #ifndef MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BULK 0
 #endif
+// Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
+// step's weights sit in L2. Outputs are wrong by design.
+#ifndef MOE_ALIAS_EXPERTS
+#define MOE_ALIAS_EXPERTS 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -332,7 +337,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
-    const long long expertGroup = (long long)tile.expert * p.groups;
+    const long long expertGroup = MOE_ALIAS_EXPERTS ? 0 : (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     const int activationBytes = p.residentRows * rowStride * 2;
     constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
