@@ -9,7 +9,9 @@
 #           (MOE_CUDA_EP_PLAN_TILES=1): bit-identity and launch overheads at R = 1.
 #   alias:  (session 12) the 1-token layer with every expert reading expert 0's weights (MOE_CUDA_ALIAS_EXPERTS=1: the
 #           decode step's weights in L2, outputs wrong by design) traced against the plain build, twice: how much of the
-#           layer the DRAM stream is; the stream probe with a steady-rate size; GEMM 1 with K split 4 at 1 token.
+#           layer the DRAM stream is; the stream probe with a steady-rate size; GEMM 1 with K split 4 at 1 token; the
+#           GEMMs' tile loaded together with the tile count (new default) against after it (MOE_CUDA_TILE_AFTER_COUNT=1,
+#           session 11's SASS), with check, memcheck and EP bit-identity.
 #   usage (device): bash .device/pending.sh policy|alias [SECONDS]
 set -u
 part=${1:-policy}
@@ -35,12 +37,14 @@ case $part in
         bash $D eppdl  # R = 1 launch overheads: default, no PDL, three-kernel plan, fused barriers, plan writing tiles
         ;;
     alias)
+        MEMCHECK_TOKENS=1,7,40 bash $D check memcheck  # the tile loaded with the count (new default)
+        AB_ENVS="MOE_CUDA_TILE_AFTER_COUNT=1@1,2,4,8 MOE_CUDA_GEMM=resident_1_1_2_4_3@1" bash $D abenv
         bash $D stream  # with the steady-rate size: the per-launch fixed cost
         for round in 1 2; do
             TRACE_TOKENS=1,2,4,8 bash $D trace
             MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=1,2,4,8 bash $D trace  # every expert reads expert 0's weights (L2)
         done
-        AB_ENVS="MOE_CUDA_GEMM=resident_1_1_2_4_3@1" bash $D abenv  # GEMM 1 with K split 4 at 1 token: shorter chains
+        bash $D epcheck bench
         ;;
     *) echo "usage: pending.sh policy|alias [SECONDS]" >&2; exit 2 ;;
 esac
