@@ -37,15 +37,12 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_RESIDENT_BULK`: every resident GEMM's weight rings are filled by the copy engine (one
     ///   `cp.async.bulk` per row group's codes and one per its scales, completing on an mbarrier per slot) instead of
     ///   each lane's 16-byte `cp.async` copies (`resident_1_1_4_1_4` always is).
-    /// - `MOE_CUDA_TILE_AFTER_COUNT`: the GEMMs load their tile after comparing the tile count (session 11's order, two
-    ///   round trips before the weight copies start), for the A/B against loading both together.
     /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and checks fail.
     public static let all: [(variable: String, symbol: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS"),
-        ("MOE_CUDA_TILE_AFTER_COUNT", "MOE_TILE_AFTER_COUNT"),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

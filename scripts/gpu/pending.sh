@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls prepared and not yet run (after session 11). Steps are cut at the deadline, most important first.
+# Device calls prepared (policy: run 45, session 12; stalls: not yet run). Steps are cut at the deadline, most important first. Steps are cut at the deadline, most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
 #           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
@@ -7,12 +7,10 @@
 #           EP bit-identity; the trace; the default bench; then the symmetric EP layer's kernels inside
 #           its graph (MOE_CUDA_EP_TRACE=1, new: never run) at R = 1 and 2; the plan writing the tiles alone
 #           (MOE_CUDA_EP_PLAN_TILES=1): bit-identity and launch overheads at R = 1.
-#   alias:  (session 12) the 1-token layer with every expert reading expert 0's weights (MOE_CUDA_ALIAS_EXPERTS=1: the
-#           decode step's weights in L2, outputs wrong by design) traced against the plain build, twice: how much of the
-#           layer the DRAM stream is; the stream probe with a steady-rate size; GEMM 1 with K split 4 at 1 token; the
-#           GEMMs' tile loaded together with the tile count (new default) against after it (MOE_CUDA_TILE_AFTER_COUNT=1,
-#           session 11's SASS), with check, memcheck and EP bit-identity.
-#   usage (device): bash .device/pending.sh policy|alias [SECONDS]
+#   stalls: (session 12, after run 46) the decode GEMMs' stall reasons at 1, 4 and 8 tokens (ncu, default kernels): run 46
+#           showed the 1-token layer barely faster with its weights in L2 (36.3 against 38.6 µs), so GEMM 1's warps wait
+#           on their own chains, not DRAM; which stall; then the L2-weights trace at 16–256 tokens beside the plain one.
+#   usage (device): bash .device/pending.sh policy|stalls [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -36,16 +34,14 @@ case $part in
         MOE_CUDA_EP_PLAN_TILES=1 bash $D epcheck  # plan and tiles in one launch alone: bit-identity
         bash $D eppdl  # R = 1 launch overheads: default, no PDL, three-kernel plan, fused barriers, plan writing tiles
         ;;
-    alias)
-        MEMCHECK_TOKENS=1,7,40 bash $D check memcheck  # the tile loaded with the count (new default)
-        AB_ENVS="MOE_CUDA_TILE_AFTER_COUNT=1@1,2,4,8 MOE_CUDA_GEMM=resident_1_1_2_4_3@1" bash $D abenv
-        bash $D stream  # with the steady-rate size: the per-launch fixed cost
+    stalls)
+        bash $D info check  # session 11's kernels again (the tile-order change reverted)
+        for T in 1 4 8; do NCU_TOKENS=$T bash $D ncudecstall; done
         for round in 1 2; do
-            TRACE_TOKENS=1,2,4,8 bash $D trace
-            MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=1,2,4,8 bash $D trace  # every expert reads expert 0's weights (L2)
+            TRACE_TOKENS=16,32,64,128,256 bash $D trace
+            MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=16,32,64,128,256 bash $D trace
         done
-        bash $D epcheck bench
         ;;
-    *) echo "usage: pending.sh policy|alias [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy|stalls [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

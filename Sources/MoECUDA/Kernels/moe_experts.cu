@@ -27,9 +27,6 @@
 #endif
 // Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
 // step's weights sit in L2. Outputs are wrong by design.
-#ifndef MOE_TILE_AFTER_COUNT
-#define MOE_TILE_AFTER_COUNT 0
-#endif
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
@@ -39,22 +36,6 @@ MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
     if (p.inputIndex == 0) return r;
     return ((const int *)p.inputIndex)[r] / p.inputDivisor;
 }
-
-/// `const MoETile NAME`: this block's tile, or return when the block's y is past the device-side tile count. The tile
-/// is loaded together with the count (one round trip before the weight copies start, not two): the grid's y never
-/// passes the tile buffer's static bound, so the entry exists; past the count it is stale and unused. The exit also
-/// tests the tile (an expert is never negative) so that ptxas issues its load before the branch instead of sinking
-/// it behind the count's. The previous kernel wrote both before this one's wait returned. MOE_CUDA_TILE_AFTER_COUNT=1
-/// builds session 11's order (count, exit, then the tile) for the A/B.
-#if MOE_TILE_AFTER_COUNT
-#define MOE_TILE_OR_RETURN(p, NAME)                                    \
-    if ((int)blockIdx.y >= *(const int *)(p).tileCount) return;        \
-    const MoETile NAME = ((const MoETile *)(p).tiles)[blockIdx.y]
-#else
-#define MOE_TILE_OR_RETURN(p, NAME)                                                         \
-    const MoETile NAME = ((const MoETile *)(p).tiles)[blockIdx.y];                          \
-    if ((int)blockIdx.y >= *(const int *)(p).tileCount || NAME.expert < 0) return
-#endif
 
 MOE_DEVICE long long gemm_output_row(const MoEGemmParams &p, int r) {
     if (p.outputIndex == 0) return r;
@@ -351,7 +332,8 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
     // own wait is complete: it then fills this grid's last wave, tile by tile.
     if (p.tileRole == 1) allow_next_kernel();
-    MOE_TILE_OR_RETURN(p, tile);
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
@@ -483,7 +465,8 @@ MOE_DEVICE void gemm_staged(const MoEGemmParams &p) {
     constexpr int THREADS = 32 * WN;
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     wait_for_previous_kernel();
-    MOE_TILE_OR_RETURN(p, tile);
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
     const long long expertGroup = (long long)tile.expert * p.groups;
@@ -614,7 +597,8 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
     constexpr int STAGE_BYTES = TOKENS * STAGE_K * 2, SLOT_BYTES = MI * 5 * 512, WARPS = 4 * WG;
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
-    MOE_TILE_OR_RETURN(p, tile);
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2, warpInGroup = warp & 3;
     const long long expertGroup = (long long)tile.expert * p.groups;
     const u32 activationBase = shared_address(sharedBytes);
@@ -823,7 +807,8 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
     static_assert(AHEAD >= 1 && (N * 8) % THREADS == 0 && GROUPS * 8 <= THREADS, "tile shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
-    MOE_TILE_OR_RETURN(p, tile);
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp >> 2, warpInGroup = warp & 3;
     const int blockGroup = blockIdx.x * GROUPS;
     const long long expertGroup = (long long)tile.expert * p.groups;
@@ -996,7 +981,8 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
-    MOE_TILE_OR_RETURN(p, tile);
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
     const long long expertGroup = (long long)tile.expert * p.groups;
