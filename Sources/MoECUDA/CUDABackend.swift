@@ -86,7 +86,8 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     public var profiledPassesAreSlower: Bool { true }
 
     public func forward(_ input: [Float], tokens: Int, routing: RoutingMode, profiler: Profiler?) throws -> MoEForwardResult {
-        try withInput(input, tokens: tokens) { bucket in
+        try KernelBuildSwitches.refuseAliasedExperts("a forward pass's outputs")
+        return try withInput(input, tokens: tokens) { bucket in
             if options.poisonOutputs {
                 for buffer in bucket.writtenBuffers { try buffer.fill(byte: 0xFF, stream: stream) }
             }

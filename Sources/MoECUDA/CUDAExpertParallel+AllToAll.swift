@@ -24,6 +24,7 @@ extension CUDAExpertParallelLayer {
     public func forwardAllToAll(
         _ input: [Float], tokens: Int, mode: RoutingMode, host: CUDAExpertParallelHost, poison: Bool = false
     ) throws -> CUDAExpertParallelResult {
+        try KernelBuildSwitches.refuseAliasedExperts("an expert-parallel layer's outputs")
         let device = runtime.device
         try device.makeCurrent()
         let b = try bucket(tokens: tokens)

@@ -877,6 +877,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         _ input: [Float], tokens: Int, mode: RoutingMode, execution: Execution = .graph, poison: Bool = false,
         replays: Int = 1
     ) throws -> CUDAExpertParallelResult {
+        try KernelBuildSwitches.refuseAliasedExperts("an expert-parallel layer's outputs")
         let device = runtime.device
         try device.makeCurrent()
         try requireMappedPeers("the symmetric path", nodeOnly: true)

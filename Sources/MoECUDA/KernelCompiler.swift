@@ -1,4 +1,5 @@
 import Dispatch
+import MoECore
 
 #if canImport(Glibc)
 import Glibc
@@ -39,7 +40,8 @@ public enum KernelBuildSwitches {
     ///   each lane's 16-byte `cp.async` copies (`resident_1_1_4_1_4` always is).
     /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
-    ///   Outputs are wrong by design: the backend's description says so, and checks fail.
+    ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
+    ///   refuses it (refuseAliasedExperts).
     public static let all: [(variable: String, symbol: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS"),
@@ -47,6 +49,14 @@ public enum KernelBuildSwitches {
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }
+
+    /// Refuses to produce `what` (outputs, timings of outputs) from the aliased build, whose outputs are wrong by
+    /// design; traces (`cuda-debug --trace`) do not call this.
+    static func refuseAliasedExperts(_ what: String, aliased: Bool = aliasesExperts) throws {
+        guard aliased else { return }
+        throw MoEError.invalidArgument(
+            "MOE_CUDA_ALIAS_EXPERTS=1 makes every expert read expert 0's weights (a measurement build for `moe cuda-debug --trace`), so \(what) would be wrong: unset it")
+    }
 
     public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
         all.filter { environment($0.variable) == "1" }.map { "-D\($0.symbol)=1" }

@@ -1,5 +1,6 @@
 import Testing
 
+import MoECore
 @testable import MoECUDA
 
 /// The probe's sweep at gpt-oss-120b's GEMM 1 size on an H200-like SM count: the resident geometry comes first, every
@@ -33,4 +34,17 @@ import Testing
     for slots in StreamProbe.ringSlots { #expect(source.contains("MOE_STREAM_PROBE(\(slots))"), "\(slots)") }
     #expect(source.contains("moe_stream_probe_cp_##S(") && source.contains("moe_stream_probe_bulk_##S("))
     #expect(source.contains("moe_stream_probe_registers("))
+}
+
+/// The aliased measurement build (every expert reads expert 0's weights) refuses to produce outputs or time them, and
+/// says which variable to unset; the normal build passes.
+@Test func theAliasedExpertsBuildRefusesOutputs() throws {
+    try KernelBuildSwitches.refuseAliasedExperts("outputs", aliased: false)
+    #expect(throws: MoEError.self) { try KernelBuildSwitches.refuseAliasedExperts("outputs", aliased: true) }
+    do {
+        try KernelBuildSwitches.refuseAliasedExperts("a forward pass's outputs", aliased: true)
+    } catch {
+        #expect("\(error)".contains("MOE_CUDA_ALIAS_EXPERTS=1") && "\(error)".contains("unset it"))
+    }
+    #expect(KernelBuildSwitches.all.contains { $0 == ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS") })
 }
