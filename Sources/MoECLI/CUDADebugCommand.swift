@@ -93,12 +93,18 @@ struct CUDADebugCommand: ParsableCommand {
         print("ceiling: \(String(format: "%.1f", copy.value)) GB/s (\(copy.method))")
         // A third size, 8× GEMM 1's, with a few layouts: the rate a long stream settles at, so that the two decode
         // sizes split into a per-launch fixed cost and bytes over that rate.
-        let sizes = [("GEMM 1 at 1 token", gemm1, 2 * c.intermediate), ("GEMM 2 at 1 token", gemm2, c.hidden),
-                     ("8 × GEMM 1 (steady rate)", 8 * gemm1, 2 * c.intermediate)]
-        for (index, (name, bytes, rows)) in sizes.enumerated() {
+        // The resident layout is the 1-token kernel's own grid (k experts × its row blocks).
+        let (first, second) = GemmVariant.choose(tokens: 1, hopper: device.architecture == "sm_90a")
+        func blocks(_ variant: GemmVariant, rows: Int) -> Int {
+            c.topK * ((rows + 16 * variant.rowGroupsPerBlock - 1) / (16 * variant.rowGroupsPerBlock))
+        }
+        let sizes = [("GEMM 1 at 1 token", gemm1, blocks(first, rows: 2 * c.intermediate)),
+                     ("GEMM 2 at 1 token", gemm2, blocks(second, rows: c.hidden)),
+                     ("8 × GEMM 1 (steady rate)", 8 * gemm1, blocks(first, rows: 2 * c.intermediate))]
+        for (index, (name, bytes, residentBlocks)) in sizes.enumerated() {
             var layouts = StreamProbe.layouts(
                 bytes: bytes, multiprocessors: device.multiprocessors, maxSharedPerBlock: StreamProbe.maxSharedPerBlock(device),
-                residentBlocks: c.topK * ((rows + 63) / 64))
+                residentBlocks: residentBlocks)
             if index == 2 {
                 layouts = layouts.filter { $0.copy == .registers || ($0.blocks == 2 * device.multiprocessors && $0.stepBytes == 4096) }
             }

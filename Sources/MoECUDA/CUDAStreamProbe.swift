@@ -39,7 +39,7 @@ public enum StreamProbe {
     public static let ringSlots = [2, 3, 4, 6, 8]
 
     /// The sweep for `bytes` (≈ one GEMM's weights at a decode size): first the resident kernels' own geometry
-    /// (`residentBlocks` blocks of 8 warps, 2 KB slots, as GEMM 1 launches at 1 token), then one-wave grids of 1–4 blocks
+    /// (`residentBlocks` blocks of 8 warps, 2 KB slots, as the 1-token kernels launch), then one-wave grids of 1–4 blocks
     /// per SM with 2–8 KB slots and every ring depth that fits `maxSharedPerBlock`, then the register reference.
     public static func layouts(bytes: Int, multiprocessors: Int, maxSharedPerBlock: Int, residentBlocks: Int) -> [Layout] {
         var result: [Layout] = []
