@@ -17,7 +17,7 @@ public enum StreamProbe {
         public let stepBytes: Int
         /// Ring slots (S − 1 steps in flight per warp); registers: 0.
         public let slots: Int
-        /// Each warp's contiguous share, a multiple of `stepBytes`.
+        /// Each warp's contiguous share, a multiple of `stepBytes` (the requested bytes over the warps, to the nearest step).
         public let regionBytes: Int
 
         public var warps: Int { blocks * warpsPerBlock }
@@ -44,7 +44,9 @@ public enum StreamProbe {
     public static func layouts(bytes: Int, multiprocessors: Int, maxSharedPerBlock: Int, residentBlocks: Int) -> [Layout] {
         var result: [Layout] = []
         func add(_ copy: Copy, blocks: Int, warps: Int, step: Int, slots: Int) {
-            let region = bytes / (blocks * warps) / step * step
+            // each warp's share to the nearest whole step, so every layout reads within half a step a warp of `bytes`
+            let share = Double(bytes) / Double(blocks * warps) / Double(step)
+            let region = Int(share.rounded()) * step
             guard region >= step else { return }
             let layout = Layout(copy: copy, blocks: blocks, warpsPerBlock: warps, stepBytes: step, slots: slots, regionBytes: region)
             guard layout.sharedBytes <= maxSharedPerBlock else { return }
