@@ -90,17 +90,35 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 11,
     /// one round: 64.6 against 67.8 µs at 2 tokens, 99.7 against 117.6 at 4; 52.9 against 43.5 at 1, so not there).
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
-    public static func choose(tokens: Int, hopper: Bool = true) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
+    ///
+    /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
+    /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens. `byRows` (opt-in,
+    /// `MOE_CUDA_POLICY_ROWS=1`, until measured on gpt-oss-20b) places them at the same rows for any E and k (gpt-oss-20b:
+    /// 64 and 256 tokens, where by tokens its 16 rows an expert at 128 tokens take two or three 8-row tiles, each
+    /// decoding the expert's weights again); without it every model uses 120b's token counts. gpt-oss-120b's choice is
+    /// the same either way.
+    public static func choose(
+        tokens: Int, experts: Int = 128, topK: Int = 4, hopper: Bool = true, byRows: Bool = rowsPolicy
+    ) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
+        // Slots against 120b's (k = 4 of E = 128): tokens·k·128 / (4·E) is the token count 120b would need for as many
+        // rows an expert.
+        let equivalent = byRows ? (tokens * topK * 128 + 4 * experts - 1) / (4 * experts) : tokens
         switch tokens {
-        case ...1: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
-        case ...4 where hopper: (.resident_1_1_4_1_4, .resident_1_1_4_1_4)
-        case ...4: (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
-        case ...256: (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...1024: (.staged_2_4_8_2, .staged_2_4_8_2)
-        case ...2048 where !hopper: (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: hopper ? (.specialized_2_128_4_2, .specialized_2_128_4_2) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        case ...1: return (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
+        case ...4 where hopper: return (.resident_1_1_4_1_4, .resident_1_1_4_1_4)
+        case ...4: return (.resident_1_1_4_2_3, .resident_1_1_2_4_3)
+        default: break
+        }
+        switch equivalent {
+        case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
+        case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        default: return hopper ? (.specialized_2_128_4_2, .specialized_2_128_4_2) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
+
+    /// `MOE_CUDA_POLICY_ROWS=1`: choose by rows an expert (see `choose`).
+    public static let rowsPolicy = currentEnvironment("MOE_CUDA_POLICY_ROWS") == "1"
 
     /// Dynamic shared memory for a GEMM with reduction width `k` and at most `residentRows` rows per tile.
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
@@ -210,7 +228,7 @@ public struct LaunchPlan: Sendable, Equatable {
     public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, gemm2: GemmVariant? = nil, hopper: Bool = true) {
         self.tokens = tokens
         self.config = config
-        let chosen = GemmVariant.choose(tokens: tokens, hopper: hopper)
+        let chosen = GemmVariant.choose(tokens: tokens, experts: config.experts, topK: config.topK, hopper: hopper)
         let first = variant ?? chosen.gemm1
         gemm1Variant = first
         gemm2Variant = gemm2.flatMap { $0.tileRows == first.tileRows ? $0 : nil } ?? variant ?? chosen.gemm2

@@ -35,6 +35,29 @@ import Testing
     #expect(plan.tiles.count <= LaunchPlan.tileBound(slots: tokens, experts: 8, tileRows: 8))
 }
 
+/// By rows an expert (`MOE_CUDA_POLICY_ROWS=1`): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
+/// crosses to 32-token tiles at 65 tokens and to the large-batch kernel at 257 (120b's 257 and 1025); the decode rules
+/// (1 and 2–4 tokens) stay by tokens.
+@Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 1023, 1024, 1025, 2048, 2049, 4096, 40000] {
+        for hopper in [true, false] {
+            #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
+                == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
+        }
+    }
+    func small(_ tokens: Int, hopper: Bool = true, byRows: Bool = true) -> GemmVariant {
+        GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
+    }
+    #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
+    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(256) == .staged_2_4_8_2)
+    #expect(small(257) == .specialized_2_128_4_2 && small(512) == .specialized_2_128_4_2)
+    #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
+    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
+    // The plan passes the model's E and k.
+    let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
+    #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
+}
+
 @Test func variantsFollowTheTokenCount() {
     #expect(GemmVariant.choose(tokens: 1) == (.resident_1_1_4_2_3, .resident_1_1_2_4_3))
     #expect(GemmVariant.choose(tokens: 2) == (.resident_1_1_4_1_4, .resident_1_1_4_1_4))

@@ -83,12 +83,13 @@ for s in $steps; do
     ncu128) TAIL=60 step ncu128 240 ncu --clock-control none --section SpeedOfLight -k regex:moe_gemm --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ncu2048) TAIL=90 step ncu2048 300 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:moe_ --launch-skip 4 --launch-count 7 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
     nopdl) TAIL=14 step nopdl 200 env MOE_CUDA_PDL=0 $M bench --backend cuda --preset gpt-oss-120b --tokens 1,8,32,128,2048 --seconds 0.3 ;;
-    abenv)  # AB_ENVS="VAR=V[+VAR2=V2]@tokens ...": each against the default, alternating AB_REPEAT times (call-to-call spread)
+    abenv)  # AB_ENVS="VAR=V[+VAR2=V2]@tokens ...": each against the default, alternating AB_REPEAT times (call-to-call spread);
+            # AB_PRESET: the model (default gpt-oss-120b)
         for spec in ${AB_ENVS:-}; do
             envs=${spec%%@*}; tokens=${spec##*@}
             for r in $(seq ${AB_REPEAT:-2}); do
-                TAIL=14 step "base-$r@$tokens" 200 $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
-                TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset gpt-oss-120b --tokens $tokens --seconds 0.3
+                TAIL=14 step "base-$r@$tokens" 200 $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
+                TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
             done
         done ;;
     ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel), NCU_SAMPLING (2^(5+n) cycles; short

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Device calls prepared (policy: run 45, session 12; stalls: not yet run). Steps are cut at the deadline, most important first. Steps are cut at the deadline, most important first.
+# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: not yet run). Steps are cut at the deadline,
+# most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
 #           twice, at 2, 3 and 4 tokens; whether it also wins at 8–16; the bulk switch at 1 token; racecheck and memcheck
@@ -10,7 +11,11 @@
 #   stalls: (session 12, after run 46) the decode GEMMs' stall reasons at 1, 4 and 8 tokens (ncu, default kernels): run 46
 #           showed the 1-token layer barely faster with its weights in L2 (36.3 against 38.6 µs), so GEMM 1's warps wait
 #           on their own chains, not DRAM; which stall; then the L2-weights trace at 16–256 tokens beside the plain one.
-#   usage (device): bash .device/pending.sh policy|stalls [SECONDS]
+#   rows:   (session 12, not yet run) the kernel chosen by rows an expert (MOE_CUDA_POLICY_ROWS=1) on gpt-oss-20b: run 49's
+#           20b bench was 39.0% of floor at 128 tokens and 24.4% at 512, where 120b's token thresholds give it 8-row tiles
+#           (16 rows an expert: each weight decoded two or three times) and 32-row tiles (64 rows an expert). Predicted:
+#           20b at 128 tokens towards 120b's 512-token figure per row (≈ −30%), at 512 tokens −20% or more; 120b unchanged.
+#   usage (device): bash .device/pending.sh policy|stalls|rows [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -42,6 +47,13 @@ case $part in
             MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=16,32,64,128,256 bash $D trace
         done
         ;;
-    *) echo "usage: pending.sh policy|stalls [SECONDS]" >&2; exit 2 ;;
+    rows)
+        bash $D info
+        MOE_CUDA_POLICY_ROWS=1 DEBUG_TOKENS=65,128,300 bash $D check debug20b  # the kernels the rows policy picks on 20b
+        AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_POLICY_ROWS=1@64,96,128,256,512,1024" bash $D abenv
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_POLICY_ROWS=1@128,1024,2048" bash $D abenv  # control: 120b's kernels are the same
+        MOE_CUDA_POLICY_ROWS=1 bash $D epcheck  # tiny (E = 8) moves furthest: staged and specialised tiles under EP
+        ;;
+    *) echo "usage: pending.sh policy|stalls|rows [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
