@@ -35,16 +35,16 @@ struct CUDADebugCommand: ParsableCommand {
     }
 
     func run() throws {
-        if stream && model.model == nil {  // only the shape matters: no synthetic weights to make
+        if stream {  // only the shape matters: a preset's synthetic weights are not made
             let preset = model.preset ?? .gptOss120b
-            print("model: \(preset.rawValue): \(preset.config)")
-            return try streamProbe(preset.config)
+            let config = try model.model.map { _ in try model.loadWeights(defaultPreset: preset).weights.config } ?? preset.config
+            print("model: \(model.model ?? preset.rawValue): \(config)")
+            return try streamProbe(config)
         }
         let (weights, source) = try model.loadWeights(defaultPreset: .tiny)
         let variants = variant == "all" ? GemmVariant.allCases : [GemmVariant(rawValue: variant)!]
         let hopper = (try? CUDARuntime.shared())?.device.architecture == "sm_90a"
         print("model: \(source): \(weights.config)")
-        if stream { return try streamProbe(weights.config) }
         if trace || timing {
             let backend = try CUDABackend(weights: weights, options: .init(gemmVariant: variant == "all" ? nil : variants[0]))
             for T in tokens.values {
@@ -103,7 +103,7 @@ struct CUDADebugCommand: ParsableCommand {
                      ("8 × GEMM 1 (steady rate)", 8 * gemm1, blocks(first, rows: 2 * c.intermediate))]
         for (index, (name, bytes, residentBlocks)) in sizes.enumerated() {
             var layouts = StreamProbe.layouts(
-                bytes: bytes, multiprocessors: device.multiprocessors, maxSharedPerBlock: StreamProbe.maxSharedPerBlock(device),
+                bytes: bytes, multiprocessors: device.multiprocessors, maxSharedPerBlock: device.maxSharedPerBlock,
                 residentBlocks: residentBlocks)
             if index == 2 {
                 layouts = layouts.filter { $0.copy == .registers || ($0.blocks == 2 * device.multiprocessors && $0.stepBytes == 4096) }

@@ -41,17 +41,9 @@ extension CUDABackend: MoEBenchmarkable {
             try bucket.inputs[slot].uploadAsync(rotated, stream: stream)
             graphs.append(try bucket.graph(slot: slot, mode: routing, layer: layer, kernels: kernels, stream: stream))
         }
-        for i in 0..<warmup { try graphs[i % graphs.count].launch(stream) }
-        try stream.synchronize()
-        let events = try (0...iterations).map { _ throws(CUDAError) in try CUDAEvent(device: runtime.device) }
-        try events[0].record(stream)
-        for i in 0..<iterations {
+        let seconds = try stream.backToBackSeconds(warmup: warmup, iterations: iterations) { i in
             try graphs[i % graphs.count].launch(stream)
-            try events[i + 1].record(stream)
         }
-        try stream.synchronize()
-        var seconds: [Double] = []
-        for i in 0..<iterations { seconds.append(Double(try events[i + 1].milliseconds(since: events[i])) * 1e-3) }
         // Keep the result live: a NaN would mean the layer produced garbage.
         let probe = try bucket.output.download(UInt16.self, count: 1)
         if BF16.float(probe[0]).isNaN { throw MoEError.invalidArgument("CUDA benchmark produced NaN output") }

@@ -182,6 +182,21 @@ public final class CUDAStream: @unchecked Sendable {
 
     deinit { _ = device.driver.api.cuStreamDestroy?(handle) }
 
+    /// Device seconds of each of `iterations` consecutive `launch(i)` calls on this stream, with an event recorded between
+    /// every two (so launch gaps count, as in a replayed layer), after `warmup` untimed calls `launch(0..<warmup)`.
+    public func backToBackSeconds(warmup: Int, iterations: Int, _ launch: (Int) throws -> Void) throws -> [Double] {
+        for i in 0..<warmup { try launch(i) }
+        try synchronize()
+        let events = try (0...iterations).map { _ throws(CUDAError) in try CUDAEvent(device: device) }
+        try events[0].record(self)
+        for i in 0..<iterations {
+            try launch(i)
+            try events[i + 1].record(self)
+        }
+        try synchronize()
+        return try (0..<iterations).map { i throws(CUDAError) in Double(try events[i + 1].milliseconds(since: events[i])) * 1e-3 }
+    }
+
     public func synchronize() throws(CUDAError) {
         try device.driver.checkHealthy("cuStreamSynchronize")
         try device.driver.call("cuStreamSynchronize", device.driver.api.cuStreamSynchronize?(handle))

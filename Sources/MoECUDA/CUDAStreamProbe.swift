@@ -80,7 +80,7 @@ public enum StreamProbe {
     /// median, after `warmup` launches.
     public static func measure(
         _ layouts: [Layout], runtime: CUDARuntime, warmup: Int = 3, iterations: Int = 30
-    ) throws(CUDAError) -> [Result] {
+    ) throws -> [Result] {
         let device = runtime.device
         try device.makeCurrent()
         let stream = try CUDAStream(device: device)
@@ -93,30 +93,23 @@ public enum StreamProbe {
         var results: [Result] = []
         for layout in layouts {
             guard layout.totalBytes * 2 <= poolBytes else {
-                throw .invalidArgument("stream probe: \(layout.totalBytes) bytes per launch do not fit twice in the 1 GiB pool")
+                throw CUDAError.invalidArgument("stream probe: \(layout.totalBytes) bytes per launch do not fit twice in the 1 GiB pool")
             }
             let kernel = try module.function(layout.kernelName)
             let shape = LaunchShape(grid: (layout.blocks, 1, 1), block: layout.warpsPerBlock * 32, sharedBytes: layout.sharedBytes)
             let slices = poolBytes / layout.totalBytes
-            var launch = 0
-            func next() throws(CUDAError) {
-                let source = pool.address + UInt64((launch % slices) * layout.totalBytes)
-                launch += 1
+            func launch(_ index: Int) throws {
+                let source = pool.address + UInt64((index % slices) * layout.totalBytes)
                 try kernel.launch(shape, stream: stream, arguments: [
                     .u64(source), .u64(UInt64(layout.regionBytes)), .u32(UInt32(layout.stepBytes)), .u64(sink.address),
                 ])
             }
-            for _ in 0..<warmup { try next() }
-            let events = try (0...iterations).map { _ throws(CUDAError) in try CUDAEvent(device: device) }
-            try events[0].record(stream)
-            for i in 0..<iterations {
-                try next()
-                try events[i + 1].record(stream)
+            var launched = 0  // warm-ups and timed launches walk the slices in one sequence
+            let times = try stream.backToBackSeconds(warmup: warmup, iterations: iterations) { _ in
+                try launch(launched)
+                launched += 1
             }
-            try stream.synchronize()
-            var times: [Double] = []
-            for i in 0..<iterations { times.append(Double(try events[i + 1].milliseconds(since: events[i])) * 1e3) }
-            results.append(Result(layout: layout, microseconds: times.sorted()[times.count / 2]))
+            results.append(Result(layout: layout, microseconds: times.sorted()[times.count / 2] * 1e6))
         }
         return results
     }
@@ -125,14 +118,5 @@ public enum StreamProbe {
     public static func copyCeiling(runtime: CUDARuntime) throws(CUDAError) -> (value: Double, method: String) {
         try runtime.device.makeCurrent()
         return try CUDACeilings(runtime: runtime, stream: try CUDAStream(device: runtime.device)).copyBandwidth()
-    }
-
-    /// Shared memory one block may opt in to (the SM holds 1 KB more): 227 KB on sm_90, 163 KB on sm_80, else 99 KB.
-    public static func maxSharedPerBlock(_ device: CUDADevice) -> Int {
-        switch (device.computeCapability.major, device.computeCapability.minor) {
-        case (9..., _): 227 * 1024
-        case (8, 0): 163 * 1024
-        default: 99 * 1024
-        }
     }
 }

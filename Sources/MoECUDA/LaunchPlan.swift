@@ -87,8 +87,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk once per
     /// block into shared memory for wgmma (warp-specialised producer/consumers), elsewhere 64-token staged tiles.
     /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave; at 2–4
-    /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 11,
-    /// one round: 64.6 against 67.8 µs at 2 tokens, 99.7 against 117.6 at 4; 52.9 against 43.5 at 1, so not there).
+    /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 12's run
+    /// 45, two rounds: 63.5 / 65.2 against 70.2 / 69.3 µs at 2 tokens, 100.1 / 100.0 against 118.1 / 119.3 at 4; not at
+    /// 1 token, 52.9 against 43.5 in session 11, nor at 8–16).
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
