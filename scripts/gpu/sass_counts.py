@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+# A kernel's instruction mix and stall sites from an `ncusrc` per-instruction CSV (ncu --page source --csv; `.xz` read
+# as is): warp instructions executed in all and per warp, the loops (instructions sharing an execution count: one
+# iteration's body; the three holding the most executed instructions) by opcode, and the instructions holding the most warp-stall samples with the ones before
+# them (a stall shows on the instruction after the one it waits at).
+#   usage: python3 scripts/gpu/sass_counts.py FILE.csv[.xz] [WARPS] [TOP]
+#          WARPS: the launch's warps (grid × block / 32), for the per-warp count; TOP: stall sites listed (default 6)
+import collections, csv, io, lzma, sys
+
+path = sys.argv[1]
+text = lzma.open(path, "rt").read() if path.endswith(".xz") else open(path).read()
+rows = list(csv.reader(io.StringIO(text)))
+header, data = rows[1], rows[2:]
+col = {h: i for i, h in enumerate(header)}
+executed = [int(r[col["Instructions Executed"]] or 0) for r in data]
+samples = [int(r[col["Warp Stall Sampling (All Samples)"]] or 0) for r in data]
+source = [r[col["Source"]].strip() for r in data]
+
+
+def opcode(text):
+    words = text.split()
+    word = words[1] if words[0].startswith("@") else words[0]
+    return word.split(".")[0]
+
+
+total = sum(executed)
+print(f"{rows[0][1]}: {total} warp instructions executed", end="")
+if len(sys.argv) > 2:
+    warps = int(sys.argv[2])
+    print(f", {total / warps:.0f} a warp ({warps} warps)", end="")
+print()
+# The loops: instructions grouped by their execution count; the three groups holding the most executed instructions.
+groups = collections.defaultdict(list)
+for i, n in enumerate(executed):
+    if n:
+        groups[n].append(i)
+for count, body in sorted(groups.items(), key=lambda item: -item[0] * len(item[1]))[:3]:
+    mix = collections.Counter(opcode(source[i]) for i in body)
+    print(f"{len(body)} instructions executed {count} times each ({100 * count * len(body) / total:.0f}%): "
+          + ", ".join(f"{k} {v}" for k, v in mix.most_common(12)))
+all_samples = sum(samples)
+top = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+print(f"stall samples: {all_samples}; the sites with the most:")
+for i in sorted(range(len(data)), key=lambda i: -samples[i])[:top]:
+    before = " ← ".join(source[j].split(";")[0] for j in range(i - 1, max(-1, i - 3), -1))
+    print(f"  {100 * samples[i] / all_samples:5.1f}%  {source[i].split(';')[0]:40s}  (after: {before})")
