@@ -35,8 +35,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case specialized_2_128_4_2
     /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
     case specialized_2_64_6_2
+    /// sm_90a, warp-specialised with the decode in the consumers' registers: one producer warpgroup only copies
+    /// (activations, codes, scales; 6 load slots, 4 chunks ahead), two consumer warpgroups decode each 32-k half into
+    /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory); 256 rows × 128 tokens.
+    case registered_2_128_6
+    /// The same with 7 load slots (5 chunks ahead).
+    case registered_2_128_7
 
-    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -45,11 +51,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
     /// Warpgroup kernels (wgmma).
-    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .specialized }
+    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .specialized || kind == .registered }
     /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
     public var tileRows: Int {
         switch kind {
-        case .specialized: numbers[1]
+        case .specialized, .registered: numbers[1]
         case .warpgroup, .decoded: numbers[2]
         default: 8 * numbers[1]
         }
@@ -57,14 +63,20 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Warps along the output rows (specialised kernels: the two consumer warpgroups).
     public var warpsAcrossRows: Int {
         switch kind {
-        case .specialized: 8
+        case .specialized, .registered: 8
         case .warpgroup, .decoded: 4 * numbers[1]
         default: numbers[2]
         }
     }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
-    public var warps: Int { kind == .specialized ? 4 * (numbers[3] + 2) : warpsAcrossRows * warpsAcrossK }
+    public var warps: Int {
+        switch kind {
+        case .specialized: 4 * (numbers[3] + 2)
+        case .registered: 12
+        default: warpsAcrossRows * warpsAcrossK
+        }
+    }
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int {
         kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
@@ -73,7 +85,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var stages: Int {
         switch kind {
         case .staged, .decoded: numbers[3]
-        case .specialized: numbers[2]
+        case .specialized, .registered: numbers[2]
         default: 0
         }
     }
@@ -93,11 +105,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
-    /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens. `byRows` (opt-in,
-    /// `MOE_CUDA_POLICY_ROWS=1`, until measured on gpt-oss-20b) places them at the same rows for any E and k (gpt-oss-20b:
-    /// 64 and 256 tokens, where by tokens its 16 rows an expert at 128 tokens take two or three 8-row tiles, each
-    /// decoding the expert's weights again); without it every model uses 120b's token counts. gpt-oss-120b's choice is
-    /// the same either way.
+    /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
+    /// them at the same rows for any E and k (gpt-oss-20b: 64 and 256 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
+    /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
+    /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
     public static func choose(
         tokens: Int, experts: Int = 128, topK: Int = 4, hopper: Bool = true, byRows: Bool = rowsPolicy
     ) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
@@ -118,8 +130,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
     }
 
-    /// `MOE_CUDA_POLICY_ROWS=1`: choose by rows an expert (see `choose`).
-    public static let rowsPolicy = currentEnvironment("MOE_CUDA_POLICY_ROWS") == "1"
+    /// Choose by rows an expert (see `choose`) unless `MOE_CUDA_POLICY_ROWS=0` asks for 120b's token counts.
+    public static let rowsPolicy = currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"
 
     /// Dynamic shared memory for a GEMM with reduction width `k` and at most `residentRows` rows per tile.
     public func sharedBytes(k: Int, residentRows: Int) -> Int {
@@ -134,6 +146,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         if kind == .specialized {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales], 3 weight slots
             let groups = rowGroupsPerBlock
             return 1024 + stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 3 * groups * 16 * 64 * 2
+        }
+        if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales]
+            return 1024 + stages * (tileRows * 64 * 2 + rowGroupsPerBlock * 640)
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -35,7 +35,7 @@ import Testing
     #expect(plan.tiles.count <= LaunchPlan.tileBound(slots: tokens, experts: 8, tileRows: 8))
 }
 
-/// By rows an expert (`MOE_CUDA_POLICY_ROWS=1`): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
+/// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
 /// crosses to 32-token tiles at 65 tokens and to the large-batch kernel at 257 (120b's 257 and 1025); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
@@ -56,6 +56,9 @@ import Testing
     // The plan passes the model's E and k.
     let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
+    // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
+    #expect(GemmVariant.rowsPolicy == (ProcessInfo.processInfo.environment["MOE_CUDA_POLICY_ROWS"] != "0"))
+    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .staged_2_4_8_2) }
 }
 
 @Test func variantsFollowTheTokenCount() {
@@ -105,6 +108,12 @@ import Testing
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     #expect(GemmVariant.specialized_2_64_6_2.tileRows == 64 && GemmVariant.specialized_2_64_6_2.stages == 6)
+    // Registered kernels: 12 warps (one producer warpgroup), 256 rows × 128 tokens, load slots only.
+    #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
+    #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.registered_2_128_7.tileRows == 128 && GemmVariant.registered_2_128_7.stages == 7)
+    #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
+    #expect(GemmVariant.registered_2_128_7.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

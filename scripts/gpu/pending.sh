@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: not yet run). Steps are cut at the deadline,
+# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: next). Steps are cut at the deadline,
 # most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
@@ -11,11 +11,15 @@
 #   stalls: (session 12, after run 46) the decode GEMMs' stall reasons at 1, 4 and 8 tokens (ncu, default kernels): run 46
 #           showed the 1-token layer barely faster with its weights in L2 (36.3 against 38.6 µs), so GEMM 1's warps wait
 #           on their own chains, not DRAM; which stall; then the L2-weights trace at 16–256 tokens beside the plain one.
-#   rows:   (session 12, not yet run) the kernel chosen by rows an expert (MOE_CUDA_POLICY_ROWS=1) on gpt-oss-20b: run 49's
+#   rows:   (session 12; run 50: adopted) the kernel chosen by rows an expert (MOE_CUDA_POLICY_ROWS=1) on gpt-oss-20b: run 49's
 #           20b bench was 39.0% of floor at 128 tokens and 24.4% at 512, where 120b's token thresholds give it 8-row tiles
 #           (16 rows an expert: each weight decoded two or three times) and 32-row tiles (64 rows an expert). Predicted:
 #           20b at 128 tokens towards 120b's 512-token figure per row (≈ −30%), at 512 tokens −20% or more; 120b unchanged.
-#   usage (device): bash .device/pending.sh policy|stalls|rows [SECONDS]
+#   registered: (session 13) the large-batch kernel with the decode in the consumers' registers (registered_2_128_6/7:
+#           register-A wgmma, a producer warpgroup that only copies, no decoded weights in shared memory) against the
+#           default specialized_2_128_4_2 at 1024–32768 tokens; its checks; ncu of both at 8192. Predicted: by shared
+#           memory traffic (~100 against ~164 KB a chunk) and no producer decode chain, −15 to −30% at 8192–32768 tokens.
+#   usage (device): bash .device/pending.sh policy|stalls|rows|registered [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -54,6 +58,16 @@ case $part in
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_POLICY_ROWS=1@128,1024,2048" bash $D abenv  # control: 120b's kernels are the same
         MOE_CUDA_POLICY_ROWS=1 bash $D epcheck  # tiny (E = 8) moves furthest: staged and specialised tiles under EP
         ;;
-    *) echo "usage: pending.sh policy|stalls|rows [SECONDS]" >&2; exit 2 ;;
+    registered)
+        bash $D info
+        MOE_CUDA_GEMM=registered_2_128_6 bash $D check  # every quick-check shape through the new kernel (tiles of 1–128 rows)
+        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_6@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_7@2048,8192,32768" bash $D abenv
+        RACE_VARIANT=registered_2_128_6 bash $D racedecoded
+        MEM_VARIANT=registered_2_128_6 bash $D memdecoded
+        NEW_VARIANTS=registered_2_128_6 DEBUG_TOKENS=100,300 bash $D debugnew  # every stage on gpt-oss-20b shapes
+        NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncudecoded
+        NCU_KERNEL=specialized NCU_VARIANT=specialized_2_128_4_2 NCU_TOKENS=8192 bash $D ncudecoded
+        ;;
+    *) echo "usage: pending.sh policy|stalls|rows|registered [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -1090,6 +1090,209 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
 #endif
 }
 
+// MARK: registered kernel (large batches, sm_90a)
+
+/// Copies of one 64-k chunk into a load slot [activations N × 64 (128-byte swizzle) | codes GROUPS × 512 B | scales
+/// GROUPS × 128 B of the chunk's 256-k group], issued by the THREADS producer threads (cp.async, one commit group a
+/// chunk): the 8 lanes of a token read its 128 contiguous bytes and write one swizzled row; rows past the tile's and
+/// k past K are zeros or not copied.
+template <int N, int GROUPS, int THREADS>
+struct ChunkCopies {
+    static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
+    static constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES, WARPS = THREADS / 32;
+    static constexpr int ACT_COPIES = 8 * N / THREADS, CODE_COPIES = GROUPS * 32 / THREADS;
+    static_assert((8 * N) % THREADS == 0 && (GROUPS * 32) % THREADS == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
+    const bf16_t *input;
+    int rowOffset[ACT_COPIES];  // elements (< 2^31: T·H and T·k·I are)
+    u32 actTarget[ACT_COPIES];
+    bool live[ACT_COPIES];
+    const unsigned char *codeSource, *scaleSource;
+    long long codeStride;
+    int codeGroup, scaleGroup, segment;
+
+    MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
+        segment = t & 7;
+        input = (const bf16_t *)p.input + segment * 8;
+#pragma unroll
+        for (int i = 0; i < ACT_COPIES; ++i) {
+            const int token = (t + THREADS * i) >> 3;
+            live[i] = token < tile.rowCount;
+            rowOffset[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
+            actTarget[i] = swizzled_offset(token, segment);
+        }
+        // Codes: segments t + THREADS·i (group (t >> 5) + WARPS·i); scales: segment t of GROUPS·8.
+        const long long expertGroup = (long long)tile.expert * p.groups;
+        codeGroup = blockGroup + (t >> 5);
+        codeSource = (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
+        codeStride = (long long)WARPS * p.chunks * 512;
+        scaleGroup = blockGroup + (t >> 3);
+        scaleSource = (const unsigned char *)p.scales + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
+    }
+
+    /// Chunk c into `slot` (nothing past the last chunk), then one commit group either way.
+    MOE_DEVICE void issue(const MoEGemmParams &p, int c, u32 slot, int t) const {
+        if (c < p.chunks) {
+            const int k = c * 64 + segment * 8;
+            const bool inside = k < p.k;  // zeros past K
+#pragma unroll
+            for (int i = 0; i < ACT_COPIES; ++i)
+                if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
+#pragma unroll
+            for (int i = 0; i < CODE_COPIES; ++i) {
+                const bool valid = codeGroup + WARPS * i < p.groups;
+                copy_async_16(slot + B_BYTES + (t + THREADS * i) * 16, valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
+            }
+            if (t < GROUPS * 8)
+                copy_async_16(slot + B_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
+        }
+        copy_async_commit();
+    }
+};
+
+/// The wgmma A fragments of one 32-k half (MXFP4 block sp of a chunk) for a consumer warp: its MI code word pairs
+/// decoded into rows gid and gid + 8 of each 16-row group, as the decode-size kernels' mma.sync fragments.
+template <int MI, bool Slow>
+MOE_DEVICE void registered_fragments(u32 (&a)[MI][2][4], const uint4 (&code)[MI], const u32 (&word)[MI], int sp) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        u32 low[4], high[4];
+        mxfp4_decode_word<Slow>(uint4_component(code[mi], 2 * sp), word[mi], 2 * sp, low);
+        mxfp4_decode_word<Slow>(uint4_component(code[mi], 2 * sp + 1), word[mi], 2 * sp + 1, high);
+        a[mi][0][0] = low[0];
+        a[mi][0][1] = high[0];
+        a[mi][0][2] = low[1];
+        a[mi][0][3] = high[1];
+        a[mi][1][0] = low[2];
+        a[mi][1][1] = high[2];
+        a[mi][1][2] = low[3];
+        a[mi][1][3] = high[3];
+    }
+}
+
+/// The half's two k16 steps of register-A wgmma m64nWk16 per mi (W ≤ N: a prefix of the m64nN accumulators), one
+/// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code.
+template <int W, int MI, int N>
+MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][2][4], int sp, u32 activations) {
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 2; ++step) {
+        const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + (2 * sp + step) * 32);
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+            WarpgroupMMA<W>::run(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1],
+                                 a[mi][step][2], a[mi][step][3], descriptorB);
+    }
+    wgmma_commit();
+}
+
+/// The registered kernel's consumer loop with wgmma width W ≤ N (see specialized_consume). Per chunk g: wait FULL[g % L],
+/// read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma two halves back
+/// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
+/// to the producers: EMPTY[(g − 1) % L]), decode, issue.
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies>
+MOE_DEVICE void registered_consume(
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
+    int warpInGroup, int lane) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int FULL = 1, EMPTY = 1 + LOADS;
+    u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
+#pragma unroll 1
+    for (int g = 0; g < p.chunks; ++g) {
+        named_barrier_sync(FULL + g % LOADS, THREADS);
+        const unsigned char *slot = sharedPointer + (g % LOADS) * Copies::LOAD_BYTES;
+        const u32 activations = sharedBase + (g % LOADS) * Copies::LOAD_BYTES;
+        uint4 code[MI];
+        u32 word[MI];
+        bool slow = false;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const int group = (consumer * MI + mi) * 4 + warpInGroup;
+            code[mi] = *(const uint4 *)(slot + Copies::B_BYTES + group * 512 + lane * 16);
+            word[mi] = *(const u32 *)(slot + Copies::B_BYTES + Copies::CODE_BYTES + group * 128 + (lane >> 2) * 16 + (g & 3) * 4);
+            slow |= mxfp4_needs_slow_path(word[mi]);
+        }
+        slow = __any_sync(0xffffffffu, slow);
+#pragma unroll
+        for (int sp = 0; sp < 2; ++sp) {
+            wgmma_wait<1>();
+            const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
+            if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
+            if (slow) {
+                registered_fragments<MI, true>(a[sp], code, word, sp);
+            } else {
+                registered_fragments<MI, false>(a[sp], code, word, sp);
+            }
+            registered_multiply<W, MI, N>(acc, a[sp], sp, activations);
+        }
+    }
+#endif
+}
+
+/// The specialised kernel with the decode moved from the producers into the consumers' registers (Hopper's
+/// mixed-input GEMM scheme). Block: one producer warpgroup and two consumer warpgroups; 128·MI weight rows × N tokens.
+///   producer (few registers): only copies — activations, codes and scales LOADS − 2 chunks ahead into a ring of
+///     LOADS slots (ChunkCopies); FULL[s] once its copies of the chunk in slot s have landed;
+///   consumers: each 32-k half decoded into wgmma A fragments (two buffers) and multiplied by register-A wgmma
+///     m64nNk16 with the activations from shared memory, the next half decoded while the tensor cores run this one.
+/// No decoded weights pass through shared memory: by arithmetic ~100 KB of shared-memory traffic per 64-k chunk
+/// against the specialised kernel's ~164 KB (its decoded stores and wgmma A reads), which with its producers' decode
+/// chain kept the tensor cores at ~43% at 32768 tokens.
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
+MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
+    constexpr int DIST = LOADS - 2, FULL = 1, EMPTY = 1 + LOADS;
+    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
+    static_assert((N == 64 || N == 128) && DIST >= 1 && EMPTY + LOADS <= 16, "shape");
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int blockGroup = blockIdx.x * GROUPS;
+    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
+    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+
+    if (warp < PRODUCER_THREADS / 32) {
+        registers_decrease<PRODUCER_REGISTERS>();
+        const int t = threadIdx.x;
+        const Copies copies(p, tile, blockGroup, t);
+#pragma unroll
+        for (int c = 0; c < DIST; ++c) copies.issue(p, c, sharedBase + c * Copies::LOAD_BYTES, t);
+#pragma unroll 1
+        for (int g = 0; g < p.chunks; ++g) {
+            copy_async_wait<DIST - 1>();  // this thread's copies of chunk g have landed
+            fence_proxy_async_shared();   // visible to the tensor cores (the activations) after the consumers' wait
+            named_barrier_arrive(FULL + g % LOADS, THREADS);
+            const int ahead = g + DIST;  // its slot held chunk ahead − LOADS: wait until its MMAs completed
+            if (ahead < p.chunks && ahead >= LOADS) named_barrier_sync(EMPTY + (ahead - LOADS) % LOADS, THREADS);
+            copies.issue(p, ahead, sharedBase + (ahead % LOADS) * Copies::LOAD_BYTES, t);
+        }
+        copy_async_wait<0>();
+        return;
+    }
+
+    registers_increase<CONSUMER_REGISTERS>();
+    const int consumer = (warp - PRODUCER_THREADS / 32) >> 2, warpInGroup = warp & 3;
+    float acc[MI][N / 2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
+    // As in the specialised kernel: a tile of at most N/2 rows multiplies only them (MOE_CUDA_HALF_TILES=0 keeps N).
+    if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+        registered_consume<64, MI, N, LOADS, THREADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+    } else {
+        registered_consume<N, MI, N, LOADS, THREADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+    }
+    wgmma_wait<0>();
+    allow_next_kernel();
+    warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
+}
+
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 // BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
@@ -1152,6 +1355,16 @@ MOE_DECODED(2, 2, 128, 4)
 MOE_SPECIALIZED(2, 128, 4, 1, 96, 200)
 MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
+
+// One producer warpgroup (copies only) and two consumer warpgroups that decode: registers as for MOE_SPECIALIZED.
+#define MOE_REGISTERED(MI, N, L, PR, CR)                                                               \
+    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_registered_##MI##_##N##_##L(MoEGemmParams p) { \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_registered<MI, N, L, PR, CR>(p);                                                          \
+    }
+
+MOE_REGISTERED(2, 128, 6, 64, 224)
+MOE_REGISTERED(2, 128, 7, 64, 224)
 
 // MARK: reduce
 
