@@ -94,3 +94,23 @@ private func request(
     let switched = KernelCompileRequest(source: .routing, options: KernelBuildSwitches.options { _ in "1" }, architecture: "sm_90a")
     #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))
 }
+
+/// Warp-specialised kernels move registers with setmaxnreg: the consumers' increase only succeeds if the producers free
+/// enough of what the launch gave the block (65536 / threads, rounded down to 8, a thread), or they spin forever —
+/// session 13's first registered kernel (64 / 224 with 384 threads) hung this way. The kernels static_assert it too.
+@Test func everyWarpSpecialisedKernelsRegisterSplitFitsItsLaunch() {
+    let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
+    var checked = 0
+    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_SPECIALIZED(") || line.hasPrefix("MOE_REGISTERED(") {
+        let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
+            .split(separator: ",").map { Int($0.filter { $0 != " " })! }
+        // MOE_SPECIALIZED(MI, N, L, P, PR, CR): P producer warpgroups; MOE_REGISTERED(MI, N, L, PR, CR): one.
+        let producers = line.hasPrefix("MOE_SPECIALIZED(") ? numbers[3] : 1
+        let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
+        let threads = 128 * (producers + 2)
+        let pool = threads * (65536 / threads / 8 * 8)
+        #expect(128 * producers * producerRegisters + 256 * consumerRegisters <= pool, "\(line)")
+        checked += 1
+    }
+    #expect(checked == GemmVariant.allCases.filter { $0.kind == .specialized || $0.kind == .registered }.count)
+}

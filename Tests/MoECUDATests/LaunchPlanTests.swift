@@ -57,7 +57,7 @@ import Testing
     let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
     // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
-    #expect(GemmVariant.rowsPolicy == (ProcessInfo.processInfo.environment["MOE_CUDA_POLICY_ROWS"] != "0"))
+    #expect(GemmVariant.rowsPolicy == (currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"))
     if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .staged_2_4_8_2) }
 }
 

@@ -60,10 +60,14 @@ case $part in
         ;;
     registered)
         bash $D info
+        # run 51 hung here (setmaxnreg asked for more registers than the launch gave): a bounded smoke run gates the rest
+        timeout 60 env MOE_CUDA_GEMM=registered_2_128_6 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 \
+            --iterations 3 --warmup 1 || { echo "=== registered smoke run failed or hung: stopping"; exit 1; }
         MOE_CUDA_GEMM=registered_2_128_6 bash $D check  # every quick-check shape through the new kernel (tiles of 1–128 rows)
-        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_6@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_7@2048,8192,32768" bash $D abenv
+        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_6@1024,2048,4096,8192,32768" bash $D abenv
         RACE_VARIANT=registered_2_128_6 bash $D racedecoded
         MEM_VARIANT=registered_2_128_6 bash $D memdecoded
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_7@2048,8192,32768" bash $D abenv
         NEW_VARIANTS=registered_2_128_6 DEBUG_TOKENS=100,300 bash $D debugnew  # every stage on gpt-oss-20b shapes
         NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncudecoded
         NCU_KERNEL=specialized NCU_VARIANT=specialized_2_128_4_2 NCU_TOKENS=8192 bash $D ncudecoded

@@ -223,6 +223,13 @@ template <int Pending> MOE_DEVICE void wgmma_wait() { asm volatile("wgmma.wait_g
 /// warpgroup execute it; counts are per thread, multiples of 8).
 template <int Registers> MOE_DEVICE void registers_decrease() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Registers)); }
 template <int Registers> MOE_DEVICE void registers_increase() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Registers)); }
+/// setmaxnreg.inc waits until the block's pool holds the registers, and the pool is what the launch gave (launch bounds
+/// (threads, 1): 65536 / threads rounded down to 8 a thread): the consumers can only take what the producers free, or
+/// they spin forever (session 13's first registered kernel, 224 with 64: a hang).
+__device__ constexpr bool setmaxnreg_fits(int threads, int producerThreads, int producerRegisters, int consumerRegisters) {
+    return producerThreads * producerRegisters + (threads - producerThreads) * consumerRegisters <= threads * (65536 / threads / 8 * 8)
+        && producerRegisters % 8 == 0 && consumerRegisters % 8 == 0 && consumerRegisters <= 256 && producerRegisters >= 24;
+}
 
 /// Named barriers (ids 1…15; 0 is __syncthreads): `arrive` signals without waiting, `sync` waits until
 /// `threads` threads (both kinds counted) have reached the barrier.

@@ -976,6 +976,7 @@ MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
     // Activation copies per thread and chunk: segment t % 8 (8 k) of tokens (t + PT·i) / 8, so the 8 lanes of a token
     // read its 128 contiguous bytes (one L2 line per 8 lanes) and write one swizzled 128-byte row (conflict-free).
     constexpr int ACT_COPIES = 8 * N / PRODUCER_THREADS, CODE_COPIES = GROUPS * 32 / PRODUCER_THREADS, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
+    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     static_assert((N == 64 || N == 128) && (8 * N) % PRODUCER_THREADS == 0
                   && GROUPS * 8 <= PRODUCER_THREADS && PRODUCERS < 16
                   && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1 && LOAD_BYTES % 1024 == 0, "shape");
@@ -1244,6 +1245,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     constexpr int DIST = LOADS - 2, FULL = 1, EMPTY = 1 + LOADS;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
     static_assert((N == 64 || N == 128) && DIST >= 1 && EMPTY + LOADS <= 16, "shape");
+    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -1363,8 +1365,8 @@ MOE_SPECIALIZED(2, 64, 6, 2, 56, 200)
         gemm_registered<MI, N, L, PR, CR>(p);                                                          \
     }
 
-MOE_REGISTERED(2, 128, 6, 64, 224)
-MOE_REGISTERED(2, 128, 7, 64, 224)
+MOE_REGISTERED(2, 128, 6, 64, 216)
+MOE_REGISTERED(2, 128, 7, 64, 216)
 
 // MARK: reduce
 
