@@ -44,7 +44,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     let lock = DispatchSemaphore(value: 1)
 
     public var detail: String {
-        "cuda: MXFP4 decoded in registers (mma.sync, decode sizes) or once per block into shared memory (wgmma, large batches), CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
+        "cuda: MXFP4 decoded in registers (mma.sync at decode sizes, register-A wgmma for large batches), CUDA-graph replay; \(runtime.device.name) (\(runtime.device.architecture))"
             + (KernelBuildSwitches.aliasesExperts
                 ? " [MOE_CUDA_ALIAS_EXPERTS=1: every expert reads expert 0's weights, outputs are WRONG (timing only)]" : "")
     }

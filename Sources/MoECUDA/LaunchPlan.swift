@@ -39,8 +39,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (activations, codes, scales; 6 load slots, 4 chunks ahead), two consumer warpgroups decode each 32-k half into
     /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory); 256 rows × 128 tokens.
     case registered_2_128_6
-    /// The same with 7 load slots (5 chunks ahead).
-    case registered_2_128_7
+    /// The same with 4 load slots (2 chunks ahead).
+    case registered_2_128_4
+    /// The same with 5 load slots (3 chunks ahead).
+    case registered_2_128_5
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 
@@ -96,13 +98,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
-    /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk once per
-    /// block into shared memory for wgmma (warp-specialised producer/consumers), elsewhere 64-token staged tiles.
+    /// shared memory with 32-token tiles (mma.sync); large batches on sm_90a decode each weight chunk into wgmma
+    /// A fragments in the consumers' registers (a copy-only producer warpgroup), elsewhere 64-token staged tiles.
     /// GEMM 2 at decode sizes splits K so that its grid (half GEMM 1's rows) still fills the GPU in one wave; at 2–4
     /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 12's run
     /// 45, two rounds: 63.5 / 65.2 against 70.2 / 69.3 µs at 2 tokens, 100.1 / 100.0 against 118.1 / 119.3 at 4; not at
     /// 1 token, 52.9 against 43.5 in session 11, nor at 8–16).
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
+    /// Large batches take the registered kernel (the decode in the consumers' registers): 4.0 / 7.8 / 7.2 / 6.4% faster
+    /// than `specialized_2_128_4_2` at 2048 / 4096 / 8192 / 32768 tokens, 4.0 / 6.9 / 6.4 / 6.1 in a second round, but
+    /// 29% slower at 1024, where the staged kernel runs (H100, session 13's run 52).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -126,7 +131,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: return hopper ? (.specialized_2_128_4_2, .specialized_2_128_4_2) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: return hopper ? (.registered_2_128_6, .registered_2_128_6) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

@@ -59,9 +59,9 @@ for s in $steps; do
     epforward) TAIL=20 step epforward 200 env MOE=$M OUT=$OUT/epf bash .device/ep-check.sh forward ;;
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     epmps) TAIL=30 step epmps 420 env MOE=$M OUT=$OUT/epmps bash .device/ep-check.sh mps ;;
-    debugnew) for v in ${NEW_VARIANTS:-specialized_2_128_4_2 specialized_2_64_6_2 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
+    debugnew) for v in ${NEW_VARIANTS:-registered_2_128_6 specialized_2_128_4_2 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
     racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-specialized_2_64_6_2} ;;
-    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-specialized_2_128_4_2} ;;
+    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-registered_2_128_6} ;;
     ncudecoded) TAIL=120 step ncudecoded 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section Occupancy -k regex:moe_gemm_${NCU_KERNEL:-decoded} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-decoded_2_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
     ncufull) TAIL=400 step ncufull 400 ncu --clock-control none --set full -k regex:moe_gemm_${NCU_KERNEL:-specialized} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-specialized_2_128_4_1} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
     ncustall) TAIL=80 step ncustall 300 ncu --clock-control none --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active,smsp__cycles_active.avg,sm__warps_active.avg.per_cycle_active" -k regex:moe_gemm_${NCU_KERNEL:-specialized} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-specialized_2_128_4_1} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
@@ -70,7 +70,7 @@ for s in $steps; do
     ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2_64_3 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-1,8,40} ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens ${MEMCHECK_TOKENS:-7,40} ;;
-    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant specialized_2_128_4_2 ;;
+    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant registered_2_128_6 ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
     trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
     ncudecstall)  # why a decode GEMM's warps wait: stall reasons per issued instruction, both GEMMs at NCU_TOKENS, default kernels

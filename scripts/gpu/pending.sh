@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: next). Steps are cut at the deadline,
+# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: runs 51–52; final: next). Steps are cut at the deadline,
 # most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
@@ -19,7 +19,10 @@
 #           register-A wgmma, a producer warpgroup that only copies, no decoded weights in shared memory) against the
 #           default specialized_2_128_4_2 at 1024–32768 tokens; its checks; ncu of both at 8192. Predicted: by shared
 #           memory traffic (~100 against ~164 KB a chunk) and no producer decode chain, −15 to −30% at 8192–32768 tokens.
-#   usage (device): bash .device/pending.sh policy|stalls|rows|registered [SECONDS]
+#           Run 51 hung (setmaxnreg); run 52: correct, −4 to −8% at 2048–32768 tokens, +29% at 1024; 7 load slots worse.
+#   final:  (session 13) the new defaults' checks and benches (120b, 20b), EP bit-identity, 4 and 5 load slots against
+#           6, and where the registered kernel's warps wait (ncu source counters at 2048 tokens, stall reasons at 8192).
+#   usage (device): bash .device/pending.sh policy|stalls|rows|registered|final [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -72,6 +75,18 @@ case $part in
         NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncudecoded
         NCU_KERNEL=specialized NCU_VARIANT=specialized_2_128_4_2 NCU_TOKENS=8192 bash $D ncudecoded
         ;;
-    *) echo "usage: pending.sh policy|stalls|rows|registered [SECONDS]" >&2; exit 2 ;;
+    final)
+        bash $D info
+        for v in registered_2_128_4 registered_2_128_5; do  # new variants: a bounded smoke run each before any A/B
+            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
+        done
+        bash $D check bench bench20b  # the new defaults: rows policy, registered_2_128_6 for large batches
+        bash $D epcheck
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_5@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_4@2048,8192,32768" bash $D abenv
+        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=2048 NCU_SKIP=2 NCU_NAME=reg2048 bash $D ncusrc  # GEMM 1: where its warps wait
+        NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncustall
+        ;;
+    *) echo "usage: pending.sh policy|stalls|rows|registered|final [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
