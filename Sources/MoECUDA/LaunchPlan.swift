@@ -27,22 +27,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a, warp-specialised: one producer warpgroup (copies two chunks ahead into 4 load slots, then decodes each
-    /// 64-k chunk into one of 3 shared-memory weight slots) and two consumer warpgroups (wgmma, both operands in shared
-    /// memory, 128-byte swizzle); 256 weight rows × 128 tokens.
-    case specialized_2_128_4_1
-    /// The same with two producer warpgroups (twice the decode rate; registers moved to the consumers).
+    /// sm_90a, warp-specialised (the large-batch default of sessions 3–12, kept for A/B runs): two producer warpgroups
+    /// (copies two chunks ahead into 4 load slots, then decode each 64-k chunk into one of 3 shared-memory weight slots)
+    /// and two consumer warpgroups (wgmma, both operands in shared memory, 128-byte swizzle); 256 rows × 128 tokens.
     case specialized_2_128_4_2
-    /// 256 weight rows × 64 tokens, 6 load slots, two producer warpgroups.
-    case specialized_2_64_6_2
     /// sm_90a, warp-specialised with the decode in the consumers' registers: one producer warpgroup only copies
-    /// (activations, codes, scales; 6 load slots, 4 chunks ahead), two consumer warpgroups decode each 32-k half into
+    /// (activations, codes, scales; 4 load slots, 2 chunks ahead), two consumer warpgroups decode each 32-k half into
     /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory); 256 rows × 128 tokens.
-    case registered_2_128_6
-    /// The same with 4 load slots (2 chunks ahead).
     case registered_2_128_4
-    /// The same with 5 load slots (3 chunks ahead).
-    case registered_2_128_5
+    /// The same with 6 load slots (4 chunks ahead).
+    case registered_2_128_6
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 
@@ -105,9 +99,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 45, two rounds: 63.5 / 65.2 against 70.2 / 69.3 µs at 2 tokens, 100.1 / 100.0 against 118.1 / 119.3 at 4; not at
     /// 1 token, 52.9 against 43.5 in session 11, nor at 8–16).
     /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
-    /// Large batches take the registered kernel (the decode in the consumers' registers): 4.0 / 7.8 / 7.2 / 6.4% faster
-    /// than `specialized_2_128_4_2` at 2048 / 4096 / 8192 / 32768 tokens, 4.0 / 6.9 / 6.4 / 6.1 in a second round, but
-    /// 29% slower at 1024, where the staged kernel runs (H100, session 13's run 52).
+    /// Large batches take the registered kernel (the decode in the consumers' registers). With 6 load slots it was 4.0 /
+    /// 7.8 / 7.2 / 6.4% faster than `specialized_2_128_4_2` at 2048 / 4096 / 8192 / 32768 tokens (4.0 / 6.9 / 6.4 / 6.1
+    /// in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are faster again by 6.6–7.2 /
+    /// 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each; 5 slots in between, 7 behind).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -131,7 +126,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: return hopper ? (.registered_2_128_6, .registered_2_128_6) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: return hopper ? (.registered_2_128_4, .registered_2_128_4) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

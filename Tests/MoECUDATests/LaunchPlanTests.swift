@@ -50,7 +50,7 @@ import Testing
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
     #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(256) == .staged_2_4_8_2)
-    #expect(small(257) == .registered_2_128_6 && small(512) == .registered_2_128_6)
+    #expect(small(257) == .registered_2_128_4 && small(512) == .registered_2_128_4)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -72,8 +72,8 @@ import Testing
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 1024) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_6, .registered_2_128_6))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_6, .registered_2_128_6))
+    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4, .registered_2_128_4))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4, .registered_2_128_4))
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {
@@ -102,16 +102,14 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.rowGroupsPerBlock == 16 && GemmVariant.decoded_2_2_128_4.warps == 8)
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
-    #expect(GemmVariant.specialized_2_128_4_1.warps == 12 && GemmVariant.specialized_2_128_4_1.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.specialized_2_128_4_2.warps == 16 && GemmVariant.specialized_2_64_6_2.tileRows == 64)
-    #expect(GemmVariant.specialized_2_128_4_1.tileRows == 128 && GemmVariant.specialized_2_128_4_1.stages == 4)
+    #expect(GemmVariant.specialized_2_128_4_2.warps == 16 && GemmVariant.specialized_2_128_4_2.rowGroupsPerBlock == 16)
+    #expect(GemmVariant.specialized_2_128_4_2.tileRows == 128 && GemmVariant.specialized_2_128_4_2.stages == 4)
     // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
     #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
-    #expect(GemmVariant.specialized_2_64_6_2.tileRows == 64 && GemmVariant.specialized_2_64_6_2.stages == 6)
     // Registered kernels: 12 warps (one producer warpgroup), 256 rows × 128 tokens, load slots only.
     #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
     #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.registered_2_128_5.tileRows == 128 && GemmVariant.registered_2_128_5.stages == 5)
+    #expect(GemmVariant.registered_2_128_4.tileRows == 128 && GemmVariant.registered_2_128_4.stages == 4)
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
