@@ -37,6 +37,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4
     /// The same with 6 load slots (4 chunks ahead).
     case registered_2_128_6
+    /// The same with 3 load slots (1 chunk ahead; 4 < 5 < 6 < 7 slots so far, session 13).
+    case registered_2_128_3
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 

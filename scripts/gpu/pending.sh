@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: runs 51–52; final: next). Steps are cut at the deadline,
+# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: runs 51–52; final: runs 53–55; next: not yet run). Steps are cut at the deadline,
 # most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
@@ -22,7 +22,11 @@
 #           Run 51 hung (setmaxnreg); run 52: correct, −4 to −8% at 2048–32768 tokens, +29% at 1024; 7 load slots worse.
 #   final:  (session 13) the new defaults' checks and benches (120b, 20b), EP bit-identity, 4 and 5 load slots against
 #           6, and where the registered kernel's warps wait (ncu source counters at 2048 tokens, stall reasons at 8192).
-#   usage (device): bash .device/pending.sh policy|stalls|rows|registered|final [SECONDS]
+#           Runs 53–55: 4 slots fastest (adopted); bench of the 6-slot default; ncu stalls. (registered and final
+#           are gone from this script with the 5- and 7-slot variants; their commands are in bench-cuda.md session 13.)
+#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots), 3 slots against 4, the
+#           specialised kernel after its ChunkCopies refactor, ncu source counters at 8192, EP bit-identity.
+#   usage (device): bash .device/pending.sh policy|stalls|rows|next [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -61,32 +65,17 @@ case $part in
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_POLICY_ROWS=1@128,1024,2048" bash $D abenv  # control: 120b's kernels are the same
         MOE_CUDA_POLICY_ROWS=1 bash $D epcheck  # tiny (E = 8) moves furthest: staged and specialised tiles under EP
         ;;
-    registered)
+    next)
         bash $D info
-        # run 51 hung here (setmaxnreg asked for more registers than the launch gave): a bounded smoke run gates the rest
-        timeout 60 env MOE_CUDA_GEMM=registered_2_128_6 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 \
-            --iterations 3 --warmup 1 || { echo "=== registered smoke run failed or hung: stopping"; exit 1; }
-        MOE_CUDA_GEMM=registered_2_128_6 bash $D check  # every quick-check shape through the new kernel (tiles of 1–128 rows)
-        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_6@1024,2048,4096,8192,32768" bash $D abenv
-        RACE_VARIANT=registered_2_128_6 bash $D racedecoded
-        MEM_VARIANT=registered_2_128_6 bash $D memdecoded
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_7@2048,8192,32768" bash $D abenv
-        NEW_VARIANTS=registered_2_128_6 DEBUG_TOKENS=100,300 bash $D debugnew  # every stage on gpt-oss-20b shapes
-        NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncudecoded
-        NCU_KERNEL=specialized NCU_VARIANT=specialized_2_128_4_2 NCU_TOKENS=8192 bash $D ncudecoded
-        ;;
-    final)
-        bash $D info
-        for v in registered_2_128_4 registered_2_128_5; do  # new variants: a bounded smoke run each before any A/B
-            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
-                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
-        done
-        bash $D check bench bench20b  # the new defaults: rows policy, registered_2_128_6 for large batches
+        timeout 60 env MOE_CUDA_GEMM=registered_2_128_3 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 \
+            --iterations 3 --warmup 1 > /dev/null || { echo "=== registered_2_128_3 smoke run failed or hung: stopping"; exit 1; }
+        bash $D check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
+        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_3@2048,4096,8192,32768" bash $D abenv  # 3 slots against 4
+        RACE_VARIANT=registered_2_128_3 MEM_VARIANT=registered_2_128_3 bash $D racedecoded memdecoded
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=specialized_2_128_4_2@2048,8192" bash $D abenv  # the old default after ChunkCopies
+        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc
         bash $D epcheck
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_5@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_4@2048,8192,32768" bash $D abenv
-        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=2048 NCU_SKIP=2 NCU_NAME=reg2048 bash $D ncusrc  # GEMM 1: where its warps wait
-        NCU_KERNEL=registered NCU_VARIANT=registered_2_128_6 NCU_TOKENS=8192 bash $D ncustall
         ;;
-    *) echo "usage: pending.sh policy|stalls|rows|registered|final [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy|stalls|rows|next [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
