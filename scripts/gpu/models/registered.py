@@ -1,0 +1,195 @@
+# Randomised interleaving model of gemm_registered (moe_experts.cu) at warp granularity: 4 producer warps that only
+# copy (cp.async groups, fence, FULL arrive, EMPTY sync before refilling a slot) and 2 consumer warpgroups that read a
+# chunk's codes, then per 32-k half wait for the wgmma group two halves back, decode into that fragment buffer and issue
+# (wgmma groups retire in order per warpgroup). Named barriers have no phase bit. Fails on a deadlock, a barrier reached
+# with two phases or counts, codes or activations read before they landed (and, for the tensor cores, were fenced), a
+# load slot refilled while a wgmma or a code read still needs it, or a fragment buffer rewritten under its wgmma.
+# Session 13, after runs 51–52.
+#   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
+#          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
+import random, sys
+
+
+class Err(Exception):
+    pass
+
+
+def simulate(C, L, seed, mutant=None):
+    rnd = random.Random(seed)
+    DIST = L if mutant == 'dist' else L - 2  # 'dist': loads as far ahead as there are slots (no slot left to wait on)
+    FULL, EMPTY = 1, 1 + L
+    NPW, THREADS = 4, 384
+    bars = {}
+    slot_chunk = [None] * L  # chunk whose copies were issued last into each load slot
+    landed, fenced = {}, {}  # chunk -> producer warps whose copies landed / landed and were fenced
+    code_reads = {}  # chunk -> consumer warps that read its codes
+    ops = {}  # (warpgroup, chunk, half) -> dict(issued, started, done)
+    order = {0: [], 1: []}  # a warpgroup's ops in issue order (they retire in order)
+    retired = {0: 0, 1: 0}  # how many of them have completed
+    buffers = {}  # (consumer warp, half) -> op whose wgmma reads that fragment buffer
+    pend = {w: [] for w in range(NPW)}
+    blocked = {}
+
+    def bar(warp, bid, n, tag, sync):
+        b = bars.setdefault(bid, dict(cnt=0, exp=None, tags=[], waiters=[]))
+        if b['cnt'] == 0:
+            b['exp'] = n
+        elif b['exp'] != n:
+            raise Err(f'barrier {bid} count mismatch {b["exp"]} vs {n}')
+        b['cnt'] += 32
+        b['tags'].append(tag)
+        if sync:
+            b['waiters'].append(warp)
+        if b['cnt'] > b['exp']:
+            raise Err(f'barrier {bid} overflow')
+        if b['cnt'] == b['exp']:
+            if len(set(b['tags'])) != 1:
+                raise Err(f'barrier {bid} mixed phases {sorted(set(b["tags"]))}')
+            for w in b['waiters']:
+                blocked.pop(w, None)
+            bars[bid] = dict(cnt=0, exp=None, tags=[], waiters=[])
+            return False
+        return sync
+
+    def issue_copies(pw, c):
+        if c < C:
+            l = c % L
+            for g in range(c - L, -1, -L):  # the slot's earlier chunks
+                for wg in (0, 1):
+                    for h in (0, 1):
+                        op = ops.get((wg, g, h))
+                        if op is not None and not op['done']:
+                            raise Err(f'cp.async chunk {c} into slot {l} while wgmma({wg},{g},{h}) reads it')
+            old = c - L
+            if old >= 0 and len(code_reads.get(old, ())) < 8:
+                raise Err(f'cp.async chunk {c} overwrites the codes of chunk {old} before every consumer read them')
+            slot_chunk[l] = c
+        pend[pw].append(c)
+
+    def wait_group(pw, n):
+        while len(pend[pw]) > n:
+            c = pend[pw].pop(0)
+            if c is not None and c < C:
+                landed.setdefault(c, set()).add(pw)
+
+    def producer(pw):
+        for c in range(DIST):
+            issue_copies(pw, c)
+            yield
+        for g in range(C):
+            wait_group(pw, DIST - 1)
+            yield
+            if mutant != 'nofence':
+                fenced.setdefault(g, set()).update(landed.get(g, set()) & {pw})
+            yield
+            bar(pw, FULL + g % L, THREADS, ('F', g), False)
+            yield
+            ahead = g + DIST
+            if ahead < C and ahead >= L:
+                if bar(pw, EMPTY + (ahead - L) % L, THREADS, ('E', ahead - L), True):
+                    blocked[pw] = 1
+                    yield
+            issue_copies(pw, ahead)
+            yield
+        wait_group(pw, 0)
+
+    def consumer(cw):
+        wg = (cw - NPW) >> 2
+        keep = 2 if mutant == 'wait2' else 1  # wgmma groups left pending before a fragment buffer is rewritten
+
+        mine = []  # this warp's wgmma groups (wgmma.wait_group counts the issuing warp's own)
+
+        def wait(n):
+            while sum(1 for k in mine if not ops[k]['done']) > n:
+                blocked[cw] = 'wg'
+                yield
+
+        for g in range(C):
+            if bar(cw, FULL + g % L, THREADS, ('F', g), True):
+                blocked[cw] = 1
+                yield
+            if slot_chunk[g % L] != g or landed.get(g, set()) != set(range(NPW)):
+                raise Err(f'consumer {cw} reads the codes of chunk {g} before they landed (slot holds {slot_chunk[g % L]})')
+            code_reads.setdefault(g, set()).add(cw)
+            yield
+            for h in range(2):
+                yield from wait(keep)
+                d = g - 1
+                limit = C if mutant == 'arrive' else C - L  # 'arrive': one EMPTY arrival the producers never wait for
+                if h == 1 and d >= 0 and d < limit:
+                    bar(cw, EMPTY + d % L, THREADS, ('E', d), False)
+                    yield
+                prior = buffers.get((cw, h))
+                if prior is not None and not ops[prior]['done']:
+                    raise Err(f'consumer {cw} rewrites fragment buffer {h} while wgmma{prior} reads it')
+                if fenced.get(g, set()) != set(range(NPW)) or slot_chunk[g % L] != g:
+                    raise Err(f'wgmma({wg},{g},{h}): activations not landed and fenced')
+                key = (wg, g, h)
+                op = ops.setdefault(key, dict(issued=set(), started=False, done=False))
+                op['issued'].add(cw)
+                if key not in order[wg]:
+                    order[wg].append(key)
+                if len(op['issued']) == 4:
+                    op['started'] = True
+                buffers[(cw, h)] = key
+                mine.append(key)
+                yield
+        yield from wait(0)
+
+    agents = {w: producer(w) for w in range(NPW)}
+    agents.update({w: consumer(w) for w in range(NPW, NPW + 8)})
+    done = set()
+    speed = {w: rnd.choice([0.02, 0.2, 1, 1, 5]) for w in agents}
+    cspeed = rnd.choice([0.01, 0.1, 1])
+    steps = 0
+    while len(done) < len(agents):
+        steps += 1
+        cands = [('run', w) for w in agents if w not in done and blocked.get(w) in (None, 'wg')]
+        for wg in (0, 1):
+            if retired[wg] < len(order[wg]) and ops[order[wg][retired[wg]]]['started']:
+                cands.append(('complete', order[wg][retired[wg]]))
+        if not cands:
+            raise Err(f'deadlock; blocked={blocked} bars={ {k: (v["cnt"], v["tags"][:3]) for k, v in bars.items() if v["cnt"]} }')
+        kind, x = rnd.choices(cands, weights=[speed[c[1]] if c[0] == 'run' else cspeed for c in cands])[0]
+        if kind == 'complete':
+            ops[x]['done'] = True
+            retired[x[0]] += 1
+            continue
+        if blocked.get(x) == 'wg':
+            blocked.pop(x)
+        try:
+            next(agents[x])
+        except StopIteration:
+            done.add(x)
+    left = {k: v['tags'][:3] for k, v in bars.items() if v['cnt']}
+    if left:
+        raise Err(f'barriers left with arrivals nobody waits for: {left}')
+    return steps
+
+
+def run(seeds, mutant=None):
+    bad = 0
+    for L in [3, 4, 6, 7]:
+        for C in list(range(1, 12)) + [17, 45]:
+            for seed in range(seeds):
+                try:
+                    simulate(C, L, seed, mutant)
+                except Err as e:
+                    if mutant is None:
+                        print(f'L={L} C={C} seed={seed}: {e}')
+                    bad += 1
+                    break
+    return bad
+
+
+args = [a for a in sys.argv[1:] if not a.startswith('--')]
+seeds = int(args[0]) if args else 100
+if '--mutants' in sys.argv:
+    caught = 0
+    for mutant in ['dist', 'nofence', 'wait2', 'arrive']:
+        failures = run(seeds, mutant)
+        print(f'mutant {mutant}: {failures} failing configurations', flush=True)
+        caught += failures > 0
+    print('mutants caught', caught, 'of 4')
+    sys.exit(0 if caught == 4 else 1)
+print('failures', run(seeds), flush=True)
