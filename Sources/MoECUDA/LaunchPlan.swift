@@ -39,6 +39,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_6
     /// The same with 3 load slots (1 chunk ahead; 4 < 5 < 6 < 7 slots so far, session 13).
     case registered_2_128_3
+    /// 4 slots, the activations' wgmma descriptors by adds from the first slot's (fewer uniform-datapath instructions
+    /// ahead of each wgmma; built after session 13's last run).
+    case registered_2_128_4_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 

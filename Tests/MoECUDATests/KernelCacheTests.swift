@@ -62,9 +62,10 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        // Specialised kernels with a consumer-decode share (a fifth number) come from MOE_SPECIALIZED_SPLIT.
-        let macro = "MOE_" + parts[0].uppercased() + (variant.kind == .specialized && parts.count == 6 ? "_SPLIT" : "")
-        let arguments = parts.dropFirst().joined(separator: ", ")
+        // Registered kernels ending in _1 (descriptors from a base) come from MOE_REGISTERED_BASE, without that number.
+        let base = variant.kind == .registered && parts.count == 5
+        let macro = "MOE_" + parts[0].uppercased() + (base ? "_BASE" : "")
+        let arguments = parts.dropFirst().dropLast(base ? 1 : 0).joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
         // The macro's leading arguments name the kernel; later ones (launch bounds, register split) do not.
         let instantiated = experts.contains("\(macro)(\(arguments))") || experts.contains("\(macro)(\(arguments), ")
@@ -101,10 +102,10 @@ private func request(
 @Test func everyWarpSpecialisedKernelsRegisterSplitFitsItsLaunch() {
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     var checked = 0
-    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_SPECIALIZED(") || line.hasPrefix("MOE_REGISTERED(") {
+    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_SPECIALIZED(") || line.hasPrefix("MOE_REGISTERED") {
         let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
-        // MOE_SPECIALIZED(MI, N, L, P, PR, CR): P producer warpgroups; MOE_REGISTERED(MI, N, L, PR, CR): one.
+        // MOE_SPECIALIZED(MI, N, L, P, PR, CR): P producer warpgroups; MOE_REGISTERED[_BASE](MI, N, L, PR, CR): one.
         let producers = line.hasPrefix("MOE_SPECIALIZED(") ? numbers[3] : 1
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (producers + 2)

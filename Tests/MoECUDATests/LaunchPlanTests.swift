@@ -110,6 +110,8 @@ import Testing
     #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
     #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)
     #expect(GemmVariant.registered_2_128_4.tileRows == 128 && GemmVariant.registered_2_128_4.stages == 4)
+    #expect(GemmVariant.registered_2_128_4_1.sharedBytes(k: 2880, residentRows: 128)
+        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) && GemmVariant.registered_2_128_4_1.warps == 12)
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

@@ -24,8 +24,10 @@
 #           6, and where the registered kernel's warps wait (ncu source counters at 2048 tokens, stall reasons at 8192).
 #           Runs 53–55: 4 slots fastest (adopted); bench of the 6-slot default; ncu stalls. (registered and final
 #           are gone from this script with the 5- and 7-slot variants; their commands are in bench-cuda.md session 13.)
-#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots), 3 slots against 4, the
-#           specialised kernel after its ChunkCopies refactor, ncu source counters at 8192, EP bit-identity.
+#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots), 3 slots against 4, the 4-slot
+#           kernel with descriptors from a base (registered_2_128_4_1: ~10 fewer uniform instructions a chunk and a
+#           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), the specialised kernel after its
+#           ChunkCopies refactor, ncu source counters at 8192, EP bit-identity.
 #   usage (device): bash .device/pending.sh policy|stalls|rows|next [SECONDS]
 set -u
 part=${1:-policy}
@@ -67,11 +69,15 @@ case $part in
         ;;
     next)
         bash $D info
-        timeout 60 env MOE_CUDA_GEMM=registered_2_128_3 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 \
-            --iterations 3 --warmup 1 > /dev/null || { echo "=== registered_2_128_3 smoke run failed or hung: stopping"; exit 1; }
+        for v in registered_2_128_3 registered_2_128_4_1; do  # new variants: a bounded smoke run each before any A/B
+            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
+        done
         bash $D check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
-        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_3@2048,4096,8192,32768" bash $D abenv  # 3 slots against 4
-        RACE_VARIANT=registered_2_128_3 MEM_VARIANT=registered_2_128_3 bash $D racedecoded memdecoded
+        # 3 slots against 4; the descriptors-from-a-base build of the 4-slot kernel (checked first: new descriptor arithmetic)
+        MOE_CUDA_GEMM=registered_2_128_4_1 bash $D check
+        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_3@2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_1@2048,4096,8192,32768" bash $D abenv
+        RACE_VARIANT=registered_2_128_3 MEM_VARIANT=registered_2_128_4_1 bash $D racedecoded memdecoded
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=specialized_2_128_4_2@2048,8192" bash $D abenv  # the old default after ChunkCopies
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc
         bash $D epcheck

@@ -1129,13 +1129,16 @@ MOE_DEVICE void registered_fragments(u32 (&a)[MI][2][4], const uint4 (&code)[MI]
 }
 
 /// The half's two k16 steps of register-A wgmma m64nWk16 per mi (W ≤ N: a prefix of the m64nN accumulators), one
-/// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code.
-template <int W, int MI, int N>
-MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][2][4], int sp, u32 activations) {
+/// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code. BASE: `slot`
+/// is the slot's activation descriptor (its k16 steps are +2 in the address field, which holds shared addresses < 256 KB
+/// without a carry), not its address: one add a step instead of rebuilding the descriptor.
+template <int W, int MI, int N, bool BASE>
+MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][2][4], int sp, unsigned long long slot) {
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < 2; ++step) {
-        const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + (2 * sp + step) * 32);
+        const unsigned long long descriptorB = BASE ? slot + 2 * (2 * sp + step)
+                                                    : wgmma_descriptor_swizzled((u32)slot + (2 * sp + step) * 32);
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
             WarpgroupMMA<W>::run(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1],
@@ -1147,19 +1150,24 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// The registered kernel's consumer loop with wgmma width W ≤ N (see specialized_consume). Per chunk g: wait FULL[g % L],
 /// read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma two halves back
 /// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
-/// to the producers: EMPTY[(g − 1) % L]), decode, issue.
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies>
+/// to the producers: EMPTY[(g − 1) % L]), decode, issue. BASE: the slot's wgmma descriptor by adds from the first
+/// slot's (registered_multiply).
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int FULL = 1, EMPTY = 1 + LOADS;
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
+    // BASE: the descriptor's high word is the same for every slot; the low word's address field takes the offsets.
+    const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
+    const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
         named_barrier_sync(FULL + g % LOADS, THREADS);
         const unsigned char *slot = sharedPointer + (g % LOADS) * Copies::LOAD_BYTES;
-        const u32 activations = sharedBase + (g % LOADS) * Copies::LOAD_BYTES;
+        const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + (g % LOADS) * (Copies::LOAD_BYTES >> 4))
+                                                    : sharedBase + (g % LOADS) * Copies::LOAD_BYTES;
         uint4 code[MI];
         u32 word[MI];
         bool slow = false;
@@ -1175,13 +1183,14 @@ MOE_DEVICE void registered_consume(
         for (int sp = 0; sp < 2; ++sp) {
             wgmma_wait<1>();
             const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-            if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
+            if (sp == 1 && done >= 0 && done + LOADS < p.chunks)
+                named_barrier_arrive(EMPTY + (BASE ? (u32)done % LOADS : done % LOADS), THREADS);  // BASE: no sign fix-up
             if (slow) {
                 registered_fragments<MI, true>(a[sp], code, word, sp);
             } else {
                 registered_fragments<MI, false>(a[sp], code, word, sp);
             }
-            registered_multiply<W, MI, N>(acc, a[sp], sp, activations);
+            registered_multiply<W, MI, N, BASE>(acc, a[sp], sp, activations);
         }
     }
 #endif
@@ -1197,7 +1206,7 @@ MOE_DEVICE void registered_consume(
 /// against the specialised kernel's ~164 KB. Measured (H100, session 13, runs 52–54): 3–12% faster than it from 2048
 /// tokens; L1/shared throughput 31% against 54%, but the tensor pipe still ~44% busy: each consumer warp issues ~200
 /// instructions a chunk (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1242,9 +1251,9 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
     // As in the specialised kernel: a tile of at most N/2 rows multiplies only them (MOE_CUDA_HALF_TILES=0 keeps N).
     if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1325,6 +1334,15 @@ MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
 MOE_REGISTERED(2, 128, 4, 64, 216)
 MOE_REGISTERED(2, 128, 6, 64, 216)
 MOE_REGISTERED(2, 128, 3, 64, 216)
+
+// The same with the activations' wgmma descriptors by adds from the first slot's (BASE): kernel names end in _1.
+#define MOE_REGISTERED_BASE(MI, N, L, PR, CR)                                                          \
+    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_registered_##MI##_##N##_##L##_1(MoEGemmParams p) { \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_registered<MI, N, L, PR, CR, true>(p);                                                    \
+    }
+
+MOE_REGISTERED_BASE(2, 128, 4, 64, 216)
 
 // MARK: reduce
 
