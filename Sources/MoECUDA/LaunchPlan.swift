@@ -39,9 +39,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_6
     /// The same with 3 load slots (1 chunk ahead; 4 < 5 < 6 < 7 slots so far, session 13).
     case registered_2_128_3
-    /// 4 slots, the activations' wgmma descriptors by adds from the first slot's (fewer uniform-datapath instructions
-    /// ahead of each wgmma; built after session 13's last run).
-    case registered_2_128_4_1
+    /// registered_MI_N_L_C_B: C consumer warpgroups, B = 1 the activations' wgmma descriptors by adds from the first
+    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both built after session 13's last run: 4 slots,
+    /// two consumer warpgroups of 128 rows …
+    case registered_2_128_4_2_1
+    /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps
+    /// to hide the decode's latency, which sets the pace of the two-warpgroup kernel).
+    case registered_1_128_4_3_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
 
@@ -64,17 +68,20 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Warps along the output rows (specialised kernels: the two consumer warpgroups).
     public var warpsAcrossRows: Int {
         switch kind {
-        case .specialized, .registered: 8
+        case .specialized: 8
+        case .registered: 4 * consumerWarpgroups
         case .warpgroup, .decoded: 4 * numbers[1]
         default: numbers[2]
         }
     }
+    /// Registered kernels: consumer warpgroups (a fourth number, default 2).
+    public var consumerWarpgroups: Int { kind == .registered && numbers.count > 3 ? numbers[3] : 2 }
     /// Warps splitting K (resident kernels).
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int {
         switch kind {
         case .specialized: 4 * (numbers[3] + 2)
-        case .registered: 12
+        case .registered: 4 * (1 + consumerWarpgroups)
         default: warpsAcrossRows * warpsAcrossK
         }
     }
@@ -152,8 +159,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             let groups = rowGroupsPerBlock
             return 1024 + stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 3 * groups * 16 * 64 * 2
         }
-        if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales]
-            return 1024 + stages * (tileRows * 64 * 2 + rowGroupsPerBlock * 640)
+        if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
+            return 1024 + stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -110,8 +110,13 @@ import Testing
     #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
     #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)
     #expect(GemmVariant.registered_2_128_4.tileRows == 128 && GemmVariant.registered_2_128_4.stages == 4)
-    #expect(GemmVariant.registered_2_128_4_1.sharedBytes(k: 2880, residentRows: 128)
-        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) && GemmVariant.registered_2_128_4_1.warps == 12)
+    #expect(GemmVariant.registered_2_128_4_2_1.sharedBytes(k: 2880, residentRows: 128)
+        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) && GemmVariant.registered_2_128_4_2_1.warps == 12)
+    // Three consumer warpgroups of 64 rows: 16 warps, 12 row groups (192 rows); slots of 16 KB + 12 × 640 B padded to 24 KB.
+    let three = GemmVariant.registered_1_128_4_3_1
+    #expect(three.warps == 16 && three.rowGroupsPerBlock == 12 && three.tileRows == 128 && three.stages == 4)
+    #expect(three.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * 24576)
+    #expect(LaunchPlan(tokens: 4096, config: MoEPreset.gptOss120b.config, variant: three).gemm2Shape.grid.x == 15)
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

@@ -24,8 +24,10 @@
 #           6, and where the registered kernel's warps wait (ncu source counters at 2048 tokens, stall reasons at 8192).
 #           Runs 53–55: 4 slots fastest (adopted); bench of the 6-slot default; ncu stalls. (registered and final
 #           are gone from this script with the 5- and 7-slot variants; their commands are in bench-cuda.md session 13.)
-#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots), 3 slots against 4, the 4-slot
-#           kernel with descriptors from a base (registered_2_128_4_1: ~10 fewer uniform instructions a chunk and a
+#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots); registered_1_128_4_3_1 (three
+#           consumer warpgroups of 64 rows: the consumers' instruction latency sets the pace (run 53's ncu), so 1.5× the
+#           warps with half the instructions each; predicted −10 to −25% at 2048–32768 tokens); 3 slots against 4; the 4-slot
+#           kernel with descriptors from a base (registered_2_128_4_2_1: ~10 fewer uniform instructions a chunk and a
 #           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), the specialised kernel after its
 #           ChunkCopies refactor, ncu source counters at 8192, EP bit-identity.
 #   usage (device): bash .device/pending.sh policy|stalls|rows|next [SECONDS]
@@ -69,15 +71,17 @@ case $part in
         ;;
     next)
         bash $D info
-        for v in registered_2_128_3 registered_2_128_4_1; do  # new variants: a bounded smoke run each before any A/B
+        for v in registered_1_128_4_3_1 registered_2_128_3 registered_2_128_4_2_1; do  # new: a bounded smoke run each first
             timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
                 --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
         done
         bash $D check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
-        # 3 slots against 4; the descriptors-from-a-base build of the 4-slot kernel (checked first: new descriptor arithmetic)
-        MOE_CUDA_GEMM=registered_2_128_4_1 bash $D check
-        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_3@2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_1@2048,4096,8192,32768" bash $D abenv
-        RACE_VARIANT=registered_2_128_3 MEM_VARIANT=registered_2_128_4_1 bash $D racedecoded memdecoded
+        # three consumer warpgroups of 64 rows; the descriptors-from-a-base build; 3 slots against 4 (each checked first)
+        MOE_CUDA_GEMM=registered_1_128_4_3_1 bash $D check
+        MOE_CUDA_GEMM=registered_2_128_4_2_1 bash $D check
+        AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_3_1@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_2_1@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_3@2048,8192,32768" bash $D abenv
+        RACE_VARIANT=registered_1_128_4_3_1 MEM_VARIANT=registered_1_128_4_3_1 bash $D racedecoded memdecoded
+        NEW_VARIANTS=registered_1_128_4_3_1 DEBUG_TOKENS=100,300 bash $D debugnew
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=specialized_2_128_4_2@2048,8192" bash $D abenv  # the old default after ChunkCopies
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc
         bash $D epcheck

@@ -961,7 +961,8 @@ MOE_DEVICE void specialized_consume(
 template <int N, int GROUPS, int THREADS>
 struct ChunkCopies {
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
-    static constexpr int LOAD_BYTES = B_BYTES + CODE_BYTES + SCALE_BYTES, WARPS = THREADS / 32;
+    // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
+    static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024, WARPS = THREADS / 32;
     static constexpr int ACT_COPIES = 8 * N / THREADS, CODE_COPIES = GROUPS * 32 / THREADS;
     static_assert((8 * N) % THREADS == 0 && (GROUPS * 32) % THREADS == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
     const bf16_t *input;
@@ -1206,10 +1207,12 @@ MOE_DEVICE void registered_consume(
 /// against the specialised kernel's ~164 KB. Measured (H100, session 13, runs 52–54): 3–12% faster than it from 2048
 /// tokens; L1/shared throughput 31% against 54%, but the tensor pipe still ~44% busy: each consumer warp issues ~200
 /// instructions a chunk (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false>
+/// CONSUMERS: consumer warpgroups (2, or 3 with MI = 1: 192 rows, half the instructions a warp and 1.5× the warps to
+/// hide the decode's latency).
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
+    constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int DIST = LOADS - 2, FULL = 1, EMPTY = 1 + LOADS;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
     static_assert((N == 64 || N == 128) && DIST >= 1 && EMPTY + LOADS <= 16, "shape");
@@ -1335,14 +1338,16 @@ MOE_REGISTERED(2, 128, 4, 64, 216)
 MOE_REGISTERED(2, 128, 6, 64, 216)
 MOE_REGISTERED(2, 128, 3, 64, 216)
 
-// The same with the activations' wgmma descriptors by adds from the first slot's (BASE): kernel names end in _1.
-#define MOE_REGISTERED_BASE(MI, N, L, PR, CR)                                                          \
-    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_registered_##MI##_##N##_##L##_1(MoEGemmParams p) { \
+// C consumer warpgroups, B = 1: the activations' wgmma descriptors by adds from the first slot's.
+#define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                     \
+        moe_gemm_registered_##MI##_##N##_##L##_##C##_##B(MoEGemmParams p) {                            \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, true>(p);                                                    \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C>(p);                                               \
     }
 
-MOE_REGISTERED_BASE(2, 128, 4, 64, 216)
+MOE_REGISTERED_CB(2, 128, 4, 2, 1, 64, 216)
+MOE_REGISTERED_CB(1, 128, 4, 3, 1, 64, 144)
 
 // MARK: reduce
 
