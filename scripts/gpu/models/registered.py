@@ -1,5 +1,5 @@
 # Randomised interleaving model of gemm_registered (moe_experts.cu) at warp granularity: 4 producer warps that only
-# copy (cp.async groups, fence, FULL arrive, EMPTY sync before refilling a slot) and 2 consumer warpgroups that read a
+# copy (cp.async groups, fence, FULL arrive, EMPTY sync before refilling a slot) and 2 or 3 consumer warpgroups that read a
 # chunk's codes, then per 32-k half wait for the wgmma group two halves back, decode into that fragment buffer and issue
 # (wgmma groups retire in order per warpgroup). Named barriers have no phase bit. Fails on a deadlock, a barrier reached
 # with two phases or counts, codes or activations read before they landed (and, for the tensor cores, were fenced), a
@@ -14,18 +14,18 @@ class Err(Exception):
     pass
 
 
-def simulate(C, L, seed, mutant=None):
+def simulate(C, L, seed, mutant=None, WG=2):
     rnd = random.Random(seed)
     DIST = L if mutant == 'dist' else L - 2  # 'dist': loads as far ahead as there are slots (no slot left to wait on)
     FULL, EMPTY = 1, 1 + L
-    NPW, THREADS = 4, 384
+    NPW, THREADS = 4, 128 * (1 + WG)  # WG consumer warpgroups
     bars = {}
     slot_chunk = [None] * L  # chunk whose copies were issued last into each load slot
     landed, fenced = {}, {}  # chunk -> producer warps whose copies landed / landed and were fenced
     code_reads = {}  # chunk -> consumer warps that read its codes
     ops = {}  # (warpgroup, chunk, half) -> dict(issued, started, done)
-    order = {0: [], 1: []}  # a warpgroup's ops in issue order (they retire in order)
-    retired = {0: 0, 1: 0}  # how many of them have completed
+    order = {w: [] for w in range(WG)}  # a warpgroup's ops in issue order (they retire in order)
+    retired = {w: 0 for w in range(WG)}  # how many of them have completed
     buffers = {}  # (consumer warp, half) -> op whose wgmma reads that fragment buffer
     pend = {w: [] for w in range(NPW)}
     blocked = {}
@@ -55,13 +55,13 @@ def simulate(C, L, seed, mutant=None):
         if c < C:
             l = c % L
             for g in range(c - L, -1, -L):  # the slot's earlier chunks
-                for wg in (0, 1):
+                for wg in range(WG):
                     for h in (0, 1):
                         op = ops.get((wg, g, h))
                         if op is not None and not op['done']:
                             raise Err(f'cp.async chunk {c} into slot {l} while wgmma({wg},{g},{h}) reads it')
             old = c - L
-            if old >= 0 and len(code_reads.get(old, ())) < 8:
+            if old >= 0 and len(code_reads.get(old, ())) < 4 * WG:
                 raise Err(f'cp.async chunk {c} overwrites the codes of chunk {old} before every consumer read them')
             slot_chunk[l] = c
         pend[pw].append(c)
@@ -137,7 +137,7 @@ def simulate(C, L, seed, mutant=None):
         yield from wait(0)
 
     agents = {w: producer(w) for w in range(NPW)}
-    agents.update({w: consumer(w) for w in range(NPW, NPW + 8)})
+    agents.update({w: consumer(w) for w in range(NPW, NPW + 4 * WG)})
     done = set()
     speed = {w: rnd.choice([0.02, 0.2, 1, 1, 5]) for w in agents}
     cspeed = rnd.choice([0.01, 0.1, 1])
@@ -145,7 +145,7 @@ def simulate(C, L, seed, mutant=None):
     while len(done) < len(agents):
         steps += 1
         cands = [('run', w) for w in agents if w not in done and blocked.get(w) in (None, 'wg')]
-        for wg in (0, 1):
+        for wg in range(WG):
             if retired[wg] < len(order[wg]) and ops[order[wg][retired[wg]]]['started']:
                 cands.append(('complete', order[wg][retired[wg]]))
         if not cands:
@@ -169,16 +169,17 @@ def simulate(C, L, seed, mutant=None):
 
 def run(seeds, mutant=None):
     bad = 0
-    for L in [3, 4, 6, 7]:
-        for C in list(range(1, 12)) + [17, 45]:
-            for seed in range(seeds):
-                try:
-                    simulate(C, L, seed, mutant)
-                except Err as e:
-                    if mutant is None:
-                        print(f'L={L} C={C} seed={seed}: {e}')
-                    bad += 1
-                    break
+    for WG in [2, 3]:
+        for L in [3, 4, 6, 7]:
+            for C in list(range(1, 12)) + [17, 45]:
+                for seed in range(seeds):
+                    try:
+                        simulate(C, L, seed, mutant, WG)
+                    except Err as e:
+                        if mutant is None:
+                            print(f'WG={WG} L={L} C={C} seed={seed}: {e}')
+                        bad += 1
+                        break
     return bad
 
 
