@@ -27,10 +27,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a, warp-specialised (the large-batch default of sessions 3–12, kept for A/B runs): two producer warpgroups
-    /// (copies two chunks ahead into 4 load slots, then decode each 64-k chunk into one of 3 shared-memory weight slots)
-    /// and two consumer warpgroups (wgmma, both operands in shared memory, 128-byte swizzle); 256 rows × 128 tokens.
-    case specialized_2_128_4_2
     /// sm_90a, warp-specialised with the decode in the consumers' registers: one producer warpgroup only copies
     /// (activations, codes, scales; 4 load slots, 2 chunks ahead), two consumer warpgroups decode each 32-k half into
     /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory); 256 rows × 128 tokens.
@@ -47,7 +43,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// to hide the decode's latency, which sets the pace of the two-warpgroup kernel).
     case registered_1_128_4_3_1
 
-    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, specialized, registered }
+    public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
     public var kernelName: String { "moe_gemm_" + rawValue }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
@@ -56,19 +52,18 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 16-row groups per warp.
     public var rowGroupsPerWarp: Int { numbers[0] }
     /// Warpgroup kernels (wgmma).
-    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .specialized || kind == .registered }
+    public var usesWarpgroups: Bool { kind == .warpgroup || kind == .decoded || kind == .registered }
     /// Tokens per tile: 8 per n8 fragment (warpgroup kernels: the wgmma N).
     public var tileRows: Int {
         switch kind {
-        case .specialized, .registered: numbers[1]
+        case .registered: numbers[1]
         case .warpgroup, .decoded: numbers[2]
         default: 8 * numbers[1]
         }
     }
-    /// Warps along the output rows (specialised kernels: the two consumer warpgroups).
+    /// Warps along the output rows (registered kernels: the consumer warpgroups).
     public var warpsAcrossRows: Int {
         switch kind {
-        case .specialized: 8
         case .registered: 4 * consumerWarpgroups
         case .warpgroup, .decoded: 4 * numbers[1]
         default: numbers[2]
@@ -80,7 +75,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var warpsAcrossK: Int { kind == .resident ? numbers[3] : 1 }
     public var warps: Int {
         switch kind {
-        case .specialized: 4 * (numbers[3] + 2)
         case .registered: 4 * (1 + consumerWarpgroups)
         default: warpsAcrossRows * warpsAcrossK
         }
@@ -89,11 +83,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var ringSlots: Int {
         kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
     }
-    /// Stages of the shared-memory ring (staged and decoded kernels; specialised kernels: load slots).
+    /// Stages of the shared-memory ring (staged and decoded kernels; registered kernels: load slots).
     public var stages: Int {
         switch kind {
         case .staged, .decoded: numbers[3]
-        case .specialized, .registered: numbers[2]
+        case .registered: numbers[2]
         default: 0
         }
     }
@@ -110,9 +104,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 12's run
     /// 45, two rounds: 63.5 / 65.2 against 70.2 / 69.3 µs at 2 tokens, 100.1 / 100.0 against 118.1 / 119.3 at 4; not at
     /// 1 token, 52.9 against 43.5 in session 11, nor at 8–16).
-    /// (Measured on the H200, BENCHMARKS.md: the specialised kernel loses to the staged one at 1024 tokens, wins from 2048.)
     /// Large batches take the registered kernel (the decode in the consumers' registers). With 6 load slots it was 4.0 /
-    /// 7.8 / 7.2 / 6.4% faster than `specialized_2_128_4_2` at 2048 / 4096 / 8192 / 32768 tokens (4.0 / 6.9 / 6.4 / 6.1
+    /// 7.8 / 7.2 / 6.4% faster than sessions 3–12's specialised kernel at 2048 / 4096 / 8192 / 32768 tokens (4.0 / 6.9 / 6.4 / 6.1
     /// in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are faster again by 6.6–7.2 /
     /// 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each; 5 slots in between, 7 behind).
     ///
@@ -154,10 +147,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         if kind == .decoded {  // slots of [activations N × 64 | codes | scales], then two decoded weight chunks
             let groups = rowGroupsPerBlock
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
-        }
-        if kind == .specialized {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales], 3 weight slots
-            let groups = rowGroupsPerBlock
-            return 1024 + stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 3 * groups * 16 * 64 * 2
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             return 1024 + stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)

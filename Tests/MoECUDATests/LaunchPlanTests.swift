@@ -102,10 +102,6 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.rowGroupsPerBlock == 16 && GemmVariant.decoded_2_2_128_4.warps == 8)
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
-    #expect(GemmVariant.specialized_2_128_4_2.warps == 16 && GemmVariant.specialized_2_128_4_2.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.specialized_2_128_4_2.tileRows == 128 && GemmVariant.specialized_2_128_4_2.stages == 4)
-    // 1 KB alignment, 4 load slots of [16 KB activations | 16 × 640 B codes and scales], 3 weight slots of 32 KB.
-    #expect(GemmVariant.specialized_2_128_4_2.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640) + 3 * 32768)
     // Registered kernels: 12 warps (one producer warpgroup), 256 rows × 128 tokens, load slots only.
     #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
     #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)

@@ -59,7 +59,7 @@ for s in $steps; do
     epforward) TAIL=20 step epforward 200 env MOE=$M OUT=$OUT/epf bash .device/ep-check.sh forward ;;
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     epmps) TAIL=30 step epmps 420 env MOE=$M OUT=$OUT/epmps bash .device/ep-check.sh mps ;;
-    debugnew) for v in ${NEW_VARIANTS:-registered_2_128_4 specialized_2_128_4_2 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
+    debugnew) for v in ${NEW_VARIANTS:-registered_2_128_4 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
     racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-registered_2_128_4} ;;
     memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-registered_2_128_4} ;;
     ncudecoded) TAIL=120 step ncudecoded 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section Occupancy -k regex:moe_gemm_${NCU_KERNEL:-decoded} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-decoded_2_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;

@@ -28,8 +28,8 @@
 #           consumer warpgroups of 64 rows: the consumers' instruction latency sets the pace (run 53's ncu), so 1.5× the
 #           warps with half the instructions each; predicted −10 to −25% at 2048–32768 tokens); 3 slots against 4; the 4-slot
 #           kernel with descriptors from a base (registered_2_128_4_2_1: ~10 fewer uniform instructions a chunk and a
-#           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), the specialised kernel after its
-#           ChunkCopies refactor, ncu source counters at 8192, EP bit-identity.
+#           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), ncu source counters at 8192, EP
+#           bit-identity.
 #   usage (device): bash .device/pending.sh policy|stalls|rows|next [SECONDS]
 set -u
 part=${1:-policy}
@@ -82,7 +82,6 @@ case $part in
         AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_3_1@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_2_1@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_3@2048,8192,32768" bash $D abenv
         RACE_VARIANT=registered_1_128_4_3_1 MEM_VARIANT=registered_1_128_4_3_1 bash $D racedecoded memdecoded
         NEW_VARIANTS=registered_1_128_4_3_1 DEBUG_TOKENS=100,300 bash $D debugnew
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=specialized_2_128_4_2@2048,8192" bash $D abenv  # the old default after ChunkCopies
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc
         bash $D epcheck
         ;;

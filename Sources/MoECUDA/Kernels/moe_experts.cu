@@ -768,26 +768,6 @@ MOE_DEVICE void decode_to_shared(const uint4 (&code)[MI], const u32 (&word)[MI],
     }
 }
 
-/// decode_to_shared for the 128-byte-swizzled layout (rows of 64 k, 8-row atoms of 1 KB): group gi = warp + i·WARPS
-/// covers rows 16·gi … +15 = atoms 2·gi, 2·gi + 1. Lane l gives the stmatrix row address of matrix l/8 (k8 column
-/// 4·sp + l/8), row l%8: `rowBase` = tile + (l%8)·128 + 2·warp·1024, `chunk0/1` = ((l/8) ^ (l%8))·16 and
-/// ((4 + l/8) ^ (l%8))·16.
-template <int MI, int WARPS, bool Slow>
-MOE_DEVICE void decode_to_shared_swizzled(const uint4 (&code)[MI], const u32 (&word)[MI], u32 rowBase, u32 chunk0, u32 chunk1) {
-#pragma unroll
-    for (int i = 0; i < MI; ++i) {
-#pragma unroll
-        for (int sp = 0; sp < 2; ++sp) {
-            u32 low[4], high[4];
-            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp), word[i], 2 * sp, low);
-            mxfp4_decode_word<Slow>(uint4_component(code[i], 2 * sp + 1), word[i], 2 * sp + 1, high);
-            const u32 at = rowBase + 2 * i * WARPS * 1024 + (sp == 0 ? chunk0 : chunk1);
-            store_matrix_x4(at, low[0], low[1], low[2], low[3]);
-            store_matrix_x4(at + 1024, high[0], high[1], high[2], high[3]);
-        }
-    }
-}
-
 /// Block: WG warpgroups × MI × 64 weight rows (GROUPS 16-row groups), N tokens; both wgmma operands in shared memory.
 /// Each 64-k chunk of weights is decoded ONCE per block, by all warps, from the MXFP4 codes into bf16 in shared
 /// memory (the K-major core-matrix layout [k/8][row/8][8 rows][16 B]), then every warpgroup's wgmma reads it:
@@ -917,42 +897,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 #endif
 }
 
-/// The specialised kernel's decoded-weight slots and named barriers: FULL + s (weight slot s holds a decoded chunk),
-/// EMPTY + l (load slot l's chunk has left the tensor cores), then the producers' own barrier.
-constexpr int SPECIALIZED_WEIGHT_SLOTS = 3, SPECIALIZED_FULL = 1, SPECIALIZED_EMPTY = 1 + SPECIALIZED_WEIGHT_SLOTS;
-
-/// The specialised kernel's consumer loop with wgmma width W ≤ N: m64Wk16 on the first W/2 accumulators of each
-/// m64N tile (the fragment of columns < W is a prefix of the m64N one), so tokens ≥ W are neither multiplied nor written.
-/// Named barriers as in gemm_specialized: FULL + g % 3 to wait for chunk g, EMPTY + d % LOADS once chunk d is done.
-template <int W, int MI, int N, int LOADS, int LOAD_BYTES, int A_BYTES, int THREADS>
-MOE_DEVICE void specialized_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, u32 weightBase, int consumer) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY;
-#pragma unroll 1
-    for (int g = 0; g < p.chunks; ++g) {
-        named_barrier_sync(FULL + g % WEIGHT_SLOTS, THREADS);
-        const u32 activations = sharedBase + (g % LOADS) * LOAD_BYTES;
-        const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            const unsigned long long descriptorB = wgmma_descriptor_swizzled(activations + ks * 32);
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const unsigned long long descriptorA = wgmma_descriptor_swizzled(weights + 8 * (consumer * MI + mi) * 1024 + ks * 32);
-                WarpgroupMMAShared<W>::run(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), descriptorA, descriptorB);
-            }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // chunk g−1's MMAs are done: its slots may be refilled
-        const int done = g - 1;  // the producers wait for exactly the chunks d with d + WEIGHT_SLOTS < chunks
-        if (done >= 0 && done + WEIGHT_SLOTS < p.chunks) named_barrier_arrive(EMPTY + done % LOADS, THREADS);
-    }
-#endif
-}
-
-// MARK: specialized kernel (large batches, sm_90a)
+// MARK: registered kernel (large batches, sm_90a)
 
 /// Copies of one 64-k chunk into a load slot [activations N × 64 (128-byte swizzle) | codes GROUPS × 512 B | scales
 /// GROUPS × 128 B of the chunk's 256-k group], issued by the THREADS producer threads (cp.async, one commit group a
@@ -1012,103 +957,6 @@ struct ChunkCopies {
     }
 };
 
-
-/// The decoded kernel's work split by role (warp specialisation). Block: P producer warpgroups and 2 consumer
-/// warpgroups; 256 weight rows (MI = 2) × N (64 or 128) tokens; both wgmma operands in the 128-byte-swizzle layout.
-///   producers (few registers): the decode of each 64-k chunk into bf16 in one of 3 weight slots (stmatrix), then
-///     cp.async of activations, codes and scales DIST = LOADS − 2 chunks ahead into a ring of LOADS slots;
-///   consumers (the registers): wgmma m64nNk16 × MI, one chunk in flight behind the one being issued, then the
-///     epilogue.
-/// Hand-off by named barriers: FULL[g % 3] (producers arrive once chunk g is decoded and its activations landed;
-/// consumers wait) and EMPTY[d % LOADS] (consumers arrive once chunk d's MMAs completed; producers wait, in chunk
-/// order, before reusing d's load slot or weight slot). So loads run DIST chunks ahead of the decode, and the decode
-/// of chunk g overlaps the MMAs of chunks g−1 and g−2.
-/// (Consumers taking part of the decode was measured 8–14% slower in session 10: docs/bench-cuda.md.)
-template <int MI, int N, int LOADS, int P, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS>
-MOE_DEVICE void gemm_specialized(const MoEGemmParams &p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int CONSUMERS = 2, GROUPS = MI * 4 * CONSUMERS, WEIGHT_SLOTS = SPECIALIZED_WEIGHT_SLOTS, DIST = LOADS - 2;
-    constexpr int PRODUCER_THREADS = 128 * P, PRODUCER_WARPS = 4 * P, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    constexpr int B_BYTES = Copies::B_BYTES, CODE_BYTES = Copies::CODE_BYTES, LOAD_BYTES = Copies::LOAD_BYTES;
-    constexpr int A_BYTES = GROUPS * 16 * 64 * 2, GROUPS_PER_WARP = GROUPS / PRODUCER_WARPS;
-    constexpr int FULL = SPECIALIZED_FULL, EMPTY = SPECIALIZED_EMPTY, PRODUCERS = SPECIALIZED_EMPTY + LOADS;
-    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
-    static_assert((N == 64 || N == 128) && PRODUCERS < 16 && GROUPS % PRODUCER_WARPS == 0 && DIST >= 1, "shape");
-    extern __shared__ __align__(1024) unsigned char sharedBytes[];
-    wait_for_previous_kernel();
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int blockGroup = blockIdx.x * GROUPS;
-    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
-    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
-    const u32 weightBase = sharedBase + LOADS * LOAD_BYTES;
-
-    if (warp < PRODUCER_WARPS) {
-        registers_decrease<PRODUCER_REGISTERS>();
-        const int t = threadIdx.x;
-        const Copies copies(p, tile, blockGroup, t);
-        auto issue = [&](int c) { copies.issue(p, c, sharedBase + (c % LOADS) * LOAD_BYTES, t); };
-        int consumed = 0;  // chunks whose EMPTY arrival this producer has waited for (in order)
-        auto waitConsumed = [&](int d) {  // until chunk d's MMAs have completed
-            for (; consumed <= d; ++consumed) named_barrier_sync(EMPTY + consumed % LOADS, THREADS);
-        };
-        const u32 chunk0 = (((lane >> 3) ^ (lane & 7)) << 4), chunk1 = (((4 + (lane >> 3)) ^ (lane & 7)) << 4);
-#pragma unroll
-        for (int c = 0; c < DIST; ++c) issue(c);
-#pragma unroll 1
-        for (int g = 0; g < p.chunks; ++g) {
-            copy_async_wait<DIST - 1>();                        // this thread's copies of chunk g have landed
-            named_barrier_sync(PRODUCERS, PRODUCER_THREADS);   // and every producer's (codes are decoded by other warps)
-            if (g >= WEIGHT_SLOTS) waitConsumed(g - WEIGHT_SLOTS);  // its weight slot is free
-            const unsigned char *slot = sharedPointer + (g % LOADS) * LOAD_BYTES;
-            const u32 weights = weightBase + (g % WEIGHT_SLOTS) * A_BYTES;
-            uint4 code[GROUPS_PER_WARP];
-            u32 word[GROUPS_PER_WARP];
-            const bool slow = load_chunk_codes<GROUPS_PER_WARP, PRODUCER_WARPS, CODE_BYTES>(slot + B_BYTES, g, warp, lane, code, word);
-            const u32 rowBase = weights + 2 * warp * 1024 + (lane & 7) * 128;
-            if (slow) {
-                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, true>(code, word, rowBase, chunk0, chunk1);
-            } else {
-                decode_to_shared_swizzled<GROUPS_PER_WARP, PRODUCER_WARPS, false>(code, word, rowBase, chunk0, chunk1);
-            }
-            fence_proxy_async_shared();
-            named_barrier_arrive(FULL + g % WEIGHT_SLOTS, THREADS);
-            // Only now the loads DIST ahead: their slot's previous chunk must have left the tensor cores, and waiting
-            // for that here (not before the decode) keeps two decoded chunks queued ahead of the MMAs.
-            const int ahead = g + DIST;
-            if (ahead < p.chunks && ahead >= LOADS) waitConsumed(ahead - LOADS);
-            issue(ahead);
-        }
-        copy_async_wait<0>();
-        return;
-    }
-
-    registers_increase<CONSUMER_REGISTERS>();
-    const int consumer = (warp - PRODUCER_WARPS) >> 2, warpInGroup = warp & 3;
-    float acc[MI][N / 2];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
-    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
-    if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        specialized_consume<64, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
-    } else {
-        specialized_consume<N, MI, N, LOADS, LOAD_BYTES, A_BYTES, THREADS>(p, acc, sharedBase, weightBase, consumer);
-    }
-    wgmma_wait<0>();
-    allow_next_kernel();
-    warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
-#else
-    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
-#endif
-}
-
-// MARK: registered kernel (large batches, sm_90a)
-
 /// The wgmma A fragments of one 32-k half (MXFP4 block sp of a chunk) for a consumer warp: its MI code word pairs
 /// decoded into rows gid and gid + 8 of each 16-row group, as the decode-size kernels' mma.sync fragments.
 template <int MI, bool Slow>
@@ -1148,7 +996,8 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
     wgmma_commit();
 }
 
-/// The registered kernel's consumer loop with wgmma width W ≤ N (see specialized_consume). Per chunk g: wait FULL[g % L],
+/// The registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so tokens ≥ W are
+/// neither multiplied nor written). Per chunk g: wait FULL[g % L],
 /// read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma two halves back
 /// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
 /// to the producers: EMPTY[(g − 1) % L]), decode, issue. BASE: the slot's wgmma descriptor by adds from the first
@@ -1197,18 +1046,21 @@ MOE_DEVICE void registered_consume(
 #endif
 }
 
-/// The specialised kernel with the decode moved from the producers into the consumers' registers (Hopper's
-/// mixed-input GEMM scheme). Block: one producer warpgroup and two consumer warpgroups; 128·MI weight rows × N tokens.
+/// The large-batch kernel: MXFP4 decoded in the consumers' registers (Hopper's mixed-input GEMM scheme), warp-specialised.
+/// Block: one producer warpgroup and CONSUMERS consumer warpgroups; 64·MI·CONSUMERS weight rows × N tokens.
 ///   producer (few registers): only copies — activations, codes and scales LOADS − 2 chunks ahead into a ring of
-///     LOADS slots (ChunkCopies); FULL[s] once its copies of the chunk in slot s have landed;
+///     LOADS slots (ChunkCopies); FULL[s] once its copies of the chunk in slot s have landed and are fenced;
 ///   consumers: each 32-k half decoded into wgmma A fragments (two buffers) and multiplied by register-A wgmma
-///     m64nNk16 with the activations from shared memory, the next half decoded while the tensor cores run this one.
-/// No decoded weights pass through shared memory: by arithmetic ~100 KB of shared-memory traffic per 64-k chunk
-/// against the specialised kernel's ~164 KB. Measured (H100, session 13, runs 52–54): 3–12% faster than it from 2048
-/// tokens; L1/shared throughput 31% against 54%, but the tensor pipe still ~44% busy: each consumer warp issues ~200
-/// instructions a chunk (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
-/// CONSUMERS: consumer warpgroups (2, or 3 with MI = 1: 192 rows, half the instructions a warp and 1.5× the warps to
-/// hide the decode's latency).
+///     m64nNk16 with the activations from shared memory, the next half decoded while the tensor cores run this one;
+///     EMPTY[s] once the chunk's wgmma have completed.
+/// No decoded weights pass through shared memory, unlike sessions 3–12's specialised kernel (producers decoded each chunk
+/// into shared memory for both-operands-in-shared wgmma; ~164 KB of shared-memory traffic a 64-k chunk against ~100).
+/// Measured (H100, session 13): 4–8% faster than it from 2048 tokens with 6 load slots (run 52), 4 slots 3–7% faster
+/// again (run 54; ~10–11% in all by the product of the two A/Bs' ratios, so the specialised kernel is gone); L1/shared
+/// throughput 31% against 54%, but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
+/// (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
+/// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency.
+/// (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1252,7 +1104,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // As in the specialised kernel: a tile of at most N/2 rows multiplies only them (MOE_CUDA_HALF_TILES=0 keeps N).
+    // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
+    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
     if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
     } else {
@@ -1317,17 +1170,8 @@ MOE_WARPGROUP(2, 2, 64, 3)
 
 MOE_DECODED(2, 2, 128, 4)
 
-// Producer warpgroups P: registers at launch are 65536 / threads; setmaxnreg moves them to the consumers (PR, CR).
-#define MOE_SPECIALIZED(MI, N, L, P, PR, CR)                                                           \
-    extern "C" __global__ void __launch_bounds__(128 * (P + 2), 1)                                     \
-        moe_gemm_specialized_##MI##_##N##_##L##_##P(MoEGemmParams p) {                                 \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_specialized<MI, N, L, P, PR, CR>(p);                                                      \
-    }
-
-MOE_SPECIALIZED(2, 128, 4, 2, 56, 200)
-
-// One producer warpgroup (copies only) and two consumer warpgroups that decode: registers as for MOE_SPECIALIZED.
+// One producer warpgroup (copies only) and two consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
+// each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
 #define MOE_REGISTERED(MI, N, L, PR, CR)                                                               \
     extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_registered_##MI##_##N##_##L(MoEGemmParams p) { \
         MOE_TRACE_KERNEL(p);                                                                           \

@@ -123,7 +123,7 @@ typedef struct MoEGemmParams {
     MoEDevicePointer tileConsumed;  ///< u32 [maxTiles]: GEMM 2's blocks past the wait; the last resets both
     int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
     int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
-    int fullWidthOnly;              ///< specialised kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
+    int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoEGemmParams;
 
