@@ -29,15 +29,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_2_2_128_4
     /// sm_90a, warp-specialised with the decode in the consumers' registers: one producer warpgroup only copies
     /// (activations, codes, scales; 4 load slots, 2 chunks ahead), two consumer warpgroups decode each 32-k half into
-    /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory); 256 rows × 128 tokens.
+    /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory);
+    /// 256 rows × 128 tokens.
     case registered_2_128_4
     /// The same with 6 load slots (4 chunks ahead).
     case registered_2_128_6
     /// The same with 3 load slots (1 chunk ahead; 4 < 5 < 6 < 7 slots so far, session 13).
     case registered_2_128_3
     /// registered_MI_N_L_C_B: C consumer warpgroups, B = 1 the activations' wgmma descriptors by adds from the first
-    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both built after session 13's last run: 4 slots,
-    /// two consumer warpgroups of 128 rows …
+    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both built after session 13's last run:
+    /// 4 slots, two consumer warpgroups of 128 rows …
     case registered_2_128_4_2_1
     /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps
     /// to hide the decode's latency, which sets the pace of the two-warpgroup kernel).
@@ -104,10 +105,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tokens on sm_90 both GEMMs take 4-warp whole-K blocks whose rings the copy engine fills (H100, session 12's run
     /// 45, two rounds: 63.5 / 65.2 against 70.2 / 69.3 µs at 2 tokens, 100.1 / 100.0 against 118.1 / 119.3 at 4; not at
     /// 1 token, 52.9 against 43.5 in session 11, nor at 8–16).
-    /// Large batches take the registered kernel (the decode in the consumers' registers). With 6 load slots it was 4.0 /
-    /// 7.8 / 7.2 / 6.4% faster than sessions 3–12's specialised kernel at 2048 / 4096 / 8192 / 32768 tokens (4.0 / 6.9 / 6.4 / 6.1
-    /// in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are faster again by 6.6–7.2 /
-    /// 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each; 5 slots in between, 7 behind).
+    /// Large batches take the registered kernel (the decode in the consumers' registers). With 6 load slots it was
+    /// 4.0 / 7.8 / 7.2 / 6.4% faster than sessions 3–12's specialised kernel at 2048 / 4096 / 8192 / 32768 tokens
+    /// (4.0 / 6.9 / 6.4 / 6.1 in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are
+    /// faster again by 6.6–7.2 / 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each;
+    /// 5 slots in between, 7 behind).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
