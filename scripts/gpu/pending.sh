@@ -70,20 +70,21 @@ case $part in
         MOE_CUDA_POLICY_ROWS=1 bash $D epcheck  # tiny (E = 8) moves furthest: staged and specialised tiles under EP
         ;;
     next)
-        bash $D info
+        bash $D info check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
+        bash $D epcheck
         for v in registered_1_128_4_3_1 registered_2_128_3 registered_2_128_4_2_1; do  # new: a bounded smoke run each first
             timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
                 --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
         done
-        bash $D check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
         # three consumer warpgroups of 64 rows; the descriptors-from-a-base build; 3 slots against 4 (each checked first)
         MOE_CUDA_GEMM=registered_1_128_4_3_1 bash $D check
         MOE_CUDA_GEMM=registered_2_128_4_2_1 bash $D check
         AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_3_1@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_2_1@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_3@2048,8192,32768" bash $D abenv
         RACE_VARIANT=registered_1_128_4_3_1 MEM_VARIANT=registered_1_128_4_3_1 bash $D racedecoded memdecoded
         NEW_VARIANTS=registered_1_128_4_3_1 DEBUG_TOKENS=100,300 bash $D debugnew
-        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc
-        bash $D epcheck
+        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc  # the default
+        MOE_CUDA_GEMM=registered_1_128_4_3_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg3wg8192 \
+            bash $D ncusrc
         ;;
     *) echo "usage: pending.sh policy|stalls|rows|next [SECONDS]" >&2; exit 2 ;;
 esac
