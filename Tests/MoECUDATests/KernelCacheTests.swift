@@ -105,12 +105,11 @@ private func request(
         let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) C.
-        let producers = 1
         let consumers = line.hasPrefix("MOE_REGISTERED_CB(") ? numbers[3] : 2
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
-        let threads = 128 * (producers + consumers)
+        let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / threads / 8 * 8)
-        #expect(128 * producers * producerRegisters + 128 * consumers * consumerRegisters <= pool, "\(line)")
+        #expect(128 * producerRegisters + 128 * consumers * consumerRegisters <= pool, "\(line)")
         checked += 1
     }
     #expect(checked == GemmVariant.allCases.filter { $0.kind == .registered }.count)

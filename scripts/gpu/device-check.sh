@@ -60,7 +60,7 @@ for s in $steps; do
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     epmps) TAIL=30 step epmps 420 env MOE=$M OUT=$OUT/epmps bash .device/ep-check.sh mps ;;
     debugnew) for v in ${NEW_VARIANTS:-registered_2_128_4 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
-    racedecoded) step racedecoded 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-registered_2_128_4} ;;
+    racedecoded|racecheck) step $s 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-registered_2_128_4} ;;
     memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-registered_2_128_4} ;;
     ncudecoded) TAIL=120 step ncudecoded 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section Occupancy -k regex:moe_gemm_${NCU_KERNEL:-decoded} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-decoded_2_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
     ncufull) TAIL=400 step ncufull 400 ncu --clock-control none --set full -k regex:moe_gemm_${NCU_KERNEL:-registered} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-registered_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
@@ -70,7 +70,6 @@ for s in $steps; do
     ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2_64_3 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
     debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-1,8,40} ;;
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens ${MEMCHECK_TOKENS:-7,40} ;;
-    racecheck) step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant registered_2_128_4 ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
     trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
     ncudecstall)  # why a decode GEMM's warps wait: stall reasons per issued instruction, both GEMMs at NCU_TOKENS, default kernels

@@ -11,7 +11,7 @@
 #   stalls: (session 12, after run 46) the decode GEMMs' stall reasons at 1, 4 and 8 tokens (ncu, default kernels): run 46
 #           showed the 1-token layer barely faster with its weights in L2 (36.3 against 38.6 µs), so GEMM 1's warps wait
 #           on their own chains, not DRAM; which stall; then the L2-weights trace at 16–256 tokens beside the plain one.
-#   rows:   (session 12; run 50: adopted) the kernel chosen by rows an expert (MOE_CUDA_POLICY_ROWS=1) on gpt-oss-20b: run 49's
+#   rows:   (session 12; run 50: adopted, so gone from this script: at commit 69cacdc) the kernel chosen by rows an expert (MOE_CUDA_POLICY_ROWS=1) on gpt-oss-20b: run 49's
 #           20b bench was 39.0% of floor at 128 tokens and 24.4% at 512, where 120b's token thresholds give it 8-row tiles
 #           (16 rows an expert: each weight decoded two or three times) and 32-row tiles (64 rows an expert). Predicted:
 #           20b at 128 tokens towards 120b's 512-token figure per row (≈ −30%), at 512 tokens −20% or more; 120b unchanged.
@@ -30,7 +30,7 @@
 #           kernel with descriptors from a base (registered_2_128_4_2_1: ~10 fewer uniform instructions a chunk and a
 #           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), ncu source counters at 8192, EP
 #           bit-identity.
-#   usage (device): bash .device/pending.sh policy|stalls|rows|next [SECONDS]
+#   usage (device): bash .device/pending.sh policy|stalls|next [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -62,13 +62,6 @@ case $part in
             MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=16,32,64,128,256 bash $D trace
         done
         ;;
-    rows)
-        bash $D info
-        MOE_CUDA_POLICY_ROWS=1 DEBUG_TOKENS=65,128,300 bash $D check debug20b  # the kernels the rows policy picks on 20b
-        AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_POLICY_ROWS=1@64,96,128,256,512,1024" bash $D abenv
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_POLICY_ROWS=1@128,1024,2048" bash $D abenv  # control: 120b's kernels are the same
-        MOE_CUDA_POLICY_ROWS=1 bash $D epcheck  # tiny (E = 8) moves furthest: staged and specialised tiles under EP
-        ;;
     next)
         bash $D info check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
         bash $D epcheck
@@ -86,6 +79,6 @@ case $part in
         MOE_CUDA_GEMM=registered_1_128_4_3_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg3wg8192 \
             bash $D ncusrc
         ;;
-    *) echo "usage: pending.sh policy|stalls|rows|next [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy|stalls|next [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -937,7 +937,8 @@ struct ChunkCopies {
         scaleSource = (const unsigned char *)p.scales + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
     }
 
-    /// Chunk c into `slot` (nothing past the last chunk), then one commit group either way.
+    /// Chunk c into `slot` (nothing past the last chunk), then one commit group either way. (`t` is the constructor's
+    /// thread again: kept as a parameter because a stored copy changes the default kernel's SASS, measured as it is.)
     MOE_DEVICE void issue(const MoEGemmParams &p, int c, u32 slot, int t) const {
         if (c < p.chunks) {
             const int k = c * 64 + segment * 8;
@@ -955,6 +956,12 @@ struct ChunkCopies {
         }
         copy_async_commit();
     }
+};
+
+/// The registered kernel's named barriers: FULL + s (slot s's copies landed), EMPTY + s (its chunk's wgmma completed).
+template <int LOADS> struct RegisteredBarriers {
+    static constexpr int FULL = 1, EMPTY = 1 + LOADS;
+    static_assert(EMPTY + LOADS <= 16, "named barriers 1…15 (0 is __syncthreads)");
 };
 
 /// The wgmma A fragments of one 32-k half (MXFP4 block sp of a chunk) for a consumer warp: its MI code word pairs
@@ -1007,7 +1014,7 @@ MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int FULL = 1, EMPTY = 1 + LOADS;
+    constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
     // BASE: the descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
@@ -1057,7 +1064,7 @@ MOE_DEVICE void registered_consume(
 /// into shared memory for both-operands-in-shared wgmma; ~164 KB of shared-memory traffic a 64-k chunk against ~100).
 /// Measured (H100, session 13): 4–8% faster than it from 2048 tokens with 6 load slots (run 52), 4 slots 3–7% faster
 /// again (run 54; ~10–11% in all by the product of the two A/Bs' ratios, so the specialised kernel is gone); L1/shared
-/// throughput 31% against 54%, but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
+/// throughput 31% against 56% (run 52, 8192 tokens), but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
 /// (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
 /// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency.
 /// (Protocol model: scripts/gpu/models/registered.py.)
@@ -1065,9 +1072,9 @@ template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTE
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
-    constexpr int DIST = LOADS - 2, FULL = 1, EMPTY = 1 + LOADS;
+    constexpr int DIST = LOADS - 2, FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 64 || N == 128) && DIST >= 1 && EMPTY + LOADS <= 16, "shape");
+    static_assert((N == 64 || N == 128) && DIST >= 1, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1170,25 +1177,23 @@ MOE_WARPGROUP(2, 2, 64, 3)
 
 MOE_DECODED(2, 2, 128, 4)
 
-// One producer warpgroup (copies only) and two consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
+// One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
 // each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
-#define MOE_REGISTERED(MI, N, L, PR, CR)                                                               \
-    extern "C" __global__ void __launch_bounds__(384, 1) moe_gemm_registered_##MI##_##N##_##L(MoEGemmParams p) { \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, PR, CR)                                            \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR>(p);                                                          \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C>(p);                                               \
     }
+// Two consumer warpgroups, descriptors rebuilt per k16 step.
+#define MOE_REGISTERED(MI, N, L, PR, CR) MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, PR, CR)
 
 MOE_REGISTERED(2, 128, 4, 64, 216)
 MOE_REGISTERED(2, 128, 6, 64, 216)
 MOE_REGISTERED(2, 128, 3, 64, 216)
 
 // C consumer warpgroups, B = 1: the activations' wgmma descriptors by adds from the first slot's.
-#define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)                                                      \
-    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                     \
-        moe_gemm_registered_##MI##_##N##_##L##_##C##_##B(MoEGemmParams p) {                            \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C>(p);                                               \
-    }
+#define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) \
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, PR, CR)
 
 MOE_REGISTERED_CB(2, 128, 4, 2, 1, 64, 216)
 MOE_REGISTERED_CB(1, 128, 4, 3, 1, 64, 144)
