@@ -43,6 +43,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps
     /// to hide the decode's latency, which sets the pace of the two-warpgroup kernel).
     case registered_1_128_4_3_1
+    /// 256-token tiles: two consumer warpgroups of 64 weight rows, register-A wgmma m64n256k16 (each tile's rows
+    /// rounded up to 64: n64/128/192/256), so each decoded weight feeds twice the tokens of registered_2_128_4 (whose
+    /// consumers' decode sets its pace); the epilogue staged through shared memory. 128 rows × 256 tokens.
+    case registered_1_256_4
+    /// registered_2_128_4 with the epilogue staged through shared memory (stmatrix, then 16-byte row stores) instead of
+    /// two-byte stores straight from the accumulators (~10% of the kernel's warp samples at 8192 tokens, run 56's ncu).
+    case registered_2_128_4_2_0_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

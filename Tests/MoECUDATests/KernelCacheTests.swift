@@ -62,8 +62,10 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB.
-        let macro = "MOE_" + parts[0].uppercased() + (variant.kind == .registered && parts.count == 6 ? "_CB" : "")
+        // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
+        // naming their epilogue too from MOE_REGISTERED_CBS.
+        let suffix = variant.kind != .registered ? "" : parts.count == 6 ? "_CB" : parts.count == 7 ? "_CBS" : ""
+        let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
         // The macro's leading arguments name the kernel; later ones (launch bounds, register split) do not.
@@ -104,7 +106,8 @@ private func request(
     for line in experts.split(separator: "\n") where line.hasPrefix("MOE_REGISTERED") {
         let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
-        // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) C.
+        // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
+        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) C.
         let consumers = line.hasPrefix("MOE_REGISTERED_CB(") ? numbers[3] : 2
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (1 + consumers)

@@ -113,6 +113,14 @@ import Testing
     #expect(three.warps == 16 && three.rowGroupsPerBlock == 12 && three.tileRows == 128 && three.stages == 4)
     #expect(three.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * 24576)
     #expect(LaunchPlan(tokens: 4096, config: MoEPreset.gptOss120b.config, variant: three).gemm2Shape.grid.x == 15)
+    // 256-token tiles: 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23), slots of 32 KB + 8 × 640 B.
+    let wide = GemmVariant.registered_1_256_4
+    #expect(wide.warps == 12 && wide.rowGroupsPerBlock == 8 && wide.tileRows == 256 && wide.stages == 4)
+    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (32768 + 8 * 640))
+    let widePlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: wide)
+    #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
+    #expect(GemmVariant.registered_2_128_4_2_0_1.sharedBytes(k: 2880, residentRows: 128)
+        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

@@ -30,7 +30,13 @@
 #           kernel with descriptors from a base (registered_2_128_4_2_1: ~10 fewer uniform instructions a chunk and a
 #           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), ncu source counters at 8192, EP
 #           bit-identity.
-#   usage (device): bash .device/pending.sh policy|stalls|next [SECONDS]
+#   wide:   (session 14) registered_1_256_4: 256-token tiles (m64n256k16, two consumer warpgroups of 64 rows), so each
+#           decoded weight feeds twice the tokens: run 56's ncu put the default's chunk at ~1650 cycles, its consumers'
+#           instruction stream (~207 a warp at ~8 cycles), against 1024 of tensor work; with half the decode a chunk the
+#           tensor pipe should set the pace. Predicted −20 to −30% at 8192–32768 tokens (fewer at 4096, where tiles are
+#           shorter), none at 2048. And the staged epilogue alone on the default (registered_2_128_4_2_0_1): the direct
+#           epilogue was ~10% of the warp samples (icache misses, 2-byte stores); predicted −3 to −8%.
+#   usage (device): bash .device/pending.sh policy|stalls|next|wide [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -79,6 +85,22 @@ case $part in
         MOE_CUDA_GEMM=registered_1_128_4_3_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg3wg8192 \
             bash $D ncusrc
         ;;
-    *) echo "usage: pending.sh policy|stalls|next [SECONDS]" >&2; exit 2 ;;
+    wide)
+        bash $D info
+        for v in registered_1_256_4 registered_2_128_4_2_0_1; do  # new kernels: a bounded smoke run each first
+            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
+        done
+        MOE_CUDA_GEMM=registered_1_256_4 bash $D check
+        MOE_CUDA_GEMM=registered_2_128_4_2_0_1 bash $D check
+        NEW_VARIANTS="registered_1_256_4 registered_2_128_4_2_0_1" DEBUG_TOKENS=100,300,2000 bash $D debugnew
+        MOE_CUDA_HALF_TILES=0 NEW_VARIANTS=registered_1_256_4 DEBUG_TOKENS=300 bash $D debugnew  # every tile full width
+        RACE_VARIANT=registered_1_256_4 MEM_VARIANT=registered_1_256_4 bash $D racedecoded memdecoded
+        RACE_VARIANT=registered_2_128_4_2_0_1 MEM_VARIANT=registered_2_128_4_2_0_1 bash $D racedecoded memdecoded
+        AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4@2048,4096,8192,16384,32768 MOE_CUDA_GEMM=registered_2_128_4_2_0_1@2048,8192,32768" bash $D abenv
+        AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4@1024,2048,8192,32768" bash $D abenv
+        MOE_CUDA_GEMM=registered_1_256_4 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=wide8192 bash $D ncusrc
+        ;;
+    *) echo "usage: pending.sh policy|stalls|next|wide [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

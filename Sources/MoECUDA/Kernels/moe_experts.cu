@@ -960,8 +960,8 @@ struct ChunkCopies {
 
 /// The registered kernel's named barriers: FULL + s (slot s's copies landed), EMPTY + s (its chunk's wgmma completed).
 template <int LOADS> struct RegisteredBarriers {
-    static constexpr int FULL = 1, EMPTY = 1 + LOADS;
-    static_assert(EMPTY + LOADS <= 16, "named barriers 1…15 (0 is __syncthreads)");
+    static constexpr int FULL = 1, EMPTY = 1 + LOADS, EPILOGUE = 1 + 2 * LOADS;  // EPILOGUE: the consumers alone
+    static_assert(EPILOGUE <= 15, "named barriers 1…15 (0 is __syncthreads)");
 };
 
 /// The wgmma A fragments of one 32-k half (MXFP4 block sp of a chunk) for a consumer warp: its MI code word pairs
@@ -1053,6 +1053,100 @@ MOE_DEVICE void registered_consume(
 #endif
 }
 
+/// The registered kernels' epilogue through shared memory (after every consumer's last wgmma, so the load slots are free):
+/// each warp rounds its results with gemm_epilogue's arithmetic and writes them with stmatrix.trans into a [token][column]
+/// tile (rows padded by 16 B: conflict-free), then the consumers store whole 16-byte pieces of rows. Against the direct
+/// epilogue: 8 or 16 stmatrix and a rolled copy loop instead of 64–128 two-byte global stores a thread, and a fraction
+/// of the code (the direct one is fully unrolled and runs once a block, from a cold instruction cache).
+template <int MI, int N, int GROUPS>
+struct StagedEpilogue {
+    static constexpr int SWIGLU_ROW = GROUPS * 16 + 16, PLAIN_ROW = GROUPS * 32 + 16;  // bytes a token row, padded
+    static constexpr int BYTES = N * PLAIN_ROW;
+
+    /// Rounds this warp's accumulators (row group `localGroup` + 4·mi of the block) into the tile at `tile`.
+    static MOE_DEVICE void stage(const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][N / 2], int blockGroup,
+                                 int localGroup, int lane, u32 tileAddress) {
+        const int gid = lane >> 2, tig = lane & 3;
+        const float *bias = (const float *)p.bias + (long long)tile.expert * p.n;
+        if (p.epilogue == MOE_EPILOGUE_SWIGLU) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const int local = localGroup + 4 * mi, pair = 8 * (blockGroup + local) + gid;
+                const bool valid = blockGroup + local < p.groups;
+                const float gateBias = valid ? bias[2 * pair] : 0.0f, upBias = valid ? bias[2 * pair + 1] : 0.0f;
+                // x4: 8-token columns 4q … 4q + 3 of the 8 pairs; lanes 8m … 8m + 7 address column 4q + m's tokens.
+                const u32 at = tileAddress + (8 * (lane >> 3) + (lane & 7)) * SWIGLU_ROW + local * 16;
+#pragma unroll
+                for (int q = 0; q < N / 32; ++q) {
+                    if (32 * q >= tile.rowCount) break;
+                    u32 r[4];
+#pragma unroll
+                    for (int m = 0; m < 4; ++m) {
+                        float a[2];
+#pragma unroll
+                        for (int tok = 0; tok < 2; ++tok) {
+                            const int j = 4 * q + m;
+                            const float g = fminf(acc[mi][4 * j + tok] + gateBias, p.swigluLimit);
+                            const float u = fminf(fmaxf(acc[mi][4 * j + 2 + tok] + upBias, -p.swigluLimit), p.swigluLimit);
+                            a[tok] = g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
+                        }
+                        r[m] = pack_bf16x2(a[0], a[1]);
+                    }
+                    store_matrix_x4_transposed(at + 32 * q * SWIGLU_ROW, r[0], r[1], r[2], r[3]);
+                }
+            }
+        } else {
+            const float *rowWeights = (const float *)p.rowWeights;
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const int local = localGroup + 4 * mi, h0 = 16 * (blockGroup + local) + gid;
+                const bool valid = blockGroup + local < p.groups;
+                const float b0 = valid ? bias[h0] : 0.0f, b1 = valid ? bias[h0 + 8] : 0.0f;
+                // x4: rows 0–7 and 8–15 of 8-token columns 2q and 2q + 1; lanes 8m … 8m + 7 address matrix m's tokens.
+                const u32 at = tileAddress + (8 * (lane >> 4) + (lane & 7)) * PLAIN_ROW + local * 32 + ((lane >> 3) & 1) * 16;
+#pragma unroll
+                for (int q = 0; q < N / 16; ++q) {
+                    if (16 * q >= tile.rowCount) break;
+                    u32 r[4];
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int j = 2 * q + half, token = 8 * j + 2 * tig;
+                        const float w0 = token < tile.rowCount ? rowWeights[tile.rowStart + token] : 0.0f;
+                        const float w1 = token + 1 < tile.rowCount ? rowWeights[tile.rowStart + token + 1] : 0.0f;
+                        r[2 * half] = pack_bf16x2(w0 * (acc[mi][4 * j] + b0), w1 * (acc[mi][4 * j + 1] + b0));
+                        r[2 * half + 1] = pack_bf16x2(w0 * (acc[mi][4 * j + 2] + b1), w1 * (acc[mi][4 * j + 3] + b1));
+                    }
+                    store_matrix_x4_transposed(at + 16 * q * PLAIN_ROW, r[0], r[1], r[2], r[3]);
+                }
+            }
+        }
+    }
+
+    /// The tile's rows to the output, 16 bytes a store (2 where the output's rows are not 16-byte aligned), by the
+    /// `threads` threads numbered `t`.
+    static MOE_DEVICE void store(const MoEGemmParams &p, const MoETile &tile, int blockGroup, const unsigned char *tilePointer,
+                                 int t, int threads) {
+        const bool swiglu = p.epilogue == MOE_EPILOGUE_SWIGLU;
+        const int pieces = swiglu ? GROUPS : 2 * GROUPS, rowBytes = swiglu ? SWIGLU_ROW : PLAIN_ROW;  // 16-byte pieces a row
+        const int validPieces = swiglu ? min(GROUPS, p.groups - blockGroup) : 2 * min(GROUPS, p.groups - blockGroup);
+        const int firstColumn = (swiglu ? 8 : 16) * blockGroup;
+        bf16_t *out = (bf16_t *)p.output;
+        const bool aligned = (((unsigned long long)out | ((unsigned long long)p.outputStride * 2)) & 15) == 0;
+#pragma unroll 4
+        for (int i = t; i < tile.rowCount * pieces; i += threads) {
+            const int row = i / pieces, piece = i - row * pieces;
+            if (piece >= validPieces) continue;
+            const unsigned char *from = tilePointer + row * rowBytes + piece * 16;
+            bf16_t *to = out + gemm_output_row(p, tile.rowStart + row) * p.outputStride + firstColumn + piece * 8;
+            if (aligned) {
+                *(uint4 *)to = *(const uint4 *)from;
+            } else {
+                for (int e = 0; e < 8; ++e) to[e] = ((const bf16_t *)from)[e];
+            }
+        }
+    }
+};
+
 /// The large-batch kernel: MXFP4 decoded in the consumers' registers (Hopper's mixed-input GEMM scheme), warp-specialised.
 /// Block: one producer warpgroup and CONSUMERS consumer warpgroups; 64·MI·CONSUMERS weight rows × N tokens.
 ///   producer (few registers): only copies — activations, codes and scales LOADS − 2 chunks ahead into a ring of
@@ -1068,13 +1162,14 @@ MOE_DEVICE void registered_consume(
 /// (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
 /// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency.
 /// (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
+          bool STAGED = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int DIST = LOADS - 2, FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 64 || N == 128) && DIST >= 1, "shape");
+    static_assert((N == 64 || N == 128 || N == 256) && DIST >= 1, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1113,14 +1208,36 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
     // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
-    if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+    // 256-token tiles multiply the tile's rows rounded up to 64 (an expert's last tile is often short).
+    if constexpr (N == 256) {
+        const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
+        if (width <= 64) {
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        } else if (width == 128) {
+            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        } else if (width == 192) {
+            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        } else {
+            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        }
+    } else if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
     } else {
         registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
     }
     wgmma_wait<0>();
     allow_next_kernel();
-    warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
+    if constexpr (STAGED) {
+        using Epilogue = StagedEpilogue<MI, N, GROUPS>;
+        static_assert(Epilogue::BYTES <= LOADS * Copies::LOAD_BYTES, "the staged epilogue reuses the load slots");
+        constexpr int EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE, CONSUMER_THREADS = 128 * CONSUMERS;
+        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer's wgmma has completed: the slots are free
+        Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase);
+        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
+        Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
+    } else {
+        warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
+    }
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
@@ -1179,13 +1296,16 @@ MOE_DECODED(2, 2, 128, 4)
 
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
 // each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, PR, CR)                                            \
+// S = 1: the epilogue staged through shared memory (StagedEpilogue).
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, PR, CR)                                         \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C>(p);                                               \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1>(p);                                       \
     }
-// Two consumer warpgroups, descriptors rebuilt per k16 step.
-#define MOE_REGISTERED(MI, N, L, PR, CR) MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, PR, CR)
+// Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
+// 128 accumulators × 32 columns is ~14000 instructions).
+#define MOE_REGISTERED(MI, N, L, PR, CR) \
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, N == 256, PR, CR)
 
 MOE_REGISTERED(2, 128, 4, 64, 216)
 MOE_REGISTERED(2, 128, 6, 64, 216)
@@ -1193,10 +1313,17 @@ MOE_REGISTERED(2, 128, 3, 64, 216)
 
 // C consumer warpgroups, B = 1: the activations' wgmma descriptors by adds from the first slot's.
 #define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, PR, CR)
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, 0, PR, CR)
+// …_S: S = 1 the staged epilogue.
+#define MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) \
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S, MI, N, L, C, B, S, PR, CR)
 
 MOE_REGISTERED_CB(2, 128, 4, 2, 1, 64, 216)
 MOE_REGISTERED_CB(1, 128, 4, 3, 1, 64, 144)
+// 256-token tiles: two consumer warpgroups of 64 rows (128 accumulators a thread, as registered_2_128_*), so each
+// decoded weight feeds twice the tokens; the producer's 16 activation copies a chunk need more than 64 registers.
+MOE_REGISTERED(1, 256, 4, 88, 200)
+MOE_REGISTERED_CBS(2, 128, 4, 2, 0, 1, 64, 216)
 
 // MARK: reduce
 
