@@ -50,6 +50,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// registered_2_128_4 with the epilogue staged through shared memory (stmatrix, then 16-byte row stores) instead of
     /// two-byte stores straight from the accumulators (~10% of the kernel's warp samples at 8192 tokens, run 56's ncu).
     case registered_2_128_4_2_0_1
+    /// registered_1_256_4 with 5 load slots (3 chunks ahead: its producer waits on copies landing, run 57's ncu).
+    case registered_1_256_5
+    /// registered_MI_N_L_C_B_S_Q, Q = 1: the lean producer (rows past the tile's copy its last row; 32-bit row offsets
+    /// from one chunk base): ~4 instructions a copy instead of ~9, 113 and 149 a chunk instead of 159 and 191 (NVRTC
+    /// 13.0 SASS), where run 57's ncu had the 256-token kernel's consumers waiting on its producer.
+    case registered_2_128_4_2_0_1_1
+    case registered_1_256_4_2_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -116,7 +123,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 4.0 / 7.8 / 7.2 / 6.4% faster than sessions 3–12's specialised kernel at 2048 / 4096 / 8192 / 32768 tokens
     /// (4.0 / 6.9 / 6.4 / 6.1 in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are
     /// faster again by 6.6–7.2 / 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each;
-    /// 5 slots in between, 7 behind).
+    /// 5 slots in between, 7 behind). Its epilogue staged through shared memory (registered_2_128_4_2_0_1: stmatrix,
+    /// then 16-byte row stores) is faster again by 8.9 / 10.9% at 2048 tokens, 5.3 / 8.3% at 8192 and 5.4 / 5.4% at 32768
+    /// (H100, session 14's run 57, two rounds).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -140,7 +149,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: return hopper ? (.registered_2_128_4, .registered_2_128_4) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: return hopper ? (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

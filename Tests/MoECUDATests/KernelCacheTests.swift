@@ -63,8 +63,8 @@ private func request(
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
         // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
-        // naming their epilogue too from MOE_REGISTERED_CBS.
-        let suffix = variant.kind != .registered ? "" : parts.count == 6 ? "_CB" : parts.count == 7 ? "_CBS" : ""
+        // naming their epilogue too from MOE_REGISTERED_CBS, and their producer too from MOE_REGISTERED_CBSQ.
+        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ"][parts.count]
         let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
@@ -107,7 +107,7 @@ private func request(
         let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
-        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) C.
+        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) C.
         let consumers = line.hasPrefix("MOE_REGISTERED_CB(") ? numbers[3] : 2
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (1 + consumers)

@@ -50,7 +50,7 @@ import Testing
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
     #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(256) == .staged_2_4_8_2)
-    #expect(small(257) == .registered_2_128_4 && small(512) == .registered_2_128_4)
+    #expect(small(257) == .registered_2_128_4_2_0_1 && small(512) == .registered_2_128_4_2_0_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -72,8 +72,8 @@ import Testing
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 1024) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4, .registered_2_128_4))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4, .registered_2_128_4))
+    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1))
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {

@@ -36,7 +36,13 @@
 #           tensor pipe should set the pace. Predicted −20 to −30% at 8192–32768 tokens (fewer at 4096, where tiles are
 #           shorter), none at 2048. And the staged epilogue alone on the default (registered_2_128_4_2_0_1): the direct
 #           epilogue was ~10% of the warp samples (icache misses, 2-byte stores); predicted −3 to −8%.
-#   usage (device): bash .device/pending.sh policy|stalls|next|wide [SECONDS]
+#           Run 57: staged epilogue −5 to −11% at 2048–32768 (adopted); the 256-token kernel only −2 to −3% beyond it at
+#           16384–32768 and worse below: its consumers wait on FULL (~45% of their samples), its producer's ~190
+#           instructions a chunk the new limit.
+#   lean:   (session 14) the staged-epilogue default's bench, checks and EP bit-identity; the lean producer (~4 instructions
+#           a copy instead of ~9) on both tile widths, and 5 slots for the 256-token kernel, against it. Predicted: the
+#           256-token kernel −10 to −20% at 16384–32768 once its producer keeps up; the 128-token one 0 to −5%.
+#   usage (device): bash .device/pending.sh policy|stalls|next|wide|lean [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -101,6 +107,19 @@ case $part in
         AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4@1024,2048,8192,32768" bash $D abenv
         MOE_CUDA_GEMM=registered_1_256_4 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=wide8192 bash $D ncusrc
         ;;
-    *) echo "usage: pending.sh policy|stalls|next|wide [SECONDS]" >&2; exit 2 ;;
+    lean)
+        bash $D info check bench bench20b epcheck  # the staged-epilogue default (registered_2_128_4_2_0_1)
+        for v in registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1 registered_1_256_5; do  # new: a bounded smoke run each
+            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
+        done
+        for v in registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1 registered_1_256_5; do MOE_CUDA_GEMM=$v bash $D check; done
+        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_1@2048,4096,8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@4096,8192,16384,32768 MOE_CUDA_GEMM=registered_1_256_4@8192,16384,32768 MOE_CUDA_GEMM=registered_1_256_5@8192,32768" bash $D abenv
+        RACE_VARIANT=registered_1_256_4_2_0_1_1 MEM_VARIANT=registered_1_256_4_2_0_1_1 bash $D racedecoded memdecoded
+        RACE_VARIANT=registered_2_128_4_2_0_1_1 MEM_VARIANT=registered_2_128_4_2_0_1_1 bash $D racedecoded memdecoded
+        AB_REPEAT=1 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_1@2048,8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@2048,8192,32768" bash $D abenv
+        NEW_VARIANTS="registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1" DEBUG_TOKENS=300,2000 bash $D debugnew
+        ;;
+    *) echo "usage: pending.sh policy|stalls|next|wide|lean [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

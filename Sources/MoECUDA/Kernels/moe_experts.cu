@@ -903,7 +903,10 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// GROUPS × 128 B of the chunk's 256-k group], issued by the THREADS producer threads (cp.async, one commit group a
 /// chunk): the 8 lanes of a token read its 128 contiguous bytes and write one swizzled row; rows past the tile's and
 /// k past K are zeros or not copied.
-template <int N, int GROUPS, int THREADS>
+/// LEAN: rows past the tile's (up to its width, rows rounded up to 64) copy its last row instead of being skipped per
+/// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: ~4 instructions a copy, not ~9
+/// (run 57's ncu: the 256-token kernel's producer, ~190 instructions a chunk, kept its consumers waiting on FULL).
+template <int N, int GROUPS, int THREADS, bool LEAN = false>
 struct ChunkCopies {
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
@@ -917,6 +920,8 @@ struct ChunkCopies {
     const unsigned char *codeSource, *scaleSource;
     long long codeStride;
     int codeGroup, scaleGroup, segment;
+    u32 rowBytes[LEAN ? ACT_COPIES : 1];  // LEAN: each copy's row, bytes from `input` (T·H and T·k·I bytes < 2^32)
+    int width;                                         // LEAN: the tile's rows rounded up to 64
 
     MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
         segment = t & 7;
@@ -927,7 +932,9 @@ struct ChunkCopies {
             live[i] = token < tile.rowCount;
             rowOffset[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
             actTarget[i] = swizzled_offset(token, segment);
+            if constexpr (LEAN) rowBytes[i] = (u32)rowOffset[i] * 2u;
         }
+        width = (tile.rowCount + 63) & ~63;
         // Codes: segments t + THREADS·i (group (t >> 5) + WARPS·i); scales: segment t of GROUPS·8.
         const long long expertGroup = (long long)tile.expert * p.groups;
         codeGroup = blockGroup + (t >> 5);
@@ -943,9 +950,18 @@ struct ChunkCopies {
         if (c < p.chunks) {
             const int k = c * 64 + segment * 8;
             const bool inside = k < p.k;  // zeros past K
+            if constexpr (LEAN) {
+                const unsigned char *base = (const unsigned char *)input + (inside ? c * 128 : 0);
+                const int bytes = inside ? 16 : 0;
+                const u32 target = slot + actTarget[0];  // copy i: THREADS / 8 · i rows further (the same swizzle phase)
 #pragma unroll
-            for (int i = 0; i < ACT_COPIES; ++i)
-                if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
+                for (int i = 0; i < ACT_COPIES; ++i)
+                    if (THREADS / 8 * i < width) copy_async_16(target + i * (THREADS / 8) * 128, base + rowBytes[i], bytes);
+            } else {
+#pragma unroll
+                for (int i = 0; i < ACT_COPIES; ++i)
+                    if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
+            }
 #pragma unroll
             for (int i = 0; i < CODE_COPIES; ++i) {
                 const bool valid = codeGroup + WARPS * i < p.groups;
@@ -1163,12 +1179,12 @@ struct StagedEpilogue {
 /// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency.
 /// (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false>
+          bool STAGED = false, bool LEAN = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int DIST = LOADS - 2, FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
+    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, LEAN>;
     static_assert((N == 64 || N == 128 || N == 256) && DIST >= 1, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
@@ -1297,15 +1313,15 @@ MOE_DECODED(2, 2, 128, 4)
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
 // each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
 // S = 1: the epilogue staged through shared memory (StagedEpilogue).
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, PR, CR)                                         \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR)                                      \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1>(p);                                       \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q == 1>(p);                               \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
 #define MOE_REGISTERED(MI, N, L, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, N == 256, PR, CR)
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, N == 256, 0, PR, CR)
 
 MOE_REGISTERED(2, 128, 4, 64, 216)
 MOE_REGISTERED(2, 128, 6, 64, 216)
@@ -1313,17 +1329,23 @@ MOE_REGISTERED(2, 128, 3, 64, 216)
 
 // C consumer warpgroups, B = 1: the activations' wgmma descriptors by adds from the first slot's.
 #define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, 0, PR, CR)
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, 0, 0, PR, CR)
 // …_S: S = 1 the staged epilogue.
 #define MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S, MI, N, L, C, B, S, PR, CR)
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S, MI, N, L, C, B, S, 0, PR, CR)
+// …_Q: Q = 1 the lean producer (ChunkCopies LEAN).
+#define MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) \
+    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q, MI, N, L, C, B, S, Q, PR, CR)
 
 MOE_REGISTERED_CB(2, 128, 4, 2, 1, 64, 216)
 MOE_REGISTERED_CB(1, 128, 4, 3, 1, 64, 144)
 // 256-token tiles: two consumer warpgroups of 64 rows (128 accumulators a thread, as registered_2_128_*), so each
 // decoded weight feeds twice the tokens; the producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED(1, 256, 4, 88, 200)
+MOE_REGISTERED(1, 256, 5, 88, 200)
 MOE_REGISTERED_CBS(2, 128, 4, 2, 0, 1, 64, 216)
+MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 1, 64, 216)
+MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 1, 88, 200)
 
 // MARK: reduce
 
