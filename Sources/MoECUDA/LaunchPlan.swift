@@ -124,7 +124,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (4.0 / 6.9 / 6.4 / 6.1 in a second round; 29% slower at 1024, where the staged kernel runs), and 4 slots are
     /// faster again by 6.6–7.2 / 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each;
     /// 5 slots in between, 7 behind). Its epilogue staged through shared memory (registered_2_128_4_2_0_1: stmatrix,
-    /// then 16-byte row stores) is faster again by 8.9 / 10.9% at 2048 tokens, 5.3 / 8.3% at 8192 and 5.4 / 5.4% at 32768
+    /// then 16-byte row stores) is faster again by 8.9 / 10.9% at 2048 tokens, 5.3 / 8.4% at 8192 and 5.4 / 5.4% at 32768
     /// (H100, session 14's run 57, two rounds).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
