@@ -54,8 +54,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_256_5
     /// registered_MI_N_L_C_B_S_Q, Q = 1: the lean producer (rows past the tile's copy its last row; 32-bit row offsets
     /// from one chunk base): ~4 instructions a copy instead of ~9, 113 and 149 a chunk instead of 159 and 191 (NVRTC
-    /// 13.0 SASS), where run 57's ncu had the 256-token kernel's consumers waiting on its producer.
+    /// 13.0 SASS), where run 57's ncu had the 256-token kernel's consumers waiting on its producer. The large-batch
+    /// default (run 58: 4–8% faster than registered_2_128_4_2_0_1).
     case registered_2_128_4_2_0_1_1
+    /// The 256-token kernel with the lean producer (run 58: ~2.7% ahead of the default at 32768 tokens, behind at 8192).
     case registered_1_256_4_2_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
@@ -125,7 +127,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// faster again by 6.6–7.2 / 3.7–3.8 / 3.1–3.4 / 4.3–4.7% (H100, session 13's runs 52 and 54, two rounds each;
     /// 5 slots in between, 7 behind). Its epilogue staged through shared memory (registered_2_128_4_2_0_1: stmatrix,
     /// then 16-byte row stores) is faster again by 8.9 / 10.9% at 2048 tokens, 5.3 / 8.4% at 8192 and 5.4 / 5.4% at 32768
-    /// (H100, session 14's run 57, two rounds).
+    /// (H100, session 14's run 57, two rounds), and its lean producer (registered_2_128_4_2_0_1_1) again by 6.7 / 7.8% at
+    /// 2048, 6.1 / 3.9% at 8192 and 4.4 / 4.6% at 32768 (run 58, two rounds). The 256-token lean kernel
+    /// (registered_1_256_4_2_0_1_1) was 0.7 / 1.4% slower than the staged one at 8192 and 4.4 / 5.3% and 7.8 / 6.8% faster at
+    /// 16384 and 32768 (run 58): at 32768 about 2.7% ahead of the lean 128-token kernel (other rounds of the same call), not
+    /// yet the default (its full-width tiles unchecked on a GPU in the lean form).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -149,7 +155,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: return hopper ? (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: return hopper ? (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

@@ -50,7 +50,7 @@ import Testing
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
     #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(256) == .staged_2_4_8_2)
-    #expect(small(257) == .registered_2_128_4_2_0_1 && small(512) == .registered_2_128_4_2_0_1)
+    #expect(small(257) == .registered_2_128_4_2_0_1_1 && small(512) == .registered_2_128_4_2_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -72,8 +72,8 @@ import Testing
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 1024) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4_2_0_1, .registered_2_128_4_2_0_1))
+    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1))
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {
@@ -121,6 +121,11 @@ import Testing
     #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
     #expect(GemmVariant.registered_2_128_4_2_0_1.sharedBytes(k: 2880, residentRows: 128)
         == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
+    // The lean producer changes no layout: the same slots as the kernels without it.
+    #expect(GemmVariant.registered_2_128_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 128)
+        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
+    #expect(GemmVariant.registered_1_256_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == wide.sharedBytes(k: 2880, residentRows: 256))
+    #expect(GemmVariant.registered_1_256_5.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
