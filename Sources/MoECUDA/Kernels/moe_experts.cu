@@ -1176,7 +1176,9 @@ struct StagedEpilogue {
 /// again (run 54; ~10–11% in all by the product of the two A/Bs' ratios, so the specialised kernel is gone); L1/shared
 /// throughput 31% against 56% (run 52, 8192 tokens), but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
 /// (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
-/// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency.
+/// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency (run 56:
+/// no faster; its consumers waited on the one producer instead). Session 14: the staged epilogue (STAGED) and the lean
+/// producer (LEAN) are 5–11% and 4–8% faster (runs 57, 58); 256-token tiles (N = 256) gain only at 16384+ tokens.
 /// (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
           bool STAGED = false, bool LEAN = false>
