@@ -106,6 +106,13 @@ MOE_DEVICE void mma_group(
 }
 
 /// Writes one accumulator fragment (row group `group`, token tile nj) through the epilogue.
+/// The clamped SwiGLU of one gate/up accumulator pair (gpt-oss: gate ≤ limit, |up| ≤ limit, σ(α·gate), up + 1).
+MOE_DEVICE float swiglu_output(const MoEGemmParams &p, float gate, float up) {
+    const float g = fminf(gate, p.swigluLimit);
+    const float u = fminf(fmaxf(up, -p.swigluLimit), p.swigluLimit);
+    return g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
+}
+
 MOE_DEVICE void gemm_epilogue(
     const MoEGemmParams &p, const MoETile &tile, int group, int nj, const float (&c)[4], int lane) {
     const int gid = lane >> 2, tig = lane & 3;
@@ -119,10 +126,7 @@ MOE_DEVICE void gemm_epilogue(
             const int j = 8 * nj + 2 * tig + tok;
             if (j < tile.rowCount) {
                 const int r = tile.rowStart + j;
-                const float g = fminf(c[tok] + gateBias, p.swigluLimit);
-                const float u = fminf(fmaxf(c[2 + tok] + upBias, -p.swigluLimit), p.swigluLimit);
-                const float a = g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
-                out[gemm_output_row(p, r) * p.outputStride + pair] = float_to_bf16(a);
+                out[gemm_output_row(p, r) * p.outputStride + pair] = float_to_bf16(swiglu_output(p, c[tok] + gateBias, c[2 + tok] + upBias));
             }
         }
     } else {
@@ -1098,14 +1102,11 @@ struct StagedEpilogue {
                     u32 r[4];
 #pragma unroll
                     for (int m = 0; m < 4; ++m) {
+                        const int j = 4 * q + m;
                         float a[2];
 #pragma unroll
-                        for (int tok = 0; tok < 2; ++tok) {
-                            const int j = 4 * q + m;
-                            const float g = fminf(acc[mi][4 * j + tok] + gateBias, p.swigluLimit);
-                            const float u = fminf(fmaxf(acc[mi][4 * j + 2 + tok] + upBias, -p.swigluLimit), p.swigluLimit);
-                            a[tok] = g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
-                        }
+                        for (int tok = 0; tok < 2; ++tok)
+                            a[tok] = swiglu_output(p, acc[mi][4 * j + tok] + gateBias, acc[mi][4 * j + 2 + tok] + upBias);
                         r[m] = pack_bf16x2(a[0], a[1]);
                     }
                     store_matrix_x4_transposed(at + 32 * q * SWIGLU_ROW, r[0], r[1], r[2], r[3]);
