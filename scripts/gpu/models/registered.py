@@ -4,7 +4,9 @@
 # (wgmma groups retire in order per warpgroup). Named barriers have no phase bit. Fails on a deadlock, a barrier reached
 # with two phases or counts, codes or activations read before they landed (and, for the tensor cores, were fenced), a
 # load slot refilled while a wgmma or a code read still needs it, or a fragment buffer rewritten under its wgmma.
-# Session 13, after runs 51–52.
+# Session 13, after runs 51–52. Session 14: the staged epilogue (STAGED: after its last wgmma each consumer warp waits on
+# the consumers' EPILOGUE barrier, writes its part of the output tile into the load slots, waits again, then stores the
+# tile): fails on a slot written while a wgmma or a copy may still use it, or the tile stored before every warp wrote it.
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
 import random, sys
@@ -14,10 +16,10 @@ class Err(Exception):
     pass
 
 
-def simulate(C, L, seed, mutant=None, WG=2):
+def simulate(C, L, seed, mutant=None, WG=2, staged=True):
     rnd = random.Random(seed)
     DIST = L if mutant == 'dist' else L - 2  # 'dist': loads as far ahead as there are slots (no slot left to wait on)
-    FULL, EMPTY = 1, 1 + L
+    FULL, EMPTY, EPILOGUE = 1, 1 + L, 1 + 2 * L
     NPW, THREADS = 4, 128 * (1 + WG)  # WG consumer warpgroups
     bars = {}
     slot_chunk = [None] * L  # chunk whose copies were issued last into each load slot
@@ -29,6 +31,7 @@ def simulate(C, L, seed, mutant=None, WG=2):
     buffers = {}  # (consumer warp, half) -> op whose wgmma reads that fragment buffer
     pend = {w: [] for w in range(NPW)}
     blocked = {}
+    staged_by = set()  # consumer warps that wrote their part of the staged output tile
 
     def bar(warp, bid, n, tag, sync):
         b = bars.setdefault(bid, dict(cnt=0, exp=None, tags=[], waiters=[]))
@@ -135,6 +138,24 @@ def simulate(C, L, seed, mutant=None, WG=2):
                 mine.append(key)
                 yield
         yield from wait(0)
+        if staged:
+            if mutant != 'noepilogue':  # 'noepilogue': stage without waiting for the other consumers
+                if bar(cw, EPILOGUE, 128 * WG, ('S', 0), True):
+                    blocked[cw] = 1
+                    yield
+            busy = [k for k, op in ops.items() if not op['done']]
+            if busy:
+                raise Err(f'consumer {cw} writes the staged tile into the load slots while wgmma{busy[0]} reads them')
+            if any(c is not None and c < C for w in range(NPW) for c in pend[w]):
+                raise Err(f'consumer {cw} writes the staged tile while copies into the slots are in flight')
+            staged_by.add(cw)
+            yield
+            if mutant != 'nostore':  # 'nostore': store the tile without waiting for the other warps' parts
+                if bar(cw, EPILOGUE, 128 * WG, ('T', 0), True):
+                    blocked[cw] = 1
+                    yield
+            if len(staged_by) != 4 * WG:
+                raise Err(f'consumer {cw} stores the staged tile before every consumer warp wrote its part')
 
     agents = {w: producer(w) for w in range(NPW)}
     agents.update({w: consumer(w) for w in range(NPW, NPW + 4 * WG)})
@@ -169,17 +190,18 @@ def simulate(C, L, seed, mutant=None, WG=2):
 
 def run(seeds, mutant=None):
     bad = 0
-    for WG in [2, 3]:
-        for L in [3, 4, 6, 7]:
-            for C in list(range(1, 12)) + [17, 45]:
-                for seed in range(seeds):
-                    try:
-                        simulate(C, L, seed, mutant, WG)
-                    except Err as e:
-                        if mutant is None:
-                            print(f'WG={WG} L={L} C={C} seed={seed}: {e}')
-                        bad += 1
-                        break
+    for staged in [False, True]:
+        for WG in [2, 3]:
+            for L in [3, 4, 6, 7]:
+                for C in list(range(1, 12)) + [17, 45]:
+                    for seed in range(seeds):
+                        try:
+                            simulate(C, L, seed, mutant, WG, staged)
+                        except Err as e:
+                            if mutant is None:
+                                print(f'staged={staged} WG={WG} L={L} C={C} seed={seed}: {e}')
+                            bad += 1
+                            break
     return bad
 
 
@@ -187,10 +209,11 @@ args = [a for a in sys.argv[1:] if not a.startswith('--')]
 seeds = int(args[0]) if args else 100
 if '--mutants' in sys.argv:
     caught = 0
-    for mutant in ['dist', 'nofence', 'wait2', 'arrive']:
+    mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore']
+    for mutant in mutants:
         failures = run(seeds, mutant)
         print(f'mutant {mutant}: {failures} failing configurations', flush=True)
         caught += failures > 0
-    print('mutants caught', caught, 'of 4')
-    sys.exit(0 if caught == 4 else 1)
+    print('mutants caught', caught, 'of', len(mutants))
+    sys.exit(0 if caught == len(mutants) else 1)
 print('failures', run(seeds), flush=True)
