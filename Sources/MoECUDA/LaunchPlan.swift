@@ -59,6 +59,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4_2_0_1_1
     /// The 256-token kernel with the lean producer (run 58: ~2.7% ahead of the default at 32768 tokens, behind at 8192).
     case registered_1_256_4_2_0_1_1
+    /// … with 5 load slots (3 chunks ahead; built after run 58, never run).
+    case registered_1_256_5_2_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

@@ -126,6 +126,7 @@ import Testing
         == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
     #expect(GemmVariant.registered_1_256_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == wide.sharedBytes(k: 2880, residentRows: 256))
     #expect(GemmVariant.registered_1_256_5.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
+    #expect(GemmVariant.registered_1_256_5_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

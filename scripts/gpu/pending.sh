@@ -42,7 +42,11 @@
 #   lean:   (session 14) the staged-epilogue default's bench, checks and EP bit-identity; the lean producer (~4 instructions
 #           a copy instead of ~9) on both tile widths, and 5 slots for the 256-token kernel, against it. Predicted: the
 #           256-token kernel −10 to −20% at 16384–32768 once its producer keeps up; the 128-token one 0 to −5%.
-#   usage (device): bash .device/pending.sh policy|stalls|next|wide|lean [SECONDS]
+#           Run 58: the 128-token lean kernel −4 to −8% (adopted); the 256-token lean one ~2.7% ahead of it at 32768 only.
+#   adopt:  (session 14, not yet run) the lean default's bench and EP bit-identity; the 256-token lean kernel's full-width
+#           tiles checked (cuda-debug, 2000 tokens of gpt-oss-20b) and A/B'd against the lean default directly (adopt it
+#           from its crossover); 5 slots for it (3 chunks ahead); ncu of the default at 8192.
+#   usage (device): bash .device/pending.sh policy|stalls|next|wide|lean|adopt [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -121,6 +125,19 @@ case $part in
         AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_1_256_5@8192,32768" bash $D abenv
         NEW_VARIANTS="registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1" DEBUG_TOKENS=300,2000 bash $D debugnew
         ;;
-    *) echo "usage: pending.sh policy|stalls|next|wide|lean [SECONDS]" >&2; exit 2 ;;
+    adopt)
+        bash $D info check bench bench20b epcheck  # the lean default (registered_2_128_4_2_0_1_1): never benched in full
+        NEW_VARIANTS=registered_1_256_4_2_0_1_1 DEBUG_TOKENS=2000 bash $D debugnew  # its lean full-width (256-row) tiles
+        for v in registered_1_256_5_2_0_1_1 registered_1_256_5; do  # never run: a bounded smoke run each first
+            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
+            MOE_CUDA_GEMM=$v bash $D check
+        done
+        AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@8192,16384,32768 MOE_CUDA_GEMM=registered_1_256_5_2_0_1_1@16384,32768" bash $D abenv
+        RACE_VARIANT=registered_1_256_5_2_0_1_1 MEM_VARIANT=registered_1_256_5_2_0_1_1 bash $D racedecoded memdecoded
+        AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@2048,4096,8192" bash $D abenv
+        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=lean8192 bash $D ncusrc  # where the default waits now
+        ;;
+    *) echo "usage: pending.sh policy|stalls|next|wide|lean|adopt [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
