@@ -105,7 +105,6 @@ MOE_DEVICE void mma_group(
     }
 }
 
-/// Writes one accumulator fragment (row group `group`, token tile nj) through the epilogue.
 /// The clamped SwiGLU of one gate/up accumulator pair (gpt-oss: gate ≤ limit, |up| ≤ limit, σ(α·gate), up + 1).
 MOE_DEVICE float swiglu_output(const MoEGemmParams &p, float gate, float up) {
     const float g = fminf(gate, p.swigluLimit);
@@ -113,6 +112,7 @@ MOE_DEVICE float swiglu_output(const MoEGemmParams &p, float gate, float up) {
     return g / (1.0f + expf(-p.swigluAlpha * g)) * (u + 1.0f);
 }
 
+/// Writes one accumulator fragment (row group `group`, token tile nj) through the epilogue.
 MOE_DEVICE void gemm_epilogue(
     const MoEGemmParams &p, const MoETile &tile, int group, int nj, const float (&c)[4], int lane) {
     const int gid = lane >> 2, tig = lane & 3;
@@ -925,7 +925,7 @@ struct ChunkCopies {
     long long codeStride;
     int codeGroup, scaleGroup, segment;
     u32 rowBytes[LEAN ? ACT_COPIES : 1];  // LEAN: each copy's row, bytes from `input` (T·H and T·k·I bytes < 2^32)
-    int width;                                         // LEAN: the tile's rows rounded up to 64
+    int width;                            // LEAN: the tile's rows rounded up to 64
 
     MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
         segment = t & 7;
@@ -1083,7 +1083,7 @@ struct StagedEpilogue {
     static constexpr int SWIGLU_ROW = GROUPS * 16 + 16, PLAIN_ROW = GROUPS * 32 + 16;  // bytes a token row, padded
     static constexpr int BYTES = N * PLAIN_ROW;
 
-    /// Rounds this warp's accumulators (row group `localGroup` + 4·mi of the block) into the tile at `tile`.
+    /// Rounds this warp's accumulators (row group `localGroup` + 4·mi of the block) into the tile at `tileAddress`.
     static MOE_DEVICE void stage(const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][N / 2], int blockGroup,
                                  int localGroup, int lane, u32 tileAddress) {
         const int gid = lane >> 2, tig = lane & 3;
