@@ -53,7 +53,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// registered_1_256_4 with 5 load slots (3 chunks ahead: its producer waits on copies landing, run 57's ncu).
     case registered_1_256_5
     /// registered_MI_N_L_C_B_S_Q, Q = 1: the lean producer (rows past the tile's copy its last row; 32-bit row offsets
-    /// from one chunk base): ~4 instructions a copy instead of ~9, 113 and 149 a chunk instead of 159 and 191 (NVRTC
+    /// from one chunk base): 113 and 149 instructions a chunk instead of 159 and 191 (NVRTC
     /// 13.0 SASS), where run 57's ncu had the 256-token kernel's consumers waiting on its producer. The large-batch
     /// default (run 58: 4–8% faster than registered_2_128_4_2_0_1).
     case registered_2_128_4_2_0_1_1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: runs 51–52; final: runs 53–55; next: not yet run). Steps are cut at the deadline,
+# Device calls prepared (policy: run 45 and stalls: run 47, session 12; rows: run 50, session 13; registered: runs 51–52; final: runs 53–55; next, wide, lean: runs 56–58; adopt: not yet run). Steps are cut at the deadline,
 # most important first.
 #   policy: session 11's default at 2–4 tokens (resident_1_1_4_1_4 for both GEMMs, its ring filled by the copy engine;
 #           adopted on one round: 64.6 vs 67.8 µs at 2 tokens, 99.7 vs 117.6 at 4) against the pair it replaced,
@@ -24,29 +24,13 @@
 #           6, and where the registered kernel's warps wait (ncu source counters at 2048 tokens, stall reasons at 8192).
 #           Runs 53–55: 4 slots fastest (adopted); bench of the 6-slot default; ncu stalls. (registered and final
 #           are gone from this script with the 5- and 7-slot variants; their commands are in bench-cuda.md session 13.)
-#   next:   (session 13, not yet run) a full bench of the committed defaults (4 slots); registered_1_128_4_3_1 (three
-#           consumer warpgroups of 64 rows: the consumers' instruction latency sets the pace (run 53's ncu), so 1.5× the
-#           warps with half the instructions each; predicted −10 to −25% at 2048–32768 tokens); 3 slots against 4; the 4-slot
-#           kernel with descriptors from a base (registered_2_128_4_2_1: ~10 fewer uniform instructions a chunk and a
-#           shorter chain ahead of each wgmma, by its NVRTC SASS; predicted 0 to −5%), ncu source counters at 8192, EP
-#           bit-identity.
-#   wide:   (session 14) registered_1_256_4: 256-token tiles (m64n256k16, two consumer warpgroups of 64 rows), so each
-#           decoded weight feeds twice the tokens: run 56's ncu put the default's chunk at ~1650 cycles, its consumers'
-#           instruction stream (~207 a warp at ~8 cycles), against 1024 of tensor work; with half the decode a chunk the
-#           tensor pipe should set the pace. Predicted −20 to −30% at 8192–32768 tokens (fewer at 4096, where tiles are
-#           shorter), none at 2048. And the staged epilogue alone on the default (registered_2_128_4_2_0_1): the direct
-#           epilogue was ~10% of the warp samples (icache misses, 2-byte stores); predicted −3 to −8%.
-#           Run 57: staged epilogue −5 to −11% at 2048–32768 (adopted); the 256-token kernel only −2 to −3% beyond it at
-#           16384–32768 and worse below: its consumers wait on FULL (~45% of their samples), its producer's ~190
-#           instructions a chunk the new limit.
-#   lean:   (session 14) the staged-epilogue default's bench, checks and EP bit-identity; the lean producer (~4 instructions
-#           a copy instead of ~9) on both tile widths, and 5 slots for the 256-token kernel, against it. Predicted: the
-#           256-token kernel −10 to −20% at 16384–32768 once its producer keeps up; the 128-token one 0 to −5%.
-#           Run 58: the 128-token lean kernel −4 to −8% (adopted); the 256-token lean one ~2.7% ahead of it at 32768 only.
+#   next, wide, lean: (sessions 13–14) ran as runs 56, 57 and 58 and are gone from this script (at commit cba9c55):
+#           session 13's three variants (refuted), 256-token tiles and the staged epilogue (adopted), the lean producer
+#           (adopted); predictions, figures and commands in bench-cuda.md and BENCHMARKS.md "Session 14".
 #   adopt:  (session 14, not yet run) the lean default's bench and EP bit-identity; the 256-token lean kernel's full-width
 #           tiles checked (cuda-debug, 2000 tokens of gpt-oss-20b) and A/B'd against the lean default directly (adopt it
 #           from its crossover); 5 slots for it (3 chunks ahead); ncu of the default at 8192.
-#   usage (device): bash .device/pending.sh policy|stalls|next|wide|lean|adopt [SECONDS]
+#   usage (device): bash .device/pending.sh policy|stalls|adopt [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -78,53 +62,6 @@ case $part in
             MOE_CUDA_ALIAS_EXPERTS=1 TRACE_TOKENS=16,32,64,128,256 bash $D trace
         done
         ;;
-    next)
-        bash $D info check bench bench20b  # the committed defaults (4-slot registered kernel): never benched in full
-        bash $D epcheck
-        for v in registered_1_128_4_3_1 registered_2_128_3 registered_2_128_4_2_1; do  # new: a bounded smoke run each first
-            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
-                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
-        done
-        # three consumer warpgroups of 64 rows; the descriptors-from-a-base build; 3 slots against 4 (each checked first)
-        MOE_CUDA_GEMM=registered_1_128_4_3_1 bash $D check
-        MOE_CUDA_GEMM=registered_2_128_4_2_1 bash $D check
-        AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_3_1@1024,2048,4096,8192,32768 MOE_CUDA_GEMM=registered_2_128_4_2_1@2048,8192,32768 MOE_CUDA_GEMM=registered_2_128_3@2048,8192,32768" bash $D abenv
-        RACE_VARIANT=registered_1_128_4_3_1 MEM_VARIANT=registered_1_128_4_3_1 bash $D racedecoded memdecoded
-        NEW_VARIANTS=registered_1_128_4_3_1 DEBUG_TOKENS=100,300 bash $D debugnew
-        NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg8192 bash $D ncusrc  # the default
-        MOE_CUDA_GEMM=registered_1_128_4_3_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=reg3wg8192 \
-            bash $D ncusrc
-        ;;
-    wide)
-        bash $D info
-        for v in registered_1_256_4 registered_2_128_4_2_0_1; do  # new kernels: a bounded smoke run each first
-            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
-                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
-        done
-        MOE_CUDA_GEMM=registered_1_256_4 bash $D check
-        MOE_CUDA_GEMM=registered_2_128_4_2_0_1 bash $D check
-        NEW_VARIANTS="registered_1_256_4 registered_2_128_4_2_0_1" DEBUG_TOKENS=100,300,2000 bash $D debugnew
-        MOE_CUDA_HALF_TILES=0 NEW_VARIANTS=registered_1_256_4 DEBUG_TOKENS=300 bash $D debugnew  # every tile full width
-        RACE_VARIANT=registered_1_256_4 MEM_VARIANT=registered_1_256_4 bash $D racedecoded memdecoded
-        RACE_VARIANT=registered_2_128_4_2_0_1 MEM_VARIANT=registered_2_128_4_2_0_1 bash $D racedecoded memdecoded
-        AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4@2048,4096,8192,16384,32768 MOE_CUDA_GEMM=registered_2_128_4_2_0_1@2048,8192,32768" bash $D abenv
-        AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4@1024,2048,8192,32768" bash $D abenv
-        MOE_CUDA_GEMM=registered_1_256_4 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=wide8192 bash $D ncusrc
-        ;;
-    lean)
-        bash $D info check bench epcheck  # the staged-epilogue default (registered_2_128_4_2_0_1)
-        for v in registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1; do  # new: a bounded smoke run each
-            timeout 60 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
-                --warmup 1 > /dev/null || { echo "=== $v smoke run failed or hung: stopping"; exit 1; }
-        done
-        for v in registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1; do MOE_CUDA_GEMM=$v bash $D check; done
-        AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_1@2048,8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@8192,16384,32768 MOE_CUDA_GEMM=registered_1_256_4@16384,32768" bash $D abenv
-        RACE_VARIANT=registered_1_256_4_2_0_1_1 MEM_VARIANT=registered_1_256_4_2_0_1_1 bash $D racedecoded memdecoded
-        RACE_VARIANT=registered_2_128_4_2_0_1_1 MEM_VARIANT=registered_2_128_4_2_0_1_1 bash $D racedecoded memdecoded
-        bash $D bench20b
-        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_1_256_5@8192,32768" bash $D abenv
-        NEW_VARIANTS="registered_2_128_4_2_0_1_1 registered_1_256_4_2_0_1_1" DEBUG_TOKENS=300,2000 bash $D debugnew
-        ;;
     adopt)
         bash $D info check bench bench20b epcheck  # the lean default (registered_2_128_4_2_0_1_1): never benched in full
         NEW_VARIANTS=registered_1_256_4_2_0_1_1 DEBUG_TOKENS=2000 bash $D debugnew  # its lean full-width (256-row) tiles
@@ -138,6 +75,6 @@ case $part in
         AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@2048,4096,8192" bash $D abenv
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=lean8192 bash $D ncusrc  # where the default waits now
         ;;
-    *) echo "usage: pending.sh policy|stalls|next|wide|lean|adopt [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy|stalls|adopt [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -3,10 +3,21 @@
 # as is): warp instructions executed in all and per warp, the loops (instructions sharing an execution count: one
 # iteration's body; the three holding the most executed instructions) by opcode, and the instructions holding the most warp-stall samples with the ones before
 # them (a stall shows on the instruction after the one it waits at).
-#   usage: python3 scripts/gpu/sass_counts.py FILE.csv[.xz] [WARPS] [TOP]
-#          WARPS: the launch's warps (grid × block / 32), for the per-warp count; TOP: stall sites listed (default 6)
+# With --regions R: the R code regions (instructions sharing an execution count) holding the most warp-stall samples,
+# each with its share of all samples and its largest stall reasons (session 14: where producer, consumers and epilogue
+# wait).
+#   usage: python3 scripts/gpu/sass_counts.py FILE.csv[.xz] [WARPS] [TOP] [--regions R]
+#          WARPS: the launch's warps (grid × block / 32), for the per-warp count (0: none); TOP: stall sites listed
+#          (default 6)
 import collections, csv, io, lzma, sys
 
+arguments = sys.argv[1:]
+regions = 0
+if "--regions" in arguments:
+    at = arguments.index("--regions")
+    regions = int(arguments[at + 1])
+    del arguments[at:at + 2]
+sys.argv[1:] = arguments
 path = sys.argv[1]
 text = lzma.open(path, "rt").read() if path.endswith(".xz") else open(path).read()
 rows = list(csv.reader(io.StringIO(text)))
@@ -25,7 +36,7 @@ def opcode(text):
 
 total = sum(executed)
 print(f"{rows[0][1]}: {total} warp instructions executed", end="")
-if len(sys.argv) > 2:
+if len(sys.argv) > 2 and int(sys.argv[2]) > 0:
     warps = int(sys.argv[2])
     print(f", {total / warps:.0f} a warp ({warps} warps)", end="")
 print()
@@ -44,3 +55,16 @@ print(f"stall samples: {all_samples}; the sites with the most:")
 for i in sorted(range(len(data)), key=lambda i: -samples[i])[:top]:
     before = " ← ".join(source[j].split(";")[0] for j in range(i - 1, max(-1, i - 3), -1))
     print(f"  {100 * samples[i] / all_samples:5.1f}%  {source[i].split(';')[0]:40s}  (after: {before})")
+if regions:
+    reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
+    region = collections.defaultdict(lambda: [0, 0, collections.Counter()])  # count -> instructions, samples, reasons
+    for i, r in enumerate(data):
+        entry = region[executed[i]]
+        entry[0] += 1
+        entry[1] += samples[i]
+        for h in reasons:
+            entry[2][h.removeprefix("stall_")] += int(r[col[h]] or 0)
+    print(f"regions by stall samples (instructions sharing an execution count):")
+    for count, (size, held, why) in sorted(region.items(), key=lambda item: -item[1][1])[:regions]:
+        print(f"  {100 * held / all_samples:5.1f}%  {size} instructions executed {count} times each: "
+              + ", ".join(f"{k} {100 * v / max(held, 1):.0f}%" for k, v in why.most_common(5)))

@@ -908,7 +908,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// chunk): the 8 lanes of a token read its 128 contiguous bytes and write one swizzled row; rows past the tile's and
 /// k past K are zeros or not copied.
 /// LEAN: rows past the tile's (up to its width, rows rounded up to 64) copy its last row instead of being skipped per
-/// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: ~4 instructions a copy, not ~9
+/// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: 113 instructions a chunk for 13 copies, not 159
 /// (run 57's ncu: the 256-token kernel's producer, ~190 instructions a chunk, kept its consumers waiting on FULL).
 template <int N, int GROUPS, int THREADS, bool LEAN = false>
 struct ChunkCopies {
