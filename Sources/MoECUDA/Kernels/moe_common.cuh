@@ -296,27 +296,14 @@ MOE_DEVICE void wgmma_64x256x16(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3,
 }
 
 /// The register-A wgmma of an N-token tile (N = 64, 128, 192 or 256).
-template <int N> struct WarpgroupMMA;
-template <> struct WarpgroupMMA<64> {
-    static MOE_DEVICE void run(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
-        wgmma_64x64x16(d, a0, a1, a2, a3, desc);
-    }
-};
-template <> struct WarpgroupMMA<128> {
-    static MOE_DEVICE void run(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
-        wgmma_64x128x16(d, a0, a1, a2, a3, desc);
-    }
-};
-template <> struct WarpgroupMMA<192> {
-    static MOE_DEVICE void run(float (&d)[96], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
-        wgmma_64x192x16(d, a0, a1, a2, a3, desc);
-    }
-};
-template <> struct WarpgroupMMA<256> {
-    static MOE_DEVICE void run(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc) {
-        wgmma_64x256x16(d, a0, a1, a2, a3, desc);
-    }
-};
+template <int N>
+MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+    static_assert(N == 64 || N == 128 || N == 192 || N == 256, "register-A wgmma widths: 64, 128, 192, 256");
+    if constexpr (N == 64) wgmma_64x64x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 128) wgmma_64x128x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 192) wgmma_64x192x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 256) wgmma_64x256x16(d, a0, a1, a2, a3, descriptor);
+}
 
 /// d[64×64] += A[64×16] · B[16×64], both from shared memory (K-major descriptors), fp32 accumulators in the
 /// m16n8 C layout per 8-column tile j: d[4j..4j+3].

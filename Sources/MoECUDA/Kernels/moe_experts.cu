@@ -714,8 +714,8 @@ MOE_DEVICE void gemm_warpgroup(const MoEGemmParams &p) {
                         wgmma_descriptor(stage + (4 * ci + ks) * 2 * TILES * 128, TILES * 128, 128);
 #pragma unroll
                     for (int mi = 0; mi < MI; ++mi)
-                        WarpgroupMMA<TOKENS>::run(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1],
-                                                  a[buffer][mi][ks][2], a[buffer][mi][ks][3], descriptor);
+                        warpgroup_mma<TOKENS>(acc[mi], a[buffer][mi][ks][0], a[buffer][mi][ks][1],
+                                              a[buffer][mi][ks][2], a[buffer][mi][ks][3], descriptor);
                 }
                 wgmma_commit();
                 if (ci + 1 < chunksValid) {
@@ -1017,8 +1017,8 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
                                                     : wgmma_descriptor_swizzled((u32)slot + (2 * sp + step) * 32);
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
-            WarpgroupMMA<W>::run(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1],
-                                 a[mi][step][2], a[mi][step][3], descriptorB);
+            warpgroup_mma<W>(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1],
+                             a[mi][step][2], a[mi][step][3], descriptorB);
     }
     wgmma_commit();
 }
