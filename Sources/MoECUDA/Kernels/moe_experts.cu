@@ -1140,7 +1140,9 @@ struct StagedEpilogue {
     }
 
     /// The tile's rows to the output, 16 bytes a store (2 where the output's rows are not 16-byte aligned), by the
-    /// `threads` threads numbered `t`.
+    /// `threads` threads numbered `t`. No caller reaches the 2-byte path today (outputs are allocation starts, strides
+    /// I or H, multiples of 32); removing it reschedules the default kernel's chunk loop (NVRTC 13.0), so it goes with
+    /// the next measured change to that kernel.
     static MOE_DEVICE void store(const MoEGemmParams &p, const MoETile &tile, int blockGroup, const unsigned char *tilePointer,
                                  int t, int threads) {
         const bool swiglu = p.epilogue == MOE_EPILOGUE_SWIGLU;
