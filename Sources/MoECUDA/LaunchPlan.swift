@@ -34,23 +34,25 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4
     /// The same with 6 load slots (4 chunks ahead).
     case registered_2_128_6
-    /// The same with 3 load slots (1 chunk ahead; 4 < 5 < 6 < 7 slots so far, session 13).
+    /// The same with 3 load slots (1 chunk ahead): 12–32% slower than 4 at 2048–32768 tokens (session 14's run 56).
     case registered_2_128_3
     /// registered_MI_N_L_C_B: C consumer warpgroups, B = 1 the activations' wgmma descriptors by adds from the first
-    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both built after session 13's last run:
-    /// 4 slots, two consumer warpgroups of 128 rows …
+    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both no faster than registered_2_128_4
+    /// (session 14's run 56: −1.0 to +1.3% and −0.3 to +3.1% at 2048–32768 tokens): 4 slots, two consumer warpgroups of
+    /// 128 rows …
     case registered_2_128_4_2_1
-    /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps
-    /// to hide the decode's latency, which sets the pace of the two-warpgroup kernel).
+    /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps;
+    /// they waited longer on the one producer warpgroup instead).
     case registered_1_128_4_3_1
     /// 256-token tiles: two consumer warpgroups of 64 weight rows, register-A wgmma m64n256k16 (each tile's rows
-    /// rounded up to 64: n64/128/192/256), so each decoded weight feeds twice the tokens of registered_2_128_4 (whose
-    /// consumers' decode sets its pace); the epilogue staged through shared memory. 128 rows × 256 tokens.
+    /// rounded up to 64: n64/128/192/256), so each decoded weight feeds twice the tokens of registered_2_128_4; the
+    /// epilogue staged through shared memory. 128 rows × 256 tokens. Its producer sets its pace (run 57's ncu).
     case registered_1_256_4
     /// registered_2_128_4 with the epilogue staged through shared memory (stmatrix, then 16-byte row stores) instead of
     /// two-byte stores straight from the accumulators (~10% of the kernel's warp samples at 8192 tokens, run 56's ncu).
     case registered_2_128_4_2_0_1
-    /// registered_1_256_4 with 5 load slots (3 chunks ahead: its producer waits on copies landing, run 57's ncu).
+    /// registered_1_256_4 with 5 load slots (3 chunks ahead: its producer waits on copies landing, run 57's ncu; never
+    /// run: cut by run 58's deadline).
     case registered_1_256_5
     /// registered_MI_N_L_C_B_S_Q, Q = 1: the lean producer (rows past the tile's copy its last row; 32-bit row offsets
     /// from one chunk base): 113 and 149 instructions a chunk instead of 159 and 191 (NVRTC

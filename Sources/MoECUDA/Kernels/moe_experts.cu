@@ -1178,9 +1178,9 @@ struct StagedEpilogue {
 /// Measured (H100, session 13): 4–8% faster than it from 2048 tokens with 6 load slots (run 52), 4 slots 3–7% faster
 /// again (run 54; ~10–11% in all by the product of the two A/Bs' ratios, so the specialised kernel is gone); L1/shared
 /// throughput 31% against 56% (run 52, 8192 tokens), but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
-/// (8 wgmma, ~120 decode) at ~8 cycles each, so the consumers' own instruction stream sets the pace.
-/// CONSUMERS = 3 with MI = 1 (192 rows): half the instructions a warp and 1.5× the warps to hide that latency (run 56:
-/// no faster; its consumers waited on the one producer instead). Session 14: the staged epilogue (STAGED) and the lean
+/// (8 wgmma, ~120 decode) at ~8 cycles each. That stream does not set the pace alone: run 56's source counters put 23%
+/// of the warp samples in the producer loop and 10% in the epilogue, and CONSUMERS = 3 with MI = 1 (192 rows: half the
+/// instructions a warp, 1.5× the warps) was no faster, its consumers waiting on the one producer instead. Session 14: the staged epilogue (STAGED) and the lean
 /// producer (LEAN) are 5–11% and 4–8% faster (runs 57, 58); 256-token tiles (N = 256) gain only at 16384+ tokens.
 /// (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
