@@ -108,7 +108,7 @@ private func request(
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
         // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) C.
-        let consumers = line.hasPrefix("MOE_REGISTERED_CB(") ? numbers[3] : 2
+        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB, _CBS and _CBSQ name C
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / threads / 8 * 8)
