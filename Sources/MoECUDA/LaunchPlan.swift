@@ -63,6 +63,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_256_4_2_0_1_1
     /// … with 5 load slots (3 chunks ahead; built after run 58, never run).
     case registered_1_256_5_2_0_1_1
+    /// Q = 2, copies from pointers: each copy's source (activation row, code group, scale group) made once a tile, the
+    /// chunk's offset added per copy, the tile's width tested once per 64 rows. 81 instructions a full-width chunk and
+    /// 68 at half width, against the lean producer's 113, for the same 13 copies (NVRTC 13.0 SASS; session 15, never run).
+    case registered_2_128_4_2_0_1_2
+    /// The 256-token kernel with copies from pointers: 122 instructions a full-width chunk against 149 (never run).
+    case registered_1_256_4_2_0_1_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

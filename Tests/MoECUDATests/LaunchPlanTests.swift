@@ -127,6 +127,13 @@ import Testing
     #expect(GemmVariant.registered_1_256_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == wide.sharedBytes(k: 2880, residentRows: 256))
     #expect(GemmVariant.registered_1_256_5.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
     #expect(GemmVariant.registered_1_256_5_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
+    // Copies from pointers (Q = 2) change no layout either, and keep the kernels' shapes.
+    for (pointers, lean) in [(GemmVariant.registered_2_128_4_2_0_1_2, GemmVariant.registered_2_128_4_2_0_1_1),
+                             (.registered_1_256_4_2_0_1_2, .registered_1_256_4_2_0_1_1)] {
+        #expect(pointers.sharedBytes(k: 2880, residentRows: pointers.tileRows) == lean.sharedBytes(k: 2880, residentRows: lean.tileRows))
+        #expect(pointers.warps == lean.warps && pointers.tileRows == lean.tileRows && pointers.stages == lean.stages)
+        #expect(pointers.rowGroupsPerBlock == lean.rowGroupsPerBlock && pointers.consumerWarpgroups == 2)
+    }
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

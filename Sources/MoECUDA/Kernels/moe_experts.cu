@@ -910,7 +910,8 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// LEAN: rows past the tile's (up to its width, rows rounded up to 64) copy its last row instead of being skipped per
 /// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: 113 instructions a chunk for 13 copies, not 159
 /// (run 57's ncu: the 256-token kernel's producer, ~190 instructions a chunk, kept its consumers waiting on FULL).
-template <int N, int GROUPS, int THREADS, bool LEAN = false>
+/// LEAN = 2 (pointers): issue_by_pointers instead of issue.
+template <int N, int GROUPS, int THREADS, int LEAN = 0>
 struct ChunkCopies {
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
@@ -926,6 +927,10 @@ struct ChunkCopies {
     int codeGroup, scaleGroup, segment;
     u32 rowBytes[LEAN ? ACT_COPIES : 1];  // LEAN: each copy's row, bytes from `input` (T·H and T·k·I bytes < 2^32)
     int width;                            // LEAN: the tile's rows rounded up to 64
+    // LEAN = 2: each copy's source at chunk 0, and the weights' offsets in a slot.
+    const unsigned char *rowPointer[LEAN == 2 ? ACT_COPIES : 1], *codePointer[LEAN == 2 ? CODE_COPIES : 1], *scalePointer;
+    u32 codeTarget, scaleTarget;
+    bool scaleCopier;
 
     MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
         segment = t & 7;
@@ -937,6 +942,7 @@ struct ChunkCopies {
             rowOffset[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
             actTarget[i] = swizzled_offset(token, segment);
             if constexpr (LEAN) rowBytes[i] = (u32)rowOffset[i] * 2u;
+            if constexpr (LEAN == 2) rowPointer[i] = (const unsigned char *)input + rowBytes[i];
         }
         width = (tile.rowCount + 63) & ~63;
         // Codes: segments t + THREADS·i (group (t >> 5) + WARPS·i); scales: segment t of GROUPS·8.
@@ -946,6 +952,47 @@ struct ChunkCopies {
         codeStride = (long long)WARPS * p.chunks * 512;
         scaleGroup = blockGroup + (t >> 3);
         scaleSource = (const unsigned char *)p.scales + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
+        if constexpr (LEAN == 2) {  // groups past the last repeat it (their rows are never stored)
+#pragma unroll
+            for (int i = 0; i < CODE_COPIES; ++i)
+                codePointer[i] = (const unsigned char *)p.codes + (expertGroup + min(codeGroup + WARPS * i, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
+            scalePointer = scaleSource;
+            codeTarget = B_BYTES + t * 16;
+            scaleTarget = B_BYTES + CODE_BYTES + t * 16;
+            scaleCopier = t < GROUPS * 8;
+        }
+    }
+
+    /// LEAN = 2 (pointers): chunk c into `slot` (nothing past the last chunk), then one commit group either way. Every
+    /// copy reads from a pointer made once a tile plus the chunk's offset: the activations' rows, the code and scale
+    /// groups (clamped to the last group, not zero-filled); the width is tested once per 64 rows, not per copy, and a
+    /// chunk wholly before K has one offset for every thread. 81 instructions a full-width chunk (68 at half width)
+    /// instead of LEAN's 113 for the same 13 copies (NVRTC 13.0 SASS; scripts/gpu/producer_loop.sh counts both paths).
+    MOE_DEVICE void issue_by_pointers(const MoEGemmParams &p, int c, u32 slot) const {
+        if (c < p.chunks) {
+            if (c * 64 + 64 <= p.k) {
+                copy_rows(slot, c * 128, 16);
+            } else {
+                const bool inside = c * 64 + segment * 8 < p.k;  // zeros past K
+                copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < CODE_COPIES; ++i) copy_async_16(slot + codeTarget + i * THREADS * 16, codePointer[i] + c * 512, 16);
+            if (GROUPS * 8 == THREADS || scaleCopier) copy_async_16(slot + scaleTarget, scalePointer + (c >> 2) * 128, 16);
+        }
+        copy_async_commit();
+    }
+    /// LEAN = 2: this thread's activation copies of a chunk, `offset` bytes into each row, rows up to the tile's width.
+    MOE_DEVICE void copy_rows(u32 slot, u32 offset, int bytes) const {
+        constexpr int STEP = 64 / (THREADS / 8);  // copies a 64-row step
+        const u32 target = slot + actTarget[0];   // copy i: THREADS / 8 · i rows further (the same swizzle phase)
+#pragma unroll
+        for (int q = 0; q < ACT_COPIES / STEP; ++q) {
+            if (q > 0 && width <= 64 * q) break;
+#pragma unroll
+            for (int i = q * STEP; i < (q + 1) * STEP; ++i)
+                copy_async_16(target + i * (THREADS / 8) * 128, rowPointer[i] + offset, bytes);
+        }
     }
 
     /// Chunk c into `slot` (nothing past the last chunk), then one commit group either way. (`t` is the constructor's
@@ -977,6 +1024,16 @@ struct ChunkCopies {
         copy_async_commit();
     }
 };
+
+/// Chunk c by the producer's copies (ChunkCopies::issue, or issue_by_pointers for LEAN = 2).
+template <int LEAN, class Copies>
+MOE_DEVICE void issue_chunk(const Copies &copies, const MoEGemmParams &p, int c, u32 slot, int t) {
+    if constexpr (LEAN == 2) {
+        copies.issue_by_pointers(p, c, slot);
+    } else {
+        copies.issue(p, c, slot, t);
+    }
+}
 
 /// The registered kernel's named barriers: FULL + s (slot s's copies landed), EMPTY + s (its chunk's wgmma completed).
 template <int LOADS> struct RegisteredBarriers {
@@ -1184,7 +1241,7 @@ struct StagedEpilogue {
 /// producer (LEAN) are 5–11% and 4–8% faster (runs 57, 58); 256-token tiles (N = 256) gain only at 16384+ tokens.
 /// (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, bool LEAN = false>
+          bool STAGED = false, int LEAN = 0>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1206,7 +1263,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         const int t = threadIdx.x;
         const Copies copies(p, tile, blockGroup, t);
 #pragma unroll
-        for (int c = 0; c < DIST; ++c) copies.issue(p, c, sharedBase + c * Copies::LOAD_BYTES, t);
+        for (int c = 0; c < DIST; ++c) issue_chunk<LEAN>(copies, p, c, sharedBase + c * Copies::LOAD_BYTES, t);
 #pragma unroll 1
         for (int g = 0; g < p.chunks; ++g) {
             copy_async_wait<DIST - 1>();  // this thread's copies of chunk g have landed
@@ -1214,7 +1271,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
             named_barrier_arrive(FULL + g % LOADS, THREADS);
             const int ahead = g + DIST;  // its slot held chunk ahead − LOADS: wait until its MMAs completed
             if (ahead < p.chunks && ahead >= LOADS) named_barrier_sync(EMPTY + (ahead - LOADS) % LOADS, THREADS);
-            copies.issue(p, ahead, sharedBase + (ahead % LOADS) * Copies::LOAD_BYTES, t);
+            issue_chunk<LEAN>(copies, p, ahead, sharedBase + (ahead % LOADS) * Copies::LOAD_BYTES, t);
         }
         copy_async_wait<0>();
         return;
@@ -1321,7 +1378,7 @@ MOE_DECODED(2, 2, 128, 4)
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR)                                      \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q == 1>(p);                               \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q>(p);                                    \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
@@ -1338,7 +1395,8 @@ MOE_REGISTERED(2, 128, 3, 64, 216)
 // …_S: S = 1 the staged epilogue.
 #define MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) \
     MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S, MI, N, L, C, B, S, 0, PR, CR)
-// …_Q: Q = 1 the lean producer (ChunkCopies LEAN).
+// …_Q: Q = 1 the lean producer (ChunkCopies LEAN), Q = 2 its copies from pointers (issue_by_pointers; the producers
+// take 72 registers, as many as the consumers' 216 leave).
 #define MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) \
     MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q, MI, N, L, C, B, S, Q, PR, CR)
 
@@ -1352,6 +1410,8 @@ MOE_REGISTERED_CBS(2, 128, 4, 2, 0, 1, 64, 216)
 MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 1, 64, 216)
 MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 1, 88, 200)
 MOE_REGISTERED_CBSQ(1, 256, 5, 2, 0, 1, 1, 88, 200)
+MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 2, 72, 216)
+MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 2, 88, 200)
 
 // MARK: reduce
 
