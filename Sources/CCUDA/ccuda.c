@@ -98,6 +98,7 @@ int ccuda_resolve_driver(void *handle, CCUDADriverAPI *api, char *missing, size_
     RESOLVE(api, cuIpcCloseMemHandle, 0, "cuIpcCloseMemHandle");
     RESOLVE(api, cuDeviceCanAccessPeer, 0, "cuDeviceCanAccessPeer");
     RESOLVE(api, cuDeviceGetByPCIBusId, 0, "cuDeviceGetByPCIBusId");
+    RESOLVE(api, cuTensorMapEncodeTiled, 0, "cuTensorMapEncodeTiled");
     RESOLVE(api, cuCtxEnablePeerAccess, 0, "cuCtxEnablePeerAccess");
     return absent;
 }

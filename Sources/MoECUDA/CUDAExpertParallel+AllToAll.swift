@@ -130,15 +130,19 @@ extension CUDAExpertParallelLayer {
             let rows = region(rank, .allToAllRows)
             try kernels.gemm(b.plan.gemm1Variant).launch(
                 gemmShape(b, first: true, tiles: tileList.count), stream: stream,
-                parameters: gemmParameters(
-                    b, first: true, input: rows, inputIndex: permutation.address, output: intermediate.address, outputIndex: 0,
-                    rowWeights: 0, tiles: a2aTiles.address, tileCount: a2aTileCount.address, maxTiles: tileList.count))
+                parameters: try withTensorMaps(
+                    gemmParameters(
+                        b, first: true, input: rows, inputIndex: permutation.address, output: intermediate.address, outputIndex: 0,
+                        rowWeights: 0, tiles: a2aTiles.address, tileCount: a2aTileCount.address, maxTiles: tileList.count),
+                    variant: b.plan.gemm1Variant, inputRows: 0))
             try kernels.gemm(b.plan.gemm2Variant).launch(
                 gemmShape(b, first: false, tiles: tileList.count), stream: stream,
-                parameters: gemmParameters(
-                    b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address,
-                    outputIndex: permutation.address, rowWeights: a2aSortedWeights.address, tiles: a2aTiles.address,
-                    tileCount: a2aTileCount.address, maxTiles: tileList.count))
+                parameters: try withTensorMaps(
+                    gemmParameters(
+                        b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address,
+                        outputIndex: permutation.address, rowWeights: a2aSortedWeights.address, tiles: a2aTiles.address,
+                        tileCount: a2aTileCount.address, maxTiles: tileList.count),
+                    variant: b.plan.gemm2Variant, inputRows: world * capacity * config.topK))
             try waitForDevice()
         }
         lap(.experts)

@@ -150,6 +150,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let sendRows, packIndex, sendIds, sendWeights, permutation, a2aSortedWeights, a2aTiles, a2aTileCount: DeviceBuffer
     let unpackIndex, a2aCombine, routedMarks: DeviceBuffer
     private var buckets: [Int: Bucket] = [:]
+    /// The tensor maps of registered kernels with tensor copies, by what they encode (withTensorMaps).
+    private var tensorMaps: [[TensorMapEncoding?]: DeviceBuffer] = [:]
     private var bucketUse = RecentlyUsed<Int>()
     /// Token counts whose graphs a layer keeps: a server sees every batch size up to its limit, and each captured
     /// graph holds device memory for its nodes; past this many, the least recently used bucket's graphs go.
@@ -588,6 +590,40 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         return p
     }
 
+    /// The symmetric layer's GEMMs: rows in place at their global sorted positions (GEMM 1 reads the dispatch region),
+    /// with tensor maps where the kernel copies by them.
+    func symmetricGemmParameters(_ b: Bucket, first: Bool) throws(CUDAError) -> MoEGemmParams {
+        let globalSlots = world * capacity * config.topK  // the rows of the dispatch region and of `intermediate`
+        let p = first
+            ? gemmParameters(
+                b, first: true, input: heap.address + UInt64(layout.offset(of: .dispatch)), inputIndex: 0,
+                output: intermediate.address, outputIndex: 0, rowWeights: 0, tiles: localTiles.address,
+                tileCount: localTileCount.address, maxTiles: b.maxTiles)
+            : gemmParameters(
+                b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
+                rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
+                maxTiles: b.maxTiles)
+        return try withTensorMaps(p, variant: first ? b.plan.gemm1Variant : b.plan.gemm2Variant, inputRows: globalSlots)
+    }
+
+    /// `p` pointed at its tensor maps when `variant` copies by them (made on first use: call it once before a capture,
+    /// where allocating is not allowed); `inputRows` bounds the input tensor (rows past it read as zeros).
+    func withTensorMaps(_ p: MoEGemmParams, variant: GemmVariant, inputRows: Int) throws(CUDAError) -> MoEGemmParams {
+        guard variant.usesTensorCopies else { return p }
+        let encodings = GemmTensorMaps.encodings(
+            p, heldExperts: layer.experts.count, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock)
+        let maps: DeviceBuffer
+        if let made = tensorMaps[encodings] {
+            maps = made
+        } else {
+            maps = try GemmTensorMaps.upload(encodings, device: runtime.device)
+            tensorMaps[encodings] = maps
+        }
+        var mapped = p
+        mapped.tensorMaps = maps.address
+        return mapped
+    }
+
     /// GEMM parameters for rows addressed by sorted position (no index tables unless given).
     func gemmParameters(
         _ b: Bucket, first: Bool, input: UInt64, inputIndex: UInt64, output: UInt64, outputIndex: UInt64,
@@ -765,24 +801,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         }
         try between?(.dispatch)
         // 4. grouped GEMMs on this rank's experts, rows in place at their sorted positions.
-        let dispatch = heap.address + UInt64(layout.offset(of: .dispatch))
         try kernels.gemm(b.plan.gemm1Variant).launch(
             gemmShape(b, first: true, tiles: b.maxTiles), stream: stream,
-            parameters: trace.mark(
-                gemmParameters(
-                    b, first: true, input: dispatch, inputIndex: 0, output: intermediate.address, outputIndex: 0, rowWeights: 0,
-                    tiles: localTiles.address, tileCount: localTileCount.address, maxTiles: b.maxTiles),
-                "gemm1"),
-            programmatic: pdl)
+            parameters: trace.mark(try symmetricGemmParameters(b, first: true), "gemm1"), programmatic: pdl)
         try kernels.gemm(b.plan.gemm2Variant).launch(
             gemmShape(b, first: false, tiles: b.maxTiles), stream: stream,
-            parameters: trace.mark(
-                gemmParameters(
-                    b, first: false, input: intermediate.address, inputIndex: 0, output: expertRows.address, outputIndex: 0,
-                    rowWeights: sortedWeights.address, tiles: localTiles.address, tileCount: localTileCount.address,
-                    maxTiles: b.maxTiles),
-                "gemm2"),
-            programmatic: pdl)
+            parameters: trace.mark(try symmetricGemmParameters(b, first: false), "gemm2"), programmatic: pdl)
         try between?(.experts)
         // 5. combine into the home ranks; barrier.
         let combineShape = LaunchShape(grid: (b.maxTiles, 1, 1), block: 128)
@@ -842,6 +866,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// The symmetric layer for (T, mode) captured and instantiated (`traceSpans`: a MOE_TRACE build's trace buffer the
     /// launches mark), with the launches' names in launch order.
     func captureSymmetric(_ b: Bucket, mode: RoutingMode, traceSpans: UInt64 = 0) throws -> (exec: CUDAGraphExec, names: [String]) {
+        for first in [true, false] { _ = try symmetricGemmParameters(b, first: first) }  // tensor maps: not inside the capture
         try stream.beginCapture()
         let names: [String]
         do {

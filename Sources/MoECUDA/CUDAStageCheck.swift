@@ -31,6 +31,7 @@ extension CUDABackend {
             bucket = try self.bucket(tokens: T)
             try bucket.inputs[0].uploadAsync(input.map { BF16.bits($0) }, stream: stream)
             for buffer in bucket.writtenBuffers { try buffer.fill(byte: 0xFF, stream: stream) }
+            try bucket.prepareTensorMaps(slot: 0, layer: layer, device: runtime.device)
             try bucket.enqueue(slot: 0, mode: mode, layer: layer, kernels: kernels, stream: stream)
             try stream.synchronize()
         }

@@ -64,11 +64,21 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// … with 5 load slots (3 chunks ahead; built after run 58, never run).
     case registered_1_256_5_2_0_1_1
     /// Q = 2, copies from pointers: each copy's source (activation row, code group, scale group) made once a tile, the
-    /// chunk's offset added per copy, the tile's width tested once per 64 rows. 81 instructions a full-width chunk and
-    /// 68 at half width, against the lean producer's 113, for the same 13 copies (NVRTC 13.0 SASS; session 15, never run).
+    /// chunk's offset added per copy, the tile's width tested once per 64 rows. The producer loop: 90 instructions a
+    /// full-width chunk and 74 at ≤ 64 rows against the lean producer's 121, for the same 13 copies (NVRTC 13.0 SASS,
+    /// scripts/gpu/loop_paths.py; session 15, never run).
     case registered_2_128_4_2_0_1_2
-    /// The 256-token kernel with copies from pointers: 122 instructions a full-width chunk against 149 (never run).
+    /// The 256-token kernel with copies from pointers: 130 instructions a full-width chunk against 157 (never run).
     case registered_1_256_4_2_0_1_2
+    /// registered_MI_N_L_C_B_S_Q_T, T = 1: tensor copies (TMA). The copy engine brings each chunk's codes and scales, one
+    /// 2D box each, and, where the input rows are in sorted order (GEMM 2; GEMM 1 of the symmetric EP layer), the
+    /// activations in 64-row boxes already in the wgmma swizzle: one producer thread issues them all. GEMM 1's gathered
+    /// rows stay per-thread copies from pointers (Q = 2). FULL is an mbarrier the copies complete, so the producers never
+    /// wait on their own copies and every slot is in flight at once. Needs the tensor maps (MoEGemmParams.tensorMaps,
+    /// GemmTensorMaps). Session 15, never run.
+    case registered_2_128_4_2_0_1_2_1
+    /// The 256-token kernel with tensor copies (never run).
+    case registered_1_256_4_2_0_1_2_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -122,6 +132,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
     public var needsHopper: Bool { usesWarpgroups }
+    /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
+    public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -183,7 +195,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             return stages * (tileRows * 64 * 2 + groups * 512 + groups * 128) + 2 * groups * 16 * 64 * 2
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
-            return 1024 + stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
+            let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
+            return 1024 + slots + (usesTensorCopies ? 8 * stages : 0)  // tensor copies: a FULL mbarrier a slot after them
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

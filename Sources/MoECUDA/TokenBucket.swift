@@ -27,6 +27,9 @@ final class TokenBucket: @unchecked Sendable {
     /// The timed graphs (event nodes between the kernels), captured once like `graphs`: a profiled forward replays
     /// one, and capturing and instantiating a graph per pass would cost more than the layer itself.
     private var timedGraphs: [GraphKey: TimedGraph] = [:]
+    /// The tensor maps of registered kernels with tensor copies, by what they encode (a new layer's weights get their
+    /// own); made by prepareTensorMaps before a capture, since allocating inside one is not allowed.
+    private var tensorMaps: [[TensorMapEncoding?]: DeviceBuffer] = [:]
     typealias TimedGraph = (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
 
     struct GraphKey: Hashable {
@@ -254,10 +257,12 @@ final class TokenBucket: @unchecked Sendable {
             }
         }
         var first = gemm1Parameters(slot: slot, layer: layer)
+        try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
         try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
+        try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
         try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
@@ -274,7 +279,8 @@ final class TokenBucket: @unchecked Sendable {
     func tracedGraph(slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream, trace: DeviceBuffer)
         throws(CUDAError) -> CUDAGraphExec
     {
-        try Self.capture(stream) { () throws(CUDAError) in
+        try prepareTensorMaps(slot: slot, layer: layer, device: stream.device)
+        return try Self.capture(stream) { () throws(CUDAError) in
             try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream, trace: trace)
         }
     }
@@ -289,6 +295,7 @@ final class TokenBucket: @unchecked Sendable {
         let key = GraphKey(mode: mode, slot: slot)
         if let timed = timedGraphs[key] { return timed }
         let device = stream.device
+        try prepareTensorMaps(slot: slot, layer: layer, device: device)
         let start = try CUDAEvent(device: device)
         var marks: [(Phase, CUDAEvent)] = []
         let exec = try Self.capture(stream) { () throws(CUDAError) in
@@ -310,11 +317,36 @@ final class TokenBucket: @unchecked Sendable {
     {
         let key = GraphKey(mode: mode, slot: slot)
         if let exec = graphs[key] { return exec }
+        try prepareTensorMaps(slot: slot, layer: layer, device: stream.device)
         let exec = try Self.capture(stream) { () throws(CUDAError) in
             try enqueue(slot: slot, mode: mode, layer: layer, kernels: kernels, stream: stream)
         }
         graphs[key] = exec
         return exec
+    }
+
+    /// The tensor maps `enqueue` needs for `layer` with this bucket's kernels, made where missing (before any capture).
+    func prepareTensorMaps(slot: Int, layer: DeviceLayer, device: CUDADevice) throws(CUDAError) {
+        let gemms = [(gemm1Parameters(slot: slot, layer: layer), plan.gemm1Variant), (gemm2Parameters(layer: layer), plan.gemm2Variant)]
+        for (p, variant) in gemms {
+            guard let encodings = tensorMapEncodings(p, variant: variant, layer: layer), tensorMaps[encodings] == nil else { continue }
+            tensorMaps[encodings] = try GemmTensorMaps.upload(encodings, device: device)
+        }
+    }
+
+    /// Points `p` at its tensor maps when `variant` copies by tensor maps (prepared by prepareTensorMaps).
+    private func attachTensorMaps(_ p: inout MoEGemmParams, variant: GemmVariant, layer: DeviceLayer) throws(CUDAError) {
+        guard let encodings = tensorMapEncodings(p, variant: variant, layer: layer) else { return }
+        guard let maps = tensorMaps[encodings] else {
+            throw .invalidArgument("\(variant.kernelName) was enqueued before its tensor maps were made (prepareTensorMaps)")
+        }
+        p.tensorMaps = maps.address
+    }
+
+    private func tensorMapEncodings(_ p: MoEGemmParams, variant: GemmVariant, layer: DeviceLayer) -> [TensorMapEncoding?]? {
+        guard variant.usesTensorCopies else { return nil }
+        return GemmTensorMaps.encodings(
+            p, heldExperts: layer.experts.count, inputRows: plan.slots, rowGroupsPerBlock: variant.rowGroupsPerBlock)
     }
 
     /// What `body` enqueues on `stream`, captured and instantiated; on an error the capture is ended (its partial

@@ -63,8 +63,9 @@ private func request(
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
         // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
-        // naming their epilogue too from MOE_REGISTERED_CBS, and their producer too from MOE_REGISTERED_CBSQ.
-        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ"][parts.count]
+        // naming their epilogue too from MOE_REGISTERED_CBS, their producer too from MOE_REGISTERED_CBSQ, and their
+        // tensor copies too from MOE_REGISTERED_CBSQT.
+        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT"][parts.count]
         let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
@@ -107,8 +108,9 @@ private func request(
         let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
-        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) C.
-        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB, _CBS and _CBSQ name C
+        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) and
+        // MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) C.
+        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB, _CBS, _CBSQ and _CBSQT name C
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / threads / 8 * 8)

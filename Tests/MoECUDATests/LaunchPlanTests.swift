@@ -134,6 +134,14 @@ import Testing
         #expect(pointers.warps == lean.warps && pointers.tileRows == lean.tileRows && pointers.stages == lean.stages)
         #expect(pointers.rowGroupsPerBlock == lean.rowGroupsPerBlock && pointers.consumerWarpgroups == 2)
     }
+    // Tensor copies (T = 1): the same slots, then a FULL mbarrier (8 bytes) a slot.
+    for (tensor, pointers) in [(GemmVariant.registered_2_128_4_2_0_1_2_1, GemmVariant.registered_2_128_4_2_0_1_2),
+                               (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2)] {
+        #expect(tensor.usesTensorCopies && !pointers.usesTensorCopies)
+        #expect(tensor.sharedBytes(k: 2880, residentRows: tensor.tileRows) == pointers.sharedBytes(k: 2880, residentRows: pointers.tileRows) + 8 * 4)
+        #expect(tensor.warps == pointers.warps && tensor.tileRows == pointers.tileRows && tensor.rowGroupsPerBlock == pointers.rowGroupsPerBlock)
+    }
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 2)
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

@@ -30,7 +30,15 @@
 #   adopt:  (session 14, not yet run) the lean default's bench and EP bit-identity; the 256-token lean kernel's full-width
 #           tiles checked (cuda-debug, 2000 tokens of gpt-oss-20b) and A/B'd against the lean default directly (adopt it
 #           from its crossover); 5 slots for it (3 chunks ahead); ncu of the default at 8192.
-#   usage (device): bash .device/pending.sh policy|stalls|adopt [SECONDS]
+#   tensor: (session 15, not yet run) the producer's two new forms, each never run: copies from pointers
+#           (registered_2_128_4_2_0_1_2: 90 / 74 instructions a full- / half-width chunk against the default's 121) and
+#           tensor copies (…_2_1: the copy engine brings codes and scales, and GEMM 2's activations, from tensor maps;
+#           FULL an mbarrier; every slot in flight). Bounded smoke runs first (a protocol error would hang), then
+#           check, every stage on gpt-oss-20b at 100 / 300 / 2000 tokens, racecheck and memcheck, A/B against the
+#           default at 2048 / 8192 / 32768 (256-token tensor kernel at 16384 / 32768), EP bit-identity with the symmetric
+#           layer's GEMM 1 reading its dispatch region by tensor copies, and ncu of the tensor kernel at 8192.
+#           Predicted: pointers −2 to −6%, tensor copies −5 to −12% (GEMM 2's producer is one thread), most at 2048.
+#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -75,6 +83,33 @@ case $part in
         AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@2048,4096,8192" bash $D abenv
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=lean8192 bash $D ncusrc  # where the default waits now
         ;;
-    *) echo "usage: pending.sh policy|stalls|adopt [SECONDS]" >&2; exit 2 ;;
+    tensor)
+        bash $D info
+        runnable=""
+        # never run: a bounded smoke run each first (150 s: the first one also compiles the kernels with NVRTC)
+        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_256_4_2_0_1_2_1; do
+            if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
+                --warmup 1 > /tmp/smoke.log 2>&1; then
+                runnable+=" $v"
+                MOE_CUDA_GEMM=$v bash $D check
+            else
+                { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+            fi
+        done
+        tensor=""; for v in $runnable; do case $v in *_2_1) tensor+=" $v" ;; esac; done
+        [ -n "$tensor" ] && NEW_VARIANTS="$tensor" DEBUG_TOKENS=100,300,2000 bash $D debugnew
+        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
+            RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 bash $D racedecoded memdecoded ;; esac
+        specs=""
+        for v in $runnable; do
+            case $v in registered_1_256*) specs+=" MOE_CUDA_GEMM=$v@16384,32768" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac
+        done
+        AB_ENVS="$specs" bash $D abenv
+        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
+            MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
+            MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 \
+                bash $D ncusrc ;; esac
+        ;;
+    *) echo "usage: pending.sh policy|stalls|adopt|tensor [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -156,6 +156,12 @@ typedef struct CCUDADriverAPI {
     CUresult (*cuDeviceCanAccessPeer)(int *canAccess, CUdevice device, CUdevice peer);
     CUresult (*cuDeviceGetByPCIBusId)(CUdevice *device, const char *pciBusId);
     CUresult (*cuCtxEnablePeerAccess)(CUcontext peer, unsigned int flags);
+    /// Optional (CUDA 12+): a TMA tensor map (128 bytes, 64-byte aligned) for the registered kernels' bulk tensor
+    /// copies. The enums are the driver's CUtensorMapDataType, …Interleave, …Swizzle, …L2promotion, …FloatOOBfill.
+    CUresult (*cuTensorMapEncodeTiled)(
+        void *tensorMap, int dataType, unsigned int rank, void *globalAddress, const unsigned long long *globalDim,
+        const unsigned long long *globalStrides, const unsigned int *boxDim, const unsigned int *elementStrides,
+        int interleave, int swizzle, int l2Promotion, int oobFill);
 } CCUDADriverAPI;
 
 // MARK: NVRTC

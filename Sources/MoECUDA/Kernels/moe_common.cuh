@@ -140,6 +140,19 @@ MOE_DEVICE void bulk_copy_to_shared(u32 destination, const void *source, u32 byt
                  ::"r"(destination), "l"(source), "r"(bytes), "r"(barrier) : "memory");
 }
 
+/// A 2D box of the tensor map at `map` (global memory, 64-byte aligned) into shared memory at `destination` by the
+/// copy engine, counted off `barrier`'s transaction bytes; x is the innermost coordinate (elements), y the row. Boxes
+/// reaching past the tensor are zero-filled (and counted whole).
+MOE_DEVICE void tensor_copy_2d(u32 destination, const void *map, int x, int y, u32 barrier) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(destination), "l"(map), "r"(x), "r"(y), "r"(barrier) : "memory");
+}
+MOE_DEVICE void prefetch_tensor_map(const void *map) { asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory"); }
+/// One of `barrier`'s expected arrivals, made once every cp.async this thread issued before it has landed.
+MOE_DEVICE void copy_async_arrive_noinc(u32 barrier) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(barrier) : "memory");
+}
+
 /// Four 8×8 bf16 matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix i.
 MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"

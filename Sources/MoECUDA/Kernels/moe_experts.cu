@@ -910,8 +910,9 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// LEAN: rows past the tile's (up to its width, rows rounded up to 64) copy its last row instead of being skipped per
 /// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: 113 instructions a chunk for 13 copies, not 159
 /// (run 57's ncu: the 256-token kernel's producer, ~190 instructions a chunk, kept its consumers waiting on FULL).
-/// LEAN = 2 (pointers): issue_by_pointers instead of issue.
-template <int N, int GROUPS, int THREADS, int LEAN = 0>
+/// LEAN = 2 (pointers): issue_by_pointers instead of issue. TENSOR (with LEAN = 2): issue_tensor, the slot's FULL an
+/// mbarrier.
+template <int N, int GROUPS, int THREADS, int LEAN = 0, bool TENSOR = false>
 struct ChunkCopies {
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
@@ -931,6 +932,10 @@ struct ChunkCopies {
     const unsigned char *rowPointer[LEAN == 2 ? ACT_COPIES : 1], *codePointer[LEAN == 2 ? CODE_COPIES : 1], *scalePointer;
     u32 codeTarget, scaleTarget;
     bool scaleCopier;
+    // TENSOR: the block's first row group in the weights' tensors (E·G rows), the tile's first row, and whether the
+    // activations come by tensor copies too (GEMM 2: rows in sorted order, inputIndex 0).
+    int mapRow, firstRow;
+    bool tensorInput;
 
     MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
         segment = t & 7;
@@ -961,13 +966,45 @@ struct ChunkCopies {
             scaleTarget = B_BYTES + CODE_BYTES + t * 16;
             scaleCopier = t < GROUPS * 8;
         }
+        if constexpr (TENSOR) {
+            mapRow = tile.expert * p.groups + blockGroup;
+            firstRow = tile.rowStart;
+            tensorInput = p.inputIndex == 0;
+        }
+    }
+
+    /// TENSOR (tensor copies): chunk c into `slot`, `full` its FULL mbarrier (nothing past the last chunk). Thread 0
+    /// arrives with the chunk's bytes and has the copy engine bring the codes and scales of the block's row groups, one
+    /// 2D box each (groups past the last are the next expert's or zeros: their rows are never stored), and with
+    /// tensorInput the activations, a 64-row box per 64 rows of the tile's width (128-byte swizzle, as swizzled_offset).
+    /// Otherwise every producer thread copies its activation rows (copy_rows) and arrives once they have landed.
+    /// Against issue_by_pointers: no code and scale copies a thread (GEMM 1), no copies at all but thread 0's (GEMM 2).
+    MOE_DEVICE void issue_tensor(const MoEGemmParams &p, int c, u32 slot, u32 full, int t) const {
+        if (c >= p.chunks) return;
+        if (t == 0) {
+            const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
+            const int boxes = tensorInput ? width / 64 : 0;
+            mbarrier_arrive_expect_bytes(full, GROUPS * (512 + 128) + boxes * 64 * 128);
+            tensor_copy_2d(slot + B_BYTES, &maps->codes, c * 64, mapRow, full);
+            tensor_copy_2d(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow, full);
+            for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * 64 * 128, &maps->input, c * 64, firstRow + 64 * j, full);
+        }
+        if (!tensorInput) {
+            if (c * 64 + 64 <= p.k) {
+                copy_rows(slot, c * 128, 16);
+            } else {
+                const bool inside = c * 64 + segment * 8 < p.k;  // zeros past K
+                copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
+            }
+            copy_async_arrive_noinc(full);
+        }
     }
 
     /// LEAN = 2 (pointers): chunk c into `slot` (nothing past the last chunk), then one commit group either way. Every
     /// copy reads from a pointer made once a tile plus the chunk's offset: the activations' rows, the code and scale
     /// groups (clamped to the last group, not zero-filled); the width is tested once per 64 rows, not per copy, and a
-    /// chunk wholly before K has one offset for every thread. 81 instructions a full-width chunk (68 at half width)
-    /// instead of LEAN's 113 for the same 13 copies (NVRTC 13.0 SASS; scripts/gpu/producer_loop.sh counts both paths).
+    /// chunk wholly before K has one offset for every thread. The producer loop, a chunk: 90 instructions at full width
+    /// (74 at ≤ 64 rows) against LEAN's 121 for the same 13 copies (NVRTC 13.0 SASS, scripts/gpu/loop_paths.py).
     MOE_DEVICE void issue_by_pointers(const MoEGemmParams &p, int c, u32 slot) const {
         if (c < p.chunks) {
             if (c * 64 + 64 <= p.k) {
@@ -1085,11 +1122,12 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma two halves back
 /// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
 /// to the producers: EMPTY[(g − 1) % L]), decode, issue. BASE: the slot's wgmma descriptor by adds from the first
-/// slot's (registered_multiply).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE>
+/// slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L), and EMPTY counts
+/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane) {
+    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
@@ -1098,7 +1136,12 @@ MOE_DEVICE void registered_consume(
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
-        named_barrier_sync(FULL + g % LOADS, THREADS);
+        if constexpr (TENSOR) {
+            mbarrier_wait_parity(fullBarriers + 8 * (g % LOADS), (g / LOADS) & 1);
+            if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
+        } else {
+            named_barrier_sync(FULL + g % LOADS, THREADS);
+        }
         const unsigned char *slot = sharedPointer + (g % LOADS) * Copies::LOAD_BYTES;
         const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + (g % LOADS) * (Copies::LOAD_BYTES >> 4))
                                                     : sharedBase + (g % LOADS) * Copies::LOAD_BYTES;
@@ -1118,7 +1161,7 @@ MOE_DEVICE void registered_consume(
             wgmma_wait<1>();
             const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
             if (sp == 1 && done >= 0 && done + LOADS < p.chunks)
-                named_barrier_arrive(EMPTY + (BASE ? (u32)done % LOADS : done % LOADS), THREADS);  // BASE: no sign fix-up
+                named_barrier_arrive(EMPTY + (BASE ? (u32)done % LOADS : done % LOADS), TENSOR ? emptyThreads : THREADS);  // BASE: no sign fix-up
             if (slow) {
                 registered_fragments<MI, true>(a[sp], code, word, sp);
             } else {
@@ -1239,14 +1282,17 @@ struct StagedEpilogue {
 /// of the warp samples in the producer loop and 10% in the epilogue, and CONSUMERS = 3 with MI = 1 (192 rows: half the
 /// instructions a warp, 1.5× the warps) was no faster, its consumers waiting on the one producer instead. Session 14: the staged epilogue (STAGED) and the lean
 /// producer (LEAN) are 5–11% and 4–8% faster (runs 57, 58); 256-token tiles (N = 256) gain only at 16384+ tokens.
-/// (Protocol model: scripts/gpu/models/registered.py.)
+/// Session 15 (not yet run): copies from pointers (LEAN = 2) and tensor copies (TENSOR: FULL an mbarrier per slot after
+/// them, every slot filled at once; ChunkCopies::issue_tensor).
+/// (Protocol model: scripts/gpu/models/registered.py, TENSOR included.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, int LEAN = 0>
+          bool STAGED = false, int LEAN = 0, bool TENSOR = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int DIST = LOADS - 2, FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, LEAN>;
+    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, LEAN, TENSOR>;
+    static_assert(!TENSOR || LEAN == 2, "tensor copies: the copies from pointers for GEMM 1's activations");
     static_assert((N == 64 || N == 128 || N == 256) && DIST >= 1, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
@@ -1257,10 +1303,37 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const int blockGroup = blockIdx.x * GROUPS;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
     const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+    // TENSOR: the FULL mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so
+    // only its warp of the producers waits on EMPTY.
+    const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
+    const bool tensorInput = TENSOR && p.inputIndex == 0;
+    const int emptyThreads = 128 * CONSUMERS + (tensorInput ? 32 : PRODUCER_THREADS);
+    if constexpr (TENSOR) {
+        if (threadIdx.x == 0) {
+            prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
+            for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
+            fence_mbarrier_init();
+        }
+        __syncthreads();
+    }
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
+        if constexpr (TENSOR) {  // every slot at once, then each again once its chunk's wgmma have completed (EMPTY)
+            if (tensorInput && warp != 0) return;
+            const Copies copies(p, tile, blockGroup, t);
+#pragma unroll
+            for (int c = 0; c < LOADS; ++c) copies.issue_tensor(p, c, sharedBase + c * Copies::LOAD_BYTES, fullBarriers + 8 * c, t);
+#pragma unroll 1
+            for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
+                const int slot = ahead % LOADS;
+                named_barrier_sync(EMPTY + slot, emptyThreads);
+                copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
+            }
+            copy_async_wait<0>();
+            return;
+        }
         const Copies copies(p, tile, blockGroup, t);
 #pragma unroll
         for (int c = 0; c < DIST; ++c) issue_chunk<LEAN>(copies, p, c, sharedBase + c * Copies::LOAD_BYTES, t);
@@ -1290,18 +1363,18 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane);
+        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1375,10 +1448,11 @@ MOE_DECODED(2, 2, 128, 4)
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
 // each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
 // S = 1: the epilogue staged through shared memory (StagedEpilogue).
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR)                                      \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR) MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, 0, PR, CR)
+#define MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, T, PR, CR)                                 \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q>(p);                                    \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1>(p);                            \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
@@ -1412,6 +1486,12 @@ MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 1, 88, 200)
 MOE_REGISTERED_CBSQ(1, 256, 5, 2, 0, 1, 1, 88, 200)
 MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 2, 72, 216)
 MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 2, 88, 200)
+// …_T: T = 1 tensor copies (ChunkCopies::issue_tensor; MoEGemmParams::tensorMaps), FULL mbarriers.
+#define MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) \
+    MOE_REGISTERED_KERNEL_T(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T, MI, N, L, C, B, S, Q, T, PR, CR)
+
+MOE_REGISTERED_CBSQT(2, 128, 4, 2, 0, 1, 2, 1, 72, 216)
+MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
 
 // MARK: reduce
 

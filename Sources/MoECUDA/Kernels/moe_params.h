@@ -40,6 +40,21 @@ typedef struct MoETile {
     int reserved;
 } MoETile;
 
+/// A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes), encoded on the host by cuTensorMapEncodeTiled and
+/// read by cp.async.bulk.tensor from global memory (64-byte aligned there).
+typedef struct MoETensorMap {
+    unsigned long long opaque[16];
+} MoETensorMap;
+
+/// The tensor maps of one registered GEMM with tensor copies (…_T, T = 1), in device memory: codes and scales as 2D
+/// u64 tensors of E·G rows (a row: one row group's chunks · 512 and scale groups · 128 bytes); input (GEMM 2, inputIndex
+/// 0) the input rows, bf16 [rows, K], boxes of 64 × 64 in the 128-byte swizzle the wgmma descriptors read.
+typedef struct MoEGemmTensorMaps {
+    MoETensorMap codes;
+    MoETensorMap scales;
+    MoETensorMap input;
+} MoEGemmTensorMaps;
+
 /// Where a launch marks its span in a trace (builds with MOE_TRACE defined, `moe cuda-debug --trace`; other builds
 /// never read it): spans is u64 [2 · phases], per phase the earliest block start and the latest warp end
 /// (%globaltimer ns); 0: no trace.
@@ -124,7 +139,8 @@ typedef struct MoEGemmParams {
     int tileReadyTarget;            ///< GEMM 1's blocks per tile (its grid.x)
     int tileRole;                   ///< 0: none, 1: GEMM 1 (signal), 2: GEMM 2 (wait)
     int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
-    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
+    MoETrace trace;  ///< after the fields most kernels read, so they keep their offsets in the tracing build
+    MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
 } MoEGemmParams;
 
 /// The k-way sum per token, in slot order, fp32 → bf16.

@@ -7,6 +7,12 @@
 # Session 13, after runs 51–52. Session 14: the staged epilogue (STAGED: after its last wgmma each consumer warp waits on
 # the consumers' EPILOGUE barrier, writes its part of the output tile into the load slots, waits again, then stores the
 # tile): fails on a slot written while a wgmma or a copy may still use it, or the tile stored before every warp wrote it.
+# Session 15: tensor copies (TENSOR = 1 GEMM 1: cp.async activations, each producer warp's arrival on the slot's FULL
+# mbarrier once they land, plus warp 0's arrive.expect_tx and its tensor copies of codes and scales; TENSOR = 2 GEMM 2:
+# warp 0 alone, its tensor copies bring the activations too, and EMPTY counts one producer warp). The producers fill every
+# slot, then refill each after its EMPTY; copies land asynchronously; consumers wait on the mbarrier's phase parity (and
+# in GEMM 1 fence for the tensor cores themselves). Fails as above, and on arrivals of two chunks mixed in one phase,
+# a phase left incomplete, or a consumer passing a phase before its chunk landed.
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
 import random, sys
@@ -16,8 +22,13 @@ class Err(Exception):
     pass
 
 
-def simulate(C, L, seed, mutant=None, WG=2, staged=True):
+def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
     rnd = random.Random(seed)
+    EMPTY_COUNT = 128 * WG + (32 if tensor == 2 else 128)  # tensor copies in GEMM 2: one producer warp waits on EMPTY
+    mbar = [dict(phase=0, pending=None, tx=0, chunk=None) for _ in range(L)]  # tensor copies: FULL per slot
+    flights = []  # tensor copies: ('tensor', chunk) and ('cp', warp, chunk) in flight
+    tensor_landed = set()
+    consumer_fenced = {}  # chunk -> consumer warps that fenced after its FULL phase (GEMM 1 with tensor copies)
     DIST = L if mutant == 'dist' else L - 2  # 'dist': loads as far ahead as there are slots (no slot left to wait on)
     FULL, EMPTY, EPILOGUE = 1, 1 + L, 1 + 2 * L
     NPW, THREADS = 4, 128 * (1 + WG)  # WG consumer warpgroups
@@ -69,6 +80,60 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
             slot_chunk[l] = c
         pend[pw].append(c)
 
+    def mbar_update(s, c, arrivals=0, tx=0):
+        m = mbar[s]
+        if m['chunk'] is None:
+            m['chunk'], m['pending'] = c, (1 if tensor == 2 else NPW + 1)
+        elif m['chunk'] != c:
+            raise Err(f'FULL mbarrier {s}: an arrival for chunk {c} in the phase of chunk {m["chunk"]}')
+        m['pending'] -= arrivals
+        m['tx'] += tx
+        if m['pending'] < 0:
+            raise Err(f'FULL mbarrier {s}: more arrivals than expected')
+        if m['pending'] == 0 and m['tx'] == 0:
+            m['phase'] += 1
+            m['chunk'] = None
+
+    def issue_tensor(pw, c):
+        if c >= C:
+            return
+        issue_copies(pw, c)
+        pend[pw].clear()  # the cp.async groups of issue_copies are modelled as flights here
+        if pw == 0:
+            mbar_update(c % L, c, arrivals=1, tx=1)  # arrive.expect_tx, then the copy engine's copies
+            flights.append(('tensor', c))
+        if tensor == 1:
+            flights.append(('cp', pw, c))
+
+    def land(flight):
+        flights.remove(flight)
+        if flight[0] == 'tensor':
+            tensor_landed.add(flight[1])
+            mbar_update(flight[1] % L, flight[1], tx=-1)
+        else:
+            _, pw, c = flight
+            landed.setdefault(c, set()).add(pw)
+            mbar_update(c % L, c, arrivals=1)  # cp.async.mbarrier.arrive.noinc: once this warp's copies landed
+
+    def chunk_landed(g):
+        if tensor == 0:
+            return landed.get(g, set()) == set(range(NPW))
+        return g in tensor_landed and (tensor == 2 or landed.get(g, set()) == set(range(NPW)))
+
+    def producer_tensor(pw):
+        if tensor == 2 and pw != 0:
+            return
+        first = L + 1 if mutant == 'tahead' else L  # 'tahead': one chunk more than there are slots before waiting
+        for c in range(min(first, C)):
+            issue_tensor(pw, c)
+            yield
+        for ahead in range(first, C):
+            if bar(pw, EMPTY + (ahead - L) % L, EMPTY_COUNT, ('E', ahead - L), True):
+                blocked[pw] = 1
+                yield
+            issue_tensor(pw, ahead)
+            yield
+
     def wait_group(pw, n):
         while len(pend[pw]) > n:
             c = pend[pw].pop(0)
@@ -108,10 +173,16 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
                 yield
 
         for g in range(C):
-            if bar(cw, FULL + g % L, THREADS, ('F', g), True):
+            if tensor:
+                while (mbar[g % L]['phase'] & 1) == ((g // L) & 1):  # try_wait.parity: the phase of parity g / L done
+                    blocked[cw] = 'wg'
+                    yield
+                if tensor == 1 and mutant != 'tnofence':
+                    consumer_fenced.setdefault(g, set()).add(cw)
+            elif bar(cw, FULL + g % L, THREADS, ('F', g), True):
                 blocked[cw] = 1
                 yield
-            if slot_chunk[g % L] != g or landed.get(g, set()) != set(range(NPW)):
+            if slot_chunk[g % L] != g or not chunk_landed(g):
                 raise Err(f'consumer {cw} reads the codes of chunk {g} before they landed (slot holds {slot_chunk[g % L]})')
             code_reads.setdefault(g, set()).add(cw)
             yield
@@ -120,12 +191,17 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
                 d = g - 1
                 limit = C if mutant == 'arrive' else C - L  # 'arrive': one EMPTY arrival the producers never wait for
                 if h == 1 and d >= 0 and d < limit:
-                    bar(cw, EMPTY + d % L, THREADS, ('E', d), False)
+                    count = THREADS if (not tensor or mutant == 'tcount') else EMPTY_COUNT  # 'tcount': the old count
+                    bar(cw, EMPTY + d % L, count, ('E', d), False)
                     yield
                 prior = buffers.get((cw, h))
                 if prior is not None and not ops[prior]['done']:
                     raise Err(f'consumer {cw} rewrites fragment buffer {h} while wgmma{prior} reads it')
-                if fenced.get(g, set()) != set(range(NPW)) or slot_chunk[g % L] != g:
+                if tensor == 1:
+                    ready = chunk_landed(g) and cw in consumer_fenced.get(g, set())
+                else:
+                    ready = chunk_landed(g) if tensor == 2 else fenced.get(g, set()) == set(range(NPW))
+                if not ready or slot_chunk[g % L] != g:
                     raise Err(f'wgmma({wg},{g},{h}): activations not landed and fenced')
                 key = (wg, g, h)
                 op = ops.setdefault(key, dict(issued=set(), started=False, done=False))
@@ -146,7 +222,7 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
             busy = [k for k, op in ops.items() if not op['done']]
             if busy:
                 raise Err(f'consumer {cw} writes the staged tile into the load slots while wgmma{busy[0]} reads them')
-            if any(c is not None and c < C for w in range(NPW) for c in pend[w]):
+            if flights or any(c is not None and c < C for w in range(NPW) for c in pend[w]):
                 raise Err(f'consumer {cw} writes the staged tile while copies into the slots are in flight')
             staged_by.add(cw)
             yield
@@ -157,7 +233,7 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
             if len(staged_by) != 4 * WG:
                 raise Err(f'consumer {cw} stores the staged tile before every consumer warp wrote its part')
 
-    agents = {w: producer(w) for w in range(NPW)}
+    agents = {w: (producer_tensor(w) if tensor else producer(w)) for w in range(NPW)}
     agents.update({w: consumer(w) for w in range(NPW, NPW + 4 * WG)})
     done = set()
     speed = {w: rnd.choice([0.02, 0.2, 1, 1, 5]) for w in agents}
@@ -169,9 +245,13 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
         for wg in range(WG):
             if retired[wg] < len(order[wg]) and ops[order[wg][retired[wg]]]['started']:
                 cands.append(('complete', order[wg][retired[wg]]))
+        cands += [('land', f) for f in flights]
         if not cands:
             raise Err(f'deadlock; blocked={blocked} bars={ {k: (v["cnt"], v["tags"][:3]) for k, v in bars.items() if v["cnt"]} }')
         kind, x = rnd.choices(cands, weights=[speed[c[1]] if c[0] == 'run' else cspeed for c in cands])[0]
+        if kind == 'land':
+            land(x)
+            continue
         if kind == 'complete':
             ops[x]['done'] = True
             retired[x[0]] += 1
@@ -185,23 +265,26 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True):
     left = {k: v['tags'][:3] for k, v in bars.items() if v['cnt']}
     if left:
         raise Err(f'barriers left with arrivals nobody waits for: {left}')
+    if flights or any(m['chunk'] is not None for m in mbar):
+        raise Err(f'copies still in flight or a FULL phase incomplete at the end: {flights} {mbar}')
     return steps
 
 
-def run(seeds, mutant=None):
+def run(seeds, mutant=None, tensors=(0, 1, 2)):
     bad = 0
-    for staged in [False, True]:
-        for WG in [2, 3]:
-            for L in [3, 4, 6, 7]:
-                for C in list(range(1, 12)) + [17, 45]:
-                    for seed in range(seeds):
-                        try:
-                            simulate(C, L, seed, mutant, WG, staged)
-                        except Err as e:
-                            if mutant is None:
-                                print(f'staged={staged} WG={WG} L={L} C={C} seed={seed}: {e}')
-                            bad += 1
-                            break
+    for tensor in tensors:
+        for staged in [False, True]:
+            for WG in [2, 3]:
+                for L in [3, 4, 6, 7]:
+                    for C in list(range(1, 12)) + [17, 45]:
+                        for seed in range(seeds):
+                            try:
+                                simulate(C, L, seed, mutant, WG, staged, tensor)
+                            except Err as e:
+                                if mutant is None:
+                                    print(f'tensor={tensor} staged={staged} WG={WG} L={L} C={C} seed={seed}: {e}')
+                                bad += 1
+                                break
     return bad
 
 
@@ -209,9 +292,9 @@ args = [a for a in sys.argv[1:] if not a.startswith('--')]
 seeds = int(args[0]) if args else 100
 if '--mutants' in sys.argv:
     caught = 0
-    mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore']
-    for mutant in mutants:
-        failures = run(seeds, mutant)
+    mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore', 'tahead', 'tcount', 'tnofence']
+    for mutant in mutants:  # the session 15 ones change only the tensor-copy protocol
+        failures = run(seeds, mutant, (1, 2) if mutant.startswith('t') else (0,))
         print(f'mutant {mutant}: {failures} failing configurations', flush=True)
         caught += failures > 0
     print('mutants caught', caught, 'of', len(mutants))

@@ -1,0 +1,122 @@
+import CCUDA
+import MoECore
+import Testing
+
+@testable import MoECUDA
+
+/// gpt-oss-120b's GEMM parameters as TokenBucket fills them (addresses made up, 256-byte aligned).
+private func gemmParameters(first: Bool) -> MoEGemmParams {
+    let c = MoEPreset.gptOss120b.config
+    var p = MoEGemmParams()
+    let n = first ? 2 * c.intermediate : c.hidden, k = first ? c.hidden : c.intermediate
+    (p.codes, p.scales, p.input) = (0x1_0000_0000, 0x2_0000_0000, 0x3_0000_0000)
+    (p.n, p.k, p.groups, p.chunks, p.scaleGroups) = (Int32(n), Int32(k), Int32(n / 16), Int32((k + 63) / 64), Int32((k + 255) / 256))
+    p.inputStride = Int64(k)
+    p.inputIndex = first ? 0x4_0000_0000 : 0  // GEMM 1 gathers its rows; GEMM 2's are in sorted order
+    return p
+}
+
+/// The maps' arithmetic against the kernel's slot layout (moe_experts.cu, ChunkCopies::issue_tensor): a box of codes is
+/// the block's row groups' 512 bytes of one chunk, a box of scales their 128 bytes of the chunk's 256-k group, an
+/// activation box 64 rows of one 64-k chunk in the 128-byte swizzle; GEMM 1's gathered rows have no input map.
+@Test func tensorMapsDescribeTheSlotsTheRegisteredKernelFills() {
+    let variant = GemmVariant.registered_2_128_4_2_0_1_2_1
+    #expect(variant.usesTensorCopies && !GemmVariant.registered_2_128_4_2_0_1_2.usesTensorCopies)
+    let first = GemmTensorMaps.encodings(gemmParameters(first: true), heldExperts: 128, inputRows: 8192, rowGroupsPerBlock: 16)
+    #expect(first.count == 3 && first[2] == nil)
+    let codes = first[0]!, scales = first[1]!
+    #expect(codes.dimensions == [45 * 64, 128 * 360] && codes.rowPitch == 45 * 512 && codes.box == [64, 16])
+    #expect(Int(codes.box[0]) * codes.elementBytes * Int(codes.box[1]) == 16 * 512)  // the slot's CODE_BYTES
+    #expect(scales.dimensions == [12 * 16, 128 * 360] && scales.rowPitch == 12 * 128 && scales.box == [16, 16])
+    #expect(Int(scales.box[0]) * scales.elementBytes * Int(scales.box[1]) == 16 * 128)  // SCALE_BYTES
+    #expect(codes.swizzle == TensorMapEncoding.noSwizzle && codes.dataType == TensorMapEncoding.uint64)
+
+    let second = GemmTensorMaps.encodings(gemmParameters(first: false), heldExperts: 8, inputRows: 4096, rowGroupsPerBlock: 8)
+    let input = second[2]!
+    #expect(second[0]!.dimensions == [45 * 64, 8 * 180] && second[0]!.box == [64, 8])
+    #expect(input.dimensions == [2880, 4096] && input.rowPitch == 2880 * 2 && input.box == [64, 64])
+    #expect(input.swizzle == TensorMapEncoding.swizzle128 && input.dataType == TensorMapEncoding.bfloat16)
+    #expect(Int(input.box[0]) * input.elementBytes == 128)  // one swizzled row: 64 k of a token
+    for encoding in (first + second).compactMap({ $0 }) { #expect(encoding.problem == nil, "\(encoding)") }
+}
+
+/// What the driver would refuse is caught first, each with its reason.
+@Test func tensorMapProblemsAreNamed() {
+    let good = GemmTensorMaps.encodings(gemmParameters(first: false), heldExperts: 2, inputRows: 64, rowGroupsPerBlock: 16)[2]!
+    #expect(good.problem == nil)
+    var e = good
+    e.address += 8
+    #expect(e.problem?.contains("not 16-byte aligned") == true)
+    e = good
+    e.rowPitch = 2884 * 2
+    #expect(e.problem?.contains("row pitch") == true)
+    e = good
+    e.box = [64, 257]
+    #expect(e.problem?.contains("1…256") == true)
+    e = good
+    e.box = [128, 64]
+    #expect(e.problem?.contains("exceed the 128-byte swizzle") == true)
+    e = good
+    e.box = [4, 64]
+    #expect(e.problem?.contains("multiple of 16") == true)
+    e = good
+    e.dimensions = [2880, 0]
+    #expect(e.problem?.contains("dimensions") == true)
+}
+
+/// The encoder's last arguments (C function pointers capture nothing).
+enum FakeTensorMapEncoder {
+    nonisolated(unsafe) static var calls: [(dataType: Int32, address: UInt64, dimensions: [UInt64], pitch: UInt64, box: [UInt32], swizzle: Int32)] = []
+    nonisolated(unsafe) static var uploaded: [UInt8] = []
+}
+
+extension FakeGPUTests {
+    /// The maps reach the driver as encoded (nil maps skipped, left zero) and go up as one 384-byte MoEGemmTensorMaps;
+    /// a driver without the entry point, or a map it would refuse, is an error naming it, not a crash.
+    @Test func tensorMapsAreEncodedByTheDriverAndUploaded() throws {
+        FakeGPU.capacity = 1 << 20
+        FakeGPU.allocated = 0
+        FakeTensorMapEncoder.calls = []
+        var api = FakeGPU.table()
+        api.cuMemcpyHtoD = { _, source, bytes in
+            FakeTensorMapEncoder.uploaded = Array(UnsafeRawBufferPointer(start: source, count: bytes))
+            return 0
+        }
+        let withoutEncoder = try CUDADevice(driver: CUDADriver(api: api, libraryPath: "fake"))
+        let encodings = GemmTensorMaps.encodings(gemmParameters(first: true), heldExperts: 4, inputRows: 0, rowGroupsPerBlock: 16)
+        #expect(MemoryLayout<MoEGemmTensorMaps>.stride == 384 && MemoryLayout<MoETensorMap>.stride == 128)
+        do {
+            _ = try GemmTensorMaps.upload(encodings, device: withoutEncoder)
+            Issue.record("no cuTensorMapEncodeTiled: expected an error")
+        } catch {
+            #expect(error.description.contains("cuTensorMapEncodeTiled"))
+        }
+
+        api.cuTensorMapEncodeTiled = { map, dataType, rank, address, dimensions, strides, box, elementStrides, interleave, swizzle, _, fill in
+            guard rank == 2, interleave == 0, fill == 0, elementStrides?[0] == 1, elementStrides?[1] == 1 else { return 1 }
+            FakeTensorMapEncoder.calls.append(
+                (dataType, UInt64(UInt(bitPattern: address)), [dimensions![0], dimensions![1]], strides![0], [box![0], box![1]], swizzle))
+            map!.storeBytes(of: UInt64(0xC0DE_0000) + UInt64(FakeTensorMapEncoder.calls.count), as: UInt64.self)
+            return 0
+        }
+        let device = try CUDADevice(driver: CUDADriver(api: api, libraryPath: "fake"))
+        let buffer = try GemmTensorMaps.upload(encodings, device: device)
+        #expect(buffer.byteCount == 384)
+        #expect(FakeTensorMapEncoder.calls.count == 2)  // GEMM 1: codes and scales, no input map
+        for (call, encoding) in zip(FakeTensorMapEncoder.calls, encodings.compactMap { $0 }) {
+            #expect(call.dataType == encoding.dataType && call.address == encoding.address && call.dimensions == encoding.dimensions)
+            #expect(call.pitch == encoding.rowPitch && call.box == encoding.box && call.swizzle == encoding.swizzle)
+        }
+        let words = FakeTensorMapEncoder.uploaded.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
+        #expect(words.count == 48 && words[0] == 0xC0DE_0001 && words[16] == 0xC0DE_0002 && words[32...].allSatisfy { $0 == 0 })
+
+        var misaligned = encodings
+        misaligned[1]!.address += 4
+        do {
+            _ = try GemmTensorMaps.upload(misaligned, device: device)
+            Issue.record("a misaligned scales map: expected an error")
+        } catch {
+            #expect(error == .invalidArgument("the scales tensor map cannot be encoded: its address 8589934596 is not 16-byte aligned"))
+        }
+    }
+}
