@@ -96,8 +96,7 @@ case $part in
                 { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
             fi
         done
-        tensor=""; for v in $runnable; do case $v in *_2_1) tensor+=" $v" ;; esac; done
-        [ -n "$tensor" ] && NEW_VARIANTS="$tensor" DEBUG_TOKENS=100,300,2000 bash $D debugnew
+        [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=100,300,2000 bash $D debugnew
         case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
             RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 bash $D racedecoded memdecoded ;; esac
         specs=""
