@@ -92,6 +92,7 @@ final class LayerKernels: @unchecked Sendable {
     let planScan: CUDAFunction
     let planScatter: CUDAFunction
     let reduce: CUDAFunction
+    let gatherRows: CUDAFunction
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
@@ -109,6 +110,7 @@ final class LayerKernels: @unchecked Sendable {
         planScan = try routing.function("moe_plan_scan")
         planScatter = try routing.function("moe_plan_scatter")
         reduce = try experts.function("moe_reduce")
+        gatherRows = try experts.function("moe_gather_rows")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
     }
 

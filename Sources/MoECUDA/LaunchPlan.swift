@@ -79,6 +79,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4_2_0_1_2_1
     /// The 256-token kernel with tensor copies (never run).
     case registered_1_256_4_2_0_1_2_1
+    /// Three consumer warpgroups of 64 rows with tensor copies: registered_1_128_4_3_1's consumers waited on their
+    /// producer for 42% of their loop samples (run 56); with one thread copying GEMM 2's chunks they should not (never run).
+    case registered_1_128_4_3_0_1_2_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

@@ -13,6 +13,9 @@ final class TokenBucket: @unchecked Sendable {
     static let tileHandOver = currentEnvironment("MOE_CUDA_HANDOVER") != "0"
     /// Specialised kernels multiply tiles of at most N/2 rows at half width; `MOE_CUDA_HALF_TILES=0` turns it off.
     static let halfWidthTiles = currentEnvironment("MOE_CUDA_HALF_TILES") != "0"
+    /// `MOE_CUDA_GATHER_ROWS=1`: where GEMM 1 copies by tensor maps, its rows are first gathered into sorted order
+    /// (moe_gather_rows) so that the copy engine brings its activations too (session 15, for A/B; off by default).
+    static let gatherRowsSwitch = currentEnvironment("MOE_CUDA_GATHER_ROWS") == "1"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -23,6 +26,8 @@ final class TokenBucket: @unchecked Sendable {
     let reduceCounters: DeviceBuffer
     /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
     let tileReady, tileConsumed: DeviceBuffer
+    /// GEMM 1's input rows in sorted order [slots, H] (gathersRows only).
+    let gathered: DeviceBuffer?
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
     /// The timed graphs (event nodes between the kernels), captured once like `graphs`: a profiled forward replays
     /// one, and capturing and instantiating a graph per pass would cost more than the layer itself.
@@ -65,6 +70,7 @@ final class TokenBucket: @unchecked Sendable {
         reduceCounters = try buffer(max(1, plan.gemm2Shape.grid.x) * 4)
         tileReady = try buffer(plan.maxTiles * 4)
         tileConsumed = try buffer(plan.maxTiles * 4)
+        gathered = TokenBucket.gathersRows(plan) ? try buffer(slots * H * 2) : nil
         for counters in [reduceCounters, tileReady, tileConsumed] { try counters.fill(byte: 0, stream: stream) }
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
@@ -75,13 +81,34 @@ final class TokenBucket: @unchecked Sendable {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
                sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed]
-            .reduce(0) { $0 + $1.byteCount }
+            .reduce(0) { $0 + $1.byteCount } + (gathered?.byteCount ?? 0)
     }
 
     /// Outputs and intermediates a forward pass must write, for poisoning before checks.
     var writtenBuffers: [DeviceBuffer] {
         [logits, topkIds, topkWeights, expertCounts, expertOffsets, sortedToSlot, slotToSorted, sortedWeights,
-         intermediate, combine, output]
+         intermediate, combine, output] + (gathered.map { [$0] } ?? [])
+    }
+
+    /// Whether a bucket with `plan` gathers GEMM 1's rows (MOE_CUDA_GATHER_ROWS=1 and a GEMM 1 with tensor copies).
+    static func gathersRows(_ plan: LaunchPlan, switchedOn: Bool = gatherRowsSwitch) -> Bool {
+        switchedOn && plan.gemm1Variant.usesTensorCopies
+    }
+
+    /// The gather's grid: one block a sorted row, 128 threads of 8 columns each.
+    static func gatherShape(_ plan: LaunchPlan) -> LaunchShape {
+        LaunchShape(grid: (plan.slots, (plan.config.hidden / 8 + 127) / 128, 1), block: 128)
+    }
+
+    func gatherParameters(slot: Int) -> MoEGatherParams {
+        var p = MoEGatherParams()
+        p.input = inputs[slot].address
+        p.sortedToSlot = sortedToSlot.address
+        p.output = gathered?.address ?? 0
+        p.rows = Int32(plan.slots)
+        p.topK = Int32(plan.config.topK)
+        p.hidden = Int32(plan.config.hidden)
+        return p
     }
 
     // MARK: parameters
@@ -128,9 +155,15 @@ final class TokenBucket: @unchecked Sendable {
         p.codes = layer.gateUpCodes.address
         p.scales = layer.gateUpScales.address
         p.bias = layer.gateUpBias.address
-        p.input = inputs[slot].address
-        p.inputIndex = sortedToSlot.address
-        p.inputDivisor = Int32(c.topK)
+        if let gathered {  // rows already in sorted order
+            p.input = gathered.address
+            p.inputIndex = 0
+            p.inputDivisor = 1
+        } else {
+            p.input = inputs[slot].address
+            p.inputIndex = sortedToSlot.address
+            p.inputDivisor = Int32(c.topK)
+        }
         p.inputStride = Int64(c.hidden)
         p.output = intermediate.address
         p.outputIndex = 0
@@ -213,7 +246,8 @@ final class TokenBucket: @unchecked Sendable {
     /// The kernels of one forward pass, in launch order, for per-kernel event timing and traces.
     enum Phase: String, CaseIterable {
         case route = "route (fused router+top-k+plan)"
-        case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter", gemm1, gemm2, reduce
+        case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter"
+        case gather = "gather rows", gemm1, gemm2, reduce
 
         /// The phase's span in a trace buffer (u64 pairs, KernelTrace).
         var index: Int32 { Int32(Phase.allCases.firstIndex(of: self)!) }
@@ -255,6 +289,12 @@ final class TokenBucket: @unchecked Sendable {
                     plan.scatterShape, stream: stream, parameters: routingPhase(.planScatter), programmatic: programmatic)
                 try between?(.planScatter)
             }
+        }
+        if gathered != nil {
+            var gather = gatherParameters(slot: slot)
+            gather.trace = traced(.gather)
+            try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)
+            try between?(.gather)
         }
         var first = gemm1Parameters(slot: slot, layer: layer)
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)

@@ -141,7 +141,10 @@ import Testing
         #expect(tensor.sharedBytes(k: 2880, residentRows: tensor.tileRows) == pointers.sharedBytes(k: 2880, residentRows: pointers.tileRows) + 8 * 4)
         #expect(tensor.warps == pointers.warps && tensor.tileRows == pointers.tileRows && tensor.rowGroupsPerBlock == pointers.rowGroupsPerBlock)
     }
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 2)
+    let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
+    #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
+    #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 3)
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

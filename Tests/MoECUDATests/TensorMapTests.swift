@@ -120,3 +120,18 @@ extension FakeGPUTests {
         }
     }
 }
+
+/// GEMM 1's rows are gathered into sorted order only when asked (MOE_CUDA_GATHER_ROWS=1) and GEMM 1 copies by tensor
+/// maps; the gather covers every sorted row and every column, 16 bytes a thread.
+@Test func gemm1RowsAreGatheredOnlyForTensorCopiesWhenAsked() {
+    let config = MoEPreset.gptOss120b.config
+    let tensor = LaunchPlan(tokens: 2048, config: config, variant: .registered_2_128_4_2_0_1_2_1)
+    let lean = LaunchPlan(tokens: 2048, config: config, variant: .registered_2_128_4_2_0_1_1)
+    #expect(TokenBucket.gathersRows(tensor, switchedOn: true))
+    #expect(!TokenBucket.gathersRows(tensor, switchedOn: false) && !TokenBucket.gathersRows(lean, switchedOn: true))
+    let shape = TokenBucket.gatherShape(tensor)
+    #expect(shape.grid.x == 2048 * 4 && shape.block == 128)
+    #expect(shape.grid.y * shape.block * 8 >= config.hidden && (shape.grid.y - 1) * shape.block * 8 < config.hidden)
+    let small = LaunchPlan(tokens: 3, config: MoEConfig(hidden: 96, intermediate: 64, experts: 4, topK: 2), variant: .registered_2_128_4_2_0_1_2_1)
+    #expect(TokenBucket.gatherShape(small).grid.x == 6 && TokenBucket.gatherShape(small).grid.y == 1)
+}

@@ -36,7 +36,11 @@
 #           FULL an mbarrier; every slot in flight). Bounded smoke runs first (a protocol error would hang), then
 #           check, every stage on gpt-oss-20b at 100 / 300 / 2000 tokens, racecheck and memcheck, A/B against the
 #           default at 2048 / 8192 / 32768 (256-token tensor kernel at 16384 / 32768), EP bit-identity with the symmetric
-#           layer's GEMM 1 reading its dispatch region by tensor copies, and ncu of the tensor kernel at 8192.
+#           layer's GEMM 1 reading its dispatch region by tensor copies, and ncu of the tensor kernel at 8192; and three
+#           consumer warpgroups of 64 rows with tensor copies (registered_1_128_4_3_0_1_2_1: run 56's 3-warpgroup kernel
+#           waited on its producer), predicted −5 to −15% at 2048–8192 if the producer was what held it back; and GEMM 1's
+#           rows gathered into sorted order first (MOE_CUDA_GATHER_ROWS=1: its activations by tensor copies as well, for
+#           T·k·H·2 bytes more), predicted 0 to −6% against tensor copies alone.
 #           Predicted: pointers −2 to −6%, tensor copies −5 to −12% (GEMM 2's producer is one thread), most at 2048.
 #   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor [SECONDS]
 set -u
@@ -87,7 +91,7 @@ case $part in
         bash $D info
         runnable=""
         # never run: a bounded smoke run each first (150 s: the first one also compiles the kernels with NVRTC)
-        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_256_4_2_0_1_2_1; do
+        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1 registered_1_256_4_2_0_1_2_1; do
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
@@ -104,6 +108,10 @@ case $part in
             case $v in registered_1_256*) specs+=" MOE_CUDA_GEMM=$v@16384,32768" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac
         done
         AB_ENVS="$specs" bash $D abenv
+        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)  # GEMM 1's rows gathered first: its activations by tensor copies too
+            MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D check
+            MOE_CUDA_GATHER_ROWS=1 NEW_VARIANTS=registered_2_128_4_2_0_1_2_1 DEBUG_TOKENS=100,2000 bash $D debugnew
+            AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv ;; esac
         case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
             MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
             MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 \

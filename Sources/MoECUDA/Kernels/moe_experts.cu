@@ -1492,6 +1492,22 @@ MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 2, 88, 200)
 
 MOE_REGISTERED_CBSQT(2, 128, 4, 2, 0, 1, 2, 1, 72, 216)
 MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
+// Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
+MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
+
+// MARK: gather
+
+/// gathered[r, h…h+7] = x[sortedToSlot[r] / k, h…h+7]: GEMM 1's activations in sorted order, so that a registered kernel
+/// with tensor copies brings them by the copy engine too (MOE_CUDA_GATHER_ROWS=1; T·k·H·2 bytes written).
+/// grid: (rows, ceil(H / 8 / 128)), 128 threads; a thread copies 16 B (H is a multiple of 32).
+extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParams p) {
+    MOE_TRACE_KERNEL(p);
+    wait_for_previous_kernel();
+    const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (h >= p.hidden) return;
+    const long long token = ((const int *)p.sortedToSlot)[blockIdx.x] / p.topK;
+    *(uint4 *)((bf16_t *)p.output + (long long)blockIdx.x * p.hidden + h) = *(const uint4 *)((const bf16_t *)p.input + token * p.hidden + h);
+}
 
 // MARK: reduce
 

@@ -143,6 +143,17 @@ typedef struct MoEGemmParams {
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
 } MoEGemmParams;
 
+/// GEMM 1's input rows in sorted order: gathered[r] = x[sortedToSlot[r] / k] (MOE_CUDA_GATHER_ROWS=1 with tensor copies).
+typedef struct MoEGatherParams {
+    MoEDevicePointer input;         ///< [T, H] bf16
+    MoEDevicePointer sortedToSlot;  ///< [rows] i32
+    MoEDevicePointer output;        ///< [rows, H] bf16
+    int rows;
+    int topK;
+    int hidden;
+    MoETrace trace;  ///< last, as in the other parameter structs
+} MoEGatherParams;
+
 /// The k-way sum per token, in slot order, fp32 → bf16.
 typedef struct MoEReduceParams {
     MoEDevicePointer combine;       ///< [T·k, H] bf16, slot order
