@@ -247,9 +247,11 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     /// The launch plan a forward of T tokens uses (for reports).
     public func launchPlan(tokens: Int) -> LaunchPlan {
-        LaunchPlan(
+        var plan = LaunchPlan(
             tokens: tokens, config: config, variant: options.gemmVariant, gemm2: options.gemm2Variant,
             hopper: runtime.device.architecture == "sm_90a")
+        plan.multiprocessors = LaunchPlan.persistentBlocks(device: runtime.device.multiprocessors)
+        return plan
     }
 
     /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.

@@ -449,8 +449,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
             throw .invalidArgument(
                 "a global batch of \(tokens) tokens puts \(perRank) on each rank; the GPU heap holds \(capacity) (raise --max-tokens-per-rank)")
         }
-        // The single-rank forward's choices for T tokens: router kernel, GEMM variant, tile rows, resident rows.
-        let plan = LaunchPlan(tokens: tokens, config: config, hopper: runtime.device.architecture == "sm_90a")
+        // The single-rank forward's choices for T tokens: router kernel, GEMM variant (with its experiments' overrides,
+        // $MOE_CUDA_GEMM and $MOE_CUDA_GEMM2, as CUDABackend's options take them), tile rows, resident rows.
+        let forced = CUDABackend.Options()
+        var plan = LaunchPlan(
+            tokens: tokens, config: config, variant: forced.gemmVariant, gemm2: forced.gemm2Variant,
+            hopper: runtime.device.architecture == "sm_90a")
+        plan.multiprocessors = LaunchPlan.persistentBlocks(device: runtime.device.multiprocessors)
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
         try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
@@ -681,9 +686,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     }
 
     func gemmShape(_ b: Bucket, first: Bool, tiles: Int) -> LaunchShape {
-        var shape = first ? b.plan.gemm1Shape : b.plan.gemm2Shape
-        shape.grid.y = tiles
-        return shape
+        let c = config
+        return first
+            ? b.plan.gemmShape(b.plan.gemm1Variant, outputRows: 2 * c.intermediate, reduction: c.hidden, tiles: tiles)
+            : b.plan.gemmShape(b.plan.gemm2Variant, outputRows: c.hidden, reduction: c.intermediate, tiles: tiles)
     }
 
     func reduceShape(_ b: Bucket) -> LaunchShape {

@@ -82,6 +82,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Three consumer warpgroups of 64 rows with tensor copies: registered_1_128_4_3_1's consumers waited on their
     /// producer for 42% of their loop samples (run 56); with one thread copying GEMM 2's chunks they should not (never run).
     case registered_1_128_4_3_0_1_2_1
+    /// …_P, P = 1: persistent (one block an SM taking tile × column-block items in turn, the load ring running across
+    /// them, the epilogue staged outside the load slots). Three consumer warpgroups of 64 rows: with two of 128 rows the
+    /// tile loop makes ptxas serialise the wgmma (session 15, never run).
+    case registered_1_128_4_3_0_1_2_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -137,6 +141,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var needsHopper: Bool { usesWarpgroups }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
+    /// Persistent registered kernels (a ninth number, 1): a fixed grid of one block an SM (LaunchPlan.gemmShape).
+    public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -199,6 +205,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
+            if isPersistent {  // 128 bytes for the FULL mbarriers, then the epilogue's own tile (StagedEpilogue::BYTES)
+                return 1024 + slots + 128 + tileRows * (rowGroupsPerBlock * 32 + 16)
+            }
             return 1024 + slots + (usesTensorCopies ? 8 * stages : 0)  // tensor copies: a FULL mbarrier a slot after them
         }
         if kind != .staged {
@@ -306,12 +315,22 @@ public struct LaunchPlan: Sendable, Equatable {
         gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
     }
 
-    /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int) -> LaunchShape {
+    /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H]. Persistent kernels: one block an SM
+    /// (at most one a work item), whatever the tile count the plan writes on the device.
+    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
         let groups = n / 16
         let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        return LaunchShape(
-            grid: (rowBlocks, maxTiles, 1), block: 32 * variant.warps, sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
+        let tileBound = tiles ?? maxTiles
+        let grid = variant.isPersistent ? (min(multiprocessors, rowBlocks * tileBound), 1, 1) : (rowBlocks, tileBound, 1)
+        return LaunchShape(grid: grid, block: 32 * variant.warps, sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
+    }
+
+    /// The GPU's multiprocessors (the persistent kernels' grid); the backends set the device's, or
+    /// `$MOE_CUDA_PERSISTENT_BLOCKS` (checks: few blocks give each several tiles even on small shapes).
+    public var multiprocessors = 132
+
+    public static func persistentBlocks(device multiprocessors: Int) -> Int {
+        currentEnvironment("MOE_CUDA_PERSISTENT_BLOCKS").flatMap { Int($0) }.map { max(1, $0) } ?? multiprocessors
     }
 
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }

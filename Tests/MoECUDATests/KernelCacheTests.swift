@@ -64,8 +64,8 @@ private func request(
         let parts = variant.rawValue.split(separator: "_")
         // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
         // naming their epilogue too from MOE_REGISTERED_CBS, their producer too from MOE_REGISTERED_CBSQ, and their
-        // tensor copies too from MOE_REGISTERED_CBSQT.
-        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT"][parts.count]
+        // tensor copies too from MOE_REGISTERED_CBSQT, and persistence too from MOE_REGISTERED_CBSQTP.
+        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP"][parts.count]
         let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
@@ -109,8 +109,8 @@ private func request(
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
         // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) and
-        // MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) C.
-        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB, _CBS, _CBSQ and _CBSQT name C
+        // MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) and MOE_REGISTERED_CBSQTP(…, T, P, PR, CR) C.
+        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB … _CBSQTP name C
         let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / threads / 8 * 8)

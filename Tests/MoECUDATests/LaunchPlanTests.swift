@@ -144,7 +144,21 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 3)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 4)
+    // Persistent: the same slots, 128 bytes for the mbarriers, the epilogue's own tile (128 rows of 12 groups' 32 bytes
+    // and 16 of padding); one block an SM, at most one a work item, whatever the tile bound.
+    let persistent = GemmVariant.registered_1_128_4_3_0_1_2_1_1
+    #expect(persistent.isPersistent && persistent.usesTensorCopies && !threeTensor.isPersistent)
+    #expect(persistent.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * 24576 + 128 + 128 * (12 * 32 + 16))
+    #expect(persistent.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
+    var big = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: persistent)
+    big.multiprocessors = 132
+    #expect(big.gemm1Shape.grid == (132, 1, 1) && big.gemm2Shape.grid == (132, 1, 1) && big.gemm1Shape.block == 512)
+    var one = LaunchPlan(tokens: 1, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4, topK: 1), variant: persistent)
+    one.multiprocessors = 132
+    // 64 / 16 = 4 row groups: one column block; tile bound min(4, 1) + 1 / 128 = 1 → one work item.
+    #expect(one.gemm2Shape.grid == (1, 1, 1))
+    #expect(one.gemmShape(persistent, outputRows: 64, reduction: 64, tiles: 5).grid == (5, 1, 1))
     #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
     #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {

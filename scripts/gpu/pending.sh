@@ -40,7 +40,8 @@
 #           consumer warpgroups of 64 rows with tensor copies (registered_1_128_4_3_0_1_2_1: run 56's 3-warpgroup kernel
 #           waited on its producer), predicted −5 to −15% at 2048–8192 if the producer was what held it back; and GEMM 1's
 #           rows gathered into sorted order first (MOE_CUDA_GATHER_ROWS=1: its activations by tensor copies as well, for
-#           T·k·H·2 bytes more), predicted 0 to −6% against tensor copies alone.
+#           T·k·H·2 bytes more), predicted 0 to −6% against tensor copies alone; and the persistent form of the
+#           three-warpgroup kernel (…_3_0_1_2_1_1: one block an SM, the ring across its tiles), −3 to −8% against it.
 #           Predicted: pointers −2 to −6%, tensor copies −5 to −12% (GEMM 2's producer is one thread), most at 2048.
 #   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor [SECONDS]
 set -u
@@ -91,7 +92,8 @@ case $part in
         bash $D info
         runnable=""
         # never run: a bounded smoke run each first (150 s: the first one also compiles the kernels with NVRTC)
-        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1 registered_1_256_4_2_0_1_2_1; do
+        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
+            registered_1_128_4_3_0_1_2_1_1 registered_1_256_4_2_0_1_2_1; do
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
@@ -103,6 +105,10 @@ case $part in
         [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=100,300,2000 bash $D debugnew
         case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
             RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 bash $D racedecoded memdecoded ;; esac
+        case " $runnable " in *" registered_1_128_4_3_0_1_2_1_1 "*)  # two blocks: each takes many tiles, even on tiny shapes
+            MOE_CUDA_PERSISTENT_BLOCKS=2 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1 bash $D check
+            MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=registered_1_128_4_3_0_1_2_1_1 MEM_VARIANT=registered_1_128_4_3_0_1_2_1_1 \
+                bash $D racedecoded memdecoded ;; esac
         specs=""
         for v in $runnable; do
             case $v in registered_1_256*) specs+=" MOE_CUDA_GEMM=$v@16384,32768" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac

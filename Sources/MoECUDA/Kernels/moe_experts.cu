@@ -1123,11 +1123,13 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
 /// to the producers: EMPTY[(g − 1) % L]), decode, issue. BASE: the slot's wgmma descriptor by adds from the first
 /// slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L), and EMPTY counts
-/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false>
+/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies). RING (persistent kernels: several
+/// tiles a block): the chunk's ring position is `ring` (advanced here), and every position's EMPTY is arrived at (the
+/// producers wait for the last L at their end), the last chunk's by the caller after its wgmma_wait<0>.
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool RING = false>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS) {
+    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS, int *ring = nullptr) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
@@ -1136,15 +1138,16 @@ MOE_DEVICE void registered_consume(
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g) {
+        const int q = RING ? *ring + g : g;  // the chunk's position in the ring
         if constexpr (TENSOR) {
-            mbarrier_wait_parity(fullBarriers + 8 * (g % LOADS), (g / LOADS) & 1);
+            mbarrier_wait_parity(fullBarriers + 8 * (q % LOADS), (q / LOADS) & 1);
             if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
         } else {
             named_barrier_sync(FULL + g % LOADS, THREADS);
         }
-        const unsigned char *slot = sharedPointer + (g % LOADS) * Copies::LOAD_BYTES;
-        const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + (g % LOADS) * (Copies::LOAD_BYTES >> 4))
-                                                    : sharedBase + (g % LOADS) * Copies::LOAD_BYTES;
+        const unsigned char *slot = sharedPointer + (q % LOADS) * Copies::LOAD_BYTES;
+        const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + (q % LOADS) * (Copies::LOAD_BYTES >> 4))
+                                                    : sharedBase + (q % LOADS) * Copies::LOAD_BYTES;
         uint4 code[MI];
         u32 word[MI];
         bool slow = false;
@@ -1159,8 +1162,8 @@ MOE_DEVICE void registered_consume(
 #pragma unroll
         for (int sp = 0; sp < 2; ++sp) {
             wgmma_wait<1>();
-            const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-            if (sp == 1 && done >= 0 && done + LOADS < p.chunks)
+            const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks (RING: all)
+            if (sp == 1 && (RING ? g >= 1 : done >= 0 && done + LOADS < p.chunks))
                 named_barrier_arrive(EMPTY + (BASE ? (u32)done % LOADS : done % LOADS), TENSOR ? emptyThreads : THREADS);  // BASE: no sign fix-up
             if (slow) {
                 registered_fragments<MI, true>(a[sp], code, word, sp);
@@ -1170,6 +1173,7 @@ MOE_DEVICE void registered_consume(
             registered_multiply<W, MI, N, BASE>(acc, a[sp], sp, activations);
         }
     }
+    if constexpr (RING) *ring += p.chunks;
 #endif
 }
 
@@ -1394,6 +1398,107 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #endif
 }
 
+/// The registered kernel with tensor copies, persistent: gridDim.x blocks (one an SM) take the work items w = tile ·
+/// across + column block in turn (w = blockIdx.x + i · gridDim.x, across = ⌈G / GROUPS⌉; the tile count is read on the
+/// device, so the host's grid is fixed). The load ring runs on across items (q counts the block's chunks), so the
+/// producers fill the next item's first slots while the consumers finish and store the last one, and a block's setup
+/// (registers, barriers, the tensor maps' prefetch) is paid once. The epilogue stages through its own tile after the ring
+/// (the load slots are busy with the next item): StagedEpilogue::BYTES more shared memory.
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS>
+MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, CONSUMER_THREADS = 128 * CONSUMERS;
+    constexpr int THREADS = PRODUCER_THREADS + CONSUMER_THREADS;
+    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY, EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE;
+    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, 2, true>;
+    using Epilogue = StagedEpilogue<MI, N, GROUPS>;
+    static_assert((N == 128 || N == 256) && LOADS >= 2, "shape");
+    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
+    extern __shared__ __align__(1024) unsigned char sharedBytes[];
+    wait_for_previous_kernel();
+    const int across = (p.groups + GROUPS - 1) / GROUPS;
+    const int items = *(const int *)p.tileCount * across;
+    if ((int)blockIdx.x >= items) return;
+    const int mine = (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // this block's work items
+    const MoETile *tiles = (const MoETile *)p.tiles;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
+    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+    const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
+    constexpr u32 STAGE_OFFSET = LOADS * Copies::LOAD_BYTES + 128;  // the epilogue's tile, after the FULL mbarriers
+    const bool tensorInput = p.inputIndex == 0;
+    const int emptyThreads = CONSUMER_THREADS + (tensorInput ? 32 : PRODUCER_THREADS);
+    if (threadIdx.x == 0) {
+        prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
+        for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (warp < PRODUCER_THREADS / 32) {
+        registers_decrease<PRODUCER_REGISTERS>();
+        if (tensorInput && warp != 0) return;  // thread 0 alone copies
+        const int t = threadIdx.x;
+        int q = 0;
+#pragma unroll 1
+        for (int i = 0; i < mine; ++i) {
+            const int w = blockIdx.x + i * gridDim.x;
+            const Copies copies(p, tiles[w / across], (w % across) * GROUPS, t);
+#pragma unroll 1
+            for (int c = 0; c < p.chunks; ++c, ++q) {
+                const int slot = q % LOADS;
+                if (q >= LOADS) named_barrier_sync(EMPTY + slot, emptyThreads);  // position q − L's wgmma completed
+                copies.issue_tensor(p, c, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
+            }
+        }
+        // The consumers arrive at every position's EMPTY: wait for the last L (the ring's tail) so none is left over.
+        for (int d = max(q - LOADS, 0); d < q; ++d) named_barrier_sync(EMPTY + d % LOADS, emptyThreads);
+        copy_async_wait<0>();
+        return;
+    }
+
+    registers_increase<CONSUMER_REGISTERS>();
+    const int consumer = (warp - PRODUCER_THREADS / 32) >> 2, warpInGroup = warp & 3;
+    int ring = 0;
+    // Only the item index stays live across the main loop (its tile is read again for the epilogue): the accumulators
+    // and fragments leave ptxas no room for more, and it would serialise the wgmma.
+#pragma unroll 1
+    for (int i = 0; i < mine; ++i) {
+        float acc[MI][N / 2];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int j = 0; j < N / 2; ++j) acc[mi][j] = 0.0f;
+        const int rows = tiles[(blockIdx.x + i * gridDim.x) / across].rowCount;
+        const int width = p.fullWidthOnly ? N : (rows + 63) / 64 * 64;  // rows multiplied, as gemm_registered
+        if (width <= 64) {
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, false, true, true>(
+                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
+        } else if (N == 256 && width == 128) {
+            registered_consume<(N == 256 ? 128 : N), MI, N, LOADS, THREADS, Copies, false, true, true>(
+                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
+        } else if (N == 256 && width == 192) {
+            registered_consume<(N == 256 ? 192 : N), MI, N, LOADS, THREADS, Copies, false, true, true>(
+                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
+        } else {
+            registered_consume<N, MI, N, LOADS, THREADS, Copies, false, true, true>(
+                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
+        }
+        wgmma_wait<0>();
+        named_barrier_arrive(EMPTY + (ring - 1) % LOADS, emptyThreads);  // the last chunk's slot: now, not a tile later
+        if (i == mine - 1) allow_next_kernel();
+        const int w = blockIdx.x + i * gridDim.x, blockGroup = (w % across) * GROUPS;
+        const MoETile tile = tiles[w / across];
+        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer stored the previous item's tile
+        Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase + STAGE_OFFSET);
+        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
+        Epilogue::store(p, tile, blockGroup, sharedPointer + STAGE_OFFSET, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
+    }
+#else
+    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
+#endif
+}
+
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 // BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
@@ -1494,6 +1599,17 @@ MOE_REGISTERED_CBSQT(2, 128, 4, 2, 0, 1, 2, 1, 72, 216)
 MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
 // Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
 MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
+// …_P: P = 1 persistent (gemm_registered_persistent; B = 0, S = 1, Q = 2, T = 1 only).
+#define MOE_REGISTERED_CBSQTP(MI, N, L, C, B, S, Q, T, P, PR, CR)                                     \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                     \
+        moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P(MoEGemmParams p) {    \
+        static_assert(B == 0 && S == 1 && Q == 2 && T == 1 && P == 1, "the persistent kernel's one form"); \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_registered_persistent<MI, N, L, PR, CR, C>(p);                                            \
+    }
+
+// 64 rows a consumer warpgroup: with MI = 2 (128 accumulators a thread) the tile loop makes ptxas serialise the wgmma.
+MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
 
 // MARK: gather
 

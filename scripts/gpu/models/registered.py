@@ -22,8 +22,12 @@ class Err(Exception):
     pass
 
 
-def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
+def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0):
+    """items > 0: the persistent kernel (tensor copies, staged): `items` tiles of C chunks on one ring."""
     rnd = random.Random(seed)
+    per_item = C
+    if items:
+        C = items * per_item  # ring positions: the chunks' identities from here on
     EMPTY_COUNT = 128 * WG + (32 if tensor == 2 else 128)  # tensor copies in GEMM 2: one producer warp waits on EMPTY
     mbar = [dict(phase=0, pending=None, tx=0, chunk=None) for _ in range(L)]  # tensor copies: FULL per slot
     flights = []  # tensor copies: ('tensor', chunk) and ('cp', warp, chunk) in flight
@@ -43,6 +47,7 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
     pend = {w: [] for w in range(NPW)}
     blocked = {}
     staged_by = set()  # consumer warps that wrote their part of the staged output tile
+    stored = {}  # persistent: item -> consumer warps that stored its tile
 
     def bar(warp, bid, n, tag, sync):
         b = bars.setdefault(bid, dict(cnt=0, exp=None, tags=[], waiters=[]))
@@ -120,6 +125,22 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
             return landed.get(g, set()) == set(range(NPW))
         return g in tensor_landed and (tensor == 2 or landed.get(g, set()) == set(range(NPW)))
 
+    def producer_persistent(pw):
+        if tensor == 2 and pw != 0:
+            return
+        for q in range(C):  # every item's chunks on one ring
+            if q >= L:
+                if bar(pw, EMPTY + q % L, EMPTY_COUNT, ('E', q - L), True):
+                    blocked[pw] = 1
+                    yield
+            issue_tensor(pw, q)
+            yield
+        if mutant != 'notail':  # 'notail': leave the last L positions' EMPTY arrivals unmatched
+            for d in range(max(C - L, 0), C):
+                if bar(pw, EMPTY + d % L, EMPTY_COUNT, ('E', d), True):
+                    blocked[pw] = 1
+                    yield
+
     def producer_tensor(pw):
         if tensor == 2 and pw != 0:
             return
@@ -172,7 +193,9 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
                 blocked[cw] = 'wg'
                 yield
 
-        for g in range(C):
+        for position in range(C):
+            g = position  # the chunk (a ring position when persistent)
+            item, local = divmod(position, per_item)
             if tensor:
                 while (mbar[g % L]['phase'] & 1) == ((g // L) & 1):  # try_wait.parity: the phase of parity g / L done
                     blocked[cw] = 'wg'
@@ -190,7 +213,11 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
                 yield from wait(keep)
                 d = g - 1
                 limit = C if mutant == 'arrive' else C - L  # 'arrive': one EMPTY arrival the producers never wait for
-                if h == 1 and d >= 0 and d < limit:
+                if items:  # every position's, the item's last one after it (below)
+                    arrive = h == 1 and local >= 1
+                else:
+                    arrive = h == 1 and d >= 0 and d < limit
+                if arrive:
                     count = THREADS if (not tensor or mutant == 'tcount') else EMPTY_COUNT  # 'tcount': the old count
                     bar(cw, EMPTY + d % L, count, ('E', d), False)
                     yield
@@ -213,6 +240,31 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
                 buffers[(cw, h)] = key
                 mine.append(key)
                 yield
+            if items and local == per_item - 1:
+                yield from wait(0)
+                if mutant != 'nolast':  # 'nolast': the item's last slot left for the next item to free
+                    bar(cw, EMPTY + g % L, EMPTY_COUNT, ('E', g), False)
+                    yield
+                # The epilogue stages through its own tile: the load slots may already hold the next item's chunks.
+                if mutant != 'nofirst' or item == 0:  # 'nofirst': stage before the others stored the last tile
+                    if bar(cw, EPILOGUE, 128 * WG, ('S', item), True):
+                        blocked[cw] = 1
+                        yield
+                if item > 0 and len(stored.get(item - 1, ())) != 4 * WG:
+                    raise Err(f'consumer {cw} stages tile {item} while the staged tile {item - 1} is still being stored')
+                staged_by.add((cw, item))
+                yield
+                if bar(cw, EPILOGUE, 128 * WG, ('T', item), True):
+                    blocked[cw] = 1
+                    yield
+                if sum(1 for _, i in staged_by if i == item) != 4 * WG:
+                    raise Err(f'consumer {cw} stores tile {item} before every consumer warp staged its part')
+                for _ in range(3):  # storing the tile takes a while (a rolled loop of 16-byte stores)
+                    yield
+                stored.setdefault(item, set()).add(cw)
+                yield
+        if items:
+            return
         yield from wait(0)
         if staged:
             if mutant != 'noepilogue':  # 'noepilogue': stage without waiting for the other consumers
@@ -233,7 +285,7 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
             if len(staged_by) != 4 * WG:
                 raise Err(f'consumer {cw} stores the staged tile before every consumer warp wrote its part')
 
-    agents = {w: (producer_tensor(w) if tensor else producer(w)) for w in range(NPW)}
+    agents = {w: (producer_persistent(w) if items else producer_tensor(w) if tensor else producer(w)) for w in range(NPW)}
     agents.update({w: consumer(w) for w in range(NPW, NPW + 4 * WG)})
     done = set()
     speed = {w: rnd.choice([0.02, 0.2, 1, 1, 5]) for w in agents}
@@ -241,6 +293,8 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
     steps = 0
     while len(done) < len(agents):
         steps += 1
+        if steps > 400000:  # warps spinning on an mbarrier phase that never completes: a deadlock with no blocked set
+            raise Err(f'no progress after {steps} steps (a wait that never ends); blocked={blocked}')
         cands = [('run', w) for w in agents if w not in done and blocked.get(w) in (None, 'wg')]
         for wg in range(WG):
             if retired[wg] < len(order[wg]) and ops[order[wg][retired[wg]]]['started']:
@@ -270,8 +324,24 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0):
     return steps
 
 
-def run(seeds, mutant=None, tensors=(0, 1, 2)):
+def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
     bad = 0
+    if persistent:  # the persistent kernel: tensor copies, staged, 1–4 tiles of 1–11 chunks
+        for tensor in tensors:
+            if not tensor:
+                continue
+            for WG in [2, 3]:
+                for L in [3, 4, 6]:
+                    for items in [1, 2, 3, 4]:
+                        for C in [1, 2, 3, 4, 5, 7, 11]:
+                            for seed in range(seeds):
+                                try:
+                                    simulate(C, L, seed, mutant, WG, True, tensor, items)
+                                except Err as e:
+                                    if mutant is None:
+                                        print(f'persistent items={items} tensor={tensor} WG={WG} L={L} C={C} seed={seed}: {e}')
+                                    bad += 1
+                                    break
     for tensor in tensors:
         for staged in [False, True]:
             for WG in [2, 3]:
@@ -292,9 +362,12 @@ args = [a for a in sys.argv[1:] if not a.startswith('--')]
 seeds = int(args[0]) if args else 100
 if '--mutants' in sys.argv:
     caught = 0
-    mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore', 'tahead', 'tcount', 'tnofence']
-    for mutant in mutants:  # the session 15 ones change only the tensor-copy protocol
-        failures = run(seeds, mutant, (1, 2) if mutant.startswith('t') else (0,))
+    mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore', 'tahead', 'tcount', 'tnofence',
+               'notail', 'nolast', 'nofirst']
+    persistent_only = {'notail', 'nolast', 'nofirst'}
+    for mutant in mutants:  # the session 15 ones change only the tensor-copy protocol (the last three the persistent one)
+        failures = run(seeds, mutant, (1, 2) if mutant.startswith('t') or mutant in persistent_only else (0,),
+                       persistent=mutant in persistent_only)
         print(f'mutant {mutant}: {failures} failing configurations', flush=True)
         caught += failures > 0
     print('mutants caught', caught, 'of', len(mutants))
