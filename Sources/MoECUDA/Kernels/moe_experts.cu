@@ -1072,6 +1072,19 @@ MOE_DEVICE void issue_chunk(const Copies &copies, const MoEGemmParams &p, int c,
     }
 }
 
+/// Tensor copies: thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers
+/// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread),
+/// then the block syncs.
+template <int LOADS, int PRODUCER_THREADS>
+MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput) {
+    if (threadIdx.x == 0) {
+        prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
+        for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+}
+
 /// The registered kernel's named barriers: FULL + s (slot s's copies landed), EMPTY + s (its chunk's wgmma completed).
 template <int LOADS> struct RegisteredBarriers {
     static constexpr int FULL = 1, EMPTY = 1 + LOADS, EPILOGUE = 1 + 2 * LOADS;  // EPILOGUE: the consumers alone
@@ -1312,14 +1325,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
     const bool tensorInput = TENSOR && p.inputIndex == 0;
     const int emptyThreads = 128 * CONSUMERS + (tensorInput ? 32 : PRODUCER_THREADS);
-    if constexpr (TENSOR) {
-        if (threadIdx.x == 0) {
-            prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
-            for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
-            fence_mbarrier_init();
-        }
-        __syncthreads();
-    }
+    if constexpr (TENSOR) init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
@@ -1428,12 +1434,7 @@ MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
     constexpr u32 STAGE_OFFSET = LOADS * Copies::LOAD_BYTES + 128;  // the epilogue's tile, after the FULL mbarriers
     const bool tensorInput = p.inputIndex == 0;
     const int emptyThreads = CONSUMER_THREADS + (tensorInput ? 32 : PRODUCER_THREADS);
-    if (threadIdx.x == 0) {
-        prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
-        for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
-        fence_mbarrier_init();
-    }
-    __syncthreads();
+    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
