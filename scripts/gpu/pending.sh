@@ -43,7 +43,9 @@
 #           T·k·H·2 bytes more), predicted 0 to −6% against tensor copies alone; and the persistent form of the
 #           three-warpgroup kernel (…_3_0_1_2_1_1: one block an SM, the ring across its tiles), −3 to −8% against it.
 #           Predicted: pointers −2 to −6%, tensor copies −5 to −12% (GEMM 2's producer is one thread), most at 2048.
-#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor [SECONDS]
+#   tensor2: the rest of it (a second call): the persistent kernel with two blocks (many tiles each) under check,
+#           racecheck and memcheck; the gather's checks and A/B; EP bit-identity; the 256-token tensor kernel's A/B; ncu.
+#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2 [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -88,7 +90,7 @@ case $part in
         AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_1@2048,4096,8192" bash $D abenv
         NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=lean8192 bash $D ncusrc  # where the default waits now
         ;;
-    tensor)
+    tensor|tensor2)
         bash $D info
         runnable=""
         # never run: a bounded smoke run each first (150 s: the first one also compiles the kernels with NVRTC)
@@ -97,32 +99,36 @@ case $part in
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
-                MOE_CUDA_GEMM=$v bash $D check
+                [ $part = tensor ] && MOE_CUDA_GEMM=$v bash $D check
             else
                 { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
             fi
         done
-        [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=100,300,2000 bash $D debugnew
-        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
-            RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 bash $D racedecoded memdecoded ;; esac
-        case " $runnable " in *" registered_1_128_4_3_0_1_2_1_1 "*)  # two blocks: each takes many tiles, even on tiny shapes
-            MOE_CUDA_PERSISTENT_BLOCKS=2 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1 bash $D check
-            MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=registered_1_128_4_3_0_1_2_1_1 MEM_VARIANT=registered_1_128_4_3_0_1_2_1_1 \
-                bash $D racedecoded memdecoded ;; esac
-        specs=""
-        for v in $runnable; do
-            case $v in registered_1_256*) specs+=" MOE_CUDA_GEMM=$v@16384,32768" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac
-        done
-        AB_ENVS="$specs" bash $D abenv
-        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)  # GEMM 1's rows gathered first: its activations by tensor copies too
-            MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D check
-            MOE_CUDA_GATHER_ROWS=1 NEW_VARIANTS=registered_2_128_4_2_0_1_2_1 DEBUG_TOKENS=100,2000 bash $D debugnew
-            AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv ;; esac
-        case " $runnable " in *" registered_2_128_4_2_0_1_2_1 "*)
-            MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
-            MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 NCU_KERNEL=moe_gemm_registered NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 \
-                bash $D ncusrc ;; esac
+        has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
+        if [ $part = tensor ]; then  # the 128-token kernels against the default, then every stage at 2000 tokens
+            specs=""
+            for v in $runnable; do case $v in registered_1_256*) ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac; done
+            AB_ENVS="$specs" bash $D abenv
+            [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=300,2000 bash $D debugnew
+            has registered_2_128_4_2_0_1_2_1 && RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 \
+                bash $D racedecoded memdecoded
+        else  # tensor2: the persistent kernel's many-tile checks, the gather, the 256-token kernel, EP, ncu
+            if has registered_1_128_4_3_0_1_2_1_1; then  # two blocks: each takes many tiles, even on tiny shapes
+                MOE_CUDA_PERSISTENT_BLOCKS=2 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1 bash $D check
+                MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=registered_1_128_4_3_0_1_2_1_1 MEM_VARIANT=registered_1_128_4_3_0_1_2_1_1 \
+                    bash $D racedecoded memdecoded
+            fi
+            if has registered_2_128_4_2_0_1_2_1; then  # GEMM 1's rows gathered first: its activations by tensor copies too
+                MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D check
+                MOE_CUDA_GATHER_ROWS=1 NEW_VARIANTS=registered_2_128_4_2_0_1_2_1 DEBUG_TOKENS=100,2000 bash $D debugnew
+                AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv
+                MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
+            fi
+            has registered_1_256_4_2_0_1_2_1 && AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
+            has registered_2_128_4_2_0_1_2_1 && MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 NCU_KERNEL=moe_gemm_registered \
+                NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 bash $D ncusrc
+        fi
         ;;
-    *) echo "usage: pending.sh policy|stalls|adopt|tensor [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh policy|stalls|adopt|tensor|tensor2 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
