@@ -929,7 +929,7 @@ struct ChunkCopies {
     u32 rowBytes[LEAN ? ACT_COPIES : 1];  // LEAN: each copy's row, bytes from `input` (T·H and T·k·I bytes < 2^32)
     int width;                            // LEAN: the tile's rows rounded up to 64
     // LEAN = 2: each copy's source at chunk 0, and the weights' offsets in a slot.
-    const unsigned char *rowPointer[LEAN == 2 ? ACT_COPIES : 1], *codePointer[LEAN == 2 ? CODE_COPIES : 1], *scalePointer;
+    const unsigned char *rowPointer[LEAN == 2 ? ACT_COPIES : 1], *codePointer[LEAN == 2 ? CODE_COPIES : 1];
     u32 codeTarget, scaleTarget;
     bool scaleCopier;
     // TENSOR: the block's first row group in the weights' tensors (E·G rows), the tile's first row, and whether the
@@ -961,7 +961,6 @@ struct ChunkCopies {
 #pragma unroll
             for (int i = 0; i < CODE_COPIES; ++i)
                 codePointer[i] = (const unsigned char *)p.codes + (expertGroup + min(codeGroup + WARPS * i, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
-            scalePointer = scaleSource;
             codeTarget = B_BYTES + t * 16;
             scaleTarget = B_BYTES + CODE_BYTES + t * 16;
             scaleCopier = t < GROUPS * 8;
@@ -990,12 +989,7 @@ struct ChunkCopies {
             for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * 64 * 128, &maps->input, c * 64, firstRow + 64 * j, full);
         }
         if (!tensorInput) {
-            if (c * 64 + 64 <= p.k) {
-                copy_rows(slot, c * 128, 16);
-            } else {
-                const bool inside = c * 64 + segment * 8 < p.k;  // zeros past K
-                copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
-            }
+            copy_activation_rows(p, c, slot);
             copy_async_arrive_noinc(full);
         }
     }
@@ -1007,17 +1001,21 @@ struct ChunkCopies {
     /// (74 at ≤ 64 rows) against LEAN's 121 for the same 13 copies (NVRTC 13.0 SASS, scripts/gpu/loop_paths.py).
     MOE_DEVICE void issue_by_pointers(const MoEGemmParams &p, int c, u32 slot) const {
         if (c < p.chunks) {
-            if (c * 64 + 64 <= p.k) {
-                copy_rows(slot, c * 128, 16);
-            } else {
-                const bool inside = c * 64 + segment * 8 < p.k;  // zeros past K
-                copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
-            }
+            copy_activation_rows(p, c, slot);
 #pragma unroll
             for (int i = 0; i < CODE_COPIES; ++i) copy_async_16(slot + codeTarget + i * THREADS * 16, codePointer[i] + c * 512, 16);
-            if (GROUPS * 8 == THREADS || scaleCopier) copy_async_16(slot + scaleTarget, scalePointer + (c >> 2) * 128, 16);
+            if (GROUPS * 8 == THREADS || scaleCopier) copy_async_16(slot + scaleTarget, scaleSource + (c >> 2) * 128, 16);
         }
         copy_async_commit();
+    }
+    /// LEAN = 2: this thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
+    MOE_DEVICE void copy_activation_rows(const MoEGemmParams &p, int c, u32 slot) const {
+        if (c * 64 + 64 <= p.k) {
+            copy_rows(slot, c * 128, 16);
+        } else {
+            const bool inside = c * 64 + segment * 8 < p.k;  // zeros past K
+            copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
+        }
     }
     /// LEAN = 2: this thread's activation copies of a chunk, `offset` bytes into each row, rows up to the tile's width.
     MOE_DEVICE void copy_rows(u32 slot, u32 offset, int bytes) const {
