@@ -151,7 +151,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     let unpackIndex, a2aCombine, routedMarks: DeviceBuffer
     private var buckets: [Int: Bucket] = [:]
     /// The tensor maps of registered kernels with tensor copies, by what they encode (withTensorMaps).
-    private var tensorMaps: [[TensorMapEncoding?]: DeviceBuffer] = [:]
+    private let tensorMaps = TensorMapCache()
     private var bucketUse = RecentlyUsed<Int>()
     /// Token counts whose graphs a layer keeps: a server sees every batch size up to its limit, and each captured
     /// graph holds device memory for its nodes; past this many, the least recently used bucket's graphs go.
@@ -617,15 +617,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         guard variant.usesTensorCopies else { return p }
         let encodings = GemmTensorMaps.encodings(
             p, heldExperts: layer.experts.count, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock)
-        let maps: DeviceBuffer
-        if let made = tensorMaps[encodings] {
-            maps = made
-        } else {
-            maps = try GemmTensorMaps.upload(encodings, device: runtime.device)
-            tensorMaps[encodings] = maps
-        }
         var mapped = p
-        mapped.tensorMaps = maps.address
+        mapped.tensorMaps = try tensorMaps.maps(encodings, device: runtime.device).address
         return mapped
     }
 

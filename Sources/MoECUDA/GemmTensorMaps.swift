@@ -83,3 +83,19 @@ enum GemmTensorMaps {
         return buffer
     }
 }
+
+/// Device copies of tensor maps by what they encode, so a new layer's weights or a new buffer get their own.
+final class TensorMapCache {
+    private var made: [[TensorMapEncoding?]: DeviceBuffer] = [:]
+
+    /// The maps of `encodings`, uploaded on first use: it allocates, so never first inside a graph capture.
+    func maps(_ encodings: [TensorMapEncoding?], device: CUDADevice) throws(CUDAError) -> DeviceBuffer {
+        if let maps = made[encodings] { return maps }
+        let maps = try GemmTensorMaps.upload(encodings, device: device)
+        made[encodings] = maps
+        return maps
+    }
+
+    /// The maps of `encodings` if already made.
+    func existing(_ encodings: [TensorMapEncoding?]) -> DeviceBuffer? { made[encodings] }
+}

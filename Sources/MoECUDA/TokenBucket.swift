@@ -34,7 +34,7 @@ final class TokenBucket: @unchecked Sendable {
     private var timedGraphs: [GraphKey: TimedGraph] = [:]
     /// The tensor maps of registered kernels with tensor copies, by what they encode (a new layer's weights get their
     /// own); made by prepareTensorMaps before a capture, since allocating inside one is not allowed.
-    private var tensorMaps: [[TensorMapEncoding?]: DeviceBuffer] = [:]
+    private let tensorMaps = TensorMapCache()
     typealias TimedGraph = (exec: CUDAGraphExec, start: CUDAEvent, marks: [(Phase, CUDAEvent)])
 
     struct GraphKey: Hashable {
@@ -369,15 +369,15 @@ final class TokenBucket: @unchecked Sendable {
     func prepareTensorMaps(slot: Int, layer: DeviceLayer, device: CUDADevice) throws(CUDAError) {
         let gemms = [(gemm1Parameters(slot: slot, layer: layer), plan.gemm1Variant), (gemm2Parameters(layer: layer), plan.gemm2Variant)]
         for (p, variant) in gemms {
-            guard let encodings = tensorMapEncodings(p, variant: variant, layer: layer), tensorMaps[encodings] == nil else { continue }
-            tensorMaps[encodings] = try GemmTensorMaps.upload(encodings, device: device)
+            guard let encodings = tensorMapEncodings(p, variant: variant, layer: layer) else { continue }
+            _ = try tensorMaps.maps(encodings, device: device)
         }
     }
 
     /// Points `p` at its tensor maps when `variant` copies by tensor maps (prepared by prepareTensorMaps).
     private func attachTensorMaps(_ p: inout MoEGemmParams, variant: GemmVariant, layer: DeviceLayer) throws(CUDAError) {
         guard let encodings = tensorMapEncodings(p, variant: variant, layer: layer) else { return }
-        guard let maps = tensorMaps[encodings] else {
+        guard let maps = tensorMaps.existing(encodings) else {
             throw .invalidArgument("\(variant.kernelName) was enqueued before its tensor maps were made (prepareTensorMaps)")
         }
         p.tensorMaps = maps.address
