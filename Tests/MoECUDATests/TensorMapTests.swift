@@ -44,24 +44,16 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
 @Test func tensorMapProblemsAreNamed() {
     let good = GemmTensorMaps.encodings(gemmParameters(first: false), heldExperts: 2, inputRows: 64, rowGroupsPerBlock: 16)[2]!
     #expect(good.problem == nil)
-    var e = good
-    e.address += 8
-    #expect(e.problem?.contains("not 16-byte aligned") == true)
-    e = good
-    e.rowPitch = 2884 * 2
-    #expect(e.problem?.contains("row pitch") == true)
-    e = good
-    e.box = [64, 257]
-    #expect(e.problem?.contains("1…256") == true)
-    e = good
-    e.box = [128, 64]
-    #expect(e.problem?.contains("exceed the 128-byte swizzle") == true)
-    e = good
-    e.box = [4, 64]
-    #expect(e.problem?.contains("multiple of 16") == true)
-    e = good
-    e.dimensions = [2880, 0]
-    #expect(e.problem?.contains("dimensions") == true)
+    let broken: [(String, (inout TensorMapEncoding) -> Void)] = [
+        ("not 16-byte aligned", { $0.address += 8 }), ("row pitch", { $0.rowPitch = 2884 * 2 }),
+        ("1…256", { $0.box = [64, 257] }), ("exceed the 128-byte swizzle", { $0.box = [128, 64] }),
+        ("multiple of 16", { $0.box = [4, 64] }), ("dimensions", { $0.dimensions = [2880, 0] }),
+    ]
+    for (reason, breaking) in broken {
+        var e = good
+        breaking(&e)
+        #expect(e.problem?.contains(reason) == true, "\(reason)")
+    }
 }
 
 /// The encoder's last arguments (C function pointers capture nothing).
