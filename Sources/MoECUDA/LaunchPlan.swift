@@ -86,6 +86,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// them, the epilogue staged outside the load slots). Three consumer warpgroups of 64 rows: with two of 128 rows the
     /// tile loop makes ptxas serialise the wgmma (session 15, never run).
     case registered_1_128_4_3_0_1_2_1_1
+    /// …_W (a tenth number), W = 1: narrow tiles. A tile of at most 32 rows multiplies by wgmma m64n32 (a quarter of the
+    /// tensor work of n128; n64 up to 64 rows, as every 128-token kernel). Mid-size batches (512–1024 tokens of
+    /// gpt-oss-120b: 16–32 rows an expert) then cost about the decode of each expert's weights once, where the staged
+    /// 32-token kernel runs now (session 16, never run). The lean default's producer …
+    case registered_2_128_4_2_0_1_1_0_0_1
+    /// … and tensor copies.
+    case registered_2_128_4_2_0_1_2_1_0_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -143,6 +150,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
     /// Persistent registered kernels (a ninth number, 1): a fixed grid of one block an SM (LaunchPlan.gemmShape).
     public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
+    /// Narrow tiles (a tenth number, 1): wgmma m64n32 for tiles of at most 32 rows.
+    public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through

@@ -44,7 +44,11 @@
 #           three-warpgroup kernel (…_3_0_1_2_1_1: one block an SM, the ring across its tiles), −3 to −8% against it.
 #           Predicted: pointers −2 to −6%, tensor copies −5 to −12% (GEMM 2's producer is one thread), most at 2048.
 #   tensor2: the rest of it (a second call): the persistent kernel with two blocks (many tiles each) under check,
-#           racecheck and memcheck; the gather's checks and A/B; EP bit-identity; the 256-token tensor kernel's A/B; ncu.
+#           racecheck and memcheck; the gather's checks and A/B; EP bit-identity; the 256-token tensor kernel's A/B; ncu;
+#           and (session 16) narrow tiles (…_0_0_1 / …_0_1: wgmma m64n32 for tiles of ≤ 32 rows) at 512–2048 tokens against
+#           the staged 32-token kernel (512–1024) and the default (2048): predicted −15 to −30% at 512–1024 (the staged kernel
+#           is at 62% of the weight floor; the narrow tiles' MMAs cost a quarter of n128's, so each expert's decode sets the
+#           pace), 0 to −5% at 2048.
 #   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2 [SECONDS]
 set -u
 part=${1:-policy}
@@ -125,6 +129,22 @@ case $part in
                 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
             fi
             has registered_1_256_4_2_0_1_2_1 && AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
+            # narrow tiles (session 16, never run): wgmma m64n32 for tiles of ≤ 32 rows, against the staged 32-token
+            # kernel at 512–1024 tokens and the default at 2048; a bounded smoke run first (at 512 tokens: narrow tiles)
+            narrow=""
+            for v in registered_2_128_4_2_0_1_1_0_0_1 registered_2_128_4_2_0_1_2_1_0_1; do
+                if timeout 120 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512 --iterations 3 \
+                    --warmup 1 > /tmp/smoke.log 2>&1; then
+                    narrow+=" $v"
+                else
+                    { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+                fi
+            done
+            for v in $narrow; do MOE_CUDA_GEMM=$v bash $D check; done
+            [ -n "$narrow" ] && NEW_VARIANTS="$narrow" DEBUG_TOKENS=60,100,300 bash $D debugnew  # 20b: 7.5–37.5 rows an expert
+            specs=""
+            for v in $narrow; do specs+=" MOE_CUDA_GEMM=$v@512,768,1024,2048"; done
+            AB_ENVS="$specs" bash $D abenv
             has registered_2_128_4_2_0_1_2_1 && MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 NCU_KERNEL=moe_gemm_registered \
                 NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 bash $D ncusrc
         fi

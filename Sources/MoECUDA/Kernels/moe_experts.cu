@@ -1301,7 +1301,7 @@ struct StagedEpilogue {
 /// them, every slot filled at once; ChunkCopies::issue_tensor).
 /// (Protocol model: scripts/gpu/models/registered.py, TENSOR included.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, int LEAN = 0, bool TENSOR = false>
+          bool STAGED = false, int LEAN = 0, bool TENSOR = false, bool NARROW = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1366,7 +1366,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
-    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile.
+    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile. NARROW: at most 32 rows, a
+    // quarter (mid-size batches, 512–1024 tokens of gpt-oss-120b: 16–32 rows an expert).
     // 256-token tiles multiply the tile's rows rounded up to 64 (an expert's last tile is often short).
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
@@ -1379,6 +1380,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         } else {
             registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
+    } else if (N == 128 && NARROW && tile.rowCount <= 32 && !p.fullWidthOnly) {
+        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
@@ -1553,10 +1556,11 @@ MOE_DECODED(2, 2, 128, 4)
 // each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
 // S = 1: the epilogue staged through shared memory (StagedEpilogue).
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR) MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, 0, PR, CR)
-#define MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, T, PR, CR)                                 \
+#define MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, T, PR, CR) MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, 0, PR, CR)
+#define MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, W, PR, CR)                              \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1>(p);                            \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W == 1>(p);                    \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
@@ -1609,6 +1613,15 @@ MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
 
 // 64 rows a consumer warpgroup: with MI = 2 (128 accumulators a thread) the tile loop makes ptxas serialise the wgmma.
 MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
+
+// …_W (a tenth number; P = 0): W = 1 narrow tiles, wgmma m64n32 for tiles of at most 32 rows (mid-size batches).
+#define MOE_REGISTERED_CBSQTPW(MI, N, L, C, B, S, Q, T, P, W, PR, CR)                                                 \
+    static_assert(P == 0, "narrow tiles: not persistent");                                                            \
+    MOE_REGISTERED_KERNEL_W(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W, MI, N, L, \
+                            C, B, S, Q, T, W, PR, CR)
+
+MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 1, 0, 0, 1, 64, 216)
+MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 2, 1, 0, 1, 72, 216)
 
 // MARK: gather
 
