@@ -49,7 +49,8 @@
 #           the staged 32-token kernel (512–1024) and the default (2048): predicted −15 to −30% at 512–1024 (the staged kernel
 #           is at 62% of the weight floor; the narrow tiles' MMAs cost a quarter of n128's, so each expert's decode sets the
 #           pace), 0 to −5% at 2048.
-#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2 [SECONDS]
+#   one:    (session 16) the most telling steps of tensor, tensor2 and the narrow tiles in one call (loans were scarce).
+#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2|one [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -149,6 +150,42 @@ case $part in
                 NCU_TOKENS=8192 NCU_SKIP=2 NCU_NAME=tensor8192 bash $D ncusrc
         fi
         ;;
-    *) echo "usage: pending.sh policy|stalls|adopt|tensor|tensor2 [SECONDS]" >&2; exit 2 ;;
+    one)  # session 16: loans scarce, so the most telling steps of tensor, tensor2 and narrow in one call, one A/B round
+          # each first, then second rounds, then the rest as time allows
+        bash $D info
+        runnable=""
+        for v in registered_2_128_4_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_1_128_4_3_0_1_2_1 \
+            registered_1_128_4_3_0_1_2_1_1 registered_2_128_4_2_0_1_2_1_0_1; do
+            if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
+                --warmup 1 > /tmp/smoke.log 2>&1; then
+                runnable+=" $v"
+                MOE_CUDA_GEMM=$v bash $D check
+            else
+                { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+            fi
+        done
+        has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
+        specs=""
+        for v in $runnable; do
+            case $v in *_0_1|*_0_0_1) specs+=" MOE_CUDA_GEMM=$v@512,1024,2048" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac
+        done
+        AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv
+        [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=60,300,2000 bash $D debugnew
+        has registered_2_128_4_2_0_1_2_1 && RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 \
+            bash $D racedecoded memdecoded
+        if has registered_1_128_4_3_0_1_2_1_1; then
+            MOE_CUDA_PERSISTENT_BLOCKS=2 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1 bash $D check
+            MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=registered_1_128_4_3_0_1_2_1_1 MEM_VARIANT=registered_1_128_4_3_0_1_2_1_1 \
+                bash $D racedecoded memdecoded
+        fi
+        AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv  # second round
+        has registered_2_128_4_2_0_1_2_1 && MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
+        if has registered_2_128_4_2_0_1_2_1; then
+            MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D check
+            AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv
+        fi
+        bash $D bench
+        ;;
+    *) echo "usage: pending.sh policy|stalls|adopt|tensor|tensor2|one [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
