@@ -155,7 +155,7 @@ case $part in
         bash $D info
         runnable=""
         for v in registered_2_128_4_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_1_128_4_3_0_1_2_1 \
-            registered_1_128_4_3_0_1_2_1_1 registered_2_128_4_2_0_1_2_1_0_1; do
+            registered_2_128_6_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 registered_2_128_4_2_0_1_2_1_0_1; do
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"

@@ -1599,6 +1599,8 @@ MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 2, 88, 200)
     MOE_REGISTERED_KERNEL_T(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T, MI, N, L, C, B, S, Q, T, PR, CR)
 
 MOE_REGISTERED_CBSQT(2, 128, 4, 2, 0, 1, 2, 1, 72, 216)
+// 6 slots: with tensor copies every slot is in flight (the cp.async producers kept LOADS − 2 chunks ahead).
+MOE_REGISTERED_CBSQT(2, 128, 6, 2, 0, 1, 2, 1, 72, 216)
 MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
 // Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
 MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
