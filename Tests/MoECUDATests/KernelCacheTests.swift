@@ -64,8 +64,14 @@ private func request(
         let parts = variant.rawValue.split(separator: "_")
         // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
         // naming their epilogue too from MOE_REGISTERED_CBS, their producer too from MOE_REGISTERED_CBSQ, and their
-        // tensor copies too from MOE_REGISTERED_CBSQT, and persistence too from MOE_REGISTERED_CBSQTP.
-        let suffix = variant.kind != .registered ? "" : ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP"][parts.count]
+        // tensor copies too from MOE_REGISTERED_CBSQT, persistence too from MOE_REGISTERED_CBSQTP, and narrow tiles too
+        // from MOE_REGISTERED_CBSQTPW.
+        let suffixes = ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP", "_CBSQTPW"]
+        guard variant.kind != .registered || parts.count < suffixes.count else {
+            Issue.record("\(variant): no instantiation macro known for \(parts.count - 1) numbers")
+            continue
+        }
+        let suffix = variant.kind != .registered ? "" : suffixes[parts.count]
         let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
