@@ -155,7 +155,8 @@ case $part in
         bash $D info
         runnable=""
         for v in registered_2_128_4_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_1_128_4_3_0_1_2_1 \
-            registered_2_128_6_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 registered_2_128_4_2_0_1_2_1_0_1; do
+            registered_2_128_6_2_0_1_2_1 registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 \
+            registered_2_128_4_2_0_1_2_1_0_1; do
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
@@ -167,7 +168,11 @@ case $part in
         has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
         specs=""
         for v in $runnable; do
-            case $v in *_0_1|*_0_0_1) specs+=" MOE_CUDA_GEMM=$v@512,1024,2048" ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac
+            case $v in
+                *_0_1|*_0_0_1) specs+=" MOE_CUDA_GEMM=$v@512,1024,2048" ;;
+                registered_1_256*) specs+=" MOE_CUDA_GEMM=$v@8192,16384,32768" ;;
+                *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;;
+            esac
         done
         AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv
         [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=60,300,2000 bash $D debugnew
