@@ -160,7 +160,8 @@ case $part in
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
-                MOE_CUDA_GEMM=$v bash $D check
+                { echo "=== smoke $v (3 iterations: a first look, not a figure)"; grep -E "^ *(512|2048) " /tmp/smoke.log; } \
+                    | tee -a ${OUT:-/tmp/moekit-out}/run.log
             else
                 { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
             fi
@@ -174,7 +175,8 @@ case $part in
                 *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;;
             esac
         done
-        AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv
+        AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv  # first round: speed first (smoke runs ruled out hangs)
+        for v in $runnable; do MOE_CUDA_GEMM=$v bash $D check; done
         [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=60,300,2000 bash $D debugnew
         has registered_2_128_4_2_0_1_2_1 && RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 \
             bash $D racedecoded memdecoded
