@@ -160,7 +160,7 @@ case $part in
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
-                { echo "=== smoke $v (3 iterations: a first look, not a figure)"; grep -E "^ *(512|2048) " /tmp/smoke.log; } \
+                { echo "=== smoke $v (3 iterations: a first look, not a figure)"; grep -E "^check:|^ *(512|2048) " /tmp/smoke.log; } \
                     | tee -a ${OUT:-/tmp/moekit-out}/run.log
             else
                 { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
