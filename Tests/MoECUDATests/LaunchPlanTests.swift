@@ -144,7 +144,11 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 6)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 7)
+    // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
+    let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
+    #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)
+    #expect(fourTensor.sharedBytes(k: 2880, residentRows: 128) == twoTensor.sharedBytes(k: 2880, residentRows: 128))
     // Narrow tiles (a tenth number): the same kernel's launch and slots, only the width of its ≤ 32-row tiles differs.
     for (narrow, wide) in [(GemmVariant.registered_2_128_4_2_0_1_1_0_0_1, GemmVariant.registered_2_128_4_2_0_1_1),
                            (.registered_2_128_4_2_0_1_2_1_0_1, .registered_2_128_4_2_0_1_2_1)] {

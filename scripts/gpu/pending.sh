@@ -154,9 +154,9 @@ case $part in
           # each first, then second rounds, then the rest as time allows
         bash $D info
         runnable=""
-        for v in registered_2_128_4_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_1_128_4_3_0_1_2_1 \
-            registered_2_128_6_2_0_1_2_1 registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 \
-            registered_2_128_4_2_0_1_2_1_0_1; do
+        for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
+            registered_2_128_6_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_2_128_4_2_0_1_2_1_0_1 \
+            registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1; do
             if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
                 --warmup 1 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
@@ -176,6 +176,9 @@ case $part in
             esac
         done
         AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv  # first round: speed first (smoke runs ruled out hangs)
+        # four consumer warpgroups with GEMM 1's rows gathered: one producer thread in both GEMMs
+        has registered_1_128_4_4_0_1_2_1 && AB_REPEAT=1 \
+            AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv
         for v in $runnable; do MOE_CUDA_GEMM=$v bash $D check; done
         [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=60,300,2000 bash $D debugnew
         has registered_2_128_4_2_0_1_2_1 && RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 \

@@ -1604,6 +1604,11 @@ MOE_REGISTERED_CBSQT(2, 128, 6, 2, 0, 1, 2, 1, 72, 216)
 MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
 // Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
 MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
+// Four of 64 rows (the 256 rows of the two-warpgroup kernel, its slots unchanged): a scheduler's two consumer warps each
+// decode ~200 instructions a chunk at ~7 cycles an instruction (run 56's ncu), so four with half as many each. 640
+// threads leave 96 registers a thread at launch: the producers keep 24 so that the consumers get 112 (104 used; at 104
+// ptxas serialises the wgmma, C7512).
+MOE_REGISTERED_CBSQT(1, 128, 4, 4, 0, 1, 2, 1, 24, 112)
 // …_P: P = 1 persistent (gemm_registered_persistent; B = 0, S = 1, Q = 2, T = 1 only).
 #define MOE_REGISTERED_CBSQTP(MI, N, L, C, B, S, Q, T, P, PR, CR)                                     \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                     \
