@@ -154,13 +154,19 @@ case $part in
           # each first, then second rounds, then the rest as time allows
         bash $D info
         runnable=""
+        # the default first, then each variant: 20 replays at 512, 2048 and 8192 tokens (bounded: a protocol error hangs)
+        timeout 120 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048,8192 --iterations 20 --warmup 3 \
+            > /tmp/smoke.log 2>&1
+        { echo "=== smoke default (20 replays: a first look)"; grep -E "^check:|^ceilings:|^ *(512|2048|8192) " /tmp/smoke.log; } \
+            | tee -a ${OUT:-/tmp/moekit-out}/run.log
         for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
-            registered_2_128_6_2_0_1_2_1 registered_2_128_4_2_0_1_1_0_0_1 registered_2_128_4_2_0_1_2_1_0_1 \
+            registered_2_128_6_2_0_1_2_1 registered_2_128_4_2_0_1_2_1_0_1 registered_2_128_4_2_0_1_1_0_0_1 \
             registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1; do
-            if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048 --iterations 3 \
-                --warmup 1 > /tmp/smoke.log 2>&1; then
+            [ $(( DEADLINE - $(date +%s) )) -lt 40 ] && break
+            if timeout 100 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048,8192 \
+                --iterations 20 --warmup 3 > /tmp/smoke.log 2>&1; then
                 runnable+=" $v"
-                { echo "=== smoke $v (3 iterations: a first look, not a figure)"; grep -E "^check:|^ *(512|2048) " /tmp/smoke.log; } \
+                { echo "=== smoke $v (20 replays: a first look)"; grep -E "^check:|^ *(512|2048|8192) " /tmp/smoke.log; } \
                     | tee -a ${OUT:-/tmp/moekit-out}/run.log
             else
                 { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
