@@ -104,6 +104,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4_2_0_1_1_0_0_1
     /// … and tensor copies.
     case registered_2_128_4_2_0_1_2_1_0_1
+    /// … and four consumer warpgroups of 64 rows (registered_1_128_4_4_0_1_2_1).
+    case registered_1_128_4_4_0_1_2_1_0_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

@@ -161,7 +161,7 @@ case $part in
             | tee -a ${OUT:-/tmp/moekit-out}/run.log
         for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
             registered_2_128_6_2_0_1_2_1 registered_2_128_4_2_0_1_2_1_0_1 registered_2_128_4_2_0_1_1_0_0_1 \
-            registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1; do
+            registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 registered_1_128_4_4_0_1_2_1_0_1; do
             [ $(( DEADLINE - $(date +%s) )) -lt 40 ] && break
             if timeout 100 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048,8192 \
                 --iterations 20 --warmup 3 > /tmp/smoke.log 2>&1; then
