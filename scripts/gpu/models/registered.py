@@ -344,7 +344,7 @@ def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
                                     break
     for tensor in tensors:
         for staged in [False, True]:
-            for WG in [2, 3]:
+            for WG in [2, 3, 4] if tensor else [2, 3]:  # four consumer warpgroups: tensor copies only (session 16)
                 for L in [3, 4, 6, 7]:
                     for C in list(range(1, 12)) + [17, 45]:
                         for seed in range(seeds):
