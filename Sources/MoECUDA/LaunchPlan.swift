@@ -78,8 +78,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// GemmTensorMaps). Session 15, never run.
     case registered_2_128_4_2_0_1_2_1
     /// … with 6 load slots: the tensor copies keep every slot in flight, where the copies from the producer threads kept
-    /// two of four (run 58's default at 2048 tokens: ~1600 cycles a chunk at any wgmma width, about two chunks' copies in
-    /// flight an SM; session 16, never run).
+    /// two of four (by arithmetic on run 58's default at 2048 tokens: ~1600 cycles a chunk at any wgmma width, about two
+    /// chunks' copies in flight an SM; session 16, never run).
     case registered_2_128_6_2_0_1_2_1
     /// The 256-token kernel with tensor copies (never run).
     case registered_1_256_4_2_0_1_2_1
