@@ -87,7 +87,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// producer for 42% of their loop samples (run 56); with one thread copying GEMM 2's chunks they should not (never run).
     case registered_1_128_4_3_0_1_2_1
     /// Four consumer warpgroups of 64 rows with tensor copies: the 256 rows and load slots of registered_2_128_4_2_0_1_2_1,
-    /// but each scheduler runs four consumer warps of ~100 decode instructions a chunk instead of two of ~200. Run 56's ncu
+    /// but each scheduler runs four consumer warps of 137 instructions a chunk (n64, fast path) instead of two of 208. Run 56's ncu
     /// had the default's consumer warps issuing once every ~7 cycles (dependency waits, shared-memory loads, the
     /// warpgroup's lock-step at each wgmma) with the tensor pipe about half busy; four warps a scheduler hide twice the
     /// latency. 640 threads: the producers give back all but 24 registers so the consumers get 112 (ptxas: 104 used, no

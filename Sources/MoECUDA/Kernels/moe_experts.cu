@@ -1605,7 +1605,7 @@ MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
 // Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
 MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
 // Four of 64 rows (the 256 rows of the two-warpgroup kernel, its slots unchanged): a scheduler's two consumer warps each
-// decode ~200 instructions a chunk at ~7 cycles an instruction (run 56's ncu), so four with half as many each. 640
+// run ~200 instructions a chunk at ~7 cycles an instruction (run 56's ncu), so four of 137 each (n64, fast path). 640
 // threads leave 96 registers a thread at launch: the producers keep 24 so that the consumers get 112 (104 used; at 104
 // ptxas serialises the wgmma, C7512).
 MOE_REGISTERED_CBSQT(1, 128, 4, 4, 0, 1, 2, 1, 24, 112)
