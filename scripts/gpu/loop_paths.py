@@ -9,8 +9,8 @@
 #          before K, the tile's width, thread 0 or not); --why prints each path's conditional branches (T taken, F not)
 #          MARKER: a regex on the loop head's instruction or one just after it (default: the lean producer's copy wait
 #          `DEPBAR.LE SB0, 0x1`, or the tensor producer's EMPTY wait `BAR.SYNC.DEFER_BLOCKING R\d+, R\d+`); a consumer
-#          loop's head (NVRTC 13.0, registered kernels): 'USHF\.R\.U32\.HI UR\d+, URZ, 0x2, UR4' (the first such loop,
-#          the n64 one; session 16: 208 instructions a chunk for two warpgroups' consumers, 137 for four)
+#          loop's head (NVRTC 13.0, registered kernels): 'USHF\.R\.U32\.HI UR\d+, URZ, 0x2, UR4' (it finds the
+#          n64 loop; session 16: 208 instructions a chunk for two warpgroups' consumers, 137 for four)
 #          cuobjdump on PATH (pip's nvidia-cuda-cuobjdump)
 import re, subprocess, sys
 
