@@ -187,15 +187,17 @@ case $part in
             AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv
         for v in $runnable; do MOE_CUDA_GEMM=$v bash $D check; done
         [ -n "$runnable" ] && NEW_VARIANTS="$runnable" DEBUG_TOKENS=60,300,2000 bash $D debugnew
-        has registered_2_128_4_2_0_1_2_1 && RACE_VARIANT=registered_2_128_4_2_0_1_2_1 MEM_VARIANT=registered_2_128_4_2_0_1_2_1 \
-            bash $D racedecoded memdecoded
+        for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1; do
+            has $v && RACE_VARIANT=$v MEM_VARIANT=$v bash $D racedecoded memdecoded
+        done
+        has registered_1_128_4_4_0_1_2_1 && MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1 bash $D check
         if has registered_1_128_4_3_0_1_2_1_1; then
             MOE_CUDA_PERSISTENT_BLOCKS=2 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1 bash $D check
             MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=registered_1_128_4_3_0_1_2_1_1 MEM_VARIANT=registered_1_128_4_3_0_1_2_1_1 \
                 bash $D racedecoded memdecoded
         fi
         AB_REPEAT=1 AB_ENVS="$specs" bash $D abenv  # second round
-        has registered_2_128_4_2_0_1_2_1 && MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D epcheck
+        for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1; do has $v && MOE_CUDA_GEMM=$v bash $D epcheck; done
         if has registered_2_128_4_2_0_1_2_1; then
             MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1 bash $D check
             AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_2_128_4_2_0_1_2_1+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768" bash $D abenv
