@@ -46,15 +46,32 @@
 #   tensor2: the rest of it (a second call): the persistent kernel with two blocks (many tiles each) under check,
 #           racecheck and memcheck; the gather's checks and A/B; EP bit-identity; the 256-token tensor kernel's A/B; ncu;
 #           and (session 16) narrow tiles (…_0_0_1 / …_0_1: wgmma m64n32 for tiles of ≤ 32 rows) at 512–2048 tokens against
-#           the staged 32-token kernel (512–1024) and the default (2048): predicted −15 to −30% at 512–1024 (the staged kernel
-#           is at 62% of the weight floor; the narrow tiles' MMAs cost a quarter of n128's, so each expert's decode sets the
-#           pace), 0 to −5% at 2048.
+#           the staged 32-token kernel (512–1024) and the default (2048): the cp.async form predicted +10 to +40% at 512 (its
+#           chunk takes ~1600–1950 cycles at any wgmma width: bench-cuda.md "Session 16"), the tensor-copy forms by their
+#           chunk time.
 #   one:    (session 16) the most telling steps of tensor, tensor2 and the narrow tiles in one call (loans were scarce).
 #   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2|one [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
+# smoke SECONDS TOKENS REPLAYS VARIANT...: a bounded bench of each variant never run before (a protocol error would
+# hang), adding those that finish to $runnable and keeping their rows in the log; cut at the deadline.
+smoke() {
+    local limit=$1 tokens=$2 replays=$3 v; shift 3
+    for v in "$@"; do
+        [ $(( DEADLINE - $(date +%s) )) -lt 40 ] && break
+        if timeout $limit env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens $tokens \
+            --iterations $replays --warmup 1 > /tmp/smoke.log 2>&1; then
+            runnable+=" $v"
+            { echo "=== smoke $v ($replays replays: a first look)"; grep -E "^check:|^ *(${tokens//,/|}) " /tmp/smoke.log; } \
+                | tee -a ${OUT:-/tmp/moekit-out}/run.log
+        else
+            { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+        fi
+    done
+}
+has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
@@ -99,17 +116,9 @@ case $part in
         bash $D info
         runnable=""
         # never run: a bounded smoke run each first (150 s: the first one also compiles the kernels with NVRTC)
-        for v in registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
-            registered_1_128_4_3_0_1_2_1_1 registered_1_256_4_2_0_1_2_1; do
-            if timeout 150 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 3 \
-                --warmup 1 > /tmp/smoke.log 2>&1; then
-                runnable+=" $v"
-                [ $part = tensor ] && MOE_CUDA_GEMM=$v bash $D check
-            else
-                { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
-            fi
-        done
-        has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
+        smoke 150 2048 3 registered_2_128_4_2_0_1_2 registered_2_128_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
+            registered_1_128_4_3_0_1_2_1_1 registered_1_256_4_2_0_1_2_1
+        if [ $part = tensor ]; then for v in $runnable; do MOE_CUDA_GEMM=$v bash $D check; done; fi
         if [ $part = tensor ]; then  # the 128-token kernels against the default, then every stage at 2000 tokens
             specs=""
             for v in $runnable; do case $v in registered_1_256*) ;; *) specs+=" MOE_CUDA_GEMM=$v@2048,8192,32768" ;; esac; done
@@ -132,15 +141,9 @@ case $part in
             has registered_1_256_4_2_0_1_2_1 && AB_ENVS="MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
             # narrow tiles (session 16, never run): wgmma m64n32 for tiles of ≤ 32 rows, against the staged 32-token
             # kernel at 512–1024 tokens and the default at 2048; a bounded smoke run first (at 512 tokens: narrow tiles)
-            narrow=""
-            for v in registered_2_128_4_2_0_1_1_0_0_1 registered_2_128_4_2_0_1_2_1_0_1; do
-                if timeout 120 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512 --iterations 3 \
-                    --warmup 1 > /tmp/smoke.log 2>&1; then
-                    narrow+=" $v"
-                else
-                    { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
-                fi
-            done
+            wide=$runnable runnable=""
+            smoke 120 512 3 registered_2_128_4_2_0_1_1_0_0_1 registered_2_128_4_2_0_1_2_1_0_1
+            narrow=$runnable runnable=$wide
             for v in $narrow; do MOE_CUDA_GEMM=$v bash $D check; done
             [ -n "$narrow" ] && NEW_VARIANTS="$narrow" DEBUG_TOKENS=60,100,300 bash $D debugnew  # 20b: 7.5–37.5 rows an expert
             specs=""
@@ -159,20 +162,9 @@ case $part in
             > /tmp/smoke.log 2>&1
         { echo "=== smoke default (20 replays: a first look)"; grep -E "^check:|^ceilings:|^ *(512|2048|8192) " /tmp/smoke.log; } \
             | tee -a ${OUT:-/tmp/moekit-out}/run.log
-        for v in registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
+        smoke 100 512,2048,8192 20 registered_2_128_4_2_0_1_2_1 registered_1_128_4_4_0_1_2_1 registered_1_128_4_3_0_1_2_1 \
             registered_2_128_6_2_0_1_2_1 registered_2_128_4_2_0_1_2_1_0_1 registered_2_128_4_2_0_1_1_0_0_1 \
-            registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 registered_1_128_4_4_0_1_2_1_0_1; do
-            [ $(( DEADLINE - $(date +%s) )) -lt 40 ] && break
-            if timeout 100 env MOE_CUDA_GEMM=$v /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 512,2048,8192 \
-                --iterations 20 --warmup 3 > /tmp/smoke.log 2>&1; then
-                runnable+=" $v"
-                { echo "=== smoke $v (20 replays: a first look)"; grep -E "^check:|^ *(512|2048|8192) " /tmp/smoke.log; } \
-                    | tee -a ${OUT:-/tmp/moekit-out}/run.log
-            else
-                { echo "=== $v smoke run failed or hung: left out"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
-            fi
-        done
-        has() { case " $runnable " in *" $1 "*) return 0 ;; esac; return 1; }
+            registered_1_256_4_2_0_1_2_1 registered_1_128_4_3_0_1_2_1_1 registered_1_128_4_4_0_1_2_1_0_1
         specs=""
         for v in $runnable; do
             case $v in
