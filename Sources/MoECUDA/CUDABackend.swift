@@ -247,10 +247,16 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
 
     /// The launch plan a forward of T tokens uses (for reports).
     public func launchPlan(tokens: Int) -> LaunchPlan {
+        Self.launchPlan(tokens: tokens, config: config, options: options, device: runtime.device)
+    }
+
+    /// The plan of T tokens on `device` with `options`' forced kernels: the single-rank forward's, which the EP layer
+    /// follows too (the same kernels, tile rows and persistent grid).
+    static func launchPlan(tokens: Int, config: MoEConfig, options: Options, device: CUDADevice) -> LaunchPlan {
         var plan = LaunchPlan(
             tokens: tokens, config: config, variant: options.gemmVariant, gemm2: options.gemm2Variant,
-            hopper: runtime.device.architecture == "sm_90a")
-        plan.multiprocessors = LaunchPlan.persistentBlocks(device: runtime.device.multiprocessors)
+            hopper: device.architecture == "sm_90a")
+        plan.multiprocessors = LaunchPlan.persistentBlocks(device: device.multiprocessors)
         return plan
     }
 
