@@ -15,6 +15,7 @@
 # a phase left incomplete, or a consumer passing a phase before its chunk landed.
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
+#          --consumers=4 (or 2,3): only those consumer warpgroup counts (four: tensor copies only)
 import random, sys
 
 
@@ -330,7 +331,7 @@ def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
         for tensor in tensors:
             if not tensor:
                 continue
-            for WG in [2, 3]:
+            for WG in only([2, 3]):
                 for L in [3, 4, 6]:
                     for items in [1, 2, 3, 4]:
                         for C in [1, 2, 3, 4, 5, 7, 11]:
@@ -344,7 +345,7 @@ def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
                                     break
     for tensor in tensors:
         for staged in [False, True]:
-            for WG in [2, 3, 4] if tensor else [2, 3]:  # four consumer warpgroups: tensor copies only (session 16)
+            for WG in only([2, 3, 4] if tensor else [2, 3]):  # four consumer warpgroups: tensor copies only (session 16)
                 for L in [3, 4, 6, 7]:
                     for C in list(range(1, 12)) + [17, 45]:
                         for seed in range(seeds):
@@ -359,6 +360,13 @@ def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
 
 
 args = [a for a in sys.argv[1:] if not a.startswith('--')]
+chosen = [int(w) for a in sys.argv[1:] if a.startswith('--consumers=') for w in a.split('=')[1].split(',')]
+
+
+def only(counts):
+    return [wg for wg in counts if not chosen or wg in chosen]
+
+
 seeds = int(args[0]) if args else 100
 if '--mutants' in sys.argv:
     caught = 0
