@@ -60,6 +60,9 @@ public final class SymmetricHeap: @unchecked Sendable {
     private(set) var isClosed = false
     private let barrierHook: (@Sendable (ExpertParallelPhase, Int) -> Void)?
     private var lastLivenessProbe = 0.0
+    /// Tests only: runs in a barrier wait after the late ranks were read and before their states are, so a test can
+    /// let a peer arrive, pass and close in exactly that window.
+    var afterLateRanksRead: (() -> Void)?
 
     /// A fresh job id: 16 random hex digits (segment names embed it, so concurrent jobs never collide).
     public static func newJobID() -> String {
@@ -384,10 +387,12 @@ public final class SymmetricHeap: @unchecked Sendable {
                 sched_yield()
                 continue
             }
-            let late = (0..<world).filter {
-                moe_atomic_load_acquire_u64((arrivals + $0 * 64).assumingMemoryBound(to: UInt64.self)) >> 8 < epoch
+            let hasArrived = { (peer: Int) -> Bool in
+                moe_atomic_load_acquire_u64((arrivals + peer * 64).assumingMemoryBound(to: UInt64.self)) >> 8 >= epoch
             }
-            try checkPeers(late: late, phase: phase, layer: layer, start: start, timeout: timeout)
+            let late = (0..<world).filter { !hasArrived($0) }
+            afterLateRanksRead?()
+            try checkPeers(late: late, hasArrived: hasArrived, phase: phase, layer: layer, start: start, timeout: timeout)
             _ = moe_atomic_fetch_add_u32(sleepers, 1)
             _ = moe_futex_wait(bell, ring, 20_000_000)
             _ = moe_atomic_fetch_add_u32(sleepers, UInt32.max)  // − 1
@@ -395,7 +400,14 @@ public final class SymmetricHeap: @unchecked Sendable {
     }
 
     /// Fails if a late peer aborted, finished, died, or the timeout passed.
-    private func checkPeers(late: [Int], phase: ExpertParallelPhase, layer: Int, start: Double, timeout: Double) throws {
+    ///
+    /// `late` was read before the peers' states, so a peer may have arrived, passed this barrier and closed its heap
+    /// since: a peer seen finished, lost or gone counts only if its arrival is still missing when read again after
+    /// its state. It stored the arrival before it set its state (release), so the second read (after the acquire of
+    /// the state) sees it.
+    private func checkPeers(
+        late: [Int], hasArrived: (Int) -> Bool, phase: ExpertParallelPhase, layer: Int, start: Double, timeout: Double
+    ) throws {
         for peer in 0..<world where peer != rank {
             if ControlBlock.state(bases[peer]) == .aborted {
                 throw ExpertParallelError.peerAborted(rank: peer, message: ControlBlock.abortMessage(bases[peer]))
@@ -403,15 +415,17 @@ public final class SymmetricHeap: @unchecked Sendable {
         }
         for peer in late {
             switch ControlBlock.state(bases[peer]) {
-            case .finished: throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))
-            case .lost: throw ExpertParallelError.peerLost(phase: phase, layer: layer, peer: status(of: peer))
+            case .finished where !hasArrived(peer):
+                throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))
+            case .lost where !hasArrived(peer):
+                throw ExpertParallelError.peerLost(phase: phase, layer: layer, peer: status(of: peer))
             default: break
             }
         }
         let now = MonotonicClock.seconds()
         if now - lastLivenessProbe > 0.02 {
             lastLivenessProbe = now
-            for peer in late where segments[peer]?.ownerIsGone ?? false {
+            for peer in late where segments[peer]?.ownerIsGone ?? false && !hasArrived(peer) {
                 // Re-check the state: a peer that closed normally also drops its lock.
                 if ControlBlock.state(bases[peer]) == .finished {
                     throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))

@@ -1,3 +1,4 @@
+import Dispatch
 import MoECore
 import Testing
 
@@ -132,6 +133,36 @@ import Glibc
             return
         }
         #expect(phase == .route && layer == 1 && peer.rank == 1)
+    }
+
+    /// A waiter reads which ranks are late, then their states. A peer that arrives, passes the barrier and closes its
+    /// heap between the two reads has not finished early: the waiter must pass, not report it (CI once failed so).
+    @Test func aPeerThatArrivesAndClosesWhileTheWaiterChecksIsNotReportedFinished() throws {
+        let job = SymmetricHeap.newJobID()
+        let peerMayArrive = DispatchSemaphore(value: 0)
+        let peerClosed = DispatchSemaphore(value: 0)
+        let results = RankThreads.run(ranks: 2) { rank -> Bool in
+            let heap = try Self.join(job, rank: rank, world: 2, timeout: 30)
+            if rank == 0 {
+                defer { heap.close() }
+                var windows = 0
+                heap.afterLateRanksRead = {
+                    windows += 1
+                    guard windows == 1 else { return }
+                    peerMayArrive.signal()
+                    peerClosed.wait()
+                }
+                try heap.barrier(.combine, layer: 0)
+                return windows >= 1
+            }
+            peerMayArrive.wait()
+            try heap.barrier(.combine, layer: 0)
+            heap.close()
+            peerClosed.signal()
+            return true
+        }
+        #expect(try results[1].get())
+        #expect(try results[0].get(), "rank 0 never waited with rank 1 late, so the window was not tested")
     }
 
     @Test func ranksAtDifferentPhasesAreCaught() throws {
