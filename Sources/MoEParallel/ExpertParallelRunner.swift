@@ -1,4 +1,3 @@
-import CMoEAtomics
 import MoECPU
 import MoECore
 
@@ -67,15 +66,7 @@ public final class ExpertParallelRunner {
             throw ExpertParallelError.invalidArgument("all layers must share one config")
         }
         let network = try NetworkRendezvous.forJob(environment)
-        guard maxBatchTokens >= 1, options.maxTokensPerRank >= 1 else {
-            throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
-        }
-        // Output goes through the launcher's pipes: flush per line so prefixed lines arrive as they happen.
-        moe_line_buffer_stdout()
-        // A rank whose launcher dies (even by SIGKILL) gets SIGTERM, whose handler removes its segment.
-        if let launcher = getenv("MOE_LAUNCHER_PID").flatMap({ Int32(String(cString: $0)) }), launcher == getppid() {
-            _ = moe_die_with_parent(SIGTERM)
-        }
+        try RankEnvironment.prepareRankProcess(maxBatchTokens: maxBatchTokens, maxTokensPerRank: options.maxTokensPerRank)
         let config = first.config
         let world = environment.world
         self.environment = environment

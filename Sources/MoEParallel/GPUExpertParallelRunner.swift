@@ -1,4 +1,3 @@
-import CMoEAtomics
 import MoECUDA
 import MoECore
 
@@ -75,13 +74,7 @@ public final class GPUExpertParallelRunner {
         guard let first = weights.first, weights.allSatisfy({ $0.config == first.config }) else {
             throw ExpertParallelError.invalidArgument("need ≥ 1 layer, all of one config")
         }
-        guard maxBatchTokens >= 1, options.maxTokensPerRank >= 1 else {
-            throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
-        }
-        moe_line_buffer_stdout()
-        if let launcher = getenv("MOE_LAUNCHER_PID").flatMap({ Int32(String(cString: $0)) }), launcher == getppid() {
-            _ = moe_die_with_parent(SIGTERM)
-        }
+        try RankEnvironment.prepareRankProcess(maxBatchTokens: maxBatchTokens, maxTokensPerRank: options.maxTokensPerRank)
         let config = first.config
         let world = environment.world
         self.environment = environment

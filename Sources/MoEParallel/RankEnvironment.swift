@@ -1,3 +1,5 @@
+import CMoEAtomics
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -108,6 +110,19 @@ public struct RankEnvironment: Sendable, Equatable {
         else {
             throw ExpertParallelError.invalidArgument(
                 "inconsistent rank variables: rank \(rank) of \(world), local \(localRank) of \(localWorld), node \(nodeRank) of \(nodes)")
+        }
+    }
+
+    /// What a rank process does before it joins its job, CPU or GPU: refuses batch limits below 1, flushes stdout per
+    /// line (the launcher's pipes prefix each line as it arrives), and asks for SIGTERM when the launcher that started
+    /// it dies, even by SIGKILL (the handler removes its shared-memory segment).
+    public static func prepareRankProcess(maxBatchTokens: Int, maxTokensPerRank: Int) throws {
+        guard maxBatchTokens >= 1, maxTokensPerRank >= 1 else {
+            throw ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")
+        }
+        moe_line_buffer_stdout()
+        if let launcher = getenv("MOE_LAUNCHER_PID").flatMap({ Int32(String(cString: $0)) }), launcher == getppid() {
+            _ = moe_die_with_parent(SIGTERM)
         }
     }
 

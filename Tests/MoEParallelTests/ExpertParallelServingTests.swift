@@ -183,4 +183,19 @@ import Glibc
         }
         #expect(try outcome.root.get().contains("a step here takes at most 64 per rank: lower --max-batch-tokens or raise --max-tokens-per-rank"))
     }
+
+    /// A rank runner with a batch limit below 1 is refused before it joins (no segment made, nothing to wait for).
+    @Test(arguments: [(0, 4), (16, 0)])
+    func batchLimitsBelowOneAreRefusedBeforeJoining(maxBatchTokens: Int, maxTokensPerRank: Int) throws {
+        let weights = try SyntheticModel.layer(config: Self.config, seed: 17)
+        let job = SymmetricHeap.newJobID()
+        var options = ExpertParallelOptions()
+        options.maxTokensPerRank = maxTokensPerRank
+        #expect(throws: ExpertParallelError.invalidArgument("batch and --max-tokens-per-rank must be ≥ 1")) {
+            _ = try ExpertParallelRunner(
+                environment: RankEnvironment(jobID: job, rank: 0, world: 1), layers: [weights],
+                maxBatchTokens: maxBatchTokens, options: options)
+        }
+        #expect(leftoverSegments(jobID: job).isEmpty)
+    }
 }
