@@ -4,6 +4,18 @@
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/// Linux keeps AMX tile data off until a process asks for it (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+/// the permission is process-wide and asking again is harmless. False where the kernel refuses or is too old.
+static int request_amx_permission(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
 
 static uint64_t read_xcr0(void) {
     uint32_t eax, edx;
@@ -25,6 +37,8 @@ uint32_t moekit_cpu_features(void) {
     const int avx2 = (ebx >> 5) & 1, avx512f = (ebx >> 16) & 1, avx512bw = (ebx >> 30) & 1, avx512vl = (ebx >> 31) & 1;
     const int avx512vnni = (ecx >> 11) & 1;
     const uint32_t subleaves = eax;
+    const int amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
+    const int tile_state = (xcr0 & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
     int avx512bf16 = 0;
     if (subleaves >= 1) {
         __cpuid_count(7, 1, eax, ebx, ecx, edx);
@@ -34,6 +48,9 @@ uint32_t moekit_cpu_features(void) {
     if (ymm_state && avx2 && fma) features |= MOEKIT_CPU_AVX2_FMA;
     if (zmm_state && avx512f && avx512bw && avx512vl && avx512bf16) features |= MOEKIT_CPU_AVX512_BF16;
     if (zmm_state && avx512f && avx512vnni) features |= MOEKIT_CPU_AVX512_VNNI;
+    // The AMX path decodes with the AVX-512 BF16 path's instructions and falls back to its kernels.
+    if ((features & MOEKIT_CPU_AVX512_BF16) && amx_bf16 && amx_tile && tile_state && request_amx_permission())
+        features |= MOEKIT_CPU_AMX_BF16;
     return features;
 }
 

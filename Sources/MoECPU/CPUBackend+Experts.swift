@@ -132,6 +132,7 @@ extension CPUKernelPath {
     @inline(__always)
     func gemm1(_ tile: inout moekit_gemm1_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {
+        case .amxBF16: moekit_amxbf16_gemm1(&tile)
         case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
         case .avx2: moekit_avx2_gemm1(&tile)
         case .neon: moekit_neon_gemm1(&tile)
@@ -143,6 +144,7 @@ extension CPUKernelPath {
     @inline(__always)
     func gemm2(_ tile: inout moekit_gemm2_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {
+        case .amxBF16: moekit_amxbf16_gemm2(&tile)
         case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
         case .avx2: moekit_avx2_gemm2(&tile)
         case .neon: moekit_neon_gemm2(&tile)
@@ -177,6 +179,10 @@ enum ActivationPacking {
             for t in 0..<count {
                 let row = rows[t]!
                 for k in 0..<columns { values[k * count + t] = BF16.float(row[k]) }
+            }
+        case .bf16Rows:
+            for t in 0..<count {
+                UnsafeMutableRawPointer(destination + t * columns * 2).copyMemory(from: rows[t]!, byteCount: columns * 2)
             }
         }
     }

@@ -76,7 +76,8 @@ final class GEMM1Phase: WorkerPhase {
     func run(worker: Int) {
         let b = backend
         let (H, I) = (b.config.hidden, b.config.intermediate)
-        let bytesPerValue = b.kernelPath.activationLayout.bytesPerValue
+        let layout = b.kernelPath.activationLayout
+        let bytesPerValue = layout.bytesPerValue
         let (groups, packedInput, packedIntermediate) = (pass.groups!, pass.packedInput!, pass.packedIntermediate!)
         let scratch = b.portableScratch(worker)
         b.forEachUnit(worker: worker, unitsPerExpert: I / 16, work: pass.work!, count: pass.workCount) { work, pair in
@@ -86,13 +87,14 @@ final class GEMM1Phase: WorkerPhase {
                 up_weights: b.gateUp.rowGroup(expert: e, group: 2 * pair + 1),
                 gate_bias: b.gateBias.pointer + e * I + 16 * pair, up_bias: b.upBias.pointer + e * I + 16 * pair,
                 activations: nil, intermediate: nil, blocks: Int32(H / 32), tokens: 0,
-                swiglu_alpha: Float(b.config.swigluAlpha), swiglu_limit: Float(b.config.swigluLimit))
+                swiglu_alpha: Float(b.config.swigluAlpha), swiglu_limit: Float(b.config.swigluLimit),
+                intermediate_stride: Int32(I))
             for g in Int(work.firstGroup)..<Int(work.firstGroup + work.groupCount) {
                 let start = Int(groups[g].rowStart), n = Int(groups[g].rowCount)
                 tile.tokens = Int32(n)
                 tile.activations = UnsafeRawPointer(packedInput + start * H * bytesPerValue)
                 tile.intermediate = UnsafeMutableRawPointer(
-                    packedIntermediate + start * I * bytesPerValue + 16 * pair * n * bytesPerValue)
+                    packedIntermediate + start * I * bytesPerValue + layout.columnOffset(16 * pair, tokens: n))
                 b.kernelPath.gemm1(&tile, scratch: scratch)
             }
         }

@@ -29,7 +29,7 @@ extension CPUBackend {
     func routerLogits(x: UnsafePointer<UInt16>, into logits: UnsafeMutablePointer<Float>, worker: Int) {
         let (H, E) = (config.hidden, config.experts)
         switch kernelPath {
-        case .avx512BF16:
+        case .amxBF16, .avx512BF16:
             moekit_avx512bf16_router(x, routerWeightBF16.pointer, routerBias.pointer, Int32(H), Int32(E), logits)
         case .avx2, .neon, .portable:
             let row = workspace.routerRows.pointer + worker * H

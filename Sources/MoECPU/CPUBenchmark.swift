@@ -94,6 +94,7 @@ public enum CPUCeilings {
             let start = DispatchTime.now().uptimeNanoseconds
             pool.run { worker in
                 switch path {
+                case .amxBF16: flops[worker] = moekit_amxbf16_peak_probe(200_000)
                 case .avx512BF16: flops[worker] = moekit_avx512bf16_peak_probe(2_000_000)
                 case .avx2: flops[worker] = moekit_avx2_peak_probe(4_000_000)
                 case .neon: flops[worker] = moekit_neon_peak_probe(4_000_000)
@@ -107,6 +108,7 @@ public enum CPUCeilings {
         }
         let method: String
         switch path {
+        case .amxBF16: method = "bf16 tile products (tdpbf16ps 16×32 · 32×16, 2 flops per bf16 pair), 4 chains × \(threads) threads, best of 3"
         case .avx512BF16: method = "bf16 dot products (vdpbf16ps zmm, 2 flops per bf16 pair), 12 chains × \(threads) threads, best of 3"
         case .avx2: method = "fp32 FMA (vfmadd ymm), 12 chains × \(threads) threads, best of 3"
         case .neon: method = "fp32 FMA (fmla 4S), 12 chains × \(threads) threads, best of 3"

@@ -12,6 +12,9 @@ import Darwin
 /// `MOEKIT_CPU_KERNELS` (for tests and benchmarks). Every path reads the same packed weights and meets the
 /// same accuracy bar; `portable` runs everywhere.
 public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
+    /// AMX BF16: MXFP4 decoded to bf16 by vpermw into AMX tiles, tdpbf16ps per 32-k block, the scale in fp32
+    /// (Sapphire Rapids and later; Linux grants the tile state at start-up).
+    case amxBF16 = "amx-bf16"
     /// AVX-512 BF16: MXFP4 decoded to bf16 by vpermw, vdpbf16ps dot products, fp32 sums (Zen 4, Sapphire Rapids).
     case avx512BF16 = "avx512-bf16"
     /// AVX2 + FMA: MXFP4 decoded to fp32 by vpermps, fp32 FMA (x86-64 since Haswell / Zen 1).
@@ -28,6 +31,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     public var isSupported: Bool {
         let features = moekit_cpu_features()
         switch self {
+        case .amxBF16: return features & MOEKIT_CPU_AMX_BF16 != 0
         case .avx512BF16: return features & MOEKIT_CPU_AVX512_BF16 != 0
         case .avx2: return features & MOEKIT_CPU_AVX2_FMA != 0
         case .neon: return features & MOEKIT_CPU_NEON != 0
@@ -44,6 +48,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     /// What the path needs, for error messages.
     public var requirement: String {
         switch self {
+        case .amxBF16: "an x86-64 CPU with AMX-TILE, AMX-BF16 and AVX512_BF16 (Intel Sapphire Rapids or later) and an OS that grants the tile state"
         case .avx512BF16: "an x86-64 CPU with AVX-512 F/BW/VL and AVX512_BF16 (e.g. AMD Zen 4, Intel Sapphire Rapids)"
         case .avx2: "an x86-64 CPU with AVX2 and FMA3"
         case .neon: "an arm64 CPU (Advanced SIMD)"
@@ -95,6 +100,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     /// Tokens one tile call takes (the path's register budget).
     var maxTileTokens: Int {
         switch self {
+        case .amxBF16: Int(MOEKIT_AMX_TILE_TOKENS)
         case .avx512BF16: 12
         case .avx2: 8
         case .neon: 8
@@ -105,6 +111,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     /// How the path lays out a GEMM's activations (moekit_cpu.h).
     var activationLayout: ActivationLayout {
         switch self {
+        case .amxBF16: .bf16Rows
         case .avx512BF16, .portable: .bf16Pairs
         case .avx2, .neon: .float32
         }
@@ -113,6 +120,7 @@ public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
     /// One line for `detail`.
     var summary: String {
         switch self {
+        case .amxBF16: "amx-bf16 (MXFP4→bf16 vpermw into AMX tiles, tdpbf16ps, fp32 sums)"
         case .avx512BF16: "avx512-bf16 (MXFP4→bf16 vpermw, vdpbf16ps, fp32 sums)"
         case .avx2: "avx2 (MXFP4→fp32 vpermps, fp32 FMA)"
         case .neon: "neon (MXFP4→fp32 tbl, fp32 FMA)"
@@ -127,12 +135,22 @@ enum ActivationLayout {
     case bf16Pairs
     /// [K][tokens] Float.
     case float32
+    /// [tokens][K] UInt16: each token's bf16 row as it is (AMX A tiles).
+    case bf16Rows
 
     /// Bytes per activation value.
     var bytesPerValue: Int {
         switch self {
-        case .bf16Pairs: 2
+        case .bf16Pairs, .bf16Rows: 2
         case .float32: 4
+        }
+    }
+
+    /// Bytes from the start of a group's packed values to its column `column` (a multiple of 16), for `count` tokens.
+    func columnOffset(_ column: Int, tokens count: Int) -> Int {
+        switch self {
+        case .bf16Pairs, .float32: column * count * bytesPerValue
+        case .bf16Rows: column * bytesPerValue
         }
     }
 }

@@ -147,8 +147,8 @@ import Testing
                             gate_weights: packedWeights.rowGroup(expert: 0, group: 0),
                             up_weights: packedWeights.rowGroup(expert: 0, group: 1),
                             gate_bias: gb.baseAddress!, up_bias: ub.baseAddress!, activations: UnsafeRawPointer(x),
-                            intermediate: out.baseAddress! + i0 * N * layout.bytesPerValue, blocks: Int32(blocks),
-                            tokens: Int32(N), swiglu_alpha: alpha, swiglu_limit: limit)
+                            intermediate: out.baseAddress! + layout.columnOffset(i0, tokens: N), blocks: Int32(blocks),
+                            tokens: Int32(N), swiglu_alpha: alpha, swiglu_limit: limit, intermediate_stride: Int32(I))
                         path.gemm1(&tile, scratch: scratch)
                     }
                 }
@@ -163,9 +163,21 @@ import Testing
                     let offset = (i * N + t) * 4
                     let bits = (0..<4).reduce(UInt32(0)) { $0 | UInt32(intermediate[offset + $1]) << (8 * UInt32($1)) }
                     return Float(bitPattern: bits)
+                case .bf16Rows:
+                    let offset = (t * I + i) * 2
+                    return BF16.float(UInt16(intermediate[offset]) | UInt16(intermediate[offset + 1]) << 8)
                 }
             }
-            for offset in 0..<bytes where offset < i0 * N * layout.bytesPerValue || offset >= (i0 + 16) * N * layout.bytesPerValue {
+            // The bytes of inputs i0 ..< i0 + 16: a run per input (column layouts) or per token (rows).
+            func inTile(_ offset: Int) -> Bool {
+                switch layout {
+                case .bf16Pairs, .float32:
+                    return offset >= i0 * N * layout.bytesPerValue && offset < (i0 + 16) * N * layout.bytesPerValue
+                case .bf16Rows:
+                    return (i0 * 2..<(i0 + 16) * 2).contains(offset % (I * 2))
+                }
+            }
+            for offset in 0..<bytes where !inTile(offset) {
                 #expect(intermediate[offset] == 0xA5, "\(path) N=\(N): wrote byte \(offset) outside its tile")
             }
             for t in 0..<N {

@@ -46,6 +46,8 @@ static inline size_t moekit_row_group_bytes(int32_t blocks) {
 #define MOEKIT_CPU_AVX512_VNNI 4u
 /// Advanced SIMD on arm64 (always there).
 #define MOEKIT_CPU_NEON 8u
+/// AMX tiles with BF16 (Sapphire Rapids and later), the OS's permission granted, and MOEKIT_CPU_AVX512_BF16.
+#define MOEKIT_CPU_AMX_BF16 16u
 
 /// The instruction-set features of this CPU (an OR of the MOEKIT_CPU_* bits).
 uint32_t moekit_cpu_features(void);
@@ -55,6 +57,8 @@ uint32_t moekit_cpu_features(void);
 /// Activation layouts a path packs its GEMM inputs in.
 /// BF16_PAIRS: [K/2][tokens] uint32, each the bf16 pair (k even in the low half, k odd in the high half).
 /// F32:        [K][tokens] float.
+/// BF16_ROWS:  [tokens][K] bf16, each token's row as it is (the AMX path's A tiles); GEMM 1 writes the
+///             intermediate's rows with stride `intermediate_stride`.
 
 /// GEMM 1 for one gate/up row-group pair and up to MOEKIT_MAX_TILE_TOKENS tokens:
 ///   gate[t][j] = Σ_k W1[gate row j][k]·x[t][k] + gate_bias[j], up likewise (fp32),
@@ -76,6 +80,8 @@ typedef struct moekit_gemm1_tile {
     int32_t tokens;
     float swiglu_alpha;
     float swiglu_limit;
+    /// BF16_ROWS: elements from one token's intermediate row to the next's (I); unused by the other layouts.
+    int32_t intermediate_stride;
 } moekit_gemm1_tile;
 
 /// GEMM 2 for one row group of 16 output columns h0..h0+15 and up to MOEKIT_MAX_TILE_TOKENS tokens:
@@ -105,6 +111,16 @@ void moekit_avx512bf16_router(
     const uint16_t *x, const uint16_t *wr, const float *bias, int32_t hidden, int32_t experts, float *logits);
 /// Runs `iterations` rounds of 12 independent vdpbf16ps zmm chains; returns the number of flops done.
 double moekit_avx512bf16_peak_probe(int64_t iterations);
+
+// MARK: AMX BF16 path (MXFP4 decoded to bf16 AMX tiles with the scale folded in, tdpbf16ps, fp32 sums; BF16_ROWS)
+
+/// Most tokens one AMX tile call takes (a tile's 16 rows).
+#define MOEKIT_AMX_TILE_TOKENS 16
+
+void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile);
+void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile);
+/// Runs `iterations` rounds of 4 independent tdpbf16ps tile chains; returns the number of flops done.
+double moekit_amxbf16_peak_probe(int64_t iterations);
 
 // MARK: AVX2 + FMA path (decoded MXFP4 times fp32 activations, fp32 FMA; F32 layout)
 
