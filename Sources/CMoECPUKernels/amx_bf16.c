@@ -5,11 +5,13 @@
 //   A (tokens × 32 k): the tokens' bf16 rows as they are (BF16_ROWS), loaded with the row stride K;
 //   B (16 k pairs × 16 outputs, the pair layout AMX wants): the row group's codes decoded by vpermw exactly as the
 //     AVX-512 path does, whose zmm of 16 rows × one input pair is one row of B — so no transpose;
-//   C (tokens × 16 outputs, fp32): this block's partial sums, zeroed per block.
-// The block's E8M0 scale is then applied in fp32 to the partial sums (acc += partial · 2^(s−127)), as the AVX-512
-// path does: every product is exact (E2M1 codes and bf16 activations are exact in bf16), only the fp32 sums
-// round, and every scale byte (0 and 255 included) means what it means there. AMX, like vdpbf16ps, reads bf16
-// subnormals as zero.
+//   C (tokens × 16 outputs, fp32).
+// Scales: where every scale byte of the row group is in [2, 252] (any real checkpoint), the block's 2^(s−127) is
+// folded into B by raising each nonzero decoded value's exponent — exact, since the result is a normal bf16 — and C
+// accumulates the whole K (two chains, even and odd blocks). Elsewhere (a scale of 0, 1, 253 … 255) each block's
+// partial sums go through memory and are scaled in fp32 exactly as the AVX-512 path does, so every scale byte
+// means what it means there; that costs about 1.6× (a tile store and vector loads a block). Every product is exact
+// (E2M1 codes, bf16 activations), only the fp32 sums round. AMX, like vdpbf16ps, reads bf16 subnormals as zero.
 //
 // A C element depends only on its own token's row and its own output row, in a fixed k order: results do not
 // depend on which tokens share a tile, so the expert-parallel ranks agree with one rank bit for bit.
@@ -25,7 +27,8 @@
 #define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 #define AMX_INLINE AMX_TARGET __attribute__((always_inline)) static inline
 
-/// The tile configuration (palette 1): tile 0 the partial sums C, 1 the activations A, 2 the decoded weights B.
+/// The tile configuration (palette 1): two sets of C (a block's partial sums), A (activations), B (decoded weights),
+/// so that one block's tile product runs while the previous block's partial sums are scaled.
 typedef struct __attribute__((packed, aligned(64))) {
     uint8_t palette;
     uint8_t start_row;
@@ -34,47 +37,149 @@ typedef struct __attribute__((packed, aligned(64))) {
     uint8_t rows[16];
 } amx_config;
 
-enum { TILE_C = 0, TILE_A = 1, TILE_B = 2 };
-
 AMX_INLINE void configure(int N) {
     amx_config config;
     memset(&config, 0, sizeof config);
     config.palette = 1;
-    config.colsb[TILE_C] = 64, config.rows[TILE_C] = (uint8_t)N;
-    config.colsb[TILE_A] = 64, config.rows[TILE_A] = (uint8_t)N;
-    config.colsb[TILE_B] = 64, config.rows[TILE_B] = 16;
+    for (int set = 0; set < 2; set++) {
+        config.colsb[3 * set + 0] = 64, config.rows[3 * set + 0] = (uint8_t)N;  // C
+        config.colsb[3 * set + 1] = 64, config.rows[3 * set + 1] = (uint8_t)N;  // A
+        config.colsb[3 * set + 2] = 64, config.rows[3 * set + 2] = 16;          // B
+    }
     _tile_loadconfig(&config);
 }
 
-/// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group; x: N rows of K = 32·blocks bf16, stride K.
-AMX_INLINE void row_group_tiles(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
+/// Block b's codes (chunk c: pairs 4c … 4c + 3, one zmm each) into B's pair layout: 16 pairs × 16 rows.
+AMX_INLINE void decode_block(const uint8_t *codes, __m512i lut, uint16_t *decoded) {
+    for (int c = 0; c < 4; c++) {
+        const __m512i raw = _mm512_loadu_si512(codes + c * 64);
+        _mm512_store_si512(decoded + (4 * c + 0) * 32, _mm512_permutexvar_epi16(raw, lut));
+        _mm512_store_si512(decoded + (4 * c + 1) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 4), lut));
+        _mm512_store_si512(decoded + (4 * c + 2) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 8), lut));
+        _mm512_store_si512(decoded + (4 * c + 3) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 12), lut));
+    }
+}
+
+/// acc[t] += partial[t] · 2^(s−127) for the 16 rows' scale bytes of one block.
+AMX_INLINE void scale_into(const float *partial, const uint8_t *scales, const int N, __m512 *acc) {
+    const __m512 scale = e8m0_scales(scales);
+    for (int t = 0; t < N; t++) acc[t] = _mm512_fmadd_ps(_mm512_load_ps(partial + 16 * t), scale, acc[t]);
+}
+
+/// One block's tile product into tile set SET (tiles 3·SET … 3·SET + 2): C = A · B, then C stored to `partial`.
+#define MOEKIT_AMX_BLOCK(SET, decoded, activations, stride, partial) \
+    do { \
+        _tile_loadd(3 * (SET) + 2, (decoded), 64); \
+        _tile_loadd(3 * (SET) + 1, (activations), (stride)); \
+        _tile_zero(3 * (SET) + 0); \
+        _tile_dpbf16ps(3 * (SET) + 0, 3 * (SET) + 1, 3 * (SET) + 2); \
+        _tile_stored(3 * (SET) + 0, (partial), 64); \
+    } while (0)
+
+/// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group, any scale bytes; x: N rows of K = 32·blocks bf16,
+/// stride K. Each block's partial sums go through memory to be scaled in fp32 (exactly as the AVX-512 path): the
+/// tile store and the loads after it cost about as much as the rest of the block, so only row groups with a scale
+/// outside [2, 252] take this way. Blocks go in pairs through the two tile sets.
+AMX_INLINE void row_group_tiles_exact(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
     const __m512i lut = _mm512_load_si512(code_bf16);
-    uint16_t decoded[16 * 32] __attribute__((aligned(64)));  // B: 16 pairs × 16 rows
-    float partial[16 * 16] __attribute__((aligned(64)));     // C: N tokens × 16 rows
-    const size_t stride = (size_t)blocks * 64;               // bytes from one token's row to the next
+    uint16_t decoded[2][16 * 32] __attribute__((aligned(64)));  // B of each set: 16 pairs × 16 rows
+    float partial[2][16 * 16] __attribute__((aligned(64)));     // C of each set: N tokens × 16 rows
+    const size_t stride = (size_t)blocks * 64;                  // bytes from one token's row to the next
     for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
+    const uint8_t *pendingScales = NULL;  // the block whose partial sums wait in partial[1]
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
         for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
-        for (int32_t b = 0; b < nb; b++) {
-            const uint8_t *codes = w + b * 256;
-            for (int c = 0; c < 4; c++) {  // chunk c: pairs 4c … 4c + 3 of the block, one zmm each
-                const __m512i raw = _mm512_loadu_si512(codes + c * 64);
-                _mm512_store_si512(decoded + (4 * c + 0) * 32, _mm512_permutexvar_epi16(raw, lut));
-                _mm512_store_si512(decoded + (4 * c + 1) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 4), lut));
-                _mm512_store_si512(decoded + (4 * c + 2) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 8), lut));
-                _mm512_store_si512(decoded + (4 * c + 3) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 12), lut));
+        for (int32_t b = 0; b < nb; b += 2) {
+            decode_block(w + b * 256, lut, decoded[0]);
+            MOEKIT_AMX_BLOCK(0, decoded[0], (const char *)x + (size_t)(b0 + b) * 64, stride, partial[0]);
+            if (pendingScales) scale_into(partial[1], pendingScales, N, acc);
+            pendingScales = NULL;
+            if (b + 1 < nb) {
+                decode_block(w + (b + 1) * 256, lut, decoded[1]);
+                MOEKIT_AMX_BLOCK(1, decoded[1], (const char *)x + (size_t)(b0 + b + 1) * 64, stride, partial[1]);
+                pendingScales = scales + (b + 1) * 16;
             }
-            _tile_loadd(TILE_B, decoded, 64);
-            _tile_loadd(TILE_A, (const char *)x + (size_t)(b0 + b) * 64, stride);
-            _tile_zero(TILE_C);
-            _tile_dpbf16ps(TILE_C, TILE_A, TILE_B);
-            _tile_stored(TILE_C, partial, 64);
-            const __m512 scale = e8m0_scales(scales + b * 16);
-            for (int t = 0; t < N; t++) acc[t] = _mm512_fmadd_ps(_mm512_load_ps(partial + 16 * t), scale, acc[t]);
+            scale_into(partial[0], scales + b * 16, N, acc);
         }
         w += nb * 256 + 64;
+    }
+    if (pendingScales) scale_into(partial[1], pendingScales, N, acc);
+}
+
+/// Whether every scale byte of a row group is in [2, 252]: then 2^(s−127) times any E2M1 code value is a normal bf16
+/// (0.5 · 2^−125 … 6 · 2^125) and folding the scale into the decoded weights is exact.
+AMX_INLINE int scales_fold_exactly(const uint8_t *w, int32_t blocks) {
+    __mmask64 outside = 0;
+    for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
+        const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
+        const __mmask64 valid = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * nb)) - 1);
+        const __m512i s = _mm512_maskz_loadu_epi8(valid, w + nb * 256);
+        outside |= _mm512_mask_cmplt_epu8_mask(valid, s, _mm512_set1_epi8(2));
+        outside |= _mm512_mask_cmpgt_epu8_mask(valid, s, _mm512_set1_epi8((char)252));
+        w += nb * 256 + 64;
+    }
+    return outside == 0;
+}
+
+/// decode_block with the block's scales folded in: each nonzero decoded bf16's exponent raised by s − 127 (exact for
+/// scale bytes in [2, 252]); zeros stay zero.
+AMX_INLINE void decode_block_scaled(const uint8_t *codes, const uint8_t *scales, __m512i lut, uint16_t *decoded) {
+    const __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)scales));
+    const __m512i shift = _mm512_slli_epi32(_mm512_sub_epi32(s, _mm512_set1_epi32(127)), 7);  // per row, int32
+    const __m512i adjust = _mm512_or_si512(_mm512_and_si512(shift, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(shift, 16));
+    const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+    for (int c = 0; c < 4; c++) {
+        const __m512i raw = _mm512_loadu_si512(codes + c * 64);
+        for (int m = 0; m < 4; m++) {
+            const __m512i d = _mm512_permutexvar_epi16(m == 0 ? raw : _mm512_srli_epi16(raw, 4 * m), lut);
+            _mm512_store_si512(decoded + (4 * c + m) * 32, _mm512_mask_add_epi16(d, _mm512_test_epi16_mask(d, magnitude), d, adjust));
+        }
+    }
+}
+
+/// One block's tile product accumulated in tile set SET's C (the scales already folded into B).
+#define MOEKIT_AMX_FOLDED_BLOCK(SET, decoded, activations, stride) \
+    do { \
+        _tile_loadd(3 * (SET) + 2, (decoded), 64); \
+        _tile_loadd(3 * (SET) + 1, (activations), (stride)); \
+        _tile_dpbf16ps(3 * (SET) + 0, 3 * (SET) + 1, 3 * (SET) + 2); \
+    } while (0)
+
+/// row_group_tiles for a row group whose scales fold exactly: no store per block. Even and odd blocks accumulate in
+/// the two sets' C tiles (two independent chains), summed once at the end.
+AMX_INLINE void row_group_tiles_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
+    const __m512i lut = _mm512_load_si512(code_bf16);
+    uint16_t decoded[2][16 * 32] __attribute__((aligned(64)));
+    float sums[2][16 * 16] __attribute__((aligned(64)));
+    const size_t stride = (size_t)blocks * 64;
+    _tile_zero(0);
+    _tile_zero(3);
+    for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
+        const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
+        const uint8_t *scales = w + nb * 256;
+        for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
+        for (int32_t b = 0; b < nb; b += 2) {
+            decode_block_scaled(w + b * 256, scales + b * 16, lut, decoded[0]);
+            MOEKIT_AMX_FOLDED_BLOCK(0, decoded[0], (const char *)x + (size_t)(b0 + b) * 64, stride);
+            if (b + 1 < nb) {
+                decode_block_scaled(w + (b + 1) * 256, scales + (b + 1) * 16, lut, decoded[1]);
+                MOEKIT_AMX_FOLDED_BLOCK(1, decoded[1], (const char *)x + (size_t)(b0 + b + 1) * 64, stride);
+            }
+        }
+        w += nb * 256 + 64;
+    }
+    _tile_stored(0, sums[0], 64);
+    _tile_stored(3, sums[1], 64);
+    for (int t = 0; t < N; t++) acc[t] = _mm512_add_ps(_mm512_load_ps(sums[0] + 16 * t), _mm512_load_ps(sums[1] + 16 * t));
+}
+
+AMX_INLINE void row_group_tiles(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
+    if (scales_fold_exactly(w, blocks)) {
+        row_group_tiles_folded(w, blocks, x, N, acc);
+    } else {
+        row_group_tiles_exact(w, blocks, x, N, acc);
     }
 }
 

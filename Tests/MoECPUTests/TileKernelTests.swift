@@ -81,10 +81,39 @@ import Testing
     func gemm2MatchesFloat64(path: CPUKernelPath, blocks: Int) {
         let scratch = Self.makeScratch()
         defer { scratch.deallocate() }
-        for N in 1...path.maxTileTokens {
-            let c = Case(rows: 16, columns: 32 * blocks, tokens: N, seed: UInt64(100 * blocks + N))
+        Self.checkGEMM2(label: "\(path)", layout: path.activationLayout, blocks: blocks, tokens: 1...path.maxTileTokens) {
+            path.gemm2(&$0, scratch: scratch)
+        }
+    }
+
+    /// The AMX path's two kernels at every tile size, whatever the crossover between them (MOEKIT_AMX_MIN_TOKENS):
+    /// the tile kernel with scales that fold into the weights and with one that does not (scale byte 1), and the
+    /// AVX-512 kernel on rows.
+    @Test(arguments: [1, 3, 5, 9])
+    func amxPathKernelsAtEveryTileSize(blocks: Int) throws {
+        try #require(CPUKernelPath.amxBF16.isSupported, "this CPU has no AMX BF16: nothing to run")
+        Self.checkGEMM2(label: "amx tiles", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_AMX_TILE_TOKENS)) {
+            moekit_amxbf16_gemm2(&$0)
+        }
+        Self.checkGEMM2(
+            label: "amx tiles, scale 1", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_AMX_TILE_TOKENS),
+            special: [(row: 5, block: blocks - 1, scale: 1)]
+        ) { moekit_amxbf16_gemm2(&$0) }
+        Self.checkGEMM2(label: "avx-512 rows", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_MAX_TILE_TOKENS)) {
+            moekit_avx512bf16_rows_gemm2(&$0)
+        }
+    }
+
+    /// Runs `kernel` on one GEMM 2 tile of each token count and compares with float64.
+    static func checkGEMM2(
+        label: String, layout: ActivationLayout, blocks: Int, tokens: ClosedRange<Int>,
+        special: [(row: Int, block: Int, scale: UInt8)] = [], kernel: (inout moekit_gemm2_tile) -> Void
+    ) {
+        let path = label
+        for N in tokens {
+            let c = Case(rows: 16, columns: 32 * blocks, tokens: N, seed: UInt64(100 * blocks + N), special: special)
             let packedWeights = PackedExpertStack.down(c.stack)
-            let x = c.packed(path.activationLayout)
+            let x = c.packed(layout)
             defer { x.deallocate() }
             let width = 48, column = 16, sentinel: UInt16 = 0x7F81
             var output = [UInt16](repeating: sentinel, count: N * width)
@@ -99,7 +128,7 @@ import Testing
                                 intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
                                 output_rows: rowPointers.baseAddress!, column: Int32(column), blocks: Int32(blocks),
                                 tokens: Int32(N))
-                            path.gemm2(&tile, scratch: scratch)
+                            kernel(&tile)
                         }
                     }
                 }

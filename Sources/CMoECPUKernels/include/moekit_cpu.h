@@ -117,6 +117,10 @@ double moekit_avx512bf16_peak_probe(int64_t iterations);
 /// Most tokens one AMX tile call takes (a tile's 16 rows).
 #define MOEKIT_AMX_TILE_TOKENS 16
 
+/// The AVX-512 BF16 kernels on BF16_ROWS, for the AMX path's tiles of few tokens (≤ MOEKIT_MAX_TILE_TOKENS), where a
+/// tile product of mostly empty rows costs more than the dot products.
+void moekit_avx512bf16_rows_gemm1(const moekit_gemm1_tile *tile);
+void moekit_avx512bf16_rows_gemm2(const moekit_gemm2_tile *tile);
 void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile);
 void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile);
 /// Runs `iterations` rounds of 4 independent tdpbf16ps tile chains; returns the number of flops done.
