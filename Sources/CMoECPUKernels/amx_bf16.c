@@ -183,56 +183,128 @@ AMX_INLINE void row_group_tiles(const uint8_t *w, int32_t blocks, const uint16_t
     }
 }
 
-AMX_INLINE void gemm1_tokens(const moekit_gemm1_tile *tile, const int N) {
-    configure(N);
-    const uint16_t *x = (const uint16_t *)tile->activations;
-    float gate_out[16 * 16] __attribute__((aligned(64)));
-    {
-        __m512 gate[16];
-        row_group_tiles(tile->gate_weights, tile->blocks, x, N, gate);
-        for (int t = 0; t < N; t++) _mm512_store_ps(gate_out + 16 * t, gate[t]);
-        MOEKIT_FORCE_MEMORY(gate_out);
+/// Tiles of more than 16 tokens: S = ⌈N/16⌉ sub-tiles of near-equal size (q + 1 rows for the first r, q for the
+/// rest) share each decoded block, so a weight is decoded once for up to 64 tokens. Tiles: C of sub-tile s = s,
+/// A of q + 1 rows = 4, of q rows = 5, B = 6 and 7 (even and odd blocks).
+AMX_INLINE void configure_subtiles(int S, int q, int r) {
+    amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int s = 0; s < S; s++) config.colsb[s] = 64, config.rows[s] = (uint8_t)(s < r ? q + 1 : q);
+    config.colsb[4] = 64, config.rows[4] = (uint8_t)(r > 0 ? q + 1 : q);  // unused when r = 0; 17 rows would fault
+    config.colsb[5] = 64, config.rows[5] = (uint8_t)q;
+    config.colsb[6] = 64, config.rows[6] = 16;
+    config.colsb[7] = 64, config.rows[7] = 16;
+    _tile_loadconfig(&config);
+}
+
+/// Sub-tile s's product with the block in tile BT, its A rows from `base` (the block's column in token row 0).
+#define MOEKIT_AMX_SUBTILE(s, BT) \
+    do { \
+        if ((s) < S) { \
+            const char *a = base + (size_t)first[s] * stride; \
+            if ((s) < r) { \
+                _tile_loadd(4, a, stride); \
+                _tile_dpbf16ps(s, 4, BT); \
+            } else { \
+                _tile_loadd(5, a, stride); \
+                _tile_dpbf16ps(s, 5, BT); \
+            } \
+        } \
+    } while (0)
+#define MOEKIT_AMX_SUBTILES(BT) \
+    do { \
+        MOEKIT_AMX_SUBTILE(0, BT); \
+        MOEKIT_AMX_SUBTILE(1, BT); \
+        MOEKIT_AMX_SUBTILE(2, BT); \
+        MOEKIT_AMX_SUBTILE(3, BT); \
+    } while (0)
+
+/// result[t][j] = Σ_k W[row j][k] · x[t][k] for 16 < N ≤ 64 tokens of a row group whose scales fold exactly.
+AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
+    const int S = (N + 15) / 16, q = N / S, r = N % S;
+    int first[4];
+    for (int s = 0; s < 4; s++) first[s] = s * q + (s < r ? s : r);
+    configure_subtiles(S, q, r);
+    const __m512i lut = _mm512_load_si512(code_bf16);
+    uint16_t decoded[2][16 * 32] __attribute__((aligned(64)));
+    const size_t stride = (size_t)blocks * 64;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (S > 2) _tile_zero(2);
+    if (S > 3) _tile_zero(3);
+    for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
+        const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
+        const uint8_t *scales = w + nb * 256;
+        for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
+        for (int32_t b = 0; b < nb; b += 2) {
+            const char *base = (const char *)x + (size_t)(b0 + b) * 64;
+            decode_block_scaled(w + b * 256, scales + b * 16, lut, decoded[0]);
+            _tile_loadd(6, decoded[0], 64);
+            MOEKIT_AMX_SUBTILES(6);
+            if (b + 1 < nb) {
+                base += 64;
+                decode_block_scaled(w + (b + 1) * 256, scales + (b + 1) * 16, lut, decoded[1]);
+                _tile_loadd(7, decoded[1], 64);
+                MOEKIT_AMX_SUBTILES(7);
+            }
+        }
+        w += nb * 256 + 64;
     }
-    __m512 up[16];
-    row_group_tiles(tile->up_weights, tile->blocks, x, N, up);
+    _tile_stored(0, result + 16 * first[0], 64);
+    _tile_stored(1, result + 16 * first[1], 64);
+    if (S > 2) _tile_stored(2, result + 16 * first[2], 64);
+    if (S > 3) _tile_stored(3, result + 16 * first[3], 64);
+}
+
+/// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 64 tokens (rows of x:
+/// stride K = 32·blocks). Configures the tiles itself.
+AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
+    if (N > 16 && scales_fold_exactly(w, blocks)) {
+        row_group_subtiles_folded(w, blocks, x, N, result);
+        return;
+    }
+    for (int t0 = 0; t0 < N; t0 += 16) {  // 16 tokens at a time (one pass where N ≤ 16)
+        const int n = N - t0 < 16 ? N - t0 : 16;
+        __m512 acc[16];
+        configure(n);
+        row_group_tiles(w, blocks, x + (size_t)t0 * blocks * 32, n, acc);
+        for (int t = 0; t < n; t++) _mm512_store_ps(result + 16 * (t0 + t), acc[t]);
+    }
+}
+
+AMX_TARGET void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile) {
+    const int N = tile->tokens;
+    if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
+    const uint16_t *x = (const uint16_t *)tile->activations;
+    float gate[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
+    float up[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
+    row_group_result(tile->gate_weights, tile->blocks, x, N, gate);
+    row_group_result(tile->up_weights, tile->blocks, x, N, up);
     _tile_release();
     const __m512 gate_bias = _mm512_loadu_ps(tile->gate_bias), up_bias = _mm512_loadu_ps(tile->up_bias);
     uint16_t *out = (uint16_t *)tile->intermediate;
     for (int t = 0; t < N; t++) {
-        const __m512 g = _mm512_add_ps(_mm512_load_ps(gate_out + 16 * t), gate_bias);
-        const __m512 u = _mm512_add_ps(up[t], up_bias);
+        const __m512 g = _mm512_add_ps(_mm512_load_ps(gate + 16 * t), gate_bias);
+        const __m512 u = _mm512_add_ps(_mm512_load_ps(up + 16 * t), up_bias);
         _mm256_storeu_si256(
             (__m256i *)(out + (size_t)t * tile->intermediate_stride), to_bf16(swiglu(g, u, tile->swiglu_alpha, tile->swiglu_limit)));
     }
 }
 
-AMX_INLINE void gemm2_tokens(const moekit_gemm2_tile *tile, const int N) {
-    configure(N);
-    __m512 acc[16];
-    row_group_tiles(tile->weights, tile->blocks, (const uint16_t *)tile->intermediate, N, acc);
+AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) {
+    const int N = tile->tokens;
+    if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
+    float acc[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
+    row_group_result(tile->weights, tile->blocks, (const uint16_t *)tile->intermediate, N, acc);
     _tile_release();
     const __m512 bias = _mm512_loadu_ps(tile->bias);
     for (int t = 0; t < N; t++) {
-        const __m512 y = _mm512_add_ps(acc[t], bias);
+        const __m512 y = _mm512_add_ps(_mm512_load_ps(acc + 16 * t), bias);
         const __m512 weighted = _mm512_mul_ps(_mm512_set1_ps(tile->row_weights[t]), y);
         _mm256_storeu_si256((__m256i *)(tile->output_rows[t] + tile->column), to_bf16(weighted));
     }
 }
-
-#define MOEKIT_AMX_TOKEN_CASES(F, tile) \
-    switch ((tile)->tokens) { \
-    case 1: F(tile, 1); break; case 2: F(tile, 2); break; case 3: F(tile, 3); break; \
-    case 4: F(tile, 4); break; case 5: F(tile, 5); break; case 6: F(tile, 6); break; \
-    case 7: F(tile, 7); break; case 8: F(tile, 8); break; case 9: F(tile, 9); break; \
-    case 10: F(tile, 10); break; case 11: F(tile, 11); break; case 12: F(tile, 12); break; \
-    case 13: F(tile, 13); break; case 14: F(tile, 14); break; case 15: F(tile, 15); break; \
-    case 16: F(tile, 16); break; \
-    default: __builtin_trap(); \
-    }
-
-AMX_TARGET void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile) { MOEKIT_AMX_TOKEN_CASES(gemm1_tokens, tile) }
-
-AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) { MOEKIT_AMX_TOKEN_CASES(gemm2_tokens, tile) }
 
 AMX_TARGET double moekit_amxbf16_peak_probe(int64_t iterations) {
     amx_config config;

@@ -114,8 +114,8 @@ double moekit_avx512bf16_peak_probe(int64_t iterations);
 
 // MARK: AMX BF16 path (MXFP4 decoded to bf16 AMX tiles with the scale folded in, tdpbf16ps, fp32 sums; BF16_ROWS)
 
-/// Most tokens one AMX tile call takes (a tile's 16 rows).
-#define MOEKIT_AMX_TILE_TOKENS 16
+/// Most tokens one AMX tile call takes: four tiles of 16 rows share each decoded block.
+#define MOEKIT_AMX_TILE_TOKENS 64
 
 /// The AVX-512 BF16 kernels on BF16_ROWS, for the AMX path's tiles of few tokens (≤ MOEKIT_MAX_TILE_TOKENS), where a
 /// tile product of mostly empty rows costs more than the dot products.
