@@ -13,8 +13,11 @@
 // means what it means there; that costs about 1.6× (a tile store and vector loads a block). Every product is exact
 // (E2M1 codes, bf16 activations), only the fp32 sums round. AMX, like vdpbf16ps, reads bf16 subnormals as zero.
 //
-// A C element depends only on its own token's row and its own output row, in a fixed k order: results do not
-// depend on which tokens share a tile, so the expert-parallel ranks agree with one rank bit for bit.
+// A C element depends only on its own token's row and its own output row, and every tile size runs the same chains
+// (folded: even and odd blocks, summed at the end; per block: one), so a token's bits do not depend on which or how
+// many tokens share its tile: batches served together equal the same requests alone, and expert-parallel ranks equal
+// one rank. (The AVX-512 kernels' vdpbf16ps chains give other bits than tdpbf16ps — in a standalone check most
+// elements differed — so this path runs AMX even for one token, about 20% slower there than AVX-512.)
 // Reference: PortableKernels.swift; tests: Tests/MoECPUTests (every path this CPU supports).
 #include "moekit_cpu.h"
 
@@ -183,14 +186,15 @@ AMX_INLINE void row_group_tiles(const uint8_t *w, int32_t blocks, const uint16_t
     }
 }
 
-/// Tiles of more than 16 tokens: S = ⌈N/16⌉ sub-tiles of near-equal size (q + 1 rows for the first r, q for the
-/// rest) share each decoded block, so a weight is decoded once for up to 64 tokens. Tiles: C of sub-tile s = s,
-/// A of q + 1 rows = 4, of q rows = 5, B = 6 and 7 (even and odd blocks).
-AMX_INLINE void configure_subtiles(int S, int q, int r) {
+/// Tiles of 17 … 32 tokens: two sub-tiles (q + 1 rows for the first r, q for the rest) share each decoded block, so
+/// a weight is decoded once for up to 32 tokens. Each sub-tile keeps the even/odd block chains of
+/// row_group_tiles_folded, so a token's bits do not depend on how many tokens share its tile. Tiles: C of sub-tile s
+/// = 2s (even blocks) and 2s + 1 (odd), A of q + 1 rows = 4 and of q rows = 5, B = 6 (even blocks) and 7 (odd).
+AMX_INLINE void configure_subtiles(int q, int r) {
     amx_config config;
     memset(&config, 0, sizeof config);
     config.palette = 1;
-    for (int s = 0; s < S; s++) config.colsb[s] = 64, config.rows[s] = (uint8_t)(s < r ? q + 1 : q);
+    for (int c = 0; c < 4; c++) config.colsb[c] = 64, config.rows[c] = (uint8_t)(c / 2 < r ? q + 1 : q);
     config.colsb[4] = 64, config.rows[4] = (uint8_t)(r > 0 ? q + 1 : q);  // unused when r = 0; 17 rows would fault
     config.colsb[5] = 64, config.rows[5] = (uint8_t)q;
     config.colsb[6] = 64, config.rows[6] = 16;
@@ -198,41 +202,33 @@ AMX_INLINE void configure_subtiles(int S, int q, int r) {
     _tile_loadconfig(&config);
 }
 
-/// Sub-tile s's product with the block in tile BT, its A rows from `base` (the block's column in token row 0).
-#define MOEKIT_AMX_SUBTILE(s, BT) \
+/// Sub-tile s's product with the block in tile BT into its chain C, its A rows from `base` (the block's column in
+/// token row 0).
+#define MOEKIT_AMX_SUBTILE(s, C, BT) \
     do { \
-        if ((s) < S) { \
-            const char *a = base + (size_t)first[s] * stride; \
-            if ((s) < r) { \
-                _tile_loadd(4, a, stride); \
-                _tile_dpbf16ps(s, 4, BT); \
-            } else { \
-                _tile_loadd(5, a, stride); \
-                _tile_dpbf16ps(s, 5, BT); \
-            } \
+        const char *a = base + (size_t)first[s] * stride; \
+        if ((s) < r) { \
+            _tile_loadd(4, a, stride); \
+            _tile_dpbf16ps(C, 4, BT); \
+        } else { \
+            _tile_loadd(5, a, stride); \
+            _tile_dpbf16ps(C, 5, BT); \
         } \
     } while (0)
-#define MOEKIT_AMX_SUBTILES(BT) \
-    do { \
-        MOEKIT_AMX_SUBTILE(0, BT); \
-        MOEKIT_AMX_SUBTILE(1, BT); \
-        MOEKIT_AMX_SUBTILE(2, BT); \
-        MOEKIT_AMX_SUBTILE(3, BT); \
-    } while (0)
 
-/// result[t][j] = Σ_k W[row j][k] · x[t][k] for 16 < N ≤ 64 tokens of a row group whose scales fold exactly.
+/// result[t][j] = Σ_k W[row j][k] · x[t][k] for 16 < N ≤ 32 tokens of a row group whose scales fold exactly.
 AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
-    const int S = (N + 15) / 16, q = N / S, r = N % S;
-    int first[4];
-    for (int s = 0; s < 4; s++) first[s] = s * q + (s < r ? s : r);
-    configure_subtiles(S, q, r);
+    const int q = N / 2, r = N % 2;
+    const int first[2] = {0, q + r};
+    configure_subtiles(q, r);
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t decoded[2][16 * 32] __attribute__((aligned(64)));
+    float sums[4][16 * 16] __attribute__((aligned(64)));
     const size_t stride = (size_t)blocks * 64;
     _tile_zero(0);
     _tile_zero(1);
-    if (S > 2) _tile_zero(2);
-    if (S > 3) _tile_zero(3);
+    _tile_zero(2);
+    _tile_zero(3);
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
@@ -241,23 +237,29 @@ AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, cons
             const char *base = (const char *)x + (size_t)(b0 + b) * 64;
             decode_block_scaled(w + b * 256, scales + b * 16, lut, decoded[0]);
             _tile_loadd(6, decoded[0], 64);
-            MOEKIT_AMX_SUBTILES(6);
+            MOEKIT_AMX_SUBTILE(0, 0, 6);
+            MOEKIT_AMX_SUBTILE(1, 2, 6);
             if (b + 1 < nb) {
                 base += 64;
                 decode_block_scaled(w + (b + 1) * 256, scales + (b + 1) * 16, lut, decoded[1]);
                 _tile_loadd(7, decoded[1], 64);
-                MOEKIT_AMX_SUBTILES(7);
+                MOEKIT_AMX_SUBTILE(0, 1, 7);
+                MOEKIT_AMX_SUBTILE(1, 3, 7);
             }
         }
         w += nb * 256 + 64;
     }
-    _tile_stored(0, result + 16 * first[0], 64);
-    _tile_stored(1, result + 16 * first[1], 64);
-    if (S > 2) _tile_stored(2, result + 16 * first[2], 64);
-    if (S > 3) _tile_stored(3, result + 16 * first[3], 64);
+    _tile_stored(0, sums[0], 64);
+    _tile_stored(1, sums[1], 64);
+    _tile_stored(2, sums[2], 64);
+    _tile_stored(3, sums[3], 64);
+    for (int t = 0; t < N; t++) {  // even chain + odd chain, as row_group_tiles_folded
+        const int s = t < first[1] ? 0 : 1, row = t - first[s];
+        _mm512_storeu_ps(result + 16 * t, _mm512_add_ps(_mm512_load_ps(sums[2 * s] + 16 * row), _mm512_load_ps(sums[2 * s + 1] + 16 * row)));
+    }
 }
 
-/// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 64 tokens (rows of x:
+/// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 32 tokens (rows of x:
 /// stride K = 32·blocks). Configures the tiles itself.
 AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
     if (N > 16 && scales_fold_exactly(w, blocks)) {
@@ -269,7 +271,7 @@ AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_
         __m512 acc[16];
         configure(n);
         row_group_tiles(w, blocks, x + (size_t)t0 * blocks * 32, n, acc);
-        for (int t = 0; t < n; t++) _mm512_store_ps(result + 16 * (t0 + t), acc[t]);
+        for (int t = 0; t < n; t++) _mm512_storeu_ps(result + 16 * (t0 + t), acc[t]);
     }
 }
 
@@ -306,6 +308,12 @@ AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) {
     }
 }
 
+AMX_TARGET void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result) {
+    if (tokens < 1 || tokens > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
+    row_group_result(weights, blocks, x, tokens, result);
+    _tile_release();
+}
+
 AMX_TARGET double moekit_amxbf16_peak_probe(int64_t iterations) {
     amx_config config;
     memset(&config, 0, sizeof config);
@@ -337,6 +345,10 @@ AMX_TARGET double moekit_amxbf16_peak_probe(int64_t iterations) {
 
 void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile) { (void)tile; __builtin_trap(); }
 void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) { (void)tile; __builtin_trap(); }
+void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result) {
+    (void)weights; (void)blocks; (void)x; (void)tokens; (void)result;
+    __builtin_trap();
+}
 double moekit_amxbf16_peak_probe(int64_t iterations) { (void)iterations; __builtin_trap(); }
 
 #endif

@@ -23,11 +23,8 @@
 #define MOEKIT_PREFETCH_BYTES 8192
 #endif
 
-/// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group. x: bf16 pairs, pair p of token t at
-/// x[p·pairStride + t·tokenStride] (BF16_PAIRS: N and 1; BF16_ROWS: 1 and K/2).
-AVX512_INLINE void row_group_dot(
-    const uint8_t *w, int32_t blocks, const uint32_t *x, const int N, const size_t pairStride, const size_t tokenStride,
-    __m512 *acc) {
+/// acc[t][j] = Σ_k W[row j][k] · x[t][k] for one packed row group. x: [K/2][N] bf16 pairs.
+AVX512_INLINE void row_group_dot(const uint8_t *w, int32_t blocks, const uint32_t *x, const int N, __m512 *acc) {
     const __m512i lut = _mm512_load_si512(code_bf16);
     for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
@@ -43,25 +40,22 @@ AVX512_INLINE void row_group_dot(
             __m512 partial[MOEKIT_MAX_TILE_TOKENS];
             for (int t = 0; t < N; t++) partial[t] = _mm512_setzero_ps();
             const uint8_t *codes = w + b * 256;
-            const uint32_t *xb = x + (size_t)(b0 + b) * 16 * pairStride;
+            const uint32_t *xb = x + (size_t)(b0 + b) * 16 * N;
             for (int c = 0; c < 4; c++) {
                 const __m512i raw = _mm512_loadu_si512(codes + c * 64);
                 const __m512bh d0 = (__m512bh)_mm512_permutexvar_epi16(raw, lut);
                 const __m512bh d1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 4), lut);
                 const __m512bh d2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 8), lut);
                 const __m512bh d3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 12), lut);
-                const uint32_t *xc = xb + c * 4 * pairStride;
+                const uint32_t *xc = xb + c * 4 * N;
                 for (int t = 0; t < N; t++)
-                    partial[t] = _mm512_dpbf16_ps(partial[t], d0, (__m512bh)_mm512_set1_epi32((int)xc[t * tokenStride]));
+                    partial[t] = _mm512_dpbf16_ps(partial[t], d0, (__m512bh)_mm512_set1_epi32((int)xc[t]));
                 for (int t = 0; t < N; t++)
-                    partial[t] = _mm512_dpbf16_ps(
-                        partial[t], d1, (__m512bh)_mm512_set1_epi32((int)xc[pairStride + t * tokenStride]));
+                    partial[t] = _mm512_dpbf16_ps(partial[t], d1, (__m512bh)_mm512_set1_epi32((int)xc[N + t]));
                 for (int t = 0; t < N; t++)
-                    partial[t] = _mm512_dpbf16_ps(
-                        partial[t], d2, (__m512bh)_mm512_set1_epi32((int)xc[2 * pairStride + t * tokenStride]));
+                    partial[t] = _mm512_dpbf16_ps(partial[t], d2, (__m512bh)_mm512_set1_epi32((int)xc[2 * N + t]));
                 for (int t = 0; t < N; t++)
-                    partial[t] = _mm512_dpbf16_ps(
-                        partial[t], d3, (__m512bh)_mm512_set1_epi32((int)xc[3 * pairStride + t * tokenStride]));
+                    partial[t] = _mm512_dpbf16_ps(partial[t], d3, (__m512bh)_mm512_set1_epi32((int)xc[3 * N + t]));
             }
             const __m512 scale = e8m0_scales(scales + b * 16);
             for (int t = 0; t < N; t++) acc[t] = _mm512_fmadd_ps(partial[t], scale, acc[t]);
@@ -70,38 +64,30 @@ AVX512_INLINE void row_group_dot(
     }
 }
 
-/// ROWS: the activations and the intermediate in BF16_ROWS (the AMX path's small tiles), else BF16_PAIRS.
-AVX512_INLINE void gemm1_tokens(const moekit_gemm1_tile *tile, const int N, const int ROWS) {
-    const size_t pairStride = ROWS ? 1 : (size_t)N, tokenStride = ROWS ? (size_t)tile->blocks * 16 : 1;
+AVX512_INLINE void gemm1_tokens(const moekit_gemm1_tile *tile, const int N) {
     float gate_out[MOEKIT_MAX_TILE_TOKENS * 16] __attribute__((aligned(64)));
     {
         __m512 gate[MOEKIT_MAX_TILE_TOKENS];
-        row_group_dot(tile->gate_weights, tile->blocks, (const uint32_t *)tile->activations, N, pairStride, tokenStride, gate);
+        row_group_dot(tile->gate_weights, tile->blocks, (const uint32_t *)tile->activations, N, gate);
         for (int t = 0; t < N; t++) _mm512_store_ps(gate_out + 16 * t, gate[t]);
         MOEKIT_FORCE_MEMORY(gate_out);
     }
     __m512 up[MOEKIT_MAX_TILE_TOKENS];
-    row_group_dot(tile->up_weights, tile->blocks, (const uint32_t *)tile->activations, N, pairStride, tokenStride, up);
+    row_group_dot(tile->up_weights, tile->blocks, (const uint32_t *)tile->activations, N, up);
     const __m512 gate_bias = _mm512_loadu_ps(tile->gate_bias), up_bias = _mm512_loadu_ps(tile->up_bias);
     uint32_t *out = (uint32_t *)tile->intermediate;
     for (int t = 0; t < N; t++) {
         const __m512 g = _mm512_add_ps(_mm512_load_ps(gate_out + 16 * t), gate_bias);
         const __m512 u = _mm512_add_ps(up[t], up_bias);
-        const __m256i a = to_bf16(swiglu(g, u, tile->swiglu_alpha, tile->swiglu_limit));
-        if (ROWS) {
-            _mm256_storeu_si256((__m256i *)((uint16_t *)out + (size_t)t * tile->intermediate_stride), a);
-        } else {
-            uint32_t pairs[8] __attribute__((aligned(32)));
-            _mm256_store_si256((__m256i *)pairs, a);
-            for (int m = 0; m < 8; m++) out[m * N + t] = pairs[m];
-        }
+        uint32_t pairs[8] __attribute__((aligned(32)));
+        _mm256_store_si256((__m256i *)pairs, to_bf16(swiglu(g, u, tile->swiglu_alpha, tile->swiglu_limit)));
+        for (int m = 0; m < 8; m++) out[m * N + t] = pairs[m];
     }
 }
 
-AVX512_INLINE void gemm2_tokens(const moekit_gemm2_tile *tile, const int N, const int ROWS) {
-    const size_t pairStride = ROWS ? 1 : (size_t)N, tokenStride = ROWS ? (size_t)tile->blocks * 16 : 1;
+AVX512_INLINE void gemm2_tokens(const moekit_gemm2_tile *tile, const int N) {
     __m512 acc[MOEKIT_MAX_TILE_TOKENS];
-    row_group_dot(tile->weights, tile->blocks, (const uint32_t *)tile->intermediate, N, pairStride, tokenStride, acc);
+    row_group_dot(tile->weights, tile->blocks, (const uint32_t *)tile->intermediate, N, acc);
     const __m512 bias = _mm512_loadu_ps(tile->bias);
     for (int t = 0; t < N; t++) {
         const __m512 y = _mm512_add_ps(acc[t], bias);
@@ -110,18 +96,9 @@ AVX512_INLINE void gemm2_tokens(const moekit_gemm2_tile *tile, const int N, cons
     }
 }
 
-AVX512_INLINE void gemm1_pairs(const moekit_gemm1_tile *tile, const int N) { gemm1_tokens(tile, N, 0); }
-AVX512_INLINE void gemm2_pairs(const moekit_gemm2_tile *tile, const int N) { gemm2_tokens(tile, N, 0); }
-AVX512_INLINE void gemm1_rows(const moekit_gemm1_tile *tile, const int N) { gemm1_tokens(tile, N, 1); }
-AVX512_INLINE void gemm2_rows(const moekit_gemm2_tile *tile, const int N) { gemm2_tokens(tile, N, 1); }
+AVX512_TARGET void moekit_avx512bf16_gemm1(const moekit_gemm1_tile *tile) { MOEKIT_TOKEN_CASES(gemm1_tokens, tile) }
 
-AVX512_TARGET void moekit_avx512bf16_gemm1(const moekit_gemm1_tile *tile) { MOEKIT_TOKEN_CASES(gemm1_pairs, tile) }
-
-AVX512_TARGET void moekit_avx512bf16_gemm2(const moekit_gemm2_tile *tile) { MOEKIT_TOKEN_CASES(gemm2_pairs, tile) }
-
-AVX512_TARGET void moekit_avx512bf16_rows_gemm1(const moekit_gemm1_tile *tile) { MOEKIT_TOKEN_CASES(gemm1_rows, tile) }
-
-AVX512_TARGET void moekit_avx512bf16_rows_gemm2(const moekit_gemm2_tile *tile) { MOEKIT_TOKEN_CASES(gemm2_rows, tile) }
+AVX512_TARGET void moekit_avx512bf16_gemm2(const moekit_gemm2_tile *tile) { MOEKIT_TOKEN_CASES(gemm2_tokens, tile) }
 
 AVX512_TARGET void moekit_avx512bf16_router(
     const uint16_t *x, const uint16_t *wr, const float *bias, int32_t hidden, int32_t experts, float *logits) {
@@ -165,8 +142,6 @@ AVX512_TARGET double moekit_avx512bf16_peak_probe(int64_t iterations) {
 
 void moekit_avx512bf16_gemm1(const moekit_gemm1_tile *tile) { (void)tile; __builtin_trap(); }
 void moekit_avx512bf16_gemm2(const moekit_gemm2_tile *tile) { (void)tile; __builtin_trap(); }
-void moekit_avx512bf16_rows_gemm1(const moekit_gemm1_tile *tile) { (void)tile; __builtin_trap(); }
-void moekit_avx512bf16_rows_gemm2(const moekit_gemm2_tile *tile) { (void)tile; __builtin_trap(); }
 void moekit_avx512bf16_router(
     const uint16_t *x, const uint16_t *wr, const float *bias, int32_t hidden, int32_t experts, float *logits) {
     (void)x; (void)wr; (void)bias; (void)hidden; (void)experts; (void)logits;

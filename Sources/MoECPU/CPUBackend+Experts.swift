@@ -1,12 +1,6 @@
 import CMoECPUKernels
 import MoECore
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 extension CPUBackend {
     /// Both grouped GEMMs for the sorted rows of `experts` (MoEStageKernels): reads row r through `input`, writes
     /// bf16(rowWeights[r] · (W2·SwiGLU(W1·x + b1) + b2)) through `output`.
@@ -134,21 +128,11 @@ extension CPUBackend {
 }
 
 extension CPUKernelPath {
-    /// The AMX path's tiles of fewer tokens run the AVX-512 kernels on the same rows: a tile product costs the same for
-    /// 1 token as for 16. MOEKIT_AMX_MIN_TOKENS (1 … 12) overrides the crossover, for benchmarks.
-    static let amxMinimumTokens: Int32 = {
-        guard let text = getenv("MOEKIT_AMX_MIN_TOKENS").map({ String(cString: $0) }), let value = Int32(text),
-            (1...Int32(MOEKIT_MAX_TILE_TOKENS)).contains(value)
-        else { return 3 }
-        return value
-    }()
-
     /// Runs one GEMM 1 tile on this path. scratch: the portable path's `PortableKernels.scratchVectors` vectors.
     @inline(__always)
     func gemm1(_ tile: inout moekit_gemm1_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {
-        case .amxBF16:
-            if tile.tokens >= Self.amxMinimumTokens { moekit_amxbf16_gemm1(&tile) } else { moekit_avx512bf16_rows_gemm1(&tile) }
+        case .amxBF16: moekit_amxbf16_gemm1(&tile)
         case .avx512BF16: moekit_avx512bf16_gemm1(&tile)
         case .avx2: moekit_avx2_gemm1(&tile)
         case .neon: moekit_neon_gemm1(&tile)
@@ -160,8 +144,7 @@ extension CPUKernelPath {
     @inline(__always)
     func gemm2(_ tile: inout moekit_gemm2_tile, scratch: UnsafeMutablePointer<SIMD16<Float>>) {
         switch self {
-        case .amxBF16:
-            if tile.tokens >= Self.amxMinimumTokens { moekit_amxbf16_gemm2(&tile) } else { moekit_avx512bf16_rows_gemm2(&tile) }
+        case .amxBF16: moekit_amxbf16_gemm2(&tile)
         case .avx512BF16: moekit_avx512bf16_gemm2(&tile)
         case .avx2: moekit_avx2_gemm2(&tile)
         case .neon: moekit_neon_gemm2(&tile)

@@ -45,6 +45,16 @@ import Testing
             bias = (0..<rows).map { _ in BF16.round(Float(rng.normal() * 0.1)) }
         }
 
+        /// The first `tokens` tokens of `other` (the same weights and biases).
+        init(copying other: Case, tokens: Int) {
+            rows = other.rows
+            columns = other.columns
+            self.tokens = tokens
+            stack = other.stack
+            activations = Array(other.activations[0..<(tokens * other.columns)])
+            bias = other.bias
+        }
+
         /// Σ_k W[row][k]·x[t][k] in float64.
         func dot(row: Int, token t: Int) -> Double {
             var sum = 0.0
@@ -86,11 +96,10 @@ import Testing
         }
     }
 
-    /// The AMX path's two kernels at every tile size, whatever the crossover between them (MOEKIT_AMX_MIN_TOKENS):
-    /// the tile kernel with scales that fold into the weights and with one that does not (scale byte 1), and the
-    /// AVX-512 kernel on rows.
+    /// The AMX tile kernel at every tile size, with scales that fold into the weights and with one that does not
+    /// (scale byte 1: each block's partial sums scaled in fp32).
     @Test(arguments: [1, 3, 5, 9])
-    func amxPathKernelsAtEveryTileSize(blocks: Int) throws {
+    func amxKernelAtEveryTileSize(blocks: Int) throws {
         try #require(CPUKernelPath.amxBF16.isSupported, "this CPU has no AMX BF16: nothing to run")
         Self.checkGEMM2(label: "amx tiles", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_AMX_TILE_TOKENS)) {
             moekit_amxbf16_gemm2(&$0)
@@ -99,8 +108,74 @@ import Testing
             label: "amx tiles, scale 1", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_AMX_TILE_TOKENS),
             special: [(row: 5, block: blocks - 1, scale: 1)]
         ) { moekit_amxbf16_gemm2(&$0) }
-        Self.checkGEMM2(label: "avx-512 rows", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_MAX_TILE_TOKENS)) {
-            moekit_avx512bf16_rows_gemm2(&$0)
+    }
+
+    /// The AMX kernel's fp32 sums (under the epilogue's bf16 rounding, which hides most one-ulp differences): every
+    /// token's are the same bits in a tile of every size as alone, with scales that fold and with one that does not.
+    @Test func amxSumsDoNotDependOnTheTileSize() throws {
+        try #require(CPUKernelPath.amxBF16.isSupported, "this CPU has no AMX BF16: nothing to run")
+        let blocks = 90, maxTokens = Int(MOEKIT_AMX_TILE_TOKENS), K = 32 * blocks  // K = gpt-oss's H
+        for special in [[], [(row: 2, block: 3, scale: UInt8(1))]] {
+            let c = Case(rows: 16, columns: K, tokens: maxTokens, seed: 78, special: special)
+            let packed = PackedExpertStack.down(c.stack)  // kept alive: rowGroup points into it
+            let weights = packed.rowGroup(expert: 0, group: 0)
+            c.activations.withUnsafeBufferPointer { x in
+                let alone = (0..<maxTokens).map { t -> [UInt32] in
+                    var sums = [Float](repeating: .nan, count: 16)
+                    moekit_amxbf16_row_group(weights, Int32(blocks), x.baseAddress! + t * K, 1, &sums)
+                    return sums.map(\.bitPattern)
+                }
+                for N in 2...maxTokens {
+                    var sums = [Float](repeating: .nan, count: N * 16)
+                    moekit_amxbf16_row_group(weights, Int32(blocks), x.baseAddress!, Int32(N), &sums)
+                    let differing = (0..<N).filter { t in sums[(16 * t)..<(16 * t + 16)].map(\.bitPattern) != alone[t] }
+                    #expect(differing.isEmpty, "scales \(special.map(\.scale)), a tile of \(N): tokens \(differing) differ from alone")
+                }
+            }
+            withExtendedLifetime(packed) {}
+        }
+    }
+
+    /// A token's output bits do not depend on how many tokens share its tile, on any path (a served batch must equal
+    /// its requests run alone): token 0's row, the same in every tile, is computed in tiles of every size the path
+    /// takes, with scales that fold and with one that does not (AMX), and must come out the same.
+    @Test(arguments: CPUKernelPath.supported)
+    func aTokensBitsDoNotDependOnItsTileSize(path: CPUKernelPath) {
+        let scratch = Self.makeScratch()
+        defer { scratch.deallocate() }
+        let blocks = 5, maxTokens = path.maxTileTokens
+        for special in [[], [(row: 2, block: 3, scale: UInt8(1))]] {
+            // One case of the most tokens; a tile of N takes its first N rows, so token 0 is the same in each.
+            let c = Case(rows: 16, columns: 32 * blocks, tokens: maxTokens, seed: 77, special: special)
+            let packedWeights = PackedExpertStack.down(c.stack)
+            var first: [UInt16]?
+            for N in 1...maxTokens {
+                let sub = Case(copying: c, tokens: N)
+                let x = sub.packed(path.activationLayout)
+                defer { x.deallocate() }
+                var output = [UInt16](repeating: 0, count: N * 16)
+                let rowWeights = [Float](repeating: 1, count: N)
+                output.withUnsafeMutableBufferPointer { out in
+                    let rows = (0..<N).map { Optional(out.baseAddress! + $0 * 16) }
+                    rows.withUnsafeBufferPointer { rowPointers in
+                        c.bias.withUnsafeBufferPointer { bias in
+                            rowWeights.withUnsafeBufferPointer { weights in
+                                var tile = moekit_gemm2_tile(
+                                    weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
+                                    intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
+                                    output_rows: rowPointers.baseAddress!, column: 0, blocks: Int32(blocks), tokens: Int32(N))
+                                path.gemm2(&tile, scratch: scratch)
+                            }
+                        }
+                    }
+                }
+                let row = Array(output[0..<16])
+                if let first {
+                    #expect(row == first, "\(path) scales \(special.map(\.scale)): token 0's bits differ in a tile of \(N) tokens")
+                } else {
+                    first = row
+                }
+            }
         }
     }
 

@@ -114,15 +114,14 @@ double moekit_avx512bf16_peak_probe(int64_t iterations);
 
 // MARK: AMX BF16 path (MXFP4 decoded to bf16 AMX tiles with the scale folded in, tdpbf16ps, fp32 sums; BF16_ROWS)
 
-/// Most tokens one AMX tile call takes: four tiles of 16 rows share each decoded block.
-#define MOEKIT_AMX_TILE_TOKENS 64
+/// Most tokens one AMX tile call takes: two sub-tiles of ≤ 16 rows share each decoded block.
+#define MOEKIT_AMX_TILE_TOKENS 32
 
-/// The AVX-512 BF16 kernels on BF16_ROWS, for the AMX path's tiles of few tokens (≤ MOEKIT_MAX_TILE_TOKENS), where a
-/// tile product of mostly empty rows costs more than the dot products.
-void moekit_avx512bf16_rows_gemm1(const moekit_gemm1_tile *tile);
-void moekit_avx512bf16_rows_gemm2(const moekit_gemm2_tile *tile);
 void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile);
 void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile);
+/// The fp32 sums under both GEMMs' epilogues, for tests: result[t][j] = Σ_k W[row j][k]·x[t][k] for one packed row
+/// group and `tokens` ≤ MOEKIT_AMX_TILE_TOKENS rows of x (BF16_ROWS, K = 32·blocks).
+void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result);
 /// Runs `iterations` rounds of 4 independent tdpbf16ps tile chains; returns the number of flops done.
 double moekit_amxbf16_peak_probe(int64_t iterations);
 
