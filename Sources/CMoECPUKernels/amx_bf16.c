@@ -30,8 +30,9 @@
 #define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 #define AMX_INLINE AMX_TARGET __attribute__((always_inline)) static inline
 
-/// The tile configuration (palette 1): two sets of C (a block's partial sums), A (activations), B (decoded weights),
-/// so that one block's tile product runs while the previous block's partial sums are scaled.
+/// The tile configuration block (palette 1). configure: the per-block path's two sets of C (a block's partial sums),
+/// A (activations) and B (decoded weights), so that one block's tile product runs while the previous block's partial
+/// sums are scaled.
 typedef struct __attribute__((packed, aligned(64))) {
     uint8_t palette;
     uint8_t start_row;
@@ -142,54 +143,12 @@ AMX_INLINE void decode_block_scaled(const uint8_t *codes, const uint8_t *scales,
     }
 }
 
-/// One block's tile product accumulated in tile set SET's C (the scales already folded into B).
-#define MOEKIT_AMX_FOLDED_BLOCK(SET, decoded, activations, stride) \
-    do { \
-        _tile_loadd(3 * (SET) + 2, (decoded), 64); \
-        _tile_loadd(3 * (SET) + 1, (activations), (stride)); \
-        _tile_dpbf16ps(3 * (SET) + 0, 3 * (SET) + 1, 3 * (SET) + 2); \
-    } while (0)
-
-/// row_group_tiles for a row group whose scales fold exactly: no store per block. Even and odd blocks accumulate in
-/// the two sets' C tiles (two independent chains), summed once at the end.
-AMX_INLINE void row_group_tiles_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
-    const __m512i lut = _mm512_load_si512(code_bf16);
-    uint16_t decoded[2][16 * 32] __attribute__((aligned(64)));
-    float sums[2][16 * 16] __attribute__((aligned(64)));
-    const size_t stride = (size_t)blocks * 64;
-    _tile_zero(0);
-    _tile_zero(3);
-    for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
-        const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
-        const uint8_t *scales = w + nb * 256;
-        for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
-        for (int32_t b = 0; b < nb; b += 2) {
-            decode_block_scaled(w + b * 256, scales + b * 16, lut, decoded[0]);
-            MOEKIT_AMX_FOLDED_BLOCK(0, decoded[0], (const char *)x + (size_t)(b0 + b) * 64, stride);
-            if (b + 1 < nb) {
-                decode_block_scaled(w + (b + 1) * 256, scales + (b + 1) * 16, lut, decoded[1]);
-                MOEKIT_AMX_FOLDED_BLOCK(1, decoded[1], (const char *)x + (size_t)(b0 + b + 1) * 64, stride);
-            }
-        }
-        w += nb * 256 + 64;
-    }
-    _tile_stored(0, sums[0], 64);
-    _tile_stored(3, sums[1], 64);
-    for (int t = 0; t < N; t++) acc[t] = _mm512_add_ps(_mm512_load_ps(sums[0] + 16 * t), _mm512_load_ps(sums[1] + 16 * t));
-}
-
-AMX_INLINE void row_group_tiles(const uint8_t *w, int32_t blocks, const uint16_t *x, const int N, __m512 *acc) {
-    if (scales_fold_exactly(w, blocks)) {
-        row_group_tiles_folded(w, blocks, x, N, acc);
-    } else {
-        row_group_tiles_exact(w, blocks, x, N, acc);
-    }
-}
-
-/// Tiles of 17 … 32 tokens: two sub-tiles (q + 1 rows for the first r, q for the rest) share each decoded block, so
-/// a weight is decoded once for up to 32 tokens. Each sub-tile keeps the even/odd block chains of
-/// row_group_tiles_folded, so a token's bits do not depend on how many tokens share its tile. Tiles: C of sub-tile s
-/// = 2s (even blocks) and 2s + 1 (odd), A of q + 1 rows = 4 and of q rows = 5, B = 6 (even blocks) and 7 (odd).
+/// Row groups whose scales fold exactly: S = 1 sub-tile of N ≤ 16 tokens, or S = 2 (q + 1 rows for the first r, q for
+/// the rest) sharing each decoded block, so a weight is decoded once for up to 32 tokens. Every sub-tile accumulates
+/// even and odd blocks in two chains (independent, so one's product runs while the other's operands load), summed
+/// at the end: the same arithmetic for every tile size, so a token's bits do not depend on its tile. No store per
+/// block. Tiles: C of sub-tile s = 2s (even blocks) and 2s + 1 (odd), A of q + 1 rows = 4 and of q rows = 5, B = 6
+/// (even blocks) and 7 (odd).
 AMX_INLINE void configure_subtiles(int q, int r) {
     amx_config config;
     memset(&config, 0, sizeof config);
@@ -216,9 +175,9 @@ AMX_INLINE void configure_subtiles(int q, int r) {
         } \
     } while (0)
 
-/// result[t][j] = Σ_k W[row j][k] · x[t][k] for 16 < N ≤ 32 tokens of a row group whose scales fold exactly.
-AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
-    const int q = N / 2, r = N % 2;
+/// result[t][j] = Σ_k W[row j][k] · x[t][k] for N ≤ 32 tokens of a row group whose scales fold exactly.
+AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
+    const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
     const int first[2] = {0, q + r};
     configure_subtiles(q, r);
     const __m512i lut = _mm512_load_si512(code_bf16);
@@ -238,22 +197,24 @@ AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, cons
             decode_block_scaled(w + b * 256, scales + b * 16, lut, decoded[0]);
             _tile_loadd(6, decoded[0], 64);
             MOEKIT_AMX_SUBTILE(0, 0, 6);
-            MOEKIT_AMX_SUBTILE(1, 2, 6);
+            if (S > 1) MOEKIT_AMX_SUBTILE(1, 2, 6);
             if (b + 1 < nb) {
                 base += 64;
                 decode_block_scaled(w + (b + 1) * 256, scales + (b + 1) * 16, lut, decoded[1]);
                 _tile_loadd(7, decoded[1], 64);
                 MOEKIT_AMX_SUBTILE(0, 1, 7);
-                MOEKIT_AMX_SUBTILE(1, 3, 7);
+                if (S > 1) MOEKIT_AMX_SUBTILE(1, 3, 7);
             }
         }
         w += nb * 256 + 64;
     }
     _tile_stored(0, sums[0], 64);
     _tile_stored(1, sums[1], 64);
-    _tile_stored(2, sums[2], 64);
-    _tile_stored(3, sums[3], 64);
-    for (int t = 0; t < N; t++) {  // even chain + odd chain, as row_group_tiles_folded
+    if (S > 1) {
+        _tile_stored(2, sums[2], 64);
+        _tile_stored(3, sums[3], 64);
+    }
+    for (int t = 0; t < N; t++) {  // even chain + odd chain
         const int s = t < first[1] ? 0 : 1, row = t - first[s];
         _mm512_storeu_ps(result + 16 * t, _mm512_add_ps(_mm512_load_ps(sums[2 * s] + 16 * row), _mm512_load_ps(sums[2 * s + 1] + 16 * row)));
     }
@@ -262,15 +223,15 @@ AMX_INLINE void row_group_subtiles_folded(const uint8_t *w, int32_t blocks, cons
 /// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 32 tokens (rows of x:
 /// stride K = 32·blocks). Configures the tiles itself.
 AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
-    if (N > 16 && scales_fold_exactly(w, blocks)) {
-        row_group_subtiles_folded(w, blocks, x, N, result);
+    if (scales_fold_exactly(w, blocks)) {
+        row_group_folded(w, blocks, x, N, result);
         return;
     }
-    for (int t0 = 0; t0 < N; t0 += 16) {  // 16 tokens at a time (one pass where N ≤ 16)
+    for (int t0 = 0; t0 < N; t0 += 16) {  // 16 tokens at a time
         const int n = N - t0 < 16 ? N - t0 : 16;
         __m512 acc[16];
         configure(n);
-        row_group_tiles(w, blocks, x + (size_t)t0 * blocks * 32, n, acc);
+        row_group_tiles_exact(w, blocks, x + (size_t)t0 * blocks * 32, n, acc);
         for (int t = 0; t < n; t++) _mm512_storeu_ps(result + 16 * (t0 + t), acc[t]);
     }
 }

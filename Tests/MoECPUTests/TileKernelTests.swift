@@ -81,6 +81,30 @@ import Testing
         }
     }
 
+    /// One GEMM 2 tile call: `kernel` writes columns column ..< column + 16 of N output rows `width` wide, which start
+    /// filled with `fill`; returns the rows.
+    static func gemm2Rows(
+        weights: UnsafePointer<UInt8>, activations: UnsafeRawPointer, bias: [Float], rowWeights: [Float], blocks: Int,
+        tokens N: Int, width: Int = 16, column: Int = 0, fill: UInt16 = 0, kernel: (inout moekit_gemm2_tile) -> Void
+    ) -> [UInt16] {
+        var output = [UInt16](repeating: fill, count: N * width)
+        output.withUnsafeMutableBufferPointer { out in
+            let rows = (0..<N).map { Optional(out.baseAddress! + $0 * width) }
+            rows.withUnsafeBufferPointer { rowPointers in
+                bias.withUnsafeBufferPointer { bias in
+                    rowWeights.withUnsafeBufferPointer { weights_ in
+                        var tile = moekit_gemm2_tile(
+                            weights: weights, bias: bias.baseAddress!, intermediate: activations,
+                            row_weights: weights_.baseAddress!, output_rows: rowPointers.baseAddress!, column: Int32(column),
+                            blocks: Int32(blocks), tokens: Int32(N))
+                        kernel(&tile)
+                    }
+                }
+            }
+        }
+        return output
+    }
+
     /// The portable kernels' accumulators (one per test: tests run in parallel).
     static func makeScratch() -> UnsafeMutablePointer<SIMD16<Float>> {
         .allocate(capacity: PortableKernels.scratchVectors)
@@ -153,22 +177,10 @@ import Testing
                 let sub = Case(copying: c, tokens: N)
                 let x = sub.packed(path.activationLayout)
                 defer { x.deallocate() }
-                var output = [UInt16](repeating: 0, count: N * 16)
-                let rowWeights = [Float](repeating: 1, count: N)
-                output.withUnsafeMutableBufferPointer { out in
-                    let rows = (0..<N).map { Optional(out.baseAddress! + $0 * 16) }
-                    rows.withUnsafeBufferPointer { rowPointers in
-                        c.bias.withUnsafeBufferPointer { bias in
-                            rowWeights.withUnsafeBufferPointer { weights in
-                                var tile = moekit_gemm2_tile(
-                                    weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
-                                    intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
-                                    output_rows: rowPointers.baseAddress!, column: 0, blocks: Int32(blocks), tokens: Int32(N))
-                                path.gemm2(&tile, scratch: scratch)
-                            }
-                        }
-                    }
-                }
+                let output = Self.gemm2Rows(
+                    weights: packedWeights.rowGroup(expert: 0, group: 0), activations: UnsafeRawPointer(x), bias: c.bias,
+                    rowWeights: [Float](repeating: 1, count: N), blocks: blocks, tokens: N
+                ) { path.gemm2(&$0, scratch: scratch) }
                 let row = Array(output[0..<16])
                 if let first {
                     #expect(row == first, "\(path) scales \(special.map(\.scale)): token 0's bits differ in a tile of \(N) tokens")
@@ -191,23 +203,10 @@ import Testing
             let x = c.packed(layout)
             defer { x.deallocate() }
             let width = 48, column = 16, sentinel: UInt16 = 0x7F81
-            var output = [UInt16](repeating: sentinel, count: N * width)
             let rowWeights = (0..<N).map { Float($0 + 1) * 0.25 }
-            output.withUnsafeMutableBufferPointer { out in
-                let rows = (0..<N).map { Optional(out.baseAddress! + $0 * width) }
-                rows.withUnsafeBufferPointer { rowPointers in
-                    c.bias.withUnsafeBufferPointer { bias in
-                        rowWeights.withUnsafeBufferPointer { weights in
-                            var tile = moekit_gemm2_tile(
-                                weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
-                                intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
-                                output_rows: rowPointers.baseAddress!, column: Int32(column), blocks: Int32(blocks),
-                                tokens: Int32(N))
-                            kernel(&tile)
-                        }
-                    }
-                }
-            }
+            let output = Self.gemm2Rows(
+                weights: packedWeights.rowGroup(expert: 0, group: 0), activations: UnsafeRawPointer(x), bias: c.bias,
+                rowWeights: rowWeights, blocks: blocks, tokens: N, width: width, column: column, fill: sentinel, kernel: kernel)
             var diff = 0.0, norm = 0.0
             for t in 0..<N {
                 for h in 0..<width where h < column || h >= column + 16 {
@@ -307,22 +306,10 @@ import Testing
         let packedWeights = PackedExpertStack.down(c.stack)
         let x = c.packed(path.activationLayout)
         defer { x.deallocate() }
-        var output = [UInt16](repeating: 0, count: N * 16)
-        let rowWeights = [Float](repeating: 1, count: N)
-        output.withUnsafeMutableBufferPointer { out in
-            let rows = (0..<N).map { Optional(out.baseAddress! + $0 * 16) }
-            rows.withUnsafeBufferPointer { rowPointers in
-                c.bias.withUnsafeBufferPointer { bias in
-                    rowWeights.withUnsafeBufferPointer { weights in
-                        var tile = moekit_gemm2_tile(
-                            weights: packedWeights.rowGroup(expert: 0, group: 0), bias: bias.baseAddress!,
-                            intermediate: UnsafeRawPointer(x), row_weights: weights.baseAddress!,
-                            output_rows: rowPointers.baseAddress!, column: 0, blocks: Int32(blocks), tokens: Int32(N))
-                        path.gemm2(&tile, scratch: scratch)
-                    }
-                }
-            }
-        }
+        let output = Self.gemm2Rows(
+            weights: packedWeights.rowGroup(expert: 0, group: 0), activations: UnsafeRawPointer(x), bias: c.bias,
+            rowWeights: [Float](repeating: 1, count: N), blocks: blocks, tokens: N
+        ) { path.gemm2(&$0, scratch: scratch) }
         for t in 0..<N {
             for j in 0..<16 {
                 let got = BF16.float(output[t * 16 + j])
