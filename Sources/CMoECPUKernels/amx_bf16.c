@@ -17,7 +17,7 @@
 // (folded: even and odd blocks, summed at the end; per block: one), so a token's bits do not depend on which or how
 // many tokens share its tile: batches served together equal the same requests alone, and expert-parallel ranks equal
 // one rank. (The AVX-512 kernels' vdpbf16ps chains give other bits than tdpbf16ps — in a standalone check most
-// elements differed — so this path runs AMX even for one token, about 20% slower there than AVX-512.)
+// elements differed — so this path runs AMX even for one token.)
 // Reference: PortableKernels.swift; tests: Tests/MoECPUTests (every path this CPU supports).
 #include "moekit_cpu.h"
 
@@ -185,8 +185,8 @@ AMX_INLINE void block_address(const uint8_t *w, int32_t blocks, int32_t b, const
 
 /// How many blocks ahead of its tile product a block is decoded. A tile load waits until the stores it reads have
 /// left the core, and those retire in order behind the tile products before them: decoded just in time, a block's
-/// decode and the previous block's products ran one after the other (a standalone loop: 29 ns a block at 16 tokens,
-/// 15 of them decode). DECODE_RING buffers hold the blocks in between.
+/// decode and the previous block's products ran one after the other (scripts/cpu/amx_loop.c: 26–29 ns a block at 16
+/// tokens, 15 of them decode; 19 ns two blocks ahead). DECODE_RING buffers hold the blocks in between.
 #define DECODE_AHEAD 2
 #define DECODE_RING 4
 

@@ -1,0 +1,62 @@
+// The AMX path's GEMM 2 kernel alone, ns a 32-k block of one row group: 180 row groups of K = 2880 (gpt-oss), random
+// codes, scale bytes 120 (they fold), N tokens of 1.0; the minimum of 15 rounds (this VM's runs vary by ±30%).
+// docs/bench-cpu.md "Session 17" has its figures; the breakdowns there came from copies of amx_bf16.c with the decode,
+// the A loads or the B loads removed.
+//   clang -O2 -I Sources/CMoECPUKernels/include -I Sources/CMoECPUKernels scripts/cpu/amx_loop.c \
+//       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16
+#include "moekit_cpu.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
+        fprintf(stderr, "no AMX tile state on this machine\n");
+        return 1;
+    }
+    const int N = argc > 1 ? atoi(argv[1]) : 16, groups = 180, blocks = 90;
+    if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) {
+        fprintf(stderr, "tokens: 1 … %d\n", MOEKIT_AMX_TILE_TOKENS);
+        return 1;
+    }
+    const size_t groupBytes = moekit_row_group_bytes(blocks);
+    uint8_t *w = aligned_alloc(64, groupBytes * groups);
+    for (size_t i = 0; i < groupBytes * groups; i++) w[i] = (uint8_t)rand();
+    for (int g = 0; g < groups; g++) {  // every superblock's 64 scale bytes after its codes
+        uint8_t *p = w + g * groupBytes;
+        for (int b0 = 0; b0 < blocks; b0 += 4) {
+            const int nb = blocks - b0 < 4 ? blocks - b0 : 4;
+            memset(p + nb * 256, 120, 64);
+            p += nb * 256 + 64;
+        }
+    }
+    uint16_t *x = aligned_alloc(64, (size_t)N * blocks * 64), *out = aligned_alloc(64, (size_t)N * 2880 * 2);
+    for (int i = 0; i < N * blocks * 32; i++) x[i] = 0x3F80;
+    uint16_t *rows[MOEKIT_AMX_TILE_TOKENS];
+    float bias[16] = {0}, rowWeights[MOEKIT_AMX_TILE_TOKENS];
+    for (int t = 0; t < N; t++) rows[t] = out + t * 2880, rowWeights[t] = 1;
+    moekit_gemm2_tile tile = {0};
+    tile.bias = bias, tile.intermediate = x, tile.row_weights = rowWeights, tile.output_rows = (uint16_t *const *)rows;
+    tile.blocks = blocks, tile.tokens = N;
+    double best = 1e9;
+    for (int round = 0; round < 15; round++) {
+        const double start = now();
+        for (int g = 0; g < groups; g++) {
+            tile.weights = w + g * groupBytes;
+            moekit_amxbf16_gemm2(&tile);
+        }
+        const double ns = (now() - start) / groups / blocks * 1e9;
+        if (ns < best) best = ns;
+    }
+    printf("N=%d: %.1f ns a block (min of 15)\n", N, best);
+    return 0;
+}
