@@ -239,6 +239,86 @@ AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_
     }
 }
 
+/// GEMM 1's gate and up row groups together, when both fold exactly: each block's activation rows are loaded once for
+/// both (the separate passes loaded them twice). One chain per row group and sub-tile (a standalone loop ran one chain
+/// as fast as two once the decode runs ahead), the same for every tile size. Tiles: C of gate sub-tile s = s, of up
+/// sub-tile s = 2 + s, A of q + 1 rows = 4 and of q rows = 5, B gate = 6, B up = 7.
+AMX_INLINE void row_group_pair_folded(
+    const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
+    const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
+    const int first[2] = {0, q + r};
+    amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int c = 0; c < 4; c++) config.colsb[c] = 64, config.rows[c] = (uint8_t)(c % 2 < r ? q + 1 : q);
+    config.colsb[4] = 64, config.rows[4] = (uint8_t)(r > 0 ? q + 1 : q);  // unused when r = 0; 17 rows would fault
+    config.colsb[5] = 64, config.rows[5] = (uint8_t)q;
+    config.colsb[6] = 64, config.rows[6] = 16;
+    config.colsb[7] = 64, config.rows[7] = 16;
+    _tile_loadconfig(&config);
+    const __m512i lut = _mm512_load_si512(code_bf16);
+    uint16_t ringGate[DECODE_RING][16 * 32] __attribute__((aligned(64)));
+    uint16_t ringUp[DECODE_RING][16 * 32] __attribute__((aligned(64)));
+    float sums[4][16 * 16] __attribute__((aligned(64)));
+    const size_t stride = (size_t)blocks * 64;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+#define MOEKIT_AMX_DECODE_PAIR(b) \
+    do { \
+        const uint8_t *codes, *scales; \
+        block_address(wg, blocks, (b), &codes, &scales); \
+        decode_block_scaled(codes, scales, lut, ringGate[(b) % DECODE_RING]); \
+        block_address(wu, blocks, (b), &codes, &scales); \
+        decode_block_scaled(codes, scales, lut, ringUp[(b) % DECODE_RING]); \
+    } while (0)
+#define MOEKIT_AMX_PAIR_SUBTILE(s) \
+    do { \
+        const char *a = base + (size_t)first[s] * stride; \
+        if ((s) < r) { \
+            _tile_loadd(4, a, stride); \
+            _tile_dpbf16ps(s, 4, 6); \
+            _tile_dpbf16ps(2 + (s), 4, 7); \
+        } else { \
+            _tile_loadd(5, a, stride); \
+            _tile_dpbf16ps(s, 5, 6); \
+            _tile_dpbf16ps(2 + (s), 5, 7); \
+        } \
+    } while (0)
+    for (int32_t b = 0; b < DECODE_AHEAD && b < blocks; b++) MOEKIT_AMX_DECODE_PAIR(b);
+    for (int32_t b = 0; b < blocks; b++) {
+        if ((b & 3) == 0)
+            for (int32_t line = 0; line <= 16; line++) {
+                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * 1088 + 8192 + 64 * line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * 1088 + 8192 + 64 * line), _MM_HINT_T1);
+            }
+        if (b + DECODE_AHEAD < blocks) MOEKIT_AMX_DECODE_PAIR(b + DECODE_AHEAD);
+        const char *base = (const char *)x + (size_t)b * 64;
+        _tile_loadd(6, ringGate[b % DECODE_RING], 64);
+        _tile_loadd(7, ringUp[b % DECODE_RING], 64);
+        MOEKIT_AMX_PAIR_SUBTILE(0);
+        if (S > 1) MOEKIT_AMX_PAIR_SUBTILE(1);
+    }
+#undef MOEKIT_AMX_DECODE_PAIR
+#undef MOEKIT_AMX_PAIR_SUBTILE
+    _tile_stored(0, sums[0], 64);
+    _tile_stored(2, sums[2], 64);
+    if (S > 1) {
+        _tile_stored(1, sums[1], 64);
+        _tile_stored(3, sums[3], 64);
+    }
+    for (int t = 0; t < N; t++) {
+        const int s = t < first[1] ? 0 : 1, row = t - first[s];
+        _mm512_storeu_ps(gate + 16 * t, _mm512_load_ps(sums[s] + 16 * row));
+        _mm512_storeu_ps(up + 16 * t, _mm512_load_ps(sums[2 + s] + 16 * row));
+    }
+}
+
+/// GEMM 1's two row groups' fp32 sums: together where both fold exactly, else one after the other.
+AMX_INLINE void gate_up_result(
+    const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up);
+
 /// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 32 tokens (rows of x:
 /// stride K = 32·blocks). Configures the tiles itself.
 AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
@@ -255,14 +335,23 @@ AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_
     }
 }
 
+AMX_INLINE void gate_up_result(
+    const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
+    if (scales_fold_exactly(wg, blocks) && scales_fold_exactly(wu, blocks)) {
+        row_group_pair_folded(wg, wu, blocks, x, N, gate, up);
+    } else {
+        row_group_result(wg, blocks, x, N, gate);
+        row_group_result(wu, blocks, x, N, up);
+    }
+}
+
 AMX_TARGET void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile) {
     const int N = tile->tokens;
     if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
     const uint16_t *x = (const uint16_t *)tile->activations;
     float gate[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
     float up[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
-    row_group_result(tile->gate_weights, tile->blocks, x, N, gate);
-    row_group_result(tile->up_weights, tile->blocks, x, N, up);
+    gate_up_result(tile->gate_weights, tile->up_weights, tile->blocks, x, N, gate, up);
     _tile_release();
     const __m512 gate_bias = _mm512_loadu_ps(tile->gate_bias), up_bias = _mm512_loadu_ps(tile->up_bias);
     uint16_t *out = (uint16_t *)tile->intermediate;
@@ -291,6 +380,14 @@ AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) {
 AMX_TARGET void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result) {
     if (tokens < 1 || tokens > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
     row_group_result(weights, blocks, x, tokens, result);
+    _tile_release();
+}
+
+AMX_TARGET void moekit_amxbf16_gate_up(
+    const uint8_t *gate_weights, const uint8_t *up_weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *gate,
+    float *up) {
+    if (tokens < 1 || tokens > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
+    gate_up_result(gate_weights, up_weights, blocks, x, tokens, gate, up);
     _tile_release();
 }
 
@@ -327,6 +424,12 @@ void moekit_amxbf16_gemm1(const moekit_gemm1_tile *tile) { (void)tile; __builtin
 void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) { (void)tile; __builtin_trap(); }
 void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result) {
     (void)weights; (void)blocks; (void)x; (void)tokens; (void)result;
+    __builtin_trap();
+}
+void moekit_amxbf16_gate_up(
+    const uint8_t *gate_weights, const uint8_t *up_weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *gate,
+    float *up) {
+    (void)gate_weights; (void)up_weights; (void)blocks; (void)x; (void)tokens; (void)gate; (void)up;
     __builtin_trap();
 }
 double moekit_amxbf16_peak_probe(int64_t iterations) { (void)iterations; __builtin_trap(); }

@@ -155,6 +155,27 @@ import Testing
                     let differing = (0..<N).filter { t in sums[(16 * t)..<(16 * t + 16)].map(\.bitPattern) != alone[t] }
                     #expect(differing.isEmpty, "scales \(special.map(\.scale)), a tile of \(N): tokens \(differing) differ from alone")
                 }
+                // GEMM 1's gate and up row groups, taken together where both fold (rows 0–15 and 16–31 of a 32-row
+                // expert; `special` makes the up group's scales not fold, so the pair goes one after the other).
+                let gateUp = Case(rows: 32, columns: K, tokens: maxTokens, seed: 79, special: special.map { (row: 16 + $0.row, block: $0.block, scale: $0.scale) })
+                let pairPacked = PackedExpertStack.down(gateUp.stack)
+                let (gateWeights, upWeights) = (pairPacked.rowGroup(expert: 0, group: 0), pairPacked.rowGroup(expert: 0, group: 1))
+                gateUp.activations.withUnsafeBufferPointer { x in
+                    let pairAlone = (0..<maxTokens).map { t -> [UInt32] in
+                        var gate = [Float](repeating: .nan, count: 16), up = gate
+                        moekit_amxbf16_gate_up(gateWeights, upWeights, Int32(blocks), x.baseAddress! + t * K, 1, &gate, &up)
+                        return (gate + up).map(\.bitPattern)
+                    }
+                    for N in 2...maxTokens {
+                        var gate = [Float](repeating: .nan, count: N * 16), up = gate
+                        moekit_amxbf16_gate_up(gateWeights, upWeights, Int32(blocks), x.baseAddress!, Int32(N), &gate, &up)
+                        let differing = (0..<N).filter { t in
+                            (Array(gate[(16 * t)..<(16 * t + 16)]) + Array(up[(16 * t)..<(16 * t + 16)])).map(\.bitPattern) != pairAlone[t]
+                        }
+                        #expect(differing.isEmpty, "gate/up, scales \(special.map(\.scale)), a tile of \(N): tokens \(differing) differ from alone")
+                    }
+                }
+                withExtendedLifetime(pairPacked) {}
             }
             withExtendedLifetime(packed) {}
         }

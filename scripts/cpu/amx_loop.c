@@ -1,9 +1,10 @@
 // The AMX path's GEMM 2 kernel alone, ns a 32-k block of one row group: 180 row groups of K = 2880 (gpt-oss), random
 // codes, scale bytes 120 (they fold), N tokens of 1.0; the minimum of 15 rounds (this VM's runs vary by ±30%).
+// With a second argument `gemm1`: the GEMM 1 kernel on the row groups taken as 90 gate/up pairs, ns a block pair.
 // docs/bench-cpu.md "Session 17" has its figures; the breakdowns there came from copies of amx_bf16.c with the decode,
 // the A loads or the B loads removed.
 //   clang -O2 -I Sources/CMoECPUKernels/include -I Sources/CMoECPUKernels scripts/cpu/amx_loop.c \
-//       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16
+//       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16 [gemm1]
 #include "moekit_cpu.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,16 +48,25 @@ int main(int argc, char **argv) {
     moekit_gemm2_tile tile = {0};
     tile.bias = bias, tile.intermediate = x, tile.row_weights = rowWeights, tile.output_rows = (uint16_t *const *)rows;
     tile.blocks = blocks, tile.tokens = N;
+    const int gemm1 = argc > 2 && strcmp(argv[2], "gemm1") == 0;
+    moekit_gemm1_tile pair = {0};
+    pair.gate_bias = bias, pair.up_bias = bias, pair.activations = x, pair.intermediate = out, pair.blocks = blocks;
+    pair.tokens = N, pair.swiglu_alpha = 1.702f, pair.swiglu_limit = 7, pair.intermediate_stride = 2880;
     double best = 1e9;
     for (int round = 0; round < 15; round++) {
         const double start = now();
-        for (int g = 0; g < groups; g++) {
-            tile.weights = w + g * groupBytes;
-            moekit_amxbf16_gemm2(&tile);
+        for (int g = 0; g < groups; g += gemm1 ? 2 : 1) {
+            if (gemm1) {
+                pair.gate_weights = w + g * groupBytes, pair.up_weights = w + (g + 1) * groupBytes;
+                moekit_amxbf16_gemm1(&pair);
+            } else {
+                tile.weights = w + g * groupBytes;
+                moekit_amxbf16_gemm2(&tile);
+            }
         }
-        const double ns = (now() - start) / groups / blocks * 1e9;
+        const double ns = (now() - start) / (gemm1 ? groups / 2 : groups) / blocks * 1e9;
         if (ns < best) best = ns;
     }
-    printf("N=%d: %.1f ns a block (min of 15)\n", N, best);
+    printf("%s N=%d: %.1f ns a block%s (min of 15)\n", gemm1 ? "gemm1" : "gemm2", N, best, gemm1 ? " pair" : "");
     return 0;
 }

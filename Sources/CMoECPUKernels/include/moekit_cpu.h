@@ -122,6 +122,10 @@ void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile);
 /// The fp32 sums under both GEMMs' epilogues, for tests: result[t][j] = Σ_k W[row j][k]·x[t][k] for one packed row
 /// group and `tokens` ≤ MOEKIT_AMX_TILE_TOKENS rows of x (BF16_ROWS, K = 32·blocks).
 void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result);
+/// GEMM 1's fp32 sums under its epilogue, for tests: moekit_amxbf16_row_group for the gate and the up row groups.
+void moekit_amxbf16_gate_up(
+    const uint8_t *gate_weights, const uint8_t *up_weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *gate,
+    float *up);
 /// Runs `iterations` rounds of 4 independent tdpbf16ps tile chains; returns the number of flops done.
 double moekit_amxbf16_peak_probe(int64_t iterations);
 
