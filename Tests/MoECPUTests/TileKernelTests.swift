@@ -122,9 +122,8 @@ import Testing
 
     /// The AMX tile kernel at every tile size, with scales that fold into the weights and with one that does not
     /// (scale byte 1: each block's partial sums scaled in fp32).
-    @Test(arguments: [1, 3, 5, 9])
+    @Test(.enabled(if: CPUKernelPath.amxBF16.isSupported, "this CPU (or OS) has no AMX BF16"), arguments: [1, 3, 5, 9])
     func amxKernelAtEveryTileSize(blocks: Int) throws {
-        try #require(CPUKernelPath.amxBF16.isSupported, "this CPU has no AMX BF16: nothing to run")
         Self.checkGEMM2(label: "amx tiles", layout: .bf16Rows, blocks: blocks, tokens: 1...Int(MOEKIT_AMX_TILE_TOKENS)) {
             moekit_amxbf16_gemm2(&$0)
         }
@@ -136,8 +135,8 @@ import Testing
 
     /// The AMX kernel's fp32 sums (under the epilogue's bf16 rounding, which hides most one-ulp differences): every
     /// token's are the same bits in a tile of every size as alone, with scales that fold and with one that does not.
-    @Test func amxSumsDoNotDependOnTheTileSize() throws {
-        try #require(CPUKernelPath.amxBF16.isSupported, "this CPU has no AMX BF16: nothing to run")
+    @Test(.enabled(if: CPUKernelPath.amxBF16.isSupported, "this CPU (or OS) has no AMX BF16"))
+    func amxSumsDoNotDependOnTheTileSize() throws {
         let blocks = 90, maxTokens = Int(MOEKIT_AMX_TILE_TOKENS), K = 32 * blocks  // K = gpt-oss's H
         for special in [[], [(row: 2, block: 3, scale: UInt8(1))]] {
             let c = Case(rows: 16, columns: K, tokens: maxTokens, seed: 78, special: special)
