@@ -8,14 +8,14 @@
 //   C (tokens × 16 outputs, fp32).
 // Scales: where every scale byte of the row group is in [2, 252] (any real checkpoint), the block's 2^(s−127) is
 // folded into B by raising each nonzero decoded value's exponent — exact, since the result is a normal bf16 — and C
-// accumulates the whole K (two chains, even and odd blocks). Elsewhere (a scale of 0, 1, 253 … 255) each block's
-// partial sums go through memory and are scaled in fp32 exactly as the AVX-512 path does, so every scale byte
-// means what it means there; that costs about 1.6× (a tile store and vector loads a block). Every product is exact
-// (E2M1 codes, bf16 activations), only the fp32 sums round. AMX, like vdpbf16ps, reads bf16 subnormals as zero.
+// accumulates the whole K (GEMM 2: two chains, even and odd blocks; GEMM 1's gate/up pair: one chain each). Elsewhere
+// (a scale of 0, 1, 253 … 255) each block's partial sums go through memory and are scaled in fp32 exactly as the
+// AVX-512 path does, so every scale byte means what it means there, at a cost (a tile store and vector loads a
+// block; `scripts/cpu/amx_loop.c N gemm2 1` times it). Every product is exact (E2M1 codes, bf16 activations), only
+// the fp32 sums round. AMX, like vdpbf16ps, reads bf16 subnormals as zero.
 //
-// A C element depends only on its own token's row and its own output row, and every tile size runs the same chains
-// (folded: even and odd blocks, summed at the end; per block: one), so a token's bits do not depend on which or how
-// many tokens share its tile: batches served together equal the same requests alone, and expert-parallel ranks equal
+// A C element depends only on its own token's row and its own output row, and every tile size runs the same chains,
+// so a token's bits do not depend on which or how many tokens share its tile: batches served together equal the same requests alone, and expert-parallel ranks equal
 // one rank. (The AVX-512 kernels' vdpbf16ps chains give other bits than tdpbf16ps — in a standalone check most
 // elements differed — so this path runs AMX even for one token.)
 // Reference: PortableKernels.swift; tests: Tests/MoECPUTests (every path this CPU supports).
@@ -29,6 +29,9 @@
 
 #define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 #define AMX_INLINE AMX_TARGET __attribute__((always_inline)) static inline
+
+/// Bytes of a full superblock of a packed row group: 4 blocks' codes and their 64 scale bytes (moekit_cpu.h).
+#define SUPERBLOCK_BYTES (4 * 256 + 64)
 
 /// The tile configuration block (palette 1). configure: the per-block path's two sets of C (a block's partial sums),
 /// A (activations) and B (decoded weights), so that one block's tile product runs while the previous block's partial
@@ -148,12 +151,13 @@ AMX_INLINE void decode_block_scaled(const uint8_t *codes, const uint8_t *scales,
 /// even and odd blocks in two chains (independent, so one's product runs while the other's operands load), summed
 /// at the end: the same arithmetic for every tile size, so a token's bits do not depend on its tile. No store per
 /// block. Tiles: C of sub-tile s = 2s (even blocks) and 2s + 1 (odd), A of q + 1 rows = 4 and of q rows = 5, B = 6
-/// (even blocks) and 7 (odd).
-AMX_INLINE void configure_subtiles(int q, int r) {
+/// (even blocks) and 7 (odd). configure_subtiles: those tiles' rows; `pair` (row_group_pair_folded): C tile c holds
+/// sub-tile c % 2 instead of c / 2.
+AMX_INLINE void configure_subtiles(int q, int r, int pair) {
     amx_config config;
     memset(&config, 0, sizeof config);
     config.palette = 1;
-    for (int c = 0; c < 4; c++) config.colsb[c] = 64, config.rows[c] = (uint8_t)(c / 2 < r ? q + 1 : q);
+    for (int c = 0; c < 4; c++) config.colsb[c] = 64, config.rows[c] = (uint8_t)((pair ? c % 2 : c / 2) < r ? q + 1 : q);
     config.colsb[4] = 64, config.rows[4] = (uint8_t)(r > 0 ? q + 1 : q);  // unused when r = 0; 17 rows would fault
     config.colsb[5] = 64, config.rows[5] = (uint8_t)q;
     config.colsb[6] = 64, config.rows[6] = 16;
@@ -178,15 +182,15 @@ AMX_INLINE void configure_subtiles(int q, int r) {
 /// Block b's codes and scales in a packed row group: superblocks of 4 blocks (1088 bytes), the last possibly shorter.
 AMX_INLINE void block_address(const uint8_t *w, int32_t blocks, int32_t b, const uint8_t **codes, const uint8_t **scales) {
     const int32_t b0 = b & ~3, nb = blocks - b0 < 4 ? blocks - b0 : 4;
-    const uint8_t *superblock = w + (size_t)(b0 / 4) * (4 * 256 + 64);
+    const uint8_t *superblock = w + (size_t)(b0 / 4) * SUPERBLOCK_BYTES;
     *codes = superblock + (b - b0) * 256;
     *scales = superblock + nb * 256 + (b - b0) * 16;
 }
 
 /// How many blocks ahead of its tile product a block is decoded. A tile load waits until the stores it reads have
 /// left the core, and those retire in order behind the tile products before them: decoded just in time, a block's
-/// decode and the previous block's products ran one after the other (scripts/cpu/amx_loop.c: 26–29 ns a block at 16
-/// tokens, 15 of them decode; 19 ns two blocks ahead). DECODE_RING buffers hold the blocks in between.
+/// decode and the previous block's products ran one after the other (scripts/cpu/amx_loop.c 16, BENCHMARKS.md: 26.2 ns a
+/// block just in time, 19.0 two blocks ahead). DECODE_RING buffers hold the blocks in between.
 #define DECODE_AHEAD 2
 #define DECODE_RING 4
 
@@ -194,7 +198,7 @@ AMX_INLINE void block_address(const uint8_t *w, int32_t blocks, int32_t b, const
 AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
     const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
     const int first[2] = {0, q + r};
-    configure_subtiles(q, r);
+    configure_subtiles(q, r, 0);
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t ring[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     float sums[4][16 * 16] __attribute__((aligned(64)));
@@ -247,15 +251,7 @@ AMX_INLINE void row_group_pair_folded(
     const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
     const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
     const int first[2] = {0, q + r};
-    amx_config config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int c = 0; c < 4; c++) config.colsb[c] = 64, config.rows[c] = (uint8_t)(c % 2 < r ? q + 1 : q);
-    config.colsb[4] = 64, config.rows[4] = (uint8_t)(r > 0 ? q + 1 : q);  // unused when r = 0; 17 rows would fault
-    config.colsb[5] = 64, config.rows[5] = (uint8_t)q;
-    config.colsb[6] = 64, config.rows[6] = 16;
-    config.colsb[7] = 64, config.rows[7] = 16;
-    _tile_loadconfig(&config);
+    configure_subtiles(q, r, 1);
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t ringGate[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     uint16_t ringUp[DECODE_RING][16 * 32] __attribute__((aligned(64)));
@@ -290,8 +286,8 @@ AMX_INLINE void row_group_pair_folded(
     for (int32_t b = 0; b < blocks; b++) {
         if ((b & 3) == 0)
             for (int32_t line = 0; line <= 16; line++) {
-                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * 1088 + 8192 + 64 * line), _MM_HINT_T1);
-                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * 1088 + 8192 + 64 * line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
             }
         if (b + DECODE_AHEAD < blocks) MOEKIT_AMX_DECODE_PAIR(b + DECODE_AHEAD);
         const char *base = (const char *)x + (size_t)b * 64;
@@ -315,10 +311,6 @@ AMX_INLINE void row_group_pair_folded(
     }
 }
 
-/// GEMM 1's two row groups' fp32 sums: together where both fold exactly, else one after the other.
-AMX_INLINE void gate_up_result(
-    const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up);
-
 /// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 32 tokens (rows of x:
 /// stride K = 32·blocks). Configures the tiles itself.
 AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
@@ -335,6 +327,7 @@ AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_
     }
 }
 
+/// GEMM 1's two row groups' fp32 sums: together where both fold exactly, else one after the other.
 AMX_INLINE void gate_up_result(
     const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
     if (scales_fold_exactly(wg, blocks) && scales_fold_exactly(wu, blocks)) {
@@ -397,9 +390,9 @@ AMX_TARGET double moekit_amxbf16_peak_probe(int64_t iterations) {
     config.palette = 1;
     for (int i = 0; i < 6; i++) config.colsb[i] = 64, config.rows[i] = 16;
     _tile_loadconfig(&config);
-    static const uint16_t ones[16 * 32] __attribute__((aligned(64))) = {0};
-    _tile_loadd(4, ones, 64);
-    _tile_loadd(5, ones, 64);
+    static const uint16_t operand[16 * 32] __attribute__((aligned(64))) = {0};  // the values do not change the rate
+    _tile_loadd(4, operand, 64);
+    _tile_loadd(5, operand, 64);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);

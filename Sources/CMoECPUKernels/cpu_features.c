@@ -48,7 +48,7 @@ uint32_t moekit_cpu_features(void) {
     if (ymm_state && avx2 && fma) features |= MOEKIT_CPU_AVX2_FMA;
     if (zmm_state && avx512f && avx512bw && avx512vl && avx512bf16) features |= MOEKIT_CPU_AVX512_BF16;
     if (zmm_state && avx512f && avx512vnni) features |= MOEKIT_CPU_AVX512_VNNI;
-    // The AMX path decodes with the AVX-512 BF16 path's instructions and falls back to its kernels.
+    // The AMX path decodes with the AVX-512 BF16 path's instructions and routes with its router kernel.
     if ((features & MOEKIT_CPU_AVX512_BF16) && amx_bf16 && amx_tile && tile_state && request_amx_permission())
         features |= MOEKIT_CPU_AMX_BF16;
     return features;

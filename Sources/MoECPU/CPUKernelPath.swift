@@ -12,8 +12,8 @@ import Darwin
 /// `MOEKIT_CPU_KERNELS` (for tests and benchmarks). Every path reads the same packed weights and meets the
 /// same accuracy bar; `portable` runs everywhere.
 public enum CPUKernelPath: String, CaseIterable, Sendable, Codable {
-    /// AMX BF16: MXFP4 decoded to bf16 by vpermw into AMX tiles, tdpbf16ps per 32-k block, the scale in fp32
-    /// (Sapphire Rapids and later; Linux grants the tile state at start-up).
+    /// AMX BF16: MXFP4 decoded to bf16 by vpermw into AMX tiles (the block scale folded into the exponents where that
+    /// is exact), tdpbf16ps, fp32 sums (Sapphire Rapids and later; Linux grants the tile state at start-up).
     case amxBF16 = "amx-bf16"
     /// AVX-512 BF16: MXFP4 decoded to bf16 by vpermw, vdpbf16ps dot products, fp32 sums (Zen 4, Sapphire Rapids).
     case avx512BF16 = "avx512-bf16"

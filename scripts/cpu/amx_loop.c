@@ -1,10 +1,11 @@
 // The AMX path's GEMM 2 kernel alone, ns a 32-k block of one row group: 180 row groups of K = 2880 (gpt-oss), random
 // codes, scale bytes 120 (they fold), N tokens of 1.0; the minimum of 15 rounds (this VM's runs vary by ±30%).
 // With a second argument `gemm1`: the GEMM 1 kernel on the row groups taken as 90 gate/up pairs, ns a block pair.
+// A third sets every scale byte (default 120); one outside [2, 252], e.g. 1, takes the per-block scaling path.
 // docs/bench-cpu.md "Session 17" has its figures; the breakdowns there came from copies of amx_bf16.c with the decode,
 // the A loads or the B loads removed.
 //   clang -O2 -I Sources/CMoECPUKernels/include -I Sources/CMoECPUKernels scripts/cpu/amx_loop.c \
-//       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16 [gemm1]
+//       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16 [gemm1|gemm2] [scale]
 #include "moekit_cpu.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "no AMX tile state on this machine\n");
         return 1;
     }
-    const int N = argc > 1 ? atoi(argv[1]) : 16, groups = 180, blocks = 90;
+    const int N = argc > 1 ? atoi(argv[1]) : 16, groups = 180, blocks = 90, scale = argc > 3 ? atoi(argv[3]) : 120;
     if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) {
         fprintf(stderr, "tokens: 1 … %d\n", MOEKIT_AMX_TILE_TOKENS);
         return 1;
@@ -36,7 +37,7 @@ int main(int argc, char **argv) {
         uint8_t *p = w + g * groupBytes;
         for (int b0 = 0; b0 < blocks; b0 += 4) {
             const int nb = blocks - b0 < 4 ? blocks - b0 : 4;
-            memset(p + nb * 256, 120, 64);
+            memset(p + nb * 256, scale, 64);
             p += nb * 256 + 64;
         }
     }
@@ -67,6 +68,7 @@ int main(int argc, char **argv) {
         const double ns = (now() - start) / (gemm1 ? groups / 2 : groups) / blocks * 1e9;
         if (ns < best) best = ns;
     }
-    printf("%s N=%d: %.1f ns a block%s (min of 15)\n", gemm1 ? "gemm1" : "gemm2", N, best, gemm1 ? " pair" : "");
+    printf("%s N=%d, scale bytes %d: %.1f ns a block%s (min of 15)\n", gemm1 ? "gemm1" : "gemm2", N, scale, best,
+           gemm1 ? " pair" : "");
     return 0;
 }

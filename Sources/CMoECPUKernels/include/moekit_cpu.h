@@ -60,7 +60,8 @@ uint32_t moekit_cpu_features(void);
 /// BF16_ROWS:  [tokens][K] bf16, each token's row as it is (the AMX path's A tiles); GEMM 1 writes the
 ///             intermediate's rows with stride `intermediate_stride`.
 
-/// GEMM 1 for one gate/up row-group pair and up to MOEKIT_MAX_TILE_TOKENS tokens:
+/// GEMM 1 for one gate/up row-group pair and up to the path's tile tokens (MOEKIT_MAX_TILE_TOKENS; AMX:
+/// MOEKIT_AMX_TILE_TOKENS):
 ///   gate[t][j] = Σ_k W1[gate row j][k]·x[t][k] + gate_bias[j], up likewise (fp32),
 ///   a[t][j] = bf16(SwiGLU(gate, up)), j = 0..<16, written into the packed intermediate of GEMM 2.
 typedef struct moekit_gemm1_tile {
@@ -84,7 +85,7 @@ typedef struct moekit_gemm1_tile {
     int32_t intermediate_stride;
 } moekit_gemm1_tile;
 
-/// GEMM 2 for one row group of 16 output columns h0..h0+15 and up to MOEKIT_MAX_TILE_TOKENS tokens:
+/// GEMM 2 for one row group of 16 output columns h0..h0+15 and up to the path's tile tokens:
 ///   out[t][h] = bf16(row_weights[t] · (Σ_i W2[h][i]·a[t][i] + bias[h])), written to output_rows[t][h0 + j].
 typedef struct moekit_gemm2_tile {
     const uint8_t *weights;
