@@ -386,11 +386,7 @@ public final class GPUExpertParallelRunner {
             case .aborted: return "rank \(peer) aborted: \(ControlBlock.abortMessage(base))"
             case .lost: return "the connection to rank \(peer) (another node) was lost"
             case .finished: continue
-            default:
-                // Re-read the state: a peer that closed normally since the read above also dropped its lock.
-                if heap.segments[peer]?.ownerIsGone ?? false, ControlBlock.state(base) != .finished {
-                    return "rank \(peer)'s process is gone"
-                }
+            default: if heap.processIsGone(peer) { return "rank \(peer)'s process is gone" }
             }
         }
         return nil

@@ -309,6 +309,14 @@ public final class SymmetricHeap: @unchecked Sendable {
         if moe_atomic_load_seq_cst_u32(sleepers) > 0 { moe_futex_wake_all(bell) }
     }
 
+    /// Whether `peer`'s process ended without closing its heap: its segment lock is gone (the kernel drops it on any
+    /// exit, even SIGKILL) and its state is not `finished`. A normal close sets `finished` before it drops the lock, so
+    /// the state is read second. (The lock probe is a system call: callers poll it at most every 20 ms or so.)
+    func processIsGone(_ peer: Int) -> Bool {
+        guard segments[peer]?.ownerIsGone ?? false else { return false }
+        return ControlBlock.state(bases[peer]) != .finished
+    }
+
     /// Where `peer` was last seen (for error messages).
     func status(of peer: Int) -> PeerStatus {
         let base = bases[peer]
@@ -425,11 +433,8 @@ public final class SymmetricHeap: @unchecked Sendable {
         let now = MonotonicClock.seconds()
         if now - lastLivenessProbe > 0.02 {
             lastLivenessProbe = now
-            for peer in late where segments[peer]?.ownerIsGone ?? false && !hasArrived(peer) {
-                // Re-check the state: a peer that closed normally also drops its lock.
-                if ControlBlock.state(bases[peer]) == .finished {
-                    throw ExpertParallelError.peerFinished(phase: phase, layer: layer, peer: status(of: peer))
-                }
+            // A peer that closed normally is reported above (`finished`), in this round or the next.
+            for peer in late where processIsGone(peer) && !hasArrived(peer) {
                 throw ExpertParallelError.peerDied(phase: phase, layer: layer, peer: status(of: peer))
             }
         }
