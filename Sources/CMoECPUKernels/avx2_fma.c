@@ -43,10 +43,12 @@ AVX2_INLINE void half_group_dot(
     const uint8_t *w, int32_t blocks, int half, const float *x, const int N, __m256 *acc) {
     // Nibble position p of a row's 4 bytes holds input k0 + order[p] (see the layout in moekit_cpu.h).
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-    enum { MAX_CHAINS = 4 };
-    const int CHAINS = N == 1 ? 4 : (N == 2 ? 2 : 1);
+    // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
+    // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
+    // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
+    enum { CHAINS = 2 };  // 4 at one token were as fast, and 4 at eight tokens spill (avx2: 28.3 against 31.6 ms at 8)
     const __m256 magnitudes = _mm256_load_ps(code_magnitudes);
-    __m256 chain[AVX2_MAX_TOKENS * MAX_CHAINS];
+    __m256 chain[AVX2_MAX_TOKENS * CHAINS];
     for (int i = 0; i < N * CHAINS; i++) chain[i] = _mm256_setzero_ps();
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
@@ -73,15 +75,7 @@ AVX2_INLINE void half_group_dot(
         w += nb * 256 + 64;
     }
     for (int t = 0; t < N; t++) {
-        __m256 sum = chain[t * CHAINS];
-        if (CHAINS == 4) {
-            sum = _mm256_add_ps(
-                _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]),
-                _mm256_add_ps(chain[t * CHAINS + 2], chain[t * CHAINS + 3]));
-        } else if (CHAINS == 2) {
-            sum = _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]);
-        }
-        acc[t] = sum;
+        acc[t] = _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]);
     }
 }
 

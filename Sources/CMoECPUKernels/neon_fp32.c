@@ -42,10 +42,12 @@ NEON_INLINE float32x4_t decode(uint32x4_t words, int p, uint8x16x4_t table) {
 NEON_INLINE void quarter_group_dot(
     const uint8_t *w, int32_t blocks, int quarter, const float *x, const int N, float32x4_t *acc) {
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // nibble position p holds input k0 + order[p]
-    enum { MAX_CHAINS = 4 };
-    const int CHAINS = N == 1 ? 4 : (N == 2 ? 2 : 1);
+    // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
+    // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
+    // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
+    enum { CHAINS = 2 };  // 4 at one token were as fast, and 4 at eight tokens spill (avx2: 28.3 against 31.6 ms at 8)
     const uint8x16x4_t table = vld1q_u8_x4((const uint8_t *)code_values);
-    float32x4_t chain[NEON_MAX_TOKENS * MAX_CHAINS];
+    float32x4_t chain[NEON_MAX_TOKENS * CHAINS];
     for (int i = 0; i < N * CHAINS; i++) chain[i] = vdupq_n_f32(0.0f);
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
@@ -72,14 +74,7 @@ NEON_INLINE void quarter_group_dot(
         w += nb * 256 + 64;
     }
     for (int t = 0; t < N; t++) {
-        float32x4_t sum = chain[t * CHAINS];
-        if (CHAINS == 4) {
-            sum = vaddq_f32(vaddq_f32(chain[t * CHAINS], chain[t * CHAINS + 1]),
-                            vaddq_f32(chain[t * CHAINS + 2], chain[t * CHAINS + 3]));
-        } else if (CHAINS == 2) {
-            sum = vaddq_f32(chain[t * CHAINS], chain[t * CHAINS + 1]);
-        }
-        acc[t] = sum;
+        acc[t] = vaddq_f32(chain[t * CHAINS], chain[t * CHAINS + 1]);
     }
 }
 
