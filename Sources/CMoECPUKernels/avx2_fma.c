@@ -46,7 +46,7 @@ AVX2_INLINE void half_group_dot(
     // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
     // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
     // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
-    enum { CHAINS = 2 };  // 4 at one token were as fast, and 4 at eight tokens spill (avx2: 28.3 against 31.6 ms at 8)
+    enum { CHAINS = 2 };  // 4 spill registers at eight tokens; 1 is latency-bound at one (BENCHMARKS.md, the AVX2 cost)
     const __m256 magnitudes = _mm256_load_ps(code_magnitudes);
     __m256 chain[AVX2_MAX_TOKENS * CHAINS];
     for (int i = 0; i < N * CHAINS; i++) chain[i] = _mm256_setzero_ps();

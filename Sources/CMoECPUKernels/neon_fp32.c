@@ -45,7 +45,7 @@ NEON_INLINE void quarter_group_dot(
     // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
     // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
     // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
-    enum { CHAINS = 2 };  // 4 at one token were as fast, and 4 at eight tokens spill (avx2: 28.3 against 31.6 ms at 8)
+    enum { CHAINS = 2 };  // 4 spill registers at eight tokens; 1 is latency-bound at one (BENCHMARKS.md, the AVX2 cost)
     const uint8x16x4_t table = vld1q_u8_x4((const uint8_t *)code_values);
     float32x4_t chain[NEON_MAX_TOKENS * CHAINS];
     for (int i = 0; i < N * CHAINS; i++) chain[i] = vdupq_n_f32(0.0f);
