@@ -2,9 +2,10 @@
 // folded in (vpermps on the magnitude bits, the sign bit moved into place, one multiply), fp32 FMA against fp32
 // activations (the F32 layout: [K][tokens]).
 //
-// Kernel shape: half a packed row group (8 rows, the lanes of a ymm) × N ≤ 8 tokens, over the whole reduction,
-// the two halves one after the other. Decoded weights are exact (code × 2^(s−127)), so this path rounds only in
-// its fp32 sums, in a fixed order: results are bit-reproducible whatever the thread count.
+// Kernel shape: a packed row group (16 rows: two halves, each the lanes of a ymm) × N ≤ 8 tokens, over the whole
+// reduction; the halves together up to 4 tokens, one after the other beyond. Decoded weights are exact
+// (code × 2^(s−127)), so this path rounds only in its fp32 sums, each one chain in k order: results are
+// bit-reproducible whatever the thread count or the batch.
 // Reference: PortableKernels.swift (same layout); tests: Tests/MoECPUTests.
 #include "moekit_cpu.h"
 
@@ -36,46 +37,64 @@ AVX2_INLINE __m256 decode(__m256i words, int p, __m256 magnitudes, __m256 scale)
     return _mm256_mul_ps(magnitude, _mm256_xor_ps(scale, sign));
 }
 
-/// acc[t][j] = Σ_k W[row 8·half + j][k] · x[t][k]. x: [K][N] floats.
-/// With few tokens one FMA chain per token would be latency-bound (4 cycles per FMA), so inputs are spread over
-/// CHAINS independent accumulators per token (by nibble position) and summed at the end in a fixed order.
-AVX2_INLINE void half_group_dot(
-    const uint8_t *w, int32_t blocks, int half, const float *x, const int N, __m256 *acc) {
+/// acc[h·N + t][j] = Σ_k W[row 8·(first_half + h) + j][k] · x[t][k] for h < HALVES. x: [K][N] floats.
+/// Every output element is one FMA chain, in k order, whatever N and HALVES: a token's sum must not depend on how many
+/// tokens share its tile (a served batch equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize).
+/// One chain alone is FMA-latency bound (4 cycles), so few tokens take both halves of the row group at once
+/// (HALVES = 2): more independent chains without splitting any sum.
+AVX2_INLINE void halves_dot(
+    const uint8_t *w, int32_t blocks, const int first_half, const int HALVES, const float *x, const int N, __m256 *acc) {
     // Nibble position p of a row's 4 bytes holds input k0 + order[p] (see the layout in moekit_cpu.h).
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-    // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
-    // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
-    // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
-    enum { CHAINS = 2 };  // 4 spill registers at eight tokens; 1 is latency-bound at one (BENCHMARKS.md, the AVX2 cost)
     const __m256 magnitudes = _mm256_load_ps(code_magnitudes);
-    __m256 chain[AVX2_MAX_TOKENS * CHAINS];
-    for (int i = 0; i < N * CHAINS; i++) chain[i] = _mm256_setzero_ps();
+    __m256 chain[2 * AVX2_MAX_TOKENS];
+    for (int i = 0; i < N * HALVES; i++) chain[i] = _mm256_setzero_ps();
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
         const int32_t nb = blocks - b0 < 4 ? blocks - b0 : 4;
         const uint8_t *scales = w + nb * 256;
-        if (half == 0) {
-            // As in avx512_bf16.c: the superblock 8 KiB ahead into L2 (the second half re-reads from cache).
+        if (first_half == 0) {
+            // As in avx512_bf16.c: the superblock 8 KiB ahead into L2 (a second pass re-reads from cache).
             for (int32_t line = 0; line <= 4 * nb; line++) _mm_prefetch((const char *)(w + 8192 + 64 * line), _MM_HINT_T1);
         }
         for (int32_t b = 0; b < nb; b++) {
-            const __m256 scale = e8m0_scales(scales + b * 16 + half * 8);
+            __m256 scale[2];
+            #pragma clang loop unroll(full)
+            for (int h = 0; h < HALVES; h++) scale[h] = e8m0_scales(scales + b * 16 + (first_half + h) * 8);
+            #pragma clang loop unroll(full)
             for (int c = 0; c < 4; c++) {
-                const __m256i words = _mm256_loadu_si256((const __m256i *)(w + b * 256 + c * 64 + half * 32));
+                __m256i words[2];
+                #pragma clang loop unroll(full)
+                for (int h = 0; h < HALVES; h++) {
+                    words[h] = _mm256_loadu_si256((const __m256i *)(w + b * 256 + c * 64 + (first_half + h) * 32));
+                }
                 const float *xc = x + ((size_t)(b0 + b) * 32 + c * 8) * N;
+                #pragma clang loop unroll(full)
                 for (int p = 0; p < 8; p++) {
-                    const __m256 wp = decode(words, p, magnitudes, scale);
                     const float *xk = xc + order[p] * N;
-                    for (int t = 0; t < N; t++) {
-                        __m256 *a = &chain[t * CHAINS + p % CHAINS];
-                        *a = _mm256_fmadd_ps(wp, _mm256_broadcast_ss(xk + t), *a);
+                    #pragma clang loop unroll(full)
+                    for (int h = 0; h < HALVES; h++) {
+                        const __m256 wp = decode(words[h], p, magnitudes, scale[h]);
+                        #pragma clang loop unroll(full)
+                        for (int t = 0; t < N; t++) {
+                            chain[h * N + t] = _mm256_fmadd_ps(wp, _mm256_broadcast_ss(xk + t), chain[h * N + t]);
+                        }
                     }
                 }
             }
         }
         w += nb * 256 + 64;
     }
-    for (int t = 0; t < N; t++) {
-        acc[t] = _mm256_add_ps(chain[t * CHAINS], chain[t * CHAINS + 1]);
+    for (int i = 0; i < N * HALVES; i++) acc[i] = chain[i];
+}
+
+/// Both halves of a row group: at once for up to 4 tokens (8 chains), one after the other beyond (8 chains each;
+/// more would spill the 16 ymm registers). acc[h·N + t] as in halves_dot.
+AVX2_INLINE void group_dot(const uint8_t *w, int32_t blocks, const float *x, const int N, __m256 *acc) {
+    if (N <= 4) {
+        halves_dot(w, blocks, 0, 2, x, N, acc);
+    } else {
+        halves_dot(w, blocks, 0, 1, x, N, acc);
+        halves_dot(w, blocks, 1, 1, x, N, acc + N);
     }
 }
 
@@ -130,21 +149,21 @@ AVX2_INLINE __m256 swiglu(__m256 gate, __m256 up, float alpha, float limit) {
 AVX2_INLINE void gemm1_tokens(const moekit_gemm1_tile *tile, const int N) {
     const float *x = (const float *)tile->activations;
     float *out = (float *)tile->intermediate;
+    float gate_out[2 * AVX2_MAX_TOKENS * 8] __attribute__((aligned(32)));
+    {
+        __m256 gate[2 * AVX2_MAX_TOKENS];
+        group_dot(tile->gate_weights, tile->blocks, x, N, gate);
+        for (int i = 0; i < 2 * N; i++) _mm256_store_ps(gate_out + 8 * i, gate[i]);
+        MOEKIT_FORCE_MEMORY(gate_out);
+    }
+    __m256 up[2 * AVX2_MAX_TOKENS];
+    group_dot(tile->up_weights, tile->blocks, x, N, up);
     for (int half = 0; half < 2; half++) {
-        float gate_out[AVX2_MAX_TOKENS * 8] __attribute__((aligned(32)));
-        {
-            __m256 gate[AVX2_MAX_TOKENS];
-            half_group_dot(tile->gate_weights, tile->blocks, half, x, N, gate);
-            for (int t = 0; t < N; t++) _mm256_store_ps(gate_out + 8 * t, gate[t]);
-            MOEKIT_FORCE_MEMORY(gate_out);
-        }
-        __m256 up[AVX2_MAX_TOKENS];
-        half_group_dot(tile->up_weights, tile->blocks, half, x, N, up);
         const __m256 gate_bias = _mm256_loadu_ps(tile->gate_bias + 8 * half);
         const __m256 up_bias = _mm256_loadu_ps(tile->up_bias + 8 * half);
         for (int t = 0; t < N; t++) {
-            const __m256 g = _mm256_add_ps(_mm256_load_ps(gate_out + 8 * t), gate_bias);
-            const __m256 u = _mm256_add_ps(up[t], up_bias);
+            const __m256 g = _mm256_add_ps(_mm256_load_ps(gate_out + 8 * (half * N + t)), gate_bias);
+            const __m256 u = _mm256_add_ps(up[half * N + t], up_bias);
             // GEMM 2 reads fp32: the bf16-rounded value, widened back.
             const __m256i bf16 = to_bf16_lanes(swiglu(g, u, tile->swiglu_alpha, tile->swiglu_limit));
             float values[8] __attribute__((aligned(32)));
@@ -155,12 +174,12 @@ AVX2_INLINE void gemm1_tokens(const moekit_gemm1_tile *tile, const int N) {
 }
 
 AVX2_INLINE void gemm2_tokens(const moekit_gemm2_tile *tile, const int N) {
+    __m256 acc[2 * AVX2_MAX_TOKENS];
+    group_dot(tile->weights, tile->blocks, (const float *)tile->intermediate, N, acc);
     for (int half = 0; half < 2; half++) {
-        __m256 acc[AVX2_MAX_TOKENS];
-        half_group_dot(tile->weights, tile->blocks, half, (const float *)tile->intermediate, N, acc);
         const __m256 bias = _mm256_loadu_ps(tile->bias + 8 * half);
         for (int t = 0; t < N; t++) {
-            const __m256 y = _mm256_add_ps(acc[t], bias);
+            const __m256 y = _mm256_add_ps(acc[half * N + t], bias);
             const __m256i lanes = to_bf16_lanes(_mm256_mul_ps(_mm256_set1_ps(tile->row_weights[t]), y));
             // Pack 8 lanes' low halves into 8 words (values are ≤ 0xFFFF, so unsigned saturation is exact).
             const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
