@@ -6,68 +6,29 @@
 // the A loads or the B loads removed.
 //   clang -O2 -I Sources/CMoECPUKernels/include -I Sources/CMoECPUKernels scripts/cpu/amx_loop.c \
 //       Sources/CMoECPUKernels/amx_bf16.c -o /tmp/amx_loop && /tmp/amx_loop 16 [gemm1|gemm2] [scale]
-#include "moekit_cpu.h"
+#include "kernel_loop.h"
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 int main(int argc, char **argv) {
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
         fprintf(stderr, "no AMX tile state on this machine\n");
         return 1;
     }
-    const int N = argc > 1 ? atoi(argv[1]) : 16, groups = 180, blocks = 90, scale = argc > 3 ? atoi(argv[3]) : 120;
+    const int N = argc > 1 ? atoi(argv[1]) : 16, blocks = LOOP_BLOCKS, scale = argc > 3 ? atoi(argv[3]) : 120;
     if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) {
         fprintf(stderr, "tokens: 1 … %d\n", MOEKIT_AMX_TILE_TOKENS);
         return 1;
     }
-    const size_t groupBytes = moekit_row_group_bytes(blocks);
-    uint8_t *w = aligned_alloc(64, groupBytes * groups);
-    for (size_t i = 0; i < groupBytes * groups; i++) w[i] = (uint8_t)rand();
-    for (int g = 0; g < groups; g++) {  // every superblock's 64 scale bytes after its codes
-        uint8_t *p = w + g * groupBytes;
-        for (int b0 = 0; b0 < blocks; b0 += 4) {
-            const int nb = blocks - b0 < 4 ? blocks - b0 : 4;
-            memset(p + nb * 256, scale, 64);
-            p += nb * 256 + 64;
-        }
-    }
-    uint16_t *x = aligned_alloc(64, (size_t)N * blocks * 64), *out = aligned_alloc(64, (size_t)N * 2880 * 2);
+    const uint8_t *w = loop_weights(scale);
+    uint16_t *x = aligned_alloc(64, (size_t)N * blocks * 64), *mid = aligned_alloc(64, (size_t)N * 2880 * 2);
     for (int i = 0; i < N * blocks * 32; i++) x[i] = 0x3F80;
-    uint16_t *rows[MOEKIT_AMX_TILE_TOKENS];
-    float bias[16] = {0}, rowWeights[MOEKIT_AMX_TILE_TOKENS];
-    for (int t = 0; t < N; t++) rows[t] = out + t * 2880, rowWeights[t] = 1;
-    moekit_gemm2_tile tile = {0};
-    tile.bias = bias, tile.intermediate = x, tile.row_weights = rowWeights, tile.output_rows = (uint16_t *const *)rows;
-    tile.blocks = blocks, tile.tokens = N;
+    moekit_gemm1_tile pair;
+    moekit_gemm2_tile tile;
+    loop_tiles(N, x, mid, &pair, &tile);
     const int gemm1 = argc > 2 && strcmp(argv[2], "gemm1") == 0;
-    moekit_gemm1_tile pair = {0};
-    pair.gate_bias = bias, pair.up_bias = bias, pair.activations = x, pair.intermediate = out, pair.blocks = blocks;
-    pair.tokens = N, pair.swiglu_alpha = 1.702f, pair.swiglu_limit = 7, pair.intermediate_stride = 2880;
-    double best = 1e9;
-    for (int round = 0; round < 15; round++) {
-        const double start = now();
-        for (int g = 0; g < groups; g += gemm1 ? 2 : 1) {
-            if (gemm1) {
-                pair.gate_weights = w + g * groupBytes, pair.up_weights = w + (g + 1) * groupBytes;
-                moekit_amxbf16_gemm1(&pair);
-            } else {
-                tile.weights = w + g * groupBytes;
-                moekit_amxbf16_gemm2(&tile);
-            }
-        }
-        const double ns = (now() - start) / (gemm1 ? groups / 2 : groups) / blocks * 1e9;
-        if (ns < best) best = ns;
-    }
+    const double best = loop_best_ns(w, gemm1, &pair, &tile, moekit_amxbf16_gemm1, moekit_amxbf16_gemm2);
     printf("%s N=%d, scale bytes %d: %.1f ns a block%s (min of 15)\n", gemm1 ? "gemm1" : "gemm2", N, scale, best,
            gemm1 ? " pair" : "");
     return 0;
