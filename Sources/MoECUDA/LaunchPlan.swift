@@ -185,6 +185,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (registered_1_256_4_2_0_1_1) was 0.7 / 1.4% slower than the staged one at 8192 and 4.4 / 5.3% and 7.8 / 6.8% faster at
     /// 16384 and 32768 (run 58): at 32768 about 2.7% ahead of the lean 128-token kernel (other rounds of the same call), not
     /// yet the default (its full-width tiles unchecked on a GPU in the lean form).
+    /// Session 18 (H100, runs 59–60, two rounds against the lean default): four consumer warpgroups of 64 rows with tensor
+    /// copies (registered_1_128_4_4_0_1_2_1), GEMM 1's rows gathered first (TokenBucket.gatherRowsSwitch), are faster by
+    /// 6.7 / 5.9% at 2048 tokens, 6.3 / 6.9% at 8192 and 6.0 / 5.2% at 32768 (gpt-oss-20b: 6.5% at 2048, 7.3% at 8192, one
+    /// round); its narrow-tile form (wgmma m64n32 for tiles of ≤ 32 rows) replaces the staged kernel at 1024: 18.8 / 18.0%
+    /// faster (19.9% with the gather), but not at 768 (+1.8%) or 512 (+16.0%). Three persistent consumer warpgroups were
+    /// within a point of it at 32768 (−7.2 / −6.5%) and are not the default.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -206,9 +212,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         switch equivalent {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...1024: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...768: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...1024 where hopper: return (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        default: return hopper ? (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        default: return hopper ? (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

@@ -39,7 +39,7 @@ import Testing
 /// crosses to 32-token tiles at 65 tokens and to the large-batch kernel at 257 (120b's 257 and 1025); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 1023, 1024, 1025, 2048, 2049, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 768, 769, 1023, 1024, 1025, 2048, 2049, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -49,8 +49,9 @@ import Testing
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
-    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(256) == .staged_2_4_8_2)
-    #expect(small(257) == .registered_2_128_4_2_0_1_1 && small(512) == .registered_2_128_4_2_0_1_1)
+    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(192) == .staged_2_4_8_2)
+    #expect(small(193) == .registered_1_128_4_4_0_1_2_1_0_1 && small(256) == .registered_1_128_4_4_0_1_2_1_0_1)
+    #expect(small(257) == .registered_1_128_4_4_0_1_2_1 && small(512) == .registered_1_128_4_4_0_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -70,10 +71,15 @@ import Testing
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 1024) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 768) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    // Session 18's runs 59–60: narrow tiles of four consumer warpgroups at 1024 tokens, the wide form beyond.
+    #expect(GemmVariant.choose(tokens: 769) == (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1))
+    #expect(GemmVariant.choose(tokens: 1024) == (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1))
+    #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 2048) == (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_2_128_4_2_0_1_1, .registered_2_128_4_2_0_1_1))
+    #expect(GemmVariant.choose(tokens: 1025) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {

@@ -50,7 +50,14 @@
 #           chunk takes ~1600–1950 cycles at any wgmma width: bench-cuda.md "Session 16"), the tensor-copy forms by their
 #           chunk time.
 #   one:    (session 16) the most telling steps of tensor, tensor2 and the narrow tiles in one call (loans were scarce).
-#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2|one [SECONDS]
+#           Ran as run 59 (session 18, H100, cut at its deadline after the debug runs): figures in bench-cuda.md.
+#   s18:    (session 18, after run 59) the second A/B round of run 59's winners (four consumer warpgroups with GEMM 1's rows
+#           gathered; their narrow-tile form at 768–1536 tokens; the persistent kernel at 16384–32768), their checks,
+#           racecheck / memcheck, EP bit-identity, and gpt-oss-20b. Ran as run 60: both adopted (GemmVariant.choose).
+#   s19:    (not yet run) the new defaults' bench (120b, 20b), full check, EP, trace; then the crossover between narrow and
+#           wide four-warpgroup tiles at 1280–1536 tokens; the persistent and 256-token kernels with the gather against
+#           the new default at 8192–32768; where the new default's warps wait (ncu stall reasons at 8192).
+#   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2|one|s18|s19 [SECONDS]
 set -u
 part=${1:-policy}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
@@ -196,6 +203,27 @@ case $part in
         fi
         bash $D bench
         ;;
-    *) echo "usage: pending.sh policy|stalls|adopt|tensor|tensor2|one [SECONDS]" >&2; exit 2 ;;
+    s18)  # session 18, after run 59 (`one`): the winners' second A/B round and their checks, most important first
+        W4=registered_1_128_4_4_0_1_2_1 N4=registered_1_128_4_4_0_1_2_1_0_1
+        bash $D info
+        MOE_CUDA_GATHER_ROWS=1 MOE_CUDA_GEMM=$W4 bash $D check
+        MOE_CUDA_GEMM=$N4 bash $D check
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=$W4+MOE_CUDA_GATHER_ROWS=1@2048,8192,32768 MOE_CUDA_GEMM=$N4@768,1024,1536 \
+            MOE_CUDA_GEMM=$N4+MOE_CUDA_GATHER_ROWS=1@1024,2048 MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1@16384,32768" bash $D abenv
+        MOE_CUDA_GATHER_ROWS=1 NEW_VARIANTS="$W4 $N4" DEBUG_TOKENS=60,300,2000 bash $D debugnew
+        MOE_CUDA_GATHER_ROWS=1 RACE_VARIANT=$W4 MEM_VARIANT=$W4 bash $D racedecoded memdecoded
+        MOE_CUDA_GEMM=$W4 bash $D epcheck
+        AB_PRESET=gpt-oss-20b AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=$W4+MOE_CUDA_GATHER_ROWS=1@2048,8192 MOE_CUDA_GEMM=$N4@256,512" bash $D abenv
+        RACE_VARIANT=$N4 MEM_VARIANT=$N4 bash $D racedecoded memdecoded
+        ;;
+    s19)  # session 18's defaults (four consumer warpgroups with tensor copies and the gather; narrow tiles at 769–1024)
+        bash $D info check bench bench20b epcheck
+        TRACE_TOKENS=1,8,128,1024,2048,8192 bash $D trace
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1@1280,1536 \
+            MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1@8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
+        bash $D checkfull
+        NCU_TOKENS=8192 bash $D ncustall
+        ;;
+    *) echo "usage: pending.sh policy|stalls|adopt|tensor|tensor2|one|s18|s19 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
