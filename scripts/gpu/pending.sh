@@ -218,6 +218,7 @@ case $part in
         ;;
     s19)  # session 18's defaults (four consumer warpgroups with tensor copies and the gather; narrow tiles at 769–1024)
         bash $D info check bench bench20b epcheck
+        MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1 bash $D epcheck  # narrow tiles in the EP layer: never run there
         TRACE_TOKENS=1,8,128,1024,2048,8192 bash $D trace
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1@1280,1536 \
             MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1@8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
