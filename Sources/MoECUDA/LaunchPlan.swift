@@ -401,6 +401,29 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     static let tileHandOverMaxTokens = 8
 
+    /// GEMM 1 and then GEMM 2 in one grid (moe_gemm_fused_decode: block (x, y) runs GEMM 1's block (x, y) and then GEMM
+    /// 2's, which waits for tile y through the hand-over counters), asked for by `MOE_CUDA_FUSED_DECODE=1` (session 18,
+    /// for A/B; never run). Only for the 1-token pair with equal grids, and only where every block fits on the GPU at
+    /// once: a GEMM 2 block waits for GEMM 1 blocks of its tile, so one never scheduled would stall it (the wait traps
+    /// after ~2 s instead of hanging). The kernel's bounds give three blocks an SM by registers; the shared memory is
+    /// checked here against the 228 KB an SM of sm_90 has (1 KB of it reserved per block).
+    public func fusedDecode(switchedOn: Bool = LaunchPlan.fusedDecodeSwitch) -> Bool {
+        guard switchedOn, tileHandOver, gemm1Variant == .resident_1_1_4_2_3, gemm2Variant == .resident_1_1_2_4_3 else {
+            return false
+        }
+        let (first, second, fused) = (gemm1Shape, gemm2Shape, fusedDecodeShape)
+        let blocks = fused.grid.x * fused.grid.y * fused.grid.z
+        return first.grid == second.grid && first.block == second.block
+            && blocks <= LaunchPlan.fusedDecodeBlocksPerSM * multiprocessors
+            && LaunchPlan.fusedDecodeBlocksPerSM * (fused.sharedBytes + 1024) <= 228 * 1024
+    }
+    public static let fusedDecodeSwitch = currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"
+    /// Blocks an SM moe_gemm_fused_decode's __launch_bounds__ guarantee by registers.
+    static let fusedDecodeBlocksPerSM = 3
+    public var fusedDecodeShape: LaunchShape {
+        LaunchShape(grid: gemm1Shape.grid, block: gemm1Shape.block, sharedBytes: max(gemm1Shape.sharedBytes, gemm2Shape.sharedBytes))
+    }
+
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).
     public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= LaunchPlan.fusedReduceMaxTokens }

@@ -148,6 +148,8 @@ final class TokenBucket: @unchecked Sendable {
 
     /// The plan's tile hand-over, unless `MOE_CUDA_HANDOVER=0`.
     private var handsOverTiles: Bool { plan.tileHandOver && TokenBucket.tileHandOver }
+    /// Both GEMMs in one grid (LaunchPlan.fusedDecode), which needs the hand-over.
+    var fusesDecode: Bool { handsOverTiles && plan.fusedDecode() }
 
     /// GEMM 1: x rows gathered through sortedToSlot / k; SwiGLU into a [slots, I] in sorted order.
     func gemm1Parameters(slot: Int, layer: DeviceLayer) -> MoEGemmParams {
@@ -300,14 +302,20 @@ final class TokenBucket: @unchecked Sendable {
         var first = gemm1Parameters(slot: slot, layer: layer)
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
-        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
-        try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
-        try between?(.gemm2)
+        if fusesDecode {  // one kernel: a profile's GEMM 1 row holds both GEMMs (CUDABackend's profile adds their costs)
+            let both = MoEFusedDecodeParams(gemm1: first, gemm2: second)
+            try kernels.fusedDecode.launch(plan.fusedDecodeShape, stream: stream, parameters: both, programmatic: programmatic)
+            try between?(.gemm1)
+        } else {
+            try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
+            try between?(.gemm1)
+            try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
+            try between?(.gemm2)
+        }
         if !plan.fusedReduce {
             var sum = reduceParameters()
             sum.trace = traced(.reduce)

@@ -56,7 +56,8 @@
 #           racecheck / memcheck, EP bit-identity, and gpt-oss-20b. Ran as run 60: both adopted (GemmVariant.choose).
 #   s19:    (not yet run) the new defaults' bench (120b, 20b), full check, EP, trace; then the crossover between narrow and
 #           wide four-warpgroup tiles at 1280–1536 tokens; the persistent and 256-token kernels with the gather against
-#           the new default at 8192–32768; where the new default's warps wait (ncu stall reasons at 8192).
+#           the new default at 8192–32768; where the new default's warps wait (ncu stall reasons at 8192). First, GEMM 2
+#           in GEMM 1's grid at 1 token (MOE_CUDA_FUSED_DECODE=1, session 18): predicted −3 to −5 µs of ~43 (H100).
 #   usage (device): bash .device/pending.sh policy|stalls|adopt|tensor|tensor2|one|s18|s19 [SECONDS]
 set -u
 part=${1:-policy}
@@ -217,7 +218,21 @@ case $part in
         RACE_VARIANT=$N4 MEM_VARIANT=$N4 bash $D racedecoded memdecoded
         ;;
     s19)  # session 18's defaults (four consumer warpgroups with tensor copies and the gather; narrow tiles at 769–1024)
-        bash $D info check bench bench20b epcheck
+        bash $D info check
+        # GEMM 2 in GEMM 1's grid at 1 token (MOE_CUDA_FUSED_DECODE=1, never run): a bounded smoke run first (a tile wait
+        # that never ends traps after ~2 s), then every stage on gpt-oss-20b (tiny's grids differ: not fused there),
+        # two A/B rounds, the sanitizers and the trace
+        if timeout 90 env MOE_CUDA_FUSED_DECODE=1 /tmp/moe bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 20 \
+            --warmup 3 > /tmp/smoke.log 2>&1; then
+            { echo "=== smoke MOE_CUDA_FUSED_DECODE=1"; grep -E "^check:|^ +1 " /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+            MOE_CUDA_FUSED_DECODE=1 DEBUG_TOKENS=1 bash $D debug20b
+            AB_REPEAT=2 AB_ENVS="MOE_CUDA_FUSED_DECODE=1@1" bash $D abenv
+            MOE_CUDA_FUSED_DECODE=1 SAN_TOKENS=1 bash $D race20b mem20b
+            MOE_CUDA_FUSED_DECODE=1 TRACE_TOKENS=1 bash $D trace
+        else
+            { echo "=== MOE_CUDA_FUSED_DECODE=1 smoke run failed or hung"; tail -5 /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+        fi
+        bash $D bench bench20b epcheck
         MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1 bash $D epcheck  # narrow tiles in the EP layer: never run there
         TRACE_TOKENS=1,8,128,1024,2048,8192 bash $D trace
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1@1280,1536 \
