@@ -202,17 +202,23 @@ AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t ring[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     float sums[4][16 * 16] __attribute__((aligned(64)));
-    const size_t stride = (size_t)blocks * 64;
+    const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
+// Each superblock's prefetch also takes the same bytes of the next row group in memory (the next one this worker
+// takes: units are expert-major, BENCHMARKS.md "Session 18"), so the DRAM stream runs a whole row group ahead of the
+// decode instead of 8 KiB, and a row group's later token groups overlap the next one's fetch.
 #define MOEKIT_AMX_DECODE(b) \
     do { \
         const uint8_t *codes, *scales; \
         block_address(w, blocks, (b), &codes, &scales); \
         if (((b) & 3) == 0) \
-            for (int32_t line = 0; line <= 16; line++) _mm_prefetch((const char *)(codes + 8192 + 64 * line), _MM_HINT_T1); \
+            for (int32_t line = 0; line <= 16; line++) { \
+                _mm_prefetch((const char *)(codes + 8192 + 64 * line), _MM_HINT_T1); \
+                _mm_prefetch((const char *)(codes + groupBytes + 64 * line), _MM_HINT_T1); \
+            } \
         decode_block_scaled(codes, scales, lut, ring[(b) % DECODE_RING]); \
     } while (0)
     for (int32_t b = 0; b < DECODE_AHEAD && b < blocks; b++) MOEKIT_AMX_DECODE(b);
@@ -256,7 +262,7 @@ AMX_INLINE void row_group_pair_folded(
     uint16_t ringGate[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     uint16_t ringUp[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     float sums[4][16 * 16] __attribute__((aligned(64)));
-    const size_t stride = (size_t)blocks * 64;
+    const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -288,6 +294,8 @@ AMX_INLINE void row_group_pair_folded(
             for (int32_t line = 0; line <= 16; line++) {
                 _mm_prefetch((const char *)(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
                 _mm_prefetch((const char *)(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES + 2 * groupBytes + 64 * line), _MM_HINT_T1);
+                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES + 2 * groupBytes + 64 * line), _MM_HINT_T1);
             }
         if (b + DECODE_AHEAD < blocks) MOEKIT_AMX_DECODE_PAIR(b + DECODE_AHEAD);
         const char *base = (const char *)x + (size_t)b * 64;
