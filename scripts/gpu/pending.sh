@@ -227,6 +227,9 @@ case $part in
             --warmup 3 > /tmp/smoke.log 2>&1; then
             fused=1
             { echo "=== smoke MOE_CUDA_FUSED_DECODE=1"; grep -E "^check:|^ +1 " /tmp/smoke.log; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
+            # engaged? the per-kernel timing then has no GEMM 2 row (one kernel ran both)
+            { echo "=== timing MOE_CUDA_FUSED_DECODE=1"; MOE_CUDA_FUSED_DECODE=1 timeout 60 /tmp/moe cuda-debug --preset gpt-oss-120b \
+                --timing --tokens 1 2>&1 | tail -12; } | tee -a ${OUT:-/tmp/moekit-out}/run.log
             MOE_CUDA_FUSED_DECODE=1 DEBUG_TOKENS=1 bash $D debug20b
             AB_REPEAT=2 AB_ENVS="MOE_CUDA_FUSED_DECODE=1@1" bash $D abenv
             MOE_CUDA_FUSED_DECODE=1 TRACE_TOKENS=1 bash $D trace
