@@ -341,7 +341,8 @@ public struct LaunchPlan: Sendable, Equatable {
     }
 
     public var variantDescription: String {
-        gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
+        let pair = gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
+        return fusedDecode() && TokenBucket.tileHandOver ? pair + " in one grid (MOE_CUDA_FUSED_DECODE=1)" : pair
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H]. Persistent kernels: one block an SM

@@ -317,6 +317,7 @@ import Testing
     var tiny = LaunchPlan(tokens: 1, config: MoEPreset.tiny.config)
     tiny.multiprocessors = 132
     #expect(!tiny.fusedDecode(switchedOn: true))
-    // Off by default.
+    // Off by default; `cuda-debug --timing` names it where it runs.
     #expect(LaunchPlan.fusedDecodeSwitch == (currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"))
+    #expect(plan.variantDescription.hasSuffix("in one grid (MOE_CUDA_FUSED_DECODE=1)") == (plan.fusedDecode() && TokenBucket.tileHandOver))
 }
