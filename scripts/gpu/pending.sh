@@ -239,8 +239,9 @@ case $part in
         bash $D bench bench20b epcheck
         MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1 bash $D epcheck  # narrow tiles in the EP layer: never run there
         TRACE_TOKENS=1,8,128,1024,2048,8192 bash $D trace
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1@1280,1536 \
-            MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1@8192,32768 MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_1@1280,1536" bash $D abenv  # the policy's crossover
+        AB_REPEAT=1 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_3_0_1_2_1_1@8192,32768 \
+            MOE_CUDA_GEMM=registered_1_256_4_2_0_1_2_1@16384,32768" bash $D abenv  # a first look with the gather
         NCU_TOKENS=8192 bash $D ncustall
         [ $fused = 1 ] && MOE_CUDA_FUSED_DECODE=1 SAN_TOKENS=1 bash $D race20b mem20b
         bash $D checkfull
