@@ -165,12 +165,41 @@ AMX_INLINE void configure_subtiles(int q, int r, int pair) {
     _tile_loadconfig(&config);
 }
 
+/// The folded routines' token sub-tiles: S of them (one up to 16 tokens), the first r of q + 1 rows and the rest of q,
+/// sub-tile s from token first[s].
+typedef struct {
+    int S, q, r, first[2];
+} amx_subtiles;
+
+/// Splits N ≤ 32 tokens into sub-tiles, configures their tiles (configure_subtiles) and zeroes C (tiles 0–3).
+AMX_INLINE amx_subtiles begin_subtiles(int N, int pair) {
+    amx_subtiles sub;
+    sub.S = N > 16 ? 2 : 1, sub.q = N / sub.S, sub.r = N % sub.S;
+    sub.first[0] = 0, sub.first[1] = sub.q + sub.r;
+    configure_subtiles(sub.q, sub.r, pair);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    return sub;
+}
+
+/// L2 prefetches at a superblock's start: the superblock 8 KiB ahead in this row group, and the same bytes `next` on,
+/// in the row group the worker takes after this one (units are expert-major; for GEMM 1's gate/up pairs, two groups
+/// on). So the DRAM stream runs a whole row group ahead of the decode instead of 8 KiB (BENCHMARKS.md "Session 18").
+AMX_INLINE void prefetch_superblock(const uint8_t *superblock, size_t next) {
+    for (int32_t line = 0; line <= 16; line++) {
+        _mm_prefetch((const char *)(superblock + 8192 + 64 * line), _MM_HINT_T1);
+        _mm_prefetch((const char *)(superblock + next + 64 * line), _MM_HINT_T1);
+    }
+}
+
 /// Sub-tile s's product with the block in tile BT into its chain C, its A rows from `base` (the block's column in
 /// token row 0).
 #define MOEKIT_AMX_SUBTILE(s, C, BT) \
     do { \
-        const char *a = base + (size_t)first[s] * stride; \
-        if ((s) < r) { \
+        const char *a = base + (size_t)sub.first[s] * stride; \
+        if ((s) < sub.r) { \
             _tile_loadd(4, a, stride); \
             _tile_dpbf16ps(C, 4, BT); \
         } else { \
@@ -196,29 +225,16 @@ AMX_INLINE void block_address(const uint8_t *w, int32_t blocks, int32_t b, const
 
 /// result[t][j] = Σ_k W[row j][k] · x[t][k] for N ≤ 32 tokens of a row group whose scales fold exactly.
 AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
-    const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
-    const int first[2] = {0, q + r};
-    configure_subtiles(q, r, 0);
+    const amx_subtiles sub = begin_subtiles(N, 0);
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t ring[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     float sums[4][16 * 16] __attribute__((aligned(64)));
     const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-// Each superblock's prefetch also takes the same bytes of the next row group in memory (the next one this worker
-// takes: units are expert-major, BENCHMARKS.md "Session 18"), so the DRAM stream runs a whole row group ahead of the
-// decode instead of 8 KiB, and a row group's later token groups overlap the next one's fetch.
 #define MOEKIT_AMX_DECODE(b) \
     do { \
         const uint8_t *codes, *scales; \
         block_address(w, blocks, (b), &codes, &scales); \
-        if (((b) & 3) == 0) \
-            for (int32_t line = 0; line <= 16; line++) { \
-                _mm_prefetch((const char *)(codes + 8192 + 64 * line), _MM_HINT_T1); \
-                _mm_prefetch((const char *)(codes + groupBytes + 64 * line), _MM_HINT_T1); \
-            } \
+        if (((b) & 3) == 0) prefetch_superblock(codes, groupBytes); /* codes: the superblock's start */ \
         decode_block_scaled(codes, scales, lut, ring[(b) % DECODE_RING]); \
     } while (0)
     for (int32_t b = 0; b < DECODE_AHEAD && b < blocks; b++) MOEKIT_AMX_DECODE(b);
@@ -227,24 +243,24 @@ AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_
         const char *base = (const char *)x + (size_t)b * 64;
         _tile_loadd(6, ring[b % DECODE_RING], 64);
         MOEKIT_AMX_SUBTILE(0, 0, 6);
-        if (S > 1) MOEKIT_AMX_SUBTILE(1, 2, 6);
+        if (sub.S > 1) MOEKIT_AMX_SUBTILE(1, 2, 6);
         if (b + 1 < blocks) {
             if (b + 1 + DECODE_AHEAD < blocks) MOEKIT_AMX_DECODE(b + 1 + DECODE_AHEAD);
             base += 64;
             _tile_loadd(7, ring[(b + 1) % DECODE_RING], 64);
             MOEKIT_AMX_SUBTILE(0, 1, 7);
-            if (S > 1) MOEKIT_AMX_SUBTILE(1, 3, 7);
+            if (sub.S > 1) MOEKIT_AMX_SUBTILE(1, 3, 7);
         }
     }
 #undef MOEKIT_AMX_DECODE
     _tile_stored(0, sums[0], 64);
     _tile_stored(1, sums[1], 64);
-    if (S > 1) {
+    if (sub.S > 1) {
         _tile_stored(2, sums[2], 64);
         _tile_stored(3, sums[3], 64);
     }
     for (int t = 0; t < N; t++) {  // even chain + odd chain
-        const int s = t < first[1] ? 0 : 1, row = t - first[s];
+        const int s = t < sub.first[1] ? 0 : 1, row = t - sub.first[s];
         _mm512_storeu_ps(result + 16 * t, _mm512_add_ps(_mm512_load_ps(sums[2 * s] + 16 * row), _mm512_load_ps(sums[2 * s + 1] + 16 * row)));
     }
 }
@@ -255,18 +271,12 @@ AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_
 /// sub-tile s = 2 + s, A of q + 1 rows = 4 and of q rows = 5, B gate = 6, B up = 7.
 AMX_INLINE void row_group_pair_folded(
     const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
-    const int S = N > 16 ? 2 : 1, q = N / S, r = N % S;
-    const int first[2] = {0, q + r};
-    configure_subtiles(q, r, 1);
+    const amx_subtiles sub = begin_subtiles(N, 1);
     const __m512i lut = _mm512_load_si512(code_bf16);
     uint16_t ringGate[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     uint16_t ringUp[DECODE_RING][16 * 32] __attribute__((aligned(64)));
     float sums[4][16 * 16] __attribute__((aligned(64)));
     const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
 #define MOEKIT_AMX_DECODE_PAIR(b) \
     do { \
         const uint8_t *codes, *scales; \
@@ -277,8 +287,8 @@ AMX_INLINE void row_group_pair_folded(
     } while (0)
 #define MOEKIT_AMX_PAIR_SUBTILE(s) \
     do { \
-        const char *a = base + (size_t)first[s] * stride; \
-        if ((s) < r) { \
+        const char *a = base + (size_t)sub.first[s] * stride; \
+        if ((s) < sub.r) { \
             _tile_loadd(4, a, stride); \
             _tile_dpbf16ps(s, 4, 6); \
             _tile_dpbf16ps(2 + (s), 4, 7); \
@@ -290,30 +300,27 @@ AMX_INLINE void row_group_pair_folded(
     } while (0)
     for (int32_t b = 0; b < DECODE_AHEAD && b < blocks; b++) MOEKIT_AMX_DECODE_PAIR(b);
     for (int32_t b = 0; b < blocks; b++) {
-        if ((b & 3) == 0)
-            for (int32_t line = 0; line <= 16; line++) {
-                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
-                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES + 8192 + 64 * line), _MM_HINT_T1);
-                _mm_prefetch((const char *)(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES + 2 * groupBytes + 64 * line), _MM_HINT_T1);
-                _mm_prefetch((const char *)(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES + 2 * groupBytes + 64 * line), _MM_HINT_T1);
-            }
+        if ((b & 3) == 0) {
+            prefetch_superblock(wg + (size_t)(b / 4) * SUPERBLOCK_BYTES, 2 * groupBytes);
+            prefetch_superblock(wu + (size_t)(b / 4) * SUPERBLOCK_BYTES, 2 * groupBytes);
+        }
         if (b + DECODE_AHEAD < blocks) MOEKIT_AMX_DECODE_PAIR(b + DECODE_AHEAD);
         const char *base = (const char *)x + (size_t)b * 64;
         _tile_loadd(6, ringGate[b % DECODE_RING], 64);
         _tile_loadd(7, ringUp[b % DECODE_RING], 64);
         MOEKIT_AMX_PAIR_SUBTILE(0);
-        if (S > 1) MOEKIT_AMX_PAIR_SUBTILE(1);
+        if (sub.S > 1) MOEKIT_AMX_PAIR_SUBTILE(1);
     }
 #undef MOEKIT_AMX_DECODE_PAIR
 #undef MOEKIT_AMX_PAIR_SUBTILE
     _tile_stored(0, sums[0], 64);
     _tile_stored(2, sums[2], 64);
-    if (S > 1) {
+    if (sub.S > 1) {
         _tile_stored(1, sums[1], 64);
         _tile_stored(3, sums[3], 64);
     }
     for (int t = 0; t < N; t++) {
-        const int s = t < first[1] ? 0 : 1, row = t - first[s];
+        const int s = t < sub.first[1] ? 0 : 1, row = t - sub.first[s];
         _mm512_storeu_ps(gate + 16 * t, _mm512_load_ps(sums[s] + 16 * row));
         _mm512_storeu_ps(up + 16 * t, _mm512_load_ps(sums[2 + s] + 16 * row));
     }
