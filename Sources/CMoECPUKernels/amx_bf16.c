@@ -327,9 +327,9 @@ AMX_INLINE void row_group_pair_folded(
 }
 
 /// result[t][j] (float [N][16]) = Σ_k W[row j][k] · x[t][k] for one packed row group and N ≤ 32 tokens (rows of x:
-/// stride K = 32·blocks). Configures the tiles itself.
-AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result) {
-    if (scales_fold_exactly(w, blocks)) {
+/// stride K = 32·blocks), `folds` = scales_fold_exactly(w, blocks). Configures the tiles itself.
+AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_t *x, int N, float *result, int folds) {
+    if (folds) {
         row_group_folded(w, blocks, x, N, result);
         return;
     }
@@ -345,11 +345,12 @@ AMX_INLINE void row_group_result(const uint8_t *w, int32_t blocks, const uint16_
 /// GEMM 1's two row groups' fp32 sums: together where both fold exactly, else one after the other.
 AMX_INLINE void gate_up_result(
     const uint8_t *wg, const uint8_t *wu, int32_t blocks, const uint16_t *x, int N, float *gate, float *up) {
-    if (scales_fold_exactly(wg, blocks) && scales_fold_exactly(wu, blocks)) {
+    const int gateFolds = scales_fold_exactly(wg, blocks), upFolds = scales_fold_exactly(wu, blocks);
+    if (gateFolds && upFolds) {
         row_group_pair_folded(wg, wu, blocks, x, N, gate, up);
     } else {
-        row_group_result(wg, blocks, x, N, gate);
-        row_group_result(wu, blocks, x, N, up);
+        row_group_result(wg, blocks, x, N, gate, gateFolds);
+        row_group_result(wu, blocks, x, N, up, upFolds);
     }
 }
 
@@ -375,7 +376,8 @@ AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) {
     const int N = tile->tokens;
     if (N < 1 || N > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
     float acc[MOEKIT_AMX_TILE_TOKENS * 16] __attribute__((aligned(64)));
-    row_group_result(tile->weights, tile->blocks, (const uint16_t *)tile->intermediate, N, acc);
+    row_group_result(
+        tile->weights, tile->blocks, (const uint16_t *)tile->intermediate, N, acc, scales_fold_exactly(tile->weights, tile->blocks));
     _tile_release();
     const __m512 bias = _mm512_loadu_ps(tile->bias);
     for (int t = 0; t < N; t++) {
@@ -387,7 +389,7 @@ AMX_TARGET void moekit_amxbf16_gemm2(const moekit_gemm2_tile *tile) {
 
 AMX_TARGET void moekit_amxbf16_row_group(const uint8_t *weights, int32_t blocks, const uint16_t *x, int32_t tokens, float *result) {
     if (tokens < 1 || tokens > MOEKIT_AMX_TILE_TOKENS) __builtin_trap();
-    row_group_result(weights, blocks, x, tokens, result);
+    row_group_result(weights, blocks, x, tokens, result, scales_fold_exactly(weights, blocks));
     _tile_release();
 }
 
