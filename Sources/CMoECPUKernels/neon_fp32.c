@@ -44,8 +44,9 @@ NEON_INLINE void quarter_group_dot(
     static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // nibble position p holds input k0 + order[p]
     // The same chains for every N: a token's sum must not depend on how many tokens share its tile (a served batch
     // equals its requests alone; TileKernelTests.aTokensBitsDoNotDependOnItsTileSize). Before, 4 chains at one token
-    // and 2 at two made a token's bits depend on its batch; docs/bench-cpu.md has the cost.
-    enum { CHAINS = 2 };  // 4 spill registers at eight tokens; 1 is latency-bound at one (BENCHMARKS.md, the AVX2 cost)
+    // and 2 at two made a token's bits depend on its batch. 2 was chosen with the AVX2 kernel, which has since moved to
+    // one chain an output with independent rows (avx2_fma.c); on arm64 neither has been measured.
+    enum { CHAINS = 2 };
     const uint8x16x4_t table = vld1q_u8_x4((const uint8_t *)code_values);
     float32x4_t chain[NEON_MAX_TOKENS * CHAINS];
     for (int i = 0; i < N * CHAINS; i++) chain[i] = vdupq_n_f32(0.0f);
