@@ -132,7 +132,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double(2 * rows * config.hidden * 2))))
             case .gemm1:
                 var cost = StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)
-                if bucket.fusesDecode {  // one kernel ran both GEMMs: its row carries both costs
+                if bucket.plan.runsFusedDecode {  // one kernel ran both GEMMs: its row carries both costs
                     let second = StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)
                     cost = StageCost(flops: cost.flops + second.flops, bytes: cost.bytes + second.bytes)
                 }

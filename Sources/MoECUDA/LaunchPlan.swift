@@ -340,9 +340,11 @@ public struct LaunchPlan: Sendable, Equatable {
         precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")
     }
 
-    public var variantDescription: String {
+    public var variantDescription: String { variantDescription(fused: runsFusedDecode) }
+
+    func variantDescription(fused: Bool) -> String {
         let pair = gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
-        return fusedDecode() && TokenBucket.tileHandOver ? pair + " in one grid (MOE_CUDA_FUSED_DECODE=1)" : pair
+        return fused ? pair + " in one grid (MOE_CUDA_FUSED_DECODE=1)" : pair
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H]. Persistent kernels: one block an SM
@@ -420,6 +422,8 @@ public struct LaunchPlan: Sendable, Equatable {
             && LaunchPlan.fusedDecodeBlocksPerSM * (fused.sharedBytes + 2048) <= 228 * 1024
     }
     public static let fusedDecodeSwitch = currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"
+    /// What a token bucket launches: fusedDecode() where the hand-over it waits through is not turned off either.
+    var runsFusedDecode: Bool { fusedDecode() && TokenBucket.tileHandOver }
     /// Blocks an SM moe_gemm_fused_decode's __launch_bounds__ guarantee by registers.
     static let fusedDecodeBlocksPerSM = 3
     public var fusedDecodeShape: LaunchShape {

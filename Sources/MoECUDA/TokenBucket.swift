@@ -148,8 +148,6 @@ final class TokenBucket: @unchecked Sendable {
 
     /// The plan's tile hand-over, unless `MOE_CUDA_HANDOVER=0`.
     private var handsOverTiles: Bool { plan.tileHandOver && TokenBucket.tileHandOver }
-    /// Both GEMMs in one grid (LaunchPlan.fusedDecode), which needs the hand-over.
-    var fusesDecode: Bool { handsOverTiles && plan.fusedDecode() }
 
     /// GEMM 1: x rows gathered through sortedToSlot / k; SwiGLU into a [slots, I] in sorted order.
     func gemm1Parameters(slot: Int, layer: DeviceLayer) -> MoEGemmParams {
@@ -306,7 +304,7 @@ final class TokenBucket: @unchecked Sendable {
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        if fusesDecode {  // one kernel: a profile's GEMM 1 row holds both GEMMs (CUDABackend's profile adds their costs)
+        if plan.runsFusedDecode {  // one kernel: a profile's GEMM 1 row holds both GEMMs (CUDABackend's profile adds their costs)
             let both = MoEFusedDecodeParams(gemm1: first, gemm2: second)
             try kernels.fusedDecode.launch(plan.fusedDecodeShape, stream: stream, parameters: both, programmatic: programmatic)
             try between?(.gemm1)

@@ -320,4 +320,7 @@ import Testing
     // Off by default; `cuda-debug --timing` names it where it runs.
     #expect(LaunchPlan.fusedDecodeSwitch == (currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"))
     #expect(plan.variantDescription.hasSuffix("in one grid (MOE_CUDA_FUSED_DECODE=1)") == (plan.fusedDecode() && TokenBucket.tileHandOver))
+    #expect(plan.variantDescription(fused: true) == "resident_1_1_4_2_3+resident_1_1_2_4_3 in one grid (MOE_CUDA_FUSED_DECODE=1)")
+    #expect(plan.variantDescription(fused: false) == "resident_1_1_4_2_3+resident_1_1_2_4_3")
+    #expect(plan.runsFusedDecode == (LaunchPlan.fusedDecodeSwitch && TokenBucket.tileHandOver))
 }
