@@ -216,6 +216,13 @@ AMX_INLINE void block_address(const uint8_t *w, int32_t blocks, int32_t b, const
     *scales = superblock + nb * 256 + (b - b0) * 16;
 }
 
+/// Block b of a packed row group, decoded with its scales folded in (decode_block_scaled) into `decoded`.
+AMX_INLINE void decode_block_at(const uint8_t *w, int32_t blocks, int32_t b, __m512i lut, uint16_t *decoded) {
+    const uint8_t *codes, *scales;
+    block_address(w, blocks, b, &codes, &scales);
+    decode_block_scaled(codes, scales, lut, decoded);
+}
+
 /// How many blocks ahead of its tile product a block is decoded. A tile load waits until the stores it reads have
 /// left the core, and those retire in order behind the tile products before them: decoded just in time, a block's
 /// decode and the previous block's products ran one after the other (scripts/cpu/amx_loop.c 16, BENCHMARKS.md: 26.2 ns a
@@ -232,10 +239,8 @@ AMX_INLINE void row_group_folded(const uint8_t *w, int32_t blocks, const uint16_
     const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
 #define MOEKIT_AMX_DECODE(b) \
     do { \
-        const uint8_t *codes, *scales; \
-        block_address(w, blocks, (b), &codes, &scales); \
-        if (((b) & 3) == 0) prefetch_superblock(codes, groupBytes); /* codes: the superblock's start */ \
-        decode_block_scaled(codes, scales, lut, ring[(b) % DECODE_RING]); \
+        if (((b) & 3) == 0) prefetch_superblock(w + (size_t)((b) / 4) * SUPERBLOCK_BYTES, groupBytes); \
+        decode_block_at(w, blocks, (b), lut, ring[(b) % DECODE_RING]); \
     } while (0)
     for (int32_t b = 0; b < DECODE_AHEAD && b < blocks; b++) MOEKIT_AMX_DECODE(b);
     for (int32_t b = 0; b < blocks; b += 2) {  // even block b into chains 0 / 2, odd block b + 1 into 1 / 3
@@ -279,11 +284,8 @@ AMX_INLINE void row_group_pair_folded(
     const size_t stride = (size_t)blocks * 64, groupBytes = moekit_row_group_bytes(blocks);
 #define MOEKIT_AMX_DECODE_PAIR(b) \
     do { \
-        const uint8_t *codes, *scales; \
-        block_address(wg, blocks, (b), &codes, &scales); \
-        decode_block_scaled(codes, scales, lut, ringGate[(b) % DECODE_RING]); \
-        block_address(wu, blocks, (b), &codes, &scales); \
-        decode_block_scaled(codes, scales, lut, ringUp[(b) % DECODE_RING]); \
+        decode_block_at(wg, blocks, (b), lut, ringGate[(b) % DECODE_RING]); \
+        decode_block_at(wu, blocks, (b), lut, ringUp[(b) % DECODE_RING]); \
     } while (0)
 #define MOEKIT_AMX_PAIR_SUBTILE(s) \
     do { \
