@@ -93,8 +93,6 @@ final class LayerKernels: @unchecked Sendable {
     let planScatter: CUDAFunction
     let reduce: CUDAFunction
     let gatherRows: CUDAFunction
-    /// GEMM 1 and GEMM 2 in one grid at 1 token (LaunchPlan.fusedDecode).
-    let fusedDecode: CUDAFunction
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
@@ -113,7 +111,6 @@ final class LayerKernels: @unchecked Sendable {
         planScatter = try routing.function("moe_plan_scatter")
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
-        fusedDecode = try experts.function("moe_gemm_fused_decode")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
     }
 

@@ -340,11 +340,8 @@ public struct LaunchPlan: Sendable, Equatable {
         precondition(gemm1Variant.tileRows == gemm2Variant.tileRows, "both GEMMs must share the tile schedule")
     }
 
-    public var variantDescription: String { variantDescription(fused: runsFusedDecode) }
-
-    func variantDescription(fused: Bool) -> String {
-        let pair = gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
-        return fused ? pair + " in one grid (MOE_CUDA_FUSED_DECODE=1)" : pair
+    public var variantDescription: String {
+        gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H]. Persistent kernels: one block an SM
@@ -403,32 +400,6 @@ public struct LaunchPlan: Sendable, Equatable {
         gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
     }
     static let tileHandOverMaxTokens = 8
-
-    /// GEMM 1 and then GEMM 2 in one grid (moe_gemm_fused_decode: block (x, y) runs GEMM 1's block (x, y) and then GEMM
-    /// 2's, which waits for tile y through the hand-over counters), asked for by `MOE_CUDA_FUSED_DECODE=1` (session 18,
-    /// for A/B; never run). Only for the 1-token pair with equal grids, and only where every block fits on the GPU at
-    /// once: a GEMM 2 block waits for GEMM 1 blocks of its tile, so one never scheduled would stall it (the wait traps
-    /// after ~2 s instead of hanging). The kernel's bounds give three blocks an SM by registers; the shared memory is
-    /// checked here against the 228 KB an SM of sm_90 has: per block 1 KB the driver reserves and 1 KB of static shared
-    /// memory (ptxas, NVRTC 13.0) besides the dynamic.
-    public func fusedDecode(switchedOn: Bool = LaunchPlan.fusedDecodeSwitch) -> Bool {
-        guard switchedOn, tileHandOver, gemm1Variant == .resident_1_1_4_2_3, gemm2Variant == .resident_1_1_2_4_3 else {
-            return false
-        }
-        let (first, second, fused) = (gemm1Shape, gemm2Shape, fusedDecodeShape)
-        let blocks = fused.grid.x * fused.grid.y * fused.grid.z
-        return first.grid == second.grid && first.block == second.block
-            && blocks <= LaunchPlan.fusedDecodeBlocksPerSM * multiprocessors
-            && LaunchPlan.fusedDecodeBlocksPerSM * (fused.sharedBytes + 2048) <= 228 * 1024
-    }
-    public static let fusedDecodeSwitch = currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"
-    /// What a token bucket launches: fusedDecode() where the hand-over it waits through is not turned off either.
-    var runsFusedDecode: Bool { fusedDecode() && TokenBucket.tileHandOver }
-    /// Blocks an SM moe_gemm_fused_decode's __launch_bounds__ guarantee by registers.
-    static let fusedDecodeBlocksPerSM = 3
-    public var fusedDecodeShape: LaunchShape {
-        LaunchShape(grid: gemm1Shape.grid, block: gemm1Shape.block, sharedBytes: max(gemm1Shape.sharedBytes, gemm2Shape.sharedBytes))
-    }
 
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).

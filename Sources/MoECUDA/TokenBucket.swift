@@ -304,16 +304,10 @@ final class TokenBucket: @unchecked Sendable {
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        if plan.runsFusedDecode {  // one kernel: a profile's GEMM 1 row holds both GEMMs (CUDABackend's profile adds their costs)
-            let both = MoEFusedDecodeParams(gemm1: first, gemm2: second)
-            try kernels.fusedDecode.launch(plan.fusedDecodeShape, stream: stream, parameters: both, programmatic: programmatic)
-            try between?(.gemm1)
-        } else {
-            try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
-            try between?(.gemm1)
-            try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
-            try between?(.gemm2)
-        }
+        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
+        try between?(.gemm1)
+        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
+        try between?(.gemm2)
         if !plan.fusedReduce {
             var sum = reduceParameters()
             sum.trace = traced(.reduce)

@@ -291,36 +291,3 @@ import Testing
     let mismatched = LaunchPlan(tokens: 8, config: config, gemm2: .staged_2_4_8_2)
     #expect(mismatched.gemm2Variant == .resident_1_1_8_1_3)
 }
-
-/// GEMM 2 in GEMM 1's grid (MOE_CUDA_FUSED_DECODE=1) only for the 1-token pair with equal grids, and only where every
-/// block fits on the GPU at once (3 an SM): a GEMM 2 block waits for GEMM 1 blocks that must all be running.
-@Test func fusedDecodeOnlyWhereEveryBlockIsResident() {
-    var plan = LaunchPlan(tokens: 1, config: MoEPreset.gptOss120b.config)
-    plan.multiprocessors = 132
-    #expect(plan.gemm1Variant == .resident_1_1_4_2_3 && plan.gemm2Variant == .resident_1_1_2_4_3)
-    #expect(plan.gemm1Shape.grid == (90, 4, 1) && plan.gemm2Shape.grid == (90, 4, 1))
-    #expect(plan.fusedDecode(switchedOn: true) && !plan.fusedDecode(switchedOn: false))
-    #expect(plan.fusedDecodeShape.grid == plan.gemm1Shape.grid && plan.fusedDecodeShape.block == 256)
-    #expect(plan.fusedDecodeShape.sharedBytes == max(plan.gemm1Shape.sharedBytes, plan.gemm2Shape.sharedBytes))
-    #expect(3 * (plan.fusedDecodeShape.sharedBytes + 2048) <= 228 * 1024)
-    plan.multiprocessors = 119  // 357 resident blocks < 360
-    #expect(!plan.fusedDecode(switchedOn: true))
-    plan.multiprocessors = 120
-    #expect(plan.fusedDecode(switchedOn: true))
-    // Other token counts take other kernels; the tiny preset's grids differ (2I ≠ H).
-    var two = LaunchPlan(tokens: 2, config: MoEPreset.gptOss120b.config)
-    two.multiprocessors = 132
-    #expect(!two.fusedDecode(switchedOn: true))
-    var small = LaunchPlan(tokens: 1, config: MoEPreset.gptOss20b.config)
-    small.multiprocessors = 132
-    #expect(small.fusedDecode(switchedOn: true))
-    var tiny = LaunchPlan(tokens: 1, config: MoEPreset.tiny.config)
-    tiny.multiprocessors = 132
-    #expect(!tiny.fusedDecode(switchedOn: true))
-    // Off by default; `cuda-debug --timing` names it where it runs.
-    #expect(LaunchPlan.fusedDecodeSwitch == (currentEnvironment("MOE_CUDA_FUSED_DECODE") == "1"))
-    #expect(plan.variantDescription.hasSuffix("in one grid (MOE_CUDA_FUSED_DECODE=1)") == (plan.fusedDecode() && TokenBucket.tileHandOver))
-    #expect(plan.variantDescription(fused: true) == "resident_1_1_4_2_3+resident_1_1_2_4_3 in one grid (MOE_CUDA_FUSED_DECODE=1)")
-    #expect(plan.variantDescription(fused: false) == "resident_1_1_4_2_3+resident_1_1_2_4_3")
-    #expect(plan.runsFusedDecode == (LaunchPlan.fusedDecodeSwitch && TokenBucket.tileHandOver))
-}

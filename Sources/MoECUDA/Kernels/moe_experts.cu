@@ -1519,23 +1519,6 @@ MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) __launch_bounds__(32 * WN * WK)
 #endif
 
-// Decode sizes, MOE_CUDA_FUSED_DECODE=1 (session 18, for A/B): block (x, y) runs GEMM 1's block (x, y) of the 1-token
-// pair and then GEMM 2's, so GEMM 2's blocks need no launch or start of their own (at 1 token only ~36 of its 360 found
-// registers while GEMM 1 ran) and fill their weight rings as soon as GEMM 1's part is done, then wait for tile y through
-// the hand-over counters. Every block must be resident at once: the host checks that the grid fits three blocks an SM
-// (these bounds) and the shared memory, and the tile wait traps instead of hanging if it did not (LaunchPlan.fusedDecode).
-extern "C" __global__ void __launch_bounds__(256, 3) moe_gemm_fused_decode(MoEFusedDecodeParams p) {
-    {
-        MOE_TRACE_KERNEL(p.gemm1);
-        gemm_resident<1, 1, 4, 2, 3, false>(p.gemm1);
-    }
-    __syncthreads();  // GEMM 1's shared memory (activations, split-K sums, rings) is GEMM 2's from here
-    {
-        MOE_TRACE_KERNEL(p.gemm2);
-        gemm_resident<1, 1, 2, 4, 3, false>(p.gemm2);
-    }
-}
-
 // B blocks per SM: two (at most 128 registers) lets one block's barrier stalls be covered by the other's work.
 #define MOE_STAGED(MI, NJ, WN, S, B)                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * WN, B) moe_gemm_staged_##MI##_##NJ##_##WN##_##S(MoEGemmParams p) { \

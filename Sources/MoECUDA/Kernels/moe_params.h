@@ -143,12 +143,6 @@ typedef struct MoEGemmParams {
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
 } MoEGemmParams;
 
-/// GEMM 1 and then GEMM 2 in one grid at decode sizes (moe_gemm_fused_decode; LaunchPlan.fusedDecode).
-typedef struct MoEFusedDecodeParams {
-    MoEGemmParams gemm1;
-    MoEGemmParams gemm2;
-} MoEFusedDecodeParams;
-
 /// GEMM 1's input rows in sorted order: gathered[r] = x[sortedToSlot[r] / k] (MOE_CUDA_GATHER_ROWS=1 with tensor copies).
 typedef struct MoEGatherParams {
     MoEDevicePointer input;         ///< [T, H] bf16
