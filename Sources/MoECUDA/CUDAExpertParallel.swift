@@ -696,7 +696,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 local.routeSmallShape, stream: stream, parameters: trace.mark(routing, "route (router+top-k)"))
             return
         }
-        try kernels.router.launch(
+        try kernels.router(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config).launch(
             LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
             parameters: trace.mark(routing, "router"))
         try kernels.topk.launch(

@@ -86,7 +86,7 @@ public final class CUDARuntime: @unchecked Sendable {
 /// The layer's kernels, looked up once.
 final class LayerKernels: @unchecked Sendable {
     private let routeSmall: [String: CUDAFunction]
-    let router: CUDAFunction
+    private let routerNarrow, routerWide: CUDAFunction
     let routeFinish: CUDAFunction
     let topk: CUDAFunction
     let planScan: CUDAFunction
@@ -97,6 +97,11 @@ final class LayerKernels: @unchecked Sendable {
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
     /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
+    /// The router kernel LaunchPlan.routerShape shapes for these rows and splits.
+    func router(tokens: Int, splits: Int, config: MoEConfig) -> CUDAFunction {
+        LaunchPlan.routerIsWide(tokens: tokens, splits: splits, config: config) ? routerWide : routerNarrow
+    }
+
     init(runtime: CUDARuntime, traced: Bool = false) throws(CUDAError) {
         let options = KernelBuildSwitches.options(traced: traced)
         let routing = try runtime.module(.routing, options: options)
@@ -104,7 +109,8 @@ final class LayerKernels: @unchecked Sendable {
         var small: [String: CUDAFunction] = [:]
         for bound in [1, 2, 4, 8] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
         routeSmall = small
-        router = try routing.function("moe_router_mma")
+        routerNarrow = try routing.function("moe_router_mma")
+        routerWide = try routing.function("moe_router_mma_wide")
         routeFinish = try routing.function("moe_route_finish")
         topk = try routing.function("moe_topk")
         planScan = try routing.function("moe_plan_scan")

@@ -365,10 +365,26 @@ public struct LaunchPlan: Sendable, Equatable {
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
     public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
-    /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S).
+    /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
+    /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.
     public static func routerShape(tokens: Int, splits: Int, config: MoEConfig) -> LaunchShape {
-        LaunchShape(grid: (routerExpertTiles(config), (tokens + 63) / 64, splits), block: 128)
+        let wide = routerIsWide(tokens: tokens, splits: splits, config: config)
+        let experts = wide ? 128 : 32, stages = wide ? 5 : 6  // moe_routing.cu router_mma's ETILE and STAGES
+        return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + 63) / 64, splits), block: 4 * experts,
+                           sharedBytes: stages * (64 + experts) * 40 * 2)
     }
+    /// The wide router reads each token's row once instead of once per 32 experts; it pays where the batch alone fills
+    /// the GPU with 64-token tiles (at least routerWideMinTiles of them, K not split) and E > 32.
+    /// `MOE_CUDA_ROUTER=wide` or `=narrow` forces either (A/B runs and checks).
+    public static func routerIsWide(tokens: Int, splits: Int, config: MoEConfig, forced: String? = routerSwitch) -> Bool {
+        switch forced {
+        case "wide": return true
+        case "narrow": return false
+        default: return splits == 1 && config.experts > 32 && (tokens + 63) / 64 >= routerWideMinTiles
+        }
+    }
+    static let routerWideMinTiles = 128
+    public static let routerSwitch = currentEnvironment("MOE_CUDA_ROUTER")
     public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
     public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: finishPlanBytes) }
     /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
@@ -385,7 +401,7 @@ public struct LaunchPlan: Sendable, Equatable {
     public func validate(maxSharedPerBlock: Int) throws(CUDAError) {
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
-            ("top-k", topkShape), ("plan scatter", scatterShape),
+            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape),
         ] + (fusedRouting ? [("decode routing", routeSmallShape)] : smallRouting ? [("small-batch plan", finishShape)] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(

@@ -81,7 +81,7 @@ private func request(
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
-    for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(8)", "moe_router_mma(", "moe_route_finish(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
+    for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(8)", "moe_router_mma(", "moe_router_mma_wide(", "moe_route_finish(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
         #expect(routing.contains(name))
     }
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])

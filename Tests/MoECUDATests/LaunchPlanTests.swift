@@ -256,8 +256,29 @@ import Testing
             #expect(plan.routerPartialFloats <= LaunchPlan.routerPartialCapacity(c))
             let shape = plan.routerShape
             if plan.routerSplits > 1 { #expect(shape.grid.x * shape.grid.y <= Int(MOE_ROUTER_TILE_COUNTERS)) }
-            #expect(shape.grid.x * 32 >= c.experts && shape.grid.y * 64 >= tokens)
+            #expect(shape.grid.x * (shape.block / 4) >= c.experts && shape.grid.y * 64 >= tokens)  // block / 4 experts a block
+            #expect(shape.sharedBytes <= 96 * 1024)
         }
+    }
+}
+
+/// The wide router (128 experts a block, x read once) only where K is not split, E > 32 and the batch gives at least
+/// 128 tiles of 64 tokens; its shape matches moe_routing.cu's router_mma<128> (512 threads, 5 stages of 192 rows of 80
+/// bytes), the narrow one router_mma<32> (128 threads, 6 stages of 96 rows). Either can be forced.
+@Test func theWideRouterOnlyWhereTheBatchFillsTheGPU() {
+    let big = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
+    #expect(!LaunchPlan.routerIsWide(tokens: 8128, splits: 1, config: big, forced: nil))
+    #expect(LaunchPlan.routerIsWide(tokens: 8192, splits: 1, config: big, forced: nil))
+    #expect(LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: big, forced: nil))
+    #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 2, config: big, forced: nil))
+    #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: small, forced: nil))  // E = 32: one tile already
+    #expect(LaunchPlan.routerIsWide(tokens: 1, splits: 11, config: small, forced: "wide"))
+    #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: big, forced: "narrow"))
+    if LaunchPlan.routerSwitch == nil {
+        let wide = LaunchPlan(tokens: 8192, config: big).routerShape
+        #expect(wide.grid == (1, 128, 1) && wide.block == 512 && wide.sharedBytes == 5 * 192 * 80)
+        let narrow = LaunchPlan(tokens: 2048, config: big).routerShape
+        #expect(narrow.grid == (4, 32, 2) && narrow.block == 128 && narrow.sharedBytes == 6 * 96 * 80)
     }
 }
 

@@ -414,38 +414,48 @@ MOE_ROUTE_SMALL(8)
 // MARK: router GEMM (every batch size)
 
 /// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
-/// grid: (ceil(E / 32), ceil(T / 64), S), 128 threads: warp w owns tokens 16w..16w+15 of the tile × 32 experts.
-/// Block z covers the K steps [steps·z/S, steps·(z+1)/S) of 32, staged through a 6-stage cp.async ring; rows past
-/// T or E read zeros. S = 1: the block writes logits. S > 1 (small batches, where the tiles alone would leave most
-/// SMs idle and each block would wait out H/32 memory round trips): the block writes its partial tile to
-/// routerPartials[z], and the last of the tile's S blocks to arrive (a per-tile counter in `arrivals`, reset by that
-/// block) adds the S partials in z order — the same order whatever the arrival order — plus the bias.
-/// A token's logits depend on S but not on T or on its row in the tile, so expert parallelism, which runs this
-/// kernel on each rank's rows with the single-rank S, chooses the same experts bit for bit.
-extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
-    MOE_TRACE_KERNEL(p);
-    constexpr int TILE = 64, ETILE = 32, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = 6;  // 80-byte rows: ldmatrix without bank conflicts
-    __shared__ __align__(16) bf16_t xs[STAGES][TILE * STRIDE];
-    __shared__ __align__(16) bf16_t ws[STAGES][ETILE * STRIDE];
+/// grid: (ceil(E / ETILE), ceil(T / 64), S), 4·ETILE threads: warp w owns tokens 16(w % 4)…+15 of the tile × experts
+/// 32(w / 4)…+31. Block z covers the K steps [steps·z/S, steps·(z+1)/S) of 32, staged through a STAGES-deep cp.async
+/// ring (dynamic shared memory: LaunchPlan.routerShape); rows past T or E read zeros. S = 1: the block writes logits.
+/// S > 1 (small batches, where the tiles alone would leave most SMs idle and each block would wait out H/32 memory
+/// round trips): the block writes its partial tile to routerPartials[z], and the last of the tile's S blocks to arrive
+/// (a per-tile counter in `arrivals`, reset by that block) adds the S partials in z order — the same order whatever
+/// the arrival order — plus the bias.
+/// A token's logits depend on S but not on T, ETILE or its row in the tile (each expert's sum runs over the same k steps
+/// in the same order), so expert parallelism, which runs this kernel on each rank's rows with the single-rank S,
+/// chooses the same experts bit for bit. ETILE = 128 (moe_router_mma_wide, large batches): every expert of 120b in one
+/// block, so x is read once instead of E / 32 times (L2 traffic T·E·H·2·(1/ETILE + 1/64)).
+template <int ETILE>
+MOE_DEVICE void router_mma(const MoERoutingParams &p) {
+    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = ETILE == 32 ? 6 : 5;  // 80-byte rows: ldmatrix without bank conflicts
+    constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
+    extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int tokenWarp = warp & 3, expertWarp = warp >> 2;
     const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
     const int T = p.tokens, H = p.hidden, E = p.experts, S = gridDim.z;
     const bf16_t *x = (const bf16_t *)p.x;
     const bf16_t *wr = (const bf16_t *)p.routerWeight;
     const int steps = H / KSTEP;  // H is a multiple of 32
     const int first = steps * blockIdx.z / S, count = steps * (blockIdx.z + 1) / S - first;
+    auto xs = [&](int stage) { return routerStages + stage * STAGE_ELEMENTS; };
+    auto ws = [&](int stage) { return routerStages + stage * STAGE_ELEMENTS + TILE * STRIDE; };
 
-    // Each thread copies 2 segments of 16 B of x (and, for the first 32 rows, of Wr) per stage: row = idx / 4, segment = idx % 4.
+    // Per stage: TILE·4 segments of 16 B of x and ETILE·4 of Wr (row = idx / 4, segment = idx % 4), THREADS at a time.
     auto issue = [&](int stage, int k0) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int idx = threadIdx.x + i * 128, row = idx >> 2, segment = idx & 3;
-            const int token = t0 + row, expert = e0 + row;
-            const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
-            const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
-            copy_async_16(shared_address(&xs[stage][row * STRIDE + segment * 8]), xsrc, token < T ? 16 : 0);
-            if (row < ETILE) copy_async_16(shared_address(&ws[stage][row * STRIDE + segment * 8]), wsrc, expert < E ? 16 : 0);
+        for (int idx = threadIdx.x; idx < (TILE + ETILE) * 4; idx += THREADS) {
+            const int row = idx >> 2, segment = idx & 3;
+            if (row < TILE) {
+                const int token = t0 + row;
+                const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
+                copy_async_16(shared_address(xs(stage) + row * STRIDE + segment * 8), xsrc, token < T ? 16 : 0);
+            } else {
+                const int expert = e0 + row - TILE;
+                const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
+                copy_async_16(shared_address(ws(stage) + (row - TILE) * STRIDE + segment * 8), wsrc, expert < E ? 16 : 0);
+            }
         }
     };
 
@@ -471,17 +481,17 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
         for (int kk = 0; kk < KSTEP; kk += 16) {
             u32 a[4];
             {
-                const int row = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1);
+                const int row = 16 * tokenWarp + (lane & 7) + 8 * ((lane >> 3) & 1);
                 const int col = kk + 8 * (lane >> 4);
-                load_matrix_x4(a, shared_address(&xs[stage][row * STRIDE + col]));
+                load_matrix_x4(a, shared_address(xs(stage) + row * STRIDE + col));
             }
 #pragma unroll
             for (int j = 0; j < 4; j += 2) {
-                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8)
+                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8) of this warp's 32
                 u32 b[4];
-                const int row = 8 * j + (lane & 7) + 8 * (lane >> 4);
+                const int row = 32 * expertWarp + 8 * j + (lane & 7) + 8 * (lane >> 4);
                 const int col = kk + 8 * ((lane >> 3) & 1);
-                load_matrix_x4(b, shared_address(&ws[stage][row * STRIDE + col]));
+                load_matrix_x4(b, shared_address(ws(stage) + row * STRIDE + col));
                 mma_bf16_16816(acc[j], a[0], a[1], a[2], a[3], b[0], b[1]);
                 mma_bf16_16816(acc[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
             }
@@ -498,8 +508,8 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            const int token = t0 + 16 * warp + gid + 8 * (q >> 1);
-            const int expert = e0 + 8 * j + 2 * tig + (q & 1);
+            const int token = t0 + 16 * tokenWarp + gid + 8 * (q >> 1);
+            const int expert = e0 + 32 * expertWarp + 8 * j + 2 * tig + (q & 1);
             if (token < T && expert < E) out[(long long)token * E + expert] = S == 1 ? acc[j][q] + bias[expert] : acc[j][q];
         }
     }
@@ -507,10 +517,10 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     // Arrival: the tile's last block sees the other S − 1 partial tiles.
     unsigned *counter = (unsigned *)p.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
     if (!last_block_to_arrive(counter, (unsigned)S)) return;
-    // Thread t sums column t % 32 of rows t / 32 + 4j: a warp reads 128 contiguous bytes per row, and the loads of
+    // Thread t sums column t % ETILE of rows t / ETILE + 4j: a warp reads 128 contiguous bytes per row, and the loads of
     // 16 rows × 2 slices are in flight together (the additions stay in z order).
-    constexpr int ROWS_PER_THREAD = TILE * ETILE / 128;
-    const int column = e0 + (threadIdx.x & 31), firstRow = t0 + (threadIdx.x >> 5);
+    constexpr int ROWS_PER_THREAD = TILE * ETILE / THREADS, ROW_STEP = THREADS / ETILE;
+    const int column = e0 + threadIdx.x % ETILE, firstRow = t0 + threadIdx.x / ETILE;
     float sums[ROWS_PER_THREAD];
 #pragma unroll
     for (int j = 0; j < ROWS_PER_THREAD; ++j) sums[j] = 0.0f;
@@ -520,17 +530,26 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
             const float *slice = partials + z * sliceFloats + column;
 #pragma unroll
             for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-                const int token = firstRow + 4 * j;
+                const int token = firstRow + ROW_STEP * j;
                 if (token < T) sums[j] += load_coherent_f32(slice + (long long)token * E);
             }
         }
 #pragma unroll
         for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-            const int token = firstRow + 4 * j;
+            const int token = firstRow + ROW_STEP * j;
             if (token < T) logits[(long long)token * E + column] = sums[j] + bias[column];
         }
     }
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
+}
+
+extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    router_mma<32>(p);
+}
+extern "C" __global__ void __launch_bounds__(512) moe_router_mma_wide(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    router_mma<128>(p);
 }
 
 // MARK: small batches: top-k and the whole plan in one block
