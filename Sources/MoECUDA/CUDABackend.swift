@@ -129,7 +129,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             case .plan: elapsed.append((.plan, ms, StageCost(bytes: Double(T * config.experts * 4 + rows * 16))))
             case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
             case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
-            case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double(2 * rows * config.hidden * 2))))
+            case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double((T + rows) * config.hidden * 2))))
             case .gemm1: elapsed.append((.gemm1, ms, StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)))
             case .gemm2: elapsed.append((.gemm2, ms, StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)))
             case .reduce: elapsed.append((.reduce, ms, StageCost.reduce(tokens: T, config: config)))

@@ -191,6 +191,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// round); its narrow-tile form (wgmma m64n32 for tiles of ≤ 32 rows) replaces the staged kernel at 1024: 18.8 / 18.0%
     /// faster (19.9% with the gather), but not at 768 (+1.8%) or 512 (+16.0%). Three persistent consumer warpgroups were
     /// within a point of it at 32768 (−7.2 / −6.5%) and are not the default.
+    /// Session 19 (H100, runs 61–62, one round each, against that default with the gather): the 256-token kernel with
+    /// tensor copies (registered_1_256_4_2_0_1_2_1) is faster by 2.1 / 4.0% at 16384 and 2.9 / 3.4% at 32768, level at
+    /// 8192 (−0.5%): it takes 16384 tokens and beyond (by rows an expert: 512 and more).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -215,6 +218,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...768: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...1024 where hopper: return (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case 16384... where hopper: return (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1)
         default: return hopper ? (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }

@@ -98,15 +98,15 @@ final class TokenBucket: @unchecked Sendable {
 
     /// The gather's grid: one block a sorted row, 128 threads of 8 columns each.
     static func gatherShape(_ plan: LaunchPlan) -> LaunchShape {
-        LaunchShape(grid: (plan.slots, (plan.config.hidden / 8 + 127) / 128, 1), block: 128)
+        LaunchShape(grid: (plan.tokens, (plan.config.hidden / 8 + 127) / 128, 1), block: 128)
     }
 
     func gatherParameters(slot: Int) -> MoEGatherParams {
         var p = MoEGatherParams()
         p.input = inputs[slot].address
-        p.sortedToSlot = sortedToSlot.address
+        p.slotToSorted = slotToSorted.address
         p.output = gathered?.address ?? 0
-        p.rows = Int32(plan.slots)
+        p.tokens = Int32(plan.tokens)
         p.topK = Int32(plan.config.topK)
         p.hidden = Int32(plan.config.hidden)
         return p

@@ -78,7 +78,12 @@ import Testing
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 1025) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 16383) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    // Session 19's runs 61–62: 256-token tiles from 16384 tokens (512 rows an expert).
+    #expect(GemmVariant.choose(tokens: 16384) == (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 4096, experts: 32, topK: 4).gemm1 == .registered_1_256_4_2_0_1_2_1)
+    #expect(GemmVariant.choose(tokens: 4095, experts: 32, topK: 4).gemm1 == .registered_1_128_4_4_0_1_2_1)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)

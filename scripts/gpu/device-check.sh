@@ -45,7 +45,7 @@ for s in $steps; do
     case $s in
     info) step info 60 $M info ;;
     debug) step debug 240 $M cuda-debug --preset tiny --tokens ${DEBUG_TOKENS:-1,7,33,100} ;;
-    bench) TAIL=16 step bench 300 $M bench --backend cuda --preset gpt-oss-120b --seconds 0.4 --json "$OUT/bench.json" ;;
+    bench) TAIL=16 step bench 300 $M bench --backend cuda --preset gpt-oss-120b ${BENCH_TOKENS:+--tokens $BENCH_TOKENS} --seconds 0.4 --json "$OUT/bench.json" ;;
     bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
@@ -68,9 +68,9 @@ for s in $steps; do
     ncudecode) TAIL=120 step ncudecode 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats -k regex:moe_gemm_resident --launch-skip 2 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 8 --iterations 1 --warmup 0 ;;
     debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_2_2_64_3 ;;
     ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2_64_3 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
-    debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-1,8,40} ;;
-    racedefault) step racedefault 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${RACE_TOKENS:-7,40} ;;  # the default kernels
-    memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${MEMCHECK_TOKENS:-7,40} ;;
+    debug20b) step debug20b 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-1,8,40} ${DEBUG_VARIANT:+--variant $DEBUG_VARIANT} ;;  # every variant unless DEBUG_VARIANT
+    racedefault) step racedefault 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${RACE_TOKENS:-7,40} ${DEBUG_VARIANT:+--variant $DEBUG_VARIANT} ;;  # every variant unless DEBUG_VARIANT
+    memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${MEMCHECK_TOKENS:-7,40} ${DEBUG_VARIANT:+--variant $DEBUG_VARIANT} ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
     trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
     ncudecstall)  # why a decode GEMM's warps wait: stall reasons per issued instruction, both GEMMs at NCU_TOKENS, default kernels

@@ -1634,16 +1634,23 @@ MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 1, 24, 112)
 
 // MARK: gather
 
-/// gathered[r, h…h+7] = x[sortedToSlot[r] / k, h…h+7]: GEMM 1's activations in sorted order, so that a registered kernel
-/// with tensor copies brings them by the copy engine too (MOE_CUDA_GATHER_ROWS=1; T·k·H·2 bytes written).
-/// grid: (rows, ceil(H / 8 / 128)), 128 threads; a thread copies 16 B (H is a multiple of 32).
+/// gathered[slotToSorted[t·k + j], h…h+7] = x[t, h…h+7] for j < k: GEMM 1's activations in sorted order, so that a
+/// registered kernel with tensor copies brings them by the copy engine too (T·k·H·2 bytes written). By token, so each
+/// row of x is read once: by sorted row (session 18) each was read k times, which past L2 (32768 tokens: x is 189 MB)
+/// is k times from DRAM (run 62: 503.5 µs at 32768 tokens, 3 TB/s for 1.5 GB).
+/// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread copies 16 B to each of the token's rows (H is a multiple of 32).
 extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParams p) {
     MOE_TRACE_KERNEL(p);
     wait_for_previous_kernel();
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;
-    const long long token = ((const int *)p.sortedToSlot)[blockIdx.x] / p.topK;
-    *(uint4 *)((bf16_t *)p.output + (long long)blockIdx.x * p.hidden + h) = *(const uint4 *)((const bf16_t *)p.input + token * p.hidden + h);
+    const long long token = blockIdx.x;
+    const uint4 row = *(const uint4 *)((const bf16_t *)p.input + token * p.hidden + h);
+    const int *sorted = (const int *)p.slotToSorted + token * p.topK;
+    for (int j = 0; j < p.topK; ++j) {
+        const long long r = sorted[j];
+        if (r >= 0) *(uint4 *)((bf16_t *)p.output + r * p.hidden + h) = row;
+    }
 }
 
 // MARK: reduce

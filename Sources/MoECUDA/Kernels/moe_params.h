@@ -143,12 +143,13 @@ typedef struct MoEGemmParams {
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
 } MoEGemmParams;
 
-/// GEMM 1's input rows in sorted order: gathered[r] = x[sortedToSlot[r] / k] (MOE_CUDA_GATHER_ROWS=1 with tensor copies).
+/// GEMM 1's input rows in sorted order: gathered[slotToSorted[t·k + j]] = x[t] for each of token t's k slots (with
+/// tensor copies; MOE_CUDA_GATHER_ROWS=0 turns it off).
 typedef struct MoEGatherParams {
     MoEDevicePointer input;         ///< [T, H] bf16
-    MoEDevicePointer sortedToSlot;  ///< [rows] i32
-    MoEDevicePointer output;        ///< [rows, H] bf16
-    int rows;
+    MoEDevicePointer slotToSorted;  ///< [T·k] i32; slots with −1 route nowhere and are skipped
+    MoEDevicePointer output;        ///< [T·k, H] bf16
+    int tokens;
     int topK;
     int hidden;
     MoETrace trace;  ///< last, as in the other parameter structs
