@@ -391,10 +391,10 @@ public struct LaunchPlan: Sendable, Equatable {
     public static let routerSwitch = currentEnvironment("MOE_CUDA_ROUTER")
     public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
     public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: finishPlanBytes) }
-    /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's ids.
+    /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's histogram.
     public var topkShape: LaunchShape {
         let staged = config.experts <= Int(MOE_TOPK_SHARED_EXPERTS) ? 32 * config.experts * 4 : 0
-        return LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024, sharedBytes: staged + 32 * config.topK * 4)
+        return LaunchShape(grid: (tokenBlocks, 1, 1), block: 1024, sharedBytes: staged + config.experts * 4)
     }
     public var scanShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024) }
     public var scatterShape: LaunchShape {

@@ -317,3 +317,17 @@ import Testing
     let mismatched = LaunchPlan(tokens: 8, config: config, gemm2: .staged_2_4_8_2)
     #expect(mismatched.gemm2Variant == .resident_1_1_8_1_3)
 }
+
+/// Top-k runs a warp per token, 32 tokens a block, with each warp's logits and the block's histogram in shared memory
+/// (moe_topk: 32·E floats when E ≤ MOE_TOPK_SHARED_EXPERTS, then E counters), small enough for its two blocks an SM.
+@Test func topkStagesLogitsAndOneHistogramABlock() {
+    for (preset, tokens) in [(MoEPreset.gptOss120b, 8192), (.gptOss20b, 33), (.tiny, 1000)] {
+        let plan = LaunchPlan(tokens: tokens, config: preset.config)
+        let e = preset.config.experts
+        #expect(plan.topkShape.grid == ((tokens + 31) / 32, 1, 1) && plan.topkShape.block == 1024)
+        #expect(plan.topkShape.sharedBytes == 32 * e * 4 + e * 4)
+        #expect(2 * plan.topkShape.sharedBytes <= 227 * 1024)
+    }
+    let many = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 2048, topK: 2))
+    #expect(many.topkShape.sharedBytes == 2048 * 4)  // logits read from global memory past 1024 experts
+}
