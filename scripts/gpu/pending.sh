@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s22:    (not yet run) top-k at two blocks an SM with a shared-memory histogram: the conformance suite, memcheck and
-#           racecheck through it (tiny, 300 tokens), EP bit-identity, per-kernel timing at 2048–32768, the large rows.
-# Earlier parts ran as runs 45–63 (policy, stalls, rows, registered, final, next, wide, lean, one, s18, s19, s20, s21) or were
+#   s23:    (not yet run) measurements, nothing to adopt: where the large-batch GEMMs wait at the two regimes furthest
+#           from their targets (ncu stall reasons and source counters of GEMM 1 at 2048 tokens, the default, and at
+#           32768, the 256-token kernel), the wide router's per-instruction stalls at 8192, then the full bench.
+# Earlier parts ran as runs 45–64 (policy, stalls, rows, registered, final, next, wide, lean, one, s18, s19, s20, s21, s22) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
-# holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663), their commands, predictions and figures in docs/bench-cuda.md and
+# holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd), their commands, predictions and figures in docs/bench-cuda.md and
 # BENCHMARKS.md. A part leaves this file once it has run.
-#   usage (device): bash .device/pending.sh s22 [SECONDS]
+#   usage (device): bash .device/pending.sh s23 [SECONDS]
 set -u
-part=${1:-s22}
+part=${1:-s23}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s22)
+    s23)
         bash $D info check
-        DEBUG_VARIANT=registered_1_128_4_4_0_1_2_1 RACE_TOKENS=300 MEMCHECK_TOKENS=300 bash $D racedefault memcheck
-        bash $D epcheck
-        TIMING_TOKENS=2048,8192,32768 bash $D timing
-        BENCH_TOKENS=2048,8192,16384,32768 bash $D bench
+        # GEMM 1 is the third launch of its kernel in a one-iteration bench (the check's GEMM 1 and GEMM 2 come first)
+        NCU_TOKENS=2048 bash $D ncustall
+        NCU_KERNEL=moe_gemm_registered_1_128_4_4_0_1_2_1 NCU_TOKENS=2048 NCU_SKIP=2 NCU_NAME=g1-2048 bash $D ncusrc
+        NCU_KERNEL=moe_gemm_registered_1_256_4_2_0_1_2_1 NCU_TOKENS=32768 NCU_SKIP=2 NCU_NAME=g1-32768 bash $D ncusrc
+        NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_SKIP=1 NCU_NAME=router-8192 bash $D ncusrc
+        BENCH_TOKENS=1,8,32,128,512,1024,2048,8192,16384,32768 bash $D bench
+        bash $D bench20b
         ;;
-    *) echo "usage: pending.sh s22 [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh s23 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
