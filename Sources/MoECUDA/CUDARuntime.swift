@@ -96,12 +96,12 @@ final class LayerKernels: @unchecked Sendable {
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
-    /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
     /// The router kernel LaunchPlan.routerShape shapes for these rows and splits.
     func router(tokens: Int, splits: Int, config: MoEConfig) -> CUDAFunction {
         LaunchPlan.routerIsWide(tokens: tokens, splits: splits, config: config) ? routerWide : routerNarrow
     }
 
+    /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
     init(runtime: CUDARuntime, traced: Bool = false) throws(CUDAError) {
         let options = KernelBuildSwitches.options(traced: traced)
         let routing = try runtime.module(.routing, options: options)

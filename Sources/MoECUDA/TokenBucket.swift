@@ -96,7 +96,7 @@ final class TokenBucket: @unchecked Sendable {
         switchedOn && plan.gemm1Variant.usesTensorCopies
     }
 
-    /// The gather's grid: one block a sorted row, 128 threads of 8 columns each.
+    /// The gather's grid: one block row a token (written to its k sorted rows), 128 threads of 8 columns each.
     static func gatherShape(_ plan: LaunchPlan) -> LaunchShape {
         LaunchShape(grid: (plan.tokens, (plan.config.hidden / 8 + 127) / 128, 1), block: 128)
     }

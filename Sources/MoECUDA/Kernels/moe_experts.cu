@@ -1637,7 +1637,7 @@ MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 1, 24, 112)
 /// gathered[slotToSorted[t·k + j], h…h+7] = x[t, h…h+7] for j < k: GEMM 1's activations in sorted order, so that a
 /// registered kernel with tensor copies brings them by the copy engine too (T·k·H·2 bytes written). By token, so each
 /// row of x is read once: by sorted row (session 18) each was read k times, which past L2 (32768 tokens: x is 189 MB)
-/// is k times from DRAM (run 62: 503.5 µs at 32768 tokens, 3 TB/s for 1.5 GB).
+/// is k times from DRAM (run 62: 503.5 µs at 32768 tokens, 3 TB/s for 1.5 GB; by token, run 63: 358.0 µs).
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread copies 16 B to each of the token's rows (H is a multiple of 32).
 extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParams p) {
     MOE_TRACE_KERNEL(p);
