@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s23:    (not yet run) measurements, nothing to adopt: where the large-batch GEMMs wait at the two regimes furthest
-#           from their targets (ncu stall reasons and source counters of GEMM 1 at 2048 tokens, the default, and at
-#           32768, the 256-token kernel), the wide router's per-instruction stalls at 8192, then the full bench.
+#   s23:    (not yet run) measurements, nothing to adopt: where the large-batch GEMMs wait (ncu stall reasons and
+#           source counters): GEMM 1 at 1024 tokens (narrow tiles: a 64-k chunk takes ~0.66 µs with a quarter of
+#           n128's tensor work, so what else sets its pace?) and 2048 (42% of the floor); GEMM 1 and GEMM 2 at 32768
+#           (the 256-token kernel: 641 against 545 TFLOP/s in run 64); the wide router at 8192; then the full bench.
 # Earlier parts ran as runs 45–64 (policy, stalls, rows, registered, final, next, wide, lean, one, s18, s19, s20, s21, s22) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd), their commands, predictions and figures in docs/bench-cuda.md and
@@ -20,8 +21,10 @@ case $part in
         bash $D info check
         # GEMM 1 is the third launch of its kernel in a one-iteration bench (the check's GEMM 1 and GEMM 2 come first)
         NCU_TOKENS=2048 bash $D ncustall
+        NCU_KERNEL=moe_gemm_registered_1_128_4_4_0_1_2_1_0_1 NCU_TOKENS=1024 NCU_SKIP=2 NCU_NAME=g1-1024 bash $D ncusrc
         NCU_KERNEL=moe_gemm_registered_1_128_4_4_0_1_2_1 NCU_TOKENS=2048 NCU_SKIP=2 NCU_NAME=g1-2048 bash $D ncusrc
         NCU_KERNEL=moe_gemm_registered_1_256_4_2_0_1_2_1 NCU_TOKENS=32768 NCU_SKIP=2 NCU_NAME=g1-32768 bash $D ncusrc
+        NCU_KERNEL=moe_gemm_registered_1_256_4_2_0_1_2_1 NCU_TOKENS=32768 NCU_SKIP=3 NCU_NAME=g2-32768 bash $D ncusrc
         NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_SKIP=1 NCU_NAME=router-8192 bash $D ncusrc
         BENCH_TOKENS=1,8,32,128,512,1024,2048,8192,16384,32768 bash $D bench
         bash $D bench20b
