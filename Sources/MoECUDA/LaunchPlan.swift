@@ -371,9 +371,11 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
     /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.
-    public static func routerShape(tokens: Int, splits: Int, config: MoEConfig) -> LaunchShape {
+    public static func routerShape(
+        tokens: Int, splits: Int, config: MoEConfig, wideStages: Int = KernelBuildSwitches.wideRouterStages
+    ) -> LaunchShape {
         let wide = routerIsWide(tokens: tokens, splits: splits, config: config)
-        let experts = wide ? 128 : 32, stages = wide ? 5 : 6  // moe_routing.cu router_mma's ETILE and STAGES
+        let experts = wide ? 128 : 32, stages = wide ? wideStages : 6  // moe_routing.cu router_mma's ETILE and STAGES
         return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + 63) / 64, splits), block: 4 * experts,
                            sharedBytes: stages * (64 + experts) * 40 * 2)
     }

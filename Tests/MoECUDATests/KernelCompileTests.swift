@@ -37,17 +37,20 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     #expect(try compiler.compile(traced) != compiler.compile(plain))
 }
 
-/// Each kernel build switch compiles, alone and together: the expert module differs from the plain one, and the module
-/// without resident GEMMs (routing) is unchanged by them.
+/// Each kernel build switch compiles, alone and together, and changes only the module it is for: the resident GEMMs'
+/// switches the expert module, the deep router the routing one.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
-func theKernelBuildSwitchesCompileAndChangeOnlyTheExpertKernels() throws {
+func theKernelBuildSwitchesCompileAndChangeOnlyTheirModule() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
+    let routingSwitches: Set = ["MOE_CUDA_DEEP_ROUTER"]
     let variables = KernelBuildSwitches.all.map(\.variable)
     for on in variables.map({ [$0] }) + [variables] {
         let switches = KernelBuildSwitches.options { on.contains($0) ? "1" : nil }
         #expect(switches.count == on.count)
-        for (plain, changes) in [(KernelCompileRequest(source: .experts, architecture: "sm_90a"), true),
-                                 (KernelCompileRequest(source: .routing, architecture: "sm_90a"), false)] {
+        let changesRouting = on.contains(where: routingSwitches.contains)
+        let changesExperts = on.contains { !routingSwitches.contains($0) }
+        for (plain, changes) in [(KernelCompileRequest(source: .experts, architecture: "sm_90a"), changesExperts),
+                                 (KernelCompileRequest(source: .routing, architecture: "sm_90a"), changesRouting)] {
             var switched = plain
             switched.options += switches
             #expect(try (compiler.compile(switched) != compiler.compile(plain)) == changes, "\(plain.source.name) \(on)")

@@ -4,6 +4,9 @@
 #           source counters): GEMM 1 at 1024 tokens (narrow tiles: a 64-k chunk takes ~0.66 µs with a quarter of
 #           n128's tensor work, so what else sets its pace?) and 2048 (42% of the floor); GEMM 1 and GEMM 2 at 32768
 #           (the 256-token kernel: 641 against 545 TFLOP/s in run 64); the wide router at 8192; then the full bench.
+#           One A/B first: the wide router's ring 12 stages deep (MOE_CUDA_DEEP_ROUTER=1, a kernel build switch; built
+#           in session 19, never run): predicted −15 to −25 µs at 8192 tokens and −60 to −90 at 32768 (run 62: 48 KB in
+#           flight an SM moved 2.3 TB/s from L2, the narrow router's ~120 KB 3.6).
 # Earlier parts ran as runs 45–64 (policy, stalls, rows, registered, final, next, wide, lean, one, s18, s19, s20, s21, s22) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd), their commands, predictions and figures in docs/bench-cuda.md and
@@ -19,6 +22,13 @@ done
 case $part in
     s23)
         bash $D info check
+        # the deep wide router: checked (forced everywhere, its split-K sum under the sanitizers), timed, A/B'd
+        MOE_CUDA_DEEP_ROUTER=1 MOE_CUDA_ROUTER=wide bash $D check
+        MOE_CUDA_DEEP_ROUTER=1 MOE_CUDA_ROUTER=wide DEBUG_VARIANT=resident_1_1_8_1_3 SAN_PRESET=gpt-oss-20b RACE_TOKENS=40 \
+            MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
+        MOE_CUDA_DEEP_ROUTER=1 TIMING_TOKENS=8192,32768 bash $D timing
+        TIMING_TOKENS=8192,32768 bash $D timing
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_DEEP_ROUTER=1@8192,32768" bash $D abenv
         # GEMM 1 is the third launch of its kernel in a one-iteration bench (the check's GEMM 1 and GEMM 2 come first)
         NCU_TOKENS=2048 bash $D ncustall
         NCU_KERNEL=moe_gemm_registered_1_128_4_4_0_1_2_1_0_1 NCU_TOKENS=1024 NCU_SKIP=2 NCU_NAME=g1-1024 bash $D ncusrc

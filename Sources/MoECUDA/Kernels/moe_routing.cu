@@ -14,6 +14,10 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
+#ifndef MOE_DEEP_ROUTER
+#define MOE_DEEP_ROUTER 0
+#endif
+
 // MARK: top-k
 
 /// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
@@ -461,7 +465,9 @@ MOE_ROUTE_SMALL(8)
 /// and 4096 (fewer blocks than SMs), hence LaunchPlan.routerIsWide's threshold.
 template <int ETILE>
 MOE_DEVICE void router_mma(const MoERoutingParams &p) {
-    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = ETILE == 32 ? 6 : 5;  // 80-byte rows: ldmatrix without bank conflicts
+    // 80-byte rows: ldmatrix without bank conflicts. MOE_DEEP_ROUTER (build switch MOE_CUDA_DEEP_ROUTER=1, for A/B): the
+    // wide router's ring 12 stages deep instead of 5, 132 KB in flight an SM instead of 48 (LaunchPlan.routerShape).
+    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = ETILE == 32 ? 6 : (MOE_DEEP_ROUTER ? 12 : 5);
     constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
     extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
