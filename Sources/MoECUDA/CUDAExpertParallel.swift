@@ -174,11 +174,12 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         }
     }
 
-    /// moe_ep.cu with what it includes: the routing plan kernels and its node header.
+    /// moe_ep.cu with what it includes: the routing plan kernels (so the routing module's build switches) and its node
+    /// header.
     static func kernelRequest(architecture: String, traced: Bool = tracing) -> KernelCompileRequest {
         KernelCompileRequest(
             source: .expertParallel, headers: KernelSource.headers + [.routing, .expertParallelNode],
-            options: KernelBuildSwitches.options(traced: traced), architecture: architecture)
+            options: KernelBuildSwitches.options(traced: traced, module: .routing), architecture: architecture)
     }
 
     /// [E]: each expert's index among `rank`'s experts in expert order, −1 for the other ranks' experts.

@@ -103,9 +103,8 @@ final class LayerKernels: @unchecked Sendable {
 
     /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).
     init(runtime: CUDARuntime, traced: Bool = false) throws(CUDAError) {
-        let options = KernelBuildSwitches.options(traced: traced)
-        let routing = try runtime.module(.routing, options: options)
-        experts = try runtime.module(.experts, options: options)
+        let routing = try runtime.module(.routing, options: KernelBuildSwitches.options(traced: traced, module: .routing))
+        experts = try runtime.module(.experts, options: KernelBuildSwitches.options(traced: traced, module: .experts))
         var small: [String: CUDAFunction] = [:]
         for bound in [1, 2, 4, 8] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
         routeSmall = small

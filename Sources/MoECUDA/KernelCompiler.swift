@@ -44,10 +44,12 @@ public enum KernelBuildSwitches {
     ///   refuses it (refuseAliasedExperts).
     /// - `MOE_CUDA_DEEP_ROUTER`: the wide router's cp.async ring 12 stages deep instead of 5 (session 19, for A/B: run 62
     ///   put it at 2.3 TB/s from L2 with 48 KB in flight an SM, the narrow one at 3.6 with ~120 KB).
-    public static let all: [(variable: String, symbol: String)] = [
-        ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK"),
-        ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS"),
-        ("MOE_CUDA_DEEP_ROUTER", "MOE_DEEP_ROUTER"),
+    /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
+    /// recompiles that module alone: the others keep their cache keys.
+    public static let all: [(variable: String, symbol: String, module: String)] = [
+        ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
+        ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
+        ("MOE_CUDA_DEEP_ROUTER", "MOE_DEEP_ROUTER", KernelSource.routing.name),
     ]
 
     /// The wide router's ring depth in this process's kernels (moe_routing.cu router_mma's STAGES for ETILE = 128).
@@ -64,14 +66,17 @@ public enum KernelBuildSwitches {
             "MOE_CUDA_ALIAS_EXPERTS=1 makes every expert read expert 0's weights (a measurement build for `moe cuda-debug --trace`), so \(what) would be wrong: unset it")
     }
 
-    public static func options(_ environment: (String) -> String? = currentEnvironment) -> [String] {
-        all.filter { environment($0.variable) == "1" }.map { "-D\($0.symbol)=1" }
+    /// The switches the environment turned on, for the module named `module` (every module's when nil).
+    public static func options(_ environment: (String) -> String? = currentEnvironment, module: String? = nil) -> [String] {
+        all.filter { environment($0.variable) == "1" && (module == nil || $0.module == module) }.map { "-D\($0.symbol)=1" }
     }
     static let current = options()
 
     /// A module's options: the MOE_TRACE build when `traced` (kernels marking their spans, KernelTrace), then the
-    /// switches the environment turned on.
-    static func options(traced: Bool) -> [String] { (traced ? ["-DMOE_TRACE=1"] : []) + current }
+    /// switches the environment turned on for that module.
+    static func options(traced: Bool, module: KernelSource) -> [String] {
+        (traced ? ["-DMOE_TRACE=1"] : []) + options(module: module.name)
+    }
 }
 
 /// Everything that determines a compiled kernel image.

@@ -91,7 +91,7 @@ private func request(
 /// the builds are cached under different keys (the options are part of it).
 @Test func kernelBuildSwitchesFollowTheEnvironmentAndKeyTheCache() {
     #expect(KernelBuildSwitches.options { _ in nil } == [])
-    for (variable, symbol) in KernelBuildSwitches.all {
+    for (variable, symbol, _) in KernelBuildSwitches.all {
         for (value, on) in [("1", true), ("0", false), ("2", false), ("yes", false), ("", false)] {
             let environment: (String) -> String? = { $0 == variable ? value : nil }
             #expect(KernelBuildSwitches.options(environment) == (on ? ["-D\(symbol)=1"] : []), "\(variable)=\(value)")
@@ -102,6 +102,12 @@ private func request(
     let plain = KernelCompileRequest(source: .routing, architecture: "sm_90a")
     let switched = KernelCompileRequest(source: .routing, options: KernelBuildSwitches.options { _ in "1" }, architecture: "sm_90a")
     #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))
+    // Each switch is defined for its own module only, so it leaves the other modules' cache keys alone.
+    let every: (String) -> String? = { _ in "1" }
+    #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name) == ["-DMOE_DEEP_ROUTER=1"])
+    #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name) == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1"])
+    #expect(KernelBuildSwitches.options(every, module: KernelSource.ceilings.name).isEmpty)
+    #expect(Set(KernelBuildSwitches.all.map(\.module)).isSubset(of: [KernelSource.routing.name, KernelSource.experts.name]))
 }
 
 /// The warp-specialised (registered) kernels move registers with setmaxnreg: the consumers' increase only succeeds if the producers free

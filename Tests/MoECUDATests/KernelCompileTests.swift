@@ -37,23 +37,24 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     #expect(try compiler.compile(traced) != compiler.compile(plain))
 }
 
-/// Each kernel build switch compiles, alone and together, and changes only the module it is for: the resident GEMMs'
-/// switches the expert module, the deep router the routing one.
+/// Each kernel build switch compiles, alone and together, and changes the module it is defined for: the resident GEMMs'
+/// switches the expert module, the deep router the routing one. Defined for the other module, it would change nothing
+/// there (checked too), so scoping them saves a recompile without changing a kernel.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func theKernelBuildSwitchesCompileAndChangeOnlyTheirModule() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
-    let routingSwitches: Set = ["MOE_CUDA_DEEP_ROUTER"]
     let variables = KernelBuildSwitches.all.map(\.variable)
     for on in variables.map({ [$0] }) + [variables] {
-        let switches = KernelBuildSwitches.options { on.contains($0) ? "1" : nil }
-        #expect(switches.count == on.count)
-        let changesRouting = on.contains(where: routingSwitches.contains)
-        let changesExperts = on.contains { !routingSwitches.contains($0) }
-        for (plain, changes) in [(KernelCompileRequest(source: .experts, architecture: "sm_90a"), changesExperts),
-                                 (KernelCompileRequest(source: .routing, architecture: "sm_90a"), changesRouting)] {
-            var switched = plain
-            switched.options += switches
-            #expect(try (compiler.compile(switched) != compiler.compile(plain)) == changes, "\(plain.source.name) \(on)")
+        let environment: (String) -> String? = { on.contains($0) ? "1" : nil }
+        #expect(KernelBuildSwitches.options(environment).count == on.count)
+        for source in [KernelSource.experts, .routing] {
+            let plain = KernelCompileRequest(source: source, architecture: "sm_90a")
+            let own = KernelBuildSwitches.options(environment, module: source.name)
+            var switched = plain, everyModules = plain
+            switched.options += own
+            everyModules.options += KernelBuildSwitches.options(environment)
+            #expect(try (compiler.compile(switched) != compiler.compile(plain)) == !own.isEmpty, "\(source.name) \(on)")
+            #expect(try compiler.compile(everyModules) == compiler.compile(switched), "\(source.name) \(on)")
         }
     }
 }
