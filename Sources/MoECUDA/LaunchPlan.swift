@@ -104,8 +104,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_2_128_4_2_0_1_1_0_0_1
     /// … and tensor copies.
     case registered_2_128_4_2_0_1_2_1_0_1
-    /// … and four consumer warpgroups of 64 rows (registered_1_128_4_4_0_1_2_1).
+    /// … and four consumer warpgroups of 64 rows (registered_1_128_4_4_0_1_2_1): the default at 769–1024 tokens of
+    /// gpt-oss-120b. With its three widths (n32, n64, n128) ptxas serialises every wgmma (C7511: a WARPGROUP.DEPBAR 0
+    /// after each HGMMA, NVRTC 13.0; found in session 19), so its tensor work never overlaps its decode.
     case registered_1_128_4_4_0_1_2_1_0_1
+    /// W = 2: the same with two widths, n32 up to 32 rows and n128 beyond, whose wgmma pipeline as the wide kernel's
+    /// do (8 HGMMA and 5 waits in its SASS against the narrow one's 12 and 12). Session 19, for A/B; never run.
+    case registered_1_128_4_4_0_1_2_1_0_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -164,7 +169,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Persistent registered kernels (a ninth number, 1): a fixed grid of one block an SM (LaunchPlan.gemmShape).
     public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
     /// Narrow tiles (a tenth number, 1): wgmma m64n32 for tiles of at most 32 rows.
-    public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 1 }
+    public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through

@@ -155,7 +155,7 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 8)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 9)
     // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
     let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
     #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)
@@ -163,12 +163,13 @@ import Testing
     // Narrow tiles (a tenth number): the same kernel's launch and slots, only the width of its ≤ 32-row tiles differs.
     for (narrow, wide) in [(GemmVariant.registered_2_128_4_2_0_1_1_0_0_1, GemmVariant.registered_2_128_4_2_0_1_1),
                            (.registered_2_128_4_2_0_1_2_1_0_1, .registered_2_128_4_2_0_1_2_1),
-                           (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1)] {
+                           (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1),
+                           (.registered_1_128_4_4_0_1_2_1_0_2, .registered_1_128_4_4_0_1_2_1)] {
         #expect(narrow.narrowTiles && !wide.narrowTiles && !narrow.isPersistent)
         #expect(narrow.usesTensorCopies == wide.usesTensorCopies && narrow.tileRows == wide.tileRows && narrow.warps == wide.warps)
         #expect(narrow.sharedBytes(k: 2880, residentRows: 128) == wide.sharedBytes(k: 2880, residentRows: 128))
     }
-    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 3)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 4)
     // Persistent: the same slots, 128 bytes for the mbarriers, the epilogue's own tile (128 rows of 12 groups' 32 bytes
     // and 16 of padding); one block an SM, at most one a work item, whatever the tile bound.
     let persistent = GemmVariant.registered_1_128_4_3_0_1_2_1_1

@@ -1301,7 +1301,7 @@ struct StagedEpilogue {
 /// them, every slot filled at once; ChunkCopies::issue_tensor).
 /// (Protocol model: scripts/gpu/models/registered.py, TENSOR included.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, int LEAN = 0, bool TENSOR = false, bool NARROW = false>
+          bool STAGED = false, int LEAN = 0, bool TENSOR = false, int NARROW = 0>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1366,8 +1366,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
     // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
-    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile. NARROW: at most 32 rows, a
-    // quarter (mid-size batches, 512–1024 tokens of gpt-oss-120b: 16–32 rows an expert).
+    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile. NARROW ≥ 1: at most 32 rows, a
+    // quarter (mid-size batches, 512–1024 tokens of gpt-oss-120b: 16–32 rows an expert). With three widths in one
+    // kernel (NARROW = 1) ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma
+    // pipeline": a WARPGROUP.DEPBAR 0 after each HGMMA, NVRTC 13.0), so the tensor cores never run under the decode;
+    // NARROW = 2 keeps two widths, n32 up to 32 rows and the full width beyond, and its wgmma pipeline (session 19).
     // 256-token tiles multiply the tile's rows rounded up to 64 (an expert's last tile is often short).
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
@@ -1380,9 +1383,9 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         } else {
             registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
-    } else if (N == 128 && NARROW && tile.rowCount <= 32 && !p.fullWidthOnly) {
+    } else if (N == 128 && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
         registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
-    } else if (N == 128 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+    } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
         registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
@@ -1561,7 +1564,7 @@ MOE_DECODED(2, 2, 128, 4)
 #define MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, W, PR, CR)                              \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W == 1>(p);                    \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W>(p);                         \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
@@ -1622,7 +1625,8 @@ MOE_REGISTERED_CBSQT(1, 128, 4, 4, 0, 1, 2, 1, 24, 112)
 // 64 rows a consumer warpgroup: with MI = 2 (128 accumulators a thread) the tile loop makes ptxas serialise the wgmma.
 MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
 
-// …_W (a tenth number; P = 0): W = 1 narrow tiles, wgmma m64n32 for tiles of at most 32 rows (mid-size batches).
+// …_W (a tenth number; P = 0): W = 1 narrow tiles, wgmma m64n32 for tiles of at most 32 rows (mid-size batches), n64
+// to 64 rows, n128 beyond: its wgmma serialised (C7511); W = 2 n32 or n128 only, pipelined (session 19, for A/B).
 #define MOE_REGISTERED_CBSQTPW(MI, N, L, C, B, S, Q, T, P, W, PR, CR)                                                 \
     static_assert(P == 0, "narrow tiles: not persistent");                                                            \
     MOE_REGISTERED_KERNEL_W(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W, MI, N, L, \
@@ -1631,6 +1635,7 @@ MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
 MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 1, 0, 0, 1, 64, 216)
 MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 2, 1, 0, 1, 72, 216)
 MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 1, 24, 112)
+MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
 
 // MARK: gather
 
