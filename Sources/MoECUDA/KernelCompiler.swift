@@ -193,7 +193,11 @@ public final class KernelCompiler: @unchecked Sendable {
     }
 
     /// Runs NVRTC; a failed compilation throws `CUDAError.compilation` carrying NVRTC's log.
-    public func compile(_ request: KernelCompileRequest) throws(CUDAError) -> [UInt8] {
+    public func compile(_ request: KernelCompileRequest) throws(CUDAError) -> [UInt8] { try compileWithLog(request).image }
+
+    /// `compile`, with NVRTC's log of a successful compilation too (its warnings; ptxas's per-kernel report when the
+    /// request asks for `--ptxas-options=-v`, where ptxas says which kernels' wgmma it serialised).
+    public func compileWithLog(_ request: KernelCompileRequest) throws(CUDAError) -> (image: [UInt8], log: String) {
         let api = nvrtc.api
         var program: nvrtcProgramHandle?
         let sourceText = request.source.bytes + [0]
@@ -226,7 +230,7 @@ public final class KernelCompiler: @unchecked Sendable {
             buffer.withMemoryRebound(to: CChar.self) { api.nvrtcGetCUBIN?(program, $0.baseAddress) }
         }
         try nvrtc.call("nvrtcGetCUBIN", fetched)
-        return image
+        return (image, programLog(program))
     }
 
     /// The compile log (warnings, ptxas resource report when asked for with --ptxas-options=-v).
