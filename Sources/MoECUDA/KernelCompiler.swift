@@ -1,3 +1,4 @@
+import CCUDA
 import Dispatch
 import MoECore
 
@@ -53,7 +54,9 @@ public enum KernelBuildSwitches {
     ]
 
     /// The wide router's ring depth in this process's kernels (moe_routing.cu router_mma's STAGES for ETILE = 128).
-    public static var wideRouterStages: Int { current.contains("-DMOE_DEEP_ROUTER=1") ? 12 : 5 }
+    public static var wideRouterStages: Int {
+        Int(current.contains("-DMOE_DEEP_ROUTER=1") ? MOE_ROUTER_DEEP_STAGES : MOE_ROUTER_WIDE_STAGES)
+    }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

@@ -380,9 +380,10 @@ public struct LaunchPlan: Sendable, Equatable {
         tokens: Int, splits: Int, config: MoEConfig, wideStages: Int = KernelBuildSwitches.wideRouterStages
     ) -> LaunchShape {
         let wide = routerIsWide(tokens: tokens, splits: splits, config: config)
-        let experts = wide ? 128 : 32, stages = wide ? wideStages : 6  // moe_routing.cu router_mma's ETILE and STAGES
-        return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + 63) / 64, splits), block: 4 * experts,
-                           sharedBytes: stages * (64 + experts) * 40 * 2)
+        let experts = Int(wide ? MOE_ROUTER_WIDE_EXPERTS : MOE_ROUTER_EXPERTS), rows = Int(MOE_ROUTER_TOKENS)
+        let stages = wide ? wideStages : Int(MOE_ROUTER_STAGES)
+        return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + rows - 1) / rows, splits), block: 4 * experts,
+                           sharedBytes: stages * (rows + experts) * Int(MOE_ROUTER_ROW_ELEMENTS) * 2)
     }
     /// The wide router reads each token's row once instead of once per 32 experts; it pays where the batch alone fills
     /// the GPU with 64-token tiles (at least routerWideMinTiles of them, K not split) and E > 32: run 62 (H100) timed it
@@ -392,7 +393,7 @@ public struct LaunchPlan: Sendable, Equatable {
         switch forced {
         case "wide": return true
         case "narrow": return false
-        default: return splits == 1 && config.experts > 32 && (tokens + 63) / 64 >= routerWideMinTiles
+        default: return splits == 1 && config.experts > Int(MOE_ROUTER_EXPERTS) && (tokens + Int(MOE_ROUTER_TOKENS) - 1) / Int(MOE_ROUTER_TOKENS) >= routerWideMinTiles
         }
     }
     static let routerWideMinTiles = 128

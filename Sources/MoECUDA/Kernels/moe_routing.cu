@@ -467,7 +467,10 @@ template <int ETILE>
 MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     // 80-byte rows: ldmatrix without bank conflicts. MOE_DEEP_ROUTER (build switch MOE_CUDA_DEEP_ROUTER=1, for A/B): the
     // wide router's ring 12 stages deep instead of 5, 132 KB in flight an SM instead of 48 (LaunchPlan.routerShape).
-    constexpr int TILE = 64, KSTEP = 32, STRIDE = KSTEP + 8, STAGES = ETILE == 32 ? 6 : (MOE_DEEP_ROUTER ? 12 : 5);
+    constexpr int TILE = MOE_ROUTER_TOKENS, KSTEP = 32, STRIDE = MOE_ROUTER_ROW_ELEMENTS;
+    constexpr int STAGES = ETILE == MOE_ROUTER_EXPERTS ? MOE_ROUTER_STAGES
+                                                       : (MOE_DEEP_ROUTER ? MOE_ROUTER_DEEP_STAGES : MOE_ROUTER_WIDE_STAGES);
+    static_assert(STRIDE == KSTEP + 8, "80-byte rows");
     constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
     extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
@@ -585,11 +588,11 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
 
 extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
-    router_mma<32>(p);
+    router_mma<MOE_ROUTER_EXPERTS>(p);
 }
 extern "C" __global__ void __launch_bounds__(512) moe_router_mma_wide(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
-    router_mma<128>(p);
+    router_mma<MOE_ROUTER_WIDE_EXPERTS>(p);
 }
 
 // MARK: small batches: top-k and the whole plan in one block
