@@ -697,8 +697,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 local.routeSmallShape, stream: stream, parameters: trace.mark(routing, "route (router+top-k)"))
             return
         }
-        try kernels.router(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config).launch(
-            LaunchPlan.routerShape(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config), stream: stream,
+        try kernels.launchRouter(
+            tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config, stream: stream,
             parameters: trace.mark(routing, "router"))
         try kernels.topk.launch(
             local.topkShape, stream: stream, parameters: trace.mark(routing, "top-k"), programmatic: TokenBucket.programmaticLaunch)

@@ -96,9 +96,13 @@ final class LayerKernels: @unchecked Sendable {
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
-    /// The router kernel LaunchPlan.routerShape shapes for these rows and splits.
-    func router(tokens: Int, splits: Int, config: MoEConfig) -> CUDAFunction {
-        LaunchPlan.routerIsWide(tokens: tokens, splits: splits, config: config) ? routerWide : routerNarrow
+    /// The router over `tokens` rows with K split `splits` ways: the kernel LaunchPlan.routerIsWide picks, in the shape
+    /// LaunchPlan.routerShape gives it (one decision for both).
+    func launchRouter(
+        tokens: Int, splits: Int, config: MoEConfig, stream: CUDAStream, parameters: MoERoutingParams
+    ) throws(CUDAError) {
+        let kernel = LaunchPlan.routerIsWide(tokens: tokens, splits: splits, config: config) ? routerWide : routerNarrow
+        try kernel.launch(LaunchPlan.routerShape(tokens: tokens, splits: splits, config: config), stream: stream, parameters: parameters)
     }
 
     /// `traced`: the MOE_TRACE build, whose kernels mark their spans in a trace buffer (KernelTrace).

@@ -274,8 +274,8 @@ final class TokenBucket: @unchecked Sendable {
             try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routingPhase(.route))
             try between?(.route)
         } else {
-            try kernels.router(tokens: plan.tokens, splits: plan.routerSplits, config: plan.config).launch(
-                plan.routerShape, stream: stream, parameters: routingPhase(.router))
+            try kernels.launchRouter(
+                tokens: plan.tokens, splits: plan.routerSplits, config: plan.config, stream: stream, parameters: routingPhase(.router))
             try between?(.router)
             if plan.smallRouting {
                 try kernels.routeFinish.launch(
