@@ -231,6 +231,18 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     // split over parts = threads / E threads (8 for E = 128): each sums its run, then writes its run's prefixes from
     // the runs before it (two passes over its counts, B / parts long, instead of one pass B long: at 32768 tokens B =
     // 1024 serial steps took 105.5 µs, split 24.4: H100, runs 62 and 63). Integer sums: the same values either way.
+    // prefixes: expert e's rows before each block b in [b0, b1), from `running` rows before b0 (loads independent of the
+    // running sum: pipelined); returns the rows before b1.
+    auto prefixes = [&](int e, int b0, int b1, int running) {
+#pragma unroll 8
+        for (int b = b0; b < b1; ++b) {
+            const long long i = (long long)b * E + e;
+            const int c = counts[i];
+            prefix[i] = running;
+            running += c;
+        }
+        return running;
+    };
     if (E <= (int)blockDim.x) {
         const int parts = blockDim.x / E, part = threadIdx.x / E, e = threadIdx.x % E;
         const int b0 = B * part / parts, b1 = B * (part + 1) / parts;
@@ -242,31 +254,17 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
         }
         __syncthreads();
         if (part < parts) {
-            int running = 0;
-            for (int q = 0; q < part; ++q) running += partSums[q * E + e];
-#pragma unroll 8
-            for (int b = b0; b < b1; ++b) {
-                const long long i = (long long)b * E + e;
-                const int c = counts[i];
-                prefix[i] = running;
-                running += c;
-            }
+            int before = 0;
+            for (int q = 0; q < part; ++q) before += partSums[q * E + e];
+            const int running = prefixes(e, b0, b1, before);
             if (part == parts - 1) {
                 expertCounts[e] = running;
                 totals[e] = running;
             }
         }
     } else {
-        // Loads independent of the running sum: pipelined.
         for (int e = threadIdx.x; e < E; e += blockDim.x) {
-            int running = 0;
-#pragma unroll 8
-            for (int b = 0; b < B; ++b) {
-                const long long i = (long long)b * E + e;
-                const int c = counts[i];
-                prefix[i] = running;
-                running += c;
-            }
+            const int running = prefixes(e, 0, B, 0);
             expertCounts[e] = running;
             if (e < 1024) totals[e] = running;
         }
