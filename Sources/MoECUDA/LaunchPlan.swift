@@ -168,7 +168,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
     /// Persistent registered kernels (a ninth number, 1): a fixed grid of one block an SM (LaunchPlan.gemmShape).
     public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
-    /// Narrow tiles (a tenth number, 1): wgmma m64n32 for tiles of at most 32 rows.
+    /// Narrow tiles (a tenth number, 1 or 2): wgmma m64n32 for tiles of at most 32 rows (1: n64 to 64 rows, n128 beyond;
+    /// 2: n128 beyond).
     public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
