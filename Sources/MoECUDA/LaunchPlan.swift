@@ -111,6 +111,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// W = 2: the same with two widths, n32 up to 32 rows and n128 beyond, whose wgmma pipeline as the wide kernel's
     /// do (8 HGMMA and 5 waits in its SASS against the narrow one's 12 and 12). Session 19, for A/B; never run.
     case registered_1_128_4_4_0_1_2_1_0_2
+    /// … with 64-token tiles: n32 up to 32 rows, n64 beyond, pipelined. The narrow kernel's tensor work without its
+    /// serialised wgmma (W = 2 with 128-token tiles took n128 for 33–64 rows: +11% at 1024 tokens, run 66). Session 20.
+    case registered_1_64_4_4_0_1_2_1_0_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -244,8 +247,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
-            if isPersistent {  // 128 bytes for the FULL mbarriers, then the epilogue's own tile (StagedEpilogue::BYTES)
-                return 1024 + slots + 128 + tileRows * (rowGroupsPerBlock * 32 + 16)
+            if isPersistent {  // 128 bytes for the FULL mbarriers, then the epilogue's own tile and row table (StagedEpilogue::BYTES)
+                return 1024 + slots + 128 + tileRows * (rowGroupsPerBlock * 32 + 16) + tileRows * 4
             }
             return 1024 + slots + (usesTensorCopies ? 8 * stages : 0)  // tensor copies: a FULL mbarrier a slot after them
         }

@@ -98,10 +98,13 @@ for s in $steps; do
         if [ -z "${NCU_KERNEL:-}" ] || [ -z "${NCU_TOKENS:-}" ]; then
             echo "=== ncusrc-$name: set NCU_KERNEL and NCU_TOKENS" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (NCU_KERNEL/NCU_TOKENS unset)' "ncusrc-$name")\n"; continue
         fi
-        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none ${NCU_SAMPLING:+--warp-sampling-interval $NCU_SAMPLING} --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
-        ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/$name-sass.csv" 2>> "$LOG"
-        ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name-details.txt" 2>> "$LOG"
-        rm -f "$OUT/$name.ncu-rep" ;;
+        # Into $OUT/ncu/ (one archive at the end): the device tool brings back 8 files, and a run of several of these
+        # steps lost its run.log to that limit (session 20).
+        mkdir -p "$OUT/ncu"
+        TAIL=20 step "ncusrc-$name" 300 ncu --clock-control none ${NCU_SAMPLING:+--warp-sampling-interval $NCU_SAMPLING} --section SourceCounters --section WarpStateStats --section SpeedOfLight -k regex:${NCU_KERNEL} --launch-skip ${NCU_SKIP:-1} --launch-count 1 -f -o "$OUT/ncu/$name" $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS} --iterations 1 --warmup 0
+        ncu -i "$OUT/ncu/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu/$name-sass.csv" 2>> "$LOG"
+        ncu -i "$OUT/ncu/$name.ncu-rep" --page details > "$OUT/ncu/$name-details.txt" 2>> "$LOG"
+        rm -f "$OUT/ncu/$name.ncu-rep" ;;
     ncufinish) TAIL=60 step ncufinish 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section LaunchStats -k regex:moe_route_finish --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ncuep)  # each kernel of the EP layer at R = 1 alone (ncu serialises them), launch order: NCU_TOKENS (1), gpt-oss-20b
         TAIL=50 step ncuep 300 ncu --clock-control none --target-processes all --csv --log-file "$OUT/ncuep.csv" --metrics gpu__time_duration.sum -k regex:moe_ $M launch --ranks 1 --timeout 280 -- bench --backend cuda --preset gpt-oss-20b --tokens ${NCU_TOKENS:-1} --iterations 2 --warmup 0
@@ -121,5 +124,7 @@ for d in "$OUT"/*/; do
     while [ -e "$t.tgz" ]; do t=${d%/}-$n; n=$((n + 1)); done  # a later call of the same step keeps the earlier archive
     tar -C "$OUT" -czf "$t.tgz" "$(basename "$d")" && rm -rf "$d"
 done
+n=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+[ "$n" -gt 8 ] && echo "WARNING: $n files under \$OUT, and the device tool brings back 8: put a step's files in a folder"
 echo "----- summary"
 printf "$SUMMARY"

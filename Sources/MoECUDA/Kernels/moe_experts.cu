@@ -1193,10 +1193,25 @@ MOE_DEVICE void registered_consume(
 /// tile (rows padded by 16 B: conflict-free), then the consumers store whole 16-byte pieces of rows. Against the direct
 /// epilogue: 8 or 16 stmatrix and a rolled copy loop instead of 64–128 two-byte global stores a thread, and a fraction
 /// of the code (the direct one is fully unrolled and runs once a block, from a cold instruction cache).
+/// The tile's output rows wait in a table after it: GEMM 2's are an index in global memory, and read in the store loop
+/// each cost a global round trip an iteration (run 66's source counters: 16% of GEMM 2's stall samples at 32768 tokens,
+/// in a loop that ran once a block with nothing to overlap it). Each consumer thread now reads its row before the
+/// first epilogue barrier, so the load passes under stage().
 template <int MI, int N, int GROUPS>
 struct StagedEpilogue {
     static constexpr int SWIGLU_ROW = GROUPS * 16 + 16, PLAIN_ROW = GROUPS * 32 + 16;  // bytes a token row, padded
-    static constexpr int BYTES = N * PLAIN_ROW;
+    static constexpr int ROWS_OFFSET = N * PLAIN_ROW, BYTES = ROWS_OFFSET + N * 4;      // the row table: an int a row
+    static_assert(128 % (8 * MI) == 0, "a row's 16-byte pieces divide a warpgroup's threads (store)");
+    static_assert(N <= 128 * (GROUPS / (4 * MI)), "a consumer thread a row of the row table");
+
+    /// Consumer thread t's output row (t < N; 0 past the tile), read before the first epilogue barrier.
+    static MOE_DEVICE int output_row(const MoEGemmParams &p, const MoETile &tile, int t) {
+        return t < tile.rowCount ? (int)gemm_output_row(p, tile.rowStart + t) : 0;
+    }
+    /// Puts it in the row table (between stage() and the barrier before store()).
+    static MOE_DEVICE void keep_output_row(unsigned char *tilePointer, int t, int row) {
+        if (t < N) ((int *)(tilePointer + ROWS_OFFSET))[t] = row;
+    }
 
     /// Rounds this warp's accumulators (row group `localGroup` + 4·mi of the block) into the tile at `tileAddress`.
     static MOE_DEVICE void stage(const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][N / 2], int blockGroup,
@@ -1254,30 +1269,21 @@ struct StagedEpilogue {
         }
     }
 
-    /// The tile's rows to the output, 16 bytes a store (2 where the output's rows are not 16-byte aligned), by the
-    /// `threads` threads numbered `t`. No caller reaches the 2-byte path today (outputs are allocation starts, strides
-    /// I or H, multiples of 32); removing it reschedules the default kernel's chunk loop (NVRTC 13.0), so it goes with
-    /// the next measured change to that kernel.
+    /// The tile's rows to the output, 16 bytes a store, by the `threads` threads numbered `t` (a multiple of 128, so of
+    /// a row's pieces: each thread keeps one piece of every threads / pieces-th row, with no division in the loop).
+    /// Outputs are allocation starts with strides I or H (multiples of 32), so every piece is 16-byte aligned.
     static MOE_DEVICE void store(const MoEGemmParams &p, const MoETile &tile, int blockGroup, const unsigned char *tilePointer,
                                  int t, int threads) {
         const bool swiglu = p.epilogue == MOE_EPILOGUE_SWIGLU;
         const int pieces = swiglu ? GROUPS : 2 * GROUPS, rowBytes = swiglu ? SWIGLU_ROW : PLAIN_ROW;  // 16-byte pieces a row
         const int validPieces = swiglu ? min(GROUPS, p.groups - blockGroup) : 2 * min(GROUPS, p.groups - blockGroup);
-        const int firstColumn = (swiglu ? 8 : 16) * blockGroup;
-        bf16_t *out = (bf16_t *)p.output;
-        const bool aligned = (((unsigned long long)out | ((unsigned long long)p.outputStride * 2)) & 15) == 0;
+        const int piece = t % pieces, step = threads / pieces;
+        if (piece >= validPieces) return;
+        const int *rows = (const int *)(tilePointer + ROWS_OFFSET);
+        bf16_t *out = (bf16_t *)p.output + (swiglu ? 8 : 16) * blockGroup + piece * 8;
 #pragma unroll 4
-        for (int i = t; i < tile.rowCount * pieces; i += threads) {
-            const int row = i / pieces, piece = i - row * pieces;
-            if (piece >= validPieces) continue;
-            const unsigned char *from = tilePointer + row * rowBytes + piece * 16;
-            bf16_t *to = out + gemm_output_row(p, tile.rowStart + row) * p.outputStride + firstColumn + piece * 8;
-            if (aligned) {
-                *(uint4 *)to = *(const uint4 *)from;
-            } else {
-                for (int e = 0; e < 8; ++e) to[e] = ((const bf16_t *)from)[e];
-            }
-        }
+        for (int row = t / pieces; row < tile.rowCount; row += step)
+            *(uint4 *)(out + (long long)rows[row] * p.outputStride) = *(const uint4 *)(tilePointer + row * rowBytes + piece * 16);
     }
 };
 
@@ -1317,7 +1323,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
-    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+    unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
     // TENSOR: the FULL mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so
     // only its warp of the producers waits on EMPTY.
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
@@ -1370,7 +1376,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // quarter (mid-size batches, 512–1024 tokens of gpt-oss-120b: 16–32 rows an expert). With three widths in one
     // kernel (NARROW = 1) ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma
     // pipeline": a WARPGROUP.DEPBAR 0 after each HGMMA, NVRTC 13.0), so the tensor cores never run under the decode;
-    // NARROW = 2 keeps two widths, n32 up to 32 rows and the full width beyond, and its wgmma pipeline (session 19).
+    // NARROW = 2 keeps two widths, n32 up to 32 rows and the full width beyond, and its wgmma pipeline (session 19):
+    // with N = 64, n32 and n64, the narrow kernel's tensor work pipelined (session 20).
     // 256-token tiles multiply the tile's rows rounded up to 64 (an expert's last tile is often short).
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
@@ -1383,7 +1390,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         } else {
             registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
-    } else if (N == 128 && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
+    } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
         registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
@@ -1396,8 +1403,10 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         using Epilogue = StagedEpilogue<MI, N, GROUPS>;
         static_assert(Epilogue::BYTES <= LOADS * Copies::LOAD_BYTES, "the staged epilogue reuses the load slots");
         constexpr int EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE, CONSUMER_THREADS = 128 * CONSUMERS;
+        const int outputRow = Epilogue::output_row(p, tile, threadIdx.x - PRODUCER_THREADS);
         named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer's wgmma has completed: the slots are free
         Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase);
+        Epilogue::keep_output_row(sharedPointer, threadIdx.x - PRODUCER_THREADS, outputRow);
         named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
         Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
     } else {
@@ -1433,7 +1442,7 @@ MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
     const MoETile *tiles = (const MoETile *)p.tiles;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
-    const unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
+    unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
     constexpr u32 STAGE_OFFSET = LOADS * Copies::LOAD_BYTES + 128;  // the epilogue's tile, after the FULL mbarriers
     const bool tensorInput = p.inputIndex == 0;
@@ -1494,8 +1503,10 @@ MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
         if (i == mine - 1) allow_next_kernel();
         const int w = blockIdx.x + i * gridDim.x, blockGroup = (w % across) * GROUPS;
         const MoETile tile = tiles[w / across];
+        const int outputRow = Epilogue::output_row(p, tile, threadIdx.x - PRODUCER_THREADS);
         named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer stored the previous item's tile
         Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase + STAGE_OFFSET);
+        Epilogue::keep_output_row(sharedPointer + STAGE_OFFSET, threadIdx.x - PRODUCER_THREADS, outputRow);
         named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
         Epilogue::store(p, tile, blockGroup, sharedPointer + STAGE_OFFSET, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
     }
@@ -1626,7 +1637,7 @@ MOE_REGISTERED_CBSQT(1, 128, 4, 4, 0, 1, 2, 1, 24, 112)
 MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
 
 // …_W (a tenth number; P = 0): W = 1 narrow tiles, wgmma m64n32 for tiles of at most 32 rows (mid-size batches), n64
-// to 64 rows, n128 beyond: its wgmma serialised (C7511); W = 2 n32 or n128 only, pipelined (session 19, for A/B).
+// to 64 rows, n128 beyond: its wgmma serialised (C7511); W = 2 n32 or the full width only, pipelined.
 #define MOE_REGISTERED_CBSQTPW(MI, N, L, C, B, S, Q, T, P, W, PR, CR)                                                 \
     static_assert(P == 0, "narrow tiles: not persistent");                                                            \
     MOE_REGISTERED_KERNEL_W(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W, MI, N, L, \
@@ -1636,6 +1647,9 @@ MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 1, 0, 0, 1, 64, 216)
 MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 2, 1, 0, 1, 72, 216)
 MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 1, 24, 112)
 MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
+// 64-token tiles, n32 or n64: W = 1's tensor work (n128 took the 33–64-row tiles of W = 2: +11% at 1024 tokens, run
+// 66) with W = 2's pipeline (−4% against the staged kernel at 768, where W = 1 was +1.8%).
+MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
 
 // MARK: gather
 
