@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-# The A/B steps of a device log (device-check.sh `abenv`) as one table: for each variant, its median µs per token count
+# The A/B steps of a device log (device-check.sh `abenv`, `abbin`) as one table: for each variant, its median µs per token count
 # beside the default run just before it (the step named base-N@…), round by round, and the change in percent.
 #   usage: python3 scripts/gpu/ab_table.py RUN.log
 import re, sys
 
-header = re.compile(r"^=== (\S.*?)(?: \[.*\])?: (?:env |/tmp/moe )")
+header = re.compile(r"^=== (\S.*?)(?: \[.*\])?: (?:env |/tmp/moe(?:-base)? )")
 row = re.compile(r"^\s+(\d+)\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s")
 steps, current = [], None
 for line in open(sys.argv[1], encoding="utf-8", errors="replace"):

@@ -92,6 +92,16 @@ for s in $steps; do
                 TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
             done
         done ;;
+    abbin)  # AB_TOKENS against the binary in .device/moe-base.xz (a change to a default kernel, which has no switch),
+            # alternating AB_REPEAT times; the base binary's steps are named base-N@… as abenv's (ab_table.py reads both)
+        B=/tmp/moe-base
+        if ! xz -dc .device/moe-base.xz > $B 2>/dev/null || ! chmod +x $B; then
+            echo "=== abbin: no .device/moe-base.xz" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (no .device/moe-base.xz)' abbin)\n"; continue
+        fi
+        for r in $(seq ${AB_REPEAT:-2}); do
+            TAIL=14 step "base-$r@$AB_TOKENS" 200 $B bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $AB_TOKENS --seconds 0.3
+            TAIL=14 step "new-$r" 200 $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $AB_TOKENS --seconds 0.3
+        done ;;
     ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel), NCU_SAMPLING (2^(5+n) cycles; short
              # kernels need a small n: auto gave 16 samples of an 18 µs kernel): per-instruction stall samples as CSV
         name=${NCU_NAME:-src}

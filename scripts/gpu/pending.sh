@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s24:    (not yet run) s23's A/Bs again: run 65 ran them, but its run.log did not come back (the device tool brings
-#           back 8 files; the ncu steps wrote 10 beside it; they now go into one archive):
-#           - the narrow-tile kernel with its wgmma pipelined (registered_1_128_4_4_0_1_2_1_0_2: n32 or n128) against
-#             the default at 384–1024 tokens (the staged kernel up to 768, the serialised narrow kernel at 1024), and
-#             the wide kernel at 1024; predicted −5 to −15% at 768–1024; ncu's tensor-pipe activity of both narrow
-#             kernels at 1024;
-#           - the wide router's ring 12 stages deep (MOE_CUDA_DEEP_ROUTER=1): timed, A/B'd at 8192 and 32768;
-#             predicted −15 to −25 µs at 8192 and −60 to −90 at 32768 (run 65 checked it: quick suite and sanitizers);
-#           - ncu source counters of GEMM 2 at 32768 (545 against GEMM 1's 641 TFLOP/s) and the wide router at 8192.
-# Earlier parts ran as runs 45–64 (policy, stalls, rows, registered, final, next, wide, lean, one, s18, s19, s20, s21, s22) or were
+#   s25:    (not yet run) two kernel changes, checked and A/B'd:
+#           - the registered kernels' staged epilogue reads each output row once, before its first barrier, into a row
+#             table (run 66's source counters: GEMM 2's store loop, a global index lookup an iteration, held 16% of its
+#             stall samples at 32768 tokens), and stores without a division; against the previous binary
+#             (.device/moe-base.xz, commit 1119505) at 1024–32768 tokens: predicted GEMM 2 −5 to −10%, the layer −1.5 to
+#             −3% from 2048 tokens;
+#           - 64-token narrow tiles with their wgmma pipelined (registered_1_64_4_4_0_1_2_1_0_2: n32 or n64) against the
+#             default at 640–1280 tokens, and run 66's winner at 768 (registered_1_128_4_4_0_1_2_1_0_2, −4% against the
+#             staged kernel) beside it: predicted −3 to −8% at 1024 against the serialised narrow kernel.
+# Earlier parts ran as runs 45–66 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s24) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
-# holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd), their commands, predictions and figures in docs/bench-cuda.md and
-# BENCHMARKS.md. A part leaves this file once it has run.
-#   usage (device): bash .device/pending.sh s24 [SECONDS]
+# holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
+# a336472), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# once it has run.
+#   usage (device): bash .device/pending.sh s25 [SECONDS]
 set -u
-part=${1:-s24}
+part=${1:-s25}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s24)
-        bash $D info
-        MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_2 bash $D check
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_2@384,512,640,768,1024 \
-            MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1@1024" bash $D abenv
-        MOE_CUDA_DEEP_ROUTER=1 TIMING_TOKENS=8192,32768 bash $D timing
-        TIMING_TOKENS=8192,32768 bash $D timing
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_DEEP_ROUTER=1@8192,32768" bash $D abenv
-        NCU_TOKENS=1024 NCU_KERNEL=registered_1_128_4_4_0_1_2_1_0_1 NCU_VARIANT=registered_1_128_4_4_0_1_2_1_0_1 bash $D ncustall
-        NCU_TOKENS=1024 NCU_KERNEL=registered_1_128_4_4_0_1_2_1_0_2 NCU_VARIANT=registered_1_128_4_4_0_1_2_1_0_2 bash $D ncustall
-        NCU_KERNEL=moe_gemm_registered_1_256_4_2_0_1_2_1 NCU_TOKENS=32768 NCU_SKIP=3 NCU_NAME=g2-32768 bash $D ncusrc
-        NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_SKIP=1 NCU_NAME=router-8192 bash $D ncusrc
+    s25)
+        bash $D info check checkfull
+        MOE_CUDA_GEMM=registered_1_64_4_4_0_1_2_1_0_2 bash $D check
+        DEBUG_VARIANT=registered_1_64_4_4_0_1_2_1_0_2 DEBUG_TOKENS=100,300,600 bash $D debug20b
+        DEBUG_VARIANT=registered_1_64_4_4_0_1_2_1_0_2 RACE_TOKENS=40,100 MEMCHECK_TOKENS=40,100 bash $D racedefault memcheck
+        DEBUG_VARIANT=registered_1_256_4_2_0_1_2_1 RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
+        bash $D epcheck
+        AB_REPEAT=2 AB_TOKENS=1024,2048,8192,32768 bash $D abbin
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_4_0_1_2_1_0_2@640,768,1024,1280 \
+            MOE_CUDA_GEMM=registered_1_128_4_4_0_1_2_1_0_2@768" bash $D abenv
+        TIMING_TOKENS=1024,2048,8192,32768 bash $D timing
+        BENCH_TOKENS=1,8,32,128,512,1024,2048,8192,16384,32768 bash $D bench
+        bash $D bench20b
         ;;
-    *) echo "usage: pending.sh s24 [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh s25 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
