@@ -203,6 +203,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 19 (H100, runs 61–62, one round each, against that default with the gather): the 256-token kernel with
     /// tensor copies (registered_1_256_4_2_0_1_2_1) is faster by 2.1 / 4.0% at 16384 and 2.9 / 3.4% at 32768, level at
     /// 8192 (−0.5%): it takes 16384 tokens and beyond (by rows an expert: 512 and more).
+    /// Session 20 (H100, run 67, two rounds against the defaults): 64-token tiles with n32 or n64, pipelined
+    /// (registered_1_64_4_4_0_1_2_1_0_2), are faster than the staged kernel by 0.8 / 2.0% at 640 tokens and 9.4 / 9.4%
+    /// at 768, than the serialised narrow kernel by 2.4 / 3.1% at 1024 and than the wide one by 2.6 / 2.6% at 1280: they
+    /// take 577–1280 (18–40 rows an expert). The 128-token two-width form lost at 512 (+1.5 / +1.6%, run 66), where all
+    /// tiles take n32 as in the 64-token kernel, so the staged kernel keeps 257–576.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -224,8 +229,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         switch equivalent {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...768: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case ...1024 where hopper: return (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1)
+        case ...576: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...1280 where hopper: return (.registered_1_64_4_4_0_1_2_1_0_2, .registered_1_64_4_4_0_1_2_1_0_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 16384... where hopper: return (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1)
         default: return hopper ? (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)

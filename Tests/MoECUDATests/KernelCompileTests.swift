@@ -88,10 +88,11 @@ func compiledImagesAreServedFromTheCacheTheSecondTime() throws {
 }
 
 /// Of the wgmma kernels GemmVariant.choose picks on Hopper, ptxas serialises the wgmma (C7511 / C7515 in its verbose
-/// report) of the narrow-tile default alone: a known loss (docs/bench-cuda.md "Next" 10; its two-width form, for A/B,
-/// keeps the pipeline). A kernel change that serialises another default's wgmma fails here, before any GPU run.
+/// report) of none. Session 19 found the narrow-tile default serialised (three widths in one kernel: n32, n64, n128);
+/// session 20's 64-token form with two widths replaced it. A kernel change that serialises a default's wgmma fails here,
+/// before any GPU run.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
-func onlyTheKnownDefaultHasItsWgmmaSerialised() throws {
+func noDefaultHasItsWgmmaSerialised() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
     let request = KernelCompileRequest(source: .experts, options: ["--ptxas-options=-v"], architecture: "sm_90a")
     let log = try compiler.compileWithLog(request).log
@@ -100,13 +101,14 @@ func onlyTheKnownDefaultHasItsWgmmaSerialised() throws {
     })
     #expect(!serialised.isEmpty == log.contains("C751"))
     var defaults: Set<String> = []
-    for (experts, tokens) in [(128, [1, 2, 5, 300, 769, 1024, 1025, 8192, 16384]), (32, [300, 4096])] {
+    for (experts, tokens) in [(128, [1, 2, 5, 300, 577, 1280, 1281, 8192, 16384]), (32, [200, 400, 4096])] {
         for t in tokens {
             let chosen = GemmVariant.choose(tokens: t, experts: experts, topK: 4)
             for variant in [chosen.gemm1, chosen.gemm2] where variant.usesWarpgroups { defaults.insert(variant.kernelName) }
         }
     }
     #expect(defaults.count == 3)
-    #expect(serialised.intersection(defaults) == [GemmVariant.registered_1_128_4_4_0_1_2_1_0_1.kernelName])
-    #expect(!serialised.contains(GemmVariant.registered_1_128_4_4_0_1_2_1_0_2.kernelName))
+    #expect(serialised.intersection(defaults).isEmpty, "\(serialised.intersection(defaults))")
+    // The known serialised kernel, kept for A/B by name: the check above would see a serialised default.
+    #expect(serialised.contains(GemmVariant.registered_1_128_4_4_0_1_2_1_0_1.kernelName))
 }

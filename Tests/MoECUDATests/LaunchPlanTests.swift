@@ -36,10 +36,10 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
-/// crosses to 32-token tiles at 65 tokens and to the large-batch kernel at 257 (120b's 257 and 1025); the decode rules
+/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 145 and 321 (120b's 577 and 1281); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 768, 769, 1023, 1024, 1025, 2048, 2049, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 576, 577, 1024, 1280, 1281, 2048, 2049, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -49,9 +49,10 @@ import Testing
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
-    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2 && small(192) == .staged_2_4_8_2)
-    #expect(small(193) == .registered_1_128_4_4_0_1_2_1_0_1 && small(256) == .registered_1_128_4_4_0_1_2_1_0_1)
-    #expect(small(257) == .registered_1_128_4_4_0_1_2_1 && small(512) == .registered_1_128_4_4_0_1_2_1)
+    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2)
+    #expect(small(144) == .staged_2_4_8_2 && small(145) == .registered_1_64_4_4_0_1_2_1_0_2)
+    #expect(small(320) == .registered_1_64_4_4_0_1_2_1_0_2)
+    #expect(small(321) == .registered_1_128_4_4_0_1_2_1 && small(512) == .registered_1_128_4_4_0_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -71,13 +72,14 @@ import Testing
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 768) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 18's runs 59–60: narrow tiles of four consumer warpgroups at 1024 tokens, the wide form beyond.
-    #expect(GemmVariant.choose(tokens: 769) == (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1))
-    #expect(GemmVariant.choose(tokens: 1024) == (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1_0_1))
+    #expect(GemmVariant.choose(tokens: 576) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens, the wide 128-token kernel beyond.
+    let narrow = GemmVariant.registered_1_64_4_4_0_1_2_1_0_2
+    #expect(GemmVariant.choose(tokens: 577) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 4)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 1025) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
     #expect(GemmVariant.choose(tokens: 16383) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
     // Session 19's runs 61–62: 256-token tiles from 16384 tokens (512 rows an expert).
     #expect(GemmVariant.choose(tokens: 16384) == (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1))
@@ -87,7 +89,7 @@ import Testing
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 256, 257, 1024, 1025, 2049, 40000] {
+    for tokens in [1, 8, 64, 65, 256, 257, 576, 577, 1280, 1281, 2049, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -155,7 +157,7 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 9)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 10)
     // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
     let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
     #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)
@@ -169,7 +171,11 @@ import Testing
         #expect(narrow.usesTensorCopies == wide.usesTensorCopies && narrow.tileRows == wide.tileRows && narrow.warps == wide.warps)
         #expect(narrow.sharedBytes(k: 2880, residentRows: 128) == wide.sharedBytes(k: 2880, residentRows: 128))
     }
-    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 4)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 5)
+    // 64-token narrow tiles: the four-warpgroup kernel's launch with half its activation bytes a slot.
+    let narrow64 = GemmVariant.registered_1_64_4_4_0_1_2_1_0_2
+    #expect(narrow64.warps == fourTensor.warps && narrow64.rowGroupsPerBlock == fourTensor.rowGroupsPerBlock && narrow64.tileRows == 64)
+    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 16 * 640) + 4 * 8)
     // Persistent: the same slots, 128 bytes for the mbarriers, the epilogue's own tile (128 rows of 12 groups' 32 bytes
     // and 16 of padding); one block an SM, at most one a work item, whatever the tile bound.
     let persistent = GemmVariant.registered_1_128_4_3_0_1_2_1_1
