@@ -22,6 +22,8 @@ case $part in
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_4_0_1_2_1_0_2@512,1536" bash $D abenv
         BENCH_TOKENS=1,8,32,128,512,768,1024,1280,2048,8192,16384,32768 bash $D bench
         bash $D bench20b
+        TIMING_TOKENS=768,1024,1280,32768 bash $D timing
+        NCU_TOKENS=1024 NCU_KERNEL=registered_1_64_4_4_0_1_2_1_0_2 NCU_VARIANT=registered_1_64_4_4_0_1_2_1_0_2 bash $D ncustall
         ;;
     *) echo "usage: pending.sh s26 [SECONDS]" >&2; exit 2 ;;
 esac
