@@ -43,20 +43,12 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_DEEP_ROUTER`: the wide router's cp.async ring 12 stages deep instead of 5 (session 19, for A/B: run 62
-    ///   put it at 2.3 TB/s from L2 with 48 KB in flight an SM, the narrow one at 3.6 with ~120 KB).
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_DEEP_ROUTER", "MOE_DEEP_ROUTER", KernelSource.routing.name),
     ]
-
-    /// The wide router's ring depth in this process's kernels (moe_routing.cu router_mma's STAGES for ETILE = 128).
-    public static var wideRouterStages: Int {
-        Int(current.contains("-DMOE_DEEP_ROUTER=1") ? MOE_ROUTER_DEEP_STAGES : MOE_ROUTER_WIDE_STAGES)
-    }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

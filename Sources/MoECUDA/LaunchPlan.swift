@@ -385,12 +385,10 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
     /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.
-    public static func routerShape(
-        tokens: Int, splits: Int, config: MoEConfig, wideStages: Int = KernelBuildSwitches.wideRouterStages
-    ) -> LaunchShape {
+    public static func routerShape(tokens: Int, splits: Int, config: MoEConfig) -> LaunchShape {
         let wide = routerIsWide(tokens: tokens, splits: splits, config: config)
         let experts = Int(wide ? MOE_ROUTER_WIDE_EXPERTS : MOE_ROUTER_EXPERTS), rows = Int(MOE_ROUTER_TOKENS)
-        let stages = wide ? wideStages : Int(MOE_ROUTER_STAGES)
+        let stages = Int(wide ? MOE_ROUTER_WIDE_STAGES : MOE_ROUTER_STAGES)
         return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + rows - 1) / rows, splits), block: 4 * experts,
                            sharedBytes: stages * (rows + experts) * Int(MOE_ROUTER_ROW_ELEMENTS) * 2)
     }

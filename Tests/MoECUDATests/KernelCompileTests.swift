@@ -37,9 +37,9 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     #expect(try compiler.compile(traced) != compiler.compile(plain))
 }
 
-/// Each kernel build switch compiles, alone and together, and changes the module it is defined for: the resident GEMMs'
-/// switches the expert module, the deep router the routing one. Defined for the other module, it would change nothing
-/// there (checked too), so scoping them saves a recompile without changing a kernel.
+/// Each kernel build switch compiles, alone and together, and changes the module it is defined for (today's two, the
+/// resident GEMMs', the expert module). Defined for another module, it would change nothing there (checked too), so
+/// scoping them saves a recompile without changing a kernel.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func theKernelBuildSwitchesCompileAndChangeOnlyTheirModule() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)

@@ -33,15 +33,13 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_ROUTER_TILE_COUNTERS 256
 /// The tensor-core router's tiles (router_mma<ETILE>: 4·ETILE threads) and cp.async ring depths, which its launch shape
 /// (LaunchPlan.routerShape) sizes shared memory by: 64 tokens × 32 experts a block (moe_router_mma) or × 128
-/// (moe_router_mma_wide), a stage of 32 k a row padded to 40 elements; the wide ring MOE_ROUTER_DEEP_STAGES deep
-/// with the MOE_DEEP_ROUTER build switch.
+/// (moe_router_mma_wide), a stage of 32 k a row padded to 40 elements.
 #define MOE_ROUTER_TOKENS 64
 #define MOE_ROUTER_EXPERTS 32
 #define MOE_ROUTER_WIDE_EXPERTS 128
 #define MOE_ROUTER_ROW_ELEMENTS 40
 #define MOE_ROUTER_STAGES 6
 #define MOE_ROUTER_WIDE_STAGES 5
-#define MOE_ROUTER_DEEP_STAGES 12
 
 /// One unit of grouped-GEMM work: `rowCount` consecutive sorted rows of one expert.
 typedef struct MoETile {
