@@ -114,6 +114,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// … with 64-token tiles: n32 up to 32 rows, n64 beyond, pipelined. The narrow kernel's tensor work without its
     /// serialised wgmma (W = 2 with 128-token tiles took n128 for 33–64 rows: +11% at 1024 tokens, run 66). Session 20.
     case registered_1_64_4_4_0_1_2_1_0_2
+    /// B = 1 (a fifth number): each wgmma descriptor by adds from the first slot's, on the three large-batch defaults.
+    /// Level with two consumer warpgroups (run 56); with four, a scheduler's four consumer warps share its issue slots,
+    /// and the chunk loop's fast path is 9–17 instructions shorter (NVRTC 13.0 SASS). Session 20, for A/B.
+    case registered_1_64_4_4_1_1_2_1_0_2
+    case registered_1_128_4_4_1_1_2_1
+    case registered_1_256_4_2_1_1_2_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

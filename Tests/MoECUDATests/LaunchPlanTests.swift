@@ -157,7 +157,7 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 10)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 13)
     // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
     let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
     #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)
@@ -171,7 +171,7 @@ import Testing
         #expect(narrow.usesTensorCopies == wide.usesTensorCopies && narrow.tileRows == wide.tileRows && narrow.warps == wide.warps)
         #expect(narrow.sharedBytes(k: 2880, residentRows: 128) == wide.sharedBytes(k: 2880, residentRows: 128))
     }
-    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 5)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 6)
     // 64-token narrow tiles: the four-warpgroup kernel's launch with half its activation bytes a slot.
     let narrow64 = GemmVariant.registered_1_64_4_4_0_1_2_1_0_2
     #expect(narrow64.warps == fourTensor.warps && narrow64.rowGroupsPerBlock == fourTensor.rowGroupsPerBlock && narrow64.tileRows == 64)

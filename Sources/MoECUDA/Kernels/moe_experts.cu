@@ -1650,6 +1650,11 @@ MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
 // 64-token tiles, n32 or n64: W = 1's tensor work (n128 took the 33–64-row tiles of W = 2: +11% at 1024 tokens, run
 // 66) with W = 2's pipeline (−4% against the staged kernel at 768, where W = 1 was +1.8%).
 MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
+// B = 1 (descriptors by adds from the first slot's) on the three large-batch defaults: level with two consumer
+// warpgroups (run 56), where a scheduler had two consumer warps; four now share it (session 20, for A/B).
+MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 24, 112)
+MOE_REGISTERED_CBSQT(1, 128, 4, 4, 1, 1, 2, 1, 24, 112)
+MOE_REGISTERED_CBSQT(1, 256, 4, 2, 1, 1, 2, 1, 88, 200)
 
 // MARK: gather
 
