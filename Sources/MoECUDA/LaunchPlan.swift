@@ -114,9 +114,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// … with 64-token tiles: n32 up to 32 rows, n64 beyond, pipelined. The narrow kernel's tensor work without its
     /// serialised wgmma (W = 2 with 128-token tiles took n128 for 33–64 rows: +11% at 1024 tokens, run 66). Session 20.
     case registered_1_64_4_4_0_1_2_1_0_2
-    /// B = 1 (a fifth number): each wgmma descriptor by adds from the first slot's, on the three large-batch defaults.
-    /// Level with two consumer warpgroups (run 56); with four, a scheduler's four consumer warps share its issue slots,
-    /// and the chunk loop's fast path is 9–17 instructions shorter (NVRTC 13.0 SASS). Session 20, for A/B.
+    /// B = 1 (a fifth number): each wgmma descriptor by adds from the first slot's: the three large-batch defaults since
+    /// session 20 (run 69: −1 to −3% from 768 tokens). Level with two consumer warpgroups (run 56); with four, a
+    /// scheduler's four consumer warps share its issue slots, and the chunk loop's fast path is 9–17 instructions
+    /// shorter (NVRTC 13.0 SASS).
     case registered_1_64_4_4_1_1_2_1_0_2
     case registered_1_128_4_4_1_1_2_1
     case registered_1_256_4_2_1_1_2_1
@@ -213,7 +214,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (registered_1_64_4_4_0_1_2_1_0_2), are faster than the staged kernel by 0.8 / 2.0% at 640 tokens and 9.4 / 9.4%
     /// at 768, than the serialised narrow kernel by 2.4 / 3.1% at 1024 and than the wide one by 2.6 / 2.6% at 1280: they
     /// take 577–1280 (18–40 rows an expert). The 128-token two-width form lost at 512 (+1.5 / +1.6%, run 66), where all
-    /// tiles take n32 as in the 64-token kernel, so the staged kernel keeps 257–576.
+    /// tiles take n32 as in the 64-token kernel, so the staged kernel keeps 257–576. Each of the three large-batch kernels
+    /// then builds its wgmma descriptors by adds from the first slot's (B = 1; run 69, two rounds against the B = 0 forms):
+    /// −2.5 / −2.5% at 768, −2.8 / −2.4% at 1024, −1.9 / −2.0% at 2048, −1.3 / −2.7% at 8192, −0.2 / −1.1% at 32768.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
     /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
@@ -236,10 +239,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         switch equivalent {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...576: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case ...1280 where hopper: return (.registered_1_64_4_4_0_1_2_1_0_2, .registered_1_64_4_4_0_1_2_1_0_2)
+        case ...1280 where hopper: return (.registered_1_64_4_4_1_1_2_1_0_2, .registered_1_64_4_4_1_1_2_1_0_2)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case 16384... where hopper: return (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1)
-        default: return hopper ? (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        case 16384... where hopper: return (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1)
+        default: return hopper ? (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 

@@ -50,9 +50,9 @@ import Testing
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
     #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2)
-    #expect(small(144) == .staged_2_4_8_2 && small(145) == .registered_1_64_4_4_0_1_2_1_0_2)
-    #expect(small(320) == .registered_1_64_4_4_0_1_2_1_0_2)
-    #expect(small(321) == .registered_1_128_4_4_0_1_2_1 && small(512) == .registered_1_128_4_4_0_1_2_1)
+    #expect(small(144) == .staged_2_4_8_2 && small(145) == .registered_1_64_4_4_1_1_2_1_0_2)
+    #expect(small(320) == .registered_1_64_4_4_1_1_2_1_0_2)
+    #expect(small(321) == .registered_1_128_4_4_1_1_2_1 && small(512) == .registered_1_128_4_4_1_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -74,18 +74,18 @@ import Testing
     #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 576) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens, the wide 128-token kernel beyond.
-    let narrow = GemmVariant.registered_1_64_4_4_0_1_2_1_0_2
+    let narrow = GemmVariant.registered_1_64_4_4_1_1_2_1_0_2
     #expect(GemmVariant.choose(tokens: 577) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 4)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
-    #expect(GemmVariant.choose(tokens: 16383) == (.registered_1_128_4_4_0_1_2_1, .registered_1_128_4_4_0_1_2_1))
+    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 16383) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
     // Session 19's runs 61–62: 256-token tiles from 16384 tokens (512 rows an expert).
-    #expect(GemmVariant.choose(tokens: 16384) == (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2_1))
-    #expect(GemmVariant.choose(tokens: 4096, experts: 32, topK: 4).gemm1 == .registered_1_256_4_2_0_1_2_1)
-    #expect(GemmVariant.choose(tokens: 4095, experts: 32, topK: 4).gemm1 == .registered_1_128_4_4_0_1_2_1)
+    #expect(GemmVariant.choose(tokens: 16384) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 4096, experts: 32, topK: 4).gemm1 == .registered_1_256_4_2_1_1_2_1)
+    #expect(GemmVariant.choose(tokens: 4095, experts: 32, topK: 4).gemm1 == .registered_1_128_4_4_1_1_2_1)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
