@@ -121,6 +121,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_64_4_4_1_1_2_1_0_2
     case registered_1_128_4_4_1_1_2_1
     case registered_1_256_4_2_1_1_2_1
+    /// …_U (an eleventh number), U = 1: the 64-token kernel's chunk loop unrolled by its ring depth, so each chunk's slot,
+    /// barrier ids and descriptor offsets are constants (NVRTC 13.0: 15 uniform instructions a chunk in the unrolled
+    /// loop against 29; scripts/gpu/wgmma_loops.py). Only with one wgmma width (n64 for every tile; W = 0): with two,
+    /// ptxas serialises the unrolled loop's wgmma. Session 20, never run.
+    case registered_1_64_4_4_1_1_2_1_0_0_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

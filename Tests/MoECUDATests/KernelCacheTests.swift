@@ -64,9 +64,9 @@ private func request(
         let parts = variant.rawValue.split(separator: "_")
         // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
         // naming their epilogue too from MOE_REGISTERED_CBS, their producer too from MOE_REGISTERED_CBSQ, and their
-        // tensor copies too from MOE_REGISTERED_CBSQT, persistence too from MOE_REGISTERED_CBSQTP, and narrow tiles too
-        // from MOE_REGISTERED_CBSQTPW.
-        let suffixes = ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP", "_CBSQTPW"]
+        // tensor copies too from MOE_REGISTERED_CBSQT, persistence too from MOE_REGISTERED_CBSQTP, narrow tiles too
+        // from MOE_REGISTERED_CBSQTPW, and an unrolled consumer loop too from MOE_REGISTERED_CBSQTPWU.
+        let suffixes = ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP", "_CBSQTPW", "_CBSQTPWU"]
         guard variant.kind != .registered || parts.count < suffixes.count else {
             Issue.record("\(variant): no instantiation macro known for \(parts.count - 1) numbers")
             continue

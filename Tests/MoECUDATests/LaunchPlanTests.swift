@@ -157,7 +157,7 @@ import Testing
     let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
     #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
     #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 13)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 14)
     // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
     let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
     #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)

@@ -5,6 +5,10 @@
 #           the bench's own check in every A/B row; this adds the full check, memcheck, the EP layer's bit-identity
 #           check (its first run with B = 1) and the bench with the defaults (predicted: run 67/68's figures −1 to −3%
 #           from 768 tokens).
+#           Then, built and never run: the 64-token kernel with its chunk loop unrolled by the ring depth and one wgmma
+#           width (registered_1_64_4_4_1_1_2_1_0_0_1: n64 for every tile; 15 uniform instructions a chunk against 29),
+#           checked and A/B'd against the default at 768–1280: predicted −1 to −3% at 1024–1280, −1 to +2% at 768 (where
+#           most tiles lose n32's halving).
 # Earlier parts ran as runs 45–69 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s27) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -27,6 +31,9 @@ case $part in
         bash $D epcheck
         BENCH_TOKENS=1,8,32,128,512,768,1024,1280,2048,8192,16384,32768 bash $D bench
         bash $D bench20b
+        MOE_CUDA_GEMM=registered_1_64_4_4_1_1_2_1_0_0_1 bash $D check
+        DEBUG_VARIANT=registered_1_64_4_4_1_1_2_1_0_0_1 RACE_TOKENS=40,300 bash $D racedefault
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_4_1_1_2_1_0_0_1@768,1024,1280" bash $D abenv
         ;;
     *) echo "usage: pending.sh s28 [SECONDS]" >&2; exit 2 ;;
 esac

@@ -1128,61 +1128,91 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
     wgmma_commit();
 }
 
-/// The registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so tokens ≥ W are
-/// neither multiplied nor written). Per chunk g: wait FULL[g % L],
-/// read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma two halves back
-/// has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its slot is released
-/// to the producers: EMPTY[(g − 1) % L]), decode, issue. BASE: the slot's wgmma descriptor by adds from the first
-/// slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L), and EMPTY counts
-/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies). RING (persistent kernels: several
-/// tiles a block): the chunk's ring position is `ring` (advanced here), and every position's EMPTY is arrived at (the
-/// producers wait for the last L at their end), the last chunk's by the caller after its wgmma_wait<0>.
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool RING = false>
+/// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
+/// tokens ≥ W are neither multiplied nor written): chunk g at ring position q, in slot `slot` (q % LOADS; the unrolled
+/// loop's constant). Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half:
+/// wait until the wgmma two halves back has completed (its fragment buffer is free; at the second half that completes
+/// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. BASE: the slot's wgmma
+/// descriptor by adds from the first slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s
+/// (phase q / L), and EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
+/// RING: see registered_consume.
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR, bool RING, bool UNROLL>
+MOE_DEVICE void registered_chunk(
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int q, int slot,
+    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow,
+    int consumer, int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
+    if constexpr (TENSOR) {
+        mbarrier_wait_parity(fullBarriers + 8 * slot, (q / LOADS) & 1);
+        if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
+    } else {
+        named_barrier_sync(FULL + slot, THREADS);
+    }
+    const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
+    const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4))
+                                                : sharedBase + slot * Copies::LOAD_BYTES;
+    uint4 code[MI];
+    u32 word[MI];
+    bool slow = false;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        const int group = (consumer * MI + mi) * 4 + warpInGroup;
+        code[mi] = *(const uint4 *)(slotPointer + Copies::B_BYTES + group * 512 + lane * 16);
+        word[mi] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + group * 128 + (lane >> 2) * 16 + (g & 3) * 4);
+        slow |= mxfp4_needs_slow_path(word[mi]);
+    }
+    slow = __any_sync(0xffffffffu, slow);
+#pragma unroll
+    for (int sp = 0; sp < 2; ++sp) {
+        wgmma_wait<1>();
+        const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks (RING: all)
+        const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : BASE ? (u32)done % LOADS : done % LOADS;  // BASE: no sign fix-up
+        if (sp == 1 && (RING ? g >= 1 : done >= 0 && done + LOADS < p.chunks))
+            named_barrier_arrive(EMPTY + doneSlot, TENSOR ? emptyThreads : THREADS);
+        if (slow) {
+            registered_fragments<MI, true>(a[sp], code, word, sp);
+        } else {
+            registered_fragments<MI, false>(a[sp], code, word, sp);
+        }
+        registered_multiply<W, MI, N, BASE>(acc, a[sp], sp, activations);
+    }
+#endif
+}
+
+/// The registered kernel's consumer loop: registered_chunk for every chunk. RING (persistent kernels: several tiles a
+/// block): the chunk's ring position is `ring` (advanced here), and every position's EMPTY is arrived at (the producers
+/// wait for the last L at their end), the last chunk's by the caller after its wgmma_wait<0>. UNROLL (not with RING):
+/// the loop unrolled by the ring depth, so each chunk's slot, barrier ids and descriptor offset are constants (session
+/// 20, for A/B: per chunk the EMPTY arrive's id arithmetic alone was ~10 of ~140 instructions).
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool RING = false,
+          bool UNROLL = false>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS, int *ring = nullptr) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
+    static_assert(!(UNROLL && RING), "the unrolled loop starts at ring position 0");
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
     // BASE: the descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
+    int g = 0;
+    if constexpr (UNROLL) {  // whole rounds of the ring, then the last chunks one by one below
 #pragma unroll 1
-    for (int g = 0; g < p.chunks; ++g) {
+        for (; g + LOADS <= p.chunks; g += LOADS) {
+#pragma unroll
+            for (int s = 0; s < LOADS; ++s)
+                registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, true>(
+                    p, acc, a, g + s, g + s, s, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer,
+                    warpInGroup, lane, fullBarriers, emptyThreads);
+        }
+    }
+#pragma unroll 1
+    for (; g < p.chunks; ++g) {
         const int q = RING ? *ring + g : g;  // the chunk's position in the ring
-        if constexpr (TENSOR) {
-            mbarrier_wait_parity(fullBarriers + 8 * (q % LOADS), (q / LOADS) & 1);
-            if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
-        } else {
-            named_barrier_sync(FULL + g % LOADS, THREADS);
-        }
-        const unsigned char *slot = sharedPointer + (q % LOADS) * Copies::LOAD_BYTES;
-        const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + (q % LOADS) * (Copies::LOAD_BYTES >> 4))
-                                                    : sharedBase + (q % LOADS) * Copies::LOAD_BYTES;
-        uint4 code[MI];
-        u32 word[MI];
-        bool slow = false;
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            const int group = (consumer * MI + mi) * 4 + warpInGroup;
-            code[mi] = *(const uint4 *)(slot + Copies::B_BYTES + group * 512 + lane * 16);
-            word[mi] = *(const u32 *)(slot + Copies::B_BYTES + Copies::CODE_BYTES + group * 128 + (lane >> 2) * 16 + (g & 3) * 4);
-            slow |= mxfp4_needs_slow_path(word[mi]);
-        }
-        slow = __any_sync(0xffffffffu, slow);
-#pragma unroll
-        for (int sp = 0; sp < 2; ++sp) {
-            wgmma_wait<1>();
-            const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks (RING: all)
-            if (sp == 1 && (RING ? g >= 1 : done >= 0 && done + LOADS < p.chunks))
-                named_barrier_arrive(EMPTY + (BASE ? (u32)done % LOADS : done % LOADS), TENSOR ? emptyThreads : THREADS);  // BASE: no sign fix-up
-            if (slow) {
-                registered_fragments<MI, true>(a[sp], code, word, sp);
-            } else {
-                registered_fragments<MI, false>(a[sp], code, word, sp);
-            }
-            registered_multiply<W, MI, N, BASE>(acc, a[sp], sp, activations);
-        }
+        registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, RING, false>(
+            p, acc, a, g, q, q % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
+            lane, fullBarriers, emptyThreads);
     }
     if constexpr (RING) *ring += p.chunks;
 #endif
@@ -1307,7 +1337,7 @@ struct StagedEpilogue {
 /// them, every slot filled at once; ChunkCopies::issue_tensor).
 /// (Protocol model: scripts/gpu/models/registered.py, TENSOR included.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, int LEAN = 0, bool TENSOR = false, int NARROW = 0>
+          bool STAGED = false, int LEAN = 0, bool TENSOR = false, int NARROW = 0, bool UNROLL = false>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1382,20 +1412,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1572,10 +1602,11 @@ MOE_DECODED(2, 2, 128, 4)
 // S = 1: the epilogue staged through shared memory (StagedEpilogue).
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR) MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, 0, PR, CR)
 #define MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, T, PR, CR) MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, 0, PR, CR)
-#define MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, W, PR, CR)                              \
+#define MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, W, PR, CR) MOE_REGISTERED_KERNEL_U(NAME, MI, N, L, C, B, S, Q, T, W, 0, PR, CR)
+#define MOE_REGISTERED_KERNEL_U(NAME, MI, N, L, C, B, S, Q, T, W, U, PR, CR)                           \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W>(p);                         \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W, U == 1>(p);                 \
     }
 // Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
 // 128 accumulators × 32 columns is ~14000 instructions).
@@ -1651,10 +1682,19 @@ MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
 // 66) with W = 2's pipeline (−4% against the staged kernel at 768, where W = 1 was +1.8%).
 MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
 // B = 1 (descriptors by adds from the first slot's) on the three large-batch defaults: level with two consumer
-// warpgroups (run 56), where a scheduler had two consumer warps; four now share it (session 20, for A/B).
+// warpgroups (run 56), where a scheduler had two consumer warps; four now share it: the defaults since run 69 (−1 to −3%).
 MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 24, 112)
 MOE_REGISTERED_CBSQT(1, 128, 4, 4, 1, 1, 2, 1, 24, 112)
 MOE_REGISTERED_CBSQT(1, 256, 4, 2, 1, 1, 2, 1, 88, 200)
+// …_U (an eleventh number), U = 1: the consumer loop unrolled by the ring depth (registered_consume's UNROLL; session 20,
+// for A/B). With two or more wgmma widths in the kernel ptxas serialises the unrolled loops (NVRTC 13.0: C7511 for the
+// 128- and 256-token defaults' forms, C7515 for the 64-token one's), so the one built has a single width: 64-token
+// tiles at n64 only (tiles of ≤ 32 rows lose n32's halving).
+#define MOE_REGISTERED_CBSQTPWU(MI, N, L, C, B, S, Q, T, P, W, U, PR, CR)                                             \
+    static_assert(P == 0, "unrolled: not persistent");                                                                \
+    MOE_REGISTERED_KERNEL_U(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W##_##U, MI,  \
+                            N, L, C, B, S, Q, T, W, U, PR, CR)
+MOE_REGISTERED_CBSQTPWU(1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 24, 112)
 
 // MARK: gather
 
