@@ -27,99 +27,22 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a, warp-specialised with the decode in the consumers' registers: one producer warpgroup only copies
-    /// (activations, codes, scales; 4 load slots, 2 chunks ahead), two consumer warpgroups decode each 32-k half into
-    /// wgmma A fragments and issue register-A wgmma m64n128k16 (no decoded weights in shared memory);
-    /// 256 rows × 128 tokens.
-    case registered_2_128_4
-    /// The same with 6 load slots (4 chunks ahead).
-    case registered_2_128_6
-    /// The same with 3 load slots (1 chunk ahead): 12–32% slower than 4 at 2048–32768 tokens (session 14's run 56).
-    case registered_2_128_3
-    /// registered_MI_N_L_C_B: C consumer warpgroups, B = 1 the activations' wgmma descriptors by adds from the first
-    /// slot's (fewer uniform-datapath instructions ahead of each wgmma). Both no faster than registered_2_128_4
-    /// (session 14's run 56: −1.0 to +1.3% and −0.3 to +3.1% at 2048–32768 tokens): 4 slots, two consumer warpgroups of
-    /// 128 rows …
-    case registered_2_128_4_2_1
-    /// … and three of 64 rows (192 rows a block: half the instructions a consumer warp and 1.5× the consumer warps;
-    /// they waited longer on the one producer warpgroup instead).
-    case registered_1_128_4_3_1
-    /// 256-token tiles: two consumer warpgroups of 64 weight rows, register-A wgmma m64n256k16 (each tile's rows
-    /// rounded up to 64: n64/128/192/256), so each decoded weight feeds twice the tokens of registered_2_128_4; the
-    /// epilogue staged through shared memory. 128 rows × 256 tokens. Its producer sets its pace (run 57's ncu).
-    case registered_1_256_4
-    /// registered_2_128_4 with the epilogue staged through shared memory (stmatrix, then 16-byte row stores) instead of
-    /// two-byte stores straight from the accumulators (~10% of the kernel's warp samples at 8192 tokens, run 56's ncu).
-    case registered_2_128_4_2_0_1
-    /// registered_1_256_4 with 5 load slots (3 chunks ahead: its producer waits on copies landing, run 57's ncu; never
-    /// run: cut by run 58's deadline).
-    case registered_1_256_5
-    /// registered_MI_N_L_C_B_S_Q, Q = 1: the lean producer (rows past the tile's copy its last row; 32-bit row offsets
-    /// from one chunk base): 113 and 149 instructions a chunk instead of 159 and 191 (NVRTC
-    /// 13.0 SASS), where run 57's ncu had the 256-token kernel's consumers waiting on its producer. The large-batch
-    /// default (run 58: 4–8% faster than registered_2_128_4_2_0_1).
-    case registered_2_128_4_2_0_1_1
-    /// The 256-token kernel with the lean producer (run 58: ~2.7% ahead of the default at 32768 tokens, behind at 8192).
-    case registered_1_256_4_2_0_1_1
-    /// … with 5 load slots (3 chunks ahead; built after run 58, never run).
-    case registered_1_256_5_2_0_1_1
-    /// Q = 2, copies from pointers: each copy's source (activation row, code group, scale group) made once a tile, the
-    /// chunk's offset added per copy, the tile's width tested once per 64 rows. The producer loop: 90 instructions a
-    /// full-width chunk and 74 at ≤ 64 rows against the lean producer's 121, for the same 13 copies (NVRTC 13.0 SASS,
-    /// scripts/gpu/loop_paths.py; session 15, never run).
-    case registered_2_128_4_2_0_1_2
-    /// The 256-token kernel with copies from pointers: 130 instructions a full-width chunk against 157 (never run).
-    case registered_1_256_4_2_0_1_2
-    /// registered_MI_N_L_C_B_S_Q_T, T = 1: tensor copies (TMA). The copy engine brings each chunk's codes and scales, one
-    /// 2D box each, and, where the input rows are in sorted order (GEMM 2; GEMM 1 of the symmetric EP layer), the
-    /// activations in 64-row boxes already in the wgmma swizzle: one producer thread issues them all. GEMM 1's gathered
-    /// rows stay per-thread copies from pointers (Q = 2). FULL is an mbarrier the copies complete, so the producers never
-    /// wait on their own copies and every slot is in flight at once. Needs the tensor maps (MoEGemmParams.tensorMaps,
-    /// GemmTensorMaps). Session 15, never run.
-    case registered_2_128_4_2_0_1_2_1
-    /// … with 6 load slots: the tensor copies keep every slot in flight, where the copies from the producer threads kept
-    /// two of four (by arithmetic on run 58's default at 2048 tokens: ~1600 cycles a chunk at any wgmma width, about two
-    /// chunks' copies in flight an SM; session 16, never run).
-    case registered_2_128_6_2_0_1_2_1
-    /// The 256-token kernel with tensor copies (never run).
-    case registered_1_256_4_2_0_1_2_1
-    /// Three consumer warpgroups of 64 rows with tensor copies: registered_1_128_4_3_1's consumers waited on their
-    /// producer for 42% of their loop samples (run 56); with one thread copying GEMM 2's chunks they should not (never run).
-    case registered_1_128_4_3_0_1_2_1
-    /// Four consumer warpgroups of 64 rows with tensor copies: the 256 rows and load slots of registered_2_128_4_2_0_1_2_1,
-    /// but each scheduler runs four consumer warps of 137 instructions a chunk (n64, fast path) instead of two of 208. Run 56's ncu
-    /// had the default's consumer warps issuing once every ~7 cycles (dependency waits, shared-memory loads, the
-    /// warpgroup's lock-step at each wgmma) with the tensor pipe about half busy; four warps a scheduler hide twice the
-    /// latency. 640 threads: the producers give back all but 24 registers so the consumers get 112 (ptxas: 104 used, no
-    /// spills, wgmma pipelined). Session 16, never run.
-    case registered_1_128_4_4_0_1_2_1
-    /// …_P, P = 1: persistent (one block an SM taking tile × column-block items in turn, the load ring running across
-    /// them, the epilogue staged outside the load slots). Three consumer warpgroups of 64 rows: with two of 128 rows the
-    /// tile loop makes ptxas serialise the wgmma (session 15, never run).
-    case registered_1_128_4_3_0_1_2_1_1
-    /// …_W (a tenth number), W = 1: narrow tiles. A tile of at most 32 rows multiplies by wgmma m64n32 (a quarter of the
-    /// tensor work of n128; n64 up to 64 rows, as every 128-token kernel). Mid-size batches (512–1024 tokens of
-    /// gpt-oss-120b: 16–32 rows an expert) then cost about the decode of each expert's weights once, where the staged
-    /// 32-token kernel runs now (session 16, never run). The lean default's producer …
-    case registered_2_128_4_2_0_1_1_0_0_1
-    /// … and tensor copies.
-    case registered_2_128_4_2_0_1_2_1_0_1
-    /// … and four consumer warpgroups of 64 rows (registered_1_128_4_4_0_1_2_1): the default at 769–1024 tokens of
-    /// gpt-oss-120b. With its three widths (n32, n64, n128) ptxas serialises every wgmma (C7511: a WARPGROUP.DEPBAR 0
-    /// after each HGMMA, NVRTC 13.0; found in session 19), so its tensor work never overlaps its decode.
-    case registered_1_128_4_4_0_1_2_1_0_1
-    /// W = 2: the same with two widths, n32 up to 32 rows and n128 beyond, whose wgmma pipeline as the wide kernel's
-    /// do (8 HGMMA and 5 waits in its SASS against the narrow one's 12 and 12). Session 19, for A/B; never run.
-    case registered_1_128_4_4_0_1_2_1_0_2
-    /// … with 64-token tiles: n32 up to 32 rows, n64 beyond, pipelined. The narrow kernel's tensor work without its
-    /// serialised wgmma (W = 2 with 128-token tiles took n128 for 33–64 rows: +11% at 1024 tokens, run 66). Session 20.
-    case registered_1_64_4_4_0_1_2_1_0_2
-    /// B = 1 (a fifth number): each wgmma descriptor by adds from the first slot's: the three large-batch defaults since
-    /// session 20 (run 69: −1 to −3% from 768 tokens). Level with two consumer warpgroups (run 56); with four, a
-    /// scheduler's four consumer warps share its issue slots, and the chunk loop's fast path is 9–17 instructions
-    /// shorter (NVRTC 13.0 SASS).
+    /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T[_P_W[_U]]):
+    /// one producer warpgroup only copies, by the copy engine (tensor copies: each chunk's codes and scales one 2D box
+    /// each, sorted activations in 64-row boxes; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
+    /// load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
+    /// into wgmma A fragments and issue register-A wgmma m64nWk16 with the activations from shared memory, their
+    /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1).
+    /// Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, cp.async producers, a
+    /// persistent kernel, three wgmma widths); each lost to these on an H100 and was removed in session 20 (their
+    /// figures: docs/bench-cuda.md, BENCHMARKS.md).
+    /// 64-token tiles, four consumer warpgroups, n32 up to 32 rows and n64 beyond (W = 2): 577–1280 tokens of
+    /// gpt-oss-120b (run 67: −9.4% at 768 against the staged kernel, −2.4 / −3.1% at 1024 against three widths, whose
+    /// wgmma ptxas serialised).
     case registered_1_64_4_4_1_1_2_1_0_2
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 1281–16383 tokens.
     case registered_1_128_4_4_1_1_2_1
+    /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64: 16384 tokens and more.
     case registered_1_256_4_2_1_1_2_1
     /// …_U (an eleventh number), U = 1: the 64-token kernel's chunk loop unrolled by its ring depth, so each chunk's slot,
     /// barrier ids and descriptor offsets are constants (NVRTC 13.0: 15 uniform instructions a chunk in the unrolled

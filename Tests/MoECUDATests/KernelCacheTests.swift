@@ -62,21 +62,14 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     for variant in GemmVariant.allCases {
         let parts = variant.rawValue.split(separator: "_")
-        // Registered kernels naming their consumer warpgroups and descriptor mode come from MOE_REGISTERED_CB, those
-        // naming their epilogue too from MOE_REGISTERED_CBS, their producer too from MOE_REGISTERED_CBSQ, and their
-        // tensor copies too from MOE_REGISTERED_CBSQT, persistence too from MOE_REGISTERED_CBSQTP, narrow tiles too
-        // from MOE_REGISTERED_CBSQTPW, and an unrolled consumer loop too from MOE_REGISTERED_CBSQTPWU.
-        let suffixes = ["", "", "", "", "", "", "_CB", "_CBS", "_CBSQ", "_CBSQT", "_CBSQTP", "_CBSQTPW", "_CBSQTPWU"]
-        guard variant.kind != .registered || parts.count < suffixes.count else {
-            Issue.record("\(variant): no instantiation macro known for \(parts.count - 1) numbers")
-            continue
-        }
-        let suffix = variant.kind != .registered ? "" : suffixes[parts.count]
-        let macro = "MOE_" + parts[0].uppercased() + suffix
         let arguments = parts.dropFirst().joined(separator: ", ")
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
-        // The macro's leading arguments name the kernel; later ones (launch bounds, register split) do not.
-        let instantiated = experts.contains("\(macro)(\(arguments))") || experts.contains("\(macro)(\(arguments), ")
+        // Registered kernels: MOE_REGISTERED_KERNEL(NAME, every number…), the name spelling a prefix of the numbers
+        // (trailing defaults left out); the others: MOE_KIND(numbers…), whose leading arguments name the kernel and later
+        // ones (launch bounds, register split) do not.
+        let instantiated = variant.kind == .registered
+            ? experts.contains("MOE_REGISTERED_KERNEL(\(variant.kernelName), \(arguments), ")
+            : experts.contains("MOE_\(parts[0].uppercased())(\(arguments))") || experts.contains("MOE_\(parts[0].uppercased())(\(arguments), ")
         #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
@@ -116,14 +109,14 @@ private func request(
 @Test func everyWarpSpecialisedKernelsRegisterSplitFitsItsLaunch() {
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     var checked = 0
-    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_REGISTERED") {
-        let numbers = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != ")" }))
+    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_REGISTERED_KERNEL(moe_gemm_") {
+        // MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, PR, CR): one producer warpgroup, C consumers.
+        let numbers = String(line.drop(while: { $0 != "," }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
-        // One producer warpgroup; consumers: MOE_REGISTERED(MI, N, L, PR, CR) 2, MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR)
-        // and MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR), MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) and
-        // MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) and MOE_REGISTERED_CBSQTP(…, T, P, PR, CR) C.
-        let consumers = line.hasPrefix("MOE_REGISTERED_CB") ? numbers[3] : 2  // _CB … _CBSQTP name C
-        let (producerRegisters, consumerRegisters) = (numbers[numbers.count - 2], numbers[numbers.count - 1])
+        #expect(numbers.count == 13, "\(line)")
+        guard numbers.count == 13 else { continue }
+        let consumers = numbers[3]
+        let (producerRegisters, consumerRegisters) = (numbers[11], numbers[12])
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / threads / 8 * 8)
         #expect(128 * producerRegisters + 128 * consumers * consumerRegisters <= pool, "\(line)")

@@ -115,83 +115,32 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.rowGroupsPerBlock == 16 && GemmVariant.decoded_2_2_128_4.warps == 8)
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
-    // Registered kernels: 12 warps (one producer warpgroup), 256 rows × 128 tokens, load slots only.
-    #expect(GemmVariant.registered_2_128_6.kind == .registered && GemmVariant.registered_2_128_6.needsHopper)
-    #expect(GemmVariant.registered_2_128_6.warps == 12 && GemmVariant.registered_2_128_6.rowGroupsPerBlock == 16)
-    #expect(GemmVariant.registered_2_128_4.tileRows == 128 && GemmVariant.registered_2_128_4.stages == 4)
-    #expect(GemmVariant.registered_2_128_4_2_1.sharedBytes(k: 2880, residentRows: 128)
-        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) && GemmVariant.registered_2_128_4_2_1.warps == 12)
-    // Three consumer warpgroups of 64 rows: 16 warps, 12 row groups (192 rows); slots of 16 KB + 12 × 640 B padded to 24 KB.
-    let three = GemmVariant.registered_1_128_4_3_1
-    #expect(three.warps == 16 && three.rowGroupsPerBlock == 12 && three.tileRows == 128 && three.stages == 4)
-    #expect(three.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * 24576)
-    #expect(LaunchPlan(tokens: 4096, config: MoEPreset.gptOss120b.config, variant: three).gemm2Shape.grid.x == 15)
-    // 256-token tiles: 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23), slots of 32 KB + 8 × 640 B.
-    let wide = GemmVariant.registered_1_256_4
-    #expect(wide.warps == 12 && wide.rowGroupsPerBlock == 8 && wide.tileRows == 256 && wide.stages == 4)
-    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (32768 + 8 * 640))
+    // Registered kernels: one producer warpgroup; load slots of [N × 64 bf16 activations | the block's codes and
+    // scales, 640 B a 16-row group] on 1 KB, then a FULL mbarrier (8 B) a slot, after 1 KB of alignment slack.
+    let narrow64 = GemmVariant.registered_1_64_4_4_1_1_2_1_0_2, four = GemmVariant.registered_1_128_4_4_1_1_2_1
+    let wide = GemmVariant.registered_1_256_4_2_1_1_2_1, unrolled = GemmVariant.registered_1_64_4_4_1_1_2_1_0_0_1
+    for variant in [narrow64, four, wide, unrolled] {
+        #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
+        #expect(variant.needsHopper && variant.usesTensorCopies, "\(variant)")
+        #expect(!variant.isPersistent && variant.stages == 4, "\(variant)")
+    }
+    // Four consumer warpgroups of 64 rows: 20 warps, 256 rows a block.
+    #expect(four.warps == 20 && four.consumerWarpgroups == 4)
+    #expect(four.rowGroupsPerBlock == 16 && four.tileRows == 128)
+    #expect(four.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (128 * 64 * 2 + 16 * 640) + 4 * 8)
+    // 64-token narrow tiles: the same launch with half the activation bytes a slot; the unrolled form the same slots.
+    #expect(narrow64.warps == 20 && narrow64.rowGroupsPerBlock == 16 && narrow64.tileRows == 64)
+    #expect(narrow64.narrowTiles && !four.narrowTiles)
+    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 16 * 640) + 4 * 8)
+    #expect(unrolled.sharedBytes(k: 2880, residentRows: 64) == narrow64.sharedBytes(k: 2880, residentRows: 64) && !unrolled.narrowTiles)
+    // 256-token tiles: two consumer warpgroups, 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23).
+    #expect(wide.warps == 12 && wide.consumerWarpgroups == 2)
+    #expect(wide.rowGroupsPerBlock == 8 && wide.tileRows == 256)
+    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (256 * 64 * 2 + 8 * 640) + 4 * 8)
     let widePlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: wide)
     #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
-    #expect(GemmVariant.registered_2_128_4_2_0_1.sharedBytes(k: 2880, residentRows: 128)
-        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
-    // The lean producer changes no layout: the same slots as the kernels without it.
-    #expect(GemmVariant.registered_2_128_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 128)
-        == GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128))
-    #expect(GemmVariant.registered_1_256_4_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == wide.sharedBytes(k: 2880, residentRows: 256))
-    #expect(GemmVariant.registered_1_256_5.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
-    #expect(GemmVariant.registered_1_256_5_2_0_1_1.sharedBytes(k: 2880, residentRows: 256) == 1024 + 5 * (32768 + 8 * 640))
-    // Copies from pointers (Q = 2) change no layout either, and keep the kernels' shapes.
-    for (pointers, lean) in [(GemmVariant.registered_2_128_4_2_0_1_2, GemmVariant.registered_2_128_4_2_0_1_1),
-                             (.registered_1_256_4_2_0_1_2, .registered_1_256_4_2_0_1_1)] {
-        #expect(pointers.sharedBytes(k: 2880, residentRows: pointers.tileRows) == lean.sharedBytes(k: 2880, residentRows: lean.tileRows))
-        #expect(pointers.warps == lean.warps && pointers.tileRows == lean.tileRows && pointers.stages == lean.stages)
-        #expect(pointers.rowGroupsPerBlock == lean.rowGroupsPerBlock && pointers.consumerWarpgroups == 2)
-    }
-    // Tensor copies (T = 1): the same slots, then a FULL mbarrier (8 bytes) a slot.
-    for (tensor, pointers) in [(GemmVariant.registered_2_128_4_2_0_1_2_1, GemmVariant.registered_2_128_4_2_0_1_2),
-                               (.registered_1_256_4_2_0_1_2_1, .registered_1_256_4_2_0_1_2)] {
-        #expect(tensor.usesTensorCopies && !pointers.usesTensorCopies)
-        #expect(tensor.sharedBytes(k: 2880, residentRows: tensor.tileRows) == pointers.sharedBytes(k: 2880, residentRows: pointers.tileRows) + 8 * 4)
-        #expect(tensor.warps == pointers.warps && tensor.tileRows == pointers.tileRows && tensor.rowGroupsPerBlock == pointers.rowGroupsPerBlock)
-    }
-    let threeTensor = GemmVariant.registered_1_128_4_3_0_1_2_1  // 3 consumer warpgroups of 64 rows, tensor copies
-    #expect(threeTensor.usesTensorCopies && threeTensor.warps == 16 && threeTensor.rowGroupsPerBlock == 12)
-    #expect(threeTensor.sharedBytes(k: 2880, residentRows: 128) == three.sharedBytes(k: 2880, residentRows: 128) + 8 * 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 14)
-    // Four consumer warpgroups of 64 rows: the two-warpgroup kernel's rows and slots, 640 threads.
-    let fourTensor = GemmVariant.registered_1_128_4_4_0_1_2_1, twoTensor = GemmVariant.registered_2_128_4_2_0_1_2_1
-    #expect(fourTensor.warps == 20 && fourTensor.consumerWarpgroups == 4 && fourTensor.rowGroupsPerBlock == twoTensor.rowGroupsPerBlock)
-    #expect(fourTensor.sharedBytes(k: 2880, residentRows: 128) == twoTensor.sharedBytes(k: 2880, residentRows: 128))
-    // Narrow tiles (a tenth number): the same kernel's launch and slots, only the width of its ≤ 32-row tiles differs.
-    for (narrow, wide) in [(GemmVariant.registered_2_128_4_2_0_1_1_0_0_1, GemmVariant.registered_2_128_4_2_0_1_1),
-                           (.registered_2_128_4_2_0_1_2_1_0_1, .registered_2_128_4_2_0_1_2_1),
-                           (.registered_1_128_4_4_0_1_2_1_0_1, .registered_1_128_4_4_0_1_2_1),
-                           (.registered_1_128_4_4_0_1_2_1_0_2, .registered_1_128_4_4_0_1_2_1)] {
-        #expect(narrow.narrowTiles && !wide.narrowTiles && !narrow.isPersistent)
-        #expect(narrow.usesTensorCopies == wide.usesTensorCopies && narrow.tileRows == wide.tileRows && narrow.warps == wide.warps)
-        #expect(narrow.sharedBytes(k: 2880, residentRows: 128) == wide.sharedBytes(k: 2880, residentRows: 128))
-    }
-    #expect(GemmVariant.allCases.filter(\.narrowTiles).count == 6)
-    // 64-token narrow tiles: the four-warpgroup kernel's launch with half its activation bytes a slot.
-    let narrow64 = GemmVariant.registered_1_64_4_4_0_1_2_1_0_2
-    #expect(narrow64.warps == fourTensor.warps && narrow64.rowGroupsPerBlock == fourTensor.rowGroupsPerBlock && narrow64.tileRows == 64)
-    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 16 * 640) + 4 * 8)
-    // Persistent: the same slots, 128 bytes for the mbarriers, the epilogue's own tile (128 rows of 12 groups' 32 bytes
-    // and 16 of padding); one block an SM, at most one a work item, whatever the tile bound.
-    let persistent = GemmVariant.registered_1_128_4_3_0_1_2_1_1
-    #expect(persistent.isPersistent && persistent.usesTensorCopies && !threeTensor.isPersistent)
-    #expect(persistent.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * 24576 + 128 + 128 * (12 * 32 + 16) + 128 * 4)
-    #expect(persistent.sharedBytes(k: 2880, residentRows: 128) <= 227 * 1024)
-    var big = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: persistent)
-    big.multiprocessors = 132
-    #expect(big.gemm1Shape.grid == (132, 1, 1) && big.gemm2Shape.grid == (132, 1, 1) && big.gemm1Shape.block == 512)
-    var one = LaunchPlan(tokens: 1, config: MoEConfig(hidden: 64, intermediate: 64, experts: 4, topK: 1), variant: persistent)
-    one.multiprocessors = 132
-    // 64 / 16 = 4 row groups: one column block; tile bound min(4, 1) + 1 / 128 = 1 → one work item.
-    #expect(one.gemm2Shape.grid == (1, 1, 1))
-    #expect(one.gemmShape(persistent, outputRows: 64, reduction: 64, tiles: 5).grid == (5, 1, 1))
-    #expect(GemmVariant.registered_2_128_6.sharedBytes(k: 2880, residentRows: 128) == 1024 + 6 * (16384 + 16 * 640))
-    #expect(GemmVariant.registered_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (16384 + 16 * 640))
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 4)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

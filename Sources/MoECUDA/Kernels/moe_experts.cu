@@ -1598,103 +1598,33 @@ MOE_WARPGROUP(2, 2, 64, 3)
 MOE_DECODED(2, 2, 128, 4)
 
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
-// each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits).
-// S = 1: the epilogue staged through shared memory (StagedEpilogue).
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, PR, CR) MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, 0, PR, CR)
-#define MOE_REGISTERED_KERNEL_T(NAME, MI, N, L, C, B, S, Q, T, PR, CR) MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, 0, PR, CR)
-#define MOE_REGISTERED_KERNEL_W(NAME, MI, N, L, C, B, S, Q, T, W, PR, CR) MOE_REGISTERED_KERNEL_U(NAME, MI, N, L, C, B, S, Q, T, W, 0, PR, CR)
-#define MOE_REGISTERED_KERNEL_U(NAME, MI, N, L, C, B, S, Q, T, W, U, PR, CR)                           \
-    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {             \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W, U == 1>(p);                 \
-    }
-// Two consumer warpgroups, descriptors rebuilt per k16 step; 256-token tiles stage their epilogue (a direct one of
-// 128 accumulators × 32 columns is ~14000 instructions).
-#define MOE_REGISTERED(MI, N, L, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L, MI, N, L, 2, 0, N == 256, 0, PR, CR)
-
-MOE_REGISTERED(2, 128, 4, 64, 216)
-MOE_REGISTERED(2, 128, 6, 64, 216)
-MOE_REGISTERED(2, 128, 3, 64, 216)
-
-// C consumer warpgroups, B = 1: the activations' wgmma descriptors by adds from the first slot's.
-#define MOE_REGISTERED_CB(MI, N, L, C, B, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B, MI, N, L, C, B, 0, 0, PR, CR)
-// …_S: S = 1 the staged epilogue.
-#define MOE_REGISTERED_CBS(MI, N, L, C, B, S, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S, MI, N, L, C, B, S, 0, PR, CR)
-// …_Q: Q = 1 the lean producer (ChunkCopies LEAN), Q = 2 its copies from pointers (issue_by_pointers; the producers
-// take 72 registers, as many as the consumers' 216 leave).
-#define MOE_REGISTERED_CBSQ(MI, N, L, C, B, S, Q, PR, CR) \
-    MOE_REGISTERED_KERNEL(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q, MI, N, L, C, B, S, Q, PR, CR)
-
-MOE_REGISTERED_CB(2, 128, 4, 2, 1, 64, 216)
-MOE_REGISTERED_CB(1, 128, 4, 3, 1, 64, 144)
-// 256-token tiles: two consumer warpgroups of 64 rows (128 accumulators a thread, as registered_2_128_*), so each
-// decoded weight feeds twice the tokens; the producer's 16 activation copies a chunk need more than 64 registers.
-MOE_REGISTERED(1, 256, 4, 88, 200)
-MOE_REGISTERED(1, 256, 5, 88, 200)
-MOE_REGISTERED_CBS(2, 128, 4, 2, 0, 1, 64, 216)
-MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 1, 64, 216)
-MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 1, 88, 200)
-MOE_REGISTERED_CBSQ(1, 256, 5, 2, 0, 1, 1, 88, 200)
-MOE_REGISTERED_CBSQ(2, 128, 4, 2, 0, 1, 2, 72, 216)
-MOE_REGISTERED_CBSQ(1, 256, 4, 2, 0, 1, 2, 88, 200)
-// …_T: T = 1 tensor copies (ChunkCopies::issue_tensor; MoEGemmParams::tensorMaps), FULL mbarriers.
-#define MOE_REGISTERED_CBSQT(MI, N, L, C, B, S, Q, T, PR, CR) \
-    MOE_REGISTERED_KERNEL_T(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T, MI, N, L, C, B, S, Q, T, PR, CR)
-
-MOE_REGISTERED_CBSQT(2, 128, 4, 2, 0, 1, 2, 1, 72, 216)
-// 6 slots: with tensor copies every slot is in flight (the cp.async producers kept LOADS − 2 chunks ahead).
-MOE_REGISTERED_CBSQT(2, 128, 6, 2, 0, 1, 2, 1, 72, 216)
-MOE_REGISTERED_CBSQT(1, 256, 4, 2, 0, 1, 2, 1, 88, 200)
-// Three consumer warpgroups of 64 rows (registered_1_128_4_3_1 waited on its one producer warpgroup: run 56).
-MOE_REGISTERED_CBSQT(1, 128, 4, 3, 0, 1, 2, 1, 64, 144)
-// Four of 64 rows (the 256 rows of the two-warpgroup kernel, its slots unchanged): a scheduler's two consumer warps each
-// run ~200 instructions a chunk at ~7 cycles an instruction (run 56's ncu), so four of 137 each (n64, fast path). 640
-// threads leave 96 registers a thread at launch: the producers keep 24 so that the consumers get 112 (104 used; at 104
-// ptxas serialises the wgmma, C7512).
-MOE_REGISTERED_CBSQT(1, 128, 4, 4, 0, 1, 2, 1, 24, 112)
-// …_P: P = 1 persistent (gemm_registered_persistent; B = 0, S = 1, Q = 2, T = 1 only).
-#define MOE_REGISTERED_CBSQTP(MI, N, L, C, B, S, Q, T, P, PR, CR)                                     \
-    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                     \
-        moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P(MoEGemmParams p) {    \
-        static_assert(B == 0 && S == 1 && Q == 2 && T == 1 && P == 1, "the persistent kernel's one form"); \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_registered_persistent<MI, N, L, PR, CR, C>(p);                                            \
+// each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits). The name's
+// numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
+// B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
+// memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
+// 32 rows), U (the consumer loop: 1, unrolled by the ring depth).
+// Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
+// activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
+// session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, PR, CR)                                          \
+    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0, "the registered kernels' one producer form");         \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {                             \
+        MOE_TRACE_KERNEL(p);                                                                                           \
+        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W, U == 1>(p);                                 \
     }
 
-// 64 rows a consumer warpgroup: with MI = 2 (128 accumulators a thread) the tile loop makes ptxas serialise the wgmma.
-MOE_REGISTERED_CBSQTP(1, 128, 4, 3, 0, 1, 2, 1, 1, 64, 144)
-
-// …_W (a tenth number; P = 0): W = 1 narrow tiles, wgmma m64n32 for tiles of at most 32 rows (mid-size batches), n64
-// to 64 rows, n128 beyond: its wgmma serialised (C7511); W = 2 n32 or the full width only, pipelined.
-#define MOE_REGISTERED_CBSQTPW(MI, N, L, C, B, S, Q, T, P, W, PR, CR)                                                 \
-    static_assert(P == 0, "narrow tiles: not persistent");                                                            \
-    MOE_REGISTERED_KERNEL_W(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W, MI, N, L, \
-                            C, B, S, Q, T, W, PR, CR)
-
-MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 1, 0, 0, 1, 64, 216)
-MOE_REGISTERED_CBSQTPW(2, 128, 4, 2, 0, 1, 2, 1, 0, 1, 72, 216)
-MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 1, 24, 112)
-MOE_REGISTERED_CBSQTPW(1, 128, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
-// 64-token tiles, n32 or n64: W = 1's tensor work (n128 took the 33–64-row tiles of W = 2: +11% at 1024 tokens, run
-// 66) with W = 2's pipeline (−4% against the staged kernel at 768, where W = 1 was +1.8%).
-MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 0, 1, 2, 1, 0, 2, 24, 112)
-// B = 1 (descriptors by adds from the first slot's) on the three large-batch defaults: level with two consumer
-// warpgroups (run 56), where a scheduler had two consumer warps; four now share it: the defaults since run 69 (−1 to −3%).
-MOE_REGISTERED_CBSQTPW(1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 24, 112)
-MOE_REGISTERED_CBSQT(1, 128, 4, 4, 1, 1, 2, 1, 24, 112)
-MOE_REGISTERED_CBSQT(1, 256, 4, 2, 1, 1, 2, 1, 88, 200)
-// …_U (an eleventh number), U = 1: the consumer loop unrolled by the ring depth (registered_consume's UNROLL; session 20,
-// for A/B). With two or more wgmma widths in the kernel ptxas serialises the unrolled loops (NVRTC 13.0: C7511 for the
-// 128- and 256-token defaults' forms, C7515 for the 64-token one's), so the one built has a single width: 64-token
-// tiles at n64 only (tiles of ≤ 32 rows lose n32's halving).
-#define MOE_REGISTERED_CBSQTPWU(MI, N, L, C, B, S, Q, T, P, W, U, PR, CR)                                             \
-    static_assert(P == 0, "unrolled: not persistent");                                                                \
-    MOE_REGISTERED_KERNEL_U(moe_gemm_registered_##MI##_##N##_##L##_##C##_##B##_##S##_##Q##_##T##_##P##_##W##_##U, MI,  \
-                            N, L, C, B, S, Q, T, W, U, PR, CR)
-MOE_REGISTERED_CBSQTPWU(1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 24, 112)
+// Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
+// (at 104 ptxas serialised the wgmma, C7512). 64-token tiles (577–1280 tokens of gpt-oss-120b) take n32 up to 32 rows
+// and n64 beyond; 128-token tiles n64 up to 64 rows and n128 beyond.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_2, 1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 0, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 24, 112)
+// 256-token tiles (16384 tokens and more): two consumer warpgroups of 64 rows (128 accumulators a thread); the
+// producer's 16 activation copies a chunk need more than 64 registers.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 88, 200)
+// U = 1 (session 20, for A/B): with two or more wgmma widths in the kernel ptxas serialises the unrolled loops (NVRTC
+// 13.0: C7511 for the 128- and 256-token forms, C7515 for the two-width 64-token one), so this one has a single width:
+// 64-token tiles at n64 only (tiles of ≤ 32 rows lose n32's halving).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_0_1, 1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 24, 112)
 
 // MARK: gather
 
