@@ -251,13 +251,11 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     }
 
     /// The plan of T tokens on `device` with `options`' forced kernels: the single-rank forward's, which the EP layer
-    /// follows too (the same kernels, tile rows and persistent grid).
+    /// follows too (the same kernels and tile rows).
     static func launchPlan(tokens: Int, config: MoEConfig, options: Options, device: CUDADevice) -> LaunchPlan {
-        var plan = LaunchPlan(
+        LaunchPlan(
             tokens: tokens, config: config, variant: options.gemmVariant, gemm2: options.gemm2Variant,
             hopper: device.architecture == "sm_90a")
-        plan.multiprocessors = LaunchPlan.persistentBlocks(device: device.multiprocessors)
-        return plan
     }
 
     /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.

@@ -104,8 +104,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var needsHopper: Bool { usesWarpgroups }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
-    /// Persistent registered kernels (a ninth number, 1): a fixed grid of one block an SM (LaunchPlan.gemmShape).
-    public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
     /// Narrow tiles (a tenth number, 1 or 2): wgmma m64n32 for tiles of at most 32 rows (1: n64 to 64 rows, n128 beyond;
     /// 2: n128 beyond).
     public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 1 }
@@ -189,9 +187,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
-            if isPersistent {  // 128 bytes for the FULL mbarriers, then the epilogue's own tile and row table (StagedEpilogue::BYTES)
-                return 1024 + slots + 128 + tileRows * (rowGroupsPerBlock * 32 + 16) + tileRows * 4
-            }
             return 1024 + slots + (usesTensorCopies ? 8 * stages : 0)  // tensor copies: a FULL mbarrier a slot after them
         }
         if kind != .staged {
@@ -299,22 +294,12 @@ public struct LaunchPlan: Sendable, Equatable {
         gemm1Variant == gemm2Variant ? gemm1Variant.rawValue : "\(gemm1Variant.rawValue)+\(gemm2Variant.rawValue)"
     }
 
-    /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H]. Persistent kernels: one block an SM
-    /// (at most one a work item), whatever the tile count the plan writes on the device.
+    /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
     public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
         let groups = n / 16
         let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        let tileBound = tiles ?? maxTiles
-        let grid = variant.isPersistent ? (min(multiprocessors, rowBlocks * tileBound), 1, 1) : (rowBlocks, tileBound, 1)
-        return LaunchShape(grid: grid, block: 32 * variant.warps, sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
-    }
-
-    /// The GPU's multiprocessors (the persistent kernels' grid); the backends set the device's, or
-    /// `$MOE_CUDA_PERSISTENT_BLOCKS` (checks: few blocks give each several tiles even on small shapes).
-    public var multiprocessors = 132
-
-    public static func persistentBlocks(device multiprocessors: Int) -> Int {
-        currentEnvironment("MOE_CUDA_PERSISTENT_BLOCKS").flatMap { Int($0) }.map { max(1, $0) } ?? multiprocessors
+        return LaunchShape(grid: (rowBlocks, tiles ?? maxTiles, 1), block: 32 * variant.warps,
+                           sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }

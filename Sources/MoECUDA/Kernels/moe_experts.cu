@@ -1135,8 +1135,7 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. BASE: the slot's wgmma
 /// descriptor by adds from the first slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s
 /// (phase q / L), and EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-/// RING: see registered_consume.
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR, bool RING, bool UNROLL>
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR, bool UNROLL>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int q, int slot,
     const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow,
@@ -1166,9 +1165,9 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
-        const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks (RING: all)
+        const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
         const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : BASE ? (u32)done % LOADS : done % LOADS;  // BASE: no sign fix-up
-        if (sp == 1 && (RING ? g >= 1 : done >= 0 && done + LOADS < p.chunks))
+        if (sp == 1 && done >= 0 && done + LOADS < p.chunks)
             named_barrier_arrive(EMPTY + doneSlot, TENSOR ? emptyThreads : THREADS);
         if (slow) {
             registered_fragments<MI, true>(a[sp], code, word, sp);
@@ -1180,18 +1179,14 @@ MOE_DEVICE void registered_chunk(
 #endif
 }
 
-/// The registered kernel's consumer loop: registered_chunk for every chunk. RING (persistent kernels: several tiles a
-/// block): the chunk's ring position is `ring` (advanced here), and every position's EMPTY is arrived at (the producers
-/// wait for the last L at their end), the last chunk's by the caller after its wgmma_wait<0>. UNROLL (not with RING):
-/// the loop unrolled by the ring depth, so each chunk's slot, barrier ids and descriptor offset are constants (session
-/// 20, for A/B: per chunk the EMPTY arrive's id arithmetic alone was ~10 of ~140 instructions).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool RING = false,
-          bool UNROLL = false>
+/// The registered kernel's consumer loop: registered_chunk for every chunk. UNROLL: the loop unrolled by the ring depth,
+/// so each chunk's slot, barrier ids and descriptor offset are constants (session 20, for A/B: per chunk the EMPTY
+/// arrive's id arithmetic alone was ~10 of ~140 instructions).
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool UNROLL = false>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS, int *ring = nullptr) {
+    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    static_assert(!(UNROLL && RING), "the unrolled loop starts at ring position 0");
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
     // BASE: the descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
@@ -1202,19 +1197,16 @@ MOE_DEVICE void registered_consume(
         for (; g + LOADS <= p.chunks; g += LOADS) {
 #pragma unroll
             for (int s = 0; s < LOADS; ++s)
-                registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, true>(
+                registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, true>(
                     p, acc, a, g + s, g + s, s, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer,
                     warpInGroup, lane, fullBarriers, emptyThreads);
         }
     }
 #pragma unroll 1
-    for (; g < p.chunks; ++g) {
-        const int q = RING ? *ring + g : g;  // the chunk's position in the ring
-        registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, RING, false>(
-            p, acc, a, g, q, q % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
+    for (; g < p.chunks; ++g)
+        registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false>(
+            p, acc, a, g, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
             lane, fullBarriers, emptyThreads);
-    }
-    if constexpr (RING) *ring += p.chunks;
 #endif
 }
 
@@ -1412,20 +1404,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1441,104 +1433,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
     } else {
         warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
-    }
-#else
-    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
-#endif
-}
-
-/// The registered kernel with tensor copies, persistent: gridDim.x blocks (one an SM) take the work items w = tile ·
-/// across + column block in turn (w = blockIdx.x + i · gridDim.x, across = ⌈G / GROUPS⌉; the tile count is read on the
-/// device, so the host's grid is fixed). The load ring runs on across items (q counts the block's chunks), so the
-/// producers fill the next item's first slots while the consumers finish and store the last one, and a block's setup
-/// (registers, barriers, the tensor maps' prefetch) is paid once. The epilogue stages through its own tile after the ring
-/// (the load slots are busy with the next item): StagedEpilogue::BYTES more shared memory.
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS>
-MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, CONSUMER_THREADS = 128 * CONSUMERS;
-    constexpr int THREADS = PRODUCER_THREADS + CONSUMER_THREADS;
-    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY, EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, 2, true>;
-    using Epilogue = StagedEpilogue<MI, N, GROUPS>;
-    static_assert((N == 128 || N == 256) && LOADS >= 2, "shape");
-    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
-    extern __shared__ __align__(1024) unsigned char sharedBytes[];
-    wait_for_previous_kernel();
-    const int across = (p.groups + GROUPS - 1) / GROUPS;
-    const int items = *(const int *)p.tileCount * across;
-    if ((int)blockIdx.x >= items) return;
-    const int mine = (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // this block's work items
-    const MoETile *tiles = (const MoETile *)p.tiles;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
-    unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
-    const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
-    constexpr u32 STAGE_OFFSET = LOADS * Copies::LOAD_BYTES + 128;  // the epilogue's tile, after the FULL mbarriers
-    const bool tensorInput = p.inputIndex == 0;
-    const int emptyThreads = CONSUMER_THREADS + (tensorInput ? 32 : PRODUCER_THREADS);
-    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
-
-    if (warp < PRODUCER_THREADS / 32) {
-        registers_decrease<PRODUCER_REGISTERS>();
-        if (tensorInput && warp != 0) return;  // thread 0 alone copies
-        const int t = threadIdx.x;
-        int q = 0;
-#pragma unroll 1
-        for (int i = 0; i < mine; ++i) {
-            const int w = blockIdx.x + i * gridDim.x;
-            const Copies copies(p, tiles[w / across], (w % across) * GROUPS, t);
-#pragma unroll 1
-            for (int c = 0; c < p.chunks; ++c, ++q) {
-                const int slot = q % LOADS;
-                if (q >= LOADS) named_barrier_sync(EMPTY + slot, emptyThreads);  // position q − L's wgmma completed
-                copies.issue_tensor(p, c, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
-            }
-        }
-        // The consumers arrive at every position's EMPTY: wait for the last L (the ring's tail) so none is left over.
-        for (int d = max(q - LOADS, 0); d < q; ++d) named_barrier_sync(EMPTY + d % LOADS, emptyThreads);
-        copy_async_wait<0>();
-        return;
-    }
-
-    registers_increase<CONSUMER_REGISTERS>();
-    const int consumer = (warp - PRODUCER_THREADS / 32) >> 2, warpInGroup = warp & 3;
-    int ring = 0;
-    // Only the item index stays live across the main loop (its tile is read again for the epilogue): the accumulators
-    // and fragments leave ptxas no room for more, and it would serialise the wgmma.
-#pragma unroll 1
-    for (int i = 0; i < mine; ++i) {
-        float acc[MI][N / 2];
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int j = 0; j < N / 2; ++j) acc[mi][j] = 0.0f;
-        const int rows = tiles[(blockIdx.x + i * gridDim.x) / across].rowCount;
-        const int width = p.fullWidthOnly ? N : (rows + 63) / 64 * 64;  // rows multiplied, as gemm_registered
-        if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, false, true, true>(
-                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
-        } else if (N == 256 && width == 128) {
-            registered_consume<(N == 256 ? 128 : N), MI, N, LOADS, THREADS, Copies, false, true, true>(
-                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
-        } else if (N == 256 && width == 192) {
-            registered_consume<(N == 256 ? 192 : N), MI, N, LOADS, THREADS, Copies, false, true, true>(
-                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
-        } else {
-            registered_consume<N, MI, N, LOADS, THREADS, Copies, false, true, true>(
-                p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads, &ring);
-        }
-        wgmma_wait<0>();
-        named_barrier_arrive(EMPTY + (ring - 1) % LOADS, emptyThreads);  // the last chunk's slot: now, not a tile later
-        if (i == mine - 1) allow_next_kernel();
-        const int w = blockIdx.x + i * gridDim.x, blockGroup = (w % across) * GROUPS;
-        const MoETile tile = tiles[w / across];
-        const int outputRow = Epilogue::output_row(p, tile, threadIdx.x - PRODUCER_THREADS);
-        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer stored the previous item's tile
-        Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase + STAGE_OFFSET);
-        Epilogue::keep_output_row(sharedPointer + STAGE_OFFSET, threadIdx.x - PRODUCER_THREADS, outputRow);
-        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
-        Epilogue::store(p, tile, blockGroup, sharedPointer + STAGE_OFFSET, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
     }
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
