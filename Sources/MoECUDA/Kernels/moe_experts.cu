@@ -904,80 +904,50 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 // MARK: registered kernel (large batches, sm_90a)
 
 /// Copies of one 64-k chunk into a load slot [activations N × 64 (128-byte swizzle) | codes GROUPS × 512 B | scales
-/// GROUPS × 128 B of the chunk's 256-k group], issued by the THREADS producer threads (cp.async, one commit group a
-/// chunk): the 8 lanes of a token read its 128 contiguous bytes and write one swizzled row; rows past the tile's and
-/// k past K are zeros or not copied.
-/// LEAN: rows past the tile's (up to its width, rows rounded up to 64) copy its last row instead of being skipped per
-/// copy (finite values in columns never stored), as 32-bit byte offsets from one chunk base: 113 instructions a chunk for 13 copies, not 159
-/// (run 57's ncu: the 256-token kernel's producer, ~190 instructions a chunk, kept its consumers waiting on FULL).
-/// LEAN = 2 (pointers): issue_by_pointers instead of issue. TENSOR (with LEAN = 2): issue_tensor, the slot's FULL an
-/// mbarrier.
-template <int N, int GROUPS, int THREADS, int LEAN = 0, bool TENSOR = false>
+/// GROUPS × 128 B of the chunk's 256-k group], FULL an mbarrier a slot (issue_tensor). The copy engine brings the codes
+/// and scales, and the activations where they are in sorted order (GEMM 2; GEMM 1 after the gather); otherwise every
+/// producer thread copies its activation rows by cp.async (copy_rows: the 8 lanes of a token read its 128 contiguous
+/// bytes and write one swizzled row; rows past the tile's, up to its width, rows rounded up to 64, copy its last row:
+/// finite values in columns never stored). Sessions 13–15's cp.async producers (all copies by the producer threads,
+/// FULL a named barrier) lost to these and are in git history.
+template <int N, int GROUPS, int THREADS>
 struct ChunkCopies {
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
-    static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024, WARPS = THREADS / 32;
-    static constexpr int ACT_COPIES = 8 * N / THREADS, CODE_COPIES = GROUPS * 32 / THREADS;
-    static_assert((8 * N) % THREADS == 0 && (GROUPS * 32) % THREADS == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
-    const bf16_t *input;
-    int rowOffset[ACT_COPIES];  // elements (< 2^31: T·H and T·k·I are)
+    static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024;
+    static constexpr int ACT_COPIES = 8 * N / THREADS;
+    static_assert((8 * N) % THREADS == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
     u32 actTarget[ACT_COPIES];
-    bool live[ACT_COPIES];
-    const unsigned char *codeSource, *scaleSource;
-    long long codeStride;
-    int codeGroup, scaleGroup, segment;
-    u32 rowBytes[LEAN ? ACT_COPIES : 1];  // LEAN: each copy's row, bytes from `input` (T·H and T·k·I bytes < 2^32)
-    int width;                            // LEAN: the tile's rows rounded up to 64
-    // LEAN = 2: each copy's source at chunk 0, and the weights' offsets in a slot.
-    const unsigned char *rowPointer[LEAN == 2 ? ACT_COPIES : 1], *codePointer[LEAN == 2 ? CODE_COPIES : 1];
-    u32 codeTarget, scaleTarget;
-    bool scaleCopier;
-    // TENSOR: the block's first row group in the weights' tensors (E·G rows), the tile's first row, and whether the
-    // activations come by tensor copies too (GEMM 2: rows in sorted order, inputIndex 0).
+    int segment;
+    int width;  // the tile's rows rounded up to 64
+    const unsigned char *rowPointer[ACT_COPIES];  // each copy's source at chunk 0
+    // The block's first row group in the weights' tensors (E·G rows), the tile's first row, and whether the activations
+    // come by tensor copies too (rows in sorted order, inputIndex 0).
     int mapRow, firstRow;
     bool tensorInput;
 
     MOE_DEVICE ChunkCopies(const MoEGemmParams &p, const MoETile &tile, int blockGroup, int t) {
         segment = t & 7;
-        input = (const bf16_t *)p.input + segment * 8;
+        const bf16_t *input = (const bf16_t *)p.input + segment * 8;
 #pragma unroll
         for (int i = 0; i < ACT_COPIES; ++i) {
             const int token = (t + THREADS * i) >> 3;
-            live[i] = token < tile.rowCount;
-            rowOffset[i] = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
+            // elements (< 2^31: T·H and T·k·I are), then bytes (< 2^32)
+            const int rowOffset = (int)(gemm_input_row(p, tile.rowStart + min(token, tile.rowCount - 1)) * p.inputStride);
             actTarget[i] = swizzled_offset(token, segment);
-            if constexpr (LEAN) rowBytes[i] = (u32)rowOffset[i] * 2u;
-            if constexpr (LEAN == 2) rowPointer[i] = (const unsigned char *)input + rowBytes[i];
+            rowPointer[i] = (const unsigned char *)input + (u32)rowOffset * 2u;
         }
         width = (tile.rowCount + 63) & ~63;
-        // Codes: segments t + THREADS·i (group (t >> 5) + WARPS·i); scales: segment t of GROUPS·8.
-        const long long expertGroup = (long long)tile.expert * p.groups;
-        codeGroup = blockGroup + (t >> 5);
-        codeSource = (const unsigned char *)p.codes + (expertGroup + min(codeGroup, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
-        codeStride = (long long)WARPS * p.chunks * 512;
-        scaleGroup = blockGroup + (t >> 3);
-        scaleSource = (const unsigned char *)p.scales + (expertGroup + min(scaleGroup, p.groups - 1)) * p.scaleGroups * 128 + (t & 7) * 16;
-        if constexpr (LEAN == 2) {  // groups past the last repeat it (their rows are never stored)
-#pragma unroll
-            for (int i = 0; i < CODE_COPIES; ++i)
-                codePointer[i] = (const unsigned char *)p.codes + (expertGroup + min(codeGroup + WARPS * i, p.groups - 1)) * p.chunks * 512 + (t & 31) * 16;
-            codeTarget = B_BYTES + t * 16;
-            scaleTarget = B_BYTES + CODE_BYTES + t * 16;
-            scaleCopier = t < GROUPS * 8;
-        }
-        if constexpr (TENSOR) {
-            mapRow = tile.expert * p.groups + blockGroup;
-            firstRow = tile.rowStart;
-            tensorInput = p.inputIndex == 0;
-        }
+        mapRow = tile.expert * p.groups + blockGroup;
+        firstRow = tile.rowStart;
+        tensorInput = p.inputIndex == 0;
     }
 
-    /// TENSOR (tensor copies): chunk c into `slot`, `full` its FULL mbarrier (nothing past the last chunk). Thread 0
-    /// arrives with the chunk's bytes and has the copy engine bring the codes and scales of the block's row groups, one
-    /// 2D box each (groups past the last are the next expert's or zeros: their rows are never stored), and with
-    /// tensorInput the activations, a 64-row box per 64 rows of the tile's width (128-byte swizzle, as swizzled_offset).
-    /// Otherwise every producer thread copies its activation rows (copy_rows) and arrives once they have landed.
-    /// Against issue_by_pointers: no code and scale copies a thread (GEMM 1), no copies at all but thread 0's (GEMM 2).
+    /// Chunk c into `slot`, `full` its FULL mbarrier (nothing past the last chunk). Thread 0 arrives with the chunk's
+    /// bytes and has the copy engine bring the codes and scales of the block's row groups, one 2D box each (groups past
+    /// the last are the next expert's or zeros: their rows are never stored), and with tensorInput the activations, a
+    /// 64-row box per 64 rows of the tile's width (128-byte swizzle, as swizzled_offset). Otherwise every producer thread
+    /// copies its activation rows (copy_rows) and arrives once they have landed.
     MOE_DEVICE void issue_tensor(const MoEGemmParams &p, int c, u32 slot, u32 full, int t) const {
         if (c >= p.chunks) return;
         if (t == 0) {
@@ -994,21 +964,7 @@ struct ChunkCopies {
         }
     }
 
-    /// LEAN = 2 (pointers): chunk c into `slot` (nothing past the last chunk), then one commit group either way. Every
-    /// copy reads from a pointer made once a tile plus the chunk's offset: the activations' rows, the code and scale
-    /// groups (clamped to the last group, not zero-filled); the width is tested once per 64 rows, not per copy, and a
-    /// chunk wholly before K has one offset for every thread. The producer loop, a chunk: 90 instructions at full width
-    /// (74 at ≤ 64 rows) against LEAN's 121 for the same 13 copies (NVRTC 13.0 SASS, scripts/gpu/loop_paths.py).
-    MOE_DEVICE void issue_by_pointers(const MoEGemmParams &p, int c, u32 slot) const {
-        if (c < p.chunks) {
-            copy_activation_rows(p, c, slot);
-#pragma unroll
-            for (int i = 0; i < CODE_COPIES; ++i) copy_async_16(slot + codeTarget + i * THREADS * 16, codePointer[i] + c * 512, 16);
-            if (GROUPS * 8 == THREADS || scaleCopier) copy_async_16(slot + scaleTarget, scaleSource + (c >> 2) * 128, 16);
-        }
-        copy_async_commit();
-    }
-    /// LEAN = 2: this thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
+    /// This thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
     MOE_DEVICE void copy_activation_rows(const MoEGemmParams &p, int c, u32 slot) const {
         if (c * 64 + 64 <= p.k) {
             copy_rows(slot, c * 128, 16);
@@ -1017,7 +973,7 @@ struct ChunkCopies {
             copy_rows(slot, inside ? c * 128 : 0, inside ? 16 : 0);
         }
     }
-    /// LEAN = 2: this thread's activation copies of a chunk, `offset` bytes into each row, rows up to the tile's width.
+    /// This thread's activation copies of a chunk, `offset` bytes into each row, rows up to the tile's width.
     MOE_DEVICE void copy_rows(u32 slot, u32 offset, int bytes) const {
         constexpr int STEP = 64 / (THREADS / 8);  // copies a 64-row step
         const u32 target = slot + actTarget[0];   // copy i: THREADS / 8 · i rows further (the same swizzle phase)
@@ -1029,46 +985,7 @@ struct ChunkCopies {
                 copy_async_16(target + i * (THREADS / 8) * 128, rowPointer[i] + offset, bytes);
         }
     }
-
-    /// Chunk c into `slot` (nothing past the last chunk), then one commit group either way. (`t` is the constructor's
-    /// thread again: kept as a parameter because a stored copy changes the default kernel's SASS, measured as it is.)
-    MOE_DEVICE void issue(const MoEGemmParams &p, int c, u32 slot, int t) const {
-        if (c < p.chunks) {
-            const int k = c * 64 + segment * 8;
-            const bool inside = k < p.k;  // zeros past K
-            if constexpr (LEAN) {
-                const unsigned char *base = (const unsigned char *)input + (inside ? c * 128 : 0);
-                const int bytes = inside ? 16 : 0;
-                const u32 target = slot + actTarget[0];  // copy i: THREADS / 8 · i rows further (the same swizzle phase)
-#pragma unroll
-                for (int i = 0; i < ACT_COPIES; ++i)
-                    if (THREADS / 8 * i < width) copy_async_16(target + i * (THREADS / 8) * 128, base + rowBytes[i], bytes);
-            } else {
-#pragma unroll
-                for (int i = 0; i < ACT_COPIES; ++i)
-                    if (live[i]) copy_async_16(slot + actTarget[i], input + rowOffset[i] + (inside ? c * 64 : 0), inside ? 16 : 0);
-            }
-#pragma unroll
-            for (int i = 0; i < CODE_COPIES; ++i) {
-                const bool valid = codeGroup + WARPS * i < p.groups;
-                copy_async_16(slot + B_BYTES + (t + THREADS * i) * 16, valid ? codeSource + i * codeStride + c * 512 : codeSource, valid ? 16 : 0);
-            }
-            if (t < GROUPS * 8)
-                copy_async_16(slot + B_BYTES + CODE_BYTES + t * 16, scaleSource + (c >> 2) * 128, scaleGroup < p.groups ? 16 : 0);
-        }
-        copy_async_commit();
-    }
 };
-
-/// Chunk c by the producer's copies (ChunkCopies::issue, or issue_by_pointers for LEAN = 2).
-template <int LEAN, class Copies>
-MOE_DEVICE void issue_chunk(const Copies &copies, const MoEGemmParams &p, int c, u32 slot, int t) {
-    if constexpr (LEAN == 2) {
-        copies.issue_by_pointers(p, c, slot);
-    } else {
-        copies.issue(p, c, slot, t);
-    }
-}
 
 /// Tensor copies: thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers
 /// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread),
@@ -1110,16 +1027,16 @@ MOE_DEVICE void registered_fragments(u32 (&a)[MI][2][4], const uint4 (&code)[MI]
 }
 
 /// The half's two k16 steps of register-A wgmma m64nWk16 per mi (W ≤ N: a prefix of the m64nN accumulators), one
-/// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code. BASE: `slot`
-/// is the slot's activation descriptor (its k16 steps are +2 in the address field, which holds shared addresses < 256 KB
-/// without a carry), not its address: one add a step instead of rebuilding the descriptor.
-template <int W, int MI, int N, bool BASE>
+/// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code. `slot` is the
+/// slot's activation descriptor: its k16 steps are +2 in the address field, which holds shared addresses < 256 KB
+/// without a carry, so one add a step instead of rebuilding the descriptor (run 69: 1–3% faster with four consumer
+/// warpgroups a block).
+template <int W, int MI, int N>
 MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][2][4], int sp, unsigned long long slot) {
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < 2; ++step) {
-        const unsigned long long descriptorB = BASE ? slot + 2 * (2 * sp + step)
-                                                    : wgmma_descriptor_swizzled((u32)slot + (2 * sp + step) * 32);
+        const unsigned long long descriptorB = slot + 2 * (2 * sp + step);
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
             warpgroup_mma<W>(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1],
@@ -1132,25 +1049,20 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// tokens ≥ W are neither multiplied nor written): chunk g at ring position q, in slot `slot` (q % LOADS; the unrolled
 /// loop's constant). Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half:
 /// wait until the wgmma two halves back has completed (its fragment buffer is free; at the second half that completes
-/// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. BASE: the slot's wgmma
-/// descriptor by adds from the first slot's (registered_multiply). TENSOR: FULL[s] is the mbarrier at fullBarriers + 8·s
-/// (phase q / L), and EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR, bool UNROLL>
+/// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. The slot's wgmma
+/// descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase
+/// q / L); EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool UNROLL>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int q, int slot,
     const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow,
     int consumer, int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
-    if constexpr (TENSOR) {
-        mbarrier_wait_parity(fullBarriers + 8 * slot, (q / LOADS) & 1);
-        if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
-    } else {
-        named_barrier_sync(FULL + slot, THREADS);
-    }
+    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
+    mbarrier_wait_parity(fullBarriers + 8 * slot, (q / LOADS) & 1);
+    if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
-    const unsigned long long activations = BASE ? descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4))
-                                                : sharedBase + slot * Copies::LOAD_BYTES;
+    const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
     uint4 code[MI];
     u32 word[MI];
     bool slow = false;
@@ -1166,15 +1078,14 @@ MOE_DEVICE void registered_chunk(
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
         const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-        const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : BASE ? (u32)done % LOADS : done % LOADS;  // BASE: no sign fix-up
-        if (sp == 1 && done >= 0 && done + LOADS < p.chunks)
-            named_barrier_arrive(EMPTY + doneSlot, TENSOR ? emptyThreads : THREADS);
+        const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : (u32)done % LOADS;  // unsigned: no sign fix-up
+        if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
         if (slow) {
             registered_fragments<MI, true>(a[sp], code, word, sp);
         } else {
             registered_fragments<MI, false>(a[sp], code, word, sp);
         }
-        registered_multiply<W, MI, N, BASE>(acc, a[sp], sp, activations);
+        registered_multiply<W, MI, N>(acc, a[sp], sp, activations);
     }
 #endif
 }
@@ -1182,13 +1093,13 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. UNROLL: the loop unrolled by the ring depth,
 /// so each chunk's slot, barrier ids and descriptor offset are constants (session 20, for A/B: per chunk the EMPTY
 /// arrive's id arithmetic alone was ~10 of ~140 instructions).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool BASE, bool TENSOR = false, bool UNROLL = false>
+template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool UNROLL>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers = 0, int emptyThreads = THREADS) {
+    int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
-    // BASE: the descriptor's high word is the same for every slot; the low word's address field takes the offsets.
+    // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
     int g = 0;
@@ -1197,14 +1108,14 @@ MOE_DEVICE void registered_consume(
         for (; g + LOADS <= p.chunks; g += LOADS) {
 #pragma unroll
             for (int s = 0; s < LOADS; ++s)
-                registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, true>(
+                registered_chunk<W, MI, N, LOADS, THREADS, Copies, true>(
                     p, acc, a, g + s, g + s, s, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer,
                     warpInGroup, lane, fullBarriers, emptyThreads);
         }
     }
 #pragma unroll 1
     for (; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, false>(
+        registered_chunk<W, MI, N, LOADS, THREADS, Copies, false>(
             p, acc, a, g, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
             lane, fullBarriers, emptyThreads);
 #endif
@@ -1311,32 +1222,23 @@ struct StagedEpilogue {
 
 /// The large-batch kernel: MXFP4 decoded in the consumers' registers (Hopper's mixed-input GEMM scheme), warp-specialised.
 /// Block: one producer warpgroup and CONSUMERS consumer warpgroups; 64·MI·CONSUMERS weight rows × N tokens.
-///   producer (few registers): only copies — activations, codes and scales LOADS − 2 chunks ahead into a ring of
-///     LOADS slots (ChunkCopies); FULL[s] once its copies of the chunk in slot s have landed and are fenced;
+///   producer (few registers): only copies (ChunkCopies::issue_tensor), every one of the LOADS slots at once, then each
+///     again once its chunk's wgmma have completed (EMPTY[s], a named barrier); FULL[s] is an mbarrier the copies
+///     complete;
 ///   consumers: each 32-k half decoded into wgmma A fragments (two buffers) and multiplied by register-A wgmma
-///     m64nNk16 with the activations from shared memory, the next half decoded while the tensor cores run this one;
-///     EMPTY[s] once the chunk's wgmma have completed.
-/// No decoded weights pass through shared memory, unlike sessions 3–12's specialised kernel (producers decoded each chunk
-/// into shared memory for both-operands-in-shared wgmma; ~164 KB of shared-memory traffic a 64-k chunk against ~100).
-/// Measured (H100, session 13): 4–8% faster than it from 2048 tokens with 6 load slots (run 52), 4 slots 3–7% faster
-/// again (run 54; ~10–11% in all by the product of the two A/Bs' ratios, so the specialised kernel is gone); L1/shared
-/// throughput 31% against 56% (run 52, 8192 tokens), but the tensor pipe still ~44% busy: each consumer warp issues ~200 instructions a chunk
-/// (8 wgmma, ~120 decode) at ~8 cycles each. That stream does not set the pace alone: run 56's source counters put 23%
-/// of the warp samples in the producer loop and 10% in the epilogue, and CONSUMERS = 3 with MI = 1 (192 rows: half the
-/// instructions a warp, 1.5× the warps) was no faster, its consumers waiting on the one producer instead. Session 14: the staged epilogue (STAGED) and the lean
-/// producer (LEAN) are 5–11% and 4–8% faster (runs 57, 58); 256-token tiles (N = 256) gain only at 16384+ tokens.
-/// Session 15 (not yet run): copies from pointers (LEAN = 2) and tensor copies (TENSOR: FULL an mbarrier per slot after
-/// them, every slot filled at once; ChunkCopies::issue_tensor).
-/// (Protocol model: scripts/gpu/models/registered.py, TENSOR included.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, bool BASE = false, int CONSUMERS = 2,
-          bool STAGED = false, int LEAN = 0, bool TENSOR = false, int NARROW = 0, bool UNROLL = false>
+///     m64nWk16 with the activations from shared memory, the next half decoded while the tensor cores run this one;
+///     then the epilogue staged through shared memory (StagedEpilogue).
+/// No decoded weights pass through shared memory, unlike sessions 3–12's specialised kernel (producers decoded each
+/// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
+/// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
+/// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, bool UNROLL>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
-    constexpr int DIST = LOADS - 2, FULL = RegisteredBarriers<LOADS>::FULL, EMPTY = RegisteredBarriers<LOADS>::EMPTY;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS, LEAN, TENSOR>;
-    static_assert(!TENSOR || LEAN == 2, "tensor copies: the copies from pointers for GEMM 1's activations");
-    static_assert((N == 64 || N == 128 || N == 256) && DIST >= 1, "shape");
+    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
+    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
+    static_assert((N == 64 || N == 128 || N == 256) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1346,41 +1248,25 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const int blockGroup = blockIdx.x * GROUPS;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
     unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
-    // TENSOR: the FULL mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so
-    // only its warp of the producers waits on EMPTY.
+    // The FULL mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so only its
+    // warp of the producers waits on EMPTY.
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
-    const bool tensorInput = TENSOR && p.inputIndex == 0;
+    const bool tensorInput = p.inputIndex == 0;
     const int emptyThreads = 128 * CONSUMERS + (tensorInput ? 32 : PRODUCER_THREADS);
-    if constexpr (TENSOR) init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
+    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
-        if constexpr (TENSOR) {  // every slot at once, then each again once its chunk's wgmma have completed (EMPTY)
-            if (tensorInput && warp != 0) return;
-            const Copies copies(p, tile, blockGroup, t);
-#pragma unroll
-            for (int c = 0; c < LOADS; ++c) copies.issue_tensor(p, c, sharedBase + c * Copies::LOAD_BYTES, fullBarriers + 8 * c, t);
-#pragma unroll 1
-            for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
-                const int slot = ahead % LOADS;
-                named_barrier_sync(EMPTY + slot, emptyThreads);
-                copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
-            }
-            copy_async_wait<0>();
-            return;
-        }
+        if (tensorInput && warp != 0) return;
         const Copies copies(p, tile, blockGroup, t);
 #pragma unroll
-        for (int c = 0; c < DIST; ++c) issue_chunk<LEAN>(copies, p, c, sharedBase + c * Copies::LOAD_BYTES, t);
+        for (int c = 0; c < LOADS; ++c) copies.issue_tensor(p, c, sharedBase + c * Copies::LOAD_BYTES, fullBarriers + 8 * c, t);
 #pragma unroll 1
-        for (int g = 0; g < p.chunks; ++g) {
-            copy_async_wait<DIST - 1>();  // this thread's copies of chunk g have landed
-            fence_proxy_async_shared();   // visible to the tensor cores (the activations) after the consumers' wait
-            named_barrier_arrive(FULL + g % LOADS, THREADS);
-            const int ahead = g + DIST;  // its slot held chunk ahead − LOADS: wait until its MMAs completed
-            if (ahead < p.chunks && ahead >= LOADS) named_barrier_sync(EMPTY + (ahead - LOADS) % LOADS, THREADS);
-            issue_chunk<LEAN>(copies, p, ahead, sharedBase + (ahead % LOADS) * Copies::LOAD_BYTES, t);
+        for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
+            const int slot = ahead % LOADS;
+            named_barrier_sync(EMPTY + slot, emptyThreads);
+            copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
         }
         copy_async_wait<0>();
         return;
@@ -1404,36 +1290,32 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies, BASE, TENSOR, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
-    if constexpr (STAGED) {
-        using Epilogue = StagedEpilogue<MI, N, GROUPS>;
-        static_assert(Epilogue::BYTES <= LOADS * Copies::LOAD_BYTES, "the staged epilogue reuses the load slots");
-        constexpr int EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE, CONSUMER_THREADS = 128 * CONSUMERS;
-        const int outputRow = Epilogue::output_row(p, tile, threadIdx.x - PRODUCER_THREADS);
-        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer's wgmma has completed: the slots are free
-        Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase);
-        Epilogue::keep_output_row(sharedPointer, threadIdx.x - PRODUCER_THREADS, outputRow);
-        named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
-        Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
-    } else {
-        warpgroup_epilogue<MI, N>(p, tile, acc, blockGroup + consumer * MI * 4, warpInGroup, lane);
-    }
+    using Epilogue = StagedEpilogue<MI, N, GROUPS>;
+    static_assert(Epilogue::BYTES <= LOADS * Copies::LOAD_BYTES, "the staged epilogue reuses the load slots");
+    constexpr int EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE, CONSUMER_THREADS = 128 * CONSUMERS;
+    const int outputRow = Epilogue::output_row(p, tile, threadIdx.x - PRODUCER_THREADS);
+    named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer's wgmma has completed: the slots are free
+    Epilogue::stage(p, tile, acc, blockGroup, consumer * MI * 4 + warpInGroup, lane, sharedBase);
+    Epilogue::keep_output_row(sharedPointer, threadIdx.x - PRODUCER_THREADS, outputRow);
+    named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
+    Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
@@ -1504,7 +1386,7 @@ MOE_DECODED(2, 2, 128, 4)
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0, "the registered kernels' one producer form");         \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, B == 1, C, S == 1, Q, T == 1, W, U == 1>(p);                                 \
+        gemm_registered<MI, N, L, PR, CR, C, W, U == 1>(p);                                                            \
     }
 
 // Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
