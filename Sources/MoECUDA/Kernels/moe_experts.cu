@@ -1052,7 +1052,7 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. The slot's wgmma
 /// descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase
 /// q / L); EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool UNROLL>
+template <int W, int MI, int N, int LOADS, class Copies, bool UNROLL>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int q, int slot,
     const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow,
@@ -1093,7 +1093,7 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. UNROLL: the loop unrolled by the ring depth,
 /// so each chunk's slot, barrier ids and descriptor offset are constants (session 20, for A/B: per chunk the EMPTY
 /// arrive's id arithmetic alone was ~10 of ~140 instructions).
-template <int W, int MI, int N, int LOADS, int THREADS, class Copies, bool UNROLL>
+template <int W, int MI, int N, int LOADS, class Copies, bool UNROLL>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
@@ -1108,14 +1108,14 @@ MOE_DEVICE void registered_consume(
         for (; g + LOADS <= p.chunks; g += LOADS) {
 #pragma unroll
             for (int s = 0; s < LOADS; ++s)
-                registered_chunk<W, MI, N, LOADS, THREADS, Copies, true>(
+                registered_chunk<W, MI, N, LOADS, Copies, true>(
                     p, acc, a, g + s, g + s, s, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer,
                     warpInGroup, lane, fullBarriers, emptyThreads);
         }
     }
 #pragma unroll 1
     for (; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, THREADS, Copies, false>(
+        registered_chunk<W, MI, N, LOADS, Copies, false>(
             p, acc, a, g, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
             lane, fullBarriers, emptyThreads);
 #endif
@@ -1290,20 +1290,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, THREADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
