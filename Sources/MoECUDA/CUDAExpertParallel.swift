@@ -613,7 +613,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     func withTensorMaps(_ p: MoEGemmParams, variant: GemmVariant, inputRows: Int) throws(CUDAError) -> MoEGemmParams {
         guard variant.usesTensorCopies else { return p }
         let encodings = GemmTensorMaps.encodings(
-            p, heldExperts: layer.experts.count, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock)
+            p, heldExperts: layer.experts.count, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock,
+            boxRows: variant.activationBoxRows)
         var mapped = p
         mapped.tensorMaps = try tensorMaps.maps(encodings, device: runtime.device).address
         return mapped

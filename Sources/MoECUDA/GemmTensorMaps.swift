@@ -36,8 +36,10 @@ struct TensorMapEncoding: Hashable, Sendable {
 enum GemmTensorMaps {
     /// codes, scales and (for rows in sorted order, inputIndex 0) the input, for a GEMM with parameters `p` over
     /// `heldExperts` experts' weights and `inputRows` rows of input; `rowGroupsPerBlock` is the kernel's block height
-    /// in 16-row groups, the tileRows/64 activation boxes of 64 rows each.
-    static func encodings(_ p: MoEGemmParams, heldExperts: Int, inputRows: Int, rowGroupsPerBlock: Int) -> [TensorMapEncoding?] {
+    /// in 16-row groups, `boxRows` the rows of an activation box (GemmVariant.activationBoxRows).
+    static func encodings(
+        _ p: MoEGemmParams, heldExperts: Int, inputRows: Int, rowGroupsPerBlock: Int, boxRows: Int = 64
+    ) -> [TensorMapEncoding?] {
         let rows = UInt64(heldExperts) * UInt64(p.groups)
         let groups = UInt32(rowGroupsPerBlock)
         // One row per 16-row group: its chunks' 512 code bytes, its scale groups' 128 bytes, as u64 elements.
@@ -51,7 +53,7 @@ enum GemmTensorMaps {
         guard p.inputIndex == 0 else { return [codes, scales, nil] }
         let input = TensorMapEncoding(
             dataType: TensorMapEncoding.bfloat16, elementBytes: 2, address: p.input, dimensions: [UInt64(p.k), UInt64(inputRows)],
-            rowPitch: UInt64(p.inputStride) * 2, box: [64, 64], swizzle: TensorMapEncoding.swizzle128)
+            rowPitch: UInt64(p.inputStride) * 2, box: [64, UInt32(boxRows)], swizzle: TensorMapEncoding.swizzle128)
         return [codes, scales, input]
     }
 

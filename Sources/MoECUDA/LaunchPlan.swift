@@ -42,6 +42,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_64_4_4_1_1_2_1_0_2
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 1281–16383 tokens.
     case registered_1_128_4_4_1_1_2_1
+    /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128
+    /// (2048 tokens of gpt-oss-120b: about half the tiles, 41.6% of the floor in run 68); activation boxes of 32 rows.
+    /// Session 20, never run.
+    case registered_1_96_4_4_1_1_2_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64: 16384 tokens and more.
     case registered_1_256_4_2_1_1_2_1
     /// …_U (an eleventh number), U = 1: the 64-token kernel's chunk loop unrolled by its ring depth, so each chunk's slot,
@@ -102,6 +106,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
     public var needsHopper: Bool { usesWarpgroups }
+    /// The rows of a tensor copy's activation box: 64, or 32 for tiles of 96 rows (ChunkCopies::BOX).
+    public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : 32 }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
     /// Narrow tiles (a tenth number, 1 or 2): wgmma m64n32 for tiles of at most 32 rows (1: n64 to 64 rows, n128 beyond;

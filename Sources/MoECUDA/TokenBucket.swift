@@ -388,7 +388,8 @@ final class TokenBucket: @unchecked Sendable {
     private func tensorMapEncodings(_ p: MoEGemmParams, variant: GemmVariant, layer: DeviceLayer) -> [TensorMapEncoding?]? {
         guard variant.usesTensorCopies else { return nil }
         return GemmTensorMaps.encodings(
-            p, heldExperts: layer.experts.count, inputRows: plan.slots, rowGroupsPerBlock: variant.rowGroupsPerBlock)
+            p, heldExperts: layer.experts.count, inputRows: plan.slots, rowGroupsPerBlock: variant.rowGroupsPerBlock,
+            boxRows: variant.activationBoxRows)
     }
 
     /// What `body` enqueues on `stream`, captured and instantiated; on an error the capture is ended (its partial

@@ -139,7 +139,13 @@ import Testing
     #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (256 * 64 * 2 + 8 * 640) + 4 * 8)
     let widePlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: wide)
     #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 4)
+    // 96-token tiles: the four-warpgroup launch, slots of 96 activation rows.
+    let ninetySix = GemmVariant.registered_1_96_4_4_1_1_2_1
+    #expect(ninetySix.warps == 20 && ninetySix.rowGroupsPerBlock == 16 && ninetySix.tileRows == 96 && !ninetySix.narrowTiles)
+    #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 8)
+    let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
+    #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 5)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")

@@ -37,7 +37,13 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
     #expect(input.dimensions == [2880, 4096] && input.rowPitch == 2880 * 2 && input.box == [64, 64])
     #expect(input.swizzle == TensorMapEncoding.swizzle128 && input.dataType == TensorMapEncoding.bfloat16)
     #expect(Int(input.box[0]) * input.elementBytes == 128)  // one swizzled row: 64 k of a token
-    for encoding in (first + second).compactMap({ $0 }) { #expect(encoding.problem == nil, "\(encoding)") }
+    // 96-token tiles copy their activations in 32-row boxes (three a full tile), the same rows otherwise.
+    let ninetySix = GemmVariant.registered_1_96_4_4_1_1_2_1
+    #expect(ninetySix.activationBoxRows == 32 && variant.activationBoxRows == 64 && ninetySix.usesTensorCopies)
+    let third = GemmTensorMaps.encodings(
+        gemmParameters(first: false), heldExperts: 8, inputRows: 4096, rowGroupsPerBlock: 16, boxRows: ninetySix.activationBoxRows)
+    #expect(third[2]!.box == [64, 32] && third[2]!.dimensions == input.dimensions && third[0]!.box == [64, 16])
+    for encoding in (first + second + third).compactMap({ $0 }) { #expect(encoding.problem == nil, "\(encoding)") }
 }
 
 /// What the driver would refuse is caught first, each with its reason.

@@ -5,7 +5,11 @@
 #           the bench's own check in every A/B row; this adds the full check, memcheck, the EP layer's bit-identity
 #           check (its first run with B = 1) and the bench with the defaults (predicted: run 67/68's figures −1 to −3%
 #           from 768 tokens).
-#           Then, built and never run: the 64-token kernel with its chunk loop unrolled by the ring depth and one wgmma
+#           Then, built and never run: 96-token tiles (registered_1_96_4_4_1_1_2_1: n64 up to 64 rows, n96 beyond, where
+#           the 128-token default takes n128; activation boxes of 32 rows), checked (conformance, every stage on
+#           gpt-oss-20b at 100–600 tokens, the sanitizers) and A/B'd against the default at 1536–4096: predicted −2 to
+#           −6% at 1536–2048, level to +3% at 3072–4096 (experts past 96 rows take two tiles).
+#           Then the 64-token kernel with its chunk loop unrolled by the ring depth and one wgmma
 #           width (registered_1_64_4_4_1_1_2_1_0_0_1: n64 for every tile; 15 uniform instructions a chunk against 29),
 #           checked and A/B'd against the default at 768–1280: predicted −1 to −3% at 1024–1280, −1 to +2% at 768 (where
 #           most tiles lose n32's halving).
@@ -31,6 +35,10 @@ case $part in
         bash $D epcheck
         BENCH_TOKENS=1,8,32,128,512,768,1024,1280,2048,8192,16384,32768 bash $D bench
         bash $D bench20b
+        MOE_CUDA_GEMM=registered_1_96_4_4_1_1_2_1 bash $D check
+        DEBUG_VARIANT=registered_1_96_4_4_1_1_2_1 DEBUG_TOKENS=100,300,600 bash $D debug20b
+        DEBUG_VARIANT=registered_1_96_4_4_1_1_2_1 RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_96_4_4_1_1_2_1@1536,2048,3072,4096" bash $D abenv
         MOE_CUDA_GEMM=registered_1_64_4_4_1_1_2_1_0_0_1 bash $D check
         DEBUG_VARIANT=registered_1_64_4_4_1_1_2_1_0_0_1 RACE_TOKENS=40,300 bash $D racedefault
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_4_1_1_2_1_0_0_1@768,1024,1280" bash $D abenv

@@ -284,6 +284,18 @@ MOE_DEVICE void wgmma_64x32x16(float (&d)[16], u32 a0, u32 a1, u32 a2, u32 a3, u
 #endif
 }
 
+/// d[64×96] += A[64×16] · B[16×96]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
+MOE_DEVICE void wgmma_64x96x16(float (&d)[48], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, {%48, %49, %50, %51}, %52, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
 /// d[64×128] += A[64×16] · B[16×128]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
 MOE_DEVICE void wgmma_64x128x16(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -323,9 +335,11 @@ MOE_DEVICE void wgmma_64x256x16(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3,
 /// The register-A wgmma of an N-token tile (N = 32, 64, 128, 192 or 256).
 template <int N>
 MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
-    static_assert(N == 32 || N == 64 || N == 128 || N == 192 || N == 256, "register-A wgmma widths: 32, 64, 128, 192, 256");
+    static_assert(N == 32 || N == 64 || N == 96 || N == 128 || N == 192 || N == 256,
+                  "register-A wgmma widths: 32, 64, 96, 128, 192, 256");
     if constexpr (N == 32) wgmma_64x32x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 64) wgmma_64x64x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 96) wgmma_64x96x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 128) wgmma_64x128x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 192) wgmma_64x192x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 256) wgmma_64x256x16(d, a0, a1, a2, a3, descriptor);

@@ -912,14 +912,17 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// FULL a named barrier) lost to these and are in git history.
 template <int N, int GROUPS, int THREADS>
 struct ChunkCopies {
+    // Activation rows come in boxes of BOX rows (the input tensor map's; 96-token tiles: 32): a tile's width is its
+    // rows rounded up to BOX.
+    static constexpr int BOX = N % 64 == 0 ? 64 : 32;
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
     static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024;
     static constexpr int ACT_COPIES = 8 * N / THREADS;
-    static_assert((8 * N) % THREADS == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
+    static_assert((8 * N) % THREADS == 0 && N % BOX == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
     u32 actTarget[ACT_COPIES];
     int segment;
-    int width;  // the tile's rows rounded up to 64
+    int width;  // the tile's rows rounded up to BOX
     const unsigned char *rowPointer[ACT_COPIES];  // each copy's source at chunk 0
     // The block's first row group in the weights' tensors (E·G rows), the tile's first row, and whether the activations
     // come by tensor copies too (rows in sorted order, inputIndex 0).
@@ -937,7 +940,7 @@ struct ChunkCopies {
             actTarget[i] = swizzled_offset(token, segment);
             rowPointer[i] = (const unsigned char *)input + (u32)rowOffset * 2u;
         }
-        width = (tile.rowCount + 63) & ~63;
+        width = (tile.rowCount + BOX - 1) & ~(BOX - 1);
         mapRow = tile.expert * p.groups + blockGroup;
         firstRow = tile.rowStart;
         tensorInput = p.inputIndex == 0;
@@ -946,17 +949,17 @@ struct ChunkCopies {
     /// Chunk c into `slot`, `full` its FULL mbarrier (nothing past the last chunk). Thread 0 arrives with the chunk's
     /// bytes and has the copy engine bring the codes and scales of the block's row groups, one 2D box each (groups past
     /// the last are the next expert's or zeros: their rows are never stored), and with tensorInput the activations, a
-    /// 64-row box per 64 rows of the tile's width (128-byte swizzle, as swizzled_offset). Otherwise every producer thread
+    /// BOX-row box per BOX rows of the tile's width (128-byte swizzle, as swizzled_offset). Otherwise every producer thread
     /// copies its activation rows (copy_rows) and arrives once they have landed.
     MOE_DEVICE void issue_tensor(const MoEGemmParams &p, int c, u32 slot, u32 full, int t) const {
         if (c >= p.chunks) return;
         if (t == 0) {
             const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
-            const int boxes = tensorInput ? width / 64 : 0;
-            mbarrier_arrive_expect_bytes(full, GROUPS * (512 + 128) + boxes * 64 * 128);
+            const int boxes = tensorInput ? width / BOX : 0;
+            mbarrier_arrive_expect_bytes(full, GROUPS * (512 + 128) + boxes * BOX * 128);
             tensor_copy_2d(slot + B_BYTES, &maps->codes, c * 64, mapRow, full);
             tensor_copy_2d(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow, full);
-            for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * 64 * 128, &maps->input, c * 64, firstRow + 64 * j, full);
+            for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * BOX * 128, &maps->input, c * 64, firstRow + BOX * j, full);
         }
         if (!tensorInput) {
             copy_activation_rows(p, c, slot);
@@ -975,11 +978,11 @@ struct ChunkCopies {
     }
     /// This thread's activation copies of a chunk, `offset` bytes into each row, rows up to the tile's width.
     MOE_DEVICE void copy_rows(u32 slot, u32 offset, int bytes) const {
-        constexpr int STEP = 64 / (THREADS / 8);  // copies a 64-row step
+        constexpr int STEP = BOX / (THREADS / 8);  // copies a BOX-row step
         const u32 target = slot + actTarget[0];   // copy i: THREADS / 8 · i rows further (the same swizzle phase)
 #pragma unroll
         for (int q = 0; q < ACT_COPIES / STEP; ++q) {
-            if (q > 0 && width <= 64 * q) break;
+            if (q > 0 && width <= BOX * q) break;
 #pragma unroll
             for (int i = q * STEP; i < (q + 1) * STEP; ++i)
                 copy_async_16(target + i * (THREADS / 8) * 128, rowPointer[i] + offset, bytes);
@@ -1238,7 +1241,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 64 || N == 128 || N == 256) && LOADS >= 2, "shape");
+    static_assert((N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1286,7 +1289,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // pipeline": a WARPGROUP.DEPBAR 0 after each HGMMA, NVRTC 13.0), so the tensor cores never run under the decode;
     // NARROW = 2 keeps two widths, n32 up to 32 rows and the full width beyond, and its wgmma pipeline (session 19):
     // with N = 64, n32 and n64, the narrow kernel's tensor work pipelined (session 20).
-    // 256-token tiles multiply the tile's rows rounded up to 64 (an expert's last tile is often short).
+    // 96-token tiles: n64 up to 64 rows, n96 beyond. 256-token tiles multiply the tile's rows rounded up to 64 (an
+    // expert's last tile is often short).
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
@@ -1300,7 +1304,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         }
     } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
         registered_consume<32, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
-    } else if (N == 128 && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+    } else if ((N == 128 || N == 96) && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
         registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
@@ -1394,6 +1398,9 @@ MOE_DECODED(2, 2, 128, 4)
 // and n64 beyond; 128-token tiles n64 up to 64 rows and n128 beyond.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_2, 1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 0, 24, 112)
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 24, 112)
+// 96-token tiles (session 20, for A/B at 1281–4096 tokens): n64 up to 64 rows and n96 beyond, where the 128-token kernel
+// multiplies 65–96-row tiles at n128; activation boxes of 32 rows.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 24, 112)
 // 256-token tiles (16384 tokens and more): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 88, 200)
