@@ -39,6 +39,12 @@ step() {  # step NAME LIMIT_SECONDS command...
     SUMMARY+="$(printf '%-14s rc=%-4s %6ss' "$name" "$rc" "${dt}")\n"
 }
 
+# One A/B side: `moe bench` at TOKENS on AB_PRESET, run by the command in "$@" (a binary, or env … binary).
+ab_bench() {  # ab_bench NAME TOKENS command...
+    local name=$1 tokens=$2; shift 2
+    TAIL=14 step "$name" 200 "$@" bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
+}
+
 steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do
@@ -88,8 +94,8 @@ for s in $steps; do
         for spec in ${AB_ENVS:-}; do
             envs=${spec%%@*}; tokens=${spec##*@}
             for r in $(seq ${AB_REPEAT:-2}); do
-                TAIL=14 step "base-$r@$tokens" 200 $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
-                TAIL=14 step "$envs-$r" 200 env ${envs//+/ } $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
+                ab_bench "base-$r@$tokens" $tokens $M
+                ab_bench "$envs-$r" $tokens env ${envs//+/ } $M
             done
         done ;;
     abbin)  # AB_TOKENS against the binary in .device/moe-base.xz (a change to a default kernel, which has no switch),
@@ -99,8 +105,8 @@ for s in $steps; do
             echo "=== abbin: no .device/moe-base.xz" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (no .device/moe-base.xz)' abbin)\n"; continue
         fi
         for r in $(seq ${AB_REPEAT:-2}); do
-            TAIL=14 step "base-$r@$AB_TOKENS" 200 $B bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $AB_TOKENS --seconds 0.3
-            TAIL=14 step "new-$r" 200 $M bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $AB_TOKENS --seconds 0.3
+            ab_bench "base-$r@$AB_TOKENS" $AB_TOKENS $B
+            ab_bench "new-$r" $AB_TOKENS $M
         done ;;
     ncusrc)  # NCU_KERNEL (regex), NCU_TOKENS, NCU_SKIP, NCU_NAME (one per kernel), NCU_SAMPLING (2^(5+n) cycles; short
              # kernels need a small n: auto gave 16 samples of an 18 µs kernel): per-instruction stall samples as CSV

@@ -12,7 +12,8 @@
 #          loop's head (NVRTC 13.0, registered kernels): 'USHF\.R\.U32\.HI UR\d+, URZ, 0x2, UR4' (it finds the
 #          n64 loop; session 16: 208 instructions a chunk for two warpgroups' consumers, 137 for four)
 #          cuobjdump on PATH (pip's nvidia-cuda-cuobjdump)
-import re, subprocess, sys
+import re, sys
+from sass_listing import instructions
 
 args = sys.argv[1:]
 why = '--why' in args
@@ -23,12 +24,7 @@ if '--marker' in args:
 marker = re.compile(marker)
 cubin, kernel = args[0], args[1]
 fixed = {int(a.split('=')[0], 16): a.split('=')[1] == 'taken' for a in args[2:] if '=' in a}
-sass = subprocess.run(['cuobjdump', '-sass', '-fun', kernel, cubin], capture_output=True, text=True, check=True).stdout
-code = []  # (address, text)
-for line in sass.splitlines():
-    m = re.match(r'\s+/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;', line)
-    if m:
-        code.append((int(m.group(1), 16), m.group(2).strip()))
+code = instructions(cubin, kernel)  # (address, text)
 index = {address: i for i, (address, _) in enumerate(code)}
 marks = [i for i, (_, text) in enumerate(code) if marker.search(text)]
 if not marks:

@@ -10,6 +10,7 @@
 #          WARPS: the launch's warps (grid × block / 32), for the per-warp count (0: none); TOP: stall sites listed
 #          (default 6)
 import collections, csv, io, lzma, sys
+from sass_listing import opcode
 
 arguments = sys.argv[1:]
 regions = 0
@@ -28,10 +29,6 @@ samples = [int(r[col["Warp Stall Sampling (All Samples)"]] or 0) for r in data]
 source = [r[col["Source"]].strip() for r in data]
 
 
-def opcode(text):
-    words = text.split()
-    word = words[1] if words[0].startswith("@") else words[0]
-    return word.split(".")[0]
 
 
 total = sum(executed)

@@ -6,11 +6,8 @@
 #   usage: cuobjdump -sass -fun KERNEL FILE.cubin | python3 scripts/gpu/spill_sites.py
 #   (FILE.cubin from scripts/gpu/nvrtc_compile.py; cuobjdump from `pip download nvidia-cuda-cuobjdump`)
 import re, sys
-code = []
-for line in sys.stdin:
-    m = re.search(r'/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;', line)
-    if m:
-        code.append((int(m.group(1), 16), m.group(2)))
+from sass_listing import parse
+code = parse(sys.stdin)
 loops = []
 for address, text in code:
     branch = re.search(r'^@!?P\d+\s+BRA\s+(?:`\(\S+\)\s*)?0x([0-9a-f]+)', text)

@@ -907,7 +907,7 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// GROUPS × 128 B of the chunk's 256-k group], FULL an mbarrier a slot (issue_tensor). The copy engine brings the codes
 /// and scales, and the activations where they are in sorted order (GEMM 2; GEMM 1 after the gather); otherwise every
 /// producer thread copies its activation rows by cp.async (copy_rows: the 8 lanes of a token read its 128 contiguous
-/// bytes and write one swizzled row; rows past the tile's, up to its width, rows rounded up to 64, copy its last row:
+/// bytes and write one swizzled row; rows past the tile's, up to its width, rows rounded up to BOX, copy its last row:
 /// finite values in columns never stored). Sessions 13–15's cp.async producers (all copies by the producer threads,
 /// FULL a named barrier) lost to these and are in git history.
 template <int N, int GROUPS, int THREADS>
@@ -1049,20 +1049,20 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 }
 
 /// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
-/// tokens ≥ W are neither multiplied nor written): chunk g at ring position q, in slot `slot` (q % LOADS; the unrolled
-/// loop's constant). Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half:
-/// wait until the wgmma two halves back has completed (its fragment buffer is free; at the second half that completes
-/// chunk g − 1, so its slot is released to the producers: EMPTY[(q − 1) % L]), decode, issue. The slot's wgmma
-/// descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase
-/// q / L); EMPTY counts `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
+/// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS; the unrolled loop's constant).
+/// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
+/// two halves back has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its
+/// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. The slot's wgmma descriptor by adds from the
+/// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L); EMPTY counts
+/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
 template <int W, int MI, int N, int LOADS, class Copies, bool UNROLL>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int q, int slot,
-    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow,
-    int consumer, int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int slot,
+    const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
+    int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
-    mbarrier_wait_parity(fullBarriers + 8 * slot, (q / LOADS) & 1);
+    mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
     const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
@@ -1080,7 +1080,7 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
-        const int done = q - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
+        const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
         const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : (u32)done % LOADS;  // unsigned: no sign fix-up
         if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
         if (slow) {
@@ -1112,15 +1112,15 @@ MOE_DEVICE void registered_consume(
 #pragma unroll
             for (int s = 0; s < LOADS; ++s)
                 registered_chunk<W, MI, N, LOADS, Copies, true>(
-                    p, acc, a, g + s, g + s, s, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer,
-                    warpInGroup, lane, fullBarriers, emptyThreads);
+                    p, acc, a, g + s, s, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
+                    fullBarriers, emptyThreads);
         }
     }
 #pragma unroll 1
     for (; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, Copies, false>(
-            p, acc, a, g, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup,
-            lane, fullBarriers, emptyThreads);
+            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
+            fullBarriers, emptyThreads);
 #endif
 }
 
@@ -1282,15 +1282,13 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // A tile of at most N/2 rows (common where experts get about N/2 rows each) multiplies only them: half the tensor
-    // work. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the full width for every tile. NARROW ≥ 1: at most 32 rows, a
-    // quarter (mid-size batches, 512–1024 tokens of gpt-oss-120b: 16–32 rows an expert). With three widths in one
-    // kernel (NARROW = 1) ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma
-    // pipeline": a WARPGROUP.DEPBAR 0 after each HGMMA, NVRTC 13.0), so the tensor cores never run under the decode;
-    // NARROW = 2 keeps two widths, n32 up to 32 rows and the full width beyond, and its wgmma pipeline (session 19):
-    // with N = 64, n32 and n64, the narrow kernel's tensor work pipelined (session 20).
-    // 96-token tiles: n64 up to 64 rows, n96 beyond. 256-token tiles multiply the tile's rows rounded up to 64 (an
-    // expert's last tile is often short).
+    // Each kernel multiplies a short tile at a narrower wgmma width, in two widths at most: with three in one kernel
+    // ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma pipeline", NVRTC 13.0), so
+    // the tensor cores never run under the decode (sessions 19–20). MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the
+    // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
+    // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 256-token tiles: the tile's rows rounded up to
+    // 64 (an expert's last tile is often short).
+    static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
@@ -1302,9 +1300,9 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         } else {
             registered_consume<256, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
-    } else if ((N == 128 || N == 64) && NARROW >= 1 && tile.rowCount <= 32 && !p.fullWidthOnly) {
+    } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
         registered_consume<32, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
-    } else if ((N == 128 || N == 96) && NARROW != 2 && tile.rowCount <= 64 && !p.fullWidthOnly) {
+    } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
         registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
         registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
