@@ -1003,9 +1003,9 @@ MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, boo
     __syncthreads();
 }
 
-/// The registered kernel's named barriers: FULL + s (slot s's copies landed), EMPTY + s (its chunk's wgmma completed).
+/// The registered kernel's named barriers: EMPTY + s (slot s's chunk's wgmma completed; FULL is an mbarrier a slot).
 template <int LOADS> struct RegisteredBarriers {
-    static constexpr int FULL = 1, EMPTY = 1 + LOADS, EPILOGUE = 1 + 2 * LOADS;  // EPILOGUE: the consumers alone
+    static constexpr int EMPTY = 1, EPILOGUE = 1 + LOADS;  // EPILOGUE: the consumers alone
     static_assert(EPILOGUE <= 15, "named barriers 1…15 (0 is __syncthreads)");
 };
 
