@@ -611,10 +611,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// `p` pointed at its tensor maps when `variant` copies by them (made on first use: call it once before a capture,
     /// where allocating is not allowed); `inputRows` bounds the input tensor (rows past it read as zeros).
     func withTensorMaps(_ p: MoEGemmParams, variant: GemmVariant, inputRows: Int) throws(CUDAError) -> MoEGemmParams {
-        guard variant.usesTensorCopies else { return p }
-        let encodings = GemmTensorMaps.encodings(
-            p, heldExperts: layer.experts.count, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock,
-            boxRows: variant.activationBoxRows)
+        guard let encodings = GemmTensorMaps.encodings(p, variant: variant, heldExperts: layer.experts.count, inputRows: inputRows)
+        else { return p }
         var mapped = p
         mapped.tensorMaps = try tensorMaps.maps(encodings, device: runtime.device).address
         return mapped

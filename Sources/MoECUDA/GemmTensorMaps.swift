@@ -57,6 +57,14 @@ enum GemmTensorMaps {
         return [codes, scales, input]
     }
 
+    /// The maps `variant` copies by (nil where it has none): its block height and activation box.
+    static func encodings(_ p: MoEGemmParams, variant: GemmVariant, heldExperts: Int, inputRows: Int) -> [TensorMapEncoding?]? {
+        guard variant.usesTensorCopies else { return nil }
+        return encodings(
+            p, heldExperts: heldExperts, inputRows: inputRows, rowGroupsPerBlock: variant.rowGroupsPerBlock,
+            boxRows: variant.activationBoxRows)
+    }
+
     /// Encodes the maps of `encodings` (nil: left zero, never read) and uploads them as one MoEGemmTensorMaps.
     static func upload(_ encodings: [TensorMapEncoding?], device: CUDADevice) throws(CUDAError) -> DeviceBuffer {
         let mapBytes = MemoryLayout<MoETensorMap>.stride

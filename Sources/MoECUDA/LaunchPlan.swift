@@ -29,7 +29,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_2_2_128_4
     /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T[_P_W[_U]]):
     /// one producer warpgroup only copies, by the copy engine (tensor copies: each chunk's codes and scales one 2D box
-    /// each, sorted activations in 64-row boxes; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
+    /// each, sorted activations in boxes of activationBoxRows; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
     /// load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
     /// into wgmma A fragments and issue register-A wgmma m64nWk16 with the activations from shared memory, their
     /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1).
@@ -110,8 +110,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : 32 }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
-    /// Narrow tiles (a tenth number, 1 or 2): wgmma m64n32 for tiles of at most 32 rows (1: n64 to 64 rows, n128 beyond;
-    /// 2: n128 beyond).
+    /// Narrow tiles (a tenth number, 2): wgmma m64n32 for tiles of at most 32 rows, the full width beyond (session 19's
+    /// 1, with a third width, had its wgmma serialised and is gone).
     public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream

@@ -386,10 +386,7 @@ final class TokenBucket: @unchecked Sendable {
     }
 
     private func tensorMapEncodings(_ p: MoEGemmParams, variant: GemmVariant, layer: DeviceLayer) -> [TensorMapEncoding?]? {
-        guard variant.usesTensorCopies else { return nil }
-        return GemmTensorMaps.encodings(
-            p, heldExperts: layer.experts.count, inputRows: plan.slots, rowGroupsPerBlock: variant.rowGroupsPerBlock,
-            boxRows: variant.activationBoxRows)
+        GemmTensorMaps.encodings(p, variant: variant, heldExperts: layer.experts.count, inputRows: plan.slots)
     }
 
     /// What `body` enqueues on `stream`, captured and instantiated; on an error the capture is ended (its partial

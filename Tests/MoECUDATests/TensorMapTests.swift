@@ -40,8 +40,7 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
     // 96-token tiles copy their activations in 32-row boxes (three a full tile), the same rows otherwise.
     let ninetySix = GemmVariant.registered_1_96_4_4_1_1_2_1
     #expect(ninetySix.activationBoxRows == 32 && variant.activationBoxRows == 64 && ninetySix.usesTensorCopies)
-    let third = GemmTensorMaps.encodings(
-        gemmParameters(first: false), heldExperts: 8, inputRows: 4096, rowGroupsPerBlock: 16, boxRows: ninetySix.activationBoxRows)
+    let third = GemmTensorMaps.encodings(gemmParameters(first: false), variant: ninetySix, heldExperts: 8, inputRows: 4096)!
     #expect(third[2]!.box == [64, 32] && third[2]!.dimensions == input.dimensions && third[0]!.box == [64, 16])
     for encoding in (first + second + third).compactMap({ $0 }) { #expect(encoding.problem == nil, "\(encoding)") }
 }
