@@ -40,11 +40,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// gpt-oss-120b (run 67: −9.4% at 768 against the staged kernel, −2.4 / −3.1% at 1024 against three widths, whose
     /// wgmma ptxas serialised).
     case registered_1_64_4_4_1_1_2_1_0_2
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 1281–16383 tokens.
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2049–16383 tokens.
     case registered_1_128_4_4_1_1_2_1
     /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128
-    /// (2048 tokens of gpt-oss-120b: about half the tiles, 41.6% of the floor in run 68); activation boxes of 32 rows.
-    /// Session 20, never run.
+    /// (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows: 1281–2048 tokens (run 70,
+    /// two rounds against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at 2048, +8.5 / +8.9% at 3072).
     case registered_1_96_4_4_1_1_2_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64: 16384 tokens and more.
     case registered_1_256_4_2_1_1_2_1
@@ -53,6 +53,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// loop against 29; scripts/gpu/wgmma_loops.py). Only with one wgmma width (n64 for every tile; W = 0): with two,
     /// ptxas serialises the unrolled loop's wgmma. Session 20, never run.
     case registered_1_64_4_4_1_1_2_1_0_0_1
+    /// The 96-token kernel unrolled the same way, so n96 for every tile (session 21, for A/B at 1536–2560 tokens).
+    case registered_1_96_4_4_1_1_2_1_0_0_1
+    /// …_K (a twelfth number), K = 2: two blocks an SM of two consumer warpgroups each (128 weight rows a block), so
+    /// that one block's prologue and epilogue run under the other's wgmma (session 21, for A/B). ptxas compiles them in
+    /// the launch's 80 registers a thread (no spills); a 128-token tile does not fit (C7602: 94 needed).
+    case registered_1_64_4_2_1_1_2_1_0_2_0_2
+    case registered_1_96_4_2_1_1_2_1_0_0_0_2
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -113,6 +120,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Narrow tiles (a tenth number, 2): wgmma m64n32 for tiles of at most 32 rows, the full width beyond (session 19's
     /// 1, with a third width, had its wgmma serialised and is gone).
     public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 1 }
+    /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
+    /// caps ptxas at 65536 / (blocks · threads) registers a thread.
+    public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -172,7 +182,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...576: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...1280 where hopper: return (.registered_1_64_4_4_1_1_2_1_0_2, .registered_1_64_4_4_1_1_2_1_0_2)
-        case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...2048 where hopper: return (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1)
+        case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 16384... where hopper: return (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1)
         default: return hopper ? (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }

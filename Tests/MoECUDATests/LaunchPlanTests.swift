@@ -36,7 +36,7 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
-/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 145 and 321 (120b's 577 and 1281); the decode rules
+/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 145, 321 and 513 (120b's 577, 1281 and 2049); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
     for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 576, 577, 1024, 1280, 1281, 2048, 2049, 4096, 40000] {
@@ -52,7 +52,8 @@ import Testing
     #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2)
     #expect(small(144) == .staged_2_4_8_2 && small(145) == .registered_1_64_4_4_1_1_2_1_0_2)
     #expect(small(320) == .registered_1_64_4_4_1_1_2_1_0_2)
-    #expect(small(321) == .registered_1_128_4_4_1_1_2_1 && small(512) == .registered_1_128_4_4_1_1_2_1)
+    #expect(small(321) == .registered_1_96_4_4_1_1_2_1 && small(512) == .registered_1_96_4_4_1_1_2_1)
+    #expect(small(513) == .registered_1_128_4_4_1_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -79,7 +80,10 @@ import Testing
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 4)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
+    // Session 21's run 70: 96-token tiles at 1281–2048 tokens.
+    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 2048) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 2049) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
     #expect(GemmVariant.choose(tokens: 16383) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
     // Session 19's runs 61–62: 256-token tiles from 16384 tokens (512 rows an expert).
     #expect(GemmVariant.choose(tokens: 16384) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
@@ -145,8 +149,15 @@ import Testing
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 8)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 5)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
+    // Two blocks an SM (K = 2): two consumer warpgroups, 128 rows a block, the same slots per tile rows.
+    let twoBlocks = GemmVariant.registered_1_96_4_2_1_1_2_1_0_0_0_2, twoBlocksNarrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2
+    #expect(twoBlocks.blocksPerSM == 2 && twoBlocks.warps == 12 && twoBlocks.rowGroupsPerBlock == 8 && !twoBlocks.narrowTiles)
+    #expect(twoBlocks.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 8 * 640) + 4 * 8)
+    #expect(twoBlocksNarrow.blocksPerSM == 2 && twoBlocksNarrow.narrowTiles && twoBlocksNarrow.tileRows == 64)
+    #expect(four.blocksPerSM == 1 && GemmVariant.registered_1_96_4_4_1_1_2_1_0_0_1.blocksPerSM == 1)
+    #expect(2 * twoBlocks.sharedBytes(k: 2880, residentRows: 96) <= 227 * 1024)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 8)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, twoBlocksNarrow])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -246,8 +246,8 @@ template <int Registers> MOE_DEVICE void registers_increase() { asm volatile("se
 /// setmaxnreg.inc waits until the block's pool holds the registers, and the pool is what the launch gave (launch bounds
 /// (threads, 1): 65536 / threads rounded down to 8 a thread): the consumers can only take what the producers free, or
 /// they spin forever (session 13's first registered kernel, 224 with 64: a hang).
-__device__ constexpr bool setmaxnreg_fits(int threads, int producerThreads, int producerRegisters, int consumerRegisters) {
-    return producerThreads * producerRegisters + (threads - producerThreads) * consumerRegisters <= threads * (65536 / threads / 8 * 8)
+__device__ constexpr bool setmaxnreg_fits(int threads, int producerThreads, int producerRegisters, int consumerRegisters, int blocks = 1) {
+    return producerThreads * producerRegisters + (threads - producerThreads) * consumerRegisters <= threads * (65536 / blocks / threads / 8 * 8)
         && producerRegisters % 8 == 0 && consumerRegisters % 8 == 0 && consumerRegisters <= 256 && producerRegisters >= 24;
 }
 

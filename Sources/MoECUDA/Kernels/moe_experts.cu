@@ -1235,14 +1235,15 @@ struct StagedEpilogue {
 /// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, bool UNROLL>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, bool UNROLL,
+          int BLOCKS>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
     static_assert((N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
-    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS), "registers");
+    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -1289,7 +1290,10 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 256-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
     static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
-    if constexpr (N == 256) {
+    static_assert(!UNROLL || NARROW == 0, "an unrolled loop has one wgmma width");
+    if constexpr (UNROLL) {
+        registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+    } else if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
             registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
@@ -1376,36 +1380,42 @@ MOE_WARPGROUP(2, 2, 64, 3)
 MOE_DECODED(2, 2, 128, 4)
 
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
-// each (the consumers take only what the producers free of the launch's 65536 / threads: setmaxnreg_fits). The name's
+// each (the consumers take only what the producers free of the launch's 65536 / (K · threads): setmaxnreg_fits). The name's
 // numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
-// 32 rows), U (the consumer loop: 1, unrolled by the ring depth).
+// 32 rows), U (the consumer loop: 1, unrolled by the ring depth), K (blocks an SM, the launch bounds' minimum).
 // Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
 // session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, PR, CR)                                          \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, PR, CR)                                       \
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0, "the registered kernels' one producer form");         \
-    extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1) NAME(MoEGemmParams p) {                             \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, U == 1>(p);                                                            \
+        gemm_registered<MI, N, L, PR, CR, C, W, U == 1, K>(p);                                                         \
     }
 
 // Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
 // (at 104 ptxas serialised the wgmma, C7512). 64-token tiles (577–1280 tokens of gpt-oss-120b) take n32 up to 32 rows
 // and n64 beyond; 128-token tiles n64 up to 64 rows and n128 beyond.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_2, 1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 0, 24, 112)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_2, 1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 0, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
 // 96-token tiles (session 20, for A/B at 1281–4096 tokens): n64 up to 64 rows and n96 beyond, where the 128-token kernel
 // multiplies 65–96-row tiles at n128; activation boxes of 32 rows.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
 // 256-token tiles (16384 tokens and more): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 88, 200)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 88, 200)
 // U = 1 (session 20, for A/B): with two or more wgmma widths in the kernel ptxas serialises the unrolled loops (NVRTC
 // 13.0: C7511 for the 128- and 256-token forms, C7515 for the two-width 64-token one), so this one has a single width:
 // 64-token tiles at n64 only (tiles of ≤ 32 rows lose n32's halving).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_0_1, 1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_0_1, 1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 1, 1, 24, 112)
+// K = 2 (session 21, for A/B): two blocks an SM of two consumer warpgroups each, so that one block's prologue and
+// epilogue (the first chunk's wait, the staged stores) run under the other's wgmma; the launch's 80 registers a thread
+// leave the consumers 104.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_2_1_1_2_1_0_0_0_2, 1, 96, 4, 2, 1, 1, 2, 1, 0, 0, 0, 2, 24, 104)
 
 // MARK: gather
 
