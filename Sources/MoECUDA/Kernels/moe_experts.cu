@@ -1049,13 +1049,13 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 }
 
 /// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
-/// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS; the unrolled loop's constant).
+/// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS).
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
 /// two halves back has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. The slot's wgmma descriptor by adds from the
 /// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L); EMPTY counts
 /// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-template <int W, int MI, int N, int LOADS, class Copies, bool UNROLL>
+template <int W, int MI, int N, int LOADS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
@@ -1081,7 +1081,7 @@ MOE_DEVICE void registered_chunk(
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
         const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-        const int doneSlot = UNROLL ? (slot + LOADS - 1) % LOADS : (u32)done % LOADS;  // unsigned: no sign fix-up
+        const int doneSlot = (u32)done % LOADS;  // unsigned: no sign fix-up
         if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
         if (slow) {
             registered_fragments<MI, true>(a[sp], code, word, sp);
@@ -1093,10 +1093,10 @@ MOE_DEVICE void registered_chunk(
 #endif
 }
 
-/// The registered kernel's consumer loop: registered_chunk for every chunk. UNROLL: the loop unrolled by the ring depth,
-/// so each chunk's slot, barrier ids and descriptor offset are constants (session 20, for A/B: per chunk the EMPTY
-/// arrive's id arithmetic alone was ~10 of ~140 instructions).
-template <int W, int MI, int N, int LOADS, class Copies, bool UNROLL>
+/// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots,
+/// barrier ids and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width
+/// it lost 3–11% at 768–2048 tokens (sessions 20–21, runs 70–71).
+template <int W, int MI, int N, int LOADS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
@@ -1105,20 +1105,9 @@ MOE_DEVICE void registered_consume(
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
-    int g = 0;
-    if constexpr (UNROLL) {  // whole rounds of the ring, then the last chunks one by one below
 #pragma unroll 1
-        for (; g + LOADS <= p.chunks; g += LOADS) {
-#pragma unroll
-            for (int s = 0; s < LOADS; ++s)
-                registered_chunk<W, MI, N, LOADS, Copies, true>(
-                    p, acc, a, g + s, s, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
-                    fullBarriers, emptyThreads);
-        }
-    }
-#pragma unroll 1
-    for (; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, Copies, false>(
+    for (int g = 0; g < p.chunks; ++g)
+        registered_chunk<W, MI, N, LOADS, Copies>(
             p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
             fullBarriers, emptyThreads);
 #endif
@@ -1235,8 +1224,7 @@ struct StagedEpilogue {
 /// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, bool UNROLL,
-          int BLOCKS>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1290,26 +1278,23 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 256-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
     static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
-    static_assert(!UNROLL || NARROW == 0, "an unrolled loop has one wgmma width");
-    if constexpr (UNROLL) {
-        registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
-    } else if constexpr (N == 256) {
+    if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, Copies, UNROLL>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1384,15 +1369,15 @@ MOE_DECODED(2, 2, 128, 4)
 // numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
-// 32 rows), U (the consumer loop: 1, unrolled by the ring depth), K (blocks an SM, the launch bounds' minimum).
+// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum).
 // Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
 // session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, PR, CR)                                       \
-    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0, "the registered kernels' one producer form");         \
+    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0, "the registered kernels' one form");       \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, U == 1, K>(p);                                                         \
+        gemm_registered<MI, N, L, PR, CR, C, W, K>(p);                                                                 \
     }
 
 // Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
@@ -1406,16 +1391,12 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2
 // 256-token tiles (16384 tokens and more): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 88, 200)
-// U = 1 (session 20, for A/B): with two or more wgmma widths in the kernel ptxas serialises the unrolled loops (NVRTC
-// 13.0: C7511 for the 128- and 256-token forms, C7515 for the two-width 64-token one), so this one has a single width:
-// 64-token tiles at n64 only (tiles of ≤ 32 rows lose n32's halving).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_0_1, 1, 64, 4, 4, 1, 1, 2, 1, 0, 0, 1, 1, 24, 112)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 1, 1, 24, 112)
-// K = 2 (session 21, for A/B): two blocks an SM of two consumer warpgroups each, so that one block's prologue and
-// epilogue (the first chunk's wait, the staged stores) run under the other's wgmma; the launch's 80 registers a thread
-// leave the consumers 104.
+// K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
+// other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
+// 64-token form is the default at 577–1280 tokens (session 21's run 71: −0.6 to −1.5% against four consumer
+// warpgroups); the 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled
+// loops (U = 1, one wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_2_1_1_2_1_0_0_0_2, 1, 96, 4, 2, 1, 1, 2, 1, 0, 0, 0, 2, 24, 104)
 
 // MARK: gather
 
