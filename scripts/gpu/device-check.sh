@@ -98,11 +98,19 @@ for s in $steps; do
                 ab_bench "$envs-$r" $tokens env ${envs//+/ } $M
             done
         done ;;
-    abbin)  # AB_TOKENS against the binary in .device/moe-base.xz (a change to a default kernel, which has no switch),
-            # alternating AB_REPEAT times; the base binary's steps are named base-N@… as abenv's (ab_table.py reads both)
+    abbin|timingbin)  # abbin: AB_TOKENS against the binary in .device/moe-base.xz (a change to a default kernel, which
+            # has no switch), alternating AB_REPEAT times; the base binary's steps are named base-N@… as abenv's
+            # (ab_table.py reads both). timingbin: `timing` with each binary, base first.
         B=/tmp/moe-base
         if ! xz -dc .device/moe-base.xz > $B 2>/dev/null || ! chmod +x $B; then
-            echo "=== abbin: no .device/moe-base.xz" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (no .device/moe-base.xz)' abbin)\n"; continue
+            echo "=== $s: no .device/moe-base.xz" | tee -a "$LOG"; SUMMARY+="$(printf '%-14s NOT RUN (no .device/moe-base.xz)' $s)\n"; continue
+        fi
+        if [ $s = timingbin ]; then
+            for side in base new; do
+                [ $side = base ] && bin=$B || bin=$M
+                TAIL=20 step "timing-$side" 240 $bin cuda-debug --preset gpt-oss-120b --timing --tokens ${TIMING_TOKENS:-1,8,32,128,256,512,2048,8192}
+            done
+            continue
         fi
         for r in $(seq ${AB_REPEAT:-2}); do
             ab_bench "base-$r@$AB_TOKENS" $AB_TOKENS $B

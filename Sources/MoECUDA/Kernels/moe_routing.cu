@@ -479,20 +479,32 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     auto ws = [&](int stage) { return routerStages + stage * STAGE_ELEMENTS + TILE * STRIDE; };
 
     // Per stage: TILE·4 segments of 16 B of x and ETILE·4 of Wr (row = idx / 4, segment = idx % 4), THREADS at a time.
+    // Each thread's segments are the same at every step but for k0: their sources, shared offsets and sizes are worked
+    // out once (run 66's samples at 8192 tokens put the per-step index arithmetic among the wide kernel's busiest sites).
+    constexpr int SEGMENTS = (TILE + ETILE) * 4, COPIES = (SEGMENTS + THREADS - 1) / THREADS;
+    const bf16_t *source[COPIES];
+    u32 target[COPIES];
+    int bytes[COPIES];
+#pragma unroll
+    for (int c = 0; c < COPIES; ++c) {
+        const int idx = threadIdx.x + c * THREADS, row = idx >> 2, segment = idx & 3;
+        if (row < TILE) {
+            const int token = t0 + row;
+            source[c] = x + (long long)min(token, T - 1) * H + segment * 8;
+            target[c] = shared_address(routerStages + row * STRIDE + segment * 8);
+            bytes[c] = token < T ? 16 : 0;
+        } else {
+            const int expert = e0 + row - TILE;
+            source[c] = wr + (long long)min(expert, E - 1) * H + segment * 8;
+            target[c] = shared_address(routerStages + TILE * STRIDE + (row - TILE) * STRIDE + segment * 8);
+            bytes[c] = expert < E ? 16 : 0;
+        }
+    }
     auto issue = [&](int stage, int k0) {
 #pragma unroll
-        for (int idx = threadIdx.x; idx < (TILE + ETILE) * 4; idx += THREADS) {
-            const int row = idx >> 2, segment = idx & 3;
-            if (row < TILE) {
-                const int token = t0 + row;
-                const bf16_t *xsrc = x + (long long)min(token, T - 1) * H + k0 + segment * 8;
-                copy_async_16(shared_address(xs(stage) + row * STRIDE + segment * 8), xsrc, token < T ? 16 : 0);
-            } else {
-                const int expert = e0 + row - TILE;
-                const bf16_t *wsrc = wr + (long long)min(expert, E - 1) * H + k0 + segment * 8;
-                copy_async_16(shared_address(ws(stage) + (row - TILE) * STRIDE + segment * 8), wsrc, expert < E ? 16 : 0);
-            }
-        }
+        for (int c = 0; c < COPIES; ++c)
+            if (SEGMENTS % THREADS == 0 || threadIdx.x + c * THREADS < SEGMENTS)
+                copy_async_16(target[c] + stage * STAGE_ELEMENTS * 2, source[c] + k0, bytes[c]);
     };
 
     float acc[4][4];
@@ -513,23 +525,31 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
         if (ahead < count) issue(ahead % STAGES, (first + ahead) * KSTEP);
         copy_async_commit();
         const int stage = step % STAGES;
+        // Every fragment of the step first, then its MMAs: each HMMA waited on its own ldmatrix (run 66: the wide
+        // kernel's most sampled instruction, short-scoreboard stalls). Each acc[j] still adds its k16 steps in order.
+        u32 a[KSTEP / 16][4], b[KSTEP / 16][2][4];
 #pragma unroll
-        for (int kk = 0; kk < KSTEP; kk += 16) {
-            u32 a[4];
+        for (int s = 0; s < KSTEP / 16; ++s) {
+            const int kk = 16 * s;
             {
                 const int row = 16 * tokenWarp + (lane & 7) + 8 * ((lane >> 3) & 1);
                 const int col = kk + 8 * (lane >> 4);
-                load_matrix_x4(a, shared_address(xs(stage) + row * STRIDE + col));
+                load_matrix_x4(a[s], shared_address(xs(stage) + row * STRIDE + col));
             }
 #pragma unroll
             for (int j = 0; j < 4; j += 2) {
                 // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8) of this warp's 32
-                u32 b[4];
                 const int row = 32 * expertWarp + 8 * j + (lane & 7) + 8 * (lane >> 4);
                 const int col = kk + 8 * ((lane >> 3) & 1);
-                load_matrix_x4(b, shared_address(ws(stage) + row * STRIDE + col));
-                mma_bf16_16816(acc[j], a[0], a[1], a[2], a[3], b[0], b[1]);
-                mma_bf16_16816(acc[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+                load_matrix_x4(b[s][j / 2], shared_address(ws(stage) + row * STRIDE + col));
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < KSTEP / 16; ++s) {
+#pragma unroll
+            for (int j = 0; j < 4; j += 2) {
+                mma_bf16_16816(acc[j], a[s][0], a[s][1], a[s][2], a[s][3], b[s][j / 2][0], b[s][j / 2][1]);
+                mma_bf16_16816(acc[j + 1], a[s][0], a[s][1], a[s][2], a[s][3], b[s][j / 2][2], b[s][j / 2][3]);
             }
         }
     }
