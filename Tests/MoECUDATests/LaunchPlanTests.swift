@@ -36,10 +36,10 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
-/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 145, 321, 577 and 2048 (120b's 577, 1281, 2305 and 8192); the decode rules
+/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 128, 321, 577 and 1024 (120b's 512, 1281, 2305 and 4096); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 512, 576, 577, 1024, 1280, 1281, 2304, 2305, 8191, 8192, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 511, 512, 576, 577, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -49,20 +49,19 @@ import Testing
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
-    #expect(small(65) == .staged_2_4_8_2 && small(128) == .staged_2_4_8_2)
-    #expect(small(144) == .staged_2_4_8_2 && small(145) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
-    #expect(small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
+    #expect(small(65) == .staged_2_4_8_2 && small(127) == .staged_2_4_8_2)
+    #expect(small(128) == .registered_1_64_4_2_1_1_2_1_0_2_0_2 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
     #expect(small(321) == .registered_1_96_4_4_1_1_2_1 && small(576) == .registered_1_96_4_4_1_1_2_1)
-    #expect(small(577) == .registered_1_128_4_4_1_1_2_1 && small(2047) == .registered_1_128_4_4_1_1_2_1)
-    #expect(small(2048) == .registered_1_256_4_2_1_1_2_1)
+    #expect(small(577) == .registered_1_128_4_4_1_1_2_1 && small(1023) == .registered_1_128_4_4_1_1_2_1)
+    #expect(small(1024) == .registered_1_256_4_2_1_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
-    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(512, byRows: false) == .staged_2_4_8_2)
+    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(511, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
     let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
     // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
     #expect(GemmVariant.rowsPolicy == (currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"))
-    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .staged_2_4_8_2) }
+    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .registered_1_64_4_2_1_1_2_1_0_2_0_2) }
 }
 
 @Test func variantsFollowTheTokenCount() {
@@ -73,27 +72,26 @@ import Testing
     #expect(GemmVariant.choose(tokens: 5) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
-    #expect(GemmVariant.choose(tokens: 512) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 576) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since run 71 two blocks an SM.
+    #expect(GemmVariant.choose(tokens: 511) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–72 two blocks an SM,
+    // from 512.
     let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2
-    #expect(GemmVariant.choose(tokens: 577) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    #expect(GemmVariant.choose(tokens: 512) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 21's runs 70–71: 96-token tiles at 1281–2304 tokens, 256-token tiles from 8192 (256 rows an expert).
+    // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens, 256-token tiles from 4096 (128 rows an expert).
     #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
     #expect(GemmVariant.choose(tokens: 2304) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
     #expect(GemmVariant.choose(tokens: 2305) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 8191) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 8192) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
     #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 2048, experts: 32, topK: 4).gemm1 == .registered_1_256_4_2_1_1_2_1)
-    #expect(GemmVariant.choose(tokens: 2047, experts: 32, topK: 4).gemm1 == .registered_1_128_4_4_1_1_2_1)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 256, 257, 576, 577, 1280, 1281, 2305, 8192, 40000] {
+    for tokens in [1, 8, 64, 65, 256, 257, 511, 512, 1280, 1281, 2305, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -121,7 +119,7 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
     // Registered kernels: one producer warpgroup; load slots of [N × 64 bf16 activations | the block's codes and
     // scales, 640 B a 16-row group] on 1 KB, then a FULL mbarrier (8 B) a slot, after 1 KB of alignment slack.
-    let narrow64 = GemmVariant.registered_1_64_4_4_1_1_2_1_0_2, four = GemmVariant.registered_1_128_4_4_1_1_2_1
+    let narrow64 = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2, four = GemmVariant.registered_1_128_4_4_1_1_2_1
     let wide = GemmVariant.registered_1_256_4_2_1_1_2_1
     for variant in [narrow64, four, wide] {
         #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
@@ -132,10 +130,13 @@ import Testing
     #expect(four.warps == 20 && four.consumerWarpgroups == 4)
     #expect(four.rowGroupsPerBlock == 16 && four.tileRows == 128)
     #expect(four.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (128 * 64 * 2 + 16 * 640) + 4 * 8)
-    // 64-token narrow tiles: the same launch with half the activation bytes a slot.
-    #expect(narrow64.warps == 20 && narrow64.rowGroupsPerBlock == 16 && narrow64.tileRows == 64)
+    // 64-token narrow tiles, two blocks an SM (K = 2): two consumer warpgroups, 128 rows a block, slots of 64
+    // activation rows; two blocks' shared memory fits an SM.
+    #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 12 && narrow64.rowGroupsPerBlock == 8 && narrow64.tileRows == 64)
     #expect(narrow64.narrowTiles && !four.narrowTiles)
-    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 16 * 640) + 4 * 8)
+    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 8 * 640) + 4 * 8)
+    #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    #expect(four.blocksPerSM == 1 && wide.blocksPerSM == 1)
     // 256-token tiles: two consumer warpgroups, 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23).
     #expect(wide.warps == 12 && wide.consumerWarpgroups == 2)
     #expect(wide.rowGroupsPerBlock == 8 && wide.tileRows == 256)
@@ -148,15 +149,8 @@ import Testing
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 8)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
-    // Two blocks an SM (K = 2): two consumer warpgroups, 128 rows a block, the same slots per tile rows.
-    let twoBlocksNarrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2
-    #expect(twoBlocksNarrow.blocksPerSM == 2 && twoBlocksNarrow.warps == 12 && twoBlocksNarrow.rowGroupsPerBlock == 8)
-    #expect(twoBlocksNarrow.narrowTiles && twoBlocksNarrow.tileRows == 64)
-    #expect(twoBlocksNarrow.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 8 * 640) + 4 * 8)
-    #expect(2 * twoBlocksNarrow.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
-    #expect(four.blocksPerSM == 1 && wide.blocksPerSM == 1)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 5)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, twoBlocksNarrow])
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 4)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -1381,21 +1381,21 @@ MOE_DECODED(2, 2, 128, 4)
     }
 
 // Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
-// (at 104 ptxas serialised the wgmma, C7512). 64-token tiles (577–1280 tokens of gpt-oss-120b) take n32 up to 32 rows
-// and n64 beyond; 128-token tiles n64 up to 64 rows and n128 beyond.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_4_1_1_2_1_0_2, 1, 64, 4, 4, 1, 1, 2, 1, 0, 2, 0, 1, 24, 112)
+// (at 104 ptxas serialised the wgmma, C7512). 128-token tiles (2305–4095 tokens of gpt-oss-120b): n64 up to 64 rows
+// and n128 beyond.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
-// 96-token tiles (session 20, for A/B at 1281–4096 tokens): n64 up to 64 rows and n96 beyond, where the 128-token kernel
-// multiplies 65–96-row tiles at n128; activation boxes of 32 rows.
+// 96-token tiles (1281–2304 tokens, session 21): n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
+// 65–96-row tiles at n128; activation boxes of 32 rows.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
-// 256-token tiles (16384 tokens and more): two consumer warpgroups of 64 rows (128 accumulators a thread); the
+// 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 88, 200)
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
-// 64-token form is the default at 577–1280 tokens (session 21's run 71: −0.6 to −1.5% against four consumer
-// warpgroups); the 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled
-// loops (U = 1, one wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
+// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 512–1280 tokens (session 21's runs 71–72: 0.6–1.5%
+// faster than four consumer warpgroups, which are gone, and 3–5% faster than the staged kernel at 512–576); the
+// 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
+// wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
 
 // MARK: gather
