@@ -1,30 +1,27 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s31:    (not yet run) the defaults adopted from run 72 (two blocks an SM from 512 tokens, the 256-token kernel from
-#           4096): the full check, both sanitizers over every kernel, the bench. Then the boundaries left: two blocks an
-#           SM at 320–448 (staged there), the 256-token kernel at 2560–3584 (the 128-token one there) and at 2048–2304
-#           (the 96-token one there).
-# Earlier parts ran as runs 45–72 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s30) or were
+#   s32:    (not yet run) the defaults adopted from run 73 (two blocks an SM from 320 tokens): the quick check and the bench;
+#           then two blocks an SM at 192–288 tokens (the resident kernel at 192–256, staged at 288).
+# Earlier parts ran as runs 45–73 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s31) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
-#   usage (device): bash .device/pending.sh s31 [SECONDS]
+#   usage (device): bash .device/pending.sh s32 [SECONDS]
 set -u
-part=${1:-s31}
+part=${1:-s32}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s31)
-        bash $D info check checkfull racedefault memcheck
-        BENCH_TOKENS=1,8,32,128,512,768,1024,1280,1536,2048,2304,4096,8192,16384,32768 bash $D bench
+    s32)
+        bash $D info check
+        BENCH_TOKENS=1,8,32,128,256,320,384,512,768,1024,1280,1536,2048,2304,4096,8192,16384,32768 bash $D bench
         bash $D bench20b
-        G=MOE_CUDA_GEMM=registered_1
-        AB_REPEAT=2 AB_ENVS="${G}_64_4_2_1_1_2_1_0_2_0_2@320,384,448 ${G}_256_4_2_1_1_2_1@2560,3072,3584 ${G}_256_4_2_1_1_2_1@2048,2304" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_2_1_1_2_1_0_2_0_2@192,256,288" bash $D abenv
         ;;
-    *) echo "usage: pending.sh s31 [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh s32 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
