@@ -51,12 +51,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// …_K (a twelfth number, after U = 0: the consumer loop rolled), K = 2: two blocks an SM of two consumer
     /// warpgroups each (128 weight rows a block), so that one block's prologue and epilogue run under the other's wgmma.
     /// ptxas compiles them in the launch's 80 registers a thread (no spills); a 128-token tile does not fit (C7602: 94
-    /// needed). The 64-token form with n32 up to 32 rows: 320–1280 tokens. Against the same tiles with four consumer
+    /// needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Against the same tiles with four consumer
     /// warpgroups a block (session 20's default at 577–1280, run 67: −9.4% at 768 against the staged kernel), two
     /// rounds each: −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71), and +1.4 / +1.1% and
     /// +1.0 / +0.6% for the four-warpgroup form at 768 and 1024 (run 72): that form is gone. Against the staged kernel
-    /// (runs 72–73): −2.2 / −3.2% at 320, −3.0 / −1.9% at 384, −3.3 / −3.6% at 448, −3.2 / −3.5% at 512, −4.0 / −4.7%
-    /// at 576. The 96-token form was level at 1536–2048 and 10–12% slower
+    /// (runs 72–74): −2.7 / −2.7% at 288, −2.2 / −3.2% at 320, −3.0 / −1.9% at 384, −3.3 / −3.6% at 448, −3.2 / −3.5% at 512, −4.0 / −4.7%
+    /// at 576; against the resident kernel +5.4 / +4.5% at 256 and +25% at 192 (run 74). The 96-token form was level at 1536–2048 and 10–12% slower
     /// at 3072, and the loops unrolled by the ring depth (one wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
     case registered_1_64_4_2_1_1_2_1_0_2_0_2
 
@@ -159,12 +159,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// then builds its wgmma descriptors by adds from the first slot's (B = 1; run 69, two rounds against the B = 0 forms):
     /// −2.5 / −2.5% at 768, −2.8 / −2.4% at 1024, −1.9 / −2.0% at 2048, −1.3 / −2.7% at 8192, −0.2 / −1.1% at 32768.
     /// Session 21 (H100, runs 70–72, two rounds each): 96-token tiles take 1281–2304 tokens, the 256-token kernel 4096 and
-    /// beyond, and the 64-token kernel runs as two blocks an SM from 320 (figures at each case above). The 256-token
+    /// beyond, and the 64-token kernel runs as two blocks an SM from 288 (figures at each case above). The 256-token
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
     ///
-    /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it: 8-token
-    /// tiles to 8 rows an expert, 32-token tiles to 32, larger beyond) sit at 256 and 1024 tokens, and `byRows` places
-    /// them at the same rows for any E and k (gpt-oss-20b: 64 and 256 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
+    /// 8-token tiles to 8 rows an expert, 32-token tiles to 9, 64-token tiles to 40, 96-token tiles to 72, 128-token tiles
+    /// to 127, 256-token tiles beyond) sit at 256, 288, 1280, 2304 and 4096 tokens, and `byRows` places them at the same
+    /// rows for any E and k (gpt-oss-20b: 64, 72, 320, 576 and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
     /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
     /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
     /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
@@ -182,7 +183,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         switch equivalent {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...319: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...287: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2, .registered_1_64_4_2_1_1_2_1_0_2_0_2)
         case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)

@@ -36,10 +36,10 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
-/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 80, 321, 577 and 1024 (120b's 320, 1281, 2305 and 4096); the decode rules
+/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 72, 321, 577 and 1024 (120b's 288, 1281, 2305 and 4096); the decode rules
 /// (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 319, 320, 576, 577, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -49,13 +49,13 @@ import Testing
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
-    #expect(small(65) == .staged_2_4_8_2 && small(79) == .staged_2_4_8_2)
-    #expect(small(80) == .registered_1_64_4_2_1_1_2_1_0_2_0_2 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
+    #expect(small(65) == .staged_2_4_8_2 && small(71) == .staged_2_4_8_2)
+    #expect(small(72) == .registered_1_64_4_2_1_1_2_1_0_2_0_2 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
     #expect(small(321) == .registered_1_96_4_4_1_1_2_1 && small(576) == .registered_1_96_4_4_1_1_2_1)
     #expect(small(577) == .registered_1_128_4_4_1_1_2_1 && small(1023) == .registered_1_128_4_4_1_1_2_1)
     #expect(small(1024) == .registered_1_256_4_2_1_1_2_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
-    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(319, byRows: false) == .staged_2_4_8_2)
+    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
     let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
@@ -74,13 +74,13 @@ import Testing
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 257) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 319) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 287) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–73 two blocks an SM,
-    // from 320.
+    // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
+    // from 288.
     let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2
-    #expect(GemmVariant.choose(tokens: 320) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
-    #expect(GemmVariant.choose(tokens: 320, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 288) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
@@ -94,7 +94,7 @@ import Testing
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 256, 257, 319, 320, 1280, 1281, 2305, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 256, 257, 287, 288, 1280, 1281, 2305, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
