@@ -163,9 +163,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles to 8 rows an expert, 32-token tiles to 9, 64-token tiles to 40, 96-token tiles to 72, 128-token tiles
-    /// to 127, 256-token tiles beyond) sit at 256, 288, 1280, 2304 and 4096 tokens, and `byRows` places them at the same
-    /// rows for any E and k (gpt-oss-20b: 64, 72, 320, 576 and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// 8-token tiles up to 256 tokens, 32-token tiles to 287, 64-token tiles to 1280, 96-token tiles to 2304, 128-token
+    /// tiles to 4095, 256-token tiles beyond), and `byRows` places them at the same rows an expert for any E and k
+    /// (gpt-oss-20b: at 64, 71, 320, 576 and 1023 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
     /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
     /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
     /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
