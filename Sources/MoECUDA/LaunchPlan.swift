@@ -59,6 +59,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// at 576; against the resident kernel +5.4 / +4.5% at 256 and +25% at 192 (run 74). The 96-token form was level at 1536–2048 and 10–12% slower
     /// at 3072, and the loops unrolled by the ring depth (one wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
     case registered_1_64_4_2_1_1_2_1_0_2_0_2
+    /// Six load slots instead of four (session 21, for A/B: run 75's ncu samples put 8.5–10% of the 96- and 64-token
+    /// kernels' stalls in the FULL wait).
+    case registered_1_64_6_2_1_1_2_1_0_2_0_2
+    case registered_1_96_6_4_1_1_2_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 

@@ -152,8 +152,14 @@ import Testing
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 8)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 4)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
+    // Six load slots (for A/B): the same slots, six of them; two 64-token blocks still fit an SM.
+    let deep64 = GemmVariant.registered_1_64_6_2_1_1_2_1_0_2_0_2, deep96 = GemmVariant.registered_1_96_6_4_1_1_2_1
+    #expect(deep64.stages == 6 && deep64.blocksPerSM == 2 && deep96.stages == 6 && deep96.blocksPerSM == 1)
+    #expect(deep64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 6 * (64 * 64 * 2 + 8 * 640) + 6 * 8)
+    #expect(2 * deep64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    #expect(deep96.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * (96 * 64 * 2 + 16 * 640) + 6 * 8)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 6)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, deep64])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -1397,6 +1397,10 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1,
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
+// Six load slots (session 21, for A/B): run 75's samples put 8.5–10% of the 96- and 64-token kernels' stalls in the
+// FULL wait (the chunk's copies not yet landed).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_6_2_1_1_2_1_0_2_0_2, 1, 64, 6, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_4_1_1_2_1, 1, 96, 6, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
 
 // MARK: gather
 
