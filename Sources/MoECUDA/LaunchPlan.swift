@@ -63,6 +63,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// kernels' stalls in the FULL wait).
     case registered_1_64_6_2_1_1_2_1_0_2_0_2
     case registered_1_96_6_4_1_1_2_1
+    /// …_E (a thirteenth number), E = 1: EMPTY an mbarrier a slot with one arrival a consumer warp, where E = 0 has a
+    /// named barrier a slot whose id and thread count each consumer thread works out every chunk (session 21, for A/B:
+    /// run 75's samples and SASS put about 9 instructions of the ~120 a chunk there).
+    case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
+    case registered_1_96_4_4_1_1_2_1_0_0_0_1_1
+    case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    case registered_1_256_4_2_1_1_2_1_0_0_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -126,6 +133,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
+    /// Registered kernels: EMPTY is an mbarrier a slot (a thirteenth number, 1), after the FULL ones.
+    public var emptyMbarriers: Bool { kind == .registered && numbers.count > 12 && numbers[12] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -211,7 +220,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
-            return 1024 + slots + (usesTensorCopies ? 8 * stages : 0)  // tensor copies: a FULL mbarrier a slot after them
+            // Tensor copies: a FULL mbarrier a slot after them, then (E = 1) an EMPTY one a slot.
+            return 1024 + slots + (usesTensorCopies ? 8 * stages : 0) + (emptyMbarriers ? 8 * stages : 0)
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -110,14 +110,14 @@ private func request(
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     var checked = 0
     for line in experts.split(separator: "\n") where line.hasPrefix("MOE_REGISTERED_KERNEL(moe_gemm_") {
-        // MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, PR, CR): one producer warpgroup, C consumers,
-        // K blocks an SM.
+        // MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, PR, CR): one producer warpgroup, C
+        // consumers, K blocks an SM.
         let numbers = String(line.drop(while: { $0 != "," }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
-        #expect(numbers.count == 14, "\(line)")
-        guard numbers.count == 14 else { continue }
+        #expect(numbers.count == 15, "\(line)")
+        guard numbers.count == 15 else { continue }
         let (consumers, blocks) = (numbers[3], numbers[11])
-        let (producerRegisters, consumerRegisters) = (numbers[12], numbers[13])
+        let (producerRegisters, consumerRegisters) = (numbers[13], numbers[14])
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / blocks / threads / 8 * 8)
         #expect(128 * producerRegisters + 128 * consumers * consumerRegisters <= pool, "\(line)")

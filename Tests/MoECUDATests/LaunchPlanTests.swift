@@ -158,8 +158,18 @@ import Testing
     #expect(deep64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 6 * (64 * 64 * 2 + 8 * 640) + 6 * 8)
     #expect(2 * deep64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
     #expect(deep96.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * (96 * 64 * 2 + 16 * 640) + 6 * 8)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 6)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, deep64])
+    // EMPTY as mbarriers (E = 1): a second mbarrier a slot after the FULL ones; the defaults keep named barriers.
+    let emptyBarriers = GemmVariant.registered_1_96_4_4_1_1_2_1_0_0_0_1_1
+    #expect(emptyBarriers.emptyMbarriers && !ninetySix.emptyMbarriers && emptyBarriers.blocksPerSM == 1)
+    #expect(emptyBarriers.sharedBytes(k: 2880, residentRows: 96) == ninetySix.sharedBytes(k: 2880, residentRows: 96) + 4 * 8)
+    #expect(GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1.blocksPerSM == 2 && GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1.narrowTiles)
+    for tokens in [1, 300, 1024, 2048, 3000, 8192, 32768] {
+        let pair = GemmVariant.choose(tokens: tokens)
+        #expect(!pair.gemm1.emptyMbarriers && !pair.gemm2.emptyMbarriers)
+    }
+    #expect(GemmVariant.allCases.filter(\.emptyMbarriers).count == 4)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 10)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, deep64, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -127,6 +127,10 @@ MOE_DEVICE void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.releas
 MOE_DEVICE void mbarrier_arrive_expect_bytes(u32 barrier, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(barrier), "r"(bytes) : "memory");
 }
+/// One arrival on `barrier` (release: this thread's earlier reads and writes of shared memory come before it).
+MOE_DEVICE void mbarrier_arrive(u32 barrier) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(barrier) : "memory");
+}
 MOE_DEVICE void mbarrier_wait_parity(u32 barrier, u32 parity) {
     u32 done = 0;
     while (!done) {

@@ -991,13 +991,14 @@ struct ChunkCopies {
 };
 
 /// Tensor copies: thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers
-/// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread),
-/// then the block syncs.
+/// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread)
+/// and, where EMPTY is an mbarrier too (emptyArrivals > 0), the LOADS after them, then the block syncs.
 template <int LOADS, int PRODUCER_THREADS>
-MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput) {
+MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput, int emptyArrivals = 0) {
     if (threadIdx.x == 0) {
         prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
         for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
+        for (int s = 0; s < (emptyArrivals > 0 ? LOADS : 0); ++s) mbarrier_init(fullBarriers + 8 * (LOADS + s), emptyArrivals);
         fence_mbarrier_init();
     }
     __syncthreads();
@@ -1055,7 +1056,12 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. The slot's wgmma descriptor by adds from the
 /// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L); EMPTY counts
 /// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-template <int W, int MI, int N, int LOADS, class Copies>
+/// EMPTY_MBARRIER: EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a
+/// chunk on the one after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its
+/// address is the FULL wait's plus a constant, where the named barrier's id and thread count were worked out in
+/// registers each chunk (run 75: about 9 instructions of the ~120 a chunk). The producers' wait is on the mbarrier
+/// after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
+template <int W, int MI, int N, int LOADS, class Copies, bool EMPTY_MBARRIER>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
@@ -1080,9 +1086,15 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
-        const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-        const int doneSlot = (u32)done % LOADS;  // unsigned: no sign fix-up
-        if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
+        if constexpr (EMPTY_MBARRIER) {
+            // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1>
+            // has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
+            if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(fullBarriers + 8 * (LOADS + slot));
+        } else {
+            const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
+            const int doneSlot = (u32)done % LOADS;  // unsigned: no sign fix-up
+            if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
+        }
         if (slow) {
             registered_fragments<MI, true>(a[sp], code, word, sp);
         } else {
@@ -1096,7 +1108,7 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots,
 /// barrier ids and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width
 /// it lost 3–11% at 768–2048 tokens (sessions 20–21, runs 70–71).
-template <int W, int MI, int N, int LOADS, class Copies>
+template <int W, int MI, int N, int LOADS, class Copies, bool EMPTY_MBARRIER>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
@@ -1107,7 +1119,7 @@ MOE_DEVICE void registered_consume(
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, Copies>(
+        registered_chunk<W, MI, N, LOADS, Copies, EMPTY_MBARRIER>(
             p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
             fullBarriers, emptyThreads);
 #endif
@@ -1224,7 +1236,8 @@ struct StagedEpilogue {
 /// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS,
+          bool EMPTY_MBARRIER>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1245,7 +1258,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
     const bool tensorInput = p.inputIndex == 0;
     const int emptyThreads = 128 * CONSUMERS + (tensorInput ? 32 : PRODUCER_THREADS);
-    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput);
+    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput, EMPTY_MBARRIER ? 4 * CONSUMERS : 0);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
@@ -1257,7 +1270,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #pragma unroll 1
         for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
             const int slot = ahead % LOADS;
-            named_barrier_sync(EMPTY + slot, emptyThreads);
+            if constexpr (EMPTY_MBARRIER) {
+                mbarrier_wait_parity(fullBarriers + 8 * (LOADS + (slot + 1) % LOADS), (ahead / LOADS - 1) & 1);
+            } else {
+                named_barrier_sync(EMPTY + slot, emptyThreads);
+            }
             copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
         }
         copy_async_wait<0>();
@@ -1281,20 +1298,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         } else {
-            registered_consume<256, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     } else {
-        registered_consume<N, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1369,38 +1386,45 @@ MOE_DECODED(2, 2, 128, 4)
 // numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
-// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum).
+// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E (EMPTY: 0 a named barrier
+// a slot, 1 an mbarrier a slot; registered_chunk).
 // Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
 // session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, PR, CR)                                       \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, PR, CR)                                    \
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0, "the registered kernels' one form");       \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, K>(p);                                                                 \
+        gemm_registered<MI, N, L, PR, CR, C, W, K, E == 1>(p);                                                         \
     }
 
 // Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
 // (at 104 ptxas serialised the wgmma, C7512). 128-token tiles (2305–4095 tokens of gpt-oss-120b): n64 up to 64 rows
 // and n128 beyond.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
 // 96-token tiles (1281–2304 tokens, session 21): n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
 // 65–96-row tiles at n128; activation boxes of 32 rows.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
 // 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 88, 200)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 0, 88, 200)
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
 // 64-token form (n32 up to 32 rows, n64 beyond) is the default at 512–1280 tokens (session 21's runs 71–72: 0.6–1.5%
 // faster than four consumer warpgroups, which are gone, and 3–5% faster than the staged kernel at 512–576); the
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 0, 24, 104)
 // Six load slots (session 21, for A/B): run 75's samples put 8.5–10% of the 96- and 64-token kernels' stalls in the
 // FULL wait (the chunk's copies not yet landed).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_6_2_1_1_2_1_0_2_0_2, 1, 64, 6, 2, 1, 1, 2, 1, 0, 2, 0, 2, 24, 104)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_4_1_1_2_1, 1, 96, 6, 4, 1, 1, 2, 1, 0, 0, 0, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_6_2_1_1_2_1_0_2_0_2, 1, 64, 6, 2, 1, 1, 2, 1, 0, 2, 0, 2, 0, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_4_1_1_2_1, 1, 96, 6, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
+// E = 1 (session 21, for A/B): EMPTY as an mbarrier a slot, one arrival a consumer warp (registered_chunk), in each of
+// the four defaults. The 128-token one's producers keep 32 registers: at 24 ptxas spilled 84 bytes in their loop.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_0_1_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 32, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 88, 200)
 
 // MARK: gather
 

@@ -13,6 +13,10 @@
 # slot, then refill each after its EMPTY; copies land asynchronously; consumers wait on the mbarrier's phase parity (and
 # in GEMM 1 fence for the tensor cores themselves). Fails as above, and on arrivals of two chunks mixed in one phase,
 # a phase left incomplete, or a consumer passing a phase before its chunk landed.
+# Session 21: EMPTY as an mbarrier a slot (EMPTY_MB, the kernels' E = 1): lane 0 of each consumer warp arrives once a
+# chunk g > 0, after the second half's wait, on the mbarrier of slot g % L ("the slot before mine is free"); the producer
+# refilling slot t for chunk `ahead` waits on slot (t + 1) % L's for parity (ahead / L - 1) & 1. Fails as above, and on
+# arrivals of two chunks in one phase or a phase left incomplete.
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
 #          --consumers=4 (or 2,3): only those consumer warpgroup counts (four: tensor copies only)
@@ -23,9 +27,22 @@ class Err(Exception):
     pass
 
 
-def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0):
-    """items > 0: the persistent kernel (tensor copies, staged): `items` tiles of C chunks on one ring."""
+def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0, emptymb=False):
+    """items > 0: the persistent kernel (tensor copies, staged): `items` tiles of C chunks on one ring. emptymb: EMPTY
+    an mbarrier a slot (tensor copies only)."""
     rnd = random.Random(seed)
+    emb = [dict(phase=0, count=0, chunk=None) for _ in range(L)]  # emptymb: EMPTY per slot, 4·WG arrivals a phase
+
+    def emb_arrive(s, d):
+        m = emb[s]
+        if m['count'] == 0:
+            m['chunk'] = d
+        elif m['chunk'] != d:
+            raise Err(f'EMPTY mbarrier {s}: an arrival for chunk {d} in the phase of chunk {m["chunk"]}')
+        m['count'] += 1
+        if m['count'] == 4 * WG:
+            m['phase'] += 1
+            m['count'], m['chunk'] = 0, None
     per_item = C
     if items:
         C = items * per_item  # ring positions: the chunks' identities from here on
@@ -150,7 +167,13 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0):
             issue_tensor(pw, c)
             yield
         for ahead in range(first, C):
-            if bar(pw, EMPTY + (ahead - L) % L, EMPTY_COUNT, ('E', ahead - L), True):
+            if emptymb:
+                s = (ahead % L + (0 if mutant == 'mslot' else 1)) % L  # 'mslot': the refilled slot's own mbarrier
+                parity = ((ahead // L) if mutant == 'mparity' else (ahead // L - 1)) & 1  # 'mparity': one phase late
+                while (emb[s]['phase'] & 1) == parity:  # try_wait.parity
+                    blocked[pw] = 'wg'
+                    yield
+            elif bar(pw, EMPTY + (ahead - L) % L, EMPTY_COUNT, ('E', ahead - L), True):
                 blocked[pw] = 1
                 yield
             issue_tensor(pw, ahead)
@@ -212,12 +235,16 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0):
             yield
             for h in range(2):
                 yield from wait(keep)
+                if emptymb:  # lane 0 of the warp, for chunk g - 1 ('mfirst': at the first half, before its wgmma is done)
+                    if g > 0 and h == (0 if mutant == 'mfirst' else 1):
+                        emb_arrive(g % L, g - 1)
+                        yield
                 d = g - 1
                 limit = C if mutant == 'arrive' else C - L  # 'arrive': one EMPTY arrival the producers never wait for
                 if items:  # every position's, the item's last one after it (below)
                     arrive = h == 1 and local >= 1
                 else:
-                    arrive = h == 1 and d >= 0 and d < limit
+                    arrive = h == 1 and d >= 0 and d < limit and not emptymb
                 if arrive:
                     count = THREADS if (not tensor or mutant == 'tcount') else EMPTY_COUNT  # 'tcount': the old count
                     bar(cw, EMPTY + d % L, count, ('E', d), False)
@@ -320,12 +347,14 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0):
     left = {k: v['tags'][:3] for k, v in bars.items() if v['cnt']}
     if left:
         raise Err(f'barriers left with arrivals nobody waits for: {left}')
+    if any(m['count'] for m in emb):
+        raise Err(f'an EMPTY mbarrier phase left incomplete: {emb}')
     if flights or any(m['chunk'] is not None for m in mbar):
         raise Err(f'copies still in flight or a FULL phase incomplete at the end: {flights} {mbar}')
     return steps
 
 
-def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
+def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True, emptymb=(False, True)):
     bad = 0
     if persistent:  # the persistent kernel: tensor copies, staged, 1–4 tiles of 1–11 chunks
         for tensor in tensors:
@@ -344,18 +373,19 @@ def run(seeds, mutant=None, tensors=(0, 1, 2), persistent=True):
                                     bad += 1
                                     break
     for tensor in tensors:
-        for staged in [False, True]:
-            for WG in only([2, 3, 4] if tensor else [2, 3]):  # four consumer warpgroups: tensor copies only (session 16)
-                for L in [3, 4, 6, 7]:
-                    for C in list(range(1, 12)) + [17, 45]:
-                        for seed in range(seeds):
-                            try:
-                                simulate(C, L, seed, mutant, WG, staged, tensor)
-                            except Err as e:
-                                if mutant is None:
-                                    print(f'tensor={tensor} staged={staged} WG={WG} L={L} C={C} seed={seed}: {e}')
-                                bad += 1
-                                break
+        for mb in emptymb if tensor else (False,):  # EMPTY mbarriers: tensor copies only (session 21)
+            for staged in [False, True] if not mb else [True]:
+                for WG in only([2, 3, 4] if tensor else [2, 3]):  # four consumer warpgroups: tensor copies only (session 16)
+                    for L in [3, 4, 6, 7]:
+                        for C in list(range(1, 12)) + [17, 45]:
+                            for seed in range(seeds):
+                                try:
+                                    simulate(C, L, seed, mutant, WG, staged, tensor, emptymb=mb)
+                                except Err as e:
+                                    if mutant is None:
+                                        print(f'tensor={tensor} staged={staged} WG={WG} L={L} C={C} seed={seed} emptymb={mb}: {e}')
+                                    bad += 1
+                                    break
     return bad
 
 
@@ -371,11 +401,13 @@ seeds = int(args[0]) if args else 100
 if '--mutants' in sys.argv:
     caught = 0
     mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore', 'tahead', 'tcount', 'tnofence',
-               'notail', 'nolast', 'nofirst']
+               'notail', 'nolast', 'nofirst', 'mfirst', 'mslot', 'mparity']
     persistent_only = {'notail', 'nolast', 'nofirst'}
+    mbarrier_only = {'mfirst', 'mslot', 'mparity'}  # session 21: EMPTY as an mbarrier
     for mutant in mutants:  # the session 15 ones change only the tensor-copy protocol (the last three the persistent one)
-        failures = run(seeds, mutant, (1, 2) if mutant.startswith('t') or mutant in persistent_only else (0,),
-                       persistent=mutant in persistent_only)
+        tensor_only = mutant.startswith('t') or mutant in persistent_only or mutant in mbarrier_only
+        failures = run(seeds, mutant, (1, 2) if tensor_only else (0,), persistent=mutant in persistent_only,
+                       emptymb=(True,) if mutant in mbarrier_only else (False,))
         print(f'mutant {mutant}: {failures} failing configurations', flush=True)
         caught += failures > 0
     print('mutants caught', caught, 'of', len(mutants))
