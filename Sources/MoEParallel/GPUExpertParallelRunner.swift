@@ -341,6 +341,11 @@ public final class GPUExpertParallelRunner {
     /// Closes the IPC mappings and the NCCL communicators, and marks this rank done.
     public func close() {
         for layer in layers { layer.close() }
+        // Each rank frees its GPU heaps with its layers after this, and cuMemFree of an allocation another process
+        // still has open through cuIpcOpenMemHandle is undefined behaviour: wait until every rank has closed its
+        // mappings of the others'. A peer that is gone, aborted or already finished ends the wait at once, a peer at
+        // another barrier fails it (SymmetricHeap.barrier); a second close finds the heap closed and skips it.
+        if heap.world > 1 { try? heap.barrier(.finish, layer: 0) }
         communicator?.close()
         railCommunicator?.close()
         heap.close()
