@@ -1392,7 +1392,7 @@ MOE_DECODED(2, 2, 128, 4)
 // activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
 // session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, PR, CR)                                    \
-    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0, "the registered kernels' one form");       \
+    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E <= 1, "the registered kernels' form"); \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
         gemm_registered<MI, N, L, PR, CR, C, W, K, E == 1>(p);                                                         \
@@ -1410,8 +1410,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 0, 88, 200)
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
-// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 512–1280 tokens (session 21's runs 71–72: 0.6–1.5%
-// faster than four consumer warpgroups, which are gone, and 3–5% faster than the staged kernel at 512–576); the
+// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 288–1280 tokens (session 21's runs 71–74: 0.6–1.5%
+// faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576); the
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 0, 24, 104)
