@@ -51,13 +51,15 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// …_K (a twelfth number, after U = 0: the consumer loop rolled), K = 2: two blocks an SM of two consumer
     /// warpgroups each (128 weight rows a block), so that one block's prologue and epilogue run under the other's wgmma.
     /// ptxas compiles them in the launch's 80 registers a thread (no spills); a 128-token tile does not fit (C7602: 94
-    /// needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Against the same tiles with four consumer
-    /// warpgroups a block (session 20's default at 577–1280, run 67: −9.4% at 768 against the staged kernel), two
-    /// rounds each: −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71), and +1.4 / +1.1% and
-    /// +1.0 / +0.6% for the four-warpgroup form at 768 and 1024 (run 72): that form is gone. Against the staged kernel
-    /// (runs 72–74): −2.7 / −2.7% at 288, −2.2 / −3.2% at 320, −3.0 / −1.9% at 384, −3.3 / −3.6% at 448, −3.2 / −3.5% at 512, −4.0 / −4.7%
-    /// at 576; against the resident kernel +5.4 / +4.5% at 256 and +25% at 192 (run 74). The 96-token form was level at 1536–2048 and 10–12% slower
-    /// at 3072, and the loops unrolled by the ring depth (one wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
+    /// needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Two rounds each:
+    /// - against the same tiles with four consumer warpgroups a block (session 20's default at 577–1280; run 67: −9.4%
+    ///   at 768 against the staged kernel): −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71);
+    ///   the four-warpgroup form against it +1.4 / +1.1% at 768 and +1.0 / +0.6% at 1024 (run 72), and is gone;
+    /// - against the staged kernel (runs 72–74): −2.7 / −2.7% at 288, −2.2 / −3.2% at 320, −3.0 / −1.9% at 384,
+    ///   −3.3 / −3.6% at 448, −3.2 / −3.5% at 512, −4.0 / −4.7% at 576;
+    /// - against the resident kernel (run 74): +5.4 / +4.5% at 256, +25% at 192.
+    /// The 96-token form was level at 1536–2048 and 10–12% slower at 3072, and the loops unrolled by the ring depth (one
+    /// wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
     case registered_1_64_4_2_1_1_2_1_0_2_0_2
     /// Six load slots instead of four (session 21, for A/B: run 75's ncu samples put 8.5–10% of the 96- and 64-token
     /// kernels' stalls in the FULL wait).
@@ -171,7 +173,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tiles take n32 as in the 64-token kernel, so the staged kernel keeps 257–576. Each of the three large-batch kernels
     /// then builds its wgmma descriptors by adds from the first slot's (B = 1; run 69, two rounds against the B = 0 forms):
     /// −2.5 / −2.5% at 768, −2.8 / −2.4% at 1024, −1.9 / −2.0% at 2048, −1.3 / −2.7% at 8192, −0.2 / −1.1% at 32768.
-    /// Session 21 (H100, runs 70–72, two rounds each): 96-token tiles take 1281–2304 tokens, the 256-token kernel 4096 and
+    /// Session 21 (H100, runs 70–74, two rounds each): 96-token tiles take 1281–2304 tokens, the 256-token kernel 4096 and
     /// beyond, and the 64-token kernel runs as two blocks an SM from 288 (figures at each case above). The 256-token
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
     ///
