@@ -9,6 +9,9 @@ public enum Conformance {
         case allOnOneExpert = "all tokens on expert 0"
         /// The last expert gets no token (a hugely negative bias).
         case starvedExpert = "last expert gets nothing"
+        /// Every seventh MXFP4 block of both expert stacks gets a scale byte of 129–132 (2^2–2^5): the GPU decode's
+        /// slow path, which the synthetic scales (around unit variance) never reach.
+        case largeScales = "large block scales"
     }
 
     public struct Case: Sendable, CustomStringConvertible {
@@ -50,7 +53,7 @@ public enum Conformance {
             }
         }
         let tiny = MoEPreset.tiny.config
-        for skew in [Skew.allOnOneExpert, .starvedExpert] {
+        for skew in [Skew.allOnOneExpert, .starvedExpert, .largeScales] {
             for T in [1, 7, 65] {
                 seed += 1
                 out.append(Case(name: "tiny, \(skew.rawValue)", config: tiny, tokens: T, mode: .renormalize, seed: seed, skew: skew))
@@ -69,13 +72,16 @@ public enum Conformance {
         return out
     }
 
-    /// The weights of a case (synthetic, with the case's router skew applied).
+    /// The weights of a case (synthetic, with the case's skew applied).
     public static func weights(for c: Case) throws -> MoELayerWeights {
         var w = try SyntheticModel.layer(config: c.config, seed: c.seed)
         switch c.skew {
         case .none: break
         case .allOnOneExpert: w.routerBias[0] = 64
         case .starvedExpert: w.routerBias[c.config.experts - 1] = -64
+        case .largeScales:
+            for i in stride(from: 0, to: w.gateUp.scales.count, by: 7) { w.gateUp.scales[i] = UInt8(129 + i / 7 % 4) }
+            for i in stride(from: 3, to: w.down.scales.count, by: 7) { w.down.scales[i] = UInt8(129 + i / 7 % 4) }
         }
         return w
     }
@@ -103,6 +109,9 @@ public enum Conformance {
             }
             if c.skew == .starvedExpert && first.topkIds.contains(Int32(c.config.experts - 1)) {
                 problems.append("skew not applied: the starved expert was chosen")
+            }
+            if c.skew == .largeScales && !(w.gateUp.scales.contains { $0 > 128 } && w.down.scales.contains { $0 > 128 }) {
+                problems.append("skew not applied: no block scale above 128")
             }
             return Outcome(
                 testCase: c, passed: problems.isEmpty, relativeL2: error, routingMismatches: mismatches.count,

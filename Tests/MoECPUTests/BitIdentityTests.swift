@@ -134,8 +134,8 @@ import Testing
         }
     }
 
-    /// The conformance suite's quick cases (awkward shapes, all tokens on one expert, a starved expert, both
-    /// routing modes) on every kernel path, judged as `Conformance.run` judges them; the float64 reference is
+    /// The conformance suite's quick cases (awkward shapes, all tokens on one expert, a starved expert, large block
+    /// scales, both routing modes) on every kernel path, judged as `Conformance.run` judges them; the float64 reference is
     /// computed once per case and shared by the paths.
     @Test func conformanceOnEveryPath() throws {
         for testCase in Conformance.cases(quick: true) {
@@ -158,6 +158,8 @@ import Testing
                     #expect((0..<testCase.tokens).allSatisfy { first.topkIds[$0 * c.topK] == 0 }, "\(path) \(testCase)")
                 case .starvedExpert:
                     #expect(!first.topkIds.contains(Int32(c.experts - 1)), "\(path) \(testCase)")
+                case .largeScales:
+                    #expect(weights.gateUp.scales.contains { $0 > 128 } && weights.down.scales.contains { $0 > 128 })
                 case .none:
                     break
                 }
