@@ -9,8 +9,9 @@
 #             Predicted −2 to −5% at 512–4096, −1 to −3% beyond;
 #           - six load slots instead of four for the 96-token and two-block 64-token kernels (run 75: 8.5–10% of the
 #             stall samples in the FULL wait). Predicted −1 to −4% at 2048 and at 1024.
-#           Before the A/Bs, `ep-check.sh check`: its first run with the GPU runner's finish barrier before the heaps
-#           are freed.
+#           First the defaults' `check --quick`: its first GPU run with the large-block-scales cases (the decode's slow
+#           path). Before the A/Bs, `ep-check.sh check`: its first run with the GPU runner's finish barrier before the
+#           heaps are freed.
 # Earlier parts ran as runs 45–75 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s33) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -26,7 +27,7 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     s34)
-        bash $D info
+        bash $D info check
         G=registered_1
         for v in ${G}_64_4_2_1_1_2_1_0_2_0_2_1 ${G}_96_4_4_1_1_2_1_0_0_0_1_1 ${G}_128_4_4_1_1_2_1_0_0_0_1_1 ${G}_256_4_2_1_1_2_1_0_0_0_1_1; do
             MOE_CUDA_GEMM=$v bash $D check
