@@ -536,8 +536,10 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
 
     /// Router + top-k on this rank's T_loc rows, with the single-rank forward's router kernel for T global tokens.
     func localRoutingParameters(_ b: Bucket, mode: RoutingMode) -> MoERoutingParams {
-        var p = MoERoutingParams()
         let (k, E) = (config.topK, config.experts)
+        var p = MoERoutingParams.shaped(
+            tokens: b.tokensPerRank, config: config, mode: mode, tileRows: 8,
+            maxTiles: LaunchPlan.tileBound(slots: b.tokensPerRank * k, experts: E, tileRows: 8))
         p.x = x.address
         p.routerWeight = layer.routerWeight.address
         p.routerBias = layer.routerBias.address
@@ -555,20 +557,13 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.arrivals = arrivals.address
         p.routerPartials = localRouterPartials.address
         p.routerSplits = Int32(b.plan.routerSplits)
-        p.tokens = Int32(b.tokensPerRank)
-        p.hidden = Int32(config.hidden)
-        p.experts = Int32(E)
-        p.topK = Int32(k)
-        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
-        p.tileRows = 8
-        p.maxTiles = Int32(LaunchPlan.tileBound(slots: b.tokensPerRank * k, experts: E, tileRows: 8))
-        p.tokenBlocks = Int32((b.tokensPerRank + 31) / 32)
         return p
     }
 
     /// The global plan over R·T_loc rows read from this rank's routing region.
     func globalRoutingParameters(_ b: Bucket, mode: RoutingMode) -> MoERoutingParams {
-        var p = MoERoutingParams()
+        var p = MoERoutingParams.shaped(
+            tokens: world * b.tokensPerRank, config: config, mode: mode, tileRows: b.plan.tileRows, maxTiles: b.maxTiles)
         p.topkIds = heap.address + UInt64(layout.offset(of: .routingIds))
         p.topkWeights = heap.address + UInt64(layout.offset(of: .routingWeights))
         p.blockCounts = blockCounts.address
@@ -581,14 +576,6 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         p.tiles = tiles.address
         p.tileCount = tileCount.address
         p.arrivals = arrivals.address
-        p.tokens = Int32(world * b.tokensPerRank)
-        p.hidden = Int32(config.hidden)
-        p.experts = Int32(config.experts)
-        p.topK = Int32(config.topK)
-        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
-        p.tileRows = Int32(b.plan.tileRows)
-        p.maxTiles = Int32(b.maxTiles)
-        p.tokenBlocks = Int32((world * b.tokensPerRank + 31) / 32)
         return p
     }
 

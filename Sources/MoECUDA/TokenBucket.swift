@@ -115,8 +115,8 @@ final class TokenBucket: @unchecked Sendable {
     // MARK: parameters
 
     func routingParameters(slot: Int, mode: RoutingMode, layer: DeviceLayer) -> MoERoutingParams {
-        var p = MoERoutingParams()
-        let c = plan.config
+        var p = MoERoutingParams.shaped(
+            tokens: plan.tokens, config: plan.config, mode: mode, tileRows: plan.tileRows, maxTiles: plan.maxTiles)
         p.x = inputs[slot].address
         p.routerWeight = layer.routerWeight.address
         p.routerBias = layer.routerBias.address
@@ -135,14 +135,6 @@ final class TokenBucket: @unchecked Sendable {
         p.arrivals = arrivals.address
         p.routerPartials = routerPartials.address
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
-        p.tokens = Int32(plan.tokens)
-        p.hidden = Int32(c.hidden)
-        p.experts = Int32(c.experts)
-        p.topK = Int32(c.topK)
-        p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
-        p.tileRows = Int32(plan.tileRows)
-        p.maxTiles = Int32(plan.maxTiles)
-        p.tokenBlocks = Int32(plan.tokenBlocks)
         return p
     }
 
