@@ -45,14 +45,29 @@ ab_bench() {  # ab_bench NAME TOKENS command...
     TAIL=14 step "$name" 200 "$@" bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
 }
 
+# The step in "$@" with the SM clock and board power sampled every 200 ms beside it (nvidia-smi), summarised into the
+# log: whether a bench's spread (p10 against median) follows the clock. Session 21 left that open at 8192 tokens.
+with_clocks() {  # with_clocks NAME command...
+    local name=$1; shift
+    local samples=/tmp/moekit-clocks-$name.csv
+    nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 200 > "$samples" 2>/dev/null &
+    local sampler=$!
+    "$@"
+    kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+    for column in 1 2; do
+        awk -F', *' -v c=$column '$c ~ /^[0-9.]+$/ {print $c}' "$samples" | sort -n | awk -v what="$([ $column = 1 ] && echo 'SM clock MHz' || echo 'power W')" -v name="$name" \
+            '{v[NR] = $1} END {if (NR) printf "=== clocks during %s: %s min %s, median %s, max %s (%d samples)\n", name, what, v[1], v[int((NR + 1) / 2)], v[NR], NR}'
+    done | tee -a "$LOG"
+}
+
 steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do
     case $s in
     info) step info 60 $M info ;;
     debug) step debug 240 $M cuda-debug --preset tiny --tokens ${DEBUG_TOKENS:-1,7,33,100} ;;
-    bench) TAIL=16 step bench 300 $M bench --backend cuda --preset gpt-oss-120b ${BENCH_TOKENS:+--tokens $BENCH_TOKENS} --seconds 0.4 --json "$OUT/bench.json" ;;
-    bench20b) TAIL=16 step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
+    bench) TAIL=16 with_clocks bench step bench 300 $M bench --backend cuda --preset gpt-oss-120b ${BENCH_TOKENS:+--tokens $BENCH_TOKENS} --seconds 0.4 --json "$OUT/bench.json" ;;
+    bench20b) TAIL=16 with_clocks bench20b step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;
     epcheck) TAIL=30 step epcheck 500 env MOE=$M OUT=$OUT/ep bash .device/ep-check.sh check ;;

@@ -11,7 +11,8 @@
 #             stall samples in the FULL wait). Predicted −1 to −4% at 2048 and at 1024.
 #           First the defaults' `check --quick`: its first GPU run with the large-block-scales cases (the decode's slow
 #           path). Before the A/Bs, `ep-check.sh check`: its first run with the GPU runner's finish barrier before the
-#           heaps are freed.
+#           heaps are freed, and the defaults' bench with the SM clock and power sampled beside it (device-check's
+#           with_clocks: does the bench's spread at 8192 tokens follow the clock?).
 # Earlier parts ran as runs 45–75 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s33) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -34,6 +35,7 @@ case $part in
             DEBUG_VARIANT=$v RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
         done
         bash $D epcheck  # the GPU runner's new finish barrier at teardown (session 21): every R must still end cleanly
+        BENCH_TOKENS=1,8,32,128,288,512,1024,2048,4096,8192,32768 bash $D bench  # the defaults, clocks sampled beside
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=${G}_64_4_2_1_1_2_1_0_2_0_2_1@512,1024 MOE_CUDA_GEMM=${G}_96_4_4_1_1_2_1_0_0_0_1_1@1536,2048 MOE_CUDA_GEMM=${G}_128_4_4_1_1_2_1_0_0_0_1_1@3072 MOE_CUDA_GEMM=${G}_256_4_2_1_1_2_1_0_0_0_1_1@8192,32768 MOE_CUDA_GEMM=${G}_96_6_4_1_1_2_1@2048 MOE_CUDA_GEMM=${G}_64_6_2_1_1_2_1_0_2_0_2@1024" bash $D abenv
         ;;
     *) echo "usage: pending.sh s34 [SECONDS]" >&2; exit 2 ;;
