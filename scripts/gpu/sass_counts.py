@@ -9,8 +9,8 @@
 #   usage: python3 scripts/gpu/sass_counts.py FILE.csv[.xz] [WARPS] [TOP] [--regions R]
 #          WARPS: the launch's warps (grid × block / 32), for the per-warp count (0: none); TOP: stall sites listed
 #          (default 6)
-import collections, csv, io, lzma, sys
-from sass_listing import opcode
+import collections, sys
+from sass_listing import opcode, source_counters
 
 arguments = sys.argv[1:]
 regions = 0
@@ -19,10 +19,7 @@ if "--regions" in arguments:
     regions = int(arguments[at + 1])
     del arguments[at:at + 2]
 sys.argv[1:] = arguments
-path = sys.argv[1]
-text = lzma.open(path, "rt").read() if path.endswith(".xz") else open(path).read()
-rows = list(csv.reader(io.StringIO(text)))
-header, data = rows[1], rows[2:]
+kernel, header, data = source_counters(sys.argv[1])
 col = {h: i for i, h in enumerate(header)}
 executed = [int(r[col["Instructions Executed"]] or 0) for r in data]
 samples = [int(r[col["Warp Stall Sampling (All Samples)"]] or 0) for r in data]
@@ -32,7 +29,7 @@ source = [r[col["Source"]].strip() for r in data]
 
 
 total = sum(executed)
-print(f"{rows[0][1]}: {total} warp instructions executed", end="")
+print(f"{kernel}: {total} warp instructions executed", end="")
 if len(sys.argv) > 2 and int(sys.argv[2]) > 0:
     warps = int(sys.argv[2])
     print(f", {total / warps:.0f} a warp ({warps} warps)", end="")

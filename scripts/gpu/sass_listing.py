@@ -1,6 +1,7 @@
 # The SASS listing helpers the scripts here share: a kernel's instructions as (address, text) pairs, from a cubin
-# (cuobjdump on PATH: pip's nvidia-cuda-cuobjdump) or from `cuobjdump -sass` output, and an instruction's opcode.
-import re, subprocess
+# (cuobjdump on PATH: pip's nvidia-cuda-cuobjdump) or from `cuobjdump -sass` output, an instruction's opcode, and an
+# `ncusrc` step's per-instruction CSV (ncu --page source --csv --print-source sass).
+import csv, io, lzma, re, subprocess
 
 
 def parse(lines):
@@ -24,3 +25,10 @@ def opcode(text):
     words = text.split()
     word = words[1] if words[0].startswith('@') else words[0]
     return word.split('.')[0]
+
+
+def source_counters(path):
+    """An `ncusrc` CSV (`.xz` read as is): the kernel's name, the column header and the instruction rows."""
+    text = lzma.open(path, "rt").read() if path.endswith(".xz") else open(path, newline="").read()
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0][1], rows[1], rows[2:]
