@@ -990,6 +990,15 @@ struct ChunkCopies {
     }
 };
 
+/// The registered kernel's barriers: FULL[s], an mbarrier a slot at fullBarriers + 8·s; EMPTY + s, the named barrier
+/// that slot s's chunk's wgmma completed (E = 0), or (E = 1) the mbarrier empty_mbarrier(fullBarriers, s) after the
+/// FULL ones (registered_chunk says what an arrival on it means).
+template <int LOADS> struct RegisteredBarriers {
+    static constexpr int EMPTY = 1, EPILOGUE = 1 + LOADS;  // EPILOGUE: the consumers alone
+    static_assert(EPILOGUE <= 15, "named barriers 1…15 (0 is __syncthreads)");
+    static MOE_DEVICE u32 empty_mbarrier(u32 fullBarriers, int slot) { return fullBarriers + 8 * (LOADS + slot); }
+};
+
 /// Tensor copies: thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers
 /// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread)
 /// and, where EMPTY is an mbarrier too (emptyArrivals > 0), the LOADS after them, then the block syncs.
@@ -998,17 +1007,13 @@ MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, boo
     if (threadIdx.x == 0) {
         prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
         for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
-        for (int s = 0; s < (emptyArrivals > 0 ? LOADS : 0); ++s) mbarrier_init(fullBarriers + 8 * (LOADS + s), emptyArrivals);
+        if (emptyArrivals > 0)
+            for (int s = 0; s < LOADS; ++s)
+                mbarrier_init(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, s), emptyArrivals);
         fence_mbarrier_init();
     }
     __syncthreads();
 }
-
-/// The registered kernel's named barriers: EMPTY + s (slot s's chunk's wgmma completed; FULL is an mbarrier a slot).
-template <int LOADS> struct RegisteredBarriers {
-    static constexpr int EMPTY = 1, EPILOGUE = 1 + LOADS;  // EPILOGUE: the consumers alone
-    static_assert(EPILOGUE <= 15, "named barriers 1…15 (0 is __syncthreads)");
-};
 
 /// The wgmma A fragments of one 32-k half (MXFP4 block sp of a chunk) for a consumer warp: its MI code word pairs
 /// decoded into rows gid and gid + 8 of each 16-row group, as the decode-size kernels' mma.sync fragments.
@@ -1089,7 +1094,8 @@ MOE_DEVICE void registered_chunk(
         if constexpr (EMPTY_MBARRIER) {
             // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1>
             // has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
-            if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(fullBarriers + 8 * (LOADS + slot));
+            if (sp == 1 && g > 0 && lane == 0)
+                mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
         } else {
             const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
             const int doneSlot = (u32)done % LOADS;  // unsigned: no sign fix-up
@@ -1271,7 +1277,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
             const int slot = ahead % LOADS;
             if constexpr (EMPTY_MBARRIER) {
-                mbarrier_wait_parity(fullBarriers + 8 * (LOADS + (slot + 1) % LOADS), (ahead / LOADS - 1) & 1);
+                const u32 freed = RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, (slot + 1) % LOADS);
+                mbarrier_wait_parity(freed, (ahead / LOADS - 1) & 1);
             } else {
                 named_barrier_sync(EMPTY + slot, emptyThreads);
             }
