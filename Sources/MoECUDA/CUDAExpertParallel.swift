@@ -284,7 +284,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         logits = try buffer(T * E * 4)
         localIds = try buffer(T * k * 4)
         localWeights = try buffer(T * k * 4)
-        localBlockCounts = try buffer((T + 31) / 32 * E * 4)
+        localBlockCounts = try buffer(LaunchPlan.tokenBlocks(tokens: T) * E * 4)
         localExpertCounts = try buffer(E * 4)
         localOffsets = try buffer((E + 1) * 4)
         localSortedToSlot = try buffer(T * k * 4)
@@ -297,8 +297,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localRouterPartials = try buffer(max(LaunchPlan.routerPartialCapacity(config), decode.partialLogitFloats) * 4)
         let globalSlots = R * T * k
         let globalTiles = LaunchPlan.tileBound(slots: globalSlots, experts: E, tileRows: 8)
-        blockCounts = try buffer((R * T + 31) / 32 * E * 4)
-        blockPrefix = try buffer((R * T + 31) / 32 * E * 4)
+        blockCounts = try buffer(LaunchPlan.tokenBlocks(tokens: R * T) * E * 4)
+        blockPrefix = try buffer(LaunchPlan.tokenBlocks(tokens: R * T) * E * 4)
         expertCounts = try buffer(E * 4)
         expertOffsets = try buffer((E + 1) * 4)
         sortedToSlot = try buffer(globalSlots * 4)
@@ -751,7 +751,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
                 LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: planBytes), stream: stream,
                 parameters: trace.mark(global, "plan"), programmatic: pdl)
         } else {
-            let blocks = (world * b.tokensPerRank + 31) / 32
+            let blocks = LaunchPlan.tokenBlocks(tokens: world * b.tokensPerRank)
             try countKernel.launch(
                 LaunchShape(grid: (blocks, 1, 1), block: 256), stream: stream, parameters: trace.mark(global, "plan count"),
                 programmatic: pdl)

@@ -305,7 +305,9 @@ public struct LaunchPlan: Sendable, Equatable {
     public var slots: Int { tokens * config.topK }
     /// Rows any tile can hold: an expert gets at most T rows (a token's k experts are distinct).
     public var residentRows: Int { min(tileRows, tokens) }
-    public var tokenBlocks: Int { (tokens + Int(MOE_TOKENS_PER_BLOCK) - 1) / Int(MOE_TOKENS_PER_BLOCK) }
+    public var tokenBlocks: Int { LaunchPlan.tokenBlocks(tokens: tokens) }
+    /// The top-k and plan kernels' blocks for `tokens` rows: MOE_TOKENS_PER_BLOCK tokens each.
+    static func tokenBlocks(tokens: Int) -> Int { (tokens + Int(MOE_TOKENS_PER_BLOCK) - 1) / Int(MOE_TOKENS_PER_BLOCK) }
 
     /// Upper bound on Σ_e ceil(count_e / tileRows): each non-empty expert adds at most one partial tile.
     public var maxTiles: Int { LaunchPlan.tileBound(slots: slots, experts: config.experts, tileRows: tileRows) }

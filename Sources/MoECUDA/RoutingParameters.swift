@@ -14,7 +14,7 @@ extension MoERoutingParams {
         p.mode = mode == .renormalize ? MOE_ROUTING_RENORMALIZE : MOE_ROUTING_SOFTMAX_FIRST
         p.tileRows = Int32(tileRows)
         p.maxTiles = Int32(maxTiles)
-        p.tokenBlocks = Int32((tokens + Int(MOE_TOKENS_PER_BLOCK) - 1) / Int(MOE_TOKENS_PER_BLOCK))
+        p.tokenBlocks = Int32(LaunchPlan.tokenBlocks(tokens: tokens))
         return p
     }
 }
