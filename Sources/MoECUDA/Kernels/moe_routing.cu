@@ -491,12 +491,12 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
         if (row < TILE) {
             const int token = t0 + row;
             source[c] = x + (long long)min(token, T - 1) * H + segment * 8;
-            target[c] = shared_address(routerStages + row * STRIDE + segment * 8);
+            target[c] = shared_address(xs(0) + row * STRIDE + segment * 8);
             bytes[c] = token < T ? 16 : 0;
         } else {
             const int expert = e0 + row - TILE;
             source[c] = wr + (long long)min(expert, E - 1) * H + segment * 8;
-            target[c] = shared_address(routerStages + TILE * STRIDE + (row - TILE) * STRIDE + segment * 8);
+            target[c] = shared_address(ws(0) + (row - TILE) * STRIDE + segment * 8);
             bytes[c] = expert < E ? 16 : 0;
         }
     }
@@ -504,7 +504,7 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
 #pragma unroll
         for (int c = 0; c < COPIES; ++c)
             if (SEGMENTS % THREADS == 0 || threadIdx.x + c * THREADS < SEGMENTS)
-                copy_async_16(target[c] + stage * STAGE_ELEMENTS * 2, source[c] + k0, bytes[c]);
+                copy_async_16(target[c] + stage * STAGE_ELEMENTS * (u32)sizeof(bf16_t), source[c] + k0, bytes[c]);
     };
 
     float acc[4][4];
