@@ -86,6 +86,22 @@ public enum Conformance {
         return w
     }
 
+    /// Why the case's skew did not take, or nil: its weights (`weights(for:)`) and the experts a backend chose.
+    public static func skewNotApplied(_ c: Case, weights w: MoELayerWeights, topkIds: [Int32]) -> String? {
+        switch c.skew {
+        case .none:
+            return nil
+        case .allOnOneExpert:
+            let first = (0..<c.tokens).allSatisfy { topkIds[$0 * c.config.topK] == 0 }
+            return first ? nil : "expert 0 is not every token's first choice"
+        case .starvedExpert:
+            return topkIds.contains(Int32(c.config.experts - 1)) ? "the starved expert was chosen" : nil
+        case .largeScales:
+            let large = w.gateUp.scales.contains { $0 > 128 } && w.down.scales.contains { $0 > 128 }
+            return large ? nil : "no block scale above 128"
+        }
+    }
+
     /// Runs one case on a backend built by `make`.
     public static func run(_ c: Case, make: (MoELayerWeights) throws -> any MoEBackend) -> Outcome {
         do {
@@ -104,15 +120,7 @@ public enum Conformance {
             if first.hidden.map(\.bitPattern) != second.hidden.map(\.bitPattern) || first.topkIds != second.topkIds {
                 problems.append("a second run gave different bits (a race?)")
             }
-            if c.skew == .allOnOneExpert && !(0..<c.tokens).allSatisfy({ first.topkIds[$0 * c.config.topK] == 0 }) {
-                problems.append("skew not applied: expert 0 is not every token's first choice")
-            }
-            if c.skew == .starvedExpert && first.topkIds.contains(Int32(c.config.experts - 1)) {
-                problems.append("skew not applied: the starved expert was chosen")
-            }
-            if c.skew == .largeScales && !(w.gateUp.scales.contains { $0 > 128 } && w.down.scales.contains { $0 > 128 }) {
-                problems.append("skew not applied: no block scale above 128")
-            }
+            if let skew = skewNotApplied(c, weights: w, topkIds: first.topkIds) { problems.append("skew not applied: \(skew)") }
             return Outcome(
                 testCase: c, passed: problems.isEmpty, relativeL2: error, routingMismatches: mismatches.count,
                 detail: problems.isEmpty ? "" : problems.joined(separator: "; "))
