@@ -345,7 +345,7 @@ public final class GPUExpertParallelRunner {
         // still has open through cuIpcOpenMemHandle is undefined behaviour: wait until every rank has closed its
         // mappings of the others'. A peer that is gone, aborted or already finished ends the wait at once, a peer at
         // another barrier fails it (SymmetricHeap.barrier); a second close finds the heap closed and skips it.
-        if heap.world > 1 { try? heap.barrier(.finish, layer: 0) }
+        try? heap.barrier(.finish, layer: 0)
         communicator?.close()
         railCommunicator?.close()
         heap.close()
