@@ -45,6 +45,11 @@ ab_bench() {  # ab_bench NAME TOKENS command...
     TAIL=14 step "$name" 200 "$@" bench --backend cuda --preset ${AB_PRESET:-gpt-oss-120b} --tokens $tokens --seconds 0.3
 }
 
+# `cuda-debug --timing` (each kernel's own device time) by BINARY at TIMING_TOKENS.
+timing_step() {  # timing_step NAME BINARY
+    TAIL=20 step "$1" 240 "$2" cuda-debug --preset gpt-oss-120b --timing --tokens ${TIMING_TOKENS:-1,8,32,128,256,512,2048,8192}
+}
+
 # The step in "$@" with the SM clock and board power sampled every 200 ms beside it (nvidia-smi), summarised into the
 # log: whether a bench's spread (p10 against median) follows the clock. Session 21 left that open at 8192 tokens.
 with_clocks() {  # with_clocks NAME command...
@@ -97,7 +102,7 @@ for s in $steps; do
     ncudecstall)  # why a decode GEMM's warps wait: stall reasons per issued instruction, both GEMMs at NCU_TOKENS, default kernels
         TAIL=70 step "ncudecstall-${NCU_TOKENS:-1}" 240 ncu --clock-control none --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__cycles_active.avg,sm__warps_active.avg.per_cycle_active,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,gpu__time_duration.sum" -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-1} --iterations 1 --warmup 0 ;;
     stream) TAIL=8 step stream 120 $M cuda-debug --stream ;;  # the decode GEMMs' weight bytes read with no math, per layout
-    timing) TAIL=20 step timing 240 $M cuda-debug --preset gpt-oss-120b --timing --tokens ${TIMING_TOKENS:-1,8,32,128,256,512,2048,8192} ;;
+    timing) timing_step timing $M ;;
     ncu1) TAIL=80 step ncu1 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
     ncuroute) TAIL=30 step ncuroute 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats -k regex:moe_route_small --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 1 --iterations 1 --warmup 0 ;;
     ncustaged) TAIL=80 step ncustaged 300 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_staged --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens 2048 --iterations 1 --warmup 0 ;;
@@ -123,7 +128,7 @@ for s in $steps; do
         if [ $s = timingbin ]; then
             for side in base new; do
                 [ $side = base ] && bin=$B || bin=$M
-                TAIL=20 step "timing-$side" 240 $bin cuda-debug --preset gpt-oss-120b --timing --tokens ${TIMING_TOKENS:-1,8,32,128,256,512,2048,8192}
+                timing_step "timing-$side" $bin
             done
             continue
         fi
