@@ -5,7 +5,7 @@
 #           - EMPTY as an mbarrier a slot (E = 1) in each of the four defaults: lane 0 of a consumer warp arrives once a
 #             chunk at an address one constant from the FULL wait's, where every consumer thread now works out a named
 #             barrier's id and count in 8 instructions a chunk (run 75: 9.3–9.6% of the three GEMMs' stall samples on
-#             them; NVRTC 13.0: the loops 8–51 instructions shorter over both decode paths, uniform ones 23–30 → 19–22).
+#             them; NVRTC 13.0: the loops 6–52 instructions shorter over both decode paths, uniform ones 23–30 → 19–22).
 #             Predicted −2 to −5% at 512–4096, −1 to −3% beyond;
 #           - six load slots instead of four for the 96-token and two-block 64-token kernels (run 75: 8.5–10% of the
 #             stall samples in the FULL wait). Predicted −1 to −4% at 2048 and at 1024.
