@@ -67,7 +67,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_96_6_4_1_1_2_1
     /// …_E (a thirteenth number), E = 1: EMPTY an mbarrier a slot with one arrival a consumer warp, where E = 0 has a
     /// named barrier a slot whose id and thread count each consumer thread works out every chunk (session 21, for A/B:
-    /// run 75: 8 instructions of the ~120 a chunk, 9.3–9.6% of the stall samples).
+    /// run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples).
     case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
     case registered_1_96_4_4_1_1_2_1_0_0_0_1_1
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1

@@ -1064,7 +1064,7 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// EMPTY_MBARRIER: EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a
 /// chunk on the one after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its
 /// address is the FULL wait's plus a constant, where the named barrier's id and thread count were worked out in
-/// registers each chunk (run 75: 8 of the ~120 a chunk, 9.3–9.6% of the samples). The producers' wait is on the mbarrier
+/// registers each chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the samples). The producers' wait is on the mbarrier
 /// after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, class Copies, bool EMPTY_MBARRIER>
 MOE_DEVICE void registered_chunk(
