@@ -27,31 +27,26 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T[_P_W[_U]]):
+    /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T_P_W_U_K_E):
     /// one producer warpgroup only copies, by the copy engine (tensor copies: each chunk's codes and scales one 2D box
     /// each, sorted activations in boxes of activationBoxRows; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
     /// load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
     /// into wgmma A fragments and issue register-A wgmma m64nWk16 with the activations from shared memory, their
-    /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1).
-    /// Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, cp.async producers, a
-    /// persistent kernel, three wgmma widths); each lost to these on an H100 and was removed in session 20 (their
-    /// figures: docs/bench-cuda.md, BENCHMARKS.md).
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2305–4095 tokens.
-    case registered_1_128_4_4_1_1_2_1
-    /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128
-    /// (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows: 1281–2304 tokens (runs 70–71,
-    /// two rounds each against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at 2048, −2.9 / −3.4% at 2304;
-    /// +1.9 / +2.8% at 2560, +8.5 / +8.9% at 3072; against the 64-token kernel +2.2 / +1.6% at 1280).
-    case registered_1_96_4_4_1_1_2_1
-    /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
-    /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
-    /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:
-    /// +14.5 / +13.9% at 2560, +8.9 / +9.8% at 3072, +4.0 / +3.6% at 3584).
-    case registered_1_256_4_2_1_1_2_1
-    /// …_K (a twelfth number, after U = 0: the consumer loop rolled), K = 2: two blocks an SM of two consumer
-    /// warpgroups each (128 weight rows a block), so that one block's prologue and epilogue run under the other's wgmma.
-    /// ptxas compiles them in the launch's 80 registers a thread (no spills); a 128-token tile does not fit (C7602: 94
-    /// needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Two rounds each:
+    /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1). K (a
+    /// twelfth number) is the blocks an SM; E = 1 (a thirteenth): EMPTY is an mbarrier a slot with one arrival a consumer
+    /// warp, where until session 22 a named barrier a slot had each consumer thread work out its id and thread count
+    /// every chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples). The mbarrier was faster in each of
+    /// the four forms, two rounds each in run 76 (H100): −0.3 / −1.1% at 512, −1.2 / −1.0% at 1024 (64-token tiles);
+    /// −0.2 / +0.6% at 1536, +0.2 / −0.1% at 2048 (96); −2.5 / −3.1% at 3072 (128); −0.4 / −0.2% at 8192, +0.4 / −0.1% at
+    /// 32768 (256). Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, cp.async producers,
+    /// a persistent kernel, three wgmma widths, unrolled loops); each lost to these on an H100 and was removed (their
+    /// figures: docs/bench-cuda.md, BENCHMARKS.md). Six load slots, last tried in run 76, were level (−0.8 / +0.3% at 2048
+    /// with 96-token tiles, +0.3 / −0.5% at 1024 with 64).
+    ///
+    /// K = 2: two blocks an SM of two consumer warpgroups each (128 weight rows a block), so that one block's prologue and
+    /// epilogue run under the other's wgmma. ptxas compiles them in the launch's 80 registers a thread (no spills); a
+    /// 128-token tile does not fit (C7602: 94 needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Two
+    /// rounds each:
     /// - against the same tiles with four consumer warpgroups a block (session 20's default at 577–1280; run 67: −9.4%
     ///   at 768 against the staged kernel): −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71);
     ///   the four-warpgroup form against it +1.4 / +1.1% at 768 and +1.0 / +0.6% at 1024 (run 72), and is gone;
@@ -60,17 +55,24 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// - against the resident kernel (run 74): +5.4 / +4.5% at 256, +25% at 192.
     /// The 96-token form was level at 1536–2048 and 10–12% slower at 3072, and the loops unrolled by the ring depth (one
     /// wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
-    case registered_1_64_4_2_1_1_2_1_0_2_0_2
-    /// Six load slots instead of four (session 21, for A/B: run 75's ncu samples put 8.5–10% of the 96- and 64-token
-    /// kernels' stalls in the FULL wait).
-    case registered_1_64_6_2_1_1_2_1_0_2_0_2
-    case registered_1_96_6_4_1_1_2_1
-    /// …_E (a thirteenth number), E = 1: EMPTY an mbarrier a slot with one arrival a consumer warp, where E = 0 has a
-    /// named barrier a slot whose id and thread count each consumer thread works out every chunk (session 21, for A/B:
-    /// run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples).
     case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
+    /// 32-token tiles (session 22, for A/B), n32: six consumer warps a scheduler (three consumer warpgroups and two
+    /// blocks an SM, or two and three) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency
+    /// stalls (run 75).
+    case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    case registered_1_32_4_2_1_1_2_1_0_0_0_3_1
+    /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
+    /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:
+    /// 1281–2304 tokens (runs 70–71, two rounds each against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at
+    /// 2048, −2.9 / −3.4% at 2304; +1.9 / +2.8% at 2560, +8.5 / +8.9% at 3072; against the 64-token kernel +2.2 / +1.6%
+    /// at 1280).
     case registered_1_96_4_4_1_1_2_1_0_0_0_1_1
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2305–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
+    /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
+    /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:
+    /// +14.5 / +13.9% at 2560, +8.9 / +9.8% at 3072, +4.0 / +3.6% at 3584).
     case registered_1_256_4_2_1_1_2_1_0_0_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
@@ -125,7 +127,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
     public var needsHopper: Bool { usesWarpgroups }
-    /// The rows of a tensor copy's activation box: 64, or 32 for tiles of 96 rows (ChunkCopies::BOX).
+    /// The rows of a tensor copy's activation box: 64, or 32 for tiles of 32 or 96 rows (ChunkCopies::BOX).
     public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : 32 }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
@@ -135,8 +137,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
-    /// Registered kernels: EMPTY is an mbarrier a slot (a thirteenth number, 1), after the FULL ones.
-    public var emptyMbarriers: Bool { kind == .registered && numbers.count > 12 && numbers[12] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -199,11 +199,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         switch equivalent {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...287: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2, .registered_1_64_4_2_1_1_2_1_0_2_0_2)
-        case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1)
+        case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2_1, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
+        case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
         case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1)
-        default: return hopper ? (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
+        case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
+        default:
+            return hopper
+                ? (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
         }
     }
 
@@ -222,8 +224,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
-            // Tensor copies: a FULL mbarrier a slot after them, then (E = 1) an EMPTY one a slot.
-            return 1024 + slots + (usesTensorCopies ? 8 * stages : 0) + (emptyMbarriers ? 8 * stages : 0)
+            return 1024 + slots + 16 * stages  // a FULL mbarrier a slot after them, then an EMPTY one a slot
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

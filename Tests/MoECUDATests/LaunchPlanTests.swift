@@ -50,10 +50,10 @@ import Testing
     }
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
     #expect(small(65) == .staged_2_4_8_2 && small(71) == .staged_2_4_8_2)
-    #expect(small(72) == .registered_1_64_4_2_1_1_2_1_0_2_0_2 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2)
-    #expect(small(321) == .registered_1_96_4_4_1_1_2_1 && small(576) == .registered_1_96_4_4_1_1_2_1)
-    #expect(small(577) == .registered_1_128_4_4_1_1_2_1 && small(1023) == .registered_1_128_4_4_1_1_2_1)
-    #expect(small(1024) == .registered_1_256_4_2_1_1_2_1)
+    #expect(small(72) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
+    #expect(small(321) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1 && small(576) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
+    #expect(small(577) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
+    #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
@@ -61,7 +61,7 @@ import Testing
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
     // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
     #expect(GemmVariant.rowsPolicy == (currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"))
-    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .registered_1_64_4_2_1_1_2_1_0_2_0_2) }
+    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1) }
     #expect(LaunchPlan(tokens: 64, config: MoEPreset.gptOss20b.config).gemm1Variant == .resident_1_1_8_1_3)
 }
 
@@ -78,19 +78,19 @@ import Testing
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
     // from 288.
-    let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2
+    let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1
     #expect(GemmVariant.choose(tokens: 288) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens, 256-token tiles from 4096 (128 rows an expert).
-    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 2304) == (.registered_1_96_4_4_1_1_2_1, .registered_1_96_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 2305) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1, .registered_1_128_4_4_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1, .registered_1_256_4_2_1_1_2_1))
+    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 2304) == (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 2305) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
@@ -121,9 +121,10 @@ import Testing
     #expect(GemmVariant.decoded_2_2_128_4.tileRows == 128 && GemmVariant.decoded_2_2_128_4.stages == 4)
     #expect(GemmVariant.decoded_2_2_128_4.sharedBytes(k: 2880, residentRows: 128) == 4 * (16384 + 16 * 640) + 2 * 16 * 2048)
     // Registered kernels: one producer warpgroup; load slots of [N × 64 bf16 activations | the block's codes and
-    // scales, 640 B a 16-row group] on 1 KB, then a FULL mbarrier (8 B) a slot, after 1 KB of alignment slack.
-    let narrow64 = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2, four = GemmVariant.registered_1_128_4_4_1_1_2_1
-    let wide = GemmVariant.registered_1_256_4_2_1_1_2_1
+    // scales, 640 B a 16-row group] on 1 KB, then a FULL and an EMPTY mbarrier (8 B each) a slot, after 1 KB of alignment
+    // slack.
+    let narrow64 = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    let wide = GemmVariant.registered_1_256_4_2_1_1_2_1_0_0_0_1_1
     for variant in [narrow64, four, wide] {
         #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
         #expect(variant.needsHopper && variant.usesTensorCopies, "\(variant)")
@@ -132,44 +133,48 @@ import Testing
     // Four consumer warpgroups of 64 rows: 20 warps, 256 rows a block.
     #expect(four.warps == 20 && four.consumerWarpgroups == 4)
     #expect(four.rowGroupsPerBlock == 16 && four.tileRows == 128)
-    #expect(four.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (128 * 64 * 2 + 16 * 640) + 4 * 8)
+    #expect(four.sharedBytes(k: 2880, residentRows: 128) == 1024 + 4 * (128 * 64 * 2 + 16 * 640) + 4 * 16)
     // 64-token narrow tiles, two blocks an SM (K = 2): two consumer warpgroups, 128 rows a block, slots of 64
     // activation rows; two blocks' shared memory fits an SM.
     #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 12 && narrow64.rowGroupsPerBlock == 8 && narrow64.tileRows == 64)
     #expect(narrow64.narrowTiles && !four.narrowTiles)
-    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 8 * 640) + 4 * 8)
+    #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * (64 * 64 * 2 + 8 * 640) + 4 * 16)
     #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
     #expect(four.blocksPerSM == 1 && wide.blocksPerSM == 1)
     // 256-token tiles: two consumer warpgroups, 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23).
     #expect(wide.warps == 12 && wide.consumerWarpgroups == 2)
     #expect(wide.rowGroupsPerBlock == 8 && wide.tileRows == 256)
-    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (256 * 64 * 2 + 8 * 640) + 4 * 8)
+    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (256 * 64 * 2 + 8 * 640) + 4 * 16)
     let widePlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: wide)
     #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
     // 96-token tiles: the four-warpgroup launch, slots of 96 activation rows.
-    let ninetySix = GemmVariant.registered_1_96_4_4_1_1_2_1
+    let ninetySix = GemmVariant.registered_1_96_4_4_1_1_2_1_0_0_0_1_1
     #expect(ninetySix.warps == 20 && ninetySix.rowGroupsPerBlock == 16 && ninetySix.tileRows == 96 && !ninetySix.narrowTiles)
-    #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 8)
+    #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 16)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
-    // Six load slots (for A/B): the same slots, six of them; two 64-token blocks still fit an SM.
-    let deep64 = GemmVariant.registered_1_64_6_2_1_1_2_1_0_2_0_2, deep96 = GemmVariant.registered_1_96_6_4_1_1_2_1
-    #expect(deep64.stages == 6 && deep64.blocksPerSM == 2 && deep96.stages == 6 && deep96.blocksPerSM == 1)
-    #expect(deep64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 6 * (64 * 64 * 2 + 8 * 640) + 6 * 8)
-    #expect(2 * deep64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
-    #expect(deep96.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * (96 * 64 * 2 + 16 * 640) + 6 * 8)
-    // EMPTY as mbarriers (E = 1): a second mbarrier a slot after the FULL ones; the defaults keep named barriers.
-    let emptyBarriers = GemmVariant.registered_1_96_4_4_1_1_2_1_0_0_0_1_1
-    #expect(emptyBarriers.emptyMbarriers && !ninetySix.emptyMbarriers && emptyBarriers.blocksPerSM == 1)
-    #expect(emptyBarriers.sharedBytes(k: 2880, residentRows: 96) == ninetySix.sharedBytes(k: 2880, residentRows: 96) + 4 * 8)
-    #expect(GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1.blocksPerSM == 2 && GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1.narrowTiles)
-    for tokens in [1, 300, 1024, 2048, 3000, 8192, 32768] {
-        let pair = GemmVariant.choose(tokens: tokens)
-        #expect(!pair.gemm1.emptyMbarriers && !pair.gemm2.emptyMbarriers)
-    }
-    #expect(GemmVariant.allCases.filter(\.emptyMbarriers).count == 4)
-    #expect(GemmVariant.allCases.filter(\.usesTensorCopies).count == 10)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, deep64, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1])
+    // 32-token tiles (for A/B): six consumer warps a scheduler, as three warpgroups in two blocks an SM or two in three;
+    // boxes of 32 activation rows; the blocks' shared memory fits an SM.
+    let threeWide = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, threeBlocks = GemmVariant.registered_1_32_4_2_1_1_2_1_0_0_0_3_1
+    #expect(threeWide.tileRows == 32 && threeWide.consumerWarpgroups == 3 && threeWide.blocksPerSM == 2 && threeWide.warps == 16)
+    #expect(threeBlocks.tileRows == 32 && threeBlocks.consumerWarpgroups == 2 && threeBlocks.blocksPerSM == 3)
+    #expect(threeWide.consumerWarpgroups * threeWide.blocksPerSM == threeBlocks.consumerWarpgroups * threeBlocks.blocksPerSM)
+    #expect(threeWide.activationBoxRows == 32 && !threeWide.narrowTiles && threeWide.rowGroupsPerBlock == 12)
+    // Slots of 32 activation rows and 12 groups' codes and scales (11776 B) take 12 KB each; 8 groups' (9216 B) 9 KB.
+    #expect(threeWide.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 12 * 1024 + 4 * 16)
+    #expect(threeBlocks.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 9 * 1024 + 4 * 16)
+    #expect(2 * threeWide.sharedBytes(k: 2880, residentRows: 32) <= 227 * 1024)
+    #expect(3 * threeBlocks.sharedBytes(k: 2880, residentRows: 32) <= 227 * 1024)
+    let threeWidePlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: threeWide)
+    #expect(threeWidePlan.gemm1Shape.grid.x == 30 && threeWidePlan.gemm2Shape.grid.x == 15)
+    #expect(threeWidePlan.maxTiles >= 128 + 512 * 4 / 32)
+    let threeBlocksPlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: threeBlocks)
+    #expect(threeBlocksPlan.gemm1Shape.grid.x == 45 && threeBlocksPlan.gemm2Shape.grid.x == 23)
+    // Every registered kernel: tensor copies, EMPTY as mbarriers (E = 1); only the 64-token one has narrow tiles.
+    let registered: [GemmVariant] = [narrow64, threeWide, threeBlocks, ninetySix, four, wide]
+    #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
+    #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

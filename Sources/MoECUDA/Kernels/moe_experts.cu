@@ -990,26 +990,24 @@ struct ChunkCopies {
     }
 };
 
-/// The registered kernel's barriers: FULL[s], an mbarrier a slot at fullBarriers + 8·s; EMPTY + s, the named barrier
-/// that slot s's chunk's wgmma completed (E = 0), or (E = 1) the mbarrier empty_mbarrier(fullBarriers, s) after the
-/// FULL ones (registered_chunk says what an arrival on it means).
+/// The registered kernel's barriers: FULL[s], an mbarrier a slot at fullBarriers + 8·s, and EMPTY[s], the mbarrier
+/// empty_mbarrier(fullBarriers, s) after the FULL ones (registered_chunk says what an arrival on it means). EPILOGUE is
+/// the consumers' named barrier. Until session 22 EMPTY was a named barrier a slot (E = 0): the consumers worked out its
+/// id and thread count each chunk, and it lost to the mbarrier by 0.3–3.1% (run 76).
 template <int LOADS> struct RegisteredBarriers {
-    static constexpr int EMPTY = 1, EPILOGUE = 1 + LOADS;  // EPILOGUE: the consumers alone
-    static_assert(EPILOGUE <= 15, "named barriers 1…15 (0 is __syncthreads)");
+    static constexpr int EPILOGUE = 1;  // 0 is __syncthreads
     static MOE_DEVICE u32 empty_mbarrier(u32 fullBarriers, int slot) { return fullBarriers + 8 * (LOADS + slot); }
 };
 
-/// Tensor copies: thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers
-/// (one arrival, thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread)
-/// and, where EMPTY is an mbarrier too (emptyArrivals > 0), the LOADS after them, then the block syncs.
-template <int LOADS, int PRODUCER_THREADS>
-MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput, int emptyArrivals = 0) {
+/// Thread 0 prefetches the tensor maps' first and initialises the LOADS FULL mbarriers at fullBarriers (one arrival,
+/// thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread) and the LOADS
+/// EMPTY ones after them (one arrival a consumer warp), then the block syncs.
+template <int LOADS, int PRODUCER_THREADS, int CONSUMERS>
+MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput) {
     if (threadIdx.x == 0) {
         prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
         for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
-        if (emptyArrivals > 0)
-            for (int s = 0; s < LOADS; ++s)
-                mbarrier_init(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, s), emptyArrivals);
+        for (int s = 0; s < LOADS; ++s) mbarrier_init(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, s), 4 * CONSUMERS);
         fence_mbarrier_init();
     }
     __syncthreads();
@@ -1059,20 +1057,18 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
 /// two halves back has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. The slot's wgmma descriptor by adds from the
-/// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L); EMPTY counts
-/// `emptyThreads` (the producers that wait on it: one warp when only thread 0 copies).
-/// EMPTY_MBARRIER: EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a
-/// chunk on the one after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its
-/// address is the FULL wait's plus a constant, where the named barrier's id and thread count were worked out in
-/// registers each chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the samples). The producers' wait is on the mbarrier
-/// after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
-template <int W, int MI, int N, int LOADS, class Copies, bool EMPTY_MBARRIER>
+/// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L).
+/// EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a chunk on the one
+/// after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its address is the
+/// FULL wait's plus a constant (a named barrier's id and thread count took 8 instructions a chunk, 9.3–9.6% of run 75's
+/// samples). The producers' wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1
+/// (gemm_registered).
+template <int W, int MI, int N, int LOADS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
+    int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
@@ -1091,16 +1087,9 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<1>();
-        if constexpr (EMPTY_MBARRIER) {
-            // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1>
-            // has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
-            if (sp == 1 && g > 0 && lane == 0)
-                mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
-        } else {
-            const int done = g - 1;  // the producers wait for exactly the chunks d with d + LOADS < chunks
-            const int doneSlot = (u32)done % LOADS;  // unsigned: no sign fix-up
-            if (sp == 1 && done >= 0 && done + LOADS < p.chunks) named_barrier_arrive(EMPTY + doneSlot, emptyThreads);
-        }
+        // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1> has
+        // seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
+        if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
         if (slow) {
             registered_fragments<MI, true>(a[sp], code, word, sp);
         } else {
@@ -1114,10 +1103,10 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots,
 /// barrier ids and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width
 /// it lost 3–11% at 768–2048 tokens (sessions 20–21, runs 70–71).
-template <int W, int MI, int N, int LOADS, class Copies, bool EMPTY_MBARRIER>
+template <int W, int MI, int N, int LOADS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers, int emptyThreads) {
+    int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
@@ -1125,9 +1114,8 @@ MOE_DEVICE void registered_consume(
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, Copies, EMPTY_MBARRIER>(
-            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
-            fullBarriers, emptyThreads);
+        registered_chunk<W, MI, N, LOADS, Copies>(
+            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
 #endif
 }
 
@@ -1233,8 +1221,7 @@ struct StagedEpilogue {
 /// The large-batch kernel: MXFP4 decoded in the consumers' registers (Hopper's mixed-input GEMM scheme), warp-specialised.
 /// Block: one producer warpgroup and CONSUMERS consumer warpgroups; 64·MI·CONSUMERS weight rows × N tokens.
 ///   producer (few registers): only copies (ChunkCopies::issue_tensor), every one of the LOADS slots at once, then each
-///     again once its chunk's wgmma have completed (EMPTY[s], a named barrier); FULL[s] is an mbarrier the copies
-///     complete;
+///     again once its chunk's wgmma have completed (EMPTY, an mbarrier); FULL[s] is an mbarrier the copies complete;
 ///   consumers: each 32-k half decoded into wgmma A fragments (two buffers) and multiplied by register-A wgmma
 ///     m64nWk16 with the activations from shared memory, the next half decoded while the tensor cores run this one;
 ///     then the epilogue staged through shared memory (StagedEpilogue).
@@ -1242,14 +1229,12 @@ struct StagedEpilogue {
 /// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS,
-          bool EMPTY_MBARRIER>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
-    constexpr int EMPTY = RegisteredBarriers<LOADS>::EMPTY;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
+    static_assert((N == 32 || N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1259,12 +1244,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     const int blockGroup = blockIdx.x * GROUPS;
     const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
     unsigned char *sharedPointer = sharedBytes + (sharedBase - shared_address(sharedBytes));
-    // The FULL mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so only its
-    // warp of the producers waits on EMPTY.
+    // The FULL and EMPTY mbarriers after the slots (LaunchPlan's sharedBytes); thread 0 alone copies GEMM 2's chunks, so
+    // only its warp of the producers waits on EMPTY.
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
     const bool tensorInput = p.inputIndex == 0;
-    const int emptyThreads = 128 * CONSUMERS + (tensorInput ? 32 : PRODUCER_THREADS);
-    init_full_barriers<LOADS, PRODUCER_THREADS>(p, fullBarriers, tensorInput, EMPTY_MBARRIER ? 4 * CONSUMERS : 0);
+    init_full_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
@@ -1276,12 +1260,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #pragma unroll 1
         for (int ahead = LOADS; ahead < p.chunks; ++ahead) {
             const int slot = ahead % LOADS;
-            if constexpr (EMPTY_MBARRIER) {
-                const u32 freed = RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, (slot + 1) % LOADS);
-                mbarrier_wait_parity(freed, (ahead / LOADS - 1) & 1);
-            } else {
-                named_barrier_sync(EMPTY + slot, emptyThreads);
-            }
+            const u32 freed = RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, (slot + 1) % LOADS);
+            mbarrier_wait_parity(freed, (ahead / LOADS - 1) & 1);
             copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
         }
         copy_async_wait<0>();
@@ -1305,20 +1285,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<128, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<192, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else {
-            registered_consume<256, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+            registered_consume<256, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<32, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else {
-        registered_consume<N, MI, N, LOADS, Copies, EMPTY_MBARRIER>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers, emptyThreads);
+        registered_consume<N, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1393,44 +1373,41 @@ MOE_DECODED(2, 2, 128, 4)
 // numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
-// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E (EMPTY: 0 a named barrier
-// a slot, 1 an mbarrier a slot; registered_chunk).
-// Sessions 13–19 measured 24 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
-// activations, a persistent kernel, three wgmma widths); each lost to these in an A/B on an H100 and was removed in
-// session 20. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their code in git history.
+// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
+// slot; registered_chunk).
+// Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
+// activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
+// A/B on an H100 and was removed. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their
+// code in git history.
 #define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, PR, CR)                                    \
-    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E <= 1, "the registered kernels' form"); \
+    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E == 1, "the registered kernels' form"); \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, K, E == 1>(p);                                                         \
+        gemm_registered<MI, N, L, PR, CR, C, W, K>(p);                                                                 \
     }
 
-// Four consumer warpgroups of 64 rows, 640 threads: the producers keep 24 registers so that the consumers get 112
-// (at 104 ptxas serialised the wgmma, C7512). 128-token tiles (2305–4095 tokens of gpt-oss-120b): n64 up to 64 rows
-// and n128 beyond.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
-// 96-token tiles (1281–2304 tokens, session 21): n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
-// 65–96-row tiles at n128; activation boxes of 32 rows.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
-// 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
-// producer's 16 activation copies a chunk need more than 64 registers.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 0, 88, 200)
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
 // 64-token form (n32 up to 32 rows, n64 beyond) is the default at 288–1280 tokens (session 21's runs 71–74: 0.6–1.5%
 // faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576); the
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
-// wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 0, 24, 104)
-// Six load slots (session 21, for A/B): run 75's samples put 8.5–10% of the 96- and 64-token kernels' stalls in the
-// FULL wait (the chunk's copies not yet landed).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_6_2_1_1_2_1_0_2_0_2, 1, 64, 6, 2, 1, 1, 2, 1, 0, 2, 0, 2, 0, 24, 104)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_4_1_1_2_1, 1, 96, 6, 4, 1, 1, 2, 1, 0, 0, 0, 1, 0, 24, 112)
-// E = 1 (session 21, for A/B): EMPTY as an mbarrier a slot, one arrival a consumer warp (registered_chunk), in each of
-// the four defaults. The 128-token one's producers keep 32 registers: at 24 ptxas spilled 84 bytes in their loop.
+// wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71), and six load slots (level, run 76).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 24, 104)
+// 32-token tiles (session 22, for A/B): six consumer warps a scheduler where the 64-token kernel has four, since run 75's
+// stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles an
+// issue); n32 only, so 16 accumulators a thread. Three blocks an SM of two consumer warpgroups (56 registers), or two of
+// three (64). A 64-token tile with three consumer warpgroups and two blocks serialises its wgmma (C7512, 64 registers).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_2_1_1_2_1_0_0_0_3_1, 1, 32, 4, 2, 1, 1, 2, 1, 0, 0, 0, 3, 1, 24, 72)
+// 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
+// n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
+// slots were level (run 76).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_0_1_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 24, 112)
+// 128-token tiles (2305–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
+// serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 32, 112)
+// 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
+// producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 88, 200)
 
 // MARK: gather
