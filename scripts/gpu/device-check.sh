@@ -72,6 +72,7 @@ for s in $steps; do
     info) step info 60 $M info ;;
     debug) step debug 240 $M cuda-debug --preset tiny --tokens ${DEBUG_TOKENS:-1,7,33,100} ;;
     bench) TAIL=16 with_clocks bench step bench 300 $M bench --backend cuda --preset gpt-oss-120b ${BENCH_TOKENS:+--tokens $BENCH_TOKENS} --seconds 0.4 --json "$OUT/bench.json" ;;
+    benchclock) TAIL=8 with_clocks benchclock step benchclock 120 $M bench --backend cuda --preset gpt-oss-120b --tokens ${CLOCK_TOKENS:-8192} --seconds ${CLOCK_SECONDS:-4} ;;  # one row long enough that the samples are mostly its loop: does its clock drop?
     bench20b) TAIL=16 with_clocks bench20b step bench20b 300 $M bench --backend cuda --preset gpt-oss-20b --seconds 0.4 --json "$OUT/bench20b.json" ;;
     check) step check 240 $M check --backend cuda --quick ;;
     checkfull) step checkfull 400 $M check --backend cuda ;;

@@ -14,7 +14,8 @@
 #           - the E = 1 kernels' crossovers: 128-token tiles at 2048–2304 (96 default), 256 at 3072–3584 (128), 96 at
 #             1024–1280 (64). Run 76's E = 1 gains were 3% for the 128-token kernel and level for the 96 and 256 ones,
 #             so the crossovers may move by a few hundred tokens;
-#           - the defaults' bench.
+#           - the defaults' bench, then 8192 tokens alone for 4 s with the SM clock and power sampled (run 76 sampled
+#             the whole bench step: median 1980 MHz, power up to 687 W, so a row's own clock was not seen).
 # Earlier parts ran as runs 45–76 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s34) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -38,6 +39,7 @@ case $part in
         done
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=${G}_32_4_3_1_1_2_1_0_0_0_2_1@256,384,512 MOE_CUDA_GEMM=${G}_32_4_2_1_1_2_1_0_0_0_3_1@256,384,512 MOE_CUDA_GEMM=${G}_32_4_3_1_1_2_1_0_0_0_2_1@768,1024 MOE_CUDA_GEMM=${G}_32_4_2_1_1_2_1_0_0_0_3_1@768,1024 MOE_CUDA_GEMM=${G}_128_4_4_1_1_2_1_0_0_0_1_1@2048,2304 MOE_CUDA_GEMM=${G}_256_4_2_1_1_2_1_0_0_0_1_1@3072,3584 MOE_CUDA_GEMM=${G}_96_4_4_1_1_2_1_0_0_0_1_1@1024,1280" bash $D abenv
         BENCH_TOKENS=1,8,32,128,256,320,384,512,768,1024,1280,1536,2048,2304,4096,8192,16384,32768 bash $D bench
+        CLOCK_TOKENS=8192 bash $D benchclock  # run 76's samples spanned the whole bench (median 1980 MHz, up to 687 W)
         ;;
     *) echo "usage: pending.sh s35 [SECONDS]" >&2; exit 2 ;;
 esac
