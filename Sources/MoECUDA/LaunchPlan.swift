@@ -56,11 +56,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// The 96-token form was level at 1536–2048 and 10–12% slower at 3072, and the loops unrolled by the ring depth (one
     /// wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
     case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
-    /// 32-token tiles (session 22, for A/B), n32: six consumer warps a scheduler (three consumer warpgroups and two
-    /// blocks an SM, or two and three) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency
-    /// stalls (run 75).
+    /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
+    /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
+    /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
+    /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
+    /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
-    case registered_1_32_4_2_1_1_2_1_0_0_0_3_1
+    /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) were −4.7 to −8.7% at 256–512 in
+    /// run 77, 0.4–2.7 points behind this form at 384–512: removed.
     /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
     /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:
     /// 1281–2304 tokens (runs 70–71, two rounds each against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at
@@ -176,11 +179,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 21 (H100, runs 70–74, two rounds each): 96-token tiles take 1281–2304 tokens, the 256-token kernel 4096 and
     /// beyond, and the 64-token kernel runs as two blocks an SM from 288 (figures at each case above). The 256-token
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
+    /// Session 22 (H100, runs 76–77, two rounds each): EMPTY an mbarrier in every registered kernel, and 32-token tiles
+    /// with six consumer warps a scheduler at 256–799 tokens (figures at its case). Run 77's crossovers of the E = 1
+    /// kernels stayed: 96-token tiles +3.2 to +8.0% at 1024–1280, 128 +1.7 to +3.7% at 2048–2304, 256 +5.2 to +11.3% at
+    /// 3072–3584.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles up to 256 tokens, 32-token tiles to 287, 64-token tiles to 1280, 96-token tiles to 2304, 128-token
-    /// tiles to 4095, 256-token tiles beyond), and `byRows` places them at the same rows an expert for any E and k
-    /// (gpt-oss-20b: at 64, 71, 320, 576 and 1023 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 64-token tiles to 1280, 96-token tiles to 2304,
+    /// 128-token tiles to 4095, 256-token tiles beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048),
+    /// and `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 321, 577 and
+    /// 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
     /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
     /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
     /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
@@ -197,11 +205,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         default: break
         }
         switch equivalent {
+        case 256...799 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...287: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2_1, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
         case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
-        case ...2048 where !hopper: return (.staged_2_4_8_2, .staged_2_4_8_2)
+        case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
         default:
             return hopper

@@ -35,11 +35,11 @@ import Testing
     #expect(plan.tiles.count <= LaunchPlan.tileBound(slots: tokens, experts: 8, tileRows: 8))
 }
 
-/// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every size; gpt-oss-20b (E = 32)
-/// crosses to 32-token tiles at 65 tokens and to the large-batch kernels at 72, 321, 577 and 1024 (120b's 288, 1281, 2305 and 4096); the decode rules
-/// (1 and 2–4 tokens) stay by tokens.
+/// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
+/// size; gpt-oss-20b (E = 32) crosses to the 32-, 64-, 96-, 128- and 256-token registered kernels at 64, 200, 321, 577 and
+/// 1024 tokens (120b's 256, 800, 1281, 2305 and 4096); the decode rules (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -48,21 +48,23 @@ import Testing
     func small(_ tokens: Int, hopper: Bool = true, byRows: Bool = true) -> GemmVariant {
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
-    #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(64) == .resident_1_1_8_1_3)
-    #expect(small(65) == .staged_2_4_8_2 && small(71) == .staged_2_4_8_2)
-    #expect(small(72) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(63) == .resident_1_1_8_1_3)
+    #expect(small(63) == .resident_1_1_8_1_3 && small(64) == thirtyTwo && small(199) == thirtyTwo)
+    #expect(small(200) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
     #expect(small(321) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1 && small(576) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(577) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
-    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == .staged_2_4_8_2)
+    #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
+    #expect(small(64, hopper: false) == .resident_1_1_8_1_3 && small(65, hopper: false) == .staged_2_4_8_2)
     // The plan passes the model's E and k.
     let plan = LaunchPlan(tokens: 128, config: MoEPreset.gptOss20b.config)
     #expect(plan.gemm1Variant == GemmVariant.choose(tokens: 128, experts: 32, topK: 4).gemm1)
     // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
     #expect(GemmVariant.rowsPolicy == (currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"))
-    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1) }
-    #expect(LaunchPlan(tokens: 64, config: MoEPreset.gptOss20b.config).gemm1Variant == .resident_1_1_8_1_3)
+    if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == thirtyTwo) }
+    #expect(LaunchPlan(tokens: 63, config: MoEPreset.gptOss20b.config).gemm1Variant == .resident_1_1_8_1_3)
 }
 
 @Test func variantsFollowTheTokenCount() {
@@ -73,13 +75,17 @@ import Testing
     #expect(GemmVariant.choose(tokens: 5) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
-    #expect(GemmVariant.choose(tokens: 257) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(GemmVariant.choose(tokens: 287) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    #expect(GemmVariant.choose(tokens: 255) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
+    #expect(GemmVariant.choose(tokens: 256, hopper: false) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
+    #expect(GemmVariant.choose(tokens: 257, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
+    // Session 22's run 77: 32-token tiles with six consumer warps a scheduler at 256–799 tokens.
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    #expect(GemmVariant.choose(tokens: 256) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 799) == (thirtyTwo, thirtyTwo))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
-    // from 288.
+    // from 288; since run 77 from 800.
     let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1
-    #expect(GemmVariant.choose(tokens: 288) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    #expect(GemmVariant.choose(tokens: 800) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
@@ -94,7 +100,7 @@ import Testing
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 256, 257, 287, 288, 1280, 1281, 2305, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1280, 1281, 2305, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -153,25 +159,19 @@ import Testing
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * (96 * 64 * 2 + 16 * 640) + 4 * 16)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 23 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
-    // 32-token tiles (for A/B): six consumer warps a scheduler, as three warpgroups in two blocks an SM or two in three;
-    // boxes of 32 activation rows; the blocks' shared memory fits an SM.
-    let threeWide = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, threeBlocks = GemmVariant.registered_1_32_4_2_1_1_2_1_0_0_0_3_1
-    #expect(threeWide.tileRows == 32 && threeWide.consumerWarpgroups == 3 && threeWide.blocksPerSM == 2 && threeWide.warps == 16)
-    #expect(threeBlocks.tileRows == 32 && threeBlocks.consumerWarpgroups == 2 && threeBlocks.blocksPerSM == 3)
-    #expect(threeWide.consumerWarpgroups * threeWide.blocksPerSM == threeBlocks.consumerWarpgroups * threeBlocks.blocksPerSM)
-    #expect(threeWide.activationBoxRows == 32 && !threeWide.narrowTiles && threeWide.rowGroupsPerBlock == 12)
-    // Slots of 32 activation rows and 12 groups' codes and scales (11776 B) take 12 KB each; 8 groups' (9216 B) 9 KB.
-    #expect(threeWide.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 12 * 1024 + 4 * 16)
-    #expect(threeBlocks.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 9 * 1024 + 4 * 16)
-    #expect(2 * threeWide.sharedBytes(k: 2880, residentRows: 32) <= 227 * 1024)
-    #expect(3 * threeBlocks.sharedBytes(k: 2880, residentRows: 32) <= 227 * 1024)
-    let threeWidePlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: threeWide)
-    #expect(threeWidePlan.gemm1Shape.grid.x == 30 && threeWidePlan.gemm2Shape.grid.x == 15)
-    #expect(threeWidePlan.maxTiles >= 128 + 512 * 4 / 32)
-    let threeBlocksPlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: threeBlocks)
-    #expect(threeBlocksPlan.gemm1Shape.grid.x == 45 && threeBlocksPlan.gemm2Shape.grid.x == 23)
+    // 32-token tiles: six consumer warps a scheduler, as three warpgroups in two blocks an SM; boxes of 32 activation
+    // rows; two blocks' shared memory fits an SM.
+    #expect(thirtyTwo.tileRows == 32 && thirtyTwo.consumerWarpgroups == 3 && thirtyTwo.blocksPerSM == 2 && thirtyTwo.warps == 16)
+    #expect(thirtyTwo.activationBoxRows == 32 && !thirtyTwo.narrowTiles && thirtyTwo.rowGroupsPerBlock == 12)
+    // Slots of 32 activation rows and 12 groups' codes and scales (11776 B) take 12 KB each.
+    let thirtyTwoSlots = 1024 + 4 * 12 * 1024 + 4 * 16
+    #expect(thirtyTwo.sharedBytes(k: 2880, residentRows: 32) == thirtyTwoSlots)
+    #expect(2 * thirtyTwo.sharedBytes(k: 2880, residentRows: 32) <= 227 * 1024)
+    let thirtyTwoPlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: thirtyTwo)
+    #expect(thirtyTwoPlan.gemm1Shape.grid.x == 30 && thirtyTwoPlan.gemm2Shape.grid.x == 15)
+    #expect(thirtyTwoPlan.maxTiles >= 128 + 512 * 4 / 32)
     // Every registered kernel: tensor copies, EMPTY as mbarriers (E = 1); only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, threeWide, threeBlocks, ninetySix, four, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, ninetySix, four, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

@@ -1393,12 +1393,13 @@ MOE_DECODED(2, 2, 128, 4)
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71), and six load slots (level, run 76).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 24, 104)
-// 32-token tiles (session 22, for A/B): six consumer warps a scheduler where the 64-token kernel has four, since run 75's
-// stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles an
-// issue); n32 only, so 16 accumulators a thread. Three blocks an SM of two consumer warpgroups (56 registers), or two of
-// three (64). A 64-token tile with three consumer warpgroups and two blocks serialises its wgmma (C7512, 64 registers).
+// 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel has four, since
+// run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
+// an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run 77,
+// −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers) were
+// 0.4–2.7 points behind at 384–512 and are gone. A 64-token tile with three consumer warpgroups and two blocks serialises
+// its wgmma (C7512, 64 registers).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_2_1_1_2_1_0_0_0_3_1, 1, 32, 4, 2, 1, 1, 2, 1, 0, 0, 0, 3, 1, 24, 72)
 // 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
 // n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
 // slots were level (run 76).
