@@ -61,9 +61,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
     /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
     /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).
-    case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) were −4.7 to −8.7% at 256–512 in
     /// run 77, 0.4–2.7 points behind this form at 384–512: removed.
+    case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    /// 48-token tiles (session 22, for A/B at 768–1280), n48, the same six consumer warps a scheduler: experts of 33–48
+    /// rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024).
+    case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
     /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
     /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:
     /// 1281–2304 tokens (runs 70–71, two rounds each against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at
@@ -130,8 +133,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var rowGroupsPerBlock: Int { rowGroupsPerWarp * warpsAcrossRows }
     /// Needs sm_90a (wgmma).
     public var needsHopper: Bool { usesWarpgroups }
-    /// The rows of a tensor copy's activation box: 64, or 32 for tiles of 32 or 96 rows (ChunkCopies::BOX).
-    public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : 32 }
+    /// The rows of a tensor copy's activation box: 64, 32 for tiles of 32 or 96 rows, 16 for 48 (ChunkCopies::BOX).
+    public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : (tileRows % 32 == 0 ? 32 : 16) }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
     /// Narrow tiles (a tenth number, 2): wgmma m64n32 for tiles of at most 32 rows, the full width beyond (session 19's

@@ -170,8 +170,15 @@ import Testing
     let thirtyTwoPlan = LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: thirtyTwo)
     #expect(thirtyTwoPlan.gemm1Shape.grid.x == 30 && thirtyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(thirtyTwoPlan.maxTiles >= 128 + 512 * 4 / 32)
+    // 48-token tiles: the same launch, boxes of 16 activation rows; slots of 48 rows and 12 groups (13824 B) take 14 KB.
+    let fortyEight = GemmVariant.registered_1_48_4_3_1_1_2_1_0_0_0_2_1
+    #expect(fortyEight.tileRows == 48 && fortyEight.activationBoxRows == 16 && fortyEight.blocksPerSM == 2)
+    let fortyEightSlots = 1024 + 4 * 14 * 1024 + 4 * 16
+    #expect(fortyEight.sharedBytes(k: 2880, residentRows: 48) == fortyEightSlots)
+    #expect(2 * fortyEight.sharedBytes(k: 2880, residentRows: 48) <= 227 * 1024)
+    #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
     // Every registered kernel: tensor copies, EMPTY as mbarriers (E = 1); only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, ninetySix, four, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

@@ -6,6 +6,9 @@
 #             racecheck and memcheck);
 #           - the crossovers: the 32-token kernel at 128–224 (against the resident kernel) and 832–896 (against the
 #             64-token one); from the other side, the 64-token kernel at 384 and 768 and the resident one at 256;
+#           - 48-token tiles, the same six consumer warps a scheduler (n48, 64 registers, no spills or serialised
+#             wgmma), checked, then A/B'd at 768–1280: predicted −3 to −8% at 1024–1280 against the 64-token kernel
+#             (experts of 33–48 rows in one tile, as the 32-token kernel could not) and level at 768;
 #           - the defaults' bench, gpt-oss-120b and 20b (by rows, 20b's 64–199 tokens take the 32-token kernel).
 # Earlier parts ran as runs 45–77 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s35) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
@@ -24,6 +27,9 @@ case $part in
     s36)
         bash $D info check epcheck
         G=registered_1
+        MOE_CUDA_GEMM=${G}_48_4_3_1_1_2_1_0_0_0_2_1 bash $D check
+        DEBUG_VARIANT=${G}_48_4_3_1_1_2_1_0_0_0_2_1 RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=${G}_48_4_3_1_1_2_1_0_0_0_2_1@768,1024,1280" bash $D abenv
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=${G}_32_4_3_1_1_2_1_0_0_0_2_1@128,192,224 MOE_CUDA_GEMM=${G}_32_4_3_1_1_2_1_0_0_0_2_1@832,896 MOE_CUDA_GEMM=${G}_64_4_2_1_1_2_1_0_2_0_2_1@384,768 MOE_CUDA_GEMM=resident_1_1_8_1_3@256" bash $D abenv
         BENCH_TOKENS=1,8,32,128,256,320,384,512,768,1024,1280,1536,2048,2304,4096,8192,16384,32768 bash $D bench bench20b
         ;;

@@ -108,6 +108,11 @@ MOE_DEVICE void store_matrix_x4_transposed(u32 address, u32 r0, u32 r1, u32 r2, 
                  : "memory");
 }
 
+/// Two matrices, transposed as store_matrix_x4_transposed; lanes 0–15 give the row addresses.
+MOE_DEVICE void store_matrix_x2_transposed(u32 address, u32 r0, u32 r1) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x2.trans.shared.b16 [%0], {%1, %2};" ::"r"(address), "r"(r0), "r"(r1) : "memory");
+}
+
 MOE_DEVICE u32 shared_address(const void *pointer) { return (u32)__cvta_generic_to_shared(pointer); }
 
 /// cp.async of 16 bytes; `sourceBytes` 0 fills the destination with zeros and reads nothing.
@@ -336,12 +341,25 @@ MOE_DEVICE void wgmma_64x256x16(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3,
 #endif
 }
 
-/// The register-A wgmma of an N-token tile (N = 32, 64, 128, 192 or 256).
+/// d[64×48] += A[64×16] · B[16×48]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
+MOE_DEVICE void wgmma_64x48x16(float (&d)[24], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
+/// The register-A wgmma of an N-token tile (N = 32, 48, 64, 96, 128, 192 or 256).
 template <int N>
 MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
-    static_assert(N == 32 || N == 64 || N == 96 || N == 128 || N == 192 || N == 256,
-                  "register-A wgmma widths: 32, 64, 96, 128, 192, 256");
+    static_assert(N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192 || N == 256,
+                  "register-A wgmma widths: 32, 48, 64, 96, 128, 192, 256");
     if constexpr (N == 32) wgmma_64x32x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 48) wgmma_64x48x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 64) wgmma_64x64x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 96) wgmma_64x96x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 128) wgmma_64x128x16(d, a0, a1, a2, a3, descriptor);

@@ -912,9 +912,9 @@ MOE_DEVICE void gemm_decoded(const MoEGemmParams &p) {
 /// FULL a named barrier) lost to these and are in git history.
 template <int N, int GROUPS, int THREADS>
 struct ChunkCopies {
-    // Activation rows come in boxes of BOX rows (the input tensor map's; 96-token tiles: 32): a tile's width is its
-    // rows rounded up to BOX.
-    static constexpr int BOX = N % 64 == 0 ? 64 : 32;
+    // Activation rows come in boxes of BOX rows (the input tensor map's; 32- and 96-token tiles: 32, 48-token: 16): a
+    // tile's width is its rows rounded up to BOX.
+    static constexpr int BOX = N % 64 == 0 ? 64 : (N % 32 == 0 ? 32 : 16);
     static constexpr int B_BYTES = N * 64 * 2, CODE_BYTES = GROUPS * 512, SCALE_BYTES = GROUPS * 128;
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
     static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024;
@@ -1155,22 +1155,28 @@ struct StagedEpilogue {
                 const int local = localGroup + 4 * mi, pair = 8 * (blockGroup + local) + gid;
                 const bool valid = blockGroup + local < p.groups;
                 const float gateBias = valid ? bias[2 * pair] : 0.0f, upBias = valid ? bias[2 * pair + 1] : 0.0f;
-                // x4: 8-token columns 4q … 4q + 3 of the 8 pairs; lanes 8m … 8m + 7 address column 4q + m's tokens.
+                // x4: 8-token columns 4q … 4q + 3 of the 8 pairs; lanes 8m … 8m + 7 address column 4q + m's tokens. A
+                // 48-token tile's last 16 tokens take an x2 (lanes 0–15's addresses).
                 const u32 at = tileAddress + (8 * (lane >> 3) + (lane & 7)) * SWIGLU_ROW + local * 16;
 #pragma unroll
-                for (int q = 0; q < N / 32; ++q) {
+                for (int q = 0; q < (N + 31) / 32; ++q) {
                     if (32 * q >= tile.rowCount) break;
-                    u32 r[4];
+                    u32 r[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
                     for (int m = 0; m < 4; ++m) {
                         const int j = 4 * q + m;
+                        if (8 * j >= N) break;
                         float a[2];
 #pragma unroll
                         for (int tok = 0; tok < 2; ++tok)
                             a[tok] = swiglu_output(p, acc[mi][4 * j + tok] + gateBias, acc[mi][4 * j + 2 + tok] + upBias);
                         r[m] = pack_bf16x2(a[0], a[1]);
                     }
-                    store_matrix_x4_transposed(at + 32 * q * SWIGLU_ROW, r[0], r[1], r[2], r[3]);
+                    if (32 * q + 32 <= N) {
+                        store_matrix_x4_transposed(at + 32 * q * SWIGLU_ROW, r[0], r[1], r[2], r[3]);
+                    } else {
+                        store_matrix_x2_transposed(at + 32 * q * SWIGLU_ROW, r[0], r[1]);
+                    }
                 }
             }
         } else {
@@ -1234,7 +1240,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 32 || N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
+    static_assert((N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1400,6 +1406,10 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 
 // 0.4–2.7 points behind at 384–512 and are gone. A 64-token tile with three consumer warpgroups and two blocks serialises
 // its wgmma (C7512, 64 registers).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
+// 48-token tiles (session 22, for A/B at 768–1280): the same six consumer warps a scheduler, n48 (24 accumulators), so
+// that experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024);
+// activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
 // 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
 // n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
 // slots were level (run 76).
