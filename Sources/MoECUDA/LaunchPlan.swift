@@ -64,8 +64,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) were −4.7 to −8.7% at 256–512 in
     /// run 77, 0.4–2.7 points behind this form at 384–512: removed.
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
-    /// 48-token tiles (session 22, for A/B at 768–1280), n48, the same six consumer warps a scheduler: experts of 33–48
-    /// rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024).
+    /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
+    /// where the 32-token kernel decodes their weights twice (run 77: +14% at 1024). 800–1183 tokens. Two rounds each
+    /// against the 64-token kernel (runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at 1024,
+    /// −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token kernel +0.6 / +1.2% at 768 (run 78, where the
+    /// 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and +4.9 / +5.8% at 896).
     case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
     /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
     /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:
@@ -183,15 +186,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// beyond, and the 64-token kernel runs as two blocks an SM from 288 (figures at each case above). The 256-token
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
     /// Session 22 (H100, runs 76–77, two rounds each): EMPTY an mbarrier in every registered kernel, and 32-token tiles
-    /// with six consumer warps a scheduler at 256–799 tokens (figures at its case). Run 77's crossovers of the E = 1
+    /// with six consumer warps a scheduler at 256–799 tokens and 48-token ones at 800–1183 (figures at their cases).
+    /// Run 77's crossovers of the E = 1
     /// kernels stayed: 96-token tiles +3.2 to +8.0% at 1024–1280, 128 +1.7 to +3.7% at 2048–2304, 256 +5.2 to +11.3% at
     /// 3072–3584.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 64-token tiles to 1280, 96-token tiles to 2304,
-    /// 128-token tiles to 4095, 256-token tiles beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048),
-    /// and `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 321, 577 and
-    /// 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1183, 64-token to 1280, 96-token to
+    /// 2304, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
+    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 296, 321, 577
+    /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
     /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
     /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
     /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
@@ -209,6 +213,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         switch equivalent {
         case 256...799 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1)
+        case 800...1183 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_0_0_2_1, .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2_1, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
         case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)

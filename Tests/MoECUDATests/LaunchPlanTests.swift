@@ -36,10 +36,11 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
-/// size; gpt-oss-20b (E = 32) crosses to the 32-, 64-, 96-, 128- and 256-token registered kernels at 64, 200, 321, 577 and
-/// 1024 tokens (120b's 256, 800, 1281, 2305 and 4096); the decode rules (1 and 2–4 tokens) stay by tokens.
+/// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 256-token registered kernels at 64, 200, 296,
+/// 321, 577 and 1024 tokens (120b's 256, 800, 1184, 1281, 2305 and 4096); the decode rules (1 and 2–4 tokens) stay by
+/// tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1183, 1184, 1024, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -51,7 +52,8 @@ import Testing
     let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(63) == .resident_1_1_8_1_3)
     #expect(small(63) == .resident_1_1_8_1_3 && small(64) == thirtyTwo && small(199) == thirtyTwo)
-    #expect(small(200) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
+    #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && small(295) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
+    #expect(small(296) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
     #expect(small(321) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1 && small(576) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(577) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
@@ -83,9 +85,11 @@ import Testing
     #expect(GemmVariant.choose(tokens: 256) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 799) == (thirtyTwo, thirtyTwo))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
-    // from 288; since run 77 from 800.
+    // from 288; since runs 77–79 from 1184.
     let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1
-    #expect(GemmVariant.choose(tokens: 800) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    #expect(GemmVariant.choose(tokens: 1184) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    let fortyEightPair = GemmVariant.choose(tokens: 800)
+    #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1183))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
@@ -97,10 +101,10 @@ import Testing
     #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
-    #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1024).gemm1.narrowTiles)
+    #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1280, 1281, 2305, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1183, 1184, 1280, 1281, 2305, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
