@@ -27,7 +27,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// sm_90a: 256 weight rows × 128 tokens; each 64-k chunk of weights decoded once per block into bf16 in shared
     /// memory and read by wgmma with the activations (both operands in shared memory); 4-slot copy ring.
     case decoded_2_2_128_4
-    /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T_P_W_U_K_E):
+    /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T_P_W_U_K_E[_F]):
     /// one producer warpgroup only copies, by the copy engine (tensor copies: each chunk's codes and scales one 2D box
     /// each, sorted activations in boxes of activationBoxRows; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
     /// load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
@@ -56,6 +56,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// The 96-token form was level at 1536–2048 and 10–12% slower at 3072, and the loops unrolled by the ring depth (one
     /// wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
     case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
+    /// …_F (a fourteenth number; 2 when absent), F = 1: one A-fragment buffer a consumer warp, so that the 64-token tiles
+    /// fit three consumer warpgroups and two blocks an SM in 64 registers (six consumer warps a scheduler, as the 32- and
+    /// 48-token kernels; with two buffers ptxas serialises the wgmma, C7512). The decode of a half then waits for the
+    /// previous half's wgmma (session 22, for A/B at 1024–1536; never run).
+    case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
@@ -146,6 +151,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
+    /// Registered kernels: A-fragment buffers a consumer warp (a fourteenth number, default 2).
+    public var fragmentBuffers: Int { kind == .registered && numbers.count > 13 ? numbers[13] : 2 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through

@@ -182,10 +182,15 @@ import Testing
     #expect(2 * fortyEight.sharedBytes(k: 2880, residentRows: 48) <= 227 * 1024)
     #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
     // Every registered kernel: tensor copies, EMPTY as mbarriers (E = 1); only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, wide]
+    // One A-fragment buffer (F = 1): the 64-token tiles as three consumer warpgroups, two blocks an SM.
+    let oneBuffer = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
+    #expect(oneBuffer.fragmentBuffers == 1 && narrow64.fragmentBuffers == 2 && wide.fragmentBuffers == 2)
+    #expect(oneBuffer.tileRows == 64 && oneBuffer.consumerWarpgroups == 3 && oneBuffer.blocksPerSM == 2 && oneBuffer.narrowTiles)
+    #expect(2 * oneBuffer.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    let registered: [GemmVariant] = [narrow64, oneBuffer, thirtyTwo, fortyEight, ninetySix, four, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, oneBuffer])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -1055,17 +1055,18 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
 /// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS).
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
-/// two halves back has completed (its fragment buffer is free; at the second half that completes chunk g − 1, so its
-/// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. The slot's wgmma descriptor by adds from the
+/// FRAGMENTS halves back has completed (its fragment buffer is free; at the second half chunk g − 1 has completed, so its
+/// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. With one buffer (FRAGMENTS = 1) the decode of
+/// a half waits for the previous half's wgmma, and other warps must cover it: it frees 8 registers a thread. The slot's wgmma descriptor by adds from the
 /// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L).
 /// EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a chunk on the one
 /// after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its address is the
 /// FULL wait's plus a constant (a named barrier's id and thread count took 8 instructions a chunk, 9.3–9.6% of run 75's
 /// samples). The producers' wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1
 /// (gemm_registered).
-template <int W, int MI, int N, int LOADS, class Copies>
+template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[2][MI][2][4], int g, int slot,
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1086,16 +1087,16 @@ MOE_DEVICE void registered_chunk(
     slow = __any_sync(0xffffffffu, slow);
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
-        wgmma_wait<1>();
+        wgmma_wait<FRAGMENTS - 1>();
         // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1> has
         // seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
         if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
         if (slow) {
-            registered_fragments<MI, true>(a[sp], code, word, sp);
+            registered_fragments<MI, true>(a[sp % FRAGMENTS], code, word, sp);
         } else {
-            registered_fragments<MI, false>(a[sp], code, word, sp);
+            registered_fragments<MI, false>(a[sp % FRAGMENTS], code, word, sp);
         }
-        registered_multiply<W, MI, N>(acc, a[sp], sp, activations);
+        registered_multiply<W, MI, N>(acc, a[sp % FRAGMENTS], sp, activations);
     }
 #endif
 }
@@ -1103,18 +1104,18 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots,
 /// barrier ids and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width
 /// it lost 3–11% at 768–2048 tokens (sessions 20–21, runs 70–71).
-template <int W, int MI, int N, int LOADS, class Copies>
+template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    u32 a[2][MI][2][4];  // [half][mi][k16 step][register]
+    u32 a[FRAGMENTS][MI][2][4];  // [buffer][mi][k16 step][register]
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, Copies>(
+        registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
             p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
 #endif
 }
@@ -1228,14 +1229,16 @@ struct StagedEpilogue {
 /// Block: one producer warpgroup and CONSUMERS consumer warpgroups; 64·MI·CONSUMERS weight rows × N tokens.
 ///   producer (few registers): only copies (ChunkCopies::issue_tensor), every one of the LOADS slots at once, then each
 ///     again once its chunk's wgmma have completed (EMPTY, an mbarrier); FULL[s] is an mbarrier the copies complete;
-///   consumers: each 32-k half decoded into wgmma A fragments (two buffers) and multiplied by register-A wgmma
-///     m64nWk16 with the activations from shared memory, the next half decoded while the tensor cores run this one;
+///   consumers: each 32-k half decoded into wgmma A fragments (FRAGMENTS buffers: with two, the next half is decoded
+///     while the tensor cores run this one) and multiplied by register-A wgmma m64nWk16 with the activations from shared
+///     memory;
 ///     then the epilogue staged through shared memory (StagedEpilogue).
 /// No decoded weights pass through shared memory, unlike sessions 3–12's specialised kernel (producers decoded each
 /// chunk into shared memory for both-operands-in-shared wgmma). What each choice gained (4 load slots, the staged
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS>
+template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS,
+          int FRAGMENTS>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1291,20 +1294,20 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else {
-            registered_consume<256, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<256, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<32, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else {
-        registered_consume<N, MI, N, LOADS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<N, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1380,16 +1383,16 @@ MOE_DECODED(2, 2, 128, 4)
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
 // 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
-// slot; registered_chunk).
+// slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number).
 // Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
 // A/B on an H100 and was removed. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their
 // code in git history.
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, PR, CR)                                    \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, PR, CR)                                 \
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E == 1, "the registered kernels' form"); \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, K>(p);                                                                 \
+        gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
     }
 
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
@@ -1398,29 +1401,33 @@ MOE_DECODED(2, 2, 128, 4)
 // faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576); the
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71), and six load slots (level, run 76).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 24, 104)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 2, 24, 104)
+// The same 64-token tiles with six consumer warps a scheduler (session 22, for A/B at 1024–1536): three consumer
+// warpgroups and two blocks an SM fit 64 registers only with one A-fragment buffer (F = 1; with two, ptxas serialises
+// the wgmma, C7512). NVRTC 13.0: 64 registers, no spills, no serialised wgmma.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel has four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run 77,
 // −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers) were
 // 0.4–2.7 points behind at 384–512 and are gone. A 64-token tile with three consumer warpgroups and two blocks serialises
 // its wgmma (C7512, 64 registers).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1183 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024);
 // activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to −6.1% at
 // 832–1152 against the 64-token kernel, +3.3% at 1280.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
 // n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
 // slots were level (run 76).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_0_1_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 24, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_0_1_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 24, 112)
 // 128-token tiles (2305–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 32, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
 // 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 88, 200)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 88, 200)
 
 // MARK: gather
 

@@ -17,6 +17,10 @@
 # chunk g > 0, after the second half's wait, on the mbarrier of slot g % L ("the slot before mine is free"); the producer
 # refilling slot t for chunk `ahead` waits on slot (t + 1) % L's for parity (ahead / L - 1) & 1. Fails as above, and on
 # arrivals of two chunks in one phase or a phase left incomplete.
+# Session 22: one A-fragment buffer (the kernels' F = 1) waits for the group one half back instead of two; its schedules
+# are a subset of these (a wgmma group always retires by itself, so the stronger wait cannot deadlock), so the model with
+# two buffers covers it. The named-barrier EMPTY (E = 0) is gone from the kernels; the model keeps it, as it keeps the
+# removed cp.async producers (TENSOR = 0).
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
 #          --consumers=4 (or 2,3): only those consumer warpgroup counts (four: tensor copies only)
