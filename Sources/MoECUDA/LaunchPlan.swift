@@ -35,8 +35,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1). K (a
     /// twelfth number) is the blocks an SM; E = 1 (a thirteenth): EMPTY is an mbarrier a slot with one arrival a consumer
     /// warp, where until session 22 a named barrier a slot had each consumer thread work out its id and thread count
-    /// every chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples). The mbarrier was faster in each of
-    /// the four forms, two rounds each in run 76 (H100): −0.3 / −1.1% at 512, −1.2 / −1.0% at 1024 (64-token tiles);
+    /// every chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples). The mbarrier was faster or level in each
+    /// of the four forms, two rounds each in run 76 (H100): −0.3 / −1.1% at 512, −1.2 / −1.0% at 1024 (64-token tiles);
     /// −0.2 / +0.6% at 1536, +0.2 / −0.1% at 2048 (96); −2.5 / −3.1% at 3072 (128); −0.4 / −0.2% at 8192, +0.4 / −0.1% at
     /// 32768 (256). Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, cp.async producers,
     /// a persistent kernel, three wgmma widths, unrolled loops); each lost to these on an H100 and was removed (their
@@ -45,8 +45,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     ///
     /// K = 2: two blocks an SM of two consumer warpgroups each (128 weight rows a block), so that one block's prologue and
     /// epilogue run under the other's wgmma. ptxas compiles them in the launch's 80 registers a thread (no spills); a
-    /// 128-token tile does not fit (C7602: 94 needed). The 64-token form with n32 up to 32 rows: 288–1280 tokens. Two
-    /// rounds each:
+    /// 128-token tile does not fit (C7602: 94 needed). The 64-token form with n32 up to 32 rows: 1184–1280 tokens (288–1280
+    /// until session 22's 32- and 48-token kernels). Two rounds each:
     /// - against the same tiles with four consumer warpgroups a block (session 20's default at 577–1280; run 67: −9.4%
     ///   at 768 against the staged kernel): −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71);
     ///   the four-warpgroup form against it +1.4 / +1.1% at 768 and +1.0 / +0.6% at 1024 (run 72), and is gone;

@@ -1057,8 +1057,8 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
 /// FRAGMENTS halves back has completed (its fragment buffer is free; at the second half chunk g − 1 has completed, so its
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. With one buffer (FRAGMENTS = 1) the decode of
-/// a half waits for the previous half's wgmma, and other warps must cover it: it frees 8 registers a thread. The slot's wgmma descriptor by adds from the
-/// first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L).
+/// a half waits for the previous half's wgmma, which other warps must cover: it frees 8 registers a thread. The slot's
+/// wgmma descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L).
 /// EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a chunk on the one
 /// after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its address is the
 /// FULL wait's plus a constant (a named barrier's id and thread count took 8 instructions a chunk, 9.3–9.6% of run 75's
@@ -1088,8 +1088,9 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<FRAGMENTS - 1>();
-        // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and wait<1> has
-        // seen them complete: one arrival a warp. Arrivals past the producers' last wait are never awaited.
+        // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and the second
+        // half's wait has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never
+        // awaited.
         if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
         if (slow) {
             registered_fragments<MI, true>(a[sp % FRAGMENTS], code, word, sp);
@@ -1397,8 +1398,9 @@ MOE_DECODED(2, 2, 128, 4)
 
 // K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
-// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 288–1280 tokens (session 21's runs 71–74: 0.6–1.5%
-// faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576); the
+// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 1184–1280 tokens (session 21's runs 71–74: 0.6–1.5%
+// faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576; since
+// session 22 the 32- and 48-token kernels take 256–1183); the
 // 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
 // wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71), and six load slots (level, run 76).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 2, 24, 104)
@@ -1411,7 +1413,7 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run 77,
 // −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers) were
 // 0.4–2.7 points behind at 384–512 and are gone. A 64-token tile with three consumer warpgroups and two blocks serialises
-// its wgmma (C7512, 64 registers).
+// its wgmma with two A-fragment buffers (C7512, 64 registers).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1183 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024);
