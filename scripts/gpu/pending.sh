@@ -8,7 +8,8 @@
 #             consumer warps a scheduler (with two buffers ptxas serialises the wgmma at 64 registers, C7512): checked,
 #             then A/B'd at 1024 (against the 48-token kernel), 1280 (64-token) and 1536 (96-token). Predicted −2 to −6%
 #             at 1280, level at 1024, worse at 1536 (experts past 64 rows take two tiles);
-#           - the defaults' bench, gpt-oss-120b (with 832 and 1152) and 20b.
+#           - the defaults' bench, gpt-oss-120b (with 832 and 1152) and 20b; then 2048 and 32768 tokens alone with the
+#             clock sampled (run 77: 8192 tokens reached 701 W and a median 1680 MHz).
 # Earlier parts ran as runs 45–79 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s36) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -30,6 +31,7 @@ case $part in
         DEBUG_VARIANT=${G}_64_4_3_1_1_2_1_0_2_0_2_1_1 RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=${G}_64_4_3_1_1_2_1_0_2_0_2_1_1@1024,1280,1536" bash $D abenv
         BENCH_TOKENS=1,8,32,128,256,320,384,512,768,832,1024,1152,1280,1536,2048,2304,4096,8192,16384,32768 bash $D bench bench20b
+        for t in 2048 32768; do CLOCK_TOKENS=$t bash $D benchclock; done  # run 77: 8192 tokens ran at 700 W, 1680 MHz
         ;;
     *) echo "usage: pending.sh s37 [SECONDS]" >&2; exit 2 ;;
 esac
