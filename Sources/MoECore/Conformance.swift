@@ -80,8 +80,12 @@ public enum Conformance {
         case .allOnOneExpert: w.routerBias[0] = 64
         case .starvedExpert: w.routerBias[c.config.experts - 1] = -64
         case .largeScales:
-            for i in stride(from: 0, to: w.gateUp.scales.count, by: 7) { w.gateUp.scales[i] = UInt8(129 + i / 7 % 4) }
-            for i in stride(from: 3, to: w.down.scales.count, by: 7) { w.down.scales[i] = UInt8(129 + i / 7 % 4) }
+            // Every seventh block from `first`, its scale byte 129 + (index / 7) % 4.
+            func enlarge(_ scales: inout [UInt8], first: Int) {
+                for i in stride(from: first, to: scales.count, by: 7) { scales[i] = UInt8(129 + i / 7 % 4) }
+            }
+            enlarge(&w.gateUp.scales, first: 0)
+            enlarge(&w.down.scales, first: 3)
         }
         return w
     }

@@ -65,6 +65,8 @@ with_clocks() {  # with_clocks NAME command...
     done | tee -a "$LOG"
 }
 
+# The registered kernel the debug, sanitizer and ncu steps take unless told otherwise (2305–4095 tokens' default).
+REGISTERED=registered_1_128_4_4_1_1_2_1_0_0_0_1_1
 steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do
@@ -86,12 +88,12 @@ for s in $steps; do
     epforward) TAIL=20 step epforward 200 env MOE=$M OUT=$OUT/epf bash .device/ep-check.sh forward ;;
     eppdl) TAIL=20 step eppdl 500 env MOE=$M OUT=$OUT/epp bash .device/ep-check.sh pdl ;;
     epmps) TAIL=30 step epmps 420 env MOE=$M OUT=$OUT/epmps bash .device/ep-check.sh mps ;;
-    debugnew) for v in ${NEW_VARIANTS:-registered_1_128_4_4_1_1_2_1_0_0_0_1_1 decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
-    racedecoded|racecheck) step $s 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-registered_1_128_4_4_1_1_2_1_0_0_0_1_1} ;;
-    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-registered_1_128_4_4_1_1_2_1_0_0_0_1_1} ;;
+    debugnew) for v in ${NEW_VARIANTS:-$REGISTERED decoded_2_2_128_4}; do step "debug-$v" 240 $M cuda-debug --preset gpt-oss-20b --tokens ${DEBUG_TOKENS:-8,100,300} --variant $v; done ;;
+    racedecoded|racecheck) step $s 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,100 --variant ${RACE_VARIANT:-$REGISTERED} ;;
+    memdecoded) step memdecoded 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,300 --variant ${MEM_VARIANT:-$REGISTERED} ;;
     ncudecoded) TAIL=120 step ncudecoded 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section Occupancy -k regex:moe_gemm_${NCU_KERNEL:-decoded} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-decoded_2_2_128_4} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
-    ncufull) TAIL=400 step ncufull 400 ncu --clock-control none --set full -k regex:moe_gemm_${NCU_KERNEL:-registered} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-registered_1_128_4_4_1_1_2_1_0_0_0_1_1} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
-    ncustall) TAIL=80 step ncustall 300 ncu --clock-control none --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active,smsp__cycles_active.avg,sm__warps_active.avg.per_cycle_active" -k regex:moe_gemm_${NCU_KERNEL:-registered} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-registered_1_128_4_4_1_1_2_1_0_0_0_1_1} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
+    ncufull) TAIL=400 step ncufull 400 ncu --clock-control none --set full -k regex:moe_gemm_${NCU_KERNEL:-registered} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-$REGISTERED} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
+    ncustall) TAIL=80 step ncustall 300 ncu --clock-control none --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active,smsp__cycles_active.avg,sm__warps_active.avg.per_cycle_active" -k regex:moe_gemm_${NCU_KERNEL:-registered} --launch-skip 2 --launch-count 1 env MOE_CUDA_GEMM=${NCU_VARIANT:-$REGISTERED} $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-8192} --iterations 1 --warmup 0 ;;
     ncudecode) TAIL=120 step ncudecode 300 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats -k regex:moe_gemm_resident --launch-skip 2 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 8 --iterations 1 --warmup 0 ;;
     debugwg) step debugwg 240 $M cuda-debug --preset gpt-oss-20b --tokens 8,100 --variant warpgroup_2_2_64_3 ;;
     ncuwg) TAIL=60 step ncuwg 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis -k regex:moe_gemm_warpgroup --launch-skip 2 --launch-count 2 env MOE_CUDA_GEMM=warpgroup_2_2_64_3 $M bench --backend cuda --preset gpt-oss-120b --tokens 8192 --iterations 1 --warmup 0 ;;
