@@ -66,8 +66,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
     /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
     /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).
-    /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) were −4.7 to −8.7% at 256–512 in
-    /// run 77, 0.4–2.7 points behind this form at 384–512: removed.
+    /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) got −4.7 to −8.7% at 256–512 in
+    /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed.
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +14% at 1024). 800–1183 tokens. Two rounds each
@@ -192,20 +192,19 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 21 (H100, runs 70–74, two rounds each): 96-token tiles take 1281–2304 tokens, the 256-token kernel 4096 and
     /// beyond, and the 64-token kernel runs as two blocks an SM from 288 (figures at each case above). The 256-token
     /// kernel lost at 2048–3584 (run 73: +3.6 to +22%).
-    /// Session 22 (H100, runs 76–77, two rounds each): EMPTY an mbarrier in every registered kernel, and 32-token tiles
-    /// with six consumer warps a scheduler at 256–799 tokens and 48-token ones at 800–1183 (figures at their cases).
-    /// Run 77's crossovers of the E = 1
-    /// kernels stayed: 96-token tiles +3.2 to +8.0% at 1024–1280, 128 +1.7 to +3.7% at 2048–2304, 256 +5.2 to +11.3% at
-    /// 3072–3584.
+    /// Session 22 (H100, runs 76–79, two rounds each): EMPTY an mbarrier in every registered kernel, and 32-token tiles
+    /// with six consumer warps a scheduler at 256–799 tokens and 48-token ones at 800–1183 (figures at their cases). Run
+    /// 77's crossovers of the E = 1 kernels stayed: 96-token tiles +3.2 to +8.0% at 1024–1280, 128 +1.7 to +3.7% at
+    /// 2048–2304, 256 +5.2 to +11.3% at 3072–3584.
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
     /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1183, 64-token to 1280, 96-token to
     /// 2304, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
     /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 296, 321, 577
-    /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
-    /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
-    /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 / 512 / 1024 tokens and the same
-    /// at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same either way.
+    /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
+    /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
+    /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
+    /// gpt-oss-120b's choice is the same either way.
     public static func choose(
         tokens: Int, experts: Int = 128, topK: Int = 4, hopper: Bool = true, byRows: Bool = rowsPolicy
     ) -> (gemm1: GemmVariant, gemm2: GemmVariant) {

@@ -1058,12 +1058,10 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// FRAGMENTS halves back has completed (its fragment buffer is free; at the second half chunk g − 1 has completed, so its
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. With one buffer (FRAGMENTS = 1) the decode of
 /// a half waits for the previous half's wgmma, which other warps must cover: it frees 8 registers a thread. The slot's
-/// wgmma descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s (phase g / L).
-/// EMPTY is an mbarrier a slot after the FULL ones, and lane 0 of each consumer warp arrives once a chunk on the one
-/// after the current chunk's FULL (fullBarriers + 8·(L + slot)): "the slot before mine is free". Its address is the
-/// FULL wait's plus a constant (a named barrier's id and thread count took 8 instructions a chunk, 9.3–9.6% of run 75's
-/// samples). The producers' wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1
-/// (gemm_registered).
+/// wgmma descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s
+/// (phase g / L). Lane 0 of each consumer warp arrives once a chunk on the EMPTY mbarrier after the current chunk's FULL
+/// (fullBarriers + 8·(L + slot), the FULL wait's address plus a constant): "the slot before mine is free". The producers'
+/// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
@@ -1102,9 +1100,9 @@ MOE_DEVICE void registered_chunk(
 #endif
 }
 
-/// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots,
-/// barrier ids and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width
-/// it lost 3–11% at 768–2048 tokens (sessions 20–21, runs 70–71).
+/// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots
+/// and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width it lost 3–11%
+/// at 768–2048 tokens (sessions 20–21, runs 70–71).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
@@ -1379,8 +1377,8 @@ MOE_WARPGROUP(2, 2, 64, 3)
 MOE_DECODED(2, 2, 128, 4)
 
 // One producer warpgroup (copies only) and C consumer warpgroups that decode; PR, CR: the registers setmaxnreg gives
-// each (the consumers take only what the producers free of the launch's 65536 / (K · threads): setmaxnreg_fits). The name's
-// numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
+// each (the consumers take only what the producers free of the launch's 65536 / (K · threads): setmaxnreg_fits). The
+// name's numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
 // 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
@@ -1400,9 +1398,9 @@ MOE_DECODED(2, 2, 128, 4)
 // other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
 // 64-token form (n32 up to 32 rows, n64 beyond) is the default at 1184–1280 tokens (session 21's runs 71–74: 0.6–1.5%
 // faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576; since
-// session 22 the 32- and 48-token kernels take 256–1183); the
-// 96-token one was level at 1536–2048 and 10–12% slower at 3072, and is gone, as are the unrolled loops (U = 1, one
-// wgmma width: +3 to +9% at 768–1024 and +4 to +11% at 1536–2048, runs 70–71), and six load slots (level, run 76).
+// session 22 the 32- and 48-token kernels take 256–1183). The 96-token form was level at 1536–2048 and 10–12% slower at
+// 3072, and is gone, as are the unrolled loops (U = 1, one wgmma width: +3 to +9% at 768–1024 and +4 to +11% at
+// 1536–2048, runs 70–71) and six load slots (level, run 76).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 2, 24, 104)
 // The same 64-token tiles with six consumer warps a scheduler (session 22, for A/B at 1024–1536): three consumer
 // warpgroups and two blocks an SM fit 64 registers only with one A-fragment buffer (F = 1; with two, ptxas serialises
@@ -1410,15 +1408,15 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel has four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
-// an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run 77,
-// −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers) were
-// 0.4–2.7 points behind at 384–512 and are gone. A 64-token tile with three consumer warpgroups and two blocks serialises
-// its wgmma with two A-fragment buffers (C7512, 64 registers).
+// an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
+// 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
+// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone. A 64-token tile with three consumer
+// warpgroups and two blocks serialises its wgmma with two A-fragment buffers (C7512, 64 registers).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1183 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024);
 // activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to −6.1% at
-// 832–1152 against the 64-token kernel, +3.3% at 1280.
+// 832–1152 against the 64-token kernel, +3.2 / +3.4% at 1280.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
 // n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
