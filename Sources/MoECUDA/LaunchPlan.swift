@@ -70,10 +70,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed.
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
-    /// where the 32-token kernel decodes their weights twice (run 77: +14% at 1024). 800–1183 tokens. Two rounds each
-    /// against the 64-token kernel (runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at 1024,
-    /// −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token kernel +0.6 / +1.2% at 768 (run 78, where the
-    /// 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and +4.9 / +5.8% at 896).
+    /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1183 tokens. Two
+    /// rounds each against the 64-token kernel (runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at
+    /// 1024, −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token kernel +0.6 / +1.2% at 768 (run 78, where
+    /// the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and +4.9 / +5.8% at 896).
     case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
     /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
     /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:

@@ -1414,9 +1414,9 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4
 // warpgroups and two blocks serialises its wgmma with two A-fragment buffers (C7512, 64 registers).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1183 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
-// experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +14% at 1024);
-// activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to −6.1% at
-// 832–1152 against the 64-token kernel, +3.2 / +3.4% at 1280.
+// experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
+// 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
+// −6.1% at 832–1152 against the 64-token kernel, +3.2 / +3.4% at 1280.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
 // n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
