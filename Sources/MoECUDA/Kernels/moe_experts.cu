@@ -1003,7 +1003,7 @@ template <int LOADS> struct RegisteredBarriers {
 /// thread 0's with the bytes, when the copy engine brings everything; else one more a producer thread) and the LOADS
 /// EMPTY ones after them (one arrival a consumer warp), then the block syncs.
 template <int LOADS, int PRODUCER_THREADS, int CONSUMERS>
-MOE_DEVICE void init_full_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput) {
+MOE_DEVICE void init_registered_barriers(const MoEGemmParams &p, u32 fullBarriers, bool tensorInput) {
     if (threadIdx.x == 0) {
         prefetch_tensor_map(&((const MoEGemmTensorMaps *)p.tensorMaps)->codes);
         for (int s = 0; s < LOADS; ++s) mbarrier_init(fullBarriers + 8 * s, tensorInput ? 1 : PRODUCER_THREADS + 1);
@@ -1256,7 +1256,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // only its warp of the producers waits on EMPTY.
     const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
     const bool tensorInput = p.inputIndex == 0;
-    init_full_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
+    init_registered_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
         registers_decrease<PRODUCER_REGISTERS>();
