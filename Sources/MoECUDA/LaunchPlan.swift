@@ -81,6 +81,13 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 2048, −2.9 / −3.4% at 2304; +1.9 / +2.8% at 2560, +8.5 / +8.9% at 3072; against the 64-token kernel +2.2 / +1.6%
     /// at 1280).
     case registered_1_96_4_4_1_1_2_1_0_0_0_1_1
+    /// Five or six consumer warpgroups and one block an SM (session 23, for A/B; never run): setmaxnreg gives the
+    /// consumers more registers than the launch's 65536 / threads, so wider tiles or two A-fragment buffers fit more
+    /// consumer warps a scheduler than two blocks an SM allow. 96-token tiles, five warpgroups, one buffer (88
+    /// registers); 64-token tiles, two buffers, five warpgroups (88) or six (80).
+    case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
+    case registered_1_64_4_5_1_1_2_1_0_2_0_1_1
+    case registered_1_64_4_6_1_1_2_1_0_2_0_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2305–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
@@ -221,7 +228,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case 256...799 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1)
         case 800...1183 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_0_0_2_1, .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...1280 where hopper: return (.registered_1_64_4_2_1_1_2_1_0_2_0_2_1, .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
+        case ...1536 where hopper:
+            return (.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
         case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)

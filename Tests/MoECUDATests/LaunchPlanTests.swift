@@ -37,10 +37,10 @@ import Testing
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
 /// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 256-token registered kernels at 64, 200, 296,
-/// 321, 577 and 1024 tokens (120b's 256, 800, 1184, 1281, 2305 and 4096); the decode rules (1 and 2–4 tokens) stay by
+/// 385, 577 and 1024 tokens (120b's 256, 800, 1184, 1537, 2305 and 4096); the decode rules (1 and 2–4 tokens) stay by
 /// tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1183, 1184, 1280, 1281, 2304, 2305, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1183, 1184, 1280, 1281, 1536, 1537, 2304, 2305, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -53,8 +53,8 @@ import Testing
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(63) == .resident_1_1_8_1_3)
     #expect(small(64) == thirtyTwo && small(199) == thirtyTwo)
     #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && small(295) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
-    #expect(small(296) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1 && small(320) == .registered_1_64_4_2_1_1_2_1_0_2_0_2_1)
-    #expect(small(321) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1 && small(576) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
+    #expect(small(296) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1 && small(384) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
+    #expect(small(385) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1 && small(576) == .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(577) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
@@ -85,17 +85,18 @@ import Testing
     #expect(GemmVariant.choose(tokens: 256) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 799) == (thirtyTwo, thirtyTwo))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
-    // from 288; since runs 77–79 from 1184.
-    let narrow = GemmVariant.registered_1_64_4_2_1_1_2_1_0_2_0_2_1
-    #expect(GemmVariant.choose(tokens: 1184) == (narrow, narrow) && GemmVariant.choose(tokens: 1280) == (narrow, narrow))
+    // from 288; since runs 77–79 from 1184; since run 80 three consumer warpgroups with one A-fragment buffer, to 1536.
+    let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
+    #expect(GemmVariant.choose(tokens: 1184) == (narrow, narrow) && GemmVariant.choose(tokens: 1536) == (narrow, narrow))
     let fortyEightPair = GemmVariant.choose(tokens: 800)
     #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1183))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 2)
+    #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 3)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens, 256-token tiles from 4096 (128 rows an expert).
-    #expect(GemmVariant.choose(tokens: 1281) == (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1))
+    // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens (since run 80 from 1537), 256-token tiles from 4096
+    // (128 rows an expert).
+    #expect(GemmVariant.choose(tokens: 1537) == (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 2304) == (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 2305) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
@@ -104,7 +105,7 @@ import Testing
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1183, 1184, 1280, 1281, 2305, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1183, 1184, 1536, 1537, 2305, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -186,11 +187,28 @@ import Testing
     #expect(oneBuffer.fragmentBuffers == 1 && narrow64.fragmentBuffers == 2 && wide.fragmentBuffers == 2)
     #expect(oneBuffer.tileRows == 64 && oneBuffer.consumerWarpgroups == 3 && oneBuffer.blocksPerSM == 2 && oneBuffer.narrowTiles)
     #expect(2 * oneBuffer.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
+    // Five or six consumer warpgroups, one block an SM: 20 or 24 row groups a block, so GEMM 2 of 120b (H = 2880) takes
+    // 9 blocks across (320 rows each) or 8 (384, the last half past H); GEMM 1 (2I = 5760) 18 or 15.
+    let ninetySixFive = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
+    let sixtyFourFive = GemmVariant.registered_1_64_4_5_1_1_2_1_0_2_0_1_1
+    let sixtyFourSix = GemmVariant.registered_1_64_4_6_1_1_2_1_0_2_0_1_1
+    #expect(ninetySixFive.warps == 24 && ninetySixFive.rowGroupsPerBlock == 20 && ninetySixFive.fragmentBuffers == 1)
+    #expect(sixtyFourFive.warps == 24 && sixtyFourFive.fragmentBuffers == 2 && sixtyFourFive.blocksPerSM == 1)
+    #expect(sixtyFourSix.warps == 28 && sixtyFourSix.rowGroupsPerBlock == 24 && sixtyFourSix.fragmentBuffers == 2)
+    #expect(ninetySixFive.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * 25 * 1024 + 4 * 16)  // 25,088 B a slot: 25 KB
+    #expect(sixtyFourSix.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * 23 * 1024 + 4 * 16)  // 23,552 B: 23 KB
+    for (variant, across) in [(ninetySixFive, (18, 9)), (sixtyFourFive, (18, 9)), (sixtyFourSix, (15, 8))] {
+        let plan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: variant)
+        #expect(plan.gemm1Shape.grid.x == across.0 && plan.gemm2Shape.grid.x == across.1, "\(variant)")
+        #expect(plan.gemm1Shape.block == 32 * variant.warps, "\(variant)")
+    }
     // Every registered kernel has tensor copies; only the 64-token ones have narrow tiles.
-    let registered: [GemmVariant] = [narrow64, oneBuffer, thirtyTwo, fortyEight, ninetySix, four, wide]
+    let registered: [GemmVariant] = [
+        narrow64, oneBuffer, thirtyTwo, fortyEight, ninetySix, ninetySixFive, sixtyFourFive, sixtyFourSix, four, wide,
+    ]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, oneBuffer])
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, oneBuffer, sixtyFourFive, sixtyFourSix])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -919,7 +919,7 @@ struct ChunkCopies {
     // Slots start on 1 KB (the activations' swizzle atoms): 12 groups' codes and scales leave a 512-byte pad.
     static constexpr int LOAD_BYTES = (B_BYTES + CODE_BYTES + SCALE_BYTES + 1023) / 1024 * 1024;
     static constexpr int ACT_COPIES = 8 * N / THREADS;
-    static_assert((8 * N) % THREADS == 0 && N % BOX == 0 && GROUPS * 8 <= THREADS && LOAD_BYTES % 1024 == 0, "shape");
+    static_assert((8 * N) % THREADS == 0 && N % BOX == 0 && LOAD_BYTES % 1024 == 0, "shape");
     u32 actTarget[ACT_COPIES];
     int segment;
     int width;  // the tile's rows rounded up to BOX
@@ -1428,6 +1428,17 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4
 // 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 88, 200)
+
+// Five or six consumer warpgroups and one block an SM (session 23, for A/B): setmaxnreg hands the consumers more than
+// the launch's 65536 / threads (ptxas compiles their code to CR, and checks each instruction against the launch's), so
+// wider tiles fit more consumer warps a scheduler than two blocks do. 96-token tiles, five warpgroups, one A-fragment
+// buffer: 80 at launch, 88 (n96 needs 78; with two buffers ptxas serialises the wgmma, C7512). 64-token tiles with two
+// buffers: five warpgroups at 88, six at 80 (72 at launch; n96 with six fails, C7602 at 72). NVRTC 13.0: no spills, no
+// serialised wgmma. With 20 or 24 row groups a block GEMM 2 (H = 2880) takes 9 blocks of 320 rows, or 8 of 384 (the
+// last half empty).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_5_1_1_2_1_0_2_0_1_1, 1, 64, 4, 5, 1, 1, 2, 1, 0, 2, 0, 1, 1, 2, 24, 88)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_6_1_1_2_1_0_2_0_1_1, 1, 64, 4, 6, 1, 1, 2, 1, 0, 2, 0, 1, 1, 2, 24, 80)
 
 // MARK: gather
 
