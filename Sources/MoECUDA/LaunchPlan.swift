@@ -43,23 +43,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// figures: docs/bench-cuda.md, BENCHMARKS.md). Six load slots, last tried in run 76, were level (−0.8 / +0.3% at 2048
     /// with 96-token tiles, +0.3 / −0.5% at 1024 with 64).
     ///
-    /// K = 2: two blocks an SM of two consumer warpgroups each (128 weight rows a block), so that one block's prologue and
-    /// epilogue run under the other's wgmma. ptxas compiles them in the launch's 80 registers a thread (no spills); a
-    /// 128-token tile does not fit (C7602: 94 needed). The 64-token form with n32 up to 32 rows: 1184–1280 tokens (288–1280
-    /// until session 22's 32- and 48-token kernels). Two rounds each:
-    /// - against the same tiles with four consumer warpgroups a block (session 20's default at 577–1280; run 67: −9.4%
-    ///   at 768 against the staged kernel): −1.5 / −1.2% at 768, −1.3 / −0.7% at 1024, −1.3 / −0.6% at 1280 (run 71);
-    ///   the four-warpgroup form against it +1.4 / +1.1% at 768 and +1.0 / +0.6% at 1024 (run 72), and is gone;
-    /// - against the staged kernel (runs 72–74): −2.7 / −2.7% at 288, −2.2 / −3.2% at 320, −3.0 / −1.9% at 384,
-    ///   −3.3 / −3.6% at 448, −3.2 / −3.5% at 512, −4.0 / −4.7% at 576;
-    /// - against the resident kernel (run 74): +5.4 / +4.5% at 256, +25% at 192.
-    /// The 96-token form was level at 1536–2048 and 10–12% slower at 3072, and the loops unrolled by the ring depth (one
-    /// wgmma width) lost 3–11% at 768–2048 (runs 70–71): removed.
-    case registered_1_64_4_2_1_1_2_1_0_2_0_2_1
-    /// …_F (a fourteenth number; 2 when absent), F = 1: one A-fragment buffer a consumer warp, so that the 64-token tiles
-    /// fit three consumer warpgroups and two blocks an SM in 64 registers (six consumer warps a scheduler, as the 32- and
-    /// 48-token kernels; with two buffers ptxas serialises the wgmma, C7512). The decode of a half then waits for the
-    /// previous half's wgmma (session 22, for A/B at 1024–1536; never run).
+    /// K (a twelfth number) = 2: two blocks an SM, so that one block's prologue and epilogue run under the other's wgmma;
+    /// F (a fourteenth, 2 when absent) = 1: one A-fragment buffer a consumer warp, so that 64-token tiles fit three
+    /// consumer warpgroups and two blocks an SM in 64 registers (six consumer warps a scheduler, as the 32- and 48-token
+    /// kernels; with two buffers ptxas serialises the wgmma, C7512); the decode of a half then waits for the previous
+    /// half's wgmma, which the other warps cover. n32 up to 32 rows, n64 beyond: 1088–1407 tokens. Two rounds each
+    /// (H100): against two consumer warpgroups with two buffers (the default at 1184–1280 since session 21, gone) −5.2 /
+    /// −5.0% at 1280 (run 80); against the 48-token kernel −0.1 / −0.9% at 1024 (run 80), −5.0 / −4.3% at 1152 (run 81);
+    /// against the 96-token kernels −2.8 / −2.6% at 1536 (four warpgroups, run 80), +3.7 to +11.6% at 1792–2304 (run 81).
+    /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
+    /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
@@ -70,25 +63,20 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed.
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
-    /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1183 tokens. Two
-    /// rounds each against the 64-token kernel (runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at
+    /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
+    /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at
     /// 1024, −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token kernel +0.6 / +1.2% at 768 (run 78, where
     /// the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and +4.9 / +5.8% at 896).
     case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
-    /// 96-token tiles, four consumer warpgroups, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies
-    /// 65–96-row tiles at n128 (2048 tokens of gpt-oss-120b: about half the tiles); activation boxes of 32 rows:
-    /// 1281–2304 tokens (runs 70–71, two rounds each against the 128-token kernel: −1.6 / −1.7% at 1536, −4.2 / −5.4% at
-    /// 2048, −2.9 / −3.4% at 2304; +1.9 / +2.8% at 2560, +8.5 / +8.9% at 3072; against the 64-token kernel +2.2 / +1.6%
-    /// at 1280).
-    case registered_1_96_4_4_1_1_2_1_0_0_0_1_1
-    /// Five or six consumer warpgroups and one block an SM (session 23, for A/B; never run): setmaxnreg gives the
-    /// consumers more registers than the launch's 65536 / threads, so wider tiles or two A-fragment buffers fit more
-    /// consumer warps a scheduler than two blocks an SM allow. 96-token tiles, five warpgroups, one buffer (88
-    /// registers); 64-token tiles, two buffers, five warpgroups (88) or six (80).
+    /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128;
+    /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
+    /// setmaxnreg gives the consumers 88 registers where the launch gives 80: more than 65536 / threads, so this tile
+    /// fits five consumer warps a scheduler (four warpgroups with two buffers, session 21's form, had four). 1408–2559
+    /// tokens. Run 81, two rounds each, against that form: −2.5 / −2.3% at 1536 (where the default was the 64-token
+    /// kernel), −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304; against the 128-token kernel +6.9 /
+    /// +6.1% at 3072. Session 21's form had won −1.6 to −5.4% at 1536–2304 against the 128-token kernel (runs 70–71).
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
-    case registered_1_64_4_5_1_1_2_1_0_2_0_1_1
-    case registered_1_64_4_6_1_1_2_1_0_2_0_1_1
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2305–4095 tokens.
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2560–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
     /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
@@ -203,11 +191,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// with six consumer warps a scheduler at 256–799 tokens and 48-token ones at 800–1183 (figures at their cases). Run
     /// 77's crossovers of the E = 1 kernels stayed: 96-token tiles +3.2 to +8.0% at 1024–1280, 128 +1.7 to +3.7% at
     /// 2048–2304, 256 +5.2 to +11.3% at 3072–3584.
+    /// Session 23 (H100, runs 80–81, two rounds each): 64-token tiles with one A-fragment buffer and six consumer warps a
+    /// scheduler, and 96-token tiles with five (one block of five consumer warpgroups), replace the four-warp forms
+    /// (figures at their cases).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1183, 64-token to 1280, 96-token to
-    /// 2304, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
-    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 296, 321, 577
+    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1087, 64-token to 1407, 96-token to
+    /// 2559, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
+    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 640
     /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
     /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
     /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
@@ -226,11 +217,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         switch equivalent {
         case 256...799 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_0_0_2_1, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1)
-        case 800...1183 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_0_0_2_1, .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
+        case 800...1087 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_0_0_2_1, .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
-        case ...1536 where hopper:
+        case ...1407 where hopper:
             return (.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
-        case ...2304 where hopper: return (.registered_1_96_4_4_1_1_2_1_0_0_0_1_1, .registered_1_96_4_4_1_1_2_1_0_0_0_1_1)
+        case ...2559 where hopper:
+            return (.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
         default:

@@ -1383,7 +1383,7 @@ MOE_DECODED(2, 2, 128, 4)
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
 // 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
 // slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number).
-// Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, the lean producer, cp.async
+// Sessions 13–23 measured over 30 other forms (two to six consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
 // A/B on an H100 and was removed. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their
 // code in git history.
@@ -1394,51 +1394,39 @@ MOE_DECODED(2, 2, 128, 4)
         gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
     }
 
-// K = 2: two blocks an SM of two consumer warpgroups each, so that one block's prologue and epilogue run under the
-// other's wgmma; ptxas fits them in the launch's 80 registers a thread (a 128-token tile would need 94: C7602). The
-// 64-token form (n32 up to 32 rows, n64 beyond) is the default at 1184–1280 tokens (session 21's runs 71–74: 0.6–1.5%
-// faster than four consumer warpgroups, which are gone, and 1.9–4.7% faster than the staged kernel at 288–576; since
-// session 22 the 32- and 48-token kernels take 256–1183). The 96-token form was level at 1536–2048 and 10–12% slower at
-// 3072, and is gone, as are the unrolled loops (U = 1, one wgmma width: +3 to +9% at 768–1024 and +4 to +11% at
-// 1536–2048, runs 70–71) and six load slots (level, run 76).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_2_1_1_2_1_0_2_0_2_1, 1, 64, 4, 2, 1, 1, 2, 1, 0, 2, 0, 2, 1, 2, 24, 104)
-// The same 64-token tiles with six consumer warps a scheduler (session 22, for A/B at 1024–1536): three consumer
-// warpgroups and two blocks an SM fit 64 registers only with one A-fragment buffer (F = 1; with two, ptxas serialises
-// the wgmma, C7512). NVRTC 13.0: 64 registers, no spills, no serialised wgmma.
+// 64-token tiles (1088–1407 tokens), n32 up to 32 rows and n64 beyond (W = 2), with six consumer warps a scheduler:
+// three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F = 1; with
+// two, ptxas serialises the wgmma, C7512). Runs 80–81: −5.2 / −5.0% at 1280 against two warpgroups and two buffers
+// (gone), −5.0 / −4.3% at 1152 against the 48-token kernel, level at 1024 and from 1280 against 96-token tiles.
+// Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
+// (run 81) and are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
-// 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel has four, since
+// 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel had four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
 // 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
-// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone. A 64-token tile with three consumer
-// warpgroups and two blocks serialises its wgmma with two A-fragment buffers (C7512, 64 registers).
+// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
-// 48-token tiles (session 22, 800–1183 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
+// 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
-// −6.1% at 832–1152 against the 64-token kernel, +3.2 / +3.4% at 1280.
+// −6.1% at 832–1152 against the 64-token kernel of the time.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
-// 96-token tiles (1281–2304 tokens, session 21): four consumer warpgroups of 64 rows, 640 threads; n64 up to 64 rows and
-// n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128; activation boxes of 32 rows. Six load
-// slots were level (run 76).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_4_1_1_2_1_0_0_0_1_1, 1, 96, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 24, 112)
-// 128-token tiles (2305–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
-// serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop).
+// 96-token tiles (1408–2559 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
+// block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
+// compiles their code to CR (88) and checks each instruction against the launch's 80 (n96 needs 78); with two buffers
+// it serialises the wgmma (C7512). Five consumer warps a scheduler where four warpgroups with two buffers had four: run
+// 81, −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304 against them (gone), −2.5 / −2.3% at 1536
+// against the 64-token kernel, +6.9 / +6.1% at 3072 against the 128-token one. 20 row groups a block: GEMM 2 of
+// gpt-oss (H = 2880) takes 9 blocks across. Six warpgroups do not fit n96 (C7602 at the launch's 72).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
+// 128-token tiles (2560–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
+// serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
+// not fit n128 (C7602 at the launch's 80: 94 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
 // 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 88, 200)
-
-// Five or six consumer warpgroups and one block an SM (session 23, for A/B): setmaxnreg hands the consumers more than
-// the launch's 65536 / threads (ptxas compiles their code to CR, and checks each instruction against the launch's), so
-// wider tiles fit more consumer warps a scheduler than two blocks do. 96-token tiles, five warpgroups, one A-fragment
-// buffer: 80 at launch, 88 (n96 needs 78; with two buffers ptxas serialises the wgmma, C7512). 64-token tiles with two
-// buffers: five warpgroups at 88, six at 80 (72 at launch; n96 with six fails, C7602 at 72). NVRTC 13.0: no spills, no
-// serialised wgmma. With 20 or 24 row groups a block GEMM 2 (H = 2880) takes 9 blocks of 320 rows, or 8 of 384 (the
-// last half empty).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_5_1_1_2_1_0_2_0_1_1, 1, 64, 4, 5, 1, 1, 2, 1, 0, 2, 0, 1, 1, 2, 24, 88)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_6_1_1_2_1_0_2_0_1_1, 1, 64, 4, 6, 1, 1, 2, 1, 0, 2, 0, 1, 1, 2, 24, 80)
 
 // MARK: gather
 
