@@ -50,7 +50,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// half's wgmma, which the other warps cover. n32 up to 32 rows, n64 beyond: 1088–1407 tokens. Two rounds each
     /// (H100): against two consumer warpgroups with two buffers (the default at 1184–1280 since session 21, gone) −5.2 /
     /// −5.0% at 1280 (run 80); against the 48-token kernel −0.1 / −0.9% at 1024 (run 80), −5.0 / −4.3% at 1152 (run 81);
-    /// against the 96-token kernels −2.8 / −2.6% at 1536 (four warpgroups, run 80), +3.7 to +11.6% at 1792–2304 (run 81).
+    /// against the 96-token kernels −2.8 / −2.6% at 1536 (four warpgroups, run 80), +3.7 to +11.6% at 1792–2304 (run 81);
+    /// run 82, against the defaults of runs 80–81: −0.3 / −0.5% at 1024 (48-token), and the 48-token kernel forced
+    /// +3.3 / +2.9% at 1088.
     /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
     /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
@@ -62,6 +64,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) got −4.7 to −8.7% at 256–512 in
     /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed.
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    /// The same 32-token tiles as seven consumer warpgroups and one block an SM (session 23, for A/B; never run): seven
+    /// consumer warps a scheduler in 64 registers; GEMM 2 of gpt-oss takes 7 blocks of 448 rows (8.9% past H).
+    case registered_1_32_4_7_1_1_2_1_0_0_0_1_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
     /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at
@@ -71,12 +76,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128;
     /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
     /// setmaxnreg gives the consumers 88 registers where the launch gives 80: more than 65536 / threads, so this tile
-    /// fits five consumer warps a scheduler (four warpgroups with two buffers, session 21's form, had four). 1408–2559
+    /// fits five consumer warps a scheduler (four warpgroups with two buffers, session 21's form, had four). 1408–2687
     /// tokens. Run 81, two rounds each, against that form: −2.5 / −2.3% at 1536 (where the default was the 64-token
     /// kernel), −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304; against the 128-token kernel +6.9 /
-    /// +6.1% at 3072. Session 21's form had won −1.6 to −5.4% at 1536–2304 against the 128-token kernel (runs 70–71).
+    /// +6.1% at 3072; run 82: against the 64-token kernel +2.8 / +2.1% at 1280 (and that kernel forced against this one
+    /// +0.6 / +0.9% at 1408, +3.1 / +3.2% at 1536), against the 128-token kernel −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816 (2688, between them, is
+    /// where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the 128-token kernel (runs 70–71).
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2560–4095 tokens.
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
     /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
@@ -197,8 +204,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
     /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1087, 64-token to 1407, 96-token to
-    /// 2559, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
-    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 640
+    /// 2687, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
+    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 672
     /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
     /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
     /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
@@ -221,7 +228,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1407 where hopper:
             return (.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
-        case ...2559 where hopper:
+        case ...2687 where hopper:
             return (.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)

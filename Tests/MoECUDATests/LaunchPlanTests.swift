@@ -37,10 +37,10 @@ import Testing
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
 /// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 256-token registered kernels at 64, 200,
-/// 272, 352, 640 and 1024 tokens (120b's 256, 800, 1088, 1408, 2560 and 4096); the decode rules (1 and 2–4 tokens) stay by
+/// 272, 352, 672 and 1024 tokens (120b's 256, 800, 1088, 1408, 2688 and 4096); the decode rules (1 and 2–4 tokens) stay by
 /// tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1087, 1088, 1407, 1408, 2559, 2560, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1087, 1088, 1407, 1408, 2687, 2688, 4095, 4096, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -54,8 +54,8 @@ import Testing
     #expect(small(64) == thirtyTwo && small(199) == thirtyTwo)
     #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
     #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
-    #expect(small(352) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1 && small(639) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
-    #expect(small(640) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
+    #expect(small(352) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1 && small(671) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
+    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
     #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
@@ -96,17 +96,17 @@ import Testing
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens (since run 81 five consumer warpgroups a block, at
-    // 1408–2559), 256-token tiles from 4096 (128 rows an expert).
+    // 1408–2687), 256-token tiles from 4096 (128 rows an expert).
     let ninetySix = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
-    #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2559) == (ninetySix, ninetySix))
-    #expect(GemmVariant.choose(tokens: 2560) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
+    #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2687) == (ninetySix, ninetySix))
+    #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2560, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2688, 4096, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -162,7 +162,6 @@ import Testing
     #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
     // 96-token tiles: five consumer warpgroups and one block an SM with one A-fragment buffer, 20 row groups a block
     // (GEMM 1 of 120b: 18 blocks across, GEMM 2: 9), slots of 96 activation rows (25,088 B: 25 KB).
-    let ninetySix = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
     #expect(ninetySix.warps == 24 && ninetySix.rowGroupsPerBlock == 20 && ninetySix.tileRows == 96 && !ninetySix.narrowTiles)
     #expect(ninetySix.fragmentBuffers == 1 && ninetySix.blocksPerSM == 1 && ninetySix.activationBoxRows == 32)
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * 25 * 1024 + 4 * 16)
@@ -187,8 +186,14 @@ import Testing
     #expect(fortyEight.sharedBytes(k: 2880, residentRows: 48) == fortyEightSlots)
     #expect(2 * fortyEight.sharedBytes(k: 2880, residentRows: 48) <= 227 * 1024)
     #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
+    // 32-token tiles as seven consumer warpgroups, one block an SM: 28 row groups (GEMM 2 of 120b: 7 blocks across), 1024
+    // threads; slots of 32 rows and 28 groups (22,016 B: 22 KB).
+    let thirtyTwoSeven = GemmVariant.registered_1_32_4_7_1_1_2_1_0_0_0_1_1
+    #expect(thirtyTwoSeven.warps == 32 && thirtyTwoSeven.rowGroupsPerBlock == 28 && thirtyTwoSeven.blocksPerSM == 1)
+    #expect(thirtyTwoSeven.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 22 * 1024 + 4 * 16)
+    #expect(LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: thirtyTwoSeven).gemm2Shape.grid.x == 7)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, thirtyTwoSeven, fortyEight, ninetySix, four, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

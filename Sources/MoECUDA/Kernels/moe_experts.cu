@@ -1407,20 +1407,26 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4
 // 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
 // got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
+// The same 32-token tiles as seven consumer warpgroups and one block an SM (session 23, for A/B at 384–768; never run):
+// seven consumer warps a scheduler, 64 registers (the launch's 1024 threads leave no more: 69 after the producers'
+// 24, rounded down to 8). 28 row groups a block: GEMM 2 of gpt-oss takes 7 blocks of 448 rows, 8.9% of them past H.
+// 48-token tiles in this form serialise their wgmma (C7512), 64-token ones with one buffer spill 192 bytes.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_7_1_1_2_1_0_0_0_1_1, 1, 32, 4, 7, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 24, 64)
 // 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
 // −6.1% at 832–1152 against the 64-token kernel of the time.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
-// 96-token tiles (1408–2559 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
+// 96-token tiles (1408–2687 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
 // block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
 // compiles their code to CR (88) and checks each instruction against the launch's 80 (n96 needs 78); with two buffers
 // it serialises the wgmma (C7512). Five consumer warps a scheduler where four warpgroups with two buffers had four: run
 // 81, −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304 against them (gone), −2.5 / −2.3% at 1536
-// against the 64-token kernel, +6.9 / +6.1% at 3072 against the 128-token one. 20 row groups a block: GEMM 2 of
+// against the 64-token kernel, +6.9 / +6.1% at 3072 against the 128-token one; run 82, against the 128-token kernel
+// −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816. 20 row groups a block: GEMM 2 of
 // gpt-oss (H = 2880) takes 9 blocks across. Six warpgroups do not fit n96 (C7602 at the launch's 72).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
-// 128-token tiles (2560–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
+// 128-token tiles (2688–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
