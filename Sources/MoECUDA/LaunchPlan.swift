@@ -62,11 +62,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
     /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).
     /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) got −4.7 to −8.7% at 256–512 in
-    /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed.
+    /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed. So were seven consumer
+    /// warpgroups and one block an SM (seven warps a scheduler, 64 registers, GEMM 2's last 448-row block 8.9% past H):
+    /// −0.6 to +3.3% at 256–768 (run 83).
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
-    /// The same 32-token tiles as seven consumer warpgroups and one block an SM (session 23, for A/B; never run): seven
-    /// consumer warps a scheduler in 64 registers; GEMM 2 of gpt-oss takes 7 blocks of 448 rows (8.9% past H).
-    case registered_1_32_4_7_1_1_2_1_0_0_0_1_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
     /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at

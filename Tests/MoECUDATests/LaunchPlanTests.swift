@@ -186,14 +186,8 @@ import Testing
     #expect(fortyEight.sharedBytes(k: 2880, residentRows: 48) == fortyEightSlots)
     #expect(2 * fortyEight.sharedBytes(k: 2880, residentRows: 48) <= 227 * 1024)
     #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
-    // 32-token tiles as seven consumer warpgroups, one block an SM: 28 row groups (GEMM 2 of 120b: 7 blocks across), 1024
-    // threads; slots of 32 rows and 28 groups (22,016 B: 22 KB).
-    let thirtyTwoSeven = GemmVariant.registered_1_32_4_7_1_1_2_1_0_0_0_1_1
-    #expect(thirtyTwoSeven.warps == 32 && thirtyTwoSeven.rowGroupsPerBlock == 28 && thirtyTwoSeven.blocksPerSM == 1)
-    #expect(thirtyTwoSeven.sharedBytes(k: 2880, residentRows: 32) == 1024 + 4 * 22 * 1024 + 4 * 16)
-    #expect(LaunchPlan(tokens: 512, config: MoEPreset.gptOss120b.config, variant: thirtyTwoSeven).gemm2Shape.grid.x == 7)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, thirtyTwoSeven, fortyEight, ninetySix, four, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

@@ -1405,13 +1405,10 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
 // 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
-// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone.
+// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone; so are seven warpgroups and one block an
+// SM (seven warps a scheduler in 64 registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768
+// (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
-// The same 32-token tiles as seven consumer warpgroups and one block an SM (session 23, for A/B at 384–768; never run):
-// seven consumer warps a scheduler, 64 registers (the launch's 1024 threads leave no more: 69 after the producers'
-// 24, rounded down to 8). 28 row groups a block: GEMM 2 of gpt-oss takes 7 blocks of 448 rows, 8.9% of them past H.
-// 48-token tiles in this form serialise their wgmma (C7512), 64-token ones with one buffer spill 192 bytes.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_7_1_1_2_1_0_0_0_1_1, 1, 32, 4, 7, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 24, 64)
 // 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
