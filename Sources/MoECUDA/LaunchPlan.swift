@@ -84,6 +84,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    /// 192-token tiles, three consumer warpgroups (session 23, for A/B at 3072–8192; never run): three consumer warps a
+    /// scheduler where the 256-token kernel has two; widths n64, n128, n192 by the tile's rows. Two A-fragment buffers
+    /// (producers 56 registers, consumers 152) or one (88, 136).
+    case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
+    case registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
     /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
     /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:

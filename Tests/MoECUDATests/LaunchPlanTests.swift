@@ -186,8 +186,18 @@ import Testing
     #expect(fortyEight.sharedBytes(k: 2880, residentRows: 48) == fortyEightSlots)
     #expect(2 * fortyEight.sharedBytes(k: 2880, residentRows: 48) <= 227 * 1024)
     #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
+    // 192-token tiles: three consumer warpgroups, 192 rows a block, slots of 192 activation rows and 12 groups (32,256 B:
+    // 32 KB); one block an SM.
+    let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
+    let oneNinetyTwoOne = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1
+    #expect(oneNinetyTwo.warps == 16 && oneNinetyTwo.rowGroupsPerBlock == 12 && oneNinetyTwo.activationBoxRows == 64)
+    #expect(oneNinetyTwo.fragmentBuffers == 2 && oneNinetyTwoOne.fragmentBuffers == 1 && oneNinetyTwo.tileRows == 192)
+    #expect(oneNinetyTwo.sharedBytes(k: 2880, residentRows: 192) == 1024 + 4 * 32 * 1024 + 4 * 16)
+    let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
+    #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
+    #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, oneNinetyTwoOne, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

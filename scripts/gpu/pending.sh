@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s41:    (not yet run) a baseline for the next session: the defaults' `check --quick`, `ep-check.sh check` and bench
-#           (gpt-oss-120b and 20b). Run 83 (s40) benched the final defaults of session 23 (their SASS is the same in
-#           the final commit: `scripts/gpu/sass_same.sh`); nothing new is built.
+#   s41:    (not yet run) 192-token tiles with three consumer warpgroups (three warps a scheduler where the 256-token
+#           kernel has two; two A-fragment buffers at 56 / 152 registers, or one at 88 / 136), each through check,
+#           racecheck and memcheck, then A/B'd at 3072 (against the 128-token default) and 4096–8192 (256-token).
+#           Predicted −2 to −6% at 4096–6144, level at 8192 (experts of 193–256 rows take two tiles), worse at 3072.
+#           Then, as time allows, the defaults' bench (gpt-oss-120b).
 # Earlier parts ran as runs 45–83 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s40) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -18,8 +20,14 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     s41)
-        bash $D info check epcheck
-        BENCH_TOKENS=1,8,32,128,256,384,512,768,1024,1280,1536,2048,2560,4096,8192,16384,32768 bash $D bench bench20b
+        bash $D info
+        for v in registered_1_192_4_3_1_1_2_1_0_0_0_1_1 registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1; do
+            MOE_CUDA_GEMM=$v bash $D check
+            DEBUG_VARIANT=$v RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
+        done
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_0_0_1_1@3072,4096,6144,8192 \
+MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1@3072,4096,6144,8192" bash $D abenv
+        BENCH_TOKENS=1,8,32,128,256,512,1024,1536,2048,2560,4096,8192,32768 bash $D bench
         ;;
     *) echo "usage: pending.sh s41 [SECONDS]" >&2; exit 2 ;;
 esac

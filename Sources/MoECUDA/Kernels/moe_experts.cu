@@ -1242,7 +1242,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    static_assert((N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 256) && LOADS >= 2, "shape");
+    static_assert((N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192 || N == 256) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
@@ -1290,7 +1290,16 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 256-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
     static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
-    if constexpr (N == 256) {
+    if constexpr (N == 192) {  // three widths, as the 256-token kernel's first three
+        const int width = p.fullWidthOnly ? 192 : (tile.rowCount + 63) / 64 * 64;
+        if (width <= 64) {
+            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        } else if (width == 128) {
+            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        } else {
+            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        }
+    } else if constexpr (N == 256) {
         const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
             registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
@@ -1427,6 +1436,12 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
+// 192-token tiles with three consumer warpgroups (session 23, for A/B at 3072–8192; never run): three consumer warps a
+// scheduler where the 256-token kernel has two, widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers
+// fit with the producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511); one buffer at
+// 88 / 136. NVRTC 13.0: 128 registers at launch, no spills.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 88, 136)
 // 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
 // producer's 16 activation copies a chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 88, 200)
