@@ -1287,27 +1287,18 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma pipeline", NVRTC 13.0), so
     // the tensor cores never run under the decode (sessions 19–20). MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the
     // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
-    // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 256-token tiles: the tile's rows rounded up to
-    // 64 (an expert's last tile is often short).
+    // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 192- and 256-token tiles: the tile's rows
+    // rounded up to 64 (an expert's last tile is often short).
     static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
-    if constexpr (N == 192) {  // three widths, as the 256-token kernel's first three
-        const int width = p.fullWidthOnly ? 192 : (tile.rowCount + 63) / 64 * 64;
+    if constexpr (N == 192 || N == 256) {
+        const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
             registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 128) {
             registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-        } else {
+        } else if (N == 192 || width == 192) {
             registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-        }
-    } else if constexpr (N == 256) {
-        const int width = p.fullWidthOnly ? 256 : (tile.rowCount + 63) / 64 * 64;
-        if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-        } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-        } else if (width == 192) {
-            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-        } else {
+        } else if constexpr (N == 256) {
             registered_consume<256, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
@@ -1429,8 +1420,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 
 // it serialises the wgmma (C7512). Five consumer warps a scheduler where four warpgroups with two buffers had four: run
 // 81, −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304 against them (gone), −2.5 / −2.3% at 1536
 // against the 64-token kernel, +6.9 / +6.1% at 3072 against the 128-token one; run 82, against the 128-token kernel
-// −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816. 20 row groups a block: GEMM 2 of
-// gpt-oss (H = 2880) takes 9 blocks across. Six warpgroups do not fit n96 (C7602 at the launch's 72).
+// −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816. 20 row groups a block: GEMM 2 of gpt-oss (H = 2880) takes 9 blocks
+// across. Six warpgroups do not fit n96 (C7602 at the launch's 72).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
