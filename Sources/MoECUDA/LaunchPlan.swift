@@ -35,8 +35,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1). K (a
     /// twelfth number) is the blocks an SM; E = 1 (a thirteenth): EMPTY is an mbarrier a slot with one arrival a consumer
     /// warp, where until session 22 a named barrier a slot had each consumer thread work out its id and thread count
-    /// every chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples). The mbarrier was faster or level in each
-    /// of the four forms, two rounds each in run 76 (H100): −0.3 / −1.1% at 512, −1.2 / −1.0% at 1024 (64-token tiles);
+    /// every chunk (run 75: 8 instructions a chunk, 9.3–9.6% of the stall samples). The mbarrier was faster or level in
+    /// each of the four forms, two rounds each in run 76 (H100): −0.3 / −1.1% at 512, −1.2 / −1.0% at 1024 (64-token tiles);
     /// −0.2 / +0.6% at 1536, +0.2 / −0.1% at 2048 (96); −2.5 / −3.1% at 3072 (128); −0.4 / −0.2% at 8192, +0.4 / −0.1% at
     /// 32768 (256). Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, cp.async producers,
     /// a persistent kernel, three wgmma widths, unrolled loops); each lost to these on an H100 and was removed (their
@@ -68,9 +68,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
-    /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832, −3.5 / −3.1% at 896, −5.9 / −6.1% at
-    /// 1024, −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token kernel +0.6 / +1.2% at 768 (run 78, where
-    /// the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and +4.9 / +5.8% at 896).
+    /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832,
+    /// −3.5 / −3.1% at 896, −5.9 / −6.1% at 1024, −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token
+    /// kernel +0.6 / +1.2% at 768 (run 78, where the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and
+    /// +4.9 / +5.8% at 896).
     case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
     /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128;
     /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
@@ -79,8 +80,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tokens. Run 81, two rounds each, against that form: −2.5 / −2.3% at 1536 (where the default was the 64-token
     /// kernel), −6.2 / −6.1% at 1792, −4.7 / −4.8% at 2048, −5.3 / −5.5% at 2304; against the 128-token kernel +6.9 /
     /// +6.1% at 3072; run 82: against the 64-token kernel +2.8 / +2.1% at 1280 (and that kernel forced against this one
-    /// +0.6 / +0.9% at 1408, +3.1 / +3.2% at 1536), against the 128-token kernel −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816 (2688, between them, is
-    /// where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the 128-token kernel (runs 70–71).
+    /// +0.6 / +0.9% at 1408, +3.1 / +3.2% at 1536), against the 128-token kernel −2.6 / −1.8% at 2560 and +2.3 / +2.6%
+    /// at 2816 (2688, between them, is where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the
+    /// 128-token kernel (runs 70–71).
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1

@@ -1396,8 +1396,9 @@ MOE_DECODED(2, 2, 128, 4)
 
 // 64-token tiles (1088–1407 tokens), n32 up to 32 rows and n64 beyond (W = 2), with six consumer warps a scheduler:
 // three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F = 1; with
-// two, ptxas serialises the wgmma, C7512). Runs 80–81: −5.2 / −5.0% at 1280 against two warpgroups and two buffers
-// (gone), −5.0 / −4.3% at 1152 against the 48-token kernel, level at 1024 and from 1280 against 96-token tiles.
+// two, ptxas serialises the wgmma, C7512). Runs 80–82: −5.2 / −5.0% at 1280 against two warpgroups and two buffers
+// (gone); against the 48-token kernel −5.0 / −4.3% at 1152, level at 1024; against the five-warpgroup 96-token kernel
+// +0.6 / +0.9% at 1408 and +3.1 / +3.2% at 1536, which was +2.8 / +2.1% against it at 1280.
 // Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
 // (run 81) and are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
