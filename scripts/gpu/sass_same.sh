@@ -12,9 +12,10 @@ differ=0 total=0 gone=0
 for f in $(kernels "$1"); do
     if ! grep -qx "$f" <<< "$new"; then echo "only in OLD: $f"; gone=$((gone + 1)); continue; fi
     total=$((total + 1))
-    if [ "$(sass $f "$1" | md5sum)" != "$(sass $f "$2" | md5sum)" ]; then
+    old=$(sass $f "$1") newer=$(sass $f "$2")  # each kernel disassembled once, compared and diffed from these
+    if [ "$old" != "$newer" ]; then
         echo "differs: $f"; differ=$((differ + 1))
-        if [ "${DIFF:-0}" = 1 ]; then diff <(sass $f "$1") <(sass $f "$2") | grep '^[<>]' | tr -s ' ' || true; fi
+        if [ "${DIFF:-0}" = 1 ]; then diff <(echo "$old") <(echo "$newer") | grep '^[<>]' | tr -s ' ' || true; fi
     fi
 done
 echo "$differ of $total kernels differ; $gone only in OLD"
