@@ -24,6 +24,7 @@
 #   usage: python3 scripts/gpu/models/registered.py [SEEDS]            (prints "failures 0")
 #          python3 scripts/gpu/models/registered.py --mutants [SEEDS]  (each protocol mutation must fail: the model can)
 #          --consumers=4 (or 2,3,5): only those consumer warpgroup counts (four and five: tensor copies only)
+#          --steps=C,L,SEED,WG: the steps one run takes (tensor copies, staged, EMPTY mbarriers: the kernels' protocol)
 import random, sys
 
 
@@ -324,7 +325,7 @@ def simulate(C, L, seed, mutant=None, WG=2, staged=True, tensor=0, items=0, empt
     cspeed = rnd.choice([0.01, 0.1, 1])
     steps = 0
     # Spinning warps take steps too, so a complete run's count grows with warps and chunks: five consumer warpgroups and
-    # 45 chunks took 439,457 (seed 0), past the 400,000 that four had fitted (305,041).
+    # 45 chunks took 439,457 (seed 0, L = 3), past the 400,000 that four had fitted (305,041): --steps=45,3,0,5 and 4.
     limit = max(400000, 3000 * WG * C * max(1, items))
     while len(done) < len(agents):
         steps += 1
@@ -407,6 +408,11 @@ def only(counts):
 
 
 seeds = int(args[0]) if args else 100
+for a in sys.argv[1:]:
+    if a.startswith('--steps='):
+        C, L, seed, WG = (int(v) for v in a.split('=')[1].split(','))
+        print('steps', simulate(C, L, seed, None, WG, True, 1, emptymb=True))
+        sys.exit(0)
 if '--mutants' in sys.argv:
     caught = 0
     mutants = ['dist', 'nofence', 'wait2', 'arrive', 'noepilogue', 'nostore', 'tahead', 'tcount', 'tnofence',
