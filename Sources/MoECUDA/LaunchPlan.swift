@@ -86,13 +86,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
-    /// 192-token tiles, three consumer warpgroups (session 23, for A/B at 3072–8192; never run): three consumer warps a
-    /// scheduler where the 256-token kernel has two; widths n64, n128, n192 by the tile's rows. Two A-fragment buffers
-    /// (producers 56 registers, consumers 152) or one (88, 136).
+    /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
+    /// kernel has two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
+    /// consumers 152). 4096 tokens and more. Run 84 (session 24, H100), two rounds each against the 256-token kernel:
+    /// −1.6 / −0.3% at 3072 (against the 128-token kernel), −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0%
+    /// at 8192. One buffer (88 / 136) got −7.4 / −7.5%, −1.0 / −1.4% and −6.1 / −5.4% there, and is gone.
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    case registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
-    /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more (runs 71–72, two rounds each against the
+    /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more in sessions 21–23 (runs 71–72, two rounds each against the
     /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:
     /// +14.5 / +13.9% at 2560, +8.9 / +9.8% at 3072, +4.0 / +3.6% at 3584).
     case registered_1_256_4_2_1_1_2_1_0_0_0_1_1
@@ -207,10 +208,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 23 (H100, runs 80–81, two rounds each): 64-token tiles with one A-fragment buffer and six consumer warps a
     /// scheduler, and 96-token tiles with five (one block of five consumer warpgroups), replace the four-warp forms
     /// (figures at their cases).
+    /// Session 24 (H100, run 84, two rounds each): 192-token tiles with three consumer warpgroups replace the 256-token
+    /// kernel from 4096 tokens (figures at their case).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
     /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1087, 64-token to 1407, 96-token to
-    /// 2687, 128-token to 4095, 256-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
+    /// 2687, 128-token to 4095, 192-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
     /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 672
     /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
     /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
@@ -237,7 +240,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...2687 where hopper:
             return (.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case 4096... where hopper: return (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
+        case 4096... where hopper: return (.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
         default:
             return hopper
                 ? (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)

@@ -101,7 +101,7 @@ func noDefaultHasItsWgmmaSerialised() throws {
         line.split(separator: "'").dropFirst().first.map(String.init)
     })
     #expect(!serialised.isEmpty == log.contains("C751"))
-    // Every wgmma kernel choose picks for 120b or 20b at any size (32-, 48-, 64-, 96-, 128- and 256-token tiles): a
+    // Every wgmma kernel choose picks for 120b or 20b at any size (32-, 48-, 64-, 96-, 128- and 192-token tiles): a
     // sweep, so that a moved crossover cannot leave a default out.
     var defaults: Set<String> = []
     for experts in [128, 32] {

@@ -36,7 +36,7 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
-/// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 256-token registered kernels at 64, 200,
+/// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 192-token registered kernels at 64, 200,
 /// 272, 352, 672 and 1024 tokens (120b's 256, 800, 1088, 1408, 2688 and 4096); the decode rules (1 and 2–4 tokens) stay by
 /// tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
@@ -56,7 +56,7 @@ import Testing
     #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
     #expect(small(352) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1 && small(671) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
     #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
-    #expect(small(1024) == .registered_1_256_4_2_1_1_2_1_0_0_0_1_1)
+    #expect(small(1024) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
     #expect(small(64, hopper: false) == .resident_1_1_8_1_3 && small(65, hopper: false) == .staged_2_4_8_2)
@@ -96,13 +96,14 @@ import Testing
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens (since run 81 five consumer warpgroups a block, at
-    // 1408–2687), 256-token tiles from 4096 (128 rows an expert).
+    // 1408–2687), 256-token tiles from 4096 (128 rows an expert; 192-token ones since run 84).
     let ninetySix = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
     #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2687) == (ninetySix, ninetySix))
     #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
     #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
-    #expect(GemmVariant.choose(tokens: 4096) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
-    #expect(GemmVariant.choose(tokens: 32768) == (.registered_1_256_4_2_1_1_2_1_0_0_0_1_1, .registered_1_256_4_2_1_1_2_1_0_0_0_1_1))
+    // Run 84: 192-token tiles from 4096.
+    let oneNinetyTwoPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
+    #expect(GemmVariant.choose(tokens: 4096) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
@@ -189,15 +190,14 @@ import Testing
     // 192-token tiles: three consumer warpgroups, 192 rows a block, slots of 192 activation rows and 12 groups (32,256 B:
     // 32 KB); one block an SM.
     let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    let oneNinetyTwoOne = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1
     #expect(oneNinetyTwo.warps == 16 && oneNinetyTwo.rowGroupsPerBlock == 12 && oneNinetyTwo.activationBoxRows == 64)
-    #expect(oneNinetyTwo.fragmentBuffers == 2 && oneNinetyTwoOne.fragmentBuffers == 1 && oneNinetyTwo.tileRows == 192)
+    #expect(oneNinetyTwo.fragmentBuffers == 2 && oneNinetyTwo.blocksPerSM == 1 && oneNinetyTwo.tileRows == 192)
     #expect(oneNinetyTwo.sharedBytes(k: 2880, residentRows: 192) == 1024 + 4 * 32 * 1024 + 4 * 16)
     let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
     #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, oneNinetyTwoOne, wide]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

@@ -1428,14 +1428,15 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
-// 192-token tiles with three consumer warpgroups (session 23, for A/B at 3072–8192; never run): three consumer warps a
-// scheduler where the 256-token kernel has two, widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers
-// fit with the producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511); one buffer at
-// 88 / 136. NVRTC 13.0: 128 registers at launch, no spills.
+// 192-token tiles (4096 tokens and more, session 24): three consumer warpgroups, three consumer warps a scheduler where
+// the 256-token kernel has two; widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers fit with the
+// producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511). Run 84, two rounds each
+// against the 256-token kernel: −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0% at 8192; one buffer (88 / 136)
+// −7.4 / −7.5%, −1.0 / −1.4%, −6.1 / −5.4% (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 88, 136)
-// 256-token tiles (4096 tokens and more, session 21): two consumer warpgroups of 64 rows (128 accumulators a thread); the
-// producer's 16 activation copies a chunk need more than 64 registers.
+// 256-token tiles (the default at 4096 tokens and more in sessions 21–23; kept for A/B against the 192-token kernel
+// past 8192): two consumer warpgroups of 64 rows (128 accumulators a thread); the producer's 16 activation copies a
+// chunk need more than 64 registers.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_256_4_2_1_1_2_1_0_0_0_1_1, 1, 256, 4, 2, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 88, 200)
 
 // MARK: gather
