@@ -84,6 +84,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// at 2816 (2688, between them, is where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the
     /// 128-token kernel (runs 70–71).
     case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
+    /// The same with six load slots (session 24, for A/B at 1536–2560; never run): one block an SM, so its slots alone
+    /// keep copies in flight.
+    case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
@@ -92,6 +95,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// −1.6 / −0.3% at 3072 (against the 128-token kernel), −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0%
     /// at 8192. One buffer (88 / 136) got −7.4 / −7.5%, −1.0 / −1.4% and −6.1 / −5.4% there, and is gone.
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
+    /// The same with six load slots (session 24, for A/B at 4096–8192; never run).
+    case registered_1_192_6_3_1_1_2_1_0_0_0_1_1
     /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
     /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more in sessions 21–23 (runs 71–72, two rounds each against the
     /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:

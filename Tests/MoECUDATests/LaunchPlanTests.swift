@@ -193,11 +193,16 @@ import Testing
     #expect(oneNinetyTwo.warps == 16 && oneNinetyTwo.rowGroupsPerBlock == 12 && oneNinetyTwo.activationBoxRows == 64)
     #expect(oneNinetyTwo.fragmentBuffers == 2 && oneNinetyTwo.blocksPerSM == 1 && oneNinetyTwo.tileRows == 192)
     #expect(oneNinetyTwo.sharedBytes(k: 2880, residentRows: 192) == 1024 + 4 * 32 * 1024 + 4 * 16)
+    // Six load slots: 6 × 25 KB and 6 × 32 KB after the 1 KB slack, then 12 mbarriers.
+    #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * 25 * 1024 + 6 * 16)
+    #expect(GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1.sharedBytes(k: 2880, residentRows: 192) == 1024 + 6 * 32 * 1024 + 6 * 16)
+    #expect(GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1.stages == 6)
     let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
     #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, wide]
+    let ninetySixSix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, oneNinetyTwoSix = GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, ninetySixSix, four, oneNinetyTwo, oneNinetyTwoSix, wide]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])

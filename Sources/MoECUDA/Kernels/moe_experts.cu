@@ -1424,6 +1424,11 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 
 // −2.6 / −1.8% at 2560 and +2.3 / +2.6% at 2816. 20 row groups a block: GEMM 2 of gpt-oss (H = 2880) takes 9 blocks
 // across. Six warpgroups do not fit n96 (C7602 at the launch's 72).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 4, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
+// Six load slots (session 24, for A/B at 1536–2560; never run): at 2048 tokens the layer reads its weights at 47.5% of
+// the copy rate with neither the copies nor the tensor cores busy (by arithmetic, run 84's bench). One block an SM, so
+// the slots alone keep its copies in flight: four slots hold three chunks' weights landing while one is consumed. Run
+// 76 found six slots level with four warpgroups (−0.8 / +0.3% at 2048); five consume each chunk faster.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–4095 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
@@ -1434,6 +1439,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4
 // against the 256-token kernel: −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0% at 8192; one buffer (88 / 136)
 // −7.4 / −7.5%, −1.0 / −1.4%, −6.1 / −5.4% (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
+// Six load slots (session 24, for A/B at 4096–8192; never run), as the 96-token kernel's: 197 KB of shared memory.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_6_3_1_1_2_1_0_0_0_1_1, 1, 192, 6, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
 // 256-token tiles (the default at 4096 tokens and more in sessions 21–23; kept for A/B against the 192-token kernel
 // past 8192): two consumer warpgroups of 64 rows (128 accumulators a thread); the producer's 16 activation copies a
 // chunk need more than 64 registers.
