@@ -56,6 +56,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
     /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
+    /// The same with each k16 step its own wgmma commit group (G, a fifteenth number, = 1; session 24, for A/B; never
+    /// run): the decode of a step runs under the previous step's wgmma, where a half's waits for the previous half's.
+    case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
@@ -83,25 +86,23 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// +0.6 / +0.9% at 1408, +3.1 / +3.2% at 1536), against the 128-token kernel −2.6 / −1.8% at 2560 and +2.3 / +2.6%
     /// at 2816 (2688, between them, is where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the
     /// 128-token kernel (runs 70–71).
-    case registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
-    /// The same with six load slots (session 24, for A/B at 1536–2560; never run): one block an SM, so its slots alone
-    /// keep copies in flight.
+    /// Six load slots since session 24 (one block an SM, so its slots alone keep copies in flight): run 85, two rounds
+    /// against four, −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560.
     case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–4095 tokens.
+    /// The same with each k16 step its own wgmma commit group (session 24, for A/B; never run).
+    case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1
+    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–3071 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
     /// kernel has two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
-    /// consumers 152). 4096 tokens and more. Run 84 (session 24, H100), two rounds each against the 256-token kernel:
-    /// −1.6 / −0.3% at 3072 (against the 128-token kernel), −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0%
-    /// at 8192. One buffer (88 / 136) got −7.4 / −7.5%, −1.0 / −1.4% and −6.1 / −5.4% there, and is gone.
+    /// consumers 152). 3072 tokens and more. Run 84 (session 24, H100), two rounds each against the 256-token kernel
+    /// (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144,
+    /// −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at 3072. One buffer (88 / 136) got −7.4 / −7.5%,
+    /// −1.0 / −1.4% and −6.1 / −5.4% at 4096–8192 and is gone. Run 85: the 256-token kernel forced +4.0 to +5.3% at
+    /// 12288–32768 and +3.0 to +7.7% on gpt-oss-20b at 1024–8192 (gone); the 128-token one +9.1 / +8.8% at 4096; this
+    /// one against the 128-token default +2.3 / +1.4% at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584. Six load
+    /// slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at 8192 (gone).
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    /// The same with six load slots (session 24, for A/B at 4096–8192; never run).
-    case registered_1_192_6_3_1_1_2_1_0_0_0_1_1
-    /// 256-token tiles, two consumer warpgroups, the tile's rows rounded up to 64 (four widths: with five or more ptxas
-    /// serialises the wgmma, C7511, NVRTC 13.0): 4096 tokens and more in sessions 21–23 (runs 71–72, two rounds each against the
-    /// 128-token kernel: −2.4 / −1.5% at 4096, −6.9 / −6.6% at 6144, −2.9 / −1.4% at 8192, −3.2 / −3.8% at 12288; run 73:
-    /// +14.5 / +13.9% at 2560, +8.9 / +9.8% at 3072, +4.0 / +3.6% at 3584).
-    case registered_1_256_4_2_1_1_2_1_0_0_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
 
@@ -167,6 +168,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
     /// Registered kernels: A-fragment buffers a consumer warp (a fourteenth number, default 2).
     public var fragmentBuffers: Int { kind == .registered && numbers.count > 13 ? numbers[13] : 2 }
+    /// Registered kernels: k16 steps a wgmma commit group (a fifteenth number, default 2; 1 only with one buffer).
+    public var stepsPerCommitGroup: Int { kind == .registered && numbers.count > 14 ? numbers[14] : 2 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -213,14 +216,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 23 (H100, runs 80–81, two rounds each): 64-token tiles with one A-fragment buffer and six consumer warps a
     /// scheduler, and 96-token tiles with five (one block of five consumer warpgroups), replace the four-warp forms
     /// (figures at their cases).
-    /// Session 24 (H100, run 84, two rounds each): 192-token tiles with three consumer warpgroups replace the 256-token
-    /// kernel from 4096 tokens (figures at their case).
+    /// Session 24 (H100, runs 84–85, two rounds each): 192-token tiles with three consumer warpgroups replace the
+    /// 256-token kernel and take 3072 tokens and more; the 96-token kernel has six load slots (figures at their cases).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
     /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1087, 64-token to 1407, 96-token to
-    /// 2687, 128-token to 4095, 192-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
+    /// 2687, 128-token to 3071, 192-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
     /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 672
-    /// and 1024 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
+    /// and 768 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
     /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
     /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
     /// gpt-oss-120b's choice is the same either way.
@@ -243,9 +246,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...1407 where hopper:
             return (.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
         case ...2687 where hopper:
-            return (.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1, .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
+            return (.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        case 4096... where hopper: return (.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
+        case 3072... where hopper: return (.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
         default:
             return hopper
                 ? (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)

@@ -37,10 +37,10 @@ import Testing
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
 /// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 192-token registered kernels at 64, 200,
-/// 272, 352, 672 and 1024 tokens (120b's 256, 800, 1088, 1408, 2688 and 4096); the decode rules (1 and 2–4 tokens) stay by
+/// 272, 352, 672 and 768 tokens (120b's 256, 800, 1088, 1408, 2688 and 3072); the decode rules (1 and 2–4 tokens) stay by
 /// tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1087, 1088, 1407, 1408, 2687, 2688, 4095, 4096, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1087, 1088, 1407, 1408, 2687, 2688, 3071, 3072, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -54,9 +54,9 @@ import Testing
     #expect(small(64) == thirtyTwo && small(199) == thirtyTwo)
     #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
     #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
-    #expect(small(352) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1 && small(671) == .registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1)
-    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(1023) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
-    #expect(small(1024) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
+    #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1)
+    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(767) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
+    #expect(small(768) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
     #expect(small(64, hopper: false) == .resident_1_1_8_1_3 && small(65, hopper: false) == .staged_2_4_8_2)
@@ -96,18 +96,18 @@ import Testing
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens (since run 81 five consumer warpgroups a block, at
-    // 1408–2687), 256-token tiles from 4096 (128 rows an expert; 192-token ones since run 84).
-    let ninetySix = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
+    // 1408–2687), 256-token tiles from 4096 (128 rows an expert; gone since runs 84–85).
+    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
     #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2687) == (ninetySix, ninetySix))
     #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
-    #expect(GemmVariant.choose(tokens: 4095) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
-    // Run 84: 192-token tiles from 4096.
+    #expect(GemmVariant.choose(tokens: 3071) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
+    // Runs 84–85: 192-token tiles from 3072.
     let oneNinetyTwoPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
-    #expect(GemmVariant.choose(tokens: 4096) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
+    #expect(GemmVariant.choose(tokens: 3072) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2688, 4096, 40000] {
+    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2688, 3072, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -137,8 +137,8 @@ import Testing
     // scales, 640 B a 16-row group] on 1 KB, then a FULL and an EMPTY mbarrier (8 B each) a slot, after 1 KB of alignment
     // slack.
     let narrow64 = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_0_0_1_1
-    let wide = GemmVariant.registered_1_256_4_2_1_1_2_1_0_0_0_1_1
-    for variant in [narrow64, four, wide] {
+    let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
+    for variant in [narrow64, four, oneNinetyTwo] {
         #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
         #expect(variant.needsHopper && variant.usesTensorCopies, "\(variant)")
         #expect(variant.stages == 4, "\(variant)")
@@ -151,21 +151,15 @@ import Testing
     // 192 rows a block, slots of 64 activation rows and 12 groups (15,872 B: 16 KB); two blocks' shared memory fits an SM.
     #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 16 && narrow64.rowGroupsPerBlock == 12 && narrow64.tileRows == 64)
     #expect(narrow64.narrowTiles && !four.narrowTiles && narrow64.consumerWarpgroups == 3)
-    #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && wide.fragmentBuffers == 2)
+    #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && oneNinetyTwo.fragmentBuffers == 2)
     #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * 16 * 1024 + 4 * 16)
     #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
-    #expect(four.blocksPerSM == 1 && wide.blocksPerSM == 1)
-    // 256-token tiles: two consumer warpgroups, 128 rows a block (GEMM 1 of 120b: 45 blocks across, GEMM 2: 23).
-    #expect(wide.warps == 12 && wide.consumerWarpgroups == 2)
-    #expect(wide.rowGroupsPerBlock == 8 && wide.tileRows == 256)
-    #expect(wide.sharedBytes(k: 2880, residentRows: 256) == 1024 + 4 * (256 * 64 * 2 + 8 * 640) + 4 * 16)
-    let widePlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: wide)
-    #expect(widePlan.gemm1Shape.grid.x == 45 && widePlan.gemm2Shape.grid.x == 23 && widePlan.maxTiles == 128 + 8192 * 4 / 256)
+    #expect(four.blocksPerSM == 1 && oneNinetyTwo.blocksPerSM == 1)
     // 96-token tiles: five consumer warpgroups and one block an SM with one A-fragment buffer, 20 row groups a block
     // (GEMM 1 of 120b: 18 blocks across, GEMM 2: 9), slots of 96 activation rows (25,088 B: 25 KB).
     #expect(ninetySix.warps == 24 && ninetySix.rowGroupsPerBlock == 20 && ninetySix.tileRows == 96 && !ninetySix.narrowTiles)
     #expect(ninetySix.fragmentBuffers == 1 && ninetySix.blocksPerSM == 1 && ninetySix.activationBoxRows == 32)
-    #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 4 * 25 * 1024 + 4 * 16)
+    #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * 25 * 1024 + 6 * 16 && ninetySix.stages == 6)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
     #expect(ninetySixPlan.gemm1Shape.grid.x == 18 && ninetySixPlan.gemm2Shape.grid.x == 9)
     #expect(ninetySixPlan.gemm1Shape.block == 768 && ninetySixPlan.maxTiles >= 2048 * 4 / 96)
@@ -189,23 +183,22 @@ import Testing
     #expect(LaunchPlan(tokens: 1024, config: MoEPreset.gptOss120b.config, variant: fortyEight).maxTiles >= 128 + 1024 * 4 / 48)
     // 192-token tiles: three consumer warpgroups, 192 rows a block, slots of 192 activation rows and 12 groups (32,256 B:
     // 32 KB); one block an SM.
-    let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
     #expect(oneNinetyTwo.warps == 16 && oneNinetyTwo.rowGroupsPerBlock == 12 && oneNinetyTwo.activationBoxRows == 64)
     #expect(oneNinetyTwo.fragmentBuffers == 2 && oneNinetyTwo.blocksPerSM == 1 && oneNinetyTwo.tileRows == 192)
     #expect(oneNinetyTwo.sharedBytes(k: 2880, residentRows: 192) == 1024 + 4 * 32 * 1024 + 4 * 16)
-    // Six load slots: 6 × 25 KB and 6 × 32 KB after the 1 KB slack, then 12 mbarriers.
-    #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * 25 * 1024 + 6 * 16)
-    #expect(GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1.sharedBytes(k: 2880, residentRows: 192) == 1024 + 6 * 32 * 1024 + 6 * 16)
-    #expect(GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1.stages == 6)
     let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
     #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let ninetySixSix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, oneNinetyTwoSix = GemmVariant.registered_1_192_6_3_1_1_2_1_0_0_0_1_1
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, ninetySixSix, four, oneNinetyTwo, oneNinetyTwoSix, wide]
+    let narrow64Steps = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1, ninetySixSteps = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1
+    #expect(narrow64Steps.stepsPerCommitGroup == 1 && narrow64Steps.fragmentBuffers == 1 && narrow64.stepsPerCommitGroup == 2)
+    #expect(ninetySixSteps.stepsPerCommitGroup == 1 && ninetySixSteps.stages == 6 && ninetySixSteps.consumerWarpgroups == 5)
+    let registered: [GemmVariant] = [
+        narrow64, narrow64Steps, thirtyTwo, fortyEight, ninetySix, ninetySixSteps, four, oneNinetyTwo,
+    ]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
+    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64, narrow64Steps])
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

@@ -39,7 +39,7 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
     #expect(Int(input.box[0]) * input.elementBytes == 128)  // one swizzled row: 64 k of a token
     // 96-token tiles copy their activations in 32-row boxes (three a full tile), the same rows otherwise; five consumer
     // warpgroups take 20 row groups' codes a box.
-    let ninetySix = GemmVariant.registered_1_96_4_5_1_1_2_1_0_0_0_1_1_1
+    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
     #expect(ninetySix.activationBoxRows == 32 && variant.activationBoxRows == 64 && ninetySix.usesTensorCopies)
     let third = GemmTensorMaps.encodings(gemmParameters(first: false), variant: ninetySix, heldExperts: 8, inputRows: 4096)!
     #expect(third[2]!.box == [64, 32] && third[2]!.dimensions == input.dimensions && third[0]!.box == [64, 20])

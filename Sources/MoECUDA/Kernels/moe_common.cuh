@@ -329,18 +329,6 @@ MOE_DEVICE void wgmma_64x192x16(float (&d)[96], u32 a0, u32 a1, u32 a2, u32 a3, 
 #endif
 }
 
-/// d[64×256] += A[64×16] · B[16×256]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
-MOE_DEVICE void wgmma_64x256x16(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
-#endif
-}
-
 /// d[64×48] += A[64×16] · B[16×48]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
 MOE_DEVICE void wgmma_64x48x16(float (&d)[24], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -353,18 +341,18 @@ MOE_DEVICE void wgmma_64x48x16(float (&d)[24], u32 a0, u32 a1, u32 a2, u32 a3, u
 #endif
 }
 
-/// The register-A wgmma of an N-token tile (N = 32, 48, 64, 96, 128, 192 or 256).
+/// The register-A wgmma of an N-token tile (N = 32, 48, 64, 96, 128 or 192; m64n256, session 21–23's widest, is in git
+/// history).
 template <int N>
 MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
-    static_assert(N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192 || N == 256,
-                  "register-A wgmma widths: 32, 48, 64, 96, 128, 192, 256");
+    static_assert(N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192,
+                  "register-A wgmma widths: 32, 48, 64, 96, 128, 192");
     if constexpr (N == 32) wgmma_64x32x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 48) wgmma_64x48x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 64) wgmma_64x64x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 96) wgmma_64x96x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 128) wgmma_64x128x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 192) wgmma_64x192x16(d, a0, a1, a2, a3, descriptor);
-    if constexpr (N == 256) wgmma_64x256x16(d, a0, a1, a2, a3, descriptor);
 }
 
 /// d[64×64] += A[64×16] · B[16×64], both from shared memory (K-major descriptors), fp32 accumulators in the
@@ -452,12 +440,39 @@ MOE_DEVICE u32 mxfp4_slow_scale(u32 scales, int j, u32 raw) {
     return mul_bf16x2(mul_bf16x2(raw, 0x7E807E80u), factor);  // · 2^126, then · 2^(s−127)
 }
 
-/// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word.
+/// Outputs 2·step and 2·step + 1 of mxfp4_unpack_word alone (a k16 step of the registered kernels' fragments).
+MOE_DEVICE void mxfp4_unpack_step(u32 w, int step, u32 (&raw)[2]) {
+    if (step == 0) {
+        raw[0] = w & MOE_FP4_MASK;
+        raw[1] = (w << 6) & MOE_FP4_MASK;
+    } else {
+        raw[0] = __funnelshift_l(w, w, 10) & MOE_FP4_MASK;
+        raw[1] = ((w << 4) & 0x81808180u) | ((w >> 4) & 0x00400040u);
+    }
+}
+
+/// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word. (Kept whole, not as two mxfp4_unpack_step: that
+/// reordered the SASS of every kernel that decodes, NVRTC 13.0.)
 MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
     raw[0] = w & MOE_FP4_MASK;
     raw[1] = (w << 6) & MOE_FP4_MASK;
     raw[2] = __funnelshift_l(w, w, 10) & MOE_FP4_MASK;  // rotate left by 10
     raw[3] = ((w << 4) & 0x81808180u) | ((w >> 4) & 0x00400040u);
+}
+
+/// mxfp4_decode_word's outputs 2·step and 2·step + 1 alone (a k16 step of the registered kernels' fragments).
+template <bool Slow>
+MOE_DEVICE void mxfp4_decode_word_step(u32 w, u32 scales, int j, int step, u32 (&out)[2]) {
+    u32 raw[2];
+    mxfp4_unpack_step(w, step, raw);
+    if (!Slow) {
+        const u32 factor = mxfp4_fast_factor(scales, j);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) out[q] = mul_bf16x2(raw[q], factor);
+    } else {
+#pragma unroll
+        for (int q = 0; q < 2; ++q) out[q] = mxfp4_slow_scale(scales, j, raw[q]);
+    }
 }
 
 /// Decodes one word with scale byte `j` of `scales` into four bf16x2 values. `Slow` must be true when any
