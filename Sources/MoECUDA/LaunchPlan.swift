@@ -56,9 +56,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
     /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
-    /// The same with each k16 step its own wgmma commit group (G, a fifteenth number, = 1; session 24, for A/B; never
-    /// run): the decode of a step runs under the previous step's wgmma, where a half's waits for the previous half's.
-    case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
@@ -87,10 +84,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// at 2816 (2688, between them, is where it stops). Session 21's form had won −1.6 to −5.4% at 1536–2304 against the
     /// 128-token kernel (runs 70–71).
     /// Six load slots since session 24 (one block an SM, so its slots alone keep copies in flight): run 85, two rounds
-    /// against four, −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560.
+    /// against four, −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560. Each k16 step its own wgmma
+    /// commit group lost by 4.6–5.7% here and 4.8–7.0% with 64-token tiles (run 86) and is gone.
     case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
-    /// The same with each k16 step its own wgmma commit group (session 24, for A/B; never run).
-    case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–3071 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
@@ -168,8 +164,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
     /// Registered kernels: A-fragment buffers a consumer warp (a fourteenth number, default 2).
     public var fragmentBuffers: Int { kind == .registered && numbers.count > 13 ? numbers[13] : 2 }
-    /// Registered kernels: k16 steps a wgmma commit group (a fifteenth number, default 2; 1 only with one buffer).
-    public var stepsPerCommitGroup: Int { kind == .registered && numbers.count > 14 ? numbers[14] : 2 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through

@@ -1,38 +1,28 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s43:    (not yet run) the defaults of runs 84–85 (192-token tiles from 3072 tokens, six load slots at 1408–2687)
-#           checked (check, ep-check), then each k16 step its own wgmma commit group (G = 1) for the one-buffer kernels
-#           (64-token tiles, 96-token tiles with six slots), each through check, racecheck and memcheck, A/B'd at
-#           1152–1408 and 1536–2560. Run 85's ncu sections of the 96-token kernel at 2048 (tensor pipe 56%, DRAM 55.7%,
-#           1.30 of 5.22 warps eligible) say its consumers wait on their own chains; with one buffer a half's decode
-#           waits for the previous half's wgmma. Predicted −2 to −5% at 1536–2560 and 1152–1408. Then the bench, the 96-token
-#           candidate on gpt-oss-20b at 384–640 (48–80 rows an expert), ep-check.
+#   s44:    (not yet run) the final defaults of session 24 on an H200 (the targets' card: every run since 35 was an
+#           H100): check, the bench; then gpt-oss-20b at 384–640 tokens with the 64-token kernel (two blocks an SM)
+#           forced against the 96-token default: its GEMM 1 takes 4.4 waves of one block an SM at 512 (576 blocks).
+#           Predicted: −3 to −8% at 512 if waves are what holds 20b at 42% of its floor there; level at 384.
 # Earlier parts ran as runs 45–83 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s40) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
-#   usage (device): bash .device/pending.sh s43 [SECONDS]
+#   usage (device): bash .device/pending.sh s44 [SECONDS]
 set -u
-part=${1:-s43}
+part=${1:-s44}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s43)
+    s44)
         bash $D info check
-        for v in registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1 registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1; do
-            MOE_CUDA_GEMM=$v bash $D check
-            DEBUG_VARIANT=$v RACE_TOKENS=40,300 MEMCHECK_TOKENS=40,300 bash $D racedefault memcheck
-        done
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1@1536,2048,2560 \
-MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1@1152,1280,1408" bash $D abenv
-        BENCH_TOKENS=1,8,32,128,256,512,1024,1280,1536,2048,2560,3072,4096,6144,8192,16384,32768 bash $D bench
-        AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1@384,512,640" bash $D abenv
-        bash $D epcheck
+        BENCH_TOKENS=1,8,32,128,256,512,1024,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
+        AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1@384,512,640" bash $D abenv
         ;;
-    *) echo "usage: pending.sh s43 [SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: pending.sh s44 [SECONDS]" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -440,39 +440,12 @@ MOE_DEVICE u32 mxfp4_slow_scale(u32 scales, int j, u32 raw) {
     return mul_bf16x2(mul_bf16x2(raw, 0x7E807E80u), factor);  // · 2^126, then · 2^(s−127)
 }
 
-/// Outputs 2·step and 2·step + 1 of mxfp4_unpack_word alone (a k16 step of the registered kernels' fragments).
-MOE_DEVICE void mxfp4_unpack_step(u32 w, int step, u32 (&raw)[2]) {
-    if (step == 0) {
-        raw[0] = w & MOE_FP4_MASK;
-        raw[1] = (w << 6) & MOE_FP4_MASK;
-    } else {
-        raw[0] = __funnelshift_l(w, w, 10) & MOE_FP4_MASK;
-        raw[1] = ((w << 4) & 0x81808180u) | ((w >> 4) & 0x00400040u);
-    }
-}
-
-/// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word. (Kept whole, not as two mxfp4_unpack_step: that
-/// reordered the SASS of every kernel that decodes, NVRTC 13.0.)
+/// The four unscaled (· 2^-126) bf16x2 outputs of one repacked word.
 MOE_DEVICE void mxfp4_unpack_word(u32 w, u32 (&raw)[4]) {
     raw[0] = w & MOE_FP4_MASK;
     raw[1] = (w << 6) & MOE_FP4_MASK;
     raw[2] = __funnelshift_l(w, w, 10) & MOE_FP4_MASK;  // rotate left by 10
     raw[3] = ((w << 4) & 0x81808180u) | ((w >> 4) & 0x00400040u);
-}
-
-/// mxfp4_decode_word's outputs 2·step and 2·step + 1 alone (a k16 step of the registered kernels' fragments).
-template <bool Slow>
-MOE_DEVICE void mxfp4_decode_word_step(u32 w, u32 scales, int j, int step, u32 (&out)[2]) {
-    u32 raw[2];
-    mxfp4_unpack_step(w, step, raw);
-    if (!Slow) {
-        const u32 factor = mxfp4_fast_factor(scales, j);
-#pragma unroll
-        for (int q = 0; q < 2; ++q) out[q] = mul_bf16x2(raw[q], factor);
-    } else {
-#pragma unroll
-        for (int q = 0; q < 2; ++q) out[q] = mxfp4_slow_scale(scales, j, raw[q]);
-    }
 }
 
 /// Decodes one word with scale byte `j` of `scales` into four bf16x2 values. `Slow` must be true when any

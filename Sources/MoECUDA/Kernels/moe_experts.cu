@@ -1033,21 +1033,6 @@ MOE_DEVICE void registered_fragments(u32 (&a)[MI][2][4], const uint4 (&code)[MI]
     }
 }
 
-/// registered_fragments' k16 step `step` of half sp alone (STEPS = 1): two of each word's four outputs.
-template <int MI, bool Slow>
-MOE_DEVICE void registered_fragments_step(u32 (&a)[MI][2][4], const uint4 (&code)[MI], const u32 (&word)[MI], int sp, int step) {
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        u32 low[2], high[2];
-        mxfp4_decode_word_step<Slow>(uint4_component(code[mi], 2 * sp), word[mi], 2 * sp, step, low);
-        mxfp4_decode_word_step<Slow>(uint4_component(code[mi], 2 * sp + 1), word[mi], 2 * sp + 1, step, high);
-        a[mi][step][0] = low[0];
-        a[mi][step][1] = high[0];
-        a[mi][step][2] = low[1];
-        a[mi][step][3] = high[1];
-    }
-}
-
 /// The half's two k16 steps of register-A wgmma m64nWk16 per mi (W ≤ N: a prefix of the m64nN accumulators), one
 /// commit group. Kept outside any branch: ptxas serialises wgmma pipelines that cross divergent code. `slot` is the
 /// slot's activation descriptor: its k16 steps are +2 in the address field, which holds shared addresses < 256 KB
@@ -1067,18 +1052,6 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
     wgmma_commit();
 }
 
-/// One k16 step (k16 = 2·sp + step of the chunk) of register-A wgmma m64nWk16 per mi, its own commit group (STEPS = 1).
-template <int W, int MI, int N>
-MOE_DEVICE void registered_multiply_step(float (&acc)[MI][N / 2], const u32 (&a)[MI][2][4], int step, int k16,
-                                         unsigned long long slot) {
-    wgmma_fence();
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-        warpgroup_mma<W>(*reinterpret_cast<float(*)[W / 2]>(&acc[mi][0]), a[mi][step][0], a[mi][step][1], a[mi][step][2],
-                         a[mi][step][3], slot + 2 * k16);
-    wgmma_commit();
-}
-
 /// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
 /// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS).
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
@@ -1089,7 +1062,7 @@ MOE_DEVICE void registered_multiply_step(float (&acc)[MI][N / 2], const u32 (&a)
 /// (phase g / L). Lane 0 of each consumer warp arrives once a chunk on the EMPTY mbarrier after the current chunk's FULL
 /// (fullBarriers + 8·(L + slot), the FULL wait's address plus a constant): "the slot before mine is free". The producers'
 /// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
-template <int W, int MI, int N, int LOADS, int FRAGMENTS, int STEPS, class Copies>
+template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
@@ -1110,25 +1083,6 @@ MOE_DEVICE void registered_chunk(
         slow |= mxfp4_needs_slow_path(word[mi]);
     }
     slow = __any_sync(0xffffffffu, slow);
-    if constexpr (STEPS == 1) {
-        // Each k16 step its own commit group, into the step's half of one buffer: the decode of a step runs under the
-        // previous step's wgmma, where with one buffer a half (STEPS = 2) it waits for the previous half's. After the
-        // wait at the first half's second step only that half's first step may be in flight: chunk g − 1 has
-        // completed, and its slot is released a step earlier than with STEPS = 2.
-#pragma unroll
-        for (int k16 = 0; k16 < 4; ++k16) {
-            const int sp = k16 >> 1, step = k16 & 1;
-            wgmma_wait<1>();
-            if (k16 == 1 && g > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
-            if (slow) {
-                registered_fragments_step<MI, true>(a[0], code, word, sp, step);
-            } else {
-                registered_fragments_step<MI, false>(a[0], code, word, sp, step);
-            }
-            registered_multiply_step<W, MI, N>(acc, a[0], step, k16, activations);
-        }
-        return;
-    }
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<FRAGMENTS - 1>();
@@ -1149,7 +1103,7 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots
 /// and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width it lost 3–11%
 /// at 768–2048 tokens (sessions 20–21, runs 70–71).
-template <int W, int MI, int N, int LOADS, int FRAGMENTS, int STEPS, class Copies>
+template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
@@ -1160,7 +1114,7 @@ MOE_DEVICE void registered_consume(
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
-        registered_chunk<W, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(
+        registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
             p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
 #endif
 }
@@ -1283,14 +1237,13 @@ struct StagedEpilogue {
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS,
-          int FRAGMENTS, int STEPS>
+          int FRAGMENTS>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
     using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
     static_assert((N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
-    static_assert(STEPS == 2 || (STEPS == 1 && FRAGMENTS == 1), "k16 steps a commit group: 2, or 1 with one buffer");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
     wait_for_previous_kernel();
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
@@ -1340,18 +1293,18 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (N == 192) {
         const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         } else {
-            registered_consume<192, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         }
     } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<32, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     } else {
-        registered_consume<N, MI, N, LOADS, FRAGMENTS, STEPS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+        registered_consume<N, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1427,17 +1380,16 @@ MOE_DECODED(2, 2, 128, 4)
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
 // memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
 // 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
-// slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number), G (k16 steps a wgmma
-// commit group: 2 unless the name has a fifteenth number; 1 only with F = 1).
+// slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number).
 // Sessions 13–23 measured over 30 other forms (two to six consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
 // A/B on an H100 and was removed. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their
 // code in git history.
-#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, G, PR, CR)                              \
+#define MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, PR, CR)                                 \
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E == 1, "the registered kernels' form"); \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, K, F, G>(p);                                                           \
+        gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
     }
 
 // 64-token tiles (1088–1407 tokens), n32 up to 32 rows and n64 beyond (W = 2), with six consumer warps a scheduler:
@@ -1447,10 +1399,7 @@ MOE_DECODED(2, 2, 128, 4)
 // +0.6 / +0.9% at 1408 and +3.1 / +3.2% at 1536, which was +2.8 / +2.1% against it at 1280.
 // Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
 // (run 81) and are gone.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 2, 24, 72)
-// The same with each k16 step its own commit group (G = 1, session 24, for A/B at 1152–1408; never run): with one buffer
-// a half, a half's decode waits for the previous half's wgmma to complete; a step at a time, it runs under it.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 1, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel had four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
@@ -1458,12 +1407,12 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1_1, 1, 64,
 // got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone; so are seven warpgroups and one block an
 // SM (seven warps a scheduler in 64 registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768
 // (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 2, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
 // −6.1% at 832–1152 against the 64-token kernel of the time.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 2, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1408–2687 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
 // block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
 // compiles their code to CR (88) and checks each instruction against the launch's 80 (n96 needs 78); with two buffers
@@ -1475,15 +1424,14 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 
 // Six load slots (session 24): one block an SM, so the slots alone keep its copies in flight; run 85, two rounds against
 // four: −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560 (run 76 had found six level with four
 // warpgroups). With six at 192-token tiles: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at 8192 (gone).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 2, 24, 88)
-// The same with each k16 step its own commit group (G = 1, session 24, for A/B at 1536–2560; never run). Run 85's ncu
-// sections of the four-slot kernel at 2048 tokens (GEMM 1): tensor pipe 56%, DRAM 55.7%, issue slots 51%, 1.30 of 5.22
-// warps a scheduler eligible: the consumers wait on their own chains, not on a unit.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 1, 24, 88)
+// Each k16 step its own wgmma commit group (the decode of a step under the previous step's wgmma, where a half's waits for
+// the previous half's) lost: +4.6 to +5.7% at 1536–2560, +4.3 to +4.8% on gpt-oss-20b at 384–640 (run 86); so did the
+// 64-token kernel's, +4.8 to +7.0% at 1152–1408. Gone (git history: commit a7f5ccc).
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3071 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 2, 32, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
 // 192-token tiles (3072 tokens and more, session 24): three consumer warpgroups, three consumer warps a scheduler where
 // the 256-token kernel (gone) had two; widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers fit with the
 // producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511). Run 84, two rounds each
@@ -1493,7 +1441,7 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4
 // at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584 (run 84: −1.6 / −0.3% at 3072, where it starts). The 256-token
 // kernel, the default from 4096 in sessions 21–23, is gone. 224-token tiles do not fit three warpgroups (C7602 at the
 // launch's 128: 142 needed).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 2, 56, 152)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
 
 // MARK: gather
 
