@@ -152,6 +152,7 @@ for s in $steps; do
         ncu -i "$OUT/ncu/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu/$name-sass.csv" 2>> "$LOG"
         ncu -i "$OUT/ncu/$name.ncu-rep" --page details > "$OUT/ncu/$name-details.txt" 2>> "$LOG"
         rm -f "$OUT/ncu/$name.ncu-rep" ;;
+    ncurows) TAIL=80 step ncurows 240 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats -k regex:"moe_(gather_rows|reduce)" --launch-skip ${NCU_SKIP:-0} --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-32768} --iterations 1 --warmup 0 ;;  # the gather and the reduce (with MOE_CUDA_*_HOISTED, theirs)
     ncufinish) TAIL=60 step ncufinish 240 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section LaunchStats -k regex:moe_route_finish --launch-skip 1 --launch-count 1 $M bench --backend cuda --preset gpt-oss-120b --tokens 128 --iterations 1 --warmup 0 ;;
     ncuep)  # each kernel of the EP layer at R = 1 alone (ncu serialises them), launch order: NCU_TOKENS (1), gpt-oss-20b
         TAIL=50 step ncuep 300 ncu --clock-control none --target-processes all --csv --log-file "$OUT/ncuep.csv" --metrics gpu__time_duration.sum -k regex:moe_ $M launch --ranks 1 --timeout 280 -- bench --backend cuda --preset gpt-oss-20b --tokens ${NCU_TOKENS:-1} --iterations 2 --warmup 0

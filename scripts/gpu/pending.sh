@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s44:    (not yet run) the final defaults of session 24 on an H200 (the targets' card: every run since 35 was an
-#           H100): check, the bench; then gpt-oss-20b at 384–640 tokens with the 64-token kernel (two blocks an SM)
-#           forced against the 96-token default: its GEMM 1 takes 4.4 waves of one block an SM at 512 (576 blocks).
-#           Predicted: −3 to −8% at 512 if waves are what holds 20b at 42% of its floor there; level at 384.
+#   s44:    (not yet run) the gather and the reduce with each token's row indices read before its rows
+#           (MOE_CUDA_GATHER_HOISTED=1, MOE_CUDA_REDUCE_HOISTED=1): checked, then A/B'd at 2048–32768. Run 85's trace had
+#           them at 790 and 757 µs at 32768 tokens (944 MB each, 40% of the copy rate); the plain gather's SASS loads
+#           each row index after the previous row's store (LDG, STG, LDG, STG …), the plain reduce's loads are already
+#           ahead of its sums. Predicted: the gather −300 to −450 µs at 32768 (−3 to −4% of the layer), −1 to −2% at
+#           8192; the reduce level. Then both kernels' ncu sections at 32768, the bench (on whatever card comes: an
+#           H200 would be the targets' card), gpt-oss-20b at 384–640 with the 64-token kernel (two blocks an SM) forced
+#           against the 96-token default (its GEMM 1 is 4.4 waves at 512; predicted −3 to −8% at 512, level at 384).
 # Earlier parts ran as runs 45–83 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s40) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -20,6 +24,10 @@ done
 case $part in
     s44)
         bash $D info check
+        MOE_CUDA_GATHER_HOISTED=1 MOE_CUDA_REDUCE_HOISTED=1 bash $D check
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GATHER_HOISTED=1@2048,8192,32768 MOE_CUDA_REDUCE_HOISTED=1@2048,8192,32768" bash $D abenv
+        bash $D ncurows
+        MOE_CUDA_GATHER_HOISTED=1 MOE_CUDA_REDUCE_HOISTED=1 bash $D ncurows
         BENCH_TOKENS=1,8,32,128,256,512,1024,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1@384,512,640" bash $D abenv
         ;;
