@@ -93,9 +93,6 @@ final class LayerKernels: @unchecked Sendable {
     let planScatter: CUDAFunction
     let reduce: CUDAFunction
     let gatherRows: CUDAFunction
-    /// The gather and the reduce with their row indices read first (topK ≤ LaunchPlan.hoistedMaxTopK; for A/B).
-    let reduceHoisted: CUDAFunction
-    let gatherRowsHoisted: CUDAFunction
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
 
@@ -123,8 +120,6 @@ final class LayerKernels: @unchecked Sendable {
         planScatter = try routing.function("moe_plan_scatter")
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
-        reduceHoisted = try experts.function("moe_reduce_hoisted")
-        gatherRowsHoisted = try experts.function("moe_gather_rows_hoisted")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
     }
 

@@ -442,9 +442,6 @@ public struct LaunchPlan: Sendable, Equatable {
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).
     public var fusedReduce: Bool { gemm2Variant.isResident && tokens <= LaunchPlan.fusedReduceMaxTokens }
     static let fusedReduceMaxTokens = 64
-    /// The hoisted gather and reduce keep a token's indices in registers: at most MOE_HOISTED_MAX_TOP_K (moe_experts.cu).
-    static let hoistedMaxTopK = 8
-    public var hoistsRowIndices: Bool { config.topK <= LaunchPlan.hoistedMaxTopK }
     public var reduceShape: LaunchShape {
         LaunchShape(grid: (tokens, (config.hidden / 8 + 127) / 128, 1), block: 128)
     }

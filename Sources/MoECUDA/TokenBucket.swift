@@ -17,11 +17,6 @@ final class TokenBucket: @unchecked Sendable {
     /// copy engine brings its activations too: about a point faster than gathering in GEMM 1's producer (session 18's
     /// runs 59–60, H100). `MOE_CUDA_GATHER_ROWS=0` turns it off.
     static let gatherRowsSwitch = currentEnvironment("MOE_CUDA_GATHER_ROWS") != "0"
-    /// The gather and the reduce with each token's row indices read before its rows (moe_gather_rows_hoisted,
-    /// moe_reduce_hoisted; topK ≤ LaunchPlan.hoistedMaxTopK): `MOE_CUDA_GATHER_HOISTED=1`, `MOE_CUDA_REDUCE_HOISTED=1`
-    /// (session 24, for A/B).
-    static let gatherHoistedSwitch = currentEnvironment("MOE_CUDA_GATHER_HOISTED") == "1"
-    static let reduceHoistedSwitch = currentEnvironment("MOE_CUDA_REDUCE_HOISTED") == "1"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -292,8 +287,7 @@ final class TokenBucket: @unchecked Sendable {
         if gathered != nil {
             var gather = gatherParameters(slot: slot)
             gather.trace = traced(.gather)
-            let gatherKernel = Self.gatherHoistedSwitch && plan.hoistsRowIndices ? kernels.gatherRowsHoisted : kernels.gatherRows
-            try gatherKernel.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)
+            try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)
             try between?(.gather)
         }
         var first = gemm1Parameters(slot: slot, layer: layer)
@@ -310,8 +304,7 @@ final class TokenBucket: @unchecked Sendable {
         if !plan.fusedReduce {
             var sum = reduceParameters()
             sum.trace = traced(.reduce)
-            let reduceKernel = Self.reduceHoistedSwitch && plan.hoistsRowIndices ? kernels.reduceHoisted : kernels.reduce
-            try reduceKernel.launch(plan.reduceShape, stream: stream, parameters: sum, programmatic: programmatic)
+            try kernels.reduce.launch(plan.reduceShape, stream: stream, parameters: sum, programmatic: programmatic)
             try between?(.reduce)
         }
     }

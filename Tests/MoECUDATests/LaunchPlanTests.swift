@@ -199,16 +199,6 @@ import Testing
     }
 }
 
-/// The hoisted gather and reduce keep a token's k indices in registers: only where k ≤ 8 (gpt-oss: 4); past it the host
-/// launches the plain kernels.
-@Test func theHoistedRowKernelsTakeAtMostEightSlotsAToken() {
-    #expect(LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config).hoistsRowIndices)
-    for (topK, hoists) in [(1, true), (8, true), (9, false), (16, false)] {
-        let config = MoEConfig(hidden: 64, intermediate: 64, experts: 32, topK: topK)
-        #expect(LaunchPlan(tokens: 64, config: config).hoistsRowIndices == hoists, "k = \(topK)")
-    }
-}
-
 @Test func gptOss120bLaunchesFitInHopperSharedMemory() {
     let config = MoEPreset.gptOss120b.config
     for tokens in [1, 2, 3, 4, 8, 32, 128, 512, 2048, 8192, 32768] {

@@ -174,6 +174,8 @@ MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
 #if defined(MOE_TRACE)
 /// Marks a kernel's span inside a graph replay, programmatic overlap included: block thread 0 lowers the phase's start
 /// to its start time; at every return, the first lane of each group of lanes leaving together raises the phase's end.
+/// Every block and warp of a phase updates the same two words, so kernels of many small blocks read long: at 32768
+/// tokens the gather's and the reduce's spans were 790 and 757 µs where ncu timed them alone at 355 and 313 (run 87).
 struct MoETraceScope {
     unsigned long long *span;
     MOE_DEVICE static unsigned long long now() {

@@ -1449,6 +1449,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4
 /// registered kernel with tensor copies brings them by the copy engine too (T·k·H·2 bytes written). By token, so each
 /// row of x is read once: by sorted row (session 18) each was read k times, which past L2 (32768 tokens: x is 189 MB)
 /// is k times from DRAM (run 62: 503.5 µs at 32768 tokens, 3 TB/s for 1.5 GB; by token, run 63: 358.0 µs).
+/// Run 87 (ncu, alone): 355 µs at 32768 tokens, DRAM 77.5%; with every row index read before the first store (each is
+/// read after the previous store here) −0.7 to +0.6% at 2048–32768, and the reduce likewise −0.7 to +0.4% (89.5%).
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread copies 16 B to each of the token's rows (H is a multiple of 32).
 extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParams p) {
     MOE_TRACE_KERNEL(p);
@@ -1474,65 +1476,4 @@ extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) 
     const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (h >= p.hidden) return;
     reduce_eight<false>((const bf16_t *)p.combine, (const int *)p.slotToSorted, (bf16_t *)p.output, blockIdx.x, h, p.topK, p.hidden);
-}
-
-// MARK: gather and reduce with the row indices read first (session 24, for A/B; never run)
-
-/// The most routed slots a token the hoisted gather and reduce take (the host falls back to the kernels above past it).
-#define MOE_HOISTED_MAX_TOP_K 8
-
-/// moe_gather_rows with the token's k sorted-row indices read before any store: there each index is loaded after the
-/// previous row's store (the compiler may not move a load above a store that can alias it), so a thread waits k round
-/// trips in turn. Run 85's trace: the gather took 790 µs at 32768 tokens, 944 MB at 1.2 TB/s (40% of the copy rate).
-extern "C" __global__ void __launch_bounds__(128) moe_gather_rows_hoisted(MoEGatherParams p) {
-    MOE_TRACE_KERNEL(p);
-    wait_for_previous_kernel();
-    const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
-    if (h >= p.hidden) return;
-    const long long token = blockIdx.x;
-    const int *sorted = (const int *)p.slotToSorted + token * p.topK;
-    int rows[MOE_HOISTED_MAX_TOP_K];
-#pragma unroll
-    for (int j = 0; j < MOE_HOISTED_MAX_TOP_K; ++j) rows[j] = j < p.topK ? sorted[j] : -1;
-    const uint4 row = *(const uint4 *)((const bf16_t *)p.input + token * p.hidden + h);
-#pragma unroll
-    for (int j = 0; j < MOE_HOISTED_MAX_TOP_K; ++j)
-        if (rows[j] >= 0) *(uint4 *)((bf16_t *)p.output + (long long)rows[j] * p.hidden + h) = row;
-}
-
-/// moe_reduce with the k slot indices, then the k rows, loaded before the sum: there the loop's `continue` on each index
-/// keeps each row's load behind its index's, one slot at a time. The same sum in the same order (bit-identical).
-extern "C" __global__ void __launch_bounds__(128) moe_reduce_hoisted(MoEReduceParams p) {
-    MOE_TRACE_KERNEL(p);
-    wait_for_previous_kernel();
-    const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
-    if (h >= p.hidden) return;
-    const long long t = blockIdx.x;
-    const int *slotToSorted = (const int *)p.slotToSorted + t * p.topK;
-    bool routed[MOE_HOISTED_MAX_TOP_K];
-#pragma unroll
-    for (int j = 0; j < MOE_HOISTED_MAX_TOP_K; ++j) routed[j] = j < p.topK && slotToSorted[j] >= 0;
-    uint4 v[MOE_HOISTED_MAX_TOP_K];
-#pragma unroll
-    for (int j = 0; j < MOE_HOISTED_MAX_TOP_K; ++j)
-        v[j] = routed[j] ? *(const uint4 *)((const bf16_t *)p.combine + (t * p.topK + j) * p.hidden + h) : make_uint4(0u, 0u, 0u, 0u);
-    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < MOE_HOISTED_MAX_TOP_K; ++j) {
-        if (!routed[j]) continue;
-        sum[0] += bf16_low(v[j].x);
-        sum[1] += bf16_high(v[j].x);
-        sum[2] += bf16_low(v[j].y);
-        sum[3] += bf16_high(v[j].y);
-        sum[4] += bf16_low(v[j].z);
-        sum[5] += bf16_high(v[j].z);
-        sum[6] += bf16_low(v[j].w);
-        sum[7] += bf16_high(v[j].w);
-    }
-    uint4 packed;
-    packed.x = pack_bf16x2(sum[0], sum[1]);
-    packed.y = pack_bf16x2(sum[2], sum[3]);
-    packed.z = pack_bf16x2(sum[4], sum[5]);
-    packed.w = pack_bf16x2(sum[6], sum[7]);
-    *(uint4 *)((bf16_t *)p.output + t * p.hidden + h) = packed;
 }
