@@ -175,7 +175,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
             tracedKernels = traced
             let phases = TokenBucket.Phase.allCases
-            let buffer = try DeviceBuffer(device: runtime.device, byteCount: phases.count * 16)
+            let buffer = try DeviceBuffer(device: runtime.device, byteCount: KernelTrace.bufferBytes(phases: phases.count))
             let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
             let raw = try KernelTrace.record(phases: phases.count, replays: replays, warmup: 2, buffer: buffer, stream: stream) {
                 try exec.launch(stream)

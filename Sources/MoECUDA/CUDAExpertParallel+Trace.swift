@@ -62,7 +62,7 @@ extension CUDAExpertParallelLayer {
         try requireMappedPeers("the symmetric path", nodeOnly: true)
         let b = try bucket(tokens: tokens)
         try upload(input, bucket: b, poison: false)
-        let buffer = try DeviceBuffer(device: runtime.device, byteCount: Self.maxTracedLaunches * 16)
+        let buffer = try DeviceBuffer(device: runtime.device, byteCount: KernelTrace.bufferBytes(phases: Self.maxTracedLaunches))
         let (exec, names) = try captureSymmetric(b, mode: mode, traceSpans: buffer.address)
         guard names.count <= Self.maxTracedLaunches else {
             throw CUDAError.invalidArgument("the symmetric layer made \(names.count) launches; the trace holds \(Self.maxTracedLaunches)")

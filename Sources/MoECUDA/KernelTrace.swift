@@ -1,3 +1,4 @@
+import CCUDA
 import MoECore
 
 /// Where one kernel of the layer ran inside a graph replay, in µs from the replay's first block start: the earliest
@@ -10,10 +11,17 @@ public struct KernelSpan: Sendable, Equatable {
     public var microseconds: Double { end - start }
 }
 
-/// Reading the trace buffer a MOE_TRACE build of the kernels fills (`moe cuda-debug --trace`): per phase, the earliest
-/// block start (atomicMin) and the latest warp end (atomicMax) of %globaltimer, in ns. Unlike the event-timed graph,
-/// the replay traced is the plain layer graph, so the spans include the overlap the bench sees.
+/// Reading the trace buffer a MOE_TRACE build of the kernels fills (`moe cuda-debug --trace`): per phase and SM slot,
+/// the earliest block start (atomicMin) and the latest warp end (atomicMax) of %globaltimer, in ns, folded over the
+/// slots here. Unlike the event-timed graph, the replay traced is the plain layer graph, so the spans include the
+/// overlap the bench sees.
 public enum KernelTrace {
+    /// SM slots a phase (MOE_TRACE_SLOTS): each SM updates its own pair, so a kernel of many blocks does not queue on
+    /// two words.
+    public static let slots = Int(MOE_TRACE_SLOTS)
+    /// Bytes of a trace buffer for `phases` phases.
+    public static func bufferBytes(phases: Int) -> Int { phases * slots * 16 }
+
     /// "layer L µs, kernel start–end (span) µs: name a–b (s) | …", L the latest end.
     public static func describe(_ spans: [KernelSpan]) -> String {
         let layer = spans.map(\.end).max() ?? 0
@@ -22,11 +30,30 @@ public enum KernelTrace {
         return "layer \(f(layer)) µs, kernel start–end (span) µs: \(parts.joined(separator: " | "))"
     }
 
-    /// A phase's pair before any kernel marks it: start = UInt64.max, end = 0.
-    public static func emptyBuffer(phases: Int) -> [UInt64] { Array(repeating: [UInt64.max, 0], count: phases).flatMap { $0 } }
+    /// Every pair before any kernel marks it (start = UInt64.max, end = 0), `slotsPerPhase` pairs a phase.
+    public static func emptyBuffer(phases: Int, slotsPerPhase: Int = slots) -> [UInt64] {
+        Array(repeating: [UInt64.max, 0], count: phases * slotsPerPhase).flatMap { $0 }
+    }
 
-    /// The raw buffers of `replays` replays after `warmup` more: before each, `buffer` is reset on `stream`; `replay`
-    /// launches the traced graph and waits for it; after each counted one, the `phases` pairs are read back.
+    /// A raw buffer of `slotsPerPhase` pairs a phase folded to one pair a phase: the earliest start and the latest end
+    /// of the slots any kernel marked (a phase no slot marked stays UInt64.max, 0).
+    public static func fold(_ raw: [UInt64], phases: Int, slotsPerPhase: Int = slots) -> [UInt64] {
+        precondition(raw.count == 2 * phases * slotsPerPhase, "a trace buffer holds two values a phase and slot")
+        return (0..<phases).flatMap { phase -> [UInt64] in
+            var start = UInt64.max, end: UInt64 = 0
+            for slot in 0..<slotsPerPhase {
+                let at = 2 * (phase * slotsPerPhase + slot)
+                guard raw[at] != UInt64.max else { continue }
+                start = min(start, raw[at])
+                end = max(end, raw[at + 1])
+            }
+            return [start, end]
+        }
+    }
+
+    /// The buffers of `replays` replays after `warmup` more: before each, `buffer` is reset on `stream`; `replay`
+    /// launches the traced graph and waits for it; after each counted one, the buffer is read back and folded to one
+    /// pair a phase.
     static func record(
         phases: Int, replays: Int, warmup: Int = 0, buffer: DeviceBuffer, stream: CUDAStream, replay: () throws -> Void
     ) throws -> [[UInt64]] {
@@ -34,7 +61,7 @@ public enum KernelTrace {
         for index in 0..<(warmup + replays) {
             try buffer.uploadAsync(emptyBuffer(phases: phases), stream: stream)
             try replay()
-            if index >= warmup { raw.append(try buffer.download(UInt64.self, count: 2 * phases)) }
+            if index >= warmup { raw.append(fold(try buffer.download(UInt64.self, count: 2 * phases * slots), phases: phases)) }
         }
         return raw
     }

@@ -35,9 +35,24 @@ private func buffer(_ phases: [(UInt64, UInt64)?]) -> [UInt64] {
 }
 
 @Test func theEmptyBufferMarksEveryPhaseUnrun() {
+    #expect(KernelTrace.emptyBuffer(phases: 3, slotsPerPhase: 1) == [UInt64.max, 0, UInt64.max, 0, UInt64.max, 0])
     let empty = KernelTrace.emptyBuffer(phases: 3)
-    #expect(empty == [UInt64.max, 0, UInt64.max, 0, UInt64.max, 0])
-    #expect(KernelTrace.spans(names: ["a", "b", "c"], replays: [empty]).isEmpty)
+    #expect(empty.count == 2 * 3 * KernelTrace.slots && KernelTrace.bufferBytes(phases: 3) == 8 * empty.count)
+    #expect(KernelTrace.spans(names: ["a", "b", "c"], replays: [KernelTrace.fold(empty, phases: 3)]).isEmpty)
+}
+
+/// Each SM marks its own pair of a phase (MOE_TRACE_SLOTS; one pair a phase made a kernel of many small blocks queue on
+/// two words); the host folds a phase's slots to the earliest start and the latest end of those marked.
+@Test func theSlotsOfAPhaseFoldToItsEarliestStartAndLatestEnd() {
+    #expect(KernelTrace.slots == 256 && KernelTrace.slots >= 132)  // every SM of an H100 or H200 its own slot
+    let unrun: [UInt64] = [UInt64.max, 0]
+    // Phase 0: slots 0 and 2 marked; phase 1: none; phase 2: slot 1 only. Four slots a phase.
+    let raw = [500, 900] + unrun + [400, 700] + unrun
+        + unrun + unrun + unrun + unrun
+        + unrun + [1_000, 1_200] + unrun + unrun
+    let folded = KernelTrace.fold(raw, phases: 3, slotsPerPhase: 4)
+    #expect(folded == [400, 900, UInt64.max, 0, 1_000, 1_200])
+    #expect(KernelTrace.spans(names: ["a", "b", "c"], replays: [folded]).map(\.kernel) == ["a", "c"])
 }
 
 @Test func aTraceReadsAsOneLineWithTheLayerEndFirst() {

@@ -174,8 +174,9 @@ MOE_DEVICE void load_matrix_x4(u32 (&r)[4], u32 address) {
 #if defined(MOE_TRACE)
 /// Marks a kernel's span inside a graph replay, programmatic overlap included: block thread 0 lowers the phase's start
 /// to its start time; at every return, the first lane of each group of lanes leaving together raises the phase's end.
-/// Every block and warp of a phase updates the same two words, so kernels of many small blocks read long: at 32768
-/// tokens the gather's and the reduce's spans were 790 and 757 µs where ncu timed them alone at 355 and 313 (run 87).
+/// Each SM marks its own pair of the phase (MOE_TRACE_SLOTS, moe_params.h): with one pair a phase, every block and warp
+/// of a kernel updated the same two words, and at 32768 tokens the gather's and the reduce's spans read 790 and 757 µs
+/// where ncu timed them alone at 355 and 313 (run 87).
 struct MoETraceScope {
     unsigned long long *span;
     MOE_DEVICE static unsigned long long now() {
@@ -183,8 +184,13 @@ struct MoETraceScope {
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
         return t;
     }
+    MOE_DEVICE static unsigned sm() {
+        unsigned id;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+        return id;
+    }
     MOE_DEVICE MoETraceScope(MoEDevicePointer spans, long long phase)
-        : span(spans == 0 ? nullptr : (unsigned long long *)spans + 2 * phase) {
+        : span(spans == 0 ? nullptr : (unsigned long long *)spans + 2 * (phase * MOE_TRACE_SLOTS + sm() % MOE_TRACE_SLOTS)) {
         if (span != nullptr && threadIdx.x == 0) atomicMin(span, now());
     }
     MOE_DEVICE explicit MoETraceScope(const MoETrace &trace) : MoETraceScope(trace.spans, trace.phase) {}
