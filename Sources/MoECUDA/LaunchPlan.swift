@@ -90,7 +90,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–3071 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
-    /// kernel has two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
+    /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
     /// consumers 152). 3072 tokens and more. Run 84 (session 24, H100), two rounds each against the 256-token kernel
     /// (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144,
     /// −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at 3072. One buffer (88 / 136) got −7.4 / −7.5%,

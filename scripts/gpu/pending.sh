@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s45:    (not yet run) session 24's defaults as they are, checked and benched on whatever card comes (an H200 is the
-#           targets' card; every run since 35 was an H100), with the trace at 2048–32768 beside it: each SM now marks
-#           its own pair of a phase (built after run 87, never run), so the gather's span at 32768 should read near
-#           ncu's 355 µs (run 87), not run 85's 790.
+#   s45:    (not yet run) session 24's defaults as they are, checked and benched on whatever card comes (an H200 is
+#           the targets' card; every run since session 7's was an H100), with the trace at 2048–32768 beside it: each
+#           SM now marks its own pair of a phase (built after run 87, never run), so the gather's span at 32768 should
+#           read near ncu's 355 µs (run 87), not run 85's 790.
 # Earlier parts ran as runs 45–87 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
