@@ -58,8 +58,9 @@ public enum KernelTrace {
         phases: Int, replays: Int, warmup: Int = 0, buffer: DeviceBuffer, stream: CUDAStream, replay: () throws -> Void
     ) throws -> [[UInt64]] {
         var raw: [[UInt64]] = []
+        let empty = emptyBuffer(phases: phases)  // the same reset before every replay
         for index in 0..<(warmup + replays) {
-            try buffer.uploadAsync(emptyBuffer(phases: phases), stream: stream)
+            try buffer.uploadAsync(empty, stream: stream)
             try replay()
             if index >= warmup { raw.append(fold(try buffer.download(UInt64.self, count: 2 * phases * slots), phases: phases)) }
         }

@@ -29,8 +29,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case decoded_2_2_128_4
     /// sm_90a, warp-specialised with the decode in the consumers' registers (registered_MI_N_L_C_B_S_Q_T_P_W_U_K_E[_F]):
     /// one producer warpgroup only copies, by the copy engine (tensor copies: each chunk's codes and scales one 2D box
-    /// each, sorted activations in boxes of activationBoxRows; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L = 4
-    /// load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
+    /// each, sorted activations in boxes of activationBoxRows; GEMM 1's gathered rows too, TokenBucket.gatherRowsSwitch), into L (4;
+    /// 6 for the 96-token kernel) load slots whose FULL is an mbarrier; C consumer warpgroups of 64 weight rows (MI = 1) decode each 32-k half
     /// into wgmma A fragments and issue register-A wgmma m64nWk16 with the activations from shared memory, their
     /// descriptors by adds from the first slot's (B = 1); the epilogue is staged through shared memory (S = 1). K (a
     /// twelfth number) is the blocks an SM; E = 1 (a thirteenth): EMPTY is an mbarrier a slot with one arrival a consumer
@@ -40,8 +40,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// −0.2 / +0.6% at 1536, +0.2 / −0.1% at 2048 (96); −2.5 / −3.1% at 3072 (128); −0.4 / −0.2% at 8192, +0.4 / −0.1% at
     /// 32768 (256). Sessions 13–21 measured 30 other forms (two or three consumer warpgroups, 6 slots, cp.async producers,
     /// a persistent kernel, three wgmma widths, unrolled loops); each lost to these on an H100 and was removed (their
-    /// figures: docs/bench-cuda.md, BENCHMARKS.md). Six load slots, last tried in run 76, were level (−0.8 / +0.3% at 2048
-    /// with 96-token tiles, +0.3 / −0.5% at 1024 with 64).
+    /// figures: docs/bench-cuda.md, BENCHMARKS.md). Six load slots were level in run 76 (−0.8 / +0.3% at 2048 with
+    /// 96-token tiles of four warpgroups, +0.3 / −0.5% at 1024 with 64) and about 1% ahead with five warpgroups (run 85).
     ///
     /// K (a twelfth number) = 2: two blocks an SM, so that one block's prologue and epilogue run under the other's wgmma;
     /// F (a fourteenth, 2 when absent) = 1: one A-fragment buffer a consumer warp, so that 64-token tiles fit three
@@ -57,7 +57,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
-    /// SM) where the 64-token kernel has four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
+    /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
     /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
     /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
     /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).

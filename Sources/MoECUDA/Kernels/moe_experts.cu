@@ -1283,9 +1283,10 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // Each kernel multiplies a short tile at a narrower wgmma width, in two widths at most: with three in one kernel
-    // ptxas serialises every wgmma (C7511, "insufficient register resources for the wgmma pipeline", NVRTC 13.0), so
-    // the tensor cores never run under the decode (sessions 19–20). MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the
+    // Each kernel multiplies a short tile at a narrower wgmma width. Where registers are few, two widths at most: the
+    // narrow kernel of session 19 with three (n32, n64, n128) had every wgmma serialised (C7511, "insufficient register
+    // resources for the wgmma pipeline", NVRTC 13.0), so the tensor cores never ran under the decode; the 192-token
+    // kernel's consumers (152 registers) take three. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the
     // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 192-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
