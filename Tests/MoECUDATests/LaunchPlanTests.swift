@@ -189,11 +189,24 @@ import Testing
     let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
     #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
-    // Every registered kernel has tensor copies; only the 64-token one has narrow tiles.
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo]
+    // Every registered kernel has tensor copies; only the 64-token one has narrow tiles. Each has a form with rounded
+    // widths (session 25), the same launch but for its consumer loops.
+    let plain: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo]
+    let rounded: [GemmVariant] = [
+        .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, .registered_1_32_4_3_1_1_2_1_0_16_0_2_1,
+        .registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1,
+        .registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_192_4_3_1_1_2_1_0_16_0_1_1,
+    ]
+    let registered = zip(plain, rounded).flatMap { [$0, $1] }
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
+    #expect(GemmVariant.allCases.filter(\.roundedWidths) == rounded)
+    for (a, b) in zip(plain, rounded) {
+        #expect(a.tileRows == b.tileRows && a.stages == b.stages && a.warps == b.warps && a.blocksPerSM == b.blocksPerSM, "\(b)")
+        #expect(a.fragmentBuffers == b.fragmentBuffers && a.sharedBytes(k: 2880, residentRows: a.tileRows)
+            == b.sharedBytes(k: 2880, residentRows: b.tileRows), "\(b)")
+    }
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

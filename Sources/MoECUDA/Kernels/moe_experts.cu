@@ -1119,6 +1119,23 @@ MOE_DEVICE void registered_consume(
 #endif
 }
 
+/// Rounded widths (W ≥ 16 in the name): the narrowest of WIDTHS (ascending, the last N) that holds the tile's rows, each
+/// width its own consumer loop (a chain of uniform branches, as the two- and three-width kernels), so a tile of 70 rows
+/// multiplies at n80, not n96.
+template <int MI, int N, int LOADS, int FRAGMENTS, class Copies, int WIDTH, int... WIDER>
+MOE_DEVICE void registered_consume_rounded(
+    int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase,
+    int consumer, int warpInGroup, int lane, u32 fullBarriers) {
+    if constexpr (sizeof...(WIDER) > 0) {
+        if (rows > WIDTH) {
+            registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, WIDER...>(
+                rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            return;
+        }
+    }
+    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+}
+
 /// The registered kernels' epilogue through shared memory (after every consumer's last wgmma, so the load slots are free):
 /// each warp rounds its results with gemm_epilogue's arithmetic and writes them with stmatrix.trans into a [token][column]
 /// tile (rows padded by 16 B: conflict-free), then the consumers store whole 16-byte pieces of rows. Against the direct
@@ -1290,8 +1307,19 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 192-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
-    static_assert(NARROW == 0 || (NARROW == 2 && N == 64), "narrow tiles: the 64-token kernel's n32");
-    if constexpr (N == 192) {
+    static_assert(NARROW == 0 || (NARROW == 2 && N == 64) || NARROW == 16, "narrow tiles: the 64-token kernel's n32, or rounded widths");
+    if constexpr (NARROW >= 16) {
+        const int rows = p.fullWidthOnly ? N : tile.rowCount;
+#define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
+            rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
+        if constexpr (N == 32) MOE_ROUNDED(16, 32);
+        if constexpr (N == 48) MOE_ROUNDED(32, 48);
+        if constexpr (N == 64) MOE_ROUNDED(32, 48, 64);
+        if constexpr (N == 96) MOE_ROUNDED(64, 80, 96);
+        if constexpr (N == 128) MOE_ROUNDED(96, 128);
+        if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
+#undef MOE_ROUNDED
+    } else if constexpr (N == 192) {
         const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
             registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
@@ -1401,6 +1429,7 @@ MOE_DECODED(2, 2, 128, 4)
 // Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
 // (run 81) and are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel had four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
@@ -1409,11 +1438,13 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4
 // SM (seven warps a scheduler in 64 registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768
 // (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_16_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
 // −6.1% at 832–1152 against the 64-token kernel of the time.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1408–2687 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
 // block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
 // compiles their code to CR (88) and checks each instruction against the launch's 80 (n96 needs 78); with two buffers
@@ -1429,10 +1460,12 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 
 // the previous half's) lost: +4.6 to +5.7% at 1536–2560, +4.3 to +4.8% on gpt-oss-20b at 384–640 (run 86); so did the
 // 64-token kernel's, +4.8 to +7.0% at 1152–1408. Gone (git history: commit a7f5ccc).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3071 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_16_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 16, 0, 1, 1, 2, 32, 112)
 // 192-token tiles (3072 tokens and more, session 24): three consumer warpgroups, three consumer warps a scheduler where
 // the 256-token kernel (gone) had two; widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers fit with the
 // producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511). Run 84, two rounds each
@@ -1443,6 +1476,7 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4
 // kernel, the default from 4096 in sessions 21–23, is gone. 224-token tiles do not fit three warpgroups (C7602 at the
 // launch's 128: 142 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_16_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 16, 0, 1, 1, 2, 56, 152)
 
 // MARK: gather
 
