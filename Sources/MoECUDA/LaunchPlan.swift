@@ -56,9 +56,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
     /// 1280–1536 (run 81) and are gone.
     case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n32, n48 and n64), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n32, n48 and n64; `roundedWidths`).
     case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
@@ -70,9 +68,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// warpgroups and one block an SM (seven warps a scheduler, 64 registers, GEMM 2's last 448-row block 8.9% past H):
     /// −0.6 to +3.3% at 256–768 (run 83).
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n16 and n32), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n16 and n32; `roundedWidths`).
     case registered_1_32_4_3_1_1_2_1_0_16_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
@@ -81,9 +77,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// kernel +0.6 / +1.2% at 768 (run 78, where the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and
     /// +4.9 / +5.8% at 896).
     case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n32 and n48), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n32 and n48; `roundedWidths`).
     case registered_1_48_4_3_1_1_2_1_0_16_0_2_1
     /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128;
     /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
@@ -99,15 +93,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// against four, −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560. Each k16 step its own wgmma
     /// commit group lost by 4.6–5.7% here and 4.8–7.0% with 64-token tiles (run 86) and is gone.
     case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n64, n80 and n96), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n48, n64, n80 and n96; `roundedWidths`).
     case registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
     /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–3071 tokens.
     case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n96 and n128), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n96 and n128; `roundedWidths`).
     case registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
     /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
@@ -119,9 +109,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// one against the 128-token default +2.3 / +1.4% at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584. Six load
     /// slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at 8192 (gone).
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    /// The same kernel with rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of
-    /// the kernel's widths that holds its rows (n128, n160 and n192), each width its own consumer loop. Three widths at most in the
-    /// two-buffer kernels and the 96-token one: a fourth made ptxas serialise every wgmma (C7511, NVRTC 13.0).
+    /// The same with rounded widths (n128, n160 and n192; `roundedWidths`).
     case registered_1_192_4_3_1_1_2_1_0_16_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
@@ -183,7 +171,10 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Narrow tiles (a tenth number, 2): wgmma m64n32 for tiles of at most 32 rows, the full width beyond (session 19's
     /// 1, with a third width, had its wgmma serialised and is gone).
     public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 2 }
-    /// Rounded widths (a tenth number, 16): each tile at the narrowest of the kernel's wgmma widths that holds its rows.
+    /// Rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
+    /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel runs n96), each width its own consumer
+    /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: three in the
+    /// two-buffer kernels (four serialised the 192-token one), four in the 64- and 96-token ones, two in the 48-token one.
     public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 16 }
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.

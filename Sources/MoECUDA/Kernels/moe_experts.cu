@@ -1315,7 +1315,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         if constexpr (N == 32) MOE_ROUNDED(16, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
         if constexpr (N == 64) MOE_ROUNDED(32, 48, 64);
-        if constexpr (N == 96) MOE_ROUNDED(64, 80, 96);
+        if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
         if constexpr (N == 128) MOE_ROUNDED(96, 128);
         if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
 #undef MOE_ROUNDED
