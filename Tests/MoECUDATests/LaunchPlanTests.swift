@@ -49,14 +49,15 @@ import Testing
     func small(_ tokens: Int, hopper: Bool = true, byRows: Bool = true) -> GemmVariant {
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
-    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_16_0_2_1
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(63) == .resident_1_1_8_1_3)
     #expect(small(64) == thirtyTwo && small(199) == thirtyTwo)
-    #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1)
-    #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1)
-    #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1)
-    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1 && small(767) == .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
-    #expect(small(768) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
+    #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
+    #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1)
+    #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
+    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1 && small(767) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
+    #expect(small(768) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1 && small(1343) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
+    #expect(small(1344) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
     #expect(small(64, hopper: false) == .resident_1_1_8_1_3 && small(65, hopper: false) == .staged_2_4_8_2)
@@ -81,30 +82,33 @@ import Testing
     #expect(GemmVariant.choose(tokens: 256, hopper: false) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 257, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 22's run 77: 32-token tiles with six consumer warps a scheduler at 256–799 tokens.
-    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_0_0_2_1
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_16_0_2_1
     #expect(GemmVariant.choose(tokens: 256) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 799) == (thirtyTwo, thirtyTwo))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
     // from 288; since runs 77–79 from 1184; since runs 80–81 three consumer warpgroups with one A-fragment buffer, at
     // 1088–1407.
-    let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
+    let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
     #expect(GemmVariant.choose(tokens: 1088) == (narrow, narrow) && GemmVariant.choose(tokens: 1407) == (narrow, narrow))
     let fortyEightPair = GemmVariant.choose(tokens: 800)
-    #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_0_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1087))
+    #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1087))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    #expect(narrow.tileRows == 64 && narrow.narrowTiles && narrow.usesTensorCopies && narrow.consumerWarpgroups == 3)
+    #expect(narrow.tileRows == 64 && narrow.roundedWidths && narrow.usesTensorCopies && narrow.consumerWarpgroups == 3)
     #expect(GemmVariant.choose(tokens: 1024, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(GemmVariant.choose(tokens: 2048, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 21's runs 70–72: 96-token tiles at 1281–2304 tokens (since run 81 five consumer warpgroups a block, at
     // 1408–2687), 256-token tiles from 4096 (128 rows an expert; gone since runs 84–85).
-    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
+    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
     #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2687) == (ninetySix, ninetySix))
-    #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
-    #expect(GemmVariant.choose(tokens: 3071) == (.registered_1_128_4_4_1_1_2_1_0_0_0_1_1, .registered_1_128_4_4_1_1_2_1_0_0_0_1_1))
-    // Runs 84–85: 192-token tiles from 3072.
+    #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
+    #expect(GemmVariant.choose(tokens: 3071) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
+    // Runs 84–85: 192-token tiles from 3072; run 89: with rounded widths (n128, n160, n192) to 5375, n64 / n128 / n192
+    // beyond.
+    let roundedPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
     let oneNinetyTwoPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
-    #expect(GemmVariant.choose(tokens: 3072) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
-    #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.narrowTiles)
+    #expect(GemmVariant.choose(tokens: 3072) == roundedPair && GemmVariant.choose(tokens: 5375) == roundedPair)
+    #expect(GemmVariant.choose(tokens: 5376) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
+    #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.roundedWidths)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
     for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2688, 3072, 40000] {
@@ -150,7 +154,7 @@ import Testing
     // 64-token narrow tiles, two blocks an SM (K = 2) of three consumer warpgroups with one A-fragment buffer (F = 1):
     // 192 rows a block, slots of 64 activation rows and 12 groups (15,872 B: 16 KB); two blocks' shared memory fits an SM.
     #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 16 && narrow64.rowGroupsPerBlock == 12 && narrow64.tileRows == 64)
-    #expect(narrow64.narrowTiles && !four.narrowTiles && narrow64.consumerWarpgroups == 3)
+    #expect(narrow64.narrowTiles && !four.narrowTiles && narrow64.consumerWarpgroups == 3 && !narrow64.roundedWidths)
     #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && oneNinetyTwo.fragmentBuffers == 2)
     #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * 16 * 1024 + 4 * 16)
     #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
@@ -191,7 +195,9 @@ import Testing
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
     // Every registered kernel has tensor copies; only the 64-token one has narrow tiles. Each has a form with rounded
     // widths (session 25), the same launch but for its consumer loops.
-    let plain: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo]
+    let plain: [GemmVariant] = [
+        narrow64, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1, fortyEight, .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, four, oneNinetyTwo,
+    ]
     let rounded: [GemmVariant] = [
         .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, .registered_1_32_4_3_1_1_2_1_0_16_0_2_1,
         .registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1,
