@@ -70,6 +70,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
     /// The same with rounded widths (n16 and n32; `roundedWidths`).
     case registered_1_32_4_3_1_1_2_1_0_16_0_2_1
+    /// The same with n16, n24 and n32 (a tenth number, 24; `roundedWidths`).
+    case registered_1_32_4_3_1_1_2_1_0_24_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
     /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
     /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832,
@@ -175,7 +177,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel runs n96), each width its own consumer
     /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: three in the
     /// two-buffer kernels (four serialised the 192-token one), four in the 64- and 96-token ones, two in the 48-token one.
-    public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 16 }
+    public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 16 }
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }

@@ -2,7 +2,8 @@
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
 #   s47:    (not yet run) the rounded widths as defaults (run 89 won at every size but 8192–32768, where the 192-token
 #           kernel stays plain): checked and benched, each crossover between tile sizes tried again in two rounds (the
-#           kernels moved by different amounts), gpt-oss-20b with the plain kernels forced, ep-check.
+#           kernels moved by different amounts), the 32-token kernel with n16, n24 and n32 (tensor work 1.48 → 1.24 of
+#           its rows at 512 by tile_widths.py), gpt-oss-20b with the plain kernels forced, ep-check.
 # Earlier parts ran as runs 45–89 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -20,7 +21,7 @@ case $part in
     s47)
         bash $D info check
         BENCH_TOKENS=1,8,32,128,256,512,1024,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_32_4_3_1_1_2_1_0_16_0_2_1@192,224 MOE_CUDA_GEMM=registered_1_48_4_3_1_1_2_1_0_16_0_2_1@704,768 MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1@960,1024 MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@1280,1344 MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1@1536,1664 MOE_CUDA_GEMM=registered_1_128_4_4_1_1_2_1_0_16_0_1_1@2304,2560 MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@2816 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@2816 MOE_CUDA_GEMM=registered_1_128_4_4_1_1_2_1_0_16_0_1_1@3072,3328 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_0_0_1_1@4608,5120 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@5632,6144" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_32_4_3_1_1_2_1_0_24_0_2_1@384,512,768 MOE_CUDA_GEMM=registered_1_32_4_3_1_1_2_1_0_16_0_2_1@192,224 MOE_CUDA_GEMM=registered_1_48_4_3_1_1_2_1_0_16_0_2_1@704,768 MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1@960,1024 MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@1280,1344 MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1@1536,1664 MOE_CUDA_GEMM=registered_1_128_4_4_1_1_2_1_0_16_0_1_1@2304,2560 MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@2816 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@2816 MOE_CUDA_GEMM=registered_1_128_4_4_1_1_2_1_0_16_0_1_1@3072,3328 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_0_0_1_1@4608,5120 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@5632,6144" bash $D abenv
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_GEMM=registered_1_48_4_3_1_1_2_1_0_0_0_2_1@256 MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1@448,576 MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_0_0_1_1@1024" bash $D abenv
         bash $D epcheck
         ;;

@@ -421,11 +421,35 @@ MOE_DEVICE void wgmma_64x176x16(float (&d)[88], u32 a0, u32 a1, u32 a2, u32 a3, 
 #endif
 }
 
+/// d[64×8] += A[64×16] · B[16×8]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
+MOE_DEVICE void wgmma_64x8x16(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
+/// d[64×24] += A[64×16] · B[16×24]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
+MOE_DEVICE void wgmma_64x24x16(float (&d)[12], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, {%12, %13, %14, %15}, %16, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descriptor));
+#endif
+}
+
 /// The register-A wgmma of an N-token tile (N = 32, 48, 64, 96, 128 or 192; m64n256, session 21–23's widest, is in git
 /// history).
 template <int N>
 MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {
-    static_assert(N % 16 == 0 && N >= 16 && N <= 192, "register-A wgmma widths: multiples of 16 up to 192");
+    static_assert(N % 8 == 0 && N >= 8 && N <= 192, "register-A wgmma widths: multiples of 16 up to 192");
     if constexpr (N == 32) wgmma_64x32x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 48) wgmma_64x48x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 64) wgmma_64x64x16(d, a0, a1, a2, a3, descriptor);
@@ -433,6 +457,8 @@ MOE_DEVICE void warpgroup_mma(float (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3,
     if constexpr (N == 128) wgmma_64x128x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 192) wgmma_64x192x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 16) wgmma_64x16x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 8) wgmma_64x8x16(d, a0, a1, a2, a3, descriptor);
+    if constexpr (N == 24) wgmma_64x24x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 80) wgmma_64x80x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 112) wgmma_64x112x16(d, a0, a1, a2, a3, descriptor);
     if constexpr (N == 144) wgmma_64x144x16(d, a0, a1, a2, a3, descriptor);

@@ -1307,12 +1307,14 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
     // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 192-token tiles: the tile's rows rounded up to
     // 64 (an expert's last tile is often short).
-    static_assert(NARROW == 0 || (NARROW == 2 && N == 64) || NARROW == 16, "narrow tiles: the 64-token kernel's n32, or rounded widths");
+    static_assert(NARROW == 0 || (NARROW == 2 && N == 64) || NARROW == 16 || (NARROW == 24 && N == 32),
+                  "narrow tiles: the 64-token kernel's n32, or rounded widths (24: the 32-token kernel's n16, n24, n32)");
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
 #define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
             rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
-        if constexpr (N == 32) MOE_ROUNDED(16, 32);
+        if constexpr (N == 32 && NARROW == 16) MOE_ROUNDED(16, 32);
+        if constexpr (N == 32 && NARROW == 24) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
         if constexpr (N == 64) MOE_ROUNDED(32, 48, 64);
         if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
@@ -1439,6 +1441,7 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 
 // (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_16_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_24_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 24, 0, 2, 1, 2, 24, 72)
 // 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
