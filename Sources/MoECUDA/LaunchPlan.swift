@@ -47,7 +47,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// F (a fourteenth, 2 when absent) = 1: one A-fragment buffer a consumer warp, so that 64-token tiles fit three
     /// consumer warpgroups and two blocks an SM in 64 registers (six consumer warps a scheduler, as the 32- and 48-token
     /// kernels; with two buffers ptxas serialises the wgmma, C7512); the decode of a half then waits for the previous
-    /// half's wgmma, which the other warps cover. n32 up to 32 rows, n64 beyond: 1088–1407 tokens. Two rounds each
+    /// half's wgmma, which the other warps cover. 1088–1407 tokens. Two rounds each
     /// (H100): against two consumer warpgroups with two buffers (the default at 1184–1280 since session 21, gone) −5.2 /
     /// −5.0% at 1280 (run 80); against the 48-token kernel −0.1 / −0.9% at 1024 (run 80), −5.0 / −4.3% at 1152 (run 81);
     /// against the 96-token kernels −2.8 / −2.6% at 1536 (four warpgroups, run 80), +3.7 to +11.6% at 1792–2304 (run 81);
@@ -55,33 +55,33 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// +3.3 / +2.9% at 1088.
     /// Five or six consumer warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at
     /// 1280–1536 (run 81) and are gone.
-    case registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1
-    /// The same with rounded widths (n32, n48 and n64; `roundedWidths`).
+    /// Rounded widths n32, n48, n64 since session 25 (`roundedWidths`; n32 / n64 until then): run 89, −4.9 / −4.0% at
+    /// 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408.
     case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
-    /// selected 15%, 7.2 cycles an issue). 256–799 tokens. Run 77, two rounds each: −5.1 / −5.6% at 256 against the
+    /// selected 15%, 7.2 cycles an issue). Run 77, two rounds each: −5.1 / −5.6% at 256 against the
     /// resident kernel; against the 64-token kernel −7.5 / −8.8% at 384, −9.1 / −9.1% at 512, −2.7 / −1.4% at 768 and
     /// +13.8 / +13.7% at 1024 (where experts past 32 rows take two tiles, each decoding their weights).
     /// The same tiles as two consumer warpgroups and three blocks an SM (56 registers) got −4.7 to −8.7% at 256–512 in
     /// run 77 (−6.4 to −8.7% at 384–512, where this form got −7.5 to −9.1%): removed. So were seven consumer
     /// warpgroups and one block an SM (seven warps a scheduler, 64 registers, GEMM 2's last 448-row block 8.9% past H):
     /// −0.6 to +3.3% at 256–768 (run 83).
-    case registered_1_32_4_3_1_1_2_1_0_0_0_2_1
-    /// The same with rounded widths (n16 and n32; `roundedWidths`).
-    case registered_1_32_4_3_1_1_2_1_0_16_0_2_1
-    /// The same with n16, n24 and n32 (a tenth number, 24; `roundedWidths`).
+    /// Rounded widths n16, n24, n32 since session 25 (a tenth number, 24; n32 alone until then): n16 / n32 got −5.3 /
+    /// −5.5% at 512 and −3.3 / −2.8% at 768 against n32 (run 89), n16 / n24 / n32 −0.8 to −1.9% at 384–768 against
+    /// n16 / n32 (run 90). 200–735 tokens since run 90: against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at 192.
     case registered_1_32_4_3_1_1_2_1_0_24_0_2_1
     /// 48-token tiles (session 22), n48, the same six consumer warps a scheduler: experts of 33–48 rows take one tile
-    /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). 800–1087 tokens. Two
+    /// where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024). Two
     /// rounds each against the 64-token kernel of the time (two consumer warpgroups, runs 78–79): −2.3 / −2.1% at 832,
     /// −3.5 / −3.1% at 896, −5.9 / −6.1% at 1024, −1.3 / −0.9% at 1152, +3.2 / +3.4% at 1280; against the 32-token
     /// kernel +0.6 / +1.2% at 768 (run 78, where the 32-token kernel against the 64-token one was +0.7 / +0.5% at 832 and
     /// +4.9 / +5.8% at 896).
-    case registered_1_48_4_3_1_1_2_1_0_0_0_2_1
-    /// The same with rounded widths (n32 and n48; `roundedWidths`).
+    /// Rounded widths n32, n48 since session 25 (n48 alone until then): run 89, −6.3 / −5.3% at 896, −3.9 / −3.9% at
+    /// 1024. 736–1087 tokens since run 90 (against the 32-token kernel −6.7 / −4.0% at 768, level at 704).
     case registered_1_48_4_3_1_1_2_1_0_16_0_2_1
-    /// 96-token tiles, n64 up to 64 rows and n96 beyond, where the 128-token kernel multiplies 65–96-row tiles at n128;
+    /// 96-token tiles (n64 up to 64 rows and n96 beyond until session 25, where the 128-token kernel multiplied 65–96-row
+    /// tiles at n128);
     /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
     /// setmaxnreg gives the consumers 88 registers where the launch gives 80: more than 65536 / threads, so this tile
     /// fits five consumer warps a scheduler (four warpgroups with two buffers, session 21's form, had four). 1408–2687
@@ -94,16 +94,16 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Six load slots since session 24 (one block an SM, so its slots alone keep copies in flight): run 85, two rounds
     /// against four, −1.2 / −1.1% at 1536, −0.4 / −1.3% at 2048, −0.1 / +0.3% at 2560. Each k16 step its own wgmma
     /// commit group lost by 4.6–5.7% here and 4.8–7.0% with 64-token tiles (run 86) and is gone.
-    case registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
-    /// The same with rounded widths (n48, n64, n80 and n96; `roundedWidths`).
+    /// Rounded widths n48, n64, n80, n96 since session 25 (n64 / n96 until then): run 89, −3.8 / −3.5% at 1536, −2.7 /
+    /// −2.2% at 2048, −2.4 / −2.7% at 2560.
     case registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
-    /// 128-token tiles, four consumer warpgroups, n64 up to 64 rows and n128 beyond: 2688–3071 tokens.
-    case registered_1_128_4_4_1_1_2_1_0_0_0_1_1
-    /// The same with rounded widths (n96 and n128; `roundedWidths`).
+    /// 128-token tiles, four consumer warpgroups.
+    /// Rounded widths n96, n128 since session 25 (n64 / n128 until then): run 89, −3.6 / −4.5% at 2816. 2688–3199
+    /// tokens since run 90 (against the 192-token kernel −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
     case registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
     /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
-    /// consumers 152). 3072 tokens and more. Run 84 (session 24, H100), two rounds each against the 256-token kernel
+    /// consumers 152). 5376 tokens and more since run 89 (3072 and more before). Run 84 (session 24, H100), two rounds each against the 256-token kernel
     /// (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144,
     /// −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at 3072. One buffer (88 / 136) got −7.4 / −7.5%,
     /// −1.0 / −1.4% and −6.1 / −5.4% at 4096–8192 and is gone. Run 85: the 256-token kernel forced +4.0 to +5.3% at
@@ -111,7 +111,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// one against the 128-token default +2.3 / +1.4% at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584. Six load
     /// slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at 8192 (gone).
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    /// The same with rounded widths (n128, n160 and n192; `roundedWidths`).
+    /// The same with rounded widths (n128, n160, n192; `roundedWidths`), 3200–5375 tokens: run 89, −3.1 / −3.3% at 4096,
+    /// +3.9 / +1.7% at 8192 against the plain form; run 90, the plain form forced +3.3 / +2.0% at 4608, +1.6 / +1.1% at
+    /// 5120, this one forced +2.1 / +2.1% at 5632, +4.4 / +1.6% at 6144.
     case registered_1_192_4_3_1_1_2_1_0_16_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
@@ -170,10 +172,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : (tileRows % 32 == 0 ? 32 : 16) }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
-    /// Narrow tiles (a tenth number, 2): wgmma m64n32 for tiles of at most 32 rows, the full width beyond (session 19's
-    /// 1, with a third width, had its wgmma serialised and is gone).
-    public var narrowTiles: Bool { kind == .registered && numbers.count > 9 && numbers[9] == 2 }
-    /// Rounded widths (a tenth number, 16; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
+    /// Rounded widths (a tenth number, 16, or 24 for the 32-token kernel's n16 / n24 / n32; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
     /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel runs n96), each width its own consumer
     /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: three in the
     /// two-buffer kernels (four serialised the 192-token one), four in the 64- and 96-token ones, two in the 48-token one.
@@ -231,12 +230,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// (figures at their cases).
     /// Session 24 (H100, runs 84–85, two rounds each): 192-token tiles with three consumer warpgroups replace the
     /// 256-token kernel and take 3072 tokens and more; the 96-token kernel has six load slots (figures at their cases).
+    /// Session 25 (H100, runs 89–90, two rounds each): every registered kernel with rounded wgmma widths, and the
+    /// crossovers tried again (figures at their cases).
     ///
     /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles up to 255 tokens, 32-token registered tiles to 799, 48-token to 1087, 64-token to 1407, 96-token to
-    /// 2687, 128-token to 3071, 192-token beyond; elsewhere 8-token tiles to 256, 32-token staged tiles to 2048), and
-    /// `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b on sm_90: at 64, 200, 272, 352, 672
-    /// and 768 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
+    /// 8-token tiles up to 199 tokens, 32-token registered tiles to 735, 48-token to 1087, 64-token to 1407, 96-token to
+    /// 2687, 128-token to 3199, 192-token with rounded widths to 5375, plain beyond; elsewhere 8-token tiles to 256,
+    /// 32-token staged tiles to 2048), and `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b
+    /// on sm_90: at 50, 184, 272, 352, 672, 800 and 1344 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
     /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
     /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
     /// gpt-oss-120b's choice is the same either way.
@@ -253,8 +254,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         default: break
         }
         switch equivalent {
-        case 256...799 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_16_0_2_1, .registered_1_32_4_3_1_1_2_1_0_16_0_2_1)
-        case 800...1087 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
+        case 200...735 where hopper: return (.registered_1_32_4_3_1_1_2_1_0_24_0_2_1, .registered_1_32_4_3_1_1_2_1_0_24_0_2_1)
+        case 736...1087 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1407 where hopper:
             return (.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1)
@@ -262,9 +263,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             return (.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
         // 192-token tiles: rounded widths (n128, n160, n192) while an expert's rows mostly fit one tile; past ~168 rows
-        // an expert (5376 tokens of 120b) its second tile is short and n64 pays (run 89: rounded −3.1 / −3.3% at 4096,
-        // +3.9 / +1.7% at 8192).
-        case 3072...5375 where hopper:
+        // an expert (5376 tokens of 120b) its second tile is short and n64 pays (runs 89–90).
+        case 3200...5375 where hopper:
             return (.registered_1_192_4_3_1_1_2_1_0_16_0_1_1, .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
         case 5376... where hopper: return (.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
         default:

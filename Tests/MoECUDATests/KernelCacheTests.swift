@@ -125,7 +125,7 @@ private func request(
         if let variant {
             #expect(variant.tileRows == numbers[1] && variant.stages == numbers[2] && variant.consumerWarpgroups == consumers, "\(line)")
             #expect(variant.blocksPerSM == blocks && variant.fragmentBuffers == numbers[13], "\(line)")
-            #expect(variant.narrowTiles == (numbers[9] == 2) && variant.usesTensorCopies == (numbers[7] == 1), "\(line)")
+            #expect(variant.roundedWidths == (numbers[9] >= 16) && variant.usesTensorCopies == (numbers[7] == 1), "\(line)")
         }
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / blocks / threads / 8 * 8)

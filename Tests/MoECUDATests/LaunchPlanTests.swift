@@ -36,11 +36,11 @@ import Testing
 }
 
 /// By rows an expert (the default; `MOE_CUDA_POLICY_ROWS=0` goes by tokens): gpt-oss-120b's choice is unchanged at every
-/// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 192-token registered kernels at 64, 200,
-/// 272, 352, 672 and 768 tokens (120b's 256, 800, 1088, 1408, 2688 and 3072); the decode rules (1 and 2–4 tokens) stay by
-/// tokens.
+/// size; gpt-oss-20b (E = 32) crosses to the 32-, 48-, 64-, 96-, 128- and 192-token registered kernels (rounded
+/// widths, then plain) at 50, 184, 272, 352, 672, 800 and 1344 tokens (120b's 200, 736, 1088, 1408, 2688, 3200 and 5376);
+/// the decode rules (1 and 2–4 tokens) stay by tokens.
 @Test func theRowsPolicyKeeps120bAndMoves20bsCrossovers() {
-    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 255, 256, 257, 287, 288, 576, 577, 799, 800, 1024, 1087, 1088, 1407, 1408, 2687, 2688, 3071, 3072, 40000] {
+    for tokens in [1, 2, 3, 4, 5, 8, 31, 64, 65, 128, 199, 200, 255, 256, 257, 287, 288, 576, 577, 735, 736, 1024, 1087, 1088, 1407, 1408, 2687, 2688, 3199, 3200, 5375, 5376, 40000] {
         for hopper in [true, false] {
             #expect(GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: true)
                 == GemmVariant.choose(tokens: tokens, hopper: hopper, byRows: false), "T=\(tokens)")
@@ -49,14 +49,14 @@ import Testing
     func small(_ tokens: Int, hopper: Bool = true, byRows: Bool = true) -> GemmVariant {
         GemmVariant.choose(tokens: tokens, experts: 32, topK: 4, hopper: hopper, byRows: byRows).gemm1
     }
-    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_16_0_2_1
-    #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(63) == .resident_1_1_8_1_3)
-    #expect(small(64) == thirtyTwo && small(199) == thirtyTwo)
-    #expect(small(200) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_24_0_2_1
+    #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(49) == .resident_1_1_8_1_3)
+    #expect(small(50) == thirtyTwo && small(183) == thirtyTwo)
+    #expect(small(184) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
     #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1)
     #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
-    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1 && small(767) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
-    #expect(small(768) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1 && small(1343) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
+    #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1 && small(799) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
+    #expect(small(800) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1 && small(1343) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
     #expect(small(1344) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
@@ -67,7 +67,7 @@ import Testing
     // By rows is the default (run 50: −27% at 128 tokens on gpt-oss-20b); only MOE_CUDA_POLICY_ROWS=0 turns it off.
     #expect(GemmVariant.rowsPolicy == (currentEnvironment("MOE_CUDA_POLICY_ROWS") != "0"))
     if GemmVariant.rowsPolicy { #expect(plan.gemm1Variant == thirtyTwo) }
-    #expect(LaunchPlan(tokens: 63, config: MoEPreset.gptOss20b.config).gemm1Variant == .resident_1_1_8_1_3)
+    #expect(LaunchPlan(tokens: 49, config: MoEPreset.gptOss20b.config).gemm1Variant == .resident_1_1_8_1_3)
 }
 
 @Test func variantsFollowTheTokenCount() {
@@ -78,19 +78,19 @@ import Testing
     #expect(GemmVariant.choose(tokens: 5) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 64) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 128) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
-    #expect(GemmVariant.choose(tokens: 255) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
+    #expect(GemmVariant.choose(tokens: 199) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 256, hopper: false) == (.resident_1_1_8_1_3, .resident_1_1_8_1_3))
     #expect(GemmVariant.choose(tokens: 257, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
-    // Session 22's run 77: 32-token tiles with six consumer warps a scheduler at 256–799 tokens.
-    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_16_0_2_1
-    #expect(GemmVariant.choose(tokens: 256) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 799) == (thirtyTwo, thirtyTwo))
+    // Session 22's run 77: 32-token tiles with six consumer warps a scheduler at 256–799 tokens; 200–735 since run 90.
+    let thirtyTwo = GemmVariant.registered_1_32_4_3_1_1_2_1_0_24_0_2_1
+    #expect(GemmVariant.choose(tokens: 200) == (thirtyTwo, thirtyTwo) && GemmVariant.choose(tokens: 735) == (thirtyTwo, thirtyTwo))
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
     // from 288; since runs 77–79 from 1184; since runs 80–81 three consumer warpgroups with one A-fragment buffer, at
     // 1088–1407.
     let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
     #expect(GemmVariant.choose(tokens: 1088) == (narrow, narrow) && GemmVariant.choose(tokens: 1407) == (narrow, narrow))
-    let fortyEightPair = GemmVariant.choose(tokens: 800)
+    let fortyEightPair = GemmVariant.choose(tokens: 736)
     #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1087))
     #expect(GemmVariant.choose(tokens: 288, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     #expect(narrow.tileRows == 64 && narrow.roundedWidths && narrow.usesTensorCopies && narrow.consumerWarpgroups == 3)
@@ -101,17 +101,17 @@ import Testing
     let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
     #expect(GemmVariant.choose(tokens: 1408) == (ninetySix, ninetySix) && GemmVariant.choose(tokens: 2687) == (ninetySix, ninetySix))
     #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
-    #expect(GemmVariant.choose(tokens: 3071) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
-    // Runs 84–85: 192-token tiles from 3072; run 89: with rounded widths (n128, n160, n192) to 5375, n64 / n128 / n192
-    // beyond.
+    #expect(GemmVariant.choose(tokens: 3199) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
+    // Runs 84–85: 192-token tiles from 3072; runs 89–90: from 3200, with rounded widths (n128, n160, n192) to 5375,
+    // n64 / n128 / n192 beyond.
     let roundedPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
     let oneNinetyTwoPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
-    #expect(GemmVariant.choose(tokens: 3072) == roundedPair && GemmVariant.choose(tokens: 5375) == roundedPair)
+    #expect(GemmVariant.choose(tokens: 3200) == roundedPair && GemmVariant.choose(tokens: 5375) == roundedPair)
     #expect(GemmVariant.choose(tokens: 5376) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.roundedWidths)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
-    for tokens in [1, 8, 64, 65, 255, 256, 799, 800, 1087, 1088, 1407, 1408, 2688, 3072, 40000] {
+    for tokens in [1, 8, 64, 65, 199, 200, 735, 736, 1087, 1088, 1407, 1408, 2688, 3199, 3200, 5375, 5376, 40000] {
         let pair = GemmVariant.choose(tokens: tokens)
         #expect(pair.gemm1.tileRows == pair.gemm2.tileRows)
     }
@@ -140,7 +140,7 @@ import Testing
     // Registered kernels: one producer warpgroup; load slots of [N × 64 bf16 activations | the block's codes and
     // scales, 640 B a 16-row group] on 1 KB, then a FULL and an EMPTY mbarrier (8 B each) a slot, after 1 KB of alignment
     // slack.
-    let narrow64 = GemmVariant.registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    let narrow64 = GemmVariant.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
     for variant in [narrow64, four, oneNinetyTwo] {
         #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
@@ -154,14 +154,14 @@ import Testing
     // 64-token narrow tiles, two blocks an SM (K = 2) of three consumer warpgroups with one A-fragment buffer (F = 1):
     // 192 rows a block, slots of 64 activation rows and 12 groups (15,872 B: 16 KB); two blocks' shared memory fits an SM.
     #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 16 && narrow64.rowGroupsPerBlock == 12 && narrow64.tileRows == 64)
-    #expect(narrow64.narrowTiles && !four.narrowTiles && narrow64.consumerWarpgroups == 3 && !narrow64.roundedWidths)
+    #expect(narrow64.roundedWidths && four.roundedWidths && !oneNinetyTwo.roundedWidths && narrow64.consumerWarpgroups == 3)
     #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && oneNinetyTwo.fragmentBuffers == 2)
     #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * 16 * 1024 + 4 * 16)
     #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
     #expect(four.blocksPerSM == 1 && oneNinetyTwo.blocksPerSM == 1)
     // 96-token tiles: five consumer warpgroups and one block an SM with one A-fragment buffer, 20 row groups a block
     // (GEMM 1 of 120b: 18 blocks across, GEMM 2: 9), slots of 96 activation rows (25,088 B: 25 KB).
-    #expect(ninetySix.warps == 24 && ninetySix.rowGroupsPerBlock == 20 && ninetySix.tileRows == 96 && !ninetySix.narrowTiles)
+    #expect(ninetySix.warps == 24 && ninetySix.rowGroupsPerBlock == 20 && ninetySix.tileRows == 96 && ninetySix.roundedWidths)
     #expect(ninetySix.fragmentBuffers == 1 && ninetySix.blocksPerSM == 1 && ninetySix.activationBoxRows == 32)
     #expect(ninetySix.sharedBytes(k: 2880, residentRows: 96) == 1024 + 6 * 25 * 1024 + 6 * 16 && ninetySix.stages == 6)
     let ninetySixPlan = LaunchPlan(tokens: 2048, config: MoEPreset.gptOss120b.config, variant: ninetySix)
@@ -170,7 +170,7 @@ import Testing
     // 32-token tiles: six consumer warps a scheduler, as three warpgroups in two blocks an SM; boxes of 32 activation
     // rows; two blocks' shared memory fits an SM.
     #expect(thirtyTwo.tileRows == 32 && thirtyTwo.consumerWarpgroups == 3 && thirtyTwo.blocksPerSM == 2 && thirtyTwo.warps == 16)
-    #expect(thirtyTwo.activationBoxRows == 32 && !thirtyTwo.narrowTiles && thirtyTwo.rowGroupsPerBlock == 12)
+    #expect(thirtyTwo.activationBoxRows == 32 && thirtyTwo.roundedWidths && thirtyTwo.rowGroupsPerBlock == 12)
     // Slots of 32 activation rows and 12 groups' codes and scales (11776 B) take 12 KB each.
     let thirtyTwoSlots = 1024 + 4 * 12 * 1024 + 4 * 16
     #expect(thirtyTwo.sharedBytes(k: 2880, residentRows: 32) == thirtyTwoSlots)
@@ -179,7 +179,7 @@ import Testing
     #expect(thirtyTwoPlan.gemm1Shape.grid.x == 30 && thirtyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(thirtyTwoPlan.maxTiles >= 128 + 512 * 4 / 32)
     // 48-token tiles: the same launch, boxes of 16 activation rows; slots of 48 rows and 12 groups (13824 B) take 14 KB.
-    let fortyEight = GemmVariant.registered_1_48_4_3_1_1_2_1_0_0_0_2_1
+    let fortyEight = GemmVariant.registered_1_48_4_3_1_1_2_1_0_16_0_2_1
     #expect(fortyEight.tileRows == 48 && fortyEight.activationBoxRows == 16 && fortyEight.blocksPerSM == 2)
     let fortyEightSlots = 1024 + 4 * 14 * 1024 + 4 * 16
     #expect(fortyEight.sharedBytes(k: 2880, residentRows: 48) == fortyEightSlots)
@@ -193,26 +193,15 @@ import Testing
     let oneNinetyTwoPlan = LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config, variant: oneNinetyTwo)
     #expect(oneNinetyTwoPlan.gemm1Shape.grid.x == 30 && oneNinetyTwoPlan.gemm2Shape.grid.x == 15)
     #expect(oneNinetyTwoPlan.maxTiles == 128 + 8192 * 4 / 192)
-    // Every registered kernel has tensor copies; only the 64-token one has narrow tiles. Each has a form with rounded
-    // widths (session 25), the same launch but for its consumer loops.
-    let plain: [GemmVariant] = [
-        narrow64, .registered_1_32_4_3_1_1_2_1_0_0_0_2_1, fortyEight, .registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, four, oneNinetyTwo,
-    ]
-    let rounded: [GemmVariant] = [
-        .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, .registered_1_32_4_3_1_1_2_1_0_16_0_2_1,
-        .registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1,
-        .registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_192_4_3_1_1_2_1_0_16_0_1_1,
-    ]
-    let registered = zip(plain, rounded).flatMap { [$0, $1] }
+    // Every registered kernel has tensor copies and rounded widths (session 25) but the 192-token one's plain form, which
+    // has the same launch.
+    let rounded192 = GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, rounded192]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
-    #expect(GemmVariant.allCases.filter(\.narrowTiles) == [narrow64])
-    #expect(GemmVariant.allCases.filter(\.roundedWidths) == rounded)
-    for (a, b) in zip(plain, rounded) {
-        #expect(a.tileRows == b.tileRows && a.stages == b.stages && a.warps == b.warps && a.blocksPerSM == b.blocksPerSM, "\(b)")
-        #expect(a.fragmentBuffers == b.fragmentBuffers && a.sharedBytes(k: 2880, residentRows: a.tileRows)
-            == b.sharedBytes(k: 2880, residentRows: b.tileRows), "\(b)")
-    }
+    #expect(GemmVariant.allCases.filter { $0.kind == .registered && !$0.roundedWidths } == [oneNinetyTwo])
+    #expect(rounded192.warps == oneNinetyTwo.warps && rounded192.stages == oneNinetyTwo.stages && rounded192.fragmentBuffers == 2)
+    #expect(rounded192.sharedBytes(k: 2880, residentRows: 192) == oneNinetyTwo.sharedBytes(k: 2880, residentRows: 192))
     for variant in GemmVariant.allCases where variant.usesWarpgroups {
         #expect(variant.sharedBytes(k: 2880, residentRows: variant.tileRows) <= 227 * 1024, "\(variant)")
     }

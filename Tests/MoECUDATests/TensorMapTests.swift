@@ -20,7 +20,7 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
 /// the block's row groups' 512 bytes of one chunk, a box of scales their 128 bytes of the chunk's 256-k group, an
 /// activation box 64 rows of one 64-k chunk in the 128-byte swizzle; GEMM 1's gathered rows have no input map.
 @Test func tensorMapsDescribeTheSlotsTheRegisteredKernelFills() {
-    let variant = GemmVariant.registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+    let variant = GemmVariant.registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     #expect(variant.usesTensorCopies && variant.rowGroupsPerBlock == 16 && !GemmVariant.staged_2_4_8_2.usesTensorCopies)
     let first = GemmTensorMaps.encodings(gemmParameters(first: true), heldExperts: 128, inputRows: 8192, rowGroupsPerBlock: 16)
     #expect(first.count == 3 && first[2] == nil)
@@ -39,7 +39,7 @@ private func gemmParameters(first: Bool) -> MoEGemmParams {
     #expect(Int(input.box[0]) * input.elementBytes == 128)  // one swizzled row: 64 k of a token
     // 96-token tiles copy their activations in 32-row boxes (three a full tile), the same rows otherwise; five consumer
     // warpgroups take 20 row groups' codes a box.
-    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1
+    let ninetySix = GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
     #expect(ninetySix.activationBoxRows == 32 && variant.activationBoxRows == 64 && ninetySix.usesTensorCopies)
     let third = GemmTensorMaps.encodings(gemmParameters(first: false), variant: ninetySix, heldExperts: 8, inputRows: 4096)!
     #expect(third[2]!.box == [64, 32] && third[2]!.dimensions == input.dimensions && third[0]!.box == [64, 20])
@@ -124,7 +124,7 @@ extension FakeGPUTests {
 /// 16 bytes a thread.
 @Test func gemm1RowsAreGatheredForTensorCopiesUnlessTurnedOff() {
     let config = MoEPreset.gptOss120b.config
-    let tensor = LaunchPlan(tokens: 2048, config: config, variant: .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
+    let tensor = LaunchPlan(tokens: 2048, config: config, variant: .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
     let lean = LaunchPlan(tokens: 2048, config: config, variant: .staged_2_4_8_2)
     #expect(TokenBucket.gathersRows(tensor, switchedOn: true))
     #expect(!TokenBucket.gathersRows(tensor, switchedOn: false) && !TokenBucket.gathersRows(lean, switchedOn: true))
@@ -135,6 +135,6 @@ extension FakeGPUTests {
     let shape = TokenBucket.gatherShape(tensor)
     #expect(shape.grid.x == 2048 && shape.block == 128)
     #expect(shape.grid.y * shape.block * 8 >= config.hidden && (shape.grid.y - 1) * shape.block * 8 < config.hidden)
-    let small = LaunchPlan(tokens: 3, config: MoEConfig(hidden: 96, intermediate: 64, experts: 4, topK: 2), variant: .registered_1_128_4_4_1_1_2_1_0_0_0_1_1)
+    let small = LaunchPlan(tokens: 3, config: MoEConfig(hidden: 96, intermediate: 64, experts: 4, topK: 2), variant: .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
     #expect(TokenBucket.gatherShape(small).grid.x == 3 && TokenBucket.gatherShape(small).grid.y == 1)
 }

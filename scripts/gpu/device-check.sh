@@ -66,7 +66,7 @@ with_clocks() {  # with_clocks NAME command...
 }
 
 # The registered kernel the debug, sanitizer and ncu steps take unless told otherwise (the 128-token default).
-REGISTERED=registered_1_128_4_4_1_1_2_1_0_0_0_1_1
+REGISTERED=registered_1_128_4_4_1_1_2_1_0_16_0_1_1
 steps=${*:-"info debug bench check debug20b memcheck racecheck racecheck2"}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee -a "$LOG"
 for s in $steps; do

@@ -1300,28 +1300,24 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    // Each kernel multiplies a short tile at a narrower wgmma width. Where registers are few, two widths at most: the
-    // narrow kernel of session 19 with three (n32, n64, n128) had every wgmma serialised (C7511, "insufficient register
-    // resources for the wgmma pipeline", NVRTC 13.0), so the tensor cores never ran under the decode; the 192-token
-    // kernel's consumers (152 registers) take three. MOE_CUDA_HALF_TILES=0 (p.fullWidthOnly) keeps the
-    // full width for every tile. 64-token tiles with NARROW = 2: n32 up to 32 rows (mid-size batches), n64 beyond;
-    // 96- and 128-token tiles: n64 up to 64 rows, the full width beyond; 192-token tiles: the tile's rows rounded up to
-    // 64 (an expert's last tile is often short).
-    static_assert(NARROW == 0 || (NARROW == 2 && N == 64) || NARROW == 16 || (NARROW == 24 && N == 32),
-                  "narrow tiles: the 64-token kernel's n32, or rounded widths (24: the 32-token kernel's n16, n24, n32)");
+    // Each tile multiplies at the narrowest wgmma width its rows allow (MOE_CUDA_HALF_TILES=0, p.fullWidthOnly: the full
+    // width always). Rounded widths (NARROW = 16, or 24 for the 32-token kernel's n16 / n24 / n32; session 25): the
+    // narrowest of a list that holds the tile's rows, each width its own consumer loop, as many loops as ptxas keeps
+    // pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
+    // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
+    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32), "the widths' form");
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
 #define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
             rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
-        if constexpr (N == 32 && NARROW == 16) MOE_ROUNDED(16, 32);
-        if constexpr (N == 32 && NARROW == 24) MOE_ROUNDED(16, 24, 32);
+        if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
         if constexpr (N == 64) MOE_ROUNDED(32, 48, 64);
         if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
         if constexpr (N == 128) MOE_ROUNDED(96, 128);
         if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
 #undef MOE_ROUNDED
-    } else if constexpr (N == 192) {
+    } else {
         const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
             registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
@@ -1330,12 +1326,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         } else {
             registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
         }
-    } else if (NARROW == 2 && tile.rowCount <= 32 && !p.fullWidthOnly) {
-        registered_consume<32, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-    } else if ((N == 128 || N == 96) && tile.rowCount <= 64 && !p.fullWidthOnly) {
-        registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
-    } else {
-        registered_consume<N, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
     }
     wgmma_wait<0>();
     allow_next_kernel();
@@ -1409,8 +1399,8 @@ MOE_DECODED(2, 2, 128, 4)
 // each (the consumers take only what the producers free of the launch's 65536 / (K · threads): setmaxnreg_fits). The
 // name's numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
-// memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (narrow tiles: 2, n32 up to
-// 32 rows), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
+// memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (widths: 16 rounded, 24 the
+// 32-token kernel's n16 / n24 / n32, 0 the plain 192-token kernel's n64 / n128 / n192; gemm_registered), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
 // slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number).
 // Sessions 13–23 measured over 30 other forms (two to six consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
@@ -1423,30 +1413,32 @@ MOE_DECODED(2, 2, 128, 4)
         gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
     }
 
-// 64-token tiles (1088–1407 tokens), n32 up to 32 rows and n64 beyond (W = 2), with six consumer warps a scheduler:
+// 64-token tiles (1088–1407 tokens; n32 up to 32 rows and n64 beyond until session 25), with six consumer warps a scheduler:
 // three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F = 1; with
 // two, ptxas serialises the wgmma, C7512). Runs 80–82: −5.2 / −5.0% at 1280 against two warpgroups and two buffers
 // (gone); against the 48-token kernel −5.0 / −4.3% at 1152, level at 1024; against the five-warpgroup 96-token kernel
 // +0.6 / +0.9% at 1408 and +3.1 / +3.2% at 1536, which was +2.8 / +2.1% against it at 1280.
 // Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
 // (run 81) and are gone.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_2_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 2, 0, 2, 1, 1, 24, 72)
+// Rounded widths n32, n48, n64 (session 25): run 89, −4.9 / −4.0% at 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408
+// against n32 / n64 (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
-// 32-token tiles (session 22, 256–799 tokens): six consumer warps a scheduler where the 64-token kernel had four, since
+// 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at 192): six consumer warps a scheduler where the 64-token kernel had four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
 // 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
 // got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone; so are seven warpgroups and one block an
 // SM (seven warps a scheduler in 64 registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768
 // (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_0_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_16_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
+// Rounded widths n16, n24, n32 (session 25; W = 24): n16 / n32 got −5.3 / −5.5% at 512 and −3.3 / −2.8% at 768 against
+// n32 alone (run 89), and n16 / n24 / n32 −0.8 to −1.9% at 384–768 against n16 / n32 (run 90). Both others are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_24_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 24, 0, 2, 1, 2, 24, 72)
-// 48-token tiles (session 22, 800–1087 tokens): the same six consumer warps a scheduler, n48 (24 accumulators), so that
+// 48-token tiles (session 22; 736–1087 tokens since run 90, −6.7 / −4.0% at 768 and level at 704 against 32-token ones): the same six consumer warps a scheduler, n48 (24 accumulators), so that
 // experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
 // 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
 // −6.1% at 832–1152 against the 64-token kernel of the time.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_0_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 0, 0, 2, 1, 2, 24, 72)
+// Rounded widths n32, n48 (session 25): run 89, −6.3 / −5.3% at 896, −3.9 / −3.9% at 1024 against n48 alone (gone); n16
+// as a third width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
 // 96-token tiles (1408–2687 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
 // block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
@@ -1462,14 +1454,17 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // Each k16 step its own wgmma commit group (the decode of a step under the previous step's wgmma, where a half's waits for
 // the previous half's) lost: +4.6 to +5.7% at 1536–2560, +4.3 to +4.8% on gpt-oss-20b at 384–640 (run 86); so did the
 // 64-token kernel's, +4.8 to +7.0% at 1152–1408. Gone (git history: commit a7f5ccc).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_0_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 0, 0, 1, 1, 1, 24, 88)
+// Rounded widths n48, n64, n80, n96 (session 25): run 89, −3.8 / −3.5% at 1536, −2.7 / −2.2% at 2048, −2.4 / −2.7% at 2560
+// against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
-// 128-token tiles (2688–3071 tokens): n64 up to 64 rows and n128 beyond. The consumers need 112 registers (at 104 ptxas
+// 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
+// n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas
 // serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_0_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 32, 112)
+// Rounded widths n96, n128 (session 25): run 89, −3.6 / −4.5% at 2816 against n64 / n128 (gone); n64, n96, n128
+// serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_16_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 16, 0, 1, 1, 2, 32, 112)
-// 192-token tiles (3072 tokens and more, session 24): three consumer warpgroups, three consumer warps a scheduler where
+// 192-token tiles (session 24; this plain form from 5376 tokens, the rounded one below before): three consumer warpgroups, three consumer warps a scheduler where
 // the 256-token kernel (gone) had two; widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers fit with the
 // producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511). Run 84, two rounds each
 // against the 256-token kernel: −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0% at 8192; one buffer (88 / 136)
@@ -1479,6 +1474,9 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_16_0_1_1, 1, 128, 
 // kernel, the default from 4096 in sessions 21–23, is gone. 224-token tiles do not fit three warpgroups (C7602 at the
 // launch's 128: 142 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
+// Rounded widths n128, n160, n192 (session 25): run 89, −3.1 / −3.3% at 4096, +3.9 / +1.7% at 8192 against the plain
+// kernel above; run 90, the plain one forced +3.3 / +2.0% at 4608 and +1.6 / +1.1% at 5120, this one forced +2.1 / +2.1%
+// at 5632 and +4.4 / +1.6% at 6144: 3200–5375 tokens. A fourth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_16_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 16, 0, 1, 1, 2, 56, 152)
 
 // MARK: gather
