@@ -4,6 +4,7 @@
 # distinct experts uniformly (the bench's synthetic routers come close), one draw a size (seeded).
 # Session 25 chose the rounded widths' lists with it (docs/bench-cuda.md "Session 25").
 #   usage: python3 scripts/gpu/models/tile_widths.py N TOKENS[,TOKENS…] WIDTHS[;WIDTHS…] [--experts E] [--k K] [--seed S]
+#          [--balanced]  (an expert's rows spread evenly over its tiles, each rounded up to 16, the last short: not built)
 #   e.g.   python3 scripts/gpu/models/tile_widths.py 96 1536,2048,2560 "64,96;48,64,80,96"
 import argparse
 import numpy as np
@@ -15,6 +16,7 @@ parser.add_argument('widths')
 parser.add_argument('--experts', type=int, default=128)
 parser.add_argument('--k', type=int, default=4)
 parser.add_argument('--seed', type=int, default=1)
+parser.add_argument('--balanced', action='store_true')
 args = parser.parse_args()
 lists = [sorted(int(w) for w in group.split(',')) for group in args.widths.split(';')]
 for widths in lists:
@@ -31,8 +33,13 @@ def rows_per_expert(tokens):
 def tensor_work(counts, widths):
     total = 0
     for rows in counts:
+        step = args.tile
+        if args.balanced and rows > 0:
+            tiles = -(-rows // args.tile)
+            per_tile = -(-rows // tiles)
+            step = min(args.tile, (per_tile + 15) // 16 * 16)
         while rows > 0:
-            tile = min(rows, args.tile)
+            tile = min(rows, step)
             rows -= tile
             total += next(w for w in widths if w >= tile)
     return total
