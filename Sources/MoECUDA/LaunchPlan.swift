@@ -58,6 +58,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n32, n48, n64 since session 25 (`roundedWidths`; n32 / n64 until then): run 89, −4.9 / −4.0% at
     /// 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408.
     case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
+    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`), for an A/B.
+    case registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
     /// selected 15%, 7.2 cycles an issue). Run 77, two rounds each: −5.1 / −5.6% at 256 against the

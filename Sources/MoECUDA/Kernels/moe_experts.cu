@@ -1305,14 +1305,16 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // narrowest of a list that holds the tile's rows, each width its own consumer loop, as many loops as ptxas keeps
     // pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
     // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
-    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32), "the widths' form");
+    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32) || (NARROW == 40 && N == 64),
+                  "the widths' form");
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
 #define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
             rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
         if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
-        if constexpr (N == 64) MOE_ROUNDED(32, 48, 64);
+        if constexpr (N == 64 && NARROW == 16) MOE_ROUNDED(32, 48, 64);
+        if constexpr (N == 64 && NARROW == 40) MOE_ROUNDED(32, 40, 48, 64);
         if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
         if constexpr (N == 128) MOE_ROUNDED(96, 128);
         if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
@@ -1423,6 +1425,8 @@ MOE_DECODED(2, 2, 128, 4)
 // Rounded widths n32, n48, n64 (session 25): run 89, −4.9 / −4.0% at 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408
 // against n32 / n64 (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
+// n32, n40, n48, n64 (W = 40; session 25, for an A/B): by tile_widths.py 1.11 of the rows at 1088–1407 against 1.16–1.23.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 40, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at 192): six consumer warps a scheduler where the 64-token kernel had four, since
 // run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
 // an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
