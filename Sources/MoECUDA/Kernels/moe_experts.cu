@@ -1305,7 +1305,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // narrowest of a list that holds the tile's rows, each width its own consumer loop, as many loops as ptxas keeps
     // pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
     // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
-    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32) || (NARROW == 40 && N == 64),
+    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32) ||
+                      (NARROW == 40 && N == 64),
                   "the widths' form");
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
@@ -1401,9 +1402,11 @@ MOE_DECODED(2, 2, 128, 4)
 // each (the consumers take only what the producers free of the launch's 65536 / (K · threads): setmaxnreg_fits). The
 // name's numbers (NAME spells them, as GemmVariant does; trailing defaults left out): MI, N (tile rows), L (load slots), C,
 // B = 1 (the activations' wgmma descriptors by adds from the first slot's), S = 1 (the epilogue staged through shared
-// memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (widths: 16 rounded, 24 the
-// 32-token kernel's n16 / n24 / n32, 0 the plain 192-token kernel's n64 / n128 / n192; gemm_registered), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds' minimum), E = 1 (EMPTY an mbarrier a
-// slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a fourteenth number).
+// memory), Q = 2 (copies from pointers), T = 1 (tensor copies), P = 0 (not persistent), W (the wgmma widths: 16 rounded,
+// 24 the 32-token kernel's n16 / n24 / n32, 40 the 64-token kernel's n32 / n40 / n48 / n64, 0 the plain 192-token
+// kernel's n64 / n128 / n192; gemm_registered), U = 0 (the consumer loop rolled), K (blocks an SM, the launch bounds'
+// minimum), E = 1 (EMPTY an mbarrier a slot; registered_chunk), F (A-fragment buffers; 2 unless the name has a
+// fourteenth number).
 // Sessions 13–23 measured over 30 other forms (two to six consumer warpgroups, 6 slots, the lean producer, cp.async
 // activations, a persistent kernel, three wgmma widths, unrolled loops, EMPTY a named barrier); each lost to these in an
 // A/B on an H100 and was removed. Their names, figures and commands are in docs/bench-cuda.md and BENCHMARKS.md, their
@@ -1415,36 +1418,39 @@ MOE_DECODED(2, 2, 128, 4)
         gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
     }
 
-// 64-token tiles (1088–1407 tokens; n32 up to 32 rows and n64 beyond until session 25), with six consumer warps a scheduler:
-// three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F = 1; with
-// two, ptxas serialises the wgmma, C7512). Runs 80–82: −5.2 / −5.0% at 1280 against two warpgroups and two buffers
-// (gone); against the 48-token kernel −5.0 / −4.3% at 1152, level at 1024; against the five-warpgroup 96-token kernel
-// +0.6 / +0.9% at 1408 and +3.1 / +3.2% at 1536, which was +2.8 / +2.1% against it at 1280.
-// Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536
-// (run 81) and are gone.
+// 64-token tiles (1088–1407 tokens; n32 up to 32 rows and n64 beyond until session 25), with six consumer warps a
+// scheduler: three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F
+// = 1; with two, ptxas serialises the wgmma, C7512). Runs 80–82: −5.2 / −5.0% at 1280 against two warpgroups and two
+// buffers (gone); against the 48-token kernel −5.0 / −4.3% at 1152, level at 1024; against the five-warpgroup 96-token
+// kernel +0.6 / +0.9% at 1408 and +3.1 / +3.2% at 1536, which was +2.8 / +2.1% against it at 1280.
+// Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536 (run
+// 81) and are gone.
 // Rounded widths n32, n48, n64 (session 25): run 89, −4.9 / −4.0% at 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408
 // against n32 / n64 (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
 // n32, n40, n48, n64 (W = 40; session 25, for an A/B): by tile_widths.py 1.11 of the rows at 1088–1407 against 1.16–1.23.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 40, 0, 2, 1, 1, 24, 72)
-// 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at 192): six consumer warps a scheduler where the 64-token kernel had four, since
-// run 75's stall samples say the mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles
-// an issue); n32 only, so 16 accumulators a thread. Two blocks an SM of three consumer warpgroups (64 registers): run
-// 77, −5.1 to −9.1% at 256–512 and −1.4 to −2.7% at 768 against the defaults there. Three blocks of two (56 registers)
-// got −6.4 to −8.7% at 384–512 against −7.5 to −9.1% for these, and are gone; so are seven warpgroups and one block an
-// SM (seven warps a scheduler in 64 registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768
-// (run 83). 48-token tiles in that form serialise their wgmma (C7512), 64-token ones with one buffer spill.
+// 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at
+// 192): six consumer warps a scheduler where the 64-token kernel had four, since run 75's stall samples say the
+// mid-size GEMMs wait on their own instruction chains (wait 27%, selected 15%, 7.2 cycles an issue); 16 accumulators a
+// thread. Two blocks an SM of three consumer warpgroups (64 registers): run 77, −5.1 to −9.1% at 256–512 and −1.4 to
+// −2.7% at 768 against the defaults there. Three blocks of two (56 registers) got −6.4 to −8.7% at 384–512 against −7.5
+// to −9.1% for these, and are gone; so are seven warpgroups and one block an SM (seven warps a scheduler in 64
+// registers; GEMM 2's last 448-row block 8.9% past H): −0.6 to +3.3% at 256–768 (run 83). 48-token tiles in that form
+// serialise their wgmma (C7512), 64-token ones with one buffer spill.
 // Rounded widths n16, n24, n32 (session 25; W = 24): n16 / n32 got −5.3 / −5.5% at 512 and −3.3 / −2.8% at 768 against
 // n32 alone (run 89), and n16 / n24 / n32 −0.8 to −1.9% at 384–768 against n16 / n32 (run 90). Both others are gone.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_32_4_3_1_1_2_1_0_24_0_2_1, 1, 32, 4, 3, 1, 1, 2, 1, 0, 24, 0, 2, 1, 2, 24, 72)
-// 48-token tiles (session 22; 736–1087 tokens since run 90, −6.7 / −4.0% at 768 and level at 704 against 32-token ones): the same six consumer warps a scheduler, n48 (24 accumulators), so that
-// experts of 33–48 rows take one tile where the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at
-// 1024); activation boxes of 16 rows. 64 registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to
-// −6.1% at 832–1152 against the 64-token kernel of the time.
+// 48-token tiles (session 22; 736–1087 tokens since run 90, −6.7 / −4.0% at 768 and level at 704 against 32-token
+// ones): the same six consumer warps a scheduler, 24 accumulators, so that experts of 33–48 rows take one tile where
+// the 32-token kernel decodes their weights twice (run 77: +13.8 / +13.7% at 1024); activation boxes of 16 rows. 64
+// registers, no spills, no serialised wgmma (NVRTC 13.0). Runs 78–79: −0.9 to −6.1% at 832–1152 against the 64-token
+// kernel of the time.
 // Rounded widths n32, n48 (session 25): run 89, −6.3 / −5.3% at 896, −3.9 / −3.9% at 1024 against n48 alone (gone); n16
 // as a third width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 2, 24, 72)
-// 96-token tiles (1408–2687 tokens, session 23), n64 up to 64 rows and n96 beyond: five consumer warpgroups and one
+// 96-token tiles (1408–2687 tokens, session 23; n64 up to 64 rows and n96 beyond until session 25): five consumer
+// warpgroups and one
 // block an SM, one A-fragment buffer. setmaxnreg hands the consumers more than the launch's 65536 / threads: ptxas
 // compiles their code to CR (88) and checks each instruction against the launch's 80 (n96 needs 78); with two buffers
 // it serialises the wgmma (C7512). Five consumer warps a scheduler where four warpgroups with two buffers had four: run
@@ -1462,21 +1468,21 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
-// n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas
-// serialised the wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
+// n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas serialised the
+// wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
 // not fit n128 (C7602 at the launch's 80: 94 needed).
 // Rounded widths n96, n128 (session 25): run 89, −3.6 / −4.5% at 2816 against n64 / n128 (gone); n64, n96, n128
 // serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_128_4_4_1_1_2_1_0_16_0_1_1, 1, 128, 4, 4, 1, 1, 2, 1, 0, 16, 0, 1, 1, 2, 32, 112)
-// 192-token tiles (session 24; this plain form from 5376 tokens, the rounded one below before): three consumer warpgroups, three consumer warps a scheduler where
-// the 256-token kernel (gone) had two; widths n64, n128 and n192 by the tile's rows. Two A-fragment buffers fit with the
-// producers at 56 and the consumers at 152 (at 88 / 136 ptxas serialises the wgmma, C7511). Run 84, two rounds each
-// against the 256-token kernel: −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0% at 8192; one buffer (88 / 136)
-// −7.4 / −7.5%, −1.0 / −1.4%, −6.1 / −5.4% (gone). Run 85: the 256-token kernel +4.0 to +5.3% at 12288–32768 (and +3.0 to
-// +7.7% on gpt-oss-20b at 1024–8192), the 128-token one +9.1 / +8.8% at 4096; against the 128-token default +2.3 / +1.4%
-// at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584 (run 84: −1.6 / −0.3% at 3072, where it starts). The 256-token
-// kernel, the default from 4096 in sessions 21–23, is gone. 224-token tiles do not fit three warpgroups (C7602 at the
-// launch's 128: 142 needed).
+// 192-token tiles (session 24; this plain form from 5376 tokens, the rounded one below before): three consumer
+// warpgroups, three consumer warps a scheduler where the 256-token kernel (gone) had two; widths n64, n128 and n192 by
+// the tile's rows. Two A-fragment buffers fit with the producers at 56 and the consumers at 152 (at 88 / 136 ptxas
+// serialises the wgmma, C7511). Run 84, two rounds each against the 256-token kernel: −8.5 / −10.5% at 4096, −4.7 /
+// −2.1% at 6144, −7.4 / −6.0% at 8192; one buffer (88 / 136) −7.4 / −7.5%, −1.0 / −1.4%, −6.1 / −5.4% (gone). Run 85:
+// the 256-token kernel +4.0 to +5.3% at 12288–32768 (and +3.0 to +7.7% on gpt-oss-20b at 1024–8192), the 128-token one
+// +9.1 / +8.8% at 4096; against the 128-token default +2.3 / +1.4% at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584
+// (run 84: −1.6 / −0.3% at 3072, where it starts). The 256-token kernel, the default from 4096 in sessions 21–23, is
+// gone. 224-token tiles do not fit three warpgroups (C7602 at the launch's 128: 142 needed).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_192_4_3_1_1_2_1_0_0_0_1_1, 1, 192, 4, 3, 1, 1, 2, 1, 0, 0, 0, 1, 1, 2, 56, 152)
 // Rounded widths n128, n160, n192 (session 25): run 89, −3.1 / −3.3% at 4096, +3.9 / +1.7% at 8192 against the plain
 // kernel above; run 90, the plain one forced +3.3 / +2.0% at 4608 and +1.6 / +1.1% at 5120, this one forced +2.1 / +2.1%
