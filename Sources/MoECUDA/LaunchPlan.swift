@@ -58,7 +58,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n32, n48, n64 since session 25 (`roundedWidths`; n32 / n64 until then): run 89, −4.9 / −4.0% at
     /// 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408.
     case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
-    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`), for an A/B.
+    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`): built in session 25 for `pending.sh
+    /// s48`'s A/B, never run (by `tile_widths.py` 1.11 of the rows at 1088–1407 against 1.16–1.23).
     case registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
@@ -82,9 +83,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n32, n48 since session 25 (n48 alone until then): run 89, −6.3 / −5.3% at 896, −3.9 / −3.9% at
     /// 1024. 736–1087 tokens since run 90 (against the 32-token kernel −6.7 / −4.0% at 768, level at 704).
     case registered_1_48_4_3_1_1_2_1_0_16_0_2_1
-    /// 96-token tiles (n64 up to 64 rows and n96 beyond until session 25, where the 128-token kernel multiplied 65–96-row
-    /// tiles at n128);
-    /// activation boxes of 32 rows: five consumer warpgroups and one block an SM with one A-fragment buffer (session 23).
+    /// 96-token tiles (n64 up to 64 rows and n96 beyond until session 25, where the 128-token kernel multiplied
+    /// 65–96-row tiles at n128); activation boxes of 32 rows: five consumer warpgroups and one block an SM with one
+    /// A-fragment buffer (session 23).
     /// setmaxnreg gives the consumers 88 registers where the launch gives 80: more than 65536 / threads, so this tile
     /// fits five consumer warps a scheduler (four warpgroups with two buffers, session 21's form, had four). 1408–2687
     /// tokens. Run 81, two rounds each, against that form: −2.5 / −2.3% at 1536 (where the default was the 64-token
@@ -105,8 +106,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
     /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
-    /// consumers 152). 5376 tokens and more since run 89 (3072 and more before). Run 84 (session 24, H100), two rounds each against the 256-token kernel
-    /// (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144,
+    /// consumers 152). 5376 tokens and more since run 89 (3072 and more before). Run 84 (session 24, H100), two rounds
+    /// each against the 256-token kernel (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 /
+    /// −10.5% at 4096, −4.7 / −2.1% at 6144,
     /// −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at 3072. One buffer (88 / 136) got −7.4 / −7.5%,
     /// −1.0 / −1.4% and −6.1 / −5.4% at 4096–8192 and is gone. Run 85: the 256-token kernel forced +4.0 to +5.3% at
     /// 12288–32768 and +3.0 to +7.7% on gpt-oss-20b at 1024–8192 (gone); the 128-token one +9.1 / +8.8% at 4096; this
@@ -174,10 +176,12 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var activationBoxRows: Int { tileRows % 64 == 0 ? 64 : (tileRows % 32 == 0 ? 32 : 16) }
     /// Registered kernels with tensor copies (an eighth number, 1): their launches need tensor maps (GemmTensorMaps).
     public var usesTensorCopies: Bool { kind == .registered && numbers.count > 7 && numbers[7] == 1 }
-    /// Rounded widths (a tenth number, 16, or 24 for the 32-token kernel's n16 / n24 / n32; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
-    /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel runs n96), each width its own consumer
-    /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: three in the
-    /// two-buffer kernels (four serialised the 192-token one), four in the 64- and 96-token ones, two in the 48-token one.
+    /// Rounded widths (a tenth number: 16, or 24 for the 32-token kernel's n16 / n24 / n32 and 40 for the 64-token
+    /// kernel's n32 / n40 / n48 / n64; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
+    /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel ran n96), each width its own consumer
+    /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: two in the
+    /// 48-token kernel, three in the other two-buffer ones (four serialised the 192-token one), four in the one-buffer
+    /// 64- and 96-token ones.
     public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 16 }
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
@@ -239,8 +243,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 8-token tiles up to 199 tokens, 32-token registered tiles to 735, 48-token to 1087, 64-token to 1407, 96-token to
     /// 2687, 128-token to 3199, 192-token with rounded widths to 5375, plain beyond; elsewhere 8-token tiles to 256,
     /// 32-token staged tiles to 2048), and `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b
-    /// on sm_90: at 50, 184, 272, 352, 672, 800 and 1344 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took
-    /// two or three 8-row tiles, each decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
+    /// on sm_90: at 50, 184, 272, 352, 672, 800 and 1344 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
+    /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
+    /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
     /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
     /// gpt-oss-120b's choice is the same either way.
     public static func choose(
