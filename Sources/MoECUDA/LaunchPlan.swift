@@ -105,15 +105,15 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// tokens since run 90 (against the 192-token kernel −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
     case registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     /// 192-token tiles, three consumer warpgroups (session 23): three consumer warps a scheduler where the 256-token
-    /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56 registers,
-    /// consumers 152). 5376 tokens and more since run 89 (3072 and more before). Run 84 (session 24, H100), two rounds
-    /// each against the 256-token kernel (two consumer warpgroups, the default from 4096 in sessions 21–23): −8.5 /
-    /// −10.5% at 4096, −4.7 / −2.1% at 6144,
-    /// −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at 3072. One buffer (88 / 136) got −7.4 / −7.5%,
-    /// −1.0 / −1.4% and −6.1 / −5.4% at 4096–8192 and is gone. Run 85: the 256-token kernel forced +4.0 to +5.3% at
-    /// 12288–32768 and +3.0 to +7.7% on gpt-oss-20b at 1024–8192 (gone); the 128-token one +9.1 / +8.8% at 4096; this
-    /// one against the 128-token default +2.3 / +1.4% at 2816, −2.6 / −2.7% at 3328, −3.9 / −4.7% at 3584. Six load
-    /// slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at 8192 (gone).
+    /// kernel (gone) had two; widths n64, n128, n192 by the tile's rows; two A-fragment buffers (producers 56
+    /// registers, consumers 152). 5376 tokens and more since run 89 (3072 and more before). Run 84 (session 24, H100),
+    /// two rounds each against the 256-token kernel (two consumer warpgroups, the default from 4096 in sessions 21–23):
+    /// −8.5 / −10.5% at 4096, −4.7 / −2.1% at 6144, −7.4 / −6.0% at 8192; against the 128-token kernel −1.6 / −0.3% at
+    /// 3072. One buffer (88 / 136) got −7.4 / −7.5%, −1.0 / −1.4% and −6.1 / −5.4% at 4096–8192 and is gone. Run 85:
+    /// the 256-token kernel forced +4.0 to +5.3% at 12288–32768 and +3.0 to +7.7% on gpt-oss-20b at 1024–8192 (gone);
+    /// the 128-token one +9.1 / +8.8% at 4096; this one against the 128-token default +2.3 / +1.4% at 2816, −2.6 /
+    /// −2.7% at 3328, −3.9 / −4.7% at 3584. Six load slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at
+    /// 8192 (gone).
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
     /// The same with rounded widths (n128, n160, n192; `roundedWidths`), 3200–5375 tokens: run 89, −3.1 / −3.3% at 4096,
     /// +3.9 / +1.7% at 8192 against the plain form; run 90, the plain form forced +3.3 / +2.0% at 4608, +1.6 / +1.1% at
@@ -239,15 +239,15 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Session 25 (H100, runs 89–90, two rounds each): every registered kernel with rounded wgmma widths, and the
     /// crossovers tried again (figures at their cases).
     ///
-    /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on sm_90
-    /// 8-token tiles up to 199 tokens, 32-token registered tiles to 735, 48-token to 1087, 64-token to 1407, 96-token to
-    /// 2687, 128-token to 3199, 192-token with rounded widths to 5375, plain beyond; elsewhere 8-token tiles to 256,
-    /// 32-token staged tiles to 2048), and `byRows` places them at the same rows an expert for any E and k (gpt-oss-20b
-    /// on sm_90: at 50, 184, 272, 352, 672, 800 and 1344 tokens). By token count (`MOE_CUDA_POLICY_ROWS=0`)
-    /// gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each decoding the expert's weights
-    /// again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4%
-    /// faster at 96 / 128 / 256 / 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds);
-    /// gpt-oss-120b's choice is the same either way.
+    /// Past 4 tokens the kernel follows the rows an expert gets: gpt-oss-120b's crossovers (tuned by A/B on it; on
+    /// sm_90 8-token tiles up to 199 tokens, 32-token registered tiles to 735, 48-token to 1087, 64-token to 1407,
+    /// 96-token to 2687, 128-token to 3199, 192-token with rounded widths to 5375, plain beyond; elsewhere 8-token
+    /// tiles to 256, 32-token staged tiles to 2048), and `byRows` places them at the same rows an expert for any E and
+    /// k (gpt-oss-20b on sm_90: at 50, 184, 272, 352, 672, 800 and 1344 tokens). By token count
+    /// (`MOE_CUDA_POLICY_ROWS=0`) gpt-oss-20b's 16 rows an expert at 128 tokens took two or three 8-row tiles, each
+    /// decoding the expert's weights again: by rows it is 13.9 / 27.0 / 37.4 / 8.7 / 20.4% faster at 96 / 128 / 256 /
+    /// 512 / 1024 tokens and the same at 64 (H100, session 13's run 50, two rounds); gpt-oss-120b's choice is the same
+    /// either way.
     public static func choose(
         tokens: Int, experts: Int = 128, topK: Int = 4, hopper: Bool = true, byRows: Bool = rowsPolicy
     ) -> (gemm1: GemmVariant, gemm2: GemmVariant) {
