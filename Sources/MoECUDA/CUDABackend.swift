@@ -208,8 +208,10 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         if (plan.gemm1Variant.needsHopper || plan.gemm2Variant.needsHopper) && runtime.device.architecture != "sm_90a" {
             throw CUDAError.unsupportedDevice("\(plan.variantDescription) needs sm_90a (wgmma); this device is \(runtime.device.architecture)")
         }
-        try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
-        try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        for handOver in plan.registeredHandOver ? [false, true] : [false] {
+            try kernels.gemm(plan.gemm1Variant, handOver: handOver).allowSharedMemory(plan.gemm1Shape.sharedBytes)
+            try kernels.gemm(plan.gemm2Variant, handOver: handOver).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+        }
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
         if plan.fusedRouting {

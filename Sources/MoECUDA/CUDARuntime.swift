@@ -95,6 +95,8 @@ final class LayerKernels: @unchecked Sendable {
     let gatherRows: CUDAFunction
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
+    /// The registered kernels' hand-over entry points (`<name>_handover`, LaunchPlan.tileHandOver).
+    private var handOverGemms: [GemmVariant: CUDAFunction] = [:]
 
     /// The router over `tokens` rows with K split `splits` ways: the kernel LaunchPlan.routerIsWide picks, in the shape
     /// LaunchPlan.routerShape gives it (one decision for both).
@@ -121,9 +123,16 @@ final class LayerKernels: @unchecked Sendable {
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
+        for variant in GemmVariant.allCases where variant.kind == .registered {
+            handOverGemms[variant] = try experts.function(variant.handOverKernelName)
+        }
     }
 
-    func gemm(_ variant: GemmVariant) -> CUDAFunction { gemms[variant]! }
+    /// `handOver`: the registered kernel's entry point with the tile hand-over's counters (the plan's
+    /// `registeredHandOver`); every other launch takes the plain one.
+    func gemm(_ variant: GemmVariant, handOver: Bool = false) -> CUDAFunction {
+        handOver ? handOverGemms[variant]! : gemms[variant]!
+    }
     func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }
 

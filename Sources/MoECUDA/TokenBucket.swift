@@ -293,13 +293,16 @@ final class TokenBucket: @unchecked Sendable {
         var first = gemm1Parameters(slot: slot, layer: layer)
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
-        try kernels.gemm(plan.gemm1Variant).launch(plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
+        let handOver = handsOverTiles && plan.registeredHandOver
+        try kernels.gemm(plan.gemm1Variant, handOver: handOver).launch(
+            plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        try kernels.gemm(plan.gemm2Variant).launch(plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
+        try kernels.gemm(plan.gemm2Variant, handOver: handOver).launch(
+            plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
         if !plan.fusedReduce {
             var sum = reduceParameters()

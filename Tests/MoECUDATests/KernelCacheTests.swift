@@ -73,6 +73,10 @@ private func request(
         #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
+    // Every registered kernel has its hand-over entry point beside it (CUDAKernels looks each one up).
+    #expect(experts.contains("void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p)"))
+    #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName
+        == "moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1_handover")
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
     for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(8)", "moe_router_mma(", "moe_router_mma_wide(", "moe_route_finish(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter("] {
         #expect(routing.contains(name))

@@ -317,16 +317,22 @@ import Testing
     #expect(!LaunchPlan(tokens: 8, config: config, variant: .staged_2_4_8_2).fusedReduce)
 }
 
-/// GEMM 2 takes GEMM 1's tiles one by one only where both run resident kernels (same tile schedule, per-tile counters)
-/// and GEMM 1's last wave is a large share of it (decode sizes up to 8 tokens).
+/// GEMM 2 takes GEMM 1's tiles one by one where both run resident kernels (same tile schedule, per-tile counters) and
+/// GEMM 1's last wave is a large share of it (decode sizes up to 8 tokens); with registered kernels only where
+/// `MOE_CUDA_HANDOVER_REGISTERED=1` asks (unmeasured), through their `_handover` entry points.
 @Test func gemm2TakesTilesOneByOneOnlyWithResidentKernels() {
     let config = MoEPreset.gptOss120b.config
     #expect(LaunchPlan(tokens: 1, config: config).tileHandOver)
     #expect(LaunchPlan(tokens: 8, config: config).tileHandOver)
     #expect(!LaunchPlan(tokens: 9, config: config).tileHandOver)
-    #expect(!LaunchPlan(tokens: 256, config: config).tileHandOver)
-    #expect(!LaunchPlan(tokens: 512, config: config).tileHandOver)
-    #expect(!LaunchPlan(tokens: 8192, config: config).tileHandOver)
+    #expect(!LaunchPlan(tokens: 8, config: config).registeredHandOver)
+    #expect(!LaunchPlan(tokens: 199, config: config).tileHandOver)
+    #expect(LaunchPlan.registeredHandOver == (currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"))
+    for tokens in [256, 512, 2048, 8192] {
+        let plan = LaunchPlan(tokens: tokens, config: config)
+        #expect(plan.gemm1Variant.kind == .registered && plan.tileHandOver == LaunchPlan.registeredHandOver, "T=\(tokens)")
+        #expect(plan.registeredHandOver == LaunchPlan.registeredHandOver, "T=\(tokens)")
+    }
 }
 
 /// GEMM 2 can be forced alone (experiments), but never onto a tile schedule of another height.

@@ -4,7 +4,9 @@
 #           tokens, run 90's crossovers; the plain kernels they replaced removed): checked, benched on gpt-oss-120b (the
 #           new crossovers' sizes included) and 20b, the 96-token kernel's GEMM 1 under ncu at 2048 (run 85's tensor
 #           pipe 56%), the 64-token kernel with n32 / n40 / n48 / n64 against n32 / n48 / n64 (tensor work 1.11 of the
-#           rows against 1.16–1.23 by tile_widths.py), ep-check.
+#           rows against 1.16–1.23 by tile_widths.py), the registered kernels' tile hand-over (built, never run:
+#           MOE_CUDA_HANDOVER_REGISTERED=1; predicted −2 to −6% on gpt-oss-20b at 256–1024, where GEMM 1 runs 3.6–7.3
+#           waves and GEMM 2 1.8–3.6; −0.5 to +1% on 120b at 512–8192), ep-check.
 # Earlier parts ran as runs 45–90 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -24,6 +26,9 @@ case $part in
         BENCH_TOKENS=1,8,32,128,200,256,512,736,1024,1536,2048,2560,3072,3200,4096,5376,8192,16384,32768 bash $D bench
         bash $D bench20b
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1@1088,1280,1407" bash $D abenv
+        MOE_CUDA_HANDOVER_REGISTERED=1 bash $D check
+        AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@256,512,1024" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@512,2048,8192" bash $D abenv
         NCU_KERNEL=registered NCU_VARIANT=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 NCU_TOKENS=2048 bash $D ncudecoded
         bash $D epcheck
         ;;

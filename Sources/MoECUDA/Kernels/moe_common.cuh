@@ -274,6 +274,9 @@ MOE_DEVICE void named_barrier_arrive(int id, int threads) { asm volatile("bar.ar
 MOE_DEVICE void named_barrier_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 
 MOE_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+/// Global memory written by the generic proxy (another block's stores, seen through an acquire), before this thread's
+/// tensor copies read it.
+MOE_DEVICE void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
 
 /// d[64×16] += A[64×16] · B[16×16]: A from registers (as wgmma_64x64x16), B from shared memory (descriptor).
 MOE_DEVICE void wgmma_64x16x16(float (&d)[8], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long descriptor) {

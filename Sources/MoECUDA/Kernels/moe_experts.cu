@@ -1254,7 +1254,7 @@ struct StagedEpilogue {
 /// epilogue, copies from pointers, tensor copies, four consumer warpgroups, 64- and 256-token tiles, descriptors by adds)
 /// is in docs/bench-cuda.md, sessions 13–20. (Protocol model: scripts/gpu/models/registered.py.)
 template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW, int BLOCKS,
-          int FRAGMENTS>
+          int FRAGMENTS, bool HANDOVER>
 MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, THREADS = PRODUCER_THREADS + 128 * CONSUMERS;
@@ -1262,8 +1262,24 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     static_assert((N == 32 || N == 48 || N == 64 || N == 96 || N == 128 || N == 192) && LOADS >= 2, "shape");
     static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, BLOCKS), "registers");
     extern __shared__ __align__(1024) unsigned char sharedBytes[];
-    wait_for_previous_kernel();
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    if constexpr (HANDOVER) {
+        // The tile hand-over (the `_handover` entry points, p.tileRole; LaunchPlan.tileHandOver): GEMM 1 lets GEMM 2
+        // launch once every GEMM 1 block has started and counts its finished blocks a tile; GEMM 2 waits for its own
+        // tile's GEMM 1 blocks instead of all of GEMM 1, so it takes the SMs GEMM 1's last wave leaves idle. The plan
+        // GEMM 2 reads was complete before GEMM 1 started.
+        if (p.tileRole == 2) {
+            if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+            wait_for_tile(p);
+            fence_proxy_async_global();  // GEMM 1's stores, before this block's tensor copies read them
+        } else {
+            wait_for_previous_kernel();
+            if (p.tileRole == 1) allow_next_kernel();
+            if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+        }
+    } else {
+        wait_for_previous_kernel();
+        if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    }
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int blockGroup = blockIdx.x * GROUPS;
@@ -1341,6 +1357,13 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     Epilogue::keep_output_row(sharedPointer, threadIdx.x - PRODUCER_THREADS, outputRow);
     named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
     Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
+    if constexpr (HANDOVER) {
+        if (p.tileRole == 1) {  // signal_tile_ready's count, by the consumers alone (the producers have returned)
+            __threadfence();
+            named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
+            if (threadIdx.x == PRODUCER_THREADS) atomicAdd((unsigned *)p.tileReady + blockIdx.y, 1u);
+        }
+    }
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
 #endif
@@ -1415,7 +1438,11 @@ MOE_DECODED(2, 2, 128, 4)
     static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 0 && U == 0 && E == 1, "the registered kernels' form"); \
     extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
         MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered<MI, N, L, PR, CR, C, W, K, F>(p);                                                              \
+        gemm_registered<MI, N, L, PR, CR, C, W, K, F, false>(p);                                                       \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p) {                  \
+        MOE_TRACE_KERNEL(p);                                                                                           \
+        gemm_registered<MI, N, L, PR, CR, C, W, K, F, true>(p);                                                        \
     }
 
 // 64-token tiles (1088–1407 tokens; n32 up to 32 rows and n64 beyond until session 25), with six consumer warps a
