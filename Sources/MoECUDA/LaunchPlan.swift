@@ -182,8 +182,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// kernel's n32 / n40 / n48 / n64; session 25): each tile multiplies at the narrowest of the kernel's wgmma widths
     /// that holds its rows (n80 for a 70-row tile where the plain 96-token kernel ran n96), each width its own consumer
     /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: two in the
-    /// 48-token kernel, three in the other two-buffer ones (four serialised the 192-token one), four in the one-buffer
-    /// 64- and 96-token ones.
+    /// 48- and 128-token kernels, three in the 32- and 192-token ones, four in the one-buffer 64- and 96-token ones.
     public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 16 }
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
