@@ -466,17 +466,18 @@ public struct LaunchPlan: Sendable, Equatable {
     /// BENCHMARKS.md session 4): −2.7% at 8 tokens (GEMM 1 in 5.1 waves), +0.8…+1.4% at 32–256 (14+ waves, where
     /// the last wave matters less than the per-block signal and wait), so only up to tileHandOverMaxTokens.
     /// The registered kernels hand over too where `MOE_CUDA_HANDOVER_REGISTERED=1` asks (their `_handover` entry
-    /// points): built in session 25 for grids of few waves (gpt-oss-20b's GEMM 2 at 512 tokens is 2.2 waves and GEMM 1
-    /// 4.4; an expert-parallel rank holds E / R experts), never run; `pending.sh s48` checks and measures it.
+    /// points): built in session 25 for grids of few waves (gpt-oss-20b at 512 tokens: GEMM 2's 9 × 32 blocks and GEMM
+    /// 1's 18 × 32 over 132 SMs at one block an SM are 2.2 and 4.4 waves; an expert-parallel rank holds E / R experts),
+    /// never run; `pending.sh s48` checks and measures it.
     public var tileHandOver: Bool {
-        if registeredKernels { return LaunchPlan.registeredHandOver }
+        if registeredKernels { return LaunchPlan.registeredHandOverRequested }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
     }
     /// Both GEMMs are registered kernels, so a hand-over launches their `_handover` entry points.
     public var registeredHandOver: Bool { registeredKernels && tileHandOver }
     private var registeredKernels: Bool { gemm1Variant.kind == .registered && gemm2Variant.kind == .registered }
     static let tileHandOverMaxTokens = 8
-    static let registeredHandOver = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"
+    static let registeredHandOverRequested = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"
 
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).

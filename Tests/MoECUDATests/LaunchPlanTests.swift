@@ -327,11 +327,11 @@ import Testing
     #expect(!LaunchPlan(tokens: 9, config: config).tileHandOver)
     #expect(!LaunchPlan(tokens: 8, config: config).registeredHandOver)
     #expect(!LaunchPlan(tokens: 199, config: config).tileHandOver)
-    #expect(LaunchPlan.registeredHandOver == (currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"))
+    #expect(LaunchPlan.registeredHandOverRequested == (currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"))
     for tokens in [256, 512, 2048, 8192] {
         let plan = LaunchPlan(tokens: tokens, config: config)
-        #expect(plan.gemm1Variant.kind == .registered && plan.tileHandOver == LaunchPlan.registeredHandOver, "T=\(tokens)")
-        #expect(plan.registeredHandOver == LaunchPlan.registeredHandOver, "T=\(tokens)")
+        #expect(plan.gemm1Variant.kind == .registered && plan.tileHandOver == LaunchPlan.registeredHandOverRequested, "T=\(tokens)")
+        #expect(plan.registeredHandOver == LaunchPlan.registeredHandOverRequested, "T=\(tokens)")
     }
 }
 

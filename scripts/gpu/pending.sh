@@ -6,7 +6,8 @@
 #           pipe 56%), the 64-token kernel with n32 / n40 / n48 / n64 against n32 / n48 / n64 (tensor work 1.11 of the
 #           rows against 1.16–1.23 by tile_widths.py), the registered kernels' tile hand-over (built, never run:
 #           MOE_CUDA_HANDOVER_REGISTERED=1; predicted −2 to −6% on gpt-oss-20b at 256–1024, where GEMM 1 runs 3.6–7.3
-#           waves and GEMM 2 1.8–3.6; −0.5 to +1% on 120b at 512–8192), ep-check.
+#           waves and GEMM 2 1.8–3.6 by arithmetic, docs/bench-cuda.md "Next" 1a'; −0.5 to +1% on 120b at 512–8192),
+#           ep-check.
 # Earlier parts ran as runs 45–90 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at

@@ -214,11 +214,17 @@ MOE_DEVICE unsigned load_acquire_u32(const unsigned *pointer) {
     return v;
 }
 
-/// GEMM 1, every thread after its epilogue stores: one more finished block for this tile.
-MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p) {
+/// GEMM 1, every thread that stored, after its epilogue stores: one more finished block for this tile. `gather` brings
+/// those threads together (the whole block for the resident kernels; the registered ones' consumers by their named
+/// barrier, their producers having returned) and the thread with `counts` adds the block.
+template <class Gather>
+MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p, Gather gather, bool counts) {
     __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) atomicAdd((unsigned *)p.tileReady + blockIdx.y, 1u);
+    gather();
+    if (counts) atomicAdd((unsigned *)p.tileReady + blockIdx.y, 1u);
+}
+MOE_DEVICE void signal_tile_ready(const MoEGemmParams &p) {
+    signal_tile_ready(p, [] { __syncthreads(); }, threadIdx.x == 0);
 }
 
 /// GEMM 2: waits until every GEMM 1 block of this tile is done (bounded: a tile that never completes traps, which the
@@ -1267,18 +1273,17 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         // launch once every GEMM 1 block has started and counts its finished blocks a tile; GEMM 2 waits for its own
         // tile's GEMM 1 blocks instead of all of GEMM 1, so it takes the SMs GEMM 1's last wave leaves idle. The plan
         // GEMM 2 reads was complete before GEMM 1 started.
-        if (p.tileRole == 2) {
-            if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-            wait_for_tile(p);
-            fence_proxy_async_global();  // GEMM 1's stores, before this block's tensor copies read them
-        } else {
-            wait_for_previous_kernel();
-            if (p.tileRole == 1) allow_next_kernel();
-            if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-        }
+        if (p.tileRole != 2) wait_for_previous_kernel();
+        if (p.tileRole == 1) allow_next_kernel();
     } else {
         wait_for_previous_kernel();
-        if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    }
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    if constexpr (HANDOVER) {
+        if (p.tileRole == 2) {
+            wait_for_tile(p);
+            fence_proxy_async_global();  // GEMM 1's stores, before this block's tensor copies read them
+        }
     }
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1358,11 +1363,8 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
     Epilogue::store(p, tile, blockGroup, sharedPointer, threadIdx.x - PRODUCER_THREADS, CONSUMER_THREADS);
     if constexpr (HANDOVER) {
-        if (p.tileRole == 1) {  // signal_tile_ready's count, by the consumers alone (the producers have returned)
-            __threadfence();
-            named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
-            if (threadIdx.x == PRODUCER_THREADS) atomicAdd((unsigned *)p.tileReady + blockIdx.y, 1u);
-        }
+        if (p.tileRole == 1)
+            signal_tile_ready(p, [] { named_barrier_sync(EPILOGUE, CONSUMER_THREADS); }, threadIdx.x == PRODUCER_THREADS);
     }
 #else
     asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
