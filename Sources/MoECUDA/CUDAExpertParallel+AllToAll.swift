@@ -122,7 +122,7 @@ extension CUDAExpertParallelLayer {
             let receivedWeights = try heap.download(Float.self, count: received, offsetBytes: layout.offset(of: .allToAllWeights))
             let (order, tileList) = try Self.receivedRowTiles(
                 ids: receivedIds, ownerOfExpert: ownerOfExpert, heldExpertIndex: heldExpertIndex, rank: rank,
-                tileRows: b.plan.tileRows)
+                tileRows: b.plan.tileRows, tileWidths: b.plan.tileWidths)
             try permutation.uploadAsync(order, stream: stream)
             try a2aSortedWeights.uploadAsync(order.map { receivedWeights[Int($0)] }, stream: stream)
             try a2aTiles.uploadAsync(tileList, stream: stream)
@@ -191,9 +191,10 @@ extension CUDAExpertParallelLayer {
 
 extension CUDAExpertParallelLayer {
     /// The received rows of the all-to-all baseline in expert order (stable: `order[i]` is the received row at sorted
-    /// position i) and their tiles of at most `tileRows` rows, each naming its expert by where this GPU holds it.
+    /// position i) and their tiles of at most `tileRows` rows (RoutingPlan.tileSizes, fitted to `tileWidths`), each
+    /// naming its expert by where this GPU holds it.
     static func receivedRowTiles(
-        ids: [Int32], ownerOfExpert: [Int], heldExpertIndex: [Int], rank: Int, tileRows: Int
+        ids: [Int32], ownerOfExpert: [Int], heldExpertIndex: [Int], rank: Int, tileRows: Int, tileWidths: [Int] = []
     ) throws(CUDAError) -> (order: [Int32], tiles: [MoETile]) {
         var byExpert = [[Int32]](repeating: [], count: ownerOfExpert.count)
         for (i, id) in ids.enumerated() {
@@ -205,10 +206,11 @@ extension CUDAExpertParallelLayer {
         var order: [Int32] = []
         var tiles: [MoETile] = []
         for (expert, rows) in byExpert.enumerated() where !rows.isEmpty {
-            for start in stride(from: 0, to: rows.count, by: tileRows) {
+            var start = order.count
+            for count in RoutingPlan.tileSizes(rows: rows.count, tileRows: tileRows, widths: tileWidths) {
                 tiles.append(MoETile(
-                    expert: Int32(heldExpertIndex[expert]), rowStart: Int32(order.count + start),
-                    rowCount: Int32(min(tileRows, rows.count - start)), reserved: 0))
+                    expert: Int32(heldExpertIndex[expert]), rowStart: Int32(start), rowCount: Int32(count), reserved: 0))
+                start += count
             }
             order += rows
         }

@@ -563,7 +563,8 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     /// The global plan over R·T_loc rows read from this rank's routing region.
     func globalRoutingParameters(_ b: Bucket, mode: RoutingMode) -> MoERoutingParams {
         var p = MoERoutingParams.shaped(
-            tokens: world * b.tokensPerRank, config: config, mode: mode, tileRows: b.plan.tileRows, maxTiles: b.maxTiles)
+            tokens: world * b.tokensPerRank, config: config, mode: mode, tileRows: b.plan.tileRows, maxTiles: b.maxTiles,
+            tileWidths: b.plan.tileWidths)
         p.topkIds = heap.address + UInt64(layout.offset(of: .routingIds))
         p.topkWeights = heap.address + UInt64(layout.offset(of: .routingWeights))
         p.blockCounts = blockCounts.address

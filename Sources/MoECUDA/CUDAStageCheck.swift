@@ -82,7 +82,9 @@ extension CUDABackend {
         report.add("topk", idMismatches == 0 && weightError <= 1e-5, "\(idMismatches) id mismatches, max |Δweight| \(weightError)")
 
         // Plan from the device's ids.
-        let reference = RoutingPlan(topkIds: ids.map { $0 >= 0 && $0 < E ? $0 : 0 }, tokens: T, topK: k, experts: E, tileRows: plan.tileRows)
+        let reference = RoutingPlan(
+            topkIds: ids.map { $0 >= 0 && $0 < E ? $0 : 0 }, tokens: T, topK: k, experts: E, tileRows: plan.tileRows,
+            tileWidths: plan.tileWidths)
         var planProblems: [String] = []
         if counts != reference.expertCounts { planProblems.append("counts") }
         if offsets != reference.expertOffsets { planProblems.append("offsets") }

@@ -184,6 +184,22 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// loop. How many loops a kernel takes before ptxas serialises every wgmma (C7511, NVRTC 13.0) varies: two in the
     /// 48- and 128-token kernels, three in the 32- and 192-token ones, four in the one-buffer 64- and 96-token ones.
     public var roundedWidths: Bool { kind == .registered && numbers.count > 9 && numbers[9] >= 16 }
+    /// The wgmma widths a registered kernel multiplies a tile at, ascending (gemm_registered: the narrowest that holds the
+    /// tile's rows; the plain 192-token kernel rounds up to 64); none for the others.
+    public var wgmmaWidths: [Int] {
+        guard kind == .registered, numbers.count > 9 else { return [] }
+        switch (tileRows, numbers[9]) {
+        case (32, 24): return [16, 24, 32]
+        case (48, 16): return [32, 48]
+        case (64, 16): return [32, 48, 64]
+        case (64, 40): return [32, 40, 48, 64]
+        case (96, 16): return [48, 64, 80, 96]
+        case (128, 16): return [96, 128]
+        case (192, 16): return [128, 160, 192]
+        case (192, 0): return [64, 128, 192]
+        default: return []
+        }
+    }
     /// Registered kernels: blocks resident on an SM (a twelfth number, default 1): the launch bounds' minimum, which
     /// caps ptxas at 65536 / (blocks · threads) registers a thread.
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
@@ -473,6 +489,13 @@ public struct LaunchPlan: Sendable, Equatable {
         if registeredKernels { return LaunchPlan.registeredHandOverRequested }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
     }
+    /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule), where
+    /// `MOE_CUDA_FIT_TILES=1` asks: an expert's tiles keep their count but each takes the narrowest width that leaves the
+    /// rest coverable by full tiles. By arithmetic (uniform routing, docs/bench-cuda.md "Session 26") the 192-token
+    /// kernel's n128 / n160 / n192 then multiply 1.059 of the rows at 8192 tokens of gpt-oss-120b against the plain
+    /// kernel's 1.119 (1.25 unfitted), and gpt-oss-20b's 96-token kernel 1.089 against 1.25 at 768.
+    public var tileWidths: [Int] { LaunchPlan.fitTilesRequested ? gemm1Variant.wgmmaWidths : [] }
+    static let fitTilesRequested = currentEnvironment("MOE_CUDA_FIT_TILES") == "1"
     /// Both GEMMs are registered kernels, so a hand-over launches their `_handover` entry points.
     public var registeredHandOver: Bool { registeredKernels && tileHandOver }
     private var registeredKernels: Bool { gemm1Variant.kind == .registered && gemm2Variant.kind == .registered }

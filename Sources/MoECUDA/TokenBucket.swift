@@ -116,7 +116,8 @@ final class TokenBucket: @unchecked Sendable {
 
     func routingParameters(slot: Int, mode: RoutingMode, layer: DeviceLayer) -> MoERoutingParams {
         var p = MoERoutingParams.shaped(
-            tokens: plan.tokens, config: plan.config, mode: mode, tileRows: plan.tileRows, maxTiles: plan.maxTiles)
+            tokens: plan.tokens, config: plan.config, mode: mode, tileRows: plan.tileRows, maxTiles: plan.maxTiles,
+            tileWidths: plan.tileWidths)
         p.x = inputs[slot].address
         p.routerWeight = layer.routerWeight.address
         p.routerBias = layer.routerBias.address

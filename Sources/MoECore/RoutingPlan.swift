@@ -22,6 +22,8 @@ public struct RoutingPlan: Sendable, Equatable {
     public let topK: Int
     public let experts: Int
     public let tileRows: Int
+    /// The GEMM's wgmma widths the tiles are fitted to (ascending, the last `tileRows`); empty: plain tiles.
+    public let tileWidths: [Int]
     /// [E] rows per expert.
     public internal(set) var expertCounts: [Int32]
     /// [E+1] first sorted row of each expert; the last entry is `routedSlots`.
@@ -35,14 +37,16 @@ public struct RoutingPlan: Sendable, Equatable {
 
     public var routedSlots: Int { sortedToSlot.count }
 
-    /// Builds the plan from top-k ids [T, k] (row-major; −1 = no expert).
-    public init(topkIds ids: [Int32], tokens: Int, topK: Int, experts: Int, tileRows: Int = 64) {
+    /// Builds the plan from top-k ids [T, k] (row-major; −1 = no expert); tiles as `tileSizes`.
+    public init(topkIds ids: [Int32], tokens: Int, topK: Int, experts: Int, tileRows: Int = 64, tileWidths: [Int] = []) {
         precondition(ids.count == tokens * topK, "topk ids must hold tokens·k entries")
         precondition(tileRows > 0)
+        precondition(RoutingPlan.validWidths(tileWidths, tileRows: tileRows), "tile widths \(tileWidths) for \(tileRows)-row tiles")
         self.tokens = tokens
         self.topK = topK
         self.experts = experts
         self.tileRows = tileRows
+        self.tileWidths = tileWidths
         var counts = [Int32](repeating: 0, count: experts)
         for id in ids where id >= 0 {
             precondition(Int(id) < experts, "expert id \(id) out of range 0..<\(experts)")
@@ -63,10 +67,9 @@ public struct RoutingPlan: Sendable, Equatable {
         var tiles: [Tile] = []
         for e in 0..<experts {
             var start = offsets[e]
-            while start < offsets[e + 1] {
-                let count = min(Int32(tileRows), offsets[e + 1] - start)
-                tiles.append(Tile(expert: Int32(e), rowStart: start, rowCount: count))
-                start += count
+            for count in RoutingPlan.tileSizes(rows: Int(counts[e]), tileRows: tileRows, widths: tileWidths) {
+                tiles.append(Tile(expert: Int32(e), rowStart: start, rowCount: Int32(count)))
+                start += Int32(count)
             }
         }
         self.expertCounts = counts
@@ -74,6 +77,53 @@ public struct RoutingPlan: Sendable, Equatable {
         self.sortedToSlot = sortedToSlot
         self.slotToSorted = slotToSorted
         self.tiles = tiles
+    }
+
+    /// The row counts of an expert's tiles, in order: ceil(rows / tileRows) of them. Plain (no widths): tileRows each,
+    /// the last short. Fitted to a GEMM's wgmma widths (ascending, the last tileRows; each tile runs at the narrowest that
+    /// holds it): the tiles whose widths sum least while still holding the rows (260 rows in 192-row tiles with n128 /
+    /// n160 / n192: 128 + 132 rows at n128 + n160 = 288 columns, against 192 + 68 at n192 + n128 = 320). With n tiles the
+    /// slack n · tileRows − rows is under tileRows, so few tiles can be narrower: `fittedNarrowTiles` takes the counts of
+    /// each narrower width whose shortfalls below tileRows sum most within the slack (ties: fewer narrow tiles), and the
+    /// tiles run narrowest first, then full, the last short. The routing kernels' fitted_narrow_tiles is the device's
+    /// copy, loop for loop.
+    public static func tileSizes(rows: Int, tileRows: Int, widths: [Int] = []) -> [Int] {
+        let tiles = (rows + tileRows - 1) / tileRows
+        var planned: [Int] = []
+        for (width, count) in zip(widths, fittedNarrowTiles(rows: rows, tileRows: tileRows, widths: widths)) {
+            planned += Array(repeating: width, count: count)
+        }
+        planned += Array(repeating: tileRows, count: tiles - planned.count)
+        var remaining = rows
+        return planned.map { width in
+            let count = min(width, remaining)
+            remaining -= count
+            return count
+        }
+    }
+
+    /// How many tiles of each width narrower than tileRows (widths' order) a fitted schedule of `rows` runs.
+    static func fittedNarrowTiles(rows: Int, tileRows: Int, widths: [Int]) -> [Int] {
+        let tiles = (rows + tileRows - 1) / tileRows, slack = tiles * tileRows - rows
+        let short = widths.dropLast().map { tileRows - $0 } + [Int](repeating: 0, count: max(0, 4 - widths.count))
+        let narrow = max(0, widths.count - 1)
+        var best = (shortfall: 0, tiles: 0, counts: [0, 0, 0])
+        for a in 0...(narrow > 0 ? min(tiles, slack / short[0]) : 0) {
+            for b in 0...(narrow > 1 ? min(tiles - a, (slack - a * short[0]) / short[1]) : 0) {
+                for c in 0...(narrow > 2 ? min(tiles - a - b, (slack - a * short[0] - b * short[1]) / short[2]) : 0) {
+                    let shortfall = a * short[0] + b * short[1] + c * short[2], count = a + b + c
+                    if shortfall > best.shortfall || (shortfall == best.shortfall && count < best.tiles) {
+                        best = (shortfall, count, [a, b, c])
+                    }
+                }
+            }
+        }
+        return Array(best.counts.prefix(narrow))
+    }
+
+    /// Widths a fitted schedule takes: none, or ascending positive ones ending at tileRows.
+    public static func validWidths(_ widths: [Int], tileRows: Int) -> Bool {
+        widths.isEmpty || (widths.last == tileRows && widths.first! > 0 && zip(widths, widths.dropFirst()).allSatisfy { $0 < $1 })
     }
 
     /// The token a sorted row belongs to.

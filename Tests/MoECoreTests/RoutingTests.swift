@@ -87,6 +87,56 @@ import Testing
         #expect(plan.validate() == nil)
     }
 
+    /// Fitted tiles (RoutingPlan.tileSizes) for every width list a registered kernel has, every row count to 8 tiles:
+    /// ceil(rows / tileRows) tiles covering the rows, each ≤ tileRows and every one but the last a whole width; the
+    /// columns multiplied (each tile at the narrowest width that holds it) never more than plain tiles', and equal to the
+    /// fewest any split into that many tiles reaches (brute force over the widths' multisets).
+    @Test func fittedTilesCoverTheRowsInTheFewestColumns() {
+        let lists: [[Int]] = [[16, 24, 32], [32, 48], [32, 48, 64], [32, 40, 48, 64], [48, 64, 80, 96], [96, 128],
+                              [128, 160, 192], [64, 128, 192]]
+        func columns(_ sizes: [Int], _ widths: [Int]) -> Int {
+            sizes.reduce(0) { sum, size in sum + widths.first { $0 >= size }! }
+        }
+        for widths in lists {
+            let n = widths.last!
+            for rows in 1...(8 * n) {
+                let fitted = RoutingPlan.tileSizes(rows: rows, tileRows: n, widths: widths)
+                let plain = RoutingPlan.tileSizes(rows: rows, tileRows: n)
+                let count = (rows + n - 1) / n
+                #expect(fitted.count == count && plain.count == count, "\(widths) \(rows)")
+                #expect(fitted.reduce(0, +) == rows && fitted.allSatisfy { $0 > 0 && $0 <= n }, "\(widths) \(rows)")
+                #expect(fitted.dropLast().allSatisfy { widths.contains($0) }, "\(widths) \(rows): \(fitted)")
+                #expect(plain.dropLast().allSatisfy { $0 == n } && plain.last! == rows - n * (count - 1))
+                // The fewest columns `count` tiles can reach: the least sum of `count` widths that is ≥ rows.
+                var sums: Set<Int> = [0]
+                for _ in 0..<count { sums = Set(sums.flatMap { s in widths.map { s + $0 } }) }
+                let fewest = sums.filter { $0 >= rows }.min()!
+                #expect(columns(fitted, widths) == fewest, "\(widths) \(rows): \(fitted)")
+                #expect(columns(fitted, widths) <= columns(plain, widths))
+            }
+        }
+        // The example in tileSizes' comment.
+        #expect(RoutingPlan.tileSizes(rows: 260, tileRows: 192, widths: [128, 160, 192]) == [128, 132])
+        #expect(RoutingPlan.tileSizes(rows: 260, tileRows: 192) == [192, 68])
+    }
+
+    @Test func aFittedPlanValidates() {
+        var rng = SeededGenerator(seed: 11)
+        let E = 8, k = 2, T = 700
+        var ids = [Int32]()
+        for _ in 0..<T {
+            let first = Int32(rng.next() % UInt64(E))
+            ids += [first, (first + 1 + Int32(rng.next() % UInt64(E - 1))) % Int32(E)]
+        }
+        let plan = RoutingPlan(topkIds: ids, tokens: T, topK: k, experts: E, tileRows: 96, tileWidths: [48, 64, 80, 96])
+        #expect(plan.validate() == nil, "\(plan.validate() ?? "")")
+        let plain = RoutingPlan(topkIds: ids, tokens: T, topK: k, experts: E, tileRows: 96)
+        #expect(plan.tiles.count == plain.tiles.count && plan.tiles != plain.tiles)
+        #expect(plan.sortedToSlot == plain.sortedToSlot)
+        #expect(!RoutingPlan.validWidths([64, 48, 96], tileRows: 96) && !RoutingPlan.validWidths([48, 64], tileRows: 96))
+        #expect(RoutingPlan.validWidths([], tileRows: 96) && RoutingPlan.validWidths([48, 64, 80, 96], tileRows: 96))
+    }
+
     @Test func validateCatchesABrokenPlan() {
         var plan = RoutingPlan(topkIds: [0, 1, 1, 0], tokens: 2, topK: 2, experts: 2, tileRows: 4)
         #expect(plan.validate() == nil)

@@ -75,6 +75,9 @@ typedef struct MoETrace {
     int phase;
 } MoETrace;
 
+/// Widths a fitted tile schedule chooses from (MoERoutingParams.tileWidths): the most any registered kernel has.
+#define MOE_TILE_WIDTHS 4
+
 /// Router GEMM, top-k and the routing plan (DESIGN §3 steps 1–3).
 typedef struct MoERoutingParams {
     MoEDevicePointer x;             ///< [T, H] bf16
@@ -103,6 +106,7 @@ typedef struct MoERoutingParams {
     int maxTiles;     ///< static bound on the number of tiles (grid size of the GEMMs)
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
+    int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 

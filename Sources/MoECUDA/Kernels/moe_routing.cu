@@ -174,6 +174,68 @@ MOE_DEVICE int block_exclusive_scan(int value, int *scratch, int *total) {
     return result;
 }
 
+/// A fitted tile schedule (p.tileWidths: the GEMM's wgmma widths, ascending, the last tileRows): how many of an
+/// expert's ceil(rows / tileRows) tiles run at each narrower width, `narrow[i]` for width i. RoutingPlan.tileSizes says
+/// why and is the host's copy, loop for loop: the counts whose shortfalls below tileRows sum most within the slack
+/// tiles · tileRows − rows (ties: fewer narrow tiles). No widths: none narrower.
+MOE_DEVICE void fitted_narrow_tiles(const MoERoutingParams &p, int rows, int (&narrow)[MOE_TILE_WIDTHS - 1]) {
+    const int tileRows = p.tileRows, tiles = (rows + tileRows - 1) / tileRows, slack = tiles * tileRows - rows;
+    int widths = 0;
+    while (widths < MOE_TILE_WIDTHS && p.tileWidths[widths] > 0) ++widths;
+    const int count = max(0, widths - 1);
+    int shortBy[MOE_TILE_WIDTHS - 1];
+#pragma unroll
+    for (int i = 0; i < MOE_TILE_WIDTHS - 1; ++i) {
+        shortBy[i] = i < count ? tileRows - p.tileWidths[i] : 0;
+        narrow[i] = 0;
+    }
+    int bestShortfall = 0, bestTiles = 0;
+    const int aEnd = count > 0 ? min(tiles, slack / shortBy[0]) : 0;
+    for (int a = 0; a <= aEnd; ++a) {
+        const int bEnd = count > 1 ? min(tiles - a, (slack - a * shortBy[0]) / shortBy[1]) : 0;
+        for (int b = 0; b <= bEnd; ++b) {
+            const int cEnd = count > 2 ? min(tiles - a - b, (slack - a * shortBy[0] - b * shortBy[1]) / shortBy[2]) : 0;
+            for (int c = 0; c <= cEnd; ++c) {
+                const int shortfall = a * shortBy[0] + b * shortBy[1] + c * shortBy[2], used = a + b + c;
+                if (shortfall > bestShortfall || (shortfall == bestShortfall && used < bestTiles)) {
+                    bestShortfall = shortfall;
+                    bestTiles = used;
+                    narrow[0] = a;
+                    narrow[1] = b;
+                    narrow[2] = c;
+                }
+            }
+        }
+    }
+}
+
+/// Writes an expert's tiles (`rows` sorted rows from rowBase, tiles from index tileBase, none at or past maxTiles):
+/// the fitted ones narrowest first, then full ones, the last short. Width classes in an unrolled loop, so `narrow` stays
+/// in registers (indexed by a running class it took a stack frame in every routing kernel).
+MOE_DEVICE void write_expert_tiles(const MoERoutingParams &p, MoETile *tiles, int expert, int rowBase, int rows, int tileBase) {
+    int narrow[MOE_TILE_WIDTHS - 1] = {};
+    if (p.tileWidths[0] > 0) fitted_narrow_tiles(p, rows, narrow);
+    int start = 0;
+#pragma unroll
+    for (int i = 0; i < MOE_TILE_WIDTHS; ++i) {
+        const bool full = i == MOE_TILE_WIDTHS - 1;
+        const int size = full ? p.tileRows : p.tileWidths[i];
+        for (int j = 0; start < rows && (full || j < narrow[i]); ++j) {
+            const int rowCount = min(size, rows - start);
+            if (tileBase < p.maxTiles) {
+                MoETile tile;
+                tile.expert = expert;
+                tile.rowStart = rowBase + start;
+                tile.rowCount = rowCount;
+                tile.reserved = 0;
+                tiles[tileBase] = tile;
+            }
+            ++tileBase;
+            start += rowCount;
+        }
+    }
+}
+
 /// One block: expert offsets (shared `offsets` and p.expertOffsets) and the tile schedule from the per-expert row
 /// counts in shared memory; each thread takes a contiguous run of experts. Thread 0 also writes the totals.
 MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, int *offsets, int *scratch) {
@@ -193,17 +255,8 @@ MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, 
         const int c = counts[expert];
         offsets[expert] = rowBase;
         ((int *)p.expertOffsets)[expert] = rowBase;
-        for (int start = 0; start < c; start += p.tileRows) {
-            if (tileBase < p.maxTiles) {
-                MoETile tile;
-                tile.expert = expert;
-                tile.rowStart = rowBase + start;
-                tile.rowCount = min(p.tileRows, c - start);
-                tile.reserved = 0;
-                tiles[tileBase] = tile;
-            }
-            ++tileBase;
-        }
+        write_expert_tiles(p, tiles, expert, rowBase, c, tileBase);
+        tileBase += (c + p.tileRows - 1) / p.tileRows;
         rowBase += c;
     }
     if (threadIdx.x == 0) {
@@ -282,17 +335,8 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     for (int e = e0; e < e1; ++e) {
         const int c = total(e);
         offsets[e] = rowBase;
-        for (int start = 0; start < c; start += rowsPerTile) {
-            if (tileBase < p.maxTiles) {
-                MoETile t;
-                t.expert = e;
-                t.rowStart = rowBase + start;
-                t.rowCount = min(rowsPerTile, c - start);
-                t.reserved = 0;
-                tiles[tileBase] = t;
-            }
-            ++tileBase;
-        }
+        write_expert_tiles(p, tiles, e, rowBase, c, tileBase);
+        tileBase += (c + rowsPerTile - 1) / rowsPerTile;
         rowBase += c;
     }
     if (threadIdx.x == 0) {
