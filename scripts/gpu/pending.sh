@@ -6,7 +6,8 @@
 #           several tiles), then with the rounded 192-token kernel against the plain one past 5375 tokens (tensor work
 #           by tile_widths.py --fitted: 1.062 / 1.033 / 1.016 of the rows against 1.121 / 1.067 / 1.032 at 8192 /
 #           16384 / 32768; predicted −1.5 to −3%, −1 to −1.6%, −0.5 to −0.8%), and on gpt-oss-20b (2048: 1.059 against
-#           1.117; the 96-token kernel at 768 / 1024: 1.083 / 1.059 against the defaults' 1.156 / 1.102).
+#           1.117; the 96-token kernel at 768 / 1024: 1.083 / 1.059 against the defaults' 1.156 / 1.102). Last, the
+#           ring counters build (MOE_CUDA_RING_COUNTERS=1: 1–3 of ~100 instructions a chunk fewer; predicted 0 to −1%).
 # Earlier parts ran as runs 45–90 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -34,6 +35,7 @@ case $part in
         bash $D bench20b
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@512,2048,8192" bash $D abenv
         NCU_KERNEL=registered NCU_VARIANT=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 NCU_TOKENS=2048 bash $D ncudecoded
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_RING_COUNTERS=1@1024,2048,8192" bash $D abenv
         bash $D epcheck
         ;;
     *) echo "usage: pending.sh s49 [SECONDS]" >&2; exit 2 ;;

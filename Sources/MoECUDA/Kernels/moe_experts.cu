@@ -30,6 +30,10 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
+// A/B build (MOE_CUDA_RING_COUNTERS=1): the registered consumers keep their ring slot and phase as counters.
+#ifndef MOE_RING_COUNTERS
+#define MOE_RING_COUNTERS 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -1070,11 +1074,11 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot, int phase,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
+    mbarrier_wait_parity(fullBarriers + 8 * slot, phase);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
     const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
@@ -1118,10 +1122,26 @@ MOE_DEVICE void registered_consume(
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
+#if MOE_RING_COUNTERS
+    // The slot and its FULL phase as counters (a wrap a ring), not g % L and (g / L) & 1: a multiply-high, a shift and a
+    // multiply-add a chunk fewer with L = 6 (MOE_CUDA_RING_COUNTERS=1, session 26).
+    int slot = 0, phase = 0;
+#pragma unroll 1
+    for (int g = 0; g < p.chunks; ++g) {
+        registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
+            p, acc, a, g, slot, phase, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
+        if (++slot == LOADS) {
+            slot = 0;
+            phase ^= 1;
+        }
+    }
+#else
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
+            p, acc, a, g, g % LOADS, (g / LOADS) & 1, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup,
+            lane, fullBarriers);
+#endif
 #endif
 }
 
