@@ -6,8 +6,10 @@
 #           several tiles), then with the rounded 192-token kernel against the plain one past 5375 tokens (tensor work
 #           by tile_widths.py --fitted: 1.062 / 1.033 / 1.016 of the rows against 1.121 / 1.067 / 1.032 at 8192 /
 #           16384 / 32768; predicted −1.5 to −3%, −1 to −1.6%, −0.5 to −0.8%), and on gpt-oss-20b (2048: 1.059 against
-#           1.117; the 96-token kernel at 768 / 1024: 1.083 / 1.059 against the defaults' 1.156 / 1.102). Last, the
-#           ring counters build (MOE_CUDA_RING_COUNTERS=1: 1–3 of ~100 instructions a chunk fewer; predicted 0 to −1%).
+#           1.117; the 96-token kernel at 768 / 1024: 1.083 / 1.059 against the defaults' 1.156 / 1.102), and on 120b
+#           the 96-token kernel fitted against the 128-token default at 2688 / 3072 (1.082 / 1.078 against 1.176 /
+#           1.151, but more tiles). Then s48's hand-over, and the ring counters build (MOE_CUDA_RING_COUNTERS=1: 1–3 of
+#           ~100 instructions a chunk fewer; predicted 0 to −1%).
 # Earlier parts ran as runs 45–90 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -29,13 +31,15 @@ case $part in
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_FIT_TILES=1+MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@5376,8192,16384,32768" bash $D abenv
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_FIT_TILES=1+MOE_CUDA_GEMM=registered_1_192_4_3_1_1_2_1_0_16_0_1_1@1344,2048,4096,8192 MOE_CUDA_FIT_TILES=1+MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@768,1024" bash $D abenv
         BENCH_TOKENS=1,8,32,128,200,256,512,736,1024,1536,2048,2560,3072,3200,4096,5376,8192,16384,32768 bash $D bench
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_FIT_TILES=1+MOE_CUDA_GEMM=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1@2688,3072" bash $D abenv
+        MOE_CUDA_FIT_TILES=1 bash $D epcheck
         MOE_CUDA_HANDOVER_REGISTERED=1 bash $D check
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@256,512,1024" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_RING_COUNTERS=1@1024,2048,8192" bash $D abenv
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1@1088,1280,1407" bash $D abenv
         bash $D bench20b
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@512,2048,8192" bash $D abenv
         NCU_KERNEL=registered NCU_VARIANT=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 NCU_TOKENS=2048 bash $D ncudecoded
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_RING_COUNTERS=1@1024,2048,8192" bash $D abenv
         bash $D epcheck
         ;;
     *) echo "usage: pending.sh s49 [SECONDS]" >&2; exit 2 ;;
