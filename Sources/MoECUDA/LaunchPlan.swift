@@ -113,11 +113,14 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// the 256-token kernel forced +4.0 to +5.3% at 12288–32768 and +3.0 to +7.7% on gpt-oss-20b at 1024–8192 (gone);
     /// the 128-token one +9.1 / +8.8% at 4096; this one against the 128-token default +2.3 / +1.4% at 2816, −2.6 /
     /// −2.7% at 3328, −3.9 / −4.7% at 3584. Six load slots: +0.6 / +0.2% at 4096, −0.0 / −2.6% at 6144, +1.3 / −1.2% at
-    /// 8192 (gone).
+    /// 8192 (gone). Chosen nowhere since session 26: the rounded form with fitted tiles beat it at 5376–32768 (run 91);
+    /// kept for A/B runs (MOE_CUDA_GEMM).
     case registered_1_192_4_3_1_1_2_1_0_0_0_1_1
-    /// The same with rounded widths (n128, n160, n192; `roundedWidths`), 3200–5375 tokens: run 89, −3.1 / −3.3% at 4096,
-    /// +3.9 / +1.7% at 8192 against the plain form; run 90, the plain form forced +3.3 / +2.0% at 4608, +1.6 / +1.1% at
-    /// 5120, this one forced +2.1 / +2.1% at 5632, +4.4 / +1.6% at 6144.
+    /// The same with rounded widths (n128, n160, n192; `roundedWidths`), 3200 tokens and more: run 89, −3.1 / −3.3% at
+    /// 4096, +3.9 / +1.7% at 8192 against the plain form; run 90, the plain form forced +3.3 / +2.0% at 4608, +1.6 /
+    /// +1.1% at 5120, this one forced +2.1 / +2.1% at 5632, +4.4 / +1.6% at 6144 (plain tiles). With fitted tiles
+    /// (LaunchPlan.tileWidths; run 91) against the plain form: −2.8 / −2.9% at 5376, −2.4 / −2.0% at 8192, −3.4 / −0.6%
+    /// at 16384, −1.0 / −0.1% at 32768.
     case registered_1_192_4_3_1_1_2_1_0_16_0_1_1
 
     public enum Kind: String, Sendable { case resident, staged, warpgroup, decoded, registered }
@@ -286,11 +289,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case ...2687 where hopper:
             return (.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)
-        // 192-token tiles: rounded widths (n128, n160, n192) while an expert's rows mostly fit one tile; past ~168 rows
-        // an expert (5376 tokens of 120b) its second tile is short and n64 pays (runs 89–90).
-        case 3200...5375 where hopper:
+        // 192-token tiles at rounded widths (n128, n160, n192). Past ~168 rows an expert (5376 tokens of 120b) its
+        // second tile was short and the plain kernel's n64 paid (runs 89–90); with fitted tiles (LaunchPlan.tileWidths)
+        // the rounded kernel beats the plain one there too (run 91), so the plain kernel is chosen nowhere.
+        case 3200... where hopper:
             return (.registered_1_192_4_3_1_1_2_1_0_16_0_1_1, .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
-        case 5376... where hopper: return (.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
         default:
             return hopper
                 ? (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1) : (.staged_1_8_8_2, .staged_1_8_8_2)
@@ -489,13 +492,14 @@ public struct LaunchPlan: Sendable, Equatable {
         if registeredKernels { return LaunchPlan.registeredHandOverRequested }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
     }
-    /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule), where
-    /// `MOE_CUDA_FIT_TILES=1` asks: an expert's tiles keep their count but each takes the narrowest width that leaves the
-    /// rest coverable by full tiles. By arithmetic (uniform routing, docs/bench-cuda.md "Session 26") the 192-token
-    /// kernel's n128 / n160 / n192 then multiply 1.059 of the rows at 8192 tokens of gpt-oss-120b against the plain
-    /// kernel's 1.119 (1.25 unfitted), and gpt-oss-20b's 96-token kernel 1.089 against 1.25 at 768.
-    public var tileWidths: [Int] { LaunchPlan.fitTilesRequested ? gemm1Variant.wgmmaWidths : [] }
-    static let fitTilesRequested = currentEnvironment("MOE_CUDA_FIT_TILES") == "1"
+    /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule): an expert's
+    /// tiles keep their count but take the widths that sum least while holding its rows (260 rows in 192-row tiles:
+    /// 128 + 132 at n128 + n160, not 192 + 68 at n192 + n128). With the rounded 192-token kernel against the plain one,
+    /// two rounds (session 26, run 91, H100): gpt-oss-120b −2.8 / −2.9% at 5376 tokens, −2.4 / −2.0% at 8192, −3.4 /
+    /// −0.6% at 16384, −1.0 / −0.1% at 32768; gpt-oss-20b −3.2 / −0.8% at 1344, −0.2 / −0.8% at 2048, −2.9 / −2.1% at
+    /// 4096, −1.2 / −1.0% at 8192. `MOE_CUDA_FIT_TILES=0` turns it off (plain tiles: tileRows each, the last short).
+    public var tileWidths: [Int] { LaunchPlan.fitTilesSwitch ? gemm1Variant.wgmmaWidths : [] }
+    static let fitTilesSwitch = currentEnvironment("MOE_CUDA_FIT_TILES") != "0"
     /// Both GEMMs are registered kernels, so a hand-over launches their `_handover` entry points.
     public var registeredHandOver: Bool { registeredKernels && tileHandOver }
     private var registeredKernels: Bool { gemm1Variant.kind == .registered && gemm2Variant.kind == .registered }

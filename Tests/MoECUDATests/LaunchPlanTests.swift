@@ -57,7 +57,7 @@ import Testing
     #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
     #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1 && small(799) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
     #expect(small(800) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1 && small(1343) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
-    #expect(small(1344) == .registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
+    #expect(small(1344) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
     #expect(small(512, hopper: false) == .staged_2_4_8_2 && small(513, hopper: false) == .staged_1_8_8_2)
     #expect(small(128, byRows: false) == .resident_1_1_8_1_3 && small(287, byRows: false) == thirtyTwo)
     #expect(small(64, hopper: false) == .resident_1_1_8_1_3 && small(65, hopper: false) == .staged_2_4_8_2)
@@ -103,11 +103,10 @@ import Testing
     #expect(GemmVariant.choose(tokens: 2688) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
     #expect(GemmVariant.choose(tokens: 3199) == (.registered_1_128_4_4_1_1_2_1_0_16_0_1_1, .registered_1_128_4_4_1_1_2_1_0_16_0_1_1))
     // Runs 84–85: 192-token tiles from 3072; runs 89–90: from 3200, with rounded widths (n128, n160, n192) to 5375,
-    // n64 / n128 / n192 beyond.
+    // n64 / n128 / n192 beyond; run 91: rounded widths with fitted tiles at every size from 3200.
     let roundedPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
-    let oneNinetyTwoPair = (GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1, GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1)
     #expect(GemmVariant.choose(tokens: 3200) == roundedPair && GemmVariant.choose(tokens: 5375) == roundedPair)
-    #expect(GemmVariant.choose(tokens: 5376) == oneNinetyTwoPair && GemmVariant.choose(tokens: 32768) == oneNinetyTwoPair)
+    #expect(GemmVariant.choose(tokens: 5376) == roundedPair && GemmVariant.choose(tokens: 32768) == roundedPair)
     #expect(GemmVariant.choose(tokens: 32768).gemm1.usesTensorCopies && GemmVariant.choose(tokens: 1280).gemm1.roundedWidths)
     #expect(GemmVariant.choose(tokens: 32768, hopper: false) == (.staged_1_8_8_2, .staged_1_8_8_2))
     #expect(!GemmVariant.choose(tokens: 4096, hopper: false).gemm1.needsHopper)
@@ -156,6 +155,20 @@ import Testing
     #expect(narrow64.blocksPerSM == 2 && narrow64.warps == 16 && narrow64.rowGroupsPerBlock == 12 && narrow64.tileRows == 64)
     #expect(narrow64.roundedWidths && four.roundedWidths && !oneNinetyTwo.roundedWidths && narrow64.consumerWarpgroups == 3)
     #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && oneNinetyTwo.fragmentBuffers == 2)
+    // The widths each registered kernel multiplies at (gemm_registered's lists), which fitted tiles take.
+    #expect(narrow64.wgmmaWidths == [32, 48, 64] && four.wgmmaWidths == [96, 128] && oneNinetyTwo.wgmmaWidths == [64, 128, 192])
+    #expect(GemmVariant.registered_1_32_4_3_1_1_2_1_0_24_0_2_1.wgmmaWidths == [16, 24, 32])
+    #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.wgmmaWidths == [48, 64, 80, 96])
+    #expect(GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1.wgmmaWidths == [128, 160, 192])
+    #expect(GemmVariant.registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1.wgmmaWidths == [32, 40, 48, 64])
+    #expect(GemmVariant.resident_1_1_8_1_3.wgmmaWidths.isEmpty && GemmVariant.staged_1_8_8_2.wgmmaWidths.isEmpty)
+    for variant in GemmVariant.allCases where variant.kind == .registered {
+        #expect(RoutingPlan.validWidths(variant.wgmmaWidths, tileRows: variant.tileRows) && !variant.wgmmaWidths.isEmpty, "\(variant)")
+        #expect(variant.wgmmaWidths.count <= Int(MOE_TILE_WIDTHS), "\(variant)")
+    }
+    #expect(LaunchPlan(tokens: 8192, config: MoEPreset.gptOss120b.config).tileWidths
+        == (LaunchPlan.fitTilesSwitch ? [128, 160, 192] : []))
+    #expect(LaunchPlan(tokens: 1, config: MoEPreset.gptOss120b.config).tileWidths.isEmpty)
     #expect(narrow64.sharedBytes(k: 2880, residentRows: 64) == 1024 + 4 * 16 * 1024 + 4 * 16)
     #expect(2 * narrow64.sharedBytes(k: 2880, residentRows: 64) <= 227 * 1024)
     #expect(four.blocksPerSM == 1 && oneNinetyTwo.blocksPerSM == 1)

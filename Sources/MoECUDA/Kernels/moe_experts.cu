@@ -30,10 +30,6 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
-// A/B build (MOE_CUDA_RING_COUNTERS=1): the registered consumers keep their ring slot and phase as counters.
-#ifndef MOE_RING_COUNTERS
-#define MOE_RING_COUNTERS 0
-#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -1113,6 +1109,8 @@ MOE_DEVICE void registered_chunk(
 /// The registered kernel's consumer loop: registered_chunk for every chunk. Unrolled by the ring depth (constant slots
 /// and descriptor offsets), ptxas serialises the wgmma of any kernel with two widths, and with one width it lost 3–11%
 /// at 768–2048 tokens (sessions 20–21, runs 70–71).
+/// The slot and its phase as counters rather than g % L and (g / L) & 1 took 2–3 instructions a loop fewer and lost
+/// (+0.9 / +0.8% at 2048 tokens; session 26, run 92).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
@@ -1122,26 +1120,11 @@ MOE_DEVICE void registered_consume(
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
     const unsigned long long descriptorHigh = wgmma_descriptor_swizzled(0) & ~0xFFFFFFFFull;
     const u32 descriptorLow = (u32)wgmma_descriptor_swizzled(sharedBase);
-#if MOE_RING_COUNTERS
-    // The slot and its FULL phase as counters (a wrap a ring), not g % L and (g / L) & 1: a multiply-high, a shift and a
-    // multiply-add a chunk fewer with L = 6 (MOE_CUDA_RING_COUNTERS=1, session 26).
-    int slot = 0, phase = 0;
-#pragma unroll 1
-    for (int g = 0; g < p.chunks; ++g) {
-        registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, slot, phase, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
-        if (++slot == LOADS) {
-            slot = 0;
-            phase ^= 1;
-        }
-    }
-#else
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
             p, acc, a, g, g % LOADS, (g / LOADS) & 1, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup,
             lane, fullBarriers);
-#endif
 #endif
 }
 
