@@ -485,9 +485,10 @@ public struct LaunchPlan: Sendable, Equatable {
     /// BENCHMARKS.md session 4): −2.7% at 8 tokens (GEMM 1 in 5.1 waves), +0.8…+1.4% at 32–256 (14+ waves, where
     /// the last wave matters less than the per-block signal and wait), so only up to tileHandOverMaxTokens.
     /// The registered kernels hand over too where `MOE_CUDA_HANDOVER_REGISTERED=1` asks (their `_handover` entry
-    /// points): built in session 25 for grids of few waves (gpt-oss-20b at 512 tokens: GEMM 2's 9 × 32 blocks and GEMM
-    /// 1's 18 × 32 over 132 SMs at one block an SM are 2.2 and 4.4 waves; an expert-parallel rank holds E / R experts),
-    /// never run; `pending.sh s48` checks and measures it.
+    /// points), built in session 25 for grids of few waves. Session 26 (runs 91–92, H100, two rounds): gpt-oss-20b
+    /// −3.5 / −3.5% at 256 tokens, −2.1 / −1.8% at 512, −2.2 / −1.7% at 1024 (GEMM 1 in 3.6–7.3 waves); gpt-oss-120b
+    /// +1.4 / +2.1% at 512, +4.6 / +4.5% at 2048, +1.4 / −0.1% at 8192 (14.5 waves and more). Opt-in until a rule by
+    /// waves (which needs the device's SM count here) is measured.
     public var tileHandOver: Bool {
         if registeredKernels { return LaunchPlan.registeredHandOverRequested }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
