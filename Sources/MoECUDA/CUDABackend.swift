@@ -257,7 +257,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     static func launchPlan(tokens: Int, config: MoEConfig, options: Options, device: CUDADevice) -> LaunchPlan {
         LaunchPlan(
             tokens: tokens, config: config, variant: options.gemmVariant, gemm2: options.gemm2Variant,
-            hopper: device.architecture == "sm_90a")
+            hopper: device.architecture == "sm_90a", multiprocessors: device.multiprocessors)
     }
 
     /// Drops every bucket (and its graphs): after changing `options.gemmVariant`.

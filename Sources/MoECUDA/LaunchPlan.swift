@@ -410,9 +410,16 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// `variant` forces one kernel for both GEMMs, `gemm2` one for GEMM 2 alone (ignored unless its tile rows are GEMM
     /// 1's); `hopper`: the device has sm_90a (wgmma) kernels.
-    public init(tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, gemm2: GemmVariant? = nil, hopper: Bool = true) {
+    /// The device's SMs (132 on the H100 and H200): how many blocks a wave holds (gemm1Waves).
+    public let multiprocessors: Int
+
+    public init(
+        tokens: Int, config: MoEConfig, variant: GemmVariant? = nil, gemm2: GemmVariant? = nil, hopper: Bool = true,
+        multiprocessors: Int = 132
+    ) {
         self.tokens = tokens
         self.config = config
+        self.multiprocessors = max(1, multiprocessors)
         let chosen = GemmVariant.choose(tokens: tokens, experts: config.experts, topK: config.topK, hopper: hopper)
         let first = variant ?? chosen.gemm1
         gemm1Variant = first
@@ -484,14 +491,25 @@ public struct LaunchPlan: Sendable, Equatable {
     /// (per-tile counters) instead of after all of GEMM 1, filling GEMM 1's last wave. Measured (H200, gpt-oss-120b,
     /// BENCHMARKS.md session 4): −2.7% at 8 tokens (GEMM 1 in 5.1 waves), +0.8…+1.4% at 32–256 (14+ waves, where
     /// the last wave matters less than the per-block signal and wait), so only up to tileHandOverMaxTokens.
-    /// The registered kernels hand over too where `MOE_CUDA_HANDOVER_REGISTERED=1` asks (their `_handover` entry
-    /// points), built in session 25 for grids of few waves. Session 26 (runs 91–92, H100, two rounds): gpt-oss-20b
-    /// −3.5 / −3.5% at 256 tokens, −2.1 / −1.8% at 512, −2.2 / −1.7% at 1024 (GEMM 1 in 3.6–7.3 waves); gpt-oss-120b
-    /// +1.4 / +2.1% at 512, +4.6 / +4.5% at 2048, +1.4 / −0.1% at 8192 (14.5 waves and more). Opt-in until a rule by
-    /// waves (which needs the device's SM count here) is measured.
+    /// The registered kernels hand over too (their `_handover` entry points) where GEMM 1 runs at most
+    /// registeredHandOverMaxWaves waves (`gemm1Waves`). Session 26 (runs 91–92, H100, two rounds, forced on):
+    /// gpt-oss-20b −3.5 / −3.5% at 256 tokens, −2.1 / −1.8% at 512, −2.2 / −1.7% at 1024 (GEMM 1 in 3.6 / 4.4 / 7.3
+    /// waves); gpt-oss-120b +1.4 / +2.1% at 512, +4.6 / +4.5% at 2048, +1.4 / −0.1% at 8192 (14.5 waves and more).
+    /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {
-        if registeredKernels { return LaunchPlan.registeredHandOverRequested }
+        if registeredKernels {
+            return LaunchPlan.registeredHandOverSwitch.map { $0 == "1" } ?? (gemm1Waves <= LaunchPlan.registeredHandOverMaxWaves)
+        }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
+    }
+    /// GEMM 1's waves by arithmetic: its row blocks times the tiles routing spread evenly would give (every expert
+    /// ceil(slots / E) rows, in ceil(rows / tile rows) tiles), over the blocks the device holds at once
+    /// (multiprocessors × the kernel's blocks an SM).
+    public var gemm1Waves: Double {
+        let rows = (slots + config.experts - 1) / config.experts
+        let tiles = min(config.experts, slots) * max(1, (rows + tileRows - 1) / tileRows)
+        let resident = multiprocessors * (gemm1Variant.kind == .registered ? gemm1Variant.blocksPerSM : 1)
+        return Double(gemm1Shape.grid.x * tiles) / Double(resident)
     }
     /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule): an expert's
     /// tiles keep their count but take the widths that sum least while holding its rows (260 rows in 192-row tiles:
@@ -505,7 +523,9 @@ public struct LaunchPlan: Sendable, Equatable {
     public var registeredHandOver: Bool { registeredKernels && tileHandOver }
     private var registeredKernels: Bool { gemm1Variant.kind == .registered && gemm2Variant.kind == .registered }
     static let tileHandOverMaxTokens = 8
-    static let registeredHandOverRequested = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"
+    static let registeredHandOverSwitch = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED")
+    /// Between the measured wins (7.3 waves) and losses (14.5).
+    static let registeredHandOverMaxWaves = 8.0
 
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).

@@ -331,21 +331,34 @@ import Testing
 }
 
 /// GEMM 2 takes GEMM 1's tiles one by one where both run resident kernels (same tile schedule, per-tile counters) and
-/// GEMM 1's last wave is a large share of it (decode sizes up to 8 tokens); with registered kernels only where
-/// `MOE_CUDA_HANDOVER_REGISTERED=1` asks (unmeasured), through their `_handover` entry points.
-@Test func gemm2TakesTilesOneByOneOnlyWithResidentKernels() {
+/// GEMM 1's last wave is a large share of it (decode sizes up to 8 tokens); with registered kernels where GEMM 1 runs
+/// at most 8 waves by arithmetic (gemm1Waves; `MOE_CUDA_HANDOVER_REGISTERED` forces it), through their `_handover`
+/// entry points.
+@Test func gemm2TakesTilesOneByOneWhereGemm1RunsFewWaves() {
     let config = MoEPreset.gptOss120b.config
     #expect(LaunchPlan(tokens: 1, config: config).tileHandOver)
     #expect(LaunchPlan(tokens: 8, config: config).tileHandOver)
     #expect(!LaunchPlan(tokens: 9, config: config).tileHandOver)
     #expect(!LaunchPlan(tokens: 8, config: config).registeredHandOver)
     #expect(!LaunchPlan(tokens: 199, config: config).tileHandOver)
-    #expect(LaunchPlan.registeredHandOverRequested == (currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED") == "1"))
-    for tokens in [256, 512, 2048, 8192] {
-        let plan = LaunchPlan(tokens: tokens, config: config)
-        #expect(plan.gemm1Variant.kind == .registered && plan.tileHandOver == LaunchPlan.registeredHandOverRequested, "T=\(tokens)")
-        #expect(plan.registeredHandOver == LaunchPlan.registeredHandOverRequested, "T=\(tokens)")
+    // Session 26's measured points, by the arithmetic of gemm1Waves on 132 SMs: 20b 3.6 / 4.4 / 7.3 waves at 256 / 512 /
+    // 1024 tokens (won), 120b 14.5 and more at 512 / 2048 / 8192 (lost).
+    let small = MoEPreset.gptOss20b.config
+    let waves = [256, 512, 1024].map { LaunchPlan(tokens: $0, config: small).gemm1Waves }
+    #expect(abs(waves[0] - 960.0 / 264) < 1e-9 && abs(waves[1] - 576.0 / 132) < 1e-9 && abs(waves[2] - 960.0 / 132) < 1e-9, "\(waves)")
+    #expect(LaunchPlan(tokens: 512, config: config).gemm1Waves > 14 && LaunchPlan(tokens: 2048, config: config).gemm1Waves > 17)
+    let forced = LaunchPlan.registeredHandOverSwitch
+    for tokens in [256, 512, 1024] {
+        let plan = LaunchPlan(tokens: tokens, config: small)
+        #expect(plan.registeredHandOver == (forced.map { $0 == "1" } ?? true), "20b T=\(tokens)")
     }
+    for tokens in [256, 512, 2048, 8192, 32768] {
+        let plan = LaunchPlan(tokens: tokens, config: config)
+        #expect(plan.gemm1Variant.kind == .registered && plan.registeredHandOver == (forced.map { $0 == "1" } ?? false), "T=\(tokens)")
+    }
+    // An expert-parallel rank's share or a smaller GPU changes the waves: half the SMs, twice the waves.
+    let half = LaunchPlan(tokens: 1024, config: small, multiprocessors: 66)
+    #expect(abs(half.gemm1Waves - 2 * waves[2]) < 1e-9 && half.registeredHandOver == (forced.map { $0 == "1" } ?? false))
 }
 
 /// GEMM 2 can be forced alone (experiments), but never onto a tile schedule of another height.

@@ -2,7 +2,9 @@
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
 #   s50:    (not yet run) session 26's final defaults (fitted tiles for every registered kernel, the rounded 192-token
 #           kernel from 3200 tokens; run 91 measured each against the plain 192-token kernel at 5376–32768 but not the
-#           whole): checked, benched on 120b and 20b, ep-checked; the 64-token kernel with n32 / n40 / n48 / n64 against
+#           whole; the registered hand-over where GEMM 1 runs ≤ 8 waves: gpt-oss-20b at 50–1536 tokens): checked,
+#           benched on 120b and 20b, ep-checked; the hand-over forced off on 20b at 64 / 200 / 700 / 1280 (unmeasured
+#           sizes; predicted +1 to +4%); the 64-token kernel with n32 / n40 / n48 / n64 against
 #           n32 / n48 / n64 (built in session 25, never run; tile_widths.py: 1.11 of the rows against 1.16–1.23;
 #           predicted −1 to −3%); the 96-token kernel's GEMM 1 under ncu at 2048 (run 85's tensor pipe 56%).
 # Earlier parts ran as runs 45–91 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
@@ -24,6 +26,7 @@ case $part in
         BENCH_TOKENS=1,8,32,128,200,256,512,736,1024,1536,2048,2560,3072,3200,4096,5376,8192,16384,32768 bash $D bench
         bash $D bench20b
         bash $D epcheck
+        AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=0@64,200,700,1280" bash $D abenv
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1@1088,1280,1407" bash $D abenv
         NCU_KERNEL=registered NCU_VARIANT=registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 NCU_TOKENS=2048 bash $D ncudecoded
         ;;
