@@ -58,8 +58,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n32, n48, n64 since session 25 (`roundedWidths`; n32 / n64 until then): run 89, −4.9 / −4.0% at
     /// 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408.
     case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
-    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`): built in session 25 for `pending.sh
-    /// s48`'s A/B, never run (by `tile_widths.py` 1.11 of the rows at 1088–1407 against 1.16–1.23).
+    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`): built in session 25, never run
+    /// (run 91's deadline cut its A/B; `pending.sh s50` has it); by `tile_widths.py` 1.11 of the rows at 1088–1407
+    /// against 1.16–1.23.
     case registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
