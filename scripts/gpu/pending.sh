@@ -7,7 +7,7 @@
 #           sizes; predicted +1 to +4%); the 64-token kernel with n32 / n40 / n48 / n64 against
 #           n32 / n48 / n64 (built in session 25, never run; tile_widths.py: 1.11 of the rows against 1.16–1.23;
 #           predicted −1 to −3%); the 96-token kernel's GEMM 1 under ncu at 2048 (run 85's tensor pipe 56%).
-# Earlier parts ran as runs 45–91 (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
+# Earlier parts ran as runs 45–91 (run 92 was a direct device-check.sh abenv) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
 # a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc; s48 was folded into s49), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file

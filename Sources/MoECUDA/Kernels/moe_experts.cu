@@ -1070,11 +1070,11 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot, int phase,
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
     const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    mbarrier_wait_parity(fullBarriers + 8 * slot, phase);
+    mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
     const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
@@ -1123,8 +1123,7 @@ MOE_DEVICE void registered_consume(
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, g % LOADS, (g / LOADS) & 1, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup,
-            lane, fullBarriers);
+            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
 #endif
 }
 

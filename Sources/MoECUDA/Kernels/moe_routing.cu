@@ -210,9 +210,10 @@ MOE_DEVICE void fitted_narrow_tiles(const MoERoutingParams &p, int rows, int (&n
 }
 
 /// Writes an expert's tiles (`rows` sorted rows from rowBase, tiles from index tileBase, none at or past maxTiles):
-/// the fitted ones narrowest first, then full ones, the last short. Width classes in an unrolled loop, so `narrow` stays
-/// in registers (indexed by a running class it took a stack frame in every routing kernel).
-MOE_DEVICE void write_expert_tiles(const MoERoutingParams &p, MoETile *tiles, int expert, int rowBase, int rows, int tileBase) {
+/// the fitted ones narrowest first, then full ones, the last short; returns the index after them (tileBase plus
+/// ceil(rows / tileRows)). Width classes in an unrolled loop, so `narrow` stays in registers (indexed by a running class
+/// it took a stack frame in every routing kernel).
+MOE_DEVICE int write_expert_tiles(const MoERoutingParams &p, MoETile *tiles, int expert, int rowBase, int rows, int tileBase) {
     int narrow[MOE_TILE_WIDTHS - 1] = {};
     if (p.tileWidths[0] > 0) fitted_narrow_tiles(p, rows, narrow);
     int start = 0;
@@ -234,6 +235,7 @@ MOE_DEVICE void write_expert_tiles(const MoERoutingParams &p, MoETile *tiles, in
             start += rowCount;
         }
     }
+    return tileBase;
 }
 
 /// One block: expert offsets (shared `offsets` and p.expertOffsets) and the tile schedule from the per-expert row
@@ -255,8 +257,7 @@ MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, 
         const int c = counts[expert];
         offsets[expert] = rowBase;
         ((int *)p.expertOffsets)[expert] = rowBase;
-        write_expert_tiles(p, tiles, expert, rowBase, c, tileBase);
-        tileBase += (c + p.tileRows - 1) / p.tileRows;
+        tileBase = write_expert_tiles(p, tiles, expert, rowBase, c, tileBase);
         rowBase += c;
     }
     if (threadIdx.x == 0) {
@@ -335,8 +336,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     for (int e = e0; e < e1; ++e) {
         const int c = total(e);
         offsets[e] = rowBase;
-        write_expert_tiles(p, tiles, e, rowBase, c, tileBase);
-        tileBase += (c + rowsPerTile - 1) / rowsPerTile;
+        tileBase = write_expert_tiles(p, tiles, e, rowBase, c, tileBase);
         rowBase += c;
     }
     if (threadIdx.x == 0) {
