@@ -1081,6 +1081,17 @@ MOE_DEVICE void registered_chunk(
     uint4 code[MI];
     u32 word[MI];
     bool slow = false;
+#if MOE_THREAD_OFFSETS
+    // MI = 1: this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes sit at group · 512 +
+    // lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t its index among the
+    // consumer threads: one register instead of the ~10 instructions a chunk ptxas spent rebuilding both from consumer,
+    // warpInGroup and lane (run 94's SASS).
+    static_assert(MI == 1, "thread offsets: one row group a warp");
+    const u32 codeOffset = (threadIdx.x - 128u) * 16u;
+    code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
+    word[0] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + ((codeOffset >> 2) & ~15u) + (g & 3) * 4);
+    slow = mxfp4_needs_slow_path(word[0]);
+#else
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
         const int group = (consumer * MI + mi) * 4 + warpInGroup;
@@ -1088,6 +1099,7 @@ MOE_DEVICE void registered_chunk(
         word[mi] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + group * 128 + (lane >> 2) * 16 + (g & 3) * 4);
         slow |= mxfp4_needs_slow_path(word[mi]);
     }
+#endif
     slow = __any_sync(0xffffffffu, slow);
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
@@ -1328,7 +1340,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // narrowest of a list that holds the tile's rows, each width its own consumer loop, as many loops as ptxas keeps
     // pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
     // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
-    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32) ||
+    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32 && N != 64) || (NARROW == 24 && N == 32) ||
                       (NARROW == 40 && N == 64),
                   "the widths' form");
     if constexpr (NARROW >= 16) {
@@ -1337,8 +1349,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
             rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
         if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
-        if constexpr (N == 64 && NARROW == 16) MOE_ROUNDED(32, 48, 64);
-        if constexpr (N == 64 && NARROW == 40) MOE_ROUNDED(32, 40, 48, 64);
+        if constexpr (N == 64) MOE_ROUNDED(32, 40, 48, 64);
         if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
         if constexpr (N == 128) MOE_ROUNDED(96, 128);
         if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
@@ -1457,9 +1468,9 @@ MOE_DECODED(2, 2, 128, 4)
 // Five or six warpgroups a block with two buffers (88 and 80 registers) were level and +1.0 to +2.0% at 1280–1536 (run
 // 81) and are gone.
 // Rounded widths n32, n48, n64 (session 25): run 89, −4.9 / −4.0% at 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408
-// against n32 / n64 (gone).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
-// n32, n40, n48, n64 (W = 40; session 25, for an A/B): by tile_widths.py 1.11 of the rows at 1088–1407 against 1.16–1.23.
+// against n32 / n64 (gone). n32, n40, n48, n64 (W = 40; session 25, by tile_widths.py 1.11 of the rows at 1088–1407
+// against 1.16–1.23): run 93, −2.0 / −1.5% at 1088, −0.4 / −0.3% at 1280, −0.5 / −0.8% at 1407 against n32 / n48 / n64
+// (gone).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 40, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at
 // 192): six consumer warps a scheduler where the 64-token kernel had four, since run 75's stall samples say the
@@ -1498,6 +1509,10 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // Rounded widths n48, n64, n80, n96 (session 25): run 89, −3.8 / −3.5% at 1536, −2.7 / −2.2% at 2048, −2.4 / −2.7% at 2560
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
+// Eight load slots (session 27, for an A/B): the slot and its phase by a mask and a shift where six take a multiply-high
+// and a multiply-add (six uniform instructions a chunk in run 94's SASS), and two chunks more in flight against the FULL
+// waits (7.7% of run 94's stall samples at 2048 tokens, long scoreboard). 205,952 B of shared memory.
+MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 8, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
 // n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas serialised the
 // wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
