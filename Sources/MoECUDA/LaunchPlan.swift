@@ -100,7 +100,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// −2.2% at 2048, −2.4 / −2.7% at 2560.
     case registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
     /// The same with eight load slots (session 27, for an A/B): slot and phase by a mask and a shift, two chunks more in
-    /// flight against run 94's FULL waits (7.7% of its stall samples at 2048 tokens).
+    /// flight against run 94's FULL waits (8.6% of its stall samples at 2048 tokens).
     case registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1
     /// 128-token tiles, four consumer warpgroups.
     /// Rounded widths n96, n128 since session 25 (n64 / n128 until then): run 89, −3.6 / −4.5% at 2816. 2688–3199
@@ -496,6 +496,9 @@ public struct LaunchPlan: Sendable, Equatable {
     /// registeredHandOverMaxWaves waves (`gemm1Waves`). Session 26 (runs 91–92, H100, two rounds, forced on):
     /// gpt-oss-20b −3.5 / −3.5% at 256 tokens, −2.1 / −1.8% at 512, −2.2 / −1.7% at 1024 (GEMM 1 in 3.6 / 4.4 / 7.3
     /// waves); gpt-oss-120b +1.4 / +2.1% at 512, +4.6 / +4.5% at 2048, +1.4 / −0.1% at 8192 (14.5 waves and more).
+    /// Session 27 (run 93, forced off on gpt-oss-20b): +1.9 / +2.5% at 64 tokens and +3.0 / +3.4% at 200 (3.6 waves), but
+    /// −0.8 / −1.1% at 700 (the 128-token kernel, 5.6 waves) and −0.4 / −1.1% at 1280 (the 192-token kernel, 7.3 waves,
+    /// as 1024, which gained): on at five of seven measured sizes, and waves do not separate the two it loses.
     /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {
         if registeredKernels {

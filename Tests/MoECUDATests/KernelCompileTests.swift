@@ -37,7 +37,7 @@ func theTracingBuildCompilesAndDiffersFromThePlainOne() throws {
     #expect(try compiler.compile(traced) != compiler.compile(plain))
 }
 
-/// Each kernel build switch compiles, alone and together, and changes the module it is defined for (today's three, the
+/// Each kernel build switch compiles, alone and together, and changes the module it is defined for (today's four, the
 /// resident and registered GEMMs', the expert module). Defined for another module, it would change nothing there (checked too), so
 /// scoping them saves a recompile without changing a kernel.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))

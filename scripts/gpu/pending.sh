@@ -4,8 +4,10 @@
 #           MOE_CUDA_THREAD_OFFSETS=1 (the consumers' code and scale addresses from one per-thread offset: 6 instructions
 #           a chunk fewer in the 96-token kernel's n80 / n96 loops, 5 in the 64- and 128-token kernels' widest; predicted
 #           0 to −2%), the 96-token kernel with eight load slots (3 uniform instructions a chunk fewer, two chunks more in
-#           flight; predicted 0 to −1.5%) and both; checked first (check --quick, cuda-debug stage checks); then the
-#           defaults benched and the 96-token kernel's source counters at 2048 with both changes.
+#           flight; predicted 0 to −1.5%), MOE_CUDA_PREFETCH_NEXT=1 (each block prefetches into L2 the first chunks of
+#           the block a wave later; predicted −1 to −3% at 1536–8192) and all three; checked first (check --quick,
+#           cuda-debug stage checks, all switches on); then the defaults benched and checked, and the 96-token kernel's
+#           source counters at 2048 with all three.
 # Earlier parts ran as runs 45–93 (runs 92 and 94 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -21,13 +23,14 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     s51)
-        bash $D info check
-        MOE_CUDA_THREAD_OFFSETS=1 bash $D check
-        MOE_CUDA_THREAD_OFFSETS=1 DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1 registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1" bash $D debugnew
-        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1" bash $D debugnew
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1@1280,2048,2560,2816 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560 MOE_CUDA_THREAD_OFFSETS=1+MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560" bash $D abenv
+        bash $D info
+        MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_PREFETCH_NEXT=1 bash $D check
+        MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_PREFETCH_NEXT=1 DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1 registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1 registered_1_192_4_3_1_1_2_1_0_16_0_1_1" bash $D debugnew
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1@1280,2048,2560,2816 MOE_CUDA_PREFETCH_NEXT=1@1536,2048,4096,8192 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1+MOE_CUDA_PREFETCH_NEXT=1+MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560 MOE_CUDA_PREFETCH_NEXT=1@512,1024,16384" bash $D abenv
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,32768 bash $D bench
-        MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1 NCU_KERNEL=registered NCU_TOKENS=2048 NCU_SKIP=2 bash $D ncusrc
+        bash $D check
+        MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_PREFETCH_NEXT=1 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1 NCU_KERNEL=registered NCU_TOKENS=2048 NCU_SKIP=2 bash $D ncusrc
         ;;
     *) echo "usage: pending.sh s51 [SECONDS]" >&2; exit 2 ;;
 esac

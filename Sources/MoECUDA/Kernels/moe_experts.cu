@@ -973,6 +973,27 @@ struct ChunkCopies {
         }
     }
 
+    /// MOE_CUDA_PREFETCH_NEXT (session 27, for an A/B): thread 0 brings into L2 the first LOADS chunks (codes, scales and,
+    /// with tensorInput, activations) of the block a wave after this one in launch order, blockIdx.x fastest: a block
+    /// that finishes hands its SM to the oldest waiting block, so that block starts about when this one ends, and its
+    /// first copies then come from L2 instead of DRAM (run 94: 8.6% of the 96-token kernel's samples at FULL waits, a
+    /// block's first among them). Issued once this block's last copy is, some chunks and an epilogue before its end.
+    template <int LOADS>
+    static MOE_DEVICE void prefetch_next_wave(const MoEGemmParams &p, int blocksPerSM, bool tensorInput) {
+        const unsigned next = blockIdx.y * gridDim.x + blockIdx.x + multiprocessor_count() * blocksPerSM;
+        const int x = (int)(next % gridDim.x), y = (int)(next / gridDim.x);
+        if (y >= (int)gridDim.y || y >= *(const int *)p.tileCount) return;
+        const MoETile tile = ((const MoETile *)p.tiles)[y];
+        const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
+        const int row = tile.expert * p.groups + x * GROUPS, boxes = tensorInput ? (tile.rowCount + BOX - 1) / BOX : 0;
+#pragma unroll 1
+        for (int c = 0; c < LOADS && c < p.chunks; ++c) {
+            tensor_prefetch_2d(&maps->codes, c * 64, row);
+            if ((c & 3) == 0) tensor_prefetch_2d(&maps->scales, (c >> 2) * 16, row);
+            for (int j = 0; j < boxes; ++j) tensor_prefetch_2d(&maps->input, c * 64, tile.rowStart + BOX * j);
+        }
+    }
+
     /// This thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
     MOE_DEVICE void copy_activation_rows(const MoEGemmParams &p, int c, u32 slot) const {
         if (c * 64 + 64 <= p.k) {
@@ -1324,6 +1345,9 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
             mbarrier_wait_parity(freed, (ahead / LOADS - 1) & 1);
             copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
         }
+#if MOE_PREFETCH_NEXT
+        if (t == 0) Copies::template prefetch_next_wave<LOADS>(p, BLOCKS, tensorInput);
+#endif
         copy_async_wait<0>();
         return;
     }
@@ -1510,8 +1534,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // Eight load slots (session 27, for an A/B): the slot and its phase by a mask and a shift where six take a multiply-high
-// and a multiply-add (six uniform instructions a chunk in run 94's SASS), and two chunks more in flight against the FULL
-// waits (7.7% of run 94's stall samples at 2048 tokens, long scoreboard). 205,952 B of shared memory.
+// and a multiply-add (three uniform instructions a chunk fewer, NVRTC 13.0), and two chunks more in flight against the FULL
+// waits (8.6% of run 94's stall samples at 2048 tokens). 205,952 B of shared memory.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 8, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
 // n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas serialised the
