@@ -101,8 +101,9 @@ func noDefaultHasItsWgmmaSerialised() throws {
         line.split(separator: "'").dropFirst().first.map(String.init)
     })
     #expect(!serialised.isEmpty == log.contains("C751"))
-    // Every wgmma kernel choose picks for 120b or 20b at any size (32-, 48-, 64-, 96-, 128- and 192-token tiles, the
-    // last plain and with rounded widths): a sweep, so that a moved crossover cannot leave a default out.
+    // Every wgmma kernel choose picks for 120b or 20b at any size (32-, 48-, 64-, 96-, 128- and 192-token tiles; the
+    // plain 192-token form is chosen nowhere since session 26): a sweep, so that a moved crossover cannot leave a
+    // default out.
     var defaults: Set<String> = []
     for experts in [128, 32] {
         for t in 1...40000 {
@@ -110,6 +111,6 @@ func noDefaultHasItsWgmmaSerialised() throws {
             for variant in [chosen.gemm1, chosen.gemm2] where variant.usesWarpgroups { defaults.insert(variant.kernelName) }
         }
     }
-    #expect(defaults.count == 7, "\(defaults.sorted())")
+    #expect(defaults.count == 6, "\(defaults.sorted())")
     #expect(serialised.isEmpty, "\(serialised)")
 }
