@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s51:    (not yet run) session 27's A/Bs, on the 64-token kernel's n40 form (the default at 1088–1407 since run 93):
+#   s51:    (not yet run; twelve tries in session 27 found no machine) the 64-token kernel's n40 form stage-checked (ahead
+#           by 0.3–2.0% at 1088–1407 in run 93; the default once its n40 loop is checked), then session 27's A/Bs:
 #           MOE_CUDA_THREAD_OFFSETS=1 (the consumers' code and scale addresses from one per-thread offset: 6 instructions
-#           a chunk fewer in the 96-token kernel's n80 / n96 loops, 5 in the 64- and 128-token kernels' widest; predicted
-#           0 to −2%), the 96-token kernel with eight load slots (3 uniform instructions a chunk fewer, two chunks more in
+#           a chunk fewer in the 96-token kernel's n80 / n96 loops, 3–5 in the 32-, 48-, 64- and 128-token kernels';
+#           predicted 0 to −2%), the 96-token kernel with eight load slots (3 uniform instructions a chunk fewer, two chunks more in
 #           flight; predicted 0 to −1.5%), MOE_CUDA_PREFETCH_NEXT=1 (each block prefetches into L2 the first chunks of
 #           the block a wave later; predicted −1 to −3% at 1536–8192) and all three; checked first (check --quick,
 #           cuda-debug stage checks, all switches on); then the defaults benched and checked, and the 96-token kernel's
@@ -24,8 +25,9 @@ done
 case $part in
     s51)
         bash $D info
+        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1" bash $D debugnew
         MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_PREFETCH_NEXT=1 bash $D check
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1@1280,2048,2560,2816 MOE_CUDA_PREFETCH_NEXT=1@1536,2048,4096,8192 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1@512,1024,1280,2048,2560,2816 MOE_CUDA_PREFETCH_NEXT=1@1536,2048,4096,8192 MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560" bash $D abenv
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,32768 bash $D bench
         MOE_CUDA_THREAD_OFFSETS=1 MOE_CUDA_PREFETCH_NEXT=1 DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1 registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1" bash $D debugnew
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_THREAD_OFFSETS=1+MOE_CUDA_PREFETCH_NEXT=1+MOE_CUDA_GEMM=registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1@1536,2048,2560 MOE_CUDA_PREFETCH_NEXT=1@512,1024,16384" bash $D abenv
