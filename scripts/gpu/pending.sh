@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s51:    (not yet run; twelve tries in session 27 found no machine) the 64-token kernel's n40 form stage-checked (ahead
+#   s51:    (not yet run; nineteen tries in session 27 found no machine) the 64-token kernel's n40 form stage-checked (ahead
 #           by 0.3–2.0% at 1088–1407 in run 93; the default once its n40 loop is checked), then session 27's A/Bs:
 #           MOE_CUDA_THREAD_OFFSETS=1 (the consumers' code and scale addresses from one per-thread offset: 6 instructions
 #           a chunk fewer in the 96-token kernel's n80 / n96 loops, 3–5 in the 32-, 48-, 64- and 128-token kernels';
