@@ -160,7 +160,7 @@ MOE_DEVICE void tensor_copy_2d(u32 destination, const void *map, int x, int y, u
 MOE_DEVICE void tensor_prefetch_2d(const void *map, int x, int y) {
     asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(map), "r"(x), "r"(y) : "memory");
 }
-/// The SMs of this GPU.
+/// %nsmid: the bound on SM identifiers, the SM count where they have no gaps (more where they do).
 MOE_DEVICE unsigned multiprocessor_count() {
     unsigned n;
     asm("mov.u32 %0, %%nsmid;" : "=r"(n));

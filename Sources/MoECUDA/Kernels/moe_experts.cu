@@ -1106,7 +1106,7 @@ MOE_DEVICE void registered_chunk(
     // MI = 1: this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes sit at group · 512 +
     // lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t its index among the
     // consumer threads: one register instead of the ~10 instructions a chunk ptxas spent rebuilding both from consumer,
-    // warpInGroup and lane (run 94's SASS).
+    // warpInGroup and lane in the loops nearest the register limit (NVRTC 13.0).
     static_assert(MI == 1, "thread offsets: one row group a warp");
     const u32 codeOffset = (threadIdx.x - 128u) * 16u;
     code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
