@@ -516,7 +516,7 @@ public struct LaunchPlan: Sendable, Equatable {
     public var gemm1Waves: Double {
         let rows = (slots + config.experts - 1) / config.experts
         let tiles = min(config.experts, slots) * max(1, (rows + tileRows - 1) / tileRows)
-        let resident = multiprocessors * (gemm1Variant.kind == .registered ? gemm1Variant.blocksPerSM : 1)
+        let resident = multiprocessors * gemm1Variant.blocksPerSM  // 1 for every kernel but the registered two-block ones
         return Double(gemm1Shape.grid.x * tiles) / Double(resident)
     }
     /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule): an expert's

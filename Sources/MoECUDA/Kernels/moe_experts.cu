@@ -963,9 +963,8 @@ struct ChunkCopies {
             const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
             const int boxes = tensorInput ? width / BOX : 0;
             mbarrier_arrive_expect_bytes(full, GROUPS * (512 + 128) + boxes * BOX * 128);
-            tensor_copy_2d(slot + B_BYTES, &maps->codes, c * 64, mapRow, full);
-            tensor_copy_2d(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow, full);
-            for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * BOX * 128, &maps->input, c * 64, firstRow + BOX * j, full);
+            chunk_boxes(maps, c, mapRow, firstRow, boxes, slot,
+                        [&](u32 target, const void *map, int x, int y) { tensor_copy_2d(target, map, x, y, full); });
         }
         if (!tensorInput) {
             copy_activation_rows(p, c, slot);
@@ -984,14 +983,22 @@ struct ChunkCopies {
         const int x = (int)(next % gridDim.x), y = (int)(next / gridDim.x);
         if (y >= (int)gridDim.y || y >= *(const int *)p.tileCount) return;
         const MoETile tile = ((const MoETile *)p.tiles)[y];
-        const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
-        const int row = tile.expert * p.groups + x * GROUPS, boxes = tensorInput ? (tile.rowCount + BOX - 1) / BOX : 0;
+        const int boxes = tensorInput ? (tile.rowCount + BOX - 1) / BOX : 0;
 #pragma unroll 1
-        for (int c = 0; c < LOADS && c < p.chunks; ++c) {
-            tensor_prefetch_2d(&maps->codes, c * 64, row);
-            if ((c & 3) == 0) tensor_prefetch_2d(&maps->scales, (c >> 2) * 16, row);
-            for (int j = 0; j < boxes; ++j) tensor_prefetch_2d(&maps->input, c * 64, tile.rowStart + BOX * j);
-        }
+        for (int c = 0; c < LOADS && c < p.chunks; ++c)
+            chunk_boxes((const MoEGemmTensorMaps *)p.tensorMaps, c, tile.expert * p.groups + x * GROUPS, tile.rowStart,
+                        boxes, 0u, [](u32, const void *map, int column, int row) { tensor_prefetch_2d(map, column, row); });
+    }
+
+    /// Chunk c's 2D boxes for `box(shared address in `slot`, map, x, y)`: the codes and the scales of the row groups from
+    /// `mapRow` (the scales box is a 4-chunk group's), then `boxes` activation boxes of BOX rows from `firstRow`.
+    /// issue_tensor copies them into a slot, prefetch_next_wave brings a later block's into L2: one walk for both.
+    template <class Box>
+    static MOE_DEVICE void chunk_boxes(
+        const MoEGemmTensorMaps *maps, int c, int mapRow, int firstRow, int boxes, u32 slot, Box box) {
+        box(slot + B_BYTES, &maps->codes, c * 64, mapRow);
+        box(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow);
+        for (int j = 0; j < boxes; ++j) box(slot + j * BOX * 128, &maps->input, c * 64, firstRow + BOX * j);
     }
 
     /// This thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
