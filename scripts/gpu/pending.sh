@@ -4,7 +4,7 @@
 #           by 0.3–2.0% at 1088–1407 in run 93; the default once its n40 loop is checked), then session 27's A/Bs:
 #           MOE_CUDA_THREAD_OFFSETS=1 (the consumers' code and scale addresses from one per-thread offset: 6 instructions
 #           a chunk fewer in the 96-token kernel's n80 / n96 loops, 3–5 in the 32-, 48-, 64- and 128-token kernels';
-#           predicted 0 to −2%), the 96-token kernel with eight load slots (3 uniform instructions a chunk fewer, two chunks more in
+#           predicted 0 to −2%), the 96-token kernel with eight load slots (by hand 3 instructions a chunk fewer, two chunks more in
 #           flight; predicted 0 to −1.5%), MOE_CUDA_PREFETCH_NEXT=1 (each block prefetches into L2 the first chunks of
 #           the block a wave later; predicted −1 to −3% at 1536–8192) and all three; checked first (check --quick,
 #           cuda-debug stage checks, all switches on); then the defaults benched and checked, and the 96-token kernel's

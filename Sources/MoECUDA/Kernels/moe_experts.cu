@@ -1112,8 +1112,9 @@ MOE_DEVICE void registered_chunk(
 #if MOE_THREAD_OFFSETS
     // MI = 1: this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes sit at group · 512 +
     // lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t its index among the
-    // consumer threads: one register instead of the ~10 instructions a chunk ptxas spent rebuilding both from consumer,
-    // warpInGroup and lane in the loops nearest the register limit (NVRTC 13.0).
+    // consumer threads (128: the producer warpgroup comes first). One register, where ptxas rebuilt both from consumer,
+    // warpInGroup and lane every chunk in the loops nearest the register limit: 3–6 instructions a chunk fewer there
+    // (wgmma_loops.py, NVRTC 13.0).
     static_assert(MI == 1, "thread offsets: one row group a warp");
     const u32 codeOffset = (threadIdx.x - 128u) * 16u;
     code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
@@ -1545,8 +1546,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // Eight load slots (session 27, for an A/B): the slot and its phase by a mask and a shift where six take a multiply-high
-// and a multiply-add (three uniform instructions a chunk fewer, NVRTC 13.0), and two chunks more in flight against the FULL
-// waits (8.6% of run 94's stall samples at 2048 tokens). 205,952 B of shared memory.
+// and a multiply-add (by hand 3 instructions fewer in the n96 loop's fast path, NVRTC 13.0), and two chunks more in flight
+// against the FULL waits (8.6% of run 94's stall samples at 2048 tokens). 205,952 B of shared memory.
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 8, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
 // n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas serialised the
