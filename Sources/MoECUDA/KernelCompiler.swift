@@ -43,19 +43,11 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_THREAD_OFFSETS`: the registered kernels' consumers address their codes and scale word from one
-    ///   per-thread offset, (thread − 128) · 16, instead of from consumer, warpInGroup and lane, which ptxas rebuilt every
-    ///   chunk in the loops nearest the register limit (session 27, for an A/B).
-    /// - `MOE_CUDA_PREFETCH_NEXT`: each registered block's producer, once its last copy is issued, brings the first
-    ///   chunks of the block a wave later into L2, so that block's first copies do not wait on DRAM (session 27, for an
-    ///   A/B).
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_THREAD_OFFSETS", "MOE_THREAD_OFFSETS", KernelSource.experts.name),
-        ("MOE_CUDA_PREFETCH_NEXT", "MOE_PREFETCH_NEXT", KernelSource.experts.name),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

@@ -57,11 +57,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// 1280–1536 (run 81) and are gone.
     /// Rounded widths n32, n48, n64 since session 25 (`roundedWidths`; n32 / n64 until then): run 89, −4.9 / −4.0% at
     /// 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408.
-    case registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
-    /// The same with n32, n40, n48 and n64 (a tenth number, 40; `roundedWidths`; by `tile_widths.py` 1.11 of the rows
-    /// at 1088–1407 against 1.16–1.23): run 93, forced, two rounds against the default, −2.0 / −1.5% at 1088, −0.4 /
-    /// −0.3% at 1280, −0.5 / −0.8% at 1407. Not the default until a GPU checks its n40 loop (`pending.sh s51`'s stage
-    /// check: a bench's own check runs 4 tokens, where every tile takes n32).
+    /// n32, n40, n48 and n64 since session 28 (a tenth number, 40; by `tile_widths.py` 1.11 of the rows at 1088–1407
+    /// against 1.16–1.23 for n32, n48, n64): run 93, two rounds against that form (gone), −2.0 / −1.5% at 1088, −0.4 /
+    /// −0.3% at 1280, −0.5 / −0.8% at 1407; its n40 loop stage-checked on gpt-oss-20b at 300 and 2000 tokens (run 95).
     case registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
     /// 32-token tiles (session 22), n32 only: six consumer warps a scheduler (three consumer warpgroups and two blocks an
     /// SM) where the 64-token kernel had four, for the mid-size GEMMs' instruction-latency stalls (run 75: wait 27%,
@@ -102,9 +100,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n48, n64, n80, n96 since session 25 (n64 / n96 until then): run 89, −3.8 / −3.5% at 1536, −2.7 /
     /// −2.2% at 2048, −2.4 / −2.7% at 2560.
     case registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
-    /// The same with eight load slots (session 27, for an A/B): slot and phase by a mask and a shift, two chunks more in
-    /// flight against run 94's FULL waits (8.6% of its stall samples at 2048 tokens).
-    case registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1
+    /// Eight load slots (session 27; slot and phase by a mask and a shift) were +0.1 to +0.9% at 1536–2560 (run 95) and
+    /// are gone.
     /// 128-token tiles, four consumer warpgroups.
     /// Rounded widths n96, n128 since session 25 (n64 / n128 until then): run 89, −3.6 / −4.5% at 2816. 2688–3199
     /// tokens since run 90 (against the 192-token kernel −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
@@ -199,7 +196,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         switch (tileRows, numbers[9]) {
         case (32, 24): return [16, 24, 32]
         case (48, 16): return [32, 48]
-        case (64, 16): return [32, 48, 64]
         case (64, 40): return [32, 40, 48, 64]
         case (96, 16): return [48, 64, 80, 96]
         case (128, 16): return [96, 128]
@@ -290,7 +286,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         case 736...1087 where hopper: return (.registered_1_48_4_3_1_1_2_1_0_16_0_2_1, .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
         case ...256: return (.resident_1_1_8_1_3, .resident_1_1_8_1_3)
         case ...1407 where hopper:
-            return (.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1)
+            return (.registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, .registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1)
         case ...2687 where hopper:
             return (.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
         case ...2048: return (.staged_2_4_8_2, .staged_2_4_8_2)

@@ -53,7 +53,7 @@ import Testing
     #expect(small(1) == .resident_1_1_4_2_3 && small(4) == .resident_1_1_4_1_4 && small(49) == .resident_1_1_8_1_3)
     #expect(small(50) == thirtyTwo && small(183) == thirtyTwo)
     #expect(small(184) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && small(271) == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1)
-    #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1)
+    #expect(small(272) == .registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 && small(351) == .registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1)
     #expect(small(352) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 && small(671) == .registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1)
     #expect(small(672) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1 && small(799) == .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
     #expect(small(800) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1 && small(1343) == .registered_1_192_4_3_1_1_2_1_0_16_0_1_1)
@@ -87,8 +87,8 @@ import Testing
     #expect(GemmVariant.choose(tokens: 576, hopper: false) == (.staged_2_4_8_2, .staged_2_4_8_2))
     // Session 20's run 67: 64-token narrow tiles, pipelined, at 577–1280 tokens; since runs 71–74 two blocks an SM,
     // from 288; since runs 77–79 from 1184; since runs 80–81 three consumer warpgroups with one A-fragment buffer, at
-    // 1088–1407.
-    let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1
+    // 1088–1407; since session 28 with n32, n40, n48 and n64 (run 93's A/B, run 95's stage check).
+    let narrow = GemmVariant.registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
     #expect(GemmVariant.choose(tokens: 1088) == (narrow, narrow) && GemmVariant.choose(tokens: 1407) == (narrow, narrow))
     let fortyEightPair = GemmVariant.choose(tokens: 736)
     #expect(fortyEightPair.gemm1 == .registered_1_48_4_3_1_1_2_1_0_16_0_2_1 && fortyEightPair == GemmVariant.choose(tokens: 1087))
@@ -139,7 +139,7 @@ import Testing
     // Registered kernels: one producer warpgroup; load slots of [N × 64 bf16 activations | the block's codes and
     // scales, 640 B a 16-row group] on 1 KB, then a FULL and an EMPTY mbarrier (8 B each) a slot, after 1 KB of alignment
     // slack.
-    let narrow64 = GemmVariant.registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_16_0_1_1
+    let narrow64 = GemmVariant.registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, four = GemmVariant.registered_1_128_4_4_1_1_2_1_0_16_0_1_1
     let oneNinetyTwo = GemmVariant.registered_1_192_4_3_1_1_2_1_0_0_0_1_1
     for variant in [narrow64, four, oneNinetyTwo] {
         #expect(variant.kind == GemmVariant.Kind.registered, "\(variant)")
@@ -156,7 +156,7 @@ import Testing
     #expect(narrow64.roundedWidths && four.roundedWidths && !oneNinetyTwo.roundedWidths && narrow64.consumerWarpgroups == 3)
     #expect(narrow64.fragmentBuffers == 1 && four.fragmentBuffers == 2 && oneNinetyTwo.fragmentBuffers == 2)
     // The widths each registered kernel multiplies at (gemm_registered's lists), which fitted tiles take.
-    #expect(narrow64.wgmmaWidths == [32, 48, 64] && four.wgmmaWidths == [96, 128] && oneNinetyTwo.wgmmaWidths == [64, 128, 192])
+    #expect(narrow64.wgmmaWidths == [32, 40, 48, 64] && four.wgmmaWidths == [96, 128] && oneNinetyTwo.wgmmaWidths == [64, 128, 192])
     #expect(GemmVariant.registered_1_32_4_3_1_1_2_1_0_24_0_2_1.wgmmaWidths == [16, 24, 32])
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.wgmmaWidths == [48, 64, 80, 96])
     #expect(GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1.wgmmaWidths == [128, 160, 192])
@@ -208,16 +208,7 @@ import Testing
     // Every registered kernel has tensor copies and rounded widths (session 25) but the 192-token one's plain form, which
     // has the same launch.
     let rounded192 = GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1
-    // The 64-token kernel with n32, n40, n48 and n64 (ahead in run 93's A/B) waits for a GPU check of its n40 loop, and
-    // the 96-token kernel with eight load slots for its A/B (pending.sh s51): each the same launch as its default.
-    let forty = GemmVariant.registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1
-    #expect(forty.roundedWidths && forty.tileRows == 64 && forty.warps == narrow64.warps && forty.fragmentBuffers == 1)
-    #expect(forty.wgmmaWidths == [32, 40, 48, 64] && forty.sharedBytes(k: 2880, residentRows: 64) == narrow64.sharedBytes(k: 2880, residentRows: 64))
-    let ninetySixEight = GemmVariant.registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1
-    #expect(ninetySixEight.stages == 8 && ninetySixEight.warps == ninetySix.warps && ninetySixEight.fragmentBuffers == 1)
-    #expect(ninetySixEight.wgmmaWidths == ninetySix.wgmmaWidths && ninetySixEight.activationBoxRows == 32)
-    #expect(ninetySixEight.sharedBytes(k: 2880, residentRows: 96) == 1024 + 8 * 25 * 1024 + 8 * 16)
-    let registered: [GemmVariant] = [narrow64, forty, thirtyTwo, fortyEight, ninetySix, ninetySixEight, four, oneNinetyTwo, rounded192]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, rounded192]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter { $0.kind == .registered && !$0.roundedWidths } == [oneNinetyTwo])

@@ -156,16 +156,6 @@ MOE_DEVICE void tensor_copy_2d(u32 destination, const void *map, int x, int y, u
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
                  ::"r"(destination), "l"(map), "r"(x), "r"(y), "r"(barrier) : "memory");
 }
-/// The same box into L2 only (no shared memory, no barrier): a later copy of it hits L2.
-MOE_DEVICE void tensor_prefetch_2d(const void *map, int x, int y) {
-    asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(map), "r"(x), "r"(y) : "memory");
-}
-/// %nsmid: the bound on SM identifiers, the SM count where they have no gaps (more where they do).
-MOE_DEVICE unsigned multiprocessor_count() {
-    unsigned n;
-    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
-    return n;
-}
 MOE_DEVICE void prefetch_tensor_map(const void *map) { asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory"); }
 /// One of `barrier`'s expected arrivals, made once every cp.async this thread issued before it has landed.
 MOE_DEVICE void copy_async_arrive_noinc(u32 barrier) {

@@ -972,27 +972,8 @@ struct ChunkCopies {
         }
     }
 
-    /// MOE_CUDA_PREFETCH_NEXT (session 27, for an A/B): thread 0 brings into L2 the first LOADS chunks (codes, scales and,
-    /// with tensorInput, activations) of the block a wave after this one in launch order, blockIdx.x fastest: a block
-    /// that finishes hands its SM to the oldest waiting block, so that block starts about when this one ends, and its
-    /// first copies then come from L2 instead of DRAM (run 94: 8.6% of the 96-token kernel's samples at FULL waits, a
-    /// block's first among them). Issued once this block's last copy is, some chunks and an epilogue before its end.
-    template <int LOADS>
-    static MOE_DEVICE void prefetch_next_wave(const MoEGemmParams &p, int blocksPerSM, bool tensorInput) {
-        const unsigned next = blockIdx.y * gridDim.x + blockIdx.x + multiprocessor_count() * blocksPerSM;
-        const int x = (int)(next % gridDim.x), y = (int)(next / gridDim.x);
-        if (y >= (int)gridDim.y || y >= *(const int *)p.tileCount) return;
-        const MoETile tile = ((const MoETile *)p.tiles)[y];
-        const int boxes = tensorInput ? (tile.rowCount + BOX - 1) / BOX : 0;
-#pragma unroll 1
-        for (int c = 0; c < LOADS && c < p.chunks; ++c)
-            chunk_boxes((const MoEGemmTensorMaps *)p.tensorMaps, c, tile.expert * p.groups + x * GROUPS, tile.rowStart,
-                        boxes, 0u, [](u32, const void *map, int column, int row) { tensor_prefetch_2d(map, column, row); });
-    }
-
     /// Chunk c's 2D boxes for `box(shared address in `slot`, map, x, y)`: the codes and the scales of the row groups from
     /// `mapRow` (the scales box is a 4-chunk group's), then `boxes` activation boxes of BOX rows from `firstRow`.
-    /// issue_tensor copies them into a slot, prefetch_next_wave brings a later block's into L2: one walk for both.
     template <class Box>
     static MOE_DEVICE void chunk_boxes(
         const MoEGemmTensorMaps *maps, int c, int mapRow, int firstRow, int boxes, u32 slot, Box box) {
@@ -1109,26 +1090,16 @@ MOE_DEVICE void registered_chunk(
     uint4 code[MI];
     u32 word[MI];
     bool slow = false;
-#if MOE_THREAD_OFFSETS
-    // MI = 1: this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes sit at group · 512 +
-    // lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t its index among the
-    // consumer threads (128: the producer warpgroup comes first). One register, where ptxas rebuilt both from consumer,
-    // warpInGroup and lane every chunk in the loops nearest the register limit: 3–6 instructions a chunk fewer there
-    // (wgmma_loops.py, NVRTC 13.0).
-    static_assert(MI == 1, "thread offsets: one row group a warp");
+    // One row group a warp (MI = 1): this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes
+    // sit at group · 512 + lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t
+    // its index among the consumer threads (128: the producer warpgroup comes first). One register, where ptxas rebuilt
+    // both from consumer, warpInGroup and lane every chunk in the loops nearest the register limit: 3–6 instructions a
+    // chunk fewer there (wgmma_loops.py, NVRTC 13.0), −0.3 to −1.5% at 512–2560 tokens (run 95, H100).
+    static_assert(MI == 1, "registered_chunk addresses one row group a warp");
     const u32 codeOffset = (threadIdx.x - 128u) * 16u;
     code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
     word[0] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + ((codeOffset >> 2) & ~15u) + (g & 3) * 4);
     slow = mxfp4_needs_slow_path(word[0]);
-#else
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-        const int group = (consumer * MI + mi) * 4 + warpInGroup;
-        code[mi] = *(const uint4 *)(slotPointer + Copies::B_BYTES + group * 512 + lane * 16);
-        word[mi] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + group * 128 + (lane >> 2) * 16 + (g & 3) * 4);
-        slow |= mxfp4_needs_slow_path(word[mi]);
-    }
-#endif
     slow = __any_sync(0xffffffffu, slow);
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
@@ -1353,9 +1324,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
             mbarrier_wait_parity(freed, (ahead / LOADS - 1) & 1);
             copies.issue_tensor(p, ahead, sharedBase + slot * Copies::LOAD_BYTES, fullBarriers + 8 * slot, t);
         }
-#if MOE_PREFETCH_NEXT
-        if (t == 0) Copies::template prefetch_next_wave<LOADS>(p, BLOCKS, tensorInput);
-#endif
         copy_async_wait<0>();
         return;
     }
@@ -1368,11 +1336,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
     // Each tile multiplies at the narrowest wgmma width its rows allow (MOE_CUDA_HALF_TILES=0, p.fullWidthOnly: the full
-    // width always). Rounded widths (NARROW = 16, or 24 for the 32-token kernel's n16 / n24 / n32; session 25): the
-    // narrowest of a list that holds the tile's rows, each width its own consumer loop, as many loops as ptxas keeps
-    // pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
+    // width always). Rounded widths (NARROW = 16, 24 for the 32-token kernel's n16 / n24 / n32, 40 for the 64-token
+    // kernel's n32 / n40 / n48 / n64; sessions 25 and 28): the narrowest of a list that holds the tile's rows, each
+    // width its own consumer loop, as many loops as ptxas keeps pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
     // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
-    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32) || (NARROW == 24 && N == 32) ||
+    static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32 && N != 64) || (NARROW == 24 && N == 32) ||
                       (NARROW == 40 && N == 64),
                   "the widths' form");
     if constexpr (NARROW >= 16) {
@@ -1381,8 +1349,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
             rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
         if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
-        if constexpr (N == 64 && NARROW == 16) MOE_ROUNDED(32, 48, 64);
-        if constexpr (N == 64 && NARROW == 40) MOE_ROUNDED(32, 40, 48, 64);
+        if constexpr (N == 64) MOE_ROUNDED(32, 40, 48, 64);
         if constexpr (N == 96) MOE_ROUNDED(48, 64, 80, 96);
         if constexpr (N == 128) MOE_ROUNDED(96, 128);
         if constexpr (N == 192) MOE_ROUNDED(128, 160, 192);
@@ -1502,11 +1469,9 @@ MOE_DECODED(2, 2, 128, 4)
 // 81) and are gone.
 // Rounded widths n32, n48, n64 (session 25): run 89, −4.9 / −4.0% at 1152, −4.4 / −4.9% at 1280, −2.8 / −2.6% at 1408
 // against n32 / n64 (gone).
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_16_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 16, 0, 2, 1, 1, 24, 72)
-// n32, n40, n48, n64 (W = 40; session 25, by tile_widths.py 1.11 of the rows at 1088–1407 against 1.16–1.23): run 93,
-// forced against the form above, −2.0 / −1.5% at 1088, −0.4 / −0.3% at 1280, −0.5 / −0.8% at 1407. Its n40 loop has not
-// been checked on a GPU (a bench's own check runs 4 tokens, one row an expert): the default once pending.sh s51's stage
-// check passes.
+// n32, n40, n48, n64 (W = 40) since session 28, by tile_widths.py 1.11 of the rows at 1088–1407 against 1.16–1.23 for
+// n32, n48, n64: run 93, −2.0 / −1.5% at 1088, −0.4 / −0.3% at 1280, −0.5 / −0.8% at 1407 against that form (gone);
+// its n40 loop stage-checked at 300 and 2000 tokens of gpt-oss-20b (run 95).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1, 1, 64, 4, 3, 1, 1, 2, 1, 0, 40, 0, 2, 1, 1, 24, 72)
 // 32-token tiles (session 22; 200–735 tokens since run 90, against 8-token tiles −7.6 / −7.1% at 224, +2.1 / +1.9% at
 // 192): six consumer warps a scheduler where the 64-token kernel had four, since run 75's stall samples say the
@@ -1545,10 +1510,8 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // Rounded widths n48, n64, n80, n96 (session 25): run 89, −3.8 / −3.5% at 1536, −2.7 / −2.2% at 2048, −2.4 / −2.7% at 2560
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
-// Eight load slots (session 27, for an A/B): the slot and its phase by a mask and a shift where six take a multiply-high
-// and a multiply-add (by hand 3 instructions fewer in the n96 loop's fast path, NVRTC 13.0), and two chunks more in flight
-// against the FULL waits (8.6% of run 94's stall samples at 2048 tokens). 205,952 B of shared memory.
-MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_8_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 8, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
+// Eight load slots (session 27; slot and phase by a mask and a shift, two chunks more in flight against the FULL
+// waits): +0.1 to +0.9% at 1536–2560 in run 95 (gone).
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
 // n64 up to 64 rows and n128 beyond until session 25. The consumers need 112 registers (at 104 ptxas serialised the
 // wgmma, C7512); the producers keep 32 (at 24 ptxas spilled 84 bytes in their loop). Five warpgroups do
