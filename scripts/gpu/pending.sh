@@ -2,10 +2,10 @@
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
 #   s52:    session 28's defaults checked: the registered kernels' consumers address codes and scales from one per-thread
 #           offset (run 95: −0.3 to −1.5% at 512–2560) and the 64-token kernel takes n32 / n40 / n48 / n64 (run 93:
-#           −0.3 to −2.0% at 1088–1407); check --quick, every registered default stage-checked at 300 and 2000 tokens of
-#           gpt-oss-20b, the EP checks, then this binary against session 27's (.device/moe-base.xz, commit 3e43dd2) at
-#           512–2560, both benches, and the registered hand-over forced off on gpt-oss-20b at 384–1280 (run 93 found it
-#           losing at 700 and 1280 and winning at 64 and 200).
+#           −0.3 to −2.0% at 1088–1407); check --quick, the 64- and 96-token kernels stage-checked at 300 and 2000 tokens
+#           of gpt-oss-20b, this binary against session 27's (.device/moe-base.xz, commit 3e43dd2) at 512–2560, the EP
+#           checks, the bench, the registered hand-over forced off on gpt-oss-20b at 384–1280 (run 93 found it losing at
+#           700 and 1280 and winning at 64 and 200), then the other registered kernels' stage checks and the 20b bench.
 # Earlier parts ran as runs 45–95 (runs 92 and 94 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -22,12 +22,13 @@ done
 case $part in
     s52)
         bash $D info check
-        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_32_4_3_1_1_2_1_0_24_0_2_1 registered_1_48_4_3_1_1_2_1_0_16_0_2_1 registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1 registered_1_192_4_3_1_1_2_1_0_16_0_1_1" bash $D debugnew
+        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1" bash $D debugnew
+        AB_REPEAT=2 AB_TOKENS=512,1088,1280,2048,2560 bash $D abbin
         bash $D epcheck
-        AB_REPEAT=2 AB_TOKENS=512,1088,1280,1407,2048,2560 bash $D abbin
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
-        bash $D bench20b
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=0@384,512,640,700,768,1024,1280" bash $D abenv
+        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_32_4_3_1_1_2_1_0_24_0_2_1 registered_1_48_4_3_1_1_2_1_0_16_0_2_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1 registered_1_192_4_3_1_1_2_1_0_16_0_1_1" bash $D debugnew
+        bash $D bench20b
         ;;
     *) echo "usage: pending.sh s52 [SECONDS]" >&2; exit 2 ;;
 esac
