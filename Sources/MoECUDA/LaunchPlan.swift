@@ -499,10 +499,18 @@ public struct LaunchPlan: Sendable, Equatable {
     /// Session 27 (run 93, forced off on gpt-oss-20b): +1.9 / +2.5% at 64 tokens and +3.0 / +3.4% at 200 (3.6 waves), but
     /// −0.8 / −1.1% at 700 (the 128-token kernel, 5.6 waves) and −0.4 / −1.1% at 1280 (the 192-token kernel, 7.3 waves,
     /// as 1024, which gained): on at five of seven measured sizes, and waves do not separate the two it loses.
+    /// Session 28 (run 96, forced off on gpt-oss-20b, two rounds): +2.8 / +2.7% at 384 tokens (48 rows an expert, the
+    /// 96-token kernel at n48), +2.4 / +2.1% at 512 (64 rows, n64) and +1.8 / +1.6% at 1024 (128 rows, the 192-token
+    /// kernel at n128) — the hand-over wins — but −2.5 / −3.4% at 640 (80 rows, n80), −1.5 / −1.2% at 700 (88 rows, the
+    /// 128-token kernel at n96), −2.7 / −1.6% at 768 (96 rows, n96) and −1.7 / +0.3% at 1280 (160 rows, n160). All
+    /// 4.4–7.3 waves: within the same waves it loses where an expert's rows are 65–96, and is off there
+    /// (`registeredHandOverOffRows`; 700 lost in runs 93 and 96 alike). Unmeasured: the edges (65–79 and 97–127 rows).
     /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {
         if registeredKernels {
-            return LaunchPlan.registeredHandOverSwitch.map { $0 == "1" } ?? (gemm1Waves <= LaunchPlan.registeredHandOverMaxWaves)
+            return LaunchPlan.registeredHandOverSwitch.map { $0 == "1" }
+                ?? (gemm1Waves <= LaunchPlan.registeredHandOverMaxWaves
+                    && !LaunchPlan.registeredHandOverOffRows.contains(rowsPerExpert))
         }
         return gemm1Variant.isResident && gemm2Variant.isResident && tokens <= LaunchPlan.tileHandOverMaxTokens
     }
@@ -510,11 +518,12 @@ public struct LaunchPlan: Sendable, Equatable {
     /// ceil(slots / E) rows, in ceil(rows / tile rows) tiles), over the blocks the device holds at once
     /// (multiprocessors × the kernel's blocks an SM).
     public var gemm1Waves: Double {
-        let rows = (slots + config.experts - 1) / config.experts
-        let tiles = min(config.experts, slots) * max(1, (rows + tileRows - 1) / tileRows)
+        let tiles = min(config.experts, slots) * max(1, (rowsPerExpert + tileRows - 1) / tileRows)
         let resident = multiprocessors * gemm1Variant.blocksPerSM  // 1 for every kernel but the registered two-block ones
         return Double(gemm1Shape.grid.x * tiles) / Double(resident)
     }
+    /// An expert's rows if routing spread the slots evenly, rounded up.
+    public var rowsPerExpert: Int { (slots + config.experts - 1) / config.experts }
     /// The widths GEMM 1's tiles are fitted to (RoutingPlan.tileSizes; both GEMMs share the schedule): an expert's
     /// tiles keep their count but take the widths that sum least while holding its rows (260 rows in 192-row tiles:
     /// 128 + 132 at n128 + n160, not 192 + 68 at n192 + n128). With the rounded 192-token kernel against the plain one,
@@ -530,6 +539,8 @@ public struct LaunchPlan: Sendable, Equatable {
     static let registeredHandOverSwitch = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED")
     /// Between the measured wins (7.3 waves) and losses (14.5).
     static let registeredHandOverMaxWaves = 8.0
+    /// Rows an expert where the hand-over lost within those waves (runs 93 and 96: 80, 88 and 96 rows on gpt-oss-20b).
+    static let registeredHandOverOffRows = 65...96
 
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).

@@ -352,6 +352,13 @@ import Testing
         let plan = LaunchPlan(tokens: tokens, config: config)
         #expect(plan.gemm1Variant.kind == .registered && plan.registeredHandOver == (forced.map { $0 == "1" } ?? false), "T=\(tokens)")
     }
+    // Session 28's run 96: within those waves it lost at 65–96 rows an expert (20b at 640 / 700 / 768 tokens: 80 / 88 /
+    // 96 rows) and won at 48, 64 and 128 (384 / 512 / 1024 tokens).
+    for (tokens, on) in [(384, true), (512, true), (513, false), (640, false), (700, false), (768, false), (769, true), (1024, true)] {
+        let plan = LaunchPlan(tokens: tokens, config: small)
+        #expect(plan.gemm1Waves <= 8, "20b T=\(tokens)")
+        #expect(plan.registeredHandOver == (forced.map { $0 == "1" } ?? on), "20b T=\(tokens): \(plan.rowsPerExpert) rows")
+    }
     // An expert-parallel rank's share or a smaller GPU changes the waves: half the SMs, twice the waves.
     let half = LaunchPlan(tokens: 1024, config: small, multiprocessors: 66)
     #expect(abs(half.gemm1Waves - 2 * waves[2]) < 1e-9 && half.registeredHandOver == (forced.map { $0 == "1" } ?? false))
