@@ -1,35 +1,20 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s52:    session 28's defaults checked: the registered kernels' consumers address codes and scales from one per-thread
-#           offset (run 95: −0.3 to −1.5% at 512–2560) and the 64-token kernel takes n32 / n40 / n48 / n64 (run 93:
-#           −0.3 to −2.0% at 1088–1407); check --quick, the 64- and 96-token kernels stage-checked at 300 and 2000 tokens
-#           of gpt-oss-20b, this binary against session 27's (.device/moe-base.xz, commit 3e43dd2) at 512–2560, the EP
-#           checks, the bench, the registered hand-over forced off on gpt-oss-20b at 384–1280 (run 93 found it losing at
-#           700 and 1280 and winning at 64 and 200), then the other registered kernels' stage checks and the 20b bench.
-# Earlier parts ran as runs 45–95 (runs 92 and 94 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
+#   (none: session 28 ran s51 and s52; the next session adds the part it needs.)
+# Earlier parts ran as runs 45–98 (runs 92, 94, 97 and 98 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2; s48 was folded into s49), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd; s48 was folded into s49), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
-#   usage (device): bash .device/pending.sh s52 [SECONDS]
+#   usage (device): bash .device/pending.sh PART [SECONDS]
 set -u
-part=${1:-s52}
+part=${1:-}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s52)
-        bash $D info check
-        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_64_4_3_1_1_2_1_0_40_0_2_1_1 registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1" bash $D debugnew
-        AB_REPEAT=2 AB_TOKENS=512,1088,1280,2048,2560 bash $D abbin
-        bash $D epcheck
-        BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
-        AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=0@384,512,640,700,768,1024,1280" bash $D abenv
-        DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_32_4_3_1_1_2_1_0_24_0_2_1 registered_1_48_4_3_1_1_2_1_0_16_0_2_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1 registered_1_192_4_3_1_1_2_1_0_16_0_1_1" bash $D debugnew
-        bash $D bench20b
-        ;;
-    *) echo "usage: pending.sh s52 [SECONDS]" >&2; exit 2 ;;
+    *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
