@@ -1080,7 +1080,7 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
-    const unsigned char *sharedPointer, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
+    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
     int warpInGroup, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
@@ -1097,8 +1097,15 @@ MOE_DEVICE void registered_chunk(
     // chunk fewer there (wgmma_loops.py, NVRTC 13.0), −0.3 to −1.5% at 512–2560 tokens (run 95, H100).
     static_assert(MI == 1, "registered_chunk addresses one row group a warp");
     const u32 codeOffset = (threadIdx.x - 128u) * 16u;
+#if MOE_SHARED_LOADS
+    // MOE_CUDA_SHARED_LOADS (session 28, for an A/B): the slot's shared address, uniform, plus this thread's offsets.
+    const u32 slotCodes = sharedBase + slot * Copies::LOAD_BYTES + Copies::B_BYTES;
+    code[0] = load_shared_16(slotCodes + codeOffset);
+    word[0] = load_shared_4(slotCodes + Copies::CODE_BYTES + (g & 3) * 4 + ((codeOffset >> 2) & ~15u));
+#else
     code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
     word[0] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + ((codeOffset >> 2) & ~15u) + (g & 3) * 4);
+#endif
     slow = mxfp4_needs_slow_path(word[0]);
     slow = __any_sync(0xffffffffu, slow);
 #pragma unroll
@@ -1135,7 +1142,8 @@ MOE_DEVICE void registered_consume(
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, g % LOADS, sharedPointer, descriptorHigh, descriptorLow, consumer, warpInGroup, lane, fullBarriers);
+            p, acc, a, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
+            fullBarriers);
 #endif
 }
 
