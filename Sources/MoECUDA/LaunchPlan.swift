@@ -503,7 +503,7 @@ public struct LaunchPlan: Sendable, Equatable {
     /// 96-token kernel at n48), +2.4 / +2.1% at 512 (64 rows, n64) and +1.8 / +1.6% at 1024 (128 rows, the 192-token
     /// kernel at n128) — the hand-over wins — but −2.5 / −3.4% at 640 (80 rows, n80), −1.5 / −1.2% at 700 (88 rows, the
     /// 128-token kernel at n96), −2.7 / −1.6% at 768 (96 rows, n96) and −1.7 / +0.3% at 1280 (160 rows, n160). All
-    /// 4.4–7.3 waves: within the same waves it loses where an expert's rows are 65–96, and is off there
+    /// 4.4–7.3 waves (gemm1Waves): within the same waves it loses where an expert's rows are 65–96, and is off there
     /// (`registeredHandOverOffRows`; 700 lost in runs 93 and 96 alike). Unmeasured: the edges (65–79 and 97–127 rows).
     /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {

@@ -27,26 +27,27 @@ index = {address: i for i, (address, _) in enumerate(code)}
 
 
 def fast_path(head, back):
-    """Instructions issued by one iteration of the loop from code[head] to its backward branch code[back] (above)."""
+    """Instructions issued by one iteration of the loop from code[head] to its backward branch code[back] (above), or
+    None where the walk meets another loop's branch back (an out-of-line retry's jump into the middle of a loop)."""
     i, issued = head, 0
-    while i < len(code) and issued < 4 * (back - head + 1):
+    while head <= i <= back:
         text = code[i][1]
+        i += 1
         if text.startswith("@!PT "):
-            i += 1
             continue
         issued += 1
         branch = re.match(r"(@!?U?P\d+ )?BRA (?:P\d, )?0x([0-9a-f]+)", text)
-        if branch:
-            target = int(branch.group(2), 16)
-            if i == back or target == code[head][0]:
-                break
-            inside = code[i][0] < target <= code[back][0]
-            over_fence = inside and any(opcode(t) == "MEMBAR" for _, t in code[i + 1:index[target]])
-            if target in index and (branch.group(1) is None or over_fence):
-                i = index[target]
-                continue
-        i += 1
-    return issued
+        if not branch:
+            continue
+        target = int(branch.group(2), 16)
+        if target == code[head][0]:
+            return issued
+        if target < code[i - 1][0]:
+            return None  # another loop's branch back: code[head] is not an iteration's start
+        forward = code[i - 1][0] < target <= code[back][0]
+        if forward and (branch.group(1) is None or any(opcode(t) == "MEMBAR" for _, t in code[i:index[target]])):
+            i = index[target]
+    return None
 
 
 for i, (address, text) in enumerate(code):
@@ -61,4 +62,4 @@ for i, (address, text) in enumerate(code):
     uniform = sum(1 for _, t in body if opcode(t).startswith("U") and not opcode(t).startswith("UTM"))
     counts = "".join(f", {sum(1 for _, t in body if opcode(t) == op)} {op}" for op in counted)
     print(f"loop {target:#x}-{address:#x}: {len(body)} instructions, {len(hgmma)} {hgmma[0].split()[0]}, {uniform} uniform"
-          + counts + f", fast path {fast_path(index[target], i)}")
+          + counts + f", fast path {fast_path(index[target], i) or '?'}")

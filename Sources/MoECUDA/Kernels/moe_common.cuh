@@ -114,9 +114,9 @@ MOE_DEVICE void store_matrix_x2_transposed(u32 address, u32 r0, u32 r1) {
 }
 
 MOE_DEVICE u32 shared_address(const void *pointer) { return (u32)__cvta_generic_to_shared(pointer); }
-/// Loads from a shared-memory address: a uniform base plus a per-thread offset fits LDS's [R + UR + imm] form, where a
-/// generic pointer made ptxas move the base between the generic and shared windows every use. Volatile keeps them
-/// after the mbarrier wait that publishes the data.
+/// Loads from a shared-memory address (a uniform base plus a per-thread offset), where a generic pointer made ptxas
+/// move the base out of the generic window and back every use. Volatile keeps them after the mbarrier wait that
+/// publishes the data.
 MOE_DEVICE uint4 load_shared_16(u32 address) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));

@@ -1080,16 +1080,14 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
     const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
-    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers) {
+    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow, int lane,
+    u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
-    const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
     const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
     uint4 code[MI];
     u32 word[MI];
-    bool slow = false;
     // One row group a warp (MI = 1): this lane's row group is consumer · 4 + warpInGroup = its warp − 4, so its codes
     // sit at group · 512 + lane · 16 = t · 16 and its scale word at group · 128 + (lane / 4) · 16 = (t · 4) & ~15, with t
     // its index among the consumer threads (128: the producer warpgroup comes first). One register, where ptxas rebuilt
@@ -1103,11 +1101,11 @@ MOE_DEVICE void registered_chunk(
     code[0] = load_shared_16(slotCodes + codeOffset);
     word[0] = load_shared_4(slotCodes + Copies::CODE_BYTES + (g & 3) * 4 + ((codeOffset >> 2) & ~15u));
 #else
+    const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
     code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
     word[0] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + ((codeOffset >> 2) & ~15u) + (g & 3) * 4);
 #endif
-    slow = mxfp4_needs_slow_path(word[0]);
-    slow = __any_sync(0xffffffffu, slow);
+    const bool slow = __any_sync(0xffffffffu, mxfp4_needs_slow_path(word[0]));
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<FRAGMENTS - 1>();
@@ -1132,8 +1130,8 @@ MOE_DEVICE void registered_chunk(
 /// (+0.9 / +0.8% at 2048 tokens; session 26, run 92).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int consumer,
-    int warpInGroup, int lane, u32 fullBarriers) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int lane,
+    u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     u32 a[FRAGMENTS][MI][2][4];  // [buffer][mi][k16 step][register]
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
@@ -1142,8 +1140,7 @@ MOE_DEVICE void registered_consume(
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, consumer, warpInGroup, lane,
-            fullBarriers);
+            p, acc, a, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, lane, fullBarriers);
 #endif
 }
 
@@ -1153,15 +1150,15 @@ MOE_DEVICE void registered_consume(
 template <int MI, int N, int LOADS, int FRAGMENTS, class Copies, int WIDTH, int... WIDER>
 MOE_DEVICE void registered_consume_rounded(
     int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase,
-    int consumer, int warpInGroup, int lane, u32 fullBarriers) {
+    int lane, u32 fullBarriers) {
     if constexpr (sizeof...(WIDER) > 0) {
         if (rows > WIDTH) {
             registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, WIDER...>(
-                rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+                rows, p, acc, sharedPointer, sharedBase, lane, fullBarriers);
             return;
         }
     }
-    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
 }
 
 /// The registered kernels' epilogue through shared memory (after every consumer's last wgmma, so the load slots are free):
@@ -1346,15 +1343,16 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     // Each tile multiplies at the narrowest wgmma width its rows allow (MOE_CUDA_HALF_TILES=0, p.fullWidthOnly: the full
     // width always). Rounded widths (NARROW = 16, 24 for the 32-token kernel's n16 / n24 / n32, 40 for the 64-token
     // kernel's n32 / n40 / n48 / n64; sessions 25 and 28): the narrowest of a list that holds the tile's rows, each
-    // width its own consumer loop, as many loops as ptxas keeps pipelined (a loop more and it serialises every wgmma, C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0,
-    // from 5376 tokens, where an expert's last tile is often short): the rows rounded up to 64.
+    // width its own consumer loop, as many loops as ptxas keeps pipelined (a loop more and it serialises every wgmma,
+    // C7511, NVRTC 13.0). The plain 192-token kernel (NARROW = 0, from 5376 tokens, where an expert's last tile is often
+    // short): the rows rounded up to 64.
     static_assert((NARROW == 0 && N == 192) || (NARROW == 16 && N != 32 && N != 64) || (NARROW == 24 && N == 32) ||
                       (NARROW == 40 && N == 64),
                   "the widths' form");
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
 #define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
-            rows, p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers)
+            rows, p, acc, sharedPointer, sharedBase, lane, fullBarriers)
         if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
         if constexpr (N == 64) MOE_ROUNDED(32, 40, 48, 64);
@@ -1365,11 +1363,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     } else {
         const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
         } else {
-            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, consumer, warpInGroup, lane, fullBarriers);
+            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
         }
     }
     wgmma_wait<0>();
