@@ -6,7 +6,8 @@
 #           n96 −2, the rest −1. Predicted −1 to −2% at 1088–1280, 0 to −0.5% elsewhere. Checked first (check --quick and
 #           the 64- and 96-token kernels' stage checks with the switch), then A/B'd; the rest of the budget benches, then
 #           measures the hand-over rule's unmeasured edges on gpt-oss-20b (forced on at 68–76 rows an expert, where the
-#           rule has it off; forced off at 100–120, where it is on).
+#           rule has it off; forced off at 100–120, where it is on). Before those, a trace at 128–2048 tokens (session 29):
+#           where routing ends and GEMM 1 starts in the overlapped graph, for the routing chain's share at mid sizes.
 # Earlier parts ran as runs 45–98 (runs 92, 94, 97 and 98 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -29,6 +30,7 @@ case $part in
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_SHARED_LOADS=1@272,320,512" bash $D abenv
         MOE_CUDA_SHARED_LOADS=1 DEBUG_TOKENS=300,2000 NEW_VARIANTS="registered_1_32_4_3_1_1_2_1_0_24_0_2_1 registered_1_48_4_3_1_1_2_1_0_16_0_2_1 registered_1_128_4_4_1_1_2_1_0_16_0_1_1 registered_1_192_4_3_1_1_2_1_0_16_0_1_1" bash $D debugnew
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
+        TRACE_TOKENS=128,256,512,1024,2048 bash $D trace
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_ENVS="MOE_CUDA_HANDOVER_REGISTERED=1@544,576,608 MOE_CUDA_HANDOVER_REGISTERED=0@800,896,960" bash $D abenv
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
