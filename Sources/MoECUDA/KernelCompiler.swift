@@ -43,15 +43,11 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_SHARED_LOADS`: the registered kernels' consumers load their codes and scale word through 32-bit
-    ///   shared-memory addresses (the slot's, uniform, plus the thread's offset) instead of generic pointers, which
-    ///   ptxas moved between the generic and shared windows every chunk (session 28, for an A/B).
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_SHARED_LOADS", "MOE_SHARED_LOADS", KernelSource.experts.name),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

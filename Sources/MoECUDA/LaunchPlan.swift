@@ -503,8 +503,10 @@ public struct LaunchPlan: Sendable, Equatable {
     /// 96-token kernel at n48), +2.4 / +2.1% at 512 (64 rows, n64) and +1.8 / +1.6% at 1024 (128 rows, the 192-token
     /// kernel at n128) — the hand-over wins — but −2.5 / −3.4% at 640 (80 rows, n80), −1.5 / −1.2% at 700 (88 rows, the
     /// 128-token kernel at n96), −2.7 / −1.6% at 768 (96 rows, n96) and −1.7 / +0.3% at 1280 (160 rows, n160). All
-    /// 4.4–7.3 waves (gemm1Waves): within the same waves it loses where an expert's rows are 65–96, and is off there
-    /// (`registeredHandOverOffRows`; 700 lost in runs 93 and 96 alike). Unmeasured: the edges (65–79 and 97–127 rows).
+    /// 4.4–7.3 waves (gemm1Waves): within the same waves it loses where an expert's rows are 80–96 (700 lost in runs 93
+    /// and 96 alike). Session 29 (run 99, the edges, two rounds): forced on at 544 / 576 / 608 tokens (68 / 72 / 76 rows)
+    /// −1.7 / −1.8%, −1.2 / −0.9%, +0.3 / −0.2%; forced off at 800 / 896 / 960 (100 / 112 / 120 rows) +2.7 / +1.9%,
+    /// +1.7 / +2.5%, +1.0 / +1.0%. So it is off at 77–96 rows (`registeredHandOverOffRows`), on either side.
     /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {
         if registeredKernels {
@@ -539,8 +541,9 @@ public struct LaunchPlan: Sendable, Equatable {
     static let registeredHandOverSwitch = currentEnvironment("MOE_CUDA_HANDOVER_REGISTERED")
     /// Between the measured wins (7.3 waves) and losses (14.5).
     static let registeredHandOverMaxWaves = 8.0
-    /// Rows an expert where the hand-over lost within those waves (runs 93 and 96: 80, 88 and 96 rows on gpt-oss-20b).
-    static let registeredHandOverOffRows = 65...96
+    /// Rows an expert where the hand-over lost within those waves (runs 93 and 96: 80, 88 and 96 rows on gpt-oss-20b;
+    /// run 99: it won at 68 and 72 and was level at 76).
+    static let registeredHandOverOffRows = 77...96
 
     /// Decode sizes sum the k expert rows of each token in GEMM 2's last block per column range instead of a separate
     /// reduce launch (resident kernels; the last blocks' extra work grows with T).

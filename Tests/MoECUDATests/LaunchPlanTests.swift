@@ -352,9 +352,11 @@ import Testing
         let plan = LaunchPlan(tokens: tokens, config: config)
         #expect(plan.gemm1Variant.kind == .registered && plan.registeredHandOver == (forced.map { $0 == "1" } ?? false), "T=\(tokens)")
     }
-    // Session 28's run 96: within those waves it lost at 65–96 rows an expert (20b at 640 / 700 / 768 tokens: 80 / 88 /
-    // 96 rows) and won at 48, 64 and 128 (384 / 512 / 1024 tokens).
-    for (tokens, on) in [(384, true), (512, true), (513, false), (640, false), (700, false), (768, false), (769, true), (1024, true)] {
+    // Session 28's run 96: within those waves it lost at 80–96 rows an expert (20b at 640 / 700 / 768 tokens: 80 / 88 /
+    // 96 rows) and won at 48, 64 and 128 (384 / 512 / 1024 tokens); session 29's run 99: won at 68 and 72 rows (544 / 576
+    // tokens), level at 76 (608), lost when off at 100–120 (800–960). Off at 77–96.
+    for (tokens, on) in [(384, true), (512, true), (544, true), (576, true), (608, true), (609, false), (640, false), (700, false),
+                         (768, false), (769, true), (800, true), (960, true), (1024, true)] {
         let plan = LaunchPlan(tokens: tokens, config: small)
         #expect(plan.gemm1Waves <= 8, "20b T=\(tokens)")
         #expect(plan.registeredHandOver == (forced.map { $0 == "1" } ?? on), "20b T=\(tokens): \(plan.rowsPerExpert) rows")

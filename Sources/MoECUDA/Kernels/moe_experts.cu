@@ -1079,9 +1079,8 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 /// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot,
-    const unsigned char *sharedPointer, u32 sharedBase, unsigned long long descriptorHigh, u32 descriptorLow, int lane,
-    u32 fullBarriers) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot, u32 sharedBase,
+    unsigned long long descriptorHigh, u32 descriptorLow, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
@@ -1095,16 +1094,12 @@ MOE_DEVICE void registered_chunk(
     // chunk fewer there (wgmma_loops.py, NVRTC 13.0), −0.3 to −1.5% at 512–2560 tokens (run 95, H100).
     static_assert(MI == 1, "registered_chunk addresses one row group a warp");
     const u32 codeOffset = (threadIdx.x - 128u) * 16u;
-#if MOE_SHARED_LOADS
-    // MOE_CUDA_SHARED_LOADS (session 28, for an A/B): the slot's shared address, uniform, plus this thread's offsets.
+    // Through the slot's shared address (uniform) plus this thread's offsets, not a generic pointer, from which ptxas
+    // moved the slot's address out of the generic window and back every chunk: 1–11 issued instructions a chunk fewer
+    // (11 in the 64-token kernel's n40 loop), −0.8 to −1.9% at 1088–1407 tokens, −0.2 / −0.3% at 512 (run 99, H100).
     const u32 slotCodes = sharedBase + slot * Copies::LOAD_BYTES + Copies::B_BYTES;
     code[0] = load_shared_16(slotCodes + codeOffset);
     word[0] = load_shared_4(slotCodes + Copies::CODE_BYTES + (g & 3) * 4 + ((codeOffset >> 2) & ~15u));
-#else
-    const unsigned char *slotPointer = sharedPointer + slot * Copies::LOAD_BYTES;
-    code[0] = *(const uint4 *)(slotPointer + Copies::B_BYTES + codeOffset);
-    word[0] = *(const u32 *)(slotPointer + Copies::B_BYTES + Copies::CODE_BYTES + ((codeOffset >> 2) & ~15u) + (g & 3) * 4);
-#endif
     const bool slow = __any_sync(0xffffffffu, mxfp4_needs_slow_path(word[0]));
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
@@ -1130,8 +1125,7 @@ MOE_DEVICE void registered_chunk(
 /// (+0.9 / +0.8% at 2048 tokens; session 26, run 92).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase, int lane,
-    u32 fullBarriers) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     u32 a[FRAGMENTS][MI][2][4];  // [buffer][mi][k16 step][register]
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
@@ -1140,7 +1134,7 @@ MOE_DEVICE void registered_consume(
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, g % LOADS, sharedPointer, sharedBase, descriptorHigh, descriptorLow, lane, fullBarriers);
+            p, acc, a, g, g % LOADS, sharedBase, descriptorHigh, descriptorLow, lane, fullBarriers);
 #endif
 }
 
@@ -1149,16 +1143,15 @@ MOE_DEVICE void registered_consume(
 /// multiplies at n80, not n96.
 template <int MI, int N, int LOADS, int FRAGMENTS, class Copies, int WIDTH, int... WIDER>
 MOE_DEVICE void registered_consume_rounded(
-    int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], const unsigned char *sharedPointer, u32 sharedBase,
-    int lane, u32 fullBarriers) {
+    int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers) {
     if constexpr (sizeof...(WIDER) > 0) {
         if (rows > WIDTH) {
             registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, WIDER...>(
-                rows, p, acc, sharedPointer, sharedBase, lane, fullBarriers);
+                rows, p, acc, sharedBase, lane, fullBarriers);
             return;
         }
     }
-    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
+    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
 }
 
 /// The registered kernels' epilogue through shared memory (after every consumer's last wgmma, so the load slots are free):
@@ -1352,7 +1345,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     if constexpr (NARROW >= 16) {
         const int rows = p.fullWidthOnly ? N : tile.rowCount;
 #define MOE_ROUNDED(...) registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, __VA_ARGS__>(                          \
-            rows, p, acc, sharedPointer, sharedBase, lane, fullBarriers)
+            rows, p, acc, sharedBase, lane, fullBarriers)
         if constexpr (N == 32) MOE_ROUNDED(16, 24, 32);
         if constexpr (N == 48) MOE_ROUNDED(32, 48);
         if constexpr (N == 64) MOE_ROUNDED(32, 40, 48, 64);
@@ -1363,11 +1356,11 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     } else {
         const int width = p.fullWidthOnly ? N : (tile.rowCount + 63) / 64 * 64;
         if (width <= 64) {
-            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
+            registered_consume<64, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
         } else if (width == 128) {
-            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
+            registered_consume<128, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
         } else {
-            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedPointer, sharedBase, lane, fullBarriers);
+            registered_consume<192, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
         }
     }
     wgmma_wait<0>();
