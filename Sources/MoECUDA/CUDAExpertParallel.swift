@@ -453,6 +453,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         // The single-rank forward's choices for T tokens: router kernel, GEMM variant (with its experiments' overrides,
         // $MOE_CUDA_GEMM and $MOE_CUDA_GEMM2, as CUDABackend's options take them), tile rows, resident rows.
         let plan = CUDABackend.launchPlan(tokens: tokens, config: config, options: CUDABackend.Options(), device: runtime.device)
+        try LaunchPlan.validateSwitches()
         let maxTiles = LaunchPlan.tileBound(slots: world * perRank * config.topK, experts: config.experts, tileRows: plan.tileRows)
         try kernels.gemm(plan.gemm1Variant).allowSharedMemory(plan.gemm1Shape.sharedBytes)
         try kernels.gemm(plan.gemm2Variant).allowSharedMemory(plan.gemm2Shape.sharedBytes)

@@ -382,16 +382,35 @@ public struct LaunchPlan: Sendable, Equatable {
     /// depend on S), so it chooses the same experts bit for bit.
     public var routerSplits: Int { LaunchPlan.routerSplits(tokens: tokens, config: config) }
 
-    public static func routerSplits(tokens: Int, config: MoEConfig) -> Int {
+    public static func routerSplits(tokens: Int, config: MoEConfig, target: Int = routerBlockTarget) -> Int {
         let tiles = routerExpertTiles(config) * ((tokens + 63) / 64)
-        return max(1, min(config.hidden / 32 / 8, Int(MOE_ROUTER_BLOCK_TARGET) / tiles))
+        // A split grid adds its partials through an arrival counter a tile.
+        guard tiles <= Int(MOE_ROUTER_TILE_COUNTERS) else { return 1 }
+        return max(1, min(config.hidden / 32 / 8, target / tiles))
     }
     static func routerExpertTiles(_ config: MoEConfig) -> Int { (config.experts + 31) / 32 }
+    /// The router's block target: MOE_ROUTER_BLOCK_TARGET, or `MOE_CUDA_ROUTER_BLOCKS=N` (64–1024; session 29, for A/B
+    /// runs: the router ends 12–22 µs into the layer at 256–2048 tokens, run 99's trace, and at 2048 its 256 blocks
+    /// each walk 45 of H's 90 steps). It changes S, so the logits' last bits; expert parallelism takes the same S.
+    public static let routerBlocksSwitch = currentEnvironment("MOE_CUDA_ROUTER_BLOCKS")
+    public static let routerBlockTarget = parsedRouterBlockTarget(routerBlocksSwitch) ?? Int(MOE_ROUTER_BLOCK_TARGET)
+    public static func parsedRouterBlockTarget(_ value: String?) -> Int? {
+        guard let value, let target = Int(value), (64...1024).contains(target) else { return nil }
+        return target
+    }
+    /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
+    /// under the variant's name).
+    public static func validateSwitches(routerBlocks: String? = routerBlocksSwitch) throws(CUDAError) {
+        if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
+            throw .invalidArgument(
+                "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
+        }
+    }
     /// Floats of partial logits a split router writes (S·T·E; none when S = 1). With S > 1, S·tiles ≤ the block
     /// target, so S·T ≤ 64·target / expert tiles: `routerPartialCapacity` bounds every batch size.
     public var routerPartialFloats: Int { routerSplits > 1 ? routerSplits * tokens * config.experts : 0 }
-    public static func routerPartialCapacity(_ config: MoEConfig) -> Int {
-        64 * Int(MOE_ROUTER_BLOCK_TARGET) / routerExpertTiles(config) * config.experts
+    public static func routerPartialCapacity(_ config: MoEConfig, target: Int = routerBlockTarget) -> Int {
+        64 * target / routerExpertTiles(config) * config.experts
     }
     /// Shared memory of moe_route_small's plan: logits, ids, weights, counts, offsets.
     var smallRoutingPlanBytes: Int { 4 * (tokens * config.experts + 2 * slots + 2 * config.experts + 1) }
@@ -479,6 +498,7 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
     public func validate(maxSharedPerBlock: Int) throws(CUDAError) {
+        try LaunchPlan.validateSwitches()
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
             ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape),

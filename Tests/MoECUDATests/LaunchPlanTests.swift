@@ -275,12 +275,14 @@ import Testing
 /// capacity expert parallelism allocates, and its tiles the arrival counters.
 @Test func routerSplitsKOnlyWhereTheTilesLeaveTheGPUIdle() {
     let config = MoEPreset.gptOss120b.config  // H = 2880: 90 steps of 32
-    #expect(LaunchPlan(tokens: 1, config: config).routerSplits == 11)  // min(90 / 8, 256 / 4)
-    #expect(LaunchPlan(tokens: 1, config: config).routerShape.grid == (4, 1, 11))
-    #expect(LaunchPlan(tokens: 128, config: config).routerSplits == 11)  // 8 tiles: 256 / 8 = 32, capped at 11
-    #expect(LaunchPlan(tokens: 1024, config: config).routerSplits == 4)  // 64 tiles
-    #expect(LaunchPlan(tokens: 2048, config: config).routerSplits == 2)
-    #expect(LaunchPlan(tokens: 8192, config: config).routerSplits == 1)
+    // The default target (a run with MOE_CUDA_ROUTER_BLOCKS set moves the instance plans: the next test covers it).
+    let target = Int(MOE_ROUTER_BLOCK_TARGET)
+    #expect(LaunchPlan.routerSplits(tokens: 1, config: config, target: target) == 11)  // min(90 / 8, 256 / 4)
+    #expect(LaunchPlan.routerShape(tokens: 1, splits: 11, config: config).grid == (4, 1, 11))
+    #expect(LaunchPlan.routerSplits(tokens: 128, config: config, target: target) == 11)  // 8 tiles: 256 / 8 = 32, capped at 11
+    #expect(LaunchPlan.routerSplits(tokens: 1024, config: config, target: target) == 4)  // 64 tiles
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: target) == 2)
+    #expect(LaunchPlan.routerSplits(tokens: 8192, config: config, target: target) == 1)
     #expect(LaunchPlan(tokens: 8192, config: config).routerPartialFloats == 0)
     for preset in [MoEPreset.gptOss120b, .gptOss20b, .tiny] {
         let c = preset.config
@@ -294,6 +296,46 @@ import Testing
             #expect(shape.sharedBytes <= 96 * 1024)
         }
     }
+}
+
+/// MOE_CUDA_ROUTER_BLOCKS (an A/B knob) moves the block target: more slices where tiles are few, never a split grid
+/// past the arrival counters or a partial buffer past the capacity sized by the same target; a bad value is an error
+/// naming the variable, not the default run under its name.
+@Test func routerBlockTargetMovesTheSplitsWithinTheBuffers() throws {
+    let config = MoEPreset.gptOss120b.config
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: 1024) == 8)  // 128 tiles
+    #expect(LaunchPlan.routerSplits(tokens: 1024, config: config, target: 512) == 8)
+    #expect(LaunchPlan.routerSplits(tokens: 512, config: config, target: 1024) == 11)  // capped at H / 32 / 8
+    #expect(LaunchPlan.routerSplits(tokens: 4096, config: config, target: 1024) == 4)  // 256 tiles, the counters' number
+    #expect(LaunchPlan.routerSplits(tokens: 4160, config: config, target: 1024) == 1)  // 260 tiles: past the counters
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: Int(MOE_ROUTER_BLOCK_TARGET)) == 2)
+    for preset in [MoEPreset.gptOss120b, .gptOss20b, .tiny] {
+        let c = preset.config
+        for target in [64, 256, 512, 1000, 1024] {
+            for tokens in [1, 9, 64, 65, 300, 512, 1000, 2048, 4096, 4097, 8192, 32768] {
+                let splits = LaunchPlan.routerSplits(tokens: tokens, config: c, target: target)
+                let tiles = LaunchPlan.routerExpertTiles(c) * ((tokens + 63) / 64)
+                #expect(splits >= 1 && splits <= max(1, c.hidden / 256))
+                if splits > 1 {
+                    #expect(tiles <= Int(MOE_ROUTER_TILE_COUNTERS))
+                    #expect(splits * tokens * c.experts <= LaunchPlan.routerPartialCapacity(c, target: target))
+                }
+            }
+        }
+    }
+    #expect(LaunchPlan.parsedRouterBlockTarget("512") == 512 && LaunchPlan.parsedRouterBlockTarget(nil) == nil)
+    for bad in ["0", "63", "1025", "many", "", "512 "] {
+        #expect(LaunchPlan.parsedRouterBlockTarget(bad) == nil)
+        #expect(throws: CUDAError.self) { try LaunchPlan.validateSwitches(routerBlocks: bad) }
+    }
+    do {
+        try LaunchPlan.validateSwitches(routerBlocks: "many")
+        Issue.record("MOE_CUDA_ROUTER_BLOCKS=many was accepted")
+    } catch {
+        #expect("\(error)".contains("MOE_CUDA_ROUTER_BLOCKS=many") && "\(error)".contains("64 to 1024"))
+    }
+    try LaunchPlan.validateSwitches(routerBlocks: "1024")
+    try LaunchPlan.validateSwitches(routerBlocks: nil)
 }
 
 /// The wide router (128 experts a block, x read once) only where K is not split, E > 32 and the batch gives at least
@@ -312,7 +354,8 @@ import Testing
         let wide = LaunchPlan(tokens: 8192, config: big).routerShape
         #expect(wide.grid == (1, 128, 1) && wide.block == 512 && wide.sharedBytes == 5 * 192 * 80)
         let narrow = LaunchPlan(tokens: 2048, config: big).routerShape
-        #expect(narrow.grid == (4, 32, 2) && narrow.block == 128 && narrow.sharedBytes == 6 * 96 * 80)
+        let splits = LaunchPlan.routerSplits(tokens: 2048, config: big)  // 2 at the default block target
+        #expect(narrow.grid == (4, 32, splits) && narrow.block == 128 && narrow.sharedBytes == 6 * 96 * 80)
     }
 }
 

@@ -4,6 +4,11 @@
 #           and scale loads (run 99: −0.8 to −1.9% at 1088–1407, −0.2 / −0.3% at 512, level at 2048) and the hand-over on
 #           at 65–76 rows an expert (run 99 on gpt-oss-20b: −1.7 / −1.8% at 544, −1.2 / −0.9% at 576). Predicted: the
 #           same signs and sizes within the call-to-call spread; then the EP checks and both benches.
+#           MOE_CUDA_ROUTER_BLOCKS=512 / 1024 (session 29, host-side): the router's K split for about that many blocks
+#           instead of 256; at 2048 tokens S = 2 → 4 / 8 (each block 45 → 22 / 11 of H's 90 steps). Run 99's trace has
+#           the router ending 14.8 µs into the layer at 1024 and 22.1 at 2048. Predicted: the router's span −3 to −10 µs
+#           at 1024–4096, the layer −0.3 to −1%; level at 512 (S 8 → 11). Checked under the EP checks too (the split
+#           moves the logits' last bits; both paths must move together).
 # Earlier parts ran as runs 45–99 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s44) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -23,6 +28,9 @@ case $part in
         AB_REPEAT=2 AB_TOKENS=512,1088,1280,2048 bash $D abbin
         AB_REPEAT=2 AB_PRESET=gpt-oss-20b AB_TOKENS=544,576 bash $D abbin
         bash $D epcheck
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_ROUTER_BLOCKS=512@1024,2048,4096 MOE_CUDA_ROUTER_BLOCKS=1024@512,1024,2048,4096" bash $D abenv
+        MOE_CUDA_ROUTER_BLOCKS=1024 TRACE_TOKENS=1024,2048,4096 bash $D trace
+        MOE_CUDA_ROUTER_BLOCKS=1024 bash $D epcheck
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
         bash $D bench20b
         ;;
