@@ -376,7 +376,7 @@ public struct LaunchPlan: Sendable, Equatable {
     static func blockPlanBytes(slots: Int, experts: Int) -> Int {
         4 * (2 * slots + 2 * experts + 1) + 4 * ((slots + 31) / 32) * experts
     }
-    /// Slices of K in the router: enough for about MOE_ROUTER_BLOCK_TARGET blocks, each keeping ≥ 8 steps of 32
+    /// Slices of K in the router: enough for about routerBlockTarget blocks, each keeping ≥ 8 steps of 32
     /// (fewer slices: less for the tile's last block to add up).
     /// Expert parallelism launches the router with the S of the single-rank plan for the global batch (the logits
     /// depend on S), so it chooses the same experts bit for bit.
