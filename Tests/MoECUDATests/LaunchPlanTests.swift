@@ -278,7 +278,7 @@ import Testing
     // The default target (a run with MOE_CUDA_ROUTER_BLOCKS set moves the instance plans: the next test covers it).
     let target = Int(MOE_ROUTER_BLOCK_TARGET)
     #expect(LaunchPlan.routerSplits(tokens: 1, config: config, target: target) == 11)  // min(90 / 8, 256 / 4)
-    #expect(LaunchPlan.routerShape(tokens: 1, splits: 11, config: config).grid == (4, 1, 11))
+    #expect(LaunchPlan.routerShape(tokens: 1, splits: LaunchPlan.routerSplits(tokens: 1, config: config, target: target), config: config).grid == (4, 1, 11))
     #expect(LaunchPlan.routerSplits(tokens: 128, config: config, target: target) == 11)  // 8 tiles: 256 / 8 = 32, capped at 11
     #expect(LaunchPlan.routerSplits(tokens: 1024, config: config, target: target) == 4)  // 64 tiles
     #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: target) == 2)

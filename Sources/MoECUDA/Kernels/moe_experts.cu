@@ -963,23 +963,16 @@ struct ChunkCopies {
             const MoEGemmTensorMaps *maps = (const MoEGemmTensorMaps *)p.tensorMaps;
             const int boxes = tensorInput ? width / BOX : 0;
             mbarrier_arrive_expect_bytes(full, GROUPS * (512 + 128) + boxes * BOX * 128);
-            chunk_boxes(maps, c, mapRow, firstRow, boxes, slot,
-                        [&](u32 target, const void *map, int x, int y) { tensor_copy_2d(target, map, x, y, full); });
+            // The codes and the scales of the row groups from mapRow (the scales box is a 4-chunk group's), then the
+            // activation boxes of BOX rows from firstRow.
+            tensor_copy_2d(slot + B_BYTES, &maps->codes, c * 64, mapRow, full);
+            tensor_copy_2d(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow, full);
+            for (int j = 0; j < boxes; ++j) tensor_copy_2d(slot + j * BOX * 128, &maps->input, c * 64, firstRow + BOX * j, full);
         }
         if (!tensorInput) {
             copy_activation_rows(p, c, slot);
             copy_async_arrive_noinc(full);
         }
-    }
-
-    /// Chunk c's 2D boxes for `box(shared address in `slot`, map, x, y)`: the codes and the scales of the row groups from
-    /// `mapRow` (the scales box is a 4-chunk group's), then `boxes` activation boxes of BOX rows from `firstRow`.
-    template <class Box>
-    static MOE_DEVICE void chunk_boxes(
-        const MoEGemmTensorMaps *maps, int c, int mapRow, int firstRow, int boxes, u32 slot, Box box) {
-        box(slot + B_BYTES, &maps->codes, c * 64, mapRow);
-        box(slot + B_BYTES + CODE_BYTES, &maps->scales, (c >> 2) * 16, mapRow);
-        for (int j = 0; j < boxes; ++j) box(slot + j * BOX * 128, &maps->input, c * 64, firstRow + BOX * j);
     }
 
     /// This thread's activation copies of chunk c; a chunk wholly before K has one offset for every thread.
