@@ -130,6 +130,12 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
             case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
             case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double((T + rows) * config.hidden * 2))))
+            case .topkScan:
+                let topk = Double(T * config.experts * 4), scan = Double(bucket.plan.tokenBlocks * config.experts * 12)
+                elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: topk + scan)))
+            case .place:
+                let gathered = bucket.gathered == nil ? 0 : Double((T + rows) * config.hidden * 2)
+                elapsed.append((bucket.gathered == nil ? .plan : .dispatch, ms, StageCost(bytes: Double(rows * 16) + gathered)))
             case .gemm1: elapsed.append((.gemm1, ms, StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)))
             case .gemm2: elapsed.append((.gemm2, ms, StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)))
             case .reduce: elapsed.append((.reduce, ms, StageCost.reduce(tokens: T, config: config)))
@@ -214,6 +220,8 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         }
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
+        try kernels.topkScan.allowSharedMemory(plan.topkShape.sharedBytes)
+        try kernels.planPlace.allowSharedMemory(plan.placeShape(gathers: false).sharedBytes)
         if plan.fusedRouting {
             try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes)
         } else if plan.smallRouting {

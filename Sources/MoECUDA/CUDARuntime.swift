@@ -91,6 +91,9 @@ final class LayerKernels: @unchecked Sendable {
     let topk: CUDAFunction
     let planScan: CUDAFunction
     let planScatter: CUDAFunction
+    /// The single-rank plan in two launches (TokenBucket.placesRows): top-k with the scan, placement with the gather.
+    let topkScan: CUDAFunction
+    let planPlace: CUDAFunction
     let reduce: CUDAFunction
     let gatherRows: CUDAFunction
     private let experts: CUDAModule
@@ -120,6 +123,8 @@ final class LayerKernels: @unchecked Sendable {
         topk = try routing.function("moe_topk")
         planScan = try routing.function("moe_plan_scan")
         planScatter = try routing.function("moe_plan_scatter")
+        topkScan = try routing.function("moe_topk_scan")
+        planPlace = try routing.function("moe_plan_place")
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }

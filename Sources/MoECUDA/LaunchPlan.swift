@@ -495,13 +495,19 @@ public struct LaunchPlan: Sendable, Equatable {
     public var scatterShape: LaunchShape {
         LaunchShape(grid: (tokenBlocks, 1, 1), block: 256, sharedBytes: 32 * config.topK * 8)
     }
+    /// moe_plan_place: a block a token block, and with `gathers` one a slice of 32 · 8 columns of H too (each copies its
+    /// tokens' slice of x to their sorted rows). Shared memory: ids, weights and sorted rows of 32·k slots.
+    public func placeShape(gathers: Bool) -> LaunchShape {
+        let slices = gathers ? (config.hidden / 8 + 31) / 32 : 1
+        return LaunchShape(grid: (tokenBlocks, slices, 1), block: 256, sharedBytes: 3 * 4 * 32 * config.topK)
+    }
 
     /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
     public func validate(maxSharedPerBlock: Int) throws(CUDAError) {
         try LaunchPlan.validateSwitches()
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
-            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape),
+            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape), ("plan placement", placeShape(gathers: true)),
         ] + (fusedRouting ? [("decode routing", routeSmallShape)] : smallRouting ? [("small-batch plan", finishShape)] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(

@@ -17,6 +17,10 @@ final class TokenBucket: @unchecked Sendable {
     /// copy engine brings its activations too: about a point faster than gathering in GEMM 1's producer (session 18's
     /// runs 59–60, H100). `MOE_CUDA_GATHER_ROWS=0` turns it off.
     static let gatherRowsSwitch = currentEnvironment("MOE_CUDA_GATHER_ROWS") != "0"
+    /// Batches past smallRouting build the plan in two launches, moe_topk_scan and moe_plan_place (which gathers GEMM 1's
+    /// rows too), instead of four (moe_topk, moe_plan_scan, moe_plan_scatter, moe_gather_rows); the same plan and rows.
+    /// `MOE_CUDA_FUSED_PLAN=0` launches the four (session 30, for A/B runs).
+    static let fusedPlanSwitch = currentEnvironment("MOE_CUDA_FUSED_PLAN") != "0"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -63,7 +67,7 @@ final class TokenBucket: @unchecked Sendable {
         sortedWeights = try buffer(slots * 4)
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
-        arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
+        arrivals = try buffer((Int(MOE_PLAN_ARRIVAL_COUNTER) + 1) * 4)
         routerPartials = try buffer(max(16, plan.partialLogitFloats * 4))
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
@@ -94,6 +98,11 @@ final class TokenBucket: @unchecked Sendable {
     /// Whether a bucket with `plan` gathers GEMM 1's rows (MOE_CUDA_GATHER_ROWS=1 and a GEMM 1 with tensor copies).
     static func gathersRows(_ plan: LaunchPlan, switchedOn: Bool = gatherRowsSwitch) -> Bool {
         switchedOn && plan.gemm1Variant.usesTensorCopies
+    }
+
+    /// Whether the plan is built by moe_topk_scan and moe_plan_place (fusedPlanSwitch).
+    static func placesRows(_ plan: LaunchPlan, switchedOn: Bool = fusedPlanSwitch) -> Bool {
+        switchedOn && !plan.fusedRouting && !plan.smallRouting
     }
 
     /// The gather's grid: one block row a token (written to its k sorted rows), 128 threads of 8 columns each.
@@ -135,6 +144,7 @@ final class TokenBucket: @unchecked Sendable {
         p.tileCount = tileCount.address
         p.arrivals = arrivals.address
         p.routerPartials = routerPartials.address
+        p.gathered = gathered?.address ?? 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
         return p
     }
@@ -241,6 +251,7 @@ final class TokenBucket: @unchecked Sendable {
     enum Phase: String, CaseIterable {
         case route = "route (fused router+top-k+plan)"
         case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter"
+        case topkScan = "top-k+scan", place = "plan place"
         case gather = "gather rows", gemm1, gemm2, reduce
 
         /// The phase's span in a trace buffer (u64 pairs, KernelTrace).
@@ -274,6 +285,14 @@ final class TokenBucket: @unchecked Sendable {
                 try kernels.routeFinish.launch(
                     plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
+            } else if Self.placesRows(plan) {
+                try kernels.topkScan.launch(
+                    plan.topkShape, stream: stream, parameters: routingPhase(.topkScan), programmatic: programmatic)
+                try between?(.topkScan)
+                try kernels.planPlace.launch(
+                    plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place),
+                    programmatic: programmatic)
+                try between?(.place)
             } else {
                 try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
                 try between?(.topk)
@@ -285,7 +304,7 @@ final class TokenBucket: @unchecked Sendable {
                 try between?(.planScatter)
             }
         }
-        if gathered != nil {
+        if gathered != nil && !Self.placesRows(plan) {
             var gather = gatherParameters(slot: slot)
             gather.trace = traced(.gather)
             try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)

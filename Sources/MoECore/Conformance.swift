@@ -53,8 +53,9 @@ public enum Conformance {
             }
         }
         let tiny = MoEPreset.tiny.config
+        // 300 tokens: past the one-block plan, so the multi-block placement sees one expert take most slots of a block.
         for skew in [Skew.allOnOneExpert, .starvedExpert, .largeScales] {
-            for T in [1, 7, 65] {
+            for T in [1, 7, 65, 300] {
                 seed += 1
                 out.append(Case(name: "tiny, \(skew.rawValue)", config: tiny, tokens: T, mode: .renormalize, seed: seed, skew: skew))
             }

@@ -138,3 +138,31 @@ extension FakeGPUTests {
     let small = LaunchPlan(tokens: 3, config: MoEConfig(hidden: 96, intermediate: 64, experts: 4, topK: 2), variant: .registered_1_128_4_4_1_1_2_1_0_16_0_1_1)
     #expect(TokenBucket.gatherShape(small).grid.x == 3 && TokenBucket.gatherShape(small).grid.y == 1)
 }
+
+/// Past the one-block plan (129 tokens and up) the single-rank plan takes two launches, moe_topk_scan and moe_plan_place,
+/// unless MOE_CUDA_FUSED_PLAN=0; the placement runs a block a token block, and when it gathers GEMM 1's rows, one a slice
+/// of 256 columns of H as well (a warp a token, 16 bytes a lane), every column covered once.
+@Test func planPlacementTakesTheGatherPastTheOneBlockPlan() {
+    let config = MoEPreset.gptOss120b.config
+    #expect(TokenBucket.fusedPlanSwitch == (currentEnvironment("MOE_CUDA_FUSED_PLAN") != "0"))
+    for tokens in [1, 8, 9, 128] { #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config), switchedOn: true)) }
+    for tokens in [129, 512, 2048, 32768] {
+        let plan = LaunchPlan(tokens: tokens, config: config)
+        #expect(TokenBucket.placesRows(plan, switchedOn: true) && !TokenBucket.placesRows(plan, switchedOn: false))
+        #expect(plan.placeShape(gathers: false).grid == (plan.tokenBlocks, 1, 1) && plan.placeShape(gathers: false).block == 256)
+    }
+    for (hidden, slices) in [(2880, 12), (96, 1), (256, 1), (264, 2), (2048, 8)] {
+        let c = MoEConfig(hidden: hidden, intermediate: 64, experts: 32, topK: 4)
+        let shape = LaunchPlan(tokens: 300, config: c).placeShape(gathers: true)
+        #expect(shape.grid == (10, slices, 1), "H = \(hidden)")
+        #expect(shape.grid.y * 32 * 8 >= hidden && (shape.grid.y - 1) * 32 * 8 < hidden)
+    }
+    // ids, weights and sorted rows of 32·k slots.
+    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true).sharedBytes == 3 * 4 * 128)
+    let odd = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 3)
+    #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false).sharedBytes == 3 * 4 * 96)
+    let wide = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 33)
+    #expect(LaunchPlan(tokens: 300, config: wide).placeShape(gathers: false).sharedBytes == 3 * 4 * 1056)
+    // moe_topk_scan's arrival counter sits past the split router's per-tile counters.
+    #expect(MOE_PLAN_ARRIVAL_COUNTER == MOE_ROUTER_TILE_COUNTERS)
+}

@@ -31,6 +31,8 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_ROUTER_BLOCK_TARGET 256
 /// Per-tile arrival counters of the split router: a split grid has at most MOE_ROUTER_BLOCK_TARGET / 2 tiles.
 #define MOE_ROUTER_TILE_COUNTERS 256
+/// The arrival counter of moe_topk_scan's blocks, after the router's (MoERoutingParams.arrivals has this + 1 counters).
+#define MOE_PLAN_ARRIVAL_COUNTER MOE_ROUTER_TILE_COUNTERS
 /// The tensor-core router's tiles (router_mma<ETILE>: 4·ETILE threads) and cp.async ring depths, which its launch shape
 /// (LaunchPlan.routerShape) sizes shared memory by: 64 tokens × 32 experts a block (moe_router_mma) or × 128
 /// (moe_router_mma_wide), a stage of 32 k a row padded to 40 elements.
@@ -95,8 +97,10 @@ typedef struct MoERoutingParams {
     MoEDevicePointer sortedWeights; ///< [T·k] f32: routing weight of each sorted row
     MoEDevicePointer tiles;         ///< [maxTiles] MoETile
     MoEDevicePointer tileCount;     ///< [1] i32
-    MoEDevicePointer arrivals;      ///< [MOE_ROUTER_TILE_COUNTERS] u32 per-tile arrival counters of the split router; zero between launches
+    MoEDevicePointer arrivals;      ///< [MOE_PLAN_ARRIVAL_COUNTER + 1] u32: the split router's per-tile arrival counters, then
+                                    ///< moe_topk_scan's; zero between launches
     MoEDevicePointer routerPartials;///< [S, T, E] f32: the split router's per-slice partial logits (S > 1)
+    MoEDevicePointer gathered;      ///< [T·k, H] bf16 or 0: moe_plan_place copies x's rows here in sorted order
     int tokens;
     int hidden;
     int experts;

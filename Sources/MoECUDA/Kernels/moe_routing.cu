@@ -267,7 +267,8 @@ MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, 
 }
 
 /// One block: per-expert totals and per-block prefixes, expert offsets, and the tile schedule (tiles of
-/// ≤ tileRows rows, expert-major, never straddling experts). Inputs come from an earlier launch.
+/// ≤ tileRows rows, expert-major, never straddling experts). The counts come from an earlier launch or (moe_topk_scan)
+/// from the other blocks of this one, hence loads past L1.
 MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     const int *__restrict__ counts = (const int *)p.blockCounts;
     int *__restrict__ prefix = (int *)p.blockPrefix;
@@ -287,7 +288,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 #pragma unroll 8
         for (int b = b0; b < b1; ++b) {
             const long long i = (long long)b * E + e;
-            const int c = counts[i];
+            const int c = load_coherent_i32(counts + i);
             prefix[i] = running;
             running += c;
         }
@@ -299,7 +300,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
         int sum = 0;
         if (part < parts) {
 #pragma unroll 8
-            for (int b = b0; b < b1; ++b) sum += counts[(long long)b * E + e];
+            for (int b = b0; b < b1; ++b) sum += load_coherent_i32(counts + (long long)b * E + e);
             partSums[part * E + e] = sum;
         }
         __syncthreads();
@@ -747,16 +748,10 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
 
 // MARK: larger batches: top-k, scan, scatter
 
-/// grid: tokenBlocks blocks of 1024 threads (a warp per token), two an SM. Top-k for the block's tokens (logits staged
-/// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram: lanes < k add their
-/// token's ids to shared counters (integers: the same counts in any order). Dynamic shared memory: 32·E floats (or
-/// none) + E counters. Bounded to two blocks an SM (32 registers): with one, each block's chain of dependent loads
-/// and warp reductions left its SM idle (run 62: 75.5 µs at 32768 tokens for 16.8 MB of logits), and the histogram
-/// was a loop over the block's 32·k slots per expert.
-extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams p) {
-    MOE_TRACE_KERNEL(p);
-    extern __shared__ __align__(16) unsigned char topkShared[];
-    unsigned char *shared = topkShared;
+/// Top-k for token block blockIdx.x (a warp per token; logits staged in shared memory per warp when E ≤
+/// MOE_TOPK_SHARED_EXPERTS), then the block's histogram: lanes < k add their token's ids to shared counters (integers:
+/// the same counts in any order), written to blockCounts[b]. `shared`: 32·E floats (or none) + E counters.
+MOE_DEVICE void topk_and_count(const MoERoutingParams &p, unsigned char *shared) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int E = p.experts, K = p.topK;
     const bool staged = E <= MOE_TOPK_SHARED_EXPERTS;
@@ -784,6 +779,30 @@ extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams 
     __syncthreads();
     int *counts = (int *)p.blockCounts + (long long)blockIdx.x * E;
     for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = histogram[e];
+}
+
+/// grid: tokenBlocks blocks of 1024 threads (a warp per token), two an SM: topk_and_count. Dynamic shared memory: 32·E
+/// floats (or none) + E counters. Bounded to two blocks an SM (32 registers): with one, each block's chain of dependent
+/// loads and warp reductions left its SM idle (run 62: 75.5 µs at 32768 tokens for 16.8 MB of logits), and the
+/// histogram was a loop over the block's 32·k slots per expert. Expert parallelism builds its plan from these counts.
+extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    extern __shared__ __align__(16) unsigned char topkShared[];
+    topk_and_count(p, topkShared);
+}
+
+/// moe_topk, then the last block to finish (counted in arrivals[MOE_PLAN_ARRIVAL_COUNTER], reset by it) runs
+/// moe_plan_scan's body: one launch and one kernel boundary fewer on the single-rank path (session 30; run 101's trace
+/// had the scan end 4.8–5.6 µs after top-k at 512–2048 tokens, most of it the boundary).
+extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk_scan(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    extern __shared__ __align__(16) unsigned char topkShared[];
+    __shared__ int scratch[33];
+    topk_and_count(p, topkShared);
+    unsigned *counter = (unsigned *)p.arrivals + MOE_PLAN_ARRIVAL_COUNTER;
+    if (!last_block_to_arrive(counter, gridDim.x)) return;
+    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch
+    scan_plan(p, scratch);
 }
 
 /// grid: 1 block of 1024 threads.
@@ -831,6 +850,67 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingPar
                 sortedWeights[cursor] = weights[s];
                 ++cursor;
             }
+        }
+    }
+}
+
+/// grid: (tokenBlocks, gather slices), 256 threads: moe_plan_scatter's stable placement and moe_gather_rows in one
+/// launch (session 30: one kernel boundary fewer before GEMM 1). Block (b, y) places token block b's slots: slot s of
+/// expert e goes to sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block), each
+/// thread counting the earlier slots of its own (no serial pass per expert); blocks y = 0 write the placement. With
+/// p.gathered, block (b, y) then copies columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows
+/// (a warp a token, 16 B a lane): every slice recomputes the placement, which costs less than a launch.
+/// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows).
+extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    extern __shared__ __align__(16) unsigned char placeShared[];
+    const int E = p.experts, K = p.topK, b = blockIdx.x;
+    const int firstToken = b * MOE_TOKENS_PER_BLOCK, first = firstToken * K;
+    const int slots = min(p.tokens, firstToken + MOE_TOKENS_PER_BLOCK) * K - first;
+    const int blockSlots = MOE_TOKENS_PER_BLOCK * K;  // a multiple of 4: the arrays stay 16-byte aligned
+    int *ids = (int *)placeShared;
+    float *weights = (float *)(ids + blockSlots);
+    int *sortedRows = (int *)(weights + blockSlots);
+    wait_for_previous_kernel();
+    allow_next_kernel();
+    for (int s = threadIdx.x; s < blockSlots; s += blockDim.x) {
+        ids[s] = s < slots ? ((const int *)p.topkIds)[first + s] : -1;
+        weights[s] = s < slots ? ((const float *)p.topkWeights)[first + s] : 0.0f;
+    }
+    __syncthreads();
+    const bool writesPlan = blockIdx.y == 0;
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        const int e = ids[s];
+        int row = -1;
+        if (e >= 0) {
+            // Earlier slots with the same expert, four ids a load (ids past s are not counted: s4 stops at s).
+            int earlier = 0;
+            const int4 *ids4 = (const int4 *)ids;
+            for (int q = 0; q < s / 4; ++q) {
+                const int4 v = ids4[q];
+                earlier += (v.x == e) + (v.y == e) + (v.z == e) + (v.w == e);
+            }
+            for (int r = s & ~3; r < s; ++r) earlier += ids[r] == e;
+            row = ((const int *)p.expertOffsets)[e] + ((const int *)p.blockPrefix)[(long long)b * E + e] + earlier;
+            if (writesPlan) {
+                ((int *)p.sortedToSlot)[row] = first + s;
+                ((float *)p.sortedWeights)[row] = weights[s];
+            }
+        }
+        sortedRows[s] = row;
+        if (writesPlan) ((int *)p.slotToSorted)[first + s] = row;  // −1: routes nowhere (expert-parallel padding)
+    }
+    if (p.gathered == 0) return;
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int column = (blockIdx.y * 32 + lane) * 8;
+    const int tokens = min(p.tokens - firstToken, MOE_TOKENS_PER_BLOCK);
+    if (column >= p.hidden) return;
+    for (int t = warp; t < tokens; t += blockDim.x >> 5) {
+        const uint4 row = *(const uint4 *)((const bf16_t *)p.x + (long long)(firstToken + t) * p.hidden + column);
+        for (int j = 0; j < K; ++j) {
+            const long long r = sortedRows[t * K + j];
+            if (r >= 0) *(uint4 *)((bf16_t *)p.gathered + r * p.hidden + column) = row;
         }
     }
 }
