@@ -221,7 +221,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
         try kernels.topkScan.allowSharedMemory(plan.topkShape.sharedBytes)
-        try kernels.planPlace.allowSharedMemory(plan.placeShape(gathers: false).sharedBytes)
+        try kernels.planPlace.allowSharedMemory(plan.placeShape(gathers: false, inPlace: plan.planBuild() == .inPlace).sharedBytes)
         if plan.fusedRouting {
             try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes)
         } else if plan.smallRouting {

@@ -91,7 +91,7 @@ final class LayerKernels: @unchecked Sendable {
     let topk: CUDAFunction
     let planScan: CUDAFunction
     let planScatter: CUDAFunction
-    /// The single-rank plan in two launches (TokenBucket.placesRows): top-k with the scan, placement with the gather.
+    /// The single-rank plan in two launches (LaunchPlan.planBuild): top-k (with the scan), placement with the gather.
     let topkScan: CUDAFunction
     let planPlace: CUDAFunction
     let reduce: CUDAFunction

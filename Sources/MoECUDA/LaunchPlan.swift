@@ -390,7 +390,7 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     static func routerExpertTiles(_ config: MoEConfig) -> Int { (config.experts + 31) / 32 }
     /// The router's block target: MOE_ROUTER_BLOCK_TARGET, or `MOE_CUDA_ROUTER_BLOCKS=N` (64–1024; session 29, for A/B
-    /// runs: the router ends 12–22 µs into the layer at 256–2048 tokens, run 99's trace, and at 2048 its 256 blocks
+    /// runs: the router ends 12–22 µs into the layer at 256–2048 tokens, run 99's trace, and at 2048 its then 256 blocks
     /// each walk 45 of H's 90 steps). It changes S, so the logits' last bits; expert parallelism takes the same S.
     public static let routerBlocksSwitch = currentEnvironment("MOE_CUDA_ROUTER_BLOCKS")
     public static let routerBlockTarget = parsedRouterBlockTarget(routerBlocksSwitch) ?? Int(MOE_ROUTER_BLOCK_TARGET)
@@ -400,10 +400,14 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
-    public static func validateSwitches(routerBlocks: String? = routerBlocksSwitch) throws(CUDAError) {
+    public static func validateSwitches(routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch) throws(CUDAError) {
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
+        }
+        if let fusedPlan, !["0", "1", "scan"].contains(fusedPlan) {
+            throw .invalidArgument(
+                "MOE_CUDA_FUSED_PLAN=\(fusedPlan): expected 0 (four launches), scan (top-k with the scan, then placement) or 1 (the default; or unset it)")
         }
     }
     /// Floats of partial logits a split router writes (S·T·E; none when S = 1). With S > 1, S·tiles ≤ the block
@@ -496,10 +500,28 @@ public struct LaunchPlan: Sendable, Equatable {
         LaunchShape(grid: (tokenBlocks, 1, 1), block: 256, sharedBytes: 32 * config.topK * 8)
     }
     /// moe_plan_place: a block a token block, and with `gathers` one a slice of 32 · 8 columns of H too (each copies its
-    /// tokens' slice of x to their sorted rows). Shared memory: ids, weights and sorted rows of 32·k slots.
-    public func placeShape(gathers: Bool) -> LaunchShape {
+    /// tokens' slice of x to their sorted rows). Shared memory: ids, weights and sorted rows of 32·k slots, and `inPlace`
+    /// the top-k histograms (B·E ints) and four ints an expert.
+    public func placeShape(gathers: Bool, inPlace: Bool) -> LaunchShape {
         let slices = gathers ? (config.hidden / 8 + 31) / 32 : 1
-        return LaunchShape(grid: (tokenBlocks, slices, 1), block: 256, sharedBytes: 3 * 4 * 32 * config.topK)
+        let planInts = inPlace ? tokenBlocks * config.experts + 4 * config.experts : 0
+        return LaunchShape(grid: (tokenBlocks, slices, 1), block: 256, sharedBytes: 4 * (3 * 32 * config.topK + planInts))
+    }
+
+    /// How a plan past the one-block plan is built (nil: T ≤ 128, moe_route_small or moe_route_finish builds it).
+    /// Session 30. `.inPlace`: moe_topk, then moe_plan_place derives offsets, prefixes and tiles from the histograms itself;
+    /// where they exceed MOE_PLAN_IN_PLACE_COUNTS ints, `.topkScan`: moe_topk_scan (its last block runs the scan), then
+    /// moe_plan_place. Both gather GEMM 1's rows in the placement. `.fourLaunches`: moe_topk, moe_plan_scan,
+    /// moe_plan_scatter, moe_gather_rows, as before. `MOE_CUDA_FUSED_PLAN=scan` or `=0` forces the last two (A/B runs).
+    public enum PlanBuild: String, Sendable { case inPlace = "in place", topkScan = "top-k+scan", fourLaunches = "four launches" }
+    public static let planBuildSwitch = currentEnvironment("MOE_CUDA_FUSED_PLAN")
+    public func planBuild(switchValue: String? = LaunchPlan.planBuildSwitch) -> PlanBuild? {
+        guard !fusedRouting && !smallRouting else { return nil }
+        switch switchValue {
+        case "0": return .fourLaunches
+        case "scan": return .topkScan
+        default: return tokenBlocks * config.experts <= Int(MOE_PLAN_IN_PLACE_COUNTS) ? .inPlace : .topkScan
+        }
     }
 
     /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
@@ -507,7 +529,7 @@ public struct LaunchPlan: Sendable, Equatable {
         try LaunchPlan.validateSwitches()
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
-            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape), ("plan placement", placeShape(gathers: true)),
+            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape), ("plan placement", placeShape(gathers: true, inPlace: planBuild() == .inPlace)),
         ] + (fusedRouting ? [("decode routing", routeSmallShape)] : smallRouting ? [("small-batch plan", finishShape)] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(

@@ -17,10 +17,6 @@ final class TokenBucket: @unchecked Sendable {
     /// copy engine brings its activations too: about a point faster than gathering in GEMM 1's producer (session 18's
     /// runs 59–60, H100). `MOE_CUDA_GATHER_ROWS=0` turns it off.
     static let gatherRowsSwitch = currentEnvironment("MOE_CUDA_GATHER_ROWS") != "0"
-    /// Batches past smallRouting build the plan in two launches, moe_topk_scan and moe_plan_place (which gathers GEMM 1's
-    /// rows too), instead of four (moe_topk, moe_plan_scan, moe_plan_scatter, moe_gather_rows); the same plan and rows.
-    /// `MOE_CUDA_FUSED_PLAN=0` launches the four (session 30, for A/B runs).
-    static let fusedPlanSwitch = currentEnvironment("MOE_CUDA_FUSED_PLAN") != "0"
 
     let plan: LaunchPlan
     let inputs: [DeviceBuffer]
@@ -100,9 +96,9 @@ final class TokenBucket: @unchecked Sendable {
         switchedOn && plan.gemm1Variant.usesTensorCopies
     }
 
-    /// Whether the plan is built by moe_topk_scan and moe_plan_place (fusedPlanSwitch).
-    static func placesRows(_ plan: LaunchPlan, switchedOn: Bool = fusedPlanSwitch) -> Bool {
-        switchedOn && !plan.fusedRouting && !plan.smallRouting
+    /// Whether moe_plan_place gathers GEMM 1's rows (LaunchPlan.planBuild); otherwise moe_gather_rows does, after the plan.
+    static func placesRows(_ build: LaunchPlan.PlanBuild?) -> Bool {
+        build == .inPlace || build == .topkScan
     }
 
     /// The gather's grid: one block row a token (written to its k sorted rows), 128 threads of 8 columns each.
@@ -145,6 +141,7 @@ final class TokenBucket: @unchecked Sendable {
         p.arrivals = arrivals.address
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
+        p.planInPlace = plan.planBuild() == .inPlace ? 1 : 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
         return p
     }
@@ -285,12 +282,13 @@ final class TokenBucket: @unchecked Sendable {
                 try kernels.routeFinish.launch(
                     plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
-            } else if Self.placesRows(plan) {
-                try kernels.topkScan.launch(
-                    plan.topkShape, stream: stream, parameters: routingPhase(.topkScan), programmatic: programmatic)
-                try between?(.topkScan)
+            } else if Self.placesRows(plan.planBuild()) {
+                let inPlace = plan.planBuild() == .inPlace
+                let topk: (CUDAFunction, Phase) = inPlace ? (kernels.topk, .topk) : (kernels.topkScan, .topkScan)
+                try topk.0.launch(plan.topkShape, stream: stream, parameters: routingPhase(topk.1), programmatic: programmatic)
+                try between?(topk.1)
                 try kernels.planPlace.launch(
-                    plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place),
+                    plan.placeShape(gathers: gathered != nil, inPlace: inPlace), stream: stream, parameters: routingPhase(.place),
                     programmatic: programmatic)
                 try between?(.place)
             } else {
@@ -304,7 +302,7 @@ final class TokenBucket: @unchecked Sendable {
                 try between?(.planScatter)
             }
         }
-        if gathered != nil && !Self.placesRows(plan) {
+        if gathered != nil && !Self.placesRows(plan.planBuild()) {
             var gather = gatherParameters(slot: slot)
             gather.trace = traced(.gather)
             try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)

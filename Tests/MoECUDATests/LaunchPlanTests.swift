@@ -277,11 +277,13 @@ import Testing
     let config = MoEPreset.gptOss120b.config  // H = 2880: 90 steps of 32
     // The default target (a run with MOE_CUDA_ROUTER_BLOCKS set moves the instance plans: the next test covers it).
     let target = Int(MOE_ROUTER_BLOCK_TARGET)
-    #expect(LaunchPlan.routerSplits(tokens: 1, config: config, target: target) == 11)  // min(90 / 8, 256 / 4)
+    #expect(LaunchPlan.routerSplits(tokens: 1, config: config, target: target) == 11)  // min(90 / 8, 128 / 4)
     #expect(LaunchPlan.routerShape(tokens: 1, splits: LaunchPlan.routerSplits(tokens: 1, config: config, target: target), config: config).grid == (4, 1, 11))
-    #expect(LaunchPlan.routerSplits(tokens: 128, config: config, target: target) == 11)  // 8 tiles: 256 / 8 = 32, capped at 11
-    #expect(LaunchPlan.routerSplits(tokens: 1024, config: config, target: target) == 4)  // 64 tiles
-    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: target) == 2)
+    #expect(LaunchPlan.routerSplits(tokens: 128, config: config, target: target) == 11)  // 8 tiles: 128 / 8 = 16, capped at 11
+    #expect(LaunchPlan.routerSplits(tokens: 512, config: config, target: target) == 4)  // 32 tiles
+    #expect(LaunchPlan.routerSplits(tokens: 1024, config: config, target: target) == 2)  // 64 tiles
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: target) == 1)
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: 256) == 2)  // session 29's target
     #expect(LaunchPlan.routerSplits(tokens: 8192, config: config, target: target) == 1)
     #expect(LaunchPlan(tokens: 8192, config: config).routerPartialFloats == 0)
     for preset in [MoEPreset.gptOss120b, .gptOss20b, .tiny] {
@@ -308,10 +310,10 @@ import Testing
     #expect(LaunchPlan.routerSplits(tokens: 512, config: config, target: 1024) == 11)  // capped at H / 32 / 8
     #expect(LaunchPlan.routerSplits(tokens: 4096, config: config, target: 1024) == 4)  // 256 tiles, the counters' number
     #expect(LaunchPlan.routerSplits(tokens: 4160, config: config, target: 1024) == 1)  // 260 tiles: past the counters
-    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: Int(MOE_ROUTER_BLOCK_TARGET)) == 2)
+    #expect(LaunchPlan.routerSplits(tokens: 2048, config: config, target: Int(MOE_ROUTER_BLOCK_TARGET)) == 1)
     for preset in [MoEPreset.gptOss120b, .gptOss20b, .tiny] {
         let c = preset.config
-        for target in [64, 256, 512, 1000, 1024] {
+        for target in [64, 128, 256, 512, 1000, 1024] {
             for tokens in [1, 9, 64, 65, 300, 512, 1000, 2048, 4096, 4097, 8192, 32768] {
                 let splits = LaunchPlan.routerSplits(tokens: tokens, config: c, target: target)
                 let tiles = LaunchPlan.routerExpertTiles(c) * ((tokens + 63) / 64)
@@ -326,16 +328,16 @@ import Testing
     #expect(LaunchPlan.parsedRouterBlockTarget("512") == 512 && LaunchPlan.parsedRouterBlockTarget(nil) == nil)
     for bad in ["0", "63", "1025", "many", "", "512 "] {
         #expect(LaunchPlan.parsedRouterBlockTarget(bad) == nil)
-        #expect(throws: CUDAError.self) { try LaunchPlan.validateSwitches(routerBlocks: bad) }
+        #expect(throws: CUDAError.self) { try LaunchPlan.validateSwitches(routerBlocks: bad, fusedPlan: nil) }
     }
     do {
-        try LaunchPlan.validateSwitches(routerBlocks: "many")
+        try LaunchPlan.validateSwitches(routerBlocks: "many", fusedPlan: nil)
         Issue.record("MOE_CUDA_ROUTER_BLOCKS=many was accepted")
     } catch {
         #expect("\(error)".contains("MOE_CUDA_ROUTER_BLOCKS=many") && "\(error)".contains("64 to 1024"))
     }
-    try LaunchPlan.validateSwitches(routerBlocks: "1024")
-    try LaunchPlan.validateSwitches(routerBlocks: nil)
+    try LaunchPlan.validateSwitches(routerBlocks: "1024", fusedPlan: nil)
+    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil)
 }
 
 /// The wide router (128 experts a block, x read once) only where K is not split, E > 32 and the batch gives at least
@@ -354,7 +356,7 @@ import Testing
         let wide = LaunchPlan(tokens: 8192, config: big).routerShape
         #expect(wide.grid == (1, 128, 1) && wide.block == 512 && wide.sharedBytes == 5 * 192 * 80)
         let narrow = LaunchPlan(tokens: 2048, config: big).routerShape
-        let splits = LaunchPlan.routerSplits(tokens: 2048, config: big)  // 2 at the default block target
+        let splits = LaunchPlan.routerSplits(tokens: 2048, config: big)  // 1 at the default block target
         #expect(narrow.grid == (4, 32, splits) && narrow.block == 128 && narrow.sharedBytes == 6 * 96 * 80)
     }
 }

@@ -139,30 +139,50 @@ extension FakeGPUTests {
     #expect(TokenBucket.gatherShape(small).grid.x == 3 && TokenBucket.gatherShape(small).grid.y == 1)
 }
 
-/// Past the one-block plan (129 tokens and up) the single-rank plan takes two launches, moe_topk_scan and moe_plan_place,
-/// unless MOE_CUDA_FUSED_PLAN=0; the placement runs a block a token block, and when it gathers GEMM 1's rows, one a slice
-/// of 256 columns of H as well (a warp a token, 16 bytes a lane), every column covered once.
-@Test func planPlacementTakesTheGatherPastTheOneBlockPlan() {
-    let config = MoEPreset.gptOss120b.config
-    #expect(TokenBucket.fusedPlanSwitch == (currentEnvironment("MOE_CUDA_FUSED_PLAN") != "0"))
-    for tokens in [1, 8, 9, 128] { #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config), switchedOn: true)) }
-    for tokens in [129, 512, 2048, 32768] {
-        let plan = LaunchPlan(tokens: tokens, config: config)
-        #expect(TokenBucket.placesRows(plan, switchedOn: true) && !TokenBucket.placesRows(plan, switchedOn: false))
-        #expect(plan.placeShape(gathers: false).grid == (plan.tokenBlocks, 1, 1) && plan.placeShape(gathers: false).block == 256)
+/// Past the one-block plan (129 tokens and up) the single-rank plan takes two launches: moe_topk and moe_plan_place
+/// deriving the plan itself while the histograms fit MOE_PLAN_IN_PLACE_COUNTS, moe_topk_scan and moe_plan_place past
+/// that; MOE_CUDA_FUSED_PLAN=scan / 0 force the scan or the four launches, and any other value is an error. The
+/// placement runs a block a token block, and when it gathers GEMM 1's rows, one a slice of 256 columns of H as well
+/// (a warp a token, 16 bytes a lane), every column covered once.
+@Test func planPlacementTakesTheGatherPastTheOneBlockPlan() throws {
+    let config = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
+    #expect(LaunchPlan.planBuildSwitch == currentEnvironment("MOE_CUDA_FUSED_PLAN"))
+    for tokens in [1, 8, 9, 128] {
+        #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil) == nil)
+        #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: "0") == nil)
+        #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil)))
+    }
+    // 120b: 32 blocks × 128 experts = 4096 counts at 1024 tokens; 20b (E = 32) reaches them at 4096.
+    for (c, tokens, build) in [(config, 129, LaunchPlan.PlanBuild.inPlace), (config, 1024, .inPlace), (config, 1025, .topkScan),
+                               (config, 32768, .topkScan), (small, 4096, .inPlace), (small, 4097, .topkScan)] {
+        let plan = LaunchPlan(tokens: tokens, config: c)
+        #expect(plan.planBuild(switchValue: nil) == build && plan.planBuild(switchValue: "1") == build, "T = \(tokens)")
+        #expect(plan.planBuild(switchValue: "scan") == .topkScan && plan.planBuild(switchValue: "0") == .fourLaunches)
+        #expect(TokenBucket.placesRows(build) && !TokenBucket.placesRows(.fourLaunches))
+        let shape = plan.placeShape(gathers: false, inPlace: false)
+        #expect(shape.grid == (plan.tokenBlocks, 1, 1) && shape.block == 256)
     }
     for (hidden, slices) in [(2880, 12), (96, 1), (256, 1), (264, 2), (2048, 8)] {
         let c = MoEConfig(hidden: hidden, intermediate: 64, experts: 32, topK: 4)
-        let shape = LaunchPlan(tokens: 300, config: c).placeShape(gathers: true)
+        let shape = LaunchPlan(tokens: 300, config: c).placeShape(gathers: true, inPlace: true)
         #expect(shape.grid == (10, slices, 1), "H = \(hidden)")
         #expect(shape.grid.y * 32 * 8 >= hidden && (shape.grid.y - 1) * 32 * 8 < hidden)
     }
-    // ids, weights and sorted rows of 32·k slots.
-    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true).sharedBytes == 3 * 4 * 128)
+    // ids, weights and sorted rows of 32·k slots; in place also the histograms [B, E] and four ints an expert.
+    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true, inPlace: false).sharedBytes == 3 * 4 * 128)
+    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true, inPlace: true).sharedBytes == 4 * (3 * 128 + 10 * 128 + 4 * 128))
+    #expect(LaunchPlan(tokens: 1024, config: config).placeShape(gathers: true, inPlace: true).sharedBytes <= 48 * 1024)
     let odd = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 3)
-    #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false).sharedBytes == 3 * 4 * 96)
-    let wide = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 33)
-    #expect(LaunchPlan(tokens: 300, config: wide).placeShape(gathers: false).sharedBytes == 3 * 4 * 1056)
+    #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false, inPlace: false).sharedBytes == 3 * 4 * 96)
     // moe_topk_scan's arrival counter sits past the split router's per-tile counters.
     #expect(MOE_PLAN_ARRIVAL_COUNTER == MOE_ROUTER_TILE_COUNTERS)
+    for good in [nil, "0", "1", "scan"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: good) }
+    for bad in ["2", "", "SCAN", "scan ", "yes"] {
+        do {
+            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: bad)
+            Issue.record("MOE_CUDA_FUSED_PLAN=\(bad) was accepted")
+        } catch {
+            #expect("\(error)".contains("MOE_CUDA_FUSED_PLAN=\(bad)") && "\(error)".contains("scan"))
+        }
+    }
 }

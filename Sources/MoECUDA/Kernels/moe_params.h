@@ -27,10 +27,16 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_SMALL_ROUTING_MAX_TOKENS 128
 /// Slots each lane of moe_route_finish's 1024 threads places: at most 32 · 1024 · this slots (T·k) per batch.
 #define MOE_FINISH_SLOTS_PER_LANE 4
-/// The router splits K until its grid has about this many blocks (each keeping ≥ 8 K steps of 32).
-#define MOE_ROUTER_BLOCK_TARGET 256
-/// Per-tile arrival counters of the split router: a split grid has at most MOE_ROUTER_BLOCK_TARGET / 2 tiles.
+/// The router splits K until its grid has about this many blocks (each keeping ≥ 8 K steps of 32). 128, not 256
+/// (session 30, run 103, H100): −0.2 to −0.6% at 256–512 tokens of 120b and level at 1024–2048 (the tile's last block
+/// adds half as many partials); 512 and 1024 were +0.2 to +1.4% at 1024–4096 (run 101).
+#define MOE_ROUTER_BLOCK_TARGET 128
+/// Per-tile arrival counters of the split router: a split grid has at most 128 tiles at the default target, and
+/// MOE_CUDA_ROUTER_BLOCKS never makes one past this many.
 #define MOE_ROUTER_TILE_COUNTERS 256
+/// moe_plan_place derives the plan itself (after moe_topk, no scan) when the top-k histograms (B·E ints) are at most
+/// this many: every block copies them to shared memory. 120b: up to 1024 tokens; 20b: up to 4096.
+#define MOE_PLAN_IN_PLACE_COUNTS 4096
 /// The arrival counter of moe_topk_scan's blocks, after the router's (MoERoutingParams.arrivals has this + 1 counters).
 #define MOE_PLAN_ARRIVAL_COUNTER MOE_ROUTER_TILE_COUNTERS
 /// The tensor-core router's tiles (router_mma<ETILE>: 4·ETILE threads) and cp.async ring depths, which its launch shape
@@ -111,6 +117,8 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
+    int planInPlace;  ///< 1: moe_plan_place derives offsets, prefixes and tiles from blockCounts (no scan); in the
+                      ///< padding before `trace`, so the fields before keep their offsets
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 

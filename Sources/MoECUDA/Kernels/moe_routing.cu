@@ -854,16 +854,62 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingPar
     }
 }
 
+/// Where token block b's slots of each expert start, base[e] = offsets[e] + rows of e in blocks before b, from the top-k
+/// histograms (blockCounts [B, E], copied to `counts`) with no scan launch before: every block of moe_plan_place derives
+/// them itself, and block (0, 0) publishes expertCounts, expertOffsets, the tiles and tileCount as moe_plan_scan would.
+/// Shared: counts [B·E], totals [E], before [E], offsets [E], base [E]. Every thread of the block must call it.
+MOE_DEVICE void plan_in_place(const MoERoutingParams &p, int *counts, int *totals, int *before, int *offsets, int *base, int *scratch) {
+    const int E = p.experts, B = p.tokenBlocks, b = blockIdx.x;
+    const int *__restrict__ blockCounts = (const int *)p.blockCounts;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < B * E; i += blockDim.x) counts[i] = blockCounts[i];
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int running = 0, mine = 0;
+        for (int q = 0; q < B; ++q) {
+            mine = q == b ? running : mine;
+            running += counts[q * E + e];
+        }
+        totals[e] = running;
+        before[e] = mine;
+    }
+    __syncthreads();
+    const bool publish = blockIdx.x == 0 && blockIdx.y == 0;
+    if (publish) {
+        offsets_and_tiles(p, totals, offsets, scratch);
+    } else {  // offsets_and_tiles' shared offsets alone
+        const int per = (E + blockDim.x - 1) / blockDim.x;
+        const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
+        int rows = 0, totalRows;
+        for (int e = e0; e < e1; ++e) rows += totals[e];
+        int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+        for (int e = e0; e < e1; ++e) {
+            offsets[e] = rowBase;
+            rowBase += totals[e];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        base[e] = offsets[e] + before[e];
+        if (publish) ((int *)p.expertCounts)[e] = totals[e];
+    }
+    __syncthreads();
+}
+
 /// grid: (tokenBlocks, gather slices), 256 threads: moe_plan_scatter's stable placement and moe_gather_rows in one
 /// launch (session 30: one kernel boundary fewer before GEMM 1). Block (b, y) places token block b's slots: slot s of
 /// expert e goes to sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block), each
-/// thread counting the earlier slots of its own (no serial pass per expert); blocks y = 0 write the placement. With
-/// p.gathered, block (b, y) then copies columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows
-/// (a warp a token, 16 B a lane): every slice recomputes the placement, which costs less than a launch.
-/// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows).
+/// thread counting the earlier slots of its own (no serial pass per expert); blocks y = 0 write the placement. The
+/// offsets and prefixes come from moe_topk_scan, or with p.planInPlace from plan_in_place (after plain moe_topk: the
+/// scan's launch, or its last block's election and serial pass, never runs). With p.gathered, block (b, y) then copies
+/// columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows (a warp a token, 16 B a lane): every
+/// slice recomputes the placement, which costs less than a launch.
+/// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows), then with p.planInPlace
+/// B·E + 4·E ints (plan_in_place's).
 extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char placeShared[];
+    __shared__ int scratch[33];
     const int E = p.experts, K = p.topK, b = blockIdx.x;
     const int firstToken = b * MOE_TOKENS_PER_BLOCK, first = firstToken * K;
     const int slots = min(p.tokens, firstToken + MOE_TOKENS_PER_BLOCK) * K - first;
@@ -871,13 +917,19 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParam
     int *ids = (int *)placeShared;
     float *weights = (float *)(ids + blockSlots);
     int *sortedRows = (int *)(weights + blockSlots);
+    int *base = sortedRows + blockSlots;  // [E] (planInPlace), then plan_in_place's other arrays
     wait_for_previous_kernel();
     allow_next_kernel();
     for (int s = threadIdx.x; s < blockSlots; s += blockDim.x) {
         ids[s] = s < slots ? ((const int *)p.topkIds)[first + s] : -1;
         weights[s] = s < slots ? ((const float *)p.topkWeights)[first + s] : 0.0f;
     }
-    __syncthreads();
+    if (p.planInPlace) {
+        int *totals = base + E, *before = totals + E, *offsets = before + E, *counts = offsets + E;
+        plan_in_place(p, counts, totals, before, offsets, base, scratch);
+    } else {
+        __syncthreads();
+    }
     const bool writesPlan = blockIdx.y == 0;
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         const int e = ids[s];
@@ -891,7 +943,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParam
                 earlier += (v.x == e) + (v.y == e) + (v.z == e) + (v.w == e);
             }
             for (int r = s & ~3; r < s; ++r) earlier += ids[r] == e;
-            row = ((const int *)p.expertOffsets)[e] + ((const int *)p.blockPrefix)[(long long)b * E + e] + earlier;
+            row = earlier + (p.planInPlace ? base[e]
+                                           : ((const int *)p.expertOffsets)[e] + ((const int *)p.blockPrefix)[(long long)b * E + e]);
             if (writesPlan) {
                 ((int *)p.sortedToSlot)[row] = first + s;
                 ((float *)p.sortedWeights)[row] = weights[s];
