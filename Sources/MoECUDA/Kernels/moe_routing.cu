@@ -905,7 +905,7 @@ MOE_DEVICE void plan_in_place(const MoERoutingParams &p, int *counts, int *total
 /// columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows (a warp a token, 16 B a lane): every
 /// slice recomputes the placement, which costs less than a launch.
 /// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows), then with p.planInPlace
-/// B·E + 4·E ints (plan_in_place's).
+/// B·E + 4·E ints (plan_in_place's). 256 threads (LaunchPlan.placeShape): the gather's warps take 4 tokens each.
 extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char placeShared[];
@@ -959,11 +959,22 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParam
     const int column = (blockIdx.y * 32 + lane) * 8;
     const int tokens = min(p.tokens - firstToken, MOE_TOKENS_PER_BLOCK);
     if (column >= p.hidden) return;
-    for (int t = warp; t < tokens; t += blockDim.x >> 5) {
-        const uint4 row = *(const uint4 *)((const bf16_t *)p.x + (long long)(firstToken + t) * p.hidden + column);
+    // The warp's tokens' loads first, all in flight together, then their stores (with one token's load after the previous
+    // one's stores, each waited out a memory round trip: the compiler cannot move a load of x above a store to gathered).
+    constexpr int WARPS = 8, PER_WARP = MOE_TOKENS_PER_BLOCK / WARPS;  // 256 threads
+    uint4 rows[PER_WARP];
+#pragma unroll
+    for (int i = 0; i < PER_WARP; ++i) {
+        const int t = warp + WARPS * i;
+        if (t < tokens) rows[i] = *(const uint4 *)((const bf16_t *)p.x + (long long)(firstToken + t) * p.hidden + column);
+    }
+#pragma unroll
+    for (int i = 0; i < PER_WARP; ++i) {
+        const int t = warp + WARPS * i;
+        if (t >= tokens) break;
         for (int j = 0; j < K; ++j) {
             const long long r = sortedRows[t * K + j];
-            if (r >= 0) *(uint4 *)((bf16_t *)p.gathered + r * p.hidden + column) = row;
+            if (r >= 0) *(uint4 *)((bf16_t *)p.gathered + r * p.hidden + column) = rows[i];
         }
     }
 }
