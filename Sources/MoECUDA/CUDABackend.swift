@@ -130,9 +130,6 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
             case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
             case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double((T + rows) * config.hidden * 2))))
-            case .topkScan:
-                let topk = Double(T * config.experts * 4), scan = Double(bucket.plan.tokenBlocks * config.experts * 12)
-                elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: topk + scan)))
             case .place:
                 let gathered = bucket.gathered == nil ? 0 : Double((T + rows) * config.hidden * 2)
                 elapsed.append((bucket.gathered == nil ? .plan : .dispatch, ms, StageCost(bytes: Double(rows * 16) + gathered)))
@@ -220,8 +217,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         }
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)
-        try kernels.topkScan.allowSharedMemory(plan.topkShape.sharedBytes)
-        try kernels.planPlace.allowSharedMemory(plan.placeShape(gathers: false, inPlace: plan.planBuild() == .inPlace).sharedBytes)
+        if plan.planBuild() == .inPlace { try kernels.planPlace.allowSharedMemory(plan.placeShape(gathers: false).sharedBytes) }
         if plan.fusedRouting {
             try kernels.routeSmall(plan).allowSharedMemory(plan.routeSmallShape.sharedBytes)
         } else if plan.smallRouting {

@@ -292,7 +292,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         localSortedWeights = try buffer(T * k * 4)
         localPlanTiles = try buffer(LaunchPlan.tileBound(slots: T * k, experts: E, tileRows: 8) * 16)
         localPlanTileCount = try buffer(4)
-        arrivals = try buffer((Int(MOE_PLAN_ARRIVAL_COUNTER) + 1) * 4)
+        arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
         let decode = LaunchPlan(tokens: min(T, Int(MOE_FUSED_ROUTING_MAX_TOKENS)), config: config)
         localRouterPartials = try buffer(max(LaunchPlan.routerPartialCapacity(config), decode.partialLogitFloats) * 4)
         let globalSlots = R * T * k

@@ -91,8 +91,7 @@ final class LayerKernels: @unchecked Sendable {
     let topk: CUDAFunction
     let planScan: CUDAFunction
     let planScatter: CUDAFunction
-    /// The single-rank plan in two launches (LaunchPlan.planBuild): top-k (with the scan), placement with the gather.
-    let topkScan: CUDAFunction
+    /// The single-rank plan's placement and gather after moe_topk (LaunchPlan.planBuild).
     let planPlace: CUDAFunction
     let reduce: CUDAFunction
     let gatherRows: CUDAFunction
@@ -123,7 +122,6 @@ final class LayerKernels: @unchecked Sendable {
         topk = try routing.function("moe_topk")
         planScan = try routing.function("moe_plan_scan")
         planScatter = try routing.function("moe_plan_scatter")
-        topkScan = try routing.function("moe_topk_scan")
         planPlace = try routing.function("moe_plan_place")
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")

@@ -405,9 +405,9 @@ public struct LaunchPlan: Sendable, Equatable {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
         }
-        if let fusedPlan, !["0", "1", "scan"].contains(fusedPlan) {
+        if let fusedPlan, !["0", "1"].contains(fusedPlan) {
             throw .invalidArgument(
-                "MOE_CUDA_FUSED_PLAN=\(fusedPlan): expected 0 (four launches), scan (top-k with the scan, then placement) or 1 (the default; or unset it)")
+                "MOE_CUDA_FUSED_PLAN=\(fusedPlan): expected 0 (the plan in four launches) or 1 (the default, placement in place; or unset it)")
         }
     }
     /// Floats of partial logits a split router writes (S·T·E; none when S = 1). With S > 1, S·tiles ≤ the block
@@ -500,28 +500,25 @@ public struct LaunchPlan: Sendable, Equatable {
         LaunchShape(grid: (tokenBlocks, 1, 1), block: 256, sharedBytes: 32 * config.topK * 8)
     }
     /// moe_plan_place: a block a token block, and with `gathers` one a slice of 32 · 8 columns of H too (each copies its
-    /// tokens' slice of x to their sorted rows). Shared memory: ids, weights and sorted rows of 32·k slots, and `inPlace`
-    /// the top-k histograms (B·E ints) and four ints an expert.
-    public func placeShape(gathers: Bool, inPlace: Bool) -> LaunchShape {
+    /// tokens' slice of x to their sorted rows). Shared memory: ids, weights and sorted rows of 32·k slots, the top-k
+    /// histograms (B·E ints) and four ints an expert.
+    public func placeShape(gathers: Bool) -> LaunchShape {
         let slices = gathers ? (config.hidden / 8 + 31) / 32 : 1
-        let planInts = inPlace ? tokenBlocks * config.experts + 4 * config.experts : 0
+        let planInts = tokenBlocks * config.experts + 4 * config.experts
         return LaunchShape(grid: (tokenBlocks, slices, 1), block: 256, sharedBytes: 4 * (3 * 32 * config.topK + planInts))
     }
 
     /// How a plan past the one-block plan is built (nil: T ≤ 128, moe_route_small or moe_route_finish builds it).
-    /// Session 30. `.inPlace`: moe_topk, then moe_plan_place derives offsets, prefixes and tiles from the histograms itself;
-    /// where they exceed MOE_PLAN_IN_PLACE_COUNTS ints, `.topkScan`: moe_topk_scan (its last block runs the scan), then
-    /// moe_plan_place. Both gather GEMM 1's rows in the placement. `.fourLaunches`: moe_topk, moe_plan_scan,
-    /// moe_plan_scatter, moe_gather_rows, as before. `MOE_CUDA_FUSED_PLAN=scan` or `=0` forces the last two (A/B runs).
-    public enum PlanBuild: String, Sendable { case inPlace = "in place", topkScan = "top-k+scan", fourLaunches = "four launches" }
+    /// `.inPlace` (session 30) while the top-k histograms are at most MOE_PLAN_IN_PLACE_COUNTS ints: moe_topk, then
+    /// moe_plan_place derives offsets, prefixes and tiles from them in every block and gathers GEMM 1's rows (run 104:
+    /// 0.0–0.5% faster than the four launches at 256–1024 tokens of 120b, and run 105 0.3–0.6% at 512–1024).
+    /// `.fourLaunches`: moe_topk, moe_plan_scan, moe_plan_scatter, moe_gather_rows; `MOE_CUDA_FUSED_PLAN=0` forces it.
+    public enum PlanBuild: String, Sendable { case inPlace = "in place", fourLaunches = "four launches" }
     public static let planBuildSwitch = currentEnvironment("MOE_CUDA_FUSED_PLAN")
     public func planBuild(switchValue: String? = LaunchPlan.planBuildSwitch) -> PlanBuild? {
         guard !fusedRouting && !smallRouting else { return nil }
-        switch switchValue {
-        case "0": return .fourLaunches
-        case "scan": return .topkScan
-        default: return tokenBlocks * config.experts <= Int(MOE_PLAN_IN_PLACE_COUNTS) ? .inPlace : .topkScan
-        }
+        let fits = tokenBlocks * config.experts <= Int(MOE_PLAN_IN_PLACE_COUNTS)
+        return fits && switchValue != "0" ? .inPlace : .fourLaunches
     }
 
     /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).
@@ -529,8 +526,9 @@ public struct LaunchPlan: Sendable, Equatable {
         try LaunchPlan.validateSwitches()
         let shapes: [(String, LaunchShape)] = [
             ("GEMM 1 (\(gemm1Variant.rawValue))", gemm1Shape), ("GEMM 2 (\(gemm2Variant.rawValue))", gemm2Shape),
-            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape), ("plan placement", placeShape(gathers: true, inPlace: planBuild() == .inPlace)),
+            ("router", routerShape), ("top-k", topkShape), ("plan scatter", scatterShape),
         ] + (fusedRouting ? [("decode routing", routeSmallShape)] : smallRouting ? [("small-batch plan", finishShape)] : [])
+            + (planBuild() == .inPlace ? [("plan placement", placeShape(gathers: true))] : [])
         for (name, shape) in shapes where shape.sharedBytes > maxSharedPerBlock {
             throw .invalidArgument(
                 "the CUDA backend cannot run \(config) at T=\(tokens): \(name) needs \(shape.sharedBytes) bytes of shared memory, the device allows \(maxSharedPerBlock)")

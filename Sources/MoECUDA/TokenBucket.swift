@@ -13,7 +13,8 @@ final class TokenBucket: @unchecked Sendable {
     static let tileHandOver = currentEnvironment("MOE_CUDA_HANDOVER") != "0"
     /// Specialised kernels multiply tiles of at most N/2 rows at half width; `MOE_CUDA_HALF_TILES=0` turns it off.
     static let halfWidthTiles = currentEnvironment("MOE_CUDA_HALF_TILES") != "0"
-    /// Where GEMM 1 copies by tensor maps, its rows are first gathered into sorted order (moe_gather_rows) so that the
+    /// Where GEMM 1 copies by tensor maps, its rows are first gathered into sorted order (moe_gather_rows, or
+    /// moe_plan_place with the plan) so that the
     /// copy engine brings its activations too: about a point faster than gathering in GEMM 1's producer (session 18's
     /// runs 59–60, H100). `MOE_CUDA_GATHER_ROWS=0` turns it off.
     static let gatherRowsSwitch = currentEnvironment("MOE_CUDA_GATHER_ROWS") != "0"
@@ -63,7 +64,7 @@ final class TokenBucket: @unchecked Sendable {
         sortedWeights = try buffer(slots * 4)
         tiles = try buffer(plan.maxTiles * MemoryLayout<MoETile>.stride)
         tileCount = try buffer(4)
-        arrivals = try buffer((Int(MOE_PLAN_ARRIVAL_COUNTER) + 1) * 4)
+        arrivals = try buffer(Int(MOE_ROUTER_TILE_COUNTERS) * 4)
         routerPartials = try buffer(max(16, plan.partialLogitFloats * 4))
         intermediate = try buffer(slots * I * 2)
         combine = try buffer(slots * H * 2)
@@ -97,9 +98,7 @@ final class TokenBucket: @unchecked Sendable {
     }
 
     /// Whether moe_plan_place gathers GEMM 1's rows (LaunchPlan.planBuild); otherwise moe_gather_rows does, after the plan.
-    static func placesRows(_ build: LaunchPlan.PlanBuild?) -> Bool {
-        build == .inPlace || build == .topkScan
-    }
+    static func placesRows(_ build: LaunchPlan.PlanBuild?) -> Bool { build == .inPlace }
 
     /// The gather's grid: one block row a token (written to its k sorted rows), 128 threads of 8 columns each.
     static func gatherShape(_ plan: LaunchPlan) -> LaunchShape {
@@ -141,7 +140,6 @@ final class TokenBucket: @unchecked Sendable {
         p.arrivals = arrivals.address
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
-        p.planInPlace = plan.planBuild() == .inPlace ? 1 : 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
         return p
     }
@@ -248,7 +246,7 @@ final class TokenBucket: @unchecked Sendable {
     enum Phase: String, CaseIterable {
         case route = "route (fused router+top-k+plan)"
         case router, plan = "top-k+plan (one block)", topk, planScan = "plan scan", planScatter = "plan scatter"
-        case topkScan = "top-k+scan", place = "plan place"
+        case place = "plan place"
         case gather = "gather rows", gemm1, gemm2, reduce
 
         /// The phase's span in a trace buffer (u64 pairs, KernelTrace).
@@ -283,13 +281,10 @@ final class TokenBucket: @unchecked Sendable {
                     plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
             } else if Self.placesRows(plan.planBuild()) {
-                let inPlace = plan.planBuild() == .inPlace
-                let topk: (CUDAFunction, Phase) = inPlace ? (kernels.topk, .topk) : (kernels.topkScan, .topkScan)
-                try topk.0.launch(plan.topkShape, stream: stream, parameters: routingPhase(topk.1), programmatic: programmatic)
-                try between?(topk.1)
+                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
+                try between?(.topk)
                 try kernels.planPlace.launch(
-                    plan.placeShape(gathers: gathered != nil, inPlace: inPlace), stream: stream, parameters: routingPhase(.place),
-                    programmatic: programmatic)
+                    plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place), programmatic: programmatic)
                 try between?(.place)
             } else {
                 try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)

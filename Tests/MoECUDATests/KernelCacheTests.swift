@@ -78,7 +78,7 @@ private func request(
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName
         == "moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1_handover")
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
-    for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(8)", "moe_router_mma(", "moe_router_mma_wide(", "moe_route_finish(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter(", "moe_topk_scan(", "moe_plan_place("] {
+    for name in ["moe_route_small_##N(", "MOE_ROUTE_SMALL(8)", "moe_router_mma(", "moe_router_mma_wide(", "moe_route_finish(", "moe_topk(", "moe_plan_scan(", "moe_plan_scatter(", "moe_plan_place("] {
         #expect(routing.contains(name))
     }
     #expect(KernelSource.headers.map(\.name).sorted() == ["moe_common.cuh", "moe_params.h"])

@@ -139,11 +139,11 @@ extension FakeGPUTests {
     #expect(TokenBucket.gatherShape(small).grid.x == 3 && TokenBucket.gatherShape(small).grid.y == 1)
 }
 
-/// Past the one-block plan (129 tokens and up) the single-rank plan takes two launches: moe_topk and moe_plan_place
-/// deriving the plan itself while the histograms fit MOE_PLAN_IN_PLACE_COUNTS, moe_topk_scan and moe_plan_place past
-/// that; MOE_CUDA_FUSED_PLAN=scan / 0 force the scan or the four launches, and any other value is an error. The
-/// placement runs a block a token block, and when it gathers GEMM 1's rows, one a slice of 256 columns of H as well
-/// (a warp a token, 16 bytes a lane), every column covered once.
+/// Past the one-block plan (129 tokens and up) the single-rank plan takes two launches, moe_topk and moe_plan_place
+/// deriving the plan itself, while the histograms fit MOE_PLAN_IN_PLACE_COUNTS; past that, and with
+/// MOE_CUDA_FUSED_PLAN=0, the four launches; any other value is an error. The placement runs a block a token block, and
+/// when it gathers GEMM 1's rows, one a slice of 256 columns of H as well (a warp a token, 16 bytes a lane), every
+/// column covered once.
 @Test func planPlacementTakesTheGatherPastTheOneBlockPlan() throws {
     let config = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
     #expect(LaunchPlan.planBuildSwitch == currentEnvironment("MOE_CUDA_FUSED_PLAN"))
@@ -153,36 +153,33 @@ extension FakeGPUTests {
         #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil)))
     }
     // 120b: 32 blocks × 128 experts = 4096 counts at 1024 tokens; 20b (E = 32) reaches them at 4096.
-    for (c, tokens, build) in [(config, 129, LaunchPlan.PlanBuild.inPlace), (config, 1024, .inPlace), (config, 1025, .topkScan),
-                               (config, 32768, .topkScan), (small, 4096, .inPlace), (small, 4097, .topkScan)] {
+    for (c, tokens, build) in [(config, 129, LaunchPlan.PlanBuild.inPlace), (config, 1024, .inPlace), (config, 1025, .fourLaunches),
+                               (config, 32768, .fourLaunches), (small, 4096, .inPlace), (small, 4097, .fourLaunches)] {
         let plan = LaunchPlan(tokens: tokens, config: c)
         #expect(plan.planBuild(switchValue: nil) == build && plan.planBuild(switchValue: "1") == build, "T = \(tokens)")
-        #expect(plan.planBuild(switchValue: "scan") == .topkScan && plan.planBuild(switchValue: "0") == .fourLaunches)
-        #expect(TokenBucket.placesRows(build) && !TokenBucket.placesRows(.fourLaunches))
-        let shape = plan.placeShape(gathers: false, inPlace: false)
+        #expect(plan.planBuild(switchValue: "0") == .fourLaunches)
+        #expect(TokenBucket.placesRows(build) == (build == .inPlace))
+        let shape = plan.placeShape(gathers: false)
         #expect(shape.grid == (plan.tokenBlocks, 1, 1) && shape.block == 256)
     }
     for (hidden, slices) in [(2880, 12), (96, 1), (256, 1), (264, 2), (2048, 8)] {
         let c = MoEConfig(hidden: hidden, intermediate: 64, experts: 32, topK: 4)
-        let shape = LaunchPlan(tokens: 300, config: c).placeShape(gathers: true, inPlace: true)
+        let shape = LaunchPlan(tokens: 300, config: c).placeShape(gathers: true)
         #expect(shape.grid == (10, slices, 1), "H = \(hidden)")
         #expect(shape.grid.y * 32 * 8 >= hidden && (shape.grid.y - 1) * 32 * 8 < hidden)
     }
-    // ids, weights and sorted rows of 32·k slots; in place also the histograms [B, E] and four ints an expert.
-    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true, inPlace: false).sharedBytes == 3 * 4 * 128)
-    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true, inPlace: true).sharedBytes == 4 * (3 * 128 + 10 * 128 + 4 * 128))
-    #expect(LaunchPlan(tokens: 1024, config: config).placeShape(gathers: true, inPlace: true).sharedBytes <= 48 * 1024)
+    // ids, weights and sorted rows of 32·k slots, the histograms [B, E] and four ints an expert.
+    #expect(LaunchPlan(tokens: 300, config: config).placeShape(gathers: true).sharedBytes == 4 * (3 * 128 + 10 * 128 + 4 * 128))
+    #expect(LaunchPlan(tokens: 1024, config: config).placeShape(gathers: true).sharedBytes <= 48 * 1024)
     let odd = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 3)
-    #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false, inPlace: false).sharedBytes == 3 * 4 * 96)
-    // moe_topk_scan's arrival counter sits past the split router's per-tile counters.
-    #expect(MOE_PLAN_ARRIVAL_COUNTER == MOE_ROUTER_TILE_COUNTERS)
-    for good in [nil, "0", "1", "scan"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: good) }
-    for bad in ["2", "", "SCAN", "scan ", "yes"] {
+    #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false).sharedBytes == 4 * (3 * 96 + 10 * 64 + 4 * 64))
+    for good in [nil, "0", "1"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: good) }
+    for bad in ["2", "", "scan", "0 ", "yes"] {
         do {
             try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: bad)
             Issue.record("MOE_CUDA_FUSED_PLAN=\(bad) was accepted")
         } catch {
-            #expect("\(error)".contains("MOE_CUDA_FUSED_PLAN=\(bad)") && "\(error)".contains("scan"))
+            #expect("\(error)".contains("MOE_CUDA_FUSED_PLAN=\(bad)") && "\(error)".contains("four launches"))
         }
     }
 }

@@ -35,10 +35,9 @@ typedef unsigned long long MoEDevicePointer;
 /// MOE_CUDA_ROUTER_BLOCKS never makes one past this many.
 #define MOE_ROUTER_TILE_COUNTERS 256
 /// moe_plan_place derives the plan itself (after moe_topk, no scan) when the top-k histograms (B·E ints) are at most
-/// this many: every block copies them to shared memory. 120b: up to 1024 tokens; 20b: up to 4096.
+/// this many: every block copies them to shared memory. 120b: up to 1024 tokens; 20b: up to 4096. Past it the four
+/// launches (moe_topk, moe_plan_scan, moe_plan_scatter, moe_gather_rows).
 #define MOE_PLAN_IN_PLACE_COUNTS 4096
-/// The arrival counter of moe_topk_scan's blocks, after the router's (MoERoutingParams.arrivals has this + 1 counters).
-#define MOE_PLAN_ARRIVAL_COUNTER MOE_ROUTER_TILE_COUNTERS
 /// The tensor-core router's tiles (router_mma<ETILE>: 4·ETILE threads) and cp.async ring depths, which its launch shape
 /// (LaunchPlan.routerShape) sizes shared memory by: 64 tokens × 32 experts a block (moe_router_mma) or × 128
 /// (moe_router_mma_wide), a stage of 32 k a row padded to 40 elements.
@@ -103,8 +102,7 @@ typedef struct MoERoutingParams {
     MoEDevicePointer sortedWeights; ///< [T·k] f32: routing weight of each sorted row
     MoEDevicePointer tiles;         ///< [maxTiles] MoETile
     MoEDevicePointer tileCount;     ///< [1] i32
-    MoEDevicePointer arrivals;      ///< [MOE_PLAN_ARRIVAL_COUNTER + 1] u32: the split router's per-tile arrival counters, then
-                                    ///< moe_topk_scan's; zero between launches
+    MoEDevicePointer arrivals;      ///< [MOE_ROUTER_TILE_COUNTERS] u32 per-tile arrival counters of the split router; zero between launches
     MoEDevicePointer routerPartials;///< [S, T, E] f32: the split router's per-slice partial logits (S > 1)
     MoEDevicePointer gathered;      ///< [T·k, H] bf16 or 0: moe_plan_place copies x's rows here in sorted order
     int tokens;
@@ -117,8 +115,6 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
-    int planInPlace;  ///< 1: moe_plan_place derives offsets, prefixes and tiles from blockCounts (no scan); in the
-                      ///< padding before `trace`, so the fields before keep their offsets
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 

@@ -267,8 +267,7 @@ MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, 
 }
 
 /// One block: per-expert totals and per-block prefixes, expert offsets, and the tile schedule (tiles of
-/// ≤ tileRows rows, expert-major, never straddling experts). The counts come from an earlier launch or (moe_topk_scan)
-/// from the other blocks of this one, hence loads past L1.
+/// ≤ tileRows rows, expert-major, never straddling experts). Inputs come from an earlier launch.
 MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
     const int *__restrict__ counts = (const int *)p.blockCounts;
     int *__restrict__ prefix = (int *)p.blockPrefix;
@@ -288,7 +287,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 #pragma unroll 8
         for (int b = b0; b < b1; ++b) {
             const long long i = (long long)b * E + e;
-            const int c = load_coherent_i32(counts + i);
+            const int c = counts[i];
             prefix[i] = running;
             running += c;
         }
@@ -300,7 +299,7 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
         int sum = 0;
         if (part < parts) {
 #pragma unroll 8
-            for (int b = b0; b < b1; ++b) sum += load_coherent_i32(counts + (long long)b * E + e);
+            for (int b = b0; b < b1; ++b) sum += counts[(long long)b * E + e];
             partSums[part * E + e] = sum;
         }
         __syncthreads();
@@ -784,25 +783,12 @@ MOE_DEVICE void topk_and_count(const MoERoutingParams &p, unsigned char *shared)
 /// grid: tokenBlocks blocks of 1024 threads (a warp per token), two an SM: topk_and_count. Dynamic shared memory: 32·E
 /// floats (or none) + E counters. Bounded to two blocks an SM (32 registers): with one, each block's chain of dependent
 /// loads and warp reductions left its SM idle (run 62: 75.5 µs at 32768 tokens for 16.8 MB of logits), and the
-/// histogram was a loop over the block's 32·k slots per expert. Expert parallelism builds its plan from these counts.
+/// histogram was a loop over the block's 32·k slots per expert. moe_plan_place, moe_plan_scan and expert parallelism
+/// build the plan from these counts.
 extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char topkShared[];
     topk_and_count(p, topkShared);
-}
-
-/// moe_topk, then the last block to finish (counted in arrivals[MOE_PLAN_ARRIVAL_COUNTER], reset by it) runs
-/// moe_plan_scan's body: one launch and one kernel boundary fewer on the single-rank path (session 30; run 101's trace
-/// had the scan end 4.8–5.6 µs after top-k at 512–2048 tokens, most of it the boundary).
-extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk_scan(MoERoutingParams p) {
-    MOE_TRACE_KERNEL(p);
-    extern __shared__ __align__(16) unsigned char topkShared[];
-    __shared__ int scratch[33];
-    topk_and_count(p, topkShared);
-    unsigned *counter = (unsigned *)p.arrivals + MOE_PLAN_ARRIVAL_COUNTER;
-    if (!last_block_to_arrive(counter, gridDim.x)) return;
-    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch
-    scan_plan(p, scratch);
 }
 
 /// grid: 1 block of 1024 threads.
@@ -900,12 +886,13 @@ MOE_DEVICE void plan_in_place(const MoERoutingParams &p, int *counts, int *total
 /// launch (session 30: one kernel boundary fewer before GEMM 1). Block (b, y) places token block b's slots: slot s of
 /// expert e goes to sorted row offsets[e] + (rows of e in earlier blocks) + (earlier slots of e in this block), each
 /// thread counting the earlier slots of its own (no serial pass per expert); blocks y = 0 write the placement. The
-/// offsets and prefixes come from moe_topk_scan, or with p.planInPlace from plan_in_place (after plain moe_topk: the
-/// scan's launch, or its last block's election and serial pass, never runs). With p.gathered, block (b, y) then copies
+/// offsets and prefixes come from plan_in_place, right after moe_topk: no scan launch, and no serial pass in one block
+/// (session 30, run 104: the scan in top-k's last block instead was 0.2–0.9% slower at 256–1024 tokens, and 0.3%
+/// behind the separate launches at 2048–4096, run 105). With p.gathered, block (b, y) then copies
 /// columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows (a warp a token, 16 B a lane): every
 /// slice recomputes the placement, which costs less than a launch.
-/// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows), then with p.planInPlace
-/// B·E + 4·E ints (plan_in_place's). 256 threads (LaunchPlan.placeShape): the gather's warps take 4 tokens each.
+/// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows), then B·E + 4·E ints
+/// (plan_in_place's; B·E ≤ MOE_PLAN_IN_PLACE_COUNTS). 256 threads (LaunchPlan.placeShape): the gather's warps take 4 tokens each.
 extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     extern __shared__ __align__(16) unsigned char placeShared[];
@@ -917,19 +904,15 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParam
     int *ids = (int *)placeShared;
     float *weights = (float *)(ids + blockSlots);
     int *sortedRows = (int *)(weights + blockSlots);
-    int *base = sortedRows + blockSlots;  // [E] (planInPlace), then plan_in_place's other arrays
+    int *base = sortedRows + blockSlots;  // [E], then plan_in_place's other arrays
+    int *totals = base + E, *before = totals + E, *offsets = before + E, *counts = offsets + E;
     wait_for_previous_kernel();
     allow_next_kernel();
     for (int s = threadIdx.x; s < blockSlots; s += blockDim.x) {
         ids[s] = s < slots ? ((const int *)p.topkIds)[first + s] : -1;
         weights[s] = s < slots ? ((const float *)p.topkWeights)[first + s] : 0.0f;
     }
-    if (p.planInPlace) {
-        int *totals = base + E, *before = totals + E, *offsets = before + E, *counts = offsets + E;
-        plan_in_place(p, counts, totals, before, offsets, base, scratch);
-    } else {
-        __syncthreads();
-    }
+    plan_in_place(p, counts, totals, before, offsets, base, scratch);
     const bool writesPlan = blockIdx.y == 0;
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         const int e = ids[s];
@@ -943,8 +926,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParam
                 earlier += (v.x == e) + (v.y == e) + (v.z == e) + (v.w == e);
             }
             for (int r = s & ~3; r < s; ++r) earlier += ids[r] == e;
-            row = earlier + (p.planInPlace ? base[e]
-                                           : ((const int *)p.expertOffsets)[e] + ((const int *)p.blockPrefix)[(long long)b * E + e]);
+            row = base[e] + earlier;
             if (writesPlan) {
                 ((int *)p.sortedToSlot)[row] = first + s;
                 ((float *)p.sortedWeights)[row] = weights[s];
