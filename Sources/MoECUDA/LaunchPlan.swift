@@ -400,7 +400,9 @@ public struct LaunchPlan: Sendable, Equatable {
     }
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
-    public static func validateSwitches(routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch) throws(CUDAError) {
+    public static func validateSwitches(
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
+    ) throws(CUDAError) {
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
@@ -408,6 +410,10 @@ public struct LaunchPlan: Sendable, Equatable {
         if let fusedPlan, !["0", "1"].contains(fusedPlan) {
             throw .invalidArgument(
                 "MOE_CUDA_FUSED_PLAN=\(fusedPlan): expected 0 (the plan in four launches) or 1 (the default, placement in place; or unset it)")
+        }
+        if let inPlaceCounts, parsedInPlaceCounts(inPlaceCounts) == nil {
+            throw .invalidArgument(
+                "MOE_CUDA_PLAN_IN_PLACE_COUNTS=\(inPlaceCounts): expected a count of histogram ints from 1024 to 16384 (unset it for the default, \(MOE_PLAN_IN_PLACE_COUNTS))")
         }
     }
     /// Floats of partial logits a split router writes (S·T·E; none when S = 1). With S > 1, S·tiles ≤ the block
@@ -515,10 +521,19 @@ public struct LaunchPlan: Sendable, Equatable {
     /// `.fourLaunches`: moe_topk, moe_plan_scan, moe_plan_scatter, moe_gather_rows; `MOE_CUDA_FUSED_PLAN=0` forces it.
     public enum PlanBuild: String, Sendable { case inPlace = "in place", fourLaunches = "four launches" }
     public static let planBuildSwitch = currentEnvironment("MOE_CUDA_FUSED_PLAN")
-    public func planBuild(switchValue: String? = LaunchPlan.planBuildSwitch) -> PlanBuild? {
+    public func planBuild(switchValue: String? = LaunchPlan.planBuildSwitch, inPlaceCounts: Int = LaunchPlan.inPlaceCounts) -> PlanBuild? {
         guard !fusedRouting && !smallRouting else { return nil }
-        let fits = tokenBlocks * config.experts <= Int(MOE_PLAN_IN_PLACE_COUNTS)
+        let fits = tokenBlocks * config.experts <= inPlaceCounts
         return fits && switchValue != "0" ? .inPlace : .fourLaunches
+    }
+    /// The in-place plan's bound on B·E: MOE_PLAN_IN_PLACE_COUNTS, or `MOE_CUDA_PLAN_IN_PLACE_COUNTS=N` (1024–16384; for
+    /// A/B runs: unmeasured past 4096, where each placement block copies more than 16 KB of histograms, 2048 tokens of
+    /// 120b at 8192). Shared memory follows it (placeShape).
+    public static let inPlaceCountsSwitch = currentEnvironment("MOE_CUDA_PLAN_IN_PLACE_COUNTS")
+    public static let inPlaceCounts = parsedInPlaceCounts(inPlaceCountsSwitch) ?? Int(MOE_PLAN_IN_PLACE_COUNTS)
+    public static func parsedInPlaceCounts(_ value: String?) -> Int? {
+        guard let value, let counts = Int(value), (1024...16384).contains(counts) else { return nil }
+        return counts
     }
 
     /// Throws when a launch needs more shared memory than the device offers (only for extreme E or k).

@@ -328,16 +328,16 @@ import Testing
     #expect(LaunchPlan.parsedRouterBlockTarget("512") == 512 && LaunchPlan.parsedRouterBlockTarget(nil) == nil)
     for bad in ["0", "63", "1025", "many", "", "512 "] {
         #expect(LaunchPlan.parsedRouterBlockTarget(bad) == nil)
-        #expect(throws: CUDAError.self) { try LaunchPlan.validateSwitches(routerBlocks: bad, fusedPlan: nil) }
+        #expect(throws: CUDAError.self) { try LaunchPlan.validateSwitches(routerBlocks: bad, fusedPlan: nil, inPlaceCounts: nil) }
     }
     do {
-        try LaunchPlan.validateSwitches(routerBlocks: "many", fusedPlan: nil)
+        try LaunchPlan.validateSwitches(routerBlocks: "many", fusedPlan: nil, inPlaceCounts: nil)
         Issue.record("MOE_CUDA_ROUTER_BLOCKS=many was accepted")
     } catch {
         #expect("\(error)".contains("MOE_CUDA_ROUTER_BLOCKS=many") && "\(error)".contains("64 to 1024"))
     }
-    try LaunchPlan.validateSwitches(routerBlocks: "1024", fusedPlan: nil)
-    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil)
+    try LaunchPlan.validateSwitches(routerBlocks: "1024", fusedPlan: nil, inPlaceCounts: nil)
+    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil)
 }
 
 /// The wide router (128 experts a block, x read once) only where K is not split, E > 32 and the batch gives at least

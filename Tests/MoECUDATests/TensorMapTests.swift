@@ -148,15 +148,15 @@ extension FakeGPUTests {
     let config = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
     #expect(LaunchPlan.planBuildSwitch == currentEnvironment("MOE_CUDA_FUSED_PLAN"))
     for tokens in [1, 8, 9, 128] {
-        #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil) == nil)
+        #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil, inPlaceCounts: 4096) == nil)
         #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: "0") == nil)
-        #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil)))
+        #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil, inPlaceCounts: 4096)))
     }
     // 120b: 32 blocks × 128 experts = 4096 counts at 1024 tokens; 20b (E = 32) reaches them at 4096.
     for (c, tokens, build) in [(config, 129, LaunchPlan.PlanBuild.inPlace), (config, 1024, .inPlace), (config, 1025, .fourLaunches),
                                (config, 32768, .fourLaunches), (small, 4096, .inPlace), (small, 4097, .fourLaunches)] {
         let plan = LaunchPlan(tokens: tokens, config: c)
-        #expect(plan.planBuild(switchValue: nil) == build && plan.planBuild(switchValue: "1") == build, "T = \(tokens)")
+        #expect(plan.planBuild(switchValue: nil, inPlaceCounts: 4096) == build && plan.planBuild(switchValue: "1", inPlaceCounts: 4096) == build, "T = \(tokens)")
         #expect(plan.planBuild(switchValue: "0") == .fourLaunches)
         #expect(TokenBucket.placesRows(build) == (build == .inPlace))
         let shape = plan.placeShape(gathers: false)
@@ -173,13 +173,41 @@ extension FakeGPUTests {
     #expect(LaunchPlan(tokens: 1024, config: config).placeShape(gathers: true).sharedBytes <= 48 * 1024)
     let odd = MoEConfig(hidden: 64, intermediate: 64, experts: 64, topK: 3)
     #expect(LaunchPlan(tokens: 300, config: odd).placeShape(gathers: false).sharedBytes == 4 * (3 * 96 + 10 * 64 + 4 * 64))
-    for good in [nil, "0", "1"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: good) }
+    for good in [nil, "0", "1"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: good, inPlaceCounts: nil) }
     for bad in ["2", "", "scan", "0 ", "yes"] {
         do {
-            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: bad)
+            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: bad, inPlaceCounts: nil)
             Issue.record("MOE_CUDA_FUSED_PLAN=\(bad) was accepted")
         } catch {
             #expect("\(error)".contains("MOE_CUDA_FUSED_PLAN=\(bad)") && "\(error)".contains("four launches"))
+        }
+    }
+}
+
+/// MOE_CUDA_PLAN_IN_PLACE_COUNTS (an A/B knob) moves the in-place plan's bound on B·E, with the placement's shared memory
+/// following the histograms; outside 1024–16384 it is an error naming the variable, not the default run under its name.
+@Test func inPlaceCountsMoveThePlanBoundWithinSharedMemory() throws {
+    let config = MoEPreset.gptOss120b.config
+    #expect(LaunchPlan.inPlaceCounts == (LaunchPlan.parsedInPlaceCounts(LaunchPlan.inPlaceCountsSwitch) ?? Int(MOE_PLAN_IN_PLACE_COUNTS)))
+    #expect(Int(MOE_PLAN_IN_PLACE_COUNTS) == 4096)
+    let at2048 = LaunchPlan(tokens: 2048, config: config)  // 64 blocks × 128 experts = 8192 counts
+    #expect(at2048.planBuild(switchValue: nil, inPlaceCounts: 4096) == .fourLaunches)
+    #expect(at2048.planBuild(switchValue: nil, inPlaceCounts: 8192) == .inPlace)
+    #expect(at2048.planBuild(switchValue: "0", inPlaceCounts: 8192) == .fourLaunches)
+    #expect(LaunchPlan(tokens: 4096, config: config).planBuild(switchValue: nil, inPlaceCounts: 16384) == .inPlace)
+    #expect(LaunchPlan(tokens: 4097, config: config).planBuild(switchValue: nil, inPlaceCounts: 16384) == .fourLaunches)
+    // The largest bound's shared memory (16384 counts, k = 4) fits any Hopper block with room for a second.
+    #expect(LaunchPlan(tokens: 4096, config: config).placeShape(gathers: true).sharedBytes == 4 * (3 * 128 + 16384 + 4 * 128))
+    #expect(2 * LaunchPlan(tokens: 4096, config: config).placeShape(gathers: true).sharedBytes <= 227 * 1024)
+    #expect(LaunchPlan.parsedInPlaceCounts("8192") == 8192 && LaunchPlan.parsedInPlaceCounts(nil) == nil)
+    for good in ["1024", "4096", "16384"] { try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: good) }
+    for bad in ["0", "1023", "16385", "lots", "", "8192 "] {
+        #expect(LaunchPlan.parsedInPlaceCounts(bad) == nil)
+        do {
+            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: bad)
+            Issue.record("MOE_CUDA_PLAN_IN_PLACE_COUNTS=\(bad) was accepted")
+        } catch {
+            #expect("\(error)".contains("MOE_CUDA_PLAN_IN_PLACE_COUNTS=\(bad)") && "\(error)".contains("1024 to 16384"))
         }
     }
 }

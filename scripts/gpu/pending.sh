@@ -2,7 +2,10 @@
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
 #   s59:    the final defaults of session 30: the plan in place (moe_topk, moe_plan_place) up to MOE_PLAN_IN_PLACE_COUNTS,
 #           the four launches past it (moe_topk_scan removed: run 105 had it 0.3% behind them at 2048–4096 tokens).
-#           Checks (`check`, stage by stage on 20b at 300 / 2000 tokens, memcheck) and both benches.
+#           Checks (`check`, stage by stage on 20b at 300 / 2000 tokens, memcheck) and both benches; then the in-place
+#           bound past 4096 histogram ints (MOE_CUDA_PLAN_IN_PLACE_COUNTS=8192 / 16384: 2048 / 4096 tokens of 120b in
+#           place, 32 / 64 KB of histograms a placement block), stage-checked on 20b at 8192 tokens (8192 ints) and
+#           A/B'd. Predicted: −0 to −0.5% at 2048, level or worse at 4096 (768 / 1536 blocks each copying the histograms).
 # Earlier parts ran as runs 45–105 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s58) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
@@ -23,6 +26,8 @@ case $part in
         DEBUG_VARIANT=registered_1_32_4_3_1_1_2_1_0_24_0_2_1 MEMCHECK_TOKENS=200,300 bash $D memcheck
         BENCH_TOKENS=1,8,32,128,256,512,1024,1088,1280,1407,1536,2048,2560,3072,4096,8192,16384,32768 bash $D bench
         bash $D bench20b
+        MOE_CUDA_PLAN_IN_PLACE_COUNTS=16384 NEW_VARIANTS=registered_1_192_4_3_1_1_2_1_0_16_0_1_1 DEBUG_TOKENS=8192 bash $D debugnew
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_PLAN_IN_PLACE_COUNTS=8192@2048 MOE_CUDA_PLAN_IN_PLACE_COUNTS=16384@2048,4096" bash $D abenv
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
