@@ -890,7 +890,7 @@ MOE_DEVICE void plan_in_place(const MoERoutingParams &p, int *counts, int *total
 /// (session 30, run 104: the scan in top-k's last block instead was 0.2–0.9% slower at 256–1024 tokens, and 0.3%
 /// behind the separate launches at 2048–4096, run 105). With p.gathered, block (b, y) then copies
 /// columns [32·8·y, 32·8·(y+1)) of its tokens' rows of x to their sorted rows (a warp a token, 16 B a lane): every
-/// slice recomputes the placement, which costs less than a launch.
+/// slice recomputes the plan and the placement, which costs less than a launch.
 /// Dynamic shared memory: 32·k ints (ids) + 32·k floats (weights) + 32·k ints (sorted rows), then B·E + 4·E ints
 /// (plan_in_place's; B·E ≤ MOE_PLAN_IN_PLACE_COUNTS). 256 threads (LaunchPlan.placeShape): the gather's warps take 4 tokens each.
 extern "C" __global__ void __launch_bounds__(256) moe_plan_place(MoERoutingParams p) {
