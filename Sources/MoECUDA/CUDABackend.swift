@@ -121,6 +121,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         let rows = bucket.plan.slots, T = bucket.plan.tokens
         var previous = start
         var elapsed: [(Stage, Double, StageCost)] = []
+        let gatherBytes = Double((T + rows) * config.hidden * 2)  // x read once, written to its k sorted rows
         for (phase, event) in marks {
             let ms = Double(try event.milliseconds(since: previous))
             previous = event
@@ -129,10 +130,10 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
             case .plan: elapsed.append((.plan, ms, StageCost(bytes: Double(T * config.experts * 4 + rows * 16))))
             case .topk: elapsed.append((.topk, ms, StageCost(flops: Double(T * config.experts * 3), bytes: Double(T * config.experts * 4))))
             case .planScan, .planScatter: elapsed.append((.plan, ms, StageCost(bytes: Double(rows * 16))))
-            case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: Double((T + rows) * config.hidden * 2))))
+            case .gather: elapsed.append((.dispatch, ms, StageCost(bytes: gatherBytes)))
             case .place:
-                let gathered = bucket.gathered == nil ? 0 : Double((T + rows) * config.hidden * 2)
-                elapsed.append((bucket.gathered == nil ? .plan : .dispatch, ms, StageCost(bytes: Double(rows * 16) + gathered)))
+                let gathers = bucket.gathered != nil
+                elapsed.append((gathers ? .dispatch : .plan, ms, StageCost(bytes: Double(rows * 16) + (gathers ? gatherBytes : 0))))
             case .gemm1: elapsed.append((.gemm1, ms, StageCost.gemm1(rows: rows, expertsTouched: touched, config: config)))
             case .gemm2: elapsed.append((.gemm2, ms, StageCost.gemm2(rows: rows, expertsTouched: touched, config: config)))
             case .reduce: elapsed.append((.reduce, ms, StageCost.reduce(tokens: T, config: config)))

@@ -97,9 +97,6 @@ final class TokenBucket: @unchecked Sendable {
         switchedOn && plan.gemm1Variant.usesTensorCopies
     }
 
-    /// Whether moe_plan_place gathers GEMM 1's rows (LaunchPlan.planBuild); otherwise moe_gather_rows does, after the plan.
-    static func placesRows(_ build: LaunchPlan.PlanBuild?) -> Bool { build == .inPlace }
-
     /// The gather's grid: one block row a token (written to its k sorted rows), 128 threads of 8 columns each.
     static func gatherShape(_ plan: LaunchPlan) -> LaunchShape {
         LaunchShape(grid: (plan.tokens, (plan.config.hidden / 8 + 127) / 128, 1), block: 128)
@@ -269,6 +266,8 @@ final class TokenBucket: @unchecked Sendable {
         // Every kernel after the router is a programmatic dependent: its blocks may start while the previous kernel
         // finishes (GEMM 2 fills its weight rings first); each waits before reading the previous kernel's output.
         let programmatic = TokenBucket.programmaticLaunch
+        // moe_plan_place builds the plan after top-k and gathers GEMM 1's rows too (LaunchPlan.planBuild).
+        let placesRows = plan.planBuild() == .inPlace
         if plan.fusedRouting {
             try kernels.routeSmall(plan).launch(plan.routeSmallShape, stream: stream, parameters: routingPhase(.route))
             try between?(.route)
@@ -280,24 +279,25 @@ final class TokenBucket: @unchecked Sendable {
                 try kernels.routeFinish.launch(
                     plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
-            } else if Self.placesRows(plan.planBuild()) {
-                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
-                try between?(.topk)
-                try kernels.planPlace.launch(
-                    plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place), programmatic: programmatic)
-                try between?(.place)
             } else {
                 try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
                 try between?(.topk)
-                try kernels.planScan.launch(
-                    plan.scanShape, stream: stream, parameters: routingPhase(.planScan), programmatic: programmatic)
-                try between?(.planScan)
-                try kernels.planScatter.launch(
-                    plan.scatterShape, stream: stream, parameters: routingPhase(.planScatter), programmatic: programmatic)
-                try between?(.planScatter)
+                if placesRows {
+                    try kernels.planPlace.launch(
+                        plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place),
+                        programmatic: programmatic)
+                    try between?(.place)
+                } else {
+                    try kernels.planScan.launch(
+                        plan.scanShape, stream: stream, parameters: routingPhase(.planScan), programmatic: programmatic)
+                    try between?(.planScan)
+                    try kernels.planScatter.launch(
+                        plan.scatterShape, stream: stream, parameters: routingPhase(.planScatter), programmatic: programmatic)
+                    try between?(.planScatter)
+                }
             }
         }
-        if gathered != nil && !Self.placesRows(plan.planBuild()) {
+        if gathered != nil && !placesRows {
             var gather = gatherParameters(slot: slot)
             gather.trace = traced(.gather)
             try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)

@@ -146,11 +146,9 @@ extension FakeGPUTests {
 /// column covered once.
 @Test func planPlacementTakesTheGatherPastTheOneBlockPlan() throws {
     let config = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
-    #expect(LaunchPlan.planBuildSwitch == currentEnvironment("MOE_CUDA_FUSED_PLAN"))
     for tokens in [1, 8, 9, 128] {
         #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil, inPlaceCounts: 4096) == nil)
         #expect(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: "0") == nil)
-        #expect(!TokenBucket.placesRows(LaunchPlan(tokens: tokens, config: config).planBuild(switchValue: nil, inPlaceCounts: 4096)))
     }
     // 120b: 32 blocks × 128 experts = 4096 counts at 1024 tokens; 20b (E = 32) reaches them at 4096.
     for (c, tokens, build) in [(config, 129, LaunchPlan.PlanBuild.inPlace), (config, 1024, .inPlace), (config, 1025, .fourLaunches),
@@ -158,7 +156,6 @@ extension FakeGPUTests {
         let plan = LaunchPlan(tokens: tokens, config: c)
         #expect(plan.planBuild(switchValue: nil, inPlaceCounts: 4096) == build && plan.planBuild(switchValue: "1", inPlaceCounts: 4096) == build, "T = \(tokens)")
         #expect(plan.planBuild(switchValue: "0") == .fourLaunches)
-        #expect(TokenBucket.placesRows(build) == (build == .inPlace))
         let shape = plan.placeShape(gathers: false)
         #expect(shape.grid == (plan.tokenBlocks, 1, 1) && shape.block == 256)
     }
@@ -188,7 +185,6 @@ extension FakeGPUTests {
 /// following the histograms; outside 1024–16384 it is an error naming the variable, not the default run under its name.
 @Test func inPlaceCountsMoveThePlanBoundWithinSharedMemory() throws {
     let config = MoEPreset.gptOss120b.config
-    #expect(LaunchPlan.inPlaceCounts == (LaunchPlan.parsedInPlaceCounts(LaunchPlan.inPlaceCountsSwitch) ?? Int(MOE_PLAN_IN_PLACE_COUNTS)))
     #expect(Int(MOE_PLAN_IN_PLACE_COUNTS) == 4096)
     let at2048 = LaunchPlan(tokens: 2048, config: config)  // 64 blocks × 128 experts = 8192 counts
     #expect(at2048.planBuild(switchValue: nil, inPlaceCounts: 4096) == .fourLaunches)

@@ -240,6 +240,8 @@ MOE_DEVICE int write_expert_tiles(const MoERoutingParams &p, MoETile *tiles, int
 
 /// One block: expert offsets (shared `offsets` and p.expertOffsets) and the tile schedule from the per-expert row
 /// counts in shared memory; each thread takes a contiguous run of experts. Thread 0 also writes the totals.
+/// Publish = false: the shared offsets alone (moe_plan_place's blocks but one).
+template <bool Publish = true>
 MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, int *offsets, int *scratch) {
     const int E = p.experts;
     const int per = (E + blockDim.x - 1) / blockDim.x;
@@ -251,6 +253,13 @@ MOE_DEVICE void offsets_and_tiles(const MoERoutingParams &p, const int *counts, 
     }
     int totalRows, totalTiles;
     int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
+    if (!Publish) {
+        for (int expert = e0; expert < e1; ++expert) {
+            offsets[expert] = rowBase;
+            rowBase += counts[expert];
+        }
+        return;
+    }
     int tileBase = block_exclusive_scan(tileSum, scratch, &totalTiles);
     MoETile *tiles = (MoETile *)p.tiles;
     for (int expert = e0; expert < e1; ++expert) {
@@ -747,10 +756,17 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
 
 // MARK: larger batches: top-k, scan, scatter
 
-/// Top-k for token block blockIdx.x (a warp per token; logits staged in shared memory per warp when E ≤
-/// MOE_TOPK_SHARED_EXPERTS), then the block's histogram: lanes < k add their token's ids to shared counters (integers:
-/// the same counts in any order), written to blockCounts[b]. `shared`: 32·E floats (or none) + E counters.
-MOE_DEVICE void topk_and_count(const MoERoutingParams &p, unsigned char *shared) {
+/// grid: tokenBlocks blocks of 1024 threads (a warp per token), two an SM. Top-k for the block's tokens (logits staged
+/// in shared memory per warp when E ≤ MOE_TOPK_SHARED_EXPERTS), then the block's histogram: lanes < k add their
+/// token's ids to shared counters (integers: the same counts in any order). Dynamic shared memory: 32·E floats (or
+/// none) + E counters. Bounded to two blocks an SM (32 registers): with one, each block's chain of dependent loads
+/// and warp reductions left its SM idle (run 62: 75.5 µs at 32768 tokens for 16.8 MB of logits), and the histogram
+/// was a loop over the block's 32·k slots per expert. moe_plan_place, moe_plan_scan and expert parallelism build the
+/// plan from these counts.
+extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    extern __shared__ __align__(16) unsigned char topkShared[];
+    unsigned char *shared = topkShared;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int E = p.experts, K = p.topK;
     const bool staged = E <= MOE_TOPK_SHARED_EXPERTS;
@@ -778,17 +794,6 @@ MOE_DEVICE void topk_and_count(const MoERoutingParams &p, unsigned char *shared)
     __syncthreads();
     int *counts = (int *)p.blockCounts + (long long)blockIdx.x * E;
     for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = histogram[e];
-}
-
-/// grid: tokenBlocks blocks of 1024 threads (a warp per token), two an SM: topk_and_count. Dynamic shared memory: 32·E
-/// floats (or none) + E counters. Bounded to two blocks an SM (32 registers): with one, each block's chain of dependent
-/// loads and warp reductions left its SM idle (run 62: 75.5 µs at 32768 tokens for 16.8 MB of logits), and the
-/// histogram was a loop over the block's 32·k slots per expert. moe_plan_place, moe_plan_scan and expert parallelism
-/// build the plan from these counts.
-extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams p) {
-    MOE_TRACE_KERNEL(p);
-    extern __shared__ __align__(16) unsigned char topkShared[];
-    topk_and_count(p, topkShared);
 }
 
 /// grid: 1 block of 1024 threads.
@@ -862,17 +867,9 @@ MOE_DEVICE void plan_in_place(const MoERoutingParams &p, int *counts, int *total
     __syncthreads();
     const bool publish = blockIdx.x == 0 && blockIdx.y == 0;
     if (publish) {
-        offsets_and_tiles(p, totals, offsets, scratch);
-    } else {  // offsets_and_tiles' shared offsets alone
-        const int per = (E + blockDim.x - 1) / blockDim.x;
-        const int e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
-        int rows = 0, totalRows;
-        for (int e = e0; e < e1; ++e) rows += totals[e];
-        int rowBase = block_exclusive_scan(rows, scratch, &totalRows);
-        for (int e = e0; e < e1; ++e) {
-            offsets[e] = rowBase;
-            rowBase += totals[e];
-        }
+        offsets_and_tiles<true>(p, totals, offsets, scratch);
+    } else {
+        offsets_and_tiles<false>(p, totals, offsets, scratch);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
