@@ -1545,10 +1545,12 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         }                                                                                              \
     }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
-#if MOE_RESIDENT_BULK
+// Late scales bound the 8-warp kernels to three blocks an SM too (unbounded, ptxas gave them 82 registers). A minimum of
+// one block, spelled out, is not the same as none: ptxas then took 110 registers for them.
+#if MOE_RESIDENT_BULK || MOE_LATE_SCALE
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
 #else
-#define MOE_RESIDENT_BOUNDS_0(WN, WK) __launch_bounds__(32 * WN * WK, MOE_LATE_SCALE && WN * WK == 8 ? 3 : 1)
+#define MOE_RESIDENT_BOUNDS_0(WN, WK) __launch_bounds__(32 * WN * WK)
 #endif
 
 // B blocks per SM: two (at most 128 registers) lets one block's barrier stalls be covered by the other's work.
