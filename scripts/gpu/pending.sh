@@ -4,7 +4,8 @@
 #           the unscaled codes into the MMA, each 32-k block's sum scaled once a row after it, the tile's activations
 #           prescaled by 2^P in shared memory; one-token tiles scale token 0's accumulators only. Checks with the switch
 #           (`check --quick`, its large-scale cases taking the slow factors; stage by stage on 20b at 1 / 3 / 8 / 40
-#           tokens with each resident kernel forced; memcheck; the EP checks), then A/B on 120b and 20b at 1–192 tokens.
+#           tokens with each resident kernel forced; memcheck; the EP checks), then A/B on 120b and 20b at 1–192 tokens,
+#           and the 1- and 8-token traces of both forms.
 #           Predicted by the fast paths' SASS (fastpath counts, BENCHMARKS.md "Session 31"): −3 to −8% at 1 token,
 #           −0 to −3% at 2–192.
 # Earlier parts ran as runs 45–106 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s59) or were
@@ -29,6 +30,8 @@ case $part in
         MOE_CUDA_LATE_SCALE=1 bash $D epcheck
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,16,32,64,128,192" bash $D abenv
         AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,32,64" bash $D abenv
+        TRACE_TOKENS=1,8 bash $D trace
+        MOE_CUDA_LATE_SCALE=1 TRACE_TOKENS=1,8 bash $D trace
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
