@@ -71,44 +71,6 @@ MOE_DEVICE void mma_chunk_decoded(
     }
 }
 
-/// One warp-uniform branch per chunk: the two-multiply decode only when some lane has a scale byte > 128.
-template <int MI, int NJ>
-MOE_DEVICE void mma_chunk(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
-    u32 byteOffset) {
-    bool slow = false;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
-    if (__any_sync(0xffffffffu, slow)) {
-        mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
-    } else {
-        mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
-    }
-}
-
-/// acc[ci] += W · Xᵀ for the 64-k chunks ci < chunksValid of one 4-chunk group (codes and scale words per chunk).
-/// One warp vote for the whole group: on the common path (4 chunks, every scale byte ≤ 128) the four chunks are
-/// straight-line code, so the compiler interleaves one chunk's decode with another's MMAs.
-template <int MI, int NJ, int CHAINS>
-MOE_DEVICE void mma_group(
-    float (&acc)[CHAINS][MI][NJ][4], const uint4 (&codes)[4][MI], const u32 (&words)[4][MI], int chunksValid,
-    const u32 (&rowAddress)[NJ], u32 groupByteOffset) {
-    bool slow = false;
-#pragma unroll
-    for (int ci = 0; ci < 4; ++ci)
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(words[ci][mi]);
-    if (chunksValid == 4 && !__any_sync(0xffffffffu, slow)) {
-#pragma unroll
-        for (int ci = 0; ci < 4; ++ci)
-            mma_chunk_decoded<MI, NJ, false>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
-    } else {
-#pragma unroll
-        for (int ci = 0; ci < 4; ++ci)
-            if (ci < chunksValid) mma_chunk<MI, NJ>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
-    }
-}
-
 // MARK: late scales (resident kernels, MOE_LATE_SCALE)
 //
 // The early form above multiplies every decoded weight pair by its block's scale (mxfp4_decode_word: a factor and four
@@ -208,26 +170,40 @@ MOE_DEVICE void mma_chunk_late(
     }
 }
 
-/// mma_chunk with late scales: one warp-uniform branch per chunk for the slow factors.
-template <int MI, int NJ, bool ONE>
-MOE_DEVICE void mma_chunk_late_any(
+/// How a chunk's weights meet their block scales: before the MMA (mxfp4_decode_word) or after it (late scales above);
+/// lateOne: after it, token 0's accumulators only (one-row tiles).
+enum class Scales { early, late, lateOne };
+
+/// One warp-uniform branch per chunk: the slow factors only when some lane has a scale byte > 128. `base` (late scales)
+/// from prescale_activations.
+template <int MI, int NJ, Scales S = Scales::early>
+MOE_DEVICE void mma_chunk(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
-    u32 byteOffset, u32 base) {
+    u32 byteOffset, u32 base = 0) {
     bool slow = false;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
-    if (__any_sync(0xffffffffu, slow)) {
-        mma_chunk_late<MI, NJ, true, ONE>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+    const bool anySlow = __any_sync(0xffffffffu, slow);
+    if constexpr (S == Scales::early) {
+        if (anySlow) {
+            mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
+        } else {
+            mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
+        }
+    } else if (anySlow) {
+        mma_chunk_late<MI, NJ, true, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
     } else {
-        mma_chunk_late<MI, NJ, false, ONE>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+        mma_chunk_late<MI, NJ, false, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
     }
 }
 
-/// mma_group with late scales (the same warp votes).
-template <int MI, int NJ, int CHAINS, bool ONE>
-MOE_DEVICE void mma_group_late(
+/// acc[ci] += W · Xᵀ for the 64-k chunks ci < chunksValid of one 4-chunk group (codes and scale words per chunk).
+/// One warp vote for the whole group: on the common path (4 chunks, every scale byte ≤ 128) the four chunks are
+/// straight-line code, so the compiler interleaves one chunk's decode with another's MMAs.
+template <int MI, int NJ, int CHAINS, Scales S = Scales::early>
+MOE_DEVICE void mma_group(
     float (&acc)[CHAINS][MI][NJ][4], const uint4 (&codes)[4][MI], const u32 (&words)[4][MI], int chunksValid,
-    const u32 (&rowAddress)[NJ], u32 groupByteOffset, u32 base) {
+    const u32 (&rowAddress)[NJ], u32 groupByteOffset, u32 base = 0) {
     bool slow = false;
 #pragma unroll
     for (int ci = 0; ci < 4; ++ci)
@@ -235,13 +211,18 @@ MOE_DEVICE void mma_group_late(
         for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(words[ci][mi]);
     if (chunksValid == 4 && !__any_sync(0xffffffffu, slow)) {
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci)
-            mma_chunk_late<MI, NJ, false, ONE>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
+        for (int ci = 0; ci < 4; ++ci) {
+            const u32 offset = groupByteOffset + ci * 128;
+            if constexpr (S == Scales::early) {
+                mma_chunk_decoded<MI, NJ, false>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, offset);
+            } else {
+                mma_chunk_late<MI, NJ, false, S == Scales::lateOne>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, offset, base);
+            }
+        }
     } else {
 #pragma unroll
         for (int ci = 0; ci < 4; ++ci)
-            if (ci < chunksValid)
-                mma_chunk_late_any<MI, NJ, ONE>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
+            if (ci < chunksValid) mma_chunk<MI, NJ, S>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
     }
 }
 
@@ -587,7 +568,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
             }
         }
 #if MOE_LATE_SCALE
-        mma_group_late<MI, NJ, 4, ONE>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
+        mma_group<MI, NJ, 4, ONE ? Scales::lateOne : Scales::late>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
 #else
         mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
 #endif
