@@ -3,9 +3,9 @@
 #   s60:    late scales in the resident GEMMs (MOE_CUDA_LATE_SCALE=1, a kernel build switch; moe_experts.cu "late scales"):
 #           the unscaled codes into the MMA, each 32-k block's sum scaled once a row after it, the tile's activations
 #           prescaled by 2^P in shared memory; one-token tiles scale token 0's accumulators only. Checks with the switch
-#           (`check --quick`, its large-scale cases taking the slow factors; stage by stage on 20b at 1 / 3 / 8 / 40
-#           tokens with each resident kernel forced; memcheck; the EP checks), then A/B on 120b and 20b at 1–192 tokens,
-#           and the 1- and 8-token traces of both forms.
+#           (`check --quick`, its large-scale cases taking the slow factors), the A/B on 120b at 1–192 tokens, then
+#           stage by stage on 20b at 1 / 3 / 8 tokens with each resident kernel forced, memcheck, the EP checks, the
+#           A/B on 20b, and the 1- and 8-token traces of both forms (the tail is cut at the deadline).
 #           Predicted by the fast paths' SASS (fastpath counts, BENCHMARKS.md "Session 31"): −3 to −8% at 1 token,
 #           −0 to −3% at 2–192.
 # Earlier parts ran as runs 45–106 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s59) or were
@@ -25,10 +25,10 @@ case $part in
     s60)
         bash $D info
         MOE_CUDA_LATE_SCALE=1 bash $D check
-        MOE_CUDA_LATE_SCALE=1 NEW_VARIANTS="resident_1_1_4_2_3 resident_1_1_2_4_3 resident_1_1_8_1_3 resident_1_1_4_1_4" DEBUG_TOKENS=1,3,8,40 bash $D debugnew
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,16,32,64,128,192" bash $D abenv
+        MOE_CUDA_LATE_SCALE=1 NEW_VARIANTS="resident_1_1_4_2_3 resident_1_1_2_4_3 resident_1_1_8_1_3 resident_1_1_4_1_4" DEBUG_TOKENS=1,3,8 bash $D debugnew
         MOE_CUDA_LATE_SCALE=1 DEBUG_VARIANT=resident_1_1_4_2_3 MEMCHECK_TOKENS=1,7 bash $D memcheck
         MOE_CUDA_LATE_SCALE=1 bash $D epcheck
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,16,32,64,128,192" bash $D abenv
         AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,32,64" bash $D abenv
         TRACE_TOKENS=1,8 bash $D trace
         MOE_CUDA_LATE_SCALE=1 TRACE_TOKENS=1,8 bash $D trace
