@@ -451,9 +451,9 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-/// ONE (late scales only): every tile has one row (p.residentRows == 1, a single token), so only token 0's accumulators
-/// are scaled (mma_chunk_late).
-template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool ONE = false>
+/// SCALES: where the block scales are applied (mma_chunk); lateOne only where every tile has one row (p.residentRows ==
+/// 1, a single token).
+template <int MI, int NJ, int WN, int WK, int S, bool BULK, Scales SCALES>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -519,15 +519,12 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         }
     }
     copy_async_commit();
-#if MOE_LATE_SCALE
-    __shared__ unsigned largestExponent;
-    if (threadIdx.x == 0) largestExponent = 0u;
-#endif
+    __shared__ unsigned largestExponent;  // late scales: the tile's largest activation exponent
+    if (SCALES != Scales::early && threadIdx.x == 0) largestExponent = 0u;
     copy_async_wait<0>();
     __syncthreads();
-#if MOE_LATE_SCALE
-    const u32 lateBase = prescale_activations(xs, rows, rowStride, kPadded, &largestExponent);
-#endif
+    u32 lateBase = 0u;
+    if constexpr (SCALES != Scales::early) lateBase = prescale_activations(xs, rows, rowStride, kPadded, &largestExponent);
 
     float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
 #pragma unroll
@@ -567,11 +564,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                 words[ci][mi] = uint4_component(scales, ci);
             }
         }
-#if MOE_LATE_SCALE
-        mma_group<MI, NJ, 4, ONE ? Scales::lateOne : Scales::late>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
-#else
-        mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
-#endif
+        mma_group<MI, NJ, 4, SCALES>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
         slot = slot + 1 == S ? 0 : slot + 1;
     }
     copy_async_wait<0>();
@@ -595,6 +588,19 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
     if (p.tileRole == 1) signal_tile_ready(p);
+}
+
+/// The scale form of a resident kernel: early by default; late with MOE_LATE_SCALE, and late for token 0 alone in the
+/// split-K kernels (the 1-token GEMMs) when the tiles have one row.
+template <int MI, int NJ, int WN, int WK, int S, bool BULK>
+MOE_DEVICE void gemm_resident_scaled(const MoEGemmParams &p) {
+    if constexpr (MOE_LATE_SCALE != 0 && WK > 1) {
+        if (p.residentRows == 1) {
+            gemm_resident<MI, NJ, WN, WK, S, BULK, Scales::lateOne>(p);
+            return;
+        }
+    }
+    gemm_resident<MI, NJ, WN, WK, S, BULK, MOE_LATE_SCALE != 0 ? Scales::late : Scales::early>(p);
 }
 
 // MARK: staged kernel (larger tiles)
@@ -1519,11 +1525,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         MOE_TRACE_KERNEL(p);                                                                           \
-        if (MOE_LATE_SCALE && WK > 1 && p.residentRows == 1) {                                         \
-            gemm_resident<MI, NJ, WN, WK, S, BULK, MOE_LATE_SCALE != 0>(p);                            \
-        } else {                                                                                       \
-            gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                 \
-        }                                                                                              \
+        gemm_resident_scaled<MI, NJ, WN, WK, S, BULK>(p);                                              \
     }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 // Late scales bound the 8-warp kernels to three blocks an SM too (unbounded, ptxas gave them 82 registers). A minimum of
