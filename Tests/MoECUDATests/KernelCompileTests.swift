@@ -116,9 +116,9 @@ func noDefaultHasItsWgmmaSerialised() throws {
 }
 
 /// The 8-warp resident kernels (the 1-token GEMMs: 360 blocks of 256 threads for gpt-oss-120b's GEMM 1) keep three
-/// blocks an SM in both scale forms: at most 80 registers a thread (65536 / 768, allocated by eights). The late form
-/// (MOE_CUDA_LATE_SCALE) bounds them to it; unbounded, ptxas gave them 82, which would leave two blocks an SM and put
-/// GEMM 1 at 1 token into a second wave.
+/// blocks an SM in both scale forms: at most 80 registers a thread (65536 / 768, allocated by eights). The late form's
+/// first draft (MOE_CUDA_LATE_SCALE, four FFMA chains) took 82, which would leave two blocks an SM and put GEMM 1 at 1
+/// token into a second wave; bounding it took 110 in the default build (a spelled-out minimum of one block).
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func theOneTokenResidentKernelsKeepThreeBlocksAnSM() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)

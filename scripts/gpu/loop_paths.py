@@ -11,6 +11,11 @@
 #          `DEPBAR.LE SB0, 0x1`, or the tensor producer's EMPTY wait `BAR.SYNC.DEFER_BLOCKING R\d+, R\d+`); a consumer
 #          loop's head (NVRTC 13.0, registered kernels): 'USHF\.R\.U32\.HI UR\d+, URZ, 0x2, UR4' (it finds the
 #          n64 loop; session 16: 208 instructions a chunk for two warpgroups' consumers, 137 for four)
+#          --loop N: the loop at the N-th marker (Python index; default −1, the last), for kernels that hold several
+#          copies of a loop (the resident kernels' one-row and general late forms, session 31)
+#          --most REGEX: also the shortest path among those running the most instructions that match REGEX, with its
+#          opcode counts (session 31: `--most HMMA` gives a resident kernel's four-chunk group with all 16 MMAs, the
+#          fast path, beside the partial and slow ones)
 #          cuobjdump on PATH (pip's nvidia-cuda-cuobjdump)
 import re, sys
 from sass_listing import instructions
@@ -22,6 +27,13 @@ if '--marker' in args:
     marker = args[args.index('--marker') + 1]
     del args[args.index('--marker'):args.index('--marker') + 2]
 marker = re.compile(marker)
+loop_index, most = -1, None
+if '--loop' in args:
+    loop_index = int(args[args.index('--loop') + 1])
+    del args[args.index('--loop'):args.index('--loop') + 2]
+if '--most' in args:
+    most = re.compile(args[args.index('--most') + 1])
+    del args[args.index('--most'):args.index('--most') + 2]
 cubin, kernel = args[0], args[1]
 fixed = {int(a.split('=')[0], 16): a.split('=')[1] == 'taken' for a in args[2:] if '=' in a}
 code = instructions(cubin, kernel)  # (address, text)
@@ -30,7 +42,7 @@ marks = [i for i, (_, text) in enumerate(code) if marker.search(text)]
 if not marks:
     sys.exit(f'{kernel}: no instruction matches {marker.pattern}')
 # The loop: the last marker, and the first later backward branch to at or before it.
-mark = marks[-1]
+mark = marks[loop_index]
 loop = None
 for i in range(mark + 1, len(code)):
     m = re.search(r'BRA(?:\.\S+)? (0x[0-9a-f]+)', code[i][1])
@@ -61,6 +73,7 @@ def successors(i):
 
 
 paths = {}  # length -> the conditional branches of one such path
+matching = {}  # (instructions matching --most, length) -> the instructions of one such path
 
 
 def walk(i, steps, seen, decisions):
@@ -68,6 +81,9 @@ def walk(i, steps, seen, decisions):
         return
     if i == back:
         paths.setdefault(steps + 1, decisions)
+        if most:
+            taken = seen | {i}
+            matching.setdefault((sum(1 for j in taken if most.search(code[j][1])), steps + 1), taken)
         return
     if i > back or i < head or i in seen:
         return  # leaves the loop (its exit), or a cycle
@@ -88,3 +104,11 @@ print(f'{kernel}: loop {code[head][0]:#x}–{code[back][0]:#x} ({back - head + 1
 if why:
     for length in sorted(paths):
         print(f'  {length}: {" ".join(paths[length])}')
+if most:
+    count, length = max(matching, key=lambda key: (key[0], -key[1]))
+    opcodes = {}
+    for j in matching[(count, length)]:
+        opcode = re.sub(r'^@!?U?P\w+\s+', '', code[j][1]).split()[0].split('.')[0]
+        opcodes[opcode] = opcodes.get(opcode, 0) + 1
+    mix = ', '.join(f'{op} {n}' for op, n in sorted(opcodes.items(), key=lambda item: (-item[1], item[0])))
+    print(f'  most {most.pattern}: {count}, shortest such path {length} instructions ({mix})')

@@ -114,14 +114,12 @@ MOE_DEVICE u32 prescale_activations(bf16_t *xs, int rows, int rowStride, int col
     return (u32)(126 - P) << 23;
 }
 
-/// The factor 2^(s−1−P) of scale byte `j` of `scales`: its bits are s · 2^23 + base (fast path, s ≤ 128).
-MOE_DEVICE float late_factor(u32 scales, int j, u32 base) {
-    return __uint_as_float(byte_perm(scales, 0u, 0x4440u | (u32)j) * (1u << 23) + base);
-}
-
-/// acc + d · 2^(s−1−P) for any scale byte s (the slow path: s > 128 puts the exponent past fp32's, so it is applied in
-/// two factors; s = 255 is NaN as the format says).
-MOE_DEVICE float late_scale_slow(float acc, float d, u32 scales, int j, u32 base) {
+/// acc + d · 2^(s−1−P) for scale byte `j` of `scales` (s), `base` from prescale_activations. Fast path (every scale byte
+/// of the warp's ≤ 128): the factor's bits are s · 2^23 + base. Slow: past 128 the exponent can leave fp32's, so the
+/// factor comes in two (s = 255 is NaN as the format says).
+template <bool Slow>
+MOE_DEVICE float late_scaled_add(float acc, float d, u32 scales, int j, u32 base) {
+    if (!Slow) return fmaf(d, __uint_as_float(byte_perm(scales, 0u, 0x4440u | (u32)j) * (1u << 23) + base), acc);
     const u32 s = (scales >> (8 * j)) & 0xFFu;
     const u32 e = s + (base >> 23);  // biased exponent of 2^(s−1−P): 1 … 380
     const float first = s == 255u ? __uint_as_float(0x7FC00000u) : __uint_as_float(min(e, 254u) << 23);
@@ -150,21 +148,10 @@ MOE_DEVICE void mma_chunk_late(
                 float d[4];
                 mma_bf16_16816_from_zero(d, low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
                 mma_bf16_16816(d, low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
-                if (!Slow) {
-                    const float lowFactor = late_factor(scaleWords[mi], 2 * sp, base);
-                    const float highFactor = late_factor(scaleWords[mi], 2 * sp + 1, base);
-                    acc[mi][nj][0] = fmaf(d[0], lowFactor, acc[mi][nj][0]);
-                    acc[mi][nj][2] = fmaf(d[2], highFactor, acc[mi][nj][2]);
-                    if (!ONE) {
-                        acc[mi][nj][1] = fmaf(d[1], lowFactor, acc[mi][nj][1]);
-                        acc[mi][nj][3] = fmaf(d[3], highFactor, acc[mi][nj][3]);
-                    }
-                } else {
 #pragma unroll
-                    for (int q = 0; q < 4; ++q)
-                        if (!ONE || q % 2 == 0)
-                            acc[mi][nj][q] = late_scale_slow(acc[mi][nj][q], d[q], scaleWords[mi], 2 * sp + (q >> 1), base);
-                }
+                for (int q = 0; q < 4; ++q)  // q = 0, 1: row gid (scale byte 2·sp); 2, 3: row gid+8
+                    if (!ONE || q % 2 == 0)
+                        acc[mi][nj][q] = late_scaled_add<Slow>(acc[mi][nj][q], d[q], scaleWords[mi], 2 * sp + (q >> 1), base);
             }
         }
     }
@@ -174,8 +161,19 @@ MOE_DEVICE void mma_chunk_late(
 /// lateOne: after it, token 0's accumulators only (one-row tiles).
 enum class Scales { early, late, lateOne };
 
-/// One warp-uniform branch per chunk: the slow factors only when some lane has a scale byte > 128. `base` (late scales)
-/// from prescale_activations.
+/// One chunk in scale form S (`base`: late scales, from prescale_activations).
+template <int MI, int NJ, bool Slow, Scales S>
+MOE_DEVICE void mma_chunk_scaled(
+    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
+    u32 byteOffset, u32 base) {
+    if constexpr (S == Scales::early) {
+        mma_chunk_decoded<MI, NJ, Slow>(acc, codes, scaleWords, rowAddress, byteOffset);
+    } else {
+        mma_chunk_late<MI, NJ, Slow, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+    }
+}
+
+/// One warp-uniform branch per chunk: the slow path only when some lane has a scale byte > 128.
 template <int MI, int NJ, Scales S = Scales::early>
 MOE_DEVICE void mma_chunk(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
@@ -183,17 +181,10 @@ MOE_DEVICE void mma_chunk(
     bool slow = false;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
-    const bool anySlow = __any_sync(0xffffffffu, slow);
-    if constexpr (S == Scales::early) {
-        if (anySlow) {
-            mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
-        } else {
-            mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
-        }
-    } else if (anySlow) {
-        mma_chunk_late<MI, NJ, true, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+    if (__any_sync(0xffffffffu, slow)) {
+        mma_chunk_scaled<MI, NJ, true, S>(acc, codes, scaleWords, rowAddress, byteOffset, base);
     } else {
-        mma_chunk_late<MI, NJ, false, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+        mma_chunk_scaled<MI, NJ, false, S>(acc, codes, scaleWords, rowAddress, byteOffset, base);
     }
 }
 
@@ -211,14 +202,8 @@ MOE_DEVICE void mma_group(
         for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(words[ci][mi]);
     if (chunksValid == 4 && !__any_sync(0xffffffffu, slow)) {
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
-            const u32 offset = groupByteOffset + ci * 128;
-            if constexpr (S == Scales::early) {
-                mma_chunk_decoded<MI, NJ, false>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, offset);
-            } else {
-                mma_chunk_late<MI, NJ, false, S == Scales::lateOne>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, offset, base);
-            }
-        }
+        for (int ci = 0; ci < 4; ++ci)
+            mma_chunk_scaled<MI, NJ, false, S>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
     } else {
 #pragma unroll
         for (int ci = 0; ci < 4; ++ci)
@@ -526,9 +511,12 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     u32 lateBase = 0u;
     if constexpr (SCALES != Scales::early) lateBase = prescale_activations(xs, rows, rowStride, kPadded, &largestExponent);
 
-    float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
+    // Early scales: one MMA chain per chunk of a group, four independent dependency chains. Late: the chains are FFMA
+    // (the MMAs start from zero each block); with four, the 1-token kernels reloaded six spilled values every group.
+    constexpr int CHAINS = SCALES == Scales::early ? 4 : 2;
+    float chains[CHAINS][MI][NJ][4];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) zero_accumulators<MI, NJ>(chains[c]);
+    for (int c = 0; c < CHAINS; ++c) zero_accumulators<MI, NJ>(chains[c]);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -564,7 +552,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                 words[ci][mi] = uint4_component(scales, ci);
             }
         }
-        mma_group<MI, NJ, 4, SCALES>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
+        mma_group<MI, NJ, CHAINS, SCALES>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
         slot = slot + 1 == S ? 0 : slot + 1;
     }
     copy_async_wait<0>();
@@ -575,7 +563,13 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
+            for (int q = 0; q < 4; ++q) {
+                if constexpr (CHAINS == 4) {
+                    acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
+                } else {
+                    acc[mi][nj][q] = chains[0][mi][nj][q] + chains[1][mi][nj][q];
+                }
+            }
 
     if constexpr (WK == 1) {
 #pragma unroll
@@ -1528,9 +1522,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         gemm_resident_scaled<MI, NJ, WN, WK, S, BULK>(p);                                              \
     }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
-// Late scales bound the 8-warp kernels to three blocks an SM too (unbounded, ptxas gave them 82 registers). A minimum of
-// one block, spelled out, is not the same as none: ptxas then took 110 registers for them.
-#if MOE_RESIDENT_BULK || MOE_LATE_SCALE
+#if MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
 #else
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) __launch_bounds__(32 * WN * WK)
