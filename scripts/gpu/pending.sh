@@ -6,7 +6,7 @@
 #           (`check --quick`, its large-scale cases taking the slow factors), the A/B on 120b at 1–192 tokens, then
 #           stage by stage on 20b at 1 / 3 / 8 tokens with each resident kernel forced, memcheck, the EP checks, the
 #           A/B on 20b, and the 1- and 8-token traces of both forms (the tail is cut at the deadline).
-#           Predicted by the fast paths' SASS (fastpath counts, BENCHMARKS.md "Session 31"): −3 to −8% at 1 token,
+#           Predicted by the fast paths' SASS (loop_paths.py --most HMMA, BENCHMARKS.md "Session 31"): −3 to −8% at 1 token,
 #           −0 to −3% at 2–192.
 # Earlier parts ran as runs 45–106 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s59) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
