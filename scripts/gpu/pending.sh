@@ -25,6 +25,8 @@ case $part in
     s60)
         bash $D info
         MOE_CUDA_LATE_SCALE=1 bash $D check
+        # No H200 has been lent since session 7: if this is one, the bar's own card, bench the default first.
+        if nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200; then bash $D bench; bash $D bench20b; fi
         AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,16,32,64,128,192" bash $D abenv
         MOE_CUDA_LATE_SCALE=1 NEW_VARIANTS="resident_1_1_4_2_3 resident_1_1_2_4_3 resident_1_1_8_1_3 resident_1_1_4_1_4" DEBUG_TOKENS=1,3,8 bash $D debugnew
         MOE_CUDA_LATE_SCALE=1 DEBUG_VARIANT=resident_1_1_4_2_3 MEMCHECK_TOKENS=1,7 bash $D memcheck
