@@ -116,25 +116,23 @@ func noDefaultHasItsWgmmaSerialised() throws {
 }
 
 /// The 8-warp resident kernels (the 1-token GEMMs: 360 blocks of 256 threads for gpt-oss-120b's GEMM 1) keep three
-/// blocks an SM in both scale forms: at most 80 registers a thread (65536 / 768, allocated by eights). The late form's
-/// first draft (MOE_CUDA_LATE_SCALE, four FFMA chains) took 82, which would leave two blocks an SM and put GEMM 1 at 1
-/// token into a second wave; bounding it took 110 in the default build (a spelled-out minimum of one block).
+/// blocks an SM: at most 80 registers a thread (65536 / 768, allocated by eights). More would leave two blocks an SM and
+/// put GEMM 1 at 1 token into a second wave; session 31's late scales took 82 in a first draft, and a spelled-out
+/// minimum of one block in the launch bounds took 110.
 @Test(.enabled(if: LocalNVRTC.library != nil, "needs libnvrtc (set MOE_CUDA_LIBRARY_PATH)"))
 func theOneTokenResidentKernelsKeepThreeBlocksAnSM() throws {
     let compiler = try KernelCompiler(nvrtc: LocalNVRTC.library!, cache: nil)
-    for options in [[], ["-DMOE_LATE_SCALE=1"]] {
-        let request = KernelCompileRequest(source: .experts, options: ["--ptxas-options=-v"] + options, architecture: "sm_90a")
-        let lines = try compiler.compileWithLog(request).log.split(separator: "\n").map(String.init)
-        for variant in [GemmVariant.resident_1_1_4_2_3, .resident_1_1_2_4_3, .resident_1_1_8_1_3] {
-            #expect(variant.warps == 8)
-            guard let at = lines.firstIndex(where: { $0.contains("Compiling entry function '\(variant.kernelName)'") }),
-                  let used = lines[at...].first(where: { $0.contains("Used ") && $0.contains(" registers") }),
-                  let registers = used.split(separator: " ").drop(while: { $0 != "Used" }).dropFirst().first.flatMap({ Int($0) })
-            else {
-                Issue.record("no ptxas register count for \(variant.kernelName) \(options)")
-                continue
-            }
-            #expect(registers <= 80, "\(variant.kernelName) \(options): \(registers) registers")
+    let request = KernelCompileRequest(source: .experts, options: ["--ptxas-options=-v"], architecture: "sm_90a")
+    let lines = try compiler.compileWithLog(request).log.split(separator: "\n").map(String.init)
+    for variant in [GemmVariant.resident_1_1_4_2_3, .resident_1_1_2_4_3, .resident_1_1_8_1_3] {
+        #expect(variant.warps == 8)
+        guard let at = lines.firstIndex(where: { $0.contains("Compiling entry function '\(variant.kernelName)'") }),
+              let used = lines[at...].first(where: { $0.contains("Used ") && $0.contains(" registers") }),
+              let registers = used.split(separator: " ").drop(while: { $0 != "Used" }).dropFirst().first.flatMap({ Int($0) })
+        else {
+            Issue.record("no ptxas register count for \(variant.kernelName)")
+            continue
         }
+        #expect(registers <= 80, "\(variant.kernelName): \(registers) registers")
     }
 }

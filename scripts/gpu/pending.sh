@@ -1,40 +1,19 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-#   s60:    late scales in the resident GEMMs (MOE_CUDA_LATE_SCALE=1, a kernel build switch; moe_experts.cu "late scales"):
-#           the unscaled codes into the MMA, each 32-k block's sum scaled once a row after it, the tile's activations
-#           prescaled by 2^P in shared memory; one-token tiles scale token 0's accumulators only. Checks with the switch
-#           (`check --quick`, its large-scale cases taking the slow factors), the A/B on 120b at 1–192 tokens, then
-#           stage by stage on 20b at 1 / 3 / 8 tokens with each resident kernel forced, memcheck, the EP checks, the
-#           A/B on 20b, and the 1- and 8-token traces of both forms (the tail is cut at the deadline).
-#           Predicted by the fast paths' SASS (loop_paths.py --most HMMA, BENCHMARKS.md "Session 31"): −3 to −8% at 1 token,
-#           −0 to −3% at 2–192.
-# Earlier parts ran as runs 45–106 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s59) or were
+# Earlier parts ran as runs 45–107 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s60) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
-#   usage (device): bash .device/pending.sh s60 [SECONDS]
+#   usage (device): bash .device/pending.sh PART [SECONDS]
 set -u
-part=${1:-s60}
+part=${1:-}
 export DEADLINE=$(( $(date +%s) + ${2:-570} ))
 D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s60)
-        bash $D info
-        MOE_CUDA_LATE_SCALE=1 bash $D check
-        # No H200 has been lent since session 7: if this is one, the bar's own card, bench the default first.
-        if nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200; then bash $D bench; bash $D bench20b; fi
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,16,32,64,128,192" bash $D abenv
-        MOE_CUDA_LATE_SCALE=1 NEW_VARIANTS="resident_1_1_4_2_3 resident_1_1_2_4_3 resident_1_1_8_1_3 resident_1_1_4_1_4" DEBUG_TOKENS=1,3,8 bash $D debugnew
-        MOE_CUDA_LATE_SCALE=1 DEBUG_VARIANT=resident_1_1_4_2_3 MEMCHECK_TOKENS=1,7 bash $D memcheck
-        MOE_CUDA_LATE_SCALE=1 bash $D epcheck
-        AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_LATE_SCALE=1@1,2,4,8,32,64" bash $D abenv
-        TRACE_TOKENS=1,8 bash $D trace
-        MOE_CUDA_LATE_SCALE=1 TRACE_TOKENS=1,8 bash $D trace
-        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -247,15 +247,6 @@ MOE_DEVICE void mma_bf16_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u3
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/// d = A·B for one m16n8k16 bf16 tile, from zero accumulators (ptxas reads them from RZ: no moves to clear d).
-MOE_DEVICE void mma_bf16_16816_from_zero(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%10, %10, %10, %10};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
-}
-
 // MARK: warpgroup MMA (sm_90a)
 
 /// Shared-memory matrix descriptor, no swizzle: start address, LBO (bytes between core matrices adjacent in K)

@@ -27,10 +27,6 @@
 #endif
 // Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
 // step's weights sit in L2. Outputs are wrong by design.
-// Late scales in the resident kernels (MOE_CUDA_LATE_SCALE=1; see "late scales" below).
-#ifndef MOE_LATE_SCALE
-#define MOE_LATE_SCALE 0
-#endif
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
@@ -47,7 +43,10 @@ MOE_DEVICE long long gemm_output_row(const MoEGemmParams &p, int r) {
 }
 
 /// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
-/// rowAddress[nj] + byteOffset (shared memory).
+/// rowAddress[nj] + byteOffset (shared memory). The scales multiply the decoded weights before the MMA. Session 31's
+/// late form (the unscaled codes into the MMA, each 32-k block's sum scaled by one FFMA an accumulator after it, the
+/// activations prescaled in shared memory) ran 13–53 fewer instructions a four-chunk group but lost 2.5–12% at 1–192
+/// tokens (run 107: the FFMA waits on its MMA from zero); it is in git history (192f012).
 template <int MI, int NJ, bool Slow>
 MOE_DEVICE void mma_chunk_decoded(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
@@ -71,130 +70,28 @@ MOE_DEVICE void mma_chunk_decoded(
     }
 }
 
-// MARK: late scales (resident kernels, MOE_LATE_SCALE)
-//
-// The early form above multiplies every decoded weight pair by its block's scale (mxfp4_decode_word: a factor and four
-// HMUL2 a word) before the MMA. The late form feeds the MMA the unscaled codes (E2M1 · 2^-126, exact bf16) and scales
-// each 32-k block's sum once a row: the block's two k16 MMAs run from zero accumulators, and one FFMA an accumulator adds
-// the result times 2^(s−1−P), where 2^P scales the tile's activations (prescale_activations) so that the products stay
-// in fp32's normal range. Per 32-k block and lane that is two factors (PRMT, IMAD) and 4·NJ FFMA in place of two
-// factors and eight HMUL2, and no multiply between the decode and its MMA. Powers of two scale exactly, so the result
-// does not depend on P (nor on which tokens share the tile); it differs from the early form's by rounding alone (each
-// block's sum is rounded once in fp32 before it is added).
-
-/// Scales the tile's activations in shared memory (rows × columns bf16, row stride `rowStride`) by 2^P in place and
-/// returns (126 − P) << 23, which turns a scale byte s into the bits of 2^(s−1−P) by s · 2^23 + it. P = clamp(246 − e,
-/// 0, 125) for e the largest finite biased exponent among them: the largest |x| lands near 2^119 (no bf16 overflow),
-/// so products down to ~2^-120 of it stay normal, and every scale byte s ≤ 128 gives a normal factor (the fast path).
-/// Every thread of the block must call it; `top` is a shared word.
-MOE_DEVICE u32 prescale_activations(bf16_t *xs, int rows, int rowStride, int columns, unsigned *top) {
-    const int segments = columns / 8;
-    u32 largest = 0u;
-    for (int i = threadIdx.x; i < rows * segments; i += blockDim.x) {
-        const int r = i / segments, s = i - r * segments;
-        const uint4 v = *(const uint4 *)(xs + r * rowStride + 8 * s);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const u32 w = uint4_component(v, q), low = w & 0x7F80u, high = (w >> 16) & 0x7F80u;
-            largest = max(largest, max(low == 0x7F80u ? 0u : low, high == 0x7F80u ? 0u : high));  // NaN and ±inf skipped
-        }
-    }
-    largest = __reduce_max_sync(0xffffffffu, largest);
-    if ((threadIdx.x & 31) == 0) atomicMax(top, largest);
-    __syncthreads();
-    const int P = min(max(246 - (int)(*top >> 7), 0), 125);
-    const u32 factor = (u32)(P + 127) << 7 | (u32)(P + 127) << 23;  // 2^P in both bf16 halves
-    for (int i = threadIdx.x; i < rows * segments; i += blockDim.x) {
-        const int r = i / segments, s = i - r * segments;
-        uint4 *at = (uint4 *)(xs + r * rowStride + 8 * s);
-        const uint4 v = *at;
-        *at = make_uint4(mul_bf16x2(v.x, factor), mul_bf16x2(v.y, factor), mul_bf16x2(v.z, factor), mul_bf16x2(v.w, factor));
-    }
-    __syncthreads();
-    return (u32)(126 - P) << 23;
-}
-
-/// acc + d · 2^(s−1−P) for scale byte `j` of `scales` (s), `base` from prescale_activations. Fast path (every scale byte
-/// of the warp's ≤ 128): the factor's bits are s · 2^23 + base. Slow: past 128 the exponent can leave fp32's, so the
-/// factor comes in two (s = 255 is NaN as the format says).
-template <bool Slow>
-MOE_DEVICE float late_scaled_add(float acc, float d, u32 scales, int j, u32 base) {
-    if (!Slow) return fmaf(d, __uint_as_float(byte_perm(scales, 0u, 0x4440u | (u32)j) * (1u << 23) + base), acc);
-    const u32 s = (scales >> (8 * j)) & 0xFFu;
-    const u32 e = s + (base >> 23);  // biased exponent of 2^(s−1−P): 1 … 380
-    const float first = s == 255u ? __uint_as_float(0x7FC00000u) : __uint_as_float(min(e, 254u) << 23);
-    const float second = __uint_as_float((e > 254u ? e - 254u + 127u : 127u) << 23);
-    return fmaf(d * first, second, acc);
-}
-
-/// acc += W · Xᵀ for one 64-k chunk with late scales (see above); `base` from prescale_activations. ONE: the tile has one
-/// row, so only token 0's accumulators (acc[..][0][0] and [2]) are scaled and added; the others stay zero.
-template <int MI, int NJ, bool Slow, bool ONE>
-MOE_DEVICE void mma_chunk_late(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
-    u32 byteOffset, u32 base) {
-#pragma unroll
-    for (int sp = 0; sp < 2; ++sp) {  // one MXFP4 block (32 k) = two k16 steps, one scale a row
-        u32 b[NJ][4];
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj) load_matrix_x4(b[nj], rowAddress[nj] + byteOffset + sp * 64);
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            u32 low[4], high[4];  // rows gid and gid+8, unscaled
-            mxfp4_unpack_word(uint4_component(codes[mi], 2 * sp), low);
-            mxfp4_unpack_word(uint4_component(codes[mi], 2 * sp + 1), high);
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj) {
-                float d[4];
-                mma_bf16_16816_from_zero(d, low[0], high[0], low[1], high[1], b[nj][0], b[nj][1]);
-                mma_bf16_16816(d, low[2], high[2], low[3], high[3], b[nj][2], b[nj][3]);
-#pragma unroll
-                for (int q = 0; q < 4; ++q)  // q = 0, 1: row gid (scale byte 2·sp); 2, 3: row gid+8
-                    if (!ONE || q % 2 == 0)
-                        acc[mi][nj][q] = late_scaled_add<Slow>(acc[mi][nj][q], d[q], scaleWords[mi], 2 * sp + (q >> 1), base);
-            }
-        }
-    }
-}
-
-/// How a chunk's weights meet their block scales: before the MMA (mxfp4_decode_word) or after it (late scales above);
-/// lateOne: after it, token 0's accumulators only (one-row tiles).
-enum class Scales { early, late, lateOne };
-
-/// One chunk in scale form S (`base`: late scales, from prescale_activations).
-template <int MI, int NJ, bool Slow, Scales S>
-MOE_DEVICE void mma_chunk_scaled(
-    float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
-    u32 byteOffset, u32 base) {
-    if constexpr (S == Scales::early) {
-        mma_chunk_decoded<MI, NJ, Slow>(acc, codes, scaleWords, rowAddress, byteOffset);
-    } else {
-        mma_chunk_late<MI, NJ, Slow, S == Scales::lateOne>(acc, codes, scaleWords, rowAddress, byteOffset, base);
-    }
-}
-
-/// One warp-uniform branch per chunk: the slow path only when some lane has a scale byte > 128.
-template <int MI, int NJ, Scales S = Scales::early>
+/// One warp-uniform branch per chunk: the two-multiply decode only when some lane has a scale byte > 128.
+template <int MI, int NJ>
 MOE_DEVICE void mma_chunk(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
-    u32 byteOffset, u32 base = 0) {
+    u32 byteOffset) {
     bool slow = false;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) slow |= mxfp4_needs_slow_path(scaleWords[mi]);
     if (__any_sync(0xffffffffu, slow)) {
-        mma_chunk_scaled<MI, NJ, true, S>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+        mma_chunk_decoded<MI, NJ, true>(acc, codes, scaleWords, rowAddress, byteOffset);
     } else {
-        mma_chunk_scaled<MI, NJ, false, S>(acc, codes, scaleWords, rowAddress, byteOffset, base);
+        mma_chunk_decoded<MI, NJ, false>(acc, codes, scaleWords, rowAddress, byteOffset);
     }
 }
 
 /// acc[ci] += W · Xᵀ for the 64-k chunks ci < chunksValid of one 4-chunk group (codes and scale words per chunk).
 /// One warp vote for the whole group: on the common path (4 chunks, every scale byte ≤ 128) the four chunks are
 /// straight-line code, so the compiler interleaves one chunk's decode with another's MMAs.
-template <int MI, int NJ, int CHAINS, Scales S = Scales::early>
+template <int MI, int NJ, int CHAINS>
 MOE_DEVICE void mma_group(
     float (&acc)[CHAINS][MI][NJ][4], const uint4 (&codes)[4][MI], const u32 (&words)[4][MI], int chunksValid,
-    const u32 (&rowAddress)[NJ], u32 groupByteOffset, u32 base = 0) {
+    const u32 (&rowAddress)[NJ], u32 groupByteOffset) {
     bool slow = false;
 #pragma unroll
     for (int ci = 0; ci < 4; ++ci)
@@ -203,11 +100,11 @@ MOE_DEVICE void mma_group(
     if (chunksValid == 4 && !__any_sync(0xffffffffu, slow)) {
 #pragma unroll
         for (int ci = 0; ci < 4; ++ci)
-            mma_chunk_scaled<MI, NJ, false, S>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
+            mma_chunk_decoded<MI, NJ, false>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
     } else {
 #pragma unroll
         for (int ci = 0; ci < 4; ++ci)
-            if (ci < chunksValid) mma_chunk<MI, NJ, S>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128, base);
+            if (ci < chunksValid) mma_chunk<MI, NJ>(acc[ci % CHAINS], codes[ci], words[ci], rowAddress, groupByteOffset + ci * 128);
     }
 }
 
@@ -436,9 +333,7 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-/// SCALES: where the block scales are applied (mma_chunk); lateOne only where every tile has one row (p.residentRows ==
-/// 1, a single token).
-template <int MI, int NJ, int WN, int WK, int S, bool BULK, Scales SCALES>
+template <int MI, int NJ, int WN, int WK, int S, bool BULK>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -504,19 +399,12 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         }
     }
     copy_async_commit();
-    __shared__ unsigned largestExponent;  // late scales: the tile's largest activation exponent
-    if (SCALES != Scales::early && threadIdx.x == 0) largestExponent = 0u;
     copy_async_wait<0>();
     __syncthreads();
-    u32 lateBase = 0u;
-    if constexpr (SCALES != Scales::early) lateBase = prescale_activations(xs, rows, rowStride, kPadded, &largestExponent);
 
-    // Early scales: one MMA chain per chunk of a group, four independent dependency chains. Late: the chains are FFMA
-    // (the MMAs start from zero each block); with four, the 1-token kernels reloaded six spilled values every group.
-    constexpr int CHAINS = SCALES == Scales::early ? 4 : 2;
-    float chains[CHAINS][MI][NJ][4];
+    float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
 #pragma unroll
-    for (int c = 0; c < CHAINS; ++c) zero_accumulators<MI, NJ>(chains[c]);
+    for (int c = 0; c < 4; ++c) zero_accumulators<MI, NJ>(chains[c]);
     u32 rowAddress[NJ];
 #pragma unroll
     for (int nj = 0; nj < NJ; ++nj) {
@@ -552,7 +440,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
                 words[ci][mi] = uint4_component(scales, ci);
             }
         }
-        mma_group<MI, NJ, CHAINS, SCALES>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512, lateBase);
+        mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
         slot = slot + 1 == S ? 0 : slot + 1;
     }
     copy_async_wait<0>();
@@ -563,13 +451,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                if constexpr (CHAINS == 4) {
-                    acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
-                } else {
-                    acc[mi][nj][q] = chains[0][mi][nj][q] + chains[1][mi][nj][q];
-                }
-            }
+            for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
 
     if constexpr (WK == 1) {
 #pragma unroll
@@ -582,19 +464,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
     if (p.tileRole == 1) signal_tile_ready(p);
-}
-
-/// The scale form of a resident kernel: early by default; late with MOE_LATE_SCALE, and late for token 0 alone in the
-/// split-K kernels (the 1-token GEMMs) when the tiles have one row.
-template <int MI, int NJ, int WN, int WK, int S, bool BULK>
-MOE_DEVICE void gemm_resident_scaled(const MoEGemmParams &p) {
-    if constexpr (MOE_LATE_SCALE != 0 && WK > 1) {
-        if (p.residentRows == 1) {
-            gemm_resident<MI, NJ, WN, WK, S, BULK, Scales::lateOne>(p);
-            return;
-        }
-    }
-    gemm_resident<MI, NJ, WN, WK, S, BULK, MOE_LATE_SCALE != 0 ? Scales::late : Scales::early>(p);
 }
 
 // MARK: staged kernel (larger tiles)
@@ -1519,7 +1388,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
         moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident_scaled<MI, NJ, WN, WK, S, BULK>(p);                                              \
+        gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
     }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 #if MOE_RESIDENT_BULK
