@@ -3,9 +3,9 @@
 #   s61:    the persistent 96-token kernel (registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1, gemm_registered_persistent; forced by
 #           MOE_CUDA_GEMM): one block an SM takes the work items in turn, the load ring running on across them. First a
 #           short stage check with three blocks (each block takes many items: a slip in the ring's protocol hangs, so it
-#           runs under a 90 s timeout and stops the part), then stage checks at 300 / 2000 tokens of 20b, `check --quick`
-#           with the variant forced (and with three blocks), the A/B on 120b at 1408–2687 tokens (its range), memcheck and
-#           racecheck with two blocks, the A/B on 20b at 352–640, the 2048-token traces of both, the EP checks forced.
+#           runs under a 90 s timeout and stops the part), then `check --quick` with the variant forced, the A/B on 120b at
+#           1408–2687 tokens (its range), stage checks at 300 / 2000 tokens of 20b, the A/B on 20b at 352–640, memcheck,
+#           `check --quick` with three blocks, racecheck with two, the 2048-token traces of both, the EP checks forced.
 #           Predicted −2 to −5% at 1408–2687 (session 15's persistent kernel against its twin: 2 to 5 points).
 # Earlier parts ran as runs 45–107 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s60) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
@@ -31,13 +31,13 @@ case $part in
         cat /tmp/first.log >> $L; tail -4 /tmp/first.log
         echo "=== first persistent check rc=$rc" | tee -a $L
         if [ $rc -eq 0 ]; then
-            NEW_VARIANTS=$P DEBUG_TOKENS=300,2000 bash $D debugnew
             MOE_CUDA_GEMM=$P bash $D check
             AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=$P@1408,1536,1792,2048,2304,2560,2687" bash $D abenv
-            MOE_CUDA_PERSISTENT_BLOCKS=3 MOE_CUDA_GEMM=$P bash $D check
-            MOE_CUDA_PERSISTENT_BLOCKS=2 DEBUG_VARIANT=$P MEMCHECK_TOKENS=7,300 bash $D memcheck
-            MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=$P bash $D racecheck
+            NEW_VARIANTS=$P DEBUG_TOKENS=300,2000 bash $D debugnew
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=$P@352,448,512,576,640" bash $D abenv
+            MOE_CUDA_PERSISTENT_BLOCKS=2 DEBUG_VARIANT=$P MEMCHECK_TOKENS=7,300 bash $D memcheck
+            MOE_CUDA_PERSISTENT_BLOCKS=3 MOE_CUDA_GEMM=$P bash $D check
+            MOE_CUDA_PERSISTENT_BLOCKS=2 RACE_VARIANT=$P bash $D racecheck
             TRACE_TOKENS=2048 bash $D trace
             MOE_CUDA_GEMM=$P TRACE_TOKENS=2048 bash $D trace
             MOE_CUDA_GEMM=$P bash $D epcheck
