@@ -126,7 +126,7 @@ final class LayerKernels: @unchecked Sendable {
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
-        for variant in GemmVariant.allCases where variant.kind == .registered && !variant.isPersistent {
+        for variant in GemmVariant.allCases where variant.kind == .registered {
             handOverGemms[variant] = try experts.function(variant.handOverKernelName)
         }
     }

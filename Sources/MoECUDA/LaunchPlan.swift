@@ -100,12 +100,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     /// Rounded widths n48, n64, n80, n96 since session 25 (n64 / n96 until then): run 89, −3.8 / −3.5% at 1536, −2.7 /
     /// −2.2% at 2048, −2.4 / −2.7% at 2560.
     case registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
-    /// The same tiles, persistent (P = 1, a ninth number; session 32, moe_experts.cu gemm_registered_persistent): one
-    /// block an SM takes the work items (tile, row block) in turn, the load ring running on across them, so the producer
-    /// fills the next item's slots while the consumers run the last one's epilogue and a block's setup is paid once
-    /// (session 27: 7.4% of this kernel's samples in the epilogue, 8.6% in FULL waits, the tensor pipe idle in both). The
-    /// epilogue stages through its own tile. For A/B runs (`MOE_CUDA_GEMM`); chosen nowhere until a GPU says.
-    case registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1
     /// Eight load slots (session 27; slot and phase by a mask and a shift) were +0.1 to +0.9% at 1536–2560 (run 95) and
     /// are gone.
     /// 128-token tiles, four consumer warpgroups.
@@ -215,9 +209,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var blocksPerSM: Int { kind == .registered && numbers.count > 11 ? numbers[11] : 1 }
     /// Registered kernels: A-fragment buffers a consumer warp (a fourteenth number, default 2).
     public var fragmentBuffers: Int { kind == .registered && numbers.count > 13 ? numbers[13] : 2 }
-    /// Registered kernels, persistent (a ninth number, 1): a fixed grid of blocks takes the work items in turn, with no
-    /// tile hand-over entry point.
-    public var isPersistent: Bool { kind == .registered && numbers.count > 8 && numbers[8] == 1 }
 
     /// The default choice for a token count, per GEMM (both must share tile rows): decode sizes stream
     /// weights straight into registers with 8-token tiles; mid-size batches stage codes and activations through
@@ -325,13 +316,7 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         }
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
-            let barriers = 16 * stages  // a FULL mbarrier a slot after them, then an EMPTY one a slot
-            guard isPersistent else { return 1024 + slots + barriers }
-            // Then a word a consumer warp (its work item) and, on 1 KB, the epilogue's own tile (StagedEpilogue::BYTES:
-            // the SwiGLU and plain rows share one size, groups · 32 + 16 bytes a token, and an int a token's row).
-            let items = 4 * 4 * consumerWarpgroups
-            let epilogue = tileRows * (rowGroupsPerBlock * 32 + 16) + tileRows * 4
-            return 1024 + (slots + barriers + items + 1023) / 1024 * 1024 + epilogue
+            return 1024 + slots + 16 * stages  // a FULL mbarrier a slot after them, then an EMPTY one a slot
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
@@ -416,13 +401,8 @@ public struct LaunchPlan: Sendable, Equatable {
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
     public static func validateSwitches(
-        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
-        persistentBlocks: String? = persistentBlocksText
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
     ) throws(CUDAError) {
-        if let persistentBlocks, parsedPersistentBlocks(persistentBlocks) == nil {
-            throw .invalidArgument(
-                "MOE_CUDA_PERSISTENT_BLOCKS=\(persistentBlocks): expected a block count from 1 to 4096 for the persistent kernels (unset it for one block an SM)")
-        }
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
@@ -482,28 +462,11 @@ public struct LaunchPlan: Sendable, Equatable {
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    /// Persistent kernels (`isPersistent`) take one block an SM (their launch bounds' blocks an SM), or as many as there
-    /// are work items (row blocks × tiles) where fewer; `MOE_CUDA_PERSISTENT_BLOCKS=N` launches at most N, so that checks
-    /// on small shapes have each block take many items.
     public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
-        let rowBlocks = LaunchPlan.rowBlocks(variant, outputRows: n)
-        let sharedBytes = variant.sharedBytes(k: k, residentRows: residentRows)
-        if variant.isPersistent {
-            let blocks = LaunchPlan.persistentBlocksSwitch ?? multiprocessors * variant.blocksPerSM
-            return LaunchShape(grid: (max(1, min(rowBlocks * (tiles ?? maxTiles), blocks)), 1, 1), block: 32 * variant.warps,
-                               sharedBytes: sharedBytes)
-        }
-        return LaunchShape(grid: (rowBlocks, tiles ?? maxTiles, 1), block: 32 * variant.warps, sharedBytes: sharedBytes)
-    }
-    /// Blocks across a GEMM's n output rows.
-    static func rowBlocks(_ variant: GemmVariant, outputRows n: Int) -> Int {
-        (n / 16 + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-    }
-    public static let persistentBlocksText = currentEnvironment("MOE_CUDA_PERSISTENT_BLOCKS")
-    static let persistentBlocksSwitch = parsedPersistentBlocks(persistentBlocksText)
-    static func parsedPersistentBlocks(_ value: String?) -> Int? {
-        guard let value, let blocks = Int(value), (1...4096).contains(blocks) else { return nil }
-        return blocks
+        let groups = n / 16
+        let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
+        return LaunchShape(grid: (rowBlocks, tiles ?? maxTiles, 1), block: 32 * variant.warps,
+                           sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
@@ -607,7 +570,6 @@ public struct LaunchPlan: Sendable, Equatable {
     /// +1.7 / +2.5%, +1.0 / +1.0%. So it is off at 77–96 rows (`registeredHandOverOffRows`), on either side.
     /// `MOE_CUDA_HANDOVER_REGISTERED=1` / `=0` forces it on / off.
     public var tileHandOver: Bool {
-        if gemm1Variant.isPersistent || gemm2Variant.isPersistent { return false }  // no `_handover` entry point
         if registeredKernels {
             return LaunchPlan.registeredHandOverSwitch.map { $0 == "1" }
                 ?? (gemm1Waves <= LaunchPlan.registeredHandOverMaxWaves
@@ -621,7 +583,7 @@ public struct LaunchPlan: Sendable, Equatable {
     public var gemm1Waves: Double {
         let tiles = min(config.experts, slots) * max(1, (rowsPerExpert + tileRows - 1) / tileRows)
         let resident = multiprocessors * gemm1Variant.blocksPerSM  // 1 for every kernel but the registered two-block ones
-        return Double(LaunchPlan.rowBlocks(gemm1Variant, outputRows: 2 * config.intermediate) * tiles) / Double(resident)
+        return Double(gemm1Shape.grid.x * tiles) / Double(resident)
     }
     /// An expert's rows if routing spread the slots evenly, rounded up.
     public var rowsPerExpert: Int { (slots + config.experts - 1) / config.experts }

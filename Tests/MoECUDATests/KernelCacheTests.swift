@@ -67,20 +67,14 @@ private func request(
         // Registered kernels: MOE_REGISTERED_KERNEL(NAME, every number…), the name spelling a prefix of the numbers
         // (trailing defaults left out); the others: MOE_KIND(numbers…), whose leading arguments name the kernel and later
         // ones (launch bounds, register split) do not.
-        let registeredMacro = variant.isPersistent ? "MOE_REGISTERED_PERSISTENT_KERNEL" : "MOE_REGISTERED_KERNEL"
         let instantiated = variant.kind == .registered
-            ? experts.contains("\(registeredMacro)(\(variant.kernelName), \(arguments), ")
+            ? experts.contains("MOE_REGISTERED_KERNEL(\(variant.kernelName), \(arguments), ")
             : experts.contains("MOE_\(parts[0].uppercased())(\(arguments))") || experts.contains("MOE_\(parts[0].uppercased())(\(arguments), ")
         #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
-    // Every registered kernel but the persistent ones has its hand-over entry point beside it (CUDAKernels looks each
-    // one up); the persistent macro defines one entry point.
+    // Every registered kernel has its hand-over entry point beside it (CUDAKernels looks each one up).
     #expect(experts.contains("void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p)"))
-    let persistentMacro = experts.firstRange(of: "#define MOE_REGISTERED_PERSISTENT_KERNEL(").map { start in
-        String(experts[start.lowerBound...].prefix(while: { $0 != "}" }))
-    } ?? ""
-    #expect(persistentMacro.contains("gemm_registered_persistent<") && !persistentMacro.contains("_handover"))
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName
         == "moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1_handover")
     let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
@@ -119,11 +113,10 @@ private func request(
 @Test func everyWarpSpecialisedKernelsRegisterSplitFitsItsLaunch() {
     let experts = String(decoding: KernelSource.experts.bytes, as: UTF8.self)
     var checked = 0
-    for line in experts.split(separator: "\n")
-    where line.hasPrefix("MOE_REGISTERED_KERNEL(moe_gemm_") || line.hasPrefix("MOE_REGISTERED_PERSISTENT_KERNEL(moe_gemm_") {
-        // MOE_REGISTERED[_PERSISTENT]_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, PR, CR): one producer
-        // warpgroup, C consumers, K blocks an SM, F A-fragment buffers.
-        let name = String(line.drop(while: { $0 != "(" }).dropFirst().prefix(while: { $0 != "," }))
+    for line in experts.split(separator: "\n") where line.hasPrefix("MOE_REGISTERED_KERNEL(moe_gemm_") {
+        // MOE_REGISTERED_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, PR, CR): one producer warpgroup, C
+        // consumers, K blocks an SM, F A-fragment buffers.
+        let name = String(line.dropFirst("MOE_REGISTERED_KERNEL(".count).prefix(while: { $0 != "," }))
         let numbers = String(line.drop(while: { $0 != "," }).dropFirst().prefix(while: { $0 != ")" }))
             .split(separator: ",").map { Int($0.filter { $0 != " " })! }
         #expect(numbers.count == 16, "\(line)")
@@ -137,7 +130,6 @@ private func request(
             #expect(variant.tileRows == numbers[1] && variant.stages == numbers[2] && variant.consumerWarpgroups == consumers, "\(line)")
             #expect(variant.blocksPerSM == blocks && variant.fragmentBuffers == numbers[13], "\(line)")
             #expect(variant.roundedWidths == (numbers[9] >= 16) && variant.usesTensorCopies == (numbers[7] == 1), "\(line)")
-            #expect(variant.isPersistent == (numbers[8] == 1) && variant.isPersistent == line.hasPrefix("MOE_REGISTERED_PERSISTENT"), "\(line)")
         }
         let threads = 128 * (1 + consumers)
         let pool = threads * (65536 / blocks / threads / 8 * 8)

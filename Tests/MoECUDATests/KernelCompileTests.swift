@@ -113,9 +113,6 @@ func noDefaultHasItsWgmmaSerialised() throws {
     }
     #expect(defaults.count == 6, "\(defaults.sorted())")
     #expect(serialised.isEmpty, "\(serialised)")
-    // Nor the persistent 96-token kernel's, which its loop of consumer loops nearly did (session 32): with the item loop
-    // around both widths' loops ptxas serialised them (C7512), with one loop a width in a row it does not.
-    #expect(!serialised.contains(GemmVariant.registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1.kernelName))
 }
 
 /// The 8-warp resident kernels (the 1-token GEMMs: 360 blocks of 256 threads for gpt-oss-120b's GEMM 1) keep three

@@ -208,8 +208,7 @@ import Testing
     // Every registered kernel has tensor copies and rounded widths (session 25) but the 192-token one's plain form, which
     // has the same launch.
     let rounded192 = GemmVariant.registered_1_192_4_3_1_1_2_1_0_16_0_1_1
-    let persistent96 = GemmVariant.registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1
-    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, persistent96, four, oneNinetyTwo, rounded192]
+    let registered: [GemmVariant] = [narrow64, thirtyTwo, fortyEight, ninetySix, four, oneNinetyTwo, rounded192]
     #expect(GemmVariant.allCases.filter { $0.kind == .registered } == registered)
     #expect(GemmVariant.allCases.filter(\.usesTensorCopies) == registered)
     #expect(GemmVariant.allCases.filter { $0.kind == .registered && !$0.roundedWidths } == [oneNinetyTwo])
@@ -433,46 +432,4 @@ import Testing
     }
     let many = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 2048, topK: 2))
     #expect(many.topkShape.sharedBytes == 2048 * 4)  // logits read from global memory past 1024 experts
-}
-
-/// The persistent 96-token kernel (session 32): the non-persistent one's tiles and widths, a grid of one block an SM (or
-/// the work items, where fewer; `MOE_CUDA_PERSISTENT_BLOCKS` caps it), shared memory for its own epilogue tile after
-/// the slots, and no tile hand-over (it has no `_handover` entry point).
-@Test func thePersistentKernelTakesOneBlockAnSMAndItsOwnEpilogueTile() throws {
-    let persistent = GemmVariant.registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1, twin = GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1
-    #expect(persistent.isPersistent && !twin.isPersistent)
-    #expect(GemmVariant.allCases.filter(\.isPersistent) == [persistent])
-    #expect(persistent.tileRows == twin.tileRows && persistent.warps == twin.warps && persistent.stages == twin.stages)
-    #expect(persistent.wgmmaWidths == twin.wgmmaWidths && persistent.fragmentBuffers == 1 && persistent.blocksPerSM == 1)
-    // Slots and mbarriers as the twin's, 20 item words (one a consumer warp) to the next KB, then the epilogue's tile: 96
-    // token rows of 20 groups · 32 + 16 bytes and an int a row (StagedEpilogue<1, 96, 20>::BYTES = 63,360).
-    let slots = 6 * 25 * 1024
-    #expect(persistent.sharedBytes(k: 2880, residentRows: 96) == 1024 + (slots + 6 * 16 + 80 + 1023) / 1024 * 1024 + 63_360)
-    #expect(persistent.sharedBytes(k: 2880, residentRows: 96) <= 227 * 1024)
-    let config = MoEPreset.gptOss120b.config
-    let plan = LaunchPlan(tokens: 2048, config: config, variant: persistent)
-    // Work items 18 × tiles for GEMM 1 and 9 × tiles for GEMM 2, far more than the 132 SMs.
-    for shape in [plan.gemm1Shape, plan.gemm2Shape] {
-        #expect(shape.grid.x == (LaunchPlan.persistentBlocksSwitch ?? 132) && shape.grid.y == 1 && shape.block == 768)
-    }
-    #expect(!plan.tileHandOver && !plan.registeredHandOver)
-    #expect(throws: Never.self) { try plan.validate(maxSharedPerBlock: 227 * 1024) }
-    // Its waves by arithmetic are the twin's (the row blocks, not the persistent grid).
-    #expect(plan.gemm1Waves == LaunchPlan(tokens: 2048, config: config, variant: twin).gemm1Waves)
-    // Fewer items than SMs: one block an item.
-    let tiny = LaunchPlan(tokens: 3, config: MoEPreset.tiny.config, variant: persistent)
-    let items = LaunchPlan.rowBlocks(persistent, outputRows: 2 * MoEPreset.tiny.config.intermediate) * tiny.maxTiles
-    #expect(tiny.gemm1Shape.grid.x == min(items, LaunchPlan.persistentBlocksSwitch ?? 132) && tiny.gemm1Shape.grid.y == 1)
-    // MOE_CUDA_PERSISTENT_BLOCKS takes 1–4096.
-    #expect(LaunchPlan.parsedPersistentBlocks("7") == 7 && LaunchPlan.parsedPersistentBlocks(nil) == nil)
-    for bad in ["0", "-3", "4097", "some", "", " 8"] {
-        #expect(LaunchPlan.parsedPersistentBlocks(bad) == nil, "\(bad)")
-        do {
-            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, persistentBlocks: bad)
-            Issue.record("MOE_CUDA_PERSISTENT_BLOCKS=\(bad) was accepted")
-        } catch {
-            #expect("\(error)".contains("MOE_CUDA_PERSISTENT_BLOCKS=\(bad)") && "\(error)".contains("1 to 4096"))
-        }
-    }
-    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, persistentBlocks: "2")
 }

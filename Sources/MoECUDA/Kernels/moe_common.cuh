@@ -127,9 +127,6 @@ MOE_DEVICE u32 load_shared_4(u32 address) {
     asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(address));
     return v;
 }
-MOE_DEVICE void store_shared_4(u32 address, u32 value) {
-    asm volatile("st.shared.u32 [%0], %1;" ::"r"(address), "r"(value) : "memory");
-}
 
 /// cp.async of 16 bytes; `sourceBytes` 0 fills the destination with zeros and reads nothing.
 MOE_DEVICE void copy_async_16(u32 destination, const void *source, int sourceBytes) {

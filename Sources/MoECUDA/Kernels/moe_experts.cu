@@ -1064,22 +1064,21 @@ MOE_DEVICE void registered_multiply(float (&acc)[MI][N / 2], const u32 (&a)[MI][
 }
 
 /// One chunk of the registered kernel's consumer loop with wgmma width W ≤ N (a prefix of the m64nN accumulators, so
-/// tokens ≥ W are neither multiplied nor written): chunk g of the tile at ring position q (q = g but in the persistent
-/// kernel, whose ring runs on across its work items) in slot `slot` (q % LOADS).
+/// tokens ≥ W are neither multiplied nor written): chunk g in slot `slot` (g % LOADS).
 /// Wait FULL[slot], read this lane's code words and scale word of its MI row groups, then per half: wait until the wgmma
 /// FRAGMENTS halves back has completed (its fragment buffer is free; at the second half chunk g − 1 has completed, so its
 /// slot is released to the producers: EMPTY[(g − 1) % L]), decode, issue. With one buffer (FRAGMENTS = 1) the decode of
 /// a half waits for the previous half's wgmma, which other warps must cover: it frees 8 registers a thread. The slot's
 /// wgmma descriptor by adds from the first slot's (registered_multiply). FULL[s] is the mbarrier at fullBarriers + 8·s
-/// (phase q / L). Lane 0 of each consumer warp arrives once a chunk on the EMPTY mbarrier after the current chunk's FULL
+/// (phase g / L). Lane 0 of each consumer warp arrives once a chunk on the EMPTY mbarrier after the current chunk's FULL
 /// (fullBarriers + 8·(L + slot), the FULL wait's address plus a constant): "the slot before mine is free". The producers'
 /// wait is on the mbarrier after the slot they refill, phase (ahead / L − 1) & 1 (gemm_registered).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_chunk(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int q, int slot, u32 sharedBase,
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 (&a)[FRAGMENTS][MI][2][4], int g, int slot, u32 sharedBase,
     unsigned long long descriptorHigh, u32 descriptorLow, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    mbarrier_wait_parity(fullBarriers + 8 * slot, (q / LOADS) & 1);
+    mbarrier_wait_parity(fullBarriers + 8 * slot, (g / LOADS) & 1);
     if (p.inputIndex != 0) fence_proxy_async_shared();  // the producers' cp.async activations, to the tensor cores
     const unsigned long long activations = descriptorHigh | (descriptorLow + slot * (Copies::LOAD_BYTES >> 4));
     uint4 code[MI];
@@ -1101,10 +1100,10 @@ MOE_DEVICE void registered_chunk(
 #pragma unroll
     for (int sp = 0; sp < 2; ++sp) {
         wgmma_wait<FRAGMENTS - 1>();
-        // Every warp of the warpgroup read its codes of ring position q − 1 before issuing that chunk's wgmma, and the
-        // second half's wait has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never
+        // Every warp of the warpgroup read its codes of chunk g − 1 before issuing that chunk's wgmma, and the second
+        // half's wait has seen them complete: one arrival a warp. Arrivals past the producers' last wait are never
         // awaited.
-        if (sp == 1 && q > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
+        if (sp == 1 && g > 0 && lane == 0) mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, slot));
         if (slow) {
             registered_fragments<MI, true>(a[sp % FRAGMENTS], code, word, sp);
         } else {
@@ -1120,10 +1119,9 @@ MOE_DEVICE void registered_chunk(
 /// at 768–2048 tokens (sessions 20–21, runs 70–71).
 /// The slot and its phase as counters rather than g % L and (g / L) & 1 took 2–3 instructions a loop fewer and lost
 /// (+0.9 / +0.8% at 2048 tokens; session 26, run 92).
-/// `ring`: the ring position of the tile's first chunk (the persistent kernel's; 0 elsewhere).
 template <int W, int MI, int N, int LOADS, int FRAGMENTS, class Copies>
 MOE_DEVICE void registered_consume(
-    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers, int ring = 0) {
+    const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     u32 a[FRAGMENTS][MI][2][4];  // [buffer][mi][k16 step][register]
     // The descriptor's high word is the same for every slot; the low word's address field takes the offsets.
@@ -1132,7 +1130,7 @@ MOE_DEVICE void registered_consume(
 #pragma unroll 1
     for (int g = 0; g < p.chunks; ++g)
         registered_chunk<W, MI, N, LOADS, FRAGMENTS, Copies>(
-            p, acc, a, g, ring + g, (ring + g) % LOADS, sharedBase, descriptorHigh, descriptorLow, lane, fullBarriers);
+            p, acc, a, g, g % LOADS, sharedBase, descriptorHigh, descriptorLow, lane, fullBarriers);
 #endif
 }
 
@@ -1141,15 +1139,15 @@ MOE_DEVICE void registered_consume(
 /// multiplies at n80, not n96.
 template <int MI, int N, int LOADS, int FRAGMENTS, class Copies, int WIDTH, int... WIDER>
 MOE_DEVICE void registered_consume_rounded(
-    int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers, int ring = 0) {
+    int rows, const MoEGemmParams &p, float (&acc)[MI][N / 2], u32 sharedBase, int lane, u32 fullBarriers) {
     if constexpr (sizeof...(WIDER) > 0) {
         if (rows > WIDTH) {
             registered_consume_rounded<MI, N, LOADS, FRAGMENTS, Copies, WIDER...>(
-                rows, p, acc, sharedBase, lane, fullBarriers, ring);
+                rows, p, acc, sharedBase, lane, fullBarriers);
             return;
         }
     }
-    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers, ring);
+    registered_consume<WIDTH, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
 }
 
 /// The registered kernels' epilogue through shared memory (after every consumer's last wgmma, so the load slots are free):
@@ -1381,164 +1379,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 #endif
 }
 
-/// The persistent 96-token kernel's wgmma width for work item w: the narrowest of n48, n64, n80, n96 that holds its
-/// tile's rows (registered_consume_rounded's choice; p.fullWidthOnly: n96).
-template <int N>
-MOE_DEVICE int registered_persistent_width(const MoEGemmParams &p, const MoETile *tiles, int w, int across) {
-    const int rows = p.fullWidthOnly ? N : tiles[w / across].rowCount;
-    return rows > 80 ? 96 : rows > 64 ? 80 : rows > 48 ? 64 : 48;
-}
-
-/// The persistent kernel's consumers: work item w at wgmma width W, its epilogue included. Each width has its own copy, so
-/// no accumulator is live where the widths' paths meet: with the four consumer loops meeting before one epilogue inside
-/// the item loop, ptxas serialised every wgmma (C7512); with one width it did not (NVRTC 13.0).
-template <int W, int MI, int N, int LOADS, int FRAGMENTS, int CONSUMERS, class Copies>
-MOE_DEVICE void registered_persistent_item(
-    const MoEGemmParams &p, u32 itemAddress, u32 sharedBase, u32 stageOffset, u32 fullBarriers, int lane) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int GROUPS = MI * 4 * CONSUMERS, CONSUMER_THREADS = 128 * CONSUMERS, EPILOGUE = RegisteredBarriers<LOADS>::EPILOGUE;
-    using Epilogue = StagedEpilogue<MI, N, GROUPS>;
-    float acc[MI][N / 2];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) acc[mi][i] = 0.0f;
-    registered_consume<W, MI, N, LOADS, FRAGMENTS, Copies>(p, acc, sharedBase, lane, fullBarriers);
-    wgmma_wait<0>();
-    // Worked out again after the loop rather than kept live across it.
-    const int w = (int)load_shared_4(itemAddress), across = (p.groups + GROUPS - 1) / GROUPS;
-    const int positions = (p.chunks + 2 * LOADS - 1) / (2 * LOADS) * (2 * LOADS);
-    if (lane == 0) {
-        // The empty positions, then the item's last one (position 0 of the next item would release it).
-#pragma unroll 1
-        for (int g = p.chunks; g < positions; ++g) {
-            mbarrier_wait_parity(fullBarriers + 8 * (g % LOADS), (g / LOADS) & 1);
-            mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, g % LOADS));
-        }
-        mbarrier_arrive(RegisteredBarriers<LOADS>::empty_mbarrier(fullBarriers, 0));
-    }
-    if (w + (int)gridDim.x >= *(const int *)p.tileCount * across) allow_next_kernel();
-    const MoETile tile = ((const MoETile *)p.tiles)[w / across];
-    const int t = threadIdx.x - 128, warp = threadIdx.x >> 5;
-    const int blockGroup = (w % across) * GROUPS, localGroup = ((warp - 4) >> 2) * MI * 4 + (warp & 3);
-    unsigned char *stage = (unsigned char *)__cvta_shared_to_generic(sharedBase + stageOffset);
-    const int outputRow = Epilogue::output_row(p, tile, t);
-    named_barrier_sync(EPILOGUE, CONSUMER_THREADS);  // every consumer has stored the previous item's tile
-    Epilogue::stage(p, tile, acc, blockGroup, localGroup, lane, sharedBase + stageOffset);
-    Epilogue::keep_output_row(stage, t, outputRow);
-    named_barrier_sync(EPILOGUE, CONSUMER_THREADS);
-    Epilogue::store(p, tile, blockGroup, stage, t, CONSUMER_THREADS);
-#endif
-}
-
-/// The registered kernel, persistent (P = 1 in the name; session 32): gridDim.x blocks (one an SM) take the work items
-/// w = tile · across + row block in turn (w = blockIdx.x + i · gridDim.x, across = ⌈groups / GROUPS⌉, the launch order of
-/// gemm_registered's grid; the tile count is read on the device, so the host's grid is fixed). The load ring runs on
-/// across items, so the producer fills the next item's first LOADS slots while the consumers run the last item's
-/// epilogue, and a block's setup (registers, barriers, the tensor maps' prefetch) is paid once: session 27's samples put
-/// 7.4% of the 96-token kernel's time in that epilogue and 8.6% in FULL waits, both with the SM's tensor pipe idle, the
-/// first of every block's chunks waiting on DRAM. The epilogue stages through its own tile after the mbarriers
-/// (StagedEpilogue::BYTES more shared memory): the load slots hold the next item's chunks by then. No tile hand-over.
-/// Session 15's persistent three-warpgroup kernel (git history, b15c04d) was 2–5 points ahead of its non-persistent twin.
-///
-/// Each item takes `positions` ring positions, the chunks rounded up to 2·LOADS: the consumers' loop is then
-/// gemm_registered's to the instruction (slot g % L, phase (g / L) & 1; one more register live across it, the ring's
-/// base, and ptxas serialised every wgmma, C7512). The positions past the last chunk are empty: the producer arrives on
-/// their FULL with no copies, the consumers wait and release them. A chunk's slot is released at the next position
-/// (registered_chunk), which skips position 0 of each item: the consumers release the item's last position themselves at
-/// its end, the arrival position 0 would have made. The item's index waits in shared memory (a word a consumer warp)
-/// across the loop, for the same register.
-template <int MI, int N, int LOADS, int PRODUCER_REGISTERS, int CONSUMER_REGISTERS, int CONSUMERS, int NARROW,
-          int FRAGMENTS>
-MOE_DEVICE void gemm_registered_persistent(const MoEGemmParams &p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int GROUPS = MI * 4 * CONSUMERS, PRODUCER_THREADS = 128, CONSUMER_THREADS = 128 * CONSUMERS;
-    constexpr int THREADS = PRODUCER_THREADS + CONSUMER_THREADS;
-    using Copies = ChunkCopies<N, GROUPS, PRODUCER_THREADS>;
-    using Barriers = RegisteredBarriers<LOADS>;
-    static_assert(N == 96 && NARROW == 16 && LOADS >= 2, "the persistent kernel's form (96-token tiles, rounded widths)");
-    static_assert(setmaxnreg_fits(THREADS, PRODUCER_THREADS, PRODUCER_REGISTERS, CONSUMER_REGISTERS, 1), "registers");
-    // After the slots: FULL and EMPTY mbarriers (16·L bytes), a word a consumer warp (its item), then on 1 KB the
-    // epilogue's tile (LaunchPlan's sharedBytes).
-    constexpr u32 ITEM_OFFSET = LOADS * Copies::LOAD_BYTES + 16 * LOADS;
-    constexpr u32 STAGE_OFFSET = (ITEM_OFFSET + 4 * 4 * CONSUMERS + 1023) / 1024 * 1024;
-    extern __shared__ __align__(1024) unsigned char sharedBytes[];
-    wait_for_previous_kernel();
-    const int across = (p.groups + GROUPS - 1) / GROUPS;
-    const int items = *(const int *)p.tileCount * across;
-    if ((int)blockIdx.x >= items) return;
-    const MoETile *tiles = (const MoETile *)p.tiles;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u32 sharedBase = (shared_address(sharedBytes) + 1023u) & ~1023u;  // swizzle atoms need 1 KB alignment
-    const u32 fullBarriers = sharedBase + LOADS * Copies::LOAD_BYTES;
-    const bool tensorInput = p.inputIndex == 0;
-    init_registered_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
-
-    if (warp < PRODUCER_THREADS / 32) {
-        registers_decrease<PRODUCER_REGISTERS>();
-        const int t = threadIdx.x;
-        if (tensorInput && warp != 0) return;
-        const int positions = (p.chunks + 2 * LOADS - 1) / (2 * LOADS) * (2 * LOADS);
-        int q = 0;  // ring position: positions · items so far + c
-        const auto issue = [&](int w) {
-            const Copies copies(p, tiles[w / across], (w % across) * GROUPS, t);
-#pragma unroll 1
-            for (int c = 0; c < positions; ++c, ++q) {
-                const int slot = q % LOADS;
-                const u32 full = fullBarriers + 8 * slot;
-                if (q >= LOADS) {  // position q − L released (gemm_registered's wait, by ring position)
-                    const u32 freed = Barriers::empty_mbarrier(fullBarriers, (slot + 1) % LOADS);
-                    mbarrier_wait_parity(freed, (q / LOADS - 1) & 1);
-                }
-                if (c < p.chunks) {
-                    copies.issue_tensor(p, c, sharedBase + slot * Copies::LOAD_BYTES, full, t);
-                } else if (t == 0 || !tensorInput) {
-                    mbarrier_arrive(full);  // an empty position: FULL's arrivals with no bytes
-                    if (t == 0 && !tensorInput) mbarrier_arrive(full);
-                }
-            }
-        };
-        // The consumers' order: the block's items of width 48, then 64, 80, 96.
-#pragma unroll
-        for (int phase = 0; phase < 4; ++phase)
-#pragma unroll 1
-            for (int w = blockIdx.x; w < items; w += gridDim.x)
-                if (registered_persistent_width<N>(p, tiles, w, across) == 48 + 16 * phase) issue(w);
-        copy_async_wait<0>();
-        return;
-    }
-
-    registers_increase<CONSUMER_REGISTERS>();
-    // Every value live across the consumer loop costs the wgmma pipeline: the item's word is addressed from sharedBase
-    // and the warp, the item count read again from global memory.
-    const auto itemOfWarp = [&] { return sharedBase + ITEM_OFFSET + 4u * (u32)(warp - PRODUCER_THREADS / 32); };
-    if (lane == 0) store_shared_4(itemOfWarp(), blockIdx.x);
-    __syncwarp();
-    // Four loops in a row, one a width, each over the block's items of that width (the producer's order): a loop around
-    // consumer loops of two widths had ptxas serialise every wgmma (C7512, NVRTC 13.0), whatever else was live across it.
-#define MOE_PERSISTENT_PHASE(W)                                                                                   \
-    if (lane == 0) store_shared_4(itemOfWarp(), blockIdx.x);                                                      \
-    __syncwarp();                                                                                                 \
-    for (;;) {                                                                                                    \
-        const int w = (int)load_shared_4(itemOfWarp());                                                           \
-        if (w >= *(const int *)p.tileCount * across) break;                                                       \
-        if (registered_persistent_width<N>(p, tiles, w, across) == W)                                             \
-            registered_persistent_item<W, MI, N, LOADS, FRAGMENTS, CONSUMERS, Copies>(                            \
-                p, itemOfWarp(), sharedBase, STAGE_OFFSET, fullBarriers, lane);                                   \
-        __syncwarp();                                                                                             \
-        if (lane == 0) store_shared_4(itemOfWarp(), (int)load_shared_4(itemOfWarp()) + gridDim.x);                 \
-        __syncwarp();                                                                                             \
-    }
-    MOE_PERSISTENT_PHASE(48)
-    MOE_PERSISTENT_PHASE(64)
-    MOE_PERSISTENT_PHASE(80)
-    MOE_PERSISTENT_PHASE(96)
-#undef MOE_PERSISTENT_PHASE
-#else
-    asm volatile("trap;");  // built without sm_90a features: the host never launches this kernel there
-#endif
-}
-
 // MARK: instantiations (names are looked up by CUDABackend; keep in sync with LaunchPlan.swift)
 
 // BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
@@ -1615,14 +1455,6 @@ MOE_DECODED(2, 2, 128, 4)
         gemm_registered<MI, N, L, PR, CR, C, W, K, F, true>(p);                                                        \
     }
 
-// The persistent form (P = 1, gemm_registered_persistent): one entry point, no hand-over.
-#define MOE_REGISTERED_PERSISTENT_KERNEL(NAME, MI, N, L, C, B, S, Q, T, P, W, U, K, E, F, PR, CR)                      \
-    static_assert(B == 1 && S == 1 && Q == 2 && T == 1 && P == 1 && U == 0 && K == 1 && E == 1, "the persistent form"); \
-    extern "C" __global__ void __launch_bounds__(128 * (C + 1), K) NAME(MoEGemmParams p) {                             \
-        MOE_TRACE_KERNEL(p);                                                                                           \
-        gemm_registered_persistent<MI, N, L, PR, CR, C, W, F>(p);                                                      \
-    }
-
 // 64-token tiles (1088–1407 tokens; n32 up to 32 rows and n64 beyond until session 25), with six consumer warps a
 // scheduler: three consumer warpgroups and two blocks an SM (K = 2) fit 64 registers only with one A-fragment buffer (F
 // = 1; with two, ptxas serialises the wgmma, C7512). Runs 80–82: −5.2 / −5.0% at 1280 against two warpgroups and two
@@ -1673,9 +1505,11 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_48_4_3_1_1_2_1_0_16_0_2_1, 1, 48, 4,
 // Rounded widths n48, n64, n80, n96 (session 25): run 89, −3.8 / −3.5% at 1536, −2.7 / −2.2% at 2048, −2.4 / −2.7% at 2560
 // against n64 / n96 (gone); n32 as a fifth width serialised the wgmma (C7511).
 MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 0, 16, 0, 1, 1, 1, 24, 88)
-// Persistent (session 32, gemm_registered_persistent): the same tiles, one block an SM taking work items in turn, the
-// ring running on across them. For A/B runs (MOE_CUDA_GEMM); not chosen by default until a GPU says.
-MOE_REGISTERED_PERSISTENT_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1, 1, 96, 6, 5, 1, 1, 2, 1, 1, 16, 0, 1, 1, 1, 24, 88)
+// Persistent (session 32, P = 1: one block an SM taking the work items in turn, the ring running on across them, the
+// epilogue through its own tile, one item loop a width): correct, and +15 to +19% at 1408–2687 tokens, +16 to +29% on
+// gpt-oss-20b at 352–640 (run 108, H100; the 2048-token trace: GEMM 1 660 → 778 µs, GEMM 2 345 → 470). Not profiled:
+// the static order (and its walk of the items once a width) against the hardware's block scheduler is the first
+// suspect. Gone; its code is at 70ca1d4.
 // Eight load slots (session 27; slot and phase by a mask and a shift, two chunks more in flight against the FULL
 // waits): +0.1 to +0.9% at 1536–2560 in run 95 (gone).
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
