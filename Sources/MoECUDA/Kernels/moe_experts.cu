@@ -1508,8 +1508,9 @@ MOE_REGISTERED_KERNEL(moe_gemm_registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1, 1, 96, 
 // Persistent (session 32, P = 1: one block an SM taking the work items in turn, the ring running on across them, the
 // epilogue through its own tile, one item loop a width): correct, and +15 to +19% at 1408–2687 tokens, +16 to +29% on
 // gpt-oss-20b at 352–640 (run 108, H100; the 2048-token trace: GEMM 1 660 → 778 µs, GEMM 2 345 → 470). Not profiled:
-// the static order (and its walk of the items once a width) against the hardware's block scheduler is the first
-// suspect. Gone; its code is at 70ca1d4.
+// by balance its static order costs at most ~4 points (scripts/gpu/models/item_order.py); the suspect is its walk of
+// the items once a width, which scatters a tile's row blocks in time, so their shared activations leave L2 between
+// reads (docs/bench-cuda.md "Session 32"). Gone; its code is at 70ca1d4.
 // Eight load slots (session 27; slot and phase by a mask and a shift, two chunks more in flight against the FULL
 // waits): +0.1 to +0.9% at 1536–2560 in run 95 (gone).
 // 128-token tiles (2688–3199 tokens; run 90 against 192-token ones −3.4 / −1.3% at 3072, +3.1 / +2.0% at 3328).
