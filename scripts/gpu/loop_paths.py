@@ -12,7 +12,8 @@
 #          loop's head (NVRTC 13.0, registered kernels): 'USHF\.R\.U32\.HI UR\d+, URZ, 0x2, UR4' (it finds the
 #          n64 loop; session 16: 208 instructions a chunk for two warpgroups' consumers, 137 for four)
 #          --loop N: the loop at the N-th marker (Python index; default −1, the last), for kernels that hold several
-#          copies of a loop (session 31's late-scale resident kernels held two; in git history at 192f012)
+#          copies of a loop (the registered kernels' consumer loop a wgmma width; session 31's late-scale resident
+#          kernels held a one-row and a general loop, git history at 192f012)
 #          --most REGEX: also the shortest path among those running the most instructions that match REGEX, with its
 #          opcode counts (session 31: `--most HMMA` gives a resident kernel's four-chunk group with all 16 MMAs, the
 #          fast path, beside the partial and slow ones)

@@ -45,8 +45,8 @@ MOE_DEVICE long long gemm_output_row(const MoEGemmParams &p, int r) {
 /// acc += W · Xᵀ for one 64-k chunk: this lane's 16 code bytes and scale word per row group; B rows at
 /// rowAddress[nj] + byteOffset (shared memory). The scales multiply the decoded weights before the MMA. Session 31's
 /// late form (the unscaled codes into the MMA, each 32-k block's sum scaled by one FFMA an accumulator after it, the
-/// activations prescaled in shared memory) ran 13–53 fewer instructions a four-chunk group but lost 2.5–12% at 1–192
-/// tokens (run 107: the FFMA waits on its MMA from zero); it is in git history (192f012).
+/// activations prescaled in shared memory) ran 15–53 fewer instructions a four-chunk group but lost 2.5–12% at 1–192
+/// tokens, level at 2 (run 107; reading: each FFMA waits on two MMAs from zero); it is in git history (192f012).
 template <int MI, int NJ, bool Slow>
 MOE_DEVICE void mma_chunk_decoded(
     float (&acc)[MI][NJ][4], const uint4 (&codes)[MI], const u32 (&scaleWords)[MI], const u32 (&rowAddress)[NJ],
