@@ -178,14 +178,14 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         try withInput(input, tokens: tokens) { bucket in
             let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
             tracedKernels = traced
-            let phases = TokenBucket.Phase.allCases
-            let buffer = try DeviceBuffer(device: runtime.device, byteCount: KernelTrace.bufferBytes(phases: phases.count))
+            let names = TokenBucket.Mark.traceNames
+            let buffer = try DeviceBuffer(device: runtime.device, byteCount: KernelTrace.bufferBytes(phases: names.count))
             let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
-            let raw = try KernelTrace.record(phases: phases.count, replays: replays, warmup: 2, buffer: buffer, stream: stream) {
+            let raw = try KernelTrace.record(phases: names.count, replays: replays, warmup: 2, buffer: buffer, stream: stream) {
                 try exec.launch(stream)
                 try stream.synchronize()
             }
-            return KernelTrace.spans(names: phases.map(\.rawValue), replays: raw)
+            return KernelTrace.spans(names: names, replays: raw)
         }
     }
 

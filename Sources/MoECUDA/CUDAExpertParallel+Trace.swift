@@ -30,7 +30,7 @@ struct SymmetricLaunchTrace {
 
     mutating func mark<P: KernelTraced>(_ p: P, _ name: String) -> P {
         var q = p
-        q.trace = MoETrace(spans: spans, phase: slot(name))
+        q.trace = MoETrace(spans: spans, phase: slot(name), marks: -1)
         return q
     }
 }

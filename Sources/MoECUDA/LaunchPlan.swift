@@ -341,6 +341,13 @@ public struct LaunchPlan: Sendable, Equatable {
     public var fusedRouting: Bool {
         tokens <= Int(MOE_FUSED_ROUTING_MAX_TOKENS) && smallRoutingPlanBytes <= 160 * 1024
     }
+    /// `MOE_CUDA_PLAN_READY=1` (session 33, for A/B runs): where one block writes the whole plan (moe_route_small,
+    /// moe_route_finish) and GEMM 1 is a resident kernel, GEMM 1's blocks start on that block's release store of the
+    /// plan-ready word instead of on griddepcontrol.wait, which waits for the routing launch to end and be flushed.
+    public static let planReadySwitch = currentEnvironment("MOE_CUDA_PLAN_READY")
+    public func waitsOnPlanWord(switchValue: String? = LaunchPlan.planReadySwitch) -> Bool {
+        switchValue == "1" && gemm1Variant.isResident && (fusedRouting || smallRouting)
+    }
     /// Slices of H in the fused router (each ≤ 128 segments of 8 values: 4 per lane).
     public var fusedRouterSlices: Int {
         (config.hidden / 8 + Int(MOE_FUSED_ROUTING_SEGMENTS) - 1) / Int(MOE_FUSED_ROUTING_SEGMENTS)
@@ -401,8 +408,13 @@ public struct LaunchPlan: Sendable, Equatable {
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
     public static func validateSwitches(
-        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
+        planReady: String? = planReadySwitch
     ) throws(CUDAError) {
+        if let planReady, !["0", "1"].contains(planReady) {
+            throw .invalidArgument(
+                "MOE_CUDA_PLAN_READY=\(planReady): expected 1 (a resident GEMM 1 waits on the plan-ready word) or 0 (the default, on the routing launch; or unset it)")
+        }
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")

@@ -28,6 +28,8 @@ final class TokenBucket: @unchecked Sendable {
     let reduceCounters: DeviceBuffer
     /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
     let tileReady, tileConsumed: DeviceBuffer
+    /// The plan-ready word and GEMM 1's count of blocks past it (LaunchPlan.waitsOnPlanWord; zero between launches).
+    let planWords: DeviceBuffer
     /// GEMM 1's input rows in sorted order [slots, H] (gathersRows only).
     let gathered: DeviceBuffer?
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
@@ -72,8 +74,9 @@ final class TokenBucket: @unchecked Sendable {
         reduceCounters = try buffer(max(1, plan.gemm2Shape.grid.x) * 4)
         tileReady = try buffer(plan.maxTiles * 4)
         tileConsumed = try buffer(plan.maxTiles * 4)
+        planWords = try buffer(8)
         gathered = TokenBucket.gathersRows(plan) ? try buffer(slots * H * 2) : nil
-        for counters in [reduceCounters, tileReady, tileConsumed] { try counters.fill(byte: 0, stream: stream) }
+        for counters in [reduceCounters, tileReady, tileConsumed, planWords] { try counters.fill(byte: 0, stream: stream) }
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
         try stream.synchronize()
@@ -82,7 +85,8 @@ final class TokenBucket: @unchecked Sendable {
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed]
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed,
+               planWords]
             .reduce(0) { $0 + $1.byteCount } + (gathered?.byteCount ?? 0)
     }
 
@@ -138,6 +142,7 @@ final class TokenBucket: @unchecked Sendable {
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
+        p.planReady = plan.waitsOnPlanWord() ? planWords.address : 0
         return p
     }
 
@@ -174,6 +179,7 @@ final class TokenBucket: @unchecked Sendable {
             p.tileRole = 1
             p.tileReady = tileReady.address
         }
+        p.planReady = plan.waitsOnPlanWord() ? planWords.address : 0
         return p
     }
 
@@ -248,16 +254,40 @@ final class TokenBucket: @unchecked Sendable {
 
         /// The phase's span in a trace buffer (u64 pairs, KernelTrace).
         var index: Int32 { Int32(Phase.allCases.firstIndex(of: self)!) }
+        /// The phase of this kernel's first mark, or −1: moe_route_small and the resident GEMMs mark points inside.
+        var firstMark: Int32 {
+            switch self {
+            case .route: Mark.routePartials.index
+            case .gemm1: Mark.gemm1Waited.index
+            case .gemm2: Mark.gemm2Waited.index
+            default: -1
+            }
+        }
+    }
+
+    /// Points inside the decode kernels a trace build times as phases after the kernels' own (MOE_MARK_*, in that order
+    /// from each kernel's first): the first and the last block to reach each.
+    enum Mark: String, CaseIterable {
+        case routePartials = "route·partials stored", routeElected = "route·last block in", routeTopk = "route·top-k done"
+        case routeTiles = "route·tiles written"
+        case gemm1Waited = "gemm1·past its wait", gemm1Staged = "gemm1·activations in", gemm1Looped = "gemm1·loop done"
+        case gemm2Waited = "gemm2·past its wait", gemm2Staged = "gemm2·activations in", gemm2Looped = "gemm2·loop done"
+
+        var index: Int32 { Int32(Phase.allCases.count + Mark.allCases.firstIndex(of: self)!) }
+        /// Every name a trace buffer holds: the kernels', then the marks'.
+        static var traceNames: [String] { Phase.allCases.map(\.rawValue) + Mark.allCases.map(\.rawValue) }
     }
 
     /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing). `trace`: a
-    /// buffer of 2 · Phase.allCases.count u64 the kernels of a MOE_TRACE build mark their spans in (KernelTrace).
+    /// buffer of 2 · Mark.traceNames.count u64 pairs a slot the kernels of a MOE_TRACE build mark their spans in (KernelTrace).
     func enqueue(
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
         trace: DeviceBuffer? = nil, between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
-        func traced(_ phase: Phase) -> MoETrace { MoETrace(spans: trace?.address ?? 0, phase: phase.index) }
+        func traced(_ phase: Phase) -> MoETrace {
+            MoETrace(spans: trace?.address ?? 0, phase: phase.index, marks: trace == nil ? -1 : phase.firstMark)
+        }
         func routingPhase(_ phase: Phase) -> MoERoutingParams {
             var p = routing
             p.trace = traced(phase)

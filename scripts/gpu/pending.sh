@@ -14,6 +14,26 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
+    s62)  # session 33: the decode marks; the plan-ready word (MOE_CUDA_PLAN_READY=1); then Next 1c with 70ca1d4's binary
+        bash $D info
+        L=${OUT:-/tmp/moekit-out}/run.log
+        echo "=== first plan-word check: MOE_CUDA_PLAN_READY=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8,64,128" | tee -a $L
+        MOE_CUDA_PLAN_READY=1 timeout 90 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8,64,128 > /tmp/first.log 2>&1
+        rc=$?
+        cat /tmp/first.log >> $L; tail -4 /tmp/first.log
+        echo "=== first plan-word check rc=$rc" | tee -a $L
+        TRACE_TOKENS=1,2,4,8,16,32,64,128 bash $D trace
+        if [ $rc -eq 0 ]; then
+            MOE_CUDA_PLAN_READY=1 TRACE_TOKENS=1,2,4,8,16,32,64,128 bash $D trace
+            AB_REPEAT=2 AB_ENVS="MOE_CUDA_PLAN_READY=1@1,2,4,8,16,32,64,128" bash $D abenv
+            MOE_CUDA_PLAN_READY=1 bash $D check
+            MOE_CUDA_PLAN_READY=1 MEMCHECK_TOKENS=1,7,40 bash $D memcheck
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_PLAN_READY=1@1,8,32,128" bash $D abenv
+        fi
+        P=registered_1_96_6_5_1_1_2_1_1_16_0_1_1_1
+        MOE_XZ=.device/moe-70ca1d4.xz AB_REPEAT=2 \
+            AB_ENVS="MOE_CUDA_HALF_TILES=0@1536,2048,2560 MOE_CUDA_HALF_TILES=0+MOE_CUDA_GEMM=$P@1536,2048,2560" bash $D abenv
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

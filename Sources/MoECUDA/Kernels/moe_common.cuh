@@ -213,11 +213,23 @@ struct MoETraceScope {
     }
 };
 #define MOE_TRACE_KERNEL(p) MoETraceScope moeTraceScope((p).trace)
+/// Thread 0 of the block reaching mark `index` of its launch lowers the mark's start and raises its end: its span runs
+/// from the first block to the last to get there.
+MOE_DEVICE void trace_mark(const MoETrace &trace, int index) {
+    if (trace.spans == 0 || trace.marks < 0 || threadIdx.x != 0) return;
+    unsigned long long *span =
+        (unsigned long long *)trace.spans + 2 * ((trace.marks + index) * MOE_TRACE_SLOTS + MoETraceScope::sm() % MOE_TRACE_SLOTS);
+    const unsigned long long t = MoETraceScope::now();
+    atomicMin(span, t);
+    atomicMax(span + 1, t);
+}
+#define MOE_TRACE_MARK(p, index) trace_mark((p).trace, index)
 /// The expert-parallel kernels' parameters keep every field 8 bytes wide: the span slot is two fields there.
 #define MOE_TRACE_EP_KERNEL(p) MoETraceScope moeTraceScope((p).traceSpans, (p).tracePhase)
 #else
 #define MOE_TRACE_KERNEL(p)
 #define MOE_TRACE_EP_KERNEL(p)
+#define MOE_TRACE_MARK(p, index)
 #endif
 
 // MARK: programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it)
@@ -234,6 +246,16 @@ MOE_DEVICE void allow_next_kernel() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+/// The block that wrote a decode batch's plan (moe_route_small's last block, moe_route_finish), every thread at its end:
+/// once each has fenced its writes, thread 0 stores the plan-ready word with release. A resident GEMM 1 given the word
+/// (MoEGemmParams.planReady) reads the plan as soon as it sees it, instead of waiting for this launch to end.
+MOE_DEVICE void publish_plan(MoEDevicePointer planReady) {
+    if (planReady == 0) return;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(planReady), "r"(1u) : "memory");
 }
 
 // MARK: tensor cores

@@ -248,6 +248,25 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
     __syncthreads();
 }
 
+/// A resident GEMM 1 with a plan-ready word (MoEGemmParams.planReady), every thread at its start: thread 0 waits for the
+/// routing kernel's release store, then counts the block; the grid's last block resets both words for the next replay
+/// (the routing kernel of the next replay starts after this grid has ended). Bounded like wait_for_tile.
+MOE_DEVICE void wait_for_plan(const MoEGemmParams &p) {
+    if (threadIdx.x == 0) {
+        unsigned *words = (unsigned *)p.planReady;
+        unsigned spins = 0;
+        while (load_acquire_u32(words) == 0u) {
+            if (++spins > 32) __nanosleep(64);
+            if (spins == (1u << 24)) __trap();
+        }
+        if (atomicAdd(words + 1, 1u) == gridDim.x * gridDim.y - 1u) {
+            words[0] = 0u;
+            words[1] = 0u;
+        }
+    }
+    __syncthreads();
+}
+
 // MARK: resident kernel (decode-size tiles)
 
 /// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; a bulk kernel copies the 128 scale bytes once, into
@@ -341,12 +360,18 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     constexpr bool bulk = false;  // the copy engine's bulk copies are sm_90's; elsewhere every lane copies its bytes
 #endif
     extern __shared__ __align__(16) unsigned char sharedBytes[];
-    if (!p.prefetchBeforeWait) wait_for_previous_kernel();
+    if (p.planReady != 0) {
+        wait_for_plan(p);
+    } else if (!p.prefetchBeforeWait) {
+        wait_for_previous_kernel();
+    }
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
-    // own wait is complete: it then fills this grid's last wave, tile by tile.
+    // own wait is complete: it then fills this grid's last wave, tile by tile. The plan is read past L1: after a
+    // plan-ready word, not a finished launch, nothing else clears this SM's L1 of the previous replay's plan.
     if (p.tileRole == 1) allow_next_kernel();
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
-    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
+    if ((int)blockIdx.y >= load_coherent_i32((const int *)p.tileCount)) return;
+    const uint4 tileWords = load_coherent_16((const MoETile *)p.tiles + blockIdx.y);
+    const MoETile tile = {(int)tileWords.x, (int)tileWords.y, (int)tileWords.z, (int)tileWords.w};
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
@@ -387,6 +412,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         wait_for_previous_kernel();
     }
 
+    MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
     const int segmentsPerRow = kPadded / 8;
@@ -401,6 +427,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     copy_async_commit();
     copy_async_wait<0>();
     __syncthreads();
+    MOE_TRACE_MARK(p, MOE_MARK_GEMM_STAGED);
 
     float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
 #pragma unroll
@@ -443,6 +470,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         mma_group<MI, NJ, 4>(chains, codes, words, min(4, p.chunks - 4 * g), rowAddress, g * 512);
         slot = slot + 1 == S ? 0 : slot + 1;
     }
+    MOE_TRACE_MARK(p, MOE_MARK_GEMM_LOOPED);
     copy_async_wait<0>();
     allow_next_kernel();
     float acc[MI][NJ][4];

@@ -80,7 +80,21 @@ typedef struct MoEGemmTensorMaps {
 typedef struct MoETrace {
     MoEDevicePointer spans;
     int phase;
+    int marks;  ///< the phase of this launch's first mark (MOE_MARK_*: points inside a kernel), or −1: none
 } MoETrace;
+
+/// Marks: points inside a kernel a trace build times like a phase (the first and the last block to reach each), each at
+/// the launch's `marks` + its index. moe_route_small: partial logits stored, last block elected, top-k done, tiles
+/// written; the resident GEMMs: past the wait, activations in shared memory, main loop done.
+#define MOE_MARK_ROUTE_PARTIALS 0
+#define MOE_MARK_ROUTE_ELECTED 1
+#define MOE_MARK_ROUTE_TOPK 2
+#define MOE_MARK_ROUTE_TILES 3
+#define MOE_MARK_ROUTE_COUNT 4
+#define MOE_MARK_GEMM_WAITED 0
+#define MOE_MARK_GEMM_STAGED 1
+#define MOE_MARK_GEMM_LOOPED 2
+#define MOE_MARK_GEMM_COUNT 3
 
 /// Widths a fitted tile schedule chooses from (MoERoutingParams.tileWidths): the most any registered kernel has.
 #define MOE_TILE_WIDTHS 4
@@ -115,7 +129,10 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
-    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
+    MoETrace trace;  ///< after the fields the kernels read most
+    /// u32 [2] or 0: the plan-ready word (moe_route_small and moe_route_finish store 1 with release once the whole plan
+    /// is written) and its consumer count; a resident GEMM 1 given the same pointer waits on it instead of on the launch.
+    MoEDevicePointer planReady;
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
@@ -165,6 +182,9 @@ typedef struct MoEGemmParams {
     int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
     MoETrace trace;  ///< after the fields most kernels read, so they keep their offsets in the tracing build
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
+    /// Resident GEMM 1 only, or 0: the routing kernel's plan-ready word (MoERoutingParams.planReady). Each block waits
+    /// for it (acquire) instead of griddepcontrol.wait and counts itself; the last block resets both words.
+    MoEDevicePointer planReady;
 } MoEGemmParams;
 
 /// GEMM 1's input rows in sorted order: gathered[slotToSorted[t·k + j]] = x[t] for each of token t's k slots (with

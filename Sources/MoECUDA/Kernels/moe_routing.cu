@@ -427,8 +427,10 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
             if (lane == 0 && e < E) partials[t * E + e] = total;
         }
     }
+    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_PARTIALS);
     // Arrival: the last block sees every other block's partial logits.
     if (!last_block_to_arrive((unsigned *)p.arrivals, gridDim.x * gridDim.y)) return;
+    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_ELECTED);
 
     float *logits = (float *)shared;          // [T, E]
     int *ids = (int *)(logits + T * E);       // [T·k]
@@ -449,6 +451,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
         topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     }
     __syncthreads();
+    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TOPK);
     const int slots = T * K;
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         ((int *)p.topkIds)[s] = ids[s];
@@ -465,6 +468,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     offsets_and_tiles(p, counts, offsets, scratch);
     if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch
     __syncthreads();
+    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TILES);
     // Stable placement: slots in order, per expert.
     int *sortedToSlot = (int *)p.sortedToSlot, *slotToSorted = (int *)p.slotToSorted;
     float *sortedWeights = (float *)p.sortedWeights;
@@ -480,6 +484,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
             }
         }
     }
+    publish_plan(p.planReady);
 }
 
 // One instantiation per power of two of tokens: the unrolled per-token code (and its instruction fetch) grows
@@ -752,6 +757,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_route_finish(MoERoutingPa
     for (int t = warp; t < T; t += warps) topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     __syncthreads();
     plan_in_block(p, warp, lane, warps, E, slots, chunks, ids, weights, counts, offsets, chunkRows, scratch, true);
+    publish_plan(p.planReady);
 }
 
 // MARK: larger batches: top-k, scan, scatter
@@ -843,6 +849,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_plan_scatter(MoERoutingPar
             }
         }
     }
+    publish_plan(p.planReady);
 }
 
 /// Where token block b's slots of each expert start, base[e] = offsets[e] + rows of e in blocks before b, from the top-k
