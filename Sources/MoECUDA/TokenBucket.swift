@@ -28,8 +28,6 @@ final class TokenBucket: @unchecked Sendable {
     let reduceCounters: DeviceBuffer
     /// Per-tile counters of the GEMM 1 → GEMM 2 hand-over (zero between launches).
     let tileReady, tileConsumed: DeviceBuffer
-    /// The plan-ready word and GEMM 1's count of blocks past it (LaunchPlan.waitsOnPlanWord; zero between launches).
-    let planWords: DeviceBuffer
     /// GEMM 1's input rows in sorted order [slots, H] (gathersRows only).
     let gathered: DeviceBuffer?
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
@@ -74,9 +72,8 @@ final class TokenBucket: @unchecked Sendable {
         reduceCounters = try buffer(max(1, plan.gemm2Shape.grid.x) * 4)
         tileReady = try buffer(plan.maxTiles * 4)
         tileConsumed = try buffer(plan.maxTiles * 4)
-        planWords = try buffer(8)
         gathered = TokenBucket.gathersRows(plan) ? try buffer(slots * H * 2) : nil
-        for counters in [reduceCounters, tileReady, tileConsumed, planWords] { try counters.fill(byte: 0, stream: stream) }
+        for counters in [reduceCounters, tileReady, tileConsumed] { try counters.fill(byte: 0, stream: stream) }
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
         try stream.synchronize()
@@ -85,8 +82,7 @@ final class TokenBucket: @unchecked Sendable {
     var allocatedBytes: Int {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
-               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed,
-               planWords]
+               sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed]
             .reduce(0) { $0 + $1.byteCount } + (gathered?.byteCount ?? 0)
     }
 
@@ -142,7 +138,6 @@ final class TokenBucket: @unchecked Sendable {
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
-        p.planReady = plan.waitsOnPlanWord() ? planWords.address : 0
         return p
     }
 
@@ -179,7 +174,6 @@ final class TokenBucket: @unchecked Sendable {
             p.tileRole = 1
             p.tileReady = tileReady.address
         }
-        p.planReady = plan.waitsOnPlanWord() ? planWords.address : 0
         return p
     }
 

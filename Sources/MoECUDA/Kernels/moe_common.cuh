@@ -248,16 +248,6 @@ MOE_DEVICE void allow_next_kernel() {
 #endif
 }
 
-/// The block that wrote a decode batch's plan (moe_route_small's last block, moe_route_finish), every thread at its end:
-/// once each has fenced its writes, thread 0 stores the plan-ready word with release. A resident GEMM 1 given the word
-/// (MoEGemmParams.planReady) reads the plan as soon as it sees it, instead of waiting for this launch to end.
-MOE_DEVICE void publish_plan(MoEDevicePointer planReady) {
-    if (planReady == 0) return;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(planReady), "r"(1u) : "memory");
-}
-
 // MARK: tensor cores
 
 /// c += A·B for one m16n8k16 bf16 tile (A row-major 16×16, B column-major 16×8, fp32 accumulators).

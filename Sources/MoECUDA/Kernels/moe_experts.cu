@@ -248,25 +248,6 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
     __syncthreads();
 }
 
-/// A resident GEMM 1 with a plan-ready word (MoEGemmParams.planReady), every thread at its start: thread 0 waits for the
-/// routing kernel's release store, then counts the block; the grid's last block resets both words for the next replay
-/// (the routing kernel of the next replay starts after this grid has ended). Bounded like wait_for_tile.
-MOE_DEVICE void wait_for_plan(const MoEGemmParams &p) {
-    if (threadIdx.x == 0) {
-        unsigned *words = (unsigned *)p.planReady;
-        unsigned spins = 0;
-        while (load_acquire_u32(words) == 0u) {
-            if (++spins > 32) __nanosleep(64);
-            if (spins == (1u << 24)) __trap();
-        }
-        if (atomicAdd(words + 1, 1u) == gridDim.x * gridDim.y - 1u) {
-            words[0] = 0u;
-            words[1] = 0u;
-        }
-    }
-    __syncthreads();
-}
-
 // MARK: resident kernel (decode-size tiles)
 
 /// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; a bulk kernel copies the 128 scale bytes once, into
@@ -360,18 +341,15 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     constexpr bool bulk = false;  // the copy engine's bulk copies are sm_90's; elsewhere every lane copies its bytes
 #endif
     extern __shared__ __align__(16) unsigned char sharedBytes[];
-    if (p.planReady != 0) {
-        wait_for_plan(p);
-    } else if (!p.prefetchBeforeWait) {
+    if (!p.prefetchBeforeWait) {
         wait_for_previous_kernel();
+        MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     }
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
-    // own wait is complete: it then fills this grid's last wave, tile by tile. The plan is read past L1: after a
-    // plan-ready word, not a finished launch, nothing else clears this SM's L1 of the previous replay's plan.
+    // own wait is complete: it then fills this grid's last wave, tile by tile.
     if (p.tileRole == 1) allow_next_kernel();
-    if ((int)blockIdx.y >= load_coherent_i32((const int *)p.tileCount)) return;
-    const uint4 tileWords = load_coherent_16((const MoETile *)p.tiles + blockIdx.y);
-    const MoETile tile = {(int)tileWords.x, (int)tileWords.y, (int)tileWords.z, (int)tileWords.w};
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
@@ -408,11 +386,12 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
     if (p.tileRole == 2) {
         wait_for_tile(p);
+        MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     } else if (p.prefetchBeforeWait) {
         wait_for_previous_kernel();
+        MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     }
 
-    MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     // Activation rows of the tile (zero past K).
     const int rows = min(tile.rowCount, p.residentRows);
     const int segmentsPerRow = kPadded / 8;

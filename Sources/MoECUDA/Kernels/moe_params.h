@@ -23,6 +23,8 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_FUSED_ROUTING_WARPS 8
 /// 16-byte segments of H one fused-router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
 #define MOE_FUSED_ROUTING_SEGMENTS 128
+/// Threads a block of the cluster router (moe_route_cluster): 16 warps, so a cluster of 8 has one warp an expert of 128.
+#define MOE_ROUTE_CLUSTER_THREADS 512
 /// Batches of at most this many tokens build their whole plan in one block (moe_route_finish).
 #define MOE_SMALL_ROUTING_MAX_TOKENS 128
 /// Slots each lane of moe_route_finish's 1024 threads places: at most 32 · 1024 · this slots (T·k) per batch.
@@ -84,8 +86,9 @@ typedef struct MoETrace {
 } MoETrace;
 
 /// Marks: points inside a kernel a trace build times like a phase (the first and the last block to reach each), each at
-/// the launch's `marks` + its index. moe_route_small: partial logits stored, last block elected, top-k done, tiles
-/// written; the resident GEMMs: past the wait, activations in shared memory, main loop done.
+/// the launch's `marks` + its index. moe_route_small and moe_route_cluster: partial logits stored, last block elected
+/// (the cluster: past its barrier), top-k done, tiles written; the resident GEMMs: past the wait (GEMM 1 the launch's,
+/// GEMM 2 its tile's), activations and the ring's first groups in shared memory, main loop done.
 #define MOE_MARK_ROUTE_PARTIALS 0
 #define MOE_MARK_ROUTE_ELECTED 1
 #define MOE_MARK_ROUTE_TOPK 2
@@ -129,10 +132,7 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
-    MoETrace trace;  ///< after the fields the kernels read most
-    /// u32 [2] or 0: the plan-ready word (moe_route_small and moe_route_finish store 1 with release once the whole plan
-    /// is written) and its consumer count; a resident GEMM 1 given the same pointer waits on it instead of on the launch.
-    MoEDevicePointer planReady;
+    MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 
 /// One grouped GEMM over the tile schedule: out[r] = epilogue(W[e] · in[r] + b[e]) for the sorted rows r of
@@ -182,9 +182,6 @@ typedef struct MoEGemmParams {
     int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
     MoETrace trace;  ///< after the fields most kernels read, so they keep their offsets in the tracing build
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
-    /// Resident GEMM 1 only, or 0: the routing kernel's plan-ready word (MoERoutingParams.planReady). Each block waits
-    /// for it (acquire) instead of griddepcontrol.wait and counts itself; the last block resets both words.
-    MoEDevicePointer planReady;
 } MoEGemmParams;
 
 /// GEMM 1's input rows in sorted order: gathered[slotToSorted[t·k + j]] = x[t] for each of token t's k slots (with
