@@ -14,9 +14,18 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s63)  # session 33: the cluster router (MOE_CUDA_ROUTE_CLUSTER=8|16) at 1–8 tokens, checked, traced and A/B'd
+    s63)  # session 33: the cluster router (MOE_CUDA_ROUTE_CLUSTER=8|16) at 1–8 tokens, checked, traced and A/B'd; the
+          # activations before the ring's first groups in GEMM 1 (MOE_CUDA_ACTIVATIONS_FIRST=1, a build switch)
         bash $D info
         L=${OUT:-/tmp/moekit-out}/run.log
+        echo "=== first activations-first check: MOE_CUDA_ACTIVATIONS_FIRST=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100" | tee -a $L
+        MOE_CUDA_ACTIVATIONS_FIRST=1 timeout 150 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100 > /tmp/first.log 2>&1
+        ra=$?
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first activations-first check rc=$ra" | tee -a $L
+        if [ $ra -eq 0 ]; then
+            AB_REPEAT=2 AB_ENVS="MOE_CUDA_ACTIVATIONS_FIRST=1@1,2,4,8,16,32,64,128,192" bash $D abenv
+        fi
         echo "=== first cluster check: MOE_CUDA_ROUTE_CLUSTER=8|16 moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
         rc=0
         for c in 8 16; do
@@ -35,6 +44,13 @@ case $part in
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_ROUTE_CLUSTER=8@1,2,4,8 MOE_CUDA_ROUTE_CLUSTER=16@1,2,4,8" bash $D abenv
             MOE_CUDA_ROUTE_CLUSTER=8 bash $D epcheck
             MOE_CUDA_ROUTE_CLUSTER=16 bash $D check
+        fi
+        if [ $ra -eq 0 ]; then
+            MOE_CUDA_ACTIVATIONS_FIRST=1 TRACE_TOKENS=1,8 bash $D trace
+            MOE_CUDA_ACTIVATIONS_FIRST=1 bash $D check
+            MOE_CUDA_ACTIVATIONS_FIRST=1 MEMCHECK_TOKENS=1,7,40 bash $D memcheck
+            MOE_CUDA_ACTIVATIONS_FIRST=1 RACE_VARIANT=resident_1_1_4_2_3 bash $D racecheck2
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_ACTIVATIONS_FIRST=1@1,8,32,64" bash $D abenv
         fi
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;

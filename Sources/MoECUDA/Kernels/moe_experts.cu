@@ -30,6 +30,10 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
+// Build switch MOE_CUDA_ACTIVATIONS_FIRST (session 33, for A/B runs): see gemm_resident.
+#ifndef MOE_ACTIVATIONS_FIRST
+#define MOE_ACTIVATIONS_FIRST 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -363,6 +367,26 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const u32 ring = shared_address(sharedBytes + activationBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
     const unsigned char *ringPointer = sharedBytes + activationBytes + PARTIAL_BYTES + warp * S * SLOT_BYTES;
 
+    // Activation rows of the tile (zero past K), one cp.async group.
+    auto copy_activations = [&] {
+        const int rows = min(tile.rowCount, p.residentRows);
+        const int segmentsPerRow = kPadded / 8;
+        const bf16_t *input = (const bf16_t *)p.input;
+        for (int j = warp; j < rows; j += WN * WK) {
+            const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
+            for (int segment = lane; segment < segmentsPerRow; segment += 32) {
+                const int k0 = segment * 8;
+                copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
+            }
+        }
+        copy_async_commit();
+    };
+    // MOE_ACTIVATIONS_FIRST (a GEMM 1 whose ring is filled lane by lane): the activations' group goes before the ring's
+    // first S − 1 groups, so the block starts on its first group instead of waiting for all of them (at 1 token the
+    // blocks' first groups are ~16 MB asked for at once).
+    const bool activationsFirst = MOE_ACTIVATIONS_FIRST && !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
+    if (activationsFirst) copy_activations();
+
     // The weight ring starts filling before anything else.
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
@@ -392,20 +416,14 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     }
 
-    // Activation rows of the tile (zero past K).
-    const int rows = min(tile.rowCount, p.residentRows);
-    const int segmentsPerRow = kPadded / 8;
-    const bf16_t *input = (const bf16_t *)p.input;
-    for (int j = warp; j < rows; j += WN * WK) {
-        const bf16_t *row = input + gemm_input_row(p, tile.rowStart + j) * p.inputStride;
-        for (int segment = lane; segment < segmentsPerRow; segment += 32) {
-            const int k0 = segment * 8;
-            copy_async_16(shared_address(xs + j * rowStride + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
-        }
+    if (activationsFirst) {
+        copy_async_wait<S - 1>();  // the activations; the ring's groups may still be in flight
+    } else {
+        copy_activations();
+        copy_async_wait<0>();
     }
-    copy_async_commit();
-    copy_async_wait<0>();
     __syncthreads();
+    const int rows = min(tile.rowCount, p.residentRows);
     MOE_TRACE_MARK(p, MOE_MARK_GEMM_STAGED);
 
     float chains[4][MI][NJ][4];  // one MMA chain per chunk of a group: four independent dependency chains
