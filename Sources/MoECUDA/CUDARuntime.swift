@@ -114,9 +114,7 @@ final class LayerKernels: @unchecked Sendable {
         let routing = try runtime.module(.routing, options: KernelBuildSwitches.options(traced: traced, module: .routing))
         experts = try runtime.module(.experts, options: KernelBuildSwitches.options(traced: traced, module: .experts))
         var small: [String: CUDAFunction] = [:]
-        for bound in [1, 2, 4, 8] {
-            for name in ["moe_route_small_\(bound)", "moe_route_cluster_\(bound)"] { small[name] = try routing.function(name) }
-        }
+        for bound in [1, 2, 4, 8] { small["moe_route_small_\(bound)"] = try routing.function("moe_route_small_\(bound)") }
         routeSmall = small
         routerNarrow = try routing.function("moe_router_mma")
         routerWide = try routing.function("moe_router_mma_wide")

@@ -43,14 +43,11 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_ACTIVATIONS_FIRST` (session 33): a resident GEMM 1 whose lanes fill its ring copies the tile's
-    ///   activations before the ring's first groups and starts on the first group alone.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_ACTIVATIONS_FIRST", "MOE_ACTIVATIONS_FIRST", KernelSource.experts.name),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

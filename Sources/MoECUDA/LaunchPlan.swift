@@ -345,43 +345,19 @@ public struct LaunchPlan: Sendable, Equatable {
     public var fusedRouterSlices: Int {
         (config.hidden / 8 + Int(MOE_FUSED_ROUTING_SEGMENTS) - 1) / Int(MOE_FUSED_ROUTING_SEGMENTS)
     }
-    /// The fused router instantiated for the smallest power of two ≥ T: moe_route_small, or with `MOE_CUDA_ROUTE_CLUSTER`
-    /// moe_route_cluster.
-    public var routeSmallKernel: String { routeSmallKernel(cluster: routeCluster) }
-    public var routeSmallShape: LaunchShape { routeSmallShape(cluster: routeCluster) }
-    public func routeSmallKernel(cluster: Int?) -> String {
+    /// The fused router instantiated for the smallest power of two ≥ T.
+    public var routeSmallKernel: String {
         var bound = 1
         while bound < tokens { bound *= 2 }
-        return cluster == nil ? "moe_route_small_\(bound)" : "moe_route_cluster_\(bound)"
+        return "moe_route_small_\(bound)"
     }
-    public func routeSmallShape(cluster: Int?) -> LaunchShape {
-        if let blocks = cluster {
-            return LaunchShape(
-                grid: (blocks, 1, 1), block: Int(MOE_ROUTE_CLUSTER_THREADS), sharedBytes: routeClusterSharedBytes(blocks),
-                cluster: blocks)
-        }
+    public var routeSmallShape: LaunchShape {
         let warps = Int(MOE_FUSED_ROUTING_WARPS)
         let sliceBytes = tokens * ((config.hidden / 8 + fusedRouterSlices - 1) / fusedRouterSlices) * 16
         return LaunchShape(
             grid: ((config.experts + warps - 1) / warps, fusedRouterSlices, 1), block: 32 * warps,
             sharedBytes: max(sliceBytes, smallRoutingPlanBytes))
     }
-    /// moe_route_cluster's shared memory: partials [S, T, E] | bias [E] | x [T, H] (16-byte aligned) or block 0's plan.
-    func routeClusterSharedBytes(_ blocks: Int) -> Int {
-        let slices = max(1, blocks * Int(MOE_ROUTE_CLUSTER_THREADS) / 32 / config.experts)
-        return 4 * (slices * tokens * config.experts + config.experts) + max(16 + tokens * config.hidden * 2, smallRoutingPlanBytes)
-    }
-    /// `MOE_CUDA_ROUTE_CLUSTER=8|16` (session 33, for A/B runs): decode batches route in one thread block cluster of that
-    /// many blocks (moe_route_cluster), whose partial logits meet in block 0's shared memory instead of through a global
-    /// counter and L2. It changes the logits' last bits (another summation order); expert parallelism takes the same.
-    /// Where the cluster's shared memory would pass 200 KiB a block (T · H past ~95,000), moe_route_small stays.
-    public static let routeClusterSwitch = currentEnvironment("MOE_CUDA_ROUTE_CLUSTER")
-    public var routeCluster: Int? { routeCluster(switchValue: LaunchPlan.routeClusterSwitch) }
-    public func routeCluster(switchValue: String?) -> Int? {
-        guard let blocks = LaunchPlan.parsedRouteCluster(switchValue), routeClusterSharedBytes(blocks) <= 200 * 1024 else { return nil }
-        return blocks
-    }
-    static func parsedRouteCluster(_ value: String?) -> Int? { value.flatMap(Int.init).flatMap { [8, 16].contains($0) ? $0 : nil } }
     /// Floats of partial logits either router writes.
     public var partialLogitFloats: Int {
         max(routerPartialFloats, fusedRouting ? fusedRouterSlices * tokens * config.experts : 0)
@@ -425,14 +401,8 @@ public struct LaunchPlan: Sendable, Equatable {
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
     public static func validateSwitches(
-        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
-        routeCluster: String? = routeClusterSwitch
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
     ) throws(CUDAError) {
-        if let routeCluster, parsedRouteCluster(routeCluster) == nil {
-            throw .invalidArgument(
-                "MOE_CUDA_ROUTE_CLUSTER=\(routeCluster): expected 8 or 16, the blocks of the decode router's cluster (unset it for the default, moe_route_small)")
-        }
-
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")

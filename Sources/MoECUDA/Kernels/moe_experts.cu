@@ -30,10 +30,6 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
-// Build switch MOE_CUDA_ACTIVATIONS_FIRST (session 33, for A/B runs): see gemm_resident.
-#ifndef MOE_ACTIVATIONS_FIRST
-#define MOE_ACTIVATIONS_FIRST 0
-#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -381,10 +377,11 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         }
         copy_async_commit();
     };
-    // MOE_ACTIVATIONS_FIRST (a GEMM 1 whose ring is filled lane by lane): the activations' group goes before the ring's
-    // first S − 1 groups, so the block starts on its first group instead of waiting for all of them (at 1 token the
-    // blocks' first groups are ~16 MB asked for at once).
-    const bool activationsFirst = MOE_ACTIVATIONS_FIRST && !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
+    // A GEMM 1 whose ring its lanes fill copies the activations before the ring's first S − 1 groups, so the block starts
+    // on its first group instead of waiting for all of them: at 1 token the blocks' first groups are ~16 MB asked for at
+    // once (run 110: −1.4 to −2.9% at 1 token and −0.5 to −2.5% at 8–192 on 120b, −3.9 / −5.8% at 1 on 20b). GEMM 2
+    // fills its ring before its wait, and the bulk kernels' rings are no cp.async groups: they copy after.
+    const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
     if (activationsFirst) copy_activations();
 
     // The weight ring starts filling before anything else.

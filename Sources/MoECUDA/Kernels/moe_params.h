@@ -23,8 +23,6 @@ typedef unsigned long long MoEDevicePointer;
 #define MOE_FUSED_ROUTING_WARPS 8
 /// 16-byte segments of H one fused-router block covers at most (4 per lane): H/8 is split into ceil(H/8/128) slices.
 #define MOE_FUSED_ROUTING_SEGMENTS 128
-/// Threads a block of the cluster router (moe_route_cluster): 16 warps, so a cluster of 8 has one warp an expert of 128.
-#define MOE_ROUTE_CLUSTER_THREADS 512
 /// Batches of at most this many tokens build their whole plan in one block (moe_route_finish).
 #define MOE_SMALL_ROUTING_MAX_TOKENS 128
 /// Slots each lane of moe_route_finish's 1024 threads places: at most 32 · 1024 · this slots (T·k) per batch.
@@ -86,8 +84,8 @@ typedef struct MoETrace {
 } MoETrace;
 
 /// Marks: points inside a kernel a trace build times like a phase (the first and the last block to reach each), each at
-/// the launch's `marks` + its index. moe_route_small and moe_route_cluster: partial logits stored, last block elected
-/// (the cluster: past its barrier), top-k done, tiles written; the resident GEMMs: past the wait (GEMM 1 the launch's,
+/// the launch's `marks` + its index. moe_route_small: partial logits stored, last block elected, top-k done, tiles
+/// written; the resident GEMMs: past the wait (GEMM 1 the launch's,
 /// GEMM 2 its tile's), activations and the ring's first groups in shared memory, main loop done.
 #define MOE_MARK_ROUTE_PARTIALS 0
 #define MOE_MARK_ROUTE_ELECTED 1

@@ -356,8 +356,6 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 
 // MARK: decode batches: one launch (fp32 FMA router, top-k and plan)
 
-MOE_DEVICE void plan_from_logits(const MoERoutingParams &p, unsigned char *shared, int *scratch);
-
 /// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. At these sizes one launch
 /// beats the tensor-core router + moe_route_finish pair (H200, 8 tokens: 16.5 µs against ≈ 20); by 32 tokens the FMA
 /// work of its 48 blocks costs more than the second launch (44.5 µs against 23; docs/bench-cuda.md, session 3).
@@ -374,7 +372,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     allow_next_kernel();  // GEMM 1's blocks may launch now (all of this grid's blocks fit at once); they wait for it to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int e = blockIdx.x * MOE_FUSED_ROUTING_WARPS + warp;
-    const int T = p.tokens, H = p.hidden, E = p.experts;
+    const int T = p.tokens, H = p.hidden, E = p.experts, K = p.topK;
     const int segments = H / 8;
     const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
 
@@ -433,9 +431,12 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     // Arrival: the last block sees every other block's partial logits.
     if (!last_block_to_arrive((unsigned *)p.arrivals, gridDim.x * gridDim.y)) return;
     MOE_TRACE_MARK(p, MOE_MARK_ROUTE_ELECTED);
-    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch (every block has counted itself)
 
-    float *logits = (float *)shared;  // [T, E]
+    float *logits = (float *)shared;          // [T, E]
+    int *ids = (int *)(logits + T * E);       // [T·k]
+    float *weights = (float *)(ids + T * K);  // [T·k]
+    int *counts = (int *)(weights + T * K);   // [E]
+    int *offsets = counts + E;                // [E+1]
     const float *bias = (const float *)p.routerBias;
     for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
         float sum = 0.0f;
@@ -446,21 +447,7 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
         ((float *)p.logits)[i] = logit;
     }
     __syncthreads();
-    plan_from_logits(p, shared, scratch);
-}
-
-/// The rest of the one-launch routing in the block that has the logits [T, E] at the start of `shared`: top-k (a warp a
-/// token), the histogram, offsets and tiles, and the stable placement, writing only results to global memory.
-/// Shared memory: logits | ids [T·k] | weights [T·k] | counts [E] | offsets [E+1] (LaunchPlan.smallRoutingPlanBytes).
-MOE_DEVICE void plan_from_logits(const MoERoutingParams &p, unsigned char *shared, int *scratch) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int T = p.tokens, E = p.experts, K = p.topK;
-    float *logits = (float *)shared;          // [T, E]
-    int *ids = (int *)(logits + T * E);       // [T·k]
-    float *weights = (float *)(ids + T * K);  // [T·k]
-    int *counts = (int *)(weights + T * K);   // [E]
-    int *offsets = counts + E;                // [E+1]
-    for (int t = warp; t < T; t += warps) {
+    for (int t = warp; t < T; t += MOE_FUSED_ROUTING_WARPS) {
         topk_token(logits + t * E, E, K, p.mode, ids + t * K, weights + t * K, lane);
     }
     __syncthreads();
@@ -479,6 +466,7 @@ MOE_DEVICE void plan_from_logits(const MoERoutingParams &p, unsigned char *share
     }
     __syncthreads();
     offsets_and_tiles(p, counts, offsets, scratch);
+    if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch
     __syncthreads();
     MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TILES);
     // Stable placement: slots in order, per expert.
@@ -509,143 +497,6 @@ MOE_ROUTE_SMALL(1)
 MOE_ROUTE_SMALL(2)
 MOE_ROUTE_SMALL(4)
 MOE_ROUTE_SMALL(8)
-
-// MARK: decode batches in one cluster
-
-/// Arrives on the cluster barrier (every thread of every block); `release` orders this thread's shared::cluster stores
-/// before the arrival.
-MOE_DEVICE void cluster_arrive(bool release) {
-    if (release) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-    else asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
-/// Waits for every thread of the cluster to arrive; what they stored with release is then visible.
-MOE_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-/// The shared::cluster address of `pointer` (this block's shared memory) in block `rank` of the cluster.
-MOE_DEVICE u32 cluster_shared_address(const void *pointer, u32 rank) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(pointer)), "r"(rank));
-    return remote;
-}
-MOE_DEVICE void store_cluster_f32(u32 address, float v) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(address), "f"(v) : "memory");
-}
-
-/// Weight segments (8 bf16) a lane keeps in flight in the cluster router: H / S ≤ 32 · 12 · 8 = 3072 values a warp in one
-/// round of loads (gpt-oss: 2880), more in further rounds.
-#define MOE_ROUTE_CLUSTER_SEGMENTS_PER_LANE 12
-
-/// grid: one cluster of CL blocks (8, or 16 where the device allows), MOE_ROUTE_CLUSTER_THREADS threads each; T ≤
-/// MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. moe_route_small with the cross-block step on chip: its last block is
-/// elected through a fence and a global counter and then reads the other blocks' partial logits back from L2, three
-/// dependent global round trips (run 109's marks at 1 token: 1.2 µs from the last partial to the election, 2.4 more to
-/// top-k). Here the cluster's W = CL · warps warps take expert e = g / S, slice g % S of H (S = max(1, W / E), each warp
-/// a whole slice, its segments in lane order then a warp sum), store their partial logits straight into block 0's shared
-/// memory, and meet at the cluster barrier; block 0 adds the S slices in order plus the bias (staged in its shared memory
-/// at the start) and runs plan_from_logits. A token's logits depend on W and E, not on T, so expert parallelism, which
-/// launches the same cluster on each rank's rows, chooses the same experts bit for bit.
-/// Dynamic shared memory: partials [S, T, E] f32 | bias [E] f32 | x [T, H] bf16, reused by block 0 for the plan
-/// (LaunchPlan.routeSmallShape).
-template <int MAX_TOKENS>
-MOE_DEVICE void route_cluster(const MoERoutingParams &p) {
-    extern __shared__ __align__(16) unsigned char routeShared[];
-    __shared__ int scratch[33];
-    allow_next_kernel();
-    cluster_arrive(false);  // block 0 is running before anyone stores into it (waited for below)
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int T = p.tokens, H = p.hidden, E = p.experts;
-    const int segments = H / 8;
-    const int S = max(1, (int)gridDim.x * warps / E);
-    const int g = blockIdx.x * warps + warp, e = g / S, slice = g - e * S;
-    const bool active = e < E;
-    const int first = segments * slice / S, count = active ? segments * (slice + 1) / S - first : 0;
-    float *partials = (float *)routeShared;  // [S, T, E]: block 0's is the one written
-    float *bias = partials + S * T * E;      // [E]: block 0's
-    unsigned char *xBytes = (unsigned char *)(bias + E);
-    uint4 *xs = (uint4 *)(xBytes + ((16 - (shared_address(xBytes) & 15u)) & 15u));  // [T][segments], 16-byte aligned
-    const uint4 *x = (const uint4 *)p.x;
-    for (int i = threadIdx.x; i < T * segments; i += blockDim.x) copy_async_16(shared_address(xs + i), x + i, 16);
-    copy_async_commit();
-    if (blockIdx.x == 0)
-        for (int i = threadIdx.x; i < E; i += blockDim.x) bias[i] = ((const float *)p.routerBias)[i];
-    constexpr int R = MOE_ROUTE_CLUSTER_SEGMENTS_PER_LANE;
-    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
-    uint4 w[R];
-    auto load_round = [&](int base) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int s = base + lane + 32 * r;
-            w[r] = s < count ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-    load_round(0);
-    copy_async_wait<0>();
-    __syncthreads();
-    float acc[MAX_TOKENS];
-#pragma unroll
-    for (int t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0f;
-    for (int base = 0;;) {  // count is the warp's: every lane takes the same rounds
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int s = base + lane + 32 * r;
-            if (s < count) {
-                const float wf[8] = {bf16_low(w[r].x), bf16_high(w[r].x), bf16_low(w[r].y), bf16_high(w[r].y),
-                                     bf16_low(w[r].z), bf16_high(w[r].z), bf16_low(w[r].w), bf16_high(w[r].w)};
-#pragma unroll
-                for (int t = 0; t < MAX_TOKENS; ++t) {
-                    if (t < T) {
-                        const uint4 xv = xs[t * segments + first + s];
-                        float sum = acc[t];
-                        sum = fmaf(wf[0], bf16_low(xv.x), sum);
-                        sum = fmaf(wf[1], bf16_high(xv.x), sum);
-                        sum = fmaf(wf[2], bf16_low(xv.y), sum);
-                        sum = fmaf(wf[3], bf16_high(xv.y), sum);
-                        sum = fmaf(wf[4], bf16_low(xv.z), sum);
-                        sum = fmaf(wf[5], bf16_high(xv.z), sum);
-                        sum = fmaf(wf[6], bf16_low(xv.w), sum);
-                        sum = fmaf(wf[7], bf16_high(xv.w), sum);
-                        acc[t] = sum;
-                    }
-                }
-            }
-        }
-        base += 32 * R;
-        if (base >= count) break;
-        load_round(base);
-    }
-    cluster_wait();  // the arrival at the start: block 0's shared memory is live
-#pragma unroll
-    for (int t = 0; t < MAX_TOKENS; ++t) {
-        if (t < T) {
-            const float total = warp_sum(acc[t]);
-            if (lane == 0 && active) store_cluster_f32(cluster_shared_address(partials + (slice * T + t) * E + e, 0), total);
-        }
-    }
-    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_PARTIALS);
-    cluster_arrive(true);
-    cluster_wait();
-    if (blockIdx.x != 0) return;
-    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_ELECTED);
-    float *logits = (float *)xBytes;  // x is no longer read
-    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-        float sum = 0.0f;
-        for (int z = 0; z < S; ++z) sum += partials[z * T * E + i];
-        const float logit = sum + bias[i % E];
-        logits[i] = logit;
-        ((float *)p.logits)[i] = logit;
-    }
-    __syncthreads();
-    plan_from_logits(p, xBytes, scratch);
-}
-
-#define MOE_ROUTE_CLUSTER(N) \
-    extern "C" __global__ void __launch_bounds__(MOE_ROUTE_CLUSTER_THREADS) moe_route_cluster_##N(MoERoutingParams p) { \
-        MOE_TRACE_KERNEL(p);                                                                                                 \
-        route_cluster<N>(p);                                                                                                 \
-    }
-MOE_ROUTE_CLUSTER(1)
-MOE_ROUTE_CLUSTER(2)
-MOE_ROUTE_CLUSTER(4)
-MOE_ROUTE_CLUSTER(8)
 
 // MARK: router GEMM (every batch size)
 
