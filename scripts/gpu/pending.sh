@@ -14,12 +14,19 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s64)  # session 33: activations first as the default (c42460e's switch, run 110), checked and benched; does PDL's
-          # early GEMM 1 slow the routing block? (the marks with MOE_CUDA_PDL=0)
+    s64)  # session 33: activations first as the default (c42460e's switch, run 110), checked and benched; the staged
+          # prefill (MOE_CUDA_STAGED_PREFILL=1); does PDL's early GEMM 1 slow the routing block? (marks with MOE_CUDA_PDL=0)
         bash $D info
         bash $D check
         MEMCHECK_TOKENS=1,7,40 bash $D memcheck
         bash $D bench
+        L=${OUT:-/tmp/moekit-out}/run.log
+        echo "=== first staged-prefill check: MOE_CUDA_STAGED_PREFILL=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100" | tee -a $L
+        MOE_CUDA_STAGED_PREFILL=1 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100 > /tmp/first.log 2>&1
+        rs=$?
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first staged-prefill check rc=$rs" | tee -a $L
+        [ $rs -eq 0 ] && AB_REPEAT=2 AB_ENVS="MOE_CUDA_STAGED_PREFILL=1@1,8,32,128" bash $D abenv
         TRACE_TOKENS=1,8 bash $D trace
         MOE_CUDA_PDL=0 TRACE_TOKENS=1,8 bash $D trace
         bash $D bench20b
