@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-# Earlier parts ran as runs 45–110 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s63) or were
+# Earlier parts ran as runs 45–111 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s64) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e, s64 at 94a7b71; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
 #   usage (device): bash .device/pending.sh PART [SECONDS]
 set -u
@@ -14,23 +14,6 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s64)  # session 33: activations first as the default (c42460e's switch, run 110), checked and benched; the staged
-          # prefill (MOE_CUDA_STAGED_PREFILL=1); does PDL's early GEMM 1 slow the routing block? (marks with MOE_CUDA_PDL=0)
-        bash $D info
-        bash $D check
-        MEMCHECK_TOKENS=1,7,40 bash $D memcheck
-        bash $D bench
-        L=${OUT:-/tmp/moekit-out}/run.log
-        echo "=== first staged-prefill check: MOE_CUDA_STAGED_PREFILL=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100" | tee -a $L
-        MOE_CUDA_STAGED_PREFILL=1 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,8,100 > /tmp/first.log 2>&1
-        rs=$?
-        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
-        echo "=== first staged-prefill check rc=$rs" | tee -a $L
-        [ $rs -eq 0 ] && AB_REPEAT=2 AB_ENVS="MOE_CUDA_STAGED_PREFILL=1@1,8,32,128" bash $D abenv
-        TRACE_TOKENS=1,8 bash $D trace
-        MOE_CUDA_PDL=0 TRACE_TOKENS=1,8 bash $D trace
-        bash $D bench20b
-        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

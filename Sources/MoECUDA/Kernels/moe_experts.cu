@@ -30,10 +30,6 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
-// Build switch MOE_CUDA_STAGED_PREFILL (session 33, for A/B runs): see gemm_resident.
-#ifndef MOE_STAGED_PREFILL
-#define MOE_STAGED_PREFILL 0
-#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -387,9 +383,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // fills its ring before its wait, and the bulk kernels' rings are no cp.async groups: they copy after.
     const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
     if (activationsFirst) copy_activations();
-    // MOE_STAGED_PREFILL (build switch, session 33): such a GEMM 1 asks for its first group alone, and for the next S − 2
-    // once that one has landed, so every block's first group goes ahead of the others' second in DRAM's queue.
-    const bool staged = MOE_STAGED_PREFILL && activationsFirst;
 
     // The weight ring starts filling before anything else.
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
@@ -407,7 +400,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     } else {
 #pragma unroll
         for (int i = 0; i < S - 1; ++i) {
-            if (staged && i > 0) break;
             if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
             copy_async_commit();
         }
@@ -421,23 +413,13 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
         MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
     }
 
-    if (staged) {
-        copy_async_wait<1>();  // the activations; the first group may still be in flight
-    } else if (activationsFirst) {
+    if (activationsFirst) {
         copy_async_wait<S - 1>();  // the activations; the ring's groups may still be in flight
     } else {
         copy_activations();
         copy_async_wait<0>();
     }
     __syncthreads();
-    if (staged) {  // the first group, then the rest of the prefill (the loop's first turn asks for group begin + S − 1)
-        copy_async_wait<0>();
-#pragma unroll
-        for (int i = 1; i < S - 1; ++i) {
-            if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
-            copy_async_commit();
-        }
-    }
     const int rows = min(tile.rowCount, p.residentRows);
     MOE_TRACE_MARK(p, MOE_MARK_GEMM_STAGED);
 
