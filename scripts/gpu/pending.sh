@@ -14,6 +14,30 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
+    s65)  # session 33's open question (docs/bench-cuda.md Next 0): does moe_route_small's last block wait on instruction
+          # fetch? 47 KB of its SASS follow the election, cold after each layer's weight stream. Then, from the CSVs:
+          #   python3 scripts/gpu/stall_ranges.py route1-sass.csv 'ATOMG' '@!P0 EXIT'   (GEMV | election | tail)
+        # First the one-warp plan (MOE_CUDA_COMPACT_ROUTE=1, built at the end of session 33, never run): same outputs,
+        # rolled loops, no block barrier; predicted −0.5 to −1.5 µs at 1–8 tokens (more if the tail is fetch-bound).
+        bash $D info
+        L=${OUT:-/tmp/moekit-out}/run.log
+        echo "=== first compact-route check: MOE_CUDA_COMPACT_ROUTE=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
+        MOE_CUDA_COMPACT_ROUTE=1 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 > /tmp/first.log 2>&1
+        rc=$?
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first compact-route check rc=$rc" | tee -a $L
+        if [ $rc -eq 0 ]; then
+            AB_REPEAT=2 AB_ENVS="MOE_CUDA_COMPACT_ROUTE=1@1,2,4,8" bash $D abenv
+            MOE_CUDA_COMPACT_ROUTE=1 TRACE_TOKENS=1,8 bash $D trace
+            TRACE_TOKENS=1,8 bash $D trace
+            MOE_CUDA_COMPACT_ROUTE=1 bash $D check
+            MOE_CUDA_COMPACT_ROUTE=1 MEMCHECK_TOKENS=1,7 bash $D memcheck
+            MOE_CUDA_COMPACT_ROUTE=1 bash $D epcheck
+        fi
+        NCU_KERNEL=moe_route_small_1 NCU_TOKENS=1 NCU_SAMPLING=0 NCU_NAME=route1 bash $D ncusrc
+        NCU_KERNEL=moe_route_small_8 NCU_TOKENS=8 NCU_SAMPLING=0 NCU_NAME=route8 bash $D ncusrc
+        NCU_KERNEL=moe_route_finish NCU_TOKENS=64 NCU_SAMPLING=0 NCU_NAME=finish64 bash $D ncusrc
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

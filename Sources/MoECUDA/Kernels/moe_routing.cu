@@ -356,6 +356,69 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 
 // MARK: decode batches: one launch (fp32 FMA router, top-k and plan)
 
+// Build switch MOE_CUDA_COMPACT_ROUTE (session 33, for A/B runs): moe_route_small's plan in one warp (warp_plan).
+#ifndef MOE_COMPACT_ROUTE
+#define MOE_COMPACT_ROUTE 0
+#endif
+
+/// moe_route_small's plan after top-k in one warp, a slot a lane (slots ≤ 32, T ≤ tileRows: an expert's rows fit one
+/// tile), with rolled loops and no block barrier: the same outputs as the block's histogram, offsets_and_tiles and
+/// placement (sorted rows expert-major, slots in order within an expert; a tile a non-empty expert, in expert order).
+/// Session 33's marks put the block's plan at 1.5 µs of the 1-token layer and its code after the election at 47 KB,
+/// cold at every layer (docs/bench-cuda.md Next 0).
+MOE_DEVICE void warp_plan(const MoERoutingParams &p, const int *ids, const float *weights, int slots, int lane) {
+    const int E = p.experts;
+    const bool live = lane < slots;
+    const int id = live ? ids[lane] : -1;
+    const float weight = live ? weights[lane] : 0.0f;
+    const bool valid = live && id >= 0;
+    // The slot's sorted row: every valid slot of a lower expert, then this expert's earlier slots.
+    const unsigned same = __match_any_sync(0xffffffffu, valid ? id : -1 - lane);
+    const int earlier = __popc(same & ((1u << lane) - 1u));
+    int below = 0;
+#pragma unroll 1
+    for (int j = 0; j < slots; ++j) {
+        const int other = ids[j];
+        below += other >= 0 && other < id;
+    }
+    const int row = below + earlier;
+    if (live) {
+        ((int *)p.topkIds)[lane] = id;
+        ((float *)p.topkWeights)[lane] = weight;
+        if (valid) {
+            ((int *)p.sortedToSlot)[row] = lane;
+            ((float *)p.sortedWeights)[row] = weight;
+        }
+        ((int *)p.slotToSorted)[lane] = valid ? row : -1;
+    }
+    // Tiles: the expert's first slot writes its one tile, after the tiles of the non-empty experts below it.
+    const bool leader = valid && earlier == 0;
+    const unsigned leaders = __ballot_sync(0xffffffffu, leader);
+    int tileBase = 0;
+#pragma unroll 1
+    for (unsigned m = leaders; m != 0u; m &= m - 1u) tileBase += __shfl_sync(0xffffffffu, id, __ffs(m) - 1) < id;
+    if (leader) write_expert_tiles(p, (MoETile *)p.tiles, id, below, __popc(same), tileBase);
+    // Every expert's count and offset.
+#pragma unroll 1
+    for (int e = lane; e < E; e += 32) {
+        int count = 0, before = 0;
+#pragma unroll 1
+        for (int j = 0; j < slots; ++j) {
+            const int other = ids[j];
+            count += other == e;
+            before += other >= 0 && other < e;
+        }
+        ((int *)p.expertCounts)[e] = count;
+        ((int *)p.expertOffsets)[e] = before;
+    }
+    const int total = __popc(__ballot_sync(0xffffffffu, valid));
+    if (lane == 0) {
+        ((int *)p.expertOffsets)[E] = total;
+        *(int *)p.tileCount = min(__popc(leaders), p.maxTiles);
+    }
+    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TILES);
+}
+
 /// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. At these sizes one launch
 /// beats the tensor-core router + moe_route_finish pair (H200, 8 tokens: 16.5 µs against ≈ 20); by 32 tokens the FMA
 /// work of its 48 blocks costs more than the second launch (44.5 µs against 23; docs/bench-cuda.md, session 3).
@@ -453,6 +516,11 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     __syncthreads();
     MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TOPK);
     const int slots = T * K;
+    if (MOE_COMPACT_ROUTE && slots <= 32 && T <= p.tileRows) {
+        if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch
+        if (warp == 0) warp_plan(p, ids, weights, slots, lane);
+        return;
+    }
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         ((int *)p.topkIds)[s] = ids[s];
         ((float *)p.topkWeights)[s] = weights[s];
