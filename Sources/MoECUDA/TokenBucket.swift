@@ -273,7 +273,7 @@ final class TokenBucket: @unchecked Sendable {
     }
 
     /// Enqueues the whole layer on `stream`; `between` runs after each kernel (event records when timing). `trace`: a
-    /// buffer of 2 · Mark.traceNames.count u64 pairs a slot the kernels of a MOE_TRACE build mark their spans in (KernelTrace).
+    /// buffer of Mark.traceNames.count phases (KernelTrace.bufferBytes) the kernels of a MOE_TRACE build mark their spans in.
     func enqueue(
         slot: Int, mode: RoutingMode, layer: DeviceLayer, kernels: LayerKernels, stream: CUDAStream,
         trace: DeviceBuffer? = nil, between: ((Phase) throws(CUDAError) -> Void)? = nil

@@ -384,7 +384,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
     if (activationsFirst) copy_activations();
 
-    // The weight ring starts filling before anything else.
+    // The weight ring starts filling before anything else (but a GEMM 1's activations, above).
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
     if constexpr (bulk) {
