@@ -20,6 +20,7 @@ case $part in
         # First the one-warp plan (MOE_CUDA_COMPACT_ROUTE=1, built at the end of session 33, never run): same outputs,
         # rolled loops, no block barrier; predicted −0.5 to −1.5 µs at 1–8 tokens (more if the tail is fetch-bound).
         bash $D info
+        bash $D epcheck  # expert parallelism with activations first (the default since 91ebf7d; run 110 checked it alone)
         L=${OUT:-/tmp/moekit-out}/run.log
         echo "=== first compact-route check: MOE_CUDA_COMPACT_ROUTE=1 moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
         MOE_CUDA_COMPACT_ROUTE=1 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 > /tmp/first.log 2>&1
