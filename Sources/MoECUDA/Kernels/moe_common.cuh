@@ -202,8 +202,11 @@ struct MoETraceScope {
         asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
         return id;
     }
-    MOE_DEVICE MoETraceScope(MoEDevicePointer spans, long long phase)
-        : span(spans == 0 ? nullptr : (unsigned long long *)spans + 2 * (phase * MOE_TRACE_SLOTS + sm() % MOE_TRACE_SLOTS)) {
+    /// This SM's pair of `phase` in the trace buffer `spans`.
+    MOE_DEVICE static unsigned long long *pair(MoEDevicePointer spans, long long phase) {
+        return (unsigned long long *)spans + 2 * (phase * MOE_TRACE_SLOTS + sm() % MOE_TRACE_SLOTS);
+    }
+    MOE_DEVICE MoETraceScope(MoEDevicePointer spans, long long phase) : span(spans == 0 ? nullptr : pair(spans, phase)) {
         if (span != nullptr && threadIdx.x == 0) atomicMin(span, now());
     }
     MOE_DEVICE explicit MoETraceScope(const MoETrace &trace) : MoETraceScope(trace.spans, trace.phase) {}
@@ -217,8 +220,7 @@ struct MoETraceScope {
 /// from the first block to the last to get there.
 MOE_DEVICE void trace_mark(const MoETrace &trace, int index) {
     if (trace.spans == 0 || trace.marks < 0 || threadIdx.x != 0) return;
-    unsigned long long *span =
-        (unsigned long long *)trace.spans + 2 * ((trace.marks + index) * MOE_TRACE_SLOTS + MoETraceScope::sm() % MOE_TRACE_SLOTS);
+    unsigned long long *span = MoETraceScope::pair(trace.spans, trace.marks + index);
     const unsigned long long t = MoETraceScope::now();
     atomicMin(span, t);
     atomicMax(span + 1, t);
