@@ -14,6 +14,16 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
+// Build switches (session 34, for A/B runs; docs/bench-cuda.md Next 0): MOE_CUDA_LANE_WEIGHTS, top-k's weights a
+// lane each (topk_token); MOE_CUDA_SUM_LOADS_FIRST, moe_route_small's last block issuing every load of the logits' sum
+// before its first addition, with the bias read at the kernel's start. Both keep every bit of the outputs.
+#ifndef MOE_LANE_WEIGHTS
+#define MOE_LANE_WEIGHTS 0
+#endif
+#ifndef MOE_SUM_LOADS_FIRST
+#define MOE_SUM_LOADS_FIRST 0
+#endif
+
 // MARK: top-k
 
 /// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
@@ -117,7 +127,22 @@ MOE_DEVICE void topk_token(
         }
     }
     __syncwarp();
-    if (mode == MOE_ROUTING_RENORMALIZE) {
+    if (MOE_LANE_WEIGHTS && k <= 32) {
+        // Lane j turns slot j's logit into its weight: the same expf, sum order and division as lane 0's loops below,
+        // so the same bits, with one exp and one division on the chain instead of k of each.
+        const float logit = lane < k ? weights[lane] : 0.0f;
+        float sum = 0.0f;
+        if (mode == MOE_ROUTING_RENORMALIZE) {
+            const float w = lane < k ? expf(logit - top) : 0.0f;
+            for (int j = 0; j < k; ++j) sum += __shfl_sync(0xffffffffu, w, j);
+            if (lane < k) weights[lane] = w / sum;
+        } else {
+            float partial = 0.0f;
+            for (int e = lane; e < experts; e += 32) partial += expf(logits[e] - top);
+            sum = warp_sum(partial);
+            if (lane < k) weights[lane] = expf(logit - top) / sum;
+        }
+    } else if (mode == MOE_ROUTING_RENORMALIZE) {
         if (lane == 0) {
             float sum = 0.0f;
             for (int j = 0; j < k; ++j) {
@@ -356,69 +381,6 @@ MOE_DEVICE void scan_plan(const MoERoutingParams &p, int *scratch) {
 
 // MARK: decode batches: one launch (fp32 FMA router, top-k and plan)
 
-// Build switch MOE_CUDA_COMPACT_ROUTE (session 33, for A/B runs): moe_route_small's plan in one warp (warp_plan).
-#ifndef MOE_COMPACT_ROUTE
-#define MOE_COMPACT_ROUTE 0
-#endif
-
-/// moe_route_small's plan after top-k in one warp, a slot a lane (slots ≤ 32, T ≤ tileRows: an expert's rows fit one
-/// tile), with rolled loops and no block barrier: the same outputs as the block's histogram, offsets_and_tiles and
-/// placement (sorted rows expert-major, slots in order within an expert; a tile a non-empty expert, in expert order).
-/// Session 33's marks put the block's plan at 1.5 µs of the 1-token layer and its code after the election at 47 KB,
-/// cold at every layer (docs/bench-cuda.md Next 0).
-MOE_DEVICE void warp_plan(const MoERoutingParams &p, const int *ids, const float *weights, int slots, int lane) {
-    const int E = p.experts;
-    const bool live = lane < slots;
-    const int id = live ? ids[lane] : -1;
-    const float weight = live ? weights[lane] : 0.0f;
-    const bool valid = live && id >= 0;
-    // The slot's sorted row: every valid slot of a lower expert, then this expert's earlier slots.
-    const unsigned same = __match_any_sync(0xffffffffu, valid ? id : -1 - lane);
-    const int earlier = __popc(same & ((1u << lane) - 1u));
-    int below = 0;
-#pragma unroll 1
-    for (int j = 0; j < slots; ++j) {
-        const int other = ids[j];
-        below += other >= 0 && other < id;
-    }
-    const int row = below + earlier;
-    if (live) {
-        ((int *)p.topkIds)[lane] = id;
-        ((float *)p.topkWeights)[lane] = weight;
-        if (valid) {
-            ((int *)p.sortedToSlot)[row] = lane;
-            ((float *)p.sortedWeights)[row] = weight;
-        }
-        ((int *)p.slotToSorted)[lane] = valid ? row : -1;
-    }
-    // Tiles: the expert's first slot writes its one tile, after the tiles of the non-empty experts below it.
-    const bool leader = valid && earlier == 0;
-    const unsigned leaders = __ballot_sync(0xffffffffu, leader);
-    int tileBase = 0;
-#pragma unroll 1
-    for (unsigned m = leaders; m != 0u; m &= m - 1u) tileBase += __shfl_sync(0xffffffffu, id, __ffs(m) - 1) < id;
-    if (leader) write_expert_tiles(p, (MoETile *)p.tiles, id, below, __popc(same), tileBase);
-    // Every expert's count and offset.
-#pragma unroll 1
-    for (int e = lane; e < E; e += 32) {
-        int count = 0, before = 0;
-#pragma unroll 1
-        for (int j = 0; j < slots; ++j) {
-            const int other = ids[j];
-            count += other == e;
-            before += other >= 0 && other < e;
-        }
-        ((int *)p.expertCounts)[e] = count;
-        ((int *)p.expertOffsets)[e] = before;
-    }
-    const int total = __popc(__ballot_sync(0xffffffffu, valid));
-    if (lane == 0) {
-        ((int *)p.expertOffsets)[E] = total;
-        *(int *)p.tileCount = min(__popc(leaders), p.maxTiles);
-    }
-    MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TILES);
-}
-
 /// grid: (ceil(E / 8), S) blocks of 256 threads; T ≤ MAX_TOKENS ≤ MOE_FUSED_ROUTING_MAX_TOKENS. At these sizes one launch
 /// beats the tensor-core router + moe_route_finish pair (H200, 8 tokens: 16.5 µs against ≈ 20); by 32 tokens the FMA
 /// work of its 48 blocks costs more than the second launch (44.5 µs against 23; docs/bench-cuda.md, session 3).
@@ -439,6 +401,16 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     const int segments = H / 8;
     const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
 
+    // SUM_LOADS_FIRST: the logits this thread sums after the election (i = threadIdx.x + 256·r, r < PER; E ≤ 128 and
+    // S ≤ 4 take this path) and their bias, loaded now, under the GEMV, instead of after the partials' round trips.
+    constexpr int PER = (MAX_TOKENS * 128 + 255) / 256;
+    const bool sumFirst = MOE_SUM_LOADS_FIRST && E <= 128 && gridDim.y <= 4 && blockDim.x == 256;
+    float biasAhead[PER];
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+        const int i = threadIdx.x + 256 * r;
+        biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
+    }
     uint4 *xs = (uint4 *)shared;  // [T][count]
     const uint4 *x = (const uint4 *)p.x;
     for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
@@ -501,13 +473,38 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     int *counts = (int *)(weights + T * K);   // [E]
     int *offsets = counts + E;                // [E+1]
     const float *bias = (const float *)p.routerBias;
-    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-        float sum = 0.0f;
-        for (int split = 0; split < (int)gridDim.y; ++split)
-            sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
-        const float logit = sum + bias[i % E];
-        logits[i] = logit;
-        ((float *)p.logits)[i] = logit;
+    if (sumFirst) {
+        // Every partial in flight at once (one L2 round trip, not one a split and a logit), then the sums in split order.
+        float part[PER][4];
+#pragma unroll
+        for (int r = 0; r < PER; ++r) {
+            const int i = threadIdx.x + 256 * r;
+#pragma unroll
+            for (int split = 0; split < 4; ++split)
+                part[r][split] = i < T * E && split < (int)gridDim.y
+                    ? load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < PER; ++r) {
+            const int i = threadIdx.x + 256 * r;
+            if (i >= T * E) continue;
+            float sum = 0.0f;
+#pragma unroll
+            for (int split = 0; split < 4; ++split)
+                if (split < (int)gridDim.y) sum += part[r][split];
+            const float logit = sum + biasAhead[r];
+            logits[i] = logit;
+            ((float *)p.logits)[i] = logit;
+        }
+    } else {
+        for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+            float sum = 0.0f;
+            for (int split = 0; split < (int)gridDim.y; ++split)
+                sum += load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i);
+            const float logit = sum + bias[i % E];
+            logits[i] = logit;
+            ((float *)p.logits)[i] = logit;
+        }
     }
     __syncthreads();
     for (int t = warp; t < T; t += MOE_FUSED_ROUTING_WARPS) {
@@ -516,11 +513,6 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     __syncthreads();
     MOE_TRACE_MARK(p, MOE_MARK_ROUTE_TOPK);
     const int slots = T * K;
-    if (MOE_COMPACT_ROUTE && slots <= 32 && T <= p.tileRows) {
-        if (threadIdx.x == 0) *(unsigned *)p.arrivals = 0u;  // ready for the next launch
-        if (warp == 0) warp_plan(p, ids, weights, slots, lane);
-        return;
-    }
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         ((int *)p.topkIds)[s] = ids[s];
         ((float *)p.topkWeights)[s] = weights[s];
