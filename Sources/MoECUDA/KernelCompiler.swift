@@ -43,17 +43,14 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_LANE_WEIGHTS` (session 34): top-k turns its k logits into weights a lane each (one exp and one
-    ///   division on the chain, not k of each); the same bits.
-    /// - `MOE_CUDA_SUM_LOADS_FIRST` (session 34): moe_route_small's last block issues every load of the logits' sum
-    ///   before its first addition and reads the bias at the kernel's start; the same bits.
+    /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small waits for its router weights before the x slice's
+    ///   copy (ptxas otherwise issues most of them after it: a second round trip); the same bits.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_LANE_WEIGHTS", "MOE_LANE_WEIGHTS", KernelSource.routing.name),
-        ("MOE_CUDA_SUM_LOADS_FIRST", "MOE_SUM_LOADS_FIRST", KernelSource.routing.name),
+        ("MOE_CUDA_ROUTER_LOADS_FIRST", "MOE_ROUTER_LOADS_FIRST", KernelSource.routing.name),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

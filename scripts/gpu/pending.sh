@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-# Earlier parts ran as runs 45–112 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s64) or were
+# Earlier parts ran as runs 45–113 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s64) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e, s64 at 94a7b71, s65 at 30b02f0; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e, s64 at 94a7b71, s65 at 30b02f0, s66 at 2d36d76; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
 #   usage (device): bash .device/pending.sh PART [SECONDS]
 set -u
@@ -14,24 +14,26 @@ for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
 case $part in
-    s66)  # session 34 (docs/bench-cuda.md Next 0): moe_route_small's last block, two latency cuts that keep every bit.
-          # MOE_CUDA_SUM_LOADS_FIRST=1: the logits' sum issues all its loads at once and reads the bias at the kernel's
-          # start (run 112's SASS: per logit one round trip for split 0, one for splits 1-2, then the bias; at 8 tokens
-          # four logits a thread in turn). Predicted −0.3 to −0.8 µs at 1 token, −2 to −3 µs at 8.
-          # MOE_CUDA_LANE_WEIGHTS=1: top-k's k exps and divisions a lane each. Predicted −0.1 to −0.3 µs, 1–128 tokens.
+    s67)  # session 34 (docs/bench-cuda.md Next 0): the bench of the new default (the logits' sum's loads first, run 113),
+          # then MOE_CUDA_ROUTER_LOADS_FIRST=1: moe_route_small's router weights in before the x slice's wait (ptxas
+          # issues most after it: a second round trip before the GEMV). Predicted −0.3 to −0.8 µs at 1–8 tokens.
         bash $D info
+        bash $D bench
         L=${OUT:-/tmp/moekit-out}/run.log
-        both="MOE_CUDA_SUM_LOADS_FIRST=1 MOE_CUDA_LANE_WEIGHTS=1"
-        echo "=== first check: $both moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
-        env $both timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 > /tmp/first.log 2>&1
+        sw="MOE_CUDA_ROUTER_LOADS_FIRST=1"
+        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
+        env $sw timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 > /tmp/first.log 2>&1
         rc=$?
         cat /tmp/first.log >> $L; tail -3 /tmp/first.log
         echo "=== first check rc=$rc" | tee -a $L
         if [ $rc -eq 0 ]; then
-            # The same bits: moe forward's tensors (outputs, top-k ids and weights) with and without the switches.
+            AB_REPEAT=2 AB_ENVS="$sw@1,2,4,8" bash $D abenv
+            env $sw TRACE_TOKENS=1,8 bash $D trace
+            TRACE_TOKENS=1,8 bash $D trace
+            # The same bits: moe forward's tensors (outputs, top-k ids and weights) with and without the switch.
             F=/tmp/bits; rm -rf $F; mkdir -p $F
             timeout 120 /tmp/moe init --preset gpt-oss-20b --out $F/model --layers 1 > /dev/null
-            for T in 1 5 8; do
+            for T in 1 8; do
                 python3 - $F/in-$T.safetensors $T <<'PY'
 import json, random, struct, sys
 T, H = int(sys.argv[2]), 2880
@@ -41,11 +43,10 @@ header = json.dumps({"hidden_states": {"dtype": "F32", "shape": [T, H], "data_of
 header += b" " * (-len(header) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
 PY
-                for mode in renormalize softmax-first; do
-                    c="forward --model $F/model --layer 0 --input $F/in-$T.safetensors --backend cuda --routing $mode"
-                    timeout 120 /tmp/moe $c --output $F/base.safetensors > /dev/null 2>&1
-                    env $both timeout 120 /tmp/moe $c --output $F/new.safetensors > /dev/null 2>&1
-                    python3 - $F/base.safetensors $F/new.safetensors "T=$T $mode" <<'PY' 2>&1 | tee -a $L
+                c="forward --model $F/model --layer 0 --input $F/in-$T.safetensors --backend cuda"
+                timeout 120 /tmp/moe $c --output $F/base.safetensors > /dev/null 2>&1
+                env $sw timeout 120 /tmp/moe $c --output $F/new.safetensors > /dev/null 2>&1
+                python3 - $F/base.safetensors $F/new.safetensors "T=$T" <<'PY' 2>&1 | tee -a $L
 import json, struct, sys
 def tensors(path):
     raw = open(path, "rb").read()
@@ -56,16 +57,13 @@ a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
 same = a.keys() == b.keys() and all(a[k] == b[k] for k in a) and len(a) > 0
 print(f"=== same bits {sys.argv[3]}: {'bit-identical' if same else 'DIFFERENT'} ({', '.join(sorted(a))})")
 PY
-                done
             done
-            AB_REPEAT=2 AB_ENVS="MOE_CUDA_SUM_LOADS_FIRST=1@1,2,4,8 MOE_CUDA_LANE_WEIGHTS=1@1,8,16,64 MOE_CUDA_SUM_LOADS_FIRST=1+MOE_CUDA_LANE_WEIGHTS=1@1,2,4,8,16,64" bash $D abenv
-            env $both TRACE_TOKENS=1,8 bash $D trace
-            TRACE_TOKENS=1,8 bash $D trace
-            env $both bash $D check
-            env $both MEMCHECK_TOKENS=1,7 bash $D memcheck
-            env $both bash $D epcheck
-            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_SUM_LOADS_FIRST=1+MOE_CUDA_LANE_WEIGHTS=1@1,2,4,8,16,64" bash $D abenv
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1,2,8" bash $D abenv
+            env $sw bash $D check
+            env $sw MEMCHECK_TOKENS=1,7 bash $D memcheck
+            env $sw bash $D epcheck
         fi
+        bash $D bench20b
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac

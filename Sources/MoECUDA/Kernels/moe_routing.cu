@@ -14,14 +14,10 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
-// Build switches (session 34, for A/B runs; docs/bench-cuda.md Next 0): MOE_CUDA_LANE_WEIGHTS, top-k's weights a
-// lane each (topk_token); MOE_CUDA_SUM_LOADS_FIRST, moe_route_small's last block issuing every load of the logits' sum
-// before its first addition, with the bias read at the kernel's start. Both keep every bit of the outputs.
-#ifndef MOE_LANE_WEIGHTS
-#define MOE_LANE_WEIGHTS 0
-#endif
-#ifndef MOE_SUM_LOADS_FIRST
-#define MOE_SUM_LOADS_FIRST 0
+// Build switch MOE_CUDA_ROUTER_LOADS_FIRST (session 34, for A/B runs; docs/bench-cuda.md Next 0): moe_route_small's
+// router weights in before the x slice's wait, so both copies take one round trip.
+#ifndef MOE_ROUTER_LOADS_FIRST
+#define MOE_ROUTER_LOADS_FIRST 0
 #endif
 
 // MARK: top-k
@@ -127,22 +123,7 @@ MOE_DEVICE void topk_token(
         }
     }
     __syncwarp();
-    if (MOE_LANE_WEIGHTS && k <= 32) {
-        // Lane j turns slot j's logit into its weight: the same expf, sum order and division as lane 0's loops below,
-        // so the same bits, with one exp and one division on the chain instead of k of each.
-        const float logit = lane < k ? weights[lane] : 0.0f;
-        float sum = 0.0f;
-        if (mode == MOE_ROUTING_RENORMALIZE) {
-            const float w = lane < k ? expf(logit - top) : 0.0f;
-            for (int j = 0; j < k; ++j) sum += __shfl_sync(0xffffffffu, w, j);
-            if (lane < k) weights[lane] = w / sum;
-        } else {
-            float partial = 0.0f;
-            for (int e = lane; e < experts; e += 32) partial += expf(logits[e] - top);
-            sum = warp_sum(partial);
-            if (lane < k) weights[lane] = expf(logit - top) / sum;
-        }
-    } else if (mode == MOE_ROUTING_RENORMALIZE) {
+    if (mode == MOE_ROUTING_RENORMALIZE) {
         if (lane == 0) {
             float sum = 0.0f;
             for (int j = 0; j < k; ++j) {
@@ -401,10 +382,11 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     const int segments = H / 8;
     const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
 
-    // SUM_LOADS_FIRST: the logits this thread sums after the election (i = threadIdx.x + 256·r, r < PER; E ≤ 128 and
-    // S ≤ 4 take this path) and their bias, loaded now, under the GEMV, instead of after the partials' round trips.
+    // The logits this thread sums after the election (i = threadIdx.x + 256·r, r < PER, where E ≤ 128 and S ≤ 4) and
+    // their bias, loaded now, under the GEMV, instead of after the partials' round trips (run 113: −0.9 / −1.0% at 1
+    // token, −3.0 / −1.3% at 2, −0.9 / −1.7% at 8 on 120b; the same bits).
     constexpr int PER = (MAX_TOKENS * 128 + 255) / 256;
-    const bool sumFirst = MOE_SUM_LOADS_FIRST && E <= 128 && gridDim.y <= 4 && blockDim.x == 256;
+    const bool sumFirst = E <= 128 && gridDim.y <= 4 && blockDim.x == 256;
     float biasAhead[PER];
 #pragma unroll
     for (int r = 0; r < PER; ++r) {
@@ -425,6 +407,11 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
         const int s = lane + 32 * i;
         w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
     }
+#if MOE_ROUTER_LOADS_FIRST
+    // ptxas places most of these loads after the x slice's wait below (SASS of moe_route_small_1 / _8): a second round
+    // trip. A branch on the loaded words (a harmless sleep if they ever fold to this value) has them in before it.
+    if (((w[0].x ^ w[1].y) ^ (w[2].z ^ w[3].w)) == 0x7fc17fc1u) __nanosleep(1);
+#endif
     copy_async_wait<0>();
     __syncthreads();
     float acc[MAX_TOKENS];
@@ -474,7 +461,8 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     int *offsets = counts + E;                // [E+1]
     const float *bias = (const float *)p.routerBias;
     if (sumFirst) {
-        // Every partial in flight at once (one L2 round trip, not one a split and a logit), then the sums in split order.
+        // Every partial in flight at once (one L2 round trip, not one a split and a logit), then the sums in split order
+        // (run 112's SASS of the loop below: split 0, then splits 1–2, then the bias, a round trip each, logit by logit).
         float part[PER][4];
 #pragma unroll
         for (int r = 0; r < PER; ++r) {
