@@ -43,8 +43,9 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small waits for its router weights before the x slice's
-    ///   copy (ptxas otherwise issues most of them after it: a second round trip); the same bits.
+    /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small asks for its router weights first and has them in
+    ///   before the x slice's wait (ptxas otherwise issues most of them after it: a second round trip), the bias
+    ///   behind them; the same bits.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [

@@ -15,8 +15,9 @@ for f in device-check.sh ep-check.sh pending.sh; do
 done
 case $part in
     s67)  # session 34 (docs/bench-cuda.md Next 0): the bench of the new default (the logits' sum's loads first, run 113),
-          # then MOE_CUDA_ROUTER_LOADS_FIRST=1: moe_route_small's router weights in before the x slice's wait (ptxas
-          # issues most after it: a second round trip before the GEMV). Predicted −0.3 to −0.8 µs at 1–8 tokens.
+          # then MOE_CUDA_ROUTER_LOADS_FIRST=1: moe_route_small's router weights asked for first and in before the x
+          # slice's wait (ptxas issues most after it: a second round trip before the GEMV), the bias behind them.
+          # Predicted −0.3 to −0.8 µs at 1–8 tokens.
         bash $D info
         bash $D bench
         L=${OUT:-/tmp/moekit-out}/run.log

@@ -15,7 +15,7 @@
 #include "moe_common.cuh"
 
 // Build switch MOE_CUDA_ROUTER_LOADS_FIRST (session 34, for A/B runs; docs/bench-cuda.md Next 0): moe_route_small's
-// router weights in before the x slice's wait, so both copies take one round trip.
+// router weights asked for first and in before the x slice's wait, so both copies take one round trip.
 #ifndef MOE_ROUTER_LOADS_FIRST
 #define MOE_ROUTER_LOADS_FIRST 0
 #endif
@@ -388,29 +388,44 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     constexpr int PER = (MAX_TOKENS * 128 + 255) / 256;
     const bool sumFirst = E <= 128 && gridDim.y <= 4 && blockDim.x == 256;
     float biasAhead[PER];
+    auto load_bias = [&] {
 #pragma unroll
-    for (int r = 0; r < PER; ++r) {
-        const int i = threadIdx.x + 256 * r;
-        biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
-    }
+        for (int r = 0; r < PER; ++r) {
+            const int i = threadIdx.x + 256 * r;
+            biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
+        }
+    };
+    if (!MOE_ROUTER_LOADS_FIRST) load_bias();
     uint4 *xs = (uint4 *)shared;  // [T][count]
     const uint4 *x = (const uint4 *)p.x;
-    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
-        const int t = i / count, s = i - t * count;
-        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
-    }
-    copy_async_commit();
+    auto copy_x = [&] {
+        for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
+            const int t = i / count, s = i - t * count;
+            copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
+        }
+        copy_async_commit();
+    };
     uint4 w[4];
-    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
+    auto load_weights = [&] {
+        const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int s = lane + 32 * i;
-        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
-    }
+        for (int i = 0; i < 4; ++i) {
+            const int s = lane + 32 * i;
+            w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
 #if MOE_ROUTER_LOADS_FIRST
-    // ptxas places most of these loads after the x slice's wait below (SASS of moe_route_small_1 / _8): a second round
-    // trip. A branch on the loaded words (a harmless sleep if they ever fold to this value) has them in before it.
+    // ptxas places most of the weights' loads after the x slice's wait (SASS of moe_route_small_1 / _8): a second round
+    // trip. Here they go first (the x copies' divisions no longer ahead of them), then x and the bias (needed only after
+    // the election; run 113: asked for ahead of the weights, the partials landed 0.6 µs later at 8 tokens), and a branch
+    // on the loaded words (a harmless sleep if they ever fold to this value) has them in before the wait.
+    load_weights();
+    copy_x();
+    load_bias();
     if (((w[0].x ^ w[1].y) ^ (w[2].z ^ w[3].w)) == 0x7fc17fc1u) __nanosleep(1);
+#else
+    copy_x();
+    load_weights();
 #endif
     copy_async_wait<0>();
     __syncthreads();
