@@ -380,8 +380,8 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // A GEMM 1 whose ring its lanes fill copies the activations before the ring's first S − 1 groups, so the block starts
     // on its first group instead of waiting for all of them: at 1 token the blocks' first groups are ~15 MB asked for at
     // once (2880 warps × 2 groups × 2560 B; run 110: −1.4 / −2.9% at 1 token and −0.4 to −2.5% at 8–192 on 120b, −3.9 /
-    // −5.8% at 1 on 20b). GEMM 2
-    // fills its ring before its wait, and the bulk kernels' rings are no cp.async groups: they copy after.
+    // −5.8% at 1 on 20b). GEMM 2 fills its ring before its wait, and the bulk kernels' rings are no cp.async groups:
+    // they copy after.
     const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
     if (activationsFirst) copy_activations();
 

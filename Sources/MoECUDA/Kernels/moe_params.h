@@ -85,9 +85,8 @@ typedef struct MoETrace {
 
 /// Marks: points inside a kernel a trace build times like a phase (the first and the last block to reach each), each at
 /// the launch's `marks` + its index. moe_route_small: partial logits stored, last block elected, top-k done, tiles
-/// written; the resident GEMMs: past the wait (GEMM 1 the launch's,
-/// GEMM 2 its tile's), activations in shared memory (where the ring is filled first, with its first S − 1 groups), main
-/// loop done.
+/// written; the resident GEMMs: past the wait (GEMM 1 the launch's, GEMM 2 its tile's), activations in shared memory
+/// (where the ring is filled first, with its first S − 1 groups), main loop done.
 #define MOE_MARK_ROUTE_PARTIALS 0
 #define MOE_MARK_ROUTE_ELECTED 1
 #define MOE_MARK_ROUTE_TOPK 2

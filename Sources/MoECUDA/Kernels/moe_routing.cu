@@ -382,20 +382,21 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     const int segments = H / 8;
     const int first = segments * blockIdx.y / gridDim.y, count = segments * (blockIdx.y + 1) / gridDim.y - first;
 
-    // The logits this thread sums after the election (i = threadIdx.x + 256·r, r < PER, where E ≤ 128 and S ≤ 4) and
+    // The logits this thread sums after the election (i = threadIdx.x + THREADS·r, r < PER, where E ≤ 128 and S ≤ 4) and
     // their bias, loaded now, under the GEMV, instead of after the partials' round trips (run 113: −0.9 / −1.0% at 1
     // token, −3.0 / −1.3% at 2, −0.9 / −1.7% at 8 on 120b; the same bits).
-    constexpr int PER = (MAX_TOKENS * 128 + 255) / 256;
-    const bool sumFirst = E <= 128 && gridDim.y <= 4 && blockDim.x == 256;
+    constexpr int THREADS = 32 * MOE_FUSED_ROUTING_WARPS, MAX_EXPERTS = 128, MAX_SPLITS = 4;
+    constexpr int PER = (MAX_TOKENS * MAX_EXPERTS + THREADS - 1) / THREADS;
+    const bool sumFirst = E <= MAX_EXPERTS && gridDim.y <= MAX_SPLITS && blockDim.x == THREADS;
     float biasAhead[PER];
     auto load_bias = [&] {
 #pragma unroll
         for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + 256 * r;
+            const int i = threadIdx.x + THREADS * r;
             biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
         }
     };
-    if (!MOE_ROUTER_LOADS_FIRST) load_bias();
+    if (!MOE_ROUTER_LOADS_FIRST) load_bias();  // here, not in the #else below: this is the measured build's SASS
     uint4 *xs = (uint4 *)shared;  // [T][count]
     const uint4 *x = (const uint4 *)p.x;
     auto copy_x = [&] {
@@ -478,22 +479,22 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     if (sumFirst) {
         // Every partial in flight at once (one L2 round trip, not one a split and a logit), then the sums in split order
         // (run 112's SASS of the loop below: split 0, then splits 1–2, then the bias, a round trip each, logit by logit).
-        float part[PER][4];
+        float part[PER][MAX_SPLITS];
 #pragma unroll
         for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + 256 * r;
+            const int i = threadIdx.x + THREADS * r;
 #pragma unroll
-            for (int split = 0; split < 4; ++split)
+            for (int split = 0; split < MAX_SPLITS; ++split)
                 part[r][split] = i < T * E && split < (int)gridDim.y
                     ? load_coherent_f32((const float *)p.routerPartials + (long long)split * T * E + i) : 0.0f;
         }
 #pragma unroll
         for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + 256 * r;
+            const int i = threadIdx.x + THREADS * r;
             if (i >= T * E) continue;
             float sum = 0.0f;
 #pragma unroll
-            for (int split = 0; split < 4; ++split)
+            for (int split = 0; split < MAX_SPLITS; ++split)
                 if (split < (int)gridDim.y) sum += part[r][split];
             const float logit = sum + biasAhead[r];
             logits[i] = logit;
