@@ -14,6 +14,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case resident_1_1_2_4_3
     /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
     case resident_1_1_8_1_3
+    /// Decode: 16 rows × 8 tokens (2 warps, K split over 2), 3-slot rings the copy engine fills, each slot only its
+    /// bulk copies' 2192 bytes (`compactRing`), eleven blocks an SM: GEMM 1 at 1 token of 120b in 1440 blocks spread
+    /// 10–11 row groups an SM, where resident_1_1_4_2_3's 360 blocks give 96 SMs 12 and 36 SMs 8 (docs/bench-cuda.md
+    /// Next 0b). For A/B runs (`MOE_CUDA_GEMM`, with `MOE_CUDA_GEMM2=resident_1_1_2_4_3`); the default nowhere.
+    case resident_1_1_1_2_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
     /// 2-stage shared-memory ring (two blocks per SM).
     case staged_2_4_8_2
@@ -163,6 +168,11 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         default: warpsAcrossRows * warpsAcrossK
         }
     }
+    /// Resident kernels of two warps: compact bulk ring slots (gemm_resident's COMPACT) holding each warp's split-K
+    /// partials once its loop is done.
+    public var compactRing: Bool { kind == .resident && warps == 2 }
+    /// A compact slot: 2 KB of codes, 128 scale bytes, the mbarrier (moe_experts.cu RESIDENT_COMPACT_SLOT_BYTES).
+    public static let compactSlotBytes = 4 * 512 + 128 + 16
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int {
         kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
@@ -317,6 +327,9 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         if kind == .registered {  // 1 KB alignment slack, load slots [activations N × 64 | codes | scales] on 1 KB
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
             return 1024 + slots + 16 * stages  // a FULL mbarrier a slot after them, then an EMPTY one a slot
+        }
+        if compactRing {
+            return residentRows * (64 * chunks + 8) * 2 + warps * ringSlots * Self.compactSlotBytes
         }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0

@@ -66,10 +66,11 @@ private func request(
         if variant.kind == .warpgroup { #expect(variant.tileRows == 64 || variant.tileRows == 128) }
         // Registered kernels: MOE_REGISTERED_KERNEL(NAME, every number…), the name spelling a prefix of the numbers
         // (trailing defaults left out); the others: MOE_KIND(numbers…), whose leading arguments name the kernel and later
-        // ones (launch bounds, register split) do not.
+        // ones (launch bounds, register split) do not; the compact resident kernels are MOE_RESIDENT_COMPACT(numbers…).
+        let kind = "MOE_\(parts[0].uppercased())" + (variant.compactRing ? "_COMPACT" : "")
         let instantiated = variant.kind == .registered
             ? experts.contains("MOE_REGISTERED_KERNEL(\(variant.kernelName), \(arguments), ")
-            : experts.contains("MOE_\(parts[0].uppercased())(\(arguments))") || experts.contains("MOE_\(parts[0].uppercased())(\(arguments), ")
+            : experts.contains("\(kind)(\(arguments))") || experts.contains("\(kind)(\(arguments), ")
         #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))

@@ -411,6 +411,22 @@ import Testing
     #expect(abs(half.gemm1Waves - 2 * waves[2]) < 1e-9 && half.registeredHandOver == (forced.map { $0 == "1" } ?? false))
 }
 
+/// The two-warp resident kernel (an A/B variant for GEMM 1 at 1 token): compact bulk slots and no separate split-K area,
+/// so that eleven blocks fit an SM — with the 1 KB its static `isLast` takes (ptxas: "1024 bytes smem") and the 1 KB the
+/// runtime keeps a block — and 120b's 1440 row groups of GEMM 1 are 1440 blocks, 10–11 an SM.
+@Test func theTwoWarpResidentKernelFitsElevenBlocksAnSM() {
+    let compact = GemmVariant.resident_1_1_1_2_3
+    #expect(compact.compactRing && compact.warps == 2 && compact.warpsAcrossK == 2 && compact.ringSlots == 3)
+    #expect(GemmVariant.allCases.filter(\.compactRing) == [compact])
+    let bytes = compact.sharedBytes(k: 2880, residentRows: 1)
+    #expect(bytes == 5776 + 2 * 3 * 2192)
+    #expect(11 * (bytes + 1024 + 1024) <= 228 * 1024)
+    let plan = LaunchPlan(tokens: 1, config: MoEPreset.gptOss120b.config, variant: compact, gemm2: .resident_1_1_2_4_3)
+    #expect(plan.gemm1Shape.grid.x == 360 && plan.gemm1Shape.grid.y == 4 && plan.gemm1Shape.block == 64)
+    #expect(plan.gemm2Variant == .resident_1_1_2_4_3 && plan.gemm2Shape.grid.x == 90)
+    #expect(plan.gemm1Shape.grid.x * plan.gemm1Shape.grid.y <= 11 * plan.multiprocessors)
+}
+
 /// GEMM 2 can be forced alone (experiments), but never onto a tile schedule of another height.
 @Test func gemm2OverrideKeepsTheTileSchedule() {
     let config = MoEPreset.gptOss120b.config

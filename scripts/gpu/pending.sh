@@ -66,6 +66,28 @@ PY
         fi
         bash $D bench20b
         ;;
+    s68)  # session 35 (docs/bench-cuda.md Next 0b): GEMM 1 at 1 token in two-warp blocks (resident_1_1_1_2_3: compact
+          # bulk slots, eleven blocks an SM), so that its 1440 row groups spread 10–11 an SM instead of 12 on 96 SMs and
+          # 8 on 36. Predicted 0 to −2 µs at 1 token (the heaviest SMs' work −8%); GEMM 2 stays resident_1_1_2_4_3.
+        L=${OUT:-/tmp/moekit-out}/run.log
+        v=resident_1_1_1_2_3
+        sw="MOE_CUDA_GEMM=$v+MOE_CUDA_GEMM2=resident_1_1_2_4_3"
+        echo "=== first check: moe cuda-debug --variant $v (both GEMMs, then GEMM 2 the default's)" | tee -a $L
+        timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 --variant $v > /tmp/first.log 2>&1
+        rc=$?
+        MOE_CUDA_GEMM2=resident_1_1_2_4_3 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-120b --tokens 1 --variant $v >> /tmp/first.log 2>&1
+        rc=$(( rc + $? ))
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first check rc=$rc" | tee -a $L
+        if [ $rc -eq 0 ]; then
+            AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
+            env MOE_CUDA_GEMM=$v MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
+            TRACE_TOKENS=1 bash $D trace
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
+            DEBUG_VARIANT=$v MEMCHECK_TOKENS=1,7 bash $D memcheck
+            RACE_VARIANT=$v bash $D racecheck2
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -253,6 +253,8 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
 /// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; a bulk kernel copies the 128 scale bytes once, into
 /// the first 128 B of row group 0's scale area, and keeps the slot's mbarrier right after them.
 MOE_DEVICE u32 resident_slot_barrier(u32 slot) { return slot + 4 * 512 + 128; }
+/// A compact slot (one row group, bulk): codes, scales, the mbarrier; 16-byte aligned (LaunchPlan.sharedBytes).
+constexpr int RESIDENT_COMPACT_SLOT_BYTES = 4 * 512 + 128 + 16;
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
 /// per chunk (exactly the bytes this lane later reads) and its row pair's 16 scale bytes.
@@ -297,10 +299,17 @@ MOE_DEVICE void bulk_copy_weight_group(const MoEGemmParams &p, long long expertG
     }
 }
 
+template <int MI, int NJ, int WN, int WARP_FLOATS>
+MOE_DEVICE int split_k_index(int wk, int wn, int mi, int nj, int lane) {
+    if constexpr (WARP_FLOATS == 0) return ((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4;
+    return (wk * WN + wn) * WARP_FLOATS + ((mi * NJ + nj) * 32 + lane) * 4;
+}
+
 /// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
 /// warps when no fused sum or tile signal follows (they have nothing left to do); with one, every warp must reach its
-/// barrier.
-template <int MI, int NJ, int WN, int WK>
+/// barrier. Partials packed (WARP_FLOATS = 0), or warp (wk, wn)'s starting WARP_FLOATS · (wk · WN + wn) floats into
+/// `partials` (the compact kernels': in the warp's own ring, which its finished loop no longer reads).
+template <int MI, int NJ, int WN, int WK, int WARP_FLOATS = 0>
 MOE_DEVICE bool split_k_epilogue(
     const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, int wn, int wk,
     int firstGroup, int lane) {
@@ -310,7 +319,7 @@ MOE_DEVICE bool split_k_epilogue(
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
             for (int q = 0; q < 4; ++q)
-                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+                partials[split_k_index<MI, NJ, WN, WARP_FLOATS>(wk, wn, mi, nj, lane) + q] = acc[mi][nj][q];
     __syncthreads();
     if (wk != 0) return p.reduceOutput != 0 || p.tileRole == 1;
 #pragma unroll
@@ -320,7 +329,7 @@ MOE_DEVICE bool split_k_epilogue(
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             for (int k = 0; k < WK; ++k)
 #pragma unroll
-                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+                for (int q = 0; q < 4; ++q) c[q] += partials[split_k_index<MI, NJ, WN, WARP_FLOATS>(k, wn, mi, nj, lane) + q];
             if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
         }
     }
@@ -333,7 +342,14 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-template <int MI, int NJ, int WN, int WK, int S, bool BULK>
+/// COMPACT (two-warp blocks, bulk copies, MI = 1): a slot is only what the copy engine fills (2 KB of codes, 128 scale
+/// bytes, the mbarrier: RESIDENT_COMPACT_SLOT_BYTES, where a lane-filled slot keeps each lane's own 16 scale bytes) and
+/// each warp's split-K partials go into its own ring once its loop is done, so that eleven blocks fit an SM (at 1 token
+/// of 120b 18,928 B dynamic, plus the 1 KB the resident kernels' static `isLast` takes with this file's 1 KB-aligned
+/// dynamic arrays, plus the 1 KB the runtime keeps a block: 11 × 20,976 ≤ 233,472). At 1 token GEMM 1's 1440 row groups
+/// then spread 10–11 an SM, where 360 eight-warp blocks put 12 on 96 SMs and 8 on the other 36 (docs/bench-cuda.md
+/// Next 0b).
+template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool COMPACT = false>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -356,8 +372,9 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const long long expertGroup = MOE_ALIAS_EXPERTS ? 0 : (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     const int activationBytes = p.residentRows * rowStride * 2;
-    constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
-    constexpr int SLOT_BYTES = MI * 5 * 512;
+    constexpr int PARTIAL_BYTES = WK > 1 && !COMPACT ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;  // COMPACT: in the rings
+    static_assert(!COMPACT || (BULK && MI == 1), "a compact slot holds one row group's bulk copies");
+    constexpr int SLOT_BYTES = COMPACT ? RESIDENT_COMPACT_SLOT_BYTES : MI * 5 * 512;
     bf16_t *xs = (bf16_t *)sharedBytes;
     float *partials = (float *)(sharedBytes + activationBytes);
     const u32 ring = shared_address(sharedBytes + activationBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
@@ -482,7 +499,8 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
-    } else if (!split_k_epilogue<MI, NJ, WN, WK>(p, tile, acc, partials, wn, wk, firstGroup, lane)) {
+    } else if (!split_k_epilogue<MI, NJ, WN, WK, COMPACT ? S * SLOT_BYTES / 4 : 0>(
+                   p, tile, acc, partials, wn, wk, firstGroup, lane)) {
         return;
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
@@ -1413,6 +1431,13 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         MOE_TRACE_KERNEL(p);                                                                           \
         gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
     }
+// Two-warp blocks with compact bulk slots (gemm_resident's COMPACT), bounded to the eleven blocks an SM they are for.
+#define MOE_RESIDENT_COMPACT(MI, NJ, WN, WK, S)                                                        \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WK, 11)                                     \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_resident<MI, NJ, WN, WK, S, true, true>(p);                                               \
+    }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 #if MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
@@ -1432,6 +1457,7 @@ MOE_RESIDENT(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT(1, 1, 8, 1, 3, 0)
+MOE_RESIDENT_COMPACT(1, 1, 1, 2, 3)
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
