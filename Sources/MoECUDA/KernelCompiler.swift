@@ -46,13 +46,20 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small asks for its router weights first and has them in
     ///   before the x slice's wait (ptxas otherwise issues most of them after it: a second round trip), the bias
     ///   behind them; the same bits.
+    /// - `MOE_CUDA_ROUTER_PREFETCH` (session 35): the tensor-core router's blocks ask L2 for GEMM 1's first weights
+    ///   (TokenBucket.routerPrefetch: `MOE_CUDA_ROUTER_PREFETCH_MB`, 24 by default, where every expert has rows), so that
+    ///   DRAM streams them under the routing chain.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
         ("MOE_CUDA_ROUTER_LOADS_FIRST", "MOE_ROUTER_LOADS_FIRST", KernelSource.routing.name),
+        ("MOE_CUDA_ROUTER_PREFETCH", "MOE_ROUTER_PREFETCH", KernelSource.routing.name),
     ]
+
+    /// Whether the router's L2 prefetch is built in (MOE_CUDA_ROUTER_PREFETCH=1).
+    public static var prefetchesInRouter: Bool { current.contains("-DMOE_ROUTER_PREFETCH=1") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

@@ -411,11 +411,36 @@ public struct LaunchPlan: Sendable, Equatable {
         guard let value, let target = Int(value), (64...1024).contains(target) else { return nil }
         return target
     }
+    /// What the tensor-core router asks L2 for (the kernel build switch MOE_CUDA_ROUTER_PREFETCH): the first
+    /// `megabytes` MB of GEMM 1's codes (`codeBytes` in all, E experts' in expert order) and the scales of the same rows,
+    /// each a multiple of 16 bytes. Only where the tensor-core router runs and every expert has rows with near
+    /// certainty (T·k ≥ 8·E: at 256 tokens of 120b an expert has none with probability e⁻⁸), so that GEMM 1's first
+    /// tiles are experts 0, 1, 2, … and their first blocks read these bytes; nil elsewhere.
+    public func routerPrefetch(codeBytes: Int, scaleBytes: Int, megabytes: Int) -> (codes: Int, scales: Int)? {
+        guard megabytes > 0, !fusedRouting, slots >= 8 * config.experts, codeBytes > 0 else { return nil }
+        let codes = min(codeBytes, megabytes << 20) / 16 * 16
+        let scales = Int((Double(scaleBytes) * Double(codes) / Double(codeBytes)).rounded(.up)) / 16 * 16
+        return (codes, min(scales, scaleBytes / 16 * 16))
+    }
+    /// `MOE_CUDA_ROUTER_PREFETCH_MB=N` (1–48; default 24, about three experts of 120b's GEMM 1): how much the router's
+    /// prefetch asks for, with the build switch on (H100's L2 holds 50 MB).
+    public static let routerPrefetchSwitch = currentEnvironment("MOE_CUDA_ROUTER_PREFETCH_MB")
+    public static let routerPrefetchMegabytes = parsedRouterPrefetchMegabytes(routerPrefetchSwitch) ?? 24
+    public static func parsedRouterPrefetchMegabytes(_ value: String?) -> Int? {
+        guard let value, let megabytes = Int(value), (1...48).contains(megabytes) else { return nil }
+        return megabytes
+    }
+
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
     public static func validateSwitches(
-        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
+        prefetchMegabytes: String? = routerPrefetchSwitch
     ) throws(CUDAError) {
+        if let prefetchMegabytes, parsedRouterPrefetchMegabytes(prefetchMegabytes) == nil {
+            throw .invalidArgument(
+                "MOE_CUDA_ROUTER_PREFETCH_MB=\(prefetchMegabytes): expected megabytes from 1 to 48 (unset it for the default, 24)")
+        }
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")

@@ -138,6 +138,15 @@ final class TokenBucket: @unchecked Sendable {
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
+        if KernelBuildSwitches.prefetchesInRouter,
+           let bytes = plan.routerPrefetch(
+               codeBytes: layer.gateUpCodes.byteCount, scaleBytes: layer.gateUpScales.byteCount,
+               megabytes: LaunchPlan.routerPrefetchMegabytes) {
+            p.prefetchCodes = layer.gateUpCodes.address
+            p.prefetchScales = layer.gateUpScales.address
+            p.prefetchCodeBytes = Int64(bytes.codes)
+            p.prefetchScaleBytes = Int64(bytes.scales)
+        }
         return p
     }
 

@@ -449,3 +449,37 @@ import Testing
     let many = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 2048, topK: 2))
     #expect(many.topkShape.sharedBytes == 2048 * 4)  // logits read from global memory past 1024 experts
 }
+
+/// The router's L2 prefetch (the build switch MOE_CUDA_ROUTER_PREFETCH): the first megabytes of GEMM 1's codes and the
+/// scales of the same rows, only where the tensor-core router runs and every expert has rows (T·k ≥ 8·E).
+@Test func theRouterPrefetchesGemm1sFirstExpertsOnlyWhereEveryExpertHasRows() throws {
+    let big = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
+    // The repacked layout: codes [E][G][C][32][16 B], scales [E][G][ceil(C / 4)][128 B]; G = 2I / 16, C = H / 64.
+    func sizes(_ c: MoEConfig) -> (codes: Int, scales: Int) {
+        let groups = 2 * c.intermediate / 16, chunks = (c.hidden + 63) / 64
+        return (c.experts * groups * chunks * 512, c.experts * groups * ((chunks + 3) / 4) * 128)
+    }
+    let (codes, scales) = sizes(big)
+    let at512 = try #require(LaunchPlan(tokens: 512, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24))
+    #expect(at512.codes == 24 << 20 && at512.scales % 16 == 0 && at512.codes % 16 == 0)
+    // The scales of the same rows: 1/15 of the codes (12 scale groups of 128 B against 45 chunks of 512 B a row group).
+    #expect(abs(Double(at512.scales) / Double(at512.codes) - 12.0 * 128 / (45 * 512)) < 1e-4)
+    #expect(LaunchPlan(tokens: 256, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) != nil)
+    #expect(LaunchPlan(tokens: 255, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) == nil)
+    #expect(LaunchPlan(tokens: 8, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) == nil)
+    #expect(LaunchPlan(tokens: 512, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 0) == nil)
+    // gpt-oss-20b (E = 32): from 64 tokens; never past the weights.
+    let (smallCodes, smallScales) = sizes(small)
+    #expect(LaunchPlan(tokens: 63, config: small).routerPrefetch(codeBytes: smallCodes, scaleBytes: smallScales, megabytes: 24) == nil)
+    let whole = try #require(
+        LaunchPlan(tokens: 4096, config: MoEPreset.tiny.config).routerPrefetch(codeBytes: 4096, scaleBytes: 1024, megabytes: 48))
+    #expect(whole.codes == 4096 && whole.scales == 1024)
+    #expect(LaunchPlan.parsedRouterPrefetchMegabytes("40") == 40 && LaunchPlan.parsedRouterPrefetchMegabytes(nil) == nil)
+    for bad in ["0", "49", "many", "", "24 "] {
+        #expect(LaunchPlan.parsedRouterPrefetchMegabytes(bad) == nil)
+        #expect(throws: CUDAError.self) {
+            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: bad)
+        }
+    }
+    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: "48")
+}

@@ -66,7 +66,7 @@ PY
         fi
         bash $D bench20b
         ;;
-    s68)  # session 35 (docs/bench-cuda.md Next 0b): GEMM 1 at 1 token in two-warp blocks (resident_1_1_1_2_3: compact
+    s68)  # session 35 (docs/bench-cuda.md Next 0b, 0a): GEMM 1 at 1 token in two-warp blocks (resident_1_1_1_2_3: compact
           # bulk slots, eleven blocks an SM), so that its 1440 row groups spread 10–11 an SM instead of 12 on 96 SMs and
           # 8 on 36. Predicted 0 to −2 µs at 1 token (the heaviest SMs' work −8%); GEMM 2 stays resident_1_1_2_4_3.
         L=${OUT:-/tmp/moekit-out}/run.log
@@ -86,6 +86,21 @@ PY
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
             DEBUG_VARIANT=$v MEMCHECK_TOKENS=1,7 bash $D memcheck
             RACE_VARIANT=$v bash $D racecheck2
+        fi
+        # Then MOE_CUDA_ROUTER_PREFETCH=1 (Next 0a): the tensor-core router's blocks ask L2 for GEMM 1's first 24 MB
+        # (experts 0–2 of 120b) while DRAM idles under the routing chain. Predicted −3 to −10 µs at 512–2048 tokens
+        # (GEMM 1's stream that much shorter where it is DRAM-bound), level at 8192+.
+        sw=MOE_CUDA_ROUTER_PREFETCH=1
+        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 64,512,2048" | tee -a $L
+        env $sw timeout 180 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 64,512,2048 > /tmp/first.log 2>&1
+        rc=$?
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first check rc=$rc" | tee -a $L
+        if [ $rc -eq 0 ]; then
+            AB_REPEAT=2 AB_ENVS="$sw@512,1024,2048 $sw+MOE_CUDA_ROUTER_PREFETCH_MB=40@512,2048" bash $D abenv
+            env $sw TRACE_TOKENS=512 bash $D trace
+            TRACE_TOKENS=512 bash $D trace
+            env $sw MEMCHECK_TOKENS=40,200 bash $D memcheck
         fi
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;

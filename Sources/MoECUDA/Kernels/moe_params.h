@@ -130,6 +130,10 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
+    MoEDevicePointer prefetchCodes;  ///< GEMM 1's codes and scales from their start: the tensor-core router's blocks ask
+    MoEDevicePointer prefetchScales; ///< L2 for the first prefetchCodeBytes / prefetchScaleBytes (0: none) while DRAM
+    long long prefetchCodeBytes;     ///< would idle under the routing chain (multiples of 16)
+    long long prefetchScaleBytes;
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 

@@ -19,6 +19,13 @@
 #ifndef MOE_ROUTER_LOADS_FIRST
 #define MOE_ROUTER_LOADS_FIRST 0
 #endif
+// Build switch MOE_CUDA_ROUTER_PREFETCH (session 35, for A/B runs; docs/bench-cuda.md Next 0a): the tensor-core router's
+// blocks ask L2 for the first MoERoutingParams.prefetchCodeBytes of GEMM 1's weights (the host sets them past 256
+// tokens of 120b, where every expert has rows and GEMM 1's first blocks read experts 0, 1, 2, …), so that DRAM streams
+// them during the routing chain (~26 µs at 512 tokens) instead of idling.
+#ifndef MOE_ROUTER_PREFETCH
+#define MOE_ROUTER_PREFETCH 0
+#endif
 
 // MARK: top-k
 
@@ -588,6 +595,14 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
     extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
+#if MOE_ROUTER_PREFETCH
+    if (threadIdx.x == 0 && p.prefetchCodeBytes > 0) {  // GEMM 1's first weights into L2 (MoERoutingParams.prefetchCodes)
+        const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+        const int blocks = gridDim.x * gridDim.y * gridDim.z;
+        prefetch_l2_share(p.prefetchCodes, p.prefetchCodeBytes, block, blocks);
+        prefetch_l2_share(p.prefetchScales, p.prefetchScaleBytes, block, blocks);
+    }
+#endif
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tokenWarp = warp & 3, expertWarp = warp >> 2;
     const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
