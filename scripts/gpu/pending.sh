@@ -80,7 +80,10 @@ PY
         cat /tmp/first.log >> $L; tail -3 /tmp/first.log
         echo "=== first check rc=$rc" | tee -a $L
         if [ $rc -eq 0 ]; then
-            AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
+            # GEMM 2's 8-warp blocks (71 KB) fit an SM only once ~4 two-warp GEMM 1 blocks have left it (eleven leave
+            # 3 KB), where 36 SMs of the default's start with room for one: GEMM 2 also as 4-warp blocks (49 KB) and as
+            # the two-warp kernel.
+            AB_REPEAT=2 AB_ENVS="$sw@1 MOE_CUDA_GEMM=$v+MOE_CUDA_GEMM2=resident_1_1_2_2_4@1 MOE_CUDA_GEMM=$v@1" bash $D abenv
             env MOE_CUDA_GEMM=$v MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
             TRACE_TOKENS=1 bash $D trace
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
