@@ -51,8 +51,9 @@ struct CUDADebugCommand: ParsableCommand {
                 let input = SyntheticModel.hiddenStates(tokens: T, hidden: weights.config.hidden, seed: model.seed &+ UInt64(T))
                 let plan = backend.launchPlan(tokens: T).variantDescription
                 if trace {
-                    let spans = try backend.kernelTrace(input, tokens: T, routing: .renormalize)
+                    let (spans, ends) = try backend.kernelTraceBySM(input, tokens: T, routing: .renormalize)
                     print("T=\(T) \(plan): \(KernelTrace.describe(spans))")
+                    print("T=\(T) \(KernelTrace.describeEnds(ends))")
                 } else {
                     let times = try backend.kernelTimes(input, tokens: T, routing: .renormalize)
                     let total = times.reduce(0) { $0 + $1.microseconds }

@@ -175,17 +175,27 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
     /// build of the kernels (compiled on first use; the atomics it adds cost little, but the spans are of that build).
     /// Median over `replays` replays after two warm-ups; the host waits for each replay, so each starts from idle.
     public func kernelTrace(_ input: [Float], tokens: Int, routing: RoutingMode, replays: Int = 20) throws -> [KernelSpan] {
+        try kernelTraceBySM(input, tokens: tokens, routing: routing, replays: replays).spans
+    }
+
+    /// kernelTrace, and how each kernel's and mark's end is spread over the SMs (KernelTrace.smEnds).
+    public func kernelTraceBySM(
+        _ input: [Float], tokens: Int, routing: RoutingMode, replays: Int = 20
+    ) throws -> (spans: [KernelSpan], smEnds: [KernelTrace.SMEnds]) {
         try withInput(input, tokens: tokens) { bucket in
             let traced = try tracedKernels ?? LayerKernels(runtime: runtime, traced: true)
             tracedKernels = traced
             let names = TokenBucket.Mark.traceNames
             let buffer = try DeviceBuffer(device: runtime.device, byteCount: KernelTrace.bufferBytes(phases: names.count))
             let exec = try bucket.tracedGraph(slot: 0, mode: routing, layer: layer, kernels: traced, stream: stream, trace: buffer)
-            let raw = try KernelTrace.record(phases: names.count, replays: replays, warmup: 2, buffer: buffer, stream: stream) {
+            let raw = try KernelTrace.record(
+                phases: names.count, replays: replays, warmup: 2, buffer: buffer, stream: stream, perSlot: true
+            ) {
                 try exec.launch(stream)
                 try stream.synchronize()
             }
-            return KernelTrace.spans(names: names, replays: raw)
+            let folded = raw.map { KernelTrace.fold($0, phases: names.count) }
+            return (KernelTrace.spans(names: names, replays: folded), KernelTrace.smEnds(names: names, replays: raw))
         }
     }
 

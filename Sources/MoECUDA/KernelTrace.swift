@@ -52,19 +52,66 @@ public enum KernelTrace {
     }
 
     /// The buffers of `replays` replays after `warmup` more: before each, `buffer` is reset on `stream`; `replay`
-    /// launches the traced graph and waits for it; after each counted one, the buffer is read back and folded to one
-    /// pair a phase.
+    /// launches the traced graph and waits for it; after each counted one, the buffer is read back, folded to one pair
+    /// a phase unless `perSlot`.
     static func record(
-        phases: Int, replays: Int, warmup: Int = 0, buffer: DeviceBuffer, stream: CUDAStream, replay: () throws -> Void
+        phases: Int, replays: Int, warmup: Int = 0, buffer: DeviceBuffer, stream: CUDAStream, perSlot: Bool = false,
+        replay: () throws -> Void
     ) throws -> [[UInt64]] {
         var raw: [[UInt64]] = []
         let empty = emptyBuffer(phases: phases)  // the same reset before every replay
         for index in 0..<(warmup + replays) {
             try buffer.uploadAsync(empty, stream: stream)
             try replay()
-            if index >= warmup { raw.append(fold(try buffer.download(UInt64.self, count: 2 * phases * slots), phases: phases)) }
+            guard index >= warmup else { continue }
+            let slotsRead = try buffer.download(UInt64.self, count: 2 * phases * slots)
+            raw.append(perSlot ? slotsRead : fold(slotsRead, phases: phases))
         }
         return raw
+    }
+
+    /// How a phase's end is spread over the SMs: per replay, each SM's latest end (µs from the replay's first start) at
+    /// the 0th, 10th, 50th, 90th and 100th percentile of the SMs that marked it, then each the median over the replays.
+    /// Whether a kernel's last blocks end together or a few SMs trail (e.g. SMs holding more of its blocks than others).
+    public struct SMEnds: Sendable, Equatable {
+        public let kernel: String
+        public let sms: Int
+        public let percentiles: [Double]  // 0, 10, 50, 90, 100
+    }
+
+    /// SMEnds of every phase at least `minimumSMs` SMs marked in every replay; `replays`: unfolded buffers
+    /// (`slotsPerPhase` pairs a phase).
+    public static func smEnds(names: [String], replays: [[UInt64]], slotsPerPhase: Int = slots, minimumSMs: Int = 8) -> [SMEnds] {
+        precondition(replays.allSatisfy { $0.count == 2 * names.count * slotsPerPhase }, "unfolded trace buffers")
+        var quantiles = [[[Double]]](repeating: [], count: names.count), counts = [[Int]](repeating: [], count: names.count)
+        for raw in replays {
+            let starts = stride(from: 0, to: raw.count, by: 2).map { raw[$0] }.filter { $0 != UInt64.max }
+            guard let origin = starts.min() else { continue }
+            for phase in names.indices {
+                let ends = (0..<slotsPerPhase).compactMap { slot -> Double? in
+                    let at = 2 * (phase * slotsPerPhase + slot)
+                    guard raw[at] != UInt64.max, raw[at + 1] >= raw[at] else { return nil }
+                    return Double(raw[at + 1] - origin) / 1000
+                }.sorted()
+                guard ends.count >= minimumSMs else { continue }
+                quantiles[phase].append([0.0, 0.1, 0.5, 0.9, 1.0].map { ends[Int(($0 * Double(ends.count - 1)).rounded())] })
+                counts[phase].append(ends.count)
+            }
+        }
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        return names.indices.compactMap { phase in
+            guard !quantiles[phase].isEmpty, quantiles[phase].count == replays.count else { return nil }
+            let each = (0..<5).map { q in median(quantiles[phase].map { $0[q] }) }
+            return SMEnds(kernel: names[phase], sms: counts[phase].sorted()[counts[phase].count / 2], percentiles: each)
+        }
+    }
+
+    /// "ends by SM (min / p10 / p50 / p90 / max µs): name a / b / c / d / e on n SMs | …".
+    public static func describeEnds(_ ends: [SMEnds]) -> String {
+        let parts = ends.map { e in
+            "\(e.kernel) " + e.percentiles.map { Fixed.format($0, digits: 1) }.joined(separator: " / ") + " on \(e.sms) SMs"
+        }
+        return "ends by SM (min / p10 / p50 / p90 / max µs): " + parts.joined(separator: " | ")
     }
 
     /// Per phase marked in every replay, the median start and end relative to each replay's first start (phases no

@@ -80,3 +80,30 @@ private func buffer(_ phases: [(UInt64, UInt64)?]) -> [UInt64] {
     let p = untraced.mark(CUDAExpertParallelParams(), "publish")
     #expect(p.traceSpans == 0 && p.tracePhase == 0 && untraced.names == ["publish"])
 }
+
+/// Per phase, the spread of its SMs' latest ends (µs from the replay's first start): percentiles of the SMs that marked
+/// it, each the median over replays; phases fewer than `minimumSMs` SMs marked, or missing from a replay, left out.
+@Test func theEndsBySMArePercentilesOverTheSMsThatMarked() {
+    let unrun: [UInt64] = [UInt64.max, 0]
+    // Ten slots a phase. Phase 0 (route): one SM. Phase 1 (gemm1): ten SMs ending at 10, 11, …, 19 µs after the
+    // replay's first start (1000 ns), except SM 9 at 30: a straggler.
+    func replay(shift: UInt64) -> [UInt64] {
+        var raw = [1_000 + shift, 5_000 + shift] + Array(repeating: unrun, count: 9).flatMap { $0 }
+        for sm in 0..<10 {
+            let end: UInt64 = sm == 9 ? 31_000 : UInt64(11_000 + 1_000 * sm)
+            raw += [2_000 + shift, end + shift]
+        }
+        return raw
+    }
+    let names = ["route", "gemm1"]
+    let ends = KernelTrace.smEnds(names: names, replays: [replay(shift: 0), replay(shift: 7_777)], slotsPerPhase: 10)
+    #expect(ends.map(\.kernel) == ["gemm1"])
+    #expect(ends[0].sms == 10)
+    #expect(ends[0].percentiles == [10, 11, 15, 18, 30])  // of 10 sorted ends, indices round(q · 9): 0, 1, 5, 8, 9
+    #expect(KernelTrace.describeEnds(ends) == "ends by SM (min / p10 / p50 / p90 / max µs): gemm1 10.0 / 11.0 / 15.0 / 18.0 / 30.0 on 10 SMs")
+    // With a lower bound the one-SM route shows; a phase missing from one replay does not.
+    #expect(KernelTrace.smEnds(names: names, replays: [replay(shift: 0)], slotsPerPhase: 10, minimumSMs: 1).map(\.kernel) == names)
+    var partial = replay(shift: 0)
+    for slot in 0..<10 { partial[2 * (10 + slot)] = UInt64.max; partial[2 * (10 + slot) + 1] = 0 }
+    #expect(KernelTrace.smEnds(names: names, replays: [replay(shift: 0), partial], slotsPerPhase: 10).isEmpty)
+}

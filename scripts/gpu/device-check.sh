@@ -104,7 +104,7 @@ for s in $steps; do
     racedefault) step racedefault 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${RACE_TOKENS:-7,40} ${DEBUG_VARIANT:+--variant $DEBUG_VARIANT} ;;  # every variant unless DEBUG_VARIANT
     memcheck) step memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 $M cuda-debug --preset ${SAN_PRESET:-tiny} --tokens ${MEMCHECK_TOKENS:-7,40} ${DEBUG_VARIANT:+--variant $DEBUG_VARIANT} ;;
     racecheck2) step racecheck2 240 compute-sanitizer --tool racecheck --error-exitcode 9 $M cuda-debug --preset tiny --tokens 7,40 --variant ${RACE_VARIANT:-resident_1_1_4_2_3} ;;
-    trace) TAIL=20 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
+    trace) TAIL=30 step trace 300 $M cuda-debug --preset gpt-oss-120b --trace --tokens ${TRACE_TOKENS:-1,2,4,8,16,32,64,128,256,512,2048,8192} ;;
     ncudecstall)  # why a decode GEMM's warps wait: stall reasons per issued instruction, both GEMMs at NCU_TOKENS, default kernels
         TAIL=70 step "ncudecstall-${NCU_TOKENS:-1}" 240 ncu --clock-control none --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__cycles_active.avg,sm__warps_active.avg.per_cycle_active,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,gpu__time_duration.sum" -k regex:moe_gemm_resident --launch-skip 2 --launch-count 2 $M bench --backend cuda --preset gpt-oss-120b --tokens ${NCU_TOKENS:-1} --iterations 1 --warmup 0 ;;
     stream) TAIL=8 step stream 120 $M cuda-debug --stream ;;  # the decode GEMMs' weight bytes read with no math, per layout
