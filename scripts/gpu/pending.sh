@@ -84,6 +84,10 @@ PY
             # 3 KB), where 36 SMs of the default's start with room for one: GEMM 2 also as 4-warp blocks (49 KB) and as
             # the two-warp kernel.
             AB_REPEAT=2 AB_ENVS="$sw@1 MOE_CUDA_GEMM=$v+MOE_CUDA_GEMM2=resident_1_1_2_2_4@1 MOE_CUDA_GEMM=$v@1" bash $D abenv
+            # 2–4 tokens: the default's 4-warp whole-K blocks (resident_1_1_4_1_4, four an SM) run GEMM 1 in 1.36 / 2.7
+            # waves (720 / 1440 blocks, 528 slots: the last round 36% / 73% full); two-warp blocks (8 / 6 an SM there,
+            # the activation rows taking shared memory) come in units of one row group with half-K chains.
+            AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=$v@2,4 MOE_CUDA_GEMM=$v+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4" bash $D abenv
             env MOE_CUDA_GEMM=$v MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
             TRACE_TOKENS=1 bash $D trace
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
