@@ -13,6 +13,38 @@ D=.device/device-check.sh
 for f in device-check.sh ep-check.sh pending.sh; do
     cmp -s .device/$f scripts/gpu/$f || echo "WARNING: .device/$f differs from scripts/gpu/$f: stale bundle (run scripts/gpu/bundle.sh)"
 done
+# Whether moe forward's tensors (outputs, top-k ids and weights) are the same bits with the settings SWITCHES as
+# without, at each token count (gpt-oss-20b's shapes, one layer; printed to the run log as "=== same bits T=…").
+same_bits() {  # same_bits "VAR=V [VAR2=V2]" TOKENS...
+    local switches=$1 L=${OUT:-/tmp/moekit-out}/run.log; shift
+    F=/tmp/bits; rm -rf $F; mkdir -p $F
+    timeout 120 /tmp/moe init --preset gpt-oss-20b --out $F/model --layers 1 > /dev/null
+    for T in "$@"; do
+        python3 - $F/in-$T.safetensors $T <<'PY'
+import json, random, struct, sys
+T, H = int(sys.argv[2]), 2880
+rng = random.Random(T)
+data = b"".join(struct.pack("<f", rng.gauss(0, 1)) for _ in range(T * H))
+header = json.dumps({"hidden_states": {"dtype": "F32", "shape": [T, H], "data_offsets": [0, len(data)]}}).encode()
+header += b" " * (-len(header) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
+PY
+        c="forward --model $F/model --layer 0 --input $F/in-$T.safetensors --backend cuda"
+        timeout 120 /tmp/moe $c --output $F/base.safetensors > /dev/null 2>&1
+        env $switches timeout 120 /tmp/moe $c --output $F/new.safetensors > /dev/null 2>&1
+        python3 - $F/base.safetensors $F/new.safetensors "T=$T" <<'PY' 2>&1 | tee -a $L
+import json, struct, sys
+def tensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+same = a.keys() == b.keys() and all(a[k] == b[k] for k in a) and len(a) > 0
+print(f"=== same bits {sys.argv[3]}: {'bit-identical' if same else 'DIFFERENT'} ({', '.join(sorted(a))})")
+PY
+    done
+}
 case $part in
     s67)  # session 34 (docs/bench-cuda.md Next 0): the bench of the new default (the logits' sum's loads first, run 113),
           # then MOE_CUDA_ROUTER_LOADS_FIRST=1: moe_route_small's router weights asked for first and in before the x
@@ -31,34 +63,7 @@ case $part in
             AB_REPEAT=2 AB_ENVS="$sw@1,2,4,8" bash $D abenv
             env $sw TRACE_TOKENS=1,8 bash $D trace
             TRACE_TOKENS=1,8 bash $D trace
-            # The same bits: moe forward's tensors (outputs, top-k ids and weights) with and without the switch.
-            F=/tmp/bits; rm -rf $F; mkdir -p $F
-            timeout 120 /tmp/moe init --preset gpt-oss-20b --out $F/model --layers 1 > /dev/null
-            for T in 1 8; do
-                python3 - $F/in-$T.safetensors $T <<'PY'
-import json, random, struct, sys
-T, H = int(sys.argv[2]), 2880
-rng = random.Random(T)
-data = b"".join(struct.pack("<f", rng.gauss(0, 1)) for _ in range(T * H))
-header = json.dumps({"hidden_states": {"dtype": "F32", "shape": [T, H], "data_offsets": [0, len(data)]}}).encode()
-header += b" " * (-len(header) % 8)
-open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
-PY
-                c="forward --model $F/model --layer 0 --input $F/in-$T.safetensors --backend cuda"
-                timeout 120 /tmp/moe $c --output $F/base.safetensors > /dev/null 2>&1
-                env $sw timeout 120 /tmp/moe $c --output $F/new.safetensors > /dev/null 2>&1
-                python3 - $F/base.safetensors $F/new.safetensors "T=$T" <<'PY' 2>&1 | tee -a $L
-import json, struct, sys
-def tensors(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-same = a.keys() == b.keys() and all(a[k] == b[k] for k in a) and len(a) > 0
-print(f"=== same bits {sys.argv[3]}: {'bit-identical' if same else 'DIFFERENT'} ({', '.join(sorted(a))})")
-PY
-            done
+            same_bits "$sw" 1 8
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1,2,8" bash $D abenv
             env $sw bash $D check
             env $sw MEMCHECK_TOKENS=1,7 bash $D memcheck
@@ -80,6 +85,7 @@ PY
         cat /tmp/first.log >> $L; tail -3 /tmp/first.log
         echo "=== first check rc=$rc" | tee -a $L
         if [ $rc -eq 0 ]; then
+            same_bits "MOE_CUDA_GEMM=$v MOE_CUDA_GEMM2=resident_1_1_2_4_3" 1  # K split in two as resident_1_1_4_2_3: the same sums
             # GEMM 2's 8-warp blocks (71 KB) fit an SM only once ~4 two-warp GEMM 1 blocks have left it (eleven leave
             # 3 KB), where 36 SMs of the default's start with room for one: GEMM 2 also as 4-warp blocks (49 KB) and as
             # the two-warp kernel.
@@ -104,6 +110,7 @@ PY
         cat /tmp/first.log >> $L; tail -3 /tmp/first.log
         echo "=== first check rc=$rc" | tee -a $L
         if [ $rc -eq 0 ]; then
+            same_bits "$sw" 64 512
             AB_REPEAT=2 AB_ENVS="$sw@512,1024,2048 $sw+MOE_CUDA_ROUTER_PREFETCH_MB=40@512,2048" bash $D abenv
             env $sw TRACE_TOKENS=512 bash $D trace
             TRACE_TOKENS=512 bash $D trace
