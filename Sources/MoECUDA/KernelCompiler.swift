@@ -46,6 +46,9 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small asks for its router weights first and has them in
     ///   before the x slice's wait (ptxas otherwise issues most of them after it: a second round trip), the bias
     ///   behind them; the same bits.
+    /// - `MOE_CUDA_GATHER_OVERLAP` (session 35): past the in-place plan GEMM 1 starts once a few persistent blocks of the
+    ///   sorted-order gather (moe_gather_sorted) have started, each GEMM 1 block waiting for its own tile's rows
+    ///   (LaunchPlan.overlapsGather); the same bits.
     /// - `MOE_CUDA_ROUTER_PREFETCH` (session 35): the tensor-core router's blocks ask L2 for GEMM 1's first weights
     ///   (TokenBucket.routerPrefetch: `MOE_CUDA_ROUTER_PREFETCH_MB`, 24 by default, where every expert has rows), so that
     ///   DRAM streams them under the routing chain.
@@ -56,7 +59,11 @@ public enum KernelBuildSwitches {
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
         ("MOE_CUDA_ROUTER_LOADS_FIRST", "MOE_ROUTER_LOADS_FIRST", KernelSource.routing.name),
         ("MOE_CUDA_ROUTER_PREFETCH", "MOE_ROUTER_PREFETCH", KernelSource.routing.name),
+        ("MOE_CUDA_GATHER_OVERLAP", "MOE_GATHER_OVERLAP", KernelSource.experts.name),
     ]
+
+    /// Whether GEMM 1 may start before the gather ends (MOE_CUDA_GATHER_OVERLAP=1).
+    public static var overlapsGather: Bool { current.contains("-DMOE_GATHER_OVERLAP=1") }
 
     /// Whether the router's L2 prefetch is built in (MOE_CUDA_ROUTER_PREFETCH=1).
     public static var prefetchesInRouter: Bool { current.contains("-DMOE_ROUTER_PREFETCH=1") }

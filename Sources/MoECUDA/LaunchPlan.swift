@@ -411,6 +411,25 @@ public struct LaunchPlan: Sendable, Equatable {
         guard let value, let target = Int(value), (64...1024).contains(target) else { return nil }
         return target
     }
+    /// Whether GEMM 1 starts before the gather ends (the kernel build switch MOE_CUDA_GATHER_OVERLAP, `switchedOn`): where
+    /// the gather is its own launch (the plan in four launches), GEMM 1 copies its rows by tensor maps and hands no
+    /// tiles over, so each GEMM 1 block can wait for its own tile's rows (moe_gather_sorted's counts) instead.
+    public func overlapsGather(gathersRows: Bool, switchedOn: Bool) -> Bool {
+        switchedOn && gathersRows && !fusedRouting && !smallRouting && planBuild() == .fourLaunches
+            && gemm1Variant.kind == .registered && gemm1Variant.usesTensorCopies && !registeredHandOver
+    }
+    /// moe_gather_sorted's persistent blocks: `MOE_CUDA_GATHER_BLOCKS=N` (4–64; default 24), each on an SM GEMM 1 gets
+    /// only once its share of the copies is done.
+    public static let gatherBlocksSwitch = currentEnvironment("MOE_CUDA_GATHER_BLOCKS")
+    public static let gatherBlocks = parsedGatherBlocks(gatherBlocksSwitch) ?? 24
+    public static func parsedGatherBlocks(_ value: String?) -> Int? {
+        guard let value, let blocks = Int(value), (4...64).contains(blocks) else { return nil }
+        return blocks
+    }
+    public var gatherSortedShape: LaunchShape {
+        LaunchShape(grid: (LaunchPlan.gatherBlocks, 1, 1), block: Int(MOE_GATHER_SORTED_THREADS))
+    }
+
     /// What the tensor-core router asks L2 for (the kernel build switch MOE_CUDA_ROUTER_PREFETCH): the first
     /// `megabytes` MB of GEMM 1's codes (`codeBytes` in all, E experts' in expert order) and the scales of the same rows,
     /// each a multiple of 16 bytes. Only where the tensor-core router runs and every expert has rows with near
@@ -435,8 +454,12 @@ public struct LaunchPlan: Sendable, Equatable {
     /// under the variant's name).
     public static func validateSwitches(
         routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
-        prefetchMegabytes: String? = routerPrefetchSwitch
+        prefetchMegabytes: String? = routerPrefetchSwitch, gatherBlocks: String? = gatherBlocksSwitch
     ) throws(CUDAError) {
+        if let gatherBlocks, parsedGatherBlocks(gatherBlocks) == nil {
+            throw .invalidArgument(
+                "MOE_CUDA_GATHER_BLOCKS=\(gatherBlocks): expected a block count from 4 to 64 (unset it for the default, 24)")
+        }
         if let prefetchMegabytes, parsedRouterPrefetchMegabytes(prefetchMegabytes) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_PREFETCH_MB=\(prefetchMegabytes): expected megabytes from 1 to 48 (unset it for the default, 24)")

@@ -73,7 +73,7 @@ private func request(
             : experts.contains("\(kind)(\(arguments))") || experts.contains("\(kind)(\(arguments), ")
         #expect(instantiated, "\(variant) is not instantiated")
     }
-    #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
+    #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows(") && experts.contains("moe_gather_sorted("))
     // Every registered kernel has its hand-over entry point beside it (CUDAKernels looks each one up).
     #expect(experts.contains("void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p)"))
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName
@@ -103,7 +103,8 @@ private func request(
     // Each switch is defined for its own module only, so it leaves the other modules' cache keys alone.
     let every: (String) -> String? = { _ in "1" }
     #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name) == ["-DMOE_ROUTER_LOADS_FIRST=1", "-DMOE_ROUTER_PREFETCH=1"])
-    #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name) == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1"])
+    #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name)
+        == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1", "-DMOE_GATHER_OVERLAP=1"])
     #expect(KernelBuildSwitches.options(every, module: KernelSource.ceilings.name).isEmpty)
     #expect(Set(KernelBuildSwitches.all.map(\.module)).isSubset(of: [KernelSource.routing.name, KernelSource.experts.name]))
 }

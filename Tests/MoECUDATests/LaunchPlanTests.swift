@@ -483,3 +483,32 @@ import Testing
     }
     try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: "48")
 }
+
+/// GEMM 1 overlaps the gather (the build switch MOE_CUDA_GATHER_OVERLAP) only where the gather is its own launch (the
+/// plan in four launches), GEMM 1 reads its rows by tensor maps and no tile is handed over; moe_gather_sorted's blocks
+/// are a few persistent ones.
+@Test func gemm1OverlapsTheGatherOnlyPastTheInPlacePlan() throws {
+    let big = MoEPreset.gptOss120b.config
+    for tokens in [2048, 4096, 8192, 32768] {
+        let plan = LaunchPlan(tokens: tokens, config: big)
+        #expect(plan.planBuild() == .fourLaunches && plan.gemm1Variant.usesTensorCopies && !plan.registeredHandOver)
+        #expect(plan.overlapsGather(gathersRows: true, switchedOn: true), "T=\(tokens)")
+        #expect(!plan.overlapsGather(gathersRows: true, switchedOn: false) && !plan.overlapsGather(gathersRows: false, switchedOn: true))
+    }
+    // The in-place plan gathers in its placement kernel; decode sizes gather nothing.
+    for tokens in [1, 8, 128, 512, 1024] {
+        #expect(!LaunchPlan(tokens: tokens, config: big).overlapsGather(gathersRows: true, switchedOn: true), "T=\(tokens)")
+    }
+    // A forced four-launch plan at 1024 tokens overlaps too.
+    #expect(LaunchPlan(tokens: 1024, config: big).planBuild(switchValue: "0") == .fourLaunches)
+    let shape = LaunchPlan(tokens: 2048, config: big).gatherSortedShape
+    #expect(shape.grid.x == LaunchPlan.gatherBlocks && shape.block == Int(MOE_GATHER_SORTED_THREADS))
+    #expect(LaunchPlan.gatherBlocks == 24 || LaunchPlan.gatherBlocksSwitch != nil)
+    #expect(LaunchPlan.parsedGatherBlocks("32") == 32 && LaunchPlan.parsedGatherBlocks(nil) == nil)
+    for bad in ["3", "65", "many", ""] {
+        #expect(LaunchPlan.parsedGatherBlocks(bad) == nil)
+        #expect(throws: CUDAError.self) {
+            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: nil, gatherBlocks: bad)
+        }
+    }
+}

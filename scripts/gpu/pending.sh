@@ -117,6 +117,26 @@ case $part in
             env $sw MEMCHECK_TOKENS=40,200 bash $D memcheck
         fi
         ;;
+    s69)  # session 35 (docs/bench-cuda.md Next 8): MOE_CUDA_GATHER_OVERLAP=1: past the in-place plan GEMM 1 starts once
+          # moe_gather_sorted's 24 persistent blocks have started, each GEMM 1 block waiting for its own tile's rows. Predicted (arithmetic on
+          # run 99's traces) −15 µs at 2048, −60 at 8192, −250 at 32768; a hang would trap after ~3 s (the waits' bound).
+        L=${OUT:-/tmp/moekit-out}/run.log
+        sw=MOE_CUDA_GATHER_OVERLAP=1
+        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 2048,4096 (and 120b at 2048)" | tee -a $L
+        env $sw timeout 240 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 2048,4096 > /tmp/first.log 2>&1
+        rc=$?
+        env $sw timeout 240 /tmp/moe cuda-debug --preset gpt-oss-120b --tokens 2048 >> /tmp/first.log 2>&1
+        rc=$(( rc + $? ))
+        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+        echo "=== first check rc=$rc" | tee -a $L
+        if [ $rc -eq 0 ]; then
+            same_bits "$sw" 2048
+            AB_REPEAT=2 AB_ENVS="$sw@2048,4096,8192,32768 $sw+MOE_CUDA_GATHER_BLOCKS=48@8192,32768" bash $D abenv
+            env $sw TRACE_TOKENS=2048,8192 bash $D trace
+            TRACE_TOKENS=2048,8192 bash $D trace
+            env $sw MOE_CUDA_FUSED_PLAN=0 MEMCHECK_TOKENS=300,1000 bash $D memcheck
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -27,6 +27,12 @@
 #endif
 // Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
 // step's weights sit in L2. Outputs are wrong by design.
+// Build switch MOE_CUDA_GATHER_OVERLAP (session 35, for A/B runs; docs/bench-cuda.md Next 8): past the in-place plan
+// GEMM 1 starts as soon as a few persistent blocks of moe_gather_sorted have started, each of its blocks waiting for
+// its own tile's rows (MoEGemmParams.gatherReady) instead of for the whole gather.
+#ifndef MOE_GATHER_OVERLAP
+#define MOE_GATHER_OVERLAP 0
+#endif
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
@@ -246,6 +252,17 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
         }
     }
     __syncthreads();
+}
+
+/// GEMM 1 of the MOE_GATHER_OVERLAP build, its thread 0: until moe_gather_sorted has copied all `rows` rows of this
+/// block's tile (bounded: a tile that never completes traps, which the host sees as a failed launch).
+MOE_DEVICE void wait_for_gathered_rows(const MoEGemmParams &p, int rows) {
+    const unsigned *ready = (const unsigned *)p.gatherReady + blockIdx.y;
+    unsigned spins = 0;
+    while (load_acquire_u32(ready) < (unsigned)rows) {
+        __nanosleep(200);
+        if (++spins == (1u << 24)) __trap();
+    }
 }
 
 // MARK: resident kernel (decode-size tiles)
@@ -1325,7 +1342,13 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         if (p.tileRole != 2) wait_for_previous_kernel();
         if (p.tileRole == 1) allow_next_kernel();
     } else {
+#if MOE_GATHER_OVERLAP
+        // With gatherReady, the gather before this GEMM 1 ends after it starts: its producer waits for the tile's rows
+        // below. The plan it reads was complete before the gather's blocks let it launch (after their own wait).
+        if (p.gatherReady == 0) wait_for_previous_kernel();
+#else
         wait_for_previous_kernel();
+#endif
     }
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     if constexpr (HANDOVER) {
@@ -1346,6 +1369,12 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     init_registered_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
+#if MOE_GATHER_OVERLAP
+        if (p.gatherReady != 0 && threadIdx.x == 0) {  // the tile's rows gathered (tensor copies only: the host's rule)
+            wait_for_gathered_rows(p, tile.rowCount);
+            fence_proxy_async_global();  // the gather's stores, before this block's tensor copies read them
+        }
+#endif
         registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
         if (tensorInput && warp != 0) return;
@@ -1611,6 +1640,61 @@ extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParam
 
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
+/// GEMM 1's rows in sorted order for the MOE_GATHER_OVERLAP build: a few persistent blocks (LaunchPlan.gatherOverlap)
+/// copy chunks of MOE_GATHER_CHUNK_ROWS sorted rows, chunk c by block c mod gridDim.x in increasing c, so that the first
+/// tiles' rows land first; sorted row r is x[sortedToSlot[r] / k]. After each chunk its rows are added to each tile
+/// they belong to (gatherReady), which GEMM 1's blocks wait on: GEMM 1 launches once these blocks have started
+/// (each lets it launch after its own wait, so the plan is complete), while they still copy. Each thread keeps eight
+/// 16-byte copies in flight, since a few SMs carry the whole gather.
+extern "C" __global__ void __launch_bounds__(MOE_GATHER_SORTED_THREADS) moe_gather_sorted(MoEGatherParams p) {
+    MOE_TRACE_KERNEL(p);
+    wait_for_previous_kernel();
+    allow_next_kernel();
+#if MOE_GATHER_OVERLAP
+    constexpr int IN_FLIGHT = 8;
+    const MoETile *tiles = (const MoETile *)p.tiles;
+    const int count = *(const int *)p.tileCount;
+    if (count <= 0) return;
+    const MoETile last = tiles[count - 1];
+    const int rowsTotal = last.rowStart + last.rowCount, segments = p.hidden / 8;
+    const int *sortedToSlot = (const int *)p.sortedToSlot;
+    for (int r0 = blockIdx.x * MOE_GATHER_CHUNK_ROWS; r0 < rowsTotal; r0 += gridDim.x * MOE_GATHER_CHUNK_ROWS) {
+        const int r1 = min(r0 + MOE_GATHER_CHUNK_ROWS, rowsTotal), pieces = (r1 - r0) * segments;
+        for (int first = threadIdx.x; first < pieces; first += IN_FLIGHT * blockDim.x) {
+            uint4 v[IN_FLIGHT];
+            int to[IN_FLIGHT];  // 16-byte pieces of the output (< 2^31: T·k·H / 8 is)
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const int i = first + u * blockDim.x;
+                if (i >= pieces) continue;
+                const int row = r0 + i / segments, segment = i - (i / segments) * segments;
+                const int token = sortedToSlot[row] / p.topK;
+                v[u] = ((const uint4 *)p.input)[token * segments + segment];
+                to[u] = row * segments + segment;
+            }
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u)
+                if (first + u * blockDim.x < pieces) ((uint4 *)p.output)[to[u]] = v[u];
+        }
+        __threadfence();  // every thread's rows, before the count that publishes them
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();  // and after the barrier, so that the counts below release every thread's rows
+            // The tiles overlapping [r0, r1): tiles run in sorted-row order, so the first whose end is past r0, then on.
+            int lo = 0, hi = count - 1;
+            while (lo < hi) {
+                const int mid = (lo + hi) / 2;
+                if (tiles[mid].rowStart + tiles[mid].rowCount <= r0) lo = mid + 1; else hi = mid;
+            }
+            for (int t = lo; t < count && tiles[t].rowStart < r1; ++t) {
+                const int from = max(r0, tiles[t].rowStart), end = min(r1, tiles[t].rowStart + tiles[t].rowCount);
+                atomicAdd((unsigned *)p.gatherReady + t, (unsigned)(end - from));
+            }
+        }
+    }
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
     MOE_TRACE_KERNEL(p);
     wait_for_previous_kernel();
