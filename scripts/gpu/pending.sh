@@ -45,6 +45,16 @@ print(f"=== same bits {sys.argv[3]}: {'bit-identical' if same else 'DIFFERENT'} 
 PY
     done
 }
+# The first check of a setting: `moe ARGS` (stage checks) with the settings SWITCHES, logged; its status is the check's.
+first_check() {  # first_check "VAR=V [VAR2=V2]" SECONDS moe-arguments...
+    local switches=$1 limit=$2 L=${OUT:-/tmp/moekit-out}/run.log; shift 2
+    echo "=== first check: $switches moe $*" | tee -a $L
+    env $switches timeout $limit /tmp/moe "$@" > /tmp/first.log 2>&1
+    local rc=$?
+    cat /tmp/first.log >> $L; tail -3 /tmp/first.log
+    echo "=== first check rc=$rc" | tee -a $L
+    return $rc
+}
 case $part in
     s67)  # session 34 (docs/bench-cuda.md Next 0): the bench of the new default (the logits' sum's loads first, run 113),
           # then MOE_CUDA_ROUTER_LOADS_FIRST=1: moe_route_small's router weights asked for first and in before the x
@@ -52,14 +62,8 @@ case $part in
           # Predicted −0.3 to −0.8 µs at 1–8 tokens.
         bash $D info
         bash $D bench
-        L=${OUT:-/tmp/moekit-out}/run.log
         sw="MOE_CUDA_ROUTER_LOADS_FIRST=1"
-        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8" | tee -a $L
-        env $sw timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 > /tmp/first.log 2>&1
-        rc=$?
-        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
-        echo "=== first check rc=$rc" | tee -a $L
-        if [ $rc -eq 0 ]; then
+        if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,3,8; then
             AB_REPEAT=2 AB_ENVS="$sw@1,2,4,8" bash $D abenv
             env $sw TRACE_TOKENS=1,8 bash $D trace
             TRACE_TOKENS=1,8 bash $D trace
@@ -74,17 +78,11 @@ case $part in
     s68)  # session 35 (docs/bench-cuda.md Next 0b, 0a): GEMM 1 at 1 token in two-warp blocks (resident_1_1_1_2_3: compact
           # bulk slots, eleven blocks an SM), so that its 1440 row groups spread 10–11 an SM instead of 12 on 96 SMs and
           # 8 on 36. Predicted 0 to −2 µs at 1 token (the heaviest SMs' work −8%); GEMM 2 stays resident_1_1_2_4_3.
-        L=${OUT:-/tmp/moekit-out}/run.log
         v=resident_1_1_1_2_3
         sw="MOE_CUDA_GEMM=$v+MOE_CUDA_GEMM2=resident_1_1_2_4_3"
-        echo "=== first check: moe cuda-debug --variant $v (both GEMMs, then GEMM 2 the default's)" | tee -a $L
-        timeout 120 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 1,3,8 --variant $v > /tmp/first.log 2>&1
-        rc=$?
-        MOE_CUDA_GEMM2=resident_1_1_2_4_3 timeout 120 /tmp/moe cuda-debug --preset gpt-oss-120b --tokens 1 --variant $v >> /tmp/first.log 2>&1
-        rc=$(( rc + $? ))
-        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
-        echo "=== first check rc=$rc" | tee -a $L
-        if [ $rc -eq 0 ]; then
+        # Both GEMMs the two-warp kernel, then GEMM 2 the default's.
+        if first_check "" 120 cuda-debug --preset gpt-oss-20b --tokens 1,3,8 --variant $v &&
+           first_check "MOE_CUDA_GEMM2=resident_1_1_2_4_3" 120 cuda-debug --preset gpt-oss-120b --tokens 1 --variant $v; then
             same_bits "MOE_CUDA_GEMM=$v MOE_CUDA_GEMM2=resident_1_1_2_4_3" 1  # K split in two as resident_1_1_4_2_3: the same sums
             # GEMM 2's 8-warp blocks (71 KB) fit an SM only once ~4 two-warp GEMM 1 blocks have left it (eleven leave
             # 3 KB), where 36 SMs of the default's start with room for one: GEMM 2 also as 4-warp blocks (49 KB) and as
@@ -104,12 +102,7 @@ case $part in
         # (experts 0–2 of 120b) while DRAM idles under the routing chain. Predicted −3 to −10 µs at 512–2048 tokens
         # (GEMM 1's stream that much shorter where it is DRAM-bound), level at 8192+.
         sw=MOE_CUDA_ROUTER_PREFETCH=1
-        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 64,512,2048" | tee -a $L
-        env $sw timeout 180 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 64,512,2048 > /tmp/first.log 2>&1
-        rc=$?
-        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
-        echo "=== first check rc=$rc" | tee -a $L
-        if [ $rc -eq 0 ]; then
+        if first_check "$sw" 180 cuda-debug --preset gpt-oss-20b --tokens 64,512,2048; then
             same_bits "$sw" 64 512
             AB_REPEAT=2 AB_ENVS="$sw@512,1024,2048 $sw+MOE_CUDA_ROUTER_PREFETCH_MB=40@512,2048" bash $D abenv
             env $sw TRACE_TOKENS=512 bash $D trace
@@ -118,23 +111,18 @@ case $part in
         fi
         ;;
     s69)  # session 35 (docs/bench-cuda.md Next 8): MOE_CUDA_GATHER_OVERLAP=1: past the in-place plan GEMM 1 starts once
-          # moe_gather_sorted's 24 persistent blocks have started, each GEMM 1 block waiting for its own tile's rows. Predicted (arithmetic on
-          # run 99's traces) −15 µs at 2048, −60 at 8192, −250 at 32768; a hang would trap after ~3 s (the waits' bound).
-        L=${OUT:-/tmp/moekit-out}/run.log
+          # moe_gather_sorted's 24 persistent blocks have started, each GEMM 1 block waiting for its own tile's rows.
+          # Predicted (arithmetic on run 99's traces) −15 µs at 2048, −60 at 8192, −250 at 32768; a hang would trap
+          # after ~3 s (the waits' bound). The memcheck forces the four-launch plan and no registered hand-over, so that
+          # tiny's small batches take the overlap too.
         sw=MOE_CUDA_GATHER_OVERLAP=1
-        echo "=== first check: $sw moe cuda-debug --preset gpt-oss-20b --tokens 2048,4096 (and 120b at 2048)" | tee -a $L
-        env $sw timeout 240 /tmp/moe cuda-debug --preset gpt-oss-20b --tokens 2048,4096 > /tmp/first.log 2>&1
-        rc=$?
-        env $sw timeout 240 /tmp/moe cuda-debug --preset gpt-oss-120b --tokens 2048 >> /tmp/first.log 2>&1
-        rc=$(( rc + $? ))
-        cat /tmp/first.log >> $L; tail -3 /tmp/first.log
-        echo "=== first check rc=$rc" | tee -a $L
-        if [ $rc -eq 0 ]; then
+        if first_check "$sw" 240 cuda-debug --preset gpt-oss-20b --tokens 2048,4096 &&
+           first_check "$sw" 240 cuda-debug --preset gpt-oss-120b --tokens 2048; then
             same_bits "$sw" 2048
             AB_REPEAT=2 AB_ENVS="$sw@2048,4096,8192,32768 $sw+MOE_CUDA_GATHER_BLOCKS=48@8192,32768" bash $D abenv
             env $sw TRACE_TOKENS=2048,8192 bash $D trace
             TRACE_TOKENS=2048,8192 bash $D trace
-            env $sw MOE_CUDA_FUSED_PLAN=0 MEMCHECK_TOKENS=300,1000 bash $D memcheck
+            env $sw MOE_CUDA_FUSED_PLAN=0 MOE_CUDA_HANDOVER_REGISTERED=0 MEMCHECK_TOKENS=300,1000 bash $D memcheck
         fi
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
