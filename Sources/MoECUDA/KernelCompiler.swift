@@ -49,6 +49,8 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_GATHER_OVERLAP` (session 35): past the in-place plan GEMM 1 starts once a few persistent blocks of the
     ///   sorted-order gather (moe_gather_sorted) have started, each GEMM 1 block waiting for its own tile's rows
     ///   (LaunchPlan.overlapsGather); the same bits.
+    /// - `MOE_CUDA_RESIDENT_SPREAD` (session 35): GEMM 1's 8-warp resident blocks take their row groups from however many
+    ///   blocks the host launches, which fills every SM three deep at 1 token (LaunchPlan.residentSpread).
     /// - `MOE_CUDA_ROUTER_PREFETCH` (session 35): the tensor-core router's blocks ask L2 for GEMM 1's first weights
     ///   (TokenBucket.routerPrefetch: `MOE_CUDA_ROUTER_PREFETCH_MB`, 24 by default, where every expert has rows), so that
     ///   DRAM streams them under the routing chain.
@@ -60,7 +62,11 @@ public enum KernelBuildSwitches {
         ("MOE_CUDA_ROUTER_LOADS_FIRST", "MOE_ROUTER_LOADS_FIRST", KernelSource.routing.name),
         ("MOE_CUDA_ROUTER_PREFETCH", "MOE_ROUTER_PREFETCH", KernelSource.routing.name),
         ("MOE_CUDA_GATHER_OVERLAP", "MOE_GATHER_OVERLAP", KernelSource.experts.name),
+        ("MOE_CUDA_RESIDENT_SPREAD", "MOE_RESIDENT_SPREAD", KernelSource.experts.name),
     ]
+
+    /// Whether GEMM 1's 8-warp resident blocks spread over every SM (MOE_CUDA_RESIDENT_SPREAD=1; LaunchPlan.residentSpread).
+    public static var spreadsResident: Bool { current.contains("-DMOE_RESIDENT_SPREAD=1") }
 
     /// Whether GEMM 1 may start before the gather ends (MOE_CUDA_GATHER_OVERLAP=1).
     public static var overlapsGather: Bool { current.contains("-DMOE_GATHER_OVERLAP=1") }

@@ -525,9 +525,22 @@ public struct LaunchPlan: Sendable, Equatable {
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
     public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
         let groups = n / 16
-        let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        return LaunchShape(grid: (rowBlocks, tiles ?? maxTiles, 1), block: 32 * variant.warps,
+        var rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
+        let tileCount = tiles ?? maxTiles
+        if n == 2 * config.intermediate, let spread = residentSpread(variant, groups: groups, tiles: tileCount) { rowBlocks = spread }
+        return LaunchShape(grid: (rowBlocks, tileCount, 1), block: 32 * variant.warps,
                            sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
+    }
+
+    /// With the kernel build switch MOE_CUDA_RESIDENT_SPREAD, GEMM 1's 8-warp resident blocks across a tile: enough that
+    /// its grid fills every SM three deep (the launch bounds' three blocks an SM), at most one a row group. At 1 token of
+    /// 120b, 99 blocks a tile of 3–4 row groups where 90 of 4 filled 120 SMs and left 12 idle (session 35's trace: the
+    /// block scheduler packs each SM to its three). Nil where it changes nothing or the switch is off.
+    public func residentSpread(_ variant: GemmVariant, groups: Int, tiles: Int, switchedOn: Bool = KernelBuildSwitches.spreadsResident) -> Int? {
+        guard switchedOn, variant.isResident, variant.warps == 8, variant.rowGroupsPerWarp == 1, tiles > 0 else { return nil }
+        let plain = (groups + variant.warpsAcrossRows - 1) / variant.warpsAcrossRows
+        let spread = min(groups, (3 * multiprocessors + tiles - 1) / tiles)
+        return spread > plain ? spread : nil
     }
 
     public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }

@@ -512,3 +512,16 @@ import Testing
         }
     }
 }
+
+/// The spread grid (build switch MOE_CUDA_RESIDENT_SPREAD): GEMM 1's 8-warp resident blocks fill every SM three deep.
+@Test func theSpreadGridFillsEverySMThreeDeep() {
+    let big = MoEPreset.gptOss120b.config
+    let one = LaunchPlan(tokens: 1, config: big)
+    #expect(one.residentSpread(.resident_1_1_4_2_3, groups: 360, tiles: 4, switchedOn: true) == 99)
+    #expect(one.residentSpread(.resident_1_1_4_2_3, groups: 360, tiles: 4, switchedOn: false) == nil)
+    // Where the plain grid already covers the SMs (8 tokens: ~29 tiles), or not an 8-warp resident kernel: nothing.
+    #expect(one.residentSpread(.resident_1_1_8_1_3, groups: 360, tiles: 29, switchedOn: true) == nil)
+    #expect(one.residentSpread(.resident_1_1_4_1_4, groups: 360, tiles: 8, switchedOn: true) == nil)
+    // Never more blocks than row groups.
+    #expect(one.residentSpread(.resident_1_1_4_2_3, groups: 20, tiles: 1, switchedOn: true) == 20)
+}

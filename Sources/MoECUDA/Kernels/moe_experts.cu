@@ -33,6 +33,11 @@
 #ifndef MOE_GATHER_OVERLAP
 #define MOE_GATHER_OVERLAP 0
 #endif
+// Build switch MOE_CUDA_RESIDENT_SPREAD (session 35, for A/B runs): GEMM 1's resident blocks take their row groups from
+// however many blocks the host launched (3 an SM on every SM at 1 token, where 360 blocks filled 120 SMs three deep).
+#ifndef MOE_RESIDENT_SPREAD
+#define MOE_RESIDENT_SPREAD 0
+#endif
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
@@ -385,7 +390,17 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
+#if MOE_RESIDENT_SPREAD
+    // The row groups spread over however many blocks the host launched across (LaunchPlan.residentSpread): block x
+    // takes units [x·U / X, (x + 1)·U / X) of MI row groups, at most WN; a warp past its block's share does nothing.
+    const int units = (p.groups + MI - 1) / MI;
+    const int unitEnd = (int)(((long long)(blockIdx.x + 1) * units) / gridDim.x);
+    const int unit = (int)(((long long)blockIdx.x * units) / gridDim.x) + wn;
+    const bool spreadActive = unit < unitEnd;
+    const int firstGroup = spreadActive ? unit * MI : p.groups;  // p.groups: every store and copy below skips it
+#else
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
+#endif
     const long long expertGroup = MOE_ALIAS_EXPERTS ? 0 : (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     const int activationBytes = p.residentRows * rowStride * 2;
@@ -420,7 +435,11 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     if (activationsFirst) copy_activations();
 
     // The weight ring starts filling before anything else (but a GEMM 1's activations, above).
+#if MOE_RESIDENT_SPREAD
+    const int begin = (p.scaleGroups * wk) / WK, end = spreadActive ? (p.scaleGroups * (wk + 1)) / WK : begin;
+#else
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
+#endif
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
     if constexpr (bulk) {
         if (lane == 0) {
