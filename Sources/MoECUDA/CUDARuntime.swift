@@ -95,8 +95,6 @@ final class LayerKernels: @unchecked Sendable {
     let planPlace: CUDAFunction
     let reduce: CUDAFunction
     let gatherRows: CUDAFunction
-    /// The sorted-order gather GEMM 1 overlaps (MOE_CUDA_GATHER_OVERLAP; an empty body in other builds).
-    let gatherSorted: CUDAFunction
     private let experts: CUDAModule
     private var gemms: [GemmVariant: CUDAFunction] = [:]
     /// The registered kernels' hand-over entry points (`<name>_handover`, LaunchPlan.tileHandOver).
@@ -127,7 +125,6 @@ final class LayerKernels: @unchecked Sendable {
         planPlace = try routing.function("moe_plan_place")
         reduce = try experts.function("moe_reduce")
         gatherRows = try experts.function("moe_gather_rows")
-        gatherSorted = try experts.function("moe_gather_sorted")
         for variant in GemmVariant.allCases { gemms[variant] = try experts.function(variant.kernelName) }
         for variant in GemmVariant.allCases where variant.kind == .registered {
             handOverGemms[variant] = try experts.function(variant.handOverKernelName)

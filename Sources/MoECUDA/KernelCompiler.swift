@@ -43,36 +43,18 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_ROUTER_LOADS_FIRST` (session 34): moe_route_small asks for its router weights first and has them in
-    ///   before the x slice's wait (ptxas otherwise issues most of them after it: a second round trip), the bias
-    ///   behind them; the same bits.
-    /// - `MOE_CUDA_GATHER_OVERLAP` (session 35): past the in-place plan GEMM 1 starts once a few persistent blocks of the
-    ///   sorted-order gather (moe_gather_sorted) have started, each GEMM 1 block waiting for its own tile's rows
-    ///   (LaunchPlan.overlapsGather); the same bits.
     /// - `MOE_CUDA_RESIDENT_SPREAD` (session 35): GEMM 1's 8-warp resident blocks take their row groups from however many
-    ///   blocks the host launches, which fills every SM three deep at 1 token (LaunchPlan.residentSpread).
-    /// - `MOE_CUDA_ROUTER_PREFETCH` (session 35): the tensor-core router's blocks ask L2 for GEMM 1's first weights
-    ///   (TokenBucket.routerPrefetch: `MOE_CUDA_ROUTER_PREFETCH_MB`, 24 by default, where every expert has rows), so that
-    ///   DRAM streams them under the routing chain.
+    ///   blocks the host launches, which fills every SM three deep at 1 token (LaunchPlan.residentSpread); the same bits.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_ROUTER_LOADS_FIRST", "MOE_ROUTER_LOADS_FIRST", KernelSource.routing.name),
-        ("MOE_CUDA_ROUTER_PREFETCH", "MOE_ROUTER_PREFETCH", KernelSource.routing.name),
-        ("MOE_CUDA_GATHER_OVERLAP", "MOE_GATHER_OVERLAP", KernelSource.experts.name),
         ("MOE_CUDA_RESIDENT_SPREAD", "MOE_RESIDENT_SPREAD", KernelSource.experts.name),
     ]
 
     /// Whether GEMM 1's 8-warp resident blocks spread over every SM (MOE_CUDA_RESIDENT_SPREAD=1; LaunchPlan.residentSpread).
     public static var spreadsResident: Bool { current.contains("-DMOE_RESIDENT_SPREAD=1") }
-
-    /// Whether GEMM 1 may start before the gather ends (MOE_CUDA_GATHER_OVERLAP=1).
-    public static var overlapsGather: Bool { current.contains("-DMOE_GATHER_OVERLAP=1") }
-
-    /// Whether the router's L2 prefetch is built in (MOE_CUDA_ROUTER_PREFETCH=1).
-    public static var prefetchesInRouter: Bool { current.contains("-DMOE_ROUTER_PREFETCH=1") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

@@ -14,11 +14,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     case resident_1_1_2_4_3
     /// 128 rows × 8 tokens (8 warps × 16 rows, whole K each), 3-slot rings.
     case resident_1_1_8_1_3
-    /// Decode: 16 rows × 8 tokens (2 warps, K split over 2), 3-slot rings the copy engine fills, each slot only its
-    /// bulk copies' 2192 bytes (`compactRing`), eleven blocks an SM: GEMM 1 at 1 token of 120b in 1440 blocks spread
-    /// 10–11 row groups an SM, where resident_1_1_4_2_3's 360 blocks give 96 SMs 12 and 36 SMs 8 (docs/bench-cuda.md
-    /// Next 0b). For A/B runs (`MOE_CUDA_GEMM`, with `MOE_CUDA_GEMM2=resident_1_1_2_4_3`); the default nowhere.
-    case resident_1_1_1_2_3
     /// 256 weight rows × 32 tokens per block (8 warps × 32 rows), codes and activations staged through a
     /// 2-stage shared-memory ring (two blocks per SM).
     case staged_2_4_8_2
@@ -168,11 +163,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
         default: warpsAcrossRows * warpsAcrossK
         }
     }
-    /// Resident kernels of two warps: compact bulk ring slots (gemm_resident's COMPACT) holding each warp's split-K
-    /// partials once its loop is done.
-    public var compactRing: Bool { kind == .resident && warps == 2 }
-    /// A compact slot: 2 KB of codes, 128 scale bytes, the mbarrier (moe_experts.cu RESIDENT_COMPACT_SLOT_BYTES).
-    public static let compactSlotBytes = 4 * 512 + 128 + 16
     /// Slots of the per-lane weight ring (resident and warpgroup kernels).
     public var ringSlots: Int {
         kind == .resident ? numbers[4] : (kind == .warpgroup ? numbers[3] : 0)
@@ -328,9 +318,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
             let slots = stages * ((tileRows * 64 * 2 + rowGroupsPerBlock * 640 + 1023) / 1024 * 1024)
             return 1024 + slots + 16 * stages  // a FULL mbarrier a slot after them, then an EMPTY one a slot
         }
-        if compactRing {
-            return residentRows * (64 * chunks + 8) * 2 + warps * ringSlots * Self.compactSlotBytes
-        }
         if kind != .staged {
             let partials = warpsAcrossK > 1 ? warps * rowGroupsPerWarp * (tileRows / 8) * 32 * 4 * 4 : 0
             let rings = warps * ringSlots * rowGroupsPerWarp * 5 * 512
@@ -411,59 +398,11 @@ public struct LaunchPlan: Sendable, Equatable {
         guard let value, let target = Int(value), (64...1024).contains(target) else { return nil }
         return target
     }
-    /// Whether GEMM 1 starts before the gather ends (the kernel build switch MOE_CUDA_GATHER_OVERLAP, `switchedOn`): where
-    /// the gather is its own launch (the plan in four launches), GEMM 1 copies its rows by tensor maps and hands no
-    /// tiles over, so each GEMM 1 block can wait for its own tile's rows (moe_gather_sorted's counts) instead.
-    public func overlapsGather(gathersRows: Bool, switchedOn: Bool) -> Bool {
-        switchedOn && gathersRows && !fusedRouting && !smallRouting && planBuild() == .fourLaunches
-            && gemm1Variant.kind == .registered && gemm1Variant.usesTensorCopies && !registeredHandOver
-    }
-    /// moe_gather_sorted's persistent blocks: `MOE_CUDA_GATHER_BLOCKS=N` (4–64; default 24), each on an SM GEMM 1 gets
-    /// only once its share of the copies is done.
-    public static let gatherBlocksSwitch = currentEnvironment("MOE_CUDA_GATHER_BLOCKS")
-    public static let gatherBlocks = parsedGatherBlocks(gatherBlocksSwitch) ?? 24
-    public static func parsedGatherBlocks(_ value: String?) -> Int? {
-        guard let value, let blocks = Int(value), (4...64).contains(blocks) else { return nil }
-        return blocks
-    }
-    public var gatherSortedShape: LaunchShape {
-        LaunchShape(grid: (LaunchPlan.gatherBlocks, 1, 1), block: Int(MOE_GATHER_SORTED_THREADS))
-    }
-
-    /// What the tensor-core router asks L2 for (the kernel build switch MOE_CUDA_ROUTER_PREFETCH): the first
-    /// `megabytes` MB of GEMM 1's codes (`codeBytes` in all, E experts' in expert order) and the scales of the same rows,
-    /// each a multiple of 16 bytes. Only where the tensor-core router runs and every expert has rows with near
-    /// certainty (T·k ≥ 8·E: at 256 tokens of 120b an expert has none with probability e⁻⁸), so that GEMM 1's first
-    /// tiles are experts 0, 1, 2, … and their first blocks read these bytes; nil elsewhere.
-    public func routerPrefetch(codeBytes: Int, scaleBytes: Int, megabytes: Int) -> (codes: Int, scales: Int)? {
-        guard megabytes > 0, !fusedRouting, slots >= 8 * config.experts, codeBytes > 0 else { return nil }
-        let codes = min(codeBytes, megabytes << 20) / 16 * 16
-        let scales = Int((Double(scaleBytes) * Double(codes) / Double(codeBytes)).rounded(.up)) / 16 * 16
-        return (codes, min(scales, scaleBytes / 16 * 16))
-    }
-    /// `MOE_CUDA_ROUTER_PREFETCH_MB=N` (1–48; default 24, about three experts of 120b's GEMM 1): how much the router's
-    /// prefetch asks for, with the build switch on (H100's L2 holds 50 MB).
-    public static let routerPrefetchSwitch = currentEnvironment("MOE_CUDA_ROUTER_PREFETCH_MB")
-    public static let routerPrefetchMegabytes = parsedRouterPrefetchMegabytes(routerPrefetchSwitch) ?? 24
-    public static func parsedRouterPrefetchMegabytes(_ value: String?) -> Int? {
-        guard let value, let megabytes = Int(value), (1...48).contains(megabytes) else { return nil }
-        return megabytes
-    }
-
     /// Throws for a plan-shaping environment switch set to something it cannot take (so an A/B never runs the default
     /// under the variant's name).
     public static func validateSwitches(
-        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch,
-        prefetchMegabytes: String? = routerPrefetchSwitch, gatherBlocks: String? = gatherBlocksSwitch
+        routerBlocks: String? = routerBlocksSwitch, fusedPlan: String? = planBuildSwitch, inPlaceCounts: String? = inPlaceCountsSwitch
     ) throws(CUDAError) {
-        if let gatherBlocks, parsedGatherBlocks(gatherBlocks) == nil {
-            throw .invalidArgument(
-                "MOE_CUDA_GATHER_BLOCKS=\(gatherBlocks): expected a block count from 4 to 64 (unset it for the default, 24)")
-        }
-        if let prefetchMegabytes, parsedRouterPrefetchMegabytes(prefetchMegabytes) == nil {
-            throw .invalidArgument(
-                "MOE_CUDA_ROUTER_PREFETCH_MB=\(prefetchMegabytes): expected megabytes from 1 to 48 (unset it for the default, 24)")
-        }
         if let routerBlocks, parsedRouterBlockTarget(routerBlocks) == nil {
             throw .invalidArgument(
                 "MOE_CUDA_ROUTER_BLOCKS=\(routerBlocks): expected a block count from 64 to 1024 (unset it for the default, \(MOE_ROUTER_BLOCK_TARGET))")
@@ -534,9 +473,11 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// With the kernel build switch MOE_CUDA_RESIDENT_SPREAD, GEMM 1's 8-warp resident blocks across a tile: enough that
     /// its grid fills every SM three deep (the launch bounds' three blocks an SM), at most one a row group. At 1 token of
-    /// 120b, 99 blocks a tile of 3–4 row groups where 90 of 4 filled 120 SMs and left 12 idle (session 35's trace: the
-    /// block scheduler packs each SM to its three). Nil where it changes nothing or the switch is off.
-    public func residentSpread(_ variant: GemmVariant, groups: Int, tiles: Int, switchedOn: Bool = KernelBuildSwitches.spreadsResident) -> Int? {
+    /// 120b, 99 blocks a tile of 3–4 row groups where 90 of 4 filled 120 SMs and left 12 idle (session 35's ends by SM:
+    /// the block scheduler packs each SM to its three). Nil where it changes nothing or the switch is off.
+    public func residentSpread(
+        _ variant: GemmVariant, groups: Int, tiles: Int, switchedOn: Bool = KernelBuildSwitches.spreadsResident
+    ) -> Int? {
         guard switchedOn, variant.isResident, variant.warps == 8, variant.rowGroupsPerWarp == 1, tiles > 0 else { return nil }
         let plain = (groups + variant.warpsAcrossRows - 1) / variant.warpsAcrossRows
         let spread = min(groups, (3 * multiprocessors + tiles - 1) / tiles)

@@ -30,11 +30,6 @@ final class TokenBucket: @unchecked Sendable {
     let tileReady, tileConsumed: DeviceBuffer
     /// GEMM 1's input rows in sorted order [slots, H] (gathersRows only).
     let gathered: DeviceBuffer?
-    /// Rows moe_gather_sorted has copied per tile, u32 [maxTiles], zeroed at the start of every forward (overlapsGather
-    /// only: GEMM 1's blocks wait on them instead of on the gather's end).
-    let gatherReady: DeviceBuffer?
-    /// GEMM 1 starts while moe_gather_sorted still copies (LaunchPlan.overlapsGather, MOE_CUDA_GATHER_OVERLAP=1).
-    var overlapsGather: Bool { gatherReady != nil }
     private var graphs: [GraphKey: CUDAGraphExec] = [:]
     /// The timed graphs (event nodes between the kernels), captured once like `graphs`: a profiled forward replays
     /// one, and capturing and instantiating a graph per pass would cost more than the layer itself.
@@ -78,8 +73,6 @@ final class TokenBucket: @unchecked Sendable {
         tileReady = try buffer(plan.maxTiles * 4)
         tileConsumed = try buffer(plan.maxTiles * 4)
         gathered = TokenBucket.gathersRows(plan) ? try buffer(slots * H * 2) : nil
-        gatherReady = plan.overlapsGather(gathersRows: gathered != nil, switchedOn: KernelBuildSwitches.overlapsGather)
-            ? try buffer(plan.maxTiles * 4) : nil
         for counters in [reduceCounters, tileReady, tileConsumed] { try counters.fill(byte: 0, stream: stream) }
         try arrivals.fill(byte: 0, stream: stream)
         try tileCount.fill(byte: 0, stream: stream)
@@ -90,7 +83,7 @@ final class TokenBucket: @unchecked Sendable {
         inputs.reduce(0) { $0 + $1.byteCount }
             + [logits, topkIds, topkWeights, blockCounts, blockPrefix, expertCounts, expertOffsets, sortedToSlot, slotToSorted,
                sortedWeights, tiles, tileCount, arrivals, routerPartials, intermediate, combine, output, reduceCounters, tileReady, tileConsumed]
-            .reduce(0) { $0 + $1.byteCount } + (gathered?.byteCount ?? 0) + (gatherReady?.byteCount ?? 0)
+            .reduce(0) { $0 + $1.byteCount } + (gathered?.byteCount ?? 0)
     }
 
     /// Outputs and intermediates a forward pass must write, for poisoning before checks.
@@ -117,10 +110,6 @@ final class TokenBucket: @unchecked Sendable {
         p.tokens = Int32(plan.tokens)
         p.topK = Int32(plan.config.topK)
         p.hidden = Int32(plan.config.hidden)
-        p.sortedToSlot = sortedToSlot.address
-        p.tiles = tiles.address
-        p.tileCount = tileCount.address
-        p.gatherReady = gatherReady?.address ?? 0
         return p
     }
 
@@ -149,15 +138,6 @@ final class TokenBucket: @unchecked Sendable {
         p.routerPartials = routerPartials.address
         p.gathered = gathered?.address ?? 0
         p.routerSplits = Int32(plan.routerSplits)  // the tensor-core router; the fused one splits by its grid
-        if KernelBuildSwitches.prefetchesInRouter,
-           let bytes = plan.routerPrefetch(
-               codeBytes: layer.gateUpCodes.byteCount, scaleBytes: layer.gateUpScales.byteCount,
-               megabytes: LaunchPlan.routerPrefetchMegabytes) {
-            p.prefetchCodes = layer.gateUpCodes.address
-            p.prefetchScales = layer.gateUpScales.address
-            p.prefetchCodeBytes = Int64(bytes.codes)
-            p.prefetchScaleBytes = Int64(bytes.scales)
-        }
         return p
     }
 
@@ -299,9 +279,6 @@ final class TokenBucket: @unchecked Sendable {
         trace: DeviceBuffer? = nil, between: ((Phase) throws(CUDAError) -> Void)? = nil
     ) throws(CUDAError) {
         let routing = routingParameters(slot: slot, mode: mode, layer: layer)
-        // GEMM 1's blocks wait for their tiles' counts to reach their rows: zero before anything of this forward runs
-        // (a memset node ahead of the router, which launches plainly).
-        try gatherReady?.fill(byte: 0, stream: stream)
         func traced(_ phase: Phase) -> MoETrace {
             MoETrace(spans: trace?.address ?? 0, phase: phase.index, marks: trace == nil ? -1 : phase.firstMark)
         }
@@ -347,15 +324,10 @@ final class TokenBucket: @unchecked Sendable {
         if gathered != nil && !placesRows {
             var gather = gatherParameters(slot: slot)
             gather.trace = traced(.gather)
-            if overlapsGather {
-                try kernels.gatherSorted.launch(plan.gatherSortedShape, stream: stream, parameters: gather, programmatic: programmatic)
-            } else {
-                try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)
-            }
+            try kernels.gatherRows.launch(Self.gatherShape(plan), stream: stream, parameters: gather, programmatic: programmatic)
             try between?(.gather)
         }
         var first = gemm1Parameters(slot: slot, layer: layer)
-        first.gatherReady = gatherReady?.address ?? 0
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
         let handOver = handsOverTiles && plan.registeredHandOver

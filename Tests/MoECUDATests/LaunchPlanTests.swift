@@ -411,22 +411,6 @@ import Testing
     #expect(abs(half.gemm1Waves - 2 * waves[2]) < 1e-9 && half.registeredHandOver == (forced.map { $0 == "1" } ?? false))
 }
 
-/// The two-warp resident kernel (an A/B variant for GEMM 1 at 1 token): compact bulk slots and no separate split-K area,
-/// so that eleven blocks fit an SM — with the 1 KB its static `isLast` takes (ptxas: "1024 bytes smem") and the 1 KB the
-/// runtime keeps a block — and 120b's 1440 row groups of GEMM 1 are 1440 blocks, 10–11 an SM.
-@Test func theTwoWarpResidentKernelFitsElevenBlocksAnSM() {
-    let compact = GemmVariant.resident_1_1_1_2_3
-    #expect(compact.compactRing && compact.warps == 2 && compact.warpsAcrossK == 2 && compact.ringSlots == 3)
-    #expect(GemmVariant.allCases.filter(\.compactRing) == [compact])
-    let bytes = compact.sharedBytes(k: 2880, residentRows: 1)
-    #expect(bytes == 5776 + 2 * 3 * 2192)
-    #expect(11 * (bytes + 1024 + 1024) <= 228 * 1024)
-    let plan = LaunchPlan(tokens: 1, config: MoEPreset.gptOss120b.config, variant: compact, gemm2: .resident_1_1_2_4_3)
-    #expect(plan.gemm1Shape.grid.x == 360 && plan.gemm1Shape.grid.y == 4 && plan.gemm1Shape.block == 64)
-    #expect(plan.gemm2Variant == .resident_1_1_2_4_3 && plan.gemm2Shape.grid.x == 90)
-    #expect(plan.gemm1Shape.grid.x * plan.gemm1Shape.grid.y <= 11 * plan.multiprocessors)
-}
-
 /// GEMM 2 can be forced alone (experiments), but never onto a tile schedule of another height.
 @Test func gemm2OverrideKeepsTheTileSchedule() {
     let config = MoEPreset.gptOss120b.config
@@ -448,69 +432,6 @@ import Testing
     }
     let many = LaunchPlan(tokens: 64, config: MoEConfig(hidden: 64, intermediate: 64, experts: 2048, topK: 2))
     #expect(many.topkShape.sharedBytes == 2048 * 4)  // logits read from global memory past 1024 experts
-}
-
-/// The router's L2 prefetch (the build switch MOE_CUDA_ROUTER_PREFETCH): the first megabytes of GEMM 1's codes and the
-/// scales of the same rows, only where the tensor-core router runs and every expert has rows (T·k ≥ 8·E).
-@Test func theRouterPrefetchesGemm1sFirstExpertsOnlyWhereEveryExpertHasRows() throws {
-    let big = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
-    // The repacked layout: codes [E][G][C][32][16 B], scales [E][G][ceil(C / 4)][128 B]; G = 2I / 16, C = H / 64.
-    func sizes(_ c: MoEConfig) -> (codes: Int, scales: Int) {
-        let groups = 2 * c.intermediate / 16, chunks = (c.hidden + 63) / 64
-        return (c.experts * groups * chunks * 512, c.experts * groups * ((chunks + 3) / 4) * 128)
-    }
-    let (codes, scales) = sizes(big)
-    let at512 = try #require(LaunchPlan(tokens: 512, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24))
-    #expect(at512.codes == 24 << 20 && at512.scales % 16 == 0 && at512.codes % 16 == 0)
-    // The scales of the same rows: 1/15 of the codes (12 scale groups of 128 B against 45 chunks of 512 B a row group).
-    #expect(abs(Double(at512.scales) / Double(at512.codes) - 12.0 * 128 / (45 * 512)) < 1e-4)
-    #expect(LaunchPlan(tokens: 256, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) != nil)
-    #expect(LaunchPlan(tokens: 255, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) == nil)
-    #expect(LaunchPlan(tokens: 8, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 24) == nil)
-    #expect(LaunchPlan(tokens: 512, config: big).routerPrefetch(codeBytes: codes, scaleBytes: scales, megabytes: 0) == nil)
-    // gpt-oss-20b (E = 32): from 64 tokens; never past the weights.
-    let (smallCodes, smallScales) = sizes(small)
-    #expect(LaunchPlan(tokens: 63, config: small).routerPrefetch(codeBytes: smallCodes, scaleBytes: smallScales, megabytes: 24) == nil)
-    let whole = try #require(
-        LaunchPlan(tokens: 4096, config: MoEPreset.tiny.config).routerPrefetch(codeBytes: 4096, scaleBytes: 1024, megabytes: 48))
-    #expect(whole.codes == 4096 && whole.scales == 1024)
-    #expect(LaunchPlan.parsedRouterPrefetchMegabytes("40") == 40 && LaunchPlan.parsedRouterPrefetchMegabytes(nil) == nil)
-    for bad in ["0", "49", "many", "", "24 "] {
-        #expect(LaunchPlan.parsedRouterPrefetchMegabytes(bad) == nil)
-        #expect(throws: CUDAError.self) {
-            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: bad)
-        }
-    }
-    try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: "48")
-}
-
-/// GEMM 1 overlaps the gather (the build switch MOE_CUDA_GATHER_OVERLAP) only where the gather is its own launch (the
-/// plan in four launches), GEMM 1 reads its rows by tensor maps and no tile is handed over; moe_gather_sorted's blocks
-/// are a few persistent ones.
-@Test func gemm1OverlapsTheGatherOnlyPastTheInPlacePlan() throws {
-    let big = MoEPreset.gptOss120b.config
-    for tokens in [2048, 4096, 8192, 32768] {
-        let plan = LaunchPlan(tokens: tokens, config: big)
-        #expect(plan.planBuild() == .fourLaunches && plan.gemm1Variant.usesTensorCopies && !plan.registeredHandOver)
-        #expect(plan.overlapsGather(gathersRows: true, switchedOn: true), "T=\(tokens)")
-        #expect(!plan.overlapsGather(gathersRows: true, switchedOn: false) && !plan.overlapsGather(gathersRows: false, switchedOn: true))
-    }
-    // The in-place plan gathers in its placement kernel; decode sizes gather nothing.
-    for tokens in [1, 8, 128, 512, 1024] {
-        #expect(!LaunchPlan(tokens: tokens, config: big).overlapsGather(gathersRows: true, switchedOn: true), "T=\(tokens)")
-    }
-    // A forced four-launch plan at 1024 tokens overlaps too.
-    #expect(LaunchPlan(tokens: 1024, config: big).planBuild(switchValue: "0") == .fourLaunches)
-    let shape = LaunchPlan(tokens: 2048, config: big).gatherSortedShape
-    #expect(shape.grid.x == LaunchPlan.gatherBlocks && shape.block == Int(MOE_GATHER_SORTED_THREADS))
-    #expect(LaunchPlan.gatherBlocks == 24 || LaunchPlan.gatherBlocksSwitch != nil)
-    #expect(LaunchPlan.parsedGatherBlocks("32") == 32 && LaunchPlan.parsedGatherBlocks(nil) == nil)
-    for bad in ["3", "65", "many", ""] {
-        #expect(LaunchPlan.parsedGatherBlocks(bad) == nil)
-        #expect(throws: CUDAError.self) {
-            try LaunchPlan.validateSwitches(routerBlocks: nil, fusedPlan: nil, inPlaceCounts: nil, prefetchMegabytes: nil, gatherBlocks: bad)
-        }
-    }
 }
 
 /// The spread grid (build switch MOE_CUDA_RESIDENT_SPREAD): GEMM 1's 8-warp resident blocks fill every SM three deep.

@@ -157,18 +157,6 @@ MOE_DEVICE void mbarrier_wait_parity(u32 barrier, u32 parity) {
     }
 }
 /// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory by the copy engine.
-/// This block's share of [base, base + bytes) (16-byte multiples) asked of L2 by the copy engine, one request, no wait.
-/// A whole range from one SM goes at that SM's copy engine's pace (session 4: 35 MB from one block, ~250 GB/s), so
-/// each block of a grid takes 1 / blocks of it.
-MOE_DEVICE void prefetch_l2_share(MoEDevicePointer base, long long bytes, int block, int blocks) {
-#if __CUDA_ARCH__ >= 900
-    const long long share = (bytes + 16LL * blocks - 1) / (16LL * blocks) * 16, start = share * block;
-    if (start >= bytes) return;
-    const long long count = min(share, bytes - start);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + start), "r"((u32)count) : "memory");
-#endif
-}
-
 MOE_DEVICE void bulk_copy_to_shared(u32 destination, const void *source, u32 bytes, u32 barrier) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                  ::"r"(destination), "l"(source), "r"(bytes), "r"(barrier) : "memory");

@@ -27,12 +27,6 @@
 #endif
 // Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
 // step's weights sit in L2. Outputs are wrong by design.
-// Build switch MOE_CUDA_GATHER_OVERLAP (session 35, for A/B runs; docs/bench-cuda.md Next 8): past the in-place plan
-// GEMM 1 starts as soon as a few persistent blocks of moe_gather_sorted have started, each of its blocks waiting for
-// its own tile's rows (MoEGemmParams.gatherReady) instead of for the whole gather.
-#ifndef MOE_GATHER_OVERLAP
-#define MOE_GATHER_OVERLAP 0
-#endif
 // Build switch MOE_CUDA_RESIDENT_SPREAD (session 35, for A/B runs): GEMM 1's resident blocks take their row groups from
 // however many blocks the host launched (3 an SM on every SM at 1 token, where 360 blocks filled 120 SMs three deep).
 #ifndef MOE_RESIDENT_SPREAD
@@ -259,24 +253,11 @@ MOE_DEVICE void wait_for_tile(const MoEGemmParams &p) {
     __syncthreads();
 }
 
-/// GEMM 1 of the MOE_GATHER_OVERLAP build, its thread 0: until moe_gather_sorted has copied all `rows` rows of this
-/// block's tile (bounded: a tile that never completes traps, which the host sees as a failed launch).
-MOE_DEVICE void wait_for_gathered_rows(const MoEGemmParams &p, int rows) {
-    const unsigned *ready = (const unsigned *)p.gatherReady + blockIdx.y;
-    unsigned spins = 0;
-    while (load_acquire_u32(ready) < (unsigned)rows) {
-        __nanosleep(200);
-        if (++spins == (1u << 24)) __trap();
-    }
-}
-
 // MARK: resident kernel (decode-size tiles)
 
 /// A resident ring slot is MI × [4 × 512 B codes | 512 B scales]; a bulk kernel copies the 128 scale bytes once, into
 /// the first 128 B of row group 0's scale area, and keeps the slot's mbarrier right after them.
 MOE_DEVICE u32 resident_slot_barrier(u32 slot) { return slot + 4 * 512 + 128; }
-/// A compact slot (one row group, bulk): codes, scales, the mbarrier; 16-byte aligned (LaunchPlan.sharedBytes).
-constexpr int RESIDENT_COMPACT_SLOT_BYTES = 4 * 512 + 128 + 16;
 
 /// Issues this lane's cp.async copies of one 4-chunk group for MI row groups into its ring slot: 16 code bytes
 /// per chunk (exactly the bytes this lane later reads) and its row pair's 16 scale bytes.
@@ -321,17 +302,10 @@ MOE_DEVICE void bulk_copy_weight_group(const MoEGemmParams &p, long long expertG
     }
 }
 
-template <int MI, int NJ, int WN, int WARP_FLOATS>
-MOE_DEVICE int split_k_index(int wk, int wn, int mi, int nj, int lane) {
-    if constexpr (WARP_FLOATS == 0) return ((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4;
-    return (wk * WN + wn) * WARP_FLOATS + ((mi * NJ + nj) * 32 + lane) * 4;
-}
-
 /// Split K: partial sums through shared memory, added in K order by the wk = 0 warps. Returns false for the other
 /// warps when no fused sum or tile signal follows (they have nothing left to do); with one, every warp must reach its
-/// barrier. Partials packed (WARP_FLOATS = 0), or warp (wk, wn)'s starting WARP_FLOATS · (wk · WN + wn) floats into
-/// `partials` (the compact kernels': in the warp's own ring, which its finished loop no longer reads).
-template <int MI, int NJ, int WN, int WK, int WARP_FLOATS = 0>
+/// barrier.
+template <int MI, int NJ, int WN, int WK>
 MOE_DEVICE bool split_k_epilogue(
     const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, int wn, int wk,
     int firstGroup, int lane) {
@@ -341,7 +315,7 @@ MOE_DEVICE bool split_k_epilogue(
         for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
             for (int q = 0; q < 4; ++q)
-                partials[split_k_index<MI, NJ, WN, WARP_FLOATS>(wk, wn, mi, nj, lane) + q] = acc[mi][nj][q];
+                partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
     __syncthreads();
     if (wk != 0) return p.reduceOutput != 0 || p.tileRole == 1;
 #pragma unroll
@@ -351,7 +325,7 @@ MOE_DEVICE bool split_k_epilogue(
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             for (int k = 0; k < WK; ++k)
 #pragma unroll
-                for (int q = 0; q < 4; ++q) c[q] += partials[split_k_index<MI, NJ, WN, WARP_FLOATS>(k, wn, mi, nj, lane) + q];
+                for (int q = 0; q < 4; ++q) c[q] += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
             if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c, lane);
         }
     }
@@ -364,14 +338,7 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-/// COMPACT (two-warp blocks, bulk copies, MI = 1): a slot is only what the copy engine fills (2 KB of codes, 128 scale
-/// bytes, the mbarrier: RESIDENT_COMPACT_SLOT_BYTES, where a lane-filled slot keeps each lane's own 16 scale bytes) and
-/// each warp's split-K partials go into its own ring once its loop is done, so that eleven blocks fit an SM (at 1 token
-/// of 120b 18,928 B dynamic, plus the 1 KB the resident kernels' static `isLast` takes with this file's 1 KB-aligned
-/// dynamic arrays, plus the 1 KB the runtime keeps a block: 11 × 20,976 ≤ 233,472). At 1 token GEMM 1's 1440 row groups
-/// then spread 10–11 an SM, where 360 eight-warp blocks put 12 on 96 SMs and 8 on the other 36 (docs/bench-cuda.md
-/// Next 0b).
-template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool COMPACT = false>
+template <int MI, int NJ, int WN, int WK, int S, bool BULK>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -404,9 +371,8 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     const long long expertGroup = MOE_ALIAS_EXPERTS ? 0 : (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     const int activationBytes = p.residentRows * rowStride * 2;
-    constexpr int PARTIAL_BYTES = WK > 1 && !COMPACT ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;  // COMPACT: in the rings
-    static_assert(!COMPACT || (BULK && MI == 1), "a compact slot holds one row group's bulk copies");
-    constexpr int SLOT_BYTES = COMPACT ? RESIDENT_COMPACT_SLOT_BYTES : MI * 5 * 512;
+    constexpr int PARTIAL_BYTES = WK > 1 ? WK * WN * MI * NJ * 32 * 4 * 4 : 0;
+    constexpr int SLOT_BYTES = MI * 5 * 512;
     bf16_t *xs = (bf16_t *)sharedBytes;
     float *partials = (float *)(sharedBytes + activationBytes);
     const u32 ring = shared_address(sharedBytes + activationBytes + PARTIAL_BYTES) + warp * S * SLOT_BYTES;
@@ -535,8 +501,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, acc[mi][nj], lane);
-    } else if (!split_k_epilogue<MI, NJ, WN, WK, COMPACT ? S * SLOT_BYTES / 4 : 0>(
-                   p, tile, acc, partials, wn, wk, firstGroup, lane)) {
+    } else if (!split_k_epilogue<MI, NJ, WN, WK>(p, tile, acc, partials, wn, wk, firstGroup, lane)) {
         return;
     }
     if (p.reduceOutput) fused_reduce_tail(p, blockIdx.x * WN * MI * 16, WN * MI * 16);
@@ -1361,13 +1326,7 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         if (p.tileRole != 2) wait_for_previous_kernel();
         if (p.tileRole == 1) allow_next_kernel();
     } else {
-#if MOE_GATHER_OVERLAP
-        // With gatherReady, the gather before this GEMM 1 ends after it starts: its producer waits for the tile's rows
-        // below. The plan it reads was complete before the gather's blocks let it launch (after their own wait).
-        if (p.gatherReady == 0) wait_for_previous_kernel();
-#else
         wait_for_previous_kernel();
-#endif
     }
     if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     if constexpr (HANDOVER) {
@@ -1388,12 +1347,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
     init_registered_barriers<LOADS, PRODUCER_THREADS, CONSUMERS>(p, fullBarriers, tensorInput);
 
     if (warp < PRODUCER_THREADS / 32) {
-#if MOE_GATHER_OVERLAP
-        if (p.gatherReady != 0 && threadIdx.x == 0) {  // the tile's rows gathered (tensor copies only: the host's rule)
-            wait_for_gathered_rows(p, tile.rowCount);
-            fence_proxy_async_global();  // the gather's stores, before this block's tensor copies read them
-        }
-#endif
         registers_decrease<PRODUCER_REGISTERS>();
         const int t = threadIdx.x;
         if (tensorInput && warp != 0) return;
@@ -1479,13 +1432,6 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
         MOE_TRACE_KERNEL(p);                                                                           \
         gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
     }
-// Two-warp blocks with compact bulk slots (gemm_resident's COMPACT), bounded to the eleven blocks an SM they are for.
-#define MOE_RESIDENT_COMPACT(MI, NJ, WN, WK, S)                                                        \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WK, 11)                                     \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S, true, true>(p);                                               \
-    }
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 #if MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
@@ -1505,7 +1451,6 @@ MOE_RESIDENT(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT(1, 1, 8, 1, 3, 0)
-MOE_RESIDENT_COMPACT(1, 1, 1, 2, 3)
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
@@ -1659,61 +1604,6 @@ extern "C" __global__ void __launch_bounds__(128) moe_gather_rows(MoEGatherParam
 
 /// out[t, h] = bf16(Σ_j combine[t·k + j, h]) over routed slots j in slot order, fp32.
 /// grid: (T, ceil(H / 8 / 128)), 128 threads; a thread owns 8 consecutive h (16 B).
-/// GEMM 1's rows in sorted order for the MOE_GATHER_OVERLAP build: a few persistent blocks (LaunchPlan.gatherOverlap)
-/// copy chunks of MOE_GATHER_CHUNK_ROWS sorted rows, chunk c by block c mod gridDim.x in increasing c, so that the first
-/// tiles' rows land first; sorted row r is x[sortedToSlot[r] / k]. After each chunk its rows are added to each tile
-/// they belong to (gatherReady), which GEMM 1's blocks wait on: GEMM 1 launches once these blocks have started
-/// (each lets it launch after its own wait, so the plan is complete), while they still copy. Each thread keeps eight
-/// 16-byte copies in flight, since a few SMs carry the whole gather.
-extern "C" __global__ void __launch_bounds__(MOE_GATHER_SORTED_THREADS) moe_gather_sorted(MoEGatherParams p) {
-    MOE_TRACE_KERNEL(p);
-    wait_for_previous_kernel();
-    allow_next_kernel();
-#if MOE_GATHER_OVERLAP
-    constexpr int IN_FLIGHT = 8;
-    const MoETile *tiles = (const MoETile *)p.tiles;
-    const int count = *(const int *)p.tileCount;
-    if (count <= 0) return;
-    const MoETile last = tiles[count - 1];
-    const int rowsTotal = last.rowStart + last.rowCount, segments = p.hidden / 8;
-    const int *sortedToSlot = (const int *)p.sortedToSlot;
-    for (int r0 = blockIdx.x * MOE_GATHER_CHUNK_ROWS; r0 < rowsTotal; r0 += gridDim.x * MOE_GATHER_CHUNK_ROWS) {
-        const int r1 = min(r0 + MOE_GATHER_CHUNK_ROWS, rowsTotal), pieces = (r1 - r0) * segments;
-        for (int first = threadIdx.x; first < pieces; first += IN_FLIGHT * blockDim.x) {
-            uint4 v[IN_FLIGHT];
-            int to[IN_FLIGHT];  // 16-byte pieces of the output (< 2^31: T·k·H / 8 is)
-#pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u) {
-                const int i = first + u * blockDim.x;
-                if (i >= pieces) continue;
-                const int row = r0 + i / segments, segment = i - (i / segments) * segments;
-                const int token = sortedToSlot[row] / p.topK;
-                v[u] = ((const uint4 *)p.input)[token * segments + segment];
-                to[u] = row * segments + segment;
-            }
-#pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u)
-                if (first + u * blockDim.x < pieces) ((uint4 *)p.output)[to[u]] = v[u];
-        }
-        __threadfence();  // every thread's rows, before the count that publishes them
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();  // and after the barrier, so that the counts below release every thread's rows
-            // The tiles overlapping [r0, r1): tiles run in sorted-row order, so the first whose end is past r0, then on.
-            int lo = 0, hi = count - 1;
-            while (lo < hi) {
-                const int mid = (lo + hi) / 2;
-                if (tiles[mid].rowStart + tiles[mid].rowCount <= r0) lo = mid + 1; else hi = mid;
-            }
-            for (int t = lo; t < count && tiles[t].rowStart < r1; ++t) {
-                const int from = max(r0, tiles[t].rowStart), end = min(r1, tiles[t].rowStart + tiles[t].rowCount);
-                atomicAdd((unsigned *)p.gatherReady + t, (unsigned)(end - from));
-            }
-        }
-    }
-#endif
-}
-
 extern "C" __global__ void __launch_bounds__(128) moe_reduce(MoEReduceParams p) {
     MOE_TRACE_KERNEL(p);
     wait_for_previous_kernel();

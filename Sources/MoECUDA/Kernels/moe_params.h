@@ -130,10 +130,6 @@ typedef struct MoERoutingParams {
     int tokenBlocks;  ///< ceil(T / MOE_TOKENS_PER_BLOCK)
     int routerSplits; ///< S: slices of H the router splits K into (its grid's z)
     int tileWidths[MOE_TILE_WIDTHS]; ///< the GEMM's wgmma widths, ascending, the last tileRows (0s: none): fitted tiles
-    MoEDevicePointer prefetchCodes;  ///< GEMM 1's codes and scales from their start: the tensor-core router's blocks ask
-    MoEDevicePointer prefetchScales; ///< L2 for the first prefetchCodeBytes / prefetchScaleBytes (0: none) while DRAM
-    long long prefetchCodeBytes;     ///< would idle under the routing chain (multiples of 16)
-    long long prefetchScaleBytes;
     MoETrace trace;  ///< last, so the fields above keep their offsets in the tracing build
 } MoERoutingParams;
 
@@ -184,14 +180,7 @@ typedef struct MoEGemmParams {
     int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
     MoETrace trace;  ///< after the fields most kernels read, so they keep their offsets in the tracing build
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
-    /// u32 [maxTiles] or 0 (the MOE_GATHER_OVERLAP build's GEMM 1): rows of each tile moe_gather_sorted has copied; the
-    /// block waits for its tile's rowCount there instead of for the gather to end (zeroed ahead of the router).
-    MoEDevicePointer gatherReady;
 } MoEGemmParams;
-
-/// moe_gather_sorted (the MOE_GATHER_OVERLAP build): chunks of this many sorted rows, a block of this many threads.
-#define MOE_GATHER_CHUNK_ROWS 32
-#define MOE_GATHER_SORTED_THREADS 1024
 
 /// GEMM 1's input rows in sorted order: gathered[slotToSorted[t·k + j]] = x[t] for each of token t's k slots (with
 /// tensor copies; MOE_CUDA_GATHER_ROWS=0 turns it off).
@@ -202,10 +191,6 @@ typedef struct MoEGatherParams {
     int tokens;
     int topK;
     int hidden;
-    MoEDevicePointer sortedToSlot;  ///< [T·k] i32 (moe_gather_sorted: the slot, so the token, of each sorted row)
-    MoEDevicePointer tiles;         ///< [maxTiles] MoETile (moe_gather_sorted: which tiles a chunk of rows completes)
-    MoEDevicePointer tileCount;     ///< [1] i32
-    MoEDevicePointer gatherReady;   ///< u32 [maxTiles]: rows copied per tile, zero before the launch
     MoETrace trace;  ///< last, as in the other parameter structs
 } MoEGatherParams;
 

@@ -14,18 +14,6 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
-// Build switch MOE_CUDA_ROUTER_LOADS_FIRST (session 34, for A/B runs; docs/bench-cuda.md Next 0): moe_route_small's
-// router weights asked for first and in before the x slice's wait, so both copies take one round trip.
-#ifndef MOE_ROUTER_LOADS_FIRST
-#define MOE_ROUTER_LOADS_FIRST 0
-#endif
-// Build switch MOE_CUDA_ROUTER_PREFETCH (session 35, for A/B runs; docs/bench-cuda.md Next 0a): the tensor-core router's
-// blocks ask L2 for the first MoERoutingParams.prefetchCodeBytes of GEMM 1's weights (the host sets them past 256
-// tokens of 120b, where every expert has rows and GEMM 1's first blocks read experts 0, 1, 2, …), so that DRAM streams
-// them during the routing chain (~26 µs at 512 tokens) instead of idling.
-#ifndef MOE_ROUTER_PREFETCH
-#define MOE_ROUTER_PREFETCH 0
-#endif
 
 // MARK: top-k
 
@@ -396,45 +384,28 @@ MOE_DEVICE void route_small(const MoERoutingParams &p) {
     constexpr int PER = (MAX_TOKENS * MAX_EXPERTS + THREADS - 1) / THREADS;
     const bool sumFirst = E <= MAX_EXPERTS && gridDim.y <= MAX_SPLITS && blockDim.x == THREADS;
     float biasAhead[PER];
-    auto load_bias = [&] {
 #pragma unroll
-        for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + THREADS * r;
-            biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
-        }
-    };
-    if (!MOE_ROUTER_LOADS_FIRST) load_bias();  // here, not in the #else below: this is the measured build's SASS
+    for (int r = 0; r < PER; ++r) {
+        const int i = threadIdx.x + THREADS * r;
+        biasAhead[r] = sumFirst && i < T * E ? ((const float *)p.routerBias)[i % E] : 0.0f;
+    }
+    // The x slice, then the router weights. Asking for the weights first (session 34's MOE_CUDA_ROUTER_LOADS_FIRST: ptxas
+    // issues most of them after the slice's wait) ended the route 0.9 µs earlier at 8 tokens but left the layer level
+    // (run 114: +0.5 / +0.7% at 1 token, −1.0 / +2.6% at 2, 0.0 / +0.5% at 8 on 120b); removed.
     uint4 *xs = (uint4 *)shared;  // [T][count]
     const uint4 *x = (const uint4 *)p.x;
-    auto copy_x = [&] {
-        for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
-            const int t = i / count, s = i - t * count;
-            copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
-        }
-        copy_async_commit();
-    };
+    for (int i = threadIdx.x; i < T * count; i += blockDim.x) {
+        const int t = i / count, s = i - t * count;
+        copy_async_16(shared_address(xs + i), x + (long long)t * segments + first + s, 16);
+    }
+    copy_async_commit();
     uint4 w[4];
-    auto load_weights = [&] {
-        const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
+    const uint4 *weightRow = (const uint4 *)((const bf16_t *)p.routerWeight + (long long)min(e, E - 1) * H) + first;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int s = lane + 32 * i;
-            w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-#if MOE_ROUTER_LOADS_FIRST
-    // ptxas places most of the weights' loads after the x slice's wait (SASS of moe_route_small_1 / _8): a second round
-    // trip. Here they go first (the x copies' divisions no longer ahead of them), then x and the bias (needed only after
-    // the election; run 113: asked for ahead of the weights, the partials landed 0.6 µs later at 8 tokens), and a branch
-    // on the loaded words (a harmless sleep if they ever fold to this value) has them in before the wait.
-    load_weights();
-    copy_x();
-    load_bias();
-    if (((w[0].x ^ w[1].y) ^ (w[2].z ^ w[3].w)) == 0x7fc17fc1u) __nanosleep(1);
-#else
-    copy_x();
-    load_weights();
-#endif
+    for (int i = 0; i < 4; ++i) {
+        const int s = lane + 32 * i;
+        w[i] = (s < count && e < E) ? load_readonly_16(weightRow + s) : make_uint4(0u, 0u, 0u, 0u);
+    }
     copy_async_wait<0>();
     __syncthreads();
     float acc[MAX_TOKENS];
@@ -595,14 +566,6 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
     extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
-#if MOE_ROUTER_PREFETCH
-    if (threadIdx.x == 0 && p.prefetchCodeBytes > 0) {  // GEMM 1's first weights into L2 (MoERoutingParams.prefetchCodes)
-        const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-        const int blocks = gridDim.x * gridDim.y * gridDim.z;
-        prefetch_l2_share(p.prefetchCodes, p.prefetchCodeBytes, block, blocks);
-        prefetch_l2_share(p.prefetchScales, p.prefetchScaleBytes, block, blocks);
-    }
-#endif
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tokenWarp = warp & 3, expertWarp = warp >> 2;
     const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
