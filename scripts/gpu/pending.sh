@@ -57,7 +57,7 @@ first_check() {  # first_check "VAR=V [VAR2=V2]" SECONDS moe-arguments...
 }
 case $part in
     s70)  # session 35 (docs/bench-cuda.md Next 0b): MOE_CUDA_RESIDENT_SPREAD=1: at 1 token GEMM 1's 360 eight-warp blocks
-          # filled 120 SMs three deep and left 12 idle (run 114–115's ends by SM); 99 blocks a tile of 3–4 row groups
+          # filled 120 SMs three deep and left 12 idle (runs 114–115, ends by SM); 99 blocks a tile of 3–4 row groups
           # fill all 132. Predicted −1 to −2 µs at 1 token (GEMM 1's issue-bound tail on 10% more SMs).
         sw=MOE_CUDA_RESIDENT_SPREAD=1
         bash $D info
