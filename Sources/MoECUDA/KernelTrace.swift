@@ -85,24 +85,21 @@ public enum KernelTrace {
         precondition(replays.allSatisfy { $0.count == 2 * names.count * slotsPerPhase }, "unfolded trace buffers")
         var quantiles = [[[Double]]](repeating: [], count: names.count), counts = [[Int]](repeating: [], count: names.count)
         for raw in replays {
-            let starts = stride(from: 0, to: raw.count, by: 2).map { raw[$0] }.filter { $0 != UInt64.max }
-            guard let origin = starts.min() else { continue }
+            guard let origin = origin(of: raw) else { continue }
             for phase in names.indices {
                 let ends = (0..<slotsPerPhase).compactMap { slot -> Double? in
                     let at = 2 * (phase * slotsPerPhase + slot)
-                    guard raw[at] != UInt64.max, raw[at + 1] >= raw[at] else { return nil }
-                    return Double(raw[at + 1] - origin) / 1000
+                    return isMarked(raw, at) ? Double(raw[at + 1] - origin) / 1000 : nil
                 }.sorted()
                 guard ends.count >= minimumSMs else { continue }
                 quantiles[phase].append([0.0, 0.1, 0.5, 0.9, 1.0].map { ends[Int(($0 * Double(ends.count - 1)).rounded())] })
                 counts[phase].append(ends.count)
             }
         }
-        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         return names.indices.compactMap { phase in
             guard !quantiles[phase].isEmpty, quantiles[phase].count == replays.count else { return nil }
             let each = (0..<5).map { q in median(quantiles[phase].map { $0[q] }) }
-            return SMEnds(kernel: names[phase], sms: counts[phase].sorted()[counts[phase].count / 2], percentiles: each)
+            return SMEnds(kernel: names[phase], sms: median(counts[phase]), percentiles: each)
         }
     }
 
@@ -114,20 +111,26 @@ public enum KernelTrace {
         return "ends by SM (min / p10 / p50 / p90 / max µs): " + parts.joined(separator: " | ")
     }
 
+    /// Whether the (start, end) pair at `at` was marked: a start lowered from its reset and an end raised past it.
+    private static func isMarked(_ raw: [UInt64], _ at: Int) -> Bool { raw[at] != UInt64.max && raw[at + 1] >= raw[at] }
+    /// A replay's first start: the earliest of its marked pairs (folded a phase or a phase and SM slot alike).
+    private static func origin(of raw: [UInt64]) -> UInt64? {
+        stride(from: 0, to: raw.count, by: 2).filter { isMarked(raw, $0) }.map { raw[$0] }.min()
+    }
+    private static func median<T: Comparable>(_ values: [T]) -> T { values.sorted()[values.count / 2] }
+
     /// Per phase marked in every replay, the median start and end relative to each replay's first start (phases no
     /// kernel marked, e.g. the reduce when the sum is fused, are left out). `replays`: raw buffers, 2 u64 per phase.
     public static func spans(names: [String], replays: [[UInt64]]) -> [KernelSpan] {
         precondition(replays.allSatisfy { $0.count == 2 * names.count }, "a trace buffer holds two values per phase")
         var starts = [[Double]](repeating: [], count: names.count), ends = starts
         for raw in replays {
-            let marked = names.indices.filter { raw[2 * $0] != UInt64.max && raw[2 * $0 + 1] >= raw[2 * $0] }
-            guard let origin = marked.map({ raw[2 * $0] }).min() else { continue }
-            for phase in marked {
+            guard let origin = origin(of: raw) else { continue }
+            for phase in names.indices where isMarked(raw, 2 * phase) {
                 starts[phase].append(Double(raw[2 * phase] - origin) / 1000)
                 ends[phase].append(Double(raw[2 * phase + 1] - origin) / 1000)
             }
         }
-        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         return names.indices.compactMap { phase in
             guard !starts[phase].isEmpty, starts[phase].count == replays.count else { return nil }
             return KernelSpan(kernel: names[phase], start: median(starts[phase]), end: median(ends[phase]))

@@ -462,13 +462,20 @@ public struct LaunchPlan: Sendable, Equatable {
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
-        let groups = n / 16
-        var rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        let tileCount = tiles ?? maxTiles
-        if n == 2 * config.intermediate, let spread = residentSpread(variant, groups: groups, tiles: tileCount) { rowBlocks = spread }
-        return LaunchShape(grid: (rowBlocks, tileCount, 1), block: 32 * variant.warps,
+    public func gemmShape(
+        _ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil, rowBlocks: Int? = nil
+    ) -> LaunchShape {
+        let plain = (n / 16 + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
+        return LaunchShape(grid: (rowBlocks ?? plain, tiles ?? maxTiles, 1), block: 32 * variant.warps,
                            sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
+    }
+
+    /// GEMM 1's launch over `tiles` tiles (the plan's bound when nil): its row blocks spread where residentSpread says.
+    /// GEMM 2 never spreads: its fused sum takes its column range from blockIdx.x (gemm_resident).
+    public func gemm1Shape(tiles: Int? = nil) -> LaunchShape {
+        let n = 2 * config.intermediate
+        return gemmShape(gemm1Variant, outputRows: n, reduction: config.hidden, tiles: tiles,
+                         rowBlocks: residentSpread(gemm1Variant, groups: n / 16, tiles: tiles ?? maxTiles))
     }
 
     /// With the kernel build switch MOE_CUDA_RESIDENT_SPREAD, GEMM 1's 8-warp resident blocks across a tile: enough that
@@ -484,7 +491,7 @@ public struct LaunchPlan: Sendable, Equatable {
         return spread > plain ? spread : nil
     }
 
-    public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
+    public var gemm1Shape: LaunchShape { gemm1Shape() }
     public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):

@@ -360,6 +360,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if MOE_RESIDENT_SPREAD
     // The row groups spread over however many blocks the host launched across (LaunchPlan.residentSpread): block x
     // takes units [x·U / X, (x + 1)·U / X) of MI row groups, at most WN; a warp past its block's share does nothing.
+    // GEMM 1 only: fused_reduce_tail below takes GEMM 2's column range from blockIdx.x as the plain grid lays it out.
     const int units = (p.groups + MI - 1) / MI;
     const int unitEnd = (int)(((long long)(blockIdx.x + 1) * units) / gridDim.x);
     const int unit = (int)(((long long)blockIdx.x * units) / gridDim.x) + wn;

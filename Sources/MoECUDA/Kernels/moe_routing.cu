@@ -14,7 +14,6 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
-
 // MARK: top-k
 
 /// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
