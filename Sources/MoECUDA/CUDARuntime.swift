@@ -99,6 +99,8 @@ final class LayerKernels: @unchecked Sendable {
     private var gemms: [GemmVariant: CUDAFunction] = [:]
     /// The registered kernels' hand-over entry points (`<name>_handover`, LaunchPlan.tileHandOver).
     private var handOverGemms: [GemmVariant: CUDAFunction] = [:]
+    /// With MOE_CUDA_CLUSTER_REDUCE, the resident kernels' clustered-sum entry points (`<name>_cluster`).
+    private var clusterGemms: [GemmVariant: CUDAFunction] = [:]
 
     /// The router over `tokens` rows with K split `splits` ways: the kernel LaunchPlan.routerIsWide picks, in the shape
     /// LaunchPlan.routerShape gives it (one decision for both).
@@ -129,12 +131,18 @@ final class LayerKernels: @unchecked Sendable {
         for variant in GemmVariant.allCases where variant.kind == .registered {
             handOverGemms[variant] = try experts.function(variant.handOverKernelName)
         }
+        if KernelBuildSwitches.reducesInCluster {
+            for variant in GemmVariant.allCases where variant.isResident {
+                clusterGemms[variant] = try experts.function(variant.clusterKernelName)
+            }
+        }
     }
 
     /// `handOver`: the registered kernel's entry point with the tile hand-over's counters (the plan's
-    /// `registeredHandOver`); every other launch takes the plain one.
-    func gemm(_ variant: GemmVariant, handOver: Bool = false) -> CUDAFunction {
-        handOver ? handOverGemms[variant]! : gemms[variant]!
+    /// `registeredHandOver`); `clustered`: the resident one that sums in its cluster (the plan's `clusterReduce()`);
+    /// every other launch takes the plain one.
+    func gemm(_ variant: GemmVariant, handOver: Bool = false, clustered: Bool = false) -> CUDAFunction {
+        clustered ? clusterGemms[variant]! : handOver ? handOverGemms[variant]! : gemms[variant]!
     }
     func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }

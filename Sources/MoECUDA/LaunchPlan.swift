@@ -130,6 +130,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var kernelName: String { "moe_gemm_" + rawValue }
     /// Registered kernels: the entry point with the tile hand-over (gemm_registered's HANDOVER).
     public var handOverKernelName: String { kernelName + "_handover" }
+    /// Resident kernels, with MOE_CUDA_CLUSTER_REDUCE: the entry point that sums in its cluster (LaunchPlan.clusterReduce).
+    public var clusterKernelName: String { kernelName + "_cluster" }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
     public var kind: Kind { Kind(rawValue: String(rawValue.split(separator: "_")[0]))! }
     public var isResident: Bool { kind == .resident }
@@ -492,7 +494,29 @@ public struct LaunchPlan: Sendable, Equatable {
     }
 
     public var gemm1Shape: LaunchShape { gemm1Shape() }
-    public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
+    public var gemm2Shape: LaunchShape { gemm2Shape() }
+
+    /// GEMM 2's launch: where clusterReduce, one cluster of every tile a column range (grid.y: clusterTiles) with room
+    /// after the kernel's own shared memory for the cluster's [T·k, columns] float sums (gemm_resident).
+    public func gemm2Shape(clusters: Bool = KernelBuildSwitches.reducesInCluster) -> LaunchShape {
+        var shape = gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate)
+        if clusterReduce(switchedOn: clusters) {
+            shape.grid.y = clusterTiles
+            shape.clusterY = clusterTiles
+            shape.sharedBytes += slots * 16 * gemm2Variant.rowGroupsPerBlock * 4
+        }
+        return shape
+    }
+
+    /// With the kernel build switch MOE_CUDA_CLUSTER_REDUCE, GEMM 2's fused sum in a cluster of its tiles instead of the
+    /// last block per column range: its rows meet in block 0's shared memory at the cluster barrier, not through a fence,
+    /// a counter and L2 (cluster_reduce_tail). Where the tiles fit the portable 8 blocks: 1–2 tokens at k = 4.
+    public func clusterReduce(switchedOn: Bool = KernelBuildSwitches.reducesInCluster) -> Bool {
+        switchedOn && fusedReduce && tokens <= tileRows && clusterTiles <= 8
+    }
+    /// The tiles when no expert has more rows than a tile holds (T ≤ tile rows: a token's k experts are distinct), one
+    /// each: a tighter bound than maxTiles, which allows for experts spread over several tiles.
+    var clusterTiles: Int { min(config.experts, slots) }
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
     /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.

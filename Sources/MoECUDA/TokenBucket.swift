@@ -338,7 +338,7 @@ final class TokenBucket: @unchecked Sendable {
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        try kernels.gemm(plan.gemm2Variant, handOver: handOver).launch(
+        try kernels.gemm(plan.gemm2Variant, handOver: handOver, clustered: plan.clusterReduce()).launch(
             plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
         if !plan.fusedReduce {

@@ -446,3 +446,25 @@ import Testing
     // Never more blocks than row groups.
     #expect(one.residentSpread(.resident_1_1_4_2_3, groups: 20, tiles: 1, switchedOn: true) == 20)
 }
+
+/// MOE_CUDA_CLUSTER_REDUCE: GEMM 2 in clusters of all its tiles only where they fit the portable 8 (T·k ≤ 8) and the
+/// sum is fused; room for the [T·k, columns] float sums after the kernel's own shared memory.
+@Test func theClusterSumSpansEveryTileUpToEight() {
+    let big = MoEPreset.gptOss120b.config
+    let one = LaunchPlan(tokens: 1, config: big)
+    let plain = one.gemm2Shape(clusters: false)
+    let clustered = one.gemm2Shape(clusters: true)
+    #expect(one.gemm2Variant == .resident_1_1_2_4_3 && plain.clusterY == 1 && plain.grid.y == 4)
+    #expect(clustered.clusterY == 4 && clustered.grid.x == plain.grid.x && clustered.grid.y == 4)
+    #expect(clustered.sharedBytes == plain.sharedBytes + 4 * 32 * 4)  // 4 slots × 2 row groups' 32 columns
+    // 2 tokens: maxTiles allows a ninth (an expert over two tiles), which T ≤ tile rows rules out: one cluster of 8.
+    let two = LaunchPlan(tokens: 2, config: big)
+    #expect(two.gemm2Shape(clusters: false).grid.y == 9)
+    #expect(two.gemm2Shape(clusters: true).clusterY == 8 && two.gemm2Shape(clusters: true).grid.y == 8)
+    #expect(two.gemm2Shape(clusters: true).sharedBytes == two.gemm2Shape(clusters: false).sharedBytes + 8 * 64 * 4)
+    // Past 8 tiles, or a GEMM 2 without the fused sum: the plain launch.
+    #expect(!LaunchPlan(tokens: 3, config: big).clusterReduce(switchedOn: true))
+    #expect(LaunchPlan(tokens: 3, config: big).gemm2Shape(clusters: true).clusterY == 1)
+    #expect(!LaunchPlan(tokens: 1, config: big, variant: .staged_2_4_8_2).clusterReduce(switchedOn: true))
+    #expect(!one.clusterReduce(switchedOn: false))
+}

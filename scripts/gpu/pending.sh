@@ -71,6 +71,21 @@ case $part in
             env $sw bash $D epcheck
         fi
         ;;
+    s71)  # session 36: MOE_CUDA_CLUSTER_REDUCE=1: at 1–2 tokens GEMM 2 in one thread block cluster of its tiles a column
+          # range, each token's k rows summed in block 0's shared memory past the cluster barrier instead of the last
+          # block's fence, counter and read back from L2 (run 115's trace: GEMM 2's loops done by 35.5 µs, its end 38.5).
+          # Predicted −1 to −2 µs at 1 and 2 tokens.
+        sw=MOE_CUDA_CLUSTER_REDUCE=1
+        if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,2; then
+            same_bits "$sw" 1 2
+            AB_REPEAT=2 AB_ENVS="$sw@1,2" bash $D abenv
+            env $sw TRACE_TOKENS=1,2 bash $D trace
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1,2" bash $D abenv
+            env $sw MEMCHECK_TOKENS=1,2 bash $D memcheck
+            env $sw RACE_TOKENS=1,2 bash $D racedefault
+            env $sw bash $D check
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -35,6 +35,12 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
+// Build switch MOE_CUDA_CLUSTER_REDUCE (session 36, for A/B runs): the resident kernels' `_cluster` entry points, GEMM 2
+// with its k-way sum at T·k ≤ 8 in a thread block cluster over the tiles (cluster_reduce_tail) instead of the last
+// block per column range.
+#ifndef MOE_CLUSTER_REDUCE
+#define MOE_CLUSTER_REDUCE 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -214,6 +220,98 @@ MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
 }
 
+/// GEMM 2's k-way sum in a thread block cluster (the `_cluster` entry points; LaunchPlan.clusterReduce): the
+/// launch's clusters span every tile of a column range (T·k ≤ 8 rows), so each block stores its weighted rows straight
+/// into block 0's shared memory (`sums`: [T·k slots, WN·MI·16 columns] floats) and block 0 adds them up past the cluster
+/// barrier, in place of fused_reduce_tail's fence, counter and read back from L2. The same values as moe_reduce: each
+/// row rounded to bf16 as combine holds it, added in slot order in fp32. Every thread of the block calls it; each
+/// arrived on the cluster barrier at the kernel's start.
+template <int MI, int NJ, int WN, int WK>
+MOE_DEVICE void cluster_reduce_tail(
+    const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, float *sums, int wn,
+    int wk, int firstGroup, int lane) {
+    float c[MI][NJ][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) c[mi][nj][q] = acc[mi][nj][q];
+    if constexpr (WK > 1) {  // split K: the partial sums added in K order, as split_k_epilogue does
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+        __syncthreads();
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    float total = 0.0f;
+                    for (int k = 0; k < WK; ++k) total += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
+                    c[mi][nj][q] = total;
+                }
+    }
+    cluster_wait();  // the arrival at the kernel's start: block 0 is running, its shared memory live
+    constexpr int columns = WN * MI * 16;
+    const int first = blockIdx.x * columns, gid = lane >> 2, tig = lane & 3;
+    if (wk == 0) {
+        const float *bias = (const float *)p.bias + (long long)tile.expert * p.n;
+        const float *rowWeights = (const float *)p.rowWeights;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const int group = firstGroup + mi;
+            if (group >= p.groups) continue;
+            const int h0 = 16 * group + gid, h1 = h0 + 8;
+            const float b0 = bias[h0], b1 = bias[h1];
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+#pragma unroll
+                for (int tok = 0; tok < 2; ++tok) {
+                    const int j = 8 * nj + 2 * tig + tok;
+                    if (j >= tile.rowCount) continue;
+                    const int r = tile.rowStart + j;
+                    const float w = rowWeights[r];
+                    const int at = (int)gemm_output_row(p, r) * columns - first;  // slot row, this block's columns
+                    store_cluster_f32(cluster_shared_address(sums + at + h0, 0), bf16_to_float(float_to_bf16(w * (c[mi][nj][tok] + b0))));
+                    store_cluster_f32(cluster_shared_address(sums + at + h1, 0), bf16_to_float(float_to_bf16(w * (c[mi][nj][2 + tok] + b1))));
+                }
+        }
+    }
+    cluster_arrive(true);
+    // combine's rows too (the stage checks read them), after the arrival: off the sum's path
+    if (wk == 0)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < NJ; ++nj)
+                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c[mi][nj], lane);
+    if (cluster_rank() != 0) return;
+    cluster_wait();
+    const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
+    const int *slotToSorted = (const int *)p.slotToSorted;
+    for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
+        const int t = i / segments, h = 8 * (i - t * segments);
+        float total[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < p.topK; ++j) {
+            const int slot = t * p.topK + j;
+            if (slotToSorted[slot] < 0) continue;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) total[e] += sums[slot * columns + h + e];
+        }
+        uint4 packed;
+        packed.x = pack_bf16x2(total[0], total[1]);
+        packed.y = pack_bf16x2(total[2], total[3]);
+        packed.z = pack_bf16x2(total[4], total[5]);
+        packed.w = pack_bf16x2(total[6], total[7]);
+        *(uint4 *)((bf16_t *)p.reduceOutput + (long long)t * p.n + first + h) = packed;
+    }
+}
+
 // MARK: tile-by-tile hand-over from GEMM 1 to GEMM 2 (resident kernels)
 
 MOE_DEVICE unsigned load_acquire_u32(const unsigned *pointer) {
@@ -338,7 +436,7 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-template <int MI, int NJ, int WN, int WK, int S, bool BULK>
+template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool CLUSTER = false>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -346,6 +444,10 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     constexpr bool bulk = false;  // the copy engine's bulk copies are sm_90's; elsewhere every lane copies its bytes
 #endif
     extern __shared__ __align__(16) unsigned char sharedBytes[];
+    // CLUSTER: GEMM 2's sum in its cluster (cluster_reduce_tail); every thread arrives now, so block 0 is known to be
+    // running before anyone stores into it.
+    const bool clusterSum = CLUSTER && p.reduceOutput != 0 && cluster_blocks() > 1;
+    if (clusterSum) cluster_arrive(false);
     if (!p.prefetchBeforeWait) {
         wait_for_previous_kernel();
         MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
@@ -496,6 +598,11 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
 
+    if (clusterSum) {  // its sums after the ring (LaunchPlan.gemm2Shape)
+        float *sums = (float *)(ringPointer + (WN * WK - warp) * S * SLOT_BYTES);
+        cluster_reduce_tail<MI, NJ, WN, WK>(p, tile, acc, partials, sums, wn, wk, firstGroup, lane);
+        return;
+    }
     if constexpr (WK == 1) {
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
@@ -1452,6 +1559,19 @@ MOE_RESIDENT(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT(1, 1, 8, 1, 3, 0)
+#if MOE_CLUSTER_REDUCE
+#define MOE_RESIDENT_CLUSTER(MI, NJ, WN, WK, S, BULK)                                                  \
+    extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_cluster(MoEGemmParams p) {                 \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_resident<MI, NJ, WN, WK, S, BULK, true>(p);                                               \
+    }
+MOE_RESIDENT_CLUSTER(1, 1, 4, 1, 4, 1)
+MOE_RESIDENT_CLUSTER(1, 1, 2, 2, 4, 0)
+MOE_RESIDENT_CLUSTER(1, 1, 4, 2, 3, 0)
+MOE_RESIDENT_CLUSTER(1, 1, 2, 4, 3, 0)
+MOE_RESIDENT_CLUSTER(1, 1, 8, 1, 3, 0)
+#endif
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)
