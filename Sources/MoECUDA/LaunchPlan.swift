@@ -132,6 +132,8 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var handOverKernelName: String { kernelName + "_handover" }
     /// Resident kernels, with MOE_CUDA_CLUSTER_REDUCE: the entry point that sums in its cluster (LaunchPlan.clusterReduce).
     public var clusterKernelName: String { kernelName + "_cluster" }
+    /// Resident kernels, with MOE_CUDA_EARLY_ACTIVATIONS: the entry point that copies one token's x row before its wait.
+    public var earlyKernelName: String { kernelName + "_early" }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
     public var kind: Kind { Kind(rawValue: String(rawValue.split(separator: "_")[0]))! }
     public var isResident: Bool { kind == .resident }
@@ -514,6 +516,12 @@ public struct LaunchPlan: Sendable, Equatable {
     public func clusterReduce(switchedOn: Bool = KernelBuildSwitches.reducesInCluster) -> Bool {
         switchedOn && fusedReduce && tokens <= tileRows && clusterTiles <= 8
     }
+    /// With the kernel build switch MOE_CUDA_EARLY_ACTIVATIONS, a one-token resident GEMM 1 reading x (not gathered
+    /// rows) copies x's row before its wait for the routing (MoEGemmParams.oneTokenInput, the `_early` entry point).
+    public func earlyActivations(gathers: Bool, switchedOn: Bool = KernelBuildSwitches.copiesActivationsEarly) -> Bool {
+        switchedOn && tokens == 1 && !gathers && gemm1Variant.isResident
+    }
+
     /// The tiles when no expert has more rows than a tile holds (T ≤ tile rows: a token's k experts are distinct), one
     /// each: a tighter bound than maxTiles, which allows for experts spread over several tiles.
     var clusterTiles: Int { min(config.experts, slots) }

@@ -159,6 +159,7 @@ final class TokenBucket: @unchecked Sendable {
             p.input = inputs[slot].address
             p.inputIndex = sortedToSlot.address
             p.inputDivisor = Int32(c.topK)
+            p.oneTokenInput = plan.tokens == 1 ? 1 : 0  // every slot is token 0's (LaunchPlan.earlyActivations)
         }
         p.inputStride = Int64(c.hidden)
         p.output = intermediate.address
@@ -331,7 +332,7 @@ final class TokenBucket: @unchecked Sendable {
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
         let handOver = handsOverTiles && plan.registeredHandOver
-        try kernels.gemm(plan.gemm1Variant, handOver: handOver).launch(
+        try kernels.gemm(plan.gemm1Variant, handOver: handOver, early: plan.earlyActivations(gathers: gathered != nil)).launch(
             plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)

@@ -468,3 +468,13 @@ import Testing
     #expect(!LaunchPlan(tokens: 1, config: big, variant: .staged_2_4_8_2).clusterReduce(switchedOn: true))
     #expect(!one.clusterReduce(switchedOn: false))
 }
+
+/// MOE_CUDA_EARLY_ACTIVATIONS: only a one-token resident GEMM 1 that reads x itself (every slot is token 0's).
+@Test func onlyOneTokenReadingXCopiesItsRowEarly() {
+    let big = MoEPreset.gptOss120b.config
+    #expect(LaunchPlan(tokens: 1, config: big).earlyActivations(gathers: false, switchedOn: true))
+    #expect(!LaunchPlan(tokens: 1, config: big).earlyActivations(gathers: true, switchedOn: true))
+    #expect(!LaunchPlan(tokens: 1, config: big).earlyActivations(gathers: false, switchedOn: false))
+    #expect(!LaunchPlan(tokens: 2, config: big).earlyActivations(gathers: false, switchedOn: true))
+    #expect(!LaunchPlan(tokens: 1, config: big, variant: .staged_2_4_8_2).earlyActivations(gathers: false, switchedOn: true))
+}

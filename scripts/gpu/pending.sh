@@ -86,6 +86,19 @@ case $part in
             env $sw bash $D check
         fi
         ;;
+    s72)  # session 36: MOE_CUDA_EARLY_ACTIVATIONS=1: at 1 token GEMM 1 copies x's row before its wait (run 115's trace:
+          # past the wait at 7.6 µs, activations in only at 10.8–15.4, L2 hits queued behind ~15 MB of first weight
+          # groups). Predicted −0.5 to −2 µs at 1 token.
+        sw=MOE_CUDA_EARLY_ACTIVATIONS=1
+        if first_check "$sw" 90 cuda-debug --preset gpt-oss-120b --tokens 1 --variant resident_1_1_4_2_3; then
+            same_bits "$sw" 1
+            AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
+            env $sw TRACE_TOKENS=1 bash $D trace
+            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
+            env $sw MEMCHECK_TOKENS=1,2 bash $D memcheck
+            env $sw RACE_TOKENS=1 bash $D racedefault
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -41,6 +41,11 @@
 #ifndef MOE_CLUSTER_REDUCE
 #define MOE_CLUSTER_REDUCE 0
 #endif
+// Build switch MOE_CUDA_EARLY_ACTIVATIONS (session 36, for A/B runs): the resident kernels' `_early` entry points, a
+// one-token GEMM 1 that copies x's row before its wait, while the routing runs (MoEGemmParams.oneTokenInput).
+#ifndef MOE_EARLY_ACTIVATIONS
+#define MOE_EARLY_ACTIVATIONS 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -436,7 +441,9 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool CLUSTER = false>
+/// CLUSTER: GEMM 2's `_cluster` entry points (MOE_CUDA_CLUSTER_REDUCE); EARLY: GEMM 1's `_early` ones
+/// (MOE_CUDA_EARLY_ACTIVATIONS).
+template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool CLUSTER = false, bool EARLY = false>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -448,6 +455,17 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // running before anyone stores into it.
     const bool clusterSum = CLUSTER && p.reduceOutput != 0 && cluster_blocks() > 1;
     if (clusterSum) cluster_arrive(false);
+    // One token (oneTokenInput): x's row is every tile's input whatever the routing, written before the router ran,
+    // so GEMM 1 copies it while the routing runs, by every thread: the first cp.async group, as activationsFirst's.
+    const bool earlyActivations = EARLY && p.oneTokenInput != 0 && !p.prefetchBeforeWait && p.tileRole != 2;
+    if (earlyActivations) {
+        const bf16_t *row = (const bf16_t *)p.input;
+        for (int segment = threadIdx.x; segment < p.chunks * 8; segment += blockDim.x) {  // row 0 of xs, zero past K
+            const int k0 = segment * 8;
+            copy_async_16(shared_address((bf16_t *)sharedBytes + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
+        }
+        copy_async_commit();
+    }
     if (!p.prefetchBeforeWait) {
         wait_for_previous_kernel();
         MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
@@ -455,7 +473,10 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
     // own wait is complete: it then fills this grid's last wave, tile by tile.
     if (p.tileRole == 1) allow_next_kernel();
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) {
+        if (earlyActivations) copy_async_wait<0>();  // no copy lands in a block that has left
+        return;
+    }
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
@@ -501,7 +522,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // −5.8% at 1 on 20b). GEMM 2 fills its ring before its wait, and the bulk kernels' rings are no cp.async groups:
     // they copy after.
     const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
-    if (activationsFirst) copy_activations();
+    if (activationsFirst && !earlyActivations) copy_activations();
 
     // The weight ring starts filling before anything else (but a GEMM 1's activations, above).
 #if MOE_RESIDENT_SPREAD
@@ -539,7 +560,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     if (activationsFirst) {
         copy_async_wait<S - 1>();  // the activations; the ring's groups may still be in flight
     } else {
-        copy_activations();
+        if (!earlyActivations) copy_activations();
         copy_async_wait<0>();
     }
     __syncthreads();
@@ -1571,6 +1592,19 @@ MOE_RESIDENT_CLUSTER(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT_CLUSTER(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT_CLUSTER(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT_CLUSTER(1, 1, 8, 1, 3, 0)
+#endif
+#if MOE_EARLY_ACTIVATIONS
+#define MOE_RESIDENT_EARLY(MI, NJ, WN, WK, S, BULK)                                                    \
+    extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_early(MoEGemmParams p) {                   \
+        MOE_TRACE_KERNEL(p);                                                                           \
+        gemm_resident<MI, NJ, WN, WK, S, BULK, false, true>(p);                                        \
+    }
+MOE_RESIDENT_EARLY(1, 1, 4, 1, 4, 1)
+MOE_RESIDENT_EARLY(1, 1, 2, 2, 4, 0)
+MOE_RESIDENT_EARLY(1, 1, 4, 2, 3, 0)
+MOE_RESIDENT_EARLY(1, 1, 2, 4, 3, 0)
+MOE_RESIDENT_EARLY(1, 1, 8, 1, 3, 0)
 #endif
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
