@@ -252,24 +252,14 @@ MOE_DEVICE void allow_next_kernel() {
 
 // MARK: thread block clusters (sm_90+; elsewhere a launch is never clustered)
 
-/// Blocks in this block's cluster (1 when the launch had no cluster dimension).
-MOE_DEVICE u32 cluster_blocks() {
+/// This block's place in its cluster: x its rank, y the cluster's blocks (0 and 1 when the launch had no cluster
+/// dimension).
+MOE_DEVICE uint2 cluster_place() {
+    uint2 place = make_uint2(0u, 1u);
 #if __CUDA_ARCH__ >= 900
-    u32 n;
-    asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-    return n;
-#else
-    return 1;
+    asm("mov.u32 %0, %%cluster_ctarank;\n\tmov.u32 %1, %%cluster_nctarank;" : "=r"(place.x), "=r"(place.y));
 #endif
-}
-MOE_DEVICE u32 cluster_rank() {
-#if __CUDA_ARCH__ >= 900
-    u32 r;
-    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-#else
-    return 0;
-#endif
+    return place;
 }
 /// Arrives on the cluster barrier (every thread of the block, converged); `release` orders this thread's earlier
 /// stores (shared::cluster ones included) before the waiters' reads. An exited thread counts as arrived.

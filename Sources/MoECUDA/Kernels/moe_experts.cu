@@ -230,25 +230,18 @@ MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns
 /// into block 0's shared memory (`sums`: [T·k slots, WN·MI·16 columns] floats) and block 0 adds them up past the cluster
 /// barrier, in place of fused_reduce_tail's fence, counter and read back from L2. The same values as moe_reduce: each
 /// row rounded to bf16 as combine holds it, added in slot order in fp32. Every thread of the block calls it; each
-/// arrived on the cluster barrier at the kernel's start.
+/// arrived on the cluster barrier at the kernel's start. `c`: this warp's sums, its K share's (then the whole K's).
 template <int MI, int NJ, int WN, int WK>
 MOE_DEVICE void cluster_reduce_tail(
-    const MoEGemmParams &p, const MoETile &tile, const float (&acc)[MI][NJ][4], float *partials, float *sums, int wn,
-    int wk, int firstGroup, int lane) {
-    float c[MI][NJ][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) c[mi][nj][q] = acc[mi][nj][q];
+    const MoEGemmParams &p, const MoETile &tile, float (&c)[MI][NJ][4], float *partials, float *sums, int wn, int wk,
+    int firstGroup, int lane) {
     if constexpr (WK > 1) {  // split K: the partial sums added in K order, as split_k_epilogue does
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
 #pragma unroll
-                for (int q = 0; q < 4; ++q) partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = acc[mi][nj][q];
+                for (int q = 0; q < 4; ++q) partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = c[mi][nj][q];
         __syncthreads();
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
@@ -295,7 +288,7 @@ MOE_DEVICE void cluster_reduce_tail(
 #pragma unroll
             for (int nj = 0; nj < NJ; ++nj)
                 if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c[mi][nj], lane);
-    if (cluster_rank() != 0) return;
+    if (cluster_place().x != 0) return;
     cluster_wait();
     const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
     const int *slotToSorted = (const int *)p.slotToSorted;
@@ -453,7 +446,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     extern __shared__ __align__(16) unsigned char sharedBytes[];
     // CLUSTER: GEMM 2's sum in its cluster (cluster_reduce_tail); every thread arrives now, so block 0 is known to be
     // running before anyone stores into it.
-    const bool clusterSum = CLUSTER && p.reduceOutput != 0 && cluster_blocks() > 1;
+    const bool clusterSum = CLUSTER && p.reduceOutput != 0 && cluster_place().y > 1;
     if (clusterSum) cluster_arrive(false);
     // One token (oneTokenInput): x's row is every tile's input whatever the routing, written before the router ran,
     // so GEMM 1 copies it while the routing runs, by every thread: the first cp.async group, as activationsFirst's.
