@@ -78,13 +78,14 @@ private func request(
         let arguments = variant.rawValue.split(separator: "_").dropFirst().joined(separator: ", ")
         #expect(experts.contains("MOE_RESIDENT_CLUSTER(\(arguments), "), "\(variant) has no _cluster entry point")
     }
-    #expect(experts.contains("moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_cluster(MoEGemmParams p)"))
+    #expect(experts.contains("moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##SUFFIX(MoEGemmParams p)"))
+    #expect(experts.contains("MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _cluster, true, false)"))
     #expect(GemmVariant.resident_1_1_2_4_3.clusterKernelName == "moe_gemm_resident_1_1_2_4_3_cluster")
     for variant in GemmVariant.allCases where variant.isResident {
         let arguments = variant.rawValue.split(separator: "_").dropFirst().joined(separator: ", ")
         #expect(experts.contains("MOE_RESIDENT_EARLY(\(arguments), "), "\(variant) has no _early entry point")
     }
-    #expect(experts.contains("moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_early(MoEGemmParams p)"))
+    #expect(experts.contains("MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _early, false, true)"))
     // Every registered kernel has its hand-over entry point beside it (CUDAKernels looks each one up).
     #expect(experts.contains("void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p)"))
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName

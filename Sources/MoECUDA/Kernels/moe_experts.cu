@@ -1548,12 +1548,16 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 // BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
 // switch MOE_CUDA_RESIDENT_BULK, for A/B runs) makes every resident kernel do so. Bulk 8-warp kernels are bounded to the
 // three blocks per SM the others get (unbounded, ptxas gives them 86 registers).
-#define MOE_RESIDENT(MI, NJ, WN, WK, S, BULK)                                                          \
+// SUFFIX, CLUSTER, EARLY: the build switches' entry points (gemm_resident's CLUSTER and EARLY; none by default).
+#define MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, SUFFIX, CLUSTER, EARLY)                            \
     extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##SUFFIX(MoEGemmParams p) {                   \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
+        gemm_resident<MI, NJ, WN, WK, S, BULK, CLUSTER, EARLY>(p);                                     \
     }
+#define MOE_RESIDENT(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, , false, false)
+#define MOE_RESIDENT_CLUSTER(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _cluster, true, false)
+#define MOE_RESIDENT_EARLY(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _early, false, true)
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 #if MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
@@ -1574,12 +1578,6 @@ MOE_RESIDENT(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT(1, 1, 8, 1, 3, 0)
 #if MOE_CLUSTER_REDUCE
-#define MOE_RESIDENT_CLUSTER(MI, NJ, WN, WK, S, BULK)                                                  \
-    extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_cluster(MoEGemmParams p) {                 \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S, BULK, true>(p);                                               \
-    }
 MOE_RESIDENT_CLUSTER(1, 1, 4, 1, 4, 1)
 MOE_RESIDENT_CLUSTER(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT_CLUSTER(1, 1, 4, 2, 3, 0)
@@ -1587,12 +1585,6 @@ MOE_RESIDENT_CLUSTER(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT_CLUSTER(1, 1, 8, 1, 3, 0)
 #endif
 #if MOE_EARLY_ACTIVATIONS
-#define MOE_RESIDENT_EARLY(MI, NJ, WN, WK, S, BULK)                                                    \
-    extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##_early(MoEGemmParams p) {                   \
-        MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S, BULK, false, true>(p);                                        \
-    }
 MOE_RESIDENT_EARLY(1, 1, 4, 1, 4, 1)
 MOE_RESIDENT_EARLY(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT_EARLY(1, 1, 4, 2, 3, 0)
