@@ -224,10 +224,7 @@ public final class CUDABackend: MoEBackend, @unchecked Sendable {
         }
         for handOver in plan.registeredHandOver ? [false, true] : [false] {
             try kernels.gemm(plan.gemm1Variant, handOver: handOver).allowSharedMemory(plan.gemm1Shape.sharedBytes)
-            if plan.earlyActivations(gathers: TokenBucket.gathersRows(plan)) {
-                try kernels.gemm(plan.gemm1Variant, early: true).allowSharedMemory(plan.gemm1Shape.sharedBytes)
-            }
-            try kernels.gemm(plan.gemm2Variant, handOver: handOver, clustered: plan.clusterReduce()).allowSharedMemory(plan.gemm2Shape.sharedBytes)
+            try kernels.gemm(plan.gemm2Variant, handOver: handOver).allowSharedMemory(plan.gemm2Shape.sharedBytes)
         }
         try kernels.topk.allowSharedMemory(plan.topkShape.sharedBytes)
         try kernels.planScatter.allowSharedMemory(plan.scatterShape.sharedBytes)

@@ -291,18 +291,15 @@ public struct LaunchShape: Sendable, Equatable {
     public var grid: (x: Int, y: Int, z: Int)
     public var block: Int
     public var sharedBytes: Int
-    /// Blocks a thread block cluster along y (sm_90+; 1: none): the grid is whole clusters of one column of blocks.
-    public var clusterY: Int
 
-    public init(grid: (x: Int, y: Int, z: Int), block: Int, sharedBytes: Int = 0, clusterY: Int = 1) {
+    public init(grid: (x: Int, y: Int, z: Int), block: Int, sharedBytes: Int = 0) {
         self.grid = grid
         self.block = block
         self.sharedBytes = sharedBytes
-        self.clusterY = clusterY
     }
 
     public static func == (a: LaunchShape, b: LaunchShape) -> Bool {
-        a.grid == b.grid && a.block == b.block && a.sharedBytes == b.sharedBytes && a.clusterY == b.clusterY
+        a.grid == b.grid && a.block == b.block && a.sharedBytes == b.sharedBytes
     }
 }
 
@@ -358,34 +355,21 @@ public final class CUDAFunction: @unchecked Sendable {
     ) throws(CUDAError) {
         guard shape.grid.x > 0, shape.grid.y > 0, shape.grid.z > 0 else { return }
         try allowSharedMemory(shape.sharedBytes)
-        let driver = module.device.driver
-        let hopper = driver.api.cuLaunchKernelEx != nil && module.device.computeCapability.major >= 9
-        if shape.clusterY > 1 { try allowCluster(shape, hopper: hopper) }
         var copy = parameters
-        let useEx = (programmatic && hopper) || shape.clusterY > 1
+        let driver = module.device.driver
+        let useEx = programmatic && driver.api.cuLaunchKernelEx != nil && module.device.computeCapability.major >= 9
         let result = withUnsafeMutablePointer(to: &copy) { pointer -> Int32? in
             var arguments: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(pointer)]
             return arguments.withUnsafeMutableBufferPointer { list -> Int32? in
                 if useEx {
-                    var attributes = [CCUDALaunchAttribute](repeating: CCUDALaunchAttribute(), count: 2)
-                    var count = 0
-                    if programmatic && hopper {
-                        attributes[count].id = Int32(CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
-                        attributes[count].value.value = 1
-                        count += 1
-                    }
-                    if shape.clusterY > 1 {
-                        attributes[count].id = Int32(CCUDA_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-                        attributes[count].value.dimension.x = 1
-                        attributes[count].value.dimension.y = UInt32(shape.clusterY)
-                        attributes[count].value.dimension.z = 1
-                        count += 1
-                    }
-                    return attributes.withUnsafeMutableBufferPointer { attributePointer -> Int32? in
+                    var attribute = CCUDALaunchAttribute()
+                    attribute.id = Int32(CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+                    attribute.value.value = 1
+                    return withUnsafeMutablePointer(to: &attribute) { attributePointer -> Int32? in
                         var config = CCUDALaunchConfig(
                             gridDimX: UInt32(shape.grid.x), gridDimY: UInt32(shape.grid.y), gridDimZ: UInt32(shape.grid.z),
                             blockDimX: UInt32(shape.block), blockDimY: 1, blockDimZ: 1, sharedMemBytes: UInt32(shape.sharedBytes),
-                            hStream: stream.handle, attrs: attributePointer.baseAddress, numAttrs: UInt32(count))
+                            hStream: stream.handle, attrs: attributePointer, numAttrs: 1)
                         return driver.api.cuLaunchKernelEx?(&config, handle, list.baseAddress, nil)
                     }
                 }
@@ -397,20 +381,8 @@ public final class CUDAFunction: @unchecked Sendable {
         try driver.call(useEx ? "cuLaunchKernelEx" : "cuLaunchKernel", result)
     }
 
-    /// A clustered launch's preconditions: sm_90 and cuLaunchKernelEx, and a grid of whole clusters along y of at most
-    /// the portable 8 blocks.
-    private func allowCluster(_ shape: LaunchShape, hopper: Bool) throws(CUDAError) {
-        guard hopper else {
-            throw .invalidArgument("\(name): thread block clusters need an sm_90 device and cuLaunchKernelEx (unset MOE_CUDA_CLUSTER_REDUCE)")
-        }
-        guard shape.clusterY <= 8, shape.grid.y % shape.clusterY == 0 else {
-            throw .invalidArgument("\(name): a grid of \(shape.grid) is not whole clusters of \(shape.clusterY) (≤ 8) blocks along y")
-        }
-    }
-
     /// Launches with several scalar arguments, each passed by address.
     public func launch(_ shape: LaunchShape, stream: CUDAStream, arguments: [KernelArgument]) throws(CUDAError) {
-        guard shape.clusterY == 1 else { throw .invalidArgument("\(name): clustered launches take a parameter struct") }
         try allowSharedMemory(shape.sharedBytes)
         let storage = UnsafeMutableRawPointer.allocate(byteCount: max(1, arguments.count) * 8, alignment: 8)
         defer { storage.deallocate() }

@@ -99,10 +99,6 @@ final class LayerKernels: @unchecked Sendable {
     private var gemms: [GemmVariant: CUDAFunction] = [:]
     /// The registered kernels' hand-over entry points (`<name>_handover`, LaunchPlan.tileHandOver).
     private var handOverGemms: [GemmVariant: CUDAFunction] = [:]
-    /// With MOE_CUDA_CLUSTER_REDUCE, the resident kernels' clustered-sum entry points (`<name>_cluster`).
-    private var clusterGemms: [GemmVariant: CUDAFunction] = [:]
-    /// With MOE_CUDA_EARLY_ACTIVATIONS, the resident kernels' early-copy entry points (`<name>_early`).
-    private var earlyGemms: [GemmVariant: CUDAFunction] = [:]
 
     /// The router over `tokens` rows with K split `splits` ways: the kernel LaunchPlan.routerIsWide picks, in the shape
     /// LaunchPlan.routerShape gives it (one decision for both).
@@ -133,24 +129,12 @@ final class LayerKernels: @unchecked Sendable {
         for variant in GemmVariant.allCases where variant.kind == .registered {
             handOverGemms[variant] = try experts.function(variant.handOverKernelName)
         }
-        if KernelBuildSwitches.reducesInCluster {
-            for variant in GemmVariant.allCases where variant.isResident {
-                clusterGemms[variant] = try experts.function(variant.clusterKernelName)
-            }
-        }
-        if KernelBuildSwitches.copiesActivationsEarly {
-            for variant in GemmVariant.allCases where variant.isResident {
-                earlyGemms[variant] = try experts.function(variant.earlyKernelName)
-            }
-        }
     }
 
     /// `handOver`: the registered kernel's entry point with the tile hand-over's counters (the plan's
-    /// `registeredHandOver`); `clustered`: the resident one that sums in its cluster (the plan's `clusterReduce()`);
-    /// `early`: the resident one that copies one token's row before its wait (`earlyActivations`); every other launch
-    /// takes the plain one.
-    func gemm(_ variant: GemmVariant, handOver: Bool = false, clustered: Bool = false, early: Bool = false) -> CUDAFunction {
-        early ? earlyGemms[variant]! : clustered ? clusterGemms[variant]! : handOver ? handOverGemms[variant]! : gemms[variant]!
+    /// `registeredHandOver`); every other launch takes the plain one.
+    func gemm(_ variant: GemmVariant, handOver: Bool = false) -> CUDAFunction {
+        handOver ? handOverGemms[variant]! : gemms[variant]!
     }
     func routeSmall(_ plan: LaunchPlan) -> CUDAFunction { routeSmall[plan.routeSmallKernel]! }
 }

@@ -43,30 +43,12 @@ public enum KernelBuildSwitches {
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
     ///   refuses it (refuseAliasedExperts).
-    /// - `MOE_CUDA_RESIDENT_SPREAD` (session 35): GEMM 1's 8-warp resident blocks take their row groups from however many
-    ///   blocks the host launches, which fills every SM three deep at 1 token (LaunchPlan.residentSpread); the same bits.
-    /// - `MOE_CUDA_CLUSTER_REDUCE` (session 36): at T·k ≤ 8 GEMM 2 launches in thread block clusters over its tiles and
-    ///   sums each token's k rows in the cluster's block 0 (LaunchPlan.clusterReduce); the same bits.
-    /// - `MOE_CUDA_EARLY_ACTIVATIONS` (session 36): a one-token resident GEMM 1 copies x's row into shared memory before
-    ///   its wait for the routing (MoEGemmParams.oneTokenInput); the same bits.
     /// Each is defined only for the module whose kernels read it (`module`, a kernel file's name), so turning one on
     /// recompiles that module alone: the others keep their cache keys.
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
-        ("MOE_CUDA_RESIDENT_SPREAD", "MOE_RESIDENT_SPREAD", KernelSource.experts.name),
-        ("MOE_CUDA_CLUSTER_REDUCE", "MOE_CLUSTER_REDUCE", KernelSource.experts.name),
-        ("MOE_CUDA_EARLY_ACTIVATIONS", "MOE_EARLY_ACTIVATIONS", KernelSource.experts.name),
     ]
-
-    /// Whether GEMM 1's 8-warp resident blocks spread over every SM (MOE_CUDA_RESIDENT_SPREAD=1; LaunchPlan.residentSpread).
-    public static var spreadsResident: Bool { current.contains("-DMOE_RESIDENT_SPREAD=1") }
-
-    /// Whether GEMM 2 sums decode batches in clusters (MOE_CUDA_CLUSTER_REDUCE=1; LaunchPlan.clusterReduce).
-    public static var reducesInCluster: Bool { current.contains("-DMOE_CLUSTER_REDUCE=1") }
-
-    /// Whether a one-token GEMM 1 copies x's row before its wait (MOE_CUDA_EARLY_ACTIVATIONS=1; LaunchPlan.earlyActivations).
-    public static var copiesActivationsEarly: Bool { current.contains("-DMOE_EARLY_ACTIVATIONS=1") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

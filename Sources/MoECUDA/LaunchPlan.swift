@@ -130,10 +130,6 @@ public enum GemmVariant: String, CaseIterable, Sendable, Equatable {
     public var kernelName: String { "moe_gemm_" + rawValue }
     /// Registered kernels: the entry point with the tile hand-over (gemm_registered's HANDOVER).
     public var handOverKernelName: String { kernelName + "_handover" }
-    /// Resident kernels, with MOE_CUDA_CLUSTER_REDUCE: the entry point that sums in its cluster (LaunchPlan.clusterReduce).
-    public var clusterKernelName: String { kernelName + "_cluster" }
-    /// Resident kernels, with MOE_CUDA_EARLY_ACTIVATIONS: the entry point that copies one token's x row before its wait.
-    public var earlyKernelName: String { kernelName + "_early" }
     private var numbers: [Int] { rawValue.split(separator: "_").dropFirst().map { Int($0)! } }
     public var kind: Kind { Kind(rawValue: String(rawValue.split(separator: "_")[0]))! }
     public var isResident: Bool { kind == .resident }
@@ -466,65 +462,20 @@ public struct LaunchPlan: Sendable, Equatable {
     }
 
     /// GEMM 1 writes a [slots, I]; GEMM 2 reads it and writes combine [slots, H].
-    public func gemmShape(
-        _ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil, rowBlocks: Int? = nil
-    ) -> LaunchShape {
-        let plain = (n / 16 + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
-        return LaunchShape(grid: (rowBlocks ?? plain, tiles ?? maxTiles, 1), block: 32 * variant.warps,
+    public func gemmShape(_ variant: GemmVariant, outputRows n: Int, reduction k: Int, tiles: Int? = nil) -> LaunchShape {
+        let groups = n / 16
+        let rowBlocks = (groups + variant.rowGroupsPerBlock - 1) / variant.rowGroupsPerBlock
+        return LaunchShape(grid: (rowBlocks, tiles ?? maxTiles, 1), block: 32 * variant.warps,
                            sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
-    /// GEMM 1's launch over `tiles` tiles (the plan's bound when nil): its row blocks spread where residentSpread says.
-    /// GEMM 2 never spreads: its fused sum takes its column range from blockIdx.x (gemm_resident).
+    /// GEMM 1's launch over `tiles` tiles (the plan's bound when nil).
     public func gemm1Shape(tiles: Int? = nil) -> LaunchShape {
-        let n = 2 * config.intermediate
-        return gemmShape(gemm1Variant, outputRows: n, reduction: config.hidden, tiles: tiles,
-                         rowBlocks: residentSpread(gemm1Variant, groups: n / 16, tiles: tiles ?? maxTiles))
-    }
-
-    /// With the kernel build switch MOE_CUDA_RESIDENT_SPREAD, GEMM 1's 8-warp resident blocks across a tile: enough that
-    /// its grid fills every SM three deep (the launch bounds' three blocks an SM), at most one a row group. At 1 token of
-    /// 120b, 99 blocks a tile of 3–4 row groups where 90 of 4 filled 120 SMs and left 12 idle (session 35's ends by SM:
-    /// the block scheduler packs each SM to its three). Nil where it changes nothing or the switch is off.
-    public func residentSpread(
-        _ variant: GemmVariant, groups: Int, tiles: Int, switchedOn: Bool = KernelBuildSwitches.spreadsResident
-    ) -> Int? {
-        guard switchedOn, variant.isResident, variant.warps == 8, variant.rowGroupsPerWarp == 1, tiles > 0 else { return nil }
-        let plain = (groups + variant.warpsAcrossRows - 1) / variant.warpsAcrossRows
-        let spread = min(groups, (3 * multiprocessors + tiles - 1) / tiles)
-        return spread > plain ? spread : nil
+        gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden, tiles: tiles)
     }
 
     public var gemm1Shape: LaunchShape { gemm1Shape() }
-    public var gemm2Shape: LaunchShape { gemm2Shape() }
-
-    /// GEMM 2's launch: where clusterReduce, one cluster of every tile a column range (grid.y: clusterTiles) with room
-    /// after the kernel's own shared memory for the cluster's [T·k, columns] float sums (gemm_resident).
-    public func gemm2Shape(clusters: Bool = KernelBuildSwitches.reducesInCluster) -> LaunchShape {
-        var shape = gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate)
-        if clusterReduce(switchedOn: clusters) {
-            shape.grid.y = clusterTiles
-            shape.clusterY = clusterTiles
-            shape.sharedBytes += slots * 16 * gemm2Variant.rowGroupsPerBlock * 4
-        }
-        return shape
-    }
-
-    /// With the kernel build switch MOE_CUDA_CLUSTER_REDUCE, GEMM 2's fused sum in a cluster of its tiles instead of the
-    /// last block per column range: its rows meet in block 0's shared memory at the cluster barrier, not through a fence,
-    /// a counter and L2 (cluster_reduce_tail). Where the tiles fit the portable 8 blocks: 1–2 tokens at k = 4.
-    public func clusterReduce(switchedOn: Bool = KernelBuildSwitches.reducesInCluster) -> Bool {
-        switchedOn && fusedReduce && tokens <= tileRows && clusterTiles <= 8
-    }
-    /// With the kernel build switch MOE_CUDA_EARLY_ACTIVATIONS, a one-token resident GEMM 1 reading x (not gathered
-    /// rows) copies x's row before its wait for the routing (MoEGemmParams.oneTokenInput, the `_early` entry point).
-    public func earlyActivations(gathers: Bool, switchedOn: Bool = KernelBuildSwitches.copiesActivationsEarly) -> Bool {
-        switchedOn && tokens == 1 && !gathers && gemm1Variant.isResident
-    }
-
-    /// The tiles when no expert has more rows than a tile holds (T ≤ tile rows: a token's k experts are distinct), one
-    /// each: a tighter bound than maxTiles, which allows for experts spread over several tiles.
-    var clusterTiles: Int { min(config.experts, slots) }
+    public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
     /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.

@@ -159,7 +159,6 @@ final class TokenBucket: @unchecked Sendable {
             p.input = inputs[slot].address
             p.inputIndex = sortedToSlot.address
             p.inputDivisor = Int32(c.topK)
-            p.oneTokenInput = plan.tokens == 1 ? 1 : 0  // every slot is token 0's (LaunchPlan.earlyActivations)
         }
         p.inputStride = Int64(c.hidden)
         p.output = intermediate.address
@@ -332,14 +331,14 @@ final class TokenBucket: @unchecked Sendable {
         try attachTensorMaps(&first, variant: plan.gemm1Variant, layer: layer)
         first.trace = traced(.gemm1)
         let handOver = handsOverTiles && plan.registeredHandOver
-        try kernels.gemm(plan.gemm1Variant, handOver: handOver, early: plan.earlyActivations(gathers: gathered != nil)).launch(
+        try kernels.gemm(plan.gemm1Variant, handOver: handOver).launch(
             plan.gemm1Shape, stream: stream, parameters: first, programmatic: programmatic)
         try between?(.gemm1)
         var second = gemm2Parameters(layer: layer)
         try attachTensorMaps(&second, variant: plan.gemm2Variant, layer: layer)
         second.prefetchBeforeWait = programmatic ? 1 : 0
         second.trace = traced(.gemm2)
-        try kernels.gemm(plan.gemm2Variant, handOver: handOver, clustered: plan.clusterReduce()).launch(
+        try kernels.gemm(plan.gemm2Variant, handOver: handOver).launch(
             plan.gemm2Shape, stream: stream, parameters: second, programmatic: programmatic)
         try between?(.gemm2)
         if !plan.fusedReduce {

@@ -73,19 +73,6 @@ private func request(
         #expect(instantiated, "\(variant) is not instantiated")
     }
     #expect(experts.contains("moe_reduce(") && experts.contains("moe_gather_rows("))
-    // Every resident kernel has its clustered-sum entry point under MOE_CLUSTER_REDUCE (CUDAKernels looks each one up).
-    for variant in GemmVariant.allCases where variant.isResident {
-        let arguments = variant.rawValue.split(separator: "_").dropFirst().joined(separator: ", ")
-        #expect(experts.contains("MOE_RESIDENT_CLUSTER(\(arguments), "), "\(variant) has no _cluster entry point")
-    }
-    #expect(experts.contains("moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##SUFFIX(MoEGemmParams p)"))
-    #expect(experts.contains("MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _cluster, true, false)"))
-    #expect(GemmVariant.resident_1_1_2_4_3.clusterKernelName == "moe_gemm_resident_1_1_2_4_3_cluster")
-    for variant in GemmVariant.allCases where variant.isResident {
-        let arguments = variant.rawValue.split(separator: "_").dropFirst().joined(separator: ", ")
-        #expect(experts.contains("MOE_RESIDENT_EARLY(\(arguments), "), "\(variant) has no _early entry point")
-    }
-    #expect(experts.contains("MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _early, false, true)"))
     // Every registered kernel has its hand-over entry point beside it (CUDAKernels looks each one up).
     #expect(experts.contains("void __launch_bounds__(128 * (C + 1), K) NAME##_handover(MoEGemmParams p)"))
     #expect(GemmVariant.registered_1_96_6_5_1_1_2_1_0_16_0_1_1_1.handOverKernelName
@@ -116,7 +103,7 @@ private func request(
     let every: (String) -> String? = { _ in "1" }
     #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name).isEmpty)
     #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name)
-        == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1", "-DMOE_RESIDENT_SPREAD=1", "-DMOE_CLUSTER_REDUCE=1", "-DMOE_EARLY_ACTIVATIONS=1"])
+        == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1"])
     #expect(KernelBuildSwitches.options(every, module: KernelSource.ceilings.name).isEmpty)
     #expect(Set(KernelBuildSwitches.all.map(\.module)).isSubset(of: [KernelSource.routing.name, KernelSource.experts.name]))
 }

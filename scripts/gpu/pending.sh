@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The device call prepared for the next session; steps are cut at the deadline, most important first.
-# Earlier parts ran as runs 45–117 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s64) or were
+# Earlier parts ran as runs 45–118 (runs 92, 94, 97, 98 and 100 were direct device-check.sh steps) (policy, stalls, rows, registered, final, next, wide, lean, one, s18 … s64) or were
 # folded into those that did (adopt, tensor, tensor2): their step lists are in git history (this file at commit 199af78
 # holds policy … s19; s19 is at 11e528f, s20 at 85fa36b, s21 at e993663, s22 at d2242fd, s23 at 1119505, s24 at
-# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e, s64 at 94a7b71, s65 at 30b02f0, s66 at 2d36d76, s67 at 7151c8a, s68 and s69 at cd9eddd (their part of run 117 typed into the call); s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
+# a336472, s25 at 0007b1f, s26 at d728a0a, s27 at 3497789, s28 at 6ce2c43, s29 at a8de53e, s30 at 94c00d5, s31 at c0a5fd8, s32 at 830b98e, s33 at 3af656e, s34 at a0039c7, s35 at 401ab97, s36 at 6272e43, s37 at 23adfca, s38 at b06bac2, s39 at 0ef71e6, s40 at f26db31, s41 at 5e698f8, s42 at 3d048b9, s43 at a7f5ccc, s44 at c474e18, s45 at fb27d54, s46 at 74aac56, s47 at fe11cc5, s49 at 8317dfc, s50 at 58c18d3, s51 at 3e43dd2, s52 at a257bbd, s53 at 1142318, s54 at abd7bb4, s55 at e43af17, s57 at f41bd80, s58 at 22e13f8, s59 at 23acc8e, s60 at 68253eb, s61 at 70ca1d4, s62 at 51a89a1, s63 at c42460e, s64 at 94a7b71, s65 at 30b02f0, s66 at 2d36d76, s67 at 7151c8a, s68 and s69 at cd9eddd (their part of run 117 typed into the call), s70 at 79af720, s71 and s72 at c9d7d5c; s48 was folded into s49; s56 was never committed: its steps are the commands run 103 printed, docs/cuda-runs/session30/run103/run.log), their commands, predictions and figures in docs/bench-cuda.md and BENCHMARKS.md. A part leaves this file
 # once it has run.
 #   usage (device): bash .device/pending.sh PART [SECONDS]
 set -u
@@ -56,49 +56,6 @@ first_check() {  # first_check "VAR=V [VAR2=V2]" SECONDS moe-arguments...
     return $rc
 }
 case $part in
-    s70)  # session 35 (docs/bench-cuda.md Next 0b): MOE_CUDA_RESIDENT_SPREAD=1: at 1 token GEMM 1's 360 eight-warp blocks
-          # filled 120 SMs three deep and left 12 idle (runs 114–115, ends by SM); 99 blocks a tile of 3–4 row groups
-          # fill all 132. Predicted −1 to −2 µs at 1 token (GEMM 1's issue-bound tail on 10% more SMs).
-        sw=MOE_CUDA_RESIDENT_SPREAD=1
-        bash $D info
-        if first_check "$sw" 90 cuda-debug --preset gpt-oss-120b --tokens 1 --variant resident_1_1_4_2_3; then
-            same_bits "$sw" 1
-            AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
-            env $sw TRACE_TOKENS=1 bash $D trace
-            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
-            env $sw bash $D check
-            env $sw MEMCHECK_TOKENS=1,7 bash $D memcheck
-            env $sw bash $D epcheck
-        fi
-        ;;
-    s71)  # session 36: MOE_CUDA_CLUSTER_REDUCE=1: at 1–2 tokens GEMM 2 in one thread block cluster of its tiles a column
-          # range, each token's k rows summed in block 0's shared memory past the cluster barrier instead of the last
-          # block's fence, counter and read back from L2 (run 115's trace: GEMM 2's loops done by 35.5 µs, its end 38.5).
-          # Predicted −1 to −2 µs at 1 and 2 tokens.
-        sw=MOE_CUDA_CLUSTER_REDUCE=1
-        if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,2; then
-            same_bits "$sw" 1 2
-            AB_REPEAT=2 AB_ENVS="$sw@1,2" bash $D abenv
-            env $sw TRACE_TOKENS=1,2 bash $D trace
-            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1,2" bash $D abenv
-            env $sw MEMCHECK_TOKENS=1,2 bash $D memcheck
-            env $sw RACE_TOKENS=1,2 bash $D racedefault
-            env $sw bash $D check
-        fi
-        ;;
-    s72)  # session 36: MOE_CUDA_EARLY_ACTIVATIONS=1: at 1 token GEMM 1 copies x's row before its wait (run 115's trace:
-          # past the wait at 7.6 µs, activations in only at 10.8–15.4, L2 hits queued behind ~15 MB of first weight
-          # groups). Predicted −0.5 to −2 µs at 1 token.
-        sw=MOE_CUDA_EARLY_ACTIVATIONS=1
-        if first_check "$sw" 90 cuda-debug --preset gpt-oss-120b --tokens 1 --variant resident_1_1_4_2_3; then
-            same_bits "$sw" 1
-            AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
-            env $sw TRACE_TOKENS=1 bash $D trace
-            AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
-            env $sw MEMCHECK_TOKENS=1,2 bash $D memcheck
-            env $sw RACE_TOKENS=1 bash $D racedefault
-        fi
-        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

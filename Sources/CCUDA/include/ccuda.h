@@ -74,14 +74,13 @@ enum { CCUDA_CAPTURE_MODE_GLOBAL = 0, CCUDA_CAPTURE_MODE_THREAD_LOCAL = 1, CCUDA
 enum { CCUDA_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1 };
 
 /// cuLaunchKernelEx's attribute and configuration (CUDA 12+ ABI: a 4-byte id, 4 bytes of padding, a 64-byte value).
-enum { CCUDA_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4, CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
+enum { CCUDA_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
 typedef struct CCUDALaunchAttribute {
     int id;
     char pad[4];
     union {
         char bytes[64];
         int value;
-        struct { unsigned int x, y, z; } dimension;  ///< CLUSTER_DIMENSION: blocks a cluster along each axis
     } value;
 } CCUDALaunchAttribute;
 typedef struct CCUDALaunchConfig {

@@ -250,45 +250,6 @@ MOE_DEVICE void allow_next_kernel() {
 #endif
 }
 
-// MARK: thread block clusters (sm_90+; elsewhere a launch is never clustered)
-
-/// This block's place in its cluster: x its rank, y the cluster's blocks (0 and 1 when the launch had no cluster
-/// dimension).
-MOE_DEVICE uint2 cluster_place() {
-    uint2 place = make_uint2(0u, 1u);
-#if __CUDA_ARCH__ >= 900
-    asm("mov.u32 %0, %%cluster_ctarank;\n\tmov.u32 %1, %%cluster_nctarank;" : "=r"(place.x), "=r"(place.y));
-#endif
-    return place;
-}
-/// Arrives on the cluster barrier (every thread of the block, converged); `release` orders this thread's earlier
-/// stores (shared::cluster ones included) before the waiters' reads. An exited thread counts as arrived.
-MOE_DEVICE void cluster_arrive(bool release) {
-#if __CUDA_ARCH__ >= 900
-    if (release) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-    else asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-#endif
-}
-/// Waits for every thread of the cluster to arrive; what they stored before a release arrival is then visible.
-MOE_DEVICE void cluster_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-/// The shared::cluster address of `pointer` (in this block's shared memory) in block `rank` of the cluster.
-MOE_DEVICE u32 cluster_shared_address(const void *pointer, u32 rank) {
-    u32 remote = shared_address(pointer);
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(remote), "r"(rank));
-#endif
-    return remote;
-}
-MOE_DEVICE void store_cluster_f32(u32 address, float v) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(address), "f"(v) : "memory");
-#endif
-}
-
 // MARK: tensor cores
 
 /// c += A·B for one m16n8k16 bf16 tile (A row-major 16×16, B column-major 16×8, fp32 accumulators).

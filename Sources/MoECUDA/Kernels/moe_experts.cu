@@ -27,24 +27,8 @@
 #endif
 // Measurement build (MOE_CUDA_ALIAS_EXPERTS=1): the resident GEMMs read expert 0's weights for every tile, so a decode
 // step's weights sit in L2. Outputs are wrong by design.
-// Build switch MOE_CUDA_RESIDENT_SPREAD (session 35, for A/B runs): GEMM 1's resident blocks take their row groups from
-// however many blocks the host launched (3 an SM on every SM at 1 token, where 360 blocks filled 120 SMs three deep).
-#ifndef MOE_RESIDENT_SPREAD
-#define MOE_RESIDENT_SPREAD 0
-#endif
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
-#endif
-// Build switch MOE_CUDA_CLUSTER_REDUCE (session 36, for A/B runs): the resident kernels' `_cluster` entry points, GEMM 2
-// with its k-way sum at T·k ≤ 8 in a thread block cluster over the tiles (cluster_reduce_tail) instead of the last
-// block per column range.
-#ifndef MOE_CLUSTER_REDUCE
-#define MOE_CLUSTER_REDUCE 0
-#endif
-// Build switch MOE_CUDA_EARLY_ACTIVATIONS (session 36, for A/B runs): the resident kernels' `_early` entry points, a
-// one-token GEMM 1 that copies x's row before its wait, while the routing runs (MoEGemmParams.oneTokenInput).
-#ifndef MOE_EARLY_ACTIVATIONS
-#define MOE_EARLY_ACTIVATIONS 0
 #endif
 
 /// Index of the source row of sorted row r.
@@ -225,91 +209,6 @@ MOE_DEVICE void fused_reduce_tail(const MoEGemmParams &p, int first, int columns
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
 }
 
-/// GEMM 2's k-way sum in a thread block cluster (the `_cluster` entry points; LaunchPlan.clusterReduce): the
-/// launch's clusters span every tile of a column range (T·k ≤ 8 rows), so each block stores its weighted rows straight
-/// into block 0's shared memory (`sums`: [T·k slots, WN·MI·16 columns] floats) and block 0 adds them up past the cluster
-/// barrier, in place of fused_reduce_tail's fence, counter and read back from L2. The same values as moe_reduce: each
-/// row rounded to bf16 as combine holds it, added in slot order in fp32. Every thread of the block calls it; each
-/// arrived on the cluster barrier at the kernel's start. `c`: this warp's sums, its K share's (then the whole K's).
-template <int MI, int NJ, int WN, int WK>
-MOE_DEVICE void cluster_reduce_tail(
-    const MoEGemmParams &p, const MoETile &tile, float (&c)[MI][NJ][4], float *partials, float *sums, int wn, int wk,
-    int firstGroup, int lane) {
-    if constexpr (WK > 1) {  // split K: the partial sums added in K order, as split_k_epilogue does
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) partials[((((wk * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q] = c[mi][nj][q];
-        __syncthreads();
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    float total = 0.0f;
-                    for (int k = 0; k < WK; ++k) total += partials[((((k * WN + wn) * MI + mi) * NJ + nj) * 32 + lane) * 4 + q];
-                    c[mi][nj][q] = total;
-                }
-    }
-    cluster_wait();  // the arrival at the kernel's start: block 0 is running, its shared memory live
-    constexpr int columns = WN * MI * 16;
-    const int first = blockIdx.x * columns, gid = lane >> 2, tig = lane & 3;
-    if (wk == 0) {
-        const float *bias = (const float *)p.bias + (long long)tile.expert * p.n;
-        const float *rowWeights = (const float *)p.rowWeights;
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            const int group = firstGroup + mi;
-            if (group >= p.groups) continue;
-            const int h0 = 16 * group + gid, h1 = h0 + 8;
-            const float b0 = bias[h0], b1 = bias[h1];
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-#pragma unroll
-                for (int tok = 0; tok < 2; ++tok) {
-                    const int j = 8 * nj + 2 * tig + tok;
-                    if (j >= tile.rowCount) continue;
-                    const int r = tile.rowStart + j;
-                    const float w = rowWeights[r];
-                    const int at = (int)gemm_output_row(p, r) * columns - first;  // slot row, this block's columns
-                    store_cluster_f32(cluster_shared_address(sums + at + h0, 0), bf16_to_float(float_to_bf16(w * (c[mi][nj][tok] + b0))));
-                    store_cluster_f32(cluster_shared_address(sums + at + h1, 0), bf16_to_float(float_to_bf16(w * (c[mi][nj][2 + tok] + b1))));
-                }
-        }
-    }
-    cluster_arrive(true);
-    // combine's rows too (the stage checks read them), after the arrival: off the sum's path
-    if (wk == 0)
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int nj = 0; nj < NJ; ++nj)
-                if (firstGroup + mi < p.groups) gemm_epilogue(p, tile, firstGroup + mi, nj, c[mi][nj], lane);
-    if (cluster_place().x != 0) return;
-    cluster_wait();
-    const int segments = (min(p.n, first + columns) - first) / 8;  // n is a multiple of 16
-    const int *slotToSorted = (const int *)p.slotToSorted;
-    for (int i = threadIdx.x; i < p.reduceTokens * segments; i += blockDim.x) {
-        const int t = i / segments, h = 8 * (i - t * segments);
-        float total[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int j = 0; j < p.topK; ++j) {
-            const int slot = t * p.topK + j;
-            if (slotToSorted[slot] < 0) continue;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) total[e] += sums[slot * columns + h + e];
-        }
-        uint4 packed;
-        packed.x = pack_bf16x2(total[0], total[1]);
-        packed.y = pack_bf16x2(total[2], total[3]);
-        packed.z = pack_bf16x2(total[4], total[5]);
-        packed.w = pack_bf16x2(total[6], total[7]);
-        *(uint4 *)((bf16_t *)p.reduceOutput + (long long)t * p.n + first + h) = packed;
-    }
-}
-
 // MARK: tile-by-tile hand-over from GEMM 1 to GEMM 2 (resident kernels)
 
 MOE_DEVICE unsigned load_acquire_u32(const unsigned *pointer) {
@@ -434,9 +333,7 @@ MOE_DEVICE bool split_k_epilogue(
 /// lane 0 has the copy engine fill the slot and the lanes wait on the slot's mbarrier.
 /// Dynamic shared memory: residentRows × (64·C + 8) bf16 activations | WK·WN·MI·NJ·32·4 floats (split K) |
 /// WN·WK warps × S slots × MI × 5 × 512 B.
-/// CLUSTER: GEMM 2's `_cluster` entry points (MOE_CUDA_CLUSTER_REDUCE); EARLY: GEMM 1's `_early` ones
-/// (MOE_CUDA_EARLY_ACTIVATIONS).
-template <int MI, int NJ, int WN, int WK, int S, bool BULK, bool CLUSTER = false, bool EARLY = false>
+template <int MI, int NJ, int WN, int WK, int S, bool BULK>
 MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #if __CUDA_ARCH__ >= 900
     constexpr bool bulk = BULK || MOE_RESIDENT_BULK;
@@ -444,21 +341,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     constexpr bool bulk = false;  // the copy engine's bulk copies are sm_90's; elsewhere every lane copies its bytes
 #endif
     extern __shared__ __align__(16) unsigned char sharedBytes[];
-    // CLUSTER: GEMM 2's sum in its cluster (cluster_reduce_tail); every thread arrives now, so block 0 is known to be
-    // running before anyone stores into it.
-    const bool clusterSum = CLUSTER && p.reduceOutput != 0 && cluster_place().y > 1;
-    if (clusterSum) cluster_arrive(false);
-    // One token (oneTokenInput): x's row is every tile's input whatever the routing, written before the router ran,
-    // so GEMM 1 copies it while the routing runs, by every thread: the first cp.async group, as activationsFirst's.
-    const bool earlyActivations = EARLY && p.oneTokenInput != 0 && !p.prefetchBeforeWait && p.tileRole != 2;
-    if (earlyActivations) {
-        const bf16_t *row = (const bf16_t *)p.input;
-        for (int segment = threadIdx.x; segment < p.chunks * 8; segment += blockDim.x) {  // row 0 of xs, zero past K
-            const int k0 = segment * 8;
-            copy_async_16(shared_address((bf16_t *)sharedBytes + k0), row + min(k0, p.k - 8), k0 < p.k ? 16 : 0);
-        }
-        copy_async_commit();
-    }
     if (!p.prefetchBeforeWait) {
         wait_for_previous_kernel();
         MOE_TRACE_MARK(p, MOE_MARK_GEMM_WAITED);
@@ -466,25 +348,11 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // GEMM 2 may launch once every block of this grid is past its wait, so the routing output GEMM 2 reads before its
     // own wait is complete: it then fills this grid's last wave, tile by tile.
     if (p.tileRole == 1) allow_next_kernel();
-    if ((int)blockIdx.y >= *(const int *)p.tileCount) {
-        if (earlyActivations) copy_async_wait<0>();  // no copy lands in a block that has left
-        return;
-    }
+    if ((int)blockIdx.y >= *(const int *)p.tileCount) return;
     const MoETile tile = ((const MoETile *)p.tiles)[blockIdx.y];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wn = warp % WN, wk = warp / WN;
-#if MOE_RESIDENT_SPREAD
-    // The row groups spread over however many blocks the host launched across (LaunchPlan.residentSpread): block x
-    // takes units [x·U / X, (x + 1)·U / X) of MI row groups, at most WN; a warp past its block's share does nothing.
-    // GEMM 1 only: fused_reduce_tail below takes GEMM 2's column range from blockIdx.x as the plain grid lays it out.
-    const int units = (p.groups + MI - 1) / MI;
-    const int unitEnd = (int)(((long long)(blockIdx.x + 1) * units) / gridDim.x);
-    const int unit = (int)(((long long)blockIdx.x * units) / gridDim.x) + wn;
-    const bool spreadActive = unit < unitEnd;
-    const int firstGroup = spreadActive ? unit * MI : p.groups;  // p.groups: every store and copy below skips it
-#else
     const int firstGroup = (blockIdx.x * WN + wn) * MI;
-#endif
     const long long expertGroup = MOE_ALIAS_EXPERTS ? 0 : (long long)tile.expert * p.groups;
     const int kPadded = p.chunks * 64, rowStride = kPadded + 8;
     const int activationBytes = p.residentRows * rowStride * 2;
@@ -515,14 +383,10 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // −5.8% at 1 on 20b). GEMM 2 fills its ring before its wait, and the bulk kernels' rings are no cp.async groups:
     // they copy after.
     const bool activationsFirst = !bulk && !p.prefetchBeforeWait && p.tileRole != 2;
-    if (activationsFirst && !earlyActivations) copy_activations();
+    if (activationsFirst) copy_activations();
 
     // The weight ring starts filling before anything else (but a GEMM 1's activations, above).
-#if MOE_RESIDENT_SPREAD
-    const int begin = (p.scaleGroups * wk) / WK, end = spreadActive ? (p.scaleGroups * (wk + 1)) / WK : begin;
-#else
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
-#endif
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
     if constexpr (bulk) {
         if (lane == 0) {
@@ -553,7 +417,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     if (activationsFirst) {
         copy_async_wait<S - 1>();  // the activations; the ring's groups may still be in flight
     } else {
-        if (!earlyActivations) copy_activations();
+        copy_activations();
         copy_async_wait<0>();
     }
     __syncthreads();
@@ -612,11 +476,6 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[mi][nj][q] = (chains[0][mi][nj][q] + chains[1][mi][nj][q]) + (chains[2][mi][nj][q] + chains[3][mi][nj][q]);
 
-    if (clusterSum) {  // its sums after the ring (LaunchPlan.gemm2Shape)
-        float *sums = (float *)(ringPointer + (WN * WK - warp) * S * SLOT_BYTES);
-        cluster_reduce_tail<MI, NJ, WN, WK>(p, tile, acc, partials, sums, wn, wk, firstGroup, lane);
-        return;
-    }
     if constexpr (WK == 1) {
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
@@ -1548,16 +1407,12 @@ MOE_DEVICE void gemm_registered(const MoEGemmParams &p) {
 // BULK: the weight rings are filled by the copy engine (bulk_copy_weight_group); MOE_RESIDENT_BULK=1 (the kernel build
 // switch MOE_CUDA_RESIDENT_BULK, for A/B runs) makes every resident kernel do so. Bulk 8-warp kernels are bounded to the
 // three blocks per SM the others get (unbounded, ptxas gives them 86 registers).
-// SUFFIX, CLUSTER, EARLY: the build switches' entry points (gemm_resident's CLUSTER and EARLY; none by default).
-#define MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, SUFFIX, CLUSTER, EARLY)                            \
+#define MOE_RESIDENT(MI, NJ, WN, WK, S, BULK)                                                          \
     extern "C" __global__ void MOE_RESIDENT_BOUNDS_##BULK(WN, WK)                                      \
-        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S##SUFFIX(MoEGemmParams p) {                   \
+        moe_gemm_resident_##MI##_##NJ##_##WN##_##WK##_##S(MoEGemmParams p) {                           \
         MOE_TRACE_KERNEL(p);                                                                           \
-        gemm_resident<MI, NJ, WN, WK, S, BULK, CLUSTER, EARLY>(p);                                     \
+        gemm_resident<MI, NJ, WN, WK, S, BULK>(p);                                                     \
     }
-#define MOE_RESIDENT(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, , false, false)
-#define MOE_RESIDENT_CLUSTER(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _cluster, true, false)
-#define MOE_RESIDENT_EARLY(MI, NJ, WN, WK, S, BULK) MOE_RESIDENT_ENTRY(MI, NJ, WN, WK, S, BULK, _early, false, true)
 #define MOE_RESIDENT_BOUNDS_1(WN, WK) __launch_bounds__(32 * WN * WK, WN * WK == 8 ? 3 : 1)
 #if MOE_RESIDENT_BULK
 #define MOE_RESIDENT_BOUNDS_0(WN, WK) MOE_RESIDENT_BOUNDS_1(WN, WK)
@@ -1577,20 +1432,6 @@ MOE_RESIDENT(1, 1, 2, 2, 4, 0)
 MOE_RESIDENT(1, 1, 4, 2, 3, 0)
 MOE_RESIDENT(1, 1, 2, 4, 3, 0)
 MOE_RESIDENT(1, 1, 8, 1, 3, 0)
-#if MOE_CLUSTER_REDUCE
-MOE_RESIDENT_CLUSTER(1, 1, 4, 1, 4, 1)
-MOE_RESIDENT_CLUSTER(1, 1, 2, 2, 4, 0)
-MOE_RESIDENT_CLUSTER(1, 1, 4, 2, 3, 0)
-MOE_RESIDENT_CLUSTER(1, 1, 2, 4, 3, 0)
-MOE_RESIDENT_CLUSTER(1, 1, 8, 1, 3, 0)
-#endif
-#if MOE_EARLY_ACTIVATIONS
-MOE_RESIDENT_EARLY(1, 1, 4, 1, 4, 1)
-MOE_RESIDENT_EARLY(1, 1, 2, 2, 4, 0)
-MOE_RESIDENT_EARLY(1, 1, 4, 2, 3, 0)
-MOE_RESIDENT_EARLY(1, 1, 2, 4, 3, 0)
-MOE_RESIDENT_EARLY(1, 1, 8, 1, 3, 0)
-#endif
 MOE_STAGED(2, 4, 8, 2, 2)
 MOE_STAGED(2, 8, 8, 3, 1)
 MOE_STAGED(1, 8, 8, 2, 2)

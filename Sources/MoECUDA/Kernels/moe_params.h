@@ -180,7 +180,6 @@ typedef struct MoEGemmParams {
     int fullWidthOnly;              ///< registered kernels: 1 multiplies all N tokens of every tile (no half-width wgmma)
     MoETrace trace;  ///< after the fields most kernels read, so they keep their offsets in the tracing build
     MoEDevicePointer tensorMaps;  ///< MoEGemmTensorMaps (64-byte aligned): registered kernels with tensor copies only
-    int oneTokenInput;  ///< 1: one token's GEMM 1 reading x through inputIndex: every sorted row's input is row 0
 } MoEGemmParams;
 
 /// GEMM 1's input rows in sorted order: gathered[slotToSorted[t·k + j]] = x[t] for each of token t's k slots (with
