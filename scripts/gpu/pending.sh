@@ -56,6 +56,16 @@ first_check() {  # first_check "VAR=V [VAR2=V2]" SECONDS moe-arguments...
     return $rc
 }
 case $part in
+    s73)  # session 36 (docs/bench-cuda.md Next 0c): at 2–4 tokens GEMM 1's bulk 4-warp blocks run in more than one wave
+          # (run 118's trace at 2 tokens: 8 live tiles × 90 blocks, four an SM by shared memory, so 720 blocks in 528
+          # places; most SMs' last block past its wait at 27–29 µs). resident_1_1_8_1_3 (45 blocks a tile, three an SM)
+          # is one wave there and was last compared at 2–4 tokens in session 11. No build: kernels the binary has.
+        bash $D info
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,3,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4" bash $D abenv
+        TRACE_TOKENS=2,4 bash $D trace
+        env MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=2,4 bash $D trace
+        AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,4" bash $D abenv
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log
