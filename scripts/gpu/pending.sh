@@ -60,11 +60,16 @@ case $part in
           # (run 118's trace at 2 tokens: 8 live tiles × 90 blocks, four an SM by shared memory, so 720 blocks in 528
           # places; most SMs' last block past its wait at 27–29 µs). resident_1_1_8_1_3 (45 blocks a tile, three an SM)
           # is one wave there and was last compared at 2–4 tokens in session 11. No build: kernels the binary has.
+          # Next 0b, also no build: at 1 token GEMM 1 on fewer SMs so that more of GEMM 2's blocks start early (run
+          # 118: those on GEMM 1's 12 idle SMs start at 8.4 µs and fill their rings under GEMM 1): resident_1_1_8_1_3
+          # (180 blocks, three an SM: 60 SMs) or resident_1_1_4_1_4 (360 four-warp blocks, four an SM: 90 SMs) for
+          # GEMM 1, GEMM 2 the default's.
         bash $D info
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,3,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4" bash $D abenv
-        TRACE_TOKENS=2,4 bash $D trace
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,3,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 MOE_CUDA_GEMM=resident_1_1_4_1_4+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1" bash $D abenv
+        TRACE_TOKENS=1,2,4 bash $D trace
         env MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=2,4 bash $D trace
-        AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,4" bash $D abenv
+        env MOE_CUDA_GEMM=resident_1_1_8_1_3 MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
+        AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1" bash $D abenv
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
