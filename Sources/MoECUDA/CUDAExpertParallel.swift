@@ -666,7 +666,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
     func gemmShape(_ b: Bucket, first: Bool, tiles: Int) -> LaunchShape {
         let c = config
         return first
-            ? b.plan.gemm1Shape(tiles: tiles)
+            ? b.plan.gemmShape(b.plan.gemm1Variant, outputRows: 2 * c.intermediate, reduction: c.hidden, tiles: tiles)
             : b.plan.gemmShape(b.plan.gemm2Variant, outputRows: c.hidden, reduction: c.intermediate, tiles: tiles)
     }
 

@@ -469,12 +469,7 @@ public struct LaunchPlan: Sendable, Equatable {
                            sharedBytes: variant.sharedBytes(k: k, residentRows: residentRows))
     }
 
-    /// GEMM 1's launch over `tiles` tiles (the plan's bound when nil).
-    public func gemm1Shape(tiles: Int? = nil) -> LaunchShape {
-        gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden, tiles: tiles)
-    }
-
-    public var gemm1Shape: LaunchShape { gemm1Shape() }
+    public var gemm1Shape: LaunchShape { gemmShape(gemm1Variant, outputRows: 2 * config.intermediate, reduction: config.hidden) }
     public var gemm2Shape: LaunchShape { gemmShape(gemm2Variant, outputRows: config.hidden, reduction: config.intermediate) }
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
