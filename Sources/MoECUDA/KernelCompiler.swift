@@ -39,6 +39,9 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_RESIDENT_BULK`: every resident GEMM's weight rings are filled by the copy engine (one
     ///   `cp.async.bulk` per row group's codes and one per its scales, completing on an mbarrier per slot) instead of
     ///   each lane's 16-byte `cp.async` copies (`resident_1_1_4_1_4` always is).
+    /// - `MOE_CUDA_RING_WHOLE`: a resident GEMM warp whose K share fits its weight ring (at most S groups: GEMM 2's
+    ///   `resident_1_1_2_4_3` at 1 token) asks for all of it before its wait, where the ring asks for S − 1 groups and
+    ///   the last one in its loop; so GEMM 2's early blocks hold their whole share when GEMM 1's tile lands.
     /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
@@ -48,6 +51,7 @@ public enum KernelBuildSwitches {
     public static let all: [(variable: String, symbol: String, module: String)] = [
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
+        ("MOE_CUDA_RING_WHOLE", "MOE_RING_WHOLE", KernelSource.experts.name),
     ]
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).

@@ -103,7 +103,7 @@ private func request(
     let every: (String) -> String? = { _ in "1" }
     #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name).isEmpty)
     #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name)
-        == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1"])
+        == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1", "-DMOE_RING_WHOLE=1"])
     #expect(KernelBuildSwitches.options(every, module: KernelSource.ceilings.name).isEmpty)
     #expect(Set(KernelBuildSwitches.all.map(\.module)).isSubset(of: [KernelSource.routing.name, KernelSource.experts.name]))
 }

@@ -30,6 +30,10 @@
 #ifndef MOE_ALIAS_EXPERTS
 #define MOE_ALIAS_EXPERTS 0
 #endif
+// MOE_CUDA_RING_WHOLE=1 (an A/B build switch): a resident warp whose K share fits its ring asks for all of it at once.
+#ifndef MOE_RING_WHOLE
+#define MOE_RING_WHOLE 0
+#endif
 
 /// Index of the source row of sorted row r.
 MOE_DEVICE long long gemm_input_row(const MoEGemmParams &p, int r) {
@@ -387,6 +391,9 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
 
     // The weight ring starts filling before anything else (but a GEMM 1's activations, above).
     const int begin = (p.scaleGroups * wk) / WK, end = (p.scaleGroups * (wk + 1)) / WK;
+    // Whole (MOE_RING_WHOLE): a K share of at most S groups (GEMM 2's resident_1_1_2_4_3 at 1 token: 3) is asked for
+    // whole before the wait, each group in its own slot, and the loop copies nothing; otherwise S − 1 groups ahead.
+    const bool whole = MOE_RING_WHOLE && end - begin <= S;
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
     if constexpr (bulk) {
         if (lane == 0) {
@@ -394,15 +401,17 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
             for (int i = 0; i < S; ++i) mbarrier_init(resident_slot_barrier(ring + i * SLOT_BYTES), 1);
             fence_mbarrier_init();
 #pragma unroll
-            for (int i = 0; i < S - 1; ++i)
-                if (begin + i < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
+            for (int i = 0; i < S; ++i)
+                if ((i < S - 1 || whole) && begin + i < end)
+                    bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
         }
         __syncwarp();
     } else {
 #pragma unroll
-        for (int i = 0; i < S - 1; ++i) {
+        for (int i = 0; i < S; ++i) {
+            if (i == S - 1 && !whole) break;
             if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
-            copy_async_commit();
+            copy_async_commit();  // whole: S groups committed, so each iteration's wait leaves S − 1 pending
         }
     }
     // The activations come from the previous kernel (GEMM 1 for GEMM 2): all of it, or this tile's blocks of it.
@@ -444,10 +453,15 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
             mbarrier_wait_parity(resident_slot_barrier(ring + slot * SLOT_BYTES), (phases >> slot) & 1u);  // group g landed
             phases ^= 1u << slot;
             __syncwarp();  // every lane has read nextSlot's previous group (iteration g − 1) before it is overwritten
-            if (lane == 0 && next < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, next, ring + nextSlot * SLOT_BYTES);
+            if (lane == 0 && !whole && next < end)
+                bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, next, ring + nextSlot * SLOT_BYTES);
         } else {
-            copy_async_wait<S - 2>();  // this lane's copies of group g have landed
-            if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
+            if (whole) {
+                copy_async_wait<S - 1>();  // group g has landed (S + g − begin groups committed)
+            } else {
+                copy_async_wait<S - 2>();  // this lane's copies of group g have landed
+                if (next < end) copy_weight_group<MI>(p, expertGroup, firstGroup, next, lane, ring + nextSlot * SLOT_BYTES);
+            }
             copy_async_commit();
         }
         const unsigned char *current = ringPointer + slot * SLOT_BYTES;
