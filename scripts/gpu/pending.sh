@@ -75,11 +75,14 @@ case $part in
     s74)  # session 37: MOE_CUDA_RING_WHOLE=1: at 1 token GEMM 2's warps (resident_1_1_2_4_3: K split in four, three
           # groups a warp, three ring slots) ask for their whole share before the tile wait instead of two groups, so the
           # blocks resident early hold all their weights when GEMM 1's tile lands. Alone and with s73's GEMM 1 on fewer SMs
-          # (more GEMM 2 blocks early). Predicted −0.3 to −1 µs alone; more with the 60-SM GEMM 1 if that one does not lose.
+          # (more GEMM 2 blocks early), and with bulk copies (lane 0 asks the copy engine for the three groups; run 43 had
+          # bulk level at 1 token). Unlike run 43's resident_1_1_2_4_4 (+5.8 µs: four slots, so two blocks an SM and a
+          # second wave) the ring keeps three slots and the blocks' shared memory. Predicted −0.3 to −1 µs alone; more with
+          # the 60-SM GEMM 1 if that one does not lose.
         sw=MOE_CUDA_RING_WHOLE=1
         if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,2; then
             same_bits "$sw" 1 2
-            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4@1" bash $D abenv
+            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4@1 $sw+MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
             env $sw TRACE_TOKENS=1 bash $D trace
             env $sw MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=1 bash $D trace
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
