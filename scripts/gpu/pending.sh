@@ -82,7 +82,7 @@ case $part in
         sw=MOE_CUDA_RING_WHOLE=1
         if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,2; then
             same_bits "$sw" 1 2
-            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4@1 $sw+MOE_CUDA_RESIDENT_BULK=1@1" bash $D abenv
+            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4@1 $sw+MOE_CUDA_RESIDENT_BULK=1@1 $sw+MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM=resident_1_1_8_1_3@1" bash $D abenv
             env $sw TRACE_TOKENS=1 bash $D trace
             env $sw MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=1 bash $D trace
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
