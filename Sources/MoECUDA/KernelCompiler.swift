@@ -42,6 +42,8 @@ public enum KernelBuildSwitches {
     /// - `MOE_CUDA_RING_WHOLE`: a resident GEMM warp whose K share fits its weight ring (at most S groups: GEMM 2's
     ///   `resident_1_1_2_4_3` at 1 token) asks for all of it before its wait, where the ring asks for S − 1 groups and
     ///   the last one in its loop; so GEMM 2's early blocks hold their whole share when GEMM 1's tile lands.
+    /// - `MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS`: the wide router (128 experts a block) in blocks of 8 warps of 32 tokens × 32
+    ///   experts, two an SM, instead of 16 warps of 16 × 32, one an SM (the same sums in the same order).
     /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
@@ -52,7 +54,11 @@ public enum KernelBuildSwitches {
         ("MOE_CUDA_RESIDENT_BULK", "MOE_RESIDENT_BULK", KernelSource.experts.name),
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
         ("MOE_CUDA_RING_WHOLE", "MOE_RING_WHOLE", KernelSource.experts.name),
+        ("MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS", "MOE_WIDE_ROUTER_HALF", KernelSource.routing.name),
     ]
+
+    /// Whether this process's wide router runs in half blocks (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1): its launch shape follows.
+    public static var wideRouterHalfBlocks: Bool { current.contains("-DMOE_WIDE_ROUTER_HALF=1") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

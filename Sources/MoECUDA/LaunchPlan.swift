@@ -474,11 +474,16 @@ public struct LaunchPlan: Sendable, Equatable {
 
     /// The router for `tokens` rows with K split `splits` ways (expert parallelism: a rank's rows, the global S):
     /// moe_router_mma (32 experts a block) or, where routerIsWide, moe_router_mma_wide (128). Both give the same bits.
-    public static func routerShape(tokens: Int, splits: Int, config: MoEConfig) -> LaunchShape {
+    /// `halfBlocks` (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1): the wide router's warps take 32 tokens, so a block has half the
+    /// threads (the kernel's launch bounds say which).
+    public static func routerShape(
+        tokens: Int, splits: Int, config: MoEConfig, halfBlocks: Bool = KernelBuildSwitches.wideRouterHalfBlocks
+    ) -> LaunchShape {
         let wide = routerIsWide(tokens: tokens, splits: splits, config: config)
         let experts = Int(wide ? MOE_ROUTER_WIDE_EXPERTS : MOE_ROUTER_EXPERTS), rows = Int(MOE_ROUTER_TOKENS)
         let stages = Int(wide ? MOE_ROUTER_WIDE_STAGES : MOE_ROUTER_STAGES)
-        return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + rows - 1) / rows, splits), block: 4 * experts,
+        return LaunchShape(grid: ((config.experts + experts - 1) / experts, (tokens + rows - 1) / rows, splits),
+                           block: (wide && halfBlocks ? 2 : 4) * experts,
                            sharedBytes: stages * (rows + experts) * Int(MOE_ROUTER_ROW_ELEMENTS) * 2)
     }
     /// The wide router reads each token's row once instead of once per 32 experts; it pays where the batch alone fills

@@ -342,7 +342,8 @@ import Testing
 
 /// The wide router (128 experts a block, x read once) only where K is not split, E > 32 and the batch gives at least
 /// 128 tiles of 64 tokens; its shape matches moe_routing.cu's router_mma<128> (512 threads, 5 stages of 192 rows of 80
-/// bytes), the narrow one router_mma<32> (128 threads, 6 stages of 96 rows). Either can be forced.
+/// bytes; with half blocks router_mma<128, 32>: 256 threads, the same stages), the narrow one router_mma<32> (128
+/// threads, 6 stages of 96 rows), which half blocks leave alone. Either can be forced.
 @Test func theWideRouterOnlyWhereTheBatchFillsTheGPU() {
     let big = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
     #expect(!LaunchPlan.routerIsWide(tokens: 8128, splits: 1, config: big, forced: nil))
@@ -352,7 +353,10 @@ import Testing
     #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: small, forced: nil))  // E = 32: one tile already
     #expect(LaunchPlan.routerIsWide(tokens: 1, splits: 11, config: small, forced: "wide"))
     #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: big, forced: "narrow"))
-    if LaunchPlan.routerSwitch == nil {
+    let half = LaunchPlan.routerShape(tokens: 8192, splits: 1, config: big, halfBlocks: true)
+    #expect(half.grid == (1, 128, 1) && half.block == 256 && half.sharedBytes == 5 * 192 * 80)
+    #expect(LaunchPlan.routerShape(tokens: 2048, splits: 1, config: big, halfBlocks: true).block == 128)
+    if LaunchPlan.routerSwitch == nil && !KernelBuildSwitches.wideRouterHalfBlocks {
         let wide = LaunchPlan(tokens: 8192, config: big).routerShape
         #expect(wide.grid == (1, 128, 1) && wide.block == 512 && wide.sharedBytes == 5 * 192 * 80)
         let narrow = LaunchPlan(tokens: 2048, config: big).routerShape

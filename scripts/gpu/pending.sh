@@ -90,6 +90,25 @@ case $part in
             env $sw RACE_TOKENS=1,7 bash $D racedefault
         fi
         ;;
+    s75)  # session 37: MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1: the wide router (8192 tokens of 120b on) in 8-warp blocks of
+          # 32 tokens × 32 experts a warp, two an SM. By arithmetic on run 62's 61.7 µs at 8192 tokens (one wave: one block's
+          # 90 steps of 32 k, ~1150 cycles a step at 1.755 GHz), the 16-warp block spends its steps in lockstep (ldmatrix
+          # for all warps, then the HMMAs, then the barrier), and it asks shared memory for 3 x4 loads a 4 MMAs where
+          # 32-token warps ask 2 for 8. The same sums in the same order, so the same bits (moe_router_mma_wide's default
+          # SASS is unchanged but for register names in its split-K sum, which an unforced wide router never runs).
+          # Predicted: the router −20 to −40% from 8192 (−15 to −25 µs at 8192, −50 to −90 at 32768: −0.5 to −0.8% of
+          # the layer); a loss at 8192 if the block scheduler packs two blocks on 64 SMs (the trace's SM count says).
+        sw=MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1
+        if first_check "$sw MOE_CUDA_ROUTER=wide" 150 cuda-debug --preset gpt-oss-20b --tokens 40,300,2000; then
+            same_bits "$sw MOE_CUDA_ROUTER=wide" 1 40 300
+            TIMING_TOKENS=8192,32768 bash $D timing
+            env $sw TIMING_TOKENS=8192,32768 bash $D timing
+            AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_ROUTER=wide@2048,4096" bash $D abenv
+            env $sw TRACE_TOKENS=8192 bash $D trace
+            env $sw MOE_CUDA_ROUTER=wide MEMCHECK_TOKENS=7,40 bash $D memcheck
+            env $sw MOE_CUDA_ROUTER=wide RACE_TOKENS=7,40 bash $D racedefault
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

@@ -14,6 +14,10 @@
 // early, so with programmatic launches a kernel's blocks are resident when its input lands.
 #include "moe_common.cuh"
 
+#ifndef MOE_WIDE_ROUTER_HALF
+#define MOE_WIDE_ROUTER_HALF 0
+#endif
+
 // MARK: top-k
 
 /// (a, ia) comes before (b, ib) in top-k order: larger value first, ties to the lower expert id.
@@ -555,18 +559,22 @@ MOE_ROUTE_SMALL(8)
 /// block, so x is read once instead of E / 32 times (L2 traffic T·E·H·2·(1/ETILE + 1/64)). Measured (H100, run 62,
 /// `cuda-debug --timing`): 78.5 → 61.7 µs at 8192 tokens, 295.4 → 230.2 at 32768; slower than the narrow one at 2048
 /// and 4096 (fewer blocks than SMs), hence LaunchPlan.routerIsWide's threshold.
-template <int ETILE>
+/// WT: tokens a warp (16, or 32 for the wide router's half blocks: MOE_WIDE_ROUTER_HALF, two m16 tiles a warp, so each B
+/// fragment serves two MMAs and a block is 8 warps, two blocks an SM that pass their step barriers independently).
+template <int ETILE, int WT = 16>
 MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     // 80-byte rows: ldmatrix without bank conflicts. A 12-stage wide ring (132 KB in flight an SM instead of 48) timed
     // no faster (run 66: 62.9 against 60.4 µs at 8192 tokens, 239.4 against 237.0 at 32768).
     constexpr int TILE = MOE_ROUTER_TOKENS, KSTEP = 32, STRIDE = MOE_ROUTER_ROW_ELEMENTS;
     constexpr int STAGES = ETILE == MOE_ROUTER_EXPERTS ? MOE_ROUTER_STAGES : MOE_ROUTER_WIDE_STAGES;
     static_assert(STRIDE == KSTEP + 8, "80-byte rows");
-    constexpr int THREADS = 4 * ETILE, STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
+    constexpr int TOKEN_WARPS = TILE / WT, MT = WT / 16;
+    static_assert(TILE % WT == 0 && WT % 16 == 0, "a warp's tokens are whole m16 tiles of the block's");
+    constexpr int THREADS = 32 * TOKEN_WARPS * (ETILE / 32), STAGE_ELEMENTS = (TILE + ETILE) * STRIDE;
     extern __shared__ __align__(16) bf16_t routerStages[];  // per stage: x [TILE][STRIDE], then Wr [ETILE][STRIDE]
     allow_next_kernel();  // the next routing kernel may start launching; it waits for this one to finish
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int tokenWarp = warp & 3, expertWarp = warp >> 2;
+    const int tokenWarp = warp % TOKEN_WARPS, expertWarp = warp / TOKEN_WARPS;
     const int e0 = blockIdx.x * ETILE, t0 = blockIdx.y * TILE;
     const int T = p.tokens, H = p.hidden, E = p.experts, S = gridDim.z;
     const bf16_t *x = (const bf16_t *)p.x;
@@ -605,11 +613,13 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
                 copy_async_16(target[c] + stage * STAGE_ELEMENTS * (u32)sizeof(bf16_t), source[c] + k0, bytes[c]);
     };
 
-    float acc[4][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) acc[j][q] = 0.0f;
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -625,29 +635,40 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
         const int stage = step % STAGES;
         // Every fragment of the step first, then its MMAs: each HMMA waited on its own ldmatrix (run 66: the wide
         // kernel's most sampled instruction, short-scoreboard stalls). Each acc[j] still adds its k16 steps in order.
-        u32 a[KSTEP / 16][4], b[KSTEP / 16][2][4];
+        // Half blocks (MT = 2) hold one k16 step's fragments at a time: holding both spilled (168 B at 128 registers,
+        // NVRTC 13.0), and the SM's other block covers the ldmatrix waits.
+        constexpr int HELD = MT == 1 ? KSTEP / 16 : 1;
 #pragma unroll
-        for (int s = 0; s < KSTEP / 16; ++s) {
-            const int kk = 16 * s;
-            {
-                const int row = 16 * tokenWarp + (lane & 7) + 8 * ((lane >> 3) & 1);
-                const int col = kk + 8 * (lane >> 4);
-                load_matrix_x4(a[s], shared_address(xs(stage) + row * STRIDE + col));
+        for (int s0 = 0; s0 < KSTEP / 16; s0 += HELD) {
+            u32 a[HELD][MT][4], b[HELD][2][4];
+#pragma unroll
+            for (int h = 0; h < HELD; ++h) {
+                const int kk = 16 * (s0 + h);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    const int row = WT * tokenWarp + 16 * mt + (lane & 7) + 8 * ((lane >> 3) & 1);
+                    const int col = kk + 8 * (lane >> 4);
+                    load_matrix_x4(a[h][mt], shared_address(xs(stage) + row * STRIDE + col));
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j += 2) {
+                    // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8) of this warp's 32
+                    const int row = 32 * expertWarp + 8 * j + (lane & 7) + 8 * (lane >> 4);
+                    const int col = kk + 8 * ((lane >> 3) & 1);
+                    load_matrix_x4(b[h][j / 2], shared_address(ws(stage) + row * STRIDE + col));
+                }
             }
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                // matrices: experts 8j.. (k, k+8), experts 8(j+1).. (k, k+8) of this warp's 32
-                const int row = 32 * expertWarp + 8 * j + (lane & 7) + 8 * (lane >> 4);
-                const int col = kk + 8 * ((lane >> 3) & 1);
-                load_matrix_x4(b[s][j / 2], shared_address(ws(stage) + row * STRIDE + col));
-            }
-        }
+            for (int h = 0; h < HELD; ++h) {
 #pragma unroll
-        for (int s = 0; s < KSTEP / 16; ++s) {
+                for (int mt = 0; mt < MT; ++mt) {
+                    const u32 *am = a[h][mt];
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                mma_bf16_16816(acc[j], a[s][0], a[s][1], a[s][2], a[s][3], b[s][j / 2][0], b[s][j / 2][1]);
-                mma_bf16_16816(acc[j + 1], a[s][0], a[s][1], a[s][2], a[s][3], b[s][j / 2][2], b[s][j / 2][3]);
+                    for (int j = 0; j < 4; j += 2) {
+                        mma_bf16_16816(acc[mt][j], am[0], am[1], am[2], am[3], b[h][j / 2][0], b[h][j / 2][1]);
+                        mma_bf16_16816(acc[mt][j + 1], am[0], am[1], am[2], am[3], b[h][j / 2][2], b[h][j / 2][3]);
+                    }
+                }
             }
         }
     }
@@ -659,12 +680,16 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     float *out = S == 1 ? logits : partials + blockIdx.z * sliceFloats;
     const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int token = t0 + 16 * tokenWarp + gid + 8 * (q >> 1);
-            const int expert = e0 + 32 * expertWarp + 8 * j + 2 * tig + (q & 1);
-            if (token < T && expert < E) out[(long long)token * E + expert] = S == 1 ? acc[j][q] + bias[expert] : acc[j][q];
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int token = t0 + WT * tokenWarp + 16 * mt + gid + 8 * (q >> 1);
+                const int expert = e0 + 32 * expertWarp + 8 * j + 2 * tig + (q & 1);
+                if (token < T && expert < E)
+                    out[(long long)token * E + expert] = S == 1 ? acc[mt][j][q] + bias[expert] : acc[mt][j][q];
+            }
         }
     }
     if (S == 1) return;
@@ -673,25 +698,30 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     if (!last_block_to_arrive(counter, (unsigned)S)) return;
     // Thread t sums column t % ETILE of rows t / ETILE + 4j: a warp reads 128 contiguous bytes per row, and the loads of
     // 16 rows × 2 slices are in flight together (the additions stay in z order).
+    // At most 16 rows a pass (half blocks give a thread 32: two passes, each row's slices still added in z order).
     constexpr int ROWS_PER_THREAD = TILE * ETILE / THREADS, ROW_STEP = THREADS / ETILE;
-    const int column = e0 + threadIdx.x % ETILE, firstRow = t0 + threadIdx.x / ETILE;
-    float sums[ROWS_PER_THREAD];
+    constexpr int ROWS_PER_PASS = ROWS_PER_THREAD < 16 ? ROWS_PER_THREAD : 16;
 #pragma unroll
-    for (int j = 0; j < ROWS_PER_THREAD; ++j) sums[j] = 0.0f;
-    if (column < E) {
+    for (int pass = 0; pass < ROWS_PER_THREAD / ROWS_PER_PASS; ++pass) {
+        const int column = e0 + threadIdx.x % ETILE, firstRow = t0 + threadIdx.x / ETILE + pass * ROWS_PER_PASS * ROW_STEP;
+        float sums[ROWS_PER_PASS];
+#pragma unroll
+        for (int j = 0; j < ROWS_PER_PASS; ++j) sums[j] = 0.0f;
+        if (column < E) {
 #pragma unroll 2
-        for (int z = 0; z < S; ++z) {
-            const float *slice = partials + z * sliceFloats + column;
+            for (int z = 0; z < S; ++z) {
+                const float *slice = partials + z * sliceFloats + column;
 #pragma unroll
-            for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-                const int token = firstRow + ROW_STEP * j;
-                if (token < T) sums[j] += load_coherent_f32(slice + (long long)token * E);
+                for (int j = 0; j < ROWS_PER_PASS; ++j) {
+                    const int token = firstRow + ROW_STEP * j;
+                    if (token < T) sums[j] += load_coherent_f32(slice + (long long)token * E);
+                }
             }
-        }
 #pragma unroll
-        for (int j = 0; j < ROWS_PER_THREAD; ++j) {
-            const int token = firstRow + ROW_STEP * j;
-            if (token < T) logits[(long long)token * E + column] = sums[j] + bias[column];
+            for (int j = 0; j < ROWS_PER_PASS; ++j) {
+                const int token = firstRow + ROW_STEP * j;
+                if (token < T) logits[(long long)token * E + column] = sums[j] + bias[column];
+            }
         }
     }
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (graph replay)
@@ -701,10 +731,21 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
     MOE_TRACE_KERNEL(p);
     router_mma<MOE_ROUTER_EXPERTS>(p);
 }
+#if MOE_WIDE_ROUTER_HALF
+// Half blocks (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1, an A/B build switch): 8 warps of 32 tokens × 32 experts, two blocks an SM.
+// The 16-warp block passes a __syncthreads every 32-k step, so its warps load fragments together (ldmatrix: 3 x4 loads
+// for 4 MMAs a k16) and then multiply together; two independent blocks can overlap one's loads with the other's MMAs,
+// and 32-token warps load 2 x4 for 8 MMAs. The same sums in the same order (LaunchPlan.routerShape's block follows).
+extern "C" __global__ void __launch_bounds__(256, 2) moe_router_mma_wide(MoERoutingParams p) {
+    MOE_TRACE_KERNEL(p);
+    router_mma<MOE_ROUTER_WIDE_EXPERTS, 32>(p);
+}
+#else
 extern "C" __global__ void __launch_bounds__(512) moe_router_mma_wide(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     router_mma<MOE_ROUTER_WIDE_EXPERTS>(p);
 }
+#endif
 
 // MARK: small batches: top-k and the whole plan in one block
 
