@@ -64,9 +64,10 @@ case $part in
           # 118: those on GEMM 1's 12 idle SMs start at 8.4 µs and fill their rings under GEMM 1): resident_1_1_8_1_3
           # (180 blocks, three an SM: 60 SMs) or resident_1_1_4_1_4 (360 four-warp blocks, four an SM: 90 SMs) for
           # GEMM 1, GEMM 2 the default's; and GEMM 2 as resident_1_1_2_2_4 (four ring slots a warp: more of an early block's
-          # weights in flight before its wait), alone and with the 60-SM GEMM 1.
+          # weights in flight before its wait), alone and with the 60-SM GEMM 1; and both GEMMs in 180 blocks (GEMM 2 as
+          # resident_1_1_4_2_3: every GEMM 2 block fits the 72 SMs GEMM 1 leaves, three an SM, by arithmetic).
         bash $D info
-        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,3,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 MOE_CUDA_GEMM=resident_1_1_4_1_4+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 MOE_CUDA_GEMM2=resident_1_1_2_2_4@1 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_2_4@1" bash $D abenv
+        AB_REPEAT=2 AB_ENVS="MOE_CUDA_GEMM=resident_1_1_8_1_3@2,3,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_1_4@2,4 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 MOE_CUDA_GEMM=resident_1_1_4_1_4+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 MOE_CUDA_GEMM2=resident_1_1_2_2_4@1 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_2_4@1 MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_4_2_3@1" bash $D abenv
         TRACE_TOKENS=1,2,4 bash $D trace
         env MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=2,4 bash $D trace
         env MOE_CUDA_GEMM=resident_1_1_8_1_3 MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
