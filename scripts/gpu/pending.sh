@@ -101,7 +101,7 @@ case $part in
           # the layer); a loss at 8192 if the block scheduler packs two blocks on 64 SMs (the trace's SM count says).
         sw=MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1
         if first_check "$sw MOE_CUDA_ROUTER=wide" 150 cuda-debug --preset gpt-oss-20b --tokens 40,300,2000; then
-            same_bits "$sw MOE_CUDA_ROUTER=wide" 1 40 300
+            same_bits "$sw MOE_CUDA_ROUTER=wide" 40 300 2000
             TIMING_TOKENS=8192,32768 bash $D timing
             env $sw TIMING_TOKENS=8192,32768 bash $D timing
             AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_ROUTER=wide@2048,4096" bash $D abenv
