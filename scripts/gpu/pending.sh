@@ -80,12 +80,13 @@ case $part in
           # bulk level at 1 token). Unlike run 43's resident_1_1_2_4_4 (+5.8 µs: four slots, so two blocks an SM and a
           # second wave) the ring keeps three slots and the blocks' shared memory. Predicted −0.3 to −1 µs alone; more with
           # the 60-SM GEMM 1 if that one does not lose.
+        # (MOE_CUDA_GEMM forces both GEMMs; MOE_CUDA_GEMM2 then puts GEMM 2 back to the 1-token default.)
         sw=MOE_CUDA_RING_WHOLE=1
         if first_check "$sw" 120 cuda-debug --preset gpt-oss-20b --tokens 1,2; then
             same_bits "$sw" 1 2
-            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4@1 $sw+MOE_CUDA_RESIDENT_BULK=1@1 $sw+MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM=resident_1_1_8_1_3@1" bash $D abenv
+            AB_REPEAT=2 AB_ENVS="$sw@1 $sw+MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 $sw+MOE_CUDA_GEMM=resident_1_1_4_1_4+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1 $sw+MOE_CUDA_RESIDENT_BULK=1@1 $sw+MOE_CUDA_RESIDENT_BULK=1+MOE_CUDA_GEMM=resident_1_1_8_1_3+MOE_CUDA_GEMM2=resident_1_1_2_4_3@1" bash $D abenv
             env $sw TRACE_TOKENS=1 bash $D trace
-            env $sw MOE_CUDA_GEMM=resident_1_1_8_1_3 TRACE_TOKENS=1 bash $D trace
+            env $sw MOE_CUDA_GEMM=resident_1_1_8_1_3 MOE_CUDA_GEMM2=resident_1_1_2_4_3 TRACE_TOKENS=1 bash $D trace
             AB_PRESET=gpt-oss-20b AB_REPEAT=2 AB_ENVS="$sw@1" bash $D abenv
             env $sw MEMCHECK_TOKENS=1,2,7 bash $D memcheck
             env $sw RACE_TOKENS=1,7 bash $D racedefault
