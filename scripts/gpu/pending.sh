@@ -101,8 +101,10 @@ case $part in
           # Predicted: the router −20 to −40% from 8192 (−15 to −25 µs at 8192, −50 to −90 at 32768: −0.5 to −0.8% of
           # the layer); a loss at 8192 if the block scheduler packs two blocks on 64 SMs (the trace's SM count says).
         sw=MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1
-        if first_check "$sw MOE_CUDA_ROUTER=wide" 150 cuda-debug --preset gpt-oss-20b --tokens 40,300,2000; then
-            same_bits "$sw MOE_CUDA_ROUTER=wide" 40 300 2000
+        # Stage checks with one GEMM variant (every variant's host references at these sizes would not fit the step);
+        # the same bits as the narrow router with K split (40, 300, 2000 tokens) and unsplit (8192).
+        if first_check "$sw MOE_CUDA_ROUTER=wide" 150 cuda-debug --preset gpt-oss-20b --tokens 40,300 --variant resident_1_1_8_1_3; then
+            same_bits "$sw MOE_CUDA_ROUTER=wide" 40 300 2000 8192
             TIMING_TOKENS=8192,32768 bash $D timing
             env $sw TIMING_TOKENS=8192,32768 bash $D timing
             AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_ROUTER=wide@2048,4096" bash $D abenv
