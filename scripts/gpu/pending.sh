@@ -111,6 +111,9 @@ case $part in
             env $sw TRACE_TOKENS=8192 bash $D trace
             env $sw MOE_CUDA_ROUTER=wide MEMCHECK_TOKENS=7,40 bash $D memcheck
             env $sw MOE_CUDA_ROUTER=wide RACE_TOKENS=7,40 bash $D racedefault
+            # Where each form's warps wait (the lockstep reading): stall samples of the router alone at 8192 tokens.
+            NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_NAME=router-wide NCU_SAMPLING=2 bash $D ncusrc
+            env $sw NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_NAME=router-half NCU_SAMPLING=2 bash $D ncusrc
         fi
         ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
