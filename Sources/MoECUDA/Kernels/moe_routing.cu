@@ -735,7 +735,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 // Half blocks (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1, an A/B build switch): 8 warps of 32 tokens × 32 experts, two blocks an SM.
 // The 16-warp block passes a __syncthreads every 32-k step, so its warps load fragments together (ldmatrix: 3 x4 loads
 // for 4 MMAs a k16) and then multiply together; two independent blocks can overlap one's loads with the other's MMAs,
-// and 32-token warps load 2 x4 for 8 MMAs. The same sums in the same order (LaunchPlan.routerShape's block follows).
+// and 32-token warps load 4 x4 for 8 MMAs (2 A, 2 B). The same sums in the same order (LaunchPlan.routerShape's block follows).
 extern "C" __global__ void __launch_bounds__(256, 2) moe_router_mma_wide(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
     router_mma<MOE_ROUTER_WIDE_EXPERTS, 32>(p);
