@@ -355,6 +355,9 @@ import Testing
     #expect(!LaunchPlan.routerIsWide(tokens: 32768, splits: 1, config: big, forced: "narrow"))
     let half = LaunchPlan.routerShape(tokens: 8192, splits: 1, config: big, halfBlocks: true)
     #expect(half.grid == (1, 128, 1) && half.block == 256 && half.sharedBytes == 5 * 192 * 80)
+    // The kernels' launch bounds are the blocks the host launches (a block past them fails to launch).
+    let routing = String(decoding: KernelSource.routing.bytes, as: UTF8.self)
+    #expect(routing.contains("__launch_bounds__(256, 2) moe_router_mma_wide(") && routing.contains("__launch_bounds__(512) moe_router_mma_wide("))
     #expect(LaunchPlan.routerShape(tokens: 2048, splits: 1, config: big, halfBlocks: true).block == 128)
     if LaunchPlan.routerSwitch == nil && !KernelBuildSwitches.wideRouterHalfBlocks {
         let wide = LaunchPlan(tokens: 8192, config: big).routerShape
