@@ -105,7 +105,7 @@ case $part in
         # the same bits as the narrow router with K split (40, 300, 2000 tokens) and unsplit (8192).
         if first_check "$sw MOE_CUDA_ROUTER=wide" 150 cuda-debug --preset gpt-oss-20b --tokens 40,300 --variant resident_1_1_8_1_3; then
             same_bits "$sw MOE_CUDA_ROUTER=wide" 40 300 2000 8192
-            TIMING_TOKENS=8192,32768 bash $D timing
+            TIMING_TOKENS=2048,8192,32768 bash $D timing
             env $sw TIMING_TOKENS=8192,32768 bash $D timing
             AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_ROUTER=wide@2048,4096" bash $D abenv
             env $sw TRACE_TOKENS=8192 bash $D trace
