@@ -44,6 +44,8 @@ public enum KernelBuildSwitches {
     ///   the last one in its loop; so GEMM 2's early blocks hold their whole share when GEMM 1's tile lands.
     /// - `MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS`: the wide router (128 experts a block) in blocks of 8 warps of 32 tokens × 32
     ///   experts, two an SM, instead of 16 warps of 16 × 32, one an SM (the same sums in the same order).
+    /// - `MOE_CUDA_ROUTER_TOPK`: the unsplit wide router does moe_topk's work for its tile (ids, weights, the token
+    ///   blocks' histograms) and no moe_topk is launched (LaunchPlan.routerFusesTopK).
     /// - `MOE_CUDA_ALIAS_EXPERTS`: a measurement build — every resident GEMM reads expert 0's weights whatever its
     ///   tile's expert, so a decode step's weights come from L2 and a trace shows the layer without its DRAM stream.
     ///   Outputs are wrong by design: the backend's description says so, and every path that produces or times outputs
@@ -55,10 +57,14 @@ public enum KernelBuildSwitches {
         ("MOE_CUDA_ALIAS_EXPERTS", "MOE_ALIAS_EXPERTS", KernelSource.experts.name),
         ("MOE_CUDA_RING_WHOLE", "MOE_RING_WHOLE", KernelSource.experts.name),
         ("MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS", "MOE_WIDE_ROUTER_HALF", KernelSource.routing.name),
+        ("MOE_CUDA_ROUTER_TOPK", "MOE_ROUTER_TOPK", KernelSource.routing.name),
     ]
 
     /// Whether this process's wide router runs in half blocks (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1): its launch shape follows.
     public static var wideRouterHalfBlocks: Bool { current.contains("-DMOE_WIDE_ROUTER_HALF=1") }
+
+    /// Whether this process's wide router does the top-k of its tiles (MOE_CUDA_ROUTER_TOPK=1).
+    public static var routerTopK: Bool { current.contains("-DMOE_ROUTER_TOPK=1") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
     public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }

@@ -500,6 +500,13 @@ public struct LaunchPlan: Sendable, Equatable {
     static let routerWideMinTiles = 128
     public static let routerSwitch = currentEnvironment("MOE_CUDA_ROUTER")
     public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
+    /// Whether the router does moe_topk's work itself, so that no moe_topk is launched (MOE_CUDA_ROUTER_TOPK=1): the wide
+    /// router unsplit with every expert in its block, on the path that launches moe_topk (past 128 tokens).
+    public func routerFusesTopK(switchOn: Bool = KernelBuildSwitches.routerTopK, forced: String? = LaunchPlan.routerSwitch) -> Bool {
+        switchOn && !fusedRouting && !smallRouting && routerSplits == 1
+            && LaunchPlan.routerIsWide(tokens: tokens, splits: routerSplits, config: config, forced: forced)
+            && config.experts <= Int(MOE_ROUTER_WIDE_EXPERTS)
+    }
     public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: finishPlanBytes) }
     /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's histogram.
     public var topkShape: LaunchShape {

@@ -304,8 +304,10 @@ final class TokenBucket: @unchecked Sendable {
                     plan.finishShape, stream: stream, parameters: routingPhase(.plan), programmatic: programmatic)
                 try between?(.plan)
             } else {
-                try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
-                try between?(.topk)
+                if !plan.routerFusesTopK() {
+                    try kernels.topk.launch(plan.topkShape, stream: stream, parameters: routingPhase(.topk), programmatic: programmatic)
+                    try between?(.topk)
+                }
                 if placesRows {
                     try kernels.planPlace.launch(
                         plan.placeShape(gathers: gathered != nil), stream: stream, parameters: routingPhase(.place),

@@ -101,7 +101,7 @@ private func request(
     #expect(plain.cacheKey(compilerVersion: "13.0") != switched.cacheKey(compilerVersion: "13.0"))
     // Each switch is defined for its own module only, so it leaves the other modules' cache keys alone.
     let every: (String) -> String? = { _ in "1" }
-    #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name) == ["-DMOE_WIDE_ROUTER_HALF=1"])
+    #expect(KernelBuildSwitches.options(every, module: KernelSource.routing.name) == ["-DMOE_WIDE_ROUTER_HALF=1", "-DMOE_ROUTER_TOPK=1"])
     #expect(KernelBuildSwitches.options(every, module: KernelSource.experts.name)
         == ["-DMOE_RESIDENT_BULK=1", "-DMOE_ALIAS_EXPERTS=1", "-DMOE_RING_WHOLE=1"])
     #expect(KernelBuildSwitches.options(every, module: KernelSource.ceilings.name).isEmpty)

@@ -368,6 +368,23 @@ import Testing
     }
 }
 
+/// The router does the top-k itself (MOE_CUDA_ROUTER_TOPK=1) only where it is the wide one, unsplit, with every expert in
+/// its block, and a moe_topk would otherwise run: not at decode sizes, not with K split, not for E past 128.
+@Test func theRouterTakesTheTopKOnlyWhereItHoldsWholeRowsOfLogits() {
+    let big = MoEPreset.gptOss120b.config, small = MoEPreset.gptOss20b.config
+    #expect(LaunchPlan(tokens: 8192, config: big).routerFusesTopK(switchOn: true, forced: nil))
+    #expect(LaunchPlan(tokens: 32768, config: big).routerFusesTopK(switchOn: true, forced: nil))
+    #expect(!LaunchPlan(tokens: 8192, config: big).routerFusesTopK(switchOn: false, forced: nil))
+    #expect(!LaunchPlan(tokens: 2048, config: big).routerFusesTopK(switchOn: true, forced: nil))  // the narrow router
+    #expect(!LaunchPlan(tokens: 32768, config: small).routerFusesTopK(switchOn: true, forced: nil))  // E = 32: narrow
+    #expect(LaunchPlan(tokens: 8192, config: small).routerFusesTopK(switchOn: true, forced: "wide"))
+    #expect(!LaunchPlan(tokens: 8, config: big).routerFusesTopK(switchOn: true, forced: "wide"))  // decode routing
+    #expect(!LaunchPlan(tokens: 300, config: small).routerFusesTopK(switchOn: true, forced: "wide"))  // K split
+    var many = big
+    many.experts = 256
+    #expect(!LaunchPlan(tokens: 32768, config: many).routerFusesTopK(switchOn: true, forced: nil))
+}
+
 /// The k-way sum rides on GEMM 2's last blocks only at decode sizes with the resident kernels.
 @Test func theSumIsFusedIntoGemm2OnlyAtDecodeSizes() {
     let config = MoEPreset.gptOss120b.config

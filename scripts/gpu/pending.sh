@@ -116,6 +116,21 @@ case $part in
             env $sw NCU_KERNEL=moe_router_mma_wide NCU_TOKENS=8192 NCU_NAME=router-half NCU_SAMPLING=2 bash $D ncusrc
         fi
         ;;
+    s76)  # session 37: MOE_CUDA_ROUTER_TOPK=1: the unsplit wide router (8192 tokens of 120b on) does moe_topk's work for
+          # its 64-token tile (logits in its stages' shared memory, a warp a token, the two token blocks' histograms) and
+          # no moe_topk is launched. By arithmetic: moe_topk took 16.4 µs at 8192 and 68.4 at 32768 (run 64); the tile's
+          # top-k adds ~1–2 µs a router block (4 tokens a warp) over 1 and 3.9 waves. Predicted −10 to −15 µs at 8192
+          # (−0.3 to −0.5%), −40 to −60 at 32768 (−0.4 to −0.6%); with s75's half blocks if those win.
+        sw=MOE_CUDA_ROUTER_TOPK=1
+        # Bits against the default path (narrow router + moe_topk on 20b): fused at 8192 (unsplit), not at 2000 (split).
+        same_bits "$sw MOE_CUDA_ROUTER=wide" 2000 8192
+        if grep "same bits T=8192" ${OUT:-/tmp/moekit-out}/run.log | tail -1 | grep -q bit-identical; then
+            AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1@8192,32768" bash $D abenv
+            env $sw TIMING_TOKENS=8192,32768 bash $D timing
+            env $sw MOE_CUDA_ROUTER=wide MEMCHECK_TOKENS=40,300 bash $D memcheck
+            env $sw MOE_CUDA_ROUTER=wide RACE_TOKENS=40,300 bash $D racedefault
+        fi
+        ;;
     *) echo "pending.sh: no part \"$part\" pending (see the header)" >&2; exit 2 ;;
 esac
 grep -hE "^=== (.* rc=|.* skipped: |unknown step )" ${OUT:-/tmp/moekit-out}/run.log

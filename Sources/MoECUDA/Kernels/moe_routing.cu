@@ -17,6 +17,10 @@
 #ifndef MOE_WIDE_ROUTER_HALF
 #define MOE_WIDE_ROUTER_HALF 0
 #endif
+// MOE_CUDA_ROUTER_TOPK=1 (an A/B build switch): the unsplit wide router runs moe_topk's work for its tile itself.
+#ifndef MOE_ROUTER_TOPK
+#define MOE_ROUTER_TOPK 0
+#endif
 
 // MARK: top-k
 
@@ -545,6 +549,36 @@ MOE_ROUTE_SMALL(8)
 
 // MARK: router GEMM (every batch size)
 
+/// The unsplit wide router's top-k (MOE_ROUTER_TOPK), after its tile's logits are in shared memory: for each of the
+/// tile's tokens a warp's topk_token and the token block's histogram, as moe_topk does them (a warp a token; histograms
+/// of MOE_TOKENS_PER_BLOCK tokens; ids read back after the warp's stores, −1 not counted). Not inlined: inlined, ptxas
+/// gave the whole kernel 58 registers and a different step loop (fragments loaded a k16 at a time, NVRTC 13.0), which
+/// an A/B of the top-k alone must not change.
+/// The fields it needs come by value: a reference to the parameters made ptxas copy them all to the stack.
+template <int TILE, int THREADS>
+__device__ __noinline__ void router_tile_topk(
+    int T, int E, int K, int mode, int *topkIds, float *topkWeights, int *blockCounts, const float *tileLogits,
+    int *histogram, int t0) {
+    constexpr int BLOCKS = TILE / MOE_TOKENS_PER_BLOCK;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int stride = MOE_ROUTER_WIDE_EXPERTS;
+    for (int row = warp; row < TILE && t0 + row < T; row += THREADS / 32) {
+        const long long token = t0 + row;
+        int *ids = topkIds + token * K;
+        topk_token(tileLogits + row * stride, E, K, mode, ids, topkWeights + token * K, lane);
+        __syncwarp();  // lane 0's id stores, to the lanes reading them back
+        for (int j = lane; j < K; j += 32) {
+            const int id = ids[j];
+            if (id >= 0 && id < E) atomicAdd(&histogram[(row / MOE_TOKENS_PER_BLOCK) * E + id], 1);
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < BLOCKS * E; i += THREADS) {
+        const int block = t0 / MOE_TOKENS_PER_BLOCK + i / E;
+        if (block * MOE_TOKENS_PER_BLOCK < T) blockCounts[(long long)block * E + i % E] = histogram[i];
+    }
+}
+
 /// logits[T, E] = x[T, H] · Wr[E, H]ᵀ + br with bf16 tensor cores, fp32 accumulation.
 /// grid: (ceil(E / ETILE), ceil(T / 64), S), 4·ETILE threads: warp w owns tokens 16(w % 4)…+15 of the tile × experts
 /// 32(w / 4)…+31. Block z covers the K steps [steps·z/S, steps·(z+1)/S) of 32, staged through a STAGES-deep cp.async
@@ -561,7 +595,11 @@ MOE_ROUTE_SMALL(8)
 /// and 4096 (fewer blocks than SMs), hence LaunchPlan.routerIsWide's threshold.
 /// WT: tokens a warp (16, or 32 for the wide router's half blocks: MOE_WIDE_ROUTER_HALF, two m16 tiles a warp, so each B
 /// fragment serves two MMAs and a block is 8 warps, two blocks an SM that pass their step barriers independently).
-template <int ETILE, int WT = 16>
+/// TOPK (MOE_ROUTER_TOPK, the wide router): unsplit and with every expert in the block (S = 1, E ≤ ETILE), the block
+/// then does moe_topk's work for its tile's two token blocks — the same top-k of the same logits, ids, weights and
+/// histograms — so the host launches no moe_topk (LaunchPlan.routerFusesTopK). Elsewhere the host still launches it,
+/// and its results are these.
+template <int ETILE, int WT = 16, bool TOPK = false>
 MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     // 80-byte rows: ldmatrix without bank conflicts. A 12-stage wide ring (132 KB in flight an SM instead of 48) timed
     // no faster (run 66: 62.9 against 60.4 µs at 8192 tokens, 239.4 against 237.0 at 32768).
@@ -692,6 +730,32 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
             }
         }
     }
+    if constexpr (TOPK) {
+        if (S == 1 && E <= ETILE) {
+            // The tile's logits (each the value stored above) into the stages' shared memory, free once every warp is
+            // out of the step loop; then the tile's top-k and histograms.
+            constexpr int BLOCKS = TILE / MOE_TOKENS_PER_BLOCK;
+            static_assert(ETILE == MOE_ROUTER_WIDE_EXPERTS && TILE % MOE_TOKENS_PER_BLOCK == 0, "the wide router's tiles");
+            static_assert((TILE + BLOCKS) * ETILE * 4 <= STAGES * STAGE_ELEMENTS * 2, "the logits and histograms fit the stages");
+            float *tileLogits = (float *)routerStages;            // [TILE][ETILE]
+            int *histogram = (int *)(tileLogits + TILE * ETILE);  // [BLOCKS][E]
+            __syncthreads();
+            for (int i = threadIdx.x; i < BLOCKS * E; i += THREADS) histogram[i] = 0;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const int row = WT * tokenWarp + 16 * mt + gid + 8 * (q >> 1);
+                        const int expert = 32 * expertWarp + 8 * j + 2 * tig + (q & 1);  // e0 = 0: every expert here
+                        if (t0 + row < T && expert < E) tileLogits[row * ETILE + expert] = acc[mt][j][q] + bias[expert];
+                    }
+            __syncthreads();
+            router_tile_topk<TILE, THREADS>(T, E, p.topK, p.mode, (int *)p.topkIds, (float *)p.topkWeights, (int *)p.blockCounts,
+                                            tileLogits, histogram, t0);
+        }
+    }
     if (S == 1) return;
     // Arrival: the tile's last block sees the other S − 1 partial tiles.
     unsigned *counter = (unsigned *)p.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
@@ -738,12 +802,18 @@ extern "C" __global__ void __launch_bounds__(128) moe_router_mma(MoERoutingParam
 // and 32-token warps load 4 x4 for 8 MMAs (2 A, 2 B). The same sums in the same order (LaunchPlan.routerShape's block follows).
 extern "C" __global__ void __launch_bounds__(256, 2) moe_router_mma_wide(MoERoutingParams p) {
     MOE_TRACE_KERNEL(p);
-    router_mma<MOE_ROUTER_WIDE_EXPERTS, 32>(p);
+    router_mma<MOE_ROUTER_WIDE_EXPERTS, 32, MOE_ROUTER_TOPK>(p);
 }
 #else
+// The top-k build bounds the block to one an SM: with the bare 512, ptxas gave the fused kernel 64 registers and spills
+// (the top-k not inlined) or 58 and a different step loop (inlined), NVRTC 13.0.
+#if MOE_ROUTER_TOPK
+extern "C" __global__ void __launch_bounds__(512, 1) moe_router_mma_wide(MoERoutingParams p) {
+#else
 extern "C" __global__ void __launch_bounds__(512) moe_router_mma_wide(MoERoutingParams p) {
+#endif
     MOE_TRACE_KERNEL(p);
-    router_mma<MOE_ROUTER_WIDE_EXPERTS>(p);
+    router_mma<MOE_ROUTER_WIDE_EXPERTS, 16, MOE_ROUTER_TOPK>(p);
 }
 #endif
 
