@@ -119,7 +119,7 @@ case $part in
     s76)  # session 37: MOE_CUDA_ROUTER_TOPK=1: the unsplit wide router (8192 tokens of 120b on) does moe_topk's work for
           # its 64-token tile (logits in its stages' shared memory, a warp a token, the two token blocks' histograms) and
           # no moe_topk is launched. By arithmetic: moe_topk took 16.4 µs at 8192 and 68.4 at 32768 (run 64); the tile's
-          # top-k adds ~1–2 µs a router block (4 tokens a warp) over 1 and 3.9 waves. Predicted −10 to −15 µs at 8192
+          # top-k adds ~2–4 µs a router block (4 tokens a warp, ~1500 cycles a token by count: four rounds of two redux, lane 0's exps, the ids read back) over 1 and 3.9 waves. Predicted −10 to −15 µs at 8192
           # (−0.3 to −0.5%), −40 to −60 at 32768 (−0.4 to −0.6%); with s75's half blocks if those win.
         sw=MOE_CUDA_ROUTER_TOPK=1
         # Bits against the default path (narrow router + moe_topk on 20b): fused at 8192 (unsplit), not at 2000 (split).
