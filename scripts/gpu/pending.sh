@@ -125,7 +125,9 @@ case $part in
         # Bits against the default path (narrow router + moe_topk on 20b): fused at 8192 (unsplit), not at 2000 (split).
         same_bits "$sw MOE_CUDA_ROUTER=wide" 2000 8192
         if grep "same bits T=8192" ${OUT:-/tmp/moekit-out}/run.log | tail -1 | grep -q bit-identical; then
-            AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1@8192,32768" bash $D abenv
+            # and below the wide router's threshold, forced (32–64 blocks, run 62: +9.3 µs at 2048 alone), where the
+            # top-k it takes on (11 µs at 2048, run 64) may pay for it.
+            AB_REPEAT=2 AB_ENVS="$sw@8192,16384,32768 $sw+MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1@8192,32768 $sw+MOE_CUDA_ROUTER=wide@2048,4096 $sw+MOE_CUDA_ROUTER=wide+MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1@2048,4096" bash $D abenv
             env $sw TIMING_TOKENS=8192,32768 bash $D timing
             env $sw MOE_CUDA_ROUTER=wide MEMCHECK_TOKENS=40,300 bash $D memcheck
             env $sw MOE_CUDA_ROUTER=wide RACE_TOKENS=40,300 bash $D racedefault
