@@ -688,6 +688,7 @@ public final class CUDAExpertParallelLayer: @unchecked Sendable {
         try kernels.launchRouter(
             tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config, stream: stream,
             parameters: trace.mark(routing, "router"))
+        guard !LaunchPlan.routerTakesTopK(tokens: b.tokensPerRank, splits: b.plan.routerSplits, config: config) else { return }
         try kernels.topk.launch(
             local.topkShape, stream: stream, parameters: trace.mark(routing, "top-k"), programmatic: TokenBucket.programmaticLaunch)
     }

@@ -500,12 +500,20 @@ public struct LaunchPlan: Sendable, Equatable {
     static let routerWideMinTiles = 128
     public static let routerSwitch = currentEnvironment("MOE_CUDA_ROUTER")
     public var routerShape: LaunchShape { LaunchPlan.routerShape(tokens: tokens, splits: routerSplits, config: config) }
-    /// Whether the router does moe_topk's work itself, so that no moe_topk is launched (MOE_CUDA_ROUTER_TOPK=1): the wide
-    /// router unsplit with every expert in its block, on the path that launches moe_topk (past 128 tokens).
-    public func routerFusesTopK(switchOn: Bool = KernelBuildSwitches.routerTopK, forced: String? = LaunchPlan.routerSwitch) -> Bool {
-        switchOn && !fusedRouting && !smallRouting && routerSplits == 1
-            && LaunchPlan.routerIsWide(tokens: tokens, splits: routerSplits, config: config, forced: forced)
+    /// Whether the router kernel over `tokens` rows with K split `splits` ways does moe_topk's work itself
+    /// (MOE_CUDA_ROUTER_TOPK=1): the wide router unsplit with every expert in its block, as router_mma's TOPK tests it.
+    /// Where it does, no moe_topk is launched after it (the single-rank path, and expert parallelism's local routing).
+    public static func routerTakesTopK(
+        tokens: Int, splits: Int, config: MoEConfig, switchOn: Bool = KernelBuildSwitches.routerTopK,
+        forced: String? = routerSwitch
+    ) -> Bool {
+        switchOn && splits == 1 && routerIsWide(tokens: tokens, splits: splits, config: config, forced: forced)
             && config.experts <= Int(MOE_ROUTER_WIDE_EXPERTS)
+    }
+    /// routerTakesTopK on the path that launches moe_topk (past 128 tokens; the decode paths route in their own kernels).
+    public func routerFusesTopK(switchOn: Bool = KernelBuildSwitches.routerTopK, forced: String? = LaunchPlan.routerSwitch) -> Bool {
+        !fusedRouting && !smallRouting
+            && LaunchPlan.routerTakesTopK(tokens: tokens, splits: routerSplits, config: config, switchOn: switchOn, forced: forced)
     }
     public var finishShape: LaunchShape { LaunchShape(grid: (1, 1, 1), block: 1024, sharedBytes: finishPlanBytes) }
     /// Each warp's logits staged in shared memory (when E ≤ 1024) and the block's histogram.
