@@ -60,14 +60,17 @@ public enum KernelBuildSwitches {
         ("MOE_CUDA_ROUTER_TOPK", "MOE_ROUTER_TOPK", KernelSource.routing.name),
     ]
 
+    /// Whether this process's kernels were built with the switch whose preprocessor symbol is `symbol`.
+    static func isOn(_ symbol: String) -> Bool { current.contains("-D\(symbol)=1") }
+
     /// Whether this process's wide router runs in half blocks (MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1): its launch shape follows.
-    public static var wideRouterHalfBlocks: Bool { current.contains("-DMOE_WIDE_ROUTER_HALF=1") }
+    public static var wideRouterHalfBlocks: Bool { isOn("MOE_WIDE_ROUTER_HALF") }
 
     /// Whether this process's wide router does the top-k of its tiles (MOE_CUDA_ROUTER_TOPK=1).
-    public static var routerTopK: Bool { current.contains("-DMOE_ROUTER_TOPK=1") }
+    public static var routerTopK: Bool { isOn("MOE_ROUTER_TOPK") }
 
     /// Whether this process's kernels read expert 0's weights for every expert (MOE_CUDA_ALIAS_EXPERTS=1).
-    public static var aliasesExperts: Bool { current.contains("-DMOE_ALIAS_EXPERTS=1") }
+    public static var aliasesExperts: Bool { isOn("MOE_ALIAS_EXPERTS") }
 
     /// Refuses to produce `what` (outputs, timings of outputs) from the aliased build, whose outputs are wrong by
     /// design; traces (`cuda-debug --trace`) do not call this.

@@ -394,6 +394,7 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
     // Whole (MOE_RING_WHOLE): a K share of at most S groups (GEMM 2's resident_1_1_2_4_3 at 1 token: 3) is asked for
     // whole before the wait, each group in its own slot, and the loop copies nothing; otherwise S − 1 groups ahead.
     const bool whole = MOE_RING_WHOLE && end - begin <= S;
+    const int ahead = whole ? S : S - 1;  // groups asked for before the wait
     u32 phases = 0;  // bulk: bit s is the parity of slot s's next completion
     if constexpr (bulk) {
         if (lane == 0) {
@@ -402,14 +403,13 @@ MOE_DEVICE void gemm_resident(const MoEGemmParams &p) {
             fence_mbarrier_init();
 #pragma unroll
             for (int i = 0; i < S; ++i)
-                if ((i < S - 1 || whole) && begin + i < end)
-                    bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
+                if (i < ahead && begin + i < end) bulk_copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, ring + i * SLOT_BYTES);
         }
         __syncwarp();
     } else {
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-            if (i == S - 1 && !whole) break;
+            if (i == ahead) break;
             if (begin + i < end) copy_weight_group<MI>(p, expertGroup, firstGroup, begin + i, lane, ring + i * SLOT_BYTES);
             copy_async_commit();  // whole: S groups committed, so each iteration's wait leaves S − 1 pending
         }

@@ -146,6 +146,19 @@ MOE_DEVICE void topk_token(
     __syncwarp();
 }
 
+/// One token's top-k by one warp (topk_token), then its ids counted into the token block's shared histogram: read back
+/// after the warp's stores (lane 0 wrote them), −1 (routes nowhere) not counted. moe_topk's step, and the wide router's
+/// when it takes the top-k (MOE_ROUTER_TOPK).
+MOE_DEVICE void topk_token_counted(
+    const float *logits, int experts, int k, int mode, int *ids, float *weights, int *histogram, int lane) {
+    topk_token(logits, experts, k, mode, ids, weights, lane);
+    __syncwarp();  // lane 0's id stores, to the lanes reading them back
+    for (int j = lane; j < k; j += 32) {
+        const int id = ids[j];
+        if (id >= 0 && id < experts) atomicAdd(&histogram[id], 1);
+    }
+}
+
 // MARK: plan pieces (each run by one whole block)
 
 /// Histogram of token block `b` from top-k ids in global memory (thread-per-expert counting, no atomics):
@@ -549,28 +562,21 @@ MOE_ROUTE_SMALL(8)
 
 // MARK: router GEMM (every batch size)
 
-/// The unsplit wide router's top-k (MOE_ROUTER_TOPK), after its tile's logits are in shared memory: for each of the
-/// tile's tokens a warp's topk_token and the token block's histogram, as moe_topk does them (a warp a token; histograms
-/// of MOE_TOKENS_PER_BLOCK tokens; ids read back after the warp's stores, −1 not counted). Not inlined: inlined, ptxas
-/// gave the whole kernel 58 registers and a different step loop (fragments loaded a k16 at a time, NVRTC 13.0), which
-/// an A/B of the top-k alone must not change.
-/// The fields it needs come by value: a reference to the parameters made ptxas copy them all to the stack.
-template <int TILE, int THREADS>
+/// The unsplit wide router's top-k (MOE_ROUTER_TOPK), after its tile's logits are in shared memory ([TILE][ETILE]):
+/// moe_topk's work for the tile's token blocks (a warp a token, topk_token_counted), then their histograms. Not inlined:
+/// inlined, ptxas gave the whole kernel 58 registers and a different step loop (fragments loaded a k16 at a time, NVRTC
+/// 13.0), which an A/B of the top-k alone must not change. The fields it needs come by value: a reference to the
+/// parameters made ptxas copy them all to the stack.
+template <int TILE, int ETILE, int THREADS>
 __device__ __noinline__ void router_tile_topk(
     int T, int E, int K, int mode, int *topkIds, float *topkWeights, int *blockCounts, const float *tileLogits,
     int *histogram, int t0) {
     constexpr int BLOCKS = TILE / MOE_TOKENS_PER_BLOCK;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int stride = MOE_ROUTER_WIDE_EXPERTS;
     for (int row = warp; row < TILE && t0 + row < T; row += THREADS / 32) {
         const long long token = t0 + row;
-        int *ids = topkIds + token * K;
-        topk_token(tileLogits + row * stride, E, K, mode, ids, topkWeights + token * K, lane);
-        __syncwarp();  // lane 0's id stores, to the lanes reading them back
-        for (int j = lane; j < K; j += 32) {
-            const int id = ids[j];
-            if (id >= 0 && id < E) atomicAdd(&histogram[(row / MOE_TOKENS_PER_BLOCK) * E + id], 1);
-        }
+        topk_token_counted(tileLogits + row * ETILE, E, K, mode, topkIds + token * K, topkWeights + token * K,
+                           histogram + (row / MOE_TOKENS_PER_BLOCK) * E, lane);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < BLOCKS * E; i += THREADS) {
@@ -597,8 +603,9 @@ __device__ __noinline__ void router_tile_topk(
 /// fragment serves two MMAs and a block is 8 warps, two blocks an SM that pass their step barriers independently).
 /// TOPK (MOE_ROUTER_TOPK, the wide router): unsplit and with every expert in the block (S = 1, E ≤ ETILE), the block
 /// then does moe_topk's work for its tile's two token blocks — the same top-k of the same logits, ids, weights and
-/// histograms — so the host launches no moe_topk (LaunchPlan.routerFusesTopK). Elsewhere the host still launches it,
-/// and its results are these.
+/// histograms — so the host launches no moe_topk after it (LaunchPlan.routerTakesTopK, on the single-rank path and in
+/// expert parallelism's local routing). A forced wide router on the decode paths still has moe_route_finish recompute
+/// the same top-k from the logits.
 template <int ETILE, int WT = 16, bool TOPK = false>
 MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     // 80-byte rows: ldmatrix without bank conflicts. A 12-stage wide ring (132 KB in flight an SM instead of 48) timed
@@ -717,6 +724,20 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
     const long long sliceFloats = (long long)T * E;
     float *out = S == 1 ? logits : partials + blockIdx.z * sliceFloats;
     const int gid = lane >> 2, tig = lane & 3;
+    // TOPK, unsplit with every expert here (e0 = 0): each logit also goes to the tile in the stages' shared memory, free
+    // once every warp is out of the step loop, for the tile's top-k after.
+    constexpr int BLOCKS = TILE / MOE_TOKENS_PER_BLOCK;
+    const bool tileTopK = TOPK && S == 1 && E <= ETILE;
+    float *tileLogits = (float *)routerStages;            // [TILE][ETILE]
+    int *histogram = (int *)(tileLogits + TILE * ETILE);  // [BLOCKS][E]
+    if constexpr (TOPK) {
+        static_assert(TILE % MOE_TOKENS_PER_BLOCK == 0, "whole token blocks a tile");
+        static_assert((TILE + BLOCKS) * ETILE * 4 <= STAGES * STAGE_ELEMENTS * 2, "the logits and histograms fit the stages");
+        if (tileTopK) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < BLOCKS * E; i += THREADS) histogram[i] = 0;
+        }
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -725,35 +746,21 @@ MOE_DEVICE void router_mma(const MoERoutingParams &p) {
             for (int q = 0; q < 4; ++q) {
                 const int token = t0 + WT * tokenWarp + 16 * mt + gid + 8 * (q >> 1);
                 const int expert = e0 + 32 * expertWarp + 8 * j + 2 * tig + (q & 1);
-                if (token < T && expert < E)
-                    out[(long long)token * E + expert] = S == 1 ? acc[mt][j][q] + bias[expert] : acc[mt][j][q];
+                if (token < T && expert < E) {
+                    const float logit = S == 1 ? acc[mt][j][q] + bias[expert] : acc[mt][j][q];
+                    out[(long long)token * E + expert] = logit;
+                    if constexpr (TOPK) {
+                        if (tileTopK) tileLogits[(token - t0) * ETILE + expert] = logit;
+                    }
+                }
             }
         }
     }
     if constexpr (TOPK) {
-        if (S == 1 && E <= ETILE) {
-            // The tile's logits (each the value stored above) into the stages' shared memory, free once every warp is
-            // out of the step loop; then the tile's top-k and histograms.
-            constexpr int BLOCKS = TILE / MOE_TOKENS_PER_BLOCK;
-            static_assert(ETILE == MOE_ROUTER_WIDE_EXPERTS && TILE % MOE_TOKENS_PER_BLOCK == 0, "the wide router's tiles");
-            static_assert((TILE + BLOCKS) * ETILE * 4 <= STAGES * STAGE_ELEMENTS * 2, "the logits and histograms fit the stages");
-            float *tileLogits = (float *)routerStages;            // [TILE][ETILE]
-            int *histogram = (int *)(tileLogits + TILE * ETILE);  // [BLOCKS][E]
+        if (tileTopK) {
             __syncthreads();
-            for (int i = threadIdx.x; i < BLOCKS * E; i += THREADS) histogram[i] = 0;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        const int row = WT * tokenWarp + 16 * mt + gid + 8 * (q >> 1);
-                        const int expert = 32 * expertWarp + 8 * j + 2 * tig + (q & 1);  // e0 = 0: every expert here
-                        if (t0 + row < T && expert < E) tileLogits[row * ETILE + expert] = acc[mt][j][q] + bias[expert];
-                    }
-            __syncthreads();
-            router_tile_topk<TILE, THREADS>(T, E, p.topK, p.mode, (int *)p.topkIds, (float *)p.topkWeights, (int *)p.blockCounts,
-                                            tileLogits, histogram, t0);
+            router_tile_topk<TILE, ETILE, THREADS>(T, E, p.topK, p.mode, (int *)p.topkIds, (float *)p.topkWeights,
+                                                   (int *)p.blockCounts, tileLogits, histogram, t0);
         }
     }
     if (S == 1) return;
@@ -940,12 +947,8 @@ extern "C" __global__ void __launch_bounds__(1024, 2) moe_topk(MoERoutingParams 
             __syncwarp();
             row = warpLogits;
         }
-        topk_token(row, E, K, p.mode, (int *)p.topkIds + (long long)t * K, (float *)p.topkWeights + (long long)t * K, lane);
-        __syncwarp();  // lane 0's id stores, to the lanes reading them back
-        for (int j = lane; j < K; j += 32) {
-            const int id = ((const int *)p.topkIds)[(long long)t * K + j];
-            if (id >= 0 && id < E) atomicAdd(&histogram[id], 1);  // −1: routes nowhere (not counted, as before)
-        }
+        topk_token_counted(row, E, K, p.mode, (int *)p.topkIds + (long long)t * K, (float *)p.topkWeights + (long long)t * K,
+                           histogram, lane);
     }
     __syncthreads();
     int *counts = (int *)p.blockCounts + (long long)blockIdx.x * E;
