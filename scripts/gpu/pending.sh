@@ -93,12 +93,12 @@ case $part in
         fi
         ;;
     s75)  # session 37: MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1: the wide router (8192 tokens of 120b on) in 8-warp blocks of
-          # 32 tokens × 32 experts a warp, two an SM. By arithmetic on run 62's 61.7 µs at 8192 tokens (one wave: one block's
-          # 90 steps of 32 k, ~1150 cycles a step at 1.755 GHz), the 16-warp block spends its steps in lockstep (ldmatrix
+          # 32 tokens × 32 experts a warp, two an SM. By arithmetic on run 72's 56.7 µs at 8192 tokens (one wave: one block's
+          # 90 steps of 32 k, ~1250 cycles a step at 1.98 GHz), the 16-warp block spends its steps in lockstep (ldmatrix
           # for all warps, then the HMMAs, then the barrier), and it asks shared memory for 3 x4 loads a 4 MMAs where
           # 32-token warps ask 4 for 8. The same sums in the same order, so the same bits (moe_router_mma_wide's default
           # SASS is unchanged but for register names in its split-K sum, which an unforced wide router never runs).
-          # Predicted: the router −20 to −40% from 8192 (−15 to −25 µs at 8192, −50 to −90 at 32768: −0.5 to −0.8% of
+          # Predicted: the router −20 to −40% from 8192 (−11 to −23 µs at 8192, −44 to −87 at 32768: −0.4 to −0.8% of
           # the layer); a loss at 8192 if the block scheduler packs two blocks on 64 SMs (the trace's SM count says).
         sw=MOE_CUDA_WIDE_ROUTER_HALF_BLOCKS=1
         # Stage checks with one GEMM variant (every variant's host references at these sizes would not fit the step);
