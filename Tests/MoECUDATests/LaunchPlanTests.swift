@@ -385,7 +385,7 @@ import Testing
     #expect(!LaunchPlan(tokens: 32768, config: many).routerFusesTopK(switchOn: true, forced: nil))
     // Expert parallelism asks with its rank's rows and the global plan's split.
     #expect(LaunchPlan.routerTakesTopK(tokens: 8192, splits: 1, config: big, switchOn: true, forced: nil))
-    #expect(!LaunchPlan.routerTakesTopK(tokens: 8192, splits: 2, config: big, switchOn: true, forced: nil))
+    #expect(!LaunchPlan.routerTakesTopK(tokens: 8192, splits: 2, config: big, switchOn: true, forced: "wide"))  // wide, but split
 }
 
 /// The k-way sum rides on GEMM 2's last blocks only at decode sizes with the resident kernels.
